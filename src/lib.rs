@@ -1,0 +1,28 @@
+//! GStreamer elements for live streaming protocols.
+//!
+//! The protocol cores (`rtsp`, `rtp`) are plain Rust without GStreamer types; the element modules are
+//! thin adapters over them.
+#![allow(clippy::non_send_fields_in_send_ty)]
+
+pub mod rtp;
+pub mod rtsp;
+pub mod rtspserversink;
+
+use gst::glib;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    rtspserversink::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    livestreaming,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

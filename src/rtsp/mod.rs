@@ -1,0 +1,4 @@
+pub mod codec;
+pub mod sdp;
+pub mod server;
+pub mod transport;

@@ -1,0 +1,264 @@
+//! The outgoing side of one RTSP TCP connection.
+//!
+//! Everything a connection sends (RTSP responses, server requests such as ANNOUNCE/REDIRECT and
+//! interleaved RTP/RTCP) goes through one bounded queue drained by a writer task. Producers never
+//! block: media that does not fit is refused as a whole frame and counted, so a client that stops
+//! reading costs the pipeline nothing. A write that makes no progress for the stall timeout closes
+//! the connection.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use crate::rtsp::codec::interleaved_header;
+
+/// Control messages (responses, server requests) may exceed the media budget so they are never
+/// lost behind media, but a peer that lets even those pile up this far is cut off.
+const MAX_CONTROL_BYTES: usize = 1024 * 1024;
+/// Largest amount handed to one vectored write.
+const MAX_BATCH_ITEMS: usize = 512;
+
+enum Item {
+    Control(Bytes),
+    Media { channel: u8, data: Bytes },
+}
+
+impl Item {
+    fn wire_len(&self) -> usize {
+        match self {
+            Item::Control(b) => b.len(),
+            Item::Media { data, .. } => data.len() + 4,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    media_bytes: usize,
+    control_bytes: usize,
+    closed: bool,
+}
+
+/// Why a connection was closed by the server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer went away or the socket failed.
+    Peer,
+    /// The peer stopped reading for longer than the stall timeout.
+    Stalled,
+    /// The peer let control messages pile up past [`MAX_CONTROL_BYTES`].
+    ControlOverflow,
+    /// The server is shutting down or dropped the client.
+    Server,
+}
+
+/// Shared handle to a connection's outgoing queue.
+pub struct ConnOut {
+    pub id: u64,
+    pub peer: SocketAddr,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    media_limit: usize,
+    next_cseq: AtomicU32,
+    closed_flag: AtomicBool,
+    close_reason: Mutex<Option<CloseReason>>,
+    /// Interleaved media frames refused because the queue was full.
+    pub frames_dropped: AtomicU64,
+    /// Packets inside those frames.
+    pub packets_dropped: AtomicU64,
+    /// Bytes written to the socket.
+    pub bytes_written: AtomicU64,
+    /// Wakes the reader side when the connection is closed from elsewhere.
+    pub closed_notify: Notify,
+}
+
+impl ConnOut {
+    pub fn new(id: u64, peer: SocketAddr, media_limit: usize) -> Self {
+        Self {
+            id,
+            peer,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            media_limit,
+            next_cseq: AtomicU32::new(1),
+            closed_flag: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+            frames_dropped: AtomicU64::new(0),
+            packets_dropped: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            closed_notify: Notify::new(),
+        }
+    }
+
+    /// CSeq for a request the server sends (ANNOUNCE, REDIRECT).
+    pub fn next_cseq(&self) -> u32 {
+        self.next_cseq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed_flag.load(Ordering::Acquire)
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.close_reason.lock().unwrap()
+    }
+
+    /// Marks the connection closed; the writer drains nothing more and the reader stops.
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut q = self.queue.lock().unwrap();
+            if q.closed {
+                return;
+            }
+            q.closed = true;
+            q.items.clear();
+            q.media_bytes = 0;
+            q.control_bytes = 0;
+        }
+        self.close_reason.lock().unwrap().get_or_insert(reason);
+        self.closed_flag.store(true, Ordering::Release);
+        self.notify.notify_one();
+        self.closed_notify.notify_waiters();
+    }
+
+    /// Queues an RTSP message. Never dropped; a peer that lets them pile up is disconnected.
+    pub fn send_control(&self, msg: Bytes) {
+        let overflow = {
+            let mut q = self.queue.lock().unwrap();
+            if q.closed {
+                return;
+            }
+            q.control_bytes += msg.len();
+            q.items.push_back(Item::Control(msg));
+            q.control_bytes > MAX_CONTROL_BYTES
+        };
+        if overflow {
+            self.close(CloseReason::ControlOverflow);
+        } else {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues a group of packets (one frame, or one RTCP compound) on `channel`, all or nothing.
+    /// Returns false when the group was dropped because the queue is full or closed.
+    pub fn send_media(&self, channel: u8, packets: &[Bytes]) -> bool {
+        let total: usize = packets.iter().map(|p| p.len() + 4).sum();
+        {
+            let mut q = self.queue.lock().unwrap();
+            if q.closed {
+                return false;
+            }
+            if q.media_bytes + total > self.media_limit {
+                drop(q);
+                self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                self.packets_dropped
+                    .fetch_add(packets.len() as u64, Ordering::Relaxed);
+                return false;
+            }
+            q.media_bytes += total;
+            q.items.extend(packets.iter().map(|p| Item::Media {
+                channel,
+                data: p.clone(),
+            }));
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// Bytes of media currently queued.
+    pub fn queued_media_bytes(&self) -> usize {
+        self.queue.lock().unwrap().media_bytes
+    }
+
+    /// Drains the queue into `writer` until the connection closes. `stall_timeout` bounds each
+    /// write that makes no progress.
+    pub async fn run_writer(self: Arc<Self>, mut writer: OwnedWriteHalf, stall_timeout: Duration) {
+        let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH_ITEMS);
+        loop {
+            {
+                let mut q = self.queue.lock().unwrap();
+                if q.closed {
+                    break;
+                }
+                let n = q.items.len().min(MAX_BATCH_ITEMS);
+                batch.extend(q.items.drain(..n));
+            }
+            if batch.is_empty() {
+                self.notify.notified().await;
+                continue;
+            }
+            let result = write_batch(&mut writer, &batch, stall_timeout).await;
+            let (mut media, mut control) = (0, 0);
+            for item in batch.drain(..) {
+                match item {
+                    Item::Control(b) => control += b.len(),
+                    Item::Media { data, .. } => media += data.len() + 4,
+                }
+            }
+            {
+                let mut q = self.queue.lock().unwrap();
+                q.media_bytes = q.media_bytes.saturating_sub(media);
+                q.control_bytes = q.control_bytes.saturating_sub(control);
+            }
+            match result {
+                Ok(()) => {
+                    self.bytes_written
+                        .fetch_add((media + control) as u64, Ordering::Relaxed);
+                }
+                Err(reason) => {
+                    self.close(reason);
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), writer.shutdown()).await;
+    }
+}
+
+async fn write_batch(
+    writer: &mut OwnedWriteHalf,
+    batch: &[Item],
+    stall_timeout: Duration,
+) -> Result<(), CloseReason> {
+    let headers: Vec<[u8; 4]> = batch
+        .iter()
+        .map(|item| match item {
+            Item::Media { channel, data } => {
+                interleaved_header(*channel, u16::try_from(data.len()).unwrap_or(u16::MAX))
+            }
+            Item::Control(_) => [0; 4],
+        })
+        .collect();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+    for (item, header) in batch.iter().zip(&headers) {
+        match item {
+            Item::Control(b) => slices.push(IoSlice::new(b.as_ref())),
+            Item::Media { data, .. } => {
+                slices.push(IoSlice::new(header));
+                slices.push(IoSlice::new(data.as_ref()));
+            }
+        }
+    }
+    debug_assert_eq!(
+        slices.iter().map(|s| s.len()).sum::<usize>(),
+        batch.iter().map(Item::wire_len).sum::<usize>()
+    );
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match tokio::time::timeout(stall_timeout, writer.write_vectored(slices)).await {
+            Err(_) => return Err(CloseReason::Stalled),
+            Ok(Err(_)) | Ok(Ok(0)) => return Err(CloseReason::Peer),
+            Ok(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
+        }
+    }
+    Ok(())
+}

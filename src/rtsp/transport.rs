@@ -1,0 +1,496 @@
+//! The RTSP `Transport` header ([RFC 2326 section 12.39], [RFC 7826 section 18.54]).
+//!
+//! A client lists the transports it accepts in `SETUP`, most preferred first; the server echoes
+//! the one it picked, completed with its own parameters (`server_port`, `ssrc`, ...).
+//!
+//! `rtsp-types` has a typed `Transport` header, but it matches keys and lower transports
+//! case-sensitively, stores parameters in a map (losing their order) and rejects the whole header
+//! on one bad alternative. Real clients need more tolerance, so this module parses the header by
+//! hand:
+//!
+//! * keys, profiles and lower transports are case-insensitive (`rtp/avp`, `Client_Port`);
+//! * whitespace around `,` `;` `=` and `-` is ignored, `mode` may be quoted or not;
+//! * `RTP/AVP` and `RTP/AVP/UDP` mean UDP, `RTP/AVP/TCP` means TCP (RFC 2326 section 12.39);
+//! * a single port or channel `a` means `a-(a+1)` (RTCP on the next one);
+//! * `ssrc` is hexadecimal; of an RFC 7826 `ssrc=a/b` list the first is kept;
+//! * parameters this module does not interpret are kept verbatim in [`TransportSpec::other`];
+//! * alternatives that cannot be used (another protocol such as `RAW/RAW/UDP`, a malformed
+//!   parameter) are skipped; only when no alternative is usable is the header an error.
+//!
+//! [RFC 2326 section 12.39]: https://www.rfc-editor.org/rfc/rfc2326#section-12.39
+//! [RFC 7826 section 18.54]: https://www.rfc-editor.org/rfc/rfc7826#section-18.54
+
+use std::fmt;
+
+/// RTP profile of a transport (`RTP/<profile>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `AVP`, RTP audio/video profile (RFC 3551).
+    Avp,
+    /// `AVPF`, AVP with RTCP-based feedback (RFC 4585).
+    Avpf,
+    /// `SAVP`, secure RTP (RFC 3711).
+    Savp,
+    /// `SAVPF`, secure RTP with feedback (RFC 5124).
+    Savpf,
+}
+
+impl Profile {
+    fn as_str(self) -> &'static str {
+        match self {
+            Profile::Avp => "AVP",
+            Profile::Avpf => "AVPF",
+            Profile::Savp => "SAVP",
+            Profile::Savpf => "SAVPF",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Profile::Avp, Profile::Avpf, Profile::Savp, Profile::Savpf]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Lower transport carrying the RTP packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LowerTransport {
+    /// UDP datagrams, unicast or multicast (the default when the header names none).
+    Udp,
+    /// Interleaved in the RTSP TCP connection (RFC 2326 section 10.12).
+    Tcp,
+}
+
+/// One transport alternative of a `Transport` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportSpec {
+    /// RTP profile.
+    pub profile: Profile,
+    /// Lower transport.
+    pub lower: LowerTransport,
+    /// `multicast` rather than `unicast`.
+    pub multicast: bool,
+    /// `destination` address, unquoted.
+    pub destination: Option<String>,
+    /// `source` address, unquoted.
+    pub source: Option<String>,
+    /// `client_port` RTP and RTCP ports.
+    pub client_port: Option<(u16, u16)>,
+    /// `server_port` RTP and RTCP ports.
+    pub server_port: Option<(u16, u16)>,
+    /// `interleaved` RTP and RTCP channels.
+    pub interleaved: Option<(u8, u8)>,
+    /// `port`: multicast RTP and RTCP ports.
+    pub port: Option<(u16, u16)>,
+    /// `ttl` of multicast packets.
+    pub ttl: Option<u8>,
+    /// `ssrc` of the stream sent by the server.
+    pub ssrc: Option<u32>,
+    /// `mode`, unquoted and upper-cased (e.g. `PLAY`, `RECORD`).
+    pub mode: Option<String>,
+    /// Parameters we don't interpret, kept verbatim (e.g. `RTCP-mux`, `append`, `setup=active`).
+    pub other: Vec<String>,
+}
+
+impl TransportSpec {
+    fn new(lower: LowerTransport, multicast: bool) -> Self {
+        TransportSpec {
+            profile: Profile::Avp,
+            lower,
+            multicast,
+            destination: None,
+            source: None,
+            client_port: None,
+            server_port: None,
+            interleaved: None,
+            port: None,
+            ttl: None,
+            ssrc: None,
+            mode: None,
+            other: Vec::new(),
+        }
+    }
+
+    /// `RTP/AVP;unicast` without ports.
+    pub fn udp_unicast() -> Self {
+        Self::new(LowerTransport::Udp, false)
+    }
+
+    /// `RTP/AVP/TCP;unicast;interleaved=<ch.0>-<ch.1>`.
+    pub fn tcp_interleaved(ch: (u8, u8)) -> Self {
+        TransportSpec {
+            interleaved: Some(ch),
+            ..Self::new(LowerTransport::Tcp, false)
+        }
+    }
+
+    /// `RTP/AVP;multicast` without group or ports.
+    pub fn udp_multicast() -> Self {
+        Self::new(LowerTransport::Udp, true)
+    }
+}
+
+/// A `Transport` header without any usable alternative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError(pub String);
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid Transport header: {}", self.0)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// Parses a Transport header value: comma-separated alternatives in preference order.
+///
+/// `RTP/AVP` means UDP; `RTP/AVP/TCP` TCP; port ranges `a-b` or a single port `a` (RTCP = a+1);
+/// ssrc in hex. Unusable alternatives are skipped (see the [module docs](self)); the result is
+/// never empty.
+pub fn parse_transports(value: &str) -> Result<Vec<TransportSpec>, TransportError> {
+    let mut specs = Vec::new();
+    let mut first_error = None;
+    for alternative in split_unquoted(value, ',').filter(|a| !a.is_empty()) {
+        match parse_spec(alternative) {
+            Ok(spec) => specs.push(spec),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if specs.is_empty() => Err(TransportError(e)),
+        None if specs.is_empty() => Err(TransportError("no transport".into())),
+        _ => Ok(specs),
+    }
+}
+
+fn parse_spec(alternative: &str) -> Result<TransportSpec, String> {
+    let mut params = split_unquoted(alternative, ';');
+    let protocol = params.next().unwrap_or_default();
+    let mut parts = protocol.split('/').map(str::trim);
+    let (Some(rtp), Some(profile), lower, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("unsupported transport protocol `{protocol}`"));
+    };
+    let profile = Profile::parse(profile)
+        .filter(|_| rtp.eq_ignore_ascii_case("RTP"))
+        .ok_or_else(|| format!("unsupported transport protocol `{protocol}`"))?;
+    let lower = match lower {
+        None => LowerTransport::Udp,
+        Some(l) if l.eq_ignore_ascii_case("UDP") => LowerTransport::Udp,
+        Some(l) if l.eq_ignore_ascii_case("TCP") => LowerTransport::Tcp,
+        Some(_) => return Err(format!("unsupported lower transport in `{protocol}`")),
+    };
+    let mut spec = TransportSpec {
+        profile,
+        ..TransportSpec::new(lower, false)
+    };
+
+    for param in params.filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k.trim_end(), Some(unquote(v.trim()))),
+            None => (param, None),
+        };
+        let invalid = || format!("invalid parameter `{param}`");
+        let required = || value.ok_or_else(invalid);
+        match key.to_ascii_lowercase().as_str() {
+            "unicast" => spec.multicast = false,
+            "multicast" => spec.multicast = true,
+            // RFC 2326 allows a bare `destination` (= the default address).
+            "destination" => spec.destination = value.map(str::to_owned),
+            "source" => spec.source = Some(required()?.to_owned()),
+            "client_port" => spec.client_port = Some(pair(required()?).ok_or_else(invalid)?),
+            "server_port" => spec.server_port = Some(pair(required()?).ok_or_else(invalid)?),
+            "port" => spec.port = Some(pair(required()?).ok_or_else(invalid)?),
+            "interleaved" => spec.interleaved = Some(pair(required()?).ok_or_else(invalid)?),
+            "ttl" => spec.ttl = Some(required()?.parse().map_err(|_| invalid())?),
+            "ssrc" => {
+                let first = required()?.split('/').next().unwrap_or_default().trim();
+                spec.ssrc = Some(parse_hex_u32(first).ok_or_else(invalid)?);
+            }
+            "mode" => spec.mode = Some(required()?.to_ascii_uppercase()),
+            _ => spec.other.push(param.to_owned()),
+        }
+    }
+    Ok(spec)
+}
+
+/// Splits on `sep` outside double-quoted strings and trims each piece.
+fn split_unquoted(s: &str, sep: char) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let mut quoted = false;
+        let end = s.char_indices().find_map(|(i, c)| {
+            if c == '"' {
+                quoted = !quoted;
+            }
+            (c == sep && !quoted).then_some(i)
+        });
+        let (piece, tail) = match end {
+            Some(i) => (&s[..i], Some(&s[i + sep.len_utf8()..])),
+            None => (s, None),
+        };
+        rest = tail;
+        Some(piece.trim())
+    })
+}
+
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+        .trim()
+}
+
+/// `a-b`, or `a` meaning `a-(a+1)`.
+fn pair<T>(v: &str) -> Option<(T, T)>
+where
+    T: std::str::FromStr + TryFrom<u32> + Into<u32> + Copy,
+{
+    let parse = |s: &str| s.trim().parse::<T>().ok();
+    match v.split_once('-') {
+        Some((a, b)) => Some((parse(a)?, parse(b)?)),
+        None => {
+            let a = parse(v)?;
+            Some((a, T::try_from(a.into() + 1).ok()?))
+        }
+    }
+}
+
+fn parse_hex_u32(s: &str) -> Option<u32> {
+    let valid = !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then(|| u32::from_str_radix(s, 16).ok()).flatten()
+}
+
+/// Canonical form, e.g. `RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;ssrc=1A2B3C4D;mode="PLAY"`,
+/// `RTP/AVP/TCP;unicast;interleaved=0-1` or `RTP/AVP;multicast;destination=224.3.0.1;port=5000-5001;ttl=1`.
+impl fmt::Display for TransportSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RTP/")?;
+        f.write_str(self.profile.as_str())?;
+        if self.lower == LowerTransport::Tcp {
+            f.write_str("/TCP")?;
+        }
+        f.write_str(if self.multicast {
+            ";multicast"
+        } else {
+            ";unicast"
+        })?;
+        if let Some(d) = &self.destination {
+            write!(f, ";destination={d}")?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, ";source={s}")?;
+        }
+        for (name, value) in [
+            (
+                "interleaved",
+                self.interleaved.map(|(a, b)| (a.into(), b.into())),
+            ),
+            ("client_port", self.client_port),
+            ("server_port", self.server_port),
+            ("port", self.port),
+        ] {
+            if let Some((a, b)) = value {
+                write!(f, ";{name}={a}-{b}")?;
+            }
+        }
+        if let Some(ttl) = self.ttl {
+            write!(f, ";ttl={ttl}")?;
+        }
+        if let Some(ssrc) = self.ssrc {
+            write!(f, ";ssrc={ssrc:08X}")?;
+        }
+        if let Some(mode) = &self.mode {
+            write!(f, ";mode=\"{mode}\"")?;
+        }
+        for other in &self.other {
+            write!(f, ";{other}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_one(value: &str) -> TransportSpec {
+        let mut specs = parse_transports(value).unwrap();
+        assert_eq!(specs.len(), 1, "{value}");
+        specs.remove(0)
+    }
+
+    /// Display then parse gives the same spec back.
+    fn assert_round_trip(spec: &TransportSpec) {
+        assert_eq!(&parse_one(&spec.to_string()), spec);
+    }
+
+    #[test]
+    fn ffmpeg_udp() {
+        let t = parse_one("RTP/AVP/UDP;unicast;client_port=5000-5001");
+        assert_eq!(
+            t,
+            TransportSpec {
+                client_port: Some((5000, 5001)),
+                ..TransportSpec::udp_unicast()
+            }
+        );
+        assert_eq!(t.to_string(), "RTP/AVP;unicast;client_port=5000-5001");
+        assert_round_trip(&t);
+    }
+
+    #[test]
+    fn ffmpeg_tcp() {
+        let t = parse_one("RTP/AVP/TCP;unicast;interleaved=0-1");
+        assert_eq!(t, TransportSpec::tcp_interleaved((0, 1)));
+        assert_eq!(t.to_string(), "RTP/AVP/TCP;unicast;interleaved=0-1");
+        assert_round_trip(&t);
+    }
+
+    #[test]
+    fn gstreamer_rtspsrc_alternatives() {
+        let specs = parse_transports(
+            r#"RTP/AVP;unicast;client_port=51234-51235;mode="PLAY", RTP/AVP;multicast;mode="PLAY", RTP/AVP/TCP;unicast;interleaved=0-1;mode="PLAY""#,
+        )
+        .unwrap();
+        let play = Some("PLAY".to_owned());
+        assert_eq!(
+            specs,
+            [
+                TransportSpec {
+                    client_port: Some((51234, 51235)),
+                    mode: play.clone(),
+                    ..TransportSpec::udp_unicast()
+                },
+                TransportSpec {
+                    mode: play.clone(),
+                    ..TransportSpec::udp_multicast()
+                },
+                TransportSpec {
+                    mode: play,
+                    ..TransportSpec::tcp_interleaved((0, 1))
+                },
+            ]
+        );
+        for spec in &specs {
+            assert_round_trip(spec);
+        }
+        assert_eq!(
+            specs[0].to_string(),
+            r#"RTP/AVP;unicast;client_port=51234-51235;mode="PLAY""#
+        );
+    }
+
+    #[test]
+    fn live555_udp() {
+        let t = parse_one("RTP/AVP;unicast;client_port=6970-6971");
+        assert_eq!(t.lower, LowerTransport::Udp);
+        assert!(!t.multicast);
+        assert_eq!(t.client_port, Some((6970, 6971)));
+        assert_round_trip(&t);
+    }
+
+    #[test]
+    fn multicast() {
+        let t = parse_one("RTP/AVP;multicast;destination=224.2.0.1;port=3456-3457;ttl=16");
+        assert_eq!(
+            t,
+            TransportSpec {
+                destination: Some("224.2.0.1".into()),
+                port: Some((3456, 3457)),
+                ttl: Some(16),
+                ..TransportSpec::udp_multicast()
+            }
+        );
+        assert_round_trip(&t);
+    }
+
+    #[test]
+    fn server_reply_canonical_forms() {
+        let reply = TransportSpec {
+            client_port: Some((5000, 5001)),
+            server_port: Some((6000, 6001)),
+            ssrc: Some(0x1A2B3C4D),
+            mode: Some("PLAY".into()),
+            ..TransportSpec::udp_unicast()
+        };
+        assert_eq!(
+            reply.to_string(),
+            r#"RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;ssrc=1A2B3C4D;mode="PLAY""#
+        );
+        assert_round_trip(&reply);
+
+        let mc = TransportSpec {
+            destination: Some("224.3.0.1".into()),
+            port: Some((5000, 5001)),
+            ttl: Some(1),
+            ..TransportSpec::udp_multicast()
+        };
+        assert_eq!(
+            mc.to_string(),
+            "RTP/AVP;multicast;destination=224.3.0.1;port=5000-5001;ttl=1"
+        );
+        assert_eq!(
+            TransportSpec::tcp_interleaved((2, 3)).to_string(),
+            "RTP/AVP/TCP;unicast;interleaved=2-3"
+        );
+    }
+
+    #[test]
+    fn tolerant_syntax() {
+        let t = parse_one(
+            " rtp/avp/tcp ; Unicast ; INTERLEAVED = 4 ; mode=play ; ssrc=00c0ffee ; RTCP-mux ; x-foo=\"a;b\" ",
+        );
+        assert_eq!(t.lower, LowerTransport::Tcp);
+        assert_eq!(t.interleaved, Some((4, 5)));
+        assert_eq!(t.mode.as_deref(), Some("PLAY"));
+        assert_eq!(t.ssrc, Some(0x00C0FFEE));
+        assert_eq!(t.other, ["RTCP-mux", "x-foo=\"a;b\""]);
+        assert_round_trip(&t);
+
+        let t = parse_one("RTP/SAVPF;unicast;client_port=7000;server_port= 8000 - 8001");
+        assert_eq!(t.profile, Profile::Savpf);
+        assert_eq!(t.client_port, Some((7000, 7001)));
+        assert_eq!(t.server_port, Some((8000, 8001)));
+        assert_round_trip(&t);
+
+        // RFC 7826 ssrc lists keep the first.
+        assert_eq!(parse_one("RTP/AVP;ssrc=1/2").ssrc, Some(1));
+    }
+
+    #[test]
+    fn unusable_alternatives_are_skipped() {
+        let specs = parse_transports(
+            "RAW/RAW/UDP;unicast, RTP/AVP;unicast;client_port=99999-100000, RTP/AVP/TCP;interleaved=0-1",
+        )
+        .unwrap();
+        assert_eq!(specs, [TransportSpec::tcp_interleaved((0, 1))]);
+    }
+
+    #[test]
+    fn errors() {
+        for value in [
+            "",
+            " , ",
+            "RTP",
+            "RTP/XYZ",
+            "RTP/AVP/SCTP",
+            "RTP/AVP/TCP/X",
+            "RTP/AVP;client_port=65535",
+            "RTP/AVP/TCP;interleaved=255",
+            "RTP/AVP/TCP;interleaved=a-b",
+            "RTP/AVP;ttl=256",
+            "RTP/AVP;ssrc=123456789",
+            "RTP/AVP;ssrc=xyz",
+            "RTP/AVP;client_port",
+        ] {
+            assert!(parse_transports(value).is_err(), "{value:?}");
+        }
+        let err = parse_transports("RTP/AVP;ttl=-1").unwrap_err();
+        assert!(err.to_string().contains("ttl=-1"), "{err}");
+    }
+}

@@ -1,0 +1,909 @@
+//! `rtspserversink`: a sink that is an RTSP server.
+//!
+//! Each request pad gets, once its caps are known, the stock RTP payloader for the codec (none for
+//! `application/x-rtp`) and an appsink. The appsink callback hands the packets to
+//! [`crate::rtsp::server::Server::push`], which fans them out without blocking; the payloader's
+//! output caps become the stream's SDP media description.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use crate::rtsp::sdp::MediaDescription;
+use crate::rtsp::server::{
+    MulticastConfig, Protocols, Server, ServerConfig, ServerEvent, ServerStats,
+};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "rtspserversink",
+        gst::DebugColorFlags::empty(),
+        Some("RTSP server sink"),
+    )
+});
+
+const DEFAULT_ADDRESS: &str = "0.0.0.0";
+const DEFAULT_PORT: u32 = 8554;
+const DEFAULT_MOUNT_POINT: &str = "/";
+const DEFAULT_SESSION_TIMEOUT: u32 = 60;
+const DEFAULT_MAX_SESSIONS: u32 = 0;
+const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+const DEFAULT_BACKLOG: i32 = 1024;
+const DEFAULT_CLIENT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
+const DEFAULT_CLIENT_STALL_TIMEOUT: u32 = 5000;
+const DEFAULT_RTCP_INTERVAL: u32 = 5000;
+const DEFAULT_MTU: u32 = 1400;
+const DEFAULT_MCAST_ADDRESS_MIN: &str = "224.3.0.1";
+const DEFAULT_MCAST_ADDRESS_MAX: &str = "224.3.0.254";
+const DEFAULT_MCAST_PORT_MIN: u32 = 5000;
+const DEFAULT_MCAST_PORT_MAX: u32 = 5999;
+const DEFAULT_MCAST_TTL: u32 = 1;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    address: String,
+    port: u32,
+    mount_point: String,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    session_timeout: u32,
+    max_sessions: u32,
+    max_connections: u32,
+    backlog: i32,
+    client_queue_size: u32,
+    client_stall_timeout: u32,
+    rtcp_interval: u32,
+    mtu: u32,
+    mcast_address_min: String,
+    mcast_address_max: String,
+    mcast_port_min: u32,
+    mcast_port_max: u32,
+    mcast_ttl: u32,
+    mcast_iface: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            address: DEFAULT_ADDRESS.into(),
+            port: DEFAULT_PORT,
+            mount_point: DEFAULT_MOUNT_POINT.into(),
+            protocols: gst_rtsp::RTSPLowerTrans::UDP
+                | gst_rtsp::RTSPLowerTrans::UDP_MCAST
+                | gst_rtsp::RTSPLowerTrans::TCP,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            backlog: DEFAULT_BACKLOG,
+            client_queue_size: DEFAULT_CLIENT_QUEUE_SIZE,
+            client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
+            rtcp_interval: DEFAULT_RTCP_INTERVAL,
+            mtu: DEFAULT_MTU,
+            mcast_address_min: DEFAULT_MCAST_ADDRESS_MIN.into(),
+            mcast_address_max: DEFAULT_MCAST_ADDRESS_MAX.into(),
+            mcast_port_min: DEFAULT_MCAST_PORT_MIN,
+            mcast_port_max: DEFAULT_MCAST_PORT_MAX,
+            mcast_ttl: DEFAULT_MCAST_TTL,
+            mcast_iface: None,
+        }
+    }
+}
+
+impl Settings {
+    fn server_config(&self) -> Result<ServerConfig, String> {
+        let address = IpAddr::from_str(&self.address)
+            .map_err(|_| format!("address '{}' is not an IP address", self.address))?;
+        let ipv4 = |name: &str, v: &str| {
+            Ipv4Addr::from_str(v).map_err(|_| format!("{name} '{v}' is not an IPv4 address"))
+        };
+        let multicast = MulticastConfig {
+            address_min: ipv4("multicast-address-min", &self.mcast_address_min)?,
+            address_max: ipv4("multicast-address-max", &self.mcast_address_max)?,
+            port_min: self.mcast_port_min as u16,
+            port_max: self.mcast_port_max as u16,
+            ttl: self.mcast_ttl as u8,
+            iface: self
+                .mcast_iface
+                .as_deref()
+                .map(|v| ipv4("multicast-iface", v))
+                .transpose()?,
+        };
+        if !multicast.address_min.is_multicast() || !multicast.address_max.is_multicast() {
+            return Err("the multicast address range must lie in 224.0.0.0/4".into());
+        }
+        if multicast.address_min > multicast.address_max || multicast.port_min >= multicast.port_max
+        {
+            return Err("the multicast address or port range is empty".into());
+        }
+        let mount_point = if self.mount_point.starts_with('/') {
+            self.mount_point.clone()
+        } else {
+            format!("/{}", self.mount_point)
+        };
+        Ok(ServerConfig {
+            address,
+            port: self.port as u16,
+            mount_point,
+            protocols: Protocols {
+                udp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
+                udp_multicast: self.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP_MCAST),
+                tcp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
+            },
+            multicast,
+            session_timeout: Duration::from_secs(u64::from(self.session_timeout)),
+            max_sessions: self.max_sessions as usize,
+            max_connections: self.max_connections as usize,
+            backlog: self.backlog,
+            client_queue_bytes: self.client_queue_size as usize,
+            client_stall_timeout: Duration::from_millis(u64::from(self.client_stall_timeout)),
+            rtcp_interval: Duration::from_millis(u64::from(self.rtcp_interval)),
+            ..ServerConfig::default()
+        })
+    }
+}
+
+/// The internal chain behind one request pad.
+struct PadChain {
+    ghost: gst::GhostPad,
+    appsink: gst_app::AppSink,
+    payloader: Option<gst::Element>,
+    /// Caps structure name the payloader was made for.
+    codec: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    pads: BTreeMap<usize, PadChain>,
+    next_pad: usize,
+}
+
+#[derive(Default)]
+pub struct RtspServerSink {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    /// Separate from `state` so the streaming threads take only this lock per buffer.
+    server: Mutex<Option<Arc<Server>>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RtspServerSink {
+    const NAME: &'static str = "GstRtspServerSink";
+    type Type = super::RtspServerSink;
+    type ParentType = gst::Bin;
+}
+
+/// Payloader element and its properties for an input format.
+fn payloader_for(caps: &gst::CapsRef, pt: u32, mtu: u32) -> Result<Option<gst::Element>, String> {
+    let s = caps.structure(0).ok_or_else(|| "empty caps".to_string())?;
+    let (factory, dynamic) = match s.name().as_str() {
+        "application/x-rtp" => return Ok(None),
+        "video/x-h264" => ("rtph264pay", true),
+        "video/x-h265" => ("rtph265pay", true),
+        "video/x-vp8" => ("rtpvp8pay", true),
+        "video/x-vp9" => ("rtpvp9pay", true),
+        "audio/x-opus" => ("rtpopuspay", true),
+        "audio/mpeg" => match s.get::<i32>("mpegversion") {
+            Ok(4) | Ok(2) => ("rtpmp4gpay", true),
+            Ok(1) => ("rtpmpapay", true),
+            _ => return Err(format!("unsupported audio/mpeg caps {caps}")),
+        },
+        "audio/x-mulaw" => ("rtppcmupay", false),
+        "audio/x-alaw" => ("rtppcmapay", false),
+        other => return Err(format!("no RTP payloader for '{other}'")),
+    };
+    let mut builder = gst::ElementFactory::make(factory).property("mtu", mtu);
+    if dynamic {
+        builder = builder.property("pt", pt);
+    }
+    if matches!(factory, "rtph264pay" | "rtph265pay") {
+        // Parameter sets before every IDR: clients that join mid-stream decode at once.
+        builder = builder
+            .property("config-interval", -1i32)
+            .property_from_str("aggregate-mode", "zero-latency");
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|_| format!("element '{factory}' is missing (install gst-plugins-good)"))
+}
+
+/// SDP media description from the caps of an RTP stream (the payloader's output).
+fn media_description(caps: &gst::CapsRef) -> Option<MediaDescription> {
+    let s = caps.structure(0)?;
+    if s.name() != "application/x-rtp" {
+        return None;
+    }
+    let media = s.get::<&str>("media").ok()?.to_owned();
+    let payload_type = u8::try_from(s.get::<i32>("payload").ok()?).ok()?;
+    let clock_rate = u32::try_from(s.get::<i32>("clock-rate").ok()?).ok()?;
+    let encoding_name = s
+        .get::<&str>("encoding-name")
+        .map(str::to_owned)
+        .unwrap_or_else(|_| match payload_type {
+            0 => "PCMU".into(),
+            8 => "PCMA".into(),
+            _ => "unknown".into(),
+        });
+    let encoding_params = s.get::<&str>("encoding-params").ok().map(str::to_owned);
+    let mut fmtp = Vec::new();
+    let mut attributes = Vec::new();
+    for (field, value) in s.iter() {
+        let field = field.as_str();
+        let text = if let Ok(v) = value.get::<&str>() {
+            v.to_owned()
+        } else if let Ok(v) = value.get::<i32>() {
+            v.to_string()
+        } else if let Ok(v) = value.get::<u32>() {
+            v.to_string()
+        } else {
+            continue;
+        };
+        match field {
+            "media" | "payload" | "clock-rate" | "encoding-name" | "encoding-params" | "ssrc"
+            | "timestamp-offset" | "seqnum-offset" | "clock-base" | "seqnum-base" => {}
+            // Same rule as gst_sdp_media_set_media_from_caps: `a-` fields are attributes.
+            f if f.starts_with("a-") => attributes.push((f[2..].to_owned(), Some(text))),
+            f if f.starts_with("x-") || f.starts_with("rtcp-fb-") || f.starts_with("extmap-") => {}
+            f => fmtp.push((f.to_owned(), text)),
+        }
+    }
+    Some(MediaDescription {
+        media,
+        payload_type,
+        encoding_name,
+        clock_rate,
+        encoding_params,
+        fmtp,
+        control: String::new(),
+        multicast: None,
+        port: 0,
+        bandwidth_kbps: None,
+        attributes,
+    })
+}
+
+fn sample_packets(sample: &gst::Sample) -> Vec<Bytes> {
+    let to_bytes = |buffer: gst::Buffer| -> Option<Bytes> {
+        buffer
+            .into_mapped_buffer_readable()
+            .ok()
+            .map(Bytes::from_owner)
+    };
+    if let Some(list) = sample.buffer_list() {
+        (0..list.len())
+            .filter_map(|i| list.get_owned(i))
+            .filter_map(to_bytes)
+            .collect()
+    } else if let Some(buffer) = sample.buffer_owned() {
+        to_bytes(buffer).into_iter().collect()
+    } else {
+        Vec::new()
+    }
+}
+
+impl RtspServerSink {
+    fn server(&self) -> Option<Arc<Server>> {
+        self.server.lock().unwrap().clone()
+    }
+
+    fn start_server(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let config = settings.server_config().map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Settings, ["Invalid setting: {}", e])
+        })?;
+        let bind = std::net::SocketAddr::new(config.address, config.port);
+        let weak = self.obj().downgrade();
+        let server = Server::start(config, move |event| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_server_event(event);
+            }
+        })
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenReadWrite,
+                ["Could not listen for RTSP on {}: {}", bind, e]
+            )
+        })?;
+        let ids: Vec<usize> = self.state.lock().unwrap().pads.keys().copied().collect();
+        for id in ids {
+            server.add_stream(id).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ["Could not bind UDP ports for stream {}: {}", id, e]
+                )
+            })?;
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "RTSP server listening on {}",
+            server.local_addr()
+        );
+        *self.server.lock().unwrap() = Some(Arc::new(server));
+        self.obj().notify("bound-port");
+        Ok(())
+    }
+
+    fn on_server_event(&self, event: ServerEvent) {
+        match event {
+            ServerEvent::KeyframeRequest { stream } => {
+                let pad = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .pads
+                    .get(&stream)
+                    .map(|c| c.ghost.clone());
+                if let Some(pad) = pad {
+                    gst::debug!(CAT, obj = pad, "requesting a keyframe upstream");
+                    let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+                        .all_headers(true)
+                        .build();
+                    pad.push_event(event);
+                }
+            }
+        }
+    }
+
+    /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps.
+    fn ensure_chain(&self, pad: &gst::GhostPad, caps: &gst::Caps) -> Result<(), String> {
+        let codec = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .ok_or("empty caps")?;
+        let mut state = self.state.lock().unwrap();
+        let Some((&id, chain)) = state.pads.iter_mut().find(|(_, c)| &c.ghost == pad) else {
+            return Err("unknown pad".into());
+        };
+        if chain.codec.as_deref() == Some(codec.as_str()) {
+            return Ok(());
+        }
+        let obj = self.obj();
+        if let Some(old) = chain.payloader.take() {
+            let _ = old.set_state(gst::State::Null);
+            let _ = obj.remove(&old);
+        }
+        let mtu = self.settings.lock().unwrap().mtu;
+        let pt = 96 + (id % 32) as u32;
+        let payloader = payloader_for(caps, pt, mtu)?;
+        let sinkpad = match &payloader {
+            Some(p) => {
+                obj.add(p).map_err(|e| e.to_string())?;
+                p.link(&chain.appsink).map_err(|e| e.to_string())?;
+                p.sync_state_with_parent().map_err(|e| e.to_string())?;
+                p.static_pad("sink").ok_or("payloader has no sink pad")?
+            }
+            None => chain
+                .appsink
+                .static_pad("sink")
+                .ok_or("appsink has no sink pad")?,
+        };
+        chain
+            .ghost
+            .set_target(Some(&sinkpad))
+            .map_err(|e| e.to_string())?;
+        gst::info!(CAT, obj = pad, "streaming {} as stream {}", codec, id);
+        chain.payloader = payloader;
+        chain.codec = Some(codec);
+        Ok(())
+    }
+
+    fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
+        if let gst::EventView::Caps(c) = event.view()
+            && let Err(err) = self.ensure_chain(pad, &c.caps_owned())
+        {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ["Cannot stream {} on {}: {}", c.caps(), pad.name(), err]
+            );
+            return false;
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+    }
+
+    fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef) {
+        let Some(desc) = media_description(caps) else {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "stream {} has unusable RTP caps {}",
+                id,
+                caps
+            );
+            return;
+        };
+        if let Some(server) = self.server() {
+            server.set_stream_description(id, desc);
+        }
+    }
+
+    fn stats_structure(stats: &ServerStats) -> gst::Structure {
+        let clients: Vec<gst::Structure> = stats
+            .clients
+            .iter()
+            .map(|c| {
+                let streams: Vec<gst::Structure> = c
+                    .streams
+                    .iter()
+                    .map(|s| {
+                        gst::Structure::builder("stream")
+                            .field("stream", s.stream as u32)
+                            .field("packets-sent", s.packets_sent)
+                            .field("bytes-sent", s.bytes_sent)
+                            .field("packets-dropped", s.packets_dropped)
+                            .field("rtcp-reports", s.rtcp_reports)
+                            .field("fraction-lost", s.fraction_lost)
+                            .field("cumulative-lost", s.cumulative_lost)
+                            .field("jitter-ms", s.jitter.as_secs_f64() * 1000.0)
+                            .field("rtt-ms", s.rtt.map_or(-1.0, |r| r.as_secs_f64() * 1000.0))
+                            .build()
+                    })
+                    .collect();
+                gst::Structure::builder("client")
+                    .field("session", &c.session)
+                    .field("address", &c.address)
+                    .field("transport", &c.transport)
+                    .field("playing", c.playing)
+                    .field(
+                        "bytes-sent",
+                        c.streams.iter().map(|s| s.bytes_sent).sum::<u64>(),
+                    )
+                    .field(
+                        "packets-sent",
+                        c.streams.iter().map(|s| s.packets_sent).sum::<u64>(),
+                    )
+                    .field(
+                        "packets-dropped",
+                        c.streams.iter().map(|s| s.packets_dropped).sum::<u64>(),
+                    )
+                    .field("streams", gst::Array::new(streams))
+                    .build()
+            })
+            .collect();
+        gst::Structure::builder("application/x-rtspserversink-stats")
+            .field("connections", stats.connections as u32)
+            .field("connections-total", stats.connections_total)
+            .field("connections-refused", stats.connections_refused)
+            .field("sessions", stats.clients.len() as u32)
+            .field("sessions-timed-out", stats.sessions_timed_out)
+            .field("clients-disconnected-slow", stats.clients_disconnected_slow)
+            .field("frames-dropped", stats.frames_dropped)
+            .field("clients", gst::Array::new(clients))
+            .build()
+    }
+}
+
+impl ObjectImpl for RtspServerSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("address")
+                    .nick("Address")
+                    .blurb("IP address to listen on for RTSP and to send UDP from")
+                    .default_value(Some(DEFAULT_ADDRESS))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("port")
+                    .nick("Port")
+                    .blurb("TCP port to listen on for RTSP (0 = pick a free one, see bound-port)")
+                    .maximum(65535)
+                    .default_value(DEFAULT_PORT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("bound-port")
+                    .nick("Bound port")
+                    .blurb("The port the server listens on (-1 when not listening)")
+                    .minimum(-1)
+                    .maximum(65535)
+                    .default_value(-1)
+                    .read_only()
+                    .build(),
+                glib::ParamSpecString::builder("mount-point")
+                    .nick("Mount point")
+                    .blurb("Path of the presentation: clients open rtsp://host:port<mount-point>")
+                    .default_value(Some(DEFAULT_MOUNT_POINT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
+                    .nick("Protocols")
+                    .blurb("Lower transports clients may use (udp, udp-mcast, tcp)")
+                    .default_value(Settings::default().protocols)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("session-timeout")
+                    .nick("Session timeout")
+                    .blurb("Seconds without RTSP or RTCP from a client before its session expires")
+                    .minimum(1)
+                    .default_value(DEFAULT_SESSION_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-sessions")
+                    .nick("Max sessions")
+                    .blurb("Maximum number of sessions (0 = unlimited); SETUP beyond it gets 503")
+                    .default_value(DEFAULT_MAX_SESSIONS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-connections")
+                    .nick("Max connections")
+                    .blurb("Maximum number of open RTSP connections; more are closed at once")
+                    .minimum(1)
+                    .default_value(DEFAULT_MAX_CONNECTIONS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("backlog")
+                    .nick("Backlog")
+                    .blurb("Size of the listen queue of pending connections")
+                    .minimum(1)
+                    .default_value(DEFAULT_BACKLOG)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("client-queue-size")
+                    .nick("Client queue size")
+                    .blurb("Bytes of media queued per TCP client; when full, whole frames are dropped and the client resumes at the next keyframe")
+                    .minimum(64 * 1024)
+                    .default_value(DEFAULT_CLIENT_QUEUE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("client-stall-timeout")
+                    .nick("Client stall timeout")
+                    .blurb("Milliseconds a TCP client may accept no data before it is disconnected")
+                    .minimum(100)
+                    .default_value(DEFAULT_CLIENT_STALL_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("rtcp-interval")
+                    .nick("RTCP interval")
+                    .blurb("Average milliseconds between RTCP Sender Reports (randomised by ±50%)")
+                    .minimum(100)
+                    .default_value(DEFAULT_RTCP_INTERVAL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("mtu")
+                    .nick("MTU")
+                    .blurb("Maximum size of one RTP packet in bytes (payloader mtu)")
+                    .minimum(128)
+                    .maximum(65000)
+                    .default_value(DEFAULT_MTU)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("multicast-address-min")
+                    .nick("Multicast address min")
+                    .blurb("First IPv4 multicast group address handed to multicast clients")
+                    .default_value(Some(DEFAULT_MCAST_ADDRESS_MIN))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("multicast-address-max")
+                    .nick("Multicast address max")
+                    .blurb("Last IPv4 multicast group address handed to multicast clients")
+                    .default_value(Some(DEFAULT_MCAST_ADDRESS_MAX))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("multicast-port-min")
+                    .nick("Multicast port min")
+                    .blurb("First UDP port of multicast groups (RTP even, RTCP odd)")
+                    .minimum(1024)
+                    .maximum(65534)
+                    .default_value(DEFAULT_MCAST_PORT_MIN)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("multicast-port-max")
+                    .nick("Multicast port max")
+                    .blurb("Last UDP port of multicast groups")
+                    .minimum(1025)
+                    .maximum(65535)
+                    .default_value(DEFAULT_MCAST_PORT_MAX)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("multicast-ttl")
+                    .nick("Multicast TTL")
+                    .blurb("Time-to-live of multicast packets")
+                    .minimum(1)
+                    .maximum(255)
+                    .default_value(DEFAULT_MCAST_TTL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("multicast-iface")
+                    .nick("Multicast interface")
+                    .blurb("IPv4 address of the interface to send multicast from (NULL = routing table)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Server and per-client statistics: transports, packets and bytes sent, drops, RTCP receiver report figures")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![
+                // Tell every connected client to go to another URL (RTSP REDIRECT).
+                glib::subclass::Signal::builder("redirect")
+                    .param_types([String::static_type()])
+                    .return_type::<u32>()
+                    .action()
+                    .class_handler(|args| {
+                        let obj = args[0].get::<super::RtspServerSink>().expect("signal arg");
+                        let location = args[1].get::<String>().expect("signal arg");
+                        let told = obj
+                            .imp()
+                            .server()
+                            .map_or(0, |s| s.redirect(&location) as u32);
+                        Some(told.to_value())
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        let string = || {
+            value
+                .get::<Option<String>>()
+                .expect("type checked")
+                .unwrap_or_default()
+        };
+        match pspec.name() {
+            "address" => s.address = string(),
+            "port" => s.port = value.get().expect("type checked"),
+            "mount-point" => s.mount_point = string(),
+            "protocols" => s.protocols = value.get().expect("type checked"),
+            "session-timeout" => s.session_timeout = value.get().expect("type checked"),
+            "max-sessions" => s.max_sessions = value.get().expect("type checked"),
+            "max-connections" => s.max_connections = value.get().expect("type checked"),
+            "backlog" => s.backlog = value.get().expect("type checked"),
+            "client-queue-size" => s.client_queue_size = value.get().expect("type checked"),
+            "client-stall-timeout" => s.client_stall_timeout = value.get().expect("type checked"),
+            "rtcp-interval" => s.rtcp_interval = value.get().expect("type checked"),
+            "mtu" => s.mtu = value.get().expect("type checked"),
+            "multicast-address-min" => s.mcast_address_min = string(),
+            "multicast-address-max" => s.mcast_address_max = string(),
+            "multicast-port-min" => s.mcast_port_min = value.get().expect("type checked"),
+            "multicast-port-max" => s.mcast_port_max = value.get().expect("type checked"),
+            "multicast-ttl" => s.mcast_ttl = value.get().expect("type checked"),
+            "multicast-iface" => s.mcast_iface = value.get().expect("type checked"),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "address" => s.address.to_value(),
+            "port" => s.port.to_value(),
+            "bound-port" => self
+                .server()
+                .map_or(-1, |srv| i32::from(srv.local_addr().port()))
+                .to_value(),
+            "mount-point" => s.mount_point.to_value(),
+            "protocols" => s.protocols.to_value(),
+            "session-timeout" => s.session_timeout.to_value(),
+            "max-sessions" => s.max_sessions.to_value(),
+            "max-connections" => s.max_connections.to_value(),
+            "backlog" => s.backlog.to_value(),
+            "client-queue-size" => s.client_queue_size.to_value(),
+            "client-stall-timeout" => s.client_stall_timeout.to_value(),
+            "rtcp-interval" => s.rtcp_interval.to_value(),
+            "mtu" => s.mtu.to_value(),
+            "multicast-address-min" => s.mcast_address_min.to_value(),
+            "multicast-address-max" => s.mcast_address_max.to_value(),
+            "multicast-port-min" => s.mcast_port_min.to_value(),
+            "multicast-port-max" => s.mcast_port_max.to_value(),
+            "multicast-ttl" => s.mcast_ttl.to_value(),
+            "multicast-iface" => s.mcast_iface.to_value(),
+            "stats" => {
+                let stats = self.server().map(|srv| srv.stats()).unwrap_or_default();
+                Self::stats_structure(&stats).to_value()
+            }
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for RtspServerSink {}
+
+impl ElementImpl for RtspServerSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "RTSP server sink",
+                "Sink/Network",
+                "Serves its inputs to RTSP clients (UDP, multicast and TCP-interleaved RTP)",
+                "gst-plugin-livestreaming developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::from_str(
+                "video/x-h264, stream-format=(string){ avc, byte-stream }; \
+                 video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
+                 video/x-vp8; video/x-vp9; audio/x-opus; \
+                 audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
+                 audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
+                 audio/x-mulaw, rate=(int)8000, channels=(int)1; \
+                 audio/x-alaw, rate=(int)8000, channels=(int)1; \
+                 application/x-rtp",
+            )
+            .expect("valid caps");
+            vec![
+                gst::PadTemplate::new(
+                    "sink_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &caps,
+                )
+                .expect("valid template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        let mut state = self.state.lock().unwrap();
+        let id = match name.and_then(|n| n.strip_prefix("sink_")) {
+            Some(n) => n.parse::<usize>().ok()?,
+            None => state.next_pad,
+        };
+        if state.pads.contains_key(&id) {
+            gst::warning!(CAT, imp = self, "pad sink_{} already exists", id);
+            return None;
+        }
+        state.next_pad = state.next_pad.max(id + 1);
+
+        let appsink = gst_app::AppSink::builder()
+            .name(format!("appsink_{id}"))
+            .sync(true)
+            .buffer_list(true)
+            .max_buffers(1)
+            .build();
+        let weak = self.obj().downgrade();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(obj) = weak.upgrade() else {
+                        return Err(gst::FlowError::Flushing);
+                    };
+                    if let Some(server) = obj.imp().server() {
+                        server.push(id, &sample_packets(&sample));
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        let weak = self.obj().downgrade();
+        appsink.static_pad("sink")?.add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                    && let gst::EventView::Caps(c) = ev.view()
+                    && let Some(obj) = weak.upgrade()
+                {
+                    obj.imp().on_rtp_caps(id, c.caps());
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+
+        let ghost = gst::GhostPad::builder_from_template(templ)
+            .name(format!("sink_{id}"))
+            .event_function(|pad, parent, event| {
+                RtspServerSink::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_event(pad, event),
+                )
+            })
+            .build();
+        let obj = self.obj();
+        obj.add(&appsink).ok()?;
+        if let Some(server) = self.server()
+            && let Err(e) = server.add_stream(id)
+        {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::OpenReadWrite,
+                ["Could not bind UDP ports for stream {}: {}", id, e]
+            );
+            let _ = obj.remove(&appsink);
+            return None;
+        }
+        let _ = appsink.sync_state_with_parent();
+        state.pads.insert(
+            id,
+            PadChain {
+                ghost: ghost.clone(),
+                appsink,
+                payloader: None,
+                codec: None,
+            },
+        );
+        drop(state);
+        ghost.set_active(true).ok()?;
+        obj.add_pad(&ghost).ok()?;
+        Some(ghost.upcast())
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        let chain = {
+            let mut state = self.state.lock().unwrap();
+            let id = state
+                .pads
+                .iter()
+                .find(|(_, c)| c.ghost.upcast_ref::<gst::Pad>() == pad)
+                .map(|(id, _)| *id);
+            id.and_then(|id| state.pads.remove(&id).map(|c| (id, c)))
+        };
+        let Some((id, chain)) = chain else {
+            return;
+        };
+        if let Some(server) = self.server() {
+            server.remove_stream(id);
+        }
+        let obj = self.obj();
+        for element in chain
+            .payloader
+            .iter()
+            .chain(std::iter::once(chain.appsink.upcast_ref()))
+        {
+            let _ = element.set_state(gst::State::Null);
+            let _ = obj.remove(element);
+        }
+        let _ = chain.ghost.set_active(false);
+        let _ = obj.remove_pad(&chain.ghost);
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady
+            && let Err(err) = self.start_server()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::ReadyToNull || result.is_err() {
+            if let Some(server) = self.server.lock().unwrap().take() {
+                // Dropping the last reference stops the server; streaming threads may still
+                // hold one for a moment.
+                drop(server);
+            }
+            if transition == gst::StateChange::ReadyToNull {
+                let mut state = self.state.lock().unwrap();
+                for chain in state.pads.values_mut() {
+                    if let Some(p) = chain.payloader.take() {
+                        let _ = p.set_state(gst::State::Null);
+                        let _ = self.obj().remove(&p);
+                    }
+                    chain.codec = None;
+                    let _ = chain.ghost.set_target(None::<&gst::Pad>);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl BinImpl for RtspServerSink {}

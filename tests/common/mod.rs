@@ -1,0 +1,422 @@
+//! Test harness shared by the integration tests: our elements in-process, real peers (ffprobe,
+//! gst-launch-1.0 with the stock C elements) as child processes, every wait bounded, loopback only.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+/// Initialises GStreamer and registers our plugin (once per test binary).
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("gst init");
+        gstlivestreaming::plugin_register_static().expect("register plugin");
+    });
+}
+
+/// Asserts that an element was created from our plugin, not a stock one of the same name.
+pub fn assert_ours(element: &gst::Element) {
+    let factory = element.factory().expect("element has a factory");
+    let plugin = factory.plugin_name().map(|p| p.to_string());
+    assert_eq!(
+        plugin.as_deref(),
+        Some("livestreaming"),
+        "element {} comes from plugin {:?}",
+        factory.name(),
+        plugin
+    );
+}
+
+/// A running pipeline with an `rtspserversink name=sink port=0` in it.
+pub struct ServerPipeline {
+    pub pipeline: gst::Pipeline,
+    pub sink: gst::Element,
+    pub port: u16,
+}
+
+/// The usual live test input: H.264 video (+ Opus audio when `audio`).
+pub fn av_source(audio: bool) -> String {
+    let mut s = String::from(
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! sink.",
+    );
+    if audio {
+        s.push_str(" audiotestsrc is-live=true ! audioconvert ! opusenc ! sink.");
+    }
+    s
+}
+
+impl ServerPipeline {
+    /// `sink_props` are extra properties for rtspserversink; `sources` link into `sink.`.
+    pub fn start(sink_props: &str, sources: &str) -> ServerPipeline {
+        init();
+        let desc =
+            format!("rtspserversink name=sink address=127.0.0.1 port=0 {sink_props} {sources}");
+        let pipeline = gst::parse::launch(&desc)
+            .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+            .downcast::<gst::Pipeline>()
+            .expect("pipeline");
+        let sink = pipeline.by_name("sink").expect("sink");
+        assert_ours(&sink);
+        pipeline
+            .set_state(gst::State::Playing)
+            .expect("pipeline to PLAYING");
+        let port = sink.property::<i32>("bound-port");
+        assert!(port > 0, "bound-port is {port}");
+        ServerPipeline {
+            pipeline,
+            sink,
+            port: port as u16,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "rtsp://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    pub fn stats(&self) -> gst::Structure {
+        self.sink.property::<gst::Structure>("stats")
+    }
+
+    /// Errors posted on the bus so far.
+    pub fn errors(&self) -> Vec<String> {
+        let bus = self.pipeline.bus().unwrap();
+        let mut out = Vec::new();
+        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+            if let gst::MessageView::Error(e) = msg.view() {
+                out.push(format!("{} ({:?})", e.error(), e.debug()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ServerPipeline {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        ChildGuard(Some(child))
+    }
+
+    /// Waits at most `timeout`; kills the process if it is still running then.
+    pub fn wait_output(mut self, timeout: Duration) -> (Output, bool) {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        let timed_out = loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break false,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    break true;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => break true,
+            }
+        };
+        (child.wait_with_output().expect("wait child"), timed_out)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a command to completion within `timeout` (killed otherwise).
+pub fn run(cmd: &mut Command, timeout: Duration) -> (Output, bool) {
+    ChildGuard::spawn(cmd).wait_output(timeout)
+}
+
+/// Runs ffprobe on `url` and returns its stdout (CSV of `entries`).
+pub fn ffprobe(url: &str, transport: &str, entries: &str) -> String {
+    let (out, timed_out) = run(
+        Command::new("ffprobe").args([
+            "-v",
+            "error",
+            "-rtsp_transport",
+            transport,
+            "-show_entries",
+            entries,
+            "-of",
+            "csv=p=0",
+            url,
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !timed_out,
+        "ffprobe timed out: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Plays `url` with the stock C rtspsrc into avdec_h264 and returns how many frames decoded.
+pub fn rtspsrc_decode(url: &str, protocols: &str, frames: u32, extra: &str) -> u32 {
+    let pipeline = format!(
+        "rtspsrc location={url} protocols={protocols} latency=200 {extra} \
+         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers={frames} silent=false"
+    );
+    let (out, timed_out) = run(
+        Command::new("gst-launch-1.0")
+            .args(["-v", "-e"])
+            .args(pipeline.split_whitespace()),
+        Duration::from_secs(40),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !timed_out,
+        "rtspsrc timed out; stdout tail: {}\nstderr: {}",
+        tail(&stdout, 1500),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.matches("fakesink0: last-message = chain").count() as u32
+}
+
+pub fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let mut i = start;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// A hand-driven RTSP connection for protocol tests.
+pub struct RawClient {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    pub cseq: u32,
+}
+
+/// What the server sent.
+#[derive(Debug)]
+pub enum Incoming {
+    Data(u8, Vec<u8>),
+    Response(RawResponse),
+    Request(String, Vec<(String, String)>),
+}
+
+/// A response as read off the wire.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn session(&self) -> Option<String> {
+        self.header("Session")
+            .map(|s| s.split(';').next().unwrap().trim().to_owned())
+    }
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> RawClient {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        RawClient::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        RawClient {
+            stream,
+            reader,
+            cseq: 0,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends a request with the next CSeq and the given extra header lines.
+    pub fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> RawResponse {
+        self.cseq += 1;
+        let mut msg = format!("{method} {url} RTSP/1.0\r\nCSeq: {}\r\n", self.cseq);
+        for (k, v) in headers {
+            msg.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            msg.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        msg.push_str("\r\n");
+        msg.push_str(body);
+        self.send_raw(msg.as_bytes());
+        let resp = self.read_response();
+        if let Some(c) = resp.header("CSeq") {
+            assert_eq!(c.trim(), self.cseq.to_string(), "CSeq echoed");
+        }
+        resp
+    }
+
+    /// Reads whatever the server sends next.
+    pub fn read_next(&mut self) -> Incoming {
+        let buf = self.reader.fill_buf().expect("read");
+        assert!(!buf.is_empty(), "connection closed by server");
+        if buf[0] == b'$' {
+            let mut hdr = [0u8; 4];
+            self.reader
+                .read_exact(&mut hdr)
+                .expect("interleaved header");
+            let len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+            let mut data = vec![0u8; len];
+            self.reader.read_exact(&mut data).expect("interleaved body");
+            return Incoming::Data(hdr[1], data);
+        }
+        let (start, headers, body) = self.read_message();
+        match start.strip_prefix("RTSP/1.0 ") {
+            Some(rest) => Incoming::Response(RawResponse {
+                status: rest[..3].parse().expect("status code"),
+                headers,
+                body,
+            }),
+            None => Incoming::Request(start, headers),
+        }
+    }
+
+    /// Reads the next RTSP response, skipping interleaved frames and server requests.
+    pub fn read_response(&mut self) -> RawResponse {
+        loop {
+            if let Incoming::Response(r) = self.read_next() {
+                return r;
+            }
+        }
+    }
+
+    /// Reads the next request the server sends (ANNOUNCE, REDIRECT), skipping everything else.
+    pub fn read_request(&mut self) -> (String, Vec<(String, String)>) {
+        loop {
+            if let Incoming::Request(start, headers) = self.read_next() {
+                return (start, headers);
+            }
+        }
+    }
+
+    /// Reads one message (request or response): start line, headers, body.
+    fn read_message(&mut self) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let mut start = String::new();
+        self.reader.read_line(&mut start).expect("start line");
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).expect("header line");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.reader.read_exact(&mut body).expect("body");
+        (start.trim_end().to_owned(), headers, body)
+    }
+
+    /// Reads interleaved frames until `n` have arrived on `channel` (bounded by the read timeout).
+    pub fn read_interleaved(&mut self, channel: u8, n: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Incoming::Data(ch, data) = self.read_next()
+                && ch == channel
+            {
+                got.push(data);
+            }
+        }
+        got
+    }
+
+    /// DESCRIBE + SETUP every stream over TCP + PLAY; returns the session id and stream count.
+    pub fn play_tcp(&mut self, url: &str) -> (String, usize) {
+        let d = self.request("DESCRIBE", url, &[("Accept", "application/sdp")], "");
+        assert_eq!(d.status, 200, "DESCRIBE: {d:?}");
+        let sdp = String::from_utf8_lossy(&d.body).into_owned();
+        let base = d.header("Content-Base").unwrap_or(url).to_owned();
+        let controls: Vec<String> = sdp
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a=control:"))
+            .filter(|c| *c != "*")
+            .map(str::to_owned)
+            .collect();
+        let mut session: Option<String> = None;
+        for (i, control) in controls.iter().enumerate() {
+            let transport = format!("RTP/AVP/TCP;unicast;interleaved={}-{}", 2 * i, 2 * i + 1);
+            let mut headers = vec![("Transport", transport.as_str())];
+            let sess;
+            if let Some(s) = &session {
+                sess = s.clone();
+                headers.push(("Session", sess.as_str()));
+            }
+            let r = self.request("SETUP", &format!("{base}{control}"), &headers, "");
+            assert_eq!(r.status, 200, "SETUP: {r:?}");
+            session = r.session();
+        }
+        let session = session.expect("session");
+        let r = self.request(
+            "PLAY",
+            &base,
+            &[("Session", &session), ("Range", "npt=0-")],
+            "",
+        );
+        assert_eq!(r.status, 200, "PLAY: {r:?}");
+        (session, controls.len())
+    }
+}

@@ -1,0 +1,154 @@
+//! rtspserversink against real RTSP clients we did not write: ffprobe (FFmpeg 5.1) and the stock
+//! C `rtspsrc`, over UDP, TCP and multicast, alone and many at once.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn ffprobe_reads_audio_and_video_over_udp() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let out = ffprobe(&server.url("/"), "udp", "stream=codec_name");
+    assert!(out.contains("h264"), "codecs: {out}");
+    assert!(out.contains("opus"), "codecs: {out}");
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+}
+
+#[test]
+fn ffprobe_reads_audio_and_video_over_tcp_on_a_mount_point() {
+    let server = ServerPipeline::start("mount-point=/live/cam1", &av_source(true));
+    let out = ffprobe(
+        &server.url("/live/cam1"),
+        "tcp",
+        "stream=codec_name,width,height",
+    );
+    assert!(out.contains("h264,320,240"), "streams: {out}");
+    assert!(out.contains("opus"), "streams: {out}");
+}
+
+#[test]
+fn stock_rtspsrc_decodes_over_udp() {
+    let server = ServerPipeline::start("", &av_source(false));
+    assert_eq!(rtspsrc_decode(&server.url("/"), "udp", 30, ""), 30);
+}
+
+#[test]
+fn stock_rtspsrc_decodes_over_tcp() {
+    let server = ServerPipeline::start("", &av_source(true));
+    assert_eq!(rtspsrc_decode(&server.url("/"), "tcp", 30, ""), 30);
+}
+
+#[test]
+fn stock_rtspsrc_decodes_over_multicast() {
+    let server = ServerPipeline::start(
+        "multicast-iface=127.0.0.1 multicast-address-min=239.255.42.1 \
+         multicast-address-max=239.255.42.9 multicast-port-min=46000 multicast-port-max=46100",
+        &av_source(false),
+    );
+    assert_eq!(
+        rtspsrc_decode(&server.url("/"), "udp-mcast", 30, "multicast-iface=lo"),
+        30
+    );
+    let stats = server.stats();
+    let clients = stats.get::<gst::Array>("clients").unwrap();
+    assert!(
+        clients.is_empty()
+            || clients.iter().any(|c| {
+                c.get::<gst::Structure>()
+                    .is_ok_and(|s| s.get::<&str>("transport") == Ok("udp-mcast"))
+            }),
+        "stats: {stats}"
+    );
+}
+
+#[test]
+fn several_clients_of_every_transport_at_once() {
+    let server = ServerPipeline::start("multicast-iface=127.0.0.1", &av_source(true));
+    let url = server.url("/");
+    let handles: Vec<_> = [("udp", 0), ("tcp", 1), ("udp", 2), ("tcp", 3)]
+        .into_iter()
+        .map(|(proto, i)| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    rtspsrc_decode(&url, proto, 30, "")
+                } else {
+                    let out = ffprobe(&url, proto, "stream=codec_name");
+                    u32::from(out.contains("h264") && out.contains("opus")) * 30
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 30);
+    }
+}
+
+#[test]
+fn a_stalled_tcp_client_does_not_stop_the_others() {
+    // Large frames (noise) so that the stalled client's socket buffers fill quickly.
+    let server = ServerPipeline::start(
+        "client-queue-size=65536 client-stall-timeout=2000",
+        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=20000 ! sink.",
+    );
+    // A client that plays over TCP and never reads, with a tiny receive buffer.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut stalled = RawClient::from_stream(sock.into());
+    let (_session, _) = stalled.play_tcp(&server.url("/"));
+
+    // Meanwhile a real client plays normally.
+    assert_eq!(rtspsrc_decode(&server.url("/"), "tcp", 90, ""), 90);
+
+    // The stalled client is dropped frames and finally disconnected, and that is counted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = server.stats();
+        let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
+        let dropped = stats.get::<u64>("frames-dropped").unwrap();
+        if slow >= 1 && dropped >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stalled client not handled: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stalled);
+}
+
+#[test]
+fn fifty_clients_connecting_and_playing_at_the_same_moment_all_receive() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let url = server.url("/");
+    let n = 50;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.clone();
+            let barrier = barrier.clone();
+            let port = server.port;
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut c = RawClient::connect(port);
+                let (_session, streams) = c.play_tcp(&url);
+                assert_eq!(streams, 2);
+                // Ten video packets each.
+                c.read_interleaved(0, 10).len()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 10);
+    }
+    let stats = server.stats();
+    assert_eq!(stats.get::<u32>("sessions").unwrap(), n as u32, "{stats}");
+}

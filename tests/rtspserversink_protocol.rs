@@ -1,0 +1,452 @@
+//! rtspserversink's RTSP behaviour on the wire: every method, status codes for bad input (each
+//! followed by a check that another client still plays), sessions, RTCP, REDIRECT, errors.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+
+/// After a bad request: a fresh client still gets the stream.
+fn assert_still_serving(server: &ServerPipeline) {
+    let mut c = RawClient::connect(server.port);
+    c.play_tcp(&server.url("/"));
+    assert_eq!(c.read_interleaved(0, 3).len(), 3);
+}
+
+#[test]
+fn options_lists_the_methods() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let r = c.request("OPTIONS", "*", &[], "");
+    assert_eq!(r.status, 200);
+    let public = r.header("Public").unwrap();
+    for m in [
+        "OPTIONS",
+        "DESCRIBE",
+        "SETUP",
+        "PLAY",
+        "PAUSE",
+        "TEARDOWN",
+        "GET_PARAMETER",
+        "SET_PARAMETER",
+    ] {
+        assert!(public.contains(m), "{m} missing from Public: {public}");
+    }
+}
+
+#[test]
+fn describe_answers_sdp_with_codec_parameters() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let mut c = RawClient::connect(server.port);
+    let url = server.url("/");
+    let r = c.request("DESCRIBE", &url, &[("Accept", "application/sdp")], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("application/sdp"));
+    assert!(r.header("Content-Base").unwrap().ends_with('/'));
+    let sdp = String::from_utf8(r.body).unwrap();
+    assert!(sdp.starts_with("v=0"), "{sdp}");
+    assert!(sdp.contains("m=video 0 RTP/AVP 96"), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:96 H264/90000"), "{sdp}");
+    assert!(sdp.contains("sprop-parameter-sets="), "{sdp}");
+    assert!(sdp.contains("packetization-mode=1"), "{sdp}");
+    assert!(sdp.contains("m=audio 0 RTP/AVP 97"), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:97 OPUS/48000/2"), "{sdp}");
+    assert!(sdp.contains("a=control:stream=0"), "{sdp}");
+    assert!(sdp.contains("a=control:stream=1"), "{sdp}");
+    assert!(sdp.contains("a=range:npt=now-"), "{sdp}");
+}
+
+#[test]
+fn setup_udp_answers_server_ports_and_play_answers_rtp_info() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let url = server.url("/");
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/stream=0"),
+        &[("Transport", "RTP/AVP;unicast;client_port=40000-40001")],
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let transport = r.header("Transport").unwrap();
+    assert!(transport.contains("client_port=40000-40001"), "{transport}");
+    assert!(transport.contains("server_port="), "{transport}");
+    let session_header = r.header("Session").unwrap();
+    assert!(session_header.ends_with(";timeout=60"), "{session_header}");
+    let session = r.session().unwrap();
+    let r = c.request("PLAY", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Range"), Some("npt=now-"));
+    let info = r.header("RTP-Info").unwrap();
+    assert!(info.contains("stream=0;seq="), "{info}");
+    assert!(info.contains(";rtptime="), "{info}");
+    let r = c.request("TEARDOWN", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn malformed_request_gets_400_with_cseq_and_the_connection_goes_on() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    c.send_raw(b"THIS IS NOT RTSP\r\nCSeq: 42\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("CSeq"), Some("42"));
+    // The same connection still works.
+    let r = c.request("OPTIONS", "*", &[], "");
+    assert_eq!(r.status, 200);
+    assert_still_serving(&server);
+}
+
+#[test]
+fn unknown_method_gets_501_and_client_only_methods_405() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let r = c.request("FLY", &server.url("/"), &[], "");
+    assert_eq!(r.status, 501);
+    let r = c.request("RECORD", &server.url("/"), &[], "");
+    assert_eq!(r.status, 405);
+    assert!(r.header("Allow").is_some());
+    assert_still_serving(&server);
+}
+
+#[test]
+fn unknown_mount_gets_404() {
+    let server = ServerPipeline::start("mount-point=/cam", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let r = c.request("DESCRIBE", &server.url("/nope"), &[], "");
+    assert_eq!(r.status, 404);
+    let r = c.request(
+        "SETUP",
+        &server.url("/cam/stream=7"),
+        &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+        "",
+    );
+    assert_eq!(r.status, 404);
+    let mut ok = RawClient::connect(server.port);
+    ok.play_tcp(&server.url("/cam"));
+    assert_eq!(ok.read_interleaved(0, 3).len(), 3);
+}
+
+#[test]
+fn wrong_session_gets_454() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let url = server.url("/");
+    let r = c.request("PLAY", &url, &[("Session", "doesnotexist")], "");
+    assert_eq!(r.status, 454);
+    let r = c.request("PAUSE", &url, &[("Session", "doesnotexist")], "");
+    assert_eq!(r.status, 454);
+    let r = c.request("GET_PARAMETER", &url, &[("Session", "doesnotexist")], "");
+    assert_eq!(r.status, 454);
+    assert_still_serving(&server);
+}
+
+#[test]
+fn unsupported_transport_gets_461() {
+    let server = ServerPipeline::start("protocols=tcp", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let url = format!("{}/stream=0", server.url("/"));
+    let r = c.request(
+        "SETUP",
+        &url,
+        &[("Transport", "RTP/AVP;unicast;client_port=40000-40001")],
+        "",
+    );
+    assert_eq!(r.status, 461);
+    let r = c.request("SETUP", &url, &[("Transport", "garbage")], "");
+    assert_eq!(r.status, 461);
+    let r = c.request("SETUP", &url, &[], "");
+    assert_eq!(r.status, 461);
+    assert_still_serving(&server);
+}
+
+#[test]
+fn require_gets_551() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let r = c.request("OPTIONS", "*", &[("Require", "com.example.magic")], "");
+    assert_eq!(r.status, 551);
+    assert_eq!(r.header("Unsupported"), Some("com.example.magic"));
+}
+
+#[test]
+fn oversized_headers_are_refused_and_the_connection_closed() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let mut msg = b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n".to_vec();
+    for i in 0..2000 {
+        msg.extend_from_slice(format!("X-Filler-{i}: aaaaaaaaaaaaaaaaaaaa\r\n").as_bytes());
+    }
+    // The server may close before it has read everything: ignore write errors.
+    let _ = std::io::Write::write_all(&mut c.stream, &msg);
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    let mut rest = Vec::new();
+    let _ = c.stream.read_to_end(&mut rest);
+    assert_still_serving(&server);
+}
+
+#[test]
+fn oversized_body_gets_413() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    c.send_raw(b"SET_PARAMETER * RTSP/1.0\r\nCSeq: 3\r\nContent-Length: 100000000\r\n\r\nxx");
+    let r = c.read_response();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("CSeq"), Some("3"));
+    assert_still_serving(&server);
+}
+
+#[test]
+fn get_and_set_parameter() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let url = server.url("/");
+    let (session, _) = c.play_tcp(&url);
+    // Keep-alive with an empty body.
+    let r = c.request("GET_PARAMETER", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+    // Named parameters are answered.
+    let r = c.request(
+        "GET_PARAMETER",
+        &url,
+        &[("Session", &session), ("Content-Type", "text/parameters")],
+        "session-timeout\r\nclients\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body).unwrap();
+    assert!(body.contains("session-timeout: 60"), "{body}");
+    assert!(body.contains("clients: 1"), "{body}");
+    let r = c.request(
+        "GET_PARAMETER",
+        &url,
+        &[("Session", &session)],
+        "no-such-thing\r\n",
+    );
+    assert_eq!(r.status, 451);
+    let r = c.request("SET_PARAMETER", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "SET_PARAMETER",
+        &url,
+        &[("Session", &session)],
+        "brightness: 11\r\n",
+    );
+    assert_eq!(r.status, 451);
+}
+
+#[test]
+fn pause_stops_this_client_only_and_play_resumes() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let url = server.url("/");
+    let mut a = RawClient::connect(server.port);
+    let (sa, _) = a.play_tcp(&url);
+    let mut b = RawClient::connect(server.port);
+    b.play_tcp(&url);
+    a.read_interleaved(0, 5);
+    let r = a.request("PAUSE", &url, &[("Session", &sa)], "");
+    assert_eq!(r.status, 200);
+    // Drain what was queued before the PAUSE, then nothing more arrives for A...
+    a.stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let quiet_since = Instant::now();
+    let mut last_data = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(6) {
+        match a.stream.read(&mut buf) {
+            Ok(0) => panic!("server closed a paused connection"),
+            Ok(_) => last_data = Instant::now(),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        last_data.elapsed() >= Duration::from_millis(1400),
+        "still sending after PAUSE"
+    );
+    // ...while B keeps receiving.
+    assert_eq!(b.read_interleaved(0, 30).len(), 30);
+    // PLAY resumes A.
+    a.stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let r = a.request("PLAY", &url, &[("Session", &sa)], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(a.read_interleaved(0, 5).len(), 5);
+}
+
+#[test]
+fn teardown_per_stream_keeps_the_session_and_aggregate_ends_it() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let url = server.url("/");
+    let mut c = RawClient::connect(server.port);
+    let (session, streams) = c.play_tcp(&url);
+    assert_eq!(streams, 2);
+    let r = c.request(
+        "TEARDOWN",
+        &format!("{url}/stream=1"),
+        &[("Session", &session)],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.session().is_some(),
+        "per-stream teardown keeps the session"
+    );
+    let r = c.request("GET_PARAMETER", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+    let r = c.request("TEARDOWN", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+    let r = c.request("GET_PARAMETER", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 454);
+}
+
+#[test]
+fn sessions_expire_without_keep_alive() {
+    let server = ServerPipeline::start("session-timeout=2", &av_source(false));
+    let url = server.url("/");
+    let mut c = RawClient::connect(server.port);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/stream=0"),
+        &[("Transport", "RTP/AVP;unicast;client_port=40010-40011")],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("Session").unwrap().ends_with(";timeout=2"));
+    let session = r.session().unwrap();
+    // Keep-alives hold it...
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1000));
+        let r = c.request("GET_PARAMETER", &url, &[("Session", &session)], "");
+        assert_eq!(r.status, 200);
+    }
+    // ...silence ends it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let r = c.request("PLAY", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 454);
+    assert!(server.stats().get::<u64>("sessions-timed-out").unwrap() >= 1);
+}
+
+#[test]
+fn sender_reports_reach_interleaved_clients() {
+    let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    c.play_tcp(&server.url("/"));
+    let rtcp = c.read_interleaved(1, 1).remove(0);
+    // RTCP SR: version 2, packet type 200, then SDES (202) in the same compound.
+    assert_eq!(rtcp[0] >> 6, 2);
+    assert_eq!(rtcp[1], 200, "{rtcp:?}");
+    let len = (u16::from_be_bytes([rtcp[2], rtcp[3]]) as usize + 1) * 4;
+    assert_eq!(rtcp[len + 1], 202, "SDES follows the SR");
+}
+
+#[test]
+fn receiver_reports_from_rtspsrc_show_up_in_stats() {
+    let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
+    let url = server.url("/");
+    let t = std::thread::spawn(move || rtspsrc_decode(&url, "udp", 200, ""));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        let stats = server.stats();
+        let clients = stats.get::<gst::Array>("clients").unwrap();
+        seen = clients.iter().any(|c| {
+            let c = c.get::<gst::Structure>().unwrap();
+            let streams = c.get::<gst::Array>("streams").unwrap();
+            c.get::<&str>("transport") == Ok("udp")
+                && streams.iter().any(|s| {
+                    let s = s.get::<gst::Structure>().unwrap();
+                    s.get::<u64>("rtcp-reports").unwrap() > 0
+                        && s.get::<f64>("rtt-ms").unwrap() >= 0.0
+                        && s.get::<u64>("packets-sent").unwrap() > 0
+                })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(seen, "no receiver report in stats: {}", server.stats());
+    assert_eq!(t.join().unwrap(), 200);
+}
+
+#[test]
+fn redirect_signal_sends_redirect_to_clients() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let (session, _) = c.play_tcp(&server.url("/"));
+    let told = server
+        .sink
+        .emit_by_name::<u32>("redirect", &[&"rtsp://127.0.0.1:9/elsewhere"]);
+    assert_eq!(told, 1);
+    // Bounded by the client's read timeout.
+    let (start, headers) = c.read_request();
+    assert!(start.starts_with("REDIRECT "), "{start}");
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("Location").as_deref(),
+        Some("rtsp://127.0.0.1:9/elsewhere")
+    );
+    assert_eq!(get("Session").as_deref(), Some(session.as_str()));
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    init();
+    let first = ServerPipeline::start("", &av_source(false));
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! x264enc ! rtspserversink name=sink address=127.0.0.1 port={}",
+        first.port
+    ))
+    .unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap();
+    assert_ours(&sink);
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("error message");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    assert!(text.contains("Could not listen"), "{text}");
+    assert!(text.contains(&first.port.to_string()), "{text}");
+    let _ = pipeline.set_state(gst::State::Null);
+    // The first server is unaffected.
+    assert_still_serving(&first);
+}
+
+#[test]
+fn invalid_property_values_are_clear_errors() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc is-live=true ! x264enc ! rtspserversink name=sink port=0 multicast-address-min=10.0.0.1",
+    )
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("error message");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        err.error().to_string().contains("multicast"),
+        "{}",
+        err.error()
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+}
