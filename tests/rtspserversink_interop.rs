@@ -91,9 +91,9 @@ fn several_clients_of_every_transport_at_once() {
 fn a_stalled_tcp_client_does_not_stop_the_others() {
     // Large frames (noise) so that the stalled client's socket buffers fill quickly.
     let server = ServerPipeline::start(
-        "client-queue-size=65536 client-stall-timeout=2000",
+        "client-queue-size=262144 client-stall-timeout=2000",
         "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=20000 ! sink.",
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
     );
     // A client that plays over TCP and never reads, with a tiny receive buffer.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -142,13 +142,14 @@ fn fifty_clients_connecting_and_playing_at_the_same_moment_all_receive() {
                 let (_session, streams) = c.play_tcp(&url);
                 assert_eq!(streams, 2);
                 // Ten video packets each.
-                c.read_interleaved(0, 10).len()
+                assert_eq!(c.read_interleaved(0, 10).len(), 10);
+                c
             })
         })
         .collect();
-    for h in handles {
-        assert_eq!(h.join().unwrap(), 10);
-    }
+    let clients: Vec<RawClient> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let stats = server.stats();
     assert_eq!(stats.get::<u32>("sessions").unwrap(), n as u32, "{stats}");
+    assert_eq!(stats.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
+    drop(clients);
 }

@@ -64,9 +64,10 @@ fn setup_udp_answers_server_ports_and_play_answers_rtp_info() {
     let server = ServerPipeline::start("", &av_source(false));
     let mut c = RawClient::connect(server.port);
     let url = server.url("/");
+    assert_eq!(c.request("DESCRIBE", &url, &[], "").status, 200);
     let r = c.request(
         "SETUP",
-        &format!("{url}/stream=0"),
+        &format!("{url}stream=0"),
         &[("Transport", "RTP/AVP;unicast;client_port=40000-40001")],
         "",
     );
@@ -149,7 +150,7 @@ fn wrong_session_gets_454() {
 fn unsupported_transport_gets_461() {
     let server = ServerPipeline::start("protocols=tcp", &av_source(false));
     let mut c = RawClient::connect(server.port);
-    let url = format!("{}/stream=0", server.url("/"));
+    let url = format!("{}stream=0", server.url("/"));
     let r = c.request(
         "SETUP",
         &url,
@@ -288,7 +289,7 @@ fn teardown_per_stream_keeps_the_session_and_aggregate_ends_it() {
     assert_eq!(streams, 2);
     let r = c.request(
         "TEARDOWN",
-        &format!("{url}/stream=1"),
+        &format!("{url}stream=1"),
         &[("Session", &session)],
         "",
     );
@@ -312,7 +313,7 @@ fn sessions_expire_without_keep_alive() {
     let mut c = RawClient::connect(server.port);
     let r = c.request(
         "SETUP",
-        &format!("{url}/stream=0"),
+        &format!("{url}stream=0"),
         &[("Transport", "RTP/AVP;unicast;client_port=40010-40011")],
         "",
     );

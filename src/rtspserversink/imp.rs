@@ -295,7 +295,7 @@ impl RtspServerSink {
     fn start_server(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let config = settings.server_config().map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Settings, ["Invalid setting: {}", e])
+            gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
         })?;
         let bind = std::net::SocketAddr::new(config.address, config.port);
         let weak = self.obj().downgrade();
@@ -307,7 +307,7 @@ impl RtspServerSink {
         .map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenReadWrite,
-                ["Could not listen for RTSP on {}: {}", bind, e]
+                ("Could not listen for RTSP on {}: {}", bind, e)
             )
         })?;
         let ids: Vec<usize> = self.state.lock().unwrap().pads.keys().copied().collect();
@@ -315,7 +315,7 @@ impl RtspServerSink {
             server.add_stream(id).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
-                    ["Could not bind UDP ports for stream {}: {}", id, e]
+                    ("Could not bind UDP ports for stream {}: {}", id, e)
                 )
             })?;
         }
@@ -401,7 +401,7 @@ impl RtspServerSink {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
-                ["Cannot stream {} on {}: {}", c.caps(), pad.name(), err]
+                ("Cannot stream {} on {}: {}", c.caps(), pad.name(), err)
             );
             return false;
         }
@@ -823,7 +823,7 @@ impl ElementImpl for RtspServerSink {
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::OpenReadWrite,
-                ["Could not bind UDP ports for stream {}: {}", id, e]
+                ("Could not bind UDP ports for stream {}: {}", id, e)
             );
             let _ = obj.remove(&appsink);
             return None;

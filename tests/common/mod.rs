@@ -120,9 +120,31 @@ impl ChildGuard {
         ChildGuard(Some(child))
     }
 
-    /// Waits at most `timeout`; kills the process if it is still running then.
+    /// Waits at most `timeout`; kills the process if it is still running then. Its output is
+    /// drained while it runs, so a chatty child never blocks on a full pipe.
     pub fn wait_output(mut self, timeout: Duration) -> (Output, bool) {
         let mut child = self.0.take().unwrap();
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let deadline = Instant::now() + timeout;
         let timed_out = loop {
             match child.try_wait() {
@@ -135,7 +157,13 @@ impl ChildGuard {
                 Err(_) => break true,
             }
         };
-        (child.wait_with_output().expect("wait child"), timed_out)
+        let status = child.wait().expect("wait child");
+        let output = Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        };
+        (output, timed_out)
     }
 }
 

@@ -150,6 +150,7 @@ impl ConnOut {
 
     /// Queues a group of packets (one frame, or one RTCP compound) on `channel`, all or nothing.
     /// Returns false when the group was dropped because the queue is full or closed.
+    /// The queue holds at most `media_limit` bytes, or one group of any size when it was empty.
     pub fn send_media(&self, channel: u8, packets: &[Bytes]) -> bool {
         let total: usize = packets.iter().map(|p| p.len() + 4).sum();
         {
@@ -157,7 +158,9 @@ impl ConnOut {
             if q.closed {
                 return false;
             }
-            if q.media_bytes + total > self.media_limit {
+            // An empty queue takes any frame, so frames larger than the limit still flow to a
+            // client that keeps up.
+            if q.media_bytes > 0 && q.media_bytes + total > self.media_limit {
                 drop(q);
                 self.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 self.packets_dropped

@@ -168,8 +168,10 @@ impl Shared {
         if rest.is_empty() {
             return Ok(Target_::Presentation);
         }
+        // Tolerate `//stream=0` from clients that join a slash-terminated base with `/control`.
         let id = rest
-            .strip_prefix("/stream=")
+            .trim_start_matches('/')
+            .strip_prefix("stream=")
             .and_then(|n| n.parse::<usize>().ok())
             .ok_or(StatusCode::NotFound)?;
         if self.streams.read().unwrap().contains_key(&id) {
