@@ -190,7 +190,8 @@ fn payloader_for(caps: &gst::CapsRef, pt: u32, mtu: u32) -> Result<Option<gst::E
         "audio/x-opus" => ("rtpopuspay", true),
         "audio/mpeg" => match s.get::<i32>("mpegversion") {
             Ok(4) | Ok(2) => ("rtpmp4gpay", true),
-            Ok(1) => ("rtpmpapay", true),
+            // MPEG audio has the static payload type 14 (RFC 3551).
+            Ok(1) => ("rtpmpapay", false),
             _ => return Err(format!("unsupported audio/mpeg caps {caps}")),
         },
         "audio/x-mulaw" => ("rtppcmupay", false),
