@@ -41,47 +41,80 @@ fn stock_rtspsrc_decodes_over_tcp() {
     assert_eq!(rtspsrc_decode(&server.url("/"), "tcp", 30, ""), 30);
 }
 
+const MULTICAST: &str = "multicast-iface=127.0.0.1 multicast-address-min=239.255.42.1 \
+     multicast-address-max=239.255.42.9 multicast-port-min=46000 multicast-port-max=46100";
+
+/// Waits (bounded) until stats show a playing client on `transport` that was sent packets.
+fn wait_for_client(server: &ServerPipeline, transport: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = server.stats();
+        let clients = stats.get::<gst::Array>("clients").unwrap();
+        let found = clients.iter().any(|c| {
+            let c = c.get::<gst::Structure>().unwrap();
+            c.get::<&str>("transport") == Ok(transport)
+                && c.get::<bool>("playing") == Ok(true)
+                && c.get::<u64>("packets-sent").unwrap() > 0
+        });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {transport} client in {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn stock_rtspsrc_decodes_over_multicast() {
-    let server = ServerPipeline::start(
-        "multicast-iface=127.0.0.1 multicast-address-min=239.255.42.1 \
-         multicast-address-max=239.255.42.9 multicast-port-min=46000 multicast-port-max=46100",
-        &av_source(false),
+    let server = ServerPipeline::start(MULTICAST, &av_source(false));
+    let url = server.url("/");
+    let client =
+        std::thread::spawn(move || rtspsrc_decode(&url, "udp-mcast", 90, "multicast-iface=lo"));
+    wait_for_client(&server, "udp-mcast");
+    assert_eq!(client.join().unwrap(), 90);
+    // The group's address comes from the configured range.
+    let mut c = RawClient::connect(server.port);
+    assert_eq!(c.request("DESCRIBE", &server.url("/"), &[], "").status, 200);
+    let r = c.request(
+        "SETUP",
+        &format!("{}stream=0", server.url("/")),
+        &[("Transport", "RTP/AVP;multicast")],
+        "",
     );
-    assert_eq!(
-        rtspsrc_decode(&server.url("/"), "udp-mcast", 30, "multicast-iface=lo"),
-        30
-    );
-    let stats = server.stats();
-    let clients = stats.get::<gst::Array>("clients").unwrap();
-    assert!(
-        clients.is_empty()
-            || clients.iter().any(|c| {
-                c.get::<gst::Structure>()
-                    .is_ok_and(|s| s.get::<&str>("transport") == Ok("udp-mcast"))
-            }),
-        "stats: {stats}"
-    );
+    assert_eq!(r.status, 200);
+    let t = r.header("Transport").unwrap();
+    assert!(t.contains("destination=239.255.42.1"), "{t}");
+    assert!(t.contains("port=46000-46001"), "{t}");
+    assert!(t.contains("ttl=1"), "{t}");
 }
 
 #[test]
 fn several_clients_of_every_transport_at_once() {
-    let server = ServerPipeline::start("multicast-iface=127.0.0.1", &av_source(true));
+    let server = ServerPipeline::start(MULTICAST, &av_source(true));
     let url = server.url("/");
-    let handles: Vec<_> = [("udp", 0), ("tcp", 1), ("udp", 2), ("tcp", 3)]
-        .into_iter()
-        .map(|(proto, i)| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                if i % 2 == 0 {
-                    rtspsrc_decode(&url, proto, 30, "")
-                } else {
-                    let out = ffprobe(&url, proto, "stream=codec_name");
-                    u32::from(out.contains("h264") && out.contains("opus")) * 30
-                }
-            })
+    let handles: Vec<_> = [
+        ("udp", 0),
+        ("tcp", 1),
+        ("udp-mcast", 2),
+        ("tcp", 3),
+        ("udp", 5),
+    ]
+    .into_iter()
+    .map(|(proto, i)| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            if i % 2 == 0 {
+                rtspsrc_decode(&url, proto, 30, "multicast-iface=lo")
+            } else {
+                let out = ffprobe(&url, proto, "stream=codec_name");
+                u32::from(out.contains("h264") && out.contains("opus")) * 30
+            }
         })
-        .collect();
+    })
+    .collect();
     for h in handles {
         assert_eq!(h.join().unwrap(), 30);
     }

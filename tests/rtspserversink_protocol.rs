@@ -347,10 +347,19 @@ fn sender_reports_reach_interleaved_clients() {
 }
 
 #[test]
-fn receiver_reports_from_rtspsrc_show_up_in_stats() {
+fn receiver_reports_from_rtspsrc_over_udp_show_up_in_stats() {
+    receiver_reports_from_rtspsrc("udp");
+}
+
+#[test]
+fn receiver_reports_from_rtspsrc_over_tcp_show_up_in_stats() {
+    receiver_reports_from_rtspsrc("tcp");
+}
+
+fn receiver_reports_from_rtspsrc(transport: &'static str) {
     let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
     let url = server.url("/");
-    let t = std::thread::spawn(move || rtspsrc_decode(&url, "udp", 200, ""));
+    let t = std::thread::spawn(move || rtspsrc_decode(&url, transport, 200, ""));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = false;
     while Instant::now() < deadline && !seen {
@@ -359,7 +368,7 @@ fn receiver_reports_from_rtspsrc_show_up_in_stats() {
         seen = clients.iter().any(|c| {
             let c = c.get::<gst::Structure>().unwrap();
             let streams = c.get::<gst::Array>("streams").unwrap();
-            c.get::<&str>("transport") == Ok("udp")
+            c.get::<&str>("transport") == Ok(transport)
                 && streams.iter().any(|s| {
                     let s = s.get::<gst::Structure>().unwrap();
                     s.get::<u64>("rtcp-reports").unwrap() > 0
@@ -450,4 +459,109 @@ fn invalid_property_values_are_clear_errors() {
         err.error()
     );
     let _ = pipeline.set_state(gst::State::Null);
+}
+
+/// Binds an even/odd UDP port pair on loopback, as an RTP client would.
+fn client_port_pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
+    loop {
+        let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        if port % 2 == 0
+            && let Ok(rtcp) = std::net::UdpSocket::bind(("127.0.0.1", port + 1))
+        {
+            return (rtp, rtcp);
+        }
+    }
+}
+
+#[test]
+fn receiver_reports_alone_keep_a_udp_session_alive() {
+    use gstlivestreaming::rtp::rtcp;
+
+    let server = ServerPipeline::start("session-timeout=2", &av_source(false));
+    let url = server.url("/");
+    let (rtp_sock, rtcp_sock) = client_port_pair();
+    rtp_sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let rtp_port = rtp_sock.local_addr().unwrap().port();
+    let mut c = RawClient::connect(server.port);
+    assert_eq!(c.request("DESCRIBE", &url, &[], "").status, 200);
+    let transport = format!("RTP/AVP;unicast;client_port={}-{}", rtp_port, rtp_port + 1);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}stream=0"),
+        &[("Transport", &transport)],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let server_rtcp: u16 = r
+        .header("Transport")
+        .unwrap()
+        .split(';')
+        .find_map(|p| p.strip_prefix("server_port="))
+        .and_then(|p| p.split('-').nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("server_port");
+    let session = r.session().unwrap();
+    assert_eq!(
+        c.request("PLAY", &url, &[("Session", &session)], "").status,
+        200
+    );
+
+    // Only RTCP from here on: an RR every 500 ms for 5 s (2.5 timeouts).
+    let rr = {
+        let mut out = Vec::new();
+        rtcp::write_receiver_report(
+            &rtcp::ReceiverReport {
+                ssrc: 0x1234_5678,
+                reports: vec![rtcp::ReportBlock {
+                    ssrc: 1,
+                    fraction_lost: 64,
+                    cumulative_lost: 7,
+                    ..Default::default()
+                }],
+            },
+            "test-client",
+            &mut out,
+        );
+        out
+    };
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        rtcp_sock.send_to(&rr, ("127.0.0.1", server_rtcp)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Still alive and still sending; the report made it into the stats.
+    rtp_sock.recv(&mut buf).expect("RTP still flowing");
+    let stats = server.stats();
+    assert_eq!(stats.get::<u32>("sessions").unwrap(), 1, "{stats}");
+    let client = stats.get::<gst::Array>("clients").unwrap()[0]
+        .get::<gst::Structure>()
+        .unwrap();
+    let stream = client.get::<gst::Array>("streams").unwrap()[0]
+        .get::<gst::Structure>()
+        .unwrap();
+    assert!(stream.get::<u64>("rtcp-reports").unwrap() >= 5, "{stream}");
+    assert_eq!(stream.get::<f64>("fraction-lost").unwrap(), 0.25);
+    assert_eq!(stream.get::<i64>("cumulative-lost").unwrap(), 7);
+
+    // Silence: the session expires and sending stops.
+    std::thread::sleep(Duration::from_millis(3500));
+    let stats = server.stats();
+    assert_eq!(stats.get::<u32>("sessions").unwrap(), 0, "{stats}");
+    assert!(stats.get::<u64>("sessions-timed-out").unwrap() >= 1);
+    // Empty what the socket buffered before the expiry, then a whole second must be silent.
+    rtp_sock
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let drain_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < drain_until {
+        let _ = rtp_sock.recv(&mut buf);
+    }
+    rtp_sock
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    assert!(rtp_sock.recv(&mut buf).is_err(), "RTP after expiry");
 }
