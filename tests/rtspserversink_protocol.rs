@@ -466,7 +466,7 @@ fn client_port_pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
     loop {
         let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = rtp.local_addr().unwrap().port();
-        if port % 2 == 0
+        if port.is_multiple_of(2)
             && let Ok(rtcp) = std::net::UdpSocket::bind(("127.0.0.1", port + 1))
         {
             return (rtp, rtcp);
