@@ -27,9 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mount = arg("--mount").unwrap_or_else(|| "/".into());
 
     let pipeline = gst::parse::launch(&format!(
-        "videotestsrc is-live=true pattern=ball \
+        "videotestsrc is-live=true \
            ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
-           ! clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 36\" \
+           ! clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 36\" shaded-background=true \
            ! x264enc tune=zerolatency speed-preset=veryfast bitrate=2500 key-int-max=60 \
            ! rtspserversink name=server port={port} mount-point={mount} \
          audiotestsrc is-live=true wave=ticks ! audioconvert ! audioresample ! opusenc ! server."
