@@ -153,6 +153,20 @@ impl Shared {
         response(StatusCode::Ok, cseq).header(headers::SERVER, self.config.server_name.as_str())
     }
 
+    /// 200 with the Session header when the request named a (valid) session.
+    fn ok_in_session(
+        &self,
+        cseq: Option<&str>,
+        session_id: Option<&str>,
+        timeout: Option<u64>,
+    ) -> rtsp_types::ResponseBuilder {
+        let b = self.ok(cseq);
+        match (session_id, timeout) {
+            (Some(id), Some(t)) => b.header(headers::SESSION, session_header(id, t)),
+            _ => b,
+        }
+    }
+
     fn options(&self, cseq: Option<&str>) -> Resp {
         self.ok(cseq)
             .header(headers::PUBLIC, PUBLIC_METHODS)
@@ -343,7 +357,7 @@ impl Shared {
         let resp = self
             .ok(cseq)
             .header(headers::TRANSPORT, reply.to_string())
-            .header(headers::SESSION, format!("{id};timeout={timeout}"))
+            .header(headers::SESSION, session_header(&id, timeout))
             .build(Vec::new());
         Ok((resp, After::Nothing))
     }
@@ -506,7 +520,7 @@ impl Shared {
             .ok(cseq)
             .header(headers::RANGE, "npt=now-")
             .header(headers::RTP_INFO, rtp_info)
-            .header(headers::SESSION, format!("{id};timeout={timeout}"))
+            .header(headers::SESSION, session_header(id, timeout))
             .build(Vec::new());
         Ok((resp, After::Play(id.to_owned())))
     }
@@ -571,7 +585,7 @@ impl Shared {
         drop(sessions);
         let resp = self
             .ok(cseq)
-            .header(headers::SESSION, format!("{id};timeout={timeout}"))
+            .header(headers::SESSION, session_header(id, timeout))
             .build(Vec::new());
         Ok((resp, After::Nothing))
     }
@@ -596,7 +610,7 @@ impl Shared {
                 }
                 builder = builder.header(
                     headers::SESSION,
-                    format!("{id};timeout={}", session.timeout.as_secs()),
+                    session_header(id, session.timeout.as_secs()),
                 );
             }
             _ => {
@@ -619,13 +633,8 @@ impl Shared {
         }
         let timeout = self.check_session(session_id)?;
         let body = String::from_utf8_lossy(req.body());
-        let names: Vec<&str> = body
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
         let mut answer = String::new();
-        for name in &names {
+        for name in parameter_names(&body) {
             let value = match name.to_ascii_lowercase().as_str() {
                 "session-timeout" => timeout.map_or_else(
                     || self.config.session_timeout.as_secs().to_string(),
@@ -637,10 +646,7 @@ impl Shared {
             };
             let _ = write!(answer, "{name}: {value}\r\n");
         }
-        let mut b = self.ok(cseq);
-        if let (Some(id), Some(t)) = (session_id, timeout) {
-            b = b.header(headers::SESSION, format!("{id};timeout={t}"));
-        }
+        let mut b = self.ok_in_session(cseq, session_id, timeout);
         if !answer.is_empty() {
             b = b.header(headers::CONTENT_TYPE, "text/parameters");
         }
@@ -658,16 +664,13 @@ impl Shared {
         }
         let timeout = self.check_session(session_id)?;
         // No parameter is settable: any named one is not understood (RFC 2326 10.9).
-        if String::from_utf8_lossy(req.body())
-            .lines()
-            .any(|l| !l.trim().is_empty())
+        if parameter_names(&String::from_utf8_lossy(req.body()))
+            .next()
+            .is_some()
         {
             return Err(StatusCode::ParameterNotUnderstood);
         }
-        let mut b = self.ok(cseq);
-        if let (Some(id), Some(t)) = (session_id, timeout) {
-            b = b.header(headers::SESSION, format!("{id};timeout={t}"));
-        }
+        let b = self.ok_in_session(cseq, session_id, timeout);
         Ok((b.build(Vec::new()), After::Nothing))
     }
 
@@ -709,6 +712,17 @@ pub fn end_session(session: Session) {
             stop_stream(st);
         }
     }
+}
+
+/// A `Session` header value (RFC 2326 12.37).
+fn session_header(id: &str, timeout_secs: u64) -> String {
+    format!("{id};timeout={timeout_secs}")
+}
+
+/// The parameter names of a GET_PARAMETER/SET_PARAMETER `text/parameters` body, one a line
+/// (for SET_PARAMETER the `name: value` lines count as names too).
+fn parameter_names(body: &str) -> impl Iterator<Item = &str> {
+    body.lines().map(str::trim).filter(|l| !l.is_empty())
 }
 
 /// The session id of a `Session` header value (`id;timeout=60`).
