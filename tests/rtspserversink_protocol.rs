@@ -565,3 +565,38 @@ fn receiver_reports_alone_keep_a_udp_session_alive() {
         .unwrap();
     assert!(rtp_sock.recv(&mut buf).is_err(), "RTP after expiry");
 }
+
+#[test]
+fn new_clients_start_at_a_keyframe_requested_from_the_encoder() {
+    use gstlivestreaming::rtp::{keyframe::starts_keyframe, parse_rtp_header, rtp_payload};
+
+    // A 20 s GOP: without a force-key-unit request upstream a client would wait that long.
+    let server = ServerPipeline::start(
+        "",
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=600 ! sink.",
+    );
+    let url = server.url("/");
+    // The first client's join makes the stream go; let it run past the first GOP start.
+    let mut first = RawClient::connect(server.port);
+    first.play_tcp(&url);
+    first.read_interleaved(0, 60);
+    for _ in 0..3 {
+        let mut c = RawClient::connect(server.port);
+        let started = Instant::now();
+        c.play_tcp(&url);
+        let packet = c.read_interleaved(0, 1).remove(0);
+        let header = parse_rtp_header(&packet).unwrap();
+        assert!(
+            starts_keyframe("H264", rtp_payload(&packet, &header)),
+            "first packet is not a keyframe start"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a keyframe",
+            started.elapsed()
+        );
+        // One keyframe request per second at most: space the joins out.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+}

@@ -312,7 +312,6 @@ impl Stream {
             }
             _ => None,
         };
-        let mut want_keyframe = false;
         for entry in plane.entries.iter_mut() {
             let start = if entry.waiting_keyframe {
                 match first_key {
@@ -329,12 +328,13 @@ impl Stream {
                 // A TCP queue overflowed: the frame was dropped whole; resume at a keyframe
                 // so the client never decodes a broken reference chain.
                 entry.waiting_keyframe = true;
-                want_keyframe = true;
             }
         }
+        // Keep asking (at most once a second) while anyone waits: encoders may ignore a request.
+        let waiting = plane.entries.iter().any(|e| e.waiting_keyframe);
         drop(plane);
         PushOutcome {
-            want_keyframe: want_keyframe && self.keyframe_request_due(),
+            want_keyframe: waiting && self.keyframe_request_due(),
             first_packet,
         }
     }
