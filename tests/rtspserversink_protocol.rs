@@ -335,15 +335,53 @@ fn sessions_expire_without_keep_alive() {
 
 #[test]
 fn sender_reports_reach_interleaved_clients() {
+    use gstlivestreaming::rtp::{ntp, parse_rtp_header, rtcp};
+
     let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
     let mut c = RawClient::connect(server.port);
     c.play_tcp(&server.url("/"));
-    let rtcp = c.read_interleaved(1, 1).remove(0);
-    // RTCP SR: version 2, packet type 200, then SDES (202) in the same compound.
-    assert_eq!(rtcp[0] >> 6, 2);
-    assert_eq!(rtcp[1], 200, "{rtcp:?}");
-    let len = (u16::from_be_bytes([rtcp[2], rtcp[3]]) as usize + 1) * 4;
-    assert_eq!(rtcp[len + 1], 202, "SDES follows the SR");
+    // Collect RTP until the first SR; remember the last RTP timestamp and how much was sent.
+    let (mut packets, mut octets, mut last_ts) = (0u32, 0u32, None);
+    let sr = loop {
+        match c.read_next() {
+            Incoming::Data(0, p) => {
+                let h = parse_rtp_header(&p).unwrap();
+                packets += 1;
+                octets += h.payload_len as u32;
+                last_ts = Some(h.timestamp);
+            }
+            Incoming::Data(1, p) => {
+                let parsed = rtcp::parse_compound(&p).expect("valid RTCP compound");
+                assert!(
+                    matches!(parsed.get(1), Some(rtcp::RtcpPacket::SourceDescription(_))),
+                    "SDES follows the SR: {parsed:?}"
+                );
+                match &parsed[0] {
+                    rtcp::RtcpPacket::SenderReport(sr) => break sr.clone(),
+                    other => panic!("expected an SR, got {other:?}"),
+                }
+            }
+            _ => {}
+        }
+    };
+    // Counts are what this client was sent (it may arrive just after a packet we have not read).
+    assert!(
+        sr.packet_count >= packets && sr.packet_count <= packets + 50,
+        "{sr:?} vs {packets}"
+    );
+    assert!(sr.octet_count >= octets, "{sr:?} vs {octets}");
+    // The NTP time is now, and the RTP time is close to the last packet's (90 kHz, < 1 s apart).
+    let age = std::time::SystemTime::now()
+        .duration_since(ntp::ntp_to_system_time(sr.ntp_timestamp))
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(2), "SR NTP time is {age:?} old");
+    let delta = sr
+        .rtp_timestamp
+        .wrapping_sub(last_ts.expect("RTP before the SR")) as i32;
+    assert!(
+        (-90_000..90_000).contains(&delta),
+        "SR RTP time {delta} ticks off"
+    );
 }
 
 #[test]
