@@ -1,4 +1,5 @@
 pub mod codec;
+pub mod ports;
 pub mod sdp;
 pub mod server;
 pub mod transport;

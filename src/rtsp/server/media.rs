@@ -198,7 +198,7 @@ pub struct Stream {
 impl Stream {
     /// Creates a stream with an even/odd UDP port pair bound on `address`.
     pub fn new(id: usize, address: IpAddr) -> std::io::Result<Self> {
-        let (rtp_socket, rtcp_socket) = bind_port_pair(address)?;
+        let (rtp_socket, rtcp_socket) = crate::rtsp::ports::bind_port_pair(address, None)?;
         let server_ports = (
             rtp_socket.local_addr()?.port(),
             rtcp_socket.local_addr()?.port(),
@@ -435,30 +435,6 @@ fn is_keyframe_start(encoding: &str, packet: &[u8]) -> bool {
         Ok(h) => keyframe::starts_keyframe(encoding, rtp::rtp_payload(packet, &h)),
         Err(_) => false,
     }
-}
-
-/// Binds an RTP socket on an even port and an RTCP socket on the next one (RFC 3550 11).
-fn bind_port_pair(address: IpAddr) -> std::io::Result<(UdpSocket, UdpSocket)> {
-    let mut last_err = None;
-    for _ in 0..64 {
-        let rtp = UdpSocket::bind(SocketAddr::new(address, 0))?;
-        let port = rtp.local_addr()?.port();
-        if !port.is_multiple_of(2) || port == u16::MAX {
-            continue;
-        }
-        match UdpSocket::bind(SocketAddr::new(address, port + 1)) {
-            Ok(rtcp) => {
-                for s in [&rtp, &rtcp] {
-                    s.set_nonblocking(true)?;
-                }
-                let sock = socket2::SockRef::from(&rtp);
-                let _ = sock.set_send_buffer_size(1 << 20);
-                return Ok((rtp, rtcp));
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| std::io::Error::other("no free even/odd UDP port pair")))
 }
 
 /// Creates the multicast sending socket for a group.

@@ -1,0 +1,79 @@
+//! UDP port pairs for RTP and RTCP (RFC 3550 11: RTP on an even port, RTCP on the next one).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+/// Binds a non-blocking RTP socket on an even port and an RTCP socket on the next one, on
+/// `address`. With `range` (inclusive), ports are taken from it; otherwise the system picks.
+pub fn bind_port_pair(
+    address: IpAddr,
+    range: Option<(u16, u16)>,
+) -> io::Result<(UdpSocket, UdpSocket)> {
+    let finish = |rtp: UdpSocket, rtcp: UdpSocket| -> io::Result<(UdpSocket, UdpSocket)> {
+        for s in [&rtp, &rtcp] {
+            s.set_nonblocking(true)?;
+        }
+        let sock = socket2::SockRef::from(&rtp);
+        let _ = sock.set_send_buffer_size(1 << 20);
+        let _ = sock.set_recv_buffer_size(1 << 20);
+        Ok((rtp, rtcp))
+    };
+    if let Some((min, max)) = range {
+        let first = min + (min % 2);
+        let mut last_err = None;
+        for port in (first..max).step_by(2) {
+            match UdpSocket::bind(SocketAddr::new(address, port))
+                .and_then(|rtp| Ok((rtp, UdpSocket::bind(SocketAddr::new(address, port + 1))?)))
+            {
+                Ok((rtp, rtcp)) => return finish(rtp, rtcp),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        return Err(last_err.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("no free even/odd UDP port pair in {min}-{max}"),
+            )
+        }));
+    }
+    let mut last_err = None;
+    for _ in 0..64 {
+        let rtp = UdpSocket::bind(SocketAddr::new(address, 0))?;
+        let port = rtp.local_addr()?.port();
+        if !port.is_multiple_of(2) || port == u16::MAX {
+            continue;
+        }
+        match UdpSocket::bind(SocketAddr::new(address, port + 1)) {
+            Ok(rtcp) => return finish(rtp, rtcp),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no free even/odd UDP port pair")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn pairs_are_even_and_consecutive() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (rtp, rtcp) = bind_port_pair(lo, None).unwrap();
+        let p = rtp.local_addr().unwrap().port();
+        assert_eq!(p % 2, 0);
+        assert_eq!(rtcp.local_addr().unwrap().port(), p + 1);
+    }
+
+    #[test]
+    fn a_range_is_honoured_and_exhaustion_is_an_error() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Find a free even pair to build a two-port range around.
+        let (probe, _) = bind_port_pair(lo, None).unwrap();
+        let p = probe.local_addr().unwrap().port();
+        drop(probe);
+        let (rtp, _rtcp) = bind_port_pair(lo, Some((p, p + 1))).unwrap();
+        assert_eq!(rtp.local_addr().unwrap().port(), p);
+        assert!(bind_port_pair(lo, Some((p, p + 1))).is_err());
+    }
+}
