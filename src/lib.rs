@@ -7,11 +7,13 @@
 pub mod rtp;
 pub mod rtsp;
 pub mod rtspserversink;
+pub mod rtspsrc2;
 
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspserversink::register(plugin)?;
+    rtspsrc2::register(plugin)?;
     Ok(())
 }
 

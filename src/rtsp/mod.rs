@@ -1,3 +1,5 @@
+pub mod auth;
+pub mod client;
 pub mod codec;
 pub mod ports;
 pub mod sdp;

@@ -1,0 +1,1227 @@
+//! An RTSP client for one presentation, independent of GStreamer (RFC 2326 / 7826 client side).
+//!
+//! [`Client::start`] runs the whole exchange on a runtime of its own: OPTIONS, DESCRIBE (with
+//! Basic/Digest authentication and 3xx redirects), SETUP of every stream over the first
+//! transport the server accepts, PLAY, keep-alives before the session times out, Receiver
+//! Reports, and TEARDOWN (bounded) when stopped. What arrives is reported through
+//! [`ClientEvent`]s; commands (PLAY with a range, PAUSE, GET/SET_PARAMETER) go through the
+//! [`Client`] handle.
+
+pub mod conn;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
+use tokio::sync::{mpsc, oneshot};
+
+use self::conn::{Connection, Incoming};
+use crate::rtp::{self, rtcp, stats::ReceiverStats};
+use crate::rtsp::auth::{self, Authenticator, Credentials};
+use crate::rtsp::codec::Limits;
+use crate::rtsp::sdp::{MediaDescription, SessionDescription, resolve_control};
+use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
+
+/// Why the client failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    Io(String),
+    Timeout(String),
+    Protocol(String),
+    /// The server answered a request with an error status.
+    Status {
+        method: String,
+        status: u16,
+        reason: String,
+    },
+    Unauthorized(String),
+    Sdp(String),
+    NoTransport(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(s) => write!(f, "I/O error: {s}"),
+            ClientError::Timeout(s) => write!(f, "timeout: {s}"),
+            ClientError::Protocol(s) => write!(f, "protocol error: {s}"),
+            ClientError::Status {
+                method,
+                status,
+                reason,
+            } => write!(f, "the server answered {method} with {status} {reason}"),
+            ClientError::Unauthorized(s) => write!(f, "not authorized: {s}"),
+            ClientError::Sdp(s) => write!(f, "bad SDP: {s}"),
+            ClientError::NoTransport(s) => write!(f, "no usable transport: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Lower transports the client may try, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Udp,
+    UdpMulticast,
+    Tcp,
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `rtsp://host[:port]/path`; credentials in it are used and never sent in request lines.
+    pub url: String,
+    pub credentials: Option<Credentials>,
+    pub protocols: Vec<TransportKind>,
+    pub user_agent: String,
+    /// Bounds connecting and every request/response exchange.
+    pub tcp_timeout: Duration,
+    /// How long TEARDOWN may take when stopping.
+    pub teardown_timeout: Duration,
+    /// No UDP data for this long after PLAY: set the session up again over TCP (if allowed).
+    pub udp_timeout: Duration,
+    pub port_range: Option<(u16, u16)>,
+    pub keep_alive: bool,
+    pub rtcp_interval: Duration,
+    pub multicast_iface: Option<Ipv4Addr>,
+    pub limits: Limits,
+    /// Reconnection attempts after the connection is lost (0: report the loss as final).
+    pub reconnect_attempts: u32,
+    /// Delay before the first attempt; it doubles up to `reconnect_max_delay`.
+    pub reconnect_initial_delay: Duration,
+    pub reconnect_max_delay: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            credentials: None,
+            protocols: vec![
+                TransportKind::Udp,
+                TransportKind::UdpMulticast,
+                TransportKind::Tcp,
+            ],
+            user_agent: concat!("gst-plugin-livestreaming/", env!("CARGO_PKG_VERSION")).into(),
+            tcp_timeout: Duration::from_secs(20),
+            teardown_timeout: Duration::from_secs(2),
+            udp_timeout: Duration::from_secs(5),
+            port_range: None,
+            keep_alive: true,
+            rtcp_interval: Duration::from_secs(5),
+            multicast_iface: None,
+            limits: Limits::default(),
+            reconnect_attempts: 5,
+            reconnect_initial_delay: Duration::from_millis(500),
+            reconnect_max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One stream of the presentation, as described by the server.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub index: usize,
+    pub media: MediaDescription,
+    /// The stream's control URL, resolved.
+    pub control: String,
+}
+
+/// RTP-Info for one stream (RFC 2326 12.33).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RtpInfo {
+    pub stream: usize,
+    pub seq: Option<u16>,
+    pub rtptime: Option<u32>,
+}
+
+/// What happens, in order.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    /// DESCRIBE succeeded. `range` is the presentation's npt range, if any.
+    Described {
+        streams: Vec<StreamInfo>,
+        range: Option<String>,
+    },
+    /// Every stream is set up over `transport`.
+    SetUp {
+        transport: TransportKind,
+    },
+    /// No data arrived over `from` within the UDP timeout: setting up again over `to`.
+    FallingBack {
+        from: TransportKind,
+        to: TransportKind,
+    },
+    /// PLAY succeeded.
+    Playing {
+        rtp_info: Vec<RtpInfo>,
+        range: Option<String>,
+    },
+    Rtp {
+        stream: usize,
+        packet: Bytes,
+    },
+    /// A Sender Report: `ntp` is the sender's wallclock for RTP time `rtptime`.
+    SenderReport {
+        stream: usize,
+        ntp: u64,
+        rtptime: u32,
+    },
+    /// The server sent ANNOUNCE with a new description.
+    Announce {
+        sdp: Vec<u8>,
+    },
+    /// The server sent REDIRECT (or a 3xx later in the session).
+    Redirect {
+        location: String,
+    },
+    /// The connection ended and will not be re-established.
+    Closed {
+        reason: String,
+    },
+    /// The connection was lost: attempt `attempt` of `of` starts after `delay`.
+    Reconnecting {
+        attempt: u32,
+        of: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// A new session is playing after a reconnection; streams keep their indices.
+    Reconnected,
+    Error(ClientError),
+}
+
+/// Per-stream receive figures.
+#[derive(Debug, Clone, Default)]
+pub struct StreamStats {
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub packets_lost: i64,
+    pub jitter: Duration,
+    pub sender_reports: u64,
+    /// SSRC of the sender, from its RTP packets.
+    pub sender_ssrc: u32,
+    /// Packets dropped because they were not valid RTP/RTCP.
+    pub invalid_packets: u64,
+}
+
+enum Command {
+    Play(Option<String>, oneshot::Sender<Result<(), ClientError>>),
+    Pause(oneshot::Sender<Result<(), ClientError>>),
+    GetParameter(Vec<u8>, oneshot::Sender<Result<Vec<u8>, ClientError>>),
+    SetParameter(Vec<u8>, oneshot::Sender<Result<(), ClientError>>),
+    Stop(oneshot::Sender<()>),
+}
+
+type EventFn = Arc<dyn Fn(ClientEvent) + Send + Sync>;
+
+/// What a connection tells the session loop.
+enum Control {
+    Closed(String),
+    Redirect(String),
+}
+
+/// A running client. Dropping it stops it (TEARDOWN bounded by `teardown_timeout`).
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    runtime: Option<tokio::runtime::Runtime>,
+    stats: Arc<RwLock<SharedStats>>,
+}
+
+impl Client {
+    /// Starts connecting, describing, setting up and playing `config.url`.
+    pub fn start(
+        config: ClientConfig,
+        events: impl Fn(ClientEvent) + Send + Sync + 'static,
+    ) -> std::io::Result<Client> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rtsp-client")
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let events: EventFn = Arc::new(events);
+        let stats: Arc<RwLock<SharedStats>> = Arc::default();
+        runtime.spawn(run(config, events, rx, stats.clone()));
+        Ok(Client {
+            commands: tx,
+            runtime: Some(runtime),
+            stats,
+        })
+    }
+
+    fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
+    ) -> Result<T, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| ClientError::Io("the client is not running".into()))?;
+        rx.blocking_recv()
+            .map_err(|_| ClientError::Io("the client stopped".into()))?
+    }
+
+    /// PLAY, optionally with a `Range` value such as `npt=12.5-`. Blocks until answered.
+    pub fn play(&self, range: Option<String>) -> Result<(), ClientError> {
+        self.call(|tx| Command::Play(range, tx))
+    }
+
+    /// PAUSE. Blocks until answered.
+    pub fn pause(&self) -> Result<(), ClientError> {
+        self.call(Command::Pause)
+    }
+
+    /// GET_PARAMETER with a `text/parameters` body; returns the response body.
+    pub fn get_parameter(&self, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.call(|tx| Command::GetParameter(body, tx))
+    }
+
+    pub fn set_parameter(&self, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(|tx| Command::SetParameter(body, tx))
+    }
+
+    /// Receive figures per stream.
+    pub fn stats(&self) -> Vec<StreamStats> {
+        let stats = self.stats.read().unwrap().clone();
+        stats.iter().map(|s| s.lock().unwrap().1.clone()).collect()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Stop(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Where one stream's packets come from.
+enum StreamTransport {
+    Udp {
+        rtcp: Arc<tokio::net::UdpSocket>,
+        server_rtcp: Option<SocketAddr>,
+    },
+    Tcp {
+        rtcp_channel: u8,
+    },
+}
+
+struct Session {
+    conn: Arc<Connection>,
+    id: Option<String>,
+    timeout: Duration,
+    url: Url,
+    auth: Option<Authenticator>,
+    credentials: Option<Credentials>,
+    get_parameter_supported: bool,
+    kind: TransportKind,
+    streams: Vec<StreamInfo>,
+    transports: Vec<StreamTransport>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Channel → (stream, is RTCP) for interleaved data.
+type ChannelMap = Arc<RwLock<HashMap<u8, (usize, bool)>>>;
+type SharedStats = Arc<Vec<Mutex<(ReceiverStats, StreamStats)>>>;
+
+async fn run(
+    mut config: ClientConfig,
+    events: EventFn,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    stats_cell: Arc<RwLock<SharedStats>>,
+) {
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
+    let channels: ChannelMap = Arc::default();
+    let mut session = match establish(
+        &config,
+        &config.protocols,
+        true,
+        &events,
+        &channels,
+        &stats_cell,
+        control_tx.clone(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            events(ClientEvent::Error(e));
+            // Keep answering commands so callers never hang.
+            while let Some(cmd) = commands.recv().await {
+                fail(
+                    cmd,
+                    ClientError::Io("the session could not be established".into()),
+                );
+            }
+            return;
+        }
+    };
+    let keepalive_every = (session.timeout / 2).max(Duration::from_secs(1));
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + keepalive_every,
+        keepalive_every,
+    );
+    let mut rtcp_tick = tokio::time::interval(config.rtcp_interval);
+    let our_ssrc: u32 = {
+        use rand::RngExt;
+        rand::rng().random()
+    };
+    // UDP that yields nothing within udp_timeout falls back to TCP, as rtspsrc does.
+    let can_fall_back =
+        session.kind != TransportKind::Tcp && config.protocols.contains(&TransportKind::Tcp);
+    let udp_deadline = tokio::time::sleep(config.udp_timeout);
+    tokio::pin!(udp_deadline);
+    let mut watching_udp = can_fall_back;
+    loop {
+        tokio::select! {
+            _ = &mut udp_deadline, if watching_udp => {
+                watching_udp = false;
+                let received: u64 = stats_cell.read().unwrap().iter()
+                    .map(|s| s.lock().unwrap().1.packets_received).sum();
+                if received == 0 {
+                    events(ClientEvent::FallingBack { from: session.kind, to: TransportKind::Tcp });
+                    let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
+                    session.reset_transports(&channels);
+                    // The old connection's end must not be taken for the new one's.
+                    let (tx, rx) = mpsc::unbounded_channel::<Control>();
+                    control_rx = rx;
+                    match establish(&config, &[TransportKind::Tcp], false, &events, &channels, &stats_cell, tx).await {
+                        Ok(s) => session = s,
+                        Err(e) => {
+                            events(ClientEvent::Error(e));
+                            break;
+                        }
+                    }
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Command::Stop(done) => {
+                        let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
+                        let _ = done.send(());
+                        break;
+                    }
+                    Command::Play(range, reply) => {
+                        let r = session.play(range.as_deref(), &events).await;
+                        let _ = reply.send(r);
+                    }
+                    Command::Pause(reply) => {
+                        let r = session.simple(Method::Pause, Vec::new()).await.map(|_| ());
+                        let _ = reply.send(r);
+                    }
+                    Command::GetParameter(body, reply) => {
+                        let r = session.simple(Method::GetParameter, body).await.map(|r| r.body().clone());
+                        let _ = reply.send(r);
+                    }
+                    Command::SetParameter(body, reply) => {
+                        let r = session.simple(Method::SetParameter, body).await.map(|_| ());
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+            _ = keepalive.tick(), if config.keep_alive => {
+                let method = if session.get_parameter_supported { Method::GetParameter } else { Method::Options };
+                if let Err(e) = session.simple(method, Vec::new()).await {
+                    events(ClientEvent::Error(e));
+                }
+            }
+            _ = rtcp_tick.tick() => {
+                let stats = stats_cell.read().unwrap().clone();
+                session.send_receiver_reports(&stats, our_ssrc).await;
+            }
+            msg = control_rx.recv() => {
+                let (tx, rx) = mpsc::unbounded_channel::<Control>();
+                control_rx = rx;
+                match msg {
+                    Some(Control::Redirect(location)) => {
+                        // RFC 2326 10.10: TEARDOWN here, a new session there.
+                        let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
+                        session.reset_transports(&channels);
+                        config.url = location;
+                        let mut protocols = vec![session.kind];
+                        protocols.extend(config.protocols.iter().filter(|k| **k != session.kind));
+                        match establish(&config, &protocols, false, &events, &channels, &stats_cell, tx).await {
+                            Ok(s) if s.streams.len() == session.streams.len() => {
+                                session = s;
+                                events(ClientEvent::Reconnected);
+                            }
+                            Ok(_) => {
+                                events(ClientEvent::Error(ClientError::Protocol(
+                                    "the redirect target describes different streams".into(),
+                                )));
+                                break;
+                            }
+                            Err(e) => {
+                                events(ClientEvent::Error(e));
+                                break;
+                            }
+                        }
+                    }
+                    Some(Control::Closed(reason)) => {
+                        match reconnect(&config, &session, reason, &events, &channels, &stats_cell, tx).await {
+                            Some(s) => {
+                                session = s;
+                                events(ClientEvent::Reconnected);
+                            }
+                            None => break,
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    for t in session.tasks.drain(..) {
+        t.abort();
+    }
+    while let Ok(cmd) = commands.try_recv() {
+        fail(cmd, ClientError::Io("the client stopped".into()));
+    }
+}
+
+fn fail(cmd: Command, err: ClientError) {
+    match cmd {
+        Command::Play(_, r) | Command::Pause(r) | Command::SetParameter(_, r) => {
+            let _ = r.send(Err(err));
+        }
+        Command::GetParameter(_, r) => {
+            let _ = r.send(Err(err));
+        }
+        Command::Stop(r) => {
+            let _ = r.send(());
+        }
+    }
+}
+
+/// After the connection was lost: new sessions with bounded exponential backoff. `None` when
+/// every attempt failed (then [`ClientEvent::Closed`] has been sent).
+async fn reconnect(
+    config: &ClientConfig,
+    old: &Session,
+    reason: String,
+    events: &EventFn,
+    channels: &ChannelMap,
+    stats_cell: &Arc<RwLock<SharedStats>>,
+    control_tx: mpsc::UnboundedSender<Control>,
+) -> Option<Session> {
+    let mut delay = config.reconnect_initial_delay;
+    let mut last = reason.clone();
+    // The transport that worked before, then the others.
+    let mut protocols = vec![old.kind];
+    protocols.extend(config.protocols.iter().filter(|k| **k != old.kind));
+    for attempt in 1..=config.reconnect_attempts {
+        events(ClientEvent::Reconnecting {
+            attempt,
+            of: config.reconnect_attempts,
+            delay,
+            reason: last.clone(),
+        });
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(config.reconnect_max_delay);
+        channels.write().unwrap().clear();
+        match establish(
+            config,
+            &protocols,
+            false,
+            events,
+            channels,
+            stats_cell,
+            control_tx.clone(),
+        )
+        .await
+        {
+            Ok(s) if s.streams.len() == old.streams.len() => return Some(s),
+            Ok(_) => {
+                last = "the server now describes different streams".into();
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    let reason = if config.reconnect_attempts == 0 {
+        reason
+    } else {
+        format!(
+            "{reason}; {} reconnection attempts failed, the last with: {last}",
+            config.reconnect_attempts
+        )
+    };
+    events(ClientEvent::Closed { reason });
+    None
+}
+
+/// Connects, DESCRIBEs (following redirects), SETUPs every stream over the first of
+/// `protocols` the server accepts, and PLAYs. `announce_streams`: emit [`ClientEvent::Described`]
+/// (not when setting up again for a fallback: the streams are the same).
+async fn establish(
+    config: &ClientConfig,
+    protocols: &[TransportKind],
+    announce_streams: bool,
+    events: &EventFn,
+    channels: &ChannelMap,
+    stats_cell: &Arc<RwLock<SharedStats>>,
+    control_tx: mpsc::UnboundedSender<Control>,
+) -> Result<Session, ClientError> {
+    let mut url = Url::parse(&config.url)
+        .map_err(|e| ClientError::Protocol(format!("invalid URL '{}': {e}", config.url)))?;
+    let (url_credentials, clean) = auth::split_url_credentials(&url);
+    url = clean;
+    let credentials = config.credentials.clone().or(url_credentials);
+
+    let mut redirects = 0;
+    let (mut session, describe) = loop {
+        let conn = connect(
+            config,
+            &url,
+            events,
+            channels,
+            stats_cell,
+            control_tx.clone(),
+        )
+        .await?;
+        let mut session = Session {
+            conn: Arc::new(conn),
+            id: None,
+            timeout: Duration::from_secs(60),
+            url: url.clone(),
+            auth: None,
+            credentials: credentials.clone(),
+            get_parameter_supported: false,
+            kind: TransportKind::Tcp,
+            streams: Vec::new(),
+            transports: Vec::new(),
+            tasks: Vec::new(),
+        };
+        if let Ok(resp) = session.send(Method::Options, &url, Vec::new(), &[]).await
+            && let Some(public) = resp.header(&headers::PUBLIC)
+        {
+            session.get_parameter_supported = public.as_str().contains("GET_PARAMETER");
+        }
+        let resp = session
+            .send(
+                Method::Describe,
+                &url,
+                Vec::new(),
+                &[(headers::ACCEPT, "application/sdp")],
+            )
+            .await?;
+        let status = u16::from(resp.status());
+        if (300..400).contains(&status) {
+            let location = resp
+                .header(&headers::LOCATION)
+                .ok_or_else(|| ClientError::Protocol(format!("{status} without Location")))?;
+            redirects += 1;
+            if redirects > 5 {
+                return Err(ClientError::Protocol("too many redirects".into()));
+            }
+            url = Url::parse(location.as_str())
+                .map_err(|e| ClientError::Protocol(format!("bad redirect Location: {e}")))?;
+            events(ClientEvent::Redirect {
+                location: url.to_string(),
+            });
+            continue;
+        }
+        check(&resp, "DESCRIBE")?;
+        break (session, resp);
+    };
+
+    let sdp =
+        SessionDescription::parse(describe.body()).map_err(|e| ClientError::Sdp(e.to_string()))?;
+    if sdp.media.is_empty() {
+        return Err(ClientError::Sdp("no RTP media in the description".into()));
+    }
+    let base = describe
+        .header(&headers::CONTENT_BASE)
+        .or_else(|| describe.header(&headers::CONTENT_LOCATION))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| session.url.to_string());
+    session.streams = sdp
+        .media
+        .iter()
+        .enumerate()
+        .map(|(index, m)| StreamInfo {
+            index,
+            media: m.clone(),
+            control: resolve_control(&base, &m.control),
+        })
+        .collect();
+    *stats_cell.write().unwrap() = Arc::new(
+        session
+            .streams
+            .iter()
+            .map(|s| {
+                Mutex::new((
+                    ReceiverStats::new(s.media.clock_rate),
+                    StreamStats::default(),
+                ))
+            })
+            .collect(),
+    );
+    if announce_streams {
+        events(ClientEvent::Described {
+            streams: session.streams.clone(),
+            range: sdp.range.clone(),
+        });
+    }
+
+    let mut last_err = None;
+    let mut chosen = None;
+    for kind in protocols {
+        match session
+            .setup_all(*kind, config, channels, events, stats_cell)
+            .await
+        {
+            Ok(()) => {
+                chosen = Some(*kind);
+                break;
+            }
+            Err(e @ ClientError::Status { status: 461, .. })
+            | Err(e @ ClientError::NoTransport(_)) => {
+                last_err = Some(e);
+                session.reset_transports(channels);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(kind) = chosen else {
+        return Err(ClientError::NoTransport(
+            last_err.map_or_else(|| "no protocol allowed".into(), |e| e.to_string()),
+        ));
+    };
+    session.kind = kind;
+    events(ClientEvent::SetUp { transport: kind });
+    session.play(Some("npt=0-"), events).await?;
+    Ok(session)
+}
+
+async fn connect(
+    config: &ClientConfig,
+    url: &Url,
+    events: &EventFn,
+    channels: &ChannelMap,
+    stats_cell: &Arc<RwLock<SharedStats>>,
+    control_tx: mpsc::UnboundedSender<Control>,
+) -> Result<Connection, ClientError> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| ClientError::Protocol(format!("no host in '{url}'")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port().unwrap_or(554);
+    let events = events.clone();
+    let channels = channels.clone();
+    let stats_cell = stats_cell.clone();
+    Connection::connect(
+        &host,
+        port,
+        config.tcp_timeout,
+        config.limits,
+        config.user_agent.clone(),
+        move |incoming| match incoming {
+            Incoming::Interleaved { channel, data } => {
+                let target = channels.read().unwrap().get(&channel).copied();
+                if let Some((stream, is_rtcp)) = target {
+                    let stats = stats_cell.read().unwrap().clone();
+                    deliver(&events, &stats, stream, is_rtcp, data);
+                }
+            }
+            Incoming::Request(req) => match req.method() {
+                Method::Announce => events(ClientEvent::Announce {
+                    sdp: req.body().clone(),
+                }),
+                Method::Redirect => {
+                    if let Some(loc) = req.header(&headers::LOCATION) {
+                        let location = loc.as_str().to_owned();
+                        events(ClientEvent::Redirect {
+                            location: location.clone(),
+                        });
+                        let _ = control_tx.send(Control::Redirect(location));
+                    }
+                }
+                _ => {}
+            },
+            Incoming::Closed(reason) => {
+                let _ = control_tx.send(Control::Closed(reason));
+            }
+        },
+    )
+    .await
+}
+
+/// Accounts one packet and hands it on.
+fn deliver(events: &EventFn, stats: &SharedStats, stream: usize, is_rtcp: bool, data: Bytes) {
+    let Some(slot) = stats.get(stream) else {
+        return;
+    };
+    if is_rtcp {
+        let Ok(packets) = rtcp::parse_compound(&data) else {
+            slot.lock().unwrap().1.invalid_packets += 1;
+            return;
+        };
+        for p in packets {
+            if let rtcp::RtcpPacket::SenderReport(sr) = p {
+                {
+                    let mut s = slot.lock().unwrap();
+                    s.0.on_sender_report(sr.ntp_timestamp, Instant::now());
+                    s.1.sender_reports += 1;
+                }
+                events(ClientEvent::SenderReport {
+                    stream,
+                    ntp: sr.ntp_timestamp,
+                    rtptime: sr.rtp_timestamp,
+                });
+            }
+        }
+        return;
+    }
+    let Ok(h) = rtp::parse_rtp_header(&data) else {
+        slot.lock().unwrap().1.invalid_packets += 1;
+        return;
+    };
+    {
+        let mut s = slot.lock().unwrap();
+        s.0.on_packet(h.sequence, h.timestamp, Instant::now(), h.payload_len);
+        let (rs, st) = &mut *s;
+        st.packets_received = rs.packets_received();
+        st.bytes_received = rs.bytes_received();
+        st.packets_lost = rs.cumulative_lost();
+        st.jitter = rs.jitter_duration();
+        st.sender_ssrc = h.ssrc;
+    }
+    events(ClientEvent::Rtp {
+        stream,
+        packet: data,
+    });
+}
+
+fn check(resp: &Response<Vec<u8>>, method: &str) -> Result<(), ClientError> {
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(ClientError::Status {
+            method: method.into(),
+            status: u16::from(resp.status()),
+            reason: resp.reason_phrase().to_owned(),
+        })
+    }
+}
+
+impl Session {
+    /// Sends a request, answering authentication challenges.
+    async fn send(
+        &mut self,
+        method: Method,
+        url: &Url,
+        body: Vec<u8>,
+        extra: &[(rtsp_types::HeaderName, &str)],
+    ) -> Result<Response<Vec<u8>>, ClientError> {
+        let method_name = format!("{method:?}").to_uppercase();
+        for _attempt in 0..3 {
+            let mut b = Request::builder(method.clone(), Version::V1_0).request_uri(url.clone());
+            for (name, value) in extra {
+                b = b.header(name.clone(), *value);
+            }
+            if let Some(id) = &self.id {
+                b = b.header(headers::SESSION, id.as_str());
+            }
+            if let Some(a) = &mut self.auth {
+                b = b.header(
+                    headers::AUTHORIZATION,
+                    a.authorization(&method_name, url.as_str()),
+                );
+            }
+            if !body.is_empty() {
+                b = b.header(headers::CONTENT_TYPE, "text/parameters");
+            }
+            let resp = self.conn.request(b.build(body.clone())).await?;
+            if resp.status() != StatusCode::Unauthorized {
+                return Ok(resp);
+            }
+            let challenges = auth::parse_challenges(
+                resp.headers()
+                    .filter(|(n, _)| **n == headers::WWW_AUTHENTICATE)
+                    .map(|(_, v)| v.as_str()),
+            );
+            match &mut self.auth {
+                Some(a) => {
+                    if !a
+                        .on_unauthorized(&challenges)
+                        .map_err(|e| ClientError::Unauthorized(e.to_string()))?
+                    {
+                        return Err(ClientError::Unauthorized(format!(
+                            "{method_name} refused with 401"
+                        )));
+                    }
+                }
+                None => {
+                    let creds = self.credentials.clone().ok_or_else(|| {
+                        ClientError::Unauthorized(
+                            "the server requires credentials (set user-id and user-pw)".into(),
+                        )
+                    })?;
+                    let challenge = auth::choose(&challenges).cloned().ok_or_else(|| {
+                        ClientError::Unauthorized("no supported authentication scheme".into())
+                    })?;
+                    self.auth = Some(Authenticator::new(creds, challenge));
+                }
+            }
+        }
+        Err(ClientError::Unauthorized(format!(
+            "{method_name} still refused after authenticating"
+        )))
+    }
+
+    /// A request on the presentation URL that must succeed.
+    async fn simple(
+        &mut self,
+        method: Method,
+        body: Vec<u8>,
+    ) -> Result<Response<Vec<u8>>, ClientError> {
+        let name = format!("{method:?}").to_uppercase();
+        let url = self.url.clone();
+        let resp = self.send(method, &url, body, &[]).await?;
+        check(&resp, &name)?;
+        Ok(resp)
+    }
+
+    fn reset_transports(&mut self, channels: &ChannelMap) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.transports.clear();
+        channels.write().unwrap().clear();
+    }
+
+    async fn setup_all(
+        &mut self,
+        kind: TransportKind,
+        config: &ClientConfig,
+        channels: &ChannelMap,
+        events: &EventFn,
+        stats_cell: &Arc<RwLock<SharedStats>>,
+    ) -> Result<(), ClientError> {
+        let server_ip = self
+            .conn_peer_ip()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        for i in 0..self.streams.len() {
+            let control = Url::parse(&self.streams[i].control)
+                .map_err(|e| ClientError::Sdp(format!("bad control URL: {e}")))?;
+            let mut sockets = None;
+            let transport = match kind {
+                TransportKind::Tcp => {
+                    TransportSpec::tcp_interleaved((2 * i as u8, 2 * i as u8 + 1)).to_string()
+                }
+                TransportKind::Udp => {
+                    let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                    let (rtp_sock, rtcp_sock) =
+                        crate::rtsp::ports::bind_port_pair(bind, config.port_range)
+                            .map_err(|e| ClientError::Io(format!("binding UDP ports: {e}")))?;
+                    let p = rtp_sock
+                        .local_addr()
+                        .map_err(|e| ClientError::Io(e.to_string()))?;
+                    let mut t = TransportSpec::udp_unicast();
+                    t.client_port = Some((p.port(), p.port() + 1));
+                    sockets = Some((rtp_sock, rtcp_sock));
+                    t.to_string()
+                }
+                TransportKind::UdpMulticast => TransportSpec::udp_multicast().to_string(),
+            };
+            let resp = self
+                .send(
+                    Method::Setup,
+                    &control,
+                    Vec::new(),
+                    &[(headers::TRANSPORT, transport.as_str())],
+                )
+                .await?;
+            check(&resp, "SETUP")?;
+            if self.id.is_none() {
+                let value = resp
+                    .header(&headers::SESSION)
+                    .ok_or_else(|| ClientError::Protocol("SETUP answered without Session".into()))?
+                    .as_str()
+                    .to_owned();
+                let mut parts = value.split(';');
+                self.id = Some(parts.next().unwrap_or_default().trim().to_owned());
+                for p in parts {
+                    if let Some(t) = p.trim().strip_prefix("timeout=")
+                        && let Ok(t) = t.trim().parse::<u64>()
+                    {
+                        self.timeout = Duration::from_secs(t.clamp(1, 3600));
+                    }
+                }
+            }
+            let reply = resp
+                .header(&headers::TRANSPORT)
+                .and_then(|v| parse_transports(v.as_str()).ok())
+                .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
+                .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
+            let stream_transport = match (kind, reply.lower, reply.multicast) {
+                (TransportKind::Tcp, LowerTransport::Tcp, _) => {
+                    let (rtp_ch, rtcp_ch) =
+                        reply.interleaved.unwrap_or((2 * i as u8, 2 * i as u8 + 1));
+                    let mut map = channels.write().unwrap();
+                    map.insert(rtp_ch, (i, false));
+                    map.insert(rtcp_ch, (i, true));
+                    StreamTransport::Tcp {
+                        rtcp_channel: rtcp_ch,
+                    }
+                }
+                (TransportKind::Udp, LowerTransport::Udp, false) => {
+                    let (rtp_sock, rtcp_sock) = sockets.take().expect("bound above");
+                    let server_rtcp = reply
+                        .server_port
+                        .map(|(_, rtcp)| SocketAddr::new(server_ip, rtcp));
+                    self.spawn_udp(i, rtp_sock, rtcp_sock, server_rtcp, events, stats_cell)?
+                }
+                (TransportKind::UdpMulticast, LowerTransport::Udp, true) => {
+                    let group: Ipv4Addr = reply
+                        .destination
+                        .as_deref()
+                        .and_then(|d| d.parse().ok())
+                        .ok_or_else(|| {
+                            ClientError::Protocol("multicast SETUP without destination".into())
+                        })?;
+                    let (rtp_port, rtcp_port) = reply.port.ok_or_else(|| {
+                        ClientError::Protocol("multicast SETUP without port".into())
+                    })?;
+                    let iface = config.multicast_iface.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    let rtp_sock = join_multicast(group, rtp_port, iface)?;
+                    let rtcp_sock = join_multicast(group, rtcp_port, iface)?;
+                    let server_rtcp = Some(SocketAddr::new(IpAddr::V4(group), rtcp_port));
+                    self.spawn_udp(i, rtp_sock, rtcp_sock, server_rtcp, events, stats_cell)?
+                }
+                _ => {
+                    return Err(ClientError::NoTransport(format!(
+                        "asked for {kind:?}, the server answered '{reply}'"
+                    )));
+                }
+            };
+            self.transports.push(stream_transport);
+        }
+        Ok(())
+    }
+
+    fn conn_peer_ip(&self) -> Option<IpAddr> {
+        let host = self.url.host_str()?;
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    }
+
+    fn spawn_udp(
+        &mut self,
+        stream: usize,
+        rtp_sock: std::net::UdpSocket,
+        rtcp_sock: std::net::UdpSocket,
+        server_rtcp: Option<SocketAddr>,
+        events: &EventFn,
+        stats_cell: &Arc<RwLock<SharedStats>>,
+    ) -> Result<StreamTransport, ClientError> {
+        let to_tokio = |s: std::net::UdpSocket| {
+            s.set_nonblocking(true)
+                .and_then(|_| tokio::net::UdpSocket::from_std(s))
+                .map_err(|e| ClientError::Io(e.to_string()))
+        };
+        let rtp = to_tokio(rtp_sock)?;
+        let rtcp = Arc::new(to_tokio(rtcp_sock)?);
+        for (socket, is_rtcp) in [(Arc::new(rtp), false), (rtcp.clone(), true)] {
+            let events = events.clone();
+            let stats_cell = stats_cell.clone();
+            self.tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match socket.recv_from(&mut buf).await {
+                        Ok((n, _)) => {
+                            let stats = stats_cell.read().unwrap().clone();
+                            deliver(
+                                &events,
+                                &stats,
+                                stream,
+                                is_rtcp,
+                                Bytes::copy_from_slice(&buf[..n]),
+                            );
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }));
+        }
+        Ok(StreamTransport::Udp { rtcp, server_rtcp })
+    }
+
+    async fn play(&mut self, range: Option<&str>, events: &EventFn) -> Result<(), ClientError> {
+        let url = self.url.clone();
+        let extra: Vec<(rtsp_types::HeaderName, &str)> =
+            range.map(|r| (headers::RANGE, r)).into_iter().collect();
+        let resp = self.send(Method::Play, &url, Vec::new(), &extra).await?;
+        check(&resp, "PLAY")?;
+        let rtp_info = resp
+            .header(&headers::RTP_INFO)
+            .map(|v| parse_rtp_info(v.as_str(), &self.streams))
+            .unwrap_or_default();
+        events(ClientEvent::Playing {
+            rtp_info,
+            range: resp.header(&headers::RANGE).map(|v| v.as_str().to_owned()),
+        });
+        Ok(())
+    }
+
+    async fn teardown(&mut self) {
+        if self.id.is_some() {
+            let url = self.url.clone();
+            let _ = self.send(Method::Teardown, &url, Vec::new(), &[]).await;
+        }
+    }
+
+    async fn send_receiver_reports(&self, stats: &SharedStats, our_ssrc: u32) {
+        for (i, transport) in self.transports.iter().enumerate() {
+            let Some(slot) = stats.get(i) else { continue };
+            let rr = {
+                let mut s = slot.lock().unwrap();
+                if s.0.packets_received() == 0 {
+                    continue;
+                }
+                let sender = s.1.sender_ssrc;
+                let block = s.0.report_block(sender, Instant::now());
+                rtcp::ReceiverReport {
+                    ssrc: our_ssrc,
+                    reports: vec![block],
+                }
+            };
+            let mut out = Vec::with_capacity(64);
+            rtcp::write_receiver_report(&rr, "rtspsrc2", &mut out);
+            match transport {
+                StreamTransport::Udp {
+                    rtcp,
+                    server_rtcp: Some(to),
+                } => {
+                    let _ = rtcp.send_to(&out, *to).await;
+                }
+                StreamTransport::Udp { .. } => {}
+                StreamTransport::Tcp { rtcp_channel } => {
+                    let _ = self.conn.send_interleaved(*rtcp_channel, &out).await;
+                }
+            }
+        }
+    }
+}
+
+/// Joins `group` on `port` (RFC 1112) through the interface with address `iface`.
+fn join_multicast(
+    group: Ipv4Addr,
+    port: u16,
+    iface: Ipv4Addr,
+) -> Result<std::net::UdpSocket, ClientError> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    let io = |e: std::io::Error| ClientError::Io(format!("joining {group}:{port}: {e}"));
+    sock.set_reuse_address(true).map_err(io)?;
+    sock.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())
+        .map_err(io)?;
+    sock.join_multicast_v4(&group, &iface).map_err(io)?;
+    let _ = sock.set_recv_buffer_size(1 << 20);
+    Ok(sock.into())
+}
+
+/// Parses RTP-Info, matching each `url=` to a stream by its control URL.
+fn parse_rtp_info(value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
+    let mut out = Vec::new();
+    for entry in value.split(',') {
+        let mut info = RtpInfo::default();
+        let mut url = None;
+        for param in entry.split(';') {
+            let param = param.trim();
+            if let Some(v) = param.strip_prefix("url=") {
+                url = Some(v.trim_matches('"'));
+            } else if let Some(v) = param.strip_prefix("seq=") {
+                info.seq = v.parse().ok();
+            } else if let Some(v) = param.strip_prefix("rtptime=") {
+                info.rtptime = v.parse().ok();
+            }
+        }
+        let Some(url) = url else { continue };
+        let matched = streams.iter().find(|s| {
+            s.control == url
+                || s.control
+                    .trim_end_matches('/')
+                    .ends_with(url.trim_end_matches('/'))
+                || url
+                    .trim_end_matches('/')
+                    .ends_with(s.control.trim_end_matches('/'))
+        });
+        if let Some(s) = matched {
+            info.stream = s.index;
+            out.push(info);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(index: usize, control: &str) -> StreamInfo {
+        StreamInfo {
+            index,
+            media: MediaDescription {
+                media: "video".into(),
+                payload_type: 96,
+                encoding_name: "H264".into(),
+                clock_rate: 90000,
+                encoding_params: None,
+                fmtp: Vec::new(),
+                control: String::new(),
+                multicast: None,
+                port: 0,
+                bandwidth_kbps: None,
+                attributes: Vec::new(),
+            },
+            control: control.into(),
+        }
+    }
+
+    #[test]
+    fn rtp_info_matches_streams_by_url() {
+        let streams = [
+            stream(0, "rtsp://h/live/stream=0"),
+            stream(1, "rtsp://h/live/stream=1"),
+        ];
+        let info = parse_rtp_info(
+            "url=rtsp://h/live/stream=1;seq=7;rtptime=900, url=rtsp://h/live/stream=0;seq=65535;rtptime=4294967295",
+            &streams,
+        );
+        assert_eq!(
+            info,
+            vec![
+                RtpInfo {
+                    stream: 1,
+                    seq: Some(7),
+                    rtptime: Some(900)
+                },
+                RtpInfo {
+                    stream: 0,
+                    seq: Some(65535),
+                    rtptime: Some(u32::MAX)
+                },
+            ]
+        );
+        // Relative urls (some servers) and garbage.
+        let info = parse_rtp_info("url=stream=0;seq=1, garbage;;;, url=nope;seq=2", &streams);
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].stream, 0);
+    }
+}

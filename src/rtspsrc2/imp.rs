@@ -1,0 +1,1075 @@
+//! `rtspsrc2`: an RTSP client source, a thin adapter over [`crate::rtsp::client`].
+//!
+//! The client runs on its own runtime and reports packets as events. Each SDP media gets a
+//! sometimes pad (`stream_%u`, `application/x-rtp` caps from the SDP) whose pad task pushes the
+//! stream's packets downstream, so the network side never waits for downstream: packets go
+//! through a bounded channel and the overflow is dropped and counted.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use crate::rtsp::auth::Credentials;
+use crate::rtsp::client::{Client, ClientConfig, ClientEvent, StreamInfo, TransportKind};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "rtspsrc2",
+        gst::DebugColorFlags::empty(),
+        Some("RTSP client source"),
+    )
+});
+
+const DEFAULT_LATENCY_MS: u32 = 200;
+const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
+const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
+const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
+const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
+const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
+const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
+/// Packets queued per pad between the network and the pad task.
+const PAD_QUEUE: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    location: Option<String>,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    latency_ms: u32,
+    timeout_us: u64,
+    tcp_timeout_us: u64,
+    teardown_timeout_ns: u64,
+    keep_alive: bool,
+    user_id: Option<String>,
+    user_pw: Option<String>,
+    user_agent: String,
+    port_range: Option<String>,
+    multicast_iface: Option<String>,
+    reconnect_attempts: u32,
+    reconnect_initial_delay_ms: u32,
+    reconnect_max_delay_ms: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            location: None,
+            protocols: gst_rtsp::RTSPLowerTrans::UDP
+                | gst_rtsp::RTSPLowerTrans::UDP_MCAST
+                | gst_rtsp::RTSPLowerTrans::TCP,
+            latency_ms: DEFAULT_LATENCY_MS,
+            timeout_us: DEFAULT_TIMEOUT_US,
+            tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
+            teardown_timeout_ns: DEFAULT_TEARDOWN_TIMEOUT_NS,
+            keep_alive: true,
+            user_id: None,
+            user_pw: None,
+            user_agent: ClientConfig::default().user_agent,
+            port_range: None,
+            multicast_iface: None,
+            reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
+            reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
+            reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
+        }
+    }
+}
+
+impl Settings {
+    fn client_config(&self) -> Result<ClientConfig, String> {
+        let url = self
+            .location
+            .clone()
+            .ok_or("no location set (rtsp://host[:port]/path)")?;
+        let mut protocols = Vec::new();
+        for (flag, kind) in [
+            (gst_rtsp::RTSPLowerTrans::UDP, TransportKind::Udp),
+            (
+                gst_rtsp::RTSPLowerTrans::UDP_MCAST,
+                TransportKind::UdpMulticast,
+            ),
+            (gst_rtsp::RTSPLowerTrans::TCP, TransportKind::Tcp),
+        ] {
+            if self.protocols.contains(flag) {
+                protocols.push(kind);
+            }
+        }
+        if protocols.is_empty() {
+            return Err("protocols allows none of udp, udp-mcast, tcp".into());
+        }
+        let port_range = match self.port_range.as_deref() {
+            None | Some("") => None,
+            Some(r) => {
+                let (a, b) = r
+                    .split_once('-')
+                    .ok_or_else(|| format!("port-range '{r}' is not MIN-MAX"))?;
+                let parse = |v: &str| {
+                    v.trim()
+                        .parse::<u16>()
+                        .map_err(|_| format!("port-range '{r}' is not MIN-MAX"))
+                };
+                let (a, b) = (parse(a)?, parse(b)?);
+                if b <= a {
+                    return Err(format!("port-range '{r}' needs at least two ports"));
+                }
+                Some((a, b))
+            }
+        };
+        let multicast_iface = match self.multicast_iface.as_deref() {
+            None | Some("") => None,
+            // The loopback interface by name, as rtspsrc users write it.
+            Some("lo") => Some(std::net::Ipv4Addr::LOCALHOST),
+            Some(v) => Some(v.parse().map_err(|_| {
+                format!("multicast-iface '{v}' must be an IPv4 interface address or 'lo'")
+            })?),
+        };
+        let credentials = self.user_id.clone().map(|user| Credentials {
+            user,
+            password: self.user_pw.clone().unwrap_or_default(),
+        });
+        Ok(ClientConfig {
+            url,
+            credentials,
+            protocols,
+            user_agent: self.user_agent.clone(),
+            tcp_timeout: Duration::from_micros(self.tcp_timeout_us.max(1)),
+            udp_timeout: Duration::from_micros(self.timeout_us.max(1)),
+            teardown_timeout: Duration::from_nanos(self.teardown_timeout_ns),
+            port_range,
+            keep_alive: self.keep_alive,
+            multicast_iface,
+            reconnect_attempts: self.reconnect_attempts,
+            reconnect_initial_delay: Duration::from_millis(u64::from(
+                self.reconnect_initial_delay_ms,
+            )),
+            reconnect_max_delay: Duration::from_millis(u64::from(
+                self.reconnect_max_delay_ms
+                    .max(self.reconnect_initial_delay_ms),
+            )),
+            ..ClientConfig::default()
+        })
+    }
+}
+
+/// Timestamps one stream: running time of its first packet plus RTP time elapsed since.
+struct Timing {
+    clock_rate: u64,
+    base_running_time: Option<gst::ClockTime>,
+    base_rtp: u64,
+    last_ext: Option<u64>,
+}
+
+impl Timing {
+    fn new(clock_rate: u32) -> Self {
+        Self {
+            clock_rate: u64::from(clock_rate.max(1)),
+            base_running_time: None,
+            base_rtp: 0,
+            last_ext: None,
+        }
+    }
+
+    /// Extends a 32-bit RTP timestamp against the previous one (wraparound in either direction).
+    fn extend(&mut self, ts: u32) -> u64 {
+        let ext = match self.last_ext {
+            None => u64::from(ts) + (1 << 32),
+            Some(last) => {
+                let delta = i64::from(ts.wrapping_sub(last as u32) as i32);
+                (last as i64 + delta).max(0) as u64
+            }
+        };
+        self.last_ext = Some(ext);
+        ext
+    }
+
+    fn pts(&mut self, ts: u32, now: Option<gst::ClockTime>) -> Option<gst::ClockTime> {
+        let ext = self.extend(ts);
+        if self.base_running_time.is_none() {
+            self.base_running_time = now;
+            self.base_rtp = ext;
+        }
+        let base = self.base_running_time?;
+        let ticks = ext.saturating_sub(self.base_rtp);
+        Some(base + gst::ClockTime::from_nseconds(ticks * 1_000_000_000 / self.clock_rate))
+    }
+}
+
+struct PadState {
+    pad: gst::Pad,
+    tx: SyncSender<Bytes>,
+    /// Set after a reconnection: the next packet re-bases the stream's timestamps.
+    rebase: Arc<AtomicBool>,
+    resegment: PendingSegment,
+}
+
+/// Set after a seek: (stream time of the new data, its first RTP sequence number).
+type PendingSegment = Arc<Mutex<Option<(gst::ClockTime, Option<u16>)>>>;
+
+/// `npt=A-B` (RFC 2326 3.6) as seconds; `now` and open ends are None.
+fn parse_npt(range: &str) -> (Option<f64>, Option<f64>) {
+    let Some(v) = range.trim().strip_prefix("npt=") else {
+        return (None, None);
+    };
+    let (a, b) = v.split_once('-').unwrap_or((v, ""));
+    let secs = |t: &str| -> Option<f64> {
+        let t = t.trim();
+        if t.is_empty() || t == "now" {
+            return None;
+        }
+        // npt-hhmmss (h:mm:ss.frac) or npt-sec.
+        let mut total = 0.0;
+        for part in t.split(':') {
+            total = total * 60.0 + part.parse::<f64>().ok()?;
+        }
+        (total.is_finite() && total >= 0.0).then_some(total)
+    };
+    (secs(a), secs(b))
+}
+
+#[derive(Default)]
+struct State {
+    client: Option<Arc<Client>>,
+    pads: BTreeMap<usize, PadState>,
+    dropped: u64,
+    /// PAUSE was sent (PLAYING→PAUSED); PLAY goes out on the way back.
+    paused: bool,
+    /// The presentation's length from the SDP range; None for live streams.
+    duration: Option<gst::ClockTime>,
+    /// Stream time of the current play segment and the running time its data started at.
+    play_base: Option<(gst::ClockTime, gst::ClockTime)>,
+}
+
+#[derive(Default)]
+pub struct RtspSrc2 {
+    settings: Mutex<Settings>,
+    state: Arc<Mutex<State>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RtspSrc2 {
+    const NAME: &'static str = "GstRtspSrc2";
+    type Type = super::RtspSrc2;
+    type ParentType = gst::Element;
+    type Interfaces = (gst::URIHandler,);
+}
+
+/// GstStructure field names start with a letter and use a small alphabet; SDP from the network
+/// may carry anything.
+fn valid_field_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+}
+
+/// `application/x-rtp` caps for a stream, the way rtspsrc builds them from the SDP.
+fn stream_caps(info: &StreamInfo) -> gst::Caps {
+    let m = &info.media;
+    let mut s = gst::Structure::builder("application/x-rtp")
+        .field("media", m.media.as_str())
+        .field("payload", i32::from(m.payload_type))
+        .field("clock-rate", m.clock_rate as i32)
+        .field("encoding-name", m.encoding_name.to_uppercase())
+        .build();
+    if let Some(p) = &m.encoding_params {
+        s.set("encoding-params", p.as_str());
+    }
+    for (k, v) in &m.fmtp {
+        let key = k.to_ascii_lowercase();
+        // Never let an fmtp parameter override the fields above.
+        if valid_field_name(&key) && !s.has_field(key.as_str()) {
+            s.set(key.as_str(), v.as_str());
+        }
+    }
+    for (k, v) in &m.attributes {
+        if let Some(v) = v {
+            let key = format!("a-{k}");
+            if valid_field_name(&key) && !s.has_field(key.as_str()) {
+                s.set(key.as_str(), v.as_str());
+            }
+        }
+    }
+    gst::Caps::builder_full().structure(s).build()
+}
+
+impl RtspSrc2 {
+    fn on_event(&self, event: ClientEvent) {
+        match event {
+            ClientEvent::Described { streams, range } => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "{} streams, range {:?}",
+                    streams.len(),
+                    range
+                );
+                self.state.lock().unwrap().duration = range
+                    .as_deref()
+                    .and_then(|r| parse_npt(r).1)
+                    .map(gst::ClockTime::from_seconds_f64);
+                for info in streams {
+                    self.add_stream_pad(&info);
+                }
+                self.obj().no_more_pads();
+            }
+            ClientEvent::SetUp { transport } => {
+                gst::info!(CAT, imp = self, "streams set up over {:?}", transport);
+            }
+            ClientEvent::FallingBack { from, to } => {
+                gst::warning!(CAT, imp = self, "no data over {:?}, trying {:?}", from, to);
+                let _ = self.obj().post_message(
+                    gst::message::Element::builder(
+                        gst::Structure::builder("rtspsrc2-fallback")
+                            .field("from", format!("{from:?}").to_lowercase())
+                            .field("to", format!("{to:?}").to_lowercase())
+                            .build(),
+                    )
+                    .src(&*self.obj())
+                    .build(),
+                );
+            }
+            ClientEvent::Playing { rtp_info, range } => {
+                gst::info!(CAT, imp = self, "playing: {:?} {:?}", rtp_info, range);
+                let start = range
+                    .as_deref()
+                    .and_then(|r| parse_npt(r).0)
+                    .map_or(gst::ClockTime::ZERO, gst::ClockTime::from_seconds_f64);
+                let state = self.state.lock().unwrap();
+                if state.duration.is_some() {
+                    // Recorded media: each PLAY starts a segment at the answered position;
+                    // RTP-Info says where its packets begin.
+                    for (index, p) in &state.pads {
+                        let seq = rtp_info
+                            .iter()
+                            .find(|i| i.stream == *index)
+                            .and_then(|i| i.seq);
+                        *p.resegment.lock().unwrap() = Some((start, seq));
+                    }
+                }
+            }
+            ClientEvent::Rtp { stream, packet } => {
+                let mut state = self.state.lock().unwrap();
+                let Some(p) = state.pads.get(&stream) else {
+                    return;
+                };
+                if let Err(TrySendError::Full(_)) = p.tx.try_send(packet) {
+                    state.dropped += 1;
+                }
+            }
+            ClientEvent::SenderReport { .. } => {}
+            ClientEvent::Announce { .. } => {
+                gst::info!(CAT, imp = self, "the server announced a new description");
+            }
+            ClientEvent::Redirect { location } => {
+                gst::info!(CAT, imp = self, "redirected to {}", location);
+            }
+            ClientEvent::Reconnecting {
+                attempt,
+                of,
+                delay,
+                reason,
+            } => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "connection lost ({}), reconnecting {}/{} in {:?}",
+                    reason,
+                    attempt,
+                    of,
+                    delay
+                );
+                let _ = self.obj().post_message(
+                    gst::message::Element::builder(
+                        gst::Structure::builder("rtspsrc2-reconnect")
+                            .field("attempt", attempt)
+                            .field("max-attempts", of)
+                            .field("delay-ms", delay.as_millis() as u64)
+                            .field("reason", reason)
+                            .build(),
+                    )
+                    .src(&*self.obj())
+                    .build(),
+                );
+            }
+            ClientEvent::Reconnected => {
+                gst::info!(CAT, imp = self, "reconnected");
+                for p in self.state.lock().unwrap().pads.values() {
+                    p.rebase.store(true, Ordering::Relaxed);
+                }
+                let _ = self.obj().post_message(
+                    gst::message::Element::builder(
+                        gst::Structure::builder("rtspsrc2-reconnected").build(),
+                    )
+                    .src(&*self.obj())
+                    .build(),
+                );
+            }
+            ClientEvent::Closed { reason } => {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("The RTSP connection closed: {}", reason)
+                );
+            }
+            ClientEvent::Error(err) => {
+                let location = self.settings.lock().unwrap().location.clone();
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::OpenRead,
+                    ("Could not play {}: {}", location.unwrap_or_default(), err)
+                );
+            }
+        }
+    }
+
+    fn add_stream_pad(&self, info: &StreamInfo) {
+        let obj = self.obj();
+        let templ = obj.pad_template("stream_%u").expect("template");
+        let pad = gst::Pad::builder_from_template(&templ)
+            .name(format!("stream_{}", info.index))
+            .query_function(|pad, parent, query| {
+                RtspSrc2::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_query(pad, query),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                RtspSrc2::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_event(pad, event),
+                )
+            })
+            .build();
+        let (tx, rx) = sync_channel::<Bytes>(PAD_QUEUE);
+        let caps = stream_caps(info);
+        gst::debug!(CAT, obj = pad, "caps {}", caps);
+        let stream_id = format!("{}/{}", info.control, info.index);
+        let mut timing = Timing::new(info.media.clock_rate);
+        let rebase = Arc::new(AtomicBool::new(false));
+        let task_rebase = rebase.clone();
+        let resegment: PendingSegment = Arc::default();
+        let task_resegment = resegment.clone();
+        let element = obj.downgrade();
+        let _ = pad.set_active(true);
+        let task_pad = pad.clone();
+        let mut first = true;
+        let mut rx: Option<Receiver<Bytes>> = Some(rx);
+        let start = pad.start_task(move || {
+            let Some(receiver) = rx.as_ref() else {
+                let _ = task_pad.pause_task();
+                return;
+            };
+            if first {
+                first = false;
+                let _ = task_pad.push_event(gst::event::StreamStart::builder(&stream_id).build());
+                let _ = task_pad.push_event(gst::event::Caps::new(&caps));
+                let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+                let _ = task_pad.push_event(gst::event::Segment::new(&segment));
+            }
+            let packet = match receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok(p) => p,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
+                Err(_) => {
+                    rx = None;
+                    let _ = task_pad.pause_task();
+                    return;
+                }
+            };
+            let Ok(header) = crate::rtp::parse_rtp_header(&packet) else {
+                return;
+            };
+            let now = element.upgrade().and_then(|e| e.current_running_time());
+            // After a seek: drop what was sent before it, then start a segment at the new
+            // position with the first new packet.
+            let mut new_segment = None;
+            {
+                let mut pending = task_resegment.lock().unwrap();
+                if let Some((time, first_seq)) = *pending {
+                    let before =
+                        first_seq.is_some_and(|f| (header.sequence.wrapping_sub(f) as i16) < 0);
+                    if before {
+                        return;
+                    }
+                    *pending = None;
+                    new_segment = Some(time);
+                }
+            }
+            // After a reconnection the server's RTP clock starts anew: continue from now.
+            let discont = task_rebase.swap(false, Ordering::Relaxed) || new_segment.is_some();
+            if discont {
+                timing = Timing::new(timing.clock_rate as u32);
+            }
+            let pts = timing.pts(header.timestamp, now);
+            if let (Some(time), Some(pts)) = (new_segment, pts) {
+                let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+                segment.set_start(pts);
+                segment.set_base(pts);
+                segment.set_time(time);
+                let _ = task_pad.push_event(gst::event::Segment::new(&segment));
+                if let Some(e) = element.upgrade() {
+                    e.imp().state.lock().unwrap().play_base = Some((time, pts));
+                }
+            }
+            let mut buffer = gst::Buffer::from_slice(packet);
+            {
+                let b = buffer.get_mut().expect("new buffer is writable");
+                b.set_pts(pts);
+                if discont {
+                    b.set_flags(gst::BufferFlags::DISCONT);
+                }
+            }
+            match task_pad.push(buffer) {
+                // An unlinked stream is one the application does not want.
+                Ok(_) | Err(gst::FlowError::NotLinked) => {}
+                // A flushing seek is under way: this packet is stale; the task goes on.
+                Err(gst::FlowError::Flushing) => {}
+                // Downstream wants no more: like basesrc, finish the stream with EOS.
+                Err(gst::FlowError::Eos) => {
+                    let _ = task_pad.push_event(gst::event::Eos::new());
+                    let _ = task_pad.pause_task();
+                }
+                Err(err) => {
+                    if let Some(element) = element.upgrade() {
+                        gst::element_error!(
+                            element,
+                            gst::StreamError::Failed,
+                            ("Internal data stream error."),
+                            ["streaming stopped, reason {:?}", err]
+                        );
+                    }
+                    let _ = task_pad.push_event(gst::event::Eos::new());
+                    let _ = task_pad.pause_task();
+                }
+            }
+        });
+        if let Err(e) = start {
+            gst::warning!(CAT, imp = self, "cannot start pad task: {}", e);
+            return;
+        }
+        let _ = obj.add_pad(&pad);
+        self.state.lock().unwrap().pads.insert(
+            info.index,
+            PadState {
+                pad,
+                tx,
+                rebase,
+                resegment,
+            },
+        );
+    }
+
+    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Latency(q) => {
+                let ms = self.settings.lock().unwrap().latency_ms;
+                q.set(
+                    true,
+                    gst::ClockTime::from_mseconds(u64::from(ms)),
+                    gst::ClockTime::NONE,
+                );
+                true
+            }
+            gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Time => {
+                let Some(d) = self.state.lock().unwrap().duration else {
+                    return false;
+                };
+                q.set(d);
+                true
+            }
+            gst::QueryViewMut::Position(q) if q.format() == gst::Format::Time => {
+                let Some((time, start_rt)) = self.state.lock().unwrap().play_base else {
+                    return false;
+                };
+                let Some(now) = self.obj().current_running_time() else {
+                    return false;
+                };
+                q.set(time + now.saturating_sub(start_rt));
+                true
+            }
+            gst::QueryViewMut::Seeking(q) if q.format() == gst::Format::Time => {
+                let duration = self.state.lock().unwrap().duration;
+                q.set(
+                    duration.is_some(),
+                    gst::ClockTime::ZERO,
+                    duration.unwrap_or(gst::ClockTime::ZERO),
+                );
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    fn src_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::Seek(seek) => {
+                let (_rate, flags, start_type, start, _stop_type, _stop) = seek.get();
+                let start = match start {
+                    gst::GenericFormattedValue::Time(Some(t))
+                        if start_type == gst::SeekType::Set =>
+                    {
+                        t
+                    }
+                    _ => return false,
+                };
+                self.seek(start, flags.contains(gst::SeekFlags::FLUSH))
+            }
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    /// A seek on recorded media: PLAY with `Range: npt=START-` (RFC 2326 10.5).
+    fn seek(&self, start: gst::ClockTime, flush: bool) -> bool {
+        let (client, pads, duration) = {
+            let state = self.state.lock().unwrap();
+            let pads: Vec<gst::Pad> = state.pads.values().map(|p| p.pad.clone()).collect();
+            (state.client.clone(), pads, state.duration)
+        };
+        let (Some(client), Some(duration)) = (client, duration) else {
+            gst::debug!(CAT, imp = self, "not seekable (live, or not connected)");
+            return false;
+        };
+        if start > duration {
+            return false;
+        }
+        if flush {
+            for p in &pads {
+                let _ = p.push_event(gst::event::FlushStart::new());
+            }
+        }
+        let range = format!("npt={:.3}-", start.seconds_f64());
+        let result = client.play(Some(range));
+        if flush {
+            for p in &pads {
+                let _ = p.push_event(gst::event::FlushStop::new(true));
+            }
+        }
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                gst::element_imp_error!(self, gst::ResourceError::Seek, ("Seek failed: {}", e));
+                false
+            }
+        }
+    }
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let config = self.settings.lock().unwrap().client_config().map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
+        })?;
+        let weak = self.obj().downgrade();
+        let client = Client::start(config, move |event| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_event(event);
+            }
+        })
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Failed,
+                ("Cannot start the RTSP client: {}", e)
+            )
+        })?;
+        self.state.lock().unwrap().client = Some(Arc::new(client));
+        Ok(())
+    }
+
+    fn client(&self) -> Option<Arc<Client>> {
+        self.state.lock().unwrap().client.clone()
+    }
+
+    /// Runs `call` on the client off the caller's thread and replies to `promise` with its
+    /// outcome: rtspsrc's contract for its get-parameter/set-parameter action signals.
+    fn parameter_request(
+        &self,
+        promise: gst::Promise,
+        reply_name: &'static str,
+        call: impl FnOnce(&Client) -> Result<Vec<u8>, crate::rtsp::client::ClientError> + Send + 'static,
+    ) -> bool {
+        let Some(client) = self.client() else {
+            return false;
+        };
+        std::thread::spawn(move || {
+            let reply = match call(&client) {
+                Ok(body) => gst::Structure::builder(reply_name)
+                    .field("rtsp-result", 200i32)
+                    .field("body", String::from_utf8_lossy(&body).into_owned())
+                    .build(),
+                Err(crate::rtsp::client::ClientError::Status { status, .. }) => {
+                    gst::Structure::builder(reply_name)
+                        .field("rtsp-result", i32::from(status))
+                        .build()
+                }
+                Err(e) => gst::Structure::builder(reply_name)
+                    .field("rtsp-result", -1i32)
+                    .field("error", e.to_string())
+                    .build(),
+            };
+            promise.reply(Some(reply));
+        });
+        true
+    }
+
+    fn stop(&self) {
+        let (client, pads) = {
+            let mut state = self.state.lock().unwrap();
+            (state.client.take(), std::mem::take(&mut state.pads))
+        };
+        // TEARDOWN, bounded by teardown-timeout.
+        drop(client);
+        let obj = self.obj();
+        for (_, p) in pads {
+            drop(p.tx);
+            // The task holds the stream lock while it waits for packets: stop it (it notices
+            // within one receive timeout) before deactivating, as basesrc does.
+            let _ = p.pad.stop_task();
+            let _ = p.pad.set_active(false);
+            let _ = obj.remove_pad(&p.pad);
+        }
+    }
+
+    fn pause(&self) {
+        let Some(client) = self.client() else { return };
+        match client.pause() {
+            Ok(()) => self.state.lock().unwrap().paused = true,
+            Err(e) => gst::warning!(CAT, imp = self, "PAUSE failed: {}", e),
+        }
+    }
+
+    fn resume(&self) {
+        let Some(client) = self.client() else { return };
+        if !std::mem::take(&mut self.state.lock().unwrap().paused) {
+            return;
+        }
+        if let Err(e) = client.play(None) {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Read,
+                ("PLAY after PAUSE failed: {}", e)
+            );
+        }
+    }
+
+    fn stats(&self) -> gst::Structure {
+        let state = self.state.lock().unwrap();
+        let streams: Vec<gst::Structure> = state
+            .client
+            .as_ref()
+            .map(|c| c.stats())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                gst::Structure::builder("stream")
+                    .field("stream", i as u32)
+                    .field("packets-received", s.packets_received)
+                    .field("bytes-received", s.bytes_received)
+                    .field("packets-lost", s.packets_lost)
+                    .field("jitter-ms", s.jitter.as_secs_f64() * 1000.0)
+                    .field("sender-reports", s.sender_reports)
+                    .field("invalid-packets", s.invalid_packets)
+                    .build()
+            })
+            .collect();
+        gst::Structure::builder("application/x-rtspsrc2-stats")
+            .field("packets-dropped", state.dropped)
+            .field("streams", gst::Array::new(streams))
+            .build()
+    }
+}
+
+impl ObjectImpl for RtspSrc2 {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("location")
+                    .nick("Location")
+                    .blurb("RTSP URL to play: rtsp://[user:password@]host[:port]/path")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
+                    .nick("Protocols")
+                    .blurb("Lower transports to try, in the order udp, udp-mcast, tcp")
+                    .default_value(Settings::default().protocols)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Latency")
+                    .blurb("Milliseconds of jitter buffering (rtspsrc uses 2000; 200 covers reordering on real networks without making live video lag)")
+                    .default_value(DEFAULT_LATENCY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("timeout")
+                    .nick("Timeout")
+                    .blurb("Microseconds to wait for UDP data before trying the next protocol")
+                    .default_value(DEFAULT_TIMEOUT_US)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("tcp-timeout")
+                    .nick("TCP timeout")
+                    .blurb("Microseconds to wait to connect and for each RTSP response")
+                    .default_value(DEFAULT_TCP_TIMEOUT_US)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("teardown-timeout")
+                    .nick("Teardown timeout")
+                    .blurb("Nanoseconds that TEARDOWN may take when stopping (a dead server never hangs the state change)")
+                    .default_value(DEFAULT_TEARDOWN_TIMEOUT_NS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("do-rtsp-keep-alive")
+                    .nick("Keep alive")
+                    .blurb("Send keep-alive requests (GET_PARAMETER or OPTIONS) before the session times out")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-id")
+                    .nick("User ID")
+                    .blurb("User name for Basic/Digest authentication (or put it in the URL)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-pw")
+                    .nick("User password")
+                    .blurb("Password for Basic/Digest authentication")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-agent")
+                    .nick("User agent")
+                    .blurb("The User-Agent header sent with every request")
+                    .default_value(Some(Settings::default().user_agent.as_str()))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("port-range")
+                    .nick("Port range")
+                    .blurb("Client UDP port range MIN-MAX, e.g. 3000-3005 (NULL = any)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("multicast-iface")
+                    .nick("Multicast interface")
+                    .blurb("IPv4 address of the interface to join multicast groups on ('lo' = 127.0.0.1)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-attempts")
+                    .nick("Reconnect attempts")
+                    .blurb("Reconnections tried after the connection is lost before giving up with an error (0 = none)")
+                    .default_value(DEFAULT_RECONNECT_ATTEMPTS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-initial-delay")
+                    .nick("Reconnect initial delay")
+                    .blurb("Milliseconds before the first reconnection attempt; doubles per attempt")
+                    .default_value(DEFAULT_RECONNECT_INITIAL_DELAY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-max-delay")
+                    .nick("Reconnect max delay")
+                    .blurb("Milliseconds between reconnection attempts at most")
+                    .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Per-stream packets received, lost, jitter and sender reports")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            // As rtspsrc: get-parameter(name, content-type, promise) and
+            // set-parameter(name, value, content-type, promise) return whether the request went
+            // out; the promise gets a structure with `rtsp-result` (the status) and `body`.
+            vec![
+                glib::subclass::Signal::builder("get-parameter")
+                    .param_types([
+                        String::static_type(),
+                        String::static_type(),
+                        gst::Promise::static_type(),
+                    ])
+                    .return_type::<bool>()
+                    .action()
+                    .class_handler(|args| {
+                        let obj = args[0].get::<super::RtspSrc2>().expect("signal arg");
+                        let name = args[1].get::<String>().expect("signal arg");
+                        let promise = args[3].get::<gst::Promise>().expect("signal arg");
+                        let body = format!("{name}\r\n").into_bytes();
+                        let sent =
+                            obj.imp()
+                                .parameter_request(promise, "get-parameter-reply", |c| {
+                                    c.get_parameter(body)
+                                });
+                        Some(sent.to_value())
+                    })
+                    .build(),
+                glib::subclass::Signal::builder("set-parameter")
+                    .param_types([
+                        String::static_type(),
+                        String::static_type(),
+                        String::static_type(),
+                        gst::Promise::static_type(),
+                    ])
+                    .return_type::<bool>()
+                    .action()
+                    .class_handler(|args| {
+                        let obj = args[0].get::<super::RtspSrc2>().expect("signal arg");
+                        let name = args[1].get::<String>().expect("signal arg");
+                        let value = args[2].get::<String>().expect("signal arg");
+                        let promise = args[4].get::<gst::Promise>().expect("signal arg");
+                        let body = format!("{name}: {value}\r\n").into_bytes();
+                        let sent =
+                            obj.imp()
+                                .parameter_request(promise, "set-parameter-reply", |c| {
+                                    c.set_parameter(body).map(|()| Vec::new())
+                                });
+                        Some(sent.to_value())
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location = value.get().expect("type checked"),
+            "protocols" => s.protocols = value.get().expect("type checked"),
+            "latency" => s.latency_ms = value.get().expect("type checked"),
+            "timeout" => s.timeout_us = value.get().expect("type checked"),
+            "tcp-timeout" => s.tcp_timeout_us = value.get().expect("type checked"),
+            "teardown-timeout" => s.teardown_timeout_ns = value.get().expect("type checked"),
+            "do-rtsp-keep-alive" => s.keep_alive = value.get().expect("type checked"),
+            "user-id" => s.user_id = value.get().expect("type checked"),
+            "user-pw" => s.user_pw = value.get().expect("type checked"),
+            "user-agent" => {
+                s.user_agent = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_default()
+            }
+            "port-range" => s.port_range = value.get().expect("type checked"),
+            "multicast-iface" => s.multicast_iface = value.get().expect("type checked"),
+            "reconnect-attempts" => s.reconnect_attempts = value.get().expect("type checked"),
+            "reconnect-initial-delay" => {
+                s.reconnect_initial_delay_ms = value.get().expect("type checked")
+            }
+            "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats().to_value();
+        }
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location.to_value(),
+            "protocols" => s.protocols.to_value(),
+            "latency" => s.latency_ms.to_value(),
+            "timeout" => s.timeout_us.to_value(),
+            "tcp-timeout" => s.tcp_timeout_us.to_value(),
+            "teardown-timeout" => s.teardown_timeout_ns.to_value(),
+            "do-rtsp-keep-alive" => s.keep_alive.to_value(),
+            "user-id" => s.user_id.to_value(),
+            "user-pw" => s.user_pw.to_value(),
+            "user-agent" => s.user_agent.to_value(),
+            "port-range" => s.port_range.to_value(),
+            "multicast-iface" => s.multicast_iface.to_value(),
+            "reconnect-attempts" => s.reconnect_attempts.to_value(),
+            "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
+            "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        self.obj().set_element_flags(gst::ElementFlags::SOURCE);
+    }
+}
+
+impl GstObjectImpl for RtspSrc2 {}
+
+impl ElementImpl for RtspSrc2 {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "RTSP client source",
+                "Source/Network",
+                "Receives RTP streams from an RTSP server (UDP, multicast or TCP interleaved)",
+                "gst-plugin-livestreaming developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "stream_%u",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Sometimes,
+                    &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
+                )
+                .expect("valid template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused
+            && let Err(err) = self.start()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        match transition {
+            gst::StateChange::PausedToReady => self.stop(),
+            gst::StateChange::PlayingToPaused => self.pause(),
+            gst::StateChange::PausedToPlaying => self.resume(),
+            _ => {}
+        }
+        let result = self.parent_change_state(transition)?;
+        Ok(match transition {
+            // A live source: no preroll.
+            gst::StateChange::ReadyToPaused | gst::StateChange::PlayingToPaused => {
+                gst::StateChangeSuccess::NoPreroll
+            }
+            _ => result,
+        })
+    }
+}
+
+impl URIHandlerImpl for RtspSrc2 {
+    const URI_TYPE: gst::URIType = gst::URIType::Src;
+
+    fn protocols() -> &'static [&'static str] {
+        &["rtsp", "rtspu", "rtspt"]
+    }
+
+    fn uri(&self) -> Option<String> {
+        self.settings.lock().unwrap().location.clone()
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        let url = url::Url::parse(uri)
+            .map_err(|e| glib::Error::new(gst::URIError::BadUri, &format!("'{uri}': {e}")))?;
+        self.settings.lock().unwrap().location = Some(url.to_string());
+        Ok(())
+    }
+}

@@ -1,0 +1,568 @@
+//! rtspsrc2 against RTSP servers: our rtspserversink and (see rtspsrc2_stock.rs) the C
+//! gst-rtsp-server. Frames must decode through the stock depayloaders and decoders.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+
+/// Runs a client pipeline until EOS (its sinks have `num-buffers`) or error, bounded.
+fn run_client(desc: &str, timeout: Duration) -> Result<gst::Pipeline, String> {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .map_err(|e| format!("{desc}: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline.by_name("src").expect("a source named src");
+    assert_ours(&src);
+    let bus = pipeline.bus().unwrap();
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        let msg =
+            bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error]);
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Error(e)) => format!("{} ({:?})", e.error(), e.debug()),
+            _ => "the state change failed without an error message".into(),
+        });
+    }
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    let result = match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(format!("{} ({:?})", e.error(), e.debug())),
+        _ => Err(format!("no EOS within {timeout:?}")),
+    };
+    let stopped = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        stopped.elapsed()
+    );
+    result.map(|_| pipeline)
+}
+
+fn decode_video(url: &str, protocols: &str) -> Result<gst::Pipeline, String> {
+    run_client(
+        &format!(
+            "rtspsrc2 name=src location={url} protocols={protocols} \
+             ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=30"
+        ),
+        Duration::from_secs(20),
+    )
+}
+
+#[test]
+fn plays_rtspserversink_over_udp() {
+    let server = ServerPipeline::start("", &av_source(false));
+    decode_video(&server.url("/"), "udp").unwrap();
+}
+
+#[test]
+fn plays_rtspserversink_over_tcp() {
+    let server = ServerPipeline::start("", &av_source(false));
+    decode_video(&server.url("/"), "tcp").unwrap();
+}
+
+#[test]
+fn plays_rtspserversink_over_multicast() {
+    let server = ServerPipeline::start(
+        "multicast-iface=127.0.0.1 multicast-address-min=239.255.44.1 \
+         multicast-address-max=239.255.44.9 multicast-port-min=48000 multicast-port-max=48100",
+        &av_source(false),
+    );
+    let url = server.url("/");
+    run_client(
+        &format!(
+            "rtspsrc2 name=src location={url} protocols=udp-mcast multicast-iface=lo \
+             ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=30"
+        ),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+}
+
+#[test]
+fn decodebin_links_audio_and_video_pads_with_full_caps() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let url = server.url("/");
+    run_client(
+        &format!(
+            "rtspsrc2 name=src location={url} protocols=tcp \
+             src. ! queue ! decodebin ! fakesink num-buffers=30 \
+             src. ! queue ! decodebin ! fakesink num-buffers=50"
+        ),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    // The pads' caps, while playing.
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={url} protocols=tcp src. ! fakesink src. ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let caps: Vec<gst::Caps> = loop {
+        let caps: Vec<gst::Caps> = src
+            .src_pads()
+            .iter()
+            .filter_map(|p| p.current_caps())
+            .collect();
+        if caps.len() == 2 || Instant::now() > deadline {
+            break caps;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(caps.len(), 2, "{caps:?}");
+    let video = caps
+        .iter()
+        .find(|c| c.structure(0).unwrap().get::<&str>("media") == Ok("video"))
+        .expect("video pad");
+    let s = video.structure(0).unwrap();
+    assert_eq!(s.get::<&str>("encoding-name").unwrap(), "H264");
+    assert_eq!(s.get::<i32>("clock-rate").unwrap(), 90000);
+    assert!(s.get::<&str>("sprop-parameter-sets").is_ok(), "{s}");
+    assert_eq!(s.get::<&str>("packetization-mode").unwrap(), "1");
+    let audio = caps
+        .iter()
+        .find(|c| c.structure(0).unwrap().get::<&str>("media") == Ok("audio"))
+        .expect("audio pad");
+    assert_eq!(
+        audio
+            .structure(0)
+            .unwrap()
+            .get::<&str>("encoding-name")
+            .unwrap(),
+        "OPUS"
+    );
+}
+
+#[test]
+fn stats_count_received_packets() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let url = server.url("/");
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={url} protocols=udp ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = src.property::<gst::Structure>("stats");
+        let streams = stats.get::<gst::Array>("streams").unwrap();
+        let received = streams
+            .first()
+            .and_then(|s| s.get::<gst::Structure>().ok())
+            .map_or(0, |s| s.get::<u64>("packets-received").unwrap());
+        if received >= 50 {
+            let s = streams[0].get::<gst::Structure>().unwrap();
+            assert_eq!(s.get::<i64>("packets-lost").unwrap(), 0, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn connection_refused_is_a_clear_error() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = run_client(
+        &format!("rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ ! fakesink"),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    assert!(err.contains("Could not play"), "{err}");
+    assert!(err.contains("onnection refused"), "{err}");
+}
+
+#[test]
+fn unknown_mount_is_a_clear_error() {
+    let server = ServerPipeline::start("mount-point=/cam", &av_source(false));
+    let err = run_client(
+        &format!(
+            "rtspsrc2 name=src location={} ! fakesink",
+            server.url("/nothing-here")
+        ),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("DESCRIBE"), "{err}");
+}
+
+#[test]
+fn a_server_that_goes_away_is_an_error_and_stopping_stays_bounded() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let url = server.url("/");
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={url} protocols=tcp reconnect-attempts=2 \
+         reconnect-initial-delay=100 ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(server);
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error])
+        .expect("an error when the server goes away");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    let text = e.error().to_string();
+    assert!(text.contains("closed"), "{text}");
+    assert!(text.contains("2 reconnection attempts failed"), "{text}");
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn invalid_settings_are_clear_errors() {
+    init();
+    let err = run_client(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:9/ port-range=9000 ! fakesink",
+        Duration::from_secs(5),
+    );
+    // Either the state change fails (posting the error) or an error arrives on the bus.
+    let text = format!("{err:?}");
+    assert!(text.contains("port-range"), "{text}");
+}
+
+/// A TCP proxy in front of an RTSP server that rewrites `client_port=` in SETUP requests to a
+/// UDP port pair that nobody reads: the server's UDP packets go into a black hole, as behind a
+/// firewall, while RTSP (and interleaved data) passes.
+struct UdpBlackholeProxy {
+    port: u16,
+    _holes: (std::net::UdpSocket, std::net::UdpSocket),
+}
+
+impl UdpBlackholeProxy {
+    fn start(server_port: u16) -> UdpBlackholeProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+
+        let holes = loop {
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = a.local_addr().unwrap().port();
+            if p.is_multiple_of(2)
+                && let Ok(b) = std::net::UdpSocket::bind(("127.0.0.1", p + 1))
+            {
+                break (a, b);
+            }
+        };
+        let hole = holes.0.local_addr().unwrap().port();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", server_port)) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                // Server → client: verbatim.
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                });
+                // Client → server: header blocks rewritten, interleaved frames verbatim.
+                std::thread::spawn(move || {
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        pending.extend_from_slice(&buf[..n]);
+                        loop {
+                            if pending.first() == Some(&b'$') {
+                                if pending.len() < 4 {
+                                    break;
+                                }
+                                let len = 4 + u16::from_be_bytes([pending[2], pending[3]]) as usize;
+                                if pending.len() < len {
+                                    break;
+                                }
+                                let frame: Vec<u8> = pending.drain(..len).collect();
+                                let _ = server.write_all(&frame);
+                                continue;
+                            }
+                            let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n")
+                            else {
+                                break;
+                            };
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            let text = String::from_utf8_lossy(&head).into_owned();
+                            let text = match text.find("client_port=") {
+                                Some(i) => {
+                                    let rest = &text[i + "client_port=".len()..];
+                                    let stop = rest
+                                        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+                                        .unwrap_or(rest.len());
+                                    format!(
+                                        "{}client_port={}-{}{}",
+                                        &text[..i],
+                                        hole,
+                                        hole + 1,
+                                        &rest[stop..]
+                                    )
+                                }
+                                None => text,
+                            };
+                            let _ = server.write_all(text.as_bytes());
+                        }
+                    }
+                });
+            }
+        });
+        UdpBlackholeProxy {
+            port,
+            _holes: holes,
+        }
+    }
+}
+
+#[test]
+fn falls_back_to_tcp_when_udp_yields_nothing() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let proxy = UdpBlackholeProxy::start(server.port);
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{}/ protocols=udp+tcp timeout=1000000 \
+         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=30",
+        proxy.port
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    assert_ours(&pipeline.by_name("src").unwrap());
+    let started = Instant::now();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut fell_back = false;
+    let mut eos = false;
+    while !eos {
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(20),
+                &[
+                    gst::MessageType::Element,
+                    gst::MessageType::Eos,
+                    gst::MessageType::Error,
+                ],
+            )
+            .expect("EOS within 20 s");
+        match msg.view() {
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure()
+                    && s.name() == "rtspsrc2-fallback"
+                {
+                    assert_eq!(s.get::<&str>("to").unwrap(), "tcp");
+                    fell_back = true;
+                }
+            }
+            gst::MessageView::Eos(_) => eos = true,
+            gst::MessageView::Error(e) => panic!("{} {:?}", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(fell_back, "no fallback message");
+    // One 1 s UDP timeout, then TCP: well under the 20 s bound.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Starts `rtspsrc2 location=URL ! fakesink` playing and waits for its first buffer.
+fn playing_client(url: &str, protocols: &str) -> (gst::Pipeline, gst::Element) {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={url} protocols={protocols} ! fakesink name=out signal-handoffs=true"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    assert_ours(&src);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    pipeline
+        .by_name("out")
+        .unwrap()
+        .connect("handoff", false, move |_| {
+            let _ = tx.try_send(());
+            None
+        });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("first buffer");
+    (pipeline, src)
+}
+
+/// The `playing` flag of the server's only session.
+fn server_session_playing(server: &ServerPipeline) -> Option<bool> {
+    let stats = server.stats();
+    let clients = stats.get::<gst::Array>("clients").unwrap();
+    clients.first().map(|c| {
+        c.get::<gst::Structure>()
+            .unwrap()
+            .get::<bool>("playing")
+            .unwrap()
+    })
+}
+
+#[test]
+fn paused_sends_pause_and_playing_resumes() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let (pipeline, _src) = playing_client(&server.url("/"), "tcp");
+    assert_eq!(server_session_playing(&server), Some(true));
+    pipeline.set_state(gst::State::Paused).unwrap();
+    assert_eq!(server_session_playing(&server), Some(false));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    assert_eq!(server_session_playing(&server), Some(true));
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn get_and_set_parameter_action_signals() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let (pipeline, src) = playing_client(&server.url("/"), "tcp");
+    let promise = gst::Promise::new();
+    let sent = src.emit_by_name::<bool>(
+        "get-parameter",
+        &[&"session-timeout", &"text/parameters", &promise],
+    );
+    assert!(sent);
+    assert_eq!(promise.wait(), gst::PromiseResult::Replied);
+    let reply = promise.get_reply().unwrap().to_owned();
+    assert_eq!(reply.get::<i32>("rtsp-result").unwrap(), 200, "{reply}");
+    assert!(
+        reply
+            .get::<&str>("body")
+            .unwrap()
+            .contains("session-timeout: 60"),
+        "{reply}"
+    );
+
+    let promise = gst::Promise::new();
+    let sent = src.emit_by_name::<bool>(
+        "set-parameter",
+        &[&"brightness", &"11", &"text/parameters", &promise],
+    );
+    assert!(sent);
+    assert_eq!(promise.wait(), gst::PromiseResult::Replied);
+    let reply = promise.get_reply().unwrap().to_owned();
+    // rtspserversink has no settable parameter: 451 Parameter Not Understood.
+    assert_eq!(reply.get::<i32>("rtsp-result").unwrap(), 451, "{reply}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn reconnects_when_the_server_restarts() {
+    let first = ServerPipeline::start("", &av_source(false));
+    let port = first.port;
+    let url = first.url("/");
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={url} protocols=tcp reconnect-initial-delay=200 \
+         ! fakesink name=out signal-handoffs=true"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let buffers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = buffers.clone();
+    pipeline
+        .by_name("out")
+        .unwrap()
+        .connect("handoff", false, move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let wait_for = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while buffers.load(std::sync::atomic::Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "stuck at {buffers:?} buffers");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(20);
+
+    // The server goes away and comes back on the same port.
+    drop(first);
+    let second = ServerPipeline::start(&format!("port={port}"), &av_source(false));
+    assert_eq!(second.port, port);
+    let before = buffers.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for(before + 50);
+
+    // Each attempt and the success were announced; no error.
+    let bus = pipeline.bus().unwrap();
+    let mut attempts = 0;
+    let mut reconnected = false;
+    while let Some(msg) = bus.pop() {
+        match msg.view() {
+            gst::MessageView::Element(e) => match e.structure().map(|s| s.name().as_str()) {
+                Some("rtspsrc2-reconnect") => attempts += 1,
+                Some("rtspsrc2-reconnected") => reconnected = true,
+                _ => {}
+            },
+            gst::MessageView::Error(e) => panic!("{} {:?}", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    assert!(attempts >= 1);
+    assert!(reconnected);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn follows_a_redirect_from_the_server() {
+    let a = ServerPipeline::start("", &av_source(false));
+    let b = ServerPipeline::start("mount-point=/moved", &av_source(false));
+    let (pipeline, _src) = playing_client(&a.url("/"), "tcp");
+    let told = a.sink.emit_by_name::<u32>("redirect", &[&b.url("/moved")]);
+    assert_eq!(told, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_session_playing(&b) != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "never reached the redirect target"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The old session was torn down.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server_session_playing(&a).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the first session was not torn down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}

@@ -1,0 +1,240 @@
+//! rtspsrc2 against a hostile RTSP server: a scripted peer that answers with garbage, wrong
+//! CSeqs, missing headers, broken SDP, oversized messages and bad RTP. Each case must end in a
+//! clear error (or a counted drop) within a bounded time: never a panic, never a hang. No real
+//! server misbehaves on purpose, so this peer is ours.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream=0\r\n";
+
+/// What the script answers to one request: raw bytes to send (None: say nothing).
+type Script = fn(method: &str, cseq: &str) -> Option<Vec<u8>>;
+
+fn ok(cseq: &str, extra: &str, body: &str) -> Vec<u8> {
+    let len = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{extra}{len}\r\n{body}").into_bytes()
+}
+
+/// A well-behaved answer for every method (TCP interleaved), used around the broken part.
+fn normal(method: &str, cseq: &str) -> Vec<u8> {
+    match method {
+        "OPTIONS" => ok(
+            cseq,
+            "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n",
+            "",
+        ),
+        "DESCRIBE" => ok(cseq, "Content-Type: application/sdp\r\n", SDP),
+        "SETUP" => ok(
+            cseq,
+            "Session: 12345678;timeout=60\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+            "",
+        ),
+        _ => ok(cseq, "Session: 12345678\r\n", ""),
+    }
+}
+
+/// Serves connections with `script` until dropped; returns the port. After PLAY it also sends
+/// `after_play` on the connection.
+fn hostile_server(script: Script, after_play: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || serve(conn, script, after_play));
+        }
+    });
+    port
+}
+
+fn serve(mut conn: TcpStream, script: Script, after_play: &'static [u8]) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = pending.drain(..end + 4).collect();
+            let text = String::from_utf8_lossy(&head);
+            if text.starts_with('$') {
+                continue; // interleaved RTCP from the client
+            }
+            let method = text.split_whitespace().next().unwrap_or("").to_owned();
+            let cseq = text
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq:"))
+                .unwrap_or("0")
+                .trim()
+                .to_owned();
+            if let Some(answer) = script(&method, &cseq) {
+                let _ = conn.write_all(&answer);
+            }
+            if method == "PLAY" && !after_play.is_empty() {
+                let _ = conn.write_all(after_play);
+            }
+        }
+    }
+}
+
+/// Runs rtspsrc2 against the hostile server and returns the error it posts (bounded).
+fn expect_error(port: u16, within: Duration) -> String {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp tcp-timeout=1000000 \
+         reconnect-attempts=0 ! fakesink"
+    ))
+    .unwrap();
+    assert_ours(
+        &pipeline
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .by_name("src")
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let _ = pipeline.set_state(gst::State::Playing);
+    let bus = pipeline.bus().unwrap();
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(within.as_nanos() as u64),
+        &[gst::MessageType::Error],
+    );
+    let text = match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Error(e)) => e.error().to_string(),
+        _ => panic!("no error within {within:?}"),
+    };
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    assert!(started.elapsed() < within + Duration::from_secs(5));
+    text
+}
+
+#[test]
+fn garbled_responses_time_out_with_a_clear_error() {
+    let port = hostile_server(|_, _| Some(b"HELLO THERE\r\nfoo\r\n\r\n".to_vec()), b"");
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("no response to"), "{err}");
+}
+
+#[test]
+fn responses_with_the_wrong_cseq_answer_nothing() {
+    let port = hostile_server(|m, _| Some(normal(m, "999")), b"");
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("no response to"), "{err}");
+}
+
+#[test]
+fn setup_without_session_is_an_error() {
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "SETUP" => ok(c, "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n", ""),
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("without Session"), "{err}");
+}
+
+#[test]
+fn bad_sdp_is_an_error() {
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(
+                    c,
+                    "Content-Type: application/sdp\r\n",
+                    "this is not SDP at all",
+                ),
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("SDP"), "{err}");
+}
+
+#[test]
+fn oversized_responses_end_the_connection_with_an_error() {
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => {
+                    format!("RTSP/1.0 200 OK\r\nCSeq: {c}\r\nContent-Length: 999999999\r\n\r\nv=0")
+                        .into_bytes()
+                }
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("DESCRIBE") || err.contains("closed"), "{err}");
+}
+
+#[test]
+fn a_silent_server_times_out() {
+    let port = hostile_server(|_, _| None, b"");
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("no response to"), "{err}");
+}
+
+#[test]
+fn invalid_rtp_is_dropped_and_counted() {
+    // After PLAY: an interleaved "RTP" packet with version 0, then one that is too short.
+    let port = hostile_server(
+        |m, c| Some(normal(m, c)),
+        b"$\x00\x00\x0c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00$\x00\x00\x02\x80\x60",
+    );
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = src.property::<gst::Structure>("stats");
+        let invalid = stats
+            .get::<gst::Array>("streams")
+            .unwrap()
+            .first()
+            .and_then(|s| s.get::<gst::Structure>().ok())
+            .map_or(0, |s| s.get::<u64>("invalid-packets").unwrap());
+        if invalid == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And no error: bad packets are not fatal.
+    let bus = pipeline.bus().unwrap();
+    assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
+    pipeline.set_state(gst::State::Null).unwrap();
+}
