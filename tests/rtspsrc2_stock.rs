@@ -25,6 +25,11 @@ struct StockServer {
 
 impl StockServer {
     fn start(digest: bool) -> StockServer {
+        Self::start_with(LIVE, true, digest)
+    }
+
+    /// Serves `launch` at /live; `shared` as gst-rtsp-server's factory option.
+    fn start_with(launch: &str, shared: bool, digest: bool) -> StockServer {
         init();
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -32,8 +37,8 @@ impl StockServer {
         server.set_address("127.0.0.1");
         server.set_service("0");
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(LIVE);
-        factory.set_shared(true);
+        factory.set_launch(launch);
+        factory.set_shared(shared);
         if digest {
             let auth = gst_rtsp_server::RTSPAuth::new();
             auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
@@ -162,4 +167,106 @@ fn digest_without_credentials_is_a_clear_error() {
     ))
     .unwrap_err();
     assert!(err.contains("requires credentials"), "{err}");
+}
+
+/// Writes a 10 s H.264 MP4 and returns its path (in a temp dir that lives with the returned guard).
+fn ten_second_mp4() -> (std::path::PathBuf, TempDir) {
+    init();
+    let dir = TempDir::new();
+    let path = dir.0.join("ten.mp4");
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=300 ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc speed-preset=ultrafast key-int-max=30 ! h264parse ! mp4mux \
+         ! filesink location={}",
+        path.display()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = pipeline.bus().unwrap().timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    assert!(matches!(
+        msg.map(|m| m.type_()),
+        Some(gst::MessageType::Eos)
+    ));
+    pipeline.set_state(gst::State::Null).unwrap();
+    (path, dir)
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "livestreaming-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn seeks_in_recorded_media() {
+    let (mp4, _dir) = ten_second_mp4();
+    let server = StockServer::start_with(
+        &format!(
+            "( filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse \
+               ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+            mp4.display()
+        ),
+        false,
+        false,
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={} protocols=tcp ! rtph264depay ! h264parse ! avdec_h264 \
+         ! fakesink name=out sync=true",
+        server.url()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let _ = pipeline.state(gst::ClockTime::from_seconds(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let duration = loop {
+        if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no duration");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        (9_900..=10_100).contains(&duration.mseconds()),
+        "duration {duration}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    pipeline
+        .seek_simple(
+            gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+            gst::ClockTime::from_seconds(5),
+        )
+        .expect("seek accepted");
+    std::thread::sleep(Duration::from_millis(1500));
+    let position = pipeline
+        .query_position::<gst::ClockTime>()
+        .expect("position");
+    // 5 s plus the ~1.5 s played since, give or take a keyframe interval and latency.
+    assert!(
+        (5_000..=7_500).contains(&position.mseconds()),
+        "position {position} after seeking to 5 s"
+    );
+    let bus = pipeline.bus().unwrap();
+    if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        panic!("{msg:?}");
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
 }

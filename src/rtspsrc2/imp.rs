@@ -498,7 +498,7 @@ impl RtspSrc2 {
                     if before {
                         return;
                     }
-                    *pending = None;
+                    // Cleared once the segment event is accepted (not while still flushing).
                     new_segment = Some(time);
                 }
             }
@@ -513,7 +513,22 @@ impl RtspSrc2 {
                 segment.set_start(pts);
                 segment.set_base(pts);
                 segment.set_time(time);
-                let _ = task_pad.push_event(gst::event::Segment::new(&segment));
+                // Depayloaders take the stream time of their output from `npt-start` in the
+                // caps, as rtspsrc sets it (GstRTPBaseDepayload).
+                let mut npt_caps = caps.clone();
+                if let Some(s) = npt_caps.make_mut().structure_mut(0) {
+                    s.set("npt-start", time.nseconds());
+                    s.set("play-speed", 1.0f64);
+                    s.set("play-scale", 1.0f64);
+                }
+                if !task_pad.push_event(gst::event::Caps::new(&npt_caps))
+                    || !task_pad.push_event(gst::event::Segment::new(&segment))
+                {
+                    // The flushing seek is not over yet: try again with the next packet.
+                    return;
+                }
+                *task_resegment.lock().unwrap() = None;
+                gst::debug!(CAT, obj = task_pad, "new segment {:?}", segment);
                 if let Some(e) = element.upgrade() {
                     e.imp().state.lock().unwrap().play_base = Some((time, pts));
                 }
