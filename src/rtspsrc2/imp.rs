@@ -491,7 +491,7 @@ impl RtspSrc2 {
             // position with the first new packet.
             let mut new_segment = None;
             {
-                let mut pending = task_resegment.lock().unwrap();
+                let pending = task_resegment.lock().unwrap();
                 if let Some((time, first_seq)) = *pending {
                     let before =
                         first_seq.is_some_and(|f| (header.sequence.wrapping_sub(f) as i16) < 0);
