@@ -1,0 +1,393 @@
+//! rtspserversink against the stock gst-rtsp-server, serving one ~4 Mbit/s H.264 stream to N
+//! TCP clients.
+//!
+//!     cargo bench --bench rtsp_server_clients
+//!
+//! This process pre-encodes 10 s of 720p30 H.264 once, then plays it in a loop in real time,
+//! payloaded once, to two UDP ports. Each server runs in a child process and only fans that RTP
+//! out: ours as `udpsrc ! rtspserversink` (already-payloaded input), the stock one as
+//! gst-rtsp-server with `( udpsrc ! identity name=pay0 )`. So both do the same work and neither
+//! encodes. N clients (threads here) DESCRIBE, SETUP over TCP and PLAY, then read everything.
+//! The server's CPU time (utime+stime from /proc) over the window, divided by N × window, is the
+//! CPU per client-second; RSS is its peak. The slowest client's bitrate shows whether anyone
+//! was starved. Environment: BENCH_CLIENTS (default 1,10,50,100,200), BENCH_SECONDS (default 10).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+/// Clock ticks per second of /proc/PID/stat (sysconf(_SC_CLK_TCK) is 100 on Linux).
+const CLK_TCK: f64 = 100.0;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Encodes 10 s of 720p30 H.264 at ~4 Mbit/s into memory.
+fn pre_encode() -> Vec<gst::Buffer> {
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=300 pattern=snow \
+         ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
+         ! x264enc bitrate=4000 speed-preset=ultrafast tune=zerolatency key-int-max=60 \
+         ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au \
+         ! appsink name=sink sync=false",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut frames = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        frames.push(sample.buffer_owned().unwrap());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    frames
+}
+
+/// Plays `frames` in a loop in real time, payloaded, to both UDP ports. Returns the RTP caps
+/// (for the servers' udpsrc) once the payloader has them, and a stop flag.
+fn start_feeder(frames: Vec<gst::Buffer>, ports: [u16; 2]) -> (String, Arc<AtomicBool>) {
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src is-live=true format=time \
+           caps=video/x-h264,stream-format=byte-stream,alignment=au,framerate=30/1 \
+         ! rtph264pay name=pay pt=96 config-interval=-1 mtu=1400 ! tee name=t \
+         t. ! queue ! udpsink host=127.0.0.1 port={} sync=false \
+         t. ! queue ! udpsink host=127.0.0.1 port={} sync=false",
+        ports[0], ports[1]
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let pay_src = pipeline.by_name("pay").unwrap().static_pad("src").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_feed = stop.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        for (n, frame) in frames.iter().cycle().enumerate() {
+            if stop_feed.load(Ordering::Relaxed) {
+                break;
+            }
+            let due = start + Duration::from_secs_f64(n as f64 / 30.0);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let mut frame = frame.copy();
+            {
+                let f = frame.get_mut().unwrap();
+                let pts = gst::ClockTime::from_nseconds(n as u64 * 1_000_000_000 / 30);
+                f.set_pts(pts);
+                f.set_dts(pts);
+            }
+            if src.push_buffer(frame).is_err() {
+                break;
+            }
+        }
+        let _ = pipeline.set_state(gst::State::Null);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let caps = loop {
+        if let Some(c) = pay_src.current_caps()
+            && c.structure(0)
+                .is_some_and(|s| s.has_field("sprop-parameter-sets"))
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the feeder produced no caps");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Only what a receiver needs: drop ssrc/seqnum/timestamp offsets of this payloader.
+    let s = caps.structure(0).unwrap();
+    let mut keep = gst::Structure::new_empty("application/x-rtp");
+    for (k, v) in s.iter() {
+        if !matches!(k.as_str(), "ssrc" | "timestamp-offset" | "seqnum-offset") {
+            keep.set_value(k, v.clone());
+        }
+    }
+    (keep.to_string(), stop)
+}
+
+/// The stock server in this (child) process: `--serve-stock PORT UDP_PORT CAPS`.
+fn serve_stock(port: &str, udp_port: &str, caps: &str) {
+    gst::init().unwrap();
+    let main_loop = glib::MainLoop::new(None, false);
+    let server = gst_rtsp_server::RTSPServer::new();
+    server.set_address("127.0.0.1");
+    server.set_service(port);
+    server.set_backlog(1024);
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(&format!(
+        "( udpsrc address=127.0.0.1 port={udp_port} caps=\"{}\" ! identity name=pay0 )",
+        caps.replace('"', "\\\"")
+    ));
+    factory.set_shared(true);
+    factory.set_protocols(gst_rtsp::RTSPLowerTrans::TCP);
+    server.mount_points().unwrap().add_factory("/stream", factory);
+    let _id = server.attach(None).expect("attach");
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    main_loop.run();
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / CLK_TCK
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A minimal RTSP client: DESCRIBE, SETUP (TCP), PLAY; then counts the bytes it reads.
+fn client(port: u16, bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let url = format!("rtsp://127.0.0.1:{port}/stream");
+    let mut cseq = 0;
+    let mut request = |s: &mut TcpStream,
+                       r: &mut BufReader<TcpStream>,
+                       line: String,
+                       extra: &str|
+     -> Result<(Vec<String>, String), String> {
+        cseq += 1;
+        write!(s, "{line} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}\r\n").map_err(|e| e.to_string())?;
+        let mut headers = Vec::new();
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).map_err(|e| e.to_string())?;
+            if l.trim().is_empty() {
+                if headers.is_empty() {
+                    continue;
+                }
+                break;
+            }
+            headers.push(l.trim().to_owned());
+        }
+        if !headers[0].contains(" 200 ") {
+            return Err(headers[0].clone());
+        }
+        let len = headers
+            .iter()
+            .find_map(|h| h.strip_prefix("Content-Length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Ok((headers, String::from_utf8_lossy(&body).into_owned()))
+    };
+    let (h, sdp) = request(&mut s, &mut r, format!("DESCRIBE {url}"), "Accept: application/sdp\r\n")?;
+    let base = h
+        .iter()
+        .find_map(|v| v.strip_prefix("Content-Base:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or(format!("{url}/"));
+    let control = sdp
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=control:"))
+        .find(|c| *c != "*")
+        .ok_or("no control")?;
+    let control = if control.starts_with("rtsp://") {
+        control.to_owned()
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), control)
+    };
+    let (h, _) = request(
+        &mut s,
+        &mut r,
+        format!("SETUP {control}"),
+        "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+    )?;
+    let session = h
+        .iter()
+        .find_map(|v| v.strip_prefix("Session:"))
+        .map(|v| v.split(';').next().unwrap().trim().to_owned())
+        .ok_or("no session")?;
+    request(&mut s, &mut r, format!("PLAY {base}"), &format!("Session: {session}\r\n"))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match r.read(&mut buf) {
+            Ok(0) => return Err("closed".into()),
+            Ok(n) => {
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// One measurement: (CPU s per client-second, peak RSS MiB, slowest client Mbit/s, failures).
+fn measure(server: &mut Guard, port: u16, n: usize, seconds: u64) -> (f64, f64, f64, usize) {
+    let pid = server.0.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::default()).collect();
+    let handles: Vec<_> = counters
+        .iter()
+        .map(|c| {
+            let (c, stop) = (c.clone(), stop.clone());
+            // A small stagger, so that the stock server's accept queue is not what is measured.
+            std::thread::sleep(Duration::from_millis(5));
+            std::thread::spawn(move || client(port, c, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu0 = cpu_seconds(pid);
+    let start: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let slowest = counters
+        .iter()
+        .zip(&start)
+        .map(|(c, s)| (c.load(Ordering::Relaxed) - s) as f64 * 8.0 / elapsed / 1e6)
+        .fold(f64::INFINITY, f64::min);
+    let rss = peak_rss_mib(pid);
+    stop.store(true, Ordering::Relaxed);
+    let failures = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(Err("panic".into())))
+        .filter(|r| r.is_err())
+        .count();
+    (cpu / (n as f64 * elapsed), rss, slowest, failures)
+}
+
+fn spawn_ready(mut cmd: Command) -> Guard {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("READY") || line.contains("PLAYING") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).expect("server ready");
+    std::thread::sleep(Duration::from_millis(500));
+    guard
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve-stock") {
+        serve_stock(&args[i + 1], &args[i + 2], &args[i + 3]);
+        return;
+    }
+    gst::init().unwrap();
+    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,10,50,100,200".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let exe = std::env::current_exe().unwrap();
+    let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
+    assert!(
+        plugin_dir.join("libgstlivestreaming.so").exists(),
+        "build the plugin first: cargo build --release"
+    );
+
+    let frames = pre_encode();
+    let bytes: usize = frames.iter().map(|b| b.size()).sum();
+    let input_mbps = bytes as f64 * 8.0 / (frames.len() as f64 / 30.0) / 1e6;
+    let udp = [free_udp_port(), free_udp_port()];
+    let (caps, stop_feed) = start_feeder(frames, udp);
+    println!("input: {input_mbps:.2} Mbit/s H.264 720p30; window {seconds} s per run");
+    println!();
+    println!(
+        "| clients | ours CPU s/client-s | stock CPU s/client-s | ratio | ours RSS MiB | stock RSS MiB | slowest client Mbit/s (ours / stock) | failed clients (ours / stock) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in clients {
+        let ours_port = free_port();
+        let mut ours = spawn_ready({
+            let mut c = Command::new("gst-launch-1.0");
+            c.env("GST_PLUGIN_PATH", &plugin_dir).args([
+                "udpsrc",
+                "address=127.0.0.1",
+                &format!("port={}", udp[0]),
+                &format!("caps=\"{}\"", caps.replace('"', "\\\"")),
+                "!",
+                "rtspserversink",
+                "address=127.0.0.1",
+                &format!("port={ours_port}"),
+                "mount-point=/stream",
+                "protocols=tcp",
+            ]);
+            c
+        });
+        let (o_cpu, o_rss, o_slow, o_fail) = measure(&mut ours, ours_port, n, seconds);
+        drop(ours);
+        let stock_port = free_port();
+        let mut stock = spawn_ready({
+            let mut c = Command::new(&exe);
+            c.args(["--serve-stock", &stock_port.to_string(), &udp[1].to_string(), &caps]);
+            c
+        });
+        let (s_cpu, s_rss, s_slow, s_fail) = measure(&mut stock, stock_port, n, seconds);
+        drop(stock);
+        println!(
+            "| {n} | {o_cpu:.5} | {s_cpu:.5} | {:.2} | {o_rss:.1} | {s_rss:.1} | {o_slow:.2} / {s_slow:.2} | {o_fail} / {s_fail} |",
+            o_cpu / s_cpu
+        );
+    }
+    stop_feed.store(true, Ordering::Relaxed);
+}
