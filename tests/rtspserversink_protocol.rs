@@ -172,6 +172,7 @@ fn require_gets_551() {
     let r = c.request("OPTIONS", "*", &[("Require", "com.example.magic")], "");
     assert_eq!(r.status, 551);
     assert_eq!(r.header("Unsupported"), Some("com.example.magic"));
+    assert_still_serving(&server);
 }
 
 #[test]
