@@ -15,8 +15,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -151,7 +151,10 @@ fn serve_stock(port: &str, udp_port: &str, caps: &str) {
     ));
     factory.set_shared(true);
     factory.set_protocols(gst_rtsp::RTSPLowerTrans::TCP);
-    server.mount_points().unwrap().add_factory("/stream", factory);
+    server
+        .mount_points()
+        .unwrap()
+        .add_factory("/stream", factory);
     let _id = server.attach(None).expect("attach");
     println!("READY");
     std::io::stdout().flush().unwrap();
@@ -187,7 +190,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
 /// A minimal RTSP client: DESCRIBE, SETUP (TCP), PLAY; then counts the bytes it reads.
 fn client(port: u16, bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(), String> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let url = format!("rtsp://127.0.0.1:{port}/stream");
@@ -223,7 +227,12 @@ fn client(port: u16, bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(),
         r.read_exact(&mut body).map_err(|e| e.to_string())?;
         Ok((headers, String::from_utf8_lossy(&body).into_owned()))
     };
-    let (h, sdp) = request(&mut s, &mut r, format!("DESCRIBE {url}"), "Accept: application/sdp\r\n")?;
+    let (h, sdp) = request(
+        &mut s,
+        &mut r,
+        format!("DESCRIBE {url}"),
+        "Accept: application/sdp\r\n",
+    )?;
     let base = h
         .iter()
         .find_map(|v| v.strip_prefix("Content-Base:"))
@@ -250,7 +259,12 @@ fn client(port: u16, bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(),
         .find_map(|v| v.strip_prefix("Session:"))
         .map(|v| v.split(';').next().unwrap().trim().to_owned())
         .ok_or("no session")?;
-    request(&mut s, &mut r, format!("PLAY {base}"), &format!("Session: {session}\r\n"))?;
+    request(
+        &mut s,
+        &mut r,
+        format!("PLAY {base}"),
+        &format!("Session: {session}\r\n"),
+    )?;
     let mut buf = vec![0u8; 256 * 1024];
     while !stop.load(Ordering::Relaxed) {
         match r.read(&mut buf) {
@@ -317,7 +331,8 @@ fn spawn_ready(mut cmd: Command) -> Guard {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(20)).expect("server ready");
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("server ready");
     std::thread::sleep(Duration::from_millis(500));
     guard
 }
@@ -379,7 +394,12 @@ fn main() {
         let stock_port = free_port();
         let mut stock = spawn_ready({
             let mut c = Command::new(&exe);
-            c.args(["--serve-stock", &stock_port.to_string(), &udp[1].to_string(), &caps]);
+            c.args([
+                "--serve-stock",
+                &stock_port.to_string(),
+                &udp[1].to_string(),
+                &caps,
+            ]);
             c
         });
         let (s_cpu, s_rss, s_slow, s_fail) = measure(&mut stock, stock_port, n, seconds);
