@@ -11,6 +11,7 @@
 //!
 //! Every parser works on untrusted input: it never panics and never reads out of bounds.
 
+pub mod jitterbuffer;
 pub mod keyframe;
 pub mod ntp;
 pub mod rtcp;
