@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -250,29 +252,32 @@ fn invalid_settings_are_clear_errors() {
     assert!(text.contains("port-range"), "{text}");
 }
 
-/// A TCP proxy in front of an RTSP server that rewrites `client_port=` in SETUP requests to a
-/// UDP port pair that nobody reads: the server's UDP packets go into a black hole, as behind a
-/// firewall, while RTSP (and interleaved data) passes.
-struct UdpBlackholeProxy {
-    port: u16,
-    _holes: (std::net::UdpSocket, std::net::UdpSocket),
+/// An even/odd UDP port pair on loopback (RTP, RTCP).
+fn udp_pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
+    loop {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p.is_multiple_of(2)
+            && let Ok(b) = std::net::UdpSocket::bind(("127.0.0.1", p + 1))
+        {
+            break (a, b);
+        }
+    }
 }
 
-impl UdpBlackholeProxy {
-    fn start(server_port: u16) -> UdpBlackholeProxy {
+/// A TCP proxy in front of an RTSP server that rewrites `client_port=A-B` in SETUP requests to
+/// the RTP port `rewrite(A)` returns (RTCP one above), so that the server's UDP goes where a
+/// test wants it, while RTSP (and interleaved data) passes verbatim.
+struct ClientPortProxy {
+    port: u16,
+}
+
+impl ClientPortProxy {
+    fn start(server_port: u16, rewrite: impl Fn(u16) -> u16 + Send + Sync + 'static) -> Self {
         use std::io::{Read, Write};
         use std::net::{TcpListener, TcpStream};
 
-        let holes = loop {
-            let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let p = a.local_addr().unwrap().port();
-            if p.is_multiple_of(2)
-                && let Ok(b) = std::net::UdpSocket::bind(("127.0.0.1", p + 1))
-            {
-                break (a, b);
-            }
-        };
-        let hole = holes.0.local_addr().unwrap().port();
+        let rewrite = std::sync::Arc::new(rewrite);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -282,6 +287,7 @@ impl UdpBlackholeProxy {
                     return;
                 };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let rewrite = rewrite.clone();
                 // Server → client: verbatim.
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut s2, &mut c2);
@@ -321,6 +327,12 @@ impl UdpBlackholeProxy {
                                     let stop = rest
                                         .find(|c: char| !(c.is_ascii_digit() || c == '-'))
                                         .unwrap_or(rest.len());
+                                    let original: u16 = rest[..stop]
+                                        .split('-')
+                                        .next()
+                                        .and_then(|p| p.parse().ok())
+                                        .expect("client_port in SETUP");
+                                    let hole = rewrite(original);
                                     format!(
                                         "{}client_port={}-{}{}",
                                         &text[..i],
@@ -337,17 +349,111 @@ impl UdpBlackholeProxy {
                 });
             }
         });
-        UdpBlackholeProxy {
-            port,
-            _holes: holes,
+        ClientPortProxy { port }
+    }
+
+    /// UDP goes to a port pair that nobody reads, as behind a firewall.
+    fn blackhole(server_port: u16) -> Self {
+        let holes = udp_pair();
+        let hole = holes.0.local_addr().unwrap().port();
+        Self::start(server_port, move |_| {
+            let _keep = &holes;
+            hole
+        })
+    }
+
+    /// RTP reaches the client with every pair of packets swapped; RTCP passes as is.
+    fn reordering(server_port: u16, swapped: Arc<AtomicU64>) -> Self {
+        Self::start(server_port, move |client_rtp| {
+            let (rtp, rtcp) = udp_pair();
+            let port = rtp.local_addr().unwrap().port();
+            for (sock, to, reorder) in [(rtp, client_rtp, true), (rtcp, client_rtp + 1, false)] {
+                let swapped = swapped.clone();
+                std::thread::spawn(move || {
+                    sock.set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    let mut held: Option<Vec<u8>> = None;
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = sock.recv(&mut buf) {
+                        let packet = buf[..n].to_vec();
+                        if !reorder {
+                            let _ = sock.send_to(&packet, ("127.0.0.1", to));
+                        } else if let Some(first) = held.take() {
+                            let _ = sock.send_to(&packet, ("127.0.0.1", to));
+                            let _ = sock.send_to(&first, ("127.0.0.1", to));
+                            swapped.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            held = Some(packet);
+                        }
+                    }
+                });
+            }
+            port
+        })
+    }
+}
+
+#[test]
+fn the_jitter_buffer_puts_reordered_udp_back_in_order() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let swapped = Arc::new(AtomicU64::new(0));
+    let proxy = ClientPortProxy::reordering(server.port, swapped.clone());
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{}/ protocols=udp \
+         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink",
+        proxy.port
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    assert_ours(&src);
+    let seqs: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let probe_seqs = seqs.clone();
+    src.connect_pad_added(move |_, pad| {
+        let seqs = probe_seqs.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buffer) = info.buffer() {
+                let map = buffer.map_readable().unwrap();
+                seqs.lock()
+                    .unwrap()
+                    .push(u16::from_be_bytes([map[2], map[3]]));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seqs.lock().unwrap().len() < 300 && Instant::now() < deadline {
+        if let Some(msg) = pipeline.bus().unwrap().timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error],
+        ) && let gst::MessageView::Error(e) = msg.view()
+        {
+            panic!("{} {:?}", e.error(), e.debug());
         }
     }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let seqs = seqs.lock().unwrap().clone();
+    assert!(seqs.len() >= 300, "only {} packets within 20 s", seqs.len());
+    assert!(
+        swapped.load(Ordering::Relaxed) >= 100,
+        "the proxy swapped only {} pairs",
+        swapped.load(Ordering::Relaxed)
+    );
+    let out_of_order: Vec<(u16, u16)> = seqs
+        .windows(2)
+        .filter(|w| w[1] != w[0].wrapping_add(1))
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(out_of_order.is_empty(), "not in sequence: {out_of_order:?}");
 }
 
 #[test]
 fn falls_back_to_tcp_when_udp_yields_nothing() {
     let server = ServerPipeline::start("", &av_source(false));
-    let proxy = UdpBlackholeProxy::start(server.port);
+    let proxy = ClientPortProxy::blackhole(server.port);
     init();
     let pipeline = gst::parse::launch(&format!(
         "rtspsrc2 name=src location=rtsp://127.0.0.1:{}/ protocols=udp+tcp timeout=1000000 \

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,6 +32,16 @@ impl StockServer {
 
     /// Serves `launch` at /live; `shared` as gst-rtsp-server's factory option.
     fn start_with(launch: &str, shared: bool, digest: bool) -> StockServer {
+        Self::start_full(launch, shared, digest, |_| {})
+    }
+
+    /// As [`Self::start_with`]; `setup` sees the factory before the server starts.
+    fn start_full(
+        launch: &str,
+        shared: bool,
+        digest: bool,
+        setup: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory),
+    ) -> StockServer {
         init();
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -39,6 +51,7 @@ impl StockServer {
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
         factory.set_launch(launch);
         factory.set_shared(shared);
+        setup(&factory);
         if digest {
             let auth = gst_rtsp_server::RTSPAuth::new();
             auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
@@ -269,4 +282,133 @@ fn seeks_in_recorded_media() {
         panic!("{msg:?}");
     }
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// RTP timestamp → running time, per stream, as seen at some pads.
+type Timeline = Arc<Mutex<HashMap<String, HashMap<u32, gst::ClockTime>>>>;
+
+fn record_rtp(pad: &gst::Pad, stream: String, timeline: Timeline) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        // Running time, not PTS: x264enc, for one, shifts its PTS by 1000 hours in its segment.
+        let segment = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|e| e.segment().clone().downcast::<gst::ClockTime>().ok());
+        if let Some(buffer) = info.buffer()
+            && let Some(segment) = segment
+            && let Some(pts) = segment.to_running_time(buffer.pts())
+        {
+            let map = buffer.map_readable().unwrap();
+            if map.len() >= 12 {
+                let ts = u32::from_be_bytes([map[4], map[5], map[6], map[7]]);
+                let mut t = timeline.lock().unwrap();
+                t.entry(stream.clone())
+                    .or_default()
+                    .entry(ts)
+                    .or_insert(pts);
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// A live audio source hands over each buffer once its last sample is captured: with 100 ms
+/// buffers, audio leaves the server about 100 ms after the video captured with it, and
+/// timestamps taken from arrival would put it that much late. rtspsrc2 lines the streams up
+/// from the server's Sender Reports, so packets captured together (the server's own RTP time
+/// → running time at its payloaders) leave rtspsrc2 with the same running time.
+#[test]
+fn sender_reports_line_up_audio_and_video() {
+    let server_side: Timeline = Arc::default();
+    let launch = "( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+        ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
+        ! rtph264pay name=pay0 pt=96 config-interval=-1 \
+        audiotestsrc is-live=true samplesperbuffer=800 ! audio/x-raw,rate=8000,channels=1 \
+        ! mulawenc ! rtppcmupay name=pay1 pt=0 )";
+    let recorder = server_side.clone();
+    let server = StockServer::start_full(launch, true, false, move |factory| {
+        factory.connect_media_configure(move |_, media| {
+            let bin = media.element().downcast::<gst::Bin>().unwrap();
+            for (name, stream) in [("pay0", "video"), ("pay1", "audio")] {
+                let pad = bin.by_name(name).unwrap().static_pad("src").unwrap();
+                record_rtp(&pad, stream.into(), recorder.clone());
+            }
+        });
+    });
+
+    let client_side: Timeline = Arc::default();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("rtspsrc2")
+        .property("location", server.url())
+        .property("protocols", gst_rtsp::RTSPLowerTrans::TCP)
+        .build()
+        .unwrap();
+    assert_ours(&src);
+    pipeline.add(&src).unwrap();
+    let recorder = client_side.clone();
+    let weak = pipeline.downgrade();
+    src.connect_pad_added(move |_, pad| {
+        // The SDP lists the streams in payloader order: pay0 (video), pay1 (audio).
+        let media = match pad.name().as_str() {
+            "stream_0" => "video",
+            "stream_1" => "audio",
+            other => panic!("unexpected pad {other}"),
+        };
+        record_rtp(pad, media.into(), recorder.clone());
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+            .unwrap();
+        pipeline.add(&sink).unwrap();
+        sink.sync_state_with_parent().unwrap();
+        pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // gst-rtsp-server sends its first Sender Reports within a few seconds (RTCP interval 5 s,
+    // the first one sooner): play long enough for both streams to have had two.
+    let deadline = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < deadline {
+        if let Some(msg) = pipeline.bus().unwrap().timed_pop_filtered(
+            gst::ClockTime::from_mseconds(200),
+            &[gst::MessageType::Error],
+        ) && let gst::MessageView::Error(e) = msg.view()
+        {
+            panic!("{} {:?}", e.error(), e.debug());
+        }
+    }
+    let stats = src.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    drop(server);
+
+    // Per stream: client PTS − server capture PTS for the same RTP time, over the last 3 s
+    // (after the reports). Packets captured together must come out together.
+    let server_side = server_side.lock().unwrap();
+    let client_side = client_side.lock().unwrap();
+    let offset = |stream: &str| -> i64 {
+        let (srv, cli) = (&server_side[stream], &client_side[stream]);
+        let last = cli.values().max().copied().unwrap();
+        let mut offsets: Vec<i64> = cli
+            .iter()
+            .filter(|(_, pts)| **pts + gst::ClockTime::from_seconds(3) > last)
+            .filter_map(|(ts, pts)| {
+                srv.get(ts)
+                    .map(|s| pts.nseconds() as i64 - s.nseconds() as i64)
+            })
+            .collect();
+        assert!(
+            offsets.len() > 20,
+            "{stream}: {} matched packets",
+            offsets.len()
+        );
+        offsets.sort();
+        offsets[offsets.len() / 2]
+    };
+    let (video, audio) = (offset("video"), offset("audio"));
+    let skew_ms = (audio - video) as f64 / 1e6;
+    assert!(
+        skew_ms.abs() < 10.0,
+        "audio is {skew_ms:.1} ms off the video captured with it; stats {stats}"
+    );
 }

@@ -6,7 +6,9 @@
 //! range is reported as [`Output::Lost`] and output goes on. Sequence numbers are extended to 64
 //! bits against the highest one seen, so wraparound is invisible; a jump of more than
 //! `max_dropout` either way is a sender restart: what is buffered is released in order and the
-//! buffer starts again at the new number (RFC 3550 A.1's rule for a new source).
+//! buffer starts again at the new number (RFC 3550 A.1's rule for a new source). So is a run of
+//! [`LATE_RUN_RESTART`] packets in a row that are all older than what was output: a sender that
+//! restarted a little behind its old numbers (A.1 resynchronises on consecutive packets too).
 //!
 //! Storage is a `BTreeMap` keyed by extended sequence number: reordering windows are small, so
 //! the map stays shallow, and it needs no sizing against sequence gaps the way a ring would.
@@ -15,6 +17,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+/// Consecutive late packets that mean the sender restarted behind its old sequence numbers.
+pub const LATE_RUN_RESTART: u32 = 16;
 
 /// Settings.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +86,8 @@ pub struct JitterBuffer {
     highest: u64,
     /// Released by a reset, to be output before anything else.
     released: VecDeque<Output>,
+    /// Late packets in a row.
+    late_run: u32,
     stats: JitterBufferStats,
 }
 
@@ -92,6 +99,7 @@ impl JitterBuffer {
             next: None,
             highest: 0,
             released: VecDeque::new(),
+            late_run: 0,
             stats: JitterBufferStats::default(),
         }
     }
@@ -114,9 +122,15 @@ impl JitterBuffer {
         }
         let ext = (self.highest as i64 + delta) as u64;
         if ext < next {
+            self.late_run += 1;
+            if self.late_run >= LATE_RUN_RESTART {
+                self.restart(seq, data, arrival);
+                return Ok(());
+            }
             self.stats.late += 1;
             return Err(Rejected::Late);
         }
+        self.late_run = 0;
         if self.packets.contains_key(&ext) {
             self.stats.duplicates += 1;
             return Err(Rejected::Duplicate);
@@ -128,6 +142,7 @@ impl JitterBuffer {
 
     fn restart(&mut self, seq: u16, data: Bytes, arrival: Instant) {
         self.stats.resets += 1;
+        self.late_run = 0;
         let drained = self.drain();
         self.released.extend(drained);
         self.next = None;
@@ -345,6 +360,29 @@ mod tests {
         assert_eq!(seqs(&out), vec![10, 12, 40000, 40001]);
         assert_eq!(jb.stats().resets, 1);
         assert_eq!(jb.stats().lost, 1); // 11
+    }
+
+    #[test]
+    fn a_sender_restarting_slightly_behind_is_followed_after_a_short_run() {
+        let t = Instant::now();
+        let mut jb = jb();
+        for s in 1000..1100 {
+            jb.push(s, pkt(s), t).unwrap();
+        }
+        assert_eq!(seqs(&ready(&mut jb, t)).len(), 100);
+        // The sender comes back 500 behind: the first few are late, then it is followed.
+        let mut accepted = Vec::new();
+        for s in 500..600u16 {
+            if jb.push(s, pkt(s), t).is_ok() {
+                accepted.push(s);
+            }
+        }
+        let out = seqs(&ready(&mut jb, t));
+        let first = 500 + LATE_RUN_RESTART as u16 - 1;
+        assert_eq!(accepted, (first..600).collect::<Vec<_>>());
+        assert_eq!(out, accepted);
+        assert_eq!(jb.stats().late, u64::from(LATE_RUN_RESTART) - 1);
+        assert_eq!(jb.stats().resets, 1);
     }
 
     #[test]

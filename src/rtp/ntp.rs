@@ -69,9 +69,26 @@ pub fn duration_to_ntp_short(d: Duration) -> u32 {
     u32::try_from(units).unwrap_or(u32::MAX)
 }
 
+/// `a - b` in nanoseconds for two 64-bit NTP timestamps of the same sender: the wallclock time
+/// between two Sender Reports. Differences are taken modulo 2^64, so the 2036 era rollover
+/// between them is harmless.
+pub fn ntp_diff_ns(a: u64, b: u64) -> i64 {
+    let diff = i128::from(a.wrapping_sub(b) as i64);
+    ((diff * NANOS_PER_SEC as i128) >> 32) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differences_between_ntp_timestamps() {
+        let t = 0xb44d_b705_2000_0000u64;
+        assert_eq!(ntp_diff_ns(t + (3 << 32), t), 3_000_000_000);
+        assert_eq!(ntp_diff_ns(t, t + (1 << 31)), -500_000_000);
+        // Across the era rollover (2036): still a small positive step.
+        assert_eq!(ntp_diff_ns(1 << 30, u64::MAX - (1 << 30) + 1), 500_000_000);
+    }
 
     #[test]
     fn unix_epoch_and_known_dates() {

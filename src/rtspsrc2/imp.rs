@@ -10,13 +10,14 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use crate::rtp::jitterbuffer::{JitterBuffer, JitterBufferConfig, Output as JbOutput};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{Client, ClientConfig, ClientEvent, StreamInfo, TransportKind};
 
@@ -188,6 +189,24 @@ impl Timing {
         ext
     }
 
+    /// Running time in ns at which RTP time `ts` falls on this stream's timeline, without
+    /// advancing it; None before the first packet. Negative when before the stream's start.
+    fn time_of(&self, ts: u32) -> Option<i128> {
+        let base = self.base_running_time?;
+        let last = self.last_ext?;
+        let ext = i128::from(last) + i128::from(ts.wrapping_sub(last as u32) as i32);
+        let ticks = ext - i128::from(self.base_rtp);
+        Some(i128::from(base.nseconds()) + ticks * 1_000_000_000 / i128::from(self.clock_rate))
+    }
+
+    /// Moves the timeline by `ns` (never before running time zero).
+    fn shift(&mut self, ns: i128) {
+        if let Some(base) = self.base_running_time {
+            let moved = (i128::from(base.nseconds()) + ns).clamp(0, i128::from(u64::MAX >> 1));
+            self.base_running_time = Some(gst::ClockTime::from_nseconds(moved as u64));
+        }
+    }
+
     fn pts(&mut self, ts: u32, now: Option<gst::ClockTime>) -> Option<gst::ClockTime> {
         let ext = self.extend(ts);
         if self.base_running_time.is_none() {
@@ -200,16 +219,157 @@ impl Timing {
     }
 }
 
+/// What the element's event handler (on the client's thread) tells one pad task.
+#[derive(Default)]
+struct StreamSignals {
+    /// A new session after a reconnection: re-base timestamps at the next packet.
+    rebase: AtomicBool,
+    /// A seek or a new session: output what the jitter buffer holds, then start it anew.
+    restart: AtomicBool,
+    /// After a seek: (stream time of the new data, its first RTP sequence number).
+    resegment: Mutex<Option<(gst::ClockTime, Option<u16>)>>,
+    /// The newest Sender Report not yet applied: (NTP time, RTP time).
+    sender_report: Mutex<Option<(u64, u32)>>,
+}
+
+/// The wallclock that lines the streams up (RFC 3550 6.4.1): the NTP time of the first Sender
+/// Report applied and the running time it fell at. Shared by the pads; reset with a new session.
+type SyncReference = Arc<Mutex<Option<(u64, i128)>>>;
+
+/// Corrections smaller than this are left alone (they are rounding, not skew).
+const SYNC_TOLERANCE_NS: i128 = 1_000_000;
+
+/// Everything a pad task does with one in-order packet: timestamps, segments after seeks and
+/// reconnections, the push and what its result means.
+struct StreamOutput {
+    pad: gst::Pad,
+    element: glib::WeakRef<super::RtspSrc2>,
+    caps: gst::Caps,
+    timing: Timing,
+    signals: Arc<StreamSignals>,
+    sync: SyncReference,
+}
+
+impl StreamOutput {
+    /// Lines this stream up with the others from a Sender Report: the sender's NTP clock says
+    /// which RTP times of different streams were captured together, so once every stream has
+    /// had a report, packets captured at the same moment carry the same PTS (as rtpbin's
+    /// lip-sync does). The first stream to get a report anchors the shared timeline. False
+    /// when the report cannot be used yet (no packet since the last re-base).
+    fn apply_sender_report(&mut self, ntp: u64, rtptime: u32) -> bool {
+        if self.signals.rebase.load(Ordering::Relaxed)
+            || self.signals.resegment.lock().unwrap().is_some()
+        {
+            return false;
+        }
+        let Some(at) = self.timing.time_of(rtptime) else {
+            return false;
+        };
+        let mut reference = self.sync.lock().unwrap();
+        let Some((ref_ntp, ref_ns)) = *reference else {
+            *reference = Some((ntp, at));
+            return true;
+        };
+        let want = ref_ns + i128::from(crate::rtp::ntp::ntp_diff_ns(ntp, ref_ntp));
+        let correction = want - at;
+        if correction.abs() >= SYNC_TOLERANCE_NS {
+            gst::debug!(
+                CAT,
+                obj = self.pad,
+                "sender report: moving the stream by {} ms",
+                correction as f64 / 1e6
+            );
+            self.timing.shift(correction);
+        }
+        true
+    }
+
+    /// Pushes one packet; `discont` after a loss. False: the stream is over (EOS or error).
+    fn output(&mut self, packet: Bytes, discont: bool) -> bool {
+        let Ok(header) = crate::rtp::parse_rtp_header(&packet) else {
+            return true;
+        };
+        let element = self.element.upgrade();
+        let now = element.as_ref().and_then(|e| e.current_running_time());
+        // After a seek: drop what was sent before it, then start a segment at the new position
+        // with the first new packet.
+        let mut new_segment = None;
+        if let Some((time, first_seq)) = *self.signals.resegment.lock().unwrap() {
+            if first_seq.is_some_and(|f| (header.sequence.wrapping_sub(f) as i16) < 0) {
+                return true;
+            }
+            // Cleared once the segment event is accepted (not while still flushing).
+            new_segment = Some(time);
+        }
+        // After a reconnection the server's RTP clock starts anew: continue from now.
+        let rebase = self.signals.rebase.swap(false, Ordering::Relaxed) || new_segment.is_some();
+        if rebase {
+            self.timing = Timing::new(self.timing.clock_rate as u32);
+        }
+        let pts = self.timing.pts(header.timestamp, now);
+        if let (Some(time), Some(pts)) = (new_segment, pts) {
+            let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            segment.set_start(pts);
+            segment.set_base(pts);
+            segment.set_time(time);
+            // Depayloaders take the stream time of their output from `npt-start` in the caps,
+            // as rtspsrc sets it (GstRTPBaseDepayload).
+            let mut npt_caps = self.caps.clone();
+            if let Some(s) = npt_caps.make_mut().structure_mut(0) {
+                s.set("npt-start", time.nseconds());
+                s.set("play-speed", 1.0f64);
+                s.set("play-scale", 1.0f64);
+            }
+            if !self.pad.push_event(gst::event::Caps::new(&npt_caps))
+                || !self.pad.push_event(gst::event::Segment::new(&segment))
+            {
+                // The flushing seek is not over yet: try again with the next packet.
+                return true;
+            }
+            *self.signals.resegment.lock().unwrap() = None;
+            gst::debug!(CAT, obj = self.pad, "new segment {:?}", segment);
+            if let Some(e) = &element {
+                e.imp().state.lock().unwrap().play_base = Some((time, pts));
+            }
+        }
+        let mut buffer = gst::Buffer::from_slice(packet);
+        {
+            let b = buffer.get_mut().expect("new buffer is writable");
+            b.set_pts(pts);
+            if discont || rebase {
+                b.set_flags(gst::BufferFlags::DISCONT);
+            }
+        }
+        match self.pad.push(buffer) {
+            // An unlinked stream is one the application does not want; while a flushing seek
+            // is under way the packet is stale. Either way the task goes on.
+            Ok(_) | Err(gst::FlowError::NotLinked) | Err(gst::FlowError::Flushing) => true,
+            // Downstream wants no more: like basesrc, finish the stream with EOS.
+            Err(gst::FlowError::Eos) => {
+                let _ = self.pad.push_event(gst::event::Eos::new());
+                false
+            }
+            Err(err) => {
+                if let Some(element) = &element {
+                    gst::element_error!(
+                        element,
+                        gst::StreamError::Failed,
+                        ("Internal data stream error."),
+                        ["streaming stopped, reason {:?}", err]
+                    );
+                }
+                let _ = self.pad.push_event(gst::event::Eos::new());
+                false
+            }
+        }
+    }
+}
+
 struct PadState {
     pad: gst::Pad,
     tx: SyncSender<Bytes>,
-    /// Set after a reconnection: the next packet re-bases the stream's timestamps.
-    rebase: Arc<AtomicBool>,
-    resegment: PendingSegment,
+    signals: Arc<StreamSignals>,
 }
-
-/// Set after a seek: (stream time of the new data, its first RTP sequence number).
-type PendingSegment = Arc<Mutex<Option<(gst::ClockTime, Option<u16>)>>>;
 
 /// `npt=A-B` (RFC 2326 3.6) as seconds; `now` and open ends are None.
 fn parse_npt(range: &str) -> (Option<f64>, Option<f64>) {
@@ -249,6 +409,7 @@ struct State {
 pub struct RtspSrc2 {
     settings: Mutex<Settings>,
     state: Arc<Mutex<State>>,
+    sync: SyncReference,
 }
 
 #[glib::object_subclass]
@@ -343,13 +504,16 @@ impl RtspSrc2 {
                 let state = self.state.lock().unwrap();
                 if state.duration.is_some() {
                     // Recorded media: each PLAY starts a segment at the answered position;
-                    // RTP-Info says where its packets begin.
+                    // RTP-Info says where its packets begin. The timeline starts anew.
+                    *self.sync.lock().unwrap() = None;
                     for (index, p) in &state.pads {
                         let seq = rtp_info
                             .iter()
                             .find(|i| i.stream == *index)
                             .and_then(|i| i.seq);
-                        *p.resegment.lock().unwrap() = Some((start, seq));
+                        *p.signals.resegment.lock().unwrap() = Some((start, seq));
+                        *p.signals.sender_report.lock().unwrap() = None;
+                        p.signals.restart.store(true, Ordering::Relaxed);
                     }
                 }
             }
@@ -362,7 +526,15 @@ impl RtspSrc2 {
                     state.dropped += 1;
                 }
             }
-            ClientEvent::SenderReport { .. } => {}
+            ClientEvent::SenderReport {
+                stream,
+                ntp,
+                rtptime,
+            } => {
+                if let Some(p) = self.state.lock().unwrap().pads.get(&stream) {
+                    *p.signals.sender_report.lock().unwrap() = Some((ntp, rtptime));
+                }
+            }
             ClientEvent::Announce { .. } => {
                 gst::info!(CAT, imp = self, "the server announced a new description");
             }
@@ -399,8 +571,12 @@ impl RtspSrc2 {
             }
             ClientEvent::Reconnected => {
                 gst::info!(CAT, imp = self, "reconnected");
+                // The new session's RTP clocks and sequence numbers start anew.
+                *self.sync.lock().unwrap() = None;
                 for p in self.state.lock().unwrap().pads.values() {
-                    p.rebase.store(true, Ordering::Relaxed);
+                    *p.signals.sender_report.lock().unwrap() = None;
+                    p.signals.rebase.store(true, Ordering::Relaxed);
+                    p.signals.restart.store(true, Ordering::Relaxed);
                 }
                 let _ = self.obj().post_message(
                     gst::message::Element::builder(
@@ -452,15 +628,24 @@ impl RtspSrc2 {
         let caps = stream_caps(info);
         gst::debug!(CAT, obj = pad, "caps {}", caps);
         let stream_id = format!("{}/{}", info.control, info.index);
-        let mut timing = Timing::new(info.media.clock_rate);
-        let rebase = Arc::new(AtomicBool::new(false));
-        let task_rebase = rebase.clone();
-        let resegment: PendingSegment = Arc::default();
-        let task_resegment = resegment.clone();
-        let element = obj.downgrade();
+        let signals = Arc::new(StreamSignals::default());
+        let latency = Duration::from_millis(u64::from(self.settings.lock().unwrap().latency_ms));
+        let mut jitterbuffer = JitterBuffer::new(JitterBufferConfig {
+            latency,
+            ..JitterBufferConfig::default()
+        });
+        let mut out = StreamOutput {
+            pad: pad.clone(),
+            element: obj.downgrade(),
+            caps: caps.clone(),
+            timing: Timing::new(info.media.clock_rate),
+            signals: signals.clone(),
+            sync: self.sync.clone(),
+        };
         let _ = pad.set_active(true);
         let task_pad = pad.clone();
         let mut first = true;
+        let mut lost = false;
         let mut rx: Option<Receiver<Bytes>> = Some(rx);
         let start = pad.start_task(move || {
             let Some(receiver) = rx.as_ref() else {
@@ -474,94 +659,53 @@ impl RtspSrc2 {
                 let segment = gst::FormattedSegment::<gst::ClockTime>::new();
                 let _ = task_pad.push_event(gst::event::Segment::new(&segment));
             }
-            let packet = match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(p) => p,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
+            // Wait for a packet, or until the jitter buffer gives up on a gap.
+            let wait = jitterbuffer
+                .next_deadline()
+                .map_or(Duration::from_millis(100), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+                .min(Duration::from_millis(100));
+            let mut ready = Vec::new();
+            match receiver.recv_timeout(wait) {
+                Ok(packet) => {
+                    if out.signals.restart.swap(false, Ordering::Relaxed) {
+                        // What came before the seek or reconnection goes first, in order.
+                        ready = jitterbuffer.drain();
+                        jitterbuffer.reset();
+                    }
+                    if let Ok(header) = crate::rtp::parse_rtp_header(&packet) {
+                        let _ = jitterbuffer.push(header.sequence, packet, Instant::now());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(_) => {
                     rx = None;
                     let _ = task_pad.pause_task();
                     return;
                 }
-            };
-            let Ok(header) = crate::rtp::parse_rtp_header(&packet) else {
-                return;
-            };
-            let now = element.upgrade().and_then(|e| e.current_running_time());
-            // After a seek: drop what was sent before it, then start a segment at the new
-            // position with the first new packet.
-            let mut new_segment = None;
+            }
+            let signals = out.signals.clone();
+            let mut report = signals.sender_report.lock().unwrap();
+            if let Some((ntp, rtptime)) = *report
+                && out.apply_sender_report(ntp, rtptime)
             {
-                let pending = task_resegment.lock().unwrap();
-                if let Some((time, first_seq)) = *pending {
-                    let before =
-                        first_seq.is_some_and(|f| (header.sequence.wrapping_sub(f) as i16) < 0);
-                    if before {
-                        return;
-                    }
-                    // Cleared once the segment event is accepted (not while still flushing).
-                    new_segment = Some(time);
-                }
+                *report = None;
             }
-            // After a reconnection the server's RTP clock starts anew: continue from now.
-            let discont = task_rebase.swap(false, Ordering::Relaxed) || new_segment.is_some();
-            if discont {
-                timing = Timing::new(timing.clock_rate as u32);
-            }
-            let pts = timing.pts(header.timestamp, now);
-            if let (Some(time), Some(pts)) = (new_segment, pts) {
-                let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
-                segment.set_start(pts);
-                segment.set_base(pts);
-                segment.set_time(time);
-                // Depayloaders take the stream time of their output from `npt-start` in the
-                // caps, as rtspsrc sets it (GstRTPBaseDepayload).
-                let mut npt_caps = caps.clone();
-                if let Some(s) = npt_caps.make_mut().structure_mut(0) {
-                    s.set("npt-start", time.nseconds());
-                    s.set("play-speed", 1.0f64);
-                    s.set("play-scale", 1.0f64);
-                }
-                if !task_pad.push_event(gst::event::Caps::new(&npt_caps))
-                    || !task_pad.push_event(gst::event::Segment::new(&segment))
-                {
-                    // The flushing seek is not over yet: try again with the next packet.
-                    return;
-                }
-                *task_resegment.lock().unwrap() = None;
-                gst::debug!(CAT, obj = task_pad, "new segment {:?}", segment);
-                if let Some(e) = element.upgrade() {
-                    e.imp().state.lock().unwrap().play_base = Some((time, pts));
-                }
-            }
-            let mut buffer = gst::Buffer::from_slice(packet);
+            drop(report);
+            let now = Instant::now();
+            for output in ready
+                .into_iter()
+                .chain(std::iter::from_fn(|| jitterbuffer.pop(now)))
             {
-                let b = buffer.get_mut().expect("new buffer is writable");
-                b.set_pts(pts);
-                if discont {
-                    b.set_flags(gst::BufferFlags::DISCONT);
-                }
-            }
-            match task_pad.push(buffer) {
-                // An unlinked stream is one the application does not want.
-                Ok(_) | Err(gst::FlowError::NotLinked) => {}
-                // A flushing seek is under way: this packet is stale; the task goes on.
-                Err(gst::FlowError::Flushing) => {}
-                // Downstream wants no more: like basesrc, finish the stream with EOS.
-                Err(gst::FlowError::Eos) => {
-                    let _ = task_pad.push_event(gst::event::Eos::new());
-                    let _ = task_pad.pause_task();
-                }
-                Err(err) => {
-                    if let Some(element) = element.upgrade() {
-                        gst::element_error!(
-                            element,
-                            gst::StreamError::Failed,
-                            ("Internal data stream error."),
-                            ["streaming stopped, reason {:?}", err]
-                        );
+                match output {
+                    JbOutput::Lost { .. } => lost = true,
+                    JbOutput::Packet { data, .. } => {
+                        if !out.output(data, std::mem::take(&mut lost)) {
+                            let _ = task_pad.pause_task();
+                            return;
+                        }
                     }
-                    let _ = task_pad.push_event(gst::event::Eos::new());
-                    let _ = task_pad.pause_task();
                 }
             }
         });
@@ -570,15 +714,11 @@ impl RtspSrc2 {
             return;
         }
         let _ = obj.add_pad(&pad);
-        self.state.lock().unwrap().pads.insert(
-            info.index,
-            PadState {
-                pad,
-                tx,
-                rebase,
-                resegment,
-            },
-        );
+        self.state
+            .lock()
+            .unwrap()
+            .pads
+            .insert(info.index, PadState { pad, tx, signals });
     }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
