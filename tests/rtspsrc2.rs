@@ -170,6 +170,10 @@ fn stats_count_received_packets() {
         if received >= 50 {
             let s = streams[0].get::<gst::Structure>().unwrap();
             assert_eq!(s.get::<i64>("packets-lost").unwrap(), 0, "{s}");
+            assert_eq!(s.get::<u64>("packets-late").unwrap(), 0, "{s}");
+            // Measured on the RTSP connection: SETUP and PLAY have been answered by now.
+            let rtt = s.get::<f64>("round-trip-ms").unwrap();
+            assert!(rtt > 0.0 && rtt < 1000.0, "{s}");
             break;
         }
         assert!(Instant::now() < deadline, "{stats}");

@@ -17,7 +17,9 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::rtp::jitterbuffer::{JitterBuffer, JitterBufferConfig, Output as JbOutput};
+use crate::rtp::jitterbuffer::{
+    JitterBuffer, JitterBufferConfig, JitterBufferStats, Output as JbOutput,
+};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{Client, ClientConfig, ClientEvent, StreamInfo, TransportKind};
 
@@ -230,6 +232,8 @@ struct StreamSignals {
     resegment: Mutex<Option<(gst::ClockTime, Option<u16>)>>,
     /// The newest Sender Report not yet applied: (NTP time, RTP time).
     sender_report: Mutex<Option<(u64, u32)>>,
+    /// The jitter buffer's figures, as of the task's last round.
+    jitterbuffer: Mutex<JitterBufferStats>,
 }
 
 /// The wallclock that lines the streams up (RFC 3550 6.4.1): the NTP time of the first Sender
@@ -693,6 +697,7 @@ impl RtspSrc2 {
                 *report = None;
             }
             drop(report);
+            *signals.jitterbuffer.lock().unwrap() = jitterbuffer.stats();
             let now = Instant::now();
             for output in ready
                 .into_iter()
@@ -921,12 +926,23 @@ impl RtspSrc2 {
             .iter()
             .enumerate()
             .map(|(i, s)| {
+                let jb = state
+                    .pads
+                    .get(&i)
+                    .map(|p| *p.signals.jitterbuffer.lock().unwrap())
+                    .unwrap_or_default();
                 gst::Structure::builder("stream")
                     .field("stream", i as u32)
                     .field("packets-received", s.packets_received)
                     .field("bytes-received", s.bytes_received)
                     .field("packets-lost", s.packets_lost)
+                    .field("packets-late", jb.late)
+                    .field("packets-duplicate", jb.duplicates)
                     .field("jitter-ms", s.jitter.as_secs_f64() * 1000.0)
+                    .field(
+                        "round-trip-ms",
+                        s.round_trip.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
+                    )
                     .field("sender-reports", s.sender_reports)
                     .field("invalid-packets", s.invalid_packets)
                     .build()
@@ -1030,7 +1046,7 @@ impl ObjectImpl for RtspSrc2 {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Per-stream packets received, lost, jitter and sender reports")
+                    .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
                     .read_only()
                     .build(),
             ]

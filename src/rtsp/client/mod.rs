@@ -208,6 +208,10 @@ pub struct StreamStats {
     pub sender_ssrc: u32,
     /// Packets dropped because they were not valid RTP/RTCP.
     pub invalid_packets: u64,
+    /// Round-trip time to the server, from the last RTSP request and its response on the
+    /// control connection. (A client that only receives learns no RTT from RTCP: report
+    /// blocks give it to senders, RFC 3550 6.4.1.)
+    pub round_trip: Option<Duration>,
 }
 
 enum Command {
@@ -318,6 +322,8 @@ enum StreamTransport {
 
 struct Session {
     conn: Arc<Connection>,
+    /// Where the streams' figures are kept (the request round-trip time goes there too).
+    stats: Arc<RwLock<SharedStats>>,
     id: Option<String>,
     timeout: Duration,
     url: Url,
@@ -591,6 +597,7 @@ async fn establish(
         .await?;
         let mut session = Session {
             conn: Arc::new(conn),
+            stats: stats_cell.clone(),
             id: None,
             timeout: Duration::from_secs(60),
             url: url.clone(),
@@ -844,7 +851,12 @@ impl Session {
             if !body.is_empty() {
                 b = b.header(headers::CONTENT_TYPE, "text/parameters");
             }
+            let sent = Instant::now();
             let resp = self.conn.request(b.build(body.clone())).await?;
+            let round_trip = sent.elapsed();
+            for slot in self.stats.read().unwrap().iter() {
+                slot.lock().unwrap().1.round_trip = Some(round_trip);
+            }
             if resp.status() != StatusCode::Unauthorized {
                 return Ok(resp);
             }
