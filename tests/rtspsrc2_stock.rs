@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,15 +33,16 @@ impl StockServer {
 
     /// Serves `launch` at /live; `shared` as gst-rtsp-server's factory option.
     fn start_with(launch: &str, shared: bool, digest: bool) -> StockServer {
-        Self::start_full(launch, shared, digest, |_| {})
+        Self::start_full(launch, shared, digest, |_, _| {})
     }
 
-    /// As [`Self::start_with`]; `setup` sees the factory before the server starts.
+    /// As [`Self::start_with`]; `setup` sees the factory and the mount points (for more
+    /// mounts) before the server starts.
     fn start_full(
         launch: &str,
         shared: bool,
         digest: bool,
-        setup: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory),
+        setup: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory, &gst_rtsp_server::RTSPMountPoints),
     ) -> StockServer {
         init();
         let ctx = glib::MainContext::new();
@@ -51,7 +53,7 @@ impl StockServer {
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
         factory.set_launch(launch);
         factory.set_shared(shared);
-        setup(&factory);
+        setup(&factory, &server.mount_points().unwrap());
         if digest {
             let auth = gst_rtsp_server::RTSPAuth::new();
             auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
@@ -325,7 +327,7 @@ fn sender_reports_line_up_audio_and_video() {
         audiotestsrc is-live=true samplesperbuffer=800 ! audio/x-raw,rate=8000,channels=1 \
         ! mulawenc ! rtppcmupay name=pay1 pt=0 )";
     let recorder = server_side.clone();
-    let server = StockServer::start_full(launch, true, false, move |factory| {
+    let server = StockServer::start_full(launch, true, false, move |factory, _| {
         factory.connect_media_configure(move |_, media| {
             let bin = media.element().downcast::<gst::Bin>().unwrap();
             for (name, stream) in [("pay0", "video"), ("pay1", "audio")] {
@@ -411,4 +413,132 @@ fn sender_reports_line_up_audio_and_video() {
         skew_ms.abs() < 10.0,
         "audio is {skew_ms:.1} ms off the video captured with it; stats {stats}"
     );
+}
+
+/// packets-received of the first stream.
+fn received(src: &gst::Element) -> u64 {
+    let stats = src.property::<gst::Structure>("stats");
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    streams.first().map_or(0, |s| {
+        s.get::<gst::Structure>()
+            .unwrap()
+            .get::<u64>("packets-received")
+            .unwrap()
+    })
+}
+
+#[test]
+fn pauses_and_resumes_recorded_media() {
+    let (mp4, _dir) = ten_second_mp4();
+    let server = StockServer::start_with(
+        &format!(
+            "( filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse \
+               ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+            mp4.display()
+        ),
+        false,
+        false,
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={} protocols=tcp ! rtph264depay ! h264parse ! avdec_h264 \
+         ! fakesink sync=true",
+        server.url()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    assert_ours(&src);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(received(&src) > 20, "nothing played");
+
+    // PLAYING → PAUSED sends PAUSE: the server stops sending.
+    pipeline.set_state(gst::State::Paused).unwrap();
+    let _ = pipeline.state(gst::ClockTime::from_seconds(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let at_pause = received(&src);
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = received(&src);
+    assert!(
+        still - at_pause <= 2,
+        "{} packets arrived while paused",
+        still - at_pause
+    );
+
+    // PAUSED → PLAYING sends PLAY: it goes on.
+    pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let resumed = received(&src);
+    assert!(
+        resumed > still + 20,
+        "{} packets after resuming",
+        resumed - still
+    );
+    if let Some(msg) = pipeline
+        .bus()
+        .unwrap()
+        .pop_filtered(&[gst::MessageType::Error])
+    {
+        panic!("{msg:?}");
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// ffmpeg publishes (ANNOUNCE + RECORD) 4 s of H.264 into a gst-rtsp-server RECORD mount that
+/// writes it to a file; a play mount of the same server serves that file, and rtspsrc2 plays it
+/// back and decodes it.
+#[test]
+fn plays_back_what_ffmpeg_recorded_into_gst_rtsp_server() {
+    let dir = TempDir::new();
+    let recording = dir.0.join("recorded.ts");
+    let play = format!(
+        "( filesrc location={} ! tsdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+        recording.display()
+    );
+    let record = format!(
+        "( rtph264depay name=depay0 ! h264parse ! mpegtsmux ! filesink location={} )",
+        recording.display()
+    );
+    let server = StockServer::start_full(&play, false, false, move |_, mounts| {
+        let factory = gst_rtsp_server::RTSPMediaFactory::new();
+        factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+        factory.set_launch(&record);
+        mounts.add_factory("/rec", factory);
+    });
+    let ffmpeg = ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=30",
+        "-t",
+        "4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "rtsp",
+        "-rtsp_transport",
+        "tcp",
+        &format!("rtsp://127.0.0.1:{}/rec", server.port),
+    ]));
+    let (out, timed_out) = ffmpeg.wait_output(Duration::from_secs(20));
+    assert!(!timed_out, "ffmpeg did not finish publishing");
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = std::fs::metadata(&recording).map_or(0, |m| m.len());
+    assert!(size > 10_000, "the recording has {size} bytes");
+    decode(&format!("location={} protocols=tcp", server.url())).unwrap();
 }
