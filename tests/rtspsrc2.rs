@@ -417,15 +417,23 @@ fn the_jitter_buffer_puts_reordered_udp_back_in_order() {
     let probe_seqs = seqs.clone();
     src.connect_pad_added(move |_, pad| {
         let seqs = probe_seqs.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buffer) = info.buffer() {
-                let map = buffer.map_readable().unwrap();
-                seqs.lock()
-                    .unwrap()
-                    .push(u16::from_be_bytes([map[2], map[3]]));
-            }
-            gst::PadProbeReturn::Ok
-        });
+        // rtspsrc2 pushes single buffers and, for bursts, buffer lists.
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let mut seqs = seqs.lock().unwrap();
+                let mut record = |buffer: &gst::BufferRef| {
+                    let map = buffer.map_readable().unwrap();
+                    seqs.push(u16::from_be_bytes([map[2], map[3]]));
+                };
+                if let Some(buffer) = info.buffer() {
+                    record(buffer);
+                } else if let Some(list) = info.buffer_list() {
+                    list.iter().for_each(record);
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
     });
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -290,24 +290,31 @@ fn seeks_in_recorded_media() {
 type Timeline = Arc<Mutex<HashMap<String, HashMap<u32, gst::ClockTime>>>>;
 
 fn record_rtp(pad: &gst::Pad, stream: String, timeline: Timeline) {
-    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+    // Payloaders and rtspsrc2 push single buffers and buffer lists.
+    let probe = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+    pad.add_probe(probe, move |pad, info| {
         // Running time, not PTS: x264enc, for one, shifts its PTS by 1000 hours in its segment.
-        let segment = pad
+        let Some(segment) = pad
             .sticky_event::<gst::event::Segment>(0)
-            .and_then(|e| e.segment().clone().downcast::<gst::ClockTime>().ok());
-        if let Some(buffer) = info.buffer()
-            && let Some(segment) = segment
-            && let Some(pts) = segment.to_running_time(buffer.pts())
-        {
+            .and_then(|e| e.segment().clone().downcast::<gst::ClockTime>().ok())
+        else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let mut timeline = timeline.lock().unwrap();
+        let entries = timeline.entry(stream.clone()).or_default();
+        let mut record = |buffer: &gst::BufferRef| {
             let map = buffer.map_readable().unwrap();
-            if map.len() >= 12 {
+            if let Some(pts) = segment.to_running_time(buffer.pts())
+                && map.len() >= 12
+            {
                 let ts = u32::from_be_bytes([map[4], map[5], map[6], map[7]]);
-                let mut t = timeline.lock().unwrap();
-                t.entry(stream.clone())
-                    .or_default()
-                    .entry(ts)
-                    .or_insert(pts);
+                entries.entry(ts).or_insert(pts);
             }
+        };
+        if let Some(buffer) = info.buffer() {
+            record(buffer);
+        } else if let Some(list) = info.buffer_list() {
+            list.iter().for_each(record);
         }
         gst::PadProbeReturn::Ok
     });

@@ -38,8 +38,9 @@ const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
 const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
-/// Packets queued per pad between the network and the pad task.
-const PAD_QUEUE: usize = 4096;
+/// Batches of packets (a burst each, at most 64 packets) queued per pad between the network
+/// and the pad task; beyond it batches are dropped and counted.
+const PAD_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -252,6 +253,8 @@ struct StreamOutput {
     timing: Timing,
     signals: Arc<StreamSignals>,
     sync: SyncReference,
+    /// Buffers prepared this round, pushed together by [`Self::flush`].
+    pending: gst::BufferList,
 }
 
 impl StreamOutput {
@@ -288,13 +291,12 @@ impl StreamOutput {
         true
     }
 
-    /// Pushes one packet; `discont` after a loss. False: the stream is over (EOS or error).
-    fn output(&mut self, packet: Bytes, discont: bool) -> bool {
+    /// Prepares one packet for [`Self::flush`]; `discont` after a loss. False: the stream is
+    /// over (EOS or error).
+    fn output(&mut self, element: Option<&super::RtspSrc2>, packet: Bytes, discont: bool) -> bool {
         let Ok(header) = crate::rtp::parse_rtp_header(&packet) else {
             return true;
         };
-        let element = self.element.upgrade();
-        let now = element.as_ref().and_then(|e| e.current_running_time());
         // After a seek: drop what was sent before it, then start a segment at the new position
         // with the first new packet.
         let mut new_segment = None;
@@ -310,6 +312,11 @@ impl StreamOutput {
         if rebase {
             self.timing = Timing::new(self.timing.clock_rate as u32);
         }
+        // The clock is read only where a timeline starts.
+        let now = match self.timing.base_running_time {
+            None => element.and_then(|e| e.current_running_time()),
+            Some(_) => None,
+        };
         let pts = self.timing.pts(header.timestamp, now);
         if let (Some(time), Some(pts)) = (new_segment, pts) {
             let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
@@ -324,6 +331,10 @@ impl StreamOutput {
                 s.set("play-speed", 1.0f64);
                 s.set("play-scale", 1.0f64);
             }
+            // What was prepared before belongs to the old segment.
+            if !self.flush(element) {
+                return false;
+            }
             if !self.pad.push_event(gst::event::Caps::new(&npt_caps))
                 || !self.pad.push_event(gst::event::Segment::new(&segment))
             {
@@ -332,7 +343,7 @@ impl StreamOutput {
             }
             *self.signals.resegment.lock().unwrap() = None;
             gst::debug!(CAT, obj = self.pad, "new segment {:?}", segment);
-            if let Some(e) = &element {
+            if let Some(e) = element {
                 e.imp().state.lock().unwrap().play_base = Some((time, pts));
             }
         }
@@ -344,7 +355,23 @@ impl StreamOutput {
                 b.set_flags(gst::BufferFlags::DISCONT);
             }
         }
-        match self.pad.push(buffer) {
+        self.pending
+            .get_mut()
+            .expect("the pending list is ours alone")
+            .add(buffer);
+        true
+    }
+
+    /// Pushes what this round prepared: one buffer alone, several as one list (depayloaders
+    /// and sinks take a list in one call). False: the stream is over (EOS or error).
+    fn flush(&mut self, element: Option<&super::RtspSrc2>) -> bool {
+        let list = std::mem::replace(&mut self.pending, gst::BufferList::new());
+        let result = match list.len() {
+            0 => return true,
+            1 => self.pad.push(list.get(0).expect("one buffer").to_owned()),
+            _ => self.pad.push_list(list),
+        };
+        match result {
             // An unlinked stream is one the application does not want; while a flushing seek
             // is under way the packet is stale. Either way the task goes on.
             Ok(_) | Err(gst::FlowError::NotLinked) | Err(gst::FlowError::Flushing) => true,
@@ -354,7 +381,7 @@ impl StreamOutput {
                 false
             }
             Err(err) => {
-                if let Some(element) = &element {
+                if let Some(element) = element {
                     gst::element_error!(
                         element,
                         gst::StreamError::Failed,
@@ -371,7 +398,7 @@ impl StreamOutput {
 
 struct PadState {
     pad: gst::Pad,
-    tx: SyncSender<Bytes>,
+    tx: SyncSender<Vec<Bytes>>,
     signals: Arc<StreamSignals>,
 }
 
@@ -521,13 +548,13 @@ impl RtspSrc2 {
                     }
                 }
             }
-            ClientEvent::Rtp { stream, packet } => {
+            ClientEvent::Rtp { stream, packets } => {
                 let mut state = self.state.lock().unwrap();
                 let Some(p) = state.pads.get(&stream) else {
                     return;
                 };
-                if let Err(TrySendError::Full(_)) = p.tx.try_send(packet) {
-                    state.dropped += 1;
+                if let Err(TrySendError::Full(packets)) = p.tx.try_send(packets) {
+                    state.dropped += packets.len() as u64;
                 }
             }
             ClientEvent::SenderReport {
@@ -628,7 +655,7 @@ impl RtspSrc2 {
                 )
             })
             .build();
-        let (tx, rx) = sync_channel::<Bytes>(PAD_QUEUE);
+        let (tx, rx) = sync_channel::<Vec<Bytes>>(PAD_QUEUE);
         let caps = stream_caps(info);
         gst::debug!(CAT, obj = pad, "caps {}", caps);
         let stream_id = format!("{}/{}", info.control, info.index);
@@ -645,12 +672,13 @@ impl RtspSrc2 {
             timing: Timing::new(info.media.clock_rate),
             signals: signals.clone(),
             sync: self.sync.clone(),
+            pending: gst::BufferList::new(),
         };
         let _ = pad.set_active(true);
         let task_pad = pad.clone();
         let mut first = true;
         let mut lost = false;
-        let mut rx: Option<Receiver<Bytes>> = Some(rx);
+        let mut rx: Option<Receiver<Vec<Bytes>>> = Some(rx);
         let start = pad.start_task(move || {
             let Some(receiver) = rx.as_ref() else {
                 let _ = task_pad.pause_task();
@@ -672,14 +700,19 @@ impl RtspSrc2 {
                 .min(Duration::from_millis(100));
             let mut ready = Vec::new();
             match receiver.recv_timeout(wait) {
-                Ok(packet) => {
+                Ok(batch) => {
                     if out.signals.restart.swap(false, Ordering::Relaxed) {
                         // What came before the seek or reconnection goes first, in order.
                         ready = jitterbuffer.drain();
                         jitterbuffer.reset();
                     }
-                    if let Ok(header) = crate::rtp::parse_rtp_header(&packet) {
-                        let _ = jitterbuffer.push(header.sequence, packet, Instant::now());
+                    let arrival = Instant::now();
+                    // Whatever else is queued already joins this round.
+                    let more = std::iter::from_fn(|| receiver.try_recv().ok()).take(PAD_QUEUE);
+                    for packet in std::iter::once(batch).chain(more).flatten() {
+                        if let Ok(header) = crate::rtp::parse_rtp_header(&packet) {
+                            let _ = jitterbuffer.push(header.sequence, packet, arrival);
+                        }
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -699,6 +732,7 @@ impl RtspSrc2 {
             drop(report);
             *signals.jitterbuffer.lock().unwrap() = jitterbuffer.stats();
             let now = Instant::now();
+            let element = out.element.upgrade();
             for output in ready
                 .into_iter()
                 .chain(std::iter::from_fn(|| jitterbuffer.pop(now)))
@@ -706,12 +740,15 @@ impl RtspSrc2 {
                 match output {
                     JbOutput::Lost { .. } => lost = true,
                     JbOutput::Packet { data, .. } => {
-                        if !out.output(data, std::mem::take(&mut lost)) {
+                        if !out.output(element.as_ref(), data, std::mem::take(&mut lost)) {
                             let _ = task_pad.pause_task();
                             return;
                         }
                     }
                 }
+            }
+            if !out.flush(element.as_ref()) {
+                let _ = task_pad.pause_task();
             }
         });
         if let Err(e) = start {

@@ -25,6 +25,9 @@ pub enum Incoming {
     },
     /// A request from the server; it has already been answered 200 OK.
     Request(Request<Vec<u8>>),
+    /// Everything decoded from one read has been handed over: a point to pass on what was
+    /// gathered from it.
+    ReadDone,
     /// The connection ended (EOF, error, or garbage past recovery).
     Closed(String),
 }
@@ -197,5 +200,6 @@ async fn read_loop(
                 Err(_) => {}
             }
         }
+        on_incoming(Incoming::ReadDone);
     }
 }

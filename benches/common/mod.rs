@@ -1,0 +1,214 @@
+//! Pieces the benchmarks share: a pre-encoded ~4 Mbit/s H.264 stream played in real time over
+//! UDP, the stock gst-rtsp-server serving it (in a child process), and per-process CPU and
+//! memory figures from /proc.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Encodes 10 s of 720p30 H.264 at ~4 Mbit/s into memory.
+pub fn pre_encode() -> Vec<gst::Buffer> {
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=300 pattern=snow \
+         ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
+         ! x264enc bitrate=4000 speed-preset=ultrafast tune=zerolatency key-int-max=60 \
+         ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au \
+         ! appsink name=sink sync=false",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut frames = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        frames.push(sample.buffer_owned().unwrap());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    frames
+}
+
+/// Plays `frames` in a loop in real time, payloaded, to each UDP port. Returns the RTP caps
+/// (for the servers' udpsrc) once the payloader has them, and a stop flag.
+pub fn start_feeder(frames: Vec<gst::Buffer>, ports: &[u16]) -> (String, Arc<AtomicBool>) {
+    let mut desc = String::from(
+        "appsrc name=src is-live=true format=time \
+           caps=video/x-h264,stream-format=byte-stream,alignment=au,framerate=30/1 \
+         ! rtph264pay name=pay pt=96 config-interval=-1 mtu=1400 ! tee name=t",
+    );
+    for port in ports {
+        desc.push_str(&format!(
+            " t. ! queue ! udpsink host=127.0.0.1 port={port} sync=false"
+        ));
+    }
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let pay_src = pipeline.by_name("pay").unwrap().static_pad("src").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_feed = stop.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        for (n, frame) in frames.iter().cycle().enumerate() {
+            if stop_feed.load(Ordering::Relaxed) {
+                break;
+            }
+            let due = start + Duration::from_secs_f64(n as f64 / 30.0);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let mut frame = frame.copy();
+            {
+                let f = frame.get_mut().unwrap();
+                let pts = gst::ClockTime::from_nseconds(n as u64 * 1_000_000_000 / 30);
+                f.set_pts(pts);
+                f.set_dts(pts);
+            }
+            if src.push_buffer(frame).is_err() {
+                break;
+            }
+        }
+        let _ = pipeline.set_state(gst::State::Null);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let caps = loop {
+        if let Some(c) = pay_src.current_caps()
+            && c.structure(0)
+                .is_some_and(|s| s.has_field("sprop-parameter-sets"))
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the feeder produced no caps");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Only what a receiver needs: drop ssrc/seqnum/timestamp offsets of this payloader.
+    let s = caps.structure(0).unwrap();
+    let mut keep = gst::Structure::new_empty("application/x-rtp");
+    for (k, v) in s.iter() {
+        if !matches!(k.as_str(), "ssrc" | "timestamp-offset" | "seqnum-offset") {
+            keep.set_value(k, v.clone());
+        }
+    }
+    (keep.to_string(), stop)
+}
+
+/// The stock server in this (child) process: `--serve-stock PORT UDP_PORT CAPS PROTOCOLS`,
+/// serving the RTP that arrives at UDP_PORT at `/stream` over PROTOCOLS (`tcp` or `udp+tcp`).
+/// Prints READY when it listens.
+pub fn serve_stock(port: &str, udp_port: &str, caps: &str, protocols: &str) {
+    gst::init().unwrap();
+    let main_loop = glib::MainLoop::new(None, false);
+    let server = gst_rtsp_server::RTSPServer::new();
+    server.set_address("127.0.0.1");
+    server.set_service(port);
+    server.set_backlog(1024);
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(&format!(
+        "( udpsrc address=127.0.0.1 port={udp_port} caps=\"{}\" ! identity name=pay0 )",
+        caps.replace('"', "\\\"")
+    ));
+    factory.set_shared(true);
+    factory.set_protocols(if protocols.contains("udp") {
+        gst_rtsp::RTSPLowerTrans::UDP | gst_rtsp::RTSPLowerTrans::TCP
+    } else {
+        gst_rtsp::RTSPLowerTrans::TCP
+    });
+    server
+        .mount_points()
+        .unwrap()
+        .add_factory("/stream", factory);
+    let _id = server.attach(None).expect("attach");
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    main_loop.run();
+}
+
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds the process has run, summed over its threads, at nanosecond resolution
+/// (/proc/PID/task/TID/schedstat). Threads that already exited are not counted, so measure
+/// over windows in which the process keeps its threads.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn spawn_ready(mut cmd: Command) -> Guard {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("READY") || line.contains("PLAYING") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("server ready");
+    std::thread::sleep(Duration::from_millis(500));
+    guard
+}

@@ -1,0 +1,171 @@
+//! rtspsrc2 against the stock rtspsrc, receiving the same ~4 Mbit/s H.264 stream.
+//!
+//!     cargo bench --bench rtsp_client
+//!
+//! This process pre-encodes 10 s of 720p30 H.264 once and plays it in a loop in real time,
+//! payloaded, to a stock gst-rtsp-server (a child process, shared live media over UDP and TCP).
+//! Each client is `gst-launch-1.0 rtspsrc2|rtspsrc location=... protocols=P ! fakesink` in a
+//! child process of its own, with default settings. Figures:
+//! - CPU: the client process's utime+stime over a steady window (BENCH_SECONDS, default 20)
+//!   that starts 3 s after launch, as a share of one core; RSS its peak.
+//! - First buffer: wall time from spawning the process to fakesink's first buffer (its
+//!   `last-message` under `gst-launch-1.0 -v`), median of BENCH_STARTS runs (default 7).
+//!   Process start-up (GStreamer init, registry) is the same for both and included.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ELEMENTS: [&str; 2] = ["rtspsrc2", "rtspsrc"];
+
+fn client_command(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &str) -> Command {
+    let mut c = Command::new("gst-launch-1.0");
+    c.env("GST_PLUGIN_PATH", plugin_dir).args([
+        element,
+        &format!("location={url}"),
+        &format!("protocols={proto}"),
+        "!",
+        "fakesink",
+    ]);
+    c
+}
+
+/// (CPU as a share of one core, peak RSS MiB) of one client over the steady window; the client
+/// must still be running at its end.
+fn steady_cpu(
+    plugin_dir: &std::path::Path,
+    element: &str,
+    url: &str,
+    proto: &str,
+    seconds: u64,
+) -> (f64, f64) {
+    let mut cmd = client_command(plugin_dir, element, url, proto);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0");
+    let mut guard = Guard(child);
+    let pid = guard.0.id();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let cpu = cpu_seconds(pid) - cpu0;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let rss = peak_rss_mib(pid);
+    assert!(
+        guard.0.try_wait().unwrap().is_none(),
+        "{element} over {proto} exited early"
+    );
+    (cpu / elapsed, rss)
+}
+
+/// Seconds from spawn to the first buffer at fakesink.
+fn first_buffer(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &str) -> f64 {
+    let mut cmd = client_command(plugin_dir, element, url, proto);
+    cmd.arg("silent=false").arg("-v");
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0");
+    let mut guard = Guard(child);
+    let stdout = guard.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("last-message = chain") {
+                let _ = tx.send(start.elapsed().as_secs_f64());
+                return;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{element} over {proto}: no buffer within 20 s"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve-stock") {
+        serve_stock(&args[i + 1], &args[i + 2], &args[i + 3], "udp+tcp");
+        return;
+    }
+    gst::init().unwrap();
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = env("BENCH_SECONDS", 20);
+    let starts = env("BENCH_STARTS", 7) as usize;
+    let exe = std::env::current_exe().unwrap();
+    let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
+    assert!(
+        plugin_dir.join("libgstlivestreaming.so").exists(),
+        "build the plugin first: cargo build --release"
+    );
+    // Let the registry take in our plugin once, outside any measurement.
+    let _ = Command::new("gst-inspect-1.0")
+        .env("GST_PLUGIN_PATH", &plugin_dir)
+        .arg("rtspsrc2")
+        .stdout(Stdio::null())
+        .status();
+
+    let frames = pre_encode();
+    let bytes: usize = frames.iter().map(|b| b.size()).sum();
+    let input_mbps = bytes as f64 * 8.0 / (frames.len() as f64 / 30.0) / 1e6;
+    let udp = free_udp_port();
+    let (caps, stop_feed) = start_feeder(frames, &[udp]);
+    let port = free_port();
+    let _server = spawn_ready({
+        let mut c = Command::new(&exe);
+        c.args(["--serve-stock", &port.to_string(), &udp.to_string(), &caps]);
+        c
+    });
+    let url = format!("rtsp://127.0.0.1:{port}/stream");
+    println!(
+        "input: {input_mbps:.2} Mbit/s H.264 720p30 from gst-rtsp-server; CPU over {seconds} s, \
+         first buffer median of {starts}"
+    );
+    println!();
+    println!(
+        "| protocol | rtspsrc2 CPU % | rtspsrc CPU % | ratio | rtspsrc2 RSS MiB | rtspsrc RSS MiB | rtspsrc2 first buffer ms | rtspsrc first buffer ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for proto in ["udp", "tcp"] {
+        let [(o_cpu, o_rss), (s_cpu, s_rss)] =
+            ELEMENTS.map(|e| steady_cpu(&plugin_dir, e, &url, proto, seconds));
+        // Interleaved, so that any drift of the machine touches both alike.
+        let mut firsts = [Vec::new(), Vec::new()];
+        for _ in 0..starts {
+            for (i, e) in ELEMENTS.iter().enumerate() {
+                firsts[i].push(first_buffer(&plugin_dir, e, &url, proto));
+            }
+        }
+        let [o_first, s_first] = firsts.map(median);
+        println!(
+            "| {proto} | {:.2} | {:.2} | {:.2} | {o_rss:.1} | {s_rss:.1} | {:.0} | {:.0} |",
+            o_cpu * 100.0,
+            s_cpu * 100.0,
+            o_cpu / s_cpu,
+            o_first * 1000.0,
+            s_first * 1000.0
+        );
+    }
+    stop_feed.store(true, Ordering::Relaxed);
+}
