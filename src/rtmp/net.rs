@@ -93,6 +93,10 @@ pub struct Stats {
     /// Frames skipped after a reconnection until the next keyframe.
     pub resume_drops: u64,
     pub publishing: bool,
+    /// The current connection's counts already added to the totals above.
+    session_bytes_in: u64,
+    session_acks_received: u64,
+    session_acks_sent: u64,
 }
 
 struct Shared {
@@ -333,6 +337,12 @@ async fn session(
         _ = stop.wait_for(|s| *s) => return Ok(()),
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
+    {
+        let mut st = shared.stats.lock().unwrap();
+        st.session_bytes_in = 0;
+        st.session_acks_received = 0;
+        st.session_acks_sent = 0;
+    }
     let mut random = [0u8; 1528];
     {
         use rand::RngExt;
@@ -397,12 +407,8 @@ async fn session(
         }
     }
     *published = true;
-    {
-        let mut st = shared.stats.lock().unwrap();
-        st.publishing = true;
-        st.in_chunk_size = p.in_chunk_size();
-        st.out_chunk_size = p.out_chunk_size();
-    }
+    sync_stats(&p, shared);
+    shared.stats.lock().unwrap().publishing = true;
     notify(Notice::Publishing {
         reconnected: reconnecting,
     });
@@ -480,14 +486,7 @@ async fn session(
                     p.append_output(&mut out);
                     shared.in_flight.store(out.len(), Ordering::SeqCst);
                 }
-                let mut st = shared.stats.lock().unwrap();
-                st.bytes_in = p.counters.bytes_in;
-                st.acks_received = p.counters.acks_received;
-                st.acks_sent = p.counters.acks_sent;
-                st.bytes_acked = p.counters.bytes_acked;
-                st.in_window_ack_size = p.counters.in_window_ack_size;
-                st.out_window_ack_size = p.counters.out_window_ack_size;
-                st.in_chunk_size = p.in_chunk_size();
+                sync_stats(&p, shared);
             }
             w = tokio::time::timeout_at(stall_deadline, wr.write(&out[written..])), if written < out.len() => {
                 let n = w
@@ -518,6 +517,23 @@ async fn session(
             }
         }
     }
+}
+
+/// Copies the publisher's counters into the shared stats. Totals continue across connections.
+fn sync_stats(p: &Publisher, shared: &Shared) {
+    let mut st = shared.stats.lock().unwrap();
+    let c = &p.counters;
+    st.bytes_in += c.bytes_in - st.session_bytes_in;
+    st.session_bytes_in = c.bytes_in;
+    st.acks_received += c.acks_received - st.session_acks_received;
+    st.session_acks_received = c.acks_received;
+    st.acks_sent += c.acks_sent - st.session_acks_sent;
+    st.session_acks_sent = c.acks_sent;
+    st.bytes_acked = c.bytes_acked;
+    st.in_window_ack_size = c.in_window_ack_size;
+    st.out_window_ack_size = c.out_window_ack_size;
+    st.in_chunk_size = p.in_chunk_size();
+    st.out_chunk_size = p.out_chunk_size();
 }
 
 mod tls {
