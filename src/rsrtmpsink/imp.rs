@@ -517,7 +517,7 @@ impl BaseSinkImpl for RsRtmpSink {
         let config = self.settings.lock().unwrap().net_config().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["Invalid RTMP location: {}", e]
+                ("Invalid RTMP location: {}", e)
             )
         })?;
         gst::info!(CAT, imp = self, "publishing to {}", config.location);
@@ -534,7 +534,7 @@ impl BaseSinkImpl for RsRtmpSink {
         .map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::Failed,
-                ["Could not start the network thread: {}", e]
+                ("Could not start the network thread: {}", e)
             )
         })?;
         *self.state.lock().unwrap() = Some(State {
@@ -556,7 +556,7 @@ impl BaseSinkImpl for RsRtmpSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let map = buffer.map_readable().map_err(|_| {
-            gst::element_imp_error!(self, gst::CoreError::Failed, ["Could not map buffer"]);
+            gst::element_imp_error!(self, gst::CoreError::Failed, ("Could not map buffer"));
             gst::FlowError::Error
         })?;
         let mut guard = self.state.lock().unwrap();
@@ -577,7 +577,7 @@ impl BaseSinkImpl for RsRtmpSink {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Format,
-                        ["The input is not valid FLV: {}", e]
+                        ("The input is not valid FLV: {}", e)
                     );
                     return Err(gst::FlowError::Error);
                 }

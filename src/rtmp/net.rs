@@ -286,6 +286,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 fn io_err(what: &str, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => Error::Closed(what.to_owned()),
+        std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::BrokenPipe => Error::Closed(format!("{what} ({e})")),
         _ => Error::Io(format!("{what}: {e}")),
     }
 }

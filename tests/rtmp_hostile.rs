@@ -1,0 +1,286 @@
+//! rsrtmpsink against servers that misbehave (scripted here on 127.0.0.1) and refusals from
+//! nginx-rtmp: each is one clear error within `timeout`, no panic, no hang.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+use common::rtmp::{Nginx, Publish, av_flv_source, free_port};
+use gstlivestreaming::rtmp::amf0::{self, Value};
+
+/// The element's timeout in these tests (seconds) and the slack allowed on top.
+const TIMEOUT_S: u64 = 2;
+const SLACK: Duration = Duration::from_secs(3);
+
+/// A one-connection server running `behave` on the accepted socket in a thread.
+fn hostile(behave: impl FnOnce(TcpStream) + Send + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    behave(s);
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    port
+}
+
+/// Plays the server's part of the plain handshake.
+fn server_handshake(s: &mut TcpStream) {
+    let mut c0c1 = [0u8; 1537];
+    s.read_exact(&mut c0c1).unwrap();
+    assert_eq!(c0c1[0], 3);
+    let mut answer = vec![3u8];
+    answer.extend_from_slice(&[0u8; 1536]);
+    answer.extend_from_slice(&c0c1[1..]);
+    s.write_all(&answer).unwrap();
+    let mut c2 = [0u8; 1536];
+    s.read_exact(&mut c2).unwrap();
+}
+
+/// Reads and discards until the peer closes or `d` passes.
+fn drain_for(s: &mut TcpStream, d: Duration) {
+    let deadline = Instant::now() + d;
+    let mut buf = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Publishes a live stream to `url` and returns the error text and how long it took.
+fn publish_error(url: &str, extra: &str) -> (String, gst::Structure, Duration) {
+    let start = Instant::now();
+    let p = Publish::start(
+        &av_flv_source(100_000, false, true),
+        &format!("location={url} timeout={TIMEOUT_S} {extra}"),
+    );
+    let (r, _) = p.wait(Duration::from_secs(TIMEOUT_S) + SLACK + Duration::from_secs(5));
+    let elapsed = start.elapsed();
+    let err = r.expect_err("an error");
+    (err, p.stats(), elapsed)
+}
+
+fn assert_within_timeout(elapsed: Duration, err: &str) {
+    assert!(
+        elapsed < Duration::from_secs(TIMEOUT_S) + SLACK,
+        "took {elapsed:?}: {err}"
+    );
+}
+
+#[test]
+fn connection_refused() {
+    let port = free_port();
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(err.contains("Could not publish to rtmp://127.0.0.1"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert_within_timeout(elapsed, &err);
+}
+
+#[test]
+fn server_closes_during_handshake() {
+    let port = hostile(|mut s| {
+        let mut c0 = [0u8; 100];
+        let _ = s.read(&mut c0);
+        // Gone before S0.
+    });
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(
+        err.contains("closed the connection waiting for the handshake"),
+        "{err}"
+    );
+    assert_within_timeout(elapsed, &err);
+}
+
+#[test]
+fn server_sends_garbage() {
+    let port = hostile(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        drain_for(&mut s, Duration::from_secs(10));
+    });
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(err.contains("not an RTMP server"), "{err}");
+    assert!(err.contains("version 72"), "'H' is version 72: {err}");
+    assert_within_timeout(elapsed, &err);
+}
+
+#[test]
+fn server_never_starts_the_handshake() {
+    let port = hostile(|mut s| drain_for(&mut s, Duration::from_secs(15)));
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(
+        err.contains("timed out waiting for the handshake (S0/S1/S2)"),
+        "{err}"
+    );
+    assert!(elapsed >= Duration::from_secs(TIMEOUT_S), "{elapsed:?}");
+    assert_within_timeout(elapsed, &err);
+}
+
+#[test]
+fn server_never_answers_connect() {
+    let port = hostile(|mut s| {
+        server_handshake(&mut s);
+        drain_for(&mut s, Duration::from_secs(15));
+    });
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(
+        err.contains("timed out waiting for the answer to connect"),
+        "{err}"
+    );
+    assert!(elapsed >= Duration::from_secs(TIMEOUT_S), "{elapsed:?}");
+    assert_within_timeout(elapsed, &err);
+}
+
+#[test]
+fn server_sets_a_chunk_size_of_zero() {
+    let port = hostile(|mut s| {
+        server_handshake(&mut s);
+        // Set Chunk Size 0 on chunk stream 2, type 0 header.
+        let _ = s.write_all(&[2, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        drain_for(&mut s, Duration::from_secs(10));
+    });
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(err.contains("invalid chunk size 0"), "{err}");
+    assert_within_timeout(elapsed, &err);
+}
+
+#[test]
+fn server_announces_a_huge_message() {
+    let port = hostile(|mut s| {
+        server_handshake(&mut s);
+        // A 16 MiB command message, then some of its bytes.
+        let _ = s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0]);
+        let _ = s.write_all(&[0x41; 128]);
+        drain_for(&mut s, Duration::from_secs(10));
+    });
+    let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
+    assert!(
+        err.contains("message of 16777215 bytes (type 20) exceeds the limit"),
+        "{err}"
+    );
+    assert_within_timeout(elapsed, &err);
+}
+
+/// A command message (AMF0, chunk stream 3, type 0 header, one chunk).
+fn command_bytes(values: &[Value]) -> Vec<u8> {
+    let payload = amf0::encode_all(values);
+    assert!(payload.len() <= 128);
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut out = vec![3, 0, 0, 0, len[1], len[2], len[3], 20, 0, 0, 0, 0];
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[test]
+fn server_rejects_connect() {
+    let port = hostile(|mut s| {
+        server_handshake(&mut s);
+        let answer = command_bytes(&[
+            "_error".into(),
+            1.0.into(),
+            Value::Null,
+            amf0::obj(&[
+                ("level", "error".into()),
+                ("code", "NetConnection.Connect.Rejected".into()),
+                ("description", "[ AccessManager.Reject ]".into()),
+            ]),
+        ]);
+        let _ = s.write_all(&answer);
+        drain_for(&mut s, Duration::from_secs(10));
+    });
+    let p = Publish::start(
+        &av_flv_source(100_000, false, true),
+        &format!("location=rtmp://127.0.0.1:{port}/live/k timeout={TIMEOUT_S}"),
+    );
+    let bus = p.pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(TIMEOUT_S + 5),
+            &[gst::MessageType::Error],
+        )
+        .expect("an error");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        e.error().matches(gst::ResourceError::NotAuthorized),
+        "{:?}",
+        e.error()
+    );
+    let text = e.error().to_string();
+    assert!(
+        text.contains(
+            "the server refused connect: NetConnection.Connect.Rejected ([ AccessManager.Reject ])"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn nginx_refuses_a_second_publisher_of_the_same_stream() {
+    let nginx = Nginx::start();
+    let url = nginx.url("taken");
+    let first = Publish::start(&av_flv_source(100_000, false, true), &format!("location={url}"));
+    // Wait until the first one publishes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.stats().get::<bool>("publishing").unwrap() {
+        assert!(Instant::now() < deadline, "first publisher never published");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (err, stats, elapsed) = publish_error(&url, "");
+    assert!(
+        err.contains("the server refused publish: NetStream.Publish.BadName"),
+        "{err}"
+    );
+    assert!(!stats.get::<bool>("publishing").unwrap());
+    assert_within_timeout(elapsed, &err);
+    // The stream key is not in the message.
+    assert!(!err.contains("/taken"), "{err}");
+}
+
+#[test]
+fn invalid_locations_fail_the_state_change() {
+    common::init();
+    for location in ["http://127.0.0.1/live/x", "rtmp://127.0.0.1/onlyapp"] {
+        let p = gst::parse::launch(&format!(
+            "fakesrc num-buffers=1 ! video/x-flv ! rsrtmpsink name=sink location={location}"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        common::assert_ours(&p.by_name("sink").unwrap());
+        assert!(p.set_state(gst::State::Playing).is_err(), "{location}");
+        let bus = p.bus().unwrap();
+        let msg = bus
+            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+            .expect("error");
+        let gst::MessageView::Error(e) = msg.view() else {
+            unreachable!()
+        };
+        assert!(
+            e.error().to_string().contains("Invalid RTMP location"),
+            "{location}: {}",
+            e.error()
+        );
+        let _ = p.set_state(gst::State::Null);
+    }
+}
