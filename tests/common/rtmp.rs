@@ -323,3 +323,79 @@ pub fn wait_file_settled(path: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// A self-signed certificate for `san` (e.g. "IP:127.0.0.1,DNS:localhost"), made with openssl:
+/// (cert.pem, key.pem) in `dir`.
+pub fn self_signed_cert(dir: &Path, san: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let (out, timed_out) = run(
+        Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rsrtmpsink test",
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !timed_out && out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// stunnel4 terminating TLS on `tls_port` in front of 127.0.0.1:`port`.
+pub struct Stunnel {
+    pub dir: TempDir,
+    pub tls_port: u16,
+    _child: ChildGuard,
+}
+
+impl Stunnel {
+    pub fn start(port: u16, san: &str) -> Stunnel {
+        let dir = TempDir::new("stunnel");
+        let (cert, key) = self_signed_cert(dir.path(), san);
+        let tls_port = free_port();
+        let conf = format!(
+            "foreground = yes\n\
+             pid =\n\
+             output = {d}/stunnel.log\n\
+             [rtmps]\n\
+             accept = 127.0.0.1:{tls_port}\n\
+             connect = 127.0.0.1:{port}\n\
+             cert = {cert}\n\
+             key = {key}\n",
+            d = dir.path().display(),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let conf_path = dir.path().join("stunnel.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = ChildGuard::spawn(Command::new("stunnel4").arg(&conf_path));
+        wait_listening(tls_port, Duration::from_secs(10), "stunnel4");
+        Stunnel {
+            dir,
+            tls_port,
+            _child: child,
+        }
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!("rtmps://127.0.0.1:{}/live/{key}", self.tls_port)
+    }
+}
