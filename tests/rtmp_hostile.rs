@@ -55,7 +55,8 @@ fn server_handshake(s: &mut TcpStream) {
 fn drain_for(s: &mut TcpStream, d: Duration) {
     let deadline = Instant::now() + d;
     let mut buf = [0u8; 4096];
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while Instant::now() < deadline {
         match s.read(&mut buf) {
             Ok(0) => return,
@@ -91,7 +92,10 @@ fn assert_within_timeout(elapsed: Duration, err: &str) {
 fn connection_refused() {
     let port = free_port();
     let (err, _, elapsed) = publish_error(&format!("rtmp://127.0.0.1:{port}/live/k"), "");
-    assert!(err.contains("Could not publish to rtmp://127.0.0.1"), "{err}");
+    assert!(
+        err.contains("Could not publish to rtmp://127.0.0.1"),
+        "{err}"
+    );
     assert!(err.contains("refused"), "{err}");
     assert_within_timeout(elapsed, &err);
 }
@@ -239,7 +243,10 @@ fn server_rejects_connect() {
 fn nginx_refuses_a_second_publisher_of_the_same_stream() {
     let nginx = Nginx::start();
     let url = nginx.url("taken");
-    let first = Publish::start(&av_flv_source(100_000, false, true), &format!("location={url}"));
+    let first = Publish::start(
+        &av_flv_source(100_000, false, true),
+        &format!("location={url}"),
+    );
     // Wait until the first one publishes.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !first.stats().get::<bool>("publishing").unwrap() {

@@ -34,12 +34,18 @@ fn publishes_h264_and_aac_to_nginx_rtmp() {
     let stats = p.stats();
     // Every frame went out; nothing was dropped; the server acknowledged some of it.
     // Frames, the sequence header, and flvmux's end-of-sequence tag.
-    assert!(u64_field(&stats, "video-tags") > u64::from(FRAMES), "{stats}");
+    assert!(
+        u64_field(&stats, "video-tags") > u64::from(FRAMES),
+        "{stats}"
+    );
     let audio_tags = u64_field(&stats, "audio-tags");
     assert!(audio_tags > 400, "{stats}");
     assert_eq!(u64_field(&stats, "drops"), 0, "{stats}");
     assert!(u64_field(&stats, "data-tags") >= 1, "onMetaData: {stats}");
-    assert!(u64_field(&stats, "in-bytes-total") > 3073, "handshake and more: {stats}");
+    assert!(
+        u64_field(&stats, "in-bytes-total") > 3073,
+        "handshake and more: {stats}"
+    );
     assert!(
         stats.get::<u32>("in-window-ack-size").unwrap() > 0,
         "nginx's window: {stats}"

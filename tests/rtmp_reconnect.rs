@@ -14,7 +14,10 @@ use common::rtmp::{Nginx, Publish, av_flv_source, probe_file, wait_file_settled}
 fn wait_publishing(p: &Publish, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !p.stats().get::<bool>("publishing").unwrap() {
-        assert!(Instant::now() < deadline, "not publishing after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not publishing after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -68,7 +71,10 @@ fn reconnects_when_nginx_restarts_and_resumes_at_a_keyframe() {
     let (r, messages) = p.wait(Duration::from_secs(40));
     r.unwrap_or_else(|e| panic!("no EOS after the restart: {e}\n{}", nginx.error_log()));
     let names = names(&messages);
-    let attempts = names.iter().filter(|n| *n == "rsrtmpsink-reconnect").count();
+    let attempts = names
+        .iter()
+        .filter(|n| *n == "rsrtmpsink-reconnect")
+        .count();
     assert!(attempts >= 1, "{names:?}");
     assert_eq!(
         names
@@ -84,7 +90,12 @@ fn reconnects_when_nginx_restarts_and_resumes_at_a_keyframe() {
         .unwrap();
     assert_eq!(reconnect.get::<u32>("attempt").unwrap(), 1);
     assert_eq!(reconnect.get::<u32>("max-attempts").unwrap(), 5);
-    assert!(reconnect.get::<String>("reason").unwrap().contains("closed"));
+    assert!(
+        reconnect
+            .get::<String>("reason")
+            .unwrap()
+            .contains("closed")
+    );
     let stats = p.stats();
     assert_eq!(
         stats.get::<u64>("reconnects").unwrap(),
@@ -128,7 +139,8 @@ fn gives_up_after_the_reconnect_limit() {
             .expect("an error within 15 s");
         match msg.view() {
             gst::MessageView::Element(e)
-                if e.structure().is_some_and(|s| s.name() == "rsrtmpsink-reconnect") =>
+                if e.structure()
+                    .is_some_and(|s| s.name() == "rsrtmpsink-reconnect") =>
             {
                 attempts += 1
             }

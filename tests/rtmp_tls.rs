@@ -40,7 +40,10 @@ fn default_validation_refuses_a_self_signed_certificate() {
     let tls = Stunnel::start(nginx.port, "IP:127.0.0.1");
     let (_p, r) = publish_to(&tls.url("secure"), "");
     let err = r.expect_err("a self-signed certificate is refused");
-    assert!(err.contains("Could not publish to rtmps://127.0.0.1"), "{err}");
+    assert!(
+        err.contains("Could not publish to rtmps://127.0.0.1"),
+        "{err}"
+    );
     assert!(err.contains("TLS"), "{err}");
     assert!(err.contains("UnknownIssuer"), "{err}");
     assert!(!nginx.recording("secure").exists());

@@ -428,7 +428,12 @@ impl RsRtmpSink {
     fn on_notice(element: &super::RsRtmpSink, notice: Notice) {
         match notice {
             Notice::Publishing { reconnected } => {
-                gst::info!(CAT, obj = element, "publishing (reconnected: {})", reconnected);
+                gst::info!(
+                    CAT,
+                    obj = element,
+                    "publishing (reconnected: {})",
+                    reconnected
+                );
                 if reconnected {
                     let _ = element.post_message(
                         gst::message::Element::builder(

@@ -315,11 +315,7 @@ mod tests {
     #[test]
     fn connect_command_bytes() {
         // The start of a connect command as every RTMP client sends it.
-        let bytes = encode_all(&[
-            "connect".into(),
-            1.0.into(),
-            obj(&[("app", "live".into())]),
-        ]);
+        let bytes = encode_all(&["connect".into(), 1.0.into(), obj(&[("app", "live".into())])]);
         let mut expected = vec![0x02, 0x00, 0x07];
         expected.extend_from_slice(b"connect");
         expected.push(0x00);

@@ -269,7 +269,10 @@ impl Publisher {
 
     fn start_connect(&mut self) {
         if self.config.chunk_size != self.enc.chunk_size() {
-            let size = self.config.chunk_size.clamp(1, super::chunk::MAX_CHUNK_SIZE);
+            let size = self
+                .config
+                .chunk_size
+                .clamp(1, super::chunk::MAX_CHUNK_SIZE);
             self.control(msg_type::SET_CHUNK_SIZE, &size.to_be_bytes());
             self.enc.set_chunk_size(size);
         }
@@ -624,8 +627,14 @@ mod tests {
         assert!(connect[2].get_str("flashVer").is_some());
         let mut answer = Vec::new();
         // Window ack size 100, peer bandwidth, chunk size 64 from the server.
-        srv.enc
-            .write(2, 0, msg_type::WINDOW_ACK_SIZE, 0, &100u32.to_be_bytes(), &mut answer);
+        srv.enc.write(
+            2,
+            0,
+            msg_type::WINDOW_ACK_SIZE,
+            0,
+            &100u32.to_be_bytes(),
+            &mut answer,
+        );
         srv.enc.write(
             2,
             0,
@@ -634,8 +643,14 @@ mod tests {
             &[0, 0, 0x10, 0, 2],
             &mut answer,
         );
-        srv.enc
-            .write(2, 0, msg_type::SET_CHUNK_SIZE, 0, &64u32.to_be_bytes(), &mut answer);
+        srv.enc.write(
+            2,
+            0,
+            msg_type::SET_CHUNK_SIZE,
+            0,
+            &64u32.to_be_bytes(),
+            &mut answer,
+        );
         srv.enc.set_chunk_size(64);
         answer.extend(srv.command(&[
             "_result".into(),
@@ -656,10 +671,7 @@ mod tests {
         assert!(msgs.iter().any(|m| m.type_id == msg_type::WINDOW_ACK_SIZE));
         assert!(msgs.iter().any(|m| m.type_id == msg_type::ACKNOWLEDGEMENT));
         assert_eq!(p.counters.acks_sent, 1);
-        assert_eq!(
-            names(&msgs),
-            ["releaseStream", "FCPublish", "createStream"]
-        );
+        assert_eq!(names(&msgs), ["releaseStream", "FCPublish", "createStream"]);
         let out = srv.command(&["_result".into(), 4.0.into(), Value::Null, 1.0.into()]);
         assert!(p.receive(&out).unwrap().is_empty());
         let msgs = srv.read(&p.take_output());
@@ -719,10 +731,22 @@ mod tests {
     fn answers_pings_and_counts_acks() {
         let (mut p, mut srv) = to_publishing();
         let mut out = Vec::new();
-        srv.enc
-            .write(2, 0, msg_type::USER_CONTROL, 0, &[0, 6, 0, 0, 1, 2], &mut out);
-        srv.enc
-            .write(2, 0, msg_type::ACKNOWLEDGEMENT, 0, &5000u32.to_be_bytes(), &mut out);
+        srv.enc.write(
+            2,
+            0,
+            msg_type::USER_CONTROL,
+            0,
+            &[0, 6, 0, 0, 1, 2],
+            &mut out,
+        );
+        srv.enc.write(
+            2,
+            0,
+            msg_type::ACKNOWLEDGEMENT,
+            0,
+            &5000u32.to_be_bytes(),
+            &mut out,
+        );
         p.receive(&out).unwrap();
         let msgs = srv.read(&p.take_output());
         let pong = msgs

@@ -82,7 +82,10 @@ impl Tag {
         self.kind == TagKind::Script
             && crate::rtmp::amf0::decode_all(&self.data)
                 .ok()
-                .and_then(|v| v.first().and_then(|n| n.as_str().map(|s| s == "onMetaData")))
+                .and_then(|v| {
+                    v.first()
+                        .and_then(|n| n.as_str().map(|s| s == "onMetaData"))
+                })
                 .unwrap_or(false)
     }
 }

@@ -56,8 +56,8 @@ impl fmt::Display for Location {
 
 impl Location {
     pub fn parse(location: &str) -> Result<Location, String> {
-        let url = url::Url::parse(location.trim())
-            .map_err(|e| format!("location is not a URL ({e})"))?;
+        let url =
+            url::Url::parse(location.trim()).map_err(|e| format!("location is not a URL ({e})"))?;
         let scheme = match url.scheme() {
             "rtmp" => Scheme::Rtmp,
             "rtmps" => Scheme::Rtmps,
@@ -116,7 +116,13 @@ impl Location {
         } else {
             self.host.clone()
         };
-        format!("{}://{}:{}/{}", self.scheme.as_str(), host, self.port, self.app)
+        format!(
+            "{}://{}:{}/{}",
+            self.scheme.as_str(),
+            host,
+            self.port,
+            self.app
+        )
     }
 
     /// The full location, stream key included (never log this).
@@ -154,7 +160,13 @@ mod tests {
     fn forms() {
         let l = Location::parse("rtmp://127.0.0.1/live/stream").unwrap();
         assert_eq!(
-            (l.scheme, l.host.as_str(), l.port, l.app.as_str(), l.stream.as_str()),
+            (
+                l.scheme,
+                l.host.as_str(),
+                l.port,
+                l.app.as_str(),
+                l.stream.as_str()
+            ),
             (Scheme::Rtmp, "127.0.0.1", 1935, "live", "stream")
         );
         assert_eq!(l.tc_url(), "rtmp://127.0.0.1:1935/live");

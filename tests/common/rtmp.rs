@@ -283,11 +283,7 @@ pub fn probe_file(path: &Path) -> Probe {
     for line in stdout.lines() {
         let f: Vec<&str> = line.split('|').collect();
         match f.len() {
-            3 => streams.push((
-                f[1].to_owned(),
-                f[0].to_owned(),
-                f[2].parse().unwrap_or(0),
-            )),
+            3 => streams.push((f[1].to_owned(), f[0].to_owned(), f[2].parse().unwrap_or(0))),
             1 => duration = f[0].parse().unwrap_or(0.0),
             _ => {}
         }
