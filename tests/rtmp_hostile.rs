@@ -291,3 +291,188 @@ fn invalid_locations_fail_the_state_change() {
         let _ = p.set_state(gst::State::Null);
     }
 }
+
+/// A server that accepts the publication and then reads nothing more.
+fn stalling_server() -> u16 {
+    hostile(|mut s| {
+        server_handshake(&mut s);
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        // connect, createStream (transaction 4) and publish answered in one go.
+        let mut answer = command_bytes(&[
+            "_result".into(),
+            1.0.into(),
+            Value::Null,
+            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+        ]);
+        answer.extend(command_bytes(&[
+            "_result".into(),
+            4.0.into(),
+            Value::Null,
+            1.0.into(),
+        ]));
+        answer.extend(command_bytes(&[
+            "onStatus".into(),
+            0.0.into(),
+            Value::Null,
+            amf0::obj(&[
+                ("level", "status".into()),
+                ("code", "NetStream.Publish.Start".into()),
+            ]),
+        ]));
+        let _ = s.write_all(&answer);
+        // Hold the connection without reading.
+        std::thread::sleep(Duration::from_secs(20));
+    })
+}
+
+/// Synthetic FLV: a header, AVC configuration, then `n` frames of `size` bytes, a keyframe
+/// every 30.
+fn synthetic_flv(n: u32, size: usize) -> Vec<Vec<u8>> {
+    use gstlivestreaming::rtmp::flv::{Tag, TagKind, write_header, write_tag};
+    let mut first = Vec::new();
+    write_header(false, true, &mut first);
+    write_tag(
+        &Tag {
+            kind: TagKind::Video,
+            timestamp: 0,
+            data: vec![0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f].into(),
+        },
+        &mut first,
+    );
+    let mut buffers = vec![first];
+    for i in 0..n {
+        let mut data = vec![if i % 30 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        data.resize(size, 0x55);
+        let mut b = Vec::new();
+        write_tag(
+            &Tag {
+                kind: TagKind::Video,
+                timestamp: i * 33,
+                data: data.into(),
+            },
+            &mut b,
+        );
+        buffers.push(b);
+    }
+    buffers
+}
+
+#[test]
+fn a_server_that_stops_reading_costs_frames_not_the_streaming_thread() {
+    common::init();
+    let port = stalling_server();
+    let pipeline = gst::Pipeline::new();
+    let src = gst_app::AppSrc::builder()
+        .caps(&gst::Caps::builder("video/x-flv").build())
+        .format(gst::Format::Time)
+        // push_buffer blocks while the sink has not rendered the previous ones.
+        .block(true)
+        .max_bytes(100_000)
+        .build();
+    let sink = gst::ElementFactory::make("rsrtmpsink")
+        .property("location", format!("rtmp://127.0.0.1:{port}/live/k"))
+        .property("timeout", TIMEOUT_S as u32)
+        .property("queue-size", 1_000_000u32)
+        .property("reconnect-attempts", 0u32)
+        .property("sync", false)
+        .build()
+        .unwrap();
+    common::assert_ours(&sink);
+    pipeline.add_many([src.upcast_ref(), &sink]).unwrap();
+    src.link(&sink).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // Wait until publishing, then push 60 MB in 2000 frames.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sink
+        .property::<gst::Structure>("stats")
+        .get::<bool>("publishing")
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "never published");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = Instant::now();
+    for b in synthetic_flv(2000, 30_000) {
+        // A blocked render would show here.
+        let _ = src.push_buffer(gst::Buffer::from_slice(b));
+    }
+    let pushed_in = start.elapsed();
+    // The last few buffers may still be on their way to render().
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut stats = sink.property::<gst::Structure>("stats");
+    while stats.get::<u64>("drops").unwrap() <= 1000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        stats = sink.property::<gst::Structure>("stats");
+    }
+    let drops = stats.get::<u64>("drops").unwrap();
+    assert!(drops > 1000, "{stats}");
+    assert!(
+        stats.get::<u64>("queue-bytes").unwrap() <= 1_000_000,
+        "{stats}"
+    );
+    assert!(
+        pushed_in < Duration::from_secs(TIMEOUT_S),
+        "pushing took {pushed_in:?}: render waited for the network"
+    );
+    // The stall itself is an error after `timeout` (no reconnection allowed here).
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(TIMEOUT_S + 5),
+            &[gst::MessageType::Error],
+        )
+        .expect("an error for the stalled server");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    let text = e.error().to_string();
+    assert!(
+        text.contains("the server accepted nothing for 2 s"),
+        "{text}"
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+}
+
+#[test]
+fn input_that_is_not_flv_is_a_format_error() {
+    common::init();
+    let port = hostile(|mut s| drain_for(&mut s, Duration::from_secs(10)));
+    let pipeline = gst::Pipeline::new();
+    let src = gst_app::AppSrc::builder()
+        .caps(&gst::Caps::builder("video/x-flv").build())
+        .build();
+    let sink = gst::ElementFactory::make("rsrtmpsink")
+        .property("location", format!("rtmp://127.0.0.1:{port}/live/k"))
+        .property("timeout", 5u32)
+        .build()
+        .unwrap();
+    common::assert_ours(&sink);
+    pipeline.add_many([src.upcast_ref(), &sink]).unwrap();
+    src.link(&sink).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // A tag of type 7 (no such thing), as a mislabelled stream would start.
+    let _ = src.push_buffer(gst::Buffer::from_slice(
+        b"\x07\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00hello\x00\x00\x00\x10".to_vec(),
+    ));
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(3), &[gst::MessageType::Error])
+        .expect("an error");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        e.error().matches(gst::StreamError::Format),
+        "{:?}",
+        e.error()
+    );
+    assert!(
+        e.error()
+            .to_string()
+            .contains("The input is not valid FLV: FLV: unknown tag type 7"),
+        "{}",
+        e.error()
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+}
