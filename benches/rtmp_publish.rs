@@ -6,7 +6,10 @@
 //! nginx-rtmp (`live on`, no players: it receives and discards) on 127.0.0.1, then runs each
 //! publisher in a child process (this binary re-executed with `--publish`): the child reads the
 //! file tag by tag, loops it BENCH_LOOPS times (timestamps continued), and pushes one tag per
-//! buffer through `appsrc ! SINK location=... sync=false`. The child measures its own CPU time
+//! buffer through `appsrc ! SINK location=... sync=false`, paced at BENCH_SPEED times real time
+//! (default 20: ~84 Mbit/s). The pacing is the same for both; without it rsrtmpsink, which
+//! never blocks its streaming thread, would drop frames whenever the producer outruns the
+//! socket and so send less, while rtmp2sink blocks until the socket takes the data. The child measures its own CPU time
 //! (utime+stime from /proc/self/stat) from PLAYING to EOS, and its peak RSS (VmHWM). Runs
 //! alternate between the two sinks, BENCH_RUNS times each (default 3), medians reported. Bytes
 //! sent come from each sink's `stats`; ours also reports its drops (must be 0 for a fair run).
@@ -84,12 +87,18 @@ fn pre_encode(path: &Path) {
 }
 
 /// The child: publishes `file` `loops` times through `sink` and prints its measurements.
-fn publish(sink: &str, file: &Path, url: &str, loops: u32) {
+fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
     gst::init().unwrap();
     gstlivestreaming::plugin_register_static().unwrap();
+    // fakesink: the producer alone (reading, pacing, appsrc), the baseline in both numbers.
+    let location = if sink == "fakesink" {
+        String::new()
+    } else {
+        format!("location={url}")
+    };
     let pipeline = gst::parse::launch(&format!(
         "appsrc name=src format=time block=true max-bytes=1000000 caps=video/x-flv \
-         ! {sink} name=sink location={url} sync=false"
+         ! {sink} name=sink {location} sync=false"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -120,6 +129,10 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32) {
                 }
                 last = last.max(tag.timestamp);
                 tag.timestamp += offset_ms;
+                let due = t0 + Duration::from_secs_f64(f64::from(tag.timestamp) / 1000.0 / speed);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
                 let mut b = Vec::with_capacity(tag.data.len() + 15);
                 write_tag(&tag, &mut b);
                 if src.push_buffer(gst::Buffer::from_slice(b)).is_err() {
@@ -142,11 +155,15 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32) {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds_self() - cpu0;
-    let stats = sink_el.property::<gst::Structure>("stats");
-    let sent = stats
-        .get::<u64>("out-bytes-total")
-        .unwrap_or_else(|_| stats.get::<u64>("out-bytes-total").unwrap_or(0));
-    let drops = stats.get::<u64>("drops").unwrap_or(0);
+    let (sent, drops) = if sink_el.has_property("stats") {
+        let stats = sink_el.property::<gst::Structure>("stats");
+        (
+            stats.get::<u64>("out-bytes-total").unwrap_or(0),
+            stats.get::<u64>("drops").unwrap_or(0),
+        )
+    } else {
+        (0, 0)
+    };
     pipeline.set_state(gst::State::Null).unwrap();
     println!(
         "RESULT cpu={cpu:.3} wall={wall:.3} rss={:.1} sent={sent} drops={drops}",
@@ -163,7 +180,7 @@ struct Run {
     drops: u64,
 }
 
-fn run_child(exe: &Path, sink: &str, file: &Path, url: &str, loops: u32) -> Run {
+fn run_child(exe: &Path, sink: &str, file: &Path, url: &str, loops: u32, speed: u32) -> Run {
     let mut child = Command::new(exe)
         .args([
             "--publish",
@@ -171,6 +188,7 @@ fn run_child(exe: &Path, sink: &str, file: &Path, url: &str, loops: u32) -> Run 
             &file.display().to_string(),
             url,
             &loops.to_string(),
+            &speed.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -257,6 +275,7 @@ fn main() {
             Path::new(&args[i + 2]),
             &args[i + 3],
             args[i + 4].parse().unwrap(),
+            args[i + 5].parse().unwrap(),
         );
         return;
     }
@@ -269,6 +288,7 @@ fn main() {
     };
     let loops = env("BENCH_LOOPS", 10);
     let runs = env("BENCH_RUNS", 3);
+    let speed = env("BENCH_SPEED", 20);
     let dir = std::env::temp_dir().join(format!("rtmp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file: PathBuf = dir.join("input.flv");
@@ -278,16 +298,16 @@ fn main() {
     let nginx = start_nginx(&dir, port);
     let exe = std::env::current_exe().unwrap();
     println!(
-        "input: 20 s of 720p30 H.264 + AAC, {:.2} Mbit/s, {:.1} MB, looped {loops}x ({} s of media) per run",
+        "input: 20 s of 720p30 H.264 + AAC, {:.2} Mbit/s, {:.1} MB, looped {loops}x ({} s of media) per run, paced at {speed}x real time",
         size as f64 * 8.0 / 20.0 / 1e6,
         size as f64 / 1e6,
         20 * loops
     );
-    let mut results: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut results: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for r in 0..runs {
-        for (i, sink) in ["rsrtmpsink", "rtmp2sink"].iter().enumerate() {
+        for (i, sink) in ["rsrtmpsink", "rtmp2sink", "fakesink"].iter().enumerate() {
             let url = format!("rtmp://127.0.0.1:{port}/live/bench{r}{i}");
-            let run = run_child(&exe, sink, &file, &url, loops);
+            let run = run_child(&exe, sink, &file, &url, loops, speed);
             eprintln!(
                 "{sink} run {r}: cpu {:.2} s, wall {:.2} s, rss {:.1} MiB, sent {} B, drops {}",
                 run.cpu, run.wall, run.rss, run.sent, run.drops
@@ -308,6 +328,7 @@ fn main() {
     };
     let (oc, ow, or, os, od) = summary(&results[0]);
     let (sc, sw, sr, ss, _) = summary(&results[1]);
+    let (bc, bw, br, _, _) = summary(&results[2]);
     println!();
     println!("| publisher | CPU s (median of {runs}) | wall s | peak RSS MiB | MB sent | drops |");
     println!("|---|---|---|---|---|---|");
@@ -319,10 +340,18 @@ fn main() {
         "| rtmp2sink | {sc:.2} | {sw:.2} | {sr:.1} | {:.1} | n/a |",
         ss / 1e6
     );
+    println!("| appsrc ! fakesink (the producer alone) | {bc:.2} | {bw:.2} | {br:.1} | 0 | 0 |");
     println!();
     println!(
         "CPU ratio rsrtmpsink / rtmp2sink: {:.2} (target <= 0.5); RSS ratio {:.2}",
         oc / sc,
         or / sr
     );
+    println!(
+        "Without the producer's share: CPU ratio {:.2}",
+        (oc - bc) / (sc - bc)
+    );
+    if od > 0 {
+        println!("rsrtmpsink dropped frames: not a like-for-like run; lower BENCH_SPEED");
+    }
 }

@@ -560,7 +560,8 @@ impl BaseSinkImpl for RsRtmpSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let map = buffer.map_readable().map_err(|_| {
+        // The tags keep the buffer's memory: no copy between flvmux and the chunk encoder.
+        let map = buffer.clone().into_mapped_buffer_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ("Could not map buffer"));
             gst::FlowError::Error
         })?;
@@ -572,7 +573,7 @@ impl BaseSinkImpl for RsRtmpSink {
             // The error is on the bus already.
             return Err(gst::FlowError::Error);
         }
-        state.parser.feed(&map);
+        state.parser.feed_bytes(Bytes::from_owner(map));
         loop {
             let tag = match state.parser.next_tag() {
                 Ok(Some(t)) => t,
@@ -586,10 +587,6 @@ impl BaseSinkImpl for RsRtmpSink {
                     );
                     return Err(gst::FlowError::Error);
                 }
-            };
-            let tag = crate::rtmp::flv::Tag {
-                data: Bytes::copy_from_slice(&tag.data),
-                ..tag
             };
             if state.publication.push(tag) == Pushed::Dropped && !state.logged_drop {
                 state.logged_drop = true;

@@ -110,12 +110,27 @@ enum State {
     Tags,
 }
 
+enum Step {
+    NeedMore,
+    Consume(usize),
+    Tag {
+        kind: TagKind,
+        timestamp: u32,
+        size: usize,
+    },
+}
+
+/// Parses FLV from buffers. Input handed over as [`Bytes`] whose tags are whole (flvmux pushes
+/// one tag per buffer) is sliced without copying; partial tags are gathered in a buffer.
 #[derive(Debug)]
 pub struct FlvParser {
+    /// Gathered input (a tag split across feeds).
     buf: BytesMut,
+    /// Input taken over as is; only one of `buf` and `direct` holds data at a time.
+    direct: Bytes,
     state: State,
     max_tag_size: usize,
-    /// From the header's flags: (audio, video).
+    /// From the header's flags.
     pub has_audio: Option<bool>,
     pub has_video: Option<bool>,
 }
@@ -124,6 +139,7 @@ impl FlvParser {
     pub fn new(max_tag_size: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            direct: Bytes::new(),
             state: State::Start,
             max_tag_size,
             has_audio: None,
@@ -132,86 +148,150 @@ impl FlvParser {
     }
 
     pub fn feed(&mut self, data: &[u8]) {
+        self.gather();
         self.buf.extend_from_slice(data);
+    }
+
+    /// Like [`feed`](Self::feed), without a copy when nothing is pending.
+    pub fn feed_bytes(&mut self, data: Bytes) {
+        if self.buf.is_empty() && self.direct.is_empty() {
+            self.direct = data;
+        } else {
+            self.gather();
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
+    fn gather(&mut self) {
+        if !self.direct.is_empty() {
+            self.buf.extend_from_slice(&self.direct);
+            self.direct = Bytes::new();
+        }
     }
 
     /// Bytes held waiting for the rest of a tag.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.direct.len()
     }
 
     /// Starts over (a new stream: the file header may come again).
     pub fn reset(&mut self) {
         self.buf.clear();
+        self.direct = Bytes::new();
         self.state = State::Start;
+    }
+
+    fn data(&self) -> &[u8] {
+        if self.direct.is_empty() {
+            &self.buf
+        } else {
+            &self.direct
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        if self.direct.is_empty() {
+            self.buf.split_to(n).freeze()
+        } else {
+            self.direct.split_to(n)
+        }
+    }
+
+    fn step(&mut self) -> Result<Step, FlvError> {
+        let b = self.data();
+        match self.state {
+            State::Start => {
+                if b.len() < 3 {
+                    return Ok(Step::NeedMore);
+                }
+                if &b[..3] != b"FLV" {
+                    // Input joined after the header (e.g. a restarted stream): tags directly.
+                    self.state = State::Tags;
+                    return Ok(Step::Consume(0));
+                }
+                if b.len() < FLV_HEADER_MIN {
+                    return Ok(Step::NeedMore);
+                }
+                let flags = b[4];
+                let size = u32::from_be_bytes(b[5..9].try_into().unwrap()) as usize;
+                if !(FLV_HEADER_MIN..=1024).contains(&size) {
+                    return Err(FlvError(format!("header size {size}")));
+                }
+                self.has_audio = Some(flags & 0x04 != 0);
+                self.has_video = Some(flags & 0x01 != 0);
+                self.state = State::Skip(size + 4);
+                Ok(Step::Consume(0))
+            }
+            State::Skip(n) => {
+                let k = n.min(b.len());
+                if k == 0 {
+                    return Ok(Step::NeedMore);
+                }
+                self.state = if k < n {
+                    State::Skip(n - k)
+                } else {
+                    State::Tags
+                };
+                Ok(Step::Consume(k))
+            }
+            State::Tags => {
+                if b.len() >= 3 && &b[..3] == b"FLV" {
+                    // A new file header in the stream (flvmux restarted): start over.
+                    self.state = State::Start;
+                    return Ok(Step::Consume(0));
+                }
+                if b.len() < TAG_HEADER {
+                    return Ok(Step::NeedMore);
+                }
+                let h = &b[..TAG_HEADER];
+                let kind = match h[0] & 0x1f {
+                    TAG_AUDIO => TagKind::Audio,
+                    TAG_VIDEO => TagKind::Video,
+                    TAG_SCRIPT => TagKind::Script,
+                    t => return Err(FlvError(format!("unknown tag type {t}"))),
+                };
+                if h[0] & 0x20 != 0 {
+                    return Err(FlvError("encrypted (filtered) tags are unsupported".into()));
+                }
+                let size = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
+                if size > self.max_tag_size {
+                    return Err(FlvError(format!(
+                        "tag of {size} bytes exceeds the limit of {}",
+                        self.max_tag_size
+                    )));
+                }
+                let timestamp = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
+                if b.len() < TAG_HEADER + size + 4 {
+                    return Ok(Step::NeedMore);
+                }
+                Ok(Step::Tag {
+                    kind,
+                    timestamp,
+                    size,
+                })
+            }
+        }
     }
 
     pub fn next_tag(&mut self) -> Result<Option<Tag>, FlvError> {
         loop {
-            match self.state {
-                State::Start => {
-                    if self.buf.len() < 3 {
-                        return Ok(None);
-                    }
-                    if &self.buf[..3] == b"FLV" {
-                        if self.buf.len() < FLV_HEADER_MIN {
-                            return Ok(None);
-                        }
-                        let flags = self.buf[4];
-                        self.has_audio = Some(flags & 0x04 != 0);
-                        self.has_video = Some(flags & 0x01 != 0);
-                        let size = u32::from_be_bytes(self.buf[5..9].try_into().unwrap()) as usize;
-                        if !(FLV_HEADER_MIN..=1024).contains(&size) {
-                            return Err(FlvError(format!("header size {size}")));
-                        }
-                        self.state = State::Skip(size + 4);
-                    } else {
-                        // Input joined after the header (e.g. a restarted stream): tags directly.
-                        self.state = State::Tags;
-                    }
+            match self.step()? {
+                Step::NeedMore => {
+                    // Keep the partial tag: later input is appended to it.
+                    self.gather();
+                    return Ok(None);
                 }
-                State::Skip(n) => {
-                    let k = n.min(self.buf.len());
-                    let _ = self.buf.split_to(k);
-                    if k < n {
-                        self.state = State::Skip(n - k);
-                        return Ok(None);
-                    }
-                    self.state = State::Tags;
+                Step::Consume(n) => {
+                    let _ = self.take(n);
                 }
-                State::Tags => {
-                    if self.buf.len() >= 3 && &self.buf[..3] == b"FLV" {
-                        // A new file header in the stream (flvmux restarted): start over.
-                        self.state = State::Start;
-                        continue;
-                    }
-                    if self.buf.len() < TAG_HEADER {
-                        return Ok(None);
-                    }
-                    let h = &self.buf[..TAG_HEADER];
-                    let kind = match h[0] & 0x1f {
-                        TAG_AUDIO => TagKind::Audio,
-                        TAG_VIDEO => TagKind::Video,
-                        TAG_SCRIPT => TagKind::Script,
-                        t => return Err(FlvError(format!("unknown tag type {t}"))),
-                    };
-                    if h[0] & 0x20 != 0 {
-                        return Err(FlvError("encrypted (filtered) tags are unsupported".into()));
-                    }
-                    let size = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
-                    if size > self.max_tag_size {
-                        return Err(FlvError(format!(
-                            "tag of {size} bytes exceeds the limit of {}",
-                            self.max_tag_size
-                        )));
-                    }
-                    let timestamp = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
-                    if self.buf.len() < TAG_HEADER + size + 4 {
-                        return Ok(None);
-                    }
-                    let _ = self.buf.split_to(TAG_HEADER);
-                    let data = self.buf.split_to(size).freeze();
-                    let _prev_size = self.buf.split_to(4);
+                Step::Tag {
+                    kind,
+                    timestamp,
+                    size,
+                } => {
+                    let _ = self.take(TAG_HEADER);
+                    let data = self.take(size);
+                    let _prev_size = self.take(4);
                     return Ok(Some(Tag {
                         kind,
                         timestamp,
@@ -311,6 +391,36 @@ mod tests {
             assert_eq!(p.buffered(), 0);
             assert_eq!((p.has_audio, p.has_video), (Some(true), Some(true)));
         }
+    }
+
+    #[test]
+    fn whole_tags_are_taken_without_copying() {
+        let mut file = Vec::new();
+        write_header(true, true, &mut file);
+        for t in tags() {
+            write_tag(&t, &mut file);
+        }
+        // One buffer per tag, as flvmux pushes them, plus a tag split in two.
+        let split = file.len() - 5;
+        let input = Bytes::from(file);
+        let mut p = FlvParser::new(1 << 20);
+        p.feed_bytes(input.slice(..split));
+        let mut got = Vec::new();
+        while let Some(t) = p.next_tag().unwrap() {
+            got.push(t);
+        }
+        // Tags taken from the fed buffer point into it.
+        let base = input.as_ptr() as usize;
+        assert!(
+            got.iter()
+                .all(|t| (base..base + split).contains(&(t.data.as_ptr() as usize)))
+        );
+        p.feed_bytes(input.slice(split..));
+        while let Some(t) = p.next_tag().unwrap() {
+            got.push(t);
+        }
+        assert_eq!(got, tags());
+        assert_eq!(p.buffered(), 0);
     }
 
     #[test]
