@@ -422,7 +422,12 @@ fn a_server_that_stops_reading_costs_frames_not_the_streaming_thread() {
             gst::ClockTime::from_seconds(TIMEOUT_S + 5),
             &[gst::MessageType::Error],
         )
-        .expect("an error for the stalled server");
+        .unwrap_or_else(|| {
+            panic!(
+                "no error for the stalled server; stats now {}",
+                sink.property::<gst::Structure>("stats")
+            )
+        });
     let gst::MessageView::Error(e) = msg.view() else {
         unreachable!()
     };

@@ -552,7 +552,8 @@ impl BaseSinkImpl for RsRtmpSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(state) = self.state.lock().unwrap().take() {
+        let state = self.state.lock().unwrap().take();
+        if let Some(state) = state {
             let timeout = state.timeout.min(Duration::from_secs(3));
             state.publication.stop(timeout);
         }
@@ -603,9 +604,15 @@ impl BaseSinkImpl for RsRtmpSink {
     fn event(&self, event: gst::Event) -> bool {
         if let gst::EventView::Eos(_) = event.view() {
             // Let everything queued reach the server before the pipeline hears EOS.
-            let guard = self.state.lock().unwrap();
-            if let Some(state) = guard.as_ref()
-                && !state.publication.wait_drained(state.timeout)
+            // Not under the state lock: `stats` stays readable meanwhile.
+            let waiter = self
+                .state
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|s| (s.publication.drain_waiter(), s.timeout));
+            if let Some((waiter, timeout)) = waiter
+                && !waiter.wait(timeout)
             {
                 gst::warning!(CAT, imp = self, "EOS: not everything queued could be sent");
             }

@@ -163,21 +163,15 @@ impl Publication {
         self.shared.failed.load(Ordering::SeqCst)
     }
 
+    /// A handle to wait for the queue to drain without holding on to the publication.
+    pub fn drain_waiter(&self) -> DrainWaiter {
+        DrainWaiter(self.shared.clone())
+    }
+
     /// Waits until everything queued has been written, at most `timeout`. False on timeout or
     /// when the network side ended first.
     pub fn wait_drained(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let empty = self.shared.queue.lock().unwrap().is_empty()
-                && self.shared.in_flight.load(Ordering::SeqCst) == 0;
-            if empty {
-                return true;
-            }
-            if self.is_finished() || Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.drain_waiter().wait(timeout)
     }
 
     /// Counters, with the queue's depth and drops: (stats, queued tags, queued bytes, drops).
@@ -199,6 +193,26 @@ impl Publication {
             let _ = t.join();
         }
         // Otherwise the thread is left to finish on its own (every wait in it is bounded).
+    }
+}
+
+pub struct DrainWaiter(Arc<Shared>);
+
+impl DrainWaiter {
+    /// See [`Publication::wait_drained`].
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let empty = self.0.queue.lock().unwrap().is_empty()
+                && self.0.in_flight.load(Ordering::SeqCst) == 0;
+            if empty {
+                return true;
+            }
+            if self.0.failed.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
