@@ -127,3 +127,34 @@ fn publishes_every_frame_to_ffmpeg_listening() {
     assert_eq!(acodec, "aac");
     assert_eq!(aframes, u64_field(&stats, "audio-tags") - 1);
 }
+
+#[test]
+fn the_stream_key_stays_out_of_logs_and_messages() {
+    init();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let sink_log = seen.clone();
+    gst::log::add_log_function(move |cat, _level, _file, _function, _line, _obj, msg| {
+        if cat.name() == "rsrtmpsink"
+            && let Some(m) = msg.get()
+        {
+            sink_log.lock().unwrap().push(m.to_string());
+        }
+    });
+    gst::log::set_threshold_for_name("rsrtmpsink", gst::DebugLevel::Log);
+    let nginx = Nginx::start();
+    let key = "sk_live_TOPSECRET";
+    let p = Publish::start(
+        &av_flv_source(30, false, false),
+        &format!("location={} sync=false", nginx.url(key)),
+    );
+    let (r, _) = p.wait(Duration::from_secs(30));
+    r.expect("publish");
+    p.pipeline.set_state(gst::State::Null).unwrap();
+    let logs = seen.lock().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("publishing to rtmp://127.0.0.1")),
+        "{logs:?}"
+    );
+    assert!(logs.iter().all(|l| !l.contains("TOPSECRET")), "{logs:?}");
+}
