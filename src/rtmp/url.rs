@@ -125,9 +125,25 @@ impl Location {
         )
     }
 
-    /// The full location, stream key included (never log this).
+    /// The full location, stream key included (never log this); the port only when it is not
+    /// the scheme's default.
     pub fn to_uri(&self) -> String {
-        format!("{}/{}", self.tc_url(), self.stream)
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let port = if self.port == self.scheme.default_port() {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
+        format!(
+            "{}://{host}{port}/{}/{}",
+            self.scheme.as_str(),
+            self.app,
+            self.stream
+        )
     }
 }
 
@@ -181,6 +197,9 @@ mod tests {
         assert_eq!(l.stream, "s x");
         assert_eq!(l.tc_url(), "rtmp://[::1]:1936/live");
         assert_eq!(l.to_uri(), "rtmp://[::1]:1936/live/s x");
+        let l = Location::parse("rtmp://h/live/k?a=b").unwrap();
+        assert_eq!(l.to_uri(), "rtmp://h/live/k?a=b");
+        assert_eq!(Location::parse(&l.to_uri()).unwrap(), l);
     }
 
     #[test]
