@@ -36,8 +36,9 @@ const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
-/// The largest FLV tag accepted from upstream (the RTMP message length field is 24 bits).
-const MAX_TAG_SIZE: usize = 0xff_ffff;
+/// The largest FLV tag accepted from upstream: the RTMP message length field is 24 bits, and
+/// script data gains an `@setDataFrame` prefix on the way.
+const MAX_TAG_SIZE: usize = 0xff_ffff - 64;
 
 #[derive(Debug, Clone)]
 struct Settings {
