@@ -480,3 +480,92 @@ fn input_that_is_not_flv_is_a_format_error() {
     );
     let _ = pipeline.set_state(gst::State::Null);
 }
+
+/// A server that accepts the publication and reports the names of the commands it receives
+/// afterwards, until the client closes.
+fn command_recording_server() -> (u16, std::sync::mpsc::Receiver<Vec<String>>) {
+    use gstlivestreaming::rtmp::chunk::{ChunkDecoder, msg_type};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let port = hostile(move |mut s| {
+        server_handshake(&mut s);
+        let mut dec = ChunkDecoder::new(1 << 24);
+        let mut buf = vec![0u8; 65536];
+        let mut names = Vec::new();
+        let mut answered = false;
+        loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            dec.feed(&buf[..n]);
+            while let Ok(Some(m)) = dec.next_message() {
+                match m.type_id {
+                    msg_type::SET_CHUNK_SIZE => {
+                        let size = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+                        dec.set_chunk_size(size).unwrap();
+                    }
+                    msg_type::COMMAND_AMF0 => {
+                        let v = amf0::decode_all(&m.payload).unwrap();
+                        names.push(v[0].as_str().unwrap().to_owned());
+                    }
+                    _ => {}
+                }
+            }
+            if !answered && names.iter().any(|n| n == "connect") {
+                answered = true;
+                let mut answer = command_bytes(&[
+                    "_result".into(),
+                    1.0.into(),
+                    Value::Null,
+                    amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+                ]);
+                answer.extend(command_bytes(&[
+                    "_result".into(),
+                    4.0.into(),
+                    Value::Null,
+                    1.0.into(),
+                ]));
+                answer.extend(command_bytes(&[
+                    "onStatus".into(),
+                    0.0.into(),
+                    Value::Null,
+                    amf0::obj(&[
+                        ("level", "status".into()),
+                        ("code", "NetStream.Publish.Start".into()),
+                    ]),
+                ]));
+                let _ = s.write_all(&answer);
+            }
+        }
+        let _ = tx.send(names);
+    });
+    (port, rx)
+}
+
+#[test]
+fn stop_commands_are_sent_at_the_end() {
+    for (flags, expected) in [
+        ("", vec!["FCUnpublish", "deleteStream"]),
+        ("stop-commands=closestream", vec!["closeStream"]),
+        ("stop-commands=0", vec![]),
+    ] {
+        let (port, names) = command_recording_server();
+        let p = Publish::start(
+            &av_flv_source(30, false, false),
+            &format!("location=rtmp://127.0.0.1:{port}/live/k sync=false {flags}"),
+        );
+        let (r, _) = p.wait(Duration::from_secs(30));
+        r.unwrap_or_else(|e| panic!("{flags}: {e}"));
+        p.pipeline.set_state(gst::State::Null).unwrap();
+        let names = names
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server saw the connection end");
+        assert_eq!(
+            &names[..4],
+            ["connect", "releaseStream", "FCPublish", "createStream"],
+            "{flags}"
+        );
+        assert_eq!(names[4], "publish");
+        assert_eq!(&names[5..], &expected[..], "{flags}");
+    }
+}

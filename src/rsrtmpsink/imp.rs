@@ -14,7 +14,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use crate::rtmp::client::Error as RtmpError;
+use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
 use crate::rtmp::net::{NetConfig, Notice, Publication, TlsValidation};
 use crate::rtmp::queue::Pushed;
@@ -57,6 +57,7 @@ struct Settings {
     reconnect_initial_delay_ms: u32,
     reconnect_max_delay_ms: u32,
     queue_size: u32,
+    stop_commands: RtmpStopCommands,
 }
 
 impl Default for Settings {
@@ -77,6 +78,7 @@ impl Default for Settings {
             reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
             queue_size: DEFAULT_QUEUE_SIZE,
+            stop_commands: RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM,
         }
     }
 }
@@ -147,6 +149,11 @@ impl Settings {
                     .max(self.reconnect_initial_delay_ms),
             )),
             queue_size: self.queue_size as usize,
+            stop_commands: StopCommands {
+                fc_unpublish: self.stop_commands.contains(RtmpStopCommands::FCUNPUBLISH),
+                close_stream: self.stop_commands.contains(RtmpStopCommands::CLOSESTREAM),
+                delete_stream: self.stop_commands.contains(RtmpStopCommands::DELETESTREAM),
+            },
         })
     }
 }
@@ -268,6 +275,11 @@ impl ObjectImpl for RsRtmpSink {
                     .minimum(1024)
                     .default_value(DEFAULT_QUEUE_SIZE)
                     .build(),
+                glib::ParamSpecFlags::builder::<RtmpStopCommands>("stop-commands")
+                    .nick("Stop commands")
+                    .blurb("RTMP commands sent when the publication stops (EOS or state change)")
+                    .default_value(RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM)
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -307,6 +319,7 @@ impl ObjectImpl for RsRtmpSink {
             "reconnect-initial-delay" => s.reconnect_initial_delay_ms = value.get().unwrap(),
             "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().unwrap(),
             "queue-size" => s.queue_size = value.get().unwrap(),
+            "stop-commands" => s.stop_commands = value.get().unwrap(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -328,6 +341,7 @@ impl ObjectImpl for RsRtmpSink {
             "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
             "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
             "queue-size" => s.queue_size.to_value(),
+            "stop-commands" => s.stop_commands.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
@@ -335,6 +349,16 @@ impl ObjectImpl for RsRtmpSink {
             other => unimplemented!("property {other}"),
         }
     }
+}
+
+#[glib::flags(name = "GstRsRtmpStopCommands")]
+pub enum RtmpStopCommands {
+    #[flags_value(name = "FCUnpublish", nick = "fcunpublish")]
+    FCUNPUBLISH = 0b001,
+    #[flags_value(name = "closeStream", nick = "closestream")]
+    CLOSESTREAM = 0b010,
+    #[flags_value(name = "deleteStream", nick = "deletestream")]
+    DELETESTREAM = 0b100,
 }
 
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]

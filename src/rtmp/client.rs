@@ -69,6 +69,25 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Which commands end a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopCommands {
+    pub fc_unpublish: bool,
+    pub close_stream: bool,
+    pub delete_stream: bool,
+}
+
+impl Default for StopCommands {
+    /// rtmp2sink's default: FCUnpublish and deleteStream.
+    fn default() -> Self {
+        Self {
+            fc_unpublish: true,
+            close_stream: false,
+            delete_stream: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
     pub app: String,
@@ -496,17 +515,26 @@ impl Publisher {
         );
     }
 
-    /// FCUnpublish and deleteStream: the polite end of a publication.
-    pub fn finish(&mut self) {
+    /// The polite end of a publication: the commands of `stop` (rtmp2sink's stop-commands),
+    /// in the order FCUnpublish, closeStream, deleteStream.
+    pub fn finish(&mut self, stop: StopCommands) {
         if self.phase == Phase::Publishing {
             let stream = Value::from(self.config.stream.as_str());
-            self.command(CSID_COMMAND, 0, "FCUnpublish", &[Value::Null, stream]);
-            self.command(
-                CSID_COMMAND,
-                0,
-                "deleteStream",
-                &[Value::Null, Value::Number(f64::from(self.stream_id))],
-            );
+            let sid = self.stream_id;
+            if stop.fc_unpublish {
+                self.command(CSID_COMMAND, 0, "FCUnpublish", &[Value::Null, stream]);
+            }
+            if stop.close_stream {
+                self.command(CSID_STREAM_COMMAND, sid, "closeStream", &[Value::Null]);
+            }
+            if stop.delete_stream {
+                self.command(
+                    CSID_COMMAND,
+                    0,
+                    "deleteStream",
+                    &[Value::Null, Value::Number(f64::from(sid))],
+                );
+            }
         }
         self.phase = Phase::Closed;
     }
@@ -722,9 +750,27 @@ mod tests {
         assert_eq!(msgs[1].timestamp, 33);
         assert_eq!(msgs[2].timestamp, 0x0100_0000);
         assert!(msgs.iter().all(|m| m.stream_id == 1));
-        p.finish();
+        p.finish(StopCommands::default());
         let msgs = srv.read(&p.take_output());
         assert_eq!(names(&msgs), ["FCUnpublish", "deleteStream"]);
+        let delete = amf0::decode_all(&msgs[1].payload).unwrap();
+        assert_eq!(delete[3], Value::Number(1.0), "the stream id");
+        // Other choices, and nothing once closed.
+        let (mut p, mut srv) = to_publishing();
+        p.finish(StopCommands {
+            fc_unpublish: false,
+            close_stream: true,
+            delete_stream: false,
+        });
+        let msgs: Vec<Message> = srv
+            .read(&p.take_output())
+            .into_iter()
+            .filter(|m| m.type_id == msg_type::COMMAND_AMF0)
+            .collect();
+        assert_eq!(names(&msgs), ["closeStream"]);
+        assert_eq!(msgs[0].stream_id, 1);
+        p.finish(StopCommands::default());
+        assert!(!p.has_output());
     }
 
     #[test]

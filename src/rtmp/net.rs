@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
-use super::client::{Error, Event, Phase, Publisher, PublisherConfig};
+use super::client::{Error, Event, Phase, Publisher, PublisherConfig, StopCommands};
 use super::flv::{Tag, TagKind};
 use super::queue::{Pushed, Resume, TagQueue};
 use super::url::{Location, Scheme};
@@ -52,6 +52,8 @@ pub struct NetConfig {
     pub reconnect_max_delay: Duration,
     /// Bytes of tags queued at most.
     pub queue_size: usize,
+    /// Commands sent when stopping a publication.
+    pub stop_commands: StopCommands,
 }
 
 /// What the network side reports to the element.
@@ -479,7 +481,7 @@ async fn session(
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => {
-                p.finish();
+                p.finish(cfg.stop_commands);
                 let bye = p.take_output();
                 let grace = cfg.timeout.min(Duration::from_secs(1));
                 let _ = tokio::time::timeout(grace, async {
@@ -711,6 +713,7 @@ mod tests {
             reconnect_initial_delay: Duration::from_millis(500),
             reconnect_max_delay: Duration::from_millis(3000),
             queue_size: 1000,
+            stop_commands: StopCommands::default(),
         };
         let d: Vec<u64> = (1..=6)
             .map(|a| backoff(&cfg, a).as_millis() as u64)
