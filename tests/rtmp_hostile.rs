@@ -569,3 +569,50 @@ fn stop_commands_are_sent_at_the_end() {
         assert_eq!(&names[5..], &expected[..], "{flags}");
     }
 }
+
+/// Whether a connection arrives at `listener` within `d`.
+fn connection_within(listener: &TcpListener, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        if listener.accept().is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn async_connect_false_connects_at_the_first_buffer() {
+    common::init();
+    for async_connect in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pipeline = gst::Pipeline::new();
+        let src = gst_app::AppSrc::builder()
+            .caps(&gst::Caps::builder("video/x-flv").build())
+            .build();
+        let sink = gst::ElementFactory::make("rsrtmpsink")
+            .property("location", format!("rtmp://127.0.0.1:{port}/live/k"))
+            .property("async-connect", async_connect)
+            .build()
+            .unwrap();
+        common::assert_ours(&sink);
+        pipeline.add_many([src.upcast_ref(), &sink]).unwrap();
+        src.link(&sink).unwrap();
+        let _ = pipeline.set_state(gst::State::Playing);
+        let early = connection_within(&listener, Duration::from_millis(1500));
+        assert_eq!(early, async_connect, "async-connect={async_connect}");
+        if !async_connect {
+            let mut first = Vec::new();
+            first.extend_from_slice(&synthetic_flv(1, 100)[0]);
+            let _ = src.push_buffer(gst::Buffer::from_slice(first));
+            assert!(
+                connection_within(&listener, Duration::from_secs(5)),
+                "no connection after the first buffer"
+            );
+        }
+        let _ = pipeline.set_state(gst::State::Null);
+    }
+}

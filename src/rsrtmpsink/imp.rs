@@ -58,6 +58,7 @@ struct Settings {
     reconnect_max_delay_ms: u32,
     queue_size: u32,
     stop_commands: RtmpStopCommands,
+    async_connect: bool,
 }
 
 impl Default for Settings {
@@ -79,6 +80,7 @@ impl Default for Settings {
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
             queue_size: DEFAULT_QUEUE_SIZE,
             stop_commands: RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM,
+            async_connect: true,
         }
     }
 }
@@ -154,6 +156,7 @@ impl Settings {
                 close_stream: self.stop_commands.contains(RtmpStopCommands::CLOSESTREAM),
                 delete_stream: self.stop_commands.contains(RtmpStopCommands::DELETESTREAM),
             },
+            connect_on_first_push: !self.async_connect,
         })
     }
 }
@@ -275,6 +278,14 @@ impl ObjectImpl for RsRtmpSink {
                     .minimum(1024)
                     .default_value(DEFAULT_QUEUE_SIZE)
                     .build(),
+                glib::ParamSpecBoolean::builder("async-connect")
+                    .nick("Async connect")
+                    .blurb(
+                        "Connect when the element starts (READY to PAUSED), in the background; \
+                         otherwise when the first buffer is rendered",
+                    )
+                    .default_value(true)
+                    .build(),
                 glib::ParamSpecFlags::builder::<RtmpStopCommands>("stop-commands")
                     .nick("Stop commands")
                     .blurb("RTMP commands sent when the publication stops (EOS or state change)")
@@ -320,6 +331,7 @@ impl ObjectImpl for RsRtmpSink {
             "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().unwrap(),
             "queue-size" => s.queue_size = value.get().unwrap(),
             "stop-commands" => s.stop_commands = value.get().unwrap(),
+            "async-connect" => s.async_connect = value.get().unwrap(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -342,6 +354,7 @@ impl ObjectImpl for RsRtmpSink {
             "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
             "queue-size" => s.queue_size.to_value(),
             "stop-commands" => s.stop_commands.to_value(),
+            "async-connect" => s.async_connect.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()

@@ -54,6 +54,8 @@ pub struct NetConfig {
     pub queue_size: usize,
     /// Commands sent when stopping a publication.
     pub stop_commands: StopCommands,
+    /// Connect when the first tag is pushed rather than at once.
+    pub connect_on_first_push: bool,
 }
 
 /// What the network side reports to the element.
@@ -108,6 +110,9 @@ struct Shared {
     /// Bytes taken from the queue and not yet written.
     in_flight: std::sync::atomic::AtomicUsize,
     failed: AtomicBool,
+    /// The first tag was pushed (a deferred connection may start).
+    pushed: AtomicBool,
+    go: Notify,
 }
 
 /// A running publication.
@@ -129,6 +134,8 @@ impl Publication {
             stats: Mutex::new(Stats::default()),
             in_flight: Default::default(),
             failed: AtomicBool::new(false),
+            pushed: AtomicBool::new(false),
+            go: Notify::new(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -153,6 +160,9 @@ impl Publication {
 
     /// Queues a tag for sending; never blocks on the network.
     pub fn push(&self, tag: Tag) -> Pushed {
+        if !self.shared.pushed.swap(true, Ordering::SeqCst) {
+            self.shared.go.notify_one();
+        }
         let r = self.shared.queue.lock().unwrap().push(tag);
         if r == Pushed::Queued {
             self.shared.wake.notify_one();
@@ -237,6 +247,12 @@ async fn run(
     mut stop: watch::Receiver<bool>,
     notify: &NoticeFn,
 ) {
+    if cfg.connect_on_first_push {
+        tokio::select! {
+            _ = shared.go.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
     let mut ever_published = false;
     let mut failures = 0u32;
     loop {
@@ -714,6 +730,7 @@ mod tests {
             reconnect_max_delay: Duration::from_millis(3000),
             queue_size: 1000,
             stop_commands: StopCommands::default(),
+            connect_on_first_push: false,
         };
         let d: Vec<u64> = (1..=6)
             .map(|a| backoff(&cfg, a).as_millis() as u64)
