@@ -1,0 +1,680 @@
+//! `rsrtmpsink`: publishes FLV (from flvmux) to an RTMP or RTMPS server, a thin adapter over
+//! [`crate::rtmp`].
+//!
+//! render() parses the FLV tags of each buffer and puts them on the publication's bounded queue;
+//! a network thread sends them, so the streaming thread never waits for the network. When the
+//! queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
+
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use crate::rtmp::client::{Error as RtmpError, StopCommands};
+use crate::rtmp::flv::FlvParser;
+use crate::rtmp::net::{NetConfig, Notice, Publication, TlsValidation};
+use crate::rtmp::queue::Pushed;
+use crate::rtmp::url::{Location, Scheme};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "rsrtmpsink",
+        gst::DebugColorFlags::empty(),
+        Some("RTMP publisher sink"),
+    )
+});
+
+const DEFAULT_LOCATION: &str = "rtmp://localhost/live/myStream";
+const DEFAULT_TIMEOUT_S: u32 = 5;
+const DEFAULT_CHUNK_SIZE: u32 = 128;
+const DEFAULT_FLASH_VERSION: &str = "LNX 10,0,32,18";
+const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
+const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
+const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
+const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
+/// The largest FLV tag accepted from upstream: the RTMP message length field is 24 bits, and
+/// script data gains an `@setDataFrame` prefix on the way.
+const MAX_TAG_SIZE: usize = 0xff_ffff - 64;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    application: String,
+    stream: String,
+    /// Set when the last `location` did not parse; start() fails with it.
+    location_error: Option<String>,
+    timeout_s: u32,
+    chunk_size: u32,
+    flash_version: String,
+    tls_validation_flags: gio::TlsCertificateFlags,
+    reconnect_attempts: u32,
+    reconnect_initial_delay_ms: u32,
+    reconnect_max_delay_ms: u32,
+    queue_size: u32,
+    stop_commands: RtmpStopCommands,
+    async_connect: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let l = Location::parse(DEFAULT_LOCATION).unwrap();
+        Self {
+            scheme: l.scheme,
+            host: l.host,
+            port: l.port,
+            application: l.app,
+            stream: l.stream,
+            location_error: None,
+            timeout_s: DEFAULT_TIMEOUT_S,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            flash_version: DEFAULT_FLASH_VERSION.into(),
+            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
+            reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
+            reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
+            reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            stop_commands: RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM,
+            async_connect: true,
+        }
+    }
+}
+
+impl Settings {
+    fn location(&self) -> Location {
+        Location::from_parts(
+            self.scheme,
+            &self.host,
+            self.port,
+            &self.application,
+            &self.stream,
+        )
+    }
+
+    fn set_location(&mut self, uri: &str) -> Result<(), String> {
+        match Location::parse(uri) {
+            Ok(l) => {
+                self.scheme = l.scheme;
+                self.host = l.host;
+                self.port = l.port;
+                self.application = l.app;
+                self.stream = l.stream;
+                self.location_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.location_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn net_config(&self) -> Result<NetConfig, String> {
+        if let Some(e) = &self.location_error {
+            return Err(e.clone());
+        }
+        if self.host.is_empty() || self.application.is_empty() || self.stream.is_empty() {
+            return Err("host, application and stream must not be empty".into());
+        }
+        let f = self.tls_validation_flags;
+        Ok(NetConfig {
+            location: self.location(),
+            flash_version: self.flash_version.clone(),
+            chunk_size: self.chunk_size,
+            // 0 means "no timeout" for rtmp2sink; a bounded wait keeps a dead server from
+            // hanging us, so 0 becomes a day.
+            timeout: Duration::from_secs(if self.timeout_s == 0 {
+                86_400
+            } else {
+                u64::from(self.timeout_s)
+            }),
+            tls: TlsValidation {
+                unknown_ca: f.contains(gio::TlsCertificateFlags::UNKNOWN_CA),
+                bad_identity: f.contains(gio::TlsCertificateFlags::BAD_IDENTITY),
+                not_activated: f.contains(gio::TlsCertificateFlags::NOT_ACTIVATED),
+                expired: f.contains(gio::TlsCertificateFlags::EXPIRED),
+                revoked: f.contains(gio::TlsCertificateFlags::REVOKED),
+                insecure: f.contains(gio::TlsCertificateFlags::INSECURE),
+                generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
+            },
+            reconnect_attempts: self.reconnect_attempts,
+            reconnect_initial_delay: Duration::from_millis(u64::from(
+                self.reconnect_initial_delay_ms,
+            )),
+            reconnect_max_delay: Duration::from_millis(u64::from(
+                self.reconnect_max_delay_ms
+                    .max(self.reconnect_initial_delay_ms),
+            )),
+            queue_size: self.queue_size as usize,
+            stop_commands: StopCommands {
+                fc_unpublish: self.stop_commands.contains(RtmpStopCommands::FCUNPUBLISH),
+                close_stream: self.stop_commands.contains(RtmpStopCommands::CLOSESTREAM),
+                delete_stream: self.stop_commands.contains(RtmpStopCommands::DELETESTREAM),
+            },
+            connect_on_first_push: !self.async_connect,
+        })
+    }
+}
+
+struct State {
+    publication: Publication,
+    parser: FlvParser,
+    timeout: Duration,
+    /// Tags dropped at the queue (also in the queue's own count; kept for the log).
+    logged_drop: bool,
+}
+
+#[derive(Default)]
+pub struct RsRtmpSink {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RsRtmpSink {
+    const NAME: &'static str = "GstRsRtmpSink";
+    type Type = super::RsRtmpSink;
+    type ParentType = gst_base::BaseSink;
+    type Interfaces = (gst::URIHandler,);
+}
+
+impl ObjectImpl for RsRtmpSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("location")
+                    .nick("Location")
+                    .blurb(
+                        "Location of the RTMP stream to publish: rtmp[s]://host[:port]/app[/instance]/stream[?query] \
+                         (sets scheme, host, port, application and stream)",
+                    )
+                    .default_value(Some(DEFAULT_LOCATION))
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("scheme", RtmpScheme::Rtmp)
+                    .nick("Scheme")
+                    .blurb("RTMP connection scheme: rtmp (TCP) or rtmps (TLS)")
+                    .build(),
+                glib::ParamSpecString::builder("host")
+                    .nick("Host")
+                    .blurb("RTMP server host name or IP address")
+                    .default_value(Some("localhost"))
+                    .build(),
+                glib::ParamSpecInt::builder("port")
+                    .nick("Port")
+                    .blurb("RTMP server port (1935 for rtmp, 443 for rtmps by default)")
+                    .minimum(1)
+                    .maximum(65535)
+                    .default_value(1935)
+                    .build(),
+                glib::ParamSpecString::builder("application")
+                    .nick("Application")
+                    .blurb("RTMP application path (all of the location's path but the last segment)")
+                    .default_value(Some("live"))
+                    .build(),
+                glib::ParamSpecString::builder("stream")
+                    .nick("Stream")
+                    .blurb("RTMP stream path, usually the stream key (kept out of logs)")
+                    .default_value(Some("myStream"))
+                    .build(),
+                glib::ParamSpecUInt::builder("timeout")
+                    .nick("Timeout")
+                    .blurb(
+                        "RTMP timeout in seconds: for connecting, each step of the set-up, and a \
+                         server that accepts no data while publishing (0 = one day)",
+                    )
+                    .default_value(DEFAULT_TIMEOUT_S)
+                    .build(),
+                glib::ParamSpecUInt::builder("chunk-size")
+                    .nick("Chunk size")
+                    .blurb("RTMP chunk size in bytes for what we send (Set Chunk Size is sent when it is not 128); applies from the next connection")
+                    .minimum(1)
+                    .maximum(crate::rtmp::chunk::MAX_CHUNK_SIZE)
+                    .default_value(DEFAULT_CHUNK_SIZE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("flash-version")
+                    .nick("Flash version")
+                    .blurb("Flash version reported to the server (flashVer of connect)")
+                    .default_value(Some(DEFAULT_FLASH_VERSION))
+                    .build(),
+                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
+                .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
+                .nick("TLS validation flags")
+                .blurb(
+                    "Certificate problems that fail an rtmps connection; e.g. 0 accepts any \
+                     certificate, validate-all (the default) accepts only valid certificates \
+                     for the host from a CA the system trusts",
+                )
+                .build(),
+                glib::ParamSpecUInt::builder("reconnect-attempts")
+                    .nick("Reconnect attempts")
+                    .blurb(
+                        "Reconnections after a publication drops before giving up with an error \
+                         (0 = none; the first connection is never retried)",
+                    )
+                    .default_value(DEFAULT_RECONNECT_ATTEMPTS)
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-initial-delay")
+                    .nick("Reconnect initial delay")
+                    .blurb("Milliseconds before the first reconnection attempt; doubles per attempt")
+                    .default_value(DEFAULT_RECONNECT_INITIAL_DELAY_MS)
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-max-delay")
+                    .nick("Reconnect maximum delay")
+                    .blurb("Milliseconds between reconnection attempts at most")
+                    .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
+                    .build(),
+                glib::ParamSpecUInt::builder("queue-size")
+                    .nick("Queue size")
+                    .blurb(
+                        "Bytes of FLV tags queued for the network at most; beyond it whole frames \
+                         are dropped (inter frames first, video resumes at a keyframe)",
+                    )
+                    .minimum(1024)
+                    .default_value(DEFAULT_QUEUE_SIZE)
+                    .build(),
+                glib::ParamSpecBoolean::builder("async-connect")
+                    .nick("Async connect")
+                    .blurb(
+                        "Connect when the element starts (READY to PAUSED), in the background; \
+                         otherwise when the first buffer is rendered",
+                    )
+                    .default_value(true)
+                    .build(),
+                glib::ParamSpecFlags::builder::<RtmpStopCommands>("stop-commands")
+                    .nick("Stop commands")
+                    .blurb("RTMP commands sent when the publication stops (EOS or state change)")
+                    .default_value(RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM)
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "Publication statistics: bytes sent and received, bitrate, \
+                         acknowledgements, chunk and window sizes, reconnects, queue depth, drops",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => {
+                let v = value.get::<Option<String>>().unwrap().unwrap_or_default();
+                if let Err(e) = s.set_location(&v) {
+                    gst::warning!(CAT, imp = self, "invalid location: {}", e);
+                }
+            }
+            "scheme" => s.scheme = value.get::<RtmpScheme>().unwrap().into(),
+            "host" => s.host = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "port" => s.port = value.get::<i32>().unwrap() as u16,
+            "application" => {
+                s.application = value.get::<Option<String>>().unwrap().unwrap_or_default()
+            }
+            "stream" => s.stream = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "timeout" => s.timeout_s = value.get().unwrap(),
+            "chunk-size" => s.chunk_size = value.get().unwrap(),
+            "flash-version" => {
+                s.flash_version = value.get::<Option<String>>().unwrap().unwrap_or_default()
+            }
+            "tls-validation-flags" => s.tls_validation_flags = value.get().unwrap(),
+            "reconnect-attempts" => s.reconnect_attempts = value.get().unwrap(),
+            "reconnect-initial-delay" => s.reconnect_initial_delay_ms = value.get().unwrap(),
+            "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().unwrap(),
+            "queue-size" => s.queue_size = value.get().unwrap(),
+            "stop-commands" => s.stop_commands = value.get().unwrap(),
+            "async-connect" => s.async_connect = value.get().unwrap(),
+            other => unimplemented!("property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location().to_uri().to_value(),
+            "scheme" => RtmpScheme::from(s.scheme).to_value(),
+            "host" => s.host.to_value(),
+            "port" => i32::from(s.port).to_value(),
+            "application" => s.application.to_value(),
+            "stream" => s.stream.to_value(),
+            "timeout" => s.timeout_s.to_value(),
+            "chunk-size" => s.chunk_size.to_value(),
+            "flash-version" => s.flash_version.to_value(),
+            "tls-validation-flags" => s.tls_validation_flags.to_value(),
+            "reconnect-attempts" => s.reconnect_attempts.to_value(),
+            "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
+            "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
+            "queue-size" => s.queue_size.to_value(),
+            "stop-commands" => s.stop_commands.to_value(),
+            "async-connect" => s.async_connect.to_value(),
+            "stats" => {
+                drop(s);
+                self.stats().to_value()
+            }
+            other => unimplemented!("property {other}"),
+        }
+    }
+}
+
+#[glib::flags(name = "GstRsRtmpStopCommands")]
+pub enum RtmpStopCommands {
+    #[flags_value(name = "FCUnpublish", nick = "fcunpublish")]
+    FCUNPUBLISH = 0b001,
+    #[flags_value(name = "closeStream", nick = "closestream")]
+    CLOSESTREAM = 0b010,
+    #[flags_value(name = "deleteStream", nick = "deletestream")]
+    DELETESTREAM = 0b100,
+}
+
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRsRtmpScheme")]
+pub enum RtmpScheme {
+    #[enum_value(name = "RTMP over TCP", nick = "rtmp")]
+    Rtmp = 0,
+    #[enum_value(name = "RTMP over TLS", nick = "rtmps")]
+    Rtmps = 1,
+}
+
+impl From<RtmpScheme> for Scheme {
+    fn from(s: RtmpScheme) -> Self {
+        match s {
+            RtmpScheme::Rtmp => Scheme::Rtmp,
+            RtmpScheme::Rtmps => Scheme::Rtmps,
+        }
+    }
+}
+
+impl From<Scheme> for RtmpScheme {
+    fn from(s: Scheme) -> Self {
+        match s {
+            Scheme::Rtmp => RtmpScheme::Rtmp,
+            Scheme::Rtmps => RtmpScheme::Rtmps,
+        }
+    }
+}
+
+impl GstObjectImpl for RsRtmpSink {}
+
+impl ElementImpl for RsRtmpSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "RTMP publisher",
+                "Sink/Network",
+                "Publishes FLV to an RTMP or RTMPS server, reconnecting when the connection drops",
+                "gst-plugin-livestreaming",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::builder("video/x-flv").build();
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl RsRtmpSink {
+    fn stats(&self) -> gst::Structure {
+        let state = self.state.lock().unwrap();
+        let (st, depth, queued, drops) = match state.as_ref() {
+            Some(s) => s.publication.stats(),
+            None => Default::default(),
+        };
+        gst::Structure::builder("application/x-rtmp-stats")
+            .field("out-bytes-total", st.bytes_out)
+            .field("in-bytes-total", st.bytes_in)
+            .field("out-bytes-acked", u64::from(st.bytes_acked))
+            .field("bitrate", st.bitrate)
+            .field("reconnects", st.reconnects)
+            .field("acks-received", st.acks_received)
+            .field("acks-sent", st.acks_sent)
+            .field("in-chunk-size", st.in_chunk_size)
+            .field("out-chunk-size", st.out_chunk_size)
+            .field("in-window-ack-size", st.in_window_ack_size)
+            .field("out-window-ack-size", st.out_window_ack_size)
+            .field("queue-depth", depth as u64)
+            .field("queue-bytes", queued as u64)
+            .field("drops", drops)
+            .field("video-tags", st.video_tags)
+            .field("audio-tags", st.audio_tags)
+            .field("data-tags", st.data_tags)
+            .field("publishing", st.publishing)
+            .build()
+    }
+
+    fn on_notice(element: &super::RsRtmpSink, notice: Notice) {
+        match notice {
+            Notice::Publishing { reconnected } => {
+                gst::info!(
+                    CAT,
+                    obj = element,
+                    "publishing (reconnected: {})",
+                    reconnected
+                );
+                if reconnected {
+                    let _ = element.post_message(
+                        gst::message::Element::builder(
+                            gst::Structure::builder("rsrtmpsink-reconnected").build(),
+                        )
+                        .src(element)
+                        .build(),
+                    );
+                }
+            }
+            Notice::Reconnecting {
+                attempt,
+                of,
+                delay,
+                reason,
+            } => {
+                gst::warning!(
+                    CAT,
+                    obj = element,
+                    "publication lost ({}), reconnecting {}/{} in {:?}",
+                    reason,
+                    attempt,
+                    of,
+                    delay
+                );
+                let _ = element.post_message(
+                    gst::message::Element::builder(
+                        gst::Structure::builder("rsrtmpsink-reconnect")
+                            .field("attempt", attempt)
+                            .field("max-attempts", of)
+                            .field("delay-ms", delay.as_millis() as u64)
+                            .field("reason", reason)
+                            .build(),
+                    )
+                    .src(element)
+                    .build(),
+                );
+            }
+            Notice::Warning(w) => gst::warning!(CAT, obj = element, "{}", w),
+            Notice::Status { level, code } => {
+                gst::info!(CAT, obj = element, "server status {}: {}", level, code)
+            }
+            Notice::Failed { error, context } => {
+                let text = format!("{context}: {error}");
+                gst::error!(CAT, obj = element, "{}", text);
+                let debug = format!("{error:?}");
+                match &error {
+                    RtmpError::Rejected { code, .. }
+                        if code.contains("Rejected")
+                            || code.contains("Auth")
+                            || code.contains("Unauthorized") =>
+                    {
+                        gst::element_error!(
+                            element,
+                            gst::ResourceError::NotAuthorized,
+                            ("{}", text),
+                            ["{}", debug]
+                        );
+                    }
+                    RtmpError::Io(_) | RtmpError::Closed(_) | RtmpError::Timeout(_)
+                        if context.starts_with("Lost") =>
+                    {
+                        gst::element_error!(
+                            element,
+                            gst::ResourceError::Write,
+                            ("{}", text),
+                            ["{}", debug]
+                        );
+                    }
+                    _ => {
+                        gst::element_error!(
+                            element,
+                            gst::ResourceError::OpenWrite,
+                            ("{}", text),
+                            ["{}", debug]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BaseSinkImpl for RsRtmpSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let config = self.settings.lock().unwrap().net_config().map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("Invalid RTMP location: {}", e)
+            )
+        })?;
+        gst::info!(CAT, imp = self, "publishing to {}", config.location);
+        let timeout = config.timeout;
+        let element = self.obj().downgrade();
+        let publication = Publication::start(
+            config,
+            Box::new(move |notice| {
+                if let Some(e) = element.upgrade() {
+                    RsRtmpSink::on_notice(&e, notice);
+                }
+            }),
+        )
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Failed,
+                ("Could not start the network thread: {}", e)
+            )
+        })?;
+        *self.state.lock().unwrap() = Some(State {
+            publication,
+            parser: FlvParser::new(MAX_TAG_SIZE),
+            timeout,
+            logged_drop: false,
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let state = self.state.lock().unwrap().take();
+        if let Some(state) = state {
+            let timeout = state.timeout.min(Duration::from_secs(3));
+            state.publication.stop(timeout);
+        }
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // The tags keep the buffer's memory: no copy between flvmux and the chunk encoder.
+        let map = buffer.clone().into_mapped_buffer_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::CoreError::Failed, ("Could not map buffer"));
+            gst::FlowError::Error
+        })?;
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        if state.publication.is_finished() {
+            // The error is on the bus already.
+            return Err(gst::FlowError::Error);
+        }
+        state.parser.feed_bytes(Bytes::from_owner(map));
+        loop {
+            let tag = match state.parser.next_tag() {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => {
+                    drop(guard);
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("The input is not valid FLV: {}", e)
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+            };
+            if state.publication.push(tag) == Pushed::Dropped && !state.logged_drop {
+                state.logged_drop = true;
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "the network is slower than the stream: dropping frames (counted in stats)"
+                );
+            }
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Eos(_) = event.view() {
+            // Let everything queued reach the server before the pipeline hears EOS.
+            // Not under the state lock: `stats` stays readable meanwhile.
+            let waiter = self
+                .state
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|s| (s.publication.drain_waiter(), s.timeout));
+            if let Some((waiter, timeout)) = waiter
+                && !waiter.wait(timeout)
+            {
+                gst::warning!(CAT, imp = self, "EOS: not everything queued could be sent");
+            }
+        }
+        self.parent_event(event)
+    }
+}
+
+impl URIHandlerImpl for RsRtmpSink {
+    const URI_TYPE: gst::URIType = gst::URIType::Sink;
+
+    fn protocols() -> &'static [&'static str] {
+        &["rtmp", "rtmps"]
+    }
+
+    fn uri(&self) -> Option<String> {
+        Some(self.settings.lock().unwrap().location().to_uri())
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        self.settings
+            .lock()
+            .unwrap()
+            .set_location(uri)
+            .map_err(|e| glib::Error::new(gst::URIError::BadUri, &e))
+    }
+}

@@ -1,0 +1,740 @@
+//! The network side of a publication: one thread with a Tokio runtime that connects (TCP, or TLS
+//! for rtmps), drives the [`Publisher`], sends the tags the streaming thread queued, and
+//! reconnects with bounded exponential backoff when an established publication drops. The
+//! streaming thread only ever locks the queue for a push; it never waits for the network.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, watch};
+
+use super::client::{Error, Event, Phase, Publisher, PublisherConfig, StopCommands};
+use super::flv::{Tag, TagKind};
+use super::queue::{Pushed, Resume, TagQueue};
+use super::url::{Location, Scheme};
+
+/// Which certificate problems are errors (GTlsCertificateFlags' vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsValidation {
+    pub unknown_ca: bool,
+    pub bad_identity: bool,
+    pub not_activated: bool,
+    pub expired: bool,
+    pub revoked: bool,
+    pub insecure: bool,
+    pub generic_error: bool,
+}
+
+impl TlsValidation {
+    pub const ALL: TlsValidation = TlsValidation {
+        unknown_ca: true,
+        bad_identity: true,
+        not_activated: true,
+        expired: true,
+        revoked: true,
+        insecure: true,
+        generic_error: true,
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub location: Location,
+    pub flash_version: String,
+    pub chunk_size: u32,
+    /// For connecting, each setup step, and a write that makes no progress.
+    pub timeout: Duration,
+    pub tls: TlsValidation,
+    pub reconnect_attempts: u32,
+    pub reconnect_initial_delay: Duration,
+    pub reconnect_max_delay: Duration,
+    /// Bytes of tags queued at most.
+    pub queue_size: usize,
+    /// Commands sent when stopping a publication.
+    pub stop_commands: StopCommands,
+    /// Connect when the first tag is pushed rather than at once.
+    pub connect_on_first_push: bool,
+}
+
+/// What the network side reports to the element.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// Publishing started (`reconnected`: after a drop).
+    Publishing { reconnected: bool },
+    Reconnecting {
+        attempt: u32,
+        of: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// The publication ended with an error; nothing more will be sent.
+    Failed { error: Error, context: String },
+    /// Something odd the server did that we tolerate.
+    Warning(String),
+    /// A status message from the server while publishing.
+    Status { level: String, code: String },
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// Bits per second sent over the last second.
+    pub bitrate: u64,
+    pub reconnects: u64,
+    pub acks_received: u64,
+    pub acks_sent: u64,
+    pub bytes_acked: u32,
+    pub in_chunk_size: u32,
+    pub out_chunk_size: u32,
+    pub in_window_ack_size: u32,
+    pub out_window_ack_size: u32,
+    pub video_tags: u64,
+    pub audio_tags: u64,
+    pub data_tags: u64,
+    /// Frames skipped after a reconnection until the next keyframe.
+    pub resume_drops: u64,
+    pub publishing: bool,
+    /// The current connection's counts already added to the totals above.
+    session_bytes_in: u64,
+    session_acks_received: u64,
+    session_acks_sent: u64,
+}
+
+struct Shared {
+    queue: Mutex<TagQueue>,
+    wake: Notify,
+    stats: Mutex<Stats>,
+    /// Bytes taken from the queue and not yet written.
+    in_flight: std::sync::atomic::AtomicUsize,
+    failed: AtomicBool,
+    /// The first tag was pushed (a deferred connection may start).
+    pushed: AtomicBool,
+    go: Notify,
+}
+
+/// A running publication.
+pub struct Publication {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    done: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub type NoticeFn = Box<dyn Fn(Notice) + Send + Sync>;
+
+impl Publication {
+    /// Starts connecting in the background; `notify` is called from the network thread.
+    pub fn start(config: NetConfig, notify: NoticeFn) -> std::io::Result<Publication> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(TagQueue::new(config.queue_size)),
+            wake: Notify::new(),
+            stats: Mutex::new(Stats::default()),
+            in_flight: Default::default(),
+            failed: AtomicBool::new(false),
+            pushed: AtomicBool::new(false),
+            go: Notify::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("rsrtmpsink-net".into())
+            .spawn(move || {
+                rt.block_on(run(config, thread_shared.clone(), stop_rx, &notify));
+                thread_shared.failed.store(true, Ordering::SeqCst);
+                let _ = done_tx.send(());
+            })?;
+        Ok(Publication {
+            shared,
+            stop,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a tag for sending; never blocks on the network.
+    pub fn push(&self, tag: Tag) -> Pushed {
+        if !self.shared.pushed.swap(true, Ordering::SeqCst) {
+            self.shared.go.notify_one();
+        }
+        let r = self.shared.queue.lock().unwrap().push(tag);
+        if r == Pushed::Queued {
+            self.shared.wake.notify_one();
+        }
+        r
+    }
+
+    /// The network side has ended (failed or stopped): nothing queued will be sent.
+    pub fn is_finished(&self) -> bool {
+        self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    /// A handle to wait for the queue to drain without holding on to the publication.
+    pub fn drain_waiter(&self) -> DrainWaiter {
+        DrainWaiter(self.shared.clone())
+    }
+
+    /// Waits until everything queued has been written, at most `timeout`. False on timeout or
+    /// when the network side ended first.
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        self.drain_waiter().wait(timeout)
+    }
+
+    /// Counters, with the queue's depth and drops: (stats, queued tags, queued bytes, drops).
+    pub fn stats(&self) -> (Stats, usize, usize, u64) {
+        let stats = self.shared.stats.lock().unwrap().clone();
+        let q = self.shared.queue.lock().unwrap();
+        let drops = q.drops + stats.resume_drops;
+        (stats, q.len(), q.bytes(), drops)
+    }
+
+    /// Ends the publication (deleteStream when publishing) and waits for the network thread at
+    /// most `timeout`.
+    pub fn stop(mut self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        self.shared.queue.lock().unwrap().clear();
+        if self.done.recv_timeout(timeout).is_ok()
+            && let Some(t) = self.thread.take()
+        {
+            let _ = t.join();
+        }
+        // Otherwise the thread is left to finish on its own (every wait in it is bounded).
+    }
+}
+
+pub struct DrainWaiter(Arc<Shared>);
+
+impl DrainWaiter {
+    /// See [`Publication::wait_drained`].
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let empty = self.0.queue.lock().unwrap().is_empty()
+                && self.0.in_flight.load(Ordering::SeqCst) == 0;
+            if empty {
+                return true;
+            }
+            if self.0.failed.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn backoff(cfg: &NetConfig, attempt: u32) -> Duration {
+    let factor = 1u32 << (attempt.saturating_sub(1)).min(20);
+    cfg.reconnect_initial_delay
+        .saturating_mul(factor)
+        .min(cfg.reconnect_max_delay)
+}
+
+async fn run(
+    cfg: NetConfig,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    notify: &NoticeFn,
+) {
+    if cfg.connect_on_first_push {
+        tokio::select! {
+            _ = shared.go.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    let mut ever_published = false;
+    let mut failures = 0u32;
+    loop {
+        let mut published = false;
+        let result = session(
+            &cfg,
+            &shared,
+            &mut stop,
+            notify,
+            ever_published,
+            &mut published,
+        )
+        .await;
+        shared.stats.lock().unwrap().publishing = false;
+        if published {
+            ever_published = true;
+            failures = 0;
+        }
+        let error = match result {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if *stop.borrow() {
+            return;
+        }
+        if !ever_published {
+            // The first connection fails fast: a wrong URL, key or server is no blink.
+            notify(Notice::Failed {
+                error,
+                context: format!("Could not publish to {}", cfg.location),
+            });
+            return;
+        }
+        failures += 1;
+        if failures > cfg.reconnect_attempts {
+            notify(Notice::Failed {
+                error,
+                context: format!(
+                    "Lost the publication to {} and gave up after {} reconnection attempts",
+                    cfg.location, cfg.reconnect_attempts
+                ),
+            });
+            return;
+        }
+        let delay = backoff(&cfg, failures);
+        shared.stats.lock().unwrap().reconnects += 1;
+        notify(Notice::Reconnecting {
+            attempt: failures,
+            of: cfg.reconnect_attempts,
+            delay,
+            reason: error.to_string(),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::Closed(what.to_owned()),
+        std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::BrokenPipe => Error::Closed(format!("{what} ({e})")),
+        _ => Error::Io(format!("{what}: {e}")),
+    }
+}
+
+async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
+    let loc = &cfg.location;
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    let tcp = tokio::time::timeout_at(
+        deadline,
+        tokio::net::TcpStream::connect((loc.host.as_str(), loc.port)),
+    )
+    .await
+    .map_err(|_| {
+        Error::Timeout(format!(
+            "connecting to {}:{} ({} s)",
+            loc.host,
+            loc.port,
+            cfg.timeout.as_secs_f32()
+        ))
+    })?
+    .map_err(|e| Error::Io(format!("connecting to {}:{}: {e}", loc.host, loc.port)))?;
+    let _ = tcp.set_nodelay(true);
+    if loc.scheme == Scheme::Rtmp {
+        return Ok(Box::new(tcp));
+    }
+    let config = tls::client_config(cfg.tls)?;
+    let name = rustls::pki_types::ServerName::try_from(loc.host.clone())
+        .map_err(|e| Error::Tls(format!("'{}' is no valid server name: {e}", loc.host)))?;
+    let tls = tokio::time::timeout_at(
+        deadline,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| Error::Timeout("in the TLS handshake".into()))?
+    .map_err(|e| Error::Tls(format!("handshake with {}:{}: {e}", loc.host, loc.port)))?;
+    Ok(Box::new(tls))
+}
+
+async fn session(
+    cfg: &NetConfig,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    notify: &NoticeFn,
+    reconnecting: bool,
+    published: &mut bool,
+) -> Result<(), Error> {
+    let stream = tokio::select! {
+        s = connect(cfg) => s?,
+        _ = stop.wait_for(|s| *s) => return Ok(()),
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    {
+        let mut st = shared.stats.lock().unwrap();
+        st.session_bytes_in = 0;
+        st.session_acks_received = 0;
+        st.session_acks_sent = 0;
+    }
+    let mut random = [0u8; 1528];
+    {
+        use rand::RngExt;
+        rand::rng().fill(&mut random[..]);
+    }
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u32);
+    let mut p = Publisher::new(
+        PublisherConfig {
+            app: cfg.location.app.clone(),
+            tc_url: cfg.location.tc_url(),
+            stream: cfg.location.stream.clone(),
+            flash_version: cfg.flash_version.clone(),
+            chunk_size: cfg.chunk_size,
+            // Servers send commands and control messages; 1 MiB is plenty.
+            max_message_size: 1 << 20,
+        },
+        epoch,
+        &random,
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+
+    // Set-up: handshake, connect, createStream, publish; each step within the timeout.
+    let mut phase = p.phase();
+    let mut deadline = tokio::time::Instant::now() + cfg.timeout;
+    loop {
+        if p.has_output() {
+            let out = p.take_output();
+            tokio::time::timeout_at(deadline, wr.write_all(&out))
+                .await
+                .map_err(|_| Error::Timeout(format!("sending, {}", p.phase().waiting_for())))?
+                .map_err(|e| io_err(p.phase().waiting_for(), e))?;
+            shared.stats.lock().unwrap().bytes_out += out.len() as u64;
+        }
+        if p.phase() == Phase::Publishing {
+            break;
+        }
+        if p.phase() != phase {
+            phase = p.phase();
+            deadline = tokio::time::Instant::now() + cfg.timeout;
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rd.read(&mut buf)) => r
+                .map_err(|_| Error::Timeout(format!(
+                    "{} ({} s)", phase.waiting_for(), cfg.timeout.as_secs_f32()
+                )))?
+                .map_err(|e| io_err(phase.waiting_for(), e))?,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        if n == 0 {
+            return Err(Error::Closed(phase.waiting_for().to_owned()));
+        }
+        for ev in p.receive(&buf[..n])? {
+            match ev {
+                Event::HandshakeEchoMismatch => notify(Notice::Warning(
+                    "the server's S2 does not echo our C1 (tolerated)".into(),
+                )),
+                Event::Status { level, code, .. } => notify(Notice::Status { level, code }),
+                Event::Connected | Event::Publishing => {}
+            }
+        }
+    }
+    *published = true;
+    sync_stats(&p, shared);
+    shared.stats.lock().unwrap().publishing = true;
+    notify(Notice::Publishing {
+        reconnected: reconnecting,
+    });
+
+    // A new connection after a drop starts with the metadata and codec configuration, then
+    // waits for a keyframe.
+    let mut resume = Resume::start(false);
+    if reconnecting {
+        let q = shared.queue.lock().unwrap();
+        for t in q.headers.tags() {
+            p.send_tag(t);
+        }
+        resume = Resume::start(q.has_video);
+    }
+
+    let mut out: Vec<u8> = Vec::new();
+    let mut written = 0usize;
+    let mut last_progress = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick_bytes = shared.stats.lock().unwrap().bytes_out;
+    let mut tick_at = Instant::now();
+    loop {
+        if written == out.len() {
+            out.clear();
+            written = 0;
+            let mut sent = [0u64; 3];
+            let mut skipped = 0;
+            {
+                let mut q = shared.queue.lock().unwrap();
+                while out.len() < 256 * 1024 {
+                    let Some(t) = q.pop() else { break };
+                    if resume.admit(&t) {
+                        p.send_tag(&t);
+                        sent[t.kind as usize] += 1;
+                    } else {
+                        skipped += 1;
+                    }
+                    p.append_output(&mut out);
+                }
+                p.append_output(&mut out);
+                shared.in_flight.store(out.len(), Ordering::SeqCst);
+            }
+            let mut st = shared.stats.lock().unwrap();
+            st.audio_tags += sent[TagKind::Audio as usize];
+            st.video_tags += sent[TagKind::Video as usize];
+            st.data_tags += sent[TagKind::Script as usize];
+            st.resume_drops += skipped;
+            last_progress = tokio::time::Instant::now();
+        }
+        let stall_deadline = last_progress + cfg.timeout;
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => {
+                p.finish(cfg.stop_commands);
+                let bye = p.take_output();
+                let grace = cfg.timeout.min(Duration::from_secs(1));
+                let _ = tokio::time::timeout(grace, async {
+                    wr.write_all(&bye).await?;
+                    wr.shutdown().await
+                }).await;
+                return Ok(());
+            }
+            r = rd.read(&mut buf) => {
+                let n = r.map_err(|e| io_err("while publishing", e))?;
+                if n == 0 {
+                    return Err(Error::Closed("while publishing".into()));
+                }
+                for ev in p.receive(&buf[..n])? {
+                    if let Event::Status { level, code, .. } = ev {
+                        notify(Notice::Status { level, code });
+                    }
+                }
+                // Pings and acknowledgements go out with the next write.
+                if written == out.len() {
+                    p.append_output(&mut out);
+                    shared.in_flight.store(out.len(), Ordering::SeqCst);
+                }
+                sync_stats(&p, shared);
+            }
+            w = tokio::time::timeout_at(stall_deadline, wr.write(&out[written..])), if written < out.len() => {
+                let n = w
+                    .map_err(|_| Error::Timeout(format!(
+                        "sending: the server accepted nothing for {} s",
+                        cfg.timeout.as_secs_f32()
+                    )))?
+                    .map_err(|e| io_err("while publishing", e))?;
+                if n == 0 {
+                    return Err(Error::Closed("while publishing".into()));
+                }
+                written += n;
+                last_progress = tokio::time::Instant::now();
+                shared.stats.lock().unwrap().bytes_out += n as u64;
+                if written == out.len() {
+                    shared.in_flight.store(0, Ordering::SeqCst);
+                }
+            }
+            _ = shared.wake.notified(), if written == out.len() => {}
+            _ = tick.tick() => {
+                let mut st = shared.stats.lock().unwrap();
+                let elapsed = tick_at.elapsed().as_secs_f64();
+                if elapsed > 0.0 {
+                    st.bitrate = ((st.bytes_out - tick_bytes) as f64 * 8.0 / elapsed) as u64;
+                }
+                tick_bytes = st.bytes_out;
+                tick_at = Instant::now();
+            }
+        }
+    }
+}
+
+/// Copies the publisher's counters into the shared stats. Totals continue across connections.
+fn sync_stats(p: &Publisher, shared: &Shared) {
+    let mut st = shared.stats.lock().unwrap();
+    let c = &p.counters;
+    st.bytes_in += c.bytes_in - st.session_bytes_in;
+    st.session_bytes_in = c.bytes_in;
+    st.acks_received += c.acks_received - st.session_acks_received;
+    st.session_acks_received = c.acks_received;
+    st.acks_sent += c.acks_sent - st.session_acks_sent;
+    st.session_acks_sent = c.acks_sent;
+    st.bytes_acked = c.bytes_acked;
+    st.in_window_ack_size = c.in_window_ack_size;
+    st.out_window_ack_size = c.out_window_ack_size;
+    st.in_chunk_size = p.in_chunk_size();
+    st.out_chunk_size = p.out_chunk_size();
+}
+
+mod tls {
+    use std::sync::{Arc, LazyLock};
+
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+    use super::{Error, TlsValidation};
+
+    static ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        Arc::new(roots)
+    });
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// The system's CAs; problems the flags do not ask about are forgiven, the rest are errors.
+    pub(super) fn client_config(v: TlsValidation) -> Result<Arc<rustls::ClientConfig>, Error> {
+        let provider = provider();
+        let inner = if ROOTS.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(ROOTS.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| Error::Tls(format!("certificate verifier: {e}")))?,
+            )
+        };
+        let verifier = Arc::new(Verifier {
+            inner,
+            provider: provider.clone(),
+            flags: v,
+        });
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    #[derive(Debug)]
+    struct Verifier {
+        inner: Option<Arc<WebPkiServerVerifier>>,
+        provider: Arc<CryptoProvider>,
+        flags: TlsValidation,
+    }
+
+    impl ServerCertVerifier for Verifier {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let result = match &self.inner {
+                Some(inner) => inner.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ),
+                None => Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(rustls::Error::InvalidCertificate(e)) => e,
+                Err(e) => return Err(e),
+            };
+            let f = self.flags;
+            let forgiven = match &err {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => !f.unknown_ca,
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => !f.bad_identity,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => !f.expired,
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    !f.not_activated
+                }
+                CertificateError::Revoked => !f.revoked,
+                _ => !f.generic_error,
+            };
+            if !forgiven {
+                return Err(rustls::Error::InvalidCertificate(err));
+            }
+            // An unknown CA stops the verification before the name is looked at: check the
+            // name here when it matters.
+            if matches!(err, CertificateError::UnknownIssuer) && f.bad_identity {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&cert, server_name)?;
+            }
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let cfg = NetConfig {
+            location: Location::parse("rtmp://h/a/s").unwrap(),
+            flash_version: String::new(),
+            chunk_size: 128,
+            timeout: Duration::from_secs(1),
+            tls: TlsValidation::ALL,
+            reconnect_attempts: 5,
+            reconnect_initial_delay: Duration::from_millis(500),
+            reconnect_max_delay: Duration::from_millis(3000),
+            queue_size: 1000,
+            stop_commands: StopCommands::default(),
+            connect_on_first_push: false,
+        };
+        let d: Vec<u64> = (1..=6)
+            .map(|a| backoff(&cfg, a).as_millis() as u64)
+            .collect();
+        assert_eq!(d, [500, 1000, 2000, 3000, 3000, 3000]);
+    }
+}
