@@ -4,6 +4,8 @@
 //! thin adapters over them.
 #![allow(clippy::non_send_fields_in_send_ty)]
 
+pub mod hls;
+pub mod rshlssink;
 pub mod rtp;
 pub mod rtsp;
 pub mod rtspserversink;
@@ -14,6 +16,7 @@ use gst::glib;
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
+    rshlssink::register(plugin)?;
     Ok(())
 }
 

@@ -1,0 +1,686 @@
+//! `rshlssink`: HLS segments and playlists, written locally, served or uploaded.
+//!
+//! A bin: request pads `video` and `audio` (as hlssink2) → the stock `mpegtsmux` → an appsink
+//! whose callback feeds [`crate::hls::writer::Writer`]. The writer cuts the transport stream at
+//! the keyframes the muxer marks and queues each finished segment, key and playlist for an output
+//! worker thread, so the streaming thread never waits for storage or the network. The element
+//! asks upstream for a keyframe where the next segment should start (force-key-unit).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::{Encryption, PlaylistType};
+use crate::hls::location::{self, Locations};
+use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
+use crate::hls::segmenter::{SegmenterConfig, SplitOn};
+use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, Store};
+use crate::hls::writer::{self, Writer, WriterConfig};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new("rshlssink", gst::DebugColorFlags::empty(), Some("HLS sink"))
+});
+
+const DEFAULT_LOCATION: &str = "segment%05d.ts";
+const DEFAULT_PLAYLIST_LOCATION: &str = "playlist.m3u8";
+const DEFAULT_TARGET_DURATION: u32 = 15;
+const DEFAULT_PLAYLIST_LENGTH: u32 = 5;
+const DEFAULT_MAX_FILES: u32 = 10;
+/// How long EOS and stopping wait for queued output.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    location: String,
+    playlist_location: String,
+    playlist_root: Option<String>,
+    target_duration: u32,
+    playlist_length: u32,
+    max_files: u32,
+    send_keyframe_requests: bool,
+    playlist_type: PlaylistType,
+    program_date_time: bool,
+    encryption: Encryption,
+    key_rotation: u32,
+    resume: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            location: DEFAULT_LOCATION.into(),
+            playlist_location: DEFAULT_PLAYLIST_LOCATION.into(),
+            playlist_root: None,
+            target_duration: DEFAULT_TARGET_DURATION,
+            playlist_length: DEFAULT_PLAYLIST_LENGTH,
+            max_files: DEFAULT_MAX_FILES,
+            send_keyframe_requests: true,
+            playlist_type: PlaylistType::Live,
+            program_date_time: false,
+            encryption: Encryption::None,
+            key_rotation: 0,
+            resume: true,
+        }
+    }
+}
+
+struct InputPad {
+    ghost: gst::GhostPad,
+    mux_pad: gst::Pad,
+    video: bool,
+}
+
+/// Per-stream bookkeeping on the input side.
+#[derive(Default)]
+struct InputState {
+    /// Running time (ns) where the next keyframe was asked for.
+    next_boundary: Option<u64>,
+    /// Half a video frame (ns), from the caps.
+    tolerance: u64,
+    /// Caps and stream-start seen per pad, to notice changes.
+    caps: Vec<(String, gst::Caps)>,
+    stream_starts: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct RsHlsSink {
+    settings: Mutex<Settings>,
+    mux: OnceLock<gst::Element>,
+    appsink: OnceLock<gst_app::AppSink>,
+    pads: Mutex<Vec<InputPad>>,
+    writer: Mutex<Option<Writer>>,
+    input: Mutex<InputState>,
+    published: Arc<Published>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RsHlsSink {
+    const NAME: &'static str = "GstRsHlsSink";
+    type Type = super::RsHlsSink;
+    type ParentType = gst::Bin;
+}
+
+fn clock_ns(t: Option<gst::ClockTime>) -> Option<u64> {
+    t.map(|t| t.nseconds())
+}
+
+impl RsHlsSink {
+    fn locations(settings: &Settings) -> Result<Locations, gst::ErrorMessage> {
+        location::resolve(&settings.location, &settings.playlist_location)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e)))
+    }
+
+    fn make_store(
+        &self,
+        locations: &Locations,
+    ) -> Result<(Arc<dyn Store>, OutputConfig), gst::ErrorMessage> {
+        if locations.upload {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("Uploading to {} is not supported", locations.playlist)
+            ));
+        }
+        Ok((Arc::new(DirStore), OutputConfig::default()))
+    }
+
+    fn start_writer(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let locations = Self::locations(&settings)?;
+        let has_video = self.pads.lock().unwrap().iter().any(|p| p.video);
+        let kind = match settings.playlist_type {
+            PlaylistType::Live => PlaylistKind::Live,
+            PlaylistType::Event => PlaylistKind::Event,
+            PlaylistType::Vod => PlaylistKind::Vod,
+        };
+        let tolerance = self.input.lock().unwrap().tolerance;
+        let config = WriterConfig {
+            locations: locations.clone(),
+            playlist_root: settings.playlist_root.clone(),
+            playlist: PlaylistConfig {
+                kind,
+                playlist_length: settings.playlist_length as usize,
+                target_duration_s: u64::from(settings.target_duration),
+            },
+            max_files: settings.max_files as usize,
+            encryption: (settings.encryption == Encryption::Aes128).then_some(writer::Encryption {
+                key_rotation: settings.key_rotation,
+            }),
+            program_date_time: settings.program_date_time,
+            segmenter: SegmenterConfig {
+                target_ns: u64::from(settings.target_duration) * 1_000_000_000,
+                tolerance_ns: tolerance,
+                split_on: if has_video {
+                    SplitOn::Keyframes
+                } else {
+                    SplitOn::PesStart
+                },
+            },
+        };
+        let (store, output_config) = self.make_store(&locations)?;
+        let weak = self.obj().downgrade();
+        let output = Output::start(
+            store,
+            output_config,
+            Some(self.published.clone()),
+            Box::new(move |event| {
+                let Some(obj) = weak.upgrade() else { return };
+                match event {
+                    OutputEvent::Fatal(msg) => {
+                        gst::element_error!(obj, gst::ResourceError::Write, ("{}", msg));
+                    }
+                    OutputEvent::Warning(msg) => {
+                        gst::warning!(CAT, obj = obj, "{}", msg);
+                        obj.post_message(
+                            gst::message::Warning::builder(gst::ResourceError::Write, &msg)
+                                .src(&obj)
+                                .build(),
+                        )
+                        .ok();
+                    }
+                }
+            }),
+        );
+        let previous = (settings.resume && !locations.upload && kind != PlaylistKind::Vod)
+            .then(|| std::fs::read(&locations.playlist).ok())
+            .flatten()
+            .and_then(|bytes| m3u8_rs::parse_media_playlist_res(&bytes).ok())
+            .filter(|p| !p.end_list && !p.segments.is_empty());
+        let writer = match previous {
+            Some(p) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "continuing {} after sequence {}",
+                    locations.playlist,
+                    p.media_sequence + p.segments.len() as u64 - 1
+                );
+                Writer::resume(config, output, &p)
+            }
+            None => Writer::new(config, output),
+        };
+        *self.writer.lock().unwrap() = Some(writer);
+        let mut input = self.input.lock().unwrap();
+        input.next_boundary = None;
+        input.caps.clear();
+        input.stream_starts.clear();
+        Ok(())
+    }
+
+    /// Writes what is buffered and waits for the output (EOS or stop).
+    fn finish_writer(&self, end_of_stream: bool) -> Result<(), String> {
+        let mut guard = self.writer.lock().unwrap();
+        let Some(w) = guard.as_mut() else {
+            return Ok(());
+        };
+        w.finish(end_of_stream)?;
+        if !w.flush(FLUSH_TIMEOUT) {
+            return Err(w
+                .output()
+                .failed()
+                .unwrap_or_else(|| "timed out writing the last files".into()));
+        }
+        Ok(())
+    }
+
+    fn stop_writer(&self) {
+        if let Err(e) = self.finish_writer(false) {
+            gst::warning!(CAT, imp = self, "stopping: {}", e);
+        }
+        if let Some(w) = self.writer.lock().unwrap().take() {
+            w.close(FLUSH_TIMEOUT);
+        }
+    }
+
+    fn on_sample(&self, sample: gst::Sample) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(buffer) = sample.buffer() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let mut guard = self.writer.lock().unwrap();
+        let Some(w) = guard.as_mut() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        match w.push(&map, clock_ns(buffer.pts()), keyframe) {
+            Ok(Some(p)) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "segment {} ({:.3} s) {}",
+                    p.sequence,
+                    p.duration_s,
+                    p.location
+                );
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Ok(None) => Ok(gst::FlowSuccess::Ok),
+            Err(e) => {
+                drop(guard);
+                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+
+    fn on_eos(&self) {
+        if let Err(e) = self.finish_writer(true) {
+            gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+        }
+    }
+
+    /// Input buffers: note where the media ends and ask for the next segment's keyframe.
+    fn on_input_buffer(&self, pad: &gst::Pad, video: bool, buffer: &gst::BufferRef) {
+        let Some(segment) = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned())
+        else {
+            return;
+        };
+        let Some(rt) = segment.to_running_time(buffer.pts()) else {
+            return;
+        };
+        let end = rt + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
+        let only_audio = !video && !self.pads.lock().unwrap().iter().any(|p| p.video);
+        if (video || only_audio)
+            && let Some(w) = self.writer.lock().unwrap().as_mut()
+        {
+            w.note_end(end.nseconds());
+        }
+        if !video || buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            return;
+        }
+        let (target, send) = {
+            let s = self.settings.lock().unwrap();
+            (
+                u64::from(s.target_duration) * 1_000_000_000,
+                s.send_keyframe_requests,
+            )
+        };
+        if target == 0 {
+            return;
+        }
+        let rt = rt.nseconds();
+        let request = {
+            let mut input = self.input.lock().unwrap();
+            let tol = input.tolerance;
+            if input.next_boundary.is_none_or(|b| rt + tol >= b) {
+                input.next_boundary = Some(rt + target);
+                Some(rt + target - tol.min(target))
+            } else {
+                None
+            }
+        };
+        if let (Some(at), true) = (request, send) {
+            gst::log!(
+                CAT,
+                obj = pad,
+                "asking for a keyframe at running time {}",
+                at
+            );
+            let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+                .running_time(gst::ClockTime::from_nseconds(at))
+                .all_headers(true)
+                .build();
+            pad.push_event(event);
+        }
+    }
+
+    /// Input events: a format change after data has flowed, a new stream or a flush make the next
+    /// segment a discontinuity.
+    fn on_input_event(
+        &self,
+        pad: &gst::Pad,
+        video: bool,
+        flowing: &AtomicBool,
+        event: &gst::EventRef,
+    ) {
+        let name = pad.name().to_string();
+        let mut discontinuity = false;
+        match event.view() {
+            gst::EventView::Caps(c) => {
+                let caps = c.caps_owned();
+                let mut input = self.input.lock().unwrap();
+                if video
+                    && let Some(s) = caps.structure(0)
+                    && let Ok(f) = s.get::<gst::Fraction>("framerate")
+                    && f.numer() > 0
+                {
+                    input.tolerance = 1_000_000_000u64 * f.denom() as u64 / f.numer() as u64 / 2;
+                    let tol = input.tolerance;
+                    drop(input);
+                    if let Some(w) = self.writer.lock().unwrap().as_mut() {
+                        w.set_tolerance(tol);
+                    }
+                    input = self.input.lock().unwrap();
+                }
+                // Caps refined before any data (parsers do that) are no discontinuity.
+                let had_data = flowing.swap(false, Ordering::Relaxed);
+                match input.caps.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, old)) if *old != caps && !had_data => *old = caps,
+                    Some((_, old)) if *old != caps => {
+                        gst::info!(CAT, obj = pad, "format change to {}: discontinuity", caps);
+                        *old = caps;
+                        discontinuity = true;
+                    }
+                    Some(_) => {}
+                    None => input.caps.push((name, caps)),
+                }
+            }
+            gst::EventView::StreamStart(_) => {
+                let mut input = self.input.lock().unwrap();
+                if input.stream_starts.contains(&name) {
+                    gst::info!(CAT, obj = pad, "new stream: discontinuity");
+                    discontinuity = true;
+                } else {
+                    input.stream_starts.push(name);
+                }
+            }
+            gst::EventView::FlushStop(_) => discontinuity = true,
+            _ => {}
+        }
+        if discontinuity {
+            self.input.lock().unwrap().next_boundary = None;
+            if let Some(w) = self.writer.lock().unwrap().as_mut() {
+                w.discontinuity();
+            }
+        }
+    }
+}
+
+impl ObjectImpl for RsHlsSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_element_flags(gst::ElementFlags::SINK);
+        let mux = gst::ElementFactory::make("mpegtsmux")
+            .name("mux")
+            .build()
+            .expect("mpegtsmux (gst-plugins-bad) is installed");
+        let appsink = gst_app::AppSink::builder()
+            .name("sink")
+            .sync(false)
+            .async_(false)
+            .build();
+        let weak = obj.downgrade();
+        let weak_eos = obj.downgrade();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(obj) = weak.upgrade() else {
+                        return Err(gst::FlowError::Flushing);
+                    };
+                    obj.imp().on_sample(sample)
+                })
+                .eos(move |_| {
+                    if let Some(obj) = weak_eos.upgrade() {
+                        obj.imp().on_eos();
+                    }
+                })
+                .build(),
+        );
+        obj.add_many([&mux, appsink.upcast_ref()])
+            .expect("add children");
+        mux.link(&appsink).expect("link mpegtsmux to appsink");
+        let _ = self.mux.set(mux);
+        let _ = self.appsink.set(appsink);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("location")
+                    .nick("Location")
+                    .blurb("Segment file name pattern with a %d directive (as hlssink2, e.g. /tmp/hls/segment%05d.ts), or a directory (segments are segment%05d.ts in it). An http:// URL uploads with PUT.")
+                    .default_value(Some(DEFAULT_LOCATION))
+                    .build(),
+                glib::ParamSpecString::builder("playlist-location")
+                    .nick("Playlist location")
+                    .blurb("Playlist file. Relative names are put in the location's directory (or URL) when location is a directory or URL, else used as they are (as hlssink2)")
+                    .default_value(Some(DEFAULT_PLAYLIST_LOCATION))
+                    .build(),
+                glib::ParamSpecString::builder("playlist-root")
+                    .nick("Playlist root")
+                    .blurb("URL prefix for the segment and key URIs in the playlist (default: file names relative to the playlist)")
+                    .build(),
+                glib::ParamSpecUInt::builder("target-duration")
+                    .nick("Target duration")
+                    .blurb("The target duration in seconds of a segment (0: cut at every keyframe). Segments are cut at the first keyframe that reaches it; keyframes are requested there")
+                    .default_value(DEFAULT_TARGET_DURATION)
+                    .build(),
+                glib::ParamSpecUInt::builder("playlist-length")
+                    .nick("Playlist length")
+                    .blurb("Segments in a live playlist (at least 3 for players to follow, RFC 8216 6.3.3); 0 lists every segment")
+                    .default_value(DEFAULT_PLAYLIST_LENGTH)
+                    .build(),
+                glib::ParamSpecUInt::builder("max-files")
+                    .nick("Max files")
+                    .blurb("Segment files kept for a live playlist; older ones are deleted once they have left the playlist (0 keeps all)")
+                    .default_value(DEFAULT_MAX_FILES)
+                    .build(),
+                glib::ParamSpecBoolean::builder("send-keyframe-requests")
+                    .nick("Send keyframe requests")
+                    .blurb("Ask upstream for a keyframe (force-key-unit) where the next segment should start. If disabled the input must have keyframes in regular intervals")
+                    .default_value(true)
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("playlist-type", PlaylistType::Live)
+                    .nick("Playlist type")
+                    .blurb("live: sliding window; event: every segment stays; vod: every segment stays, EXT-X-PLAYLIST-TYPE:VOD at end of stream")
+                    .build(),
+                glib::ParamSpecBoolean::builder("program-date-time")
+                    .nick("Program date time")
+                    .blurb("Write EXT-X-PROGRAM-DATE-TIME (wall-clock time of each segment's start)")
+                    .default_value(false)
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("encryption", Encryption::None)
+                    .nick("Encryption")
+                    .blurb("Segment encryption: none, or aes-128 (EXT-X-KEY METHOD=AES-128, key files key%05d.key beside the segments, a random IV per segment)")
+                    .build(),
+                glib::ParamSpecUInt::builder("key-rotation")
+                    .nick("Key rotation")
+                    .blurb("With encryption, a new key every this many segments (0: one key for the whole stream)")
+                    .default_value(0)
+                    .build(),
+                glib::ParamSpecBoolean::builder("resume")
+                    .nick("Resume")
+                    .blurb("When a live or event playlist without EXT-X-ENDLIST already exists at playlist-location, continue it (numbering goes on after a discontinuity) instead of starting over")
+                    .default_value(true)
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => {
+                s.location = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_LOCATION.into())
+            }
+            "playlist-location" => {
+                s.playlist_location = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_PLAYLIST_LOCATION.into())
+            }
+            "playlist-root" => s.playlist_root = value.get().expect("type checked"),
+            "target-duration" => s.target_duration = value.get().expect("type checked"),
+            "playlist-length" => s.playlist_length = value.get().expect("type checked"),
+            "max-files" => s.max_files = value.get().expect("type checked"),
+            "send-keyframe-requests" => {
+                s.send_keyframe_requests = value.get().expect("type checked")
+            }
+            "playlist-type" => s.playlist_type = value.get().expect("type checked"),
+            "program-date-time" => s.program_date_time = value.get().expect("type checked"),
+            "encryption" => s.encryption = value.get().expect("type checked"),
+            "key-rotation" => s.key_rotation = value.get().expect("type checked"),
+            "resume" => s.resume = value.get().expect("type checked"),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location.to_value(),
+            "playlist-location" => s.playlist_location.to_value(),
+            "playlist-root" => s.playlist_root.to_value(),
+            "target-duration" => s.target_duration.to_value(),
+            "playlist-length" => s.playlist_length.to_value(),
+            "max-files" => s.max_files.to_value(),
+            "send-keyframe-requests" => s.send_keyframe_requests.to_value(),
+            "playlist-type" => s.playlist_type.to_value(),
+            "program-date-time" => s.program_date_time.to_value(),
+            "encryption" => s.encryption.to_value(),
+            "key-rotation" => s.key_rotation.to_value(),
+            "resume" => s.resume.to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for RsHlsSink {}
+
+impl ElementImpl for RsHlsSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "HLS sink",
+                "Sink/Muxer/Network",
+                "HTTP Live Streaming: MPEG-TS segments and m3u8 playlists, written atomically, served or uploaded",
+                "gst-plugin-livestreaming developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            // What mpegtsmux carries, split so that `! h.` links each input to the right pad.
+            let video = gst::Caps::from_str(
+                "video/x-h264, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
+                 video/x-h265, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
+                 video/mpeg, mpegversion=(int){ 1, 2, 4 }, systemstream=(boolean)false",
+            )
+            .expect("valid caps");
+            let audio = gst::Caps::from_str(
+                "audio/mpeg, mpegversion=(int)1; \
+                 audio/mpeg, mpegversion=(int){ 2, 4 }, stream-format=(string){ adts, raw }; \
+                 audio/x-ac3; audio/x-eac3; audio/x-opus",
+            )
+            .expect("valid caps");
+            vec![
+                gst::PadTemplate::new(
+                    "video",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &video,
+                )
+                .expect("valid template"),
+                gst::PadTemplate::new(
+                    "audio",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &audio,
+                )
+                .expect("valid template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        _name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        let video = templ.name_template() == "video";
+        let name = templ.name_template().to_string();
+        let mut pads = self.pads.lock().unwrap();
+        if pads.iter().any(|p| p.ghost.name() == name) {
+            gst::warning!(CAT, imp = self, "there is already a {} pad", name);
+            return None;
+        }
+        let mux = self.mux.get()?;
+        let mux_pad = mux.request_pad_simple("sink_%d")?;
+        let ghost = gst::GhostPad::builder_from_template(templ)
+            .name(name.as_str())
+            .build();
+        ghost.set_target(Some(&mux_pad)).ok()?;
+        let weak = self.obj().downgrade();
+        let flowing = AtomicBool::new(false);
+        ghost.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |pad, info| {
+                let Some(obj) = weak.upgrade() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                match &info.data {
+                    Some(gst::PadProbeData::Buffer(b)) => {
+                        flowing.store(true, Ordering::Relaxed);
+                        obj.imp().on_input_buffer(pad.upcast_ref(), video, b)
+                    }
+                    Some(gst::PadProbeData::Event(e)) => {
+                        obj.imp()
+                            .on_input_event(pad.upcast_ref(), video, &flowing, e)
+                    }
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        pads.push(InputPad {
+            ghost: ghost.clone(),
+            mux_pad,
+            video,
+        });
+        drop(pads);
+        ghost.set_active(true).ok()?;
+        self.obj().add_pad(&ghost).ok()?;
+        Some(ghost.upcast())
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        let removed = {
+            let mut pads = self.pads.lock().unwrap();
+            let idx = pads
+                .iter()
+                .position(|p| p.ghost.upcast_ref::<gst::Pad>() == pad);
+            idx.map(|i| pads.remove(i))
+        };
+        let Some(p) = removed else { return };
+        if let Some(mux) = self.mux.get() {
+            mux.release_request_pad(&p.mux_pad);
+        }
+        let _ = p.ghost.set_active(false);
+        let _ = self.obj().remove_pad(&p.ghost);
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused
+            && let Err(err) = self.start_writer()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::PausedToReady || result.is_err() {
+            self.stop_writer();
+        }
+        result
+    }
+}
+
+impl BinImpl for RsHlsSink {}
