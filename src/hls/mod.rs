@@ -2,6 +2,7 @@
 //! encryption, atomic local output, HTTP upload and a built-in HTTP server.
 
 pub mod crypto;
+pub mod http;
 pub mod location;
 pub mod playlist;
 pub mod segmenter;

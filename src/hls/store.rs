@@ -194,6 +194,8 @@ pub type EventFn = Box<dyn Fn(OutputEvent) + Send + Sync>;
 
 /// The output worker.
 pub struct Output {
+    store: Arc<dyn Store>,
+    published: Option<Arc<Published>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     config: OutputConfig,
@@ -218,12 +220,16 @@ impl Output {
             let shared = shared.clone();
             let config = config.clone();
             let events = events.clone();
+            let store = store.clone();
+            let published = published.clone();
             std::thread::Builder::new()
                 .name("hls-output".into())
                 .spawn(move || worker(shared, store, config, published, events))
                 .expect("spawn hls output thread")
         };
         Output {
+            store,
+            published,
             shared,
             thread: Some(thread),
             config,
@@ -279,6 +285,19 @@ impl Output {
         q.jobs.push_back(job);
         self.shared.cv.notify_all();
         Ok(())
+    }
+
+    /// Publishes a file that already exists (written by a previous run) for the HTTP server.
+    pub fn announce(&self, location: &str, kind: FileKind) {
+        if let (Some(p), Some(path)) = (&self.published, self.store.local_path(location))
+            && path.exists()
+        {
+            p.insert(
+                crate::hls::location::basename(location).to_owned(),
+                path,
+                kind,
+            );
+        }
     }
 
     /// Waits until every queued job is done (or `timeout`). True when done.

@@ -89,6 +89,7 @@ impl Writer {
             if playlist_uri(w.config.playlist_root.as_deref(), &location) != e.uri {
                 continue;
             }
+            w.output.announce(&location, FileKind::Segment);
             w.stored.push_back(StoredSegment {
                 sequence: e.sequence,
                 location,

@@ -16,6 +16,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::{Encryption, PlaylistType};
+use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
 use crate::hls::segmenter::{SegmenterConfig, SplitOn};
@@ -31,6 +32,9 @@ const DEFAULT_PLAYLIST_LOCATION: &str = "playlist.m3u8";
 const DEFAULT_TARGET_DURATION: u32 = 15;
 const DEFAULT_PLAYLIST_LENGTH: u32 = 5;
 const DEFAULT_MAX_FILES: u32 = 10;
+const DEFAULT_HTTP_PORT: i32 = -1;
+const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0";
+const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 100;
 /// How long EOS and stopping wait for queued output.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,6 +52,9 @@ struct Settings {
     encryption: Encryption,
     key_rotation: u32,
     resume: bool,
+    http_port: i32,
+    http_address: String,
+    http_max_connections: u32,
 }
 
 impl Default for Settings {
@@ -65,6 +72,9 @@ impl Default for Settings {
             encryption: Encryption::None,
             key_rotation: 0,
             resume: true,
+            http_port: DEFAULT_HTTP_PORT,
+            http_address: DEFAULT_HTTP_ADDRESS.into(),
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
         }
     }
 }
@@ -96,6 +106,7 @@ pub struct RsHlsSink {
     writer: Mutex<Option<Writer>>,
     input: Mutex<InputState>,
     published: Arc<Published>,
+    http: Mutex<Option<HttpServer>>,
 }
 
 #[glib::object_subclass]
@@ -208,6 +219,46 @@ impl RsHlsSink {
         input.next_boundary = None;
         input.caps.clear();
         input.stream_starts.clear();
+        Ok(())
+    }
+
+    fn start_http(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        if settings.http_port < 0 {
+            return Ok(());
+        }
+        let ip: std::net::IpAddr = settings.http_address.parse().map_err(|_| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "http-address '{}' is not an IP address",
+                    settings.http_address
+                )
+            )
+        })?;
+        let address = std::net::SocketAddr::new(ip, settings.http_port as u16);
+        let server = HttpServer::start(
+            HttpConfig {
+                address,
+                max_connections: settings.http_max_connections as usize,
+                playlist_cache_control: "no-cache".into(),
+            },
+            self.published.clone(),
+        )
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenReadWrite,
+                ("Could not listen for HTTP on {}: {}", address, e)
+            )
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "serving HLS on http://{}/",
+            server.local_addr()
+        );
+        *self.http.lock().unwrap() = Some(server);
+        self.obj().notify("http-bound-port");
         Ok(())
     }
 
@@ -486,6 +537,32 @@ impl ObjectImpl for RsHlsSink {
                     .blurb("With encryption, a new key every this many segments (0: one key for the whole stream)")
                     .default_value(0)
                     .build(),
+                glib::ParamSpecInt::builder("http-port")
+                    .nick("HTTP port")
+                    .blurb("Serve the playlist, segments and keys over HTTP on this TCP port (0 picks a free one, -1 serves nothing). Only files this element wrote are served")
+                    .minimum(-1)
+                    .maximum(65535)
+                    .default_value(DEFAULT_HTTP_PORT)
+                    .build(),
+                glib::ParamSpecString::builder("http-address")
+                    .nick("HTTP address")
+                    .blurb("IP address the built-in HTTP server listens on")
+                    .default_value(Some(DEFAULT_HTTP_ADDRESS))
+                    .build(),
+                glib::ParamSpecUInt::builder("http-max-connections")
+                    .nick("HTTP max connections")
+                    .blurb("Open HTTP connections at most; more are answered 503")
+                    .minimum(1)
+                    .default_value(DEFAULT_HTTP_MAX_CONNECTIONS)
+                    .build(),
+                glib::ParamSpecInt::builder("http-bound-port")
+                    .nick("HTTP bound port")
+                    .blurb("The port the built-in HTTP server listens on (-1 when not serving)")
+                    .minimum(-1)
+                    .maximum(65535)
+                    .default_value(-1)
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoolean::builder("resume")
                     .nick("Resume")
                     .blurb("When a live or event playlist without EXT-X-ENDLIST already exists at playlist-location, continue it (numbering goes on after a discontinuity) instead of starting over")
@@ -523,6 +600,14 @@ impl ObjectImpl for RsHlsSink {
             "encryption" => s.encryption = value.get().expect("type checked"),
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
             "resume" => s.resume = value.get().expect("type checked"),
+            "http-port" => s.http_port = value.get().expect("type checked"),
+            "http-address" => {
+                s.http_address = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.into())
+            }
+            "http-max-connections" => s.http_max_connections = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -542,6 +627,16 @@ impl ObjectImpl for RsHlsSink {
             "encryption" => s.encryption.to_value(),
             "key-rotation" => s.key_rotation.to_value(),
             "resume" => s.resume.to_value(),
+            "http-port" => s.http_port.to_value(),
+            "http-address" => s.http_address.to_value(),
+            "http-max-connections" => s.http_max_connections.to_value(),
+            "http-bound-port" => self
+                .http
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or(-1, |h| i32::from(h.local_addr().port()))
+                .to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -669,6 +764,12 @@ impl ElementImpl for RsHlsSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady
+            && let Err(err) = self.start_http()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
         if transition == gst::StateChange::ReadyToPaused
             && let Err(err) = self.start_writer()
         {
@@ -678,6 +779,9 @@ impl ElementImpl for RsHlsSink {
         let result = self.parent_change_state(transition);
         if transition == gst::StateChange::PausedToReady || result.is_err() {
             self.stop_writer();
+        }
+        if transition == gst::StateChange::ReadyToNull || result.is_err() {
+            self.http.lock().unwrap().take();
         }
         result
     }
