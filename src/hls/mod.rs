@@ -7,4 +7,5 @@ pub mod location;
 pub mod playlist;
 pub mod segmenter;
 pub mod store;
+pub mod upload;
 pub mod writer;

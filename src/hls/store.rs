@@ -389,12 +389,13 @@ fn worker(
             };
             match r {
                 Err(e) if e.retryable && attempt < config.max_attempts => {
-                    // Sleep, but wake up at once when closing.
-                    let q = shared.queue.lock().unwrap();
-                    if q.closing {
-                        break Err(e);
+                    // Sleep for the backoff (new jobs wake the condvar too), but stop at once
+                    // when closing.
+                    let until = Instant::now() + backoff;
+                    let mut q = shared.queue.lock().unwrap();
+                    while !q.closing && Instant::now() < until {
+                        q = shared.cv.wait_timeout(q, until - Instant::now()).unwrap().0;
                     }
-                    let (q, _) = shared.cv.wait_timeout(q, backoff).unwrap();
                     if q.closing {
                         break Err(e);
                     }

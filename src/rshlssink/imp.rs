@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
+use gio::prelude::*;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -21,7 +22,55 @@ use crate::hls::location::{self, Locations};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
 use crate::hls::segmenter::{SegmenterConfig, SplitOn};
 use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, Store};
+use crate::hls::store::{FileKind, StoreError};
+use crate::hls::upload::HttpStore;
 use crate::hls::writer::{self, Writer, WriterConfig};
+
+/// hlssink2's signals in front of the real store: an application that returns an output stream
+/// from `get-playlist-stream` / `get-fragment-stream` gets the file's bytes there instead;
+/// `delete-fragment` tells it a segment expired (a local file of that name is deleted too).
+struct SignalStore {
+    element: glib::WeakRef<super::RsHlsSink>,
+    inner: Arc<dyn Store>,
+}
+
+impl Store for SignalStore {
+    fn put(&self, location: &str, kind: FileKind, data: &[u8]) -> Result<(), StoreError> {
+        let signal = match kind {
+            FileKind::Playlist => Some("get-playlist-stream"),
+            FileKind::Segment => Some("get-fragment-stream"),
+            FileKind::Key => None,
+        };
+        if let (Some(signal), Some(obj)) = (signal, self.element.upgrade())
+            && let Some(stream) =
+                obj.emit_by_name::<Option<gio::OutputStream>>(signal, &[&location])
+        {
+            let write = || -> Result<(), glib::Error> {
+                stream.write_all(data, gio::Cancellable::NONE)?;
+                stream.close(gio::Cancellable::NONE)
+            };
+            return write().map_err(|e| {
+                StoreError::fatal(format!(
+                    "writing {location} to the application's stream: {e}"
+                ))
+            });
+        }
+        self.inner.put(location, kind, data)
+    }
+
+    fn delete(&self, location: &str, kind: FileKind) -> Result<(), StoreError> {
+        if kind == FileKind::Segment
+            && let Some(obj) = self.element.upgrade()
+        {
+            obj.emit_by_name::<()>("delete-fragment", &[&location]);
+        }
+        self.inner.delete(location, kind)
+    }
+
+    fn local_path(&self, location: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(location)
+    }
+}
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new("rshlssink", gst::DebugColorFlags::empty(), Some("HLS sink"))
@@ -130,13 +179,36 @@ impl RsHlsSink {
         &self,
         locations: &Locations,
     ) -> Result<(Arc<dyn Store>, OutputConfig), gst::ErrorMessage> {
-        if locations.upload {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("Uploading to {} is not supported", locations.playlist)
-            ));
-        }
-        Ok((Arc::new(DirStore), OutputConfig::default()))
+        let (inner, config): (Arc<dyn Store>, OutputConfig) = if locations.upload {
+            if !locations
+                .playlist
+                .to_ascii_lowercase()
+                .starts_with("http://")
+            {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    (
+                        "Cannot upload to {}: only http:// origins are supported",
+                        locations.playlist
+                    )
+                ));
+            }
+            (
+                Arc::new(HttpStore::default()),
+                // Never stall the pipeline on the origin: drop the oldest queued segment.
+                OutputConfig {
+                    block_when_full: false,
+                    ..OutputConfig::default()
+                },
+            )
+        } else {
+            (Arc::new(DirStore), OutputConfig::default())
+        };
+        let store = SignalStore {
+            element: self.obj().downgrade(),
+            inner,
+        };
+        Ok((Arc::new(store), config))
     }
 
     fn start_writer(&self) -> Result<(), gst::ErrorMessage> {
@@ -571,6 +643,44 @@ impl ObjectImpl for RsHlsSink {
             ]
         });
         PROPERTIES.as_ref()
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            let stream_signal = |name: &'static str| {
+                glib::subclass::Signal::builder(name)
+                    .param_types([String::static_type()])
+                    .return_type::<Option<gio::OutputStream>>()
+                    // The first handler that returns a stream wins; none: the element writes.
+                    .accumulator(|_hint, _acc, value| {
+                        let got = value
+                            .get::<Option<gio::OutputStream>>()
+                            .ok()
+                            .flatten()
+                            .is_some();
+                        if got {
+                            std::ops::ControlFlow::Break(value.clone())
+                        } else {
+                            std::ops::ControlFlow::Continue(value.clone())
+                        }
+                    })
+                    .class_handler(|_| Some(None::<gio::OutputStream>.to_value()))
+                    .build()
+            };
+            vec![
+                // (location) -> GOutputStream: where to write the playlist; NULL: the element
+                // writes it to playlist-location itself.
+                stream_signal("get-playlist-stream"),
+                // (location) -> GOutputStream: where to write a segment; NULL: the element
+                // writes it to the location itself.
+                stream_signal("get-fragment-stream"),
+                // (location): a segment expired.
+                glib::subclass::Signal::builder("delete-fragment")
+                    .param_types([String::static_type()])
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
