@@ -157,6 +157,24 @@ fn keyframe_requests_keep_segments_within_the_target() {
         assert!((f64::from(*d) - 1.0).abs() < 1e-3, "{durations:?}");
     }
 
+    // The same with B-frames and lookahead (x264's veryfast preset): the muxer stamps decode
+    // times, the durations still count presentation time.
+    let dir = TempDir::new("kf-bframes");
+    run_sink(
+        &format!("location={} target-duration=1 playlist-type=vod", dir.str()),
+        "videotestsrc num-buffers=120 ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! x264enc speed-preset=veryfast bframes=3 key-int-max=300 ! h264parse ! h.",
+    );
+    let playlist = read_playlist(&dir.join("playlist.m3u8"));
+    let durations: Vec<f32> = playlist.segments.iter().map(|s| s.duration).collect();
+    assert_eq!(durations.len(), 4, "{durations:?}");
+    for d in &durations {
+        assert!((f64::from(*d) - 1.0).abs() < 1e-3, "{durations:?}");
+    }
+    assert_segments_readable(dir.path(), &playlist);
+    let probe = ffprobe(&dir.join("playlist.m3u8").to_string_lossy(), &[]);
+    assert!((probe.duration.unwrap() - 4.0).abs() <= FRAME, "{probe:?}");
+
     // Without requests, the encoder's one keyframe makes one long segment and the target
     // duration in the playlist rises to cover it.
     let dir = TempDir::new("nokf");
@@ -336,4 +354,85 @@ fn audio_only_is_segmented_too() {
     let probe = ffprobe(&dir.join("playlist.m3u8").to_string_lossy(), &[]);
     assert_eq!(probe.streams, [("aac".to_string(), "audio".to_string())]);
     assert_segments_readable(dir.path(), &playlist);
+}
+
+#[test]
+fn program_date_time_follows_the_segments() {
+    let dir = TempDir::new("pdt");
+    let before = std::time::SystemTime::now();
+    run_sink(
+        &format!(
+            "location={} target-duration=1 playlist-type=event program-date-time=true",
+            dir.str()
+        ),
+        &video(90, 30),
+    );
+    let playlist = read_playlist(&dir.join("playlist.m3u8"));
+    assert_eq!(playlist.segments.len(), 3);
+    let times: Vec<_> = playlist
+        .segments
+        .iter()
+        .map(|s| s.program_date_time.expect("EXT-X-PROGRAM-DATE-TIME"))
+        .collect();
+    let first = std::time::SystemTime::from(times[0]);
+    assert!(
+        first >= before - Duration::from_secs(1) && first <= std::time::SystemTime::now(),
+        "{first:?}"
+    );
+    for (w, s) in times.windows(2).zip(&playlist.segments) {
+        let step = (w[1] - w[0]).num_milliseconds();
+        assert!(
+            (step - (f64::from(s.duration) * 1000.0).round() as i64).abs() <= 1,
+            "{step} ms between segments of {} s",
+            s.duration
+        );
+    }
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaves_a_valid_playlist() {
+    let dir = TempDir::new("full");
+    let disk = dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let _mounted = SmallDisk::mount(&disk, "1200k");
+    let (pipeline, _) = common::hls::pipeline(
+        &format!("location={} target-duration=1", disk.display()),
+        "videotestsrc num-buffers=300 pattern=snow \
+         ! video/x-raw,width=640,height=480,framerate=30/1 \
+         ! x264enc speed-preset=ultrafast bitrate=3000 key-int-max=30 ! h.",
+    );
+    let err = run_to_end(&pipeline, Duration::from_secs(60)).expect_err("disk full");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains(&disk.to_string_lossy().into_owned()), "{err}");
+    // What was published before the disk filled up is intact.
+    let path = disk.join("playlist.m3u8");
+    assert!(path.exists(), "at least one playlist was written: {err}");
+    let playlist = read_playlist(&path);
+    assert!(!playlist.end_list);
+    assert_segments_readable(&disk, &playlist);
 }

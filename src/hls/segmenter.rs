@@ -58,7 +58,17 @@ pub struct Segmenter {
     last_pts: Option<u64>,
     max_end_ns: Option<u64>,
     pending_discontinuity: bool,
+    /// Split points announced by [`Segmenter::split_at`] (stream time); once any was announced
+    /// only those cut keyframe-split streams.
+    splits: std::collections::VecDeque<(u64, u64)>,
+    announced: bool,
 }
+
+/// Announced split points match chunks up to this much (ns) earlier.
+const SPLIT_SLACK_NS: u64 = 1_000_000;
+/// The last segment ends at most this long after the last timestamp the muxer emitted: media the
+/// element saw go in but the muxer never put out (stop without EOS) is not counted.
+const END_SLACK_NS: u64 = 250_000_000;
 
 /// PID of a TS packet.
 pub fn packet_pid(p: &[u8]) -> u16 {
@@ -124,6 +134,8 @@ impl Segmenter {
             last_pts: None,
             max_end_ns: None,
             pending_discontinuity: false,
+            splits: std::collections::VecDeque::new(),
+            announced: false,
         }
     }
 
@@ -144,6 +156,18 @@ impl Segmenter {
     /// however short the current one is.
     pub fn discontinuity(&mut self) {
         self.pending_discontinuity = true;
+    }
+
+    /// Announces that the next segment starts at the split point with timestamp `pts_ns` (the
+    /// muxer's, a decode time) and that its media starts at `presentation_ns` (same clock), which
+    /// is what its duration is counted from. The element decides where segments start from its
+    /// input, where it knows which keyframes it asked for. From then on the elapsed-time rule no
+    /// longer applies to keyframe splits.
+    pub fn split_at(&mut self, pts_ns: u64, presentation_ns: u64) {
+        self.announced = true;
+        if self.splits.back().is_none_or(|b| b.0 < pts_ns) {
+            self.splits.push_back((pts_ns, presentation_ns));
+        }
     }
 
     /// Records that media up to `end_ns` (same time base as the chunks) has been fed, so that the
@@ -177,7 +201,6 @@ impl Segmenter {
         let pts = pts_ns.or(self.last_pts).unwrap_or(0);
         if let Some(p) = pts_ns {
             self.last_pts = Some(self.last_pts.map_or(p, |l| l.max(p)));
-            self.note_end(p);
         }
         let mut completed = None;
         let mut offset = 0;
@@ -191,11 +214,13 @@ impl Segmenter {
                 SplitOn::Keyframes => keyframe && offset == 0,
                 SplitOn::PesStart => self.is_pes_start(packet),
             };
-            if split_point && self.should_split(pts) {
-                completed = self.close(pts);
+            let mut start = pts;
+            if split_point && let Some(s) = self.should_split(pts, offset == 0) {
+                completed = self.close(s);
+                start = s;
             }
             self.remember_tables(packet);
-            self.append(packet, pts);
+            self.append(packet, start);
             offset += TS_PACKET_SIZE;
         }
         if offset < data.len() {
@@ -205,14 +230,26 @@ impl Segmenter {
         completed
     }
 
-    fn should_split(&self, pts: u64) -> bool {
+    /// Whether to cut before this split point, and if so when the new segment starts.
+    fn should_split(&mut self, pts: u64, chunk_start: bool) -> Option<u64> {
+        let announced = self.config.split_on == SplitOn::Keyframes && self.announced;
+        let mut due = None;
+        if announced && chunk_start {
+            while let Some(&(at, presentation)) = self.splits.front()
+                && at <= pts + SPLIT_SLACK_NS
+            {
+                self.splits.pop_front();
+                due = Some(presentation);
+            }
+        }
         match &self.current {
-            None => false,
-            Some(c) if c.data.is_empty() => false,
-            Some(_) if self.pending_discontinuity => true,
+            None => None,
+            Some(c) if c.data.is_empty() => None,
+            Some(c) if self.pending_discontinuity => Some(due.unwrap_or(pts).max(c.start_ns)),
+            Some(c) if announced => due.map(|d| d.max(c.start_ns)),
             Some(c) => {
                 let elapsed = pts.saturating_sub(c.start_ns);
-                elapsed + self.config.tolerance_ns >= self.config.target_ns
+                (elapsed + self.config.tolerance_ns >= self.config.target_ns).then_some(pts)
             }
         }
     }
@@ -254,7 +291,10 @@ impl Segmenter {
     /// Closes the segment being filled (end of stream, stop): it ends at the latest end time
     /// noted, or the latest timestamp seen.
     pub fn finish(&mut self) -> Option<Segment> {
-        let end = self.max_end_ns.or(self.last_pts)?;
+        let end = match (self.max_end_ns, self.last_pts) {
+            (Some(e), Some(l)) => e.min(l + END_SLACK_NS),
+            (e, l) => e.or(l)?,
+        };
         let seg = self.close(end)?;
         (!seg.data.is_empty()).then_some(seg)
     }
@@ -432,6 +472,34 @@ mod tests {
         assert_eq!(first.duration_ns, 3 * SEC);
         let second = seg.finish().expect("last");
         assert!(second.discontinuity);
+    }
+
+    #[test]
+    fn announced_split_points_decide_where_keyframe_streams_are_cut() {
+        let mut seg = Segmenter::new(config(1, SplitOn::Keyframes));
+        // Keyframes every 0.5 s; the element announces cuts at 0.9 s and 2.4 s (decode times
+        // 0.1 s before the presentation times it asked for).
+        seg.split_at(900_000_000, SEC);
+        seg.split_at(2_400_000_000, 2_500_000_000);
+        let mut out = Vec::new();
+        for pts in [0, 500, 900, 1500, 2000, 2400] {
+            out.extend(seg.push(&pat(0x20), Some(pts * SEC / 1000), true));
+        }
+        out.extend(seg.push(&packet(0x41, true, 0), Some(2_900_000_000), false));
+        seg.note_end(3 * SEC);
+        out.extend(seg.finish());
+        let d: Vec<u64> = out.iter().map(|s| s.duration_ns).collect();
+        assert_eq!(d, vec![SEC, 1_500_000_000, 500_000_000]);
+    }
+
+    #[test]
+    fn media_the_muxer_never_emitted_does_not_lengthen_the_last_segment() {
+        let mut seg = Segmenter::new(config(10, SplitOn::Keyframes));
+        seg.push(&pat(0x20), Some(0), true);
+        seg.push(&packet(0x41, true, 0), Some(SEC), false);
+        // The element saw input up to 5 s, but the muxer got no further than 1 s.
+        seg.note_end(5 * SEC);
+        assert_eq!(seg.finish().unwrap().duration_ns, SEC + END_SLACK_NS);
     }
 
     #[test]

@@ -135,6 +135,12 @@ impl Writer {
         self.segmenter.set_tolerance(tolerance_ns);
     }
 
+    /// The next segment starts at the keyframe the muxer stamps `pts_ns`, whose presentation
+    /// time is `presentation_ns` (see [`Segmenter::split_at`]).
+    pub fn split_at(&mut self, pts_ns: u64, presentation_ns: u64) {
+        self.segmenter.split_at(pts_ns, presentation_ns);
+    }
+
     pub fn discontinuity(&mut self) {
         self.segmenter.discontinuity();
     }

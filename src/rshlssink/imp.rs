@@ -1,7 +1,7 @@
 //! `rshlssink`: HLS segments and playlists, written locally, served or uploaded.
 //!
-//! A bin: request pads `video` and `audio` (as hlssink2) → the stock `mpegtsmux` → an appsink
-//! whose callback feeds [`crate::hls::writer::Writer`]. The writer cuts the transport stream at
+//! A bin: request pads `video` and `audio` (as hlssink2) → the stock `mpegtsmux` → a minimal
+//! internal sink whose chain function feeds [`crate::hls::writer::Writer`]. The writer cuts the transport stream at
 //! the keyframes the muxer marks and queues each finished segment, key and playlist for an output
 //! worker thread, so the streaming thread never waits for storage or the network. The element
 //! asks upstream for a keyframe where the next segment should start (force-key-unit).
@@ -137,8 +137,12 @@ struct InputPad {
 /// Per-stream bookkeeping on the input side.
 #[derive(Default)]
 struct InputState {
-    /// Running time (ns) where the next keyframe was asked for.
-    next_boundary: Option<u64>,
+    /// Running time (ns) of the last segment boundary a keyframe was asked for: boundaries are
+    /// the multiples of target-duration in running time, asked for well ahead so that encoders
+    /// with lookahead still get the request in time.
+    requested_until: Option<u64>,
+    /// Running time (presentation) of the keyframe that started the current segment.
+    last_split: Option<u64>,
     /// Half a video frame (ns), from the caps.
     tolerance: u64,
     /// Caps and stream-start seen per pad, to notice changes.
@@ -150,7 +154,6 @@ struct InputState {
 pub struct RsHlsSink {
     settings: Mutex<Settings>,
     mux: OnceLock<gst::Element>,
-    appsink: OnceLock<gst_app::AppSink>,
     pads: Mutex<Vec<InputPad>>,
     writer: Mutex<Option<Writer>>,
     input: Mutex<InputState>,
@@ -288,7 +291,8 @@ impl RsHlsSink {
         };
         *self.writer.lock().unwrap() = Some(writer);
         let mut input = self.input.lock().unwrap();
-        input.next_boundary = None;
+        input.requested_until = None;
+        input.last_split = None;
         input.caps.clear();
         input.stream_starts.clear();
         Ok(())
@@ -359,12 +363,12 @@ impl RsHlsSink {
         }
     }
 
-    fn on_sample(&self, sample: gst::Sample) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let Some(buffer) = sample.buffer() else {
-            return Ok(gst::FlowSuccess::Ok);
-        };
+    fn on_buffer(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        if keyframe {
+            gst::trace!(CAT, imp = self, "muxer split point at {:?}", buffer.pts());
+        }
         let mut guard = self.writer.lock().unwrap();
         let Some(w) = guard.as_mut() else {
             return Err(gst::FlowError::Flushing);
@@ -414,7 +418,7 @@ impl RsHlsSink {
         {
             w.note_end(end.nseconds());
         }
-        if !video || buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+        if !video {
             return;
         }
         let (target, send) = {
@@ -425,28 +429,78 @@ impl RsHlsSink {
             )
         };
         if target == 0 {
+            // Every keyframe starts a segment: the segmenter's own rule.
             return;
         }
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         let rt = rt.nseconds();
-        let request = {
+        let (requests, split) = {
             let mut input = self.input.lock().unwrap();
             let tol = input.tolerance;
-            if input.next_boundary.is_none_or(|b| rt + tol >= b) {
-                input.next_boundary = Some(rt + target);
-                Some(rt + target - tol.min(target))
-            } else {
-                None
-            }
+            let requests = Self::plan_requests(&mut input, rt, target);
+            let split = keyframe && {
+                let due = input
+                    .last_split
+                    .is_some_and(|l| (rt + tol) / target > (l + tol) / target);
+                if due || input.last_split.is_none() {
+                    input.last_split = Some(rt);
+                }
+                due
+            };
+            (requests, split)
         };
-        if let (Some(at), true) = (request, send) {
+        if send {
+            self.request_keyframes(pad, &requests);
+        }
+        if split {
+            // mpegtsmux stamps its packets with the decode time: announce the cut in that time.
+            let dts_rt = match buffer.dts().map(|d| segment.to_running_time_full(d)) {
+                Some(Some(gst::Signed::Positive(t))) => t.nseconds(),
+                Some(Some(gst::Signed::Negative(_))) => 0,
+                _ => rt,
+            };
+            gst::debug!(
+                CAT,
+                obj = pad,
+                "segment boundary: keyframe at {} (decode {})",
+                rt,
+                dts_rt
+            );
+            if let Some(w) = self.writer.lock().unwrap().as_mut() {
+                w.split_at(dts_rt, rt);
+            }
+        }
+    }
+
+    /// Boundaries (running time, ns) to ask keyframes for so that requests stay a few segments
+    /// ahead of `rt`.
+    fn plan_requests(input: &mut InputState, rt: u64, target: u64) -> Vec<u64> {
+        let horizon = (3 * target).max(5_000_000_000);
+        let grid_below = |t: u64| t - t % target;
+        let mut next = match input.requested_until {
+            Some(r) if r + target > rt => r,
+            _ => grid_below(rt),
+        };
+        let mut out = Vec::new();
+        while next + target <= rt + horizon {
+            next += target;
+            out.push(next);
+        }
+        input.requested_until = Some(next);
+        out
+    }
+
+    fn request_keyframes(&self, pad: &gst::Pad, at: &[u64]) {
+        let tol = self.input.lock().unwrap().tolerance;
+        for &t in at {
             gst::log!(
                 CAT,
                 obj = pad,
                 "asking for a keyframe at running time {}",
-                at
+                t
             );
             let event = gst_video::UpstreamForceKeyUnitEvent::builder()
-                .running_time(gst::ClockTime::from_nseconds(at))
+                .running_time(gst::ClockTime::from_nseconds(t.saturating_sub(tol)))
                 .all_headers(true)
                 .build();
             pad.push_event(event);
@@ -501,13 +555,30 @@ impl RsHlsSink {
                     discontinuity = true;
                 } else {
                     input.stream_starts.push(name);
+                    // Before any frame is encoded: ask for the first boundaries now, so that
+                    // an encoder's lookahead cannot make the first segments run long.
+                    let (target, send) = {
+                        let s = self.settings.lock().unwrap();
+                        (
+                            u64::from(s.target_duration) * 1_000_000_000,
+                            s.send_keyframe_requests,
+                        )
+                    };
+                    if video && send && target > 0 && input.requested_until.is_none() {
+                        let requests = Self::plan_requests(&mut input, 0, target);
+                        drop(input);
+                        self.request_keyframes(pad, &requests);
+                    }
                 }
             }
             gst::EventView::FlushStop(_) => discontinuity = true,
             _ => {}
         }
         if discontinuity {
-            self.input.lock().unwrap().next_boundary = None;
+            let mut input = self.input.lock().unwrap();
+            input.requested_until = None;
+            input.last_split = None;
+            drop(input);
             if let Some(w) = self.writer.lock().unwrap().as_mut() {
                 w.discontinuity();
             }
@@ -522,36 +593,29 @@ impl ObjectImpl for RsHlsSink {
         obj.set_element_flags(gst::ElementFlags::SINK);
         let mux = gst::ElementFactory::make("mpegtsmux")
             .name("mux")
+            .property_from_str("start-time-selection", "first")
             .build()
             .expect("mpegtsmux (gst-plugins-bad) is installed");
-        let appsink = gst_app::AppSink::builder()
-            .name("sink")
-            .sync(false)
-            .async_(false)
-            .build();
+        let output = super::output::OutputSink::new("sink");
         let weak = obj.downgrade();
         let weak_eos = obj.downgrade();
-        appsink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(obj) = weak.upgrade() else {
-                        return Err(gst::FlowError::Flushing);
-                    };
-                    obj.imp().on_sample(sample)
-                })
-                .eos(move |_| {
-                    if let Some(obj) = weak_eos.upgrade() {
-                        obj.imp().on_eos();
-                    }
-                })
-                .build(),
+        output.set_callbacks(
+            Box::new(move |buffer| {
+                let Some(obj) = weak.upgrade() else {
+                    return Err(gst::FlowError::Flushing);
+                };
+                obj.imp().on_buffer(buffer)
+            }),
+            Box::new(move || {
+                if let Some(obj) = weak_eos.upgrade() {
+                    obj.imp().on_eos();
+                }
+            }),
         );
-        obj.add_many([&mux, appsink.upcast_ref()])
+        obj.add_many([&mux, output.upcast_ref()])
             .expect("add children");
-        mux.link(&appsink).expect("link mpegtsmux to appsink");
+        mux.link(&output).expect("link mpegtsmux to the output");
         let _ = self.mux.set(mux);
-        let _ = self.appsink.set(appsink);
     }
 
     fn properties() -> &'static [glib::ParamSpec] {

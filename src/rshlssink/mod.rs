@@ -2,6 +2,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod output;
 
 /// `playlist-type`: what kind of media playlist is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
