@@ -64,6 +64,14 @@ impl HttpServer {
                     Err(_) => {
                         tokio::spawn(async move {
                             let mut stream = stream;
+                            // Read the request first (briefly) so that closing does not reset
+                            // the connection before the client has read the answer.
+                            let mut head = [0u8; 2048];
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(500),
+                                stream.read(&mut head),
+                            )
+                            .await;
                             let resp = response(
                                 503,
                                 "Service Unavailable",
@@ -71,8 +79,11 @@ impl HttpServer {
                                 0,
                                 true,
                             );
-                            let _ =
-                                tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&resp)).await;
+                            let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                                stream.write_all(&resp).await?;
+                                stream.shutdown().await
+                            })
+                            .await;
                         });
                     }
                 }

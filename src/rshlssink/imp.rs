@@ -363,35 +363,37 @@ impl RsHlsSink {
         }
     }
 
-    fn on_buffer(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        if keyframe {
-            gst::trace!(CAT, imp = self, "muxer split point at {:?}", buffer.pts());
-        }
+    /// The muxer's output (it pushes lists of 188-byte packets): one lock per list.
+    fn on_buffers<'a>(
+        &self,
+        buffers: impl Iterator<Item = &'a gst::BufferRef>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut guard = self.writer.lock().unwrap();
         let Some(w) = guard.as_mut() else {
             return Err(gst::FlowError::Flushing);
         };
-        match w.push(&map, clock_ns(buffer.pts()), keyframe) {
-            Ok(Some(p)) => {
-                gst::debug!(
+        for buffer in buffers {
+            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            match w.push(&map, clock_ns(buffer.pts()), keyframe) {
+                Ok(Some(p)) => gst::debug!(
                     CAT,
                     imp = self,
                     "segment {} ({:.3} s) {}",
                     p.sequence,
                     p.duration_s,
                     p.location
-                );
-                Ok(gst::FlowSuccess::Ok)
-            }
-            Ok(None) => Ok(gst::FlowSuccess::Ok),
-            Err(e) => {
-                drop(guard);
-                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
-                Err(gst::FlowError::Error)
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    drop(map);
+                    drop(guard);
+                    gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                    return Err(gst::FlowError::Error);
+                }
             }
         }
+        Ok(gst::FlowSuccess::Ok)
     }
 
     fn on_eos(&self) {
@@ -594,17 +596,19 @@ impl ObjectImpl for RsHlsSink {
         let mux = gst::ElementFactory::make("mpegtsmux")
             .name("mux")
             .property_from_str("start-time-selection", "first")
+            // Every packet made for an input buffer in one push (a list), not a push each.
+            .property("alignment", 0i32)
             .build()
             .expect("mpegtsmux (gst-plugins-bad) is installed");
         let output = super::output::OutputSink::new("sink");
         let weak = obj.downgrade();
         let weak_eos = obj.downgrade();
         output.set_callbacks(
-            Box::new(move |buffer| {
+            Box::new(move |list| {
                 let Some(obj) = weak.upgrade() else {
                     return Err(gst::FlowError::Flushing);
                 };
-                obj.imp().on_buffer(buffer)
+                obj.imp().on_buffers(list.iter())
             }),
             Box::new(move || {
                 if let Some(obj) = weak_eos.upgrade() {

@@ -8,8 +8,9 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+/// Gets the muxer's buffers, a list at a time (a single buffer comes as a list of one).
 pub type BufferFn =
-    Box<dyn Fn(&gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> + Send + Sync>;
+    Box<dyn Fn(&gst::BufferListRef) -> Result<gst::FlowSuccess, gst::FlowError> + Send + Sync>;
 pub type EosFn = Box<dyn Fn() + Send + Sync>;
 
 glib::wrapper! {
@@ -54,6 +55,13 @@ mod imp {
                         |imp| imp.chain(buffer),
                     )
                 })
+                .chain_list_function(|_pad, parent, list| {
+                    OutputSink::catch_panic_pad_function(
+                        parent,
+                        || Err(gst::FlowError::Error),
+                        |imp| imp.chain_list(list),
+                    )
+                })
                 .event_function(|pad, parent, event| {
                     OutputSink::catch_panic_pad_function(
                         parent,
@@ -75,8 +83,14 @@ mod imp {
         }
 
         fn chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+            let mut list = gst::BufferList::new_sized(1);
+            list.get_mut().expect("new list").add(buffer);
+            self.chain_list(list)
+        }
+
+        fn chain_list(&self, list: gst::BufferList) -> Result<gst::FlowSuccess, gst::FlowError> {
             match self.callbacks() {
-                Some((on_buffer, _)) => on_buffer(&buffer),
+                Some((on_buffers, _)) => on_buffers(&list),
                 None => Ok(gst::FlowSuccess::Ok),
             }
         }

@@ -229,23 +229,29 @@ pub fn assert_segments_readable(dir: &Path, playlist: &m3u8_rs::MediaPlaylist) {
 }
 
 /// A raw HTTP/1.1 exchange on 127.0.0.1:`port` (`Connection: close`): status, headers, body.
-pub fn http_request(port: u16, method: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+/// Status, lower-cased headers, body.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+pub fn http_request(port: u16, method: &str, path: &str) -> Response {
+    try_http_request(port, method, path).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http_request`] that reports I/O errors instead of panicking.
+pub fn try_http_request(port: u16, method: &str, path: &str) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://example.test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    parse_response(&raw)
+    s.read_to_end(&mut raw)?;
+    Ok(parse_response(&raw))
 }
 
-pub fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub fn parse_response(raw: &[u8]) -> Response {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
