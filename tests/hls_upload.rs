@@ -32,6 +32,11 @@ fn free_port() -> u16 {
 impl Nginx {
     /// Configures nginx in a new directory for `port`, without starting it.
     fn configure(port: u16) -> TempDir {
+        Nginx::configure_with(port, "", "")
+    }
+
+    /// With `listen_extra` after the listen address (e.g. "ssl") and `server_extra` directives.
+    fn configure_with(port: u16, listen_extra: &str, server_extra: &str) -> TempDir {
         let dir = TempDir::new("nginx");
         let d = dir.str();
         std::fs::create_dir_all(dir.join("www")).unwrap();
@@ -49,7 +54,8 @@ impl Nginx {
                uwsgi_temp_path {d}/uwsgi;\n\
                scgi_temp_path {d}/scgi;\n\
                server {{\n\
-                 listen 127.0.0.1:{port};\n\
+                 listen 127.0.0.1:{port} {listen_extra};\n\
+                 {server_extra}\n\
                  root {d}/www;\n\
                  client_max_body_size 64m;\n\
                  location /readonly/ {{ }}\n\
@@ -287,4 +293,127 @@ fn applications_can_take_the_files_through_signals() {
             format!("{}/seg002.ts", dir.str())
         ]
     );
+}
+
+/// Runs openssl; panics with its output when it fails.
+fn openssl(args: &[&str]) {
+    let (out, timed_out) = common::run(Command::new("openssl").args(args), Duration::from_secs(30));
+    assert!(
+        !timed_out && out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it: (ca.pem, server.pem, server.key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rshlssink test CA",
+    ];
+    ca.extend(ec);
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    ca.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&ca);
+    let (key, csr, pem, ext) = (
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    let mut req = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ];
+    req.extend(ec);
+    openssl(&req);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &pem,
+    ]);
+    (ca_pem.into(), pem.into(), key.into())
+}
+
+#[test]
+fn https_origin_with_a_private_ca() {
+    let certs = TempDir::new("certs");
+    let (ca, cert, key) = make_certificates(certs.path());
+    let port = free_port();
+    let dir = Nginx::configure_with(
+        port,
+        "ssl",
+        &format!(
+            "ssl_certificate {}; ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let nginx = Nginx::start_in(dir, port);
+    run_sink(
+        &format!(
+            "location=https://127.0.0.1:{port}/tls target-duration=1 playlist-type=vod \
+             upload-ca-file={}",
+            ca.display()
+        ),
+        &video(60, 30),
+    );
+    let remote = nginx.www("tls");
+    assert_eq!(
+        files_in(&remote),
+        ["playlist.m3u8", "segment00000.ts", "segment00001.ts"]
+    );
+    assert!(read_playlist(&remote.join("playlist.m3u8")).end_list);
+
+    // Without the CA the certificate is not trusted: a clear error, not endless retries.
+    let (pipeline, _) = pipeline(
+        &format!("location=https://127.0.0.1:{port}/untrusted target-duration=1"),
+        &video(60, 30),
+    );
+    let err = run_to_end(&pipeline, Duration::from_secs(60)).expect_err("untrusted");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(files_in(&nginx.www("untrusted")).is_empty());
 }

@@ -1,13 +1,20 @@
-//! Upload to an HTTP origin (nginx WebDAV, any server taking PUT and DELETE).
+//! Upload to an HTTP(S) origin (nginx WebDAV, any server taking PUT and DELETE).
 //!
 //! One HTTP/1.1 request per file on its own connection, run by the output worker thread with
 //! bounded connect/read/write times; the worker retries failures with backoff. Connection errors,
-//! timeouts, 408, 429 and 5xx are retried; other 4xx answers to PUT (403, 405, 413, ...) mean the
-//! origin will never take the files and stop the output with an error.
+//! timeouts, 408, 429 and 5xx are retried; other 4xx answers to PUT (403, 405, 413, ...) and TLS
+//! failures (an untrusted certificate) mean the origin will never take the files and stop the
+//! output with an error. https uses rustls with the ring provider, trusting the Mozilla roots
+//! (webpki-roots) and optionally the CAs of a PEM file.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::store::{FileKind, Store, StoreError};
 
@@ -16,14 +23,103 @@ pub struct HttpStore {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub user_agent: String,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Default for HttpStore {
     fn default() -> Self {
-        HttpStore {
+        HttpStore::new(None).expect("the built-in roots are valid")
+    }
+}
+
+/// TLS client configuration: Mozilla's roots plus the certificates in `ca_file`.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("bad CA file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("no certificate in CA file {}", path.display()));
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+impl HttpStore {
+    /// A store for http:// and https:// origins; https trusts `ca_file` besides Mozilla's roots.
+    pub fn new(ca_file: Option<&Path>) -> Result<HttpStore, String> {
+        Ok(HttpStore {
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(20),
             user_agent: format!("gst-plugin-livestreaming/{}", env!("CARGO_PKG_VERSION")),
+            tls: Arc::new(tls_config(ca_file)?),
+        })
+    }
+}
+
+/// I/O errors from rustls that carry a TLS error (bad certificate, handshake failure) will not
+/// go away by retrying.
+fn io_error(method: &str, location: &str, e: std::io::Error) -> StoreError {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some();
+    let message = format!("{method} {location}: {e}");
+    if tls {
+        StoreError::fatal(message)
+    } else {
+        StoreError::retryable(message)
+    }
+}
+
+/// Writes `head` and `body` and reads the response head; the status code.
+fn exchange<S: Read + Write>(
+    stream: &mut S,
+    head: &[u8],
+    body: &[u8],
+    method: &str,
+    location: &str,
+) -> Result<u16, StoreError> {
+    let net = |e: std::io::Error| io_error(method, location, e);
+    stream.write_all(head).map_err(net)?;
+    stream.write_all(body).map_err(net)?;
+    stream.flush().map_err(net)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).map_err(net)?;
+        if n == 0 {
+            return Err(StoreError::retryable(format!(
+                "{method} {location}: connection closed before a response"
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                return resp.code.ok_or_else(|| {
+                    StoreError::retryable(format!("{method} {location}: no status"))
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
+            _ => {
+                return Err(StoreError::retryable(format!(
+                    "{method} {location}: malformed response"
+                )));
+            }
         }
     }
 }
@@ -47,11 +143,15 @@ impl HttpStore {
     ) -> Result<u16, StoreError> {
         let url = url::Url::parse(location)
             .map_err(|e| StoreError::fatal(format!("invalid URL {location}: {e}")))?;
-        if url.scheme() != "http" {
-            return Err(StoreError::fatal(format!(
-                "cannot upload to {location}: only http:// is supported"
-            )));
-        }
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(StoreError::fatal(format!(
+                    "cannot upload to {location}: scheme {other} is not http or https"
+                )));
+            }
+        };
         let host = url
             .host_str()
             .ok_or_else(|| StoreError::fatal(format!("no host in {location}")))?;
@@ -62,7 +162,7 @@ impl HttpStore {
             .next()
             .ok_or_else(|| StoreError::retryable(format!("no address for {host}")))?;
         let net = |e: std::io::Error| StoreError::retryable(format!("{method} {location}: {e}"));
-        let mut stream = TcpStream::connect_timeout(&addr, self.connect_timeout).map_err(net)?;
+        let stream = TcpStream::connect_timeout(&addr, self.connect_timeout).map_err(net)?;
         stream
             .set_read_timeout(Some(self.io_timeout))
             .map_err(net)?;
@@ -89,34 +189,17 @@ impl HttpStore {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(net)?;
-        stream.write_all(body).map_err(net)?;
-        stream.flush().map_err(net)?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).map_err(net)?;
-            if n == 0 {
-                return Err(StoreError::retryable(format!(
-                    "{method} {location}: connection closed before a response"
-                )));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(_)) => {
-                    return resp.code.ok_or_else(|| {
-                        StoreError::retryable(format!("{method} {location}: no status"))
-                    });
-                }
-                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
-                _ => {
-                    return Err(StoreError::retryable(format!(
-                        "{method} {location}: malformed response"
-                    )));
-                }
-            }
+        if https {
+            // Brackets of an IPv6 literal are not part of the name.
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|e| StoreError::fatal(format!("{location}: bad TLS name: {e}")))?;
+            let conn = rustls::ClientConnection::new(self.tls.clone(), name)
+                .map_err(|e| StoreError::fatal(format!("{location}: TLS: {e}")))?;
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            exchange(&mut tls, head.as_bytes(), body, method, location)
+        } else {
+            let mut stream = stream;
+            exchange(&mut stream, head.as_bytes(), body, method, location)
         }
     }
 }
@@ -225,6 +308,35 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_is_not_tls_is_no_https_origin() {
+        // Plain HTTP on the other end: the TLS handshake fails, which no retry fixes.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}/x.ts", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        });
+        let e = HttpStore::default()
+            .put(&url, FileKind::Segment, b"x")
+            .unwrap_err();
+        assert!(!e.retryable, "{e:?}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn ca_files_must_hold_certificates() {
+        let path = std::env::temp_dir().join(format!("hls-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "not a certificate").unwrap();
+        assert!(
+            tls_config(Some(&path))
+                .unwrap_err()
+                .contains("no certificate")
+        );
+        let _ = std::fs::remove_file(&path);
+        assert!(tls_config(Some(Path::new("/nonexistent/ca.pem"))).is_err());
+    }
+
+    #[test]
     fn nothing_listening_is_retryable() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/x.ts", l.local_addr().unwrap());
@@ -234,8 +346,8 @@ mod tests {
             .unwrap_err();
         assert!(e.retryable);
         let e = HttpStore::default()
-            .put("https://127.0.0.1:1/x.ts", FileKind::Segment, b"x")
+            .put("ftp://127.0.0.1:1/x.ts", FileKind::Segment, b"x")
             .unwrap_err();
-        assert!(!e.retryable && e.message.contains("http://"));
+        assert!(!e.retryable && e.message.contains("ftp"));
     }
 }

@@ -104,6 +104,7 @@ struct Settings {
     http_port: i32,
     http_address: String,
     http_max_connections: u32,
+    upload_ca_file: Option<String>,
 }
 
 impl Default for Settings {
@@ -124,6 +125,7 @@ impl Default for Settings {
             http_port: DEFAULT_HTTP_PORT,
             http_address: DEFAULT_HTTP_ADDRESS.into(),
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            upload_ca_file: None,
         }
     }
 }
@@ -183,21 +185,13 @@ impl RsHlsSink {
         locations: &Locations,
     ) -> Result<(Arc<dyn Store>, OutputConfig), gst::ErrorMessage> {
         let (inner, config): (Arc<dyn Store>, OutputConfig) = if locations.upload {
-            if !locations
-                .playlist
-                .to_ascii_lowercase()
-                .starts_with("http://")
-            {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    (
-                        "Cannot upload to {}: only http:// origins are supported",
-                        locations.playlist
-                    )
-                ));
-            }
+            let ca_file = self.settings.lock().unwrap().upload_ca_file.clone();
+            let store =
+                HttpStore::new(ca_file.as_deref().map(std::path::Path::new)).map_err(|e| {
+                    gst::error_msg!(gst::ResourceError::Settings, ("Cannot upload: {}", e))
+                })?;
             (
-                Arc::new(HttpStore::default()),
+                Arc::new(store),
                 // Never stall the pipeline on the origin: drop the oldest queued segment.
                 OutputConfig {
                     block_when_full: false,
@@ -627,7 +621,7 @@ impl ObjectImpl for RsHlsSink {
             vec![
                 glib::ParamSpecString::builder("location")
                     .nick("Location")
-                    .blurb("Segment file name pattern with a %d directive (as hlssink2, e.g. /tmp/hls/segment%05d.ts), or a directory (segments are segment%05d.ts in it). An http:// URL uploads with PUT.")
+                    .blurb("Segment file name pattern with a %d directive (as hlssink2, e.g. /tmp/hls/segment%05d.ts), or a directory (segments are segment%05d.ts in it). An http:// or https:// URL uploads with PUT.")
                     .default_value(Some(DEFAULT_LOCATION))
                     .build(),
                 glib::ParamSpecString::builder("playlist-location")
@@ -702,6 +696,10 @@ impl ObjectImpl for RsHlsSink {
                     .maximum(65535)
                     .default_value(-1)
                     .read_only()
+                    .build(),
+                glib::ParamSpecString::builder("upload-ca-file")
+                    .nick("Upload CA file")
+                    .blurb("PEM file of CA certificates to trust for https:// uploads, besides the Mozilla root certificates built in")
                     .build(),
                 glib::ParamSpecBoolean::builder("resume")
                     .nick("Resume")
@@ -779,6 +777,7 @@ impl ObjectImpl for RsHlsSink {
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
             "resume" => s.resume = value.get().expect("type checked"),
             "http-port" => s.http_port = value.get().expect("type checked"),
+            "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
             "http-address" => {
                 s.http_address = value
                     .get::<Option<String>>()
@@ -806,6 +805,7 @@ impl ObjectImpl for RsHlsSink {
             "key-rotation" => s.key_rotation.to_value(),
             "resume" => s.resume.to_value(),
             "http-port" => s.http_port.to_value(),
+            "upload-ca-file" => s.upload_ca_file.to_value(),
             "http-address" => s.http_address.to_value(),
             "http-max-connections" => s.http_max_connections.to_value(),
             "http-bound-port" => self
