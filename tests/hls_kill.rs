@@ -103,6 +103,23 @@ fn sigkill_leaves_a_playlist_of_complete_segments() {
                 "round {round}: unexpected file {name}"
             );
         }
+        // The next run clears such leftovers and continues the playlist.
+        std::fs::write(out.join(".segment99999.ts.tmp"), b"partial").unwrap();
+        run_sink(
+            &format!(
+                "location={} target-duration=1 playlist-length=0 max-files=0",
+                out.display()
+            ),
+            &video(30, 30),
+        );
+        assert!(
+            !dir_files(&out).iter().any(|n| n.ends_with(".tmp")),
+            "round {round}: {:?}",
+            dir_files(&out)
+        );
+        let resumed = read_playlist(&playlist_path);
+        assert_eq!(resumed.segments.len(), playlist.segments.len() + 1);
+        assert!(resumed.segments.last().unwrap().discontinuity);
     }
 }
 

@@ -51,6 +51,11 @@ impl Pattern {
         Err(format!("'{s}' has no %d directive for the segment number"))
     }
 
+    /// Everything before the number (directory and file name prefix).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn format(&self, n: u64) -> String {
         let num = if self.zero {
             format!("{n:0w$}", w = self.width)

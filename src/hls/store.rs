@@ -99,6 +99,50 @@ impl Store for DirStore {
     }
 }
 
+/// Removes the hidden temporary files (`.NAME.tmp`) a killed run left for the files it was
+/// writing: those of the locations in `exact` and those whose names start with one of the
+/// `prefixes` (segment and key patterns). Returns what was removed.
+pub fn remove_stale_temporaries(exact: &[&str], prefixes: &[&str]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let mut dirs: Vec<(PathBuf, String, bool)> = Vec::new();
+    for (loc, is_prefix) in exact
+        .iter()
+        .map(|l| (*l, false))
+        .chain(prefixes.iter().map(|p| (*p, true)))
+    {
+        let path = Path::new(loc);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dirs.push((dir, name, is_prefix));
+    }
+    for (dir, name, is_prefix) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(inner) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".tmp")) else {
+                continue;
+            };
+            let ours = if is_prefix {
+                inner.starts_with(&name)
+            } else {
+                inner == name
+            };
+            if ours && std::fs::remove_file(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
+}
+
 /// Files the output has published, by the last component of their name, for the built-in HTTP
 /// server: only these can ever be served.
 #[derive(Debug, Default)]
@@ -561,6 +605,35 @@ mod tests {
         assert!(out.close(Duration::from_secs(5)));
         assert!(published.get("p.m3u8").is_none());
         assert!(!Path::new(&loc).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stale_temporaries_of_our_files_are_removed_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("hls-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            ".segment00007.ts.tmp",
+            ".playlist.m3u8.tmp",
+            ".key00001.key.tmp",
+            ".other.tmp",
+            "segment00006.ts",
+        ] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let d = dir.to_string_lossy().into_owned();
+        let removed = remove_stale_temporaries(
+            &[&format!("{d}/playlist.m3u8")],
+            &[&format!("{d}/segment"), &format!("{d}/key")],
+        );
+        assert_eq!(removed.len(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp", "segment00006.ts"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

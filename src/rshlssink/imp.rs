@@ -265,6 +265,19 @@ impl RsHlsSink {
                 }
             }),
         );
+        if !locations.upload {
+            for path in crate::hls::store::remove_stale_temporaries(
+                &[&locations.playlist],
+                &[locations.segment.prefix(), locations.key.prefix()],
+            ) {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "removed {} left by an earlier run",
+                    path.display()
+                );
+            }
+        }
         let previous = (settings.resume && !locations.upload && kind != PlaylistKind::Vod)
             .then(|| std::fs::read(&locations.playlist).ok())
             .flatten()
