@@ -417,3 +417,53 @@ fn https_origin_with_a_private_ca() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert!(files_in(&nginx.www("untrusted")).is_empty());
 }
+
+#[test]
+fn an_origin_that_never_answers_does_not_stall_the_pipeline() {
+    // Accepts connections and reads, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hole = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((s, _)) = listener.accept() {
+                    held.push(s);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (pipeline, _) = pipeline(
+        &format!("location=http://127.0.0.1:{port}/hole target-duration=1"),
+        LIVE_VIDEO,
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let started = std::time::Instant::now();
+    // Live data keeps flowing although no upload completes.
+    let flowing = wait_for(Duration::from_secs(15), || {
+        pipeline
+            .query_position::<gst::ClockTime>()
+            .is_some_and(|p| p >= gst::ClockTime::from_seconds(3))
+    });
+    let position = pipeline.query_position::<gst::ClockTime>();
+    let live_for = started.elapsed();
+    let t0 = std::time::Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let stopping = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hole.join().unwrap();
+    assert!(flowing, "position {position:?} after {live_for:?}");
+    assert!(
+        live_for < Duration::from_secs(10),
+        "3 s of live input took {live_for:?}"
+    );
+    // Stopping gives queued uploads a bounded time.
+    assert!(
+        stopping < Duration::from_secs(10),
+        "stopping took {stopping:?}"
+    );
+}

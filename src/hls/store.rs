@@ -387,7 +387,15 @@ impl Output {
             self.shared.cv.notify_all();
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A worker stuck in a network request finishes it (bounded by the store's timeouts)
+            // on its own; waiting for it here would hold up the caller.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -84,8 +84,10 @@ const DEFAULT_MAX_FILES: u32 = 10;
 const DEFAULT_HTTP_PORT: i32 = -1;
 const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0";
 const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 100;
-/// How long EOS and stopping wait for queued output.
+/// How long EOS waits for queued output.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long stopping without EOS waits for queued output.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -361,12 +363,22 @@ impl RsHlsSink {
         Ok(())
     }
 
+    /// Stopping without EOS: the partial segment and its playlist are queued and get
+    /// [`STOP_TIMEOUT`] to be written, so that a dead origin cannot hold up a state change for long.
     fn stop_writer(&self) {
-        if let Err(e) = self.finish_writer(false) {
+        let Some(mut w) = self.writer.lock().unwrap().take() else {
+            return;
+        };
+        if let Err(e) = w.finish(false) {
             gst::warning!(CAT, imp = self, "stopping: {}", e);
         }
-        if let Some(w) = self.writer.lock().unwrap().take() {
-            w.close(FLUSH_TIMEOUT);
+        if !w.close(STOP_TIMEOUT) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "stopping: gave up on output not written within {:?}",
+                STOP_TIMEOUT
+            );
         }
     }
 
