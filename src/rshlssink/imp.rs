@@ -1,10 +1,12 @@
 //! `rshlssink`: HLS segments and playlists, written locally, served or uploaded.
 //!
 //! A bin: request pads `video` and `audio` (as hlssink2) → the stock `mpegtsmux` → a minimal
-//! internal sink whose chain function feeds [`crate::hls::writer::Writer`]. The writer cuts the transport stream at
-//! the keyframes the muxer marks and queues each finished segment, key and playlist for an output
-//! worker thread, so the streaming thread never waits for storage or the network. The element
-//! asks upstream for a keyframe where the next segment should start (force-key-unit).
+//! internal sink whose chain function feeds [`crate::hls::writer::Writer`]. Probes on the input
+//! pads decide where segments start (the first keyframe at or after each multiple of
+//! target-duration in running time), ask upstream for those keyframes ahead of time
+//! (force-key-unit) and announce each cut to the writer. The writer cuts the transport stream
+//! there and queues each finished segment, key and playlist for an output worker thread, so the
+//! streaming thread never waits for storage or the network.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
