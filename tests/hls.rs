@@ -436,3 +436,22 @@ fn a_full_disk_is_a_clear_error_and_leaves_a_valid_playlist() {
     assert!(!playlist.end_list);
     assert_segments_readable(&disk, &playlist);
 }
+
+#[test]
+fn target_duration_zero_cuts_at_every_keyframe() {
+    let dir = TempDir::new("every-keyframe");
+    // A keyframe every 15 frames (0.5 s), 3 s.
+    run_sink(
+        &format!("location={} target-duration=0 playlist-type=vod", dir.str()),
+        &video(90, 15),
+    );
+    let playlist = read_playlist(&dir.join("playlist.m3u8"));
+    let durations: Vec<f32> = playlist.segments.iter().map(|s| s.duration).collect();
+    assert_eq!(durations.len(), 6, "{durations:?}");
+    for d in &durations {
+        assert!((f64::from(*d) - 0.5).abs() < 1e-3, "{durations:?}");
+    }
+    // EXT-X-TARGETDURATION is a positive integer covering them.
+    assert_eq!(playlist.target_duration, 1);
+    assert_segments_readable(dir.path(), &playlist);
+}
