@@ -216,7 +216,7 @@ fn live_playlist_is_readable_while_streaming_and_stop_keeps_the_last_segment() {
     let after = read_playlist(&path);
     assert!(!after.end_list);
     let last = after.segments.last().unwrap();
-    assert!(last.duration > 0.3 && last.duration < 1.01, "{last:?}");
+    assert!(last.duration > 0.0 && last.duration < 1.001, "{last:?}");
     assert_segments_readable(dir.path(), &after);
 }
 
