@@ -187,7 +187,8 @@ fn uploads_are_retried_until_the_origin_comes_up() {
     );
     // The origin starts a moment after the stream: the first uploads fail and are retried.
     let starter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(800));
+        // (The element retries for about 3 s: 0.2 + 0.4 + 0.8 + 1.6 s of backoff.)
+        std::thread::sleep(Duration::from_millis(500));
         Nginx::start_in(dir, port)
     });
     run_to_end(&pipeline, Duration::from_secs(60)).expect("EOS");
