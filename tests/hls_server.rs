@@ -98,6 +98,28 @@ fn serves_published_files_with_types_cors_and_caching() {
             .contains("GET")
     );
 
+    // Byte ranges, as some players ask for them.
+    let whole = std::fs::read(r.dir.join(first)).unwrap();
+    let (status, headers, part) = http_request_with(
+        r.port,
+        "GET",
+        &format!("/{first}"),
+        &["Range: bytes=188-375"],
+    );
+    assert_eq!(status, 206);
+    assert_eq!(part, whole[188..376]);
+    assert_eq!(
+        header(&headers, "content-range"),
+        Some(format!("bytes 188-375/{}", whole.len()).as_str())
+    );
+    let (status, _, _) = http_request_with(
+        r.port,
+        "GET",
+        &format!("/{first}"),
+        &[&format!("Range: bytes={}-", whole.len())],
+    );
+    assert_eq!(status, 416);
+
     assert_eq!(http_request(r.port, "POST", "/playlist.m3u8").0, 405);
     assert_eq!(http_request(r.port, "DELETE", "/playlist.m3u8").0, 405);
     assert_eq!(http_request(r.port, "GET", "/nothing.ts").0, 404);

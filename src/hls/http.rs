@@ -209,17 +209,23 @@ async fn serve_connection(mut stream: TcpStream, files: &Published, config: &Htt
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         let parsed = req.parse(&buf[..head_len]);
-        let (method, path, version, close_requested) = match parsed {
+        let (method, path, version, close_requested, range) = match parsed {
             Ok(httparse::Status::Complete(_)) => {
                 let close = req.headers.iter().any(|h| {
                     h.name.eq_ignore_ascii_case("connection")
                         && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("close")
                 });
+                let range = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("range"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
                 (
                     req.method.unwrap_or("").to_owned(),
                     req.path.unwrap_or("").to_owned(),
                     req.version.unwrap_or(0),
                     close,
+                    range,
                 )
             }
             _ => {
@@ -231,7 +237,7 @@ async fn serve_connection(mut stream: TcpStream, files: &Published, config: &Htt
         buf.drain(..head_len);
         // Request bodies are not expected; a client that sends one is not kept alive.
         let close = close_requested || version == 0 || !buf.is_empty();
-        let (head, body) = handle(&method, &path, files, config, close).await;
+        let (head, body) = handle(&method, &path, range.as_deref(), files, config, close).await;
         let write = async {
             stream.write_all(&head).await?;
             if let Some(b) = &body {
@@ -249,9 +255,54 @@ async fn serve_connection(mut stream: TcpStream, files: &Published, config: &Htt
     }
 }
 
+/// What a `Range` header asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// No range, or one this server does not do (several ranges): the whole file.
+    Whole,
+    /// Bytes `start..=end`.
+    Part(usize, usize),
+    /// Cannot be satisfied (416).
+    Unsatisfiable,
+}
+
+/// A single `bytes=` range of a file of `len` bytes.
+pub fn byte_range(header: Option<&str>, len: usize) -> ByteRange {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let parse = || -> Option<(usize, usize)> {
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        let last = len.checked_sub(1)?;
+        let (start, end) = if a.is_empty() {
+            // The last b bytes.
+            let n: usize = b.parse().ok().filter(|n| *n > 0)?;
+            (len.saturating_sub(n), last)
+        } else {
+            let start: usize = a.parse().ok()?;
+            let end = if b.is_empty() {
+                last
+            } else {
+                b.parse::<usize>().ok()?.min(last)
+            };
+            (start, end)
+        };
+        (start < len && start <= end).then_some((start, end))
+    };
+    match parse() {
+        Some((start, end)) => ByteRange::Part(start, end),
+        None => ByteRange::Unsatisfiable,
+    }
+}
+
 async fn handle(
     method: &str,
     path: &str,
+    range: Option<&str>,
     files: &Published,
     config: &HttpConfig,
     close: bool,
@@ -290,8 +341,27 @@ async fn handle(
     };
     headers.push(("Content-Type", content_type(kind, &name)));
     headers.push(("Cache-Control", cache));
-    let head = response(200, "OK", &headers, data.len(), close);
-    (head, (method == "GET").then_some(data))
+    headers.push(("Accept-Ranges", "bytes"));
+    match byte_range(range, data.len()) {
+        ByteRange::Whole => {
+            let head = response(200, "OK", &headers, data.len(), close);
+            (head, (method == "GET").then_some(data))
+        }
+        ByteRange::Part(start, end) => {
+            let content_range = format!("bytes {start}-{end}/{}", data.len());
+            headers.push(("Content-Range", &content_range));
+            let head = response(206, "Partial Content", &headers, end + 1 - start, close);
+            (head, (method == "GET").then(|| data[start..=end].to_vec()))
+        }
+        ByteRange::Unsatisfiable => {
+            let content_range = format!("bytes */{}", data.len());
+            headers.push(("Content-Range", &content_range));
+            (
+                response(416, "Range Not Satisfiable", &headers, 0, close),
+                None,
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +391,24 @@ mod tests {
         ] {
             assert_eq!(target(bad), Target::BadPath, "{bad}");
         }
+    }
+
+    #[test]
+    fn byte_ranges() {
+        use ByteRange::*;
+        assert_eq!(byte_range(None, 100), Whole);
+        assert_eq!(byte_range(Some("bytes=0-9"), 100), Part(0, 9));
+        assert_eq!(byte_range(Some("bytes=90-"), 100), Part(90, 99));
+        assert_eq!(byte_range(Some("bytes=-10"), 100), Part(90, 99));
+        assert_eq!(byte_range(Some("bytes=-500"), 100), Part(0, 99));
+        assert_eq!(byte_range(Some("bytes=50-500"), 100), Part(50, 99));
+        assert_eq!(byte_range(Some("bytes=0-1,5-6"), 100), Whole);
+        assert_eq!(byte_range(Some("items=0-1"), 100), Whole);
+        assert_eq!(byte_range(Some("bytes=100-"), 100), Unsatisfiable);
+        assert_eq!(byte_range(Some("bytes=9-2"), 100), Unsatisfiable);
+        assert_eq!(byte_range(Some("bytes=-0"), 100), Unsatisfiable);
+        assert_eq!(byte_range(Some("bytes=x-"), 100), Unsatisfiable);
+        assert_eq!(byte_range(Some("bytes=0-"), 0), Unsatisfiable);
     }
 
     #[test]

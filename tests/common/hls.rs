@@ -236,6 +236,24 @@ pub fn http_request(port: u16, method: &str, path: &str) -> Response {
     try_http_request(port, method, path).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+/// [`http_request`] with extra header lines (`"Name: value"`).
+pub fn http_request_with(port: u16, method: &str, path: &str, extra: &[&str]) -> Response {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for h in extra {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
 /// [`http_request`] that reports I/O errors instead of panicking.
 pub fn try_http_request(port: u16, method: &str, path: &str) -> std::io::Result<Response> {
     use std::io::{Read, Write};
