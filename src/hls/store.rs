@@ -178,6 +178,13 @@ pub enum Job {
 }
 
 impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Put { data, .. } => data.len(),
+            Job::Delete { .. } => 0,
+        }
+    }
+
     fn location(&self) -> &str {
         match self {
             Job::Put { location, .. } | Job::Delete { location, .. } => location,
@@ -198,6 +205,8 @@ pub enum OutputEvent {
 pub struct OutputConfig {
     /// Jobs queued at most.
     pub capacity: usize,
+    /// Bytes of file data queued at most (a job bigger than this alone is still taken).
+    pub max_bytes: usize,
     /// When full: wait for room (local disk) or drop the oldest queued segment (network, so the
     /// pipeline never stalls on a slow origin).
     pub block_when_full: bool,
@@ -211,6 +220,7 @@ impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             capacity: 64,
+            max_bytes: 256 * 1024 * 1024,
             block_when_full: true,
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
@@ -298,7 +308,13 @@ impl Output {
                 !matches!(j, Job::Put { kind: FileKind::Playlist, location: l, .. } if l == location)
             });
         }
-        while q.jobs.len() >= self.config.capacity {
+        let full = |q: &Queue| {
+            let queued: usize = q.jobs.iter().map(Job::bytes).sum();
+            !q.jobs.is_empty()
+                && (q.jobs.len() >= self.config.capacity
+                    || queued + job.bytes() > self.config.max_bytes)
+        };
+        while full(&q) {
             if self.config.block_when_full {
                 q = self.shared.cv.wait(q).unwrap();
                 if let Some(e) = &q.failed {
@@ -694,8 +710,43 @@ mod tests {
             .collect();
         assert_eq!(queued, ["s1.ts", "s2.ts", "p.m3u8"]);
         assert_eq!(out.dropped(), 1);
+        // The byte bound counts too: with room for 7 bytes, a 3-byte segment pushes out one.
+        let bounded = Output::start(
+            stuck.clone(),
+            OutputConfig {
+                capacity: 100,
+                max_bytes: 7,
+                block_when_full: false,
+                ..quick()
+            },
+            None,
+            Box::new(|_| {}),
+        );
+        bounded.submit(put("busy.ts", FileKind::Segment)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !bounded.shared.queue.lock().unwrap().busy {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..3 {
+            bounded
+                .submit(put(&format!("b{i}.ts"), FileKind::Segment))
+                .unwrap();
+        }
+        let queued: Vec<String> = bounded
+            .shared
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.location().to_owned())
+            .collect();
+        assert_eq!(queued, ["b1.ts", "b2.ts"]);
+        assert_eq!(bounded.dropped(), 1);
         *stuck.0.lock().unwrap() = true;
         stuck.1.notify_all();
         assert!(out.close(Duration::from_secs(5)));
+        assert!(bounded.close(Duration::from_secs(5)));
     }
 }
