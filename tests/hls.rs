@@ -455,3 +455,50 @@ fn target_duration_zero_cuts_at_every_keyframe() {
     assert_eq!(playlist.target_duration, 1);
     assert_segments_readable(dir.path(), &playlist);
 }
+
+#[test]
+fn each_segment_is_announced_with_an_element_message() {
+    let dir = TempDir::new("messages");
+    let (pipeline, _) = common::hls::pipeline(
+        &format!(
+            "location={} target-duration=1 playlist-length=2 max-files=2",
+            dir.str()
+        ),
+        &video(120, 30),
+    );
+    let (result, messages) = run_collecting(&pipeline, Duration::from_secs(60));
+    result.expect("EOS");
+    let added: Vec<&gst::Structure> = messages
+        .iter()
+        .filter(|s| s.name() == "rshlssink-segment-added")
+        .collect();
+    let locations: Vec<String> = added
+        .iter()
+        .map(|s| s.get::<String>("location").unwrap())
+        .collect();
+    let want: Vec<String> = (0..4)
+        .map(|i| format!("{}/segment{i:05}.ts", dir.str()))
+        .collect();
+    assert_eq!(locations, want);
+    let sequences: Vec<u64> = added.iter().map(|s| s.get("sequence").unwrap()).collect();
+    assert_eq!(sequences, [0, 1, 2, 3]);
+    for s in &added {
+        let d: f64 = s.get("duration").unwrap();
+        assert!((d - 1.0).abs() < 1e-3, "{s}");
+    }
+    // max-files=2: the third and fourth segments each expire one.
+    let deleted: Vec<Vec<String>> = added
+        .iter()
+        .map(|s| {
+            s.get::<gst::List>("deleted")
+                .unwrap()
+                .iter()
+                .map(|v| v.get::<String>().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        deleted,
+        [vec![], vec![], vec![want[0].clone()], vec![want[1].clone()]]
+    );
+}

@@ -355,7 +355,9 @@ impl RsHlsSink {
         let Some(w) = guard.as_mut() else {
             return Ok(());
         };
-        w.finish(end_of_stream)?;
+        if let Some(p) = w.finish(end_of_stream)? {
+            self.post_segment_message(&p);
+        }
         if !w.flush(FLUSH_TIMEOUT) {
             return Err(w
                 .output()
@@ -397,14 +399,17 @@ impl RsHlsSink {
             let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
             let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
             match w.push(&map, clock_ns(buffer.pts()), keyframe) {
-                Ok(Some(p)) => gst::debug!(
-                    CAT,
-                    imp = self,
-                    "segment {} ({:.3} s) {}",
-                    p.sequence,
-                    p.duration_s,
-                    p.location
-                ),
+                Ok(Some(p)) => {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "segment {} ({:.3} s) {}",
+                        p.sequence,
+                        p.duration_s,
+                        p.location
+                    );
+                    self.post_segment_message(&p);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     drop(map);
@@ -415,6 +420,21 @@ impl RsHlsSink {
             }
         }
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Element message `rshlssink-segment-added` (location, sequence, duration in seconds, and
+    /// the files deleted because of it) for applications that track the output. The file is
+    /// queued for writing, not necessarily written yet.
+    fn post_segment_message(&self, p: &writer::Published) {
+        let deleted: Vec<glib::SendValue> = p.deleted.iter().map(|d| d.to_send_value()).collect();
+        let s = gst::Structure::builder("rshlssink-segment-added")
+            .field("location", &p.location)
+            .field("sequence", p.sequence)
+            .field("duration", p.duration_s)
+            .field("deleted", gst::List::new(deleted))
+            .build();
+        let obj = self.obj();
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
     }
 
     fn on_eos(&self) {

@@ -111,6 +111,42 @@ pub fn run_to_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), Str
     result
 }
 
+/// [`run_to_end`] that also returns the element messages posted on the way.
+pub fn run_collecting(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+) -> (Result<(), String>, Vec<gst::Structure>) {
+    let bus = pipeline.bus().expect("bus");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Element,
+            ],
+        ) else {
+            break Err(format!("no EOS within {timeout:?}"));
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure() {
+                    messages.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    };
+    pipeline.set_state(gst::State::Null).expect("to NULL");
+    (result, messages)
+}
+
 fn first_error(bus: &gst::Bus) -> Option<String> {
     bus.pop_filtered(&[gst::MessageType::Error])
         .and_then(|m| match m.view() {
