@@ -502,3 +502,26 @@ fn each_segment_is_announced_with_an_element_message() {
         [vec![], vec![], vec![want[0].clone()], vec![want[1].clone()]]
     );
 }
+
+#[test]
+fn h265_and_mp3_play_too() {
+    let dir = TempDir::new("hevc");
+    run_sink(
+        &format!("location={} target-duration=1 playlist-type=vod", dir.str()),
+        "videotestsrc num-buffers=60 ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! x265enc speed-preset=ultrafast key-int-max=300 ! h265parse ! h. \
+         audiotestsrc num-buffers=90 samplesperbuffer=1152 ! audio/x-raw,rate=44100 \
+         ! lamemp3enc ! mpegaudioparse ! h.",
+    );
+    let playlist = read_playlist(&dir.join("playlist.m3u8"));
+    // Keyframes came from our requests: x265's own interval is 10 s here.
+    assert_eq!(playlist.segments.len(), 2, "{playlist:?}");
+    for s in &playlist.segments {
+        assert!((f64::from(s.duration) - 1.0).abs() < 1e-3, "{playlist:?}");
+    }
+    let probe = ffprobe(&dir.join("playlist.m3u8").to_string_lossy(), &[]);
+    let mut codecs: Vec<String> = probe.streams.iter().map(|s| s.0.clone()).collect();
+    codecs.sort();
+    assert_eq!(codecs, ["hevc", "mp3"], "{probe:?}");
+    assert_segments_readable(dir.path(), &playlist);
+}
