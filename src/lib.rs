@@ -1,9 +1,11 @@
 //! GStreamer elements for live streaming protocols.
 //!
-//! The protocol cores (`rtsp`, `rtp`) are plain Rust without GStreamer types; the element modules are
+//! The protocol cores (`rtsp`, `rtp`, `rtmp`, `hls`) are plain Rust without GStreamer types; the element modules are
 //! thin adapters over them.
 #![allow(clippy::non_send_fields_in_send_ty)]
 
+pub mod hls;
+pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
 pub mod rtp;
@@ -16,6 +18,7 @@ use gst::glib;
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
+    rshlssink::register(plugin)?;
     rsrtmpsink::register(plugin)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests: our elements in-process, real peers (ffprobe,
 //! gst-launch-1.0 with the stock C elements) as child processes, every wait bounded, loopback only.
 #![allow(dead_code)]
+pub mod hls;
 pub mod rtmp;
 
 use std::io::{BufRead, BufReader, Read, Write};

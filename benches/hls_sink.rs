@@ -1,0 +1,213 @@
+//! rshlssink against the stock hlssink2 on the same pre-encoded H.264 + AAC input.
+//!
+//!     cargo bench --bench hls_sink
+//!
+//! This process encodes BENCH_SECONDS (default 60) of 720p30 H.264 (~4 Mbit/s, a keyframe every
+//! 2 s) and AAC into a Matroska file once. Then each sink runs in a child process (this binary
+//! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
+//! syncs to the clock) into `rshlssink` or `hlssink2` with 2 s segments, runs to EOS and reports
+//! the CPU time the pipeline run took (utime+stime from /proc/self/stat, after start-up) and its
+//! peak RSS (VmHWM). Demuxing and
+//! parsing are the same in both, so the difference is the sinks' own work. BENCH_RUNS (default 3)
+//! alternating runs each; medians are printed. Without `--bench` (as `cargo test --all-targets`
+//! runs it) it is a 4 s smoke run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+const CLK_TCK: f64 = 100.0;
+
+fn encode_input(path: &Path, seconds: u32) {
+    let frames = seconds * 30;
+    let buffers = (f64::from(seconds) * 48000.0 / 1024.0).ceil() as u32;
+    let desc = format!(
+        "matroskamux name=m ! filesink location={} \
+         videotestsrc num-buffers={frames} pattern=snow \
+           ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
+           ! x264enc bitrate=4000 speed-preset=ultrafast key-int-max=60 ! h264parse ! queue ! m. \
+         audiotestsrc num-buffers={buffers} samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+           ! voaacenc ! aacparse ! queue ! m.",
+        path.display()
+    );
+    run_pipeline(&desc, Duration::from_secs(600));
+}
+
+fn run_pipeline(desc: &str, timeout: Duration) {
+    let pipeline = gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("{desc}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS in time");
+    if let gst::MessageView::Error(e) = msg.view() {
+        panic!("{desc}: {} ({:?})", e.error(), e.debug());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+fn self_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; after "pid (comm)" they are at index 11 and 12.
+    let utime: f64 = fields[11].parse().unwrap();
+    let stime: f64 = fields[12].parse().unwrap();
+    (utime + stime) / CLK_TCK
+}
+
+fn self_peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Child mode: run one sink over the input and print "cpu rss segments".
+fn child(which: &str, input: &str, out: &str) {
+    gst::init().unwrap();
+    gstlivestreaming::plugin_register_static().unwrap();
+    let sink = match which {
+        "ours" => format!(
+            "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
+             playlist-type=vod"
+        ),
+        "stock" => format!(
+            "hlssink2 name=h location={out}/segment%05d.ts playlist-location={out}/playlist.m3u8 \
+             target-duration=2 playlist-length=0 max-files=0"
+        ),
+        other => panic!("unknown sink {other}"),
+    };
+    let desc = format!(
+        "filesrc location={input} ! matroskademux name=d {sink} \
+         d.video_0 ! queue ! h264parse ! h.video \
+         d.audio_0 ! queue ! aacparse ! h.audio"
+    );
+    // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
+    let cpu0 = self_cpu_seconds();
+    let t0 = Instant::now();
+    run_pipeline(&desc, Duration::from_secs(600));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = self_cpu_seconds() - cpu0;
+    let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
+    let segments = m3u8_rs::parse_media_playlist_res(&playlist)
+        .map(|p| p.segments.len())
+        .unwrap_or(0);
+    println!("{} {} {} {}", cpu, self_peak_rss_mib(), segments, wall);
+}
+
+struct RunResult {
+    cpu: f64,
+    rss: f64,
+    segments: usize,
+    wall: f64,
+}
+
+fn run_child(exe: &Path, which: &str, input: &Path, out: &Path) -> RunResult {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let o = Command::new(exe)
+        .args([
+            "--child",
+            which,
+            &input.to_string_lossy(),
+            &out.to_string_lossy(),
+        ])
+        .output()
+        .expect("run child");
+    assert!(
+        o.status.success(),
+        "{which}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = String::from_utf8_lossy(&o.stdout);
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    RunResult {
+        cpu: v[0],
+        rss: v[1],
+        segments: v[2] as usize,
+        wall: v[3],
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(&args[i + 1], &args[i + 2], &args[i + 3]);
+        return;
+    }
+    gst::init().unwrap();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it: then a short
+    // smoke run only checks that both sinks work on the input.
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 4 } else { 60 });
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 3 });
+    let exe = std::env::current_exe().unwrap();
+    let work: PathBuf = std::env::temp_dir().join(format!("hls-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let input = work.join("input.mkv");
+    encode_input(&input, seconds);
+    let size = std::fs::metadata(&input).unwrap().len();
+    println!(
+        "input: {seconds} s of 720p30 H.264 + AAC, {:.2} Mbit/s; {runs} runs each, medians",
+        size as f64 * 8.0 / f64::from(seconds) / 1e6
+    );
+    let mut ours = Vec::new();
+    let mut stock = Vec::new();
+    for _ in 0..runs {
+        ours.push(run_child(&exe, "ours", &input, &work.join("ours")));
+        stock.push(run_child(&exe, "stock", &input, &work.join("stock")));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    // Both cut the same keyframes (every 2 s) into segments.
+    assert_eq!(ours[0].segments, stock[0].segments);
+    assert_eq!(ours[0].segments as u32, seconds.div_ceil(2));
+    let m = |v: &[RunResult], f: fn(&RunResult) -> f64| median(v.iter().map(f).collect());
+    let (oc, sc) = (m(&ours, |r| r.cpu), m(&stock, |r| r.cpu));
+    println!();
+    println!("| sink | CPU s | wall s | peak RSS MiB | segments |\n|---|---|---|---|---|");
+    println!(
+        "| rshlssink | {oc:.2} | {:.2} | {:.1} | {} |",
+        m(&ours, |r| r.wall),
+        m(&ours, |r| r.rss),
+        ours[0].segments
+    );
+    println!(
+        "| hlssink2 | {sc:.2} | {:.2} | {:.1} | {} |",
+        m(&stock, |r| r.wall),
+        m(&stock, |r| r.rss),
+        stock[0].segments
+    );
+    println!();
+    println!("CPU ratio rshlssink / hlssink2: {:.2}", oc / sc);
+}

@@ -1,0 +1,458 @@
+//! The media playlist: a window of finished segments, sequence numbers, rendering with m3u8-rs.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use m3u8_rs::{Key, KeyMethod, MediaPlaylist, MediaPlaylistType, MediaSegment};
+
+/// What kind of playlist is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlaylistKind {
+    /// A sliding window of the latest `playlist_length` segments.
+    #[default]
+    Live,
+    /// Every segment stays; `EXT-X-PLAYLIST-TYPE:EVENT`.
+    Event,
+    /// Every segment stays; written as EVENT while recording, `EXT-X-PLAYLIST-TYPE:VOD` at the end
+    /// (a VOD playlist must never change once published).
+    Vod,
+}
+
+/// The encryption key that applies to a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentKey {
+    /// URI of the key file as written in the playlist.
+    pub uri: String,
+    /// Initialisation vector.
+    pub iv: [u8; 16],
+}
+
+/// One segment as listed in the playlist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Media sequence number.
+    pub sequence: u64,
+    /// URI as written in the playlist.
+    pub uri: String,
+    pub duration_s: f64,
+    pub discontinuity: bool,
+    pub key: Option<SegmentKey>,
+    pub program_date_time: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlaylistConfig {
+    pub kind: PlaylistKind,
+    /// Segments in a live playlist; 0 keeps every segment.
+    pub playlist_length: usize,
+    /// Configured EXT-X-TARGETDURATION in seconds (raised if a segment runs longer, which only
+    /// happens when the input's keyframes come too rarely).
+    pub target_duration_s: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Playlist {
+    config: PlaylistConfig,
+    entries: VecDeque<Entry>,
+    /// Sequence number of the first entry (EXT-X-MEDIA-SEQUENCE).
+    media_sequence: u64,
+    /// Discontinuities that have slid out of the window (EXT-X-DISCONTINUITY-SEQUENCE).
+    discontinuity_sequence: u64,
+    next_sequence: u64,
+    ended: bool,
+    max_duration_s: f64,
+}
+
+impl Playlist {
+    pub fn new(config: PlaylistConfig) -> Playlist {
+        Playlist {
+            config,
+            entries: VecDeque::new(),
+            media_sequence: 0,
+            discontinuity_sequence: 0,
+            next_sequence: 0,
+            ended: false,
+            max_duration_s: 0.0,
+        }
+    }
+
+    /// Continues after a previous run's playlist: its segments stay listed, numbering goes on and
+    /// the next segment is a discontinuity.
+    pub fn resume(config: PlaylistConfig, previous: &MediaPlaylist) -> Playlist {
+        let mut p = Playlist::new(config);
+        p.media_sequence = previous.media_sequence;
+        p.discontinuity_sequence = previous.discontinuity_sequence;
+        p.next_sequence = previous.media_sequence;
+        let mut key: Option<SegmentKey> = None;
+        for s in &previous.segments {
+            if let Some(k) = &s.key {
+                key = match (&k.method, &k.uri) {
+                    (KeyMethod::AES128, Some(uri)) => Some(SegmentKey {
+                        uri: uri.clone(),
+                        iv: k.iv.as_deref().and_then(parse_iv).unwrap_or_else(|| {
+                            // Without an IV attribute the IV is the sequence number.
+                            sequence_iv(p.next_sequence)
+                        }),
+                    }),
+                    _ => None,
+                };
+            }
+            let entry = Entry {
+                sequence: p.next_sequence,
+                uri: s.uri.clone(),
+                duration_s: f64::from(s.duration),
+                discontinuity: s.discontinuity,
+                key: key.clone(),
+                program_date_time: s.program_date_time.map(SystemTime::from),
+            };
+            p.max_duration_s = p.max_duration_s.max(entry.duration_s);
+            p.entries.push_back(entry);
+            p.next_sequence += 1;
+        }
+        p
+    }
+
+    pub fn config(&self) -> &PlaylistConfig {
+        &self.config
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Adds a finished segment (its sequence number is assigned here and returned) and returns
+    /// the entries that slid out of a live window.
+    pub fn add(&mut self, mut entry: Entry) -> (u64, Vec<Entry>) {
+        entry.sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.max_duration_s = self.max_duration_s.max(entry.duration_s);
+        let seq = entry.sequence;
+        self.entries.push_back(entry);
+        let mut removed = Vec::new();
+        if self.config.kind == PlaylistKind::Live && self.config.playlist_length > 0 {
+            while self.entries.len() > self.config.playlist_length {
+                let old = self.entries.pop_front().expect("non-empty");
+                self.media_sequence = old.sequence + 1;
+                // A discontinuity tag that leaves the window is counted (RFC 8216 6.2.1).
+                if old.discontinuity {
+                    self.discontinuity_sequence += 1;
+                }
+                removed.push(old);
+            }
+        }
+        (seq, removed)
+    }
+
+    /// Marks the end of the stream (EXT-X-ENDLIST; a VOD playlist becomes VOD).
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    /// EXT-X-TARGETDURATION: the configured target, or more if a segment ran longer.
+    pub fn target_duration(&self) -> u64 {
+        let longest = self.max_duration_s.round() as u64;
+        self.config.target_duration_s.max(longest).max(1)
+    }
+
+    /// Lowest EXT-X-VERSION that covers the tags in use (RFC 8216 section 7).
+    pub fn version(&self) -> usize {
+        let mut v = 1;
+        if self.entries.iter().any(|e| e.key.is_some()) {
+            // IV attribute of EXT-X-KEY.
+            v = v.max(2);
+        }
+        if self
+            .entries
+            .iter()
+            .any(|e| (e.duration_s as f32).fract() != 0.0)
+        {
+            // Decimal-floating-point EXTINF durations.
+            v = v.max(3);
+        }
+        v
+    }
+
+    /// The playlist as m3u8-rs builds it.
+    pub fn to_media_playlist(&self) -> MediaPlaylist {
+        let mut last_key: Option<&SegmentKey> = None;
+        let segments = self
+            .entries
+            .iter()
+            .map(|e| {
+                // EXT-X-KEY applies until the next one: write it when the key or IV changes.
+                let key = if e.key.as_ref() != last_key {
+                    last_key = e.key.as_ref();
+                    Some(match &e.key {
+                        Some(k) => Key {
+                            method: KeyMethod::AES128,
+                            uri: Some(k.uri.clone()),
+                            iv: Some(format_iv(&k.iv)),
+                            keyformat: None,
+                            keyformatversions: None,
+                        },
+                        None => Key {
+                            method: KeyMethod::None,
+                            uri: None,
+                            iv: None,
+                            keyformat: None,
+                            keyformatversions: None,
+                        },
+                    })
+                } else {
+                    None
+                };
+                MediaSegment {
+                    uri: e.uri.clone(),
+                    duration: e.duration_s as f32,
+                    discontinuity: e.discontinuity,
+                    key,
+                    program_date_time: e
+                        .program_date_time
+                        .map(|t| chrono::DateTime::<chrono::Utc>::from(t).fixed_offset()),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let playlist_type = match self.config.kind {
+            PlaylistKind::Live => None,
+            PlaylistKind::Event => Some(MediaPlaylistType::Event),
+            PlaylistKind::Vod if self.ended => Some(MediaPlaylistType::Vod),
+            PlaylistKind::Vod => Some(MediaPlaylistType::Event),
+        };
+        MediaPlaylist {
+            version: Some(self.version()),
+            target_duration: self.target_duration(),
+            media_sequence: self.media_sequence,
+            segments,
+            discontinuity_sequence: self.discontinuity_sequence,
+            end_list: self.ended,
+            playlist_type,
+            ..Default::default()
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.to_media_playlist()
+            .write_to(&mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+}
+
+/// The IV HLS implies for a segment without an IV attribute: its sequence number.
+pub fn sequence_iv(sequence: u64) -> [u8; 16] {
+    let mut iv = [0u8; 16];
+    iv[8..].copy_from_slice(&sequence.to_be_bytes());
+    iv
+}
+
+pub fn format_iv(iv: &[u8; 16]) -> String {
+    let mut s = String::from("0x");
+    for b in iv {
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+
+pub fn parse_iv(s: &str) -> Option<[u8; 16]> {
+    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut iv = [0u8; 16];
+    for (i, b) in iv.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(iv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(uri: &str, d: f64, disc: bool) -> Entry {
+        Entry {
+            sequence: 0,
+            uri: uri.into(),
+            duration_s: d,
+            discontinuity: disc,
+            key: None,
+            program_date_time: None,
+        }
+    }
+
+    fn parse(p: &Playlist) -> MediaPlaylist {
+        let bytes = p.render();
+        m3u8_rs::parse_media_playlist_res(&bytes).expect("parses")
+    }
+
+    fn live(len: usize) -> Playlist {
+        Playlist::new(PlaylistConfig {
+            kind: PlaylistKind::Live,
+            playlist_length: len,
+            target_duration_s: 2,
+        })
+    }
+
+    #[test]
+    fn live_window_slides_and_counts_sequences() {
+        let mut p = live(3);
+        let mut removed = Vec::new();
+        for i in 0..5 {
+            let (seq, r) = p.add(entry(&format!("s{i}.ts"), 2.0, i == 2));
+            assert_eq!(seq, i);
+            removed.extend(r);
+        }
+        assert_eq!(
+            removed.iter().map(|e| e.uri.as_str()).collect::<Vec<_>>(),
+            ["s0.ts", "s1.ts"]
+        );
+        let m = parse(&p);
+        assert_eq!(m.media_sequence, 2);
+        assert_eq!(m.discontinuity_sequence, 0);
+        assert_eq!(m.segments.len(), 3);
+        assert!(m.segments[0].discontinuity);
+        assert!(!m.end_list);
+        assert_eq!(m.playlist_type, None);
+        // The discontinuity leaves the window: the discontinuity sequence counts it.
+        p.add(entry("s5.ts", 2.0, false));
+        let m = parse(&p);
+        assert_eq!(m.media_sequence, 3);
+        assert_eq!(m.discontinuity_sequence, 1);
+        assert!(!m.segments.iter().any(|s| s.discontinuity));
+    }
+
+    #[test]
+    fn event_and_vod_keep_everything_and_vod_becomes_vod_at_the_end() {
+        for kind in [PlaylistKind::Event, PlaylistKind::Vod] {
+            let mut p = Playlist::new(PlaylistConfig {
+                kind,
+                playlist_length: 2,
+                target_duration_s: 4,
+            });
+            for i in 0..5 {
+                assert!(p.add(entry(&format!("s{i}.ts"), 3.5, false)).1.is_empty());
+            }
+            let m = parse(&p);
+            assert_eq!(m.segments.len(), 5);
+            assert_eq!(m.playlist_type, Some(MediaPlaylistType::Event));
+            p.end();
+            let m = parse(&p);
+            assert!(m.end_list);
+            let want = if kind == PlaylistKind::Vod {
+                MediaPlaylistType::Vod
+            } else {
+                MediaPlaylistType::Event
+            };
+            assert_eq!(m.playlist_type, Some(want));
+            assert_eq!(m.target_duration, 4);
+            assert_eq!(m.version, Some(3));
+        }
+    }
+
+    #[test]
+    fn target_duration_rises_only_for_overlong_segments() {
+        let mut p = live(0);
+        p.add(entry("a.ts", 2.0, false));
+        assert_eq!(p.target_duration(), 2);
+        // 2.4 rounds to 2: still within the target (RFC 8216 4.3.3.1).
+        p.add(entry("b.ts", 2.4, false));
+        assert_eq!(p.target_duration(), 2);
+        p.add(entry("c.ts", 3.6, false));
+        assert_eq!(p.target_duration(), 4);
+    }
+
+    #[test]
+    fn version_follows_the_tags_in_use() {
+        let mut p = live(0);
+        p.add(entry("a.ts", 2.0, false));
+        assert_eq!(p.version(), 1);
+        let mut e = entry("b.ts", 2.0, false);
+        e.key = Some(SegmentKey {
+            uri: "k0.key".into(),
+            iv: sequence_iv(1),
+        });
+        p.add(e);
+        assert_eq!(p.version(), 2);
+        p.add(entry("c.ts", 1.5, false));
+        assert_eq!(p.version(), 3);
+    }
+
+    #[test]
+    fn keys_are_written_when_they_change_and_survive_a_round_trip() {
+        let mut p = live(0);
+        let k = |uri: &str, seq| SegmentKey {
+            uri: uri.into(),
+            iv: sequence_iv(seq),
+        };
+        for (i, key) in [Some(k("k0", 0)), Some(k("k0", 0)), Some(k("k1", 2)), None]
+            .into_iter()
+            .enumerate()
+        {
+            let mut e = entry(&format!("s{i}.ts"), 2.0, false);
+            e.key = key;
+            p.add(e);
+        }
+        let m = parse(&p);
+        let keys: Vec<Option<(KeyMethod, Option<String>)>> = m
+            .segments
+            .iter()
+            .map(|s| s.key.as_ref().map(|k| (k.method.clone(), k.uri.clone())))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                Some((KeyMethod::AES128, Some("k0".into()))),
+                None,
+                Some((KeyMethod::AES128, Some("k1".into()))),
+                None,
+            ]
+        );
+        assert_eq!(
+            m.segments[2].key.as_ref().unwrap().iv.as_deref(),
+            Some("0x00000000000000000000000000000002")
+        );
+        // m3u8-rs parses METHOD=NONE as no tag, so only the encrypted entries round-trip.
+        let resumed = Playlist::resume(p.config().clone(), &m);
+        let entries: Vec<_> = resumed.entries().take(3).cloned().collect();
+        assert_eq!(entries, p.entries().take(3).cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn resume_continues_numbering() {
+        let mut p = live(3);
+        for i in 0..5 {
+            p.add(entry(&format!("s{i}.ts"), 2.0, false));
+        }
+        let m = parse(&p);
+        let mut r = Playlist::resume(p.config().clone(), &m);
+        assert_eq!(r.next_sequence(), 5);
+        let (seq, removed) = r.add(entry("s5.ts", 2.0, true));
+        assert_eq!(seq, 5);
+        assert_eq!(removed[0].uri, "s2.ts");
+        assert_eq!(parse(&r).media_sequence, 3);
+    }
+
+    #[test]
+    fn program_date_time_is_written() {
+        let mut p = live(0);
+        let mut e = entry("a.ts", 2.0, false);
+        e.program_date_time =
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_500));
+        p.add(e);
+        let text = String::from_utf8(p.render()).unwrap();
+        assert!(
+            text.contains("#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.500"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! Cuts a continuous MPEG transport stream into HLS segments.
+//!
+//! The input is what a TS muxer emits: chunks of whole 188-byte packets, each chunk with a
+//! presentation time (ns) and whether it may start a segment (the muxer flags the packets that
+//! open a video keyframe). A segment is closed at the first split point at least
+//! `target - tolerance` after its start, so with keyframes where the element asks for them no
+//! segment runs longer than the target. Every segment starts with the latest PAT and PMT, so each
+//! one decodes on its own.
+
+use std::collections::HashMap;
+
+pub const TS_PACKET_SIZE: usize = 188;
+const SYNC_BYTE: u8 = 0x47;
+
+/// Where segments may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitOn {
+    /// Chunks the muxer marked as a keyframe start (streams with video).
+    Keyframes,
+    /// Any packet that starts a PES packet of an elementary stream (audio-only streams).
+    PesStart,
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmenterConfig {
+    /// Target segment duration in ns; 0 cuts at every split point.
+    pub target_ns: u64,
+    /// A segment may be closed this much (ns) before the target, e.g. one frame, so that a
+    /// keyframe requested just before the target still closes it.
+    pub tolerance_ns: u64,
+    pub split_on: SplitOn,
+}
+
+/// A finished segment: complete transport stream data and its timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub data: Vec<u8>,
+    /// Start time (ns, the muxer's time base).
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// The first segment after a discontinuity (format change, restart).
+    pub discontinuity: bool,
+}
+
+struct Current {
+    data: Vec<u8>,
+    start_ns: u64,
+    discontinuity: bool,
+}
+
+/// The TS segmenter. Push chunks in; finished segments come out.
+pub struct Segmenter {
+    config: SegmenterConfig,
+    pat: Option<Vec<u8>>,
+    pmt_pids: Vec<u16>,
+    pmts: HashMap<u16, Vec<u8>>,
+    current: Option<Current>,
+    last_pts: Option<u64>,
+    max_end_ns: Option<u64>,
+    pending_discontinuity: bool,
+    /// Split points announced by [`Segmenter::split_at`] (stream time); once any was announced
+    /// only those cut keyframe-split streams.
+    splits: std::collections::VecDeque<(u64, u64)>,
+    announced: bool,
+}
+
+/// Announced split points match chunks up to this much (ns) earlier.
+const SPLIT_SLACK_NS: u64 = 1_000_000;
+/// The last segment ends at most this long after the last timestamp the muxer emitted: media the
+/// element saw go in but the muxer never put out (stop without EOS) is not counted.
+const END_SLACK_NS: u64 = 250_000_000;
+
+/// PID of a TS packet.
+pub fn packet_pid(p: &[u8]) -> u16 {
+    (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2])
+}
+
+/// Whether a packet starts a PES packet or a PSI section (payload_unit_start_indicator).
+pub fn packet_unit_start(p: &[u8]) -> bool {
+    p[1] & 0x40 != 0
+}
+
+/// The payload of a TS packet (after the adaptation field), if any.
+fn packet_payload(p: &[u8]) -> Option<&[u8]> {
+    let afc = (p[3] >> 4) & 0x3;
+    match afc {
+        1 => Some(&p[4..]),
+        3 => {
+            let len = usize::from(*p.get(4)?);
+            p.get(5 + len..)
+        }
+        _ => None,
+    }
+}
+
+/// The PMT PIDs listed in a PAT packet (single-section PATs, as muxers write them).
+fn pat_pmt_pids(p: &[u8]) -> Vec<u16> {
+    let Some(payload) = packet_payload(p) else {
+        return Vec::new();
+    };
+    let Some(&pointer) = payload.first() else {
+        return Vec::new();
+    };
+    let Some(section) = payload.get(1 + usize::from(pointer)..) else {
+        return Vec::new();
+    };
+    if section.len() < 8 || section[0] != 0x00 {
+        return Vec::new();
+    }
+    let section_length = (usize::from(section[1] & 0x0f) << 8) | usize::from(section[2]);
+    // 5 bytes of header after section_length, 4 bytes of CRC at the end.
+    let end = (3 + section_length).saturating_sub(4).min(section.len());
+    let mut pids = Vec::new();
+    let mut i = 8;
+    while i + 4 <= end {
+        let program = u16::from_be_bytes([section[i], section[i + 1]]);
+        let pid = (u16::from(section[i + 2] & 0x1f) << 8) | u16::from(section[i + 3]);
+        if program != 0 {
+            pids.push(pid);
+        }
+        i += 4;
+    }
+    pids
+}
+
+impl Segmenter {
+    pub fn new(config: SegmenterConfig) -> Segmenter {
+        Segmenter {
+            config,
+            pat: None,
+            pmt_pids: Vec::new(),
+            pmts: HashMap::new(),
+            current: None,
+            last_pts: None,
+            max_end_ns: None,
+            pending_discontinuity: false,
+            splits: std::collections::VecDeque::new(),
+            announced: false,
+        }
+    }
+
+    pub fn config(&self) -> &SegmenterConfig {
+        &self.config
+    }
+
+    pub fn set_tolerance(&mut self, tolerance_ns: u64) {
+        self.config.tolerance_ns = tolerance_ns;
+    }
+
+    /// Start time of the segment being filled.
+    pub fn current_start(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.start_ns)
+    }
+
+    /// The next segment is marked as a discontinuity and starts at the next split point,
+    /// however short the current one is.
+    pub fn discontinuity(&mut self) {
+        self.pending_discontinuity = true;
+    }
+
+    /// Announces that the next segment starts at the split point with timestamp `pts_ns` (the
+    /// muxer's, a decode time) and that its media starts at `presentation_ns` (same clock), which
+    /// is what its duration is counted from. The element decides where segments start from its
+    /// input, where it knows which keyframes it asked for. From then on the elapsed-time rule no
+    /// longer applies to keyframe splits.
+    pub fn split_at(&mut self, pts_ns: u64, presentation_ns: u64) {
+        self.announced = true;
+        if self.splits.back().is_none_or(|b| b.0 < pts_ns) {
+            self.splits.push_back((pts_ns, presentation_ns));
+        }
+    }
+
+    /// Records that media up to `end_ns` (same time base as the chunks) has been fed, so that the
+    /// last segment's duration includes the last frame's duration.
+    pub fn note_end(&mut self, end_ns: u64) {
+        self.max_end_ns = Some(self.max_end_ns.map_or(end_ns, |m| m.max(end_ns)));
+    }
+
+    /// Is this packet a split point under [`SplitOn::PesStart`]?
+    fn is_pes_start(&self, p: &[u8]) -> bool {
+        let pid = packet_pid(p);
+        packet_unit_start(p) && pid >= 0x20 && pid != 0x1fff && !self.pmt_pids.contains(&pid)
+    }
+
+    fn remember_tables(&mut self, p: &[u8]) {
+        let pid = packet_pid(p);
+        if !packet_unit_start(p) {
+            return;
+        }
+        if pid == 0 {
+            self.pmt_pids = pat_pmt_pids(p);
+            self.pmts.retain(|k, _| self.pmt_pids.contains(k));
+            self.pat = Some(p.to_vec());
+        } else if self.pmt_pids.contains(&pid) {
+            self.pmts.insert(pid, p.to_vec());
+        }
+    }
+
+    /// Feeds one chunk of whole TS packets. Returns the segment this chunk completed, if any.
+    pub fn push(&mut self, data: &[u8], pts_ns: Option<u64>, keyframe: bool) -> Option<Segment> {
+        let pts = pts_ns.or(self.last_pts).unwrap_or(0);
+        if let Some(p) = pts_ns {
+            self.last_pts = Some(self.last_pts.map_or(p, |l| l.max(p)));
+        }
+        let mut completed = None;
+        let mut offset = 0;
+        while offset + TS_PACKET_SIZE <= data.len() {
+            let packet = &data[offset..offset + TS_PACKET_SIZE];
+            if packet[0] != SYNC_BYTE {
+                // Not packet aligned: keep the bytes, never split inside.
+                break;
+            }
+            let split_point = match self.config.split_on {
+                SplitOn::Keyframes => keyframe && offset == 0,
+                SplitOn::PesStart => self.is_pes_start(packet),
+            };
+            let mut start = pts;
+            if split_point && let Some(s) = self.should_split(pts, offset == 0) {
+                completed = self.close(s);
+                start = s;
+            }
+            self.remember_tables(packet);
+            self.append(packet, start);
+            offset += TS_PACKET_SIZE;
+        }
+        if offset < data.len() {
+            let rest = &data[offset..];
+            self.append(rest, pts);
+        }
+        completed
+    }
+
+    /// Whether to cut before this split point, and if so when the new segment starts.
+    fn should_split(&mut self, pts: u64, chunk_start: bool) -> Option<u64> {
+        let announced = self.config.split_on == SplitOn::Keyframes && self.announced;
+        let mut due = None;
+        if announced && chunk_start {
+            while let Some(&(at, presentation)) = self.splits.front()
+                && at <= pts + SPLIT_SLACK_NS
+            {
+                self.splits.pop_front();
+                due = Some(presentation);
+            }
+        }
+        match &self.current {
+            None => None,
+            Some(c) if c.data.is_empty() => None,
+            Some(c) if self.pending_discontinuity => Some(due.unwrap_or(pts).max(c.start_ns)),
+            Some(c) if announced => due.map(|d| d.max(c.start_ns)),
+            Some(c) => {
+                let elapsed = pts.saturating_sub(c.start_ns);
+                (elapsed + self.config.tolerance_ns >= self.config.target_ns).then_some(pts)
+            }
+        }
+    }
+
+    fn close(&mut self, end_ns: u64) -> Option<Segment> {
+        let c = self.current.take()?;
+        Some(Segment {
+            duration_ns: end_ns.saturating_sub(c.start_ns),
+            start_ns: c.start_ns,
+            data: c.data,
+            discontinuity: c.discontinuity,
+        })
+    }
+
+    fn append(&mut self, bytes: &[u8], pts: u64) {
+        if self.current.is_none() {
+            let mut data = Vec::with_capacity(256 * 1024);
+            let starts_with_pat =
+                bytes.len() >= TS_PACKET_SIZE && bytes[0] == SYNC_BYTE && packet_pid(bytes) == 0;
+            if !starts_with_pat && let Some(pat) = &self.pat {
+                data.extend_from_slice(pat);
+                for pid in &self.pmt_pids {
+                    if let Some(pmt) = self.pmts.get(pid) {
+                        data.extend_from_slice(pmt);
+                    }
+                }
+            }
+            self.current = Some(Current {
+                data,
+                start_ns: pts,
+                discontinuity: std::mem::take(&mut self.pending_discontinuity),
+            });
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.data.extend_from_slice(bytes);
+        }
+    }
+
+    /// Closes the segment being filled (end of stream, stop): it ends at the latest end time
+    /// noted, or the latest timestamp seen.
+    pub fn finish(&mut self) -> Option<Segment> {
+        let end = match (self.max_end_ns, self.last_pts) {
+            (Some(e), Some(l)) => e.min(l + END_SLACK_NS),
+            (e, l) => e.or(l)?,
+        };
+        let seg = self.close(end)?;
+        (!seg.data.is_empty()).then_some(seg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn packet(pid: u16, unit_start: bool, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; TS_PACKET_SIZE];
+        p[0] = SYNC_BYTE;
+        p[1] = ((pid >> 8) as u8 & 0x1f) | if unit_start { 0x40 } else { 0 };
+        p[2] = pid as u8;
+        p[3] = 0x10;
+        p
+    }
+
+    /// A PAT naming program 1 with its PMT on `pmt_pid`.
+    fn pat(pmt_pid: u16) -> Vec<u8> {
+        let mut p = packet(0, true, 0xff);
+        let section = [
+            0x00, // pointer field
+            0x00, // table id
+            0xb0,
+            13, // section length: 5 + 4 + 4
+            0x00,
+            0x01,
+            0xc1,
+            0x00,
+            0x00,
+            0x00,
+            0x01, // program 1
+            0xe0 | (pmt_pid >> 8) as u8,
+            pmt_pid as u8,
+            0,
+            0,
+            0,
+            0, // CRC (not checked)
+        ];
+        p[4..4 + section.len()].copy_from_slice(&section);
+        p
+    }
+
+    fn config(target_s: u64, split_on: SplitOn) -> SegmenterConfig {
+        SegmenterConfig {
+            target_ns: target_s * SEC,
+            tolerance_ns: 0,
+            split_on,
+        }
+    }
+
+    #[test]
+    fn parses_pmt_pids_from_pat() {
+        assert_eq!(pat_pmt_pids(&pat(0x20)), vec![0x20]);
+        assert_eq!(pat_pmt_pids(&pat(0x1000)), vec![0x1000]);
+    }
+
+    /// 30 fps video with a keyframe every second, each frame one packet (keyframes preceded by
+    /// PAT+PMT as mpegtsmux writes them).
+    fn feed_video(seg: &mut Segmenter, frames: u64) -> Vec<Segment> {
+        let mut out = Vec::new();
+        for i in 0..frames {
+            let pts = i * SEC / 30;
+            let key = i % 30 == 0;
+            let mut chunk = Vec::new();
+            if key {
+                chunk.extend(pat(0x20));
+                chunk.extend(packet(0x20, true, 1));
+            }
+            chunk.extend(packet(0x41, true, 2));
+            out.extend(seg.push(&chunk, Some(pts), key));
+        }
+        seg.note_end(frames * SEC / 30);
+        out.extend(seg.finish());
+        out
+    }
+
+    #[test]
+    fn cuts_at_keyframes_once_the_target_is_reached() {
+        let mut seg = Segmenter::new(config(2, SplitOn::Keyframes));
+        let out = feed_video(&mut seg, 150);
+        let durations: Vec<u64> = out.iter().map(|s| s.duration_ns).collect();
+        assert_eq!(durations, vec![2 * SEC, 2 * SEC, SEC]);
+        assert_eq!(out[1].start_ns, 2 * SEC);
+        // Every segment starts with the PAT.
+        for s in &out {
+            assert_eq!(packet_pid(&s.data), 0);
+            assert_eq!(s.data.len() % TS_PACKET_SIZE, 0);
+        }
+        // Nothing lost, nothing duplicated: 150 frames + 5 PAT/PMT pairs.
+        let total: usize = out.iter().map(|s| s.data.len()).sum();
+        assert_eq!(total, (150 + 10) * TS_PACKET_SIZE);
+    }
+
+    #[test]
+    fn tolerance_closes_a_segment_a_frame_early() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            target_ns: 2 * SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        // A keyframe 10 ms before the target: within half a frame, it closes the segment.
+        let a = seg.push(&pat(0x20), Some(0), true);
+        assert!(a.is_none());
+        let b = seg.push(&pat(0x20), Some(2 * SEC - SEC / 100), true);
+        assert_eq!(b.unwrap().duration_ns, 2 * SEC - SEC / 100);
+        let mut strict = Segmenter::new(config(2, SplitOn::Keyframes));
+        strict.push(&pat(0x20), Some(0), true);
+        assert!(
+            strict
+                .push(&pat(0x20), Some(2 * SEC - SEC / 100), true)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn long_gops_make_long_segments_rather_than_cutting_inside_them() {
+        let mut seg = Segmenter::new(config(1, SplitOn::Keyframes));
+        let mut out = Vec::new();
+        for i in 0..100u64 {
+            let key = i % 45 == 0;
+            out.extend(seg.push(&packet(0x41, true, 0), Some(i * SEC / 30), key));
+        }
+        seg.note_end(100 * SEC / 30);
+        out.extend(seg.finish());
+        let d: Vec<u64> = out.iter().map(|s| s.duration_ns).collect();
+        assert_eq!(d, vec![45 * SEC / 30, 45 * SEC / 30, 10 * SEC / 30]);
+    }
+
+    #[test]
+    fn audio_only_splits_at_pes_starts_and_repeats_the_tables() {
+        let mut seg = Segmenter::new(config(1, SplitOn::PesStart));
+        let mut out = Vec::new();
+        out.extend(seg.push(&pat(0x20), Some(0), true));
+        out.extend(seg.push(&packet(0x20, true, 1), Some(0), false));
+        // AAC frames every 1024/48000 s, two packets each.
+        let frame = 1024 * SEC / 48000;
+        for i in 0..100u64 {
+            out.extend(seg.push(&packet(0x44, true, 3), Some(i * frame), false));
+            out.extend(seg.push(&packet(0x44, false, 3), Some(i * frame), false));
+        }
+        seg.note_end(100 * frame);
+        out.extend(seg.finish());
+        assert_eq!(
+            out.len(),
+            3,
+            "{:?}",
+            out.iter().map(|s| s.duration_ns).collect::<Vec<_>>()
+        );
+        for s in &out {
+            assert_eq!(packet_pid(&s.data), 0, "PAT first");
+            assert_eq!(packet_pid(&s.data[TS_PACKET_SIZE..]), 0x20, "PMT second");
+            assert_eq!(packet_pid(&s.data[2 * TS_PACKET_SIZE..]), 0x44);
+            assert!(packet_unit_start(&s.data[2 * TS_PACKET_SIZE..]));
+        }
+        let total: u64 = out.iter().map(|s| s.duration_ns).sum();
+        assert_eq!(total, 100 * frame);
+    }
+
+    #[test]
+    fn discontinuity_cuts_at_the_next_split_point_and_marks_the_segment() {
+        let mut seg = Segmenter::new(config(10, SplitOn::Keyframes));
+        assert!(seg.push(&pat(0x20), Some(0), true).is_none());
+        assert!(seg.push(&packet(0x41, true, 0), Some(SEC), false).is_none());
+        seg.discontinuity();
+        assert!(
+            seg.push(&packet(0x41, true, 0), Some(2 * SEC), false)
+                .is_none()
+        );
+        let first = seg.push(&pat(0x20), Some(3 * SEC), true).expect("cut");
+        assert!(!first.discontinuity);
+        assert_eq!(first.duration_ns, 3 * SEC);
+        let second = seg.finish().expect("last");
+        assert!(second.discontinuity);
+    }
+
+    #[test]
+    fn announced_split_points_decide_where_keyframe_streams_are_cut() {
+        let mut seg = Segmenter::new(config(1, SplitOn::Keyframes));
+        // Keyframes every 0.5 s; the element announces cuts at 0.9 s and 2.4 s (decode times
+        // 0.1 s before the presentation times it asked for).
+        seg.split_at(900_000_000, SEC);
+        seg.split_at(2_400_000_000, 2_500_000_000);
+        let mut out = Vec::new();
+        for pts in [0, 500, 900, 1500, 2000, 2400] {
+            out.extend(seg.push(&pat(0x20), Some(pts * SEC / 1000), true));
+        }
+        out.extend(seg.push(&packet(0x41, true, 0), Some(2_900_000_000), false));
+        seg.note_end(3 * SEC);
+        out.extend(seg.finish());
+        let d: Vec<u64> = out.iter().map(|s| s.duration_ns).collect();
+        assert_eq!(d, vec![SEC, 1_500_000_000, 500_000_000]);
+    }
+
+    #[test]
+    fn media_the_muxer_never_emitted_does_not_lengthen_the_last_segment() {
+        let mut seg = Segmenter::new(config(10, SplitOn::Keyframes));
+        seg.push(&pat(0x20), Some(0), true);
+        seg.push(&packet(0x41, true, 0), Some(SEC), false);
+        // The element saw input up to 5 s, but the muxer got no further than 1 s.
+        seg.note_end(5 * SEC);
+        assert_eq!(seg.finish().unwrap().duration_ns, SEC + END_SLACK_NS);
+    }
+
+    #[test]
+    fn finish_without_data_gives_nothing() {
+        let mut seg = Segmenter::new(config(2, SplitOn::Keyframes));
+        assert!(seg.finish().is_none());
+    }
+}

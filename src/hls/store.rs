@@ -1,0 +1,752 @@
+//! Where finished files go, and the worker that puts them there off the streaming thread.
+//!
+//! A [`Store`] writes or deletes one file. The [`Output`] worker runs the store's jobs in order on
+//! its own thread from a bounded queue: the streaming thread only queues. Local files are written
+//! to a temporary name and renamed, so a reader sees a whole file or none.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Segment,
+    Playlist,
+    Key,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub message: String,
+    /// Worth trying again (network); otherwise the output stops with an error (disk).
+    pub retryable: bool,
+}
+
+impl StoreError {
+    pub fn fatal(message: impl Into<String>) -> StoreError {
+        StoreError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> StoreError {
+        StoreError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn put(&self, location: &str, kind: FileKind, data: &[u8]) -> Result<(), StoreError>;
+    fn delete(&self, location: &str, kind: FileKind) -> Result<(), StoreError>;
+    /// The local path of a location, for the built-in HTTP server.
+    fn local_path(&self, _location: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Local files, written atomically (temporary file in the same directory, then rename).
+#[derive(Debug, Default)]
+pub struct DirStore;
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+impl Store for DirStore {
+    fn put(&self, location: &str, _kind: FileKind, data: &[u8]) -> Result<(), StoreError> {
+        let path = Path::new(location);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::fatal(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let tmp = tmp_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.flush()?;
+            drop(f);
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            StoreError::fatal(format!("cannot write {location}: {e}"))
+        })
+    }
+
+    fn delete(&self, location: &str, _kind: FileKind) -> Result<(), StoreError> {
+        match std::fs::remove_file(location) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::fatal(format!("cannot delete {location}: {e}"))),
+        }
+    }
+
+    fn local_path(&self, location: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(location))
+    }
+}
+
+/// Removes the hidden temporary files (`.NAME.tmp`) a killed run left for the files it was
+/// writing: those of the locations in `exact` and those whose names start with one of the
+/// `prefixes` (segment and key patterns). Returns what was removed.
+pub fn remove_stale_temporaries(exact: &[&str], prefixes: &[&str]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let mut dirs: Vec<(PathBuf, String, bool)> = Vec::new();
+    for (loc, is_prefix) in exact
+        .iter()
+        .map(|l| (*l, false))
+        .chain(prefixes.iter().map(|p| (*p, true)))
+    {
+        let path = Path::new(loc);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dirs.push((dir, name, is_prefix));
+    }
+    for (dir, name, is_prefix) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(inner) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".tmp")) else {
+                continue;
+            };
+            let ours = if is_prefix {
+                inner.starts_with(&name)
+            } else {
+                inner == name
+            };
+            if ours && std::fs::remove_file(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
+}
+
+/// Files the output has published, by the last component of their name, for the built-in HTTP
+/// server: only these can ever be served.
+#[derive(Debug, Default)]
+pub struct Published {
+    files: Mutex<HashMap<String, (PathBuf, FileKind)>>,
+}
+
+impl Published {
+    pub fn get(&self, name: &str) -> Option<(PathBuf, FileKind)> {
+        self.files.lock().unwrap().get(name).cloned()
+    }
+
+    fn insert(&self, name: String, path: PathBuf, kind: FileKind) {
+        self.files.lock().unwrap().insert(name, (path, kind));
+    }
+
+    fn remove(&self, name: &str) {
+        self.files.lock().unwrap().remove(name);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Job {
+    Put {
+        location: String,
+        kind: FileKind,
+        data: Arc<Vec<u8>>,
+    },
+    Delete {
+        location: String,
+        kind: FileKind,
+    },
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Put { data, .. } => data.len(),
+            Job::Delete { .. } => 0,
+        }
+    }
+
+    fn location(&self) -> &str {
+        match self {
+            Job::Put { location, .. } | Job::Delete { location, .. } => location,
+        }
+    }
+}
+
+/// What the worker reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEvent {
+    /// Output stopped: nothing more will be written.
+    Fatal(String),
+    /// Something was given up on or dropped; output goes on.
+    Warning(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    /// Jobs queued at most.
+    pub capacity: usize,
+    /// Bytes of file data queued at most (a job bigger than this alone is still taken).
+    pub max_bytes: usize,
+    /// When full: wait for room (local disk) or drop the oldest queued segment (network, so the
+    /// pipeline never stalls on a slow origin).
+    pub block_when_full: bool,
+    /// Attempts per job for retryable failures.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            capacity: 64,
+            max_bytes: 256 * 1024 * 1024,
+            block_when_full: true,
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    busy: bool,
+    closing: bool,
+    failed: Option<String>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    cv: Condvar,
+    dropped: AtomicU64,
+    written: AtomicU64,
+}
+
+pub type EventFn = Box<dyn Fn(OutputEvent) + Send + Sync>;
+
+/// The output worker.
+pub struct Output {
+    store: Arc<dyn Store>,
+    published: Option<Arc<Published>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    config: OutputConfig,
+    events: Arc<EventFn>,
+}
+
+impl Output {
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: OutputConfig,
+        published: Option<Arc<Published>>,
+        events: EventFn,
+    ) -> Output {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        });
+        let events = Arc::new(events);
+        let thread = {
+            let shared = shared.clone();
+            let config = config.clone();
+            let events = events.clone();
+            let store = store.clone();
+            let published = published.clone();
+            std::thread::Builder::new()
+                .name("hls-output".into())
+                .spawn(move || worker(shared, store, config, published, events))
+                .expect("spawn hls output thread")
+        };
+        Output {
+            store,
+            published,
+            shared,
+            thread: Some(thread),
+            config,
+            events,
+        }
+    }
+
+    /// Queues a job. Fails once the output has stopped on an error.
+    pub fn submit(&self, job: Job) -> Result<(), String> {
+        let mut q = self.shared.queue.lock().unwrap();
+        if let Some(e) = &q.failed {
+            return Err(e.clone());
+        }
+        // A newer playlist supersedes a queued one.
+        if let Job::Put {
+            kind: FileKind::Playlist,
+            location,
+            ..
+        } = &job
+        {
+            q.jobs.retain(|j| {
+                !matches!(j, Job::Put { kind: FileKind::Playlist, location: l, .. } if l == location)
+            });
+        }
+        let full = |q: &Queue| {
+            let queued: usize = q.jobs.iter().map(Job::bytes).sum();
+            !q.jobs.is_empty()
+                && (q.jobs.len() >= self.config.capacity
+                    || queued + job.bytes() > self.config.max_bytes)
+        };
+        while full(&q) {
+            if self.config.block_when_full {
+                q = self.shared.cv.wait(q).unwrap();
+                if let Some(e) = &q.failed {
+                    return Err(e.clone());
+                }
+            } else {
+                let idx = q
+                    .jobs
+                    .iter()
+                    .position(|j| {
+                        matches!(
+                            j,
+                            Job::Put {
+                                kind: FileKind::Segment,
+                                ..
+                            }
+                        )
+                    })
+                    .unwrap_or(0);
+                let old = q.jobs.remove(idx).expect("non-empty");
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                (self.events)(OutputEvent::Warning(format!(
+                    "output queue full: dropped {}",
+                    old.location()
+                )));
+            }
+        }
+        q.jobs.push_back(job);
+        self.shared.cv.notify_all();
+        Ok(())
+    }
+
+    /// Publishes a file that already exists (written by a previous run) for the HTTP server.
+    pub fn announce(&self, location: &str, kind: FileKind) {
+        if let (Some(p), Some(path)) = (&self.published, self.store.local_path(location))
+            && path.exists()
+        {
+            p.insert(
+                crate::hls::location::basename(location).to_owned(),
+                path,
+                kind,
+            );
+        }
+    }
+
+    /// Waits until every queued job is done (or `timeout`). True when done.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut q = self.shared.queue.lock().unwrap();
+        while !q.jobs.is_empty() || q.busy {
+            let now = Instant::now();
+            if now >= deadline || q.failed.is_some() {
+                return false;
+            }
+            q = self.shared.cv.wait_timeout(q, deadline - now).unwrap().0;
+        }
+        q.failed.is_none()
+    }
+
+    /// Jobs dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Jobs done successfully.
+    pub fn written(&self) -> u64 {
+        self.shared.written.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> Option<String> {
+        self.shared.queue.lock().unwrap().failed.clone()
+    }
+
+    /// Finishes the queued jobs (waiting at most `timeout`) and stops the worker.
+    pub fn close(mut self, timeout: Duration) -> bool {
+        let done = self.flush(timeout);
+        self.stop();
+        done
+    }
+
+    fn stop(&mut self) {
+        {
+            let mut q = self.shared.queue.lock().unwrap();
+            q.closing = true;
+            q.jobs.clear();
+            self.shared.cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            // A worker stuck in a network request finishes it (bounded by the store's timeouts)
+            // on its own; waiting for it here would hold up the caller.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn worker(
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    config: OutputConfig,
+    published: Option<Arc<Published>>,
+    events: Arc<EventFn>,
+) {
+    loop {
+        let job = {
+            let mut q = shared.queue.lock().unwrap();
+            loop {
+                if q.closing {
+                    return;
+                }
+                if let Some(j) = q.jobs.pop_front() {
+                    q.busy = true;
+                    break j;
+                }
+                q = shared.cv.wait(q).unwrap();
+            }
+        };
+        let mut attempt = 0;
+        let mut backoff = config.initial_backoff;
+        let result = loop {
+            attempt += 1;
+            let r = match &job {
+                Job::Put {
+                    location,
+                    kind,
+                    data,
+                } => store.put(location, *kind, data),
+                Job::Delete { location, kind } => store.delete(location, *kind),
+            };
+            match r {
+                Err(e) if e.retryable && attempt < config.max_attempts => {
+                    // Sleep for the backoff (new jobs wake the condvar too), but stop at once
+                    // when closing.
+                    let until = Instant::now() + backoff;
+                    let mut q = shared.queue.lock().unwrap();
+                    while !q.closing && Instant::now() < until {
+                        q = shared.cv.wait_timeout(q, until - Instant::now()).unwrap().0;
+                    }
+                    if q.closing {
+                        break Err(e);
+                    }
+                    backoff = (backoff * 2).min(config.max_backoff);
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = &result
+            && !e.retryable
+        {
+            // Reported before anyone waiting for the output can see it stopped.
+            events(OutputEvent::Fatal(e.message.clone()));
+        }
+        let mut q = shared.queue.lock().unwrap();
+        q.busy = false;
+        match result {
+            Ok(()) => {
+                shared.written.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &published {
+                    let name = crate::hls::location::basename(job.location()).to_owned();
+                    match &job {
+                        Job::Put { kind, location, .. } => {
+                            if let Some(path) = store.local_path(location) {
+                                p.insert(name, path, *kind);
+                            }
+                        }
+                        Job::Delete { .. } => p.remove(&name),
+                    }
+                }
+            }
+            Err(e) if e.retryable => {
+                events(OutputEvent::Warning(format!(
+                    "gave up on {} after {attempt} attempts: {}",
+                    job.location(),
+                    e.message
+                )));
+            }
+            Err(e) => {
+                q.failed = Some(e.message.clone());
+                q.jobs.clear();
+            }
+        }
+        shared.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that fails the first `failures` calls, then records.
+    struct Flaky {
+        failures: Mutex<u32>,
+        log: Mutex<Vec<String>>,
+        retryable: bool,
+    }
+
+    impl Store for Flaky {
+        fn put(&self, location: &str, _: FileKind, _: &[u8]) -> Result<(), StoreError> {
+            let mut f = self.failures.lock().unwrap();
+            if *f > 0 {
+                *f -= 1;
+                return Err(StoreError {
+                    message: "boom".into(),
+                    retryable: self.retryable,
+                });
+            }
+            self.log.lock().unwrap().push(format!("put {location}"));
+            Ok(())
+        }
+        fn delete(&self, location: &str, _: FileKind) -> Result<(), StoreError> {
+            self.log.lock().unwrap().push(format!("delete {location}"));
+            Ok(())
+        }
+    }
+
+    fn put(l: &str, kind: FileKind) -> Job {
+        Job::Put {
+            location: l.into(),
+            kind,
+            data: Arc::new(vec![1, 2, 3]),
+        }
+    }
+
+    fn quick() -> OutputConfig {
+        OutputConfig {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            ..OutputConfig::default()
+        }
+    }
+
+    #[test]
+    fn retries_in_order_with_backoff() {
+        let store = Arc::new(Flaky {
+            failures: Mutex::new(3),
+            log: Mutex::new(Vec::new()),
+            retryable: true,
+        });
+        let out = Output::start(store.clone(), quick(), None, Box::new(|_| {}));
+        out.submit(put("a.ts", FileKind::Segment)).unwrap();
+        out.submit(Job::Delete {
+            location: "old.ts".into(),
+            kind: FileKind::Segment,
+        })
+        .unwrap();
+        assert!(out.close(Duration::from_secs(5)));
+        assert_eq!(*store.log.lock().unwrap(), ["put a.ts", "delete old.ts"]);
+    }
+
+    #[test]
+    fn a_fatal_error_stops_the_output_and_is_reported() {
+        let store = Arc::new(Flaky {
+            failures: Mutex::new(1),
+            log: Mutex::new(Vec::new()),
+            retryable: false,
+        });
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let out = Output::start(
+            store,
+            quick(),
+            None,
+            Box::new(move |e| ev.lock().unwrap().push(e)),
+        );
+        out.submit(put("a.ts", FileKind::Segment)).unwrap();
+        assert!(!out.flush(Duration::from_secs(5)));
+        assert_eq!(out.failed().as_deref(), Some("boom"));
+        assert!(out.submit(put("b.ts", FileKind::Segment)).is_err());
+        assert_eq!(*events.lock().unwrap(), [OutputEvent::Fatal("boom".into())]);
+    }
+
+    #[test]
+    fn dir_store_writes_atomically_and_publishes() {
+        let dir = std::env::temp_dir().join(format!("hls-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let published = Arc::new(Published::default());
+        let out = Output::start(
+            Arc::new(DirStore),
+            OutputConfig::default(),
+            Some(published.clone()),
+            Box::new(|_| {}),
+        );
+        let loc = dir.join("sub/p.m3u8").to_string_lossy().into_owned();
+        out.submit(put(&loc, FileKind::Playlist)).unwrap();
+        assert!(out.flush(Duration::from_secs(5)));
+        assert_eq!(std::fs::read(&loc).unwrap(), [1, 2, 3]);
+        let names: Vec<_> = std::fs::read_dir(dir.join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["p.m3u8"], "no temporary file left");
+        assert_eq!(
+            published.get("p.m3u8").map(|p| p.0),
+            Some(PathBuf::from(&loc))
+        );
+        out.submit(Job::Delete {
+            location: loc.clone(),
+            kind: FileKind::Playlist,
+        })
+        .unwrap();
+        assert!(out.close(Duration::from_secs(5)));
+        assert!(published.get("p.m3u8").is_none());
+        assert!(!Path::new(&loc).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stale_temporaries_of_our_files_are_removed_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("hls-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            ".segment00007.ts.tmp",
+            ".playlist.m3u8.tmp",
+            ".key00001.key.tmp",
+            ".other.tmp",
+            "segment00006.ts",
+        ] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let d = dir.to_string_lossy().into_owned();
+        let removed = remove_stale_temporaries(
+            &[&format!("{d}/playlist.m3u8")],
+            &[&format!("{d}/segment"), &format!("{d}/key")],
+        );
+        assert_eq!(removed.len(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp", "segment00006.ts"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_network_queue_drops_the_oldest_segment_and_coalesces_playlists() {
+        struct Stuck(Mutex<bool>, Condvar);
+        impl Store for Stuck {
+            fn put(&self, _: &str, _: FileKind, _: &[u8]) -> Result<(), StoreError> {
+                let mut g = self.0.lock().unwrap();
+                while !*g {
+                    g = self.1.wait(g).unwrap();
+                }
+                Ok(())
+            }
+            fn delete(&self, _: &str, _: FileKind) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+        let stuck = Arc::new(Stuck(Mutex::new(false), Condvar::new()));
+        let out = Output::start(
+            stuck.clone(),
+            OutputConfig {
+                capacity: 3,
+                block_when_full: false,
+                ..quick()
+            },
+            None,
+            Box::new(|_| {}),
+        );
+        out.submit(put("busy.ts", FileKind::Segment)).unwrap();
+        // Let the worker take the first job.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !out.shared.queue.lock().unwrap().busy {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..3 {
+            out.submit(put(&format!("s{i}.ts"), FileKind::Segment))
+                .unwrap();
+            out.submit(put("p.m3u8", FileKind::Playlist)).unwrap();
+        }
+        let queued: Vec<String> = out
+            .shared
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.location().to_owned())
+            .collect();
+        assert_eq!(queued, ["s1.ts", "s2.ts", "p.m3u8"]);
+        assert_eq!(out.dropped(), 1);
+        // The byte bound counts too: with room for 7 bytes, a 3-byte segment pushes out one.
+        let bounded = Output::start(
+            stuck.clone(),
+            OutputConfig {
+                capacity: 100,
+                max_bytes: 7,
+                block_when_full: false,
+                ..quick()
+            },
+            None,
+            Box::new(|_| {}),
+        );
+        bounded.submit(put("busy.ts", FileKind::Segment)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !bounded.shared.queue.lock().unwrap().busy {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..3 {
+            bounded
+                .submit(put(&format!("b{i}.ts"), FileKind::Segment))
+                .unwrap();
+        }
+        let queued: Vec<String> = bounded
+            .shared
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.location().to_owned())
+            .collect();
+        assert_eq!(queued, ["b1.ts", "b2.ts"]);
+        assert_eq!(bounded.dropped(), 1);
+        *stuck.0.lock().unwrap() = true;
+        stuck.1.notify_all();
+        assert!(out.close(Duration::from_secs(5)));
+        assert!(bounded.close(Duration::from_secs(5)));
+    }
+}

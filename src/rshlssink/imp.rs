@@ -1,0 +1,1015 @@
+//! `rshlssink`: HLS segments and playlists, written locally, served or uploaded.
+//!
+//! A bin: request pads `video` and `audio` (as hlssink2) → the stock `mpegtsmux` → a minimal
+//! internal sink whose chain function feeds [`crate::hls::writer::Writer`]. Probes on the input
+//! pads decide where segments start (the first keyframe at or after each multiple of
+//! target-duration in running time), ask upstream for those keyframes ahead of time
+//! (force-key-unit) and announce each cut to the writer. The writer cuts the transport stream
+//! there and queues each finished segment, key and playlist for an output worker thread, so the
+//! streaming thread never waits for storage or the network.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
+
+use gio::prelude::*;
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::{Encryption, PlaylistType};
+use crate::hls::http::{HttpConfig, HttpServer};
+use crate::hls::location::{self, Locations};
+use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
+use crate::hls::segmenter::{SegmenterConfig, SplitOn};
+use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, Store};
+use crate::hls::store::{FileKind, StoreError};
+use crate::hls::upload::HttpStore;
+use crate::hls::writer::{self, Writer, WriterConfig};
+
+/// hlssink2's signals in front of the real store: an application that returns an output stream
+/// from `get-playlist-stream` / `get-fragment-stream` gets the file's bytes there instead;
+/// `delete-fragment` tells it a segment expired (a local file of that name is deleted too).
+struct SignalStore {
+    element: glib::WeakRef<super::RsHlsSink>,
+    inner: Arc<dyn Store>,
+}
+
+impl Store for SignalStore {
+    fn put(&self, location: &str, kind: FileKind, data: &[u8]) -> Result<(), StoreError> {
+        let signal = match kind {
+            FileKind::Playlist => Some("get-playlist-stream"),
+            FileKind::Segment => Some("get-fragment-stream"),
+            FileKind::Key => None,
+        };
+        if let (Some(signal), Some(obj)) = (signal, self.element.upgrade())
+            && let Some(stream) =
+                obj.emit_by_name::<Option<gio::OutputStream>>(signal, &[&location])
+        {
+            let write = || -> Result<(), glib::Error> {
+                stream.write_all(data, gio::Cancellable::NONE)?;
+                stream.close(gio::Cancellable::NONE)
+            };
+            return write().map_err(|e| {
+                StoreError::fatal(format!(
+                    "writing {location} to the application's stream: {e}"
+                ))
+            });
+        }
+        self.inner.put(location, kind, data)
+    }
+
+    fn delete(&self, location: &str, kind: FileKind) -> Result<(), StoreError> {
+        if kind == FileKind::Segment
+            && let Some(obj) = self.element.upgrade()
+        {
+            obj.emit_by_name::<()>("delete-fragment", &[&location]);
+        }
+        self.inner.delete(location, kind)
+    }
+
+    fn local_path(&self, location: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(location)
+    }
+}
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new("rshlssink", gst::DebugColorFlags::empty(), Some("HLS sink"))
+});
+
+const DEFAULT_LOCATION: &str = "segment%05d.ts";
+const DEFAULT_PLAYLIST_LOCATION: &str = "playlist.m3u8";
+const DEFAULT_TARGET_DURATION: u32 = 15;
+const DEFAULT_PLAYLIST_LENGTH: u32 = 5;
+const DEFAULT_MAX_FILES: u32 = 10;
+const DEFAULT_HTTP_PORT: i32 = -1;
+const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0";
+const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 100;
+/// How long EOS waits for queued output.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long stopping without EOS waits for queued output.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    location: String,
+    playlist_location: String,
+    playlist_root: Option<String>,
+    target_duration: u32,
+    playlist_length: u32,
+    max_files: u32,
+    send_keyframe_requests: bool,
+    playlist_type: PlaylistType,
+    program_date_time: bool,
+    encryption: Encryption,
+    key_rotation: u32,
+    resume: bool,
+    http_port: i32,
+    http_address: String,
+    http_max_connections: u32,
+    upload_ca_file: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            location: DEFAULT_LOCATION.into(),
+            playlist_location: DEFAULT_PLAYLIST_LOCATION.into(),
+            playlist_root: None,
+            target_duration: DEFAULT_TARGET_DURATION,
+            playlist_length: DEFAULT_PLAYLIST_LENGTH,
+            max_files: DEFAULT_MAX_FILES,
+            send_keyframe_requests: true,
+            playlist_type: PlaylistType::Live,
+            program_date_time: false,
+            encryption: Encryption::None,
+            key_rotation: 0,
+            resume: true,
+            http_port: DEFAULT_HTTP_PORT,
+            http_address: DEFAULT_HTTP_ADDRESS.into(),
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            upload_ca_file: None,
+        }
+    }
+}
+
+struct InputPad {
+    ghost: gst::GhostPad,
+    mux_pad: gst::Pad,
+    video: bool,
+}
+
+/// Per-stream bookkeeping on the input side.
+#[derive(Default)]
+struct InputState {
+    /// Running time (ns) of the last segment boundary a keyframe was asked for: boundaries are
+    /// the multiples of target-duration in running time, asked for well ahead so that encoders
+    /// with lookahead still get the request in time.
+    requested_until: Option<u64>,
+    /// Running time (presentation) of the keyframe that started the current segment.
+    last_split: Option<u64>,
+    /// Half a video frame (ns), from the caps.
+    tolerance: u64,
+    /// Caps and stream-start seen per pad, to notice changes.
+    caps: Vec<(String, gst::Caps)>,
+    stream_starts: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct RsHlsSink {
+    settings: Mutex<Settings>,
+    mux: OnceLock<gst::Element>,
+    pads: Mutex<Vec<InputPad>>,
+    writer: Mutex<Option<Writer>>,
+    input: Mutex<InputState>,
+    published: Arc<Published>,
+    http: Mutex<Option<HttpServer>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RsHlsSink {
+    const NAME: &'static str = "GstRsHlsSink";
+    type Type = super::RsHlsSink;
+    type ParentType = gst::Bin;
+}
+
+fn clock_ns(t: Option<gst::ClockTime>) -> Option<u64> {
+    t.map(|t| t.nseconds())
+}
+
+impl RsHlsSink {
+    fn locations(settings: &Settings) -> Result<Locations, gst::ErrorMessage> {
+        location::resolve(&settings.location, &settings.playlist_location)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e)))
+    }
+
+    fn make_store(
+        &self,
+        locations: &Locations,
+    ) -> Result<(Arc<dyn Store>, OutputConfig), gst::ErrorMessage> {
+        let (inner, config): (Arc<dyn Store>, OutputConfig) = if locations.upload {
+            let ca_file = self.settings.lock().unwrap().upload_ca_file.clone();
+            let store =
+                HttpStore::new(ca_file.as_deref().map(std::path::Path::new)).map_err(|e| {
+                    gst::error_msg!(gst::ResourceError::Settings, ("Cannot upload: {}", e))
+                })?;
+            (
+                Arc::new(store),
+                // Never stall the pipeline on the origin: drop the oldest queued segment.
+                OutputConfig {
+                    block_when_full: false,
+                    ..OutputConfig::default()
+                },
+            )
+        } else {
+            (Arc::new(DirStore), OutputConfig::default())
+        };
+        let store = SignalStore {
+            element: self.obj().downgrade(),
+            inner,
+        };
+        Ok((Arc::new(store), config))
+    }
+
+    fn start_writer(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let locations = Self::locations(&settings)?;
+        let has_video = self.pads.lock().unwrap().iter().any(|p| p.video);
+        let kind = match settings.playlist_type {
+            PlaylistType::Live => PlaylistKind::Live,
+            PlaylistType::Event => PlaylistKind::Event,
+            PlaylistType::Vod => PlaylistKind::Vod,
+        };
+        let tolerance = self.input.lock().unwrap().tolerance;
+        let config = WriterConfig {
+            locations: locations.clone(),
+            playlist_root: settings.playlist_root.clone(),
+            playlist: PlaylistConfig {
+                kind,
+                playlist_length: settings.playlist_length as usize,
+                target_duration_s: u64::from(settings.target_duration),
+            },
+            max_files: settings.max_files as usize,
+            encryption: (settings.encryption == Encryption::Aes128).then_some(writer::Encryption {
+                key_rotation: settings.key_rotation,
+            }),
+            program_date_time: settings.program_date_time,
+            segmenter: SegmenterConfig {
+                target_ns: u64::from(settings.target_duration) * 1_000_000_000,
+                tolerance_ns: tolerance,
+                split_on: if has_video {
+                    SplitOn::Keyframes
+                } else {
+                    SplitOn::PesStart
+                },
+            },
+        };
+        let (store, output_config) = self.make_store(&locations)?;
+        let weak = self.obj().downgrade();
+        let output = Output::start(
+            store,
+            output_config,
+            Some(self.published.clone()),
+            Box::new(move |event| {
+                let Some(obj) = weak.upgrade() else { return };
+                match event {
+                    OutputEvent::Fatal(msg) => {
+                        gst::element_error!(obj, gst::ResourceError::Write, ("{}", msg));
+                    }
+                    OutputEvent::Warning(msg) => {
+                        gst::warning!(CAT, obj = obj, "{}", msg);
+                        obj.post_message(
+                            gst::message::Warning::builder(gst::ResourceError::Write, &msg)
+                                .src(&obj)
+                                .build(),
+                        )
+                        .ok();
+                    }
+                }
+            }),
+        );
+        if !locations.upload {
+            for path in crate::hls::store::remove_stale_temporaries(
+                &[&locations.playlist],
+                &[locations.segment.prefix(), locations.key.prefix()],
+            ) {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "removed {} left by an earlier run",
+                    path.display()
+                );
+            }
+        }
+        let previous = (settings.resume && !locations.upload && kind != PlaylistKind::Vod)
+            .then(|| std::fs::read(&locations.playlist).ok())
+            .flatten()
+            .and_then(|bytes| m3u8_rs::parse_media_playlist_res(&bytes).ok())
+            .filter(|p| !p.end_list && !p.segments.is_empty());
+        let writer = match previous {
+            Some(p) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "continuing {} after sequence {}",
+                    locations.playlist,
+                    p.media_sequence + p.segments.len() as u64 - 1
+                );
+                Writer::resume(config, output, &p)
+            }
+            None => Writer::new(config, output),
+        };
+        *self.writer.lock().unwrap() = Some(writer);
+        let mut input = self.input.lock().unwrap();
+        input.requested_until = None;
+        input.last_split = None;
+        input.caps.clear();
+        input.stream_starts.clear();
+        Ok(())
+    }
+
+    fn start_http(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        if settings.http_port < 0 {
+            return Ok(());
+        }
+        let ip: std::net::IpAddr = settings.http_address.parse().map_err(|_| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "http-address '{}' is not an IP address",
+                    settings.http_address
+                )
+            )
+        })?;
+        let address = std::net::SocketAddr::new(ip, settings.http_port as u16);
+        let server = HttpServer::start(
+            HttpConfig {
+                address,
+                max_connections: settings.http_max_connections as usize,
+                playlist_cache_control: "no-cache".into(),
+            },
+            self.published.clone(),
+        )
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenReadWrite,
+                ("Could not listen for HTTP on {}: {}", address, e)
+            )
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "serving HLS on http://{}/",
+            server.local_addr()
+        );
+        *self.http.lock().unwrap() = Some(server);
+        self.obj().notify("http-bound-port");
+        Ok(())
+    }
+
+    /// Writes what is buffered and waits for the output (EOS or stop).
+    fn finish_writer(&self, end_of_stream: bool) -> Result<(), String> {
+        let mut guard = self.writer.lock().unwrap();
+        let Some(w) = guard.as_mut() else {
+            return Ok(());
+        };
+        if let Some(p) = w.finish(end_of_stream)? {
+            self.post_segment_message(&p);
+        }
+        if !w.flush(FLUSH_TIMEOUT) {
+            return Err(w
+                .output()
+                .failed()
+                .unwrap_or_else(|| "timed out writing the last files".into()));
+        }
+        Ok(())
+    }
+
+    /// Stopping without EOS: the partial segment and its playlist are queued and get
+    /// [`STOP_TIMEOUT`] to be written, so that a dead origin cannot hold up a state change for long.
+    fn stop_writer(&self) {
+        let Some(mut w) = self.writer.lock().unwrap().take() else {
+            return;
+        };
+        if let Err(e) = w.finish(false) {
+            gst::warning!(CAT, imp = self, "stopping: {}", e);
+        }
+        if !w.close(STOP_TIMEOUT) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "stopping: gave up on output not written within {:?}",
+                STOP_TIMEOUT
+            );
+        }
+    }
+
+    /// The muxer's output (it pushes lists of 188-byte packets): one lock per list.
+    fn on_buffers<'a>(
+        &self,
+        buffers: impl Iterator<Item = &'a gst::BufferRef>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut guard = self.writer.lock().unwrap();
+        let Some(w) = guard.as_mut() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        for buffer in buffers {
+            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            match w.push(&map, clock_ns(buffer.pts()), keyframe) {
+                Ok(Some(p)) => {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "segment {} ({:.3} s) {}",
+                        p.sequence,
+                        p.duration_s,
+                        p.location
+                    );
+                    self.post_segment_message(&p);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    drop(map);
+                    drop(guard);
+                    gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                    return Err(gst::FlowError::Error);
+                }
+            }
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Element message `rshlssink-segment-added` (location, sequence, duration in seconds, and
+    /// the files deleted because of it) for applications that track the output. The file is
+    /// queued for writing, not necessarily written yet.
+    fn post_segment_message(&self, p: &writer::Published) {
+        let deleted: Vec<glib::SendValue> = p.deleted.iter().map(|d| d.to_send_value()).collect();
+        let s = gst::Structure::builder("rshlssink-segment-added")
+            .field("location", &p.location)
+            .field("sequence", p.sequence)
+            .field("duration", p.duration_s)
+            .field("deleted", gst::List::new(deleted))
+            .build();
+        let obj = self.obj();
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+
+    fn on_eos(&self) {
+        if let Err(e) = self.finish_writer(true) {
+            gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+        }
+    }
+
+    /// Input buffers: note where the media ends and ask for the next segment's keyframe.
+    fn on_input_buffer(&self, pad: &gst::Pad, video: bool, buffer: &gst::BufferRef) {
+        let Some(segment) = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned())
+        else {
+            return;
+        };
+        let Some(rt) = segment.to_running_time(buffer.pts()) else {
+            return;
+        };
+        let end = rt + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
+        let only_audio = !video && !self.pads.lock().unwrap().iter().any(|p| p.video);
+        if (video || only_audio)
+            && let Some(w) = self.writer.lock().unwrap().as_mut()
+        {
+            w.note_end(end.nseconds());
+        }
+        if !video {
+            return;
+        }
+        let (target, send) = {
+            let s = self.settings.lock().unwrap();
+            (
+                u64::from(s.target_duration) * 1_000_000_000,
+                s.send_keyframe_requests,
+            )
+        };
+        if target == 0 {
+            // Every keyframe starts a segment: the segmenter's own rule.
+            return;
+        }
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let rt = rt.nseconds();
+        let (requests, split) = {
+            let mut input = self.input.lock().unwrap();
+            let tol = input.tolerance;
+            let requests = Self::plan_requests(&mut input, rt, target);
+            let split = keyframe && {
+                let due = input
+                    .last_split
+                    .is_some_and(|l| (rt + tol) / target > (l + tol) / target);
+                if due || input.last_split.is_none() {
+                    input.last_split = Some(rt);
+                }
+                due
+            };
+            (requests, split)
+        };
+        if send {
+            self.request_keyframes(pad, &requests);
+        }
+        if split {
+            // mpegtsmux stamps its packets with the decode time: announce the cut in that time.
+            let dts_rt = match buffer.dts().map(|d| segment.to_running_time_full(d)) {
+                Some(Some(gst::Signed::Positive(t))) => t.nseconds(),
+                Some(Some(gst::Signed::Negative(_))) => 0,
+                _ => rt,
+            };
+            gst::debug!(
+                CAT,
+                obj = pad,
+                "segment boundary: keyframe at {} (decode {})",
+                rt,
+                dts_rt
+            );
+            if let Some(w) = self.writer.lock().unwrap().as_mut() {
+                w.split_at(dts_rt, rt);
+            }
+        }
+    }
+
+    /// Boundaries (running time, ns) to ask keyframes for so that requests stay a few segments
+    /// ahead of `rt`.
+    fn plan_requests(input: &mut InputState, rt: u64, target: u64) -> Vec<u64> {
+        let horizon = (3 * target).max(5_000_000_000);
+        let grid_below = |t: u64| t - t % target;
+        let mut next = match input.requested_until {
+            Some(r) if r + target > rt => r,
+            _ => grid_below(rt),
+        };
+        let mut out = Vec::new();
+        while next + target <= rt + horizon {
+            next += target;
+            out.push(next);
+        }
+        input.requested_until = Some(next);
+        out
+    }
+
+    fn request_keyframes(&self, pad: &gst::Pad, at: &[u64]) {
+        let tol = self.input.lock().unwrap().tolerance;
+        for &t in at {
+            gst::log!(
+                CAT,
+                obj = pad,
+                "asking for a keyframe at running time {}",
+                t
+            );
+            let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+                .running_time(gst::ClockTime::from_nseconds(t.saturating_sub(tol)))
+                .all_headers(true)
+                .build();
+            pad.push_event(event);
+        }
+    }
+
+    /// Input events: a format change after data has flowed, a new stream or a flush make the next
+    /// segment a discontinuity.
+    fn on_input_event(
+        &self,
+        pad: &gst::Pad,
+        video: bool,
+        flowing: &AtomicBool,
+        event: &gst::EventRef,
+    ) {
+        let name = pad.name().to_string();
+        let mut discontinuity = false;
+        match event.view() {
+            gst::EventView::Caps(c) => {
+                let caps = c.caps_owned();
+                let mut input = self.input.lock().unwrap();
+                if video
+                    && let Some(s) = caps.structure(0)
+                    && let Ok(f) = s.get::<gst::Fraction>("framerate")
+                    && f.numer() > 0
+                {
+                    input.tolerance = 1_000_000_000u64 * f.denom() as u64 / f.numer() as u64 / 2;
+                    let tol = input.tolerance;
+                    drop(input);
+                    if let Some(w) = self.writer.lock().unwrap().as_mut() {
+                        w.set_tolerance(tol);
+                    }
+                    input = self.input.lock().unwrap();
+                }
+                // Caps refined before any data (parsers do that) are no discontinuity.
+                let had_data = flowing.swap(false, Ordering::Relaxed);
+                match input.caps.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, old)) if *old != caps && !had_data => *old = caps,
+                    Some((_, old)) if *old != caps => {
+                        gst::info!(CAT, obj = pad, "format change to {}: discontinuity", caps);
+                        *old = caps;
+                        discontinuity = true;
+                    }
+                    Some(_) => {}
+                    None => input.caps.push((name, caps)),
+                }
+            }
+            gst::EventView::StreamStart(_) => {
+                let mut input = self.input.lock().unwrap();
+                if input.stream_starts.contains(&name) {
+                    gst::info!(CAT, obj = pad, "new stream: discontinuity");
+                    discontinuity = true;
+                } else {
+                    input.stream_starts.push(name);
+                    // Before any frame is encoded: ask for the first boundaries now, so that
+                    // an encoder's lookahead cannot make the first segments run long.
+                    let (target, send) = {
+                        let s = self.settings.lock().unwrap();
+                        (
+                            u64::from(s.target_duration) * 1_000_000_000,
+                            s.send_keyframe_requests,
+                        )
+                    };
+                    if video && send && target > 0 && input.requested_until.is_none() {
+                        let requests = Self::plan_requests(&mut input, 0, target);
+                        drop(input);
+                        self.request_keyframes(pad, &requests);
+                    }
+                }
+            }
+            gst::EventView::FlushStop(_) => discontinuity = true,
+            _ => {}
+        }
+        if discontinuity {
+            let mut input = self.input.lock().unwrap();
+            input.requested_until = None;
+            input.last_split = None;
+            drop(input);
+            if let Some(w) = self.writer.lock().unwrap().as_mut() {
+                w.discontinuity();
+            }
+        }
+    }
+}
+
+impl ObjectImpl for RsHlsSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_element_flags(gst::ElementFlags::SINK);
+        let mux = gst::ElementFactory::make("mpegtsmux")
+            .name("mux")
+            .property_from_str("start-time-selection", "first")
+            // Every packet made for an input buffer in one push (a list), not a push each.
+            .property("alignment", 0i32)
+            .build()
+            .expect("mpegtsmux (gst-plugins-bad) is installed");
+        let output = super::output::OutputSink::new("sink");
+        let weak = obj.downgrade();
+        let weak_eos = obj.downgrade();
+        output.set_callbacks(
+            Box::new(move |list| {
+                let Some(obj) = weak.upgrade() else {
+                    return Err(gst::FlowError::Flushing);
+                };
+                obj.imp().on_buffers(list.iter())
+            }),
+            Box::new(move || {
+                if let Some(obj) = weak_eos.upgrade() {
+                    obj.imp().on_eos();
+                }
+            }),
+        );
+        obj.add_many([&mux, output.upcast_ref()])
+            .expect("add children");
+        mux.link(&output).expect("link mpegtsmux to the output");
+        let _ = self.mux.set(mux);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("location")
+                    .nick("Location")
+                    .blurb("Segment file name pattern with a %d directive (as hlssink2, e.g. /tmp/hls/segment%05d.ts), or a directory (segments are segment%05d.ts in it). An http:// or https:// URL uploads with PUT.")
+                    .default_value(Some(DEFAULT_LOCATION))
+                    .build(),
+                glib::ParamSpecString::builder("playlist-location")
+                    .nick("Playlist location")
+                    .blurb("Playlist file. Relative names are put in the location's directory (or URL) when location is a directory or URL, else used as they are (as hlssink2)")
+                    .default_value(Some(DEFAULT_PLAYLIST_LOCATION))
+                    .build(),
+                glib::ParamSpecString::builder("playlist-root")
+                    .nick("Playlist root")
+                    .blurb("URL prefix for the segment and key URIs in the playlist (default: file names relative to the playlist)")
+                    .build(),
+                glib::ParamSpecUInt::builder("target-duration")
+                    .nick("Target duration")
+                    .blurb("The target duration in seconds of a segment (0: cut at every keyframe). Segments are cut at the first keyframe that reaches it; keyframes are requested there")
+                    .default_value(DEFAULT_TARGET_DURATION)
+                    .build(),
+                glib::ParamSpecUInt::builder("playlist-length")
+                    .nick("Playlist length")
+                    .blurb("Segments in a live playlist (at least 3 for players to follow, RFC 8216 6.3.3); 0 lists every segment")
+                    .default_value(DEFAULT_PLAYLIST_LENGTH)
+                    .build(),
+                glib::ParamSpecUInt::builder("max-files")
+                    .nick("Max files")
+                    .blurb("Segment files kept for a live playlist; older ones are deleted once they have left the playlist (0 keeps all)")
+                    .default_value(DEFAULT_MAX_FILES)
+                    .build(),
+                glib::ParamSpecBoolean::builder("send-keyframe-requests")
+                    .nick("Send keyframe requests")
+                    .blurb("Ask upstream for a keyframe (force-key-unit) where the next segment should start. If disabled the input must have keyframes in regular intervals")
+                    .default_value(true)
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("playlist-type", PlaylistType::Live)
+                    .nick("Playlist type")
+                    .blurb("live: sliding window; event: every segment stays; vod: every segment stays, EXT-X-PLAYLIST-TYPE:VOD at end of stream")
+                    .build(),
+                glib::ParamSpecBoolean::builder("program-date-time")
+                    .nick("Program date time")
+                    .blurb("Write EXT-X-PROGRAM-DATE-TIME (wall-clock time of each segment's start)")
+                    .default_value(false)
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("encryption", Encryption::None)
+                    .nick("Encryption")
+                    .blurb("Segment encryption: none, or aes-128 (EXT-X-KEY METHOD=AES-128, key files key%05d.key beside the segments, a random IV per segment)")
+                    .build(),
+                glib::ParamSpecUInt::builder("key-rotation")
+                    .nick("Key rotation")
+                    .blurb("With encryption, a new key every this many segments (0: one key for the whole stream)")
+                    .default_value(0)
+                    .build(),
+                glib::ParamSpecInt::builder("http-port")
+                    .nick("HTTP port")
+                    .blurb("Serve the playlist, segments and keys over HTTP on this TCP port (0 picks a free one, -1 serves nothing). Only files this element wrote are served")
+                    .minimum(-1)
+                    .maximum(65535)
+                    .default_value(DEFAULT_HTTP_PORT)
+                    .build(),
+                glib::ParamSpecString::builder("http-address")
+                    .nick("HTTP address")
+                    .blurb("IP address the built-in HTTP server listens on")
+                    .default_value(Some(DEFAULT_HTTP_ADDRESS))
+                    .build(),
+                glib::ParamSpecUInt::builder("http-max-connections")
+                    .nick("HTTP max connections")
+                    .blurb("Open HTTP connections at most; more are answered 503")
+                    .minimum(1)
+                    .default_value(DEFAULT_HTTP_MAX_CONNECTIONS)
+                    .build(),
+                glib::ParamSpecInt::builder("http-bound-port")
+                    .nick("HTTP bound port")
+                    .blurb("The port the built-in HTTP server listens on (-1 when not serving)")
+                    .minimum(-1)
+                    .maximum(65535)
+                    .default_value(-1)
+                    .read_only()
+                    .build(),
+                glib::ParamSpecString::builder("upload-ca-file")
+                    .nick("Upload CA file")
+                    .blurb("PEM file of CA certificates to trust for https:// uploads, besides the Mozilla root certificates built in")
+                    .build(),
+                glib::ParamSpecBoolean::builder("resume")
+                    .nick("Resume")
+                    .blurb("When a live or event playlist without EXT-X-ENDLIST already exists at playlist-location, continue it (numbering goes on after a discontinuity) instead of starting over")
+                    .default_value(true)
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            let stream_signal = |name: &'static str| {
+                glib::subclass::Signal::builder(name)
+                    .param_types([String::static_type()])
+                    .return_type::<Option<gio::OutputStream>>()
+                    // The first handler that returns a stream wins; none: the element writes.
+                    .accumulator(|_hint, _acc, value| {
+                        let got = value
+                            .get::<Option<gio::OutputStream>>()
+                            .ok()
+                            .flatten()
+                            .is_some();
+                        if got {
+                            std::ops::ControlFlow::Break(value.clone())
+                        } else {
+                            std::ops::ControlFlow::Continue(value.clone())
+                        }
+                    })
+                    .class_handler(|_| Some(None::<gio::OutputStream>.to_value()))
+                    .build()
+            };
+            vec![
+                // (location) -> GOutputStream: where to write the playlist; NULL: the element
+                // writes it to playlist-location itself.
+                stream_signal("get-playlist-stream"),
+                // (location) -> GOutputStream: where to write a segment; NULL: the element
+                // writes it to the location itself.
+                stream_signal("get-fragment-stream"),
+                // (location): a segment expired.
+                glib::subclass::Signal::builder("delete-fragment")
+                    .param_types([String::static_type()])
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => {
+                s.location = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_LOCATION.into())
+            }
+            "playlist-location" => {
+                s.playlist_location = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_PLAYLIST_LOCATION.into())
+            }
+            "playlist-root" => s.playlist_root = value.get().expect("type checked"),
+            "target-duration" => s.target_duration = value.get().expect("type checked"),
+            "playlist-length" => s.playlist_length = value.get().expect("type checked"),
+            "max-files" => s.max_files = value.get().expect("type checked"),
+            "send-keyframe-requests" => {
+                s.send_keyframe_requests = value.get().expect("type checked")
+            }
+            "playlist-type" => s.playlist_type = value.get().expect("type checked"),
+            "program-date-time" => s.program_date_time = value.get().expect("type checked"),
+            "encryption" => s.encryption = value.get().expect("type checked"),
+            "key-rotation" => s.key_rotation = value.get().expect("type checked"),
+            "resume" => s.resume = value.get().expect("type checked"),
+            "http-port" => s.http_port = value.get().expect("type checked"),
+            "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
+            "http-address" => {
+                s.http_address = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.into())
+            }
+            "http-max-connections" => s.http_max_connections = value.get().expect("type checked"),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location.to_value(),
+            "playlist-location" => s.playlist_location.to_value(),
+            "playlist-root" => s.playlist_root.to_value(),
+            "target-duration" => s.target_duration.to_value(),
+            "playlist-length" => s.playlist_length.to_value(),
+            "max-files" => s.max_files.to_value(),
+            "send-keyframe-requests" => s.send_keyframe_requests.to_value(),
+            "playlist-type" => s.playlist_type.to_value(),
+            "program-date-time" => s.program_date_time.to_value(),
+            "encryption" => s.encryption.to_value(),
+            "key-rotation" => s.key_rotation.to_value(),
+            "resume" => s.resume.to_value(),
+            "http-port" => s.http_port.to_value(),
+            "upload-ca-file" => s.upload_ca_file.to_value(),
+            "http-address" => s.http_address.to_value(),
+            "http-max-connections" => s.http_max_connections.to_value(),
+            "http-bound-port" => self
+                .http
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or(-1, |h| i32::from(h.local_addr().port()))
+                .to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for RsHlsSink {}
+
+impl ElementImpl for RsHlsSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "HLS sink",
+                "Sink/Muxer/Network",
+                "HTTP Live Streaming: MPEG-TS segments and m3u8 playlists, written atomically, served or uploaded",
+                "gst-plugin-livestreaming developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            // What mpegtsmux carries, split so that `! h.` links each input to the right pad.
+            let video = gst::Caps::from_str(
+                "video/x-h264, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
+                 video/x-h265, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
+                 video/mpeg, mpegversion=(int){ 1, 2, 4 }, systemstream=(boolean)false",
+            )
+            .expect("valid caps");
+            let audio = gst::Caps::from_str(
+                "audio/mpeg, mpegversion=(int)1; \
+                 audio/mpeg, mpegversion=(int){ 2, 4 }, stream-format=(string){ adts, raw }; \
+                 audio/x-ac3; audio/x-eac3; audio/x-opus",
+            )
+            .expect("valid caps");
+            vec![
+                gst::PadTemplate::new(
+                    "video",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &video,
+                )
+                .expect("valid template"),
+                gst::PadTemplate::new(
+                    "audio",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &audio,
+                )
+                .expect("valid template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        _name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        let video = templ.name_template() == "video";
+        let name = templ.name_template().to_string();
+        let mut pads = self.pads.lock().unwrap();
+        if pads.iter().any(|p| p.ghost.name() == name) {
+            gst::warning!(CAT, imp = self, "there is already a {} pad", name);
+            return None;
+        }
+        let mux = self.mux.get()?;
+        let mux_pad = mux.request_pad_simple("sink_%d")?;
+        let ghost = gst::GhostPad::builder_from_template(templ)
+            .name(name.as_str())
+            .build();
+        ghost.set_target(Some(&mux_pad)).ok()?;
+        let weak = self.obj().downgrade();
+        let flowing = AtomicBool::new(false);
+        ghost.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |pad, info| {
+                let Some(obj) = weak.upgrade() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                match &info.data {
+                    Some(gst::PadProbeData::Buffer(b)) => {
+                        flowing.store(true, Ordering::Relaxed);
+                        obj.imp().on_input_buffer(pad.upcast_ref(), video, b)
+                    }
+                    Some(gst::PadProbeData::Event(e)) => {
+                        obj.imp()
+                            .on_input_event(pad.upcast_ref(), video, &flowing, e)
+                    }
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        pads.push(InputPad {
+            ghost: ghost.clone(),
+            mux_pad,
+            video,
+        });
+        drop(pads);
+        ghost.set_active(true).ok()?;
+        self.obj().add_pad(&ghost).ok()?;
+        Some(ghost.upcast())
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        let removed = {
+            let mut pads = self.pads.lock().unwrap();
+            let idx = pads
+                .iter()
+                .position(|p| p.ghost.upcast_ref::<gst::Pad>() == pad);
+            idx.map(|i| pads.remove(i))
+        };
+        let Some(p) = removed else { return };
+        if let Some(mux) = self.mux.get() {
+            mux.release_request_pad(&p.mux_pad);
+        }
+        let _ = p.ghost.set_active(false);
+        let _ = self.obj().remove_pad(&p.ghost);
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady
+            && let Err(err) = self.start_http()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        if transition == gst::StateChange::ReadyToPaused
+            && let Err(err) = self.start_writer()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::PausedToReady || result.is_err() {
+            self.stop_writer();
+        }
+        if transition == gst::StateChange::ReadyToNull || result.is_err() {
+            self.http.lock().unwrap().take();
+        }
+        result
+    }
+}
+
+impl BinImpl for RsHlsSink {}

@@ -1,0 +1,52 @@
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+mod output;
+
+/// `playlist-type`: what kind of media playlist is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRsHlsSinkPlaylistType")]
+pub enum PlaylistType {
+    #[default]
+    #[enum_value(
+        name = "Live: a sliding window of playlist-length segments",
+        nick = "live"
+    )]
+    Live = 0,
+    #[enum_value(name = "Event: every segment stays listed", nick = "event")]
+    Event = 1,
+    #[enum_value(
+        name = "VOD: every segment stays; EVENT while recording, VOD at end of stream",
+        nick = "vod"
+    )]
+    Vod = 2,
+}
+
+/// `encryption`: segment encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRsHlsSinkEncryption")]
+pub enum Encryption {
+    #[default]
+    #[enum_value(name = "None", nick = "none")]
+    None = 0,
+    #[enum_value(name = "AES-128 (CBC, key file and IV per segment)", nick = "aes-128")]
+    Aes128 = 1,
+}
+
+glib::wrapper! {
+    pub struct RsHlsSink(ObjectSubclass<imp::RsHlsSink>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    PlaylistType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Encryption::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    gst::Element::register(
+        Some(plugin),
+        "rshlssink",
+        gst::Rank::NONE,
+        RsHlsSink::static_type(),
+    )
+}
