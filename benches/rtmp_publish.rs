@@ -286,8 +286,11 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let loops = env("BENCH_LOOPS", 10);
-    let runs = env("BENCH_RUNS", 3);
+    // `cargo test --all-targets` runs this without `--bench`: then a smoke run, one short
+    // publication per sink.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let loops = env("BENCH_LOOPS", if smoke { 1 } else { 10 });
+    let runs = env("BENCH_RUNS", if smoke { 1 } else { 3 });
     let speed = env("BENCH_SPEED", 20);
     let dir = std::env::temp_dir().join(format!("rtmp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

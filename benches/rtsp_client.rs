@@ -11,6 +11,8 @@
 //! - First buffer: wall time from spawning the process to fakesink's first buffer (its
 //!   `last-message` under `gst-launch-1.0 -v`), median of BENCH_STARTS runs (default 7).
 //!   Process start-up (GStreamer init, registry) is the same for both and included.
+//!
+//! Under `cargo test` (no `--bench`) it is a smoke run: 2 s windows, one start each.
 
 mod common;
 
@@ -111,8 +113,9 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let seconds = env("BENCH_SECONDS", 20);
-    let starts = env("BENCH_STARTS", 7) as usize;
+    let smoke = smoke();
+    let seconds = env("BENCH_SECONDS", if smoke { 2 } else { 20 });
+    let starts = env("BENCH_STARTS", if smoke { 1 } else { 7 }) as usize;
     let exe = std::env::current_exe().unwrap();
     let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
     assert!(

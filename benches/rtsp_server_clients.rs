@@ -11,6 +11,7 @@
 //! The server's CPU time (utime+stime from /proc) over the window, divided by N × window, is the
 //! CPU per client-second; RSS is its peak. The slowest client's bitrate shows whether anyone
 //! was starved. Environment: BENCH_CLIENTS (default 1,10,50,100,200), BENCH_SECONDS (default 10).
+//! Under `cargo test` (no `--bench`) it is a smoke run: 1 and 10 clients for 2 s.
 
 mod common;
 
@@ -157,15 +158,16 @@ fn main() {
         return;
     }
     gst::init().unwrap();
+    let smoke = smoke();
     let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
-        .unwrap_or_else(|_| "1,10,50,100,200".into())
+        .unwrap_or_else(|_| if smoke { "1,10" } else { "1,10,50,100,200" }.into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(if smoke { 2 } else { 10 });
     let exe = std::env::current_exe().unwrap();
     let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
     assert!(

@@ -1,7 +1,7 @@
 //! GStreamer elements for live streaming protocols.
 //!
-//! The protocol cores (`rtsp`, `rtp`, `rtmp`, `hls`) are plain Rust without GStreamer types; the element modules are
-//! thin adapters over them.
+//! The protocol cores (`rtsp`, `rtp`, `rtmp`, `hls`) are plain Rust without GStreamer types; the
+//! element modules are thin adapters over them.
 #![allow(clippy::non_send_fields_in_send_ty)]
 
 pub mod hls;

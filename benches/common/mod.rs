@@ -13,6 +13,12 @@ use gst::glib;
 use gst::prelude::*;
 use gst_rtsp_server::prelude::*;
 
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs benchmarks without it, and then
+/// each one makes a short smoke run: both elements still work on the input, nothing is measured.
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
