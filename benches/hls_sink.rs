@@ -12,13 +12,14 @@
 //! alternating runs each; medians are printed. Without `--bench` (as `cargo test --all-targets`
 //! runs it) it is a 4 s smoke run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use gst::prelude::*;
-
-const CLK_TCK: f64 = 100.0;
 
 fn encode_input(path: &Path, seconds: u32) {
     let frames = seconds * 30;
@@ -54,31 +55,6 @@ fn run_pipeline(desc: &str, timeout: Duration) {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
-fn self_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15; after "pid (comm)" they are at index 11 and 12.
-    let utime: f64 = fields[11].parse().unwrap();
-    let stime: f64 = fields[12].parse().unwrap();
-    (utime + stime) / CLK_TCK
-}
-
-fn self_peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// Child mode: run one sink over the input and print "cpu rss segments".
 fn child(which: &str, input: &str, out: &str) {
     gst::init().unwrap();
@@ -100,16 +76,22 @@ fn child(which: &str, input: &str, out: &str) {
          d.audio_0 ! queue ! aacparse ! h.audio"
     );
     // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
-    let cpu0 = self_cpu_seconds();
+    let cpu0 = cpu_seconds_total(std::process::id());
     let t0 = Instant::now();
     run_pipeline(&desc, Duration::from_secs(600));
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = self_cpu_seconds() - cpu0;
+    let cpu = cpu_seconds_total(std::process::id()) - cpu0;
     let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
     let segments = m3u8_rs::parse_media_playlist_res(&playlist)
         .map(|p| p.segments.len())
         .unwrap_or(0);
-    println!("{} {} {} {}", cpu, self_peak_rss_mib(), segments, wall);
+    println!(
+        "{} {} {} {}",
+        cpu,
+        peak_rss_mib(std::process::id()),
+        segments,
+        wall
+    );
 }
 
 struct RunResult {
@@ -149,11 +131,6 @@ fn run_child(exe: &Path, which: &str, input: &Path, out: &Path) -> RunResult {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
@@ -163,7 +140,7 @@ fn main() {
     gst::init().unwrap();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it: then a short
     // smoke run only checks that both sinks work on the input.
-    let smoke = !args.iter().any(|a| a == "--bench");
+    let smoke = smoke();
     let seconds: u32 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -14,49 +14,16 @@
 //! alternate between the two sinks, BENCH_RUNS times each (default 3), medians reported. Bytes
 //! sent come from each sink's `stats`; ours also reports its drops (must be 0 for a fair run).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use gst::prelude::*;
 use gstlivestreaming::rtmp::flv::{FlvParser, write_header, write_tag};
-
-const CLK_TCK: f64 = 100.0;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cpu_seconds_self() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / CLK_TCK
-}
-
-fn peak_rss_mib_self() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// 20 s of 720p30 H.264 at ~4 Mbit/s and AAC, muxed by flvmux into `path`.
 fn pre_encode(path: &Path) {
@@ -110,7 +77,7 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
         .unwrap();
     let sink_el = pipeline.by_name("sink").unwrap();
     let data = std::fs::read(file).unwrap();
-    let cpu0 = cpu_seconds_self();
+    let cpu0 = cpu_seconds_total(std::process::id());
     let t0 = Instant::now();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut header = Vec::new();
@@ -154,7 +121,7 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
         panic!("{sink}: {} {:?}", e.error(), e.debug());
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds_self() - cpu0;
+    let cpu = cpu_seconds_total(std::process::id()) - cpu0;
     let (sent, drops) = if sink_el.has_property("stats") {
         let stats = sink_el.property::<gst::Structure>("stats");
         (
@@ -167,7 +134,7 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
     pipeline.set_state(gst::State::Null).unwrap();
     println!(
         "RESULT cpu={cpu:.3} wall={wall:.3} rss={:.1} sent={sent} drops={drops}",
-        peak_rss_mib_self()
+        peak_rss_mib(std::process::id())
     );
     std::io::stdout().flush().unwrap();
 }
@@ -262,11 +229,6 @@ fn start_nginx(dir: &Path, port: u16) -> Guard {
     guard
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--publish") {
@@ -288,7 +250,7 @@ fn main() {
     };
     // `cargo test --all-targets` runs this without `--bench`: then a smoke run, one short
     // publication per sink.
-    let smoke = !std::env::args().any(|a| a == "--bench");
+    let smoke = smoke();
     let loops = env("BENCH_LOOPS", if smoke { 1 } else { 10 });
     let runs = env("BENCH_RUNS", if smoke { 1 } else { 3 });
     let speed = env("BENCH_SPEED", 20);

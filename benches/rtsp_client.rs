@@ -95,11 +95,6 @@ fn first_buffer(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &
         .unwrap_or_else(|_| panic!("{element} over {proto}: no buffer within 20 s"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--serve-stock") {

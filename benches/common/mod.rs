@@ -187,6 +187,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
+/// utime+stime of the process from /proc/PID/stat: counts threads that already exited, at the
+/// kernel tick's resolution (10 ms). For runs whose threads come and go.
+pub fn cpu_seconds_total(pid: u32) -> f64 {
+    const CLK_TCK: f64 = 100.0; // sysconf(_SC_CLK_TCK) on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; after "pid (comm)" they are at 11 and 12.
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / CLK_TCK
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 pub fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

@@ -411,7 +411,7 @@ impl ElementImpl for RsRtmpSink {
                 "RTMP publisher",
                 "Sink/Network",
                 "Publishes FLV to an RTMP or RTMPS server, reconnecting when the connection drops",
-                "gst-plugin-livestreaming",
+                "gst-plugin-livestreaming developers",
             )
         });
         Some(&*META)
