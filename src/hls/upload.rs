@@ -4,8 +4,8 @@
 //! bounded connect/read/write times; the worker retries failures with backoff. Connection errors,
 //! timeouts, 408, 429 and 5xx are retried; other 4xx answers to PUT (403, 405, 413, ...) and TLS
 //! failures (an untrusted certificate) mean the origin will never take the files and stop the
-//! output with an error. https uses rustls with the ring provider, trusting the Mozilla roots
-//! (webpki-roots) and optionally the CAs of a PEM file.
+//! output with an error. https uses rustls with the ring provider, trusting the system's CAs
+//! (as rsrtmpsink does) and optionally the CAs of a PEM file.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,14 +28,18 @@ pub struct HttpStore {
 
 impl Default for HttpStore {
     fn default() -> Self {
-        HttpStore::new(None).expect("the built-in roots are valid")
+        HttpStore::new(None).expect("without a CA file the TLS set-up cannot fail")
     }
 }
 
-/// TLS client configuration: Mozilla's roots plus the certificates in `ca_file`.
+/// TLS client configuration: the system's CAs (as rsrtmpsink and GStreamer's own TLS elements
+/// trust) plus the certificates in `ca_file`.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A certificate of the system's store that rustls cannot use is left out.
+        let _ = roots.add(cert);
+    }
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
@@ -58,7 +62,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
 }
 
 impl HttpStore {
-    /// A store for http:// and https:// origins; https trusts `ca_file` besides Mozilla's roots.
+    /// A store for http:// and https:// origins; https trusts `ca_file` besides the system's CAs.
     pub fn new(ca_file: Option<&Path>) -> Result<HttpStore, String> {
         Ok(HttpStore {
             connect_timeout: Duration::from_secs(5),

@@ -746,7 +746,7 @@ impl ObjectImpl for RsHlsSink {
                     .build(),
                 glib::ParamSpecString::builder("upload-ca-file")
                     .nick("Upload CA file")
-                    .blurb("PEM file of CA certificates to trust for https:// uploads, besides the Mozilla root certificates built in")
+                    .blurb("PEM file of CA certificates to trust for https:// uploads, besides the system's CA certificates")
                     .build(),
                 glib::ParamSpecBoolean::builder("resume")
                     .nick("Resume")
