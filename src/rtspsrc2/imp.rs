@@ -398,8 +398,86 @@ impl StreamOutput {
 
 struct PadState {
     pad: gst::Pad,
+    /// Packets from the connection's reader (TCP) to the pad task.
     tx: SyncSender<Vec<Bytes>>,
     signals: Arc<StreamSignals>,
+    work: Arc<Mutex<StreamWork>>,
+}
+
+/// One stream's receive path: the jitter buffer and what leaves it. Fed by the pad task
+/// (packets the connection's reader queued, and the gap timer) and, for UDP, directly on the
+/// stream's receiving thread, as udpsrc's streaming thread pushes: one thread and one wake-up per
+/// datagram instead of a hand-off. The lock makes one thread push at a time.
+struct StreamWork {
+    jitterbuffer: JitterBuffer,
+    out: StreamOutput,
+    stream_id: String,
+    /// stream-start, caps and segment were pushed.
+    started: bool,
+    /// Packets were lost since the last one pushed.
+    lost: bool,
+    /// Downstream ended the stream (EOS or an error): nothing more is pushed.
+    finished: bool,
+}
+
+impl StreamWork {
+    /// Takes `packets` in and pushes what is ready. False once the stream is over.
+    fn process(&mut self, packets: impl IntoIterator<Item = Bytes>) -> bool {
+        if self.finished {
+            return false;
+        }
+        let pad = &self.out.pad;
+        if !self.started {
+            self.started = true;
+            let _ = pad.push_event(gst::event::StreamStart::builder(&self.stream_id).build());
+            let _ = pad.push_event(gst::event::Caps::new(&self.out.caps));
+            let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            let _ = pad.push_event(gst::event::Segment::new(&segment));
+        }
+        let mut ready = Vec::new();
+        let arrival = Instant::now();
+        for packet in packets {
+            if ready.is_empty() && self.out.signals.restart.swap(false, Ordering::Relaxed) {
+                // What came before the seek or reconnection goes first, in order.
+                ready = self.jitterbuffer.drain();
+                self.jitterbuffer.reset();
+            }
+            if let Ok(header) = crate::rtp::parse_rtp_header(&packet) {
+                let _ = self.jitterbuffer.push(header.sequence, packet, arrival);
+            }
+        }
+        let signals = self.out.signals.clone();
+        let mut report = signals.sender_report.lock().unwrap();
+        if let Some((ntp, rtptime)) = *report
+            && self.out.apply_sender_report(ntp, rtptime)
+        {
+            *report = None;
+        }
+        drop(report);
+        *signals.jitterbuffer.lock().unwrap() = self.jitterbuffer.stats();
+        let now = Instant::now();
+        let element = self.out.element.upgrade();
+        let jitterbuffer = &mut self.jitterbuffer;
+        for output in ready
+            .into_iter()
+            .chain(std::iter::from_fn(|| jitterbuffer.pop(now)))
+        {
+            match output {
+                JbOutput::Lost { .. } => self.lost = true,
+                JbOutput::Packet { data, .. } => {
+                    let discont = std::mem::take(&mut self.lost);
+                    if !self.out.output(element.as_ref(), data, discont) {
+                        self.finished = true;
+                        return false;
+                    }
+                }
+            }
+        }
+        if !self.out.flush(element.as_ref()) {
+            self.finished = true;
+        }
+        !self.finished
+    }
 }
 
 /// `npt=A-B` (RFC 2326 3.6) as seconds; `now` and open ends are None.
@@ -548,7 +626,26 @@ impl RtspSrc2 {
                     }
                 }
             }
-            ClientEvent::Rtp { stream, packets } => {
+            ClientEvent::Rtp {
+                stream,
+                packets,
+                on_receive_thread: true,
+            } => {
+                // UDP: this thread reads only this stream's socket; it runs the stream.
+                let work = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .pads
+                    .get(&stream)
+                    .map(|p| p.work.clone());
+                if let Some(work) = work {
+                    work.lock().unwrap().process(packets);
+                }
+            }
+            ClientEvent::Rtp {
+                stream, packets, ..
+            } => {
                 let mut state = self.state.lock().unwrap();
                 let Some(p) = state.pads.get(&stream) else {
                     return;
@@ -661,93 +758,62 @@ impl RtspSrc2 {
         let stream_id = format!("{}/{}", info.control, info.index);
         let signals = Arc::new(StreamSignals::default());
         let latency = Duration::from_millis(u64::from(self.settings.lock().unwrap().latency_ms));
-        let mut jitterbuffer = JitterBuffer::new(JitterBufferConfig {
-            latency,
-            ..JitterBufferConfig::default()
-        });
-        let mut out = StreamOutput {
-            pad: pad.clone(),
-            element: obj.downgrade(),
-            caps: caps.clone(),
-            timing: Timing::new(info.media.clock_rate),
-            signals: signals.clone(),
-            sync: self.sync.clone(),
-            pending: gst::BufferList::new(),
-        };
+        let work = Arc::new(Mutex::new(StreamWork {
+            jitterbuffer: JitterBuffer::new(JitterBufferConfig {
+                latency,
+                ..JitterBufferConfig::default()
+            }),
+            out: StreamOutput {
+                pad: pad.clone(),
+                element: obj.downgrade(),
+                caps,
+                timing: Timing::new(info.media.clock_rate),
+                signals: signals.clone(),
+                sync: self.sync.clone(),
+                pending: gst::BufferList::new(),
+            },
+            stream_id,
+            started: false,
+            lost: false,
+            finished: false,
+        }));
         let _ = pad.set_active(true);
         let task_pad = pad.clone();
-        let mut first = true;
-        let mut lost = false;
+        let task_work = work.clone();
         let mut rx: Option<Receiver<Vec<Bytes>>> = Some(rx);
         let start = pad.start_task(move || {
             let Some(receiver) = rx.as_ref() else {
                 let _ = task_pad.pause_task();
                 return;
             };
-            if first {
-                first = false;
-                let _ = task_pad.push_event(gst::event::StreamStart::builder(&stream_id).build());
-                let _ = task_pad.push_event(gst::event::Caps::new(&caps));
-                let segment = gst::FormattedSegment::<gst::ClockTime>::new();
-                let _ = task_pad.push_event(gst::event::Segment::new(&segment));
-            }
-            // Wait for a packet, or until the jitter buffer gives up on a gap.
-            let wait = jitterbuffer
+            // Wait for packets from the connection, or until the jitter buffer gives up on a
+            // gap (UDP packets come in on their own thread, see `on_event`).
+            let wait = task_work
+                .lock()
+                .unwrap()
+                .jitterbuffer
                 .next_deadline()
                 .map_or(Duration::from_millis(100), |d| {
                     d.saturating_duration_since(Instant::now())
                 })
                 .min(Duration::from_millis(100));
-            let mut ready = Vec::new();
-            match receiver.recv_timeout(wait) {
-                Ok(batch) => {
-                    if out.signals.restart.swap(false, Ordering::Relaxed) {
-                        // What came before the seek or reconnection goes first, in order.
-                        ready = jitterbuffer.drain();
-                        jitterbuffer.reset();
-                    }
-                    let arrival = Instant::now();
-                    // Whatever else is queued already joins this round.
-                    let more = std::iter::from_fn(|| receiver.try_recv().ok()).take(PAD_QUEUE);
-                    for packet in std::iter::once(batch).chain(more).flatten() {
-                        if let Ok(header) = crate::rtp::parse_rtp_header(&packet) {
-                            let _ = jitterbuffer.push(header.sequence, packet, arrival);
-                        }
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            let batches: Vec<Vec<Bytes>> = match receiver.recv_timeout(wait) {
+                // Whatever else is queued already joins this round.
+                Ok(batch) => std::iter::once(batch)
+                    .chain(std::iter::from_fn(|| receiver.try_recv().ok()).take(PAD_QUEUE))
+                    .collect(),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
                 Err(_) => {
                     rx = None;
                     let _ = task_pad.pause_task();
                     return;
                 }
-            }
-            let signals = out.signals.clone();
-            let mut report = signals.sender_report.lock().unwrap();
-            if let Some((ntp, rtptime)) = *report
-                && out.apply_sender_report(ntp, rtptime)
+            };
+            if !task_work
+                .lock()
+                .unwrap()
+                .process(batches.into_iter().flatten())
             {
-                *report = None;
-            }
-            drop(report);
-            *signals.jitterbuffer.lock().unwrap() = jitterbuffer.stats();
-            let now = Instant::now();
-            let element = out.element.upgrade();
-            for output in ready
-                .into_iter()
-                .chain(std::iter::from_fn(|| jitterbuffer.pop(now)))
-            {
-                match output {
-                    JbOutput::Lost { .. } => lost = true,
-                    JbOutput::Packet { data, .. } => {
-                        if !out.output(element.as_ref(), data, std::mem::take(&mut lost)) {
-                            let _ = task_pad.pause_task();
-                            return;
-                        }
-                    }
-                }
-            }
-            if !out.flush(element.as_ref()) {
                 let _ = task_pad.pause_task();
             }
         });
@@ -756,11 +822,15 @@ impl RtspSrc2 {
             return;
         }
         let _ = obj.add_pad(&pad);
-        self.state
-            .lock()
-            .unwrap()
-            .pads
-            .insert(info.index, PadState { pad, tx, signals });
+        self.state.lock().unwrap().pads.insert(
+            info.index,
+            PadState {
+                pad,
+                tx,
+                signals,
+                work,
+            },
+        );
     }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
@@ -826,7 +896,11 @@ impl RtspSrc2 {
     fn seek(&self, start: gst::ClockTime, flush: bool) -> bool {
         let (client, pads, duration) = {
             let state = self.state.lock().unwrap();
-            let pads: Vec<gst::Pad> = state.pads.values().map(|p| p.pad.clone()).collect();
+            let pads: Vec<(gst::Pad, Arc<Mutex<StreamWork>>)> = state
+                .pads
+                .values()
+                .map(|p| (p.pad.clone(), p.work.clone()))
+                .collect();
             (state.client.clone(), pads, state.duration)
         };
         let (Some(client), Some(duration)) = (client, duration) else {
@@ -837,15 +911,17 @@ impl RtspSrc2 {
             return false;
         }
         if flush {
-            for p in &pads {
-                let _ = p.push_event(gst::event::FlushStart::new());
+            for (pad, _) in &pads {
+                let _ = pad.push_event(gst::event::FlushStart::new());
             }
         }
         let range = format!("npt={:.3}-", start.seconds_f64());
         let result = client.play(Some(range));
         if flush {
-            for p in &pads {
-                let _ = p.push_event(gst::event::FlushStop::new(true));
+            for (pad, work) in &pads {
+                // Serialized with the stream's data, which more than one thread may push.
+                let _work = work.lock().unwrap();
+                let _ = pad.push_event(gst::event::FlushStop::new(true));
             }
         }
         match result {

@@ -168,6 +168,11 @@ pub enum ClientEvent {
     Rtp {
         stream: usize,
         packets: Vec<Bytes>,
+        /// Delivered on a thread that only reads this stream's socket (UDP): the handler may
+        /// do its work there and may block it, as downstream blocks udpsrc's thread (the
+        /// socket's buffer takes what arrives meanwhile). False: on the connection's reader,
+        /// which must not block (TCP interleaved carries the RTSP responses too).
+        on_receive_thread: bool,
     },
     /// A Sender Report: `ntp` is the sender's wallclock for RTP time `rtptime`.
     SenderReport {
@@ -777,35 +782,44 @@ async fn connect(
 
 /// RTP packets per stream gathered from one wake-up of a reader, to be handed on together.
 #[derive(Default)]
-struct Batches(Vec<(usize, Vec<Bytes>)>);
+struct Batches {
+    batches: Vec<(usize, Vec<Bytes>)>,
+    /// See [`ClientEvent::Rtp::on_receive_thread`].
+    on_receive_thread: bool,
+}
 
 impl Batches {
     /// Packets in one batch at most.
     const MAX: usize = 64;
 
     fn push(&mut self, events: &EventFn, stream: usize, packet: Bytes) {
-        let i = match self.0.iter().position(|(s, _)| *s == stream) {
+        let i = match self.batches.iter().position(|(s, _)| *s == stream) {
             Some(i) => i,
             None => {
-                self.0.push((stream, Vec::new()));
-                self.0.len() - 1
+                self.batches.push((stream, Vec::new()));
+                self.batches.len() - 1
             }
         };
-        let packets = &mut self.0[i].1;
+        let packets = &mut self.batches[i].1;
         packets.push(packet);
         if packets.len() >= Self::MAX {
             let packets = std::mem::take(packets);
-            events(ClientEvent::Rtp { stream, packets });
+            events(ClientEvent::Rtp {
+                stream,
+                packets,
+                on_receive_thread: self.on_receive_thread,
+            });
         }
     }
 
     fn flush(&mut self, events: &EventFn) {
-        for (stream, packets) in &mut self.0 {
+        for (stream, packets) in &mut self.batches {
             if !packets.is_empty() {
                 let packets = std::mem::take(packets);
                 events(ClientEvent::Rtp {
                     stream: *stream,
                     packets,
+                    on_receive_thread: self.on_receive_thread,
                 });
             }
         }
@@ -840,7 +854,10 @@ impl UdpReceiver {
             .name(format!("rtsp-udp-{stream}"))
             .spawn(move || {
                 let mut buf = vec![0u8; 65536];
-                let mut batches = Batches::default();
+                let mut batches = Batches {
+                    on_receive_thread: true,
+                    ..Batches::default()
+                };
                 while !stopped.load(Ordering::Relaxed) {
                     match socket.recv_from(&mut buf) {
                         Ok((n, _)) => {
