@@ -1,0 +1,438 @@
+//! A browser plays rshlssink's output: headless Chromium (Debian's) with hls.js, the player web
+//! pages use, loads the live playlist straight from the element's own HTTP server. The page comes
+//! from a second, tiny server in this test, so every playlist and segment request is cross-origin
+//! and needs the element's CORS headers. The page reports back how far playback got.
+//!
+//! Debian's Chromium decodes H.264 and AAC (it uses the system's FFmpeg), and it also answers
+//! "maybe" to `canPlayType("application/vnd.apple.mpegurl")`; the test still plays through hls.js
+//! and MediaSource, as web players do, and checks that it did (a `blob:` source).
+//!
+//! Needs `chromium` on PATH and hls.js unpacked under `target/test-assets/` (`bash .ci/deps` puts
+//! both there).
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::hls::*;
+use gst::prelude::*;
+
+/// Where `.ci/deps` unpacks the hls.js npm package's `dist/hls.min.js`.
+const HLS_JS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/test-assets/hls.js/hls.min.js"
+);
+
+/// How long the page lets the video play once it has started.
+const PLAY_MS: u32 = 5000;
+/// The page gives up (and reports so) when the video has not started playing by then.
+const PAGE_GIVE_UP_MS: u32 = 30_000;
+/// The test gives up when the page has reported nothing by then.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The live pipeline, stopped on drop.
+struct Live {
+    pipeline: gst::Pipeline,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn start_live() -> Live {
+    let dir = TempDir::new("browser");
+    let (pipeline, sink) = pipeline(
+        &format!(
+            "location={} target-duration=1 http-port=0 http-address=127.0.0.1",
+            dir.str()
+        ),
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
+         audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio",
+    );
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let port = sink.property::<i32>("http-bound-port");
+    assert!(port > 0, "http-bound-port {port}");
+    let path = dir.join("playlist.m3u8");
+    assert!(
+        wait_for(Duration::from_secs(20), || path.exists()
+            && read_playlist(&path).segments.len() >= 2),
+        "rshlssink wrote no playlist with two segments within 20 s"
+    );
+    Live {
+        pipeline,
+        port: port as u16,
+        _dir: dir,
+    }
+}
+
+/// What the page sends to the test server.
+enum FromPage {
+    Log(String),
+    Report(HashMap<String, String>),
+}
+
+/// The page's HTTP server: `/` (the player page), `/hls.min.js`, and `/log?m=` and `/report?..`
+/// that the page calls. Stops accepting on drop.
+struct PageServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl PageServer {
+    fn start(page: String, hls_js: Vec<u8>, tx: mpsc::Sender<FromPage>) -> PageServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let page = Arc::new(page);
+        let hls_js = Arc::new(hls_js);
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (page, hls_js, tx) = (page.clone(), hls_js.clone(), tx.clone());
+                        std::thread::spawn(move || serve(conn, &page, &hls_js, &tx));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        PageServer { port, stop }
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One request, then the connection is closed.
+fn serve(mut conn: TcpStream, page: &str, hls_js: &[u8], tx: &mpsc::Sender<FromPage>) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let (status, ctype, body): (&str, &str, &[u8]) = match path {
+        "/" => ("200 OK", "text/html; charset=utf-8", page.as_bytes()),
+        "/hls.min.js" => ("200 OK", "text/javascript", hls_js),
+        "/log" => {
+            let q = parse_query(query);
+            let _ = tx.send(FromPage::Log(q.get("m").cloned().unwrap_or_default()));
+            ("204 No Content", "text/plain", b"")
+        }
+        "/report" => {
+            let _ = tx.send(FromPage::Report(parse_query(query)));
+            ("204 No Content", "text/plain", b"")
+        }
+        _ => ("404 Not Found", "text/plain", b"not found"),
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(body);
+}
+
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, c) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The player page: hls.js plays `@SRC@` muted into a `<video>`, then reports to `/report`
+/// how far the video's clock moved while playing, the decoded frame and audio byte counts, the
+/// codecs hls.js found, or the first fatal error. Progress goes to `/log`.
+const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>rshlssink in hls.js</title></head>
+<body>
+<video id="v" muted playsinline></video>
+<script src="/hls.min.js"></script>
+<script>
+"use strict";
+const SRC = "@SRC@";
+const log = (m) => { fetch("/log?m=" + encodeURIComponent(m)).catch(() => {}); };
+let reported = false;
+function report(fields) {
+  if (reported) return;
+  reported = true;
+  const q = Object.entries(fields)
+    .map(([k, v]) => k + "=" + encodeURIComponent(String(v)))
+    .join("&");
+  fetch("/report?" + q).catch(() => {});
+}
+window.addEventListener("error", (e) => report({ error: "page error: " + e.message }));
+try {
+  const v = document.getElementById("v");
+  v.muted = true;
+  log("hls.js " + Hls.version + ", MSE H.264: " +
+      MediaSource.isTypeSupported('video/mp4; codecs="avc1.42E01E"') + ", MSE AAC: " +
+      MediaSource.isTypeSupported('audio/mp4; codecs="mp4a.40.2"') + ", native HLS: '" +
+      v.canPlayType("application/vnd.apple.mpegurl") + "'");
+  if (!Hls.isSupported()) {
+    report({ error: "hls.js says this browser cannot play HLS (no MediaSource)" });
+  } else {
+    const hls = new Hls();
+    const codecs = [];
+    hls.on(Hls.Events.ERROR, (_, d) => {
+      const what = d.type + "/" + d.details + (d.response ? " HTTP " + d.response.code : "") +
+        (d.reason ? " " + d.reason : "") + (d.error ? " " + d.error : "");
+      log("hls.js error (fatal " + d.fatal + "): " + what);
+      if (d.fatal) report({ error: "hls.js fatal error: " + what });
+    });
+    hls.on(Hls.Events.MANIFEST_PARSED, (_, d) => {
+      log("manifest parsed, " + d.levels.length + " level(s)");
+      v.play().catch((e) => report({ error: "video.play() failed: " + e }));
+    });
+    hls.on(Hls.Events.BUFFER_CODECS, (_, d) => {
+      for (const [kind, t] of Object.entries(d)) {
+        if (t && t.codec) codecs.push(kind + ":" + t.codec);
+      }
+      log("buffer codecs " + codecs.join(" "));
+    });
+    let start = null;
+    v.addEventListener("playing", () => {
+      if (start !== null) return;
+      start = v.currentTime;
+      log("playing from " + start);
+      setTimeout(() => {
+        const q = v.getVideoPlaybackQuality();
+        report({
+          start: start,
+          time: v.currentTime,
+          frames: q.totalVideoFrames,
+          dropped: q.droppedVideoFrames,
+          audio_bytes: v.webkitAudioDecodedByteCount,
+          codecs: codecs.join(" "),
+          src: v.currentSrc,
+          paused: v.paused,
+        });
+      }, @PLAY_MS@);
+    });
+    setTimeout(() => report({
+      error: "not playing after @GIVE_UP_MS@ ms: readyState " + v.readyState +
+        ", networkState " + v.networkState + ", buffered ranges " + v.buffered.length +
+        (v.error ? ", media error " + v.error.code + " " + v.error.message : ""),
+    }), @GIVE_UP_MS@);
+    hls.loadSource(SRC);
+    hls.attachMedia(v);
+  }
+} catch (e) {
+  report({ error: "exception: " + e });
+}
+</script>
+</body></html>
+"#;
+
+/// Headless Chromium in a process group of its own, all of which is killed on drop.
+struct Browser {
+    child: Child,
+    stderr: PathBuf,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = TempDir::new("chromium");
+        let stderr = profile.join("stderr.log");
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--no-proxy-server",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-extensions",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--mute-audio",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.join("profile").display()
+        ))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr).expect("chromium log file"))
+        .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chromium ({e}); `bash .ci/deps` installs it"));
+        Browser {
+            child,
+            stderr,
+            _profile: profile,
+        }
+    }
+
+    /// The end of what Chromium printed, for failure messages.
+    fn stderr_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        common::tail(&s, 3000).to_owned()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The group id is the browser's pid; the group holds only what it started.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(report: &'a HashMap<String, String>, name: &str) -> &'a str {
+    report.get(name).map(String::as_str).unwrap_or("")
+}
+
+fn number(report: &HashMap<String, String>, name: &str) -> f64 {
+    field(report, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("report field {name} is not a number: {report:?}"))
+}
+
+#[test]
+fn chromium_plays_the_live_stream_with_hls_js() {
+    let hls_js = std::fs::read(HLS_JS)
+        .unwrap_or_else(|e| panic!("{HLS_JS}: {e}; `bash .ci/deps` fetches hls.js from npm"));
+    let live = start_live();
+    let playlist = format!("http://127.0.0.1:{}/playlist.m3u8", live.port);
+    let page = PAGE
+        .replace("@SRC@", &playlist)
+        .replace("@PLAY_MS@", &PLAY_MS.to_string())
+        .replace("@GIVE_UP_MS@", &PAGE_GIVE_UP_MS.to_string());
+    let (tx, rx) = mpsc::channel();
+    let server = PageServer::start(page, hls_js, tx);
+    let mut browser = Browser::open(&format!("http://127.0.0.1:{}/", server.port));
+
+    let deadline = Instant::now() + REPORT_TIMEOUT;
+    let mut logs = Vec::new();
+    let report = loop {
+        match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(FromPage::Log(m)) => {
+                eprintln!("page: {m}");
+                logs.push(m);
+            }
+            Ok(FromPage::Report(r)) => break r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the server holds a sender"),
+        }
+        if let Ok(Some(status)) = browser.child.try_wait() {
+            panic!(
+                "chromium exited ({status}) before the page reported; page log: {logs:#?}\n\
+                 chromium stderr: {}",
+                browser.stderr_tail()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page reported nothing within {REPORT_TIMEOUT:?}; page log: {logs:#?}\n\
+             chromium stderr: {}",
+            browser.stderr_tail()
+        );
+    };
+    eprintln!("report: {report:?}");
+    let bus_errors: Vec<String> = {
+        let bus = live.pipeline.bus().unwrap();
+        std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Error]))
+            .map(|m| format!("{m:?}"))
+            .collect()
+    };
+    assert!(bus_errors.is_empty(), "pipeline errors: {bus_errors:?}");
+
+    let error = field(&report, "error");
+    assert!(
+        !report.contains_key("error"),
+        "the browser did not play the stream: {error}\npage log: {logs:#?}"
+    );
+    let advanced = number(&report, "time") - number(&report, "start");
+    assert!(
+        advanced >= 2.0,
+        "the video clock moved only {advanced:.2} s while playing: {report:?}"
+    );
+    let frames = number(&report, "frames");
+    assert!(frames >= 30.0, "only {frames} frames decoded: {report:?}");
+    // hls.js feeds MediaSource (a blob: URL), not the browser's own HLS support, if it has any.
+    assert!(
+        field(&report, "src").starts_with("blob:"),
+        "not played through MediaSource: {report:?}"
+    );
+    let codecs = field(&report, "codecs");
+    assert!(
+        codecs.contains("avc1") && codecs.contains("mp4a"),
+        "hls.js did not find H.264 and AAC in the segments: {codecs:?}"
+    );
+    let audio = number(&report, "audio_bytes");
+    assert!(audio > 0.0, "no audio decoded: {report:?}");
+    drop(browser);
+    drop(server);
+}
