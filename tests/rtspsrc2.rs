@@ -684,3 +684,67 @@ fn follows_a_redirect_from_the_server() {
     }
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// rtspserversink ANNOUNCEs a new SDP when its input changes format; rtspsrc2 puts the new
+/// codec parameters on its pad (depayloaders and decoders see the new sprop-parameter-sets).
+#[test]
+fn an_announced_description_updates_the_pad_caps() {
+    let server = ServerPipeline::start(
+        "",
+        "videotestsrc is-live=true ! capsfilter name=size \
+           caps=video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! sink.",
+    );
+    let (pipeline, src) = playing_client(&server.url("/"), "tcp");
+    let sprop = || {
+        src.static_pad("stream_0")
+            .and_then(|p| p.current_caps())
+            .and_then(|c| {
+                c.structure(0)
+                    .and_then(|s| s.get::<String>("sprop-parameter-sets").ok())
+            })
+    };
+    let before = sprop().expect("sprop-parameter-sets from DESCRIBE");
+    server.pipeline.by_name("size").unwrap().set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw")
+            .field("width", 640i32)
+            .field("height", 480i32)
+            .field("framerate", gst::Fraction::new(30, 1))
+            .field("format", "I420")
+            .build(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        if let Some(now) = sprop()
+            && now != before
+        {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caps still carry {before} 15 s after the format changed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The new parameter sets are what a new client is described.
+    let mut c = RawClient::connect(server.port);
+    let sdp = c
+        .request(
+            "DESCRIBE",
+            &server.url("/"),
+            &[("Accept", "application/sdp")],
+            "",
+        )
+        .body;
+    let sdp = String::from_utf8_lossy(&sdp).into_owned();
+    assert!(sdp.contains(&after), "{after} not in {sdp}");
+    if let Some(msg) = pipeline
+        .bus()
+        .unwrap()
+        .pop_filtered(&[gst::MessageType::Error])
+    {
+        panic!("{msg:?}");
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}

@@ -235,6 +235,8 @@ struct StreamSignals {
     sender_report: Mutex<Option<(u64, u32)>>,
     /// The jitter buffer's figures, as of the task's last round.
     jitterbuffer: Mutex<JitterBufferStats>,
+    /// New caps from an ANNOUNCEd description, to go out before the next buffer.
+    caps: Mutex<Option<gst::Caps>>,
 }
 
 /// The wallclock that lines the streams up (RFC 3550 6.4.1): the NTP time of the first Sender
@@ -402,6 +404,8 @@ struct PadState {
     tx: SyncSender<Vec<Bytes>>,
     signals: Arc<StreamSignals>,
     work: Arc<Mutex<StreamWork>>,
+    /// The RTP clock rate of the stream's description.
+    clock_rate: u32,
 }
 
 /// One stream's receive path: the jitter buffer and what leaves it. Fed by the pad task
@@ -426,13 +430,25 @@ impl StreamWork {
         if self.finished {
             return false;
         }
-        let pad = &self.out.pad;
+        let pad = self.out.pad.clone();
         if !self.started {
             self.started = true;
             let _ = pad.push_event(gst::event::StreamStart::builder(&self.stream_id).build());
             let _ = pad.push_event(gst::event::Caps::new(&self.out.caps));
             let segment = gst::FormattedSegment::<gst::ClockTime>::new();
             let _ = pad.push_event(gst::event::Segment::new(&segment));
+        }
+        let announced = self.out.signals.caps.lock().unwrap().take();
+        if let Some(caps) = announced {
+            let element = self.out.element.upgrade();
+            // What was prepared belongs to the old description.
+            if !self.out.flush(element.as_ref()) {
+                self.finished = true;
+                return false;
+            }
+            gst::info!(CAT, obj = pad, "new caps from ANNOUNCE: {}", caps);
+            let _ = pad.push_event(gst::event::Caps::new(&caps));
+            self.out.caps = caps;
         }
         let mut ready = Vec::new();
         let arrival = Instant::now();
@@ -663,8 +679,32 @@ impl RtspSrc2 {
                     *p.signals.sender_report.lock().unwrap() = Some((ntp, rtptime));
                 }
             }
-            ClientEvent::Announce { .. } => {
+            ClientEvent::Announce {
+                streams: Ok(streams),
+            } => {
                 gst::info!(CAT, imp = self, "the server announced a new description");
+                let state = self.state.lock().unwrap();
+                for info in &streams {
+                    let Some(p) = state.pads.get(&info.index) else {
+                        continue;
+                    };
+                    // Codec parameters (sprop-parameter-sets, config, ...) reach the pad; the
+                    // RTP clock and timeline stay (the server keeps its session going).
+                    if info.media.clock_rate != p.clock_rate {
+                        gst::warning!(
+                            CAT,
+                            obj = p.pad,
+                            "ANNOUNCE changes the clock rate {} -> {}: not followed",
+                            p.clock_rate,
+                            info.media.clock_rate
+                        );
+                        continue;
+                    }
+                    *p.signals.caps.lock().unwrap() = Some(stream_caps(info));
+                }
+            }
+            ClientEvent::Announce { streams: Err(e) } => {
+                gst::warning!(CAT, imp = self, "ignoring an unusable ANNOUNCE: {}", e);
             }
             ClientEvent::Redirect { location } => {
                 gst::info!(CAT, imp = self, "redirected to {}", location);
@@ -829,6 +869,7 @@ impl RtspSrc2 {
                 tx,
                 signals,
                 work,
+                clock_rate: info.media.clock_rate,
             },
         );
     }

@@ -180,9 +180,10 @@ pub enum ClientEvent {
         ntp: u64,
         rtptime: u32,
     },
-    /// The server sent ANNOUNCE with a new description.
+    /// The server sent ANNOUNCE with a new description (RFC 2326 10.3), e.g. after its input's
+    /// format changed: the streams as it now describes them, or why the description is unusable.
     Announce {
-        sdp: Vec<u8>,
+        streams: Result<Vec<StreamInfo>, ClientError>,
     },
     /// The server sent REDIRECT (or a 3xx later in the session).
     Redirect {
@@ -653,26 +654,13 @@ async fn establish(
         break (session, resp);
     };
 
-    let sdp =
-        SessionDescription::parse(describe.body()).map_err(|e| ClientError::Sdp(e.to_string()))?;
-    if sdp.media.is_empty() {
-        return Err(ClientError::Sdp("no RTP media in the description".into()));
-    }
     let base = describe
         .header(&headers::CONTENT_BASE)
         .or_else(|| describe.header(&headers::CONTENT_LOCATION))
         .map(|v| v.as_str().to_owned())
         .unwrap_or_else(|| session.url.to_string());
-    session.streams = sdp
-        .media
-        .iter()
-        .enumerate()
-        .map(|(index, m)| StreamInfo {
-            index,
-            media: m.clone(),
-            control: resolve_control(&base, &m.control),
-        })
-        .collect();
+    let (sdp, streams) = streams_of(describe.body(), &base)?;
+    session.streams = streams;
     *stats_cell.write().unwrap() = Arc::new(
         session
             .streams
@@ -741,6 +729,7 @@ async fn connect(
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
     let batches = Mutex::new(Batches::default());
+    let base_url = url.clone();
     Connection::connect(
         &host,
         port,
@@ -758,9 +747,16 @@ async fn connect(
             }
             Incoming::ReadDone => batches.lock().unwrap().flush(&events),
             Incoming::Request(req) => match req.method() {
-                Method::Announce => events(ClientEvent::Announce {
-                    sdp: req.body().clone(),
-                }),
+                Method::Announce => {
+                    let base = req
+                        .header(&headers::CONTENT_BASE)
+                        .map(|v| v.as_str().to_owned())
+                        .or_else(|| req.request_uri().map(|u| u.to_string()))
+                        .unwrap_or_else(|| base_url.to_string());
+                    events(ClientEvent::Announce {
+                        streams: streams_of(req.body(), &base).map(|(_, streams)| streams),
+                    });
+                }
                 Method::Redirect => {
                     if let Some(loc) = req.header(&headers::LOCATION) {
                         let location = loc.as_str().to_owned();
@@ -890,6 +886,29 @@ impl Drop for UdpReceiver {
             let _ = t.join();
         }
     }
+}
+
+/// The streams a description (DESCRIBE's answer or an ANNOUNCE) lists, with their control URLs
+/// resolved against `base`.
+fn streams_of(
+    body: &[u8],
+    base: &str,
+) -> Result<(SessionDescription, Vec<StreamInfo>), ClientError> {
+    let sdp = SessionDescription::parse(body).map_err(|e| ClientError::Sdp(e.to_string()))?;
+    if sdp.media.is_empty() {
+        return Err(ClientError::Sdp("no RTP media in the description".into()));
+    }
+    let streams = sdp
+        .media
+        .iter()
+        .enumerate()
+        .map(|(index, m)| StreamInfo {
+            index,
+            media: m.clone(),
+            control: resolve_control(base, &m.control),
+        })
+        .collect();
+    Ok((sdp, streams))
 }
 
 /// Accounts one packet; RTP joins `batches`, a Sender Report is an event at once.
