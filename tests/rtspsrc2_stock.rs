@@ -549,3 +549,158 @@ fn plays_back_what_ffmpeg_recorded_into_gst_rtsp_server() {
     assert!(size > 10_000, "the recording has {size} bytes");
     decode(&format!("location={} protocols=tcp", server.url())).unwrap();
 }
+
+/// A second host for multicast: a network namespace joined to this one by a veth pair, with
+/// link-local addresses (ours .1, its .2). gst-rtsp-server binds its multicast ports without
+/// SO_REUSEADDR, so no receiver on its own host can join them; a client on another host can.
+/// Removed (namespace and both ends of the pair) when dropped.
+struct SecondHost {
+    ns: String,
+    link: String,
+}
+
+impl SecondHost {
+    const OURS: &str = "169.254.77.1";
+    const THEIRS: &str = "169.254.77.2";
+    /// The interface name inside the namespace.
+    const THEIR_LINK: &str = "eth-ls";
+
+    fn create() -> SecondHost {
+        let id = std::process::id() % 100_000;
+        let host = SecondHost {
+            ns: format!("ls-test-{id}"),
+            link: format!("ls{id}"),
+        };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {}: {} (network namespaces need root)",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &host.ns]);
+        ip(&[
+            "link",
+            "add",
+            &host.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            Self::THEIR_LINK,
+            "netns",
+            &host.ns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", Self::OURS),
+            "dev",
+            &host.link,
+        ]);
+        ip(&["link", "set", &host.link, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &host.ns, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&[
+            "addr",
+            "add",
+            &format!("{}/30", Self::THEIRS),
+            "dev",
+            Self::THEIR_LINK,
+        ]);
+        inside(&["link", "set", Self::THEIR_LINK, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        host
+    }
+}
+
+impl Drop for SecondHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+#[test]
+fn plays_gst_rtsp_server_over_multicast_from_another_host() {
+    let host = SecondHost::create();
+    // This test binary again, inside the namespace, running only the serving function below.
+    let exe = std::env::current_exe().unwrap();
+    let mut server = ChildGuard::spawn(
+        Command::new("ip")
+            .args(["netns", "exec", &host.ns])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "serve_multicast_in_a_namespace",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("LS_SERVE_MULTICAST", SecondHost::THEIR_LINK),
+    );
+    let stdout = server.0.as_mut().unwrap().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(port) = line.strip_prefix("SERVING ") {
+                let _ = tx.send(port.trim().to_owned());
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gst-rtsp-server started in the namespace");
+    decode(&format!(
+        "location=rtsp://{}:{port}/live protocols=udp-mcast multicast-iface={}",
+        SecondHost::THEIRS,
+        SecondHost::OURS
+    ))
+    .unwrap();
+    drop(server);
+}
+
+/// gst-rtsp-server offering only multicast, sent out of the interface named by
+/// LS_SERVE_MULTICAST; prints `SERVING PORT` and serves for at most 60 s. Run by the test above
+/// inside its namespace, not on its own.
+#[test]
+#[ignore = "run by plays_gst_rtsp_server_over_multicast_from_another_host in its namespace"]
+fn serve_multicast_in_a_namespace() {
+    let iface = std::env::var("LS_SERVE_MULTICAST").expect("LS_SERVE_MULTICAST");
+    init();
+    let main_loop = glib::MainLoop::new(None, false);
+    let server = gst_rtsp_server::RTSPServer::new();
+    server.set_address(SecondHost::THEIRS);
+    server.set_service("0");
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(LIVE);
+    factory.set_shared(true);
+    let pool = gst_rtsp_server::RTSPAddressPool::new();
+    pool.add_range("239.255.46.1", "239.255.46.9", 47000, 47100, 1)
+        .unwrap();
+    factory.set_address_pool(Some(&pool));
+    factory.set_protocols(gst_rtsp::RTSPLowerTrans::UDP_MCAST);
+    factory.set_multicast_iface(Some(&iface));
+    server.mount_points().unwrap().add_factory("/live", factory);
+    let _id = server.attach(None).expect("attach gst-rtsp-server");
+    println!("SERVING {}", server.bound_port());
+    let ml = main_loop.clone();
+    glib::timeout_add_seconds(60, move || {
+        ml.quit();
+        glib::ControlFlow::Break
+    });
+    main_loop.run();
+}
