@@ -238,3 +238,127 @@ fn invalid_rtp_is_dropped_and_counted() {
     assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// The first stream's figure `field`.
+fn stream_stat(src: &gst::Element, field: &str) -> u64 {
+    src.property::<gst::Structure>("stats")
+        .get::<gst::Array>("streams")
+        .unwrap()
+        .first()
+        .and_then(|s| s.get::<gst::Structure>().ok())
+        .map_or(0, |s| s.get::<u64>(field).unwrap())
+}
+
+#[test]
+fn rtp_with_another_payload_type_is_dropped_and_counted() {
+    // After PLAY: RTP with payload type 33 (the description says 96), then three with 96 (a
+    // new source counts once two came in sequence, RFC 3550 A.1).
+    let port = hostile_server(
+        |m, c| Some(normal(m, c)),
+        b"$\x00\x00\x10\x80\x21\x00\x01\x00\x00\x00\x01\x00\x00\x00\x07abcd\
+          $\x00\x00\x10\x80\x60\x00\x02\x00\x00\x00\x02\x00\x00\x00\x07abcd\
+          $\x00\x00\x10\x80\x60\x00\x03\x00\x00\x00\x03\x00\x00\x00\x07abcd\
+          $\x00\x00\x10\x80\x60\x00\x04\x00\x00\x00\x04\x00\x00\x00\x07abcd",
+    );
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    assert_ours(&src);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream_stat(&src, "packets-received") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            src.property::<gst::Structure>("stats")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stream_stat(&src, "packets-unknown-payload"), 1);
+    assert_eq!(stream_stat(&src, "invalid-packets"), 0);
+    let bus = pipeline.bus().unwrap();
+    assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn a_stream_of_unknown_format_gets_no_pad_and_a_warning() {
+    // Video H.264, and audio with dynamic payload type 99 but no a=rtpmap.
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(
+                    c,
+                    "Content-Type: application/sdp\r\n",
+                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                     m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream=0\r\n\
+                     m=audio 0 RTP/AVP 99\r\na=control:stream=1\r\n",
+                ),
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Warning, gst::MessageType::Error],
+        )
+        .expect("a warning within 10 s");
+    let gst::MessageView::Warning(w) = msg.view() else {
+        panic!("{msg:?}");
+    };
+    let text = w.error().to_string();
+    // The known stream's pad follows the warning.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while src.src_pads().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pads: Vec<String> = src
+        .src_pads()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        text.contains("payload type 99") && text.contains("rtpmap"),
+        "{text}"
+    );
+    assert_eq!(pads, ["stream_0"]);
+}
+
+#[test]
+fn a_description_of_unknown_formats_only_is_an_error() {
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(
+                    c,
+                    "Content-Type: application/sdp\r\n",
+                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                     m=video 0 RTP/AVP 99\r\na=control:stream=0\r\n",
+                ),
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(err.contains("known format"), "{err}");
+}

@@ -599,7 +599,32 @@ impl RtspSrc2 {
                     .as_deref()
                     .and_then(|r| parse_npt(r).1)
                     .map(gst::ClockTime::from_seconds_f64);
-                for info in streams {
+                // A dynamic payload type without a=rtpmap names no format: nothing downstream
+                // could depayload it, so it gets no pad (rtspsrc's pad would not link either).
+                let (known, unknown): (Vec<_>, Vec<_>) = streams
+                    .into_iter()
+                    .partition(|i| !i.media.encoding_name.is_empty() && i.media.clock_rate > 0);
+                for info in &unknown {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::StreamError::CodecNotFound,
+                        (
+                            "Stream {} ({}, payload type {}) has no rtpmap: its format is unknown and it is not played",
+                            info.index,
+                            info.media.media,
+                            info.media.payload_type
+                        )
+                    );
+                }
+                if known.is_empty() {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::CodecNotFound,
+                        ("No stream of the description has a known format")
+                    );
+                    return;
+                }
+                for info in known {
                     self.add_stream_pad(&info);
                 }
                 self.obj().no_more_pads();
@@ -1099,6 +1124,7 @@ impl RtspSrc2 {
                     )
                     .field("sender-reports", s.sender_reports)
                     .field("invalid-packets", s.invalid_packets)
+                    .field("packets-unknown-payload", s.unknown_payload_packets)
                     .build()
             })
             .collect();
@@ -1200,7 +1226,7 @@ impl ObjectImpl for RtspSrc2 {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
+                    .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), with another payload type (dropped), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
                     .read_only()
                     .build(),
             ]

@@ -217,6 +217,11 @@ pub struct StreamStats {
     pub sender_ssrc: u32,
     /// Packets dropped because they were not valid RTP/RTCP.
     pub invalid_packets: u64,
+    /// The RTP payload type the description gives the stream.
+    pub payload_type: u8,
+    /// RTP packets dropped because they carried another payload type (one the description does
+    /// not give this stream, so nothing downstream could read them).
+    pub unknown_payload_packets: u64,
     /// Round-trip time to the server, from the last RTSP request and its response on the
     /// control connection. (A client that only receives learns no RTT from RTCP: report
     /// blocks give it to senders, RFC 3550 6.4.1.)
@@ -668,7 +673,10 @@ async fn establish(
             .map(|s| {
                 Mutex::new((
                     ReceiverStats::new(s.media.clock_rate),
-                    StreamStats::default(),
+                    StreamStats {
+                        payload_type: s.media.payload_type,
+                        ..StreamStats::default()
+                    },
                 ))
             })
             .collect(),
@@ -950,6 +958,10 @@ fn deliver(
     };
     {
         let mut s = slot.lock().unwrap();
+        if h.payload_type != s.1.payload_type {
+            s.1.unknown_payload_packets += 1;
+            return;
+        }
         s.0.on_packet(h.sequence, h.timestamp, Instant::now(), h.payload_len);
         let (rs, st) = &mut *s;
         st.packets_received = rs.packets_received();
