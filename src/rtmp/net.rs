@@ -507,10 +507,13 @@ async fn session(
     // The peak-rate limit: waiting for tokens.
     let mut bucket = TokenBucket::new(0, Instant::now());
     let mut pacing = false;
+    // TLS: everything written is handed to the socket only once flushed.
+    let tls = cfg.location.scheme == Scheme::Rtmps;
+    let mut unflushed = false;
     let pace = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(pace);
     loop {
-        if written == out.len() && !lingering {
+        if written == out.len() && !lingering && !unflushed {
             out.clear();
             written = 0;
             let mut sent = [0u64; 3];
@@ -586,8 +589,20 @@ async fn session(
                 }
                 sync_stats(&p, shared);
             }
-            w = wr.write(&out[written..written + allowed]), if written < out.len() && !pacing => {
-                let n = w.map_err(|e| io_err("while publishing", e))?;
+            // One branch for writing and, over TLS, flushing: both need the writer.
+            w = async {
+                if written < out.len() {
+                    wr.write(&out[written..written + allowed]).await.map(Some)
+                } else {
+                    wr.flush().await.map(|()| None)
+                }
+            }, if (written < out.len() && !pacing) || (unflushed && written == out.len()) => {
+                let Some(n) = w.map_err(|e| io_err("while publishing", e))? else {
+                    unflushed = false;
+                    last_progress = Instant::now();
+                    shared.in_flight.store(0, Ordering::SeqCst);
+                    continue;
+                };
                 if n == 0 {
                     return Err(Error::Closed("while publishing".into()));
                 }
@@ -598,7 +613,12 @@ async fn session(
                 last_progress = Instant::now();
                 shared.stats.lock().unwrap().bytes_out += n as u64;
                 if written == out.len() {
-                    shared.in_flight.store(0, Ordering::SeqCst);
+                    if tls {
+                        // rustls may hold records back when the socket was full.
+                        unflushed = true;
+                    } else {
+                        shared.in_flight.store(0, Ordering::SeqCst);
+                    }
                 }
             }
             _ = &mut pace, if pacing => {
@@ -618,7 +638,9 @@ async fn session(
             }
             _ = &mut linger, if lingering => lingering = false,
             _ = tick.tick() => {
-                if written < out.len() && !pacing && last_progress.elapsed() >= cfg.timeout {
+                if (written < out.len() || unflushed) && !pacing
+                    && last_progress.elapsed() >= cfg.timeout
+                {
                     return Err(Error::Timeout(format!(
                         "sending: the server accepted nothing for {} s",
                         cfg.timeout.as_secs_f32()
