@@ -619,6 +619,11 @@ impl BaseSinkImpl for RsRtmpSink {
             timeout,
             logged_drop: false,
         });
+        // peak-kbps may have changed since the configuration was taken.
+        let rate = peak_rate(self.settings.lock().unwrap().peak_kbps);
+        if let Some(state) = self.state.lock().unwrap().as_ref() {
+            state.publication.set_peak_rate(rate);
+        }
         Ok(())
     }
 
