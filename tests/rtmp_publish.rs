@@ -158,3 +158,86 @@ fn the_stream_key_stays_out_of_logs_and_messages() {
     );
     assert!(logs.iter().all(|l| !l.contains("TOPSECRET")), "{logs:?}");
 }
+
+/// Live 320x240 snow (incompressible) at ~1.5 Mbit/s and AAC, `seconds` long.
+fn fast_live_source(seconds: u32) -> String {
+    let frames = seconds * 30;
+    let buffers = u64::from(frames) * 44100 / 30 / 1024;
+    format!(
+        "videotestsrc is-live=true pattern=snow num-buffers={frames} \
+         ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 \
+         ! h264parse ! queue ! m. \
+         audiotestsrc is-live=true num-buffers={buffers} samplesperbuffer=1024 \
+         ! audio/x-raw,rate=44100,channels=2 ! audioconvert ! voaacenc ! aacparse ! queue ! m. \
+         flvmux streamable=true name=m ! "
+    )
+}
+
+/// Bytes per second sent from 1 s to 4 s after publishing started (out-bytes-total sampled
+/// every 50 ms), and the stats at the end of the window.
+fn measured_rate(p: &Publish) -> (f64, gst::Structure) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.stats().get::<bool>("publishing").unwrap() {
+        assert!(std::time::Instant::now() < deadline, "not publishing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = std::time::Instant::now();
+    let b0 = u64_field(&p.stats(), "out-bytes-total");
+    std::thread::sleep(Duration::from_secs(3));
+    let stats = p.stats();
+    let b1 = u64_field(&stats, "out-bytes-total");
+    ((b1 - b0) as f64 / t0.elapsed().as_secs_f64(), stats)
+}
+
+#[test]
+fn peak_kbps_limits_the_send_rate_and_the_queue_drops_the_excess() {
+    let nginx = Nginx::start();
+    // 300 kbit/s = 37500 B/s for a ~1.6 Mbit/s stream.
+    let p = Publish::start(
+        &fast_live_source(6),
+        &format!(
+            "location={} peak-kbps=300 queue-size=150000",
+            nginx.url("limited")
+        ),
+    );
+    assert_eq!(p.sink.property::<u32>("peak-kbps"), 300);
+    let (rate, stats) = measured_rate(&p);
+    eprintln!("peak-kbps=300: {rate:.0} B/s");
+    assert!(
+        (rate - 37_500.0).abs() < 3_750.0,
+        "measured {rate:.0} B/s for a 37500 B/s limit; {stats}"
+    );
+    // The limit made the queue overflow: its drop policy took over.
+    assert!(u64_field(&stats, "drops") > 0, "{stats}");
+    let (r, _) = p.wait(Duration::from_secs(30));
+    r.unwrap_or_else(|e| panic!("publishing failed: {e}"));
+
+    // Without the limit the same stream goes out at its own rate, nothing dropped.
+    let p = Publish::start(
+        &fast_live_source(6),
+        &format!("location={} queue-size=150000", nginx.url("free")),
+    );
+    let (rate, stats) = measured_rate(&p);
+    eprintln!("no limit: {rate:.0} B/s");
+    assert!(
+        rate > 3.0 * 37_500.0,
+        "measured {rate:.0} B/s without a limit; {stats}"
+    );
+    assert_eq!(u64_field(&stats, "drops"), 0, "{stats}");
+    // Changed while playing: the new limit applies at once.
+    p.sink.set_property("peak-kbps", 300u32);
+    std::thread::sleep(Duration::from_millis(500));
+    let b0 = u64_field(&p.stats(), "out-bytes-total");
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let rate = (u64_field(&p.stats(), "out-bytes-total") - b0) as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("peak-kbps=300 set while playing: {rate:.0} B/s");
+    assert!(
+        (rate - 37_500.0).abs() < 3_750.0,
+        "measured {rate:.0} B/s after setting peak-kbps=300 while playing"
+    );
+    let (r, _) = p.wait(Duration::from_secs(30));
+    r.unwrap_or_else(|e| panic!("publishing failed: {e}"));
+}

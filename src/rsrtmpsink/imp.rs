@@ -36,6 +36,11 @@ const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
+/// rtmp2sink's range: kbit/s (1000 bit/s) whose bytes per second fit in 32 bits.
+const MAX_PEAK_KBPS: u32 = 17_179_869;
+/// The network thread gathers tags this long after the queue becomes non-empty (fewer
+/// wake-ups and writes; RTMP's own latency is seconds).
+const LINGER: Duration = Duration::from_millis(5);
 /// The largest FLV tag accepted from upstream: the RTMP message length field is 24 bits, and
 /// script data gains an `@setDataFrame` prefix on the way.
 const MAX_TAG_SIZE: usize = 0xff_ffff - 64;
@@ -59,6 +64,7 @@ struct Settings {
     queue_size: u32,
     stop_commands: RtmpStopCommands,
     async_connect: bool,
+    peak_kbps: u32,
 }
 
 impl Default for Settings {
@@ -81,6 +87,7 @@ impl Default for Settings {
             queue_size: DEFAULT_QUEUE_SIZE,
             stop_commands: RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM,
             async_connect: true,
+            peak_kbps: 0,
         }
     }
 }
@@ -157,8 +164,15 @@ impl Settings {
                 delete_stream: self.stop_commands.contains(RtmpStopCommands::DELETESTREAM),
             },
             connect_on_first_push: !self.async_connect,
+            linger: LINGER,
+            peak_rate: peak_rate(self.peak_kbps),
         })
     }
+}
+
+/// kbit/s (rtmp2sink's `peak-kbps`) to bytes per second; 0 is no limit.
+fn peak_rate(kbps: u32) -> u64 {
+    u64::from(kbps) * 125
 }
 
 struct State {
@@ -278,6 +292,16 @@ impl ObjectImpl for RsRtmpSink {
                     .minimum(1024)
                     .default_value(DEFAULT_QUEUE_SIZE)
                     .build(),
+                glib::ParamSpecUInt::builder("peak-kbps")
+                    .nick("Peak bitrate")
+                    .blurb(
+                        "Bitrate in kbit/sec to pace outgoing packets (0 = no limit); when the \
+                         stream is faster the queue fills and whole frames are dropped",
+                    )
+                    .maximum(MAX_PEAK_KBPS)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("async-connect")
                     .nick("Async connect")
                     .blurb(
@@ -332,6 +356,14 @@ impl ObjectImpl for RsRtmpSink {
             "queue-size" => s.queue_size = value.get().unwrap(),
             "stop-commands" => s.stop_commands = value.get().unwrap(),
             "async-connect" => s.async_connect = value.get().unwrap(),
+            "peak-kbps" => {
+                s.peak_kbps = value.get().unwrap();
+                let rate = peak_rate(s.peak_kbps);
+                drop(s);
+                if let Some(state) = self.state.lock().unwrap().as_ref() {
+                    state.publication.set_peak_rate(rate);
+                }
+            }
             other => unimplemented!("property {other}"),
         }
     }
@@ -355,6 +387,7 @@ impl ObjectImpl for RsRtmpSink {
             "queue-size" => s.queue_size.to_value(),
             "stop-commands" => s.stop_commands.to_value(),
             "async-connect" => s.async_connect.to_value(),
+            "peak-kbps" => s.peak_kbps.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
@@ -586,6 +619,11 @@ impl BaseSinkImpl for RsRtmpSink {
             timeout,
             logged_drop: false,
         });
+        // peak-kbps may have changed since the configuration was taken.
+        let rate = peak_rate(self.settings.lock().unwrap().peak_kbps);
+        if let Some(state) = self.state.lock().unwrap().as_ref() {
+            state.publication.set_peak_rate(rate);
+        }
         Ok(())
     }
 

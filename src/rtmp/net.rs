@@ -3,7 +3,7 @@
 //! reconnects with bounded exponential backoff when an established publication drops. The
 //! streaming thread only ever locks the queue for a push; it never waits for the network.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,17 @@ pub struct NetConfig {
     pub stop_commands: StopCommands,
     /// Connect when the first tag is pushed rather than at once.
     pub connect_on_first_push: bool,
+    /// How long the network thread waits after the queue becomes non-empty before it sends
+    /// what has gathered (sooner once [`FLUSH_BYTES`] are queued): fewer wake-ups and writes
+    /// for at most this much added latency. Zero sends each tag at once.
+    pub linger: Duration,
+    /// The output bitrate limit in bytes per second (0: none); changeable while running with
+    /// [`Publication::set_peak_rate`].
+    pub peak_rate: u64,
 }
+
+/// Queued bytes that end the linger early.
+pub const FLUSH_BYTES: usize = 64 * 1024;
 
 /// What the network side reports to the element.
 #[derive(Debug, Clone)]
@@ -113,6 +123,8 @@ struct Shared {
     /// The first tag was pushed (a deferred connection may start).
     pushed: AtomicBool,
     go: Notify,
+    /// The output limit in bytes per second (0: none).
+    peak_rate: AtomicU64,
 }
 
 /// A running publication.
@@ -136,6 +148,7 @@ impl Publication {
             failed: AtomicBool::new(false),
             pushed: AtomicBool::new(false),
             go: Notify::new(),
+            peak_rate: AtomicU64::new(config.peak_rate),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -158,16 +171,37 @@ impl Publication {
         })
     }
 
-    /// Queues a tag for sending; never blocks on the network.
+    /// Queues a tag for sending; never blocks on the network. The network thread is woken
+    /// only when the queue goes from empty to non-empty (it drains everything queued when it
+    /// runs) or when [`FLUSH_BYTES`] have gathered, not per tag.
     pub fn push(&self, tag: Tag) -> Pushed {
-        if !self.shared.pushed.swap(true, Ordering::SeqCst) {
+        if !self.shared.pushed.load(Ordering::Relaxed)
+            && !self.shared.pushed.swap(true, Ordering::SeqCst)
+        {
             self.shared.go.notify_one();
         }
-        let r = self.shared.queue.lock().unwrap().push(tag);
-        if r == Pushed::Queued {
+        let (r, wake) = {
+            let mut q = self.shared.queue.lock().unwrap();
+            let before = q.bytes();
+            let was_empty = q.is_empty();
+            let r = q.push(tag);
+            let wake = r == Pushed::Queued
+                && (was_empty || (before < FLUSH_BYTES && q.bytes() >= FLUSH_BYTES));
+            (r, wake)
+        };
+        if wake {
             self.shared.wake.notify_one();
         }
         r
+    }
+
+    /// Changes the output bitrate limit (bytes per second, 0: none) while running.
+    pub fn set_peak_rate(&self, bytes_per_second: u64) {
+        self.shared
+            .peak_rate
+            .store(bytes_per_second, Ordering::Relaxed);
+        // A waiting network thread re-reads it.
+        self.shared.wake.notify_one();
     }
 
     /// The network side has ended (failed or stopped): nothing queued will be sent.
@@ -461,12 +495,25 @@ async fn session(
 
     let mut out: Vec<u8> = Vec::new();
     let mut written = 0usize;
-    let mut last_progress = tokio::time::Instant::now();
+    // Progress is checked once per tick rather than with a timer per write.
+    let mut last_progress = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut tick_bytes = shared.stats.lock().unwrap().bytes_out;
     let mut tick_at = Instant::now();
+    // After a wake-up: gather tags for `cfg.linger` before sending.
+    let mut lingering = false;
+    let linger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger);
+    // The peak-rate limit: waiting for tokens.
+    let mut bucket = TokenBucket::new(0, Instant::now());
+    let mut pacing = false;
+    // TLS: everything written is handed to the socket only once flushed.
+    let tls = cfg.location.scheme == Scheme::Rtmps;
+    let mut unflushed = false;
+    let pace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pace);
     loop {
-        if written == out.len() {
+        if written == out.len() && !lingering && !unflushed {
             out.clear();
             written = 0;
             let mut sent = [0u64; 3];
@@ -486,14 +533,32 @@ async fn session(
                 p.append_output(&mut out);
                 shared.in_flight.store(out.len(), Ordering::SeqCst);
             }
-            let mut st = shared.stats.lock().unwrap();
-            st.audio_tags += sent[TagKind::Audio as usize];
-            st.video_tags += sent[TagKind::Video as usize];
-            st.data_tags += sent[TagKind::Script as usize];
-            st.resume_drops += skipped;
-            last_progress = tokio::time::Instant::now();
+            if !out.is_empty() || skipped > 0 {
+                let mut st = shared.stats.lock().unwrap();
+                st.audio_tags += sent[TagKind::Audio as usize];
+                st.video_tags += sent[TagKind::Video as usize];
+                st.data_tags += sent[TagKind::Script as usize];
+                st.resume_drops += skipped;
+            }
+            last_progress = Instant::now();
         }
-        let stall_deadline = last_progress + cfg.timeout;
+        // How much the rate limit lets us write now.
+        let mut allowed = out.len() - written;
+        if allowed > 0 && !pacing {
+            let rate = shared.peak_rate.load(Ordering::Relaxed);
+            if rate > 0 {
+                let now = Instant::now();
+                bucket.set_rate(rate, now);
+                match bucket.allow(now, allowed) {
+                    Ok(n) => allowed = n,
+                    Err(wait) => {
+                        pacing = true;
+                        pace.as_mut()
+                            .reset(tokio::time::Instant::from_std(now + wait));
+                    }
+                }
+            }
+        }
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => {
@@ -520,28 +585,67 @@ async fn session(
                 if written == out.len() {
                     p.append_output(&mut out);
                     shared.in_flight.store(out.len(), Ordering::SeqCst);
+                    lingering = false;
                 }
                 sync_stats(&p, shared);
             }
-            w = tokio::time::timeout_at(stall_deadline, wr.write(&out[written..])), if written < out.len() => {
-                let n = w
-                    .map_err(|_| Error::Timeout(format!(
-                        "sending: the server accepted nothing for {} s",
-                        cfg.timeout.as_secs_f32()
-                    )))?
-                    .map_err(|e| io_err("while publishing", e))?;
+            // One branch for writing and, over TLS, flushing: both need the writer.
+            w = async {
+                if written < out.len() {
+                    wr.write(&out[written..written + allowed]).await.map(Some)
+                } else {
+                    wr.flush().await.map(|()| None)
+                }
+            }, if (written < out.len() && !pacing) || (unflushed && written == out.len()) => {
+                let Some(n) = w.map_err(|e| io_err("while publishing", e))? else {
+                    unflushed = false;
+                    last_progress = Instant::now();
+                    shared.in_flight.store(0, Ordering::SeqCst);
+                    continue;
+                };
                 if n == 0 {
                     return Err(Error::Closed("while publishing".into()));
                 }
                 written += n;
-                last_progress = tokio::time::Instant::now();
+                if shared.peak_rate.load(Ordering::Relaxed) > 0 {
+                    bucket.spend(n);
+                }
+                last_progress = Instant::now();
                 shared.stats.lock().unwrap().bytes_out += n as u64;
                 if written == out.len() {
-                    shared.in_flight.store(0, Ordering::SeqCst);
+                    if tls {
+                        // rustls may hold records back when the socket was full.
+                        unflushed = true;
+                    } else {
+                        shared.in_flight.store(0, Ordering::SeqCst);
+                    }
                 }
             }
-            _ = shared.wake.notified(), if written == out.len() => {}
+            _ = &mut pace, if pacing => {
+                pacing = false;
+                // Waiting for the rate limit is not the server stalling.
+                last_progress = Instant::now();
+            }
+            _ = shared.wake.notified(), if written == out.len() => {
+                // The queue became non-empty: let more gather unless enough has, or the
+                // linger is off.
+                if lingering || cfg.linger.is_zero() {
+                    lingering = false;
+                } else {
+                    lingering = true;
+                    linger.as_mut().reset(tokio::time::Instant::now() + cfg.linger);
+                }
+            }
+            _ = &mut linger, if lingering => lingering = false,
             _ = tick.tick() => {
+                if (written < out.len() || unflushed) && !pacing
+                    && last_progress.elapsed() >= cfg.timeout
+                {
+                    return Err(Error::Timeout(format!(
+                        "sending: the server accepted nothing for {} s",
+                        cfg.timeout.as_secs_f32()
+                    )));
+                }
                 let mut st = shared.stats.lock().unwrap();
                 let elapsed = tick_at.elapsed().as_secs_f64();
                 if elapsed > 0.0 {
@@ -551,6 +655,71 @@ async fn session(
                 tick_at = Instant::now();
             }
         }
+    }
+}
+
+/// A token bucket for the output limit: `rate` bytes per second, bursts of at most
+/// [`TokenBucket::burst`] bytes. No GStreamer, no clock of its own: the caller passes the time.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: u64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// Writes smaller than this wait for tokens rather than trickle out in tiny pieces.
+    const QUANTUM: usize = 4096;
+
+    pub fn new(rate: u64, now: Instant) -> Self {
+        let mut b = TokenBucket {
+            rate: 0,
+            tokens: 0.0,
+            last: now,
+        };
+        b.set_rate(rate, now);
+        b
+    }
+
+    /// At most 50 ms worth of data (and at least four quanta, so that a timer firing late
+    /// loses no tokens) goes out at once.
+    pub fn burst(&self) -> f64 {
+        (self.rate as f64 * 0.05).max(4.0 * Self::QUANTUM as f64)
+    }
+
+    /// Applies a (possibly new) rate; a new rate starts with a full bucket.
+    pub fn set_rate(&mut self, rate: u64, now: Instant) {
+        if rate != self.rate {
+            self.rate = rate;
+            self.tokens = self.burst();
+            self.last = now;
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate as f64).min(self.burst());
+    }
+
+    /// How many of `want` bytes may be written now (at least one), or how long to wait first.
+    pub fn allow(&mut self, now: Instant, want: usize) -> Result<usize, Duration> {
+        if self.rate == 0 {
+            return Ok(want);
+        }
+        self.refill(now);
+        let need = want.min(Self::QUANTUM) as f64;
+        if self.tokens >= need {
+            return Ok(want.min(self.tokens as usize).max(1));
+        }
+        Err(Duration::from_secs_f64(
+            (need - self.tokens) / self.rate as f64,
+        ))
+    }
+
+    /// Bytes written.
+    pub fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
     }
 }
 
@@ -731,10 +900,46 @@ mod tests {
             queue_size: 1000,
             stop_commands: StopCommands::default(),
             connect_on_first_push: false,
+            linger: Duration::ZERO,
+            peak_rate: 0,
         };
         let d: Vec<u64> = (1..=6)
             .map(|a| backoff(&cfg, a).as_millis() as u64)
             .collect();
         assert_eq!(d, [500, 1000, 2000, 3000, 3000, 3000]);
+    }
+
+    #[test]
+    fn token_bucket_holds_the_rate() {
+        let t0 = Instant::now();
+        // 100 kB/s: a 16384-byte burst, then 4096-byte quanta.
+        let mut b = TokenBucket::new(100_000, t0);
+        assert_eq!(b.allow(t0, 1_000_000), Ok(16384));
+        b.spend(16384);
+        let wait = b.allow(t0, 1_000_000).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.04096).abs() < 1e-6, "{wait:?}");
+        // Sending as fast as allowed for 10 s of simulated time moves 10 s worth.
+        let mut now = t0;
+        let mut sent = 0usize;
+        while now < t0 + Duration::from_secs(10) {
+            match b.allow(now, 1_000_000) {
+                Ok(n) => {
+                    b.spend(n);
+                    sent += n;
+                }
+                Err(w) => now += w,
+            }
+        }
+        let expected = 1_000_000.0;
+        assert!(
+            (sent as f64 - expected).abs() < 10_000.0,
+            "sent {sent}, expected about {expected}"
+        );
+        // Small writes are not held back for a whole quantum.
+        let mut b = TokenBucket::new(100_000, t0);
+        assert_eq!(b.allow(t0, 10), Ok(10));
+        // No limit: everything at once.
+        let mut b = TokenBucket::new(0, t0);
+        assert_eq!(b.allow(t0, 123_456), Ok(123_456));
     }
 }
