@@ -1,8 +1,7 @@
 //! A small MPEG-TS muxer (ISO/IEC 13818-1) for HLS, without GStreamer types.
 //!
-//! **Not used by the element yet**: `rshlssink` still muxes with the stock `mpegtsmux`. This
-//! module is the building block for a built-in path (the muxer was nearly all of rshlssink's CPU
-//! in the benchmark); it is complete and unit-tested on its own.
+//! `rshlssink`'s built-in muxer (`muxer=builtin`, the default): it does only what HLS needs, at
+//! a fraction of the stock `mpegtsmux`'s cost, which was nearly all of rshlssink's CPU.
 //!
 //! One program (number 1), PMT on PID 0x1000, elementary streams on PIDs 0x100, 0x101, ... in the
 //! order given. What it writes:
@@ -134,10 +133,11 @@ impl AdtsConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
     pub data: &'a [u8],
-    /// Presentation time (ns); `None` for none (then no PTS is written).
-    pub pts_ns: Option<u64>,
-    /// Decode time (ns); `None`: the same as the presentation time.
-    pub dts_ns: Option<u64>,
+    /// Presentation time (ns, may be negative down to -[`TIMESTAMP_OFFSET_NS`]); `None` for
+    /// none (then no PTS is written).
+    pub pts_ns: Option<i64>,
+    /// Decode time (ns, as the PTS); `None`: the same as the presentation time.
+    pub dts_ns: Option<i64>,
     /// A video keyframe (audio frames are always random access points).
     pub keyframe: bool,
 }
@@ -172,13 +172,17 @@ pub struct TsMuxer {
     pmt_section: Vec<u8>,
     pat_cc: u8,
     pmt_cc: u8,
-    last_tables_ns: Option<u64>,
+    last_tables_ns: Option<i64>,
     scratch: Vec<u8>,
 }
 
-/// ns → 90 kHz, offset and wrapped to 33 bits.
-pub fn to_90khz(ns: u64) -> u64 {
-    (((ns + TIMESTAMP_OFFSET_NS) as u128 * 9 / 100_000) as u64) % TS_WRAP
+/// ns → 90 kHz, offset by [`TIMESTAMP_OFFSET_NS`] (earlier times are 0) and wrapped to 33 bits.
+pub fn to_90khz(ns: i64) -> u64 {
+    ((offset_ns(ns) as u128 * 9 / 100_000) as u64) % TS_WRAP
+}
+
+fn offset_ns(ns: i64) -> u64 {
+    (i128::from(ns) + i128::from(TIMESTAMP_OFFSET_NS)).max(0) as u64
 }
 
 /// CRC-32/MPEG-2 (polynomial 0x04c11db7, initial value all ones, no reflection, no final xor),
@@ -325,7 +329,7 @@ impl TsMuxer {
                 (None, _) => true,
                 (Some(last), Some(now)) => {
                     self.config.table_interval_ns > 0
-                        && now.saturating_sub(last) >= self.config.table_interval_ns
+                        && now.saturating_sub(last) >= self.config.table_interval_ns as i64
                 }
                 (Some(_), None) => false,
             };
@@ -366,7 +370,7 @@ impl TsMuxer {
         head[4..6].copy_from_slice(&pes_len_field.to_be_bytes());
 
         let pcr = (index == self.pcr_stream)
-            .then(|| dts_ns.map(|d| (d + TIMESTAMP_OFFSET_NS).saturating_sub(PCR_LEAD_NS)))
+            .then(|| dts_ns.map(|d| offset_ns(d).saturating_sub(PCR_LEAD_NS)))
             .flatten();
         let random_access = frame.keyframe || !video;
         let stream = &mut self.streams[index];
@@ -470,7 +474,7 @@ fn write_pes(
 mod tests {
     use super::*;
 
-    const MS: u64 = 1_000_000;
+    const MS: i64 = 1_000_000;
 
     fn packets(data: &[u8]) -> Vec<&[u8]> {
         assert_eq!(data.len() % PACKET_SIZE, 0, "whole packets");
@@ -593,7 +597,7 @@ mod tests {
             for (j, b) in data.iter_mut().enumerate().skip(6) {
                 *b = (j * 7 + i) as u8 | 1;
             }
-            let t = i as u64 * 33 * MS;
+            let t = i as i64 * 33 * MS;
             m.write_frame(
                 0,
                 &Frame {
@@ -711,7 +715,7 @@ mod tests {
         assert_eq!(payload(ps[0])[7], 0x80);
 
         // 33-bit wrap.
-        let big = (1u64 << 33) * 100_000 / 9 + 5 * MS;
+        let big = (1i64 << 33) * 100_000 / 9 + 5 * MS;
         assert!(to_90khz(big).abs_diff((5 + 1_000) * 90) <= 1);
     }
 
@@ -719,14 +723,14 @@ mod tests {
     fn tables_repeat_and_precede_keyframes() {
         let mut m = muxer(&[Codec::H265, Codec::AacAdts]);
         let mut out = Vec::new();
-        let frame = |t: u64, keyframe| Frame {
+        let frame = |t: i64, keyframe| Frame {
             data: &[0, 0, 1, 0x46, 0x01, 0x50, 0, 0, 1, 0x26, 1],
             pts_ns: Some(t),
             dts_ns: None,
             keyframe,
         };
         let mut tables_at = Vec::new();
-        for i in 0..60u64 {
+        for i in 0..60i64 {
             let before = out.len();
             m.write_frame(0, &frame(i * 20 * MS, i % 25 == 0), &mut out);
             if pid(&out[before..]) == 0 {
