@@ -5,7 +5,8 @@
 //! This process encodes BENCH_SECONDS (default 60) of 720p30 H.264 (~4 Mbit/s, a keyframe every
 //! 2 s) and AAC into a Matroska file once. Then each sink runs in a child process (this binary
 //! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
-//! syncs to the clock) into `rshlssink` or `hlssink2` with 2 s segments, runs to EOS and reports
+//! syncs to the clock) into `rshlssink` (its built-in muxer, and `muxer=mpegtsmux`) or `hlssink2`
+//! with 2 s segments, runs to EOS and reports
 //! the CPU time the pipeline run took (utime+stime from /proc/self/stat, after start-up) and its
 //! peak RSS (VmHWM). Demuxing and
 //! parsing are the same in both, so the difference is the sinks' own work. BENCH_RUNS (default 3)
@@ -63,6 +64,11 @@ fn child(which: &str, input: &str, out: &str) {
         "ours" => format!(
             "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
              playlist-type=vod"
+        ),
+        // The element as it was before its own muxer: the stock mpegtsmux inside.
+        "ours-mpegtsmux" => format!(
+            "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
+             playlist-type=vod muxer=mpegtsmux"
         ),
         "stock" => format!(
             "hlssink2 name=h location={out}/segment%05d.ts playlist-location={out}/playlist.m3u8 \
@@ -160,14 +166,22 @@ fn main() {
         size as f64 * 8.0 / f64::from(seconds) / 1e6
     );
     let mut ours = Vec::new();
+    let mut ours_mpegtsmux = Vec::new();
     let mut stock = Vec::new();
     for _ in 0..runs {
         ours.push(run_child(&exe, "ours", &input, &work.join("ours")));
+        ours_mpegtsmux.push(run_child(
+            &exe,
+            "ours-mpegtsmux",
+            &input,
+            &work.join("ours-mpegtsmux"),
+        ));
         stock.push(run_child(&exe, "stock", &input, &work.join("stock")));
     }
     let _ = std::fs::remove_dir_all(&work);
     // Both cut the same keyframes (every 2 s) into segments.
     assert_eq!(ours[0].segments, stock[0].segments);
+    assert_eq!(ours_mpegtsmux[0].segments, stock[0].segments);
     assert_eq!(ours[0].segments as u32, seconds.div_ceil(2));
     let m = |v: &[RunResult], f: fn(&RunResult) -> f64| median(v.iter().map(f).collect());
     let (oc, sc) = (m(&ours, |r| r.cpu), m(&stock, |r| r.cpu));
@@ -179,6 +193,13 @@ fn main() {
         m(&ours, |r| r.rss),
         ours[0].segments
     );
+    let mc = m(&ours_mpegtsmux, |r| r.cpu);
+    println!(
+        "| rshlssink muxer=mpegtsmux | {mc:.2} | {:.2} | {:.1} | {} |",
+        m(&ours_mpegtsmux, |r| r.wall),
+        m(&ours_mpegtsmux, |r| r.rss),
+        ours_mpegtsmux[0].segments
+    );
     println!(
         "| hlssink2 | {sc:.2} | {:.2} | {:.1} | {} |",
         m(&stock, |r| r.wall),
@@ -187,4 +208,8 @@ fn main() {
     );
     println!();
     println!("CPU ratio rshlssink / hlssink2: {:.2}", oc / sc);
+    println!(
+        "CPU ratio rshlssink muxer=mpegtsmux / hlssink2: {:.2}",
+        mc / sc
+    );
 }

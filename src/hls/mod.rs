@@ -7,5 +7,6 @@ pub mod location;
 pub mod playlist;
 pub mod segmenter;
 pub mod store;
+pub mod ts;
 pub mod upload;
 pub mod writer;

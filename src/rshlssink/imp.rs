@@ -1,7 +1,9 @@
 //! `rshlssink`: HLS segments and playlists, written locally, served or uploaded.
 //!
-//! A bin: request pads `video` and `audio` (as hlssink2) → the stock `mpegtsmux` → a minimal
-//! internal sink whose chain function feeds [`crate::hls::writer::Writer`]. Probes on the input
+//! A bin: request pads `video` and `audio` (as hlssink2), each into its own minimal internal sink
+//! whose frames the built-in muxer ([`crate::hls::ts`], interleaved by [`super::builtin`]) turns
+//! into TS for [`crate::hls::writer::Writer`]; or, with `muxer=mpegtsmux` or for caps the
+//! built-in muxer cannot take, → the stock `mpegtsmux` → one internal sink feeding the writer. Probes on the input
 //! pads decide where segments start (the first keyframe at or after each multiple of
 //! target-duration in running time), ask upstream for those keyframes ahead of time
 //! (force-key-unit) and announce each cut to the writer. The writer cuts the transport stream
@@ -10,7 +12,7 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use gio::prelude::*;
@@ -18,7 +20,9 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::{Encryption, PlaylistType};
+use super::builtin::{self, Builtin};
+use super::output::OutputSink;
+use super::{Encryption, Muxer, PlaylistType};
 use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
@@ -109,6 +113,7 @@ struct Settings {
     http_address: String,
     http_max_connections: u32,
     upload_ca_file: Option<String>,
+    muxer: Muxer,
 }
 
 impl Default for Settings {
@@ -130,13 +135,22 @@ impl Default for Settings {
             http_address: DEFAULT_HTTP_ADDRESS.into(),
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             upload_ca_file: None,
+            muxer: Muxer::Builtin,
         }
     }
 }
 
+/// Where an input pad's data goes.
+enum Target {
+    /// A request pad of mpegtsmux.
+    Mux(gst::Pad),
+    /// Its own internal sink, feeding the built-in muxer.
+    Sink(OutputSink),
+}
+
 struct InputPad {
     ghost: gst::GhostPad,
-    mux_pad: gst::Pad,
+    target: Target,
     video: bool,
 }
 
@@ -159,7 +173,11 @@ struct InputState {
 #[derive(Default)]
 pub struct RsHlsSink {
     settings: Mutex<Settings>,
-    mux: OnceLock<gst::Element>,
+    /// mpegtsmux, made when the first pad that needs it is requested.
+    mux: Mutex<Option<gst::Element>>,
+    /// The muxer chosen with the first pad (builtin until a pad needs mpegtsmux).
+    mode: Mutex<Option<Muxer>>,
+    builtin: Mutex<Builtin>,
     pads: Mutex<Vec<InputPad>>,
     writer: Mutex<Option<Writer>>,
     input: Mutex<InputState>,
@@ -370,6 +388,13 @@ impl RsHlsSink {
     /// Stopping without EOS: the partial segment and its playlist are queued and get
     /// [`STOP_TIMEOUT`] to be written, so that a dead origin cannot hold up a state change for long.
     fn stop_writer(&self) {
+        {
+            let mut builtin = self.builtin.lock().unwrap();
+            if self.writer.lock().unwrap().is_some() {
+                let _ = self.drain_builtin(&mut builtin, true);
+            }
+            builtin.reset();
+        }
         let Some(mut w) = self.writer.lock().unwrap().take() else {
             return;
         };
@@ -420,6 +445,191 @@ impl RsHlsSink {
             }
         }
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// mpegtsmux and the sink after it, made and added on first use.
+    fn mpegtsmux(&self) -> Option<gst::Element> {
+        let mut guard = self.mux.lock().unwrap();
+        if let Some(mux) = guard.as_ref() {
+            return Some(mux.clone());
+        }
+        let obj = self.obj();
+        let mux = gst::ElementFactory::make("mpegtsmux")
+            .name("mux")
+            .property_from_str("start-time-selection", "first")
+            // Every packet made for an input buffer in one push (a list), not a push each.
+            .property("alignment", 0i32)
+            .build()
+            .ok()?;
+        let output = OutputSink::new("sink");
+        let weak = obj.downgrade();
+        let weak_eos = obj.downgrade();
+        output.set_callbacks(
+            Box::new(move |list| {
+                let Some(obj) = weak.upgrade() else {
+                    return Err(gst::FlowError::Flushing);
+                };
+                obj.imp().on_buffers(list.iter())
+            }),
+            Box::new(move || {
+                if let Some(obj) = weak_eos.upgrade() {
+                    obj.imp().on_eos();
+                }
+            }),
+        );
+        obj.add_many([&mux, output.upcast_ref()]).ok()?;
+        mux.link(&output).ok()?;
+        let _ = mux.sync_state_with_parent();
+        let _ = output.sync_state_with_parent();
+        *guard = Some(mux.clone());
+        Some(mux)
+    }
+
+    /// An internal sink for input `name` on the built-in path.
+    fn builtin_sink(&self, name: &str, video: bool) -> Option<OutputSink> {
+        let obj = self.obj();
+        let sink = OutputSink::new(&format!("{name}_sink"));
+        let (w1, w2, w3) = (obj.downgrade(), obj.downgrade(), obj.downgrade());
+        let (n1, n2, n3) = (name.to_string(), name.to_string(), name.to_string());
+        sink.set_callbacks(
+            Box::new(move |list| {
+                let Some(obj) = w1.upgrade() else {
+                    return Err(gst::FlowError::Flushing);
+                };
+                obj.imp().on_builtin_buffers(&n1, list)
+            }),
+            Box::new(move || {
+                if let Some(obj) = w2.upgrade() {
+                    obj.imp().on_builtin_eos(&n2);
+                }
+            }),
+        );
+        sink.set_event_callback(Box::new(move |event| {
+            let Some(obj) = w3.upgrade() else {
+                return Ok(());
+            };
+            let imp = obj.imp();
+            match event.view() {
+                gst::EventView::Caps(c) => imp.builtin.lock().unwrap().set_caps(&n3, c.caps()),
+                gst::EventView::FlushStop(_) => {
+                    imp.builtin.lock().unwrap().flush(&n3);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }));
+        obj.add(&sink).ok()?;
+        let _ = sink.sync_state_with_parent();
+        self.builtin.lock().unwrap().add_input(name, video);
+        Some(sink)
+    }
+
+    /// Input buffers on the built-in path: queued in running time, muxed in decode order.
+    fn on_builtin_buffers(
+        &self,
+        name: &str,
+        list: &gst::BufferListRef,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let segment = self
+            .obj()
+            .static_pad(name)
+            .and_then(|p| p.sticky_event::<gst::event::Segment>(0))
+            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+        let running = |t: Option<gst::ClockTime>| -> Option<i64> {
+            let t = t?;
+            match segment.as_ref() {
+                Some(seg) => match seg.to_running_time_full(t)? {
+                    gst::Signed::Positive(t) => Some(t.nseconds() as i64),
+                    gst::Signed::Negative(t) => Some(-(t.nseconds() as i64)),
+                },
+                None => Some(t.nseconds() as i64),
+            }
+        };
+        let mut builtin = self.builtin.lock().unwrap();
+        for buffer in list.iter_owned() {
+            let (pts, dts) = (running(buffer.pts()), running(buffer.dts()));
+            builtin.push(name, buffer, pts, dts);
+        }
+        self.drain_builtin(&mut builtin, false)
+    }
+
+    fn drain_builtin(
+        &self,
+        builtin: &mut Builtin,
+        all: bool,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut guard = self.writer.lock().unwrap();
+        let Some(w) = guard.as_mut() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        match builtin.drain(w, all) {
+            Ok(published) => {
+                drop(guard);
+                for p in &published {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "segment {} ({:.3} s) {}",
+                        p.sequence,
+                        p.duration_s,
+                        p.location
+                    );
+                    self.post_segment_message(p);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Err(e) => {
+                drop(guard);
+                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+
+    /// An input ended on the built-in path: once all have, everything queued is muxed and the
+    /// playlist finished (before the last internal sink posts its EOS).
+    fn on_builtin_eos(&self, name: &str) {
+        let mut builtin = self.builtin.lock().unwrap();
+        builtin.eos(name);
+        if !builtin.all_eos() {
+            let _ = self.drain_builtin(&mut builtin, false);
+            return;
+        }
+        let _ = self.drain_builtin(&mut builtin, true);
+        drop(builtin);
+        self.on_eos();
+    }
+
+    /// Caps the built-in muxer cannot take arrived: before any data, every input moves to
+    /// mpegtsmux (from the input's probe, before the caps reach the internal sink). Later, the
+    /// caps are refused with an error.
+    fn fall_back_to_mpegtsmux(&self, caps: &gst::Caps) {
+        let mut pads = self.pads.lock().unwrap();
+        let mut builtin = self.builtin.lock().unwrap();
+        if builtin.started() {
+            return;
+        }
+        gst::info!(CAT, imp = self, "{} needs mpegtsmux", caps);
+        if self.switch_to_mpegtsmux(&mut pads, &mut builtin).is_none() {
+            gst::warning!(CAT, imp = self, "could not switch to mpegtsmux");
+        }
+    }
+
+    /// Moves every input to mpegtsmux (a pad the built-in muxer cannot take was requested).
+    fn switch_to_mpegtsmux(&self, pads: &mut [InputPad], builtin: &mut Builtin) -> Option<()> {
+        let mux = self.mpegtsmux()?;
+        for p in pads.iter_mut() {
+            if let Target::Sink(sink) = &p.target {
+                let mux_pad = mux.request_pad_simple("sink_%d")?;
+                p.ghost.set_target(Some(&mux_pad)).ok()?;
+                let _ = sink.set_state(gst::State::Null);
+                let _ = self.obj().remove(sink);
+                builtin.remove_input(&p.ghost.name());
+                p.target = Target::Mux(mux_pad);
+            }
+        }
+        *self.mode.lock().unwrap() = Some(Muxer::Mpegtsmux);
+        Some(())
     }
 
     /// Element message `rshlssink-segment-added` (location, sequence, duration in seconds, and
@@ -564,6 +774,11 @@ impl RsHlsSink {
         match event.view() {
             gst::EventView::Caps(c) => {
                 let caps = c.caps_owned();
+                if *self.mode.lock().unwrap() == Some(Muxer::Builtin)
+                    && builtin::codec_for_caps(&caps).is_none()
+                {
+                    self.fall_back_to_mpegtsmux(&caps);
+                }
                 let mut input = self.input.lock().unwrap();
                 if video
                     && let Some(s) = caps.structure(0)
@@ -634,33 +849,6 @@ impl ObjectImpl for RsHlsSink {
         self.parent_constructed();
         let obj = self.obj();
         obj.set_element_flags(gst::ElementFlags::SINK);
-        let mux = gst::ElementFactory::make("mpegtsmux")
-            .name("mux")
-            .property_from_str("start-time-selection", "first")
-            // Every packet made for an input buffer in one push (a list), not a push each.
-            .property("alignment", 0i32)
-            .build()
-            .expect("mpegtsmux (gst-plugins-bad) is installed");
-        let output = super::output::OutputSink::new("sink");
-        let weak = obj.downgrade();
-        let weak_eos = obj.downgrade();
-        output.set_callbacks(
-            Box::new(move |list| {
-                let Some(obj) = weak.upgrade() else {
-                    return Err(gst::FlowError::Flushing);
-                };
-                obj.imp().on_buffers(list.iter())
-            }),
-            Box::new(move || {
-                if let Some(obj) = weak_eos.upgrade() {
-                    obj.imp().on_eos();
-                }
-            }),
-        );
-        obj.add_many([&mux, output.upcast_ref()])
-            .expect("add children");
-        mux.link(&output).expect("link mpegtsmux to the output");
-        let _ = self.mux.set(mux);
     }
 
     fn properties() -> &'static [glib::ParamSpec] {
@@ -748,6 +936,10 @@ impl ObjectImpl for RsHlsSink {
                     .nick("Upload CA file")
                     .blurb("PEM file of CA certificates to trust for https:// uploads, besides the system's CA certificates")
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("muxer", Muxer::Builtin)
+                    .nick("Muxer")
+                    .blurb("What makes the MPEG-TS: builtin (H.264, H.265, AAC, MP3; falls back to mpegtsmux when a pad is requested for caps it cannot take) or the stock mpegtsmux. Read when pads are requested")
+                    .build(),
                 glib::ParamSpecBoolean::builder("resume")
                     .nick("Resume")
                     .blurb("When a live or event playlist without EXT-X-ENDLIST already exists at playlist-location, continue it (numbering goes on after a discontinuity) instead of starting over")
@@ -823,6 +1015,7 @@ impl ObjectImpl for RsHlsSink {
             "encryption" => s.encryption = value.get().expect("type checked"),
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
             "resume" => s.resume = value.get().expect("type checked"),
+            "muxer" => s.muxer = value.get().expect("type checked"),
             "http-port" => s.http_port = value.get().expect("type checked"),
             "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
             "http-address" => {
@@ -851,6 +1044,7 @@ impl ObjectImpl for RsHlsSink {
             "encryption" => s.encryption.to_value(),
             "key-rotation" => s.key_rotation.to_value(),
             "resume" => s.resume.to_value(),
+            "muxer" => s.muxer.to_value(),
             "http-port" => s.http_port.to_value(),
             "upload-ca-file" => s.upload_ca_file.to_value(),
             "http-address" => s.http_address.to_value(),
@@ -921,7 +1115,7 @@ impl ElementImpl for RsHlsSink {
         &self,
         templ: &gst::PadTemplate,
         _name: Option<&str>,
-        _caps: Option<&gst::Caps>,
+        caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
         let video = templ.name_template() == "video";
         let name = templ.name_template().to_string();
@@ -930,12 +1124,46 @@ impl ElementImpl for RsHlsSink {
             gst::warning!(CAT, imp = self, "there is already a {} pad", name);
             return None;
         }
-        let mux = self.mux.get()?;
-        let mux_pad = mux.request_pad_simple("sink_%d")?;
+        // The built-in muxer unless asked for mpegtsmux or a pad needs it; switching is only
+        // possible before data flows.
+        let supported = caps.is_none_or(builtin::caps_supported);
+        let wanted = self.settings.lock().unwrap().muxer;
+        let current = *self.mode.lock().unwrap();
+        let mode = match current {
+            Some(Muxer::Builtin) if !supported => {
+                if self.obj().current_state() > gst::State::Ready {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "the built-in muxer cannot take {:?} and it is too late to switch",
+                        caps
+                    );
+                    return None;
+                }
+                gst::info!(CAT, imp = self, "{:?} needs mpegtsmux", caps);
+                self.switch_to_mpegtsmux(&mut pads, &mut self.builtin.lock().unwrap())?;
+                Muxer::Mpegtsmux
+            }
+            Some(m) => m,
+            None if wanted == Muxer::Mpegtsmux || !supported => Muxer::Mpegtsmux,
+            None => Muxer::Builtin,
+        };
+        *self.mode.lock().unwrap() = Some(mode);
         let ghost = gst::GhostPad::builder_from_template(templ)
             .name(name.as_str())
             .build();
-        ghost.set_target(Some(&mux_pad)).ok()?;
+        let target = match mode {
+            Muxer::Mpegtsmux => {
+                let mux_pad = self.mpegtsmux()?.request_pad_simple("sink_%d")?;
+                ghost.set_target(Some(&mux_pad)).ok()?;
+                Target::Mux(mux_pad)
+            }
+            Muxer::Builtin => {
+                let sink = self.builtin_sink(&name, video)?;
+                ghost.set_target(sink.static_pad("sink").as_ref()).ok()?;
+                Target::Sink(sink)
+            }
+        };
         let weak = self.obj().downgrade();
         let flowing = AtomicBool::new(false);
         ghost.add_probe(
@@ -960,7 +1188,7 @@ impl ElementImpl for RsHlsSink {
         );
         pads.push(InputPad {
             ghost: ghost.clone(),
-            mux_pad,
+            target,
             video,
         });
         drop(pads);
@@ -978,8 +1206,17 @@ impl ElementImpl for RsHlsSink {
             idx.map(|i| pads.remove(i))
         };
         let Some(p) = removed else { return };
-        if let Some(mux) = self.mux.get() {
-            mux.release_request_pad(&p.mux_pad);
+        match &p.target {
+            Target::Mux(mux_pad) => {
+                if let Some(mux) = self.mux.lock().unwrap().as_ref() {
+                    mux.release_request_pad(mux_pad);
+                }
+            }
+            Target::Sink(sink) => {
+                self.builtin.lock().unwrap().remove_input(&p.ghost.name());
+                let _ = sink.set_state(gst::State::Null);
+                let _ = self.obj().remove(sink);
+            }
         }
         let _ = p.ghost.set_active(false);
         let _ = self.obj().remove_pad(&p.ghost);

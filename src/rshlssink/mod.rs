@@ -1,6 +1,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod builtin;
 mod imp;
 mod output;
 
@@ -36,6 +37,21 @@ pub enum Encryption {
     Aes128 = 1,
 }
 
+/// `muxer`: what makes the transport stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRsHlsSinkMuxer")]
+pub enum Muxer {
+    #[default]
+    #[enum_value(
+        name = "Built-in (H.264, H.265, AAC, MPEG audio); mpegtsmux when a pad is requested for other caps",
+        nick = "builtin"
+    )]
+    Builtin = 0,
+    #[enum_value(name = "The stock mpegtsmux", nick = "mpegtsmux")]
+    Mpegtsmux = 1,
+}
+
 glib::wrapper! {
     pub struct RsHlsSink(ObjectSubclass<imp::RsHlsSink>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy;
 }
@@ -43,6 +59,7 @@ glib::wrapper! {
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     PlaylistType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Encryption::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Muxer::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "rshlssink",

@@ -12,6 +12,8 @@ use gst::subclass::prelude::*;
 pub type BufferFn =
     Box<dyn Fn(&gst::BufferListRef) -> Result<gst::FlowSuccess, gst::FlowError> + Send + Sync>;
 pub type EosFn = Box<dyn Fn() + Send + Sync>;
+/// Sees every other event before it is handled (caps, flushes); an error rejects it.
+pub type EventFn = Box<dyn Fn(&gst::EventRef) -> Result<(), String> + Send + Sync>;
 
 glib::wrapper! {
     pub struct OutputSink(ObjectSubclass<imp::OutputSink>) @extends gst::Element, gst::Object;
@@ -26,6 +28,11 @@ impl OutputSink {
     pub fn set_callbacks(&self, on_buffer: BufferFn, on_eos: EosFn) {
         *self.imp().callbacks.lock().unwrap() = Some((on_buffer.into(), on_eos.into()));
     }
+
+    /// Sets what sees the other events.
+    pub fn set_event_callback(&self, on_event: EventFn) {
+        *self.imp().on_event.lock().unwrap() = Some(on_event.into());
+    }
 }
 
 mod imp {
@@ -36,6 +43,7 @@ mod imp {
 
     pub struct OutputSink {
         pub(super) callbacks: Mutex<Option<Callbacks>>,
+        pub(super) on_event: Mutex<Option<Arc<super::EventFn>>>,
         sinkpad: gst::Pad,
     }
 
@@ -72,6 +80,7 @@ mod imp {
                 .build();
             OutputSink {
                 callbacks: Mutex::new(None),
+                on_event: Mutex::new(None),
                 sinkpad,
             }
         }
@@ -96,6 +105,14 @@ mod imp {
         }
 
         fn event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+            let on_event = self.on_event.lock().unwrap().clone();
+            if event.type_() != gst::EventType::Eos
+                && let Some(on_event) = on_event
+                && let Err(e) = on_event(&event)
+            {
+                gst::element_imp_error!(self, gst::StreamError::Format, ("{}", e));
+                return false;
+            }
             match event.view() {
                 gst::EventView::Eos(_) => {
                     if let Some((_, on_eos)) = self.callbacks() {
