@@ -209,6 +209,24 @@ fn invalid_rtp_is_dropped_and_counted() {
         |m, c| Some(normal(m, c)),
         b"$\x00\x00\x0c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00$\x00\x00\x02\x80\x60",
     );
+    let (pipeline, src) = play_tcp(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream_stat(&src, "invalid-packets") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            src.property::<gst::Structure>("stats")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And no error: bad packets are not fatal.
+    let bus = pipeline.bus().unwrap();
+    assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// rtspsrc2 (ours) playing the scripted server on `port` over TCP into a fakesink.
+fn play_tcp(port: u16) -> (gst::Pipeline, gst::Element) {
     init();
     let pipeline = gst::parse::launch(&format!(
         "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! fakesink"
@@ -217,26 +235,9 @@ fn invalid_rtp_is_dropped_and_counted() {
     .downcast::<gst::Pipeline>()
     .unwrap();
     let src = pipeline.by_name("src").unwrap();
+    assert_ours(&src);
     pipeline.set_state(gst::State::Playing).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = src.property::<gst::Structure>("stats");
-        let invalid = stats
-            .get::<gst::Array>("streams")
-            .unwrap()
-            .first()
-            .and_then(|s| s.get::<gst::Structure>().ok())
-            .map_or(0, |s| s.get::<u64>("invalid-packets").unwrap());
-        if invalid == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{stats}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // And no error: bad packets are not fatal.
-    let bus = pipeline.bus().unwrap();
-    assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
-    pipeline.set_state(gst::State::Null).unwrap();
+    (pipeline, src)
 }
 
 /// The first stream's figure `field`.
@@ -260,16 +261,7 @@ fn rtp_with_another_payload_type_is_dropped_and_counted() {
           $\x00\x00\x10\x80\x60\x00\x03\x00\x00\x00\x03\x00\x00\x00\x07abcd\
           $\x00\x00\x10\x80\x60\x00\x04\x00\x00\x00\x04\x00\x00\x00\x07abcd",
     );
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! fakesink"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap();
-    assert_ours(&src);
-    pipeline.set_state(gst::State::Playing).unwrap();
+    let (pipeline, src) = play_tcp(port);
     let deadline = Instant::now() + Duration::from_secs(10);
     while stream_stat(&src, "packets-received") < 1 {
         assert!(
@@ -304,15 +296,7 @@ fn a_stream_of_unknown_format_gets_no_pad_and_a_warning() {
         },
         b"",
     );
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! fakesink"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
+    let (pipeline, src) = play_tcp(port);
     let msg = pipeline
         .bus()
         .unwrap()
