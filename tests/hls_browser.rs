@@ -40,44 +40,15 @@ const PAGE_GIVE_UP_MS: u32 = 30_000;
 /// The test gives up when the page has reported nothing by then.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The live pipeline, stopped on drop.
-struct Live {
-    pipeline: gst::Pipeline,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-fn start_live() -> Live {
-    let dir = TempDir::new("browser");
-    let (pipeline, sink) = pipeline(
-        &format!(
-            "location={} target-duration=1 http-port=0 http-address=127.0.0.1",
-            dir.str()
-        ),
+/// Live H.264 + AAC from rshlssink's own HTTP server.
+fn start_live() -> Served {
+    serve_live(
+        "browser",
+        "",
         "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
          audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio",
-    );
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let port = sink.property::<i32>("http-bound-port");
-    assert!(port > 0, "http-bound-port {port}");
-    let path = dir.join("playlist.m3u8");
-    assert!(
-        wait_for(Duration::from_secs(20), || path.exists()
-            && read_playlist(&path).segments.len() >= 2),
-        "rshlssink wrote no playlist with two segments within 20 s"
-    );
-    Live {
-        pipeline,
-        port: port as u16,
-        _dir: dir,
-    }
+    )
 }
 
 /// What the page sends to the test server.

@@ -7,48 +7,14 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::hls::*;
-use gst::prelude::*;
 
-struct Running {
-    pipeline: gst::Pipeline,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-fn start(extra: &str) -> Running {
-    let dir = TempDir::new("server");
-    let (pipeline, sink) = pipeline(
-        &format!(
-            "location={} target-duration=1 playlist-length=3 http-port=0 http-address=127.0.0.1 {extra}",
-            dir.str()
-        ),
-        LIVE_VIDEO,
-    );
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let port = sink.property::<i32>("http-bound-port");
-    assert!(port > 0, "http-bound-port {port}");
-    let path = dir.join("playlist.m3u8");
-    assert!(
-        wait_for(Duration::from_secs(20), || path.exists()
-            && read_playlist(&path).segments.len() >= 2),
-        "no playlist"
-    );
-    Running {
-        pipeline,
-        port: port as u16,
-        dir,
-    }
+fn start_serving(extra: &str) -> Served {
+    serve_live("server", &format!("playlist-length=3 {extra}"), LIVE_VIDEO)
 }
 
 #[test]
 fn ffprobe_plays_the_served_playlist() {
-    let r = start("");
+    let r = start_serving("");
     let url = format!("http://127.0.0.1:{}/playlist.m3u8", r.port);
     let probe = ffprobe(&url, &[]);
     assert_eq!(probe.streams, [("h264".to_string(), "video".to_string())]);
@@ -56,7 +22,7 @@ fn ffprobe_plays_the_served_playlist() {
 
 #[test]
 fn serves_published_files_with_types_cors_and_caching() {
-    let r = start("");
+    let r = start_serving("");
     let (status, headers, body) = http_request(r.port, "GET", "/playlist.m3u8");
     assert_eq!(status, 200);
     assert_eq!(
@@ -127,7 +93,7 @@ fn serves_published_files_with_types_cors_and_caching() {
 
 #[test]
 fn path_traversal_is_refused() {
-    let r = start("");
+    let r = start_serving("");
     // A file that exists next to the output directory must stay out of reach.
     let secret = r
         .dir
@@ -173,7 +139,7 @@ fn path_traversal_is_refused() {
 
 #[test]
 fn connections_are_bounded_and_kept_alive() {
-    let r = start("http-max-connections=2");
+    let r = start_serving("http-max-connections=2");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], r.port).into();
     let connect = || {
         let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();

@@ -334,3 +334,44 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 /// The live H.264 source most tests use.
 pub const LIVE_VIDEO: &str = "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 \
      ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h.";
+
+/// A live rshlssink pipeline serving its output over HTTP on a free port of 127.0.0.1, with at
+/// least two segments published; stopped on drop.
+pub struct Served {
+    pub pipeline: gst::Pipeline,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Starts `sources` into `rshlssink location=<temp dir> target-duration=1 http-port=0 {props}`
+/// and waits (20 s at most) until its playlist names two segments.
+pub fn serve_live(name: &str, props: &str, sources: &str) -> Served {
+    let dir = TempDir::new(name);
+    let (pipeline, sink) = pipeline(
+        &format!(
+            "location={} target-duration=1 http-port=0 http-address=127.0.0.1 {props}",
+            dir.str()
+        ),
+        sources,
+    );
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let port = sink.property::<i32>("http-bound-port");
+    assert!(port > 0, "http-bound-port {port}");
+    let path = dir.join("playlist.m3u8");
+    assert!(
+        wait_for(Duration::from_secs(20), || path.exists()
+            && read_playlist(&path).segments.len() >= 2),
+        "rshlssink wrote no playlist with two segments within 20 s"
+    );
+    Served {
+        pipeline,
+        port: port as u16,
+        dir,
+    }
+}
