@@ -88,6 +88,33 @@ fn assert_within_timeout(elapsed: Duration, err: &str) {
     );
 }
 
+/// A server's answers that accept a publication: connect succeeds, createStream (transaction 4)
+/// gives stream 1, publish starts.
+fn publication_accepted() -> Vec<u8> {
+    let mut answer = command_bytes(&[
+        "_result".into(),
+        1.0.into(),
+        Value::Null,
+        amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+    ]);
+    answer.extend(command_bytes(&[
+        "_result".into(),
+        4.0.into(),
+        Value::Null,
+        1.0.into(),
+    ]));
+    answer.extend(command_bytes(&[
+        "onStatus".into(),
+        0.0.into(),
+        Value::Null,
+        amf0::obj(&[
+            ("level", "status".into()),
+            ("code", "NetStream.Publish.Start".into()),
+        ]),
+    ]));
+    answer
+}
+
 #[test]
 fn connection_refused() {
     let port = free_port();
@@ -299,28 +326,7 @@ fn stalling_server() -> u16 {
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
         // connect, createStream (transaction 4) and publish answered in one go.
-        let mut answer = command_bytes(&[
-            "_result".into(),
-            1.0.into(),
-            Value::Null,
-            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
-        ]);
-        answer.extend(command_bytes(&[
-            "_result".into(),
-            4.0.into(),
-            Value::Null,
-            1.0.into(),
-        ]));
-        answer.extend(command_bytes(&[
-            "onStatus".into(),
-            0.0.into(),
-            Value::Null,
-            amf0::obj(&[
-                ("level", "status".into()),
-                ("code", "NetStream.Publish.Start".into()),
-            ]),
-        ]));
-        let _ = s.write_all(&answer);
+        let _ = s.write_all(&publication_accepted());
         // Hold the connection without reading.
         std::thread::sleep(Duration::from_secs(20));
     })
@@ -513,28 +519,7 @@ fn command_recording_server() -> (u16, std::sync::mpsc::Receiver<Vec<String>>) {
             }
             if !answered && names.iter().any(|n| n == "connect") {
                 answered = true;
-                let mut answer = command_bytes(&[
-                    "_result".into(),
-                    1.0.into(),
-                    Value::Null,
-                    amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
-                ]);
-                answer.extend(command_bytes(&[
-                    "_result".into(),
-                    4.0.into(),
-                    Value::Null,
-                    1.0.into(),
-                ]));
-                answer.extend(command_bytes(&[
-                    "onStatus".into(),
-                    0.0.into(),
-                    Value::Null,
-                    amf0::obj(&[
-                        ("level", "status".into()),
-                        ("code", "NetStream.Publish.Start".into()),
-                    ]),
-                ]));
-                let _ = s.write_all(&answer);
+                let _ = s.write_all(&publication_accepted());
             }
         }
         let _ = tx.send(names);
