@@ -661,6 +661,17 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Submits a job the stuck store never finishes and waits until the worker holds it, so
+    /// that what is submitted next stays queued.
+    fn occupy_worker(out: &Output) {
+        out.submit(put("busy.ts", FileKind::Segment)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !out.shared.queue.lock().unwrap().busy {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn a_full_network_queue_drops_the_oldest_segment_and_coalesces_playlists() {
         struct Stuck(Mutex<bool>, Condvar);
@@ -687,13 +698,7 @@ mod tests {
             None,
             Box::new(|_| {}),
         );
-        out.submit(put("busy.ts", FileKind::Segment)).unwrap();
-        // Let the worker take the first job.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !out.shared.queue.lock().unwrap().busy {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        occupy_worker(&out);
         for i in 0..3 {
             out.submit(put(&format!("s{i}.ts"), FileKind::Segment))
                 .unwrap();
@@ -722,12 +727,7 @@ mod tests {
             None,
             Box::new(|_| {}),
         );
-        bounded.submit(put("busy.ts", FileKind::Segment)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !bounded.shared.queue.lock().unwrap().busy {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        occupy_worker(&bounded);
         for i in 0..3 {
             bounded
                 .submit(put(&format!("b{i}.ts"), FileKind::Segment))
