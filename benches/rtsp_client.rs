@@ -6,11 +6,16 @@
 //! payloaded, to a stock gst-rtsp-server (a child process, shared live media over UDP and TCP).
 //! Each client is `gst-launch-1.0 rtspsrc2|rtspsrc location=... protocols=P ! fakesink` in a
 //! child process of its own, with default settings. Figures:
-//! - CPU: the client process's utime+stime over a steady window (BENCH_SECONDS, default 20)
-//!   that starts 3 s after launch, as a share of one core; RSS its peak.
+//! - CPU: the client process's run time over a steady window (BENCH_SECONDS, default 20)
+//!   that starts 3 s after launch, as a share of one core; RSS its peak. A client this light
+//!   uses well under 1% of a core, and the machine's drift over a minute is of that order, so
+//!   each element is measured BENCH_ROUNDS times (default 3), the two alternating (ABBA...),
+//!   and the figures are totals over the rounds; the spread of the per-round ratios is shown.
 //! - First buffer: wall time from spawning the process to fakesink's first buffer (its
 //!   `last-message` under `gst-launch-1.0 -v`), median of BENCH_STARTS runs (default 7).
 //!   Process start-up (GStreamer init, registry) is the same for both and included.
+//!
+//! BENCH_PROTOCOLS (default `udp,tcp`) picks the protocols measured.
 //!
 //! Under `cargo test` (no `--bench`) it is a smoke run: 2 s windows, one start each.
 
@@ -111,6 +116,7 @@ fn main() {
     let smoke = smoke();
     let seconds = env("BENCH_SECONDS", if smoke { 2 } else { 20 });
     let starts = env("BENCH_STARTS", if smoke { 1 } else { 7 }) as usize;
+    let rounds = env("BENCH_ROUNDS", if smoke { 1 } else { 3 }) as usize;
     let exe = std::env::current_exe().unwrap();
     let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
     assert!(
@@ -137,17 +143,35 @@ fn main() {
     });
     let url = format!("rtsp://127.0.0.1:{port}/stream");
     println!(
-        "input: {input_mbps:.2} Mbit/s H.264 720p30 from gst-rtsp-server; CPU over {seconds} s, \
-         first buffer median of {starts}"
+        "input: {input_mbps:.2} Mbit/s H.264 720p30 from gst-rtsp-server; CPU over {rounds} x \
+         {seconds} s each, first buffer median of {starts}"
     );
     println!();
     println!(
-        "| protocol | rtspsrc2 CPU % | rtspsrc CPU % | ratio | rtspsrc2 RSS MiB | rtspsrc RSS MiB | rtspsrc2 first buffer ms | rtspsrc first buffer ms |"
+        "| protocol | rtspsrc2 CPU % | rtspsrc CPU % | ratio | per-round ratios | rtspsrc2 RSS MiB | rtspsrc RSS MiB | rtspsrc2 first buffer ms | rtspsrc first buffer ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for proto in ["udp", "tcp"] {
-        let [(o_cpu, o_rss), (s_cpu, s_rss)] =
-            ELEMENTS.map(|e| steady_cpu(&plugin_dir, e, &url, proto, seconds));
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let protocols = std::env::var("BENCH_PROTOCOLS").unwrap_or_else(|_| "udp,tcp".into());
+    for proto in protocols.split(',') {
+        let mut cpu = [Vec::new(), Vec::new()];
+        let mut rss = [0f64; 2];
+        for round in 0..rounds {
+            // ABBA...: a drift of the machine weighs on both alike.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (c, r) = steady_cpu(&plugin_dir, ELEMENTS[i], &url, proto, seconds);
+                cpu[i].push(c);
+                rss[i] = rss[i].max(r);
+            }
+        }
+        let ratios: Vec<f64> = cpu[0].iter().zip(&cpu[1]).map(|(o, s)| o / s).collect();
+        let spread = format!(
+            "{:.2}-{:.2}",
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max)
+        );
+        let [o_cpu, s_cpu] = cpu.map(|c| c.iter().sum::<f64>() / c.len() as f64);
+        let [o_rss, s_rss] = rss;
         // Interleaved, so that any drift of the machine touches both alike.
         let mut firsts = [Vec::new(), Vec::new()];
         for _ in 0..starts {
@@ -157,7 +181,7 @@ fn main() {
         }
         let [o_first, s_first] = firsts.map(median);
         println!(
-            "| {proto} | {:.2} | {:.2} | {:.2} | {o_rss:.1} | {s_rss:.1} | {:.0} | {:.0} |",
+            "| {proto} | {:.2} | {:.2} | {:.2} | {spread} | {o_rss:.1} | {s_rss:.1} | {:.0} | {:.0} |",
             o_cpu * 100.0,
             s_cpu * 100.0,
             o_cpu / s_cpu,

@@ -599,6 +599,75 @@ fn get_and_set_parameter_action_signals() {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
+/// Over TCP a single stream is pushed on the connection's reader thread. Downstream holding
+/// that thread (a blocking probe here, a paused sink or a full queue in real life) must not
+/// hold up the answers the connection carries: a GET_PARAMETER made meanwhile is answered at
+/// once, not after tcp-timeout (20 s), and the stream goes on, in order, once let go.
+#[test]
+fn requests_are_answered_while_downstream_blocks_the_tcp_reader() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let (pipeline, src) = playing_client(&server.url("/"), "tcp");
+    let pad = src.src_pads().into_iter().next().unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let probe = pad
+        .add_probe(
+            gst::PadProbeType::BLOCK | gst::PadProbeType::DATA_DOWNSTREAM,
+            move |_, _| {
+                let _ = held_tx.try_send(());
+                gst::PadProbeReturn::Ok
+            },
+        )
+        .unwrap();
+    held_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the probe never blocked");
+    let started = Instant::now();
+    let promise = gst::Promise::new();
+    let sent = src.emit_by_name::<bool>(
+        "get-parameter",
+        &[&"session-timeout", &"text/parameters", &promise],
+    );
+    assert!(sent);
+    assert_eq!(promise.wait(), gst::PromiseResult::Replied);
+    let reply = promise.get_reply().unwrap().to_owned();
+    assert_eq!(reply.get::<i32>("rtsp-result").unwrap(), 200, "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Let go: the stream goes on without a gap being reported downstream.
+    let (seq_tx, seq_rx) = std::sync::mpsc::channel::<u16>();
+    let seq = move |b: &gst::BufferRef| {
+        let map = b.map_readable().unwrap();
+        let _ = seq_tx.send(u16::from_be_bytes([map[2], map[3]]));
+    };
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_, info| {
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => seq(b),
+                Some(gst::PadProbeData::BufferList(l)) => l.iter().for_each(&seq),
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    pad.remove_probe(probe);
+    let seqs: Vec<u16> = (0..60)
+        .map(|_| {
+            seq_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("stream stopped")
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{seqs:?}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
 #[test]
 fn reconnects_when_the_server_restarts() {
     let first = ServerPipeline::start("", &av_source(false));

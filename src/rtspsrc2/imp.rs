@@ -1,15 +1,20 @@
 //! `rtspsrc2`: an RTSP client source, a thin adapter over [`crate::rtsp::client`].
 //!
 //! The client runs on its own runtime and reports packets as events. Each SDP media gets a
-//! sometimes pad (`stream_%u`, `application/x-rtp` caps from the SDP) whose pad task pushes the
-//! stream's packets downstream, so the network side never waits for downstream: packets go
-//! through a bounded channel and the overflow is dropped and counted.
+//! sometimes pad (`stream_%u`, `application/x-rtp` caps from the SDP). A stream's packets are
+//! jitter-buffered and pushed on a thread that serves that stream alone, as udpsrc pushes on
+//! its own: its UDP socket's thread, or the RTSP connection's reader when the connection
+//! carries only that stream (one wake-up per burst, no hand-off; the connection keeps its
+//! requests answered while downstream blocks that thread, see [`crate::rtsp::client::conn`]).
+//! When one TCP connection carries several streams, its reader hands each stream's packets to
+//! the pad's task (a bounded queue, the overflow dropped and counted), so that a blocked
+//! branch never holds up the others. The task also wakes when the jitter buffer has a gap to
+//! give up on, and sleeps otherwise.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,9 +43,6 @@ const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
 const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
-/// Batches of packets (a burst each, at most 64 packets) queued per pad between the network
-/// and the pad task; beyond it batches are dropped and counted.
-const PAD_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -398,20 +400,78 @@ impl StreamOutput {
     }
 }
 
+/// Packets queued at most per pad for its task; beyond, they are dropped and counted.
+const PAD_QUEUE_PACKETS: usize = 16 * 1024;
+
+/// What a pad's task waits for: packets handed over by a thread that serves other streams too
+/// (a TCP connection carrying several), a gap in the jitter buffer to give up on, or the end.
+/// It sleeps otherwise, so a stream fed on its own thread costs the task no wake-ups.
+#[derive(Default)]
+struct PadQueue {
+    state: Mutex<PadQueueState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct PadQueueState {
+    packets: Vec<Bytes>,
+    /// The jitter buffer's deadline may have moved.
+    kicked: bool,
+    stopped: bool,
+}
+
+impl PadQueue {
+    /// Queues `packets`; returns how many were dropped because the queue is full.
+    fn push(&self, packets: Vec<Bytes>) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let room = PAD_QUEUE_PACKETS.saturating_sub(state.packets.len());
+        let dropped = packets.len().saturating_sub(room);
+        state.packets.extend(packets.into_iter().take(room));
+        self.cond.notify_one();
+        dropped
+    }
+
+    fn kick(&self) {
+        self.state.lock().unwrap().kicked = true;
+        self.cond.notify_one();
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap().stopped = true;
+        self.cond.notify_one();
+    }
+
+    /// Sleeps until packets come, `deadline` passes (never if None) or a kick; returns the
+    /// packets. None once stopped.
+    fn wait(&self, deadline: Option<Instant>) -> Option<Vec<Bytes>> {
+        let mut state = self.state.lock().unwrap();
+        if state.packets.is_empty() && !state.kicked && !state.stopped {
+            state = match deadline {
+                Some(d) => {
+                    let timeout = d.saturating_duration_since(Instant::now());
+                    self.cond.wait_timeout(state, timeout).unwrap().0
+                }
+                None => self.cond.wait(state).unwrap(),
+            };
+        }
+        state.kicked = false;
+        (!state.stopped).then(|| std::mem::take(&mut state.packets))
+    }
+}
+
 struct PadState {
     pad: gst::Pad,
-    /// Packets from the connection's reader (TCP) to the pad task.
-    tx: SyncSender<Vec<Bytes>>,
+    queue: Arc<PadQueue>,
     signals: Arc<StreamSignals>,
     work: Arc<Mutex<StreamWork>>,
     /// The RTP clock rate of the stream's description.
     clock_rate: u32,
 }
 
-/// One stream's receive path: the jitter buffer and what leaves it. Fed by the pad task
-/// (packets the connection's reader queued, and the gap timer) and, for UDP, directly on the
-/// stream's receiving thread, as udpsrc's streaming thread pushes: one thread and one wake-up per
-/// datagram instead of a hand-off. The lock makes one thread push at a time.
+/// One stream's receive path: the jitter buffer and what leaves it. Fed on the thread that
+/// read the packets, as udpsrc's streaming thread pushes (one wake-up per burst instead of a
+/// hand-off), and by the pad task when a gap's wait runs out. The lock makes one thread push
+/// at a time.
 struct StreamWork {
     jitterbuffer: JitterBuffer,
     out: StreamOutput,
@@ -670,30 +730,33 @@ impl RtspSrc2 {
             ClientEvent::Rtp {
                 stream,
                 packets,
-                on_receive_thread: true,
+                exclusive,
             } => {
-                // UDP: this thread reads only this stream's socket; it runs the stream.
-                let work = self
+                let pad = self
                     .state
                     .lock()
                     .unwrap()
                     .pads
                     .get(&stream)
-                    .map(|p| p.work.clone());
-                if let Some(work) = work {
-                    work.lock().unwrap().process(packets);
+                    .map(|p| (p.work.clone(), p.queue.clone()));
+                let Some((work, queue)) = pad else { return };
+                if exclusive {
+                    // This thread serves this stream alone: it runs the stream.
+                    let mut work = work.lock().unwrap();
+                    work.process(packets);
+                    if work.jitterbuffer.next_deadline().is_some() {
+                        queue.kick();
+                    }
+                } else {
+                    // Other streams wait on this thread: the pad's task takes over.
+                    let dropped = queue.push(packets);
+                    if dropped > 0 {
+                        self.state.lock().unwrap().dropped += dropped as u64;
+                    }
                 }
             }
-            ClientEvent::Rtp {
-                stream, packets, ..
-            } => {
-                let mut state = self.state.lock().unwrap();
-                let Some(p) = state.pads.get(&stream) else {
-                    return;
-                };
-                if let Err(TrySendError::Full(packets)) = p.tx.try_send(packets) {
-                    state.dropped += packets.len() as u64;
-                }
+            ClientEvent::Dropped { packets } => {
+                self.state.lock().unwrap().dropped += packets;
             }
             ClientEvent::SenderReport {
                 stream,
@@ -817,7 +880,6 @@ impl RtspSrc2 {
                 )
             })
             .build();
-        let (tx, rx) = sync_channel::<Vec<Bytes>>(PAD_QUEUE);
         let caps = stream_caps(info);
         gst::debug!(CAT, obj = pad, "caps {}", caps);
         let stream_id = format!("{}/{}", info.control, info.index);
@@ -845,40 +907,20 @@ impl RtspSrc2 {
         let _ = pad.set_active(true);
         let task_pad = pad.clone();
         let task_work = work.clone();
-        let mut rx: Option<Receiver<Vec<Bytes>>> = Some(rx);
+        let queue = Arc::new(PadQueue::default());
+        let task_queue = queue.clone();
         let start = pad.start_task(move || {
-            let Some(receiver) = rx.as_ref() else {
+            let deadline = task_work.lock().unwrap().jitterbuffer.next_deadline();
+            let Some(packets) = task_queue.wait(deadline) else {
                 let _ = task_pad.pause_task();
                 return;
             };
-            // Wait for packets from the connection, or until the jitter buffer gives up on a
-            // gap (UDP packets come in on their own thread, see `on_event`).
-            let wait = task_work
-                .lock()
-                .unwrap()
+            let mut work = task_work.lock().unwrap();
+            let due = work
                 .jitterbuffer
                 .next_deadline()
-                .map_or(Duration::from_millis(100), |d| {
-                    d.saturating_duration_since(Instant::now())
-                })
-                .min(Duration::from_millis(100));
-            let batches: Vec<Vec<Bytes>> = match receiver.recv_timeout(wait) {
-                // Whatever else is queued already joins this round.
-                Ok(batch) => std::iter::once(batch)
-                    .chain(std::iter::from_fn(|| receiver.try_recv().ok()).take(PAD_QUEUE))
-                    .collect(),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
-                Err(_) => {
-                    rx = None;
-                    let _ = task_pad.pause_task();
-                    return;
-                }
-            };
-            if !task_work
-                .lock()
-                .unwrap()
-                .process(batches.into_iter().flatten())
-            {
+                .is_some_and(|d| d <= Instant::now());
+            if (due || !packets.is_empty()) && !work.process(packets) {
                 let _ = task_pad.pause_task();
             }
         });
@@ -891,7 +933,7 @@ impl RtspSrc2 {
             info.index,
             PadState {
                 pad,
-                tx,
+                queue,
                 signals,
                 work,
                 clock_rate: info.media.clock_rate,
@@ -1064,9 +1106,9 @@ impl RtspSrc2 {
         drop(client);
         let obj = self.obj();
         for (_, p) in pads {
-            drop(p.tx);
-            // The task holds the stream lock while it waits for packets: stop it (it notices
-            // within one receive timeout) before deactivating, as basesrc does.
+            // The task holds the stream lock while it waits: wake and stop it before
+            // deactivating, as basesrc does.
+            p.queue.stop();
             let _ = p.pad.stop_task();
             let _ = p.pad.set_active(false);
             let _ = obj.remove_pad(&p.pad);

@@ -1,23 +1,36 @@
 //! One RTSP connection seen from the client: requests matched to responses by CSeq, interleaved
 //! data and server requests (RFC 2326 10: ANNOUNCE, GET_PARAMETER, OPTIONS, REDIRECT) handed to
-//! callbacks. A reader task owns the read half; writers share the write half.
+//! a callback.
+//!
+//! Reading is done by a thread of the connection's own, blocked in `read` on the socket: per
+//! burst from the server one wake-up and one system call, where an async reader pays an epoll
+//! round trip and the runtime's bookkeeping besides. The callback runs on that thread and may
+//! do the work of the data there (rtspsrc2 pushes it downstream, as a source's streaming
+//! thread does), so no second thread has to be woken per burst.
+//!
+//! That work may block: a paused sink holds the pushing thread, a full queue downstream too.
+//! Meanwhile the socket also carries the answers to requests (the very PAUSE that paused the
+//! pipeline waits for its answer). So while the reader is inside the callback and a request
+//! waits, a standby thread reads in its place: responses reach their waiters, server requests
+//! are answered, and what else it reads is kept, bounded, for the reader to hand on afterwards
+//! in order. The standby thread sleeps, costing nothing, the rest of the time.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rtsp_types::{Method, Request, Response, StatusCode, Version, headers};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
 use super::ClientError;
 use crate::rtsp::codec::{self, Decoder, Frame, Limits};
 
 /// What the server sends besides responses.
+#[derive(Debug)]
 pub enum Incoming {
     Interleaved {
         channel: u8,
@@ -28,148 +41,101 @@ pub enum Incoming {
     /// Everything decoded from one read has been handed over: a point to pass on what was
     /// gathered from it.
     ReadDone,
+    /// Interleaved packets read while the reader was blocked were dropped: more than
+    /// [`BACKLOG_BYTES`] piled up.
+    Dropped(u64),
     /// The connection ended (EOF, error, or garbage past recovery).
     Closed(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Response<Vec<u8>>>>>>;
-type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+/// Interleaved data the standby thread keeps while the reader is blocked, at most.
+pub const BACKLOG_BYTES: usize = 8 << 20;
 
-async fn write_all(writer: &Writer, bytes: &[u8], timeout: Duration) -> Result<(), ClientError> {
-    let mut w = writer.lock().await;
-    tokio::time::timeout(timeout, w.write_all(bytes))
-        .await
-        .map_err(|_| ClientError::Timeout("writing to the server".into()))?
-        .map_err(|e| ClientError::Io(format!("writing to the server: {e}")))
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 64 * 1024;
+
+type OnIncoming = dyn Fn(Incoming) + Send + Sync;
+
+/// Who waits for what, and what the reader is doing: one lock, so that the standby thread's
+/// condition (a request waits while the reader is inside the callback) is seen by both sides.
+#[derive(Default)]
+struct Control {
+    pending: HashMap<u32, oneshot::Sender<Response<Vec<u8>>>>,
+    /// The reader is inside the callback.
+    delivering: bool,
+    /// The connection is being dropped, or the standby thread saw its end.
+    stopped: bool,
 }
 
-/// A connected RTSP control connection.
-pub struct Connection {
-    writer: Writer,
-    pending: Pending,
-    cseq: AtomicU32,
+impl Control {
+    fn needs_standby(&self) -> bool {
+        !self.stopped && self.delivering && !self.pending.is_empty()
+    }
+}
+
+/// What the standby thread read for the reader.
+#[derive(Default)]
+struct Backlog {
+    items: VecDeque<Incoming>,
+    bytes: usize,
+    dropped: u64,
+}
+
+/// The reading side: whoever holds it reads.
+struct ReadSide {
+    socket: TcpStream,
+    decoder: Decoder,
+    buf: Vec<u8>,
+}
+
+struct Shared {
+    control: Mutex<Control>,
+    standby: Condvar,
+    read: Mutex<ReadSide>,
+    backlog: Mutex<Backlog>,
+    /// Blocking, with the connection's timeout as its send timeout.
+    write: Mutex<TcpStream>,
+    /// For shutting the socket down while others use it.
+    socket: TcpStream,
+    /// Set before the socket is shut down on drop: nothing more is handed to the callback.
+    stop: AtomicBool,
     timeout: Duration,
-    user_agent: String,
-    reader: tokio::task::JoinHandle<()>,
 }
 
-impl Connection {
-    /// Connects within `timeout` and starts the reader task.
-    pub async fn connect(
-        host: &str,
-        port: u16,
-        timeout: Duration,
-        limits: Limits,
-        user_agent: String,
-        on_incoming: impl Fn(Incoming) + Send + Sync + 'static,
-    ) -> Result<Connection, ClientError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| ClientError::Timeout(format!("connecting to {host}:{port}")))?
-            .map_err(|e| ClientError::Io(format!("connecting to {host}:{port}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let pending: Pending = Arc::default();
-        let writer = Arc::new(tokio::sync::Mutex::new(write));
-        let reader = {
-            let pending = pending.clone();
-            let writer = writer.clone();
-            tokio::spawn(async move {
-                let reason =
-                    read_loop(read, limits, &pending, &writer, timeout, &on_incoming).await;
-                pending.lock().unwrap().clear();
-                on_incoming(Incoming::Closed(reason));
-            })
-        };
-        Ok(Connection {
-            writer,
-            pending,
-            cseq: AtomicU32::new(1),
-            timeout,
-            user_agent,
-            reader,
+impl Shared {
+    fn write_all(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        let mut w = self.write.lock().unwrap();
+        w.write_all(bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                ClientError::Timeout("writing to the server".into())
+            }
+            _ => ClientError::Io(format!("writing to the server: {e}")),
         })
     }
 
-    async fn write(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        write_all(&self.writer, bytes, self.timeout).await
-    }
-
-    /// Sends interleaved data (RTCP to the server).
-    pub async fn send_interleaved(&self, channel: u8, data: &[u8]) -> Result<(), ClientError> {
-        let len = u16::try_from(data.len())
-            .map_err(|_| ClientError::Protocol("interleaved packet too large".into()))?;
-        let mut buf = Vec::with_capacity(data.len() + 4);
-        buf.extend_from_slice(&codec::interleaved_header(channel, len));
-        buf.extend_from_slice(data);
-        self.write(&buf).await
-    }
-
-    /// Sends a request (CSeq and User-Agent are added) and waits for its response.
-    pub async fn request(
-        &self,
-        mut req: Request<Vec<u8>>,
-    ) -> Result<Response<Vec<u8>>, ClientError> {
-        let cseq = self.cseq.fetch_add(1, Ordering::Relaxed);
-        req.insert_header(headers::CSEQ, cseq.to_string());
-        req.insert_header(headers::USER_AGENT, self.user_agent.as_str());
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(cseq, tx);
-        let mut bytes = Vec::with_capacity(256);
-        codec::encode_request(&req, &mut bytes);
-        if let Err(e) = self.write(&bytes).await {
-            self.pending.lock().unwrap().remove(&cseq);
-            return Err(e);
-        }
-        let method = format!("{:?}", req.method()).to_uppercase();
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(ClientError::Io(format!(
-                "connection closed while waiting for the {method} response"
-            ))),
-            Err(_) => {
-                self.pending.lock().unwrap().remove(&cseq);
-                Err(ClientError::Timeout(format!("no response to {method}")))
-            }
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-async fn read_loop(
-    mut read: tokio::net::tcp::OwnedReadHalf,
-    limits: Limits,
-    pending: &Pending,
-    writer: &Writer,
-    timeout: Duration,
-    on_incoming: &(impl Fn(Incoming) + Send + Sync),
-) -> String {
-    let mut decoder = Decoder::new(limits);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match read.read(&mut buf).await {
-            Ok(0) => return "the server closed the connection".into(),
+    /// One read from the socket, decoded: responses go to their waiters, requests are
+    /// answered, the rest lands in `out`. Err: the connection is over.
+    fn read_once(&self, side: &mut ReadSide, out: &mut Vec<Incoming>) -> Result<(), String> {
+        let n = match side.socket.read(&mut side.buf) {
+            Ok(0) => return Err("the server closed the connection".into()),
             Ok(n) => n,
-            Err(e) => return format!("reading from the server: {e}"),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(format!("reading from the server: {e}")),
         };
-        decoder.extend(&buf[..n]);
+        side.decoder.extend(&side.buf[..n]);
         loop {
-            match decoder.decode() {
-                Ok(None) => break,
+            match side.decoder.decode() {
+                Ok(None) => return Ok(()),
                 Ok(Some(Frame::Interleaved { channel, data })) => {
-                    on_incoming(Incoming::Interleaved { channel, data });
+                    out.push(Incoming::Interleaved { channel, data });
                 }
                 Ok(Some(Frame::Response(resp))) => {
                     let cseq = resp
                         .header(&headers::CSEQ)
                         .and_then(|v| v.as_str().trim().parse::<u32>().ok());
                     // A response with an unknown or missing CSeq answers nothing we asked.
-                    if let Some(tx) = cseq.and_then(|c| pending.lock().unwrap().remove(&c)) {
+                    let waiter = cseq.and_then(|c| self.control.lock().unwrap().pending.remove(&c));
+                    if let Some(tx) = waiter {
                         let _ = tx.send(resp);
                     }
                 }
@@ -188,18 +154,462 @@ async fn read_loop(
                     }
                     let mut bytes = Vec::new();
                     codec::encode_response(&b.build(Vec::new()), &mut bytes);
-                    if let Err(e) = write_all(writer, &bytes, timeout).await {
-                        return e.to_string();
-                    }
+                    self.write_all(&bytes).map_err(|e| e.to_string())?;
                     if status == StatusCode::Ok {
-                        on_incoming(Incoming::Request(req));
+                        out.push(Incoming::Request(req));
                     }
                 }
-                Err(e) if e.is_fatal() => return format!("unreadable data from the server: {e}"),
+                Err(e) if e.is_fatal() => {
+                    return Err(format!("unreadable data from the server: {e}"));
+                }
                 // A garbled message is skipped; the request it answered times out.
                 Err(_) => {}
             }
         }
-        on_incoming(Incoming::ReadDone);
+    }
+
+    /// No more reading: waiters learn that no answer is coming.
+    fn close(&self) {
+        let mut c = self.control.lock().unwrap();
+        c.stopped = true;
+        c.pending.clear();
+        self.standby.notify_one();
+    }
+
+    fn set_delivering(&self, delivering: bool) {
+        let mut c = self.control.lock().unwrap();
+        c.delivering = delivering;
+        if c.needs_standby() {
+            self.standby.notify_one();
+        }
+    }
+
+    fn reader(&self, on_incoming: &OnIncoming) {
+        let mut items = Vec::new();
+        loop {
+            {
+                let mut side = self.read.lock().unwrap();
+                if self.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                // What the standby thread read comes before anything read now.
+                let mut backlog = self.backlog.lock().unwrap();
+                if backlog.dropped > 0 {
+                    items.push(Incoming::Dropped(std::mem::take(&mut backlog.dropped)));
+                }
+                items.extend(backlog.items.drain(..));
+                backlog.bytes = 0;
+                drop(backlog);
+                if items.is_empty()
+                    && let Err(reason) = self.read_once(&mut side, &mut items)
+                {
+                    items.push(Incoming::Closed(reason));
+                }
+            }
+            self.set_delivering(true);
+            for item in items.drain(..) {
+                if self.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Incoming::Closed(_) = item {
+                    self.close();
+                    on_incoming(item);
+                    return;
+                }
+                on_incoming(item);
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            on_incoming(Incoming::ReadDone);
+            self.set_delivering(false);
+        }
+    }
+
+    fn standby(&self) {
+        let mut got = Vec::new();
+        loop {
+            {
+                let mut c = self.control.lock().unwrap();
+                while !c.stopped && !c.needs_standby() {
+                    c = self.standby.wait(c).unwrap();
+                }
+                if c.stopped {
+                    return;
+                }
+            }
+            let mut side = self.read.lock().unwrap();
+            // The reader may have come back meanwhile (then it reads itself).
+            if !self.control.lock().unwrap().needs_standby() {
+                continue;
+            }
+            let result = self.read_once(&mut side, &mut got);
+            let mut backlog = self.backlog.lock().unwrap();
+            for item in got.drain(..) {
+                if let Incoming::Interleaved { data, .. } = &item {
+                    if backlog.bytes + data.len() > BACKLOG_BYTES {
+                        backlog.dropped += 1;
+                        continue;
+                    }
+                    backlog.bytes += data.len();
+                }
+                backlog.items.push_back(item);
+            }
+            if let Err(reason) = result {
+                backlog.items.push_back(Incoming::Closed(reason));
+                drop(backlog);
+                self.close();
+                return;
+            }
+        }
+    }
+}
+
+/// A connected RTSP control connection.
+pub struct Connection {
+    shared: Arc<Shared>,
+    cseq: AtomicU32,
+    user_agent: String,
+}
+
+impl Connection {
+    /// Connects within `timeout` and starts the reader. `on_incoming` runs on the reader's
+    /// thread (see the module's documentation); it is not called any more once the
+    /// connection is dropped.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        limits: Limits,
+        user_agent: String,
+        on_incoming: impl Fn(Incoming) + Send + Sync + 'static,
+    ) -> Result<Connection, ClientError> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| ClientError::Timeout(format!("connecting to {host}:{port}")))?
+            .map_err(|e| ClientError::Io(format!("connecting to {host}:{port}: {e}")))?;
+        let io = |e: std::io::Error| ClientError::Io(format!("setting up the connection: {e}"));
+        let socket = stream.into_std().map_err(io)?;
+        socket.set_nonblocking(false).map_err(io)?;
+        let _ = socket.set_nodelay(true);
+        socket.set_write_timeout(Some(timeout)).map_err(io)?;
+        let shared = Arc::new(Shared {
+            control: Mutex::default(),
+            standby: Condvar::new(),
+            read: Mutex::new(ReadSide {
+                socket: socket.try_clone().map_err(io)?,
+                decoder: Decoder::new(limits),
+                buf: vec![0; READ_SIZE],
+            }),
+            backlog: Mutex::default(),
+            write: Mutex::new(socket.try_clone().map_err(io)?),
+            socket,
+            stop: AtomicBool::new(false),
+            timeout,
+        });
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| ClientError::Io(format!("starting the connection's {name}: {e}")))
+        };
+        let s = shared.clone();
+        spawn("rtsp-standby", Box::new(move || s.standby()))?;
+        let s = shared.clone();
+        // Detached, as the standby thread: the reader may be held by downstream when the
+        // connection is dropped; it ends as soon as it is let go (the socket is shut down).
+        spawn("rtsp-read", Box::new(move || s.reader(&on_incoming))).inspect_err(|_| {
+            shared.control.lock().unwrap().stopped = true;
+            shared.standby.notify_one();
+        })?;
+        Ok(Connection {
+            shared,
+            cseq: AtomicU32::new(1),
+            user_agent,
+        })
+    }
+
+    /// Writes on a blocking thread; the socket's send timeout bounds it.
+    async fn write(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.write_all(&bytes))
+            .await
+            .map_err(|e| ClientError::Io(format!("writing to the server: {e}")))?
+    }
+
+    /// Sends interleaved data (RTCP to the server).
+    pub async fn send_interleaved(&self, channel: u8, data: &[u8]) -> Result<(), ClientError> {
+        let len = u16::try_from(data.len())
+            .map_err(|_| ClientError::Protocol("interleaved packet too large".into()))?;
+        let mut buf = Vec::with_capacity(data.len() + 4);
+        buf.extend_from_slice(&codec::interleaved_header(channel, len));
+        buf.extend_from_slice(data);
+        self.write(buf).await
+    }
+
+    /// Sends a request (CSeq and User-Agent are added) and waits for its response.
+    pub async fn request(
+        &self,
+        mut req: Request<Vec<u8>>,
+    ) -> Result<Response<Vec<u8>>, ClientError> {
+        let cseq = self.cseq.fetch_add(1, Ordering::Relaxed);
+        req.insert_header(headers::CSEQ, cseq.to_string());
+        req.insert_header(headers::USER_AGENT, self.user_agent.as_str());
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut c = self.shared.control.lock().unwrap();
+            if c.stopped {
+                return Err(ClientError::Io("the connection is closed".into()));
+            }
+            c.pending.insert(cseq, tx);
+            if c.needs_standby() {
+                self.shared.standby.notify_one();
+            }
+        }
+        let forget = || self.shared.control.lock().unwrap().pending.remove(&cseq);
+        let mut bytes = Vec::with_capacity(256);
+        codec::encode_request(&req, &mut bytes);
+        if let Err(e) = self.write(bytes).await {
+            forget();
+            return Err(e);
+        }
+        let method = format!("{:?}", req.method()).to_uppercase();
+        match tokio::time::timeout(self.shared.timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(ClientError::Io(format!(
+                "connection closed while waiting for the {method} response"
+            ))),
+            Err(_) => {
+                forget();
+                Err(ClientError::Timeout(format!("no response to {method}")))
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.close();
+        // Wakes a thread blocked in read on it.
+        let _ = self.shared.socket.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn interleaved(channel: u8, seq: u32, len: usize) -> Vec<u8> {
+        let mut data = seq.to_be_bytes().to_vec();
+        data.resize(len, 0xab);
+        let mut out = codec::interleaved_header(channel, len as u16).to_vec();
+        out.extend(data);
+        out
+    }
+
+    fn seq_of(data: &[u8]) -> u32 {
+        u32::from_be_bytes(data[..4].try_into().unwrap())
+    }
+
+    /// Reads one request's head from the client; returns its CSeq.
+    fn read_request(reader: &mut std::io::BufReader<TcpStream>) -> String {
+        let mut cseq = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "client closed");
+            if let Some(v) = line.strip_prefix("CSeq:") {
+                cseq = v.trim().to_owned();
+            }
+            if line == "\r\n" {
+                return cseq;
+            }
+        }
+    }
+
+    /// The callback holds the reader on the first packet (as a paused sink holds a push). A
+    /// request made meanwhile still gets its answer, which the server sends after more data;
+    /// once let go, the callback sees every packet, in order, then nothing is lost or dropped.
+    #[test]
+    fn requests_are_answered_while_the_callback_blocks() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (seen_tx, seen_rx) = mpsc::channel::<Incoming>();
+        let blocked = AtomicBool::new(false);
+        let rt = runtime();
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                Duration::from_secs(5),
+                Limits::default(),
+                "test".into(),
+                move |incoming| {
+                    let first = matches!(incoming, Incoming::Interleaved { .. })
+                        && !blocked.swap(true, Ordering::Relaxed);
+                    let _ = seen_tx.send(incoming);
+                    if first {
+                        let _ = release_rx
+                            .lock()
+                            .unwrap()
+                            .recv_timeout(Duration::from_secs(10));
+                    }
+                },
+            ))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut writer = server.try_clone().unwrap();
+        writer.write_all(&interleaved(0, 0, 1000)).unwrap();
+        // The reader is now inside the callback.
+        assert!(matches!(
+            seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Incoming::Interleaved { .. }
+        ));
+        let server_thread = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(server);
+            let cseq = read_request(&mut reader);
+            for seq in 1..=50 {
+                writer.write_all(&interleaved(0, seq, 1000)).unwrap();
+            }
+            write!(writer, "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n").unwrap();
+            for seq in 51..=60 {
+                writer.write_all(&interleaved(0, seq, 1000)).unwrap();
+            }
+            (reader, writer)
+        });
+        let req = Request::builder(Method::GetParameter, Version::V1_0)
+            .request_uri(rtsp_types::Url::parse("rtsp://127.0.0.1/").unwrap())
+            .build(Vec::new());
+        let started = std::time::Instant::now();
+        let resp = rt.block_on(conn.request(req)).unwrap();
+        assert_eq!(resp.status(), StatusCode::Ok);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let _peer = server_thread.join().unwrap();
+        release_tx.send(()).unwrap();
+        let mut seqs = Vec::new();
+        while seqs.len() < 60 {
+            match seen_rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Incoming::Interleaved { data, .. } => seqs.push(seq_of(&data)),
+                Incoming::ReadDone => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    }
+
+    /// While the callback is held and a request waits, what the server sends beyond the
+    /// backlog's bound is dropped and reported, not buffered without end.
+    #[test]
+    fn the_backlog_is_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (seen_tx, seen_rx) = mpsc::channel::<Incoming>();
+        let blocked = AtomicBool::new(false);
+        let rt = runtime();
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                Duration::from_secs(5),
+                Limits::default(),
+                "test".into(),
+                move |incoming| {
+                    let first = matches!(incoming, Incoming::Interleaved { .. })
+                        && !blocked.swap(true, Ordering::Relaxed);
+                    let _ = seen_tx.send(incoming);
+                    if first {
+                        let _ = release_rx
+                            .lock()
+                            .unwrap()
+                            .recv_timeout(Duration::from_secs(10));
+                    }
+                },
+            ))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut writer = server.try_clone().unwrap();
+        writer.write_all(&interleaved(0, 0, 1000)).unwrap();
+        seen_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let packets = BACKLOG_BYTES / 60_000 + 20;
+        let server_thread = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(server);
+            let cseq = read_request(&mut reader);
+            for seq in 1..=packets as u32 {
+                writer.write_all(&interleaved(0, seq, 60_000)).unwrap();
+            }
+            write!(writer, "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n").unwrap();
+            (reader, writer)
+        });
+        let req = Request::builder(Method::GetParameter, Version::V1_0)
+            .request_uri(rtsp_types::Url::parse("rtsp://127.0.0.1/").unwrap())
+            .build(Vec::new());
+        let resp = rt.block_on(conn.request(req)).unwrap();
+        assert_eq!(resp.status(), StatusCode::Ok);
+        let _peer = server_thread.join().unwrap();
+        release_tx.send(()).unwrap();
+        let (mut kept, mut dropped) = (Vec::new(), 0);
+        while kept.len() as u64 + dropped < packets as u64 {
+            match seen_rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Incoming::Interleaved { data, .. } => kept.push(seq_of(&data)),
+                Incoming::Dropped(n) => dropped += n,
+                Incoming::ReadDone => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(dropped >= 20, "{dropped} dropped");
+        assert!(kept.len() * 60_000 <= BACKLOG_BYTES);
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "out of order");
+    }
+
+    /// Dropping the connection wakes its threads and calls the callback no more.
+    #[test]
+    fn dropping_stops_the_callbacks() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let rt = runtime();
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                Duration::from_secs(5),
+                Limits::default(),
+                "test".into(),
+                move |_| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                },
+            ))
+            .unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(100));
+        // Not even Closed: the connection was let go, not lost.
+        let _ = server.write_all(&interleaved(0, 0, 100));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        let mut buf = [0u8; 1];
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            server.read(&mut buf).unwrap(),
+            0,
+            "the socket was not closed"
+        );
     }
 }

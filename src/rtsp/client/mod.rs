@@ -164,15 +164,21 @@ pub enum ClientEvent {
         range: Option<String>,
     },
     /// RTP packets of one stream, in arrival order: what one wake-up of the receiving side
-    /// found (a video frame is a burst of packets), so that consumers wake once per burst.
+    /// found (a video frame is a burst of packets). Delivered on the thread that read them.
     Rtp {
         stream: usize,
         packets: Vec<Bytes>,
-        /// Delivered on a thread that only reads this stream's socket (UDP): the handler may
-        /// do its work there and may block it, as downstream blocks udpsrc's thread (the
-        /// socket's buffer takes what arrives meanwhile). False: on the connection's reader,
-        /// which must not block (TCP interleaved carries the RTSP responses too).
-        on_receive_thread: bool,
+        /// That thread reads for this stream alone (its UDP socket's, or the RTSP
+        /// connection's reader when the connection carries only this stream): the handler
+        /// may do its work there and may block it, as downstream blocks udpsrc's thread (the
+        /// socket's buffer takes what arrives meanwhile, and the connection keeps its
+        /// requests answered, see [`conn`]). False: other streams wait on it too.
+        exclusive: bool,
+    },
+    /// Interleaved packets were dropped before reaching their stream: they piled up beyond
+    /// [`conn::BACKLOG_BYTES`] while the handler held the connection's reader.
+    Dropped {
+        packets: u64,
     },
     /// A Sender Report: `ntp` is the sender's wallclock for RTP time `rtptime`.
     SenderReport {
@@ -746,14 +752,22 @@ async fn connect(
         config.user_agent.clone(),
         move |incoming| match incoming {
             Incoming::Interleaved { channel, data } => {
-                let target = channels.read().unwrap().get(&channel).copied();
+                let (target, alone) = {
+                    let map = channels.read().unwrap();
+                    let target = map.get(&channel).copied();
+                    // Does this connection carry that stream alone (RTP and RTCP)?
+                    let alone = target.is_some_and(|(s, _)| map.values().all(|(o, _)| *o == s));
+                    (target, alone)
+                };
                 if let Some((stream, is_rtcp)) = target {
                     let stats = stats_cell.read().unwrap().clone();
                     let mut batches = batches.lock().unwrap();
+                    batches.exclusive = alone;
                     deliver(&events, &stats, stream, is_rtcp, data, &mut batches);
                 }
             }
             Incoming::ReadDone => batches.lock().unwrap().flush(&events),
+            Incoming::Dropped(packets) => events(ClientEvent::Dropped { packets }),
             Incoming::Request(req) => match req.method() {
                 Method::Announce => {
                     let base = req
@@ -788,8 +802,8 @@ async fn connect(
 #[derive(Default)]
 struct Batches {
     batches: Vec<(usize, Vec<Bytes>)>,
-    /// See [`ClientEvent::Rtp::on_receive_thread`].
-    on_receive_thread: bool,
+    /// See [`ClientEvent::Rtp::exclusive`].
+    exclusive: bool,
 }
 
 impl Batches {
@@ -811,7 +825,7 @@ impl Batches {
             events(ClientEvent::Rtp {
                 stream,
                 packets,
-                on_receive_thread: self.on_receive_thread,
+                exclusive: self.exclusive,
             });
         }
     }
@@ -823,7 +837,7 @@ impl Batches {
                 events(ClientEvent::Rtp {
                     stream: *stream,
                     packets,
-                    on_receive_thread: self.on_receive_thread,
+                    exclusive: self.exclusive,
                 });
             }
         }
@@ -832,15 +846,18 @@ impl Batches {
 
 /// A thread blocked on one stream's RTP socket: one system call per datagram, where an async
 /// task pays an epoll round trip and a failed read besides (a third of rtspsrc2's receive CPU
-/// at 4 Mbit/s). Stopped, and joined within its read timeout, when dropped.
+/// at 4 Mbit/s). Dropping it shuts the socket down, which wakes the thread at once on Linux
+/// (elsewhere within the read timeout), and joins it.
 struct UdpReceiver {
     stop: Arc<AtomicBool>,
+    socket: std::net::UdpSocket,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl UdpReceiver {
-    /// How often the thread looks at its stop flag.
-    const POLL: Duration = Duration::from_millis(50);
+    /// How often the thread looks at its stop flag when nothing wakes it: a fallback only, as
+    /// every wake-up of an idle thread costs about as much as a datagram.
+    const POLL: Duration = Duration::from_secs(1);
 
     fn spawn(
         stream: usize,
@@ -848,10 +865,12 @@ impl UdpReceiver {
         events: EventFn,
         stats_cell: Arc<RwLock<SharedStats>>,
     ) -> Result<UdpReceiver, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(format!("starting a UDP receiver: {e}"));
         socket
             .set_nonblocking(false)
             .and_then(|()| socket.set_read_timeout(Some(Self::POLL)))
-            .map_err(|e| ClientError::Io(e.to_string()))?;
+            .map_err(io)?;
+        let handle = socket.try_clone().map_err(io)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
@@ -859,29 +878,32 @@ impl UdpReceiver {
             .spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 let mut batches = Batches {
-                    on_receive_thread: true,
+                    exclusive: true,
                     ..Batches::default()
                 };
-                while !stopped.load(Ordering::Relaxed) {
+                while !stopped.load(Ordering::Acquire) {
                     match socket.recv_from(&mut buf) {
-                        Ok((n, _)) => {
+                        Ok((n, _)) if !stopped.load(Ordering::Acquire) => {
                             let stats = stats_cell.read().unwrap().clone();
                             let packet = Bytes::copy_from_slice(&buf[..n]);
                             deliver(&events, &stats, stream, false, packet, &mut batches);
                             batches.flush(&events);
                         }
+                        Ok(_) => {}
                         Err(e)
                             if matches!(
                                 e.kind(),
                                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                             ) => {}
-                        Err(_) => std::thread::sleep(Self::POLL),
+                        Err(_) if stopped.load(Ordering::Acquire) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
                 }
             })
-            .map_err(|e| ClientError::Io(format!("starting a UDP receiver: {e}")))?;
+            .map_err(io)?;
         Ok(UdpReceiver {
             stop,
+            socket: handle,
             thread: Some(thread),
         })
     }
@@ -889,7 +911,10 @@ impl UdpReceiver {
 
 impl Drop for UdpReceiver {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
+        // Linux wakes a reader of a shut-down socket even if it is not connected (the call
+        // itself then reports ENOTCONN).
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
