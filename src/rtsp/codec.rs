@@ -156,7 +156,14 @@ impl Decoder {
 
     /// Appends bytes as they are read from the stream (no read buffer is lent out).
     pub fn extend(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        if self.buf.is_empty() {
+            // Everything before was decoded, and the frames handed out still share that
+            // allocation: growing it would allocate anew at its full capacity (and touch
+            // fresh pages) on every read. A buffer the size of what came costs less.
+            self.buf = BytesMut::from(data);
+        } else {
+            self.buf.extend_from_slice(data);
+        }
     }
 
     /// Next complete frame, Ok(None) if more data is needed. After a fatal error, further calls

@@ -54,8 +54,6 @@ pub const BACKLOG_BYTES: usize = 8 << 20;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
 
-type OnIncoming = dyn Fn(Incoming) + Send + Sync;
-
 /// Who waits for what, and what the reader is doing: one lock, so that the standby thread's
 /// condition (a request waits while the reader is inside the callback) is seen by both sides.
 #[derive(Default)]
@@ -184,7 +182,7 @@ impl Shared {
         }
     }
 
-    fn reader(&self, on_incoming: &OnIncoming) {
+    fn reader(&self, mut on_incoming: impl FnMut(Incoming)) {
         let mut items = Vec::new();
         loop {
             {
@@ -282,7 +280,7 @@ impl Connection {
         timeout: Duration,
         limits: Limits,
         user_agent: String,
-        on_incoming: impl Fn(Incoming) + Send + Sync + 'static,
+        on_incoming: impl FnMut(Incoming) + Send + 'static,
     ) -> Result<Connection, ClientError> {
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
             .await
@@ -318,7 +316,7 @@ impl Connection {
         let s = shared.clone();
         // Detached, as the standby thread: the reader may be held by downstream when the
         // connection is dropped; it ends as soon as it is let go (the socket is shut down).
-        spawn("rtsp-read", Box::new(move || s.reader(&on_incoming))).inspect_err(|_| {
+        spawn("rtsp-read", Box::new(move || s.reader(on_incoming))).inspect_err(|_| {
             shared.control.lock().unwrap().stopped = true;
             shared.standby.notify_one();
         })?;

@@ -742,7 +742,9 @@ async fn connect(
     let events = events.clone();
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
-    let batches = Mutex::new(Batches::default());
+    let mut batches = Batches::default();
+    // The streams' figures, looked up once per read.
+    let mut stats: Option<SharedStats> = None;
     let base_url = url.clone();
     Connection::connect(
         &host,
@@ -760,13 +762,15 @@ async fn connect(
                     (target, alone)
                 };
                 if let Some((stream, is_rtcp)) = target {
-                    let stats = stats_cell.read().unwrap().clone();
-                    let mut batches = batches.lock().unwrap();
+                    let stats = stats.get_or_insert_with(|| stats_cell.read().unwrap().clone());
                     batches.exclusive = alone;
-                    deliver(&events, &stats, stream, is_rtcp, data, &mut batches);
+                    deliver(&events, stats, stream, is_rtcp, data, &mut batches);
                 }
             }
-            Incoming::ReadDone => batches.lock().unwrap().flush(&events),
+            Incoming::ReadDone => {
+                batches.flush(&events);
+                stats = None;
+            }
             Incoming::Dropped(packets) => events(ClientEvent::Dropped { packets }),
             Incoming::Request(req) => match req.method() {
                 Method::Announce => {
