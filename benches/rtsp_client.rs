@@ -8,9 +8,12 @@
 //! child process of its own, with default settings. Figures:
 //! - CPU: the client process's run time over a steady window (BENCH_SECONDS, default 20)
 //!   that starts 3 s after launch, as a share of one core; RSS its peak. A client this light
-//!   uses well under 1% of a core, and the machine's drift over a minute is of that order, so
-//!   each element is measured BENCH_ROUNDS times (default 3), the two alternating (ABBA...),
-//!   and the figures are totals over the rounds; the spread of the per-round ratios is shown.
+//!   uses well under 1% of a core, and on a virtual machine the cost of the same work drifts
+//!   by tens of percent from one minute to the next. So both clients play at once and are
+//!   measured over the same window (the same packets, the same machine state), in
+//!   BENCH_ROUNDS rounds (default 3) that alternate which one starts first; the figures are
+//!   means over the rounds, and the spread of the per-round ratios is shown. BENCH_TOGETHER=0
+//!   measures them one after the other instead (ABBA...), which shows that drift.
 //! - First buffer: wall time from spawning the process to fakesink's first buffer (its
 //!   `last-message` under `gst-launch-1.0 -v`), median of BENCH_STARTS runs (default 7).
 //!   Process start-up (GStreamer init, registry) is the same for both and included.
@@ -74,6 +77,45 @@ fn steady_cpu(
     (cpu / elapsed, rss)
 }
 
+/// Both clients playing at once, measured over the same window: (CPU as a share of one core,
+/// peak RSS MiB) of each, in `ELEMENTS` order. `first` is launched first.
+fn steady_cpu_together(
+    plugin_dir: &std::path::Path,
+    url: &str,
+    proto: &str,
+    seconds: u64,
+    first: usize,
+) -> [(f64, f64); 2] {
+    let spawn = |i: usize| {
+        let child = client_command(plugin_dir, ELEMENTS[i], url, proto)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0");
+        Guard(child)
+    };
+    let a = spawn(first);
+    let b = spawn(1 - first);
+    let mut guards = if first == 0 { [a, b] } else { [b, a] };
+    std::thread::sleep(Duration::from_secs(3));
+    let pids = guards.each_ref().map(|g| g.0.id());
+    let cpu0 = pids.map(cpu_seconds);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let cpu1 = pids.map(cpu_seconds);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let rss = pids.map(peak_rss_mib);
+    for (i, g) in guards.iter_mut().enumerate() {
+        assert!(
+            g.0.try_wait().unwrap().is_none(),
+            "{} over {proto} exited early",
+            ELEMENTS[i]
+        );
+    }
+    [0, 1].map(|i| ((cpu1[i] - cpu0[i]) / elapsed, rss[i]))
+}
+
 /// Seconds from spawn to the first buffer at fakesink.
 fn first_buffer(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &str) -> f64 {
     let mut cmd = client_command(plugin_dir, element, url, proto);
@@ -117,6 +159,7 @@ fn main() {
     let seconds = env("BENCH_SECONDS", if smoke { 2 } else { 20 });
     let starts = env("BENCH_STARTS", if smoke { 1 } else { 7 }) as usize;
     let rounds = env("BENCH_ROUNDS", if smoke { 1 } else { 3 }) as usize;
+    let together = env("BENCH_TOGETHER", 1) != 0;
     let exe = std::env::current_exe().unwrap();
     let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
     assert!(
@@ -144,7 +187,12 @@ fn main() {
     let url = format!("rtsp://127.0.0.1:{port}/stream");
     println!(
         "input: {input_mbps:.2} Mbit/s H.264 720p30 from gst-rtsp-server; CPU over {rounds} x \
-         {seconds} s each, first buffer median of {starts}"
+         {seconds} s each, {}; first buffer median of {starts}",
+        if together {
+            "both clients at once"
+        } else {
+            "one after the other"
+        }
     );
     println!();
     println!(
@@ -156,8 +204,16 @@ fn main() {
         let mut cpu = [Vec::new(), Vec::new()];
         let mut rss = [0f64; 2];
         for round in 0..rounds {
-            // ABBA...: a drift of the machine weighs on both alike.
+            // Who starts first (together) or goes first (one after the other) alternates.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            if together {
+                let both = steady_cpu_together(&plugin_dir, &url, proto, seconds, order[0]);
+                for (i, (c, r)) in both.into_iter().enumerate() {
+                    cpu[i].push(c);
+                    rss[i] = rss[i].max(r);
+                }
+                continue;
+            }
             for i in order {
                 let (c, r) = steady_cpu(&plugin_dir, ELEMENTS[i], &url, proto, seconds);
                 cpu[i].push(c);

@@ -891,6 +891,19 @@ impl UdpReceiver {
                             let stats = stats_cell.read().unwrap().clone();
                             let packet = Bytes::copy_from_slice(&buf[..n]);
                             deliver(&events, &stats, stream, false, packet, &mut batches);
+                            // What else has queued up meanwhile (the rest of a frame's burst,
+                            // typically) joins this hand-off: one jitter buffer pass and one
+                            // push of a buffer list for them all.
+                            if socket.set_nonblocking(true).is_ok() {
+                                for _ in 1..Batches::MAX {
+                                    let Ok((n, _)) = socket.recv_from(&mut buf) else {
+                                        break;
+                                    };
+                                    let packet = Bytes::copy_from_slice(&buf[..n]);
+                                    deliver(&events, &stats, stream, false, packet, &mut batches);
+                                }
+                                let _ = socket.set_nonblocking(false);
+                            }
                             batches.flush(&events);
                         }
                         Ok(_) => {}
