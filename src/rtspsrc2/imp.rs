@@ -486,7 +486,21 @@ struct StreamWork {
 
 impl StreamWork {
     /// Takes `packets` in and pushes what is ready. False once the stream is over.
-    fn process(&mut self, packets: impl IntoIterator<Item = Bytes>) -> bool {
+    /// `element`: the element itself where the caller has it (saves a weak reference's
+    /// upgrade, which takes a process-wide lock, per burst).
+    fn process(
+        &mut self,
+        element: Option<&super::RtspSrc2>,
+        packets: impl IntoIterator<Item = Bytes>,
+    ) -> bool {
+        let upgraded;
+        let element = match element {
+            Some(e) => Some(e),
+            None => {
+                upgraded = self.out.element.upgrade();
+                upgraded.as_ref()
+            }
+        };
         if self.finished {
             return false;
         }
@@ -500,9 +514,8 @@ impl StreamWork {
         }
         let announced = self.out.signals.caps.lock().unwrap().take();
         if let Some(caps) = announced {
-            let element = self.out.element.upgrade();
             // What was prepared belongs to the old description.
-            if !self.out.flush(element.as_ref()) {
+            if !self.out.flush(element) {
                 self.finished = true;
                 return false;
             }
@@ -532,7 +545,6 @@ impl StreamWork {
         drop(report);
         *signals.jitterbuffer.lock().unwrap() = self.jitterbuffer.stats();
         let now = Instant::now();
-        let element = self.out.element.upgrade();
         let jitterbuffer = &mut self.jitterbuffer;
         for output in ready
             .into_iter()
@@ -542,14 +554,14 @@ impl StreamWork {
                 JbOutput::Lost { .. } => self.lost = true,
                 JbOutput::Packet { data, .. } => {
                     let discont = std::mem::take(&mut self.lost);
-                    if !self.out.output(element.as_ref(), data, discont) {
+                    if !self.out.output(element, data, discont) {
                         self.finished = true;
                         return false;
                     }
                 }
             }
         }
-        if !self.out.flush(element.as_ref()) {
+        if !self.out.flush(element) {
             self.finished = true;
         }
         !self.finished
@@ -743,7 +755,7 @@ impl RtspSrc2 {
                 if exclusive {
                     // This thread serves this stream alone: it runs the stream.
                     let mut work = work.lock().unwrap();
-                    work.process(packets);
+                    work.process(Some(&self.obj()), packets);
                     if work.jitterbuffer.next_deadline().is_some() {
                         queue.kick();
                     }
@@ -920,7 +932,7 @@ impl RtspSrc2 {
                 .jitterbuffer
                 .next_deadline()
                 .is_some_and(|d| d <= Instant::now());
-            if (due || !packets.is_empty()) && !work.process(packets) {
+            if (due || !packets.is_empty()) && !work.process(None, packets) {
                 let _ = task_pad.pause_task();
             }
         });
