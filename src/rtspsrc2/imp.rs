@@ -297,7 +297,7 @@ impl StreamOutput {
 
     /// Prepares one packet for [`Self::flush`]; `discont` after a loss. False: the stream is
     /// over (EOS or error).
-    fn output(&mut self, element: Option<&super::RtspSrc2>, packet: Bytes, discont: bool) -> bool {
+    fn output(&mut self, packet: Bytes, discont: bool) -> bool {
         let Ok(header) = crate::rtp::parse_rtp_header(&packet) else {
             return true;
         };
@@ -318,7 +318,10 @@ impl StreamOutput {
         }
         // The clock is read only where a timeline starts.
         let now = match self.timing.base_running_time {
-            None => element.and_then(|e| e.current_running_time()),
+            None => self
+                .element
+                .upgrade()
+                .and_then(|e| e.current_running_time()),
             Some(_) => None,
         };
         let pts = self.timing.pts(header.timestamp, now);
@@ -336,7 +339,7 @@ impl StreamOutput {
                 s.set("play-scale", 1.0f64);
             }
             // What was prepared before belongs to the old segment.
-            if !self.flush(element) {
+            if !self.flush() {
                 return false;
             }
             if !self.pad.push_event(gst::event::Caps::new(&npt_caps))
@@ -347,7 +350,7 @@ impl StreamOutput {
             }
             *self.signals.resegment.lock().unwrap() = None;
             gst::debug!(CAT, obj = self.pad, "new segment {:?}", segment);
-            if let Some(e) = element {
+            if let Some(e) = self.element.upgrade() {
                 e.imp().state.lock().unwrap().play_base = Some((time, pts));
             }
         }
@@ -368,7 +371,7 @@ impl StreamOutput {
 
     /// Pushes what this round prepared: one buffer alone, several as one list (depayloaders
     /// and sinks take a list in one call). False: the stream is over (EOS or error).
-    fn flush(&mut self, element: Option<&super::RtspSrc2>) -> bool {
+    fn flush(&mut self) -> bool {
         let list = std::mem::replace(&mut self.pending, gst::BufferList::new());
         let result = match list.len() {
             0 => return true,
@@ -385,7 +388,7 @@ impl StreamOutput {
                 false
             }
             Err(err) => {
-                if let Some(element) = element {
+                if let Some(element) = self.element.upgrade() {
                     gst::element_error!(
                         element,
                         gst::StreamError::Failed,
@@ -486,27 +489,13 @@ struct StreamWork {
 
 impl StreamWork {
     /// Takes `packets` in and pushes what is ready. False once the stream is over.
-    /// `element`: the element itself where the caller has it (saves a weak reference's
-    /// upgrade, which takes a process-wide lock, per burst).
-    fn process(
-        &mut self,
-        element: Option<&super::RtspSrc2>,
-        packets: impl IntoIterator<Item = Bytes>,
-    ) -> bool {
-        let upgraded;
-        let element = match element {
-            Some(e) => Some(e),
-            None => {
-                upgraded = self.out.element.upgrade();
-                upgraded.as_ref()
-            }
-        };
+    fn process(&mut self, packets: impl IntoIterator<Item = Bytes>) -> bool {
         if self.finished {
             return false;
         }
-        let pad = self.out.pad.clone();
         if !self.started {
             self.started = true;
+            let pad = &self.out.pad;
             let _ = pad.push_event(gst::event::StreamStart::builder(&self.stream_id).build());
             let _ = pad.push_event(gst::event::Caps::new(&self.out.caps));
             let segment = gst::FormattedSegment::<gst::ClockTime>::new();
@@ -515,12 +504,12 @@ impl StreamWork {
         let announced = self.out.signals.caps.lock().unwrap().take();
         if let Some(caps) = announced {
             // What was prepared belongs to the old description.
-            if !self.out.flush(element) {
+            if !self.out.flush() {
                 self.finished = true;
                 return false;
             }
-            gst::info!(CAT, obj = pad, "new caps from ANNOUNCE: {}", caps);
-            let _ = pad.push_event(gst::event::Caps::new(&caps));
+            gst::info!(CAT, obj = self.out.pad, "new caps from ANNOUNCE: {}", caps);
+            let _ = self.out.pad.push_event(gst::event::Caps::new(&caps));
             self.out.caps = caps;
         }
         let mut ready = Vec::new();
@@ -554,14 +543,14 @@ impl StreamWork {
                 JbOutput::Lost { .. } => self.lost = true,
                 JbOutput::Packet { data, .. } => {
                     let discont = std::mem::take(&mut self.lost);
-                    if !self.out.output(element, data, discont) {
+                    if !self.out.output(data, discont) {
                         self.finished = true;
                         return false;
                     }
                 }
             }
         }
-        if !self.out.flush(element) {
+        if !self.out.flush() {
             self.finished = true;
         }
         !self.finished
@@ -656,6 +645,31 @@ fn stream_caps(info: &StreamInfo) -> gst::Caps {
     gst::Caps::builder_full().structure(s).build()
 }
 
+/// RTP packets of one stream from the client (see [`ClientEvent::Rtp`]).
+fn on_rtp(state: &Mutex<State>, stream: usize, packets: Vec<Bytes>, exclusive: bool) {
+    let pad = state
+        .lock()
+        .unwrap()
+        .pads
+        .get(&stream)
+        .map(|p| (p.work.clone(), p.queue.clone()));
+    let Some((work, queue)) = pad else { return };
+    if exclusive {
+        // This thread serves this stream alone: it runs the stream.
+        let mut work = work.lock().unwrap();
+        work.process(packets);
+        if work.jitterbuffer.next_deadline().is_some() {
+            queue.kick();
+        }
+    } else {
+        // Other streams wait on this thread: the pad's task takes over.
+        let dropped = queue.push(packets);
+        if dropped > 0 {
+            state.lock().unwrap().dropped += dropped as u64;
+        }
+    }
+}
+
 impl RtspSrc2 {
     fn on_event(&self, event: ClientEvent) {
         match event {
@@ -743,30 +757,7 @@ impl RtspSrc2 {
                 stream,
                 packets,
                 exclusive,
-            } => {
-                let pad = self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .pads
-                    .get(&stream)
-                    .map(|p| (p.work.clone(), p.queue.clone()));
-                let Some((work, queue)) = pad else { return };
-                if exclusive {
-                    // This thread serves this stream alone: it runs the stream.
-                    let mut work = work.lock().unwrap();
-                    work.process(Some(&self.obj()), packets);
-                    if work.jitterbuffer.next_deadline().is_some() {
-                        queue.kick();
-                    }
-                } else {
-                    // Other streams wait on this thread: the pad's task takes over.
-                    let dropped = queue.push(packets);
-                    if dropped > 0 {
-                        self.state.lock().unwrap().dropped += dropped as u64;
-                    }
-                }
-            }
+            } => on_rtp(&self.state, stream, packets, exclusive),
             ClientEvent::Dropped { packets } => {
                 self.state.lock().unwrap().dropped += packets;
             }
@@ -932,7 +923,7 @@ impl RtspSrc2 {
                 .jitterbuffer
                 .next_deadline()
                 .is_some_and(|d| d <= Instant::now());
-            if (due || !packets.is_empty()) && !work.process(None, packets) {
+            if (due || !packets.is_empty()) && !work.process(packets) {
                 let _ = task_pad.pause_task();
             }
         });
@@ -1058,9 +1049,19 @@ impl RtspSrc2 {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
         })?;
         let weak = self.obj().downgrade();
-        let client = Client::start(config, move |event| {
-            if let Some(obj) = weak.upgrade() {
-                obj.imp().on_event(event);
+        let state = self.state.clone();
+        let client = Client::start(config, move |event| match event {
+            // The hot path needs the pads only: no reference to the element is taken per burst
+            // (upgrading a weak reference takes a process-wide lock).
+            ClientEvent::Rtp {
+                stream,
+                packets,
+                exclusive,
+            } => on_rtp(&state, stream, packets, exclusive),
+            event => {
+                if let Some(obj) = weak.upgrade() {
+                    obj.imp().on_event(event);
+                }
             }
         })
         .map_err(|e| {
