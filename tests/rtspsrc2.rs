@@ -565,10 +565,9 @@ fn paused_sends_pause_and_playing_resumes() {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
-#[test]
-fn get_and_set_parameter_action_signals() {
-    let server = ServerPipeline::start("", &av_source(false));
-    let (pipeline, src) = playing_client(&server.url("/"), "tcp");
+/// Asks the server for `session-timeout` through the `get-parameter` action signal; the reply
+/// must be a 200.
+fn get_session_timeout(src: &gst::Element) -> gst::Structure {
     let promise = gst::Promise::new();
     let sent = src.emit_by_name::<bool>(
         "get-parameter",
@@ -578,6 +577,14 @@ fn get_and_set_parameter_action_signals() {
     assert_eq!(promise.wait(), gst::PromiseResult::Replied);
     let reply = promise.get_reply().unwrap().to_owned();
     assert_eq!(reply.get::<i32>("rtsp-result").unwrap(), 200, "{reply}");
+    reply
+}
+
+#[test]
+fn get_and_set_parameter_action_signals() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let (pipeline, src) = playing_client(&server.url("/"), "tcp");
+    let reply = get_session_timeout(&src);
     assert!(
         reply
             .get::<&str>("body")
@@ -622,15 +629,7 @@ fn requests_are_answered_while_downstream_blocks_the_tcp_reader() {
         .recv_timeout(Duration::from_secs(5))
         .expect("the probe never blocked");
     let started = Instant::now();
-    let promise = gst::Promise::new();
-    let sent = src.emit_by_name::<bool>(
-        "get-parameter",
-        &[&"session-timeout", &"text/parameters", &promise],
-    );
-    assert!(sent);
-    assert_eq!(promise.wait(), gst::PromiseResult::Replied);
-    let reply = promise.get_reply().unwrap().to_owned();
-    assert_eq!(reply.get::<i32>("rtsp-result").unwrap(), 200, "{reply}");
+    get_session_timeout(&src);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "answered after {:?}",

@@ -435,16 +435,23 @@ mod tests {
         }
     }
 
-    /// The callback holds the reader on the first packet (as a paused sink holds a push). A
-    /// request made meanwhile still gets its answer, which the server sends after more data;
-    /// once let go, the callback sees every packet, in order, then nothing is lost or dropped.
-    #[test]
-    fn requests_are_answered_while_the_callback_blocks() {
+    /// A connection whose callback reports what it gets and holds the reader on the first
+    /// interleaved packet (as a paused sink holds a push) until `release` is sent, with the
+    /// server's end of it; the server has sent that first packet and the reader is held.
+    struct Held {
+        rt: tokio::runtime::Runtime,
+        conn: Connection,
+        server: TcpStream,
+        release: mpsc::Sender<()>,
+        seen: mpsc::Receiver<Incoming>,
+    }
+
+    fn held_connection() -> Held {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (release, release_rx) = mpsc::channel::<()>();
         let release_rx = Mutex::new(release_rx);
-        let (seen_tx, seen_rx) = mpsc::channel::<Incoming>();
+        let (seen_tx, seen) = mpsc::channel::<Incoming>();
         let blocked = AtomicBool::new(false);
         let rt = runtime();
         let conn = rt
@@ -467,14 +474,40 @@ mod tests {
                 },
             ))
             .unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let mut writer = server.try_clone().unwrap();
-        writer.write_all(&interleaved(0, 0, 1000)).unwrap();
-        // The reader is now inside the callback.
+        let (mut server, _) = listener.accept().unwrap();
+        server.write_all(&interleaved(0, 0, 1000)).unwrap();
         assert!(matches!(
-            seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            seen.recv_timeout(Duration::from_secs(5)).unwrap(),
             Incoming::Interleaved { .. }
         ));
+        Held {
+            rt,
+            conn,
+            server,
+            release,
+            seen,
+        }
+    }
+
+    fn get_parameter() -> Request<Vec<u8>> {
+        Request::builder(Method::GetParameter, Version::V1_0)
+            .request_uri(rtsp_types::Url::parse("rtsp://127.0.0.1/").unwrap())
+            .build(Vec::new())
+    }
+
+    /// The callback holds the reader on the first packet (as a paused sink holds a push). A
+    /// request made meanwhile still gets its answer, which the server sends after more data;
+    /// once let go, the callback sees every packet, in order, then nothing is lost or dropped.
+    #[test]
+    fn requests_are_answered_while_the_callback_blocks() {
+        let Held {
+            rt,
+            conn,
+            server,
+            release: release_tx,
+            seen: seen_rx,
+        } = held_connection();
+        let mut writer = server.try_clone().unwrap();
         let server_thread = std::thread::spawn(move || {
             let mut reader = std::io::BufReader::new(server);
             let cseq = read_request(&mut reader);
@@ -487,11 +520,8 @@ mod tests {
             }
             (reader, writer)
         });
-        let req = Request::builder(Method::GetParameter, Version::V1_0)
-            .request_uri(rtsp_types::Url::parse("rtsp://127.0.0.1/").unwrap())
-            .build(Vec::new());
         let started = std::time::Instant::now();
-        let resp = rt.block_on(conn.request(req)).unwrap();
+        let resp = rt.block_on(conn.request(get_parameter())).unwrap();
         assert_eq!(resp.status(), StatusCode::Ok);
         assert!(started.elapsed() < Duration::from_secs(2));
         let _peer = server_thread.join().unwrap();
@@ -511,37 +541,14 @@ mod tests {
     /// backlog's bound is dropped and reported, not buffered without end.
     #[test]
     fn the_backlog_is_bounded() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let release_rx = Mutex::new(release_rx);
-        let (seen_tx, seen_rx) = mpsc::channel::<Incoming>();
-        let blocked = AtomicBool::new(false);
-        let rt = runtime();
-        let conn = rt
-            .block_on(Connection::connect(
-                "127.0.0.1",
-                port,
-                Duration::from_secs(5),
-                Limits::default(),
-                "test".into(),
-                move |incoming| {
-                    let first = matches!(incoming, Incoming::Interleaved { .. })
-                        && !blocked.swap(true, Ordering::Relaxed);
-                    let _ = seen_tx.send(incoming);
-                    if first {
-                        let _ = release_rx
-                            .lock()
-                            .unwrap()
-                            .recv_timeout(Duration::from_secs(10));
-                    }
-                },
-            ))
-            .unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let Held {
+            rt,
+            conn,
+            server,
+            release: release_tx,
+            seen: seen_rx,
+        } = held_connection();
         let mut writer = server.try_clone().unwrap();
-        writer.write_all(&interleaved(0, 0, 1000)).unwrap();
-        seen_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         let packets = BACKLOG_BYTES / 60_000 + 20;
         let server_thread = std::thread::spawn(move || {
             let mut reader = std::io::BufReader::new(server);
@@ -552,10 +559,7 @@ mod tests {
             write!(writer, "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n").unwrap();
             (reader, writer)
         });
-        let req = Request::builder(Method::GetParameter, Version::V1_0)
-            .request_uri(rtsp_types::Url::parse("rtsp://127.0.0.1/").unwrap())
-            .build(Vec::new());
-        let resp = rt.block_on(conn.request(req)).unwrap();
+        let resp = rt.block_on(conn.request(get_parameter())).unwrap();
         assert_eq!(resp.status(), StatusCode::Ok);
         let _peer = server_thread.join().unwrap();
         release_tx.send(()).unwrap();
