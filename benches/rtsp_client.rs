@@ -45,75 +45,47 @@ fn client_command(plugin_dir: &std::path::Path, element: &str, url: &str, proto:
     c
 }
 
-/// (CPU as a share of one core, peak RSS MiB) of one client over the steady window; the client
-/// must still be running at its end.
+/// Plays the clients `launch` (indices into `ELEMENTS`, started in that order) at once and
+/// measures them over the same steady window: per client, its index, CPU as a share of one
+/// core and peak RSS MiB. Every client must still be running at the window's end.
 fn steady_cpu(
     plugin_dir: &std::path::Path,
-    element: &str,
     url: &str,
     proto: &str,
     seconds: u64,
-) -> (f64, f64) {
-    let mut cmd = client_command(plugin_dir, element, url, proto);
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gst-launch-1.0");
-    let mut guard = Guard(child);
-    let pid = guard.0.id();
+    launch: &[usize],
+) -> Vec<(usize, f64, f64)> {
+    let mut clients: Vec<(usize, Guard)> = launch
+        .iter()
+        .map(|&i| {
+            let child = client_command(plugin_dir, ELEMENTS[i], url, proto)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gst-launch-1.0");
+            (i, Guard(child))
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(3));
-    let cpu0 = cpu_seconds(pid);
+    let pids: Vec<u32> = clients.iter().map(|(_, g)| g.0.id()).collect();
+    let cpu0: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu1: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
     let elapsed = t0.elapsed().as_secs_f64();
-    let rss = peak_rss_mib(pid);
-    assert!(
-        guard.0.try_wait().unwrap().is_none(),
-        "{element} over {proto} exited early"
-    );
-    (cpu / elapsed, rss)
-}
-
-/// Both clients playing at once, measured over the same window: (CPU as a share of one core,
-/// peak RSS MiB) of each, in `ELEMENTS` order. `first` is launched first.
-fn steady_cpu_together(
-    plugin_dir: &std::path::Path,
-    url: &str,
-    proto: &str,
-    seconds: u64,
-    first: usize,
-) -> [(f64, f64); 2] {
-    let spawn = |i: usize| {
-        let child = client_command(plugin_dir, ELEMENTS[i], url, proto)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gst-launch-1.0");
-        Guard(child)
-    };
-    let a = spawn(first);
-    let b = spawn(1 - first);
-    let mut guards = if first == 0 { [a, b] } else { [b, a] };
-    std::thread::sleep(Duration::from_secs(3));
-    let pids = guards.each_ref().map(|g| g.0.id());
-    let cpu0 = pids.map(cpu_seconds);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(seconds));
-    let cpu1 = pids.map(cpu_seconds);
-    let elapsed = t0.elapsed().as_secs_f64();
-    let rss = pids.map(peak_rss_mib);
-    for (i, g) in guards.iter_mut().enumerate() {
-        assert!(
-            g.0.try_wait().unwrap().is_none(),
-            "{} over {proto} exited early",
-            ELEMENTS[i]
-        );
-    }
-    [0, 1].map(|i| ((cpu1[i] - cpu0[i]) / elapsed, rss[i]))
+    clients
+        .iter_mut()
+        .enumerate()
+        .map(|(k, (i, guard))| {
+            assert!(
+                guard.0.try_wait().unwrap().is_none(),
+                "{} over {proto} exited early",
+                ELEMENTS[*i]
+            );
+            (*i, (cpu1[k] - cpu0[k]) / elapsed, peak_rss_mib(pids[k]))
+        })
+        .collect()
 }
 
 /// Seconds from spawn to the first buffer at fakesink.
@@ -206,18 +178,16 @@ fn main() {
         for round in 0..rounds {
             // Who starts first (together) or goes first (one after the other) alternates.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            if together {
-                let both = steady_cpu_together(&plugin_dir, &url, proto, seconds, order[0]);
-                for (i, (c, r)) in both.into_iter().enumerate() {
+            let runs: Vec<&[usize]> = if together {
+                vec![&order]
+            } else {
+                order.chunks(1).collect()
+            };
+            for run in runs {
+                for (i, c, r) in steady_cpu(&plugin_dir, &url, proto, seconds, run) {
                     cpu[i].push(c);
                     rss[i] = rss[i].max(r);
                 }
-                continue;
-            }
-            for i in order {
-                let (c, r) = steady_cpu(&plugin_dir, ELEMENTS[i], &url, proto, seconds);
-                cpu[i].push(c);
-                rss[i] = rss[i].max(r);
             }
         }
         let ratios: Vec<f64> = cpu[0].iter().zip(&cpu[1]).map(|(o, s)| o / s).collect();
