@@ -743,8 +743,9 @@ async fn connect(
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
     let mut batches = Batches::default();
-    // The streams' figures, looked up once per read.
-    let mut stats: Option<SharedStats> = None;
+    // Looked up once per read: the streams' figures, and whether this connection carries a
+    // single stream (its RTP and RTCP), which then may be run on the reader's thread.
+    let mut per_read: Option<(SharedStats, bool)> = None;
     let base_url = url.clone();
     Connection::connect(
         &host,
@@ -754,22 +755,20 @@ async fn connect(
         config.user_agent.clone(),
         move |incoming| match incoming {
             Incoming::Interleaved { channel, data } => {
-                let (target, alone) = {
-                    let map = channels.read().unwrap();
-                    let target = map.get(&channel).copied();
-                    // Does this connection carry that stream alone (RTP and RTCP)?
-                    let alone = target.is_some_and(|(s, _)| map.values().all(|(o, _)| *o == s));
-                    (target, alone)
-                };
+                let target = channels.read().unwrap().get(&channel).copied();
                 if let Some((stream, is_rtcp)) = target {
-                    let stats = stats.get_or_insert_with(|| stats_cell.read().unwrap().clone());
-                    batches.exclusive = alone;
+                    let (stats, single) = per_read.get_or_insert_with(|| {
+                        let map = channels.read().unwrap();
+                        let single = map.values().all(|(s, _)| *s == stream);
+                        (stats_cell.read().unwrap().clone(), single)
+                    });
+                    batches.exclusive = *single;
                     deliver(&events, stats, stream, is_rtcp, data, &mut batches);
                 }
             }
             Incoming::ReadDone => {
                 batches.flush(&events);
-                stats = None;
+                per_read = None;
             }
             Incoming::Dropped(packets) => events(ClientEvent::Dropped { packets }),
             Incoming::Request(req) => match req.method() {
