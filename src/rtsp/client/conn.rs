@@ -401,11 +401,29 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::mpsc;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
+    /// A connection to a listener on 127.0.0.1, with the runtime it was made on and the
+    /// server's end of it.
+    fn connect_locally(
+        on_incoming: impl FnMut(Incoming) + Send + 'static,
+    ) -> (tokio::runtime::Runtime, Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap()
+            .unwrap();
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                Duration::from_secs(5),
+                Limits::default(),
+                "test".into(),
+                on_incoming,
+            ))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (rt, conn, server)
     }
 
     fn interleaved(channel: u8, seq: u32, len: usize) -> Vec<u8> {
@@ -447,34 +465,21 @@ mod tests {
     }
 
     fn held_connection() -> Held {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let (release, release_rx) = mpsc::channel::<()>();
         let release_rx = Mutex::new(release_rx);
         let (seen_tx, seen) = mpsc::channel::<Incoming>();
         let blocked = AtomicBool::new(false);
-        let rt = runtime();
-        let conn = rt
-            .block_on(Connection::connect(
-                "127.0.0.1",
-                port,
-                Duration::from_secs(5),
-                Limits::default(),
-                "test".into(),
-                move |incoming| {
-                    let first = matches!(incoming, Incoming::Interleaved { .. })
-                        && !blocked.swap(true, Ordering::Relaxed);
-                    let _ = seen_tx.send(incoming);
-                    if first {
-                        let _ = release_rx
-                            .lock()
-                            .unwrap()
-                            .recv_timeout(Duration::from_secs(10));
-                    }
-                },
-            ))
-            .unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (rt, conn, mut server) = connect_locally(move |incoming| {
+            let first = matches!(incoming, Incoming::Interleaved { .. })
+                && !blocked.swap(true, Ordering::Relaxed);
+            let _ = seen_tx.send(incoming);
+            if first {
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            }
+        });
         server.write_all(&interleaved(0, 0, 1000)).unwrap();
         assert!(matches!(
             seen.recv_timeout(Duration::from_secs(5)).unwrap(),
@@ -580,24 +585,11 @@ mod tests {
     /// Dropping the connection wakes its threads and calls the callback no more.
     #[test]
     fn dropping_stops_the_callbacks() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(AtomicU32::new(0));
         let counted = calls.clone();
-        let rt = runtime();
-        let conn = rt
-            .block_on(Connection::connect(
-                "127.0.0.1",
-                port,
-                Duration::from_secs(5),
-                Limits::default(),
-                "test".into(),
-                move |_| {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                },
-            ))
-            .unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (_rt, conn, mut server) = connect_locally(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
         drop(conn);
         std::thread::sleep(Duration::from_millis(100));
         // Not even Closed: the connection was let go, not lost.
