@@ -20,45 +20,71 @@
 //!
 //! BENCH_PROTOCOLS (default `udp,tcp`) picks the protocols measured.
 //!
+//! BENCH_SERVE=SECONDS only serves the stream for that long and prints its URL, for
+//! profiling a client by hand (`perf record`, `valgrind --tool=callgrind gst-launch-1.0 ...`).
+//!
+//! BENCH_BASELINE=DIR measures rtspsrc2 against the rtspsrc2 of an earlier build instead of
+//! against rtspsrc: DIR holds that build's `libgstlivestreaming.so` (copy it aside before
+//! changing the code). The same method then tells whether a change made rtspsrc2 cheaper, which
+//! the drift of this machine hides when two runs of the benchmark are compared.
+//!
 //! Under `cargo test` (no `--bench`) it is a smoke run: 2 s windows, one start each.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-const ELEMENTS: [&str; 2] = ["rtspsrc2", "rtspsrc"];
-
-fn client_command(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &str) -> Command {
-    let mut c = Command::new("gst-launch-1.0");
-    c.env("GST_PLUGIN_PATH", plugin_dir).args([
-        element,
-        &format!("location={url}"),
-        &format!("protocols={proto}"),
-        "!",
-        "fakesink",
-    ]);
-    c
+/// One of the two clients compared.
+struct Client {
+    /// In the table's header.
+    label: String,
+    element: &'static str,
+    /// GST_PLUGIN_PATH.
+    plugin_dir: PathBuf,
+    /// A registry cache of its own for a baseline build, so that two builds of our plugin do
+    /// not replace each other in the default one at every start.
+    registry: Option<PathBuf>,
 }
 
-/// Plays the clients `launch` (indices into `ELEMENTS`, started in that order) at once and
+impl Client {
+    fn command(&self, url: &str, proto: &str) -> Command {
+        let mut c = Command::new("gst-launch-1.0");
+        c.env("GST_PLUGIN_PATH", &self.plugin_dir);
+        if let Some(r) = &self.registry {
+            c.env("GST_REGISTRY", r);
+        }
+        c.args([
+            self.element,
+            &format!("location={url}"),
+            &format!("protocols={proto}"),
+            "!",
+            "fakesink",
+        ]);
+        c
+    }
+}
+
+/// Plays the clients `launch` (indices into `clients`, started in that order) at once and
 /// measures them over the same steady window: per client, its index, CPU as a share of one
 /// core and peak RSS MiB. Every client must still be running at the window's end.
 fn steady_cpu(
-    plugin_dir: &std::path::Path,
+    clients: &[Client; 2],
     url: &str,
     proto: &str,
     seconds: u64,
     launch: &[usize],
 ) -> Vec<(usize, f64, f64)> {
-    let mut clients: Vec<(usize, Guard)> = launch
+    let mut running: Vec<(usize, Guard)> = launch
         .iter()
         .map(|&i| {
-            let child = client_command(plugin_dir, ELEMENTS[i], url, proto)
+            let child = clients[i]
+                .command(url, proto)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -68,20 +94,20 @@ fn steady_cpu(
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
-    let pids: Vec<u32> = clients.iter().map(|(_, g)| g.0.id()).collect();
+    let pids: Vec<u32> = running.iter().map(|(_, g)| g.0.id()).collect();
     let cpu0: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let cpu1: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
     let elapsed = t0.elapsed().as_secs_f64();
-    clients
+    running
         .iter_mut()
         .enumerate()
         .map(|(k, (i, guard))| {
             assert!(
                 guard.0.try_wait().unwrap().is_none(),
                 "{} over {proto} exited early",
-                ELEMENTS[*i]
+                clients[*i].label
             );
             (*i, (cpu1[k] - cpu0[k]) / elapsed, peak_rss_mib(pids[k]))
         })
@@ -89,8 +115,8 @@ fn steady_cpu(
 }
 
 /// Seconds from spawn to the first buffer at fakesink.
-fn first_buffer(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &str) -> f64 {
-    let mut cmd = client_command(plugin_dir, element, url, proto);
+fn first_buffer(client: &Client, url: &str, proto: &str) -> f64 {
+    let mut cmd = client.command(url, proto);
     cmd.arg("silent=false").arg("-v");
     let start = Instant::now();
     let child = cmd
@@ -111,7 +137,7 @@ fn first_buffer(plugin_dir: &std::path::Path, element: &str, url: &str, proto: &
         }
     });
     rx.recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("{element} over {proto}: no buffer within 20 s"))
+        .unwrap_or_else(|_| panic!("{} over {proto}: no buffer within 20 s", client.label))
 }
 
 fn main() {
@@ -138,12 +164,47 @@ fn main() {
         plugin_dir.join("libgstlivestreaming.so").exists(),
         "build the plugin first: cargo build --release"
     );
-    // Let the registry take in our plugin once, outside any measurement.
-    let _ = Command::new("gst-inspect-1.0")
-        .env("GST_PLUGIN_PATH", &plugin_dir)
-        .arg("rtspsrc2")
-        .stdout(Stdio::null())
-        .status();
+    let ours = Client {
+        label: "rtspsrc2".into(),
+        element: "rtspsrc2",
+        plugin_dir: plugin_dir.clone(),
+        registry: None,
+    };
+    let other = match std::env::var_os("BENCH_BASELINE") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("libgstlivestreaming.so").exists(),
+                "BENCH_BASELINE: no libgstlivestreaming.so in {}",
+                dir.display()
+            );
+            Client {
+                label: "baseline rtspsrc2".into(),
+                element: "rtspsrc2",
+                registry: Some(dir.join("registry.bin")),
+                plugin_dir: dir,
+            }
+        }
+        None => Client {
+            label: "rtspsrc".into(),
+            element: "rtspsrc",
+            plugin_dir: plugin_dir.clone(),
+            registry: None,
+        },
+    };
+    let clients = [ours, other];
+    // Let the registries take in our plugin once, outside any measurement.
+    for c in &clients {
+        let mut inspect = Command::new("gst-inspect-1.0");
+        if let Some(r) = &c.registry {
+            inspect.env("GST_REGISTRY", r);
+        }
+        let _ = inspect
+            .env("GST_PLUGIN_PATH", &c.plugin_dir)
+            .arg(c.element)
+            .stdout(Stdio::null())
+            .status();
+    }
 
     let frames = pre_encode();
     let bytes: usize = frames.iter().map(|b| b.size()).sum();
@@ -157,6 +218,14 @@ fn main() {
         c
     });
     let url = format!("rtsp://127.0.0.1:{port}/stream");
+    if let Ok(serve) = std::env::var("BENCH_SERVE") {
+        println!("serving {url}");
+        std::thread::sleep(Duration::from_secs(
+            serve.parse().expect("BENCH_SERVE: seconds"),
+        ));
+        stop_feed.store(true, Ordering::Relaxed);
+        return;
+    }
     println!(
         "input: {input_mbps:.2} Mbit/s H.264 720p30 from gst-rtsp-server; CPU over {rounds} x \
          {seconds} s each, {}; first buffer median of {starts}",
@@ -167,8 +236,9 @@ fn main() {
         }
     );
     println!();
+    let [a, b] = [&clients[0].label, &clients[1].label];
     println!(
-        "| protocol | rtspsrc2 CPU % | rtspsrc CPU % | ratio | per-round ratios | rtspsrc2 RSS MiB | rtspsrc RSS MiB | rtspsrc2 first buffer ms | rtspsrc first buffer ms |"
+        "| protocol | {a} CPU % | {b} CPU % | ratio | per-round ratios | {a} RSS MiB | {b} RSS MiB | {a} first buffer ms | {b} first buffer ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let protocols = std::env::var("BENCH_PROTOCOLS").unwrap_or_else(|_| "udp,tcp".into());
@@ -184,7 +254,7 @@ fn main() {
                 order.chunks(1).collect()
             };
             for run in runs {
-                for (i, c, r) in steady_cpu(&plugin_dir, &url, proto, seconds, run) {
+                for (i, c, r) in steady_cpu(&clients, &url, proto, seconds, run) {
                     cpu[i].push(c);
                     rss[i] = rss[i].max(r);
                 }
@@ -201,8 +271,8 @@ fn main() {
         // Interleaved, so that any drift of the machine touches both alike.
         let mut firsts = [Vec::new(), Vec::new()];
         for _ in 0..starts {
-            for (i, e) in ELEMENTS.iter().enumerate() {
-                firsts[i].push(first_buffer(&plugin_dir, e, &url, proto));
+            for (i, c) in clients.iter().enumerate() {
+                firsts[i].push(first_buffer(c, &url, proto));
             }
         }
         let [o_first, s_first] = firsts.map(median);
