@@ -220,7 +220,10 @@ impl Timing {
         }
         let base = self.base_running_time?;
         let ticks = ext.saturating_sub(self.base_rtp);
-        Some(base + gst::ClockTime::from_nseconds(ticks * 1_000_000_000 / self.clock_rate))
+        // In two parts: ticks * 10^9 alone overflows after 2.3 days at 90 kHz.
+        let (secs, rest) = (ticks / self.clock_rate, ticks % self.clock_rate);
+        let ns = secs * 1_000_000_000 + rest * 1_000_000_000 / self.clock_rate;
+        Some(base + gst::ClockTime::from_nseconds(ns))
     }
 }
 
@@ -257,8 +260,9 @@ struct StreamOutput {
     timing: Timing,
     signals: Arc<StreamSignals>,
     sync: SyncReference,
-    /// Buffers prepared this round, pushed together by [`Self::flush`].
-    pending: gst::BufferList,
+    /// Buffers prepared this round, pushed together by [`Self::flush`] (one alone as a buffer:
+    /// taking it out of a list would copy it).
+    pending: Vec<gst::Buffer>,
 }
 
 impl StreamOutput {
@@ -362,21 +366,24 @@ impl StreamOutput {
                 b.set_flags(gst::BufferFlags::DISCONT);
             }
         }
-        self.pending
-            .get_mut()
-            .expect("the pending list is ours alone")
-            .add(buffer);
+        self.pending.push(buffer);
         true
     }
 
     /// Pushes what this round prepared: one buffer alone, several as one list (depayloaders
     /// and sinks take a list in one call). False: the stream is over (EOS or error).
     fn flush(&mut self) -> bool {
-        let list = std::mem::replace(&mut self.pending, gst::BufferList::new());
-        let result = match list.len() {
+        let result = match self.pending.len() {
             0 => return true,
-            1 => self.pad.push(list.get(0).expect("one buffer").to_owned()),
-            _ => self.pad.push_list(list),
+            1 => self.pad.push(self.pending.pop().expect("one buffer")),
+            n => {
+                let mut list = gst::BufferList::new_sized(n);
+                let l = list.get_mut().expect("a new list is writable");
+                for buffer in self.pending.drain(..) {
+                    l.add(buffer);
+                }
+                self.pad.push_list(list)
+            }
         };
         match result {
             // An unlinked stream is one the application does not want; while a flushing seek
@@ -900,7 +907,7 @@ impl RtspSrc2 {
                 timing: Timing::new(info.media.clock_rate),
                 signals: signals.clone(),
                 sync: self.sync.clone(),
-                pending: gst::BufferList::new(),
+                pending: Vec::new(),
             },
             stream_id,
             started: false,
@@ -1477,5 +1484,37 @@ impl URIHandlerImpl for RtspSrc2 {
             .map_err(|e| glib::Error::new(gst::URIError::BadUri, &format!("'{uri}': {e}")))?;
         self.settings.lock().unwrap().location = Some(url.to_string());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_stay_exact_over_days_of_rtp_time() {
+        // 90 kHz, one packet an hour for four days: the RTP timestamp wraps every 13.25 h and
+        // ticks * 10^9 passes u64::MAX after 2.37 days.
+        let mut t = Timing::new(90_000);
+        let start = 4_000_000_000u32;
+        let base = gst::ClockTime::from_seconds(5);
+        assert_eq!(t.pts(start, Some(base)), Some(base));
+        for hour in 1..=96u64 {
+            let ts = start.wrapping_add((hour * 3600 * 90_000) as u32);
+            assert_eq!(
+                t.pts(ts, None),
+                Some(base + gst::ClockTime::from_seconds(hour * 3600)),
+                "after {hour} h"
+            );
+        }
+        // A fraction of a second: 1/90000 s rounds down to whole nanoseconds.
+        let ts = start.wrapping_add((96 * 3600 * 90_000u64 + 1) as u32);
+        assert_eq!(
+            t.pts(ts, None),
+            Some(
+                base + gst::ClockTime::from_seconds(96 * 3600)
+                    + gst::ClockTime::from_nseconds(11_111)
+            )
+        );
     }
 }
