@@ -167,8 +167,11 @@ impl ReceiverStats {
             Some(d) => (d, false),
             None => (epoch.duration_since(t), true),
         };
-        // Truncation to 32 bits is the RTP timestamp wrap.
-        let units = (elapsed.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000) as u32;
+        // Truncation to 32 bits is the RTP timestamp wrap. Whole seconds and the fraction apart,
+        // to stay in 64 bits (this runs for every packet).
+        let rate = u64::from(self.clock_rate);
+        let units = (elapsed.as_secs().wrapping_mul(rate)
+            + u64::from(elapsed.subsec_nanos()) * rate / 1_000_000_000) as u32;
         if before { units.wrapping_neg() } else { units }
     }
 
