@@ -10,8 +10,11 @@
 //! [`LATE_RUN_RESTART`] packets in a row that are all older than what was output: a sender that
 //! restarted a little behind its old numbers (A.1 resynchronises on consecutive packets too).
 //!
-//! Storage is a `BTreeMap` keyed by extended sequence number: reordering windows are small, so
-//! the map stays shallow, and it needs no sizing against sequence gaps the way a ring would.
+//! Storage: the run of packets that is next in sequence, as they usually come, in a queue
+//! (constant time per packet, no allocation once warm); packets beyond a gap in a `BTreeMap`
+//! keyed by extended sequence number: reordering windows are small, so the map stays shallow,
+//! and it needs no sizing against sequence gaps the way a ring would. When a gap fills, the run
+//! after it moves from the map to the queue.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -79,6 +82,9 @@ pub struct JitterBufferStats {
 #[derive(Debug)]
 pub struct JitterBuffer {
     config: JitterBufferConfig,
+    /// Packets `next`, `next + 1`, ... without a gap.
+    run: VecDeque<(Bytes, Instant)>,
+    /// Packets after the first gap, all beyond `next + run.len()`.
     packets: BTreeMap<u64, (Bytes, Instant)>,
     /// Extended sequence number expected next; None before the first packet.
     next: Option<u64>,
@@ -95,6 +101,7 @@ impl JitterBuffer {
     pub fn new(config: JitterBufferConfig) -> Self {
         Self {
             config,
+            run: VecDeque::new(),
             packets: BTreeMap::new(),
             next: None,
             highest: 0,
@@ -112,7 +119,7 @@ impl JitterBuffer {
             let ext = (1 << 32) + u64::from(seq);
             self.next = Some(ext);
             self.highest = ext;
-            self.packets.insert(ext, (data, arrival));
+            self.run.push_back((data, arrival));
             return Ok(());
         };
         let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
@@ -131,12 +138,24 @@ impl JitterBuffer {
             return Err(Rejected::Late);
         }
         self.late_run = 0;
-        if self.packets.contains_key(&ext) {
+        let run_end = next + self.run.len() as u64;
+        if ext < run_end || self.packets.contains_key(&ext) {
             self.stats.duplicates += 1;
             return Err(Rejected::Duplicate);
         }
         self.highest = self.highest.max(ext);
-        self.packets.insert(ext, (data, arrival));
+        if ext == run_end {
+            self.run.push_back((data, arrival));
+            // A filled gap: what waited behind it joins the run.
+            while let Some(entry) = self.packets.first_entry() {
+                if *entry.key() != next + self.run.len() as u64 {
+                    break;
+                }
+                self.run.push_back(entry.remove());
+            }
+        } else {
+            self.packets.insert(ext, (data, arrival));
+        }
         Ok(())
     }
 
@@ -156,6 +175,14 @@ impl JitterBuffer {
             return Some(out);
         }
         let next = self.next?;
+        if let Some((data, _)) = self.run.pop_front() {
+            self.next = Some(next + 1);
+            self.stats.output += 1;
+            return Some(Output::Packet {
+                seq: next as u16,
+                data,
+            });
+        }
         let (&first, &(_, arrival)) = self.packets.iter().next()?;
         if first == next {
             let (data, _) = self.packets.remove(&first).expect("present");
@@ -186,6 +213,9 @@ impl JitterBuffer {
             return Some(Instant::now());
         }
         let next = self.next?;
+        if let Some(&(_, arrival)) = self.run.front() {
+            return Some(arrival);
+        }
         let (&first, &(_, arrival)) = self.packets.iter().next()?;
         Some(if first == next {
             arrival
@@ -198,7 +228,9 @@ impl JitterBuffer {
     pub fn drain(&mut self) -> Vec<Output> {
         let mut out: Vec<Output> = self.released.drain(..).collect();
         let mut next = self.next;
-        for (ext, (data, _)) in std::mem::take(&mut self.packets) {
+        let run = self.run.drain(..).zip(self.next.unwrap_or(0)..);
+        let held = run.map(|(p, ext)| (ext, p)).collect::<Vec<_>>();
+        for (ext, (data, _)) in held.into_iter().chain(std::mem::take(&mut self.packets)) {
             if let Some(n) = next
                 && ext > n
             {
@@ -221,6 +253,7 @@ impl JitterBuffer {
 
     /// Forgets everything (after a seek or reconnection); the next packet starts anew.
     pub fn reset(&mut self) {
+        self.run.clear();
         self.packets.clear();
         self.released.clear();
         self.next = None;
@@ -228,7 +261,7 @@ impl JitterBuffer {
     }
 
     pub fn len(&self) -> usize {
-        self.packets.len() + self.released.len()
+        self.run.len() + self.packets.len() + self.released.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,6 +330,36 @@ mod tests {
         jb.push(3, pkt(3), t + Duration::from_millis(10)).unwrap();
         assert_eq!(seqs(&ready(&mut jb, t)), vec![3, 4]);
         assert_eq!(jb.stats().lost, 0);
+    }
+
+    #[test]
+    fn a_filled_gap_joins_what_waited_behind_it_to_the_run() {
+        let t = Instant::now();
+        let mut jb = jb();
+        for s in [1, 2, 5, 6, 4] {
+            jb.push(s, pkt(s), t).unwrap();
+        }
+        // Held in the run and behind the gap alike.
+        assert_eq!(jb.push(2, pkt(2), t), Err(Rejected::Duplicate));
+        assert_eq!(jb.push(5, pkt(5), t), Err(Rejected::Duplicate));
+        assert_eq!(jb.len(), 5);
+        jb.push(3, pkt(3), t).unwrap();
+        jb.push(7, pkt(7), t).unwrap();
+        assert_eq!(seqs(&ready(&mut jb, t)), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(jb.stats().duplicates, 2);
+        // Drained with the run and a gap both held: in order, the gap reported.
+        for s in [8, 9, 11] {
+            jb.push(s, pkt(s), t).unwrap();
+        }
+        let out = jb.drain();
+        assert_eq!(seqs(&out), vec![8, 9, 11]);
+        assert_eq!(
+            out[2],
+            Output::Lost {
+                first_seq: 10,
+                count: 1
+            }
+        );
     }
 
     #[test]
