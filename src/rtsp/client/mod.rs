@@ -8,11 +8,11 @@
 //! [`Client`] handle.
 
 pub mod conn;
+mod udp;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Connection, Incoming};
+use self::udp::UdpReceiver;
 use crate::rtp::{self, rtcp, stats::ReceiverStats};
 use crate::rtsp::auth::{self, Authenticator, Credentials};
 use crate::rtsp::codec::Limits;
@@ -743,9 +744,10 @@ async fn connect(
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
     let mut batches = Batches::default();
-    // Looked up once per read: the streams' figures, and whether this connection carries a
-    // single stream (its RTP and RTCP), which then may be run on the reader's thread.
-    let mut per_read: Option<(SharedStats, bool)> = None;
+    // Looked up once per read: the streams' figures, whether this connection carries a single
+    // stream (its RTP and RTCP), which then may be run on the reader's thread, and the time of
+    // arrival of what the read brought.
+    let mut per_read: Option<(SharedStats, bool, Instant)> = None;
     let base_url = url.clone();
     Connection::connect(
         &host,
@@ -757,13 +759,19 @@ async fn connect(
             Incoming::Interleaved { channel, data } => {
                 let target = channels.read().unwrap().get(&channel).copied();
                 if let Some((stream, is_rtcp)) = target {
-                    let (stats, single) = per_read.get_or_insert_with(|| {
+                    let (stats, single, arrival) = per_read.get_or_insert_with(|| {
                         let map = channels.read().unwrap();
                         let single = map.values().all(|(s, _)| *s == stream);
-                        (stats_cell.read().unwrap().clone(), single)
+                        (stats_cell.read().unwrap().clone(), single, Instant::now())
                     });
                     batches.exclusive = *single;
-                    deliver(&events, stats, stream, is_rtcp, data, &mut batches);
+                    let packet = Packet {
+                        stream,
+                        is_rtcp,
+                        data,
+                        arrival: *arrival,
+                    };
+                    deliver(&events, stats, packet, &mut batches);
                 }
             }
             Incoming::ReadDone => {
@@ -807,6 +815,9 @@ struct Batches {
     batches: Vec<(usize, Vec<Bytes>)>,
     /// See [`ClientEvent::Rtp::exclusive`].
     exclusive: bool,
+    /// Packets the reader expects in this round: room for them is made at once, rather than
+    /// by growing each batch.
+    expected: usize,
 }
 
 impl Batches {
@@ -822,6 +833,9 @@ impl Batches {
             }
         };
         let packets = &mut self.batches[i].1;
+        if packets.capacity() == 0 {
+            packets.reserve(self.expected.min(Self::MAX));
+        }
         packets.push(packet);
         if packets.len() >= Self::MAX {
             let packets = std::mem::take(packets);
@@ -843,96 +857,6 @@ impl Batches {
                     exclusive: self.exclusive,
                 });
             }
-        }
-    }
-}
-
-/// A thread blocked on one stream's RTP socket: one system call per datagram, where an async
-/// task pays an epoll round trip and a failed read besides (a third of rtspsrc2's receive CPU
-/// at 4 Mbit/s). Dropping it shuts the socket down, which wakes the thread at once on Linux
-/// (elsewhere within the read timeout), and joins it.
-struct UdpReceiver {
-    stop: Arc<AtomicBool>,
-    socket: std::net::UdpSocket,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl UdpReceiver {
-    /// How often the thread looks at its stop flag when nothing wakes it: a fallback only, as
-    /// every wake-up of an idle thread costs about as much as a datagram.
-    const POLL: Duration = Duration::from_secs(1);
-
-    fn spawn(
-        stream: usize,
-        socket: std::net::UdpSocket,
-        events: EventFn,
-        stats_cell: Arc<RwLock<SharedStats>>,
-    ) -> Result<UdpReceiver, ClientError> {
-        let io = |e: std::io::Error| ClientError::Io(format!("starting a UDP receiver: {e}"));
-        socket
-            .set_nonblocking(false)
-            .and_then(|()| socket.set_read_timeout(Some(Self::POLL)))
-            .map_err(io)?;
-        let handle = socket.try_clone().map_err(io)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("rtsp-udp-{stream}"))
-            .spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                let mut batches = Batches {
-                    exclusive: true,
-                    ..Batches::default()
-                };
-                while !stopped.load(Ordering::Acquire) {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, _)) if !stopped.load(Ordering::Acquire) => {
-                            let stats = stats_cell.read().unwrap().clone();
-                            let packet = Bytes::copy_from_slice(&buf[..n]);
-                            deliver(&events, &stats, stream, false, packet, &mut batches);
-                            // What else has queued up meanwhile (the rest of a frame's burst,
-                            // typically) joins this hand-off: one jitter buffer pass and one
-                            // push of a buffer list for them all.
-                            if socket.set_nonblocking(true).is_ok() {
-                                for _ in 1..Batches::MAX {
-                                    let Ok((n, _)) = socket.recv_from(&mut buf) else {
-                                        break;
-                                    };
-                                    let packet = Bytes::copy_from_slice(&buf[..n]);
-                                    deliver(&events, &stats, stream, false, packet, &mut batches);
-                                }
-                                let _ = socket.set_nonblocking(false);
-                            }
-                            batches.flush(&events);
-                        }
-                        Ok(_) => {}
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
-                        Err(_) if stopped.load(Ordering::Acquire) => {}
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-            })
-            .map_err(io)?;
-        Ok(UdpReceiver {
-            stop,
-            socket: handle,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for UdpReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Linux wakes a reader of a shut-down socket even if it is not connected (the call
-        // itself then reports ENOTCONN).
-        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Both);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
@@ -961,14 +885,21 @@ fn streams_of(
 }
 
 /// Accounts one packet; RTP joins `batches`, a Sender Report is an event at once.
-fn deliver(
-    events: &EventFn,
-    stats: &SharedStats,
+/// A packet as it came in, RTP or RTCP.
+struct Packet {
     stream: usize,
     is_rtcp: bool,
     data: Bytes,
-    batches: &mut Batches,
-) {
+    arrival: Instant,
+}
+
+fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut Batches) {
+    let Packet {
+        stream,
+        is_rtcp,
+        data,
+        arrival,
+    } = packet;
     let Some(slot) = stats.get(stream) else {
         return;
     };
@@ -981,7 +912,7 @@ fn deliver(
             if let rtcp::RtcpPacket::SenderReport(sr) = p {
                 {
                     let mut s = slot.lock().unwrap();
-                    s.0.on_sender_report(sr.ntp_timestamp, Instant::now());
+                    s.0.on_sender_report(sr.ntp_timestamp, arrival);
                     s.1.sender_reports += 1;
                 }
                 events(ClientEvent::SenderReport {
@@ -1003,7 +934,7 @@ fn deliver(
             s.1.unknown_payload_packets += 1;
             return;
         }
-        s.0.on_packet(h.sequence, h.timestamp, Instant::now(), h.payload_len);
+        s.0.on_packet(h.sequence, h.timestamp, arrival, h.payload_len);
         let (rs, st) = &mut *s;
         st.packets_received = rs.packets_received();
         st.bytes_received = rs.bytes_received();
@@ -1250,26 +1181,32 @@ impl Session {
                 .and_then(|_| tokio::net::UdpSocket::from_std(s))
                 .map_err(|e| ClientError::Io(e.to_string()))
         };
+        // The figures of this session's streams: set before SETUP, replaced only with the
+        // session (and these receivers).
+        let stats = stats_cell.read().unwrap().clone();
         self.receivers.push(UdpReceiver::spawn(
             stream,
             rtp_sock,
             events.clone(),
-            stats_cell.clone(),
+            stats.clone(),
         )?);
         // RTCP is rare and also sent from here: it stays on the runtime.
         let rtcp = Arc::new(to_tokio(rtcp_sock)?);
         let socket = rtcp.clone();
         let events = events.clone();
-        let stats_cell = stats_cell.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             let mut batches = Batches::default();
             loop {
                 match socket.recv_from(&mut buf).await {
                     Ok((n, _)) => {
-                        let stats = stats_cell.read().unwrap().clone();
-                        let packet = Bytes::copy_from_slice(&buf[..n]);
-                        deliver(&events, &stats, stream, true, packet, &mut batches);
+                        let packet = Packet {
+                            stream,
+                            is_rtcp: true,
+                            data: Bytes::copy_from_slice(&buf[..n]),
+                            arrival: Instant::now(),
+                        };
+                        deliver(&events, &stats, packet, &mut batches);
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }

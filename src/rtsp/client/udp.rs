@@ -1,0 +1,260 @@
+//! The UDP receive path of one stream: a thread blocked on the stream's RTP socket that hands
+//! every wake-up's worth of datagrams on at once.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Batches, ClientError, EventFn, Packet, SharedStats, deliver};
+
+/// Datagrams read from a socket in one go: all that are queued when the reader wakes up, up to
+/// [`Datagrams::SLOTS`]. On Linux that is a single `recvmmsg` (`MSG_WAITFORONE`: block for the
+/// first datagram, take what else is queued without blocking), where reading them one by one
+/// costs a system call per datagram, one more to find the queue empty, and two to switch the
+/// socket between blocking and not.
+pub struct Datagrams {
+    /// `SLOTS` slots of `SLOT` bytes. Pages are only touched as datagrams are written, so the
+    /// memory used is about what the largest datagrams need, not this size.
+    buf: Vec<u8>,
+    lens: [usize; Self::SLOTS],
+    count: usize,
+    #[cfg(target_os = "linux")]
+    headers: nix::sys::socket::MultiHeaders<()>,
+}
+
+impl Default for Datagrams {
+    fn default() -> Self {
+        Datagrams {
+            buf: vec![0; Self::SLOTS * Self::SLOT],
+            lens: [0; Self::SLOTS],
+            count: 0,
+            #[cfg(target_os = "linux")]
+            headers: nix::sys::socket::MultiHeaders::preallocate(Self::SLOTS, None),
+        }
+    }
+}
+
+impl Datagrams {
+    /// Datagrams per read at most: a video frame's burst at several Mbit/s.
+    pub const SLOTS: usize = 32;
+    /// More than the largest UDP payload, so that no datagram is ever truncated.
+    const SLOT: usize = 65536;
+
+    /// Blocks (within the socket's read timeout) until a datagram arrives, then reads it with
+    /// every other one already queued. Returns how many were read.
+    pub fn recv(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        self.count = 0;
+        self.read(socket)?;
+        Ok(self.count)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        use nix::sys::socket::{MsgFlags, recvmmsg};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+
+        let mut slots = self.buf.chunks_mut(Self::SLOT);
+        // `buf` has exactly SLOTS slots.
+        let mut iovs: [[IoSliceMut<'_>; 1]; Self::SLOTS] =
+            std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+        let received = recvmmsg(
+            socket.as_raw_fd(),
+            &mut self.headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
+        for (len, msg) in self.lens.iter_mut().zip(received) {
+            *len = msg.bytes;
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        let (n, _) = socket.recv_from(&mut self.buf[..Self::SLOT])?;
+        self.lens[0] = n;
+        self.count = 1;
+        Ok(())
+    }
+
+    /// The datagrams of the last [`Datagrams::recv`] one after the other, in one allocation.
+    pub fn concat(&self) -> Bytes {
+        let mut all = BytesMut::with_capacity(self.lens[..self.count].iter().sum());
+        for d in self.iter() {
+            all.extend_from_slice(d);
+        }
+        all.freeze()
+    }
+
+    /// The datagrams of the last [`Datagrams::recv`], in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.buf
+            .chunks(Self::SLOT)
+            .zip(&self.lens[..self.count])
+            .map(|(slot, &len)| &slot[..len])
+    }
+}
+
+/// A thread blocked on one stream's RTP socket. It is woken once per burst of datagrams rather
+/// than per datagram, and jitter-buffers and pushes them itself (through `events`): an async
+/// task would pay an epoll round trip and a failed read besides, and a hand-off to another
+/// thread one more wake-up. Dropping it shuts the socket down, which wakes the thread at once on
+/// Linux (elsewhere within the read timeout), and joins it.
+pub(super) struct UdpReceiver {
+    stop: Arc<AtomicBool>,
+    socket: UdpSocket,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpReceiver {
+    /// How often the thread looks at its stop flag when nothing wakes it: a fallback only, as
+    /// every wake-up of an idle thread costs about as much as a datagram.
+    const POLL: Duration = Duration::from_secs(1);
+
+    pub(super) fn spawn(
+        stream: usize,
+        socket: UdpSocket,
+        events: EventFn,
+        stats: SharedStats,
+    ) -> Result<UdpReceiver, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(format!("starting a UDP receiver: {e}"));
+        socket
+            .set_nonblocking(false)
+            .and_then(|()| socket.set_read_timeout(Some(Self::POLL)))
+            .map_err(io)?;
+        let handle = socket.try_clone().map_err(io)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("rtsp-udp-{stream}"))
+            .spawn(move || {
+                let mut datagrams = Datagrams::default();
+                let mut batches = Batches {
+                    exclusive: true,
+                    ..Batches::default()
+                };
+                while !stopped.load(Ordering::Acquire) {
+                    match datagrams.recv(&socket) {
+                        Ok(n) if !stopped.load(Ordering::Acquire) => {
+                            batches.expected = n;
+                            let arrival = Instant::now();
+                            // One allocation for them all, which the packets share.
+                            let mut chunk = datagrams.concat();
+                            for d in datagrams.iter() {
+                                let packet = Packet {
+                                    stream,
+                                    is_rtcp: false,
+                                    data: chunk.split_to(d.len()),
+                                    arrival,
+                                };
+                                deliver(&events, &stats, packet, &mut batches);
+                            }
+                            // One jitter buffer pass and one push of a buffer list for them all.
+                            batches.flush(&events);
+                        }
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
+                            ) => {}
+                        Err(_) if stopped.load(Ordering::Acquire) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+            .map_err(io)?;
+        Ok(UdpReceiver {
+            stop,
+            socket: handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Linux wakes a reader of a shut-down socket even if it is not connected (the call
+        // itself then reports ENOTCONN).
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        (rx, tx)
+    }
+
+    #[test]
+    fn reads_every_queued_datagram_in_order_and_whole() {
+        let (rx, tx) = pair();
+        // Of every size up to the largest a UDP/IPv4 datagram can carry.
+        let sizes = [1usize, 1400, 9000, 65507, 0, 3];
+        for (i, &n) in sizes.iter().enumerate() {
+            tx.send(&vec![i as u8; n]).unwrap();
+        }
+        let mut d = Datagrams::default();
+        let mut got = Vec::new();
+        while got.len() < sizes.len() {
+            assert!(d.recv(&rx).unwrap() > 0);
+            got.extend(d.iter().map(<[u8]>::to_vec));
+        }
+        assert_eq!(got.len(), sizes.len());
+        for (i, (g, &n)) in got.iter().zip(&sizes).enumerate() {
+            assert_eq!(g.len(), n, "datagram {i}");
+            assert!(g.iter().all(|&b| b == i as u8), "datagram {i}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn one_read_takes_what_is_queued_up_to_the_slots() {
+        let (rx, tx) = pair();
+        let n = Datagrams::SLOTS + 5;
+        for i in 0..n {
+            tx.send(&(i as u32).to_be_bytes()).unwrap();
+        }
+        let mut d = Datagrams::default();
+        assert_eq!(d.recv(&rx).unwrap(), Datagrams::SLOTS);
+        assert_eq!(d.recv(&rx).unwrap(), 5);
+        let last: Vec<u32> = d
+            .iter()
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            last,
+            (Datagrams::SLOTS as u32..n as u32).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_empty_socket_times_out_instead_of_blocking() {
+        let (rx, _tx) = pair();
+        rx.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let e = Datagrams::default().recv(&rx).unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ));
+    }
+}
