@@ -216,7 +216,9 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < sizes.len() {
             assert!(d.recv(&rx).unwrap() > 0);
+            let before = got.len();
             got.extend(d.iter().map(<[u8]>::to_vec));
+            assert_eq!(d.concat(), got[before..].concat());
         }
         assert_eq!(got.len(), sizes.len());
         for (i, (g, &n)) in got.iter().zip(&sizes).enumerate() {
