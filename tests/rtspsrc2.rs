@@ -368,26 +368,58 @@ impl ClientPortProxy {
 
     /// RTP reaches the client with every pair of packets swapped; RTCP passes as is.
     fn reordering(server_port: u16, swapped: Arc<AtomicU64>) -> Self {
+        Self::relaying(server_port, move |packet, held, send| {
+            if let Some(first) = held.take() {
+                send(packet);
+                send(&first);
+                swapped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                *held = Some(packet.to_vec());
+            }
+        })
+    }
+
+    /// Every `nth` RTP packet never reaches the client (its sequence number goes to `dropped`);
+    /// RTCP passes as is.
+    fn losing(server_port: u16, nth: usize, dropped: Arc<Mutex<Vec<u16>>>) -> Self {
+        let mut count = 0;
+        Self::relaying(server_port, move |packet, _, send| {
+            count += 1;
+            if count % nth == 0 {
+                dropped
+                    .lock()
+                    .unwrap()
+                    .push(u16::from_be_bytes([packet[2], packet[3]]));
+            } else {
+                send(packet);
+            }
+        })
+    }
+
+    /// Relays the server's RTP to the client through `relay` (given each packet, a slot to hold
+    /// one back, and the way on to the client); RTCP passes as is.
+    fn relaying(
+        server_port: u16,
+        relay: impl FnMut(&[u8], &mut Option<Vec<u8>>, &dyn Fn(&[u8])) + Clone + Send + Sync + 'static,
+    ) -> Self {
         Self::start(server_port, move |client_rtp| {
             let (rtp, rtcp) = udp_pair();
             let port = rtp.local_addr().unwrap().port();
-            for (sock, to, reorder) in [(rtp, client_rtp, true), (rtcp, client_rtp + 1, false)] {
-                let swapped = swapped.clone();
+            for (sock, to, through) in [(rtp, client_rtp, true), (rtcp, client_rtp + 1, false)] {
+                let mut relay = relay.clone();
                 std::thread::spawn(move || {
                     sock.set_read_timeout(Some(Duration::from_secs(30)))
                         .unwrap();
                     let mut held: Option<Vec<u8>> = None;
                     let mut buf = [0u8; 65536];
+                    let send = |p: &[u8]| {
+                        let _ = sock.send_to(p, ("127.0.0.1", to));
+                    };
                     while let Ok(n) = sock.recv(&mut buf) {
-                        let packet = buf[..n].to_vec();
-                        if !reorder {
-                            let _ = sock.send_to(&packet, ("127.0.0.1", to));
-                        } else if let Some(first) = held.take() {
-                            let _ = sock.send_to(&packet, ("127.0.0.1", to));
-                            let _ = sock.send_to(&first, ("127.0.0.1", to));
-                            swapped.fetch_add(1, Ordering::Relaxed);
+                        if through {
+                            relay(&buf[..n], &mut held, &send);
                         } else {
-                            held = Some(packet);
+                            send(&buf[..n]);
                         }
                     }
                 });
@@ -460,6 +492,93 @@ fn the_jitter_buffer_puts_reordered_udp_back_in_order() {
         .map(|w| (w[0], w[1]))
         .collect();
     assert!(out_of_order.is_empty(), "not in sequence: {out_of_order:?}");
+}
+
+#[test]
+fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let dropped: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let proxy = ClientPortProxy::losing(server.port, 25, dropped.clone());
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{}/ protocols=udp latency=100 \
+         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink",
+        proxy.port
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    assert_ours(&src);
+    // (sequence number, DISCONT, when it left) of every buffer.
+    let out: Arc<Mutex<Vec<(u16, bool, Instant)>>> = Arc::default();
+    let probe_out = out.clone();
+    src.connect_pad_added(move |_, pad| {
+        let out = probe_out.clone();
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let now = Instant::now();
+                let mut out = out.lock().unwrap();
+                let mut record = |buffer: &gst::BufferRef| {
+                    let map = buffer.map_readable().unwrap();
+                    let discont = buffer.flags().contains(gst::BufferFlags::DISCONT);
+                    out.push((u16::from_be_bytes([map[2], map[3]]), discont, now));
+                };
+                if let Some(buffer) = info.buffer() {
+                    record(buffer);
+                } else if let Some(list) = info.buffer_list() {
+                    list.iter().for_each(record);
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.lock().unwrap().len() < 400 && Instant::now() < deadline {
+        if let Some(msg) = pipeline.bus().unwrap().timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error],
+        ) && let gst::MessageView::Error(e) = msg.view()
+        {
+            panic!("{} {:?}", e.error(), e.debug());
+        }
+    }
+    let stats = src.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let out = out.lock().unwrap().clone();
+    let dropped = dropped.lock().unwrap().clone();
+    assert!(out.len() >= 400, "only {} packets within 20 s", out.len());
+    // Every gap in the output is one packet the proxy dropped, and the packet after it is
+    // DISCONT; everything else is in sequence and not DISCONT.
+    let mut gaps = 0;
+    for w in out.windows(2) {
+        let ((a, _, left_a), (b, discont, left_b)) = (w[0], w[1]);
+        if b == a.wrapping_add(1) {
+            assert!(!discont, "{b} is DISCONT without a gap before it");
+        } else {
+            assert_eq!(b, a.wrapping_add(2), "gap of more than one after {a}");
+            assert!(
+                dropped.contains(&a.wrapping_add(1)),
+                "{} was not dropped",
+                a.wrapping_add(1)
+            );
+            assert!(discont, "{b} follows a gap but is not DISCONT");
+            // The gap was waited for (the missing packet might have come late) for the
+            // latency, 100 ms, and not much longer.
+            let waited = left_b - left_a;
+            assert!(
+                (Duration::from_millis(90)..Duration::from_millis(500)).contains(&waited),
+                "{b} left {waited:?} after {a}"
+            );
+            gaps += 1;
+        }
+    }
+    assert!(gaps >= 10, "only {gaps} gaps in {} packets", out.len());
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    let s = streams[0].get::<gst::Structure>().unwrap();
+    assert!(s.get::<i64>("packets-lost").unwrap() >= gaps, "{s}");
 }
 
 #[test]

@@ -492,6 +492,9 @@ struct StreamWork {
     lost: bool,
     /// Downstream ended the stream (EOS or an error): nothing more is pushed.
     finished: bool,
+    /// The jitter buffer's deadline the pad task was last woken for: while a gap is waited
+    /// for, every burst after it leaves the same deadline, and the task need not hear of it again.
+    told_deadline: Option<Instant>,
 }
 
 impl StreamWork {
@@ -665,7 +668,9 @@ fn on_rtp(state: &Mutex<State>, stream: usize, packets: Vec<Bytes>, exclusive: b
         // This thread serves this stream alone: it runs the stream.
         let mut work = work.lock().unwrap();
         work.process(packets);
-        if work.jitterbuffer.next_deadline().is_some() {
+        let deadline = work.jitterbuffer.next_deadline();
+        if deadline.is_some() && deadline != work.told_deadline {
+            work.told_deadline = deadline;
             queue.kick();
         }
     } else {
@@ -913,6 +918,7 @@ impl RtspSrc2 {
             started: false,
             lost: false,
             finished: false,
+            told_deadline: None,
         }));
         let _ = pad.set_active(true);
         let task_pad = pad.clone();
