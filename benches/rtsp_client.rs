@@ -15,7 +15,7 @@
 //!   means over the rounds, and the spread of the per-round ratios is shown. BENCH_TOGETHER=0
 //!   measures them one after the other instead (ABBA...), which shows that drift.
 //! - First buffer: wall time from spawning the process to fakesink's first buffer (its
-//!   `last-message` under `gst-launch-1.0 -v`), median of BENCH_STARTS runs (default 7).
+//!   `last-message` under `gst-launch-1.0 -v`), median of BENCH_STARTS runs (default 15).
 //!   Process start-up (GStreamer init, registry) is the same for both and included.
 //!
 //! BENCH_PROTOCOLS (default `udp,tcp`) picks the protocols measured.
@@ -155,7 +155,7 @@ fn main() {
     };
     let smoke = smoke();
     let seconds = env("BENCH_SECONDS", if smoke { 2 } else { 20 });
-    let starts = env("BENCH_STARTS", if smoke { 1 } else { 7 }) as usize;
+    let starts = env("BENCH_STARTS", if smoke { 1 } else { 15 }) as usize;
     let rounds = env("BENCH_ROUNDS", if smoke { 1 } else { 3 }) as usize;
     let together = env("BENCH_TOGETHER", 1) != 0;
     let exe = std::env::current_exe().unwrap();
