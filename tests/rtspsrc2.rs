@@ -429,92 +429,29 @@ impl ClientPortProxy {
     }
 }
 
-#[test]
-fn the_jitter_buffer_puts_reordered_udp_back_in_order() {
-    let server = ServerPipeline::start("", &av_source(false));
-    let swapped = Arc::new(AtomicU64::new(0));
-    let proxy = ClientPortProxy::reordering(server.port, swapped.clone());
+/// Plays rtsp://127.0.0.1:`port`/ over UDP with `latency` ms into a decoder until `packets`
+/// RTP packets have left rtspsrc2 (20 s at most; an error fails the test). Returns (sequence
+/// number, DISCONT, when it left) of every packet, in order, and the element's final stats.
+fn play_recording_output(
+    port: u16,
+    latency: u32,
+    packets: usize,
+) -> (Vec<(u16, bool, Instant)>, gst::Structure) {
     init();
     let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location=rtsp://127.0.0.1:{}/ protocols=udp \
-         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink",
-        proxy.port
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=udp latency={latency} \
+         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
     let src = pipeline.by_name("src").unwrap();
     assert_ours(&src);
-    let seqs: Arc<Mutex<Vec<u16>>> = Arc::default();
-    let probe_seqs = seqs.clone();
-    src.connect_pad_added(move |_, pad| {
-        let seqs = probe_seqs.clone();
-        // rtspsrc2 pushes single buffers and, for bursts, buffer lists.
-        pad.add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            move |_, info| {
-                let mut seqs = seqs.lock().unwrap();
-                let mut record = |buffer: &gst::BufferRef| {
-                    let map = buffer.map_readable().unwrap();
-                    seqs.push(u16::from_be_bytes([map[2], map[3]]));
-                };
-                if let Some(buffer) = info.buffer() {
-                    record(buffer);
-                } else if let Some(list) = info.buffer_list() {
-                    list.iter().for_each(record);
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
-    });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seqs.lock().unwrap().len() < 300 && Instant::now() < deadline {
-        if let Some(msg) = pipeline.bus().unwrap().timed_pop_filtered(
-            gst::ClockTime::from_mseconds(100),
-            &[gst::MessageType::Error],
-        ) && let gst::MessageView::Error(e) = msg.view()
-        {
-            panic!("{} {:?}", e.error(), e.debug());
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    let seqs = seqs.lock().unwrap().clone();
-    assert!(seqs.len() >= 300, "only {} packets within 20 s", seqs.len());
-    assert!(
-        swapped.load(Ordering::Relaxed) >= 100,
-        "the proxy swapped only {} pairs",
-        swapped.load(Ordering::Relaxed)
-    );
-    let out_of_order: Vec<(u16, u16)> = seqs
-        .windows(2)
-        .filter(|w| w[1] != w[0].wrapping_add(1))
-        .map(|w| (w[0], w[1]))
-        .collect();
-    assert!(out_of_order.is_empty(), "not in sequence: {out_of_order:?}");
-}
-
-#[test]
-fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() {
-    let server = ServerPipeline::start("", &av_source(false));
-    let dropped: Arc<Mutex<Vec<u16>>> = Arc::default();
-    let proxy = ClientPortProxy::losing(server.port, 25, dropped.clone());
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location=rtsp://127.0.0.1:{}/ protocols=udp latency=100 \
-         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink",
-        proxy.port
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap();
-    assert_ours(&src);
-    // (sequence number, DISCONT, when it left) of every buffer.
     let out: Arc<Mutex<Vec<(u16, bool, Instant)>>> = Arc::default();
     let probe_out = out.clone();
     src.connect_pad_added(move |_, pad| {
         let out = probe_out.clone();
+        // rtspsrc2 pushes single buffers and, for bursts, buffer lists.
         pad.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
             move |_, info| {
@@ -536,7 +473,7 @@ fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() 
     });
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while out.lock().unwrap().len() < 400 && Instant::now() < deadline {
+    while out.lock().unwrap().len() < packets && Instant::now() < deadline {
         if let Some(msg) = pipeline.bus().unwrap().timed_pop_filtered(
             gst::ClockTime::from_mseconds(100),
             &[gst::MessageType::Error],
@@ -548,8 +485,41 @@ fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() 
     let stats = src.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).unwrap();
     let out = out.lock().unwrap().clone();
+    assert!(
+        out.len() >= packets,
+        "only {} packets within 20 s",
+        out.len()
+    );
+    (out, stats)
+}
+
+#[test]
+fn the_jitter_buffer_puts_reordered_udp_back_in_order() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let swapped = Arc::new(AtomicU64::new(0));
+    let proxy = ClientPortProxy::reordering(server.port, swapped.clone());
+    let (out, _) = play_recording_output(proxy.port, 200, 300);
+    let seqs: Vec<u16> = out.iter().map(|&(seq, _, _)| seq).collect();
+    assert!(
+        swapped.load(Ordering::Relaxed) >= 100,
+        "the proxy swapped only {} pairs",
+        swapped.load(Ordering::Relaxed)
+    );
+    let out_of_order: Vec<(u16, u16)> = seqs
+        .windows(2)
+        .filter(|w| w[1] != w[0].wrapping_add(1))
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(out_of_order.is_empty(), "not in sequence: {out_of_order:?}");
+}
+
+#[test]
+fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let dropped: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let proxy = ClientPortProxy::losing(server.port, 25, dropped.clone());
+    let (out, stats) = play_recording_output(proxy.port, 100, 400);
     let dropped = dropped.lock().unwrap().clone();
-    assert!(out.len() >= 400, "only {} packets within 20 s", out.len());
     // Every gap in the output is one packet the proxy dropped, and the packet after it is
     // DISCONT; everything else is in sequence and not DISCONT.
     let mut gaps = 0;
