@@ -454,20 +454,20 @@ mod tests {
     }
 
     /// A connection whose callback reports what it gets and holds the reader on the first
-    /// interleaved packet (as a paused sink holds a push) until `release` is sent, with the
+    /// interleaved packet (as a paused sink holds a push) until `release_tx` sends, with the
     /// server's end of it; the server has sent that first packet and the reader is held.
     struct Held {
         rt: tokio::runtime::Runtime,
         conn: Connection,
         server: TcpStream,
-        release: mpsc::Sender<()>,
-        seen: mpsc::Receiver<Incoming>,
+        release_tx: mpsc::Sender<()>,
+        seen_rx: mpsc::Receiver<Incoming>,
     }
 
     fn held_connection() -> Held {
-        let (release, release_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
         let release_rx = Mutex::new(release_rx);
-        let (seen_tx, seen) = mpsc::channel::<Incoming>();
+        let (seen_tx, seen_rx) = mpsc::channel::<Incoming>();
         let blocked = AtomicBool::new(false);
         let (rt, conn, mut server) = connect_locally(move |incoming| {
             let first = matches!(incoming, Incoming::Interleaved { .. })
@@ -482,15 +482,15 @@ mod tests {
         });
         server.write_all(&interleaved(0, 0, 1000)).unwrap();
         assert!(matches!(
-            seen.recv_timeout(Duration::from_secs(5)).unwrap(),
+            seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
             Incoming::Interleaved { .. }
         ));
         Held {
             rt,
             conn,
             server,
-            release,
-            seen,
+            release_tx,
+            seen_rx,
         }
     }
 
@@ -509,8 +509,8 @@ mod tests {
             rt,
             conn,
             server,
-            release: release_tx,
-            seen: seen_rx,
+            release_tx,
+            seen_rx,
         } = held_connection();
         let mut writer = server.try_clone().unwrap();
         let server_thread = std::thread::spawn(move || {
@@ -550,8 +550,8 @@ mod tests {
             rt,
             conn,
             server,
-            release: release_tx,
-            seen: seen_rx,
+            release_tx,
+            seen_rx,
         } = held_connection();
         let mut writer = server.try_clone().unwrap();
         let packets = BACKLOG_BYTES / 60_000 + 20;
