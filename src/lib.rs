@@ -5,6 +5,7 @@
 #![allow(clippy::non_send_fields_in_send_ty)]
 
 pub mod hls;
+mod logging;
 pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
@@ -16,6 +17,8 @@ pub mod rtspsrc2;
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The cores log through `log`; their records go to the lsrtsp/lsrtp/lsrtmp/lshls categories.
+    logging::install();
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
     rshlssink::register(plugin)?;

@@ -187,7 +187,7 @@ pub struct RsHlsSink {
 
 #[glib::object_subclass]
 impl ObjectSubclass for RsHlsSink {
-    const NAME: &'static str = "GstRsHlsSink";
+    const NAME: &'static str = "GstLsHlsSink";
     type Type = super::RsHlsSink;
     type ParentType = gst::Bin;
 }

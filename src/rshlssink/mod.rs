@@ -8,7 +8,7 @@ mod output;
 /// `playlist-type`: what kind of media playlist is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
 #[repr(u32)]
-#[enum_type(name = "GstRsHlsSinkPlaylistType")]
+#[enum_type(name = "GstLsHlsSinkPlaylistType")]
 pub enum PlaylistType {
     #[default]
     #[enum_value(
@@ -28,7 +28,7 @@ pub enum PlaylistType {
 /// `encryption`: segment encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
 #[repr(u32)]
-#[enum_type(name = "GstRsHlsSinkEncryption")]
+#[enum_type(name = "GstLsHlsSinkEncryption")]
 pub enum Encryption {
     #[default]
     #[enum_value(name = "None", nick = "none")]
@@ -40,7 +40,7 @@ pub enum Encryption {
 /// `muxer`: what makes the transport stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
 #[repr(u32)]
-#[enum_type(name = "GstRsHlsSinkMuxer")]
+#[enum_type(name = "GstLsHlsSinkMuxer")]
 pub enum Muxer {
     #[default]
     #[enum_value(

@@ -49,7 +49,7 @@ mod imp {
 
     #[glib::object_subclass]
     impl ObjectSubclass for OutputSink {
-        const NAME: &'static str = "GstRsHlsSinkOutput";
+        const NAME: &'static str = "GstLsHlsSinkOutput";
         type Type = super::OutputSink;
         type ParentType = gst::Element;
 

@@ -191,7 +191,7 @@ pub struct RsRtmpSink {
 
 #[glib::object_subclass]
 impl ObjectSubclass for RsRtmpSink {
-    const NAME: &'static str = "GstRsRtmpSink";
+    const NAME: &'static str = "GstLsRtmpSink";
     type Type = super::RsRtmpSink;
     type ParentType = gst_base::BaseSink;
     type Interfaces = (gst::URIHandler,);
@@ -397,7 +397,7 @@ impl ObjectImpl for RsRtmpSink {
     }
 }
 
-#[glib::flags(name = "GstRsRtmpStopCommands")]
+#[glib::flags(name = "GstLsRtmpStopCommands")]
 pub enum RtmpStopCommands {
     #[flags_value(name = "FCUnpublish", nick = "fcunpublish")]
     FCUNPUBLISH = 0b001,
@@ -409,7 +409,7 @@ pub enum RtmpStopCommands {
 
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
-#[enum_type(name = "GstRsRtmpScheme")]
+#[enum_type(name = "GstLsRtmpScheme")]
 pub enum RtmpScheme {
     #[enum_value(name = "RTMP over TCP", nick = "rtmp")]
     Rtmp = 0,

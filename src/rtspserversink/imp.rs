@@ -173,7 +173,7 @@ pub struct RtspServerSink {
 
 #[glib::object_subclass]
 impl ObjectSubclass for RtspServerSink {
-    const NAME: &'static str = "GstRtspServerSink";
+    const NAME: &'static str = "GstLsRtspServerSink";
     type Type = super::RtspServerSink;
     type ParentType = gst::Bin;
 }

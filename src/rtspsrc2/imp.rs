@@ -610,7 +610,7 @@ pub struct RtspSrc2 {
 
 #[glib::object_subclass]
 impl ObjectSubclass for RtspSrc2 {
-    const NAME: &'static str = "GstRtspSrc2";
+    const NAME: &'static str = "GstLsRtspSrc2";
     type Type = super::RtspSrc2;
     type ParentType = gst::Element;
     type Interfaces = (gst::URIHandler,);

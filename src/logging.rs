@@ -1,0 +1,233 @@
+//! The bridge from the cores' `log` records into GStreamer's debug system.
+//!
+//! The protocol cores (`src/rtsp`, `src/rtp`, `src/rtmp`, `src/hls`) know nothing of GStreamer:
+//! they log through the `log` crate. The plugin installs [`install`] as the `log` logger when it
+//! is registered, and every record lands in the GStreamer debug category of its core, so that
+//! `GST_DEBUG=lsrtsp:5` shows the RTSP requests and answers the way `GST_DEBUG=rtspsrc:5` does for
+//! the stock elements:
+//!
+//! | category | core | what it logs |
+//! |---|---|---|
+//! | `lsrtsp` | `src/rtsp` | RTSP requests and answers (5), headers (6), sessions, transports, reconnects |
+//! | `lsrtp` | `src/rtp` | jitter buffer gaps, SSRC changes, lip-sync (5), RTCP reports (6) |
+//! | `lsrtmp` | `src/rtmp` | handshake steps, commands and answers, chunk size and window changes, reconnects |
+//! | `lshls` | `src/hls` | segment cuts and why, playlist writes, uploads and retries, HTTP requests |
+//! | `livestreaming` | anything else | records of other targets |
+//!
+//! Levels: `log::error!` → ERROR (1), `warn!` → WARNING (2), `info!` → INFO (4), `debug!` → DEBUG
+//! (5), `trace!` → LOG (6). A record is formatted only when its category's threshold lets it through.
+//!
+//! A record may carry the name of the element it belongs to as the key-value `id`
+//! (`log::debug!(id = name; "...")`); it is then logged with that id in place of an object, so the
+//! line shows `<rtspsrc2-0>` as it would for a message about the element itself.
+//!
+//! When the plugin is linked statically into an application that has installed a `log` logger of
+//! its own, that logger stays and receives the cores' records instead.
+
+use std::sync::LazyLock;
+
+use gst::glib;
+use gst::glib::translate::IntoGStr;
+use gst::log::DebugLogger;
+
+/// The debug category of each core, created on first use.
+struct Categories {
+    rtsp: gst::DebugCategory,
+    rtp: gst::DebugCategory,
+    rtmp: gst::DebugCategory,
+    hls: gst::DebugCategory,
+    other: gst::DebugCategory,
+}
+
+static CATEGORIES: LazyLock<Categories> = LazyLock::new(|| Categories {
+    rtsp: gst::DebugCategory::new(
+        "lsrtsp",
+        gst::DebugColorFlags::empty(),
+        Some("livestreaming RTSP core: requests, answers, sessions, transports"),
+    ),
+    rtp: gst::DebugCategory::new(
+        "lsrtp",
+        gst::DebugColorFlags::empty(),
+        Some("livestreaming RTP core: jitter buffer, RTCP, lip-sync"),
+    ),
+    rtmp: gst::DebugCategory::new(
+        "lsrtmp",
+        gst::DebugColorFlags::empty(),
+        Some("livestreaming RTMP core: handshake, commands, chunk streams"),
+    ),
+    hls: gst::DebugCategory::new(
+        "lshls",
+        gst::DebugColorFlags::empty(),
+        Some("livestreaming HLS core: segments, playlists, uploads, HTTP"),
+    ),
+    other: gst::DebugCategory::new(
+        "livestreaming",
+        gst::DebugColorFlags::empty(),
+        Some("livestreaming plugin: records of no core"),
+    ),
+});
+
+/// Routes `log` records to the core's GStreamer debug category.
+struct Bridge;
+
+static BRIDGE: Bridge = Bridge;
+
+/// The crate's name as `module_path!()` spells it: the prefix of every core's log target.
+const CRATE_PREFIX: &str = concat!(env!("CARGO_CRATE_NAME"), "::");
+
+/// The category a record's target belongs to. Targets are module paths unless a record names
+/// another; a core may also name its category directly (`target: "lsrtsp"`).
+fn category_of(target: &str) -> gst::DebugCategory {
+    let cats = &*CATEGORIES;
+    let path = target.strip_prefix(CRATE_PREFIX).unwrap_or(target);
+    let head = path.split("::").next().unwrap_or("");
+    match head {
+        "rtsp" | "lsrtsp" => cats.rtsp,
+        "rtp" | "lsrtp" => cats.rtp,
+        "rtmp" | "lsrtmp" => cats.rtmp,
+        "hls" | "lshls" => cats.hls,
+        _ => cats.other,
+    }
+}
+
+/// `log`'s level as GStreamer's: `trace!` is GStreamer's LOG (6), the level stock elements use
+/// for per-packet and header detail.
+fn gst_level(level: log::Level) -> gst::DebugLevel {
+    match level {
+        log::Level::Error => gst::DebugLevel::Error,
+        log::Level::Warn => gst::DebugLevel::Warning,
+        log::Level::Info => gst::DebugLevel::Info,
+        log::Level::Debug => gst::DebugLevel::Debug,
+        log::Level::Trace => gst::DebugLevel::Log,
+    }
+}
+
+/// Collects the `id` key-value of a record, if it has one.
+struct IdVisitor(Option<String>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for IdVisitor {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        if key.as_str() == "id" {
+            self.0 = Some(value.to_string());
+        }
+        Ok(())
+    }
+}
+
+impl log::Log for Bridge {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        category_of(metadata.target()).above_threshold(gst_level(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record) {
+        let cat = category_of(record.target());
+        let level = gst_level(record.level());
+        // The only cost when the level is off: no formatting, no allocation.
+        if !cat.above_threshold(level) {
+            return;
+        }
+        let function = record.module_path().unwrap_or("");
+        let line = record.line().unwrap_or(0);
+        let mut id = IdVisitor(None);
+        let _ = record.key_values().visit(&mut id);
+        record
+            .file()
+            .unwrap_or("")
+            .run_with_gstr(|file| match id.0 {
+                Some(id) => cat.log_id(
+                    glib::GString::from(id),
+                    level,
+                    file,
+                    function,
+                    line,
+                    *record.args(),
+                ),
+                None => cat.log(
+                    None::<&glib::Object>,
+                    level,
+                    file,
+                    function,
+                    line,
+                    *record.args(),
+                ),
+            });
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the bridge as the `log` logger (once per process; called from plugin registration).
+/// Returns false when another logger was installed first, which then keeps receiving the records.
+pub fn install() -> bool {
+    // Create the categories now, so that `gst-inspect-1.0 --gst-debug-help` lists them.
+    LazyLock::force(&CATEGORIES);
+    match log::set_logger(&BRIDGE) {
+        Ok(()) => {
+            // GStreamer's thresholds can change at run time; the bridge checks them per record.
+            log::set_max_level(log::LevelFilter::Trace);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_map_to_their_core_category() {
+        gst::init().unwrap();
+        install();
+        let name = |t: &str| category_of(t).name().to_string();
+        assert_eq!(name("gstlivestreaming::rtsp::server::session"), "lsrtsp");
+        assert_eq!(name("gstlivestreaming::rtsp"), "lsrtsp");
+        assert_eq!(name("gstlivestreaming::rtp::jitterbuffer"), "lsrtp");
+        assert_eq!(name("gstlivestreaming::rtmp::client"), "lsrtmp");
+        assert_eq!(name("gstlivestreaming::hls::store"), "lshls");
+        assert_eq!(name("lsrtsp"), "lsrtsp");
+        // A core whose name only starts like another's is not mistaken for it.
+        assert_eq!(name("gstlivestreaming::rtspsrc2::imp"), "livestreaming");
+        assert_eq!(name("rustls::client"), "livestreaming");
+    }
+
+    #[test]
+    fn records_reach_gstreamer_with_level_and_id() {
+        use std::sync::{Arc, Mutex};
+        gst::init().unwrap();
+        install();
+        let seen: Arc<Mutex<Vec<(String, gst::DebugLevel, String, Option<String>)>>> =
+            Arc::default();
+        let sink = seen.clone();
+        let handler =
+            gst::log::add_log_function(move |cat, level, _file, _func, _line, _obj, msg| {
+                if cat.name().starts_with("ls") {
+                    let id = msg.id().map(|id| id.to_string());
+                    sink.lock().unwrap().push((
+                        cat.name().to_string(),
+                        level,
+                        msg.get().map(|m| m.to_string()).unwrap_or_default(),
+                        id,
+                    ));
+                }
+            });
+        CATEGORIES.rtmp.set_threshold(gst::DebugLevel::Log);
+        CATEGORIES.hls.set_threshold(gst::DebugLevel::Warning);
+        log::trace!(target: "gstlivestreaming::rtmp::chunk", "chunk size now {}", 4096);
+        log::debug!(target: "gstlivestreaming::rtmp::client", id = "rsrtmpsink0"; "connect answered");
+        // Below the threshold: dropped before formatting.
+        log::debug!(target: "gstlivestreaming::hls::store", "segment cut");
+        gst::log::remove_log_function(handler);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].0, "lsrtmp");
+        assert_eq!(seen[0].1, gst::DebugLevel::Log);
+        assert_eq!(seen[0].2, "chunk size now 4096");
+        assert_eq!(seen[1].2, "connect answered");
+        assert!(seen[1].3.as_deref() == Some("rsrtmpsink0"), "{seen:?}");
+    }
+}
