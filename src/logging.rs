@@ -200,8 +200,9 @@ mod tests {
         use std::sync::{Arc, Mutex};
         gst::init().unwrap();
         install();
-        let seen: Arc<Mutex<Vec<(String, gst::DebugLevel, String, Option<String>)>>> =
-            Arc::default();
+        /// Category, level, message and id of each record seen.
+        type Seen = Vec<(String, gst::DebugLevel, String, Option<String>)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let sink = seen.clone();
         let handler =
             gst::log::add_log_function(move |cat, level, _file, _func, _line, _obj, msg| {
