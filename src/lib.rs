@@ -10,6 +10,7 @@ pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
 pub mod rtp;
+pub mod runtime;
 pub mod rtsp;
 pub mod rtspserversink;
 pub mod rtspsrc2;
