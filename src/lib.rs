@@ -10,10 +10,10 @@ pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
 pub mod rtp;
-pub mod runtime;
 pub mod rtsp;
 pub mod rtspserversink;
 pub mod rtspsrc2;
+pub mod runtime;
 
 use gst::glib;
 

@@ -137,6 +137,9 @@ mod tests {
         let a = handle().spawn(async { std::thread::current().name().map(String::from) });
         let name = handle().block_on(a).unwrap();
         assert_eq!(name.as_deref(), Some("livestreaming-rt"));
-        assert_eq!(handle().metrics().num_workers(), RUNTIME.metrics().num_workers());
+        assert_eq!(
+            handle().metrics().num_workers(),
+            RUNTIME.metrics().num_workers()
+        );
     }
 }

@@ -647,10 +647,16 @@ fn paused_sends_pause_and_playing_resumes() {
     let server = ServerPipeline::start("", &av_source(false));
     let (pipeline, _src) = playing_client(&server.url("/"), "tcp");
     assert_eq!(server_session_playing(&server), Some(true));
+    // The state changes send PAUSE and PLAY without waiting for their answers.
+    let session_playing = |playing| {
+        common::hls::wait_for(Duration::from_secs(5), || {
+            server_session_playing(&server) == Some(playing)
+        })
+    };
     pipeline.set_state(gst::State::Paused).unwrap();
-    assert_eq!(server_session_playing(&server), Some(false));
+    assert!(session_playing(false), "the server's session still plays");
     pipeline.set_state(gst::State::Playing).unwrap();
-    assert_eq!(server_session_playing(&server), Some(true));
+    assert!(session_playing(true), "the server's session does not play");
     pipeline.set_state(gst::State::Null).unwrap();
 }
 

@@ -346,3 +346,47 @@ fn a_description_of_unknown_formats_only_is_an_error() {
     let err = expect_error(port, Duration::from_secs(10));
     assert!(err.contains("known format"), "{err}");
 }
+
+/// Answers everything but PAUSE, which it leaves unanswered.
+fn never_answers_pause(method: &str, cseq: &str) -> Option<Vec<u8>> {
+    (method != "PAUSE").then(|| normal(method, cseq))
+}
+
+#[test]
+fn pausing_does_not_wait_for_the_servers_answer() {
+    init();
+    let port = hostile_server(never_answers_pause, b"");
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp tcp-timeout=10000000 \
+         teardown-timeout=1000000000 reconnect-attempts=0 ! fakesink"
+    ))
+    .unwrap();
+    let src = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("src")
+        .unwrap();
+    assert_ours(&src);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // Playing once the pad is there (the session is set up and PLAY answered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.src_pads().is_empty() {
+        assert!(Instant::now() < deadline, "no pad");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "PLAYING->PAUSED took {:?} (the server never answers PAUSE; tcp-timeout is 10 s)",
+        t.elapsed()
+    );
+    // Stopping waits for TEARDOWN no longer than teardown-timeout, even behind the PAUSE.
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+}

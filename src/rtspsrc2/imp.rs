@@ -1091,19 +1091,24 @@ impl RtspSrc2 {
         self.state.lock().unwrap().client.clone()
     }
 
-    /// Runs `call` on the client off the caller's thread and replies to `promise` with its
-    /// outcome: rtspsrc's contract for its get-parameter/set-parameter action signals.
-    fn parameter_request(
+    /// Sends the request `call` makes and replies to `promise` with its outcome once answered,
+    /// from the shared runtime: rtspsrc's contract for its get-parameter/set-parameter action
+    /// signals.
+    fn parameter_request<F>(
         &self,
         promise: gst::Promise,
         reply_name: &'static str,
-        call: impl FnOnce(&Client) -> Result<Vec<u8>, crate::rtsp::client::ClientError> + Send + 'static,
-    ) -> bool {
+        call: impl FnOnce(&Client) -> F,
+    ) -> bool
+    where
+        F: Future<Output = Result<Vec<u8>, crate::rtsp::client::ClientError>> + Send + 'static,
+    {
         let Some(client) = self.client() else {
             return false;
         };
-        std::thread::spawn(move || {
-            let reply = match call(&client) {
+        let answer = call(&client);
+        crate::runtime::handle().spawn(async move {
+            let reply = match answer.await {
                 Ok(body) => gst::Structure::builder(reply_name)
                     .field("rtsp-result", 200i32)
                     .field("body", String::from_utf8_lossy(&body).into_owned())
@@ -1141,26 +1146,42 @@ impl RtspSrc2 {
         }
     }
 
+    /// PLAYING→PAUSED: PAUSE goes out, and the state change does not wait for its answer (a
+    /// failure is a warning: the server keeps sending, which a paused pipeline tolerates).
     fn pause(&self) {
         let Some(client) = self.client() else { return };
-        match client.pause() {
-            Ok(()) => self.state.lock().unwrap().paused = true,
-            Err(e) => gst::warning!(CAT, imp = self, "PAUSE failed: {}", e),
-        }
+        // Set now: a PLAY that follows is queued behind the PAUSE and must be sent.
+        self.state.lock().unwrap().paused = true;
+        let answer = client.pause_async();
+        let obj = self.obj().downgrade();
+        crate::runtime::handle().spawn(async move {
+            if let Err(e) = answer.await
+                && let Some(obj) = obj.upgrade()
+            {
+                gst::warning!(CAT, obj = obj, "PAUSE failed: {}", e);
+            }
+        });
     }
 
+    /// PAUSED→PLAYING after a PAUSE: PLAY goes out without waiting; a failure is an error.
     fn resume(&self) {
         let Some(client) = self.client() else { return };
         if !std::mem::take(&mut self.state.lock().unwrap().paused) {
             return;
         }
-        if let Err(e) = client.play(None) {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::Read,
-                ("PLAY after PAUSE failed: {}", e)
-            );
-        }
+        let answer = client.play_async(None);
+        let obj = self.obj().downgrade();
+        crate::runtime::handle().spawn(async move {
+            if let Err(e) = answer.await
+                && let Some(obj) = obj.upgrade()
+            {
+                gst::element_error!(
+                    obj,
+                    gst::ResourceError::Read,
+                    ("PLAY after PAUSE failed: {}", e)
+                );
+            }
+        });
     }
 
     fn stats(&self) -> gst::Structure {
@@ -1324,7 +1345,7 @@ impl ObjectImpl for RtspSrc2 {
                         let sent =
                             obj.imp()
                                 .parameter_request(promise, "get-parameter-reply", |c| {
-                                    c.get_parameter(body)
+                                    c.get_parameter_async(body)
                                 });
                         Some(sent.to_value())
                     })
@@ -1347,7 +1368,8 @@ impl ObjectImpl for RtspSrc2 {
                         let sent =
                             obj.imp()
                                 .parameter_request(promise, "set-parameter-reply", |c| {
-                                    c.set_parameter(body).map(|()| Vec::new())
+                                    let answer = c.set_parameter_async(body);
+                                    async move { answer.await.map(|()| Vec::new()) }
                                 });
                         Some(sent.to_value())
                     })

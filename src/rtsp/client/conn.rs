@@ -11,15 +11,16 @@
 //! That work may block: a paused sink holds the pushing thread, a full queue downstream too.
 //! Meanwhile the socket also carries the answers to requests (the very PAUSE that paused the
 //! pipeline waits for its answer). So while the reader is inside the callback and a request
-//! waits, a standby thread reads in its place: responses reach their waiters, server requests
+//! waits, a standby reader reads in its place: responses reach their waiters, server requests
 //! are answered, and what else it reads is kept, bounded, for the reader to hand on afterwards
-//! in order. The standby thread sleeps, costing nothing, the rest of the time.
+//! in order. The standby reader runs on the shared runtime's blocking pool only for as long as
+//! that lasts, so a connection has one thread of its own: the reader.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,21 +49,23 @@ pub enum Incoming {
     Closed(String),
 }
 
-/// Interleaved data the standby thread keeps while the reader is blocked, at most.
+/// Interleaved data the standby reader keeps while the reader is blocked, at most.
 pub const BACKLOG_BYTES: usize = 8 << 20;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
 
-/// Who waits for what, and what the reader is doing: one lock, so that the standby thread's
+/// Who waits for what, and what the reader is doing: one lock, so that the standby reader's
 /// condition (a request waits while the reader is inside the callback) is seen by both sides.
 #[derive(Default)]
 struct Control {
     pending: HashMap<u32, oneshot::Sender<Response<Vec<u8>>>>,
     /// The reader is inside the callback.
     delivering: bool,
-    /// The connection is being dropped, or the standby thread saw its end.
+    /// The connection is being dropped, or the standby reader saw its end.
     stopped: bool,
+    /// A standby reader is running (on the shared runtime's blocking pool).
+    standby_running: bool,
 }
 
 impl Control {
@@ -71,7 +74,7 @@ impl Control {
     }
 }
 
-/// What the standby thread read for the reader.
+/// What the standby reader read for the reader.
 #[derive(Default)]
 struct Backlog {
     items: VecDeque<Incoming>,
@@ -88,11 +91,11 @@ struct ReadSide {
 
 struct Shared {
     control: Mutex<Control>,
-    standby: Condvar,
     read: Mutex<ReadSide>,
     backlog: Mutex<Backlog>,
-    /// Blocking, with the connection's timeout as its send timeout.
-    write: Mutex<TcpStream>,
+    /// Blocking, with the connection's timeout as its send timeout. An async lock, so that a
+    /// write that cannot finish at once keeps it while it goes on off the runtime.
+    write: Arc<tokio::sync::Mutex<TcpStream>>,
     /// For shutting the socket down while others use it.
     socket: TcpStream,
     /// Set before the socket is shut down on drop: nothing more is handed to the callback.
@@ -101,14 +104,10 @@ struct Shared {
 }
 
 impl Shared {
+    /// Writes from a thread outside the runtime (the reader's, the standby reader's).
     fn write_all(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let mut w = self.write.lock().unwrap();
-        w.write_all(bytes).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                ClientError::Timeout("writing to the server".into())
-            }
-            _ => ClientError::Io(format!("writing to the server: {e}")),
-        })
+        let mut w = self.write.blocking_lock();
+        w.write_all(bytes).map_err(write_error)
     }
 
     /// One read from the socket, decoded: responses go to their waiters, requests are
@@ -171,18 +170,25 @@ impl Shared {
         let mut c = self.control.lock().unwrap();
         c.stopped = true;
         c.pending.clear();
-        self.standby.notify_one();
     }
 
-    fn set_delivering(&self, delivering: bool) {
-        let mut c = self.control.lock().unwrap();
-        c.delivering = delivering;
-        if c.needs_standby() {
-            self.standby.notify_one();
+    /// Starts a standby reader when one is needed and none runs. Called with the control lock
+    /// held, as the standby reader decides under it to end, so that no need goes unseen.
+    fn start_standby(self: &Arc<Self>, c: &mut Control) {
+        if c.needs_standby() && !c.standby_running {
+            c.standby_running = true;
+            let shared = self.clone();
+            crate::runtime::handle().spawn_blocking(move || shared.standby());
         }
     }
 
-    fn reader(&self, mut on_incoming: impl FnMut(Incoming)) {
+    fn set_delivering(self: &Arc<Self>, delivering: bool) {
+        let mut c = self.control.lock().unwrap();
+        c.delivering = delivering;
+        self.start_standby(&mut c);
+    }
+
+    fn reader(self: &Arc<Self>, mut on_incoming: impl FnMut(Incoming)) {
         let mut items = Vec::new();
         loop {
             {
@@ -224,15 +230,14 @@ impl Shared {
         }
     }
 
+    /// Reads while the reader is held and requests wait; ends as soon as either is no longer so.
     fn standby(&self) {
         let mut got = Vec::new();
         loop {
             {
                 let mut c = self.control.lock().unwrap();
-                while !c.stopped && !c.needs_standby() {
-                    c = self.standby.wait(c).unwrap();
-                }
-                if c.stopped {
+                if !c.needs_standby() {
+                    c.standby_running = false;
                     return;
                 }
             }
@@ -257,10 +262,48 @@ impl Shared {
                 backlog.items.push_back(Incoming::Closed(reason));
                 drop(backlog);
                 self.close();
+                self.control.lock().unwrap().standby_running = false;
                 return;
             }
         }
     }
+}
+
+fn write_error(e: std::io::Error) -> ClientError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ClientError::Timeout("writing to the server".into())
+        }
+        _ => ClientError::Io(format!("writing to the server: {e}")),
+    }
+}
+
+/// Writes what the socket takes without waiting; returns how much that was (less than all
+/// only when its send buffer is full).
+#[cfg(target_os = "linux")]
+fn write_now(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match send(
+            socket.as_raw_fd(),
+            &bytes[sent..],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(sent)
+}
+
+/// Elsewhere every write goes to the blocking pool.
+#[cfg(not(target_os = "linux"))]
+fn write_now(_socket: &TcpStream, _bytes: &[u8]) -> std::io::Result<usize> {
+    Ok(0)
 }
 
 /// A connected RTSP control connection.
@@ -293,14 +336,13 @@ impl Connection {
         socket.set_write_timeout(Some(timeout)).map_err(io)?;
         let shared = Arc::new(Shared {
             control: Mutex::default(),
-            standby: Condvar::new(),
             read: Mutex::new(ReadSide {
                 socket: socket.try_clone().map_err(io)?,
                 decoder: Decoder::new(limits),
                 buf: vec![0; READ_SIZE],
             }),
             backlog: Mutex::default(),
-            write: Mutex::new(socket.try_clone().map_err(io)?),
+            write: Arc::new(tokio::sync::Mutex::new(socket.try_clone().map_err(io)?)),
             socket,
             stop: AtomicBool::new(false),
             timeout,
@@ -312,14 +354,10 @@ impl Connection {
                 .map_err(|e| ClientError::Io(format!("starting the connection's {name}: {e}")))
         };
         let s = shared.clone();
-        spawn("rtsp-standby", Box::new(move || s.standby()))?;
-        let s = shared.clone();
-        // Detached, as the standby thread: the reader may be held by downstream when the
+        // Detached, as the standby reader: the reader may be held by downstream when the
         // connection is dropped; it ends as soon as it is let go (the socket is shut down).
-        spawn("rtsp-read", Box::new(move || s.reader(on_incoming))).inspect_err(|_| {
-            shared.control.lock().unwrap().stopped = true;
-            shared.standby.notify_one();
-        })?;
+        spawn("rtsp-read", Box::new(move || s.reader(on_incoming)))
+            .inspect_err(|_| shared.close())?;
         Ok(Connection {
             shared,
             cseq: AtomicU32::new(1),
@@ -329,8 +367,15 @@ impl Connection {
 
     /// Writes on a blocking thread; the socket's send timeout bounds it.
     async fn write(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.write_all(&bytes))
+        let mut w = self.shared.write.clone().lock_owned().await;
+        // Requests and RTCP are small: the socket takes them at once, no thread is involved.
+        let sent = write_now(&w, &bytes).map_err(write_error)?;
+        if sent == bytes.len() {
+            return Ok(());
+        }
+        // The send buffer is full (a server that does not read): finish on the blocking pool,
+        // keeping the lock so that nothing else is written in between.
+        tokio::task::spawn_blocking(move || w.write_all(&bytes[sent..]).map_err(write_error))
             .await
             .map_err(|e| ClientError::Io(format!("writing to the server: {e}")))?
     }
@@ -360,9 +405,7 @@ impl Connection {
                 return Err(ClientError::Io("the connection is closed".into()));
             }
             c.pending.insert(cseq, tx);
-            if c.needs_standby() {
-                self.shared.standby.notify_one();
-            }
+            self.shared.start_standby(&mut c);
         }
         let forget = || self.shared.control.lock().unwrap().pending.remove(&cseq);
         let mut bytes = Vec::with_capacity(256);

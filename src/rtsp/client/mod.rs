@@ -1,8 +1,8 @@
 //! An RTSP client for one presentation, independent of GStreamer (RFC 2326 / 7826 client side).
 //!
-//! [`Client::start`] runs the whole exchange on a runtime of its own: OPTIONS, DESCRIBE (with
-//! Basic/Digest authentication and 3xx redirects), SETUP of every stream over the first
-//! transport the server accepts, PLAY, keep-alives before the session times out, Receiver
+//! [`Client::start`] runs the whole exchange as a task on the plugin's shared runtime: OPTIONS,
+//! DESCRIBE (with Basic/Digest authentication and 3xx redirects), SETUP of every stream over the
+//! first transport the server accepts, PLAY, keep-alives before the session times out, Receiver
 //! Reports, and TEARDOWN (bounded) when stopped. What arrives is reported through
 //! [`ClientEvent`]s; commands (PLAY with a range, PAUSE, GET/SET_PARAMETER) go through the
 //! [`Client`] handle.
@@ -27,6 +27,7 @@ use crate::rtsp::auth::{self, Authenticator, Credentials};
 use crate::rtsp::codec::Limits;
 use crate::rtsp::sdp::{MediaDescription, SessionDescription, resolve_control};
 use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
+use crate::runtime::TaskGroup;
 
 /// Why the client failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,7 +255,10 @@ enum Control {
 /// A running client. Dropping it stops it (TEARDOWN bounded by `teardown_timeout`).
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The session's task on the shared runtime; aborted when the client is dropped.
+    tasks: TaskGroup,
+    /// How long dropping the client waits for TEARDOWN (and for a request still in flight).
+    teardown_timeout: Duration,
     stats: Arc<RwLock<SharedStats>>,
 }
 
@@ -264,51 +268,79 @@ impl Client {
         config: ClientConfig,
         events: impl Fn(ClientEvent) + Send + Sync + 'static,
     ) -> std::io::Result<Client> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("rtsp-client")
-            .enable_all()
-            .build()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let events: EventFn = Arc::new(events);
         let stats: Arc<RwLock<SharedStats>> = Arc::default();
-        runtime.spawn(run(config, events, rx, stats.clone()));
+        let tasks = TaskGroup::new();
+        let teardown_timeout = config.teardown_timeout;
+        tasks.spawn(run(config, events, rx, stats.clone()));
         Ok(Client {
             commands: tx,
-            runtime: Some(runtime),
+            tasks,
+            teardown_timeout,
             stats,
         })
     }
 
-    fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
-    ) -> Result<T, ClientError> {
+    /// Sends a command at once; its answer comes through the returned future, which the caller
+    /// may await anywhere (or drop: the command is carried out all the same).
+    fn send<T, M>(&self, make: M) -> impl Future<Output = Result<T, ClientError>> + Send + use<T, M>
+    where
+        T: Send + 'static,
+        M: FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
+    {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .map_err(|_| ClientError::Io("the client is not running".into()))?;
-        rx.blocking_recv()
-            .map_err(|_| ClientError::Io("the client stopped".into()))?
+        let sent = self.commands.send(make(tx)).is_ok();
+        async move {
+            if !sent {
+                return Err(ClientError::Io("the client is not running".into()));
+            }
+            rx.await
+                .map_err(|_| ClientError::Io("the client stopped".into()))?
+        }
+    }
+
+    /// Sends a command and blocks until it is answered (not to be called inside the runtime).
+    fn call<T, M>(&self, make: M) -> Result<T, ClientError>
+    where
+        T: Send + 'static,
+        M: FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
+    {
+        crate::runtime::handle().block_on(self.send(make))
+    }
+
+    /// PLAY without waiting: the answer comes through the future.
+    pub fn play_async(
+        &self,
+        range: Option<String>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + use<> {
+        self.send(|tx| Command::Play(range, tx))
+    }
+
+    /// PAUSE without waiting: the answer comes through the future.
+    pub fn pause_async(&self) -> impl Future<Output = Result<(), ClientError>> + Send + use<> {
+        self.send(Command::Pause)
+    }
+
+    /// GET_PARAMETER without waiting: the response body comes through the future.
+    pub fn get_parameter_async(
+        &self,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send + use<> {
+        self.send(|tx| Command::GetParameter(body, tx))
+    }
+
+    /// SET_PARAMETER without waiting: the answer comes through the future.
+    pub fn set_parameter_async(
+        &self,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + use<> {
+        self.send(|tx| Command::SetParameter(body, tx))
     }
 
     /// PLAY, optionally with a `Range` value such as `npt=12.5-`. Blocks until answered.
     pub fn play(&self, range: Option<String>) -> Result<(), ClientError> {
         self.call(|tx| Command::Play(range, tx))
-    }
-
-    /// PAUSE. Blocks until answered.
-    pub fn pause(&self) -> Result<(), ClientError> {
-        self.call(Command::Pause)
-    }
-
-    /// GET_PARAMETER with a `text/parameters` body; returns the response body.
-    pub fn get_parameter(&self, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        self.call(|tx| Command::GetParameter(body, tx))
-    }
-
-    pub fn set_parameter(&self, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(|tx| Command::SetParameter(body, tx))
     }
 
     /// Receive figures per stream.
@@ -319,14 +351,18 @@ impl Client {
 }
 
 impl Drop for Client {
+    /// TEARDOWN, then the session's tasks end. Waits at most `teardown_timeout` in all (a
+    /// request still waiting for its answer included), and only on a thread outside the
+    /// runtime: dropped inside it, the client aborts at once rather than block a worker.
     fn drop(&mut self) {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(tx)).is_ok() {
-            let _ = rx.blocking_recv();
+        if self.commands.send(Command::Stop(tx)).is_ok()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            let _ =
+                crate::runtime::handle().block_on(tokio::time::timeout(self.teardown_timeout, rx));
         }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_millis(500));
-        }
+        self.tasks.abort_all();
     }
 }
 
@@ -356,6 +392,16 @@ struct Session {
     transports: Vec<StreamTransport>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     receivers: Vec<UdpReceiver>,
+}
+
+impl Drop for Session {
+    /// The session's helper tasks (RTCP receivers) end with it, also when the client's task is
+    /// aborted.
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
 }
 
 /// Channel → (stream, is RTCP) for interleaved data.
