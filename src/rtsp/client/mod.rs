@@ -1,7 +1,7 @@
 //! An RTSP client for one presentation, independent of GStreamer (RFC 2326 / 7826 client side).
 //!
 //! Specifications: RFC 2326 §10.1-§10.10 (OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN,
-//! GET_PARAMETER, SET_PARAMETER, REDIRECT), §11.3 (3xx redirection), §3.6 and §12.29 (npt Range),
+//! GET_PARAMETER, SET_PARAMETER, REDIRECT), §11.2 (3xx redirection), §3.6 and §12.29 (npt Range),
 //! §12.33 (RTP-Info), §12.37 (Session and its timeout: keep-alives), appendix C.1.1 (control URLs
 //! against Content-Base/Content-Location); RFC 7826 §13, §18.40, §18.45, §18.49; RFC 3550 §6.4.2
 //! (Receiver Reports).
