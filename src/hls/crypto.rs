@@ -1,5 +1,8 @@
 //! AES-128 segment encryption as HLS defines it (RFC 8216 5.2): AES-128-CBC over the whole
 //! segment with PKCS#7 padding, a 16-byte key served as a file, an IV per segment.
+//!
+//! Specifications: RFC 8216 §4.3.2.4 (EXT-X-KEY METHOD=AES-128, IV), §5.1 (key files), §5.2 (IV);
+//! AES-128 (FIPS 197) in CBC mode (NIST SP 800-38A) with PKCS#7 padding (RFC 5652 §6.3).
 
 use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
 use rand::RngExt;

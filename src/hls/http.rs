@@ -1,5 +1,9 @@
 //! The built-in HTTP server: serves the files the output has published, nothing else.
 //!
+//! Specifications: RFC 9110 §9.3.1, §9.3.2, §9.3.7 (GET, HEAD, OPTIONS), §14 (Range), §15.3.7
+//! (206), §15.5.17 (416); RFC 9112 §9.3 (persistent connections); RFC 9111 §5.2 (Cache-Control);
+//! the Fetch standard's CORS headers; RFC 8216 §4 (playlist media type).
+//!
 //! Names are looked up in [`Published`] (the last path component of each file written), so no
 //! request path can reach another file: `..`, encoded or not, and any path with a directory part is
 //! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive; a bounded number

@@ -1,5 +1,8 @@
 //! Where segments, playlists and keys go: hlssink2-style `%05d` patterns, directories, and
 //! `http(s)://` URLs for upload.
+//!
+//! Specifications: none of its own: hlssink2's `%d` location patterns, and RFC 3986 for http(s)
+//! URLs.
 
 /// A printf-style file name pattern with exactly one integer directive (`%d`, `%05d`, `%u`,
 /// `%lu`, ...), as hlssink2's `location`.

@@ -1,5 +1,8 @@
 //! HLS output without GStreamer types: MPEG-TS segmenting, media playlists (m3u8-rs), AES-128
 //! encryption, atomic local output, HTTP upload and a built-in HTTP server.
+//!
+//! Specifications: RFC 8216 (HTTP Live Streaming) and ISO/IEC 13818-1 (MPEG-2 transport stream).
+//! Each module names its sections.
 
 pub mod crypto;
 pub mod http;

@@ -1,4 +1,9 @@
 //! The media playlist: a window of finished segments, sequence numbers, rendering with m3u8-rs.
+//!
+//! Specifications: RFC 8216 §4.3.1 (EXTM3U, EXT-X-VERSION), §4.3.2.1 (EXTINF), §4.3.2.3 (EXT-X-
+//! DISCONTINUITY), §4.3.2.4 (EXT-X-KEY), §4.3.2.6 (EXT-X-PROGRAM-DATE-TIME), §4.3.3.1-§4.3.3.5
+//! (TARGETDURATION, MEDIA-SEQUENCE, DISCONTINUITY-SEQUENCE, ENDLIST, PLAYLIST-TYPE), §6.2.2 (live
+//! playlists), §7 (protocol version).
 
 use std::collections::VecDeque;
 use std::time::SystemTime;

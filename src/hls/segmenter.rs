@@ -1,5 +1,9 @@
 //! Cuts a continuous MPEG transport stream into HLS segments.
 //!
+//! Specifications: RFC 8216 §3 and §3.2 (MPEG-2 TS segments, each with PAT and PMT, decodable on
+//! its own), §4.3.3.1 (no segment longer than the target duration); ISO/IEC 13818-1 §2.4.3.2
+//! (188-byte packets).
+//!
 //! The input is what a TS muxer emits: chunks of whole 188-byte packets, each chunk with a
 //! presentation time (ns) and whether it may start a segment (the muxer flags the packets that
 //! open a video keyframe). A segment is closed at the first split point at least

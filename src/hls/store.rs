@@ -1,5 +1,8 @@
 //! Where finished files go, and the worker that puts them there off the streaming thread.
 //!
+//! Specifications: RFC 8216 §6.2.2 (a segment removed from a live playlist stays available for a
+//! while: `max-files`); the atomic rename and the worker are ours.
+//!
 //! A [`Store`] writes or deletes one file. The [`Output`] worker runs the store's jobs in order on
 //! its own thread from a bounded queue: the streaming thread only queues. Local files are written
 //! to a temporary name and renamed, so a reader sees a whole file or none.

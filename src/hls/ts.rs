@@ -1,5 +1,10 @@
 //! A small MPEG-TS muxer (ISO/IEC 13818-1) for HLS, without GStreamer types.
 //!
+//! Specifications: ISO/IEC 13818-1 §2.4.3.2-§2.4.3.5 (transport packets, adaptation field: PCR,
+//! random_access_indicator, stuffing), §2.4.3.6-§2.4.3.7 (PES packets, PTS/DTS), §2.4.4 (PAT, PMT,
+//! stream_type), annex A (CRC_32); ISO/IEC 14496-3 §1.A.2 (ADTS); ITU-T H.264 §7.3.2.4
+//! and H.265 §7.3.2.5 (access unit delimiters); RFC 8216 §3.2.
+//!
 //! `rshlssink`'s built-in muxer (`muxer=builtin`, the default): it does only what HLS needs, at
 //! a fraction of the stock `mpegtsmux`'s cost, which was nearly all of rshlssink's CPU.
 //!

@@ -1,5 +1,8 @@
 //! Upload to an HTTP(S) origin (nginx WebDAV, any server taking PUT and DELETE).
 //!
+//! Specifications: RFC 9110 §9.3.4 (PUT), §9.3.5 (DELETE), §15 (status codes); RFC 6585 §4 (429);
+//! RFC 9112 (HTTP/1.1 messages); TLS 1.2/1.3 (RFC 5246, RFC 8446) by rustls.
+//!
 //! One HTTP/1.1 request per file on its own connection, run by the output worker thread with
 //! bounded connect/read/write times; the worker retries failures with backoff. Connection errors,
 //! timeouts, 408, 429 and 5xx are retried; other 4xx answers to PUT (403, 405, 413, ...) and TLS

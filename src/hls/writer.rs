@@ -1,5 +1,8 @@
 //! The HLS writer: segmenter, playlist, encryption and output put together.
 //!
+//! Specifications: RFC 8216 §6.2.1 (a playlist names only complete segments), §6.2.2 (live playlist
+//! updates), §6.2.3 (encrypted segments and their keys).
+//!
 //! The element feeds it the muxer's output; each finished segment is queued for output (key
 //! first, then segment, then the playlist that names it, then deletions of expired files), so a
 //! playlist never names a file that is not complete.

@@ -1,6 +1,10 @@
 //! AMF0 (Action Message Format 0), the encoding of RTMP command and data messages: numbers,
 //! booleans, strings, objects, ECMA arrays, strict arrays, null and undefined. Decoding is bounded
 //! (nesting depth, sizes) so a hostile peer cannot make it recurse or allocate without limit.
+//!
+//! Specifications: AMF0 specification (Adobe, 2007) §2.2-§2.5 (number, boolean, string, object),
+//! §2.7-§2.8 (null, undefined), §2.10-§2.14 (ECMA array, object end, strict array, date, long
+//! string).
 
 use std::fmt;
 

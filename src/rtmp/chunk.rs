@@ -2,6 +2,9 @@
 //! (format 0-3 and chunk stream id) and a message header of 11, 7, 3 or 0 bytes, plus an extended
 //! timestamp when the timestamp or delta does not fit in 24 bits.
 //!
+//! Specifications: RTMP specification 1.0 §5.3 (§5.3.1.1 basic header, §5.3.1.2 message header
+//! types 0-3, §5.3.1.3 extended timestamp), §5.4.1 (Set Chunk Size), §5.4.2 (Abort Message).
+//!
 //! The encoder picks the smallest header that describes each message given the previous one on the
 //! same chunk stream; the decoder reassembles messages from any interleaving of chunk streams and
 //! refuses what would make it allocate without bound.

@@ -3,6 +3,12 @@
 //! `createStream` and `publish`, answers pings, acknowledges what it received per the server's
 //! window, honours the server's chunk size, and turns FLV tags into audio, video and data
 //! messages. Server refusals (`_error`, `onStatus` with level `error`) become [`Error::Rejected`].
+//!
+//! Specifications: RTMP specification 1.0 §5.4 (protocol control: Set Chunk Size, Acknowledgement,
+//! Window Acknowledgement Size, Set Peer Bandwidth), §6.2 and §7.1.7 (user control events, ping),
+//! §7.1 (command, data, audio and video messages), §7.2.1.1 (connect), §7.2.1.3 (createStream),
+//! §7.2.2.3 (deleteStream), §7.2.2.6 (publish); releaseStream, FCPublish and FCUnpublish follow
+//! Flash Media Server practice (no specification).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -2,6 +2,10 @@
 //! audio, video and script data, each followed by its PreviousTagSize. The parser takes bytes in
 //! any split and hands out whole tags; what a tag is (keyframe, codec configuration, metadata)
 //! decides how the publisher queues and resends it.
+//!
+//! Specifications: FLV specification 10.1 annex E.2 (header), E.3 (body, PreviousTagSize), E.4.1
+//! (tag), E.4.2 (audio tags), E.4.3 (video tags, AVCPacketType), E.4.4 (script data); Enhanced RTMP
+//! (ExVideoTagHeader: IsExHeader, PacketType, FourCC).
 
 use std::fmt;
 

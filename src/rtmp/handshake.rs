@@ -1,5 +1,8 @@
 //! The RTMP handshake, client side: C0+C1 out, S0+S1+S2 in, C2 (the echo of S1) out.
 //!
+//! Specifications: RTMP specification 1.0 §5.2 (§5.2.1 sequence, §5.2.2 C0/S0, §5.2.3 C1/S1, §5.2.4
+//! C2/S2).
+//!
 //! This is the plain handshake (version 3, a zero "version" field in C1, so servers answer with
 //! the plain handshake too). S0 must be version 3; S2 should echo C1's random bytes. Some servers
 //! answer with a digest handshake's S2 regardless; a mismatch is reported, not fatal.

@@ -2,6 +2,10 @@
 //! for rtmps), drives the [`Publisher`], sends the tags the streaming thread queued, and
 //! reconnects with bounded exponential backoff when an established publication drops. The
 //! streaming thread only ever locks the queue for a push; it never waits for the network.
+//!
+//! Specifications: RTMP specification 1.0 §5 (the chunk stream over TCP); RTMPS is RTMP inside
+//! TLS (RFC 8446, RFC 5246) with server name indication (RFC 6066 §3) and certificate checks by
+//! rustls.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,9 @@
 //! when a tag does not fit, whole frames are dropped and video resumes at the next keyframe.
 //! Codec configuration and metadata are never dropped and are remembered, so that a new
 //! connection can start with them.
+//!
+//! Specifications: none of its own: the drop policy is ours; what a keyframe and a sequence header
+//! are comes from the FLV specification 10.1 annex E.4.3.
 
 use std::collections::VecDeque;
 

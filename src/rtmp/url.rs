@@ -1,6 +1,9 @@
 //! RTMP locations: `rtmp[s]://host[:port]/app[/instance]/stream[?query]`. Everything between the
 //! host and the last path segment is the application (as rtmp2sink reads it); the last segment and
 //! the query are the stream name, which usually is a secret stream key and is kept out of logs.
+//!
+//! Specifications: RFC 3986 (URI syntax); how an rtmp/rtmps location splits into application and
+//! stream follows rtmp2sink and librtmp (there is no formal specification).
 
 use std::fmt;
 

@@ -1,6 +1,9 @@
 //! A reordering RTP jitter buffer, sans I/O: the caller passes arrival times and asks what is
 //! ready at a given instant.
 //!
+//! Specifications: RFC 3550 §5.1 (sequence numbers) and appendix A.1 (extension, sender restarts);
+//! the waiting policy is ours.
+//!
 //! Packets leave in sequence order. A packet that is next in sequence leaves at once; a gap is
 //! waited for until the first packet after it has been held for `latency`, then the missing
 //! range is reported as [`Output::Lost`] and output goes on. Sequence numbers are extended to 64

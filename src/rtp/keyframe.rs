@@ -1,6 +1,9 @@
 //! Random-access point detection on RTP payloads, so a server can start sending to a new client
 //! at a keyframe.
 //!
+//! Specifications: RFC 6184 §5.7.1, §5.8 (H.264); RFC 7798 §4.4.2, §4.4.3 (H.265); RFC 7741 §4.2,
+//! §4.3 (VP8); RFC 9628 §4.2 (VP9).
+//!
 //! * H.264, RFC 6184: NAL unit types IDR (5) and SPS (7), also inside STAP-A/STAP-B aggregates
 //!   (5.7.1) and at the start of FU-A/FU-B fragments (5.8).
 //! * H.265, RFC 7798: IRAP NAL units (16..=21, BLA/IDR/CRA), VPS (32) and SPS (33), also inside

@@ -1,5 +1,8 @@
 //! Plain-Rust RTP/RTCP helpers shared by the streaming elements (no GStreamer types).
 //!
+//! Specifications: RFC 3550 §5.1 (fixed header), §5.3.1 (header extension); RFC 5761 §4 (RTP/RTCP
+//! demultiplexing).
+//!
 //! * This module: RTP fixed-header parsing per RFC 3550 section 5.1 (version, padding,
 //!   CSRC list, header extension of section 5.3.1) and the RTP/RTCP demultiplexing
 //!   heuristic of RFC 5761 section 4.

@@ -1,5 +1,8 @@
 //! NTP timestamp conversions used by RTCP (RFC 3550 section 4).
 //!
+//! Specifications: RFC 3550 §4 (NTP timestamps, the middle 32 bits); RFC 5905 §6 (NTP time
+//! formats); RFC 4330 §3 (eras after 2036).
+//!
 //! A 64-bit NTP timestamp is seconds since 1900-01-01 00:00 UTC in the upper 32 bits and a
 //! binary fraction of a second in the lower 32 bits. RTCP also uses the "middle 32 bits"
 //! (16.16 fixed point seconds) for LSR/DLSR. The 32-bit seconds field wraps in February 2036;

@@ -1,6 +1,10 @@
 //! RTCP packets (RFC 3550 section 6): compound packet parsing, and writing of the
 //! SR/RR + SDES CNAME compounds (6.1) and BYE packets that a sender or receiver emits.
 //!
+//! Specifications: RFC 3550 §6.1 (compound packets), §6.4.1 (SR), §6.4.2 (RR), §6.5 and §6.5.1
+//! (SDES, CNAME), §6.6 (BYE), §6.7 (APP); other types (RFC 4585 feedback, RFC 3611 XR) pass through
+//! unparsed.
+//!
 //! Every RTCP packet starts with the common header of 6.4.1:
 //!
 //! ```text

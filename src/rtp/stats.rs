@@ -1,5 +1,8 @@
 //! Receiver-side statistics for one RTP source, following RFC 3550:
 //!
+//! Specifications: RFC 3550 appendix A.1 (sequence validation), A.3 (lost packets), A.8 (jitter),
+//! §6.4.1 (report block fields: fraction lost, cumulative lost, jitter, LSR, DLSR).
+//!
 //! * Appendix A.1: sequence number validation. A new source is on probation until
 //!   `MIN_SEQUENTIAL` packets arrive in sequence; afterwards gaps up to `MAX_DROPOUT` are accepted,
 //!   packets up to `MAX_MISORDER` behind are counted as reordered or duplicated, and anything else

@@ -1,6 +1,10 @@
 //! Client-side RTSP authentication: Basic (RFC 7617) and Digest (RFC 7616, with the RFC 2617
 //! and RFC 2069 forms many cameras and gst-rtsp-server still use), as RTSP borrows them from
 //! HTTP (RFC 2326 12.5, RFC 7826 19).
+//!
+//! Specifications: RFC 7617 §2 (Basic); RFC 7616 §3.3-§3.4 (Digest with MD5, SHA-256, -sess,
+//! qop=auth); RFC 2617 §3.2 and RFC 2069 §2.1 (the older Digest forms); RFC 2326 §12.5, §12.44; RFC
+//! 7826 §18.8, §18.58, §19.1.
 
 use std::fmt;
 

@@ -1,5 +1,9 @@
 //! Incremental framing of an RTSP byte stream, for servers and clients over TCP.
 //!
+//! Specifications: RFC 2326 §4 (message, §4.4 length), §6-§7 (request and status lines), §10.12
+//! (interleaved data), §12.14 Content-Length, §12.17 CSeq; RFC 7826 §5, §7.1, §8.1, §14, §18.17,
+//! §18.20.
+//!
 //! The stream carries RTSP requests and responses ([RFC 2326 section 4], [RFC 7826 section 5]:
 //! start line, headers, an empty line, then `Content-Length` bytes of body) mixed with
 //! interleaved binary data ([RFC 2326 section 10.12], [RFC 7826 section 14]: `$`, a channel

@@ -1,4 +1,7 @@
 //! UDP port pairs for RTP and RTCP (RFC 3550 11: RTP on an even port, RTCP on the next one).
+//!
+//! Specifications: RFC 3550 §11 (RTP on an even port, RTCP on the next); RFC 2326 §12.39
+//! (client_port, server_port).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};

@@ -1,5 +1,9 @@
 //! SDP ([RFC 4566]) as used by RTSP: built by the server for `DESCRIBE`, parsed by the client.
 //!
+//! Specifications: RFC 4566 §5 (SDP fields), §6 (rtpmap, fmtp); RFC 2326 appendix C (C.1.1 control,
+//! C.1.5 range, C.1.7 connection information); RFC 7826 appendix D (D.1.1, D.1.6, D.1.8); RFC 3551
+//! §6 (static payload types).
+//!
 //! RTSP-specific usage follows [RFC 2326 appendix C] and [RFC 7826 appendix D]: a session-level
 //! `a=control:*` and `a=range:` (C.1.1, C.1.5), one `m=` line per stream with port 0 (unicast
 //! ports are negotiated by `SETUP`) and its own `a=control:` URL, and `c=` giving a multicast

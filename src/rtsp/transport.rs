@@ -1,5 +1,8 @@
 //! The RTSP `Transport` header ([RFC 2326 section 12.39], [RFC 7826 section 18.54]).
 //!
+//! Specifications: RFC 2326 §12.39 (Transport); RFC 7826 §18.54 (Transport), §22.13 (transport
+//! parameters).
+//!
 //! A client lists the transports it accepts in `SETUP`, most preferred first; the server echoes
 //! the one it picked, completed with its own parameters (`server_port`, `ssrc`, ...).
 //!

@@ -2,6 +2,10 @@
 //! data and server requests (RFC 2326 10: ANNOUNCE, GET_PARAMETER, OPTIONS, REDIRECT) handed to
 //! a callback.
 //!
+//! Specifications: RFC 2326 §10.12 (interleaved data), §12.17 (CSeq matching), §10 (requests from
+//! the server: §10.1 OPTIONS, §10.3 ANNOUNCE, §10.8 GET_PARAMETER, §10.10 REDIRECT); RFC 7826 §14,
+//! §18.20.
+//!
 //! Reading is done by a thread of the connection's own, blocked in `read` on the socket: per
 //! burst from the server one wake-up and one system call, where an async reader pays an epoll
 //! round trip and the runtime's bookkeeping besides. The callback runs on that thread and may

@@ -1,5 +1,11 @@
 //! An RTSP client for one presentation, independent of GStreamer (RFC 2326 / 7826 client side).
 //!
+//! Specifications: RFC 2326 §10.1-§10.10 (OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN,
+//! GET_PARAMETER, SET_PARAMETER, REDIRECT), §11.2 (3xx redirection), §3.6 and §12.29 (npt Range),
+//! §12.33 (RTP-Info), §12.37 (Session and its timeout: keep-alives), appendix C.1.1 (control URLs
+//! against Content-Base/Content-Location); RFC 7826 §13, §18.40, §18.45, §18.49; RFC 3550 §6.4.2
+//! (Receiver Reports).
+//!
 //! [`Client::start`] runs the whole exchange as a task on the plugin's shared runtime: OPTIONS,
 //! DESCRIBE (with Basic/Digest authentication and 3xx redirects), SETUP of every stream over the
 //! first transport the server accepts, PLAY, keep-alives before the session times out, Receiver

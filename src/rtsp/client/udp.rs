@@ -1,5 +1,8 @@
 //! The UDP receive path of one stream: a thread blocked on the stream's RTP socket that hands
 //! every wake-up's worth of datagrams on at once.
+//!
+//! Specifications: RFC 3550 §11 (RTP and RTCP over UDP on a port pair); RFC 2326 §12.39
+//! (client_port, multicast port).
 
 use std::net::UdpSocket;
 use std::sync::Arc;

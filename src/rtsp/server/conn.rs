@@ -1,5 +1,8 @@
 //! The outgoing side of one RTSP TCP connection.
 //!
+//! Specifications: RFC 2326 §10.12 and RFC 7826 §14 (interleaved data on the RTSP connection); the
+//! queueing and drop policy are ours.
+//!
 //! Everything a connection sends (RTSP responses, server requests such as ANNOUNCE/REDIRECT and
 //! interleaved RTP/RTCP) goes through one bounded queue drained by a writer task. Producers never
 //! block: media that does not fit is refused as a whole frame and counted, so a client that stops

@@ -1,5 +1,9 @@
 //! The data plane: one [`Stream`] per media of the presentation, fanned out to destinations.
 //!
+//! Specifications: RFC 3550 §5.1 (sequence numbers, timestamps), §6.4.1 (the NTP/RTP mapping of
+//! Sender Reports); RFC 2326 §12.33 (RTP-Info seq and rtptime), §12.39 (unicast and multicast
+//! destinations, ttl), §10.12 (interleaved); RFC 7826 §18.45.
+//!
 //! A stream receives RTP packets from the producer (a GStreamer streaming thread in the element)
 //! and forwards them, without blocking, to every playing destination: UDP unicast through the
 //! stream's server port pair, one shared multicast group, or a TCP connection's bounded queue.

@@ -1,5 +1,8 @@
 //! An RTSP server for one live presentation, independent of GStreamer.
 //!
+//! Specifications: RFC 2326 §10 (methods), §11 (status codes), §10.12 (interleaved data); RFC 7826
+//! §13, §14, §17; RFC 3550 §6.4.1 (Sender Reports), §6.2 and §6.3.1 (report interval, randomised).
+//!
 //! Layering (after gortsplib/mediamtx): [`media`] is the data plane (streams fanned out to
 //! destinations), [`session`] the RTSP methods and sessions, [`conn`] one TCP connection's
 //! bounded output. [`Server`] ties them to a tokio runtime of its own, so the producer only

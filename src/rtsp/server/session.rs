@@ -1,5 +1,9 @@
 //! RTSP methods and sessions (RFC 2326 10, RFC 7826 13).
 //!
+//! Specifications: RFC 2326 §10.1-§10.10 (methods), §11 (status codes: 400, 404, 405, 454, 461,
+//! 501, 503, 551, ...), §12.28 (Public), §12.29 (Range), §12.33 (RTP-Info), §12.37 (Session,
+//! timeout), §12.39 (Transport); RFC 7826 §13, §17, §18.39, §18.40, §18.45, §18.49, §18.54.
+//!
 //! [`Shared::handle_request`] turns one parsed request into one response plus, for PLAY, the
 //! work to do once the response is on its way (media must not overtake the PLAY response on an
 //! interleaved connection).
