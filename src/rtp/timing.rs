@@ -116,6 +116,9 @@ pub struct Timeline {
     extender: TimestampExtender,
     /// (running time in ns, extended RTP time) where the timeline starts.
     base: Option<(u64, u64)>,
+    /// A resync happened and no packet has carried the news yet (the running time was
+    /// unknown at the jump).
+    resync_pending: bool,
 }
 
 impl Timeline {
@@ -126,6 +129,7 @@ impl Timeline {
             clock_rate,
             extender: TimestampExtender::new(),
             base: None,
+            resync_pending: false,
         })
     }
 
@@ -144,6 +148,7 @@ impl Timeline {
     pub fn restart(&mut self) {
         self.extender.restart();
         self.base = None;
+        self.resync_pending = false;
     }
 
     /// `ticks` of this stream's clock in nanoseconds, rounded towards zero. Never overflows:
@@ -158,7 +163,7 @@ impl Timeline {
     /// packet gets no time (None). Packets before the start of the timeline (reordered before
     /// the first one) get its start time.
     pub fn pts(&mut self, ts: u32, now: impl FnOnce() -> Option<u64>) -> Option<Pts> {
-        let mut resync = false;
+        let mut resync = std::mem::take(&mut self.resync_pending);
         if let (Some(_), Some(ext), Some(last)) =
             (self.base, self.extender.peek(ts), self.extender.last())
         {
@@ -183,8 +188,11 @@ impl Timeline {
             }
         };
         if self.base.is_none() {
-            let start = now()?.min(MAX_PTS_NS);
-            self.base = Some((start, ext));
+            let Some(start) = now() else {
+                self.resync_pending = resync;
+                return None;
+            };
+            self.base = Some((start.min(MAX_PTS_NS), ext));
         }
         let (base_ns, base_rtp) = self.base?;
         let ticks = ext.saturating_sub(base_rtp);
@@ -430,6 +438,18 @@ mod tests {
         t.restart();
         assert!(!t.is_started());
         assert_eq!(pts(&mut t, 7, 9 * S).ns, 9 * S);
+        // A jump while the running time is unknown: the first packet with a time says so.
+        assert_eq!(t.pts(7 + 90_000 * 3600, || None), None);
+        assert_eq!(t.pts(8 + 90_000 * 3600, || None), None);
+        let p = pts(&mut t, 9 + 90_000 * 3600, 11 * S);
+        assert_eq!(
+            p,
+            Pts {
+                ns: 11 * S,
+                resync: true
+            }
+        );
+        assert!(!pts(&mut t, 10 + 90_000 * 3600, 0).resync);
     }
 
     #[test]
