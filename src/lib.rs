@@ -6,6 +6,8 @@
 
 pub mod hls;
 mod logging;
+pub mod messages;
+pub mod net;
 pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;

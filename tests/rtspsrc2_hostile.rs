@@ -390,3 +390,120 @@ fn pausing_does_not_wait_for_the_servers_answer() {
         t.elapsed()
     );
 }
+
+/// Plays the scripted server on `port` over TCP until `want` buffers reached the sink (at most
+/// 10 s); returns their PTS. Asserts that no error was posted.
+fn sink_pts(port: u16, want: usize) -> Vec<Option<gst::ClockTime>> {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp ! \
+         fakesink name=sink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    assert_ours(&pipeline.by_name("src").unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe_seen = seen.clone();
+    pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let mut seen = probe_seen.lock().unwrap();
+                match &info.data {
+                    Some(gst::PadProbeData::Buffer(b)) => seen.push(b.pts()),
+                    Some(gst::PadProbeData::BufferList(l)) => {
+                        seen.extend(l.iter().map(|b| b.pts()))
+                    }
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let error = pipeline
+        .bus()
+        .unwrap()
+        .pop_filtered(&[gst::MessageType::Error]);
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(error.is_none(), "{error:?}");
+    seen.lock().unwrap().clone()
+}
+
+/// `n` interleaved RTP packets (channel 0, payload type 96, sequence 0..n) with the RTP
+/// timestamps `ts(i)`.
+fn interleaved_rtp(n: u16, ts: impl Fn(u16) -> u32) -> &'static [u8] {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.extend_from_slice(b"$\x00\x00\x10\x80\x60");
+        out.extend_from_slice(&i.to_be_bytes());
+        out.extend_from_slice(&ts(i).to_be_bytes());
+        out.extend_from_slice(b"\x00\x00\x00\x07abcd");
+    }
+    Box::leak(out.into_boxed_slice())
+}
+
+#[test]
+fn hostile_rtp_timestamp_jumps_at_a_1_hz_clock_never_panic() {
+    // A 1 Hz RTP clock, and every packet 2^31 - 1 ticks (68 years) after the previous one, the
+    // last ones exactly 2^31 (the ambiguous half): ticks * 10^9 in u64 overflowed after a few.
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(
+                    c,
+                    "Content-Type: application/sdp\r\n",
+                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                     m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/1\r\na=control:stream=0\r\n",
+                ),
+                _ => normal(m, c),
+            })
+        },
+        interleaved_rtp(24, |i| {
+            let i = u32::from(i);
+            if i < 20 {
+                i.wrapping_mul((1 << 31) - 1)
+            } else {
+                (i - 20).wrapping_mul(1 << 31)
+            }
+        }),
+    );
+    let pts = sink_pts(port, 24);
+    assert_eq!(pts.len(), 24, "{pts:?}");
+    // Every buffer has a time, and a sane one: the timeline starts anew at each jump.
+    assert!(
+        pts.iter()
+            .all(|t| t.is_some_and(|t| t < gst::ClockTime::from_seconds(3600))),
+        "{pts:?}"
+    );
+}
+
+#[test]
+fn an_sdp_range_beyond_any_clock_time_is_ignored() {
+    // `a=range:npt=0-1e300` once made a clock time of 10^300 s (a panic on the client's thread).
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(
+                    c,
+                    "Content-Type: application/sdp\r\n",
+                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                     a=range:npt=0-1e300\r\n\
+                     m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream=0\r\n",
+                ),
+                _ => normal(m, c),
+            })
+        },
+        interleaved_rtp(3, |i| 1000 + 3000 * u32::from(i)),
+    );
+    let pts = sink_pts(port, 3);
+    assert_eq!(pts.len(), 3, "{pts:?}");
+}

@@ -19,6 +19,7 @@ pub mod keyframe;
 pub mod ntp;
 pub mod rtcp;
 pub mod stats;
+pub mod timing;
 
 use std::fmt;
 

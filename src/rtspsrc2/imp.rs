@@ -25,8 +25,10 @@ use gst::subclass::prelude::*;
 use crate::rtp::jitterbuffer::{
     JitterBuffer, JitterBufferConfig, JitterBufferStats, Output as JbOutput,
 };
+use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{Client, ClientConfig, ClientEvent, StreamInfo, TransportKind};
+use crate::rtsp::range::NptRange;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -163,70 +165,6 @@ impl Settings {
     }
 }
 
-/// Timestamps one stream: running time of its first packet plus RTP time elapsed since.
-struct Timing {
-    clock_rate: u64,
-    base_running_time: Option<gst::ClockTime>,
-    base_rtp: u64,
-    last_ext: Option<u64>,
-}
-
-impl Timing {
-    fn new(clock_rate: u32) -> Self {
-        Self {
-            clock_rate: u64::from(clock_rate.max(1)),
-            base_running_time: None,
-            base_rtp: 0,
-            last_ext: None,
-        }
-    }
-
-    /// Extends a 32-bit RTP timestamp against the previous one (wraparound in either direction).
-    fn extend(&mut self, ts: u32) -> u64 {
-        let ext = match self.last_ext {
-            None => u64::from(ts) + (1 << 32),
-            Some(last) => {
-                let delta = i64::from(ts.wrapping_sub(last as u32) as i32);
-                (last as i64 + delta).max(0) as u64
-            }
-        };
-        self.last_ext = Some(ext);
-        ext
-    }
-
-    /// Running time in ns at which RTP time `ts` falls on this stream's timeline, without
-    /// advancing it; None before the first packet. Negative when before the stream's start.
-    fn time_of(&self, ts: u32) -> Option<i128> {
-        let base = self.base_running_time?;
-        let last = self.last_ext?;
-        let ext = i128::from(last) + i128::from(ts.wrapping_sub(last as u32) as i32);
-        let ticks = ext - i128::from(self.base_rtp);
-        Some(i128::from(base.nseconds()) + ticks * 1_000_000_000 / i128::from(self.clock_rate))
-    }
-
-    /// Moves the timeline by `ns` (never before running time zero).
-    fn shift(&mut self, ns: i128) {
-        if let Some(base) = self.base_running_time {
-            let moved = (i128::from(base.nseconds()) + ns).clamp(0, i128::from(u64::MAX >> 1));
-            self.base_running_time = Some(gst::ClockTime::from_nseconds(moved as u64));
-        }
-    }
-
-    fn pts(&mut self, ts: u32, now: Option<gst::ClockTime>) -> Option<gst::ClockTime> {
-        let ext = self.extend(ts);
-        if self.base_running_time.is_none() {
-            self.base_running_time = now;
-            self.base_rtp = ext;
-        }
-        let base = self.base_running_time?;
-        let ticks = ext.saturating_sub(self.base_rtp);
-        // In two parts: ticks * 10^9 alone overflows after 2.3 days at 90 kHz.
-        let (secs, rest) = (ticks / self.clock_rate, ticks % self.clock_rate);
-        let ns = secs * 1_000_000_000 + rest * 1_000_000_000 / self.clock_rate;
-        Some(base + gst::ClockTime::from_nseconds(ns))
-    }
-}
-
 /// What the element's event handler (on the client's thread) tells one pad task.
 #[derive(Default)]
 struct StreamSignals {
@@ -244,12 +182,9 @@ struct StreamSignals {
     caps: Mutex<Option<gst::Caps>>,
 }
 
-/// The wallclock that lines the streams up (RFC 3550 6.4.1): the NTP time of the first Sender
-/// Report applied and the running time it fell at. Shared by the pads; reset with a new session.
-type SyncReference = Arc<Mutex<Option<(u64, i128)>>>;
-
-/// Corrections smaller than this are left alone (they are rounding, not skew).
-const SYNC_TOLERANCE_NS: i128 = 1_000_000;
+/// The sender's wallclock that lines the streams up (RFC 3550 6.4.1, see [`SenderClock`]).
+/// Shared by the pads; reset with a new session.
+type SyncReference = Arc<Mutex<SenderClock>>;
 
 /// Everything a pad task does with one in-order packet: timestamps, segments after seeks and
 /// reconnections, the push and what its result means.
@@ -257,7 +192,8 @@ struct StreamOutput {
     pad: gst::Pad,
     element: glib::WeakRef<super::RtspSrc2>,
     caps: gst::Caps,
-    timing: Timing,
+    /// The stream's timeline; None for a clock rate of 0 (such streams get no pad).
+    timing: Option<Timeline>,
     signals: Arc<StreamSignals>,
     sync: SyncReference,
     /// Buffers prepared this round, pushed together by [`Self::flush`] (one alone as a buffer:
@@ -277,26 +213,22 @@ impl StreamOutput {
         {
             return false;
         }
-        let Some(at) = self.timing.time_of(rtptime) else {
+        let Some(timing) = self.timing.as_mut() else {
             return false;
         };
-        let mut reference = self.sync.lock().unwrap();
-        let Some((ref_ntp, ref_ns)) = *reference else {
-            *reference = Some((ntp, at));
-            return true;
-        };
-        let want = ref_ns + i128::from(crate::rtp::ntp::ntp_diff_ns(ntp, ref_ntp));
-        let correction = want - at;
-        if correction.abs() >= SYNC_TOLERANCE_NS {
-            gst::debug!(
-                CAT,
-                obj = self.pad,
-                "sender report: moving the stream by {} ms",
-                correction as f64 / 1e6
-            );
-            self.timing.shift(correction);
+        match self.sync.lock().unwrap().apply(timing, ntp, rtptime) {
+            None => false,
+            Some(SyncOutcome::Moved(correction)) => {
+                gst::debug!(
+                    CAT,
+                    obj = self.pad,
+                    "sender report: moving the stream by {} ms",
+                    correction as f64 / 1e6
+                );
+                true
+            }
+            Some(SyncOutcome::Anchored | SyncOutcome::InSync) => true,
         }
-        true
     }
 
     /// Prepares one packet for [`Self::flush`]; `discont` after a loss. False: the stream is
@@ -317,18 +249,24 @@ impl StreamOutput {
         }
         // After a reconnection the server's RTP clock starts anew: continue from now.
         let rebase = self.signals.rebase.swap(false, Ordering::Relaxed) || new_segment.is_some();
-        if rebase {
-            self.timing = Timing::new(self.timing.clock_rate as u32);
+        if rebase && let Some(timing) = &mut self.timing {
+            timing.restart();
         }
         // The clock is read only where a timeline starts.
-        let now = match self.timing.base_running_time {
-            None => self
-                .element
+        let element = &self.element;
+        let now = || {
+            element
                 .upgrade()
-                .and_then(|e| e.current_running_time()),
-            Some(_) => None,
+                .and_then(|e| e.current_running_time())
+                .map(gst::ClockTime::nseconds)
         };
-        let pts = self.timing.pts(header.timestamp, now);
+        let stamp = self
+            .timing
+            .as_mut()
+            .and_then(|t| t.pts(header.timestamp, now));
+        // At most MAX_PTS_NS: never GST_CLOCK_TIME_NONE.
+        let pts = stamp.map(|s| gst::ClockTime::from_nseconds(s.ns));
+        let resync = stamp.is_some_and(|s| s.resync);
         if let (Some(time), Some(pts)) = (new_segment, pts) {
             let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
             segment.set_start(pts);
@@ -362,7 +300,7 @@ impl StreamOutput {
         {
             let b = buffer.get_mut().expect("new buffer is writable");
             b.set_pts(pts);
-            if discont || rebase {
+            if discont || rebase || resync {
                 b.set_flags(gst::BufferFlags::DISCONT);
             }
         }
@@ -567,25 +505,9 @@ impl StreamWork {
     }
 }
 
-/// `npt=A-B` (RFC 2326 3.6) as seconds; `now` and open ends are None.
-fn parse_npt(range: &str) -> (Option<f64>, Option<f64>) {
-    let Some(v) = range.trim().strip_prefix("npt=") else {
-        return (None, None);
-    };
-    let (a, b) = v.split_once('-').unwrap_or((v, ""));
-    let secs = |t: &str| -> Option<f64> {
-        let t = t.trim();
-        if t.is_empty() || t == "now" {
-            return None;
-        }
-        // npt-hhmmss (h:mm:ss.frac) or npt-sec.
-        let mut total = 0.0;
-        for part in t.split(':') {
-            total = total * 60.0 + part.parse::<f64>().ok()?;
-        }
-        (total.is_finite() && total >= 0.0).then_some(total)
-    };
-    (secs(a), secs(b))
+/// A position of an NPT range as a clock time (None: too large for one).
+fn npt_time(d: Duration) -> Option<gst::ClockTime> {
+    gst::ClockTime::try_from(d).ok()
 }
 
 #[derive(Default)]
@@ -695,8 +617,9 @@ impl RtspSrc2 {
                 );
                 self.state.lock().unwrap().duration = range
                     .as_deref()
-                    .and_then(|r| parse_npt(r).1)
-                    .map(gst::ClockTime::from_seconds_f64);
+                    .and_then(NptRange::parse)
+                    .and_then(|r| r.end_position())
+                    .and_then(npt_time);
                 // A dynamic payload type without a=rtpmap names no format: nothing downstream
                 // could depayload it, so it gets no pad (rtspsrc's pad would not link either).
                 let (known, unknown): (Vec<_>, Vec<_>) = streams
@@ -747,13 +670,15 @@ impl RtspSrc2 {
                 gst::info!(CAT, imp = self, "playing: {:?} {:?}", rtp_info, range);
                 let start = range
                     .as_deref()
-                    .and_then(|r| parse_npt(r).0)
-                    .map_or(gst::ClockTime::ZERO, gst::ClockTime::from_seconds_f64);
+                    .and_then(NptRange::parse)
+                    .and_then(|r| r.start_position())
+                    .and_then(npt_time)
+                    .unwrap_or(gst::ClockTime::ZERO);
                 let state = self.state.lock().unwrap();
                 if state.duration.is_some() {
                     // Recorded media: each PLAY starts a segment at the answered position;
                     // RTP-Info says where its packets begin. The timeline starts anew.
-                    *self.sync.lock().unwrap() = None;
+                    self.sync.lock().unwrap().reset();
                     for (index, p) in &state.pads {
                         let seq = rtp_info
                             .iter()
@@ -843,7 +768,7 @@ impl RtspSrc2 {
             ClientEvent::Reconnected => {
                 gst::info!(CAT, imp = self, "reconnected");
                 // The new session's RTP clocks and sequence numbers start anew.
-                *self.sync.lock().unwrap() = None;
+                self.sync.lock().unwrap().reset();
                 for p in self.state.lock().unwrap().pads.values() {
                     *p.signals.sender_report.lock().unwrap() = None;
                     p.signals.rebase.store(true, Ordering::Relaxed);
@@ -909,7 +834,7 @@ impl RtspSrc2 {
                 pad: pad.clone(),
                 element: obj.downgrade(),
                 caps,
-                timing: Timing::new(info.media.clock_rate),
+                timing: Timeline::new(info.media.clock_rate).ok(),
                 signals: signals.clone(),
                 sync: self.sync.clone(),
                 pending: Vec::new(),
@@ -1512,37 +1437,5 @@ impl URIHandlerImpl for RtspSrc2 {
             .map_err(|e| glib::Error::new(gst::URIError::BadUri, &format!("'{uri}': {e}")))?;
         self.settings.lock().unwrap().location = Some(url.to_string());
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_stay_exact_over_days_of_rtp_time() {
-        // 90 kHz, one packet an hour for four days: the RTP timestamp wraps every 13.25 h and
-        // ticks * 10^9 passes u64::MAX after 2.37 days.
-        let mut t = Timing::new(90_000);
-        let start = 4_000_000_000u32;
-        let base = gst::ClockTime::from_seconds(5);
-        assert_eq!(t.pts(start, Some(base)), Some(base));
-        for hour in 1..=96u64 {
-            let ts = start.wrapping_add((hour * 3600 * 90_000) as u32);
-            assert_eq!(
-                t.pts(ts, None),
-                Some(base + gst::ClockTime::from_seconds(hour * 3600)),
-                "after {hour} h"
-            );
-        }
-        // A fraction of a second: 1/90000 s rounds down to whole nanoseconds.
-        let ts = start.wrapping_add((96 * 3600 * 90_000u64 + 1) as u32);
-        assert_eq!(
-            t.pts(ts, None),
-            Some(
-                base + gst::ClockTime::from_seconds(96 * 3600)
-                    + gst::ClockTime::from_nseconds(11_111)
-            )
-        );
     }
 }

@@ -1,0 +1,11 @@
+//! Network helpers shared by the protocol cores and elements (no GStreamer types).
+//!
+//! Specifications: none of its own: helpers for the cores (see each module).
+//!
+//! * [`backoff`]: the bounded exponential backoff between reconnection and retry attempts
+//!   (rtspsrc2's reconnects, rsrtmpsink's reconnects, rshlssink's upload retries).
+//! * [`tls`]: the trust anchors of TLS clients: the system's CA certificates (as GStreamer's own
+//!   TLS elements trust, via rustls-native-certs), loaded once per process, plus a PEM CA file.
+
+pub mod backoff;
+pub mod tls;
