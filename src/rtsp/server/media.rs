@@ -4,7 +4,14 @@
 //! and forwards them, without blocking, to every playing destination: UDP unicast through the
 //! stream's server port pair, one shared multicast group, or a TCP connection's bounded queue.
 //! New destinations of video streams start at the next random-access point. The stream also
-//! keeps the RTP/NTP mapping for Sender Reports and RTP-Info.
+//! keeps the RTP/NTP mapping for Sender Reports.
+//!
+//! A client that sends PLAY gets [`Stream::add_pending`] destinations: the producer finds where
+//! each one starts (the next keyframe for video, the next packet otherwise), reports that packet's
+//! sequence number and timestamp through a [`StartGate`] and buffers from there, so the PLAY
+//! answer's RTP-Info names the first packet the client receives (RFC 2326 12.33, RFC 7826 18.45).
+//! [`Stream::activate`], called once the answer is queued, sends the buffer and goes live: no
+//! media overtakes the answer on an interleaved connection.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::conn::ConnOut;
 use crate::rtp::{self, keyframe, ntp, rtcp};
@@ -150,9 +158,131 @@ impl RtpClock {
     }
 }
 
+/// Bytes a pending destination buffers at most between its start point and its activation
+/// (normally milliseconds apart; a few seconds when another stream of the session waits for its
+/// keyframe). Packets beyond are dropped and counted.
+const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
+
+/// The first packet a destination receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPoint {
+    pub seq: u16,
+    pub rtptime: u32,
+}
+
+/// Where the producer tells a waiting PLAY handler the start point of a destination.
+#[derive(Debug, Default)]
+pub struct StartGate {
+    start: Mutex<Option<StartPoint>>,
+    notify: Notify,
+}
+
+impl StartGate {
+    pub fn get(&self) -> Option<StartPoint> {
+        *self.start.lock().unwrap()
+    }
+
+    fn set(&self, start: StartPoint) {
+        *self.start.lock().unwrap() = Some(start);
+        // Stores a permit when nobody waits yet: the waiter cannot miss it.
+        self.notify.notify_one();
+    }
+
+    /// Waits until the start point is known or `deadline` passes (one waiter at a time).
+    pub async fn wait_until(&self, deadline: tokio::time::Instant) -> Option<StartPoint> {
+        loop {
+            if let Some(start) = self.get() {
+                return Some(start);
+            }
+            if tokio::time::timeout_at(deadline, self.notify.notified())
+                .await
+                .is_err()
+            {
+                return self.get();
+            }
+        }
+    }
+}
+
+/// A destination whose PLAY is not answered yet.
+struct Pending {
+    /// The start must be a keyframe (video) rather than any packet.
+    keyframe: bool,
+    started: bool,
+    gate: Arc<StartGate>,
+    buffer: Vec<Bytes>,
+    buffered_bytes: usize,
+    dropped: u64,
+}
+
+impl Pending {
+    /// Finds the start point in a pushed frame (once), then buffers from it.
+    fn take(&mut self, packets: &[Bytes], first_key: Option<usize>) {
+        let from = if self.started {
+            0
+        } else {
+            let from = match (self.keyframe, first_key) {
+                (false, _) => 0,
+                (true, Some(i)) => i,
+                (true, None) => return,
+            };
+            let Some((i, h)) = packets
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find_map(|(i, p)| rtp::parse_rtp_header(p).ok().map(|h| (i, h)))
+            else {
+                return;
+            };
+            self.started = true;
+            self.gate.set(StartPoint {
+                seq: h.sequence,
+                rtptime: h.timestamp,
+            });
+            i
+        };
+        for p in &packets[from..] {
+            if self.buffered_bytes + p.len() > MAX_PENDING_BYTES {
+                self.dropped += 1;
+                continue;
+            }
+            self.buffered_bytes += p.len();
+            self.buffer.push(p.clone());
+        }
+    }
+}
+
+enum EntryState {
+    /// Sending. `waiting_keyframe`: skipping frames until the next keyframe (a video
+    /// destination after a dropped frame).
+    Live { waiting_keyframe: bool },
+    /// Looking for its start point, then buffering until [`Stream::activate`].
+    Pending(Box<Pending>),
+}
+
 struct Entry {
     dest: Arc<Dest>,
-    waiting_keyframe: bool,
+    state: EntryState,
+}
+
+impl Entry {
+    fn wants_keyframe(&self) -> bool {
+        match &self.state {
+            EntryState::Live { waiting_keyframe } => *waiting_keyframe,
+            EntryState::Pending(p) => p.keyframe && !p.started,
+        }
+    }
+}
+
+/// What [`Stream::activate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activation {
+    /// Packets buffered since the start point, now sent.
+    pub packets: usize,
+    /// Packets that did not fit the buffer.
+    pub dropped: u64,
+    /// Whether the buffer was accepted (a full TCP queue refuses it).
+    pub sent: bool,
 }
 
 #[derive(Default)]
@@ -251,12 +381,85 @@ impl Stream {
         let waiting = self.keyframe_codec().is_some();
         self.plane.lock().unwrap().entries.push(Entry {
             dest,
-            waiting_keyframe: waiting,
+            state: EntryState::Live {
+                waiting_keyframe: waiting,
+            },
         });
         PushOutcome {
             want_keyframe: waiting && self.keyframe_request_due(),
             first_packet: false,
         }
+    }
+
+    /// Adds `dest` as pending: the producer looks for its start point (the next keyframe for
+    /// video, the next packet otherwise), reports it through the returned gate and buffers from
+    /// there until [`Stream::activate`]. Nothing is sent to `dest` before that.
+    pub fn add_pending(&self, dest: Arc<Dest>) -> (Arc<StartGate>, PushOutcome) {
+        let keyframe = self.keyframe_codec().is_some();
+        let gate = Arc::new(StartGate::default());
+        self.plane.lock().unwrap().entries.push(Entry {
+            dest,
+            state: EntryState::Pending(Box::new(Pending {
+                keyframe,
+                started: false,
+                gate: gate.clone(),
+                buffer: Vec::new(),
+                buffered_bytes: 0,
+                dropped: 0,
+            })),
+        });
+        let outcome = PushOutcome {
+            want_keyframe: keyframe && self.keyframe_request_due(),
+            first_packet: false,
+        };
+        (gate, outcome)
+    }
+
+    /// A pending `dest` that found no keyframe in time starts at the next packet instead.
+    pub fn start_anywhere(&self, dest: &Arc<Dest>) {
+        let mut plane = self.plane.lock().unwrap();
+        if let Some(Entry {
+            state: EntryState::Pending(p),
+            ..
+        }) = plane
+            .entries
+            .iter_mut()
+            .find(|e| Arc::ptr_eq(&e.dest, dest))
+        {
+            p.keyframe = false;
+        }
+    }
+
+    /// Sends what a pending `dest` buffered since its start point and makes it live. None when
+    /// `dest` is not pending (removed meanwhile, or already live).
+    pub fn activate(&self, dest: &Arc<Dest>) -> Option<Activation> {
+        let video = self.keyframe_codec().is_some();
+        let mut plane = self.plane.lock().unwrap();
+        let entry = plane
+            .entries
+            .iter_mut()
+            .find(|e| Arc::ptr_eq(&e.dest, dest))?;
+        let EntryState::Pending(p) = &mut entry.state else {
+            return None;
+        };
+        let buffer = std::mem::take(&mut p.buffer);
+        let dropped = p.dropped;
+        // Sent under the plane lock, as pushes are: nothing newer overtakes the buffer.
+        let sent = buffer.is_empty() || self.send(&entry.dest, &buffer);
+        entry.state = EntryState::Live {
+            waiting_keyframe: !sent && video,
+        };
+        if dropped > 0 {
+            entry
+                .dest
+                .packets_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        Some(Activation {
+            packets: buffer.len(),
+            dropped,
+            sent,
+        })
     }
 
     pub fn remove_dest(&self, dest: &Arc<Dest>) {
@@ -267,9 +470,15 @@ impl Stream {
             .retain(|e| !Arc::ptr_eq(&e.dest, dest));
     }
 
+    /// Destinations being sent to (not the pending ones).
     pub fn dests(&self) -> Vec<Arc<Dest>> {
         let plane = self.plane.lock().unwrap();
-        plane.entries.iter().map(|e| e.dest.clone()).collect()
+        plane
+            .entries
+            .iter()
+            .filter(|e| matches!(e.state, EntryState::Live { .. }))
+            .map(|e| e.dest.clone())
+            .collect()
     }
 
     /// At most one upstream keyframe request per second per stream.
@@ -307,13 +516,20 @@ impl Stream {
             };
         }
         let first_key = match &codec {
-            Some(enc) if plane.entries.iter().any(|e| e.waiting_keyframe) => {
+            Some(enc) if plane.entries.iter().any(Entry::wants_keyframe) => {
                 packets.iter().position(|p| is_keyframe_start(enc, p))
             }
             _ => None,
         };
         for entry in plane.entries.iter_mut() {
-            let start = if entry.waiting_keyframe {
+            let waiting_keyframe = match &mut entry.state {
+                EntryState::Pending(p) => {
+                    p.take(packets, first_key);
+                    continue;
+                }
+                EntryState::Live { waiting_keyframe } => waiting_keyframe,
+            };
+            let start = if *waiting_keyframe {
                 match first_key {
                     Some(i) => i,
                     None => continue,
@@ -323,15 +539,15 @@ impl Stream {
             };
             let sent = self.send(&entry.dest, &packets[start..]);
             if sent {
-                entry.waiting_keyframe = false;
+                *waiting_keyframe = false;
             } else if codec.is_some() {
                 // A TCP queue overflowed: the frame was dropped whole; resume at a keyframe
                 // so the client never decodes a broken reference chain.
-                entry.waiting_keyframe = true;
+                *waiting_keyframe = true;
             }
         }
         // Keep asking (at most once a second) while anyone waits: encoders may ignore a request.
-        let waiting = plane.entries.iter().any(|e| e.waiting_keyframe);
+        let waiting = plane.entries.iter().any(Entry::wants_keyframe);
         drop(plane);
         PushOutcome {
             want_keyframe: waiting && self.keyframe_request_due(),

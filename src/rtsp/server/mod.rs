@@ -103,6 +103,11 @@ pub struct ServerConfig {
     pub limits: codec::Limits,
     pub server_name: String,
     pub session_name: String,
+    /// How long a PLAY waits for a video stream's next keyframe, the first packet the client is
+    /// sent and that the answer's RTP-Info names. After it, the client starts at the next packet.
+    pub play_keyframe_wait: Duration,
+    /// Name of the server in log records (the element's name).
+    pub name: String,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +129,8 @@ impl Default for ServerConfig {
             limits: codec::Limits::default(),
             server_name: concat!("gst-plugin-livestreaming/", env!("CARGO_PKG_VERSION")).into(),
             session_name: "Live stream".into(),
+            play_keyframe_wait: Duration::from_secs(4),
+            name: "rtsp-server".into(),
         }
     }
 }

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 
 use super::conn::ConnOut;
-use super::media::{AliveStamp, Dest, MulticastGroup, Stream, Target, multicast_socket};
+use super::media::{
+    AliveStamp, Dest, MulticastGroup, PushOutcome, StartGate, StartPoint, Stream, Target,
+    multicast_socket,
+};
 use super::{ServerEvent, Shared};
 use crate::rtsp::sdp::SessionDescription;
 use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
@@ -21,6 +24,19 @@ use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
 /// Methods a client may send to this server.
 pub const PUBLIC_METHODS: &str =
     "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// How long a destination that found no keyframe in time waits for the next packet before the
+/// PLAY answer goes out anyway.
+const NEXT_PACKET_WAIT: Duration = Duration::from_millis(500);
+
+/// A stream of a session that a PLAY starts.
+struct Starting {
+    id: usize,
+    stream: Arc<Stream>,
+    dest: Arc<Dest>,
+    /// Where its start point is reported (unicast destinations added by this PLAY).
+    gate: Option<Arc<StartGate>>,
+}
 
 /// One stream set up in a session.
 pub struct SessionStream {
@@ -127,7 +143,7 @@ impl Shared {
             Method::Options => Ok((self.options(cseq), After::Nothing)),
             Method::Describe => self.describe(ctx, &req, cseq).await,
             Method::Setup => self.setup(ctx, &req, cseq, session_id.as_deref()),
-            Method::Play => self.play(ctx, &req, cseq, session_id.as_deref()),
+            Method::Play => self.play(&req, cseq, session_id.as_deref()).await,
             Method::Pause => self.pause(&req, cseq, session_id.as_deref()),
             Method::Teardown => self.teardown(&req, cseq, session_id.as_deref()),
             Method::GetParameter => self.get_parameter(&req, cseq, session_id.as_deref()),
@@ -466,25 +482,14 @@ impl Shared {
         Some((address, port, mc.ttl))
     }
 
-    fn play(
+    async fn play(
         self: &Arc<Self>,
-        _ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
     ) -> Result<(Resp, After), StatusCode> {
         let target = self.resolve(req)?;
         let id = session_id.ok_or(StatusCode::SessionNotFound)?;
-        let sessions = self.sessions.lock().unwrap();
-        let session = sessions.get(id).ok_or(StatusCode::SessionNotFound)?;
-        if session.streams.is_empty() {
-            return Err(StatusCode::MethodNotValidInThisState);
-        }
-        if let Target_::Stream(_) = target
-            && session.streams.len() > 1
-        {
-            return Err(StatusCode::OnlyAggregateOperationAllowed);
-        }
         let base = req
             .request_uri()
             .map(Self::content_base)
@@ -498,70 +503,132 @@ impl Shared {
                 .unwrap_or(base),
             Target_::Presentation => base,
         };
+        let (starting, begins, timeout) = {
+            let mut sessions = self.sessions.lock().unwrap();
+            let session = sessions.get_mut(id).ok_or(StatusCode::SessionNotFound)?;
+            if session.streams.is_empty() {
+                return Err(StatusCode::MethodNotValidInThisState);
+            }
+            if let Target_::Stream(_) = target
+                && session.streams.len() > 1
+            {
+                return Err(StatusCode::OnlyAggregateOperationAllowed);
+            }
+            let begins = !session.playing;
+            session.playing = true;
+            let starting: Vec<Starting> = session
+                .streams
+                .iter()
+                .map(|(sid, st)| Starting {
+                    id: *sid,
+                    stream: st.stream.clone(),
+                    dest: st.dest.clone(),
+                    gate: None,
+                })
+                .collect();
+            (starting, begins, session.timeout.as_secs())
+        };
+        let mut starting = starting;
+        if begins {
+            let mut keyframes = Vec::new();
+            for s in starting.iter_mut() {
+                let outcome = match &s.dest.target {
+                    Target::Multicast { .. } => join_multicast(&s.stream),
+                    _ => {
+                        let (gate, outcome) = s.stream.add_pending(s.dest.clone());
+                        s.gate = Some(gate);
+                        outcome
+                    }
+                };
+                if outcome.want_keyframe {
+                    keyframes.push(s.id);
+                }
+            }
+            for stream in keyframes {
+                (self.events)(ServerEvent::KeyframeRequest { stream });
+            }
+            self.wait_for_start_points(&starting).await;
+        }
+
         let now = Instant::now();
         let mut rtp_info = String::new();
-        for (sid, st) in &session.streams {
+        for s in &starting {
             if !rtp_info.is_empty() {
                 rtp_info.push(',');
             }
-            let _ = write!(rtp_info, "url={base}stream={sid}");
-            let clock = st.stream.clock();
-            if let Some(rtptime) = clock.rtptime_at(now, st.stream.clock_rate()) {
-                let _ = write!(
-                    rtp_info,
-                    ";seq={};rtptime={rtptime}",
-                    clock.last_seq.wrapping_add(1)
-                );
+            let _ = write!(rtp_info, "url={base}stream={}", s.id);
+            // Exact for unicast destinations that found their start; otherwise (multicast, a
+            // PLAY of a playing session, a stream that sent nothing in time) the next packet
+            // as far as can be told.
+            let start = s.gate.as_ref().and_then(|g| g.get()).or_else(|| {
+                let clock = s.stream.clock();
+                clock
+                    .rtptime_at(now, s.stream.clock_rate())
+                    .map(|rtptime| StartPoint {
+                        seq: clock.last_seq.wrapping_add(1),
+                        rtptime,
+                    })
+            });
+            if let Some(StartPoint { seq, rtptime }) = start {
+                let _ = write!(rtp_info, ";seq={seq};rtptime={rtptime}");
             }
         }
-        let timeout = session.timeout.as_secs();
-        drop(sessions);
+        // Torn down or expired while waiting: its destinations are gone already.
+        if !self.sessions.lock().unwrap().contains_key(id) {
+            return Err(StatusCode::SessionNotFound);
+        }
         let resp = self
             .ok(cseq)
             .header(headers::RANGE, "npt=now-")
             .header(headers::RTP_INFO, rtp_info)
             .header(headers::SESSION, session_header(id, timeout))
             .build(Vec::new());
-        Ok((resp, After::Play(id.to_owned())))
+        let after = if begins {
+            After::Play(id.to_owned())
+        } else {
+            After::Nothing
+        };
+        Ok((resp, after))
     }
 
-    /// Starts media for a session whose PLAY response has been queued.
-    pub(super) fn start_playing(&self, id: &str) {
-        let mut keyframes = Vec::new();
-        {
-            let mut sessions = self.sessions.lock().unwrap();
-            let Some(session) = sessions.get_mut(id) else {
-                return;
-            };
-            if session.playing {
-                return;
-            }
-            session.playing = true;
-            for st in session.streams.values() {
-                let outcome = match &st.dest.target {
-                    Target::Multicast { .. } => {
-                        let mut group = st.stream.multicast.lock().unwrap();
-                        match group.as_mut() {
-                            Some(g) => {
-                                g.players += 1;
-                                if g.players == 1 {
-                                    st.stream.add_dest(g.dest.clone())
-                                } else {
-                                    Default::default()
-                                }
-                            }
-                            None => Default::default(),
-                        }
-                    }
-                    _ => st.stream.add_dest(st.dest.clone()),
-                };
-                if outcome.want_keyframe {
-                    keyframes.push(st.stream.id);
-                }
+    /// Waits (bounded) until every pending destination knows its first packet: video ones
+    /// wait for a keyframe up to `play_keyframe_wait`, then take the next packet instead.
+    async fn wait_for_start_points(&self, starting: &[Starting]) {
+        let deadline = tokio::time::Instant::now() + self.config.play_keyframe_wait;
+        for s in starting {
+            if let Some(gate) = &s.gate {
+                gate.wait_until(deadline).await;
             }
         }
-        for stream in keyframes {
-            (self.events)(ServerEvent::KeyframeRequest { stream });
+        let late: Vec<&Starting> = starting
+            .iter()
+            .filter(|s| s.gate.as_ref().is_some_and(|g| g.get().is_none()))
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        for s in &late {
+            s.stream.start_anywhere(&s.dest);
+        }
+        let deadline = tokio::time::Instant::now() + NEXT_PACKET_WAIT;
+        for s in &late {
+            if let Some(gate) = &s.gate {
+                gate.wait_until(deadline).await;
+            }
+        }
+    }
+
+    /// Starts media for a session whose PLAY response has been queued: the pending
+    /// destinations send what they buffered since their start point and go live.
+    pub(super) fn start_playing(&self, id: &str) {
+        let sessions = self.sessions.lock().unwrap();
+        let Some(session) = sessions.get(id) else {
+            return;
+        };
+        for st in session.streams.values() {
+            if !matches!(st.dest.target, Target::Multicast { .. }) {
+                st.stream.activate(&st.dest);
+            }
         }
     }
 
@@ -686,6 +753,23 @@ impl Shared {
                 .map(|s| Some(s.timeout.as_secs()))
                 .ok_or(StatusCode::SessionNotFound),
         }
+    }
+}
+
+/// A multicast client starts playing: the group's destination is added with the first one.
+/// Multicast clients join a group in mid-stream, so their RTP-Info is the best guess.
+fn join_multicast(stream: &Stream) -> PushOutcome {
+    let mut group = stream.multicast.lock().unwrap();
+    match group.as_mut() {
+        Some(g) => {
+            g.players += 1;
+            if g.players == 1 {
+                stream.add_dest(g.dest.clone())
+            } else {
+                PushOutcome::default()
+            }
+        }
+        None => PushOutcome::default(),
     }
 }
 
