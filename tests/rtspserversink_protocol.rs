@@ -801,3 +801,69 @@ fn rtp_info_names_the_first_packet_of_a_late_udp_joiner() {
         "RTP-Info {info:?}"
     );
 }
+
+/// Stock rtspsrc joins a running stream (in-process, over TCP) and its jitter buffer, which takes
+/// the first expected sequence number from RTP-Info, counts no packet lost; over UDP it decodes.
+#[test]
+fn stock_rtspsrc_joining_late_counts_no_loss() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let url = server.url("/");
+    let mut c = RawClient::connect(server.port);
+    assert_eq!(c.request("DESCRIBE", &url, &[], "").status, 200);
+    for (join, wait_ms) in [(0, 1400u64), (1, 600)] {
+        // Mid-GOP (1 s GOP).
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let pipeline = gst::parse::launch(&format!(
+            "rtspsrc name=src location={url} protocols=tcp latency=200 \
+             src. ! application/x-rtp,media=video ! rtph264depay ! fakesink \
+             src. ! application/x-rtp,media=audio ! rtpopusdepay ! fakesink"
+        ))
+        .unwrap();
+        let src = pipeline
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .by_name("src")
+            .unwrap();
+        assert_eq!(
+            src.factory().unwrap().plugin_name().as_deref(),
+            Some("rtsp"),
+            "the stock rtspsrc"
+        );
+        let jitterbuffers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<gst::Element>::new()));
+        let jbs = jitterbuffers.clone();
+        src.connect("new-manager", false, move |args| {
+            let manager = args[1].get::<gst::Element>().unwrap();
+            let jbs = jbs.clone();
+            manager.connect("new-jitterbuffer", false, move |args| {
+                jbs.lock()
+                    .unwrap()
+                    .push(args[1].get::<gst::Element>().unwrap());
+                None
+            });
+            None
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let bus = pipeline.bus().unwrap();
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_seconds(4),
+            &[gst::MessageType::Error, gst::MessageType::Eos],
+        );
+        let _ = pipeline.set_state(gst::State::Null);
+        assert!(msg.is_none(), "join {join}: {msg:?}");
+        let jbs = jitterbuffers.lock().unwrap();
+        assert_eq!(jbs.len(), 2, "join {join}: one jitter buffer per stream");
+        for jb in jbs.iter() {
+            let stats = jb.property::<gst::Structure>("stats");
+            assert!(
+                stats.get::<u64>("num-pushed").unwrap() > 20,
+                "join {join}: {stats}"
+            );
+            assert_eq!(
+                stats.get::<u64>("num-lost").unwrap(),
+                0,
+                "join {join}: {stats}"
+            );
+        }
+    }
+    assert_eq!(rtspsrc_decode(&url, "udp", 30, ""), 30);
+}
