@@ -61,6 +61,23 @@ pub enum Target {
     Multicast { rtp: SocketAddr, rtcp: SocketAddr },
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Udp { rtp, rtcp } => write!(f, "udp {rtp} (RTCP port {})", rtcp.port()),
+            Target::Tcp { conn, channel } => write!(
+                f,
+                "tcp {} interleaved channels {channel}-{}",
+                conn.peer,
+                channel.wrapping_add(1)
+            ),
+            Target::Multicast { rtp, rtcp } => {
+                write!(f, "multicast group {rtp} (RTCP port {})", rtcp.port())
+            }
+        }
+    }
+}
+
 impl Target {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -105,12 +122,14 @@ impl Dest {
         }
     }
 
-    /// Feeds an RTCP compound packet received from this destination.
-    pub fn on_rtcp(&self, data: &[u8], clock_rate: u32) {
+    /// Feeds an RTCP compound packet received from this destination. Returns whether it held a
+    /// report block ([`Dest::rtcp`] then has its figures).
+    pub fn on_rtcp(&self, data: &[u8], clock_rate: u32) -> bool {
         self.alive.touch();
         let Ok(packets) = rtcp::parse_compound(data) else {
-            return;
+            return false;
         };
+        let mut reported = false;
         let arrival = ntp::ntp_now();
         for packet in packets {
             let blocks = match packet {
@@ -132,8 +151,10 @@ impl Dest {
                 if let Some(rtt) = rtcp::round_trip_time(block, arrival) {
                     f.rtt = Some(rtt);
                 }
+                reported = true;
             }
         }
+        reported
     }
 }
 
@@ -305,6 +326,10 @@ pub struct MulticastGroup {
 pub struct PushOutcome {
     /// A destination is waiting for a keyframe: ask the encoder for one.
     pub want_keyframe: bool,
+    /// With `want_keyframe`: destinations waiting to start, and ones waiting to resume after a
+    /// dropped frame.
+    pub joining: usize,
+    pub resyncing: usize,
     /// This push carried the stream's first packet: it is ready to be described.
     pub first_packet: bool,
 }
@@ -387,7 +412,7 @@ impl Stream {
         });
         PushOutcome {
             want_keyframe: waiting && self.keyframe_request_due(),
-            first_packet: false,
+            ..PushOutcome::default()
         }
     }
 
@@ -408,9 +433,11 @@ impl Stream {
                 dropped: 0,
             })),
         });
+        let want_keyframe = keyframe && self.keyframe_request_due();
         let outcome = PushOutcome {
-            want_keyframe: keyframe && self.keyframe_request_due(),
-            first_packet: false,
+            want_keyframe,
+            joining: usize::from(want_keyframe),
+            ..PushOutcome::default()
         };
         (gate, outcome)
     }
@@ -548,10 +575,22 @@ impl Stream {
         }
         // Keep asking (at most once a second) while anyone waits: encoders may ignore a request.
         let waiting = plane.entries.iter().any(Entry::wants_keyframe);
+        let want_keyframe = waiting && self.keyframe_request_due();
+        let (mut joining, mut resyncing) = (0, 0);
+        if want_keyframe {
+            for e in plane.entries.iter().filter(|e| e.wants_keyframe()) {
+                match e.state {
+                    EntryState::Pending(_) => joining += 1,
+                    EntryState::Live { .. } => resyncing += 1,
+                }
+            }
+        }
         drop(plane);
         PushOutcome {
-            want_keyframe: waiting && self.keyframe_request_due(),
+            want_keyframe,
             first_packet,
+            joining,
+            resyncing,
         }
     }
 
@@ -597,8 +636,9 @@ impl Stream {
         }
     }
 
-    /// Builds a Sender Report for `dest` (counts are what this destination was sent).
-    pub fn sender_report(&self, dest: &Dest, cname: &str) -> Option<Vec<u8>> {
+    /// Builds a Sender Report for `dest` (counts are what this destination was sent): the
+    /// report and its compound packet (with SDES).
+    pub fn sender_report(&self, dest: &Dest, cname: &str) -> Option<(rtcp::SenderReport, Vec<u8>)> {
         let clock = self.clock();
         let now = Instant::now();
         let rtp_timestamp = clock.rtptime_at(now, self.clock_rate())?;
@@ -612,7 +652,7 @@ impl Stream {
         };
         let mut out = Vec::with_capacity(64);
         rtcp::write_sender_report(&sr, cname, &mut out);
-        Some(out)
+        Some((sr, out))
     }
 
     /// Sends an RTCP packet to `dest` over its transport.
