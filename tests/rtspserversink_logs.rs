@@ -173,6 +173,20 @@ fn a_real_client_session_is_logged_at_debug_and_headers_at_log_level() {
         "no receiver report record:\n{}",
         capture.dump()
     );
+    // Its join asked the encoder for a keyframe.
+    assert!(
+        capture
+            .wait_for(
+                &[&format!(
+                    "stream 0: asking upstream for a keyframe: session {raw_session} of \
+                     {raw_peer} joins"
+                )],
+                Duration::ZERO
+            )
+            .is_some(),
+        "no keyframe request record:\n{}",
+        capture.dump()
+    );
     let r = raw.request("TEARDOWN", &url, &[("Session", &raw_session)], "");
     assert_eq!(r.status, 200);
 
@@ -416,4 +430,43 @@ fn a_slow_client_is_logged_once_per_episode_and_when_cut_off() {
         server.stats()
     );
     drop(stalled);
+}
+
+#[test]
+fn an_expired_session_is_logged_with_why() {
+    let capture = Capture::start();
+    let server = ServerPipeline::start("session-timeout=1", &av_source(false));
+    let url = server.url("/");
+    let mut c = RawClient::connect(server.port);
+    let peer = c.stream.local_addr().unwrap().to_string();
+    let r = c.request(
+        "SETUP",
+        &format!("{url}stream=0"),
+        &[("Transport", "RTP/AVP;unicast;client_port=40020-40021")],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let session = r.session().unwrap();
+    let expired = capture.wait_for(
+        &[
+            &format!(
+                "{peer}: session {session} expired: no RTSP request or RTCP from the client for "
+            ),
+            "(session-timeout 1 s)",
+        ],
+        Duration::from_secs(6),
+    );
+    assert!(expired.is_some(), "no expiry record:\n{}", capture.dump());
+    assert!(
+        capture
+            .wait_for(
+                &[&format!(
+                    "session {session} stream 0: sending over udp 127.0.0.1:40020 (RTCP port 40021)"
+                )],
+                Duration::ZERO
+            )
+            .is_some(),
+        "no transport record:\n{}",
+        capture.dump()
+    );
 }

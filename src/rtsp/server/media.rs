@@ -706,3 +706,161 @@ pub fn multicast_socket(ttl: u8, iface: Option<Ipv4Addr>) -> std::io::Result<Udp
     let _ = sock.set_send_buffer_size(1 << 20);
     Ok(sock.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn description(media: &str, encoding: &str, clock_rate: u32) -> MediaDescription {
+        MediaDescription {
+            media: media.into(),
+            payload_type: 96,
+            encoding_name: encoding.into(),
+            clock_rate,
+            encoding_params: None,
+            fmtp: Vec::new(),
+            control: String::new(),
+            multicast: None,
+            port: 0,
+            bandwidth_kbps: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// An RTP packet: version 2, payload type 96, one payload byte (an H.264 NAL header).
+    fn packet(seq: u16, ts: u32, nal: u8) -> Bytes {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(&[nal, 0xaa]);
+        Bytes::from(p)
+    }
+
+    const IDR: u8 = 0x65;
+    const NON_IDR: u8 = 0x41;
+
+    fn tcp_dest() -> (Arc<ConnOut>, Arc<Dest>) {
+        let conn = Arc::new(ConnOut::new(
+            1,
+            "127.0.0.1:5000".parse().unwrap(),
+            1 << 20,
+            "test".into(),
+        ));
+        let dest = Arc::new(Dest::new(
+            "s".into(),
+            Target::Tcp {
+                conn: conn.clone(),
+                channel: 0,
+            },
+            Arc::new(AliveStamp::new(Instant::now())),
+        ));
+        (conn, dest)
+    }
+
+    fn stream(media: &str, encoding: &str) -> Stream {
+        let s = Stream::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
+        s.set_description(description(media, encoding, 90000));
+        s
+    }
+
+    #[test]
+    fn a_pending_video_client_starts_at_the_keyframe_and_gets_nothing_before_activation() {
+        let s = stream("video", "H264");
+        s.push(&[packet(10, 1000, IDR)]);
+        let (conn, dest) = tcp_dest();
+        let (gate, outcome) = s.add_pending(dest.clone());
+        assert!(outcome.want_keyframe);
+        assert_eq!(outcome.joining, 1);
+        // Mid-GOP frames: no start yet.
+        s.push(&[packet(11, 4000, NON_IDR), packet(12, 4000, NON_IDR)]);
+        assert_eq!(gate.get(), None);
+        // The keyframe starts it; what follows is buffered, nothing is sent yet.
+        let out = s.push(&[packet(13, 7000, 0x67), packet(14, 7000, IDR)]);
+        assert!(!out.want_keyframe);
+        s.push(&[packet(15, 10000, NON_IDR)]);
+        assert_eq!(
+            gate.get(),
+            Some(StartPoint {
+                seq: 13,
+                rtptime: 7000
+            })
+        );
+        assert_eq!(conn.queued_media_bytes(), 0);
+        assert!(
+            s.dests().is_empty(),
+            "a pending client gets no Sender Report"
+        );
+        // Activation sends the buffer, then it is live.
+        let a = s.activate(&dest).unwrap();
+        assert_eq!(
+            a,
+            Activation {
+                packets: 3,
+                dropped: 0,
+                sent: true
+            }
+        );
+        assert_eq!(conn.queued_media_bytes(), 3 * (14 + 4));
+        s.push(&[packet(16, 13000, NON_IDR)]);
+        assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
+        assert_eq!(s.dests().len(), 1);
+        assert_eq!(s.activate(&dest), None, "already live");
+    }
+
+    #[test]
+    fn a_pending_audio_client_starts_at_the_next_packet() {
+        let s = stream("audio", "OPUS");
+        s.push(&[packet(100, 960, 0x78)]);
+        let (_conn, dest) = tcp_dest();
+        let (gate, outcome) = s.add_pending(dest);
+        assert!(!outcome.want_keyframe);
+        s.push(&[packet(101, 1920, 0x78)]);
+        assert_eq!(
+            gate.get(),
+            Some(StartPoint {
+                seq: 101,
+                rtptime: 1920
+            })
+        );
+    }
+
+    #[test]
+    fn a_video_client_without_a_keyframe_in_time_starts_anywhere() {
+        let s = stream("video", "H264");
+        let (conn, dest) = tcp_dest();
+        let (gate, _) = s.add_pending(dest.clone());
+        s.push(&[packet(1, 0, NON_IDR)]);
+        assert_eq!(gate.get(), None);
+        s.start_anywhere(&dest);
+        s.push(&[packet(2, 3000, NON_IDR)]);
+        assert_eq!(
+            gate.get(),
+            Some(StartPoint {
+                seq: 2,
+                rtptime: 3000
+            })
+        );
+        // Removed before activation (PAUSE, TEARDOWN): nothing is ever sent.
+        s.remove_dest(&dest);
+        assert_eq!(s.activate(&dest), None);
+        assert_eq!(conn.queued_media_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_gate_wakes_its_waiter_or_times_out() {
+        let gate = Arc::new(StartGate::default());
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert_eq!(gate.wait_until(soon).await, None);
+        let setter = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            setter.set(StartPoint { seq: 7, rtptime: 8 });
+        });
+        let later = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            gate.wait_until(later).await,
+            Some(StartPoint { seq: 7, rtptime: 8 })
+        );
+    }
+}
