@@ -560,19 +560,31 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpList
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let name = &*shared.name;
+    // Failures in a row: logged when they start and when they end, not every retry.
+    let mut failures = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
+                if failures == 0 {
+                    sdebug!(
+                        name,
+                        "accepting connections fails: {e}; retrying every 50 ms"
+                    );
+                }
+                failures += 1;
                 // EMFILE and friends: back off instead of spinning.
-                sdebug!(
-                    name,
-                    "accepting a connection failed: {e}; retrying in 50 ms"
-                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if failures > 0 {
+            sdebug!(
+                name,
+                "accepting connections works again after {failures} failures"
+            );
+            failures = 0;
+        }
         shared
             .counters
             .connections_total
