@@ -639,3 +639,231 @@ fn new_clients_start_at_a_keyframe_requested_from_the_encoder() {
         std::thread::sleep(Duration::from_millis(1100));
     }
 }
+
+/// `RTP-Info` of a PLAY answer: (control URL, seq, rtptime) per stream.
+fn parse_rtp_info(value: &str) -> Vec<(String, Option<u16>, Option<u32>)> {
+    value
+        .split(',')
+        .map(|entry| {
+            let (mut url, mut seq, mut rtptime) = (String::new(), None, None);
+            for param in entry.split(';') {
+                match param.trim().split_once('=') {
+                    Some(("url", v)) => url = v.to_owned(),
+                    Some(("seq", v)) => seq = v.parse().ok(),
+                    Some(("rtptime", v)) => rtptime = v.parse().ok(),
+                    _ => {}
+                }
+            }
+            (url, seq, rtptime)
+        })
+        .collect()
+}
+
+/// DESCRIBE + SETUP of every stream over TCP (stream i on channels 2i, 2i+1); returns the base
+/// URL, the session id and the number of streams.
+fn setup_tcp(c: &mut RawClient, url: &str) -> (String, String, usize) {
+    let d = c.request("DESCRIBE", url, &[], "");
+    assert_eq!(d.status, 200, "DESCRIBE: {d:?}");
+    let base = d.header("Content-Base").unwrap().to_owned();
+    let streams = String::from_utf8_lossy(&d.body)
+        .lines()
+        .filter(|l| l.starts_with("m="))
+        .count();
+    let mut session: Option<String> = None;
+    for i in 0..streams {
+        let transport = format!("RTP/AVP/TCP;unicast;interleaved={}-{}", 2 * i, 2 * i + 1);
+        let mut headers = vec![("Transport", transport.as_str())];
+        let sess = session.clone().unwrap_or_default();
+        if session.is_some() {
+            headers.push(("Session", sess.as_str()));
+        }
+        let r = c.request("SETUP", &format!("{base}stream={i}"), &headers, "");
+        assert_eq!(r.status, 200, "SETUP: {r:?}");
+        session = r.session();
+    }
+    (base, session.expect("session"), streams)
+}
+
+/// RFC 2326 12.33: the PLAY answer's `seq` and `rtptime` are those of the first packet the client
+/// receives. Late joiners of a running stream (1 s GOP, so most joins land mid-GOP and video must
+/// wait for a keyframe) check it on every stream, and that no media precedes the answer.
+#[test]
+fn rtp_info_names_the_first_packet_of_every_late_joiner() {
+    use gstlivestreaming::rtp::{keyframe::starts_keyframe, parse_rtp_header, rtp_payload};
+
+    let server = ServerPipeline::start("", &av_source(true));
+    let url = server.url("/");
+    // Let the stream run: later joins find it mid-GOP.
+    let mut first = RawClient::connect(server.port);
+    first.play_tcp(&url);
+    first.read_interleaved(0, 30);
+    drop(first);
+    for join in 0..6u64 {
+        // Joins 0.25-0.75 s apart: some come within a second of the previous keyframe request
+        // (no new request upstream: they wait for the GOP's natural keyframe), some do not.
+        std::thread::sleep(Duration::from_millis(250 + 100 * join));
+        let mut c = RawClient::connect(server.port);
+        let (base, session, streams) = setup_tcp(&mut c, &url);
+        assert_eq!(streams, 2);
+        c.cseq += 1;
+        c.send_raw(
+            format!(
+                "PLAY {base} RTSP/1.0\r\nCSeq: {}\r\nSession: {session}\r\nRange: npt=0-\r\n\r\n",
+                c.cseq
+            )
+            .as_bytes(),
+        );
+        let answer = match c.read_next() {
+            Incoming::Response(r) => r,
+            Incoming::Data(ch, d) => panic!(
+                "join {join}: {} bytes of media on channel {ch} before the PLAY answer",
+                d.len()
+            ),
+            Incoming::Request(start, _) => panic!("join {join}: {start} before the PLAY answer"),
+        };
+        assert_eq!(answer.status, 200, "join {join}: {answer:?}");
+        let info = parse_rtp_info(answer.header("RTP-Info").expect("RTP-Info"));
+        assert_eq!(info.len(), 2, "join {join}: {info:?}");
+        // First packet on each RTP channel (0: video, 2: audio); bounded by the read timeout and a
+        // frame count.
+        let mut firsts: [Option<Vec<u8>>; 2] = [None, None];
+        let mut frames = 0;
+        while firsts.iter().any(Option::is_none) {
+            frames += 1;
+            assert!(frames < 5000, "join {join}: no packet on some stream");
+            if let Incoming::Data(ch, data) = c.read_next()
+                && ch % 2 == 0
+            {
+                let slot = &mut firsts[usize::from(ch / 2)];
+                if slot.is_none() {
+                    *slot = Some(data);
+                }
+            }
+        }
+        for (i, packet) in firsts.iter().enumerate() {
+            let packet = packet.as_ref().unwrap();
+            let h = parse_rtp_header(packet).unwrap();
+            let (url, seq, rtptime) = &info[i];
+            assert!(url.ends_with(&format!("stream={i}")), "{info:?}");
+            assert_eq!(
+                (*seq, *rtptime),
+                (Some(h.sequence), Some(h.timestamp)),
+                "join {join}, stream {i}: RTP-Info {info:?}, first packet seq {} rtptime {}",
+                h.sequence,
+                h.timestamp
+            );
+            if i == 0 {
+                assert!(
+                    starts_keyframe("H264", rtp_payload(packet, &h)),
+                    "join {join}: video does not start at a keyframe"
+                );
+            }
+        }
+        let r = c.request("TEARDOWN", &base, &[("Session", &session)], "");
+        assert_eq!(r.status, 200);
+    }
+}
+
+/// The same over UDP: the first datagram on the client's RTP port is the one RTP-Info names.
+#[test]
+fn rtp_info_names_the_first_packet_of_a_late_udp_joiner() {
+    use gstlivestreaming::rtp::parse_rtp_header;
+
+    let server = ServerPipeline::start("", &av_source(false));
+    let url = server.url("/");
+    let mut c = RawClient::connect(server.port);
+    assert_eq!(c.request("DESCRIBE", &url, &[], "").status, 200);
+    // Mid-GOP.
+    std::thread::sleep(Duration::from_millis(1400));
+    let (rtp_sock, _rtcp_sock) = client_port_pair();
+    rtp_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = rtp_sock.local_addr().unwrap().port();
+    let transport = format!("RTP/AVP;unicast;client_port={}-{}", port, port + 1);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}stream=0"),
+        &[("Transport", &transport)],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let session = r.session().unwrap();
+    let r = c.request("PLAY", &url, &[("Session", &session)], "");
+    assert_eq!(r.status, 200);
+    let info = parse_rtp_info(r.header("RTP-Info").unwrap());
+    let mut buf = [0u8; 2048];
+    let n = rtp_sock.recv(&mut buf).expect("RTP");
+    let h = parse_rtp_header(&buf[..n]).unwrap();
+    assert_eq!(
+        (info[0].1, info[0].2),
+        (Some(h.sequence), Some(h.timestamp)),
+        "RTP-Info {info:?}"
+    );
+}
+
+/// Stock rtspsrc joins a running stream (in-process, over TCP) and its jitter buffer, which takes
+/// the first expected sequence number from RTP-Info, counts no packet lost; over UDP it decodes.
+#[test]
+fn stock_rtspsrc_joining_late_counts_no_loss() {
+    let server = ServerPipeline::start("", &av_source(true));
+    let url = server.url("/");
+    let mut c = RawClient::connect(server.port);
+    assert_eq!(c.request("DESCRIBE", &url, &[], "").status, 200);
+    for (join, wait_ms) in [(0, 1400u64), (1, 600)] {
+        // Mid-GOP (1 s GOP).
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let pipeline = gst::parse::launch(&format!(
+            "rtspsrc name=src location={url} protocols=tcp latency=200 \
+             src. ! application/x-rtp,media=video ! rtph264depay ! fakesink \
+             src. ! application/x-rtp,media=audio ! rtpopusdepay ! fakesink"
+        ))
+        .unwrap();
+        let src = pipeline
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .by_name("src")
+            .unwrap();
+        assert_eq!(
+            src.factory().unwrap().plugin_name().as_deref(),
+            Some("rtsp"),
+            "the stock rtspsrc"
+        );
+        let jitterbuffers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<gst::Element>::new()));
+        let jbs = jitterbuffers.clone();
+        src.connect("new-manager", false, move |args| {
+            let manager = args[1].get::<gst::Element>().unwrap();
+            let jbs = jbs.clone();
+            manager.connect("new-jitterbuffer", false, move |args| {
+                jbs.lock()
+                    .unwrap()
+                    .push(args[1].get::<gst::Element>().unwrap());
+                None
+            });
+            None
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let bus = pipeline.bus().unwrap();
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_seconds(4),
+            &[gst::MessageType::Error, gst::MessageType::Eos],
+        );
+        let _ = pipeline.set_state(gst::State::Null);
+        assert!(msg.is_none(), "join {join}: {msg:?}");
+        let jbs = jitterbuffers.lock().unwrap();
+        assert_eq!(jbs.len(), 2, "join {join}: one jitter buffer per stream");
+        for jb in jbs.iter() {
+            let stats = jb.property::<gst::Structure>("stats");
+            assert!(
+                stats.get::<u64>("num-pushed").unwrap() > 20,
+                "join {join}: {stats}"
+            );
+            assert_eq!(
+                stats.get::<u64>("num-lost").unwrap(),
+                0,
+                "join {join}: {stats}"
+            );
+        }
+    }
+    assert_eq!(rtspsrc_decode(&url, "udp", 30, ""), 30);
+}

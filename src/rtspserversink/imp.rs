@@ -295,9 +295,11 @@ impl RtspServerSink {
 
     fn start_server(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let config = settings.server_config().map_err(|e| {
+        let mut config = settings.server_config().map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
         })?;
+        // The core's records (category lsrtsp) carry the element's name.
+        config.name = self.obj().name().to_string();
         let bind = std::net::SocketAddr::new(config.address, config.port);
         let weak = self.obj().downgrade();
         let server = Server::start(config, move |event| {

@@ -14,7 +14,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -49,6 +49,18 @@ struct Queue {
     media_bytes: usize,
     control_bytes: usize,
     closed: bool,
+    /// Frames are being dropped since the queue first refused one; logged when it starts and
+    /// when it ends, never per frame.
+    dropping: Option<DropEpisode>,
+}
+
+/// A run of media frames refused because the client reads too slowly.
+#[derive(Debug, Clone, Copy)]
+struct DropEpisode {
+    since: Instant,
+    frames: u64,
+    packets: u64,
+    bytes: usize,
 }
 
 /// Why a connection was closed by the server side.
@@ -68,6 +80,8 @@ pub enum CloseReason {
 pub struct ConnOut {
     pub id: u64,
     pub peer: SocketAddr,
+    /// The server's name, for log records.
+    name: Arc<str>,
     queue: Mutex<Queue>,
     notify: Notify,
     media_limit: usize,
@@ -85,10 +99,11 @@ pub struct ConnOut {
 }
 
 impl ConnOut {
-    pub fn new(id: u64, peer: SocketAddr, media_limit: usize) -> Self {
+    pub fn new(id: u64, peer: SocketAddr, media_limit: usize, name: Arc<str>) -> Self {
         Self {
             id,
             peer,
+            name,
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             media_limit,
@@ -156,7 +171,7 @@ impl ConnOut {
     /// The queue holds at most `media_limit` bytes, or one group of any size when it was empty.
     pub fn send_media(&self, channel: u8, packets: &[Bytes]) -> bool {
         let total: usize = packets.iter().map(|p| p.len() + 4).sum();
-        {
+        let ended = {
             let mut q = self.queue.lock().unwrap();
             if q.closed {
                 return false;
@@ -164,19 +179,58 @@ impl ConnOut {
             // An empty queue takes any frame, so frames larger than the limit still flow to a
             // client that keeps up.
             if q.media_bytes > 0 && q.media_bytes + total > self.media_limit {
+                let queued = q.media_bytes;
+                let started = q.dropping.is_none();
+                let episode = q.dropping.get_or_insert(DropEpisode {
+                    since: Instant::now(),
+                    frames: 0,
+                    packets: 0,
+                    bytes: 0,
+                });
+                episode.frames += 1;
+                episode.packets += packets.len() as u64;
+                episode.bytes += total;
                 drop(q);
+                if started {
+                    sdebug!(
+                        &*self.name,
+                        "{}: client reads too slowly: {queued} bytes queued (limit {}), dropping \
+                         whole frames until it catches up",
+                        self.peer,
+                        self.media_limit
+                    );
+                }
                 self.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 self.packets_dropped
                     .fetch_add(packets.len() as u64, Ordering::Relaxed);
                 return false;
             }
+            // A drop episode ends once the queue has drained to half its limit, not with the
+            // first small frame that fits again.
+            let ended = if q.media_bytes <= self.media_limit / 2 {
+                q.dropping.take()
+            } else {
+                None
+            };
             q.media_bytes += total;
             q.items.extend(packets.iter().map(|p| Item::Media {
                 channel,
                 data: p.clone(),
             }));
-        }
+            ended
+        };
         self.notify.notify_one();
+        if let Some(e) = ended {
+            sdebug!(
+                &*self.name,
+                "{}: client caught up after {:.1?}: {} frames ({} packets, {} bytes) were dropped",
+                self.peer,
+                e.since.elapsed(),
+                e.frames,
+                e.packets,
+                e.bytes
+            );
+        }
         true
     }
 
@@ -221,6 +275,15 @@ impl ConnOut {
                         .fetch_add((media + control) as u64, Ordering::Relaxed);
                 }
                 Err(reason) => {
+                    if reason == CloseReason::Stalled {
+                        sdebug!(
+                            &*self.name,
+                            "{}: disconnecting a stalled client: its socket took nothing for \
+                             {stall_timeout:?} ({} bytes of media queued)",
+                            self.peer,
+                            self.queued_media_bytes()
+                        );
+                    }
                     self.close(reason);
                     break;
                 }

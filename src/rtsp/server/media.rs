@@ -8,7 +8,14 @@
 //! and forwards them, without blocking, to every playing destination: UDP unicast through the
 //! stream's server port pair, one shared multicast group, or a TCP connection's bounded queue.
 //! New destinations of video streams start at the next random-access point. The stream also
-//! keeps the RTP/NTP mapping for Sender Reports and RTP-Info.
+//! keeps the RTP/NTP mapping for Sender Reports.
+//!
+//! A client that sends PLAY gets [`Stream::add_pending`] destinations: the producer finds where
+//! each one starts (the next keyframe for video, the next packet otherwise), reports that packet's
+//! sequence number and timestamp through a [`StartGate`] and buffers from there, so the PLAY
+//! answer's RTP-Info names the first packet the client receives (RFC 2326 12.33, RFC 7826 18.45).
+//! [`Stream::activate`], called once the answer is queued, sends the buffer and goes live: no
+//! media overtakes the answer on an interleaved connection.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::conn::ConnOut;
 use crate::rtp::{self, keyframe, ntp, rtcp};
@@ -55,6 +63,23 @@ pub enum Target {
     Udp { rtp: SocketAddr, rtcp: SocketAddr },
     Tcp { conn: Arc<ConnOut>, channel: u8 },
     Multicast { rtp: SocketAddr, rtcp: SocketAddr },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Udp { rtp, rtcp } => write!(f, "udp {rtp} (RTCP port {})", rtcp.port()),
+            Target::Tcp { conn, channel } => write!(
+                f,
+                "tcp {} interleaved channels {channel}-{}",
+                conn.peer,
+                channel.wrapping_add(1)
+            ),
+            Target::Multicast { rtp, rtcp } => {
+                write!(f, "multicast group {rtp} (RTCP port {})", rtcp.port())
+            }
+        }
+    }
 }
 
 impl Target {
@@ -101,12 +126,14 @@ impl Dest {
         }
     }
 
-    /// Feeds an RTCP compound packet received from this destination.
-    pub fn on_rtcp(&self, data: &[u8], clock_rate: u32) {
+    /// Feeds an RTCP compound packet received from this destination. Returns whether it held a
+    /// report block ([`Dest::rtcp`] then has its figures).
+    pub fn on_rtcp(&self, data: &[u8], clock_rate: u32) -> bool {
         self.alive.touch();
         let Ok(packets) = rtcp::parse_compound(data) else {
-            return;
+            return false;
         };
+        let mut reported = false;
         let arrival = ntp::ntp_now();
         for packet in packets {
             let blocks = match packet {
@@ -128,8 +155,10 @@ impl Dest {
                 if let Some(rtt) = rtcp::round_trip_time(block, arrival) {
                     f.rtt = Some(rtt);
                 }
+                reported = true;
             }
         }
+        reported
     }
 }
 
@@ -154,9 +183,131 @@ impl RtpClock {
     }
 }
 
+/// Bytes a pending destination buffers at most between its start point and its activation
+/// (normally milliseconds apart; a few seconds when another stream of the session waits for its
+/// keyframe). Packets beyond are dropped and counted.
+const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
+
+/// The first packet a destination receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPoint {
+    pub seq: u16,
+    pub rtptime: u32,
+}
+
+/// Where the producer tells a waiting PLAY handler the start point of a destination.
+#[derive(Debug, Default)]
+pub struct StartGate {
+    start: Mutex<Option<StartPoint>>,
+    notify: Notify,
+}
+
+impl StartGate {
+    pub fn get(&self) -> Option<StartPoint> {
+        *self.start.lock().unwrap()
+    }
+
+    fn set(&self, start: StartPoint) {
+        *self.start.lock().unwrap() = Some(start);
+        // Stores a permit when nobody waits yet: the waiter cannot miss it.
+        self.notify.notify_one();
+    }
+
+    /// Waits until the start point is known or `deadline` passes (one waiter at a time).
+    pub async fn wait_until(&self, deadline: tokio::time::Instant) -> Option<StartPoint> {
+        loop {
+            if let Some(start) = self.get() {
+                return Some(start);
+            }
+            if tokio::time::timeout_at(deadline, self.notify.notified())
+                .await
+                .is_err()
+            {
+                return self.get();
+            }
+        }
+    }
+}
+
+/// A destination whose PLAY is not answered yet.
+struct Pending {
+    /// The start must be a keyframe (video) rather than any packet.
+    keyframe: bool,
+    started: bool,
+    gate: Arc<StartGate>,
+    buffer: Vec<Bytes>,
+    buffered_bytes: usize,
+    dropped: u64,
+}
+
+impl Pending {
+    /// Finds the start point in a pushed frame (once), then buffers from it.
+    fn take(&mut self, packets: &[Bytes], first_key: Option<usize>) {
+        let from = if self.started {
+            0
+        } else {
+            let from = match (self.keyframe, first_key) {
+                (false, _) => 0,
+                (true, Some(i)) => i,
+                (true, None) => return,
+            };
+            let Some((i, h)) = packets
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find_map(|(i, p)| rtp::parse_rtp_header(p).ok().map(|h| (i, h)))
+            else {
+                return;
+            };
+            self.started = true;
+            self.gate.set(StartPoint {
+                seq: h.sequence,
+                rtptime: h.timestamp,
+            });
+            i
+        };
+        for p in &packets[from..] {
+            if self.buffered_bytes + p.len() > MAX_PENDING_BYTES {
+                self.dropped += 1;
+                continue;
+            }
+            self.buffered_bytes += p.len();
+            self.buffer.push(p.clone());
+        }
+    }
+}
+
+enum EntryState {
+    /// Sending. `waiting_keyframe`: skipping frames until the next keyframe (a video
+    /// destination after a dropped frame).
+    Live { waiting_keyframe: bool },
+    /// Looking for its start point, then buffering until [`Stream::activate`].
+    Pending(Box<Pending>),
+}
+
 struct Entry {
     dest: Arc<Dest>,
-    waiting_keyframe: bool,
+    state: EntryState,
+}
+
+impl Entry {
+    fn wants_keyframe(&self) -> bool {
+        match &self.state {
+            EntryState::Live { waiting_keyframe } => *waiting_keyframe,
+            EntryState::Pending(p) => p.keyframe && !p.started,
+        }
+    }
+}
+
+/// What [`Stream::activate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activation {
+    /// Packets buffered since the start point, now sent.
+    pub packets: usize,
+    /// Packets that did not fit the buffer.
+    pub dropped: u64,
+    /// Whether the buffer was accepted (a full TCP queue refuses it).
+    pub sent: bool,
 }
 
 #[derive(Default)]
@@ -179,6 +330,10 @@ pub struct MulticastGroup {
 pub struct PushOutcome {
     /// A destination is waiting for a keyframe: ask the encoder for one.
     pub want_keyframe: bool,
+    /// With `want_keyframe`: destinations waiting to start, and ones waiting to resume after a
+    /// dropped frame.
+    pub joining: usize,
+    pub resyncing: usize,
     /// This push carried the stream's first packet: it is ready to be described.
     pub first_packet: bool,
 }
@@ -255,12 +410,87 @@ impl Stream {
         let waiting = self.keyframe_codec().is_some();
         self.plane.lock().unwrap().entries.push(Entry {
             dest,
-            waiting_keyframe: waiting,
+            state: EntryState::Live {
+                waiting_keyframe: waiting,
+            },
         });
         PushOutcome {
             want_keyframe: waiting && self.keyframe_request_due(),
-            first_packet: false,
+            ..PushOutcome::default()
         }
+    }
+
+    /// Adds `dest` as pending: the producer looks for its start point (the next keyframe for
+    /// video, the next packet otherwise), reports it through the returned gate and buffers from
+    /// there until [`Stream::activate`]. Nothing is sent to `dest` before that.
+    pub fn add_pending(&self, dest: Arc<Dest>) -> (Arc<StartGate>, PushOutcome) {
+        let keyframe = self.keyframe_codec().is_some();
+        let gate = Arc::new(StartGate::default());
+        self.plane.lock().unwrap().entries.push(Entry {
+            dest,
+            state: EntryState::Pending(Box::new(Pending {
+                keyframe,
+                started: false,
+                gate: gate.clone(),
+                buffer: Vec::new(),
+                buffered_bytes: 0,
+                dropped: 0,
+            })),
+        });
+        let want_keyframe = keyframe && self.keyframe_request_due();
+        let outcome = PushOutcome {
+            want_keyframe,
+            joining: usize::from(want_keyframe),
+            ..PushOutcome::default()
+        };
+        (gate, outcome)
+    }
+
+    /// A pending `dest` that found no keyframe in time starts at the next packet instead.
+    pub fn start_anywhere(&self, dest: &Arc<Dest>) {
+        let mut plane = self.plane.lock().unwrap();
+        if let Some(Entry {
+            state: EntryState::Pending(p),
+            ..
+        }) = plane
+            .entries
+            .iter_mut()
+            .find(|e| Arc::ptr_eq(&e.dest, dest))
+        {
+            p.keyframe = false;
+        }
+    }
+
+    /// Sends what a pending `dest` buffered since its start point and makes it live. None when
+    /// `dest` is not pending (removed meanwhile, or already live).
+    pub fn activate(&self, dest: &Arc<Dest>) -> Option<Activation> {
+        let video = self.keyframe_codec().is_some();
+        let mut plane = self.plane.lock().unwrap();
+        let entry = plane
+            .entries
+            .iter_mut()
+            .find(|e| Arc::ptr_eq(&e.dest, dest))?;
+        let EntryState::Pending(p) = &mut entry.state else {
+            return None;
+        };
+        let buffer = std::mem::take(&mut p.buffer);
+        let dropped = p.dropped;
+        // Sent under the plane lock, as pushes are: nothing newer overtakes the buffer.
+        let sent = buffer.is_empty() || self.send(&entry.dest, &buffer);
+        entry.state = EntryState::Live {
+            waiting_keyframe: !sent && video,
+        };
+        if dropped > 0 {
+            entry
+                .dest
+                .packets_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        Some(Activation {
+            packets: buffer.len(),
+            dropped,
+            sent,
+        })
     }
 
     pub fn remove_dest(&self, dest: &Arc<Dest>) {
@@ -271,9 +501,15 @@ impl Stream {
             .retain(|e| !Arc::ptr_eq(&e.dest, dest));
     }
 
+    /// Destinations being sent to (not the pending ones).
     pub fn dests(&self) -> Vec<Arc<Dest>> {
         let plane = self.plane.lock().unwrap();
-        plane.entries.iter().map(|e| e.dest.clone()).collect()
+        plane
+            .entries
+            .iter()
+            .filter(|e| matches!(e.state, EntryState::Live { .. }))
+            .map(|e| e.dest.clone())
+            .collect()
     }
 
     /// At most one upstream keyframe request per second per stream.
@@ -311,13 +547,20 @@ impl Stream {
             };
         }
         let first_key = match &codec {
-            Some(enc) if plane.entries.iter().any(|e| e.waiting_keyframe) => {
+            Some(enc) if plane.entries.iter().any(Entry::wants_keyframe) => {
                 packets.iter().position(|p| is_keyframe_start(enc, p))
             }
             _ => None,
         };
         for entry in plane.entries.iter_mut() {
-            let start = if entry.waiting_keyframe {
+            let waiting_keyframe = match &mut entry.state {
+                EntryState::Pending(p) => {
+                    p.take(packets, first_key);
+                    continue;
+                }
+                EntryState::Live { waiting_keyframe } => waiting_keyframe,
+            };
+            let start = if *waiting_keyframe {
                 match first_key {
                     Some(i) => i,
                     None => continue,
@@ -327,19 +570,31 @@ impl Stream {
             };
             let sent = self.send(&entry.dest, &packets[start..]);
             if sent {
-                entry.waiting_keyframe = false;
+                *waiting_keyframe = false;
             } else if codec.is_some() {
                 // A TCP queue overflowed: the frame was dropped whole; resume at a keyframe
                 // so the client never decodes a broken reference chain.
-                entry.waiting_keyframe = true;
+                *waiting_keyframe = true;
             }
         }
         // Keep asking (at most once a second) while anyone waits: encoders may ignore a request.
-        let waiting = plane.entries.iter().any(|e| e.waiting_keyframe);
+        let waiting = plane.entries.iter().any(Entry::wants_keyframe);
+        let want_keyframe = waiting && self.keyframe_request_due();
+        let (mut joining, mut resyncing) = (0, 0);
+        if want_keyframe {
+            for e in plane.entries.iter().filter(|e| e.wants_keyframe()) {
+                match e.state {
+                    EntryState::Pending(_) => joining += 1,
+                    EntryState::Live { .. } => resyncing += 1,
+                }
+            }
+        }
         drop(plane);
         PushOutcome {
-            want_keyframe: waiting && self.keyframe_request_due(),
+            want_keyframe,
             first_packet,
+            joining,
+            resyncing,
         }
     }
 
@@ -385,8 +640,9 @@ impl Stream {
         }
     }
 
-    /// Builds a Sender Report for `dest` (counts are what this destination was sent).
-    pub fn sender_report(&self, dest: &Dest, cname: &str) -> Option<Vec<u8>> {
+    /// Builds a Sender Report for `dest` (counts are what this destination was sent): the
+    /// report and its compound packet (with SDES).
+    pub fn sender_report(&self, dest: &Dest, cname: &str) -> Option<(rtcp::SenderReport, Vec<u8>)> {
         let clock = self.clock();
         let now = Instant::now();
         let rtp_timestamp = clock.rtptime_at(now, self.clock_rate())?;
@@ -400,7 +656,7 @@ impl Stream {
         };
         let mut out = Vec::with_capacity(64);
         rtcp::write_sender_report(&sr, cname, &mut out);
-        Some(out)
+        Some((sr, out))
     }
 
     /// Sends an RTCP packet to `dest` over its transport.
@@ -453,4 +709,162 @@ pub fn multicast_socket(ttl: u8, iface: Option<Ipv4Addr>) -> std::io::Result<Udp
     sock.set_nonblocking(true)?;
     let _ = sock.set_send_buffer_size(1 << 20);
     Ok(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn description(media: &str, encoding: &str, clock_rate: u32) -> MediaDescription {
+        MediaDescription {
+            media: media.into(),
+            payload_type: 96,
+            encoding_name: encoding.into(),
+            clock_rate,
+            encoding_params: None,
+            fmtp: Vec::new(),
+            control: String::new(),
+            multicast: None,
+            port: 0,
+            bandwidth_kbps: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// An RTP packet: version 2, payload type 96, one payload byte (an H.264 NAL header).
+    fn packet(seq: u16, ts: u32, nal: u8) -> Bytes {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(&[nal, 0xaa]);
+        Bytes::from(p)
+    }
+
+    const IDR: u8 = 0x65;
+    const NON_IDR: u8 = 0x41;
+
+    fn tcp_dest() -> (Arc<ConnOut>, Arc<Dest>) {
+        let conn = Arc::new(ConnOut::new(
+            1,
+            "127.0.0.1:5000".parse().unwrap(),
+            1 << 20,
+            "test".into(),
+        ));
+        let dest = Arc::new(Dest::new(
+            "s".into(),
+            Target::Tcp {
+                conn: conn.clone(),
+                channel: 0,
+            },
+            Arc::new(AliveStamp::new(Instant::now())),
+        ));
+        (conn, dest)
+    }
+
+    fn stream(media: &str, encoding: &str) -> Stream {
+        let s = Stream::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
+        s.set_description(description(media, encoding, 90000));
+        s
+    }
+
+    #[test]
+    fn a_pending_video_client_starts_at_the_keyframe_and_gets_nothing_before_activation() {
+        let s = stream("video", "H264");
+        s.push(&[packet(10, 1000, IDR)]);
+        let (conn, dest) = tcp_dest();
+        let (gate, outcome) = s.add_pending(dest.clone());
+        assert!(outcome.want_keyframe);
+        assert_eq!(outcome.joining, 1);
+        // Mid-GOP frames: no start yet.
+        s.push(&[packet(11, 4000, NON_IDR), packet(12, 4000, NON_IDR)]);
+        assert_eq!(gate.get(), None);
+        // The keyframe starts it; what follows is buffered, nothing is sent yet.
+        let out = s.push(&[packet(13, 7000, 0x67), packet(14, 7000, IDR)]);
+        assert!(!out.want_keyframe);
+        s.push(&[packet(15, 10000, NON_IDR)]);
+        assert_eq!(
+            gate.get(),
+            Some(StartPoint {
+                seq: 13,
+                rtptime: 7000
+            })
+        );
+        assert_eq!(conn.queued_media_bytes(), 0);
+        assert!(
+            s.dests().is_empty(),
+            "a pending client gets no Sender Report"
+        );
+        // Activation sends the buffer, then it is live.
+        let a = s.activate(&dest).unwrap();
+        assert_eq!(
+            a,
+            Activation {
+                packets: 3,
+                dropped: 0,
+                sent: true
+            }
+        );
+        assert_eq!(conn.queued_media_bytes(), 3 * (14 + 4));
+        s.push(&[packet(16, 13000, NON_IDR)]);
+        assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
+        assert_eq!(s.dests().len(), 1);
+        assert_eq!(s.activate(&dest), None, "already live");
+    }
+
+    #[test]
+    fn a_pending_audio_client_starts_at_the_next_packet() {
+        let s = stream("audio", "OPUS");
+        s.push(&[packet(100, 960, 0x78)]);
+        let (_conn, dest) = tcp_dest();
+        let (gate, outcome) = s.add_pending(dest);
+        assert!(!outcome.want_keyframe);
+        s.push(&[packet(101, 1920, 0x78)]);
+        assert_eq!(
+            gate.get(),
+            Some(StartPoint {
+                seq: 101,
+                rtptime: 1920
+            })
+        );
+    }
+
+    #[test]
+    fn a_video_client_without_a_keyframe_in_time_starts_anywhere() {
+        let s = stream("video", "H264");
+        let (conn, dest) = tcp_dest();
+        let (gate, _) = s.add_pending(dest.clone());
+        s.push(&[packet(1, 0, NON_IDR)]);
+        assert_eq!(gate.get(), None);
+        s.start_anywhere(&dest);
+        s.push(&[packet(2, 3000, NON_IDR)]);
+        assert_eq!(
+            gate.get(),
+            Some(StartPoint {
+                seq: 2,
+                rtptime: 3000
+            })
+        );
+        // Removed before activation (PAUSE, TEARDOWN): nothing is ever sent.
+        s.remove_dest(&dest);
+        assert_eq!(s.activate(&dest), None);
+        assert_eq!(conn.queued_media_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_gate_wakes_its_waiter_or_times_out() {
+        let gate = Arc::new(StartGate::default());
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert_eq!(gate.wait_until(soon).await, None);
+        let setter = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            setter.set(StartPoint { seq: 7, rtptime: 8 });
+        });
+        let later = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            gate.wait_until(later).await,
+            Some(StartPoint { seq: 7, rtptime: 8 })
+        );
+    }
 }

@@ -14,8 +14,29 @@
 //!                          └─────▶ ConnOut queue ──writer task──▶ TCP (interleaved)
 //!  TCP ──reader task──▶ Decoder ──▶ Shared::handle_request ──▶ ConnOut (responses)
 //! ```
+//!
+//! Logging (category `lsrtsp`, records carry the server's [`ServerConfig::name`] as `id`): at
+//! debug every request and status line with peer, CSeq and session, connections accepted and
+//! closed (why), sessions created, expired and torn down, transports chosen and refused (why),
+//! slow clients' frame drops and stalls, keyframe requests, REDIRECT and ANNOUNCE; at trace the
+//! headers (credentials redacted), RTCP receiver reports received and sender reports sent.
+
+/// `log::debug!` with the server's name as the record's `id`.
+macro_rules! sdebug {
+    ($name:expr, $($arg:tt)+) => {
+        ::log::debug!(id = $name; $($arg)+)
+    };
+}
+
+/// `log::trace!` with the server's name as the record's `id`.
+macro_rules! strace {
+    ($name:expr, $($arg:tt)+) => {
+        ::log::trace!(id = $name; $($arg)+)
+    };
+}
 
 pub mod conn;
+mod logfmt;
 pub mod media;
 pub mod session;
 
@@ -27,13 +48,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtsp_types::{Method, Request, StatusCode, Version, headers};
+use rtsp_types::{Method, Request, Response, StatusCode, Version, headers};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use self::conn::{CloseReason, ConnOut};
-use self::media::Stream;
+use self::media::{Dest, Stream};
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};
 use crate::rtsp::sdp::MediaDescription;
@@ -106,6 +127,11 @@ pub struct ServerConfig {
     pub limits: codec::Limits,
     pub server_name: String,
     pub session_name: String,
+    /// How long a PLAY waits for a video stream's next keyframe, the first packet the client is
+    /// sent and that the answer's RTP-Info names. After it, the client starts at the next packet.
+    pub play_keyframe_wait: Duration,
+    /// Name of the server in log records (the element's name).
+    pub name: String,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +153,8 @@ impl Default for ServerConfig {
             limits: codec::Limits::default(),
             server_name: concat!("gst-plugin-livestreaming/", env!("CARGO_PKG_VERSION")).into(),
             session_name: "Live stream".into(),
+            play_keyframe_wait: Duration::from_secs(4),
+            name: "rtsp-server".into(),
         }
     }
 }
@@ -193,6 +221,8 @@ struct Counters {
 /// State shared by the server's tasks and its handle.
 pub struct Shared {
     config: ServerConfig,
+    /// `config.name`, shared with the connections for their log records.
+    name: Arc<str>,
     epoch: Instant,
     streams: RwLock<BTreeMap<usize, Arc<Stream>>>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -240,7 +270,9 @@ impl Server {
             .enable_all()
             .build()?;
         let (media_version, _) = watch::channel(0);
+        let name: Arc<str> = config.name.as_str().into();
         let shared = Arc::new(Shared {
+            name,
             config,
             epoch: Instant::now(),
             streams: RwLock::new(BTreeMap::new()),
@@ -273,6 +305,12 @@ impl Server {
     /// Adds a stream (one `m=` line). Its UDP port pair is bound now.
     pub fn add_stream(&self, id: usize) -> io::Result<()> {
         let stream = Arc::new(Stream::new(id, self.shared.config.address)?);
+        sdebug!(
+            &*self.shared.name,
+            "stream {id} added: RTP/RTCP from server ports {}-{}",
+            stream.server_ports.0,
+            stream.server_ports.1
+        );
         if let Some(rt) = &self.runtime {
             rt.spawn(rtcp_receiver(self.shared.clone(), stream.clone()));
         }
@@ -285,6 +323,10 @@ impl Server {
     pub fn remove_stream(&self, id: usize) {
         let removed = self.shared.streams.write().unwrap().remove(&id);
         if removed.is_some() {
+            sdebug!(
+                &*self.shared.name,
+                "stream {id} removed: its clients keep their other streams"
+            );
             let mut sessions = self.shared.sessions.lock().unwrap();
             for s in sessions.values_mut() {
                 s.streams.remove(&id);
@@ -300,10 +342,18 @@ impl Server {
         let Some(stream) = self.shared.stream(id) else {
             return;
         };
+        sdebug!(
+            &*self.shared.name,
+            "stream {id} carries {} {}/{} (payload type {})",
+            desc.media,
+            desc.encoding_name,
+            desc.clock_rate,
+            desc.payload_type
+        );
         let changed = stream.set_description(desc);
         self.shared.media_version.send_modify(|v| *v += 1);
         if changed {
-            self.announce();
+            self.announce(id);
         }
     }
 
@@ -317,6 +367,13 @@ impl Server {
             self.shared.media_version.send_modify(|v| *v += 1);
         }
         if outcome.want_keyframe {
+            sdebug!(
+                &*self.shared.name,
+                "stream {stream}: asking upstream for a keyframe again: {} joining client(s) and \
+                 {} client(s) that dropped frames still wait for one",
+                outcome.joining,
+                outcome.resyncing
+            );
             (self.shared.events)(ServerEvent::KeyframeRequest { stream });
         }
     }
@@ -326,9 +383,16 @@ impl Server {
     pub fn redirect(&self, location: &str) -> usize {
         let targets = self.session_conns();
         for (out, base, session) in &targets {
+            let cseq = out.next_cseq();
+            sdebug!(
+                &*self.shared.name,
+                "{}: sending REDIRECT to {} (session {session}, CSeq {cseq})",
+                out.peer,
+                logfmt::redact_urls(location)
+            );
             let req = Request::builder(Method::Redirect, Version::V1_0)
                 .request_uri(base.clone())
-                .header(headers::CSEQ, out.next_cseq().to_string())
+                .header(headers::CSEQ, cseq.to_string())
                 .header(headers::SESSION, session.as_str())
                 .header(headers::LOCATION, location)
                 .build(Vec::new());
@@ -340,15 +404,22 @@ impl Server {
     }
 
     /// Sends ANNOUNCE with the current SDP to every client connection that has a session.
-    fn announce(&self) {
+    fn announce(&self, changed_stream: usize) {
         for (out, base, session) in self.session_conns() {
             let local = self.local_addr.ip();
             let Some(sdp) = self.shared.sdp(local) else {
                 continue;
             };
+            let cseq = out.next_cseq();
+            sdebug!(
+                &*self.shared.name,
+                "{}: sending ANNOUNCE (session {session}, CSeq {cseq}): the format of stream \
+                 {changed_stream} changed",
+                out.peer
+            );
             let req = Request::builder(Method::Announce, Version::V1_0)
                 .request_uri(base)
-                .header(headers::CSEQ, out.next_cseq().to_string())
+                .header(headers::CSEQ, cseq.to_string())
                 .header(headers::SESSION, session.as_str())
                 .header(headers::CONTENT_TYPE, "application/sdp")
                 .build(sdp.into_bytes());
@@ -451,6 +522,12 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        sdebug!(
+            &*self.shared.name,
+            "stopping: closing {} connection(s), ending {} session(s)",
+            self.shared.conns.lock().unwrap().len(),
+            self.shared.sessions.lock().unwrap().len()
+        );
         for c in self.shared.conns.lock().unwrap().values() {
             c.out.close(CloseReason::Server);
         }
@@ -485,24 +562,47 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpList
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let name = &*shared.name;
+    // Failures in a row: logged when they start and when they end, not every retry.
+    let mut failures = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                if failures == 0 {
+                    sdebug!(
+                        name,
+                        "accepting connections fails: {e}; retrying every 50 ms"
+                    );
+                }
+                failures += 1;
                 // EMFILE and friends: back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if failures > 0 {
+            sdebug!(
+                name,
+                "accepting connections works again after {failures} failures"
+            );
+            failures = 0;
+        }
         shared
             .counters
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
-        if shared.conns.lock().unwrap().len() >= shared.config.max_connections {
+        let open = shared.conns.lock().unwrap().len();
+        if open >= shared.config.max_connections {
             shared
                 .counters
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
+            sdebug!(
+                name,
+                "{peer}: connection refused: {open} open, max-connections is {}",
+                shared.config.max_connections
+            );
             drop(stream);
             continue;
         }
@@ -511,18 +611,46 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// Why the reader side of a connection stopped.
+enum ReadEnd {
+    Eof,
+    Error(io::Error),
+    /// Closed from elsewhere (writer failure, stall, server stopping).
+    Closed,
+    /// A request that leaves the byte stream unusable was answered.
+    Fatal,
+}
+
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let name = &*shared.name;
     let Ok(local) = stream.local_addr() else {
+        sdebug!(
+            name,
+            "{peer}: connection dropped: its local address is unknown"
+        );
         return;
     };
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let out = Arc::new(ConnOut::new(id, peer, shared.config.client_queue_bytes));
-    shared.conns.lock().unwrap().insert(
+    let out = Arc::new(ConnOut::new(
         id,
-        ConnEntry {
-            out: out.clone(),
-            base_url: None,
-        },
+        peer,
+        shared.config.client_queue_bytes,
+        shared.name.clone(),
+    ));
+    let open = {
+        let mut conns = shared.conns.lock().unwrap();
+        conns.insert(
+            id,
+            ConnEntry {
+                out: out.clone(),
+                base_url: None,
+            },
+        );
+        conns.len()
+    };
+    sdebug!(
+        name,
+        "{peer}: connection accepted on {local} (connection {id}, {open} open)"
     );
     let (mut reader, writer) = stream.into_split();
     let writer_task = tokio::spawn(
@@ -535,23 +663,26 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     };
     let mut decoder = Decoder::new(shared.config.limits);
     let mut buf = vec![0u8; 16 * 1024];
-    'conn: loop {
+    let end = 'conn: loop {
         let n = tokio::select! {
             r = reader.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break ReadEnd::Eof,
+                Err(e) => break ReadEnd::Error(e),
                 Ok(n) => n,
             },
-            _ = out.closed_notify.notified() => break,
+            _ = out.closed_notify.notified() => break ReadEnd::Closed,
         };
         if out.is_closed() {
-            break;
+            break ReadEnd::Closed;
         }
         decoder.extend(&buf[..n]);
         loop {
             match decoder.decode() {
                 Ok(None) => break,
                 Ok(Some(Frame::Request(req))) => {
+                    let session = shared.log_request(peer, &req);
                     let (resp, after) = shared.handle_request(&ctx, req).await;
+                    shared.log_response(peer, &resp, session.as_deref());
                     let mut bytes = Vec::with_capacity(256);
                     codec::encode_response(&resp, &mut bytes);
                     out.send_control(bytes.into());
@@ -560,7 +691,15 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                     }
                 }
                 // Answers to our ANNOUNCE/REDIRECT: nothing to do.
-                Ok(Some(Frame::Response(_))) => {}
+                Ok(Some(Frame::Response(resp))) => {
+                    sdebug!(
+                        name,
+                        "{peer}: client answered RTSP/1.0 {} {} (CSeq {})",
+                        u16::from(resp.status()),
+                        resp.reason_phrase(),
+                        resp.header(&headers::CSEQ).map_or("none", |v| v.as_str())
+                    );
+                }
                 Ok(Some(Frame::Interleaved { channel, data })) => {
                     on_interleaved(&shared, id, channel, &data);
                 }
@@ -570,6 +709,14 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                         _ => StatusCode::BadRequest,
                     };
                     let cseq = err.cseq().map(|c| c.to_string());
+                    sdebug!(
+                        name,
+                        "{peer}: unusable request (CSeq {}): {}; answering {} {status}{}",
+                        cseq.as_deref().unwrap_or("unknown"),
+                        logfmt::redact_urls(&err.to_string()),
+                        u16::from(status),
+                        if err.is_fatal() { " and closing" } else { "" }
+                    );
                     let resp = error_response(status, cseq.as_deref(), &shared.config.server_name);
                     let mut bytes = Vec::new();
                     codec::encode_response(&resp, &mut bytes);
@@ -577,25 +724,47 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                     if err.is_fatal() {
                         // Let the writer flush the answer, then hang up.
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        break 'conn;
+                        break 'conn ReadEnd::Fatal;
                     }
                 }
             }
         }
-    }
+    };
     out.close(CloseReason::Peer);
     let _ = writer_task.await;
-    if out.close_reason() == Some(CloseReason::Stalled) {
+    let reason = out.close_reason();
+    if reason == Some(CloseReason::Stalled) {
         shared
             .counters
             .clients_disconnected_slow
             .fetch_add(1, Ordering::Relaxed);
     }
-    shared.counters.frames_dropped_closed.fetch_add(
-        out.frames_dropped.load(Ordering::Relaxed),
-        Ordering::Relaxed,
-    );
+    let frames_dropped = out.frames_dropped.load(Ordering::Relaxed);
+    shared
+        .counters
+        .frames_dropped_closed
+        .fetch_add(frames_dropped, Ordering::Relaxed);
     shared.conns.lock().unwrap().remove(&id);
+    let why: std::borrow::Cow<'static, str> = match (&end, reason) {
+        (ReadEnd::Eof, _) => "the client closed it".into(),
+        (ReadEnd::Error(e), _) => format!("read error: {e}").into(),
+        (ReadEnd::Fatal, _) => "after an unusable request".into(),
+        (ReadEnd::Closed, Some(CloseReason::Stalled)) => format!(
+            "the client read nothing for {:?}",
+            shared.config.client_stall_timeout
+        )
+        .into(),
+        (ReadEnd::Closed, Some(CloseReason::ControlOverflow)) => {
+            "the client let RTSP messages pile up unread".into()
+        }
+        (ReadEnd::Closed, Some(CloseReason::Server)) => "the server is stopping".into(),
+        (ReadEnd::Closed, _) => "write error".into(),
+    };
+    sdebug!(
+        name,
+        "{peer}: connection {id} closed: {why} ({} bytes sent, {frames_dropped} frames dropped)",
+        out.bytes_written.load(Ordering::Relaxed)
+    );
     // Sessions with interleaved streams cannot outlive their connection; UDP ones time out.
     let ended: Vec<Session> = {
         let mut sessions = shared.sessions.lock().unwrap();
@@ -606,7 +775,93 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             .collect();
         ids.iter().filter_map(|i| sessions.remove(i)).collect()
     };
-    ended.into_iter().for_each(session::end_session);
+    for s in ended {
+        sdebug!(
+            name,
+            "{peer}: session {} ended with its TCP connection after {:.1?}",
+            s.id,
+            s.created.elapsed()
+        );
+        session::end_session(s);
+    }
+}
+
+impl Shared {
+    /// Request line at debug, headers at trace. Returns the request's session id when debug
+    /// records are on, for the answer's record.
+    fn log_request(&self, peer: SocketAddr, req: &Request<Vec<u8>>) -> Option<String> {
+        if !log::log_enabled!(log::Level::Debug) {
+            return None;
+        }
+        let name = &*self.name;
+        let method: &str = req.method().into();
+        let uri = req
+            .request_uri()
+            .map_or(std::borrow::Cow::Borrowed("*"), |u| {
+                std::borrow::Cow::Owned(logfmt::redact_urls(u.as_str()).into_owned())
+            });
+        let session = req
+            .header(&headers::SESSION)
+            .map(|v| session_of(v.as_str()).to_owned());
+        sdebug!(
+            name,
+            "{peer}: request {method} {uri} RTSP/1.0 (CSeq {}, session {})",
+            req.header(&headers::CSEQ).map_or("none", |v| v.as_str()),
+            session.as_deref().unwrap_or("none")
+        );
+        if log::log_enabled!(log::Level::Trace) {
+            strace!(
+                name,
+                "{peer}: request headers: {}",
+                logfmt::Dump::new(req.headers(), req.body())
+            );
+        }
+        session
+    }
+
+    /// Status line at debug (with the answer's session, else the request's), headers at trace.
+    fn log_response(&self, peer: SocketAddr, resp: &Response<Vec<u8>>, req_session: Option<&str>) {
+        let name = &*self.name;
+        sdebug!(
+            name,
+            "{peer}: answer RTSP/1.0 {} {} (CSeq {}, session {})",
+            u16::from(resp.status()),
+            resp.reason_phrase(),
+            resp.header(&headers::CSEQ).map_or("none", |v| v.as_str()),
+            resp.header(&headers::SESSION)
+                .map(|v| session_of(v.as_str()))
+                .or(req_session)
+                .unwrap_or("none")
+        );
+        if log::log_enabled!(log::Level::Trace) {
+            strace!(
+                name,
+                "{peer}: answer headers: {}",
+                logfmt::Dump::new(resp.headers(), resp.body())
+            );
+        }
+    }
+}
+
+/// The session id of a `Session` header value (`id;timeout=60`).
+fn session_of(value: &str) -> &str {
+    value.split(';').next().unwrap_or("").trim()
+}
+
+/// Logs a Receiver Report's figures (trace).
+fn log_report(name: &str, from: &dyn std::fmt::Display, dest: &Dest, stream: usize) {
+    let f = *dest.rtcp.lock().unwrap();
+    strace!(
+        name,
+        "RTCP report from {from} (session {}, stream {stream}): fraction lost {:.1}%, \
+         cumulative lost {}, jitter {:.1?}, RTT {}",
+        dest.session,
+        f.fraction_lost * 100.0,
+        f.cumulative_lost,
+        f.jitter,
+        f.rtt
+            .map_or_else(|| "unknown".to_owned(), |r| format!("{r:.1?}"))
+    );
 }
 
 /// RTCP from a client on an interleaved channel.
@@ -618,7 +873,11 @@ fn on_interleaved(shared: &Shared, conn: u64, channel: u8, data: &[u8]) {
     for s in sessions.values().filter(|s| s.conn_id == conn) {
         for st in s.streams.values() {
             if st.transport.interleaved.map(|(_, rtcp)| rtcp) == Some(channel) {
-                st.dest.on_rtcp(data, st.stream.clock_rate());
+                if st.dest.on_rtcp(data, st.stream.clock_rate())
+                    && log::log_enabled!(log::Level::Trace)
+                {
+                    log_report(&shared.name, &s.peer, &st.dest, st.stream.id);
+                }
                 return;
             }
         }
@@ -633,7 +892,14 @@ async fn rtcp_receiver(shared: Arc<Shared>, stream: Arc<Stream>) {
         .and_then(tokio::net::UdpSocket::from_std)
     {
         Ok(s) => s,
-        Err(_) => return,
+        Err(e) => {
+            sdebug!(
+                &*shared.name,
+                "stream {}: cannot receive RTCP: {e}",
+                stream.id
+            );
+            return;
+        }
     };
     let mut buf = vec![0u8; 2048];
     loop {
@@ -646,8 +912,19 @@ async fn rtcp_receiver(shared: Arc<Shared>, stream: Arc<Stream>) {
         if shared.stream(stream.id).is_none() {
             return;
         }
-        if let Some(dest) = stream.dest_for_rtcp_source(from) {
-            dest.on_rtcp(&buf[..n], stream.clock_rate());
+        match stream.dest_for_rtcp_source(from) {
+            Some(dest) => {
+                if dest.on_rtcp(&buf[..n], stream.clock_rate())
+                    && log::log_enabled!(log::Level::Trace)
+                {
+                    log_report(&shared.name, &from, &dest, stream.id);
+                }
+            }
+            None => strace!(
+                &*shared.name,
+                "stream {}: {n} bytes of RTCP from {from}, no client of it: ignored",
+                stream.id
+            ),
         }
     }
 }
@@ -682,15 +959,37 @@ fn expire_sessions(shared: &Shared) {
         .counters
         .sessions_timed_out
         .fetch_add(expired.len() as u64, Ordering::Relaxed);
-    expired.into_iter().for_each(session::end_session);
+    for s in expired {
+        sdebug!(
+            &*shared.name,
+            "{}: session {} expired: no RTSP request or RTCP from the client for {:.1?} \
+             (session-timeout {} s)",
+            s.peer,
+            s.id,
+            s.alive.idle(),
+            s.timeout.as_secs()
+        );
+        session::end_session(s);
+    }
 }
 
 fn send_sender_reports(shared: &Shared) {
     let streams: Vec<Arc<Stream>> = shared.streams.read().unwrap().values().cloned().collect();
     for stream in streams {
         for dest in stream.dests() {
-            if let Some(sr) = stream.sender_report(&dest, &shared.cname) {
-                stream.send_rtcp(&dest, Bytes::from(sr));
+            if let Some((sr, bytes)) = stream.sender_report(&dest, &shared.cname) {
+                strace!(
+                    &*shared.name,
+                    "RTCP sender report to {} (session {}, stream {}): rtptime {}, {} packets, \
+                     {} octets",
+                    dest.target,
+                    dest.session,
+                    stream.id,
+                    sr.rtp_timestamp,
+                    sr.packet_count,
+                    sr.octet_count
+                );
+                stream.send_rtcp(&dest, Bytes::from(bytes));
             }
         }
     }

@@ -8,6 +8,7 @@
 //! work to do once the response is on its way (media must not overtake the PLAY response on an
 //! interleaved connection).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 
 use super::conn::ConnOut;
-use super::media::{AliveStamp, Dest, MulticastGroup, Stream, Target, multicast_socket};
+use super::media::{
+    AliveStamp, Dest, MulticastGroup, PushOutcome, StartGate, StartPoint, Stream, Target,
+    multicast_socket,
+};
 use super::{ServerEvent, Shared};
 use crate::rtsp::sdp::SessionDescription;
 use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
@@ -25,6 +29,19 @@ use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
 /// Methods a client may send to this server.
 pub const PUBLIC_METHODS: &str =
     "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// How long a destination that found no keyframe in time waits for the next packet before the
+/// PLAY answer goes out anyway.
+const NEXT_PACKET_WAIT: Duration = Duration::from_millis(500);
+
+/// A stream of a session that a PLAY starts.
+struct Starting {
+    id: usize,
+    stream: Arc<Stream>,
+    dest: Arc<Dest>,
+    /// Where its start point is reported (unicast destinations added by this PLAY).
+    gate: Option<Arc<StartGate>>,
+}
 
 /// One stream set up in a session.
 pub struct SessionStream {
@@ -73,6 +90,30 @@ enum Target_ {
 
 type Resp = Response<Vec<u8>>;
 
+/// A refused request: the status answered, and why (for the log).
+pub(super) struct Refusal {
+    status: StatusCode,
+    why: Cow<'static, str>,
+}
+
+impl From<StatusCode> for Refusal {
+    fn from(status: StatusCode) -> Self {
+        Refusal {
+            status,
+            why: Cow::Borrowed(""),
+        }
+    }
+}
+
+fn refuse(status: StatusCode, why: impl Into<Cow<'static, str>>) -> Refusal {
+    Refusal {
+        status,
+        why: why.into(),
+    }
+}
+
+type Handled = Result<(Resp, After), Refusal>;
+
 fn response(status: StatusCode, cseq: Option<&str>) -> rtsp_types::ResponseBuilder {
     let mut b = Response::builder(Version::V1_0, status);
     if let Some(c) = cseq {
@@ -97,13 +138,21 @@ impl Shared {
         let cseq = req.header(&headers::CSEQ).map(|v| v.as_str().to_owned());
         let cseq = cseq.as_deref();
         let server = self.config.server_name.as_str();
+        let peer = ctx.out.peer;
+        let method: &str = req.method().into();
         if cseq.is_none() {
+            sdebug!(&*self.name, "{peer}: {method} refused: no CSeq header");
             return (
                 error_response(StatusCode::BadRequest, None, server),
                 After::Nothing,
             );
         }
         if req.version() != Version::V1_0 {
+            sdebug!(
+                &*self.name,
+                "{peer}: {method} refused: RTSP version {:?} is not supported",
+                req.version()
+            );
             return (
                 error_response(StatusCode::RTSPVersionNotSupported, cseq, server),
                 After::Nothing,
@@ -111,6 +160,11 @@ impl Shared {
         }
         if let Some(require) = req.header(&headers::REQUIRE) {
             // We implement no option tags (RFC 2326 12.32).
+            sdebug!(
+                &*self.name,
+                "{peer}: {method} refused: requires option(s) '{}', none is supported",
+                require.as_str()
+            );
             let resp = response(StatusCode::OptionNotSupported, cseq)
                 .header(headers::SERVER, server)
                 .header(headers::UNSUPPORTED, require.as_str())
@@ -131,19 +185,31 @@ impl Shared {
             Method::Options => Ok((self.options(cseq), After::Nothing)),
             Method::Describe => self.describe(ctx, &req, cseq).await,
             Method::Setup => self.setup(ctx, &req, cseq, session_id.as_deref()),
-            Method::Play => self.play(ctx, &req, cseq, session_id.as_deref()),
-            Method::Pause => self.pause(&req, cseq, session_id.as_deref()),
-            Method::Teardown => self.teardown(&req, cseq, session_id.as_deref()),
+            Method::Play => self.play(ctx, &req, cseq, session_id.as_deref()).await,
+            Method::Pause => self.pause(ctx, &req, cseq, session_id.as_deref()),
+            Method::Teardown => self.teardown(ctx, &req, cseq, session_id.as_deref()),
             Method::GetParameter => self.get_parameter(&req, cseq, session_id.as_deref()),
             Method::SetParameter => self.set_parameter(&req, cseq, session_id.as_deref()),
             Method::Announce | Method::Record | Method::Redirect | Method::PlayNotify => {
-                Err(StatusCode::MethodNotAllowed)
+                Err(refuse(
+                    StatusCode::MethodNotAllowed,
+                    "a client's method (we only serve)",
+                ))
             }
-            Method::Extension(_) => Err(StatusCode::NotImplemented),
+            Method::Extension(_) => Err(refuse(StatusCode::NotImplemented, "unknown method")),
         };
         match result {
             Ok(r) => r,
-            Err(status) => {
+            Err(Refusal { status, why }) => {
+                let code = u16::from(status);
+                if why.is_empty() {
+                    sdebug!(&*self.name, "{peer}: {method} refused: {code} {status}");
+                } else {
+                    sdebug!(
+                        &*self.name,
+                        "{peer}: {method} refused: {code} {status}: {why}"
+                    );
+                }
                 let mut b = response(status, cseq).header(headers::SERVER, server);
                 if status == StatusCode::MethodNotAllowed {
                     b = b.header(headers::ALLOW, PUBLIC_METHODS);
@@ -178,11 +244,22 @@ impl Shared {
     }
 
     /// Maps a request URL onto the presentation or one of its streams.
-    fn resolve(&self, req: &Request<Vec<u8>>) -> Result<Target_, StatusCode> {
-        let url = req.request_uri().ok_or(StatusCode::NotFound)?;
+    fn resolve(&self, req: &Request<Vec<u8>>) -> Result<Target_, Refusal> {
+        let url = req
+            .request_uri()
+            .ok_or_else(|| refuse(StatusCode::NotFound, "no request URL"))?;
         let path = url.path().trim_end_matches('/');
         let mount = self.config.mount_point.trim_end_matches('/');
-        let rest = path.strip_prefix(mount).ok_or(StatusCode::NotFound)?;
+        let rest = path.strip_prefix(mount).ok_or_else(|| {
+            refuse(
+                StatusCode::NotFound,
+                format!(
+                    "path '{}' is not under the mount point '{}'",
+                    url.path(),
+                    self.config.mount_point
+                ),
+            )
+        })?;
         if rest.is_empty() {
             return Ok(Target_::Presentation);
         }
@@ -191,11 +268,19 @@ impl Shared {
             .trim_start_matches('/')
             .strip_prefix("stream=")
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or(StatusCode::NotFound)?;
+            .ok_or_else(|| {
+                refuse(
+                    StatusCode::NotFound,
+                    format!("'{rest}' names no stream of mount point '{mount}'"),
+                )
+            })?;
         if self.streams.read().unwrap().contains_key(&id) {
             Ok(Target_::Stream(id))
         } else {
-            Err(StatusCode::NotFound)
+            Err(refuse(
+                StatusCode::NotFound,
+                format!("there is no stream {id}"),
+            ))
         }
     }
 
@@ -241,10 +326,15 @@ impl Shared {
         ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
         match self.resolve(req)? {
             Target_::Presentation => {}
-            Target_::Stream(_) => return Err(StatusCode::NotFound),
+            Target_::Stream(id) => {
+                return Err(refuse(
+                    StatusCode::NotFound,
+                    format!("DESCRIBE of stream {id}: only the presentation is described"),
+                ));
+            }
         }
         let url = req.request_uri().ok_or(StatusCode::NotFound)?;
         // Wait (bounded) until every input has negotiated caps and produced its codec config.
@@ -256,7 +346,17 @@ impl Shared {
             }
             match tokio::time::timeout_at(deadline, version.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return Err(StatusCode::ServiceUnavailable),
+                _ => {
+                    return Err(refuse(
+                        StatusCode::ServiceUnavailable,
+                        format!(
+                            "the inputs have not all produced a format and a first packet within \
+                             {:?} ({} stream(s))",
+                            self.config.describe_timeout,
+                            self.streams.read().unwrap().len()
+                        ),
+                    ));
+                }
             }
         };
         self.set_conn_base(ctx.out.id, Self::content_base(url));
@@ -274,16 +374,25 @@ impl Shared {
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
+        let peer = ctx.out.peer;
         let stream_id = match self.resolve(req)? {
             Target_::Stream(id) => id,
             // Some clients SETUP the aggregate URL of a single-stream presentation.
             Target_::Presentation => {
                 let streams = self.streams.read().unwrap();
-                if streams.len() != 1 {
-                    return Err(StatusCode::AggregateOperationNotAllowed);
+                match streams.keys().next() {
+                    Some(id) if streams.len() == 1 => *id,
+                    _ => {
+                        return Err(refuse(
+                            StatusCode::AggregateOperationNotAllowed,
+                            format!(
+                                "SETUP of the presentation URL, which has {} streams",
+                                streams.len()
+                            ),
+                        ));
+                    }
                 }
-                *streams.keys().next().unwrap()
             }
         };
         let stream = self
@@ -293,27 +402,36 @@ impl Shared {
             .get(&stream_id)
             .cloned()
             .ok_or(StatusCode::NotFound)?;
-        let transports = req
+        let header = req
             .header(&headers::TRANSPORT)
-            .ok_or(StatusCode::UnsupportedTransport)
-            .and_then(|v| {
-                parse_transports(v.as_str()).map_err(|_| StatusCode::UnsupportedTransport)
-            })?;
+            .ok_or_else(|| refuse(StatusCode::UnsupportedTransport, "no Transport header"))?;
+        let transports = parse_transports(header.as_str()).map_err(|e| {
+            refuse(
+                StatusCode::UnsupportedTransport,
+                format!("Transport '{}' does not parse: {}", header.as_str(), e.0),
+            )
+        })?;
 
         let mut sessions = self.sessions.lock().unwrap();
         let existing = match session_id {
-            Some(id) => Some(sessions.get(id).ok_or(StatusCode::SessionNotFound)?),
+            Some(id) => Some(sessions.get(id).ok_or_else(|| no_session(id))?),
             None => None,
         };
         if let Some(s) = existing {
             if s.playing {
                 // Adding streams to a playing session is not supported (RFC 2326 10.4).
-                return Err(StatusCode::MethodNotValidInThisState);
+                return Err(refuse(
+                    StatusCode::MethodNotValidInThisState,
+                    format!("session {} is playing: streams are added before PLAY", s.id),
+                ));
             }
         } else {
             let max = self.config.max_sessions;
             if max > 0 && sessions.len() >= max {
-                return Err(StatusCode::ServiceUnavailable);
+                return Err(refuse(
+                    StatusCode::ServiceUnavailable,
+                    format!("max-sessions ({max}) reached"),
+                ));
             }
         }
         let alive = existing.map_or_else(
@@ -333,7 +451,13 @@ impl Shared {
 
         let (target, reply) = self
             .choose_transport(ctx, &stream, &transports, &used_channels)
-            .ok_or(StatusCode::UnsupportedTransport)?;
+            .map_err(|why| {
+                refuse(
+                    StatusCode::UnsupportedTransport,
+                    format!("{why} (Transport: {})", header.as_str()),
+                )
+            })?;
+        let created = !sessions.contains_key(&id);
         let dest = Arc::new(Dest::new(id.clone(), target, alive.clone()));
 
         let session = sessions.entry(id.clone()).or_insert_with(|| Session {
@@ -351,12 +475,24 @@ impl Shared {
             stream_id,
             SessionStream {
                 stream: stream.clone(),
-                dest,
+                dest: dest.clone(),
                 transport: reply.clone(),
             },
         );
         let timeout = session.timeout.as_secs();
+        let count = sessions.len();
         drop(sessions);
+        if created {
+            sdebug!(
+                &*self.name,
+                "{peer}: session {id} created (timeout {timeout} s, {count} session(s))"
+            );
+        }
+        sdebug!(
+            &*self.name,
+            "{peer}: session {id} stream {stream_id}: sending over {} (Transport: {reply})",
+            dest.target
+        );
 
         let resp = self
             .ok(cseq)
@@ -373,7 +509,7 @@ impl Shared {
         stream: &Arc<Stream>,
         transports: &[TransportSpec],
         used_channels: &[u8],
-    ) -> Option<(Target, TransportSpec)> {
+    ) -> Result<(Target, TransportSpec), String> {
         let ssrc = stream.clock().ssrc;
         for t in transports {
             match (t.lower, t.multicast) {
@@ -383,7 +519,8 @@ impl Shared {
                         _ => {
                             let base = (0u8..=254)
                                 .step_by(2)
-                                .find(|c| !used_channels.contains(c))?;
+                                .find(|c| !used_channels.contains(c))
+                                .ok_or("every interleaved channel is in use")?;
                             (base, base + 1)
                         }
                     };
@@ -395,7 +532,7 @@ impl Shared {
                         conn: ctx.out.clone(),
                         channel: channels.0,
                     };
-                    return Some((target, reply));
+                    return Ok((target, reply));
                 }
                 (LowerTransport::Udp, false) if self.config.protocols.udp => {
                     let Some((rtp_port, rtcp_port)) = t.client_port else {
@@ -413,7 +550,7 @@ impl Shared {
                         rtp: SocketAddr::new(ip, rtp_port),
                         rtcp: SocketAddr::new(ip, rtcp_port),
                     };
-                    return Some((target, reply));
+                    return Ok((target, reply));
                 }
                 (LowerTransport::Udp, true) if self.config.protocols.udp_multicast => {
                     let (address, port, ttl) = self.multicast_group(stream)?;
@@ -427,30 +564,45 @@ impl Shared {
                         rtp: SocketAddr::new(IpAddr::V4(address), port),
                         rtcp: SocketAddr::new(IpAddr::V4(address), port + 1),
                     };
-                    return Some((target, reply));
+                    return Ok((target, reply));
                 }
                 _ => continue,
             }
         }
-        None
+        let p = self.config.protocols;
+        Err(format!(
+            "no alternative the server allows (udp {}, udp-mcast {}, tcp {}; UDP unicast needs \
+             client_port)",
+            on_off(p.udp),
+            on_off(p.udp_multicast),
+            on_off(p.tcp)
+        ))
     }
 
     /// The stream's multicast group, allocated from the configured range on first use.
-    fn multicast_group(&self, stream: &Arc<Stream>) -> Option<(Ipv4Addr, u16, u8)> {
+    fn multicast_group(&self, stream: &Arc<Stream>) -> Result<(Ipv4Addr, u16, u8), String> {
         let mut group = stream.multicast.lock().unwrap();
         if let Some(g) = group.as_ref() {
-            return Some((g.address, g.port, g.ttl));
+            return Ok((g.address, g.port, g.ttl));
         }
         let mc = &self.config.multicast;
-        let span = u32::from(mc.address_max).checked_sub(u32::from(mc.address_min))? + 1;
+        let span = u32::from(mc.address_max)
+            .checked_sub(u32::from(mc.address_min))
+            .ok_or("the multicast address range is empty")?
+            + 1;
         let address = Ipv4Addr::from(u32::from(mc.address_min) + (stream.id as u32 % span));
-        let port = mc
-            .port_min
-            .checked_add(u16::try_from(stream.id * 2).ok()?)?;
-        if port >= mc.port_max {
-            return None;
-        }
-        let socket = multicast_socket(mc.ttl, mc.iface).ok()?;
+        let port = u16::try_from(stream.id * 2)
+            .ok()
+            .and_then(|off| mc.port_min.checked_add(off))
+            .filter(|p| *p < mc.port_max)
+            .ok_or_else(|| {
+                format!(
+                    "no multicast port for stream {} in {}-{}",
+                    stream.id, mc.port_min, mc.port_max
+                )
+            })?;
+        let socket = multicast_socket(mc.ttl, mc.iface)
+            .map_err(|e| format!("cannot make the multicast socket: {e}"))?;
         *stream.multicast_socket.lock().unwrap() = Some(Arc::new(socket));
         let dest = Arc::new(Dest::new(
             "multicast".into(),
@@ -467,28 +619,26 @@ impl Shared {
             dest,
             players: 0,
         });
-        Some((address, port, mc.ttl))
+        sdebug!(
+            &*self.name,
+            "stream {}: multicast group {address}:{port}-{} ttl {} allocated",
+            stream.id,
+            port + 1,
+            mc.ttl
+        );
+        Ok((address, port, mc.ttl))
     }
 
-    fn play(
+    async fn play(
         self: &Arc<Self>,
-        _ctx: &ConnCtx,
+        ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
+        let peer = ctx.out.peer;
         let target = self.resolve(req)?;
-        let id = session_id.ok_or(StatusCode::SessionNotFound)?;
-        let sessions = self.sessions.lock().unwrap();
-        let session = sessions.get(id).ok_or(StatusCode::SessionNotFound)?;
-        if session.streams.is_empty() {
-            return Err(StatusCode::MethodNotValidInThisState);
-        }
-        if let Target_::Stream(_) = target
-            && session.streams.len() > 1
-        {
-            return Err(StatusCode::OnlyAggregateOperationAllowed);
-        }
+        let id = session_id.ok_or_else(no_session_header)?;
         let base = req
             .request_uri()
             .map(Self::content_base)
@@ -502,88 +652,215 @@ impl Shared {
                 .unwrap_or(base),
             Target_::Presentation => base,
         };
+        let (mut starting, begins, timeout) = {
+            let mut sessions = self.sessions.lock().unwrap();
+            let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
+            if session.streams.is_empty() {
+                return Err(refuse(
+                    StatusCode::MethodNotValidInThisState,
+                    format!("session {id} has no stream set up"),
+                ));
+            }
+            if let Target_::Stream(sid) = target
+                && session.streams.len() > 1
+            {
+                return Err(refuse(
+                    StatusCode::OnlyAggregateOperationAllowed,
+                    format!(
+                        "PLAY of stream {sid} in session {id} of {} streams",
+                        session.streams.len()
+                    ),
+                ));
+            }
+            let begins = !session.playing;
+            session.playing = true;
+            let starting: Vec<Starting> = session
+                .streams
+                .iter()
+                .map(|(sid, st)| Starting {
+                    id: *sid,
+                    stream: st.stream.clone(),
+                    dest: st.dest.clone(),
+                    gate: None,
+                })
+                .collect();
+            (starting, begins, session.timeout.as_secs())
+        };
+        let waited = Instant::now();
+        if begins {
+            let mut keyframes = Vec::new();
+            for s in starting.iter_mut() {
+                let outcome = match &s.dest.target {
+                    Target::Multicast { .. } => join_multicast(&s.stream),
+                    _ => {
+                        let (gate, outcome) = s.stream.add_pending(s.dest.clone());
+                        s.gate = Some(gate);
+                        outcome
+                    }
+                };
+                if outcome.want_keyframe {
+                    keyframes.push(s.id);
+                }
+            }
+            for stream in keyframes {
+                sdebug!(
+                    &*self.name,
+                    "stream {stream}: asking upstream for a keyframe: session {id} of {peer} \
+                     joins"
+                );
+                (self.events)(ServerEvent::KeyframeRequest { stream });
+            }
+            self.wait_for_start_points(peer, id, &starting).await;
+        }
+
         let now = Instant::now();
         let mut rtp_info = String::new();
-        for (sid, st) in &session.streams {
+        for s in &starting {
             if !rtp_info.is_empty() {
                 rtp_info.push(',');
             }
-            let _ = write!(rtp_info, "url={base}stream={sid}");
-            let clock = st.stream.clock();
-            if let Some(rtptime) = clock.rtptime_at(now, st.stream.clock_rate()) {
-                let _ = write!(
-                    rtp_info,
-                    ";seq={};rtptime={rtptime}",
-                    clock.last_seq.wrapping_add(1)
-                );
+            let _ = write!(rtp_info, "url={base}stream={}", s.id);
+            // Exact for unicast destinations that found their start; otherwise (multicast, a
+            // PLAY of a playing session, a stream that sent nothing in time) the next packet
+            // as far as can be told.
+            let start = s.gate.as_ref().and_then(|g| g.get()).or_else(|| {
+                let clock = s.stream.clock();
+                clock
+                    .rtptime_at(now, s.stream.clock_rate())
+                    .map(|rtptime| StartPoint {
+                        seq: clock.last_seq.wrapping_add(1),
+                        rtptime,
+                    })
+            });
+            if let Some(StartPoint { seq, rtptime }) = start {
+                let _ = write!(rtp_info, ";seq={seq};rtptime={rtptime}");
             }
         }
-        let timeout = session.timeout.as_secs();
-        drop(sessions);
+        // Torn down or expired while waiting: its destinations are gone already.
+        if !self.sessions.lock().unwrap().contains_key(id) {
+            return Err(refuse(
+                StatusCode::SessionNotFound,
+                format!("session {id} ended while PLAY waited for its start"),
+            ));
+        }
+        if begins {
+            sdebug!(
+                &*self.name,
+                "{peer}: session {id} plays after {:.1?} waiting for its start; RTP-Info: \
+                 {rtp_info}",
+                waited.elapsed()
+            );
+        } else {
+            sdebug!(
+                &*self.name,
+                "{peer}: session {id} already plays; RTP-Info: {rtp_info}"
+            );
+        }
         let resp = self
             .ok(cseq)
             .header(headers::RANGE, "npt=now-")
             .header(headers::RTP_INFO, rtp_info)
             .header(headers::SESSION, session_header(id, timeout))
             .build(Vec::new());
-        Ok((resp, After::Play(id.to_owned())))
+        let after = if begins {
+            After::Play(id.to_owned())
+        } else {
+            After::Nothing
+        };
+        Ok((resp, after))
     }
 
-    /// Starts media for a session whose PLAY response has been queued.
-    pub(super) fn start_playing(&self, id: &str) {
-        let mut keyframes = Vec::new();
-        {
-            let mut sessions = self.sessions.lock().unwrap();
-            let Some(session) = sessions.get_mut(id) else {
-                return;
-            };
-            if session.playing {
-                return;
-            }
-            session.playing = true;
-            for st in session.streams.values() {
-                let outcome = match &st.dest.target {
-                    Target::Multicast { .. } => {
-                        let mut group = st.stream.multicast.lock().unwrap();
-                        match group.as_mut() {
-                            Some(g) => {
-                                g.players += 1;
-                                if g.players == 1 {
-                                    st.stream.add_dest(g.dest.clone())
-                                } else {
-                                    Default::default()
-                                }
-                            }
-                            None => Default::default(),
-                        }
-                    }
-                    _ => st.stream.add_dest(st.dest.clone()),
-                };
-                if outcome.want_keyframe {
-                    keyframes.push(st.stream.id);
-                }
+    /// Waits (bounded) until every pending destination knows its first packet: video ones
+    /// wait for a keyframe up to `play_keyframe_wait`, then take the next packet instead.
+    async fn wait_for_start_points(&self, peer: SocketAddr, id: &str, starting: &[Starting]) {
+        let wait = self.config.play_keyframe_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        for s in starting {
+            if let Some(gate) = &s.gate {
+                gate.wait_until(deadline).await;
             }
         }
-        for stream in keyframes {
-            (self.events)(ServerEvent::KeyframeRequest { stream });
+        let late: Vec<&Starting> = starting
+            .iter()
+            .filter(|s| s.gate.as_ref().is_some_and(|g| g.get().is_none()))
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        for s in &late {
+            sdebug!(
+                &*self.name,
+                "{peer}: session {id} stream {}: no keyframe within {wait:?}, starting at the \
+                 next packet",
+                s.id
+            );
+            s.stream.start_anywhere(&s.dest);
+        }
+        let deadline = tokio::time::Instant::now() + NEXT_PACKET_WAIT;
+        for s in &late {
+            if let Some(gate) = &s.gate
+                && gate.wait_until(deadline).await.is_none()
+            {
+                sdebug!(
+                    &*self.name,
+                    "{peer}: session {id} stream {}: no packet within {:?} more; RTP-Info \
+                     guesses its next packet",
+                    s.id,
+                    NEXT_PACKET_WAIT
+                );
+            }
+        }
+    }
+
+    /// Starts media for a session whose PLAY response has been queued: the pending
+    /// destinations send what they buffered since their start point and go live.
+    pub(super) fn start_playing(&self, id: &str) {
+        let sessions = self.sessions.lock().unwrap();
+        let Some(session) = sessions.get(id) else {
+            return;
+        };
+        for (sid, st) in &session.streams {
+            if matches!(st.dest.target, Target::Multicast { .. }) {
+                continue;
+            }
+            let Some(a) = st.stream.activate(&st.dest) else {
+                continue;
+            };
+            if a.dropped > 0 || !a.sent {
+                sdebug!(
+                    &*self.name,
+                    "{}: session {id} stream {sid}: of the {} packets buffered since its start, \
+                     {} did not fit{}",
+                    session.peer,
+                    a.packets as u64 + a.dropped,
+                    a.dropped,
+                    if a.sent {
+                        ""
+                    } else {
+                        " and the client's queue refused the rest"
+                    }
+                );
+            }
         }
     }
 
     fn pause(
         &self,
+        ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
         self.resolve(req)?;
-        let id = session_id.ok_or(StatusCode::SessionNotFound)?;
+        let id = session_id.ok_or_else(no_session_header)?;
         let mut sessions = self.sessions.lock().unwrap();
-        let session = sessions.get_mut(id).ok_or(StatusCode::SessionNotFound)?;
+        let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
         if session.playing {
             session.playing = false;
             for st in session.streams.values() {
                 stop_stream(st);
             }
+            sdebug!(&*self.name, "{}: session {id} paused", ctx.out.peer);
         }
         let timeout = session.timeout.as_secs();
         drop(sessions);
@@ -596,22 +873,34 @@ impl Shared {
 
     fn teardown(
         &self,
+        ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
+        let peer = ctx.out.peer;
         let target = self.resolve(req)?;
-        let id = session_id.ok_or(StatusCode::SessionNotFound)?;
+        let id = session_id.ok_or_else(no_session_header)?;
         let mut sessions = self.sessions.lock().unwrap();
-        let session = sessions.get_mut(id).ok_or(StatusCode::SessionNotFound)?;
+        let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
         let mut builder = self.ok(cseq);
         match target {
             Target_::Stream(sid) if session.streams.len() > 1 => {
                 // Per-stream teardown (RFC 7826 13.7): the session stays with its other streams.
-                let st = session.streams.remove(&sid).ok_or(StatusCode::NotFound)?;
+                let st = session.streams.remove(&sid).ok_or_else(|| {
+                    refuse(
+                        StatusCode::NotFound,
+                        format!("stream {sid} is not set up in session {id}"),
+                    )
+                })?;
                 if session.playing {
                     stop_stream(&st);
                 }
+                sdebug!(
+                    &*self.name,
+                    "{peer}: session {id} stream {sid} torn down; {} stream(s) remain",
+                    session.streams.len()
+                );
                 builder = builder.header(
                     headers::SESSION,
                     session_header(id, session.timeout.as_secs()),
@@ -619,6 +908,11 @@ impl Shared {
             }
             _ => {
                 if let Some(session) = sessions.remove(id) {
+                    sdebug!(
+                        &*self.name,
+                        "{peer}: session {id} torn down by the client after {:.1?}",
+                        session.created.elapsed()
+                    );
                     end_session(session);
                 }
             }
@@ -631,7 +925,7 @@ impl Shared {
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
         if req.request_uri().is_some() {
             self.resolve(req)?;
         }
@@ -646,7 +940,12 @@ impl Shared {
                 ),
                 "clients" => self.sessions.lock().unwrap().len().to_string(),
                 "uptime" => self.epoch.elapsed().as_secs().to_string(),
-                _ => return Err(StatusCode::ParameterNotUnderstood),
+                _ => {
+                    return Err(refuse(
+                        StatusCode::ParameterNotUnderstood,
+                        format!("unknown parameter '{name}'"),
+                    ));
+                }
             };
             let _ = write!(answer, "{name}: {value}\r\n");
         }
@@ -662,24 +961,24 @@ impl Shared {
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
-    ) -> Result<(Resp, After), StatusCode> {
+    ) -> Handled {
         if req.request_uri().is_some() {
             self.resolve(req)?;
         }
         let timeout = self.check_session(session_id)?;
         // No parameter is settable: any named one is not understood (RFC 2326 10.9).
-        if parameter_names(&String::from_utf8_lossy(req.body()))
-            .next()
-            .is_some()
-        {
-            return Err(StatusCode::ParameterNotUnderstood);
+        if let Some(name) = parameter_names(&String::from_utf8_lossy(req.body())).next() {
+            return Err(refuse(
+                StatusCode::ParameterNotUnderstood,
+                format!("no parameter is settable ('{name}')"),
+            ));
         }
         let b = self.ok_in_session(cseq, session_id, timeout);
         Ok((b.build(Vec::new()), After::Nothing))
     }
 
     /// 454 for a named session that does not exist; its timeout otherwise.
-    fn check_session(&self, session_id: Option<&str>) -> Result<Option<u64>, StatusCode> {
+    fn check_session(&self, session_id: Option<&str>) -> Result<Option<u64>, Refusal> {
         match session_id {
             None => Ok(None),
             Some(id) => self
@@ -688,8 +987,40 @@ impl Shared {
                 .unwrap()
                 .get(id)
                 .map(|s| Some(s.timeout.as_secs()))
-                .ok_or(StatusCode::SessionNotFound),
+                .ok_or_else(|| no_session(id)),
         }
+    }
+}
+
+fn no_session(id: &str) -> Refusal {
+    refuse(
+        StatusCode::SessionNotFound,
+        format!("no session {id} (never created, expired or torn down)"),
+    )
+}
+
+fn no_session_header() -> Refusal {
+    refuse(StatusCode::SessionNotFound, "no Session header")
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// A multicast client starts playing: the group's destination is added with the first one.
+/// Multicast clients join a group in mid-stream, so their RTP-Info is the best guess.
+fn join_multicast(stream: &Stream) -> PushOutcome {
+    let mut group = stream.multicast.lock().unwrap();
+    match group.as_mut() {
+        Some(g) => {
+            g.players += 1;
+            if g.players == 1 {
+                stream.add_dest(g.dest.clone())
+            } else {
+                PushOutcome::default()
+            }
+        }
+        None => PushOutcome::default(),
     }
 }
 
