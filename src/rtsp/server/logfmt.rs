@@ -1,6 +1,9 @@
 //! Formatting for the server's log records: RTSP messages as one line, headers and bodies with
 //! secrets removed (`Authorization` values, `user:pass@` in URLs). Everything here is meant to run
 //! only once the level is known to be on.
+//!
+//! Specifications: RFC 2326 §6.1/§7.1 (request and status lines), RFC 7235 §4.2 (Authorization),
+//! RFC 3986 §3.2.1 (userinfo in URLs).
 
 use std::borrow::Cow;
 use std::fmt;
