@@ -41,8 +41,17 @@ fn stock_rtspsrc_decodes_over_tcp() {
     assert_eq!(rtspsrc_decode(&server.url("/"), "tcp", 30, ""), 30);
 }
 
-const MULTICAST: &str = "multicast-iface=127.0.0.1 multicast-address-min=239.255.42.1 \
-     multicast-address-max=239.255.42.9 multicast-port-min=46000 multicast-port-max=46100";
+/// Multicast settings with groups and ports of the test's own: tests run at once, and two
+/// servers sending to one group or one port mix their streams in each other's clients (a socket
+/// bound to a port receives every group joined on the host, IP_MULTICAST_ALL).
+fn multicast(group: u8, port_min: u16) -> String {
+    format!(
+        "multicast-iface=127.0.0.1 multicast-address-min=239.255.{group}.1 \
+         multicast-address-max=239.255.{group}.9 multicast-port-min={port_min} \
+         multicast-port-max={}",
+        port_min + 100
+    )
+}
 
 /// Waits (bounded) until stats show a playing client on `transport` that was sent packets.
 fn wait_for_client(server: &ServerPipeline, transport: &str) {
@@ -69,7 +78,7 @@ fn wait_for_client(server: &ServerPipeline, transport: &str) {
 
 #[test]
 fn stock_rtspsrc_decodes_over_multicast() {
-    let server = ServerPipeline::start(MULTICAST, &av_source(false));
+    let server = ServerPipeline::start(&multicast(42, 46000), &av_source(false));
     let url = server.url("/");
     let client =
         std::thread::spawn(move || rtspsrc_decode(&url, "udp-mcast", 90, "multicast-iface=lo"));
@@ -93,7 +102,7 @@ fn stock_rtspsrc_decodes_over_multicast() {
 
 #[test]
 fn several_clients_of_every_transport_at_once() {
-    let server = ServerPipeline::start(MULTICAST, &av_source(true));
+    let server = ServerPipeline::start(&multicast(43, 46200), &av_source(true));
     let url = server.url("/");
     let handles: Vec<_> = [
         ("udp", 0),
