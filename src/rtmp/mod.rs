@@ -2,6 +2,19 @@
 //! locations, the publisher state machine (sans I/O), the bounded tag queue with its drop policy,
 //! and the network thread that connects (RTMP or RTMPS) and reconnects.
 
+/// A `log` record with the element's name as its `id` key-value when the name is known:
+/// `log_id!(debug, name, "format", args...)`.
+macro_rules! log_id {
+    ($level:ident, $id:expr, $($arg:tt)+) => {{
+        let id: &str = $id;
+        if id.is_empty() {
+            log::$level!($($arg)+)
+        } else {
+            log::$level!(id = id; $($arg)+)
+        }
+    }};
+}
+
 pub mod amf0;
 pub mod chunk;
 pub mod client;
