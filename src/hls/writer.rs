@@ -12,7 +12,7 @@ use super::crypto;
 use super::location::{Locations, playlist_uri};
 use super::playlist::{Entry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
-use super::store::{FileKind, Job, Output};
+use super::store::{FileKind, Job, Output, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Encryption {
@@ -156,7 +156,7 @@ impl Writer {
         data: &[u8],
         pts_ns: Option<u64>,
         keyframe: bool,
-    ) -> Result<Option<Published>, String> {
+    ) -> Result<Option<Published>, StoreError> {
         if self.anchor.is_none()
             && let Some(p) = pts_ns
         {
@@ -169,13 +169,22 @@ impl Writer {
     }
 
     /// Writes the segment being filled; at end of stream also closes the playlist.
-    pub fn finish(&mut self, end_of_stream: bool) -> Result<Option<Published>, String> {
+    pub fn finish(&mut self, end_of_stream: bool) -> Result<Option<Published>, StoreError> {
+        log::debug!(
+            "{}: closing the segment being filled",
+            if end_of_stream {
+                "end of stream"
+            } else {
+                "stopping"
+            }
+        );
         let published = match self.segmenter.finish() {
             Some(seg) => Some(self.publish(seg)?),
             None => None,
         };
         if end_of_stream {
             self.playlist.end();
+            log::debug!("end of stream: the playlist gets EXT-X-ENDLIST");
             self.put_playlist()?;
         }
         Ok(published)
@@ -190,7 +199,19 @@ impl Writer {
         self.output.close(timeout)
     }
 
-    fn put_playlist(&mut self) -> Result<(), String> {
+    fn put_playlist(&mut self) -> Result<(), StoreError> {
+        let first = self.playlist.entries().next().map(|e| e.sequence);
+        log::debug!(
+            "playlist {}: media sequence {}, {} segments{}",
+            self.config.locations.playlist,
+            first.unwrap_or_else(|| self.playlist.next_sequence()),
+            self.playlist.entries().count(),
+            if self.playlist.is_ended() {
+                ", ended"
+            } else {
+                ""
+            }
+        );
         self.output.submit(Job::Put {
             location: self.config.locations.playlist.clone(),
             kind: FileKind::Playlist,
@@ -198,7 +219,7 @@ impl Writer {
         })
     }
 
-    fn next_key(&mut self) -> Result<(), String> {
+    fn next_key(&mut self) -> Result<(), StoreError> {
         let rotate = match (&self.key, &self.config.encryption) {
             (None, Some(_)) => true,
             (Some(k), Some(e)) => e.key_rotation > 0 && k.used >= e.key_rotation,
@@ -210,6 +231,18 @@ impl Writer {
         let location = self.config.locations.key.format(self.next_key_index);
         self.next_key_index += 1;
         let key = crypto::random_key();
+        // The key's location only: never its bytes.
+        log::debug!(
+            "new AES-128 key {location} (key {}, {})",
+            self.next_key_index - 1,
+            match (&self.key, &self.config.encryption) {
+                (Some(k), Some(e)) => format!(
+                    "rotation after {} segments (key-rotation {})",
+                    k.used, e.key_rotation
+                ),
+                _ => "first key".to_owned(),
+            }
+        );
         self.output.submit(Job::Put {
             location: location.clone(),
             kind: FileKind::Key,
@@ -225,6 +258,7 @@ impl Writer {
         if let Some(old) = old
             && self.key_users.get(&old.location).copied().unwrap_or(0) == 0
         {
+            log::debug!("deleting key {}: no stored segment uses it", old.location);
             self.output.submit(Job::Delete {
                 location: old.location,
                 kind: FileKind::Key,
@@ -233,9 +267,10 @@ impl Writer {
         Ok(())
     }
 
-    fn publish(&mut self, seg: Segment) -> Result<Published, String> {
+    fn publish(&mut self, seg: Segment) -> Result<Published, StoreError> {
         let sequence = self.playlist.next_sequence();
         let location = self.config.locations.segment.format(sequence);
+        let plain_bytes = seg.data.len();
         let (data, key) = if self.config.encryption.is_some() {
             self.next_key()?;
             let k = self.key.as_mut().expect("a key after next_key");
@@ -272,6 +307,22 @@ impl Writer {
             None
         };
         let duration_s = seg.duration_ns as f64 / 1e9;
+        log::debug!(
+            "segment {sequence} cut ({}): {location}, start {} ns, {duration_s:.3} s, {} bytes{}{}",
+            seg.reason,
+            seg.start_ns,
+            plain_bytes,
+            if seg.discontinuity {
+                ", discontinuity"
+            } else {
+                ""
+            },
+            // The IV is public (it is in the playlist); the key never appears.
+            match &key {
+                Some((k, _)) => format!(", encrypted with {} (IV in the playlist)", k.uri),
+                None => String::new(),
+            }
+        );
         let (seq, _removed) = self.playlist.add(Entry {
             sequence,
             uri: playlist_uri(self.config.playlist_root.as_deref(), &location),
@@ -299,7 +350,7 @@ impl Writer {
 
     /// Deletes segment files beyond `max_files` that are no longer in a live playlist, and key
     /// files no stored segment uses any more.
-    fn expire(&mut self) -> Result<Vec<String>, String> {
+    fn expire(&mut self) -> Result<Vec<String>, StoreError> {
         let mut deleted = Vec::new();
         if self.config.playlist.kind != PlaylistKind::Live || self.config.max_files == 0 {
             return Ok(deleted);
@@ -316,6 +367,12 @@ impl Writer {
                 .is_some_and(|s| s.sequence < first_listed)
         {
             let old = self.stored.pop_front().expect("non-empty");
+            log::debug!(
+                "deleting segment {} ({}): beyond max-files {} and out of the playlist",
+                old.sequence,
+                old.location,
+                self.config.max_files
+            );
             self.output.submit(Job::Delete {
                 location: old.location.clone(),
                 kind: FileKind::Segment,
@@ -326,6 +383,7 @@ impl Writer {
                 *users = users.saturating_sub(1);
                 let current = self.key.as_ref().is_some_and(|k| k.location == kl);
                 if *users == 0 && !current {
+                    log::debug!("deleting key {kl}: its last segment expired");
                     self.key_users.remove(&kl);
                     self.output.submit(Job::Delete {
                         location: kl.clone(),

@@ -32,6 +32,56 @@ use crate::hls::store::{FileKind, StoreError};
 use crate::hls::upload::HttpStore;
 use crate::hls::writer::{self, Writer, WriterConfig};
 
+/// Why rshlssink stops with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    /// Writing, uploading or deleting a file.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output did not finish within the flush timeout.
+    #[error("timed out writing the last files")]
+    FlushTimeout,
+    /// The built-in muxer was given no stream it can mux.
+    #[error("no streams to mux")]
+    NoStreams,
+    #[error("unreadable buffer")]
+    Unmappable,
+}
+
+/// The one place that turns the core's errors into GStreamer errors, with the domain chosen
+/// from the error's data (I/O error kind, HTTP status), never from its text.
+fn post_error(element: &super::RsHlsSink, error: &SinkError) {
+    use std::io::ErrorKind;
+    let debug = format!("{error:?}");
+    macro_rules! post {
+        ($domain:expr) => {
+            gst::element_error!(element, $domain, ("{}", error), ["{}", debug])
+        };
+    }
+    match error {
+        SinkError::Store(StoreError::Io { kind, .. }) => match kind {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                post!(gst::ResourceError::NoSpaceLeft)
+            }
+            ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::ReadOnlyFilesystem => {
+                post!(gst::ResourceError::OpenWrite)
+            }
+            _ => post!(gst::ResourceError::Write),
+        },
+        SinkError::Store(StoreError::Http {
+            status: 401 | 403, ..
+        }) => post!(gst::ResourceError::NotAuthorized),
+        SinkError::Store(StoreError::Http { .. } | StoreError::Network { .. })
+        | SinkError::FlushTimeout => post!(gst::ResourceError::Write),
+        SinkError::Store(StoreError::Tls { .. } | StoreError::Application { .. }) => {
+            post!(gst::ResourceError::OpenWrite)
+        }
+        SinkError::Store(StoreError::Location { .. }) => post!(gst::ResourceError::Settings),
+        SinkError::NoStreams => post!(gst::StreamError::Format),
+        SinkError::Unmappable => post!(gst::CoreError::Failed),
+    }
+}
+
 /// hlssink2's signals in front of the real store: an application that returns an output stream
 /// from `get-playlist-stream` / `get-fragment-stream` gets the file's bytes there instead;
 /// `delete-fragment` tells it a segment expired (a local file of that name is deleted too).
@@ -55,10 +105,9 @@ impl Store for SignalStore {
                 stream.write_all(data, gio::Cancellable::NONE)?;
                 stream.close(gio::Cancellable::NONE)
             };
-            return write().map_err(|e| {
-                StoreError::fatal(format!(
-                    "writing {location} to the application's stream: {e}"
-                ))
+            return write().map_err(|e| StoreError::Application {
+                location: location.to_owned(),
+                message: e.to_string(),
             });
         }
         self.inner.put(location, kind, data)
@@ -272,10 +321,9 @@ impl RsHlsSink {
             Box::new(move |event| {
                 let Some(obj) = weak.upgrade() else { return };
                 match event {
-                    OutputEvent::Fatal(msg) => {
-                        gst::element_error!(obj, gst::ResourceError::Write, ("{}", msg));
-                    }
-                    OutputEvent::Warning(msg) => {
+                    OutputEvent::Fatal(e) => post_error(&obj, &SinkError::Store(e)),
+                    OutputEvent::Dropped { .. } | OutputEvent::GaveUp { .. } => {
+                        let msg = event.to_string();
                         gst::warning!(CAT, obj = obj, "{}", msg);
                         obj.post_message(
                             gst::message::Warning::builder(gst::ResourceError::Write, &msg)
@@ -368,7 +416,7 @@ impl RsHlsSink {
     }
 
     /// Writes what is buffered and waits for the output (EOS or stop).
-    fn finish_writer(&self, end_of_stream: bool) -> Result<(), String> {
+    fn finish_writer(&self, end_of_stream: bool) -> Result<(), SinkError> {
         let mut guard = self.writer.lock().unwrap();
         let Some(w) = guard.as_mut() else {
             return Ok(());
@@ -380,7 +428,7 @@ impl RsHlsSink {
             return Err(w
                 .output()
                 .failed()
-                .unwrap_or_else(|| "timed out writing the last files".into()));
+                .map_or(SinkError::FlushTimeout, SinkError::Store));
         }
         Ok(())
     }
@@ -439,7 +487,7 @@ impl RsHlsSink {
                 Err(e) => {
                     drop(map);
                     drop(guard);
-                    gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                    post_error(&self.obj(), &SinkError::Store(e));
                     return Err(gst::FlowError::Error);
                 }
             }
@@ -580,7 +628,7 @@ impl RsHlsSink {
             }
             Err(e) => {
                 drop(guard);
-                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                post_error(&self.obj(), &e);
                 Err(gst::FlowError::Error)
             }
         }
@@ -649,7 +697,7 @@ impl RsHlsSink {
 
     fn on_eos(&self) {
         if let Err(e) = self.finish_writer(true) {
-            gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+            post_error(&self.obj(), &e);
         }
     }
 
