@@ -266,11 +266,8 @@ async fn serve_connection(
             .and_then(|s| std::str::from_utf8(s).ok())
             .unwrap_or("?");
         log::debug!(
-            "HTTP {peer}: {method} {path}{} -> {status}, {} bytes",
-            range
-                .as_deref()
-                .map(|r| format!(" (Range {r})"))
-                .unwrap_or_default(),
+            "HTTP {peer}: {method} {path} (Range {}) -> {status}, {} bytes",
+            range.as_deref().unwrap_or("none"),
             body.as_ref().map_or(0, |b| b.len())
         );
         let write = async {

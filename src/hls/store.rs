@@ -232,8 +232,17 @@ impl std::fmt::Debug for Job {
                 location,
                 kind,
                 data,
-            } => write!(f, "Put {kind:?} {location} ({} bytes)", data.len()),
-            Job::Delete { location, kind } => write!(f, "Delete {kind:?} {location}"),
+            } => write!(
+                f,
+                "Put {kind:?} {} ({} bytes)",
+                super::location::redact_location(location),
+                data.len()
+            ),
+            Job::Delete { location, kind } => write!(
+                f,
+                "Delete {kind:?} {}",
+                super::location::redact_location(location)
+            ),
         }
     }
 }
@@ -250,6 +259,11 @@ impl Job {
         match self {
             Job::Put { location, .. } | Job::Delete { location, .. } => location,
         }
+    }
+
+    /// The location for logs and events: no `user:password@`.
+    fn shown(&self) -> std::borrow::Cow<'_, str> {
+        super::location::redact_location(self.location())
     }
 }
 
@@ -426,17 +440,17 @@ impl Output {
                     "output queue full ({} jobs, {} bytes with the new one): dropped {}",
                     q.jobs.len() + 1,
                     q.jobs.iter().map(Job::bytes).sum::<usize>() + job.bytes(),
-                    old.location()
+                    old.shown()
                 );
                 (self.events)(OutputEvent::Dropped {
-                    location: old.location().to_owned(),
+                    location: old.shown().into_owned(),
                 });
             }
         }
         // Never the job's data: a key file's data is the key.
         log::trace!(
             "queued {} ({} bytes), {} jobs waiting before it",
-            job.location(),
+            job.shown(),
             job.bytes(),
             q.jobs.len()
         );
@@ -557,7 +571,7 @@ fn worker(
                 Err(e) if e.retryable() && attempt < config.max_attempts => {
                     log::debug!(
                         "{} failed (attempt {attempt} of {}), retrying in {} ms: {e}",
-                        job.location(),
+                        job.shown(),
                         config.max_attempts,
                         backoff.as_millis()
                     );
@@ -579,7 +593,7 @@ fn worker(
         if let Err(e) = &result
             && !e.retryable()
         {
-            log::debug!("{} failed, the output stops: {e}", job.location());
+            log::debug!("{} failed, the output stops: {e}", job.shown());
             // Reported before anyone waiting for the output can see it stopped.
             events(OutputEvent::Fatal(e.clone()));
         }
@@ -589,16 +603,13 @@ fn worker(
             Ok(()) => {
                 shared.written.fetch_add(1, Ordering::Relaxed);
                 match &job {
-                    Job::Put {
-                        location,
-                        kind,
-                        data,
-                    } => log::debug!(
-                        "{kind:?} {location} written ({} bytes, attempt {attempt})",
+                    Job::Put { kind, data, .. } => log::debug!(
+                        "{kind:?} {} written ({} bytes, attempt {attempt})",
+                        job.shown(),
                         data.len()
                     ),
-                    Job::Delete { location, kind } => {
-                        log::debug!("{kind:?} {location} deleted (attempt {attempt})")
+                    Job::Delete { kind, .. } => {
+                        log::debug!("{kind:?} {} deleted (attempt {attempt})", job.shown())
                     }
                 }
                 if let Some(p) = &published {
@@ -614,12 +625,9 @@ fn worker(
                 }
             }
             Err(e) if e.retryable() => {
-                log::debug!(
-                    "gave up on {} after {attempt} attempts: {e}",
-                    job.location()
-                );
+                log::debug!("gave up on {} after {attempt} attempts: {e}", job.shown());
                 events(OutputEvent::GaveUp {
-                    location: job.location().to_owned(),
+                    location: job.shown().into_owned(),
                     attempts: attempt,
                     error: e,
                 });

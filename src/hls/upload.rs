@@ -45,17 +45,7 @@ pub enum TlsSetupError {
     Config(String),
 }
 
-/// `location` without `user:password@`, for logs and errors.
-pub fn redact_location(location: &str) -> String {
-    match url::Url::parse(location) {
-        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        _ => location.to_owned(),
-    }
-}
+pub use super::location::redact_location;
 
 /// TLS client configuration: the system's CAs (as rsrtmpsink and GStreamer's own TLS elements
 /// trust) plus the certificates in `ca_file`.
@@ -116,13 +106,13 @@ fn io_error(method: &'static str, location: &str, e: std::io::Error) -> StoreErr
     if tls {
         StoreError::Tls {
             method,
-            location: redact_location(location),
+            location: redact_location(location).into_owned(),
             message: e.to_string(),
         }
     } else {
         StoreError::Network {
             method,
-            location: redact_location(location),
+            location: redact_location(location).into_owned(),
             kind: Some(e.kind()),
             message: e.to_string(),
         }
@@ -132,7 +122,7 @@ fn io_error(method: &'static str, location: &str, e: std::io::Error) -> StoreErr
 fn net_error(method: &'static str, location: &str, message: impl Into<String>) -> StoreError {
     StoreError::Network {
         method,
-        location: redact_location(location),
+        location: redact_location(location).into_owned(),
         kind: None,
         message: message.into(),
     }
@@ -202,7 +192,7 @@ impl HttpStore {
         body: &[u8],
     ) -> Result<u16, StoreError> {
         let bad = |message: String| StoreError::Location {
-            location: redact_location(location),
+            location: redact_location(location).into_owned(),
             message,
         };
         let url = url::Url::parse(location).map_err(|e| bad(format!("invalid URL: {e}")))?;
@@ -220,7 +210,7 @@ impl HttpStore {
             .ok_or_else(|| net_error(method, location, format!("no address for {host}")))?;
         let net = |e: std::io::Error| StoreError::Network {
             method,
-            location: redact_location(location),
+            location: redact_location(location).into_owned(),
             kind: Some(e.kind()),
             message: e.to_string(),
         };
@@ -263,7 +253,7 @@ impl HttpStore {
             let conn = rustls::ClientConnection::new(self.tls.clone(), name).map_err(|e| {
                 StoreError::Tls {
                     method,
-                    location: redact_location(location),
+                    location: redact_location(location).into_owned(),
                     message: e.to_string(),
                 }
             })?;
@@ -289,7 +279,7 @@ fn check(method: &'static str, location: &str, status: u16) -> Result<(), StoreE
         404 | 410 if method == "DELETE" => Ok(()),
         _ => Err(StoreError::Http {
             method,
-            location: redact_location(location),
+            location: redact_location(location).into_owned(),
             status,
         }),
     }

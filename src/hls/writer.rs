@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::crypto;
-use super::location::{Locations, playlist_uri};
+use super::location::{Locations, playlist_uri, redact_location};
 use super::playlist::{Entry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
 use super::store::{FileKind, Job, Output, StoreError};
@@ -203,7 +203,7 @@ impl Writer {
         let first = self.playlist.entries().next().map(|e| e.sequence);
         log::debug!(
             "playlist {}: media sequence {}, {} segments{}",
-            self.config.locations.playlist,
+            redact_location(&self.config.locations.playlist),
             first.unwrap_or_else(|| self.playlist.next_sequence()),
             self.playlist.entries().count(),
             if self.playlist.is_ended() {
@@ -233,7 +233,8 @@ impl Writer {
         let key = crypto::random_key();
         // The key's location only: never its bytes.
         log::debug!(
-            "new AES-128 key {location} (key {}, {})",
+            "new AES-128 key {} (key {}, {})",
+            redact_location(&location),
             self.next_key_index - 1,
             match (&self.key, &self.config.encryption) {
                 (Some(k), Some(e)) => format!(
@@ -258,7 +259,10 @@ impl Writer {
         if let Some(old) = old
             && self.key_users.get(&old.location).copied().unwrap_or(0) == 0
         {
-            log::debug!("deleting key {}: no stored segment uses it", old.location);
+            log::debug!(
+                "deleting key {}: no stored segment uses it",
+                redact_location(&old.location)
+            );
             self.output.submit(Job::Delete {
                 location: old.location,
                 kind: FileKind::Key,
@@ -308,8 +312,9 @@ impl Writer {
         };
         let duration_s = seg.duration_ns as f64 / 1e9;
         log::debug!(
-            "segment {sequence} cut ({}): {location}, start {} ns, {duration_s:.3} s, {} bytes{}{}",
+            "segment {sequence} cut ({}): {}, start {} ns, {duration_s:.3} s, {} bytes{}, key {}",
             seg.reason,
+            redact_location(&location),
             seg.start_ns,
             plain_bytes,
             if seg.discontinuity {
@@ -317,11 +322,8 @@ impl Writer {
             } else {
                 ""
             },
-            // The IV is public (it is in the playlist); the key never appears.
-            match &key {
-                Some((k, _)) => format!(", encrypted with {} (IV in the playlist)", k.uri),
-                None => String::new(),
-            }
+            // The key's URI only (the IV is public, in the playlist); never the key.
+            key.as_ref().map_or("none", |(k, _)| k.uri.as_str())
         );
         let (seq, _removed) = self.playlist.add(Entry {
             sequence,
@@ -370,7 +372,7 @@ impl Writer {
             log::debug!(
                 "deleting segment {} ({}): beyond max-files {} and out of the playlist",
                 old.sequence,
-                old.location,
+                redact_location(&old.location),
                 self.config.max_files
             );
             self.output.submit(Job::Delete {
@@ -383,7 +385,10 @@ impl Writer {
                 *users = users.saturating_sub(1);
                 let current = self.key.as_ref().is_some_and(|k| k.location == kl);
                 if *users == 0 && !current {
-                    log::debug!("deleting key {kl}: its last segment expired");
+                    log::debug!(
+                        "deleting key {}: its last segment expired",
+                        redact_location(&kl)
+                    );
                     self.key_users.remove(&kl);
                     self.output.submit(Job::Delete {
                         location: kl.clone(),
