@@ -4,6 +4,7 @@
 pub mod crypto;
 pub mod http;
 pub mod location;
+pub mod planner;
 pub mod playlist;
 pub mod segmenter;
 pub mod store;
