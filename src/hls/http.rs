@@ -4,6 +4,8 @@
 //! request path can reach another file: `..`, encoded or not, and any path with a directory part is
 //! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive; a bounded number
 //! of connections (503 beyond it); bounded header size and read times.
+//!
+//! RFC 9110 (GET, HEAD, OPTIONS; §14 range requests) over RFC 9112 HTTP/1.1 messages.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,6 @@
 //! The media playlist: a window of finished segments, sequence numbers, rendering with m3u8-rs.
+//!
+//! RFC 8216 §4.3 (media playlist tags) and §6.2.2 (live playlists).
 
 use std::collections::VecDeque;
 use std::time::SystemTime;

@@ -6,6 +6,8 @@
 //! `target - tolerance` after its start, so with keyframes where the element asks for them no
 //! segment runs longer than the target. Every segment starts with the latest PAT and PMT, so each
 //! one decodes on its own.
+//!
+//! RFC 8216 §3 and §3.2 (MPEG-2 transport stream segments), ISO/IEC 13818-1 §2.4 (packets, PSI).
 
 use std::collections::HashMap;
 

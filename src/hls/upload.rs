@@ -6,6 +6,8 @@
 //! failures (an untrusted certificate) mean the origin will never take the files and stop the
 //! output with an error. https uses rustls with the ring provider, trusting the system's CAs
 //! (as rsrtmpsink does) and optionally the CAs of a PEM file.
+//!
+//! RFC 9110 §9.3.4 (PUT) and §9.3.5 (DELETE).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -1,6 +1,8 @@
 //! AMF0 (Action Message Format 0), the encoding of RTMP command and data messages: numbers,
 //! booleans, strings, objects, ECMA arrays, strict arrays, null and undefined. Decoding is bounded
 //! (nesting depth, sizes) so a hostile peer cannot make it recurse or allocate without limit.
+//!
+//! Adobe Action Message Format AMF0 specification, §2 (the data types).
 
 const MARKER_NUMBER: u8 = 0x00;
 const MARKER_BOOLEAN: u8 = 0x01;

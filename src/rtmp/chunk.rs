@@ -5,6 +5,8 @@
 //! The encoder picks the smallest header that describes each message given the previous one on the
 //! same chunk stream; the decoder reassembles messages from any interleaving of chunk streams and
 //! refuses what would make it allocate without bound.
+//!
+//! Adobe RTMP Specification 1.0 §5.3 (chunking) and §5.4.1 (Set Chunk Size).
 
 use std::collections::HashMap;
 

@@ -3,6 +3,10 @@
 //! `createStream` and `publish`, answers pings, acknowledges what it received per the server's
 //! window, honours the server's chunk size, and turns FLV tags into audio, video and data
 //! messages. Server refusals (`_error`, `onStatus` with level `error`) become [`Error::Rejected`].
+//!
+//! Adobe RTMP Specification 1.0 §5.4 (protocol control messages), §7.1.7 (user control events),
+//! §7.2.1 (NetConnection commands: connect, createStream) and §7.2.2 (NetStream: publish,
+//! deleteStream, onStatus).
 
 use std::collections::HashMap;
 

@@ -2,6 +2,8 @@
 //! audio, video and script data, each followed by its PreviousTagSize. The parser takes bytes in
 //! any split and hands out whole tags; what a tag is (keyframe, codec configuration, metadata)
 //! decides how the publisher queues and resends it.
+//!
+//! Adobe Flash Video File Format Specification v10.1, Annex E (the FLV file format).
 
 use bytes::{Bytes, BytesMut};
 

@@ -3,6 +3,8 @@
 //! This is the plain handshake (version 3, a zero "version" field in C1, so servers answer with
 //! the plain handshake too). S0 must be version 3; S2 should echo C1's random bytes. Some servers
 //! answer with a digest handshake's S2 regardless; a mismatch is reported, not fatal.
+//!
+//! Adobe RTMP Specification 1.0 §5.2.
 
 pub const RTMP_VERSION: u8 = 3;
 pub const PACKET_SIZE: usize = 1536;

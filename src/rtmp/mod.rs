@@ -1,6 +1,11 @@
 //! RTMP publishing without GStreamer types: the handshake, chunk streams, AMF0, the FLV input,
 //! locations, the publisher state machine (sans I/O), the bounded tag queue with its drop policy,
 //! and the network thread that connects (RTMP or RTMPS) and reconnects.
+//!
+//! Specifications: Adobe RTMP Specification 1.0 (§5.2 handshake, §5.3 chunking, §5.4 protocol
+//! control messages, §7 command messages and user control events); Adobe AMF0 specification;
+//! Adobe FLV file format (Video File Format Specification v10.1, Annex E). Logs go to the
+//! `lsrtmp` debug category; the stream name (the stream key) never appears in them.
 
 /// A `log` record with the element's name as its `id` key-value when the name is known:
 /// `log_id!(debug, name, "format", args...)`.
