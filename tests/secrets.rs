@@ -165,6 +165,13 @@ fn the_stream_key_is_in_no_debug_log() {
         );
     }
     assert!(count_lines(&text, "lsrtmp", "message from the server: type") > 0);
+    assert!(
+        count_lines(
+            &text,
+            "lsrtmp",
+            "command to the server: [String(\"publish\")"
+        ) > 0
+    );
     assert!(text.lines().any(|l| l.contains(" rsrtmpsink ")));
     // Logged and printed, the stream name is never spelled out, nor its token.
     assert_absent(&bytes, key.as_bytes(), "the stream key");

@@ -104,6 +104,33 @@ impl Error {
     }
 }
 
+/// AMF values for a log line: every string (and property name) has the stream name redacted
+/// before it is formatted, so that escaping cannot hide the key from the redaction.
+struct RedactedValues<'a>(&'a [Value], &'a str);
+
+impl std::fmt::Display for RedactedValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn clean(v: &Value, stream: &str) -> Value {
+            let props = |p: &[(String, Value)]| {
+                p.iter()
+                    .map(|(k, v)| (redact(k, stream), clean(v, stream)))
+                    .collect()
+            };
+            match v {
+                Value::String(s) => Value::String(redact(s, stream)),
+                Value::Object(p) => Value::Object(props(p)),
+                Value::EcmaArray(p) => Value::EcmaArray(props(p)),
+                Value::StrictArray(items) => {
+                    Value::StrictArray(items.iter().map(|v| clean(v, stream)).collect())
+                }
+                other => other.clone(),
+            }
+        }
+        let cleaned: Vec<Value> = self.0.iter().map(|v| clean(v, self.1)).collect();
+        write!(f, "{cleaned:?}")
+    }
+}
+
 /// `text` with every occurrence of the stream name (and of its parts before and after a `?`)
 /// replaced: servers may echo the stream key in descriptions.
 pub fn redact(text: &str, stream: &str) -> String {
@@ -342,6 +369,15 @@ impl Publisher {
         );
         let mut values = vec![Value::from(name), Value::Number(txn)];
         values.extend_from_slice(args);
+        if log::log_enabled!(log::Level::Trace) {
+            // publish, releaseStream and FCPublish carry the stream name: redacted.
+            log_id!(
+                trace,
+                &self.config.name,
+                "command to the server: {}",
+                RedactedValues(&values, &self.config.stream)
+            );
+        }
         let payload = amf0::encode_all(&values);
         self.enc.write(
             csid,
@@ -522,7 +558,7 @@ impl Publisher {
                         trace,
                         &self.config.name,
                         "command from the server: {}",
-                        redact(&format!("{values:?}"), &self.config.stream)
+                        RedactedValues(&values, &self.config.stream)
                     );
                 }
                 self.handle_command(values, events)?;
@@ -1124,6 +1160,18 @@ mod tests {
             "the server closed the connection while publishing (connection reset)"
         );
         assert_eq!(redact("a key b", "key"), "a <redacted> b");
+        // Values are redacted before Debug escapes them.
+        let values = [
+            Value::from("publish"),
+            amf0::obj(&[("details", "k\"ey".into())]),
+            Value::StrictArray(vec!["x k\"ey".into()]),
+        ];
+        let shown = RedactedValues(&values, "k\"ey").to_string();
+        assert!(
+            !shown.contains("k\\\"ey") && !shown.contains("k\"ey"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
         assert_eq!(redact("a k b v", "k?x=v"), "a <redacted> b <redacted>");
         assert_eq!(redact("nothing", ""), "nothing");
     }
