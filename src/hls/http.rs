@@ -8,6 +8,8 @@
 //! request path can reach another file: `..`, encoded or not, and any path with a directory part is
 //! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive; a bounded number
 //! of connections (503 beyond it); bounded header size and read times.
+//!
+//! RFC 9110 (GET, HEAD, OPTIONS; §14 range requests) over RFC 9112 HTTP/1.1 messages.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,25 +49,40 @@ impl HttpServer {
             .build()?;
         let listener = runtime.block_on(TcpListener::bind(config.address))?;
         let local_addr = listener.local_addr()?;
+        log::debug!(
+            "HTTP server listening on {local_addr} (at most {} connections)",
+            config.max_connections.max(1)
+        );
         let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let config = Arc::new(config);
         runtime.spawn(async move {
             loop {
-                let Ok((stream, _peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                let (stream, peer) = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::debug!("HTTP server: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let files = files.clone();
                         let config = config.clone();
+                        log::trace!("HTTP connection from {peer}");
                         tokio::spawn(async move {
-                            serve_connection(stream, &files, &config).await;
+                            serve_connection(stream, peer, &files, &config).await;
+                            log::trace!("HTTP connection from {peer} closed");
                             drop(permit);
                         });
                     }
                     Err(_) => {
+                        log::debug!(
+                            "HTTP connection from {peer} refused with 503: {} connections \
+                             already",
+                            config.max_connections.max(1)
+                        );
                         tokio::spawn(async move {
                             let mut stream = stream;
                             // Read the request first (briefly) so that closing does not reset
@@ -191,7 +208,12 @@ const CORS: [(&str, &str); 3] = [
     ("Access-Control-Allow-Headers", "Range, Origin, Accept"),
 ];
 
-async fn serve_connection(mut stream: TcpStream, files: &Published, config: &HttpConfig) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    files: &Published,
+    config: &HttpConfig,
+) {
     let mut buf = Vec::with_capacity(1024);
     loop {
         // Read one request head.
@@ -200,6 +222,7 @@ async fn serve_connection(mut stream: TcpStream, files: &Published, config: &Htt
                 break pos + 4;
             }
             if buf.len() > MAX_HEADER_BYTES {
+                log::debug!("HTTP {peer}: request head over {MAX_HEADER_BYTES} bytes: 431");
                 let r = response(431, "Request Header Fields Too Large", &[], 0, true);
                 let _ = stream.write_all(&r).await;
                 return;
@@ -233,6 +256,7 @@ async fn serve_connection(mut stream: TcpStream, files: &Published, config: &Htt
                 )
             }
             _ => {
+                log::debug!("HTTP {peer}: malformed request: 400");
                 let r = response(400, "Bad Request", &[], 0, true);
                 let _ = stream.write_all(&r).await;
                 return;
@@ -242,6 +266,16 @@ async fn serve_connection(mut stream: TcpStream, files: &Published, config: &Htt
         // Request bodies are not expected; a client that sends one is not kept alive.
         let close = close_requested || version == 0 || !buf.is_empty();
         let (head, body) = handle(&method, &path, range.as_deref(), files, config, close).await;
+        // The status is in the answer's first line: "HTTP/1.1 200 OK".
+        let status = head
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .unwrap_or("?");
+        log::debug!(
+            "HTTP {peer}: {method} {path} (Range {}) -> {status}, {} bytes",
+            range.as_deref().unwrap_or("none"),
+            body.as_ref().map_or(0, |b| b.len())
+        );
         let write = async {
             stream.write_all(&head).await?;
             if let Some(b) = &body {

@@ -4,6 +4,45 @@
 //! Specifications: none of its own: hlssink2's `%d` location patterns, and RFC 3986 for http(s)
 //! URLs.
 
+/// A `location` / `playlist-location` that cannot be used. The locations quoted have no
+/// `user:password@`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("location is empty")]
+    Empty,
+    #[error("'{0}': pattern ends after '%'")]
+    TrailingPercent(String),
+    #[error("'{0}': only an integer directive such as %05d is supported")]
+    NotInteger(String),
+    #[error("'{0}' has more than one % directive")]
+    SeveralDirectives(String),
+    #[error("'{0}' has no %d directive for the segment number")]
+    NoDirective(String),
+    #[error(
+        "segments ('{segments}') and playlist ('{playlist}') must both be local or both be URLs"
+    )]
+    Mixed { segments: String, playlist: String },
+}
+
+fn shown(location: &str) -> String {
+    redact_location(location).into_owned()
+}
+
+/// `location` without `user:password@` (URLs), for logs and errors.
+pub fn redact_location(location: &str) -> std::borrow::Cow<'_, str> {
+    if !location.contains('@') {
+        return location.into();
+    }
+    match url::Url::parse(location) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string().into()
+        }
+        _ => location.into(),
+    }
+}
+
 /// A printf-style file name pattern with exactly one integer directive (`%d`, `%05d`, `%u`,
 /// `%lu`, ...), as hlssink2's `location`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +54,7 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    pub fn parse(s: &str) -> Result<Pattern, String> {
+    pub fn parse(s: &str) -> Result<Pattern, LocationError> {
         let mut prefix = String::new();
         let mut chars = s.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
@@ -34,15 +73,16 @@ impl Pattern {
             let width = digits.parse::<usize>().unwrap_or(0).min(20);
             let after = &rest[digits.len()..];
             let after = after.trim_start_matches(['l', 'h', 'z', 'j']);
-            let conv = after.chars().next().ok_or("pattern ends after '%'")?;
+            let conv = after
+                .chars()
+                .next()
+                .ok_or_else(|| LocationError::TrailingPercent(shown(s)))?;
             if !matches!(conv, 'd' | 'i' | 'u') {
-                return Err(format!(
-                    "'{s}': only an integer directive such as %05d is supported"
-                ));
+                return Err(LocationError::NotInteger(shown(s)));
             }
             let suffix_raw = &after[1..];
             if suffix_raw.replace("%%", "").contains('%') {
-                return Err(format!("'{s}' has more than one % directive"));
+                return Err(LocationError::SeveralDirectives(shown(s)));
             }
             return Ok(Pattern {
                 prefix,
@@ -51,7 +91,7 @@ impl Pattern {
                 zero,
             });
         }
-        Err(format!("'{s}' has no %d directive for the segment number"))
+        Err(LocationError::NoDirective(shown(s)))
     }
 
     /// Everything before the number (directory and file name prefix).
@@ -124,9 +164,9 @@ pub struct Locations {
 ///   relative `playlist-location` is put in it too.
 ///
 /// Key files are `key%05d.key` beside the segments.
-pub fn resolve(location: &str, playlist_location: &str) -> Result<Locations, String> {
+pub fn resolve(location: &str, playlist_location: &str) -> Result<Locations, LocationError> {
     if location.is_empty() {
-        return Err("location is empty".into());
+        return Err(LocationError::Empty);
     }
     let upload = is_url(location);
     let (segment, dir) = if is_directory_like(location) {
@@ -146,9 +186,10 @@ pub fn resolve(location: &str, playlist_location: &str) -> Result<Locations, Str
         join(&dir, playlist_location)
     };
     if upload != is_url(&playlist) {
-        return Err(format!(
-            "segments ('{location}') and playlist ('{playlist}') must both be local or both be URLs"
-        ));
+        return Err(LocationError::Mixed {
+            segments: shown(location),
+            playlist: shown(&playlist),
+        });
     }
     let key = Pattern::parse(&join(&dir, "key%05d.key"))?;
     Ok(Locations {
@@ -182,9 +223,22 @@ mod tests {
             Pattern::parse("100%%-%lu.ts").unwrap().format(1),
             "100%-1.ts"
         );
-        assert!(Pattern::parse("seg.ts").is_err());
-        assert!(Pattern::parse("seg%s.ts").is_err());
-        assert!(Pattern::parse("seg%d-%d.ts").is_err());
+        assert_eq!(
+            Pattern::parse("seg.ts"),
+            Err(LocationError::NoDirective("seg.ts".into()))
+        );
+        assert_eq!(
+            Pattern::parse("seg%s.ts"),
+            Err(LocationError::NotInteger("seg%s.ts".into()))
+        );
+        assert_eq!(
+            Pattern::parse("seg%d-%d.ts"),
+            Err(LocationError::SeveralDirectives("seg%d-%d.ts".into()))
+        );
+        assert!(matches!(
+            Pattern::parse("https://u:pa55@h/seg%s.ts"),
+            Err(LocationError::NotInteger(l)) if !l.contains("pa55")
+        ));
     }
 
     #[test]
@@ -221,7 +275,10 @@ mod tests {
         assert_eq!(l.playlist, "http://127.0.0.1:8080/live/playlist.m3u8");
         let l = resolve("https://h/x/s%d.ts", "p.m3u8").unwrap();
         assert_eq!(l.playlist, "https://h/x/p.m3u8");
-        assert!(resolve("http://h/x", "/tmp/p.m3u8").is_err());
+        assert!(matches!(
+            resolve("http://h/x", "/tmp/p.m3u8"),
+            Err(LocationError::Mixed { .. })
+        ));
     }
 
     #[test]

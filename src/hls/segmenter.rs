@@ -10,6 +10,8 @@
 //! `target - tolerance` after its start, so with keyframes where the element asks for them no
 //! segment runs longer than the target. Every segment starts with the latest PAT and PMT, so each
 //! one decodes on its own.
+//!
+//! RFC 8216 §3 and §3.2 (MPEG-2 transport stream segments), ISO/IEC 13818-1 §2.4 (packets, PSI).
 
 use std::collections::HashMap;
 
@@ -35,9 +37,35 @@ pub struct SegmenterConfig {
     pub split_on: SplitOn,
 }
 
+/// Why a segment was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// A split point arrived at least `target - tolerance` after the segment's start.
+    TargetReached,
+    /// The keyframe the element asked for at this boundary arrived ([`Segmenter::split_at`]).
+    Requested,
+    /// A discontinuity (format change, restart) was pending.
+    Discontinuity,
+    /// The stream ended or stopped ([`Segmenter::finish`]).
+    End,
+}
+
+impl std::fmt::Display for CutReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CutReason::TargetReached => "target duration reached at a split point",
+            CutReason::Requested => "the requested keyframe for the boundary arrived",
+            CutReason::Discontinuity => "discontinuity (format change)",
+            CutReason::End => "end of the input",
+        })
+    }
+}
+
 /// A finished segment: complete transport stream data and its timing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
+    /// Why it ends where it does.
+    pub reason: CutReason,
     pub data: Vec<u8>,
     /// Start time (ns, the muxer's time base).
     pub start_ns: u64,
@@ -219,8 +247,8 @@ impl Segmenter {
                 SplitOn::PesStart => self.is_pes_start(packet),
             };
             let mut start = pts;
-            if split_point && let Some(s) = self.should_split(pts, offset == 0) {
-                completed = self.close(s);
+            if split_point && let Some((s, reason)) = self.should_split(pts, offset == 0) {
+                completed = self.close(s, reason);
                 start = s;
             }
             self.remember_tables(packet);
@@ -235,7 +263,7 @@ impl Segmenter {
     }
 
     /// Whether to cut before this split point, and if so when the new segment starts.
-    fn should_split(&mut self, pts: u64, chunk_start: bool) -> Option<u64> {
+    fn should_split(&mut self, pts: u64, chunk_start: bool) -> Option<(u64, CutReason)> {
         let announced = self.config.split_on == SplitOn::Keyframes && self.announced;
         let mut due = None;
         if announced && chunk_start {
@@ -246,21 +274,37 @@ impl Segmenter {
                 due = Some(presentation);
             }
         }
-        match &self.current {
+        let cut = match &self.current {
             None => None,
             Some(c) if c.data.is_empty() => None,
-            Some(c) if self.pending_discontinuity => Some(due.unwrap_or(pts).max(c.start_ns)),
-            Some(c) if announced => due.map(|d| d.max(c.start_ns)),
+            Some(c) if self.pending_discontinuity => {
+                Some((due.unwrap_or(pts).max(c.start_ns), CutReason::Discontinuity))
+            }
+            Some(c) if announced => due.map(|d| (d.max(c.start_ns), CutReason::Requested)),
             Some(c) => {
                 let elapsed = pts.saturating_sub(c.start_ns);
-                (elapsed + self.config.tolerance_ns >= self.config.target_ns).then_some(pts)
+                (elapsed + self.config.tolerance_ns >= self.config.target_ns)
+                    .then_some((pts, CutReason::TargetReached))
             }
+        };
+        if cut.is_none()
+            && let Some(c) = &self.current
+        {
+            log::trace!(
+                "split point at {pts} ns not taken: segment started at {} ns, target {} ns, \
+                 {} announced boundaries pending",
+                c.start_ns,
+                self.config.target_ns,
+                self.splits.len()
+            );
         }
+        cut
     }
 
-    fn close(&mut self, end_ns: u64) -> Option<Segment> {
+    fn close(&mut self, end_ns: u64, reason: CutReason) -> Option<Segment> {
         let c = self.current.take()?;
         Some(Segment {
+            reason,
             duration_ns: end_ns.saturating_sub(c.start_ns),
             start_ns: c.start_ns,
             data: c.data,
@@ -299,7 +343,7 @@ impl Segmenter {
             (Some(e), Some(l)) => e.min(l + END_SLACK_NS),
             (e, l) => e.or(l)?,
         };
-        let seg = self.close(end)?;
+        let seg = self.close(end, CutReason::End)?;
         (!seg.data.is_empty()).then_some(seg)
     }
 }
@@ -385,6 +429,15 @@ mod tests {
         let out = feed_video(&mut seg, 150);
         let durations: Vec<u64> = out.iter().map(|s| s.duration_ns).collect();
         assert_eq!(durations, vec![2 * SEC, 2 * SEC, SEC]);
+        let why: Vec<CutReason> = out.iter().map(|s| s.reason).collect();
+        assert_eq!(
+            why,
+            [
+                CutReason::TargetReached,
+                CutReason::TargetReached,
+                CutReason::End
+            ]
+        );
         assert_eq!(out[1].start_ns, 2 * SEC);
         // Every segment starts with the PAT.
         for s in &out {
@@ -474,8 +527,10 @@ mod tests {
         let first = seg.push(&pat(0x20), Some(3 * SEC), true).expect("cut");
         assert!(!first.discontinuity);
         assert_eq!(first.duration_ns, 3 * SEC);
+        assert_eq!(first.reason, CutReason::Discontinuity);
         let second = seg.finish().expect("last");
         assert!(second.discontinuity);
+        assert_eq!(second.reason, CutReason::End);
     }
 
     #[test]
@@ -494,6 +549,11 @@ mod tests {
         out.extend(seg.finish());
         let d: Vec<u64> = out.iter().map(|s| s.duration_ns).collect();
         assert_eq!(d, vec![SEC, 1_500_000_000, 500_000_000]);
+        let why: Vec<CutReason> = out.iter().map(|s| s.reason).collect();
+        assert_eq!(
+            why,
+            [CutReason::Requested, CutReason::Requested, CutReason::End]
+        );
     }
 
     #[test]

@@ -22,26 +22,69 @@ pub enum FileKind {
     Key,
 }
 
-/// Why a store operation failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError {
-    pub message: String,
-    /// Worth trying again (network); otherwise the output stops with an error (disk).
-    pub retryable: bool,
+/// Why a store operation failed. Locations in these errors never carry `user:password@`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The local file system (`action`: "write", "create directory", "delete").
+    #[error("cannot {action} {path}: {message}")]
+    Io {
+        action: &'static str,
+        path: String,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+    /// The origin answered with a status that is no success.
+    #[error("{method} {location}: the origin answered HTTP {status}")]
+    Http {
+        method: &'static str,
+        location: String,
+        status: u16,
+    },
+    /// Reaching the origin: resolving, connecting, sending, a timeout, a bad answer.
+    #[error("{method} {location}: {message}")]
+    Network {
+        method: &'static str,
+        location: String,
+        kind: Option<std::io::ErrorKind>,
+        message: String,
+    },
+    /// TLS with the origin (an untrusted certificate, a failed handshake).
+    #[error("{method} {location}: {message}")]
+    Tls {
+        method: &'static str,
+        location: String,
+        message: String,
+    },
+    /// A location that cannot be uploaded to.
+    #[error("cannot upload to {location}: {message}")]
+    Location { location: String, message: String },
+    /// The application's stream (`get-playlist-stream` / `get-fragment-stream`) failed.
+    #[error("writing {location} to the application's stream: {message}")]
+    Application { location: String, message: String },
 }
 
 impl StoreError {
-    pub fn fatal(message: impl Into<String>) -> StoreError {
-        StoreError {
-            message: message.into(),
-            retryable: false,
+    /// Worth trying again (the network, a busy origin, a refused DELETE, which must not stop the
+    /// stream); otherwise the output stops with an error (disk, TLS, a refused PUT).
+    pub fn retryable(&self) -> bool {
+        match self {
+            StoreError::Http { method, status, .. } => {
+                *method == "DELETE" || matches!(status, 408 | 425 | 429 | 500..=599)
+            }
+            StoreError::Network { .. } => true,
+            StoreError::Io { .. }
+            | StoreError::Tls { .. }
+            | StoreError::Location { .. }
+            | StoreError::Application { .. } => false,
         }
     }
 
-    pub fn retryable(message: impl Into<String>) -> StoreError {
-        StoreError {
-            message: message.into(),
-            retryable: true,
+    fn io(action: &'static str, path: impl Into<String>, e: &std::io::Error) -> StoreError {
+        StoreError::Io {
+            action,
+            path: path.into(),
+            kind: e.kind(),
+            message: e.to_string(),
         }
     }
 }
@@ -71,9 +114,8 @@ impl Store for DirStore {
     fn put(&self, location: &str, _kind: FileKind, data: &[u8]) -> Result<(), StoreError> {
         let path = Path::new(location);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::fatal(format!("cannot create directory {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io("create directory", dir.display().to_string(), &e))?;
         }
         let tmp = tmp_path(path);
         let write = || -> std::io::Result<()> {
@@ -85,15 +127,20 @@ impl Store for DirStore {
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            StoreError::fatal(format!("cannot write {location}: {e}"))
-        })
+            StoreError::io("write", location, &e)
+        })?;
+        log::trace!("wrote {location} ({} bytes)", data.len());
+        Ok(())
     }
 
     fn delete(&self, location: &str, _kind: FileKind) -> Result<(), StoreError> {
         match std::fs::remove_file(location) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::fatal(format!("cannot delete {location}: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                log::debug!("{location} was already gone");
+                Ok(())
+            }
+            Err(e) => Err(StoreError::io("delete", location, &e)),
         }
     }
 
@@ -167,7 +214,8 @@ impl Published {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A job for the worker. Its `Debug` form leaves the data out (a key file's data is the key).
+#[derive(Clone)]
 pub enum Job {
     Put {
         location: String,
@@ -178,6 +226,28 @@ pub enum Job {
         location: String,
         kind: FileKind,
     },
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Put {
+                location,
+                kind,
+                data,
+            } => write!(
+                f,
+                "Put {kind:?} {} ({} bytes)",
+                super::location::redact_location(location),
+                data.len()
+            ),
+            Job::Delete { location, kind } => write!(
+                f,
+                "Delete {kind:?} {}",
+                super::location::redact_location(location)
+            ),
+        }
+    }
 }
 
 impl Job {
@@ -193,15 +263,45 @@ impl Job {
             Job::Put { location, .. } | Job::Delete { location, .. } => location,
         }
     }
+
+    /// The location for logs and events: no `user:password@`.
+    fn shown(&self) -> std::borrow::Cow<'_, str> {
+        super::location::redact_location(self.location())
+    }
 }
 
 /// What the worker reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputEvent {
     /// Output stopped: nothing more will be written.
-    Fatal(String),
-    /// Something was given up on or dropped; output goes on.
-    Warning(String),
+    Fatal(StoreError),
+    /// The queue was full: a queued job for `location` was dropped; output goes on.
+    Dropped { location: String },
+    /// A job failed `attempts` times with retryable errors and was given up; output goes on.
+    GaveUp {
+        location: String,
+        attempts: u32,
+        error: StoreError,
+    },
+}
+
+impl std::fmt::Display for OutputEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputEvent::Fatal(e) => write!(f, "{e}"),
+            OutputEvent::Dropped { location } => {
+                write!(f, "output queue full: dropped {location}")
+            }
+            OutputEvent::GaveUp {
+                location,
+                attempts,
+                error,
+            } => write!(
+                f,
+                "gave up on {location} after {attempts} attempts: {error}"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -237,7 +337,7 @@ struct Queue {
     jobs: VecDeque<Job>,
     busy: bool,
     closing: bool,
-    failed: Option<String>,
+    failed: Option<StoreError>,
 }
 
 struct Shared {
@@ -295,7 +395,7 @@ impl Output {
     }
 
     /// Queues a job. Fails once the output has stopped on an error.
-    pub fn submit(&self, job: Job) -> Result<(), String> {
+    pub fn submit(&self, job: Job) -> Result<(), StoreError> {
         let mut q = self.shared.queue.lock().unwrap();
         if let Some(e) = &q.failed {
             return Err(e.clone());
@@ -339,12 +439,24 @@ impl Output {
                     .unwrap_or(0);
                 let old = q.jobs.remove(idx).expect("non-empty");
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                (self.events)(OutputEvent::Warning(format!(
-                    "output queue full: dropped {}",
-                    old.location()
-                )));
+                log::debug!(
+                    "output queue full ({} jobs, {} bytes with the new one): dropped {}",
+                    q.jobs.len() + 1,
+                    q.jobs.iter().map(Job::bytes).sum::<usize>() + job.bytes(),
+                    old.shown()
+                );
+                (self.events)(OutputEvent::Dropped {
+                    location: old.shown().into_owned(),
+                });
             }
         }
+        // Never the job's data: a key file's data is the key.
+        log::trace!(
+            "queued {} ({} bytes), {} jobs waiting before it",
+            job.shown(),
+            job.bytes(),
+            q.jobs.len()
+        );
         q.jobs.push_back(job);
         self.shared.cv.notify_all();
         Ok(())
@@ -387,7 +499,7 @@ impl Output {
         self.shared.written.load(Ordering::Relaxed)
     }
 
-    pub fn failed(&self) -> Option<String> {
+    pub fn failed(&self) -> Option<StoreError> {
         self.shared.queue.lock().unwrap().failed.clone()
     }
 
@@ -459,7 +571,13 @@ fn worker(
                 Job::Delete { location, kind } => store.delete(location, *kind),
             };
             match r {
-                Err(e) if e.retryable && attempt < config.max_attempts => {
+                Err(e) if e.retryable() && attempt < config.max_attempts => {
+                    log::debug!(
+                        "{} failed (attempt {attempt} of {}), retrying in {} ms: {e}",
+                        job.shown(),
+                        config.max_attempts,
+                        backoff.as_millis()
+                    );
                     // Sleep for the backoff (new jobs wake the condvar too), but stop at once
                     // when closing.
                     let until = Instant::now() + backoff;
@@ -476,16 +594,27 @@ fn worker(
             }
         };
         if let Err(e) = &result
-            && !e.retryable
+            && !e.retryable()
         {
+            log::debug!("{} failed, the output stops: {e}", job.shown());
             // Reported before anyone waiting for the output can see it stopped.
-            events(OutputEvent::Fatal(e.message.clone()));
+            events(OutputEvent::Fatal(e.clone()));
         }
         let mut q = shared.queue.lock().unwrap();
         q.busy = false;
         match result {
             Ok(()) => {
                 shared.written.fetch_add(1, Ordering::Relaxed);
+                match &job {
+                    Job::Put { kind, data, .. } => log::debug!(
+                        "{kind:?} {} written ({} bytes, attempt {attempt})",
+                        job.shown(),
+                        data.len()
+                    ),
+                    Job::Delete { kind, .. } => {
+                        log::debug!("{kind:?} {} deleted (attempt {attempt})", job.shown())
+                    }
+                }
                 if let Some(p) = &published {
                     let name = crate::hls::location::basename(job.location()).to_owned();
                     match &job {
@@ -498,15 +627,16 @@ fn worker(
                     }
                 }
             }
-            Err(e) if e.retryable => {
-                events(OutputEvent::Warning(format!(
-                    "gave up on {} after {attempt} attempts: {}",
-                    job.location(),
-                    e.message
-                )));
+            Err(e) if e.retryable() => {
+                log::debug!("gave up on {} after {attempt} attempts: {e}", job.shown());
+                events(OutputEvent::GaveUp {
+                    location: job.shown().into_owned(),
+                    attempts: attempt,
+                    error: e,
+                });
             }
             Err(e) => {
-                q.failed = Some(e.message.clone());
+                q.failed = Some(e);
                 q.jobs.clear();
             }
         }
@@ -530,9 +660,18 @@ mod tests {
             let mut f = self.failures.lock().unwrap();
             if *f > 0 {
                 *f -= 1;
-                return Err(StoreError {
-                    message: "boom".into(),
-                    retryable: self.retryable,
+                return Err(if self.retryable {
+                    StoreError::Http {
+                        method: "PUT",
+                        location: location.into(),
+                        status: 503,
+                    }
+                } else {
+                    StoreError::Http {
+                        method: "PUT",
+                        location: location.into(),
+                        status: 403,
+                    }
                 });
             }
             self.log.lock().unwrap().push(format!("put {location}"));
@@ -595,9 +734,17 @@ mod tests {
         );
         out.submit(put("a.ts", FileKind::Segment)).unwrap();
         assert!(!out.flush(Duration::from_secs(5)));
-        assert_eq!(out.failed().as_deref(), Some("boom"));
-        assert!(out.submit(put("b.ts", FileKind::Segment)).is_err());
-        assert_eq!(*events.lock().unwrap(), [OutputEvent::Fatal("boom".into())]);
+        let refused = StoreError::Http {
+            method: "PUT",
+            location: "a.ts".into(),
+            status: 403,
+        };
+        assert_eq!(out.failed(), Some(refused.clone()));
+        assert_eq!(
+            out.submit(put("b.ts", FileKind::Segment)),
+            Err(refused.clone())
+        );
+        assert_eq!(*events.lock().unwrap(), [OutputEvent::Fatal(refused)]);
     }
 
     #[test]

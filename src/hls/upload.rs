@@ -9,6 +9,8 @@
 //! failures (an untrusted certificate) mean the origin will never take the files and stop the
 //! output with an error. https uses rustls with the ring provider, trusting the system's CAs
 //! (as rsrtmpsink does) and optionally the CAs of a PEM file.
+//!
+//! RFC 9110 §9.3.4 (PUT) and §9.3.5 (DELETE).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -35,38 +37,61 @@ impl Default for HttpStore {
     }
 }
 
+/// Why an upload store cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read CA file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("bad CA certificate in {path}: {message}")]
+    BadCertificate { path: String, message: String },
+    #[error("no certificate in CA file {path}")]
+    NoCertificate { path: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+pub use super::location::redact_location;
+
 /// TLS client configuration: the system's CAs (as rsrtmpsink and GStreamer's own TLS elements
 /// trust) plus the certificates in `ca_file`.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A certificate of the system's store that rustls cannot use is left out.
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let shown = || path.display().to_string();
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| TlsSetupError::CaFile {
+            path: shown(),
+            message: e.to_string(),
+        })?;
         let mut n = 0;
         for cert in certs {
-            let cert = cert.map_err(|e| format!("bad CA file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+            let cert = cert.map_err(|e| TlsSetupError::CaFile {
+                path: shown(),
+                message: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|e| TlsSetupError::BadCertificate {
+                path: shown(),
+                message: e.to_string(),
+            })?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!("no certificate in CA file {}", path.display()));
+            return Err(TlsSetupError::NoCertificate { path: shown() });
         }
+        log::debug!("trusting {n} CA certificates of {}", path.display());
     }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
+        .map_err(|e| TlsSetupError::Config(e.to_string()))
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 impl HttpStore {
     /// A store for http:// and https:// origins; https trusts `ca_file` besides the system's CAs.
-    pub fn new(ca_file: Option<&Path>) -> Result<HttpStore, String> {
+    pub fn new(ca_file: Option<&Path>) -> Result<HttpStore, TlsSetupError> {
         Ok(HttpStore {
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(20),
@@ -78,16 +103,33 @@ impl HttpStore {
 
 /// I/O errors from rustls that carry a TLS error (bad certificate, handshake failure) will not
 /// go away by retrying.
-fn io_error(method: &str, location: &str, e: std::io::Error) -> StoreError {
+fn io_error(method: &'static str, location: &str, e: std::io::Error) -> StoreError {
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some();
-    let message = format!("{method} {location}: {e}");
     if tls {
-        StoreError::fatal(message)
+        StoreError::Tls {
+            method,
+            location: redact_location(location).into_owned(),
+            message: e.to_string(),
+        }
     } else {
-        StoreError::retryable(message)
+        StoreError::Network {
+            method,
+            location: redact_location(location).into_owned(),
+            kind: Some(e.kind()),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn net_error(method: &'static str, location: &str, message: impl Into<String>) -> StoreError {
+    StoreError::Network {
+        method,
+        location: redact_location(location).into_owned(),
+        kind: None,
+        message: message.into(),
     }
 }
 
@@ -96,7 +138,7 @@ fn exchange<S: Read + Write>(
     stream: &mut S,
     head: &[u8],
     body: &[u8],
-    method: &str,
+    method: &'static str,
     location: &str,
 ) -> Result<u16, StoreError> {
     let net = |e: std::io::Error| io_error(method, location, e);
@@ -108,24 +150,30 @@ fn exchange<S: Read + Write>(
     loop {
         let n = stream.read(&mut chunk).map_err(net)?;
         if n == 0 {
-            return Err(StoreError::retryable(format!(
-                "{method} {location}: connection closed before a response"
-            )));
+            return Err(net_error(
+                method,
+                location,
+                "connection closed before a response",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
-                return resp.code.ok_or_else(|| {
-                    StoreError::retryable(format!("{method} {location}: no status"))
-                });
+                log::trace!(
+                    "{method} {}: answered {:?} {}",
+                    redact_location(location),
+                    resp.code,
+                    resp.reason.unwrap_or("")
+                );
+                return resp
+                    .code
+                    .ok_or_else(|| net_error(method, location, "no status"));
             }
             Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
             _ => {
-                return Err(StoreError::retryable(format!(
-                    "{method} {location}: malformed response"
-                )));
+                return Err(net_error(method, location, "malformed response"));
             }
         }
     }
@@ -143,32 +191,39 @@ impl HttpStore {
     /// Sends one request and returns the status code.
     pub fn request(
         &self,
-        method: &str,
+        method: &'static str,
         location: &str,
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<u16, StoreError> {
-        let url = url::Url::parse(location)
-            .map_err(|e| StoreError::fatal(format!("invalid URL {location}: {e}")))?;
+        let bad = |message: String| StoreError::Location {
+            location: redact_location(location).into_owned(),
+            message,
+        };
+        let url = url::Url::parse(location).map_err(|e| bad(format!("invalid URL: {e}")))?;
         let https = match url.scheme() {
             "http" => false,
             "https" => true,
-            other => {
-                return Err(StoreError::fatal(format!(
-                    "cannot upload to {location}: scheme {other} is not http or https"
-                )));
-            }
+            other => return Err(bad(format!("scheme {other} is not http or https"))),
         };
-        let host = url
-            .host_str()
-            .ok_or_else(|| StoreError::fatal(format!("no host in {location}")))?;
+        let host = url.host_str().ok_or_else(|| bad("no host".into()))?;
         let port = url.port_or_known_default().unwrap_or(80);
         let addr = (host, port)
             .to_socket_addrs()
-            .map_err(|e| StoreError::retryable(format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| net_error(method, location, format!("cannot resolve {host}: {e}")))?
             .next()
-            .ok_or_else(|| StoreError::retryable(format!("no address for {host}")))?;
-        let net = |e: std::io::Error| StoreError::retryable(format!("{method} {location}: {e}"));
+            .ok_or_else(|| net_error(method, location, format!("no address for {host}")))?;
+        let net = |e: std::io::Error| StoreError::Network {
+            method,
+            location: redact_location(location).into_owned(),
+            kind: Some(e.kind()),
+            message: e.to_string(),
+        };
+        log::trace!(
+            "{method} {} ({} bytes): connecting to {addr}",
+            redact_location(location),
+            body.len()
+        );
         let stream = TcpStream::connect_timeout(&addr, self.connect_timeout).map_err(net)?;
         stream
             .set_read_timeout(Some(self.io_timeout))
@@ -199,9 +254,14 @@ impl HttpStore {
         if https {
             // Brackets of an IPv6 literal are not part of the name.
             let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                .map_err(|e| StoreError::fatal(format!("{location}: bad TLS name: {e}")))?;
-            let conn = rustls::ClientConnection::new(self.tls.clone(), name)
-                .map_err(|e| StoreError::fatal(format!("{location}: TLS: {e}")))?;
+                .map_err(|e| bad(format!("bad TLS name: {e}")))?;
+            let conn = rustls::ClientConnection::new(self.tls.clone(), name).map_err(|e| {
+                StoreError::Tls {
+                    method,
+                    location: redact_location(location).into_owned(),
+                    message: e.to_string(),
+                }
+            })?;
             let mut tls = rustls::StreamOwned::new(conn, stream);
             exchange(&mut tls, head.as_bytes(), body, method, location)
         } else {
@@ -211,17 +271,22 @@ impl HttpStore {
     }
 }
 
-fn check(method: &str, location: &str, status: u16) -> Result<(), StoreError> {
+/// The status as a result; whether a failure is worth retrying is [`StoreError::retryable`]'s call
+/// (408, 425, 429, 5xx and any refused DELETE are).
+fn check(method: &'static str, location: &str, status: u16) -> Result<(), StoreError> {
+    log::debug!(
+        "upload: {method} {} answered HTTP {status}",
+        redact_location(location)
+    );
     match status {
         200..=299 => Ok(()),
         // Already gone: what a DELETE wants.
         404 | 410 if method == "DELETE" => Ok(()),
-        408 | 425 | 429 | 500..=599 => Err(StoreError::retryable(format!(
-            "{method} {location}: HTTP {status}"
-        ))),
-        _ => Err(StoreError::fatal(format!(
-            "{method} {location}: the origin answered HTTP {status}"
-        ))),
+        _ => Err(StoreError::Http {
+            method,
+            location: redact_location(location).into_owned(),
+            status,
+        }),
     }
 }
 
@@ -233,8 +298,9 @@ impl Store for HttpStore {
 
     fn delete(&self, location: &str, _kind: FileKind) -> Result<(), StoreError> {
         let status = self.request("DELETE", location, None, &[])?;
-        // A refused DELETE leaves a stale file behind but must not stop the stream.
-        check("DELETE", location, status).map_err(|e| StoreError::retryable(e.message))
+        // A refused DELETE leaves a stale file behind but must not stop the stream: it is
+        // retryable (see `StoreError::retryable`), then given up with a warning.
+        check("DELETE", location, status)
     }
 }
 
@@ -298,19 +364,26 @@ mod tests {
         let e = HttpStore::default()
             .put(&url, FileKind::Segment, b"x")
             .unwrap_err();
-        assert!(e.retryable);
+        assert!(e.retryable());
         h.join().unwrap();
         let (url, h) = origin(403);
         let e = HttpStore::default()
             .put(&url, FileKind::Segment, b"x")
             .unwrap_err();
-        assert!(!e.retryable, "{e:?}");
-        assert!(e.message.contains("403"));
+        assert!(!e.retryable(), "{e:?}");
+        assert!(matches!(e, StoreError::Http { status: 403, .. }), "{e:?}");
         h.join().unwrap();
         let (url, h) = origin(404);
         HttpStore::default()
             .delete(&url, FileKind::Segment)
             .unwrap();
+        h.join().unwrap();
+        // A refused DELETE is retried, then given up on, never fatal.
+        let (url, h) = origin(403);
+        let e = HttpStore::default()
+            .delete(&url, FileKind::Segment)
+            .unwrap_err();
+        assert!(e.retryable(), "{e:?}");
         h.join().unwrap();
     }
 
@@ -326,19 +399,32 @@ mod tests {
         let e = HttpStore::default()
             .put(&url, FileKind::Segment, b"x")
             .unwrap_err();
-        assert!(!e.retryable, "{e:?}");
+        assert!(!e.retryable(), "{e:?}");
+        assert!(matches!(e, StoreError::Tls { .. }), "{e:?}");
         h.join().unwrap();
+    }
+
+    #[test]
+    fn credentials_stay_out_of_errors() {
+        assert_eq!(
+            redact_location("https://user:pa55@origin.example/live/s.ts"),
+            "https://origin.example/live/s.ts"
+        );
+        assert_eq!(redact_location("/local/s.ts"), "/local/s.ts");
+        let e = HttpStore::default()
+            .put("ftp://user:pa55@h/x.ts", FileKind::Segment, b"x")
+            .unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("pa55"), "{e:?}");
     }
 
     #[test]
     fn ca_files_must_hold_certificates() {
         let path = std::env::temp_dir().join(format!("hls-ca-{}.pem", std::process::id()));
         std::fs::write(&path, "not a certificate").unwrap();
-        assert!(
-            tls_config(Some(&path))
-                .unwrap_err()
-                .contains("no certificate")
-        );
+        assert!(matches!(
+            tls_config(Some(&path)),
+            Err(TlsSetupError::NoCertificate { .. })
+        ));
         let _ = std::fs::remove_file(&path);
         assert!(tls_config(Some(Path::new("/nonexistent/ca.pem"))).is_err());
     }
@@ -351,10 +437,10 @@ mod tests {
         let e = HttpStore::default()
             .put(&url, FileKind::Segment, b"x")
             .unwrap_err();
-        assert!(e.retryable);
+        assert!(e.retryable());
         let e = HttpStore::default()
             .put("ftp://127.0.0.1:1/x.ts", FileKind::Segment, b"x")
             .unwrap_err();
-        assert!(!e.retryable && e.message.contains("ftp"));
+        assert!(!e.retryable() && e.to_string().contains("ftp"));
     }
 }

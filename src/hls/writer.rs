@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::crypto;
-use super::location::{Locations, playlist_uri};
+use super::location::{Locations, playlist_uri, redact_location};
 use super::playlist::{Entry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
-use super::store::{FileKind, Job, Output};
+use super::store::{FileKind, Job, Output, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Encryption {
@@ -159,7 +159,7 @@ impl Writer {
         data: &[u8],
         pts_ns: Option<u64>,
         keyframe: bool,
-    ) -> Result<Option<Published>, String> {
+    ) -> Result<Option<Published>, StoreError> {
         if self.anchor.is_none()
             && let Some(p) = pts_ns
         {
@@ -172,13 +172,22 @@ impl Writer {
     }
 
     /// Writes the segment being filled; at end of stream also closes the playlist.
-    pub fn finish(&mut self, end_of_stream: bool) -> Result<Option<Published>, String> {
+    pub fn finish(&mut self, end_of_stream: bool) -> Result<Option<Published>, StoreError> {
+        log::debug!(
+            "{}: closing the segment being filled",
+            if end_of_stream {
+                "end of stream"
+            } else {
+                "stopping"
+            }
+        );
         let published = match self.segmenter.finish() {
             Some(seg) => Some(self.publish(seg)?),
             None => None,
         };
         if end_of_stream {
             self.playlist.end();
+            log::debug!("end of stream: the playlist gets EXT-X-ENDLIST");
             self.put_playlist()?;
         }
         Ok(published)
@@ -193,7 +202,19 @@ impl Writer {
         self.output.close(timeout)
     }
 
-    fn put_playlist(&mut self) -> Result<(), String> {
+    fn put_playlist(&mut self) -> Result<(), StoreError> {
+        let first = self.playlist.entries().next().map(|e| e.sequence);
+        log::debug!(
+            "playlist {}: media sequence {}, {} segments{}",
+            redact_location(&self.config.locations.playlist),
+            first.unwrap_or_else(|| self.playlist.next_sequence()),
+            self.playlist.entries().count(),
+            if self.playlist.is_ended() {
+                ", ended"
+            } else {
+                ""
+            }
+        );
         self.output.submit(Job::Put {
             location: self.config.locations.playlist.clone(),
             kind: FileKind::Playlist,
@@ -201,7 +222,7 @@ impl Writer {
         })
     }
 
-    fn next_key(&mut self) -> Result<(), String> {
+    fn next_key(&mut self) -> Result<(), StoreError> {
         let rotate = match (&self.key, &self.config.encryption) {
             (None, Some(_)) => true,
             (Some(k), Some(e)) => e.key_rotation > 0 && k.used >= e.key_rotation,
@@ -213,6 +234,19 @@ impl Writer {
         let location = self.config.locations.key.format(self.next_key_index);
         self.next_key_index += 1;
         let key = crypto::random_key();
+        // The key's location only: never its bytes.
+        log::debug!(
+            "new AES-128 key {} (key {}, {})",
+            redact_location(&location),
+            self.next_key_index - 1,
+            match (&self.key, &self.config.encryption) {
+                (Some(k), Some(e)) => format!(
+                    "rotation after {} segments (key-rotation {})",
+                    k.used, e.key_rotation
+                ),
+                _ => "first key".to_owned(),
+            }
+        );
         self.output.submit(Job::Put {
             location: location.clone(),
             kind: FileKind::Key,
@@ -228,6 +262,10 @@ impl Writer {
         if let Some(old) = old
             && self.key_users.get(&old.location).copied().unwrap_or(0) == 0
         {
+            log::debug!(
+                "deleting key {}: no stored segment uses it",
+                redact_location(&old.location)
+            );
             self.output.submit(Job::Delete {
                 location: old.location,
                 kind: FileKind::Key,
@@ -236,9 +274,10 @@ impl Writer {
         Ok(())
     }
 
-    fn publish(&mut self, seg: Segment) -> Result<Published, String> {
+    fn publish(&mut self, seg: Segment) -> Result<Published, StoreError> {
         let sequence = self.playlist.next_sequence();
         let location = self.config.locations.segment.format(sequence);
+        let plain_bytes = seg.data.len();
         let (data, key) = if self.config.encryption.is_some() {
             self.next_key()?;
             let k = self.key.as_mut().expect("a key after next_key");
@@ -275,6 +314,20 @@ impl Writer {
             None
         };
         let duration_s = seg.duration_ns as f64 / 1e9;
+        log::debug!(
+            "segment {sequence} cut ({}): {}, start {} ns, {duration_s:.3} s, {} bytes{}, key {}",
+            seg.reason,
+            redact_location(&location),
+            seg.start_ns,
+            plain_bytes,
+            if seg.discontinuity {
+                ", discontinuity"
+            } else {
+                ""
+            },
+            // The key's URI only (the IV is public, in the playlist); never the key.
+            key.as_ref().map_or("none", |(k, _)| k.uri.as_str())
+        );
         let (seq, _removed) = self.playlist.add(Entry {
             sequence,
             uri: playlist_uri(self.config.playlist_root.as_deref(), &location),
@@ -302,7 +355,7 @@ impl Writer {
 
     /// Deletes segment files beyond `max_files` that are no longer in a live playlist, and key
     /// files no stored segment uses any more.
-    fn expire(&mut self) -> Result<Vec<String>, String> {
+    fn expire(&mut self) -> Result<Vec<String>, StoreError> {
         let mut deleted = Vec::new();
         if self.config.playlist.kind != PlaylistKind::Live || self.config.max_files == 0 {
             return Ok(deleted);
@@ -319,6 +372,12 @@ impl Writer {
                 .is_some_and(|s| s.sequence < first_listed)
         {
             let old = self.stored.pop_front().expect("non-empty");
+            log::debug!(
+                "deleting segment {} ({}): beyond max-files {} and out of the playlist",
+                old.sequence,
+                redact_location(&old.location),
+                self.config.max_files
+            );
             self.output.submit(Job::Delete {
                 location: old.location.clone(),
                 kind: FileKind::Segment,
@@ -329,6 +388,10 @@ impl Writer {
                 *users = users.saturating_sub(1);
                 let current = self.key.as_ref().is_some_and(|k| k.location == kl);
                 if *users == 0 && !current {
+                    log::debug!(
+                        "deleting key {}: its last segment expired",
+                        redact_location(&kl)
+                    );
                     self.key_users.remove(&kl);
                     self.output.submit(Job::Delete {
                         location: kl.clone(),

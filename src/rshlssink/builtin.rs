@@ -192,7 +192,11 @@ impl Builtin {
 
     /// Muxes what is ready into the writer; `all` muxes everything queued (end of stream).
     /// Returns the segments finished.
-    pub fn drain(&mut self, writer: &mut Writer, all: bool) -> Result<Vec<Published>, String> {
+    pub fn drain(
+        &mut self,
+        writer: &mut Writer,
+        all: bool,
+    ) -> Result<Vec<Published>, super::imp::SinkError> {
         let mut published = Vec::new();
         while let Some(n) = self.next(all) {
             let codecs: Option<Vec<Codec>> = self.inputs.iter().map(|i| i.codec.clone()).collect();
@@ -206,7 +210,7 @@ impl Builtin {
             };
             if self.muxer.as_ref().is_none_or(|(c, _)| *c != codecs) {
                 let muxer = TsMuxer::new(&codecs, TsMuxerConfig::default())
-                    .ok_or_else(|| "no streams to mux".to_string())?;
+                    .ok_or(super::imp::SinkError::NoStreams)?;
                 self.muxer = Some((codecs, muxer));
             }
             let input = &mut self.inputs[n];
@@ -216,7 +220,7 @@ impl Builtin {
             let map = q
                 .buffer
                 .map_readable()
-                .map_err(|_| "unreadable buffer".to_string())?;
+                .map_err(|_| super::imp::SinkError::Unmappable)?;
             self.out.clear();
             let (_, muxer) = self.muxer.as_mut().expect("made above");
             muxer.write_frame(

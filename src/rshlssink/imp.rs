@@ -3,10 +3,11 @@
 //! A bin: request pads `video` and `audio` (as hlssink2), each into its own minimal internal sink
 //! whose frames the built-in muxer ([`crate::hls::ts`], interleaved by [`super::builtin`]) turns
 //! into TS for [`crate::hls::writer::Writer`]; or, with `muxer=mpegtsmux` or for caps the
-//! built-in muxer cannot take, → the stock `mpegtsmux` → one internal sink feeding the writer. Probes on the input
-//! pads decide where segments start (the first keyframe at or after each multiple of
-//! target-duration in running time), ask upstream for those keyframes ahead of time
-//! (force-key-unit) and announce each cut to the writer. The writer cuts the transport stream
+//! built-in muxer cannot take, → the stock `mpegtsmux` → one internal sink feeding the writer.
+//! Probes on the input pads feed running times to [`crate::hls::planner::Planner`], which decides
+//! where segments start (the first keyframe at or after each multiple of target-duration in
+//! running time) and which keyframes to ask upstream for ahead of time; the probes send those
+//! requests (force-key-unit) and announce each cut to the writer. The writer cuts the transport stream
 //! there and queues each finished segment, key and playlist for an output worker thread, so the
 //! streaming thread never waits for storage or the network.
 
@@ -25,12 +26,63 @@ use super::output::OutputSink;
 use super::{Encryption, Muxer, PlaylistType};
 use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
+use crate::hls::planner::{KeyframeRequest, Planner};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
 use crate::hls::segmenter::{SegmenterConfig, SplitOn};
 use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, Store};
 use crate::hls::store::{FileKind, StoreError};
 use crate::hls::upload::HttpStore;
 use crate::hls::writer::{self, Writer, WriterConfig};
+
+/// Why rshlssink stops with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    /// Writing, uploading or deleting a file.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output did not finish within the flush timeout.
+    #[error("timed out writing the last files")]
+    FlushTimeout,
+    /// The built-in muxer was given no stream it can mux.
+    #[error("no streams to mux")]
+    NoStreams,
+    #[error("unreadable buffer")]
+    Unmappable,
+}
+
+/// The one place that turns the core's errors into GStreamer errors, with the domain chosen
+/// from the error's data (I/O error kind, HTTP status), never from its text.
+fn post_error(element: &super::RsHlsSink, error: &SinkError) {
+    use std::io::ErrorKind;
+    let debug = format!("{error:?}");
+    macro_rules! post {
+        ($domain:expr) => {
+            gst::element_error!(element, $domain, ("{}", error), ["{}", debug])
+        };
+    }
+    match error {
+        SinkError::Store(StoreError::Io { kind, .. }) => match kind {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                post!(gst::ResourceError::NoSpaceLeft)
+            }
+            ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::ReadOnlyFilesystem => {
+                post!(gst::ResourceError::OpenWrite)
+            }
+            _ => post!(gst::ResourceError::Write),
+        },
+        SinkError::Store(StoreError::Http {
+            status: 401 | 403, ..
+        }) => post!(gst::ResourceError::NotAuthorized),
+        SinkError::Store(StoreError::Http { .. } | StoreError::Network { .. })
+        | SinkError::FlushTimeout => post!(gst::ResourceError::Write),
+        SinkError::Store(StoreError::Tls { .. } | StoreError::Application { .. }) => {
+            post!(gst::ResourceError::OpenWrite)
+        }
+        SinkError::Store(StoreError::Location { .. }) => post!(gst::ResourceError::Settings),
+        SinkError::NoStreams => post!(gst::StreamError::Format),
+        SinkError::Unmappable => post!(gst::CoreError::Failed),
+    }
+}
 
 /// hlssink2's signals in front of the real store: an application that returns an output stream
 /// from `get-playlist-stream` / `get-fragment-stream` gets the file's bytes there instead;
@@ -55,10 +107,9 @@ impl Store for SignalStore {
                 stream.write_all(data, gio::Cancellable::NONE)?;
                 stream.close(gio::Cancellable::NONE)
             };
-            return write().map_err(|e| {
-                StoreError::fatal(format!(
-                    "writing {location} to the application's stream: {e}"
-                ))
+            return write().map_err(|e| StoreError::Application {
+                location: location.to_owned(),
+                message: e.to_string(),
             });
         }
         self.inner.put(location, kind, data)
@@ -157,14 +208,9 @@ struct InputPad {
 /// Per-stream bookkeeping on the input side.
 #[derive(Default)]
 struct InputState {
-    /// Running time (ns) of the last segment boundary a keyframe was asked for: boundaries are
-    /// the multiples of target-duration in running time, asked for well ahead so that encoders
-    /// with lookahead still get the request in time.
-    requested_until: Option<u64>,
-    /// Running time (presentation) of the keyframe that started the current segment.
-    last_split: Option<u64>,
-    /// Half a video frame (ns), from the caps.
-    tolerance: u64,
+    /// Where segments start and which keyframes to ask for (the decisions; this element only
+    /// feeds it running times and turns its requests into force-key-unit events).
+    planner: Planner,
     /// Caps and stream-start seen per pad, to notice changes.
     caps: Vec<(String, gst::Caps)>,
     stream_starts: Vec<String>,
@@ -239,7 +285,7 @@ impl RsHlsSink {
             PlaylistType::Event => PlaylistKind::Event,
             PlaylistType::Vod => PlaylistKind::Vod,
         };
-        let tolerance = self.input.lock().unwrap().tolerance;
+        let tolerance = self.input.lock().unwrap().planner.tolerance_ns();
         let config = WriterConfig {
             locations: locations.clone(),
             playlist_root: settings.playlist_root.clone(),
@@ -272,10 +318,9 @@ impl RsHlsSink {
             Box::new(move |event| {
                 let Some(obj) = weak.upgrade() else { return };
                 match event {
-                    OutputEvent::Fatal(msg) => {
-                        gst::element_error!(obj, gst::ResourceError::Write, ("{}", msg));
-                    }
-                    OutputEvent::Warning(msg) => {
+                    OutputEvent::Fatal(e) => post_error(&obj, &SinkError::Store(e)),
+                    OutputEvent::Dropped { .. } | OutputEvent::GaveUp { .. } => {
+                        let msg = event.to_string();
                         gst::warning!(CAT, obj = obj, "{}", msg);
                         obj.post_message(
                             gst::message::Warning::builder(gst::ResourceError::Write, &msg)
@@ -320,8 +365,7 @@ impl RsHlsSink {
         };
         *self.writer.lock().unwrap() = Some(writer);
         let mut input = self.input.lock().unwrap();
-        input.requested_until = None;
-        input.last_split = None;
+        input.planner.reset();
         input.caps.clear();
         input.stream_starts.clear();
         Ok(())
@@ -368,7 +412,7 @@ impl RsHlsSink {
     }
 
     /// Writes what is buffered and waits for the output (EOS or stop).
-    fn finish_writer(&self, end_of_stream: bool) -> Result<(), String> {
+    fn finish_writer(&self, end_of_stream: bool) -> Result<(), SinkError> {
         let mut guard = self.writer.lock().unwrap();
         let Some(w) = guard.as_mut() else {
             return Ok(());
@@ -380,7 +424,7 @@ impl RsHlsSink {
             return Err(w
                 .output()
                 .failed()
-                .unwrap_or_else(|| "timed out writing the last files".into()));
+                .map_or(SinkError::FlushTimeout, SinkError::Store));
         }
         Ok(())
     }
@@ -439,7 +483,7 @@ impl RsHlsSink {
                 Err(e) => {
                     drop(map);
                     drop(guard);
-                    gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                    post_error(&self.obj(), &SinkError::Store(e));
                     return Err(gst::FlowError::Error);
                 }
             }
@@ -580,7 +624,7 @@ impl RsHlsSink {
             }
             Err(e) => {
                 drop(guard);
-                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+                post_error(&self.obj(), &e);
                 Err(gst::FlowError::Error)
             }
         }
@@ -649,7 +693,7 @@ impl RsHlsSink {
 
     fn on_eos(&self) {
         if let Err(e) = self.finish_writer(true) {
-            gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", e));
+            post_error(&self.obj(), &e);
         }
     }
 
@@ -687,25 +731,16 @@ impl RsHlsSink {
         }
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         let rt = rt.nseconds();
-        let (requests, split) = {
-            let mut input = self.input.lock().unwrap();
-            let tol = input.tolerance;
-            let requests = Self::plan_requests(&mut input, rt, target);
-            let split = keyframe && {
-                let due = input
-                    .last_split
-                    .is_some_and(|l| (rt + tol) / target > (l + tol) / target);
-                if due || input.last_split.is_none() {
-                    input.last_split = Some(rt);
-                }
-                due
-            };
-            (requests, split)
-        };
+        let decision = self
+            .input
+            .lock()
+            .unwrap()
+            .planner
+            .video_frame(rt, keyframe, target);
         if send {
-            self.request_keyframes(pad, &requests);
+            self.request_keyframes(pad, &decision.requests);
         }
-        if split {
+        if decision.split {
             // mpegtsmux stamps its packets with the decode time: announce the cut in that time.
             let dts_rt = match buffer.dts().map(|d| segment.to_running_time_full(d)) {
                 Some(Some(gst::Signed::Positive(t))) => t.nseconds(),
@@ -725,35 +760,17 @@ impl RsHlsSink {
         }
     }
 
-    /// Boundaries (running time, ns) to ask keyframes for so that requests stay a few segments
-    /// ahead of `rt`.
-    fn plan_requests(input: &mut InputState, rt: u64, target: u64) -> Vec<u64> {
-        let horizon = (3 * target).max(5_000_000_000);
-        let grid_below = |t: u64| t - t % target;
-        let mut next = match input.requested_until {
-            Some(r) if r + target > rt => r,
-            _ => grid_below(rt),
-        };
-        let mut out = Vec::new();
-        while next + target <= rt + horizon {
-            next += target;
-            out.push(next);
-        }
-        input.requested_until = Some(next);
-        out
-    }
-
-    fn request_keyframes(&self, pad: &gst::Pad, at: &[u64]) {
-        let tol = self.input.lock().unwrap().tolerance;
-        for &t in at {
+    fn request_keyframes(&self, pad: &gst::Pad, requests: &[KeyframeRequest]) {
+        for r in requests {
             gst::log!(
                 CAT,
                 obj = pad,
-                "asking for a keyframe at running time {}",
-                t
+                "asking for a keyframe at running time {} (boundary {})",
+                r.at_ns,
+                r.boundary_ns
             );
             let event = gst_video::UpstreamForceKeyUnitEvent::builder()
-                .running_time(gst::ClockTime::from_nseconds(t.saturating_sub(tol)))
+                .running_time(gst::ClockTime::from_nseconds(r.at_ns))
                 .all_headers(true)
                 .build();
             pad.push_event(event);
@@ -783,10 +800,8 @@ impl RsHlsSink {
                 if video
                     && let Some(s) = caps.structure(0)
                     && let Ok(f) = s.get::<gst::Fraction>("framerate")
-                    && f.numer() > 0
+                    && let Some(tol) = input.planner.set_framerate(f.numer(), f.denom())
                 {
-                    input.tolerance = 1_000_000_000u64 * f.denom() as u64 / f.numer() as u64 / 2;
-                    let tol = input.tolerance;
                     drop(input);
                     if let Some(w) = self.writer.lock().unwrap().as_mut() {
                         w.set_tolerance(tol);
@@ -822,8 +837,8 @@ impl RsHlsSink {
                             s.send_keyframe_requests,
                         )
                     };
-                    if video && send && target > 0 && input.requested_until.is_none() {
-                        let requests = Self::plan_requests(&mut input, 0, target);
+                    if video && send {
+                        let requests = input.planner.start(target);
                         drop(input);
                         self.request_keyframes(pad, &requests);
                     }
@@ -833,10 +848,7 @@ impl RsHlsSink {
             _ => {}
         }
         if discontinuity {
-            let mut input = self.input.lock().unwrap();
-            input.requested_until = None;
-            input.last_split = None;
-            drop(input);
+            self.input.lock().unwrap().planner.discontinuity();
             if let Some(w) = self.writer.lock().unwrap().as_mut() {
                 w.discontinuity();
             }

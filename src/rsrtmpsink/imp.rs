@@ -16,9 +16,9 @@ use gst_base::subclass::prelude::*;
 
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
-use crate::rtmp::net::{NetConfig, Notice, Publication, TlsValidation};
+use crate::rtmp::net::{NetConfig, Notice, Publication, Stage, TlsValidation};
 use crate::rtmp::queue::Pushed;
-use crate::rtmp::url::{Location, Scheme};
+use crate::rtmp::url::{Location, LocationError, Scheme};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -45,6 +45,29 @@ const LINGER: Duration = Duration::from_millis(5);
 /// script data gains an `@setDataFrame` prefix on the way.
 const MAX_TAG_SIZE: usize = 0xff_ffff - 64;
 
+/// Settings that cannot make a publication.
+#[derive(Debug, thiserror::Error)]
+enum SettingsError {
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    #[error("host, application and stream must not be empty")]
+    Empty,
+}
+
+/// The GStreamer error for a failed publication: one place decides the domain from the core's
+/// error and the stage it failed in.
+fn resource_error(error: &RtmpError, stage: Stage) -> gst::ResourceError {
+    if error.is_unauthorized() {
+        return gst::ResourceError::NotAuthorized;
+    }
+    match (stage, error) {
+        // It published, then the network failed it for good.
+        (Stage::Lost, e) if e.is_network() => gst::ResourceError::Write,
+        // Wrong location or server, refusals, protocol and TLS trouble.
+        _ => gst::ResourceError::OpenWrite,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Settings {
     scheme: Scheme,
@@ -53,7 +76,7 @@ struct Settings {
     application: String,
     stream: String,
     /// Set when the last `location` did not parse; start() fails with it.
-    location_error: Option<String>,
+    location_error: Option<LocationError>,
     timeout_s: u32,
     chunk_size: u32,
     flash_version: String,
@@ -103,7 +126,7 @@ impl Settings {
         )
     }
 
-    fn set_location(&mut self, uri: &str) -> Result<(), String> {
+    fn set_location(&mut self, uri: &str) -> Result<(), LocationError> {
         match Location::parse(uri) {
             Ok(l) => {
                 self.scheme = l.scheme;
@@ -121,15 +144,16 @@ impl Settings {
         }
     }
 
-    fn net_config(&self) -> Result<NetConfig, String> {
+    fn net_config(&self) -> Result<NetConfig, SettingsError> {
         if let Some(e) = &self.location_error {
-            return Err(e.clone());
+            return Err(SettingsError::Location(e.clone()));
         }
         if self.host.is_empty() || self.application.is_empty() || self.stream.is_empty() {
-            return Err("host, application and stream must not be empty".into());
+            return Err(SettingsError::Empty);
         }
         let f = self.tls_validation_flags;
         Ok(NetConfig {
+            name: String::new(),
             location: self.location(),
             flash_version: self.flash_version.clone(),
             chunk_size: self.chunk_size,
@@ -521,6 +545,7 @@ impl RsRtmpSink {
                 delay,
                 reason,
             } => {
+                let reason = reason.to_string();
                 gst::warning!(
                     CAT,
                     obj = element,
@@ -547,42 +572,21 @@ impl RsRtmpSink {
             Notice::Status { level, code } => {
                 gst::info!(CAT, obj = element, "server status {}: {}", level, code)
             }
-            Notice::Failed { error, context } => {
+            Notice::Failed {
+                error,
+                context,
+                stage,
+            } => {
                 let text = format!("{context}: {error}");
                 gst::error!(CAT, obj = element, "{}", text);
+                // The core's errors never carry the stream name: the debug form is safe.
                 let debug = format!("{error:?}");
-                match &error {
-                    RtmpError::Rejected { code, .. }
-                        if code.contains("Rejected")
-                            || code.contains("Auth")
-                            || code.contains("Unauthorized") =>
-                    {
-                        gst::element_error!(
-                            element,
-                            gst::ResourceError::NotAuthorized,
-                            ("{}", text),
-                            ["{}", debug]
-                        );
-                    }
-                    RtmpError::Io(_) | RtmpError::Closed(_) | RtmpError::Timeout(_)
-                        if context.starts_with("Lost") =>
-                    {
-                        gst::element_error!(
-                            element,
-                            gst::ResourceError::Write,
-                            ("{}", text),
-                            ["{}", debug]
-                        );
-                    }
-                    _ => {
-                        gst::element_error!(
-                            element,
-                            gst::ResourceError::OpenWrite,
-                            ("{}", text),
-                            ["{}", debug]
-                        );
-                    }
-                }
+                gst::element_error!(
+                    element,
+                    resource_error(&error, stage),
+                    ("{}", text),
+                    ["{}", debug]
+                );
             }
         }
     }
@@ -596,6 +600,8 @@ impl BaseSinkImpl for RsRtmpSink {
                 ("Invalid RTMP location: {}", e)
             )
         })?;
+        let mut config = config;
+        config.name = self.obj().name().to_string();
         gst::info!(CAT, imp = self, "publishing to {}", config.location);
         let timeout = config.timeout;
         let element = self.obj().downgrade();
@@ -713,6 +719,6 @@ impl URIHandlerImpl for RsRtmpSink {
             .lock()
             .unwrap()
             .set_location(uri)
-            .map_err(|e| glib::Error::new(gst::URIError::BadUri, &e))
+            .map_err(|e| glib::Error::new(gst::URIError::BadUri, &e.to_string()))
     }
 }

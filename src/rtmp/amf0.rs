@@ -6,8 +6,6 @@
 //! §2.7-§2.8 (null, undefined), §2.10-§2.14 (ECMA array, object end, strict array, date, long
 //! string).
 
-use std::fmt;
-
 const MARKER_NUMBER: u8 = 0x00;
 const MARKER_BOOLEAN: u8 = 0x01;
 const MARKER_STRING: u8 = 0x02;
@@ -68,19 +66,21 @@ impl Value {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AMF0: {}", self.0)
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
-    Err(DecodeError(msg.into()))
+/// AMF0 data the decoder refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("AMF0: truncated: {needed} bytes needed at offset {offset}, {left} left")]
+    Truncated {
+        needed: usize,
+        offset: usize,
+        left: usize,
+    },
+    #[error("AMF0: nested deeper than 32 levels")]
+    TooDeep,
+    #[error("AMF0: strict array of {0} items in too little data")]
+    ArrayTooLong(usize),
+    #[error("AMF0: unsupported type marker 0x{0:02x}")]
+    UnsupportedMarker(u8),
 }
 
 pub fn encode(value: &Value, out: &mut Vec<u8>) {
@@ -164,12 +164,11 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.data.len() - self.pos < n {
-            return err(format!(
-                "truncated: {} bytes needed at offset {}, {} left",
-                n,
-                self.pos,
-                self.data.len() - self.pos
-            ));
+            return Err(DecodeError::Truncated {
+                needed: n,
+                offset: self.pos,
+                left: self.data.len() - self.pos,
+            });
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -224,7 +223,7 @@ impl<'a> Reader<'a> {
 
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
         if depth > MAX_DEPTH {
-            return err("nested deeper than 32 levels");
+            return Err(DecodeError::TooDeep);
         }
         let marker = self.u8()?;
         Ok(match marker {
@@ -250,7 +249,7 @@ impl<'a> Reader<'a> {
                 let count = self.u32()? as usize;
                 // Every item takes at least one byte: a count beyond the data is a lie.
                 if count > self.data.len() - self.pos {
-                    return err(format!("strict array of {count} items in too little data"));
+                    return Err(DecodeError::ArrayTooLong(count));
                 }
                 let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -263,7 +262,7 @@ impl<'a> Reader<'a> {
                 let _tz = self.u16()?;
                 Value::Date(ms)
             }
-            other => return err(format!("unsupported type marker 0x{other:02x}")),
+            other => return Err(DecodeError::UnsupportedMarker(other)),
         })
     }
 }

@@ -8,9 +8,10 @@
 //! The encoder picks the smallest header that describes each message given the previous one on the
 //! same chunk stream; the decoder reassembles messages from any interleaving of chunk streams and
 //! refuses what would make it allocate without bound.
+//!
+//! Adobe RTMP Specification 1.0 §5.3 (chunking) and §5.4.1 (Set Chunk Size).
 
 use std::collections::HashMap;
-use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
@@ -45,16 +46,24 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkError(pub String);
-
-impl fmt::Display for ChunkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A chunk stream the decoder refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("invalid chunk size {0}")]
+    InvalidChunkSize(u32),
+    #[error("more than {0} chunk streams")]
+    TooManyStreams(usize),
+    #[error("chunk of type {fmt} on chunk stream {csid} without a previous header")]
+    NoPreviousHeader { fmt: u8, csid: u32 },
+    #[error("new message header on chunk stream {csid} in the middle of a message")]
+    HeaderInMessage { csid: u32 },
+    #[error("message of {length} bytes (type {type_id}) exceeds the limit of {limit} bytes")]
+    TooLarge {
+        length: u32,
+        type_id: u8,
+        limit: u32,
+    },
 }
-
-impl std::error::Error for ChunkError {}
 
 fn write_basic_header(fmt: u8, csid: u32, out: &mut Vec<u8>) {
     let f = fmt << 6;
@@ -233,7 +242,7 @@ impl ChunkDecoder {
     /// The peer's Set Chunk Size.
     pub fn set_chunk_size(&mut self, size: u32) -> Result<(), ChunkError> {
         if size == 0 || size > MAX_CHUNK_SIZE {
-            return Err(ChunkError(format!("invalid chunk size {size}")));
+            return Err(ChunkError::InvalidChunkSize(size));
         }
         self.chunk_size = size;
         Ok(())
@@ -292,25 +301,18 @@ impl ChunkDecoder {
             return Ok(Chunk::Incomplete);
         }
         if !self.streams.contains_key(&csid) && self.streams.len() >= self.max_streams {
-            return Err(ChunkError(format!(
-                "more than {} chunk streams",
-                self.max_streams
-            )));
+            return Err(ChunkError::TooManyStreams(self.max_streams));
         }
         let u24 = |s: &[u8]| u32::from_be_bytes([0, s[0], s[1], s[2]]);
         let h = &b[pos..pos + header_len];
         let prev = self.streams.get(&csid);
         let prev_have = prev.is_some_and(|p| p.have_header);
         if fmt != 0 && !prev_have {
-            return Err(ChunkError(format!(
-                "chunk of type {fmt} on chunk stream {csid} without a previous header"
-            )));
+            return Err(ChunkError::NoPreviousHeader { fmt, csid });
         }
         let continuing = prev.is_some_and(|p| p.partial.is_some());
         if continuing && fmt != 3 {
-            return Err(ChunkError(format!(
-                "new message header on chunk stream {csid} in the middle of a message"
-            )));
+            return Err(ChunkError::HeaderInMessage { csid });
         }
         let field = if fmt <= 2 { u24(&h[0..3]) } else { 0 };
         let extended = if fmt <= 2 {
@@ -334,10 +336,11 @@ impl ChunkDecoder {
             (p.length, p.type_id)
         };
         if length > self.max_message_size {
-            return Err(ChunkError(format!(
-                "message of {length} bytes (type {type_id}) exceeds the limit of {} bytes",
-                self.max_message_size
-            )));
+            return Err(ChunkError::TooLarge {
+                length,
+                type_id,
+                limit: self.max_message_size,
+            });
         }
         let already = prev
             .and_then(|p| p.partial.as_ref())

@@ -11,12 +11,11 @@
 //! Flash Media Server practice (no specification).
 
 use std::collections::HashMap;
-use std::fmt;
 
-use super::amf0::{self, Value};
-use super::chunk::{ChunkDecoder, ChunkEncoder, Message, msg_type};
+use super::amf0::{self, DecodeError, Value};
+use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Message, msg_type};
 use super::flv::{Tag, TagKind};
-use super::handshake::{self, ClientHandshake};
+use super::handshake::{self, ClientHandshake, HandshakeError};
 
 /// Chunk stream ids, as most publishers use them.
 const CSID_CONTROL: u32 = 2;
@@ -31,49 +30,129 @@ const UC_STREAM_BEGIN: u16 = 0;
 const UC_PING_REQUEST: u16 = 6;
 const UC_PING_RESPONSE: u16 = 7;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a publication failed. The variants keep what the element needs to choose an error domain
+/// and what a user needs to act: the I/O error kind, the command and the server's status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// Socket errors (connection refused, reset, ...).
-    Io(String),
+    /// Socket errors (connection refused, unreachable, ...).
+    #[error("network error: {context}: {message}")]
+    Io {
+        /// What we were doing (`connecting to host:port`, `waiting for ...`).
+        context: String,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
     /// A step did not complete within the timeout.
+    #[error("timed out {0}")]
     Timeout(String),
-    /// The server closed the connection.
-    Closed(String),
+    /// The server accepted no data for `after` while `unsent` bytes waited.
+    #[error("timed out sending: the server accepted nothing for {} s ({unsent} bytes unsent)", .after.as_secs_f32())]
+    Stalled {
+        after: std::time::Duration,
+        unsent: usize,
+    },
+    /// The server closed the connection (cleanly, or with a reset: `kind`).
+    #[error("the server closed the connection {context}{}", kind.map(|k| format!(" ({k})")).unwrap_or_default())]
+    Closed {
+        context: String,
+        kind: Option<std::io::ErrorKind>,
+    },
+    /// TLS set-up or handshake.
+    #[error("TLS: {0}")]
     Tls(String),
-    /// The server broke the protocol (bad handshake, chunks, AMF, sizes).
+    /// The handshake's S0 was no RTMP.
+    #[error("protocol error: handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The server's chunk stream broke the rules.
+    #[error("protocol error: chunk stream: {0}")]
+    Chunk(#[from] ChunkError),
+    /// A command from the server that is no AMF0.
+    #[error("protocol error: command from the server: {0}")]
+    Amf(#[from] DecodeError),
+    /// Any other protocol violation (short control messages, missing stream ids).
+    #[error("protocol error: {0}")]
     Protocol(String),
     /// The server refused: `_error` or an error-level `onStatus`.
+    #[error("the server refused {command}: {code}{}", if description.is_empty() { String::new() } else { format!(" ({description})") })]
     Rejected {
         command: String,
+        /// `NetStream.Publish.BadName`, `NetConnection.Connect.Rejected`, ...
         code: String,
         description: String,
     },
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io(e) => write!(f, "network error: {e}"),
-            Error::Timeout(e) => write!(f, "timed out {e}"),
-            Error::Closed(e) => write!(f, "the server closed the connection {e}"),
-            Error::Tls(e) => write!(f, "TLS: {e}"),
-            Error::Protocol(e) => write!(f, "protocol error: {e}"),
-            Error::Rejected {
-                command,
-                code,
-                description,
-            } => {
-                write!(f, "the server refused {command}: {code}")?;
-                if !description.is_empty() {
-                    write!(f, " ({description})")?;
-                }
-                Ok(())
-            }
-        }
+impl Error {
+    /// A refusal for want of authorization: a connect rejected, or a code of the
+    /// `*.Unauthorized` / `*.Auth*` family (Wowza, Red5, nginx-rtmp's `on_publish` hooks).
+    pub fn is_unauthorized(&self) -> bool {
+        let Error::Rejected { code, .. } = self else {
+            return false;
+        };
+        let last = code.rsplit('.').next().unwrap_or("");
+        code == "NetConnection.Connect.Rejected"
+            || last == "Unauthorized"
+            || last.starts_with("Auth")
+            || last == "Rejected"
+    }
+
+    /// Network trouble (the connection failed, stalled, timed out or was closed), as opposed to
+    /// a server that refused or broke the protocol.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Timeout(_) | Error::Stalled { .. } | Error::Closed { .. }
+        )
     }
 }
 
-impl std::error::Error for Error {}
+/// AMF values for a log line: every string (and property name) has the stream name redacted
+/// before it is formatted, so that escaping cannot hide the key from the redaction.
+struct RedactedValues<'a>(&'a [Value], &'a str);
+
+impl std::fmt::Display for RedactedValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn clean(v: &Value, stream: &str) -> Value {
+            let props = |p: &[(String, Value)]| {
+                p.iter()
+                    .map(|(k, v)| (redact(k, stream), clean(v, stream)))
+                    .collect()
+            };
+            match v {
+                Value::String(s) => Value::String(redact(s, stream)),
+                Value::Object(p) => Value::Object(props(p)),
+                Value::EcmaArray(p) => Value::EcmaArray(props(p)),
+                Value::StrictArray(items) => {
+                    Value::StrictArray(items.iter().map(|v| clean(v, stream)).collect())
+                }
+                other => other.clone(),
+            }
+        }
+        let cleaned: Vec<Value> = self.0.iter().map(|v| clean(v, self.1)).collect();
+        write!(f, "{cleaned:?}")
+    }
+}
+
+/// `text` with every occurrence of the stream name (and of its parts before and after a `?`)
+/// replaced: servers may echo the stream key in descriptions.
+pub fn redact(text: &str, stream: &str) -> String {
+    let mut out = text.to_owned();
+    let mut secrets: Vec<&str> = vec![stream];
+    if let Some((name, query)) = stream.split_once('?') {
+        secrets.push(name);
+        secrets.extend(
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').map(|(_, v)| v)),
+        );
+    }
+    for secret in secrets {
+        if !secret.is_empty() && out.contains(secret) {
+            out = out.replace(secret, "<redacted>");
+        }
+    }
+    out
+}
 
 /// Which commands end a publication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +175,8 @@ impl Default for StopCommands {
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
+    /// The element's name, for logs (may be empty).
+    pub name: String,
     pub app: String,
     pub tc_url: String,
     pub stream: String,
@@ -230,9 +311,7 @@ impl Publisher {
         self.counters.bytes_in += data.len() as u64;
         let mut events = Vec::new();
         if let Some(hs) = self.handshake.as_mut() {
-            let done = hs
-                .feed(data)
-                .map_err(|e| Error::Protocol(format!("handshake: {e}")))?;
+            let done = hs.feed(data)?;
             let Some(done) = done else {
                 return Ok(events);
             };
@@ -240,17 +319,19 @@ impl Publisher {
             if !done.s2_echo_ok {
                 events.push(Event::HandshakeEchoMismatch);
             }
+            log_id!(
+                debug,
+                &self.config.name,
+                "handshake done (server time {}); C2 sent",
+                done.server_time
+            );
             self.out.extend_from_slice(&done.c2);
             self.start_connect();
             self.dec.feed(&done.leftover);
         } else {
             self.dec.feed(data);
         }
-        while let Some(msg) = self
-            .dec
-            .next_message()
-            .map_err(|e| Error::Protocol(format!("chunk stream: {e}")))?
-        {
+        while let Some(msg) = self.dec.next_message()? {
             self.handle_message(msg, &mut events)?;
         }
         self.maybe_ack();
@@ -264,6 +345,11 @@ impl Publisher {
         if window > 0 && self.counters.bytes_in - self.last_ack >= window {
             self.last_ack = self.counters.bytes_in;
             let v = (self.counters.bytes_in & 0xffff_ffff) as u32;
+            log_id!(
+                trace,
+                &self.config.name,
+                "Acknowledgement sent: {v} bytes received (window {window})"
+            );
             self.control(msg_type::ACKNOWLEDGEMENT, &v.to_be_bytes());
             self.counters.acks_sent += 1;
         }
@@ -278,8 +364,22 @@ impl Publisher {
         let txn = self.next_txn;
         self.next_txn += 1.0;
         self.pending.insert(txn as u64, name);
+        log_id!(
+            debug,
+            &self.config.name,
+            "sending {name} (transaction {txn}, chunk stream {csid}, message stream {stream_id})"
+        );
         let mut values = vec![Value::from(name), Value::Number(txn)];
         values.extend_from_slice(args);
+        if log::log_enabled!(log::Level::Trace) {
+            // publish, releaseStream and FCPublish carry the stream name: redacted.
+            log_id!(
+                trace,
+                &self.config.name,
+                "command to the server: {}",
+                RedactedValues(&values, &self.config.stream)
+            );
+        }
         let payload = amf0::encode_all(&values);
         self.enc.write(
             csid,
@@ -299,8 +399,23 @@ impl Publisher {
                 .chunk_size
                 .clamp(1, super::chunk::MAX_CHUNK_SIZE);
             self.control(msg_type::SET_CHUNK_SIZE, &size.to_be_bytes());
+            log_id!(
+                debug,
+                &self.config.name,
+                "Set Chunk Size sent: our chunk size {} -> {size}",
+                self.enc.chunk_size()
+            );
             self.enc.set_chunk_size(size);
         }
+        // tcUrl is the location without the stream name: no secret in it.
+        log_id!(
+            debug,
+            &self.config.name,
+            "connect: app '{}', tcUrl {}, flashVer '{}'",
+            self.config.app,
+            self.config.tc_url,
+            self.config.flash_version
+        );
         let cmd = amf0::obj(&[
             ("app", self.config.app.as_str().into()),
             ("type", "nonprivate".into()),
@@ -313,6 +428,16 @@ impl Publisher {
 
     fn handle_message(&mut self, msg: Message, events: &mut Vec<Event>) -> Result<(), Error> {
         let p = &msg.payload;
+        log_id!(
+            trace,
+            &self.config.name,
+            "message from the server: type {}, chunk stream {}, message stream {}, timestamp {}, {} bytes",
+            msg.type_id,
+            msg.csid,
+            msg.stream_id,
+            msg.timestamp,
+            p.len()
+        );
         let u32_at = |i: usize| -> Result<u32, Error> {
             p.get(i..i + 4)
                 .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
@@ -327,23 +452,67 @@ impl Publisher {
         match msg.type_id {
             msg_type::SET_CHUNK_SIZE => {
                 let size = u32_at(0)?;
-                self.dec
-                    .set_chunk_size(size)
-                    .map_err(|e| Error::Protocol(format!("Set Chunk Size: {e}")))?;
+                let before = self.dec.chunk_size();
+                self.dec.set_chunk_size(size)?;
+                log_id!(
+                    debug,
+                    &self.config.name,
+                    "Set Chunk Size received: the server's chunk size {before} -> {size}"
+                );
             }
-            msg_type::ABORT => self.dec.abort(u32_at(0)?),
+            msg_type::ABORT => {
+                let csid = u32_at(0)?;
+                log_id!(
+                    debug,
+                    &self.config.name,
+                    "Abort received for chunk stream {csid}"
+                );
+                self.dec.abort(csid)
+            }
             msg_type::ACKNOWLEDGEMENT => {
                 self.counters.bytes_acked = u32_at(0)?;
                 self.counters.acks_received += 1;
+                log_id!(
+                    trace,
+                    &self.config.name,
+                    "Acknowledgement received: the server has {} bytes",
+                    self.counters.bytes_acked
+                );
             }
             msg_type::WINDOW_ACK_SIZE => {
-                self.counters.in_window_ack_size = u32_at(0)?;
+                let size = u32_at(0)?;
+                log_id!(
+                    debug,
+                    &self.config.name,
+                    "Window Acknowledgement Size received: acknowledge every {size} bytes (was {})",
+                    self.counters.in_window_ack_size
+                );
+                self.counters.in_window_ack_size = size;
             }
             msg_type::SET_PEER_BANDWIDTH => {
                 let size = u32_at(0)?;
+                let limit = match p.get(4) {
+                    Some(0) => "hard",
+                    Some(1) => "soft",
+                    Some(2) => "dynamic",
+                    _ => "unknown",
+                };
                 if size != self.counters.out_window_ack_size {
+                    log_id!(
+                        debug,
+                        &self.config.name,
+                        "Set Peer Bandwidth received: {size} bytes ({limit} limit); \
+                         Window Acknowledgement Size {size} sent (was {})",
+                        self.counters.out_window_ack_size
+                    );
                     self.counters.out_window_ack_size = size;
                     self.control(msg_type::WINDOW_ACK_SIZE, &size.to_be_bytes());
+                } else {
+                    log_id!(
+                        debug,
+                        &self.config.name,
+                        "Set Peer Bandwidth received: {size} bytes ({limit} limit), unchanged"
+                    );
                 }
             }
             msg_type::USER_CONTROL => {
@@ -354,13 +523,27 @@ impl Publisher {
                 match event {
                     UC_PING_REQUEST => {
                         let ts = u32_at(2)?;
+                        log_id!(
+                            trace,
+                            &self.config.name,
+                            "Ping Request {ts} received, answered"
+                        );
                         let mut resp = UC_PING_RESPONSE.to_be_bytes().to_vec();
                         resp.extend_from_slice(&ts.to_be_bytes());
                         self.control(msg_type::USER_CONTROL, &resp);
                         self.counters.pings += 1;
                     }
-                    UC_STREAM_BEGIN => {}
-                    _ => {}
+                    UC_STREAM_BEGIN => log_id!(
+                        debug,
+                        &self.config.name,
+                        "Stream Begin received for message stream {}",
+                        u32_at(2).unwrap_or(0)
+                    ),
+                    other => log_id!(
+                        trace,
+                        &self.config.name,
+                        "User Control event {other} received, ignored"
+                    ),
                 }
             }
             msg_type::COMMAND_AMF0 | msg_type::COMMAND_AMF3 | msg_type::DATA_AMF0 => {
@@ -370,12 +553,24 @@ impl Publisher {
                 } else {
                     p
                 };
-                let values = amf0::decode_all(body)
-                    .map_err(|e| Error::Protocol(format!("command from the server: {e}")))?;
+                let values = amf0::decode_all(body)?;
+                if log::log_enabled!(log::Level::Trace) {
+                    // Servers may echo the stream name: the details are redacted.
+                    log_id!(
+                        trace,
+                        &self.config.name,
+                        "command from the server: {}",
+                        RedactedValues(&values, &self.config.stream)
+                    );
+                }
                 self.handle_command(values, events)?;
             }
             // Audio, video, aggregate and AMF3 data from the server: nothing for a publisher.
-            _ => {}
+            other => log_id!(
+                trace,
+                &self.config.name,
+                "message type {other} from the server ignored"
+            ),
         }
         Ok(())
     }
@@ -388,22 +583,41 @@ impl Publisher {
         };
         let txn = values.get(1).and_then(Value::as_number).unwrap_or(0.0);
         let info = values.get(3).cloned().unwrap_or(Value::Null);
+        // Servers may quote the stream name (the key) in the description: it is redacted here,
+        // before it can reach a log line or an error message.
+        let stream = self.config.stream.as_str();
         let status = |info: &Value| {
             (
                 info.get_str("level").unwrap_or("").to_owned(),
                 info.get_str("code").unwrap_or("").to_owned(),
-                info.get_str("description").unwrap_or("").to_owned(),
+                redact(info.get_str("description").unwrap_or(""), stream),
             )
         };
         match name {
             "_result" | "_error" => {
                 let Some(cmd) = self.pending.remove(&(txn as u64)) else {
+                    log_id!(
+                        debug,
+                        &self.config.name,
+                        "{name} for transaction {txn}, which we did not send: ignored"
+                    );
                     return Ok(());
                 };
+                let (level, code, description) = status(&info);
+                log_id!(
+                    debug,
+                    &self.config.name,
+                    "{cmd} (transaction {txn}) answered {name}: level '{level}', code '{code}', \
+                     description '{description}'"
+                );
                 if name == "_error" {
-                    let (_, code, description) = status(&info);
                     // releaseStream and FCPublish are courtesies many servers do not know.
                     if matches!(cmd, "releaseStream" | "FCPublish") {
+                        log_id!(
+                            debug,
+                            &self.config.name,
+                            "{cmd} refused: not needed to publish, going on"
+                        );
                         return Ok(());
                     }
                     return Err(Error::Rejected {
@@ -418,7 +632,6 @@ impl Publisher {
                 }
                 match cmd {
                     "connect" => {
-                        let (level, code, description) = status(&info);
                         if level == "error" {
                             return Err(Error::Rejected {
                                 command: "connect".into(),
@@ -427,6 +640,12 @@ impl Publisher {
                             });
                         }
                         events.push(Event::Connected);
+                        log_id!(
+                            debug,
+                            &self.config.name,
+                            "releaseStream, FCPublish: stream name <redacted, {} characters>",
+                            self.config.stream.chars().count()
+                        );
                         let stream = Value::from(self.config.stream.as_str());
                         self.command(
                             CSID_COMMAND,
@@ -448,6 +667,14 @@ impl Publisher {
                             )));
                         }
                         self.stream_id = id as u32;
+                        log_id!(
+                            debug,
+                            &self.config.name,
+                            "createStream answered message stream {}; publish (type live, \
+                             stream name <redacted, {} characters>)",
+                            self.stream_id,
+                            self.config.stream.chars().count()
+                        );
                         let stream = Value::from(self.config.stream.as_str());
                         self.command(
                             CSID_STREAM_COMMAND,
@@ -462,6 +689,11 @@ impl Publisher {
             }
             "onStatus" => {
                 let (level, code, description) = status(&info);
+                log_id!(
+                    debug,
+                    &self.config.name,
+                    "onStatus: level '{level}', code '{code}', description '{description}'"
+                );
                 if level == "error" {
                     return Err(Error::Rejected {
                         command: if self.phase == Phase::Publishing {
@@ -485,10 +717,18 @@ impl Publisher {
                 }
             }
             "close" => {
-                return Err(Error::Closed("(it sent the close command)".into()));
+                log_id!(debug, &self.config.name, "the server sent close");
+                return Err(Error::Closed {
+                    context: "(it sent the close command)".into(),
+                    kind: None,
+                });
             }
             // onBWDone, onFCPublish, _checkbw and friends.
-            _ => {}
+            other => log_id!(
+                debug,
+                &self.config.name,
+                "command '{other}' from the server ignored"
+            ),
         }
         Ok(())
     }
@@ -525,6 +765,14 @@ impl Publisher {
     /// in the order FCUnpublish, closeStream, deleteStream.
     pub fn finish(&mut self, stop: StopCommands) {
         if self.phase == Phase::Publishing {
+            log_id!(
+                debug,
+                &self.config.name,
+                "ending the publication: FCUnpublish {}, closeStream {}, deleteStream {}",
+                stop.fc_unpublish,
+                stop.close_stream,
+                stop.delete_stream
+            );
             let stream = Value::from(self.config.stream.as_str());
             let sid = self.stream_id;
             if stop.fc_unpublish {
@@ -568,6 +816,7 @@ mod tests {
 
     fn config() -> PublisherConfig {
         PublisherConfig {
+            name: String::new(),
             app: "live".into(),
             tc_url: "rtmp://127.0.0.1:1935/live".into(),
             stream: "key".into(),
@@ -852,23 +1101,107 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_name_never_reaches_an_error() {
+        // A server quoting the key in its description (Red5 and Wowza do): redacted.
+        let mut cfg = config();
+        cfg.stream = "sk_live_SECRET?token=T0KEN".into();
+        let mut p = Publisher::new(cfg, 0, &[1u8; 1528]);
+        let mut srv = Server::new();
+        let s = handshake(&mut p);
+        p.receive(&s).unwrap();
+        let mut answer = srv.command(&[
+            "_result".into(),
+            1.0.into(),
+            Value::Null,
+            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+        ]);
+        answer.extend(srv.command(&["_result".into(), 4.0.into(), Value::Null, 1.0.into()]));
+        answer.extend(srv.command(&[
+            "onStatus".into(),
+            0.0.into(),
+            Value::Null,
+            amf0::obj(&[
+                ("level", "error".into()),
+                ("code", "NetStream.Publish.Unauthorized".into()),
+                (
+                    "description",
+                    "sk_live_SECRET is not allowed (token T0KEN)".into(),
+                ),
+            ]),
+        ]));
+        let e = p.receive(&answer).unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(
+            !text.contains("SECRET") && !text.contains("T0KEN"),
+            "{text}"
+        );
+        assert!(text.contains("<redacted> is not allowed"), "{text}");
+        assert!(e.is_unauthorized());
+        assert!(!e.is_network());
+    }
+
+    #[test]
+    fn refusals_are_classified_by_code() {
+        let rejected = |code: &str| Error::Rejected {
+            command: "publish".into(),
+            code: code.into(),
+            description: String::new(),
+        };
+        assert!(rejected("NetConnection.Connect.Rejected").is_unauthorized());
+        assert!(rejected("NetStream.Publish.Unauthorized").is_unauthorized());
+        assert!(rejected("NetStream.Publish.AuthFailed").is_unauthorized());
+        assert!(!rejected("NetStream.Publish.BadName").is_unauthorized());
+        assert!(!rejected("NetConnection.Connect.Failed").is_unauthorized());
+        let closed = Error::Closed {
+            context: "while publishing".into(),
+            kind: Some(std::io::ErrorKind::ConnectionReset),
+        };
+        assert!(closed.is_network());
+        assert_eq!(
+            closed.to_string(),
+            "the server closed the connection while publishing (connection reset)"
+        );
+        assert_eq!(redact("a key b", "key"), "a <redacted> b");
+        // Values are redacted before Debug escapes them.
+        let values = [
+            Value::from("publish"),
+            amf0::obj(&[("details", "k\"ey".into())]),
+            Value::StrictArray(vec!["x k\"ey".into()]),
+        ];
+        let shown = RedactedValues(&values, "k\"ey").to_string();
+        assert!(
+            !shown.contains("k\\\"ey") && !shown.contains("k\"ey"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+        assert_eq!(redact("a k b v", "k?x=v"), "a <redacted> b <redacted>");
+        assert_eq!(redact("nothing", ""), "nothing");
+    }
+
+    #[test]
     fn garbage_is_a_protocol_error() {
         let mut p = Publisher::new(config(), 0, &[1u8; 1528]);
         let _ = p.take_output();
         assert!(matches!(
             p.receive(b"<html>garbage"),
-            Err(Error::Protocol(_))
+            Err(Error::Handshake(HandshakeError::Version(b'<')))
         ));
         // A bad chunk size after the handshake.
         let mut p = Publisher::new(config(), 0, &[1u8; 1528]);
         let mut s = handshake(&mut p);
         let mut enc = ChunkEncoder::new();
         enc.write(2, 0, msg_type::SET_CHUNK_SIZE, 0, &[0, 0, 0, 0], &mut s);
-        assert!(matches!(p.receive(&s), Err(Error::Protocol(_))));
+        assert!(matches!(
+            p.receive(&s),
+            Err(Error::Chunk(ChunkError::InvalidChunkSize(0)))
+        ));
         // A huge message.
         let mut p = Publisher::new(config(), 0, &[1u8; 1528]);
         let mut s = handshake(&mut p);
         s.extend_from_slice(&[0x03, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0]);
-        assert!(matches!(p.receive(&s), Err(Error::Protocol(_))));
+        assert!(matches!(
+            p.receive(&s),
+            Err(Error::Chunk(ChunkError::TooLarge { type_id: 20, .. }))
+        ));
     }
 }

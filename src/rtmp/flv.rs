@@ -7,8 +7,6 @@
 //! (tag), E.4.2 (audio tags), E.4.3 (video tags, AVCPacketType), E.4.4 (script data); Enhanced RTMP
 //! (ExVideoTagHeader: IsExHeader, PacketType, FourCC).
 
-use std::fmt;
-
 use bytes::{Bytes, BytesMut};
 
 pub const TAG_AUDIO: u8 = 8;
@@ -94,16 +92,18 @@ impl Tag {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlvError(pub String);
-
-impl fmt::Display for FlvError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FLV: {}", self.0)
-    }
+/// Input that is not FLV the parser can take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlvError {
+    #[error("FLV: header size {0}")]
+    HeaderSize(usize),
+    #[error("FLV: unknown tag type {0}")]
+    UnknownTagType(u8),
+    #[error("FLV: encrypted (filtered) tags are unsupported")]
+    Encrypted,
+    #[error("FLV: tag of {size} bytes exceeds the limit of {limit}")]
+    TagTooLarge { size: usize, limit: usize },
 }
-
-impl std::error::Error for FlvError {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -219,7 +219,7 @@ impl FlvParser {
                 let flags = b[4];
                 let size = u32::from_be_bytes(b[5..9].try_into().unwrap()) as usize;
                 if !(FLV_HEADER_MIN..=1024).contains(&size) {
-                    return Err(FlvError(format!("header size {size}")));
+                    return Err(FlvError::HeaderSize(size));
                 }
                 self.has_audio = Some(flags & 0x04 != 0);
                 self.has_video = Some(flags & 0x01 != 0);
@@ -252,17 +252,17 @@ impl FlvParser {
                     TAG_AUDIO => TagKind::Audio,
                     TAG_VIDEO => TagKind::Video,
                     TAG_SCRIPT => TagKind::Script,
-                    t => return Err(FlvError(format!("unknown tag type {t}"))),
+                    t => return Err(FlvError::UnknownTagType(t)),
                 };
                 if h[0] & 0x20 != 0 {
-                    return Err(FlvError("encrypted (filtered) tags are unsupported".into()));
+                    return Err(FlvError::Encrypted);
                 }
                 let size = u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize;
                 if size > self.max_tag_size {
-                    return Err(FlvError(format!(
-                        "tag of {size} bytes exceeds the limit of {}",
-                        self.max_tag_size
-                    )));
+                    return Err(FlvError::TagTooLarge {
+                        size,
+                        limit: self.max_tag_size,
+                    });
                 }
                 let timestamp = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
                 if b.len() < TAG_HEADER + size + 4 {

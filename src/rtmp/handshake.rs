@@ -6,33 +6,26 @@
 //! This is the plain handshake (version 3, a zero "version" field in C1, so servers answer with
 //! the plain handshake too). S0 must be version 3; S2 should echo C1's random bytes. Some servers
 //! answer with a digest handshake's S2 regardless; a mismatch is reported, not fatal.
-
-use std::fmt;
+//!
+//! Adobe RTMP Specification 1.0 §5.2.
 
 pub const RTMP_VERSION: u8 = 3;
 pub const PACKET_SIZE: usize = 1536;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     /// S0 carried another version: not an RTMP server, or RTMPE (version 6).
+    #[error("{}", version_text(*.0))]
     Version(u8),
 }
 
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandshakeError::Version(6) => {
-                f.write_str("the server wants encrypted RTMP (RTMPE, S0 version 6), unsupported")
-            }
-            HandshakeError::Version(v) => write!(
-                f,
-                "not an RTMP server: S0 carries version {v} (0x{v:02x}), expected 3"
-            ),
-        }
+fn version_text(v: u8) -> String {
+    if v == 6 {
+        "the server wants encrypted RTMP (RTMPE, S0 version 6), unsupported".into()
+    } else {
+        format!("not an RTMP server: S0 carries version {v} (0x{v:02x}), expected 3")
     }
 }
-
-impl std::error::Error for HandshakeError {}
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Completed {
@@ -52,6 +45,18 @@ pub struct ClientHandshake {
     received: Vec<u8>,
 }
 
+/// Where the server's answer stands, for logs.
+fn logged_steps(before: usize, after: usize) -> impl Iterator<Item = &'static str> {
+    [
+        (1, "S0"),
+        (1 + PACKET_SIZE, "S1"),
+        (1 + 2 * PACKET_SIZE, "S2"),
+    ]
+    .into_iter()
+    .filter(move |(end, _)| before < *end && after >= *end)
+    .map(|(_, name)| name)
+}
+
 impl ClientHandshake {
     /// `epoch_ms`: C1's time field; `random`: its 1528 random bytes. Returns C0+C1 to send.
     pub fn new(epoch_ms: u32, random: &[u8; PACKET_SIZE - 8]) -> (Self, Vec<u8>) {
@@ -62,6 +67,9 @@ impl ClientHandshake {
         let mut out = Vec::with_capacity(1 + PACKET_SIZE);
         out.push(RTMP_VERSION);
         out.extend_from_slice(&c1);
+        log::debug!(
+            "handshake: C0 (version {RTMP_VERSION}) and C1 ({PACKET_SIZE} bytes, time {epoch_ms}) to send"
+        );
         (
             Self {
                 c1,
@@ -78,11 +86,29 @@ impl ClientHandshake {
 
     /// Feeds bytes from the server; Ok(Some) once S0+S1+S2 have arrived.
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<Completed>, HandshakeError> {
+        let before = self.received.len();
         self.received.extend_from_slice(data);
         if let Some(&v) = self.received.first()
             && v != RTMP_VERSION
         {
+            log::debug!("handshake: S0 carries version {v}, expected {RTMP_VERSION}");
             return Err(HandshakeError::Version(v));
+        }
+        log::trace!(
+            "handshake: {} bytes from the server, {} of S0+S1+S2 so far",
+            data.len(),
+            self.received.len()
+        );
+        for step in logged_steps(before, self.received.len()) {
+            match step {
+                "S0" => log::debug!("handshake: S0 received (version {RTMP_VERSION})"),
+                "S1" => log::debug!(
+                    "handshake: S1 received (server time {}, version field {:02x?})",
+                    u32::from_be_bytes(self.received[1..5].try_into().unwrap_or_default()),
+                    &self.received[5..9]
+                ),
+                _ => log::debug!("handshake: S2 received"),
+            }
         }
         if self.missing() > 0 {
             return Ok(None);
@@ -97,6 +123,15 @@ impl ClientHandshake {
         c2.extend_from_slice(&s1[8..]);
         let s2_echo_ok = s2[8..] == self.c1[8..];
         let leftover = self.received[1 + 2 * PACKET_SIZE..].to_vec();
+        log::debug!(
+            "handshake: S2 {} our C1; C2 ({PACKET_SIZE} bytes) to send, {} bytes of chunks after S2",
+            if s2_echo_ok {
+                "echoes"
+            } else {
+                "does not echo"
+            },
+            leftover.len()
+        );
         Ok(Some(Completed {
             c2,
             leftover,

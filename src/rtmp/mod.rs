@@ -2,9 +2,23 @@
 //! locations, the publisher state machine (sans I/O), the bounded tag queue with its drop policy,
 //! and the network thread that connects (RTMP or RTMPS) and reconnects.
 //!
-//! Specifications: Adobe's RTMP specification 1.0 (December 2012), the AMF0 specification (Adobe,
-//! 2007), the FLV format of the Adobe Flash Video File Format Specification 10.1 (annex E) and
-//! Enhanced RTMP (Veovera) for HEVC and other FourCC codecs. Each module names its sections.
+//! Specifications: Adobe RTMP Specification 1.0 (§5.2 handshake, §5.3 chunking, §5.4 protocol
+//! control messages, §7 command messages and user control events); Adobe AMF0 specification;
+//! Adobe FLV file format (Video File Format Specification v10.1, Annex E). Logs go to the
+//! `lsrtmp` debug category; the stream name (the stream key) never appears in them.
+
+/// A `log` record with the element's name as its `id` key-value when the name is known:
+/// `log_id!(debug, name, "format", args...)`.
+macro_rules! log_id {
+    ($level:ident, $id:expr, $($arg:tt)+) => {{
+        let id: &str = $id;
+        if id.is_empty() {
+            log::$level!($($arg)+)
+        } else {
+            log::$level!(id = id; $($arg)+)
+        }
+    }};
+}
 
 pub mod amf0;
 pub mod chunk;

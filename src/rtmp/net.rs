@@ -45,6 +45,8 @@ impl TlsValidation {
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
+    /// The element's name, for logs (may be empty).
+    pub name: String,
     pub location: Location,
     pub flash_version: String,
     pub chunk_size: u32,
@@ -72,6 +74,15 @@ pub struct NetConfig {
 /// Queued bytes that end the linger early.
 pub const FLUSH_BYTES: usize = 64 * 1024;
 
+/// When a publication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before it ever published: the location, the key or the server is wrong.
+    Connecting,
+    /// It published, dropped, and every reconnection attempt failed.
+    Lost,
+}
+
 /// What the network side reports to the element.
 #[derive(Debug, Clone)]
 pub enum Notice {
@@ -81,10 +92,15 @@ pub enum Notice {
         attempt: u32,
         of: u32,
         delay: Duration,
-        reason: String,
+        reason: Error,
     },
-    /// The publication ended with an error; nothing more will be sent.
-    Failed { error: Error, context: String },
+    /// The publication ended with an error; nothing more will be sent. `context` says where
+    /// to (the location, its stream name redacted) and, after a drop, how many attempts were made.
+    Failed {
+        error: Error,
+        context: String,
+        stage: Stage,
+    },
     /// Something odd the server did that we tolerate.
     Warning(String),
     /// A status message from the server while publishing.
@@ -318,30 +334,53 @@ async fn run(
         }
         if !ever_published {
             // The first connection fails fast: a wrong URL, key or server is no blink.
+            log_id!(
+                debug,
+                &cfg.name,
+                "could not publish to {}, no reconnection before a first publication: {error}",
+                cfg.location
+            );
             notify(Notice::Failed {
                 error,
                 context: format!("Could not publish to {}", cfg.location),
+                stage: Stage::Connecting,
             });
             return;
         }
         failures += 1;
         if failures > cfg.reconnect_attempts {
+            log_id!(
+                debug,
+                &cfg.name,
+                "giving up on {} after {} reconnection attempts: {error}",
+                cfg.location,
+                cfg.reconnect_attempts
+            );
             notify(Notice::Failed {
                 error,
                 context: format!(
                     "Lost the publication to {} and gave up after {} reconnection attempts",
                     cfg.location, cfg.reconnect_attempts
                 ),
+                stage: Stage::Lost,
             });
             return;
         }
         let delay = backoff(&cfg, failures);
         shared.stats.lock().unwrap().reconnects += 1;
+        log_id!(
+            debug,
+            &cfg.name,
+            "reconnection attempt {failures}/{} to {} in {} ms: {error}",
+            cfg.reconnect_attempts,
+            cfg.location,
+            delay.as_millis()
+        );
         notify(Notice::Reconnecting {
             attempt: failures,
             of: cfg.reconnect_attempts,
             delay,
-            reason: error.to_string(),
+            reason: error,
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -355,17 +394,40 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Error::Closed(what.to_owned()),
-        std::io::ErrorKind::ConnectionReset
+        std::io::ErrorKind::UnexpectedEof => Error::Closed {
+            context: what.to_owned(),
+            kind: None,
+        },
+        kind @ (std::io::ErrorKind::ConnectionReset
         | std::io::ErrorKind::ConnectionAborted
-        | std::io::ErrorKind::BrokenPipe => Error::Closed(format!("{what} ({e})")),
-        _ => Error::Io(format!("{what}: {e}")),
+        | std::io::ErrorKind::BrokenPipe) => Error::Closed {
+            context: what.to_owned(),
+            kind: Some(kind),
+        },
+        kind => Error::Io {
+            context: what.to_owned(),
+            kind,
+            message: e.to_string(),
+        },
     }
 }
 
 async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
     let loc = &cfg.location;
     let deadline = tokio::time::Instant::now() + cfg.timeout;
+    log_id!(
+        debug,
+        &cfg.name,
+        "connecting to {}:{} over {} (timeout {} s)",
+        loc.host,
+        loc.port,
+        if loc.scheme == Scheme::Rtmps {
+            "TLS"
+        } else {
+            "TCP"
+        },
+        cfg.timeout.as_secs_f32()
+    );
     let tcp = tokio::time::timeout_at(
         deadline,
         tokio::net::TcpStream::connect((loc.host.as_str(), loc.port)),
@@ -379,8 +441,23 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
             cfg.timeout.as_secs_f32()
         ))
     })?
-    .map_err(|e| Error::Io(format!("connecting to {}:{}: {e}", loc.host, loc.port)))?;
+    .map_err(|e| Error::Io {
+        context: format!("connecting to {}:{}", loc.host, loc.port),
+        kind: e.kind(),
+        message: e.to_string(),
+    })?;
     let _ = tcp.set_nodelay(true);
+    log_id!(
+        debug,
+        &cfg.name,
+        "TCP connection to {}:{} established: peer {}, local {}",
+        loc.host,
+        loc.port,
+        tcp.peer_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string()),
+        tcp.local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
+    );
     if loc.scheme == Scheme::Rtmp {
         return Ok(Box::new(tcp));
     }
@@ -394,6 +471,18 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
     .await
     .map_err(|_| Error::Timeout("in the TLS handshake".into()))?
     .map_err(|e| Error::Tls(format!("handshake with {}:{}: {e}", loc.host, loc.port)))?;
+    {
+        let (_, conn) = tls.get_ref();
+        log_id!(
+            debug,
+            &cfg.name,
+            "TLS handshake with {}:{} done: {:?}, {:?}",
+            loc.host,
+            loc.port,
+            conn.protocol_version(),
+            conn.negotiated_cipher_suite().map(|s| s.suite())
+        );
+    }
     Ok(Box::new(tls))
 }
 
@@ -426,6 +515,7 @@ async fn session(
         .map_or(0, |d| d.as_millis() as u32);
     let mut p = Publisher::new(
         PublisherConfig {
+            name: cfg.name.clone(),
             app: cfg.location.app.clone(),
             tc_url: cfg.location.tc_url(),
             stream: cfg.location.stream.clone(),
@@ -467,7 +557,10 @@ async fn session(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         if n == 0 {
-            return Err(Error::Closed(phase.waiting_for().to_owned()));
+            return Err(Error::Closed {
+                context: phase.waiting_for().to_owned(),
+                kind: None,
+            });
         }
         for ev in p.receive(&buf[..n])? {
             match ev {
@@ -480,6 +573,13 @@ async fn session(
         }
     }
     *published = true;
+    log_id!(
+        debug,
+        &cfg.name,
+        "publishing to {}{}",
+        cfg.location,
+        if reconnecting { " (reconnected)" } else { "" }
+    );
     sync_stats(&p, shared);
     shared.stats.lock().unwrap().publishing = true;
     notify(Notice::Publishing {
@@ -537,6 +637,13 @@ async fn session(
                 p.append_output(&mut out);
                 shared.in_flight.store(out.len(), Ordering::SeqCst);
             }
+            if skipped > 0 {
+                log_id!(
+                    trace,
+                    &cfg.name,
+                    "{skipped} frames skipped: the new connection waits for a keyframe"
+                );
+            }
             if !out.is_empty() || skipped > 0 {
                 let mut st = shared.stats.lock().unwrap();
                 st.audio_tags += sent[TagKind::Audio as usize];
@@ -566,6 +673,12 @@ async fn session(
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => {
+                log_id!(
+                    debug,
+                    &cfg.name,
+                    "stopping: {} bytes taken from the queue not yet written are dropped",
+                    out.len() - written
+                );
                 p.finish(cfg.stop_commands);
                 let bye = p.take_output();
                 let grace = cfg.timeout.min(Duration::from_secs(1));
@@ -578,7 +691,10 @@ async fn session(
             r = rd.read(&mut buf) => {
                 let n = r.map_err(|e| io_err("while publishing", e))?;
                 if n == 0 {
-                    return Err(Error::Closed("while publishing".into()));
+                    return Err(Error::Closed {
+                        context: "while publishing".into(),
+                        kind: None,
+                    });
                 }
                 for ev in p.receive(&buf[..n])? {
                     if let Event::Status { level, code, .. } = ev {
@@ -608,7 +724,10 @@ async fn session(
                     continue;
                 };
                 if n == 0 {
-                    return Err(Error::Closed("while publishing".into()));
+                    return Err(Error::Closed {
+                        context: "while publishing".into(),
+                        kind: None,
+                    });
                 }
                 written += n;
                 if shared.peak_rate.load(Ordering::Relaxed) > 0 {
@@ -645,10 +764,24 @@ async fn session(
                 if (written < out.len() || unflushed) && !pacing
                     && last_progress.elapsed() >= cfg.timeout
                 {
-                    return Err(Error::Timeout(format!(
-                        "sending: the server accepted nothing for {} s",
-                        cfg.timeout.as_secs_f32()
-                    )));
+                    let (queued_tags, queued_bytes) = {
+                        let q = shared.queue.lock().unwrap();
+                        (q.len(), q.bytes())
+                    };
+                    log_id!(
+                        debug,
+                        &cfg.name,
+                        "the server accepted nothing for {} ms ({} bytes unsent in the \
+                         current write, {} tags / {} bytes queued): dropping the connection",
+                        last_progress.elapsed().as_millis(),
+                        out.len() - written,
+                        queued_tags,
+                        queued_bytes
+                    );
+                    return Err(Error::Stalled {
+                        after: cfg.timeout,
+                        unsent: out.len() - written,
+                    });
                 }
                 let mut st = shared.stats.lock().unwrap();
                 let elapsed = tick_at.elapsed().as_secs_f64();
@@ -893,6 +1026,7 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
         let cfg = NetConfig {
+            name: String::new(),
             location: Location::parse("rtmp://h/a/s").unwrap(),
             flash_version: String::new(),
             chunk_size: 128,

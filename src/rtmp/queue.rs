@@ -98,6 +98,7 @@ impl TagQueue {
         }
         if video && self.waiting_keyframe && !tag.is_keyframe() {
             self.drops += 1;
+            log::trace!("video frame dropped: waiting for a keyframe after a drop");
             return Pushed::Dropped;
         }
         if self.bytes + tag.data.len() > self.limit {
@@ -111,19 +112,50 @@ impl TagQueue {
                 // A keyframe makes what is queued before it expendable: drop the queued frames
                 // (the oldest, all of them non-headers) to make room for it.
                 let before = self.items.len();
+                let bytes_before = self.bytes;
                 self.items.retain(is_header);
                 self.drops += (before - self.items.len()) as u64;
                 self.bytes = header_bytes;
+                log::debug!(
+                    "queue full ({bytes_before} of {} bytes): a keyframe of {} bytes replaces \
+                     the {} frames queued",
+                    self.limit,
+                    tag.data.len(),
+                    before - self.items.len()
+                );
             }
             if self.bytes + tag.data.len() > self.limit {
                 self.drops += 1;
+                if video && !self.waiting_keyframe {
+                    log::debug!(
+                        "queue full ({} tags, {} of {} bytes): video frame of {} bytes dropped, \
+                         video waits for the next keyframe ({} drops so far)",
+                        self.items.len(),
+                        self.bytes,
+                        self.limit,
+                        tag.data.len(),
+                        self.drops
+                    );
+                } else {
+                    log::trace!(
+                        "queue full ({} of {} bytes): {:?} frame of {} bytes dropped",
+                        self.bytes,
+                        self.limit,
+                        tag.kind,
+                        tag.data.len()
+                    );
+                }
                 if video {
                     self.waiting_keyframe = true;
                 }
                 return Pushed::Dropped;
             }
         }
-        if tag.is_keyframe() {
+        if tag.is_keyframe() && self.waiting_keyframe {
+            log::debug!(
+                "keyframe queued: video resumes after the drops ({} so far)",
+                self.drops
+            );
             self.waiting_keyframe = false;
         }
         self.enqueue(tag);

@@ -57,36 +57,50 @@ impl fmt::Display for Location {
     }
 }
 
+/// A location that cannot be published to. The messages never quote the stream name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("location is not a URL ({0})")]
+    NotAUrl(url::ParseError),
+    #[error("unsupported scheme '{0}' (rtmp:// or rtmps://)")]
+    Scheme(String),
+    #[error("location has no host")]
+    NoHost,
+    #[error("location needs an application and a stream: rtmp://host/app/stream")]
+    NoPath,
+    #[error("location has no application: rtmp://host/app/stream")]
+    NoApplication,
+    #[error("location has no stream name: rtmp://host/app/stream")]
+    NoStream,
+}
+
 impl Location {
-    pub fn parse(location: &str) -> Result<Location, String> {
-        let url =
-            url::Url::parse(location.trim()).map_err(|e| format!("location is not a URL ({e})"))?;
+    pub fn parse(location: &str) -> Result<Location, LocationError> {
+        let url = url::Url::parse(location.trim()).map_err(LocationError::NotAUrl)?;
         let scheme = match url.scheme() {
             "rtmp" => Scheme::Rtmp,
             "rtmps" => Scheme::Rtmps,
-            s => return Err(format!("unsupported scheme '{s}' (rtmp:// or rtmps://)")),
+            s => return Err(LocationError::Scheme(s.to_owned())),
         };
         let host = match url.host() {
             Some(url::Host::Domain(d)) => d.to_owned(),
             Some(url::Host::Ipv4(a)) => a.to_string(),
             Some(url::Host::Ipv6(a)) => a.to_string(),
-            None => return Err("location has no host".into()),
+            None => return Err(LocationError::NoHost),
         };
         if host.is_empty() {
-            return Err("location has no host".into());
+            return Err(LocationError::NoHost);
         }
         let port = url.port().unwrap_or(scheme.default_port());
         let path = url.path().trim_start_matches('/');
-        let (app, stream) = path
-            .rsplit_once('/')
-            .ok_or("location needs an application and a stream: rtmp://host/app/stream")?;
+        let (app, stream) = path.rsplit_once('/').ok_or(LocationError::NoPath)?;
         let app = app.trim_end_matches('/');
         if app.is_empty() {
-            return Err("location has no application: rtmp://host/app/stream".into());
+            return Err(LocationError::NoApplication);
         }
         let mut stream = decode(stream);
         if stream.is_empty() {
-            return Err("location has no stream name: rtmp://host/app/stream".into());
+            return Err(LocationError::NoStream);
         }
         if let Some(q) = url.query() {
             stream.push('?');
@@ -207,11 +221,23 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(Location::parse("http://h/a/s").is_err());
-        assert!(Location::parse("rtmp://h/stream").is_err());
-        assert!(Location::parse("rtmp://h/live/").is_err());
+        assert_eq!(
+            Location::parse("http://h/a/s"),
+            Err(LocationError::Scheme("http".into()))
+        );
+        assert_eq!(
+            Location::parse("rtmp://h/stream"),
+            Err(LocationError::NoPath)
+        );
+        assert_eq!(
+            Location::parse("rtmp://h/live/"),
+            Err(LocationError::NoStream)
+        );
         assert!(Location::parse("rtmp:///live/x").is_err());
-        assert!(Location::parse("not a url").is_err());
+        assert!(matches!(
+            Location::parse("not a url"),
+            Err(LocationError::NotAUrl(_))
+        ));
     }
 
     #[test]
