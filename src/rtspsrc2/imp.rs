@@ -898,6 +898,7 @@ impl RtspSrc2 {
         let caps = stream_caps(info);
         gst::debug!(CAT, obj = pad, "caps {}", caps);
         let stream_id = format!("{}/{}", info.control, info.index);
+        let stream_id_for_work = stream_id.clone();
         let signals = Arc::new(StreamSignals::default());
         let latency = Duration::from_millis(u64::from(self.settings.lock().unwrap().latency_ms));
         let work = Arc::new(Mutex::new(StreamWork {
@@ -914,13 +915,25 @@ impl RtspSrc2 {
                 sync: self.sync.clone(),
                 pending: Vec::new(),
             },
-            stream_id,
+            stream_id: stream_id_for_work,
             started: false,
             lost: false,
             finished: false,
             told_deadline: None,
         }));
         let _ = pad.set_active(true);
+        // The pad carries its stream and full caps before it is added, as rtspsrc's do: whoever
+        // links it at pad-added (gst-launch's delayed linking, an application's handler) sees
+        // media and encoding in a caps query, so `rtspsrc2 ! rtph264depay` takes the video pad
+        // even when the description lists audio first. The pad task pushes them again with the
+        // first data (the same events: downstream gets them once).
+        let stream_start = gst::event::StreamStart::builder(&stream_id).build();
+        let caps_event = gst::event::Caps::new(&work.lock().unwrap().out.caps);
+        for event in [stream_start, caps_event] {
+            if let Err(e) = pad.store_sticky_event(&event) {
+                gst::warning!(CAT, obj = pad, "cannot store {:?}: {:?}", event.type_(), e);
+            }
+        }
         let task_pad = pad.clone();
         let task_work = work.clone();
         let queue = Arc::new(PadQueue::default());
@@ -959,6 +972,26 @@ impl RtspSrc2 {
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         match query.view_mut() {
+            // The stream's caps from the description, from the moment the pad exists (the
+            // template's bare `application/x-rtp` would let any depayloader link any pad).
+            gst::QueryViewMut::Caps(q) => {
+                let Some(caps) = pad.current_caps() else {
+                    return gst::Pad::query_default(pad, Some(&*self.obj()), query);
+                };
+                let result = match q.filter() {
+                    Some(filter) => filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+                    None => caps,
+                };
+                q.set_result(&result);
+                true
+            }
+            gst::QueryViewMut::AcceptCaps(q) => {
+                let accepted = pad
+                    .current_caps()
+                    .is_none_or(|caps| q.caps().can_intersect(&caps));
+                q.set_result(accepted);
+                true
+            }
             gst::QueryViewMut::Latency(q) => {
                 let ms = self.settings.lock().unwrap().latency_ms;
                 q.set(
