@@ -239,7 +239,13 @@ fn is_known_param(key: &str) -> bool {
 fn is_uninterpreted_param(key: &str) -> bool {
     matches!(
         key,
-        "append" | "layers" | "rtcp-mux" | "setup" | "connection" | "dest_addr" | "src_addr"
+        "append"
+            | "layers"
+            | "rtcp-mux"
+            | "setup"
+            | "connection"
+            | "dest_addr"
+            | "src_addr"
             | "mikey"
     )
 }
@@ -290,7 +296,7 @@ fn apply_param(spec: &mut TransportSpec, key: &str, value: Option<&str>) -> bool
 }
 
 /// Splits on `sep` outside double-quoted strings and trims each piece.
-fn split_unquoted(s: &str, sep: char) -> impl Iterator<Item = &str> {
+pub(crate) fn split_unquoted(s: &str, sep: char) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let s = rest?;

@@ -979,7 +979,9 @@ impl RtspSrc2 {
                     return gst::Pad::query_default(pad, Some(&*self.obj()), query);
                 };
                 let result = match q.filter() {
-                    Some(filter) => filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+                    Some(filter) => {
+                        filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First)
+                    }
                     None => caps,
                 };
                 q.set_result(&result);

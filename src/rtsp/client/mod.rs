@@ -8,6 +8,7 @@
 //! [`Client`] handle.
 
 pub mod conn;
+pub mod parse;
 mod udp;
 
 use std::collections::HashMap;
@@ -636,7 +637,8 @@ async fn establish(
         if let Ok(resp) = session.send(Method::Options, &url, Vec::new(), &[]).await
             && let Some(public) = resp.header(&headers::PUBLIC)
         {
-            session.get_parameter_supported = public.as_str().contains("GET_PARAMETER");
+            session.get_parameter_supported =
+                self::parse::public_lists(public.as_str(), "GET_PARAMETER");
         }
         let resp = session
             .send(
@@ -666,11 +668,13 @@ async fn establish(
         break (session, resp);
     };
 
-    let base = describe
-        .header(&headers::CONTENT_BASE)
-        .or_else(|| describe.header(&headers::CONTENT_LOCATION))
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_else(|| session.url.to_string());
+    let base = self::parse::content_base(
+        describe
+            .header(&headers::CONTENT_BASE)
+            .or_else(|| describe.header(&headers::CONTENT_LOCATION))
+            .map(|v| v.as_str()),
+        &session.url,
+    );
     let (sdp, streams) = streams_of(describe.body(), &base)?;
     session.streams = streams;
     *stats_cell.write().unwrap() = Arc::new(
@@ -1093,19 +1097,15 @@ impl Session {
                 .await?;
             check(&resp, "SETUP")?;
             if self.id.is_none() {
-                let value = resp
+                let (id, timeout) = resp
                     .header(&headers::SESSION)
-                    .ok_or_else(|| ClientError::Protocol("SETUP answered without Session".into()))?
-                    .as_str()
-                    .to_owned();
-                let mut parts = value.split(';');
-                self.id = Some(parts.next().unwrap_or_default().trim().to_owned());
-                for p in parts {
-                    if let Some(t) = p.trim().strip_prefix("timeout=")
-                        && let Ok(t) = t.trim().parse::<u64>()
-                    {
-                        self.timeout = Duration::from_secs(t.clamp(1, 3600));
-                    }
+                    .and_then(|v| self::parse::parse_session(v.as_str()))
+                    .ok_or_else(|| {
+                        ClientError::Protocol("SETUP answered without Session".into())
+                    })?;
+                self.id = Some(id);
+                if let Some(t) = timeout {
+                    self.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
                 }
             }
             let reply = resp
@@ -1223,7 +1223,7 @@ impl Session {
         check(&resp, "PLAY")?;
         let rtp_info = resp
             .header(&headers::RTP_INFO)
-            .map(|v| parse_rtp_info(v.as_str(), &self.streams))
+            .map(|v| self::parse::parse_rtp_info(v.as_str(), &self.streams))
             .unwrap_or_default();
         events(ClientEvent::Playing {
             rtp_info,
@@ -1287,94 +1287,4 @@ fn join_multicast(
     sock.join_multicast_v4(&group, &iface).map_err(io)?;
     let _ = sock.set_recv_buffer_size(1 << 20);
     Ok(sock.into())
-}
-
-/// Parses RTP-Info, matching each `url=` to a stream by its control URL.
-fn parse_rtp_info(value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
-    let mut out = Vec::new();
-    for entry in value.split(',') {
-        let mut info = RtpInfo::default();
-        let mut url = None;
-        for param in entry.split(';') {
-            let param = param.trim();
-            if let Some(v) = param.strip_prefix("url=") {
-                url = Some(v.trim_matches('"'));
-            } else if let Some(v) = param.strip_prefix("seq=") {
-                info.seq = v.parse().ok();
-            } else if let Some(v) = param.strip_prefix("rtptime=") {
-                info.rtptime = v.parse().ok();
-            }
-        }
-        let Some(url) = url else { continue };
-        let matched = streams.iter().find(|s| {
-            s.control == url
-                || s.control
-                    .trim_end_matches('/')
-                    .ends_with(url.trim_end_matches('/'))
-                || url
-                    .trim_end_matches('/')
-                    .ends_with(s.control.trim_end_matches('/'))
-        });
-        if let Some(s) = matched {
-            info.stream = s.index;
-            out.push(info);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stream(index: usize, control: &str) -> StreamInfo {
-        StreamInfo {
-            index,
-            media: MediaDescription {
-                media: "video".into(),
-                payload_type: 96,
-                encoding_name: "H264".into(),
-                clock_rate: 90000,
-                encoding_params: None,
-                fmtp: Vec::new(),
-                control: String::new(),
-                multicast: None,
-                port: 0,
-                bandwidth_kbps: None,
-                attributes: Vec::new(),
-            },
-            control: control.into(),
-        }
-    }
-
-    #[test]
-    fn rtp_info_matches_streams_by_url() {
-        let streams = [
-            stream(0, "rtsp://h/live/stream=0"),
-            stream(1, "rtsp://h/live/stream=1"),
-        ];
-        let info = parse_rtp_info(
-            "url=rtsp://h/live/stream=1;seq=7;rtptime=900, url=rtsp://h/live/stream=0;seq=65535;rtptime=4294967295",
-            &streams,
-        );
-        assert_eq!(
-            info,
-            vec![
-                RtpInfo {
-                    stream: 1,
-                    seq: Some(7),
-                    rtptime: Some(900)
-                },
-                RtpInfo {
-                    stream: 0,
-                    seq: Some(65535),
-                    rtptime: Some(u32::MAX)
-                },
-            ]
-        );
-        // Relative urls (some servers) and garbage.
-        let info = parse_rtp_info("url=stream=0;seq=1, garbage;;;, url=nope;seq=2", &streams);
-        assert_eq!(info.len(), 1);
-        assert_eq!(info[0].stream, 0);
-    }
 }
