@@ -43,6 +43,7 @@ const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
 const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
+const DEFAULT_MAX_STREAMS: u32 = 16;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -61,6 +62,7 @@ struct Settings {
     reconnect_attempts: u32,
     reconnect_initial_delay_ms: u32,
     reconnect_max_delay_ms: u32,
+    max_streams: u32,
 }
 
 impl Default for Settings {
@@ -83,6 +85,7 @@ impl Default for Settings {
             reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
             reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -158,6 +161,7 @@ impl Settings {
                 self.reconnect_max_delay_ms
                     .max(self.reconnect_initial_delay_ms),
             )),
+            max_streams: self.max_streams as usize,
             ..ClientConfig::default()
         })
     }
@@ -1327,6 +1331,14 @@ impl ObjectImpl for RtspSrc2 {
                     .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-streams")
+                    .nick("Maximum streams")
+                    .blurb("Streams (SDP media) a description may list at most; a description with more is an error naming both numbers (each stream takes two interleaved channels, so at most 128)")
+                    .minimum(1)
+                    .maximum(crate::rtsp::client::MAX_STREAMS_LIMIT as u32)
+                    .default_value(DEFAULT_MAX_STREAMS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), with another payload type (dropped), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
@@ -1417,6 +1429,7 @@ impl ObjectImpl for RtspSrc2 {
                 s.reconnect_initial_delay_ms = value.get().expect("type checked")
             }
             "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
+            "max-streams" => s.max_streams = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1442,6 +1455,7 @@ impl ObjectImpl for RtspSrc2 {
             "reconnect-attempts" => s.reconnect_attempts.to_value(),
             "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
             "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
+            "max-streams" => s.max_streams.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }

@@ -98,6 +98,18 @@ pub struct ClientConfig {
     /// Delay before the first attempt; it doubles up to `reconnect_max_delay`.
     pub reconnect_initial_delay: Duration,
     pub reconnect_max_delay: Duration,
+    /// Streams (SDP media) a description may list at most; more is an error. At most
+    /// [`MAX_STREAMS_LIMIT`]: each stream takes two interleaved channels of 256.
+    pub max_streams: usize,
+}
+
+/// The most streams one RTSP connection can carry interleaved: two channels (RTP, RTCP) each.
+pub const MAX_STREAMS_LIMIT: usize = 128;
+
+/// The interleaved channels of stream `index` (RTP, RTCP): 2i and 2i+1, when they exist.
+fn interleaved_channels(index: usize) -> Option<(u8, u8)> {
+    let rtp = u8::try_from(index.checked_mul(2)?).ok()?;
+    Some((rtp, rtp.checked_add(1)?))
 }
 
 impl Default for ClientConfig {
@@ -122,6 +134,7 @@ impl Default for ClientConfig {
             reconnect_attempts: 5,
             reconnect_initial_delay: Duration::from_millis(500),
             reconnect_max_delay: Duration::from_secs(10),
+            max_streams: 16,
         }
     }
 }
@@ -675,7 +688,7 @@ async fn establish(
             .map(|v| v.as_str()),
         &session.url,
     );
-    let (sdp, streams) = streams_of(describe.body(), &base)?;
+    let (sdp, streams) = streams_of(describe.body(), &base, config.max_streams)?;
     session.streams = streams;
     *stats_cell.write().unwrap() = Arc::new(
         session
@@ -753,6 +766,7 @@ async fn connect(
     // arrival of what the read brought.
     let mut per_read: Option<(SharedStats, bool, Instant)> = None;
     let base_url = url.clone();
+    let max_streams = config.max_streams;
     Connection::connect(
         &host,
         port,
@@ -791,7 +805,8 @@ async fn connect(
                         .or_else(|| req.request_uri().map(|u| u.to_string()))
                         .unwrap_or_else(|| base_url.to_string());
                     events(ClientEvent::Announce {
-                        streams: streams_of(req.body(), &base).map(|(_, streams)| streams),
+                        streams: streams_of(req.body(), &base, max_streams)
+                            .map(|(_, streams)| streams),
                     });
                 }
                 Method::Redirect => {
@@ -870,10 +885,18 @@ impl Batches {
 fn streams_of(
     body: &[u8],
     base: &str,
+    max_streams: usize,
 ) -> Result<(SessionDescription, Vec<StreamInfo>), ClientError> {
     let sdp = SessionDescription::parse(body).map_err(|e| ClientError::Sdp(e.to_string()))?;
     if sdp.media.is_empty() {
         return Err(ClientError::Sdp("no RTP media in the description".into()));
+    }
+    let max = max_streams.min(MAX_STREAMS_LIMIT);
+    if sdp.media.len() > max {
+        return Err(ClientError::Sdp(format!(
+            "the description lists {} streams, more than the {max} allowed (max-streams)",
+            sdp.media.len()
+        )));
     }
     let streams = sdp
         .media
@@ -1070,7 +1093,12 @@ impl Session {
             let mut sockets = None;
             let transport = match kind {
                 TransportKind::Tcp => {
-                    TransportSpec::tcp_interleaved((2 * i as u8, 2 * i as u8 + 1)).to_string()
+                    let channels = interleaved_channels(i).ok_or_else(|| {
+                        ClientError::NoTransport(format!(
+                            "stream {i} has no interleaved channels left (at most {MAX_STREAMS_LIMIT} streams)"
+                        ))
+                    })?;
+                    TransportSpec::tcp_interleaved(channels).to_string()
                 }
                 TransportKind::Udp => {
                     let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -1115,8 +1143,11 @@ impl Session {
                 .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
             let stream_transport = match (kind, reply.lower, reply.multicast) {
                 (TransportKind::Tcp, LowerTransport::Tcp, _) => {
-                    let (rtp_ch, rtcp_ch) =
-                        reply.interleaved.unwrap_or((2 * i as u8, 2 * i as u8 + 1));
+                    // Ours when the server names none (the request had them: they exist).
+                    let (rtp_ch, rtcp_ch) = reply
+                        .interleaved
+                        .or_else(|| interleaved_channels(i))
+                        .unwrap_or_default();
                     let mut map = channels.write().unwrap();
                     map.insert(rtp_ch, (i, false));
                     map.insert(rtcp_ch, (i, true));
@@ -1287,4 +1318,51 @@ fn join_multicast(
     sock.join_multicast_v4(&group, &iface).map_err(io)?;
     let _ = sock.set_recv_buffer_size(1 << 20);
     Ok(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_channels_never_overflow() {
+        assert_eq!(interleaved_channels(0), Some((0, 1)));
+        assert_eq!(interleaved_channels(127), Some((254, 255)));
+        assert_eq!(
+            interleaved_channels(MAX_STREAMS_LIMIT - 1),
+            Some((254, 255))
+        );
+        for i in [128, 129, 200, 255, 256, usize::MAX / 2, usize::MAX] {
+            assert_eq!(interleaved_channels(i), None, "{i}");
+        }
+    }
+
+    fn sdp_with_media(n: usize) -> Vec<u8> {
+        let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n");
+        for i in 0..n {
+            sdp.push_str(&format!(
+                "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream={i}\r\n"
+            ));
+        }
+        sdp.into_bytes()
+    }
+
+    #[test]
+    fn the_number_of_streams_is_capped() {
+        let (_, streams) = streams_of(&sdp_with_media(16), "rtsp://h/", 16).unwrap();
+        assert_eq!(streams.len(), 16);
+        let err = streams_of(&sdp_with_media(17), "rtsp://h/", 16).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("17 streams") && text.contains("16"), "{text}");
+        // Never more than the channels allow, whatever the setting.
+        assert_eq!(
+            streams_of(&sdp_with_media(128), "rtsp://h/", usize::MAX)
+                .unwrap()
+                .1
+                .len(),
+            128
+        );
+        let err = streams_of(&sdp_with_media(200), "rtsp://h/", usize::MAX).unwrap_err();
+        assert!(err.to_string().contains("200 streams"), "{err}");
+    }
 }
