@@ -26,7 +26,9 @@ use crate::rtp::jitterbuffer::{
     JitterBuffer, JitterBufferConfig, JitterBufferStats, Output as JbOutput,
 };
 use crate::rtsp::auth::Credentials;
-use crate::rtsp::client::{Client, ClientConfig, ClientEvent, StreamInfo, TransportKind};
+use crate::rtsp::client::{
+    Client, ClientConfig, ClientEvent, StreamInfo, TransportKind, redact_url,
+};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -814,7 +816,7 @@ impl RtspSrc2 {
                 gst::warning!(CAT, imp = self, "ignoring an unusable ANNOUNCE: {}", e);
             }
             ClientEvent::Redirect { location } => {
-                gst::info!(CAT, imp = self, "redirected to {}", location);
+                gst::info!(CAT, imp = self, "redirected to {}", redact_url(&location));
             }
             ClientEvent::Reconnecting {
                 attempt,
@@ -873,7 +875,11 @@ impl RtspSrc2 {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::OpenRead,
-                    ("Could not play {}: {}", location.unwrap_or_default(), err)
+                    (
+                        "Could not play {}: {}",
+                        redact_url(location.as_deref().unwrap_or_default()),
+                        err
+                    )
                 );
             }
         }
@@ -901,7 +907,7 @@ impl RtspSrc2 {
             .build();
         let caps = stream_caps(info);
         gst::debug!(CAT, obj = pad, "caps {}", caps);
-        let stream_id = format!("{}/{}", info.control, info.index);
+        let stream_id = format!("{}/{}", redact_url(&info.control), info.index);
         let stream_id_for_work = stream_id.clone();
         let signals = Arc::new(StreamSignals::default());
         let latency = Duration::from_millis(u64::from(self.settings.lock().unwrap().latency_ms));
@@ -1097,9 +1103,11 @@ impl RtspSrc2 {
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let config = self.settings.lock().unwrap().client_config().map_err(|e| {
+        let mut config = self.settings.lock().unwrap().client_config().map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
         })?;
+        // The core's log records carry the element's name (`GST_DEBUG=lsrtsp:5` shows <src>).
+        config.name = self.obj().name().to_string();
         let weak = self.obj().downgrade();
         let state = self.state.clone();
         let client = Client::start(config, move |event| match event {
@@ -1535,8 +1543,12 @@ impl URIHandlerImpl for RtspSrc2 {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let url = url::Url::parse(uri)
-            .map_err(|e| glib::Error::new(gst::URIError::BadUri, &format!("'{uri}': {e}")))?;
+        let url = url::Url::parse(uri).map_err(|e| {
+            glib::Error::new(
+                gst::URIError::BadUri,
+                &format!("'{}': {e}", redact_url(uri)),
+            )
+        })?;
         self.settings.lock().unwrap().location = Some(url.to_string());
         Ok(())
     }

@@ -66,6 +66,33 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// `location` without the userinfo (`user:password@`) of its authority, for error messages and
+/// logs: a location is never shown with its credentials. Works on any text: every URL in it
+/// (`scheme://`) loses its userinfo, and a string that is no valid URL is shown without what
+/// looks like credentials.
+pub fn redact_url(location: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut done = 0;
+    let mut from = 0;
+    while let Some(found) = location[from..].find("://") {
+        let authority_start = from + found + 3;
+        let rest = &location[authority_start..];
+        let authority_len = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_len].rfind('@') {
+            out.push_str(&location[done..authority_start]);
+            done = authority_start + at + 1;
+        }
+        from = authority_start + authority_len;
+    }
+    if done == 0 {
+        return location.into();
+    }
+    out.push_str(&location[done..]);
+    out.into()
+}
+
 /// Lower transports the client may try, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
@@ -101,6 +128,8 @@ pub struct ClientConfig {
     /// Streams (SDP media) a description may list at most; more is an error. At most
     /// [`MAX_STREAMS_LIMIT`]: each stream takes two interleaved channels of 256.
     pub max_streams: usize,
+    /// Who is playing: the `id` of the client's log records (rtspsrc2's element name).
+    pub name: String,
 }
 
 /// The most streams one RTSP connection can carry interleaved: two channels (RTP, RTCP) each.
@@ -135,6 +164,7 @@ impl Default for ClientConfig {
             reconnect_initial_delay: Duration::from_millis(500),
             reconnect_max_delay: Duration::from_secs(10),
             max_streams: 16,
+            name: "rtsp-client".into(),
         }
     }
 }
@@ -356,6 +386,8 @@ enum StreamTransport {
 }
 
 struct Session {
+    /// The `id` of log records.
+    name: String,
     conn: Arc<Connection>,
     /// Where the streams' figures are kept (the request round-trip time goes there too).
     stats: Arc<RwLock<SharedStats>>,
@@ -431,6 +463,13 @@ async fn run(
                 let received: u64 = stats_cell.read().unwrap().iter()
                     .map(|s| s.lock().unwrap().1.packets_received).sum();
                 if received == 0 {
+                    log::debug!(
+                        id = config.name.as_str();
+                        "{}: no data over {:?} within {:?} of PLAY (a firewall or NAT dropping UDP?): setting the session up again over TCP",
+                        session.conn.peer(),
+                        session.kind,
+                        config.udp_timeout
+                    );
                     events(ClientEvent::FallingBack { from: session.kind, to: TransportKind::Tcp });
                     let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
                     session.reset_transports(&channels);
@@ -474,6 +513,13 @@ async fn run(
             }
             _ = keepalive.tick(), if config.keep_alive => {
                 let method = if session.get_parameter_supported { Method::GetParameter } else { Method::Options };
+                log::debug!(
+                    id = config.name.as_str();
+                    "{}: keep-alive {method:?} (session timeout {:?}, {})",
+                    session.conn.peer(),
+                    session.timeout,
+                    if session.get_parameter_supported { "the server lists GET_PARAMETER" } else { "the server does not list GET_PARAMETER" }
+                );
                 if let Err(e) = session.simple(method, Vec::new()).await {
                     events(ClientEvent::Error(e));
                 }
@@ -487,6 +533,12 @@ async fn run(
                 control_rx = rx;
                 match msg {
                     Some(Control::Redirect(location)) => {
+                        log::debug!(
+                            id = config.name.as_str();
+                            "{}: REDIRECT to {}: tearing down, a new session there",
+                            session.conn.peer(),
+                            redact_url(&location)
+                        );
                         // RFC 2326 10.10: TEARDOWN here, a new session there.
                         let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
                         session.reset_transports(&channels);
@@ -564,6 +616,12 @@ async fn reconnect(
     let mut protocols = vec![old.kind];
     protocols.extend(config.protocols.iter().filter(|k| **k != old.kind));
     for attempt in 1..=config.reconnect_attempts {
+        log::debug!(
+            id = config.name.as_str();
+            "{}: reconnection attempt {attempt} of {} in {delay:?}, over {protocols:?}: {last}",
+            redact_url(&config.url),
+            config.reconnect_attempts
+        );
         events(ClientEvent::Reconnecting {
             attempt,
             of: config.reconnect_attempts,
@@ -599,6 +657,7 @@ async fn reconnect(
             config.reconnect_attempts
         )
     };
+    log::debug!(id = config.name.as_str(); "giving up: {reason}");
     events(ClientEvent::Closed { reason });
     None
 }
@@ -615,11 +674,12 @@ async fn establish(
     stats_cell: &Arc<RwLock<SharedStats>>,
     control_tx: mpsc::UnboundedSender<Control>,
 ) -> Result<Session, ClientError> {
-    let mut url = Url::parse(&config.url)
-        .map_err(|e| ClientError::Protocol(format!("invalid URL '{}': {e}", config.url)))?;
+    let mut url = Url::parse(&config.url).map_err(|e| {
+        ClientError::Protocol(format!("invalid URL '{}': {e}", redact_url(&config.url)))
+    })?;
     let (url_credentials, clean) = auth::split_url_credentials(&url);
     url = clean;
-    let credentials = config.credentials.clone().or(url_credentials);
+    let mut credentials = config.credentials.clone().or(url_credentials);
 
     let mut redirects = 0;
     let (mut session, describe) = loop {
@@ -633,6 +693,7 @@ async fn establish(
         )
         .await?;
         let mut session = Session {
+            name: config.name.clone(),
             conn: Arc::new(conn),
             stats: stats_cell.clone(),
             id: None,
@@ -670,8 +731,21 @@ async fn establish(
             if redirects > 5 {
                 return Err(ClientError::Protocol("too many redirects".into()));
             }
-            url = Url::parse(location.as_str())
+            let target = Url::parse(location.as_str())
                 .map_err(|e| ClientError::Protocol(format!("bad redirect Location: {e}")))?;
+            // Credentials in the Location are used, never sent in request lines or shown.
+            let (target_credentials, clean) = auth::split_url_credentials(&target);
+            url = clean;
+            credentials = config
+                .credentials
+                .clone()
+                .or(target_credentials)
+                .or(credentials);
+            log::debug!(
+                id = config.name.as_str();
+                "{}: DESCRIBE redirected ({status}) to {url}",
+                session.conn.peer()
+            );
             events(ClientEvent::Redirect {
                 location: url.to_string(),
             });
@@ -725,6 +799,11 @@ async fn establish(
             }
             Err(e @ ClientError::Status { status: 461, .. })
             | Err(e @ ClientError::NoTransport(_)) => {
+                log::debug!(
+                    id = config.name.as_str();
+                    "{}: {kind:?} refused ({e}), trying the next of {protocols:?}",
+                    session.conn.peer()
+                );
                 last_err = Some(e);
                 session.reset_transports(channels);
             }
@@ -737,6 +816,14 @@ async fn establish(
         ));
     };
     session.kind = kind;
+    log::debug!(
+        id = config.name.as_str();
+        "{}: {} streams set up over {kind:?}, session {}, timeout {:?}",
+        session.conn.peer(),
+        session.streams.len(),
+        session.id.as_deref().unwrap_or("-"),
+        session.timeout
+    );
     events(ClientEvent::SetUp { transport: kind });
     session.play(Some("npt=0-"), events).await?;
     Ok(session)
@@ -773,6 +860,7 @@ async fn connect(
         config.tcp_timeout,
         config.limits,
         config.user_agent.clone(),
+        config.name.clone(),
         move |incoming| match incoming {
             Incoming::Interleaved { channel, data } => {
                 let target = channels.read().unwrap().get(&channel).copied();
@@ -1131,6 +1219,12 @@ impl Session {
                     .ok_or_else(|| {
                         ClientError::Protocol("SETUP answered without Session".into())
                     })?;
+                log::debug!(
+                    id = self.name.as_str();
+                    "{}: session {id}, timeout {}",
+                    self.conn.peer(),
+                    timeout.map_or("not given (60 s assumed)".into(), |t| format!("{} s", t.as_secs()))
+                );
                 self.id = Some(id);
                 if let Some(t) = timeout {
                     self.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
@@ -1185,6 +1279,12 @@ impl Session {
                     )));
                 }
             };
+            log::debug!(
+                id = self.name.as_str();
+                "{}: stream {i} ({}) over {kind:?}: the server answered `{reply}`",
+                self.conn.peer(),
+                redact_url(&self.streams[i].control)
+            );
             self.transports.push(stream_transport);
         }
         Ok(())
@@ -1287,6 +1387,12 @@ impl Session {
             };
             let mut out = Vec::with_capacity(64);
             rtcp::write_receiver_report(&rr, "rtspsrc2", &mut out);
+            log::trace!(
+                id = self.name.as_str();
+                "{}: RTCP receiver report for stream {i}: {:?}",
+                self.conn.peer(),
+                rr
+            );
             match transport {
                 StreamTransport::Udp {
                     rtcp,
@@ -1364,5 +1470,31 @@ mod tests {
         );
         let err = streams_of(&sdp_with_media(200), "rtsp://h/", usize::MAX).unwrap_err();
         assert!(err.to_string().contains("200 streams"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        for (location, shown) in [
+            ("rtsp://user:secret@cam:554/live", "rtsp://cam:554/live"),
+            ("rtsp://user@cam/live", "rtsp://cam/live"),
+            (
+                "rtsp://us%40er:p%40ss@cam/live?x=a@b",
+                "rtsp://cam/live?x=a@b",
+            ),
+            ("rtsp://user:p@ss@cam", "rtsp://cam"),
+            ("rtsp://user:secret@[::1]:8554/", "rtsp://[::1]:8554/"),
+            ("rtsp://cam/live@path", "rtsp://cam/live@path"),
+            ("rtsp://cam/live", "rtsp://cam/live"),
+            ("not a url user:secret@", "not a url user:secret@"),
+            ("rtsp://user:secret@", "rtsp://"),
+            ("", ""),
+            (
+                "url=rtsp://a:b@h/1;seq=1, url=rtsp://c:d@h/2;seq=2",
+                "url=rtsp://h/1;seq=1, url=rtsp://h/2;seq=2",
+            ),
+            ("Location: rtsp://u:p@h:554", "Location: rtsp://h:554"),
+        ] {
+            assert_eq!(redact_url(location), shown, "{location}");
+        }
     }
 }
