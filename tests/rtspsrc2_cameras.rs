@@ -1226,3 +1226,22 @@ fn reolink_live555_fmtp_with_spaces_and_trailing_semicolon() {
         30,
     );
 }
+
+/// Cameras list a keep-alive method in `Public` and refuse it with 400 (the C520WS and the
+/// Tapo C220 do so with SET_PARAMETER: scottlamb/retina#133 and #136); here the method is
+/// GET_PARAMETER, the one our keep-alive picks from `Public`. The session times out after 4 s
+/// without requests: a refused keep-alive must not end the stream, and the session must stay
+/// alive (with OPTIONS from then on).
+#[test]
+fn keep_alive_method_listed_but_refused() {
+    both_play(
+        Camera {
+            public: "OPTIONS, DESCRIBE, SETUP, TEARDOWN, PLAY, PAUSE, GET_PARAMETER, SET_PARAMETER",
+            session: "7C3A19E2;timeout=4",
+            get_parameter_status: "400 Bad Request",
+            session_deadline: Some(Duration::from_millis(5500)),
+            ..PLAIN
+        },
+        240,
+    );
+}

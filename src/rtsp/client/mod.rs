@@ -520,8 +520,24 @@ async fn run(
                     session.timeout,
                     if session.get_parameter_supported { "the server lists GET_PARAMETER" } else { "the server does not list GET_PARAMETER" }
                 );
-                if let Err(e) = session.simple(method, Vec::new()).await {
-                    events(ClientEvent::Error(e));
+                // A refused or unanswered keep-alive is not the end of the session (cameras
+                // list GET_PARAMETER and refuse it; a dead connection shows as its end):
+                // warn, and keep the session alive with OPTIONS from then on.
+                match session.simple(method.clone(), Vec::new()).await {
+                    Ok(_) => {}
+                    Err(e @ ClientError::Status { .. }) if method == Method::GetParameter => {
+                        log::warn!(
+                            id = config.name.as_str();
+                            "{}: the keep-alive GET_PARAMETER was refused ({e}): using OPTIONS instead",
+                            session.conn.peer()
+                        );
+                        session.get_parameter_supported = false;
+                    }
+                    Err(e) => log::warn!(
+                        id = config.name.as_str();
+                        "{}: keep-alive {method:?} failed: {e}",
+                        session.conn.peer()
+                    ),
                 }
             }
             _ = rtcp_tick.tick() => {
