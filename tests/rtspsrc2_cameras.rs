@@ -6,7 +6,7 @@
 //!   a wrong password never shows in errors, warnings, bus messages or our logs.
 //! * A camera-quirks suite: a scripted RTSP server answering as a given camera does (from
 //!   public reports of real cameras, cited per case), sending real H.264 (x264enc's output,
-//!   payloaded by rtph264pay) interleaved over TCP. The stock `rtspsrc` and ours are run
+//!   payloaded by rtph264pay) interleaved over TCP (or over UDP). The stock `rtspsrc` and ours are run
 //!   against each case as gst-launch-1.0 children with the same pipeline: ours must play every
 //!   case the stock element plays.
 
@@ -443,6 +443,9 @@ struct Camera {
     /// Also send RTCP Sender Reports on the video's RTCP channel, and junk on a channel
     /// nobody set up.
     rtcp_and_stray_channels: bool,
+    /// Serve over UDP (the clients run with `protocols=udp`): `{a}`/`{b}` in `transport` are
+    /// then the client's ports, `{sa}`/`{sb}` the camera's.
+    udp: bool,
 }
 
 const PASSWORD: &str = "Cam3raPw9";
@@ -466,7 +469,15 @@ const PLAIN: Camera = Camera {
     session_deadline: None,
     video_pt: 96,
     rtcp_and_stray_channels: false,
+    udp: false,
 };
+
+/// Where the video goes: interleaved channels (RTP, RTCP), or a client's UDP port.
+#[derive(Clone, Copy)]
+enum Delivery {
+    Tcp(u8, u8),
+    Udp(std::net::SocketAddr),
+}
 
 const SEQ0: u16 = 17000;
 const RTPTIME0: u32 = 123_456_789;
@@ -693,7 +704,11 @@ fn serve_camera(
         }
     }
     let video = media.iter().position(|(m, _)| m == "video");
-    let mut video_channels = None;
+    let mut video_delivery = None;
+    // The camera's UDP socket (its RTP port; RTCP would be the next).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server_port = udp.local_addr().unwrap().port();
+    let udp = Arc::new(udp);
     let mut setups = 0;
     let mut pending = Vec::new();
     let streaming = Arc::new(AtomicBool::new(false));
@@ -732,26 +747,35 @@ fn serve_camera(
                         let control = control.trim_end_matches('/');
                         !control.is_empty() && url.ends_with(control)
                     });
-                    let channels = req.header("Transport").and_then(|t| {
-                        let v = t
-                            .split(';')
-                            .find_map(|p| p.trim().strip_prefix("interleaved="))?;
+                    let param = |name: &str| {
+                        let t = req.header("Transport")?;
+                        let v = t.split(';').find_map(|p| p.trim().strip_prefix(name))?;
                         let (a, b) = v.split_once('-')?;
-                        Some((a.trim().parse::<u8>().ok()?, b.trim().parse::<u8>().ok()?))
-                    });
-                    match (index, channels) {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    };
+                    let asked = if camera.udp {
+                        param("client_port=")
+                            .map(|(a, b)| (a, b, Delivery::Udp(([127, 0, 0, 1], a).into())))
+                    } else {
+                        param("interleaved=")
+                            .filter(|(a, b)| *a < 256 && *b < 256)
+                            .map(|(a, b)| (a, b, Delivery::Tcp(a as u8, b as u8)))
+                    };
+                    match (index, asked) {
                         (None, _) => status = "404 Not Found".into(),
                         (_, None) => status = "461 Unsupported Transport".into(),
-                        (Some(i), Some((a, b))) => {
+                        (Some(i), Some((a, b, delivery))) => {
                             if Some(i) == video {
-                                video_channels = Some((a, b));
+                                video_delivery = Some(delivery);
                             }
                             headers.push((
                                 "Transport".into(),
                                 camera
                                     .transport
                                     .replace("{a}", &a.to_string())
-                                    .replace("{b}", &b.to_string()),
+                                    .replace("{b}", &b.to_string())
+                                    .replace("{sa}", &server_port.to_string())
+                                    .replace("{sb}", &(server_port + 1).to_string()),
                             ));
                             headers.push((
                                 "Session".into(),
@@ -787,14 +811,15 @@ fn serve_camera(
         }
         if req.method == "PLAY"
             && status.starts_with("200")
-            && let Some((rtp_channel, rtcp_channel)) = video_channels
+            && let Some(delivery) = video_delivery
             && !streaming.swap(true, Ordering::Relaxed)
         {
             deadline = camera.session_deadline.map(|d| Instant::now() + d);
             let writer = writer.clone();
             let streaming = streaming.clone();
+            let udp = udp.clone();
             std::thread::spawn(move || {
-                stream_video(camera, clip, &writer, rtp_channel, rtcp_channel, &streaming)
+                stream_video(camera, clip, &writer, &udp, delivery, &streaming)
             });
         }
     }
@@ -807,8 +832,8 @@ fn stream_video(
     camera: Camera,
     clip: &Clip,
     writer: &Mutex<TcpStream>,
-    rtp_channel: u8,
-    rtcp_channel: u8,
+    udp: &std::net::UdpSocket,
+    delivery: Delivery,
     streaming: &AtomicBool,
 ) {
     let ssrc: u32 = 0x6f7c_0001;
@@ -831,12 +856,24 @@ fn stream_video(
             seq = seq.wrapping_add(1);
             packets += 1;
             octets += (p.len() - 12) as u32;
-            out.push(b'$');
-            out.push(rtp_channel);
-            out.extend_from_slice(&(p.len() as u16).to_be_bytes());
-            out.extend_from_slice(&p);
+            match delivery {
+                Delivery::Tcp(rtp_channel, _) => {
+                    out.push(b'$');
+                    out.push(rtp_channel);
+                    out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&p);
+                }
+                Delivery::Udp(to) => {
+                    if udp.send_to(&p, to).is_err() {
+                        return;
+                    }
+                }
+            }
         }
-        if camera.rtcp_and_stray_channels && n % 15 == 0 {
+        if let Delivery::Tcp(_, rtcp_channel) = delivery
+            && camera.rtcp_and_stray_channels
+            && n % 15 == 0
+        {
             // A Sender Report (RFC 3550 6.4.1) on the RTCP channel.
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -857,7 +894,7 @@ fn stream_video(
             // And something on a channel no stream was set up on.
             out.extend_from_slice(b"$\x09\x00\x04junk");
         }
-        if writer.lock().unwrap().write_all(&out).is_err() {
+        if !out.is_empty() && writer.lock().unwrap().write_all(&out).is_err() {
             return;
         }
         let next = started + Duration::from_millis(33) * (n + 1);
@@ -870,7 +907,8 @@ fn stream_video(
 /// (a session the camera dropped and the client set up again does not count).
 fn both_play(camera: Camera, frames: u32) {
     let server = CameraServer::start(camera);
-    let props = format!("location={} protocols=tcp", server.url(&camera));
+    let protocols = if camera.udp { "udp" } else { "tcp" };
+    let props = format!("location={} protocols={protocols}", server.url(&camera));
     let within = Duration::from_secs(30) + Duration::from_millis(40) * frames;
     let stock = gst_launch_plays(Element::Stock, &props, frames, within);
     let stock_connections = server.connections.load(Ordering::Relaxed);
@@ -1253,5 +1291,35 @@ fn keep_alive_method_listed_but_refused() {
             ..PLAIN
         },
         240,
+    );
+}
+
+/// Over UDP, the webcam of scottlamb/retina#120 answers
+/// `RTP/AVP;ssrc=22345685;unicast;client_port=...;server_port=...`: ssrc first, the lower
+/// transport and `unicast` after it.
+#[test]
+fn udp_transport_with_ssrc_first() {
+    both_play(
+        Camera {
+            udp: true,
+            transport: "RTP/AVP;ssrc=22345685;unicast;client_port={a}-{b};server_port={sa}-{sb}",
+            ..PLAIN
+        },
+        30,
+    );
+}
+
+/// Over UDP, ibaRTSPServer's answer as captured in bluenviron/gortsplib#95: `RTP/AVP/UDP`, the
+/// ssrc in decimal (nine digits), a session id of dots and pluses.
+#[test]
+fn udp_transport_with_decimal_ssrc() {
+    both_play(
+        Camera {
+            udp: true,
+            transport: "RTP/AVP/UDP;unicast;client_port={a}-{b};server_port={sa}-{sb};ssrc=937239728",
+            session: "121.254.102.120+7789+937239728",
+            ..PLAIN
+        },
+        30,
     );
 }
