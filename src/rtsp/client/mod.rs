@@ -747,8 +747,12 @@ async fn establish(
             if redirects > 5 {
                 return Err(ClientError::Protocol("too many redirects".into()));
             }
-            let target = Url::parse(location.as_str())
-                .map_err(|e| ClientError::Protocol(format!("bad redirect Location: {e}")))?;
+            let target = self::parse::location(location.as_str(), &url).ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "bad redirect Location '{}'",
+                    redact_url(location.as_str())
+                ))
+            })?;
             // Credentials in the Location are used, never sent in request lines or shown.
             let (target_credentials, clean) = auth::split_url_credentials(&target);
             url = clean;
@@ -914,8 +918,17 @@ async fn connect(
                     });
                 }
                 Method::Redirect => {
-                    if let Some(loc) = req.header(&headers::LOCATION) {
-                        let location = loc.as_str().to_owned();
+                    let location = req
+                        .header(&headers::LOCATION)
+                        .map(|l| (l.as_str(), self::parse::location(l.as_str(), &base_url)));
+                    if let Some((raw, None)) = location {
+                        log::warn!(
+                            "ignoring a REDIRECT to the unusable Location `{}`",
+                            redact_url(raw)
+                        );
+                    }
+                    if let Some((_, Some(loc))) = location {
+                        let location = String::from(loc);
                         events(ClientEvent::Redirect {
                             location: location.clone(),
                         });

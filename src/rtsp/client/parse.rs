@@ -77,6 +77,20 @@ pub fn content_base(header: Option<&str>, request_url: &url::Url) -> String {
     request_url.to_string()
 }
 
+/// A `Location` (3xx answer or REDIRECT): trimmed and unquoted, made absolute against the
+/// request URL when it is a path; None when it is no URL.
+pub fn location(value: &str, request_url: &url::Url) -> Option<url::Url> {
+    let value = unquote(value);
+    if value.is_empty() {
+        return None;
+    }
+    match url::Url::parse(value) {
+        Ok(u) => Some(u),
+        Err(url::ParseError::RelativeUrlWithoutBase) => request_url.join(value).ok(),
+        Err(_) => None,
+    }
+}
+
 /// Parses RTP-Info, matching each entry to a stream by its `url`.
 ///
 /// Entries are separated by `,` and parameters by `;` outside quotes, with any whitespace
@@ -293,6 +307,20 @@ mod tests {
         assert_eq!(content_base(Some("/other/"), &req), "rtsp://cam:554/other/");
         // Unusable: the request URL.
         assert_eq!(content_base(Some("rtsp://[::1"), &req), req.as_str());
+    }
+
+    #[test]
+    fn location_forms() {
+        let req = url::Url::parse("rtsp://cam:554/live").unwrap();
+        let l = |v: &str| location(v, &req).map(String::from);
+        assert_eq!(
+            l("rtsp://other:8554/x").as_deref(),
+            Some("rtsp://other:8554/x")
+        );
+        assert_eq!(l(" \"rtsp://other/x\" ").as_deref(), Some("rtsp://other/x"));
+        assert_eq!(l("/elsewhere").as_deref(), Some("rtsp://cam:554/elsewhere"));
+        assert_eq!(l(""), None);
+        assert_eq!(l("rtsp://[::1"), None);
     }
 
     #[test]
