@@ -1323,3 +1323,28 @@ fn udp_transport_with_decimal_ssrc() {
         30,
     );
 }
+
+/// A "VCP IPC" camera (AlexxIT/go2rtc#1663): truncated `o=- 1001 1 IN` and `c=IN` lines,
+/// no `t=` line, absolute control URLs, an ONVIF metadata stream whose fmtp has a
+/// space-separated parameter; no session-level control and no Content-Base.
+#[test]
+fn truncated_origin_and_connection_lines_with_absolute_controls() {
+    both_play(
+        Camera {
+            path: "/media/video1",
+            content_base: None,
+            sdp: "v=0\r\no=- 1001 1 IN\r\ns=VCP IPC Realtime stream\r\n\
+                  m=video 0 RTP/AVP 105\r\nc=IN\r\na=control:{base}/video\r\n\
+                  a=rtpmap:105 H264/90000\r\n\
+                  a=fmtp:105 profile-level-id={plid}; packetization-mode=1; sprop-parameter-sets={sprop}\r\n\
+                  a=recvonly\r\n\
+                  m=application 0 RTP/AVP 107\r\nc=IN\r\na=control:{base}/metadata\r\n\
+                  a=rtpmap:107 vnd.onvif.metadata/90000\r\na=fmtp:107 DecoderTag=h3c-v3 RTCP=0\r\n\
+                  a=recvonly\r\n",
+            video_pt: 105,
+            rtp_info: Some("url={base}/video;seq={seq};rtptime={rtptime}"),
+            ..PLAIN
+        },
+        30,
+    );
+}
