@@ -435,6 +435,8 @@ struct Camera {
     challenges: Option<&'static [&'static str]>,
     /// The status GET_PARAMETER gets.
     get_parameter_status: &'static str,
+    /// GET_PARAMETER's answer carries the CSeq of the request before it.
+    get_parameter_previous_cseq: bool,
     /// After PLAY, the camera ends the session (closes the connection) when no request came
     /// for this long: it must be kept alive.
     session_deadline: Option<Duration>,
@@ -466,6 +468,7 @@ const PLAIN: Camera = Camera {
     range: "npt=0.000-",
     challenges: None,
     get_parameter_status: "200 OK",
+    get_parameter_previous_cseq: false,
     session_deadline: None,
     video_pt: 96,
     rtcp_and_stray_channels: false,
@@ -719,7 +722,12 @@ fn serve_camera(
         {
             deadline = Some(Instant::now() + d);
         }
-        let cseq = req.header("CSeq").unwrap_or("0").to_owned();
+        let mut cseq = req.header("CSeq").unwrap_or("0").to_owned();
+        if req.method == "GET_PARAMETER" && camera.get_parameter_previous_cseq {
+            cseq = cseq
+                .parse::<u32>()
+                .map_or(cseq, |c| c.saturating_sub(1).to_string());
+        }
         let mut status = "200 OK".to_owned();
         let mut headers = Vec::<(String, String)>::new();
         let mut body = String::new();
@@ -1346,5 +1354,25 @@ fn truncated_origin_and_connection_lines_with_absolute_controls() {
             ..PLAIN
         },
         30,
+    );
+}
+
+/// The TP-Link Tapo C220 and a C520WS answer a keep-alive they list but refuse with a 400 that
+/// carries the CSeq of the request before it (scottlamb/retina#133 and #136, where it tore
+/// the session down every 15 s): the answer matches no request. The keep-alive must neither
+/// end the stream nor hold up the client: the next ones keep the 4 s session alive, and the
+/// pipeline stops at once (the stock rtspsrc also plays it).
+#[test]
+fn keep_alive_answered_with_the_previous_cseq() {
+    both_play(
+        Camera {
+            public: "OPTIONS, DESCRIBE, SETUP, TEARDOWN, PLAY, GET_PARAMETER, SET_PARAMETER",
+            session: "6B2D8F01;timeout=4",
+            get_parameter_status: "400 Bad Request",
+            get_parameter_previous_cseq: true,
+            session_deadline: Some(Duration::from_millis(5500)),
+            ..PLAIN
+        },
+        240,
     );
 }

@@ -14,6 +14,7 @@ mod udp;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -396,7 +397,8 @@ struct Session {
     url: Url,
     auth: Option<Authenticator>,
     credentials: Option<Credentials>,
-    get_parameter_supported: bool,
+    /// The server lists GET_PARAMETER (and has not refused it as a keep-alive).
+    get_parameter_supported: Arc<AtomicBool>,
     kind: TransportKind,
     streams: Vec<StreamInfo>,
     transports: Vec<StreamTransport>,
@@ -511,35 +513,7 @@ async fn run(
                     }
                 }
             }
-            _ = keepalive.tick(), if config.keep_alive => {
-                let method = if session.get_parameter_supported { Method::GetParameter } else { Method::Options };
-                log::debug!(
-                    id = config.name.as_str();
-                    "{}: keep-alive {method:?} (session timeout {:?}, {})",
-                    session.conn.peer(),
-                    session.timeout,
-                    if session.get_parameter_supported { "the server lists GET_PARAMETER" } else { "the server does not list GET_PARAMETER" }
-                );
-                // A refused or unanswered keep-alive is not the end of the session (cameras
-                // list GET_PARAMETER and refuse it; a dead connection shows as its end):
-                // warn, and keep the session alive with OPTIONS from then on.
-                match session.simple(method.clone(), Vec::new()).await {
-                    Ok(_) => {}
-                    Err(e @ ClientError::Status { .. }) if method == Method::GetParameter => {
-                        log::warn!(
-                            id = config.name.as_str();
-                            "{}: the keep-alive GET_PARAMETER was refused ({e}): using OPTIONS instead",
-                            session.conn.peer()
-                        );
-                        session.get_parameter_supported = false;
-                    }
-                    Err(e) => log::warn!(
-                        id = config.name.as_str();
-                        "{}: keep-alive {method:?} failed: {e}",
-                        session.conn.peer()
-                    ),
-                }
-            }
+            _ = keepalive.tick(), if config.keep_alive => session.keep_alive(),
             _ = rtcp_tick.tick() => {
                 let stats = stats_cell.read().unwrap().clone();
                 session.send_receiver_reports(&stats, our_ssrc).await;
@@ -717,7 +691,7 @@ async fn establish(
             url: url.clone(),
             auth: None,
             credentials: credentials.clone(),
-            get_parameter_supported: false,
+            get_parameter_supported: Arc::default(),
             kind: TransportKind::Tcp,
             streams: Vec::new(),
             transports: Vec::new(),
@@ -727,8 +701,10 @@ async fn establish(
         if let Ok(resp) = session.send(Method::Options, &url, Vec::new(), &[]).await
             && let Some(public) = resp.header(&headers::PUBLIC)
         {
-            session.get_parameter_supported =
-                self::parse::public_lists(public.as_str(), "GET_PARAMETER");
+            session.get_parameter_supported.store(
+                self::parse::public_lists(public.as_str(), "GET_PARAMETER"),
+                Ordering::Relaxed,
+            );
         }
         let resp = session
             .send(
@@ -1101,7 +1077,106 @@ fn check(resp: &Response<Vec<u8>>, method: &str) -> Result<(), ClientError> {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Its RTCP readers and a keep-alive waiting for its answer end with it.
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
 impl Session {
+    /// A request on this session: its id, credentials for the current challenge, a body as
+    /// `text/parameters`.
+    fn build_request(
+        &mut self,
+        method: Method,
+        url: &Url,
+        body: Vec<u8>,
+        extra: &[(rtsp_types::HeaderName, &str)],
+    ) -> Request<Vec<u8>> {
+        let method_name = format!("{method:?}").to_uppercase();
+        let mut b = Request::builder(method, Version::V1_0).request_uri(url.clone());
+        for (name, value) in extra {
+            b = b.header(name.clone(), *value);
+        }
+        if let Some(id) = &self.id {
+            b = b.header(headers::SESSION, id.as_str());
+        }
+        if let Some(a) = &mut self.auth {
+            b = b.header(
+                headers::AUTHORIZATION,
+                a.authorization(&method_name, url.as_str()),
+            );
+        }
+        if !body.is_empty() {
+            b = b.header(headers::CONTENT_TYPE, "text/parameters");
+        }
+        b.build(body)
+    }
+
+    /// Sends a keep-alive (GET_PARAMETER when the server lists it, OPTIONS otherwise) whose
+    /// answer a task of its own waits for: commands, RTCP and stopping never wait for it, even
+    /// when a camera answers it with another CSeq or not at all. A refused or unanswered
+    /// keep-alive is not the end of the session (a dead connection shows as its end): a
+    /// warning, and a refused GET_PARAMETER makes the next keep-alives OPTIONS.
+    fn keep_alive(&mut self) {
+        let get_parameter = self.get_parameter_supported.load(Ordering::Relaxed);
+        let method = if get_parameter {
+            Method::GetParameter
+        } else {
+            Method::Options
+        };
+        log::debug!(
+            id = self.name.as_str();
+            "{}: keep-alive {method:?} (session timeout {:?}, {})",
+            self.conn.peer(),
+            self.timeout,
+            if get_parameter {
+                "the server lists GET_PARAMETER"
+            } else {
+                "the server does not list GET_PARAMETER"
+            }
+        );
+        let url = self.url.clone();
+        let request = self.build_request(method.clone(), &url, Vec::new(), &[]);
+        let conn = self.conn.clone();
+        let stats = self.stats.clone();
+        let supported = self.get_parameter_supported.clone();
+        let name = self.name.clone();
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let result = conn.request(request).await;
+            let peer = conn.peer();
+            match result {
+                Ok(resp) if resp.status().is_success() => {
+                    let round_trip = sent.elapsed();
+                    for slot in stats.read().unwrap().iter() {
+                        slot.lock().unwrap().1.round_trip = Some(round_trip);
+                    }
+                }
+                Ok(resp) if method == Method::GetParameter => {
+                    log::warn!(
+                        id = name.as_str();
+                        "{peer}: the keep-alive GET_PARAMETER was refused ({} {}): using OPTIONS instead",
+                        u16::from(resp.status()),
+                        resp.reason_phrase()
+                    );
+                    supported.store(false, Ordering::Relaxed);
+                }
+                Ok(resp) => log::warn!(
+                    id = name.as_str();
+                    "{peer}: the keep-alive {method:?} was answered {} {}",
+                    u16::from(resp.status()),
+                    resp.reason_phrase()
+                ),
+                Err(e) => log::warn!(id = name.as_str(); "{peer}: keep-alive {method:?} failed: {e}"),
+            }
+        }));
+    }
+
     /// Sends a request, answering authentication challenges.
     async fn send(
         &mut self,
@@ -1112,24 +1187,9 @@ impl Session {
     ) -> Result<Response<Vec<u8>>, ClientError> {
         let method_name = format!("{method:?}").to_uppercase();
         for _attempt in 0..3 {
-            let mut b = Request::builder(method.clone(), Version::V1_0).request_uri(url.clone());
-            for (name, value) in extra {
-                b = b.header(name.clone(), *value);
-            }
-            if let Some(id) = &self.id {
-                b = b.header(headers::SESSION, id.as_str());
-            }
-            if let Some(a) = &mut self.auth {
-                b = b.header(
-                    headers::AUTHORIZATION,
-                    a.authorization(&method_name, url.as_str()),
-                );
-            }
-            if !body.is_empty() {
-                b = b.header(headers::CONTENT_TYPE, "text/parameters");
-            }
+            let request = self.build_request(method.clone(), url, body.clone(), extra);
             let sent = Instant::now();
-            let resp = self.conn.request(b.build(body.clone())).await?;
+            let resp = self.conn.request(request).await?;
             let round_trip = sent.elapsed();
             for slot in self.stats.read().unwrap().iter() {
                 slot.lock().unwrap().1.round_trip = Some(round_trip);
