@@ -752,6 +752,7 @@ async fn establish(
     };
 
     let base = self::parse::content_base(
+        &config.name,
         describe
             .header(&headers::CONTENT_BASE)
             .or_else(|| describe.header(&headers::CONTENT_LOCATION))
@@ -850,6 +851,7 @@ async fn connect(
     let mut per_read: Option<(SharedStats, bool, Instant)> = None;
     let base_url = url.clone();
     let max_streams = config.max_streams;
+    let log_name = config.name.clone();
     Connection::connect(
         &host,
         port,
@@ -899,6 +901,7 @@ async fn connect(
                         .map(|l| (l.as_str(), self::parse::location(l.as_str(), &base_url)));
                     if let Some((raw, None)) = location {
                         log::warn!(
+                            id = log_name.as_str();
                             "ignoring a REDIRECT to the unusable Location `{}`",
                             redact_url(raw)
                         );
@@ -1304,7 +1307,7 @@ impl Session {
             if self.id.is_none() {
                 let (id, timeout) = resp
                     .header(&headers::SESSION)
-                    .and_then(|v| self::parse::parse_session(v.as_str()))
+                    .and_then(|v| self::parse::parse_session(&self.name, v.as_str()))
                     .ok_or_else(|| {
                         ClientError::Protocol("SETUP answered without Session".into())
                     })?;
@@ -1443,7 +1446,7 @@ impl Session {
         check(&resp, "PLAY")?;
         let rtp_info = resp
             .header(&headers::RTP_INFO)
-            .map(|v| self::parse::parse_rtp_info(v.as_str(), &self.streams))
+            .map(|v| self::parse::parse_rtp_info(&self.name, v.as_str(), &self.streams))
             .unwrap_or_default();
         events(ClientEvent::Playing {
             rtp_info,

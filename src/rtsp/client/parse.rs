@@ -21,12 +21,14 @@ use std::time::Duration;
 use super::{RtpInfo, StreamInfo};
 use crate::rtsp::transport::split_unquoted;
 
+/// `name` is the `id` of the warnings logged (the element's name).
+///
 /// `Session: id[;timeout=N]`: the session id and, if given and readable, the timeout.
 ///
 /// The id is what precedes the first `;`, trimmed and unquoted; cameras also write
 /// `id; timeout = 60`, `id;Timeout=60` and `id;timeout="60"`. A malformed timeout is ignored
 /// with a warning (the default applies). None: no id at all.
-pub fn parse_session(value: &str) -> Option<(String, Option<Duration>)> {
+pub fn parse_session(name: &str, value: &str) -> Option<(String, Option<Duration>)> {
     let mut params = split_unquoted(value, ';');
     let id = unquote(params.next().unwrap_or_default());
     if id.is_empty() {
@@ -36,12 +38,12 @@ pub fn parse_session(value: &str) -> Option<(String, Option<Duration>)> {
     for param in params.filter(|p| !p.is_empty()) {
         let (key, v) = key_value(param);
         if !key.eq_ignore_ascii_case("timeout") {
-            log::warn!("Session: ignoring the unknown parameter `{param}`");
+            log::warn!(id = name; "Session: ignoring the unknown parameter `{param}`");
             continue;
         }
         match v.and_then(|v| v.parse::<u64>().ok()) {
             Some(secs) => timeout = Some(Duration::from_secs(secs)),
-            None => log::warn!("Session: ignoring the malformed parameter `{param}`"),
+            None => log::warn!(id = name; "Session: ignoring the malformed parameter `{param}`"),
         }
     }
     Some((id.to_owned(), timeout))
@@ -58,7 +60,7 @@ pub fn public_lists(value: &str, method: &str) -> bool {
 /// The base URL for the description's control URLs: `Content-Base` (or `Content-Location`) as
 /// the server sent it, trimmed and unquoted, made absolute against the request URL when it is
 /// relative; the request URL when the header is missing, empty or unusable (with a warning).
-pub fn content_base(header: Option<&str>, request_url: &url::Url) -> String {
+pub fn content_base(name: &str, header: Option<&str>, request_url: &url::Url) -> String {
     let Some(value) = header.map(unquote).filter(|v| !v.is_empty()) else {
         return request_url.to_string();
     };
@@ -72,6 +74,7 @@ pub fn content_base(header: Option<&str>, request_url: &url::Url) -> String {
         return joined.to_string();
     }
     log::warn!(
+        id = name;
         "Content-Base: ignoring the unusable value `{value}`, using the request URL instead"
     );
     request_url.to_string()
@@ -99,7 +102,7 @@ pub fn location(value: &str, request_url: &url::Url) -> Option<url::Url> {
 /// relative, quoted or not, with or without a trailing slash: an entry belongs to the stream
 /// whose control URL ends with the entry's URL (or the other way round). With one stream, an
 /// entry that matches nothing (cameras answer with the presentation URL) belongs to it.
-pub fn parse_rtp_info(value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
+pub fn parse_rtp_info(name: &str, value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
     let mut out: Vec<RtpInfo> = Vec::new();
     for entry in split_unquoted(value, ',').filter(|e| !e.is_empty()) {
         let mut info = RtpInfo::default();
@@ -123,16 +126,16 @@ pub fn parse_rtp_info(value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
                 // RFC 7826 section 18.45 adds ssrc; we take the SSRC from the packets.
                 "ssrc" => true,
                 _ => {
-                    log::warn!("RTP-Info: ignoring the unknown parameter `{param}`");
+                    log::warn!(id = name; "RTP-Info: ignoring the unknown parameter `{param}`");
                     true
                 }
             };
             if !ok {
-                log::warn!("RTP-Info: ignoring the malformed parameter `{param}`");
+                log::warn!(id = name; "RTP-Info: ignoring the malformed parameter `{param}`");
             }
         }
         let Some(url) = url else {
-            log::warn!("RTP-Info: ignoring the entry `{entry}` without url");
+            log::warn!(id = name; "RTP-Info: ignoring the entry `{entry}` without url");
             continue;
         };
         let matched = streams
@@ -145,7 +148,7 @@ pub fn parse_rtp_info(value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
                 out.push(info);
             }
             Some(_) => {}
-            None => log::warn!("RTP-Info: the url `{url}` names none of the streams"),
+            None => log::warn!(id = name; "RTP-Info: the url `{url}` names none of the streams"),
         }
     }
     out
@@ -236,7 +239,7 @@ mod tests {
 
     #[test]
     fn session_forms() {
-        let s = |v: &str| parse_session(v);
+        let s = |v: &str| parse_session("test", v);
         let secs = |n| Some(Duration::from_secs(n));
         assert_eq!(s("12345678"), Some(("12345678".into(), None)));
         assert_eq!(
@@ -287,26 +290,33 @@ mod tests {
     fn content_base_forms() {
         let req = url::Url::parse("rtsp://cam:554/Streaming/Channels/101").unwrap();
         assert_eq!(
-            content_base(None, &req),
+            content_base("test", None, &req),
             "rtsp://cam:554/Streaming/Channels/101"
         );
-        assert_eq!(content_base(Some("  "), &req), req.as_str());
+        assert_eq!(content_base("test", Some("  "), &req), req.as_str());
         // Kept as sent: Dahua's query with a trailing slash.
         assert_eq!(
             content_base(
+                "test",
                 Some("rtsp://cam/cam/realmonitor?channel=1&subtype=0/"),
                 &req
             ),
             "rtsp://cam/cam/realmonitor?channel=1&subtype=0/"
         );
         assert_eq!(
-            content_base(Some(" \"rtsp://cam/live/\" "), &req),
+            content_base("test", Some(" \"rtsp://cam/live/\" "), &req),
             "rtsp://cam/live/"
         );
         // Relative: against the request URL.
-        assert_eq!(content_base(Some("/other/"), &req), "rtsp://cam:554/other/");
+        assert_eq!(
+            content_base("test", Some("/other/"), &req),
+            "rtsp://cam:554/other/"
+        );
         // Unusable: the request URL.
-        assert_eq!(content_base(Some("rtsp://[::1"), &req), req.as_str());
+        assert_eq!(
+            content_base("test", Some("rtsp://[::1"), &req),
+            req.as_str()
+        );
     }
 
     #[test]
@@ -330,6 +340,7 @@ mod tests {
             stream(1, "rtsp://h/live/stream=1"),
         ];
         let parsed = parse_rtp_info(
+            "test",
             "url=rtsp://h/live/stream=1;seq=7;rtptime=900, url=rtsp://h/live/stream=0;seq=65535;rtptime=4294967295",
             &streams,
         );
@@ -341,7 +352,11 @@ mod tests {
             ]
         );
         // Relative urls (some servers) and garbage.
-        let parsed = parse_rtp_info("url=stream=0;seq=1, garbage;;;, url=nope;seq=2", &streams);
+        let parsed = parse_rtp_info(
+            "test",
+            "url=stream=0;seq=1, garbage;;;, url=nope;seq=2",
+            &streams,
+        );
         assert_eq!(parsed, [info(0, Some(1), None)]);
     }
 
@@ -359,6 +374,7 @@ mod tests {
         ];
         // Spaces around `;`, `,` and `=`, upper-case names, no rtptime.
         let parsed = parse_rtp_info(
+            "test",
             "URL = rtsp://192.168.1.10:554/cam/realmonitor?channel=1&subtype=0/trackID=0 ; SEQ = 3187 ,\
              url=rtsp://192.168.1.10/cam/realmonitor?channel=1&subtype=0/trackID=1;seq=12;rtptime=0",
             &streams,
@@ -369,21 +385,28 @@ mod tests {
         );
         // Other host spelling, credentials, quoted url, trailing slash, rtptime only.
         let parsed = parse_rtp_info(
+            "test",
             "url=\"rtsp://admin@CAMERA.local/cam/realmonitor?channel=1&subtype=0/trackID=1/\";rtptime=5",
             &streams,
         );
         assert_eq!(parsed, [info(1, None, Some(5))]);
         // Malformed values are ignored, the entry stays.
-        let parsed = parse_rtp_info("url=trackID=0;seq=70000;rtptime=-1;ssrc=1234ABCD", &streams);
+        let parsed = parse_rtp_info(
+            "test",
+            "url=trackID=0;seq=70000;rtptime=-1;ssrc=1234ABCD",
+            &streams,
+        );
         assert_eq!(parsed, [info(0, None, None)]);
         // An absolute path.
         let parsed = parse_rtp_info(
+            "test",
             "url=/cam/realmonitor?channel=1&subtype=0/trackID=1;seq=1",
             &streams,
         );
         assert_eq!(parsed, [info(1, Some(1), None)]);
         // trackID=1 must not match trackID=11.
         let parsed = parse_rtp_info(
+            "test",
             "url=rtsp://h/trackID=1;seq=1",
             &[
                 stream(0, "rtsp://h/trackID=11"),
@@ -398,6 +421,7 @@ mod tests {
         // ZoneMinder/zoneminder#911-style cameras answer with the presentation URL.
         let streams = [stream(0, "rtsp://192.168.10.20/live2.sdp/track1")];
         let parsed = parse_rtp_info(
+            "test",
             "url=rtsp://192.168.10.20/live2.sdp;seq=3187;rtptime=0",
             &streams,
         );
@@ -407,6 +431,6 @@ mod tests {
             stream(0, "rtsp://h/live/track1"),
             stream(1, "rtsp://h/live/track2"),
         ];
-        assert!(parse_rtp_info("url=rtsp://h/live;seq=1", &two).is_empty());
+        assert!(parse_rtp_info("test", "url=rtsp://h/live;seq=1", &two).is_empty());
     }
 }
