@@ -507,3 +507,75 @@ fn an_sdp_range_beyond_any_clock_time_is_ignored() {
     let pts = sink_pts(port, 3);
     assert_eq!(pts.len(), 3, "{pts:?}");
 }
+
+/// An SDP with `n` H.264 media.
+fn many_media(n: usize) -> String {
+    let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n");
+    for i in 0..n {
+        sdp.push_str(&format!(
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream={i}\r\n"
+        ));
+    }
+    sdp
+}
+
+#[test]
+fn a_description_of_200_streams_is_refused_with_the_count_and_the_limit() {
+    // 200 media would need interleaved channels up to 399: before the cap, channel numbers
+    // overflowed (a panic in debug builds, clashing channels in release).
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(c, "Content-Type: application/sdp\r\n", &many_media(200)),
+                "SETUP" => ok(
+                    c,
+                    "Session: 12345678;timeout=60\r\nTransport: RTP/AVP/TCP;unicast\r\n",
+                    "",
+                ),
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    let err = expect_error(port, Duration::from_secs(10));
+    assert!(
+        err.contains("200 streams") && err.contains("16") && err.contains("max-streams"),
+        "{err}"
+    );
+}
+
+#[test]
+fn max_streams_admits_up_to_its_value() {
+    init();
+    let port = hostile_server(
+        |m, c| {
+            Some(match m {
+                "DESCRIBE" => ok(c, "Content-Type: application/sdp\r\n", &many_media(20)),
+                _ => normal(m, c),
+            })
+        },
+        b"",
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=tcp max-streams=20 \
+         reconnect-attempts=0 ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    assert_eq!(src.property::<u32>("max-streams"), 20);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.src_pads().len() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pads = src.src_pads().len();
+    let error = pipeline
+        .bus()
+        .unwrap()
+        .pop_filtered(&[gst::MessageType::Error]);
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(pads, 20);
+}

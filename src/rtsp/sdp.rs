@@ -337,15 +337,32 @@ pub fn resolve_control(base: &str, control: &str) -> String {
 }
 
 /// Keeps only `x=...` lines, trimmed, so that `sdp-types` does not reject the whole description
-/// for a trailing NUL, a stray CR or a blank line with spaces.
+/// for a trailing NUL, a stray CR or a blank line with spaces. Lines cameras get wrong and
+/// that we need nothing of are repaired: an `o=` line without its six fields (TP-Link writes
+/// seven, `o=- 14665860 31787219 1 IN IP4 ...`; others truncate it to `o=- 1001 1 IN`) keeps
+/// its first three and last three or becomes a neutral one, and a truncated `c=IN` is dropped.
 fn clean_lines(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     for line in text.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
-        if let [key, b'=', ..] = line
+        if let [key, b'=', value @ ..] = line
             && key.is_ascii_alphabetic()
             && !line.iter().any(|&b| b == b'\0' || b == b'\r')
         {
-            out.extend_from_slice(line);
+            let fields: Vec<&[u8]> = value
+                .split(u8::is_ascii_whitespace)
+                .filter(|f| !f.is_empty())
+                .collect();
+            match (key, fields.len()) {
+                (b'o', 6) | (b'o', 0) => out.extend_from_slice(line),
+                (b'o', n) if n > 6 => {
+                    out.extend_from_slice(b"o=");
+                    let kept = fields[..3].iter().chain(&fields[n - 3..]);
+                    out.extend_from_slice(&kept.copied().collect::<Vec<_>>().join(&b' '));
+                }
+                (b'o', _) => out.extend_from_slice(b"o=- 0 0 IN IP4 0.0.0.0"),
+                (b'c', 0..3) => continue,
+                _ => out.extend_from_slice(line),
+            }
             out.push(b'\n');
         }
     }
@@ -657,8 +674,34 @@ mod tests {
     }
 
     #[test]
+    fn repairs_origin_and_connection_lines() {
+        // TP-Link (pixelbender/go-sdp#5): seven fields in o=.
+        let sdp = SessionDescription::parse(
+            b"v=0\r\no=- 14665860 31787219 1 IN IP4 192.168.35.39\r\ns=TP-LINK\r\nt=0 0\r\n\
+              m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track1\r\n",
+        )
+        .unwrap();
+        assert_eq!(sdp.session_id, 14665860);
+        assert_eq!(sdp.origin_address, "192.168.35.39");
+        // Truncated o= and c= (AlexxIT/go2rtc#1663).
+        let sdp = SessionDescription::parse(
+            b"v=0\r\no=- 1001 1 IN\r\ns=VCP IPC Realtime stream\r\n\
+              m=video 0 RTP/AVP 105\r\nc=IN\r\na=control:rtsp://192.168.0.60/media/video1/video\r\n\
+              a=rtpmap:105 H264/90000\r\n",
+        )
+        .unwrap();
+        assert_eq!(sdp.media.len(), 1);
+        assert_eq!(
+            sdp.media[0].control,
+            "rtsp://192.168.0.60/media/video1/video"
+        );
+        assert_eq!(sdp.media[0].multicast, None);
+        assert!(SessionDescription::parse(b"v=0\r\no=broken\r\ns=x\r\nt=0 0\r\n").is_ok());
+    }
+
+    #[test]
     fn errors() {
-        for bad in [&b""[..], b"garbage", b"v=1\r\n", b"v=0\r\no=broken\r\n"] {
+        for bad in [&b""[..], b"garbage", b"v=1\r\n", b"v=0\r\ns=a\r\nt=x y\r\n"] {
             assert!(SessionDescription::parse(bad).is_err(), "{bad:?}");
         }
         let err = SessionDescription::parse(b"v=0\r\ns=a\r\ns=b\r\n").unwrap_err();

@@ -15,10 +15,19 @@
 //! * whitespace around `,` `;` `=` and `-` is ignored, `mode` may be quoted or not;
 //! * `RTP/AVP` and `RTP/AVP/UDP` mean UDP, `RTP/AVP/TCP` means TCP (RFC 2326 section 12.39);
 //! * a single port or channel `a` means `a-(a+1)` (RTCP on the next one);
-//! * `ssrc` is hexadecimal; of an RFC 7826 `ssrc=a/b` list the first is kept;
-//! * parameters this module does not interpret are kept verbatim in [`TransportSpec::other`];
-//! * alternatives that cannot be used (another protocol such as `RAW/RAW/UDP`, a malformed
-//!   parameter) are skipped; only when no alternative is usable is the header an error.
+//! * `ssrc` is hexadecimal (RFC 2326: 8 hex digits), also as cameras write it: shorter, with a
+//!   `0x` prefix, or in decimal when it has more than 8 digits; of an RFC 7826 `ssrc=a/b` list
+//!   the first is kept;
+//! * parameters this module does not interpret are kept verbatim in [`TransportSpec::other`]
+//!   (a warning is logged for names that neither RFC defines);
+//! * a malformed parameter (`ssrc=xyz`, `client_port=99999`, `ttl` without a value) is ignored
+//!   with a warning naming it, never the whole alternative: a camera answering
+//!   `ssrc=0x6f7c` still gets its `interleaved=0-1` read;
+//! * alternatives that cannot be used (another protocol such as `RAW/RAW/UDP`) are skipped;
+//!   only when no alternative is usable is the header an error.
+//!
+//! What we send ([`TransportSpec`]'s `Display`) stays strict: canonical names, 8-digit hex
+//! `ssrc`, quoted `mode`.
 //!
 //! [RFC 2326 section 12.39]: https://www.rfc-editor.org/rfc/rfc2326#section-12.39
 //! [RFC 7826 section 18.54]: https://www.rfc-editor.org/rfc/rfc7826#section-18.54
@@ -196,32 +205,101 @@ fn parse_spec(alternative: &str) -> Result<TransportSpec, String> {
             Some((k, v)) => (k.trim_end(), Some(unquote(v.trim()))),
             None => (param, None),
         };
-        let invalid = || format!("invalid parameter `{param}`");
-        let required = || value.ok_or_else(invalid);
-        match key.to_ascii_lowercase().as_str() {
-            "unicast" => spec.multicast = false,
-            "multicast" => spec.multicast = true,
-            // RFC 2326 allows a bare `destination` (= the default address).
-            "destination" => spec.destination = value.map(str::to_owned),
-            "source" => spec.source = Some(required()?.to_owned()),
-            "client_port" => spec.client_port = Some(pair(required()?).ok_or_else(invalid)?),
-            "server_port" => spec.server_port = Some(pair(required()?).ok_or_else(invalid)?),
-            "port" => spec.port = Some(pair(required()?).ok_or_else(invalid)?),
-            "interleaved" => spec.interleaved = Some(pair(required()?).ok_or_else(invalid)?),
-            "ttl" => spec.ttl = Some(required()?.parse().map_err(|_| invalid())?),
-            "ssrc" => {
-                let first = required()?.split('/').next().unwrap_or_default().trim();
-                spec.ssrc = Some(parse_hex_u32(first).ok_or_else(invalid)?);
+        let key = key.to_ascii_lowercase();
+        if !apply_param(&mut spec, &key, value) {
+            log::warn!("Transport: ignoring the malformed parameter `{param}` of `{alternative}`");
+            continue;
+        }
+        if !is_known_param(&key) {
+            if !is_uninterpreted_param(&key) {
+                log::warn!("Transport: ignoring the unknown parameter `{param}`");
             }
-            "mode" => spec.mode = Some(required()?.to_ascii_uppercase()),
-            _ => spec.other.push(param.to_owned()),
+            spec.other.push(param.to_owned());
         }
     }
     Ok(spec)
 }
 
+/// Parameters [`apply_param`] interprets.
+fn is_known_param(key: &str) -> bool {
+    matches!(
+        key,
+        "unicast"
+            | "multicast"
+            | "destination"
+            | "source"
+            | "client_port"
+            | "server_port"
+            | "port"
+            | "interleaved"
+            | "ttl"
+            | "ssrc"
+            | "mode"
+    )
+}
+
+/// Parameters RFC 2326/7826 define that we keep without interpreting them.
+fn is_uninterpreted_param(key: &str) -> bool {
+    matches!(
+        key,
+        "append"
+            | "layers"
+            | "rtcp-mux"
+            | "setup"
+            | "connection"
+            | "dest_addr"
+            | "src_addr"
+            | "mikey"
+    )
+}
+
+/// Sets the parameter `key` (lower case) on `spec`. False when its value is malformed (it is
+/// then ignored); unknown keys are left to the caller.
+fn apply_param(spec: &mut TransportSpec, key: &str, value: Option<&str>) -> bool {
+    fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+        match value {
+            Some(v) => {
+                *slot = Some(v);
+                true
+            }
+            None => false,
+        }
+    }
+    match key {
+        "unicast" => spec.multicast = false,
+        "multicast" => spec.multicast = true,
+        // RFC 2326 allows a bare `destination` (= the default address).
+        "destination" => spec.destination = value.filter(|v| !v.is_empty()).map(str::to_owned),
+        "source" => {
+            return set(
+                &mut spec.source,
+                value.filter(|v| !v.is_empty()).map(str::to_owned),
+            );
+        }
+        "client_port" => return set(&mut spec.client_port, value.and_then(pair)),
+        "server_port" => return set(&mut spec.server_port, value.and_then(pair)),
+        "port" => return set(&mut spec.port, value.and_then(pair)),
+        "interleaved" => return set(&mut spec.interleaved, value.and_then(pair)),
+        "ttl" => return set(&mut spec.ttl, value.and_then(|v| v.parse().ok())),
+        "ssrc" => {
+            let first = value.and_then(|v| v.split('/').next());
+            return set(&mut spec.ssrc, first.and_then(parse_ssrc));
+        }
+        "mode" => {
+            return set(
+                &mut spec.mode,
+                value
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.to_ascii_uppercase()),
+            );
+        }
+        _ => {}
+    }
+    true
+}
+
 /// Splits on `sep` outside double-quoted strings and trims each piece.
-fn split_unquoted(s: &str, sep: char) -> impl Iterator<Item = &str> {
+pub(crate) fn split_unquoted(s: &str, sep: char) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let s = rest?;
@@ -263,9 +341,22 @@ where
     }
 }
 
-fn parse_hex_u32(s: &str) -> Option<u32> {
-    let valid = !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    valid.then(|| u32::from_str_radix(s, 16).ok()).flatten()
+/// An `ssrc` value: hexadecimal as RFC 2326 writes it (up to 8 digits, `0x` prefix allowed), or
+/// decimal when it has more digits than hex allows and fits 32 bits (cameras write both).
+pub fn parse_ssrc(s: &str) -> Option<u32> {
+    let s = s.trim();
+    let hex = |h: &str| {
+        let valid = !h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        valid.then(|| u32::from_str_radix(h, 16).ok()).flatten()
+    };
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return hex(h);
+    }
+    hex(s).or_else(|| {
+        (s.len() > 8 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    })
 }
 
 /// Canonical form, e.g. `RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;ssrc=1A2B3C4D;mode="PLAY"`,
@@ -468,7 +559,7 @@ mod tests {
     #[test]
     fn unusable_alternatives_are_skipped() {
         let specs = parse_transports(
-            "RAW/RAW/UDP;unicast, RTP/AVP;unicast;client_port=99999-100000, RTP/AVP/TCP;interleaved=0-1",
+            "RAW/RAW/UDP;unicast, RTP/AVP/SCTP;unicast, RTP/AVP/TCP;interleaved=0-1",
         )
         .unwrap();
         assert_eq!(specs, [TransportSpec::tcp_interleaved((0, 1))]);
@@ -476,24 +567,112 @@ mod tests {
 
     #[test]
     fn errors() {
-        for value in [
-            "",
-            " , ",
-            "RTP",
-            "RTP/XYZ",
-            "RTP/AVP/SCTP",
-            "RTP/AVP/TCP/X",
-            "RTP/AVP;client_port=65535",
-            "RTP/AVP/TCP;interleaved=255",
-            "RTP/AVP/TCP;interleaved=a-b",
-            "RTP/AVP;ttl=256",
-            "RTP/AVP;ssrc=123456789",
-            "RTP/AVP;ssrc=xyz",
-            "RTP/AVP;client_port",
-        ] {
+        for value in ["", " , ", "RTP", "RTP/XYZ", "RTP/AVP/SCTP", "RTP/AVP/TCP/X"] {
             assert!(parse_transports(value).is_err(), "{value:?}");
         }
-        let err = parse_transports("RTP/AVP;ttl=-1").unwrap_err();
-        assert!(err.to_string().contains("ttl=-1"), "{err}");
+        let err = parse_transports("RAW/RAW/UDP;unicast").unwrap_err();
+        assert!(err.to_string().contains("RAW/RAW/UDP"), "{err}");
+    }
+
+    #[test]
+    fn malformed_parameters_are_ignored_not_the_header() {
+        for (value, param) in [
+            ("RTP/AVP;client_port=65535", "client_port"),
+            ("RTP/AVP;client_port=99999-100000", "client_port"),
+            ("RTP/AVP;client_port", "client_port"),
+            ("RTP/AVP/TCP;interleaved=255", "interleaved"),
+            ("RTP/AVP/TCP;interleaved=a-b", "interleaved"),
+            ("RTP/AVP;ttl=256", "ttl"),
+            ("RTP/AVP;ttl=-1", "ttl"),
+            ("RTP/AVP;ssrc=123456789abc", "ssrc"),
+            ("RTP/AVP;ssrc=xyz", "ssrc"),
+            ("RTP/AVP;ssrc=0x", "ssrc"),
+            ("RTP/AVP;source", "source"),
+            ("RTP/AVP;mode=", "mode"),
+        ] {
+            let t = parse_one(value);
+            assert_eq!(t.client_port, None, "{value}");
+            assert_eq!(t.interleaved, None, "{value}");
+            assert_eq!(t.ttl, None, "{value}");
+            assert_eq!(t.ssrc, None, "{value}");
+            assert_eq!(t.source, None, "{value}");
+            assert_eq!(t.mode, None, "{value}");
+            assert!(t.other.is_empty(), "{param} must not be kept: {t:?}");
+        }
+        // The rest of the alternative is read.
+        let t = parse_one("RTP/AVP;unicast;client_port=5000-5001;server_port=x;ssrc=zz;mode=PLAY");
+        assert_eq!(t.client_port, Some((5000, 5001)));
+        assert_eq!(t.server_port, None);
+        assert_eq!(t.mode.as_deref(), Some("PLAY"));
+    }
+
+    /// SETUP answers as IP cameras write them.
+    #[test]
+    fn camera_answers() {
+        // `0x` prefix (scottlamb/retina#138).
+        let t = parse_one(r#"RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=0x6f7c;mode="PLAY""#);
+        assert_eq!(t.interleaved, Some((0, 1)));
+        assert_eq!(t.ssrc, Some(0x6f7c));
+        assert_eq!(t.mode.as_deref(), Some("PLAY"));
+        // Decimal with more than 8 digits (bluenviron/gortsplib#95).
+        let t = parse_one(
+            "RTP/AVP/UDP;unicast;client_port=10100-10101;server_port=50024-50025;ssrc=937239728",
+        );
+        assert_eq!(t.ssrc, Some(937_239_728));
+        assert_eq!(t.server_port, Some((50024, 50025)));
+        // Fewer than 8 hex digits (bluenviron/mediamtx#396), upper-case 0X, ssrc before
+        // interleaved (scottlamb/retina#120).
+        assert_eq!(parse_one("RTP/AVP;ssrc=4317f").ssrc, Some(0x4317f));
+        assert_eq!(parse_one("RTP/AVP;ssrc=0X00C0FFEE").ssrc, Some(0xC0FFEE));
+        let t = parse_one("RTP/AVP/TCP;ssrc=22345684;interleaved=0-1");
+        assert_eq!(t.ssrc, Some(0x22345684));
+        assert_eq!(t.interleaved, Some((0, 1)));
+        // Spaces around `;` and `=`, case, quotes.
+        let t = parse_one(
+            r#"RTP/AVP/TCP ; UNICAST ; Interleaved = 2 - 3 ; SSRC = "1A2B3C4D" ; Mode = "play""#,
+        );
+        assert_eq!(t.interleaved, Some((2, 3)));
+        assert_eq!(t.ssrc, Some(0x1A2B3C4D));
+        assert_eq!(t.mode.as_deref(), Some("PLAY"));
+        // Destination and source given by some cameras even for TCP (ZoneMinder/zoneminder#911).
+        let t = parse_one(
+            "RTP/AVP/TCP;unicast;destination=192.168.10.180;source=192.168.10.20;interleaved=0-1",
+        );
+        assert_eq!(t.source.as_deref(), Some("192.168.10.20"));
+        assert_eq!(t.interleaved, Some((0, 1)));
+        // Unknown parameters are kept, the header is used.
+        let t = parse_one("RTP/AVP;unicast;client_port=5000-5001;x-dahua=1;timeout=60");
+        assert_eq!(t.client_port, Some((5000, 5001)));
+        assert_eq!(t.other, ["x-dahua=1", "timeout=60"]);
+    }
+
+    #[test]
+    fn ssrc_forms() {
+        for (value, expected) in [
+            ("1A2B3C4D", Some(0x1A2B3C4D)),
+            ("1a2b3c4d", Some(0x1A2B3C4D)),
+            ("0x6f7c", Some(0x6f7c)),
+            ("0X6F7C", Some(0x6f7c)),
+            (" 00000001 ", Some(1)),
+            ("12345678", Some(0x12345678)),
+            ("4294967295", Some(u32::MAX)),
+            ("4294967296", None),
+            ("123456789abc", None),
+            ("0x123456789", None),
+            ("", None),
+            ("-1", None),
+            ("+1", None),
+        ] {
+            assert_eq!(parse_ssrc(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn what_we_send_stays_canonical() {
+        let t = parse_one(r#"rtp/avp/tcp ; interleaved = 0 ; ssrc=0x6f7c ; mode = play"#);
+        assert_eq!(
+            t.to_string(),
+            r#"RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=00006F7C;mode="PLAY""#
+        );
     }
 }

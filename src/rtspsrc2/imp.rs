@@ -27,7 +27,9 @@ use crate::rtp::jitterbuffer::{
 };
 use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
-use crate::rtsp::client::{Client, ClientConfig, ClientEvent, StreamInfo, TransportKind};
+use crate::rtsp::client::{
+    Client, ClientConfig, ClientEvent, StreamInfo, TransportKind, redact_url,
+};
 use crate::rtsp::range::NptRange;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -45,6 +47,7 @@ const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
 const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
+const DEFAULT_MAX_STREAMS: u32 = 16;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -63,6 +66,7 @@ struct Settings {
     reconnect_attempts: u32,
     reconnect_initial_delay_ms: u32,
     reconnect_max_delay_ms: u32,
+    max_streams: u32,
 }
 
 impl Default for Settings {
@@ -85,6 +89,7 @@ impl Default for Settings {
             reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
             reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -160,6 +165,7 @@ impl Settings {
                 self.reconnect_max_delay_ms
                     .max(self.reconnect_initial_delay_ms),
             )),
+            max_streams: self.max_streams as usize,
             ..ClientConfig::default()
         })
     }
@@ -735,7 +741,7 @@ impl RtspSrc2 {
                 gst::warning!(CAT, imp = self, "ignoring an unusable ANNOUNCE: {}", e);
             }
             ClientEvent::Redirect { location } => {
-                gst::info!(CAT, imp = self, "redirected to {}", location);
+                gst::info!(CAT, imp = self, "redirected to {}", redact_url(&location));
             }
             ClientEvent::Reconnecting {
                 attempt,
@@ -794,7 +800,11 @@ impl RtspSrc2 {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::OpenRead,
-                    ("Could not play {}: {}", location.unwrap_or_default(), err)
+                    (
+                        "Could not play {}: {}",
+                        redact_url(location.as_deref().unwrap_or_default()),
+                        err
+                    )
                 );
             }
         }
@@ -822,7 +832,8 @@ impl RtspSrc2 {
             .build();
         let caps = stream_caps(info);
         gst::debug!(CAT, obj = pad, "caps {}", caps);
-        let stream_id = format!("{}/{}", info.control, info.index);
+        let stream_id = format!("{}/{}", redact_url(&info.control), info.index);
+        let stream_id_for_work = stream_id.clone();
         let signals = Arc::new(StreamSignals::default());
         let latency = Duration::from_millis(u64::from(self.settings.lock().unwrap().latency_ms));
         let work = Arc::new(Mutex::new(StreamWork {
@@ -839,13 +850,25 @@ impl RtspSrc2 {
                 sync: self.sync.clone(),
                 pending: Vec::new(),
             },
-            stream_id,
+            stream_id: stream_id_for_work,
             started: false,
             lost: false,
             finished: false,
             told_deadline: None,
         }));
         let _ = pad.set_active(true);
+        // The pad carries its stream and full caps before it is added, as rtspsrc's do: whoever
+        // links it at pad-added (gst-launch's delayed linking, an application's handler) sees
+        // media and encoding in a caps query, so `rtspsrc2 ! rtph264depay` takes the video pad
+        // even when the description lists audio first. The pad task pushes them again with the
+        // first data (the same events: downstream gets them once).
+        let stream_start = gst::event::StreamStart::builder(&stream_id).build();
+        let caps_event = gst::event::Caps::new(&work.lock().unwrap().out.caps);
+        for event in [stream_start, caps_event] {
+            if let Err(e) = pad.store_sticky_event(&event) {
+                gst::warning!(CAT, obj = pad, "cannot store {:?}: {:?}", event.type_(), e);
+            }
+        }
         let task_pad = pad.clone();
         let task_work = work.clone();
         let queue = Arc::new(PadQueue::default());
@@ -884,6 +907,28 @@ impl RtspSrc2 {
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         match query.view_mut() {
+            // The stream's caps from the description, from the moment the pad exists (the
+            // template's bare `application/x-rtp` would let any depayloader link any pad).
+            gst::QueryViewMut::Caps(q) => {
+                let Some(caps) = pad.current_caps() else {
+                    return gst::Pad::query_default(pad, Some(&*self.obj()), query);
+                };
+                let result = match q.filter() {
+                    Some(filter) => {
+                        filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First)
+                    }
+                    None => caps,
+                };
+                q.set_result(&result);
+                true
+            }
+            gst::QueryViewMut::AcceptCaps(q) => {
+                let accepted = pad
+                    .current_caps()
+                    .is_none_or(|caps| q.caps().can_intersect(&caps));
+                q.set_result(accepted);
+                true
+            }
             gst::QueryViewMut::Latency(q) => {
                 let ms = self.settings.lock().unwrap().latency_ms;
                 q.set(
@@ -983,9 +1028,11 @@ impl RtspSrc2 {
     }
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let config = self.settings.lock().unwrap().client_config().map_err(|e| {
+        let mut config = self.settings.lock().unwrap().client_config().map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
         })?;
+        // The core's log records carry the element's name (`GST_DEBUG=lsrtsp:5` shows <src>).
+        config.name = self.obj().name().to_string();
         let weak = self.obj().downgrade();
         let state = self.state.clone();
         let client = Client::start(config, move |event| match event {
@@ -1238,6 +1285,14 @@ impl ObjectImpl for RtspSrc2 {
                     .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-streams")
+                    .nick("Maximum streams")
+                    .blurb("Streams (SDP media) a description may list at most; a description with more is an error naming both numbers (each stream takes two interleaved channels, so at most 128)")
+                    .minimum(1)
+                    .maximum(crate::rtsp::client::MAX_STREAMS_LIMIT as u32)
+                    .default_value(DEFAULT_MAX_STREAMS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), with another payload type (dropped), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
@@ -1329,6 +1384,7 @@ impl ObjectImpl for RtspSrc2 {
                 s.reconnect_initial_delay_ms = value.get().expect("type checked")
             }
             "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
+            "max-streams" => s.max_streams = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1354,6 +1410,7 @@ impl ObjectImpl for RtspSrc2 {
             "reconnect-attempts" => s.reconnect_attempts.to_value(),
             "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
             "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
+            "max-streams" => s.max_streams.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1433,8 +1490,12 @@ impl URIHandlerImpl for RtspSrc2 {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let url = url::Url::parse(uri)
-            .map_err(|e| glib::Error::new(gst::URIError::BadUri, &format!("'{uri}': {e}")))?;
+        let url = url::Url::parse(uri).map_err(|e| {
+            glib::Error::new(
+                gst::URIError::BadUri,
+                &format!("'{}': {e}", redact_url(uri)),
+            )
+        })?;
         self.settings.lock().unwrap().location = Some(url.to_string());
         Ok(())
     }

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +31,7 @@ use bytes::Bytes;
 use rtsp_types::{Method, Request, Response, StatusCode, Version, headers};
 use tokio::sync::oneshot;
 
-use super::ClientError;
+use super::{ClientError, redact_url};
 use crate::rtsp::codec::{self, Decoder, Frame, Limits};
 
 /// What the server sends besides responses.
@@ -100,6 +100,9 @@ struct Shared {
     /// Blocking, with the connection's timeout as its send timeout. An async lock, so that a
     /// write that cannot finish at once keeps it while it goes on off the runtime.
     write: Arc<tokio::sync::Mutex<TcpStream>>,
+    /// Who logs (the element's name, the `id` of log records) and the server's address.
+    name: String,
+    peer: SocketAddr,
     /// For shutting the socket down while others use it.
     socket: TcpStream,
     /// Set before the socket is shut down on drop: nothing more is handed to the callback.
@@ -136,11 +139,30 @@ impl Shared {
                         .and_then(|v| v.as_str().trim().parse::<u32>().ok());
                     // A response with an unknown or missing CSeq answers nothing we asked.
                     let waiter = cseq.and_then(|c| self.control.lock().unwrap().pending.remove(&c));
-                    if let Some(tx) = waiter {
-                        let _ = tx.send(resp);
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(resp);
+                        }
+                        None => log::warn!(
+                            id = self.name.as_str();
+                            "{}: ignoring a response ({} {}) with CSeq {:?}, which answers no request waiting",
+                            self.peer,
+                            u16::from(resp.status()),
+                            resp.reason_phrase(),
+                            cseq
+                        ),
                     }
                 }
                 Ok(Some(Frame::Request(req))) => {
+                    log::debug!(
+                        id = self.name.as_str();
+                        "{}: the server sent {:?} {} (CSeq {})",
+                        self.peer,
+                        req.method(),
+                        req.request_uri().map_or("*".into(), |u| redact_url(u.as_str()).into_owned()),
+                        req.header(&headers::CSEQ).map_or("-", |v| v.as_str())
+                    );
+                    log_headers(&self.name, "<", req.headers());
                     let status = match req.method() {
                         Method::Options
                         | Method::GetParameter
@@ -164,7 +186,11 @@ impl Shared {
                     return Err(format!("unreadable data from the server: {e}"));
                 }
                 // A garbled message is skipped; the request it answered times out.
-                Err(_) => {}
+                Err(e) => log::warn!(
+                    id = self.name.as_str();
+                    "{}: skipping a garbled message: {e}",
+                    self.peer
+                ),
             }
         }
     }
@@ -327,6 +353,7 @@ impl Connection {
         timeout: Duration,
         limits: Limits,
         user_agent: String,
+        name: String,
         on_incoming: impl FnMut(Incoming) + Send + 'static,
     ) -> Result<Connection, ClientError> {
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
@@ -335,6 +362,8 @@ impl Connection {
             .map_err(|e| ClientError::Io(format!("connecting to {host}:{port}: {e}")))?;
         let io = |e: std::io::Error| ClientError::Io(format!("setting up the connection: {e}"));
         let socket = stream.into_std().map_err(io)?;
+        let peer = socket.peer_addr().map_err(io)?;
+        log::debug!(id = name.as_str(); "{peer}: connected");
         socket.set_nonblocking(false).map_err(io)?;
         let _ = socket.set_nodelay(true);
         socket.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -347,6 +376,8 @@ impl Connection {
             }),
             backlog: Mutex::default(),
             write: Arc::new(tokio::sync::Mutex::new(socket.try_clone().map_err(io)?)),
+            name,
+            peer,
             socket,
             stop: AtomicBool::new(false),
             timeout,
@@ -384,6 +415,11 @@ impl Connection {
             .map_err(|e| ClientError::Io(format!("writing to the server: {e}")))?
     }
 
+    /// The server's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
     /// Sends interleaved data (RTCP to the server).
     pub async fn send_interleaved(&self, channel: u8, data: &[u8]) -> Result<(), ClientError> {
         let len = u16::try_from(data.len())
@@ -414,21 +450,68 @@ impl Connection {
         let forget = || self.shared.control.lock().unwrap().pending.remove(&cseq);
         let mut bytes = Vec::with_capacity(256);
         codec::encode_request(&req, &mut bytes);
+        let method = format!("{:?}", req.method()).to_uppercase();
+        let (name, peer) = (self.shared.name.as_str(), self.shared.peer);
+        let uri = req.request_uri().map(|u| u.as_str()).unwrap_or("*");
+        let session = req.header(&headers::SESSION).map_or("-", |v| v.as_str());
+        log::debug!(
+            id = name;
+            "{peer}: sending {method} {} (CSeq {cseq}, session {session})",
+            redact_url(uri)
+        );
+        log_headers(name, ">", req.headers());
+        let sent = std::time::Instant::now();
         if let Err(e) = self.write(bytes).await {
             forget();
+            log::debug!(id = name; "{peer}: {method} (CSeq {cseq}) not sent: {e}");
             return Err(e);
         }
-        let method = format!("{:?}", req.method()).to_uppercase();
         match tokio::time::timeout(self.shared.timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                log::debug!(
+                    id = name;
+                    "{peer}: {method} (CSeq {cseq}, session {session}) answered {} {} in {:.1} ms",
+                    u16::from(resp.status()),
+                    resp.reason_phrase(),
+                    sent.elapsed().as_secs_f64() * 1000.0
+                );
+                log_headers(name, "<", resp.headers());
+                Ok(resp)
+            }
             Ok(Err(_)) => Err(ClientError::Io(format!(
                 "connection closed while waiting for the {method} response"
             ))),
             Err(_) => {
                 forget();
+                log::debug!(
+                    id = name;
+                    "{peer}: no answer to {method} (CSeq {cseq}) within {:?}",
+                    self.shared.timeout
+                );
                 Err(ClientError::Timeout(format!("no response to {method}")))
             }
         }
+    }
+}
+
+/// Logs `headers` at trace level (GStreamer's LOG), one line each, `dir` `>` sent or `<`
+/// received; credentials are shown as `<redacted>`.
+fn log_headers<'a>(
+    name: &str,
+    dir: &str,
+    headers: impl Iterator<Item = (&'a rtsp_types::HeaderName, &'a rtsp_types::HeaderValue)>,
+) {
+    if !log::log_enabled!(log::Level::Trace) {
+        return;
+    }
+    for (header, value) in headers {
+        let secret = *header == headers::AUTHORIZATION || *header == headers::PROXY_AUTHORIZATION;
+        let value = if secret {
+            "<redacted>".into()
+        } else {
+            redact_url(value.as_str())
+        };
+        log::trace!(id = name; "{dir} {}: {value}", header.as_str());
     }
 }
 
@@ -465,6 +548,7 @@ mod tests {
                 port,
                 Duration::from_secs(5),
                 Limits::default(),
+                "test".into(),
                 "test".into(),
                 on_incoming,
             ))

@@ -14,11 +14,13 @@
 //! [`Client`] handle.
 
 pub mod conn;
+pub mod parse;
 mod udp;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +74,33 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// `location` without the userinfo (`user:password@`) of its authority, for error messages and
+/// logs: a location is never shown with its credentials. Works on any text: every URL in it
+/// (`scheme://`) loses its userinfo, and a string that is no valid URL is shown without what
+/// looks like credentials.
+pub fn redact_url(location: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut done = 0;
+    let mut from = 0;
+    while let Some(found) = location[from..].find("://") {
+        let authority_start = from + found + 3;
+        let rest = &location[authority_start..];
+        let authority_len = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_len].rfind('@') {
+            out.push_str(&location[done..authority_start]);
+            done = authority_start + at + 1;
+        }
+        from = authority_start + authority_len;
+    }
+    if done == 0 {
+        return location.into();
+    }
+    out.push_str(&location[done..]);
+    out.into()
+}
+
 /// Lower transports the client may try, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
@@ -104,6 +133,20 @@ pub struct ClientConfig {
     /// Delay before the first attempt; it doubles up to `reconnect_max_delay`.
     pub reconnect_initial_delay: Duration,
     pub reconnect_max_delay: Duration,
+    /// Streams (SDP media) a description may list at most; more is an error. At most
+    /// [`MAX_STREAMS_LIMIT`]: each stream takes two interleaved channels of 256.
+    pub max_streams: usize,
+    /// Who is playing: the `id` of the client's log records (rtspsrc2's element name).
+    pub name: String,
+}
+
+/// The most streams one RTSP connection can carry interleaved: two channels (RTP, RTCP) each.
+pub const MAX_STREAMS_LIMIT: usize = 128;
+
+/// The interleaved channels of stream `index` (RTP, RTCP): 2i and 2i+1, when they exist.
+fn interleaved_channels(index: usize) -> Option<(u8, u8)> {
+    let rtp = u8::try_from(index.checked_mul(2)?).ok()?;
+    Some((rtp, rtp.checked_add(1)?))
 }
 
 impl Default for ClientConfig {
@@ -128,6 +171,8 @@ impl Default for ClientConfig {
             reconnect_attempts: 5,
             reconnect_initial_delay: Duration::from_millis(500),
             reconnect_max_delay: Duration::from_secs(10),
+            max_streams: 16,
+            name: "rtsp-client".into(),
         }
     }
 }
@@ -365,8 +410,10 @@ impl Drop for Client {
         if self.commands.send(Command::Stop(tx)).is_ok()
             && tokio::runtime::Handle::try_current().is_err()
         {
-            let _ =
-                crate::runtime::handle().block_on(tokio::time::timeout(self.teardown_timeout, rx));
+            let timeout = self.teardown_timeout;
+            // The timer is made inside the runtime: made outside, it finds no reactor.
+            let _ = crate::runtime::handle()
+                .block_on(async move { tokio::time::timeout(timeout, rx).await });
         }
         self.tasks.abort_all();
     }
@@ -384,6 +431,8 @@ enum StreamTransport {
 }
 
 struct Session {
+    /// The `id` of log records.
+    name: String,
     conn: Arc<Connection>,
     /// Where the streams' figures are kept (the request round-trip time goes there too).
     stats: Arc<RwLock<SharedStats>>,
@@ -392,22 +441,13 @@ struct Session {
     url: Url,
     auth: Option<Authenticator>,
     credentials: Option<Credentials>,
-    get_parameter_supported: bool,
+    /// The server lists GET_PARAMETER (and has not refused it as a keep-alive).
+    get_parameter_supported: Arc<AtomicBool>,
     kind: TransportKind,
     streams: Vec<StreamInfo>,
     transports: Vec<StreamTransport>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     receivers: Vec<UdpReceiver>,
-}
-
-impl Drop for Session {
-    /// The session's helper tasks (RTCP receivers) end with it, also when the client's task is
-    /// aborted.
-    fn drop(&mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-    }
 }
 
 /// Channel → (stream, is RTCP) for interleaved data.
@@ -469,6 +509,13 @@ async fn run(
                 let received: u64 = stats_cell.read().unwrap().iter()
                     .map(|s| s.lock().unwrap().1.packets_received).sum();
                 if received == 0 {
+                    log::debug!(
+                        id = config.name.as_str();
+                        "{}: no data over {:?} within {:?} of PLAY (a firewall or NAT dropping UDP?): setting the session up again over TCP",
+                        session.conn.peer(),
+                        session.kind,
+                        config.udp_timeout
+                    );
                     events(ClientEvent::FallingBack { from: session.kind, to: TransportKind::Tcp });
                     let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
                     session.reset_transports(&channels);
@@ -510,12 +557,7 @@ async fn run(
                     }
                 }
             }
-            _ = keepalive.tick(), if config.keep_alive => {
-                let method = if session.get_parameter_supported { Method::GetParameter } else { Method::Options };
-                if let Err(e) = session.simple(method, Vec::new()).await {
-                    events(ClientEvent::Error(e));
-                }
-            }
+            _ = keepalive.tick(), if config.keep_alive => session.keep_alive(),
             _ = rtcp_tick.tick() => {
                 let stats = stats_cell.read().unwrap().clone();
                 session.send_receiver_reports(&stats, our_ssrc).await;
@@ -525,6 +567,12 @@ async fn run(
                 control_rx = rx;
                 match msg {
                     Some(Control::Redirect(location)) => {
+                        log::debug!(
+                            id = config.name.as_str();
+                            "{}: REDIRECT to {}: tearing down, a new session there",
+                            session.conn.peer(),
+                            redact_url(&location)
+                        );
                         // RFC 2326 10.10: TEARDOWN here, a new session there.
                         let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
                         session.reset_transports(&channels);
@@ -602,6 +650,12 @@ async fn reconnect(
     let mut protocols = vec![old.kind];
     protocols.extend(config.protocols.iter().filter(|k| **k != old.kind));
     for attempt in 1..=config.reconnect_attempts {
+        log::debug!(
+            id = config.name.as_str();
+            "{}: reconnection attempt {attempt} of {} in {delay:?}, over {protocols:?}: {last}",
+            redact_url(&config.url),
+            config.reconnect_attempts
+        );
         events(ClientEvent::Reconnecting {
             attempt,
             of: config.reconnect_attempts,
@@ -637,6 +691,7 @@ async fn reconnect(
             config.reconnect_attempts
         )
     };
+    log::debug!(id = config.name.as_str(); "giving up: {reason}");
     events(ClientEvent::Closed { reason });
     None
 }
@@ -653,11 +708,12 @@ async fn establish(
     stats_cell: &Arc<RwLock<SharedStats>>,
     control_tx: mpsc::UnboundedSender<Control>,
 ) -> Result<Session, ClientError> {
-    let mut url = Url::parse(&config.url)
-        .map_err(|e| ClientError::Protocol(format!("invalid URL '{}': {e}", config.url)))?;
+    let mut url = Url::parse(&config.url).map_err(|e| {
+        ClientError::Protocol(format!("invalid URL '{}': {e}", redact_url(&config.url)))
+    })?;
     let (url_credentials, clean) = auth::split_url_credentials(&url);
     url = clean;
-    let credentials = config.credentials.clone().or(url_credentials);
+    let mut credentials = config.credentials.clone().or(url_credentials);
 
     let mut redirects = 0;
     let (mut session, describe) = loop {
@@ -671,6 +727,7 @@ async fn establish(
         )
         .await?;
         let mut session = Session {
+            name: config.name.clone(),
             conn: Arc::new(conn),
             stats: stats_cell.clone(),
             id: None,
@@ -678,7 +735,7 @@ async fn establish(
             url: url.clone(),
             auth: None,
             credentials: credentials.clone(),
-            get_parameter_supported: false,
+            get_parameter_supported: Arc::default(),
             kind: TransportKind::Tcp,
             streams: Vec::new(),
             transports: Vec::new(),
@@ -688,7 +745,10 @@ async fn establish(
         if let Ok(resp) = session.send(Method::Options, &url, Vec::new(), &[]).await
             && let Some(public) = resp.header(&headers::PUBLIC)
         {
-            session.get_parameter_supported = public.as_str().contains("GET_PARAMETER");
+            session.get_parameter_supported.store(
+                self::parse::public_lists(public.as_str(), "GET_PARAMETER"),
+                Ordering::Relaxed,
+            );
         }
         let resp = session
             .send(
@@ -707,8 +767,25 @@ async fn establish(
             if redirects > 5 {
                 return Err(ClientError::Protocol("too many redirects".into()));
             }
-            url = Url::parse(location.as_str())
-                .map_err(|e| ClientError::Protocol(format!("bad redirect Location: {e}")))?;
+            let target = self::parse::location(location.as_str(), &url).ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "bad redirect Location '{}'",
+                    redact_url(location.as_str())
+                ))
+            })?;
+            // Credentials in the Location are used, never sent in request lines or shown.
+            let (target_credentials, clean) = auth::split_url_credentials(&target);
+            url = clean;
+            credentials = config
+                .credentials
+                .clone()
+                .or(target_credentials)
+                .or(credentials);
+            log::debug!(
+                id = config.name.as_str();
+                "{}: DESCRIBE redirected ({status}) to {url}",
+                session.conn.peer()
+            );
             events(ClientEvent::Redirect {
                 location: url.to_string(),
             });
@@ -718,12 +795,15 @@ async fn establish(
         break (session, resp);
     };
 
-    let base = describe
-        .header(&headers::CONTENT_BASE)
-        .or_else(|| describe.header(&headers::CONTENT_LOCATION))
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_else(|| session.url.to_string());
-    let (sdp, streams) = streams_of(describe.body(), &base)?;
+    let base = self::parse::content_base(
+        &config.name,
+        describe
+            .header(&headers::CONTENT_BASE)
+            .or_else(|| describe.header(&headers::CONTENT_LOCATION))
+            .map(|v| v.as_str()),
+        &session.url,
+    );
+    let (sdp, streams) = streams_of(describe.body(), &base, config.max_streams)?;
     session.streams = streams;
     *stats_cell.write().unwrap() = Arc::new(
         session
@@ -760,6 +840,11 @@ async fn establish(
             }
             Err(e @ ClientError::Status { status: 461, .. })
             | Err(e @ ClientError::NoTransport(_)) => {
+                log::debug!(
+                    id = config.name.as_str();
+                    "{}: {kind:?} refused ({e}), trying the next of {protocols:?}",
+                    session.conn.peer()
+                );
                 last_err = Some(e);
                 session.reset_transports(channels);
             }
@@ -772,6 +857,14 @@ async fn establish(
         ));
     };
     session.kind = kind;
+    log::debug!(
+        id = config.name.as_str();
+        "{}: {} streams set up over {kind:?}, session {}, timeout {:?}",
+        session.conn.peer(),
+        session.streams.len(),
+        session.id.as_deref().unwrap_or("-"),
+        session.timeout
+    );
     events(ClientEvent::SetUp { transport: kind });
     session.play(Some("npt=0-"), events).await?;
     Ok(session)
@@ -801,12 +894,15 @@ async fn connect(
     // arrival of what the read brought.
     let mut per_read: Option<(SharedStats, bool, Instant)> = None;
     let base_url = url.clone();
+    let max_streams = config.max_streams;
+    let log_name = config.name.clone();
     Connection::connect(
         &host,
         port,
         config.tcp_timeout,
         config.limits,
         config.user_agent.clone(),
+        config.name.clone(),
         move |incoming| match incoming {
             Incoming::Interleaved { channel, data } => {
                 let target = channels.read().unwrap().get(&channel).copied();
@@ -839,12 +935,23 @@ async fn connect(
                         .or_else(|| req.request_uri().map(|u| u.to_string()))
                         .unwrap_or_else(|| base_url.to_string());
                     events(ClientEvent::Announce {
-                        streams: streams_of(req.body(), &base).map(|(_, streams)| streams),
+                        streams: streams_of(req.body(), &base, max_streams)
+                            .map(|(_, streams)| streams),
                     });
                 }
                 Method::Redirect => {
-                    if let Some(loc) = req.header(&headers::LOCATION) {
-                        let location = loc.as_str().to_owned();
+                    let location = req
+                        .header(&headers::LOCATION)
+                        .map(|l| (l.as_str(), self::parse::location(l.as_str(), &base_url)));
+                    if let Some((raw, None)) = location {
+                        log::warn!(
+                            id = log_name.as_str();
+                            "ignoring a REDIRECT to the unusable Location `{}`",
+                            redact_url(raw)
+                        );
+                    }
+                    if let Some((_, Some(loc))) = location {
+                        let location = String::from(loc);
                         events(ClientEvent::Redirect {
                             location: location.clone(),
                         });
@@ -918,10 +1025,18 @@ impl Batches {
 fn streams_of(
     body: &[u8],
     base: &str,
+    max_streams: usize,
 ) -> Result<(SessionDescription, Vec<StreamInfo>), ClientError> {
     let sdp = SessionDescription::parse(body).map_err(|e| ClientError::Sdp(e.to_string()))?;
     if sdp.media.is_empty() {
         return Err(ClientError::Sdp("no RTP media in the description".into()));
+    }
+    let max = max_streams.min(MAX_STREAMS_LIMIT);
+    if sdp.media.len() > max {
+        return Err(ClientError::Sdp(format!(
+            "the description lists {} streams, more than the {max} allowed (max-streams)",
+            sdp.media.len()
+        )));
     }
     let streams = sdp
         .media
@@ -1009,7 +1124,107 @@ fn check(resp: &Response<Vec<u8>>, method: &str) -> Result<(), ClientError> {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Its RTCP readers and a keep-alive waiting for its answer end with it, also when the
+        // client's task is aborted.
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
 impl Session {
+    /// A request on this session: its id, credentials for the current challenge, a body as
+    /// `text/parameters`.
+    fn build_request(
+        &mut self,
+        method: Method,
+        url: &Url,
+        body: Vec<u8>,
+        extra: &[(rtsp_types::HeaderName, &str)],
+    ) -> Request<Vec<u8>> {
+        let method_name = format!("{method:?}").to_uppercase();
+        let mut b = Request::builder(method, Version::V1_0).request_uri(url.clone());
+        for (name, value) in extra {
+            b = b.header(name.clone(), *value);
+        }
+        if let Some(id) = &self.id {
+            b = b.header(headers::SESSION, id.as_str());
+        }
+        if let Some(a) = &mut self.auth {
+            b = b.header(
+                headers::AUTHORIZATION,
+                a.authorization(&method_name, url.as_str()),
+            );
+        }
+        if !body.is_empty() {
+            b = b.header(headers::CONTENT_TYPE, "text/parameters");
+        }
+        b.build(body)
+    }
+
+    /// Sends a keep-alive (GET_PARAMETER when the server lists it, OPTIONS otherwise) whose
+    /// answer a task of its own waits for: commands, RTCP and stopping never wait for it, even
+    /// when a camera answers it with another CSeq or not at all. A refused or unanswered
+    /// keep-alive is not the end of the session (a dead connection shows as its end): a
+    /// warning, and a refused GET_PARAMETER makes the next keep-alives OPTIONS.
+    fn keep_alive(&mut self) {
+        let get_parameter = self.get_parameter_supported.load(Ordering::Relaxed);
+        let method = if get_parameter {
+            Method::GetParameter
+        } else {
+            Method::Options
+        };
+        log::debug!(
+            id = self.name.as_str();
+            "{}: keep-alive {method:?} (session timeout {:?}, {})",
+            self.conn.peer(),
+            self.timeout,
+            if get_parameter {
+                "the server lists GET_PARAMETER"
+            } else {
+                "the server does not list GET_PARAMETER"
+            }
+        );
+        let url = self.url.clone();
+        let request = self.build_request(method.clone(), &url, Vec::new(), &[]);
+        let conn = self.conn.clone();
+        let stats = self.stats.clone();
+        let supported = self.get_parameter_supported.clone();
+        let name = self.name.clone();
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let result = conn.request(request).await;
+            let peer = conn.peer();
+            match result {
+                Ok(resp) if resp.status().is_success() => {
+                    let round_trip = sent.elapsed();
+                    for slot in stats.read().unwrap().iter() {
+                        slot.lock().unwrap().1.round_trip = Some(round_trip);
+                    }
+                }
+                Ok(resp) if method == Method::GetParameter => {
+                    log::warn!(
+                        id = name.as_str();
+                        "{peer}: the keep-alive GET_PARAMETER was refused ({} {}): using OPTIONS instead",
+                        u16::from(resp.status()),
+                        resp.reason_phrase()
+                    );
+                    supported.store(false, Ordering::Relaxed);
+                }
+                Ok(resp) => log::warn!(
+                    id = name.as_str();
+                    "{peer}: the keep-alive {method:?} was answered {} {}",
+                    u16::from(resp.status()),
+                    resp.reason_phrase()
+                ),
+                Err(e) => log::warn!(id = name.as_str(); "{peer}: keep-alive {method:?} failed: {e}"),
+            }
+        }));
+    }
+
     /// Sends a request, answering authentication challenges.
     async fn send(
         &mut self,
@@ -1020,24 +1235,9 @@ impl Session {
     ) -> Result<Response<Vec<u8>>, ClientError> {
         let method_name = format!("{method:?}").to_uppercase();
         for _attempt in 0..3 {
-            let mut b = Request::builder(method.clone(), Version::V1_0).request_uri(url.clone());
-            for (name, value) in extra {
-                b = b.header(name.clone(), *value);
-            }
-            if let Some(id) = &self.id {
-                b = b.header(headers::SESSION, id.as_str());
-            }
-            if let Some(a) = &mut self.auth {
-                b = b.header(
-                    headers::AUTHORIZATION,
-                    a.authorization(&method_name, url.as_str()),
-                );
-            }
-            if !body.is_empty() {
-                b = b.header(headers::CONTENT_TYPE, "text/parameters");
-            }
+            let request = self.build_request(method.clone(), url, body.clone(), extra);
             let sent = Instant::now();
-            let resp = self.conn.request(b.build(body.clone())).await?;
+            let resp = self.conn.request(request).await?;
             let round_trip = sent.elapsed();
             for slot in self.stats.read().unwrap().iter() {
                 slot.lock().unwrap().1.round_trip = Some(round_trip);
@@ -1118,7 +1318,12 @@ impl Session {
             let mut sockets = None;
             let transport = match kind {
                 TransportKind::Tcp => {
-                    TransportSpec::tcp_interleaved((2 * i as u8, 2 * i as u8 + 1)).to_string()
+                    let channels = interleaved_channels(i).ok_or_else(|| {
+                        ClientError::NoTransport(format!(
+                            "stream {i} has no interleaved channels left (at most {MAX_STREAMS_LIMIT} streams)"
+                        ))
+                    })?;
+                    TransportSpec::tcp_interleaved(channels).to_string()
                 }
                 TransportKind::Udp => {
                     let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -1145,19 +1350,21 @@ impl Session {
                 .await?;
             check(&resp, "SETUP")?;
             if self.id.is_none() {
-                let value = resp
+                let (id, timeout) = resp
                     .header(&headers::SESSION)
-                    .ok_or_else(|| ClientError::Protocol("SETUP answered without Session".into()))?
-                    .as_str()
-                    .to_owned();
-                let mut parts = value.split(';');
-                self.id = Some(parts.next().unwrap_or_default().trim().to_owned());
-                for p in parts {
-                    if let Some(t) = p.trim().strip_prefix("timeout=")
-                        && let Ok(t) = t.trim().parse::<u64>()
-                    {
-                        self.timeout = Duration::from_secs(t.clamp(1, 3600));
-                    }
+                    .and_then(|v| self::parse::parse_session(&self.name, v.as_str()))
+                    .ok_or_else(|| {
+                        ClientError::Protocol("SETUP answered without Session".into())
+                    })?;
+                log::debug!(
+                    id = self.name.as_str();
+                    "{}: session {id}, timeout {}",
+                    self.conn.peer(),
+                    timeout.map_or("not given (60 s assumed)".into(), |t| format!("{} s", t.as_secs()))
+                );
+                self.id = Some(id);
+                if let Some(t) = timeout {
+                    self.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
                 }
             }
             let reply = resp
@@ -1167,8 +1374,11 @@ impl Session {
                 .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
             let stream_transport = match (kind, reply.lower, reply.multicast) {
                 (TransportKind::Tcp, LowerTransport::Tcp, _) => {
-                    let (rtp_ch, rtcp_ch) =
-                        reply.interleaved.unwrap_or((2 * i as u8, 2 * i as u8 + 1));
+                    // Ours when the server names none (the request had them: they exist).
+                    let (rtp_ch, rtcp_ch) = reply
+                        .interleaved
+                        .or_else(|| interleaved_channels(i))
+                        .unwrap_or_default();
                     let mut map = channels.write().unwrap();
                     map.insert(rtp_ch, (i, false));
                     map.insert(rtcp_ch, (i, true));
@@ -1206,6 +1416,12 @@ impl Session {
                     )));
                 }
             };
+            log::debug!(
+                id = self.name.as_str();
+                "{}: stream {i} ({}) over {kind:?}: the server answered `{reply}`",
+                self.conn.peer(),
+                redact_url(&self.streams[i].control)
+            );
             self.transports.push(stream_transport);
         }
         Ok(())
@@ -1275,7 +1491,7 @@ impl Session {
         check(&resp, "PLAY")?;
         let rtp_info = resp
             .header(&headers::RTP_INFO)
-            .map(|v| parse_rtp_info(v.as_str(), &self.streams))
+            .map(|v| self::parse::parse_rtp_info(&self.name, v.as_str(), &self.streams))
             .unwrap_or_default();
         events(ClientEvent::Playing {
             rtp_info,
@@ -1308,6 +1524,12 @@ impl Session {
             };
             let mut out = Vec::with_capacity(64);
             rtcp::write_receiver_report(&rr, "rtspsrc2", &mut out);
+            log::trace!(
+                id = self.name.as_str();
+                "{}: RTCP receiver report for stream {i}: {:?}",
+                self.conn.peer(),
+                rr
+            );
             match transport {
                 StreamTransport::Udp {
                     rtcp,
@@ -1341,92 +1563,104 @@ fn join_multicast(
     Ok(sock.into())
 }
 
-/// Parses RTP-Info, matching each `url=` to a stream by its control URL.
-fn parse_rtp_info(value: &str, streams: &[StreamInfo]) -> Vec<RtpInfo> {
-    let mut out = Vec::new();
-    for entry in value.split(',') {
-        let mut info = RtpInfo::default();
-        let mut url = None;
-        for param in entry.split(';') {
-            let param = param.trim();
-            if let Some(v) = param.strip_prefix("url=") {
-                url = Some(v.trim_matches('"'));
-            } else if let Some(v) = param.strip_prefix("seq=") {
-                info.seq = v.parse().ok();
-            } else if let Some(v) = param.strip_prefix("rtptime=") {
-                info.rtptime = v.parse().ok();
-            }
-        }
-        let Some(url) = url else { continue };
-        let matched = streams.iter().find(|s| {
-            s.control == url
-                || s.control
-                    .trim_end_matches('/')
-                    .ends_with(url.trim_end_matches('/'))
-                || url
-                    .trim_end_matches('/')
-                    .ends_with(s.control.trim_end_matches('/'))
-        });
-        if let Some(s) = matched {
-            info.stream = s.index;
-            out.push(info);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stream(index: usize, control: &str) -> StreamInfo {
-        StreamInfo {
-            index,
-            media: MediaDescription {
-                media: "video".into(),
-                payload_type: 96,
-                encoding_name: "H264".into(),
-                clock_rate: 90000,
-                encoding_params: None,
-                fmtp: Vec::new(),
-                control: String::new(),
-                multicast: None,
-                port: 0,
-                bandwidth_kbps: None,
-                attributes: Vec::new(),
-            },
-            control: control.into(),
+    #[test]
+    fn interleaved_channels_never_overflow() {
+        assert_eq!(interleaved_channels(0), Some((0, 1)));
+        assert_eq!(interleaved_channels(127), Some((254, 255)));
+        assert_eq!(
+            interleaved_channels(MAX_STREAMS_LIMIT - 1),
+            Some((254, 255))
+        );
+        for i in [128, 129, 200, 255, 256, usize::MAX / 2, usize::MAX] {
+            assert_eq!(interleaved_channels(i), None, "{i}");
         }
     }
 
+    fn sdp_with_media(n: usize) -> Vec<u8> {
+        let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n");
+        for i in 0..n {
+            sdp.push_str(&format!(
+                "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream={i}\r\n"
+            ));
+        }
+        sdp.into_bytes()
+    }
+
     #[test]
-    fn rtp_info_matches_streams_by_url() {
-        let streams = [
-            stream(0, "rtsp://h/live/stream=0"),
-            stream(1, "rtsp://h/live/stream=1"),
-        ];
-        let info = parse_rtp_info(
-            "url=rtsp://h/live/stream=1;seq=7;rtptime=900, url=rtsp://h/live/stream=0;seq=65535;rtptime=4294967295",
-            &streams,
-        );
+    fn the_number_of_streams_is_capped() {
+        let (_, streams) = streams_of(&sdp_with_media(16), "rtsp://h/", 16).unwrap();
+        assert_eq!(streams.len(), 16);
+        let err = streams_of(&sdp_with_media(17), "rtsp://h/", 16).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("17 streams") && text.contains("16"), "{text}");
+        // Never more than the channels allow, whatever the setting.
         assert_eq!(
-            info,
-            vec![
-                RtpInfo {
-                    stream: 1,
-                    seq: Some(7),
-                    rtptime: Some(900)
-                },
-                RtpInfo {
-                    stream: 0,
-                    seq: Some(65535),
-                    rtptime: Some(u32::MAX)
-                },
-            ]
+            streams_of(&sdp_with_media(128), "rtsp://h/", usize::MAX)
+                .unwrap()
+                .1
+                .len(),
+            128
         );
-        // Relative urls (some servers) and garbage.
-        let info = parse_rtp_info("url=stream=0;seq=1, garbage;;;, url=nope;seq=2", &streams);
-        assert_eq!(info.len(), 1);
-        assert_eq!(info[0].stream, 0);
+        let err = streams_of(&sdp_with_media(200), "rtsp://h/", usize::MAX).unwrap_err();
+        assert!(err.to_string().contains("200 streams"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        for (location, shown) in [
+            ("rtsp://user:secret@cam:554/live", "rtsp://cam:554/live"),
+            ("rtsp://user@cam/live", "rtsp://cam/live"),
+            (
+                "rtsp://us%40er:p%40ss@cam/live?x=a@b",
+                "rtsp://cam/live?x=a@b",
+            ),
+            ("rtsp://user:p@ss@cam", "rtsp://cam"),
+            ("rtsp://user:secret@[::1]:8554/", "rtsp://[::1]:8554/"),
+            ("rtsp://cam/live@path", "rtsp://cam/live@path"),
+            ("rtsp://cam/live", "rtsp://cam/live"),
+            ("not a url user:secret@", "not a url user:secret@"),
+            ("rtsp://user:secret@", "rtsp://"),
+            ("", ""),
+            (
+                "url=rtsp://a:b@h/1;seq=1, url=rtsp://c:d@h/2;seq=2",
+                "url=rtsp://h/1;seq=1, url=rtsp://h/2;seq=2",
+            ),
+            ("Location: rtsp://u:p@h:554", "Location: rtsp://h:554"),
+        ] {
+            assert_eq!(redact_url(location), shown, "{location}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A client dropped on an application thread while its server never answers: the drop
+    /// waits for TEARDOWN no longer than `teardown_timeout`, and does not panic.
+    #[test]
+    fn dropping_a_client_outside_the_runtime_is_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = ClientConfig {
+            url: format!("rtsp://127.0.0.1:{port}/"),
+            teardown_timeout: Duration::from_millis(300),
+            ..ClientConfig::default()
+        };
+        let client = Client::start(config, |_| {}).unwrap();
+        // Connected, waiting for the OPTIONS answer that never comes.
+        let (_conn, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        drop(client);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
