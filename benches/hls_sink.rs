@@ -7,11 +7,20 @@
 //! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
 //! syncs to the clock) into `rshlssink` (its built-in muxer, and `muxer=mpegtsmux`) or `hlssink2`
 //! with 2 s segments, runs to EOS and reports
-//! the CPU time the pipeline run took (utime+stime from /proc/self/stat, after start-up) and its
+//! the CPU time the pipeline run took (utime+stime, CLOCK_PROCESS_CPUTIME_ID, after start-up) and its
 //! peak RSS (VmHWM). Demuxing and
 //! parsing are the same in both, so the difference is the sinks' own work. BENCH_RUNS (default 3)
 //! alternating runs each; medians are printed. Without `--bench` (as `cargo test --all-targets`
 //! runs it) it is a 4 s smoke run.
+//!
+//! BENCH_BASELINE=DIR measures rshlssink (built-in muxer) against the rshlssink of an earlier
+//! build instead of against hlssink2: DIR holds that build's `libgstlivestreaming.so` (copy it
+//! aside before changing the code). Each child then loads its build's plugin file (the current
+//! one is the plugin compiled with this benchmark); in each of BENCH_RUNS rounds both run at once
+//! (BENCH_TOGETHER=0: one after the other), which one starts first alternating, followed by the
+//! demuxing and parsing alone (into fakesinks); the per-round CPU ratios current / baseline and
+//! their mean are printed, of the whole process and of the sink's own share (minus the
+//! demuxing's median).
 
 mod common;
 
@@ -56,10 +65,14 @@ fn run_pipeline(desc: &str, timeout: Duration) {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
-/// Child mode: run one sink over the input and print "cpu rss segments".
-fn child(which: &str, input: &str, out: &str) {
+/// Child mode: run one sink over the input and print "cpu rss segments wall". With `plugin`,
+/// rshlssink comes from that build's plugin file, else from this binary.
+fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
     gst::init().unwrap();
-    gstlivestreaming::plugin_register_static().unwrap();
+    match plugin {
+        Some(p) => load_plugin(p, "rshlssink"),
+        None => gstlivestreaming::plugin_register_static().unwrap(),
+    }
     let sink = match which {
         "ours" => format!(
             "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
@@ -74,23 +87,37 @@ fn child(which: &str, input: &str, out: &str) {
             "hlssink2 name=h location={out}/segment%05d.ts playlist-location={out}/playlist.m3u8 \
              target-duration=2 playlist-length=0 max-files=0"
         ),
+        // What every sink's input costs: demuxing and parsing alone.
+        "demux" => String::new(),
         other => panic!("unknown sink {other}"),
     };
-    let desc = format!(
-        "filesrc location={input} ! matroskademux name=d {sink} \
-         d.video_0 ! queue ! h264parse ! h.video \
-         d.audio_0 ! queue ! aacparse ! h.audio"
-    );
+    let desc = if which == "demux" {
+        format!(
+            "filesrc location={input} ! matroskademux name=d \
+             d.video_0 ! queue ! h264parse ! fakesink \
+             d.audio_0 ! queue ! aacparse ! fakesink"
+        )
+    } else {
+        format!(
+            "filesrc location={input} ! matroskademux name=d {sink} \
+             d.video_0 ! queue ! h264parse ! h.video \
+             d.audio_0 ! queue ! aacparse ! h.audio"
+        )
+    };
     // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
-    let cpu0 = cpu_seconds_total(std::process::id());
+    let cpu0 = process_cpu_seconds();
     let t0 = Instant::now();
     run_pipeline(&desc, Duration::from_secs(600));
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds_total(std::process::id()) - cpu0;
-    let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
-    let segments = m3u8_rs::parse_media_playlist_res(&playlist)
-        .map(|p| p.segments.len())
-        .unwrap_or(0);
+    let cpu = process_cpu_seconds() - cpu0;
+    let segments = if which == "demux" {
+        0
+    } else {
+        let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
+        m3u8_rs::parse_media_playlist_res(&playlist)
+            .map(|p| p.segments.len())
+            .unwrap_or(0)
+    };
     println!(
         "{} {} {} {}",
         cpu,
@@ -107,18 +134,26 @@ struct RunResult {
     wall: f64,
 }
 
-fn run_child(exe: &Path, which: &str, input: &Path, out: &Path) -> RunResult {
+fn run_child(
+    exe: &Path,
+    which: &str,
+    input: &Path,
+    out: &Path,
+    plugin: Option<&Path>,
+) -> RunResult {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let o = Command::new(exe)
-        .args([
-            "--child",
-            which,
-            &input.to_string_lossy(),
-            &out.to_string_lossy(),
-        ])
-        .output()
-        .expect("run child");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--child",
+        which,
+        &input.to_string_lossy(),
+        &out.to_string_lossy(),
+    ]);
+    if let Some(p) = plugin {
+        cmd.arg(p);
+    }
+    let o = cmd.output().expect("run child");
     assert!(
         o.status.success(),
         "{which}: {}",
@@ -140,7 +175,12 @@ fn run_child(exe: &Path, which: &str, input: &Path, out: &Path) -> RunResult {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
-        child(&args[i + 1], &args[i + 2], &args[i + 3]);
+        child(
+            &args[i + 1],
+            &args[i + 2],
+            &args[i + 3],
+            args.get(i + 4).map(Path::new),
+        );
         return;
     }
     gst::init().unwrap();
@@ -165,18 +205,25 @@ fn main() {
         "input: {seconds} s of 720p30 H.264 + AAC, {:.2} Mbit/s; {runs} runs each, medians",
         size as f64 * 8.0 / f64::from(seconds) / 1e6
     );
+    if let Some(baseline) = PluginBuild::baseline() {
+        let builds = [PluginBuild::current(), baseline];
+        against_baseline(&builds, &exe, &input, &work, seconds, runs);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
     let mut ours = Vec::new();
     let mut ours_mpegtsmux = Vec::new();
     let mut stock = Vec::new();
     for _ in 0..runs {
-        ours.push(run_child(&exe, "ours", &input, &work.join("ours")));
+        ours.push(run_child(&exe, "ours", &input, &work.join("ours"), None));
         ours_mpegtsmux.push(run_child(
             &exe,
             "ours-mpegtsmux",
             &input,
             &work.join("ours-mpegtsmux"),
+            None,
         ));
-        stock.push(run_child(&exe, "stock", &input, &work.join("stock")));
+        stock.push(run_child(&exe, "stock", &input, &work.join("stock"), None));
     }
     let _ = std::fs::remove_dir_all(&work);
     // Both cut the same keyframes (every 2 s) into segments.
@@ -211,5 +258,99 @@ fn main() {
     println!(
         "CPU ratio rshlssink muxer=mpegtsmux / hlssink2: {:.2}",
         mc / sc
+    );
+}
+
+/// rshlssink of `builds[0]` (current) against that of `builds[1]` (baseline), `rounds` rounds.
+fn against_baseline(
+    builds: &[PluginBuild; 2],
+    exe: &Path,
+    input: &Path,
+    work: &Path,
+    seconds: u32,
+    rounds: usize,
+) {
+    let together = together();
+    for b in builds {
+        println!("{}: {}", b.label, b.file.display());
+    }
+    println!(
+        "rshlssink current against baseline, {rounds} rounds, {}",
+        if together {
+            "both at once"
+        } else {
+            "one after the other"
+        }
+    );
+    let mut runs: [Vec<RunResult>; 2] = [Vec::new(), Vec::new()];
+    let mut demux = Vec::new();
+    for r in 0..rounds {
+        let order = round_order(r);
+        let run = |i: usize| {
+            let out = work.join(&builds[i].label);
+            (
+                i,
+                run_child(exe, "ours", input, &out, Some(&builds[i].file)),
+            )
+        };
+        let done: Vec<(usize, RunResult)> = if together {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = order
+                    .iter()
+                    .map(|&i| {
+                        let h = s.spawn(move || run(i));
+                        // Let the first one get going, as the order says.
+                        std::thread::sleep(Duration::from_millis(100));
+                        h
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        } else {
+            order.iter().map(|&i| run(i)).collect()
+        };
+        for (i, res) in done {
+            eprintln!(
+                "round {r} {}: cpu {:.3} s, wall {:.2} s, rss {:.1} MiB, {} segments",
+                builds[i].label, res.cpu, res.wall, res.rss, res.segments
+            );
+            // Both cut every keyframe (every 2 s) into a segment.
+            assert_eq!(
+                res.segments as u32,
+                seconds.div_ceil(2),
+                "{}",
+                builds[i].label
+            );
+            runs[i].push(res);
+        }
+        let d = run_child(exe, "demux", input, &work.join("demux"), None);
+        eprintln!("round {r} demuxing alone: cpu {:.3} s", d.cpu);
+        demux.push(d.cpu);
+    }
+    let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.cpu).collect() };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (c, b) = (cpu(0), cpu(1));
+    let d = median(demux);
+    println!();
+    println!("| build | CPU s (mean) | wall s (mean) | peak RSS MiB | segments |");
+    println!("|---|---|---|---|---|");
+    for (i, build) in builds.iter().enumerate() {
+        let rs = &runs[i];
+        println!(
+            "| rshlssink {} | {:.3} | {:.3} | {:.1} | {} |",
+            build.label,
+            mean(&cpu(i)),
+            mean(&rs.iter().map(|r| r.wall).collect::<Vec<_>>()),
+            median(rs.iter().map(|r| r.rss).collect()),
+            rs[0].segments
+        );
+    }
+    println!("| demuxing and parsing alone | {d:.3} (median) | | | |");
+    println!();
+    println!("CPU current / baseline per round: {}", ratio_line(&c, &b));
+    let own = |v: &[f64]| -> Vec<f64> { v.iter().map(|x| x - d).collect() };
+    println!(
+        "Without the demuxing's share: {}",
+        ratio_line(&own(&c), &own(&b))
     );
 }
