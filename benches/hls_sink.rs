@@ -20,7 +20,8 @@
 //! (BENCH_TOGETHER=0: one after the other), which one starts first alternating, followed by the
 //! demuxing and parsing alone (into fakesinks); the per-round CPU ratios current / baseline and
 //! their mean are printed, of the whole process and of the sink's own share (minus the
-//! demuxing's median).
+//! demuxing's median). A pipeline run over 60 s of input takes about 0.1 s of CPU, so with a
+//! baseline each child runs it BENCH_REPEAT times (default 5; 1 otherwise) and reports the sum.
 
 mod common;
 
@@ -105,9 +106,12 @@ fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
         )
     };
     // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
+    let repeat = repeat(1);
     let cpu0 = process_cpu_seconds();
     let t0 = Instant::now();
-    run_pipeline(&desc, Duration::from_secs(600));
+    for _ in 0..repeat {
+        run_pipeline(&desc, Duration::from_secs(600));
+    }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
     let segments = if which == "demux" {
@@ -127,6 +131,15 @@ fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
     );
 }
 
+/// BENCH_REPEAT: how many times each child runs its pipeline over the input (the figures are
+/// the sum), so that a run lasts long enough to measure without encoding more input.
+fn repeat(default: u32) -> u32 {
+    std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 struct RunResult {
     cpu: f64,
     rss: f64,
@@ -140,6 +153,7 @@ fn run_child(
     input: &Path,
     out: &Path,
     plugin: Option<&Path>,
+    repeat: u32,
 ) -> RunResult {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
@@ -153,6 +167,7 @@ fn run_child(
     if let Some(p) = plugin {
         cmd.arg(p);
     }
+    cmd.env("BENCH_REPEAT", repeat.to_string());
     let o = cmd.output().expect("run child");
     assert!(
         o.status.success(),
@@ -211,19 +226,35 @@ fn main() {
         let _ = std::fs::remove_dir_all(&work);
         return;
     }
+    let rep = repeat(1);
     let mut ours = Vec::new();
     let mut ours_mpegtsmux = Vec::new();
     let mut stock = Vec::new();
     for _ in 0..runs {
-        ours.push(run_child(&exe, "ours", &input, &work.join("ours"), None));
+        ours.push(run_child(
+            &exe,
+            "ours",
+            &input,
+            &work.join("ours"),
+            None,
+            rep,
+        ));
         ours_mpegtsmux.push(run_child(
             &exe,
             "ours-mpegtsmux",
             &input,
             &work.join("ours-mpegtsmux"),
             None,
+            rep,
         ));
-        stock.push(run_child(&exe, "stock", &input, &work.join("stock"), None));
+        stock.push(run_child(
+            &exe,
+            "stock",
+            &input,
+            &work.join("stock"),
+            None,
+            rep,
+        ));
     }
     let _ = std::fs::remove_dir_all(&work);
     // Both cut the same keyframes (every 2 s) into segments.
@@ -271,11 +302,12 @@ fn against_baseline(
     rounds: usize,
 ) {
     let together = together();
+    let rep = repeat(5);
     for b in builds {
         println!("{}: {}", b.label, b.file.display());
     }
     println!(
-        "rshlssink current against baseline, {rounds} rounds, {}",
+        "rshlssink current against baseline, {rounds} rounds of {rep} pipeline runs per child, {}",
         if together {
             "both at once"
         } else {
@@ -290,7 +322,7 @@ fn against_baseline(
             let out = work.join(&builds[i].label);
             (
                 i,
-                run_child(exe, "ours", input, &out, Some(&builds[i].file)),
+                run_child(exe, "ours", input, &out, Some(&builds[i].file), rep),
             )
         };
         let done: Vec<(usize, RunResult)> = if together {
@@ -323,7 +355,7 @@ fn against_baseline(
             );
             runs[i].push(res);
         }
-        let d = run_child(exe, "demux", input, &work.join("demux"), None);
+        let d = run_child(exe, "demux", input, &work.join("demux"), None, rep);
         eprintln!("round {r} demuxing alone: cpu {:.3} s", d.cpu);
         demux.push(d.cpu);
     }

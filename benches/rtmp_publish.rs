@@ -20,7 +20,9 @@
 //! plugin compiled with this benchmark); in each of BENCH_RUNS rounds both publish at once
 //! (BENCH_TOGETHER=0: one after the other), which one starts first alternating, followed by the
 //! producer alone; the per-round CPU ratios current / baseline and their mean are printed, of
-//! the whole process and of the sink's own share (minus the producer's median).
+//! the whole process and of the sink side: every thread but the child's main thread, which is
+//! the producer (reading, parsing, pacing, pushing into appsrc); the rest is appsrc's streaming
+//! thread and the sink's own.
 
 mod common;
 
@@ -90,6 +92,9 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64, plugin: O
     let sink_el = pipeline.by_name("sink").unwrap();
     let data = std::fs::read(file).unwrap();
     let cpu0 = process_cpu_seconds();
+    // This (main) thread is the producer: it reads, parses, paces and pushes into appsrc. The
+    // other threads are appsrc's streaming thread and the sink's own: the sink side.
+    let main0 = thread_cpu_seconds();
     let t0 = Instant::now();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut header = Vec::new();
@@ -134,6 +139,7 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64, plugin: O
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
+    let sink_cpu = cpu - (thread_cpu_seconds() - main0);
     let (sent, drops) = if sink_el.has_property("stats") {
         let stats = sink_el.property::<gst::Structure>("stats");
         (
@@ -145,7 +151,7 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64, plugin: O
     };
     pipeline.set_state(gst::State::Null).unwrap();
     println!(
-        "RESULT cpu={cpu:.3} wall={wall:.3} rss={:.1} sent={sent} drops={drops}",
+        "RESULT cpu={cpu:.4} sinkcpu={sink_cpu:.4} wall={wall:.3} rss={:.1} sent={sent} drops={drops}",
         peak_rss_mib(std::process::id())
     );
     std::io::stdout().flush().unwrap();
@@ -153,6 +159,8 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64, plugin: O
 
 struct Run {
     cpu: f64,
+    /// Of every thread but the producer's.
+    sink_cpu: f64,
     wall: f64,
     rss: f64,
     sent: u64,
@@ -213,6 +221,7 @@ fn run_child(
     };
     Run {
         cpu: field("cpu"),
+        sink_cpu: field("sinkcpu"),
         wall: field("wall"),
         rss: field("rss"),
         sent: field("sent") as u64,
@@ -417,34 +426,41 @@ fn against_baseline(
         }
         let url = format!("rtmp://127.0.0.1:{port}/live/producer{r}");
         let run = run_child(exe, "fakesink", file, &url, loops, speed, None);
-        eprintln!("round {r} producer alone: cpu {:.3} s", run.cpu);
-        producer.push(run.cpu);
+        eprintln!(
+            "round {r} producer alone: cpu {:.3} s, of it other threads {:.3} s",
+            run.cpu, run.sink_cpu
+        );
+        producer.push(run);
     }
     let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.cpu).collect() };
+    let sink_cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.sink_cpu).collect() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (c, b) = (cpu(0), cpu(1));
-    let p = median(producer.clone());
+    let p = median(producer.iter().map(|r| r.cpu).collect());
+    let ps = median(producer.iter().map(|r| r.sink_cpu).collect());
     println!();
-    println!("| build | CPU s (mean) | peak RSS MiB | MB sent | drops |");
-    println!("|---|---|---|---|---|");
+    println!("| build | CPU s (mean) | of it the sink side | peak RSS MiB | MB sent | drops |");
+    println!("|---|---|---|---|---|---|");
     for (i, build) in builds.iter().enumerate() {
         let rs = &runs[i];
         println!(
-            "| rsrtmpsink {} | {:.3} | {:.1} | {:.1} | {} |",
+            "| rsrtmpsink {} | {:.3} | {:.3} | {:.1} | {:.1} | {} |",
             build.label,
             mean(&cpu(i)),
+            mean(&sink_cpu(i)),
             median(rs.iter().map(|r| r.rss).collect()),
             median(rs.iter().map(|r| r.sent as f64).collect()) / 1e6,
             rs.iter().map(|r| r.drops).max().unwrap_or(0)
         );
     }
-    println!("| appsrc ! fakesink (the producer alone) | {p:.3} (median) | | 0 | 0 |");
+    println!("| appsrc ! fakesink (the producer alone; median) | {p:.3} | {ps:.3} | | 0 | 0 |");
     println!();
-    println!("CPU current / baseline per round: {}", ratio_line(&c, &b));
-    let own = |v: &[f64]| -> Vec<f64> { v.iter().map(|x| x - p).collect() };
     println!(
-        "Without the producer's share: {}",
-        ratio_line(&own(&c), &own(&b))
+        "CPU current / baseline per round: {}",
+        ratio_line(&cpu(0), &cpu(1))
+    );
+    println!(
+        "The sink side alone (every thread but the producer's): {}",
+        ratio_line(&sink_cpu(0), &sink_cpu(1))
     );
     if runs.iter().flatten().any(|r| r.drops > 0) {
         println!("rsrtmpsink dropped frames: not a like-for-like run; lower BENCH_SPEED");

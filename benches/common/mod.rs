@@ -324,6 +324,15 @@ pub fn load_plugin(file: &std::path::Path, element: &str) {
 /// nanosecond resolution (CLOCK_PROCESS_CPUTIME_ID: the utime+stime of /proc/self/stat without
 /// its 10 ms ticks).
 pub fn process_cpu_seconds() -> f64 {
+    clock_seconds(2) // CLOCK_PROCESS_CPUTIME_ID
+}
+
+/// CPU time of the calling thread so far (CLOCK_THREAD_CPUTIME_ID), nanosecond resolution.
+pub fn thread_cpu_seconds() -> f64 {
+    clock_seconds(3) // CLOCK_THREAD_CPUTIME_ID
+}
+
+fn clock_seconds(clock: i32) -> f64 {
     #[repr(C)]
     struct Timespec {
         sec: i64,
@@ -332,11 +341,10 @@ pub fn process_cpu_seconds() -> f64 {
     unsafe extern "C" {
         fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
     }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
     let mut t = Timespec { sec: 0, nsec: 0 };
     // SAFETY: `t` is a valid, writable timespec (64-bit Linux layout) for the call's duration.
-    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    let rc = unsafe { clock_gettime(clock, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime({clock})");
     t.sec as f64 + t.nsec as f64 / 1e9
 }
 
@@ -352,12 +360,16 @@ pub fn round_order(round: usize) -> [usize; 2] {
     if round % 2 == 0 { [0, 1] } else { [1, 0] }
 }
 
-/// "0.98 1.03 1.01 (0.98-1.03), mean 1.01" for per-round values `current[i] / baseline[i]`.
+/// "0.98 1.03 1.01 (0.98-1.03), mean 1.01, median 1.01" for per-round values `current[i] / baseline[i]`.
 pub fn ratio_line(current: &[f64], baseline: &[f64]) -> String {
     let ratios: Vec<f64> = current.iter().zip(baseline).map(|(c, b)| c / b).collect();
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ratios.iter().copied().fold(0.0, f64::max);
     let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    format!("{} ({min:.2}-{max:.2}), mean {mean:.2}", each.join(" "))
+    format!(
+        "{} ({min:.2}-{max:.2}), mean {mean:.2}, median {:.2}",
+        each.join(" "),
+        median(ratios.clone())
+    )
 }
