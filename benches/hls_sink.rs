@@ -7,8 +7,8 @@
 //! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
 //! syncs to the clock) into `rshlssink` (its built-in muxer, and `muxer=mpegtsmux`) or `hlssink2`
 //! with 2 s segments, runs to EOS and reports
-//! the CPU time the pipeline run took (utime+stime, CLOCK_PROCESS_CPUTIME_ID, after start-up) and its
-//! peak RSS (VmHWM). Demuxing and
+//! the CPU time the pipeline run took (utime+stime, CLOCK_PROCESS_CPUTIME_ID, after start-up)
+//! and its peak RSS (VmHWM). Demuxing and
 //! parsing are the same in both, so the difference is the sinks' own work. BENCH_RUNS (default 3)
 //! alternating runs each; medians are printed. Without `--bench` (as `cargo test --all-targets`
 //! runs it) it is a 4 s smoke run.
@@ -17,10 +17,11 @@
 //! build instead of against hlssink2: DIR holds that build's `libgstlivestreaming.so` (copy it
 //! aside before changing the code). Each child then loads its build's plugin file (the current
 //! one is the plugin compiled with this benchmark); in each of BENCH_RUNS rounds both run at once
-//! (BENCH_TOGETHER=0: one after the other), which one starts first alternating, followed by the
-//! demuxing and parsing alone (into fakesinks); the per-round CPU ratios current / baseline and
-//! their mean are printed, of the whole process and of the sink's own share (minus the
-//! demuxing's median). A pipeline run over 60 s of input takes about 0.1 s of CPU, so with a
+//! (BENCH_TOGETHER=0: one after the other), which one starts first alternating; the per-round
+//! CPU ratios current / baseline and their mean are printed, of the whole process and of the
+//! sink side: every thread but the main one and the demuxer's (`d:sink`), that is the queues'
+//! threads (parsing, which is the same for both, and the sink's input) and the sink's own. A
+//! pipeline run over 60 s of input takes about 0.1 s of CPU, so with a
 //! baseline each child runs it BENCH_REPEAT times (default 5; 1 otherwise) and reports the sum.
 
 mod common;
@@ -44,14 +45,21 @@ fn encode_input(path: &Path, seconds: u32) {
            ! voaacenc ! aacparse ! queue ! m.",
         path.display()
     );
-    run_pipeline(&desc, Duration::from_secs(600));
+    run_pipeline(&desc, Duration::from_secs(600), &[]);
 }
 
-fn run_pipeline(desc: &str, timeout: Duration) {
+/// Runs `desc` to EOS. Returns the CPU seconds its threads took but the main thread and those
+/// named in `except` (taken when they are still there, at EOS).
+fn run_pipeline(desc: &str, timeout: Duration, except: &[&str]) -> f64 {
     let pipeline = gst::parse::launch(desc)
         .unwrap_or_else(|e| panic!("{desc}: {e}"))
         .downcast::<gst::Pipeline>()
         .unwrap();
+    // Streaming threads come from a pool and may outlive a run: count what each did in this one.
+    let before: std::collections::HashMap<u32, f64> = threads_cpu_seconds()
+        .into_iter()
+        .map(|(tid, _, s)| (tid, s))
+        .collect();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     let msg = bus
@@ -63,7 +71,14 @@ fn run_pipeline(desc: &str, timeout: Duration) {
     if let gst::MessageView::Error(e) = msg.view() {
         panic!("{desc}: {} ({:?})", e.error(), e.debug());
     }
+    let main = std::process::id();
+    let others = threads_cpu_seconds()
+        .into_iter()
+        .filter(|(tid, comm, _)| *tid != main && !except.contains(&comm.as_str()))
+        .map(|(tid, _, s)| s - before.get(&tid).copied().unwrap_or(0.0))
+        .sum();
     pipeline.set_state(gst::State::Null).unwrap();
+    others
 }
 
 /// Child mode: run one sink over the input and print "cpu rss segments wall". With `plugin`,
@@ -88,46 +103,36 @@ fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
             "hlssink2 name=h location={out}/segment%05d.ts playlist-location={out}/playlist.m3u8 \
              target-duration=2 playlist-length=0 max-files=0"
         ),
-        // What every sink's input costs: demuxing and parsing alone.
-        "demux" => String::new(),
         other => panic!("unknown sink {other}"),
     };
-    let desc = if which == "demux" {
-        format!(
-            "filesrc location={input} ! matroskademux name=d \
-             d.video_0 ! queue ! h264parse ! fakesink \
-             d.audio_0 ! queue ! aacparse ! fakesink"
-        )
-    } else {
-        format!(
-            "filesrc location={input} ! matroskademux name=d {sink} \
-             d.video_0 ! queue ! h264parse ! h.video \
-             d.audio_0 ! queue ! aacparse ! h.audio"
-        )
-    };
+    let desc = format!(
+        "filesrc location={input} ! matroskademux name=d {sink} \
+         d.video_0 ! queue ! h264parse ! h.video \
+         d.audio_0 ! queue ! aacparse ! h.audio"
+    );
     // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
     let repeat = repeat(1);
     let cpu0 = process_cpu_seconds();
     let t0 = Instant::now();
+    // The sink side: the queues' threads (parsing, the sink's input) and the sink's own; not
+    // the demuxer's thread (its sink pad's task, "d:sink") nor the main thread.
+    let mut sink_cpu = 0.0;
     for _ in 0..repeat {
-        run_pipeline(&desc, Duration::from_secs(600));
+        sink_cpu += run_pipeline(&desc, Duration::from_secs(600), &["d:sink"]);
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
-    let segments = if which == "demux" {
-        0
-    } else {
-        let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
-        m3u8_rs::parse_media_playlist_res(&playlist)
-            .map(|p| p.segments.len())
-            .unwrap_or(0)
-    };
+    let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
+    let segments = m3u8_rs::parse_media_playlist_res(&playlist)
+        .map(|p| p.segments.len())
+        .unwrap_or(0);
     println!(
-        "{} {} {} {}",
+        "{} {} {} {} {}",
         cpu,
         peak_rss_mib(std::process::id()),
         segments,
-        wall
+        wall,
+        sink_cpu
     );
 }
 
@@ -142,6 +147,8 @@ fn repeat(default: u32) -> u32 {
 
 struct RunResult {
     cpu: f64,
+    /// Of the threads but the main one and the demuxer's.
+    sink_cpu: f64,
     rss: f64,
     segments: usize,
     wall: f64,
@@ -184,6 +191,7 @@ fn run_child(
         rss: v[1],
         segments: v[2] as usize,
         wall: v[3],
+        sink_cpu: v[4],
     }
 }
 
@@ -315,7 +323,6 @@ fn against_baseline(
         }
     );
     let mut runs: [Vec<RunResult>; 2] = [Vec::new(), Vec::new()];
-    let mut demux = Vec::new();
     for r in 0..rounds {
         let order = round_order(r);
         let run = |i: usize| {
@@ -343,8 +350,8 @@ fn against_baseline(
         };
         for (i, res) in done {
             eprintln!(
-                "round {r} {}: cpu {:.3} s, wall {:.2} s, rss {:.1} MiB, {} segments",
-                builds[i].label, res.cpu, res.wall, res.rss, res.segments
+                "round {r} {}: cpu {:.3} s (sink side {:.3} s), wall {:.2} s, rss {:.1} MiB, {} segments",
+                builds[i].label, res.cpu, res.sink_cpu, res.wall, res.rss, res.segments
             );
             // Both cut every keyframe (every 2 s) into a segment.
             assert_eq!(
@@ -355,34 +362,34 @@ fn against_baseline(
             );
             runs[i].push(res);
         }
-        let d = run_child(exe, "demux", input, &work.join("demux"), None, rep);
-        eprintln!("round {r} demuxing alone: cpu {:.3} s", d.cpu);
-        demux.push(d.cpu);
     }
     let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.cpu).collect() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (c, b) = (cpu(0), cpu(1));
-    let d = median(demux);
+    let sink_cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.sink_cpu).collect() };
     println!();
-    println!("| build | CPU s (mean) | wall s (mean) | peak RSS MiB | segments |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| build | CPU s (mean) | of it the sink side | wall s (mean) | peak RSS MiB | segments |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (i, build) in builds.iter().enumerate() {
         let rs = &runs[i];
         println!(
-            "| rshlssink {} | {:.3} | {:.3} | {:.1} | {} |",
+            "| rshlssink {} | {:.3} | {:.3} | {:.3} | {:.1} | {} |",
             build.label,
             mean(&cpu(i)),
+            mean(&sink_cpu(i)),
             mean(&rs.iter().map(|r| r.wall).collect::<Vec<_>>()),
             median(rs.iter().map(|r| r.rss).collect()),
             rs[0].segments
         );
     }
-    println!("| demuxing and parsing alone | {d:.3} (median) | | | |");
     println!();
-    println!("CPU current / baseline per round: {}", ratio_line(&c, &b));
-    let own = |v: &[f64]| -> Vec<f64> { v.iter().map(|x| x - d).collect() };
     println!(
-        "Without the demuxing's share: {}",
-        ratio_line(&own(&c), &own(&b))
+        "CPU current / baseline per round: {}",
+        ratio_line(&cpu(0), &cpu(1))
+    );
+    println!(
+        "The sink side alone (every thread but the main one and the demuxer's): {}",
+        ratio_line(&sink_cpu(0), &sink_cpu(1))
     );
 }

@@ -373,3 +373,25 @@ pub fn ratio_line(current: &[f64], baseline: &[f64]) -> String {
         median(ratios.clone())
     )
 }
+
+/// CPU seconds so far of each live thread of this process: (thread id, name, seconds), from
+/// /proc/self/task/TID/{comm,schedstat} (nanoseconds). Threads that exited are not listed.
+pub fn threads_cpu_seconds() -> Vec<(u32, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let ns: u64 = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((tid, comm.trim().to_owned(), ns as f64 / 1e9))
+        })
+        .collect()
+}
