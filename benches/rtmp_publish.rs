@@ -10,9 +10,10 @@
 //! (default 20: ~84 Mbit/s). The pacing is the same for both; without it rsrtmpsink, which
 //! never blocks its streaming thread, would drop frames whenever the producer outruns the
 //! socket and so send less, while rtmp2sink blocks until the socket takes the data. The child
-//! measures its own CPU time (utime+stime, CLOCK_PROCESS_CPUTIME_ID) from PLAYING to EOS, and its peak RSS (VmHWM). Runs
-//! alternate between the two sinks, BENCH_RUNS times each (default 3), medians reported. Bytes
-//! sent come from each sink's `stats`; ours also reports its drops (must be 0 for a fair run).
+//! measures its own CPU time (utime+stime, CLOCK_PROCESS_CPUTIME_ID) from PLAYING to EOS, and
+//! its peak RSS (VmHWM). Runs alternate between the two sinks, BENCH_RUNS times each (default
+//! 3), medians reported. Bytes sent come from each sink's `stats`; ours also reports its drops
+//! (must be 0 for a fair run).
 //!
 //! BENCH_BASELINE=DIR measures rsrtmpsink against the rsrtmpsink of an earlier build instead of
 //! against rtmp2sink: DIR holds that build's `libgstlivestreaming.so` (copy it aside before

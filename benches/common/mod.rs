@@ -357,10 +357,15 @@ pub fn together() -> bool {
 /// Who goes (or starts) first in round `round`: the current build (0) and the baseline (1)
 /// alternate.
 pub fn round_order(round: usize) -> [usize; 2] {
-    if round % 2 == 0 { [0, 1] } else { [1, 0] }
+    if round.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
 }
 
-/// "0.98 1.03 1.01 (0.98-1.03), mean 1.01, median 1.01" for per-round values `current[i] / baseline[i]`.
+/// "0.98 1.03 1.01 (0.98-1.03), mean 1.01, median 1.01" for the per-round values
+/// `current[i] / baseline[i]`.
 pub fn ratio_line(current: &[f64], baseline: &[f64]) -> String {
     let ratios: Vec<f64> = current.iter().zip(baseline).map(|(c, b)| c / b).collect();
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
