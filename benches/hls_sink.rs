@@ -7,11 +7,22 @@
 //! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
 //! syncs to the clock) into `rshlssink` (its built-in muxer, and `muxer=mpegtsmux`) or `hlssink2`
 //! with 2 s segments, runs to EOS and reports
-//! the CPU time the pipeline run took (utime+stime from /proc/self/stat, after start-up) and its
-//! peak RSS (VmHWM). Demuxing and
+//! the CPU time the pipeline run took (utime+stime, CLOCK_PROCESS_CPUTIME_ID, after start-up)
+//! and its peak RSS (VmHWM). Demuxing and
 //! parsing are the same in both, so the difference is the sinks' own work. BENCH_RUNS (default 3)
 //! alternating runs each; medians are printed. Without `--bench` (as `cargo test --all-targets`
 //! runs it) it is a 4 s smoke run.
+//!
+//! BENCH_BASELINE=DIR measures rshlssink (built-in muxer) against the rshlssink of an earlier
+//! build instead of against hlssink2: DIR holds that build's `libgstlivestreaming.so` (copy it
+//! aside before changing the code). Each child then loads its build's plugin file (the current
+//! one is the plugin compiled with this benchmark); in each of BENCH_RUNS rounds both run at once
+//! (BENCH_TOGETHER=0: one after the other), which one starts first alternating; the per-round
+//! CPU ratios current / baseline and their mean are printed, of the whole process and of the
+//! sink side: every thread but the main one and the demuxer's (`d:sink`), that is the queues'
+//! threads (parsing, which is the same for both, and the sink's input) and the sink's own. A
+//! pipeline run over 60 s of input takes about 0.1 s of CPU, so with a
+//! baseline each child runs it BENCH_REPEAT times (default 5; 1 otherwise) and reports the sum.
 
 mod common;
 
@@ -34,14 +45,21 @@ fn encode_input(path: &Path, seconds: u32) {
            ! voaacenc ! aacparse ! queue ! m.",
         path.display()
     );
-    run_pipeline(&desc, Duration::from_secs(600));
+    run_pipeline(&desc, Duration::from_secs(600), &[]);
 }
 
-fn run_pipeline(desc: &str, timeout: Duration) {
+/// Runs `desc` to EOS. Returns the CPU seconds its threads took but the main thread and those
+/// named in `except` (taken when they are still there, at EOS).
+fn run_pipeline(desc: &str, timeout: Duration, except: &[&str]) -> f64 {
     let pipeline = gst::parse::launch(desc)
         .unwrap_or_else(|e| panic!("{desc}: {e}"))
         .downcast::<gst::Pipeline>()
         .unwrap();
+    // Streaming threads come from a pool and may outlive a run: count what each did in this one.
+    let before: std::collections::HashMap<u32, f64> = threads_cpu_seconds()
+        .into_iter()
+        .map(|(tid, _, s)| (tid, s))
+        .collect();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     let msg = bus
@@ -53,13 +71,24 @@ fn run_pipeline(desc: &str, timeout: Duration) {
     if let gst::MessageView::Error(e) = msg.view() {
         panic!("{desc}: {} ({:?})", e.error(), e.debug());
     }
+    let main = std::process::id();
+    let others = threads_cpu_seconds()
+        .into_iter()
+        .filter(|(tid, comm, _)| *tid != main && !except.contains(&comm.as_str()))
+        .map(|(tid, _, s)| s - before.get(&tid).copied().unwrap_or(0.0))
+        .sum();
     pipeline.set_state(gst::State::Null).unwrap();
+    others
 }
 
-/// Child mode: run one sink over the input and print "cpu rss segments".
-fn child(which: &str, input: &str, out: &str) {
+/// Child mode: run one sink over the input and print "cpu rss segments wall". With `plugin`,
+/// rshlssink comes from that build's plugin file, else from this binary.
+fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
     gst::init().unwrap();
-    gstlivestreaming::plugin_register_static().unwrap();
+    match plugin {
+        Some(p) => load_plugin(p, "rshlssink"),
+        None => gstlivestreaming::plugin_register_static().unwrap(),
+    }
     let sink = match which {
         "ours" => format!(
             "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
@@ -82,43 +111,71 @@ fn child(which: &str, input: &str, out: &str) {
          d.audio_0 ! queue ! aacparse ! h.audio"
     );
     // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
-    let cpu0 = cpu_seconds_total(std::process::id());
+    let repeat = repeat(1);
+    let cpu0 = process_cpu_seconds();
     let t0 = Instant::now();
-    run_pipeline(&desc, Duration::from_secs(600));
+    // The sink side: the queues' threads (parsing, the sink's input) and the sink's own; not
+    // the demuxer's thread (its sink pad's task, "d:sink") nor the main thread.
+    let mut sink_cpu = 0.0;
+    for _ in 0..repeat {
+        sink_cpu += run_pipeline(&desc, Duration::from_secs(600), &["d:sink"]);
+    }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds_total(std::process::id()) - cpu0;
+    let cpu = process_cpu_seconds() - cpu0;
     let playlist = std::fs::read(format!("{out}/playlist.m3u8")).unwrap();
     let segments = m3u8_rs::parse_media_playlist_res(&playlist)
         .map(|p| p.segments.len())
         .unwrap_or(0);
     println!(
-        "{} {} {} {}",
+        "{} {} {} {} {}",
         cpu,
         peak_rss_mib(std::process::id()),
         segments,
-        wall
+        wall,
+        sink_cpu
     );
+}
+
+/// BENCH_REPEAT: how many times each child runs its pipeline over the input (the figures are
+/// the sum), so that a run lasts long enough to measure without encoding more input.
+fn repeat(default: u32) -> u32 {
+    std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct RunResult {
     cpu: f64,
+    /// Of the threads but the main one and the demuxer's.
+    sink_cpu: f64,
     rss: f64,
     segments: usize,
     wall: f64,
 }
 
-fn run_child(exe: &Path, which: &str, input: &Path, out: &Path) -> RunResult {
+fn run_child(
+    exe: &Path,
+    which: &str,
+    input: &Path,
+    out: &Path,
+    plugin: Option<&Path>,
+    repeat: u32,
+) -> RunResult {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
-    let o = Command::new(exe)
-        .args([
-            "--child",
-            which,
-            &input.to_string_lossy(),
-            &out.to_string_lossy(),
-        ])
-        .output()
-        .expect("run child");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--child",
+        which,
+        &input.to_string_lossy(),
+        &out.to_string_lossy(),
+    ]);
+    if let Some(p) = plugin {
+        cmd.arg(p);
+    }
+    cmd.env("BENCH_REPEAT", repeat.to_string());
+    let o = cmd.output().expect("run child");
     assert!(
         o.status.success(),
         "{which}: {}",
@@ -134,13 +191,19 @@ fn run_child(exe: &Path, which: &str, input: &Path, out: &Path) -> RunResult {
         rss: v[1],
         segments: v[2] as usize,
         wall: v[3],
+        sink_cpu: v[4],
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
-        child(&args[i + 1], &args[i + 2], &args[i + 3]);
+        child(
+            &args[i + 1],
+            &args[i + 2],
+            &args[i + 3],
+            args.get(i + 4).map(Path::new),
+        );
         return;
     }
     gst::init().unwrap();
@@ -165,18 +228,41 @@ fn main() {
         "input: {seconds} s of 720p30 H.264 + AAC, {:.2} Mbit/s; {runs} runs each, medians",
         size as f64 * 8.0 / f64::from(seconds) / 1e6
     );
+    if let Some(baseline) = PluginBuild::baseline() {
+        let builds = [PluginBuild::current(), baseline];
+        against_baseline(&builds, &exe, &input, &work, seconds, runs);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
+    let rep = repeat(1);
     let mut ours = Vec::new();
     let mut ours_mpegtsmux = Vec::new();
     let mut stock = Vec::new();
     for _ in 0..runs {
-        ours.push(run_child(&exe, "ours", &input, &work.join("ours")));
+        ours.push(run_child(
+            &exe,
+            "ours",
+            &input,
+            &work.join("ours"),
+            None,
+            rep,
+        ));
         ours_mpegtsmux.push(run_child(
             &exe,
             "ours-mpegtsmux",
             &input,
             &work.join("ours-mpegtsmux"),
+            None,
+            rep,
         ));
-        stock.push(run_child(&exe, "stock", &input, &work.join("stock")));
+        stock.push(run_child(
+            &exe,
+            "stock",
+            &input,
+            &work.join("stock"),
+            None,
+            rep,
+        ));
     }
     let _ = std::fs::remove_dir_all(&work);
     // Both cut the same keyframes (every 2 s) into segments.
@@ -211,5 +297,99 @@ fn main() {
     println!(
         "CPU ratio rshlssink muxer=mpegtsmux / hlssink2: {:.2}",
         mc / sc
+    );
+}
+
+/// rshlssink of `builds[0]` (current) against that of `builds[1]` (baseline), `rounds` rounds.
+fn against_baseline(
+    builds: &[PluginBuild; 2],
+    exe: &Path,
+    input: &Path,
+    work: &Path,
+    seconds: u32,
+    rounds: usize,
+) {
+    let together = together();
+    let rep = repeat(5);
+    for b in builds {
+        println!("{}: {}", b.label, b.file.display());
+    }
+    println!(
+        "rshlssink current against baseline, {rounds} rounds of {rep} pipeline runs per child, {}",
+        if together {
+            "both at once"
+        } else {
+            "one after the other"
+        }
+    );
+    let mut runs: [Vec<RunResult>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..rounds {
+        let order = round_order(r);
+        let run = |i: usize| {
+            let out = work.join(&builds[i].label);
+            (
+                i,
+                run_child(exe, "ours", input, &out, Some(&builds[i].file), rep),
+            )
+        };
+        let done: Vec<(usize, RunResult)> = if together {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = order
+                    .iter()
+                    .map(|&i| {
+                        let h = s.spawn(move || run(i));
+                        // Let the first one get going, as the order says.
+                        std::thread::sleep(Duration::from_millis(100));
+                        h
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        } else {
+            order.iter().map(|&i| run(i)).collect()
+        };
+        for (i, res) in done {
+            eprintln!(
+                "round {r} {}: cpu {:.3} s (sink side {:.3} s), wall {:.2} s, rss {:.1} MiB, {} segments",
+                builds[i].label, res.cpu, res.sink_cpu, res.wall, res.rss, res.segments
+            );
+            // Both cut every keyframe (every 2 s) into a segment.
+            assert_eq!(
+                res.segments as u32,
+                seconds.div_ceil(2),
+                "{}",
+                builds[i].label
+            );
+            runs[i].push(res);
+        }
+    }
+    let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.cpu).collect() };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let sink_cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.sink_cpu).collect() };
+    println!();
+    println!(
+        "| build | CPU s (mean) | of it the sink side | wall s (mean) | peak RSS MiB | segments |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, build) in builds.iter().enumerate() {
+        let rs = &runs[i];
+        println!(
+            "| rshlssink {} | {:.3} | {:.3} | {:.3} | {:.1} | {} |",
+            build.label,
+            mean(&cpu(i)),
+            mean(&sink_cpu(i)),
+            mean(&rs.iter().map(|r| r.wall).collect::<Vec<_>>()),
+            median(rs.iter().map(|r| r.rss).collect()),
+            rs[0].segments
+        );
+    }
+    println!();
+    println!(
+        "CPU current / baseline per round: {}",
+        ratio_line(&cpu(0), &cpu(1))
+    );
+    println!(
+        "The sink side alone (every thread but the main one and the demuxer's): {}",
+        ratio_line(&sink_cpu(0), &sink_cpu(1))
     );
 }

@@ -9,10 +9,21 @@
 //! buffer through `appsrc ! SINK location=... sync=false`, paced at BENCH_SPEED times real time
 //! (default 20: ~84 Mbit/s). The pacing is the same for both; without it rsrtmpsink, which
 //! never blocks its streaming thread, would drop frames whenever the producer outruns the
-//! socket and so send less, while rtmp2sink blocks until the socket takes the data. The child measures its own CPU time
-//! (utime+stime from /proc/self/stat) from PLAYING to EOS, and its peak RSS (VmHWM). Runs
-//! alternate between the two sinks, BENCH_RUNS times each (default 3), medians reported. Bytes
-//! sent come from each sink's `stats`; ours also reports its drops (must be 0 for a fair run).
+//! socket and so send less, while rtmp2sink blocks until the socket takes the data. The child
+//! measures its own CPU time (utime+stime, CLOCK_PROCESS_CPUTIME_ID) from PLAYING to EOS, and
+//! its peak RSS (VmHWM). Runs alternate between the two sinks, BENCH_RUNS times each (default
+//! 3), medians reported. Bytes sent come from each sink's `stats`; ours also reports its drops
+//! (must be 0 for a fair run).
+//!
+//! BENCH_BASELINE=DIR measures rsrtmpsink against the rsrtmpsink of an earlier build instead of
+//! against rtmp2sink: DIR holds that build's `libgstlivestreaming.so` (copy it aside before
+//! changing the code). Each child then loads its build's plugin file (the current one is the
+//! plugin compiled with this benchmark); in each of BENCH_RUNS rounds both publish at once
+//! (BENCH_TOGETHER=0: one after the other), which one starts first alternating, followed by the
+//! producer alone; the per-round CPU ratios current / baseline and their mean are printed, of
+//! the whole process and of the sink side: every thread but the child's main thread, which is
+//! the producer (reading, parsing, pacing, pushing into appsrc); the rest is appsrc's streaming
+//! thread and the sink's own.
 
 mod common;
 
@@ -53,10 +64,14 @@ fn pre_encode(path: &Path) {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
-/// The child: publishes `file` `loops` times through `sink` and prints its measurements.
-fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
+/// The child: publishes `file` `loops` times through `sink` and prints its measurements. With
+/// `plugin`, our elements come from that build's plugin file, else from this binary.
+fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64, plugin: Option<&Path>) {
     gst::init().unwrap();
-    gstlivestreaming::plugin_register_static().unwrap();
+    match plugin {
+        Some(p) => load_plugin(p, "rsrtmpsink"),
+        None => gstlivestreaming::plugin_register_static().unwrap(),
+    }
     // fakesink: the producer alone (reading, pacing, appsrc), the baseline in both numbers.
     let location = if sink == "fakesink" {
         String::new()
@@ -77,7 +92,10 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
         .unwrap();
     let sink_el = pipeline.by_name("sink").unwrap();
     let data = std::fs::read(file).unwrap();
-    let cpu0 = cpu_seconds_total(std::process::id());
+    let cpu0 = process_cpu_seconds();
+    // This (main) thread is the producer: it reads, parses, paces and pushes into appsrc. The
+    // other threads are appsrc's streaming thread and the sink's own: the sink side.
+    let main0 = thread_cpu_seconds();
     let t0 = Instant::now();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut header = Vec::new();
@@ -121,7 +139,8 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
         panic!("{sink}: {} {:?}", e.error(), e.debug());
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds_total(std::process::id()) - cpu0;
+    let cpu = process_cpu_seconds() - cpu0;
+    let sink_cpu = cpu - (thread_cpu_seconds() - main0);
     let (sent, drops) = if sink_el.has_property("stats") {
         let stats = sink_el.property::<gst::Structure>("stats");
         (
@@ -133,7 +152,7 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
     };
     pipeline.set_state(gst::State::Null).unwrap();
     println!(
-        "RESULT cpu={cpu:.3} wall={wall:.3} rss={:.1} sent={sent} drops={drops}",
+        "RESULT cpu={cpu:.4} sinkcpu={sink_cpu:.4} wall={wall:.3} rss={:.1} sent={sent} drops={drops}",
         peak_rss_mib(std::process::id())
     );
     std::io::stdout().flush().unwrap();
@@ -141,22 +160,36 @@ fn publish(sink: &str, file: &Path, url: &str, loops: u32, speed: f64) {
 
 struct Run {
     cpu: f64,
+    /// Of every thread but the producer's.
+    sink_cpu: f64,
     wall: f64,
     rss: f64,
     sent: u64,
     drops: u64,
 }
 
-fn run_child(exe: &Path, sink: &str, file: &Path, url: &str, loops: u32, speed: u32) -> Run {
-    let mut child = Command::new(exe)
-        .args([
-            "--publish",
-            sink,
-            &file.display().to_string(),
-            url,
-            &loops.to_string(),
-            &speed.to_string(),
-        ])
+fn run_child(
+    exe: &Path,
+    sink: &str,
+    file: &Path,
+    url: &str,
+    loops: u32,
+    speed: u32,
+    plugin: Option<&Path>,
+) -> Run {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--publish",
+        sink,
+        &file.display().to_string(),
+        url,
+        &loops.to_string(),
+        &speed.to_string(),
+    ]);
+    if let Some(p) = plugin {
+        cmd.arg(p);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -189,6 +222,7 @@ fn run_child(exe: &Path, sink: &str, file: &Path, url: &str, loops: u32, speed: 
     };
     Run {
         cpu: field("cpu"),
+        sink_cpu: field("sinkcpu"),
         wall: field("wall"),
         rss: field("rss"),
         sent: field("sent") as u64,
@@ -238,6 +272,7 @@ fn main() {
             &args[i + 3],
             args[i + 4].parse().unwrap(),
             args[i + 5].parse().unwrap(),
+            args.get(i + 6).map(Path::new),
         );
         return;
     }
@@ -268,11 +303,18 @@ fn main() {
         size as f64 / 1e6,
         20 * loops
     );
+    if let Some(baseline) = PluginBuild::baseline() {
+        let builds = [PluginBuild::current(), baseline];
+        against_baseline(&builds, &exe, &file, port, loops, speed, runs as usize);
+        drop(nginx);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let mut results: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for r in 0..runs {
         for (i, sink) in ["rsrtmpsink", "rtmp2sink", "fakesink"].iter().enumerate() {
             let url = format!("rtmp://127.0.0.1:{port}/live/bench{r}{i}");
-            let run = run_child(&exe, sink, &file, &url, loops, speed);
+            let run = run_child(&exe, sink, &file, &url, loops, speed, None);
             eprintln!(
                 "{sink} run {r}: cpu {:.2} s, wall {:.2} s, rss {:.1} MiB, sent {} B, drops {}",
                 run.cpu, run.wall, run.rss, run.sent, run.drops
@@ -317,6 +359,111 @@ fn main() {
         (oc - bc) / (sc - bc)
     );
     if od > 0 {
+        println!("rsrtmpsink dropped frames: not a like-for-like run; lower BENCH_SPEED");
+    }
+}
+
+/// rsrtmpsink of `builds[0]` (current) against that of `builds[1]` (baseline), `rounds` rounds.
+fn against_baseline(
+    builds: &[PluginBuild; 2],
+    exe: &Path,
+    file: &Path,
+    port: u16,
+    loops: u32,
+    speed: u32,
+    rounds: usize,
+) {
+    let together = together();
+    for b in builds {
+        println!("{}: {}", b.label, b.file.display());
+    }
+    println!(
+        "rsrtmpsink current against baseline, {rounds} rounds, {}",
+        if together {
+            "both at once"
+        } else {
+            "one after the other"
+        }
+    );
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut producer = Vec::new();
+    for r in 0..rounds {
+        let order = round_order(r);
+        let publish = |i: usize| {
+            let url = format!("rtmp://127.0.0.1:{port}/live/base{r}{i}");
+            let run = run_child(
+                exe,
+                "rsrtmpsink",
+                file,
+                &url,
+                loops,
+                speed,
+                Some(&builds[i].file),
+            );
+            (i, run)
+        };
+        let done: Vec<(usize, Run)> = if together {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = order
+                    .iter()
+                    .map(|&i| {
+                        let h = s.spawn(move || publish(i));
+                        // Let the first one get going, as the order says.
+                        std::thread::sleep(Duration::from_millis(100));
+                        h
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        } else {
+            order.iter().map(|&i| publish(i)).collect()
+        };
+        for (i, run) in done {
+            eprintln!(
+                "round {r} {}: cpu {:.3} s, wall {:.2} s, rss {:.1} MiB, sent {} B, drops {}",
+                builds[i].label, run.cpu, run.wall, run.rss, run.sent, run.drops
+            );
+            runs[i].push(run);
+        }
+        let url = format!("rtmp://127.0.0.1:{port}/live/producer{r}");
+        let run = run_child(exe, "fakesink", file, &url, loops, speed, None);
+        eprintln!(
+            "round {r} producer alone: cpu {:.3} s, of it other threads {:.3} s",
+            run.cpu, run.sink_cpu
+        );
+        producer.push(run);
+    }
+    let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.cpu).collect() };
+    let sink_cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.sink_cpu).collect() };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let p = median(producer.iter().map(|r| r.cpu).collect());
+    let ps = median(producer.iter().map(|r| r.sink_cpu).collect());
+    println!();
+    println!("| build | CPU s (mean) | of it the sink side | peak RSS MiB | MB sent | drops |");
+    println!("|---|---|---|---|---|---|");
+    for (i, build) in builds.iter().enumerate() {
+        let rs = &runs[i];
+        println!(
+            "| rsrtmpsink {} | {:.3} | {:.3} | {:.1} | {:.1} | {} |",
+            build.label,
+            mean(&cpu(i)),
+            mean(&sink_cpu(i)),
+            median(rs.iter().map(|r| r.rss).collect()),
+            median(rs.iter().map(|r| r.sent as f64).collect()) / 1e6,
+            rs.iter().map(|r| r.drops).max().unwrap_or(0)
+        );
+    }
+    println!("| appsrc ! fakesink (the producer alone; median) | {p:.3} | {ps:.3} | | 0 | 0 |");
+    println!();
+    println!(
+        "CPU current / baseline per round: {}",
+        ratio_line(&cpu(0), &cpu(1))
+    );
+    println!(
+        "The sink side alone (every thread but the producer's): {}",
+        ratio_line(&sink_cpu(0), &sink_cpu(1))
+    );
+    if runs.iter().flatten().any(|r| r.drops > 0) {
         println!("rsrtmpsink dropped frames: not a like-for-like run; lower BENCH_SPEED");
     }
 }

@@ -235,3 +235,168 @@ pub fn spawn_ready(mut cmd: Command) -> Guard {
     std::thread::sleep(Duration::from_millis(500));
     guard
 }
+
+/// The file name of our plugin in a build's output directory.
+pub const PLUGIN_FILE: &str = "libgstlivestreaming.so";
+
+/// One build of our plugin, for measuring the current build against an earlier one in the same
+/// run (`BENCH_BASELINE=DIR`, DIR holding that build's `libgstlivestreaming.so`). The machine's
+/// drift between two runs of a benchmark is larger than most changes, so a change is judged by
+/// the ratio of the two builds measured side by side.
+pub struct PluginBuild {
+    /// In the output, e.g. "current" or "baseline".
+    pub label: String,
+    /// Its `libgstlivestreaming.so`.
+    pub file: std::path::PathBuf,
+}
+
+impl PluginBuild {
+    /// The plugin compiled together with this benchmark binary: cargo puts the cdylib next to
+    /// the binary (target/release/deps under `cargo bench`), from the same compilation as the
+    /// library the benchmark links, so it cannot be stale. Falls back to target/release
+    /// (`cargo build --release`) when it is not there.
+    pub fn current() -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let deps = exe.parent().unwrap();
+        let file = [deps, deps.parent().unwrap()]
+            .iter()
+            .map(|d| d.join(PLUGIN_FILE))
+            .find(|f| f.exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {PLUGIN_FILE} next to {}: cargo build --release --locked",
+                    exe.display()
+                )
+            });
+        Self {
+            label: "current".into(),
+            file,
+        }
+    }
+
+    /// The build named by BENCH_BASELINE, if set.
+    pub fn baseline() -> Option<Self> {
+        let dir = std::path::PathBuf::from(std::env::var_os("BENCH_BASELINE")?);
+        let file = dir.join(PLUGIN_FILE);
+        assert!(
+            file.exists(),
+            "BENCH_BASELINE: no {PLUGIN_FILE} in {}",
+            dir.display()
+        );
+        Some(Self {
+            label: "baseline".into(),
+            file,
+        })
+    }
+
+    /// For a `gst-launch-1.0` / `gst-inspect-1.0` child: finds the plugin in this build's
+    /// directory (GST_PLUGIN_PATH) and keeps a registry cache of its own there (GST_REGISTRY), so
+    /// that two builds of the plugin do not replace each other in the default registry at every
+    /// start. The directory should hold no other shared objects (target/release/deps holds
+    /// proc-macro libraries that the scanner would try): copy the file aside first.
+    pub fn plugin_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        let dir = self.file.parent().unwrap();
+        cmd.env("GST_PLUGIN_PATH", dir).env(
+            "GST_REGISTRY",
+            dir.join(format!("registry-{}.bin", self.label)),
+        )
+    }
+}
+
+/// In a benchmark's child process: registers the elements of the plugin in `file` (one build's
+/// `libgstlivestreaming.so`) rather than those linked into the benchmark binary, and checks that
+/// `element` now comes from that file (and not from a registry entry of another build).
+pub fn load_plugin(file: &std::path::Path, element: &str) {
+    let plugin =
+        gst::Plugin::load_file(file).unwrap_or_else(|e| panic!("loading {}: {e}", file.display()));
+    let from = gst::ElementFactory::find(element)
+        .and_then(|f| f.plugin())
+        .and_then(|p| p.filename());
+    assert_eq!(
+        from.as_deref(),
+        plugin.filename().as_deref(),
+        "{element} does not come from {}",
+        file.display()
+    );
+}
+
+/// CPU time of this whole process so far, every thread including those that already exited, at
+/// nanosecond resolution (CLOCK_PROCESS_CPUTIME_ID: the utime+stime of /proc/self/stat without
+/// its 10 ms ticks).
+pub fn process_cpu_seconds() -> f64 {
+    clock_seconds(2) // CLOCK_PROCESS_CPUTIME_ID
+}
+
+/// CPU time of the calling thread so far (CLOCK_THREAD_CPUTIME_ID), nanosecond resolution.
+pub fn thread_cpu_seconds() -> f64 {
+    clock_seconds(3) // CLOCK_THREAD_CPUTIME_ID
+}
+
+fn clock_seconds(clock: i32) -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    let mut t = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `t` is a valid, writable timespec (64-bit Linux layout) for the call's duration.
+    let rc = unsafe { clock_gettime(clock, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime({clock})");
+    t.sec as f64 + t.nsec as f64 / 1e9
+}
+
+/// BENCH_TOGETHER (default 1): with a baseline, run the two builds at once in each round (same
+/// machine state) rather than one after the other.
+pub fn together() -> bool {
+    std::env::var("BENCH_TOGETHER").map_or(true, |v| v != "0")
+}
+
+/// Who goes (or starts) first in round `round`: the current build (0) and the baseline (1)
+/// alternate.
+pub fn round_order(round: usize) -> [usize; 2] {
+    if round.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
+/// "0.98 1.03 1.01 (0.98-1.03), mean 1.01, median 1.01" for the per-round values
+/// `current[i] / baseline[i]`.
+pub fn ratio_line(current: &[f64], baseline: &[f64]) -> String {
+    let ratios: Vec<f64> = current.iter().zip(baseline).map(|(c, b)| c / b).collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(0.0, f64::max);
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    format!(
+        "{} ({min:.2}-{max:.2}), mean {mean:.2}, median {:.2}",
+        each.join(" "),
+        median(ratios.clone())
+    )
+}
+
+/// CPU seconds so far of each live thread of this process: (thread id, name, seconds), from
+/// /proc/self/task/TID/{comm,schedstat} (nanoseconds). Threads that exited are not listed.
+pub fn threads_cpu_seconds() -> Vec<(u32, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let ns: u64 = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((tid, comm.trim().to_owned(), ns as f64 / 1e9))
+        })
+        .collect()
+}
