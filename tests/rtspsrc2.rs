@@ -35,7 +35,12 @@ fn run_client(desc: &str, timeout: Duration) -> Result<gst::Pipeline, String> {
     );
     let result = match msg.as_ref().map(|m| m.view()) {
         Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(format!("{} ({:?})", e.error(), e.debug())),
+        Some(gst::MessageView::Error(e)) => Err(format!(
+            "{} ({:?}) [{:?}]",
+            e.error(),
+            e.debug(),
+            e.error().kind::<gst::ResourceError>()
+        )),
         _ => Err(format!("no EOS within {timeout:?}")),
     };
     let stopped = Instant::now();
@@ -212,6 +217,7 @@ fn unknown_mount_is_a_clear_error() {
     .unwrap_err();
     assert!(err.contains("404"), "{err}");
     assert!(err.contains("DESCRIBE"), "{err}");
+    assert!(err.contains("[Some(NotFound)]"), "{err}");
 }
 
 #[test]

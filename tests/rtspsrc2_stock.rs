@@ -118,7 +118,12 @@ fn decode(extra: &str) -> Result<(), String> {
     );
     let result = match msg.as_ref().map(|m| m.view()) {
         Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(e.error().to_string()),
+        // The error's domain and code as well, e.g. "[NotAuthorized]".
+        Some(gst::MessageView::Error(e)) => Err(format!(
+            "{} [{:?}]",
+            e.error(),
+            e.error().kind::<gst::ResourceError>()
+        )),
         _ => Err("neither EOS nor an error within 20 s".into()),
     };
     pipeline.set_state(gst::State::Null).unwrap();
@@ -167,6 +172,7 @@ fn digest_with_wrong_credentials_is_a_clear_error() {
         err.contains("refused the credentials of user 'user'"),
         "{err}"
     );
+    assert!(err.contains("[Some(NotAuthorized)]"), "{err}");
     assert!(
         !err.contains("wrong"),
         "the password must not be in the message: {err}"
@@ -182,6 +188,7 @@ fn digest_without_credentials_is_a_clear_error() {
     ))
     .unwrap_err();
     assert!(err.contains("requires credentials"), "{err}");
+    assert!(err.contains("[Some(NotAuthorized)]"), "{err}");
 }
 
 /// Writes a 10 s H.264 MP4 and returns its path (in a temp dir that lives with the returned guard).

@@ -28,7 +28,7 @@ use crate::rtp::jitterbuffer::{
 use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{
-    Client, ClientConfig, ClientEvent, StreamInfo, TransportKind, redact_url,
+    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TransportKind, redact_url,
 };
 use crate::rtsp::range::NptRange;
 
@@ -610,6 +610,32 @@ fn on_rtp(state: &Mutex<State>, stream: usize, packets: Vec<Bytes>, exclusive: b
     }
 }
 
+/// The GStreamer error domain of a client failure, as rtspsrc reports the same failures: refused
+/// credentials are NOT_AUTHORIZED, an unknown presentation NOT_FOUND, transports the settings
+/// cannot satisfy SETTINGS, everything else OPEN_READ.
+fn resource_error(err: &ClientError) -> gst::ResourceError {
+    match err {
+        ClientError::Unauthorized(_)
+        | ClientError::Status {
+            status: 401 | 403 | 407,
+            ..
+        } => gst::ResourceError::NotAuthorized,
+        ClientError::Status {
+            status: 404 | 410, ..
+        } => gst::ResourceError::NotFound,
+        ClientError::NoTransport(_) | ClientError::Status { status: 461, .. } => {
+            gst::ResourceError::Settings
+        }
+        ClientError::Io { .. }
+        | ClientError::Closed(_)
+        | ClientError::Timeout(_)
+        | ClientError::Protocol(_)
+        | ClientError::Status { .. }
+        | ClientError::Sdp(_)
+        | ClientError::TooManyStreams { .. } => gst::ResourceError::OpenRead,
+    }
+}
+
 impl RtspSrc2 {
     fn on_event(&self, event: ClientEvent) {
         match event {
@@ -799,7 +825,7 @@ impl RtspSrc2 {
                 let location = self.settings.lock().unwrap().location.clone();
                 gst::element_imp_error!(
                     self,
-                    gst::ResourceError::OpenRead,
+                    resource_error(&err),
                     (
                         "Could not play {}: {}",
                         redact_url(location.as_deref().unwrap_or_default()),
@@ -1073,7 +1099,7 @@ impl RtspSrc2 {
         call: impl FnOnce(&Client) -> F,
     ) -> bool
     where
-        F: Future<Output = Result<Vec<u8>, crate::rtsp::client::ClientError>> + Send + 'static,
+        F: Future<Output = Result<Vec<u8>, ClientError>> + Send + 'static,
     {
         let Some(client) = self.client() else {
             return false;
@@ -1085,11 +1111,9 @@ impl RtspSrc2 {
                     .field("rtsp-result", 200i32)
                     .field("body", String::from_utf8_lossy(&body).into_owned())
                     .build(),
-                Err(crate::rtsp::client::ClientError::Status { status, .. }) => {
-                    gst::Structure::builder(reply_name)
-                        .field("rtsp-result", i32::from(status))
-                        .build()
-                }
+                Err(ClientError::Status { status, .. }) => gst::Structure::builder(reply_name)
+                    .field("rtsp-result", i32::from(status))
+                    .build(),
                 Err(e) => gst::Structure::builder(reply_name)
                     .field("rtsp-result", -1i32)
                     .field("error", e.to_string())

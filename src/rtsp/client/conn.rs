@@ -304,7 +304,7 @@ fn write_error(e: std::io::Error) -> ClientError {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
             ClientError::Timeout("writing to the server".into())
         }
-        _ => ClientError::Io(format!("writing to the server: {e}")),
+        _ => ClientError::io("writing to the server", &e),
     }
 }
 
@@ -359,8 +359,8 @@ impl Connection {
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
             .await
             .map_err(|_| ClientError::Timeout(format!("connecting to {host}:{port}")))?
-            .map_err(|e| ClientError::Io(format!("connecting to {host}:{port}: {e}")))?;
-        let io = |e: std::io::Error| ClientError::Io(format!("setting up the connection: {e}"));
+            .map_err(|e| ClientError::io(format!("connecting to {host}:{port}"), &e))?;
+        let io = |e: std::io::Error| ClientError::io("setting up the connection", &e);
         let socket = stream.into_std().map_err(io)?;
         let peer = socket.peer_addr().map_err(io)?;
         log::debug!(id = name.as_str(); "{peer}: connected");
@@ -386,7 +386,7 @@ impl Connection {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
-                .map_err(|e| ClientError::Io(format!("starting the connection's {name}: {e}")))
+                .map_err(|e| ClientError::io(format!("starting the connection's {name}"), &e))
         };
         let s = shared.clone();
         // Detached, as the standby reader: the reader may be held by downstream when the
@@ -412,7 +412,7 @@ impl Connection {
         // keeping the lock so that nothing else is written in between.
         tokio::task::spawn_blocking(move || w.write_all(&bytes[sent..]).map_err(write_error))
             .await
-            .map_err(|e| ClientError::Io(format!("writing to the server: {e}")))?
+            .map_err(|e| ClientError::Closed(format!("writing to the server: {e}")))?
     }
 
     /// The server's address.
@@ -442,7 +442,7 @@ impl Connection {
         {
             let mut c = self.shared.control.lock().unwrap();
             if c.stopped {
-                return Err(ClientError::Io("the connection is closed".into()));
+                return Err(ClientError::Closed("the connection is closed".into()));
             }
             c.pending.insert(cseq, tx);
             self.shared.start_standby(&mut c);
@@ -478,7 +478,7 @@ impl Connection {
                 log_headers(name, "<", resp.headers());
                 Ok(resp)
             }
-            Ok(Err(_)) => Err(ClientError::Io(format!(
+            Ok(Err(_)) => Err(ClientError::Closed(format!(
                 "connection closed while waiting for the {method} response"
             ))),
             Err(_) => {

@@ -18,7 +18,6 @@ pub mod parse;
 mod udp;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,42 +36,53 @@ use crate::rtsp::sdp::{MediaDescription, SessionDescription, resolve_control};
 use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
 use crate::runtime::TaskGroup;
 
-/// Why the client failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the client failed. Each variant keeps what an application may act on: the I/O error's
+/// kind, the status the server answered, the method it answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    Io(String),
+    /// A socket operation failed.
+    #[error("I/O error: {context}: {message}")]
+    Io {
+        /// What was being done ("connecting to host:port", "binding UDP ports", ...).
+        context: String,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+    /// The connection or the client ended while something waited on it.
+    #[error("I/O error: {0}")]
+    Closed(String),
+    #[error("timeout: {0}")]
     Timeout(String),
+    #[error("protocol error: {0}")]
     Protocol(String),
     /// The server answered a request with an error status.
+    #[error("the server answered {method} with {status} {reason}")]
     Status {
         method: String,
         status: u16,
         reason: String,
     },
+    #[error("not authorized: {0}")]
     Unauthorized(String),
+    #[error("bad SDP: {0}")]
     Sdp(String),
+    #[error("no usable transport: {0}")]
     NoTransport(String),
+    /// The description lists more streams than allowed.
+    #[error("the description lists {count} streams, more than the {limit} allowed (max-streams)")]
+    TooManyStreams { count: usize, limit: usize },
 }
 
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Io(s) => write!(f, "I/O error: {s}"),
-            ClientError::Timeout(s) => write!(f, "timeout: {s}"),
-            ClientError::Protocol(s) => write!(f, "protocol error: {s}"),
-            ClientError::Status {
-                method,
-                status,
-                reason,
-            } => write!(f, "the server answered {method} with {status} {reason}"),
-            ClientError::Unauthorized(s) => write!(f, "not authorized: {s}"),
-            ClientError::Sdp(s) => write!(f, "bad SDP: {s}"),
-            ClientError::NoTransport(s) => write!(f, "no usable transport: {s}"),
+impl ClientError {
+    /// An I/O error while doing `context`, keeping its kind.
+    pub fn io(context: impl Into<String>, e: &std::io::Error) -> Self {
+        ClientError::Io {
+            context: context.into(),
+            kind: e.kind(),
+            message: e.to_string(),
         }
     }
 }
-
-impl std::error::Error for ClientError {}
 
 /// `location` without the userinfo (`user:password@`) of its authority, for error messages and
 /// logs: a location is never shown with its credentials. Works on any text: every URL in it
@@ -344,10 +354,10 @@ impl Client {
         let sent = self.commands.send(make(tx)).is_ok();
         async move {
             if !sent {
-                return Err(ClientError::Io("the client is not running".into()));
+                return Err(ClientError::Closed("the client is not running".into()));
             }
             rx.await
-                .map_err(|_| ClientError::Io("the client stopped".into()))?
+                .map_err(|_| ClientError::Closed("the client stopped".into()))?
         }
     }
 
@@ -480,7 +490,7 @@ async fn run(
             while let Some(cmd) = commands.recv().await {
                 fail(
                     cmd,
-                    ClientError::Io("the session could not be established".into()),
+                    ClientError::Closed("the session could not be established".into()),
                 );
             }
             return;
@@ -615,7 +625,7 @@ async fn run(
     }
     session.receivers.clear();
     while let Ok(cmd) = commands.try_recv() {
-        fail(cmd, ClientError::Io("the client stopped".into()));
+        fail(cmd, ClientError::Closed("the client stopped".into()));
     }
 }
 
@@ -1033,10 +1043,10 @@ fn streams_of(
     }
     let max = max_streams.min(MAX_STREAMS_LIMIT);
     if sdp.media.len() > max {
-        return Err(ClientError::Sdp(format!(
-            "the description lists {} streams, more than the {max} allowed (max-streams)",
-            sdp.media.len()
-        )));
+        return Err(ClientError::TooManyStreams {
+            count: sdp.media.len(),
+            limit: max,
+        });
     }
     let streams = sdp
         .media
@@ -1329,10 +1339,10 @@ impl Session {
                     let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
                     let (rtp_sock, rtcp_sock) =
                         crate::rtsp::ports::bind_port_pair(bind, config.port_range)
-                            .map_err(|e| ClientError::Io(format!("binding UDP ports: {e}")))?;
+                            .map_err(|e| ClientError::io("binding UDP ports", &e))?;
                     let p = rtp_sock
                         .local_addr()
-                        .map_err(|e| ClientError::Io(e.to_string()))?;
+                        .map_err(|e| ClientError::io("binding UDP ports", &e))?;
                     let mut t = TransportSpec::udp_unicast();
                     t.client_port = Some((p.port(), p.port() + 1));
                     sockets = Some((rtp_sock, rtcp_sock));
@@ -1447,7 +1457,7 @@ impl Session {
         let to_tokio = |s: std::net::UdpSocket| {
             s.set_nonblocking(true)
                 .and_then(|_| tokio::net::UdpSocket::from_std(s))
-                .map_err(|e| ClientError::Io(e.to_string()))
+                .map_err(|e| ClientError::io("setting up a UDP socket", &e))
         };
         // The figures of this session's streams: set before SETUP, replaced only with the
         // session (and these receivers).
@@ -1553,8 +1563,8 @@ fn join_multicast(
     iface: Ipv4Addr,
 ) -> Result<std::net::UdpSocket, ClientError> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
-        .map_err(|e| ClientError::Io(e.to_string()))?;
-    let io = |e: std::io::Error| ClientError::Io(format!("joining {group}:{port}: {e}"));
+        .map_err(|e| ClientError::io(format!("joining {group}:{port}"), &e))?;
+    let io = |e: std::io::Error| ClientError::io(format!("joining {group}:{port}"), &e);
     sock.set_reuse_address(true).map_err(io)?;
     sock.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())
         .map_err(io)?;

@@ -126,7 +126,7 @@ impl UdpReceiver {
         events: EventFn,
         stats: SharedStats,
     ) -> Result<UdpReceiver, ClientError> {
-        let io = |e: std::io::Error| ClientError::Io(format!("starting a UDP receiver: {e}"));
+        let io = |e: std::io::Error| ClientError::io("starting a UDP receiver", &e);
         socket
             .set_nonblocking(false)
             .and_then(|()| socket.set_read_timeout(Some(Self::POLL)))
