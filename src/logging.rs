@@ -112,7 +112,8 @@ impl<'kvs> log::kv::VisitSource<'kvs> for IdVisitor {
         value: log::kv::Value<'kvs>,
     ) -> Result<(), log::kv::Error> {
         if key.as_str() == "id" {
-            self.0 = Some(value.to_string());
+            // An empty id (a core used without a name, as in unit tests) is no id.
+            self.0 = Some(value.to_string()).filter(|id| !id.is_empty());
         }
         Ok(())
     }

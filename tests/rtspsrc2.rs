@@ -524,7 +524,22 @@ fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() 
     let server = ServerPipeline::start("", &av_source(false));
     let dropped: Arc<Mutex<Vec<u16>>> = Arc::default();
     let proxy = ClientPortProxy::losing(server.port, 25, dropped.clone());
+    // The jitter buffer's decisions, as GST_DEBUG=lsrtp:5 shows them.
+    let gave_up: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let sink = gave_up.clone();
+    let lsrtp = gst::DebugCategory::get("lsrtp").expect("the lsrtp category");
+    lsrtp.set_threshold(gst::DebugLevel::Debug);
+    let handler = gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
+        let text = msg.get().map(|m| m.to_string()).unwrap_or_default();
+        if cat.name() == "lsrtp" && text.starts_with("gave up on") {
+            sink.lock()
+                .unwrap()
+                .push((text, msg.id().map(|id| id.to_string())));
+        }
+    });
     let (out, stats) = play_recording_output(proxy.port, 100, 400);
+    gst::log::remove_log_function(handler);
+    lsrtp.set_threshold(gst::DebugLevel::None);
     let dropped = dropped.lock().unwrap().clone();
     // Every gap in the output is one packet the proxy dropped, and the packet after it is
     // DISCONT; everything else is in sequence and not DISCONT.
@@ -552,6 +567,19 @@ fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() 
         }
     }
     assert!(gaps >= 10, "only {gaps} gaps in {} packets", out.len());
+    // Each gap given up is one debug line naming the element and pad, the count and the wait.
+    let gave_up = gave_up.lock().unwrap().clone();
+    assert!(gave_up.len() >= gaps as usize, "{gave_up:?}");
+    for (text, id) in &gave_up {
+        assert!(
+            text.contains("1 packet(s)") && text.contains("latency 100ms"),
+            "{text}"
+        );
+        assert!(
+            id.as_deref().is_some_and(|id| id.ends_with(":stream_0")),
+            "{id:?}"
+        );
+    }
     let streams = stats.get::<gst::Array>("streams").unwrap();
     let s = streams[0].get::<gst::Structure>().unwrap();
     assert!(s.get::<i64>("packets-lost").unwrap() >= gaps, "{s}");

@@ -98,6 +98,8 @@ pub struct JitterBuffer {
     /// Late packets in a row.
     late_run: u32,
     stats: JitterBufferStats,
+    /// Who logs: the `id` of the log records (e.g. `rtspsrc2-0:stream_0`), empty for none.
+    name: String,
 }
 
 impl JitterBuffer {
@@ -111,7 +113,14 @@ impl JitterBuffer {
             released: VecDeque::new(),
             late_run: 0,
             stats: JitterBufferStats::default(),
+            name: String::new(),
         }
+    }
+
+    /// Names the buffer in its log records (the element and pad it serves).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Inserts a packet with RTP sequence number `seq` that arrived at `arrival`.
@@ -127,6 +136,12 @@ impl JitterBuffer {
         };
         let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
         if delta.unsigned_abs() > u64::from(self.config.max_dropout) {
+            log::debug!(
+                id = self.name.as_str();
+                "sequence jumped by {delta} to {seq} (more than {}): sender restart, {} packets held are released",
+                self.config.max_dropout,
+                self.len()
+            );
             self.restart(seq, data, arrival);
             return Ok(());
         }
@@ -134,16 +149,22 @@ impl JitterBuffer {
         if ext < next {
             self.late_run += 1;
             if self.late_run >= LATE_RUN_RESTART {
+                log::debug!(
+                    id = self.name.as_str();
+                    "{LATE_RUN_RESTART} late packets in a row (now {seq}): sender restart behind its old numbers"
+                );
                 self.restart(seq, data, arrival);
                 return Ok(());
             }
             self.stats.late += 1;
+            log::trace!(id = self.name.as_str(); "packet {seq} came after its place was given up: dropped");
             return Err(Rejected::Late);
         }
         self.late_run = 0;
         let run_end = next + self.run.len() as u64;
         if ext < run_end || self.packets.contains_key(&ext) {
             self.stats.duplicates += 1;
+            log::trace!(id = self.name.as_str(); "packet {seq} is a duplicate: dropped");
             return Err(Rejected::Duplicate);
         }
         self.highest = self.highest.max(ext);
@@ -197,11 +218,28 @@ impl JitterBuffer {
             });
         }
         // A gap before `first`: give up on it after `latency`, or at once when full.
-        let overdue = now.saturating_duration_since(arrival) >= self.config.latency;
+        let waited = now.saturating_duration_since(arrival);
+        let overdue = waited >= self.config.latency;
         if overdue || self.packets.len() > self.config.max_packets {
             let count = first - next;
             self.next = Some(first);
             self.stats.lost += count;
+            if overdue {
+                log::debug!(
+                    id = self.name.as_str();
+                    "gave up on {count} packet(s) from {} after waiting {waited:?} (latency {:?})",
+                    next as u16,
+                    self.config.latency
+                );
+            } else {
+                log::debug!(
+                    id = self.name.as_str();
+                    "gave up on {count} packet(s) from {}: {} packets held, more than {}",
+                    next as u16,
+                    self.packets.len(),
+                    self.config.max_packets
+                );
+            }
             return Some(Output::Lost {
                 first_seq: next as u16,
                 count,

@@ -866,7 +866,8 @@ impl RtspSrc2 {
             jitterbuffer: JitterBuffer::new(JitterBufferConfig {
                 latency,
                 ..JitterBufferConfig::default()
-            }),
+            })
+            .with_name(format!("{}:{}", obj.name(), pad.name())),
             out: StreamOutput {
                 pad: pad.clone(),
                 element: obj.downgrade(),

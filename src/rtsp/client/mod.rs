@@ -1087,6 +1087,15 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
         };
         for p in packets {
             if let rtcp::RtcpPacket::SenderReport(sr) = p {
+                log::trace!(
+                    target: "lsrtp",
+                    "stream {stream}: sender report of SSRC {:08x}: NTP {:016x} = RTP {}, {} packets, {} bytes sent",
+                    sr.ssrc,
+                    sr.ntp_timestamp,
+                    sr.rtp_timestamp,
+                    sr.packet_count,
+                    sr.octet_count
+                );
                 {
                     let mut s = slot.lock().unwrap();
                     s.0.on_sender_report(sr.ntp_timestamp, arrival);
@@ -1535,6 +1544,7 @@ impl Session {
             let mut out = Vec::with_capacity(64);
             rtcp::write_receiver_report(&rr, "rtspsrc2", &mut out);
             log::trace!(
+                target: "lsrtp",
                 id = self.name.as_str();
                 "{}: RTCP receiver report for stream {i}: {:?}",
                 self.conn.peer(),
