@@ -525,7 +525,9 @@ fn lost_udp_packets_are_given_up_after_the_latency_and_output_goes_on_discont() 
     let dropped: Arc<Mutex<Vec<u16>>> = Arc::default();
     let proxy = ClientPortProxy::losing(server.port, 25, dropped.clone());
     // The jitter buffer's decisions, as GST_DEBUG=lsrtp:5 shows them.
-    let gave_up: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    /// Text and id of each record.
+    type Records = Vec<(String, Option<String>)>;
+    let gave_up: Arc<Mutex<Records>> = Arc::default();
     let sink = gave_up.clone();
     let lsrtp = gst::DebugCategory::get("lsrtp").expect("the lsrtp category");
     lsrtp.set_threshold(gst::DebugLevel::Debug);
