@@ -58,6 +58,9 @@ struct Row {
     report: Report,
     input_drops: u64,
     generator_drops: u64,
+    /// Machine-wide, in % of one core: softirq time and all busy time (every process).
+    softirq_percent: f64,
+    machine_percent: f64,
 }
 
 struct Setup {
@@ -131,7 +134,9 @@ fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, second
     );
     let a = lg.snapshot();
     let cpu0 = cpu_seconds_total(pid);
+    let m0 = machine_cpu_seconds();
     std::thread::sleep(Duration::from_secs(seconds));
+    let m1 = machine_cpu_seconds();
     let cpu1 = cpu_seconds_total(pid);
     let b = lg.snapshot();
     let (in1, gd1) = (
@@ -149,6 +154,8 @@ fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, second
         report: lg.report(&a, &b, setup.input_mbps),
         input_drops: in1.saturating_sub(in0),
         generator_drops: gd1.saturating_sub(gd0),
+        softirq_percent: (m1.1 - m0.1) / secs * 100.0,
+        machine_percent: (m1.0 - m0.0) / secs * 100.0,
     };
     lg.stop();
     drop(guard);
@@ -157,15 +164,15 @@ fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, second
 
 fn print_header() {
     println!(
-        "| transport | clients | server | CPU % of a core | RSS MiB | threads | connected | starved | with gaps (lost packets) | RTP-Info seq wrong (median off) | min / median Mbit/s | input drops | generator CPU % | generator drops |"
+        "| transport | clients | server | CPU % of a core | RSS MiB | threads | connected | starved | with gaps (lost packets) | RTP-Info seq wrong (median off) | min / median Mbit/s | input drops | generator CPU % | generator drops | softirq % | machine busy % |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 }
 
 fn print_row(transport: Transport, n: usize, server: Server, r: &Row) {
     let g = &r.report;
     println!(
-        "| {} | {n} | {} | {:.1} | {:.1} | {} | {} | {} | {} ({}) | {} ({}) | {:.2} / {:.2} | {} | {:.1} | {} |",
+        "| {} | {n} | {} | {:.1} | {:.1} | {} | {} | {} | {} ({}) | {} ({}) | {:.2} / {:.2} | {} | {:.1} | {} | {:.0} | {:.0} |",
         transport.name(),
         server.name(),
         r.cpu_percent,
@@ -182,6 +189,8 @@ fn print_row(transport: Transport, n: usize, server: Server, r: &Row) {
         r.input_drops,
         g.cpu_percent,
         r.generator_drops,
+        r.softirq_percent,
+        r.machine_percent,
     );
     if let Some(e) = &g.first_error {
         eprintln!(

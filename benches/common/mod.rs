@@ -258,3 +258,24 @@ fn status_field(pid: u32, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
 }
+
+/// Machine-wide CPU seconds from /proc/stat: (busy, softirq), summed over all cores. Softirq
+/// time is mostly the kernel delivering loopback packets; with tick-based accounting (no
+/// CONFIG_IRQ_TIME_ACCOUNTING) it is also charged to the process it interrupted, or to
+/// ksoftirqd when it was deferred. Busy time shows how loaded the (shared) machine was.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    const CLK_TCK: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    (busy / CLK_TCK, get(6) / CLK_TCK)
+}
