@@ -14,6 +14,10 @@
 //!
 //! Environment: BENCH_TCP_CLIENTS (default 1,10,100,500,1000,2000), BENCH_UDP_CLIENTS (default
 //! 100,1000; empty for none), BENCH_SECONDS (default 10), BENCH_SERVERS (default ours,stock).
+//! BENCH_BASELINE=DIR runs the rtspserversink of an earlier build too (DIR holds its
+//! `libgstlivestreaming.so`, copied aside before changing the code; BENCH_SERVERS then defaults
+//! to ours,baseline): the same run tells whether a change helped, which two runs on this
+//! shared machine cannot.
 //! Under `cargo test` (no `--bench`) it is a smoke run: 3 clients over TCP and over UDP for 2 s
 //! per server, and every client of rtspserversink must receive the full rate without a gap.
 //!
@@ -39,6 +43,8 @@ const INPUT_BUFFER: &str = "buffer-size=4194304";
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Ours,
+    /// rtspserversink of an earlier build (BENCH_BASELINE).
+    Baseline,
     Stock,
 }
 
@@ -46,6 +52,7 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Ours => "rtspserversink",
+            Server::Baseline => "baseline rtspserversink",
             Server::Stock => "gst-rtsp-server",
         }
     }
@@ -69,14 +76,21 @@ struct Setup {
     caps: String,
     udp: [u16; 2],
     input_mbps: f64,
+    baseline: Option<std::path::PathBuf>,
 }
 
 fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) -> Guard {
     let caps = &setup.caps;
     match server {
-        Server::Ours => spawn_ready({
+        Server::Ours | Server::Baseline => spawn_ready({
             let mut c = Command::new("gst-launch-1.0");
-            c.env("GST_PLUGIN_PATH", &setup.plugin_dir).args([
+            match (server, &setup.baseline) {
+                (Server::Baseline, Some(dir)) => c
+                    .env("GST_PLUGIN_PATH", dir)
+                    .env("GST_REGISTRY", dir.join("registry.bin")),
+                _ => c.env("GST_PLUGIN_PATH", &setup.plugin_dir),
+            };
+            c.args([
                 "udpsrc",
                 "address=127.0.0.1",
                 &format!("port={}", setup.udp[0]),
@@ -115,7 +129,7 @@ fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, second
     let guard = spawn_server(setup, server, transport, port);
     let pid = guard.0.id();
     let input_port = match server {
-        Server::Ours => setup.udp[0],
+        Server::Ours | Server::Baseline => setup.udp[0],
         Server::Stock => setup.udp[1],
     };
     let lg = LoadGen::start(Config {
@@ -295,11 +309,27 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 2 } else { 10 });
+    let baseline = std::env::var_os("BENCH_BASELINE").map(std::path::PathBuf::from);
+    if let Some(dir) = &baseline {
+        assert!(
+            dir.join("libgstlivestreaming.so").exists(),
+            "BENCH_BASELINE: no libgstlivestreaming.so in {}",
+            dir.display()
+        );
+    }
     let servers: Vec<Server> = std::env::var("BENCH_SERVERS")
-        .unwrap_or_else(|_| "ours,stock".into())
+        .unwrap_or_else(|_| {
+            if baseline.is_some() {
+                "ours,baseline"
+            } else {
+                "ours,stock"
+            }
+            .into()
+        })
         .split(',')
         .filter_map(|s| match s.trim() {
             "ours" => Some(Server::Ours),
+            "baseline" if baseline.is_some() => Some(Server::Baseline),
             "stock" => Some(Server::Stock),
             _ => None,
         })
@@ -322,6 +352,7 @@ fn main() {
         caps,
         udp: udp_ports,
         input_mbps,
+        baseline,
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

@@ -312,6 +312,8 @@ impl Stream {
             }
             _ => None,
         };
+        // Unicast UDP datagrams for every client go out together after the loop.
+        let mut udp = super::udp_out::Batch::default();
         for entry in plane.entries.iter_mut() {
             let start = if entry.waiting_keyframe {
                 match first_key {
@@ -321,7 +323,7 @@ impl Stream {
             } else {
                 0
             };
-            let sent = self.send(&entry.dest, &packets[start..]);
+            let sent = self.send(&entry.dest, &packets[start..], &mut udp);
             if sent {
                 entry.waiting_keyframe = false;
             } else if codec.is_some() {
@@ -330,6 +332,7 @@ impl Stream {
                 entry.waiting_keyframe = true;
             }
         }
+        udp.flush(&self.rtp_socket);
         // Keep asking (at most once a second) while anyone waits: encoders may ignore a request.
         let waiting = plane.entries.iter().any(|e| e.waiting_keyframe);
         drop(plane);
@@ -339,7 +342,12 @@ impl Stream {
         }
     }
 
-    fn send(&self, dest: &Dest, packets: &[Bytes]) -> bool {
+    fn send<'a>(
+        &self,
+        dest: &'a Dest,
+        packets: &'a [Bytes],
+        udp: &mut super::udp_out::Batch<'a>,
+    ) -> bool {
         let mut ok = true;
         match &dest.target {
             Target::Tcp { conn, channel } => {
@@ -354,7 +362,7 @@ impl Stream {
                     return false;
                 }
             }
-            Target::Udp { rtp, .. } => self.send_udp(&self.rtp_socket, dest, *rtp, packets),
+            Target::Udp { rtp, .. } => udp.add(*rtp, packets, &dest.packets_dropped),
             Target::Multicast { rtp, .. } => {
                 let socket = self.multicast_socket.lock().unwrap().clone();
                 match socket {
@@ -373,11 +381,11 @@ impl Stream {
     }
 
     /// UDP is lossy by nature: a packet the kernel refuses is counted and the rest still go.
+    /// The burst goes in as few system calls as the platform allows (see [`super::udp_out`]).
     fn send_udp(&self, socket: &UdpSocket, dest: &Dest, to: SocketAddr, packets: &[Bytes]) {
-        for p in packets {
-            if socket.send_to(p, to).is_err() {
-                dest.packets_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let refused = super::udp_out::send_burst(socket, to, packets);
+        if refused > 0 {
+            dest.packets_dropped.fetch_add(refused, Ordering::Relaxed);
         }
     }
 

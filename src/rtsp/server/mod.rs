@@ -15,6 +15,7 @@
 pub mod conn;
 pub mod media;
 pub mod session;
+mod udp_out;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
