@@ -14,6 +14,8 @@
 //!
 //! Environment: BENCH_TCP_CLIENTS (default 1,10,100,500,1000,2000), BENCH_UDP_CLIENTS (default
 //! 100,1000; empty for none), BENCH_SECONDS (default 10), BENCH_SERVERS (default ours,stock).
+//! BENCH_INPUT=h264 makes both servers depayload the input and payload it themselves (the fan-out
+//! then gets a burst of packets per NAL unit, as from an encoder, not one packet at a time).
 //! BENCH_BASELINE=DIR runs the rtspserversink of an earlier build too (DIR holds its
 //! `libgstlivestreaming.so`, copied aside before changing the code; BENCH_SERVERS then defaults
 //! to ours,baseline): the same run tells whether a change helped, which two runs on this
@@ -39,6 +41,11 @@ use loadgen::{Config, LoadGen, Report, Transport};
 /// Both servers' input socket: room for a few frames, so that the bench's UDP feed is not what
 /// drops packets when the fan-out of a frame takes longer than usual.
 const INPUT_BUFFER: &str = "buffer-size=4194304";
+/// BENCH_INPUT=h264: both servers depayload the input and payload it again themselves, so that
+/// the fan-out gets what a payloader makes (a burst per NAL unit) instead of one packet at a time;
+/// the stock one as rtspserversink configures its own rtph264pay.
+const STOCK_REPAY: &str =
+    "rtph264depay ! rtph264pay name=pay0 pt=96 config-interval=-1 aggregate-mode=zero-latency";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
@@ -77,6 +84,8 @@ struct Setup {
     udp: [u16; 2],
     input_mbps: f64,
     baseline: Option<std::path::PathBuf>,
+    /// BENCH_INPUT=h264: the servers payload themselves.
+    repay: bool,
 }
 
 fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) -> Guard {
@@ -97,6 +106,11 @@ fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) 
                 INPUT_BUFFER,
                 &format!("caps=\"{}\"", caps.replace('"', "\\\"")),
                 "!",
+            ]);
+            if setup.repay {
+                c.args(["rtph264depay", "!"]);
+            }
+            c.args([
                 "rtspserversink",
                 "address=127.0.0.1",
                 &format!("port={port}"),
@@ -118,6 +132,7 @@ fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) 
                 &setup.udp[1].to_string(),
                 caps,
                 transport.name(),
+                if setup.repay { "h264" } else { "rtp" },
             ]);
             c
         }),
@@ -278,12 +293,17 @@ fn generator_only(args: &[String]) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--serve-stock") {
+        let pay = match args.get(i + 5).map(String::as_str) {
+            Some("h264") => STOCK_REPAY,
+            _ => "identity name=pay0",
+        };
         serve_stock_with(
             &args[i + 1],
             &args[i + 2],
             &args[i + 3],
             &args[i + 4],
             INPUT_BUFFER,
+            pay,
         );
         return;
     }
@@ -353,6 +373,7 @@ fn main() {
         udp: udp_ports,
         input_mbps,
         baseline,
+        repay: std::env::var("BENCH_INPUT").is_ok_and(|v| v == "h264"),
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

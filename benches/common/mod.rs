@@ -136,11 +136,19 @@ pub fn start_feeder(frames: Vec<gst::Buffer>, ports: &[u16]) -> (String, Arc<Ato
 /// serving the RTP that arrives at UDP_PORT at `/stream` over PROTOCOLS (`tcp` or `udp+tcp`).
 /// Prints READY when it listens.
 pub fn serve_stock(port: &str, udp_port: &str, caps: &str, protocols: &str) {
-    serve_stock_with(port, udp_port, caps, protocols, "");
+    serve_stock_with(port, udp_port, caps, protocols, "", "identity name=pay0");
 }
 
-/// [`serve_stock`] with more properties for its `udpsrc` (e.g. `buffer-size=4194304`).
-pub fn serve_stock_with(port: &str, udp_port: &str, caps: &str, protocols: &str, udpsrc: &str) {
+/// [`serve_stock`] with more properties for its `udpsrc` (e.g. `buffer-size=4194304`) and
+/// another element chain after it than `identity name=pay0` (it must end in `pay0`).
+pub fn serve_stock_with(
+    port: &str,
+    udp_port: &str,
+    caps: &str,
+    protocols: &str,
+    udpsrc: &str,
+    pay: &str,
+) {
     gst::init().unwrap();
     let main_loop = glib::MainLoop::new(None, false);
     let server = gst_rtsp_server::RTSPServer::new();
@@ -149,7 +157,7 @@ pub fn serve_stock_with(port: &str, udp_port: &str, caps: &str, protocols: &str,
     server.set_backlog(1024);
     let factory = gst_rtsp_server::RTSPMediaFactory::new();
     factory.set_launch(&format!(
-        "( udpsrc address=127.0.0.1 port={udp_port} {udpsrc} caps=\"{}\" ! identity name=pay0 )",
+        "( udpsrc address=127.0.0.1 port={udp_port} {udpsrc} caps=\"{}\" ! {pay} )",
         caps.replace('"', "\\\"")
     ));
     factory.set_shared(true);

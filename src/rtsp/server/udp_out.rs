@@ -75,7 +75,7 @@ mod linux {
     use std::io::IoSlice;
     use std::net::{SocketAddr, UdpSocket};
     use std::os::fd::AsRawFd;
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use bytes::Bytes;
     use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
@@ -93,9 +93,106 @@ mod linux {
             const { RefCell::new(None) };
         static MANY_HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> =
             const { RefCell::new(None) };
+        /// The same with room for one UDP_SEGMENT control message per datagram.
+        static GSO_HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> =
+            const { RefCell::new(None) };
+    }
+
+    /// Set when a GSO send failed where plain datagrams went (old kernel, a device or path that
+    /// cannot take it): from then on every datagram goes on its own.
+    static GSO_OFF: AtomicBool = AtomicBool::new(false);
+    /// The kernel's limits for one GSO send (UDP_MAX_SEGMENTS, and the UDP length field).
+    const MAX_SEGMENTS: usize = 64;
+    const MAX_GSO_BYTES: usize = 65_000;
+
+    #[cfg(test)]
+    pub(super) fn gso_off() -> bool {
+        GSO_OFF.load(Ordering::Relaxed)
     }
 
     pub(super) fn send_batch(socket: &UdpSocket, msgs: &[Msg<'_>]) {
+        let bursts = msgs.windows(2).any(|w| w[0].to == w[1].to);
+        if bursts && !GSO_OFF.load(Ordering::Relaxed) {
+            send_gso(socket, msgs);
+        } else {
+            send_plain(socket, msgs);
+        }
+    }
+
+    /// Consecutive datagrams to one destination that are all as long as the batch's longest
+    /// (the full fragments of a frame) go as one UDP GSO send (UDP_SEGMENT): the kernel builds
+    /// and routes one buffer and cuts it into the same datagrams at the device. The shorter
+    /// datagram that ends such a run joins it; any other goes on its own.
+    fn send_gso(socket: &UdpSocket, msgs: &[Msg<'_>]) {
+        let seg = msgs.iter().map(|m| m.data.len()).max().unwrap_or(0);
+        let Ok(seg16) = u16::try_from(seg) else {
+            return send_plain(socket, msgs);
+        };
+        if seg == 0 || seg > MAX_GSO_BYTES / 2 {
+            return send_plain(socket, msgs);
+        }
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::with_capacity(msgs.len());
+        let mut i = 0;
+        while i < msgs.len() {
+            let start = i;
+            let mut bytes = 0;
+            loop {
+                bytes += msgs[i].data.len();
+                let full = msgs[i].data.len() == seg;
+                i += 1;
+                if !full
+                    || i >= msgs.len()
+                    || msgs[i].to != msgs[start].to
+                    || i - start >= MAX_SEGMENTS
+                    || bytes + seg > MAX_GSO_BYTES
+                {
+                    break;
+                }
+            }
+            groups.push(start..i);
+        }
+        let iovs: Vec<IoSlice<'_>> = msgs.iter().map(|m| IoSlice::new(m.data)).collect();
+        let fd = socket.as_raw_fd();
+        GSO_HEADERS.with(|headers| {
+            let mut headers = headers.borrow_mut();
+            let headers = headers.get_or_insert_with(|| {
+                MultiHeaders::preallocate(MANY, Some(nix::cmsg_space!(u16)))
+            });
+            let mut rest = &groups[..];
+            while !rest.is_empty() {
+                let n = rest.len().min(MANY);
+                let slices: Vec<&[IoSlice<'_>]> =
+                    rest[..n].iter().map(|g| &iovs[g.clone()]).collect();
+                let addrs: Vec<Option<SockaddrStorage>> = rest[..n]
+                    .iter()
+                    .map(|g| Some(SockaddrStorage::from(msgs[g.start].to)))
+                    .collect();
+                let cmsgs = [ControlMessage::UdpGsoSegments(&seg16)];
+                let sent = sendmmsg(fd, headers, &slices, &addrs, cmsgs, MsgFlags::empty())
+                    .map_or(0, Iterator::count);
+                if sent < n {
+                    // The kernel stopped at this group: send its datagrams one by one, and if
+                    // that works where GSO did not, stop using GSO.
+                    let failed = &msgs[rest[sent].clone()];
+                    let mut refused = 0;
+                    for m in failed {
+                        if socket.send_to(m.data, m.to).is_err() {
+                            m.refused.fetch_add(1, Ordering::Relaxed);
+                            refused += 1;
+                        }
+                    }
+                    if failed.len() > 1 && refused == 0 {
+                        GSO_OFF.store(true, Ordering::Relaxed);
+                    }
+                    rest = &rest[sent + 1..];
+                } else {
+                    rest = &rest[n..];
+                }
+            }
+        });
+    }
+
+    fn send_plain(socket: &UdpSocket, msgs: &[Msg<'_>]) {
         let fd = socket.as_raw_fd();
         MANY_HEADERS.with(|headers| {
             let mut headers = headers.borrow_mut();
@@ -225,6 +322,49 @@ mod tests {
         for p in &packets[..2] {
             let n = rxs[0].recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], &p[..]);
+        }
+    }
+
+    #[test]
+    fn frames_to_many_clients_arrive_as_the_same_datagrams() {
+        // A frame as a payloader cuts it: small NAL units, full-size fragments, a shorter last
+        // one; then a frame of one full-size packet and one of more than 64 fragments.
+        let frame = |first: u16, sizes: &[usize]| -> Vec<Bytes> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| {
+                    let mut p = (first + i as u16).to_be_bytes().to_vec();
+                    p.resize(len, i as u8);
+                    Bytes::from(p)
+                })
+                .collect()
+        };
+        let mut frames = vec![
+            frame(0, &[20, 8, 600, 1400, 1400, 1400, 900]),
+            frame(100, &[1400]),
+        ];
+        frames.push(frame(200, &[1400; 70]));
+        frames.push(frame(300, &[1400, 1400, 1399, 1400]));
+        let rxs: Vec<UdpSocket> = (0..3).map(|_| receiver()).collect();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let refused = AtomicU64::new(0);
+        for f in &frames {
+            let mut batch = Batch::default();
+            for rx in &rxs {
+                batch.add(rx.local_addr().unwrap(), f, &refused);
+            }
+            batch.flush(&tx);
+        }
+        assert_eq!(refused.load(Ordering::Relaxed), 0);
+        #[cfg(target_os = "linux")]
+        assert!(!linux::gso_off(), "GSO was refused by this kernel");
+        let mut buf = [0u8; 65536];
+        for rx in &rxs {
+            for p in frames.iter().flatten() {
+                let n = rx.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &p[..]);
+            }
         }
     }
 
