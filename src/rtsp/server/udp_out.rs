@@ -39,6 +39,9 @@ impl<'a> Batch<'a> {
     /// Sends every datagram; a refused one (full send buffer, unreachable destination, ...) is
     /// counted on its destination and the rest still go.
     pub fn flush(&mut self, socket: &UdpSocket) {
+        if self.msgs.is_empty() {
+            return;
+        }
         #[cfg(target_os = "linux")]
         linux::send_batch(socket, &self.msgs);
         #[cfg(not(target_os = "linux"))]
