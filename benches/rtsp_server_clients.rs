@@ -1,173 +1,360 @@
-//! rtspserversink against the stock gst-rtsp-server, serving one ~4 Mbit/s H.264 stream to N
-//! TCP clients.
+//! Fan-out: rtspserversink against the stock gst-rtsp-server, serving one ~4.1 Mbit/s 720p30
+//! H.264 stream to N clients over TCP interleaved and over UDP unicast.
 //!
-//!     cargo bench --bench rtsp_server_clients
+//!     cargo build --release --locked && cargo bench --locked --bench rtsp_server_clients
 //!
 //! This process pre-encodes 10 s of 720p30 H.264 once, then plays it in a loop in real time,
 //! payloaded once, to two UDP ports. Each server runs in a child process and only fans that RTP
 //! out: ours as `udpsrc ! rtspserversink` (already-payloaded input), the stock one as
-//! gst-rtsp-server with `( udpsrc ! identity name=pay0 )`. So both do the same work and neither
-//! encodes. N clients (threads here) DESCRIBE, SETUP over TCP and PLAY, then read everything.
-//! The server's CPU time (utime+stime from /proc) over the window, divided by N × window, is the
-//! CPU per client-second; RSS is its peak. The slowest client's bitrate shows whether anyone
-//! was starved. Environment: BENCH_CLIENTS (default 1,10,50,100,200), BENCH_SECONDS (default 10).
-//! Under `cargo test` (no `--bench`) it is a smoke run: 1 and 10 clients for 2 s.
+//! gst-rtsp-server with a shared `( udpsrc ! identity name=pay0 )`. So both do the same work and
+//! neither encodes. The clients are N RTSP sessions of the load generator (benches/loadgen), all
+//! on one thread of this process. Once every session receives, a window of BENCH_SECONDS is
+//! measured: the server's utime+stime over the window (% of one core), its RSS and threads at the
+//! end, and per client the bitrate and RTP sequence gaps within the window.
+//!
+//! Environment: BENCH_TCP_CLIENTS (default 1,10,100,500,1000,2000), BENCH_UDP_CLIENTS (default
+//! 100,1000; empty for none), BENCH_SECONDS (default 10), BENCH_SERVERS (default ours,stock).
+//! BENCH_INPUT=h264 makes both servers depayload the input and payload it themselves (the fan-out
+//! then gets a burst of packets per NAL unit, as from an encoder, not one packet at a time).
+//! BENCH_BASELINE=DIR runs the rtspserversink of an earlier build too (DIR holds its
+//! `libgstlivestreaming.so`, copied aside before changing the code; BENCH_SERVERS then defaults
+//! to ours,baseline): the same run tells whether a change helped, which two runs on this
+//! shared machine cannot.
+//! Under `cargo test` (no `--bench`) it is a smoke run: 3 clients over TCP and over UDP for 2 s
+//! per server, with BENCH_INPUT=h264 unless set, and every client of rtspserversink must receive
+//! the full rate without a gap.
+//!
+//! The generator alone against any server (no servers started, nothing encoded):
+//!
+//!     cargo bench --bench rtsp_server_clients -- --url rtsp://127.0.0.1:8554/ \
+//!         --clients 500 --transport tcp --seconds 10 --expect-mbps 4
 
 mod common;
+mod loadgen;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::*;
+use loadgen::{Config, LoadGen, Report, Transport};
 
-/// A minimal RTSP client: DESCRIBE, SETUP (TCP), PLAY; then counts the bytes it reads.
-fn client(port: u16, bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let url = format!("rtsp://127.0.0.1:{port}/stream");
-    let mut cseq = 0;
-    let mut request = |s: &mut TcpStream,
-                       r: &mut BufReader<TcpStream>,
-                       line: String,
-                       extra: &str|
-     -> Result<(Vec<String>, String), String> {
-        cseq += 1;
-        write!(s, "{line} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}\r\n").map_err(|e| e.to_string())?;
-        let mut headers = Vec::new();
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l).map_err(|e| e.to_string())?;
-            if l.trim().is_empty() {
-                if headers.is_empty() {
-                    continue;
-                }
-                break;
-            }
-            headers.push(l.trim().to_owned());
-        }
-        if !headers[0].contains(" 200 ") {
-            return Err(headers[0].clone());
-        }
-        let len = headers
-            .iter()
-            .find_map(|h| h.strip_prefix("Content-Length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).map_err(|e| e.to_string())?;
-        Ok((headers, String::from_utf8_lossy(&body).into_owned()))
-    };
-    let (h, sdp) = request(
-        &mut s,
-        &mut r,
-        format!("DESCRIBE {url}"),
-        "Accept: application/sdp\r\n",
-    )?;
-    let base = h
-        .iter()
-        .find_map(|v| v.strip_prefix("Content-Base:"))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or(format!("{url}/"));
-    let control = sdp
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("a=control:"))
-        .find(|c| *c != "*")
-        .ok_or("no control")?;
-    let control = if control.starts_with("rtsp://") {
-        control.to_owned()
-    } else {
-        format!("{}/{}", base.trim_end_matches('/'), control)
-    };
-    let (h, _) = request(
-        &mut s,
-        &mut r,
-        format!("SETUP {control}"),
-        "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
-    )?;
-    let session = h
-        .iter()
-        .find_map(|v| v.strip_prefix("Session:"))
-        .map(|v| v.split(';').next().unwrap().trim().to_owned())
-        .ok_or("no session")?;
-    request(
-        &mut s,
-        &mut r,
-        format!("PLAY {base}"),
-        &format!("Session: {session}\r\n"),
-    )?;
-    let mut buf = vec![0u8; 256 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        match r.read(&mut buf) {
-            Ok(0) => return Err("closed".into()),
-            Ok(n) => {
-                bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
+/// Both servers' input socket: room for a few frames, so that the bench's UDP feed is not what
+/// drops packets when the fan-out of a frame takes longer than usual.
+const INPUT_BUFFER: &str = "buffer-size=4194304";
+/// BENCH_INPUT=h264: both servers depayload the input and payload it again themselves, so that
+/// the fan-out gets what a payloader makes (a burst per NAL unit) instead of one packet at a time;
+/// the stock one as rtspserversink configures its own rtph264pay.
+const STOCK_REPAY: &str =
+    "rtph264depay ! rtph264pay name=pay0 pt=96 config-interval=-1 aggregate-mode=zero-latency";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Ours,
+    /// rtspserversink of an earlier build (BENCH_BASELINE).
+    Baseline,
+    Stock,
 }
 
-/// One measurement: (CPU s per client-second, peak RSS MiB, slowest client Mbit/s, failures).
-fn measure(server: &mut Guard, port: u16, n: usize, seconds: u64) -> (f64, f64, f64, usize) {
-    let pid = server.0.id();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counters: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::default()).collect();
-    let handles: Vec<_> = counters
-        .iter()
-        .map(|c| {
-            let (c, stop) = (c.clone(), stop.clone());
-            // A small stagger, so that the stock server's accept queue is not what is measured.
-            std::thread::sleep(Duration::from_millis(5));
-            std::thread::spawn(move || client(port, c, stop))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu0 = cpu_seconds(pid);
-    let start: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    let t0 = Instant::now();
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Ours => "rtspserversink",
+            Server::Baseline => "baseline rtspserversink",
+            Server::Stock => "gst-rtsp-server",
+        }
+    }
+}
+
+struct Row {
+    cpu_percent: f64,
+    rss: f64,
+    threads: u64,
+    report: Report,
+    input_drops: u64,
+    generator_drops: u64,
+    /// Machine-wide, in % of one core: softirq time and all busy time (every process).
+    softirq_percent: f64,
+    machine_percent: f64,
+}
+
+struct Setup {
+    exe: std::path::PathBuf,
+    plugin_dir: std::path::PathBuf,
+    caps: String,
+    udp: [u16; 2],
+    input_mbps: f64,
+    baseline: Option<std::path::PathBuf>,
+    /// BENCH_INPUT=h264: the servers payload themselves.
+    repay: bool,
+}
+
+fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) -> Guard {
+    let caps = &setup.caps;
+    match server {
+        Server::Ours | Server::Baseline => spawn_ready({
+            let mut c = Command::new("gst-launch-1.0");
+            match (server, &setup.baseline) {
+                (Server::Baseline, Some(dir)) => c
+                    .env("GST_PLUGIN_PATH", dir)
+                    .env("GST_REGISTRY", dir.join("registry.bin")),
+                _ => c.env("GST_PLUGIN_PATH", &setup.plugin_dir),
+            };
+            c.args([
+                "udpsrc",
+                "address=127.0.0.1",
+                &format!("port={}", setup.udp[0]),
+                INPUT_BUFFER,
+                &format!("caps=\"{}\"", caps.replace('"', "\\\"")),
+                "!",
+            ]);
+            if setup.repay {
+                c.args(["rtph264depay", "!"]);
+            }
+            c.args([
+                "rtspserversink",
+                "address=127.0.0.1",
+                &format!("port={port}"),
+                "mount-point=/stream",
+                match transport {
+                    Transport::Tcp => "protocols=tcp",
+                    Transport::Udp => "protocols=udp+tcp",
+                },
+                "max-connections=100000",
+                "backlog=4096",
+            ]);
+            c
+        }),
+        Server::Stock => spawn_ready({
+            let mut c = Command::new(&setup.exe);
+            c.args([
+                "--serve-stock",
+                &port.to_string(),
+                &setup.udp[1].to_string(),
+                caps,
+                transport.name(),
+                if setup.repay { "h264" } else { "rtp" },
+            ]);
+            c
+        }),
+    }
+}
+
+fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, seconds: u64) -> Row {
+    let port = free_port();
+    let guard = spawn_server(setup, server, transport, port);
+    let pid = guard.0.id();
+    let input_port = match server {
+        Server::Ours | Server::Baseline => setup.udp[0],
+        Server::Stock => setup.udp[1],
+    };
+    let lg = LoadGen::start(Config {
+        url: format!("rtsp://127.0.0.1:{port}/stream"),
+        clients: n,
+        transport,
+        concurrent_setups: 32,
+    });
+    // Every session set up and past its first keyframe (one every 2 s), then a second more.
+    lg.wait_receiving(Duration::from_secs(30 + n as u64 / 20));
+    std::thread::sleep(Duration::from_secs(1));
+    let gen_ports = lg.udp_ports.lock().unwrap().clone();
+    let (in0, gd0) = (
+        loadgen::udp_drops(&[input_port]),
+        loadgen::udp_drops(&gen_ports),
+    );
+    let a = lg.snapshot();
+    let cpu0 = cpu_seconds_total(pid);
+    let m0 = machine_cpu_seconds();
     std::thread::sleep(Duration::from_secs(seconds));
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
-    let slowest = counters
-        .iter()
-        .zip(&start)
-        .map(|(c, s)| (c.load(Ordering::Relaxed) - s) as f64 * 8.0 / elapsed / 1e6)
-        .fold(f64::INFINITY, f64::min);
-    let rss = peak_rss_mib(pid);
-    stop.store(true, Ordering::Relaxed);
-    let failures = handles
-        .into_iter()
-        .map(|h| h.join().unwrap_or(Err("panic".into())))
-        .filter(|r| r.is_err())
-        .count();
-    (cpu / (n as f64 * elapsed), rss, slowest, failures)
+    let m1 = machine_cpu_seconds();
+    let cpu1 = cpu_seconds_total(pid);
+    let b = lg.snapshot();
+    let (in1, gd1) = (
+        loadgen::udp_drops(&[input_port]),
+        loadgen::udp_drops(&gen_ports),
+    );
+    let secs = match (a.at, b.at) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => seconds as f64,
+    };
+    let row = Row {
+        cpu_percent: (cpu1 - cpu0) / secs * 100.0,
+        rss: rss_mib(pid),
+        threads: threads(pid),
+        report: lg.report(&a, &b, setup.input_mbps),
+        input_drops: in1.saturating_sub(in0),
+        generator_drops: gd1.saturating_sub(gd0),
+        softirq_percent: (m1.1 - m0.1) / secs * 100.0,
+        machine_percent: (m1.0 - m0.0) / secs * 100.0,
+    };
+    lg.stop();
+    drop(guard);
+    row
+}
+
+fn print_header() {
+    println!(
+        "| transport | clients | server | CPU % of a core | RSS MiB | threads | connected | starved | with gaps (lost packets) | RTP-Info seq wrong (median off) | min / median Mbit/s | input drops | generator CPU % | generator drops | softirq % | machine busy % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+}
+
+fn print_row(transport: Transport, n: usize, server: Server, r: &Row) {
+    let g = &r.report;
+    println!(
+        "| {} | {n} | {} | {:.1} | {:.1} | {} | {} | {} | {} ({}) | {} ({}) | {:.2} / {:.2} | {} | {:.1} | {} | {:.0} | {:.0} |",
+        transport.name(),
+        server.name(),
+        r.cpu_percent,
+        r.rss,
+        r.threads,
+        g.connected,
+        g.starved,
+        g.with_gaps,
+        g.lost,
+        g.rtpinfo_wrong,
+        g.rtpinfo_off_median,
+        g.min_mbps,
+        g.median_mbps,
+        r.input_drops,
+        g.cpu_percent,
+        r.generator_drops,
+        r.softirq_percent,
+        r.machine_percent,
+    );
+    if let Some(e) = &g.first_error {
+        eprintln!(
+            "  ({} {n} {}: a session failed: {e})",
+            server.name(),
+            transport.name()
+        );
+    }
+}
+
+fn list(var: &str, fallback: Option<&str>, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .or_else(|| fallback.and_then(|f| std::env::var(f).ok()))
+        .unwrap_or_else(|| default.into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// `--url URL [--clients N] [--transport tcp|udp] [--seconds S] [--expect-mbps X]`: the
+/// generator alone.
+fn generator_only(args: &[String]) {
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let url = get("--url").expect("--url");
+    let clients = get("--clients").and_then(|v| v.parse().ok()).unwrap_or(10);
+    let seconds = get("--seconds").and_then(|v| v.parse().ok()).unwrap_or(10);
+    let expect = get("--expect-mbps")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let transport = match get("--transport").as_deref() {
+        Some("udp") => Transport::Udp,
+        _ => Transport::Tcp,
+    };
+    let lg = LoadGen::start(Config {
+        url,
+        clients,
+        transport,
+        concurrent_setups: 32,
+    });
+    let receiving = lg.wait_receiving(Duration::from_secs(30 + clients as u64 / 20));
+    println!("{receiving} of {clients} sessions receiving; measuring {seconds} s");
+    let a = lg.snapshot();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let b = lg.snapshot();
+    let r = lg.report(&a, &b, expect);
+    println!(
+        "connected {} failed {} starved (< 90% of {expect} Mbit/s) {} with gaps {} (lost {}) RTP-Info seq wrong {} (median off {}) min/median {:.2}/{:.2} Mbit/s generator CPU {:.1}%",
+        r.connected,
+        r.failed,
+        r.starved,
+        r.with_gaps,
+        r.lost,
+        r.rtpinfo_wrong,
+        r.rtpinfo_off_median,
+        r.min_mbps,
+        r.median_mbps,
+        r.cpu_percent
+    );
+    if let Some(e) = r.first_error {
+        println!("first error: {e}");
+    }
+    lg.stop();
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--serve-stock") {
-        serve_stock(&args[i + 1], &args[i + 2], &args[i + 3], "tcp");
+        let pay = match args.get(i + 5).map(String::as_str) {
+            Some("h264") => STOCK_REPAY,
+            _ => "identity name=pay0",
+        };
+        serve_stock_with(
+            &args[i + 1],
+            &args[i + 2],
+            &args[i + 3],
+            &args[i + 4],
+            INPUT_BUFFER,
+            pay,
+        );
+        return;
+    }
+    loadgen::self_check();
+    loadgen::raise_nofile_limit();
+    if args.iter().any(|a| a == "--url") {
+        generator_only(&args);
         return;
     }
     gst::init().unwrap();
     let smoke = smoke();
-    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
-        .unwrap_or_else(|_| if smoke { "1,10" } else { "1,10,50,100,200" }.into())
-        .split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .collect();
+    let tcp = list(
+        "BENCH_TCP_CLIENTS",
+        Some("BENCH_CLIENTS"),
+        if smoke { "3" } else { "1,10,100,500,1000,2000" },
+    );
+    let udp = list(
+        "BENCH_UDP_CLIENTS",
+        None,
+        if smoke { "3" } else { "100,1000" },
+    );
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 2 } else { 10 });
+    let baseline = std::env::var_os("BENCH_BASELINE").map(std::path::PathBuf::from);
+    if let Some(dir) = &baseline {
+        assert!(
+            dir.join("libgstlivestreaming.so").exists(),
+            "BENCH_BASELINE: no libgstlivestreaming.so in {}",
+            dir.display()
+        );
+    }
+    let servers: Vec<Server> = std::env::var("BENCH_SERVERS")
+        .unwrap_or_else(|_| {
+            if baseline.is_some() {
+                "ours,baseline"
+            } else {
+                "ours,stock"
+            }
+            .into()
+        })
+        .split(',')
+        .filter_map(|s| match s.trim() {
+            "ours" => Some(Server::Ours),
+            "baseline" if baseline.is_some() => Some(Server::Baseline),
+            "stock" => Some(Server::Stock),
+            _ => None,
+        })
+        .collect();
     let exe = std::env::current_exe().unwrap();
     let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
     assert!(
@@ -178,51 +365,65 @@ fn main() {
     let frames = pre_encode();
     let bytes: usize = frames.iter().map(|b| b.size()).sum();
     let input_mbps = bytes as f64 * 8.0 / (frames.len() as f64 / 30.0) / 1e6;
-    let udp = [free_udp_port(), free_udp_port()];
-    let (caps, stop_feed) = start_feeder(frames, &udp);
-    println!("input: {input_mbps:.2} Mbit/s H.264 720p30; window {seconds} s per run");
-    println!();
+    let udp_ports = [free_udp_port(), free_udp_port()];
+    let (caps, stop_feed) = start_feeder(frames, &udp_ports);
+    let setup = Setup {
+        exe,
+        plugin_dir,
+        caps,
+        udp: udp_ports,
+        input_mbps,
+        baseline,
+        // The smoke run goes through the servers' own payloaders: that is where the UDP fan-out
+        // gets bursts (and sends them with GSO).
+        repay: match std::env::var("BENCH_INPUT") {
+            Ok(v) => v == "h264",
+            Err(_) => smoke,
+        },
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "| clients | ours CPU s/client-s | stock CPU s/client-s | ratio | ours RSS MiB | stock RSS MiB | slowest client Mbit/s (ours / stock) | failed clients (ours / stock) |"
+        "input: {input_mbps:.2} Mbit/s H.264 720p30; window {seconds} s per run; open files limit {}; load average at start: {}",
+        loadgen::nofile_limit(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for n in clients {
-        let ours_port = free_port();
-        let mut ours = spawn_ready({
-            let mut c = Command::new("gst-launch-1.0");
-            c.env("GST_PLUGIN_PATH", &plugin_dir).args([
-                "udpsrc",
-                "address=127.0.0.1",
-                &format!("port={}", udp[0]),
-                &format!("caps=\"{}\"", caps.replace('"', "\\\"")),
-                "!",
-                "rtspserversink",
-                "address=127.0.0.1",
-                &format!("port={ours_port}"),
-                "mount-point=/stream",
-                "protocols=tcp",
-            ]);
-            c
-        });
-        let (o_cpu, o_rss, o_slow, o_fail) = measure(&mut ours, ours_port, n, seconds);
-        drop(ours);
-        let stock_port = free_port();
-        let mut stock = spawn_ready({
-            let mut c = Command::new(&exe);
-            c.args([
-                "--serve-stock",
-                &stock_port.to_string(),
-                &udp[1].to_string(),
-                &caps,
-            ]);
-            c
-        });
-        let (s_cpu, s_rss, s_slow, s_fail) = measure(&mut stock, stock_port, n, seconds);
-        drop(stock);
-        println!(
-            "| {n} | {o_cpu:.5} | {s_cpu:.5} | {:.2} | {o_rss:.1} | {s_rss:.1} | {o_slow:.2} / {s_slow:.2} | {o_fail} / {s_fail} |",
-            o_cpu / s_cpu
-        );
+    println!();
+    print_header();
+    let mut smoke_failures = Vec::new();
+    for (transport, counts) in [(Transport::Tcp, &tcp), (Transport::Udp, &udp)] {
+        for &n in counts {
+            for &server in &servers {
+                let row = measure(&setup, server, transport, n, seconds);
+                print_row(transport, n, server, &row);
+                let g = &row.report;
+                if smoke
+                    && server == Server::Ours
+                    && (g.connected != n || g.starved > 0 || g.with_gaps > 0)
+                {
+                    smoke_failures.push(format!(
+                        "{} {n} clients over {}: connected {}, starved {}, with gaps {}, first error {:?}",
+                        server.name(),
+                        transport.name(),
+                        g.connected,
+                        g.starved,
+                        g.with_gaps,
+                        g.first_error
+                    ));
+                }
+            }
+        }
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nload average at the end: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     stop_feed.store(true, Ordering::Relaxed);
+    assert!(smoke_failures.is_empty(), "{smoke_failures:#?}");
 }

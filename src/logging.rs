@@ -224,6 +224,9 @@ mod tests {
         // Below the threshold: dropped before formatting.
         log::debug!(target: "gstlivestreaming::hls::store", "segment cut");
         gst::log::remove_log_function(handler);
+        // Other tests of this binary log too: quiet again.
+        CATEGORIES.rtmp.set_threshold(gst::DebugLevel::None);
+        CATEGORIES.hls.set_threshold(gst::DebugLevel::None);
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert_eq!(seen[0].0, "lsrtmp");

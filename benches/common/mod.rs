@@ -136,6 +136,19 @@ pub fn start_feeder(frames: Vec<gst::Buffer>, ports: &[u16]) -> (String, Arc<Ato
 /// serving the RTP that arrives at UDP_PORT at `/stream` over PROTOCOLS (`tcp` or `udp+tcp`).
 /// Prints READY when it listens.
 pub fn serve_stock(port: &str, udp_port: &str, caps: &str, protocols: &str) {
+    serve_stock_with(port, udp_port, caps, protocols, "", "identity name=pay0");
+}
+
+/// [`serve_stock`] with more properties for its `udpsrc` (e.g. `buffer-size=4194304`) and
+/// another element chain after it than `identity name=pay0` (it must end in `pay0`).
+pub fn serve_stock_with(
+    port: &str,
+    udp_port: &str,
+    caps: &str,
+    protocols: &str,
+    udpsrc: &str,
+    pay: &str,
+) {
     gst::init().unwrap();
     let main_loop = glib::MainLoop::new(None, false);
     let server = gst_rtsp_server::RTSPServer::new();
@@ -144,7 +157,7 @@ pub fn serve_stock(port: &str, udp_port: &str, caps: &str, protocols: &str) {
     server.set_backlog(1024);
     let factory = gst_rtsp_server::RTSPMediaFactory::new();
     factory.set_launch(&format!(
-        "( udpsrc address=127.0.0.1 port={udp_port} caps=\"{}\" ! identity name=pay0 )",
+        "( udpsrc address=127.0.0.1 port={udp_port} {udpsrc} caps=\"{}\" ! {pay} )",
         caps.replace('"', "\\\"")
     ));
     factory.set_shared(true);
@@ -234,6 +247,45 @@ pub fn spawn_ready(mut cmd: Command) -> Guard {
         .expect("server ready");
     std::thread::sleep(Duration::from_millis(500));
     guard
+}
+
+/// Resident memory of the process now (VmRSS), in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_field(pid, "VmRSS:").map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Threads of the process now (/proc/PID/status Threads).
+pub fn threads(pid: u32) -> u64 {
+    status_field(pid, "Threads:").map_or(0, |n| n as u64)
+}
+
+fn status_field(pid: u32, name: &str) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+}
+
+/// Machine-wide CPU seconds from /proc/stat: (busy, softirq), summed over all cores. Softirq
+/// time is mostly the kernel delivering loopback packets; with tick-based accounting (no
+/// CONFIG_IRQ_TIME_ACCOUNTING) it is also charged to the process it interrupted, or to
+/// ksoftirqd when it was deferred. Busy time shows how loaded the (shared) machine was.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    const CLK_TCK: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    (busy / CLK_TCK, get(6) / CLK_TCK)
 }
 
 /// The file name of our plugin in a build's output directory.

@@ -476,7 +476,12 @@ impl Stream {
         let buffer = std::mem::take(&mut p.buffer);
         let dropped = p.dropped;
         // Sent under the plane lock, as pushes are: nothing newer overtakes the buffer.
-        let sent = buffer.is_empty() || self.send(&entry.dest, &buffer);
+        let sent = buffer.is_empty() || {
+            let mut udp = super::udp_out::Batch::default();
+            let sent = self.send(&entry.dest, &buffer, &mut udp);
+            udp.flush(&self.rtp_socket);
+            sent
+        };
         entry.state = EntryState::Live {
             waiting_keyframe: !sent && video,
         };
@@ -552,6 +557,8 @@ impl Stream {
             }
             _ => None,
         };
+        // Unicast UDP datagrams for every client go out together after the loop.
+        let mut udp = super::udp_out::Batch::default();
         for entry in plane.entries.iter_mut() {
             let waiting_keyframe = match &mut entry.state {
                 EntryState::Pending(p) => {
@@ -568,7 +575,7 @@ impl Stream {
             } else {
                 0
             };
-            let sent = self.send(&entry.dest, &packets[start..]);
+            let sent = self.send(&entry.dest, &packets[start..], &mut udp);
             if sent {
                 *waiting_keyframe = false;
             } else if codec.is_some() {
@@ -577,6 +584,7 @@ impl Stream {
                 *waiting_keyframe = true;
             }
         }
+        udp.flush(&self.rtp_socket);
         // Keep asking (at most once a second) while anyone waits: encoders may ignore a request.
         let waiting = plane.entries.iter().any(Entry::wants_keyframe);
         let want_keyframe = waiting && self.keyframe_request_due();
@@ -598,7 +606,12 @@ impl Stream {
         }
     }
 
-    fn send(&self, dest: &Dest, packets: &[Bytes]) -> bool {
+    fn send<'a>(
+        &self,
+        dest: &'a Dest,
+        packets: &'a [Bytes],
+        udp: &mut super::udp_out::Batch<'a>,
+    ) -> bool {
         let mut ok = true;
         match &dest.target {
             Target::Tcp { conn, channel } => {
@@ -613,7 +626,7 @@ impl Stream {
                     return false;
                 }
             }
-            Target::Udp { rtp, .. } => self.send_udp(&self.rtp_socket, dest, *rtp, packets),
+            Target::Udp { rtp, .. } => udp.add(*rtp, packets, &dest.packets_dropped),
             Target::Multicast { rtp, .. } => {
                 let socket = self.multicast_socket.lock().unwrap().clone();
                 match socket {
@@ -632,11 +645,11 @@ impl Stream {
     }
 
     /// UDP is lossy by nature: a packet the kernel refuses is counted and the rest still go.
+    /// The burst goes in as few system calls as the platform allows (see [`super::udp_out`]).
     fn send_udp(&self, socket: &UdpSocket, dest: &Dest, to: SocketAddr, packets: &[Bytes]) {
-        for p in packets {
-            if socket.send_to(p, to).is_err() {
-                dest.packets_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let refused = super::udp_out::send_burst(socket, to, packets);
+        if refused > 0 {
+            dest.packets_dropped.fetch_add(refused, Ordering::Relaxed);
         }
     }
 

@@ -39,6 +39,7 @@ pub mod conn;
 mod logfmt;
 pub mod media;
 pub mod session;
+mod udp_out;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
