@@ -1067,3 +1067,77 @@ fn send_sender_reports(shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Waits (bounded) until the server counts `n` open connections.
+    fn wait_connections(server: &Server, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.stats().connections < n {
+            assert!(Instant::now() < deadline, "{n} connections not accepted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn stopping_closes_connections_and_frees_the_port_at_once() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        server.add_stream(0).unwrap();
+        let addr = server.local_addr();
+        let mut clients: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        wait_connections(&server, clients.len());
+        let start = Instant::now();
+        drop(server);
+        assert!(start.elapsed() < Duration::from_millis(100));
+        // The port is free before the runtime has dropped the tasks.
+        let again = Server::start(
+            ServerConfig {
+                port: addr.port(),
+                ..config()
+            },
+            |_| {},
+        )
+        .expect("the port is bound again right after the stop");
+        for c in &mut clients {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            assert_eq!(c.read(&mut [0u8; 16]).unwrap(), 0, "end of stream");
+        }
+        drop(again);
+    }
+
+    #[test]
+    fn a_server_dropped_inside_the_runtime_stops_without_blocking() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        let addr = server.local_addr();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        wait_connections(&server, 1);
+        let stopped = crate::runtime::handle().block_on(async move {
+            crate::runtime::handle()
+                .spawn(async move {
+                    let start = Instant::now();
+                    drop(server);
+                    start.elapsed()
+                })
+                .await
+                .unwrap()
+        });
+        assert!(stopped < Duration::from_millis(100), "{stopped:?}");
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "end of stream");
+    }
+}
