@@ -591,6 +591,18 @@ impl Server {
         }
         for c in self.shared.conns.lock().unwrap().values() {
             c.out.close(CloseReason::Server);
+            // Logged here: the connection's task is aborted before it would log.
+            if c.out.close_reason() == Some(CloseReason::Server) {
+                sdebug!(
+                    &*self.shared.name,
+                    "{}: connection {} closed: the server is stopping ({} bytes sent, {} frames \
+                     dropped)",
+                    c.out.peer,
+                    c.out.id,
+                    c.out.bytes_written.load(Ordering::Relaxed),
+                    c.out.frames_dropped.load(Ordering::Relaxed)
+                );
+            }
         }
         let sessions: Vec<Session> = self
             .shared
@@ -830,14 +842,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         (ReadEnd::Closed, Some(CloseReason::ControlOverflow)) => {
             "the client let RTSP messages pile up unread".into()
         }
-        (ReadEnd::Closed, Some(CloseReason::Server)) => "the server is stopping".into(),
+        // Logged by Server::stop.
+        (ReadEnd::Closed, Some(CloseReason::Server)) => "".into(),
         (ReadEnd::Closed, _) => "write error".into(),
     };
-    sdebug!(
-        name,
-        "{peer}: connection {id} closed: {why} ({} bytes sent, {frames_dropped} frames dropped)",
-        out.bytes_written.load(Ordering::Relaxed)
-    );
+    if !why.is_empty() {
+        sdebug!(
+            name,
+            "{peer}: connection {id} closed: {why} ({} bytes sent, {frames_dropped} frames \
+             dropped)",
+            out.bytes_written.load(Ordering::Relaxed)
+        );
+    }
     // Sessions with interleaved streams cannot outlive their connection; UDP ones time out.
     let ended: Vec<Session> = {
         let mut sessions = shared.sessions.lock().unwrap();
