@@ -1134,6 +1134,34 @@ mod tests {
         drop(again);
     }
 
+    /// Waits (bounded) until both ports of a pair can be bound again.
+    fn wait_released((rtp, rtcp): (u16, u16)) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let free = [rtp, rtcp]
+                .iter()
+                .all(|p| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, *p)).is_ok());
+            if free {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ports {rtp}-{rtcp} still bound");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn removing_a_stream_or_stopping_releases_its_udp_ports() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        server.add_stream(0).unwrap();
+        server.add_stream(1).unwrap();
+        let ports = [0, 1].map(|id| server.shared.stream(id).unwrap().server_ports);
+        // Its RTCP receiver holds the socket until the runtime has dropped the aborted task.
+        server.remove_stream(1);
+        wait_released(ports[1]);
+        drop(server);
+        wait_released(ports[0]);
+    }
+
     #[test]
     fn a_server_dropped_inside_the_runtime_stops_without_blocking() {
         let server = Server::start(config(), |_| {}).unwrap();
