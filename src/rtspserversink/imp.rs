@@ -889,9 +889,10 @@ impl ElementImpl for RtspServerSink {
         let result = self.parent_change_state(transition);
         if transition == gst::StateChange::ReadyToNull || result.is_err() {
             if let Some(server) = self.server.lock().unwrap().take() {
-                // Dropping the last reference stops the server; streaming threads may still
-                // hold one for a moment.
-                drop(server);
+                // Stopped now, not when the last reference goes (a `stats` read may hold one for
+                // a moment): the port is free and the clients see the end before this returns.
+                // Never blocks.
+                server.stop();
             }
             if transition == gst::StateChange::ReadyToNull {
                 let mut state = self.state.lock().unwrap();

@@ -5,8 +5,15 @@
 //!
 //! Layering (after gortsplib/mediamtx): [`media`] is the data plane (streams fanned out to
 //! destinations), [`session`] the RTSP methods and sessions, [`conn`] one TCP connection's
-//! bounded output. [`Server`] ties them to a tokio runtime of its own, so the producer only
-//! calls [`Server::push`], which never blocks.
+//! bounded output. [`Server`] runs them on the plugin's shared runtime ([`crate::runtime`]), so
+//! the producer only calls [`Server::push`], which never blocks.
+//!
+//! Tasks: the server owns a [`TaskGroup`] holding its accept loop, its housekeeping (Sender
+//! Reports, session expiry) and one RTCP receiver per stream. The accept loop owns every
+//! connection's task in a [`JoinSet`] (the reader, which also answers requests and waits for a
+//! PLAY's start point), and each connection task owns its writer task. [`Server::stop`] (or
+//! dropping the server) aborts the group, which aborts all of them, and stops the listening
+//! socket at once, without waiting on the runtime.
 //!
 //! ```text
 //!  producer ──push()──▶ Stream ──▶ UDP unicast (server port pair)
@@ -44,7 +51,7 @@ mod udp_out;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,12 +60,14 @@ use rtsp_types::{Method, Request, Response, StatusCode, Version, headers};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use self::conn::{CloseReason, ConnOut};
 use self::media::{Dest, Stream};
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};
 use crate::rtsp::sdp::MediaDescription;
+use crate::runtime::TaskGroup;
 
 /// Which lower transports clients may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,27 +258,40 @@ impl Shared {
     }
 }
 
-/// A running RTSP server. Dropping it stops the server and closes every connection.
+/// A running RTSP server. [`Server::stop`] or dropping it stops the server and closes every
+/// connection, without blocking.
 pub struct Server {
     shared: Arc<Shared>,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The accept loop (and with it every connection), housekeeping, the RTCP receivers.
+    tasks: TaskGroup,
+    /// Each stream's RTCP receiver, to end it when the stream is removed.
+    rtcp_tasks: Mutex<HashMap<usize, AbortHandle>>,
+    /// Shared with the accept loop, so that stopping can close it at once (see [`Server::stop`]).
+    listener: Arc<TcpListener>,
     local_addr: SocketAddr,
+    stopped: AtomicBool,
+}
+
+/// Aborts a task when dropped: a connection's writer ends with the connection's task, also when
+/// that one is aborted.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Server {
     /// Binds the listening socket (errors such as "address in use" are returned here) and starts
-    /// serving on a runtime of its own.
+    /// serving on the plugin's shared runtime.
     pub fn start(
         config: ServerConfig,
         events: impl Fn(ServerEvent) + Send + Sync + 'static,
     ) -> io::Result<Server> {
         let listener = bind_listener(SocketAddr::new(config.address, config.port), config.backlog)?;
         let local_addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("rtsp-server")
-            .enable_all()
-            .build()?;
+        let runtime = crate::runtime::handle();
         let (media_version, _) = watch::channel(0);
         let name: Arc<str> = config.name.as_str().into();
         let shared = Arc::new(Shared {
@@ -288,14 +310,18 @@ impl Server {
         });
         let listener = {
             let _guard = runtime.enter();
-            TcpListener::from_std(listener)?
+            Arc::new(TcpListener::from_std(listener)?)
         };
-        runtime.spawn(accept_loop(shared.clone(), listener));
-        runtime.spawn(housekeeping(shared.clone()));
+        let tasks = TaskGroup::new();
+        tasks.spawn(accept_loop(shared.clone(), listener.clone()));
+        tasks.spawn(housekeeping(shared.clone()));
         Ok(Server {
             shared,
-            runtime: Some(runtime),
+            tasks,
+            rtcp_tasks: Mutex::new(HashMap::new()),
+            listener,
             local_addr,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -312,8 +338,19 @@ impl Server {
             stream.server_ports.0,
             stream.server_ports.1
         );
-        if let Some(rt) = &self.runtime {
-            rt.spawn(rtcp_receiver(self.shared.clone(), stream.clone()));
+        if self.stopped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let task = self
+            .tasks
+            .spawn(rtcp_receiver(self.shared.clone(), stream.clone()));
+        if let Some(old) = self
+            .rtcp_tasks
+            .lock()
+            .unwrap()
+            .insert(id, task.abort_handle())
+        {
+            old.abort();
         }
         self.shared.streams.write().unwrap().insert(id, stream);
         self.shared.media_version.send_modify(|v| *v += 1);
@@ -323,6 +360,10 @@ impl Server {
     /// Removes a stream; sessions keep their other streams.
     pub fn remove_stream(&self, id: usize) {
         let removed = self.shared.streams.write().unwrap().remove(&id);
+        if let Some(task) = self.rtcp_tasks.lock().unwrap().remove(&id) {
+            // Its socket is closed with the task.
+            task.abort();
+        }
         if removed.is_some() {
             sdebug!(
                 &*self.shared.name,
@@ -521,19 +562,48 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Stops serving, at once and without waiting on the runtime (also when called from inside
+    /// it): the listening socket stops listening before this returns (the port can be bound
+    /// again right away), every connection is closed (its writer sends what the socket takes and
+    /// hangs up) and every task of the server is aborted; their sockets close as the runtime
+    /// drops them, within milliseconds. Later calls do nothing.
+    pub fn stop(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
         sdebug!(
             &*self.shared.name,
             "stopping: closing {} connection(s), ending {} session(s)",
             self.shared.conns.lock().unwrap().len(),
             self.shared.sessions.lock().unwrap().len()
         );
+        // The accept loop's end aborts the connections' tasks, theirs their writers.
+        self.tasks.abort_all();
+        self.rtcp_tasks.lock().unwrap().clear();
+        // The accept loop may still hold the socket for a moment: shut it down so that it stops
+        // listening now (Linux unhashes a listening socket on shutdown; pending connections are
+        // reset) and a new server can bind the port before the runtime has dropped the task.
+        if let Err(e) = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Both) {
+            sdebug!(
+                &*self.shared.name,
+                "shutting down the listening socket failed: {e}"
+            );
+        }
         for c in self.shared.conns.lock().unwrap().values() {
             c.out.close(CloseReason::Server);
-        }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
+            // Logged here: the connection's task is aborted before it would log.
+            if c.out.close_reason() == Some(CloseReason::Server) {
+                sdebug!(
+                    &*self.shared.name,
+                    "{}: connection {} closed: the server is stopping ({} bytes sent, {} frames \
+                     dropped)",
+                    c.out.peer,
+                    c.out.id,
+                    c.out.bytes_written.load(Ordering::Relaxed),
+                    c.out.frames_dropped.load(Ordering::Relaxed)
+                );
+            }
         }
         let sessions: Vec<Session> = self
             .shared
@@ -544,6 +614,14 @@ impl Drop for Server {
             .map(|(_, s)| s)
             .collect();
         sessions.into_iter().for_each(session::end_session);
+        // Pushes after this reach no one.
+        self.shared.streams.write().unwrap().clear();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -562,12 +640,19 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpList
     Ok(socket.into())
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
     let name = &*shared.name;
     // Failures in a row: logged when they start and when they end, not every retry.
     let mut failures = 0u64;
+    // Every connection's task: aborted when this task is (dropping a JoinSet aborts its tasks).
+    let mut connections = JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Forget the connections that ended.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 if failures == 0 {
@@ -608,7 +693,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(shared.clone(), stream, peer));
+        connections.spawn(serve_connection(shared.clone(), stream, peer));
     }
 }
 
@@ -654,10 +739,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         "{peer}: connection accepted on {local} (connection {id}, {open} open)"
     );
     let (mut reader, writer) = stream.into_split();
-    let writer_task = tokio::spawn(
+    let mut writer_task = AbortOnDrop(tokio::spawn(
         out.clone()
             .run_writer(writer, shared.config.client_stall_timeout),
-    );
+    ));
     let ctx = ConnCtx {
         out: out.clone(),
         local,
@@ -732,7 +817,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         }
     };
     out.close(CloseReason::Peer);
-    let _ = writer_task.await;
+    let _ = (&mut writer_task.0).await;
     let reason = out.close_reason();
     if reason == Some(CloseReason::Stalled) {
         shared
@@ -758,14 +843,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         (ReadEnd::Closed, Some(CloseReason::ControlOverflow)) => {
             "the client let RTSP messages pile up unread".into()
         }
-        (ReadEnd::Closed, Some(CloseReason::Server)) => "the server is stopping".into(),
+        // Logged by Server::stop.
+        (ReadEnd::Closed, Some(CloseReason::Server)) => "".into(),
         (ReadEnd::Closed, _) => "write error".into(),
     };
-    sdebug!(
-        name,
-        "{peer}: connection {id} closed: {why} ({} bytes sent, {frames_dropped} frames dropped)",
-        out.bytes_written.load(Ordering::Relaxed)
-    );
+    if !why.is_empty() {
+        sdebug!(
+            name,
+            "{peer}: connection {id} closed: {why} ({} bytes sent, {frames_dropped} frames \
+             dropped)",
+            out.bytes_written.load(Ordering::Relaxed)
+        );
+    }
     // Sessions with interleaved streams cannot outlive their connection; UDP ones time out.
     let ended: Vec<Session> = {
         let mut sessions = shared.sessions.lock().unwrap();
@@ -993,5 +1082,107 @@ fn send_sender_reports(shared: &Shared) {
                 stream.send_rtcp(&dest, Bytes::from(bytes));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Waits (bounded) until the server counts `n` open connections.
+    fn wait_connections(server: &Server, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.stats().connections < n {
+            assert!(Instant::now() < deadline, "{n} connections not accepted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn stopping_closes_connections_and_frees_the_port_at_once() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        server.add_stream(0).unwrap();
+        let addr = server.local_addr();
+        let mut clients: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        wait_connections(&server, clients.len());
+        let start = Instant::now();
+        drop(server);
+        assert!(start.elapsed() < Duration::from_millis(100));
+        // The port is free before the runtime has dropped the tasks.
+        let again = Server::start(
+            ServerConfig {
+                port: addr.port(),
+                ..config()
+            },
+            |_| {},
+        )
+        .expect("the port is bound again right after the stop");
+        for c in &mut clients {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            assert_eq!(c.read(&mut [0u8; 16]).unwrap(), 0, "end of stream");
+        }
+        drop(again);
+    }
+
+    /// Waits (bounded) until both ports of a pair can be bound again.
+    fn wait_released((rtp, rtcp): (u16, u16)) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let free = [rtp, rtcp]
+                .iter()
+                .all(|p| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, *p)).is_ok());
+            if free {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ports {rtp}-{rtcp} still bound");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn removing_a_stream_or_stopping_releases_its_udp_ports() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        server.add_stream(0).unwrap();
+        server.add_stream(1).unwrap();
+        let ports = [0, 1].map(|id| server.shared.stream(id).unwrap().server_ports);
+        // Its RTCP receiver holds the socket until the runtime has dropped the aborted task.
+        server.remove_stream(1);
+        wait_released(ports[1]);
+        drop(server);
+        wait_released(ports[0]);
+    }
+
+    #[test]
+    fn a_server_dropped_inside_the_runtime_stops_without_blocking() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        let addr = server.local_addr();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        wait_connections(&server, 1);
+        let stopped = crate::runtime::handle().block_on(async move {
+            crate::runtime::handle()
+                .spawn(async move {
+                    let start = Instant::now();
+                    drop(server);
+                    start.elapsed()
+                })
+                .await
+                .unwrap()
+        });
+        assert!(stopped < Duration::from_millis(100), "{stopped:?}");
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "end of stream");
     }
 }
