@@ -2,8 +2,8 @@
 //! [`crate::rtmp`].
 //!
 //! render() parses the FLV tags of each buffer and puts them on the publication's bounded queue;
-//! a network thread sends them, so the streaming thread never waits for the network. When the
-//! queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
+//! a task on the plugin's shared runtime sends them, so the streaming thread never waits for the
+//! network. When the queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use gst_base::subclass::prelude::*;
 
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
+use crate::messages;
 use crate::rtmp::net::{NetConfig, Notice, Publication, Stage, TlsValidation};
 use crate::rtmp::queue::Pushed;
 use crate::rtmp::url::{Location, LocationError, Scheme};
@@ -38,7 +39,7 @@ const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 /// rtmp2sink's range: kbit/s (1000 bit/s) whose bytes per second fit in 32 bits.
 const MAX_PEAK_KBPS: u32 = 17_179_869;
-/// The network thread gathers tags this long after the queue becomes non-empty (fewer
+/// The network task gathers tags this long after the queue becomes non-empty (fewer
 /// wake-ups and writes; RTMP's own latency is seconds).
 const LINGER: Duration = Duration::from_millis(5);
 /// The largest FLV tag accepted from upstream: the RTMP message length field is 24 bits, and
@@ -530,13 +531,7 @@ impl RsRtmpSink {
                     reconnected
                 );
                 if reconnected {
-                    let _ = element.post_message(
-                        gst::message::Element::builder(
-                            gst::Structure::builder("rsrtmpsink-reconnected").build(),
-                        )
-                        .src(element)
-                        .build(),
-                    );
+                    let _ = element.post_message(messages::reconnected(element, "rsrtmpsink"));
                 }
             }
             Notice::Reconnecting {
@@ -555,18 +550,14 @@ impl RsRtmpSink {
                     of,
                     delay
                 );
-                let _ = element.post_message(
-                    gst::message::Element::builder(
-                        gst::Structure::builder("rsrtmpsink-reconnect")
-                            .field("attempt", attempt)
-                            .field("max-attempts", of)
-                            .field("delay-ms", delay.as_millis() as u64)
-                            .field("reason", reason)
-                            .build(),
-                    )
-                    .src(element)
-                    .build(),
-                );
+                let _ = element.post_message(messages::reconnect(
+                    element,
+                    "rsrtmpsink",
+                    attempt,
+                    of,
+                    delay,
+                    &reason,
+                ));
             }
             Notice::Warning(w) => gst::warning!(CAT, obj = element, "{}", w),
             Notice::Status { level, code } => {
@@ -612,13 +603,7 @@ impl BaseSinkImpl for RsRtmpSink {
                     RsRtmpSink::on_notice(&e, notice);
                 }
             }),
-        )
-        .map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::Failed,
-                ("Could not start the network thread: {}", e)
-            )
-        })?;
+        );
         *self.state.lock().unwrap() = Some(State {
             publication,
             parser: FlvParser::new(MAX_TAG_SIZE),

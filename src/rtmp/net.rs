@@ -1,7 +1,8 @@
-//! The network side of a publication: one thread with a Tokio runtime that connects (TCP, or TLS
-//! for rtmps), drives the [`Publisher`], sends the tags the streaming thread queued, and
-//! reconnects with bounded exponential backoff when an established publication drops. The
-//! streaming thread only ever locks the queue for a push; it never waits for the network.
+//! The network side of a publication: one task on the plugin's shared runtime
+//! ([`crate::runtime`]) that connects (TCP, or TLS for rtmps), drives the [`Publisher`], sends
+//! the tags the streaming thread queued, and reconnects with bounded exponential backoff
+//! ([`crate::net::backoff`]) when an established publication drops. The streaming thread only
+//! ever locks the queue for a push; it never waits for the network.
 //!
 //! Specifications: RTMP specification 1.0 §5 (the chunk stream over TCP); RTMPS is RTMP inside
 //! TLS (RFC 8446, RFC 5246) with server name indication (RFC 6066 §3) and certificate checks by
@@ -18,6 +19,7 @@ use super::client::{Error, Event, Phase, Publisher, PublisherConfig, StopCommand
 use super::flv::{Tag, TagKind};
 use super::queue::{Pushed, Resume, TagQueue};
 use super::url::{Location, Scheme};
+use crate::net::backoff::Backoff;
 
 /// Which certificate problems are errors (GTlsCertificateFlags' vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +64,7 @@ pub struct NetConfig {
     pub stop_commands: StopCommands,
     /// Connect when the first tag is pushed rather than at once.
     pub connect_on_first_push: bool,
-    /// How long the network thread waits after the queue becomes non-empty before it sends
+    /// How long the network task waits after the queue becomes non-empty before it sends
     /// what has gathered (sooner once [`FLUSH_BYTES`] are queued): fewer wake-ups and writes
     /// for at most this much added latency. Zero sends each tag at once.
     pub linger: Duration,
@@ -151,15 +153,16 @@ struct Shared {
 pub struct Publication {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    /// Signalled when the network task has ended.
     done: std::sync::mpsc::Receiver<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 pub type NoticeFn = Box<dyn Fn(Notice) + Send + Sync>;
 
 impl Publication {
-    /// Starts connecting in the background; `notify` is called from the network thread.
-    pub fn start(config: NetConfig, notify: NoticeFn) -> std::io::Result<Publication> {
+    /// Starts connecting in the background: the network side is a task on the plugin's shared
+    /// runtime ([`crate::runtime`]); `notify` is called from that task.
+    pub fn start(config: NetConfig, notify: NoticeFn) -> Publication {
         let shared = Arc::new(Shared {
             queue: Mutex::new(TagQueue::new(config.queue_size)),
             wake: Notify::new(),
@@ -172,26 +175,25 @@ impl Publication {
         });
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("rsrtmpsink-net".into())
-            .spawn(move || {
-                rt.block_on(run(config, thread_shared.clone(), stop_rx, &notify));
-                thread_shared.failed.store(true, Ordering::SeqCst);
-                let _ = done_tx.send(());
-            })?;
-        Ok(Publication {
-            shared,
-            stop,
-            done,
-            thread: Some(thread),
-        })
+        let task_shared = shared.clone();
+        // Not aborted on drop: after a stop the task says deleteStream and closes the
+        // connection itself, every wait in it bounded.
+        crate::runtime::handle().spawn(async move {
+            /// Marks the publication ended even when the task is cancelled or panics.
+            struct Ended(Arc<Shared>, std::sync::mpsc::Sender<()>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.failed.store(true, Ordering::SeqCst);
+                    let _ = self.1.send(());
+                }
+            }
+            let _ended = Ended(task_shared.clone(), done_tx);
+            run(config, task_shared, stop_rx, &notify).await;
+        });
+        Publication { shared, stop, done }
     }
 
-    /// Queues a tag for sending; never blocks on the network. The network thread is woken
+    /// Queues a tag for sending; never blocks on the network. The network task is woken
     /// only when the queue goes from empty to non-empty (it drains everything queued when it
     /// runs) or when [`FLUSH_BYTES`] have gathered, not per tag.
     pub fn push(&self, tag: Tag) -> Pushed {
@@ -220,7 +222,7 @@ impl Publication {
         self.shared
             .peak_rate
             .store(bytes_per_second, Ordering::Relaxed);
-        // A waiting network thread re-reads it.
+        // A waiting network task re-reads it.
         self.shared.wake.notify_one();
     }
 
@@ -248,17 +250,16 @@ impl Publication {
         (stats, q.len(), q.bytes(), drops)
     }
 
-    /// Ends the publication (deleteStream when publishing) and waits for the network thread at
-    /// most `timeout`.
-    pub fn stop(mut self, timeout: Duration) {
+    /// Ends the publication (deleteStream when publishing) and waits for the network task at
+    /// most `timeout`. Called from a thread of the shared runtime (an application stopping the
+    /// element from a bus handler there), it does not wait: the task ends on its own.
+    pub fn stop(self, timeout: Duration) {
         let _ = self.stop.send(true);
         self.shared.queue.lock().unwrap().clear();
-        if self.done.recv_timeout(timeout).is_ok()
-            && let Some(t) = self.thread.take()
-        {
-            let _ = t.join();
+        if tokio::runtime::Handle::try_current().is_err() {
+            let _ = self.done.recv_timeout(timeout);
         }
-        // Otherwise the thread is left to finish on its own (every wait in it is bounded).
+        // Otherwise, or on timeout, the task finishes on its own (every wait in it is bounded).
     }
 }
 
@@ -288,11 +289,14 @@ impl Drop for Publication {
     }
 }
 
+/// Returns once a stop was asked for (or the publication was dropped). Holds no `watch::Ref`
+/// across an await, so the task stays `Send`.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 fn backoff(cfg: &NetConfig, attempt: u32) -> Duration {
-    let factor = 1u32 << (attempt.saturating_sub(1)).min(20);
-    cfg.reconnect_initial_delay
-        .saturating_mul(factor)
-        .min(cfg.reconnect_max_delay)
+    Backoff::new(cfg.reconnect_initial_delay, cfg.reconnect_max_delay).delay(attempt)
 }
 
 async fn run(
@@ -304,7 +308,7 @@ async fn run(
     if cfg.connect_on_first_push {
         tokio::select! {
             _ = shared.go.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         }
     }
     let mut ever_published = false;
@@ -384,7 +388,7 @@ async fn run(
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         }
     }
 }
@@ -496,7 +500,7 @@ async fn session(
 ) -> Result<(), Error> {
     let stream = tokio::select! {
         s = connect(cfg) => s?,
-        _ = stop.wait_for(|s| *s) => return Ok(()),
+        _ = stopped(stop) => return Ok(()),
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
     {
@@ -554,7 +558,7 @@ async fn session(
                     "{} ({} s)", phase.waiting_for(), cfg.timeout.as_secs_f32()
                 )))?
                 .map_err(|e| io_err(phase.waiting_for(), e))?,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stopped(stop) => return Ok(()),
         };
         if n == 0 {
             return Err(Error::Closed {
@@ -672,7 +676,7 @@ async fn session(
         }
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => {
+            _ = stopped(stop) => {
                 log_id!(
                     debug,
                     &cfg.name,
@@ -878,23 +882,15 @@ fn sync_stats(p: &Publisher, shared: &Shared) {
 }
 
 mod tls {
-    use std::sync::{Arc, LazyLock};
+    use std::sync::Arc;
 
     use rustls::client::WebPkiServerVerifier;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::crypto::CryptoProvider;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
     use super::{Error, TlsValidation};
-
-    static ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        Arc::new(roots)
-    });
 
     fn provider() -> Arc<CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
@@ -903,11 +899,12 @@ mod tls {
     /// The system's CAs; problems the flags do not ask about are forgiven, the rest are errors.
     pub(super) fn client_config(v: TlsValidation) -> Result<Arc<rustls::ClientConfig>, Error> {
         let provider = provider();
-        let inner = if ROOTS.is_empty() {
+        let roots = crate::net::tls::system_roots();
+        let inner = if roots.is_empty() {
             None
         } else {
             Some(
-                WebPkiServerVerifier::builder_with_provider(ROOTS.clone(), provider.clone())
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                     .build()
                     .map_err(|e| Error::Tls(format!("certificate verifier: {e}")))?,
             )
