@@ -2,7 +2,7 @@
 //! [`crate::rtmp`].
 //!
 //! render() parses the FLV tags of each buffer and puts them on the publication's bounded queue;
-//! a task on the plugin's shared runtime sends them, so the streaming thread never waits for the
+//! a network thread sends them, so the streaming thread never waits for the
 //! network. When the queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
 
 use std::sync::{LazyLock, Mutex};
@@ -14,9 +14,9 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use crate::messages;
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
-use crate::messages;
 use crate::rtmp::net::{NetConfig, Notice, Publication, Stage, TlsValidation};
 use crate::rtmp::queue::Pushed;
 use crate::rtmp::url::{Location, LocationError, Scheme};
@@ -39,7 +39,7 @@ const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 /// rtmp2sink's range: kbit/s (1000 bit/s) whose bytes per second fit in 32 bits.
 const MAX_PEAK_KBPS: u32 = 17_179_869;
-/// The network task gathers tags this long after the queue becomes non-empty (fewer
+/// The network thread gathers tags this long after the queue becomes non-empty (fewer
 /// wake-ups and writes; RTMP's own latency is seconds).
 const LINGER: Duration = Duration::from_millis(5);
 /// The largest FLV tag accepted from upstream: the RTMP message length field is 24 bits, and
@@ -603,7 +603,13 @@ impl BaseSinkImpl for RsRtmpSink {
                     RsRtmpSink::on_notice(&e, notice);
                 }
             }),
-        );
+        )
+        .map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Failed,
+                ("Could not start the network thread: {}", e)
+            )
+        })?;
         *self.state.lock().unwrap() = Some(State {
             publication,
             parser: FlvParser::new(MAX_TAG_SIZE),
