@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::store::{FileKind, Published};
+use crate::runtime::TaskGroup;
 
 const MAX_HEADER_BYTES: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,21 +34,23 @@ pub struct HttpConfig {
     pub playlist_cache_control: String,
 }
 
-/// A running server; stops when dropped.
+/// A running server on the plugin's shared runtime; stops when dropped: the listener and every
+/// connection are tasks of one [`TaskGroup`], all aborted at once.
 pub struct HttpServer {
-    runtime: Option<tokio::runtime::Runtime>,
+    tasks: Arc<TaskGroup>,
+    accept: tokio::task::JoinHandle<()>,
     local_addr: SocketAddr,
 }
 
 impl HttpServer {
     pub fn start(config: HttpConfig, files: Arc<Published>) -> std::io::Result<HttpServer> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("hls-http")
-            .enable_io()
-            .enable_time()
-            .build()?;
-        let listener = runtime.block_on(TcpListener::bind(config.address))?;
+        // Bound here, so that a port in use is an error of start().
+        let listener = std::net::TcpListener::bind(config.address)?;
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _runtime = crate::runtime::handle().enter();
+            TcpListener::from_std(listener)?
+        };
         let local_addr = listener.local_addr()?;
         log::debug!(
             "HTTP server listening on {local_addr} (at most {} connections)",
@@ -55,7 +58,9 @@ impl HttpServer {
         );
         let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let config = Arc::new(config);
-        runtime.spawn(async move {
+        let tasks = Arc::new(TaskGroup::new());
+        let group = tasks.clone();
+        let accept = tasks.spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(s) => s,
@@ -71,7 +76,7 @@ impl HttpServer {
                         let files = files.clone();
                         let config = config.clone();
                         log::trace!("HTTP connection from {peer}");
-                        tokio::spawn(async move {
+                        group.spawn(async move {
                             serve_connection(stream, peer, &files, &config).await;
                             log::trace!("HTTP connection from {peer} closed");
                             drop(permit);
@@ -83,7 +88,7 @@ impl HttpServer {
                              already",
                             config.max_connections.max(1)
                         );
-                        tokio::spawn(async move {
+                        group.spawn(async move {
                             let mut stream = stream;
                             // Read the request first (briefly) so that closing does not reset
                             // the connection before the client has read the answer.
@@ -111,7 +116,8 @@ impl HttpServer {
             }
         });
         Ok(HttpServer {
-            runtime: Some(runtime),
+            tasks,
+            accept,
             local_addr,
         })
     }
@@ -123,9 +129,17 @@ impl HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+        self.tasks.abort_all();
+        // The port is free once the aborted accept task has dropped the listener, which a worker
+        // does at once: wait for that briefly so that the port can be bound again right after a
+        // stop, but never from inside the runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let deadline = std::time::Instant::now() + Duration::from_millis(500);
+            while !self.accept.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
+        log::debug!("HTTP server on {} stopped", self.local_addr);
     }
 }
 

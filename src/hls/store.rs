@@ -7,6 +7,7 @@
 //! its own thread from a bounded queue: the streaming thread only queues. Local files are written
 //! to a temporary name and renamed, so a reader sees a whole file or none.
 
+use crate::net::backoff::Backoff;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -558,8 +559,8 @@ fn worker(
                 q = shared.cv.wait(q).unwrap();
             }
         };
+        let backoff = Backoff::new(config.initial_backoff, config.max_backoff);
         let mut attempt = 0;
-        let mut backoff = config.initial_backoff;
         let result = loop {
             attempt += 1;
             let r = match &job {
@@ -572,15 +573,16 @@ fn worker(
             };
             match r {
                 Err(e) if e.retryable() && attempt < config.max_attempts => {
+                    let delay = backoff.delay(attempt);
                     log::debug!(
                         "{} failed (attempt {attempt} of {}), retrying in {} ms: {e}",
                         job.shown(),
                         config.max_attempts,
-                        backoff.as_millis()
+                        delay.as_millis()
                     );
                     // Sleep for the backoff (new jobs wake the condvar too), but stop at once
                     // when closing.
-                    let until = Instant::now() + backoff;
+                    let until = Instant::now() + delay;
                     let mut q = shared.queue.lock().unwrap();
                     while !q.closing && Instant::now() < until {
                         q = shared.cv.wait_timeout(q, until - Instant::now()).unwrap().0;
@@ -588,7 +590,6 @@ fn worker(
                     if q.closing {
                         break Err(e);
                     }
-                    backoff = (backoff * 2).min(config.max_backoff);
                 }
                 other => break other,
             }

@@ -8,7 +8,8 @@
 //! timeouts, 408, 429 and 5xx are retried; other 4xx answers to PUT (403, 405, 413, ...) and TLS
 //! failures (an untrusted certificate) mean the origin will never take the files and stop the
 //! output with an error. https uses rustls with the ring provider, trusting the system's CAs
-//! (as rsrtmpsink does) and optionally the CAs of a PEM file.
+//! (loaded once per process by [`crate::net::tls`], as rsrtmpsink does) and optionally the CAs
+//! of a PEM file.
 //!
 //! RFC 9110 §9.3.4 (PUT) and §9.3.5 (DELETE).
 
@@ -18,8 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
+
+use crate::net::tls::CaFileError;
 
 use super::store::{FileKind, Store, StoreError};
 
@@ -55,34 +57,23 @@ pub use super::location::redact_location;
 /// TLS client configuration: the system's CAs (as rsrtmpsink and GStreamer's own TLS elements
 /// trust) plus the certificates in `ca_file`.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A certificate of the system's store that rustls cannot use is left out.
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let shown = || path.display().to_string();
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| TlsSetupError::CaFile {
-            path: shown(),
-            message: e.to_string(),
-        })?;
-        let mut n = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| TlsSetupError::CaFile {
-                path: shown(),
-                message: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| TlsSetupError::BadCertificate {
-                path: shown(),
-                message: e.to_string(),
-            })?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(TlsSetupError::NoCertificate { path: shown() });
-        }
-        log::debug!("trusting {n} CA certificates of {}", path.display());
-    }
+    let roots = crate::net::tls::roots_with_ca_file(ca_file).map_err(|e| match e {
+        CaFileError::Read { path, source } => TlsSetupError::CaFile {
+            path: path.display().to_string(),
+            message: source.to_string(),
+        },
+        CaFileError::Pem { path, source } => TlsSetupError::CaFile {
+            path: path.display().to_string(),
+            message: source.to_string(),
+        },
+        CaFileError::Certificate { path, source } => TlsSetupError::BadCertificate {
+            path: path.display().to_string(),
+            message: source.to_string(),
+        },
+        CaFileError::Empty { path } => TlsSetupError::NoCertificate {
+            path: path.display().to_string(),
+        },
+    })?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Config(e.to_string()))

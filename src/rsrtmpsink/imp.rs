@@ -2,8 +2,8 @@
 //! [`crate::rtmp`].
 //!
 //! render() parses the FLV tags of each buffer and puts them on the publication's bounded queue;
-//! a network thread sends them, so the streaming thread never waits for the network. When the
-//! queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
+//! a network thread sends them, so the streaming thread never waits for the
+//! network. When the queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use crate::messages;
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
 use crate::rtmp::net::{NetConfig, Notice, Publication, Stage, TlsValidation};
@@ -530,13 +531,7 @@ impl RsRtmpSink {
                     reconnected
                 );
                 if reconnected {
-                    let _ = element.post_message(
-                        gst::message::Element::builder(
-                            gst::Structure::builder("rsrtmpsink-reconnected").build(),
-                        )
-                        .src(element)
-                        .build(),
-                    );
+                    let _ = element.post_message(messages::reconnected(element, "rsrtmpsink"));
                 }
             }
             Notice::Reconnecting {
@@ -555,18 +550,14 @@ impl RsRtmpSink {
                     of,
                     delay
                 );
-                let _ = element.post_message(
-                    gst::message::Element::builder(
-                        gst::Structure::builder("rsrtmpsink-reconnect")
-                            .field("attempt", attempt)
-                            .field("max-attempts", of)
-                            .field("delay-ms", delay.as_millis() as u64)
-                            .field("reason", reason)
-                            .build(),
-                    )
-                    .src(element)
-                    .build(),
-                );
+                let _ = element.post_message(messages::reconnect(
+                    element,
+                    "rsrtmpsink",
+                    attempt,
+                    of,
+                    delay,
+                    &reason,
+                ));
             }
             Notice::Warning(w) => gst::warning!(CAT, obj = element, "{}", w),
             Notice::Status { level, code } => {

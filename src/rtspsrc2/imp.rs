@@ -784,18 +784,14 @@ impl RtspSrc2 {
                     of,
                     delay
                 );
-                let _ = self.obj().post_message(
-                    gst::message::Element::builder(
-                        gst::Structure::builder("rtspsrc2-reconnect")
-                            .field("attempt", attempt)
-                            .field("max-attempts", of)
-                            .field("delay-ms", delay.as_millis() as u64)
-                            .field("reason", reason)
-                            .build(),
-                    )
-                    .src(&*self.obj())
-                    .build(),
-                );
+                let _ = self.obj().post_message(crate::messages::reconnect(
+                    &*self.obj(),
+                    "rtspsrc2",
+                    attempt,
+                    of,
+                    delay,
+                    &reason,
+                ));
             }
             ClientEvent::Reconnected => {
                 gst::info!(CAT, imp = self, "reconnected");
@@ -806,13 +802,9 @@ impl RtspSrc2 {
                     p.signals.rebase.store(true, Ordering::Relaxed);
                     p.signals.restart.store(true, Ordering::Relaxed);
                 }
-                let _ = self.obj().post_message(
-                    gst::message::Element::builder(
-                        gst::Structure::builder("rtspsrc2-reconnected").build(),
-                    )
-                    .src(&*self.obj())
-                    .build(),
-                );
+                let _ = self
+                    .obj()
+                    .post_message(crate::messages::reconnected(&*self.obj(), "rtspsrc2"));
             }
             ClientEvent::Closed { reason } => {
                 gst::element_imp_error!(

@@ -654,12 +654,16 @@ async fn reconnect(
     stats_cell: &Arc<RwLock<SharedStats>>,
     control_tx: mpsc::UnboundedSender<Control>,
 ) -> Option<Session> {
-    let mut delay = config.reconnect_initial_delay;
+    let backoff = crate::net::backoff::Backoff::new(
+        config.reconnect_initial_delay,
+        config.reconnect_max_delay,
+    );
     let mut last = reason.clone();
     // The transport that worked before, then the others.
     let mut protocols = vec![old.kind];
     protocols.extend(config.protocols.iter().filter(|k| **k != old.kind));
     for attempt in 1..=config.reconnect_attempts {
+        let delay = backoff.delay(attempt);
         log::debug!(
             id = config.name.as_str();
             "{}: reconnection attempt {attempt} of {} in {delay:?}, over {protocols:?}: {last}",
@@ -673,7 +677,6 @@ async fn reconnect(
             reason: last.clone(),
         });
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(config.reconnect_max_delay);
         channels.write().unwrap().clear();
         match establish(
             config,
