@@ -1,6 +1,6 @@
 //! `rtspsrc2`: an RTSP client source, a thin adapter over [`crate::rtsp::client`].
 //!
-//! The client runs on its own runtime and reports packets as events. Each SDP media gets a
+//! The client runs as a task on the plugin's shared runtime and reports packets as events. Each SDP media gets a
 //! sometimes pad (`stream_%u`, `application/x-rtp` caps from the SDP). A stream's packets are
 //! jitter-buffered and pushed on a thread that serves that stream alone, as udpsrc pushes on
 //! its own: its UDP socket's thread, or the RTSP connection's reader when the connection
