@@ -12,23 +12,18 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use common::hls::TempDir;
+use common::hls::{TempDir, wait_for};
 use common::rtmp::Nginx;
 
 const INSTANCES: usize = 5;
 /// Threads that may appear besides the counted ones (GStreamer's clock thread, a GLib pool).
 const SLACK: usize = 2;
 
+/// The process's threads' names, one entry per thread.
 fn thread_names() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .map(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
+    common::threads_by_name()
+        .into_iter()
+        .flat_map(|(name, n)| std::iter::repeat_n(name, n))
         .collect()
 }
 
@@ -48,17 +43,6 @@ fn launch(desc: &str) -> gst::Pipeline {
         .set_state(gst::State::Playing)
         .expect("pipeline to PLAYING");
     pipeline
-}
-
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }
 
 fn stop_within_a_second(pipeline: &gst::Pipeline, what: &str) {

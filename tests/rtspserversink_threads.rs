@@ -20,25 +20,6 @@ const SOURCE: &str = "videotestsrc is-live=true ! \
      video/x-raw,width=160,height=120,framerate=15/1,format=I420 ! x264enc tune=zerolatency \
      speed-preset=ultrafast threads=1 bitrate=200 key-int-max=15 ! sink.";
 
-/// The process's threads by name (`comm`, at most 15 characters).
-fn threads_by_name() -> BTreeMap<String, usize> {
-    let mut names = BTreeMap::<String, usize>::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        *names.entry(comm.trim().to_string()).or_default() += 1;
-    }
-    names
-}
-
-fn threads_of_this_process() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("Threads: in /proc/self/status")
-}
-
 /// The threads named in `after` that `before` did not have, by name.
 fn new_threads(
     before: &BTreeMap<String, usize>,

@@ -29,25 +29,11 @@ fn plugin_dir() -> PathBuf {
 
 /// The process's threads by name, for the failure message.
 fn thread_names() -> String {
-    let mut names = std::collections::BTreeMap::<String, usize>::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        *names.entry(comm.trim().to_string()).or_default() += 1;
-    }
-    names
+    common::threads_by_name()
         .iter()
         .map(|(n, c)| format!("{n}: {c}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn threads_of_this_process() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("Threads: in /proc/self/status")
 }
 
 /// An rtspserversink in a child process (so that its threads are not counted), on a free port.
@@ -82,7 +68,7 @@ fn server(max_connections: usize) -> (ChildGuard, u16) {
 fn many_instances_share_threads(protocols: &str) {
     common::init();
     let (_server, port) = server(INSTANCES * 2);
-    let before = threads_of_this_process();
+    let before = common::threads_of_this_process();
     let pipeline = gst::Pipeline::new();
     let receiving = Arc::new(AtomicUsize::new(0));
     for i in 0..INSTANCES {
@@ -125,7 +111,7 @@ fn many_instances_share_threads(protocols: &str) {
     let received = receiving.load(Ordering::SeqCst);
     // Count after every instance has sent Receiver Reports (every 5 s) while receiving.
     std::thread::sleep(Duration::from_millis(5500));
-    let threads = threads_of_this_process();
+    let threads = common::threads_of_this_process();
     let names = thread_names();
     let _ = pipeline.set_state(gst::State::Null);
     eprintln!(

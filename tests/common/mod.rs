@@ -450,3 +450,23 @@ impl RawClient {
         (session, controls.len())
     }
 }
+
+/// The process's threads by name (`comm`, at most 15 characters), for tests that count them.
+pub fn threads_by_name() -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::<String, usize>::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        *names.entry(comm.trim().to_string()).or_default() += 1;
+    }
+    names
+}
+
+/// The number of threads of this process (/proc/self/status).
+pub fn threads_of_this_process() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads: in /proc/self/status")
+}
