@@ -1125,6 +1125,14 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
         }
         s.0.on_packet(h.sequence, h.timestamp, arrival, h.payload_len);
         let (rs, st) = &mut *s;
+        if st.packets_received > 0 && st.sender_ssrc != h.ssrc {
+            log::debug!(
+                target: "lsrtp",
+                "stream {stream}: the sender's SSRC changed from {:08x} to {:08x}",
+                st.sender_ssrc,
+                h.ssrc
+            );
+        }
         st.packets_received = rs.packets_received();
         st.bytes_received = rs.bytes_received();
         st.packets_lost = rs.cumulative_lost();
