@@ -579,3 +579,36 @@ fn max_streams_admits_up_to_its_value() {
     assert!(error.is_none(), "{error:?}");
     assert_eq!(pads, 20);
 }
+
+#[test]
+fn a_change_of_the_senders_ssrc_is_logged() {
+    // Six packets of SSRC 7, then six of SSRC 8 continuing the sequence.
+    let mut packets = interleaved_rtp(12, |i| 1000 + 3000 * u32::from(i)).to_vec();
+    for i in 6..12 {
+        // Each interleaved packet is 4 + 16 bytes; the SSRC's last byte is at offset 4 + 11.
+        packets[i * 20 + 15] = 8;
+    }
+    let packets: &'static [u8] = Box::leak(packets.into_boxed_slice());
+    let port = hostile_server(|m, c| Some(normal(m, c)), packets);
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let sink = seen.clone();
+    init();
+    let lsrtp = gst::DebugCategory::get("lsrtp").expect("the lsrtp category");
+    lsrtp.set_threshold(gst::DebugLevel::Debug);
+    let handler = gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
+        let text = msg.get().map(|m| m.to_string()).unwrap_or_default();
+        if cat.name() == "lsrtp" && text.contains("SSRC changed") {
+            sink.lock().unwrap().push(text);
+        }
+    });
+    let pts = sink_pts(port, 12);
+    gst::log::remove_log_function(handler);
+    lsrtp.set_threshold(gst::DebugLevel::None);
+    assert_eq!(pts.len(), 12, "{pts:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["stream 0: the sender's SSRC changed from 00000007 to 00000008"],
+        "{seen:?}"
+    );
+}
