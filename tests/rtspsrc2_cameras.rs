@@ -21,69 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::stock::StockServer;
 use common::*;
-use gst::glib;
 use gst::prelude::*;
-use gst_rtsp_server::prelude::*;
-
-/// gst-rtsp-server on 127.0.0.1 serving `launch` at /live, optionally Digest-protected.
-struct StockServer {
-    port: u16,
-    main_loop: glib::MainLoop,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StockServer {
-    fn start(launch: &str, digest: Option<(&str, &str)>) -> StockServer {
-        init();
-        let ctx = glib::MainContext::new();
-        let main_loop = glib::MainLoop::new(Some(&ctx), false);
-        let server = gst_rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service("0");
-        let factory = gst_rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(launch);
-        factory.set_shared(true);
-        if let Some((user, pass)) = digest {
-            let auth = gst_rtsp_server::RTSPAuth::new();
-            auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
-            let token = gst_rtsp_server::RTSPToken::builder()
-                .field("media.factory.role", "user")
-                .build();
-            auth.add_digest(user, pass, &token);
-            server.set_auth(Some(&auth));
-            factory.add_role_from_structure(
-                &gst::Structure::builder("user")
-                    .field("media.factory.access", true)
-                    .field("media.factory.construct", true)
-                    .build(),
-            );
-        }
-        server.mount_points().unwrap().add_factory("/live", factory);
-        let id = server.attach(Some(&ctx)).expect("attach gst-rtsp-server");
-        let port = server.bound_port() as u16;
-        let ml = main_loop.clone();
-        let thread = std::thread::spawn(move || {
-            let _server = server;
-            let _id = id;
-            ctx.with_thread_default(|| ml.run()).unwrap();
-        });
-        StockServer {
-            port,
-            main_loop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for StockServer {
-    fn drop(&mut self) {
-        self.main_loop.quit();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Audio (PCMA) described first, as pay0; H.264 video second.
 const AUDIO_FIRST: &str = "( audiotestsrc is-live=true ! audio/x-raw,rate=8000,channels=1 ! alawenc \
@@ -118,7 +58,7 @@ fn play_in_process(launch: &str, within: Duration) -> Result<(), String> {
 #[test]
 fn delayed_linking_takes_the_video_pad_when_audio_is_described_first() {
     let server = StockServer::start(AUDIO_FIRST, None);
-    let url = format!("rtsp://127.0.0.1:{}/live", server.port);
+    let url = server.url();
     // gst_parse_launch links `rtspsrc2 ! rtph264depay` at pad-added (delayed linking), as
     // gst-launch-1.0 does: the first pad whose caps fit.
     play_in_process(
@@ -144,7 +84,7 @@ fn pads_answer_caps_queries_with_the_full_caps_when_they_appear() {
     let server = StockServer::start(AUDIO_FIRST, None);
     init();
     let src = gst::ElementFactory::make("rtspsrc2")
-        .property("location", format!("rtsp://127.0.0.1:{}/live", server.port))
+        .property("location", server.url())
         .property_from_str("protocols", "tcp")
         .build()
         .unwrap();

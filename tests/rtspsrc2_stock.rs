@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::stock::StockServer;
 use common::*;
 use gst::glib;
 use gst::prelude::*;
@@ -18,85 +19,10 @@ const LIVE: &str = "( videotestsrc is-live=true ! video/x-raw,width=320,height=2
     ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! rtph264pay name=pay0 pt=96 config-interval=-1 \
     audiotestsrc is-live=true ! audioconvert ! opusenc ! rtpopuspay name=pay1 pt=97 )";
 
-/// gst-rtsp-server on 127.0.0.1 with one live mount at /live, optionally Digest-protected
-/// (user "user", password "pass").
-struct StockServer {
-    port: u16,
-    main_loop: glib::MainLoop,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StockServer {
-    fn start(digest: bool) -> StockServer {
-        Self::start_with(LIVE, true, digest)
-    }
-
-    /// Serves `launch` at /live; `shared` as gst-rtsp-server's factory option.
-    fn start_with(launch: &str, shared: bool, digest: bool) -> StockServer {
-        Self::start_full(launch, shared, digest, |_, _| {})
-    }
-
-    /// As [`Self::start_with`]; `setup` sees the factory and the mount points (for more
-    /// mounts) before the server starts.
-    fn start_full(
-        launch: &str,
-        shared: bool,
-        digest: bool,
-        setup: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory, &gst_rtsp_server::RTSPMountPoints),
-    ) -> StockServer {
-        init();
-        let ctx = glib::MainContext::new();
-        let main_loop = glib::MainLoop::new(Some(&ctx), false);
-        let server = gst_rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service("0");
-        let factory = gst_rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(launch);
-        factory.set_shared(shared);
-        setup(&factory, &server.mount_points().unwrap());
-        if digest {
-            let auth = gst_rtsp_server::RTSPAuth::new();
-            auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
-            let token = gst_rtsp_server::RTSPToken::builder()
-                .field("media.factory.role", "user")
-                .build();
-            auth.add_digest("user", "pass", &token);
-            server.set_auth(Some(&auth));
-            factory.add_role_from_structure(
-                &gst::Structure::builder("user")
-                    .field("media.factory.access", true)
-                    .field("media.factory.construct", true)
-                    .build(),
-            );
-        }
-        server.mount_points().unwrap().add_factory("/live", factory);
-        let id = server.attach(Some(&ctx)).expect("attach gst-rtsp-server");
-        let port = server.bound_port() as u16;
-        let ml = main_loop.clone();
-        let thread = std::thread::spawn(move || {
-            let _server = server;
-            let _id = id;
-            ctx.with_thread_default(|| ml.run()).unwrap();
-        });
-        StockServer {
-            port,
-            main_loop,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rtsp://127.0.0.1:{}/live", self.port)
-    }
-}
-
-impl Drop for StockServer {
-    fn drop(&mut self) {
-        self.main_loop.quit();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// gst-rtsp-server with [`LIVE`] at /live, optionally Digest-protected (user "user", password
+/// "pass").
+fn live(digest: bool) -> StockServer {
+    StockServer::start(LIVE, digest.then_some(("user", "pass")))
 }
 
 /// Plays `location` with rtspsrc2 into an H.264 decoder until 30 frames, or returns the error.
@@ -133,19 +59,19 @@ fn decode(extra: &str) -> Result<(), String> {
 
 #[test]
 fn plays_gst_rtsp_server_over_udp() {
-    let server = StockServer::start(false);
+    let server = live(false);
     decode(&format!("location={} protocols=udp", server.url())).unwrap();
 }
 
 #[test]
 fn plays_gst_rtsp_server_over_tcp() {
-    let server = StockServer::start(false);
+    let server = live(false);
     decode(&format!("location={} protocols=tcp", server.url())).unwrap();
 }
 
 #[test]
 fn digest_with_the_right_credentials() {
-    let server = StockServer::start(true);
+    let server = live(true);
     decode(&format!(
         "location={} protocols=tcp user-id=user user-pw=pass",
         server.url()
@@ -155,14 +81,14 @@ fn digest_with_the_right_credentials() {
 
 #[test]
 fn digest_with_credentials_in_the_url() {
-    let server = StockServer::start(true);
+    let server = live(true);
     let url = format!("rtsp://user:pass@127.0.0.1:{}/live", server.port);
     decode(&format!("location={url} protocols=tcp")).unwrap();
 }
 
 #[test]
 fn digest_with_wrong_credentials_is_a_clear_error() {
-    let server = StockServer::start(true);
+    let server = live(true);
     let err = decode(&format!(
         "location={} protocols=tcp user-id=user user-pw=wrong reconnect-attempts=0",
         server.url()
@@ -181,7 +107,7 @@ fn digest_with_wrong_credentials_is_a_clear_error() {
 
 #[test]
 fn digest_without_credentials_is_a_clear_error() {
-    let server = StockServer::start(true);
+    let server = live(true);
     let err = decode(&format!(
         "location={} protocols=tcp reconnect-attempts=0",
         server.url()
@@ -239,14 +165,15 @@ impl Drop for TempDir {
 #[test]
 fn seeks_in_recorded_media() {
     let (mp4, _dir) = ten_second_mp4();
-    let server = StockServer::start_with(
+    let server = StockServer::start_full(
         &format!(
             "( filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse \
                ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
             mp4.display()
         ),
         false,
-        false,
+        None,
+        |_, _| {},
     );
     let pipeline = gst::parse::launch(&format!(
         "rtspsrc2 name=src location={} protocols=tcp ! rtph264depay ! h264parse ! avdec_h264 \
@@ -341,7 +268,7 @@ fn sender_reports_line_up_audio_and_video() {
         audiotestsrc is-live=true samplesperbuffer=800 ! audio/x-raw,rate=8000,channels=1 \
         ! mulawenc ! rtppcmupay name=pay1 pt=0 )";
     let recorder = server_side.clone();
-    let server = StockServer::start_full(launch, true, false, move |factory, _| {
+    let server = StockServer::start_full(launch, true, None, move |factory, _| {
         factory.connect_media_configure(move |_, media| {
             let bin = media.element().downcast::<gst::Bin>().unwrap();
             for (name, stream) in [("pay0", "video"), ("pay1", "audio")] {
@@ -444,14 +371,15 @@ fn received(src: &gst::Element) -> u64 {
 #[test]
 fn pauses_and_resumes_recorded_media() {
     let (mp4, _dir) = ten_second_mp4();
-    let server = StockServer::start_with(
+    let server = StockServer::start_full(
         &format!(
             "( filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse \
                ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
             mp4.display()
         ),
         false,
-        false,
+        None,
+        |_, _| {},
     );
     let pipeline = gst::parse::launch(&format!(
         "rtspsrc2 name=src location={} protocols=tcp ! rtph264depay ! h264parse ! avdec_h264 \
@@ -514,7 +442,7 @@ fn plays_back_what_ffmpeg_recorded_into_gst_rtsp_server() {
         "( rtph264depay name=depay0 ! h264parse ! mpegtsmux ! filesink location={} )",
         recording.display()
     );
-    let server = StockServer::start_full(&play, false, false, move |_, mounts| {
+    let server = StockServer::start_full(&play, false, None, move |_, mounts| {
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
         factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
         factory.set_launch(&record);
