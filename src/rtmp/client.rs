@@ -882,6 +882,26 @@ mod tests {
         s
     }
 
+    /// A publisher with `cfg` past the handshake, waiting for its connect's answer.
+    fn handshaken(cfg: PublisherConfig) -> (Publisher, Server) {
+        let mut p = Publisher::new(cfg, 0, &[1u8; 1528]);
+        let s = handshake(&mut p);
+        p.receive(&s).unwrap();
+        (p, Server::new())
+    }
+
+    /// The server's answers to connect and createStream that let publishing go on.
+    fn connected_answers(srv: &mut Server) -> Vec<u8> {
+        let mut answer = srv.command(&[
+            "_result".into(),
+            1.0.into(),
+            Value::Null,
+            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+        ]);
+        answer.extend(srv.command(&["_result".into(), 4.0.into(), Value::Null, 1.0.into()]));
+        answer
+    }
+
     fn status(code: &str, level: &str) -> Vec<Value> {
         vec![
             "onStatus".into(),
@@ -1062,27 +1082,15 @@ mod tests {
     #[test]
     fn refusals_are_rejected_errors() {
         // BadName on publish.
-        let mut p = Publisher::new(config(), 0, &[1u8; 1528]);
-        let mut srv = Server::new();
-        let s = handshake(&mut p);
-        p.receive(&s).unwrap();
-        let mut answer = srv.command(&[
-            "_result".into(),
-            1.0.into(),
-            Value::Null,
-            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
-        ]);
-        answer.extend(srv.command(&["_result".into(), 4.0.into(), Value::Null, 1.0.into()]));
+        let (mut p, mut srv) = handshaken(config());
+        let mut answer = connected_answers(&mut srv);
         answer.extend(srv.command(&status("NetStream.Publish.BadName", "error")));
         match p.receive(&answer) {
             Err(Error::Rejected { code, .. }) => assert_eq!(code, "NetStream.Publish.BadName"),
             other => panic!("{other:?}"),
         }
         // _error on connect.
-        let mut p = Publisher::new(config(), 0, &[1u8; 1528]);
-        let mut srv = Server::new();
-        let s = handshake(&mut p);
-        p.receive(&s).unwrap();
+        let (mut p, mut srv) = handshaken(config());
         let answer = srv.command(&[
             "_error".into(),
             1.0.into(),
@@ -1105,17 +1113,8 @@ mod tests {
         // A server quoting the key in its description (Red5 and Wowza do): redacted.
         let mut cfg = config();
         cfg.stream = "sk_live_SECRET?token=T0KEN".into();
-        let mut p = Publisher::new(cfg, 0, &[1u8; 1528]);
-        let mut srv = Server::new();
-        let s = handshake(&mut p);
-        p.receive(&s).unwrap();
-        let mut answer = srv.command(&[
-            "_result".into(),
-            1.0.into(),
-            Value::Null,
-            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
-        ]);
-        answer.extend(srv.command(&["_result".into(), 4.0.into(), Value::Null, 1.0.into()]));
+        let (mut p, mut srv) = handshaken(cfg);
+        let mut answer = connected_answers(&mut srv);
         answer.extend(srv.command(&[
             "onStatus".into(),
             0.0.into(),
