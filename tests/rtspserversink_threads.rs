@@ -175,29 +175,7 @@ fn servers_take_no_threads_of_their_own() {
             .build()
             .unwrap();
         assert_ours(&src);
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false)
-            .build()
-            .unwrap();
-        pipeline.add_many([&src, &sink]).unwrap();
-        let sink_weak = sink.downgrade();
-        src.connect_pad_added(move |_, pad| {
-            if let Some(sink) = sink_weak.upgrade() {
-                let _ = pad.link(&sink.static_pad("sink").unwrap());
-            }
-        });
-        let counter = receiving.clone();
-        let first = std::sync::Once::new();
-        sink.static_pad("sink").unwrap().add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            move |_, _| {
-                first.call_once(|| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                });
-                gst::PadProbeReturn::Ok
-            },
-        );
+        common::add_counted_receiver(&pipeline, &src, &receiving);
     }
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -71,37 +71,14 @@ fn many_instances_share_threads(protocols: &str) {
     let before = common::threads_of_this_process();
     let pipeline = gst::Pipeline::new();
     let receiving = Arc::new(AtomicUsize::new(0));
-    for i in 0..INSTANCES {
+    for _ in 0..INSTANCES {
         let src = gst::ElementFactory::make("rtspsrc2")
             .property("location", format!("rtsp://127.0.0.1:{port}/"))
             .property_from_str("protocols", protocols)
             .build()
             .unwrap();
         common::assert_ours(&src);
-        let sink = gst::ElementFactory::make("fakesink")
-            .name(format!("sink{i}"))
-            .property("sync", false)
-            .property("async", false)
-            .build()
-            .unwrap();
-        pipeline.add_many([&src, &sink]).unwrap();
-        let sink_weak = sink.downgrade();
-        src.connect_pad_added(move |_, pad| {
-            if let Some(sink) = sink_weak.upgrade() {
-                let _ = pad.link(&sink.static_pad("sink").unwrap());
-            }
-        });
-        let counter = receiving.clone();
-        let first = Arc::new(std::sync::Once::new());
-        sink.static_pad("sink").unwrap().add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            move |_, _| {
-                first.call_once(|| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                });
-                gst::PadProbeReturn::Ok
-            },
-        );
+        common::add_counted_receiver(&pipeline, &src, &receiving);
     }
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -471,3 +471,35 @@ pub fn threads_of_this_process() -> usize {
         .and_then(|n| n.trim().parse().ok())
         .expect("Threads: in /proc/self/status")
 }
+
+/// Adds `src` (an rtspsrc2) to `pipeline` with a fakesink its pad links to once it appears;
+/// `receiving` counts the sinks that got their first buffer.
+pub fn add_counted_receiver(
+    pipeline: &gst::Pipeline,
+    src: &gst::Element,
+    receiving: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add_many([src, &sink]).unwrap();
+    let sink_weak = sink.downgrade();
+    src.connect_pad_added(move |_, pad| {
+        if let Some(sink) = sink_weak.upgrade() {
+            let _ = pad.link(&sink.static_pad("sink").unwrap());
+        }
+    });
+    let counter = receiving.clone();
+    let first = std::sync::Once::new();
+    sink.static_pad("sink").unwrap().add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_, _| {
+            first.call_once(|| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
