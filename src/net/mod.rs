@@ -6,6 +6,8 @@
 //!   (rtspsrc2's reconnects, rsrtmpsink's reconnects, rshlssink's upload retries).
 //! * [`tls`]: the trust anchors of TLS clients: the system's CA certificates (as GStreamer's own
 //!   TLS elements trust, via rustls-native-certs), loaded once per process, plus a PEM CA file.
+//! * [`redact`]: URLs in text without their credentials, for errors and logs.
 
 pub mod backoff;
+pub mod redact;
 pub mod tls;

@@ -84,32 +84,9 @@ impl ClientError {
     }
 }
 
-/// `location` without the userinfo (`user:password@`) of its authority, for error messages and
-/// logs: a location is never shown with its credentials. Works on any text: every URL in it
-/// (`scheme://`) loses its userinfo, and a string that is no valid URL is shown without what
-/// looks like credentials.
-pub fn redact_url(location: &str) -> std::borrow::Cow<'_, str> {
-    let mut out = String::new();
-    let mut done = 0;
-    let mut from = 0;
-    while let Some(found) = location[from..].find("://") {
-        let authority_start = from + found + 3;
-        let rest = &location[authority_start..];
-        let authority_len = rest
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace())
-            .unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_len].rfind('@') {
-            out.push_str(&location[done..authority_start]);
-            done = authority_start + at + 1;
-        }
-        from = authority_start + authority_len;
-    }
-    if done == 0 {
-        return location.into();
-    }
-    out.push_str(&location[done..]);
-    out.into()
-}
+/// `location` (or any text) without the `user:password@` of its URLs, for error messages and
+/// logs: a location is never shown with its credentials.
+pub use crate::net::redact::strip_userinfo as redact_url;
 
 /// Lower transports the client may try, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1638,32 +1615,6 @@ mod tests {
         );
         let err = streams_of(&sdp_with_media(200), "rtsp://h/", usize::MAX).unwrap_err();
         assert!(err.to_string().contains("200 streams"), "{err}");
-    }
-
-    #[test]
-    fn urls_are_shown_without_credentials() {
-        for (location, shown) in [
-            ("rtsp://user:secret@cam:554/live", "rtsp://cam:554/live"),
-            ("rtsp://user@cam/live", "rtsp://cam/live"),
-            (
-                "rtsp://us%40er:p%40ss@cam/live?x=a@b",
-                "rtsp://cam/live?x=a@b",
-            ),
-            ("rtsp://user:p@ss@cam", "rtsp://cam"),
-            ("rtsp://user:secret@[::1]:8554/", "rtsp://[::1]:8554/"),
-            ("rtsp://cam/live@path", "rtsp://cam/live@path"),
-            ("rtsp://cam/live", "rtsp://cam/live"),
-            ("not a url user:secret@", "not a url user:secret@"),
-            ("rtsp://user:secret@", "rtsp://"),
-            ("", ""),
-            (
-                "url=rtsp://a:b@h/1;seq=1, url=rtsp://c:d@h/2;seq=2",
-                "url=rtsp://h/1;seq=1, url=rtsp://h/2;seq=2",
-            ),
-            ("Location: rtsp://u:p@h:554", "Location: rtsp://h:554"),
-        ] {
-            assert_eq!(redact_url(location), shown, "{location}");
-        }
     }
 }
 

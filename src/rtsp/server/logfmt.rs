@@ -5,7 +5,6 @@
 //! Specifications: RFC 2326 §6.1/§7.1 (request and status lines), RFC 7235 §4.2 (Authorization),
 //! RFC 3986 §3.2.1 (userinfo in URLs).
 
-use std::borrow::Cow;
 use std::fmt;
 
 use rtsp_types::{HeaderName, HeaderValue};
@@ -16,31 +15,7 @@ fn is_secret_header(name: &str) -> bool {
 }
 
 /// `text` with the user info of any `scheme://user:pass@host` in it replaced by `redacted`.
-pub fn redact_urls(text: &str) -> Cow<'_, str> {
-    if !text.contains('@') {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        // The authority ends at the path, the query, or the end of the word.
-        let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c == '"')
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("redacted");
-                out.push_str(&tail[at..end]);
-            }
-            None => out.push_str(&tail[..end]),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    Cow::Owned(out)
-}
+pub use crate::net::redact::mask_userinfo as redact_urls;
 
 /// The headers (and a textual body) of a message, `Name: value` separated by `; `, secrets
 /// redacted.
@@ -96,23 +71,6 @@ impl fmt::Display for Dump<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_user_info() {
-        assert_eq!(
-            redact_urls("DESCRIBE rtsp://admin:s3cret@10.0.0.1:554/live RTSP/1.0"),
-            "DESCRIBE rtsp://redacted@10.0.0.1:554/live RTSP/1.0"
-        );
-        assert_eq!(
-            redact_urls("a rtsp://u@h b http://x:y@z?q=1@2"),
-            "a rtsp://redacted@h b http://redacted@z?q=1@2"
-        );
-        assert_eq!(redact_urls("rtsp://host/a@b"), "rtsp://host/a@b");
-        assert!(matches!(
-            redact_urls("rtsp://host/stream"),
-            Cow::Borrowed(_)
-        ));
-    }
 
     #[test]
     fn authorization_values_are_redacted() {
