@@ -19,7 +19,8 @@
 //! BENCH_BASELINE=DIR runs the rtspserversink of an earlier build too (DIR holds its
 //! `libgstlivestreaming.so`, copied aside before changing the code; BENCH_SERVERS then defaults
 //! to ours,baseline): the same run tells whether a change helped, which two runs on this
-//! shared machine cannot.
+//! shared machine cannot. BENCH_UDP_GRO=0 turns off `UDP_GRO` on the generator's sockets (on by
+//! default: see loadgen's `Config::udp_gro`).
 //! Under `cargo test` (no `--bench`) it is a smoke run: 3 clients over TCP and over UDP for 2 s
 //! per server, with BENCH_INPUT=h264 unless set, and every client of rtspserversink must receive
 //! the full rate without a gap.
@@ -140,6 +141,11 @@ fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) 
     }
 }
 
+/// BENCH_UDP_GRO=0 makes the generator's UDP sockets take datagrams one by one.
+fn udp_gro() -> bool {
+    std::env::var("BENCH_UDP_GRO").map_or(true, |v| v != "0")
+}
+
 fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, seconds: u64) -> Row {
     let port = free_port();
     let guard = spawn_server(setup, server, transport, port);
@@ -153,6 +159,7 @@ fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, second
         clients: n,
         transport,
         concurrent_setups: 32,
+        udp_gro: udp_gro(),
     });
     // Every session set up and past its first keyframe (one every 2 s), then a second more.
     lg.wait_receiving(Duration::from_secs(30 + n as u64 / 20));
@@ -265,6 +272,7 @@ fn generator_only(args: &[String]) {
         clients,
         transport,
         concurrent_setups: 32,
+        udp_gro: udp_gro(),
     });
     let receiving = lg.wait_receiving(Duration::from_secs(30 + clients as u64 / 20));
     println!("{receiving} of {clients} sessions receiving; measuring {seconds} s");

@@ -47,6 +47,11 @@ pub struct Config {
     pub transport: Transport,
     /// Sessions between connect and PLAY answer at the same time.
     pub concurrent_setups: usize,
+    /// UDP sockets ask for `UDP_GRO`: the kernel hands over a sender's segmentation-offload
+    /// burst as one message instead of cutting it into datagrams on delivery (over loopback
+    /// that cutting runs on the sender's CPU and is billed to the server under test; on a
+    /// real network it is the client machine's, or its NIC's).
+    pub udp_gro: bool,
 }
 
 /// What one session has seen. Written by the generator's thread, read by anyone.
@@ -656,7 +661,7 @@ async fn session(
                 format!("RTP/AVP/TCP;unicast;interleaved={}-{}", ch, ch + 1)
             }
             Transport::Udp => {
-                let (rtp, rtcp) = bind_pair(local_ip)?;
+                let (rtp, rtcp) = bind_pair(local_ip, config.udp_gro)?;
                 let port = rtp.local_addr().map_err(|e| e.to_string())?.port();
                 udp_ports.lock().unwrap().push(port);
                 m.sockets = Some((rtp, rtcp));
@@ -829,7 +834,7 @@ async fn session(
 }
 
 /// Binds an even RTP port and the odd one above it on `ip`.
-fn bind_pair(ip: IpAddr) -> Result<(std::net::UdpSocket, std::net::UdpSocket), String> {
+fn bind_pair(ip: IpAddr, gro: bool) -> Result<(std::net::UdpSocket, std::net::UdpSocket), String> {
     for _ in 0..200 {
         let rtp = std::net::UdpSocket::bind((ip, 0)).map_err(|e| format!("bind: {e}"))?;
         let port = rtp.local_addr().map_err(|e| e.to_string())?.port();
@@ -841,6 +846,10 @@ fn bind_pair(ip: IpAddr) -> Result<(std::net::UdpSocket, std::net::UdpSocket), S
         };
         let sock = socket2::SockRef::from(&rtp);
         let _ = sock.set_recv_buffer_size(1 << 20);
+        if gro {
+            nix::sys::socket::setsockopt(&rtp, nix::sys::socket::sockopt::UdpGroSegment, &true)
+                .map_err(|e| format!("UDP_GRO: {e}"))?;
+        }
         rtp.set_nonblocking(true).map_err(|e| e.to_string())?;
         rtcp.set_nonblocking(true).map_err(|e| e.to_string())?;
         return Ok((rtp, rtcp));
@@ -878,24 +887,23 @@ async fn udp_reader(
     }
 }
 
-/// recvmmsg slots.
+/// recvmmsg slots. A slot takes a whole `UDP_GRO` message (up to 64 KiB of datagrams of one
+/// size, the last possibly shorter), whose segment size comes in a control message.
 struct Dgrams {
     buf: Vec<u8>,
-    headers: nix::sys::socket::MultiHeaders<()>,
 }
 
 impl Dgrams {
     const SLOTS: usize = 64;
-    const SLOT: usize = 2048;
+    const SLOT: usize = 65536;
 
     fn new() -> Self {
         Dgrams {
             buf: vec![0; Self::SLOTS * Self::SLOT],
-            headers: nix::sys::socket::MultiHeaders::preallocate(Self::SLOTS, None),
         }
     }
 
-    /// Reads every queued datagram (up to SLOTS); WouldBlock when the queue is (now) empty,
+    /// Reads every queued message (up to SLOTS); WouldBlock when the queue is (now) empty,
     /// which tells tokio to wait for the next readiness.
     fn recv(
         &mut self,
@@ -903,27 +911,49 @@ impl Dgrams {
         track: &mut SeqTrack,
         s: &SessionStats,
     ) -> std::io::Result<()> {
-        use nix::sys::socket::{MsgFlags, recvmmsg};
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmmsg};
         use std::io::IoSliceMut;
         let mut slots = self.buf.chunks_mut(Self::SLOT);
         let mut iovs: [[IoSliceMut<'_>; 1]; Self::SLOTS] =
             std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+        // Fresh headers each time: nix 0.32 leaves each one's control length at what the
+        // previous call received (0 after a datagram without one), which truncates the next.
+        let mut headers = nix::sys::socket::MultiHeaders::<()>::preallocate(
+            Self::SLOTS,
+            Some(nix::cmsg_space!(i32)),
+        );
         let received = recvmmsg(
             fd,
-            &mut self.headers,
+            &mut headers,
             iovs.iter_mut(),
             MsgFlags::MSG_DONTWAIT,
             None,
         )
         .map_err(std::io::Error::from)?;
-        let lens: Vec<usize> = received.map(|m| m.bytes).collect();
-        let n = lens.len();
+        let messages: Vec<(usize, usize)> = received
+            .map(|m| {
+                let segment = m
+                    .cmsgs()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::UdpGroSegments(n) => usize::try_from(n).ok(),
+                        _ => None,
+                    })
+                    .filter(|&n| n > 0)
+                    .unwrap_or(m.bytes.max(1));
+                (m.bytes, segment)
+            })
+            .collect();
+        let n = messages.len();
         let (mut packets, mut bytes) = (0, 0);
-        for (slot, len) in self.buf.chunks(Self::SLOT).zip(lens) {
-            packets += 1;
-            bytes += len as u64;
-            if let Some(seq) = rtp_seq(&slot[..len.min(Self::SLOT)]) {
-                track.on_packet(seq, s);
+        for (slot, (len, segment)) in self.buf.chunks(Self::SLOT).zip(messages) {
+            for datagram in slot[..len.min(Self::SLOT)].chunks(segment) {
+                packets += 1;
+                bytes += datagram.len() as u64;
+                if let Some(seq) = rtp_seq(datagram) {
+                    track.on_packet(seq, s);
+                }
             }
         }
         s.packets.fetch_add(packets, Ordering::Relaxed);

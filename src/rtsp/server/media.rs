@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::burst::{Burst, Offer};
 use super::conn::ConnOut;
 use crate::rtp::{self, keyframe, ntp, rtcp};
 use crate::rtsp::sdp::MediaDescription;
@@ -352,6 +353,10 @@ pub struct Stream {
     /// Sending socket for the multicast group (TTL and interface set), made on first use.
     pub multicast_socket: Mutex<Option<Arc<UdpSocket>>>,
     last_keyframe_request: Mutex<Option<Instant>>,
+    /// A video frame's packets held until it is complete.
+    burst: Mutex<Burst>,
+    /// Told when the first packet of a burst is held, so that a timer releases it in time.
+    burst_armed: Notify,
 }
 
 impl Stream {
@@ -372,6 +377,8 @@ impl Stream {
             multicast: Mutex::new(None),
             multicast_socket: Mutex::new(None),
             last_keyframe_request: Mutex::new(None),
+            burst: Mutex::new(Burst::default()),
+            burst_armed: Notify::new(),
         })
     }
 
@@ -528,10 +535,58 @@ impl Stream {
         true
     }
 
-    /// Forwards packets (normally one frame) to every playing destination. Never blocks.
+    /// Forwards packets to every playing destination. Never blocks. A video stream's packets
+    /// are sent a frame at a time (see [`super::burst`]): packets that do not end a frame are
+    /// held until the one that does, or until [`Stream::flush_due`] releases them.
     pub fn push(&self, packets: &[Bytes]) -> PushOutcome {
         let now = Instant::now();
         let codec = self.keyframe_codec();
+        let first_packet = self.record(packets, now);
+        let mut outcome = if codec.is_some() {
+            let mut burst = self.burst.lock().unwrap();
+            match burst.offer(packets, now) {
+                Offer::Through => self.fan_out(packets, codec.as_deref()),
+                Offer::Release(frame) => {
+                    let outcome = self.fan_out(&frame, codec.as_deref());
+                    burst.recycle(frame);
+                    outcome
+                }
+                Offer::Held { first } => {
+                    if first {
+                        self.burst_armed.notify_one();
+                    }
+                    PushOutcome::default()
+                }
+            }
+        } else {
+            self.fan_out(packets, codec.as_deref())
+        };
+        outcome.first_packet = first_packet;
+        outcome
+    }
+
+    /// Sends the held packets whose time is up; returns what the producer must do and when the
+    /// next held packets are due (the server's timer task calls this).
+    pub fn flush_due(&self, now: Instant) -> (PushOutcome, Option<Instant>) {
+        let mut burst = self.burst.lock().unwrap();
+        let outcome = match burst.take_due(now) {
+            Some(frame) => {
+                let outcome = self.fan_out(&frame, self.keyframe_codec().as_deref());
+                burst.recycle(frame);
+                outcome
+            }
+            None => PushOutcome::default(),
+        };
+        (outcome, burst.deadline())
+    }
+
+    /// Waits until packets are held (see [`Stream::flush_due`]).
+    pub async fn held(&self) {
+        self.burst_armed.notified().await;
+    }
+
+    /// Updates the RTP/NTP mapping with packets arriving at `now`; true for the stream's first.
+    fn record(&self, packets: &[Bytes], now: Instant) -> bool {
         let mut plane = self.plane.lock().unwrap();
         let first_packet = plane.clock.packets == 0 && !packets.is_empty();
         for p in packets {
@@ -545,13 +600,16 @@ impl Stream {
                 c.octets += h.payload_len as u64;
             }
         }
+        first_packet
+    }
+
+    /// Sends packets to every destination; `codec` is the video encoding (keyframe detection).
+    fn fan_out(&self, packets: &[Bytes], codec: Option<&str>) -> PushOutcome {
+        let mut plane = self.plane.lock().unwrap();
         if plane.entries.is_empty() {
-            return PushOutcome {
-                first_packet,
-                ..PushOutcome::default()
-            };
+            return PushOutcome::default();
         }
-        let first_key = match &codec {
+        let first_key = match codec {
             Some(enc) if plane.entries.iter().any(Entry::wants_keyframe) => {
                 packets.iter().position(|p| is_keyframe_start(enc, p))
             }
@@ -600,7 +658,7 @@ impl Stream {
         drop(plane);
         PushOutcome {
             want_keyframe,
-            first_packet,
+            first_packet: false,
             joining,
             resyncing,
         }
@@ -744,9 +802,10 @@ mod tests {
         }
     }
 
-    /// An RTP packet: version 2, payload type 96, one payload byte (an H.264 NAL header).
+    /// An RTP packet that is a whole frame: version 2, marker, payload type 96, one payload
+    /// byte (an H.264 NAL header).
     fn packet(seq: u16, ts: u32, nal: u8) -> Bytes {
-        let mut p = vec![0x80, 96];
+        let mut p = vec![0x80, 0x80 | 96];
         p.extend_from_slice(&seq.to_be_bytes());
         p.extend_from_slice(&ts.to_be_bytes());
         p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
@@ -823,6 +882,52 @@ mod tests {
         assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
         assert_eq!(s.dests().len(), 1);
         assert_eq!(s.activate(&dest), None, "already live");
+    }
+
+    /// `packet` without the marker: a frame's packet before its last.
+    fn fragment(seq: u16, ts: u32, nal: u8) -> Bytes {
+        let mut p = packet(seq, ts, nal).to_vec();
+        p[1] &= 0x7f;
+        Bytes::from(p)
+    }
+
+    #[test]
+    fn a_video_frame_pushed_packet_by_packet_goes_to_clients_whole() {
+        let s = stream("video", "H264");
+        let (conn, dest) = tcp_dest();
+        s.add_dest(dest);
+        s.push(&[packet(1, 0, IDR)]);
+        assert_eq!(conn.queued_media_bytes(), 14 + 4);
+        s.push(&[fragment(2, 3000, NON_IDR)]);
+        s.push(&[fragment(3, 3000, NON_IDR)]);
+        assert_eq!(
+            conn.queued_media_bytes(),
+            14 + 4,
+            "held until the frame ends"
+        );
+        assert_eq!(
+            s.clock().last_seq,
+            3,
+            "the clock follows arrivals, not releases"
+        );
+        s.push(&[packet(4, 3000, NON_IDR)]);
+        assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
+        // A frame whose end never comes is released by the timer's call.
+        s.push(&[fragment(5, 6000, NON_IDR)]);
+        let (_, due) = s.flush_due(Instant::now());
+        let due = due.expect("a deadline for the held packet");
+        assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
+        assert_eq!(s.flush_due(due), (PushOutcome::default(), None));
+        assert_eq!(conn.queued_media_bytes(), 5 * (14 + 4));
+    }
+
+    #[test]
+    fn audio_packets_are_never_held() {
+        let s = stream("audio", "OPUS");
+        let (conn, dest) = tcp_dest();
+        s.add_dest(dest);
+        s.push(&[fragment(1, 0, 0x78)]);
+        assert_eq!(conn.queued_media_bytes(), 14 + 4);
     }
 
     #[test]

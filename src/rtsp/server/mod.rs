@@ -42,6 +42,7 @@ macro_rules! strace {
     };
 }
 
+mod burst;
 pub mod conn;
 mod logfmt;
 pub mod media;
@@ -256,6 +257,23 @@ impl Shared {
     fn stream(&self, id: usize) -> Option<Arc<Stream>> {
         self.streams.read().unwrap().get(&id).cloned()
     }
+
+    /// Does what a push asks of the producer.
+    fn after_push(&self, stream: usize, outcome: media::PushOutcome) {
+        if outcome.first_packet {
+            self.media_version.send_modify(|v| *v += 1);
+        }
+        if outcome.want_keyframe {
+            sdebug!(
+                &*self.name,
+                "stream {stream}: asking upstream for a keyframe again: {} joining client(s) and \
+                 {} client(s) that dropped frames still wait for one",
+                outcome.joining,
+                outcome.resyncing
+            );
+            (self.events)(ServerEvent::KeyframeRequest { stream });
+        }
+    }
 }
 
 /// A running RTSP server. [`Server::stop`] or dropping it stops the server and closes every
@@ -265,7 +283,8 @@ pub struct Server {
     /// The accept loop (and with it every connection), housekeeping, the RTCP receivers.
     tasks: TaskGroup,
     /// Each stream's RTCP receiver, to end it when the stream is removed.
-    rtcp_tasks: Mutex<HashMap<usize, AbortHandle>>,
+    /// Per stream: its RTCP receiver and its burst timer, aborted together.
+    stream_tasks: Mutex<HashMap<usize, AbortHandle>>,
     /// Shared with the accept loop, so that stopping can close it at once (see [`Server::stop`]).
     listener: Arc<TcpListener>,
     local_addr: SocketAddr,
@@ -318,7 +337,7 @@ impl Server {
         Ok(Server {
             shared,
             tasks,
-            rtcp_tasks: Mutex::new(HashMap::new()),
+            stream_tasks: Mutex::new(HashMap::new()),
             listener,
             local_addr,
             stopped: AtomicBool::new(false),
@@ -341,11 +360,15 @@ impl Server {
         if self.stopped.load(Ordering::Acquire) {
             return Ok(());
         }
-        let task = self
-            .tasks
-            .spawn(rtcp_receiver(self.shared.clone(), stream.clone()));
+        let (shared, s) = (self.shared.clone(), stream.clone());
+        let task = self.tasks.spawn(async move {
+            tokio::join!(
+                rtcp_receiver(shared.clone(), s.clone()),
+                burst_timer(shared, s)
+            );
+        });
         if let Some(old) = self
-            .rtcp_tasks
+            .stream_tasks
             .lock()
             .unwrap()
             .insert(id, task.abort_handle())
@@ -360,7 +383,7 @@ impl Server {
     /// Removes a stream; sessions keep their other streams.
     pub fn remove_stream(&self, id: usize) {
         let removed = self.shared.streams.write().unwrap().remove(&id);
-        if let Some(task) = self.rtcp_tasks.lock().unwrap().remove(&id) {
+        if let Some(task) = self.stream_tasks.lock().unwrap().remove(&id) {
             // Its socket is closed with the task.
             task.abort();
         }
@@ -404,20 +427,7 @@ impl Server {
         let Some(s) = self.shared.stream(stream) else {
             return;
         };
-        let outcome = s.push(packets);
-        if outcome.first_packet {
-            self.shared.media_version.send_modify(|v| *v += 1);
-        }
-        if outcome.want_keyframe {
-            sdebug!(
-                &*self.shared.name,
-                "stream {stream}: asking upstream for a keyframe again: {} joining client(s) and \
-                 {} client(s) that dropped frames still wait for one",
-                outcome.joining,
-                outcome.resyncing
-            );
-            (self.shared.events)(ServerEvent::KeyframeRequest { stream });
-        }
+        self.shared.after_push(stream, s.push(packets));
     }
 
     /// Sends REDIRECT (RFC 2326 10.10) to every client connection that has a session.
@@ -580,7 +590,7 @@ impl Server {
         );
         // The accept loop's end aborts the connections' tasks, theirs their writers.
         self.tasks.abort_all();
-        self.rtcp_tasks.lock().unwrap().clear();
+        self.stream_tasks.lock().unwrap().clear();
         // The accept loop may still hold the socket for a moment: shut it down so that it stops
         // listening now (Linux unhashes a listening socket on shutdown; pending connections are
         // reset) and a new server can bind the port before the runtime has dropped the task.
@@ -975,6 +985,20 @@ fn on_interleaved(shared: &Shared, conn: u64, channel: u8, data: &[u8]) {
 }
 
 /// Receives RTCP on a stream's server port (Receiver Reports from UDP clients).
+/// Releases a stream's held packets when the rest of their frame is late (see [`burst`]).
+async fn burst_timer(shared: Arc<Shared>, stream: Arc<Stream>) {
+    loop {
+        stream.held().await;
+        let mut next = Some(Instant::now() + burst::LINGER);
+        while let Some(deadline) = next {
+            tokio::time::sleep_until(deadline.into()).await;
+            let outcome;
+            (outcome, next) = stream.flush_due(Instant::now());
+            shared.after_push(stream.id, outcome);
+        }
+    }
+}
+
 async fn rtcp_receiver(shared: Arc<Shared>, stream: Arc<Stream>) {
     let socket = match stream
         .rtcp_socket
