@@ -1692,6 +1692,88 @@ mod tests {
         sdp.into_bytes()
     }
 
+    /// An RTP packet of payload type 96.
+    fn rtp(ssrc: u32, seq: u16) -> Bytes {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(b"data");
+        Bytes::from(p)
+    }
+
+    fn sender_report(ssrc: u32) -> Bytes {
+        let sr = rtcp::SenderReport {
+            ssrc,
+            ntp_timestamp: 0x1234_5678_0000_0000,
+            rtp_timestamp: 1,
+            packet_count: 0,
+            octet_count: 0,
+            reports: Vec::new(),
+        };
+        let mut out = Vec::new();
+        rtcp::write_sender_report(&sr, "x", &mut out);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn only_the_senders_packets_and_reports_are_delivered() {
+        let seen: Arc<Mutex<Vec<ClientEvent>>> = Arc::default();
+        let sink = seen.clone();
+        let events: EventFn = Arc::new(move |e| sink.lock().unwrap().push(e));
+        let stats: SharedStats = Arc::new(vec![Mutex::new((
+            ReceiverStats::new(90000),
+            StreamStats {
+                payload_type: 96,
+                ..StreamStats::default()
+            },
+            SenderLock::default(),
+        ))]);
+        let mut batches = Batches::default();
+        let mut feed = |data: Bytes, is_rtcp: bool| {
+            let packet = Packet {
+                stream: 0,
+                is_rtcp,
+                data,
+                arrival: Instant::now(),
+            };
+            deliver(&events, &stats, packet, &mut batches);
+            batches.flush(&events);
+        };
+        for seq in 0..5 {
+            feed(rtp(7, seq), false);
+        }
+        // Forged: a far packet and a Sender Report, both of another SSRC.
+        feed(rtp(9, 40000), false);
+        feed(sender_report(9), true);
+        feed(sender_report(7), true);
+        // A sustained change.
+        for seq in 100..100 + rtp::ssrc::SWITCH_PACKETS as u16 {
+            feed(rtp(8, seq), false);
+        }
+        let mut delivered = Vec::new();
+        let mut reports = Vec::new();
+        for e in seen.lock().unwrap().drain(..) {
+            match e {
+                ClientEvent::Rtp { packets, .. } => delivered.extend(
+                    packets
+                        .iter()
+                        .map(|p| rtp::parse_rtp_header(p).unwrap().sequence),
+                ),
+                ClientEvent::SenderReport { rtptime, .. } => reports.push(rtptime),
+                e => panic!("{e:?}"),
+            }
+        }
+        let mut want: Vec<u16> = (0..5).collect();
+        want.extend(100..100 + rtp::ssrc::SWITCH_PACKETS as u16);
+        assert_eq!(delivered, want);
+        assert_eq!(reports.len(), 1, "only the sender's report");
+        let figures = &stats[0].lock().unwrap().1;
+        assert_eq!(figures.foreign_ssrc_packets, 2);
+        assert_eq!(figures.sender_reports, 1);
+        assert_eq!(figures.sender_ssrc, 8);
+    }
+
     #[test]
     fn credentials_follow_redirects_to_the_same_origin_only() {
         let url = |s: &str| Url::parse(s).unwrap();
