@@ -1161,7 +1161,7 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
             figures.unknown_payload_packets += 1;
             return;
         }
-        let rejected = sender.rejected();
+        let (rejected, had_sender) = (sender.rejected(), sender.sender().is_some());
         let verdict = sender.admit(h.ssrc, h.sequence, arrival, (h, arrival, data));
         figures.foreign_ssrc_packets += sender.rejected() - rejected;
         let mut account = |(h, arrival, data): HeldPacket| {
@@ -1172,10 +1172,17 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
         let released = match verdict {
             Verdict::Accept(packet) => (Some(account(packet)), Vec::new()),
             Verdict::Held => return,
-            Verdict::Switched { from, to, packets } => {
+            Verdict::Switched { from, to, packets } if had_sender => {
                 log::debug!(
                     target: "lsrtp",
                     "stream {stream}: the sender's SSRC changed from {from:08x} to {to:08x}"
+                );
+                (None, packets.into_iter().map(account).collect())
+            }
+            Verdict::Switched { from, to, packets } => {
+                log::debug!(
+                    target: "lsrtp",
+                    "stream {stream}: the sender's SSRC is {to:08x}, not {from:08x} as the server announced"
                 );
                 (None, packets.into_iter().map(account).collect())
             }
