@@ -573,9 +573,11 @@ async fn run(
                         // RFC 2326 10.10: TEARDOWN here, a new session there.
                         let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
                         session.reset_transports(&channels);
+                        // Ours (user-id/user-pw, else the location's) go only to their origin.
                         config.credentials = match (Url::parse(&config.url), Url::parse(&location)) {
                             (Ok(from), Ok(to)) => {
-                                let ours = config.credentials.take().or(auth::split_url_credentials(&from).0);
+                                let in_url = auth::split_url_credentials(&from).0;
+                                let ours = config.credentials.take().or(in_url);
                                 redirect_credentials(&config.name, &from, ours, &to)
                             }
                             _ => None,
@@ -1172,18 +1174,18 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
         let released = match verdict {
             Verdict::Accept(packet) => (Some(account(packet)), Vec::new()),
             Verdict::Held => return,
-            Verdict::Switched { from, to, packets } if had_sender => {
-                log::debug!(
-                    target: "lsrtp",
-                    "stream {stream}: the sender's SSRC changed from {from:08x} to {to:08x}"
-                );
-                (None, packets.into_iter().map(account).collect())
-            }
             Verdict::Switched { from, to, packets } => {
-                log::debug!(
-                    target: "lsrtp",
-                    "stream {stream}: the sender's SSRC is {to:08x}, not {from:08x} as the server announced"
-                );
+                if had_sender {
+                    log::debug!(
+                        target: "lsrtp",
+                        "stream {stream}: the sender's SSRC changed from {from:08x} to {to:08x}"
+                    );
+                } else {
+                    log::debug!(
+                        target: "lsrtp",
+                        "stream {stream}: the sender's SSRC is {to:08x}, not {from:08x} as the server announced"
+                    );
+                }
                 (None, packets.into_iter().map(account).collect())
             }
         };
