@@ -581,11 +581,18 @@ fn max_streams_admits_up_to_its_value() {
 }
 
 #[test]
-fn a_change_of_the_senders_ssrc_is_logged() {
-    // Six packets of SSRC 7, then six of SSRC 8 continuing the sequence.
-    let mut packets = interleaved_rtp(12, |i| 1000 + 3000 * u32::from(i)).to_vec();
-    for i in 6..12 {
-        // Each interleaved packet is 4 + 16 bytes; the SSRC's last byte is at offset 4 + 11.
+fn a_sustained_change_of_the_senders_ssrc_is_logged_once_and_a_lone_spoofed_packet_not_at_all() {
+    // Six packets of SSRC 7, one of SSRC 9 with a far sequence number and timestamp (spoofed),
+    // then twenty of SSRC 8 continuing the sequence: a real change, followed after a few packets
+    // in sequence (none of them lost); the spoofed one is dropped, nothing restarts.
+    let mut packets = interleaved_rtp(27, |i| 1000 + 3000 * u32::from(i)).to_vec();
+    // Each interleaved packet is 4 + 16 bytes: sequence at 4 + 2, timestamp at 4 + 4, SSRC at
+    // 4 + 8.
+    let spoofed = &mut packets[6 * 20..7 * 20];
+    spoofed[6..8].copy_from_slice(&40000u16.to_be_bytes());
+    spoofed[8..12].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    spoofed[15] = 9;
+    for i in 7..27 {
         packets[i * 20 + 15] = 8;
     }
     let packets: &'static [u8] = Box::leak(packets.into_boxed_slice());
@@ -597,14 +604,23 @@ fn a_change_of_the_senders_ssrc_is_logged() {
     lsrtp.set_threshold(gst::DebugLevel::Debug);
     let handler = gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
         let text = msg.get().map(|m| m.to_string()).unwrap_or_default();
-        if cat.name() == "lsrtp" && text.contains("SSRC changed") {
+        if cat.name() == "lsrtp" && (text.contains("SSRC changed") || text.contains("restart")) {
             sink.lock().unwrap().push(text);
         }
     });
-    let pts = sink_pts(port, 12);
+    let pts = sink_pts(port, 26);
     gst::log::remove_log_function(handler);
     lsrtp.set_threshold(gst::DebugLevel::None);
-    assert_eq!(pts.len(), 12, "{pts:?}");
+    assert_eq!(pts.len(), 26, "{pts:?}");
+    // One timeline: 1/30 s apart (the missing packet's place left empty).
+    let ns: Vec<u64> = pts.iter().map(|t| t.expect("a time").nseconds()).collect();
+    for (i, w) in ns.windows(2).enumerate() {
+        let step = if i == 5 { 2 } else { 1 };
+        assert!(
+            (w[1] - w[0]).abs_diff(step * 1_000_000_000 / 30) <= 1,
+            "{ns:?}"
+        );
+    }
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen,

@@ -7,11 +7,13 @@
 //! Packets leave in sequence order. A packet that is next in sequence leaves at once; a gap is
 //! waited for until the first packet after it has been held for `latency`, then the missing
 //! range is reported as [`Output::Lost`] and output goes on. Sequence numbers are extended to 64
-//! bits against the highest one seen, so wraparound is invisible; a jump of more than
-//! `max_dropout` either way is a sender restart: what is buffered is released in order and the
-//! buffer starts again at the new number (RFC 3550 A.1's rule for a new source). So is a run of
-//! [`LATE_RUN_RESTART`] packets in a row that are all older than what was output: a sender that
-//! restarted a little behind its old numbers (A.1 resynchronises on consecutive packets too).
+//! bits against the highest one seen, so wraparound is invisible. A jump of more than
+//! `max_dropout` either way is a sender restart once [`JUMP_RUN_RESTART`] packets in sequence
+//! from the new number have come with none of the old numbering in between (RFC 3550 A.1 waits
+//! for a second packet in sequence; a lone packet far off, such as a spoofed one, is dropped and
+//! counted as a stray): what is buffered is released in order, and the buffer starts again with
+//! the run. So is a run of [`LATE_RUN_RESTART`] packets in a row that are all older than what was
+//! output: a sender that restarted a little behind its old numbers.
 //!
 //! Storage: the run of packets that is next in sequence, as they usually come, in a queue
 //! (constant time per packet, no allocation once warm); packets beyond a gap in a `BTreeMap`
@@ -26,6 +28,9 @@ use bytes::Bytes;
 
 /// Consecutive late packets that mean the sender restarted behind its old sequence numbers.
 pub const LATE_RUN_RESTART: u32 = 16;
+
+/// Packets in sequence beyond `max_dropout` that mean the sender restarted at a new number.
+pub const JUMP_RUN_RESTART: usize = 4;
 
 /// Settings.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +84,9 @@ pub struct JitterBufferStats {
     pub late: u64,
     pub duplicates: u64,
     pub resets: u64,
+    /// Packets far from the sequence (beyond `max_dropout`) that no run of
+    /// [`JUMP_RUN_RESTART`] followed: dropped.
+    pub strays: u64,
 }
 
 /// See the module documentation.
@@ -97,6 +105,9 @@ pub struct JitterBuffer {
     released: VecDeque<Output>,
     /// Late packets in a row.
     late_run: u32,
+    /// Packets in sequence far from the highest one (seq, data, arrival): a restart of the
+    /// sender once [`JUMP_RUN_RESTART`] have come.
+    jump: Vec<(u16, Bytes, Instant)>,
     stats: JitterBufferStats,
     /// Who logs: the `id` of the log records (e.g. `rtspsrc2-0:stream_0`), empty for none.
     name: String,
@@ -112,6 +123,7 @@ impl JitterBuffer {
             highest: 0,
             released: VecDeque::new(),
             late_run: 0,
+            jump: Vec::new(),
             stats: JitterBufferStats::default(),
             name: String::new(),
         }
@@ -136,15 +148,30 @@ impl JitterBuffer {
         };
         let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
         if delta.unsigned_abs() > u64::from(self.config.max_dropout) {
+            if self
+                .jump
+                .last()
+                .is_none_or(|&(last, ..)| last.wrapping_add(1) != seq)
+            {
+                self.drop_jump();
+            }
+            self.jump.push((seq, data, arrival));
+            if self.jump.len() < JUMP_RUN_RESTART {
+                log::trace!(id = self.name.as_str(); "packet {seq} is {delta} from the sequence: held until more follow it");
+                return Ok(());
+            }
             log::debug!(
                 id = self.name.as_str();
-                "sequence jumped by {delta} to {seq} (more than {}): sender restart, {} packets held are released",
+                "sequence jumped by {delta} (more than {}) and {JUMP_RUN_RESTART} packets followed in sequence: sender restart, {} packets held are released",
                 self.config.max_dropout,
                 self.len()
             );
-            self.restart(seq, data, arrival);
+            let run = std::mem::take(&mut self.jump);
+            self.restart(run);
             return Ok(());
         }
+        // The old numbering goes on: what jumped away was not the sender.
+        self.drop_jump();
         let ext = (self.highest as i64 + delta) as u64;
         if ext < next {
             self.late_run += 1;
@@ -153,7 +180,7 @@ impl JitterBuffer {
                     id = self.name.as_str();
                     "{LATE_RUN_RESTART} late packets in a row (now {seq}): sender restart behind its old numbers"
                 );
-                self.restart(seq, data, arrival);
+                self.restart(vec![(seq, data, arrival)]);
                 return Ok(());
             }
             self.stats.late += 1;
@@ -183,14 +210,27 @@ impl JitterBuffer {
         Ok(())
     }
 
-    fn restart(&mut self, seq: u16, data: Bytes, arrival: Instant) {
+    /// Releases what is held and starts again with `run`, packets in sequence.
+    fn restart(&mut self, run: Vec<(u16, Bytes, Instant)>) {
         self.stats.resets += 1;
         self.late_run = 0;
         let drained = self.drain();
         self.released.extend(drained);
         self.next = None;
-        self.push(seq, data, arrival).ok();
-        self.stats.pushed -= 1; // counted once, above
+        let count = run.len() as u64;
+        for (seq, data, arrival) in run {
+            self.push(seq, data, arrival).ok();
+        }
+        self.stats.pushed -= count; // counted once, when they came
+    }
+
+    /// Drops the packets that jumped away from the sequence.
+    fn drop_jump(&mut self) {
+        if !self.jump.is_empty() {
+            self.stats.strays += self.jump.len() as u64;
+            log::trace!(id = self.name.as_str(); "{} packet(s) far from the sequence dropped", self.jump.len());
+            self.jump.clear();
+        }
     }
 
     /// The next output ready at `now`, if any.
@@ -297,6 +337,7 @@ impl JitterBuffer {
         self.run.clear();
         self.packets.clear();
         self.released.clear();
+        self.jump.clear();
         self.next = None;
         self.stats.resets += 1;
     }
@@ -458,12 +499,51 @@ mod tests {
         let mut jb = jb();
         jb.push(10, pkt(10), t).unwrap();
         jb.push(12, pkt(12), t).unwrap();
-        jb.push(40000, pkt(40000), t).unwrap();
-        jb.push(40001, pkt(40001), t).unwrap();
+        let run = 40000..40000 + JUMP_RUN_RESTART as u16;
+        for s in run.clone() {
+            assert!(
+                ready(&mut jb, t).len() <= 1,
+                "nothing new before the run is complete"
+            );
+            jb.push(s, pkt(s), t).unwrap();
+        }
         let out = ready(&mut jb, t);
-        assert_eq!(seqs(&out), vec![10, 12, 40000, 40001]);
+        let mut want = vec![12];
+        want.extend(run);
+        assert_eq!(seqs(&out), want);
         assert_eq!(jb.stats().resets, 1);
         assert_eq!(jb.stats().lost, 1); // 11
+        assert_eq!(jb.stats().strays, 0);
+    }
+
+    #[test]
+    fn a_lone_packet_far_from_the_sequence_is_dropped_and_nothing_restarts() {
+        let t = Instant::now();
+        let mut jb = jb();
+        let mut out = Vec::new();
+        for s in 100..110u16 {
+            jb.push(s, pkt(s), t).unwrap();
+            // Spoofed: far ahead, far behind, and a short run, each between real packets.
+            if s == 102 {
+                jb.push(40000, pkt(40000), t).unwrap();
+            }
+            if s == 104 {
+                jb.push(100u16.wrapping_sub(20000), pkt(0), t).unwrap();
+            }
+            if s == 106 {
+                for f in 0..JUMP_RUN_RESTART as u16 - 1 {
+                    jb.push(50000 + f, pkt(50000 + f), t).unwrap();
+                }
+            }
+            out.extend(ready(&mut jb, t));
+        }
+        assert_eq!(seqs(&out), (100..110).collect::<Vec<_>>());
+        assert_eq!(jb.stats().resets, 0);
+        assert_eq!(jb.stats().lost, 0);
+        assert_eq!(
+            jb.stats().strays,
+            2 + u64::from(JUMP_RUN_RESTART as u16 - 1)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   CSRC list, header extension of section 5.3.1) and the RTP/RTCP demultiplexing
 //!   heuristic of RFC 5761 section 4.
 //! * [`rtcp`]: compound RTCP parsing and SR/RR/SDES/BYE writing (RFC 3550 section 6).
+//! * [`ssrc`]: which SSRC a received stream follows (changes only when announced or sustained).
 //! * [`stats`]: receiver statistics (RFC 3550 appendices A.1, A.3 and A.8).
 //! * [`ntp`]: 64-bit and 16.16 NTP timestamp conversions (RFC 3550 section 4, RFC 5905).
 //! * [`keyframe`]: random-access point detection for H.264 (RFC 6184), H.265 (RFC 7798),
@@ -18,6 +19,7 @@ pub mod jitterbuffer;
 pub mod keyframe;
 pub mod ntp;
 pub mod rtcp;
+pub mod ssrc;
 pub mod stats;
 pub mod timing;
 

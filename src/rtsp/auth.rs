@@ -13,10 +13,20 @@ use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
 /// A user name and password.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
+}
+
+/// Without the password: a debug print must not show it.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Digest hash algorithms (RFC 7616 3.3).

@@ -49,7 +49,7 @@ const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_MAX_STREAMS: u32 = 16;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Settings {
     location: Option<String>,
     protocols: gst_rtsp::RTSPLowerTrans,
@@ -1203,6 +1203,9 @@ impl RtspSrc2 {
                     .field("sender-reports", s.sender_reports)
                     .field("invalid-packets", s.invalid_packets)
                     .field("packets-unknown-payload", s.unknown_payload_packets)
+                    .field("packets-foreign-address", s.foreign_packets)
+                    .field("packets-foreign-ssrc", s.foreign_ssrc_packets)
+                    .field("packets-stray", jb.strays)
                     .build()
             })
             .collect();
@@ -1312,7 +1315,7 @@ impl ObjectImpl for RtspSrc2 {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), with another payload type (dropped), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
+                    .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), with another payload type, from another address than the server's or of another SSRC than the sender's, far from the sequence with nothing following (all dropped), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
                     .read_only()
                     .build(),
             ]

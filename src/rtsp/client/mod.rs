@@ -28,7 +28,8 @@ use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Connection, Incoming};
-use self::udp::UdpReceiver;
+use self::udp::{SourceFilter, UdpReceiver};
+use crate::rtp::ssrc::{SenderLock, Verdict};
 use crate::rtp::{self, rtcp, stats::ReceiverStats};
 use crate::rtsp::auth::{self, Authenticator, Credentials};
 use crate::rtsp::codec::Limits;
@@ -179,6 +180,8 @@ pub struct RtpInfo {
     pub stream: usize,
     pub seq: Option<u16>,
     pub rtptime: Option<u32>,
+    /// The SSRC the stream is sent with (RFC 7826 18.45).
+    pub ssrc: Option<u32>,
 }
 
 /// What happens, in order.
@@ -263,6 +266,11 @@ pub struct StreamStats {
     pub sender_ssrc: u32,
     /// Packets dropped because they were not valid RTP/RTCP.
     pub invalid_packets: u64,
+    /// RTP and RTCP datagrams dropped because they came from another address than the server's.
+    pub foreign_packets: u64,
+    /// RTP packets of another SSRC than the sender's that never became the sender, and Sender
+    /// Reports of another SSRC: dropped.
+    pub foreign_ssrc_packets: u64,
     /// The RTP payload type the description gives the stream.
     pub payload_type: u8,
     /// RTP packets dropped because they carried another payload type (one the description does
@@ -439,7 +447,9 @@ struct Session {
 
 /// Channel → (stream, is RTCP) for interleaved data.
 type ChannelMap = Arc<RwLock<HashMap<u8, (usize, bool)>>>;
-type SharedStats = Arc<Vec<Mutex<(ReceiverStats, StreamStats)>>>;
+type SharedStats = Arc<Vec<Mutex<(ReceiverStats, StreamStats, SenderLock<HeldPacket>)>>>;
+/// An RTP packet of a source on probation, kept until it becomes the sender.
+type HeldPacket = (rtp::RtpHeader, Instant, Bytes);
 
 async fn run(
     mut config: ClientConfig,
@@ -563,6 +573,15 @@ async fn run(
                         // RFC 2326 10.10: TEARDOWN here, a new session there.
                         let _ = tokio::time::timeout(config.teardown_timeout, session.teardown()).await;
                         session.reset_transports(&channels);
+                        // Ours (user-id/user-pw, else the location's) go only to their origin.
+                        config.credentials = match (Url::parse(&config.url), Url::parse(&location)) {
+                            (Ok(from), Ok(to)) => {
+                                let in_url = auth::split_url_credentials(&from).0;
+                                let ours = config.credentials.take().or(in_url);
+                                redirect_credentials(&config.name, &from, ours, &to)
+                            }
+                            _ => None,
+                        };
                         config.url = location;
                         let mut protocols = vec![session.kind];
                         protocols.extend(config.protocols.iter().filter(|k| **k != session.kind));
@@ -764,13 +783,8 @@ async fn establish(
                 ))
             })?;
             // Credentials in the Location are used, never sent in request lines or shown.
-            let (target_credentials, clean) = auth::split_url_credentials(&target);
-            url = clean;
-            credentials = config
-                .credentials
-                .clone()
-                .or(target_credentials)
-                .or(credentials);
+            credentials = redirect_credentials(&config.name, &url, credentials, &target);
+            url = auth::split_url_credentials(&target).1;
             log::debug!(
                 id = config.name.as_str();
                 "{}: DESCRIBE redirected ({status}) to {url}",
@@ -806,6 +820,7 @@ async fn establish(
                         payload_type: s.media.payload_type,
                         ..StreamStats::default()
                     },
+                    SenderLock::default(),
                 ))
             })
             .collect(),
@@ -858,6 +873,43 @@ async fn establish(
     events(ClientEvent::SetUp { transport: kind });
     session.play(Some("npt=0-"), events).await?;
     Ok(session)
+}
+
+/// Whether `a` and `b` have the same origin (RFC 6454: scheme, host and port, the default one
+/// when none is given): where credentials given for one may be sent to the other.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    let origin = |u: &Url| {
+        (
+            u.scheme().to_ascii_lowercase(),
+            u.host_str().map(str::to_ascii_lowercase),
+            u.port().unwrap_or(554),
+        )
+    };
+    origin(a) == origin(b)
+}
+
+/// The credentials for `to` after a redirect from `from`, where `ours` were used: `ours` (or
+/// else the user info of `to`) on the same origin; on another one only the user info `to` itself
+/// carries. Ours are never sent to another host than the one they were given for.
+fn redirect_credentials(
+    name: &str,
+    from: &Url,
+    ours: Option<Credentials>,
+    to: &Url,
+) -> Option<Credentials> {
+    let theirs = auth::split_url_credentials(to).0;
+    if same_origin(from, to) {
+        return ours.or(theirs);
+    }
+    if ours.is_some() {
+        log::debug!(
+            id = name;
+            "redirected to another host ({}): the credentials for {} are not sent there",
+            redact_url(to.as_str()),
+            redact_url(from.as_str())
+        );
+    }
+    theirs
 }
 
 async fn connect(
@@ -1078,6 +1130,16 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
                 );
                 {
                     let mut s = slot.lock().unwrap();
+                    // A report of another source must not move the stream's timeline.
+                    if !s.2.is_sender(sr.ssrc) {
+                        log::trace!(
+                            target: "lsrtp",
+                            "stream {stream}: ignoring the sender report of SSRC {:08x}: not the stream's sender",
+                            sr.ssrc
+                        );
+                        s.1.foreign_ssrc_packets += 1;
+                        continue;
+                    }
                     s.0.on_sender_report(sr.ntp_timestamp, arrival);
                     s.1.sender_reports += 1;
                 }
@@ -1094,29 +1156,55 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
         slot.lock().unwrap().1.invalid_packets += 1;
         return;
     };
-    {
+    let (one, switched) = {
         let mut s = slot.lock().unwrap();
-        if h.payload_type != s.1.payload_type {
-            s.1.unknown_payload_packets += 1;
+        let (receiver, figures, sender) = &mut *s;
+        if h.payload_type != figures.payload_type {
+            figures.unknown_payload_packets += 1;
             return;
         }
-        s.0.on_packet(h.sequence, h.timestamp, arrival, h.payload_len);
-        let (rs, st) = &mut *s;
-        if st.packets_received > 0 && st.sender_ssrc != h.ssrc {
-            log::debug!(
-                target: "lsrtp",
-                "stream {stream}: the sender's SSRC changed from {:08x} to {:08x}",
-                st.sender_ssrc,
-                h.ssrc
-            );
-        }
-        st.packets_received = rs.packets_received();
-        st.bytes_received = rs.bytes_received();
-        st.packets_lost = rs.cumulative_lost();
-        st.jitter = rs.jitter_duration();
-        st.sender_ssrc = h.ssrc;
+        let (rejected, had_sender) = (sender.rejected(), sender.sender().is_some());
+        let verdict = sender.admit(h.ssrc, h.sequence, arrival, (h, arrival, data));
+        figures.foreign_ssrc_packets += sender.rejected() - rejected;
+        let mut account = |(h, arrival, data): HeldPacket| {
+            receiver.on_packet(h.sequence, h.timestamp, arrival, h.payload_len);
+            figures.sender_ssrc = h.ssrc;
+            data
+        };
+        let released = match verdict {
+            Verdict::Accept(packet) => (Some(account(packet)), Vec::new()),
+            Verdict::Held => return,
+            Verdict::Switched { from, to, packets } => {
+                if had_sender {
+                    log::debug!(
+                        target: "lsrtp",
+                        "stream {stream}: the sender's SSRC changed from {from:08x} to {to:08x}"
+                    );
+                } else {
+                    log::debug!(
+                        target: "lsrtp",
+                        "stream {stream}: the sender's SSRC is {to:08x}, not {from:08x} as the server announced"
+                    );
+                }
+                (None, packets.into_iter().map(account).collect())
+            }
+        };
+        figures.packets_received = receiver.packets_received();
+        figures.bytes_received = receiver.bytes_received();
+        figures.packets_lost = receiver.cumulative_lost();
+        figures.jitter = receiver.jitter_duration();
+        released
+    };
+    for data in one.into_iter().chain(switched) {
+        batches.push(events, stream, data);
     }
-    batches.push(events, stream, data);
+}
+
+/// The server says stream `stream` is sent with `ssrc` (SETUP's Transport, RTP-Info).
+fn announce_ssrc(stats: &SharedStats, stream: usize, ssrc: u32) {
+    if let Some(slot) = stats.get(stream) {
+        slot.lock().unwrap().2.announce(ssrc);
+    }
 }
 
 fn check(resp: &Response<Vec<u8>>, method: &str) -> Result<(), ClientError> {
@@ -1316,9 +1404,7 @@ impl Session {
         events: &EventFn,
         stats_cell: &Arc<RwLock<SharedStats>>,
     ) -> Result<(), ClientError> {
-        let server_ip = self
-            .conn_peer_ip()
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let peer_ip = self.conn.peer().ip().to_canonical();
         for i in 0..self.streams.len() {
             let control = Url::parse(&self.streams[i].control)
                 .map_err(|e| ClientError::Sdp(format!("bad control URL: {e}")))?;
@@ -1379,6 +1465,9 @@ impl Session {
                 .and_then(|v| parse_transports(v.as_str()).ok())
                 .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
                 .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
+            if let Some(ssrc) = reply.ssrc {
+                announce_ssrc(&stats_cell.read().unwrap(), i, ssrc);
+            }
             let stream_transport = match (kind, reply.lower, reply.multicast) {
                 (TransportKind::Tcp, LowerTransport::Tcp, _) => {
                     // Ours when the server names none (the request had them: they exist).
@@ -1395,10 +1484,18 @@ impl Session {
                 }
                 (TransportKind::Udp, LowerTransport::Udp, false) => {
                     let (rtp_sock, rtcp_sock) = sockets.take().expect("bound above");
+                    // The media come from the Transport's `source` when it names one (RFC 2326
+                    // 12.39), from the RTSP connection's peer otherwise; RTCP goes there too.
+                    let server_ip = reply
+                        .source
+                        .as_deref()
+                        .and_then(|s| s.parse::<IpAddr>().ok())
+                        .unwrap_or(peer_ip);
                     let server_rtcp = reply
                         .server_port
                         .map(|(_, rtcp)| SocketAddr::new(server_ip, rtcp));
-                    self.spawn_udp(i, rtp_sock, rtcp_sock, server_rtcp, events, stats_cell)?
+                    let sockets = (rtp_sock, rtcp_sock);
+                    self.spawn_udp(i, sockets, Some(server_ip), server_rtcp, events, stats_cell)?
                 }
                 (TransportKind::UdpMulticast, LowerTransport::Udp, true) => {
                     let group: Ipv4Addr = reply
@@ -1415,7 +1512,9 @@ impl Session {
                     let rtp_sock = join_multicast(group, rtp_port, iface)?;
                     let rtcp_sock = join_multicast(group, rtcp_port, iface)?;
                     let server_rtcp = Some(SocketAddr::new(IpAddr::V4(group), rtcp_port));
-                    self.spawn_udp(i, rtp_sock, rtcp_sock, server_rtcp, events, stats_cell)?
+                    // Every sender to the group is admitted, as rtspsrc does.
+                    let sockets = (rtp_sock, rtcp_sock);
+                    self.spawn_udp(i, sockets, None, server_rtcp, events, stats_cell)?
                 }
                 _ => {
                     return Err(ClientError::NoTransport(format!(
@@ -1434,19 +1533,13 @@ impl Session {
         Ok(())
     }
 
-    fn conn_peer_ip(&self) -> Option<IpAddr> {
-        let host = self.url.host_str()?;
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .ok()
-    }
-
+    /// Receives stream `stream` on its (RTP, RTCP) sockets, from `server` only (None: from
+    /// any sender).
     fn spawn_udp(
         &mut self,
         stream: usize,
-        rtp_sock: std::net::UdpSocket,
-        rtcp_sock: std::net::UdpSocket,
+        (rtp_sock, rtcp_sock): (std::net::UdpSocket, std::net::UdpSocket),
+        server: Option<IpAddr>,
         server_rtcp: Option<SocketAddr>,
         events: &EventFn,
         stats_cell: &Arc<RwLock<SharedStats>>,
@@ -1459,9 +1552,11 @@ impl Session {
         // The figures of this session's streams: set before SETUP, replaced only with the
         // session (and these receivers).
         let stats = stats_cell.read().unwrap().clone();
+        let filter = SourceFilter::new(&self.name, stream, server);
         self.receivers.push(UdpReceiver::spawn(
             stream,
             rtp_sock,
+            filter.clone(),
             events.clone(),
             stats.clone(),
         )?);
@@ -1474,6 +1569,9 @@ impl Session {
             let mut batches = Batches::default();
             loop {
                 match socket.recv_from(&mut buf).await {
+                    Ok((_, from)) if !filter.admits(Some(from.ip())) => {
+                        udp::count_foreign(&stats, stream);
+                    }
                     Ok((n, _)) => {
                         let packet = Packet {
                             stream,
@@ -1500,6 +1598,11 @@ impl Session {
             .header(&headers::RTP_INFO)
             .map(|v| self::parse::parse_rtp_info(&self.name, v.as_str(), &self.streams))
             .unwrap_or_default();
+        for info in &rtp_info {
+            if let Some(ssrc) = info.ssrc {
+                announce_ssrc(&self.stats.read().unwrap(), info.stream, ssrc);
+            }
+        }
         events(ClientEvent::Playing {
             rtp_info,
             range: resp.header(&headers::RANGE).map(|v| v.as_str().to_owned()),
@@ -1596,6 +1699,136 @@ mod tests {
             ));
         }
         sdp.into_bytes()
+    }
+
+    /// An RTP packet of payload type 96.
+    fn rtp(ssrc: u32, seq: u16) -> Bytes {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(b"data");
+        Bytes::from(p)
+    }
+
+    fn sender_report(ssrc: u32) -> Bytes {
+        let sr = rtcp::SenderReport {
+            ssrc,
+            ntp_timestamp: 0x1234_5678_0000_0000,
+            rtp_timestamp: 1,
+            packet_count: 0,
+            octet_count: 0,
+            reports: Vec::new(),
+        };
+        let mut out = Vec::new();
+        rtcp::write_sender_report(&sr, "x", &mut out);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn only_the_senders_packets_and_reports_are_delivered() {
+        let seen: Arc<Mutex<Vec<ClientEvent>>> = Arc::default();
+        let sink = seen.clone();
+        let events: EventFn = Arc::new(move |e| sink.lock().unwrap().push(e));
+        let stats: SharedStats = Arc::new(vec![Mutex::new((
+            ReceiverStats::new(90000),
+            StreamStats {
+                payload_type: 96,
+                ..StreamStats::default()
+            },
+            SenderLock::default(),
+        ))]);
+        let mut batches = Batches::default();
+        let mut feed = |data: Bytes, is_rtcp: bool| {
+            let packet = Packet {
+                stream: 0,
+                is_rtcp,
+                data,
+                arrival: Instant::now(),
+            };
+            deliver(&events, &stats, packet, &mut batches);
+            batches.flush(&events);
+        };
+        for seq in 0..5 {
+            feed(rtp(7, seq), false);
+        }
+        // Forged: a far packet and a Sender Report, both of another SSRC.
+        feed(rtp(9, 40000), false);
+        feed(sender_report(9), true);
+        feed(sender_report(7), true);
+        // A sustained change.
+        for seq in 100..100 + rtp::ssrc::SWITCH_PACKETS as u16 {
+            feed(rtp(8, seq), false);
+        }
+        let mut delivered = Vec::new();
+        let mut reports = Vec::new();
+        for e in seen.lock().unwrap().drain(..) {
+            match e {
+                ClientEvent::Rtp { packets, .. } => delivered.extend(
+                    packets
+                        .iter()
+                        .map(|p| rtp::parse_rtp_header(p).unwrap().sequence),
+                ),
+                ClientEvent::SenderReport { rtptime, .. } => reports.push(rtptime),
+                e => panic!("{e:?}"),
+            }
+        }
+        let mut want: Vec<u16> = (0..5).collect();
+        want.extend(100..100 + rtp::ssrc::SWITCH_PACKETS as u16);
+        assert_eq!(delivered, want);
+        assert_eq!(reports.len(), 1, "only the sender's report");
+        let figures = &stats[0].lock().unwrap().1;
+        assert_eq!(figures.foreign_ssrc_packets, 2);
+        assert_eq!(figures.sender_reports, 1);
+        assert_eq!(figures.sender_ssrc, 8);
+    }
+
+    #[test]
+    fn credentials_follow_redirects_to_the_same_origin_only() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let ours = Some(Credentials {
+            user: "alice".into(),
+            password: "S3cr3t".into(),
+        });
+        let theirs = Some(Credentials {
+            user: "bob".into(),
+            password: "pw".into(),
+        });
+        let from = url("rtsp://cam:554/live");
+        for same in [
+            "rtsp://cam/other",
+            "rtsp://CAM:554/x?y",
+            "RTSP://cam/",
+            "rtsp://bob:pw@cam/",
+        ] {
+            assert_eq!(
+                redirect_credentials("t", &from, ours.clone(), &url(same)),
+                ours,
+                "{same}"
+            );
+        }
+        for other in [
+            "rtsp://evil/live",
+            "rtsp://cam:8554/live",
+            "rtsps://cam/live",
+            "rtsp://cam.evil/live",
+            "rtsp://127.0.0.1/live",
+        ] {
+            assert_eq!(
+                redirect_credentials("t", &from, ours.clone(), &url(other)),
+                None,
+                "{other}"
+            );
+        }
+        // Another host may get only what its own Location carries.
+        assert_eq!(
+            redirect_credentials("t", &from, ours.clone(), &url("rtsp://bob:pw@evil/")),
+            theirs
+        );
+        assert_eq!(
+            redirect_credentials("t", &from, None, &url("rtsp://bob:pw@cam/")),
+            theirs
+        );
     }
 
     #[test]

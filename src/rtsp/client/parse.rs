@@ -77,7 +77,8 @@ pub fn content_base(name: &str, header: Option<&str>, request_url: &url::Url) ->
     }
     log::warn!(
         id = name;
-        "Content-Base: ignoring the unusable value `{value}`, using the request URL instead"
+        "Content-Base: ignoring the unusable value `{}`, using the request URL instead",
+        super::redact_url(value)
     );
     request_url.to_string()
 }
@@ -125,8 +126,11 @@ pub fn parse_rtp_info(name: &str, value: &str, streams: &[StreamInfo]) -> Vec<Rt
                     info.rtptime = v.and_then(|v| v.parse().ok());
                     info.rtptime.is_some()
                 }
-                // RFC 7826 section 18.45 adds ssrc; we take the SSRC from the packets.
-                "ssrc" => true,
+                // RFC 7826 section 18.45: the SSRC the stream is sent with.
+                "ssrc" => {
+                    info.ssrc = v.and_then(crate::rtsp::transport::parse_ssrc);
+                    info.ssrc.is_some()
+                }
                 _ => {
                     log::warn!(id = name; "RTP-Info: ignoring the unknown parameter `{param}`");
                     true
@@ -137,7 +141,7 @@ pub fn parse_rtp_info(name: &str, value: &str, streams: &[StreamInfo]) -> Vec<Rt
             }
         }
         let Some(url) = url else {
-            log::warn!(id = name; "RTP-Info: ignoring the entry `{entry}` without url");
+            log::warn!(id = name; "RTP-Info: ignoring the entry `{}` without url", super::redact_url(entry));
             continue;
         };
         let matched = streams
@@ -150,7 +154,11 @@ pub fn parse_rtp_info(name: &str, value: &str, streams: &[StreamInfo]) -> Vec<Rt
                 out.push(info);
             }
             Some(_) => {}
-            None => log::warn!(id = name; "RTP-Info: the url `{url}` names none of the streams"),
+            None => log::warn!(
+                id = name;
+                "RTP-Info: the url `{}` names none of the streams",
+                super::redact_url(url)
+            ),
         }
     }
     out
@@ -236,6 +244,7 @@ mod tests {
             stream,
             seq,
             rtptime,
+            ssrc: None,
         }
     }
 
@@ -395,10 +404,19 @@ mod tests {
         // Malformed values are ignored, the entry stays.
         let parsed = parse_rtp_info(
             "test",
-            "url=trackID=0;seq=70000;rtptime=-1;ssrc=1234ABCD",
+            "url=trackID=0;seq=70000;rtptime=-1;ssrc=1234ABCDE",
             &streams,
         );
         assert_eq!(parsed, [info(0, None, None)]);
+        // RFC 7826's ssrc.
+        let parsed = parse_rtp_info("test", "url=trackID=0;seq=1;ssrc=1234ABCD", &streams);
+        assert_eq!(
+            parsed,
+            [RtpInfo {
+                ssrc: Some(0x1234_abcd),
+                ..info(0, Some(1), None)
+            }]
+        );
         // An absolute path.
         let parsed = parse_rtp_info(
             "test",

@@ -1,12 +1,13 @@
 //! The UDP receive path of one stream: a thread blocked on the stream's RTP socket that hands
-//! every wake-up's worth of datagrams on at once.
+//! every wake-up's worth of datagrams on at once, and the filter that keeps datagrams from
+//! anyone but the server out.
 //!
 //! Specifications: RFC 3550 §11 (RTP and RTCP over UDP on a port pair); RFC 2326 §12.39
-//! (client_port, multicast port).
+//! (client_port, multicast port, source).
 
-use std::net::UdpSocket;
-use std::sync::Arc;
+use std::net::{IpAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -23,9 +24,11 @@ pub struct Datagrams {
     /// memory used is about what the largest datagrams need, not this size.
     buf: Vec<u8>,
     lens: [usize; Self::SLOTS],
+    /// Who sent each datagram.
+    sources: [Option<IpAddr>; Self::SLOTS],
     count: usize,
     #[cfg(target_os = "linux")]
-    headers: nix::sys::socket::MultiHeaders<()>,
+    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
 }
 
 impl Default for Datagrams {
@@ -33,6 +36,7 @@ impl Default for Datagrams {
         Datagrams {
             buf: vec![0; Self::SLOTS * Self::SLOT],
             lens: [0; Self::SLOTS],
+            sources: [None; Self::SLOTS],
             count: 0,
             #[cfg(target_os = "linux")]
             headers: nix::sys::socket::MultiHeaders::preallocate(Self::SLOTS, None),
@@ -71,8 +75,13 @@ impl Datagrams {
             MsgFlags::MSG_WAITFORONE,
             None,
         )?;
-        for (len, msg) in self.lens.iter_mut().zip(received) {
+        for ((len, source), msg) in self.lens.iter_mut().zip(&mut self.sources).zip(received) {
             *len = msg.bytes;
+            *source = msg.address.and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|a| IpAddr::V4(a.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+            });
             self.count += 1;
         }
         Ok(())
@@ -80,8 +89,9 @@ impl Datagrams {
 
     #[cfg(not(target_os = "linux"))]
     fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
-        let (n, _) = socket.recv_from(&mut self.buf[..Self::SLOT])?;
+        let (n, from) = socket.recv_from(&mut self.buf[..Self::SLOT])?;
         self.lens[0] = n;
+        self.sources[0] = Some(from.ip());
         self.count = 1;
         Ok(())
     }
@@ -101,6 +111,71 @@ impl Datagrams {
             .chunks(Self::SLOT)
             .zip(&self.lens[..self.count])
             .map(|(slot, &len)| &slot[..len])
+    }
+
+    /// The senders of the datagrams of the last [`Datagrams::recv`], in the order of
+    /// [`Datagrams::iter`] (None: not known).
+    pub fn sources(&self) -> &[Option<IpAddr>] {
+        &self.sources[..self.count]
+    }
+}
+
+/// Which address a stream's datagrams (RTP and RTCP) may come from: the server's, given by the
+/// RTSP connection or the `source` of the SETUP answer's Transport. Datagrams from elsewhere
+/// are dropped and counted by the caller; each other address is logged once (the first
+/// [`SourceFilter::LOGGED`] of them: spoofed addresses are unbounded). Multicast admits every
+/// sender to the group, as rtspsrc does.
+#[derive(Debug)]
+pub(super) struct SourceFilter {
+    stream: usize,
+    /// None: any sender (multicast).
+    server: Option<IpAddr>,
+    name: String,
+    logged: Mutex<Vec<IpAddr>>,
+}
+
+impl SourceFilter {
+    /// Other addresses logged at most.
+    const LOGGED: usize = 16;
+
+    pub(super) fn new(name: &str, stream: usize, server: Option<IpAddr>) -> Arc<Self> {
+        Arc::new(SourceFilter {
+            stream,
+            server: server.map(|ip| ip.to_canonical()),
+            name: name.to_owned(),
+            logged: Mutex::default(),
+        })
+    }
+
+    /// Whether a datagram from `from` belongs to the stream.
+    pub(super) fn admits(&self, from: Option<IpAddr>) -> bool {
+        let Some(server) = self.server else {
+            return true;
+        };
+        let from = from.map(|ip| ip.to_canonical());
+        if from == Some(server) {
+            return true;
+        }
+        let mut logged = self.logged.lock().unwrap();
+        let key = from.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        if logged.len() < Self::LOGGED && !logged.contains(&key) {
+            logged.push(key);
+            log::debug!(
+                id = self.name.as_str();
+                "stream {}: dropping datagrams from {}: not the server ({server}){}",
+                self.stream,
+                from.map_or("an unknown address".into(), |ip| ip.to_string()),
+                if logged.len() == Self::LOGGED { "; further addresses are not logged" } else { "" }
+            );
+        }
+        false
+    }
+}
+
+/// Counts a datagram of `stream` that [`SourceFilter`] dropped.
+pub(super) fn count_foreign(stats: &SharedStats, stream: usize) {
+    if let Some(slot) = stats.get(stream) {
+        slot.lock().unwrap().1.foreign_packets += 1;
     }
 }
 
@@ -123,6 +198,7 @@ impl UdpReceiver {
     pub(super) fn spawn(
         stream: usize,
         socket: UdpSocket,
+        filter: Arc<SourceFilter>,
         events: EventFn,
         stats: SharedStats,
     ) -> Result<UdpReceiver, ClientError> {
@@ -149,11 +225,16 @@ impl UdpReceiver {
                             let arrival = Instant::now();
                             // One allocation for them all, which the packets share.
                             let mut chunk = datagrams.concat();
-                            for d in datagrams.iter() {
+                            for (d, &from) in datagrams.iter().zip(datagrams.sources()) {
+                                let data = chunk.split_to(d.len());
+                                if !filter.admits(from) {
+                                    count_foreign(&stats, stream);
+                                    continue;
+                                }
                                 let packet = Packet {
                                     stream,
                                     is_rtcp: false,
-                                    data: chunk.split_to(d.len()),
+                                    data,
                                     arrival,
                                 };
                                 deliver(&events, &stats, packet, &mut batches);
@@ -220,6 +301,8 @@ mod tests {
         while got.len() < sizes.len() {
             assert!(d.recv(&rx).unwrap() > 0);
             let before = got.len();
+            let sender = tx.local_addr().unwrap().ip();
+            assert!(d.sources().iter().all(|s| *s == Some(sender)));
             got.extend(d.iter().map(<[u8]>::to_vec));
             assert_eq!(d.concat(), got[before..].concat());
         }
@@ -249,6 +332,27 @@ mod tests {
             last,
             (Datagrams::SLOTS as u32..n as u32).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn only_the_servers_address_is_admitted_unless_multicast() {
+        let server: IpAddr = "192.0.2.1".parse().unwrap();
+        let filter = SourceFilter::new("test", 0, Some(server));
+        assert!(filter.admits(Some(server)));
+        // The same address as an IPv4-mapped IPv6 one.
+        assert!(filter.admits(Some("::ffff:192.0.2.1".parse().unwrap())));
+        for other in ["127.0.0.2", "192.0.2.2", "::1"] {
+            assert!(!filter.admits(Some(other.parse().unwrap())), "{other}");
+        }
+        assert!(!filter.admits(None));
+        // Each address is logged once, and only so many.
+        for i in 0..100u8 {
+            assert!(!filter.admits(Some(IpAddr::from([10, 0, 0, i]))));
+            assert!(!filter.admits(Some(IpAddr::from([10, 0, 0, i]))));
+        }
+        assert_eq!(filter.logged.lock().unwrap().len(), SourceFilter::LOGGED);
+        let any = SourceFilter::new("test", 0, None);
+        assert!(any.admits(Some("127.0.0.2".parse().unwrap())) && any.admits(None));
     }
 
     #[test]
