@@ -405,6 +405,7 @@ fn slowloris_connections_do_not_lock_out_a_player() {
     let t0 = Instant::now();
     let mut probes = 0;
     let mut fetched = 0;
+    let mut slowest = Duration::ZERO;
     while t0.elapsed() < Duration::from_secs(30) {
         let probe = ffprobe(&url, &[]);
         assert_eq!(probe.streams, [("h264".to_string(), "video".to_string())]);
@@ -416,11 +417,7 @@ fn slowloris_connections_do_not_lock_out_a_player() {
             // A segment may expire between reading the playlist and asking for it.
             assert!(status == 200 || status == 404, "{}: {status}", seg.uri);
             if status == 200 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(2),
-                    "{:?}",
-                    started.elapsed()
-                );
+                slowest = slowest.max(started.elapsed());
                 assert_eq!(body[0], 0x47);
                 fetched += 1;
             }
@@ -432,6 +429,12 @@ fn slowloris_connections_do_not_lock_out_a_player() {
         probes >= 3 && fetched >= 6,
         "{probes} probes, {fetched} segments"
     );
+    // Live playback keeps up: each 1 s segment arrives well within its duration.
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a segment took {slowest:?}"
+    );
+    eprintln!("{probes} probes, {fetched} segments, slowest {slowest:?}");
     let end = Instant::now();
     let timed_out = all
         .iter()
