@@ -1,4 +1,5 @@
-//! rsrtmpsink over RTMPS: stunnel4 with a self-signed certificate in front of nginx-rtmp.
+//! rsrtmpsink over RTMPS: stunnel4 with a self-signed certificate in front of nginx-rtmp; each
+//! `tls-validation-flags` bit relaxes only its own check.
 
 mod common;
 
@@ -62,4 +63,42 @@ fn identity_is_checked_when_only_the_ca_is_forgiven() {
     let tls = Stunnel::start(nginx.port, "IP:127.0.0.1");
     let (_p, r) = publish_to(&tls.url("secure2"), flags);
     r.unwrap_or_else(|e| panic!("the right name with an unknown CA: {e}"));
+}
+
+/// An expired self-signed certificate for another host has three problems: relaxing one or two
+/// of them is not enough.
+#[test]
+fn an_expired_self_signed_certificate_for_another_host_needs_three_flags_relaxed() {
+    let nginx = Nginx::start();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["other.example".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let tls = Stunnel::with_pem(nginx.port, &cert.pem(), &key.serialize_pem());
+    for (checked, reason) in [
+        // unknown-ca relaxed
+        (
+            "bad-identity+not-activated+expired+revoked+insecure+generic-error",
+            "expired",
+        ),
+        // expired relaxed
+        (
+            "unknown-ca+bad-identity+not-activated+revoked+insecure+generic-error",
+            "UnknownIssuer",
+        ),
+        // unknown-ca and expired relaxed
+        (
+            "bad-identity+not-activated+revoked+insecure+generic-error",
+            "not valid for name",
+        ),
+    ] {
+        let (_p, r) = publish_to(&tls.url("old"), &format!("tls-validation-flags={checked}"));
+        let err = r.expect_err(checked);
+        assert!(err.contains(reason), "{checked}: {err}");
+    }
+    assert!(!nginx.recording("old").exists());
+    let flags = "tls-validation-flags=not-activated+revoked+insecure+generic-error";
+    let (_p, r) = publish_to(&tls.url("old"), flags);
+    r.unwrap_or_else(|e| panic!("all three problems relaxed: {e}"));
 }

@@ -6,30 +6,53 @@
 //!
 //! Names are looked up in [`Published`] (the last path component of each file written), so no
 //! request path can reach another file: `..`, encoded or not, and any path with a directory part is
-//! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive; a bounded number
-//! of connections (503 beyond it); bounded header size and read times.
+//! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive and pipelining.
 //!
-//! RFC 9110 (GET, HEAD, OPTIONS; §14 range requests) over RFC 9112 HTTP/1.1 messages.
+//! Limits, so that a few hostile clients cannot lock the others out: a request (head and body)
+//! must arrive complete within [`REQUEST_TIMEOUT`] of the server starting to wait for it (408 and
+//! close; an idle kept-alive connection is closed then too); at most
+//! [`HttpConfig::max_connections`] connections, and at most
+//! [`HttpConfig::max_connections_per_address`] from one client address (an IPv6 client by its
+//! /64), 503 beyond either; heads of at most 8 KiB (431). A request body (Content-Length) of up
+//! to 64 KiB is read and dropped, a larger one is refused with 413, and Transfer-Encoding or a
+//! malformed or conflicting Content-Length with 400 (RFC 9112 §6.3): a body is never read as the
+//! next request. HEAD reads no file data; a range request reads only the range.
+//!
+//! RFC 9110 (GET, HEAD, OPTIONS; §14 range requests; §15.5.9 408, §15.5.14 413) over RFC 9112
+//! HTTP/1.1 messages.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::store::{FileKind, Published};
 use crate::runtime::TaskGroup;
 
 const MAX_HEADER_BYTES: usize = 8 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request, head and body, must arrive within this from when the server starts waiting for it
+/// (after the connection is accepted or the previous answer is sent).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request bodies up to this size are read and dropped; larger ones are refused.
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+/// How long a connection that is closed with an error is still read from, so that the client
+/// gets the answer rather than a reset (RFC 9112 §9.6).
+const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub address: SocketAddr,
     pub max_connections: usize,
+    /// Open connections from one client address at most (an IPv6 client counts by its /64).
+    pub max_connections_per_address: usize,
     /// Cache-Control for playlists (live ones change every segment).
     pub playlist_cache_control: String,
 }
@@ -52,11 +75,17 @@ impl HttpServer {
             TcpListener::from_std(listener)?
         };
         let local_addr = listener.local_addr()?;
+        let max_total = config.max_connections.max(1);
+        let max_per_address = config.max_connections_per_address.max(1);
         log::debug!(
-            "HTTP server listening on {local_addr} (at most {} connections)",
-            config.max_connections.max(1)
+            "HTTP server listening on {local_addr} (at most {max_total} connections, \
+             {max_per_address} per address)"
         );
-        let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let limit = Arc::new(Semaphore::new(max_total));
+        let per_address = Arc::new(PerAddress {
+            max: max_per_address,
+            open: Mutex::default(),
+        });
         let config = Arc::new(config);
         let tasks = Arc::new(TaskGroup::new());
         let group = tasks.clone();
@@ -71,46 +100,31 @@ impl HttpServer {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                match limit.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                let admitted = match per_address.take(peer.ip()) {
+                    None => Err(format_args!(
+                        "{max_per_address} connections from its address"
+                    )),
+                    Some(slot) => match limit.clone().try_acquire_owned() {
+                        Ok(permit) => Ok((slot, permit)),
+                        Err(_) => Err(format_args!("{max_total} connections in all")),
+                    },
+                };
+                match admitted {
+                    Ok(held) => {
                         let files = files.clone();
                         let config = config.clone();
                         log::trace!("HTTP connection from {peer}");
                         group.spawn(async move {
                             serve_connection(stream, peer, &files, &config).await;
                             log::trace!("HTTP connection from {peer} closed");
-                            drop(permit);
+                            drop(held);
                         });
                     }
-                    Err(_) => {
-                        log::debug!(
-                            "HTTP connection from {peer} refused with 503: {} connections \
-                             already",
-                            config.max_connections.max(1)
-                        );
-                        group.spawn(async move {
-                            let mut stream = stream;
-                            // Read the request first (briefly) so that closing does not reset
-                            // the connection before the client has read the answer.
-                            let mut head = [0u8; 2048];
-                            let _ = tokio::time::timeout(
-                                Duration::from_millis(500),
-                                stream.read(&mut head),
-                            )
-                            .await;
-                            let resp = response(
-                                503,
-                                "Service Unavailable",
-                                &[("Retry-After", "1")],
-                                0,
-                                true,
-                            );
-                            let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-                                stream.write_all(&resp).await?;
-                                stream.shutdown().await
-                            })
-                            .await;
-                        });
+                    Err(why) => {
+                        log::debug!("HTTP connection from {peer} refused with 503: {why} already");
+                        let resp =
+                            response(503, "Service Unavailable", &[("Retry-After", "1")], 0, true);
+                        group.spawn(close_with(stream, resp));
                     }
                 }
             }
@@ -125,6 +139,74 @@ impl HttpServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+}
+
+/// The open connections per client address.
+struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// The address a client is counted by: IPv4 (also IPv4-mapped IPv6) as it is, IPv6 by its
+    /// /64, the smallest prefix a site is given (RFC 6177).
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & (u128::MAX << 64)).into()),
+            v4 => v4,
+        }
+    }
+
+    /// A connection slot for a client at `ip`, none when it has `max` open.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = PerAddress::key(ip);
+        let mut open = self.open.lock().unwrap();
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One open connection of a client address; released when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Sends `answer` and closes, reading (and dropping) what the client still sends for at most
+/// [`LINGER`] so that the close does not reset the connection before the answer is read.
+async fn close_with(mut stream: TcpStream, answer: Vec<u8>) {
+    let sent = tokio::time::timeout(LINGER, async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 impl Drop for HttpServer {
@@ -222,6 +304,143 @@ const CORS: [(&str, &str); 3] = [
     ("Access-Control-Allow-Headers", "Range, Origin, Accept"),
 ];
 
+/// One request as far as this server looks at it.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    range: Option<String>,
+    /// The client asked to close after the answer (or speaks HTTP/1.0).
+    close: bool,
+}
+
+/// Why a request is answered with an error and the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    why: &'static str,
+}
+
+impl Refusal {
+    const fn bad(why: &'static str) -> Refusal {
+        Refusal {
+            status: 400,
+            reason: "Bad Request",
+            why,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ReadError {
+    /// The client closed the connection, or reading failed.
+    Closed,
+    Refused(Refusal),
+}
+
+impl From<Refusal> for ReadError {
+    fn from(r: Refusal) -> ReadError {
+        ReadError::Refused(r)
+    }
+}
+
+/// The request of a head (which ends with its empty line) and the length of its body.
+fn parse_head(head: &[u8]) -> Result<(Request, usize), Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Err(Refusal::bad("malformed request"));
+    }
+    let mut close = req.version != Some(1);
+    let mut range = None;
+    let mut body: Option<u64> = None;
+    for h in req.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
+        if h.name.eq_ignore_ascii_case("connection") {
+            close |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        } else if h.name.eq_ignore_ascii_case("range") {
+            range = Some(value.into_owned());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(Refusal::bad("a request with Transfer-Encoding"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let value = value.trim();
+            let n = value
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+                .ok_or(Refusal::bad("a malformed Content-Length"))?;
+            if body.is_some_and(|m| m != n) {
+                return Err(Refusal::bad("conflicting Content-Lengths"));
+            }
+            body = Some(n);
+        }
+    }
+    let body = body.unwrap_or(0);
+    if body > MAX_BODY_BYTES {
+        return Err(Refusal {
+            status: 413,
+            reason: "Content Too Large",
+            why: "a request body over 64 KiB",
+        });
+    }
+    let request = Request {
+        method: req.method.unwrap_or("").to_owned(),
+        path: req.path.unwrap_or("").to_owned(),
+        range,
+        close,
+    };
+    // At most MAX_BODY_BYTES: fits.
+    Ok((request, body as usize))
+}
+
+/// Appends what the client sent next to `buf`.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    let mut chunk = [0u8; 2048];
+    match stream.read(&mut chunk).await {
+        Ok(n) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+        _ => Err(ReadError::Closed),
+    }
+}
+
+/// Reads the next request from `buf` and the stream, its body dropped; bytes after it (the
+/// next pipelined request) stay in `buf`.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request, ReadError> {
+    let mut scanned = 0;
+    let head_len = loop {
+        if let Some(pos) = buf[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break scanned + pos + 4;
+        }
+        if buf.len() > MAX_HEADER_BYTES {
+            return Err(Refusal {
+                status: 431,
+                reason: "Request Header Fields Too Large",
+                why: "a request head over 8 KiB",
+            }
+            .into());
+        }
+        scanned = buf.len().saturating_sub(3);
+        read_more(stream, buf).await?;
+    };
+    let (request, mut body) = parse_head(&buf[..head_len])?;
+    buf.drain(..head_len);
+    loop {
+        let n = body.min(buf.len());
+        buf.drain(..n);
+        body -= n;
+        if body == 0 {
+            return Ok(request);
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -230,55 +449,37 @@ async fn serve_connection(
 ) {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        // Read one request head.
-        let head_len = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            if buf.len() > MAX_HEADER_BYTES {
-                log::debug!("HTTP {peer}: request head over {MAX_HEADER_BYTES} bytes: 431");
-                let r = response(431, "Request Header Fields Too Large", &[], 0, true);
-                let _ = stream.write_all(&r).await;
-                return;
-            }
-            let mut chunk = [0u8; 2048];
-            match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => return,
-            }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(&buf[..head_len]);
-        let (method, path, version, close_requested, range) = match parsed {
-            Ok(httparse::Status::Complete(_)) => {
-                let close = req.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("connection")
-                        && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("close")
-                });
-                let range = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("range"))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
-                (
-                    req.method.unwrap_or("").to_owned(),
-                    req.path.unwrap_or("").to_owned(),
-                    req.version.unwrap_or(0),
-                    close,
-                    range,
-                )
-            }
-            _ => {
-                log::debug!("HTTP {peer}: malformed request: 400");
-                let r = response(400, "Bad Request", &[], 0, true);
-                let _ = stream.write_all(&r).await;
-                return;
-            }
-        };
-        buf.drain(..head_len);
-        // Request bodies are not expected; a client that sends one is not kept alive.
-        let close = close_requested || version == 0 || !buf.is_empty();
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let request =
+            match tokio::time::timeout_at(deadline, read_request(&mut stream, &mut buf)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(ReadError::Closed)) => return,
+                Ok(Err(ReadError::Refused(r))) => {
+                    log::debug!("HTTP {peer}: {}: {}", r.why, r.status);
+                    close_with(stream, response(r.status, r.reason, &[], 0, true)).await;
+                    return;
+                }
+                Err(_) if buf.is_empty() => {
+                    log::debug!("HTTP {peer}: no request within {REQUEST_TIMEOUT:?}: closed");
+                    return;
+                }
+                Err(_) => {
+                    log::debug!(
+                        "HTTP {peer}: request not complete within {REQUEST_TIMEOUT:?} ({} bytes \
+                     received): 408",
+                        buf.len()
+                    );
+                    let r = response(408, "Request Timeout", &[], 0, true);
+                    close_with(stream, r).await;
+                    return;
+                }
+            };
+        let Request {
+            method,
+            path,
+            range,
+            close,
+        } = request;
         let (head, body) = handle(&method, &path, range.as_deref(), files, config, close).await;
         // The status is in the answer's first line: "HTTP/1.1 200 OK".
         let status = head
@@ -302,6 +503,7 @@ async fn serve_connection(
             _ => return,
         }
         if close {
+            let _ = stream.shutdown().await;
             return;
         }
     }
@@ -383,7 +585,10 @@ async fn handle(
     let Some((file, kind)) = files.get(&name) else {
         return not_found();
     };
-    let Ok(Ok(data)) = tokio::task::spawn_blocking(move || std::fs::read(file)).await else {
+    let range = range.map(str::to_owned);
+    let with_body = method == "GET";
+    let read = move || read_file(&file, range.as_deref(), with_body);
+    let Ok(Ok((len, range, data))) = tokio::task::spawn_blocking(read).await else {
         return not_found();
     };
     let cache = match kind {
@@ -394,19 +599,16 @@ async fn handle(
     headers.push(("Content-Type", content_type(kind, &name)));
     headers.push(("Cache-Control", cache));
     headers.push(("Accept-Ranges", "bytes"));
-    match byte_range(range, data.len()) {
-        ByteRange::Whole => {
-            let head = response(200, "OK", &headers, data.len(), close);
-            (head, (method == "GET").then_some(data))
-        }
+    match range {
+        ByteRange::Whole => (response(200, "OK", &headers, len, close), data),
         ByteRange::Part(start, end) => {
-            let content_range = format!("bytes {start}-{end}/{}", data.len());
+            let content_range = format!("bytes {start}-{end}/{len}");
             headers.push(("Content-Range", &content_range));
             let head = response(206, "Partial Content", &headers, end + 1 - start, close);
-            (head, (method == "GET").then(|| data[start..=end].to_vec()))
+            (head, data)
         }
         ByteRange::Unsatisfiable => {
-            let content_range = format!("bytes */{}", data.len());
+            let content_range = format!("bytes */{len}");
             headers.push(("Content-Range", &content_range));
             (
                 response(416, "Range Not Satisfiable", &headers, 0, close),
@@ -414,6 +616,29 @@ async fn handle(
             )
         }
     }
+}
+
+/// The length of the file at `path`, the part a `Range` header asks for, and with `with_body`
+/// that part's bytes: only they are read (HEAD reads none).
+fn read_file(
+    path: &Path,
+    range: Option<&str>,
+    with_body: bool,
+) -> std::io::Result<(usize, ByteRange, Option<Vec<u8>>)> {
+    let mut file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::FileTooLarge))?;
+    let range = byte_range(range, len);
+    let (start, n) = match range {
+        _ if !with_body => return Ok((len, range, None)),
+        ByteRange::Whole => (0, len),
+        ByteRange::Part(start, end) => (start, end + 1 - start),
+        ByteRange::Unsatisfiable => return Ok((len, range, None)),
+    };
+    file.seek(SeekFrom::Start(start as u64))?;
+    let mut data = vec![0; n];
+    file.read_exact(&mut data)?;
+    Ok((len, range, Some(data)))
 }
 
 #[cfg(test)]
@@ -461,6 +686,123 @@ mod tests {
         assert_eq!(byte_range(Some("bytes=-0"), 100), Unsatisfiable);
         assert_eq!(byte_range(Some("bytes=x-"), 100), Unsatisfiable);
         assert_eq!(byte_range(Some("bytes=0-"), 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn request_heads_and_their_bodies() {
+        let parse = |head: &str| parse_head(head.as_bytes());
+        let (req, body) =
+            parse("GET /p.m3u8 HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n").unwrap();
+        assert_eq!(
+            req,
+            Request {
+                method: "GET".into(),
+                path: "/p.m3u8".into(),
+                range: Some("bytes=0-9".into()),
+                close: false,
+            }
+        );
+        assert_eq!(body, 0);
+        let close = |head: &str| parse(head).unwrap().0.close;
+        assert!(close(
+            "GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n"
+        ));
+        assert!(close("GET / HTTP/1.0\r\n\r\n"));
+        assert!(!close("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
+
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 20\r\n\r\n")
+                .unwrap()
+                .1,
+            20
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nContent-Length: 65536\r\ncontent-length: 65536\r\n\r\n")
+                .unwrap()
+                .1,
+            65536
+        );
+        let status = |head: &str| parse(head).unwrap_err().status;
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            400
+        );
+        for bad in [
+            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            "\x01\x02 garbage\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), 400, "{bad:?}");
+        }
+    }
+
+    /// HEAD and ranges of a 64 GiB (sparse) file: reading all of it would not fit in memory.
+    #[test]
+    fn only_the_requested_bytes_are_read() {
+        let path = std::env::temp_dir().join(format!("hls-http-sparse-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let len = 64usize << 30;
+        file.set_len(len as u64).unwrap();
+        {
+            use std::io::Write;
+            let mut file = file;
+            file.seek(SeekFrom::Start(len as u64 - 4)).unwrap();
+            file.write_all(b"tail").unwrap();
+        }
+        let head = read_file(&path, None, false).unwrap();
+        assert_eq!(head, (len, ByteRange::Whole, None));
+        let head = read_file(&path, Some("bytes=-4"), false).unwrap();
+        assert_eq!(head, (len, ByteRange::Part(len - 4, len - 1), None));
+        let tail = read_file(&path, Some("bytes=-4"), true).unwrap();
+        assert_eq!(tail.2.as_deref(), Some(&b"tail"[..]));
+        let middle = read_file(&path, Some("bytes=1000-1009"), true).unwrap();
+        assert_eq!(middle.2, Some(vec![0; 10]));
+        let none = read_file(&path, Some(&format!("bytes={len}-")), true).unwrap();
+        assert_eq!(none, (len, ByteRange::Unsatisfiable, None));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn connections_are_counted_per_address() {
+        let table = Arc::new(PerAddress {
+            max: 2,
+            open: Mutex::default(),
+        });
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = table.take(a).unwrap();
+        let second = table.take("::ffff:127.0.0.2".parse().unwrap()).unwrap();
+        assert!(
+            table.take(a).is_none(),
+            "an IPv4-mapped address is the same client"
+        );
+        assert!(table.take("127.0.0.1".parse().unwrap()).is_some());
+        drop(first);
+        let third = table.take(a).unwrap();
+        drop((second, third));
+        assert!(
+            table.open.lock().unwrap().is_empty(),
+            "released slots are forgotten"
+        );
+
+        let _one = table.take("2001:db8::1".parse().unwrap()).unwrap();
+        let _two = table.take("2001:db8::ffff:2".parse().unwrap()).unwrap();
+        assert!(
+            table.take("2001:db8:0:0:1::".parse().unwrap()).is_none(),
+            "one /64"
+        );
+        assert!(
+            table.take("2001:db8:0:1::1".parse().unwrap()).is_some(),
+            "another /64"
+        );
     }
 
     #[test]

@@ -1,16 +1,29 @@
 //! The trust anchors of the crate's TLS clients: the system's CA certificates, read once per
 //! process with rustls-native-certs (the store GStreamer's GIO-based TLS elements trust too),
-//! and extra CAs from a PEM file.
+//! and extra CAs from a PEM file; and the certificate verifier that honours
+//! `tls-validation-flags` ([`TlsValidation`], GTlsCertificateFlags' vocabulary).
 //!
 //! Specifications: RFC 5280 §6 (certification path validation, done by rustls/webpki against
-//! these anchors); RFC 7468 (PEM).
+//! these anchors), §4.1.2.5 (validity); RFC 6125 §6 (the server's identity); RFC 7468 (PEM).
+//!
+//! Each flag relaxes only its own check. webpki stops at the first problem it finds (the validity
+//! of a certificate before its issuer), so [`client_config`]'s verifier looks for every problem:
+//! a validity period that misses the current time is noted and the chain is checked again at the
+//! end of the period it missed; the name is checked on its own. A certificate is accepted when
+//! none of its problems is one the flags check. A problem that stops the chain check other than
+//! an unknown issuer (an unsupported or insecure signature algorithm, a malformed certificate, a
+//! wrong key purpose) leaves the issuer unverified, so it is also an unknown CA. No revocation
+//! lists are consulted: `revoked` never fails.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Why a CA file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +109,219 @@ fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> CaFileError {
     }
 }
 
+/// Which certificate problems fail a connection: one field per GTlsCertificateFlags bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsValidation {
+    pub unknown_ca: bool,
+    pub bad_identity: bool,
+    pub not_activated: bool,
+    pub expired: bool,
+    pub revoked: bool,
+    pub insecure: bool,
+    pub generic_error: bool,
+}
+
+impl TlsValidation {
+    /// Every problem fails (`validate-all`).
+    pub const ALL: TlsValidation = TlsValidation {
+        unknown_ca: true,
+        bad_identity: true,
+        not_activated: true,
+        expired: true,
+        revoked: true,
+        insecure: true,
+        generic_error: true,
+    };
+
+    fn checks(self, problem: Problem) -> bool {
+        match problem {
+            Problem::UnknownCa => self.unknown_ca,
+            Problem::BadIdentity => self.bad_identity,
+            Problem::NotActivated => self.not_activated,
+            Problem::Expired => self.expired,
+            Problem::Revoked => self.revoked,
+            Problem::Insecure => self.insecure,
+            Problem::Generic => self.generic_error,
+        }
+    }
+}
+
+/// A certificate problem, as the flag that relaxes it names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    UnknownCa,
+    BadIdentity,
+    NotActivated,
+    Expired,
+    Revoked,
+    Insecure,
+    Generic,
+}
+
+impl Problem {
+    fn of(e: &CertificateError) -> Problem {
+        use CertificateError as E;
+        match e {
+            E::UnknownIssuer => Problem::UnknownCa,
+            E::NotValidForName | E::NotValidForNameContext { .. } => Problem::BadIdentity,
+            E::NotValidYet | E::NotValidYetContext { .. } => Problem::NotActivated,
+            E::Expired | E::ExpiredContext { .. } => Problem::Expired,
+            E::Revoked => Problem::Revoked,
+            E::UnsupportedSignatureAlgorithmContext { .. }
+            | E::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => Problem::Insecure,
+            _ => Problem::Generic,
+        }
+    }
+}
+
+/// Validity periods the chain is checked against at most: the current time, then the ends of
+/// the periods it missed.
+const MAX_CHAIN_CHECKS: usize = 4;
+
+/// A client configuration (TLS 1.2 and 1.3, ring) trusting `roots`, whose verifier fails a
+/// certificate with a problem `validation` checks and forgives the others.
+pub fn client_config(
+    validation: TlsValidation,
+    roots: Arc<RootCertStore>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Verifier {
+        roots,
+        provider: provider.clone(),
+        validation,
+    });
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct Verifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    validation: TlsValidation,
+}
+
+impl Verifier {
+    /// Every problem of the certificate for `server_name` at `now`, each with rustls's error.
+    fn problems(
+        &self,
+        cert: &ParsedCertificate<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<Vec<(Problem, CertificateError)>, rustls::Error> {
+        let mut found = self.chain_problems(cert, intermediates, now)?;
+        match rustls::client::verify_server_name(cert, server_name) {
+            Ok(()) => {}
+            Err(rustls::Error::InvalidCertificate(e)) => found.push((Problem::of(&e), e)),
+            Err(e) => return Err(e),
+        }
+        Ok(found)
+    }
+
+    /// The problems of the chain from `cert` to one of the roots.
+    fn chain_problems(
+        &self,
+        cert: &ParsedCertificate<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Vec<(Problem, CertificateError)>, rustls::Error> {
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        let mut found = Vec::new();
+        let mut at = now;
+        for _ in 0..MAX_CHAIN_CHECKS {
+            let e = match rustls::client::verify_server_cert_signed_by_trust_anchor(
+                cert,
+                &self.roots,
+                intermediates,
+                at,
+                algorithms,
+            ) {
+                Ok(()) => return Ok(found),
+                Err(rustls::Error::InvalidCertificate(e)) => e,
+                Err(e) => return Err(e),
+            };
+            let next = match &e {
+                CertificateError::ExpiredContext { not_after, .. } => Some(*not_after),
+                CertificateError::NotValidYetContext { not_before, .. } => Some(*not_before),
+                _ => None,
+            };
+            found.push((Problem::of(&e), e));
+            match next {
+                Some(t) => at = t,
+                None => break,
+            }
+        }
+        // The chain did not verify: its issuer is not known to be trusted.
+        if !found.iter().any(|(p, _)| *p == Problem::UnknownCa) {
+            found.push((Problem::UnknownCa, CertificateError::UnknownIssuer));
+        }
+        Ok(found)
+    }
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        let problems = self.problems(&cert, intermediates, server_name, now)?;
+        if let Some((_, e)) = problems.iter().find(|(p, _)| self.validation.checks(*p)) {
+            return Err(rustls::Error::InvalidCertificate(e.clone()));
+        }
+        if !problems.is_empty() {
+            log::debug!(
+                "certificate of {} accepted: the validation flags forgive {:?}",
+                server_name.to_str(),
+                problems.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+            );
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +388,262 @@ mod tests {
         assert!(
             matches!(e, CaFileError::Pem { .. } | CaFileError::Certificate { .. }),
             "{e:?}"
+        );
+    }
+}
+
+/// The verifier against certificates made with rcgen: one problem per certificate, and each
+/// flag relaxing only its own.
+#[cfg(test)]
+mod verifier_tests {
+    use super::*;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, date_time_ymd,
+    };
+
+    /// A CA the test's roots trust.
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        roots: Arc<RootCertStore>,
+    }
+
+    impl Ca {
+        fn new() -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name = DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "verifier test CA");
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let mut roots = RootCertStore::empty();
+            roots.add(cert.der().clone()).unwrap();
+            Ca {
+                issuer: Issuer::new(params, key),
+                roots: Arc::new(roots),
+            }
+        }
+
+        /// A certificate for `name`, valid now unless `edit` says otherwise, signed by this CA.
+        fn sign(
+            &self,
+            name: &str,
+            edit: impl FnOnce(&mut CertificateParams),
+        ) -> CertificateDer<'static> {
+            let params = leaf_params(name, edit);
+            let key = KeyPair::generate().unwrap();
+            params.signed_by(&key, &self.issuer).unwrap().der().clone()
+        }
+    }
+
+    fn leaf_params(name: &str, edit: impl FnOnce(&mut CertificateParams)) -> CertificateParams {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2090, 1, 1);
+        edit(&mut params);
+        params
+    }
+
+    fn self_signed(
+        name: &str,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let params = leaf_params(name, edit);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn expired(p: &mut CertificateParams) {
+        p.not_before = date_time_ymd(2000, 1, 1);
+        p.not_after = date_time_ymd(2001, 1, 1);
+    }
+
+    fn not_yet_valid(p: &mut CertificateParams) {
+        p.not_before = date_time_ymd(2090, 1, 1);
+        p.not_after = date_time_ymd(2100, 1, 1);
+    }
+
+    const EVERY_PROBLEM: [Problem; 7] = [
+        Problem::UnknownCa,
+        Problem::BadIdentity,
+        Problem::NotActivated,
+        Problem::Expired,
+        Problem::Revoked,
+        Problem::Insecure,
+        Problem::Generic,
+    ];
+
+    /// Every check but those of `relaxed`.
+    fn relaxing(relaxed: &[Problem]) -> TlsValidation {
+        let on = |p| !relaxed.contains(&p);
+        TlsValidation {
+            unknown_ca: on(Problem::UnknownCa),
+            bad_identity: on(Problem::BadIdentity),
+            not_activated: on(Problem::NotActivated),
+            expired: on(Problem::Expired),
+            revoked: on(Problem::Revoked),
+            insecure: on(Problem::Insecure),
+            generic_error: on(Problem::Generic),
+        }
+    }
+
+    fn verify(
+        roots: &Arc<RootCertStore>,
+        cert: &CertificateDer<'_>,
+        validation: TlsValidation,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verifier = Verifier {
+            roots: roots.clone(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            validation,
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+    }
+
+    /// `cert` is accepted exactly when every problem of `needs` is relaxed: checked with each
+    /// flag relaxed alone, with `needs` relaxed, and with all but one of `needs` relaxed.
+    fn assert_needs(
+        what: &str,
+        roots: &Arc<RootCertStore>,
+        cert: &CertificateDer<'_>,
+        needs: &[Problem],
+    ) {
+        let mut sets: Vec<Vec<Problem>> = EVERY_PROBLEM.iter().map(|p| vec![*p]).collect();
+        sets.push(needs.to_vec());
+        sets.push(EVERY_PROBLEM.to_vec());
+        sets.push(Vec::new());
+        for skip in needs {
+            sets.push(needs.iter().copied().filter(|p| p != skip).collect());
+        }
+        for relaxed in sets {
+            let accepted = needs.iter().all(|p| relaxed.contains(p));
+            let r = verify(roots, cert, relaxing(&relaxed));
+            assert_eq!(
+                r.is_ok(),
+                accepted,
+                "{what} with {relaxed:?} relaxed: {r:?} (needs {needs:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_valid_certificate_passes_every_check() {
+        let ca = Ca::new();
+        assert_needs("valid", &ca.roots, &ca.sign("localhost", |_| {}), &[]);
+        let ip = ca.sign("127.0.0.1", |_| {});
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let verifier = Verifier {
+            roots: ca.roots.clone(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            validation: TlsValidation::ALL,
+        };
+        verifier
+            .verify_server_cert(&ip, &[], &name, &[], UnixTime::now())
+            .expect("an IP address name");
+    }
+
+    #[test]
+    fn each_flag_relaxes_only_its_own_problem() {
+        let ca = Ca::new();
+        let roots = &ca.roots;
+        use Problem::*;
+        assert_needs(
+            "self-signed",
+            roots,
+            &self_signed("localhost", |_| {}),
+            &[UnknownCa],
+        );
+        assert_needs(
+            "wrong host",
+            roots,
+            &ca.sign("other.example", |_| {}),
+            &[BadIdentity],
+        );
+        assert_needs("expired", roots, &ca.sign("localhost", expired), &[Expired]);
+        assert_needs(
+            "not yet valid",
+            roots,
+            &ca.sign("localhost", not_yet_valid),
+            &[NotActivated],
+        );
+    }
+
+    #[test]
+    fn expired_self_signed_for_another_host_fails_every_single_relaxation() {
+        let ca = Ca::new();
+        use Problem::*;
+        let cert = self_signed("other.example", expired);
+        assert_needs(
+            "expired, self-signed, wrong host",
+            &ca.roots,
+            &cert,
+            &[Expired, UnknownCa, BadIdentity],
+        );
+        let e = verify(&ca.roots, &cert, relaxing(&[UnknownCa])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+            ),
+            "{e:?}"
+        );
+        let e = verify(&ca.roots, &cert, relaxing(&[UnknownCa, Expired])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })
+            ),
+            "{e:?}"
+        );
+        let cert = self_signed("other.example", not_yet_valid);
+        assert_needs(
+            "not yet valid, self-signed, wrong host",
+            &ca.roots,
+            &cert,
+            &[NotActivated, UnknownCa, BadIdentity],
+        );
+    }
+
+    /// A problem that stops the chain check also leaves the issuer unknown.
+    #[test]
+    fn an_unverifiable_chain_also_needs_unknown_ca() {
+        let ca = Ca::new();
+        use Problem::*;
+        let client_only = ca.sign("localhost", |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]
+        });
+        assert_needs(
+            "client-auth only",
+            &ca.roots,
+            &client_only,
+            &[Generic, UnknownCa],
+        );
+
+        // ecdsa-with-SHA256 relabelled ecdsa-with-SHA512 (RFC 5758 §3.2), which rustls does not
+        // verify with a P-256 key.
+        let mut der = ca.sign("localhost", |_| {}).to_vec();
+        let sha256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        let mut patched = 0;
+        while let Some(i) = der.windows(sha256.len()).position(|w| w == sha256) {
+            der[i + sha256.len() - 1] = 0x04;
+            patched += 1;
+        }
+        assert_eq!(
+            patched, 2,
+            "the signature algorithm of the TBS and of the certificate"
+        );
+        let unsupported = CertificateDer::from(der);
+        assert_needs(
+            "unsupported algorithm",
+            &ca.roots,
+            &unsupported,
+            &[Insecure, UnknownCa],
         );
     }
 }

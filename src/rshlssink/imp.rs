@@ -141,6 +141,7 @@ const DEFAULT_MAX_FILES: u32 = 10;
 const DEFAULT_HTTP_PORT: i32 = -1;
 const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0";
 const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 100;
+const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: u32 = 16;
 /// How long EOS waits for queued output.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long stopping without EOS waits for queued output.
@@ -163,6 +164,7 @@ struct Settings {
     http_port: i32,
     http_address: String,
     http_max_connections: u32,
+    http_max_connections_per_address: u32,
     upload_ca_file: Option<String>,
     muxer: Muxer,
 }
@@ -185,6 +187,7 @@ impl Default for Settings {
             http_port: DEFAULT_HTTP_PORT,
             http_address: DEFAULT_HTTP_ADDRESS.into(),
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            http_max_connections_per_address: DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
             upload_ca_file: None,
             muxer: Muxer::Builtin,
         }
@@ -390,6 +393,7 @@ impl RsHlsSink {
             HttpConfig {
                 address,
                 max_connections: settings.http_max_connections as usize,
+                max_connections_per_address: settings.http_max_connections_per_address as usize,
                 playlist_cache_control: "no-cache".into(),
             },
             self.published.clone(),
@@ -936,6 +940,12 @@ impl ObjectImpl for RsHlsSink {
                     .minimum(1)
                     .default_value(DEFAULT_HTTP_MAX_CONNECTIONS)
                     .build(),
+                glib::ParamSpecUInt::builder("http-max-connections-per-address")
+                    .nick("HTTP max connections per address")
+                    .blurb("Open HTTP connections from one client address at most (an IPv6 client counts by its /64); more are answered 503")
+                    .minimum(1)
+                    .default_value(DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS)
+                    .build(),
                 glib::ParamSpecInt::builder("http-bound-port")
                     .nick("HTTP bound port")
                     .blurb("The port the built-in HTTP server listens on (-1 when not serving)")
@@ -1037,6 +1047,9 @@ impl ObjectImpl for RsHlsSink {
                     .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.into())
             }
             "http-max-connections" => s.http_max_connections = value.get().expect("type checked"),
+            "http-max-connections-per-address" => {
+                s.http_max_connections_per_address = value.get().expect("type checked")
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1061,6 +1074,7 @@ impl ObjectImpl for RsHlsSink {
             "upload-ca-file" => s.upload_ca_file.to_value(),
             "http-address" => s.http_address.to_value(),
             "http-max-connections" => s.http_max_connections.to_value(),
+            "http-max-connections-per-address" => s.http_max_connections_per_address.to_value(),
             "http-bound-port" => self
                 .http
                 .lock()

@@ -15,9 +15,10 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use crate::messages;
+use crate::net::tls::TlsValidation;
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
-use crate::rtmp::net::{NetConfig, Notice, Publication, Stage, TlsValidation};
+use crate::rtmp::net::{NetConfig, Notice, Publication, Stage};
 use crate::rtmp::queue::Pushed;
 use crate::rtmp::url::{Location, LocationError, Scheme};
 

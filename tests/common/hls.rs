@@ -375,3 +375,36 @@ pub fn serve_live(name: &str, props: &str, sources: &str) -> Served {
         dir,
     }
 }
+
+/// A TCP connection to `port` on 127.0.0.1 from the loopback address `source` (e.g.
+/// 127.0.0.2: another client as far as the server can tell), with a 10 s read timeout.
+pub fn connect_from(source: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.connect_timeout(&server.into(), Duration::from_secs(5))?;
+    let stream = std::net::TcpStream::from(socket);
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
+}
+
+/// Reads one response to a `method` request from a kept-alive connection (its body by its
+/// Content-Length; none for HEAD).
+pub fn read_response(s: &mut std::net::TcpStream, method: &str) -> Response {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("response head");
+        raw.push(byte[0]);
+    }
+    let (status, headers, _) = parse_response(&raw);
+    let len: usize = header(&headers, "content-length")
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; if method == "HEAD" { 0 } else { len }];
+    s.read_exact(&mut body).expect("response body");
+    (status, headers, body)
+}

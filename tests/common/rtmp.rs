@@ -363,9 +363,23 @@ pub struct Stunnel {
 }
 
 impl Stunnel {
+    /// With a self-signed certificate for `san` made by openssl.
     pub fn start(port: u16, san: &str) -> Stunnel {
         let dir = TempDir::new("stunnel");
         let (cert, key) = self_signed_cert(dir.path(), san);
+        Stunnel::serve(dir, port, &cert, &key)
+    }
+
+    /// With the PEM certificate and key given.
+    pub fn with_pem(port: u16, cert_pem: &str, key_pem: &str) -> Stunnel {
+        let dir = TempDir::new("stunnel");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        Stunnel::serve(dir, port, &cert, &key)
+    }
+
+    fn serve(dir: TempDir, port: u16, cert: &Path, key: &Path) -> Stunnel {
         let tls_port = free_port();
         let conf = format!(
             "foreground = yes\n\
