@@ -7,7 +7,9 @@
 //! * [`tls`]: the trust anchors of TLS clients: the system's CA certificates (as GStreamer's own
 //!   TLS elements trust, via rustls-native-certs), loaded once per process, plus a PEM CA file.
 //! * [`redact`]: URLs in text without their credentials, for errors and logs.
+//! * [`server_tls`]: the certificate and key of TLS servers (rtspserversink's RTSPS) from PEM.
 
 pub mod backoff;
 pub mod redact;
+pub mod server_tls;
 pub mod tls;

@@ -7,15 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gio::prelude::TlsCertificateExt;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use crate::net::server_tls::{self, Pem};
 use crate::rtsp::sdp::MediaDescription;
 use crate::rtsp::server::{
     MulticastConfig, Protocols, Server, ServerConfig, ServerEvent, ServerStats,
@@ -66,6 +69,50 @@ struct Settings {
     mcast_port_max: u32,
     mcast_ttl: u32,
     mcast_iface: Option<String>,
+    tls_certificate_file: Option<String>,
+    tls_key_file: Option<String>,
+    tls_certificate: Option<CertificatePem>,
+}
+
+/// What `tls-certificate` was set to, as PEM (the object is not `Send` in gio-rs; reading it
+/// gives an equal GTlsCertificate made from this PEM).
+#[derive(Debug, Clone)]
+struct CertificatePem {
+    /// The certificate and its issuers, leaf first.
+    chain: String,
+    /// None when the key cannot be exported (a PKCS #11 key).
+    key: Option<String>,
+}
+
+impl CertificatePem {
+    fn of(cert: &gio::TlsCertificate) -> Self {
+        Self {
+            chain: std::iter::successors(Some(cert.clone()), |c| c.issuer())
+                .filter_map(|c| c.certificate_pem().map(String::from))
+                .collect(),
+            key: cert.private_key_pem().map(String::from),
+        }
+    }
+
+    fn to_object(&self) -> Option<gio::TlsCertificate> {
+        let pem = format!("{}{}", self.chain, self.key.as_deref().unwrap_or_default());
+        gio::TlsCertificate::from_pem(&pem).ok()
+    }
+
+    /// The configuration serving it, as gst-rtsp-server serves a GTlsCertificate.
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, server_tls::ServerTlsError> {
+        server_tls::server_config(
+            Pem {
+                origin: "tls-certificate's certificate-pem",
+                text: self.chain.as_bytes(),
+            },
+            Pem {
+                origin: "tls-certificate's private-key-pem (NULL for a key that cannot be \
+                         exported)",
+                text: self.key.as_deref().unwrap_or_default().as_bytes(),
+            },
+        )
+    }
 }
 
 impl Default for Settings {
@@ -91,6 +138,9 @@ impl Default for Settings {
             mcast_port_max: DEFAULT_MCAST_PORT_MAX,
             mcast_ttl: DEFAULT_MCAST_TTL,
             mcast_iface: None,
+            tls_certificate_file: None,
+            tls_key_file: None,
+            tls_certificate: None,
         }
     }
 }
@@ -143,8 +193,34 @@ impl Settings {
             client_queue_bytes: self.client_queue_size as usize,
             client_stall_timeout: Duration::from_millis(u64::from(self.client_stall_timeout)),
             rtcp_interval: Duration::from_millis(u64::from(self.rtcp_interval)),
+            tls: self.tls()?,
             ..ServerConfig::default()
         })
+    }
+
+    /// The RTSPS configuration from `tls-certificate` or the PEM files, if any is set.
+    fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        let files = (
+            self.tls_certificate_file.as_deref(),
+            self.tls_key_file.as_deref(),
+        );
+        let config = match (&self.tls_certificate, files) {
+            (None, (None, None)) => return Ok(None),
+            (Some(cert), (None, None)) => cert.server_config(),
+            (None, (Some(cert), key)) => {
+                server_tls::server_config_from_files(Path::new(cert), key.map(Path::new))
+            }
+            (None, (None, Some(_))) => {
+                return Err("tls-key-file is set without tls-certificate-file".into());
+            }
+            (Some(_), _) => {
+                return Err(
+                    "set either tls-certificate or tls-certificate-file/tls-key-file, not both"
+                        .into(),
+                );
+            }
+        };
+        config.map(Some).map_err(|e| e.to_string())
     }
 }
 
@@ -301,6 +377,7 @@ impl RtspServerSink {
         // The core's records (category lsrtsp) carry the element's name.
         config.name = self.obj().name().to_string();
         let bind = std::net::SocketAddr::new(config.address, config.port);
+        let (scheme, mount_point) = (config.scheme(), config.mount_point.clone());
         let weak = self.obj().downgrade();
         let server = Server::start(config, move |event| {
             if let Some(obj) = weak.upgrade() {
@@ -325,7 +402,7 @@ impl RtspServerSink {
         gst::info!(
             CAT,
             imp = self,
-            "RTSP server listening on {}",
+            "RTSP server listening on {scheme}://{}{mount_point}",
             server.local_addr()
         );
         *self.server.lock().unwrap() = Some(Arc::new(server));
@@ -617,6 +694,21 @@ impl ObjectImpl for RtspServerSink {
                     .blurb("IPv4 address of the interface to send multicast from (NULL = routing table)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("tls-certificate-file")
+                    .nick("TLS certificate file")
+                    .blurb("PEM file with the server's certificate (and its chain, leaf first): the port then speaks RTSPS only; the key comes from tls-key-file, or from this file when that is unset")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tls-key-file")
+                    .nick("TLS key file")
+                    .blurb("PEM file with the private key of tls-certificate-file (unencrypted PKCS #8, PKCS #1 or SEC1)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecObject::builder::<gio::TlsCertificate>("tls-certificate")
+                    .nick("TLS certificate")
+                    .blurb("Certificate with its private key for RTSPS, as gst_rtsp_auth_set_tls_certificate takes it (its certificate-pem, issuers and private-key-pem are used): the port then speaks RTSPS only")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Server and per-client statistics: transports, packets and bytes sent, drops, RTCP receiver report figures")
@@ -658,6 +750,8 @@ impl ObjectImpl for RtspServerSink {
                 .expect("type checked")
                 .unwrap_or_default()
         };
+        // An empty path is no path.
+        let non_empty = || Some(string()).filter(|v| !v.is_empty());
         match pspec.name() {
             "address" => s.address = string(),
             "port" => s.port = value.get().expect("type checked"),
@@ -677,6 +771,15 @@ impl ObjectImpl for RtspServerSink {
             "multicast-port-max" => s.mcast_port_max = value.get().expect("type checked"),
             "multicast-ttl" => s.mcast_ttl = value.get().expect("type checked"),
             "multicast-iface" => s.mcast_iface = value.get().expect("type checked"),
+            "tls-certificate-file" => s.tls_certificate_file = non_empty(),
+            "tls-key-file" => s.tls_key_file = non_empty(),
+            "tls-certificate" => {
+                s.tls_certificate = value
+                    .get::<Option<gio::TlsCertificate>>()
+                    .expect("type checked")
+                    .as_ref()
+                    .map(CertificatePem::of)
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -706,6 +809,13 @@ impl ObjectImpl for RtspServerSink {
             "multicast-port-max" => s.mcast_port_max.to_value(),
             "multicast-ttl" => s.mcast_ttl.to_value(),
             "multicast-iface" => s.mcast_iface.to_value(),
+            "tls-certificate-file" => s.tls_certificate_file.to_value(),
+            "tls-key-file" => s.tls_key_file.to_value(),
+            "tls-certificate" => s
+                .tls_certificate
+                .as_ref()
+                .and_then(CertificatePem::to_object)
+                .to_value(),
             "stats" => {
                 let stats = self.server().map(|srv| srv.stats()).unwrap_or_default();
                 Self::stats_structure(&stats).to_value()

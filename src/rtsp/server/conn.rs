@@ -1,4 +1,4 @@
-//! The outgoing side of one RTSP TCP connection.
+//! The outgoing side of one RTSP connection (plain TCP, or TLS over it).
 //!
 //! Specifications: RFC 2326 §10.12 and RFC 7826 §14 (interleaved data on the RTSP connection); the
 //! queueing and drop policy are ours.
@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::rtsp::codec::interleaved_header;
@@ -241,7 +240,11 @@ impl ConnOut {
 
     /// Drains the queue into `writer` until the connection closes. `stall_timeout` bounds each
     /// write that makes no progress.
-    pub async fn run_writer(self: Arc<Self>, mut writer: OwnedWriteHalf, stall_timeout: Duration) {
+    pub async fn run_writer<W: AsyncWrite + Unpin>(
+        self: Arc<Self>,
+        mut writer: W,
+        stall_timeout: Duration,
+    ) {
         let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH_ITEMS);
         loop {
             {
@@ -293,8 +296,11 @@ impl ConnOut {
     }
 }
 
-async fn write_batch(
-    writer: &mut OwnedWriteHalf,
+/// Writes a batch with vectored writes (one system call for many items on plain TCP; TLS takes
+/// them into records the same way), then flushes what a TLS stream still buffers (nothing to do
+/// for plain TCP).
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
     batch: &[Item],
     stall_timeout: Duration,
 ) -> Result<(), CloseReason> {
@@ -329,5 +335,9 @@ async fn write_batch(
             Ok(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
         }
     }
-    Ok(())
+    match tokio::time::timeout(stall_timeout, writer.flush()).await {
+        Err(_) => Err(CloseReason::Stalled),
+        Ok(Err(_)) => Err(CloseReason::Peer),
+        Ok(Ok(())) => Ok(()),
+    }
 }

@@ -15,6 +15,10 @@
 //! dropping the server) aborts the group, which aborts all of them, and stops the listening
 //! socket at once, without waiting on the runtime.
 //!
+//! RTSPS ([`ServerConfig::tls`]): a connection's task first completes the TLS handshake
+//! (tokio-rustls, bounded), then serves the TLS stream like a plain one; plain TCP keeps its
+//! owned halves and vectored writes, TLS takes the same vectored writes into its records.
+//!
 //! ```text
 //!  producer ──push()──▶ Stream ──▶ UDP unicast (server port pair)
 //!                          │  └──▶ multicast group
@@ -58,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtsp_types::{Method, Request, Response, StatusCode, Version, headers};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -143,6 +147,16 @@ pub struct ServerConfig {
     pub play_keyframe_wait: Duration,
     /// Name of the server in log records (the element's name).
     pub name: String,
+    /// With a certificate, the port speaks RTSPS only: TLS from the first byte, interleaved
+    /// media inside it (as gst-rtsp-server with a certificate; UDP media stays possible).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ServerConfig {
+    /// The scheme of the server's URLs: `rtsps` with TLS, else `rtsp`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "rtsps" } else { "rtsp" }
+    }
 }
 
 impl Default for ServerConfig {
@@ -166,6 +180,7 @@ impl Default for ServerConfig {
             session_name: "Live stream".into(),
             play_keyframe_wait: Duration::from_secs(4),
             name: "rtsp-server".into(),
+            tls: None,
         }
     }
 }
@@ -493,7 +508,9 @@ impl Server {
             let base = c
                 .base_url
                 .clone()
-                .unwrap_or_else(|| format!("rtsp://{}/", self.local_addr));
+                .unwrap_or_else(|| {
+                    format!("{}://{}/", self.shared.config.scheme(), self.local_addr)
+                });
             if let Ok(url) = rtsp_types::Url::parse(&base) {
                 out.push((c.out.clone(), url, s.id.clone()));
             }
@@ -717,6 +734,9 @@ enum ReadEnd {
     Fatal,
 }
 
+/// How long a client has to complete the TLS handshake of an RTSPS connection.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let name = &*shared.name;
     let Ok(local) = stream.local_addr() else {
@@ -726,6 +746,52 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         );
         return;
     };
+    let Some(tls) = shared.config.tls.clone() else {
+        // Plain TCP: owned halves, no lock between the reader and the writer.
+        let (reader, writer) = stream.into_split();
+        return serve_stream(shared, reader, writer, peer, local).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(stream)) => {
+            let session = stream.get_ref().1;
+            if let (Some(version), Some(suite)) =
+                (session.protocol_version(), session.negotiated_cipher_suite())
+            {
+                sdebug!(
+                    name,
+                    "{peer}: TLS handshake done ({version:?}, {:?})",
+                    suite.suite()
+                );
+            }
+            let (reader, writer) = tokio::io::split(stream);
+            serve_stream(shared, reader, writer, peer, local).await;
+        }
+        // rustls's reason: a plain RTSP request is "received corrupt message of type
+        // InvalidContentType".
+        Ok(Err(e)) => sdebug!(
+            name,
+            "{peer}: connection dropped: TLS handshake failed: {e}"
+        ),
+        Err(_) => sdebug!(
+            name,
+            "{peer}: connection dropped: no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"
+        ),
+    }
+}
+
+/// Serves one connection's requests from `reader` and its output through `writer`.
+async fn serve_stream<R, W>(
+    shared: Arc<Shared>,
+    mut reader: R,
+    writer: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let name = &*shared.name;
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let out = Arc::new(ConnOut::new(
         id,
@@ -748,7 +814,6 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         name,
         "{peer}: connection accepted on {local} (connection {id}, {open} open)"
     );
-    let (mut reader, writer) = stream.into_split();
     let mut writer_task = AbortOnDrop(tokio::spawn(
         out.clone()
             .run_writer(writer, shared.config.client_stall_timeout),

@@ -284,8 +284,13 @@ impl Shared {
         }
     }
 
-    fn content_base(url: &Url) -> String {
+    /// The request's URL with a trailing slash; `rtsps://` on a TLS port, also when the client
+    /// wrote `rtsp://` (stock rtspsrc does on its TLS connections).
+    fn content_base(&self, url: &Url) -> String {
         let mut base = url.to_string();
+        if self.config.tls.is_some() && url.scheme() == "rtsp" {
+            base.insert(4, 's');
+        }
         if !base.ends_with('/') {
             base.push('/');
         }
@@ -359,10 +364,10 @@ impl Shared {
                 }
             }
         };
-        self.set_conn_base(ctx.out.id, Self::content_base(url));
+        self.set_conn_base(ctx.out.id, self.content_base(url));
         let resp = self
             .ok(cseq)
-            .header(headers::CONTENT_BASE, Self::content_base(url))
+            .header(headers::CONTENT_BASE, self.content_base(url))
             .header(headers::CONTENT_TYPE, "application/sdp")
             .build(sdp.into_bytes());
         Ok((resp, After::Nothing))
@@ -641,7 +646,7 @@ impl Shared {
         let id = session_id.ok_or_else(no_session_header)?;
         let base = req
             .request_uri()
-            .map(Self::content_base)
+            .map(|url| self.content_base(url))
             .unwrap_or_default();
         let base = match target {
             // A per-stream URL names the stream itself; its base is the presentation.
