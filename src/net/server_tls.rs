@@ -2,8 +2,9 @@
 //! and its private key, from files or from memory (what a GTlsCertificate's `certificate-pem` and
 //! `private-key-pem` hold), made into a rustls server configuration.
 //!
-//! Specifications: RFC 7468 (PEM); RFC 8446 and RFC 5246 (TLS 1.3 and 1.2, done by rustls with
-//! ring). Every error names where the PEM came from and what is wrong with it.
+//! Specifications: RFC 7468 (PEM); RFC 5958 (PKCS #8) and RFC 5915 (EC private keys); RFC 8446
+//! and RFC 5246 (TLS 1.3 and 1.2, done by rustls with ring). Every error names where the PEM came
+//! from and what is wrong with it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -74,12 +75,17 @@ pub fn server_config(
             origin: cert.origin.to_owned(),
         });
     }
-    let private_key = PrivateKeyDer::from_pem_slice(key.text).map_err(|e| match e {
+    let mut private_key = PrivateKeyDer::from_pem_slice(key.text).map_err(|e| match e {
         pem::Error::NoItemsFound => ServerTlsError::NoKey {
             origin: key.origin.to_owned(),
         },
         e => bad_pem(key.origin, e),
     })?;
+    if let PrivateKeyDer::Pkcs8(der) = &private_key
+        && let Some(fixed) = without_leading_zero(der.secret_pkcs8_der())
+    {
+        private_key = PrivateKeyDer::Pkcs8(fixed.into());
+    }
     let unusable = |source| ServerTlsError::Unusable {
         cert: cert.origin.to_owned(),
         key: key.origin.to_owned(),
@@ -122,6 +128,74 @@ pub fn server_config_from_files(
     )
 }
 
+/// A PKCS #8 EC key whose private key (RFC 5915: an octet string of the curve's length) GnuTLS
+/// wrote with a leading zero byte, as an INTEGER would have it when the top bit is set: that is
+/// what GTlsCertificate's `private-key-pem` gives for about half of all P-256 keys, and ring
+/// refuses the extra byte. Returns the key without it; None for any other key.
+fn without_leading_zero(pkcs8: &[u8]) -> Option<Vec<u8>> {
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const OCTET_STRING: u8 = 0x04;
+    // PrivateKeyInfo: version, algorithm, privateKey (an octet string holding ECPrivateKey:
+    // version 1, privateKey, [0] parameters, [1] publicKey), [0] attributes.
+    let (info, _) = der(pkcs8, SEQUENCE)?;
+    let (_, rest) = der(info, INTEGER)?;
+    let (_, rest) = der(rest, SEQUENCE)?;
+    let head = &info[..info.len() - rest.len()];
+    let (wrapped, attributes) = der(rest, OCTET_STRING)?;
+    let (ec_key, _) = der(wrapped, SEQUENCE)?;
+    let (version, rest) = der(ec_key, INTEGER)?;
+    let (secret, after) = der(rest, OCTET_STRING)?;
+    if version != [1] || secret.len() < 2 || secret[0] != 0 || secret[1] & 0x80 == 0 {
+        return None;
+    }
+    let mut ec = Vec::new();
+    put(&mut ec, INTEGER, &[1])?;
+    put(&mut ec, OCTET_STRING, &secret[1..])?;
+    ec.extend_from_slice(after);
+    let mut wrapped = Vec::new();
+    put(&mut wrapped, SEQUENCE, &ec)?;
+    let mut info = head.to_vec();
+    put(&mut info, OCTET_STRING, &wrapped)?;
+    info.extend_from_slice(attributes);
+    let mut out = Vec::new();
+    put(&mut out, SEQUENCE, &info)?;
+    Some(out)
+}
+
+/// The contents of the DER element of type `tag` at the start of `input`, and what follows it.
+fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => (usize::from(*rest.first()?), &rest[1..]),
+        0x82 => (usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])), rest.get(2..)?),
+        _ => return None,
+    };
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// Appends a DER element whose length fits the two length bytes [`der`] reads (a shortened
+/// key is shorter than the one read).
+fn put(out: &mut Vec<u8>, tag: u8, contents: &[u8]) -> Option<()> {
+    let len = u16::try_from(contents.len()).ok()?;
+    out.push(tag);
+    match u8::try_from(len) {
+        Ok(short @ 0..=0x7f) => out.push(short),
+        Ok(one) => out.extend_from_slice(&[0x81, one]),
+        Err(_) => {
+            out.push(0x82);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(contents);
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +205,7 @@ mod tests {
         (cert.cert.pem(), cert.signing_key.serialize_pem())
     }
 
-    fn pem<'a>(origin: &'a str, text: &'a str) -> Pem<'a> {
+    fn pem_of<'a>(origin: &'a str, text: &'a str) -> Pem<'a> {
         Pem {
             origin,
             text: text.as_bytes(),
@@ -141,31 +215,80 @@ mod tests {
     #[test]
     fn a_certificate_and_its_key_make_a_config() {
         let (cert, key) = generated("localhost");
-        server_config(pem("c", &cert), pem("k", &key)).unwrap();
+        server_config(pem_of("c", &cert), pem_of("k", &key)).unwrap();
         // Both in one text, as GTlsCertificate's from_file takes them.
         let both = format!("{cert}{key}");
-        server_config(pem("b", &both), pem("b", &both)).unwrap();
+        server_config(pem_of("b", &both), pem_of("b", &both)).unwrap();
     }
 
     #[test]
     fn each_problem_is_named_with_its_origin() {
         let (cert, key) = generated("localhost");
         let (_, other_key) = generated("localhost");
-        let err = server_config(pem("c.pem", &key), pem("k.pem", &key)).unwrap_err();
+        let err = server_config(pem_of("c.pem", &key), pem_of("k.pem", &key)).unwrap_err();
         assert!(matches!(err, ServerTlsError::NoCertificate { .. }), "{err}");
         assert!(err.to_string().contains("c.pem"), "{err}");
-        let err = server_config(pem("c.pem", &cert), pem("k.pem", &cert)).unwrap_err();
+        let err = server_config(pem_of("c.pem", &cert), pem_of("k.pem", &cert)).unwrap_err();
         assert!(matches!(err, ServerTlsError::NoKey { .. }), "{err}");
         assert!(err.to_string().contains("k.pem"), "{err}");
         let truncated = &cert[..cert.len() / 2];
-        let err = server_config(pem("c.pem", truncated), pem("k.pem", &key)).unwrap_err();
+        let err = server_config(pem_of("c.pem", truncated), pem_of("k.pem", &key)).unwrap_err();
         assert!(matches!(err, ServerTlsError::Pem { .. }), "{err}");
-        let err = server_config(pem("c.pem", &cert), pem("k.pem", &other_key)).unwrap_err();
+        let err = server_config(pem_of("c.pem", &cert), pem_of("k.pem", &other_key)).unwrap_err();
         assert!(matches!(err, ServerTlsError::Unusable { .. }), "{err}");
         assert!(
             err.to_string().contains("c.pem") && err.to_string().contains("k.pem"),
             "{err}"
         );
+    }
+
+    /// A P-256 key whose top bit is set, as GnuTLS writes it (GTlsCertificate's
+    /// `private-key-pem` of {RING_KEY}): `04 21 00 ...`, and its certificate.
+    const GNUTLS_KEY: &str = concat!(
+        "-----BEGIN PRIVATE KEY-----\n",
+        "MIGUAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBHoweAIBAQQhAOFe2RGWEy+T7OqE\n",
+        "9qtWczzJHAMS8sOP3+tNNTdV4Jc9oAoGCCqGSM49AwEHoUQDQgAEMl0Pft/yF6Wx\n",
+        "H199l3p9t0cZljjwW3mbpwoteyxZSeh0ycD0j/Yu8p4DDkshlswwg7CpvNBU5P3R\n",
+        "ZuQ00JTv7Q==\n",
+        "-----END PRIVATE KEY-----\n",
+    );
+    /// The same key as rcgen (ring) writes it: `04 20 ...`, no parameters.
+    const RING_KEY: &str = concat!(
+        "-----BEGIN PRIVATE KEY-----\n",
+        "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg4V7ZEZYTL5Ps6oT2\n",
+        "q1ZzPMkcAxLyw4/f6001N1Xglz2hRANCAAQyXQ9+3/IXpbEfX32Xen23RxmWOPBb\n",
+        "eZunCi17LFlJ6HTJwPSP9i7yngMOSyGWzDCDsKm80FTk/dFm5DTQlO/t\n",
+        "-----END PRIVATE KEY-----\n",
+    );
+    const CERT: &str = concat!(
+        "-----BEGIN CERTIFICATE-----\n",
+        "MIIBgDCCASWgAwIBAgIUdRc+iGZuVPcarKvkCAadhk8YmAswCgYIKoZIzj0EAwIw\n",
+        "FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEzMDAyNTE0NloYDzIxMjYxMTA2\n",
+        "MDI1MTQ2WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO\n",
+        "PQMBBwNCAAQyXQ9+3/IXpbEfX32Xen23RxmWOPBbeZunCi17LFlJ6HTJwPSP9i7y\n",
+        "ngMOSyGWzDCDsKm80FTk/dFm5DTQlO/to1MwUTAdBgNVHQ4EFgQUW94UAoa+LOR+\n",
+        "5/qCZajwNCMNcLQwHwYDVR0jBBgwFoAUW94UAoa+LOR+5/qCZajwNCMNcLQwDwYD\n",
+        "VR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA1Esl0NUfofGuI7VPc6c3\n",
+        "XyLcj47RW5B/uvy0+MCMvRUCIQCGyafxqG7z9MGIWxytl0sPRUA89TSSmaLSRqXQ\n",
+        "b68TaA==\n",
+        "-----END CERTIFICATE-----\n",
+    );
+
+    #[test]
+    fn an_ec_key_with_gnutls_leading_zero_is_served() {
+        let der = |text: &str| {
+            PrivateKeyDer::from_pem_slice(text.as_bytes())
+                .unwrap()
+                .secret_der()
+                .to_vec()
+        };
+        let fixed = without_leading_zero(&der(GNUTLS_KEY)).expect("the zero is removed");
+        // Still with the curve's parameters, which ring's form leaves out.
+        assert_eq!(fixed.len(), der(RING_KEY).len() + 12);
+        assert_eq!(without_leading_zero(&fixed), None);
+        assert_eq!(without_leading_zero(&der(RING_KEY)), None);
+        server_config(pem_of("c", CERT), pem_of("k", GNUTLS_KEY)).unwrap();
+        server_config(pem_of("c", CERT), pem_of("k", RING_KEY)).unwrap();
     }
 
     #[test]

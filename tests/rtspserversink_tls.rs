@@ -1,0 +1,332 @@
+//! rtspserversink serving RTSPS (`tls-certificate-file`/`tls-key-file`, `tls-certificate`) to real
+//! clients we did not write: the stock C `rtspsrc` (`rtsps://`, `tls-validation-flags=0`,
+//! `protocols=tcp`) and ffprobe; a hand-written rustls client for the URLs the server answers
+//! with; a plain RTSP client on the TLS port fails while a TLS client keeps playing. Certificates
+//! are generated with rcgen for 127.0.0.1.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gio::prelude::TlsCertificateExt;
+use gst::prelude::*;
+
+use common::*;
+use gstlivestreaming::net::tls::{TlsValidation, client_config};
+use rustls::pki_types::pem::PemObject;
+
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files (removed when dropped).
+struct Certs {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("srvtls-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A P-256 key whose private key starts with its top bit set: GnuTLS writes such a key
+        // with an extra zero byte (see a_gtlscertificate_object_serves_rtsps). rcgen's (ring's)
+        // PKCS #8 has the 32 bytes of the private key at offset 36.
+        let generated = std::iter::repeat_with(|| {
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap()
+        })
+        .find(|g| g.signing_key.serialize_der()[36] & 0x80 != 0)
+        .unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        Certs { dir, cert, key }
+    }
+
+    /// rtspserversink properties serving this certificate.
+    fn props(&self) -> String {
+        format!(
+            "tls-certificate-file={} tls-key-file={}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rtsps_url(server: &ServerPipeline) -> String {
+    format!("rtsps://127.0.0.1:{}/", server.port)
+}
+
+/// The `packets-sent` of the server's playing TCP client, once there is one (bounded wait).
+fn tcp_client_packets(server: &ServerPipeline) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = server.stats();
+        let clients = stats.get::<gst::Array>("clients").unwrap();
+        let sent = clients.iter().find_map(|c| {
+            let c = c.get::<gst::Structure>().unwrap();
+            (c.get::<&str>("transport") == Ok("tcp") && c.get::<bool>("playing") == Ok(true))
+                .then(|| c.get::<u64>("packets-sent").unwrap())
+                .filter(|sent| *sent > 0)
+        });
+        if let Some(sent) = sent {
+            return sent;
+        }
+        assert!(Instant::now() < deadline, "no playing TCP client in {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stock_rtspsrc_plays_rtsps_over_tcp() {
+    let certs = Certs::new("rtspsrc");
+    let server = ServerPipeline::start(&certs.props(), &av_source(false));
+    let frames = rtspsrc_decode(&rtsps_url(&server), "tcp", 30, "tls-validation-flags=0");
+    assert_eq!(frames, 30);
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+}
+
+#[test]
+fn ffprobe_plays_rtsps() {
+    let certs = Certs::new("ffprobe");
+    let server = ServerPipeline::start(&certs.props(), &av_source(true));
+    let out = ffprobe(&rtsps_url(&server), "tcp", "stream=codec_name,width,height");
+    assert!(out.contains("h264,320,240"), "streams: {out}");
+    assert!(out.contains("opus"), "streams: {out}");
+}
+
+#[test]
+fn a_gtlscertificate_object_serves_rtsps() {
+    let certs = Certs::new("object");
+    init();
+    let cert = gio::TlsCertificate::from_files(&certs.cert, &certs.key).unwrap();
+    // GnuTLS gives the key back with a leading zero the server must take.
+    let key = cert.private_key_pem().unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    assert_eq!(key.secret_der()[34..37], [0x04, 0x21, 0x00], "GnuTLS's form");
+    let pipeline = gst::parse::launch(&format!(
+        "rtspserversink name=sink address=127.0.0.1 port=0 {}",
+        av_source(false)
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    assert_ours(&sink);
+    sink.set_property("tls-certificate", &cert);
+    // Read back: the same certificate.
+    let read = sink.property::<gio::TlsCertificate>("tls-certificate");
+    assert!(read.is_same(&cert));
+    let started = pipeline.set_state(gst::State::Playing);
+    let server = ServerPipeline {
+        port: sink.property::<i32>("bound-port") as u16,
+        pipeline,
+        sink,
+    };
+    assert!(started.is_ok(), "{:?}", server.errors());
+    let out = ffprobe(&rtsps_url(&server), "tcp", "stream=codec_name");
+    assert!(out.contains("h264"), "streams: {out}");
+}
+
+/// Reads one RTSP response (head and body) from `r`.
+fn read_response(r: &mut impl BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let n = r.read_line(&mut head).expect("response");
+        assert!(n > 0, "connection closed after {head:?}");
+        if head.ends_with("\r\n\r\n") {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+fn header<'a>(response: &'a str, name: &str) -> &'a str {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in {response}"))
+        .trim()
+}
+
+/// A client that writes `rtsp://` URLs on its TLS connection (as stock rtspsrc does) is answered
+/// with `rtsps://` in Content-Base and RTP-Info, and its interleaved media arrives inside TLS.
+#[test]
+fn content_base_and_rtp_info_say_rtsps() {
+    let certs = Certs::new("urls");
+    let server = ServerPipeline::start(&certs.props(), &av_source(false));
+    let relaxed = TlsValidation {
+        unknown_ca: false,
+        ..TlsValidation::ALL
+    };
+    let config = client_config(relaxed, Arc::new(rustls::RootCertStore::empty())).unwrap();
+    let name = "127.0.0.1".try_into().unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+    let plain = format!("rtsp://127.0.0.1:{}/", server.port);
+    let mut request = |text: String| {
+        tls.get_mut().write_all(text.as_bytes()).unwrap();
+        read_response(&mut tls)
+    };
+
+    let describe = request(format!("DESCRIBE {plain} RTSP/1.0\r\nCSeq: 1\r\n\r\n"));
+    assert!(describe.starts_with("RTSP/1.0 200"), "{describe}");
+    assert_eq!(header(&describe, "Content-Base"), rtsps_url(&server));
+    let setup = request(format!(
+        "SETUP {plain}stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+    ));
+    assert!(setup.starts_with("RTSP/1.0 200"), "{setup}");
+    let session = header(&setup, "Session").split(';').next().unwrap().to_owned();
+    let play = request(format!(
+        "PLAY {plain} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"
+    ));
+    assert!(play.starts_with("RTSP/1.0 200"), "{play}");
+    let rtp_info = header(&play, "RTP-Info");
+    assert!(
+        rtp_info.starts_with(&format!("url={}stream=0;", rtsps_url(&server))),
+        "{rtp_info}"
+    );
+    // The first interleaved RTP packet, on channel 0.
+    let mut frame = [0u8; 4];
+    tls.read_exact(&mut frame).unwrap();
+    assert_eq!(frame[..2], [b'$', 0]);
+    let mut rtp = vec![0; usize::from(u16::from_be_bytes([frame[2], frame[3]]))];
+    tls.read_exact(&mut rtp).unwrap();
+    assert_eq!(rtp[0] >> 6, 2, "RTP version 2");
+}
+
+/// Plays `url` with stock rtspsrc until killed.
+fn endless_rtspsrc(url: &str) -> ChildGuard {
+    ChildGuard::spawn(Command::new("gst-launch-1.0").args(
+        format!(
+            "rtspsrc location={url} protocols=tcp tls-validation-flags=0 latency=200 \
+             ! rtph264depay ! h264parse ! avdec_h264 ! fakesink"
+        )
+        .split_whitespace(),
+    ))
+}
+
+#[test]
+fn a_plain_client_on_the_tls_port_fails_cleanly_and_a_tls_client_keeps_playing() {
+    let certs = Certs::new("plain");
+    let server = ServerPipeline::start(&certs.props(), &av_source(false));
+    let mut player = endless_rtspsrc(&rtsps_url(&server));
+    let before = tcp_client_packets(&server);
+
+    // A plain RTSP request gets no RTSP answer: at most a TLS alert, then the end.
+    let mut raw = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"OPTIONS rtsp://127.0.0.1/ RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    // Ok: the server closed the connection; a reset is as clean. A timeout is not.
+    if let Err(e) = raw.read_to_end(&mut answer) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("RTSP/1.0"),
+        "{answer:?}"
+    );
+
+    // Stock clients report an error and exit.
+    let plain = server.url("/");
+    let (out, timed_out) = run(
+        Command::new("gst-launch-1.0").args(
+            format!("rtspsrc location={plain} protocols=tcp ! fakesink").split_whitespace(),
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(!timed_out, "rtspsrc rtsp:// on the TLS port did not give up");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ERROR"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, timed_out) = run(
+        Command::new("ffprobe").args(["-v", "error", "-rtsp_transport", "tcp", &plain]),
+        Duration::from_secs(30),
+    );
+    assert!(!timed_out, "ffprobe rtsp:// on the TLS port did not give up");
+    assert!(!out.status.success());
+
+    // The TLS client was served throughout and still is.
+    let after = tcp_client_packets(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    let later = tcp_client_packets(&server);
+    assert!(before < after && after < later, "{before} {after} {later}");
+    assert!(
+        player.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the TLS client stopped"
+    );
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+}
+
+/// Starts an rtspserversink with `props` and returns the error its start posts.
+fn start_error(props: &str) -> String {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! x264enc ! rtspserversink address=127.0.0.1 port=0 {props}"
+    ))
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("error message");
+    let _ = pipeline.set_state(gst::State::Null);
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    err.error().to_string()
+}
+
+#[test]
+fn unusable_certificate_settings_fail_the_start_naming_the_file() {
+    let certs = Certs::new("errors");
+    let other = Certs::new("errors-other");
+    let missing = certs.dir.join("missing.pem");
+    let text = start_error(&format!(
+        "tls-certificate-file={} tls-key-file={}",
+        certs.cert.display(),
+        missing.display()
+    ));
+    assert!(text.contains(&missing.display().to_string()), "{text}");
+    // The certificate file given as the key: no key in it.
+    let text = start_error(&format!(
+        "tls-certificate-file={} tls-key-file={}",
+        certs.cert.display(),
+        certs.cert.display()
+    ));
+    assert!(
+        text.contains("no private key") && text.contains(&certs.cert.display().to_string()),
+        "{text}"
+    );
+    // Another certificate's key.
+    let text = start_error(&format!(
+        "tls-certificate-file={} tls-key-file={}",
+        certs.cert.display(),
+        other.key.display()
+    ));
+    assert!(text.contains(&other.key.display().to_string()), "{text}");
+    let text = start_error(&format!("tls-key-file={}", certs.key.display()));
+    assert!(text.contains("without tls-certificate-file"), "{text}");
+}
