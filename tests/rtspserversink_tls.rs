@@ -81,7 +81,10 @@ fn tcp_client_packets(server: &ServerPipeline) -> u64 {
         if let Some(sent) = sent {
             return sent;
         }
-        assert!(Instant::now() < deadline, "no playing TCP client in {stats}");
+        assert!(
+            Instant::now() < deadline,
+            "no playing TCP client in {stats}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -112,7 +115,11 @@ fn a_gtlscertificate_object_serves_rtsps() {
     // GnuTLS gives the key back with a leading zero the server must take.
     let key = cert.private_key_pem().unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    assert_eq!(key.secret_der()[34..37], [0x04, 0x21, 0x00], "GnuTLS's form");
+    assert_eq!(
+        key.secret_der()[34..37],
+        [0x04, 0x21, 0x00],
+        "GnuTLS's form"
+    );
     let pipeline = gst::parse::launch(&format!(
         "rtspserversink name=sink address=127.0.0.1 port=0 {}",
         av_source(false)
@@ -193,7 +200,11 @@ fn content_base_and_rtp_info_say_rtsps() {
         "SETUP {plain}stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
     ));
     assert!(setup.starts_with("RTSP/1.0 200"), "{setup}");
-    let session = header(&setup, "Session").split(';').next().unwrap().to_owned();
+    let session = header(&setup, "Session")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let play = request(format!(
         "PLAY {plain} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"
     ));
@@ -214,13 +225,15 @@ fn content_base_and_rtp_info_say_rtsps() {
 
 /// Plays `url` with stock rtspsrc until killed.
 fn endless_rtspsrc(url: &str) -> ChildGuard {
-    ChildGuard::spawn(Command::new("gst-launch-1.0").args(
-        format!(
-            "rtspsrc location={url} protocols=tcp tls-validation-flags=0 latency=200 \
+    ChildGuard::spawn(
+        Command::new("gst-launch-1.0").args(
+            format!(
+                "rtspsrc location={url} protocols=tcp tls-validation-flags=0 latency=200 \
              ! rtph264depay ! h264parse ! avdec_h264 ! fakesink"
-        )
-        .split_whitespace(),
-    ))
+            )
+            .split_whitespace(),
+        ),
+    )
 }
 
 #[test]
@@ -248,12 +261,14 @@ fn a_plain_client_on_the_tls_port_fails_cleanly_and_a_tls_client_keeps_playing()
     // Stock clients report an error and exit.
     let plain = server.url("/");
     let (out, timed_out) = run(
-        Command::new("gst-launch-1.0").args(
-            format!("rtspsrc location={plain} protocols=tcp ! fakesink").split_whitespace(),
-        ),
+        Command::new("gst-launch-1.0")
+            .args(format!("rtspsrc location={plain} protocols=tcp ! fakesink").split_whitespace()),
         Duration::from_secs(30),
     );
-    assert!(!timed_out, "rtspsrc rtsp:// on the TLS port did not give up");
+    assert!(
+        !timed_out,
+        "rtspsrc rtsp:// on the TLS port did not give up"
+    );
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ERROR"),
@@ -264,7 +279,10 @@ fn a_plain_client_on_the_tls_port_fails_cleanly_and_a_tls_client_keeps_playing()
         Command::new("ffprobe").args(["-v", "error", "-rtsp_transport", "tcp", &plain]),
         Duration::from_secs(30),
     );
-    assert!(!timed_out, "ffprobe rtsp:// on the TLS port did not give up");
+    assert!(
+        !timed_out,
+        "ffprobe rtsp:// on the TLS port did not give up"
+    );
     assert!(!out.status.success());
 
     // The TLS client was served throughout and still is.

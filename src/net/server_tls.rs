@@ -173,7 +173,10 @@ fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (len, rest) = match first {
         0..=0x7f => (usize::from(first), rest),
         0x81 => (usize::from(*rest.first()?), &rest[1..]),
-        0x82 => (usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])), rest.get(2..)?),
+        0x82 => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            rest.get(2..)?,
+        ),
         _ => return None,
     };
     (len <= rest.len()).then(|| rest.split_at(len))

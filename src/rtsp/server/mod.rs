@@ -505,12 +505,9 @@ impl Server {
             let Some(c) = conns.get(&s.conn_id) else {
                 continue;
             };
-            let base = c
-                .base_url
-                .clone()
-                .unwrap_or_else(|| {
-                    format!("{}://{}/", self.shared.config.scheme(), self.local_addr)
-                });
+            let base = c.base_url.clone().unwrap_or_else(|| {
+                format!("{}://{}/", self.shared.config.scheme(), self.local_addr)
+            });
             if let Ok(url) = rtsp_types::Url::parse(&base) {
                 out.push((c.out.clone(), url, s.id.clone()));
             }
@@ -755,9 +752,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(stream)) => {
             let session = stream.get_ref().1;
-            if let (Some(version), Some(suite)) =
-                (session.protocol_version(), session.negotiated_cipher_suite())
-            {
+            if let (Some(version), Some(suite)) = (
+                session.protocol_version(),
+                session.negotiated_cipher_suite(),
+            ) {
                 sdebug!(
                     name,
                     "{peer}: TLS handshake done ({version:?}, {:?})",
