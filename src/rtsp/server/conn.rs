@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::rtsp::codec::interleaved_header;
@@ -27,6 +27,22 @@ use crate::rtsp::codec::interleaved_header;
 const MAX_CONTROL_BYTES: usize = 1024 * 1024;
 /// Largest amount handed to one vectored write.
 const MAX_BATCH_ITEMS: usize = 512;
+
+/// The write half of a connection's byte stream.
+pub trait ConnWriter: AsyncWrite + Unpin + Send + 'static {
+    /// Whether written bytes may wait in the writer until a flush (TLS records): each batch then
+    /// ends with one. Plain TCP hands everything to the socket and skips it.
+    const BUFFERED: bool;
+}
+
+impl ConnWriter for tokio::net::tcp::OwnedWriteHalf {
+    const BUFFERED: bool = false;
+}
+
+/// A TLS stream's half (tokio-rustls).
+impl<S: AsyncRead + AsyncWrite + Send + 'static> ConnWriter for tokio::io::WriteHalf<S> {
+    const BUFFERED: bool = true;
+}
 
 enum Item {
     Control(Bytes),
@@ -240,7 +256,7 @@ impl ConnOut {
 
     /// Drains the queue into `writer` until the connection closes. `stall_timeout` bounds each
     /// write that makes no progress.
-    pub async fn run_writer<W: AsyncWrite + Unpin>(
+    pub async fn run_writer<W: ConnWriter>(
         self: Arc<Self>,
         mut writer: W,
         stall_timeout: Duration,
@@ -297,9 +313,8 @@ impl ConnOut {
 }
 
 /// Writes a batch with vectored writes (one system call for many items on plain TCP; TLS takes
-/// them into records the same way), then flushes what a TLS stream still buffers (nothing to do
-/// for plain TCP).
-async fn write_batch<W: AsyncWrite + Unpin>(
+/// them into records the same way), then flushes what a TLS stream still holds.
+async fn write_batch<W: ConnWriter>(
     writer: &mut W,
     batch: &[Item],
     stall_timeout: Duration,
@@ -335,9 +350,12 @@ async fn write_batch<W: AsyncWrite + Unpin>(
             Ok(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
         }
     }
-    match tokio::time::timeout(stall_timeout, writer.flush()).await {
-        Err(_) => Err(CloseReason::Stalled),
-        Ok(Err(_)) => Err(CloseReason::Peer),
-        Ok(Ok(())) => Ok(()),
+    if W::BUFFERED {
+        match tokio::time::timeout(stall_timeout, writer.flush()).await {
+            Err(_) => return Err(CloseReason::Stalled),
+            Ok(Err(_)) => return Err(CloseReason::Peer),
+            Ok(Ok(())) => {}
+        }
     }
+    Ok(())
 }

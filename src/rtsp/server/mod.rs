@@ -62,12 +62,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtsp_types::{Method, Request, Response, StatusCode, Version, headers};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
-use self::conn::{CloseReason, ConnOut};
+use self::conn::{CloseReason, ConnOut, ConnWriter};
 use self::media::{Dest, Stream};
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};
@@ -787,7 +787,7 @@ async fn serve_stream<R, W>(
     local: SocketAddr,
 ) where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: ConnWriter,
 {
     let name = &*shared.name;
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
