@@ -297,13 +297,20 @@ fn a_plain_client_on_the_tls_port_fails_cleanly_and_a_tls_client_keeps_playing()
     assert!(server.errors().is_empty(), "{:?}", server.errors());
 }
 
-/// Starts an rtspserversink with `props` and returns the error its start posts.
-fn start_error(props: &str) -> String {
+/// Starts an rtspserversink with `props` (and `tls-certificate` set to `object`) and returns the
+/// error its start posts.
+fn start_error(props: &str, object: Option<&gio::TlsCertificate>) -> String {
     init();
     let pipeline = gst::parse::launch(&format!(
-        "videotestsrc is-live=true ! x264enc ! rtspserversink address=127.0.0.1 port=0 {props}"
+        "videotestsrc is-live=true ! x264enc ! rtspserversink name=sink address=127.0.0.1 \
+         port=0 {props}"
     ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
     .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    assert_ours(&sink);
+    sink.set_property("tls-certificate", object);
     assert!(pipeline.set_state(gst::State::Playing).is_err());
     let msg = pipeline
         .bus()
@@ -322,29 +329,51 @@ fn unusable_certificate_settings_fail_the_start_naming_the_file() {
     let certs = Certs::new("errors");
     let other = Certs::new("errors-other");
     let missing = certs.dir.join("missing.pem");
-    let text = start_error(&format!(
-        "tls-certificate-file={} tls-key-file={}",
-        certs.cert.display(),
-        missing.display()
-    ));
+    let text = start_error(
+        &format!(
+            "tls-certificate-file={} tls-key-file={}",
+            certs.cert.display(),
+            missing.display()
+        ),
+        None,
+    );
     assert!(text.contains(&missing.display().to_string()), "{text}");
     // The certificate file given as the key: no key in it.
-    let text = start_error(&format!(
-        "tls-certificate-file={} tls-key-file={}",
-        certs.cert.display(),
-        certs.cert.display()
-    ));
+    let text = start_error(
+        &format!(
+            "tls-certificate-file={} tls-key-file={}",
+            certs.cert.display(),
+            certs.cert.display()
+        ),
+        None,
+    );
     assert!(
         text.contains("no private key") && text.contains(&certs.cert.display().to_string()),
         "{text}"
     );
     // Another certificate's key.
-    let text = start_error(&format!(
-        "tls-certificate-file={} tls-key-file={}",
-        certs.cert.display(),
-        other.key.display()
-    ));
+    let text = start_error(
+        &format!(
+            "tls-certificate-file={} tls-key-file={}",
+            certs.cert.display(),
+            other.key.display()
+        ),
+        None,
+    );
     assert!(text.contains(&other.key.display().to_string()), "{text}");
-    let text = start_error(&format!("tls-key-file={}", certs.key.display()));
+    let text = start_error(&format!("tls-key-file={}", certs.key.display()), None);
     assert!(text.contains("without tls-certificate-file"), "{text}");
+
+    // A GTlsCertificate without its private key.
+    let pem = std::fs::read_to_string(&certs.cert).unwrap();
+    let keyless = gio::TlsCertificate::from_pem(&pem).unwrap();
+    let text = start_error("", Some(&keyless));
+    assert!(
+        text.contains("no private key") && text.contains("private-key-pem"),
+        "{text}"
+    );
+    // Both ways at once.
+    let whole = gio::TlsCertificate::from_files(&certs.cert, &certs.key).unwrap();
+    let text = start_error(&certs.props(), Some(&whole));
+    assert!(text.contains("not both"), "{text}");
 }

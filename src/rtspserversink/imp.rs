@@ -76,12 +76,22 @@ struct Settings {
 
 /// What `tls-certificate` was set to, as PEM (the object is not `Send` in gio-rs; reading it
 /// gives an equal GTlsCertificate made from this PEM).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct CertificatePem {
     /// The certificate and its issuers, leaf first.
     chain: String,
     /// None when the key cannot be exported (a PKCS #11 key).
     key: Option<String>,
+}
+
+/// Without the private key.
+impl std::fmt::Debug for CertificatePem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificatePem")
+            .field("chain", &self.chain)
+            .field("key", &self.key.as_ref().map(|_| "(not shown)"))
+            .finish()
+    }
 }
 
 impl CertificatePem {
@@ -107,8 +117,10 @@ impl CertificatePem {
                 text: self.chain.as_bytes(),
             },
             Pem {
-                origin: "tls-certificate's private-key-pem (NULL for a key that cannot be \
-                         exported)",
+                origin: match self.key {
+                    Some(_) => "tls-certificate's private-key-pem",
+                    None => "tls-certificate's private-key-pem (NULL: a key GIO cannot export)",
+                },
                 text: self.key.as_deref().unwrap_or_default().as_bytes(),
             },
         )
