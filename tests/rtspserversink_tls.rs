@@ -171,12 +171,10 @@ fn header<'a>(response: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
-/// A client that writes `rtsp://` URLs on its TLS connection (as stock rtspsrc does) is answered
-/// with `rtsps://` in Content-Base and RTP-Info, and its interleaved media arrives inside TLS.
-#[test]
-fn content_base_and_rtp_info_say_rtsps() {
-    let certs = Certs::new("urls");
-    let server = ServerPipeline::start(&certs.props(), &av_source(false));
+type TlsClient = BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// A TLS client on `tcp` that accepts the tests' self-signed certificates.
+fn tls_client(tcp: TcpStream) -> TlsClient {
     let relaxed = TlsValidation {
         unknown_ca: false,
         ..TlsValidation::ALL
@@ -184,31 +182,41 @@ fn content_base_and_rtp_info_say_rtsps() {
     let config = client_config(relaxed, Arc::new(rustls::RootCertStore::empty())).unwrap();
     let name = "127.0.0.1".try_into().unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-    let plain = format!("rtsp://127.0.0.1:{}/", server.port);
+    BufReader::new(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// DESCRIBE, SETUP of stream 0 over TCP and PLAY with `rtsp://` URLs (as stock rtspsrc writes
+/// them on its TLS connections); the three answers, each checked for 200.
+fn play_writing_rtsp_urls(tls: &mut TlsClient, port: u16) -> [String; 3] {
+    let plain = format!("rtsp://127.0.0.1:{port}/");
     let mut request = |text: String| {
         tls.get_mut().write_all(text.as_bytes()).unwrap();
-        read_response(&mut tls)
+        let answer = read_response(tls);
+        assert!(answer.starts_with("RTSP/1.0 200"), "{text}: {answer}");
+        answer
     };
-
     let describe = request(format!("DESCRIBE {plain} RTSP/1.0\r\nCSeq: 1\r\n\r\n"));
-    assert!(describe.starts_with("RTSP/1.0 200"), "{describe}");
-    assert_eq!(header(&describe, "Content-Base"), rtsps_url(&server));
     let setup = request(format!(
-        "SETUP {plain}stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+        "SETUP {plain}stream=0 RTSP/1.0\r\nCSeq: 2\r\n\
+         Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
     ));
-    assert!(setup.starts_with("RTSP/1.0 200"), "{setup}");
-    let session = header(&setup, "Session")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = header(&setup, "Session").split(';').next().unwrap();
     let play = request(format!(
         "PLAY {plain} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"
     ));
-    assert!(play.starts_with("RTSP/1.0 200"), "{play}");
+    [describe, setup, play]
+}
+
+/// A client that writes `rtsp://` URLs on its TLS connection is answered with `rtsps://` in
+/// Content-Base and RTP-Info, and its interleaved media arrives inside TLS.
+#[test]
+fn content_base_and_rtp_info_say_rtsps() {
+    let certs = Certs::new("urls");
+    let server = ServerPipeline::start(&certs.props(), &av_source(false));
+    let mut tls = tls_client(TcpStream::connect(("127.0.0.1", server.port)).unwrap());
+    let [describe, _, play] = play_writing_rtsp_urls(&mut tls, server.port);
+    assert_eq!(header(&describe, "Content-Base"), rtsps_url(&server));
     let rtp_info = header(&play, "RTP-Info");
     assert!(
         rtp_info.starts_with(&format!("url={}stream=0;", rtsps_url(&server))),
@@ -221,6 +229,49 @@ fn content_base_and_rtp_info_say_rtsps() {
     let mut rtp = vec![0; usize::from(u16::from_be_bytes([frame[2], frame[3]]))];
     tls.read_exact(&mut rtp).unwrap();
     assert_eq!(rtp[0] >> 6, 2, "RTP version 2");
+}
+
+/// A TLS client that stops reading is dropped frames, then disconnected after
+/// `client-stall-timeout`, while another TLS client plays on: the writer's stall detection works
+/// through rustls's buffer.
+#[test]
+fn a_stalled_tls_client_is_disconnected_and_does_not_stop_the_others() {
+    let certs = Certs::new("stall");
+    // Large frames (noise) so that the stalled client's buffers fill quickly.
+    let server = ServerPipeline::start(
+        &format!(
+            "{} client-queue-size=262144 client-stall-timeout=2000",
+            certs.props()
+        ),
+        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
+    );
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut stalled = tls_client(sock.into());
+    play_writing_rtsp_urls(&mut stalled, server.port);
+
+    let frames = rtspsrc_decode(&rtsps_url(&server), "tcp", 90, "tls-validation-flags=0");
+    assert_eq!(frames, 90);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = server.stats();
+        let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
+        let dropped = stats.get::<u64>("frames-dropped").unwrap();
+        if slow >= 1 && dropped >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stalled client not handled: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stalled);
 }
 
 /// Plays `url` with stock rtspsrc until killed.
