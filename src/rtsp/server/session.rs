@@ -232,6 +232,9 @@ impl Shared {
                 } else {
                     Vec::new()
                 };
+                for c in &challenges {
+                    strace!(&*self.name, "{peer}: WWW-Authenticate: {c}");
+                }
                 let after = if d.close {
                     After::Close
                 } else {
