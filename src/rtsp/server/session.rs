@@ -196,6 +196,14 @@ impl Shared {
         let server = self.config.server_name.as_str();
         let peer = ctx.out.peer;
         let method: &str = req.method().into();
+        // Access control before anything else is looked at.
+        let ctx = &match self.admit(ctx, &req, method) {
+            Ok(user) => ConnCtx {
+                user,
+                ..ctx.clone()
+            },
+            Err(denial) => return self.deny(peer, method, cseq, denial),
+        };
         if cseq.is_none() {
             sdebug!(&*self.name, "{peer}: {method} refused: no CSeq header");
             return Answer::new(
@@ -214,39 +222,6 @@ impl Shared {
                 After::Nothing,
             );
         }
-        let ctx = &match self.admit(ctx, &req, method) {
-            Ok(user) => ConnCtx {
-                user,
-                ..ctx.clone()
-            },
-            Err(d) => {
-                let code = u16::from(d.status);
-                sdebug!(
-                    &*self.name,
-                    "{peer}: {method} refused: {code} {}: {}",
-                    d.status,
-                    d.why
-                );
-                let challenges = if d.status == StatusCode::Unauthorized {
-                    self.access.challenges(d.stale)
-                } else {
-                    Vec::new()
-                };
-                for c in &challenges {
-                    strace!(&*self.name, "{peer}: WWW-Authenticate: {c}");
-                }
-                let after = if d.close {
-                    After::Close
-                } else {
-                    After::Nothing
-                };
-                return Answer {
-                    resp: error_response(d.status, cseq, server),
-                    challenges,
-                    after,
-                };
-            }
-        };
         if let Some(require) = req.header(&headers::REQUIRE) {
             // We implement no option tags (RFC 2326 12.32).
             sdebug!(
@@ -306,6 +281,34 @@ impl Shared {
                 }
                 Answer::new(b.build(Vec::new()), After::Nothing)
             }
+        }
+    }
+
+    /// The answer to a request refused by access control: 401 with the challenges, or 403.
+    fn deny(&self, peer: SocketAddr, method: &str, cseq: Option<&str>, d: Denial) -> Answer {
+        let code = u16::from(d.status);
+        sdebug!(
+            &*self.name,
+            "{peer}: {method} refused: {code} {}: {}",
+            d.status,
+            d.why
+        );
+        let challenges = if d.status == StatusCode::Unauthorized {
+            self.access.challenges(d.stale)
+        } else {
+            Vec::new()
+        };
+        for c in &challenges {
+            strace!(&*self.name, "{peer}: WWW-Authenticate: {c}");
+        }
+        Answer {
+            resp: error_response(d.status, cseq, &self.config.server_name),
+            challenges,
+            after: if d.close {
+                After::Close
+            } else {
+                After::Nothing
+            },
         }
     }
 
@@ -371,8 +374,8 @@ impl Shared {
         };
         if !self.access.authorize(&request) {
             return Err(Denial::forbidden(match &user {
-                Some(u) => format!("the authorize handler denied user '{u}' {path}"),
-                None => format!("the authorize handler denied {path}"),
+                Some(u) => format!("the authorize handler denied user '{u}'"),
+                None => "the authorize handler denied it".into(),
             }));
         }
         Ok(user)
