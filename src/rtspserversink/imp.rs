@@ -61,7 +61,8 @@ pub enum AuthMethodFlags {
     DIGEST = 0b10,
 }
 
-#[derive(Debug, Clone)]
+/// No `Debug`: `users` holds passwords.
+#[derive(Clone)]
 struct Settings {
     address: String,
     port: u32,

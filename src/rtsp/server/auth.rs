@@ -421,11 +421,10 @@ impl DigestAnswer {
     fn parse(value: &str) -> Result<Self, Denied> {
         let malformed = |why: &str| Denied::Malformed(why.to_owned());
         let mut answers = parse_auth_params([value]);
-        let (scheme, params) = answers
+        let (_, params) = answers
             .pop()
             .filter(|(s, _)| answers.is_empty() && s.eq_ignore_ascii_case("Digest"))
             .ok_or_else(|| malformed("not one Digest answer"))?;
-        debug_assert!(scheme.eq_ignore_ascii_case("Digest"));
         let get = |name: &str| {
             params
                 .iter()
