@@ -470,3 +470,149 @@ fn an_expired_session_is_logged_with_why() {
         capture.dump()
     );
 }
+
+#[test]
+fn access_decisions_are_logged_with_why_and_never_a_secret() {
+    use gstlivestreaming::rtsp::auth::{
+        Authenticator, Challenge, Credentials, choose, parse_challenges,
+    };
+
+    let capture = Capture::start();
+    let server = ServerPipeline::start(
+        r#"users=<"alice:S3cr3t"> allowed-addresses=127.0.0.1"#,
+        &av_source(false),
+    );
+    let url = server.url("/");
+    let port = server.port;
+    let creds = Credentials {
+        user: "alice".into(),
+        password: "S3cr3t".into(),
+    };
+
+    // ffmpeg with a wrong, then the right password.
+    let (out, _) = run(
+        std::process::Command::new("ffprobe").args([
+            "-v",
+            "error",
+            &format!("rtsp://alice:Guessed1@127.0.0.1:{port}/"),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        ffprobe(
+            &format!("rtsp://alice:S3cr3t@127.0.0.1:{port}/"),
+            "tcp",
+            "stream=codec_name"
+        )
+        .trim(),
+        "h264"
+    );
+
+    // A hand-made Digest answer, sent twice, then from another connection.
+    let mut raw = RawClient::connect(port);
+    let raw_peer = raw.stream.local_addr().unwrap().to_string();
+    let r = raw.request("DESCRIBE", &url, &[], "");
+    let offered: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "WWW-Authenticate")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let challenges = parse_challenges(offered);
+    let mut auth = Authenticator::new(creds.clone(), choose(&challenges).unwrap().clone());
+    let authorization = auth.authorization("DESCRIBE", &url);
+    let response = authorization.split("response=\"").nth(1).unwrap()[..64].to_owned();
+    let with = [("Authorization", authorization.as_str())];
+    assert_eq!(raw.request("DESCRIBE", &url, &with, "").status, 200);
+    assert_eq!(raw.request("DESCRIBE", &url, &with, "").status, 401);
+    let mut other = RawClient::connect(port);
+    let next = auth.authorization("DESCRIBE", &url);
+    let r = other.request("DESCRIBE", &url, &[("Authorization", &next)], "");
+    assert_eq!(r.status, 401);
+    // The right password with a nonce the server never issued.
+    let forged = Challenge::Digest {
+        realm: "GStreamer RTSP Server".into(),
+        nonce: "0123456789abcdef".into(),
+        opaque: None,
+        algorithm: None,
+        qop_auth: false,
+        stale: false,
+        userhash: false,
+    };
+    let stale = Authenticator::new(creds, forged).authorization("DESCRIBE", &url);
+    let r = other.request("DESCRIBE", &url, &[("Authorization", &stale)], "");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("WWW-Authenticate")
+            .unwrap()
+            .ends_with("stale=true")
+    );
+
+    // A client from an address that is not allowed.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 3], 0)).into())
+        .unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut denied = RawClient::from_stream(socket.into());
+    assert_eq!(denied.request("OPTIONS", "*", &[], "").status, 403);
+    assert!(
+        capture
+            .wait_for(
+                &["127.0.0.3", "closed: its address is not allowed"],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "{}",
+        capture.dump()
+    );
+
+    let records = capture.records();
+    let debug = gst::DebugLevel::Debug;
+    for parts in [
+        &["DESCRIBE refused: 401 Unauthorized: user 'alice': wrong password"][..],
+        &["DESCRIBE authenticated: user 'alice' (Digest MD5)"],
+        &[
+            &raw_peer,
+            "DESCRIBE authenticated: user 'alice' (Digest SHA-256)",
+        ],
+        &[
+            &raw_peer,
+            "DESCRIBE refused: 401 Unauthorized: user 'alice': nonce count 00000001 replayed",
+        ],
+        &[
+            "DESCRIBE refused: 401 Unauthorized: user 'alice': the nonce belongs to another connection",
+        ],
+        &["DESCRIBE refused: 401 Unauthorized: user 'alice': stale nonce"],
+        &[
+            "127.0.0.3",
+            "OPTIONS refused: 403 Forbidden: address 127.0.0.3 is not in allowed-addresses",
+        ],
+    ] {
+        assert!(
+            find(&records, debug, parts).is_some(),
+            "no debug record with {parts:?}:\n{}",
+            capture.dump()
+        );
+    }
+    let leaks: Vec<&Record> = records
+        .iter()
+        .filter(|r| {
+            r.text.contains("S3cr3t") || r.text.contains("Guessed1") || r.text.contains(&response)
+        })
+        .collect();
+    assert!(leaks.is_empty(), "secrets logged: {leaks:?}");
+    assert!(
+        find(
+            &records,
+            gst::DebugLevel::Log,
+            &["Authorization: <redacted>"]
+        )
+        .is_some(),
+        "{}",
+        capture.dump()
+    );
+}

@@ -1,6 +1,7 @@
 //! Client-side RTSP authentication: Basic (RFC 7617) and Digest (RFC 7616, with the RFC 2617
 //! and RFC 2069 forms many cameras and gst-rtsp-server still use), as RTSP borrows them from
-//! HTTP (RFC 2326 12.5, RFC 7826 19).
+//! HTTP (RFC 2326 12.5, RFC 7826 19). The hashing and the header tokenizer are shared with the
+//! server side ([`crate::rtsp::server::auth`]).
 //!
 //! Specifications: RFC 7617 §2 (Basic); RFC 7616 §3.3-§3.4 (Digest with MD5, SHA-256, -sess,
 //! qop=auth); RFC 2617 §3.2 and RFC 2069 §2.1 (the older Digest forms); RFC 2326 §12.5, §12.44; RFC
@@ -39,7 +40,7 @@ pub enum DigestAlgorithm {
 }
 
 impl DigestAlgorithm {
-    fn parse(v: &str) -> Option<Self> {
+    pub(crate) fn parse(v: &str) -> Option<Self> {
         match v.to_ascii_uppercase().as_str() {
             "MD5" => Some(Self::Md5),
             "MD5-SESS" => Some(Self::Md5Sess),
@@ -49,7 +50,7 @@ impl DigestAlgorithm {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Md5 => "MD5",
             Self::Md5Sess => "MD5-sess",
@@ -62,7 +63,8 @@ impl DigestAlgorithm {
         matches!(self, Self::Md5Sess | Self::Sha256Sess)
     }
 
-    fn hash(self, data: &str) -> String {
+    /// The hex digest of `data` (RFC 7616 3.4: `H(data)`).
+    pub(crate) fn hash(self, data: &str) -> String {
         match self {
             Self::Md5 | Self::Md5Sess => hex(&Md5::digest(data.as_bytes())),
             Self::Sha256 | Self::Sha256Sess => hex(&Sha256::digest(data.as_bytes())),
@@ -78,6 +80,28 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// `HA1` of RFC 7616 3.4.2 (not the -sess form): `H(user:realm:password)`.
+pub(crate) fn ha1(alg: DigestAlgorithm, user: &str, realm: &str, password: &str) -> String {
+    alg.hash(&format!("{user}:{realm}:{password}"))
+}
+
+/// The `response` of RFC 7616 3.4.1 from `HA1`: `H(HA1:nonce:nc:cnonce:auth:HA2)` with
+/// qop=auth (`qop` gives nc and cnonce), the RFC 2069 `H(HA1:nonce:HA2)` without.
+pub(crate) fn digest_response(
+    alg: DigestAlgorithm,
+    ha1: &str,
+    nonce: &str,
+    qop: Option<(&str, &str)>,
+    method: &str,
+    uri: &str,
+) -> String {
+    let ha2 = alg.hash(&format!("{method}:{uri}"));
+    match qop {
+        Some((nc, cnonce)) => alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")),
+        None => alg.hash(&format!("{ha1}:{nonce}:{ha2}")),
+    }
 }
 
 /// One challenge from a `WWW-Authenticate` header.
@@ -197,31 +221,28 @@ impl Tokens<'_> {
     }
 }
 
-/// Parses every challenge in the `WWW-Authenticate` values of a 401, in the server's order.
-/// Unknown schemes and malformed challenges are skipped.
-pub fn parse_challenges<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+/// Each `scheme param=value, param="quoted", ...` in `WWW-Authenticate` or `Authorization`
+/// values, in order: the scheme and its parameters (a token68, such as Basic credentials, reads
+/// as a scheme without parameters).
+pub(crate) fn parse_auth_params<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, Vec<(String, String)>)> {
     let mut out = Vec::new();
     for value in values {
         let mut tokens = Tokens { s: value };
         let mut scheme: Option<String> = None;
         let mut params: Vec<(String, String)> = Vec::new();
-        let mut flush = |scheme: &mut Option<String>, params: &mut Vec<(String, String)>| {
-            if let Some(s) = scheme.take()
-                && let Some(c) = build(&s, params)
-            {
-                out.push(c);
-            }
-            params.clear();
-        };
         let mut pending_param: Option<String> = None;
         while let Some(tok) = tokens.next() {
             match tok {
                 Token::Word(w) => {
                     if let Some(p) = pending_param.take() {
                         params.push((p, w));
+                    } else if let Some(s) = scheme.replace(w) {
+                        out.push((s, std::mem::take(&mut params)));
                     } else {
-                        flush(&mut scheme, &mut params);
-                        scheme = Some(w);
+                        // Parameters before any scheme belong to none.
+                        params.clear();
                     }
                 }
                 Token::Param(p) => pending_param = Some(p),
@@ -235,9 +256,20 @@ pub fn parse_challenges<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Ch
                 }
             }
         }
-        flush(&mut scheme, &mut params);
+        if let Some(s) = scheme {
+            out.push((s, params));
+        }
     }
     out
+}
+
+/// Parses every challenge in the `WWW-Authenticate` values of a 401, in the server's order.
+/// Unknown schemes and malformed challenges are skipped.
+pub fn parse_challenges<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+    parse_auth_params(values)
+        .iter()
+        .filter_map(|(scheme, params)| build(scheme, params))
+        .collect()
 }
 
 fn build(scheme: &str, params: &[(String, String)]) -> Option<Challenge> {
@@ -330,16 +362,12 @@ impl Authenticator {
                     use rand::RngExt;
                     format!("{:016x}", rand::rng().random::<u64>())
                 });
-                let mut ha1 = alg.hash(&format!("{user}:{realm}:{password}"));
+                let mut ha1 = ha1(alg, user, realm, password);
                 if alg.is_sess() {
                     ha1 = alg.hash(&format!("{ha1}:{nonce}:{cnonce}"));
                 }
-                let ha2 = alg.hash(&format!("{method}:{uri}"));
-                let response = if *qop_auth {
-                    alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
-                } else {
-                    alg.hash(&format!("{ha1}:{nonce}:{ha2}"))
-                };
+                let qop = qop_auth.then_some((nc.as_str(), cnonce.as_str()));
+                let response = digest_response(alg, &ha1, nonce, qop, method, uri);
                 let username = if *userhash {
                     alg.hash(&format!("{user}:{realm}"))
                 } else {

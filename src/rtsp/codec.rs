@@ -404,6 +404,30 @@ pub fn encode_response(resp: &rtsp_types::Response<Vec<u8>>, out: &mut Vec<u8>) 
     let _ = with_content_length(resp, resp.body()).write(out);
 }
 
+/// As [`encode_response`], with one `name` header line per value (rtsp-types would join them
+/// into one; RFC 7235 4.1 wants one `WWW-Authenticate` per challenge for many clients).
+pub fn encode_response_with(
+    resp: &rtsp_types::Response<Vec<u8>>,
+    name: &rtsp_types::HeaderName,
+    values: &[String],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    encode_response(resp, out);
+    if values.is_empty() {
+        return;
+    }
+    let Some(end) = out[start..].windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let lines: Vec<u8> = values
+        .iter()
+        .flat_map(|v| format!("{name}: {v}\r\n").into_bytes())
+        .collect();
+    let at = start + end + 2;
+    out.splice(at..at, lines);
+}
+
 /// Serialises a request (request line, headers, body) into `out`. Sets Content-Length from the
 /// body when non-empty (and drops a stale one when it is empty).
 pub fn encode_request(req: &rtsp_types::Request<Vec<u8>>, out: &mut Vec<u8>) {
@@ -716,5 +740,30 @@ mod tests {
     #[test]
     fn interleaved_header_layout() {
         assert_eq!(interleaved_header(3, 0x1234), [b'$', 3, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn repeated_headers_get_one_line_each() {
+        let resp = rtsp_types::Response::builder(Version::V1_0, StatusCode::Unauthorized)
+            .header(CSEQ, "3")
+            .build(Vec::new());
+        let mut out = b"before".to_vec();
+        let values = [
+            "Digest realm=\"r\", nonce=\"n\"".to_owned(),
+            "Basic realm=\"r\"".to_owned(),
+        ];
+        encode_response_with(
+            &resp,
+            &rtsp_types::headers::WWW_AUTHENTICATE,
+            &values,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "beforeRTSP/1.0 401 Unauthorized\r\nCSeq: 3\r\n\
+             WWW-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n\
+             WWW-Authenticate: Basic realm=\"r\"\r\n\r\n"
+        );
     }
 }

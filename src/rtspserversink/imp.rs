@@ -20,6 +20,9 @@ use gst::subclass::prelude::*;
 
 use crate::net::server_tls::{self, Pem};
 use crate::rtsp::sdp::MediaDescription;
+use crate::rtsp::server::auth::{
+    AccessConfig, AccessRequest, AuthMethods, DEFAULT_REALM, Users, parse_networks,
+};
 use crate::rtsp::server::{
     MulticastConfig, Protocols, Server, ServerConfig, ServerEvent, ServerStats,
 };
@@ -49,7 +52,20 @@ const DEFAULT_MCAST_PORT_MIN: u32 = 5000;
 const DEFAULT_MCAST_PORT_MAX: u32 = 5999;
 const DEFAULT_MCAST_TTL: u32 = 1;
 
-#[derive(Debug, Clone)]
+/// The authentication schemes rtspserversink offers (`auth-methods`).
+#[glib::flags(name = "GstLsRtspServerSinkAuthMethods")]
+pub enum AuthMethodFlags {
+    #[flags_value(
+        name = "Basic (RFC 7617): the password itself, readable without TLS",
+        nick = "basic"
+    )]
+    BASIC = 0b01,
+    #[flags_value(name = "Digest (RFC 7616): SHA-256 and MD5", nick = "digest")]
+    DIGEST = 0b10,
+}
+
+/// No `Debug`: `users` holds passwords.
+#[derive(Clone)]
 struct Settings {
     address: String,
     port: u32,
@@ -69,29 +85,24 @@ struct Settings {
     mcast_port_max: u32,
     mcast_ttl: u32,
     mcast_iface: Option<String>,
+    users: Vec<String>,
+    users_file: Option<String>,
+    auth_methods: AuthMethodFlags,
+    realm: String,
+    allowed_addresses: Option<String>,
     tls_certificate_file: Option<String>,
     tls_key_file: Option<String>,
     tls_certificate: Option<CertificatePem>,
 }
 
 /// What `tls-certificate` was set to, as PEM (the object is not `Send` in gio-rs; reading it
-/// gives an equal GTlsCertificate made from this PEM).
+/// gives an equal GTlsCertificate made from this PEM). No `Debug`: it holds the private key.
 #[derive(Clone)]
 struct CertificatePem {
     /// The certificate and its issuers, leaf first.
     chain: String,
     /// None when the key cannot be exported (a PKCS #11 key).
     key: Option<String>,
-}
-
-/// Without the private key.
-impl std::fmt::Debug for CertificatePem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificatePem")
-            .field("chain", &self.chain)
-            .field("key", &self.key.as_ref().map(|_| "(not shown)"))
-            .finish()
-    }
 }
 
 impl CertificatePem {
@@ -150,6 +161,11 @@ impl Default for Settings {
             mcast_port_max: DEFAULT_MCAST_PORT_MAX,
             mcast_ttl: DEFAULT_MCAST_TTL,
             mcast_iface: None,
+            users: Vec::new(),
+            users_file: None,
+            auth_methods: AuthMethodFlags::DIGEST,
+            realm: DEFAULT_REALM.into(),
+            allowed_addresses: None,
             tls_certificate_file: None,
             tls_key_file: None,
             tls_certificate: None,
@@ -183,6 +199,7 @@ impl Settings {
         {
             return Err("the multicast address or port range is empty".into());
         }
+        let access = self.access_config()?;
         let mount_point = if self.mount_point.starts_with('/') {
             self.mount_point.clone()
         } else {
@@ -205,8 +222,47 @@ impl Settings {
             client_queue_bytes: self.client_queue_size as usize,
             client_stall_timeout: Duration::from_millis(u64::from(self.client_stall_timeout)),
             rtcp_interval: Duration::from_millis(u64::from(self.rtcp_interval)),
+            access,
             tls: self.tls()?,
             ..ServerConfig::default()
+        })
+    }
+
+    /// `users`, `users-file`, `auth-methods`, `realm` and `allowed-addresses` (without the
+    /// `authorize` hook, which needs the element).
+    fn access_config(&self) -> Result<AccessConfig, String> {
+        let realm = &self.realm;
+        let mut users = Users::default();
+        users
+            .add_entries(self.users.iter().map(String::as_str), realm)
+            .map_err(|e| format!("users: {e}"))?;
+        if let Some(path) = self.users_file.as_deref().filter(|p| !p.is_empty()) {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("users-file '{path}' cannot be read: {e}"))?;
+            let added = users
+                .add_htdigest(&text, realm)
+                .map_err(|e| format!("users-file '{path}' {e}"))?;
+            if added == 0 {
+                return Err(format!(
+                    "users-file '{path}' has no user of realm '{realm}'"
+                ));
+            }
+        }
+        let methods = AuthMethods {
+            basic: self.auth_methods.contains(AuthMethodFlags::BASIC),
+            digest: self.auth_methods.contains(AuthMethodFlags::DIGEST),
+        };
+        if !users.is_empty() && !methods.basic && !methods.digest {
+            return Err("auth-methods names no method, but users are set".into());
+        }
+        let allowed = parse_networks(self.allowed_addresses.as_deref().unwrap_or(""))
+            .map_err(|e| format!("allowed-addresses: {e}"))?;
+        Ok(AccessConfig {
+            users,
+            methods,
+            realm: realm.clone(),
+            allowed,
+            ..AccessConfig::default()
         })
     }
 
@@ -388,6 +444,13 @@ impl RtspServerSink {
         })?;
         // The core's records (category lsrtsp) carry the element's name.
         config.name = self.obj().name().to_string();
+        let weak = self.obj().downgrade();
+        config.access.authorize = Some(Arc::new(move |r: &AccessRequest<'_>| {
+            weak.upgrade().is_some_and(|obj| {
+                let address = r.peer.ip().to_string();
+                obj.emit_by_name::<bool>("authorize", &[&r.user, &r.method, &r.path, &address])
+            })
+        }));
         let bind = std::net::SocketAddr::new(config.address, config.port);
         let (scheme, mount_point) = (config.scheme(), config.mount_point.clone());
         let weak = self.obj().downgrade();
@@ -706,6 +769,39 @@ impl ObjectImpl for RtspServerSink {
                     .blurb("IPv4 address of the interface to send multicast from (NULL = routing table)")
                     .mutable_ready()
                     .build(),
+                gst::ParamSpecArray::builder("users")
+                    .nick("Users")
+                    .blurb("Who may play: \"user:password\" or \"user:realm:HA1\" strings (HA1 as htdigest writes it); as soon as there is a user, every request but OPTIONS needs credentials. gst-launch-1.0: users='<\"alice:S3cr3t\">'")
+                    .element_spec(
+                        &glib::ParamSpecString::builder("user")
+                            .nick("User")
+                            .blurb("user:password or user:realm:HA1")
+                            .build(),
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("users-file")
+                    .nick("Users file")
+                    .blurb("Path of an htdigest file (user:realm:HA1 lines, as the htdigest tool writes) with more users; lines of other realms are skipped")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFlags::builder::<AuthMethodFlags>("auth-methods")
+                    .nick("Authentication methods")
+                    .blurb("Schemes offered when users are set: digest (SHA-256 and MD5) and, only when named here, basic (sends the password readable without TLS)")
+                    .default_value(AuthMethodFlags::DIGEST)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("realm")
+                    .nick("Realm")
+                    .blurb("Authentication realm (part of every HA1; gst-rtsp-server's by default, so its htdigest files work)")
+                    .default_value(Some(DEFAULT_REALM))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("allowed-addresses")
+                    .nick("Allowed addresses")
+                    .blurb("Comma-separated client addresses and networks (192.168.1.0/24, fd00::/8, 10.0.0.5) allowed to connect; others are answered 403 and disconnected (NULL or empty = all)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("tls-certificate-file")
                     .nick("TLS certificate file")
                     .blurb("PEM file with the server's certificate (and its chain, leaf first): the port then speaks RTSPS only; the key comes from tls-key-file, or from this file when that is unset")
@@ -749,6 +845,30 @@ impl ObjectImpl for RtspServerSink {
                         Some(told.to_value())
                     })
                     .build(),
+                // Decide each request but OPTIONS, after its credentials were checked:
+                // (user or NULL when no users are set, method, path with query such as
+                // "/live/stream=0" or "/live?token=abc", client IP address) -> TRUE to allow.
+                // FALSE answers 403. The first handler returning FALSE ends the emission; with
+                // no handler every request is allowed. Emitted on one of the plugin's runtime
+                // threads, never the application's: return quickly and do not block.
+                glib::subclass::Signal::builder("authorize")
+                    .param_types([
+                        String::static_type(),
+                        String::static_type(),
+                        String::static_type(),
+                        String::static_type(),
+                    ])
+                    .return_type::<bool>()
+                    .run_last()
+                    .class_handler(|_| Some(true.to_value()))
+                    .accumulator(|_, _, allow| {
+                        if allow.get::<bool>().unwrap_or(false) {
+                            std::ops::ControlFlow::Continue(allow.clone())
+                        } else {
+                            std::ops::ControlFlow::Break(allow.clone())
+                        }
+                    })
+                    .build(),
             ]
         });
         SIGNALS.as_ref()
@@ -783,6 +903,17 @@ impl ObjectImpl for RtspServerSink {
             "multicast-port-max" => s.mcast_port_max = value.get().expect("type checked"),
             "multicast-ttl" => s.mcast_ttl = value.get().expect("type checked"),
             "multicast-iface" => s.mcast_iface = value.get().expect("type checked"),
+            "users" => {
+                let users = value.get::<gst::Array>().expect("type checked");
+                s.users = users
+                    .iter()
+                    .filter_map(|v| v.get::<String>().ok())
+                    .collect();
+            }
+            "users-file" => s.users_file = value.get().expect("type checked"),
+            "auth-methods" => s.auth_methods = value.get().expect("type checked"),
+            "realm" => s.realm = string(),
+            "allowed-addresses" => s.allowed_addresses = value.get().expect("type checked"),
             "tls-certificate-file" => s.tls_certificate_file = non_empty(),
             "tls-key-file" => s.tls_key_file = non_empty(),
             "tls-certificate" => {
@@ -821,6 +952,11 @@ impl ObjectImpl for RtspServerSink {
             "multicast-port-max" => s.mcast_port_max.to_value(),
             "multicast-ttl" => s.mcast_ttl.to_value(),
             "multicast-iface" => s.mcast_iface.to_value(),
+            "users" => gst::Array::new(s.users.iter().cloned()).to_value(),
+            "users-file" => s.users_file.to_value(),
+            "auth-methods" => s.auth_methods.to_value(),
+            "realm" => s.realm.to_value(),
+            "allowed-addresses" => s.allowed_addresses.to_value(),
             "tls-certificate-file" => s.tls_certificate_file.to_value(),
             "tls-key-file" => s.tls_key_file.to_value(),
             "tls-certificate" => s

@@ -46,6 +46,7 @@ macro_rules! strace {
     };
 }
 
+pub mod auth;
 mod burst;
 pub mod conn;
 mod logfmt;
@@ -147,6 +148,8 @@ pub struct ServerConfig {
     pub play_keyframe_wait: Duration,
     /// Name of the server in log records (the element's name).
     pub name: String,
+    /// Who may connect and ask.
+    pub access: auth::AccessConfig,
     /// With a certificate, the port speaks RTSPS only: TLS from the first byte, interleaved
     /// media inside it (as gst-rtsp-server with a certificate; UDP media stays possible).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -180,6 +183,7 @@ impl Default for ServerConfig {
             session_name: "Live stream".into(),
             play_keyframe_wait: Duration::from_secs(4),
             name: "rtsp-server".into(),
+            access: auth::AccessConfig::default(),
             tls: None,
         }
     }
@@ -247,6 +251,7 @@ struct Counters {
 /// State shared by the server's tasks and its handle.
 pub struct Shared {
     config: ServerConfig,
+    access: auth::Access,
     /// `config.name`, shared with the connections for their log records.
     name: Arc<str>,
     epoch: Instant,
@@ -328,8 +333,14 @@ impl Server {
         let runtime = crate::runtime::handle();
         let (media_version, _) = watch::channel(0);
         let name: Arc<str> = config.name.as_str().into();
+        let mut access = config.access.clone();
+        // A nonce stays valid while in use, and keep-alives come about once a session timeout.
+        access.nonce_lifetime = access
+            .nonce_lifetime
+            .max(config.session_timeout.saturating_mul(2));
         let shared = Arc::new(Shared {
             name,
+            access: auth::Access::new(access),
             config,
             epoch: Instant::now(),
             streams: RwLock::new(BTreeMap::new()),
@@ -729,6 +740,8 @@ enum ReadEnd {
     Closed,
     /// A request that leaves the byte stream unusable was answered.
     Fatal,
+    /// The peer's address is not allowed; its request was answered 403.
+    Refused,
 }
 
 /// How long a client has to complete the TLS handshake of an RTSPS connection.
@@ -819,6 +832,7 @@ async fn serve_stream<R, W>(
     let ctx = ConnCtx {
         out: out.clone(),
         local,
+        user: None,
     };
     let mut decoder = Decoder::new(shared.config.limits);
     let mut buf = vec![0u8; 16 * 1024];
@@ -840,13 +854,24 @@ async fn serve_stream<R, W>(
                 Ok(None) => break,
                 Ok(Some(Frame::Request(req))) => {
                     let session = shared.log_request(peer, &req);
-                    let (resp, after) = shared.handle_request(&ctx, req).await;
-                    shared.log_response(peer, &resp, session.as_deref());
+                    let answer = shared.handle_request(&ctx, req).await;
+                    shared.log_response(peer, &answer.resp, session.as_deref());
                     let mut bytes = Vec::with_capacity(256);
-                    codec::encode_response(&resp, &mut bytes);
+                    codec::encode_response_with(
+                        &answer.resp,
+                        &headers::WWW_AUTHENTICATE,
+                        &answer.challenges,
+                        &mut bytes,
+                    );
                     out.send_control(bytes.into());
-                    if let After::Play(session) = after {
-                        shared.start_playing(&session);
+                    match answer.after {
+                        After::Nothing => {}
+                        After::Play(session) => shared.start_playing(&session),
+                        After::Close => {
+                            // Let the writer flush the answer, then hang up.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break 'conn ReadEnd::Refused;
+                        }
                     }
                 }
                 // Answers to our ANNOUNCE/REDIRECT: nothing to do.
@@ -908,6 +933,7 @@ async fn serve_stream<R, W>(
         (ReadEnd::Eof, _) => "the client closed it".into(),
         (ReadEnd::Error(e), _) => format!("read error: {e}").into(),
         (ReadEnd::Fatal, _) => "after an unusable request".into(),
+        (ReadEnd::Refused, _) => "its address is not allowed".into(),
         (ReadEnd::Closed, Some(CloseReason::Stalled)) => format!(
             "the client read nothing for {:?}",
             shared.config.client_stall_timeout

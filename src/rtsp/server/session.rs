@@ -6,10 +6,13 @@
 //!
 //! [`Shared::handle_request`] turns one parsed request into one response plus, for PLAY, the
 //! work to do once the response is on its way (media must not overtake the PLAY response on an
-//! interleaved connection).
+//! interleaved connection). Access control ([`super::auth`]) comes first: the peer's address,
+//! then the credentials (every method but OPTIONS, which gst-rtsp-server answers to anyone too),
+//! then the application's hook. A session belongs to the connection and the user that made it:
+//! to anyone else its id is unknown (454).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 
+use super::auth::{self, AccessRequest};
 use super::conn::ConnOut;
 use super::media::{
     AliveStamp, Dest, MulticastGroup, PushOutcome, StartGate, StartPoint, Stream, Target,
@@ -53,7 +57,11 @@ pub struct SessionStream {
 /// An RTSP session: the streams a client set up and whether they play.
 pub struct Session {
     pub id: String,
-    pub conn_id: u64,
+    /// The connection that made it ([`ConnOut::id`]; for an HTTP tunnel that will be the GET
+    /// connection's, whose output answers the POST connections' requests).
+    pub conn_id: auth::ConnId,
+    /// The user that made it (None when no users are configured).
+    pub user: Option<String>,
     pub peer: SocketAddr,
     pub alive: Arc<AliveStamp>,
     pub timeout: Duration,
@@ -63,6 +71,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether the connection and user of `ctx` made this session.
+    fn belongs_to(&self, ctx: &ConnCtx) -> bool {
+        self.conn_id == ctx.out.id && self.user == ctx.user
+    }
+
     pub fn uses_tcp(&self) -> bool {
         self.streams
             .values()
@@ -71,15 +84,58 @@ impl Session {
 }
 
 /// The connection a request arrived on.
+#[derive(Clone)]
 pub struct ConnCtx {
     pub out: Arc<ConnOut>,
     pub local: SocketAddr,
+    /// The user the request being handled authenticated as.
+    pub user: Option<String>,
 }
 
 /// Work to do after the response has been queued.
 pub enum After {
     Nothing,
     Play(String),
+    /// Close the connection once the answer is out (a peer whose address is not allowed).
+    Close,
+}
+
+/// What a request gets.
+pub struct Answer {
+    pub resp: Resp,
+    /// The `WWW-Authenticate` values of a 401, sent as one header each.
+    pub challenges: Vec<String>,
+    pub after: After,
+}
+
+impl Answer {
+    fn new(resp: Resp, after: After) -> Self {
+        Answer {
+            resp,
+            challenges: Vec::new(),
+            after,
+        }
+    }
+}
+
+/// A request refused by access control.
+struct Denial {
+    status: StatusCode,
+    why: String,
+    /// A 401 whose credentials were right but whose nonce is not usable.
+    stale: bool,
+    close: bool,
+}
+
+impl Denial {
+    fn forbidden(why: String) -> Self {
+        Denial {
+            status: StatusCode::Forbidden,
+            why,
+            stale: false,
+            close: false,
+        }
+    }
 }
 
 /// What a request URL names, relative to the mount point.
@@ -134,15 +190,23 @@ impl Shared {
         self: &Arc<Self>,
         ctx: &ConnCtx,
         req: Request<Vec<u8>>,
-    ) -> (Resp, After) {
+    ) -> Answer {
         let cseq = req.header(&headers::CSEQ).map(|v| v.as_str().to_owned());
         let cseq = cseq.as_deref();
         let server = self.config.server_name.as_str();
         let peer = ctx.out.peer;
         let method: &str = req.method().into();
+        // Access control before anything else is looked at.
+        let ctx = &match self.admit(ctx, &req, method) {
+            Ok(user) => ConnCtx {
+                user,
+                ..ctx.clone()
+            },
+            Err(denial) => return self.deny(peer, method, cseq, denial),
+        };
         if cseq.is_none() {
             sdebug!(&*self.name, "{peer}: {method} refused: no CSeq header");
-            return (
+            return Answer::new(
                 error_response(StatusCode::BadRequest, None, server),
                 After::Nothing,
             );
@@ -153,7 +217,7 @@ impl Shared {
                 "{peer}: {method} refused: RTSP version {:?} is not supported",
                 req.version()
             );
-            return (
+            return Answer::new(
                 error_response(StatusCode::RTSPVersionNotSupported, cseq, server),
                 After::Nothing,
             );
@@ -169,14 +233,15 @@ impl Shared {
                 .header(headers::SERVER, server)
                 .header(headers::UNSUPPORTED, require.as_str())
                 .build(Vec::new());
-            return (resp, After::Nothing);
+            return Answer::new(resp, After::Nothing);
         }
-        // Any request naming a session keeps it alive.
+        // Any request naming a session of its own keeps it alive.
         let session_id = req
             .header(&headers::SESSION)
             .map(|v| session_id_of(v.as_str()));
         if let Some(id) = &session_id
             && let Some(s) = self.sessions.lock().unwrap().get(id)
+            && s.belongs_to(ctx)
         {
             s.alive.touch();
         }
@@ -188,8 +253,8 @@ impl Shared {
             Method::Play => self.play(ctx, &req, cseq, session_id.as_deref()).await,
             Method::Pause => self.pause(ctx, &req, cseq, session_id.as_deref()),
             Method::Teardown => self.teardown(ctx, &req, cseq, session_id.as_deref()),
-            Method::GetParameter => self.get_parameter(&req, cseq, session_id.as_deref()),
-            Method::SetParameter => self.set_parameter(&req, cseq, session_id.as_deref()),
+            Method::GetParameter => self.get_parameter(ctx, &req, cseq, session_id.as_deref()),
+            Method::SetParameter => self.set_parameter(ctx, &req, cseq, session_id.as_deref()),
             Method::Announce | Method::Record | Method::Redirect | Method::PlayNotify => {
                 Err(refuse(
                     StatusCode::MethodNotAllowed,
@@ -199,7 +264,7 @@ impl Shared {
             Method::Extension(_) => Err(refuse(StatusCode::NotImplemented, "unknown method")),
         };
         match result {
-            Ok(r) => r,
+            Ok((resp, after)) => Answer::new(resp, after),
             Err(Refusal { status, why }) => {
                 let code = u16::from(status);
                 if why.is_empty() {
@@ -214,9 +279,106 @@ impl Shared {
                 if status == StatusCode::MethodNotAllowed {
                     b = b.header(headers::ALLOW, PUBLIC_METHODS);
                 }
-                (b.build(Vec::new()), After::Nothing)
+                Answer::new(b.build(Vec::new()), After::Nothing)
             }
         }
+    }
+
+    /// The answer to a request refused by access control: 401 with the challenges, or 403.
+    fn deny(&self, peer: SocketAddr, method: &str, cseq: Option<&str>, d: Denial) -> Answer {
+        let code = u16::from(d.status);
+        sdebug!(
+            &*self.name,
+            "{peer}: {method} refused: {code} {}: {}",
+            d.status,
+            d.why
+        );
+        let challenges = if d.status == StatusCode::Unauthorized {
+            self.access.challenges(d.stale)
+        } else {
+            Vec::new()
+        };
+        for c in &challenges {
+            strace!(&*self.name, "{peer}: WWW-Authenticate: {c}");
+        }
+        Answer {
+            resp: error_response(d.status, cseq, &self.config.server_name),
+            challenges,
+            after: if d.close {
+                After::Close
+            } else {
+                After::Nothing
+            },
+        }
+    }
+
+    /// Access control for one request: the user it authenticated as, or why it is refused.
+    fn admit(
+        &self,
+        ctx: &ConnCtx,
+        req: &Request<Vec<u8>>,
+        method: &str,
+    ) -> Result<Option<String>, Denial> {
+        let peer = ctx.out.peer;
+        if !self.access.address_allowed(peer.ip()) {
+            return Err(Denial {
+                close: true,
+                ..Denial::forbidden(format!(
+                    "address {} is not in allowed-addresses; closing the connection",
+                    peer.ip()
+                ))
+            });
+        }
+        let options = *req.method() == Method::Options;
+        let authorization = req.header(&headers::AUTHORIZATION).map(|v| v.as_str());
+        let mut user = None;
+        if self.access.requires_credentials() && (!options || authorization.is_some()) {
+            let checked =
+                self.access
+                    .authenticate(ctx.out.id, method, req.request_uri(), authorization);
+            match checked {
+                Ok(a) => {
+                    sdebug!(
+                        &*self.name,
+                        "{peer}: {method} authenticated: user '{}' ({})",
+                        a.user,
+                        a.scheme
+                    );
+                    user = Some(a.user);
+                }
+                Err(denied) if options => sdebug!(
+                    &*self.name,
+                    "{peer}: OPTIONS answered without a user: {denied}"
+                ),
+                Err(denied) => {
+                    return Err(Denial {
+                        status: StatusCode::Unauthorized,
+                        why: denied.to_string(),
+                        stale: denied.stale(),
+                        close: false,
+                    });
+                }
+            }
+        }
+        if options {
+            return Ok(user);
+        }
+        let path = req
+            .request_uri()
+            .map_or_else(|| "*".to_owned(), auth::path_and_query);
+        let request = AccessRequest {
+            user: user.as_deref(),
+            method,
+            path: &path,
+            peer,
+        };
+        if !self.access.authorize(&request) {
+            return Err(Denial::forbidden(match &user {
+                Some(u) => format!("the authorize handler denied user '{u}'"),
+                None => "the authorize handler denied it".into(),
+            }));
+        }
+        Ok(user)
     }
 
     fn ok(&self, cseq: Option<&str>) -> rtsp_types::ResponseBuilder {
@@ -419,7 +581,11 @@ impl Shared {
 
         let mut sessions = self.sessions.lock().unwrap();
         let existing = match session_id {
-            Some(id) => Some(sessions.get(id).ok_or_else(|| no_session(id))?),
+            Some(id) => {
+                let session = sessions.get(id).ok_or_else(|| no_session(id))?;
+                check_owner(session, ctx)?;
+                Some(session)
+            }
             None => None,
         };
         if let Some(s) = existing {
@@ -468,6 +634,7 @@ impl Shared {
         let session = sessions.entry(id.clone()).or_insert_with(|| Session {
             id: id.clone(),
             conn_id: ctx.out.id,
+            user: ctx.user.clone(),
             peer: ctx.out.peer,
             alive,
             timeout: self.config.session_timeout,
@@ -475,7 +642,6 @@ impl Shared {
             streams: BTreeMap::new(),
             created: Instant::now(),
         });
-        session.conn_id = ctx.out.id;
         session.streams.insert(
             stream_id,
             SessionStream {
@@ -659,7 +825,7 @@ impl Shared {
         };
         let (mut starting, begins, timeout) = {
             let mut sessions = self.sessions.lock().unwrap();
-            let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
+            let session = owned(&mut sessions, id, ctx)?;
             if session.streams.is_empty() {
                 return Err(refuse(
                     StatusCode::MethodNotValidInThisState,
@@ -859,7 +1025,7 @@ impl Shared {
         self.resolve(req)?;
         let id = session_id.ok_or_else(no_session_header)?;
         let mut sessions = self.sessions.lock().unwrap();
-        let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
+        let session = owned(&mut sessions, id, ctx)?;
         if session.playing {
             session.playing = false;
             for st in session.streams.values() {
@@ -887,7 +1053,7 @@ impl Shared {
         let target = self.resolve(req)?;
         let id = session_id.ok_or_else(no_session_header)?;
         let mut sessions = self.sessions.lock().unwrap();
-        let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
+        let session = owned(&mut sessions, id, ctx)?;
         let mut builder = self.ok(cseq);
         match target {
             Target_::Stream(sid) if session.streams.len() > 1 => {
@@ -927,6 +1093,7 @@ impl Shared {
 
     fn get_parameter(
         &self,
+        ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
@@ -934,7 +1101,7 @@ impl Shared {
         if req.request_uri().is_some() {
             self.resolve(req)?;
         }
-        let timeout = self.check_session(session_id)?;
+        let timeout = self.check_session(ctx, session_id)?;
         let body = String::from_utf8_lossy(req.body());
         let mut answer = String::new();
         for name in parameter_names(&body) {
@@ -963,6 +1130,7 @@ impl Shared {
 
     fn set_parameter(
         &self,
+        ctx: &ConnCtx,
         req: &Request<Vec<u8>>,
         cseq: Option<&str>,
         session_id: Option<&str>,
@@ -970,7 +1138,7 @@ impl Shared {
         if req.request_uri().is_some() {
             self.resolve(req)?;
         }
-        let timeout = self.check_session(session_id)?;
+        let timeout = self.check_session(ctx, session_id)?;
         // No parameter is settable: any named one is not understood (RFC 2326 10.9).
         if let Some(name) = parameter_names(&String::from_utf8_lossy(req.body())).next() {
             return Err(refuse(
@@ -982,19 +1150,47 @@ impl Shared {
         Ok((b.build(Vec::new()), After::Nothing))
     }
 
-    /// 454 for a named session that does not exist; its timeout otherwise.
-    fn check_session(&self, session_id: Option<&str>) -> Result<Option<u64>, Refusal> {
+    /// 454 for a named session that does not exist or is not the caller's; its timeout
+    /// otherwise.
+    fn check_session(
+        &self,
+        ctx: &ConnCtx,
+        session_id: Option<&str>,
+    ) -> Result<Option<u64>, Refusal> {
         match session_id {
             None => Ok(None),
-            Some(id) => self
-                .sessions
-                .lock()
-                .unwrap()
-                .get(id)
-                .map(|s| Some(s.timeout.as_secs()))
-                .ok_or_else(|| no_session(id)),
+            Some(id) => owned(&mut self.sessions.lock().unwrap(), id, ctx)
+                .map(|s| Some(s.timeout.as_secs())),
         }
     }
+}
+
+/// The session `id` if the caller made it. Someone else's session is answered as a missing one
+/// (454), so that its id can be neither used nor probed.
+fn owned<'s>(
+    sessions: &'s mut HashMap<String, Session>,
+    id: &str,
+    ctx: &ConnCtx,
+) -> Result<&'s mut Session, Refusal> {
+    let session = sessions.get_mut(id).ok_or_else(|| no_session(id))?;
+    check_owner(session, ctx)?;
+    Ok(session)
+}
+
+fn check_owner(session: &Session, ctx: &ConnCtx) -> Result<(), Refusal> {
+    if session.belongs_to(ctx) {
+        return Ok(());
+    }
+    Err(refuse(
+        StatusCode::SessionNotFound,
+        format!(
+            "session {} belongs to connection {} of {} (user {})",
+            session.id,
+            session.conn_id,
+            session.peer,
+            session.user.as_deref().unwrap_or("none")
+        ),
+    ))
 }
 
 fn no_session(id: &str) -> Refusal {
