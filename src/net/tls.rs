@@ -1,6 +1,7 @@
-//! The trust anchors of the crate's TLS clients: the system's CA certificates, read once per
-//! process with rustls-native-certs (the store GStreamer's GIO-based TLS elements trust too),
-//! and extra CAs from a PEM file.
+//! The crate's TLS clients (rsrtmpsink, rtspsrc2): their trust anchors (the system's CA
+//! certificates, read once per process with rustls-native-certs, the store GStreamer's GIO-based
+//! TLS elements trust too, and extra CAs from a PEM file) and their certificate verifier, which
+//! fails on the problems `tls-validation-flags` names.
 //!
 //! Specifications: RFC 5280 §6 (certification path validation, done by rustls/webpki against
 //! these anchors); RFC 7468 (PEM).
@@ -93,6 +94,193 @@ fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> CaFileError {
     match e {
         rustls::pki_types::pem::Error::Io(source) => CaFileError::Read { path, source },
         source => CaFileError::Pem { path, source },
+    }
+}
+
+/// Which certificate problems are errors (GTlsCertificateFlags' vocabulary, as the elements'
+/// `tls-validation-flags` name them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsValidation {
+    pub unknown_ca: bool,
+    pub bad_identity: bool,
+    pub not_activated: bool,
+    pub expired: bool,
+    pub revoked: bool,
+    pub insecure: bool,
+    pub generic_error: bool,
+}
+
+impl TlsValidation {
+    pub const ALL: TlsValidation = TlsValidation {
+        unknown_ca: true,
+        bad_identity: true,
+        not_activated: true,
+        expired: true,
+        revoked: true,
+        insecure: true,
+        generic_error: true,
+    };
+}
+
+/// Why a TLS client configuration cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A client configuration trusting `roots`: problems `validation` does not ask about are
+/// forgiven, the rest are errors.
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    validation: TlsValidation,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    verifier::client_config(roots, validation)
+}
+
+/// A handshake failure as a user reads it: rustls's reason, with the unknown issuer (the
+/// usual failure: a self-signed certificate or a private CA) spelled out.
+pub fn describe(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            "invalid peer certificate: certificate signed by an unknown issuer".into()
+        }
+        e => e.to_string(),
+    }
+}
+
+/// The rustls error inside an I/O error of a rustls stream, if that is what it is.
+pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref()
+}
+
+mod verifier {
+    use std::sync::Arc;
+
+    use rustls::RootCertStore;
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+    use super::{ConfigError, TlsValidation};
+
+    pub(super) fn client_config(
+        roots: Arc<RootCertStore>,
+        v: TlsValidation,
+    ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner = if roots.is_empty() {
+            None
+        } else {
+            Some(WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?)
+        };
+        let verifier = Arc::new(Verifier {
+            inner,
+            provider: provider.clone(),
+            flags: v,
+        });
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    #[derive(Debug)]
+    struct Verifier {
+        inner: Option<Arc<WebPkiServerVerifier>>,
+        provider: Arc<CryptoProvider>,
+        flags: TlsValidation,
+    }
+
+    impl ServerCertVerifier for Verifier {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let result = match &self.inner {
+                Some(inner) => inner.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ),
+                None => Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(rustls::Error::InvalidCertificate(e)) => e,
+                Err(e) => return Err(e),
+            };
+            let f = self.flags;
+            let forgiven = match &err {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => !f.unknown_ca,
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => !f.bad_identity,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => !f.expired,
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    !f.not_activated
+                }
+                CertificateError::Revoked => !f.revoked,
+                _ => !f.generic_error,
+            };
+            if !forgiven {
+                return Err(rustls::Error::InvalidCertificate(err));
+            }
+            // An unknown CA stops the verification before the name is looked at: check the
+            // name here when it matters.
+            if matches!(err, CertificateError::UnknownIssuer) && f.bad_identity {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&cert, server_name)?;
+            }
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
     }
 }
 

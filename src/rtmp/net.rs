@@ -22,29 +22,7 @@ use super::queue::{Pushed, Resume, TagQueue};
 use super::url::{Location, Scheme};
 use crate::net::backoff::Backoff;
 
-/// Which certificate problems are errors (GTlsCertificateFlags' vocabulary).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TlsValidation {
-    pub unknown_ca: bool,
-    pub bad_identity: bool,
-    pub not_activated: bool,
-    pub expired: bool,
-    pub revoked: bool,
-    pub insecure: bool,
-    pub generic_error: bool,
-}
-
-impl TlsValidation {
-    pub const ALL: TlsValidation = TlsValidation {
-        unknown_ca: true,
-        bad_identity: true,
-        not_activated: true,
-        expired: true,
-        revoked: true,
-        insecure: true,
-        generic_error: true,
-    };
-}
+pub use crate::net::tls::TlsValidation;
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -473,7 +451,8 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
     if loc.scheme == Scheme::Rtmp {
         return Ok(Box::new(tcp));
     }
-    let config = tls::client_config(cfg.tls)?;
+    let config = crate::net::tls::client_config(crate::net::tls::system_roots(), cfg.tls)
+        .map_err(|e| Error::Tls(e.to_string()))?;
     let name = rustls::pki_types::ServerName::try_from(loc.host.clone())
         .map_err(|e| Error::Tls(format!("'{}' is no valid server name: {e}", loc.host)))?;
     let tls = tokio::time::timeout_at(
@@ -887,141 +866,6 @@ fn sync_stats(p: &Publisher, shared: &Shared) {
     st.out_window_ack_size = c.out_window_ack_size;
     st.in_chunk_size = p.in_chunk_size();
     st.out_chunk_size = p.out_chunk_size();
-}
-
-mod tls {
-    use std::sync::Arc;
-
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::CryptoProvider;
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-
-    use super::{Error, TlsValidation};
-
-    fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
-    }
-
-    /// The system's CAs; problems the flags do not ask about are forgiven, the rest are errors.
-    pub(super) fn client_config(v: TlsValidation) -> Result<Arc<rustls::ClientConfig>, Error> {
-        let provider = provider();
-        let roots = crate::net::tls::system_roots();
-        let inner = if roots.is_empty() {
-            None
-        } else {
-            Some(
-                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                    .build()
-                    .map_err(|e| Error::Tls(format!("certificate verifier: {e}")))?,
-            )
-        };
-        let verifier = Arc::new(Verifier {
-            inner,
-            provider: provider.clone(),
-            flags: v,
-        });
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
-    }
-
-    #[derive(Debug)]
-    struct Verifier {
-        inner: Option<Arc<WebPkiServerVerifier>>,
-        provider: Arc<CryptoProvider>,
-        flags: TlsValidation,
-    }
-
-    impl ServerCertVerifier for Verifier {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp_response: &[u8],
-            now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            let result = match &self.inner {
-                Some(inner) => inner.verify_server_cert(
-                    end_entity,
-                    intermediates,
-                    server_name,
-                    ocsp_response,
-                    now,
-                ),
-                None => Err(rustls::Error::InvalidCertificate(
-                    CertificateError::UnknownIssuer,
-                )),
-            };
-            let err = match result {
-                Ok(v) => return Ok(v),
-                Err(rustls::Error::InvalidCertificate(e)) => e,
-                Err(e) => return Err(e),
-            };
-            let f = self.flags;
-            let forgiven = match &err {
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => !f.unknown_ca,
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => !f.bad_identity,
-                CertificateError::Expired | CertificateError::ExpiredContext { .. } => !f.expired,
-                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                    !f.not_activated
-                }
-                CertificateError::Revoked => !f.revoked,
-                _ => !f.generic_error,
-            };
-            if !forgiven {
-                return Err(rustls::Error::InvalidCertificate(err));
-            }
-            // An unknown CA stops the verification before the name is looked at: check the
-            // name here when it matters.
-            if matches!(err, CertificateError::UnknownIssuer) && f.bad_identity {
-                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_name(&cert, server_name)?;
-            }
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
 }
 
 #[cfg(test)]
