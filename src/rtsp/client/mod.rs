@@ -27,7 +27,7 @@ use bytes::Bytes;
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 use tokio::sync::{mpsc, oneshot};
 
-use self::conn::{Connection, Incoming};
+use self::conn::{Carrier, Connection, Incoming};
 use self::udp::UdpReceiver;
 use crate::rtp::{self, rtcp, stats::ReceiverStats};
 use crate::rtsp::auth::{self, Authenticator, Credentials};
@@ -68,6 +68,17 @@ pub enum ClientError {
     Sdp(String),
     #[error("no usable transport: {0}")]
     NoTransport(String),
+    /// TLS failed with `host`: its certificate was refused (`certificate`), or the handshake
+    /// or a record (rustls's reason).
+    #[error("TLS with {host}: {reason}")]
+    Tls {
+        host: String,
+        reason: String,
+        certificate: bool,
+    },
+    /// The HTTP tunnel could not be opened.
+    #[error(transparent)]
+    Tunnel(#[from] crate::rtsp::tunnel::TunnelError),
     /// The description lists more streams than allowed.
     #[error("the description lists {count} streams, more than the {limit} allowed (max-streams)")]
     TooManyStreams { count: usize, limit: usize },
@@ -125,6 +136,10 @@ pub struct ClientConfig {
     pub max_streams: usize,
     /// Who is playing: the `id` of the client's log records (rtspsrc2's element name).
     pub name: String,
+    /// TLS for `rtsps`, `rtspst` and `rtspsh` URLs (None: the system's CAs, every check).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Tunnel through HTTP for `rtsp` URLs too (rtspsrc's `protocols=http`).
+    pub http_tunnel: bool,
 }
 
 /// The most streams one RTSP connection can carry interleaved: two channels (RTP, RTCP) each.
@@ -160,6 +175,8 @@ impl Default for ClientConfig {
             reconnect_max_delay: Duration::from_secs(10),
             max_streams: 16,
             name: "rtsp-client".into(),
+            tls: None,
+            http_tunnel: false,
         }
     }
 }
@@ -703,6 +720,7 @@ async fn establish(
     })?;
     let (url_credentials, clean) = auth::split_url_credentials(&url);
     url = clean;
+    let mut carrier = carrier_of(config, &mut url)?;
     let mut credentials = config.credentials.clone().or(url_credentials);
 
     let mut redirects = 0;
@@ -710,6 +728,7 @@ async fn establish(
         let conn = connect(
             config,
             &url,
+            &carrier,
             events,
             channels,
             stats_cell,
@@ -766,6 +785,7 @@ async fn establish(
             // Credentials in the Location are used, never sent in request lines or shown.
             let (target_credentials, clean) = auth::split_url_credentials(&target);
             url = clean;
+            carrier = carrier_of(config, &mut url)?;
             credentials = config
                 .credentials
                 .clone()
@@ -817,6 +837,12 @@ async fn establish(
         });
     }
 
+    // Inside TLS or the tunnel the media stays inside too: interleaved, whatever `protocols`.
+    let protocols = if carrier.tls.is_some() || carrier.tunnel.is_some() {
+        &[TransportKind::Tcp][..]
+    } else {
+        protocols
+    };
     let mut last_err = None;
     let mut chosen = None;
     for kind in protocols {
@@ -860,9 +886,53 @@ async fn establish(
     Ok(session)
 }
 
+/// What carries the session to `url`, from its scheme as rtspsrc reads it: `rtsps` and
+/// `rtspst` TLS, `rtsph` the HTTP tunnel, `rtspsh` the tunnel inside TLS, `rtsp`, `rtspt` and
+/// `rtspu` neither (the tunnel when `config.http_tunnel`). The URL's scheme becomes the one
+/// requests name: `rtsps` with TLS, else `rtsp`.
+fn carrier_of(config: &ClientConfig, url: &mut Url) -> Result<Carrier, ClientError> {
+    let (tls, tunnel) = match url.scheme() {
+        "rtsp" | "rtspt" | "rtspu" => (false, false),
+        "rtsps" | "rtspst" => (true, false),
+        "rtsph" => (false, true),
+        "rtspsh" => (true, true),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "unsupported URL scheme '{other}'"
+            )));
+        }
+    };
+    // Between schemes that are not special to the URL standard, this cannot fail.
+    let _ = url.set_scheme(if tls { "rtsps" } else { "rtsp" });
+    let tls = if tls {
+        let config = match &config.tls {
+            Some(c) => c.clone(),
+            None => {
+                use crate::net::tls::{TlsValidation, client_config, system_roots};
+                client_config(system_roots(), TlsValidation::ALL).map_err(|e| ClientError::Tls {
+                    host: url.host_str().unwrap_or_default().to_owned(),
+                    reason: e.to_string(),
+                    certificate: false,
+                })?
+            }
+        };
+        Some(config)
+    } else {
+        None
+    };
+    let tunnel = (tunnel || config.http_tunnel).then(|| {
+        match &url[url::Position::BeforePath..url::Position::AfterQuery] {
+            "" => "/".to_owned(),
+            target => target.to_owned(),
+        }
+    });
+    Ok(Carrier { tls, tunnel })
+}
+
 async fn connect(
     config: &ClientConfig,
     url: &Url,
+    carrier: &Carrier,
     events: &EventFn,
     channels: &ChannelMap,
     stats_cell: &Arc<RwLock<SharedStats>>,
@@ -874,7 +944,10 @@ async fn connect(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = url.port().unwrap_or(554);
+    // RFC 7826 §19.1: 322 for rtsps.
+    let port = url
+        .port()
+        .unwrap_or(if carrier.tls.is_some() { 322 } else { 554 });
     let events = events.clone();
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
@@ -889,6 +962,7 @@ async fn connect(
     Connection::connect(
         &host,
         port,
+        carrier,
         config.tcp_timeout,
         config.limits,
         config.user_agent.clone(),
