@@ -31,6 +31,8 @@ fn decode_logged(extra: &str) -> (Result<(), String>, Vec<String>) {
     static N: AtomicUsize = AtomicUsize::new(0);
     let name = format!("tls{}", N.fetch_add(1, Ordering::SeqCst));
     init();
+    // Captured, not printed.
+    gst::log::remove_default_log_function();
     gst::log::set_threshold_from_string("lsrtsp:5", false);
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let (sink, id) = (lines.clone(), name.clone());
@@ -261,4 +263,58 @@ fn plays_through_the_http_tunnel_inside_tls_with_digest() {
     ))
     .unwrap();
     assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+}
+
+/// `openssl req -x509`'s certificate for `san` as peers.md makes it, which is also a CA
+/// (basicConstraints CA:TRUE): (cert.pem, key.pem) in `dir`.
+fn self_signed_ca_cert(dir: &Path, san: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let san = format!("subjectAltName={san}");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &k,
+        "-out",
+        &c,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        &san,
+    ]);
+    (cert, key)
+}
+
+/// A certificate that is also a CA is refused by webpki as a server's own; given as its own
+/// CA file it is trusted (pinned), as rtspsrc's GnuTLS trusts it, and its name still checked.
+#[test]
+fn a_self_signed_ca_certificate_is_trusted_as_its_own_ca_file() {
+    for (san, plays) in [("IP:127.0.0.1", true), ("DNS:other.example", false)] {
+        let dir = TempDir::new("rtspsrc2-self-signed-ca");
+        let (cert, key) = self_signed_ca_cert(dir.path(), san);
+        let access = Access {
+            digest: None,
+            tls: Some((&cert, &key)),
+        };
+        let server = StockServer::start_secured(LIVE, access);
+        let location = server.url_as("rtsps");
+        match decode(&format!(
+            "location={location} tls-ca-file={}",
+            cert.display()
+        )) {
+            Ok(()) => assert!(plays, "{san}: played"),
+            Err(e) => {
+                assert!(!plays, "{san}: {e}");
+                assert!(e.contains("certificate not valid for name"), "{e}");
+            }
+        }
+    }
 }

@@ -70,23 +70,28 @@ pub fn roots_with_ca_file(ca_file: Option<&Path>) -> Result<RootCertStore, CaFil
     let Some(path) = ca_file else {
         return Ok(roots);
     };
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e))?;
-    let mut n = 0usize;
-    for cert in certs {
-        let cert = cert.map_err(|e| pem_error(path, e))?;
+    for cert in ca_file_certificates(path)? {
         roots.add(cert).map_err(|source| CaFileError::Certificate {
             path: path.to_owned(),
             source,
         })?;
-        n += 1;
     }
-    if n == 0 {
+    Ok(roots)
+}
+
+/// The certificates of the PEM file `path`: at least one.
+pub fn ca_file_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
         return Err(CaFileError::Empty {
             path: path.to_owned(),
         });
     }
-    log::debug!("{n} CA certificates from {}", path.display());
-    Ok(roots)
+    log::debug!("{} CA certificates from {}", certs.len(), path.display());
+    Ok(certs)
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> CaFileError {
@@ -137,7 +142,20 @@ pub fn client_config(
     roots: Arc<RootCertStore>,
     validation: TlsValidation,
 ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    verifier::client_config(roots, validation)
+    verifier::client_config(roots, Vec::new(), validation)
+}
+
+/// As [`client_config`], and a server presenting one of the `pinned` certificates as its own
+/// is trusted: a self-signed certificate given as its own CA file (webpki refuses one that is
+/// also a CA, as `openssl req -x509` makes them, as a server's: `CaUsedAsEndEntity`, where
+/// GnuTLS, and so rtspsrc, trust it). Its name and validity period are still checked as
+/// `validation` asks.
+pub fn client_config_pinning(
+    roots: Arc<RootCertStore>,
+    pinned: Vec<CertificateDer<'static>>,
+    validation: TlsValidation,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    verifier::client_config(roots, pinned, validation)
 }
 
 /// A handshake failure as a user reads it: rustls's reason, with the unknown issuer (the
@@ -170,6 +188,7 @@ mod verifier {
 
     pub(super) fn client_config(
         roots: Arc<RootCertStore>,
+        pinned: Vec<CertificateDer<'static>>,
         v: TlsValidation,
     ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -180,6 +199,7 @@ mod verifier {
         };
         let verifier = Arc::new(Verifier {
             inner,
+            pinned,
             provider: provider.clone(),
             flags: v,
         });
@@ -194,8 +214,92 @@ mod verifier {
     #[derive(Debug)]
     struct Verifier {
         inner: Option<Arc<WebPkiServerVerifier>>,
+        pinned: Vec<CertificateDer<'static>>,
         provider: Arc<CryptoProvider>,
         flags: TlsValidation,
+    }
+
+    impl Verifier {
+        /// A certificate the user pinned: its name and validity period as the flags ask.
+        fn verify_pinned(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            server_name: &ServerName<'_>,
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let f = self.flags;
+            if f.bad_identity {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&cert, server_name)?;
+            }
+            let (not_before, not_after) = validity(end_entity).ok_or(
+                rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+            )?;
+            let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+            if f.not_activated && now < not_before {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidYet,
+                ));
+            }
+            if f.expired && now > not_after {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+            }
+            Ok(ServerCertVerified::assertion())
+        }
+    }
+
+    /// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), in Unix seconds.
+    pub(super) fn validity(der: &[u8]) -> Option<(i64, i64)> {
+        let (_, cert, _) = tlv(der)?;
+        let (_, mut tbs, _) = tlv(cert)?;
+        // [0] version, when present; then serialNumber, signature, issuer.
+        if tbs.first() == Some(&0xa0) {
+            tbs = tlv(tbs)?.2;
+        }
+        for _ in 0..3 {
+            tbs = tlv(tbs)?.2;
+        }
+        let (_, validity, _) = tlv(tbs)?;
+        let (tag, before, rest) = tlv(validity)?;
+        let not_before = time(tag, before)?;
+        let (tag, after, _) = tlv(rest)?;
+        Some((not_before, time(tag, after)?))
+    }
+
+    /// One DER element at the start of `input`: its tag, value and what follows (X.690 §8.1).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let (bytes, r) = rest.split_at_checked(n)?;
+            rest = r;
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b))
+        };
+        let (value, rest) = rest.split_at_checked(len)?;
+        Some((tag, value, rest))
+    }
+
+    /// A UTCTime or GeneralizedTime (RFC 5280 §4.1.2.5.1-2: UTC, with seconds) in Unix seconds.
+    fn time(tag: u8, value: &[u8]) -> Option<i64> {
+        let s = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+        let full = match tag {
+            0x17 => {
+                let yy: u8 = s.get(..2)?.parse().ok()?;
+                format!("{}{s}", if yy >= 50 { "19" } else { "20" })
+            }
+            0x18 => s.to_owned(),
+            _ => return None,
+        };
+        let t = chrono::NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%S").ok()?;
+        Some(t.and_utc().timestamp())
     }
 
     impl ServerCertVerifier for Verifier {
@@ -221,6 +325,14 @@ mod verifier {
             };
             let err = match result {
                 Ok(v) => return Ok(v),
+                Err(_)
+                    if self
+                        .pinned
+                        .iter()
+                        .any(|p| p.as_ref() == end_entity.as_ref()) =>
+                {
+                    return self.verify_pinned(end_entity, server_name, now);
+                }
                 Err(rustls::Error::InvalidCertificate(e)) => e,
                 Err(e) => return Err(e),
             };
@@ -325,6 +437,28 @@ mod tests {
         let roots = roots_with_ca_file(Some(&path)).unwrap();
         let _ = std::fs::remove_file(&path);
         assert_eq!(roots.len(), system_roots().len() + 2);
+    }
+
+    #[test]
+    fn the_validity_period_is_read_and_bad_der_is_no_panic() {
+        let Some(pem) = a_system_certificate() else {
+            eprintln!("no /etc/ssl/certs/ca-certificates.crt: skipped");
+            return;
+        };
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (not_before, not_after) = verifier::validity(&der).unwrap();
+        // Some time after 1990, valid for a while.
+        assert!(not_before > 631_152_000, "{not_before}");
+        assert!(not_after > not_before + 86_400, "{not_after}");
+        for len in 0..der.len() {
+            assert_eq!(verifier::validity(&der[..len]), None, "truncated at {len}");
+        }
+        let mut bytes = der.to_vec();
+        for i in 0..bytes.len().min(400) {
+            bytes[i] ^= 0xff;
+            let _ = verifier::validity(&bytes);
+            bytes[i] ^= 0xff;
+        }
     }
 
     #[test]

@@ -198,9 +198,15 @@ impl Settings {
             generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
         };
         let ca_file = self.tls_ca_file.as_deref().filter(|f| !f.is_empty());
-        let roots = tls::roots_with_ca_file(ca_file.map(std::path::Path::new))
-            .map_err(|e| format!("tls-ca-file: {e}"))?;
-        tls::client_config(Arc::new(roots), validation).map_err(|e| e.to_string())
+        let ca_file = ca_file.map(std::path::Path::new);
+        let ca_error = |e: tls::CaFileError| format!("tls-ca-file: {e}");
+        let roots = tls::roots_with_ca_file(ca_file).map_err(ca_error)?;
+        // A self-signed certificate given as its own CA file is trusted as pinned.
+        let pinned = match ca_file {
+            Some(path) => tls::ca_file_certificates(path).map_err(ca_error)?,
+            None => Vec::new(),
+        };
+        tls::client_config_pinning(Arc::new(roots), pinned, validation).map_err(|e| e.to_string())
     }
 }
 
