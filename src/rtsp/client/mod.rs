@@ -1690,6 +1690,41 @@ mod tests {
         let err = streams_of(&sdp_with_media(200), "rtsp://h/", usize::MAX).unwrap_err();
         assert!(err.to_string().contains("200 streams"), "{err}");
     }
+
+    #[test]
+    fn the_scheme_chooses_tls_and_the_tunnel_and_requests_name_rtsp_or_rtsps() {
+        let plain = ClientConfig::default();
+        let http = ClientConfig {
+            http_tunnel: true,
+            ..ClientConfig::default()
+        };
+        for (config, location, tls, tunnel, request) in [
+            (&plain, "rtsp://h/a", false, None, "rtsp://h/a"),
+            (&plain, "rtspt://h:8554/a", false, None, "rtsp://h:8554/a"),
+            (&plain, "rtsps://h/a?b=1", true, None, "rtsps://h/a?b=1"),
+            (&plain, "rtspst://h/a", true, None, "rtsps://h/a"),
+            (
+                &plain,
+                "rtsph://h/a?b=1",
+                false,
+                Some("/a?b=1"),
+                "rtsp://h/a?b=1",
+            ),
+            (&plain, "rtspsh://h", true, Some("/"), "rtsps://h"),
+            (&http, "rtsp://h/a", false, Some("/a"), "rtsp://h/a"),
+        ] {
+            let mut url = Url::parse(location).unwrap();
+            let carrier = carrier_of(config, &mut url).unwrap();
+            assert_eq!(carrier.tls.is_some(), tls, "{location}");
+            assert_eq!(carrier.tunnel.as_deref(), tunnel, "{location}");
+            assert_eq!(url.as_str(), request, "{location}");
+        }
+        let mut url = Url::parse("http://h/a").unwrap();
+        assert!(matches!(
+            carrier_of(&plain, &mut url),
+            Err(ClientError::Protocol(_))
+        ));
+    }
 }
 
 #[cfg(test)]
