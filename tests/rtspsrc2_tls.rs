@@ -216,7 +216,11 @@ fn the_name_is_checked_when_only_the_ca_is_forgiven() {
 fn a_missing_ca_file_is_a_settings_error() {
     let err =
         decode("location=rtsps://127.0.0.1:9/live tls-ca-file=/nonexistent/ca.pem").unwrap_err();
-    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    assert!(
+        err.contains("tls-ca-file: cannot read CA file /nonexistent/ca.pem"),
+        "{err}"
+    );
+    assert!(err.ends_with("[Some(Settings)]"), "{err}");
 }
 
 #[test]
