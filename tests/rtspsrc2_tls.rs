@@ -217,7 +217,7 @@ fn a_missing_ca_file_is_a_settings_error() {
     let err =
         decode("location=rtsps://127.0.0.1:9/live tls-ca-file=/nonexistent/ca.pem").unwrap_err();
     assert!(
-        err.contains("tls-ca-file: cannot read CA file /nonexistent/ca.pem"),
+        err.contains("TLS settings: cannot read CA file /nonexistent/ca.pem"),
         "{err}"
     );
     assert!(err.ends_with("[Some(Settings)]"), "{err}");

@@ -28,7 +28,8 @@ use crate::rtp::jitterbuffer::{
 use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{
-    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TransportKind, redact_url,
+    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TlsSettings, TlsValidation,
+    TransportKind, redact_url,
 };
 use crate::rtsp::range::NptRange;
 use crate::rtsp::tunnel::TunnelError;
@@ -152,7 +153,6 @@ impl Settings {
                 format!("multicast-iface '{v}' must be an IPv4 interface address or 'lo'")
             })?),
         };
-        let tls = self.tls_config()?;
         let credentials = self.user_id.clone().map(|user| Credentials {
             user,
             password: self.user_pw.clone().unwrap_or_default(),
@@ -177,36 +177,31 @@ impl Settings {
                     .max(self.reconnect_initial_delay_ms),
             )),
             max_streams: self.max_streams as usize,
-            tls: Some(tls),
+            tls: self.tls_settings(),
             http_tunnel,
             ..ClientConfig::default()
         })
     }
 
-    /// TLS for `rtsps` locations: the system's CAs and `tls-ca-file`'s, failing on the problems
-    /// `tls-validation-flags` names.
-    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        use crate::net::tls;
+    /// TLS for `rtsps` locations: `tls-validation-flags` and `tls-ca-file`.
+    fn tls_settings(&self) -> TlsSettings {
         let f = self.tls_validation_flags;
-        let validation = tls::TlsValidation {
-            unknown_ca: f.contains(gio::TlsCertificateFlags::UNKNOWN_CA),
-            bad_identity: f.contains(gio::TlsCertificateFlags::BAD_IDENTITY),
-            not_activated: f.contains(gio::TlsCertificateFlags::NOT_ACTIVATED),
-            expired: f.contains(gio::TlsCertificateFlags::EXPIRED),
-            revoked: f.contains(gio::TlsCertificateFlags::REVOKED),
-            insecure: f.contains(gio::TlsCertificateFlags::INSECURE),
-            generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
-        };
-        let ca_file = self.tls_ca_file.as_deref().filter(|f| !f.is_empty());
-        let ca_file = ca_file.map(std::path::Path::new);
-        let ca_error = |e: tls::CaFileError| format!("tls-ca-file: {e}");
-        let roots = tls::roots_with_ca_file(ca_file).map_err(ca_error)?;
-        // A self-signed certificate given as its own CA file is trusted as pinned.
-        let pinned = match ca_file {
-            Some(path) => tls::ca_file_certificates(path).map_err(ca_error)?,
-            None => Vec::new(),
-        };
-        tls::client_config_pinning(Arc::new(roots), pinned, validation).map_err(|e| e.to_string())
+        TlsSettings {
+            validation: TlsValidation {
+                unknown_ca: f.contains(gio::TlsCertificateFlags::UNKNOWN_CA),
+                bad_identity: f.contains(gio::TlsCertificateFlags::BAD_IDENTITY),
+                not_activated: f.contains(gio::TlsCertificateFlags::NOT_ACTIVATED),
+                expired: f.contains(gio::TlsCertificateFlags::EXPIRED),
+                revoked: f.contains(gio::TlsCertificateFlags::REVOKED),
+                insecure: f.contains(gio::TlsCertificateFlags::INSECURE),
+                generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
+            },
+            ca_file: self
+                .tls_ca_file
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
+        }
     }
 }
 
@@ -662,9 +657,9 @@ fn resource_error(err: &ClientError) -> gst::ResourceError {
         ClientError::Status {
             status: 404 | 410, ..
         } => gst::ResourceError::NotFound,
-        ClientError::NoTransport(_) | ClientError::Status { status: 461, .. } => {
-            gst::ResourceError::Settings
-        }
+        ClientError::NoTransport(_)
+        | ClientError::TlsSettings(_)
+        | ClientError::Status { status: 461, .. } => gst::ResourceError::Settings,
         ClientError::Tunnel(TunnelError::Status {
             status: 401 | 403 | 407,
             ..

@@ -19,6 +19,7 @@ mod udp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Carrier, Connection, Incoming};
 use self::udp::UdpReceiver;
+pub use crate::net::tls::TlsValidation;
 use crate::rtp::{self, rtcp, stats::ReceiverStats};
 use crate::rtsp::auth::{self, Authenticator, Credentials};
 use crate::rtsp::codec::Limits;
@@ -76,6 +78,9 @@ pub enum ClientError {
         reason: String,
         certificate: bool,
     },
+    /// The TLS settings cannot be used (a CA file that cannot be read, ...).
+    #[error("TLS settings: {0}")]
+    TlsSettings(String),
     /// The HTTP tunnel could not be opened.
     #[error(transparent)]
     Tunnel(#[from] crate::rtsp::tunnel::TunnelError),
@@ -136,10 +141,44 @@ pub struct ClientConfig {
     pub max_streams: usize,
     /// Who is playing: the `id` of the client's log records (rtspsrc2's element name).
     pub name: String,
-    /// TLS for `rtsps`, `rtspst` and `rtspsh` URLs (None: the system's CAs, every check).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS for `rtsps`, `rtspst` and `rtspsh` URLs, set up when one is played.
+    pub tls: TlsSettings,
     /// Tunnel through HTTP for `rtsp` URLs too (rtspsrc's `protocols=http`).
     pub http_tunnel: bool,
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Which certificate problems fail the handshake.
+    pub validation: TlsValidation,
+    /// CA certificates (PEM) trusted besides the system's; a server presenting one of them as
+    /// its own is trusted too (see [`crate::net::tls::client_config_pinning`]).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            validation: TlsValidation::ALL,
+            ca_file: None,
+        }
+    }
+}
+
+impl TlsSettings {
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        use crate::net::tls;
+        let ca_file = self.ca_file.as_deref();
+        let settings = |e: &dyn std::fmt::Display| ClientError::TlsSettings(e.to_string());
+        let roots = tls::roots_with_ca_file(ca_file).map_err(|e| settings(&e))?;
+        let pinned = match ca_file {
+            Some(path) => tls::ca_file_certificates(path).map_err(|e| settings(&e))?,
+            None => Vec::new(),
+        };
+        tls::client_config_pinning(Arc::new(roots), pinned, self.validation)
+            .map_err(|e| settings(&e))
+    }
 }
 
 /// The most streams one RTSP connection can carry interleaved: two channels (RTP, RTCP) each.
@@ -175,7 +214,7 @@ impl Default for ClientConfig {
             reconnect_max_delay: Duration::from_secs(10),
             max_streams: 16,
             name: "rtsp-client".into(),
-            tls: None,
+            tls: TlsSettings::default(),
             http_tunnel: false,
         }
     }
@@ -905,18 +944,7 @@ fn carrier_of(config: &ClientConfig, url: &mut Url) -> Result<Carrier, ClientErr
     // Between schemes that are not special to the URL standard, this cannot fail.
     let _ = url.set_scheme(if tls { "rtsps" } else { "rtsp" });
     let tls = if tls {
-        let config = match &config.tls {
-            Some(c) => c.clone(),
-            None => {
-                use crate::net::tls::{TlsValidation, client_config, system_roots};
-                client_config(system_roots(), TlsValidation::ALL).map_err(|e| ClientError::Tls {
-                    host: url.host_str().unwrap_or_default().to_owned(),
-                    reason: e.to_string(),
-                    certificate: false,
-                })?
-            }
-        };
-        Some(config)
+        Some(config.tls.client_config()?)
     } else {
         None
     };
