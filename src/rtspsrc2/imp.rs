@@ -119,12 +119,9 @@ impl Settings {
                 protocols.push(kind);
             }
         }
+        // The tunnel carries the media interleaved, whatever else the flags say.
         let http_tunnel = self.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
-        if http_tunnel {
-            // The tunnel carries the media interleaved.
-            protocols = vec![TransportKind::Tcp];
-        }
-        if protocols.is_empty() {
+        if protocols.is_empty() && !http_tunnel {
             return Err("protocols allows none of udp, udp-mcast, tcp, http".into());
         }
         let port_range = match self.port_range.as_deref() {
