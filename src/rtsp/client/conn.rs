@@ -1039,4 +1039,97 @@ mod tests {
             "the socket was not closed"
         );
     }
+
+    /// Through the HTTP tunnel: the GET and the POST name one cookie, requests (and
+    /// interleaved data) go base64 on the POST, answers come in clear on the GET.
+    #[test]
+    fn the_tunnel_sends_base64_on_post_and_reads_the_get() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let head = |reader: &mut std::io::BufReader<TcpStream>| {
+                let mut lines = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        return lines;
+                    }
+                    lines.push(line.trim_end().to_owned());
+                }
+            };
+            let cookie = |lines: &[String]| {
+                lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix("x-sessioncookie: "))
+                    .unwrap()
+                    .to_owned()
+            };
+            let (get, _) = listener.accept().unwrap();
+            let mut get_reader = std::io::BufReader::new(get.try_clone().unwrap());
+            let get_head = head(&mut get_reader);
+            assert_eq!(get_head[0], "GET /live HTTP/1.0");
+            (&get)
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-rtsp-tunnelled\r\n\r\n")
+                .unwrap();
+            let (post, _) = listener.accept().unwrap();
+            let mut post_reader = std::io::BufReader::new(post);
+            let post_head = head(&mut post_reader);
+            assert_eq!(post_head[0], "POST /live HTTP/1.0");
+            assert_eq!(cookie(&get_head), cookie(&post_head));
+            // Decode what the client posts until a whole request and an interleaved frame.
+            let (mut decoder, mut plain) = (tunnel::Base64Decoder::new(), Vec::new());
+            let mut buf = [0u8; 1024];
+            while !plain.ends_with(b"\x24\x01\x00\x02hi") {
+                let n = post_reader.read(&mut buf).unwrap();
+                assert!(n > 0, "the POST closed");
+                decoder.decode(&buf[..n], &mut plain).unwrap();
+            }
+            let text = String::from_utf8_lossy(&plain).into_owned();
+            assert!(
+                text.starts_with("GET_PARAMETER rtsp://127.0.0.1/ RTSP/1.0\r\n"),
+                "{text}"
+            );
+            let cseq = text
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq: "))
+                .unwrap()
+                .to_owned();
+            (&get)
+                .write_all(format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n").as_bytes())
+                .unwrap();
+            get
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let carrier = Carrier {
+            tls: None,
+            tunnel: Some("/live".into()),
+        };
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                &carrier,
+                Duration::from_secs(5),
+                Limits::default(),
+                "test".into(),
+                "test".into(),
+                |_| {},
+            ))
+            .unwrap();
+        let resp = rt.block_on(async {
+            let request = conn.request(get_parameter());
+            let rtcp = async {
+                // Sent after the request (the write lock keeps the order).
+                tokio::task::yield_now().await;
+                conn.send_interleaved(1, b"hi").await.unwrap();
+            };
+            tokio::join!(request, rtcp).0
+        });
+        assert_eq!(resp.unwrap().status(), StatusCode::Ok);
+        let _get = server.join().unwrap();
+    }
 }
