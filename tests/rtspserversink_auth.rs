@@ -27,13 +27,13 @@ struct Arrivals {
 }
 
 impl Arrivals {
-    fn record(&mut self) {
+    fn record(&mut self, buffers: u64) {
         let now = Instant::now();
         if let Some(last) = self.last {
             self.max_gap = self.max_gap.max(now - last);
         }
         self.last = Some(now);
-        self.count += 1;
+        self.count += buffers;
     }
 
     fn assert_played_throughout(&self, who: &str) {
@@ -77,8 +77,16 @@ impl Keeper {
             .unwrap()
             .add_probe(
                 gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-                move |_, _| {
-                    sink.lock().unwrap().record();
+                move |_, info| {
+                    // A buffer list (a frame's packets read at once) counts its buffers.
+                    let buffers = match &info.data {
+                        Some(gst::PadProbeData::BufferList(list)) => list.len() as u64,
+                        _ => 1,
+                    };
+                    // Not poisoned by a failed assertion of the test thread: no abort here.
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(buffers);
                     gst::PadProbeReturn::Ok
                 },
             );
@@ -333,7 +341,7 @@ impl RawKeeper {
             let mut arrivals = Arrivals::default();
             while !flag.load(Ordering::Relaxed) {
                 if let Incoming::Data(0, _) = client.read_next() {
-                    arrivals.record();
+                    arrivals.record(1);
                 }
             }
             arrivals

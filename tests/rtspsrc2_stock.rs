@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::stock::StockServer;
+use common::stock::{StockServer, decode};
 use common::*;
 use gst::glib;
 use gst::prelude::*;
@@ -23,38 +23,6 @@ const LIVE: &str = "( videotestsrc is-live=true ! video/x-raw,width=320,height=2
 /// "pass").
 fn live(digest: bool) -> StockServer {
     StockServer::start(LIVE, digest.then_some(("user", "pass")))
-}
-
-/// Plays `location` with rtspsrc2 into an H.264 decoder until 30 frames, or returns the error.
-fn decode(extra: &str) -> Result<(), String> {
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src {extra} src. ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=30"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    assert_ours(&pipeline.by_name("src").unwrap());
-    let bus = pipeline.bus().unwrap();
-    let started = Instant::now();
-    let _ = pipeline.set_state(gst::State::Playing);
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(20),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    let result = match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        // The error's domain and code as well, e.g. "[NotAuthorized]".
-        Some(gst::MessageView::Error(e)) => Err(format!(
-            "{} [{:?}]",
-            e.error(),
-            e.error().kind::<gst::ResourceError>()
-        )),
-        _ => Err("neither EOS nor an error within 20 s".into()),
-    };
-    pipeline.set_state(gst::State::Null).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(25));
-    result
 }
 
 #[test]

@@ -1,10 +1,11 @@
-//! The trust anchors of the crate's TLS clients: the system's CA certificates, read once per
-//! process with rustls-native-certs (the store GStreamer's GIO-based TLS elements trust too),
-//! and extra CAs from a PEM file; and the certificate verifier that honours
-//! `tls-validation-flags` ([`TlsValidation`], GTlsCertificateFlags' vocabulary).
+//! The crate's TLS clients (rsrtmpsink, rtspsrc2): their trust anchors (the system's CA
+//! certificates, read once per process with rustls-native-certs, the store GStreamer's GIO-based
+//! TLS elements trust too, and extra CAs from a PEM file) and their certificate verifier, which
+//! honours `tls-validation-flags` ([`TlsValidation`], GTlsCertificateFlags' vocabulary).
 //!
 //! Specifications: RFC 5280 §6 (certification path validation, done by rustls/webpki against
-//! these anchors), §4.1.2.5 (validity); RFC 6125 §6 (the server's identity); RFC 7468 (PEM).
+//! these anchors), §4.1.2.5 (validity); RFC 6125 §6 (the server's identity); RFC 7468 (PEM);
+//! X.690 §8.1 (the DER of a pinned certificate's validity).
 //!
 //! Each flag relaxes only its own check. webpki stops at the first problem it finds (the validity
 //! of a certificate before its issuer), so [`client_config`]'s verifier looks for every problem:
@@ -14,6 +15,11 @@
 //! an unknown issuer (an unsupported or insecure signature algorithm, a malformed certificate, a
 //! wrong key purpose) leaves the issuer unverified, so it is also an unknown CA. No revocation
 //! lists are consulted: `revoked` never fails.
+//!
+//! A certificate given as its own CA file is pinned ([`client_config_pinning`]): webpki refuses a
+//! self-signed certificate that is also a CA (as `openssl req -x509` makes them) as a server's
+//! own (`CaUsedAsEndEntity`), where GnuTLS, and so rtspsrc, trust it. A pinned certificate is
+//! trusted as its own issuer; its name and validity period are still checked as the flags ask.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -82,23 +88,28 @@ pub fn roots_with_ca_file(ca_file: Option<&Path>) -> Result<RootCertStore, CaFil
     let Some(path) = ca_file else {
         return Ok(roots);
     };
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e))?;
-    let mut n = 0usize;
-    for cert in certs {
-        let cert = cert.map_err(|e| pem_error(path, e))?;
+    for cert in ca_file_certificates(path)? {
         roots.add(cert).map_err(|source| CaFileError::Certificate {
             path: path.to_owned(),
             source,
         })?;
-        n += 1;
     }
-    if n == 0 {
+    Ok(roots)
+}
+
+/// The certificates of the PEM file `path`: at least one.
+pub fn ca_file_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
         return Err(CaFileError::Empty {
             path: path.to_owned(),
         });
     }
-    log::debug!("{n} CA certificates from {}", path.display());
-    Ok(roots)
+    log::debug!("{} CA certificates from {}", certs.len(), path.display());
+    Ok(certs)
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> CaFileError {
@@ -178,28 +189,66 @@ impl Problem {
 /// the periods it missed.
 const MAX_CHAIN_CHECKS: usize = 4;
 
+/// Why a TLS client configuration cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
 /// A client configuration (TLS 1.2 and 1.3, ring) trusting `roots`, whose verifier fails a
 /// certificate with a problem `validation` checks and forgives the others.
 pub fn client_config(
-    validation: TlsValidation,
     roots: Arc<RootCertStore>,
-) -> Result<rustls::ClientConfig, rustls::Error> {
+    validation: TlsValidation,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    client_config_pinning(roots, Vec::new(), validation)
+}
+
+/// As [`client_config`], and a server presenting one of the `pinned` certificates as its own
+/// is trusted as its issuer (see the module's documentation).
+pub fn client_config_pinning(
+    roots: Arc<RootCertStore>,
+    pinned: Vec<CertificateDer<'static>>,
+    validation: TlsValidation,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Verifier {
         roots,
+        pinned,
         provider: provider.clone(),
         validation,
     });
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    ))
+}
+
+/// A handshake failure as a user reads it: rustls's reason, with the unknown issuer (the
+/// usual failure: a self-signed certificate or a private CA) spelled out.
+pub fn describe(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "invalid peer certificate: certificate signed by an unknown issuer".into()
+        }
+        e => e.to_string(),
+    }
+}
+
+/// The rustls error inside an I/O error of a rustls stream, if that is what it is.
+pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref()
 }
 
 #[derive(Debug)]
 struct Verifier {
     roots: Arc<RootCertStore>,
+    /// Server certificates trusted as their own issuers.
+    pinned: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
     validation: TlsValidation,
 }
@@ -208,12 +257,21 @@ impl Verifier {
     /// Every problem of the certificate for `server_name` at `now`, each with rustls's error.
     fn problems(
         &self,
+        end_entity: &CertificateDer<'_>,
         cert: &ParsedCertificate<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<Vec<(Problem, CertificateError)>, rustls::Error> {
-        let mut found = self.chain_problems(cert, intermediates, now)?;
+        let mut found = if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            pinned_problems(end_entity, now)
+        } else {
+            self.chain_problems(cert, intermediates, now)?
+        };
         match rustls::client::verify_server_name(cert, server_name) {
             Ok(()) => {}
             Err(rustls::Error::InvalidCertificate(e)) => found.push((Problem::of(&e), e)),
@@ -263,6 +321,76 @@ impl Verifier {
     }
 }
 
+/// The validity problems of a pinned certificate at `now` (its issuer is itself).
+fn pinned_problems(der: &[u8], now: UnixTime) -> Vec<(Problem, CertificateError)> {
+    let Some((not_before, not_after)) = validity(der) else {
+        return vec![(Problem::Generic, CertificateError::BadEncoding)];
+    };
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let mut found = Vec::new();
+    if now < not_before {
+        found.push((Problem::NotActivated, CertificateError::NotValidYet));
+    }
+    if now > not_after {
+        found.push((Problem::Expired, CertificateError::Expired));
+    }
+    found
+}
+
+/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), in Unix seconds.
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(cert)?;
+    // [0] version, when present; then serialNumber, signature, issuer.
+    if tbs.first() == Some(&0xa0) {
+        tbs = tlv(tbs)?.2;
+    }
+    for _ in 0..3 {
+        tbs = tlv(tbs)?.2;
+    }
+    let (_, validity, _) = tlv(tbs)?;
+    let (tag, before, rest) = tlv(validity)?;
+    let not_before = time(tag, before)?;
+    let (tag, after, _) = tlv(rest)?;
+    Some((not_before, time(tag, after)?))
+}
+
+/// One DER element at the start of `input`: its tag, value and what follows (X.690 §8.1).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, r) = rest.split_at_checked(n)?;
+        rest = r;
+        bytes
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | usize::from(*b))
+    };
+    let (value, rest) = rest.split_at_checked(len)?;
+    Some((tag, value, rest))
+}
+
+/// A UTCTime or GeneralizedTime (RFC 5280 §4.1.2.5.1-2: UTC, with seconds) in Unix seconds.
+fn time(tag: u8, value: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+    let full = match tag {
+        0x17 => {
+            let yy: u8 = s.get(..2)?.parse().ok()?;
+            format!("{}{s}", if yy >= 50 { "19" } else { "20" })
+        }
+        0x18 => s.to_owned(),
+        _ => return None,
+    };
+    let t = chrono::NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%S").ok()?;
+    Some(t.and_utc().timestamp())
+}
+
 impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
@@ -273,7 +401,7 @@ impl ServerCertVerifier for Verifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
-        let problems = self.problems(&cert, intermediates, server_name, now)?;
+        let problems = self.problems(end_entity, &cert, intermediates, server_name, now)?;
         if let Some((_, e)) = problems.iter().find(|(p, _)| self.validation.checks(*p)) {
             return Err(rustls::Error::InvalidCertificate(e.clone()));
         }
@@ -363,6 +491,28 @@ mod tests {
         let roots = roots_with_ca_file(Some(&path)).unwrap();
         let _ = std::fs::remove_file(&path);
         assert_eq!(roots.len(), system_roots().len() + 2);
+    }
+
+    #[test]
+    fn the_validity_period_is_read_and_bad_der_is_no_panic() {
+        let Some(pem) = a_system_certificate() else {
+            eprintln!("no /etc/ssl/certs/ca-certificates.crt: skipped");
+            return;
+        };
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (not_before, not_after) = validity(&der).unwrap();
+        // Some time after 1990, valid for a while.
+        assert!(not_before > 631_152_000, "{not_before}");
+        assert!(not_after > not_before + 86_400, "{not_after}");
+        for len in 0..der.len() {
+            assert_eq!(validity(&der[..len]), None, "truncated at {len}");
+        }
+        let mut bytes = der.to_vec();
+        for i in 0..bytes.len().min(400) {
+            bytes[i] ^= 0xff;
+            let _ = validity(&bytes);
+            bytes[i] ^= 0xff;
+        }
     }
 
     #[test]
@@ -499,6 +649,7 @@ mod verifier_tests {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let verifier = Verifier {
             roots: roots.clone(),
+            pinned: Vec::new(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             validation,
         };
@@ -540,6 +691,7 @@ mod verifier_tests {
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let verifier = Verifier {
             roots: ca.roots.clone(),
+            pinned: Vec::new(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             validation: TlsValidation::ALL,
         };

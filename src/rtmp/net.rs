@@ -450,13 +450,13 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
     if loc.scheme == Scheme::Rtmp {
         return Ok(Box::new(tcp));
     }
-    let config = crate::net::tls::client_config(cfg.tls, crate::net::tls::system_roots())
+    let config = crate::net::tls::client_config(crate::net::tls::system_roots(), cfg.tls)
         .map_err(|e| Error::Tls(e.to_string()))?;
     let name = rustls::pki_types::ServerName::try_from(loc.host.clone())
         .map_err(|e| Error::Tls(format!("'{}' is no valid server name: {e}", loc.host)))?;
     let tls = tokio::time::timeout_at(
         deadline,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
     )
     .await
     .map_err(|_| Error::Timeout("in the TLS handshake".into()))?

@@ -28,9 +28,11 @@ use crate::rtp::jitterbuffer::{
 use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{
-    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TransportKind, redact_url,
+    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TlsSettings, TlsValidation,
+    TransportKind, redact_url,
 };
 use crate::rtsp::range::NptRange;
+use crate::rtsp::tunnel::TunnelError;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -67,6 +69,8 @@ struct Settings {
     reconnect_initial_delay_ms: u32,
     reconnect_max_delay_ms: u32,
     max_streams: u32,
+    tls_validation_flags: gio::TlsCertificateFlags,
+    tls_ca_file: Option<String>,
 }
 
 impl Default for Settings {
@@ -90,6 +94,8 @@ impl Default for Settings {
             reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
             reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
             max_streams: DEFAULT_MAX_STREAMS,
+            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
+            tls_ca_file: None,
         }
     }
 }
@@ -113,8 +119,10 @@ impl Settings {
                 protocols.push(kind);
             }
         }
-        if protocols.is_empty() {
-            return Err("protocols allows none of udp, udp-mcast, tcp".into());
+        // The tunnel carries the media interleaved, whatever else the flags say.
+        let http_tunnel = self.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
+        if protocols.is_empty() && !http_tunnel {
+            return Err("protocols allows none of udp, udp-mcast, tcp, http".into());
         }
         let port_range = match self.port_range.as_deref() {
             None | Some("") => None,
@@ -166,8 +174,31 @@ impl Settings {
                     .max(self.reconnect_initial_delay_ms),
             )),
             max_streams: self.max_streams as usize,
+            tls: self.tls_settings(),
+            http_tunnel,
             ..ClientConfig::default()
         })
+    }
+
+    /// TLS for `rtsps` locations: `tls-validation-flags` and `tls-ca-file`.
+    fn tls_settings(&self) -> TlsSettings {
+        let f = self.tls_validation_flags;
+        TlsSettings {
+            validation: TlsValidation {
+                unknown_ca: f.contains(gio::TlsCertificateFlags::UNKNOWN_CA),
+                bad_identity: f.contains(gio::TlsCertificateFlags::BAD_IDENTITY),
+                not_activated: f.contains(gio::TlsCertificateFlags::NOT_ACTIVATED),
+                expired: f.contains(gio::TlsCertificateFlags::EXPIRED),
+                revoked: f.contains(gio::TlsCertificateFlags::REVOKED),
+                insecure: f.contains(gio::TlsCertificateFlags::INSECURE),
+                generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
+            },
+            ca_file: self
+                .tls_ca_file
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
+        }
     }
 }
 
@@ -623,15 +654,24 @@ fn resource_error(err: &ClientError) -> gst::ResourceError {
         ClientError::Status {
             status: 404 | 410, ..
         } => gst::ResourceError::NotFound,
-        ClientError::NoTransport(_) | ClientError::Status { status: 461, .. } => {
-            gst::ResourceError::Settings
-        }
+        ClientError::NoTransport(_)
+        | ClientError::TlsSettings(_)
+        | ClientError::Status { status: 461, .. } => gst::ResourceError::Settings,
+        ClientError::Tunnel(TunnelError::Status {
+            status: 401 | 403 | 407,
+            ..
+        }) => gst::ResourceError::NotAuthorized,
+        ClientError::Tunnel(TunnelError::Status {
+            status: 404 | 410, ..
+        }) => gst::ResourceError::NotFound,
         ClientError::Io { .. }
         | ClientError::Closed(_)
         | ClientError::Timeout(_)
         | ClientError::Protocol(_)
         | ClientError::Status { .. }
         | ClientError::Sdp(_)
+        | ClientError::Tls { .. }
+        | ClientError::Tunnel(_)
         | ClientError::TooManyStreams { .. } => gst::ResourceError::OpenRead,
     }
 }
@@ -815,13 +855,23 @@ impl RtspSrc2 {
             }
             ClientEvent::Error(err) => {
                 let location = self.settings.lock().unwrap().location.clone();
+                // A refused certificate says what would make it pass.
+                let hint = match err {
+                    ClientError::Tls {
+                        certificate: true, ..
+                    } => {
+                        " (set tls-ca-file to the CA that signed it, or leave the check out of tls-validation-flags)"
+                    }
+                    _ => "",
+                };
                 gst::element_imp_error!(
                     self,
                     resource_error(&err),
                     (
-                        "Could not play {}: {}",
+                        "Could not play {}: {}{}",
                         redact_url(location.as_deref().unwrap_or_default()),
-                        err
+                        err,
+                        hint
                     )
                 );
             }
@@ -1222,12 +1272,12 @@ impl ObjectImpl for RtspSrc2 {
             vec![
                 glib::ParamSpecString::builder("location")
                     .nick("Location")
-                    .blurb("RTSP URL to play: rtsp://[user:password@]host[:port]/path")
+                    .blurb("RTSP URL to play: rtsp://[user:password@]host[:port]/path; rtsps:// (or rtspst://) inside TLS, rtsph:// tunnelled through HTTP, rtspsh:// through HTTP inside TLS")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
                     .nick("Protocols")
-                    .blurb("Lower transports to try, in the order udp, udp-mcast, tcp")
+                    .blurb("Lower transports to try, in the order udp, udp-mcast, tcp; http tunnels the session through HTTP (media interleaved)")
                     .default_value(Settings::default().protocols)
                     .mutable_ready()
                     .build(),
@@ -1311,6 +1361,17 @@ impl ObjectImpl for RtspSrc2 {
                     .minimum(1)
                     .maximum(crate::rtsp::client::MAX_STREAMS_LIMIT as u32)
                     .default_value(DEFAULT_MAX_STREAMS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
+                    .nick("TLS validation flags")
+                    .blurb("Which problems of the server's certificate fail rtsps (0 accepts any certificate), checked against the system's CAs and tls-ca-file's")
+                    .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tls-ca-file")
+                    .nick("TLS CA file")
+                    .blurb("PEM file of CA certificates trusted for rtsps besides the system's (a private CA, or a camera's own certificate authority)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
@@ -1405,6 +1466,8 @@ impl ObjectImpl for RtspSrc2 {
             }
             "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
             "max-streams" => s.max_streams = value.get().expect("type checked"),
+            "tls-validation-flags" => s.tls_validation_flags = value.get().expect("type checked"),
+            "tls-ca-file" => s.tls_ca_file = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1431,6 +1494,8 @@ impl ObjectImpl for RtspSrc2 {
             "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
             "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
             "max-streams" => s.max_streams.to_value(),
+            "tls-validation-flags" => s.tls_validation_flags.to_value(),
+            "tls-ca-file" => s.tls_ca_file.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1502,7 +1567,9 @@ impl URIHandlerImpl for RtspSrc2 {
     const URI_TYPE: gst::URIType = gst::URIType::Src;
 
     fn protocols() -> &'static [&'static str] {
-        &["rtsp", "rtspu", "rtspt"]
+        &[
+            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
+        ]
     }
 
     fn uri(&self) -> Option<String> {

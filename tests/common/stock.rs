@@ -1,12 +1,57 @@
 //! The stock gst-rtsp-server 1.22 in the test process (through its Rust bindings), on
-//! 127.0.0.1, serving a launch line at /live, optionally Digest-protected.
+//! 127.0.0.1, serving a launch line at /live, optionally Digest-protected and over TLS (its one
+//! port then speaks RTSPS; it answers tunnelled clients on it in any case); and rtspsrc2 playing
+//! from it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use gst::glib;
+use gst::prelude::*;
 use gst_rtsp_server::prelude::*;
+
+/// What gst-rtsp-server asks of its clients: nothing by default.
+#[derive(Default, Clone, Copy)]
+pub struct Access<'a> {
+    /// The one user and password it accepts (Digest); else anonymous clients play.
+    pub digest: Option<(&'a str, &'a str)>,
+    /// Its certificate and key (PEM files): the port speaks TLS only.
+    pub tls: Option<(&'a Path, &'a Path)>,
+}
+
+impl Access<'_> {
+    /// The RTSPAuth that asks for it, with the role `factory` must grant (None: no RTSPAuth).
+    fn auth(&self) -> Option<gst_rtsp_server::RTSPAuth> {
+        if self.digest.is_none() && self.tls.is_none() {
+            return None;
+        }
+        let auth = gst_rtsp_server::RTSPAuth::new();
+        let mut token = gst_rtsp_server::RTSPToken::builder()
+            .field("media.factory.role", "user")
+            .build();
+        match self.digest {
+            Some((user, pass)) => {
+                auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
+                auth.add_digest(user, pass, &token);
+            }
+            None => auth.set_default_token(Some(&mut token)),
+        }
+        if let Some((cert, key)) = self.tls {
+            let cert = gst_rtsp_server::gio::TlsCertificate::from_files(cert, key)
+                .expect("the server's certificate and key");
+            auth.set_tls_certificate(Some(&cert));
+        }
+        Some(auth)
+    }
+}
 
 /// gst-rtsp-server running its own main loop on a thread of its own; stopped when dropped.
 pub struct StockServer {
     pub port: u16,
+    /// TCP connections it accepted (a client through the HTTP tunnel makes two: GET and POST).
+    pub connections: Arc<AtomicUsize>,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -25,6 +70,21 @@ impl StockServer {
         digest: Option<(&str, &str)>,
         setup: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory, &gst_rtsp_server::RTSPMountPoints),
     ) -> StockServer {
+        let access = Access { digest, tls: None };
+        Self::start_with(launch, shared, access, setup)
+    }
+
+    /// Serves `launch` (shared) at /live as `access` asks.
+    pub fn start_secured(launch: &str, access: Access) -> StockServer {
+        Self::start_with(launch, true, access, |_, _| {})
+    }
+
+    fn start_with(
+        launch: &str,
+        shared: bool,
+        access: Access,
+        setup: impl FnOnce(&gst_rtsp_server::RTSPMediaFactory, &gst_rtsp_server::RTSPMountPoints),
+    ) -> StockServer {
         super::init();
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -35,13 +95,7 @@ impl StockServer {
         factory.set_launch(launch);
         factory.set_shared(shared);
         setup(&factory, &server.mount_points().unwrap());
-        if let Some((user, pass)) = digest {
-            let auth = gst_rtsp_server::RTSPAuth::new();
-            auth.set_supported_methods(gst_rtsp::RTSPAuthMethod::Digest);
-            let token = gst_rtsp_server::RTSPToken::builder()
-                .field("media.factory.role", "user")
-                .build();
-            auth.add_digest(user, pass, &token);
+        if let Some(auth) = access.auth() {
             server.set_auth(Some(&auth));
             factory.add_role_from_structure(
                 &gst::Structure::builder("user")
@@ -51,6 +105,11 @@ impl StockServer {
             );
         }
         server.mount_points().unwrap().add_factory("/live", factory);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        server.connect_client_connected(move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
         let id = server.attach(Some(&ctx)).expect("attach gst-rtsp-server");
         let port = server.bound_port() as u16;
         let ml = main_loop.clone();
@@ -61,14 +120,57 @@ impl StockServer {
         });
         StockServer {
             port,
+            connections,
             main_loop,
             thread: Some(thread),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("rtsp://127.0.0.1:{}/live", self.port)
+        self.url_as("rtsp")
     }
+
+    /// The URL of /live with another scheme (`rtsps`, `rtsph`, ...).
+    pub fn url_as(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/live", self.port)
+    }
+}
+
+/// Plays with `rtspsrc2 {extra}` into an H.264 decoder until 30 frames, or returns the error
+/// with its domain and code, e.g. "[NotAuthorized]".
+pub fn decode(extra: &str) -> Result<(), String> {
+    decode_as("src", extra)
+}
+
+/// As [`decode`], with the rtspsrc2 named `name`.
+pub fn decode_as(name: &str, extra: &str) -> Result<(), String> {
+    super::init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name={name} {extra} {name}. ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=30"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    super::assert_ours(&pipeline.by_name(name).unwrap());
+    let bus = pipeline.bus().unwrap();
+    let started = Instant::now();
+    let _ = pipeline.set_state(gst::State::Playing);
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(20),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    let result = match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(format!(
+            "{} [{:?}]",
+            e.error(),
+            e.error().kind::<gst::ResourceError>()
+        )),
+        _ => Err("neither EOS nor an error within 20 s".into()),
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(25));
+    result
 }
 
 impl Drop for StockServer {

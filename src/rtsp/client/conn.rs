@@ -4,7 +4,14 @@
 //!
 //! Specifications: RFC 2326 §10.12 (interleaved data), §12.17 (CSeq matching), §10 (requests from
 //! the server: §10.1 OPTIONS, §10.3 ANNOUNCE, §10.8 GET_PARAMETER, §10.10 REDIRECT); RFC 7826 §14,
-//! §18.20.
+//! §18.20; RFC 7826 §19.1 and RFC 8446 (`rtsps`: RTSP inside TLS, with rustls); Apple's
+//! "Tunnelling RTSP and RTP through HTTP" (the HTTP tunnel, see [`crate::rtsp::tunnel`]).
+//!
+//! The messages travel over one TCP connection, in clear or inside TLS, or through the HTTP
+//! tunnel: received on the GET connection, sent base64-encoded on the POST connection, each of
+//! them in clear or inside TLS. TLS state is shared by both directions of a connection: the
+//! reader decrypts what it read under its lock, a writer encrypts under it while holding the
+//! write lock, so that records leave in the order they were sealed.
 //!
 //! Reading is done by a thread of the connection's own, blocked in `read` on the socket: per
 //! burst from the server one wake-up and one system call, where an async reader pays an epoll
@@ -21,6 +28,7 @@
 //! that lasts, so a connection has one thread of its own: the reader.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -33,6 +41,7 @@ use tokio::sync::oneshot;
 
 use super::{ClientError, redact_url};
 use crate::rtsp::codec::{self, Decoder, Frame, Limits};
+use crate::rtsp::tunnel;
 
 /// What the server sends besides responses.
 #[derive(Debug)]
@@ -86,9 +95,104 @@ struct Backlog {
     dropped: u64,
 }
 
+/// What carries the RTSP messages to and from the server.
+#[derive(Debug, Clone, Default)]
+pub struct Carrier {
+    /// TLS with this configuration (`rtsps`); the server's name is the host connected to.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTP tunnel (`rtsph`, rtspsrc's `protocols=http`): the target of its GET and POST
+    /// (the URL's path and query).
+    pub tunnel: Option<String>,
+}
+
+/// The TLS state of one TCP connection, shared by its reader and its writer.
+type Tls = Arc<Mutex<rustls::ClientConnection>>;
+
+/// Where and how bytes are sent: a socket, maybe inside TLS, maybe the tunnel's base64.
+struct Writer {
+    socket: TcpStream,
+    tls: Option<Tls>,
+    base64: bool,
+}
+
+impl Writer {
+    /// `plain` as it goes on the wire, with the TLS records rustls has pending (so sealing
+    /// nothing flushes them).
+    fn seal(&self, plain: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let plain = if self.base64 {
+            tunnel::encode(&plain)
+        } else {
+            plain
+        };
+        let Some(tls) = &self.tls else {
+            return Ok(plain);
+        };
+        let mut tls = tls.lock().unwrap();
+        tls.writer().write_all(&plain).map_err(write_error)?;
+        let mut out = Vec::with_capacity(plain.len() + 64);
+        while tls.wants_write() {
+            tls.write_tls(&mut out).map_err(write_error)?;
+        }
+        Ok(out)
+    }
+
+    /// Seals and sends `plain`, blocking (bounded by the socket's send timeout).
+    fn send(&self, plain: Vec<u8>) -> Result<(), ClientError> {
+        let bytes = self.seal(plain)?;
+        (&self.socket).write_all(&bytes).map_err(write_error)
+    }
+}
+
+/// Reads once from `socket` and hands what came, in clear, to `out`. Ok: whether TLS has
+/// records to send back (the answer to a key update); Err: the connection is over.
+fn read_clear(
+    socket: &TcpStream,
+    tls: Option<&Tls>,
+    buf: &mut [u8],
+    mut out: impl FnMut(&[u8]),
+) -> Result<bool, String> {
+    let n = match (&*socket).read(buf) {
+        Ok(0) => return Err("the server closed the connection".into()),
+        Ok(n) => n,
+        Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(false),
+        Err(e) => return Err(format!("reading from the server: {e}")),
+    };
+    let Some(tls) = tls else {
+        out(&buf[..n]);
+        return Ok(false);
+    };
+    let mut tls = tls.lock().unwrap();
+    let mut input = &buf[..n];
+    let mut plain = [0u8; 16 * 1024];
+    while !input.is_empty() {
+        tls.read_tls(&mut input)
+            .map_err(|e| format!("TLS: reading from the server: {e}"))?;
+        let state = tls
+            .process_new_packets()
+            .map_err(|e| format!("TLS: {}", crate::net::tls::describe(&e)))?;
+        let mut left = state.plaintext_bytes_to_read();
+        while left > 0 {
+            let got = tls
+                .reader()
+                .read(&mut plain[..left.min(16 * 1024)])
+                .map_err(|e| format!("TLS: {e}"))?;
+            if got == 0 {
+                break;
+            }
+            out(&plain[..got]);
+            left -= got;
+        }
+    }
+    Ok(tls.wants_write())
+}
+
 /// The reading side: whoever holds it reads.
 struct ReadSide {
     socket: TcpStream,
+    tls: Option<Tls>,
+    /// Where the reader's own TLS records go when the tunnel's GET connection is its own
+    /// (else through the connection's writer).
+    own_writer: Option<Writer>,
     decoder: Decoder,
     buf: Vec<u8>,
 }
@@ -99,12 +203,12 @@ struct Shared {
     backlog: Mutex<Backlog>,
     /// Blocking, with the connection's timeout as its send timeout. An async lock, so that a
     /// write that cannot finish at once keeps it while it goes on off the runtime.
-    write: Arc<tokio::sync::Mutex<TcpStream>>,
+    write: Arc<tokio::sync::Mutex<Writer>>,
     /// Who logs (the element's name, the `id` of log records) and the server's address.
     name: String,
     peer: SocketAddr,
-    /// For shutting the socket down while others use it.
-    socket: TcpStream,
+    /// For shutting the sockets (two for the tunnel) down while others use them.
+    sockets: Vec<TcpStream>,
     /// Set before the socket is shut down on drop: nothing more is handed to the callback.
     stop: AtomicBool,
     timeout: Duration,
@@ -112,23 +216,29 @@ struct Shared {
 
 impl Shared {
     /// Writes from a thread outside the runtime (the reader's, the standby reader's).
-    fn write_all(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let mut w = self.write.blocking_lock();
-        w.write_all(bytes).map_err(write_error)
+    fn write_all(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.write.blocking_lock().send(bytes)
     }
 
     /// One read from the socket, decoded: responses go to their waiters, requests are
     /// answered, the rest lands in `out`. Err: the connection is over.
     fn read_once(&self, side: &mut ReadSide, out: &mut Vec<Incoming>) -> Result<(), String> {
-        let n = match side.socket.read(&mut side.buf) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(format!("reading from the server: {e}")),
-        };
-        side.decoder.extend(&side.buf[..n]);
+        let ReadSide {
+            socket,
+            tls,
+            own_writer,
+            decoder,
+            buf,
+        } = side;
+        if read_clear(socket, tls.as_ref(), buf, |plain| decoder.extend(plain))? {
+            match own_writer {
+                Some(w) => w.send(Vec::new()),
+                None => self.write_all(Vec::new()),
+            }
+            .map_err(|e| e.to_string())?;
+        }
         loop {
-            match side.decoder.decode() {
+            match decoder.decode() {
                 Ok(None) => return Ok(()),
                 Ok(Some(Frame::Interleaved { channel, data })) => {
                     out.push(Incoming::Interleaved { channel, data });
@@ -177,7 +287,7 @@ impl Shared {
                     }
                     let mut bytes = Vec::new();
                     codec::encode_response(&b.build(Vec::new()), &mut bytes);
-                    self.write_all(&bytes).map_err(|e| e.to_string())?;
+                    self.write_all(bytes).map_err(|e| e.to_string())?;
                     if status == StatusCode::Ok {
                         out.push(Incoming::Request(req));
                     }
@@ -336,6 +446,166 @@ fn write_now(_socket: &TcpStream, _bytes: &[u8]) -> std::io::Result<usize> {
     Ok(0)
 }
 
+/// `socket` made blocking, with `timeout` for sending.
+fn blocking(socket: TcpStream, timeout: Duration) -> std::io::Result<TcpStream> {
+    socket.set_nonblocking(false)?;
+    let _ = socket.set_nodelay(true);
+    socket.set_write_timeout(Some(timeout))?;
+    Ok(socket)
+}
+
+/// The connection's sockets once set up.
+struct Wires {
+    /// What the reader reads, and its TLS.
+    read: (TcpStream, Option<Tls>),
+    /// The tunnel's GET connection, for the reader's own TLS records.
+    own_writer: Option<Writer>,
+    write: Writer,
+    /// What was read past the tunnel's HTTP answer, in clear: the start of the RTSP stream.
+    early: Vec<u8>,
+}
+
+impl Wires {
+    fn plain(socket: TcpStream) -> std::io::Result<Wires> {
+        Ok(Wires {
+            read: (socket.try_clone()?, None),
+            own_writer: None,
+            write: Writer {
+                socket,
+                tls: None,
+                base64: false,
+            },
+            early: Vec::new(),
+        })
+    }
+}
+
+/// TLS and the HTTP tunnel, set up on a blocking thread (every read bounded by `timeout`).
+struct Setup {
+    carrier: Carrier,
+    host: String,
+    /// `host:port`, the tunnel's Host header.
+    authority: String,
+    user_agent: String,
+    name: String,
+    timeout: Duration,
+}
+
+impl Setup {
+    fn run(self, socket: TcpStream) -> Result<Wires, ClientError> {
+        let io = |e: std::io::Error| ClientError::io("setting up the connection", &e);
+        socket.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        let tls = self.secure(&socket)?;
+        let Some(target) = &self.carrier.tunnel else {
+            socket.set_read_timeout(None).map_err(io)?;
+            return Ok(Wires {
+                read: (socket.try_clone().map_err(io)?, tls.clone()),
+                own_writer: None,
+                write: Writer {
+                    socket,
+                    tls,
+                    base64: false,
+                },
+                early: Vec::new(),
+            });
+        };
+        let peer = socket.peer_addr().map_err(io)?;
+        let cookie = tunnel::new_cookie();
+        let (get, early) = self.open_get(socket, tls, target, &cookie)?;
+        // The POST goes to the address the GET reached: the same server behind any name.
+        let post = TcpStream::connect_timeout(&peer, self.timeout)
+            .map_err(|e| ClientError::io(format!("opening the tunnel's POST to {peer}"), &e))?;
+        let post = blocking(post, self.timeout).map_err(io)?;
+        post.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        let tls = self.secure(&post)?;
+        let mut post = Writer {
+            socket: post,
+            tls,
+            base64: false,
+        };
+        let request = tunnel::post_request(target, &self.authority, &cookie, &self.user_agent);
+        post.send(request.into_bytes())?;
+        post.base64 = true;
+        log::debug!(id = self.name.as_str(); "{peer}: HTTP tunnel open (GET and POST to {target})");
+        get.socket.set_read_timeout(None).map_err(io)?;
+        Ok(Wires {
+            read: (get.socket.try_clone().map_err(io)?, get.tls.clone()),
+            own_writer: Some(get),
+            write: post,
+            early,
+        })
+    }
+
+    /// Sends the tunnel's GET and reads the head of its answer: the GET connection and the
+    /// clear bytes read past the head.
+    fn open_get(
+        &self,
+        socket: TcpStream,
+        tls: Option<Tls>,
+        target: &str,
+        cookie: &str,
+    ) -> Result<(Writer, Vec<u8>), ClientError> {
+        let get = Writer {
+            socket,
+            tls,
+            base64: false,
+        };
+        let request = tunnel::get_request(target, &self.authority, cookie, &self.user_agent);
+        get.send(request.into_bytes())?;
+        let mut head = Vec::new();
+        let mut buf = vec![0; 4096];
+        loop {
+            if let Some(len) = tunnel::parse_get_response(&head)? {
+                return Ok((get, head.split_off(len)));
+            }
+            read_clear(&get.socket, get.tls.as_ref(), &mut buf, |b| {
+                head.extend_from_slice(b)
+            })
+            .map_err(|e| ClientError::Closed(format!("opening the HTTP tunnel: {e}")))?;
+        }
+    }
+
+    /// The TLS handshake on `socket`, when the carrier asks for TLS.
+    fn secure(&self, socket: &TcpStream) -> Result<Option<Tls>, ClientError> {
+        let Some(config) = &self.carrier.tls else {
+            return Ok(None);
+        };
+        let host = self.host.as_str();
+        let fail = |e: &rustls::Error| {
+            log::debug!(id = self.name.as_str(); "{host}: TLS refused: {e}");
+            ClientError::Tls {
+                host: host.to_owned(),
+                reason: crate::net::tls::describe(e),
+                certificate: matches!(e, rustls::Error::InvalidCertificate(_)),
+            }
+        };
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| ClientError::Protocol(format!("'{host}' is no TLS server name: {e}")))?;
+        let mut tls =
+            rustls::ClientConnection::new(config.clone(), server_name).map_err(|e| fail(&e))?;
+        // Sealed records are taken at once (Writer::seal): no bound is needed.
+        tls.set_buffer_limit(None);
+        let mut io = socket;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut io)
+                .map_err(|e| match crate::net::tls::rustls_error(&e) {
+                    Some(e) => fail(e),
+                    None if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        ClientError::Timeout(format!("TLS handshake with {host}"))
+                    }
+                    None => ClientError::io(format!("TLS handshake with {host}"), &e),
+                })?;
+        }
+        log::debug!(
+            id = self.name.as_str();
+            "{host}: TLS established: {:?}, {:?}",
+            tls.protocol_version(),
+            tls.negotiated_cipher_suite().map(|s| s.suite())
+        );
+        Ok(Some(Arc::new(Mutex::new(tls))))
+    }
+}
+
 /// A connected RTSP control connection.
 pub struct Connection {
     shared: Arc<Shared>,
@@ -344,12 +614,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects within `timeout` and starts the reader. `on_incoming` runs on the reader's
-    /// thread (see the module's documentation); it is not called any more once the
-    /// connection is dropped.
+    /// Connects within `timeout` (over `carrier`) and starts the reader. `on_incoming` runs on
+    /// the reader's thread (see the module's documentation); it is not called any more once
+    /// the connection is dropped.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         host: &str,
         port: u16,
+        carrier: &Carrier,
         timeout: Duration,
         limits: Limits,
         user_agent: String,
@@ -361,24 +633,48 @@ impl Connection {
             .map_err(|_| ClientError::Timeout(format!("connecting to {host}:{port}")))?
             .map_err(|e| ClientError::io(format!("connecting to {host}:{port}"), &e))?;
         let io = |e: std::io::Error| ClientError::io("setting up the connection", &e);
-        let socket = stream.into_std().map_err(io)?;
+        let socket = blocking(stream.into_std().map_err(io)?, timeout).map_err(io)?;
         let peer = socket.peer_addr().map_err(io)?;
         log::debug!(id = name.as_str(); "{peer}: connected");
-        socket.set_nonblocking(false).map_err(io)?;
-        let _ = socket.set_nodelay(true);
-        socket.set_write_timeout(Some(timeout)).map_err(io)?;
+        let wires = if carrier.tls.is_none() && carrier.tunnel.is_none() {
+            Wires::plain(socket).map_err(io)?
+        } else {
+            let setup = Setup {
+                carrier: carrier.clone(),
+                host: host.to_owned(),
+                authority: if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                },
+                user_agent: user_agent.clone(),
+                name: name.clone(),
+                timeout,
+            };
+            tokio::task::spawn_blocking(move || setup.run(socket))
+                .await
+                .map_err(|e| ClientError::Closed(format!("setting up the connection: {e}")))??
+        };
+        let mut decoder = Decoder::new(limits);
+        decoder.extend(&wires.early);
+        let sockets = vec![
+            wires.read.0.try_clone().map_err(io)?,
+            wires.write.socket.try_clone().map_err(io)?,
+        ];
         let shared = Arc::new(Shared {
             control: Mutex::default(),
             read: Mutex::new(ReadSide {
-                socket: socket.try_clone().map_err(io)?,
-                decoder: Decoder::new(limits),
+                socket: wires.read.0,
+                tls: wires.read.1,
+                own_writer: wires.own_writer,
+                decoder,
                 buf: vec![0; READ_SIZE],
             }),
             backlog: Mutex::default(),
-            write: Arc::new(tokio::sync::Mutex::new(socket.try_clone().map_err(io)?)),
+            write: Arc::new(tokio::sync::Mutex::new(wires.write)),
             name,
             peer,
-            socket,
+            sockets,
             stop: AtomicBool::new(false),
             timeout,
         });
@@ -402,17 +698,20 @@ impl Connection {
 
     /// Writes on a blocking thread; the socket's send timeout bounds it.
     async fn write(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
-        let mut w = self.shared.write.clone().lock_owned().await;
+        let w = self.shared.write.clone().lock_owned().await;
+        let bytes = w.seal(bytes)?;
         // Requests and RTCP are small: the socket takes them at once, no thread is involved.
-        let sent = write_now(&w, &bytes).map_err(write_error)?;
+        let sent = write_now(&w.socket, &bytes).map_err(write_error)?;
         if sent == bytes.len() {
             return Ok(());
         }
         // The send buffer is full (a server that does not read): finish on the blocking pool,
         // keeping the lock so that nothing else is written in between.
-        tokio::task::spawn_blocking(move || w.write_all(&bytes[sent..]).map_err(write_error))
-            .await
-            .map_err(|e| ClientError::Closed(format!("writing to the server: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            (&w.socket).write_all(&bytes[sent..]).map_err(write_error)
+        })
+        .await
+        .map_err(|e| ClientError::Closed(format!("writing to the server: {e}")))?
     }
 
     /// The server's address.
@@ -520,7 +819,9 @@ impl Drop for Connection {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.close();
         // Wakes a thread blocked in read on it.
-        let _ = self.shared.socket.shutdown(Shutdown::Both);
+        for socket in &self.shared.sockets {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -546,6 +847,7 @@ mod tests {
             .block_on(Connection::connect(
                 "127.0.0.1",
                 port,
+                &Carrier::default(),
                 Duration::from_secs(5),
                 Limits::default(),
                 "test".into(),
@@ -736,5 +1038,98 @@ mod tests {
             0,
             "the socket was not closed"
         );
+    }
+
+    /// Through the HTTP tunnel: the GET and the POST name one cookie, requests (and
+    /// interleaved data) go base64 on the POST, answers come in clear on the GET.
+    #[test]
+    fn the_tunnel_sends_base64_on_post_and_reads_the_get() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let head = |reader: &mut std::io::BufReader<TcpStream>| {
+                let mut lines = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        return lines;
+                    }
+                    lines.push(line.trim_end().to_owned());
+                }
+            };
+            let cookie = |lines: &[String]| {
+                lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix("x-sessioncookie: "))
+                    .unwrap()
+                    .to_owned()
+            };
+            let (get, _) = listener.accept().unwrap();
+            let mut get_reader = std::io::BufReader::new(get.try_clone().unwrap());
+            let get_head = head(&mut get_reader);
+            assert_eq!(get_head[0], "GET /live HTTP/1.0");
+            (&get)
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-rtsp-tunnelled\r\n\r\n")
+                .unwrap();
+            let (post, _) = listener.accept().unwrap();
+            let mut post_reader = std::io::BufReader::new(post);
+            let post_head = head(&mut post_reader);
+            assert_eq!(post_head[0], "POST /live HTTP/1.0");
+            assert_eq!(cookie(&get_head), cookie(&post_head));
+            // Decode what the client posts until a whole request and an interleaved frame.
+            let (mut decoder, mut plain) = (tunnel::Base64Decoder::new(), Vec::new());
+            let mut buf = [0u8; 1024];
+            while !plain.ends_with(b"\x24\x01\x00\x02hi") {
+                let n = post_reader.read(&mut buf).unwrap();
+                assert!(n > 0, "the POST closed");
+                decoder.decode(&buf[..n], &mut plain).unwrap();
+            }
+            let text = String::from_utf8_lossy(&plain).into_owned();
+            assert!(
+                text.starts_with("GET_PARAMETER rtsp://127.0.0.1/ RTSP/1.0\r\n"),
+                "{text}"
+            );
+            let cseq = text
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq: "))
+                .unwrap()
+                .to_owned();
+            (&get)
+                .write_all(format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n").as_bytes())
+                .unwrap();
+            get
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let carrier = Carrier {
+            tls: None,
+            tunnel: Some("/live".into()),
+        };
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                &carrier,
+                Duration::from_secs(5),
+                Limits::default(),
+                "test".into(),
+                "test".into(),
+                |_| {},
+            ))
+            .unwrap();
+        let resp = rt.block_on(async {
+            let request = conn.request(get_parameter());
+            let rtcp = async {
+                // Sent after the request (the write lock keeps the order).
+                tokio::task::yield_now().await;
+                conn.send_interleaved(1, b"hi").await.unwrap();
+            };
+            tokio::join!(request, rtcp).0
+        });
+        assert_eq!(resp.unwrap().status(), StatusCode::Ok);
+        let _get = server.join().unwrap();
     }
 }

@@ -19,6 +19,7 @@ mod udp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,8 +28,9 @@ use bytes::Bytes;
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
 use tokio::sync::{mpsc, oneshot};
 
-use self::conn::{Connection, Incoming};
+use self::conn::{Carrier, Connection, Incoming};
 use self::udp::{SourceFilter, UdpReceiver};
+pub use crate::net::tls::TlsValidation;
 use crate::rtp::ssrc::{SenderLock, Verdict};
 use crate::rtp::{self, rtcp, stats::ReceiverStats};
 use crate::rtsp::auth::{self, Authenticator, Credentials};
@@ -69,6 +71,20 @@ pub enum ClientError {
     Sdp(String),
     #[error("no usable transport: {0}")]
     NoTransport(String),
+    /// TLS failed with `host`: its certificate was refused (`certificate`), or the handshake
+    /// or a record (rustls's reason).
+    #[error("TLS with {host}: {reason}")]
+    Tls {
+        host: String,
+        reason: String,
+        certificate: bool,
+    },
+    /// The TLS settings cannot be used (a CA file that cannot be read, ...).
+    #[error("TLS settings: {0}")]
+    TlsSettings(String),
+    /// The HTTP tunnel could not be opened.
+    #[error(transparent)]
+    Tunnel(#[from] crate::rtsp::tunnel::TunnelError),
     /// The description lists more streams than allowed.
     #[error("the description lists {count} streams, more than the {limit} allowed (max-streams)")]
     TooManyStreams { count: usize, limit: usize },
@@ -126,6 +142,44 @@ pub struct ClientConfig {
     pub max_streams: usize,
     /// Who is playing: the `id` of the client's log records (rtspsrc2's element name).
     pub name: String,
+    /// TLS for `rtsps`, `rtspst` and `rtspsh` URLs, set up when one is played.
+    pub tls: TlsSettings,
+    /// Tunnel through HTTP for `rtsp` URLs too (rtspsrc's `protocols=http`).
+    pub http_tunnel: bool,
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Which certificate problems fail the handshake.
+    pub validation: TlsValidation,
+    /// CA certificates (PEM) trusted besides the system's; a server presenting one of them as
+    /// its own is trusted too (see [`crate::net::tls::client_config_pinning`]).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            validation: TlsValidation::ALL,
+            ca_file: None,
+        }
+    }
+}
+
+impl TlsSettings {
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        use crate::net::tls;
+        let ca_file = self.ca_file.as_deref();
+        let settings = |e: &dyn std::fmt::Display| ClientError::TlsSettings(e.to_string());
+        let roots = tls::roots_with_ca_file(ca_file).map_err(|e| settings(&e))?;
+        let pinned = match ca_file {
+            Some(path) => tls::ca_file_certificates(path).map_err(|e| settings(&e))?,
+            None => Vec::new(),
+        };
+        tls::client_config_pinning(Arc::new(roots), pinned, self.validation)
+            .map_err(|e| settings(&e))
+    }
 }
 
 /// The most streams one RTSP connection can carry interleaved: two channels (RTP, RTCP) each.
@@ -161,6 +215,8 @@ impl Default for ClientConfig {
             reconnect_max_delay: Duration::from_secs(10),
             max_streams: 16,
             name: "rtsp-client".into(),
+            tls: TlsSettings::default(),
+            http_tunnel: false,
         }
     }
 }
@@ -722,6 +778,7 @@ async fn establish(
     })?;
     let (url_credentials, clean) = auth::split_url_credentials(&url);
     url = clean;
+    let mut carrier = carrier_of(config, &mut url)?;
     let mut credentials = config.credentials.clone().or(url_credentials);
 
     let mut redirects = 0;
@@ -729,6 +786,7 @@ async fn establish(
         let conn = connect(
             config,
             &url,
+            &carrier,
             events,
             channels,
             stats_cell,
@@ -785,6 +843,7 @@ async fn establish(
             // Credentials in the Location are used, never sent in request lines or shown.
             credentials = redirect_credentials(&config.name, &url, credentials, &target);
             url = auth::split_url_credentials(&target).1;
+            carrier = carrier_of(config, &mut url)?;
             log::debug!(
                 id = config.name.as_str();
                 "{}: DESCRIBE redirected ({status}) to {url}",
@@ -832,6 +891,12 @@ async fn establish(
         });
     }
 
+    // Inside TLS or the tunnel the media stays inside too: interleaved, whatever `protocols`.
+    let protocols = if carrier.tls.is_some() || carrier.tunnel.is_some() {
+        &[TransportKind::Tcp][..]
+    } else {
+        protocols
+    };
     let mut last_err = None;
     let mut chosen = None;
     for kind in protocols {
@@ -875,14 +940,14 @@ async fn establish(
     Ok(session)
 }
 
-/// Whether `a` and `b` have the same origin (RFC 6454: scheme, host and port, the default one
-/// when none is given): where credentials given for one may be sent to the other.
+/// Whether `a` and `b` have the same origin (RFC 6454: scheme, host and port, the scheme's
+/// default one when none is given): where credentials given for one may be sent to the other.
 fn same_origin(a: &Url, b: &Url) -> bool {
     let origin = |u: &Url| {
         (
             u.scheme().to_ascii_lowercase(),
             u.host_str().map(str::to_ascii_lowercase),
-            u.port().unwrap_or(554),
+            u.port().unwrap_or(default_port(u.scheme())),
         )
     };
     origin(a) == origin(b)
@@ -912,9 +977,50 @@ fn redirect_credentials(
     theirs
 }
 
+/// The port of a URL that names none: 322 with TLS (RFC 7826 §19.1), else 554.
+fn default_port(scheme: &str) -> u16 {
+    match scheme {
+        "rtsps" | "rtspst" | "rtspsh" => 322,
+        _ => 554,
+    }
+}
+
+/// What carries the session to `url`, from its scheme as rtspsrc reads it: `rtsps` and
+/// `rtspst` TLS, `rtsph` the HTTP tunnel, `rtspsh` the tunnel inside TLS, `rtsp`, `rtspt` and
+/// `rtspu` neither (the tunnel when `config.http_tunnel`). The URL's scheme becomes the one
+/// requests name: `rtsps` with TLS, else `rtsp`.
+fn carrier_of(config: &ClientConfig, url: &mut Url) -> Result<Carrier, ClientError> {
+    let (tls, tunnel) = match url.scheme() {
+        "rtsp" | "rtspt" | "rtspu" => (false, false),
+        "rtsps" | "rtspst" => (true, false),
+        "rtsph" => (false, true),
+        "rtspsh" => (true, true),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "unsupported URL scheme '{other}'"
+            )));
+        }
+    };
+    // Between schemes that are not special to the URL standard, this cannot fail.
+    let _ = url.set_scheme(if tls { "rtsps" } else { "rtsp" });
+    let tls = if tls {
+        Some(config.tls.client_config()?)
+    } else {
+        None
+    };
+    let tunnel = (tunnel || config.http_tunnel).then(|| {
+        match &url[url::Position::BeforePath..url::Position::AfterQuery] {
+            "" => "/".to_owned(),
+            target => target.to_owned(),
+        }
+    });
+    Ok(Carrier { tls, tunnel })
+}
+
 async fn connect(
     config: &ClientConfig,
     url: &Url,
+    carrier: &Carrier,
     events: &EventFn,
     channels: &ChannelMap,
     stats_cell: &Arc<RwLock<SharedStats>>,
@@ -926,7 +1032,10 @@ async fn connect(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = url.port().unwrap_or(554);
+    // RFC 7826 §19.1: 322 for rtsps.
+    let port = url
+        .port()
+        .unwrap_or(if carrier.tls.is_some() { 322 } else { 554 });
     let events = events.clone();
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
@@ -941,6 +1050,7 @@ async fn connect(
     Connection::connect(
         &host,
         port,
+        carrier,
         config.tcp_timeout,
         config.limits,
         config.user_agent.clone(),
@@ -1848,6 +1958,41 @@ mod tests {
         );
         let err = streams_of(&sdp_with_media(200), "rtsp://h/", usize::MAX).unwrap_err();
         assert!(err.to_string().contains("200 streams"), "{err}");
+    }
+
+    #[test]
+    fn the_scheme_chooses_tls_and_the_tunnel_and_requests_name_rtsp_or_rtsps() {
+        let plain = ClientConfig::default();
+        let http = ClientConfig {
+            http_tunnel: true,
+            ..ClientConfig::default()
+        };
+        for (config, location, tls, tunnel, request) in [
+            (&plain, "rtsp://h/a", false, None, "rtsp://h/a"),
+            (&plain, "rtspt://h:8554/a", false, None, "rtsp://h:8554/a"),
+            (&plain, "rtsps://h/a?b=1", true, None, "rtsps://h/a?b=1"),
+            (&plain, "rtspst://h/a", true, None, "rtsps://h/a"),
+            (
+                &plain,
+                "rtsph://h/a?b=1",
+                false,
+                Some("/a?b=1"),
+                "rtsp://h/a?b=1",
+            ),
+            (&plain, "rtspsh://h", true, Some("/"), "rtsps://h"),
+            (&http, "rtsp://h/a", false, Some("/a"), "rtsp://h/a"),
+        ] {
+            let mut url = Url::parse(location).unwrap();
+            let carrier = carrier_of(config, &mut url).unwrap();
+            assert_eq!(carrier.tls.is_some(), tls, "{location}");
+            assert_eq!(carrier.tunnel.as_deref(), tunnel, "{location}");
+            assert_eq!(url.as_str(), request, "{location}");
+        }
+        let mut url = Url::parse("http://h/a").unwrap();
+        assert!(matches!(
+            carrier_of(&plain, &mut url),
+            Err(ClientError::Protocol(_))
+        ));
     }
 }
 
