@@ -1,8 +1,9 @@
 //! rtspserversink serving RTSPS (`tls-certificate-file`/`tls-key-file`, `tls-certificate`) to real
 //! clients we did not write: the stock C `rtspsrc` (`rtsps://`, `tls-validation-flags=0`,
-//! `protocols=tcp`) and ffprobe; a hand-written rustls client for the URLs the server answers
-//! with; a plain RTSP client on the TLS port fails while a TLS client keeps playing. Certificates
-//! are generated with rcgen for 127.0.0.1.
+//! `protocols=tcp`) and ffprobe; our rtspsrc2 checking the certificate; a hand-written rustls
+//! client for the URLs the server answers with and for a client that stops reading; a plain RTSP
+//! client on the TLS port fails while a TLS client keeps playing; credentials inside TLS.
+//! Certificates are generated with rcgen for 127.0.0.1.
 
 mod common;
 
@@ -179,9 +180,9 @@ fn tls_client(tcp: TcpStream) -> TlsClient {
         unknown_ca: false,
         ..TlsValidation::ALL
     };
-    let config = client_config(relaxed, Arc::new(rustls::RootCertStore::empty())).unwrap();
+    let config = client_config(Arc::new(rustls::RootCertStore::empty()), relaxed).unwrap();
     let name = "127.0.0.1".try_into().unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     BufReader::new(rustls::StreamOwned::new(conn, tcp))
 }
@@ -427,4 +428,53 @@ fn unusable_certificate_settings_fail_the_start_naming_the_file() {
     let whole = gio::TlsCertificate::from_files(&certs.cert, &certs.key).unwrap();
     let text = start_error(&certs.props(), Some(&whole));
     assert!(text.contains("not both"), "{text}");
+}
+
+/// Our rtspsrc2 plays `rtsps://` from rtspserversink with the certificate fully checked against
+/// its CA file (the self-signed certificate for 127.0.0.1), and refuses it without that file.
+#[test]
+fn rtspsrc2_plays_rtsps_checking_the_certificate() {
+    let certs = Certs::new("rtspsrc2");
+    let server = ServerPipeline::start(&certs.props(), &av_source(false));
+    let location = rtsps_url(&server);
+    for protocols in ["tcp", "udp"] {
+        let checked = common::stock::decode(&format!(
+            "location={location} protocols={protocols} tls-ca-file={}",
+            certs.cert.display()
+        ));
+        assert_eq!(checked, Ok(()), "{protocols}");
+    }
+    let unchecked = common::stock::decode(&format!("location={location}"));
+    let err = unchecked.expect_err("a self-signed certificate without its CA file");
+    assert!(err.contains("unknown issuer"), "{err}");
+}
+
+/// Credentials over RTSPS: Basic (the scheme TLS makes safe) and Digest both play, a missing
+/// password gets 401.
+#[test]
+fn credentials_are_checked_inside_tls() {
+    let certs = Certs::new("auth");
+    let server = ServerPipeline::start(
+        &format!(
+            r#"{} users=<"alice:S3cr3t"> auth-methods=basic+digest"#,
+            certs.props()
+        ),
+        &av_source(false),
+    );
+    let with_password = format!("rtsps://alice:S3cr3t@127.0.0.1:{}/", server.port);
+    let out = ffprobe(&with_password, "tcp", "stream=codec_name");
+    assert!(out.contains("h264"), "streams: {out}");
+    let played = common::stock::decode(&format!(
+        "location={} protocols=tcp tls-ca-file={} user-id=alice user-pw=S3cr3t",
+        rtsps_url(&server),
+        certs.cert.display()
+    ));
+    assert_eq!(played, Ok(()));
+    let (out, timed_out) = run(
+        Command::new("ffprobe").args(["-v", "error", &rtsps_url(&server)]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!timed_out && !out.status.success(), "{err}");
+    assert!(err.contains("401 Unauthorized"), "{err}");
 }
