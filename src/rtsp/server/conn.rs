@@ -25,8 +25,9 @@ use crate::rtsp::codec::interleaved_header;
 /// Control messages (responses, server requests) may exceed the media budget so they are never
 /// lost behind media, but a peer that lets even those pile up this far is cut off.
 const MAX_CONTROL_BYTES: usize = 1024 * 1024;
-/// Largest amount handed to one vectored write.
-const MAX_BATCH_ITEMS: usize = 512;
+/// Most buffers handed to one vectored write (Linux's IOV_MAX is 1024; a frame larger than a
+/// batch goes in several writes).
+const MAX_BATCH_SLICES: usize = 1024;
 
 /// The write half of a connection's byte stream.
 pub trait ConnWriter: AsyncWrite + Unpin + Send + 'static {
@@ -44,16 +45,55 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ConnWriter for tokio::io::Write
     const BUFFERED: bool = true;
 }
 
+/// A group of RTP or RTCP packets (a frame, a compound) queued as a whole: one allocation per
+/// push, shared by every connection it is queued for.
+#[derive(Clone)]
+pub struct Frame {
+    packets: Arc<[Bytes]>,
+    /// Bytes on the wire, interleaved headers included.
+    wire_len: usize,
+}
+
+impl Frame {
+    /// None when a packet is too large for an interleaved frame (RFC 2326 §10.12: 16-bit
+    /// length).
+    pub fn new(packets: &[Bytes]) -> Option<Frame> {
+        let mut wire_len = 0;
+        for p in packets {
+            if p.len() > usize::from(u16::MAX) {
+                return None;
+            }
+            wire_len += p.len() + 4;
+        }
+        Some(Frame {
+            packets: packets.into(),
+            wire_len,
+        })
+    }
+
+    pub fn packets(&self) -> &[Bytes] {
+        &self.packets
+    }
+}
+
 enum Item {
     Control(Bytes),
-    Media { channel: u8, data: Bytes },
+    Media { channel: u8, frame: Frame },
 }
 
 impl Item {
     fn wire_len(&self) -> usize {
         match self {
             Item::Control(b) => b.len(),
-            Item::Media { data, .. } => data.len() + 4,
+            Item::Media { frame, .. } => frame.wire_len,
+        }
+    }
+
+    /// Buffers it takes in a vectored write.
+    fn slices(&self) -> usize {
+        match self {
+            Item::Control(_) => 1,
+            Item::Media { frame, .. } => 2 * frame.packets.len(),
         }
     }
 }
@@ -184,8 +224,9 @@ impl ConnOut {
     /// Queues a group of packets (one frame, or one RTCP compound) on `channel`, all or nothing.
     /// Returns false when the group was dropped because the queue is full or closed.
     /// The queue holds at most `media_limit` bytes, or one group of any size when it was empty.
-    pub fn send_media(&self, channel: u8, packets: &[Bytes]) -> bool {
-        let total: usize = packets.iter().map(|p| p.len() + 4).sum();
+    pub fn send_media(&self, channel: u8, frame: &Frame) -> bool {
+        let total = frame.wire_len;
+        let packets = frame.packets();
         let ended = {
             let mut q = self.queue.lock().unwrap();
             if q.closed {
@@ -228,10 +269,10 @@ impl ConnOut {
                 None
             };
             q.media_bytes += total;
-            q.items.extend(packets.iter().map(|p| Item::Media {
+            q.items.push_back(Item::Media {
                 channel,
-                data: p.clone(),
-            }));
+                frame: frame.clone(),
+            });
             ended
         };
         self.notify.notify_one();
@@ -261,15 +302,22 @@ impl ConnOut {
         mut writer: W,
         stall_timeout: Duration,
     ) {
-        let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH_ITEMS);
+        let mut batch: Vec<Item> = Vec::new();
         loop {
             {
                 let mut q = self.queue.lock().unwrap();
                 if q.closed {
                     break;
                 }
-                let n = q.items.len().min(MAX_BATCH_ITEMS);
-                batch.extend(q.items.drain(..n));
+                // Whole items up to the slice budget; at least one, however large.
+                let mut slices = 0;
+                while let Some(item) = q.items.front() {
+                    slices += item.slices();
+                    if slices > MAX_BATCH_SLICES && !batch.is_empty() {
+                        break;
+                    }
+                    batch.extend(q.items.pop_front());
+                }
             }
             if batch.is_empty() {
                 self.notify.notified().await;
@@ -280,7 +328,7 @@ impl ConnOut {
             for item in batch.drain(..) {
                 match item {
                     Item::Control(b) => control += b.len(),
-                    Item::Media { data, .. } => media += data.len() + 4,
+                    Item::Media { frame, .. } => media += frame.wire_len,
                 }
             }
             {
@@ -321,20 +369,27 @@ async fn write_batch<W: ConnWriter>(
 ) -> Result<(), CloseReason> {
     let headers: Vec<[u8; 4]> = batch
         .iter()
-        .map(|item| match item {
-            Item::Media { channel, data } => {
-                interleaved_header(*channel, u16::try_from(data.len()).unwrap_or(u16::MAX))
-            }
-            Item::Control(_) => [0; 4],
+        .filter_map(|item| match item {
+            Item::Media { channel, frame } => Some((*channel, frame.packets())),
+            Item::Control(_) => None,
+        })
+        .flat_map(|(channel, packets)| {
+            // Frame::new checked that every length fits.
+            packets.iter().map(move |p| {
+                interleaved_header(channel, u16::try_from(p.len()).unwrap_or(u16::MAX))
+            })
         })
         .collect();
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
-    for (item, header) in batch.iter().zip(&headers) {
+    let mut headers = headers.iter();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.iter().map(Item::slices).sum());
+    for item in batch {
         match item {
             Item::Control(b) => slices.push(IoSlice::new(b.as_ref())),
-            Item::Media { data, .. } => {
-                slices.push(IoSlice::new(header));
-                slices.push(IoSlice::new(data.as_ref()));
+            Item::Media { frame, .. } => {
+                for (p, header) in frame.packets().iter().zip(&mut headers) {
+                    slices.push(IoSlice::new(header));
+                    slices.push(IoSlice::new(p.as_ref()));
+                }
             }
         }
     }
@@ -358,4 +413,70 @@ async fn write_batch<W: ConnWriter>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn frame(first: u8, packets: usize) -> Frame {
+        let packets: Vec<Bytes> = (0..packets)
+            .map(|i| Bytes::from(vec![first.wrapping_add(i as u8); 10 + i % 7]))
+            .collect();
+        Frame::new(&packets).unwrap()
+    }
+
+    fn wire(channel: u8, frame: &Frame) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in frame.packets() {
+            v.extend_from_slice(&interleaved_header(channel, p.len() as u16));
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn frames_and_messages_reach_the_socket_in_order_and_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut client, (server, peer)) = (client.unwrap(), accepted.unwrap());
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 20, "test".into()));
+        // A frame needing more slices than one vectored write takes, between small ones.
+        let (small, big) = (frame(1, 3), frame(50, MAX_BATCH_SLICES));
+        let mut expected = Vec::new();
+        assert!(out.send_media(0, &small));
+        expected.extend(wire(0, &small));
+        out.send_control(Bytes::from_static(b"RTSP/1.0 200 OK\r\n\r\n"));
+        expected.extend_from_slice(b"RTSP/1.0 200 OK\r\n\r\n");
+        assert!(out.send_media(2, &big));
+        expected.extend(wire(2, &big));
+        assert!(out.send_media(1, &small));
+        expected.extend(wire(1, &small));
+        let (_, write_half) = server.into_split();
+        let writer = tokio::spawn(out.clone().run_writer(write_half, Duration::from_secs(5)));
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == expected, "the bytes on the wire differ");
+        assert_eq!(out.queued_media_bytes(), 0);
+        assert_eq!(
+            out.bytes_written.load(Ordering::Relaxed),
+            expected.len() as u64
+        );
+        out.close(CloseReason::Server);
+        writer.await.unwrap();
+    }
+
+    #[test]
+    fn a_packet_too_large_to_interleave_makes_no_frame() {
+        assert!(Frame::new(&[Bytes::from(vec![0; 65536])]).is_none());
+        assert_eq!(
+            Frame::new(&[Bytes::from(vec![0; 65535])]).unwrap().wire_len,
+            65539
+        );
+    }
 }

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::burst::{Burst, Offer};
-use super::conn::ConnOut;
+use super::conn::{ConnOut, Frame};
 use crate::rtp::{self, keyframe, ntp, rtcp};
 use crate::rtsp::sdp::MediaDescription;
 
@@ -484,8 +484,9 @@ impl Stream {
         let dropped = p.dropped;
         // Sent under the plane lock, as pushes are: nothing newer overtakes the buffer.
         let sent = buffer.is_empty() || {
+            let out = Outgoing::new(&buffer);
             let mut udp = super::udp_out::Batch::default();
-            let sent = self.send(&entry.dest, &buffer, &mut udp);
+            let sent = self.send(&entry.dest, &out, &mut udp);
             udp.flush(&self.rtp_socket);
             sent
         };
@@ -617,6 +618,9 @@ impl Stream {
         };
         // Unicast UDP datagrams for every client go out together after the loop.
         let mut udp = super::udp_out::Batch::default();
+        // What clients get: the whole push, or (waiting for one) from its keyframe on.
+        let whole = Outgoing::new(packets);
+        let from_key = first_key.map(|i| Outgoing::new(&packets[i..]));
         for entry in plane.entries.iter_mut() {
             let waiting_keyframe = match &mut entry.state {
                 EntryState::Pending(p) => {
@@ -625,15 +629,15 @@ impl Stream {
                 }
                 EntryState::Live { waiting_keyframe } => waiting_keyframe,
             };
-            let start = if *waiting_keyframe {
-                match first_key {
-                    Some(i) => i,
+            let out = if *waiting_keyframe {
+                match &from_key {
+                    Some(out) => out,
                     None => continue,
                 }
             } else {
-                0
+                &whole
             };
-            let sent = self.send(&entry.dest, &packets[start..], &mut udp);
+            let sent = self.send(&entry.dest, out, &mut udp);
             if sent {
                 *waiting_keyframe = false;
             } else if codec.is_some() {
@@ -667,17 +671,14 @@ impl Stream {
     fn send<'a>(
         &self,
         dest: &'a Dest,
-        packets: &'a [Bytes],
+        out: &'a Outgoing<'a>,
         udp: &mut super::udp_out::Batch<'a>,
     ) -> bool {
+        let packets = out.packets;
         let mut ok = true;
         match &dest.target {
             Target::Tcp { conn, channel } => {
-                if packets.iter().any(|p| p.len() > usize::from(u16::MAX)) {
-                    ok = false;
-                } else {
-                    ok = conn.send_media(*channel, packets);
-                }
+                ok = out.frame().is_some_and(|f| conn.send_media(*channel, f));
                 if !ok {
                     dest.packets_dropped
                         .fetch_add(packets.len() as u64, Ordering::Relaxed);
@@ -694,10 +695,10 @@ impl Stream {
             }
         }
         if ok {
-            let bytes: usize = packets.iter().map(Bytes::len).sum();
             dest.packets_sent
                 .fetch_add(packets.len() as u64, Ordering::Relaxed);
-            dest.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+            dest.bytes_sent
+                .fetch_add(out.bytes as u64, Ordering::Relaxed);
         }
         ok
     }
@@ -742,7 +743,9 @@ impl Stream {
                 }
             }
             Target::Tcp { conn, channel } => {
-                conn.send_media(channel.wrapping_add(1), &[packet]);
+                if let Some(frame) = Frame::new(&[packet]) {
+                    conn.send_media(channel.wrapping_add(1), &frame);
+                }
             }
         }
     }
@@ -758,6 +761,30 @@ impl Stream {
                 _ => false,
             })
             .map(|e| e.dest.clone())
+    }
+}
+
+/// Packets for destinations, with what is the same for all of them computed once.
+struct Outgoing<'a> {
+    packets: &'a [Bytes],
+    /// Their payload bytes (RTP headers included), for the destinations' counters.
+    bytes: usize,
+    /// The packets as one queue item for TCP connections, made for the first one.
+    frame: std::cell::OnceCell<Option<Frame>>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(packets: &'a [Bytes]) -> Self {
+        Outgoing {
+            packets,
+            bytes: packets.iter().map(Bytes::len).sum(),
+            frame: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// None when a packet is too large for interleaving.
+    fn frame(&self) -> Option<&Frame> {
+        self.frame.get_or_init(|| Frame::new(self.packets)).as_ref()
     }
 }
 
