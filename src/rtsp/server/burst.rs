@@ -187,7 +187,10 @@ mod tests {
         };
         assert_eq!(burst.len(), MAX_PACKETS);
         let big = packet(1, false, MAX_BYTES / 2);
-        assert!(matches!(b.offer(std::slice::from_ref(&big), t0), Offer::Held { .. }));
+        assert!(matches!(
+            b.offer(std::slice::from_ref(&big), t0),
+            Offer::Held { .. }
+        ));
         assert!(matches!(b.offer(&[big], t0), Offer::Release(v) if v.len() == 2));
     }
 
