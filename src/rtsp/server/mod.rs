@@ -22,6 +22,11 @@
 //!  TCP ──reader task──▶ Decoder ──▶ Shared::handle_request ──▶ ConnOut (responses)
 //! ```
 //!
+//! Limits, for a server on a network: connections in all and per client address (checked at
+//! accept), a deadline per request and for idle connections without a session (the reader's
+//! timer), sessions in all and per connection (SETUP), request sizes ([`codec::Limits`]).
+//! Interleaved RTCP is found through the connection's own channel map ([`ConnCtx`]).
+//!
 //! Logging (category `lsrtsp`, records carry the server's [`ServerConfig::name`] as `id`): at
 //! debug every request and status line with peer, CSeq and session, connections accepted and
 //! closed (why), sessions created, expired and torn down, transports chosen and refused (why),

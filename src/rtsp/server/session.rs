@@ -460,14 +460,14 @@ impl Shared {
             Some(id) => Some(sessions.get(id).ok_or_else(|| no_session(id))?),
             None => None,
         };
-        if let Some(s) = existing {
-            if s.playing {
-                // Adding streams to a playing session is not supported (RFC 2326 10.4).
-                return Err(refuse(
-                    StatusCode::MethodNotValidInThisState,
-                    format!("session {} is playing: streams are added before PLAY", s.id),
-                ));
-            }
+        if let Some(s) = existing
+            && s.playing
+        {
+            // Adding streams to a playing session is not supported (RFC 2326 10.4).
+            return Err(refuse(
+                StatusCode::MethodNotValidInThisState,
+                format!("session {} is playing: streams are added before PLAY", s.id),
+            ));
         }
         let mut setups = ctx.setups.lock().unwrap();
         if existing.is_none() {
