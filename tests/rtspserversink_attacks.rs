@@ -243,37 +243,52 @@ fn two_hundred_slowloris_connections() {
     assert!(stat(&server, "connections-refused-per-address") > 0);
 }
 
-/// One connection from 127.0.0.2 pipelining 10,000 SETUPs: the first 8 create sessions, the
-/// others get 503.
-#[test]
-fn ten_thousand_setups_on_one_connection() {
-    let server = start_server();
-    let (created, refused) = play_through(&server, |port, _stop| {
-        let stream = connect_from([127, 0, 0, 2], port).expect("connect");
-        let mut writer = stream.try_clone().unwrap();
-        let url = format!("rtsp://127.0.0.1:{port}/");
-        let sender = thread::spawn(move || {
-            for cseq in 1..=10_000 {
-                let req = format!(
-                    "SETUP {url} RTSP/1.0\r\nCSeq: {cseq}\r\n\
-                     Transport: RTP/AVP;unicast;client_port=40000-40001\r\n\r\n"
-                );
-                writer.write_all(req.as_bytes()).expect("SETUP sent");
-            }
-        });
-        let mut client = RawClient::from_stream(stream);
-        let (mut created, mut refused) = (0, 0);
-        for _ in 0..10_000 {
-            match client.read_response().status {
-                200 => created += 1,
-                503 => refused += 1,
-                other => panic!("SETUP answered {other}"),
-            }
+/// Sends `n` SETUPs (UDP, no session) on `stream` at once and returns how many were answered
+/// 200 and how many 503.
+fn pipelined_setups(stream: TcpStream, port: u16, n: usize) -> (usize, usize) {
+    let mut writer = stream.try_clone().unwrap();
+    let url = format!("rtsp://127.0.0.1:{port}/");
+    let sender = thread::spawn(move || {
+        for cseq in 1..=n {
+            let req = format!(
+                "SETUP {url} RTSP/1.0\r\nCSeq: {cseq}\r\n\
+                 Transport: RTP/AVP;unicast;client_port=40000-40001\r\n\r\n"
+            );
+            writer.write_all(req.as_bytes()).expect("SETUP sent");
         }
-        sender.join().unwrap();
-        (created, refused)
     });
-    assert_eq!((created, refused), (8, 9992));
+    let mut client = RawClient::from_stream(stream);
+    let (mut created, mut refused) = (0, 0);
+    for _ in 0..n {
+        match client.read_response().status {
+            200 => created += 1,
+            503 => refused += 1,
+            other => panic!("SETUP answered {other}"),
+        }
+    }
+    sender.join().unwrap();
+    (created, refused)
+}
+
+/// A client on 127.0.0.2 SETUPs 10,000 sessions, first pipelined on one connection (the first
+/// 8 are created, the others get 503), then 8 at a time on 1250 connections one after the
+/// other: the sessions it never plays end with each connection, so they never fill
+/// `max-sessions` (and ffprobe gets one during the attack).
+#[test]
+fn ten_thousand_setups() {
+    let server = start_server();
+    let (one, many) = play_through(&server, |port, _stop| {
+        let conn = || connect_from([127, 0, 0, 2], port).expect("connect");
+        let one = pipelined_setups(conn(), port, 10_000);
+        let mut many = (0, 0);
+        for _ in 0..1250 {
+            let (created, refused) = pipelined_setups(conn(), port, 8);
+            many = (many.0 + created, many.1 + refused);
+        }
+        (one, many)
+    });
+    assert_eq!(one, (8, 9992), "on one connection: (created, refused)");
+    assert_eq!(many, (10_000, 0), "8 per connection: (created, refused)");
     assert_eq!(stat(&server, "sessions-refused"), 9992);
 }
 

@@ -1041,12 +1041,14 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             out.bytes_written.load(Ordering::Relaxed)
         );
     }
-    // Sessions with interleaved streams cannot outlive their connection; UDP ones time out.
+    // Sessions with interleaved streams cannot outlive their connection, nor can those not
+    // playing (else a client reconnecting could fill max-sessions with sessions it never
+    // plays); playing UDP ones live on until they time out.
     let ended: Vec<Session> = {
         let mut sessions = shared.sessions.lock().unwrap();
         let ids: Vec<String> = sessions
             .values()
-            .filter(|s| s.conn_id == id && s.uses_tcp())
+            .filter(|s| s.conn_id == id && (s.uses_tcp() || !s.playing))
             .map(|s| s.id.clone())
             .collect();
         ids.iter().filter_map(|i| sessions.remove(i)).collect()
@@ -1054,9 +1056,14 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     for s in ended {
         sdebug!(
             name,
-            "{peer}: session {} ended with its TCP connection after {:.1?}",
+            "{peer}: session {} ended with its connection after {:.1?} ({})",
             s.id,
-            s.created.elapsed()
+            s.created.elapsed(),
+            if s.uses_tcp() {
+                "interleaved"
+            } else {
+                "not playing"
+            }
         );
         session::end_session(s);
     }
