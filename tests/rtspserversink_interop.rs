@@ -169,7 +169,8 @@ fn a_stalled_tcp_client_does_not_stop_the_others() {
 
 #[test]
 fn fifty_clients_connecting_and_playing_at_the_same_moment_all_receive() {
-    let server = ServerPipeline::start("", &av_source(true));
+    // All from 127.0.0.1.
+    let server = ServerPipeline::start("max-connections-per-address=50", &av_source(true));
     let url = server.url("/");
     let n = 50;
     let barrier = Arc::new(Barrier::new(n));

@@ -293,7 +293,7 @@ fn a_real_client_session_is_logged_at_debug_and_headers_at_log_level() {
             .is_some()
             || capture
                 .wait_for(
-                    &[&format!("session {session} ended with its TCP connection")],
+                    &[&format!("session {session} ended with its connection")],
                     Duration::from_secs(1),
                 )
                 .is_some());

@@ -146,6 +146,33 @@ fn wrong_session_gets_454() {
     assert_still_serving(&server);
 }
 
+/// Interleaved channels belong to the connection: a second session on it asking for the same
+/// channels gets others, and a frame on a channel no stream uses is ignored and counted.
+#[test]
+fn sessions_on_one_connection_get_distinct_channels() {
+    let server = ServerPipeline::start("", &av_source(false));
+    let mut c = RawClient::connect(server.port);
+    let url = format!("{}stream=0", server.url("/"));
+    let transport = [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")];
+    let channels: Vec<String> = (0..2)
+        .map(|_| {
+            let r = c.request("SETUP", &url, &transport, "");
+            assert_eq!(r.status, 200, "SETUP: {r:?}");
+            let t = r.header("Transport").unwrap();
+            t.split(';')
+                .find_map(|p| p.strip_prefix("interleaved="))
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(channels, ["0-1", "2-3"]);
+    c.send_raw(b"$\x09\x00\x04abcd");
+    let r = c.request("OPTIONS", "*", &[], "");
+    assert_eq!(r.status, 200);
+    let ignored = server.stats().get::<u64>("interleaved-ignored").unwrap();
+    assert_eq!(ignored, 1);
+}
+
 #[test]
 fn unsupported_transport_gets_461() {
     let server = ServerPipeline::start("protocols=tcp", &av_source(false));

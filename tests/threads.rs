@@ -54,7 +54,9 @@ fn server(max_connections: usize) -> (ChildGuard, u16) {
             .args(["bitrate=200", "key-int-max=15", "!", "rtspserversink"])
             .arg(format!("port={port}"))
             .arg("address=127.0.0.1")
-            .arg(format!("max-connections={max_connections}")),
+            .arg(format!("max-connections={max_connections}"))
+            // Every instance connects from 127.0.0.1.
+            .arg(format!("max-connections-per-address={max_connections}")),
     );
     // Wait until it accepts connections.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -19,6 +19,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::net::server_tls::{self, Pem};
+use crate::rtsp::codec::Limits;
 use crate::rtsp::sdp::MediaDescription;
 use crate::rtsp::server::auth::{
     AccessConfig, AccessRequest, AuthMethods, DEFAULT_REALM, Users, parse_networks,
@@ -39,8 +40,12 @@ const DEFAULT_ADDRESS: &str = "0.0.0.0";
 const DEFAULT_PORT: u32 = 8554;
 const DEFAULT_MOUNT_POINT: &str = "/";
 const DEFAULT_SESSION_TIMEOUT: u32 = 60;
-const DEFAULT_MAX_SESSIONS: u32 = 0;
+const DEFAULT_MAX_SESSIONS: u32 = 1000;
+const DEFAULT_MAX_SESSIONS_PER_CONNECTION: u32 = 8;
 const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 32;
+const DEFAULT_REQUEST_TIMEOUT: u32 = 10;
+const DEFAULT_MAX_REQUEST_BODY_SIZE: u32 = 64 * 1024;
 const DEFAULT_BACKLOG: i32 = 1024;
 const DEFAULT_CLIENT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 const DEFAULT_CLIENT_STALL_TIMEOUT: u32 = 5000;
@@ -73,7 +78,11 @@ struct Settings {
     protocols: gst_rtsp::RTSPLowerTrans,
     session_timeout: u32,
     max_sessions: u32,
+    max_sessions_per_connection: u32,
     max_connections: u32,
+    max_connections_per_address: u32,
+    request_timeout: u32,
+    max_request_body_size: u32,
     backlog: i32,
     client_queue_size: u32,
     client_stall_timeout: u32,
@@ -149,7 +158,11 @@ impl Default for Settings {
                 | gst_rtsp::RTSPLowerTrans::TCP,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
             backlog: DEFAULT_BACKLOG,
             client_queue_size: DEFAULT_CLIENT_QUEUE_SIZE,
             client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
@@ -217,7 +230,14 @@ impl Settings {
             multicast,
             session_timeout: Duration::from_secs(u64::from(self.session_timeout)),
             max_sessions: self.max_sessions as usize,
+            max_sessions_per_connection: self.max_sessions_per_connection as usize,
             max_connections: self.max_connections as usize,
+            max_connections_per_address: self.max_connections_per_address as usize,
+            request_timeout: Duration::from_secs(u64::from(self.request_timeout)),
+            limits: Limits {
+                max_body_bytes: self.max_request_body_size as usize,
+                ..ServerConfig::default().limits
+            },
             backlog: self.backlog,
             client_queue_bytes: self.client_queue_size as usize,
             client_stall_timeout: Duration::from_millis(u64::from(self.client_stall_timeout)),
@@ -626,6 +646,15 @@ impl RtspServerSink {
             .field("connections", stats.connections as u32)
             .field("connections-total", stats.connections_total)
             .field("connections-refused", stats.connections_refused)
+            .field(
+                "connections-refused-per-address",
+                stats.connections_refused_per_address,
+            )
+            .field("connections-idle-closed", stats.connections_idle_closed)
+            .field("requests-timed-out", stats.requests_timed_out)
+            .field("requests-too-large", stats.requests_too_large)
+            .field("sessions-refused", stats.sessions_refused)
+            .field("interleaved-ignored", stats.interleaved_ignored)
             .field("sessions", stats.clients.len() as u32)
             .field("sessions-timed-out", stats.sessions_timed_out)
             .field("clients-disconnected-slow", stats.clients_disconnected_slow)
@@ -685,11 +714,38 @@ impl ObjectImpl for RtspServerSink {
                     .default_value(DEFAULT_MAX_SESSIONS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-sessions-per-connection")
+                    .nick("Max sessions per connection")
+                    .blurb("Maximum number of sessions one RTSP connection may create and hold; SETUP beyond it gets 503")
+                    .minimum(1)
+                    .default_value(DEFAULT_MAX_SESSIONS_PER_CONNECTION)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("max-connections")
                     .nick("Max connections")
                     .blurb("Maximum number of open RTSP connections; more are closed at once")
                     .minimum(1)
                     .default_value(DEFAULT_MAX_CONNECTIONS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-connections-per-address")
+                    .nick("Max connections per address")
+                    .blurb("Maximum number of open RTSP connections from one client address (IPv6: one /64); more are closed at once")
+                    .minimum(1)
+                    .default_value(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("request-timeout")
+                    .nick("Request timeout")
+                    .blurb("Seconds a request may take to arrive complete (else 408 and the connection is closed); a connection without a session is closed after this long without a request")
+                    .minimum(1)
+                    .default_value(DEFAULT_REQUEST_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-request-body-size")
+                    .nick("Max request body size")
+                    .blurb("Largest request body (Content-Length) in bytes; a larger one gets 413 and the connection is closed")
+                    .default_value(DEFAULT_MAX_REQUEST_BODY_SIZE)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecInt::builder("backlog")
@@ -891,7 +947,15 @@ impl ObjectImpl for RtspServerSink {
             "protocols" => s.protocols = value.get().expect("type checked"),
             "session-timeout" => s.session_timeout = value.get().expect("type checked"),
             "max-sessions" => s.max_sessions = value.get().expect("type checked"),
+            "max-sessions-per-connection" => {
+                s.max_sessions_per_connection = value.get().expect("type checked")
+            }
             "max-connections" => s.max_connections = value.get().expect("type checked"),
+            "max-connections-per-address" => {
+                s.max_connections_per_address = value.get().expect("type checked")
+            }
+            "request-timeout" => s.request_timeout = value.get().expect("type checked"),
+            "max-request-body-size" => s.max_request_body_size = value.get().expect("type checked"),
             "backlog" => s.backlog = value.get().expect("type checked"),
             "client-queue-size" => s.client_queue_size = value.get().expect("type checked"),
             "client-stall-timeout" => s.client_stall_timeout = value.get().expect("type checked"),
@@ -940,7 +1004,11 @@ impl ObjectImpl for RtspServerSink {
             "protocols" => s.protocols.to_value(),
             "session-timeout" => s.session_timeout.to_value(),
             "max-sessions" => s.max_sessions.to_value(),
+            "max-sessions-per-connection" => s.max_sessions_per_connection.to_value(),
             "max-connections" => s.max_connections.to_value(),
+            "max-connections-per-address" => s.max_connections_per_address.to_value(),
+            "request-timeout" => s.request_timeout.to_value(),
+            "max-request-body-size" => s.max_request_body_size.to_value(),
             "backlog" => s.backlog.to_value(),
             "client-queue-size" => s.client_queue_size.to_value(),
             "client-stall-timeout" => s.client_stall_timeout.to_value(),

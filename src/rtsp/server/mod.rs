@@ -26,6 +26,11 @@
 //!  TCP ──reader task──▶ Decoder ──▶ Shared::handle_request ──▶ ConnOut (responses)
 //! ```
 //!
+//! Limits, for a server on a network: connections in all and per client address (checked at
+//! accept), a deadline per request and for idle connections without a session (the reader's
+//! timer), sessions in all and per connection (SETUP), request sizes ([`codec::Limits`]).
+//! Interleaved RTCP is found through the connection's own channel map ([`ConnCtx`]).
+//!
 //! Logging (category `lsrtsp`, records carry the server's [`ServerConfig::name`] as `id`): at
 //! debug every request and status line with peer, CSeq and session, connections accepted and
 //! closed (why), sessions created, expired and torn down, transports chosen and refused (why),
@@ -130,8 +135,16 @@ pub struct ServerConfig {
     pub session_timeout: Duration,
     /// 0 = unlimited.
     pub max_sessions: usize,
+    /// Sessions one connection may have created and still hold.
+    pub max_sessions_per_connection: usize,
     /// Open RTSP connections at most; further ones are closed at once.
     pub max_connections: usize,
+    /// Open RTSP connections per client address (IPv6: per /64) at most.
+    pub max_connections_per_address: usize,
+    /// A request must arrive complete (head and body) within this after its first byte, else
+    /// the connection is closed (with 408); a connection without a session that sends nothing
+    /// for this long is closed too.
+    pub request_timeout: Duration,
     pub backlog: i32,
     /// Bytes of interleaved media queued per TCP client before whole frames are dropped.
     pub client_queue_bytes: usize,
@@ -171,14 +184,21 @@ impl Default for ServerConfig {
             protocols: Protocols::default(),
             multicast: MulticastConfig::default(),
             session_timeout: Duration::from_secs(60),
-            max_sessions: 0,
+            max_sessions: 1000,
+            max_sessions_per_connection: 8,
             max_connections: 1000,
+            max_connections_per_address: 32,
+            request_timeout: Duration::from_secs(10),
             backlog: 1024,
             client_queue_bytes: 4 * 1024 * 1024,
             client_stall_timeout: Duration::from_secs(5),
             rtcp_interval: Duration::from_secs(5),
             describe_timeout: Duration::from_secs(10),
-            limits: codec::Limits::default(),
+            // A client sends small bodies (GET_PARAMETER/SET_PARAMETER names), never media.
+            limits: codec::Limits {
+                max_body_bytes: 64 * 1024,
+                ..codec::Limits::default()
+            },
             server_name: concat!("gst-plugin-livestreaming/", env!("CARGO_PKG_VERSION")).into(),
             session_name: "Live stream".into(),
             play_keyframe_wait: Duration::from_secs(4),
@@ -227,7 +247,20 @@ pub struct ClientStats {
 pub struct ServerStats {
     pub connections: usize,
     pub connections_total: u64,
+    /// Refused for `max_connections`.
     pub connections_refused: u64,
+    /// Refused for `max_connections_per_address`.
+    pub connections_refused_per_address: u64,
+    /// Closed without a session after `request_timeout` without a request.
+    pub connections_idle_closed: u64,
+    /// Requests that did not arrive complete within `request_timeout` (the connection closed).
+    pub requests_timed_out: u64,
+    /// Requests refused for an oversized header block (400) or body (413).
+    pub requests_too_large: u64,
+    /// SETUPs refused for `max_sessions` or `max_sessions_per_connection` (503).
+    pub sessions_refused: u64,
+    /// Interleaved frames from clients on a channel of no stream they set up (ignored).
+    pub interleaved_ignored: u64,
     pub sessions_timed_out: u64,
     pub clients_disconnected_slow: u64,
     pub frames_dropped: u64,
@@ -243,6 +276,12 @@ struct ConnEntry {
 struct Counters {
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
+    connections_refused_per_address: AtomicU64,
+    connections_idle_closed: AtomicU64,
+    requests_timed_out: AtomicU64,
+    requests_too_large: AtomicU64,
+    sessions_refused: AtomicU64,
+    interleaved_ignored: AtomicU64,
     sessions_timed_out: AtomicU64,
     clients_disconnected_slow: AtomicU64,
     frames_dropped_closed: AtomicU64,
@@ -258,6 +297,8 @@ pub struct Shared {
     streams: RwLock<BTreeMap<usize, Arc<Stream>>>,
     sessions: Mutex<HashMap<String, Session>>,
     conns: Mutex<HashMap<u64, ConnEntry>>,
+    /// Open connections per client address (see [`address_key`]).
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Bumped whenever a stream's description changes; DESCRIBE waits on it.
     media_version: watch::Sender<u64>,
     events: EventFn,
@@ -346,6 +387,7 @@ impl Server {
             streams: RwLock::new(BTreeMap::new()),
             sessions: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            per_address: Mutex::new(HashMap::new()),
             media_version,
             events: Box::new(events),
             counters: Counters::default(),
@@ -589,6 +631,14 @@ impl Server {
             connections,
             connections_total: c.connections_total.load(Ordering::Relaxed),
             connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            connections_refused_per_address: c
+                .connections_refused_per_address
+                .load(Ordering::Relaxed),
+            connections_idle_closed: c.connections_idle_closed.load(Ordering::Relaxed),
+            requests_timed_out: c.requests_timed_out.load(Ordering::Relaxed),
+            requests_too_large: c.requests_too_large.load(Ordering::Relaxed),
+            sessions_refused: c.sessions_refused.load(Ordering::Relaxed),
+            interleaved_ignored: c.interleaved_ignored.load(Ordering::Relaxed),
             sessions_timed_out: c.sessions_timed_out.load(Ordering::Relaxed),
             clients_disconnected_slow: c.clients_disconnected_slow.load(Ordering::Relaxed),
             frames_dropped,
@@ -727,8 +777,74 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
             drop(stream);
             continue;
         }
+        let Some(slot) = AddressSlot::take(&shared, peer.ip()) else {
+            shared
+                .counters
+                .connections_refused_per_address
+                .fetch_add(1, Ordering::Relaxed);
+            sdebug!(
+                name,
+                "{peer}: connection refused: max-connections-per-address ({}) open from {}",
+                shared.config.max_connections_per_address,
+                address_key(peer.ip())
+            );
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(shared.clone(), stream, peer));
+        let conn = serve_connection(shared.clone(), stream, peer);
+        connections.spawn(async move {
+            conn.await;
+            drop(slot);
+        });
+    }
+}
+
+/// What `max-connections-per-address` counts as one address: an IPv4 address, or an IPv6 /64
+/// (one subscriber's prefix; an IPv4-mapped address counts as its IPv4 one).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// One open connection counted against its address; released when dropped (also when the
+/// connection's task is aborted).
+struct AddressSlot {
+    shared: Arc<Shared>,
+    key: IpAddr,
+}
+
+impl AddressSlot {
+    /// None when the address already has `max_connections_per_address` open.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut open = shared.per_address.lock().unwrap();
+        let n = open.get(&key).copied().unwrap_or(0);
+        if n >= shared.config.max_connections_per_address {
+            return None;
+        }
+        open.insert(key, n + 1);
+        Some(AddressSlot {
+            shared: shared.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.shared.per_address.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -742,6 +858,10 @@ enum ReadEnd {
     Fatal,
     /// The peer's address is not allowed; its request was answered 403.
     Refused,
+    /// A request did not arrive complete within the request timeout (answered 408).
+    RequestTimeout,
+    /// No request for the request timeout on a connection without a session.
+    Idle,
 }
 
 /// How long a client has to complete the TLS handshake of an RTSPS connection.
@@ -833,9 +953,15 @@ async fn serve_stream<R, W>(
         out: out.clone(),
         local,
         user: None,
+        setups: Default::default(),
     };
     let mut decoder = Decoder::new(shared.config.limits);
     let mut buf = vec![0u8; 16 * 1024];
+    // When the message begun must be complete, or, with nothing buffered, when an idle
+    // connection without a session is closed.
+    let request_timeout = shared.config.request_timeout;
+    let deadline = tokio::time::sleep(request_timeout);
+    tokio::pin!(deadline);
     let end = 'conn: loop {
         let n = tokio::select! {
             r = reader.read(&mut buf) => match r {
@@ -844,13 +970,38 @@ async fn serve_stream<R, W>(
                 Ok(n) => n,
             },
             _ = out.closed_notify.notified() => break ReadEnd::Closed,
+            () = &mut deadline => {
+                if decoder.buffered_len() > 0 {
+                    let resp = error_response(
+                        StatusCode::RequestTimeout,
+                        None,
+                        &shared.config.server_name,
+                    );
+                    let mut bytes = Vec::new();
+                    codec::encode_response(&resp, &mut bytes);
+                    out.send_control(bytes.into());
+                    // Let the writer flush the answer, then hang up.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break ReadEnd::RequestTimeout;
+                }
+                if !ctx.has_session(&shared.sessions.lock().unwrap()) {
+                    break ReadEnd::Idle;
+                }
+                // A connection with a session lives by the session timeout.
+                deadline.as_mut().reset(tokio::time::Instant::now() + request_timeout);
+                continue;
+            }
         };
         if out.is_closed() {
             break ReadEnd::Closed;
         }
+        // The clock restarts when a message begins in this read, or when nothing is left over.
+        let mut restart = decoder.buffered_len() == 0;
         decoder.extend(&buf[..n]);
         loop {
-            match decoder.decode() {
+            let decoded = decoder.decode();
+            restart |= matches!(decoded, Ok(Some(_)));
+            match decoded {
                 Ok(None) => break,
                 Ok(Some(Frame::Request(req))) => {
                     let session = shared.log_request(peer, &req);
@@ -885,9 +1036,18 @@ async fn serve_stream<R, W>(
                     );
                 }
                 Ok(Some(Frame::Interleaved { channel, data })) => {
-                    on_interleaved(&shared, id, channel, &data);
+                    on_interleaved(&shared, &ctx, channel, &data);
                 }
                 Err(err) => {
+                    if matches!(
+                        err,
+                        DecodeError::BodyTooLarge { .. } | DecodeError::HeaderTooLarge { .. }
+                    ) {
+                        shared
+                            .counters
+                            .requests_too_large
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     let status = match err {
                         DecodeError::BodyTooLarge { .. } => StatusCode::RequestMessageBodyTooLarge,
                         _ => StatusCode::BadRequest,
@@ -913,15 +1073,24 @@ async fn serve_stream<R, W>(
                 }
             }
         }
+        if restart {
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + request_timeout);
+        }
     };
     out.close(CloseReason::Peer);
     let _ = (&mut writer_task.0).await;
     let reason = out.close_reason();
-    if reason == Some(CloseReason::Stalled) {
-        shared
-            .counters
-            .clients_disconnected_slow
-            .fetch_add(1, Ordering::Relaxed);
+    let c = &shared.counters;
+    let counter = match (&end, reason) {
+        (_, Some(CloseReason::Stalled)) => Some(&c.clients_disconnected_slow),
+        (ReadEnd::RequestTimeout, _) => Some(&c.requests_timed_out),
+        (ReadEnd::Idle, _) => Some(&c.connections_idle_closed),
+        _ => None,
+    };
+    if let Some(counter) = counter {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
     let frames_dropped = out.frames_dropped.load(Ordering::Relaxed);
     shared
@@ -934,6 +1103,13 @@ async fn serve_stream<R, W>(
         (ReadEnd::Error(e), _) => format!("read error: {e}").into(),
         (ReadEnd::Fatal, _) => "after an unusable request".into(),
         (ReadEnd::Refused, _) => "its address is not allowed".into(),
+        (ReadEnd::RequestTimeout, _) => format!(
+            "no complete request within request-timeout ({request_timeout:?}); answered 408"
+        )
+        .into(),
+        (ReadEnd::Idle, _) => {
+            format!("no request for request-timeout ({request_timeout:?}) and no session").into()
+        }
         (ReadEnd::Closed, Some(CloseReason::Stalled)) => format!(
             "the client read nothing for {:?}",
             shared.config.client_stall_timeout
@@ -954,12 +1130,14 @@ async fn serve_stream<R, W>(
             out.bytes_written.load(Ordering::Relaxed)
         );
     }
-    // Sessions with interleaved streams cannot outlive their connection; UDP ones time out.
+    // Sessions with interleaved streams cannot outlive their connection, nor can those not
+    // playing (else a client reconnecting could fill max-sessions with sessions it never
+    // plays); playing UDP ones live on until they time out.
     let ended: Vec<Session> = {
         let mut sessions = shared.sessions.lock().unwrap();
         let ids: Vec<String> = sessions
             .values()
-            .filter(|s| s.conn_id == id && s.uses_tcp())
+            .filter(|s| s.conn_id == id && (s.uses_tcp() || !s.playing))
             .map(|s| s.id.clone())
             .collect();
         ids.iter().filter_map(|i| sessions.remove(i)).collect()
@@ -967,9 +1145,14 @@ async fn serve_stream<R, W>(
     for s in ended {
         sdebug!(
             name,
-            "{peer}: session {} ended with its TCP connection after {:.1?}",
+            "{peer}: session {} ended with its connection after {:.1?} ({})",
             s.id,
-            s.created.elapsed()
+            s.created.elapsed(),
+            if s.uses_tcp() {
+                "interleaved"
+            } else {
+                "not playing"
+            }
         );
         session::end_session(s);
     }
@@ -1053,23 +1236,26 @@ fn log_report(name: &str, from: &dyn std::fmt::Display, dest: &Dest, stream: usi
     );
 }
 
-/// RTCP from a client on an interleaved channel.
-fn on_interleaved(shared: &Shared, conn: u64, channel: u8, data: &[u8]) {
+/// RTCP from a client on an interleaved channel: one lookup in the connection's own map.
+fn on_interleaved(shared: &Shared, ctx: &ConnCtx, channel: u8, data: &[u8]) {
     if channel.is_multiple_of(2) {
         return; // RTP from a client: we only send.
     }
-    let sessions = shared.sessions.lock().unwrap();
-    for s in sessions.values().filter(|s| s.conn_id == conn) {
-        for st in s.streams.values() {
-            if st.transport.interleaved.map(|(_, rtcp)| rtcp) == Some(channel) {
-                if st.dest.on_rtcp(data, st.stream.clock_rate())
-                    && log::log_enabled!(log::Level::Trace)
-                {
-                    log_report(&shared.name, &s.peer, &st.dest, st.stream.id);
-                }
-                return;
-            }
-        }
+    let Some((dest, stream)) = ctx.rtcp_channel(channel) else {
+        shared
+            .counters
+            .interleaved_ignored
+            .fetch_add(1, Ordering::Relaxed);
+        strace!(
+            &*shared.name,
+            "{}: {} bytes on interleaved channel {channel}, which no stream of it uses: ignored",
+            ctx.out.peer,
+            data.len()
+        );
+        return;
+    };
+    if dest.on_rtcp(data, stream.clock_rate()) && log::log_enabled!(log::Level::Trace) {
+        log_report(&shared.name, &ctx.out.peer, &dest, stream.id);
     }
 }
 
@@ -1246,6 +1432,90 @@ mod tests {
             assert_eq!(c.read(&mut [0u8; 16]).unwrap(), 0, "end of stream");
         }
         drop(again);
+    }
+
+    /// Reads until the server closes the connection (bounded); returns what it sent.
+    fn read_to_close(c: &mut std::net::TcpStream) -> String {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got)
+            .expect("the server closes the connection");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[test]
+    fn incomplete_requests_and_idle_connections_are_closed_after_the_request_timeout() {
+        let server = Server::start(
+            ServerConfig {
+                request_timeout: Duration::from_millis(300),
+                ..config()
+            },
+            |_| {},
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        let mut partial = std::net::TcpStream::connect(addr).unwrap();
+        let mut idle = std::net::TcpStream::connect(addr).unwrap();
+        let mut answered = std::net::TcpStream::connect(addr).unwrap();
+        let start = Instant::now();
+        std::io::Write::write_all(&mut partial, b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n").unwrap();
+        std::io::Write::write_all(&mut answered, b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").unwrap();
+        assert!(read_to_close(&mut partial).starts_with("RTSP/1.0 408 "));
+        assert_eq!(read_to_close(&mut idle), "");
+        // Answered, then closed as idle: it has no session.
+        assert!(read_to_close(&mut answered).starts_with("RTSP/1.0 200 "));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        // Counted once the connection's task has ended, just after the socket closed.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while server.stats().connections > 0 {
+            assert!(Instant::now() < deadline, "connections not ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stats = server.stats();
+        assert_eq!(stats.requests_timed_out, 1);
+        assert_eq!(stats.connections_idle_closed, 2);
+    }
+
+    #[test]
+    fn connections_beyond_the_per_address_limit_are_closed_at_once() {
+        let server = Server::start(
+            ServerConfig {
+                max_connections_per_address: 2,
+                ..config()
+            },
+            |_| {},
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        let kept: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        wait_connections(&server, 2);
+        let mut refused = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(read_to_close(&mut refused), "");
+        assert_eq!(server.stats().connections_refused_per_address, 1);
+        // A slot is free again once a connection ends.
+        drop(kept);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while server.stats().connections > 0 {
+            assert!(Instant::now() < deadline, "connections not closed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _again = std::net::TcpStream::connect(addr).unwrap();
+        wait_connections(&server, 1);
+    }
+
+    #[test]
+    fn address_key_groups_ipv6_by_64_and_unmaps_ipv4() {
+        let key = |s: &str| address_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
     }
 
     /// Waits (bounded) until both ports of a pair can be bound again.

@@ -15,7 +15,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version, headers};
@@ -90,6 +91,48 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     /// The user the request being handled authenticated as.
     pub user: Option<String>,
+    /// What this connection set up, found without the server-wide sessions lock.
+    pub setups: Arc<Mutex<ConnSetups>>,
+}
+
+/// The sessions a connection created and the interleaved channels its streams use. Entries of
+/// ended sessions go stale and are pruned as they are met; both stay small (at most
+/// `max_sessions_per_connection` sessions, 128 channel pairs).
+#[derive(Default)]
+pub struct ConnSetups {
+    sessions: Vec<String>,
+    /// RTCP channel → the destination and stream it reports on.
+    channels: HashMap<u8, Channel>,
+}
+
+struct Channel {
+    rtp: u8,
+    dest: Weak<Dest>,
+    stream: Weak<Stream>,
+}
+
+impl ConnSetups {
+    /// The sessions this connection created that still exist.
+    fn live_sessions(&mut self, conn: u64, sessions: &HashMap<String, Session>) -> usize {
+        self.sessions
+            .retain(|id| sessions.get(id).is_some_and(|s| s.conn_id == conn));
+        self.sessions.len()
+    }
+}
+
+impl ConnCtx {
+    /// Whether a session this connection created still exists.
+    pub fn has_session(&self, sessions: &HashMap<String, Session>) -> bool {
+        let mut setups = self.setups.lock().unwrap();
+        setups.live_sessions(self.out.id, sessions) > 0
+    }
+
+    /// The destination and stream whose RTCP travels on interleaved `channel`.
+    pub fn rtcp_channel(&self, channel: u8) -> Option<(Arc<Dest>, Arc<Stream>)> {
+        let setups = self.setups.lock().unwrap();
+        let c = setups.channels.get(&channel)?;
+        Some((c.dest.upgrade()?, c.stream.upgrade()?))
+    }
 }
 
 /// Work to do after the response has been queued.
@@ -588,37 +631,51 @@ impl Shared {
             }
             None => None,
         };
-        if let Some(s) = existing {
-            if s.playing {
-                // Adding streams to a playing session is not supported (RFC 2326 10.4).
-                return Err(refuse(
-                    StatusCode::MethodNotValidInThisState,
-                    format!("session {} is playing: streams are added before PLAY", s.id),
-                ));
-            }
-        } else {
-            let max = self.config.max_sessions;
-            if max > 0 && sessions.len() >= max {
-                return Err(refuse(
-                    StatusCode::ServiceUnavailable,
-                    format!("max-sessions ({max}) reached"),
-                ));
+        if let Some(s) = existing
+            && s.playing
+        {
+            // Adding streams to a playing session is not supported (RFC 2326 10.4).
+            return Err(refuse(
+                StatusCode::MethodNotValidInThisState,
+                format!("session {} is playing: streams are added before PLAY", s.id),
+            ));
+        }
+        let mut setups = ctx.setups.lock().unwrap();
+        if existing.is_none() {
+            // 503 as gst-rtsp-server answers when its session pool is full.
+            let (max, per_conn) = (
+                self.config.max_sessions,
+                self.config.max_sessions_per_connection,
+            );
+            let why = if max > 0 && sessions.len() >= max {
+                Some(format!("max-sessions ({max}) reached"))
+            } else if setups.live_sessions(ctx.out.id, &sessions) >= per_conn {
+                Some(format!(
+                    "max-sessions-per-connection ({per_conn}) reached on this connection"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.counters
+                    .sessions_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(refuse(StatusCode::ServiceUnavailable, why));
             }
         }
         let alive = existing.map_or_else(
             || Arc::new(AliveStamp::new(self.epoch)),
             |s| s.alive.clone(),
         );
-        let used_channels: Vec<u8> = existing
-            .map(|s| {
-                s.streams
-                    .values()
-                    .filter(|st| st.stream.id != stream_id)
-                    .filter_map(|st| st.transport.interleaved.map(|(a, _)| a))
-                    .collect()
-            })
-            .unwrap_or_default();
         let id = session_id.map_or_else(new_session_id, str::to_owned);
+        // Channels are the connection's: in use by any of its streams but the one set up again.
+        let used_channels: Vec<u8> = setups
+            .channels
+            .values()
+            .filter_map(|c| Some((c.rtp, c.dest.upgrade()?, c.stream.upgrade()?)))
+            .filter(|(_, dest, stream)| dest.session != id || stream.id != stream_id)
+            .map(|(rtp, ..)| rtp)
+            .collect();
 
         let (target, reply) = self
             .choose_transport(ctx, &stream, &transports, &used_channels)
@@ -631,6 +688,20 @@ impl Shared {
         let created = !sessions.contains_key(&id);
         let dest = Arc::new(Dest::new(id.clone(), target, alive.clone()));
 
+        if created {
+            setups.sessions.push(id.clone());
+        }
+        if let Some((rtp, rtcp)) = reply.interleaved {
+            setups.channels.insert(
+                rtcp,
+                Channel {
+                    rtp,
+                    dest: Arc::downgrade(&dest),
+                    stream: Arc::downgrade(&stream),
+                },
+            );
+        }
+        drop(setups);
         let session = sessions.entry(id.clone()).or_insert_with(|| Session {
             id: id.clone(),
             conn_id: ctx.out.id,
