@@ -189,3 +189,14 @@ fn a_get_without_post_is_closed_while_another_client_plays() {
     stop.store(true, Ordering::SeqCst);
     reading.join().unwrap();
 }
+
+#[test]
+fn a_tunnel_from_a_denied_address_is_refused() {
+    let server = ServerPipeline::start("allowed-addresses=127.0.0.2", &av_source(false));
+    for method in ["GET", "POST"] {
+        assert_eq!(
+            refusal(open_side(server.port, method, "c")),
+            "HTTP/1.0 403 Forbidden"
+        );
+    }
+}

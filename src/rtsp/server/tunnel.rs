@@ -213,6 +213,14 @@ pub(super) async fn serve<R, W>(
             sdebug!(name, "{peer}: HTTP request refused (400): {e}");
             refuse(writer, &tunnel::error_response(400, "Bad Request", server)).await;
         }
+        Some(Ok(_)) if !shared.access.address_allowed(peer.ip()) => {
+            sdebug!(
+                name,
+                "{peer}: tunnel request refused (403): address {} is not in allowed-addresses",
+                peer.ip()
+            );
+            refuse(writer, &tunnel::error_response(403, "Forbidden", server)).await;
+        }
         Some(Ok((req, len))) => match req.side {
             Side::Get => serve_get(shared, req, reader, writer, peer, local).await,
             Side::Post => {
@@ -347,16 +355,7 @@ async fn serve_post<R, W>(
     let name = &*shared.name;
     let cookie = short_cookie(&req.cookie);
     let server = shared.config.server_name.as_str();
-    let joined = if shared.access.address_allowed(peer.ip()) {
-        shared.tunnels.join(&req.cookie)
-    } else {
-        Err(Refusal(
-            403,
-            "Forbidden",
-            format!("address {} is not in allowed-addresses", peer.ip()),
-        ))
-    };
-    let (get_peer, posting) = match joined {
+    let (get_peer, posting) = match shared.tunnels.join(&req.cookie) {
         Ok(joined) => joined,
         Err(Refusal(status, reason, why)) => {
             sdebug!(
@@ -373,21 +372,10 @@ async fn serve_post<R, W>(
     );
     let mut decoder = Base64Decoder::new();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut input = body;
+    let mut input = body.as_slice();
     let why = loop {
-        let mut decoded = Vec::with_capacity(input.len() / 4 * 3 + 3);
-        let sent = match decoder.decode(&input, &mut decoded) {
-            Ok(()) if decoded.is_empty() => Ok(()),
-            Ok(()) => posting.input.send(Ok(decoded.into())).await,
-            Err(e) => {
-                let why = format!("{e}; the tunnel is closed");
-                let broken = io::Error::new(io::ErrorKind::InvalidData, e);
-                let _ = posting.input.send(Err(broken)).await;
-                break why;
-            }
-        };
-        if sent.is_err() {
-            break "its GET connection closed".to_owned();
+        if let Err(why) = forward(&mut decoder, input, &posting.input).await {
+            break why;
         }
         let n = tokio::select! {
             r = reader.read(&mut buf) => match r {
@@ -395,12 +383,34 @@ async fn serve_post<R, W>(
                 Ok(n) => n,
                 Err(e) => break format!("read error: {e}"),
             },
-            _ = posting.input.closed() => break "its GET connection closed".to_owned(),
+            _ = posting.input.closed() => break GET_CLOSED.to_owned(),
         };
-        input.clear();
-        input.extend_from_slice(&buf[..n]);
+        input = &buf[..n];
     };
     sdebug!(name, "{peer}: tunnel POST (cookie {cookie}…) closed: {why}");
+}
+
+const GET_CLOSED: &str = "its GET connection closed";
+
+/// Decodes what a POST sent and passes it to its tunnel. Err: why the POST ends.
+async fn forward(
+    decoder: &mut Base64Decoder,
+    input: &[u8],
+    tunnel: &mpsc::Sender<Chunk>,
+) -> Result<(), String> {
+    let mut decoded = Vec::with_capacity(input.len() / 4 * 3 + 3);
+    let chunk = match decoder.decode(input, &mut decoded) {
+        Ok(()) if decoded.is_empty() => return Ok(()),
+        Ok(()) => Ok(decoded.into()),
+        Err(e) => {
+            let why = format!("{e}; the tunnel is closed");
+            let _ = tunnel
+                .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
+                .await;
+            return Err(why);
+        }
+    };
+    tunnel.send(chunk).await.map_err(|_| GET_CLOSED.to_owned())
 }
 
 /// What a tunnel's RTSP side reads: the decoded POSTs; the GET connection only for its end.
