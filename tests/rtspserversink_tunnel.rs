@@ -58,6 +58,7 @@ fn ffprobe_plays_through_the_tunnel() {
 fn rtspsrc2_plays_through_the_tunnel() {
     let server = ServerPipeline::start("", &av_source(false));
     common::stock::decode(&format!("location={}", url(&server, "rtsph"))).unwrap();
+    common::stock::decode(&format!("location={} protocols=http", server.url("/"))).unwrap();
 }
 
 /// One side of a hand-made tunnel.
