@@ -12,6 +12,8 @@
 //!
 //! [`Base64Decoder`] reads what arrives on the POST connection (the server's side), split
 //! anywhere, with line breaks or spaces between the characters, each message padded on its own.
+//! The server side tells a tunnel's HTTP request from RTSP with [`sniff`], reads its head with
+//! [`parse_request`] and answers with [`get_response`] or [`error_response`].
 
 use base64::Engine;
 
@@ -39,6 +41,132 @@ pub enum TunnelError {
     /// `=` where no padding may be, or data after it within a quantum.
     #[error("misplaced base64 padding at offset {offset}")]
     Padding { offset: u64 },
+    /// A request head that is no HTTP request (server side).
+    #[error("no HTTP request: {0}")]
+    BadRequest(httparse::Error),
+    /// A request head longer than [`MAX_HEAD`] (server side).
+    #[error("an HTTP request head longer than {MAX_HEAD} bytes")]
+    RequestTooLong,
+    /// An HTTP request that opens no tunnel: another method, no `x-sessioncookie`, or a GET
+    /// that does not accept [`CONTENT_TYPE`].
+    #[error("{method} without {missing}: no tunnel")]
+    NotTunnel {
+        method: String,
+        missing: &'static str,
+    },
+}
+
+/// How a connection to an RTSP server starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Too few bytes to tell.
+    NeedMore,
+    /// An HTTP `GET` or `POST`: one side of a tunnel.
+    Http,
+    /// Anything else: RTSP (no RTSP method is `GET` or `POST`; `GET_PARAMETER` is told apart).
+    Rtsp,
+}
+
+/// Tells from the first bytes of a connection whether it opens a tunnel.
+pub fn sniff(start: &[u8]) -> Opening {
+    let mut opening = Opening::Rtsp;
+    for method in [&b"GET "[..], b"POST "] {
+        let n = start.len().min(method.len());
+        if start[..n] == method[..n] {
+            opening = if n == method.len() {
+                Opening::Http
+            } else {
+                Opening::NeedMore
+            };
+            break;
+        }
+    }
+    opening
+}
+
+/// The side of a tunnel an HTTP request opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The server-to-client direction.
+    Get,
+    /// The client-to-server direction (base64).
+    Post,
+}
+
+/// A tunnel's opening request, as the server reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRequest {
+    pub side: Side,
+    /// `x-sessioncookie`, compared exactly (white space around it trimmed as HTTP does).
+    pub cookie: String,
+}
+
+/// Reads the head of a tunnel's opening request at the start of `buf`: `Ok(None)` when more is
+/// needed, else the request and the length of its head (what follows is a POST's body).
+pub fn parse_request(buf: &[u8]) -> Result<Option<(TunnelRequest, usize)>, TunnelError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => return Err(TunnelError::RequestTooLong),
+        Err(e) => return Err(TunnelError::BadRequest(e)),
+    };
+    let method = req.method.unwrap_or("");
+    let not_tunnel = |missing| TunnelError::NotTunnel {
+        method: method.to_owned(),
+        missing,
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let side = match method {
+        "GET" => Side::Get,
+        "POST" => Side::Post,
+        _ => return Err(not_tunnel("being GET or POST")),
+    };
+    let accepted = header("accept").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.split(';').next().unwrap_or("").trim() == CONTENT_TYPE)
+    });
+    if side == Side::Get && !accepted {
+        return Err(not_tunnel("Accept: application/x-rtsp-tunnelled"));
+    }
+    let cookie = match header("x-sessioncookie") {
+        Some(c) if !c.is_empty() => c.to_owned(),
+        _ => return Err(not_tunnel("x-sessioncookie")),
+    };
+    Ok(Some((TunnelRequest { side, cookie }, len)))
+}
+
+/// The server's answer to a tunnel's GET, after which the RTSP stream follows (no
+/// Content-Length: the body lasts as long as the connection, as gst-rtsp-server answers).
+pub fn get_response(server: &str) -> String {
+    format!(
+        "HTTP/1.0 200 OK\r\nServer: {server}\r\nContent-Type: {CONTENT_TYPE}\r\n\
+         Cache-Control: no-cache\r\nPragma: no-cache\r\n\r\n"
+    )
+}
+
+/// The server's answer to a tunnel request it refuses; the connection is closed after it.
+pub fn error_response(status: u16, reason: &str, server: &str) -> String {
+    format!(
+        "HTTP/1.0 {status} {reason}\r\nServer: {server}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )
+}
+
+/// The start of a cookie, for logs (a cookie lets whoever knows it talk into the tunnel).
+pub fn short_cookie(cookie: &str) -> &str {
+    let end = cookie
+        .char_indices()
+        .nth(8)
+        .map_or(cookie.len(), |(i, _)| i);
+    &cookie[..end]
 }
 
 /// A fresh session cookie: 128 random bits in hex.
@@ -239,6 +367,85 @@ mod tests {
         ));
         let endless = [b"HTTP/1.0 200 OK\r\n".as_slice(), &[b'a'; MAX_HEAD]].concat();
         assert_eq!(parse_get_response(&endless), Err(TunnelError::HeadTooLong));
+    }
+
+    #[test]
+    fn openings_are_told_apart() {
+        for (start, want) in [
+            (&b""[..], Opening::NeedMore),
+            (b"G", Opening::NeedMore),
+            (b"POST", Opening::NeedMore),
+            (b"GET ", Opening::Http),
+            (b"POST /x", Opening::Http),
+            (b"GET_PARAMETER", Opening::Rtsp),
+            (b"OPTIONS", Opening::Rtsp),
+            (b"$\x00", Opening::Rtsp),
+            (b"PO", Opening::NeedMore),
+            (b"PLAY", Opening::Rtsp),
+        ] {
+            assert_eq!(sniff(start), want, "{start:?}");
+        }
+    }
+
+    #[test]
+    fn tunnel_requests_are_read_as_our_client_sends_them() {
+        let cookie = new_cookie();
+        let get = get_request("/live", "h:1", &cookie, "ua");
+        assert_eq!(parse_request(&get.as_bytes()[..10]), Ok(None));
+        let (req, len) = parse_request(get.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            (req.side, req.cookie.as_str(), len),
+            (Side::Get, &*cookie, get.len())
+        );
+        let mut post = post_request("/live", "h:1", &cookie, "ua").into_bytes();
+        let head = post.len();
+        post.extend_from_slice(&encode(b"OPTIONS"));
+        let (req, len) = parse_request(&post).unwrap().unwrap();
+        assert_eq!((req.side, len), (Side::Post, head));
+        // ffmpeg's GET: the content type among others.
+        let ffmpeg = b"GET / HTTP/1.1\r\nx-sessioncookie: abc \r\n\
+                       Accept: application/x-rtsp-tunnelled, text/plain\r\n\r\n";
+        let (req, _) = parse_request(ffmpeg).unwrap().unwrap();
+        assert_eq!(req.cookie, "abc");
+    }
+
+    #[test]
+    fn other_requests_open_no_tunnel() {
+        let not_tunnel = |head: &[u8]| match parse_request(head) {
+            Err(TunnelError::NotTunnel { missing, .. }) => missing,
+            other => panic!("{head:?}: {other:?}"),
+        };
+        assert_eq!(
+            not_tunnel(b"GET / HTTP/1.0\r\nx-sessioncookie: a\r\n\r\n"),
+            "Accept: application/x-rtsp-tunnelled"
+        );
+        assert_eq!(
+            not_tunnel(b"POST / HTTP/1.0\r\nx-sessioncookie:\r\n\r\n"),
+            "x-sessioncookie"
+        );
+        assert_eq!(not_tunnel(b"PUT / HTTP/1.0\r\n\r\n"), "being GET or POST");
+        assert!(matches!(
+            parse_request(b"GET \x01 HTTP/1.0\r\n\r\n"),
+            Err(TunnelError::BadRequest(_))
+        ));
+        let endless = [b"GET / HTTP/1.0\r\n".as_slice(), &[b'a'; MAX_HEAD]].concat();
+        assert_eq!(parse_request(&endless), Err(TunnelError::RequestTooLong));
+    }
+
+    #[test]
+    fn the_server_answers_as_gst_rtsp_server() {
+        let ok = get_response("s");
+        assert_eq!(parse_get_response(ok.as_bytes()), Ok(Some(ok.len())));
+        assert!(ok.contains("Content-Type: application/x-rtsp-tunnelled\r\n"));
+        assert!(ok.contains("Cache-Control: no-cache\r\n"));
+        assert!(!ok.to_ascii_lowercase().contains("content-length"));
+        let refused = error_response(404, "Not Found", "s");
+        assert!(matches!(
+            parse_get_response(refused.as_bytes()),
+            Err(TunnelError::Status { status: 404, .. })
+        ));
+        assert_eq!(short_cookie("0123456789abcdef"), "01234567");
+        assert_eq!(short_cookie("äb"), "äb");
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! (tokio-rustls, bounded), then serves the TLS stream like a plain one; plain TCP keeps its
 //! owned halves and vectored writes, TLS takes the same vectored writes into its records.
 //!
+//! RTSP over HTTP ([`tunnel`]): a connection (plain or TLS) that starts with an HTTP `GET` or
+//! `POST` is one side of a tunnel; a paired GET and POST are served as one RTSP connection.
+//!
 //! ```text
 //!  producer ──push()──▶ Stream ──▶ UDP unicast (server port pair)
 //!                          │  └──▶ multicast group
@@ -57,6 +60,7 @@ pub mod conn;
 mod logfmt;
 pub mod media;
 pub mod session;
+mod tunnel;
 mod udp_out;
 
 use std::collections::{BTreeMap, HashMap};
@@ -304,6 +308,8 @@ pub struct Shared {
     events: EventFn,
     counters: Counters,
     next_conn_id: AtomicU64,
+    /// HTTP tunnels by cookie.
+    tunnels: tunnel::Tunnels,
     sdp_session_id: u64,
     cname: String,
 }
@@ -392,6 +398,7 @@ impl Server {
             events: Box::new(events),
             counters: Counters::default(),
             next_conn_id: AtomicU64::new(1),
+            tunnels: tunnel::Tunnels::default(),
             sdp_session_id: rand_u64() >> 2,
             cname: format!("rtspserversink-{:08x}", rand_u64() as u32),
         });
@@ -879,7 +886,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let Some(tls) = shared.config.tls.clone() else {
         // Plain TCP: owned halves, no lock between the reader and the writer.
         let (reader, writer) = stream.into_split();
-        return serve_stream(shared, reader, writer, peer, local).await;
+        return tunnel::serve(shared, reader, writer, peer, local).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
@@ -896,7 +903,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                 );
             }
             let (reader, writer) = tokio::io::split(stream);
-            serve_stream(shared, reader, writer, peer, local).await;
+            tunnel::serve(shared, reader, writer, peer, local).await;
         }
         // rustls's reason: a plain RTSP request is "received corrupt message of type
         // InvalidContentType".
@@ -1397,6 +1404,14 @@ mod tests {
         }
     }
 
+    /// A connection that has started an RTSP request (the server counts it from then on).
+    fn connect_rtsp(addr: SocketAddr) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"OPTIONS").unwrap();
+        c
+    }
+
     /// Waits (bounded) until the server counts `n` open connections.
     fn wait_connections(server: &Server, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1411,9 +1426,7 @@ mod tests {
         let server = Server::start(config(), |_| {}).unwrap();
         server.add_stream(0).unwrap();
         let addr = server.local_addr();
-        let mut clients: Vec<std::net::TcpStream> = (0..5)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
+        let mut clients: Vec<std::net::TcpStream> = (0..5).map(|_| connect_rtsp(addr)).collect();
         wait_connections(&server, clients.len());
         let start = Instant::now();
         drop(server);
@@ -1550,7 +1563,7 @@ mod tests {
     fn a_server_dropped_inside_the_runtime_stops_without_blocking() {
         let server = Server::start(config(), |_| {}).unwrap();
         let addr = server.local_addr();
-        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let mut client = connect_rtsp(addr);
         wait_connections(&server, 1);
         let stopped = crate::runtime::handle().block_on(async move {
             crate::runtime::handle()
