@@ -770,7 +770,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
             .counters
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
-        let open = shared.conns.lock().unwrap().len();
+        // Every connection task counts: also those that have not shown what they are yet and
+        // the two halves of HTTP tunnels.
+        let open = connections.len();
         if open >= shared.config.max_connections {
             shared
                 .counters
@@ -1504,9 +1506,7 @@ mod tests {
         )
         .unwrap();
         let addr = server.local_addr();
-        let kept: Vec<_> = (0..2)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
+        let kept: Vec<_> = (0..2).map(|_| connect_rtsp(addr)).collect();
         wait_connections(&server, 2);
         let mut refused = std::net::TcpStream::connect(addr).unwrap();
         assert_eq!(read_to_close(&mut refused), "");
@@ -1518,7 +1518,7 @@ mod tests {
             assert!(Instant::now() < deadline, "connections not closed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _again = std::net::TcpStream::connect(addr).unwrap();
+        let _again = connect_rtsp(addr);
         wait_connections(&server, 1);
     }
 

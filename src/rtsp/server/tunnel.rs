@@ -11,7 +11,7 @@
 //! closes, the tunnel stays open and a new POST with the same cookie takes over (as QuickTime
 //! does); one POST at a time. The tunnel ends with its GET connection.
 //!
-//! Bounds: the HTTP head within [`HEAD_TIMEOUT`] and [`tunnel::MAX_HEAD`] bytes; at most
+//! Bounds: the HTTP head within the server's `request_timeout` and [`tunnel::MAX_HEAD`] bytes; at most
 //! [`MAX_PENDING_PER_ADDRESS`] GETs per address waiting for their POST; decoded requests
 //! pass the same [`crate::rtsp::codec::Limits`] as plain RTSP; a few decoded chunks in flight.
 
@@ -33,7 +33,8 @@ use crate::rtsp::tunnel::{self, Base64Decoder, Opening, Side, TunnelRequest, sho
 
 /// How long a GET waits for its POST.
 pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may take to show whether it is RTSP or HTTP, and to send an HTTP head.
+/// How long an HTTP answer may take to leave. (How long a connection may take to show whether
+/// it is RTSP or HTTP, and to send an HTTP head, is the server's `request_timeout`.)
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// GETs from one address that may wait for their POST at the same time.
 pub const MAX_PENDING_PER_ADDRESS: usize = 4;
@@ -185,7 +186,8 @@ pub(super) async fn serve<R, W>(
 {
     let name = &*shared.name;
     let mut start = Vec::new();
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut reader, &mut start)).await {
+    let within = shared.config.request_timeout;
+    let head = match tokio::time::timeout(within, read_head(&mut reader, &mut start)).await {
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
             sdebug!(
@@ -195,10 +197,14 @@ pub(super) async fn serve<R, W>(
             return;
         }
         Err(_) => {
+            shared
+                .counters
+                .connections_idle_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             sdebug!(
                 name,
                 "{peer}: connection dropped: its first bytes show no RTSP request or HTTP head \
-                 within {HEAD_TIMEOUT:?}"
+                 within request-timeout ({within:?})"
             );
             return;
         }
