@@ -455,12 +455,24 @@ fn rtspsrc2_plays_rtsps_checking_the_certificate() {
 fn credentials_are_checked_inside_tls() {
     let certs = Certs::new("auth");
     let server = ServerPipeline::start(
-        &format!(
-            r#"{} users=<"alice:S3cr3t"> auth-methods=basic+digest"#,
-            certs.props()
-        ),
+        &format!(r#"{} users=<"alice:S3cr3t">"#, certs.props()),
         &av_source(false),
     );
+    // Inside TLS, Basic is offered by default, after Digest.
+    let mut tls = tls_client(TcpStream::connect(("127.0.0.1", server.port)).unwrap());
+    let url = rtsps_url(&server);
+    tls.get_mut()
+        .write_all(format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n").as_bytes())
+        .unwrap();
+    let answer = read_response(&mut tls);
+    let challenges: Vec<&str> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("WWW-Authenticate:"))
+        .map(str::trim)
+        .collect();
+    assert!(answer.starts_with("RTSP/1.0 401"), "{answer}");
+    assert_eq!(challenges.len(), 3, "{answer}");
+    assert!(challenges[2].starts_with("Basic "), "{answer}");
     let with_password = format!("rtsps://alice:S3cr3t@127.0.0.1:{}/", server.port);
     let out = ffprobe(&with_password, "tcp", "stream=codec_name");
     assert!(out.contains("h264"), "streams: {out}");

@@ -97,6 +97,8 @@ struct Settings {
     users: Vec<String>,
     users_file: Option<String>,
     auth_methods: AuthMethodFlags,
+    /// `auth-methods` was set by the application: Basic is then offered without TLS too.
+    auth_methods_set: bool,
     realm: String,
     allowed_addresses: Option<String>,
     tls_certificate_file: Option<String>,
@@ -176,7 +178,8 @@ impl Default for Settings {
             mcast_iface: None,
             users: Vec::new(),
             users_file: None,
-            auth_methods: AuthMethodFlags::DIGEST,
+            auth_methods: AuthMethodFlags::BASIC | AuthMethodFlags::DIGEST,
+            auth_methods_set: false,
             realm: DEFAULT_REALM.into(),
             allowed_addresses: None,
             tls_certificate_file: None,
@@ -268,8 +271,12 @@ impl Settings {
                 ));
             }
         }
+        // Basic shows the password to anyone on the path: by default it is offered only
+        // inside TLS; without TLS only when the application named it in `auth-methods`.
+        let tls = self.tls_certificate.is_some() || self.tls_certificate_file.is_some();
         let methods = AuthMethods {
-            basic: self.auth_methods.contains(AuthMethodFlags::BASIC),
+            basic: self.auth_methods.contains(AuthMethodFlags::BASIC)
+                && (tls || self.auth_methods_set),
             digest: self.auth_methods.contains(AuthMethodFlags::DIGEST),
         };
         if !users.is_empty() && !methods.basic && !methods.digest {
@@ -843,8 +850,8 @@ impl ObjectImpl for RtspServerSink {
                     .build(),
                 glib::ParamSpecFlags::builder::<AuthMethodFlags>("auth-methods")
                     .nick("Authentication methods")
-                    .blurb("Schemes offered when users are set: digest (SHA-256 and MD5) and, only when named here, basic (sends the password readable without TLS)")
-                    .default_value(AuthMethodFlags::DIGEST)
+                    .blurb("Schemes offered when users are set: digest (SHA-256 and MD5) and basic (the password itself: by default offered only with TLS, without TLS only when this property is set)")
+                    .default_value(AuthMethodFlags::BASIC | AuthMethodFlags::DIGEST)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("realm")
@@ -975,7 +982,10 @@ impl ObjectImpl for RtspServerSink {
                     .collect();
             }
             "users-file" => s.users_file = value.get().expect("type checked"),
-            "auth-methods" => s.auth_methods = value.get().expect("type checked"),
+            "auth-methods" => {
+                s.auth_methods = value.get().expect("type checked");
+                s.auth_methods_set = true;
+            }
             "realm" => s.realm = string(),
             "allowed-addresses" => s.allowed_addresses = value.get().expect("type checked"),
             "tls-certificate-file" => s.tls_certificate_file = non_empty(),
