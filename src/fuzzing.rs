@@ -321,10 +321,10 @@ pub fn rtmp_chunk(data: &[u8]) {
         loop {
             match decoder.next_message() {
                 Ok(Some(msg)) if msg.type_id == msg_type::SET_CHUNK_SIZE => {
-                    if let Some(size) = msg.payload.first_chunk::<4>() {
-                        if decoder.set_chunk_size(u32::from_be_bytes(*size)).is_err() {
-                            return;
-                        }
+                    if let Some(size) = msg.payload.first_chunk::<4>()
+                        && decoder.set_chunk_size(u32::from_be_bytes(*size)).is_err()
+                    {
+                        return;
                     }
                 }
                 Ok(Some(_)) => {}

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gstlivestreaming::fuzzing;
 
+/// A fuzz target's entry point.
+type Entry = fn(&[u8]);
+
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`) and its entry point.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Entry)] = &[
     ("amf0", fuzzing::amf0),
     ("flv", fuzzing::flv),
     ("hls_http", fuzzing::hls_http),
