@@ -605,11 +605,13 @@ static RTSP_SERVER: LazyLock<Server> = LazyLock::new(|| {
 
 /// Stands for the id of the server's latest session in inputs of [`rtsp_server`]: ids are random.
 const SESSION: &[u8] = b"SESSION";
-/// Sent before the id is put in: its answer comes after those to everything sent before.
-const MARK: &[u8] = b"OPTIONS * RTSP/1.0\r\nCSeq: 4294967295\r\n\r\n";
+/// Sent before the id is put in: its answer comes after those to everything sent before. The
+/// empty lines first end a message left open (the server skips them between messages).
+const MARK: &[u8] = b"\r\n\r\nOPTIONS * RTSP/1.0\r\nCSeq: 4294967295\r\n\r\n";
 const MARK_ANSWERED: &[u8] = b"CSeq: 4294967295\r\n";
 /// How long the answer to [`MARK`] is waited for (it never comes when the input before it ends
-/// inside a message), and how many ids are put in at most, to stay well within -timeout=1.
+/// inside a body or interleaved frame), and how many ids are put in at most, to stay well within
+/// -timeout=1.
 const MARK_WAIT: Duration = Duration::from_millis(100);
 const MAX_SESSION_IDS: usize = 3;
 
