@@ -4,6 +4,8 @@
 //! element modules are thin adapters over them.
 #![allow(clippy::non_send_fields_in_send_ty)]
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hls;
 mod logging;
 pub mod messages;

@@ -45,6 +45,9 @@ pub struct Entry {
     pub program_date_time: Option<SystemTime>,
 }
 
+/// Segments a resumed playlist must be able to add before its numbers run out.
+pub const RESUME_HEADROOM: u64 = 1 << 32;
+
 #[derive(Debug, Clone)]
 pub struct PlaylistConfig {
     pub kind: PlaylistKind,
@@ -83,7 +86,25 @@ impl Playlist {
 
     /// Continues after a previous run's playlist: its segments stay listed, numbering goes on and
     /// the next segment is a discontinuity.
+    ///
+    /// A previous playlist whose numbers leave less than [`RESUME_HEADROOM`] segments before the
+    /// end of their range (a damaged or foreign file) is not continued: numbering starts anew.
     pub fn resume(config: PlaylistConfig, previous: &MediaPlaylist) -> Playlist {
+        let needed = u64::try_from(previous.segments.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(RESUME_HEADROOM);
+        if [previous.media_sequence, previous.discontinuity_sequence]
+            .iter()
+            .any(|n| n.checked_add(needed).is_none())
+        {
+            log::warn!(
+                "not continuing the previous playlist: its media sequence {} or discontinuity \
+                 sequence {} is too close to the end of the range",
+                previous.media_sequence,
+                previous.discontinuity_sequence
+            );
+            return Playlist::new(config);
+        }
         let mut p = Playlist::new(config);
         p.media_sequence = previous.media_sequence;
         p.discontinuity_sequence = previous.discontinuity_sequence;

@@ -288,10 +288,21 @@ fn build(scheme: &str, params: &[(String, String)]) -> Option<Challenge> {
                 Some(a) => Some(DigestAlgorithm::parse(&a)?),
                 None => None,
             };
+            let (realm, nonce, opaque) = (get("realm")?, get("nonce")?, get("opaque"));
+            // Echoed in Authorization: a quoted-string holds no control character but HTAB
+            // (RFC 9110 5.6.4), and a NUL or CR would garble our header.
+            let echoed = [Some(&realm), Some(&nonce), opaque.as_ref()];
+            if echoed
+                .into_iter()
+                .flatten()
+                .any(|v| v.contains(|c: char| c.is_ascii_control() && c != '\t'))
+            {
+                return None;
+            }
             Some(Challenge::Digest {
-                realm: get("realm")?,
-                nonce: get("nonce")?,
-                opaque: get("opaque"),
+                realm,
+                nonce,
+                opaque,
                 algorithm,
                 qop_auth: get("qop")
                     .is_some_and(|q| q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth"))),

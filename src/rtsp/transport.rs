@@ -206,7 +206,9 @@ fn parse_spec(alternative: &str) -> Result<TransportSpec, String> {
             None => (param, None),
         };
         let key = key.to_ascii_lowercase();
-        if !apply_param(&mut spec, &key, value) {
+        // A value with a quote inside cannot be written back.
+        let quoted_inside = value.is_some_and(|v| v.contains('"'));
+        if quoted_inside || !apply_param(&mut spec, &key, value) {
             log::warn!("Transport: ignoring the malformed parameter `{param}` of `{alternative}`");
             continue;
         }
@@ -269,11 +271,14 @@ fn apply_param(spec: &mut TransportSpec, key: &str, value: Option<&str>) -> bool
         "unicast" => spec.multicast = false,
         "multicast" => spec.multicast = true,
         // RFC 2326 allows a bare `destination` (= the default address).
-        "destination" => spec.destination = value.filter(|v| !v.is_empty()).map(str::to_owned),
+        "destination" => match value {
+            Some(v) if !is_host(v) => return false,
+            v => spec.destination = v.filter(|v| !v.is_empty()).map(str::to_owned),
+        },
         "source" => {
             return set(
                 &mut spec.source,
-                value.filter(|v| !v.is_empty()).map(str::to_owned),
+                value.filter(|v| is_host(v)).map(str::to_owned),
             );
         }
         "client_port" => return set(&mut spec.client_port, value.and_then(pair)),
@@ -296,6 +301,11 @@ fn apply_param(spec: &mut TransportSpec, key: &str, value: Option<&str>) -> bool
         _ => {}
     }
     true
+}
+
+/// A `destination` or `source` value: written back unquoted, so without separators.
+fn is_host(v: &str) -> bool {
+    !v.is_empty() && !v.contains([';', ','])
 }
 
 /// Splits on `sep` outside double-quoted strings and trims each piece.
