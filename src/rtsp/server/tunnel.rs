@@ -1,6 +1,9 @@
-//! RTSP tunnelled through HTTP, the server's side (Apple's "Tunnelling RTSP and RTP through
-//! HTTP"; the sans-I/O parts are [`crate::rtsp::tunnel`]), on the RTSP port as gst-rtsp-server
-//! does it.
+//! RTSP tunnelled through HTTP, the server's side (the sans-I/O parts are
+//! [`crate::rtsp::tunnel`]), on the RTSP port as gst-rtsp-server does it.
+//!
+//! Specifications: Apple's "Tunnelling RTSP and RTP through HTTP" (the GET/POST pair sharing an
+//! `x-sessioncookie`, the POST body base64-encoded); RFC 9110 §9.3.1, §9.3.3 (GET, POST), RFC 4648
+//! §4 (base64); RFC 2326 §10.12 (interleaved data, carried on the GET side).
 //!
 //! A connection whose first bytes are `GET ` or `POST ` is one side of a tunnel. The GET is
 //! answered `200 OK` and registered under its `x-sessioncookie`; it waits at most
@@ -11,9 +14,10 @@
 //! closes, the tunnel stays open and a new POST with the same cookie takes over (as QuickTime
 //! does); one POST at a time. The tunnel ends with its GET connection.
 //!
-//! Bounds: the HTTP head within the server's `request_timeout` and [`tunnel::MAX_HEAD`] bytes; at most
-//! [`MAX_PENDING_PER_ADDRESS`] GETs per address waiting for their POST; decoded requests
-//! pass the same [`crate::rtsp::codec::Limits`] as plain RTSP; a few decoded chunks in flight.
+//! Bounds: the HTTP head within the server's `request_timeout` and [`tunnel::MAX_HEAD`] bytes;
+//! at most [`MAX_PENDING_PER_ADDRESS`] GETs per address waiting for their POST; decoded
+//! requests pass the same [`crate::rtsp::codec::Limits`] as plain RTSP; a few decoded chunks in
+//! flight.
 
 use std::collections::HashMap;
 use std::io;
