@@ -151,6 +151,8 @@ pub struct ConnOut {
     pub bytes_written: AtomicU64,
     /// Wakes the reader side when the connection is closed from elsewhere.
     pub closed_notify: Notify,
+    /// Told after each write the writer completes (see [`ConnOut::flush_control`]).
+    written: Notify,
 }
 
 impl ConnOut {
@@ -169,6 +171,7 @@ impl ConnOut {
             packets_dropped: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             closed_notify: Notify::new(),
+            written: Notify::new(),
         }
     }
 
@@ -290,6 +293,35 @@ impl ConnOut {
         true
     }
 
+    /// Waits until the queued RTSP messages (and the media queued before them) are written, for
+    /// at most `within`: an answer the connection is closed after (an error, or a client that
+    /// half-closed its side) reaches the client first. False when time ran out or the
+    /// connection closed first.
+    pub async fn flush_control(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, async {
+            loop {
+                let written = self.written.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                {
+                    let q = self.queue.lock().unwrap();
+                    if q.closed {
+                        return false;
+                    }
+                    if q.control_bytes == 0 {
+                        return true;
+                    }
+                }
+                tokio::select! {
+                    () = written => {}
+                    () = self.closed_notify.notified() => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Bytes of media currently queued.
     pub fn queued_media_bytes(&self) -> usize {
         self.queue.lock().unwrap().media_bytes
@@ -336,6 +368,7 @@ impl ConnOut {
                 q.media_bytes = q.media_bytes.saturating_sub(media);
                 q.control_bytes = q.control_bytes.saturating_sub(control);
             }
+            self.written.notify_waiters();
             match result {
                 Ok(()) => {
                     self.bytes_written
@@ -468,6 +501,33 @@ mod tests {
             expected.len() as u64
         );
         out.close(CloseReason::Server);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn flushing_waits_for_the_queued_answers_only_as_long_as_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut client, (server, peer)) = (client.unwrap(), accepted.unwrap());
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 20, "test".into()));
+        assert!(
+            out.flush_control(Duration::from_millis(10)).await,
+            "nothing queued"
+        );
+        // No writer yet: the answer stays queued and the wait ends with its bound.
+        out.send_control(Bytes::from_static(b"RTSP/1.0 400 Bad Request\r\n\r\n"));
+        let start = Instant::now();
+        assert!(!out.flush_control(Duration::from_millis(50)).await);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        let (_, write_half) = server.into_split();
+        let writer = tokio::spawn(out.clone().run_writer(write_half, Duration::from_secs(5)));
+        assert!(out.flush_control(Duration::from_secs(5)).await);
+        let mut got = vec![0; 28];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"RTSP/1.0 400 Bad Request\r\n\r\n");
+        out.close(CloseReason::Server);
+        assert!(!out.flush_control(Duration::from_secs(5)).await, "closed");
         writer.await.unwrap();
     }
 

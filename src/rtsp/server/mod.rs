@@ -857,6 +857,9 @@ impl Drop for AddressSlot {
     }
 }
 
+/// How long the answers queued on a connection may take to leave before it is closed.
+const ANSWER_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
 /// Why the reader side of a connection stopped.
 enum ReadEnd {
     Eof,
@@ -989,8 +992,8 @@ async fn serve_stream<R, W>(
                     let mut bytes = Vec::new();
                     codec::encode_response(&resp, &mut bytes);
                     out.send_control(bytes.into());
-                    // Let the writer flush the answer, then hang up.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The answer reaches the client, then hang up.
+                    out.flush_control(ANSWER_BEFORE_CLOSE).await;
                     break ReadEnd::RequestTimeout;
                 }
                 if !ctx.has_session(&shared.sessions.lock().unwrap()) {
@@ -1028,8 +1031,8 @@ async fn serve_stream<R, W>(
                         After::Nothing => {}
                         After::Play(session) => shared.start_playing(&session),
                         After::Close => {
-                            // Let the writer flush the answer, then hang up.
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            // The answer reaches the client, then hang up.
+                            out.flush_control(ANSWER_BEFORE_CLOSE).await;
                             break 'conn ReadEnd::Refused;
                         }
                     }
@@ -1075,8 +1078,8 @@ async fn serve_stream<R, W>(
                     codec::encode_response(&resp, &mut bytes);
                     out.send_control(bytes.into());
                     if err.is_fatal() {
-                        // Let the writer flush the answer, then hang up.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // The answer reaches the client, then hang up.
+                        out.flush_control(ANSWER_BEFORE_CLOSE).await;
                         break 'conn ReadEnd::Fatal;
                     }
                 }
@@ -1088,6 +1091,11 @@ async fn serve_stream<R, W>(
                 .reset(tokio::time::Instant::now() + request_timeout);
         }
     };
+    if matches!(end, ReadEnd::Eof) {
+        // A client may send its requests and then shut its side down (`printf ... | nc`):
+        // its answers still go out.
+        out.flush_control(ANSWER_BEFORE_CLOSE).await;
+    }
     out.close(CloseReason::Peer);
     let _ = (&mut writer_task.0).await;
     let reason = out.close_reason();
@@ -1456,6 +1464,21 @@ mod tests {
         c.read_to_end(&mut got)
             .expect("the server closes the connection");
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[test]
+    fn a_client_that_shuts_its_side_down_after_its_requests_gets_every_answer() {
+        let server = Server::start(config(), |_| {}).unwrap();
+        let mut c = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        // Many requests in one go: the last answers are still queued when the end is read.
+        let requests: String = (1..=200)
+            .map(|n| format!("OPTIONS * RTSP/1.0\r\nCSeq: {n}\r\n\r\n"))
+            .collect();
+        std::io::Write::write_all(&mut c, requests.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let answers = read_to_close(&mut c);
+        assert_eq!(answers.matches("RTSP/1.0 200 ").count(), 200);
+        assert!(answers.contains("CSeq: 200\r\n"));
     }
 
     #[test]
