@@ -18,6 +18,7 @@ pub mod rtsp;
 pub mod rtspserversink;
 pub mod rtspsrc2;
 pub mod runtime;
+mod tls_flags;
 
 use gst::glib;
 

@@ -15,7 +15,6 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use crate::messages;
-use crate::net::tls::TlsValidation;
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
 use crate::rtmp::flv::FlvParser;
 use crate::rtmp::net::{NetConfig, Notice, Publication, Stage};
@@ -166,15 +165,7 @@ impl Settings {
             } else {
                 u64::from(self.timeout_s)
             }),
-            tls: TlsValidation {
-                unknown_ca: f.contains(gio::TlsCertificateFlags::UNKNOWN_CA),
-                bad_identity: f.contains(gio::TlsCertificateFlags::BAD_IDENTITY),
-                not_activated: f.contains(gio::TlsCertificateFlags::NOT_ACTIVATED),
-                expired: f.contains(gio::TlsCertificateFlags::EXPIRED),
-                revoked: f.contains(gio::TlsCertificateFlags::REVOKED),
-                insecure: f.contains(gio::TlsCertificateFlags::INSECURE),
-                generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
-            },
+            tls: crate::tls_flags::validation(f),
             reconnect_attempts: self.reconnect_attempts,
             reconnect_initial_delay: Duration::from_millis(u64::from(
                 self.reconnect_initial_delay_ms,

@@ -28,8 +28,8 @@ use crate::rtp::jitterbuffer::{
 use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{
-    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TlsSettings, TlsValidation,
-    TransportKind, redact_url,
+    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TlsSettings, TransportKind,
+    redact_url,
 };
 use crate::rtsp::range::NptRange;
 use crate::rtsp::tunnel::TunnelError;
@@ -184,15 +184,7 @@ impl Settings {
     fn tls_settings(&self) -> TlsSettings {
         let f = self.tls_validation_flags;
         TlsSettings {
-            validation: TlsValidation {
-                unknown_ca: f.contains(gio::TlsCertificateFlags::UNKNOWN_CA),
-                bad_identity: f.contains(gio::TlsCertificateFlags::BAD_IDENTITY),
-                not_activated: f.contains(gio::TlsCertificateFlags::NOT_ACTIVATED),
-                expired: f.contains(gio::TlsCertificateFlags::EXPIRED),
-                revoked: f.contains(gio::TlsCertificateFlags::REVOKED),
-                insecure: f.contains(gio::TlsCertificateFlags::INSECURE),
-                generic_error: f.contains(gio::TlsCertificateFlags::GENERIC_ERROR),
-            },
+            validation: crate::tls_flags::validation(f),
             ca_file: self
                 .tls_ca_file
                 .as_deref()
