@@ -162,31 +162,9 @@ fn rtspsrc_run(url: &str, extra: &str) -> (bool, String) {
 
 /// rtspsrc2 decoding 30 frames of `url`, or its error with the error's kind.
 fn rtspsrc2_run(url: &str, extra: &str) -> Result<(), String> {
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location={url} protocols=tcp reconnect-attempts=0 {extra} \
-         src. ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=30"
+    common::stock::decode(&format!(
+        "location={url} protocols=tcp reconnect-attempts=0 {extra}"
     ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let bus = pipeline.bus().unwrap();
-    let _ = pipeline.set_state(gst::State::Playing);
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(20),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    let result = match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(format!(
-            "{} [{:?}]",
-            e.error(),
-            e.error().kind::<gst::ResourceError>()
-        )),
-        _ => Err("neither EOS nor an error within 20 s".into()),
-    };
-    pipeline.set_state(gst::State::Null).unwrap();
-    result
 }
 
 /// The `WWW-Authenticate` headers of a response, in order.
