@@ -266,6 +266,26 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+impl Refusal {
+    /// Logs why a tunnel's `side` (GET or POST) is refused and answers it.
+    async fn answer<W: AsyncWrite + Unpin>(
+        self,
+        shared: &Shared,
+        writer: W,
+        peer: SocketAddr,
+        side: &str,
+        cookie: &str,
+    ) {
+        let Refusal(status, reason, why) = self;
+        sdebug!(
+            &*shared.name,
+            "{peer}: tunnel {side} (cookie {cookie}…) refused ({status}): {why}"
+        );
+        let server = shared.config.server_name.as_str();
+        refuse(writer, &tunnel::error_response(status, reason, server)).await;
+    }
+}
+
 /// Sends an HTTP refusal and closes.
 async fn refuse<W: AsyncWrite + Unpin>(mut writer: W, answer: &str) {
     let _ = tokio::time::timeout(HEAD_TIMEOUT, async {
@@ -291,12 +311,8 @@ async fn serve_get<R, W>(
     let server = shared.config.server_name.as_str();
     let (_registration, output, paired) = match shared.tunnels.open(&req.cookie, peer) {
         Ok(opened) => opened,
-        Err(Refusal(status, reason, why)) => {
-            sdebug!(
-                name,
-                "{peer}: tunnel GET (cookie {cookie}…) refused ({status}): {why}"
-            );
-            refuse(writer, &tunnel::error_response(status, reason, server)).await;
+        Err(refusal) => {
+            refusal.answer(&shared, writer, peer, "GET", cookie).await;
             return;
         }
     };
@@ -364,15 +380,10 @@ async fn serve_post<R, W>(
 {
     let name = &*shared.name;
     let cookie = short_cookie(&req.cookie);
-    let server = shared.config.server_name.as_str();
     let (get_peer, posting) = match shared.tunnels.join(&req.cookie) {
         Ok(joined) => joined,
-        Err(Refusal(status, reason, why)) => {
-            sdebug!(
-                name,
-                "{peer}: tunnel POST (cookie {cookie}…) refused ({status}): {why}"
-            );
-            refuse(writer, &tunnel::error_response(status, reason, server)).await;
+        Err(refusal) => {
+            refusal.answer(shared, writer, peer, "POST", cookie).await;
             return;
         }
     };
