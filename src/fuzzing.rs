@@ -635,6 +635,7 @@ static HLS_SERVER: LazyLock<(HttpServer, Output)> = LazyLock::new(|| {
         address: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         max_connections: 64,
         max_connections_per_address: 64,
+        request_timeout: crate::hls::http::DEFAULT_REQUEST_TIMEOUT,
         playlist_cache_control: "no-cache".into(),
     };
     let server = HttpServer::start(config, published).expect("start the HLS server");

@@ -1,13 +1,18 @@
 //! rshlssink's built-in HTTP server: ffprobe plays from it; path traversal, methods, MIME types,
 //! CORS, caching, HEAD and ranges byte-exact, request bodies, and the limits under attack
-//! (slowloris, one address taking every connection) while a client on another address plays.
+//! (slowloris, idle connections, trickled bodies, one address taking every connection) while
+//! ffmpeg plays from another address at the rate it had before the attack.
 
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Conn;
 use common::hls::*;
+use gst::prelude::*;
 
 fn start_serving(extra: &str) -> Served {
     serve_live("server", &format!("playlist-length=3 {extra}"), LIVE_VIDEO)
@@ -333,131 +338,239 @@ fn one_address_cannot_take_every_connection() {
     }));
 }
 
-/// One slowloris connection as the attacker sees it.
-struct Loris {
-    stream: std::net::TcpStream,
-    opened: Instant,
-    /// When the server closed it, and its first answer line.
-    closed: Option<(Instant, String)>,
-    answer: Vec<u8>,
+/// A live stream at a constant bitrate (x264's rate control on noise: every 1 s segment about
+/// 110 kB), so that a player's rates before and during an attack compare within a percent.
+const CBR_VIDEO: &str = "videotestsrc is-live=true pattern=snow \
+    ! video/x-raw,width=160,height=120,framerate=30/1 \
+    ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=800 ! h.";
+/// Shorter than the default 10 s, to keep each attack test well under a minute.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long each rate is measured.
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// ffmpeg playing the live playlist in real time (`-re`, as a player does, from 127.0.0.1):
+/// its remuxed output is counted.
+struct Player {
+    _child: common::ChildGuard,
+    meter: common::ByteMeter,
 }
 
-/// 150 slowloris connections from 127.0.0.2 (a request head, then one byte every 9 s, topped up
-/// every 9 s) for 30 s, while ffprobe on 127.0.0.1 plays and every segment is fetched: every
-/// client request succeeds, and no attacking connection stays open past the request deadline.
-#[test]
-fn slowloris_connections_do_not_lock_out_a_player() {
-    const ATTACKERS: usize = 150;
-    const TICK: Duration = Duration::from_secs(9);
-    let r = start_serving("");
-    let port = r.port;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let attack = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut all: Vec<Loris> = Vec::new();
-            let mut next_tick = Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let now = Instant::now();
-                if now >= next_tick {
-                    next_tick = now + TICK;
-                    for l in all.iter_mut().filter(|l| l.closed.is_none()) {
-                        let _ = l.stream.write_all(b"X");
-                    }
-                    let open = all.iter().filter(|l| l.closed.is_none()).count();
-                    for _ in open..ATTACKERS {
-                        let Ok(mut stream) = connect_from([127, 0, 0, 2], port) else {
-                            continue;
-                        };
-                        stream.set_nonblocking(true).unwrap();
-                        let _ = stream.write_all(b"GET /playlist.m3u8 HTTP/1.1\r\nHost: x\r\nX-");
-                        all.push(Loris {
-                            stream,
-                            opened: Instant::now(),
-                            closed: None,
-                            answer: Vec::new(),
-                        });
-                    }
-                }
-                for l in all.iter_mut().filter(|l| l.closed.is_none()) {
-                    let mut buf = [0u8; 512];
-                    match l.stream.read(&mut buf) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            l.answer.extend_from_slice(&buf[..n]);
-                            continue;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(_) => {}
-                    }
-                    let answer = String::from_utf8_lossy(&l.answer);
-                    let first = answer.lines().next().unwrap_or("").to_owned();
-                    l.closed = Some((Instant::now(), first));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            all
-        })
-    };
-    std::thread::sleep(Duration::from_secs(1));
-    // The player: ffprobe, and every segment of the playlist, again and again.
-    let url = format!("http://127.0.0.1:{port}/playlist.m3u8");
-    let t0 = Instant::now();
-    let mut probes = 0;
-    let mut fetched = 0;
-    let mut slowest = Duration::ZERO;
-    while t0.elapsed() < Duration::from_secs(30) {
-        let probe = ffprobe(&url, &[]);
-        assert_eq!(probe.streams, [("h264".to_string(), "video".to_string())]);
-        probes += 1;
-        let playlist = read_playlist(&r.dir.join("playlist.m3u8"));
-        for seg in &playlist.segments {
-            let started = Instant::now();
-            let (status, _, body) = http_request(port, "GET", &format!("/{}", seg.uri));
-            // A segment may expire between reading the playlist and asking for it.
-            assert!(status == 200 || status == 404, "{}: {status}", seg.uri);
-            if status == 200 {
-                slowest = slowest.max(started.elapsed());
-                assert_eq!(body[0], 0x47);
-                fetched += 1;
-            }
+impl Player {
+    fn start(url: &str) -> Player {
+        let mut child = common::ChildGuard::spawn(std::process::Command::new("ffmpeg").args([
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            url,
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "-flush_packets",
+            "1",
+            "pipe:1",
+        ]));
+        let meter = common::ByteMeter::of_stdout(&mut child);
+        assert!(
+            meter.wait_for_data(Duration::from_secs(20)),
+            "ffmpeg received nothing"
+        );
+        Player {
+            _child: child,
+            meter,
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let all = attack.join().unwrap();
-    assert!(
-        probes >= 3 && fetched >= 6,
-        "{probes} probes, {fetched} segments"
+}
+
+/// Serves [`CBR_VIDEO`] with `http-request-timeout` at [`REQUEST_TIMEOUT`] and plays it with
+/// ffmpeg while `attack` runs on its own thread (from other addresses, until the flag it gets
+/// is set): asserts that ffmpeg's rate during the attack is within 5% (plus 4 kB/s) of its rate
+/// before it and that ffprobe, started after the request timeout, is served. Returns what the
+/// attack returned.
+fn play_through<T: Send + 'static>(
+    props: &str,
+    attack: impl FnOnce(u16, Arc<AtomicBool>) -> T + Send + 'static,
+) -> T {
+    let r = serve_live(
+        "attack",
+        &format!(
+            "playlist-length=3 http-request-timeout={} {props}",
+            REQUEST_TIMEOUT.as_secs()
+        ),
+        CBR_VIDEO,
     );
-    // Live playback keeps up: each 1 s segment arrives well within its duration.
-    assert!(
-        slowest < Duration::from_millis(500),
-        "a segment took {slowest:?}"
+    let url = format!("http://127.0.0.1:{}/playlist.m3u8", r.port);
+    let player = Player::start(&url);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = player.meter.rate(WINDOW);
+    assert!(before > 50_000.0, "ffmpeg receives only {before:.0} B/s");
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (port, stop) = (r.port, stop.clone());
+        std::thread::spawn(move || attack(port, stop))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let during = player.meter.rate(WINDOW);
+    // A new client gets in while the attack goes on.
+    let probe = ffprobe(&url, &[]);
+    stop.store(true, Ordering::Relaxed);
+    let result = attacker.join().expect("attack thread");
+    common::assert_rate_kept("ffmpeg", before, during, 4000.0);
+    assert_eq!(
+        probe.streams,
+        [("h264".to_string(), "video".to_string())],
+        "ffprobe during the attack"
     );
-    eprintln!("{probes} probes, {fetched} segments, slowest {slowest:?}");
-    let end = Instant::now();
-    let timed_out = all
-        .iter()
-        .filter(|l| l.closed.as_ref().is_some_and(|(_, a)| a.contains(" 408 ")))
-        .count();
-    let refused = all
-        .iter()
-        .filter(|l| l.closed.as_ref().is_some_and(|(_, a)| a.contains(" 503 ")))
-        .count();
-    assert!(
-        timed_out >= 16,
-        "{timed_out} closed with 408 ({} connections)",
-        all.len()
-    );
+    result
+}
+
+/// Polls `conns` every 20 ms until `stop`, calling `tick` with them once a second (first at
+/// once).
+fn attack_loop(stop: &AtomicBool, conns: &mut Vec<Conn>, mut tick: impl FnMut(&mut Vec<Conn>)) {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        conns.iter_mut().for_each(Conn::poll);
+        if Instant::now() >= next {
+            next += Duration::from_secs(1);
+            tick(conns);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 150 slowloris connections from 127.0.0.2 (a request head, then one byte a second; those
+/// closed replaced every second): the per-address cap refuses most with 503, the request
+/// deadline ends the others with 408.
+#[test]
+fn slowloris_connections() {
+    const ATTACKERS: usize = 150;
+    let all = play_through("", |port, stop| {
+        let mut all = Vec::new();
+        attack_loop(&stop, &mut all, |all| {
+            for c in all.iter_mut().filter(|c| c.closed.is_none()) {
+                let _ = c.stream.write_all(b"X");
+            }
+            let open = all.iter().filter(|c| c.closed.is_none()).count();
+            for _ in open..ATTACKERS {
+                let head = b"GET /playlist.m3u8 HTTP/1.1\r\nHost: x\r\nX-";
+                all.extend(Conn::open([127, 0, 0, 2], port, head));
+            }
+        });
+        all
+    });
+    let timed_out = all.iter().filter(|c| c.status() == Some("408")).count();
+    let refused = all.iter().filter(|c| c.status() == Some("503")).count();
+    assert!(timed_out >= 16, "{timed_out} closed with 408");
     assert!(refused >= ATTACKERS, "{refused} refused with 503");
-    // No attacking connection stayed open past the 10 s deadline.
-    for l in &all {
-        let closed = l.closed.as_ref().map_or(end, |c| c.0);
-        let lived = closed - l.opened;
+    let longest = all.iter().map(Conn::lifetime).max().unwrap();
+    assert!(
+        longest < REQUEST_TIMEOUT + Duration::from_millis(1500),
+        "a slowloris connection stayed open {longest:?}"
+    );
+}
+
+/// 100 idle connections from ten addresses (10 each, under the per-address cap): together they
+/// take every slot of `http-max-connections` but those the player holds, until the request
+/// deadline closes them.
+#[test]
+fn a_hundred_idle_connections() {
+    let all = play_through("", |port, stop| {
+        let mut all: Vec<Conn> = (0..100u8)
+            .filter_map(|i| Conn::open([127, 0, 1, 1 + i % 10], port, b""))
+            .collect();
+        attack_loop(&stop, &mut all, |_| {});
+        all
+    });
+    assert_eq!(all.len(), 100);
+    for c in &all {
+        let status = c.status();
         assert!(
-            lived < Duration::from_secs(12),
-            "open {lived:?}: {:?}",
-            l.closed
+            c.closed.is_some() && (status.is_none() || status == Some("503")),
+            "{status:?}"
+        );
+        assert!(
+            c.lifetime() < REQUEST_TIMEOUT + Duration::from_millis(1500),
+            "an idle connection stayed open {:?}",
+            c.lifetime()
+        );
+    }
+}
+
+/// 80 connections from ten addresses (under `http-max-connections`, 100, with the player's)
+/// sending a request with a body a KiB at a time: those
+/// announcing 1 MiB get 413 at once, those announcing less than the 64 KiB limit 408 at the
+/// request deadline.
+#[test]
+fn bodies_trickled_on_a_hundred_connections() {
+    let all = play_through("", |port, stop| {
+        let mut all: Vec<Conn> = (0..80u8)
+            .filter_map(|i| {
+                let length = if i % 2 == 0 { 1 << 20 } else { 60_000 };
+                let head = format!(
+                    "GET /playlist.m3u8 HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+                );
+                Conn::open([127, 0, 2, 1 + i % 10], port, head.as_bytes())
+            })
+            .collect();
+        let chunk = vec![b'a'; 1024];
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            all.iter_mut().for_each(Conn::poll);
+            if Instant::now() >= next {
+                next += Duration::from_millis(200);
+                for c in all.iter_mut().filter(|c| c.closed.is_none()) {
+                    let _ = c.stream.write_all(&chunk);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        all
+    });
+    assert_eq!(all.len(), 80);
+    for (i, c) in all.iter().enumerate() {
+        let (status, within) = if i % 2 == 0 {
+            ("413", Duration::from_secs(1))
+        } else {
+            ("408", REQUEST_TIMEOUT + Duration::from_millis(1500))
+        };
+        assert_eq!(
+            c.status(),
+            Some(status),
+            "connection {i}: closed after {:?}: {:?}",
+            c.closed.map(|t| t - c.opened),
+            String::from_utf8_lossy(&c.answer)
+        );
+        assert!(c.lifetime() < within, "{:?} open", c.lifetime());
+    }
+}
+
+/// `http-request-timeout` sets the deadline: an incomplete request is answered 408 and an idle
+/// connection closed after it, not after the default 10 s.
+#[test]
+fn the_request_deadline_is_a_property() {
+    let r = start_serving("http-request-timeout=2");
+    let sink = r.pipeline.by_name("h").unwrap();
+    assert_eq!(sink.property::<u32>("http-request-timeout"), 2);
+    let mut partial = connect_from([127, 0, 0, 1], r.port).unwrap();
+    let mut idle = connect_from([127, 0, 0, 1], r.port).unwrap();
+    let t0 = Instant::now();
+    partial
+        .write_all(b"GET /playlist.m3u8 HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    partial.read_to_end(&mut raw).unwrap();
+    let answered = t0.elapsed();
+    assert_eq!(parse_response(&raw).0, 408);
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    let closed = t0.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    for (what, took) in [("408", answered), ("idle close", closed)] {
+        assert!(
+            took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+            "{what} after {took:?}"
         );
     }
 }

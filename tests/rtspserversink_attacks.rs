@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ fn raise_nofile_limit() {
 /// The stock rtspsrc playing over TCP into fdsink; its output's bytes are counted.
 struct Player {
     _child: ChildGuard,
-    bytes: Arc<AtomicU64>,
+    meter: ByteMeter,
 }
 
 impl Player {
@@ -68,33 +68,15 @@ impl Player {
             "fd=1",
             "sync=false",
         ]));
-        let mut stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counter = bytes.clone();
-        thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n @ 1..) = stdout.read(&mut buf) {
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        });
-        let player = Player {
+        let meter = ByteMeter::of_stdout(&mut child);
+        assert!(
+            meter.wait_for_data(Duration::from_secs(20)),
+            "rtspsrc received nothing"
+        );
+        Player {
             _child: child,
-            bytes,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while player.bytes.load(Ordering::Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "rtspsrc received nothing");
-            thread::sleep(Duration::from_millis(50));
+            meter,
         }
-        player
-    }
-
-    /// Bytes per second received over the next `window`.
-    fn rate(&self, window: Duration) -> f64 {
-        let (b0, t0) = (self.bytes.load(Ordering::Relaxed), Instant::now());
-        thread::sleep(window);
-        let (b1, t1) = (self.bytes.load(Ordering::Relaxed), Instant::now());
-        (b1 - b0) as f64 / (t1 - t0).as_secs_f64()
     }
 }
 
@@ -109,7 +91,7 @@ fn play_through<T: Send + 'static>(
     let url = server.url("/");
     let player = Player::start(&url);
     thread::sleep(Duration::from_secs(1));
-    let before = player.rate(WINDOW);
+    let before = player.meter.rate(WINDOW);
     assert!(before > 150_000.0, "rtspsrc receives only {before:.0} B/s");
     let stop = Arc::new(AtomicBool::new(false));
     let attacker = {
@@ -117,70 +99,18 @@ fn play_through<T: Send + 'static>(
         thread::spawn(move || attack(port, stop))
     };
     thread::sleep(Duration::from_millis(500));
-    let during = player.rate(WINDOW);
+    let during = player.meter.rate(WINDOW);
     // A new client gets in while the attack goes on.
     let probe = ffprobe(&url, "tcp", "stream=codec_name");
     stop.store(true, Ordering::Relaxed);
     let result = attacker.join().expect("attack thread");
-    eprintln!("rtspsrc: {before:.0} B/s before the attack, {during:.0} B/s during it");
-    assert!(
-        during >= before * 0.95 - 4000.0,
-        "rtspsrc's rate fell from {before:.0} B/s to {during:.0} B/s"
-    );
+    assert_rate_kept("rtspsrc", before, during, 4000.0);
     assert_eq!(probe.trim(), "pcm_s16be", "ffprobe during the attack");
     result
 }
 
 fn stat(server: &ServerPipeline, field: &str) -> u64 {
     server.stats().get::<u64>(field).unwrap()
-}
-
-/// An attacking connection as the attacker sees it.
-struct Conn {
-    stream: TcpStream,
-    opened: Instant,
-    answer: Vec<u8>,
-    /// When the server closed it.
-    closed: Option<Instant>,
-}
-
-impl Conn {
-    fn open(source: [u8; 4], port: u16, first: &[u8]) -> Option<Conn> {
-        let mut stream = connect_from(source, port).ok()?;
-        stream.set_nonblocking(true).unwrap();
-        let _ = stream.write_all(first);
-        Some(Conn {
-            stream,
-            opened: Instant::now(),
-            answer: Vec::new(),
-            closed: None,
-        })
-    }
-
-    /// Reads what the server sent; notes when it closed.
-    fn poll(&mut self) {
-        let mut buf = [0u8; 1024];
-        while self.closed.is_none() {
-            match self.stream.read(&mut buf) {
-                Ok(0) => self.closed = Some(Instant::now()),
-                Ok(n) => self.answer.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => self.closed = Some(Instant::now()),
-            }
-        }
-    }
-
-    fn status(&self) -> Option<&str> {
-        self.answer
-            .strip_prefix(b"RTSP/1.0 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| std::str::from_utf8(code).ok())
-    }
-
-    /// How long the server kept it open (so far).
-    fn lifetime(&self) -> Duration {
-        self.closed.unwrap_or_else(Instant::now) - self.opened
-    }
 }
 
 /// 1000 idle connections from 50 addresses (20 each, under the per-address cap): together they

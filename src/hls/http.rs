@@ -9,7 +9,7 @@
 //! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive and pipelining.
 //!
 //! Limits, so that a few hostile clients cannot lock the others out: a request (head and body)
-//! must arrive complete within [`REQUEST_TIMEOUT`] of the server starting to wait for it (408 and
+//! must arrive complete within [`HttpConfig::request_timeout`] of the server starting to wait for it (408 and
 //! close; an idle kept-alive connection is closed then too); at most
 //! [`HttpConfig::max_connections`] connections, and at most
 //! [`HttpConfig::max_connections_per_address`] from one client address (an IPv6 client by its
@@ -37,9 +37,8 @@ use super::store::{FileKind, Published};
 use crate::runtime::TaskGroup;
 
 const MAX_HEADER_BYTES: usize = 8 * 1024;
-/// A request, head and body, must arrive within this from when the server starts waiting for it
-/// (after the connection is accepted or the previous answer is sent).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of [`HttpConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies up to this size are read and dropped; larger ones are refused.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -53,6 +52,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Open connections from one client address at most (an IPv6 client counts by its /64).
     pub max_connections_per_address: usize,
+    /// A request, head and body, must arrive within this from when the server starts waiting
+    /// for it (after the connection is accepted or the previous answer is sent).
+    pub request_timeout: Duration,
     /// Cache-Control for playlists (live ones change every segment).
     pub playlist_cache_control: String,
 }
@@ -410,8 +412,13 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Read
 }
 
 /// Reads the next request from `buf` and the stream, its body dropped; bytes after it (the
-/// next pipelined request) stay in `buf`.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request, ReadError> {
+/// next pipelined request) stay in `buf`. `in_body` is set once the head is complete (its
+/// bytes have left `buf` then: the request is not an idle connection's).
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    in_body: &mut bool,
+) -> Result<Request, ReadError> {
     let mut scanned = 0;
     let head_len = loop {
         if let Some(pos) = buf[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
@@ -430,6 +437,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Reque
     };
     let (request, mut body) = parse_head(&buf[..head_len])?;
     buf.drain(..head_len);
+    *in_body = true;
     loop {
         let n = body.min(buf.len());
         buf.drain(..n);
@@ -449,31 +457,36 @@ async fn serve_connection(
 ) {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let request =
-            match tokio::time::timeout_at(deadline, read_request(&mut stream, &mut buf)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(ReadError::Closed)) => return,
-                Ok(Err(ReadError::Refused(r))) => {
-                    log::debug!("HTTP {peer}: {}: {}", r.why, r.status);
-                    close_with(stream, response(r.status, r.reason, &[], 0, true)).await;
-                    return;
-                }
-                Err(_) if buf.is_empty() => {
-                    log::debug!("HTTP {peer}: no request within {REQUEST_TIMEOUT:?}: closed");
-                    return;
-                }
-                Err(_) => {
-                    log::debug!(
-                        "HTTP {peer}: request not complete within {REQUEST_TIMEOUT:?} ({} bytes \
-                     received): 408",
-                        buf.len()
-                    );
-                    let r = response(408, "Request Timeout", &[], 0, true);
-                    close_with(stream, r).await;
-                    return;
-                }
-            };
+        let timeout = config.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut in_body = false;
+        let read = read_request(&mut stream, &mut buf, &mut in_body);
+        let request = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(ReadError::Closed)) => return,
+            Ok(Err(ReadError::Refused(r))) => {
+                log::debug!("HTTP {peer}: {}: {}", r.why, r.status);
+                close_with(stream, response(r.status, r.reason, &[], 0, true)).await;
+                return;
+            }
+            Err(_) if buf.is_empty() && !in_body => {
+                log::debug!("HTTP {peer}: no request within {timeout:?}: closed");
+                return;
+            }
+            Err(_) => {
+                log::debug!(
+                    "HTTP {peer}: request not complete within {timeout:?} ({}): 408",
+                    if in_body {
+                        "in its body"
+                    } else {
+                        "in its head"
+                    }
+                );
+                let r = response(408, "Request Timeout", &[], 0, true);
+                close_with(stream, r).await;
+                return;
+            }
+        };
         let Request {
             method,
             path,

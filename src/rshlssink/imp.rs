@@ -142,6 +142,7 @@ const DEFAULT_HTTP_PORT: i32 = -1;
 const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0";
 const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 100;
 const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: u32 = 16;
+const DEFAULT_HTTP_REQUEST_TIMEOUT: u32 = 10;
 /// How long EOS waits for queued output.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long stopping without EOS waits for queued output.
@@ -165,6 +166,7 @@ struct Settings {
     http_address: String,
     http_max_connections: u32,
     http_max_connections_per_address: u32,
+    http_request_timeout: u32,
     upload_ca_file: Option<String>,
     muxer: Muxer,
 }
@@ -188,6 +190,7 @@ impl Default for Settings {
             http_address: DEFAULT_HTTP_ADDRESS.into(),
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             http_max_connections_per_address: DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+            http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             upload_ca_file: None,
             muxer: Muxer::Builtin,
         }
@@ -394,6 +397,9 @@ impl RsHlsSink {
                 address,
                 max_connections: settings.http_max_connections as usize,
                 max_connections_per_address: settings.http_max_connections_per_address as usize,
+                request_timeout: std::time::Duration::from_secs(
+                    settings.http_request_timeout.into(),
+                ),
                 playlist_cache_control: "no-cache".into(),
             },
             self.published.clone(),
@@ -946,6 +952,12 @@ impl ObjectImpl for RsHlsSink {
                     .minimum(1)
                     .default_value(DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS)
                     .build(),
+                glib::ParamSpecUInt::builder("http-request-timeout")
+                    .nick("HTTP request timeout")
+                    .blurb("Seconds an HTTP request may take to arrive complete (else 408 and the connection is closed); a kept-alive connection idle this long is closed")
+                    .minimum(1)
+                    .default_value(DEFAULT_HTTP_REQUEST_TIMEOUT)
+                    .build(),
                 glib::ParamSpecInt::builder("http-bound-port")
                     .nick("HTTP bound port")
                     .blurb("The port the built-in HTTP server listens on (-1 when not serving)")
@@ -1050,6 +1062,7 @@ impl ObjectImpl for RsHlsSink {
             "http-max-connections-per-address" => {
                 s.http_max_connections_per_address = value.get().expect("type checked")
             }
+            "http-request-timeout" => s.http_request_timeout = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1075,6 +1088,7 @@ impl ObjectImpl for RsHlsSink {
             "http-address" => s.http_address.to_value(),
             "http-max-connections" => s.http_max_connections.to_value(),
             "http-max-connections-per-address" => s.http_max_connections_per_address.to_value(),
+            "http-request-timeout" => s.http_request_timeout.to_value(),
             "http-bound-port" => self
                 .http
                 .lock()

@@ -5,7 +5,7 @@ pub mod hls;
 pub mod rtmp;
 pub mod stock;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
@@ -502,4 +502,138 @@ pub fn add_counted_receiver(
             gst::PadProbeReturn::Ok
         },
     );
+}
+
+/// A real client's output (a child's stdout) counted as it arrives, to measure the rate at which
+/// it receives a live stream: each read is logged with its time and the bytes before it.
+pub struct ByteMeter {
+    /// (when a read returned, bytes received before it)
+    reads: std::sync::Arc<std::sync::Mutex<Vec<(Instant, u64)>>>,
+}
+
+impl ByteMeter {
+    /// Counts `child`'s stdout on a thread of its own, until it closes.
+    pub fn of_stdout(child: &mut ChildGuard) -> ByteMeter {
+        let mut stdout = child.0.as_mut().unwrap().stdout.take().expect("stdout");
+        let reads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = reads.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                log.lock().unwrap().push((Instant::now(), total));
+                total += n as u64;
+            }
+        });
+        ByteMeter { reads }
+    }
+
+    /// Bytes received so far (but the last read's, which [`ByteMeter::rate`] counts only once
+    /// a read follows it).
+    pub fn received(&self) -> u64 {
+        self.reads.lock().unwrap().last().map_or(0, |r| r.1)
+    }
+
+    /// Waits at most `timeout` for the first bytes.
+    pub fn wait_for_data(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.reads.lock().unwrap().is_empty() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// Bytes per second received over about the next `window`: from the first read after it
+    /// starts to the first read after it ends (waiting up to `window` more for that one), so
+    /// that a client receiving in bursts (an HLS segment at a time) is measured over whole
+    /// bursts, and a client receiving nothing at the end counts as receiving nothing.
+    pub fn rate(&self, window: Duration) -> f64 {
+        let first_after = |t: Instant, wait: Duration| {
+            let deadline = t + wait;
+            loop {
+                let found = {
+                    let reads = self.reads.lock().unwrap();
+                    let i = reads.partition_point(|r| r.0 < t);
+                    reads.get(i).copied()
+                };
+                if let Some(r) = found {
+                    return r;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    // Nothing arrived: everything so far, at the end of the wait.
+                    let reads = self.reads.lock().unwrap();
+                    return (now, reads.last().map_or(0, |r| r.1));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let t0 = Instant::now();
+        let start = first_after(t0, window);
+        let end = first_after(start.0 + window, window);
+        (end.1 - start.1) as f64 / (end.0 - start.0).as_secs_f64().max(1e-3)
+    }
+}
+
+/// Asserts that a client's rate `during` an attack is within 5% (plus `slack` bytes/s) of its
+/// rate `before` it.
+pub fn assert_rate_kept(client: &str, before: f64, during: f64, slack: f64) {
+    eprintln!("{client}: {before:.0} B/s before the attack, {during:.0} B/s during it");
+    assert!(
+        during >= before * 0.95 - slack,
+        "{client}'s rate fell from {before:.0} B/s to {during:.0} B/s"
+    );
+}
+
+/// An attacking connection as the attacker sees it.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub opened: Instant,
+    pub answer: Vec<u8>,
+    /// When the server closed it.
+    pub closed: Option<Instant>,
+}
+
+impl Conn {
+    /// Connects from `source` to 127.0.0.1:`port` and sends `first`; `None` when refused.
+    pub fn open(source: [u8; 4], port: u16, first: &[u8]) -> Option<Conn> {
+        let mut stream = hls::connect_from(source, port).ok()?;
+        stream.set_nonblocking(true).unwrap();
+        let _ = stream.write_all(first);
+        Some(Conn {
+            stream,
+            opened: Instant::now(),
+            answer: Vec::new(),
+            closed: None,
+        })
+    }
+
+    /// Reads what the server sent; notes when it closed.
+    pub fn poll(&mut self) {
+        let mut buf = [0u8; 1024];
+        while self.closed.is_none() {
+            match self.stream.read(&mut buf) {
+                Ok(0) => self.closed = Some(Instant::now()),
+                Ok(n) => self.answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => self.closed = Some(Instant::now()),
+            }
+        }
+    }
+
+    /// The status code of the first answer (RTSP or HTTP).
+    pub fn status(&self) -> Option<&str> {
+        let space = self.answer.iter().position(|&b| b == b' ')?;
+        self.answer
+            .get(space + 1..space + 4)
+            .and_then(|code| std::str::from_utf8(code).ok())
+    }
+
+    /// How long the server kept it open (so far).
+    pub fn lifetime(&self) -> Duration {
+        self.closed.unwrap_or_else(Instant::now) - self.opened
+    }
 }
