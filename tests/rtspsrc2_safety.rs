@@ -62,14 +62,53 @@ fn sender_report(ssrc: u32, ntp: u64, rtptime: u32) -> Vec<u8> {
 
 #[test]
 fn a_spoofer_on_another_address_does_not_disturb_the_stream() {
-    // Sender Reports twice a second, so that the timeline is anchored before the attack.
-    let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
     let port = free_port_pair();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location={} protocols=udp port-range={port}-{} latency=200 \
-         ! fakesink sync=false",
-        server.url("/"),
+    let client = format!("protocols=udp port-range={port}-{}", port + 1);
+    let spoofer = UdpSocket::bind("127.0.0.2:0").expect("127.0.0.2 on loopback");
+    spoofed_while_playing("", &client, &spoofer, ("127.0.0.1".parse().unwrap(), port));
+}
+
+/// The same over multicast: the spoofer on 127.0.0.2 sends to the group and ports the
+/// server's SETUP answer names (rtspserversink has one group and one port pair to give).
+#[test]
+fn a_spoofer_sending_to_the_multicast_group_does_not_disturb_the_stream() {
+    let port = free_port_pair();
+    let server = format!(
+        "multicast-iface=127.0.0.1 multicast-address-min=239.255.46.1 \
+         multicast-address-max=239.255.46.1 multicast-port-min={port} multicast-port-max={}",
         port + 1
+    );
+    let spoofer = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    spoofer
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .expect("127.0.0.2 on loopback");
+    spoofer
+        .set_multicast_if_v4(&"127.0.0.1".parse().unwrap())
+        .unwrap();
+    let spoofer = UdpSocket::from(spoofer);
+    let group = "239.255.46.1".parse().unwrap();
+    spoofed_while_playing(
+        &server,
+        "protocols=udp-mcast multicast-iface=lo",
+        &spoofer,
+        (group, port),
+    );
+}
+
+/// rtspsrc2 (`client` properties) plays from rtspserversink (`server` properties) while
+/// `spoofer` sends RTP and RTCP to `target` (the RTP address and port; RTCP on the next port):
+/// nothing of it reaches the pad or the timeline, and every datagram is counted as foreign.
+fn spoofed_while_playing(
+    server: &str,
+    client: &str,
+    spoofer: &UdpSocket,
+    (target, port): (std::net::IpAddr, u16),
+) {
+    // Sender Reports twice a second, so that the timeline is anchored before the attack.
+    let server = ServerPipeline::start(&format!("rtcp-interval=500 {server}"), &av_source(false));
+    let pipeline = gst::parse::launch(&format!(
+        "rtspsrc2 name=src location={} {client} latency=200 ! fakesink sync=false",
+        server.url("/"),
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -125,7 +164,6 @@ fn a_spoofer_on_another_address_does_not_disturb_the_stream() {
     // The attack: what the sender sends, with its own SSRC, but from 127.0.0.2. Runs of packets
     // far ahead in sequence (each would restart the jitter buffer) with timestamps an hour on,
     // and Sender Reports an hour off (each would move the timeline).
-    let spoofer = UdpSocket::bind("127.0.0.2:0").expect("127.0.0.2 on loopback");
     let last = *out.lock().unwrap().last().unwrap();
     let attack_start = Instant::now();
     let (mut rtp_sent, mut rtcp_sent) = (0u64, 0u64);
@@ -134,12 +172,12 @@ fn a_spoofer_on_another_address_does_not_disturb_the_stream() {
             let seq = last.seq.wrapping_add(20000 + 10 * round + k);
             let ts = last.ts.wrapping_add(90000 * 3600);
             spoofer
-                .send_to(&rtp(last.ssrc, seq, ts), ("127.0.0.1", port))
+                .send_to(&rtp(last.ssrc, seq, ts), (target, port))
                 .unwrap();
             rtp_sent += 1;
         }
         let report = sender_report(last.ssrc, ntp_now() + (3600 << 32), last.ts);
-        spoofer.send_to(&report, ("127.0.0.1", port + 1)).unwrap();
+        spoofer.send_to(&report, (target, port + 1)).unwrap();
         rtcp_sent += 1;
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -1578,6 +1578,14 @@ impl Session {
             if let Some(ssrc) = reply.ssrc {
                 announce_ssrc(&stats_cell.read().unwrap(), i, ssrc);
             }
+            // UDP media (unicast or multicast) come from the Transport's `source` when it
+            // names one (RFC 2326 12.39), from the RTSP connection's peer otherwise: datagrams
+            // from any other sender are dropped.
+            let server_ip = reply
+                .source
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                .unwrap_or(peer_ip);
             let stream_transport = match (kind, reply.lower, reply.multicast) {
                 (TransportKind::Tcp, LowerTransport::Tcp, _) => {
                     // Ours when the server names none (the request had them: they exist).
@@ -1594,13 +1602,7 @@ impl Session {
                 }
                 (TransportKind::Udp, LowerTransport::Udp, false) => {
                     let (rtp_sock, rtcp_sock) = sockets.take().expect("bound above");
-                    // The media come from the Transport's `source` when it names one (RFC 2326
-                    // 12.39), from the RTSP connection's peer otherwise; RTCP goes there too.
-                    let server_ip = reply
-                        .source
-                        .as_deref()
-                        .and_then(|s| s.parse::<IpAddr>().ok())
-                        .unwrap_or(peer_ip);
+                    // RTCP goes to the sender too.
                     let server_rtcp = reply
                         .server_port
                         .map(|(_, rtcp)| SocketAddr::new(server_ip, rtcp));
@@ -1622,9 +1624,8 @@ impl Session {
                     let rtp_sock = join_multicast(group, rtp_port, iface)?;
                     let rtcp_sock = join_multicast(group, rtcp_port, iface)?;
                     let server_rtcp = Some(SocketAddr::new(IpAddr::V4(group), rtcp_port));
-                    // Every sender to the group is admitted, as rtspsrc does.
                     let sockets = (rtp_sock, rtcp_sock);
-                    self.spawn_udp(i, sockets, None, server_rtcp, events, stats_cell)?
+                    self.spawn_udp(i, sockets, Some(server_ip), server_rtcp, events, stats_cell)?
                 }
                 _ => {
                     return Err(ClientError::NoTransport(format!(

@@ -120,15 +120,15 @@ impl Datagrams {
     }
 }
 
-/// Which address a stream's datagrams (RTP and RTCP) may come from: the server's, given by the
-/// RTSP connection or the `source` of the SETUP answer's Transport. Datagrams from elsewhere
-/// are dropped and counted by the caller; each other address is logged once (the first
-/// [`SourceFilter::LOGGED`] of them: spoofed addresses are unbounded). Multicast admits every
-/// sender to the group, as rtspsrc does.
+/// Which address a stream's datagrams (RTP and RTCP, unicast or multicast) may come from: the
+/// server's, given by the RTSP connection or the `source` of the SETUP answer's Transport (for
+/// multicast too: rtspsrc admits every sender to the group, where anyone on the network may
+/// send). Datagrams from elsewhere are dropped and counted by the caller; each other address is
+/// logged once (the first [`SourceFilter::LOGGED`] of them: spoofed addresses are unbounded).
 #[derive(Debug)]
 pub(super) struct SourceFilter {
     stream: usize,
-    /// None: any sender (multicast).
+    /// None: any sender.
     server: Option<IpAddr>,
     name: String,
     logged: Mutex<Vec<IpAddr>>,
