@@ -404,7 +404,11 @@ pub fn rtp_receiver(data: &[u8]) {
                 }
                 assert!(buffer.is_empty(), "drained, yet {} held", buffer.len());
             }
-            ReceiverOp::Reset => buffer.reset(),
+            // As for a new sender: the statistics restart too.
+            ReceiverOp::Reset => {
+                buffer.reset();
+                stats.new_source();
+            }
         }
     }
 }

@@ -104,6 +104,17 @@ impl ReceiverStats {
         true
     }
 
+    /// The stream's sender changed (a new SSRC, RFC 3550 §8.2): the statistics restart as for
+    /// a new source (A.1): on probation again, with nothing expected, received or lost, no jitter
+    /// and no Sender Report of it yet, so that the old sender's loss and jitter never show in the
+    /// new one's report blocks. Only the payload byte count goes on (the stream's total).
+    pub fn new_source(&mut self) {
+        *self = Self {
+            bytes: self.bytes,
+            ..Self::new(self.clock_rate)
+        };
+    }
+
     fn init_seq(&mut self, seq: u16) {
         self.base_seq = seq;
         self.max_seq = seq;
@@ -379,6 +390,56 @@ mod tests {
         assert_eq!(stats.packets_received(), 2);
         assert_eq!(stats.extended_highest_seq(), 40_002);
         assert_eq!(stats.cumulative_lost(), 0);
+    }
+
+    #[test]
+    fn a_new_source_starts_from_nothing() {
+        let mut stats = ReceiverStats::new(90_000);
+        let t0 = Instant::now();
+        // The old sender: loss, a large jitter, a Sender Report, a report sent.
+        feed(&mut stats, t0, (0..200).filter(|s| s % 4 != 3));
+        for i in 200..260u16 {
+            let n = u32::from(i);
+            let delay = Duration::from_millis(u64::from(i % 2) * 30);
+            stats.on_packet(i, n * FRAME_TICKS, t0 + FRAME * n + delay, 100);
+        }
+        stats.on_sender_report(0x1234_5678_9abc_def0, t0);
+        let old = stats.report_block(1, t0);
+        assert!(old.cumulative_lost > 0 && old.jitter > 0 && old.last_sr != 0);
+        let bytes = stats.bytes_received();
+
+        // The new sender, numbering from 5000 (a gap of thousands, which must not count as
+        // loss), at a constant delay.
+        stats.new_source();
+        assert!(!stats.is_valid());
+        let t1 = t0 + Duration::from_secs(10);
+        let accepted: Vec<bool> = (5000..5100u16)
+            .map(|seq| {
+                let n = u32::from(seq - 5000);
+                stats.on_packet(seq, 777 + n * FRAME_TICKS, t1 + FRAME * n, 100)
+            })
+            .collect();
+        assert!(
+            !accepted[0],
+            "the new source's first packet is on probation (A.1)"
+        );
+        assert!(accepted[1..].iter().all(|&a| a));
+        let block = stats.report_block(2, t1);
+        assert_eq!(
+            (
+                block.fraction_lost,
+                block.cumulative_lost,
+                block.jitter,
+                block.last_sr,
+                block.delay_since_last_sr
+            ),
+            (0, 0, 0, 0, 0),
+            "{block:?}"
+        );
+        assert_eq!(block.extended_highest_seq, 5099);
+        assert_eq!(stats.packets_received(), 99);
+        assert_eq!(stats.packets_rejected(), 0);
+        assert_eq!(stats.bytes_received(), bytes + 99 * 100);
     }
 
     #[test]

@@ -1276,6 +1276,10 @@ fn deliver(events: &EventFn, stats: &SharedStats, packet: Packet, batches: &mut 
         let (rejected, had_sender) = (sender.rejected(), sender.sender().is_some());
         let verdict = sender.admit(h.ssrc, h.sequence, arrival, (h, arrival, data));
         figures.foreign_ssrc_packets += sender.rejected() - rejected;
+        if matches!(verdict, Verdict::Switched { .. }) {
+            // The old sender's loss and jitter are not the new one's.
+            receiver.new_source();
+        }
         let mut account = |(h, arrival, data): HeldPacket| {
             receiver.on_packet(h.sequence, h.timestamp, arrival, h.payload_len);
             figures.sender_ssrc = h.ssrc;
@@ -1888,10 +1892,18 @@ mod tests {
         want.extend(100..100 + rtp::ssrc::SWITCH_PACKETS as u16);
         assert_eq!(delivered, want);
         assert_eq!(reports.len(), 1, "only the sender's report");
-        let figures = &stats[0].lock().unwrap().1;
+        let (receiver, figures, _) = &mut *stats[0].lock().unwrap();
         assert_eq!(figures.foreign_ssrc_packets, 2);
         assert_eq!(figures.sender_reports, 1);
         assert_eq!(figures.sender_ssrc, 8);
+        // The new sender's statistics: nothing lost between the two numberings, no report yet.
+        assert_eq!(figures.packets_lost, 0);
+        let block = receiver.report_block(8, Instant::now());
+        assert_eq!((block.cumulative_lost, block.last_sr), (0, 0), "{block:?}");
+        assert_eq!(
+            block.extended_highest_seq,
+            99 + rtp::ssrc::SWITCH_PACKETS as u32
+        );
     }
 
     #[test]
