@@ -14,6 +14,7 @@ pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
 pub mod rtp;
+pub mod rtp_receive;
 pub mod rtsp;
 pub mod rtspserversink;
 pub mod rtspsrc2;
