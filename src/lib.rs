@@ -17,6 +17,7 @@ pub mod rtp;
 pub mod rtp_receive;
 pub mod rtsp;
 pub mod rtspserversink;
+pub mod rtspserversrc;
 pub mod rtspsrc2;
 pub mod runtime;
 mod tls_flags;
@@ -28,6 +29,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     logging::install();
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
+    rtspserversrc::register(plugin)?;
     rshlssink::register(plugin)?;
     rsrtmpsink::register(plugin)?;
     Ok(())

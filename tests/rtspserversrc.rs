@@ -1,0 +1,492 @@
+//! rtspserversrc against real publishers: ffmpeg `-f rtsp` (TCP and UDP) and stock
+//! rtspclientsink (TCP and UDP) publish a generated file; our element's output is decoded with
+//! decodebin and every video and audio frame counted against the same file decoded directly.
+//! Also the server side of publishing: bad ANNOUNCE bodies, a second publisher, a stalled one.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::hls::TempDir;
+use common::{ChildGuard, RawClient, assert_ours, init, run, tail};
+use gst::prelude::*;
+
+/// Decoded frames seen, by kind.
+#[derive(Default, Clone)]
+struct Counts {
+    video: Arc<AtomicU64>,
+    audio: Arc<AtomicU64>,
+}
+
+impl Counts {
+    fn get(&self) -> (u64, u64) {
+        (
+            self.video.load(Ordering::SeqCst),
+            self.audio.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Links `pad` through a decodebin into counting fakesinks.
+fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
+    let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
+    pipeline.add(&decodebin).unwrap();
+    let weak = pipeline.downgrade();
+    let counts = counts.clone();
+    decodebin.connect_pad_added(move |_, dpad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
+        let name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
+        let counter = if name.starts_with("video/") {
+            counts.video.clone()
+        } else {
+            counts.audio.clone()
+        };
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()
+            .unwrap();
+        pipeline.add(&sink).unwrap();
+        sink.sync_state_with_parent().unwrap();
+        dpad.link(&sink.static_pad("sink").unwrap()).unwrap();
+        dpad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    });
+    decodebin.sync_state_with_parent().unwrap();
+    pad.link(&decodebin.static_pad("sink").unwrap()).unwrap();
+}
+
+/// A generated 5 s file (H.264 150 frames, GOP 30, AAC 48 kHz).
+struct TestFile {
+    path: PathBuf,
+    /// (video, audio) frames as decodebin decodes them from the file directly: what a GStreamer
+    /// publisher sends (qtdemux applies the edit list, which hides the AAC priming frame).
+    gst: (u64, u64),
+    /// (video, audio) frames ffprobe decodes from it: what `ffmpeg -c copy` sends (the AAC
+    /// priming frame included, as the depayloader's AU indices show).
+    ffmpeg: (u64, u64),
+}
+
+fn test_file() -> &'static TestFile {
+    static FILE: OnceLock<TestFile> = OnceLock::new();
+    FILE.get_or_init(|| {
+        init();
+        let dir = TempDir::new("rtspserversrc");
+        let path = dir.join("test.mp4");
+        std::mem::forget(dir);
+        let (out, timed_out) = run(
+            Command::new("ffmpeg").args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "5",
+                "-c:v",
+                "libx264",
+                "-g",
+                "30",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-shortest",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(
+            !timed_out && out.status.success(),
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The oracle: the same decoders on the file itself.
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("uridecodebin")
+            .property("uri", format!("file://{}", path.display()))
+            .build()
+            .unwrap();
+        pipeline.add(&src).unwrap();
+        let counts = Counts::default();
+        let (weak, c) = (pipeline.downgrade(), counts.clone());
+        src.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let video = caps
+                .structure(0)
+                .is_some_and(|s| s.name().starts_with("video/"));
+            let counter = if video {
+                c.video.clone()
+            } else {
+                c.audio.clone()
+            };
+            let sink = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .build()
+                .unwrap();
+            pipeline.add(&sink).unwrap();
+            sink.sync_state_with_parent().unwrap();
+            pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
+        });
+        wait_end(&pipeline, Duration::from_secs(30)).expect("decoding the file");
+        let gst = counts.get();
+        assert_eq!(gst.0, 150, "video frames in the file");
+        assert!(gst.1 > 200, "audio frames in the file: {}", gst.1);
+        let (out, _) = run(
+            Command::new("ffprobe").args([
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_entries",
+                "stream=codec_type,nb_read_frames",
+                "-of",
+                "csv=p=0",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let packets = |kind: &str| -> u64 {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(kind)?
+                        .trim_start_matches(',')
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {kind} in ffprobe's {text}"))
+        };
+        let ffmpeg = (packets("video"), packets("audio"));
+        TestFile { path, gst, ffmpeg }
+    })
+}
+
+/// Plays `pipeline` until EOS or an error, at most `timeout`; then stops it.
+fn wait_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<Vec<gst::Structure>, String> {
+    let bus = pipeline.bus().unwrap();
+    if pipeline.current_state() != gst::State::Playing {
+        pipeline.set_state(gst::State::Playing).unwrap();
+    }
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Element,
+            ],
+        ) else {
+            break Err(format!("no EOS within {timeout:?}"));
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure() {
+                    messages.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.map(|()| messages)
+}
+
+/// A pipeline with our rtspserversrc on a free port, every pad decoded and counted.
+struct Receiver {
+    pipeline: gst::Pipeline,
+    src: gst::Element,
+    port: u16,
+    counts: Counts,
+}
+
+impl Receiver {
+    fn start(props: &str) -> Receiver {
+        init();
+        let pipeline = gst::Pipeline::new();
+        let src = gst::parse::launch(&format!(
+            "rtspserversrc address=127.0.0.1 port=0 mount-point=/live {props}"
+        ))
+        .unwrap();
+        assert_ours(&src);
+        pipeline.add(&src).unwrap();
+        let counts = Counts::default();
+        let (weak, c) = (pipeline.downgrade(), counts.clone());
+        src.connect_pad_added(move |_, pad| {
+            if let Some(p) = weak.upgrade() {
+                decode_and_count(&p, pad, &c);
+            }
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let port = src.property::<i32>("bound-port");
+        assert!(port > 0, "bound-port {port}");
+        Receiver {
+            pipeline,
+            src,
+            port: port as u16,
+            counts,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/live", self.port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// ffmpeg publishing the test file in real time over `transport`.
+fn ffmpeg_publish(url: &str, transport: &str) -> ChildGuard {
+    let file = &test_file().path;
+    ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        file.to_str().unwrap(),
+        "-c",
+        "copy",
+        // ffmpeg 5.1 packs several AAC frames per RTP packet and flushes the last packet only
+        // after its TEARDOWN has closed the connection: without this the last 4-5 audio frames
+        // never leave it (into gst-rtsp-server neither).
+        "-max_delay",
+        "0",
+        "-f",
+        "rtsp",
+        "-rtsp_transport",
+        transport,
+        url,
+    ]))
+}
+
+/// Stock rtspclientsink publishing the test file (paced by its sinks) over `protocols`.
+fn rtspclientsink_publish(url: &str, protocols: &str) -> ChildGuard {
+    let file = &test_file().path;
+    let launch = format!(
+        "filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse ! s.sink_0 \
+         d.audio_0 ! queue ! aacparse ! s.sink_1 rtspclientsink name=s location={url} \
+         protocols={protocols} latency=0",
+        file.display()
+    );
+    ChildGuard::spawn(
+        Command::new("gst-launch-1.0")
+            .arg("-e")
+            .args(launch.split_whitespace()),
+    )
+}
+
+/// The publisher runs to its end; the receiver ends with EOS and has every frame the publisher
+/// sent (`expected`: video, audio).
+fn receive_everything(receiver: Receiver, publisher: ChildGuard, expected: (u64, u64)) {
+    let (out, timed_out) = publisher.wait_output(Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !timed_out && out.status.success(),
+        "publisher failed: {}\n{}",
+        tail(&stderr, 2000),
+        tail(&stdout, 2000)
+    );
+    let messages = wait_end(&receiver.pipeline, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("receiver: {e}; counts {:?}", receiver.counts.get()));
+    let names: Vec<&str> = messages.iter().map(|s| s.name().as_str()).collect();
+    for m in [
+        "rtspserversrc-publisher-announced",
+        "rtspserversrc-publisher-started",
+        "rtspserversrc-publisher-left",
+    ] {
+        assert!(names.contains(&m), "no {m} in {names:?}");
+    }
+    assert_eq!(
+        receiver.counts.get(),
+        expected,
+        "(video, audio) frames decoded"
+    );
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("packets-dropped").unwrap(), 0, "{stats}");
+}
+
+#[test]
+fn ffmpeg_publishes_over_tcp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = ffmpeg_publish(&receiver.url(), "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+#[test]
+fn ffmpeg_publishes_over_udp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = ffmpeg_publish(&receiver.url(), "udp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+#[test]
+fn stock_rtspclientsink_publishes_over_tcp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = rtspclientsink_publish(&receiver.url(), "tcp");
+    receive_everything(receiver, publisher, test_file().gst);
+}
+
+#[test]
+fn stock_rtspclientsink_publishes_over_udp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = rtspclientsink_publish(&receiver.url(), "udp");
+    receive_everything(receiver, publisher, test_file().gst);
+}
+
+const GOOD_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+    m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n";
+
+/// ANNOUNCE with `body` as `content_type`; the status answered.
+fn announce(port: u16, content_type: &str, body: &str) -> u16 {
+    let mut c = RawClient::connect(port);
+    let url = format!("rtsp://127.0.0.1:{port}/live");
+    c.request("ANNOUNCE", &url, &[("Content-Type", content_type)], body)
+        .status
+}
+
+#[test]
+fn bad_announce_bodies_are_refused_and_a_publisher_still_works_after() {
+    let receiver = Receiver::start("");
+    let port = receiver.port;
+    let no_media = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n";
+    let many = format!("{no_media}{}", "m=audio 0 RTP/AVP 0\r\n".repeat(500));
+    let absurd = GOOD_SDP.replace("H264/90000", "H264/4000000000");
+    let cases: [(&str, &str, u16); 5] = [
+        ("application/sdp", "this is not an SDP\r\n", 400),
+        ("application/sdp", no_media, 400),
+        ("application/sdp", &many, 400),
+        ("application/sdp", &absurd, 400),
+        ("text/plain", GOOD_SDP, 415),
+    ];
+    for (ct, body, status) in cases {
+        assert_eq!(announce(port, ct, body), status, "{ct}: {}", tail(body, 80));
+    }
+    let publisher = ffmpeg_publish(&receiver.url(), "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+#[test]
+fn a_second_publisher_gets_455_while_the_first_publishes() {
+    let receiver = Receiver::start("");
+    let mut first = RawClient::connect(receiver.port);
+    let url = receiver.url();
+    let r = first.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 455);
+    // Once the first is gone, the mount is free again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = announce(receiver.port, "application/sdp", GOOD_SDP);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 455);
+        assert!(Instant::now() < deadline, "the mount stays busy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn with_takeover_a_second_publisher_replaces_the_first() {
+    let receiver = Receiver::start("takeover=true");
+    let mut first = RawClient::connect(receiver.port);
+    let url = receiver.url();
+    let r = first.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 200);
+}
+
+/// A publisher that sets up and records, then sends nothing: it is noticed as gone within the
+/// session timeout (EOS), not before.
+#[test]
+fn a_stalled_publisher_is_noticed_within_the_session_timeout() {
+    let receiver = Receiver::start("session-timeout=2");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let r = c.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/streamid=0"),
+        &[(
+            "Transport",
+            "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
+        )],
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let session = r.session().expect("a session");
+    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    let bus = receiver.pipeline.bus().unwrap();
+    let left = loop {
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(8),
+                &[gst::MessageType::Element],
+            )
+            .expect("the publisher noticed as gone");
+        let s = msg.structure().unwrap();
+        if s.name() == "rtspserversrc-publisher-left" {
+            break s.to_owned();
+        }
+    };
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "noticed after {took:?}"
+    );
+    assert_eq!(left.get::<String>("reason").unwrap(), "timeout");
+}
