@@ -31,6 +31,36 @@ impl Counts {
     }
 }
 
+/// Links `pad` through its depayloader into a fakesink, counting access units: exact without an
+/// EOS to flush a decoder's delay (for a stream that does not end).
+fn depay_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
+    let caps = pad.current_caps().expect("caps on a new pad");
+    let s = caps.structure(0).unwrap();
+    let (depay, counter) = match s.get::<&str>("encoding-name").unwrap() {
+        "H264" => ("rtph264depay", counts.video.clone()),
+        "MPEG4-GENERIC" => ("rtpmp4gdepay", counts.audio.clone()),
+        other => panic!("unexpected encoding {other}"),
+    };
+    let depay = gst::ElementFactory::make(depay).build().unwrap();
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add_many([&depay, &sink]).unwrap();
+    depay.link(&sink).unwrap();
+    depay.sync_state_with_parent().unwrap();
+    sink.sync_state_with_parent().unwrap();
+    depay
+        .static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    pad.link(&depay.static_pad("sink").unwrap()).unwrap();
+}
+
 /// Links `pad` through a decodebin into counting fakesinks.
 fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
     let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
@@ -231,7 +261,12 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// Every pad decoded and counted.
     fn start(props: &str) -> Receiver {
+        Self::start_with(props, decode_and_count)
+    }
+
+    fn start_with(props: &str, output: fn(&gst::Pipeline, &gst::Pad, &Counts)) -> Receiver {
         init();
         let pipeline = gst::Pipeline::new();
         let src = gst::parse::launch(&format!(
@@ -244,7 +279,7 @@ impl Receiver {
         let (weak, c) = (pipeline.downgrade(), counts.clone());
         src.connect_pad_added(move |_, pad| {
             if let Some(p) = weak.upgrade() {
-                decode_and_count(&p, pad, &c);
+                output(&p, pad, &c);
             }
         });
         pipeline.set_state(gst::State::Playing).unwrap();
@@ -440,6 +475,17 @@ fn with_takeover_a_second_publisher_replaces_the_first() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 200);
+    // The first publisher's connection is closed.
+    use std::io::Read;
+    first
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert_eq!(
+        first.stream.read(&mut [0u8; 64]).unwrap(),
+        0,
+        "end of stream"
+    );
 }
 
 /// A publisher that sets up and records, then sends nothing: it is noticed as gone within the
@@ -489,4 +535,130 @@ fn a_stalled_publisher_is_noticed_within_the_session_timeout() {
         "noticed after {took:?}"
     );
     assert_eq!(left.get::<String>("reason").unwrap(), "timeout");
+}
+
+/// With wait-for-next-publisher, a publisher leaving ends nothing: the next one with the same
+/// streams continues on the same pads, and every frame of both decodes.
+#[test]
+fn the_next_publisher_continues_on_the_same_pads() {
+    // Counted as access units: decoders would hold the last frames back without an EOS.
+    let receiver = Receiver::start_with("wait-for-next-publisher=true", depay_and_count);
+    let pads = Arc::new(AtomicU64::new(0));
+    let p = pads.clone();
+    receiver.src.connect_pad_added(move |_, _| {
+        p.fetch_add(1, Ordering::SeqCst);
+    });
+    let expected = test_file().ffmpeg;
+    for round in 1..=2u64 {
+        let (out, timed_out) =
+            ffmpeg_publish(&receiver.url(), "tcp").wait_output(Duration::from_secs(40));
+        assert!(
+            !timed_out && out.status.success(),
+            "publisher {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while receiver.counts.get() != (expected.0 * round, expected.1 * round) {
+            assert!(
+                Instant::now() < deadline,
+                "after publisher {round}: {:?}, expected {expected:?} each",
+                receiver.counts.get()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The first publisher's two pads, none for the second.
+    assert_eq!(pads.load(Ordering::SeqCst), 2, "pads added");
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("publishers").unwrap(), 2, "{stats}");
+}
+
+/// An RTP packet of `ssrc` with sequence number `seq`.
+fn rtp_packet(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    // An H.264 access unit delimiter.
+    p.extend_from_slice(&[0x09, 0xf0]);
+    p
+}
+
+fn interleaved(channel: u8, data: &[u8]) -> Vec<u8> {
+    let mut f = vec![b'$', channel];
+    f.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// The publisher gets Receiver Reports on its RTCP channel: its SSRC, the highest sequence
+/// number, the loss and the last Sender Report's time as received.
+#[test]
+fn the_publisher_gets_receiver_reports() {
+    use gstlivestreaming::rtp::rtcp::{self, RtcpPacket, SenderReport};
+    let receiver = Receiver::start("rtcp-interval=200");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let r = c.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/streamid=0"),
+        &[(
+            "Transport",
+            "RTP/AVP/TCP;unicast;interleaved=0-1;mode=\"RECORD\"",
+        )],
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let session = r.session().expect("a session");
+    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    let ssrc = 0x1122_3344;
+    // Packets 1 to 30 but 10.
+    let mut bytes = Vec::new();
+    for seq in (1..=30u16).filter(|s| *s != 10) {
+        bytes.extend(interleaved(0, &rtp_packet(ssrc, seq)));
+    }
+    let sr_ntp = 0x0123_4567_89ab_cdef_u64;
+    let mut sr = Vec::new();
+    rtcp::write_sender_report(
+        &SenderReport {
+            ssrc,
+            ntp_timestamp: sr_ntp,
+            rtp_timestamp: 90_000,
+            packet_count: 29,
+            octet_count: 58,
+            reports: Vec::new(),
+        },
+        "publisher",
+        &mut sr,
+    );
+    bytes.extend(interleaved(1, &sr));
+    c.send_raw(&bytes);
+    // The first report after the packets that names them all.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let block = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no receiver report naming packet 30"
+        );
+        let data = c.read_interleaved(1, 1).remove(0);
+        let packets = rtcp::parse_compound(&data).expect("RTCP");
+        let block = packets.iter().find_map(|p| match p {
+            RtcpPacket::ReceiverReport(rr) => rr.reports.first().copied(),
+            _ => None,
+        });
+        if let Some(b) = block.filter(|b| b.extended_highest_seq == 30 && b.last_sr != 0) {
+            break b;
+        }
+    };
+    assert_eq!(block.ssrc, ssrc);
+    assert_eq!(block.cumulative_lost, 1);
+    assert_eq!(block.last_sr, (sr_ntp >> 16) as u32);
 }

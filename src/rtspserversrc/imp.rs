@@ -43,6 +43,7 @@ const DEFAULT_MOUNT_POINT: &str = "/";
 const DEFAULT_SESSION_TIMEOUT: u32 = 60;
 const DEFAULT_LATENCY_MS: u32 = 200;
 const DEFAULT_MAX_STREAMS: u32 = 16;
+const DEFAULT_RTCP_INTERVAL: u32 = 5000;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -55,6 +56,7 @@ struct Settings {
     takeover: bool,
     wait_for_next_publisher: bool,
     max_streams: u32,
+    rtcp_interval: u32,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             takeover: false,
             wait_for_next_publisher: false,
             max_streams: DEFAULT_MAX_STREAMS,
+            rtcp_interval: DEFAULT_RTCP_INTERVAL,
         }
     }
 }
@@ -92,6 +95,7 @@ impl Settings {
                 tcp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
             },
             session_timeout: Duration::from_secs(u64::from(self.session_timeout)),
+            rtcp_interval: Duration::from_millis(u64::from(self.rtcp_interval)),
             // A publisher's ANNOUNCE carries the SDP.
             limits: crate::rtsp::codec::Limits {
                 max_body_bytes: 64 * 1024,
@@ -529,6 +533,13 @@ impl ObjectImpl for RtspServerSrc {
                     .default_value(DEFAULT_MAX_STREAMS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("rtcp-interval")
+                    .nick("RTCP interval")
+                    .blurb("Average milliseconds between Receiver Reports to the publisher")
+                    .minimum(100)
+                    .default_value(DEFAULT_RTCP_INTERVAL)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("takeover")
                     .nick("Takeover")
                     .blurb("A second publisher replaces the first (FALSE: it is answered 455)")
@@ -567,6 +578,7 @@ impl ObjectImpl for RtspServerSrc {
             "session-timeout" => s.session_timeout = value.get().expect("type checked"),
             "latency" => s.latency_ms = value.get().expect("type checked"),
             "max-streams" => s.max_streams = value.get().expect("type checked"),
+            "rtcp-interval" => s.rtcp_interval = value.get().expect("type checked"),
             "takeover" => s.takeover = value.get().expect("type checked"),
             "wait-for-next-publisher" => {
                 s.wait_for_next_publisher = value.get().expect("type checked")
@@ -594,6 +606,7 @@ impl ObjectImpl for RtspServerSrc {
             "session-timeout" => s.session_timeout.to_value(),
             "latency" => s.latency_ms.to_value(),
             "max-streams" => s.max_streams.to_value(),
+            "rtcp-interval" => s.rtcp_interval.to_value(),
             "takeover" => s.takeover.to_value(),
             "wait-for-next-publisher" => s.wait_for_next_publisher.to_value(),
             "stats" => {
