@@ -16,6 +16,7 @@ pub mod rtmp;
 pub mod rtp;
 pub mod rtp_receive;
 pub mod rtsp;
+mod rtsp_server_props;
 pub mod rtspserversink;
 pub mod rtspserversrc;
 pub mod rtspsrc2;

@@ -662,3 +662,19 @@ fn the_publisher_gets_receiver_reports() {
     assert_eq!(block.cumulative_lost, 1);
     assert_eq!(block.last_sr, (sr_ntp >> 16) as u32);
 }
+
+/// The access properties are rtspserversink's: with `users`, ffmpeg publishes with the password
+/// (Digest) and is refused without it.
+#[test]
+fn publishers_authenticate_with_the_users_of_the_shared_properties() {
+    let receiver = Receiver::start("users=<\"alice:S3cr3t\">");
+    let (out, timed_out) =
+        ffmpeg_publish(&receiver.url(), "tcp").wait_output(Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!timed_out, "ffmpeg without credentials hung");
+    assert!(!out.status.success(), "published without credentials");
+    assert!(stderr.contains("401"), "{stderr}");
+    let url = format!("rtsp://alice:S3cr3t@127.0.0.1:{}/live", receiver.port);
+    let publisher = ffmpeg_publish(&url, "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}

@@ -13,7 +13,6 @@
 //! gets new pads after the old ones got EOS and were removed.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -25,9 +24,8 @@ use gst::subclass::prelude::*;
 
 use crate::rtp_receive::{PadState, StreamSetup, SyncReference, start_stream, stream_caps};
 use crate::rtsp::sdp::MediaDescription;
-use crate::rtsp::server::{
-    Protocols, RecordConfig, RecordEvent, RecordQueue, Server, ServerConfig,
-};
+use crate::rtsp::server::{RecordConfig, RecordEvent, RecordQueue, Server, ServerConfig};
+use crate::rtsp_server_props::{self as props, Role, ServerProps};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -37,78 +35,45 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_ADDRESS: &str = "0.0.0.0";
-const DEFAULT_PORT: u32 = 8554;
-const DEFAULT_MOUNT_POINT: &str = "/";
-const DEFAULT_SESSION_TIMEOUT: u32 = 60;
 const DEFAULT_LATENCY_MS: u32 = 200;
 const DEFAULT_MAX_STREAMS: u32 = 16;
-const DEFAULT_RTCP_INTERVAL: u32 = 5000;
 
-#[derive(Debug, Clone)]
+/// No `Debug`: the shared part holds passwords.
+#[derive(Clone)]
 struct Settings {
-    address: String,
-    port: u32,
-    mount_point: String,
-    protocols: gst_rtsp::RTSPLowerTrans,
-    session_timeout: u32,
+    /// Address, port, mount point, protocols, session timeout, limits, access, TLS: as
+    /// rtspserversink's.
+    server: ServerProps,
     latency_ms: u32,
     takeover: bool,
     wait_for_next_publisher: bool,
     max_streams: u32,
-    rtcp_interval: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            address: DEFAULT_ADDRESS.into(),
-            port: DEFAULT_PORT,
-            mount_point: DEFAULT_MOUNT_POINT.into(),
-            protocols: gst_rtsp::RTSPLowerTrans::UDP | gst_rtsp::RTSPLowerTrans::TCP,
-            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            server: ServerProps::new(Role::Record),
             latency_ms: DEFAULT_LATENCY_MS,
             takeover: false,
             wait_for_next_publisher: false,
             max_streams: DEFAULT_MAX_STREAMS,
-            rtcp_interval: DEFAULT_RTCP_INTERVAL,
         }
     }
 }
 
 impl Settings {
     fn server_config(&self, name: String) -> Result<ServerConfig, String> {
-        let address = IpAddr::from_str(&self.address)
-            .map_err(|_| format!("address '{}' is not an IP address", self.address))?;
-        let mount_point = if self.mount_point.starts_with('/') {
-            self.mount_point.clone()
-        } else {
-            format!("/{}", self.mount_point)
-        };
-        Ok(ServerConfig {
-            address,
-            port: self.port as u16,
-            mount_point,
-            protocols: Protocols {
-                udp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
-                udp_multicast: false,
-                tcp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
-            },
-            session_timeout: Duration::from_secs(u64::from(self.session_timeout)),
-            rtcp_interval: Duration::from_millis(u64::from(self.rtcp_interval)),
-            // A publisher's ANNOUNCE carries the SDP.
-            limits: crate::rtsp::codec::Limits {
-                max_body_bytes: 64 * 1024,
-                ..ServerConfig::default().limits
-            },
-            name,
-            record: Some(RecordConfig {
-                takeover: self.takeover,
-                max_streams: self.max_streams as usize,
-                ..RecordConfig::default()
-            }),
-            ..ServerConfig::default()
-        })
+        let mut config = self.server.server_config()?;
+        // Publishers get no multicast.
+        config.protocols.udp_multicast = false;
+        config.name = name;
+        config.record = Some(RecordConfig {
+            takeover: self.takeover,
+            max_streams: self.max_streams as usize,
+            ..RecordConfig::default()
+        });
+        Ok(config)
     }
 }
 
@@ -151,18 +116,17 @@ impl ObjectSubclass for RtspServerSrc {
 impl RtspServerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let config = settings
+        let mut config = settings
             .server_config(self.obj().name().to_string())
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["{}", e]))?;
+            .map_err(|e| {
+                gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
+            })?;
+        props::set_authorize_hook(&mut config, self.obj().upcast_ref());
+        let bind = std::net::SocketAddr::new(config.address, config.port);
         let server = Server::start(config, |_| {}).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                [
-                    "Cannot listen on {}:{}: {}",
-                    settings.address,
-                    settings.port,
-                    e
-                ]
+                ("Could not listen for RTSP on {}: {}", bind, e)
             )
         })?;
         let queue = server.record_queue().expect("a record mount");
@@ -187,7 +151,7 @@ impl RtspServerSrc {
             imp = self,
             "listening on {} for publishers at {}",
             server.local_addr(),
-            settings.mount_point
+            settings.server.mount_point
         );
         *self.running.lock().unwrap() = Some(Running {
             server,
@@ -478,20 +442,10 @@ impl RtspServerSrc {
 impl ObjectImpl for RtspServerSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("address")
-                    .nick("Address")
-                    .blurb("IP address to listen on for RTSP and to receive UDP on")
-                    .default_value(Some(DEFAULT_ADDRESS))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("port")
-                    .nick("Port")
-                    .blurb("TCP port to listen on for RTSP (0 = pick a free one, see bound-port)")
-                    .maximum(65535)
-                    .default_value(DEFAULT_PORT)
-                    .mutable_ready()
-                    .build(),
+            // address, port, mount-point, protocols, session-timeout, limits, auth, TLS: shared
+            // with rtspserversink.
+            let mut specs = ServerProps::param_specs(Role::Record);
+            specs.extend([
                 glib::ParamSpecInt::builder("bound-port")
                     .nick("Bound port")
                     .blurb("The port the server listens on (-1 when not listening)")
@@ -499,25 +453,6 @@ impl ObjectImpl for RtspServerSrc {
                     .maximum(65535)
                     .default_value(-1)
                     .read_only()
-                    .build(),
-                glib::ParamSpecString::builder("mount-point")
-                    .nick("Mount point")
-                    .blurb("Path publishers ANNOUNCE to: rtsp://host:port<mount-point>")
-                    .default_value(Some(DEFAULT_MOUNT_POINT))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
-                    .nick("Protocols")
-                    .blurb("Lower transports publishers may use (udp, tcp)")
-                    .default_value(Settings::default().protocols)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("session-timeout")
-                    .nick("Session timeout")
-                    .blurb("Seconds without RTSP, RTP or RTCP from the publisher before it is taken as gone")
-                    .minimum(1)
-                    .default_value(DEFAULT_SESSION_TIMEOUT)
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
@@ -531,13 +466,6 @@ impl ObjectImpl for RtspServerSrc {
                     .minimum(1)
                     .maximum(256)
                     .default_value(DEFAULT_MAX_STREAMS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("rtcp-interval")
-                    .nick("RTCP interval")
-                    .blurb("Average milliseconds between Receiver Reports to the publisher")
-                    .minimum(100)
-                    .default_value(DEFAULT_RTCP_INTERVAL)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("takeover")
@@ -557,28 +485,30 @@ impl ObjectImpl for RtspServerSrc {
                     .blurb("Publishers seen, whether one publishes, packets dropped, per-stream jitter buffer figures")
                     .read_only()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
 
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            // Decide each request but OPTIONS, after its credentials were checked, as
+            // rtspserversink's: (user or NULL, method, path with query, client IP address) ->
+            // TRUE to allow; FALSE answers 403. Emitted on a runtime thread: return quickly.
+            vec![props::authorize_signal()]
+        });
+        SIGNALS.as_ref()
+    }
+
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
-        let string = || {
-            value
-                .get::<Option<String>>()
-                .expect("type checked")
-                .unwrap_or_default()
-        };
+        if s.server.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "address" => s.address = string(),
-            "port" => s.port = value.get().expect("type checked"),
-            "mount-point" => s.mount_point = string(),
-            "protocols" => s.protocols = value.get().expect("type checked"),
-            "session-timeout" => s.session_timeout = value.get().expect("type checked"),
             "latency" => s.latency_ms = value.get().expect("type checked"),
             "max-streams" => s.max_streams = value.get().expect("type checked"),
-            "rtcp-interval" => s.rtcp_interval = value.get().expect("type checked"),
             "takeover" => s.takeover = value.get().expect("type checked"),
             "wait-for-next-publisher" => {
                 s.wait_for_next_publisher = value.get().expect("type checked")
@@ -589,9 +519,10 @@ impl ObjectImpl for RtspServerSrc {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings.lock().unwrap();
+        if let Some(v) = s.server.get(pspec.name()) {
+            return v;
+        }
         match pspec.name() {
-            "address" => s.address.to_value(),
-            "port" => s.port.to_value(),
             "bound-port" => {
                 drop(s);
                 self.running
@@ -601,12 +532,8 @@ impl ObjectImpl for RtspServerSrc {
                     .map_or(-1, |r| i32::from(r.server.local_addr().port()))
                     .to_value()
             }
-            "mount-point" => s.mount_point.to_value(),
-            "protocols" => s.protocols.to_value(),
-            "session-timeout" => s.session_timeout.to_value(),
             "latency" => s.latency_ms.to_value(),
             "max-streams" => s.max_streams.to_value(),
-            "rtcp-interval" => s.rtcp_interval.to_value(),
             "takeover" => s.takeover.to_value(),
             "wait-for-next-publisher" => s.wait_for_next_publisher.to_value(),
             "stats" => {
