@@ -386,6 +386,19 @@ fn ffmpeg_publishes_over_tcp_and_every_frame_decodes() {
 fn ffmpeg_publishes_over_udp_and_every_frame_decodes() {
     let receiver = Receiver::start("");
     let publisher = ffmpeg_publish(&receiver.url(), "udp");
+    // The media really comes over UDP.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = receiver.src.property::<gst::Structure>("stats");
+        if stats.get::<String>("transport").unwrap() == "udp" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not publishing over UDP: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     receive_everything(receiver, publisher, test_file().ffmpeg);
 }
 
@@ -661,6 +674,19 @@ fn the_publisher_gets_receiver_reports() {
     assert_eq!(block.ssrc, ssrc);
     assert_eq!(block.cumulative_lost, 1);
     assert_eq!(block.last_sr, (sr_ntp >> 16) as u32);
+    // The same figures in the element's stats.
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<String>("transport").unwrap(), "tcp", "{stats}");
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    let stream = streams.first().unwrap().get::<gst::Structure>().unwrap();
+    // 29 sent; the first is the source's probation (RFC 3550 A.1), not counted.
+    assert_eq!(
+        stream.get::<u64>("packets-received").unwrap(),
+        28,
+        "{stream}"
+    );
+    assert_eq!(stream.get::<i64>("packets-lost").unwrap(), 1, "{stream}");
+    assert_eq!(stream.get::<u64>("sender-reports").unwrap(), 1, "{stream}");
 }
 
 /// The access properties are rtspserversink's: with `users`, ffmpeg publishes with the password

@@ -417,21 +417,40 @@ impl RtspServerSrc {
         let queue_dropped = running
             .as_ref()
             .map_or(0, |r| r.queue.dropped.load(Ordering::Relaxed));
+        let publisher = running.as_ref().and_then(|r| r.server.publisher_stats());
+        drop(running);
         let out = self.output.lock().unwrap();
         let streams: Vec<gst::Structure> = out
             .pads
             .iter()
             .map(|(i, p)| {
                 let jb = *p.signals.jitterbuffer.lock().unwrap();
+                let rx = publisher
+                    .as_ref()
+                    .and_then(|p| p.streams.get(*i))
+                    .cloned()
+                    .unwrap_or_default();
                 gst::Structure::builder("stream")
                     .field("stream", *i as u32)
+                    .field("packets-received", rx.packets_received)
+                    .field("bytes-received", rx.bytes_received)
+                    .field("packets-lost", rx.packets_lost)
+                    .field("jitter-ms", rx.jitter.as_secs_f64() * 1000.0)
+                    .field("sender-reports", rx.sender_reports)
                     .field("packets-late", jb.late)
                     .field("packets-duplicate", jb.duplicates)
                     .build()
             })
             .collect();
+        let (address, transport) = publisher
+            .as_ref()
+            .map_or((String::new(), String::new()), |p| {
+                (p.address.clone(), p.transport.clone())
+            });
         gst::Structure::builder("application/x-rtspserversrc-stats")
             .field("publishers", out.publishers)
+            .field("publisher-address", address)
+            .field("transport", transport)
             .field("publishing", out.publisher.is_some() && !out.left)
             .field("packets-dropped", out.dropped + queue_dropped)
             .field("streams", gst::Array::new(streams))

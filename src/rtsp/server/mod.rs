@@ -80,7 +80,9 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use self::conn::{CloseReason, ConnOut, ConnWriter};
 use self::media::{Dest, Stream};
-pub use self::record::{LeftReason, RecordConfig, RecordEvent, RecordQueue};
+pub use self::record::{
+    LeftReason, PublisherStats, PublisherStreamStats, RecordConfig, RecordEvent, RecordQueue,
+};
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};
 use crate::rtsp::sdp::MediaDescription;
@@ -434,6 +436,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A record mount's current publisher: what it sends, as measured for its Receiver Reports.
+    pub fn publisher_stats(&self) -> Option<PublisherStats> {
+        self.shared.publisher_stats()
     }
 
     /// A record mount's events (publishers announced, started, left, their RTP packets).

@@ -124,6 +124,29 @@ pub enum RecordEvent {
     Left { publisher: u64, reason: LeftReason },
 }
 
+/// What the server measured of one stream of the publisher (RFC 3550 A.3, A.8), as its
+/// Receiver Reports tell the publisher.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherStreamStats {
+    pub stream: usize,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub packets_lost: i64,
+    pub jitter: Duration,
+    pub sender_reports: u64,
+}
+
+/// The current publisher's figures.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherStats {
+    pub publisher: u64,
+    pub address: String,
+    /// `tcp` or `udp`, per the first stream set up.
+    pub transport: String,
+    pub recording: bool,
+    pub streams: Vec<PublisherStreamStats>,
+}
+
 /// The bounded hand-over from the server's tasks to the owner. Never blocks a producer.
 #[derive(Default)]
 pub struct RecordQueue {
@@ -224,6 +247,7 @@ struct PubStream {
 pub(super) struct RecvState {
     pub stats: ReceiverStats,
     pub ssrc: Option<u32>,
+    pub sender_reports: u64,
     /// Where the reports go (UDP: the publisher's RTCP port, from the socket bound for it).
     pub udp: Option<(Arc<tokio::net::UdpSocket>, SocketAddr)>,
 }
@@ -440,7 +464,7 @@ impl Shared {
                 m.encoding_name,
                 m.clock_rate,
                 m.payload_type,
-                m.control
+                super::logfmt::redact_urls(&m.control)
             );
         }
         sdebug!(
@@ -456,6 +480,7 @@ impl Shared {
                 stats: Arc::new(Mutex::new(RecvState {
                     stats: ReceiverStats::new(d.clock_rate),
                     ssrc: None,
+                    sender_reports: 0,
                     udp: None,
                 })),
             })
@@ -932,10 +957,10 @@ impl Shared {
                     sr.packet_count,
                     sr.octet_count
                 );
-                recv.lock()
-                    .unwrap()
-                    .stats
-                    .on_sender_report(sr.ntp_timestamp, Instant::now());
+                let mut st = recv.lock().unwrap();
+                st.stats.on_sender_report(sr.ntp_timestamp, Instant::now());
+                st.sender_reports += 1;
+                drop(st);
                 rec.queue.push_control(RecordEvent::SenderReport {
                     publisher,
                     stream,
@@ -944,6 +969,45 @@ impl Shared {
                 });
             }
         }
+    }
+
+    /// The current publisher's figures (None without one).
+    pub(super) fn publisher_stats(&self) -> Option<PublisherStats> {
+        let rec = self.record.as_ref()?;
+        let slot = rec.publisher.lock().unwrap();
+        let p = slot.as_ref()?;
+        let transport = p
+            .streams
+            .iter()
+            .find_map(|s| match s.transport {
+                Some(StreamTransport::Tcp { .. }) => Some("tcp"),
+                Some(StreamTransport::Udp) => Some("udp"),
+                None => None,
+            })
+            .unwrap_or("none");
+        let streams = p
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let st = s.stats.lock().unwrap();
+                PublisherStreamStats {
+                    stream: i,
+                    packets_received: st.stats.packets_received(),
+                    bytes_received: st.stats.bytes_received(),
+                    packets_lost: st.stats.cumulative_lost(),
+                    jitter: st.stats.jitter_duration(),
+                    sender_reports: st.sender_reports,
+                }
+            })
+            .collect();
+        Some(PublisherStats {
+            publisher: p.id,
+            address: p.peer.to_string(),
+            transport: transport.into(),
+            recording: p.recording,
+            streams,
+        })
     }
 
     /// Receiver Reports to the recording publisher's streams (from housekeeping).
@@ -1014,8 +1078,9 @@ fn on_publisher_rtp(
     let dropped = rec.queue.push_packets(publisher, stream, packets);
     if dropped > 0 {
         let total = rec.queue.dropped.load(Ordering::Relaxed);
-        // Logged when the count crosses a power of two, not per packet.
-        if total.is_power_of_two() || (total - dropped as u64) < total.next_power_of_two() / 2 {
+        // Logged when the count reaches the next power of two, not per packet.
+        let before = total.saturating_sub(dropped as u64);
+        if before.checked_ilog2() != total.checked_ilog2() {
             sdebug!(
                 name,
                 "publisher {publisher} stream {stream}: {dropped} packet(s) dropped: the element \
