@@ -704,3 +704,37 @@ fn publishers_authenticate_with_the_users_of_the_shared_properties() {
     let publisher = ffmpeg_publish(&url, "tcp");
     receive_everything(receiver, publisher, test_file().ffmpeg);
 }
+
+/// A connection that announces and then only sends keep-alives does not hold the mount: without
+/// RECORD within the session timeout its publisher is dropped.
+#[test]
+fn an_announce_without_record_does_not_hold_the_mount() {
+    let receiver = Receiver::start("session-timeout=1");
+    let url = receiver.url();
+    let mut squatter = RawClient::connect(receiver.port);
+    let r = squatter.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 455);
+    let start = Instant::now();
+    loop {
+        assert_eq!(squatter.request("OPTIONS", &url, &[], "").status, 200);
+        if announce(receiver.port, "application/sdp", GOOD_SDP) == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the mount is still held"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        start.elapsed() > Duration::from_millis(700),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -262,6 +262,9 @@ struct Publisher {
     streams: Vec<PubStream>,
     session: Option<String>,
     recording: bool,
+    /// When it announced: one that has not sent RECORD within the session timeout is dropped,
+    /// so that a connection kept open with keep-alives cannot hold the mount.
+    announced: Instant,
     /// The session's stamp, kept for packets that come after the session ended (see LINGER).
     alive: Option<Arc<AliveStamp>>,
     /// It sent TEARDOWN or its connection closed: since when, and which. Its packets are still
@@ -494,6 +497,7 @@ impl Shared {
             streams: pub_streams,
             session: None,
             recording: false,
+            announced: Instant::now(),
             alive: None,
             leaving: None,
             tasks: Vec::new(),
@@ -581,19 +585,32 @@ impl Shared {
         }
     }
 
-    /// Ends a leaving publisher once [`LINGER`] has passed (from housekeeping).
+    /// Ends a leaving publisher once [`LINGER`] has passed, and one that announced but has not
+    /// sent RECORD within the session timeout (from housekeeping).
     pub(super) fn record_linger(&self) {
         let Some(rec) = self.record.as_ref() else {
             return;
         };
         let mut slot = rec.publisher.lock().unwrap();
-        if let Some((since, reason)) = slot.as_ref().and_then(|p| p.leaving)
-            && since.elapsed() >= LINGER
-        {
-            let old = slot.take().expect("checked");
-            drop(slot);
-            self.end_publisher(old, reason, None);
-        }
+        let Some(p) = slot.as_ref() else { return };
+        let reason = match p.leaving {
+            Some((since, reason)) if since.elapsed() >= LINGER => reason,
+            None if !p.recording && p.announced.elapsed() > self.config.session_timeout => {
+                sdebug!(
+                    &*self.name,
+                    "{}: publisher {} dropped: no RECORD within the session timeout ({} s) of its \
+                     ANNOUNCE",
+                    p.peer,
+                    p.id,
+                    self.config.session_timeout.as_secs()
+                );
+                LeftReason::Timeout
+            }
+            _ => return,
+        };
+        let old = slot.take().expect("checked");
+        drop(slot);
+        self.end_publisher(old, reason, None);
     }
 
     /// SETUP of one announced stream with `mode=record`.
@@ -745,6 +762,10 @@ impl Shared {
         match t.lower {
             LowerTransport::Tcp => {
                 let mut setups = ctx.setups.lock().unwrap();
+                // Channels of publishers gone (an earlier ANNOUNCE on this connection) are free.
+                setups
+                    .record_channels
+                    .retain(|_, c| c.recv.strong_count() > 0);
                 let used: Vec<u8> = setups.record_channels.keys().copied().collect();
                 let channels = match t.interleaved {
                     Some((a, b)) if !used.contains(&a) && !used.contains(&b) => (a, b),
