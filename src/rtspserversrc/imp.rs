@@ -83,6 +83,8 @@ struct Output {
     publisher: Option<u64>,
     /// The publisher of these pads left; the pads wait for the next one.
     left: bool,
+    /// The pads were ended with EOS: a next publisher gets new ones.
+    ended: bool,
     pads: BTreeMap<usize, PadState>,
     /// Their caps, to see whether a next publisher can continue on them.
     caps: Vec<gst::Caps>,
@@ -176,6 +178,8 @@ impl RtspServerSrc {
             let mut out = self.output.lock().unwrap();
             out.publisher = None;
             out.caps.clear();
+            out.left = false;
+            out.ended = false;
             std::mem::take(&mut out.pads)
         };
         self.remove_pads(pads);
@@ -271,8 +275,12 @@ impl RtspServerSrc {
                         .field("eos", !wait)
                 });
                 if !wait {
-                    for p in out.pads.values() {
-                        p.work.lock().unwrap().finish();
+                    out.ended = true;
+                    // A pad task may hold its work while downstream blocks: not under our lock.
+                    let works: Vec<_> = out.pads.values().map(|p| p.work.clone()).collect();
+                    drop(out);
+                    for w in works {
+                        w.lock().unwrap().finish();
                     }
                 }
             }
@@ -296,10 +304,7 @@ impl RtspServerSrc {
         let caps: Vec<gst::Caps> = streams.iter().map(stream_caps).collect();
         let mut out = self.output.lock().unwrap();
         out.publishers += 1;
-        let ended = out.left
-            && !out.pads.is_empty()
-            && out.pads.values().any(|p| p.work.lock().unwrap().finished);
-        if !out.pads.is_empty() && out.caps == caps && !ended {
+        if !out.pads.is_empty() && out.caps == caps && !out.ended {
             // Same streams: the next publisher continues on the same pads. Its RTP clocks and
             // sequence numbers start anew.
             gst::info!(
@@ -319,6 +324,7 @@ impl RtspServerSrc {
             let old = std::mem::take(&mut out.pads);
             out.publisher = Some(publisher);
             out.left = false;
+            out.ended = false;
             out.caps = caps.clone();
             drop(out);
             if !old.is_empty() {
