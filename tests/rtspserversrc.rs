@@ -344,18 +344,49 @@ fn rtspclientsink_publish(url: &str, protocols: &str) -> ChildGuard {
     )
 }
 
+/// How a publisher is expected to end.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// It exits with success (after TEARDOWN) within 40 s.
+    Exits,
+    /// Stock rtspclientsink 1.22 on a loaded machine sometimes sends every packet and then
+    /// never handles its EOS: no TEARDOWN, its log shows the last data packet and then only
+    /// RTCP, while the server had answered every request and received every packet (seen about
+    /// 1 run in 20 with 9 publishers at once on 2 shared cores; not checked against
+    /// gst-rtsp-server). It gets 20 s, then is killed: the element must still have every frame
+    /// (it ends at the closed connection).
+    MayHangAtEos,
+}
+
 /// The publisher runs to its end; the receiver ends with EOS and has every frame the publisher
 /// sent (`expected`: video, audio).
 fn receive_everything(receiver: Receiver, publisher: ChildGuard, expected: (u64, u64)) {
-    let (out, timed_out) = publisher.wait_output(Duration::from_secs(40));
+    receive_everything_ending(receiver, publisher, expected, Ending::Exits)
+}
+
+fn receive_everything_ending(
+    receiver: Receiver,
+    publisher: ChildGuard,
+    expected: (u64, u64),
+    ending: Ending,
+) {
+    let limit = match ending {
+        Ending::Exits => Duration::from_secs(40),
+        Ending::MayHangAtEos => Duration::from_secs(20),
+    };
+    let (out, timed_out) = publisher.wait_output(limit);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        !timed_out && out.status.success(),
-        "publisher failed: {}\n{}",
-        tail(&stderr, 2000),
-        tail(&stdout, 2000)
-    );
+    if timed_out && ending == Ending::MayHangAtEos {
+        eprintln!("the publisher did not end within {limit:?} and was killed");
+    } else {
+        assert!(
+            !timed_out && out.status.success(),
+            "publisher failed: {}\n{}",
+            tail(&stderr, 2000),
+            tail(&stdout, 2000)
+        );
+    }
     let messages = wait_end(&receiver.pipeline, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("receiver: {e}; counts {:?}", receiver.counts.get()));
     let names: Vec<&str> = messages.iter().map(|s| s.name().as_str()).collect();
@@ -406,14 +437,14 @@ fn ffmpeg_publishes_over_udp_and_every_frame_decodes() {
 fn stock_rtspclientsink_publishes_over_tcp_and_every_frame_decodes() {
     let receiver = Receiver::start("");
     let publisher = rtspclientsink_publish(&receiver.url(), "tcp");
-    receive_everything(receiver, publisher, test_file().gst);
+    receive_everything_ending(receiver, publisher, test_file().gst, Ending::MayHangAtEos);
 }
 
 #[test]
 fn stock_rtspclientsink_publishes_over_udp_and_every_frame_decodes() {
     let receiver = Receiver::start("");
     let publisher = rtspclientsink_publish(&receiver.url(), "udp");
-    receive_everything(receiver, publisher, test_file().gst);
+    receive_everything_ending(receiver, publisher, test_file().gst, Ending::MayHangAtEos);
 }
 
 const GOOD_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\

@@ -1090,6 +1090,16 @@ fn on_publisher_rtp(
         let now = Instant::now();
         for p in &packets {
             if let Ok(h) = crate::rtp::parse_rtp_header(p) {
+                if st.ssrc != Some(h.ssrc) {
+                    sdebug!(
+                        name,
+                        "publisher {publisher} stream {stream}: RTP from SSRC {:08x} (sequence \
+                         number {}, payload type {})",
+                        h.ssrc,
+                        h.sequence,
+                        h.payload_type
+                    );
+                }
                 st.ssrc = Some(h.ssrc);
                 let len = crate::rtp::rtp_payload(p, &h).len();
                 st.stats.on_packet(h.sequence, h.timestamp, now, len);
