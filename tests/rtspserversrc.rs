@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::hls::TempDir;
@@ -768,4 +768,65 @@ fn an_announce_without_record_does_not_hold_the_mount() {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// With wait-for-next-publisher, a next publisher whose streams differ gets new pads: the old
+/// ones end (EOS) and are removed, the new ones carry the new caps.
+#[test]
+fn a_next_publisher_with_other_streams_gets_new_pads() {
+    let receiver = Receiver::start_with("wait-for-next-publisher=true", |_, _, _| {});
+    let (added, removed) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let a = added.clone();
+    receiver.src.connect_pad_added(move |_, pad| {
+        let caps = pad.current_caps().unwrap();
+        let name = caps
+            .structure(0)
+            .unwrap()
+            .get::<String>("encoding-name")
+            .unwrap();
+        a.lock().unwrap().push(name);
+    });
+    let r = removed.clone();
+    receiver.src.connect_pad_removed(move |_, _| {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let url = receiver.url();
+    let pcmu = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 0 RTP/AVP 0\r\na=control:streamid=0\r\n";
+    for (sdp, expected) in [(GOOD_SDP, vec!["H264"]), (pcmu, vec!["H264", "PCMU"])] {
+        let mut c = RawClient::connect(receiver.port);
+        let r = c.request(
+            "ANNOUNCE",
+            &url,
+            &[("Content-Type", "application/sdp")],
+            sdp,
+        );
+        assert_eq!(r.status, 200);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *added.lock().unwrap() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "pads {:?}",
+                added.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The publisher leaves (its connection closes); the pads wait.
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while receiver
+            .src
+            .property::<gst::Structure>("stats")
+            .get::<bool>("publishing")
+            .unwrap()
+        {
+            assert!(Instant::now() < deadline, "the publisher stays");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(removed.load(Ordering::SeqCst), 1, "the H.264 pad removed");
+    assert_eq!(receiver.src.src_pads().len(), 1);
 }
