@@ -830,3 +830,23 @@ fn a_next_publisher_with_other_streams_gets_new_pads() {
     assert_eq!(removed.load(Ordering::SeqCst), 1, "the H.264 pad removed");
     assert_eq!(receiver.src.src_pads().len(), 1);
 }
+
+/// RTSPS through the shared TLS properties: ffmpeg publishes over `rtsps://` (TLS, media
+/// interleaved inside it) and every frame arrives.
+#[test]
+fn ffmpeg_publishes_over_rtsps() {
+    let dir = TempDir::new("rtspserversrc-tls");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let receiver = Receiver::start(&format!(
+        "tls-certificate-file={} tls-key-file={}",
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("rtsps://127.0.0.1:{}/live", receiver.port);
+    let publisher = ffmpeg_publish(&url, "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
