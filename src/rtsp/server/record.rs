@@ -13,9 +13,10 @@
 //! the publisher's address), and RECORD.
 //!
 //! What the owner (the element) gets: [`RecordEvent`]s through a [`RecordQueue`], which never
-//! blocks the connection's reader. Control events (announced, started, left) are bounded by the
-//! one-publisher rule and always queued; RTP packets are dropped, and counted, once
-//! [`RecordConfig::queue_packets`] wait unread.
+//! blocks the connection's reader. Control events (announced, started, left) are always queued,
+//! and bounded: one publisher at a time, and an ANNOUNCE is answered 503 while more than
+//! [`MAX_ANNOUNCE_BACKLOG`] wait. RTP packets are dropped, and counted, once
+//! [`RecordConfig::queue_packets`] wait unread; Sender Reports once as many events wait.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -47,6 +48,9 @@ pub const MAX_CLOCK_RATE: u32 = 1_000_000;
 /// How long a publisher's packets are still taken after its TEARDOWN or its connection's end:
 /// ffmpeg flushes its RTP muxers (the last aggregated AAC packet) after sending TEARDOWN.
 pub const LINGER: Duration = Duration::from_millis(250);
+
+/// An ANNOUNCE is answered 503 while more events than this wait for the owner.
+pub const MAX_ANNOUNCE_BACKLOG: usize = 1024;
 
 /// Settings of a record mount.
 #[derive(Debug, Clone)]
@@ -161,6 +165,8 @@ pub struct RecordQueue {
 struct QueueState {
     events: VecDeque<RecordEvent>,
     packets: usize,
+    /// Events in `events` that are not RTP.
+    control: usize,
     closed: bool,
 }
 
@@ -178,7 +184,25 @@ impl RecordQueue {
             return;
         }
         s.events.push_back(event);
+        s.control += 1;
         self.cond.notify_one();
+    }
+
+    /// Queues an event that may be dropped (a Sender Report: the next one will do) when as many
+    /// events as the packet limit wait.
+    fn push_droppable(&self, event: RecordEvent) {
+        let mut s = self.state.lock().unwrap();
+        if s.closed || s.events.len() >= self.limit {
+            return;
+        }
+        s.events.push_back(event);
+        s.control += 1;
+        self.cond.notify_one();
+    }
+
+    /// Events other than RTP waiting for the owner.
+    fn backlog(&self) -> usize {
+        self.state.lock().unwrap().control
     }
 
     /// Queues packets unless that would exceed the limit; returns how many were dropped.
@@ -213,8 +237,9 @@ impl RecordQueue {
             return None;
         }
         let event = s.events.pop_front()?;
-        if let RecordEvent::Rtp { packets, .. } = &event {
-            s.packets -= packets.len();
+        match &event {
+            RecordEvent::Rtp { packets, .. } => s.packets -= packets.len(),
+            _ => s.control -= 1,
         }
         Some(event)
     }
@@ -225,6 +250,7 @@ impl RecordQueue {
         s.closed = true;
         s.events.clear();
         s.packets = 0;
+        s.control = 0;
         self.cond.notify_all();
     }
 }
@@ -437,6 +463,15 @@ impl Shared {
             ));
         }
         let rec = self.record_state();
+        // Each ANNOUNCE queues events (and makes pads): one connection repeating it faster
+        // than the element takes them would grow the queue without bound.
+        let backlog = rec.queue.backlog();
+        if backlog > MAX_ANNOUNCE_BACKLOG {
+            return Err(refuse(
+                StatusCode::ServiceUnavailable,
+                format!("{backlog} publisher events wait for the element: it has not caught up"),
+            ));
+        }
         let streams = check_announce(
             req.header(&headers::CONTENT_TYPE).map(|v| v.as_str()),
             req.body(),
@@ -982,7 +1017,7 @@ impl Shared {
                 st.stats.on_sender_report(sr.ntp_timestamp, Instant::now());
                 st.sender_reports += 1;
                 drop(st);
-                rec.queue.push_control(RecordEvent::SenderReport {
+                rec.queue.push_droppable(RecordEvent::SenderReport {
                     publisher,
                     stream,
                     ntp: sr.ntp_timestamp,
@@ -1090,14 +1125,22 @@ fn on_publisher_rtp(
         let now = Instant::now();
         for p in &packets {
             if let Ok(h) = crate::rtp::parse_rtp_header(p) {
-                if st.ssrc != Some(h.ssrc) {
+                // The first packet at debug; SSRC changes at trace (a sender could change it
+                // with every packet).
+                if st.ssrc.is_none() {
                     sdebug!(
                         name,
-                        "publisher {publisher} stream {stream}: RTP from SSRC {:08x} (sequence \
-                         number {}, payload type {})",
+                        "publisher {publisher} stream {stream}: first RTP packet, SSRC {:08x} \
+                         (sequence number {}, payload type {})",
                         h.ssrc,
                         h.sequence,
                         h.payload_type
+                    );
+                } else if st.ssrc != Some(h.ssrc) {
+                    strace!(
+                        name,
+                        "publisher {publisher} stream {stream}: SSRC {:08x} now",
+                        h.ssrc
                     );
                 }
                 st.ssrc = Some(h.ssrc);
@@ -1277,6 +1320,17 @@ mod tests {
         }
         assert_eq!(n, 3);
         assert_eq!(q.push_packets(1, 0, p()), 0);
+        // Sender Reports are dropped once the queue holds `limit` events; control events not.
+        let sr = || RecordEvent::SenderReport {
+            publisher: 1,
+            stream: 0,
+            ntp: 0,
+            rtptime: 0,
+        };
+        q.push_droppable(sr());
+        q.push_droppable(sr());
+        q.push_control(RecordEvent::Started { publisher: 1 });
+        assert_eq!(q.backlog(), 2);
         q.close();
         assert!(q.pop(Duration::from_millis(1)).is_none());
     }
