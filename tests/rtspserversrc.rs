@@ -317,7 +317,7 @@ fn ffmpeg_publish(url: &str, transport: &str) -> ChildGuard {
         "copy",
         // ffmpeg 5.1 packs several AAC frames per RTP packet and flushes the last packet only
         // after its TEARDOWN has closed the connection: without this the last 4-5 audio frames
-        // never leave it (into gst-rtsp-server neither).
+        // never leave it (the server never receives them).
         "-max_delay",
         "0",
         "-f",
