@@ -14,8 +14,11 @@ pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
 pub mod rtp;
+pub mod rtp_receive;
 pub mod rtsp;
+mod rtsp_server_props;
 pub mod rtspserversink;
+pub mod rtspserversrc;
 pub mod rtspsrc2;
 pub mod runtime;
 mod tls_flags;
@@ -27,6 +30,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     logging::install();
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
+    rtspserversrc::register(plugin)?;
     rshlssink::register(plugin)?;
     rsrtmpsink::register(plugin)?;
     Ok(())

@@ -55,6 +55,7 @@ fn plugin_registers_beside_types_of_the_upstream_names() {
     for (element, type_name) in [
         ("rtspsrc2", "GstLsRtspSrc2"),
         ("rtspserversink", "GstLsRtspServerSink"),
+        ("rtspserversrc", "GstLsRtspServerSrc"),
         ("rsrtmpsink", "GstLsRtmpSink"),
         ("rshlssink", "GstLsHlsSink"),
     ] {

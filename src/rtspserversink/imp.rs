@@ -6,27 +6,19 @@
 //! output caps become the stream's SDP media description.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gio::prelude::TlsCertificateExt;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::net::server_tls::{self, Pem};
-use crate::rtsp::codec::Limits;
 use crate::rtsp::sdp::MediaDescription;
-use crate::rtsp::server::auth::{
-    AccessConfig, AccessRequest, AuthMethods, DEFAULT_REALM, Users, parse_networks,
-};
-use crate::rtsp::server::{
-    MulticastConfig, Protocols, Server, ServerConfig, ServerEvent, ServerStats,
-};
+use crate::rtsp::server::{MulticastConfig, Server, ServerConfig, ServerEvent, ServerStats};
+use crate::rtsp_server_props::{self as props, Role, ServerProps};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -36,20 +28,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_ADDRESS: &str = "0.0.0.0";
-const DEFAULT_PORT: u32 = 8554;
-const DEFAULT_MOUNT_POINT: &str = "/";
-const DEFAULT_SESSION_TIMEOUT: u32 = 60;
-const DEFAULT_MAX_SESSIONS: u32 = 1000;
-const DEFAULT_MAX_SESSIONS_PER_CONNECTION: u32 = 8;
-const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
-const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 32;
-const DEFAULT_REQUEST_TIMEOUT: u32 = 10;
-const DEFAULT_MAX_REQUEST_BODY_SIZE: u32 = 64 * 1024;
-const DEFAULT_BACKLOG: i32 = 1024;
 const DEFAULT_CLIENT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 const DEFAULT_CLIENT_STALL_TIMEOUT: u32 = 5000;
-const DEFAULT_RTCP_INTERVAL: u32 = 5000;
 const DEFAULT_MTU: u32 = 1400;
 const DEFAULT_MCAST_ADDRESS_MIN: &str = "224.3.0.1";
 const DEFAULT_MCAST_ADDRESS_MAX: &str = "224.3.0.254";
@@ -57,36 +37,13 @@ const DEFAULT_MCAST_PORT_MIN: u32 = 5000;
 const DEFAULT_MCAST_PORT_MAX: u32 = 5999;
 const DEFAULT_MCAST_TTL: u32 = 1;
 
-/// The authentication schemes rtspserversink offers (`auth-methods`).
-#[glib::flags(name = "GstLsRtspServerSinkAuthMethods")]
-pub enum AuthMethodFlags {
-    #[flags_value(
-        name = "Basic (RFC 7617): the password itself, readable without TLS",
-        nick = "basic"
-    )]
-    BASIC = 0b01,
-    #[flags_value(name = "Digest (RFC 7616): SHA-256 and MD5", nick = "digest")]
-    DIGEST = 0b10,
-}
-
-/// No `Debug`: `users` holds passwords.
+/// No `Debug`: the shared part holds passwords.
 #[derive(Clone)]
 struct Settings {
-    address: String,
-    port: u32,
-    mount_point: String,
-    protocols: gst_rtsp::RTSPLowerTrans,
-    session_timeout: u32,
-    max_sessions: u32,
-    max_sessions_per_connection: u32,
-    max_connections: u32,
-    max_connections_per_address: u32,
-    request_timeout: u32,
-    max_request_body_size: u32,
-    backlog: i32,
+    /// Address, port, mount point, protocols, session timeout, limits, access, TLS.
+    server: ServerProps,
     client_queue_size: u32,
     client_stall_timeout: u32,
-    rtcp_interval: u32,
     mtu: u32,
     mcast_address_min: String,
     mcast_address_max: String,
@@ -94,81 +51,14 @@ struct Settings {
     mcast_port_max: u32,
     mcast_ttl: u32,
     mcast_iface: Option<String>,
-    users: Vec<String>,
-    users_file: Option<String>,
-    auth_methods: AuthMethodFlags,
-    /// `auth-methods` was set by the application: Basic is then offered without TLS too.
-    auth_methods_set: bool,
-    realm: String,
-    allowed_addresses: Option<String>,
-    tls_certificate_file: Option<String>,
-    tls_key_file: Option<String>,
-    tls_certificate: Option<CertificatePem>,
-}
-
-/// What `tls-certificate` was set to, as PEM (the object is not `Send` in gio-rs; reading it
-/// gives an equal GTlsCertificate made from this PEM). No `Debug`: it holds the private key.
-#[derive(Clone)]
-struct CertificatePem {
-    /// The certificate and its issuers, leaf first.
-    chain: String,
-    /// None when the key cannot be exported (a PKCS #11 key).
-    key: Option<String>,
-}
-
-impl CertificatePem {
-    fn of(cert: &gio::TlsCertificate) -> Self {
-        Self {
-            chain: std::iter::successors(Some(cert.clone()), |c| c.issuer())
-                .filter_map(|c| c.certificate_pem().map(String::from))
-                .collect(),
-            key: cert.private_key_pem().map(String::from),
-        }
-    }
-
-    fn to_object(&self) -> Option<gio::TlsCertificate> {
-        let pem = format!("{}{}", self.chain, self.key.as_deref().unwrap_or_default());
-        gio::TlsCertificate::from_pem(&pem).ok()
-    }
-
-    /// The configuration serving it, as gst-rtsp-server serves a GTlsCertificate.
-    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, server_tls::ServerTlsError> {
-        server_tls::server_config(
-            Pem {
-                origin: "tls-certificate's certificate-pem",
-                text: self.chain.as_bytes(),
-            },
-            Pem {
-                origin: match self.key {
-                    Some(_) => "tls-certificate's private-key-pem",
-                    None => "tls-certificate's private-key-pem (NULL: a key GIO cannot export)",
-                },
-                text: self.key.as_deref().unwrap_or_default().as_bytes(),
-            },
-        )
-    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            address: DEFAULT_ADDRESS.into(),
-            port: DEFAULT_PORT,
-            mount_point: DEFAULT_MOUNT_POINT.into(),
-            protocols: gst_rtsp::RTSPLowerTrans::UDP
-                | gst_rtsp::RTSPLowerTrans::UDP_MCAST
-                | gst_rtsp::RTSPLowerTrans::TCP,
-            session_timeout: DEFAULT_SESSION_TIMEOUT,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            max_sessions_per_connection: DEFAULT_MAX_SESSIONS_PER_CONNECTION,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_request_body_size: DEFAULT_MAX_REQUEST_BODY_SIZE,
-            backlog: DEFAULT_BACKLOG,
+            server: ServerProps::new(Role::Play),
             client_queue_size: DEFAULT_CLIENT_QUEUE_SIZE,
             client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
-            rtcp_interval: DEFAULT_RTCP_INTERVAL,
             mtu: DEFAULT_MTU,
             mcast_address_min: DEFAULT_MCAST_ADDRESS_MIN.into(),
             mcast_address_max: DEFAULT_MCAST_ADDRESS_MAX.into(),
@@ -176,23 +66,12 @@ impl Default for Settings {
             mcast_port_max: DEFAULT_MCAST_PORT_MAX,
             mcast_ttl: DEFAULT_MCAST_TTL,
             mcast_iface: None,
-            users: Vec::new(),
-            users_file: None,
-            auth_methods: AuthMethodFlags::BASIC | AuthMethodFlags::DIGEST,
-            auth_methods_set: false,
-            realm: DEFAULT_REALM.into(),
-            allowed_addresses: None,
-            tls_certificate_file: None,
-            tls_key_file: None,
-            tls_certificate: None,
         }
     }
 }
 
 impl Settings {
     fn server_config(&self) -> Result<ServerConfig, String> {
-        let address = IpAddr::from_str(&self.address)
-            .map_err(|_| format!("address '{}' is not an IP address", self.address))?;
         let ipv4 = |name: &str, v: &str| {
             Ipv4Addr::from_str(v).map_err(|_| format!("{name} '{v}' is not an IPv4 address"))
         };
@@ -215,107 +94,12 @@ impl Settings {
         {
             return Err("the multicast address or port range is empty".into());
         }
-        let access = self.access_config()?;
-        let mount_point = if self.mount_point.starts_with('/') {
-            self.mount_point.clone()
-        } else {
-            format!("/{}", self.mount_point)
-        };
         Ok(ServerConfig {
-            address,
-            port: self.port as u16,
-            mount_point,
-            protocols: Protocols {
-                udp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
-                udp_multicast: self.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP_MCAST),
-                tcp: self.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
-            },
             multicast,
-            session_timeout: Duration::from_secs(u64::from(self.session_timeout)),
-            max_sessions: self.max_sessions as usize,
-            max_sessions_per_connection: self.max_sessions_per_connection as usize,
-            max_connections: self.max_connections as usize,
-            max_connections_per_address: self.max_connections_per_address as usize,
-            request_timeout: Duration::from_secs(u64::from(self.request_timeout)),
-            limits: Limits {
-                max_body_bytes: self.max_request_body_size as usize,
-                ..ServerConfig::default().limits
-            },
-            backlog: self.backlog,
             client_queue_bytes: self.client_queue_size as usize,
             client_stall_timeout: Duration::from_millis(u64::from(self.client_stall_timeout)),
-            rtcp_interval: Duration::from_millis(u64::from(self.rtcp_interval)),
-            access,
-            tls: self.tls()?,
-            ..ServerConfig::default()
+            ..self.server.server_config()?
         })
-    }
-
-    /// `users`, `users-file`, `auth-methods`, `realm` and `allowed-addresses` (without the
-    /// `authorize` hook, which needs the element).
-    fn access_config(&self) -> Result<AccessConfig, String> {
-        let realm = &self.realm;
-        let mut users = Users::default();
-        users
-            .add_entries(self.users.iter().map(String::as_str), realm)
-            .map_err(|e| format!("users: {e}"))?;
-        if let Some(path) = self.users_file.as_deref().filter(|p| !p.is_empty()) {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("users-file '{path}' cannot be read: {e}"))?;
-            let added = users
-                .add_htdigest(&text, realm)
-                .map_err(|e| format!("users-file '{path}' {e}"))?;
-            if added == 0 {
-                return Err(format!(
-                    "users-file '{path}' has no user of realm '{realm}'"
-                ));
-            }
-        }
-        // Basic shows the password to anyone on the path: by default it is offered only
-        // inside TLS; without TLS only when the application named it in `auth-methods`.
-        let tls = self.tls_certificate.is_some() || self.tls_certificate_file.is_some();
-        let methods = AuthMethods {
-            basic: self.auth_methods.contains(AuthMethodFlags::BASIC)
-                && (tls || self.auth_methods_set),
-            digest: self.auth_methods.contains(AuthMethodFlags::DIGEST),
-        };
-        if !users.is_empty() && !methods.basic && !methods.digest {
-            return Err("auth-methods names no method, but users are set".into());
-        }
-        let allowed = parse_networks(self.allowed_addresses.as_deref().unwrap_or(""))
-            .map_err(|e| format!("allowed-addresses: {e}"))?;
-        Ok(AccessConfig {
-            users,
-            methods,
-            realm: realm.clone(),
-            allowed,
-            ..AccessConfig::default()
-        })
-    }
-
-    /// The RTSPS configuration from `tls-certificate` or the PEM files, if any is set.
-    fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
-        let files = (
-            self.tls_certificate_file.as_deref(),
-            self.tls_key_file.as_deref(),
-        );
-        let config = match (&self.tls_certificate, files) {
-            (None, (None, None)) => return Ok(None),
-            (Some(cert), (None, None)) => cert.server_config(),
-            (None, (Some(cert), key)) => {
-                server_tls::server_config_from_files(Path::new(cert), key.map(Path::new))
-            }
-            (None, (None, Some(_))) => {
-                return Err("tls-key-file is set without tls-certificate-file".into());
-            }
-            (Some(_), _) => {
-                return Err(
-                    "set either tls-certificate or tls-certificate-file/tls-key-file, not both"
-                        .into(),
-                );
-            }
-        };
-        config.map(Some).map_err(|e| e.to_string())
     }
 }
 
@@ -471,13 +255,7 @@ impl RtspServerSink {
         })?;
         // The core's records (category lsrtsp) carry the element's name.
         config.name = self.obj().name().to_string();
-        let weak = self.obj().downgrade();
-        config.access.authorize = Some(Arc::new(move |r: &AccessRequest<'_>| {
-            weak.upgrade().is_some_and(|obj| {
-                let address = r.peer.ip().to_string();
-                obj.emit_by_name::<bool>("authorize", &[&r.user, &r.method, &r.path, &address])
-            })
-        }));
+        props::set_authorize_hook(&mut config, self.obj().upcast_ref());
         let bind = std::net::SocketAddr::new(config.address, config.port);
         let (scheme, mount_point) = (config.scheme(), config.mount_point.clone());
         let weak = self.obj().downgrade();
@@ -674,20 +452,10 @@ impl RtspServerSink {
 impl ObjectImpl for RtspServerSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("address")
-                    .nick("Address")
-                    .blurb("IP address to listen on for RTSP and to send UDP from")
-                    .default_value(Some(DEFAULT_ADDRESS))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("port")
-                    .nick("Port")
-                    .blurb("TCP port to listen on for RTSP (0 = pick a free one, see bound-port)")
-                    .maximum(65535)
-                    .default_value(DEFAULT_PORT)
-                    .mutable_ready()
-                    .build(),
+            // address, port, mount-point, protocols, session-timeout, limits, auth, TLS: shared
+            // with rtspserversrc.
+            let mut specs = ServerProps::param_specs(Role::Play);
+            specs.extend([
                 glib::ParamSpecInt::builder("bound-port")
                     .nick("Bound port")
                     .blurb("The port the server listens on (-1 when not listening)")
@@ -695,72 +463,6 @@ impl ObjectImpl for RtspServerSink {
                     .maximum(65535)
                     .default_value(-1)
                     .read_only()
-                    .build(),
-                glib::ParamSpecString::builder("mount-point")
-                    .nick("Mount point")
-                    .blurb("Path of the presentation: clients open rtsp://host:port<mount-point>")
-                    .default_value(Some(DEFAULT_MOUNT_POINT))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
-                    .nick("Protocols")
-                    .blurb("Lower transports clients may use (udp, udp-mcast, tcp)")
-                    .default_value(Settings::default().protocols)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("session-timeout")
-                    .nick("Session timeout")
-                    .blurb("Seconds without RTSP or RTCP from a client before its session expires")
-                    .minimum(1)
-                    .default_value(DEFAULT_SESSION_TIMEOUT)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-sessions")
-                    .nick("Max sessions")
-                    .blurb("Maximum number of sessions (0 = unlimited); SETUP beyond it gets 503")
-                    .default_value(DEFAULT_MAX_SESSIONS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-sessions-per-connection")
-                    .nick("Max sessions per connection")
-                    .blurb("Maximum number of sessions one RTSP connection may create and hold; SETUP beyond it gets 503")
-                    .minimum(1)
-                    .default_value(DEFAULT_MAX_SESSIONS_PER_CONNECTION)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-connections")
-                    .nick("Max connections")
-                    .blurb("Maximum number of open RTSP connections; more are closed at once")
-                    .minimum(1)
-                    .default_value(DEFAULT_MAX_CONNECTIONS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-connections-per-address")
-                    .nick("Max connections per address")
-                    .blurb("Maximum number of open RTSP connections from one client address (IPv6: one /64); more are closed at once")
-                    .minimum(1)
-                    .default_value(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("request-timeout")
-                    .nick("Request timeout")
-                    .blurb("Seconds a request may take to arrive complete (else 408 and the connection is closed); a connection without a session is closed after this long without a request")
-                    .minimum(1)
-                    .default_value(DEFAULT_REQUEST_TIMEOUT)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-request-body-size")
-                    .nick("Max request body size")
-                    .blurb("Largest request body (Content-Length) in bytes; a larger one gets 413 and the connection is closed")
-                    .default_value(DEFAULT_MAX_REQUEST_BODY_SIZE)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecInt::builder("backlog")
-                    .nick("Backlog")
-                    .blurb("Size of the listen queue of pending connections")
-                    .minimum(1)
-                    .default_value(DEFAULT_BACKLOG)
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("client-queue-size")
                     .nick("Client queue size")
@@ -774,13 +476,6 @@ impl ObjectImpl for RtspServerSink {
                     .blurb("Milliseconds a TCP client may accept no data before it is disconnected")
                     .minimum(100)
                     .default_value(DEFAULT_CLIENT_STALL_TIMEOUT)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("rtcp-interval")
-                    .nick("RTCP interval")
-                    .blurb("Average milliseconds between RTCP Sender Reports (randomised by ±50%)")
-                    .minimum(100)
-                    .default_value(DEFAULT_RTCP_INTERVAL)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("mtu")
@@ -832,60 +527,13 @@ impl ObjectImpl for RtspServerSink {
                     .blurb("IPv4 address of the interface to send multicast from (NULL = routing table)")
                     .mutable_ready()
                     .build(),
-                gst::ParamSpecArray::builder("users")
-                    .nick("Users")
-                    .blurb("Who may play: \"user:password\" or \"user:realm:HA1\" strings (HA1 as htdigest writes it); as soon as there is a user, every request but OPTIONS needs credentials. gst-launch-1.0: users='<\"alice:S3cr3t\">'")
-                    .element_spec(
-                        &glib::ParamSpecString::builder("user")
-                            .nick("User")
-                            .blurb("user:password or user:realm:HA1")
-                            .build(),
-                    )
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("users-file")
-                    .nick("Users file")
-                    .blurb("Path of an htdigest file (user:realm:HA1 lines, as the htdigest tool writes) with more users; lines of other realms are skipped")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<AuthMethodFlags>("auth-methods")
-                    .nick("Authentication methods")
-                    .blurb("Schemes offered when users are set: digest (SHA-256 and MD5) and basic (the password itself: by default offered only with TLS, without TLS only when this property is set)")
-                    .default_value(AuthMethodFlags::BASIC | AuthMethodFlags::DIGEST)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("realm")
-                    .nick("Realm")
-                    .blurb("Authentication realm (part of every HA1; gst-rtsp-server's by default, so its htdigest files work)")
-                    .default_value(Some(DEFAULT_REALM))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("allowed-addresses")
-                    .nick("Allowed addresses")
-                    .blurb("Comma-separated client addresses and networks (192.168.1.0/24, fd00::/8, 10.0.0.5) allowed to connect; others are answered 403 and disconnected (NULL or empty = all)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("tls-certificate-file")
-                    .nick("TLS certificate file")
-                    .blurb("PEM file with the server's certificate (and its chain, leaf first): the port then speaks RTSPS only; the key comes from tls-key-file, or from this file when that is unset")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("tls-key-file")
-                    .nick("TLS key file")
-                    .blurb("PEM file with the private key of tls-certificate-file (unencrypted PKCS #8, PKCS #1 or SEC1)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecObject::builder::<gio::TlsCertificate>("tls-certificate")
-                    .nick("TLS certificate")
-                    .blurb("Certificate with its private key for RTSPS, as gst_rtsp_auth_set_tls_certificate takes it (its certificate-pem, issuers and private-key-pem are used): the port then speaks RTSPS only")
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Server and per-client statistics: transports, packets and bytes sent, drops, RTCP receiver report figures")
                     .read_only()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
@@ -914,24 +562,7 @@ impl ObjectImpl for RtspServerSink {
                 // FALSE answers 403. The first handler returning FALSE ends the emission; with
                 // no handler every request is allowed. Emitted on one of the plugin's runtime
                 // threads, never the application's: return quickly and do not block.
-                glib::subclass::Signal::builder("authorize")
-                    .param_types([
-                        String::static_type(),
-                        String::static_type(),
-                        String::static_type(),
-                        String::static_type(),
-                    ])
-                    .return_type::<bool>()
-                    .run_last()
-                    .class_handler(|_| Some(true.to_value()))
-                    .accumulator(|_, _, allow| {
-                        if allow.get::<bool>().unwrap_or(false) {
-                            std::ops::ControlFlow::Continue(allow.clone())
-                        } else {
-                            std::ops::ControlFlow::Break(allow.clone())
-                        }
-                    })
-                    .build(),
+                props::authorize_signal(),
             ]
         });
         SIGNALS.as_ref()
@@ -939,34 +570,18 @@ impl ObjectImpl for RtspServerSink {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
+        if s.server.set(pspec.name(), value) {
+            return;
+        }
         let string = || {
             value
                 .get::<Option<String>>()
                 .expect("type checked")
                 .unwrap_or_default()
         };
-        // An empty path is no path.
-        let non_empty = || Some(string()).filter(|v| !v.is_empty());
         match pspec.name() {
-            "address" => s.address = string(),
-            "port" => s.port = value.get().expect("type checked"),
-            "mount-point" => s.mount_point = string(),
-            "protocols" => s.protocols = value.get().expect("type checked"),
-            "session-timeout" => s.session_timeout = value.get().expect("type checked"),
-            "max-sessions" => s.max_sessions = value.get().expect("type checked"),
-            "max-sessions-per-connection" => {
-                s.max_sessions_per_connection = value.get().expect("type checked")
-            }
-            "max-connections" => s.max_connections = value.get().expect("type checked"),
-            "max-connections-per-address" => {
-                s.max_connections_per_address = value.get().expect("type checked")
-            }
-            "request-timeout" => s.request_timeout = value.get().expect("type checked"),
-            "max-request-body-size" => s.max_request_body_size = value.get().expect("type checked"),
-            "backlog" => s.backlog = value.get().expect("type checked"),
             "client-queue-size" => s.client_queue_size = value.get().expect("type checked"),
             "client-stall-timeout" => s.client_stall_timeout = value.get().expect("type checked"),
-            "rtcp-interval" => s.rtcp_interval = value.get().expect("type checked"),
             "mtu" => s.mtu = value.get().expect("type checked"),
             "multicast-address-min" => s.mcast_address_min = string(),
             "multicast-address-max" => s.mcast_address_max = string(),
@@ -974,55 +589,22 @@ impl ObjectImpl for RtspServerSink {
             "multicast-port-max" => s.mcast_port_max = value.get().expect("type checked"),
             "multicast-ttl" => s.mcast_ttl = value.get().expect("type checked"),
             "multicast-iface" => s.mcast_iface = value.get().expect("type checked"),
-            "users" => {
-                let users = value.get::<gst::Array>().expect("type checked");
-                s.users = users
-                    .iter()
-                    .filter_map(|v| v.get::<String>().ok())
-                    .collect();
-            }
-            "users-file" => s.users_file = value.get().expect("type checked"),
-            "auth-methods" => {
-                s.auth_methods = value.get().expect("type checked");
-                s.auth_methods_set = true;
-            }
-            "realm" => s.realm = string(),
-            "allowed-addresses" => s.allowed_addresses = value.get().expect("type checked"),
-            "tls-certificate-file" => s.tls_certificate_file = non_empty(),
-            "tls-key-file" => s.tls_key_file = non_empty(),
-            "tls-certificate" => {
-                s.tls_certificate = value
-                    .get::<Option<gio::TlsCertificate>>()
-                    .expect("type checked")
-                    .as_ref()
-                    .map(CertificatePem::of)
-            }
             other => unreachable!("unknown property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings.lock().unwrap();
+        if let Some(v) = s.server.get(pspec.name()) {
+            return v;
+        }
         match pspec.name() {
-            "address" => s.address.to_value(),
-            "port" => s.port.to_value(),
             "bound-port" => self
                 .server()
                 .map_or(-1, |srv| i32::from(srv.local_addr().port()))
                 .to_value(),
-            "mount-point" => s.mount_point.to_value(),
-            "protocols" => s.protocols.to_value(),
-            "session-timeout" => s.session_timeout.to_value(),
-            "max-sessions" => s.max_sessions.to_value(),
-            "max-sessions-per-connection" => s.max_sessions_per_connection.to_value(),
-            "max-connections" => s.max_connections.to_value(),
-            "max-connections-per-address" => s.max_connections_per_address.to_value(),
-            "request-timeout" => s.request_timeout.to_value(),
-            "max-request-body-size" => s.max_request_body_size.to_value(),
-            "backlog" => s.backlog.to_value(),
             "client-queue-size" => s.client_queue_size.to_value(),
             "client-stall-timeout" => s.client_stall_timeout.to_value(),
-            "rtcp-interval" => s.rtcp_interval.to_value(),
             "mtu" => s.mtu.to_value(),
             "multicast-address-min" => s.mcast_address_min.to_value(),
             "multicast-address-max" => s.mcast_address_max.to_value(),
@@ -1030,18 +612,6 @@ impl ObjectImpl for RtspServerSink {
             "multicast-port-max" => s.mcast_port_max.to_value(),
             "multicast-ttl" => s.mcast_ttl.to_value(),
             "multicast-iface" => s.mcast_iface.to_value(),
-            "users" => gst::Array::new(s.users.iter().cloned()).to_value(),
-            "users-file" => s.users_file.to_value(),
-            "auth-methods" => s.auth_methods.to_value(),
-            "realm" => s.realm.to_value(),
-            "allowed-addresses" => s.allowed_addresses.to_value(),
-            "tls-certificate-file" => s.tls_certificate_file.to_value(),
-            "tls-key-file" => s.tls_key_file.to_value(),
-            "tls-certificate" => s
-                .tls_certificate
-                .as_ref()
-                .and_then(CertificatePem::to_object)
-                .to_value(),
             "stats" => {
                 let stats = self.server().map(|srv| srv.stats()).unwrap_or_default();
                 Self::stats_structure(&stats).to_value()

@@ -13,19 +13,18 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::rtp::jitterbuffer::{
-    JitterBuffer, JitterBufferConfig, JitterBufferStats, Output as JbOutput,
+use crate::rtp_receive::{
+    PadState, StreamSetup, StreamWork, SyncReference, start_stream, stream_caps,
 };
-use crate::rtp::timing::{SenderClock, SyncOutcome, Timeline};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::{
     Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TlsSettings, TransportKind,
@@ -194,346 +193,6 @@ impl Settings {
     }
 }
 
-/// What the element's event handler (on the client's thread) tells one pad task.
-#[derive(Default)]
-struct StreamSignals {
-    /// A new session after a reconnection: re-base timestamps at the next packet.
-    rebase: AtomicBool,
-    /// A seek or a new session: output what the jitter buffer holds, then start it anew.
-    restart: AtomicBool,
-    /// After a seek: (stream time of the new data, its first RTP sequence number).
-    resegment: Mutex<Option<(gst::ClockTime, Option<u16>)>>,
-    /// The newest Sender Report not yet applied: (NTP time, RTP time).
-    sender_report: Mutex<Option<(u64, u32)>>,
-    /// The jitter buffer's figures, as of the task's last round.
-    jitterbuffer: Mutex<JitterBufferStats>,
-    /// New caps from an ANNOUNCEd description, to go out before the next buffer.
-    caps: Mutex<Option<gst::Caps>>,
-}
-
-/// The sender's wallclock that lines the streams up (RFC 3550 6.4.1, see [`SenderClock`]).
-/// Shared by the pads; reset with a new session.
-type SyncReference = Arc<Mutex<SenderClock>>;
-
-/// Everything a pad task does with one in-order packet: timestamps, segments after seeks and
-/// reconnections, the push and what its result means.
-struct StreamOutput {
-    pad: gst::Pad,
-    element: glib::WeakRef<super::RtspSrc2>,
-    caps: gst::Caps,
-    /// The stream's timeline; None for a clock rate of 0 (such streams get no pad).
-    timing: Option<Timeline>,
-    signals: Arc<StreamSignals>,
-    sync: SyncReference,
-    /// Buffers prepared this round, pushed together by [`Self::flush`] (one alone as a buffer:
-    /// taking it out of a list would copy it).
-    pending: Vec<gst::Buffer>,
-}
-
-impl StreamOutput {
-    /// Lines this stream up with the others from a Sender Report: the sender's NTP clock says
-    /// which RTP times of different streams were captured together, so once every stream has
-    /// had a report, packets captured at the same moment carry the same PTS (as rtpbin's
-    /// lip-sync does). The first stream to get a report anchors the shared timeline. False
-    /// when the report cannot be used yet (no packet since the last re-base).
-    fn apply_sender_report(&mut self, ntp: u64, rtptime: u32) -> bool {
-        if self.signals.rebase.load(Ordering::Relaxed)
-            || self.signals.resegment.lock().unwrap().is_some()
-        {
-            return false;
-        }
-        let Some(timing) = self.timing.as_mut() else {
-            return false;
-        };
-        match self.sync.lock().unwrap().apply(timing, ntp, rtptime) {
-            None => false,
-            Some(SyncOutcome::Moved(correction)) => {
-                gst::debug!(
-                    CAT,
-                    obj = self.pad,
-                    "sender report: moving the stream by {} ms",
-                    correction as f64 / 1e6
-                );
-                true
-            }
-            Some(SyncOutcome::Anchored | SyncOutcome::InSync) => true,
-        }
-    }
-
-    /// Prepares one packet for [`Self::flush`]; `discont` after a loss. False: the stream is
-    /// over (EOS or error).
-    fn output(&mut self, packet: Bytes, discont: bool) -> bool {
-        let Ok(header) = crate::rtp::parse_rtp_header(&packet) else {
-            return true;
-        };
-        // After a seek: drop what was sent before it, then start a segment at the new position
-        // with the first new packet.
-        let mut new_segment = None;
-        if let Some((time, first_seq)) = *self.signals.resegment.lock().unwrap() {
-            if first_seq.is_some_and(|f| (header.sequence.wrapping_sub(f) as i16) < 0) {
-                return true;
-            }
-            // Cleared once the segment event is accepted (not while still flushing).
-            new_segment = Some(time);
-        }
-        // After a reconnection the server's RTP clock starts anew: continue from now.
-        let rebase = self.signals.rebase.swap(false, Ordering::Relaxed) || new_segment.is_some();
-        if rebase && let Some(timing) = &mut self.timing {
-            timing.restart();
-        }
-        // The clock is read only where a timeline starts.
-        let element = &self.element;
-        let now = || {
-            element
-                .upgrade()
-                .and_then(|e| e.current_running_time())
-                .map(gst::ClockTime::nseconds)
-        };
-        let stamp = self
-            .timing
-            .as_mut()
-            .and_then(|t| t.pts(header.timestamp, now));
-        // At most MAX_PTS_NS: never GST_CLOCK_TIME_NONE.
-        let pts = stamp.map(|s| gst::ClockTime::from_nseconds(s.ns));
-        let resync = stamp.is_some_and(|s| s.resync);
-        if let (Some(time), Some(pts)) = (new_segment, pts) {
-            let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
-            segment.set_start(pts);
-            segment.set_base(pts);
-            segment.set_time(time);
-            // Depayloaders take the stream time of their output from `npt-start` in the caps,
-            // as rtspsrc sets it (GstRTPBaseDepayload).
-            let mut npt_caps = self.caps.clone();
-            if let Some(s) = npt_caps.make_mut().structure_mut(0) {
-                s.set("npt-start", time.nseconds());
-                s.set("play-speed", 1.0f64);
-                s.set("play-scale", 1.0f64);
-            }
-            // What was prepared before belongs to the old segment.
-            if !self.flush() {
-                return false;
-            }
-            if !self.pad.push_event(gst::event::Caps::new(&npt_caps))
-                || !self.pad.push_event(gst::event::Segment::new(&segment))
-            {
-                // The flushing seek is not over yet: try again with the next packet.
-                return true;
-            }
-            *self.signals.resegment.lock().unwrap() = None;
-            gst::debug!(CAT, obj = self.pad, "new segment {:?}", segment);
-            if let Some(e) = self.element.upgrade() {
-                e.imp().state.lock().unwrap().play_base = Some((time, pts));
-            }
-        }
-        let mut buffer = gst::Buffer::from_slice(packet);
-        {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            b.set_pts(pts);
-            if discont || rebase || resync {
-                b.set_flags(gst::BufferFlags::DISCONT);
-            }
-        }
-        self.pending.push(buffer);
-        true
-    }
-
-    /// Pushes what this round prepared: one buffer alone, several as one list (depayloaders
-    /// and sinks take a list in one call). False: the stream is over (EOS or error).
-    fn flush(&mut self) -> bool {
-        let result = match self.pending.len() {
-            0 => return true,
-            1 => self.pad.push(self.pending.pop().expect("one buffer")),
-            n => {
-                let mut list = gst::BufferList::new_sized(n);
-                let l = list.get_mut().expect("a new list is writable");
-                for buffer in self.pending.drain(..) {
-                    l.add(buffer);
-                }
-                self.pad.push_list(list)
-            }
-        };
-        match result {
-            // An unlinked stream is one the application does not want; while a flushing seek
-            // is under way the packet is stale. Either way the task goes on.
-            Ok(_) | Err(gst::FlowError::NotLinked) | Err(gst::FlowError::Flushing) => true,
-            // Downstream wants no more: like basesrc, finish the stream with EOS.
-            Err(gst::FlowError::Eos) => {
-                let _ = self.pad.push_event(gst::event::Eos::new());
-                false
-            }
-            Err(err) => {
-                if let Some(element) = self.element.upgrade() {
-                    gst::element_error!(
-                        element,
-                        gst::StreamError::Failed,
-                        ("Internal data stream error."),
-                        ["streaming stopped, reason {:?}", err]
-                    );
-                }
-                let _ = self.pad.push_event(gst::event::Eos::new());
-                false
-            }
-        }
-    }
-}
-
-/// Packets queued at most per pad for its task; beyond, they are dropped and counted.
-const PAD_QUEUE_PACKETS: usize = 16 * 1024;
-
-/// What a pad's task waits for: packets handed over by a thread that serves other streams too
-/// (a TCP connection carrying several), a gap in the jitter buffer to give up on, or the end.
-/// It sleeps otherwise, so a stream fed on its own thread costs the task no wake-ups.
-#[derive(Default)]
-struct PadQueue {
-    state: Mutex<PadQueueState>,
-    cond: Condvar,
-}
-
-#[derive(Default)]
-struct PadQueueState {
-    packets: Vec<Bytes>,
-    /// The jitter buffer's deadline may have moved.
-    kicked: bool,
-    stopped: bool,
-}
-
-impl PadQueue {
-    /// Queues `packets`; returns how many were dropped because the queue is full.
-    fn push(&self, packets: Vec<Bytes>) -> usize {
-        let mut state = self.state.lock().unwrap();
-        let room = PAD_QUEUE_PACKETS.saturating_sub(state.packets.len());
-        let dropped = packets.len().saturating_sub(room);
-        state.packets.extend(packets.into_iter().take(room));
-        self.cond.notify_one();
-        dropped
-    }
-
-    fn kick(&self) {
-        self.state.lock().unwrap().kicked = true;
-        self.cond.notify_one();
-    }
-
-    fn stop(&self) {
-        self.state.lock().unwrap().stopped = true;
-        self.cond.notify_one();
-    }
-
-    /// Sleeps until packets come, `deadline` passes (never if None) or a kick; returns the
-    /// packets. None once stopped.
-    fn wait(&self, deadline: Option<Instant>) -> Option<Vec<Bytes>> {
-        let mut state = self.state.lock().unwrap();
-        if state.packets.is_empty() && !state.kicked && !state.stopped {
-            state = match deadline {
-                Some(d) => {
-                    let timeout = d.saturating_duration_since(Instant::now());
-                    self.cond.wait_timeout(state, timeout).unwrap().0
-                }
-                None => self.cond.wait(state).unwrap(),
-            };
-        }
-        state.kicked = false;
-        (!state.stopped).then(|| std::mem::take(&mut state.packets))
-    }
-}
-
-struct PadState {
-    pad: gst::Pad,
-    queue: Arc<PadQueue>,
-    signals: Arc<StreamSignals>,
-    work: Arc<Mutex<StreamWork>>,
-    /// The RTP clock rate of the stream's description.
-    clock_rate: u32,
-}
-
-/// One stream's receive path: the jitter buffer and what leaves it. Fed on the thread that
-/// read the packets, as udpsrc's streaming thread pushes (one wake-up per burst instead of a
-/// hand-off), and by the pad task when a gap's wait runs out. The lock makes one thread push
-/// at a time.
-struct StreamWork {
-    jitterbuffer: JitterBuffer,
-    out: StreamOutput,
-    stream_id: String,
-    /// stream-start, caps and segment were pushed.
-    started: bool,
-    /// Packets were lost since the last one pushed.
-    lost: bool,
-    /// Downstream ended the stream (EOS or an error): nothing more is pushed.
-    finished: bool,
-    /// The jitter buffer's deadline the pad task was last woken for: while a gap is waited
-    /// for, every burst after it leaves the same deadline, and the task need not hear of it again.
-    told_deadline: Option<Instant>,
-}
-
-impl StreamWork {
-    /// Takes `packets` in and pushes what is ready. False once the stream is over.
-    fn process(&mut self, packets: impl IntoIterator<Item = Bytes>) -> bool {
-        if self.finished {
-            return false;
-        }
-        if !self.started {
-            self.started = true;
-            let pad = &self.out.pad;
-            let _ = pad.push_event(gst::event::StreamStart::builder(&self.stream_id).build());
-            let _ = pad.push_event(gst::event::Caps::new(&self.out.caps));
-            let segment = gst::FormattedSegment::<gst::ClockTime>::new();
-            let _ = pad.push_event(gst::event::Segment::new(&segment));
-        }
-        let announced = self.out.signals.caps.lock().unwrap().take();
-        if let Some(caps) = announced {
-            // What was prepared belongs to the old description.
-            if !self.out.flush() {
-                self.finished = true;
-                return false;
-            }
-            gst::info!(CAT, obj = self.out.pad, "new caps from ANNOUNCE: {}", caps);
-            let _ = self.out.pad.push_event(gst::event::Caps::new(&caps));
-            self.out.caps = caps;
-        }
-        let mut ready = Vec::new();
-        let arrival = Instant::now();
-        for packet in packets {
-            if ready.is_empty() && self.out.signals.restart.swap(false, Ordering::Relaxed) {
-                // What came before the seek or reconnection goes first, in order.
-                ready = self.jitterbuffer.drain();
-                self.jitterbuffer.reset();
-            }
-            if let Ok(header) = crate::rtp::parse_rtp_header(&packet) {
-                let _ = self.jitterbuffer.push(header.sequence, packet, arrival);
-            }
-        }
-        let signals = self.out.signals.clone();
-        let mut report = signals.sender_report.lock().unwrap();
-        if let Some((ntp, rtptime)) = *report
-            && self.out.apply_sender_report(ntp, rtptime)
-        {
-            *report = None;
-        }
-        drop(report);
-        *signals.jitterbuffer.lock().unwrap() = self.jitterbuffer.stats();
-        let now = Instant::now();
-        let jitterbuffer = &mut self.jitterbuffer;
-        for output in ready
-            .into_iter()
-            .chain(std::iter::from_fn(|| jitterbuffer.pop(now)))
-        {
-            match output {
-                JbOutput::Lost { .. } => self.lost = true,
-                JbOutput::Packet { data, .. } => {
-                    let discont = std::mem::take(&mut self.lost);
-                    if !self.out.output(data, discont) {
-                        self.finished = true;
-                        return false;
-                    }
-                }
-            }
-        }
-        if !self.out.flush() {
-            self.finished = true;
-        }
-        !self.finished
-    }
-}
-
 /// A position of an NPT range as a clock time (None: too large for one).
 fn npt_time(d: Duration) -> Option<gst::ClockTime> {
     gst::ClockTime::try_from(d).ok()
@@ -565,45 +224,6 @@ impl ObjectSubclass for RtspSrc2 {
     type Type = super::RtspSrc2;
     type ParentType = gst::Element;
     type Interfaces = (gst::URIHandler,);
-}
-
-/// GstStructure field names start with a letter and use a small alphabet; SDP from the network
-/// may carry anything.
-fn valid_field_name(name: &str) -> bool {
-    name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
-}
-
-/// `application/x-rtp` caps for a stream, the way rtspsrc builds them from the SDP.
-fn stream_caps(info: &StreamInfo) -> gst::Caps {
-    let m = &info.media;
-    let mut s = gst::Structure::builder("application/x-rtp")
-        .field("media", m.media.as_str())
-        .field("payload", i32::from(m.payload_type))
-        .field("clock-rate", m.clock_rate as i32)
-        .field("encoding-name", m.encoding_name.to_uppercase())
-        .build();
-    if let Some(p) = &m.encoding_params {
-        s.set("encoding-params", p.as_str());
-    }
-    for (k, v) in &m.fmtp {
-        let key = k.to_ascii_lowercase();
-        // Never let an fmtp parameter override the fields above.
-        if valid_field_name(&key) && !s.has_field(key.as_str()) {
-            s.set(key.as_str(), v.as_str());
-        }
-    }
-    for (k, v) in &m.attributes {
-        if let Some(v) = v {
-            let key = format!("a-{k}");
-            if valid_field_name(&key) && !s.has_field(key.as_str()) {
-                s.set(key.as_str(), v.as_str());
-            }
-        }
-    }
-    gst::Caps::builder_full().structure(s).build()
 }
 
 /// RTP packets of one stream from the client (see [`ClientEvent::Rtp`]).
@@ -792,7 +412,7 @@ impl RtspSrc2 {
                         );
                         continue;
                     }
-                    *p.signals.caps.lock().unwrap() = Some(stream_caps(info));
+                    *p.signals.caps.lock().unwrap() = Some(stream_caps(&info.media));
                 }
             }
             ClientEvent::Announce { streams: Err(e) } => {
@@ -890,80 +510,36 @@ impl RtspSrc2 {
                 )
             })
             .build();
-        let caps = stream_caps(info);
-        gst::debug!(CAT, obj = pad, "caps {}", caps);
         let stream_id = format!("{}/{}", redact_url(&info.control), info.index);
-        let stream_id_for_work = stream_id.clone();
-        let signals = Arc::new(StreamSignals::default());
         let latency = Duration::from_millis(u64::from(self.settings.lock().unwrap().latency_ms));
-        let work = Arc::new(Mutex::new(StreamWork {
-            jitterbuffer: JitterBuffer::new(JitterBufferConfig {
-                latency,
-                ..JitterBufferConfig::default()
-            })
-            .with_name(format!("{}:{}", obj.name(), pad.name())),
-            out: StreamOutput {
-                pad: pad.clone(),
-                element: obj.downgrade(),
-                caps,
-                timing: Timeline::new(info.media.clock_rate).ok(),
-                signals: signals.clone(),
-                sync: self.sync.clone(),
-                pending: Vec::new(),
-            },
-            stream_id: stream_id_for_work,
-            started: false,
-            lost: false,
-            finished: false,
-            told_deadline: None,
-        }));
-        let _ = pad.set_active(true);
-        // The pad carries its stream and full caps before it is added, as rtspsrc's do: whoever
-        // links it at pad-added (gst-launch's delayed linking, an application's handler) sees
-        // media and encoding in a caps query, so `rtspsrc2 ! rtph264depay` takes the video pad
-        // even when the description lists audio first. The pad task pushes them again with the
-        // first data (the same events: downstream gets them once).
-        let stream_start = gst::event::StreamStart::builder(&stream_id).build();
-        let caps_event = gst::event::Caps::new(&work.lock().unwrap().out.caps);
-        for event in [stream_start, caps_event] {
-            if let Err(e) = pad.store_sticky_event(&event) {
-                gst::warning!(CAT, obj = pad, "cannot store {:?}: {:?}", event.type_(), e);
-            }
-        }
-        let task_pad = pad.clone();
-        let task_work = work.clone();
-        let queue = Arc::new(PadQueue::default());
-        let task_queue = queue.clone();
-        let start = pad.start_task(move || {
-            let deadline = task_work.lock().unwrap().jitterbuffer.next_deadline();
-            let Some(packets) = task_queue.wait(deadline) else {
-                let _ = task_pad.pause_task();
+        let state = Arc::downgrade(&self.state);
+        let setup = StreamSetup {
+            element: obj.clone().upcast(),
+            cat: *CAT,
+            caps: stream_caps(&info.media),
+            stream_id,
+            clock_rate: info.media.clock_rate,
+            latency,
+            sync: self.sync.clone(),
+            on_segment: Some(Box::new(move |time, pts| {
+                if let Some(state) = state.upgrade() {
+                    state.lock().unwrap().play_base = Some((time, pts));
+                }
+            })),
+        };
+        let pad_state = match start_stream(&pad, setup) {
+            Ok(p) => p,
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "cannot start pad task: {}", e);
                 return;
-            };
-            let mut work = task_work.lock().unwrap();
-            let due = work
-                .jitterbuffer
-                .next_deadline()
-                .is_some_and(|d| d <= Instant::now());
-            if (due || !packets.is_empty()) && !work.process(packets) {
-                let _ = task_pad.pause_task();
             }
-        });
-        if let Err(e) = start {
-            gst::warning!(CAT, imp = self, "cannot start pad task: {}", e);
-            return;
-        }
+        };
         let _ = obj.add_pad(&pad);
-        self.state.lock().unwrap().pads.insert(
-            info.index,
-            PadState {
-                pad,
-                queue,
-                signals,
-                work,
-                clock_rate: info.media.clock_rate,
-            },
-        );
+        self.state
+            .lock()
+            .unwrap()
+            .pads
+            .insert(info.index, pad_state);
     }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {

@@ -59,6 +59,7 @@ mod burst;
 pub mod conn;
 mod logfmt;
 pub mod media;
+pub mod record;
 pub mod session;
 mod tunnel;
 mod udp_out;
@@ -79,6 +80,9 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use self::conn::{CloseReason, ConnOut, ConnWriter};
 use self::media::{Dest, Stream};
+pub use self::record::{
+    LeftReason, PublisherStats, PublisherStreamStats, RecordConfig, RecordEvent, RecordQueue,
+};
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};
 use crate::rtsp::sdp::MediaDescription;
@@ -170,6 +174,9 @@ pub struct ServerConfig {
     /// With a certificate, the port speaks RTSPS only: TLS from the first byte, interleaved
     /// media inside it (as gst-rtsp-server with a certificate; UDP media stays possible).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A record mount: publishers push streams in (ANNOUNCE, SETUP mode=record, RECORD)
+    /// instead of players taking them out; see [`Server::record_queue`].
+    pub record: Option<RecordConfig>,
 }
 
 impl ServerConfig {
@@ -209,6 +216,7 @@ impl Default for ServerConfig {
             name: "rtsp-server".into(),
             access: auth::AccessConfig::default(),
             tls: None,
+            record: None,
         }
     }
 }
@@ -312,6 +320,10 @@ pub struct Shared {
     tunnels: tunnel::Tunnels,
     sdp_session_id: u64,
     cname: String,
+    /// A record mount's publisher and the queue to the owner.
+    record: Option<record::RecordState>,
+    /// Our SSRC in Receiver Reports to publishers.
+    record_ssrc: u32,
 }
 
 impl Shared {
@@ -385,7 +397,10 @@ impl Server {
         access.nonce_lifetime = access
             .nonce_lifetime
             .max(config.session_timeout.saturating_mul(2));
+        let record = config.record.clone().map(record::RecordState::new);
         let shared = Arc::new(Shared {
+            record,
+            record_ssrc: rand_u64() as u32,
             name,
             access: auth::Access::new(access),
             config,
@@ -421,6 +436,16 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A record mount's current publisher: what it sends, as measured for its Receiver Reports.
+    pub fn publisher_stats(&self) -> Option<PublisherStats> {
+        self.shared.publisher_stats()
+    }
+
+    /// A record mount's events (publishers announced, started, left, their RTP packets).
+    pub fn record_queue(&self) -> Option<Arc<RecordQueue>> {
+        self.shared.record.as_ref().map(|r| r.queue.clone())
     }
 
     /// Adds a stream (one `m=` line). Its UDP port pair is bound now.
@@ -705,7 +730,12 @@ impl Server {
             .drain()
             .map(|(_, s)| s)
             .collect();
-        sessions.into_iter().for_each(session::end_session);
+        for s in sessions {
+            let id = s.id.clone();
+            session::end_session(s);
+            self.shared
+                .record_session_ended(&id, LeftReason::ServerStopped);
+        }
         // Pushes after this reach no one.
         self.shared.streams.write().unwrap().clear();
     }
@@ -1154,7 +1184,7 @@ async fn serve_stream<R, W>(
         let mut sessions = shared.sessions.lock().unwrap();
         let ids: Vec<String> = sessions
             .values()
-            .filter(|s| s.conn_id == id && (s.uses_tcp() || !s.playing))
+            .filter(|s| s.conn_id == id && (s.uses_tcp() || !s.playing || s.record))
             .map(|s| s.id.clone())
             .collect();
         ids.iter().filter_map(|i| sessions.remove(i)).collect()
@@ -1171,8 +1201,11 @@ async fn serve_stream<R, W>(
                 "not playing"
             }
         );
+        let sid = s.id.clone();
         session::end_session(s);
+        shared.record_session_ended(&sid, LeftReason::ConnectionClosed);
     }
+    shared.record_conn_closed(id);
 }
 
 impl Shared {
@@ -1254,7 +1287,10 @@ fn log_report(name: &str, from: &dyn std::fmt::Display, dest: &Dest, stream: usi
 }
 
 /// RTCP from a client on an interleaved channel: one lookup in the connection's own map.
-fn on_interleaved(shared: &Shared, ctx: &ConnCtx, channel: u8, data: &[u8]) {
+fn on_interleaved(shared: &Shared, ctx: &ConnCtx, channel: u8, data: &Bytes) {
+    if shared.on_record_interleaved(ctx, channel, data) {
+        return;
+    }
     if channel.is_multiple_of(2) {
         return; // RTP from a client: we only send.
     }
@@ -1342,8 +1378,10 @@ async fn housekeeping(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         expire_sessions(&shared);
+        shared.record_linger();
         if tokio::time::Instant::now() >= next_rtcp {
             send_sender_reports(&shared);
+            shared.send_receiver_reports();
             // RFC 3550 6.3.1: randomise the interval to [0.5, 1.5] of its value.
             let factor = 0.5 + (rand_u64() % 1000) as f64 / 1000.0;
             next_rtcp = tokio::time::Instant::now() + shared.config.rtcp_interval.mul_f64(factor);
@@ -1375,7 +1413,9 @@ fn expire_sessions(shared: &Shared) {
             s.alive.idle(),
             s.timeout.as_secs()
         );
+        let id = s.id.clone();
         session::end_session(s);
+        shared.record_session_ended(&id, LeftReason::Timeout);
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Session {
     pub alive: Arc<AliveStamp>,
     pub timeout: Duration,
     pub playing: bool,
+    /// A publisher's session on a record mount (its streams are the publisher's, not these).
+    pub record: bool,
     pub streams: BTreeMap<usize, SessionStream>,
     pub created: Instant,
 }
@@ -100,7 +102,9 @@ pub struct ConnCtx {
 /// `max_sessions_per_connection` sessions, 128 channel pairs).
 #[derive(Default)]
 pub struct ConnSetups {
-    sessions: Vec<String>,
+    pub(super) sessions: Vec<String>,
+    /// A record mount's interleaved channels (RTP and RTCP) → the publisher's stream.
+    pub(super) record_channels: HashMap<u8, super::record::RecChannel>,
     /// RTCP channel → the destination and stream it reports on.
     channels: HashMap<u8, Channel>,
 }
@@ -190,7 +194,7 @@ enum Target_ {
 type Resp = Response<Vec<u8>>;
 
 /// A refused request: the status answered, and why (for the log).
-pub(super) struct Refusal {
+pub struct Refusal {
     status: StatusCode,
     why: Cow<'static, str>,
 }
@@ -204,7 +208,7 @@ impl From<StatusCode> for Refusal {
     }
 }
 
-fn refuse(status: StatusCode, why: impl Into<Cow<'static, str>>) -> Refusal {
+pub(super) fn refuse(status: StatusCode, why: impl Into<Cow<'static, str>>) -> Refusal {
     Refusal {
         status,
         why: why.into(),
@@ -289,6 +293,9 @@ impl Shared {
             s.alive.touch();
         }
 
+        if self.record.is_some() {
+            return self.handle_record_request(ctx, &req, cseq, session_id.as_deref());
+        }
         let result = match req.method() {
             Method::Options => Ok((self.options(cseq), After::Nothing)),
             Method::Describe => self.describe(ctx, &req, cseq).await,
@@ -306,6 +313,57 @@ impl Shared {
             }
             Method::Extension(_) => Err(refuse(StatusCode::NotImplemented, "unknown method")),
         };
+        self.answer(peer, method, cseq, result, PUBLIC_METHODS)
+    }
+
+    /// A record mount's methods; DESCRIBE, PLAY and PAUSE are 405.
+    fn handle_record_request(
+        self: &Arc<Self>,
+        ctx: &ConnCtx,
+        req: &Request<Vec<u8>>,
+        cseq: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Answer {
+        use super::record::RECORD_METHODS;
+        let peer = ctx.out.peer;
+        let method: &str = req.method().into();
+        let nothing = |r: Result<Resp, Refusal>| r.map(|resp| (resp, After::Nothing));
+        let result = match req.method() {
+            Method::Options => Ok((
+                self.ok(cseq)
+                    .header(headers::PUBLIC, RECORD_METHODS)
+                    .build(Vec::new()),
+                After::Nothing,
+            )),
+            Method::Announce => nothing(self.announce(ctx, req, cseq)),
+            Method::Setup => nothing(self.record_setup(ctx, req, cseq, session_id)),
+            Method::Record => nothing(self.record(ctx, req, cseq, session_id)),
+            Method::Teardown => self.teardown(ctx, req, cseq, session_id),
+            Method::GetParameter => self.get_parameter(ctx, req, cseq, session_id),
+            Method::SetParameter => self.set_parameter(ctx, req, cseq, session_id),
+            Method::Describe
+            | Method::Play
+            | Method::Pause
+            | Method::Redirect
+            | Method::PlayNotify => Err(refuse(
+                StatusCode::MethodNotAllowed,
+                "this mount records: it takes publishers, not players",
+            )),
+            Method::Extension(_) => Err(refuse(StatusCode::NotImplemented, "unknown method")),
+        };
+        self.answer(peer, method, cseq, result, RECORD_METHODS)
+    }
+
+    /// The answer to a handled request, or to a refused one (logged with why).
+    fn answer(
+        &self,
+        peer: SocketAddr,
+        method: &str,
+        cseq: Option<&str>,
+        result: Handled,
+        allow: &str,
+    ) -> Answer {
+        let server = self.config.server_name.as_str();
         match result {
             Ok((resp, after)) => Answer::new(resp, after),
             Err(Refusal { status, why }) => {
@@ -320,7 +378,7 @@ impl Shared {
                 }
                 let mut b = response(status, cseq).header(headers::SERVER, server);
                 if status == StatusCode::MethodNotAllowed {
-                    b = b.header(headers::ALLOW, PUBLIC_METHODS);
+                    b = b.header(headers::ALLOW, allow);
                 }
                 Answer::new(b.build(Vec::new()), After::Nothing)
             }
@@ -424,7 +482,7 @@ impl Shared {
         Ok(user)
     }
 
-    fn ok(&self, cseq: Option<&str>) -> rtsp_types::ResponseBuilder {
+    pub(super) fn ok(&self, cseq: Option<&str>) -> rtsp_types::ResponseBuilder {
         response(StatusCode::Ok, cseq).header(headers::SERVER, self.config.server_name.as_str())
     }
 
@@ -710,6 +768,7 @@ impl Shared {
             alive,
             timeout: self.config.session_timeout,
             playing: false,
+            record: false,
             streams: BTreeMap::new(),
             created: Instant::now(),
         });
@@ -1156,6 +1215,10 @@ impl Shared {
                         session.created.elapsed()
                     );
                     end_session(session);
+                    drop(sessions);
+                    // Its publisher leaves with it (after the sessions lock: the publisher's
+                    // lock is taken first elsewhere).
+                    self.record_session_ended(id, super::record::LeftReason::Teardown);
                 }
             }
         }
@@ -1322,7 +1385,7 @@ pub fn end_session(session: Session) {
 }
 
 /// A `Session` header value (RFC 2326 12.37).
-fn session_header(id: &str, timeout_secs: u64) -> String {
+pub(super) fn session_header(id: &str, timeout_secs: u64) -> String {
     format!("{id};timeout={timeout_secs}")
 }
 
@@ -1337,7 +1400,7 @@ fn session_id_of(value: &str) -> String {
     value.split(';').next().unwrap_or("").trim().to_owned()
 }
 
-fn new_session_id() -> String {
+pub(super) fn new_session_id() -> String {
     use rand::RngExt;
     let v: u64 = rand::rng().random();
     format!("{v:016x}")

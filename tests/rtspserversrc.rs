@@ -1,0 +1,852 @@
+//! rtspserversrc against real publishers: ffmpeg `-f rtsp` (TCP and UDP) and stock
+//! rtspclientsink (TCP and UDP) publish a generated file; our element's output is decoded with
+//! decodebin and every video and audio frame counted against the same file decoded directly.
+//! Also the server side of publishing: bad ANNOUNCE bodies, a second publisher, a stalled one.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::hls::TempDir;
+use common::{ChildGuard, RawClient, assert_ours, init, run, tail};
+use gst::prelude::*;
+
+/// Decoded frames seen, by kind.
+#[derive(Default, Clone)]
+struct Counts {
+    video: Arc<AtomicU64>,
+    audio: Arc<AtomicU64>,
+}
+
+impl Counts {
+    fn get(&self) -> (u64, u64) {
+        (
+            self.video.load(Ordering::SeqCst),
+            self.audio.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Links `pad` through its depayloader into a fakesink, counting access units: exact without an
+/// EOS to flush a decoder's delay (for a stream that does not end).
+fn depay_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
+    let caps = pad.current_caps().expect("caps on a new pad");
+    let s = caps.structure(0).unwrap();
+    let (depay, counter) = match s.get::<&str>("encoding-name").unwrap() {
+        "H264" => ("rtph264depay", counts.video.clone()),
+        "MPEG4-GENERIC" => ("rtpmp4gdepay", counts.audio.clone()),
+        other => panic!("unexpected encoding {other}"),
+    };
+    let depay = gst::ElementFactory::make(depay).build().unwrap();
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add_many([&depay, &sink]).unwrap();
+    depay.link(&sink).unwrap();
+    depay.sync_state_with_parent().unwrap();
+    sink.sync_state_with_parent().unwrap();
+    depay
+        .static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    pad.link(&depay.static_pad("sink").unwrap()).unwrap();
+}
+
+/// Links `pad` through a decodebin into counting fakesinks.
+fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
+    let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
+    pipeline.add(&decodebin).unwrap();
+    let weak = pipeline.downgrade();
+    let counts = counts.clone();
+    decodebin.connect_pad_added(move |_, dpad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
+        let name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
+        let counter = if name.starts_with("video/") {
+            counts.video.clone()
+        } else {
+            counts.audio.clone()
+        };
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()
+            .unwrap();
+        pipeline.add(&sink).unwrap();
+        sink.sync_state_with_parent().unwrap();
+        dpad.link(&sink.static_pad("sink").unwrap()).unwrap();
+        dpad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    });
+    decodebin.sync_state_with_parent().unwrap();
+    pad.link(&decodebin.static_pad("sink").unwrap()).unwrap();
+}
+
+/// A generated 5 s file (H.264 150 frames, GOP 30, AAC 48 kHz).
+struct TestFile {
+    path: PathBuf,
+    /// (video, audio) frames as decodebin decodes them from the file directly: what a GStreamer
+    /// publisher sends (qtdemux applies the edit list, which hides the AAC priming frame).
+    gst: (u64, u64),
+    /// (video, audio) frames ffprobe decodes from it: what `ffmpeg -c copy` sends (the AAC
+    /// priming frame included, as the depayloader's AU indices show).
+    ffmpeg: (u64, u64),
+}
+
+fn test_file() -> &'static TestFile {
+    static FILE: OnceLock<TestFile> = OnceLock::new();
+    FILE.get_or_init(|| {
+        init();
+        let dir = TempDir::new("rtspserversrc");
+        let path = dir.join("test.mp4");
+        std::mem::forget(dir);
+        let (out, timed_out) = run(
+            Command::new("ffmpeg").args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "5",
+                "-c:v",
+                "libx264",
+                "-g",
+                "30",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-shortest",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(
+            !timed_out && out.status.success(),
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The oracle: the same decoders on the file itself.
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("uridecodebin")
+            .property("uri", format!("file://{}", path.display()))
+            .build()
+            .unwrap();
+        pipeline.add(&src).unwrap();
+        let counts = Counts::default();
+        let (weak, c) = (pipeline.downgrade(), counts.clone());
+        src.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let video = caps
+                .structure(0)
+                .is_some_and(|s| s.name().starts_with("video/"));
+            let counter = if video {
+                c.video.clone()
+            } else {
+                c.audio.clone()
+            };
+            let sink = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .build()
+                .unwrap();
+            pipeline.add(&sink).unwrap();
+            sink.sync_state_with_parent().unwrap();
+            pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
+        });
+        wait_end(&pipeline, Duration::from_secs(30)).expect("decoding the file");
+        let gst = counts.get();
+        assert_eq!(gst.0, 150, "video frames in the file");
+        assert!(gst.1 > 200, "audio frames in the file: {}", gst.1);
+        let (out, _) = run(
+            Command::new("ffprobe").args([
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_entries",
+                "stream=codec_type,nb_read_frames",
+                "-of",
+                "csv=p=0",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let packets = |kind: &str| -> u64 {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(kind)?
+                        .trim_start_matches(',')
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {kind} in ffprobe's {text}"))
+        };
+        let ffmpeg = (packets("video"), packets("audio"));
+        TestFile { path, gst, ffmpeg }
+    })
+}
+
+/// Plays `pipeline` until EOS or an error, at most `timeout`; then stops it.
+fn wait_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<Vec<gst::Structure>, String> {
+    let bus = pipeline.bus().unwrap();
+    if pipeline.current_state() != gst::State::Playing {
+        pipeline.set_state(gst::State::Playing).unwrap();
+    }
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Element,
+            ],
+        ) else {
+            break Err(format!("no EOS within {timeout:?}"));
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure() {
+                    messages.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.map(|()| messages)
+}
+
+/// A pipeline with our rtspserversrc on a free port, every pad decoded and counted.
+struct Receiver {
+    pipeline: gst::Pipeline,
+    src: gst::Element,
+    port: u16,
+    counts: Counts,
+}
+
+impl Receiver {
+    /// Every pad decoded and counted.
+    fn start(props: &str) -> Receiver {
+        Self::start_with(props, decode_and_count)
+    }
+
+    fn start_with(props: &str, output: fn(&gst::Pipeline, &gst::Pad, &Counts)) -> Receiver {
+        init();
+        let pipeline = gst::Pipeline::new();
+        let src = gst::parse::launch(&format!(
+            "rtspserversrc address=127.0.0.1 port=0 mount-point=/live {props}"
+        ))
+        .unwrap();
+        assert_ours(&src);
+        pipeline.add(&src).unwrap();
+        let counts = Counts::default();
+        let (weak, c) = (pipeline.downgrade(), counts.clone());
+        src.connect_pad_added(move |_, pad| {
+            if let Some(p) = weak.upgrade() {
+                output(&p, pad, &c);
+            }
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let port = src.property::<i32>("bound-port");
+        assert!(port > 0, "bound-port {port}");
+        Receiver {
+            pipeline,
+            src,
+            port: port as u16,
+            counts,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/live", self.port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// ffmpeg publishing the test file in real time over `transport`.
+fn ffmpeg_publish(url: &str, transport: &str) -> ChildGuard {
+    let file = &test_file().path;
+    ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        file.to_str().unwrap(),
+        "-c",
+        "copy",
+        // ffmpeg 5.1 packs several AAC frames per RTP packet and flushes the last packet only
+        // after its TEARDOWN has closed the connection: without this the last 4-5 audio frames
+        // never leave it (the server never receives them).
+        "-max_delay",
+        "0",
+        "-f",
+        "rtsp",
+        "-rtsp_transport",
+        transport,
+        url,
+    ]))
+}
+
+/// Stock rtspclientsink publishing the test file (paced by its sinks) over `protocols`.
+fn rtspclientsink_publish(url: &str, protocols: &str) -> ChildGuard {
+    let file = &test_file().path;
+    let launch = format!(
+        "filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse ! s.sink_0 \
+         d.audio_0 ! queue ! aacparse ! s.sink_1 rtspclientsink name=s location={url} \
+         protocols={protocols} latency=0",
+        file.display()
+    );
+    ChildGuard::spawn(
+        Command::new("gst-launch-1.0")
+            .arg("-e")
+            .args(launch.split_whitespace()),
+    )
+}
+
+/// How a publisher is expected to end.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// It exits with success (after TEARDOWN) within 40 s.
+    Exits,
+    /// Stock rtspclientsink 1.22 on a loaded machine sometimes sends every packet and then
+    /// never handles its EOS: no TEARDOWN, its log shows the last data packet and then only
+    /// RTCP, while the server had answered every request and received every packet (seen about
+    /// 1 run in 20 with 9 publishers at once on 2 shared cores; not checked against
+    /// gst-rtsp-server). It gets 20 s, then is killed: the element must still have every frame
+    /// (it ends at the closed connection).
+    MayHangAtEos,
+}
+
+/// The publisher runs to its end; the receiver ends with EOS and has every frame the publisher
+/// sent (`expected`: video, audio).
+fn receive_everything(receiver: Receiver, publisher: ChildGuard, expected: (u64, u64)) {
+    receive_everything_ending(receiver, publisher, expected, Ending::Exits)
+}
+
+fn receive_everything_ending(
+    receiver: Receiver,
+    publisher: ChildGuard,
+    expected: (u64, u64),
+    ending: Ending,
+) {
+    let limit = match ending {
+        Ending::Exits => Duration::from_secs(40),
+        Ending::MayHangAtEos => Duration::from_secs(20),
+    };
+    let (out, timed_out) = publisher.wait_output(limit);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if timed_out && ending == Ending::MayHangAtEos {
+        eprintln!("the publisher did not end within {limit:?} and was killed");
+    } else {
+        assert!(
+            !timed_out && out.status.success(),
+            "publisher failed: {}\n{}",
+            tail(&stderr, 2000),
+            tail(&stdout, 2000)
+        );
+    }
+    let messages = wait_end(&receiver.pipeline, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("receiver: {e}; counts {:?}", receiver.counts.get()));
+    let names: Vec<&str> = messages.iter().map(|s| s.name().as_str()).collect();
+    for m in [
+        "rtspserversrc-publisher-announced",
+        "rtspserversrc-publisher-started",
+        "rtspserversrc-publisher-left",
+    ] {
+        assert!(names.contains(&m), "no {m} in {names:?}");
+    }
+    assert_eq!(
+        receiver.counts.get(),
+        expected,
+        "(video, audio) frames decoded"
+    );
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("packets-dropped").unwrap(), 0, "{stats}");
+}
+
+#[test]
+fn ffmpeg_publishes_over_tcp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = ffmpeg_publish(&receiver.url(), "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+#[test]
+fn ffmpeg_publishes_over_udp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = ffmpeg_publish(&receiver.url(), "udp");
+    // The media really comes over UDP.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = receiver.src.property::<gst::Structure>("stats");
+        if stats.get::<String>("transport").unwrap() == "udp" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not publishing over UDP: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+#[test]
+fn stock_rtspclientsink_publishes_over_tcp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = rtspclientsink_publish(&receiver.url(), "tcp");
+    receive_everything_ending(receiver, publisher, test_file().gst, Ending::MayHangAtEos);
+}
+
+#[test]
+fn stock_rtspclientsink_publishes_over_udp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    let publisher = rtspclientsink_publish(&receiver.url(), "udp");
+    receive_everything_ending(receiver, publisher, test_file().gst, Ending::MayHangAtEos);
+}
+
+const GOOD_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+    m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n";
+
+/// ANNOUNCE with `body` as `content_type`; the status answered.
+fn announce(port: u16, content_type: &str, body: &str) -> u16 {
+    let mut c = RawClient::connect(port);
+    let url = format!("rtsp://127.0.0.1:{port}/live");
+    c.request("ANNOUNCE", &url, &[("Content-Type", content_type)], body)
+        .status
+}
+
+#[test]
+fn bad_announce_bodies_are_refused_and_a_publisher_still_works_after() {
+    let receiver = Receiver::start("");
+    let port = receiver.port;
+    let no_media = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n";
+    let many = format!("{no_media}{}", "m=audio 0 RTP/AVP 0\r\n".repeat(500));
+    let absurd = GOOD_SDP.replace("H264/90000", "H264/4000000000");
+    let cases: [(&str, &str, u16); 5] = [
+        ("application/sdp", "this is not an SDP\r\n", 400),
+        ("application/sdp", no_media, 400),
+        ("application/sdp", &many, 400),
+        ("application/sdp", &absurd, 400),
+        ("text/plain", GOOD_SDP, 415),
+    ];
+    for (ct, body, status) in cases {
+        assert_eq!(announce(port, ct, body), status, "{ct}: {}", tail(body, 80));
+    }
+    let publisher = ffmpeg_publish(&receiver.url(), "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+#[test]
+fn a_second_publisher_gets_455_while_the_first_publishes() {
+    let receiver = Receiver::start("");
+    let mut first = RawClient::connect(receiver.port);
+    let url = receiver.url();
+    let r = first.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 455);
+    // Once the first is gone, the mount is free again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = announce(receiver.port, "application/sdp", GOOD_SDP);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 455);
+        assert!(Instant::now() < deadline, "the mount stays busy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn with_takeover_a_second_publisher_replaces_the_first() {
+    let receiver = Receiver::start("takeover=true");
+    let mut first = RawClient::connect(receiver.port);
+    let url = receiver.url();
+    let r = first.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 200);
+    // The first publisher's connection is closed.
+    use std::io::Read;
+    first
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert_eq!(
+        first.stream.read(&mut [0u8; 64]).unwrap(),
+        0,
+        "end of stream"
+    );
+}
+
+/// A publisher that sets up and records, then sends nothing: it is noticed as gone within the
+/// session timeout (EOS), not before.
+#[test]
+fn a_stalled_publisher_is_noticed_within_the_session_timeout() {
+    let receiver = Receiver::start("session-timeout=2");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let r = c.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/streamid=0"),
+        &[(
+            "Transport",
+            "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
+        )],
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let session = r.session().expect("a session");
+    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    let bus = receiver.pipeline.bus().unwrap();
+    let left = loop {
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(8),
+                &[gst::MessageType::Element],
+            )
+            .expect("the publisher noticed as gone");
+        let s = msg.structure().unwrap();
+        if s.name() == "rtspserversrc-publisher-left" {
+            break s.to_owned();
+        }
+    };
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "noticed after {took:?}"
+    );
+    assert_eq!(left.get::<String>("reason").unwrap(), "timeout");
+}
+
+/// With wait-for-next-publisher, a publisher leaving ends nothing: the next one with the same
+/// streams continues on the same pads, and every frame of both decodes.
+#[test]
+fn the_next_publisher_continues_on_the_same_pads() {
+    // Counted as access units: decoders would hold the last frames back without an EOS.
+    let receiver = Receiver::start_with("wait-for-next-publisher=true", depay_and_count);
+    let pads = Arc::new(AtomicU64::new(0));
+    let p = pads.clone();
+    receiver.src.connect_pad_added(move |_, _| {
+        p.fetch_add(1, Ordering::SeqCst);
+    });
+    let expected = test_file().ffmpeg;
+    for round in 1..=2u64 {
+        let (out, timed_out) =
+            ffmpeg_publish(&receiver.url(), "tcp").wait_output(Duration::from_secs(40));
+        assert!(
+            !timed_out && out.status.success(),
+            "publisher {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while receiver.counts.get() != (expected.0 * round, expected.1 * round) {
+            assert!(
+                Instant::now() < deadline,
+                "after publisher {round}: {:?}, expected {expected:?} each",
+                receiver.counts.get()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The first publisher's two pads, none for the second.
+    assert_eq!(pads.load(Ordering::SeqCst), 2, "pads added");
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("publishers").unwrap(), 2, "{stats}");
+}
+
+/// An RTP packet of `ssrc` with sequence number `seq`.
+fn rtp_packet(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    // An H.264 access unit delimiter.
+    p.extend_from_slice(&[0x09, 0xf0]);
+    p
+}
+
+fn interleaved(channel: u8, data: &[u8]) -> Vec<u8> {
+    let mut f = vec![b'$', channel];
+    f.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// The publisher gets Receiver Reports on its RTCP channel: its SSRC, the highest sequence
+/// number, the loss and the last Sender Report's time as received.
+#[test]
+fn the_publisher_gets_receiver_reports() {
+    use gstlivestreaming::rtp::rtcp::{self, RtcpPacket, SenderReport};
+    let receiver = Receiver::start("rtcp-interval=200");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let r = c.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/streamid=0"),
+        &[(
+            "Transport",
+            "RTP/AVP/TCP;unicast;interleaved=0-1;mode=\"RECORD\"",
+        )],
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let session = r.session().expect("a session");
+    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    let ssrc = 0x1122_3344;
+    // Packets 1 to 30 but 10.
+    let mut bytes = Vec::new();
+    for seq in (1..=30u16).filter(|s| *s != 10) {
+        bytes.extend(interleaved(0, &rtp_packet(ssrc, seq)));
+    }
+    let sr_ntp = 0x0123_4567_89ab_cdef_u64;
+    let mut sr = Vec::new();
+    rtcp::write_sender_report(
+        &SenderReport {
+            ssrc,
+            ntp_timestamp: sr_ntp,
+            rtp_timestamp: 90_000,
+            packet_count: 29,
+            octet_count: 58,
+            reports: Vec::new(),
+        },
+        "publisher",
+        &mut sr,
+    );
+    bytes.extend(interleaved(1, &sr));
+    c.send_raw(&bytes);
+    // The first report after the packets that names them all.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let block = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no receiver report naming packet 30"
+        );
+        let data = c.read_interleaved(1, 1).remove(0);
+        let packets = rtcp::parse_compound(&data).expect("RTCP");
+        let block = packets.iter().find_map(|p| match p {
+            RtcpPacket::ReceiverReport(rr) => rr.reports.first().copied(),
+            _ => None,
+        });
+        if let Some(b) = block.filter(|b| b.extended_highest_seq == 30 && b.last_sr != 0) {
+            break b;
+        }
+    };
+    assert_eq!(block.ssrc, ssrc);
+    assert_eq!(block.cumulative_lost, 1);
+    assert_eq!(block.last_sr, (sr_ntp >> 16) as u32);
+    // The same figures in the element's stats.
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<String>("transport").unwrap(), "tcp", "{stats}");
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    let stream = streams.first().unwrap().get::<gst::Structure>().unwrap();
+    // 29 sent; the first is the source's probation (RFC 3550 A.1), not counted.
+    assert_eq!(
+        stream.get::<u64>("packets-received").unwrap(),
+        28,
+        "{stream}"
+    );
+    assert_eq!(stream.get::<i64>("packets-lost").unwrap(), 1, "{stream}");
+    assert_eq!(stream.get::<u64>("sender-reports").unwrap(), 1, "{stream}");
+}
+
+/// The access properties are rtspserversink's: with `users`, ffmpeg publishes with the password
+/// (Digest) and is refused without it.
+#[test]
+fn publishers_authenticate_with_the_users_of_the_shared_properties() {
+    let receiver = Receiver::start("users=<\"alice:S3cr3t\">");
+    let (out, timed_out) =
+        ffmpeg_publish(&receiver.url(), "tcp").wait_output(Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!timed_out, "ffmpeg without credentials hung");
+    assert!(!out.status.success(), "published without credentials");
+    assert!(stderr.contains("401"), "{stderr}");
+    let url = format!("rtsp://alice:S3cr3t@127.0.0.1:{}/live", receiver.port);
+    let publisher = ffmpeg_publish(&url, "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}
+
+/// A connection that announces and then only sends keep-alives does not hold the mount: without
+/// RECORD within the session timeout its publisher is dropped.
+#[test]
+fn an_announce_without_record_does_not_hold_the_mount() {
+    let receiver = Receiver::start("session-timeout=1");
+    let url = receiver.url();
+    let mut squatter = RawClient::connect(receiver.port);
+    let r = squatter.request(
+        "ANNOUNCE",
+        &url,
+        &[("Content-Type", "application/sdp")],
+        GOOD_SDP,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 455);
+    let start = Instant::now();
+    loop {
+        assert_eq!(squatter.request("OPTIONS", &url, &[], "").status, 200);
+        if announce(receiver.port, "application/sdp", GOOD_SDP) == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the mount is still held"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        start.elapsed() > Duration::from_millis(700),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// With wait-for-next-publisher, a next publisher whose streams differ gets new pads: the old
+/// ones end (EOS) and are removed, the new ones carry the new caps.
+#[test]
+fn a_next_publisher_with_other_streams_gets_new_pads() {
+    let receiver = Receiver::start_with("wait-for-next-publisher=true", |_, _, _| {});
+    let (added, removed) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let a = added.clone();
+    receiver.src.connect_pad_added(move |_, pad| {
+        let caps = pad.current_caps().unwrap();
+        let name = caps
+            .structure(0)
+            .unwrap()
+            .get::<String>("encoding-name")
+            .unwrap();
+        a.lock().unwrap().push(name);
+    });
+    let r = removed.clone();
+    receiver.src.connect_pad_removed(move |_, _| {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let url = receiver.url();
+    let pcmu = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 0 RTP/AVP 0\r\na=control:streamid=0\r\n";
+    for (sdp, expected) in [(GOOD_SDP, vec!["H264"]), (pcmu, vec!["H264", "PCMU"])] {
+        let mut c = RawClient::connect(receiver.port);
+        let r = c.request(
+            "ANNOUNCE",
+            &url,
+            &[("Content-Type", "application/sdp")],
+            sdp,
+        );
+        assert_eq!(r.status, 200);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *added.lock().unwrap() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "pads {:?}",
+                added.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The publisher leaves (its connection closes); the pads wait.
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while receiver
+            .src
+            .property::<gst::Structure>("stats")
+            .get::<bool>("publishing")
+            .unwrap()
+        {
+            assert!(Instant::now() < deadline, "the publisher stays");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(removed.load(Ordering::SeqCst), 1, "the H.264 pad removed");
+    assert_eq!(receiver.src.src_pads().len(), 1);
+}
+
+/// RTSPS through the shared TLS properties: ffmpeg publishes over `rtsps://` (TLS, media
+/// interleaved inside it) and every frame arrives.
+#[test]
+fn ffmpeg_publishes_over_rtsps() {
+    let dir = TempDir::new("rtspserversrc-tls");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let receiver = Receiver::start(&format!(
+        "tls-certificate-file={} tls-key-file={}",
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("rtsps://127.0.0.1:{}/live", receiver.port);
+    let publisher = ffmpeg_publish(&url, "tcp");
+    receive_everything(receiver, publisher, test_file().ffmpeg);
+}

@@ -1,0 +1,175 @@
+//! The relay (examples/relay.rs): ffmpeg publishes into rtspserversrc, rtspserversink serves the
+//! same packets (no re-encoding: the viewers' SDP has the publisher's parameter sets) to two
+//! viewers at once, ffprobe and the stock rtspsrc, which decode from the keyframe they join at
+//! (rtspsrc 60 frames, ffprobe at least 2 s worth of the 3 s it reads).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::hls::TempDir;
+use common::{ChildGuard, RawClient, init, rtspsrc_decode, run};
+use gst::prelude::*;
+
+/// examples/relay.rs's pipeline, on free ports.
+fn relay_description(streams: usize) -> String {
+    let mut desc = String::from(
+        "rtspserversrc name=in address=127.0.0.1 port=0 mount-point=/in \
+         wait-for-next-publisher=true \
+         rtspserversink name=out address=127.0.0.1 port=0 mount-point=/out",
+    );
+    for _ in 0..streams {
+        desc.push_str(" in. ! queue ! out.");
+    }
+    desc
+}
+
+#[test]
+fn a_published_stream_is_relayed_to_two_viewers_without_reencoding() {
+    init();
+    let dir = TempDir::new("relay");
+    let file = dir.join("test.mp4");
+    let (out, timed_out) = run(
+        Command::new("ffmpeg").args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-g",
+            "30",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            file.to_str().unwrap(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(!timed_out && out.status.success(), "ffmpeg");
+
+    let pipeline = gst::parse::launch(&relay_description(2))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let (input, output) = (
+        pipeline.by_name("in").unwrap(),
+        pipeline.by_name("out").unwrap(),
+    );
+    common::assert_ours(&input);
+    common::assert_ours(&output);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let in_port = input.property::<i32>("bound-port");
+    let out_port = output.property::<i32>("bound-port");
+    assert!(in_port > 0 && out_port > 0);
+    let publisher = ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        file.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-max_delay",
+        "0",
+        "-f",
+        "rtsp",
+        "-rtsp_transport",
+        "tcp",
+        &format!("rtsp://127.0.0.1:{in_port}/in"),
+    ]));
+
+    // The publisher records; give the viewers a stream to join.
+    let bus = pipeline.bus().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+                &[gst::MessageType::Element, gst::MessageType::Error],
+            )
+            .expect("the publisher starts");
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("{} ({:?})", e.error(), e.debug());
+        }
+        if msg
+            .structure()
+            .is_some_and(|s| s.name() == "rtspserversrc-publisher-started")
+        {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("rtsp://127.0.0.1:{out_port}/out");
+
+    // Without re-encoding: the viewers' SDP has the publisher's parameter sets.
+    let sprop = input
+        .static_pad("stream_0")
+        .and_then(|p| p.current_caps())
+        .and_then(|c| {
+            c.structure(0)
+                .and_then(|s| s.get::<String>("sprop-parameter-sets").ok())
+        })
+        .expect("the publisher's parameter sets");
+    let mut c = RawClient::connect(out_port as u16);
+    let d = c.request("DESCRIBE", &url, &[("Accept", "application/sdp")], "");
+    assert_eq!(d.status, 200);
+    let sdp = String::from_utf8_lossy(&d.body);
+    assert!(sdp.contains(&sprop), "{sprop} not in {sdp}");
+
+    // Two viewers at once: ffprobe reads 3 s of it, rtspsrc decodes 60 frames.
+    let probe = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let (out, timed_out) = run(
+                Command::new("ffprobe").args([
+                    "-v",
+                    "error",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-select_streams",
+                    "v",
+                    "-count_frames",
+                    "-read_intervals",
+                    "%+3",
+                    "-show_entries",
+                    "stream=nb_read_frames",
+                    "-of",
+                    "csv=p=0",
+                    &url,
+                ]),
+                Duration::from_secs(30),
+            );
+            assert!(!timed_out, "ffprobe timed out");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+    };
+    let decoded = rtspsrc_decode(&url, "tcp", 60, "");
+    let probed: u64 = probe
+        .join()
+        .unwrap()
+        .parse()
+        .expect("ffprobe's frame count");
+    assert_eq!(decoded, 60, "frames rtspsrc decoded");
+    // 3 s at 30 frames/s, from the keyframe it joined at (one a second).
+    assert!(probed >= 60, "ffprobe decoded {probed} frames in 3 s");
+    let stats = output.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
+    drop(publisher);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
