@@ -10,11 +10,13 @@ pub mod hls;
 mod logging;
 pub mod messages;
 pub mod net;
+mod payloading;
 pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
+pub mod rtspclientsink2;
 pub mod rtspserversink;
 pub mod rtspsrc2;
 pub mod runtime;
@@ -27,6 +29,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     logging::install();
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
+    rtspclientsink2::register(plugin)?;
     rshlssink::register(plugin)?;
     rsrtmpsink::register(plugin)?;
     Ok(())

@@ -1,0 +1,169 @@
+//! rtspclientsink2 publishing into real servers we did not write: the stock gst-rtsp-server 1.22
+//! (in this process through its Rust bindings) with a RECORD mount, its output decoded and every
+//! frame counted, over TCP and UDP.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::stock::StockServer;
+use common::*;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+/// Frames published: 3 s of 30 fps video, 150 Opus frames of 20 ms.
+const VIDEO_FRAMES: usize = 90;
+const AUDIO_FRAMES: usize = 150;
+
+/// The RECORD mount: each announced stream depayloaded and decoded into a counting fakesink.
+const RECORD_LAUNCH: &str = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 \
+    ! fakesink name=vsink signal-handoffs=true sync=false async=false \
+    rtpopusdepay name=depay1 ! opusdec ! fakesink name=asink signal-handoffs=true sync=false async=false )";
+
+/// Buffers that reached the server's sinks.
+#[derive(Default, Clone)]
+struct Counts {
+    video: Arc<AtomicUsize>,
+    audio: Arc<AtomicUsize>,
+}
+
+/// gst-rtsp-server with a RECORD mount at /live counting what it decodes.
+fn record_server(launch: &str, protocols: gst_rtsp::RTSPLowerTrans) -> (StockServer, Counts) {
+    let counts = Counts::default();
+    let c = counts.clone();
+    let server = StockServer::start_full(launch, false, None, move |factory, _| {
+        factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+        factory.set_protocols(protocols);
+        // At TEARDOWN the server sends EOS through its pipeline, so that what its jitter
+        // buffers still hold is decoded too (else the last 200 ms may be cut).
+        factory.set_eos_shutdown(true);
+        factory.connect_media_configure(move |_, media| {
+            let bin = media
+                .element()
+                .downcast::<gst::Bin>()
+                .expect("the media is a bin");
+            for (name, counter) in [("vsink", &c.video), ("asink", &c.audio)] {
+                if let Some(sink) = bin.by_name(name) {
+                    let counter = counter.clone();
+                    sink.connect("handoff", false, move |_| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        None
+                    });
+                }
+            }
+        });
+    });
+    (server, counts)
+}
+
+/// The publishing pipeline: H.264 + Opus from test sources (not live: the element's sinks pace
+/// them in real time), into `rtspclientsink2 name=sink {props}`; counts what the encoders made.
+fn publisher(props: &str) -> (gst::Pipeline, Counts) {
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink {props} \
+         videotestsrc num-buffers={VIDEO_FRAMES} ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 name=venc ! h264parse ! sink.sink_0 \
+         audiotestsrc num-buffers={AUDIO_FRAMES} samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
+         ! opusenc frame-size=20 name=aenc ! sink.sink_1"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    assert_ours(&pipeline.by_name("sink").unwrap());
+    let counts = Counts::default();
+    for (name, counter) in [("venc", &counts.video), ("aenc", &counts.audio)] {
+        let counter = counter.clone();
+        let pad = pipeline.by_name(name).unwrap().static_pad("src").unwrap();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    (pipeline, counts)
+}
+
+/// Runs `pipeline` to EOS or an error (within `timeout`); it stays in PLAYING.
+fn run_to_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), String> {
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(format!(
+            "{} [{:?}] ({:?})",
+            e.error(),
+            e.error().kind::<gst::ResourceError>(),
+            e.debug()
+        )),
+        _ => Err(format!("neither EOS nor an error within {timeout:?}")),
+    }
+}
+
+/// Waits (bounded) until the server decoded `video` and `audio` frames.
+fn wait_counts(counts: &Counts, video: usize, audio: usize) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = (
+            counts.video.load(Ordering::SeqCst),
+            counts.audio.load(Ordering::SeqCst),
+        );
+        if got == (video, audio) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn publish_into_gst_rtsp_server(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans) {
+    let (server, decoded) = record_server(RECORD_LAUNCH, allowed);
+    let (pipeline, encoded) = publisher(&format!("location={} protocols={protocol}", server.url()));
+    let sink = pipeline.by_name("sink").unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    let video = encoded.video.load(Ordering::SeqCst);
+    let audio = encoded.audio.load(Ordering::SeqCst);
+    assert_eq!(video, VIDEO_FRAMES, "frames the encoder made");
+    assert!(
+        audio >= AUDIO_FRAMES,
+        "Opus frames the encoder made: {audio}"
+    );
+    let got = wait_counts(&decoded, video, audio);
+    assert_eq!(
+        got,
+        (video, audio),
+        "frames decoded by gst-rtsp-server (video, audio) over {protocol}; {stats}"
+    );
+    // Nothing was dropped on the way out.
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    assert_eq!(streams.len(), 2, "{stats}");
+    for s in streams.iter() {
+        let s = s.get::<gst::Structure>().unwrap();
+        assert_eq!(s.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
+        assert!(s.get::<u64>("packets-sent").unwrap() > 0, "{stats}");
+    }
+}
+
+#[test]
+fn publishes_h264_and_opus_into_gst_rtsp_server_over_tcp() {
+    publish_into_gst_rtsp_server("tcp", gst_rtsp::RTSPLowerTrans::TCP);
+}
+
+#[test]
+fn publishes_h264_and_opus_into_gst_rtsp_server_over_udp() {
+    publish_into_gst_rtsp_server("udp", gst_rtsp::RTSPLowerTrans::UDP);
+}
+
+/// `protocols` is an order: a server that allows only TCP gets TCP after refusing UDP.
+#[test]
+fn falls_back_to_tcp_when_the_server_refuses_udp() {
+    publish_into_gst_rtsp_server("udp+tcp", gst_rtsp::RTSPLowerTrans::TCP);
+}
