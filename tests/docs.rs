@@ -24,7 +24,13 @@ use std::collections::BTreeSet;
 use gst::glib;
 use gst::prelude::*;
 
-const ELEMENTS: [&str; 4] = ["rtspserversink", "rtspsrc2", "rsrtmpsink", "rshlssink"];
+const ELEMENTS: [&str; 5] = [
+    "rtspserversink",
+    "rtspsrc2",
+    "rsrtmpsink",
+    "rshlssink",
+    "rtspclientsink2",
+];
 
 /// One row of a README property table.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! rtspclientsink2 publishing into real servers we did not write: the stock gst-rtsp-server 1.22
 //! (in this process through its Rust bindings) with a RECORD mount, its output decoded and every
-//! frame counted, over TCP and UDP.
+//! frame counted, over TCP and UDP; ffmpeg 5.1 listening (`-rtsp_flags listen`) and writing a
+//! file that ffprobe counts.
 
 mod common;
 
@@ -8,13 +9,50 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
+use common::rtmp::{TempDir, free_port, probe_file, wait_listening};
+
+/// Distinct packet timestamps of the first video and the first audio stream of a file (ffprobe).
+fn distinct_timestamps(path: &std::path::Path) -> (usize, usize) {
+    let mut n = (0, 0);
+    for (kind, slot) in [("v:0", &mut n.0), ("a:0", &mut n.1)] {
+        let (out, timed_out) = run(
+            Command::new("ffprobe").args([
+                "-v",
+                "error",
+                "-select_streams",
+                kind,
+                "-show_entries",
+                "packet=pts",
+                "-of",
+                "csv=p=0",
+                &path.display().to_string(),
+            ]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            !timed_out && out.status.success(),
+            "ffprobe {}",
+            path.display()
+        );
+        let pts: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        *slot = pts.len();
+    }
+    n
+}
 use common::stock::StockServer;
 use common::*;
 use gst::prelude::*;
 use gst_rtsp_server::prelude::*;
 
-/// Frames published: 3 s of 30 fps video, 150 Opus frames of 20 ms.
+/// Video frames published: 3 s at 30 fps.
 const VIDEO_FRAMES: usize = 90;
+/// Opus frames published (see [`OPUS`]).
 const AUDIO_FRAMES: usize = 150;
 
 /// The RECORD mount: each announced stream depayloaded and decoded into a counting fakesink.
@@ -58,16 +96,27 @@ fn record_server(launch: &str, protocols: gst_rtsp::RTSPLowerTrans) -> (StockSer
     (server, counts)
 }
 
-/// The publishing pipeline: H.264 + Opus from test sources (not live: the element's sinks pace
-/// them in real time), into `rtspclientsink2 name=sink {props}`; counts what the encoders made.
+/// Opus audio: 20 ms frames.
+const OPUS: &str = "audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
+    ! opusenc frame-size=20 name=aenc";
+/// AAC audio: 1024-sample frames.
+const AAC: &str = "audiotestsrc num-buffers=140 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+    ! avenc_aac name=aenc";
+
+/// The publishing pipeline: H.264 + `audio` from test sources (not live: the element's sinks
+/// pace them in real time), into `rtspclientsink2 name=sink {props}`; counts what the encoders
+/// made.
 fn publisher(props: &str) -> (gst::Pipeline, Counts) {
+    publisher_with(props, OPUS)
+}
+
+fn publisher_with(props: &str, audio: &str) -> (gst::Pipeline, Counts) {
     init();
     let desc = format!(
         "rtspclientsink2 name=sink {props} \
          videotestsrc num-buffers={VIDEO_FRAMES} ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 name=venc ! h264parse ! sink.sink_0 \
-         audiotestsrc num-buffers={AUDIO_FRAMES} samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
-         ! opusenc frame-size=20 name=aenc ! sink.sink_1"
+         {audio} ! sink.sink_1"
     );
     let pipeline = gst::parse::launch(&desc)
         .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
@@ -166,4 +215,65 @@ fn publishes_h264_and_opus_into_gst_rtsp_server_over_udp() {
 #[test]
 fn falls_back_to_tcp_when_the_server_refuses_udp() {
     publish_into_gst_rtsp_server("udp+tcp", gst_rtsp::RTSPLowerTrans::TCP);
+}
+
+/// ffmpeg 5.1 as the server (`-rtsp_flags listen`, which takes only a lowercase `mode=record`,
+/// where stock rtspclientsink fails): the file it writes has every frame.
+fn publish_into_ffmpeg(protocol: &str) {
+    init();
+    let dir = TempDir::new("rtspclientsink2-ffmpeg");
+    let port = free_port();
+    let out = dir.path().join("out.mkv");
+    let ffmpeg = ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-rtsp_flags",
+        "listen",
+        "-timeout",
+        "15",
+        "-i",
+        &format!("rtsp://127.0.0.1:{port}/x"),
+        "-c",
+        "copy",
+        "-y",
+        &out.display().to_string(),
+    ]));
+    wait_listening(port, Duration::from_secs(10), "ffmpeg -rtsp_flags listen");
+    let (pipeline, encoded) = publisher_with(
+        &format!("location=rtsp://127.0.0.1:{port}/x protocols={protocol}"),
+        AAC,
+    );
+    let sink = pipeline.by_name("sink").unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (output, timed_out) = ffmpeg.wait_output(Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    result.unwrap_or_else(|e| panic!("publishing to ffmpeg: {e}; ffmpeg: {stderr}"));
+    assert!(!timed_out, "ffmpeg did not finish after TEARDOWN: {stderr}");
+    let probe = probe_file(&out);
+    let video = encoded.video.load(Ordering::SeqCst);
+    let audio = encoded.audio.load(Ordering::SeqCst);
+    assert_eq!(video, VIDEO_FRAMES);
+    assert_eq!(probe.stream("video").map(|v| v.0), Some("h264"));
+    assert_eq!(probe.stream("audio").map(|v| v.0), Some("aac"));
+    // ffmpeg stores each RTP packet's NAL units as a packet of their own, so the parameter sets
+    // sent before each keyframe are packets (and ffprobe "frames") with the keyframe's time: a
+    // frame is a distinct timestamp.
+    assert_eq!(
+        distinct_timestamps(&out),
+        (video, audio),
+        "(video, audio) frames in ffmpeg's file; {stats}; ffmpeg: {stderr}"
+    );
+}
+
+#[test]
+fn publishes_h264_and_aac_into_ffmpeg_listening_over_tcp() {
+    publish_into_ffmpeg("tcp");
+}
+
+#[test]
+fn publishes_h264_and_aac_into_ffmpeg_listening_over_udp() {
+    publish_into_ffmpeg("udp");
 }
