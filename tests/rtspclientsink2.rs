@@ -45,7 +45,7 @@ fn distinct_timestamps(path: &std::path::Path) -> (usize, usize) {
     }
     n
 }
-use common::stock::StockServer;
+use common::stock::{Access, StockServer};
 use common::*;
 use gst::prelude::*;
 use gst_rtsp_server::prelude::*;
@@ -69,9 +69,17 @@ struct Counts {
 
 /// gst-rtsp-server with a RECORD mount at /live counting what it decodes.
 fn record_server(launch: &str, protocols: gst_rtsp::RTSPLowerTrans) -> (StockServer, Counts) {
+    record_server_with(launch, protocols, Access::default())
+}
+
+fn record_server_with(
+    launch: &str,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    access: Access,
+) -> (StockServer, Counts) {
     let counts = Counts::default();
     let c = counts.clone();
-    let server = StockServer::start_full(launch, false, None, move |factory, _| {
+    let server = StockServer::start_with(launch, false, access, move |factory, _| {
         factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
         factory.set_protocols(protocols);
         // At TEARDOWN the server sends EOS through its pipeline, so that what its jitter
@@ -171,8 +179,15 @@ fn wait_counts(counts: &Counts, video: usize, audio: usize) -> (usize, usize) {
 }
 
 fn publish_into_gst_rtsp_server(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans) {
-    let (server, decoded) = record_server(RECORD_LAUNCH, allowed);
-    let (pipeline, encoded) = publisher(&format!("location={} protocols={protocol}", server.url()));
+    publish_into(protocol, allowed, Access::default(), "");
+}
+
+fn publish_into(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans, access: Access, extra: &str) {
+    let (server, decoded) = record_server_with(RECORD_LAUNCH, allowed, access);
+    let (pipeline, encoded) = publisher(&format!(
+        "location={} protocols={protocol} {extra}",
+        server.url()
+    ));
     let sink = pipeline.by_name("sink").unwrap();
     let result = run_to_end(&pipeline, Duration::from_secs(20));
     let stats = sink.property::<gst::Structure>("stats");
@@ -276,4 +291,146 @@ fn publishes_h264_and_aac_into_ffmpeg_listening_over_tcp() {
 #[test]
 fn publishes_h264_and_aac_into_ffmpeg_listening_over_udp() {
     publish_into_ffmpeg("udp");
+}
+
+/// Publishing with `props` fails: the error's text and whether it is NotAuthorized / OpenWrite.
+fn publish_error(props: &str) -> (String, Option<gst::ResourceError>) {
+    let (pipeline, _) = publisher(props);
+    let started = Instant::now();
+    let err = run_to_end(&pipeline, Duration::from_secs(20)).expect_err("publishing must fail");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let kind = if err.contains("[Some(NotAuthorized)]") {
+        Some(gst::ResourceError::NotAuthorized)
+    } else if err.contains("[Some(OpenWrite)]") {
+        Some(gst::ResourceError::OpenWrite)
+    } else {
+        None
+    };
+    (err, kind)
+}
+
+#[test]
+fn digest_with_the_right_credentials_publishes_every_frame() {
+    let access = Access {
+        digest: Some(("user", "pass")),
+        tls: None,
+    };
+    publish_into(
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP,
+        access,
+        "user-id=user user-pw=pass",
+    );
+}
+
+#[test]
+fn wrong_or_missing_credentials_are_a_clear_error() {
+    let access = Access {
+        digest: Some(("user", "pass")),
+        tls: None,
+    };
+    let (server, decoded) =
+        record_server_with(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::TCP, access);
+    for creds in ["user-id=user user-pw=wrong", ""] {
+        let (err, kind) =
+            publish_error(&format!("location={} protocols=tcp {creds}", server.url()));
+        assert_eq!(
+            kind,
+            Some(gst::ResourceError::NotAuthorized),
+            "{creds}: {err}"
+        );
+        assert!(!err.contains("wrong"), "the password is not shown: {err}");
+    }
+    assert_eq!(decoded.video.load(Ordering::SeqCst), 0);
+}
+
+/// A mount that only plays: ANNOUNCE is refused, and the error says so.
+#[test]
+fn a_server_refusing_to_record_is_a_clear_error() {
+    let server = StockServer::start(
+        "( videotestsrc ! x264enc ! rtph264pay name=pay0 pt=96 )",
+        None,
+    );
+    let (err, kind) = publish_error(&format!("location={} protocols=tcp", server.url()));
+    assert_eq!(kind, Some(gst::ResourceError::OpenWrite), "{err}");
+    assert!(err.contains("ANNOUNCE"), "{err}");
+}
+
+/// A scripted server that accepts everything up to RECORD, which it answers `status`; it returns
+/// the methods it was sent.
+fn refuse_record_server(status: &str) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let status = status.to_owned();
+    let thread = std::thread::spawn(move || {
+        let mut methods = Vec::new();
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let method = line.split(' ').next().unwrap_or("").to_owned();
+            let (mut cseq, mut length) = (String::new(), 0usize);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                let (name, value) = h.split_once(':').unwrap_or(("", ""));
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "cseq" => cseq = value.trim().to_owned(),
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let answer = match method.as_str() {
+                "SETUP" => format!(
+                    "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
+                     Transport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
+                    2 * (methods.iter().filter(|m| *m == "SETUP").count()),
+                    2 * (methods.iter().filter(|m| *m == "SETUP").count()) + 1
+                ),
+                "RECORD" => format!("RTSP/1.0 {status}\r\nCSeq: {cseq}\r\nSession: 1234\r\n\r\n"),
+                _ => format!(
+                    "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN\r\n\r\n"
+                ),
+            };
+            methods.push(method);
+            if writer.write_all(answer.as_bytes()).is_err() {
+                break;
+            }
+        }
+        methods
+    });
+    (port, thread)
+}
+
+#[test]
+fn a_server_refusing_record_455_is_a_clear_error() {
+    let (port, server) = refuse_record_server("455 Method Not Valid in This State");
+    let (err, kind) = publish_error(&format!(
+        "location=rtsp://127.0.0.1:{port}/x protocols=tcp reconnect-attempts=0"
+    ));
+    assert_eq!(kind, Some(gst::ResourceError::OpenWrite), "{err}");
+    assert!(err.contains("RECORD with 455"), "{err}");
+    let methods = server.join().unwrap();
+    assert_eq!(
+        methods[..5],
+        ["OPTIONS", "ANNOUNCE", "SETUP", "SETUP", "RECORD"],
+        "{methods:?}"
+    );
 }
