@@ -434,3 +434,148 @@ fn a_server_refusing_record_455_is_a_clear_error() {
         "{methods:?}"
     );
 }
+
+/// A TCP relay in front of a server: `cut` closes every relayed connection (the server
+/// "vanishes" for its clients) while new ones are still relayed.
+struct Relay {
+    port: u16,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, s) = (conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                c.lock().unwrap().extend([client, server]);
+            }
+        });
+        Relay { port, conns, stop }
+    }
+
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+/// The server vanishes mid-stream (its connection is cut): the element posts
+/// `rtspclientsink2-reconnect`, publishes again (ANNOUNCE, SETUP, RECORD) and the server decodes
+/// the stream again from a keyframe.
+#[test]
+fn reconnects_when_the_server_vanishes_mid_stream() {
+    let launch = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 output-corrupt=false \
+        ! fakesink name=vsink signal-handoffs=true sync=false async=false )";
+    let (server, decoded) = record_server(launch, gst_rtsp::RTSPLowerTrans::TCP);
+    let relay = Relay::start(server.port);
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{}/live protocols=tcp \
+         reconnect-initial-delay=200 \
+         videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! h264parse ! sink.sink_0",
+        relay.port
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut reconnect, mut reconnected, mut eos) = (false, false, false);
+    let mut before = 0;
+    let mut cut = false;
+    while !eos && Instant::now() < deadline {
+        if !cut && decoded.video.load(Ordering::SeqCst) >= 30 {
+            before = decoded.video.load(Ordering::SeqCst);
+            relay.cut();
+            cut = true;
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Element(e) => match e.structure().map(|s| s.name().as_str()) {
+                Some("rtspclientsink2-reconnect") => reconnect = true,
+                Some("rtspclientsink2-reconnected") => reconnected = true,
+                _ => {}
+            },
+            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+            gst::MessageView::Eos(_) => eos = true,
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(cut, "the server never decoded 30 frames");
+    assert!(eos, "no EOS within 20 s");
+    assert!(
+        reconnect && reconnected,
+        "reconnect {reconnect}, reconnected {reconnected}"
+    );
+    // Without the keyframe asked for on reconnection (key-int-max=300: none would come), the
+    // new session would decode nothing.
+    let after = decoded.video.load(Ordering::SeqCst) - before;
+    assert!(after >= 30, "{after} frames decoded after the reconnection");
+}
+
+/// The server vanishes for good: after `reconnect-attempts` a clear error.
+#[test]
+fn gives_up_with_an_error_when_the_server_is_gone() {
+    let (server, decoded) = record_server(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::TCP);
+    let relay = Relay::start(server.port);
+    let (pipeline, _) = publisher(&format!(
+        "location=rtsp://127.0.0.1:{}/live protocols=tcp reconnect-attempts=2 reconnect-initial-delay=100",
+        relay.port
+    ));
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while decoded.video.load(Ordering::SeqCst) < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(relay);
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(10),
+        &[gst::MessageType::Error, gst::MessageType::Eos],
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Error(e)) => {
+            let text = e.error().to_string();
+            assert!(text.contains("2 reconnection attempts failed"), "{text}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
