@@ -179,14 +179,22 @@ fn wait_counts(counts: &Counts, video: usize, audio: usize) -> (usize, usize) {
 }
 
 fn publish_into_gst_rtsp_server(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans) {
-    publish_into(protocol, allowed, Access::default(), "");
+    let connections = publish_into("rtsp", protocol, allowed, Access::default(), "");
+    assert_eq!(connections, 1);
 }
 
-fn publish_into(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans, access: Access, extra: &str) {
+/// Publishes to gst-rtsp-server's /live with the URL scheme `scheme` (`rtsps`, `rtsph`, ...).
+fn publish_into(
+    scheme: &str,
+    protocol: &str,
+    allowed: gst_rtsp::RTSPLowerTrans,
+    access: Access,
+    extra: &str,
+) -> usize {
     let (server, decoded) = record_server_with(RECORD_LAUNCH, allowed, access);
     let (pipeline, encoded) = publisher(&format!(
         "location={} protocols={protocol} {extra}",
-        server.url()
+        server.url_as(scheme)
     ));
     let sink = pipeline.by_name("sink").unwrap();
     let result = run_to_end(&pipeline, Duration::from_secs(20));
@@ -214,6 +222,7 @@ fn publish_into(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans, access: Acces
         assert_eq!(s.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
         assert!(s.get::<u64>("packets-sent").unwrap() > 0, "{stats}");
     }
+    server.connections.load(Ordering::SeqCst)
 }
 
 #[test]
@@ -320,7 +329,8 @@ fn digest_with_the_right_credentials_publishes_every_frame() {
         digest: Some(("user", "pass")),
         tls: None,
     };
-    publish_into(
+    let _ = publish_into(
+        "rtsp",
         "tcp",
         gst_rtsp::RTSPLowerTrans::TCP,
         access,
@@ -578,4 +588,36 @@ fn gives_up_with_an_error_when_the_server_is_gone() {
         }
         other => panic!("expected an error, got {other:?}"),
     }
+}
+
+/// `rtsps://` with Digest: RTSP and the media inside TLS (the server's port speaks only TLS).
+#[test]
+fn publishes_over_rtsps_with_digest() {
+    let dir = TempDir::new("rtspclientsink2-tls");
+    let (cert, key) = common::rtmp::self_signed_cert(dir.path(), "IP:127.0.0.1");
+    let access = Access {
+        digest: Some(("user", "pass")),
+        tls: Some((&cert, &key)),
+    };
+    let ca = cert.display().to_string();
+    let _ = publish_into(
+        "rtsps",
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP,
+        access,
+        &format!("user-id=user user-pw=pass tls-ca-file={ca}"),
+    );
+}
+
+/// `rtsph://`: the session tunnelled through HTTP (GET and POST connections).
+#[test]
+fn publishes_through_the_http_tunnel() {
+    let connections = publish_into(
+        "rtsph",
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::HTTP,
+        Access::default(),
+        "",
+    );
+    assert_eq!(connections, 2, "the tunnel's GET and POST");
 }
