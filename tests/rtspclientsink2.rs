@@ -374,59 +374,71 @@ fn a_server_refusing_to_record_is_a_clear_error() {
 /// A scripted server that accepts everything up to RECORD, which it answers `status`; it returns
 /// the methods it was sent.
 fn refuse_record_server(status: &str) -> (u16, std::thread::JoinHandle<Vec<String>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let status = status.to_owned();
     let thread = std::thread::spawn(move || {
-        let mut methods = Vec::new();
         let (stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            let method = line.split(' ').next().unwrap_or("").to_owned();
-            let (mut cseq, mut length) = (String::new(), 0usize);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                let (name, value) = h.split_once(':').unwrap_or(("", ""));
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "cseq" => cseq = value.trim().to_owned(),
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let answer = match method.as_str() {
-                "SETUP" => format!(
-                    "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
-                     Transport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
-                    2 * (methods.iter().filter(|m| *m == "SETUP").count()),
-                    2 * (methods.iter().filter(|m| *m == "SETUP").count()) + 1
-                ),
-                "RECORD" => format!("RTSP/1.0 {status}\r\nCSeq: {cseq}\r\nSession: 1234\r\n\r\n"),
-                _ => format!(
-                    "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN\r\n\r\n"
-                ),
-            };
-            methods.push(method);
-            if writer.write_all(answer.as_bytes()).is_err() {
-                break;
-            }
-        }
-        methods
+        script(stream, &status, None)
     });
     (port, thread)
+}
+
+/// Answers the requests on `stream` (RECORD with `record`) and returns their methods; with
+/// `stall`, stops reading for that long after RECORD (a server that takes no data).
+fn script(stream: std::net::TcpStream, record: &str, stall: Option<Duration>) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut methods = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let method = line.split(' ').next().unwrap_or("").to_owned();
+        let (mut cseq, mut length) = (String::new(), 0usize);
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                break;
+            }
+            let (name, value) = h.split_once(':').unwrap_or(("", ""));
+            match name.trim().to_ascii_lowercase().as_str() {
+                "cseq" => cseq = value.trim().to_owned(),
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = reader.read_exact(&mut body);
+        let setups = methods.iter().filter(|m| *m == "SETUP").count();
+        let answer = match method.as_str() {
+            "SETUP" => format!(
+                "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
+                 Transport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
+                2 * setups,
+                2 * setups + 1
+            ),
+            "RECORD" => format!("RTSP/1.0 {record}\r\nCSeq: {cseq}\r\nSession: 1234\r\n\r\n"),
+            _ => format!(
+                "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN\r\n\r\n"
+            ),
+        };
+        let recording = method == "RECORD";
+        methods.push(method);
+        if writer.write_all(answer.as_bytes()).is_err() {
+            break;
+        }
+        if recording && let Some(stall) = stall {
+            std::thread::sleep(stall);
+            break;
+        }
+    }
+    methods
 }
 
 #[test]
@@ -620,4 +632,62 @@ fn publishes_through_the_http_tunnel() {
         "",
     );
     assert_eq!(connections, 2, "the tunnel's GET and POST");
+}
+
+/// A server that takes no data after RECORD (its receive buffer small): the streaming threads
+/// never wait for it, whole frames are dropped and counted, and at EOS the drain and TEARDOWN
+/// are bounded by `drain-timeout` and `teardown-timeout`.
+#[test]
+fn a_stalled_server_costs_dropped_frames_not_a_blocked_pipeline() {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(1).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script(stream, "200 OK", Some(Duration::from_secs(8)))
+    });
+    init();
+    // 3 s of live 720p at about 8 Mbit/s: far more than the socket buffers take.
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x protocols=tcp \
+         queue-size=200000 drain-timeout=300 teardown-timeout=300000000 reconnect-attempts=0 \
+         videotestsrc is-live=true num-buffers=90 pattern=snow \
+         ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=8000 key-int-max=30 ! h264parse ! sink.sink_0"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    let started = Instant::now();
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    let elapsed = started.elapsed();
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    // 3 s of input, then at most 0.3 s of draining and 0.3 s of TEARDOWN (plus start-up).
+    assert!(elapsed < Duration::from_secs(6), "EOS after {elapsed:?}");
+    let s = stats
+        .get::<gst::Array>("streams")
+        .unwrap()
+        .first()
+        .unwrap()
+        .get::<gst::Structure>()
+        .unwrap();
+    assert!(s.get::<u64>("frames-dropped").unwrap() > 0, "{stats}");
+    assert!(s.get::<u64>("packets-dropped").unwrap() > 0, "{stats}");
+    let methods = server.join().unwrap();
+    assert_eq!(methods, ["OPTIONS", "ANNOUNCE", "SETUP", "RECORD"]);
 }

@@ -844,7 +844,19 @@ async fn serve(
                 return Outcome::Lost(reason);
             }
             _ = shared.wake.notified() => {
-                if let Err(e) = send_queued(shared, rec).await {
+                // At the end, a server that does not read holds the drain at most until the
+                // deadline.
+                let sent = match &finishing {
+                    Some((_, deadline)) => tokio::time::timeout_at(*deadline, send_queued(shared, rec))
+                        .await
+                        .unwrap_or_else(|_| {
+                            let left = shared.clear_queue();
+                            log::debug!(id = c.name.as_str(); "{peer}: the queue did not drain within {:?}: {left} frames dropped", config.drain_timeout);
+                            Ok(())
+                        }),
+                    None => send_queued(shared, rec).await,
+                };
+                if let Err(e) = sent {
                     log::debug!(id = c.name.as_str(); "{peer}: sending failed: {e}");
                     return Outcome::Lost(e.to_string());
                 }
