@@ -222,6 +222,12 @@ fn publish_into(
         assert_eq!(s.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
         assert!(s.get::<u64>("packets-sent").unwrap() > 0, "{stats}");
     }
+    // The server's Receiver Reports were read back (gst-rtsp-server sends its first within 3 s).
+    let reported = streams
+        .iter()
+        .filter_map(|s| s.get::<gst::Structure>().ok())
+        .any(|s| s.get::<f64>("rtt-ms").unwrap() >= 0.0);
+    assert!(reported, "no Receiver Report seen: {stats}");
     server.connections.load(Ordering::SeqCst)
 }
 
