@@ -393,6 +393,18 @@ fn refuse_record_server(status: &str) -> (u16, std::thread::JoinHandle<Vec<Strin
 /// Answers the requests on `stream` (RECORD with `record`) and returns their methods; with
 /// `stall`, stops reading for that long after RECORD (a server that takes no data).
 fn script(stream: std::net::TcpStream, record: &str, stall: Option<Duration>) -> Vec<String> {
+    script_auth(stream, record, stall, None)
+}
+
+/// As [`script`]; with `basic` (the expected `Authorization` value), requests without it are
+/// answered 401 with a Basic challenge. Interleaved data is read and skipped; each method is
+/// listed with `+auth` when it carried `basic`.
+fn script_auth(
+    stream: std::net::TcpStream,
+    record: &str,
+    stall: Option<Duration>,
+    basic: Option<&str>,
+) -> Vec<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut methods = Vec::new();
     stream
@@ -400,13 +412,36 @@ fn script(stream: std::net::TcpStream, record: &str, stall: Option<Duration>) ->
         .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
+    // RTP packets on channel 0 since the last request.
+    let mut rtp = 0usize;
     loop {
+        // Interleaved data: `$`, channel, 16-bit length, payload.
+        if reader
+            .fill_buf()
+            .map(|b| b.first() == Some(&b'$'))
+            .unwrap_or(false)
+        {
+            let mut head = [0u8; 4];
+            if reader.read_exact(&mut head).is_err() {
+                break;
+            }
+            let mut data = vec![0; usize::from(u16::from_be_bytes([head[2], head[3]]))];
+            if reader.read_exact(&mut data).is_err() {
+                break;
+            }
+            rtp += usize::from(head[1] == 0);
+            continue;
+        }
+        if rtp > 0 {
+            methods.push(format!("RTP*{rtp}"));
+            rtp = 0;
+        }
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             break;
         }
         let method = line.split(' ').next().unwrap_or("").to_owned();
-        let (mut cseq, mut length) = (String::new(), 0usize);
+        let (mut cseq, mut length, mut authorized) = (String::new(), 0usize, basic.is_none());
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
@@ -416,12 +451,23 @@ fn script(stream: std::net::TcpStream, record: &str, stall: Option<Duration>) ->
             match name.trim().to_ascii_lowercase().as_str() {
                 "cseq" => cseq = value.trim().to_owned(),
                 "content-length" => length = value.trim().parse().unwrap_or(0),
+                "authorization" => authorized |= Some(value.trim()) == basic,
                 _ => {}
             }
         }
         let mut body = vec![0; length];
         let _ = reader.read_exact(&mut body);
-        let setups = methods.iter().filter(|m| *m == "SETUP").count();
+        if !authorized {
+            methods.push(method);
+            let answer = format!(
+                "RTSP/1.0 401 Unauthorized\r\nCSeq: {cseq}\r\nWWW-Authenticate: Basic realm=\"test\"\r\n\r\n"
+            );
+            if writer.write_all(answer.as_bytes()).is_err() {
+                break;
+            }
+            continue;
+        }
+        let setups = methods.iter().filter(|m| m.starts_with("SETUP")).count();
         let answer = match method.as_str() {
             "SETUP" => format!(
                 "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
@@ -435,7 +481,11 @@ fn script(stream: std::net::TcpStream, record: &str, stall: Option<Duration>) ->
             ),
         };
         let recording = method == "RECORD";
-        methods.push(method);
+        methods.push(if basic.is_some() {
+            format!("{method}+auth")
+        } else {
+            method
+        });
         if writer.write_all(answer.as_bytes()).is_err() {
             break;
         }
@@ -768,4 +818,60 @@ fn credentials_stay_out_of_the_debug_log() {
         );
     }
     assert!(decoded.video.load(Ordering::SeqCst) > 0);
+}
+
+/// Basic authentication (the challenge on OPTIONS), every later request authorized, and at EOS
+/// TEARDOWN after the data: the whole exchange with a scripted server.
+#[test]
+fn basic_auth_and_teardown_at_eos() {
+    use base64::Engine;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:secret")
+    );
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script_auth(stream, "200 OK", None, Some(&expected))
+    });
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x protocols=tcp \
+         user-id=user user-pw=secret \
+         videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    let methods = server.join().unwrap();
+    // Every packet sent arrived before TEARDOWN.
+    let sent = stats
+        .get::<gst::Array>("streams")
+        .unwrap()
+        .first()
+        .and_then(|s| s.get::<gst::Structure>().ok())
+        .map(|s| s.get::<u64>("packets-sent").unwrap())
+        .unwrap();
+    assert!(sent >= 15, "{stats}");
+    assert_eq!(
+        methods,
+        [
+            "OPTIONS",
+            "OPTIONS+auth",
+            "ANNOUNCE+auth",
+            "SETUP+auth",
+            "RECORD+auth",
+            &format!("RTP*{sent}"),
+            "TEARDOWN+auth"
+        ],
+        "{stats}"
+    );
 }
