@@ -875,3 +875,20 @@ fn basic_auth_and_teardown_at_eos() {
         "{stats}"
     );
 }
+
+/// As the stock element, ours is a URI handler for sinks: `rtsp://` and its variants.
+#[test]
+fn is_a_uri_handler_for_rtsp_sinks() {
+    init();
+    let e = gst::ElementFactory::make("rtspclientsink2")
+        .build()
+        .unwrap();
+    let handler = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    assert_eq!(handler.uri_type(), gst::URIType::Sink);
+    handler.set_uri("rtsps://127.0.0.1:8322/live").unwrap();
+    assert_eq!(
+        e.property::<Option<String>>("location").as_deref(),
+        Some("rtsps://127.0.0.1:8322/live")
+    );
+    assert!(handler.set_uri("not a url").is_err());
+}

@@ -176,6 +176,7 @@ impl ObjectSubclass for RtspClientSink2 {
     const NAME: &'static str = "GstLsRtspClientSink2";
     type Type = super::RtspClientSink2;
     type ParentType = gst::Bin;
+    type Interfaces = (gst::URIHandler,);
 }
 
 impl RtspClientSink2 {
@@ -825,3 +826,28 @@ impl ElementImpl for RtspClientSink2 {
 }
 
 impl BinImpl for RtspClientSink2 {}
+
+impl URIHandlerImpl for RtspClientSink2 {
+    const URI_TYPE: gst::URIType = gst::URIType::Sink;
+
+    fn protocols() -> &'static [&'static str] {
+        &[
+            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
+        ]
+    }
+
+    fn uri(&self) -> Option<String> {
+        self.settings.lock().unwrap().location.clone()
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        let url = url::Url::parse(uri).map_err(|e| {
+            glib::Error::new(
+                gst::URIError::BadUri,
+                &format!("'{}': {e}", redact_url(uri)),
+            )
+        })?;
+        self.settings.lock().unwrap().location = Some(url.to_string());
+        Ok(())
+    }
+}

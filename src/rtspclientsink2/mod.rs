@@ -4,7 +4,7 @@ use gst::prelude::*;
 mod imp;
 
 glib::wrapper! {
-    pub struct RtspClientSink2(ObjectSubclass<imp::RtspClientSink2>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy;
+    pub struct RtspClientSink2(ObjectSubclass<imp::RtspClientSink2>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy, gst::URIHandler;
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
