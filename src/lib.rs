@@ -10,6 +10,7 @@ pub mod hls;
 mod logging;
 pub mod messages;
 pub mod net;
+mod payloading;
 pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
@@ -17,6 +18,7 @@ pub mod rtp;
 pub mod rtp_receive;
 pub mod rtsp;
 mod rtsp_server_props;
+pub mod rtspclientsink2;
 pub mod rtspserversink;
 pub mod rtspserversrc;
 pub mod rtspsrc2;
@@ -31,6 +33,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspserversink::register(plugin)?;
     rtspsrc2::register(plugin)?;
     rtspserversrc::register(plugin)?;
+    rtspclientsink2::register(plugin)?;
     rshlssink::register(plugin)?;
     rsrtmpsink::register(plugin)?;
     Ok(())

@@ -58,6 +58,7 @@ fn plugin_registers_beside_types_of_the_upstream_names() {
         ("rtspserversrc", "GstLsRtspServerSrc"),
         ("rsrtmpsink", "GstLsRtmpSink"),
         ("rshlssink", "GstLsHlsSink"),
+        ("rtspclientsink2", "GstLsRtspClientSink2"),
     ] {
         let e = gst::ElementFactory::make(element)
             .build()

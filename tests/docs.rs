@@ -24,12 +24,13 @@ use std::collections::BTreeSet;
 use gst::glib;
 use gst::prelude::*;
 
-const ELEMENTS: [&str; 5] = [
+const ELEMENTS: [&str; 6] = [
     "rtspserversink",
     "rtspsrc2",
     "rtspserversrc",
     "rsrtmpsink",
     "rshlssink",
+    "rtspclientsink2",
 ];
 
 /// One row of a README property table.

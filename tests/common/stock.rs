@@ -79,7 +79,8 @@ impl StockServer {
         Self::start_with(launch, true, access, |_, _| {})
     }
 
-    fn start_with(
+    /// Serves `launch` at /live as `access` asks; `setup` sees the factory and the mount points.
+    pub fn start_with(
         launch: &str,
         shared: bool,
         access: Access,

@@ -729,6 +729,22 @@ impl Connection {
         self.write(buf).await
     }
 
+    /// Sends interleaved packets (RTP and RTCP to the server when publishing) in one write.
+    /// A packet too large for a frame (64 KiB) is an error and nothing is sent.
+    pub async fn send_interleaved_many(&self, packets: &[(u8, &[u8])]) -> Result<(), ClientError> {
+        let mut buf = Vec::new();
+        for &(channel, data) in packets {
+            let len = u16::try_from(data.len())
+                .map_err(|_| ClientError::Protocol("interleaved packet too large".into()))?;
+            buf.extend_from_slice(&codec::interleaved_header(channel, len));
+            buf.extend_from_slice(data);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.write(buf).await
+    }
+
     /// Sends a request (CSeq and User-Agent are added) and waits for its response.
     pub async fn request(
         &self,

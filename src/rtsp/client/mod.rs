@@ -15,6 +15,7 @@
 
 pub mod conn;
 pub mod parse;
+pub mod record;
 mod udp;
 
 use std::collections::HashMap;
@@ -1017,15 +1018,8 @@ fn carrier_of(config: &ClientConfig, url: &mut Url) -> Result<Carrier, ClientErr
     Ok(Carrier { tls, tunnel })
 }
 
-async fn connect(
-    config: &ClientConfig,
-    url: &Url,
-    carrier: &Carrier,
-    events: &EventFn,
-    channels: &ChannelMap,
-    stats_cell: &Arc<RwLock<SharedStats>>,
-    control_tx: mpsc::UnboundedSender<Control>,
-) -> Result<Connection, ClientError> {
+/// The host (without IPv6 brackets) and port to connect to for `url` over `carrier`.
+fn host_port(url: &Url, carrier: &Carrier) -> Result<(String, u16), ClientError> {
     let host = url
         .host_str()
         .ok_or_else(|| ClientError::Protocol(format!("no host in '{url}'")))?
@@ -1036,6 +1030,19 @@ async fn connect(
     let port = url
         .port()
         .unwrap_or(if carrier.tls.is_some() { 322 } else { 554 });
+    Ok((host, port))
+}
+
+async fn connect(
+    config: &ClientConfig,
+    url: &Url,
+    carrier: &Carrier,
+    events: &EventFn,
+    channels: &ChannelMap,
+    stats_cell: &Arc<RwLock<SharedStats>>,
+    control_tx: mpsc::UnboundedSender<Control>,
+) -> Result<Connection, ClientError> {
+    let (host, port) = host_port(url, carrier)?;
     let events = events.clone();
     let channels = channels.clone();
     let stats_cell = stats_cell.clone();
@@ -1367,7 +1374,7 @@ impl Session {
                 a.authorization(&method_name, url.as_str()),
             );
         }
-        if !body.is_empty() {
+        if !body.is_empty() && !extra.iter().any(|(n, _)| *n == headers::CONTENT_TYPE) {
             b = b.header(headers::CONTENT_TYPE, "text/parameters");
         }
         b.build(body)

@@ -1,0 +1,1074 @@
+//! Publishing to an RTSP server: the client side of ANNOUNCE and RECORD, independent of
+//! GStreamer.
+//!
+//! Specifications: RFC 2326 §10.1 (OPTIONS), §10.3 (ANNOUNCE with the SDP), §10.4 and §12.39
+//! (SETUP, Transport with `mode=record`), §10.11 (RECORD), §10.7 (TEARDOWN), §10.12 (interleaved
+//! data), §12.37 (Session timeout: keep-alives); RFC 7826 §13.3 and §18.54; RFC 4566 (the
+//! announced description); RFC 3550 §6.4.1 (Sender Reports we send) and §6.4.2 (the server's
+//! Receiver Reports: loss, jitter, round trip).
+//!
+//! [`Publisher::start`] runs on the plugin's shared runtime. It waits until every stream has
+//! its media description, then connects over the same transport code as the playing client
+//! ([`super::conn`]: clear, TLS, HTTP tunnel; Basic/Digest through [`super::Session`]),
+//! announces, sets every stream up with `mode=record` (lowercase and unquoted: ffmpeg's listener
+//! takes nothing else) over the first of `protocols` the server accepts, and RECORDs.
+//!
+//! [`Publisher::push`] never blocks: frames (the RTP packets of one input buffer) go into a
+//! queue bounded in bytes; a frame that does not fit is dropped whole, and so is the rest of it
+//! (packets with the same RTP timestamp pushed afterwards), counted per stream. The first drop
+//! of a run asks for a keyframe ([`Pushed::Dropped`]). When the connection is lost the
+//! publisher connects again with bounded exponential backoff, redoes ANNOUNCE/SETUP/RECORD,
+//! throws away what queued meanwhile (counted as dropped) and asks for a keyframe.
+//! [`Publisher::finish`] sends what is queued (bounded by `drain_timeout`), then TEARDOWN.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtsp_types::{Method, Url, headers};
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::conn::{Connection, Incoming};
+use super::{
+    ClientConfig, ClientError, Session, TransportKind, carrier_of, check, host_port,
+    interleaved_channels, redact_url,
+};
+use crate::rtp::{self, ntp, rtcp};
+use crate::rtsp::auth;
+use crate::rtsp::sdp::{MediaDescription, SessionDescription};
+use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
+use crate::runtime::TaskGroup;
+
+/// Publisher settings: the client's (URL, credentials, protocols in order, timeouts, TLS,
+/// reconnection) and the queue's.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    pub client: ClientConfig,
+    /// Bytes of RTP the queue holds at most; a frame that does not fit is dropped.
+    pub queue_bytes: usize,
+    /// At the end, how long what is queued may take to be sent before TEARDOWN.
+    pub drain_timeout: Duration,
+}
+
+/// What happens to a publisher, reported through the callback given to [`Publisher::start`].
+#[derive(Debug, Clone)]
+pub enum PublishEvent {
+    /// RECORD was accepted: the streams go out over `transport`.
+    Recording { transport: TransportKind },
+    /// The connection was lost; attempt `attempt` of `of` follows after `delay`.
+    Reconnecting {
+        attempt: u32,
+        of: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// Recording again after a reconnection.
+    Reconnected,
+    /// Stream `stream` should start again at a keyframe (after drops or a reconnection).
+    KeyframeWanted { stream: usize },
+    /// Publishing failed for good (the publisher does nothing more).
+    Error(ClientError),
+}
+
+/// The figures of one published stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishStats {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    /// Frames dropped whole: the queue was full, or they were queued when the connection was
+    /// lost.
+    pub frames_dropped: u64,
+    pub packets_dropped: u64,
+    /// The SSRC of the stream's packets (the payloader's).
+    pub ssrc: Option<u32>,
+    /// From the server's last Receiver Report on this stream.
+    pub fraction_lost: Option<u8>,
+    pub cumulative_lost: Option<i32>,
+    /// Interarrival jitter in RTP timestamp units.
+    pub jitter: Option<u32>,
+    pub round_trip: Option<Duration>,
+}
+
+/// What [`Publisher::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Dropped whole; `first`: the first drop of a run (ask for a keyframe).
+    Dropped {
+        first: bool,
+    },
+}
+
+struct Frame {
+    stream: usize,
+    packets: Vec<Bytes>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    /// Per stream: the RTP timestamp of the frame being dropped.
+    dropping: Vec<Option<u32>>,
+}
+
+struct StreamState {
+    stats: PublishStats,
+    clock_rate: u32,
+    /// RTP timestamp of the last packet sent and when it was sent (for Sender Reports).
+    last: Option<(u32, Instant)>,
+}
+
+struct Shared {
+    name: String,
+    limit: usize,
+    queue: Mutex<Queue>,
+    /// Frames were queued, or a description was set.
+    wake: Notify,
+    media: Mutex<Vec<Option<MediaDescription>>>,
+    streams: Vec<Mutex<StreamState>>,
+}
+
+impl Shared {
+    fn all_media(&self) -> Option<Vec<MediaDescription>> {
+        self.media.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Throws away what is queued, counting it as dropped.
+    fn clear_queue(&self) -> usize {
+        let mut q = self.queue.lock().unwrap();
+        let n = q.frames.len();
+        for f in q.frames.drain(..) {
+            if let Some(s) = self.streams.get(f.stream) {
+                let mut s = s.lock().unwrap();
+                s.stats.frames_dropped += 1;
+                s.stats.packets_dropped += f.packets.len() as u64;
+            }
+        }
+        q.bytes = 0;
+        n
+    }
+
+    fn queue_empty(&self) -> bool {
+        self.queue.lock().unwrap().frames.is_empty()
+    }
+
+    /// An RTCP packet from the server on stream `stream`: the report blocks on our source.
+    fn on_rtcp(&self, stream: usize, data: &[u8]) {
+        let Some(slot) = self.streams.get(stream) else {
+            return;
+        };
+        let Ok(packets) = rtcp::parse_compound(data) else {
+            return;
+        };
+        let arrival = ntp::ntp_now();
+        let mut s = slot.lock().unwrap();
+        let Some(ssrc) = s.stats.ssrc else { return };
+        for packet in packets {
+            let blocks = match packet {
+                rtcp::RtcpPacket::ReceiverReport(rr) => rr.reports,
+                rtcp::RtcpPacket::SenderReport(sr) => sr.reports,
+                _ => continue,
+            };
+            for block in blocks.iter().filter(|b| b.ssrc == ssrc) {
+                log::trace!(
+                    target: "lsrtp",
+                    id = self.name.as_str();
+                    "stream {stream}: report from the server: {block:?}"
+                );
+                s.stats.fraction_lost = Some(block.fraction_lost);
+                s.stats.cumulative_lost = Some(block.cumulative_lost);
+                s.stats.jitter = Some(block.jitter);
+                if let Some(rtt) = rtcp::round_trip_time(block, arrival) {
+                    s.stats.round_trip = Some(rtt);
+                }
+            }
+        }
+    }
+}
+
+enum Command {
+    /// Send what is queued (bounded), TEARDOWN, then answer.
+    Finish(oneshot::Sender<()>),
+    /// TEARDOWN now, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+type EventFn = Arc<dyn Fn(PublishEvent) + Send + Sync>;
+
+/// A running publisher. Dropping it sends TEARDOWN (bounded by the client's
+/// `teardown_timeout`) and ends its tasks.
+pub struct Publisher {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    tasks: TaskGroup,
+    teardown_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+impl Publisher {
+    /// Starts publishing `streams` streams; it connects once each has its description
+    /// ([`Publisher::set_media`]).
+    pub fn start(
+        config: PublishConfig,
+        streams: usize,
+        events: impl Fn(PublishEvent) + Send + Sync + 'static,
+    ) -> Publisher {
+        let shared = Arc::new(Shared {
+            name: config.client.name.clone(),
+            limit: config.queue_bytes.max(1),
+            queue: Mutex::new(Queue {
+                dropping: vec![None; streams],
+                ..Queue::default()
+            }),
+            wake: Notify::new(),
+            media: Mutex::new(vec![None; streams]),
+            streams: (0..streams)
+                .map(|_| {
+                    Mutex::new(StreamState {
+                        stats: PublishStats::default(),
+                        clock_rate: 0,
+                        last: None,
+                    })
+                })
+                .collect(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tasks = TaskGroup::new();
+        let teardown_timeout = config.client.teardown_timeout;
+        let drain_timeout = config.drain_timeout;
+        tasks.spawn(run(config, shared.clone(), Arc::new(events), rx));
+        Publisher {
+            shared,
+            commands: tx,
+            tasks,
+            teardown_timeout,
+            drain_timeout,
+        }
+    }
+
+    /// Sets (or replaces, before connecting) the description of stream `stream`; its control
+    /// is set by the publisher.
+    pub fn set_media(&self, stream: usize, media: MediaDescription) {
+        if let Some(slot) = self.shared.media.lock().unwrap().get_mut(stream) {
+            if let Some(s) = self.shared.streams.get(stream) {
+                s.lock().unwrap().clock_rate = media.clock_rate;
+            }
+            *slot = Some(media);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Queues the RTP packets of one frame of stream `stream`, or drops them whole. Never
+    /// blocks on the network.
+    pub fn push(&self, stream: usize, packets: Vec<Bytes>) -> Pushed {
+        let bytes: usize = packets.iter().map(Bytes::len).sum();
+        let timestamp = packets
+            .first()
+            .and_then(|p| rtp::parse_rtp_header(p).ok())
+            .map(|h| h.timestamp);
+        let mut q = self.shared.queue.lock().unwrap();
+        let Some(dropping) = q.dropping.get(stream).copied() else {
+            return Pushed::Dropped { first: false };
+        };
+        // `new_frame`: a frame of its own (counted), else the rest of the one being dropped.
+        let drop_it = |q: &mut Queue, new_frame: bool| {
+            q.dropping[stream] = timestamp.or(dropping).or(Some(0));
+            if let Some(s) = self.shared.streams.get(stream) {
+                let mut s = s.lock().unwrap();
+                s.stats.frames_dropped += u64::from(new_frame);
+                s.stats.packets_dropped += packets.len() as u64;
+            }
+        };
+        if dropping.is_some() && dropping == timestamp {
+            drop_it(&mut q, false);
+            return Pushed::Dropped { first: false };
+        }
+        if q.bytes.saturating_add(bytes) > self.shared.limit && !q.frames.is_empty() {
+            let first = dropping.is_none();
+            if first {
+                log::debug!(
+                    id = self.shared.name.as_str();
+                    "stream {stream}: the send queue is full ({} bytes queued, limit {}): dropping frames",
+                    q.bytes,
+                    self.shared.limit
+                );
+            }
+            drop_it(&mut q, true);
+            return Pushed::Dropped { first };
+        }
+        if dropping.is_some() {
+            log::debug!(
+                id = self.shared.name.as_str();
+                "stream {stream}: the send queue has room again"
+            );
+        }
+        q.dropping[stream] = None;
+        q.bytes += bytes;
+        q.frames.push_back(Frame {
+            stream,
+            packets,
+            bytes,
+        });
+        drop(q);
+        self.shared.wake.notify_one();
+        Pushed::Queued
+    }
+
+    /// The figures of every stream.
+    pub fn stats(&self) -> Vec<PublishStats> {
+        self.shared
+            .streams
+            .iter()
+            .map(|s| s.lock().unwrap().stats.clone())
+            .collect()
+    }
+
+    /// Sends what is queued (at most `drain_timeout`), then TEARDOWN (at most
+    /// `teardown_timeout`); returns when done. Call it outside the runtime (it blocks).
+    pub fn finish(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Finish(tx)).is_ok()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            let timeout = self.drain_timeout + self.teardown_timeout + Duration::from_millis(100);
+            let _ = crate::runtime::handle()
+                .block_on(async move { tokio::time::timeout(timeout, rx).await });
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Stop(tx)).is_ok()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            let timeout = self.teardown_timeout;
+            let _ = crate::runtime::handle()
+                .block_on(async move { tokio::time::timeout(timeout, rx).await });
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// Where one stream's packets go.
+enum Out {
+    Tcp {
+        rtp: u8,
+        rtcp: u8,
+    },
+    Udp {
+        rtp: Arc<UdpSocket>,
+        rtcp: Arc<UdpSocket>,
+        to_rtp: SocketAddr,
+        to_rtcp: SocketAddr,
+    },
+}
+
+/// One recording session.
+struct Recording {
+    session: Session,
+    kind: TransportKind,
+    outs: Vec<Out>,
+    /// Why the connection ended.
+    closed: mpsc::UnboundedReceiver<String>,
+    /// RTCP readers of UDP streams.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+enum Outcome {
+    /// Finished or stopped: nothing more to do.
+    Done,
+    /// The connection was lost (why).
+    Lost(String),
+}
+
+async fn run(
+    config: PublishConfig,
+    shared: Arc<Shared>,
+    events: EventFn,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let name = config.client.name.as_str();
+    // Every stream needs its description before ANNOUNCE.
+    let media = loop {
+        if let Some(m) = shared.all_media() {
+            break m;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            cmd = commands.recv() => {
+                if let Some(Command::Finish(done) | Command::Stop(done)) = cmd {
+                    log::debug!(id = name; "stopped before every stream had its caps: nothing was published");
+                    let _ = done.send(());
+                }
+                return;
+            }
+        }
+    };
+    let mut rec = match establish(&config, &media, &shared).await {
+        Ok(r) => r,
+        Err(e) => {
+            log::debug!(id = name; "{}: publishing failed: {e}", redact_url(&config.client.url));
+            events(PublishEvent::Error(e));
+            return;
+        }
+    };
+    events(PublishEvent::Recording {
+        transport: rec.kind,
+    });
+    loop {
+        let reason = match serve(&config, &shared, &mut rec, &mut commands).await {
+            Outcome::Done => return,
+            Outcome::Lost(reason) => reason,
+        };
+        match reconnect(&config, &media, &shared, &events, reason).await {
+            Some(r) => {
+                rec = r;
+                events(PublishEvent::Reconnected);
+                for stream in 0..media.len() {
+                    events(PublishEvent::KeyframeWanted { stream });
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+async fn reconnect(
+    config: &PublishConfig,
+    media: &[MediaDescription],
+    shared: &Arc<Shared>,
+    events: &EventFn,
+    reason: String,
+) -> Option<Recording> {
+    let c = &config.client;
+    let backoff =
+        crate::net::backoff::Backoff::new(c.reconnect_initial_delay, c.reconnect_max_delay);
+    let mut last = reason.clone();
+    for attempt in 1..=c.reconnect_attempts {
+        let delay = backoff.delay(attempt);
+        log::debug!(
+            id = c.name.as_str();
+            "{}: reconnection attempt {attempt} of {} in {delay:?}: {last}",
+            redact_url(&c.url),
+            c.reconnect_attempts
+        );
+        events(PublishEvent::Reconnecting {
+            attempt,
+            of: c.reconnect_attempts,
+            delay,
+            reason: last.clone(),
+        });
+        tokio::time::sleep(delay).await;
+        // What queued meanwhile is stale: the stream resumes at a keyframe.
+        let cleared = shared.clear_queue();
+        log::debug!(id = c.name.as_str(); "dropped {cleared} frames queued while disconnected");
+        match establish(config, media, shared).await {
+            Ok(r) => return Some(r),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    let reason = if c.reconnect_attempts == 0 {
+        reason
+    } else {
+        format!(
+            "{reason}; {} reconnection attempts failed, the last with: {last}",
+            c.reconnect_attempts
+        )
+    };
+    log::debug!(id = c.name.as_str(); "giving up: {reason}");
+    events(PublishEvent::Error(ClientError::Closed(reason)));
+    None
+}
+
+/// The SDP announced for `media`: stream `i` has the control `streamid=i`.
+fn announce_sdp(media: &[MediaDescription], origin: IpAddr) -> String {
+    let session_id = {
+        use rand::RngExt;
+        rand::rng().random::<u32>()
+    };
+    SessionDescription {
+        session_name: "Session streamed with gst-plugin-livestreaming".into(),
+        origin_address: origin.to_string(),
+        session_id: u64::from(session_id),
+        session_version: 1,
+        range: None,
+        media: media
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MediaDescription {
+                control: format!("streamid={i}"),
+                ..m.clone()
+            })
+            .collect(),
+    }
+    .to_sdp_string()
+}
+
+/// The URL of stream `i`: the presentation URL, `/`, its control (as ffmpeg and gst-rtsp-server
+/// resolve the controls of an announced description).
+fn stream_url(url: &Url, i: usize) -> Result<Url, ClientError> {
+    let text = format!("{}/streamid={i}", url.as_str().trim_end_matches('/'));
+    Url::parse(&text).map_err(|e| ClientError::Protocol(format!("bad stream URL: {e}")))
+}
+
+/// Connects, ANNOUNCEs `media`, SETUPs every stream with `mode=record` over the first of the
+/// protocols the server accepts, and RECORDs.
+async fn establish(
+    config: &PublishConfig,
+    media: &[MediaDescription],
+    shared: &Arc<Shared>,
+) -> Result<Recording, ClientError> {
+    let c = &config.client;
+    let mut url = Url::parse(&c.url)
+        .map_err(|e| ClientError::Protocol(format!("invalid URL '{}': {e}", redact_url(&c.url))))?;
+    let (url_credentials, clean) = auth::split_url_credentials(&url);
+    url = clean;
+    let carrier = carrier_of(c, &mut url)?;
+    let credentials = c.credentials.clone().or(url_credentials);
+    let (host, port) = host_port(&url, &carrier)?;
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let on_data = shared.clone();
+    let conn = Connection::connect(
+        &host,
+        port,
+        &carrier,
+        c.tcp_timeout,
+        c.limits,
+        c.user_agent.clone(),
+        c.name.clone(),
+        move |incoming| match incoming {
+            Incoming::Interleaved { channel, data } if channel % 2 == 1 => {
+                on_data.on_rtcp(usize::from(channel / 2), &data);
+            }
+            Incoming::Closed(reason) => {
+                let _ = closed_tx.send(reason);
+            }
+            _ => {}
+        },
+    )
+    .await?;
+    let peer = conn.peer();
+    let mut session = Session {
+        name: c.name.clone(),
+        conn: Arc::new(conn),
+        stats: Arc::new(RwLock::new(Arc::new(Vec::new()))),
+        id: None,
+        timeout: Duration::from_secs(60),
+        url: url.clone(),
+        auth: None,
+        credentials,
+        get_parameter_supported: Arc::new(AtomicBool::new(false)),
+        kind: TransportKind::Tcp,
+        streams: Vec::new(),
+        transports: Vec::new(),
+        tasks: Vec::new(),
+        receivers: Vec::new(),
+    };
+    if let Ok(resp) = session.send(Method::Options, &url, Vec::new(), &[]).await {
+        if resp.status() == rtsp_types::StatusCode::Unauthorized {
+            return Err(ClientError::Unauthorized("OPTIONS refused with 401".into()));
+        }
+        if let Some(public) = resp.header(&headers::PUBLIC) {
+            let lists = |m| super::parse::public_lists(public.as_str(), m);
+            session
+                .get_parameter_supported
+                .store(lists("GET_PARAMETER"), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let origin = match peer.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    let sdp = announce_sdp(media, origin);
+    log::trace!(id = c.name.as_str(); "{peer}: announcing\n{sdp}");
+    let resp = session
+        .send(
+            Method::Announce,
+            &url,
+            sdp.into_bytes(),
+            &[(headers::CONTENT_TYPE, "application/sdp")],
+        )
+        .await?;
+    check(&resp, "ANNOUNCE")?;
+
+    // Inside TLS or the tunnel the media stays inside too.
+    let protocols: Vec<TransportKind> = if carrier.tls.is_some() || carrier.tunnel.is_some() {
+        vec![TransportKind::Tcp]
+    } else {
+        c.protocols
+            .iter()
+            .copied()
+            .filter(|k| *k != TransportKind::UdpMulticast)
+            .collect()
+    };
+    if protocols.is_empty() {
+        return Err(ClientError::NoTransport(
+            "protocols allows neither udp nor tcp".into(),
+        ));
+    }
+    let mut outs = Vec::new();
+    let mut tasks = Vec::new();
+    let mut chosen = None;
+    for i in 0..media.len() {
+        let kinds = match chosen {
+            Some(k) => vec![k],
+            None => protocols.clone(),
+        };
+        let mut last_err = None;
+        for kind in kinds {
+            match setup(&mut session, c, &url, i, kind, shared).await {
+                Ok((out, task)) => {
+                    outs.push(out);
+                    tasks.extend(task);
+                    chosen = Some(kind);
+                    last_err = None;
+                    break;
+                }
+                Err(e @ ClientError::Status { status: 461, .. })
+                | Err(e @ ClientError::NoTransport(_))
+                    if chosen.is_none() =>
+                {
+                    log::debug!(
+                        id = c.name.as_str();
+                        "{peer}: {kind:?} refused for recording ({e}), trying the next of {protocols:?}"
+                    );
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(e) = last_err {
+            return Err(ClientError::NoTransport(e.to_string()));
+        }
+    }
+    let kind = chosen.unwrap_or(TransportKind::Tcp);
+    let resp = session
+        .send(
+            Method::Record,
+            &url,
+            Vec::new(),
+            &[(headers::RANGE, "npt=0.000-")],
+        )
+        .await?;
+    check(&resp, "RECORD")?;
+    log::debug!(
+        id = c.name.as_str();
+        "{peer}: recording {} streams over {kind:?}, session {}, timeout {:?}",
+        media.len(),
+        session.id.as_deref().unwrap_or("-"),
+        session.timeout
+    );
+    session.kind = kind;
+    Ok(Recording {
+        session,
+        kind,
+        outs,
+        closed,
+        tasks,
+    })
+}
+
+/// SETUP of stream `i` over `kind` with `mode=record`.
+async fn setup(
+    session: &mut Session,
+    c: &ClientConfig,
+    url: &Url,
+    i: usize,
+    kind: TransportKind,
+    shared: &Arc<Shared>,
+) -> Result<(Out, Option<tokio::task::JoinHandle<()>>), ClientError> {
+    let control = stream_url(url, i)?;
+    let mut sockets = None;
+    let transport = match kind {
+        TransportKind::Tcp => {
+            let ch = interleaved_channels(i).ok_or_else(|| {
+                ClientError::NoTransport(format!("stream {i} has no interleaved channels left"))
+            })?;
+            TransportSpec::tcp_interleaved(ch).to_string()
+        }
+        _ => {
+            let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            let (rtp_sock, rtcp_sock) = crate::rtsp::ports::bind_port_pair(bind, c.port_range)
+                .map_err(|e| ClientError::io("binding UDP ports", &e))?;
+            let p = rtp_sock
+                .local_addr()
+                .map_err(|e| ClientError::io("binding UDP ports", &e))?;
+            let mut t = TransportSpec::udp_unicast();
+            t.client_port = Some((p.port(), p.port().wrapping_add(1)));
+            sockets = Some((rtp_sock, rtcp_sock));
+            t.to_string()
+        }
+    };
+    // Lowercase and unquoted: ffmpeg 5.1's listener refuses `mode=RECORD` and `mode="record"`.
+    let transport = format!("{transport};mode=record");
+    let resp = session
+        .send(
+            Method::Setup,
+            &control,
+            Vec::new(),
+            &[(headers::TRANSPORT, transport.as_str())],
+        )
+        .await?;
+    check(&resp, "SETUP")?;
+    if session.id.is_none() {
+        let (id, timeout) = resp
+            .header(&headers::SESSION)
+            .and_then(|v| super::parse::parse_session(&session.name, v.as_str()))
+            .ok_or_else(|| ClientError::Protocol("SETUP answered without Session".into()))?;
+        session.id = Some(id);
+        if let Some(t) = timeout {
+            session.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        }
+    }
+    let reply = resp
+        .header(&headers::TRANSPORT)
+        .and_then(|v| parse_transports(v.as_str()).ok())
+        .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
+        .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
+    log::debug!(
+        id = session.name.as_str();
+        "{}: stream {i} set up for recording over {kind:?}: the server answered `{reply}`",
+        session.conn.peer()
+    );
+    match (kind, reply.lower, sockets) {
+        (TransportKind::Tcp, LowerTransport::Tcp, _) => {
+            let (rtp, rtcp) = reply
+                .interleaved
+                .or_else(|| interleaved_channels(i))
+                .unwrap_or_default();
+            Ok((Out::Tcp { rtp, rtcp }, None))
+        }
+        (_, LowerTransport::Udp, Some((rtp_sock, rtcp_sock))) if kind != TransportKind::Tcp => {
+            let (rtp_port, rtcp_port) = reply.server_port.ok_or_else(|| {
+                ClientError::NoTransport("the server answered UDP without server_port".into())
+            })?;
+            let ip = reply
+                .source
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                .unwrap_or(session.conn.peer().ip().to_canonical());
+            let to_tokio = |s: std::net::UdpSocket| {
+                s.set_nonblocking(true)
+                    .and_then(|_| UdpSocket::from_std(s))
+                    .map(Arc::new)
+                    .map_err(|e| ClientError::io("setting up a UDP socket", &e))
+            };
+            let rtp = to_tokio(rtp_sock)?;
+            let rtcp = to_tokio(rtcp_sock)?;
+            let reader = rtcp.clone();
+            let shared = shared.clone();
+            let task = tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                loop {
+                    match reader.recv_from(&mut buf).await {
+                        Ok((n, _)) => shared.on_rtcp(i, &buf[..n]),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            });
+            Ok((
+                Out::Udp {
+                    rtp,
+                    rtcp,
+                    to_rtp: SocketAddr::new(ip, rtp_port),
+                    to_rtcp: SocketAddr::new(ip, rtcp_port),
+                },
+                Some(task),
+            ))
+        }
+        _ => Err(ClientError::NoTransport(format!(
+            "asked for {kind:?}, the server answered '{reply}'"
+        ))),
+    }
+}
+
+/// Sends queued frames, Sender Reports and keep-alives until finished, stopped or the
+/// connection is lost.
+async fn serve(
+    config: &PublishConfig,
+    shared: &Arc<Shared>,
+    rec: &mut Recording,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Outcome {
+    let c = &config.client;
+    let peer = rec.session.conn.peer();
+    let keepalive_every = (rec.session.timeout / 2).max(Duration::from_secs(1));
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + keepalive_every,
+        keepalive_every,
+    );
+    let mut rtcp_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(500),
+        c.rtcp_interval.max(Duration::from_millis(100)),
+    );
+    let mut finishing: Option<(oneshot::Sender<()>, tokio::time::Instant)> = None;
+    // Frames may have queued while connecting.
+    shared.wake.notify_one();
+    loop {
+        let deadline = finishing
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |(_, d)| *d);
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Finish(done)) => {
+                    log::debug!(id = c.name.as_str(); "{peer}: end of stream: sending what is queued (at most {:?}), then TEARDOWN", config.drain_timeout);
+                    finishing = Some((done, tokio::time::Instant::now() + config.drain_timeout));
+                }
+                Some(Command::Stop(done)) => {
+                    log::debug!(id = c.name.as_str(); "{peer}: stopping: TEARDOWN");
+                    let _ = tokio::time::timeout(c.teardown_timeout, rec.session.teardown()).await;
+                    let _ = done.send(());
+                    return Outcome::Done;
+                }
+                None => return Outcome::Done,
+            },
+            reason = rec.closed.recv() => {
+                let reason = reason.unwrap_or_else(|| "the connection ended".into());
+                log::debug!(id = c.name.as_str(); "{peer}: connection lost: {reason}");
+                return Outcome::Lost(reason);
+            }
+            _ = shared.wake.notified() => {
+                // At the end, a server that does not read holds the drain at most until the
+                // deadline.
+                let sent = match &finishing {
+                    Some((_, deadline)) => tokio::time::timeout_at(*deadline, send_queued(shared, rec))
+                        .await
+                        .unwrap_or_else(|_| {
+                            let left = shared.clear_queue();
+                            log::debug!(id = c.name.as_str(); "{peer}: the queue did not drain within {:?}: {left} frames dropped", config.drain_timeout);
+                            Ok(())
+                        }),
+                    None => send_queued(shared, rec).await,
+                };
+                if let Err(e) = sent {
+                    log::debug!(id = c.name.as_str(); "{peer}: sending failed: {e}");
+                    return Outcome::Lost(e.to_string());
+                }
+            }
+            _ = rtcp_tick.tick() => send_sender_reports(shared, rec).await,
+            _ = keepalive.tick(), if c.keep_alive => rec.session.keep_alive(),
+            _ = tokio::time::sleep_until(deadline), if finishing.is_some() => {
+                let left = shared.clear_queue();
+                log::debug!(id = c.name.as_str(); "{peer}: the queue did not drain within {:?}: {left} frames dropped", config.drain_timeout);
+            }
+        }
+        if finishing.is_some() && shared.queue_empty() {
+            let (done, _) = finishing.take().expect("checked");
+            send_sender_reports(shared, rec).await;
+            log::debug!(id = c.name.as_str(); "{peer}: everything queued was sent: TEARDOWN");
+            let _ = tokio::time::timeout(c.teardown_timeout, rec.session.teardown()).await;
+            let _ = done.send(());
+            return Outcome::Done;
+        }
+    }
+}
+
+/// Frames sent per round, so that commands and reports are not held up by a long queue.
+const FRAMES_PER_ROUND: usize = 64;
+
+async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError> {
+    let frames: Vec<Frame> = {
+        let mut q = shared.queue.lock().unwrap();
+        let n = q.frames.len().min(FRAMES_PER_ROUND);
+        let frames: Vec<Frame> = q.frames.drain(..n).collect();
+        q.bytes -= frames.iter().map(|f| f.bytes).sum::<usize>();
+        if !q.frames.is_empty() {
+            shared.wake.notify_one();
+        }
+        frames
+    };
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let now = Instant::now();
+    for f in &frames {
+        let Some(slot) = shared.streams.get(f.stream) else {
+            continue;
+        };
+        let mut s = slot.lock().unwrap();
+        for p in &f.packets {
+            if let Ok(h) = rtp::parse_rtp_header(p) {
+                s.stats.ssrc = Some(h.ssrc);
+                s.last = Some((h.timestamp, now));
+                s.stats.bytes_sent += rtp::rtp_payload(p, &h).len() as u64;
+            }
+            s.stats.packets_sent += 1;
+        }
+    }
+    if rec.kind == TransportKind::Tcp {
+        let mut packets: Vec<(u8, &[u8])> = Vec::new();
+        for f in &frames {
+            if let Some(Out::Tcp { rtp, .. }) = rec.outs.get(f.stream) {
+                packets.extend(f.packets.iter().map(|p| (*rtp, p.as_ref())));
+            }
+        }
+        return rec.session.conn.send_interleaved_many(&packets).await;
+    }
+    for f in &frames {
+        if let Some(Out::Udp { rtp, to_rtp, .. }) = rec.outs.get(f.stream) {
+            for p in &f.packets {
+                // UDP is lossy by nature: a refused datagram is not the session's end.
+                if let Err(e) = rtp.send_to(p, *to_rtp).await {
+                    log::trace!(id = shared.name.as_str(); "stream {}: RTP to {to_rtp} not sent: {e}", f.stream);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RTP timestamp `elapsed` after `ts` at `clock_rate`.
+fn rtp_time_after(ts: u32, elapsed: Duration, clock_rate: u32) -> u32 {
+    let ticks = elapsed.as_nanos().saturating_mul(u128::from(clock_rate)) / 1_000_000_000;
+    ts.wrapping_add((ticks % (1u128 << 32)) as u32)
+}
+
+async fn send_sender_reports(shared: &Shared, rec: &Recording) {
+    let now = Instant::now();
+    for (i, out) in rec.outs.iter().enumerate() {
+        let Some(slot) = shared.streams.get(i) else {
+            continue;
+        };
+        let sr = {
+            let s = slot.lock().unwrap();
+            let (Some(ssrc), Some((ts, at))) = (s.stats.ssrc, s.last) else {
+                continue;
+            };
+            rtcp::SenderReport {
+                ssrc,
+                ntp_timestamp: ntp::ntp_now(),
+                rtp_timestamp: rtp_time_after(ts, now.saturating_duration_since(at), s.clock_rate),
+                packet_count: s.stats.packets_sent as u32,
+                octet_count: s.stats.bytes_sent as u32,
+                reports: Vec::new(),
+            }
+        };
+        let mut packet = Vec::with_capacity(64);
+        rtcp::write_sender_report(&sr, "rtspclientsink2", &mut packet);
+        log::trace!(target: "lsrtp", id = shared.name.as_str(); "stream {i}: sender report {sr:?}");
+        match out {
+            Out::Tcp { rtcp, .. } => {
+                let _ = rec
+                    .session
+                    .conn
+                    .send_interleaved_many(&[(*rtcp, packet.as_slice())])
+                    .await;
+            }
+            Out::Udp { rtcp, to_rtcp, .. } => {
+                let _ = rtcp.send_to(&packet, *to_rtcp).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(ts: u32, len: usize) -> Bytes {
+        let mut p = vec![0u8; 12 + len];
+        p[0] = 0x80;
+        p[1] = 96;
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        Bytes::from(p)
+    }
+
+    fn publisher(queue_bytes: usize) -> Publisher {
+        let config = PublishConfig {
+            client: ClientConfig {
+                url: "rtsp://127.0.0.1:9/x".into(),
+                ..ClientConfig::default()
+            },
+            queue_bytes,
+            drain_timeout: Duration::from_millis(100),
+        };
+        // No description is set: it never connects, the queue only fills.
+        Publisher::start(config, 2, |_| {})
+    }
+
+    #[test]
+    fn a_full_queue_drops_whole_frames_and_counts_them() {
+        let p = publisher(300);
+        assert_eq!(
+            p.push(0, vec![packet(1, 100), packet(1, 100)]),
+            Pushed::Queued
+        );
+        // 224 queued: a frame of 112 does not fit.
+        assert_eq!(
+            p.push(0, vec![packet(2, 100)]),
+            Pushed::Dropped { first: true }
+        );
+        // The rest of frame 2 goes too, then frame 3 also finds no room.
+        assert_eq!(
+            p.push(0, vec![packet(2, 50)]),
+            Pushed::Dropped { first: false }
+        );
+        assert_eq!(
+            p.push(0, vec![packet(3, 100)]),
+            Pushed::Dropped { first: false }
+        );
+        // A small frame fits again.
+        assert_eq!(p.push(1, vec![packet(9, 10)]), Pushed::Queued);
+        let stats = p.stats();
+        assert_eq!(stats[0].frames_dropped, 2);
+        assert_eq!(stats[0].packets_dropped, 3);
+        assert_eq!(stats[1].frames_dropped, 0);
+        // An unknown stream is refused, not a panic.
+        assert_eq!(
+            p.push(7, vec![packet(1, 1)]),
+            Pushed::Dropped { first: false }
+        );
+    }
+
+    #[test]
+    fn sender_report_time_advances_with_the_clock() {
+        assert_eq!(rtp_time_after(1000, Duration::from_secs(1), 90000), 91000);
+        assert_eq!(
+            rtp_time_after(u32::MAX, Duration::from_millis(1), 90000),
+            89
+        );
+        let _ = rtp_time_after(0, Duration::MAX, u32::MAX);
+    }
+
+    #[test]
+    fn the_announced_description_names_each_stream() {
+        let m = MediaDescription {
+            media: "video".into(),
+            payload_type: 96,
+            encoding_name: "H264".into(),
+            clock_rate: 90000,
+            encoding_params: None,
+            fmtp: vec![("packetization-mode".into(), "1".into())],
+            control: String::new(),
+            multicast: None,
+            port: 0,
+            bandwidth_kbps: None,
+            attributes: Vec::new(),
+        };
+        let sdp = announce_sdp(&[m.clone(), m], IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(sdp.contains("a=control:streamid=0\r\n"), "{sdp}");
+        assert!(sdp.contains("a=control:streamid=1\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:96 H264/90000"), "{sdp}");
+        let url = Url::parse("rtsp://h:1/live/x/").unwrap();
+        assert_eq!(
+            stream_url(&url, 1).unwrap().as_str(),
+            "rtsp://h:1/live/x/streamid=1"
+        );
+    }
+}

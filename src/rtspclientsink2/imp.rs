@@ -1,0 +1,853 @@
+//! `rtspclientsink2`: publishes its inputs to an RTSP server (ANNOUNCE + RECORD), a drop-in for
+//! stock `rtspclientsink`.
+//!
+//! Each request pad gets, once its caps are known, the stock RTP payloader for the codec (none
+//! for `application/x-rtp`, see [`crate::payloading`]) and an appsink. The payloader's output
+//! caps become the stream's SDP media description; once every pad has one, the publisher
+//! ([`crate::rtsp::client::record::Publisher`]) connects and records. The appsink callbacks only
+//! queue packets (never block on the network); frames that do not fit are dropped whole and a
+//! keyframe is asked for upstream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use crate::payloading::{media_description, payloader_for, sample_packets};
+use crate::rtsp::auth::Credentials;
+use crate::rtsp::client::record::{PublishConfig, PublishEvent, Publisher, Pushed};
+use crate::rtsp::client::{ClientConfig, ClientError, TlsSettings, TransportKind, redact_url};
+use crate::rtsp::sdp::MediaDescription;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "rtspclientsink2",
+        gst::DebugColorFlags::empty(),
+        Some("RTSP client sink (publisher)"),
+    )
+});
+
+const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
+const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
+const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
+const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
+const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
+const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
+const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 5000;
+const DEFAULT_MTU: u32 = 1400;
+
+#[derive(Clone)]
+struct Settings {
+    location: Option<String>,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    tcp_timeout_us: u64,
+    teardown_timeout_ns: u64,
+    keep_alive: bool,
+    user_id: Option<String>,
+    user_pw: Option<String>,
+    user_agent: String,
+    reconnect_attempts: u32,
+    reconnect_initial_delay_ms: u32,
+    reconnect_max_delay_ms: u32,
+    tls_validation_flags: gio::TlsCertificateFlags,
+    tls_ca_file: Option<String>,
+    queue_size: u32,
+    drain_timeout_ms: u32,
+    mtu: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            location: None,
+            protocols: gst_rtsp::RTSPLowerTrans::UDP | gst_rtsp::RTSPLowerTrans::TCP,
+            tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
+            teardown_timeout_ns: DEFAULT_TEARDOWN_TIMEOUT_NS,
+            keep_alive: true,
+            user_id: None,
+            user_pw: None,
+            user_agent: ClientConfig::default().user_agent,
+            reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
+            reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
+            reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
+            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
+            tls_ca_file: None,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+impl Settings {
+    fn publish_config(&self, name: String) -> Result<PublishConfig, String> {
+        let url = self
+            .location
+            .clone()
+            .ok_or("no location set (rtsp://host[:port]/path)")?;
+        let mut protocols = Vec::new();
+        for (flag, kind) in [
+            (gst_rtsp::RTSPLowerTrans::UDP, TransportKind::Udp),
+            (gst_rtsp::RTSPLowerTrans::TCP, TransportKind::Tcp),
+        ] {
+            if self.protocols.contains(flag) {
+                protocols.push(kind);
+            }
+        }
+        let http_tunnel = self.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
+        if protocols.is_empty() && !http_tunnel {
+            return Err("protocols allows none of udp, tcp, http".into());
+        }
+        let credentials = self.user_id.clone().map(|user| Credentials {
+            user,
+            password: self.user_pw.clone().unwrap_or_default(),
+        });
+        let client = ClientConfig {
+            url,
+            credentials,
+            protocols,
+            user_agent: self.user_agent.clone(),
+            tcp_timeout: Duration::from_micros(self.tcp_timeout_us.max(1)),
+            teardown_timeout: Duration::from_nanos(self.teardown_timeout_ns),
+            keep_alive: self.keep_alive,
+            reconnect_attempts: self.reconnect_attempts,
+            reconnect_initial_delay: Duration::from_millis(u64::from(
+                self.reconnect_initial_delay_ms,
+            )),
+            reconnect_max_delay: Duration::from_millis(u64::from(
+                self.reconnect_max_delay_ms
+                    .max(self.reconnect_initial_delay_ms),
+            )),
+            tls: TlsSettings {
+                validation: crate::tls_flags::validation(self.tls_validation_flags),
+                ca_file: self
+                    .tls_ca_file
+                    .as_deref()
+                    .filter(|f| !f.is_empty())
+                    .map(Into::into),
+            },
+            http_tunnel,
+            name,
+            ..ClientConfig::default()
+        };
+        Ok(PublishConfig {
+            client,
+            queue_bytes: self.queue_size as usize,
+            drain_timeout: Duration::from_millis(u64::from(self.drain_timeout_ms)),
+        })
+    }
+}
+
+/// The internal chain behind one request pad.
+struct PadChain {
+    ghost: gst::GhostPad,
+    appsink: gst_app::AppSink,
+    payloader: Option<gst::Element>,
+    /// Caps structure name the payloader was made for.
+    codec: Option<String>,
+    /// The SDP description of the payloader's output.
+    media: Option<MediaDescription>,
+    /// Its stream in the publisher (pads in id order), once publishing.
+    index: Option<usize>,
+}
+
+#[derive(Default)]
+struct State {
+    pads: BTreeMap<usize, PadChain>,
+    next_pad: usize,
+    /// Pads that saw EOS.
+    eos: BTreeSet<usize>,
+}
+
+#[derive(Default)]
+pub struct RtspClientSink2 {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    /// Separate from `state` so the streaming threads take only this lock per buffer.
+    publisher: Mutex<Option<Arc<Publisher>>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RtspClientSink2 {
+    const NAME: &'static str = "GstLsRtspClientSink2";
+    type Type = super::RtspClientSink2;
+    type ParentType = gst::Bin;
+    type Interfaces = (gst::URIHandler,);
+}
+
+impl RtspClientSink2 {
+    fn publisher(&self) -> Option<Arc<Publisher>> {
+        self.publisher.lock().unwrap().clone()
+    }
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let config = settings
+            .publish_config(self.obj().name().to_string())
+            .map_err(|e| {
+                gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
+            })?;
+        let location = redact_url(&config.client.url).into_owned();
+        let mut state = self.state.lock().unwrap();
+        if state.pads.is_empty() {
+            return Err(gst::error_msg!(
+                gst::CoreError::Pad,
+                ("No sink pad was requested: nothing to publish")
+            ));
+        }
+        let weak = self.obj().downgrade();
+        let publisher = Publisher::start(config, state.pads.len(), move |event| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_event(event);
+            }
+        });
+        state.eos.clear();
+        for (index, chain) in state.pads.values_mut().enumerate() {
+            chain.index = Some(index);
+            if let Some(media) = &chain.media {
+                publisher.set_media(index, media.clone());
+            }
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "publishing {} streams to {location}",
+            state.pads.len()
+        );
+        *self.publisher.lock().unwrap() = Some(Arc::new(publisher));
+        Ok(())
+    }
+
+    fn pad_of_index(&self, index: usize) -> Option<gst::GhostPad> {
+        let state = self.state.lock().unwrap();
+        state
+            .pads
+            .values()
+            .find(|c| c.index == Some(index))
+            .map(|c| c.ghost.clone())
+    }
+
+    fn request_keyframe(pad: &gst::GhostPad) {
+        gst::debug!(CAT, obj = pad, "requesting a keyframe upstream");
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        pad.push_event(event);
+    }
+
+    fn on_event(&self, event: PublishEvent) {
+        let obj = self.obj();
+        match event {
+            PublishEvent::Recording { transport } => {
+                gst::info!(CAT, imp = self, "recording over {:?}", transport);
+            }
+            PublishEvent::Reconnecting {
+                attempt,
+                of,
+                delay,
+                reason,
+            } => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "connection lost ({}): reconnection attempt {} of {} in {:?}",
+                    reason,
+                    attempt,
+                    of,
+                    delay
+                );
+                let _ = obj.post_message(crate::messages::reconnect(
+                    &*obj,
+                    "rtspclientsink2",
+                    attempt,
+                    of,
+                    delay,
+                    &reason,
+                ));
+            }
+            PublishEvent::Reconnected => {
+                gst::info!(CAT, imp = self, "reconnected");
+                let _ = obj.post_message(crate::messages::reconnected(&*obj, "rtspclientsink2"));
+            }
+            PublishEvent::KeyframeWanted { stream } => {
+                if let Some(pad) = self.pad_of_index(stream) {
+                    Self::request_keyframe(&pad);
+                }
+            }
+            PublishEvent::Error(e) => {
+                let location = self
+                    .settings
+                    .lock()
+                    .unwrap()
+                    .location
+                    .as_deref()
+                    .map(|l| redact_url(l).into_owned())
+                    .unwrap_or_default();
+                match &e {
+                    ClientError::Unauthorized(_)
+                    | ClientError::Status { status: 401, .. }
+                    | ClientError::Status { status: 403, .. } => gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::NotAuthorized,
+                        ("Not authorized to publish to {}: {}", location, e)
+                    ),
+                    ClientError::Status { .. } => gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::OpenWrite,
+                        ("The server refused publishing to {}: {}", location, e)
+                    ),
+                    _ => gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Write,
+                        ("Could not publish to {}: {}", location, e)
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps.
+    fn ensure_chain(&self, pad: &gst::GhostPad, caps: &gst::Caps) -> Result<(), String> {
+        let codec = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .ok_or("empty caps")?;
+        let mut state = self.state.lock().unwrap();
+        let Some((&id, chain)) = state.pads.iter_mut().find(|(_, c)| &c.ghost == pad) else {
+            return Err("unknown pad".into());
+        };
+        if chain.codec.as_deref() == Some(codec.as_str()) {
+            return Ok(());
+        }
+        let obj = self.obj();
+        if let Some(old) = chain.payloader.take() {
+            let _ = old.set_state(gst::State::Null);
+            let _ = obj.remove(&old);
+        }
+        let mtu = self.settings.lock().unwrap().mtu;
+        let pt = 96 + (id % 32) as u32;
+        let payloader = payloader_for(caps, pt, mtu)?;
+        let sinkpad = match &payloader {
+            Some(p) => {
+                obj.add(p).map_err(|e| e.to_string())?;
+                p.link(&chain.appsink).map_err(|e| e.to_string())?;
+                p.sync_state_with_parent().map_err(|e| e.to_string())?;
+                p.static_pad("sink").ok_or("payloader has no sink pad")?
+            }
+            None => chain
+                .appsink
+                .static_pad("sink")
+                .ok_or("appsink has no sink pad")?,
+        };
+        chain
+            .ghost
+            .set_target(Some(&sinkpad))
+            .map_err(|e| e.to_string())?;
+        gst::info!(CAT, obj = pad, "publishing {} as stream {}", codec, id);
+        chain.payloader = payloader;
+        chain.codec = Some(codec);
+        Ok(())
+    }
+
+    fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
+        if let gst::EventView::Caps(c) = event.view()
+            && let Err(err) = self.ensure_chain(pad, &c.caps_owned())
+        {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ("Cannot publish {} on {}: {}", c.caps(), pad.name(), err)
+            );
+            return false;
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+    }
+
+    fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef) {
+        let Some(desc) = media_description(caps) else {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "stream {} has unusable RTP caps {}",
+                id,
+                caps
+            );
+            return;
+        };
+        let index = {
+            let mut state = self.state.lock().unwrap();
+            let Some(chain) = state.pads.get_mut(&id) else {
+                return;
+            };
+            chain.media = Some(desc.clone());
+            chain.index
+        };
+        if let (Some(index), Some(publisher)) = (index, self.publisher()) {
+            publisher.set_media(index, desc);
+        }
+    }
+
+    fn on_sample(&self, id: usize, sample: &gst::Sample) {
+        let Some(publisher) = self.publisher() else {
+            return;
+        };
+        let index = self
+            .state
+            .lock()
+            .unwrap()
+            .pads
+            .get(&id)
+            .and_then(|c| c.index);
+        let Some(index) = index else { return };
+        if publisher.push(index, sample_packets(sample)) == (Pushed::Dropped { first: true }) {
+            let pad = self
+                .state
+                .lock()
+                .unwrap()
+                .pads
+                .get(&id)
+                .map(|c| c.ghost.clone());
+            if let Some(pad) = pad {
+                Self::request_keyframe(&pad);
+            }
+        }
+    }
+
+    /// EOS on pad `id`: once every pad has seen it, what is queued is sent and TEARDOWN follows
+    /// (bounded); only then does this pad's EOS go on to the bin.
+    fn on_eos(&self, id: usize) {
+        let all = {
+            let mut state = self.state.lock().unwrap();
+            state.eos.insert(id);
+            state.pads.keys().all(|k| state.eos.contains(k))
+        };
+        if all && let Some(publisher) = self.publisher() {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "end of stream on every pad: draining, then TEARDOWN"
+            );
+            publisher.finish();
+        }
+    }
+
+    fn stats_structure(&self) -> gst::Structure {
+        let stats = self.publisher().map(|p| p.stats()).unwrap_or_default();
+        let streams: Vec<gst::Structure> = stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let rtt_ms = s.round_trip.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+                gst::Structure::builder("stream")
+                    .field("stream", i as u32)
+                    .field("packets-sent", s.packets_sent)
+                    .field("bytes-sent", s.bytes_sent)
+                    .field("frames-dropped", s.frames_dropped)
+                    .field("packets-dropped", s.packets_dropped)
+                    .field("ssrc", s.ssrc.unwrap_or(0))
+                    .field("fraction-lost", u32::from(s.fraction_lost.unwrap_or(0)))
+                    .field("cumulative-lost", s.cumulative_lost.unwrap_or(0))
+                    .field("jitter", s.jitter.unwrap_or(0))
+                    .field("rtt-ms", rtt_ms)
+                    .build()
+            })
+            .collect();
+        gst::Structure::builder("application/x-rtspclientsink2-stats")
+            .field("streams", gst::Array::new(streams))
+            .build()
+    }
+}
+
+impl ObjectImpl for RtspClientSink2 {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let d = Settings::default();
+            vec![
+                glib::ParamSpecString::builder("location")
+                    .nick("Location")
+                    .blurb("RTSP URL to publish to: rtsp://[user:password@]host[:port]/path; rtsps:// inside TLS, rtsph:// tunnelled through HTTP, rtspsh:// through HTTP inside TLS")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
+                    .nick("Protocols")
+                    .blurb("Lower transports to try, in the order udp, tcp; http tunnels the session through HTTP (media interleaved)")
+                    .default_value(d.protocols)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("tcp-timeout")
+                    .nick("TCP timeout")
+                    .blurb("Microseconds to wait to connect and for each RTSP response")
+                    .default_value(DEFAULT_TCP_TIMEOUT_US)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("teardown-timeout")
+                    .nick("Teardown timeout")
+                    .blurb("Nanoseconds that TEARDOWN may take (a dead server never hangs the state change)")
+                    .default_value(DEFAULT_TEARDOWN_TIMEOUT_NS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("do-rtsp-keep-alive")
+                    .nick("Keep alive")
+                    .blurb("Send keep-alives (GET_PARAMETER or OPTIONS) before the session times out")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-id")
+                    .nick("User ID")
+                    .blurb("User name for Basic/Digest authentication")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-pw")
+                    .nick("User password")
+                    .blurb("Password for Basic/Digest authentication")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-agent")
+                    .nick("User agent")
+                    .blurb("The User-Agent header sent with every request")
+                    .default_value(Some(d.user_agent.as_str()))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-attempts")
+                    .nick("Reconnect attempts")
+                    .blurb("Attempts to publish again after the connection is lost (0: fail at once)")
+                    .default_value(DEFAULT_RECONNECT_ATTEMPTS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-initial-delay")
+                    .nick("Reconnect initial delay")
+                    .blurb("Milliseconds before the first reconnection attempt; doubled per attempt")
+                    .default_value(DEFAULT_RECONNECT_INITIAL_DELAY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-max-delay")
+                    .nick("Reconnect max delay")
+                    .blurb("Milliseconds between reconnection attempts at most")
+                    .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
+                    .nick("TLS validation flags")
+                    .blurb("Certificate problems that fail an rtsps:// connection (0 accepts any certificate)")
+                    .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tls-ca-file")
+                    .nick("TLS CA file")
+                    .blurb("PEM file of CA certificates trusted besides the system's")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("queue-size")
+                    .nick("Queue size")
+                    .blurb("Bytes of RTP queued for the server at most; when full, whole frames are dropped (counted in stats) and a keyframe is asked for")
+                    .minimum(1)
+                    .default_value(DEFAULT_QUEUE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("drain-timeout")
+                    .nick("Drain timeout")
+                    .blurb("At end of stream, milliseconds the queue may take to be sent before TEARDOWN")
+                    .default_value(DEFAULT_DRAIN_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("mtu")
+                    .nick("MTU")
+                    .blurb("Maximum size of the RTP packets made by the payloaders")
+                    .minimum(64)
+                    .default_value(DEFAULT_MTU)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Per stream: packets and bytes sent, frames and packets dropped, the server's receiver report figures (loss, jitter, round trip)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location = value.get().expect("type checked"),
+            "protocols" => s.protocols = value.get().expect("type checked"),
+            "tcp-timeout" => s.tcp_timeout_us = value.get().expect("type checked"),
+            "teardown-timeout" => s.teardown_timeout_ns = value.get().expect("type checked"),
+            "do-rtsp-keep-alive" => s.keep_alive = value.get().expect("type checked"),
+            "user-id" => s.user_id = value.get().expect("type checked"),
+            "user-pw" => s.user_pw = value.get().expect("type checked"),
+            "user-agent" => {
+                s.user_agent = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_default()
+            }
+            "reconnect-attempts" => s.reconnect_attempts = value.get().expect("type checked"),
+            "reconnect-initial-delay" => {
+                s.reconnect_initial_delay_ms = value.get().expect("type checked")
+            }
+            "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
+            "tls-validation-flags" => s.tls_validation_flags = value.get().expect("type checked"),
+            "tls-ca-file" => s.tls_ca_file = value.get().expect("type checked"),
+            "queue-size" => s.queue_size = value.get().expect("type checked"),
+            "drain-timeout" => s.drain_timeout_ms = value.get().expect("type checked"),
+            "mtu" => s.mtu = value.get().expect("type checked"),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats_structure().to_value();
+        }
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location.to_value(),
+            "protocols" => s.protocols.to_value(),
+            "tcp-timeout" => s.tcp_timeout_us.to_value(),
+            "teardown-timeout" => s.teardown_timeout_ns.to_value(),
+            "do-rtsp-keep-alive" => s.keep_alive.to_value(),
+            "user-id" => s.user_id.to_value(),
+            "user-pw" => s.user_pw.to_value(),
+            "user-agent" => s.user_agent.to_value(),
+            "reconnect-attempts" => s.reconnect_attempts.to_value(),
+            "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
+            "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
+            "tls-validation-flags" => s.tls_validation_flags.to_value(),
+            "tls-ca-file" => s.tls_ca_file.to_value(),
+            "queue-size" => s.queue_size.to_value(),
+            "drain-timeout" => s.drain_timeout_ms.to_value(),
+            "mtu" => s.mtu.to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for RtspClientSink2 {}
+
+impl ElementImpl for RtspClientSink2 {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "RTSP client sink",
+                "Sink/Network",
+                "Publishes its inputs to an RTSP server (ANNOUNCE and RECORD over UDP or TCP-interleaved RTP)",
+                "gst-plugin-livestreaming developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::from_str(
+                "video/x-h264, stream-format=(string){ avc, byte-stream }; \
+                 video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
+                 video/x-vp8; video/x-vp9; audio/x-opus; \
+                 audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
+                 audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
+                 audio/x-mulaw, rate=(int)8000, channels=(int)1; \
+                 audio/x-alaw, rate=(int)8000, channels=(int)1; \
+                 application/x-rtp",
+            )
+            .expect("valid caps");
+            vec![
+                gst::PadTemplate::new(
+                    "sink_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &caps,
+                )
+                .expect("valid template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        if self.publisher().is_some() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "pads can only be requested before publishing starts"
+            );
+            return None;
+        }
+        let mut state = self.state.lock().unwrap();
+        let id = match name.and_then(|n| n.strip_prefix("sink_")) {
+            Some(n) => n.parse::<usize>().ok()?,
+            None => state.next_pad,
+        };
+        if state.pads.contains_key(&id) {
+            gst::warning!(CAT, imp = self, "pad sink_{} already exists", id);
+            return None;
+        }
+        state.next_pad = state.next_pad.max(id.checked_add(1)?);
+
+        let appsink = gst_app::AppSink::builder()
+            .name(format!("appsink_{id}"))
+            .sync(true)
+            .buffer_list(true)
+            .max_buffers(1)
+            .build();
+        let weak = self.obj().downgrade();
+        let weak_eos = weak.clone();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(obj) = weak.upgrade() else {
+                        return Err(gst::FlowError::Flushing);
+                    };
+                    obj.imp().on_sample(id, &sample);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .eos(move |_| {
+                    if let Some(obj) = weak_eos.upgrade() {
+                        obj.imp().on_eos(id);
+                    }
+                })
+                .build(),
+        );
+        let weak = self.obj().downgrade();
+        appsink.static_pad("sink")?.add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                    && let gst::EventView::Caps(c) = ev.view()
+                    && let Some(obj) = weak.upgrade()
+                {
+                    obj.imp().on_rtp_caps(id, c.caps());
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+
+        let ghost = gst::GhostPad::builder_from_template(templ)
+            .name(format!("sink_{id}"))
+            .event_function(|pad, parent, event| {
+                RtspClientSink2::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_event(pad, event),
+                )
+            })
+            .build();
+        let obj = self.obj();
+        obj.add(&appsink).ok()?;
+        let _ = appsink.sync_state_with_parent();
+        state.pads.insert(
+            id,
+            PadChain {
+                ghost: ghost.clone(),
+                appsink,
+                payloader: None,
+                codec: None,
+                media: None,
+                index: None,
+            },
+        );
+        drop(state);
+        ghost.set_active(true).ok()?;
+        obj.add_pad(&ghost).ok()?;
+        Some(ghost.upcast())
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        let chain = {
+            let mut state = self.state.lock().unwrap();
+            let id = state
+                .pads
+                .iter()
+                .find(|(_, c)| c.ghost.upcast_ref::<gst::Pad>() == pad)
+                .map(|(id, _)| *id);
+            id.and_then(|id| state.pads.remove(&id))
+        };
+        let Some(chain) = chain else {
+            return;
+        };
+        let obj = self.obj();
+        for element in chain
+            .payloader
+            .iter()
+            .chain(std::iter::once(chain.appsink.upcast_ref()))
+        {
+            let _ = element.set_state(gst::State::Null);
+            let _ = obj.remove(element);
+        }
+        let _ = chain.ghost.set_active(false);
+        let _ = obj.remove_pad(&chain.ghost);
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused
+            && let Err(err) = self.start()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::PausedToReady || result.is_err() {
+            // TEARDOWN (bounded by teardown-timeout) when the last reference goes.
+            let publisher = self.publisher.lock().unwrap().take();
+            drop(publisher);
+            let mut state = self.state.lock().unwrap();
+            for chain in state.pads.values_mut() {
+                chain.index = None;
+            }
+        }
+        if transition == gst::StateChange::ReadyToNull {
+            let mut state = self.state.lock().unwrap();
+            for chain in state.pads.values_mut() {
+                if let Some(p) = chain.payloader.take() {
+                    let _ = p.set_state(gst::State::Null);
+                    let _ = self.obj().remove(&p);
+                }
+                chain.codec = None;
+                chain.media = None;
+                let _ = chain.ghost.set_target(None::<&gst::Pad>);
+            }
+        }
+        result
+    }
+}
+
+impl BinImpl for RtspClientSink2 {}
+
+impl URIHandlerImpl for RtspClientSink2 {
+    const URI_TYPE: gst::URIType = gst::URIType::Sink;
+
+    fn protocols() -> &'static [&'static str] {
+        &[
+            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
+        ]
+    }
+
+    fn uri(&self) -> Option<String> {
+        self.settings.lock().unwrap().location.clone()
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        let url = url::Url::parse(uri).map_err(|e| {
+            glib::Error::new(
+                gst::URIError::BadUri,
+                &format!("'{}': {e}", redact_url(uri)),
+            )
+        })?;
+        self.settings.lock().unwrap().location = Some(url.to_string());
+        Ok(())
+    }
+}

@@ -1,0 +1,894 @@
+//! rtspclientsink2 publishing into real servers we did not write: the stock gst-rtsp-server 1.22
+//! (in this process through its Rust bindings) with a RECORD mount, its output decoded and every
+//! frame counted, over TCP and UDP; ffmpeg 5.1 listening (`-rtsp_flags listen`) and writing a
+//! file that ffprobe counts.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use std::process::Command;
+
+use common::rtmp::{TempDir, free_port, probe_file, wait_listening};
+
+/// Distinct packet timestamps of the first video and the first audio stream of a file (ffprobe).
+fn distinct_timestamps(path: &std::path::Path) -> (usize, usize) {
+    let mut n = (0, 0);
+    for (kind, slot) in [("v:0", &mut n.0), ("a:0", &mut n.1)] {
+        let (out, timed_out) = run(
+            Command::new("ffprobe").args([
+                "-v",
+                "error",
+                "-select_streams",
+                kind,
+                "-show_entries",
+                "packet=pts",
+                "-of",
+                "csv=p=0",
+                &path.display().to_string(),
+            ]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            !timed_out && out.status.success(),
+            "ffprobe {}",
+            path.display()
+        );
+        let pts: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        *slot = pts.len();
+    }
+    n
+}
+use common::stock::{Access, StockServer};
+use common::*;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+/// Video frames published: 3 s at 30 fps.
+const VIDEO_FRAMES: usize = 90;
+/// Opus frames published (see [`OPUS`]).
+const AUDIO_FRAMES: usize = 150;
+
+/// The RECORD mount: each announced stream depayloaded and decoded into a counting fakesink.
+const RECORD_LAUNCH: &str = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 \
+    ! fakesink name=vsink signal-handoffs=true sync=false async=false \
+    rtpopusdepay name=depay1 ! opusdec ! fakesink name=asink signal-handoffs=true sync=false async=false )";
+
+/// Buffers that reached the server's sinks.
+#[derive(Default, Clone)]
+struct Counts {
+    video: Arc<AtomicUsize>,
+    audio: Arc<AtomicUsize>,
+}
+
+/// gst-rtsp-server with a RECORD mount at /live counting what it decodes.
+fn record_server(launch: &str, protocols: gst_rtsp::RTSPLowerTrans) -> (StockServer, Counts) {
+    record_server_with(launch, protocols, Access::default())
+}
+
+fn record_server_with(
+    launch: &str,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    access: Access,
+) -> (StockServer, Counts) {
+    let counts = Counts::default();
+    let c = counts.clone();
+    let server = StockServer::start_with(launch, false, access, move |factory, _| {
+        factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+        factory.set_protocols(protocols);
+        // At TEARDOWN the server sends EOS through its pipeline, so that what its jitter
+        // buffers still hold is decoded too (else the last 200 ms may be cut).
+        factory.set_eos_shutdown(true);
+        factory.connect_media_configure(move |_, media| {
+            let bin = media
+                .element()
+                .downcast::<gst::Bin>()
+                .expect("the media is a bin");
+            for (name, counter) in [("vsink", &c.video), ("asink", &c.audio)] {
+                if let Some(sink) = bin.by_name(name) {
+                    let counter = counter.clone();
+                    sink.connect("handoff", false, move |_| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        None
+                    });
+                }
+            }
+        });
+    });
+    (server, counts)
+}
+
+/// Opus audio: 20 ms frames.
+const OPUS: &str = "audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
+    ! opusenc frame-size=20 name=aenc";
+/// AAC audio: 1024-sample frames.
+const AAC: &str = "audiotestsrc num-buffers=140 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+    ! avenc_aac name=aenc";
+
+/// The publishing pipeline: H.264 + `audio` from test sources (not live: the element's sinks
+/// pace them in real time), into `rtspclientsink2 name=sink {props}`; counts what the encoders
+/// made.
+fn publisher(props: &str) -> (gst::Pipeline, Counts) {
+    publisher_with(props, OPUS)
+}
+
+fn publisher_with(props: &str, audio: &str) -> (gst::Pipeline, Counts) {
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink {props} \
+         videotestsrc num-buffers={VIDEO_FRAMES} ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 name=venc ! h264parse ! sink.sink_0 \
+         {audio} ! sink.sink_1"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    assert_ours(&pipeline.by_name("sink").unwrap());
+    let counts = Counts::default();
+    for (name, counter) in [("venc", &counts.video), ("aenc", &counts.audio)] {
+        let counter = counter.clone();
+        let pad = pipeline.by_name(name).unwrap().static_pad("src").unwrap();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    (pipeline, counts)
+}
+
+/// Runs `pipeline` to EOS or an error (within `timeout`); it stays in PLAYING.
+fn run_to_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), String> {
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(format!(
+            "{} [{:?}] ({:?})",
+            e.error(),
+            e.error().kind::<gst::ResourceError>(),
+            e.debug()
+        )),
+        _ => Err(format!("neither EOS nor an error within {timeout:?}")),
+    }
+}
+
+/// Waits (bounded) until the server decoded `video` and `audio` frames.
+fn wait_counts(counts: &Counts, video: usize, audio: usize) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = (
+            counts.video.load(Ordering::SeqCst),
+            counts.audio.load(Ordering::SeqCst),
+        );
+        if got == (video, audio) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn publish_into_gst_rtsp_server(protocol: &str, allowed: gst_rtsp::RTSPLowerTrans) {
+    let connections = publish_into("rtsp", protocol, allowed, Access::default(), "");
+    assert_eq!(connections, 1);
+}
+
+/// Publishes to gst-rtsp-server's /live with the URL scheme `scheme` (`rtsps`, `rtsph`, ...).
+fn publish_into(
+    scheme: &str,
+    protocol: &str,
+    allowed: gst_rtsp::RTSPLowerTrans,
+    access: Access,
+    extra: &str,
+) -> usize {
+    let (server, decoded) = record_server_with(RECORD_LAUNCH, allowed, access);
+    let (pipeline, encoded) = publisher(&format!(
+        "location={} protocols={protocol} {extra}",
+        server.url_as(scheme)
+    ));
+    let sink = pipeline.by_name("sink").unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    let video = encoded.video.load(Ordering::SeqCst);
+    let audio = encoded.audio.load(Ordering::SeqCst);
+    assert_eq!(video, VIDEO_FRAMES, "frames the encoder made");
+    assert!(
+        audio >= AUDIO_FRAMES,
+        "Opus frames the encoder made: {audio}"
+    );
+    let got = wait_counts(&decoded, video, audio);
+    assert_eq!(
+        got,
+        (video, audio),
+        "frames decoded by gst-rtsp-server (video, audio) over {protocol}; {stats}"
+    );
+    // Nothing was dropped on the way out.
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    assert_eq!(streams.len(), 2, "{stats}");
+    for s in streams.iter() {
+        let s = s.get::<gst::Structure>().unwrap();
+        assert_eq!(s.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
+        assert!(s.get::<u64>("packets-sent").unwrap() > 0, "{stats}");
+    }
+    // The server's Receiver Reports were read back (gst-rtsp-server sends its first within 3 s).
+    let reported = streams
+        .iter()
+        .filter_map(|s| s.get::<gst::Structure>().ok())
+        .any(|s| s.get::<f64>("rtt-ms").unwrap() >= 0.0);
+    assert!(reported, "no Receiver Report seen: {stats}");
+    server.connections.load(Ordering::SeqCst)
+}
+
+#[test]
+fn publishes_h264_and_opus_into_gst_rtsp_server_over_tcp() {
+    publish_into_gst_rtsp_server("tcp", gst_rtsp::RTSPLowerTrans::TCP);
+}
+
+#[test]
+fn publishes_h264_and_opus_into_gst_rtsp_server_over_udp() {
+    publish_into_gst_rtsp_server("udp", gst_rtsp::RTSPLowerTrans::UDP);
+}
+
+/// `protocols` is an order: a server that allows only TCP gets TCP after refusing UDP.
+#[test]
+fn falls_back_to_tcp_when_the_server_refuses_udp() {
+    publish_into_gst_rtsp_server("udp+tcp", gst_rtsp::RTSPLowerTrans::TCP);
+}
+
+/// ffmpeg 5.1 as the server (`-rtsp_flags listen`, which takes only a lowercase `mode=record`,
+/// where stock rtspclientsink fails): the file it writes has every frame.
+fn publish_into_ffmpeg(protocol: &str) {
+    init();
+    let dir = TempDir::new("rtspclientsink2-ffmpeg");
+    let port = free_port();
+    let out = dir.path().join("out.mkv");
+    let ffmpeg = ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-rtsp_flags",
+        "listen",
+        "-timeout",
+        "15",
+        "-i",
+        &format!("rtsp://127.0.0.1:{port}/x"),
+        "-c",
+        "copy",
+        "-y",
+        &out.display().to_string(),
+    ]));
+    wait_listening(port, Duration::from_secs(10), "ffmpeg -rtsp_flags listen");
+    let (pipeline, encoded) = publisher_with(
+        &format!("location=rtsp://127.0.0.1:{port}/x protocols={protocol}"),
+        AAC,
+    );
+    let sink = pipeline.by_name("sink").unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (output, timed_out) = ffmpeg.wait_output(Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    result.unwrap_or_else(|e| panic!("publishing to ffmpeg: {e}; ffmpeg: {stderr}"));
+    assert!(!timed_out, "ffmpeg did not finish after TEARDOWN: {stderr}");
+    let probe = probe_file(&out);
+    let video = encoded.video.load(Ordering::SeqCst);
+    let audio = encoded.audio.load(Ordering::SeqCst);
+    assert_eq!(video, VIDEO_FRAMES);
+    assert_eq!(probe.stream("video").map(|v| v.0), Some("h264"));
+    assert_eq!(probe.stream("audio").map(|v| v.0), Some("aac"));
+    // ffmpeg stores each RTP packet's NAL units as a packet of their own, so the parameter sets
+    // sent before each keyframe are packets (and ffprobe "frames") with the keyframe's time: a
+    // frame is a distinct timestamp.
+    assert_eq!(
+        distinct_timestamps(&out),
+        (video, audio),
+        "(video, audio) frames in ffmpeg's file; {stats}; ffmpeg: {stderr}"
+    );
+}
+
+#[test]
+fn publishes_h264_and_aac_into_ffmpeg_listening_over_tcp() {
+    publish_into_ffmpeg("tcp");
+}
+
+#[test]
+fn publishes_h264_and_aac_into_ffmpeg_listening_over_udp() {
+    publish_into_ffmpeg("udp");
+}
+
+/// Publishing with `props` fails: the error's text and whether it is NotAuthorized / OpenWrite.
+fn publish_error(props: &str) -> (String, Option<gst::ResourceError>) {
+    let (pipeline, _) = publisher(props);
+    let started = Instant::now();
+    let err = run_to_end(&pipeline, Duration::from_secs(20)).expect_err("publishing must fail");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let kind = if err.contains("[Some(NotAuthorized)]") {
+        Some(gst::ResourceError::NotAuthorized)
+    } else if err.contains("[Some(OpenWrite)]") {
+        Some(gst::ResourceError::OpenWrite)
+    } else {
+        None
+    };
+    (err, kind)
+}
+
+#[test]
+fn digest_with_the_right_credentials_publishes_every_frame() {
+    let access = Access {
+        digest: Some(("user", "pass")),
+        tls: None,
+    };
+    let _ = publish_into(
+        "rtsp",
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP,
+        access,
+        "user-id=user user-pw=pass",
+    );
+}
+
+#[test]
+fn wrong_or_missing_credentials_are_a_clear_error() {
+    let access = Access {
+        digest: Some(("user", "pass")),
+        tls: None,
+    };
+    let (server, decoded) =
+        record_server_with(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::TCP, access);
+    for creds in ["user-id=user user-pw=wrong", ""] {
+        let (err, kind) =
+            publish_error(&format!("location={} protocols=tcp {creds}", server.url()));
+        assert_eq!(
+            kind,
+            Some(gst::ResourceError::NotAuthorized),
+            "{creds}: {err}"
+        );
+        assert!(!err.contains("wrong"), "the password is not shown: {err}");
+    }
+    assert_eq!(decoded.video.load(Ordering::SeqCst), 0);
+}
+
+/// A mount that only plays: ANNOUNCE is refused, and the error says so.
+#[test]
+fn a_server_refusing_to_record_is_a_clear_error() {
+    let server = StockServer::start(
+        "( videotestsrc ! x264enc ! rtph264pay name=pay0 pt=96 )",
+        None,
+    );
+    let (err, kind) = publish_error(&format!("location={} protocols=tcp", server.url()));
+    assert_eq!(kind, Some(gst::ResourceError::OpenWrite), "{err}");
+    assert!(err.contains("ANNOUNCE"), "{err}");
+}
+
+/// A scripted server that accepts everything up to RECORD, which it answers `status`; it returns
+/// the methods it was sent.
+fn refuse_record_server(status: &str) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let status = status.to_owned();
+    let thread = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script(stream, &status, None)
+    });
+    (port, thread)
+}
+
+/// Answers the requests on `stream` (RECORD with `record`) and returns their methods; with
+/// `stall`, stops reading for that long after RECORD (a server that takes no data).
+fn script(stream: std::net::TcpStream, record: &str, stall: Option<Duration>) -> Vec<String> {
+    script_auth(stream, record, stall, None)
+}
+
+/// As [`script`]; with `basic` (the expected `Authorization` value), requests without it are
+/// answered 401 with a Basic challenge. Interleaved data is read and skipped; each method is
+/// listed with `+auth` when it carried `basic`.
+fn script_auth(
+    stream: std::net::TcpStream,
+    record: &str,
+    stall: Option<Duration>,
+    basic: Option<&str>,
+) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut methods = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    // RTP packets on channel 0 since the last request.
+    let mut rtp = 0usize;
+    loop {
+        // Interleaved data: `$`, channel, 16-bit length, payload.
+        if reader
+            .fill_buf()
+            .map(|b| b.first() == Some(&b'$'))
+            .unwrap_or(false)
+        {
+            let mut head = [0u8; 4];
+            if reader.read_exact(&mut head).is_err() {
+                break;
+            }
+            let mut data = vec![0; usize::from(u16::from_be_bytes([head[2], head[3]]))];
+            if reader.read_exact(&mut data).is_err() {
+                break;
+            }
+            rtp += usize::from(head[1] == 0);
+            continue;
+        }
+        if rtp > 0 {
+            methods.push(format!("RTP*{rtp}"));
+            rtp = 0;
+        }
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let method = line.split(' ').next().unwrap_or("").to_owned();
+        let (mut cseq, mut length, mut authorized) = (String::new(), 0usize, basic.is_none());
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                break;
+            }
+            let (name, value) = h.split_once(':').unwrap_or(("", ""));
+            match name.trim().to_ascii_lowercase().as_str() {
+                "cseq" => cseq = value.trim().to_owned(),
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "authorization" => authorized |= Some(value.trim()) == basic,
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = reader.read_exact(&mut body);
+        if !authorized {
+            methods.push(method);
+            let answer = format!(
+                "RTSP/1.0 401 Unauthorized\r\nCSeq: {cseq}\r\nWWW-Authenticate: Basic realm=\"test\"\r\n\r\n"
+            );
+            if writer.write_all(answer.as_bytes()).is_err() {
+                break;
+            }
+            continue;
+        }
+        let setups = methods.iter().filter(|m| m.starts_with("SETUP")).count();
+        let answer = match method.as_str() {
+            "SETUP" => format!(
+                "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
+                 Transport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
+                2 * setups,
+                2 * setups + 1
+            ),
+            "RECORD" => format!("RTSP/1.0 {record}\r\nCSeq: {cseq}\r\nSession: 1234\r\n\r\n"),
+            _ => format!(
+                "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN\r\n\r\n"
+            ),
+        };
+        let recording = method == "RECORD";
+        methods.push(if basic.is_some() {
+            format!("{method}+auth")
+        } else {
+            method
+        });
+        if writer.write_all(answer.as_bytes()).is_err() {
+            break;
+        }
+        if recording && let Some(stall) = stall {
+            std::thread::sleep(stall);
+            break;
+        }
+    }
+    methods
+}
+
+#[test]
+fn a_server_refusing_record_455_is_a_clear_error() {
+    let (port, server) = refuse_record_server("455 Method Not Valid in This State");
+    let (err, kind) = publish_error(&format!(
+        "location=rtsp://127.0.0.1:{port}/x protocols=tcp reconnect-attempts=0"
+    ));
+    assert_eq!(kind, Some(gst::ResourceError::OpenWrite), "{err}");
+    assert!(err.contains("RECORD with 455"), "{err}");
+    let methods = server.join().unwrap();
+    assert_eq!(
+        methods[..5],
+        ["OPTIONS", "ANNOUNCE", "SETUP", "SETUP", "RECORD"],
+        "{methods:?}"
+    );
+}
+
+/// A TCP relay in front of a server: `cut` closes every relayed connection (the server
+/// "vanishes" for its clients) while new ones are still relayed.
+struct Relay {
+    port: u16,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, s) = (conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                c.lock().unwrap().extend([client, server]);
+            }
+        });
+        Relay { port, conns, stop }
+    }
+
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+/// The server vanishes mid-stream (its connection is cut): the element posts
+/// `rtspclientsink2-reconnect`, publishes again (ANNOUNCE, SETUP, RECORD) and the server decodes
+/// the stream again from a keyframe.
+#[test]
+fn reconnects_when_the_server_vanishes_mid_stream() {
+    let launch = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 output-corrupt=false \
+        ! fakesink name=vsink signal-handoffs=true sync=false async=false )";
+    let (server, decoded) = record_server(launch, gst_rtsp::RTSPLowerTrans::TCP);
+    let relay = Relay::start(server.port);
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{}/live protocols=tcp \
+         reconnect-initial-delay=200 \
+         videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! h264parse ! sink.sink_0",
+        relay.port
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut reconnect, mut reconnected, mut eos) = (false, false, false);
+    let mut before = 0;
+    let mut cut = false;
+    while !eos && Instant::now() < deadline {
+        if !cut && decoded.video.load(Ordering::SeqCst) >= 30 {
+            before = decoded.video.load(Ordering::SeqCst);
+            relay.cut();
+            cut = true;
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Element(e) => match e.structure().map(|s| s.name().as_str()) {
+                Some("rtspclientsink2-reconnect") => reconnect = true,
+                Some("rtspclientsink2-reconnected") => reconnected = true,
+                _ => {}
+            },
+            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+            gst::MessageView::Eos(_) => eos = true,
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(cut, "the server never decoded 30 frames");
+    assert!(eos, "no EOS within 20 s");
+    assert!(
+        reconnect && reconnected,
+        "reconnect {reconnect}, reconnected {reconnected}"
+    );
+    // Without the keyframe asked for on reconnection (key-int-max=300: none would come), the
+    // new session would decode nothing.
+    let after = decoded.video.load(Ordering::SeqCst) - before;
+    assert!(after >= 30, "{after} frames decoded after the reconnection");
+}
+
+/// The server vanishes for good: after `reconnect-attempts` a clear error.
+#[test]
+fn gives_up_with_an_error_when_the_server_is_gone() {
+    let (server, decoded) = record_server(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::TCP);
+    let relay = Relay::start(server.port);
+    let (pipeline, _) = publisher(&format!(
+        "location=rtsp://127.0.0.1:{}/live protocols=tcp reconnect-attempts=2 reconnect-initial-delay=100",
+        relay.port
+    ));
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while decoded.video.load(Ordering::SeqCst) < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(relay);
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(10),
+        &[gst::MessageType::Error, gst::MessageType::Eos],
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Error(e)) => {
+            let text = e.error().to_string();
+            assert!(text.contains("2 reconnection attempts failed"), "{text}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// `rtsps://` with Digest: RTSP and the media inside TLS (the server's port speaks only TLS).
+#[test]
+fn publishes_over_rtsps_with_digest() {
+    let dir = TempDir::new("rtspclientsink2-tls");
+    let (cert, key) = common::rtmp::self_signed_cert(dir.path(), "IP:127.0.0.1");
+    let access = Access {
+        digest: Some(("user", "pass")),
+        tls: Some((&cert, &key)),
+    };
+    let ca = cert.display().to_string();
+    let _ = publish_into(
+        "rtsps",
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP,
+        access,
+        &format!("user-id=user user-pw=pass tls-ca-file={ca}"),
+    );
+}
+
+/// `rtsph://`: the session tunnelled through HTTP (GET and POST connections).
+#[test]
+fn publishes_through_the_http_tunnel() {
+    let connections = publish_into(
+        "rtsph",
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::HTTP,
+        Access::default(),
+        "",
+    );
+    assert_eq!(connections, 2, "the tunnel's GET and POST");
+}
+
+/// A server that takes no data after RECORD (its receive buffer small): the streaming threads
+/// never wait for it, whole frames are dropped and counted, and at EOS the drain and TEARDOWN
+/// are bounded by `drain-timeout` and `teardown-timeout`.
+#[test]
+fn a_stalled_server_costs_dropped_frames_not_a_blocked_pipeline() {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(1).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script(stream, "200 OK", Some(Duration::from_secs(8)))
+    });
+    init();
+    // 3 s of live 720p at about 8 Mbit/s: far more than the socket buffers take.
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x protocols=tcp \
+         queue-size=200000 drain-timeout=300 teardown-timeout=300000000 reconnect-attempts=0 \
+         videotestsrc is-live=true num-buffers=90 pattern=snow \
+         ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=8000 key-int-max=30 ! h264parse ! sink.sink_0"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    let started = Instant::now();
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    let elapsed = started.elapsed();
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    // 3 s of input, then at most 0.3 s of draining and 0.3 s of TEARDOWN (plus start-up).
+    assert!(elapsed < Duration::from_secs(6), "EOS after {elapsed:?}");
+    let s = stats
+        .get::<gst::Array>("streams")
+        .unwrap()
+        .first()
+        .unwrap()
+        .get::<gst::Structure>()
+        .unwrap();
+    assert!(s.get::<u64>("frames-dropped").unwrap() > 0, "{stats}");
+    assert!(s.get::<u64>("packets-dropped").unwrap() > 0, "{stats}");
+    let methods = server.join().unwrap();
+    assert_eq!(methods, ["OPTIONS", "ANNOUNCE", "SETUP", "RECORD"]);
+}
+
+/// Publishing with Digest credentials (in `location` and as `user-pw`) from a `gst-launch-1.0`
+/// child logging everything at level 9: neither the password nor a Digest response appears,
+/// while the log shows the exchange (an empty log cannot pass).
+#[test]
+fn credentials_stay_out_of_the_debug_log() {
+    const PASSWORD: &str = "pw-Zq81x";
+    let exe = std::env::current_exe().unwrap();
+    let plugins = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
+    assert!(
+        plugins.join("libgstlivestreaming.so").exists(),
+        "no libgstlivestreaming.so in {} (cargo build first)",
+        plugins.display()
+    );
+    let launch = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 \
+        ! fakesink name=vsink signal-handoffs=true sync=false async=false )";
+    let access = Access {
+        digest: Some(("user", PASSWORD)),
+        tls: None,
+    };
+    let (server, decoded) = record_server_with(launch, gst_rtsp::RTSPLowerTrans::TCP, access);
+    let dir = TempDir::new("rtspclientsink2-secrets");
+    for location in [
+        format!(
+            "location=rtsp://user:{PASSWORD}@127.0.0.1:{}/live",
+            server.port
+        ),
+        format!(
+            "location=rtsp://127.0.0.1:{}/live user-id=user user-pw={PASSWORD}",
+            server.port
+        ),
+    ] {
+        let log = dir.path().join("log.txt");
+        let mut cmd = Command::new("gst-launch-1.0");
+        cmd.env("GST_PLUGIN_PATH", &plugins)
+            .env("GST_REGISTRY", dir.path().join("registry.bin"))
+            .env("GST_DEBUG", "*:9")
+            .env("GST_DEBUG_NO_COLOR", "1")
+            .env_remove("GST_DEBUG_FILE")
+            .args([
+                "-e",
+                "videotestsrc",
+                "num-buffers=30",
+                "!",
+                "x264enc",
+                "tune=zerolatency",
+            ])
+            .args(["!", "h264parse", "!", "rtspclientsink2", "protocols=tcp"])
+            .args(location.split(' '));
+        let (out, timed_out) = run(&mut cmd, Duration::from_secs(30));
+        std::fs::write(&log, &out.stderr).unwrap();
+        assert!(
+            !timed_out && out.status.success(),
+            "gst-launch-1.0 failed: {}",
+            tail(&String::from_utf8_lossy(&out.stderr), 3000)
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("ANNOUNCE") && text.contains("RECORD") && text.contains("TEARDOWN"));
+        // GStreamer's own parser echoes gst-launch-1.0's command line: not ours to hide.
+        let echo = [" gstparse.c:", " parse.l:", ":gst_parse_unescape:"];
+        let leaks: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(PASSWORD) && !echo.iter().any(|e| l.contains(e)))
+            .collect();
+        assert!(leaks.is_empty(), "the password is in the log: {leaks:?}");
+        assert!(
+            !text.contains("response=\""),
+            "a Digest response is in the log"
+        );
+    }
+    assert!(decoded.video.load(Ordering::SeqCst) > 0);
+}
+
+/// Basic authentication (the challenge on OPTIONS), every later request authorized, and at EOS
+/// TEARDOWN after the data: the whole exchange with a scripted server.
+#[test]
+fn basic_auth_and_teardown_at_eos() {
+    use base64::Engine;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:secret")
+    );
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script_auth(stream, "200 OK", None, Some(&expected))
+    });
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x protocols=tcp \
+         user-id=user user-pw=secret \
+         videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    let methods = server.join().unwrap();
+    // Every packet sent arrived before TEARDOWN.
+    let sent = stats
+        .get::<gst::Array>("streams")
+        .unwrap()
+        .first()
+        .and_then(|s| s.get::<gst::Structure>().ok())
+        .map(|s| s.get::<u64>("packets-sent").unwrap())
+        .unwrap();
+    assert!(sent >= 15, "{stats}");
+    assert_eq!(
+        methods,
+        [
+            "OPTIONS",
+            "OPTIONS+auth",
+            "ANNOUNCE+auth",
+            "SETUP+auth",
+            "RECORD+auth",
+            &format!("RTP*{sent}"),
+            "TEARDOWN+auth"
+        ],
+        "{stats}"
+    );
+}
+
+/// As the stock element, ours is a URI handler for sinks: `rtsp://` and its variants.
+#[test]
+fn is_a_uri_handler_for_rtsp_sinks() {
+    init();
+    let e = gst::ElementFactory::make("rtspclientsink2")
+        .build()
+        .unwrap();
+    let handler = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    assert_eq!(handler.uri_type(), gst::URIType::Sink);
+    handler.set_uri("rtsps://127.0.0.1:8322/live").unwrap();
+    assert_eq!(
+        e.property::<Option<String>>("location").as_deref(),
+        Some("rtsps://127.0.0.1:8322/live")
+    );
+    assert!(handler.set_uri("not a url").is_err());
+}
