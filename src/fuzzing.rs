@@ -31,7 +31,7 @@ use crate::rtsp::codec::{Decoder, Frame, Limits};
 use crate::rtsp::range::NptRange;
 use crate::rtsp::sdp::{self, MediaDescription, SessionDescription};
 use crate::rtsp::server::auth::{Access, AccessConfig, AuthMethods, Users};
-use crate::rtsp::server::{Protocols, Server, ServerConfig};
+use crate::rtsp::server::{Protocols, RecordConfig, Server, ServerConfig};
 use crate::rtsp::transport::{parse_ssrc, parse_transports};
 use crate::rtsp::tunnel::{self, Base64Decoder};
 
@@ -737,7 +737,51 @@ fn latest_session(answer: &[u8]) -> &[u8] {
 /// Arbitrary bytes on one connection to the RTSP server (requests, interleaved data, garbage);
 /// the first few `SESSION` in them become the id of the latest session the server answered.
 pub fn rtsp_server(data: &[u8]) {
-    let mut stream = connect(RTSP_SERVER.local_addr());
+    drive_server(RTSP_SERVER.local_addr(), data);
+}
+
+/// An RTSP server on loopback with a record mount (what rtspserversrc runs): publishers'
+/// ANNOUNCE bodies, SETUP `mode=record`, RECORD and interleaved RTP/RTCP. TCP only, as
+/// [`RTSP_SERVER`]. A thread takes the queued events as the element would.
+static RTSP_RECORD_SERVER: LazyLock<Server> = LazyLock::new(|| {
+    let config = ServerConfig {
+        address: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        protocols: Protocols {
+            udp: false,
+            udp_multicast: false,
+            tcp: true,
+        },
+        limits: Limits {
+            max_header_bytes: 2048,
+            max_body_bytes: 4096,
+        },
+        name: "fuzz-record".into(),
+        record: Some(RecordConfig {
+            takeover: true,
+            ..RecordConfig::default()
+        }),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config, |_| {}).expect("start the RTSP record server");
+    let queue = server.record_queue().expect("a record mount");
+    std::thread::spawn(move || {
+        loop {
+            black_box(queue.pop(Duration::from_millis(100)));
+        }
+    });
+    server
+});
+
+/// Arbitrary bytes on one connection to a record mount, `SESSION` as in [`rtsp_server`].
+pub fn rtsp_server_record(data: &[u8]) {
+    drive_server(RTSP_RECORD_SERVER.local_addr(), data);
+}
+
+/// Sends `data` on one connection to the server at `addr`, putting the latest session id in
+/// place of the first few `SESSION`.
+fn drive_server(addr: SocketAddr, data: &[u8]) {
+    let mut stream = connect(addr);
     let mut answer = Vec::new();
     let mut rest = data;
     for _ in 0..MAX_SESSION_IDS {

@@ -27,6 +27,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("rtsp_sdp", fuzzing::rtsp_sdp),
     ("rtsp_server", fuzzing::rtsp_server),
     ("rtsp_server_auth", fuzzing::rtsp_server_auth),
+    ("rtsp_server_record", fuzzing::rtsp_server_record),
     ("rtsp_transport", fuzzing::rtsp_transport),
     ("rtsp_tunnel", fuzzing::rtsp_tunnel),
 ];
