@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::process::Command;
@@ -275,9 +275,33 @@ fn publish_into_ffmpeg(protocol: &str) {
         AAC,
     );
     let sink = pipeline.by_name("sink").unwrap();
+    // When the last EOS reached the element: from there to the pipeline's EOS is the drain and
+    // TEARDOWN.
+    let last_eos = Arc::new(Mutex::new(None::<Instant>));
+    for pad in sink.sink_pads() {
+        let last_eos = last_eos.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                && ev.type_() == gst::EventType::Eos
+            {
+                *last_eos.lock().unwrap() = Some(Instant::now());
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
     let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let ending = last_eos.lock().unwrap().map(|t| t.elapsed());
     let stats = sink.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).unwrap();
+    // ffmpeg answers TEARDOWN with a 501 without CSeq: taken as the answer (the only request
+    // outstanding), the publish ends at once instead of after teardown-timeout (2 s).
+    if result.is_ok() {
+        let ending = ending.expect("EOS reached the element");
+        assert!(
+            ending < Duration::from_millis(1000),
+            "{ending:?} from the last EOS to the end (drain and TEARDOWN)"
+        );
+    }
     let (output, timed_out) = ffmpeg.wait_output(Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&output.stderr);
     result.unwrap_or_else(|e| panic!("publishing to ffmpeg: {e}; ffmpeg: {stderr}"));
