@@ -429,6 +429,26 @@ fn script_auth(
     stall: Option<Duration>,
     basic: Option<&str>,
 ) -> Vec<String> {
+    script_full(stream, record, stall, basic, &mut Seen::default())
+}
+
+/// What a scripted server saw besides the methods.
+#[derive(Default, Debug)]
+struct Seen {
+    /// The NTP timestamps of the Sender Reports on channel 1 (stream 0's RTCP).
+    sender_reports: Vec<u64>,
+    /// The Transport header of each SETUP.
+    transports: Vec<String>,
+}
+
+/// As [`script_auth`], filling `seen`; a SETUP for UDP is answered 461 (TCP only).
+fn script_full(
+    stream: std::net::TcpStream,
+    record: &str,
+    stall: Option<Duration>,
+    basic: Option<&str>,
+    seen: &mut Seen,
+) -> Vec<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut methods = Vec::new();
     stream
@@ -438,6 +458,7 @@ fn script_auth(
     let mut reader = BufReader::new(stream);
     // RTP packets on channel 0 since the last request.
     let mut rtp = 0usize;
+    let mut transport = String::new();
     loop {
         // Interleaved data: `$`, channel, 16-bit length, payload.
         if reader
@@ -454,6 +475,11 @@ fn script_auth(
                 break;
             }
             rtp += usize::from(head[1] == 0);
+            // RTCP of stream 0: a compound packet starting with a Sender Report (PT 200).
+            if head[1] == 1 && data.len() >= 16 && data[1] == 200 {
+                let ntp = u64::from_be_bytes(data[8..16].try_into().unwrap());
+                seen.sender_reports.push(ntp);
+            }
             continue;
         }
         if rtp > 0 {
@@ -476,6 +502,7 @@ fn script_auth(
                 "cseq" => cseq = value.trim().to_owned(),
                 "content-length" => length = value.trim().parse().unwrap_or(0),
                 "authorization" => authorized |= Some(value.trim()) == basic,
+                "transport" => transport = value.trim().to_owned(),
                 _ => {}
             }
         }
@@ -491,8 +518,15 @@ fn script_auth(
             }
             continue;
         }
-        let setups = methods.iter().filter(|m| m.starts_with("SETUP")).count();
+        // Streams set up so far (over TCP: UDP is refused).
+        let setups = seen.transports.iter().filter(|t| t.contains("TCP")).count();
+        if method == "SETUP" {
+            seen.transports.push(transport.clone());
+        }
         let answer = match method.as_str() {
+            "SETUP" if !transport.contains("TCP") => {
+                format!("RTSP/1.0 461 Unsupported Transport\r\nCSeq: {cseq}\r\n\r\n")
+            }
             "SETUP" => format!(
                 "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
                  Transport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
@@ -898,6 +932,138 @@ fn basic_auth_and_teardown_at_eos() {
         ],
         "{stats}"
     );
+}
+
+/// Publishes 15 frames into a scripted server (TCP only: a UDP SETUP gets 461) with `props`;
+/// returns what the server saw.
+fn publish_to_script(props: &str) -> (Vec<String>, Seen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut seen = Seen::default();
+        let methods = script_full(stream, "200 OK", None, None, &mut seen);
+        (methods, seen)
+    });
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x {props} \
+         videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    server.join().unwrap()
+}
+
+/// `ntp-time-source` sets the clock of the Sender Reports' NTP time (the one sent at the end,
+/// before TEARDOWN, is looked at): the wall clock since 1900 by default, since 1970 with
+/// `unix`, the running time (the 0.5 s of input) with `running-time`.
+#[test]
+fn sender_reports_use_the_ntp_time_source() {
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    for (source, expected) in [
+        ("ntp", unix_now() + 2_208_988_800),
+        ("unix", unix_now()),
+        ("running-time", 0),
+    ] {
+        let (_, seen) = publish_to_script(&format!("protocols=tcp ntp-time-source={source}"));
+        let ntp = *seen
+            .sender_reports
+            .last()
+            .unwrap_or_else(|| panic!("no Sender Report with {source}"));
+        let secs = ntp >> 32;
+        assert!(
+            secs.abs_diff(expected) < 30,
+            "{source}: NTP seconds {secs}, expected about {expected}"
+        );
+        if source == "running-time" {
+            let t = Duration::from_nanos(
+                (ntp >> 32) * 1_000_000_000 + (((ntp & 0xffff_ffff) * 1_000_000_000) >> 32),
+            );
+            assert!(
+                t > Duration::from_millis(300) && t < Duration::from_secs(10),
+                "running time {t:?}"
+            );
+        }
+    }
+}
+
+/// `port-range` bounds the client ports offered in a UDP SETUP (refused here with 461, so the
+/// stream goes over TCP after it).
+#[test]
+fn port_range_bounds_the_client_ports() {
+    let (methods, seen) = publish_to_script("protocols=udp+tcp port-range=47100-47109");
+    let udp = seen
+        .transports
+        .iter()
+        .find(|t| !t.contains("TCP"))
+        .unwrap_or_else(|| panic!("no UDP SETUP: {seen:?}; {methods:?}"));
+    let ports = udp
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("client_port="))
+        .unwrap_or_else(|| panic!("no client_port in {udp}"));
+    let (rtp, rtcp) = ports.split_once('-').unwrap();
+    let (rtp, rtcp): (u16, u16) = (rtp.parse().unwrap(), rtcp.parse().unwrap());
+    assert!(
+        (47100..=47109).contains(&rtp) && rtcp == rtp + 1 && rtp % 2 == 0,
+        "{udp}"
+    );
+    assert!(methods.contains(&"TEARDOWN".to_string()), "{methods:?}");
+}
+
+/// `udp-buffer-size` sets the kernel send buffer of the RTP socket (the kernel doubles it), as
+/// `ss` shows it while publishing over UDP into gst-rtsp-server.
+#[test]
+fn udp_buffer_size_sets_the_socket_buffers() {
+    let (server, _decoded) = record_server(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::UDP);
+    let (pipeline, _) = publisher(&format!(
+        "location={} protocols=udp port-range=47220-47229 udp-buffer-size=300000",
+        server.url()
+    ));
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let skmem = loop {
+        let (out, _) = run(
+            Command::new("ss").args(["-uamn", "sport = :47220"]),
+            Duration::from_secs(5),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(m) = text.split_whitespace().find(|w| w.starts_with("skmem:")) {
+            break m.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no socket on 47220: {text}; {}",
+            sink.property::<gst::Structure>("stats")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(skmem.contains(",tb600000,"), "{skmem}");
+}
+
+/// `latency` is accepted (gst-launch lines written for rtspclientsink set it) and kept.
+#[test]
+fn latency_is_accepted() {
+    init();
+    let e = gst::parse::launch("rtspclientsink2 latency=0").unwrap();
+    assert_eq!(e.property::<u32>("latency"), 0);
+    let d = gst::ElementFactory::make("rtspclientsink2")
+        .build()
+        .unwrap();
+    assert_eq!(d.property::<u32>("latency"), 2000);
 }
 
 /// As the stock element, ours is a URI handler for sinks: `rtsp://` and its variants.
