@@ -1054,6 +1054,57 @@ fn udp_buffer_size_sets_the_socket_buffers() {
     assert!(skmem.contains(",tb600000,"), "{skmem}");
 }
 
+/// A pad requested once publishing started is refused (no new ANNOUNCE), with a warning
+/// message saying why; the publish goes on to its end.
+#[test]
+fn pads_requested_while_publishing_are_refused_with_a_warning() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script(stream, "200 OK", None)
+    });
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x protocols=tcp \
+         videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (changed, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
+    changed.unwrap();
+    assert!(sink.request_pad_simple("sink_%u").is_none());
+    assert_eq!(sink.sink_pads().len(), 1);
+    let bus = pipeline.bus().unwrap();
+    let warning = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(5),
+            &[gst::MessageType::Warning],
+        )
+        .expect("a warning message");
+    let gst::MessageView::Warning(w) = warning.view() else {
+        unreachable!()
+    };
+    assert!(
+        w.error().to_string().contains("while publishing"),
+        "{}",
+        w.error()
+    );
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    let methods = server.join().unwrap();
+    assert_eq!(
+        methods.last().map(String::as_str),
+        Some("TEARDOWN"),
+        "{methods:?}"
+    );
+}
+
 /// `latency` is accepted (gst-launch lines written for rtspclientsink set it) and kept.
 #[test]
 fn latency_is_accepted() {

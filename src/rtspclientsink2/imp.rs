@@ -771,10 +771,15 @@ impl ElementImpl for RtspClientSink2 {
         _caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
         if self.publisher().is_some() {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "pads can only be requested before publishing starts"
+            // The streams are announced once (ANNOUNCE's SDP); adding one would take a new
+            // ANNOUNCE and SETUP, which servers handle unevenly: refused, visibly.
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Pad,
+                ("Cannot add a stream while publishing"),
+                [
+                    "sink pads must be requested before the element leaves READY: the streams were announced when it started"
+                ]
             );
             return None;
         }
