@@ -934,6 +934,21 @@ fn basic_auth_and_teardown_at_eos() {
     );
 }
 
+/// The first port of ten UDP ports that were free a moment ago (even).
+fn free_udp_range() -> u16 {
+    loop {
+        let p = std::net::UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            & !1;
+        if p < 65000 {
+            return p;
+        }
+    }
+}
+
 /// Publishes 15 frames into a scripted server (TCP only: a UDP SETUP gets 461) with `props`;
 /// returns what the server saw.
 fn publish_to_script(props: &str) -> (Vec<String>, Seen) {
@@ -1003,7 +1018,10 @@ fn sender_reports_use_the_ntp_time_source() {
 /// stream goes over TCP after it).
 #[test]
 fn port_range_bounds_the_client_ports() {
-    let (methods, seen) = publish_to_script("protocols=udp+tcp port-range=47100-47109");
+    let first = free_udp_range();
+    let last = first + 9;
+    let (methods, seen) =
+        publish_to_script(&format!("protocols=udp+tcp port-range={first}-{last}"));
     let udp = seen
         .transports
         .iter()
@@ -1016,7 +1034,7 @@ fn port_range_bounds_the_client_ports() {
     let (rtp, rtcp) = ports.split_once('-').unwrap();
     let (rtp, rtcp): (u16, u16) = (rtp.parse().unwrap(), rtcp.parse().unwrap());
     assert!(
-        (47100..=47109).contains(&rtp) && rtcp == rtp + 1 && rtp % 2 == 0,
+        (first..=last).contains(&rtp) && rtcp == rtp + 1 && rtp % 2 == 0,
         "{udp}"
     );
     assert!(methods.contains(&"TEARDOWN".to_string()), "{methods:?}");
@@ -1027,31 +1045,45 @@ fn port_range_bounds_the_client_ports() {
 #[test]
 fn udp_buffer_size_sets_the_socket_buffers() {
     let (server, _decoded) = record_server(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::UDP);
+    let first = free_udp_range();
     let (pipeline, _) = publisher(&format!(
-        "location={} protocols=udp port-range=47220-47229 udp-buffer-size=300000",
-        server.url()
+        "location={} protocols=udp port-range={first}-{} udp-buffer-size=300000",
+        server.url(),
+        first + 9
     ));
     let sink = pipeline.by_name("sink").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The sockets bound in the range (the pair at `first` may have been taken meanwhile) and
+    // their memory figures.
     let skmem = loop {
         let (out, _) = run(
-            Command::new("ss").args(["-uamn", "sport = :47220"]),
+            Command::new("ss").args([
+                "-uamn",
+                &format!("( sport >= :{first} and sport <= :{} )", first + 9),
+            ]),
             Duration::from_secs(5),
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(m) = text.split_whitespace().find(|w| w.starts_with("skmem:")) {
-            break m.to_owned();
+        let found: Vec<String> = text
+            .split_whitespace()
+            .filter(|w| w.starts_with("skmem:"))
+            .map(str::to_owned)
+            .collect();
+        if found.len() >= 4 {
+            break found;
         }
         assert!(
             Instant::now() < deadline,
-            "no socket on 47220: {text}; {}",
+            "not 4 sockets from {first}: {text}; {}",
             sink.property::<gst::Structure>("stats")
         );
         std::thread::sleep(Duration::from_millis(100));
     };
     pipeline.set_state(gst::State::Null).unwrap();
-    assert!(skmem.contains(",tb600000,"), "{skmem}");
+    // Each stream's RTP socket.
+    let rtp = skmem.iter().filter(|m| m.contains(",tb600000,")).count();
+    assert_eq!(rtp, 2, "{skmem:?}");
 }
 
 /// A pad requested once publishing started is refused (no new ANNOUNCE), with a warning
