@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::process::Command;
@@ -275,9 +275,33 @@ fn publish_into_ffmpeg(protocol: &str) {
         AAC,
     );
     let sink = pipeline.by_name("sink").unwrap();
+    // When the last EOS reached the element: from there to the pipeline's EOS is the drain and
+    // TEARDOWN.
+    let last_eos = Arc::new(Mutex::new(None::<Instant>));
+    for pad in sink.sink_pads() {
+        let last_eos = last_eos.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                && ev.type_() == gst::EventType::Eos
+            {
+                *last_eos.lock().unwrap() = Some(Instant::now());
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
     let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let ending = last_eos.lock().unwrap().map(|t| t.elapsed());
     let stats = sink.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).unwrap();
+    // ffmpeg answers TEARDOWN with a 501 without CSeq: taken as the answer (the only request
+    // outstanding), the publish ends at once instead of after teardown-timeout (2 s).
+    if result.is_ok() {
+        let ending = ending.expect("EOS reached the element");
+        assert!(
+            ending < Duration::from_millis(1000),
+            "{ending:?} from the last EOS to the end (drain and TEARDOWN)"
+        );
+    }
     let (output, timed_out) = ffmpeg.wait_output(Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&output.stderr);
     result.unwrap_or_else(|e| panic!("publishing to ffmpeg: {e}; ffmpeg: {stderr}"));
@@ -405,6 +429,26 @@ fn script_auth(
     stall: Option<Duration>,
     basic: Option<&str>,
 ) -> Vec<String> {
+    script_full(stream, record, stall, basic, &mut Seen::default())
+}
+
+/// What a scripted server saw besides the methods.
+#[derive(Default, Debug)]
+struct Seen {
+    /// The NTP timestamps of the Sender Reports on channel 1 (stream 0's RTCP).
+    sender_reports: Vec<u64>,
+    /// The Transport header of each SETUP.
+    transports: Vec<String>,
+}
+
+/// As [`script_auth`], filling `seen`; a SETUP for UDP is answered 461 (TCP only).
+fn script_full(
+    stream: std::net::TcpStream,
+    record: &str,
+    stall: Option<Duration>,
+    basic: Option<&str>,
+    seen: &mut Seen,
+) -> Vec<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut methods = Vec::new();
     stream
@@ -414,6 +458,7 @@ fn script_auth(
     let mut reader = BufReader::new(stream);
     // RTP packets on channel 0 since the last request.
     let mut rtp = 0usize;
+    let mut transport = String::new();
     loop {
         // Interleaved data: `$`, channel, 16-bit length, payload.
         if reader
@@ -430,6 +475,11 @@ fn script_auth(
                 break;
             }
             rtp += usize::from(head[1] == 0);
+            // RTCP of stream 0: a compound packet starting with a Sender Report (PT 200).
+            if head[1] == 1 && data.len() >= 16 && data[1] == 200 {
+                let ntp = u64::from_be_bytes(data[8..16].try_into().unwrap());
+                seen.sender_reports.push(ntp);
+            }
             continue;
         }
         if rtp > 0 {
@@ -452,6 +502,7 @@ fn script_auth(
                 "cseq" => cseq = value.trim().to_owned(),
                 "content-length" => length = value.trim().parse().unwrap_or(0),
                 "authorization" => authorized |= Some(value.trim()) == basic,
+                "transport" => transport = value.trim().to_owned(),
                 _ => {}
             }
         }
@@ -467,8 +518,15 @@ fn script_auth(
             }
             continue;
         }
-        let setups = methods.iter().filter(|m| m.starts_with("SETUP")).count();
+        // Streams set up so far (over TCP: UDP is refused).
+        let setups = seen.transports.iter().filter(|t| t.contains("TCP")).count();
+        if method == "SETUP" {
+            seen.transports.push(transport.clone());
+        }
         let answer = match method.as_str() {
+            "SETUP" if !transport.contains("TCP") => {
+                format!("RTSP/1.0 461 Unsupported Transport\r\nCSeq: {cseq}\r\n\r\n")
+            }
             "SETUP" => format!(
                 "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 1234;timeout=60\r\n\
                  Transport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
@@ -874,6 +932,221 @@ fn basic_auth_and_teardown_at_eos() {
         ],
         "{stats}"
     );
+}
+
+/// The first port of ten UDP ports that were free a moment ago (even).
+fn free_udp_range() -> u16 {
+    loop {
+        let p = std::net::UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            & !1;
+        if p < 65000 {
+            return p;
+        }
+    }
+}
+
+/// Publishes 15 frames into a scripted server (TCP only: a UDP SETUP gets 461) with `props`;
+/// returns what the server saw.
+fn publish_to_script(props: &str) -> (Vec<String>, Seen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut seen = Seen::default();
+        let methods = script_full(stream, "200 OK", None, None, &mut seen);
+        (methods, seen)
+    });
+    init();
+    let desc = format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x {props} \
+         videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    server.join().unwrap()
+}
+
+/// `ntp-time-source` sets the clock of the Sender Reports' NTP time (the one sent at the end,
+/// before TEARDOWN, is looked at): the wall clock since 1900 by default, since 1970 with
+/// `unix`, the running time (the 0.5 s of input) with `running-time`.
+#[test]
+fn sender_reports_use_the_ntp_time_source() {
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    for (source, expected) in [
+        ("ntp", unix_now() + 2_208_988_800),
+        ("unix", unix_now()),
+        ("running-time", 0),
+    ] {
+        let (_, seen) = publish_to_script(&format!("protocols=tcp ntp-time-source={source}"));
+        let ntp = *seen
+            .sender_reports
+            .last()
+            .unwrap_or_else(|| panic!("no Sender Report with {source}"));
+        let secs = ntp >> 32;
+        assert!(
+            secs.abs_diff(expected) < 30,
+            "{source}: NTP seconds {secs}, expected about {expected}"
+        );
+        if source == "running-time" {
+            let t = Duration::from_nanos(
+                (ntp >> 32) * 1_000_000_000 + (((ntp & 0xffff_ffff) * 1_000_000_000) >> 32),
+            );
+            assert!(
+                t > Duration::from_millis(300) && t < Duration::from_secs(10),
+                "running time {t:?}"
+            );
+        }
+    }
+}
+
+/// `port-range` bounds the client ports offered in a UDP SETUP (refused here with 461, so the
+/// stream goes over TCP after it).
+#[test]
+fn port_range_bounds_the_client_ports() {
+    let first = free_udp_range();
+    let last = first + 9;
+    let (methods, seen) =
+        publish_to_script(&format!("protocols=udp+tcp port-range={first}-{last}"));
+    let udp = seen
+        .transports
+        .iter()
+        .find(|t| !t.contains("TCP"))
+        .unwrap_or_else(|| panic!("no UDP SETUP: {seen:?}; {methods:?}"));
+    let ports = udp
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("client_port="))
+        .unwrap_or_else(|| panic!("no client_port in {udp}"));
+    let (rtp, rtcp) = ports.split_once('-').unwrap();
+    let (rtp, rtcp): (u16, u16) = (rtp.parse().unwrap(), rtcp.parse().unwrap());
+    assert!(
+        (first..=last).contains(&rtp) && rtcp == rtp + 1 && rtp % 2 == 0,
+        "{udp}"
+    );
+    assert!(methods.contains(&"TEARDOWN".to_string()), "{methods:?}");
+}
+
+/// `udp-buffer-size` sets the kernel send buffer of the RTP socket (the kernel doubles it), as
+/// `ss` shows it while publishing over UDP into gst-rtsp-server.
+#[test]
+fn udp_buffer_size_sets_the_socket_buffers() {
+    let (server, _decoded) = record_server(RECORD_LAUNCH, gst_rtsp::RTSPLowerTrans::UDP);
+    let first = free_udp_range();
+    let (pipeline, _) = publisher(&format!(
+        "location={} protocols=udp port-range={first}-{} udp-buffer-size=300000",
+        server.url(),
+        first + 9
+    ));
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The sockets bound in the range (the pair at `first` may have been taken meanwhile) and
+    // their memory figures.
+    let skmem = loop {
+        let (out, _) = run(
+            Command::new("ss").args([
+                "-uamn",
+                &format!("( sport >= :{first} and sport <= :{} )", first + 9),
+            ]),
+            Duration::from_secs(5),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found: Vec<String> = text
+            .split_whitespace()
+            .filter(|w| w.starts_with("skmem:"))
+            .map(str::to_owned)
+            .collect();
+        if found.len() >= 4 {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not 4 sockets from {first}: {text}; {}",
+            sink.property::<gst::Structure>("stats")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    // Each stream's RTP socket.
+    let rtp = skmem.iter().filter(|m| m.contains(",tb600000,")).count();
+    assert_eq!(rtp, 2, "{skmem:?}");
+}
+
+/// A pad requested once publishing started is refused (no new ANNOUNCE), with a warning
+/// message saying why; the publish goes on to its end.
+#[test]
+fn pads_requested_while_publishing_are_refused_with_a_warning() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        script(stream, "200 OK", None)
+    });
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "rtspclientsink2 name=sink location=rtsp://127.0.0.1:{port}/x protocols=tcp \
+         videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (changed, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
+    changed.unwrap();
+    assert!(sink.request_pad_simple("sink_%u").is_none());
+    assert_eq!(sink.sink_pads().len(), 1);
+    let bus = pipeline.bus().unwrap();
+    let warning = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(5),
+            &[gst::MessageType::Warning],
+        )
+        .expect("a warning message");
+    let gst::MessageView::Warning(w) = warning.view() else {
+        unreachable!()
+    };
+    assert!(
+        w.error().to_string().contains("while publishing"),
+        "{}",
+        w.error()
+    );
+    let result = run_to_end(&pipeline, Duration::from_secs(15));
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    let methods = server.join().unwrap();
+    assert_eq!(
+        methods.last().map(String::as_str),
+        Some("TEARDOWN"),
+        "{methods:?}"
+    );
+}
+
+/// `latency` is accepted (gst-launch lines written for rtspclientsink set it) and kept.
+#[test]
+fn latency_is_accepted() {
+    init();
+    let e = gst::parse::launch("rtspclientsink2 latency=0").unwrap();
+    assert_eq!(e.property::<u32>("latency"), 0);
+    let d = gst::ElementFactory::make("rtspclientsink2")
+        .build()
+        .unwrap();
+    assert_eq!(d.property::<u32>("latency"), 2000);
 }
 
 /// As the stock element, ours is a URI handler for sinks: `rtsp://` and its variants.

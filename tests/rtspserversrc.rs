@@ -344,6 +344,23 @@ fn rtspclientsink_publish(url: &str, protocols: &str) -> ChildGuard {
     )
 }
 
+/// Our rtspclientsink2 publishing the test file over `protocols`, in this process (paced by its
+/// appsinks' sync); not yet playing.
+fn rtspclientsink2_publisher(url: &str, protocols: &str) -> gst::Pipeline {
+    let file = &test_file().path;
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse ! s.sink_0 \
+         d.audio_0 ! queue ! aacparse ! s.sink_1 rtspclientsink2 name=s location={url} \
+         protocols={protocols}",
+        file.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    assert_ours(&pipeline.by_name("s").unwrap());
+    pipeline
+}
+
 /// How a publisher is expected to end.
 #[derive(Clone, Copy, PartialEq)]
 enum Ending {
@@ -387,6 +404,12 @@ fn receive_everything_ending(
             tail(&stdout, 2000)
         );
     }
+    check_received(receiver, expected);
+}
+
+/// After the publisher ended: the receiver ends with EOS, having posted the publisher messages,
+/// with `expected` (video, audio) frames decoded and nothing dropped.
+fn check_received(receiver: Receiver, expected: (u64, u64)) {
     let messages = wait_end(&receiver.pipeline, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("receiver: {e}; counts {:?}", receiver.counts.get()));
     let names: Vec<&str> = messages.iter().map(|s| s.name().as_str()).collect();
@@ -445,6 +468,44 @@ fn stock_rtspclientsink_publishes_over_udp_and_every_frame_decodes() {
     let receiver = Receiver::start("");
     let publisher = rtspclientsink_publish(&receiver.url(), "udp");
     receive_everything_ending(receiver, publisher, test_file().gst, Ending::MayHangAtEos);
+}
+
+/// Waits until the element's `stats` show a publisher on `transport`.
+fn wait_transport(receiver: &Receiver, transport: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = receiver.src.property::<gst::Structure>("stats");
+        if stats.get::<String>("transport").unwrap() == transport {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not publishing over {transport}: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// rtspclientsink2 publishes the whole file over `transport` and ends (after TEARDOWN); the
+/// receiver has every frame.
+fn rtspclientsink2_everything(receiver: Receiver, transport: &str) {
+    let publisher = rtspclientsink2_publisher(&receiver.url(), transport);
+    publisher.set_state(gst::State::Playing).unwrap();
+    wait_transport(&receiver, transport);
+    wait_end(&publisher, Duration::from_secs(40)).expect("publisher");
+    check_received(receiver, test_file().gst);
+}
+
+#[test]
+fn rtspclientsink2_publishes_over_tcp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    rtspclientsink2_everything(receiver, "tcp");
+}
+
+#[test]
+fn rtspclientsink2_publishes_over_udp_and_every_frame_decodes() {
+    let receiver = Receiver::start("");
+    rtspclientsink2_everything(receiver, "udp");
 }
 
 const GOOD_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\

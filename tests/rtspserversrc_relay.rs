@@ -25,8 +25,58 @@ fn relay_description(streams: usize) -> String {
     desc
 }
 
+/// A publisher pipeline in this process, stopped when dropped.
+struct PipelineGuard(gst::Pipeline);
+
+impl Drop for PipelineGuard {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
 #[test]
 fn a_published_stream_is_relayed_to_two_viewers_without_reencoding() {
+    relay_to_two_viewers(|file, in_port| {
+        Box::new(ChildGuard::spawn(Command::new("ffmpeg").args([
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            file.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-max_delay",
+            "0",
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            "tcp",
+            &format!("rtsp://127.0.0.1:{in_port}/in"),
+        ])))
+    });
+}
+
+#[test]
+fn rtspclientsink2_publishing_is_relayed_to_two_viewers() {
+    relay_to_two_viewers(|file, in_port| {
+        let pipeline = gst::parse::launch(&format!(
+            "filesrc location={} ! qtdemux name=d d.video_0 ! queue ! h264parse ! s.sink_0 \
+             d.audio_0 ! queue ! aacparse ! s.sink_1 rtspclientsink2 name=s \
+             location=rtsp://127.0.0.1:{in_port}/in protocols=tcp",
+            file.display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        common::assert_ours(&pipeline.by_name("s").unwrap());
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Box::new(PipelineGuard(pipeline))
+    });
+}
+
+/// A 10 s file published into the relay by `publish(file, port)` (the returned guard stops it);
+/// ffprobe and rtspsrc watch the relay's output at once.
+fn relay_to_two_viewers(publish: impl FnOnce(&std::path::Path, i32) -> Box<dyn std::any::Any>) {
     init();
     let dir = TempDir::new("relay");
     let file = dir.join("test.mp4");
@@ -76,22 +126,7 @@ fn a_published_stream_is_relayed_to_two_viewers_without_reencoding() {
     let in_port = input.property::<i32>("bound-port");
     let out_port = output.property::<i32>("bound-port");
     assert!(in_port > 0 && out_port > 0);
-    let publisher = ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        file.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-max_delay",
-        "0",
-        "-f",
-        "rtsp",
-        "-rtsp_transport",
-        "tcp",
-        &format!("rtsp://127.0.0.1:{in_port}/in"),
-    ]));
+    let publisher = publish(&file, in_port);
 
     // The publisher records; give the viewers a stream to join.
     let bus = pipeline.bus().unwrap();

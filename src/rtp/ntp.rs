@@ -33,6 +33,13 @@ pub fn system_time_to_ntp(t: SystemTime) -> u64 {
     (u64::from(secs) << 32) | u64::from(frac)
 }
 
+/// A duration as a 64-bit NTP-format timestamp (seconds modulo 2^32 and a binary fraction):
+/// for clocks with another epoch than 1900 (Unix time, a running time).
+pub fn duration_to_ntp(d: Duration) -> u64 {
+    let frac = ((u128::from(d.subsec_nanos()) << 32) / NANOS_PER_SEC) as u64;
+    ((d.as_secs() & 0xffff_ffff) << 32) | frac
+}
+
 /// Converts a 64-bit NTP timestamp back to wall-clock time. Timestamps with the most
 /// significant bit clear are taken to be in era 1 (from 2036-02-07 on), as RFC 4330 suggests,
 /// so the supported range is 1968..2104. Exact inverse of [`system_time_to_ntp`] to the
@@ -83,6 +90,18 @@ pub fn ntp_diff_ns(a: u64, b: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_as_ntp_timestamps() {
+        assert_eq!(
+            duration_to_ntp(Duration::from_millis(1500)),
+            (1 << 32) | (1 << 31)
+        );
+        assert_eq!(duration_to_ntp(Duration::ZERO), 0);
+        // Seconds wrap like NTP eras; no overflow.
+        assert_eq!(duration_to_ntp(Duration::from_secs(1 << 32)), 0);
+        let _ = duration_to_ntp(Duration::MAX);
+    }
 
     #[test]
     fn differences_between_ntp_timestamps() {

@@ -6,6 +6,26 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
+/// Parses a `port-range` property (`MIN-MAX`, inclusive, at least two ports); empty means any.
+pub fn parse_port_range(r: &str) -> Result<Option<(u16, u16)>, String> {
+    if r.is_empty() {
+        return Ok(None);
+    }
+    let (a, b) = r
+        .split_once('-')
+        .ok_or_else(|| format!("port-range '{r}' is not MIN-MAX"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("port-range '{r}' is not MIN-MAX"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if b <= a {
+        return Err(format!("port-range '{r}' needs at least two ports"));
+    }
+    Ok(Some((a, b)))
+}
+
 /// Binds a non-blocking RTP socket on an even port and an RTCP socket on the next one, on
 /// `address`. With `range` (inclusive), ports are taken from it; otherwise the system picks.
 pub fn bind_port_pair(
@@ -57,6 +77,16 @@ pub fn bind_port_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_parse() {
+        assert_eq!(parse_port_range(""), Ok(None));
+        assert_eq!(parse_port_range("3000-3005"), Ok(Some((3000, 3005))));
+        assert_eq!(parse_port_range(" 3000 - 3001"), Ok(Some((3000, 3001))));
+        for bad in ["3000", "3000-3000", "3005-3000", "a-b", "3000-70000"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+    }
     use std::net::Ipv4Addr;
 
     #[test]

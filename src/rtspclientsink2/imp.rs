@@ -19,7 +19,7 @@ use gst::subclass::prelude::*;
 
 use crate::payloading::{media_description, payloader_for, sample_packets};
 use crate::rtsp::auth::Credentials;
-use crate::rtsp::client::record::{PublishConfig, PublishEvent, Publisher, Pushed};
+use crate::rtsp::client::record::{NtpClock, PublishConfig, PublishEvent, Publisher, Pushed};
 use crate::rtsp::client::{ClientConfig, ClientError, TlsSettings, TransportKind, redact_url};
 use crate::rtsp::sdp::MediaDescription;
 
@@ -39,6 +39,23 @@ const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 5000;
 const DEFAULT_MTU: u32 = 1400;
+const DEFAULT_LATENCY_MS: u32 = 2000;
+
+/// The clock of the Sender Reports' NTP time, as stock rtspclientsink's `ntp-time-source`.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstLsRtspClientSink2NtpTimeSource")]
+pub enum NtpTimeSource {
+    #[default]
+    #[enum_value(name = "NTP time based on realtime clock", nick = "ntp")]
+    Ntp = 0,
+    #[enum_value(name = "UNIX time based on realtime clock", nick = "unix")]
+    Unix = 1,
+    #[enum_value(name = "Running time based on pipeline clock", nick = "running-time")]
+    RunningTime = 2,
+    #[enum_value(name = "Pipeline clock time", nick = "clock-time")]
+    ClockTime = 3,
+}
 
 #[derive(Clone)]
 struct Settings {
@@ -58,6 +75,10 @@ struct Settings {
     queue_size: u32,
     drain_timeout_ms: u32,
     mtu: u32,
+    latency_ms: u32,
+    ntp_time_source: NtpTimeSource,
+    port_range: Option<String>,
+    udp_buffer_size: i32,
 }
 
 impl Default for Settings {
@@ -79,6 +100,10 @@ impl Default for Settings {
             queue_size: DEFAULT_QUEUE_SIZE,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             mtu: DEFAULT_MTU,
+            latency_ms: DEFAULT_LATENCY_MS,
+            ntp_time_source: NtpTimeSource::Ntp,
+            port_range: None,
+            udp_buffer_size: 0,
         }
     }
 }
@@ -132,12 +157,19 @@ impl Settings {
             },
             http_tunnel,
             name,
+            port_range: crate::rtsp::ports::parse_port_range(
+                self.port_range.as_deref().unwrap_or(""),
+            )?,
             ..ClientConfig::default()
         };
         Ok(PublishConfig {
             client,
             queue_bytes: self.queue_size as usize,
             drain_timeout: Duration::from_millis(u64::from(self.drain_timeout_ms)),
+            ntp_clock: NtpClock::default(),
+            udp_buffer_size: usize::try_from(self.udp_buffer_size)
+                .ok()
+                .filter(|&n| n > 0),
         })
     }
 }
@@ -186,11 +218,12 @@ impl RtspClientSink2 {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let config = settings
+        let mut config = settings
             .publish_config(self.obj().name().to_string())
             .map_err(|e| {
                 gst::error_msg!(gst::ResourceError::Settings, ("Invalid setting: {}", e))
             })?;
+        config.ntp_clock = self.ntp_clock(settings.ntp_time_source);
         let location = redact_url(&config.client.url).into_owned();
         let mut state = self.state.lock().unwrap();
         if state.pads.is_empty() {
@@ -220,6 +253,36 @@ impl RtspClientSink2 {
         );
         *self.publisher.lock().unwrap() = Some(Arc::new(publisher));
         Ok(())
+    }
+
+    /// The Sender Reports' clock for `ntp-time-source`: the wall clock since 1900 (`ntp`) or
+    /// 1970 (`unix`), the pipeline's running time or its clock's time (none before the element
+    /// has a clock: no Sender Report then).
+    fn ntp_clock(&self, source: NtpTimeSource) -> NtpClock {
+        let weak = self.obj().downgrade();
+        let pipeline_time = move |running: bool| {
+            let obj = weak.upgrade()?;
+            let now = obj.clock()?.time();
+            let time = if running {
+                now.checked_sub(obj.base_time()?)?
+            } else {
+                now
+            };
+            Some(crate::rtp::ntp::duration_to_ntp(Duration::from_nanos(
+                time.nseconds(),
+            )))
+        };
+        match source {
+            NtpTimeSource::Ntp => NtpClock::default(),
+            NtpTimeSource::Unix => NtpClock::new(|| {
+                let since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                Some(crate::rtp::ntp::duration_to_ntp(since))
+            }),
+            NtpTimeSource::RunningTime => NtpClock::new(move || pipeline_time(true)),
+            NtpTimeSource::ClockTime => NtpClock::new(move || pipeline_time(false)),
+        }
     }
 
     fn pad_of_index(&self, index: usize) -> Option<gst::GhostPad> {
@@ -561,6 +624,30 @@ impl ObjectImpl for RtspClientSink2 {
                     .default_value(DEFAULT_MTU)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Latency")
+                    .blurb("Accepted for rtspclientsink compatibility (its receive-side buffering); no effect: a publisher buffers nothing but its queue (queue-size)")
+                    .default_value(DEFAULT_LATENCY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder::<NtpTimeSource>("ntp-time-source")
+                    .nick("NTP time source")
+                    .blurb("Clock of the NTP time in Sender Reports: ntp (wall clock since 1900), unix (since 1970), running-time (the pipeline's), clock-time (its clock's)")
+                    .default_value(NtpTimeSource::Ntp)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("port-range")
+                    .nick("Port range")
+                    .blurb("Client UDP port range MIN-MAX for RTP and RTCP, e.g. 3000-3005 (NULL = any)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("udp-buffer-size")
+                    .nick("UDP buffer size")
+                    .blurb("Bytes of kernel buffer for the UDP sockets: send for RTP, receive for RTCP (0 = 1 MiB)")
+                    .minimum(0)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Per stream: packets and bytes sent, frames and packets dropped, the server's receiver report figures (loss, jitter, round trip)")
@@ -597,6 +684,10 @@ impl ObjectImpl for RtspClientSink2 {
             "queue-size" => s.queue_size = value.get().expect("type checked"),
             "drain-timeout" => s.drain_timeout_ms = value.get().expect("type checked"),
             "mtu" => s.mtu = value.get().expect("type checked"),
+            "latency" => s.latency_ms = value.get().expect("type checked"),
+            "ntp-time-source" => s.ntp_time_source = value.get().expect("type checked"),
+            "port-range" => s.port_range = value.get().expect("type checked"),
+            "udp-buffer-size" => s.udp_buffer_size = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -623,6 +714,10 @@ impl ObjectImpl for RtspClientSink2 {
             "queue-size" => s.queue_size.to_value(),
             "drain-timeout" => s.drain_timeout_ms.to_value(),
             "mtu" => s.mtu.to_value(),
+            "latency" => s.latency_ms.to_value(),
+            "ntp-time-source" => s.ntp_time_source.to_value(),
+            "port-range" => s.port_range.to_value(),
+            "udp-buffer-size" => s.udp_buffer_size.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -676,10 +771,15 @@ impl ElementImpl for RtspClientSink2 {
         _caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
         if self.publisher().is_some() {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "pads can only be requested before publishing starts"
+            // The streams are announced once (ANNOUNCE's SDP); adding one would take a new
+            // ANNOUNCE and SETUP, which servers handle unevenly: refused, visibly.
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Pad,
+                ("Cannot add a stream while publishing"),
+                [
+                    "sink pads must be requested before the element leaves READY: the streams were announced when it started"
+                ]
             );
             return None;
         }

@@ -123,24 +123,8 @@ impl Settings {
         if protocols.is_empty() && !http_tunnel {
             return Err("protocols allows none of udp, udp-mcast, tcp, http".into());
         }
-        let port_range = match self.port_range.as_deref() {
-            None | Some("") => None,
-            Some(r) => {
-                let (a, b) = r
-                    .split_once('-')
-                    .ok_or_else(|| format!("port-range '{r}' is not MIN-MAX"))?;
-                let parse = |v: &str| {
-                    v.trim()
-                        .parse::<u16>()
-                        .map_err(|_| format!("port-range '{r}' is not MIN-MAX"))
-                };
-                let (a, b) = (parse(a)?, parse(b)?);
-                if b <= a {
-                    return Err(format!("port-range '{r}' needs at least two ports"));
-                }
-                Some((a, b))
-            }
-        };
+        let port_range =
+            crate::rtsp::ports::parse_port_range(self.port_range.as_deref().unwrap_or(""))?;
         let multicast_iface = match self.multicast_iface.as_deref() {
             None | Some("") => None,
             // The loopback interface by name, as rtspsrc users write it.

@@ -222,6 +222,27 @@ impl Shared {
 
     /// One read from the socket, decoded: responses go to their waiters, requests are
     /// answered, the rest lands in `out`. Err: the connection is over.
+    /// The waiter of the only request outstanding, for a response without CSeq; `None` when
+    /// no request or more than one is outstanding.
+    fn take_only_pending(
+        &self,
+        resp: &Response<Vec<u8>>,
+    ) -> Option<oneshot::Sender<Response<Vec<u8>>>> {
+        let mut c = self.control.lock().unwrap();
+        if c.pending.len() != 1 {
+            return None;
+        }
+        let cseq = *c.pending.keys().next()?;
+        log::debug!(
+            id = self.name.as_str();
+            "{}: a response ({} {}) without CSeq taken as the answer to CSeq {cseq}, the only request outstanding",
+            self.peer,
+            u16::from(resp.status()),
+            resp.reason_phrase()
+        );
+        c.pending.remove(&cseq)
+    }
+
     fn read_once(&self, side: &mut ReadSide, out: &mut Vec<Incoming>) -> Result<(), String> {
         let ReadSide {
             socket,
@@ -247,8 +268,14 @@ impl Shared {
                     let cseq = resp
                         .header(&headers::CSEQ)
                         .and_then(|v| v.as_str().trim().parse::<u32>().ok());
-                    // A response with an unknown or missing CSeq answers nothing we asked.
-                    let waiter = cseq.and_then(|c| self.control.lock().unwrap().pending.remove(&c));
+                    let waiter = match cseq {
+                        Some(c) => self.control.lock().unwrap().pending.remove(&c),
+                        // Liberal in what we accept: a response without a (number for) CSeq
+                        // answers the request outstanding when there is exactly one (ffmpeg
+                        // 5.1's listener answers TEARDOWN while recording with a 501 without
+                        // CSeq); with none or several it answers nothing we can tell.
+                        None => self.take_only_pending(&resp),
+                    };
                     match waiter {
                         Some(tx) => {
                             let _ = tx.send(resp);
@@ -1029,6 +1056,53 @@ mod tests {
         assert!(dropped >= 20, "{dropped} dropped");
         assert!(kept.len() * 60_000 <= BACKLOG_BYTES);
         assert!(kept.windows(2).all(|w| w[0] < w[1]), "out of order");
+    }
+
+    /// A response without CSeq (ffmpeg 5.1's listener answering TEARDOWN with a bare 501) is
+    /// the answer to the only request outstanding: it is returned at once, not at the timeout.
+    #[test]
+    fn a_response_without_cseq_answers_the_only_request_outstanding() {
+        let (rt, conn, server) = connect_locally(|_| {});
+        let mut writer = server.try_clone().unwrap();
+        let server_thread = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(server);
+            read_request(&mut reader);
+            writer
+                .write_all(b"RTSP/1.0 501 Not Implemented\r\n\r\n")
+                .unwrap();
+            (reader, writer)
+        });
+        let started = std::time::Instant::now();
+        let resp = rt.block_on(conn.request(get_parameter())).unwrap();
+        assert_eq!(resp.status(), StatusCode::NotImplemented);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let _peer = server_thread.join().unwrap();
+    }
+
+    /// With two requests outstanding, a response without CSeq answers neither (which one it
+    /// answers cannot be told): each still gets its own answer.
+    #[test]
+    fn a_response_without_cseq_answers_nothing_when_two_requests_wait() {
+        let (rt, conn, server) = connect_locally(|_| {});
+        let mut writer = server.try_clone().unwrap();
+        let server_thread = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(server);
+            let first = read_request(&mut reader);
+            let second = read_request(&mut reader);
+            writer
+                .write_all(b"RTSP/1.0 501 Not Implemented\r\n\r\n")
+                .unwrap();
+            for cseq in [second, first] {
+                write!(writer, "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n\r\n").unwrap();
+            }
+            (reader, writer)
+        });
+        let (a, b) = rt.block_on(async {
+            tokio::join!(conn.request(get_parameter()), conn.request(get_parameter()))
+        });
+        assert_eq!(a.unwrap().status(), StatusCode::Ok);
+        assert_eq!(b.unwrap().status(), StatusCode::Ok);
+        let _peer = server_thread.join().unwrap();
     }
 
     /// Dropping the connection wakes its threads and calls the callback no more.

@@ -52,6 +52,40 @@ pub struct PublishConfig {
     pub queue_bytes: usize,
     /// At the end, how long what is queued may take to be sent before TEARDOWN.
     pub drain_timeout: Duration,
+    /// The clock of the Sender Reports' NTP time (the wall clock by default).
+    pub ntp_clock: NtpClock,
+    /// Kernel buffer of the UDP sockets (send for RTP, receive for RTCP); `None`: 1 MiB.
+    pub udp_buffer_size: Option<usize>,
+}
+
+/// Where the NTP timestamp of Sender Reports comes from: the wall clock (NTP epoch), or a
+/// function giving a 64-bit NTP-format time (the element's: Unix time, running time, its
+/// clock's time), `None` while it has none (that Sender Report is left out).
+#[derive(Clone, Default)]
+pub struct NtpClock(Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>>);
+
+impl NtpClock {
+    pub fn new(now: impl Fn() -> Option<u64> + Send + Sync + 'static) -> NtpClock {
+        NtpClock(Some(Arc::new(now)))
+    }
+
+    /// The time now, `None` when the clock has none.
+    pub fn now(&self) -> Option<u64> {
+        match &self.0 {
+            Some(now) => now(),
+            None => Some(ntp::ntp_now()),
+        }
+    }
+}
+
+impl std::fmt::Debug for NtpClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "NtpClock(custom)"
+        } else {
+            "NtpClock(wall)"
+        })
+    }
 }
 
 /// What happens to a publisher, reported through the callback given to [`Publisher::start`].
@@ -132,6 +166,8 @@ struct Shared {
     wake: Notify,
     media: Mutex<Vec<Option<MediaDescription>>>,
     streams: Vec<Mutex<StreamState>>,
+    ntp_clock: NtpClock,
+    udp_buffer_size: Option<usize>,
 }
 
 impl Shared {
@@ -237,6 +273,8 @@ impl Publisher {
                     })
                 })
                 .collect(),
+            ntp_clock: config.ntp_clock.clone(),
+            udp_buffer_size: config.udp_buffer_size,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let tasks = TaskGroup::new();
@@ -706,6 +744,10 @@ async fn setup(
             let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
             let (rtp_sock, rtcp_sock) = crate::rtsp::ports::bind_port_pair(bind, c.port_range)
                 .map_err(|e| ClientError::io("binding UDP ports", &e))?;
+            if let Some(size) = shared.udp_buffer_size {
+                let _ = socket2::SockRef::from(&rtp_sock).set_send_buffer_size(size);
+                let _ = socket2::SockRef::from(&rtcp_sock).set_recv_buffer_size(size);
+            }
             let p = rtp_sock
                 .local_addr()
                 .map_err(|e| ClientError::io("binding UDP ports", &e))?;
@@ -940,6 +982,9 @@ fn rtp_time_after(ts: u32, elapsed: Duration, clock_rate: u32) -> u32 {
 }
 
 async fn send_sender_reports(shared: &Shared, rec: &Recording) {
+    let Some(ntp_now) = shared.ntp_clock.now() else {
+        return;
+    };
     let now = Instant::now();
     for (i, out) in rec.outs.iter().enumerate() {
         let Some(slot) = shared.streams.get(i) else {
@@ -952,7 +997,7 @@ async fn send_sender_reports(shared: &Shared, rec: &Recording) {
             };
             rtcp::SenderReport {
                 ssrc,
-                ntp_timestamp: ntp::ntp_now(),
+                ntp_timestamp: ntp_now,
                 rtp_timestamp: rtp_time_after(ts, now.saturating_duration_since(at), s.clock_rate),
                 packet_count: s.stats.packets_sent as u32,
                 octet_count: s.stats.bytes_sent as u32,
@@ -997,6 +1042,8 @@ mod tests {
             },
             queue_bytes,
             drain_timeout: Duration::from_millis(100),
+            ntp_clock: NtpClock::default(),
+            udp_buffer_size: None,
         };
         // No description is set: it never connects, the queue only fills.
         Publisher::start(config, 2, |_| {})
