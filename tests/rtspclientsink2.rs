@@ -975,6 +975,30 @@ fn port_range_bounds_the_client_ports() {
     assert!(methods.contains(&"TEARDOWN".to_string()), "{methods:?}");
 }
 
+/// `port-range` with one port pair for two streams: with `protocols=udp+tcp` the publish falls
+/// back to TCP (every frame decoded by gst-rtsp-server), with `protocols=udp` it fails with an
+/// error naming the range (it used to SETUP the first stream over UDP and then fail on the
+/// second with the bare "Address already in use").
+#[test]
+fn a_port_range_too_small_for_every_stream_falls_back_or_names_the_range() {
+    let first = free_udp_range();
+    let range = format!("{first}-{}", first + 1);
+    let both = gst_rtsp::RTSPLowerTrans::UDP | gst_rtsp::RTSPLowerTrans::TCP;
+    publish_into(
+        "rtsp",
+        "udp+tcp",
+        both,
+        Access::default(),
+        &format!("port-range={range}"),
+    );
+    let (server, _) = record_server(RECORD_LAUNCH, both);
+    let (err, _) = publish_error(&format!(
+        "location={} protocols=udp port-range={range}",
+        server.url()
+    ));
+    assert!(err.contains(&format!("port-range {range}")), "{err}");
+}
+
 /// `udp-buffer-size` sets the kernel send buffer of the RTP socket (the kernel doubles it), as
 /// `ss` shows it while publishing over UDP into gst-rtsp-server.
 #[test]
