@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,10 +45,9 @@ fn distinct_timestamps(path: &std::path::Path) -> (usize, usize) {
     }
     n
 }
-use common::stock::{Access, StockServer};
+use common::stock::{Access, Counts, StockServer, record_server, record_server_with, run_to_end};
 use common::*;
 use gst::prelude::*;
-use gst_rtsp_server::prelude::*;
 
 /// Video frames published: 3 s at 30 fps.
 const VIDEO_FRAMES: usize = 90;
@@ -59,50 +58,6 @@ const AUDIO_FRAMES: usize = 150;
 const RECORD_LAUNCH: &str = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 \
     ! fakesink name=vsink signal-handoffs=true sync=false async=false \
     rtpopusdepay name=depay1 ! opusdec ! fakesink name=asink signal-handoffs=true sync=false async=false )";
-
-/// Buffers that reached the server's sinks.
-#[derive(Default, Clone)]
-struct Counts {
-    video: Arc<AtomicUsize>,
-    audio: Arc<AtomicUsize>,
-}
-
-/// gst-rtsp-server with a RECORD mount at /live counting what it decodes.
-fn record_server(launch: &str, protocols: gst_rtsp::RTSPLowerTrans) -> (StockServer, Counts) {
-    record_server_with(launch, protocols, Access::default())
-}
-
-fn record_server_with(
-    launch: &str,
-    protocols: gst_rtsp::RTSPLowerTrans,
-    access: Access,
-) -> (StockServer, Counts) {
-    let counts = Counts::default();
-    let c = counts.clone();
-    let server = StockServer::start_with(launch, false, access, move |factory, _| {
-        factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
-        factory.set_protocols(protocols);
-        // At TEARDOWN the server sends EOS through its pipeline, so that what its jitter
-        // buffers still hold is decoded too (else the last 200 ms may be cut).
-        factory.set_eos_shutdown(true);
-        factory.connect_media_configure(move |_, media| {
-            let bin = media
-                .element()
-                .downcast::<gst::Bin>()
-                .expect("the media is a bin");
-            for (name, counter) in [("vsink", &c.video), ("asink", &c.audio)] {
-                if let Some(sink) = bin.by_name(name) {
-                    let counter = counter.clone();
-                    sink.connect("handoff", false, move |_| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        None
-                    });
-                }
-            }
-        });
-    });
-    (server, counts)
-}
 
 /// Opus audio: 20 ms frames.
 const OPUS: &str = "audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
@@ -141,26 +96,6 @@ fn publisher_with(props: &str, audio: &str) -> (gst::Pipeline, Counts) {
         });
     }
     (pipeline, counts)
-}
-
-/// Runs `pipeline` to EOS or an error (within `timeout`); it stays in PLAYING.
-fn run_to_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), String> {
-    let bus = pipeline.bus().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(format!(
-            "{} [{:?}] ({:?})",
-            e.error(),
-            e.error().kind::<gst::ResourceError>(),
-            e.debug()
-        )),
-        _ => Err(format!("neither EOS nor an error within {timeout:?}")),
-    }
 }
 
 /// Waits (bounded) until the server decoded `video` and `audio` frames.
@@ -1038,6 +973,30 @@ fn port_range_bounds_the_client_ports() {
         "{udp}"
     );
     assert!(methods.contains(&"TEARDOWN".to_string()), "{methods:?}");
+}
+
+/// `port-range` with one port pair for two streams: with `protocols=udp+tcp` the publish falls
+/// back to TCP (every frame decoded by gst-rtsp-server), with `protocols=udp` it fails with an
+/// error naming the range (it used to SETUP the first stream over UDP and then fail on the
+/// second with the bare "Address already in use").
+#[test]
+fn a_port_range_too_small_for_every_stream_falls_back_or_names_the_range() {
+    let first = free_udp_range();
+    let range = format!("{first}-{}", first + 1);
+    let both = gst_rtsp::RTSPLowerTrans::UDP | gst_rtsp::RTSPLowerTrans::TCP;
+    publish_into(
+        "rtsp",
+        "udp+tcp",
+        both,
+        Access::default(),
+        &format!("port-range={range}"),
+    );
+    let (server, _) = record_server(RECORD_LAUNCH, both);
+    let (err, _) = publish_error(&format!(
+        "location={} protocols=udp port-range={range}",
+        server.url()
+    ));
+    assert!(err.contains(&format!("port-range {range}")), "{err}");
 }
 
 /// `udp-buffer-size` sets the kernel send buffer of the RTP socket (the kernel doubles it), as

@@ -12,24 +12,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::hls::TempDir;
+use common::serversrc::{Counts, Receiver, wait_end};
 use common::{ChildGuard, RawClient, assert_ours, init, run, tail};
 use gst::prelude::*;
-
-/// Decoded frames seen, by kind.
-#[derive(Default, Clone)]
-struct Counts {
-    video: Arc<AtomicU64>,
-    audio: Arc<AtomicU64>,
-}
-
-impl Counts {
-    fn get(&self) -> (u64, u64) {
-        (
-            self.video.load(Ordering::SeqCst),
-            self.audio.load(Ordering::SeqCst),
-        )
-    }
-}
 
 /// Links `pad` through its depayloader into a fakesink, counting access units: exact without an
 /// EOS to flush a decoder's delay (for a stream that does not end).
@@ -59,43 +44,6 @@ fn depay_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
             gst::PadProbeReturn::Ok
         });
     pad.link(&depay.static_pad("sink").unwrap()).unwrap();
-}
-
-/// Links `pad` through a decodebin into counting fakesinks.
-fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
-    let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
-    pipeline.add(&decodebin).unwrap();
-    let weak = pipeline.downgrade();
-    let counts = counts.clone();
-    decodebin.connect_pad_added(move |_, dpad| {
-        let Some(pipeline) = weak.upgrade() else {
-            return;
-        };
-        let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
-        let name = caps
-            .structure(0)
-            .map(|s| s.name().to_string())
-            .unwrap_or_default();
-        let counter = if name.starts_with("video/") {
-            counts.video.clone()
-        } else {
-            counts.audio.clone()
-        };
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false)
-            .build()
-            .unwrap();
-        pipeline.add(&sink).unwrap();
-        sink.sync_state_with_parent().unwrap();
-        dpad.link(&sink.static_pad("sink").unwrap()).unwrap();
-        dpad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            gst::PadProbeReturn::Ok
-        });
-    });
-    decodebin.sync_state_with_parent().unwrap();
-    pad.link(&decodebin.static_pad("sink").unwrap()).unwrap();
 }
 
 /// A generated 5 s file (H.264 150 frames, GOP 30, AAC 48 kHz).
@@ -215,93 +163,6 @@ fn test_file() -> &'static TestFile {
         let ffmpeg = (packets("video"), packets("audio"));
         TestFile { path, gst, ffmpeg }
     })
-}
-
-/// Plays `pipeline` until EOS or an error, at most `timeout`; then stops it.
-fn wait_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<Vec<gst::Structure>, String> {
-    let bus = pipeline.bus().unwrap();
-    if pipeline.current_state() != gst::State::Playing {
-        pipeline.set_state(gst::State::Playing).unwrap();
-    }
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::new();
-    let result = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::Element,
-            ],
-        ) else {
-            break Err(format!("no EOS within {timeout:?}"));
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
-            gst::MessageView::Element(e) => {
-                if let Some(s) = e.structure() {
-                    messages.push(s.to_owned());
-                }
-            }
-            _ => {}
-        }
-    };
-    pipeline.set_state(gst::State::Null).unwrap();
-    result.map(|()| messages)
-}
-
-/// A pipeline with our rtspserversrc on a free port, every pad decoded and counted.
-struct Receiver {
-    pipeline: gst::Pipeline,
-    src: gst::Element,
-    port: u16,
-    counts: Counts,
-}
-
-impl Receiver {
-    /// Every pad decoded and counted.
-    fn start(props: &str) -> Receiver {
-        Self::start_with(props, decode_and_count)
-    }
-
-    fn start_with(props: &str, output: fn(&gst::Pipeline, &gst::Pad, &Counts)) -> Receiver {
-        init();
-        let pipeline = gst::Pipeline::new();
-        let src = gst::parse::launch(&format!(
-            "rtspserversrc address=127.0.0.1 port=0 mount-point=/live {props}"
-        ))
-        .unwrap();
-        assert_ours(&src);
-        pipeline.add(&src).unwrap();
-        let counts = Counts::default();
-        let (weak, c) = (pipeline.downgrade(), counts.clone());
-        src.connect_pad_added(move |_, pad| {
-            if let Some(p) = weak.upgrade() {
-                output(&p, pad, &c);
-            }
-        });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let port = src.property::<i32>("bound-port");
-        assert!(port > 0, "bound-port {port}");
-        Receiver {
-            pipeline,
-            src,
-            port: port as u16,
-            counts,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rtsp://127.0.0.1:{}/live", self.port)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
 }
 
 /// ffmpeg publishing the test file in real time over `transport`.

@@ -52,12 +52,15 @@ pub fn bind_port_pair(
                 Err(e) => last_err = Some(e),
             }
         }
-        return Err(last_err.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("no free even/odd UDP port pair in {min}-{max}"),
-            )
-        }));
+        // The error names the range (the operator's setting), whatever the last bind said.
+        let kind = last_err
+            .as_ref()
+            .map_or(io::ErrorKind::AddrInUse, io::Error::kind);
+        let detail = last_err.map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(io::Error::new(
+            kind,
+            format!("no free even/odd UDP port pair in port-range {min}-{max}{detail}"),
+        ));
     }
     let mut last_err = None;
     for _ in 0..64 {

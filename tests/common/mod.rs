@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 pub mod hls;
 pub mod rtmp;
+pub mod serversrc;
 pub mod stock;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

@@ -182,3 +182,75 @@ impl Drop for StockServer {
         }
     }
 }
+
+/// Buffers that reached the server's sinks.
+#[derive(Default, Clone)]
+pub struct Counts {
+    pub video: Arc<AtomicUsize>,
+    pub audio: Arc<AtomicUsize>,
+    /// Bytes of the buffers counted in `audio`.
+    pub audio_bytes: Arc<AtomicUsize>,
+}
+
+/// gst-rtsp-server with a RECORD mount at /live counting what it decodes.
+pub fn record_server(launch: &str, protocols: gst_rtsp::RTSPLowerTrans) -> (StockServer, Counts) {
+    record_server_with(launch, protocols, Access::default())
+}
+
+pub fn record_server_with(
+    launch: &str,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    access: Access,
+) -> (StockServer, Counts) {
+    let counts = Counts::default();
+    let c = counts.clone();
+    let server = StockServer::start_with(launch, false, access, move |factory, _| {
+        factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+        factory.set_protocols(protocols);
+        // At TEARDOWN the server sends EOS through its pipeline, so that what its jitter
+        // buffers still hold is decoded too (else the last 200 ms may be cut).
+        factory.set_eos_shutdown(true);
+        factory.connect_media_configure(move |_, media| {
+            let bin = media
+                .element()
+                .downcast::<gst::Bin>()
+                .expect("the media is a bin");
+            for (name, counter, bytes) in [
+                ("vsink", &c.video, None),
+                ("asink", &c.audio, Some(&c.audio_bytes)),
+            ] {
+                if let Some(sink) = bin.by_name(name) {
+                    let (counter, bytes) = (counter.clone(), bytes.cloned());
+                    sink.connect("handoff", false, move |args| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if let (Some(bytes), Ok(buf)) = (&bytes, args[1].get::<gst::Buffer>()) {
+                            bytes.fetch_add(buf.size(), Ordering::SeqCst);
+                        }
+                        None
+                    });
+                }
+            }
+        });
+    });
+    (server, counts)
+}
+
+/// Runs `pipeline` to EOS or an error (within `timeout`); it stays in PLAYING.
+pub fn run_to_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), String> {
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(format!(
+            "{} [{:?}] ({:?})",
+            e.error(),
+            e.error().kind::<gst::ResourceError>(),
+            e.debug()
+        )),
+        _ => Err(format!("neither EOS nor an error within {timeout:?}")),
+    }
+}

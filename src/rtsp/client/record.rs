@@ -663,6 +663,10 @@ async fn establish(
     let mut outs = Vec::new();
     let mut tasks = Vec::new();
     let mut chosen = None;
+    // UDP port pairs for every stream, bound before the first UDP SETUP: with fewer free pairs
+    // than streams (a small `port-range`) UDP is given up before any SETUP, for the next of
+    // `protocols`, rather than failing at the second stream.
+    let mut udp_pairs: Vec<Option<UdpPair>> = Vec::new();
     for i in 0..media.len() {
         let kinds = match chosen {
             Some(k) => vec![k],
@@ -670,7 +674,26 @@ async fn establish(
         };
         let mut last_err = None;
         for kind in kinds {
-            match setup(&mut session, c, &url, i, kind, shared).await {
+            let pair = if kind == TransportKind::Tcp {
+                None
+            } else {
+                if udp_pairs.is_empty() {
+                    match bind_port_pairs(media.len(), c.port_range) {
+                        Ok(pairs) => udp_pairs = pairs.into_iter().map(Some).collect(),
+                        Err(e) if chosen.is_none() => {
+                            log::debug!(
+                                id = c.name.as_str();
+                                "{peer}: {kind:?} not possible for recording ({e}), trying the next of {protocols:?}"
+                            );
+                            last_err = Some(e);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                udp_pairs.get_mut(i).and_then(Option::take)
+            };
+            match setup(&mut session, c, &url, i, kind, pair, shared).await {
                 Ok((out, task)) => {
                     outs.push(out);
                     tasks.extend(task);
@@ -722,13 +745,30 @@ async fn establish(
     })
 }
 
-/// SETUP of stream `i` over `kind` with `mode=record`.
+/// An RTP and an RTCP socket.
+type UdpPair = (std::net::UdpSocket, std::net::UdpSocket);
+
+/// A UDP port pair for each of `n` streams, within `range` if given; an error naming the range
+/// when there are fewer free pairs than streams.
+fn bind_port_pairs(n: usize, range: Option<(u16, u16)>) -> Result<Vec<UdpPair>, ClientError> {
+    let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    (0..n)
+        .map(|i| {
+            crate::rtsp::ports::bind_port_pair(bind, range).map_err(|e| {
+                ClientError::NoTransport(format!("binding UDP ports for stream {i} of {n}: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// SETUP of stream `i` over `kind` with `mode=record`; `pair`: its UDP sockets, bound already.
 async fn setup(
     session: &mut Session,
     c: &ClientConfig,
     url: &Url,
     i: usize,
     kind: TransportKind,
+    pair: Option<UdpPair>,
     shared: &Arc<Shared>,
 ) -> Result<(Out, Option<tokio::task::JoinHandle<()>>), ClientError> {
     let control = stream_url(url, i)?;
@@ -741,9 +781,14 @@ async fn setup(
             TransportSpec::tcp_interleaved(ch).to_string()
         }
         _ => {
-            let bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-            let (rtp_sock, rtcp_sock) = crate::rtsp::ports::bind_port_pair(bind, c.port_range)
-                .map_err(|e| ClientError::io("binding UDP ports", &e))?;
+            let (rtp_sock, rtcp_sock) = match pair {
+                Some(pair) => pair,
+                None => crate::rtsp::ports::bind_port_pair(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    c.port_range,
+                )
+                .map_err(|e| ClientError::io("binding UDP ports", &e))?,
+            };
             if let Some(size) = shared.udp_buffer_size {
                 let _ = socket2::SockRef::from(&rtp_sock).set_send_buffer_size(size);
                 let _ = socket2::SockRef::from(&rtcp_sock).set_recv_buffer_size(size);

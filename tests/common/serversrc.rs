@@ -1,0 +1,159 @@
+//! Our rtspserversrc on a free port with every pad decoded (or depayloaded) and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+use super::{assert_ours, init};
+
+/// Decoded frames seen, by kind.
+#[derive(Default, Clone)]
+pub struct Counts {
+    pub video: Arc<AtomicU64>,
+    pub audio: Arc<AtomicU64>,
+    /// Bytes of the buffers counted in `audio`.
+    pub audio_bytes: Arc<AtomicU64>,
+}
+
+impl Counts {
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.video.load(Ordering::SeqCst),
+            self.audio.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Links `pad` through a decodebin into counting fakesinks.
+pub fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
+    let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
+    pipeline.add(&decodebin).unwrap();
+    let weak = pipeline.downgrade();
+    let counts = counts.clone();
+    decodebin.connect_pad_added(move |_, dpad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let caps = dpad.current_caps().unwrap_or_else(|| dpad.query_caps(None));
+        let name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
+        let counter = if name.starts_with("video/") {
+            counts.video.clone()
+        } else {
+            counts.audio.clone()
+        };
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()
+            .unwrap();
+        pipeline.add(&sink).unwrap();
+        sink.sync_state_with_parent().unwrap();
+        dpad.link(&sink.static_pad("sink").unwrap()).unwrap();
+        let bytes = counts.audio_bytes.clone();
+        let audio = !name.starts_with("video/");
+        dpad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if let (true, Some(buf)) = (audio, info.buffer()) {
+                bytes.fetch_add(buf.size() as u64, Ordering::SeqCst);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    decodebin.sync_state_with_parent().unwrap();
+    pad.link(&decodebin.static_pad("sink").unwrap()).unwrap();
+}
+
+/// Plays `pipeline` until EOS or an error, at most `timeout`; then stops it.
+pub fn wait_end(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+) -> Result<Vec<gst::Structure>, String> {
+    let bus = pipeline.bus().unwrap();
+    if pipeline.current_state() != gst::State::Playing {
+        pipeline.set_state(gst::State::Playing).unwrap();
+    }
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Element,
+            ],
+        ) else {
+            break Err(format!("no EOS within {timeout:?}"));
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure() {
+                    messages.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    };
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.map(|()| messages)
+}
+
+/// A pipeline with our rtspserversrc on a free port, every pad decoded and counted.
+pub struct Receiver {
+    pub pipeline: gst::Pipeline,
+    pub src: gst::Element,
+    pub port: u16,
+    pub counts: Counts,
+}
+
+impl Receiver {
+    /// Every pad decoded and counted.
+    pub fn start(props: &str) -> Receiver {
+        Self::start_with(props, decode_and_count)
+    }
+
+    pub fn start_with(props: &str, output: fn(&gst::Pipeline, &gst::Pad, &Counts)) -> Receiver {
+        init();
+        let pipeline = gst::Pipeline::new();
+        let src = gst::parse::launch(&format!(
+            "rtspserversrc address=127.0.0.1 port=0 mount-point=/live {props}"
+        ))
+        .unwrap();
+        assert_ours(&src);
+        pipeline.add(&src).unwrap();
+        let counts = Counts::default();
+        let (weak, c) = (pipeline.downgrade(), counts.clone());
+        src.connect_pad_added(move |_, pad| {
+            if let Some(p) = weak.upgrade() {
+                output(&p, pad, &c);
+            }
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let port = src.property::<i32>("bound-port");
+        assert!(port > 0, "bound-port {port}");
+        Receiver {
+            pipeline,
+            src,
+            port: port as u16,
+            counts,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/live", self.port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
