@@ -997,6 +997,11 @@ fn a_port_range_too_small_for_every_stream_falls_back_or_names_the_range() {
         server.url()
     ));
     assert!(err.contains(&format!("port-range {range}")), "{err}");
+    assert_eq!(
+        err.matches("no usable transport").count(),
+        1,
+        "said once: {err}"
+    );
 }
 
 /// `udp-buffer-size` sets the kernel send buffer of the RTP socket (the kernel doubles it), as

@@ -92,6 +92,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The error that ends a transport negotiation: one that already says no transport was
+    /// usable stays as it is, any other (a 461) becomes the reason none was.
+    fn into_no_transport(self) -> ClientError {
+        match self {
+            e @ ClientError::NoTransport(_) => e,
+            e => ClientError::NoTransport(e.to_string()),
+        }
+    }
+
     /// An I/O error while doing `context`, keeping its kind.
     pub fn io(context: impl Into<String>, e: &std::io::Error) -> Self {
         ClientError::Io {
@@ -923,8 +932,9 @@ async fn establish(
         }
     }
     let Some(kind) = chosen else {
-        return Err(ClientError::NoTransport(
-            last_err.map_or_else(|| "no protocol allowed".into(), |e| e.to_string()),
+        return Err(last_err.map_or_else(
+            || ClientError::NoTransport("no protocol allowed".into()),
+            ClientError::into_no_transport,
         ));
     };
     session.kind = kind;

@@ -715,7 +715,7 @@ async fn establish(
             }
         }
         if let Some(e) = last_err {
-            return Err(ClientError::NoTransport(e.to_string()));
+            return Err(e.into_no_transport());
         }
     }
     let kind = chosen.unwrap_or(TransportKind::Tcp);
