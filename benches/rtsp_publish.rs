@@ -16,19 +16,21 @@
 //! (`clocksync` plays it in real time for both sinks alike), each a `gst-launch-1.0` child.
 //!
 //! Part 1 (publishers): a gst-rtsp-server 1.22 RECORD mount (a child process, this binary with
-//! `--serve-record`; each mount `rtph264depay ! fakesink`, `rtpopusdepay ! fakesink`, counting
-//! the video frames it depayloads) takes rtspclientsink2 and rtspclientsink, and a third child
-//! runs the input pipeline alone into `fakesink` (its cost is in both publishers' figures). The
-//! three play at once and are measured over the same steady window (BENCH_SECONDS, default 20)
-//! that starts 3 s after launch: CPU time of every thread (/proc/PID/task/*/schedstat) as a
-//! share of one core, and peak RSS (VmHWM). BENCH_ROUNDS rounds (default 3) alternate which
-//! publisher starts first; the CPU figures are means over the rounds. The frames the server got
-//! from each in the window are shown: they must match.
+//! `--serve-record`; each announced stream `identity ! fakesink`, its RTP packets counted) takes
+//! rtspclientsink2 and rtspclientsink; two more children run the input pipeline alone into
+//! `fakesink`, and the input through the stock payloaders (`rtph264pay`, `rtpopuspay`, which
+//! both publishers use inside) into `fakesink`: what both publishers' figures share. The four
+//! play at once and are measured over the same steady window (BENCH_SECONDS, default 20) that
+//! starts 3 s after launch: CPU time of every thread (/proc/PID/task/*/schedstat) as a share of
+//! one core, and peak RSS (VmHWM). BENCH_ROUNDS rounds (default 3) alternate which publisher
+//! starts first; the CPU figures are means over the rounds, the ratios "without" subtract the
+//! shared part's mean from both. The RTP packets the server got from each in the window are
+//! shown: they must match.
 //!
-//! Part 2 (receivers): two children, this binary with `--receive`: one a gst-rtsp-server RECORD
-//! mount (as above), the other `rtspserversrc ! rtph264depay ! fakesink`,
-//! `! rtpopusdepay ! fakesink` (the same sinks, counting the same way), each fed by its own
-//! stock `rtspclientsink` publishing the file; measured as above, fresh servers every round.
+//! Part 2 (receivers): two children, this binary with `--serve-record` (a gst-rtsp-server
+//! RECORD mount as above) and with `--receive-ours` (`rtspserversrc`, each pad into the same
+//! counting `fakesink`), each fed by its own stock `rtspclientsink` publishing the file (a
+//! `gst-launch-1.0` child); measured as above, fresh servers every round.
 //!
 //! BENCH_PROTOCOLS (default `tcp,udp`) picks the lower transports; BENCH_PARTS (default
 //! `publish,receive`) the parts.
@@ -111,33 +113,39 @@ fn pre_encode(path: &Path, seconds: u64) {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
-/// The input pipeline every publisher runs, ending in `sink` (an element named `c` with
-/// `sink_0`/`sink_1` request pads), or in two fakesinks when `sink` is None.
-fn input_pipeline(file: &Path, sink: Option<&str>) -> Vec<String> {
-    let head = format!(
-        "filesrc location={} ! matroskademux name=d \
-         d.video_0 ! queue ! h264parse ! clocksync ! {} \
-         d.audio_0 ! queue ! clocksync ! {}",
-        file.display(),
-        if sink.is_some() {
-            "c.sink_0"
-        } else {
-            "fakesink"
-        },
-        if sink.is_some() {
-            "c.sink_1"
-        } else {
-            "fakesink"
-        },
-    );
-    let mut args: Vec<String> = head.split_whitespace().map(str::to_owned).collect();
-    if let Some(s) = sink {
-        args.extend(s.split_whitespace().map(str::to_owned));
-    }
-    args
+/// How an input pipeline ends.
+enum End<'a> {
+    /// In this element (named `c`, with `sink_0`/`sink_1` request pads).
+    Sink(&'a str),
+    /// In two fakesinks: the input alone.
+    Fakesink,
+    /// In the stock payloaders (as both publishers use inside) and two fakesinks.
+    Payloaders,
 }
 
-/// Counts of frames per name, printed by the serving children as `COUNT name n` once a second
+/// The input pipeline every publisher runs, ending as `end` says.
+fn input_pipeline(file: &Path, end: End) -> Vec<String> {
+    let (video, audio, sink) = match end {
+        End::Sink(s) => ("c.sink_0", "c.sink_1", s),
+        End::Fakesink => ("fakesink", "fakesink", ""),
+        End::Payloaders => (
+            "rtph264pay mtu=1400 config-interval=-1 ! fakesink",
+            "rtpopuspay mtu=1400 ! fakesink",
+            "",
+        ),
+    };
+    format!(
+        "filesrc location={} ! matroskademux name=d \
+         d.video_0 ! queue ! h264parse ! clocksync ! {video} \
+         d.audio_0 ! queue ! clocksync ! {audio} {sink}",
+        file.display(),
+    )
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Counts of RTP packets per name, printed by the serving children as `COUNT name n` once a second
 /// and read back by the parent.
 type Counters = Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>;
 
@@ -155,7 +163,7 @@ fn print_counts(counters: Counters) {
 }
 
 /// The child: gst-rtsp-server with RECORD mounts `mounts` (e.g. `/m0`), taking publishers over
-/// `protocols` (`tcp`, `udp`, `udp+tcp`); prints READY, then the video frames each mount got.
+/// `protocols` (`tcp`, `udp`, `udp+tcp`); prints READY, then the RTP packets each mount got.
 fn serve_record(port: &str, mounts: &[String], protocols: &str) {
     gst::init().unwrap();
     let main_loop = glib::MainLoop::new(None, false);
@@ -190,7 +198,7 @@ fn serve_record(port: &str, mounts: &[String], protocols: &str) {
 }
 
 /// The child: rtspserversrc (of the plugin file `plugin`) at `/live` into the same sinks as
-/// [`RECORD_LAUNCH`]; prints READY, then the video frames it got.
+/// [`RECORD_LAUNCH`]; prints READY, then the RTP packets it got.
 fn serve_ours(port: &str, protocols: &str, plugin: &Path) {
     gst::init().unwrap();
     load_plugin(plugin, "rtspserversrc");
@@ -382,13 +390,13 @@ fn part_publish(
     println!();
     let [a, b] = [&sides[0].label, &sides[1].label];
     println!(
-        "| protocol | {a} CPU % | {b} CPU % | ratio | per-round ratios | {a} RSS MiB | {b} RSS MiB | RTP packets received | input alone CPU % | ratio without the input's share |"
+        "| protocol | {a} CPU % | {b} CPU % | ratio | per-round ratios | {a} RSS MiB | {b} RSS MiB | RTP packets received | input alone CPU % | ratio without it | input and payloaders CPU % | ratio without them |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut next_mount = 0;
     for proto in protocols {
         let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
-        let mut alone = Vec::new();
+        let (mut alone, mut paying) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let mut guards: Vec<(usize, Guard)> = Vec::new();
             let mut mount_of = [String::new(), String::new()];
@@ -404,7 +412,7 @@ fn part_publish(
                 guards.push((
                     i,
                     launch(
-                        &input_pipeline(file, Some(&sink)),
+                        &input_pipeline(file, End::Sink(&sink)),
                         sides[i].build.as_ref(),
                         current,
                         &log,
@@ -412,35 +420,52 @@ fn part_publish(
                 ));
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let log = dir.join(format!("alone-{proto}-{round}.log"));
-            guards.push((2, launch(&input_pipeline(file, None), None, current, &log)));
+            for (k, end) in [(2, End::Fakesink), (3, End::Payloaders)] {
+                let log = dir.join(format!("alone-{proto}-{round}-{k}.log"));
+                guards.push((k, launch(&input_pipeline(file, end), None, current, &log)));
+            }
             guards.sort_by_key(|(i, _)| *i);
             let pids: Vec<u32> = guards.iter().map(|(_, g)| g.0.id()).collect();
             let counts = || -> Vec<u64> { mount_of.iter().map(|m| server.count(m)).collect() };
-            let labels = [a.as_str(), b.as_str(), "input alone"];
+            let labels = [
+                a.as_str(),
+                b.as_str(),
+                "input alone",
+                "input and payloaders",
+            ];
             let mut alive: Vec<(&str, &mut Guard)> =
                 guards.iter_mut().map(|(i, g)| (labels[*i], g)).collect();
             let figs = window(&pids, seconds, &counts, &mut alive);
             eprintln!(
-                "{proto} round {round}: {a} {:.2} %, {b} {:.2} %, input alone {:.2} %, packets {} / {}",
+                "{proto} round {round}: {a} {:.2} %, {b} {:.2} %, input alone {:.2} %, \
+                 input and payloaders {:.2} %, packets {} / {}",
                 figs[0].cpu * 100.0,
                 figs[1].cpu * 100.0,
                 figs[2].cpu * 100.0,
+                figs[3].cpu * 100.0,
                 figs[0].frames,
                 figs[1].frames
             );
             runs[0].push(figs[0]);
             runs[1].push(figs[1]);
             alone.push(figs[2].cpu);
+            paying.push(figs[3].cpu);
         }
-        let input = mean(&alone);
-        let net = |i: usize| mean(&runs[i].iter().map(|f| f.cpu).collect::<Vec<_>>()) - input;
+        let (input, pay) = (mean(&alone), mean(&paying));
+        let net =
+            |i: usize, floor: f64| mean(&runs[i].iter().map(|f| f.cpu).collect::<Vec<_>>()) - floor;
         println!(
             "{}",
             row(
                 proto,
                 &runs,
-                &format!(" {:.2} | {:.2} |", input * 100.0, net(0) / net(1))
+                &format!(
+                    " {:.2} | {:.2} | {:.2} | {:.2} |",
+                    input * 100.0,
+                    net(0, input) / net(1, input),
+                    pay * 100.0,
+                    net(0, pay) / net(1, pay)
+                )
             )
         );
     }
@@ -501,7 +526,7 @@ fn part_receive(
                 );
                 let log = dir.join(format!("feed-{proto}-{round}-{i}.log"));
                 publishers.push(launch(
-                    &input_pipeline(file, Some(&sink)),
+                    &input_pipeline(file, End::Sink(&sink)),
                     None,
                     current,
                     &log,
@@ -625,7 +650,7 @@ fn main() {
             dir.join("current").display(),
             input_pipeline(
                 &file,
-                Some(&format!(
+                End::Sink(&format!(
                     "rtspclientsink2 name=c location=rtsp://127.0.0.1:{port}/m0 protocols=tcp"
                 ))
             )
