@@ -41,7 +41,6 @@ use crate::rtp::{self, ntp, rtcp};
 use crate::rtsp::auth;
 use crate::rtsp::sdp::{MediaDescription, SessionDescription};
 use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
-use crate::runtime::TaskGroup;
 
 /// Publisher settings: the client's (URL, credentials, protocols in order, timeouts, TLS,
 /// reconnection) and the queue's.
@@ -242,7 +241,7 @@ type EventFn = Arc<dyn Fn(PublishEvent) + Send + Sync>;
 pub struct Publisher {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
-    tasks: TaskGroup,
+    task: tokio::task::AbortHandle,
     teardown_timeout: Duration,
     drain_timeout: Duration,
 }
@@ -277,14 +276,13 @@ impl Publisher {
             udp_buffer_size: config.udp_buffer_size,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let tasks = TaskGroup::new();
         let teardown_timeout = config.client.teardown_timeout;
         let drain_timeout = config.drain_timeout;
-        tasks.spawn(run(config, shared.clone(), Arc::new(events), rx));
+        let task = spawn_own_thread(run(config, shared.clone(), Arc::new(events), rx));
         Publisher {
             shared,
             commands: tx,
-            tasks,
+            task,
             teardown_timeout,
             drain_timeout,
         }
@@ -391,7 +389,45 @@ impl Drop for Publisher {
             let _ = crate::runtime::handle()
                 .block_on(async move { tokio::time::timeout(timeout, rx).await });
         }
-        self.tasks.abort_all();
+        self.task.abort();
+    }
+}
+
+/// Runs the publisher on a thread of its own (`rtspclisink-net`) with a current-thread runtime,
+/// as rsrtmpsink does: each frame wakes that one thread, where a task on the shared runtime
+/// woke two of its workers per frame (`benches/rtsp_publish.rs`, BENCH_BASELINE: the publishing
+/// process at 0.80x the CPU of the shared-runtime build). On the shared runtime if the thread
+/// cannot start.
+fn spawn_own_thread<F>(future: F) -> tokio::task::AbortHandle
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    type Job = (tokio::runtime::Runtime, tokio::task::JoinHandle<()>);
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let thread = std::thread::Builder::new()
+        .name("rtspclisink-net".into())
+        .spawn(move || {
+            if let Ok((runtime, task)) = rx.recv() {
+                let _ = runtime.block_on(task);
+                // A write stuck on a server that does not read must not hold this thread.
+                runtime.shutdown_background();
+            }
+        });
+    let runtime = thread.ok().and_then(|_| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("rtspclisink-net")
+            .build()
+            .ok()
+    });
+    match runtime {
+        Some(runtime) => {
+            let task = runtime.spawn(future);
+            let abort = task.abort_handle();
+            let _ = tx.send((runtime, task));
+            abort
+        }
+        None => crate::runtime::handle().spawn(future).abort_handle(),
     }
 }
 
