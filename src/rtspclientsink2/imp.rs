@@ -17,7 +17,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::payloading::{media_description, payloader_for, sample_packets};
+use crate::payloading::{self, PayloadChain, media_description, sample_packets};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::client::record::{NtpClock, PublishConfig, PublishEvent, Publisher, Pushed};
 use crate::rtsp::client::{ClientConfig, ClientError, TlsSettings, TransportKind, redact_url};
@@ -174,13 +174,9 @@ impl Settings {
     }
 }
 
-/// The internal chain behind one request pad.
+/// The internal chain behind one request pad, and its stream.
 struct PadChain {
-    ghost: gst::GhostPad,
-    appsink: gst_app::AppSink,
-    payloader: Option<gst::Element>,
-    /// Caps structure name the payloader was made for.
-    codec: Option<String>,
+    chain: PayloadChain,
     /// The SDP description of the payloader's output.
     media: Option<MediaDescription>,
     /// Its stream in the publisher (pads in id order), once publishing.
@@ -291,7 +287,7 @@ impl RtspClientSink2 {
             .pads
             .values()
             .find(|c| c.index == Some(index))
-            .map(|c| c.ghost.clone())
+            .map(|c| c.chain.ghost.clone())
     }
 
     fn request_keyframe(pad: &gst::GhostPad) {
@@ -375,59 +371,21 @@ impl RtspClientSink2 {
 
     /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps.
     fn ensure_chain(&self, pad: &gst::GhostPad, caps: &gst::Caps) -> Result<(), String> {
-        let codec = caps
-            .structure(0)
-            .map(|s| s.name().to_string())
-            .ok_or("empty caps")?;
+        let mtu = self.settings.lock().unwrap().mtu;
         let mut state = self.state.lock().unwrap();
-        let Some((&id, chain)) = state.pads.iter_mut().find(|(_, c)| &c.ghost == pad) else {
+        let Some((&id, pad_chain)) = state.pads.iter_mut().find(|(_, c)| &c.chain.ghost == pad)
+        else {
             return Err("unknown pad".into());
         };
-        if chain.codec.as_deref() == Some(codec.as_str()) {
-            return Ok(());
-        }
-        let obj = self.obj();
-        if let Some(old) = chain.payloader.take() {
-            let _ = old.set_state(gst::State::Null);
-            let _ = obj.remove(&old);
-        }
-        let mtu = self.settings.lock().unwrap().mtu;
-        let pt = 96 + (id % 32) as u32;
-        let payloader = payloader_for(caps, pt, mtu)?;
-        let sinkpad = match &payloader {
-            Some(p) => {
-                obj.add(p).map_err(|e| e.to_string())?;
-                p.link(&chain.appsink).map_err(|e| e.to_string())?;
-                p.sync_state_with_parent().map_err(|e| e.to_string())?;
-                p.static_pad("sink").ok_or("payloader has no sink pad")?
-            }
-            None => chain
-                .appsink
-                .static_pad("sink")
-                .ok_or("appsink has no sink pad")?,
-        };
-        chain
-            .ghost
-            .set_target(Some(&sinkpad))
-            .map_err(|e| e.to_string())?;
-        gst::info!(CAT, obj = pad, "publishing {} as stream {}", codec, id);
-        chain.payloader = payloader;
-        chain.codec = Some(codec);
-        Ok(())
+        pad_chain
+            .chain
+            .ensure(self.obj().upcast_ref(), caps, id, mtu, *CAT, "publish")
     }
 
     fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
-        if let gst::EventView::Caps(c) = event.view()
-            && let Err(err) = self.ensure_chain(pad, &c.caps_owned())
-        {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Format,
-                ("Cannot publish {} on {}: {}", c.caps(), pad.name(), err)
-            );
-            return false;
-        }
-        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+        payloading::sink_event(self.obj().upcast_ref(), pad, event, "publish", |caps| {
+            self.ensure_chain(pad, caps)
+        })
     }
 
     fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef) {
@@ -473,7 +431,7 @@ impl RtspClientSink2 {
                 .unwrap()
                 .pads
                 .get(&id)
-                .map(|c| c.ghost.clone());
+                .map(|c| c.chain.ghost.clone());
             if let Some(pad) = pad {
                 Self::request_keyframe(&pad);
             }
@@ -784,25 +742,16 @@ impl ElementImpl for RtspClientSink2 {
             return None;
         }
         let mut state = self.state.lock().unwrap();
-        let id = match name.and_then(|n| n.strip_prefix("sink_")) {
-            Some(n) => n.parse::<usize>().ok()?,
-            None => state.next_pad,
-        };
-        if state.pads.contains_key(&id) {
-            gst::warning!(CAT, imp = self, "pad sink_{} already exists", id);
-            return None;
-        }
-        state.next_pad = state.next_pad.max(id.checked_add(1)?);
+        let State { pads, next_pad, .. } = &mut *state;
+        let id = payloading::request_pad_id(self.obj().upcast_ref(), *CAT, name, next_pad, |id| {
+            pads.contains_key(&id)
+        })?;
 
-        let appsink = gst_app::AppSink::builder()
-            .name(format!("appsink_{id}"))
-            .sync(true)
-            .buffer_list(true)
-            .max_buffers(1)
-            .build();
         let weak = self.obj().downgrade();
         let weak_eos = weak.clone();
-        appsink.set_callbacks(
+        let weak_caps = weak.clone();
+        let appsink = PayloadChain::appsink(
+            id,
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
@@ -818,20 +767,12 @@ impl ElementImpl for RtspClientSink2 {
                     }
                 })
                 .build(),
-        );
-        let weak = self.obj().downgrade();
-        appsink.static_pad("sink")?.add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
-                if let Some(gst::PadProbeData::Event(ev)) = &info.data
-                    && let gst::EventView::Caps(c) = ev.view()
-                    && let Some(obj) = weak.upgrade()
-                {
-                    obj.imp().on_rtp_caps(id, c.caps());
+            move |caps| {
+                if let Some(obj) = weak_caps.upgrade() {
+                    obj.imp().on_rtp_caps(id, caps);
                 }
-                gst::PadProbeReturn::Ok
             },
-        );
+        )?;
 
         let ghost = gst::GhostPad::builder_from_template(templ)
             .name(format!("sink_{id}"))
@@ -849,10 +790,7 @@ impl ElementImpl for RtspClientSink2 {
         state.pads.insert(
             id,
             PadChain {
-                ghost: ghost.clone(),
-                appsink,
-                payloader: None,
-                codec: None,
+                chain: PayloadChain::new(ghost.clone(), appsink),
                 media: None,
                 index: None,
             },
@@ -869,24 +807,14 @@ impl ElementImpl for RtspClientSink2 {
             let id = state
                 .pads
                 .iter()
-                .find(|(_, c)| c.ghost.upcast_ref::<gst::Pad>() == pad)
+                .find(|(_, c)| c.chain.ghost.upcast_ref::<gst::Pad>() == pad)
                 .map(|(id, _)| *id);
             id.and_then(|id| state.pads.remove(&id))
         };
         let Some(chain) = chain else {
             return;
         };
-        let obj = self.obj();
-        for element in chain
-            .payloader
-            .iter()
-            .chain(std::iter::once(chain.appsink.upcast_ref()))
-        {
-            let _ = element.set_state(gst::State::Null);
-            let _ = obj.remove(element);
-        }
-        let _ = chain.ghost.set_active(false);
-        let _ = obj.remove_pad(&chain.ghost);
+        chain.chain.remove(self.obj().upcast_ref());
     }
 
     fn change_state(
@@ -912,13 +840,8 @@ impl ElementImpl for RtspClientSink2 {
         if transition == gst::StateChange::ReadyToNull {
             let mut state = self.state.lock().unwrap();
             for chain in state.pads.values_mut() {
-                if let Some(p) = chain.payloader.take() {
-                    let _ = p.set_state(gst::State::Null);
-                    let _ = self.obj().remove(&p);
-                }
-                chain.codec = None;
+                chain.chain.reset(self.obj().upcast_ref());
                 chain.media = None;
-                let _ = chain.ghost.set_target(None::<&gst::Pad>);
             }
         }
         result
