@@ -3,10 +3,34 @@
 //! chain behind it ([`PayloadChain`]: ghost pad, payloader, appsink), the SDP media description
 //! of the payloader's output caps, and the packets of an appsink sample.
 
+use std::str::FromStr;
+
 use bytes::Bytes;
 use gst::prelude::*;
 
 use crate::rtsp::sdp::MediaDescription;
+
+/// The `sink_%u` request pad template: the formats [`payloader_for`] payloads, and RTP as it is.
+pub fn sink_pad_template() -> gst::PadTemplate {
+    let caps = gst::Caps::from_str(
+        "video/x-h264, stream-format=(string){ avc, byte-stream }; \
+         video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
+         video/x-vp8; video/x-vp9; audio/x-opus; \
+         audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
+         audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
+         audio/x-mulaw, rate=(int)8000, channels=(int)1; \
+         audio/x-alaw, rate=(int)8000, channels=(int)1; \
+         application/x-rtp",
+    )
+    .expect("valid caps");
+    gst::PadTemplate::new(
+        "sink_%u",
+        gst::PadDirection::Sink,
+        gst::PadPresence::Request,
+        &caps,
+    )
+    .expect("valid template")
+}
 
 /// Payloader element and its properties for an input format.
 pub fn payloader_for(

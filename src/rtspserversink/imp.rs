@@ -476,28 +476,8 @@ impl ElementImpl for RtspServerSink {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::from_str(
-                "video/x-h264, stream-format=(string){ avc, byte-stream }; \
-                 video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
-                 video/x-vp8; video/x-vp9; audio/x-opus; \
-                 audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
-                 audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
-                 audio/x-mulaw, rate=(int)8000, channels=(int)1; \
-                 audio/x-alaw, rate=(int)8000, channels=(int)1; \
-                 application/x-rtp",
-            )
-            .expect("valid caps");
-            vec![
-                gst::PadTemplate::new(
-                    "sink_%u",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Request,
-                    &caps,
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::payloading::sink_pad_template()]);
         TEMPLATES.as_ref()
     }
 
