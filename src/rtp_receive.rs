@@ -3,6 +3,7 @@
 //! `rtspserversrc` (moved out of rtspsrc2 unchanged, with the element type, its debug category
 //! and its segment bookkeeping passed in).
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -520,4 +521,15 @@ pub fn start_stream(pad: &gst::Pad, setup: StreamSetup) -> Result<PadState, glib
         work,
         clock_rate,
     })
+}
+
+/// The `stream_%u` sometimes pad template of a source element: RTP out, one pad a stream.
+pub fn src_pad_template() -> gst::PadTemplate {
+    gst::PadTemplate::new(
+        "stream_%u",
+        gst::PadDirection::Src,
+        gst::PadPresence::Sometimes,
+        &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
+    )
+    .expect("valid template")
 }

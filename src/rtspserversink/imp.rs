@@ -295,14 +295,7 @@ impl ObjectImpl for RtspServerSink {
             // with rtspserversrc.
             let mut specs = ServerProps::param_specs(Role::Play);
             specs.extend([
-                glib::ParamSpecInt::builder("bound-port")
-                    .nick("Bound port")
-                    .blurb("The port the server listens on (-1 when not listening)")
-                    .minimum(-1)
-                    .maximum(65535)
-                    .default_value(-1)
-                    .read_only()
-                    .build(),
+                props::bound_port_spec(),
                 glib::ParamSpecUInt::builder("client-queue-size")
                     .nick("Client queue size")
                     .blurb("Bytes of media queued per TCP client; when full, whole frames are dropped and the client resumes at the next keyframe")

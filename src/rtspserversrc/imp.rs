@@ -13,7 +13,6 @@
 //! gets new pads after the old ones got EOS and were removed.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -471,14 +470,7 @@ impl ObjectImpl for RtspServerSrc {
             // with rtspserversink.
             let mut specs = ServerProps::param_specs(Role::Record);
             specs.extend([
-                glib::ParamSpecInt::builder("bound-port")
-                    .nick("Bound port")
-                    .blurb("The port the server listens on (-1 when not listening)")
-                    .minimum(-1)
-                    .maximum(65535)
-                    .default_value(-1)
-                    .read_only()
-                    .build(),
+                props::bound_port_spec(),
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
                     .blurb("Jitter buffer size in milliseconds")
@@ -586,17 +578,8 @@ impl ElementImpl for RtspServerSrc {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "stream_%u",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Sometimes,
-                    &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::rtp_receive::src_pad_template()]);
         TEMPLATES.as_ref()
     }
 

@@ -12,7 +12,6 @@
 //! give up on, and sleeps otherwise.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -874,17 +873,8 @@ impl ElementImpl for RtspSrc2 {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "stream_%u",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Sometimes,
-                    &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::rtp_receive::src_pad_template()]);
         TEMPLATES.as_ref()
     }
 
