@@ -533,3 +533,44 @@ pub fn src_pad_template() -> gst::PadTemplate {
     )
     .expect("valid template")
 }
+
+/// A stream pad's answer to the queries both source elements answer alike: caps (the stream's
+/// own from the description, from the moment the pad exists: the template's bare
+/// `application/x-rtp` would let any depayloader link any pad), accept-caps, and latency (the
+/// jitter buffer's, `latency_ms`); any other query as the default does.
+pub fn src_query(
+    element: &gst::Element,
+    pad: &gst::Pad,
+    query: &mut gst::QueryRef,
+    latency_ms: impl FnOnce() -> u32,
+) -> bool {
+    match query.view_mut() {
+        gst::QueryViewMut::Caps(q) => {
+            let Some(caps) = pad.current_caps() else {
+                return gst::Pad::query_default(pad, Some(element), query);
+            };
+            let result = match q.filter() {
+                Some(filter) => filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+                None => caps,
+            };
+            q.set_result(&result);
+            true
+        }
+        gst::QueryViewMut::AcceptCaps(q) => {
+            let accepted = pad
+                .current_caps()
+                .is_none_or(|caps| q.caps().can_intersect(&caps));
+            q.set_result(accepted);
+            true
+        }
+        gst::QueryViewMut::Latency(q) => {
+            q.set(
+                true,
+                gst::ClockTime::from_mseconds(u64::from(latency_ms())),
+                gst::ClockTime::NONE,
+            );
+            true
+        }
+        _ => gst::Pad::query_default(pad, Some(element), query),
+    }
+}

@@ -433,37 +433,6 @@ impl RtspSrc2 {
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         match query.view_mut() {
-            // The stream's caps from the description, from the moment the pad exists (the
-            // template's bare `application/x-rtp` would let any depayloader link any pad).
-            gst::QueryViewMut::Caps(q) => {
-                let Some(caps) = pad.current_caps() else {
-                    return gst::Pad::query_default(pad, Some(&*self.obj()), query);
-                };
-                let result = match q.filter() {
-                    Some(filter) => {
-                        filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First)
-                    }
-                    None => caps,
-                };
-                q.set_result(&result);
-                true
-            }
-            gst::QueryViewMut::AcceptCaps(q) => {
-                let accepted = pad
-                    .current_caps()
-                    .is_none_or(|caps| q.caps().can_intersect(&caps));
-                q.set_result(accepted);
-                true
-            }
-            gst::QueryViewMut::Latency(q) => {
-                let ms = self.settings.lock().unwrap().latency_ms;
-                q.set(
-                    true,
-                    gst::ClockTime::from_mseconds(u64::from(ms)),
-                    gst::ClockTime::NONE,
-                );
-                true
-            }
             gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Time => {
                 let Some(d) = self.state.lock().unwrap().duration else {
                     return false;
@@ -490,7 +459,9 @@ impl RtspSrc2 {
                 );
                 true
             }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+            _ => crate::rtp_receive::src_query(self.obj().upcast_ref(), pad, query, || {
+                self.settings.lock().unwrap().latency_ms
+            }),
         }
     }
 
