@@ -276,6 +276,18 @@ pub struct PadState {
     pub clock_rate: u32,
 }
 
+impl PadState {
+    /// Stops the stream's pad task and takes the pad off `element`.
+    pub fn remove(self, element: &gst::Element) {
+        // The task holds the stream lock while it waits: wake and stop it before deactivating,
+        // as basesrc does.
+        self.queue.stop();
+        let _ = self.pad.stop_task();
+        let _ = self.pad.set_active(false);
+        let _ = element.remove_pad(&self.pad);
+    }
+}
+
 /// One stream's receive path: the jitter buffer and what leaves it. Fed on the thread that
 /// read the packets, as udpsrc's streaming thread pushes (one wake-up per burst instead of a
 /// hand-off), and by the pad task when a gap's wait runs out. The lock makes one thread push

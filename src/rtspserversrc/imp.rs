@@ -185,14 +185,8 @@ impl RtspServerSrc {
     }
 
     fn remove_pads(&self, pads: BTreeMap<usize, PadState>) {
-        let obj = self.obj();
         for (_, p) in pads {
-            // The task holds the stream lock while it waits: wake and stop it before
-            // deactivating, as basesrc does.
-            p.queue.stop();
-            let _ = p.pad.stop_task();
-            let _ = p.pad.set_active(false);
-            let _ = obj.remove_pad(&p.pad);
+            p.remove(self.obj().upcast_ref());
         }
     }
 

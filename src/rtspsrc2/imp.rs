@@ -602,14 +602,8 @@ impl RtspSrc2 {
         };
         // TEARDOWN, bounded by teardown-timeout.
         drop(client);
-        let obj = self.obj();
         for (_, p) in pads {
-            // The task holds the stream lock while it waits: wake and stop it before
-            // deactivating, as basesrc does.
-            p.queue.stop();
-            let _ = p.pad.stop_task();
-            let _ = p.pad.set_active(false);
-            let _ = obj.remove_pad(&p.pad);
+            p.remove(self.obj().upcast_ref());
         }
     }
 
