@@ -10,13 +10,18 @@ use gst::glib;
 use gst::prelude::*;
 
 use crate::rtsp::auth::Credentials;
-use crate::rtsp::client::{ClientConfig, TlsSettings, TransportKind};
+use crate::rtsp::client::{ClientConfig, TlsSettings, TransportKind, redact_url};
 
 pub const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
 pub const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
 pub const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
 pub const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
+
+/// The URI schemes both elements handle (the URI handler's protocols).
+pub const URI_PROTOCOLS: &[&str] = &[
+    "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
+];
 
 /// Which element the properties are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +276,19 @@ impl ClientProps {
             "port-range" => self.port_range.to_value(),
             _ => return None,
         })
+    }
+
+    /// The URI handler's set_uri: `location`, once the URI parses (the error redacts a
+    /// password in it).
+    pub fn set_uri(&mut self, uri: &str) -> Result<(), glib::Error> {
+        let url = url::Url::parse(uri).map_err(|e| {
+            glib::Error::new(
+                gst::URIError::BadUri,
+                &format!("'{}': {e}", redact_url(uri)),
+            )
+        })?;
+        self.location = Some(url.to_string());
+        Ok(())
     }
 
     /// The client configuration these settings make (the element adds its own parts).

@@ -649,9 +649,7 @@ impl URIHandlerImpl for RtspClientSink2 {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
     fn protocols() -> &'static [&'static str] {
-        &[
-            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
-        ]
+        crate::rtsp_client_props::URI_PROTOCOLS
     }
 
     fn uri(&self) -> Option<String> {
@@ -659,13 +657,6 @@ impl URIHandlerImpl for RtspClientSink2 {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let url = url::Url::parse(uri).map_err(|e| {
-            glib::Error::new(
-                gst::URIError::BadUri,
-                &format!("'{}': {e}", redact_url(uri)),
-            )
-        })?;
-        self.settings.lock().unwrap().client.location = Some(url.to_string());
-        Ok(())
+        self.settings.lock().unwrap().client.set_uri(uri)
     }
 }

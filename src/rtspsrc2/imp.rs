@@ -874,9 +874,7 @@ impl URIHandlerImpl for RtspSrc2 {
     const URI_TYPE: gst::URIType = gst::URIType::Src;
 
     fn protocols() -> &'static [&'static str] {
-        &[
-            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
-        ]
+        crate::rtsp_client_props::URI_PROTOCOLS
     }
 
     fn uri(&self) -> Option<String> {
@@ -884,13 +882,6 @@ impl URIHandlerImpl for RtspSrc2 {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let url = url::Url::parse(uri).map_err(|e| {
-            glib::Error::new(
-                gst::URIError::BadUri,
-                &format!("'{}': {e}", redact_url(uri)),
-            )
-        })?;
-        self.settings.lock().unwrap().client.location = Some(url.to_string());
-        Ok(())
+        self.settings.lock().unwrap().client.set_uri(uri)
     }
 }
