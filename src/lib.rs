@@ -17,6 +17,7 @@ pub mod rtmp;
 pub mod rtp;
 pub mod rtp_receive;
 pub mod rtsp;
+mod rtsp_client_props;
 mod rtsp_server_props;
 pub mod rtspclientsink2;
 pub mod rtspserversink;

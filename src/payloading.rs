@@ -1,10 +1,36 @@
 //! Element side of RTP payloading, shared by the elements that take media and send RTP
-//! (rtspserversink, rtspclientsink2): the stock payloader for an input format, the SDP media
-//! description of the payloader's output caps, and the packets of an appsink sample.
+//! (rtspserversink, rtspclientsink2): the stock payloader for an input format, the request-pad
+//! chain behind it ([`PayloadChain`]: ghost pad, payloader, appsink), the SDP media description
+//! of the payloader's output caps, and the packets of an appsink sample.
+
+use std::str::FromStr;
 
 use bytes::Bytes;
+use gst::prelude::*;
 
 use crate::rtsp::sdp::MediaDescription;
+
+/// The `sink_%u` request pad template: the formats [`payloader_for`] payloads, and RTP as it is.
+pub fn sink_pad_template() -> gst::PadTemplate {
+    let caps = gst::Caps::from_str(
+        "video/x-h264, stream-format=(string){ avc, byte-stream }; \
+         video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
+         video/x-vp8; video/x-vp9; audio/x-opus; \
+         audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
+         audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
+         audio/x-mulaw, rate=(int)8000, channels=(int)1; \
+         audio/x-alaw, rate=(int)8000, channels=(int)1; \
+         application/x-rtp",
+    )
+    .expect("valid caps");
+    gst::PadTemplate::new(
+        "sink_%u",
+        gst::PadDirection::Sink,
+        gst::PadPresence::Request,
+        &caps,
+    )
+    .expect("valid template")
+}
 
 /// Payloader element and its properties for an input format.
 pub fn payloader_for(
@@ -119,4 +145,172 @@ pub fn sample_packets(sample: &gst::Sample) -> Vec<Bytes> {
     } else {
         Vec::new()
     }
+}
+
+/// The internal chain behind one request pad of a sink element: ghost pad → stock payloader
+/// (none for `application/x-rtp`) → appsink, the payloader rebuilt on a codec change.
+pub struct PayloadChain {
+    pub ghost: gst::GhostPad,
+    pub appsink: gst_app::AppSink,
+    payloader: Option<gst::Element>,
+    /// Caps structure name the payloader was made for.
+    codec: Option<String>,
+}
+
+impl PayloadChain {
+    pub fn new(ghost: gst::GhostPad, appsink: gst_app::AppSink) -> Self {
+        Self {
+            ghost,
+            appsink,
+            payloader: None,
+            codec: None,
+        }
+    }
+
+    /// The appsink of request pad `id` (`appsink_{id}`), with `callbacks`; `on_rtp_caps` sees
+    /// the caps of the RTP stream arriving at it (the payloader's output).
+    pub fn appsink(
+        id: usize,
+        callbacks: gst_app::AppSinkCallbacks,
+        on_rtp_caps: impl Fn(&gst::CapsRef) + Send + Sync + 'static,
+    ) -> Option<gst_app::AppSink> {
+        let appsink = gst_app::AppSink::builder()
+            .name(format!("appsink_{id}"))
+            .sync(true)
+            .buffer_list(true)
+            .max_buffers(1)
+            .build();
+        appsink.set_callbacks(callbacks);
+        appsink.static_pad("sink")?.add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                    && let gst::EventView::Caps(c) = ev.view()
+                {
+                    on_rtp_caps(c.caps());
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        Some(appsink)
+    }
+
+    /// Builds (or rebuilds, on a codec change) the payloader in `bin` for the pad's new caps.
+    /// `verb` is what the element does with stream `id` ("publish", "stream"): the log says
+    /// "{verb}ing CODEC as stream ID".
+    pub fn ensure(
+        &mut self,
+        bin: &gst::Bin,
+        caps: &gst::CapsRef,
+        id: usize,
+        mtu: u32,
+        cat: gst::DebugCategory,
+        verb: &str,
+    ) -> Result<(), String> {
+        let codec = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .ok_or("empty caps")?;
+        if self.codec.as_deref() == Some(codec.as_str()) {
+            return Ok(());
+        }
+        if let Some(old) = self.payloader.take() {
+            let _ = old.set_state(gst::State::Null);
+            let _ = bin.remove(&old);
+        }
+        let pt = 96 + (id % 32) as u32;
+        let payloader = payloader_for(caps, pt, mtu)?;
+        let sinkpad = match &payloader {
+            Some(p) => {
+                bin.add(p).map_err(|e| e.to_string())?;
+                p.link(&self.appsink).map_err(|e| e.to_string())?;
+                p.sync_state_with_parent().map_err(|e| e.to_string())?;
+                p.static_pad("sink").ok_or("payloader has no sink pad")?
+            }
+            None => self
+                .appsink
+                .static_pad("sink")
+                .ok_or("appsink has no sink pad")?,
+        };
+        self.ghost
+            .set_target(Some(&sinkpad))
+            .map_err(|e| e.to_string())?;
+        gst::info!(
+            cat,
+            obj = &self.ghost,
+            "{verb}ing {} as stream {}",
+            codec,
+            id
+        );
+        self.payloader = payloader;
+        self.codec = Some(codec);
+        Ok(())
+    }
+
+    /// Back to no payloader and no target (READY → NULL): the next caps build it again.
+    pub fn reset(&mut self, bin: &gst::Bin) {
+        if let Some(p) = self.payloader.take() {
+            let _ = p.set_state(gst::State::Null);
+            let _ = bin.remove(&p);
+        }
+        self.codec = None;
+        let _ = self.ghost.set_target(None::<&gst::Pad>);
+    }
+
+    /// Takes the chain out of `bin` (the pad is released).
+    pub fn remove(self, bin: &gst::Bin) {
+        for element in self
+            .payloader
+            .iter()
+            .chain(std::iter::once(self.appsink.upcast_ref()))
+        {
+            let _ = element.set_state(gst::State::Null);
+            let _ = bin.remove(element);
+        }
+        let _ = self.ghost.set_active(false);
+        let _ = bin.remove_pad(&self.ghost);
+    }
+}
+
+/// The id of a newly requested pad `sink_N`: N from the requested name, else the next free one;
+/// None when not a number, or taken (`exists`, logged as a warning of `element`).
+pub fn request_pad_id(
+    element: &gst::Element,
+    cat: gst::DebugCategory,
+    name: Option<&str>,
+    next_pad: &mut usize,
+    exists: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let id = match name.and_then(|n| n.strip_prefix("sink_")) {
+        Some(n) => n.parse::<usize>().ok()?,
+        None => *next_pad,
+    };
+    if exists(id) {
+        gst::warning!(cat, obj = element, "pad sink_{} already exists", id);
+        return None;
+    }
+    *next_pad = (*next_pad).max(id.checked_add(1)?);
+    Some(id)
+}
+
+/// A request pad's event function: caps (re)build its chain through `ensure`; a failure is an
+/// element error "Cannot {verb} CAPS on PAD: ..." and the event is refused.
+pub fn sink_event(
+    element: &gst::Element,
+    pad: &gst::GhostPad,
+    event: gst::Event,
+    verb: &str,
+    ensure: impl FnOnce(&gst::Caps) -> Result<(), String>,
+) -> bool {
+    if let gst::EventView::Caps(c) = event.view()
+        && let Err(err) = ensure(&c.caps_owned())
+    {
+        gst::element_error!(
+            element,
+            gst::StreamError::Format,
+            ("Cannot {} {} on {}: {}", verb, c.caps(), pad.name(), err)
+        );
+        return false;
+    }
+    gst::Pad::event_default(pad, Some(element), event)
 }

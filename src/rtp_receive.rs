@@ -3,6 +3,7 @@
 //! `rtspserversrc` (moved out of rtspsrc2 unchanged, with the element type, its debug category
 //! and its segment bookkeeping passed in).
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -275,6 +276,18 @@ pub struct PadState {
     pub clock_rate: u32,
 }
 
+impl PadState {
+    /// Stops the stream's pad task and takes the pad off `element`.
+    pub fn remove(self, element: &gst::Element) {
+        // The task holds the stream lock while it waits: wake and stop it before deactivating,
+        // as basesrc does.
+        self.queue.stop();
+        let _ = self.pad.stop_task();
+        let _ = self.pad.set_active(false);
+        let _ = element.remove_pad(&self.pad);
+    }
+}
+
 /// One stream's receive path: the jitter buffer and what leaves it. Fed on the thread that
 /// read the packets, as udpsrc's streaming thread pushes (one wake-up per burst instead of a
 /// hand-off), and by the pad task when a gap's wait runs out. The lock makes one thread push
@@ -520,4 +533,56 @@ pub fn start_stream(pad: &gst::Pad, setup: StreamSetup) -> Result<PadState, glib
         work,
         clock_rate,
     })
+}
+
+/// The `stream_%u` sometimes pad template of a source element: RTP out, one pad a stream.
+pub fn src_pad_template() -> gst::PadTemplate {
+    gst::PadTemplate::new(
+        "stream_%u",
+        gst::PadDirection::Src,
+        gst::PadPresence::Sometimes,
+        &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
+    )
+    .expect("valid template")
+}
+
+/// A stream pad's answer to the queries both source elements answer alike: caps (the stream's
+/// own from the description, from the moment the pad exists: the template's bare
+/// `application/x-rtp` would let any depayloader link any pad), accept-caps, and latency (the
+/// jitter buffer's, `latency_ms`); any other query as the default does.
+pub fn src_query(
+    element: &gst::Element,
+    pad: &gst::Pad,
+    query: &mut gst::QueryRef,
+    latency_ms: impl FnOnce() -> u32,
+) -> bool {
+    match query.view_mut() {
+        gst::QueryViewMut::Caps(q) => {
+            let Some(caps) = pad.current_caps() else {
+                return gst::Pad::query_default(pad, Some(element), query);
+            };
+            let result = match q.filter() {
+                Some(filter) => filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+                None => caps,
+            };
+            q.set_result(&result);
+            true
+        }
+        gst::QueryViewMut::AcceptCaps(q) => {
+            let accepted = pad
+                .current_caps()
+                .is_none_or(|caps| q.caps().can_intersect(&caps));
+            q.set_result(accepted);
+            true
+        }
+        gst::QueryViewMut::Latency(q) => {
+            q.set(
+                true,
+                gst::ClockTime::from_mseconds(u64::from(latency_ms())),
+                gst::ClockTime::NONE,
+            );
+            true
+        }
+        _ => gst::Pad::query_default(pad, Some(element), query),
+    }
 }

@@ -75,6 +75,19 @@ pub enum AuthMethodFlags {
     DIGEST = 0b10,
 }
 
+/// `bound-port`: read-only, the port the running server listens on (how the element knows it
+/// is its own).
+pub fn bound_port_spec() -> glib::ParamSpec {
+    glib::ParamSpecInt::builder("bound-port")
+        .nick("Bound port")
+        .blurb("The port the server listens on (-1 when not listening)")
+        .minimum(-1)
+        .maximum(65535)
+        .default_value(-1)
+        .read_only()
+        .build()
+}
+
 /// The shared settings. No `Debug`: `users` holds passwords.
 #[derive(Clone)]
 pub struct ServerProps {

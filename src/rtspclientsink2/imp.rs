@@ -9,7 +9,6 @@
 //! keyframe is asked for upstream.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -17,11 +16,11 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::payloading::{media_description, payloader_for, sample_packets};
-use crate::rtsp::auth::Credentials;
+use crate::payloading::{self, PayloadChain, media_description, sample_packets};
 use crate::rtsp::client::record::{NtpClock, PublishConfig, PublishEvent, Publisher, Pushed};
-use crate::rtsp::client::{ClientConfig, ClientError, TlsSettings, TransportKind, redact_url};
+use crate::rtsp::client::{ClientConfig, ClientError, redact_url};
 use crate::rtsp::sdp::MediaDescription;
+use crate::rtsp_client_props::{ClientProps, Role};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -31,11 +30,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
-const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
-const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
-const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
-const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 5000;
 const DEFAULT_MTU: u32 = 1400;
@@ -57,52 +51,27 @@ pub enum NtpTimeSource {
     ClockTime = 3,
 }
 
+/// No `Debug`: the shared part holds a password.
 #[derive(Clone)]
 struct Settings {
-    location: Option<String>,
-    protocols: gst_rtsp::RTSPLowerTrans,
-    tcp_timeout_us: u64,
-    teardown_timeout_ns: u64,
-    keep_alive: bool,
-    user_id: Option<String>,
-    user_pw: Option<String>,
-    user_agent: String,
-    reconnect_attempts: u32,
-    reconnect_initial_delay_ms: u32,
-    reconnect_max_delay_ms: u32,
-    tls_validation_flags: gio::TlsCertificateFlags,
-    tls_ca_file: Option<String>,
+    client: ClientProps,
     queue_size: u32,
     drain_timeout_ms: u32,
     mtu: u32,
     latency_ms: u32,
     ntp_time_source: NtpTimeSource,
-    port_range: Option<String>,
     udp_buffer_size: i32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            location: None,
-            protocols: gst_rtsp::RTSPLowerTrans::UDP | gst_rtsp::RTSPLowerTrans::TCP,
-            tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
-            teardown_timeout_ns: DEFAULT_TEARDOWN_TIMEOUT_NS,
-            keep_alive: true,
-            user_id: None,
-            user_pw: None,
-            user_agent: ClientConfig::default().user_agent,
-            reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
-            reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
-            reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
-            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
-            tls_ca_file: None,
+            client: ClientProps::new(Role::Publish),
             queue_size: DEFAULT_QUEUE_SIZE,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             mtu: DEFAULT_MTU,
             latency_ms: DEFAULT_LATENCY_MS,
             ntp_time_source: NtpTimeSource::Ntp,
-            port_range: None,
             udp_buffer_size: 0,
         }
     }
@@ -110,57 +79,9 @@ impl Default for Settings {
 
 impl Settings {
     fn publish_config(&self, name: String) -> Result<PublishConfig, String> {
-        let url = self
-            .location
-            .clone()
-            .ok_or("no location set (rtsp://host[:port]/path)")?;
-        let mut protocols = Vec::new();
-        for (flag, kind) in [
-            (gst_rtsp::RTSPLowerTrans::UDP, TransportKind::Udp),
-            (gst_rtsp::RTSPLowerTrans::TCP, TransportKind::Tcp),
-        ] {
-            if self.protocols.contains(flag) {
-                protocols.push(kind);
-            }
-        }
-        let http_tunnel = self.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
-        if protocols.is_empty() && !http_tunnel {
-            return Err("protocols allows none of udp, tcp, http".into());
-        }
-        let credentials = self.user_id.clone().map(|user| Credentials {
-            user,
-            password: self.user_pw.clone().unwrap_or_default(),
-        });
         let client = ClientConfig {
-            url,
-            credentials,
-            protocols,
-            user_agent: self.user_agent.clone(),
-            tcp_timeout: Duration::from_micros(self.tcp_timeout_us.max(1)),
-            teardown_timeout: Duration::from_nanos(self.teardown_timeout_ns),
-            keep_alive: self.keep_alive,
-            reconnect_attempts: self.reconnect_attempts,
-            reconnect_initial_delay: Duration::from_millis(u64::from(
-                self.reconnect_initial_delay_ms,
-            )),
-            reconnect_max_delay: Duration::from_millis(u64::from(
-                self.reconnect_max_delay_ms
-                    .max(self.reconnect_initial_delay_ms),
-            )),
-            tls: TlsSettings {
-                validation: crate::tls_flags::validation(self.tls_validation_flags),
-                ca_file: self
-                    .tls_ca_file
-                    .as_deref()
-                    .filter(|f| !f.is_empty())
-                    .map(Into::into),
-            },
-            http_tunnel,
             name,
-            port_range: crate::rtsp::ports::parse_port_range(
-                self.port_range.as_deref().unwrap_or(""),
-            )?,
-            ..ClientConfig::default()
+            ..self.client.client_config()?
         };
         Ok(PublishConfig {
             client,
@@ -174,13 +95,9 @@ impl Settings {
     }
 }
 
-/// The internal chain behind one request pad.
+/// The internal chain behind one request pad, and its stream.
 struct PadChain {
-    ghost: gst::GhostPad,
-    appsink: gst_app::AppSink,
-    payloader: Option<gst::Element>,
-    /// Caps structure name the payloader was made for.
-    codec: Option<String>,
+    chain: PayloadChain,
     /// The SDP description of the payloader's output.
     media: Option<MediaDescription>,
     /// Its stream in the publisher (pads in id order), once publishing.
@@ -291,7 +208,7 @@ impl RtspClientSink2 {
             .pads
             .values()
             .find(|c| c.index == Some(index))
-            .map(|c| c.ghost.clone())
+            .map(|c| c.chain.ghost.clone())
     }
 
     fn request_keyframe(pad: &gst::GhostPad) {
@@ -346,6 +263,7 @@ impl RtspClientSink2 {
                     .settings
                     .lock()
                     .unwrap()
+                    .client
                     .location
                     .as_deref()
                     .map(|l| redact_url(l).into_owned())
@@ -375,59 +293,21 @@ impl RtspClientSink2 {
 
     /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps.
     fn ensure_chain(&self, pad: &gst::GhostPad, caps: &gst::Caps) -> Result<(), String> {
-        let codec = caps
-            .structure(0)
-            .map(|s| s.name().to_string())
-            .ok_or("empty caps")?;
+        let mtu = self.settings.lock().unwrap().mtu;
         let mut state = self.state.lock().unwrap();
-        let Some((&id, chain)) = state.pads.iter_mut().find(|(_, c)| &c.ghost == pad) else {
+        let Some((&id, pad_chain)) = state.pads.iter_mut().find(|(_, c)| &c.chain.ghost == pad)
+        else {
             return Err("unknown pad".into());
         };
-        if chain.codec.as_deref() == Some(codec.as_str()) {
-            return Ok(());
-        }
-        let obj = self.obj();
-        if let Some(old) = chain.payloader.take() {
-            let _ = old.set_state(gst::State::Null);
-            let _ = obj.remove(&old);
-        }
-        let mtu = self.settings.lock().unwrap().mtu;
-        let pt = 96 + (id % 32) as u32;
-        let payloader = payloader_for(caps, pt, mtu)?;
-        let sinkpad = match &payloader {
-            Some(p) => {
-                obj.add(p).map_err(|e| e.to_string())?;
-                p.link(&chain.appsink).map_err(|e| e.to_string())?;
-                p.sync_state_with_parent().map_err(|e| e.to_string())?;
-                p.static_pad("sink").ok_or("payloader has no sink pad")?
-            }
-            None => chain
-                .appsink
-                .static_pad("sink")
-                .ok_or("appsink has no sink pad")?,
-        };
-        chain
-            .ghost
-            .set_target(Some(&sinkpad))
-            .map_err(|e| e.to_string())?;
-        gst::info!(CAT, obj = pad, "publishing {} as stream {}", codec, id);
-        chain.payloader = payloader;
-        chain.codec = Some(codec);
-        Ok(())
+        pad_chain
+            .chain
+            .ensure(self.obj().upcast_ref(), caps, id, mtu, *CAT, "publish")
     }
 
     fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
-        if let gst::EventView::Caps(c) = event.view()
-            && let Err(err) = self.ensure_chain(pad, &c.caps_owned())
-        {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Format,
-                ("Cannot publish {} on {}: {}", c.caps(), pad.name(), err)
-            );
-            return false;
-        }
-        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+        payloading::sink_event(self.obj().upcast_ref(), pad, event, "publish", |caps| {
+            self.ensure_chain(pad, caps)
+        })
     }
 
     fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef) {
@@ -473,7 +353,7 @@ impl RtspClientSink2 {
                 .unwrap()
                 .pads
                 .get(&id)
-                .map(|c| c.ghost.clone());
+                .map(|c| c.chain.ghost.clone());
             if let Some(pad) = pad {
                 Self::request_keyframe(&pad);
             }
@@ -528,82 +408,8 @@ impl RtspClientSink2 {
 impl ObjectImpl for RtspClientSink2 {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            let d = Settings::default();
-            vec![
-                glib::ParamSpecString::builder("location")
-                    .nick("Location")
-                    .blurb("RTSP URL to publish to: rtsp://[user:password@]host[:port]/path; rtsps:// inside TLS, rtsph:// tunnelled through HTTP, rtspsh:// through HTTP inside TLS")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
-                    .nick("Protocols")
-                    .blurb("Lower transports to try, in the order udp, tcp; http tunnels the session through HTTP (media interleaved)")
-                    .default_value(d.protocols)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt64::builder("tcp-timeout")
-                    .nick("TCP timeout")
-                    .blurb("Microseconds to wait to connect and for each RTSP response")
-                    .default_value(DEFAULT_TCP_TIMEOUT_US)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt64::builder("teardown-timeout")
-                    .nick("Teardown timeout")
-                    .blurb("Nanoseconds that TEARDOWN may take (a dead server never hangs the state change)")
-                    .default_value(DEFAULT_TEARDOWN_TIMEOUT_NS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("do-rtsp-keep-alive")
-                    .nick("Keep alive")
-                    .blurb("Send keep-alives (GET_PARAMETER or OPTIONS) before the session times out")
-                    .default_value(true)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-id")
-                    .nick("User ID")
-                    .blurb("User name for Basic/Digest authentication")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-pw")
-                    .nick("User password")
-                    .blurb("Password for Basic/Digest authentication")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-agent")
-                    .nick("User agent")
-                    .blurb("The User-Agent header sent with every request")
-                    .default_value(Some(d.user_agent.as_str()))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("reconnect-attempts")
-                    .nick("Reconnect attempts")
-                    .blurb("Attempts to publish again after the connection is lost (0: fail at once)")
-                    .default_value(DEFAULT_RECONNECT_ATTEMPTS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("reconnect-initial-delay")
-                    .nick("Reconnect initial delay")
-                    .blurb("Milliseconds before the first reconnection attempt; doubled per attempt")
-                    .default_value(DEFAULT_RECONNECT_INITIAL_DELAY_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("reconnect-max-delay")
-                    .nick("Reconnect max delay")
-                    .blurb("Milliseconds between reconnection attempts at most")
-                    .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
-                    .nick("TLS validation flags")
-                    .blurb("Certificate problems that fail an rtsps:// connection (0 accepts any certificate)")
-                    .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("tls-ca-file")
-                    .nick("TLS CA file")
-                    .blurb("PEM file of CA certificates trusted besides the system's")
-                    .mutable_ready()
-                    .build(),
+            let mut specs = ClientProps::param_specs(Role::Publish);
+            specs.extend([
                 glib::ParamSpecUInt::builder("queue-size")
                     .nick("Queue size")
                     .blurb("Bytes of RTP queued for the server at most; when full, whole frames are dropped (counted in stats) and a keyframe is asked for")
@@ -636,11 +442,6 @@ impl ObjectImpl for RtspClientSink2 {
                     .default_value(NtpTimeSource::Ntp)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("port-range")
-                    .nick("Port range")
-                    .blurb("Client UDP port range MIN-MAX for RTP and RTCP, e.g. 3000-3005 (NULL = any)")
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecInt::builder("udp-buffer-size")
                     .nick("UDP buffer size")
                     .blurb("Bytes of kernel buffer for the UDP sockets: send for RTP, receive for RTCP (0 = 1 MiB)")
@@ -653,40 +454,23 @@ impl ObjectImpl for RtspClientSink2 {
                     .blurb("Per stream: packets and bytes sent, frames and packets dropped, the server's receiver report figures (loss, jitter, round trip)")
                     .read_only()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
+        if s.client.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "location" => s.location = value.get().expect("type checked"),
-            "protocols" => s.protocols = value.get().expect("type checked"),
-            "tcp-timeout" => s.tcp_timeout_us = value.get().expect("type checked"),
-            "teardown-timeout" => s.teardown_timeout_ns = value.get().expect("type checked"),
-            "do-rtsp-keep-alive" => s.keep_alive = value.get().expect("type checked"),
-            "user-id" => s.user_id = value.get().expect("type checked"),
-            "user-pw" => s.user_pw = value.get().expect("type checked"),
-            "user-agent" => {
-                s.user_agent = value
-                    .get::<Option<String>>()
-                    .expect("type checked")
-                    .unwrap_or_default()
-            }
-            "reconnect-attempts" => s.reconnect_attempts = value.get().expect("type checked"),
-            "reconnect-initial-delay" => {
-                s.reconnect_initial_delay_ms = value.get().expect("type checked")
-            }
-            "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
-            "tls-validation-flags" => s.tls_validation_flags = value.get().expect("type checked"),
-            "tls-ca-file" => s.tls_ca_file = value.get().expect("type checked"),
             "queue-size" => s.queue_size = value.get().expect("type checked"),
             "drain-timeout" => s.drain_timeout_ms = value.get().expect("type checked"),
             "mtu" => s.mtu = value.get().expect("type checked"),
             "latency" => s.latency_ms = value.get().expect("type checked"),
             "ntp-time-source" => s.ntp_time_source = value.get().expect("type checked"),
-            "port-range" => s.port_range = value.get().expect("type checked"),
             "udp-buffer-size" => s.udp_buffer_size = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
@@ -697,26 +481,15 @@ impl ObjectImpl for RtspClientSink2 {
             return self.stats_structure().to_value();
         }
         let s = self.settings.lock().unwrap();
+        if let Some(value) = s.client.get(pspec.name()) {
+            return value;
+        }
         match pspec.name() {
-            "location" => s.location.to_value(),
-            "protocols" => s.protocols.to_value(),
-            "tcp-timeout" => s.tcp_timeout_us.to_value(),
-            "teardown-timeout" => s.teardown_timeout_ns.to_value(),
-            "do-rtsp-keep-alive" => s.keep_alive.to_value(),
-            "user-id" => s.user_id.to_value(),
-            "user-pw" => s.user_pw.to_value(),
-            "user-agent" => s.user_agent.to_value(),
-            "reconnect-attempts" => s.reconnect_attempts.to_value(),
-            "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
-            "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
-            "tls-validation-flags" => s.tls_validation_flags.to_value(),
-            "tls-ca-file" => s.tls_ca_file.to_value(),
             "queue-size" => s.queue_size.to_value(),
             "drain-timeout" => s.drain_timeout_ms.to_value(),
             "mtu" => s.mtu.to_value(),
             "latency" => s.latency_ms.to_value(),
             "ntp-time-source" => s.ntp_time_source.to_value(),
-            "port-range" => s.port_range.to_value(),
             "udp-buffer-size" => s.udp_buffer_size.to_value(),
             other => unreachable!("unknown property {other}"),
         }
@@ -739,28 +512,8 @@ impl ElementImpl for RtspClientSink2 {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::from_str(
-                "video/x-h264, stream-format=(string){ avc, byte-stream }; \
-                 video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
-                 video/x-vp8; video/x-vp9; audio/x-opus; \
-                 audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
-                 audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
-                 audio/x-mulaw, rate=(int)8000, channels=(int)1; \
-                 audio/x-alaw, rate=(int)8000, channels=(int)1; \
-                 application/x-rtp",
-            )
-            .expect("valid caps");
-            vec![
-                gst::PadTemplate::new(
-                    "sink_%u",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Request,
-                    &caps,
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::payloading::sink_pad_template()]);
         TEMPLATES.as_ref()
     }
 
@@ -784,25 +537,16 @@ impl ElementImpl for RtspClientSink2 {
             return None;
         }
         let mut state = self.state.lock().unwrap();
-        let id = match name.and_then(|n| n.strip_prefix("sink_")) {
-            Some(n) => n.parse::<usize>().ok()?,
-            None => state.next_pad,
-        };
-        if state.pads.contains_key(&id) {
-            gst::warning!(CAT, imp = self, "pad sink_{} already exists", id);
-            return None;
-        }
-        state.next_pad = state.next_pad.max(id.checked_add(1)?);
+        let State { pads, next_pad, .. } = &mut *state;
+        let id = payloading::request_pad_id(self.obj().upcast_ref(), *CAT, name, next_pad, |id| {
+            pads.contains_key(&id)
+        })?;
 
-        let appsink = gst_app::AppSink::builder()
-            .name(format!("appsink_{id}"))
-            .sync(true)
-            .buffer_list(true)
-            .max_buffers(1)
-            .build();
         let weak = self.obj().downgrade();
         let weak_eos = weak.clone();
-        appsink.set_callbacks(
+        let weak_caps = weak.clone();
+        let appsink = PayloadChain::appsink(
+            id,
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
@@ -818,20 +562,12 @@ impl ElementImpl for RtspClientSink2 {
                     }
                 })
                 .build(),
-        );
-        let weak = self.obj().downgrade();
-        appsink.static_pad("sink")?.add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
-                if let Some(gst::PadProbeData::Event(ev)) = &info.data
-                    && let gst::EventView::Caps(c) = ev.view()
-                    && let Some(obj) = weak.upgrade()
-                {
-                    obj.imp().on_rtp_caps(id, c.caps());
+            move |caps| {
+                if let Some(obj) = weak_caps.upgrade() {
+                    obj.imp().on_rtp_caps(id, caps);
                 }
-                gst::PadProbeReturn::Ok
             },
-        );
+        )?;
 
         let ghost = gst::GhostPad::builder_from_template(templ)
             .name(format!("sink_{id}"))
@@ -849,10 +585,7 @@ impl ElementImpl for RtspClientSink2 {
         state.pads.insert(
             id,
             PadChain {
-                ghost: ghost.clone(),
-                appsink,
-                payloader: None,
-                codec: None,
+                chain: PayloadChain::new(ghost.clone(), appsink),
                 media: None,
                 index: None,
             },
@@ -869,24 +602,14 @@ impl ElementImpl for RtspClientSink2 {
             let id = state
                 .pads
                 .iter()
-                .find(|(_, c)| c.ghost.upcast_ref::<gst::Pad>() == pad)
+                .find(|(_, c)| c.chain.ghost.upcast_ref::<gst::Pad>() == pad)
                 .map(|(id, _)| *id);
             id.and_then(|id| state.pads.remove(&id))
         };
         let Some(chain) = chain else {
             return;
         };
-        let obj = self.obj();
-        for element in chain
-            .payloader
-            .iter()
-            .chain(std::iter::once(chain.appsink.upcast_ref()))
-        {
-            let _ = element.set_state(gst::State::Null);
-            let _ = obj.remove(element);
-        }
-        let _ = chain.ghost.set_active(false);
-        let _ = obj.remove_pad(&chain.ghost);
+        chain.chain.remove(self.obj().upcast_ref());
     }
 
     fn change_state(
@@ -912,13 +635,8 @@ impl ElementImpl for RtspClientSink2 {
         if transition == gst::StateChange::ReadyToNull {
             let mut state = self.state.lock().unwrap();
             for chain in state.pads.values_mut() {
-                if let Some(p) = chain.payloader.take() {
-                    let _ = p.set_state(gst::State::Null);
-                    let _ = self.obj().remove(&p);
-                }
-                chain.codec = None;
+                chain.chain.reset(self.obj().upcast_ref());
                 chain.media = None;
-                let _ = chain.ghost.set_target(None::<&gst::Pad>);
             }
         }
         result
@@ -931,23 +649,14 @@ impl URIHandlerImpl for RtspClientSink2 {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
     fn protocols() -> &'static [&'static str] {
-        &[
-            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
-        ]
+        crate::rtsp_client_props::URI_PROTOCOLS
     }
 
     fn uri(&self) -> Option<String> {
-        self.settings.lock().unwrap().location.clone()
+        self.settings.lock().unwrap().client.location.clone()
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let url = url::Url::parse(uri).map_err(|e| {
-            glib::Error::new(
-                gst::URIError::BadUri,
-                &format!("'{}': {e}", redact_url(uri)),
-            )
-        })?;
-        self.settings.lock().unwrap().location = Some(url.to_string());
-        Ok(())
+        self.settings.lock().unwrap().client.set_uri(uri)
     }
 }

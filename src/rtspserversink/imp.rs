@@ -15,7 +15,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::payloading::{media_description, payloader_for, sample_packets};
+use crate::payloading::{self, PayloadChain, media_description, sample_packets};
 use crate::rtsp::server::{MulticastConfig, Server, ServerConfig, ServerEvent, ServerStats};
 use crate::rtsp_server_props::{self as props, Role, ServerProps};
 
@@ -102,18 +102,9 @@ impl Settings {
     }
 }
 
-/// The internal chain behind one request pad.
-struct PadChain {
-    ghost: gst::GhostPad,
-    appsink: gst_app::AppSink,
-    payloader: Option<gst::Element>,
-    /// Caps structure name the payloader was made for.
-    codec: Option<String>,
-}
-
 #[derive(Default)]
 struct State {
-    pads: BTreeMap<usize, PadChain>,
+    pads: BTreeMap<usize, PayloadChain>,
     next_pad: usize,
 }
 
@@ -202,59 +193,18 @@ impl RtspServerSink {
 
     /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps.
     fn ensure_chain(&self, pad: &gst::GhostPad, caps: &gst::Caps) -> Result<(), String> {
-        let codec = caps
-            .structure(0)
-            .map(|s| s.name().to_string())
-            .ok_or("empty caps")?;
+        let mtu = self.settings.lock().unwrap().mtu;
         let mut state = self.state.lock().unwrap();
         let Some((&id, chain)) = state.pads.iter_mut().find(|(_, c)| &c.ghost == pad) else {
             return Err("unknown pad".into());
         };
-        if chain.codec.as_deref() == Some(codec.as_str()) {
-            return Ok(());
-        }
-        let obj = self.obj();
-        if let Some(old) = chain.payloader.take() {
-            let _ = old.set_state(gst::State::Null);
-            let _ = obj.remove(&old);
-        }
-        let mtu = self.settings.lock().unwrap().mtu;
-        let pt = 96 + (id % 32) as u32;
-        let payloader = payloader_for(caps, pt, mtu)?;
-        let sinkpad = match &payloader {
-            Some(p) => {
-                obj.add(p).map_err(|e| e.to_string())?;
-                p.link(&chain.appsink).map_err(|e| e.to_string())?;
-                p.sync_state_with_parent().map_err(|e| e.to_string())?;
-                p.static_pad("sink").ok_or("payloader has no sink pad")?
-            }
-            None => chain
-                .appsink
-                .static_pad("sink")
-                .ok_or("appsink has no sink pad")?,
-        };
-        chain
-            .ghost
-            .set_target(Some(&sinkpad))
-            .map_err(|e| e.to_string())?;
-        gst::info!(CAT, obj = pad, "streaming {} as stream {}", codec, id);
-        chain.payloader = payloader;
-        chain.codec = Some(codec);
-        Ok(())
+        chain.ensure(self.obj().upcast_ref(), caps, id, mtu, *CAT, "stream")
     }
 
     fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
-        if let gst::EventView::Caps(c) = event.view()
-            && let Err(err) = self.ensure_chain(pad, &c.caps_owned())
-        {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Format,
-                ("Cannot stream {} on {}: {}", c.caps(), pad.name(), err)
-            );
-            return false;
-        }
-        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+        payloading::sink_event(self.obj().upcast_ref(), pad, event, "stream", |caps| {
+            self.ensure_chain(pad, caps)
+        })
     }
 
     fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef) {
@@ -345,14 +295,7 @@ impl ObjectImpl for RtspServerSink {
             // with rtspserversrc.
             let mut specs = ServerProps::param_specs(Role::Play);
             specs.extend([
-                glib::ParamSpecInt::builder("bound-port")
-                    .nick("Bound port")
-                    .blurb("The port the server listens on (-1 when not listening)")
-                    .minimum(-1)
-                    .maximum(65535)
-                    .default_value(-1)
-                    .read_only()
-                    .build(),
+                props::bound_port_spec(),
                 glib::ParamSpecUInt::builder("client-queue-size")
                     .nick("Client queue size")
                     .blurb("Bytes of media queued per TCP client; when full, whole frames are dropped and the client resumes at the next keyframe")
@@ -526,28 +469,8 @@ impl ElementImpl for RtspServerSink {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::from_str(
-                "video/x-h264, stream-format=(string){ avc, byte-stream }; \
-                 video/x-h265, stream-format=(string){ hvc1, hev1, byte-stream }; \
-                 video/x-vp8; video/x-vp9; audio/x-opus; \
-                 audio/mpeg, mpegversion=(int)4, stream-format=(string)raw; \
-                 audio/mpeg, mpegversion=(int)1, layer=(int)[1, 3]; \
-                 audio/x-mulaw, rate=(int)8000, channels=(int)1; \
-                 audio/x-alaw, rate=(int)8000, channels=(int)1; \
-                 application/x-rtp",
-            )
-            .expect("valid caps");
-            vec![
-                gst::PadTemplate::new(
-                    "sink_%u",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Request,
-                    &caps,
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::payloading::sink_pad_template()]);
         TEMPLATES.as_ref()
     }
 
@@ -558,24 +481,15 @@ impl ElementImpl for RtspServerSink {
         _caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
         let mut state = self.state.lock().unwrap();
-        let id = match name.and_then(|n| n.strip_prefix("sink_")) {
-            Some(n) => n.parse::<usize>().ok()?,
-            None => state.next_pad,
-        };
-        if state.pads.contains_key(&id) {
-            gst::warning!(CAT, imp = self, "pad sink_{} already exists", id);
-            return None;
-        }
-        state.next_pad = state.next_pad.max(id + 1);
+        let State { pads, next_pad } = &mut *state;
+        let id = payloading::request_pad_id(self.obj().upcast_ref(), *CAT, name, next_pad, |id| {
+            pads.contains_key(&id)
+        })?;
 
-        let appsink = gst_app::AppSink::builder()
-            .name(format!("appsink_{id}"))
-            .sync(true)
-            .buffer_list(true)
-            .max_buffers(1)
-            .build();
         let weak = self.obj().downgrade();
-        appsink.set_callbacks(
+        let weak_caps = weak.clone();
+        let appsink = PayloadChain::appsink(
+            id,
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
@@ -588,20 +502,12 @@ impl ElementImpl for RtspServerSink {
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
-        );
-        let weak = self.obj().downgrade();
-        appsink.static_pad("sink")?.add_probe(
-            gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
-                if let Some(gst::PadProbeData::Event(ev)) = &info.data
-                    && let gst::EventView::Caps(c) = ev.view()
-                    && let Some(obj) = weak.upgrade()
-                {
-                    obj.imp().on_rtp_caps(id, c.caps());
+            move |caps| {
+                if let Some(obj) = weak_caps.upgrade() {
+                    obj.imp().on_rtp_caps(id, caps);
                 }
-                gst::PadProbeReturn::Ok
             },
-        );
+        )?;
 
         let ghost = gst::GhostPad::builder_from_template(templ)
             .name(format!("sink_{id}"))
@@ -627,15 +533,9 @@ impl ElementImpl for RtspServerSink {
             return None;
         }
         let _ = appsink.sync_state_with_parent();
-        state.pads.insert(
-            id,
-            PadChain {
-                ghost: ghost.clone(),
-                appsink,
-                payloader: None,
-                codec: None,
-            },
-        );
+        state
+            .pads
+            .insert(id, PayloadChain::new(ghost.clone(), appsink));
         drop(state);
         ghost.set_active(true).ok()?;
         obj.add_pad(&ghost).ok()?;
@@ -658,17 +558,7 @@ impl ElementImpl for RtspServerSink {
         if let Some(server) = self.server() {
             server.remove_stream(id);
         }
-        let obj = self.obj();
-        for element in chain
-            .payloader
-            .iter()
-            .chain(std::iter::once(chain.appsink.upcast_ref()))
-        {
-            let _ = element.set_state(gst::State::Null);
-            let _ = obj.remove(element);
-        }
-        let _ = chain.ghost.set_active(false);
-        let _ = obj.remove_pad(&chain.ghost);
+        chain.remove(self.obj().upcast_ref());
     }
 
     fn change_state(
@@ -692,12 +582,7 @@ impl ElementImpl for RtspServerSink {
             if transition == gst::StateChange::ReadyToNull {
                 let mut state = self.state.lock().unwrap();
                 for chain in state.pads.values_mut() {
-                    if let Some(p) = chain.payloader.take() {
-                        let _ = p.set_state(gst::State::Null);
-                        let _ = self.obj().remove(&p);
-                    }
-                    chain.codec = None;
-                    let _ = chain.ghost.set_target(None::<&gst::Pad>);
+                    chain.reset(self.obj().upcast_ref());
                 }
             }
         }

@@ -13,7 +13,6 @@
 //! gets new pads after the old ones got EOS and were removed.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -186,14 +185,8 @@ impl RtspServerSrc {
     }
 
     fn remove_pads(&self, pads: BTreeMap<usize, PadState>) {
-        let obj = self.obj();
         for (_, p) in pads {
-            // The task holds the stream lock while it waits: wake and stop it before
-            // deactivating, as basesrc does.
-            p.queue.stop();
-            let _ = p.pad.stop_task();
-            let _ = p.pad.set_active(false);
-            let _ = obj.remove_pad(&p.pad);
+            p.remove(self.obj().upcast_ref());
         }
     }
 
@@ -384,38 +377,9 @@ impl RtspServerSrc {
     }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        match query.view_mut() {
-            gst::QueryViewMut::Caps(q) => {
-                let Some(caps) = pad.current_caps() else {
-                    return gst::Pad::query_default(pad, Some(&*self.obj()), query);
-                };
-                let result = match q.filter() {
-                    Some(filter) => {
-                        filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First)
-                    }
-                    None => caps,
-                };
-                q.set_result(&result);
-                true
-            }
-            gst::QueryViewMut::AcceptCaps(q) => {
-                let accepted = pad
-                    .current_caps()
-                    .is_none_or(|caps| q.caps().can_intersect(&caps));
-                q.set_result(accepted);
-                true
-            }
-            gst::QueryViewMut::Latency(q) => {
-                let ms = self.settings.lock().unwrap().latency_ms;
-                q.set(
-                    true,
-                    gst::ClockTime::from_mseconds(u64::from(ms)),
-                    gst::ClockTime::NONE,
-                );
-                true
-            }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
-        }
+        crate::rtp_receive::src_query(self.obj().upcast_ref(), pad, query, || {
+            self.settings.lock().unwrap().latency_ms
+        })
     }
 
     fn stats(&self) -> gst::Structure {
@@ -471,14 +435,7 @@ impl ObjectImpl for RtspServerSrc {
             // with rtspserversink.
             let mut specs = ServerProps::param_specs(Role::Record);
             specs.extend([
-                glib::ParamSpecInt::builder("bound-port")
-                    .nick("Bound port")
-                    .blurb("The port the server listens on (-1 when not listening)")
-                    .minimum(-1)
-                    .maximum(65535)
-                    .default_value(-1)
-                    .read_only()
-                    .build(),
+                props::bound_port_spec(),
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
                     .blurb("Jitter buffer size in milliseconds")
@@ -586,17 +543,8 @@ impl ElementImpl for RtspServerSrc {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "stream_%u",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Sometimes,
-                    &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::rtp_receive::src_pad_template()]);
         TEMPLATES.as_ref()
     }
 

@@ -12,7 +12,6 @@
 //! give up on, and sleeps otherwise.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -25,13 +24,10 @@ use gst::subclass::prelude::*;
 use crate::rtp_receive::{
     PadState, StreamSetup, StreamWork, SyncReference, start_stream, stream_caps,
 };
-use crate::rtsp::auth::Credentials;
-use crate::rtsp::client::{
-    Client, ClientConfig, ClientError, ClientEvent, StreamInfo, TlsSettings, TransportKind,
-    redact_url,
-};
+use crate::rtsp::client::{Client, ClientConfig, ClientError, ClientEvent, StreamInfo, redact_url};
 use crate::rtsp::range::NptRange;
 use crate::rtsp::tunnel::TunnelError;
+use crate::rtsp_client_props::{ClientProps, Role};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -43,88 +39,32 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_LATENCY_MS: u32 = 200;
 const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
-const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
-const DEFAULT_TEARDOWN_TIMEOUT_NS: u64 = 2_000_000_000;
-const DEFAULT_RECONNECT_ATTEMPTS: u32 = 5;
-const DEFAULT_RECONNECT_INITIAL_DELAY_MS: u32 = 500;
-const DEFAULT_RECONNECT_MAX_DELAY_MS: u32 = 10_000;
 const DEFAULT_MAX_STREAMS: u32 = 16;
 
 #[derive(Clone)]
 struct Settings {
-    location: Option<String>,
-    protocols: gst_rtsp::RTSPLowerTrans,
+    client: ClientProps,
     latency_ms: u32,
     timeout_us: u64,
-    tcp_timeout_us: u64,
-    teardown_timeout_ns: u64,
-    keep_alive: bool,
-    user_id: Option<String>,
-    user_pw: Option<String>,
-    user_agent: String,
-    port_range: Option<String>,
     multicast_iface: Option<String>,
-    reconnect_attempts: u32,
-    reconnect_initial_delay_ms: u32,
-    reconnect_max_delay_ms: u32,
     max_streams: u32,
-    tls_validation_flags: gio::TlsCertificateFlags,
-    tls_ca_file: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            location: None,
-            protocols: gst_rtsp::RTSPLowerTrans::UDP
-                | gst_rtsp::RTSPLowerTrans::UDP_MCAST
-                | gst_rtsp::RTSPLowerTrans::TCP,
+            client: ClientProps::new(Role::Play),
             latency_ms: DEFAULT_LATENCY_MS,
             timeout_us: DEFAULT_TIMEOUT_US,
-            tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
-            teardown_timeout_ns: DEFAULT_TEARDOWN_TIMEOUT_NS,
-            keep_alive: true,
-            user_id: None,
-            user_pw: None,
-            user_agent: ClientConfig::default().user_agent,
-            port_range: None,
             multicast_iface: None,
-            reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
-            reconnect_initial_delay_ms: DEFAULT_RECONNECT_INITIAL_DELAY_MS,
-            reconnect_max_delay_ms: DEFAULT_RECONNECT_MAX_DELAY_MS,
             max_streams: DEFAULT_MAX_STREAMS,
-            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
-            tls_ca_file: None,
         }
     }
 }
 
 impl Settings {
     fn client_config(&self) -> Result<ClientConfig, String> {
-        let url = self
-            .location
-            .clone()
-            .ok_or("no location set (rtsp://host[:port]/path)")?;
-        let mut protocols = Vec::new();
-        for (flag, kind) in [
-            (gst_rtsp::RTSPLowerTrans::UDP, TransportKind::Udp),
-            (
-                gst_rtsp::RTSPLowerTrans::UDP_MCAST,
-                TransportKind::UdpMulticast,
-            ),
-            (gst_rtsp::RTSPLowerTrans::TCP, TransportKind::Tcp),
-        ] {
-            if self.protocols.contains(flag) {
-                protocols.push(kind);
-            }
-        }
-        // The tunnel carries the media interleaved, whatever else the flags say.
-        let http_tunnel = self.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
-        if protocols.is_empty() && !http_tunnel {
-            return Err("protocols allows none of udp, udp-mcast, tcp, http".into());
-        }
-        let port_range =
-            crate::rtsp::ports::parse_port_range(self.port_range.as_deref().unwrap_or(""))?;
+        let client = self.client.client_config()?;
         let multicast_iface = match self.multicast_iface.as_deref() {
             None | Some("") => None,
             // The loopback interface by name, as rtspsrc users write it.
@@ -133,47 +73,12 @@ impl Settings {
                 format!("multicast-iface '{v}' must be an IPv4 interface address or 'lo'")
             })?),
         };
-        let credentials = self.user_id.clone().map(|user| Credentials {
-            user,
-            password: self.user_pw.clone().unwrap_or_default(),
-        });
         Ok(ClientConfig {
-            url,
-            credentials,
-            protocols,
-            user_agent: self.user_agent.clone(),
-            tcp_timeout: Duration::from_micros(self.tcp_timeout_us.max(1)),
             udp_timeout: Duration::from_micros(self.timeout_us.max(1)),
-            teardown_timeout: Duration::from_nanos(self.teardown_timeout_ns),
-            port_range,
-            keep_alive: self.keep_alive,
             multicast_iface,
-            reconnect_attempts: self.reconnect_attempts,
-            reconnect_initial_delay: Duration::from_millis(u64::from(
-                self.reconnect_initial_delay_ms,
-            )),
-            reconnect_max_delay: Duration::from_millis(u64::from(
-                self.reconnect_max_delay_ms
-                    .max(self.reconnect_initial_delay_ms),
-            )),
             max_streams: self.max_streams as usize,
-            tls: self.tls_settings(),
-            http_tunnel,
-            ..ClientConfig::default()
+            ..client
         })
-    }
-
-    /// TLS for `rtsps` locations: `tls-validation-flags` and `tls-ca-file`.
-    fn tls_settings(&self) -> TlsSettings {
-        let f = self.tls_validation_flags;
-        TlsSettings {
-            validation: crate::tls_flags::validation(f),
-            ca_file: self
-                .tls_ca_file
-                .as_deref()
-                .filter(|f| !f.is_empty())
-                .map(Into::into),
-        }
     }
 }
 
@@ -450,7 +355,7 @@ impl RtspSrc2 {
                 );
             }
             ClientEvent::Error(err) => {
-                let location = self.settings.lock().unwrap().location.clone();
+                let location = self.settings.lock().unwrap().client.location.clone();
                 // A refused certificate says what would make it pass.
                 let hint = match err {
                     ClientError::Tls {
@@ -528,37 +433,6 @@ impl RtspSrc2 {
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         match query.view_mut() {
-            // The stream's caps from the description, from the moment the pad exists (the
-            // template's bare `application/x-rtp` would let any depayloader link any pad).
-            gst::QueryViewMut::Caps(q) => {
-                let Some(caps) = pad.current_caps() else {
-                    return gst::Pad::query_default(pad, Some(&*self.obj()), query);
-                };
-                let result = match q.filter() {
-                    Some(filter) => {
-                        filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First)
-                    }
-                    None => caps,
-                };
-                q.set_result(&result);
-                true
-            }
-            gst::QueryViewMut::AcceptCaps(q) => {
-                let accepted = pad
-                    .current_caps()
-                    .is_none_or(|caps| q.caps().can_intersect(&caps));
-                q.set_result(accepted);
-                true
-            }
-            gst::QueryViewMut::Latency(q) => {
-                let ms = self.settings.lock().unwrap().latency_ms;
-                q.set(
-                    true,
-                    gst::ClockTime::from_mseconds(u64::from(ms)),
-                    gst::ClockTime::NONE,
-                );
-                true
-            }
             gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Time => {
                 let Some(d) = self.state.lock().unwrap().duration else {
                     return false;
@@ -585,7 +459,9 @@ impl RtspSrc2 {
                 );
                 true
             }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+            _ => crate::rtp_receive::src_query(self.obj().upcast_ref(), pad, query, || {
+                self.settings.lock().unwrap().latency_ms
+            }),
         }
     }
 
@@ -726,14 +602,8 @@ impl RtspSrc2 {
         };
         // TEARDOWN, bounded by teardown-timeout.
         drop(client);
-        let obj = self.obj();
         for (_, p) in pads {
-            // The task holds the stream lock while it waits: wake and stop it before
-            // deactivating, as basesrc does.
-            p.queue.stop();
-            let _ = p.pad.stop_task();
-            let _ = p.pad.set_active(false);
-            let _ = obj.remove_pad(&p.pad);
+            p.remove(self.obj().upcast_ref());
         }
     }
 
@@ -821,18 +691,8 @@ impl RtspSrc2 {
 impl ObjectImpl for RtspSrc2 {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("location")
-                    .nick("Location")
-                    .blurb("RTSP URL to play: rtsp://[user:password@]host[:port]/path; rtsps:// (or rtspst://) inside TLS, rtsph:// tunnelled through HTTP, rtspsh:// through HTTP inside TLS")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
-                    .nick("Protocols")
-                    .blurb("Lower transports to try, in the order udp, udp-mcast, tcp; http tunnels the session through HTTP (media interleaved)")
-                    .default_value(Settings::default().protocols)
-                    .mutable_ready()
-                    .build(),
+            let mut specs = ClientProps::param_specs(Role::Play);
+            specs.extend([
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
                     .blurb("Milliseconds of jitter buffering (rtspsrc uses 2000; 200 covers reordering on real networks without making live video lag)")
@@ -845,66 +705,9 @@ impl ObjectImpl for RtspSrc2 {
                     .default_value(DEFAULT_TIMEOUT_US)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt64::builder("tcp-timeout")
-                    .nick("TCP timeout")
-                    .blurb("Microseconds to wait to connect and for each RTSP response")
-                    .default_value(DEFAULT_TCP_TIMEOUT_US)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt64::builder("teardown-timeout")
-                    .nick("Teardown timeout")
-                    .blurb("Nanoseconds that TEARDOWN may take when stopping (a dead server never hangs the state change)")
-                    .default_value(DEFAULT_TEARDOWN_TIMEOUT_NS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("do-rtsp-keep-alive")
-                    .nick("Keep alive")
-                    .blurb("Send keep-alive requests (GET_PARAMETER or OPTIONS) before the session times out")
-                    .default_value(true)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-id")
-                    .nick("User ID")
-                    .blurb("User name for Basic/Digest authentication (or put it in the URL)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-pw")
-                    .nick("User password")
-                    .blurb("Password for Basic/Digest authentication")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-agent")
-                    .nick("User agent")
-                    .blurb("The User-Agent header sent with every request")
-                    .default_value(Some(Settings::default().user_agent.as_str()))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("port-range")
-                    .nick("Port range")
-                    .blurb("Client UDP port range MIN-MAX, e.g. 3000-3005 (NULL = any)")
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecString::builder("multicast-iface")
                     .nick("Multicast interface")
                     .blurb("IPv4 address of the interface to join multicast groups on ('lo' = 127.0.0.1)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("reconnect-attempts")
-                    .nick("Reconnect attempts")
-                    .blurb("Reconnections tried after the connection is lost before giving up with an error (0 = none)")
-                    .default_value(DEFAULT_RECONNECT_ATTEMPTS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("reconnect-initial-delay")
-                    .nick("Reconnect initial delay")
-                    .blurb("Milliseconds before the first reconnection attempt; doubles per attempt")
-                    .default_value(DEFAULT_RECONNECT_INITIAL_DELAY_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("reconnect-max-delay")
-                    .nick("Reconnect max delay")
-                    .blurb("Milliseconds between reconnection attempts at most")
-                    .default_value(DEFAULT_RECONNECT_MAX_DELAY_MS)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("max-streams")
@@ -915,23 +718,13 @@ impl ObjectImpl for RtspSrc2 {
                     .default_value(DEFAULT_MAX_STREAMS)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
-                    .nick("TLS validation flags")
-                    .blurb("Which problems of the server's certificate fail rtsps (0 accepts any certificate), checked against the system's CAs and tls-ca-file's")
-                    .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("tls-ca-file")
-                    .nick("TLS CA file")
-                    .blurb("PEM file of CA certificates trusted for rtsps besides the system's (a private CA, or a camera's own certificate authority)")
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Per stream: packets received, lost (RTCP's count), late and duplicate (dropped by the jitter buffer), with another payload type, from another address than the server's or of another SSRC than the sender's, far from the sequence with nothing following (all dropped), jitter, round-trip time (of RTSP requests; -1 before the first) and sender reports")
                     .read_only()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
@@ -994,32 +787,14 @@ impl ObjectImpl for RtspSrc2 {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
+        if s.client.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "location" => s.location = value.get().expect("type checked"),
-            "protocols" => s.protocols = value.get().expect("type checked"),
             "latency" => s.latency_ms = value.get().expect("type checked"),
             "timeout" => s.timeout_us = value.get().expect("type checked"),
-            "tcp-timeout" => s.tcp_timeout_us = value.get().expect("type checked"),
-            "teardown-timeout" => s.teardown_timeout_ns = value.get().expect("type checked"),
-            "do-rtsp-keep-alive" => s.keep_alive = value.get().expect("type checked"),
-            "user-id" => s.user_id = value.get().expect("type checked"),
-            "user-pw" => s.user_pw = value.get().expect("type checked"),
-            "user-agent" => {
-                s.user_agent = value
-                    .get::<Option<String>>()
-                    .expect("type checked")
-                    .unwrap_or_default()
-            }
-            "port-range" => s.port_range = value.get().expect("type checked"),
             "multicast-iface" => s.multicast_iface = value.get().expect("type checked"),
-            "reconnect-attempts" => s.reconnect_attempts = value.get().expect("type checked"),
-            "reconnect-initial-delay" => {
-                s.reconnect_initial_delay_ms = value.get().expect("type checked")
-            }
-            "reconnect-max-delay" => s.reconnect_max_delay_ms = value.get().expect("type checked"),
             "max-streams" => s.max_streams = value.get().expect("type checked"),
-            "tls-validation-flags" => s.tls_validation_flags = value.get().expect("type checked"),
-            "tls-ca-file" => s.tls_ca_file = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1029,25 +804,14 @@ impl ObjectImpl for RtspSrc2 {
             return self.stats().to_value();
         }
         let s = self.settings.lock().unwrap();
+        if let Some(value) = s.client.get(pspec.name()) {
+            return value;
+        }
         match pspec.name() {
-            "location" => s.location.to_value(),
-            "protocols" => s.protocols.to_value(),
             "latency" => s.latency_ms.to_value(),
             "timeout" => s.timeout_us.to_value(),
-            "tcp-timeout" => s.tcp_timeout_us.to_value(),
-            "teardown-timeout" => s.teardown_timeout_ns.to_value(),
-            "do-rtsp-keep-alive" => s.keep_alive.to_value(),
-            "user-id" => s.user_id.to_value(),
-            "user-pw" => s.user_pw.to_value(),
-            "user-agent" => s.user_agent.to_value(),
-            "port-range" => s.port_range.to_value(),
             "multicast-iface" => s.multicast_iface.to_value(),
-            "reconnect-attempts" => s.reconnect_attempts.to_value(),
-            "reconnect-initial-delay" => s.reconnect_initial_delay_ms.to_value(),
-            "reconnect-max-delay" => s.reconnect_max_delay_ms.to_value(),
             "max-streams" => s.max_streams.to_value(),
-            "tls-validation-flags" => s.tls_validation_flags.to_value(),
-            "tls-ca-file" => s.tls_ca_file.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1074,17 +838,8 @@ impl ElementImpl for RtspSrc2 {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "stream_%u",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Sometimes,
-                    &gst::Caps::from_str("application/x-rtp").expect("valid caps"),
-                )
-                .expect("valid template"),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(|| vec![crate::rtp_receive::src_pad_template()]);
         TEMPLATES.as_ref()
     }
 
@@ -1119,23 +874,14 @@ impl URIHandlerImpl for RtspSrc2 {
     const URI_TYPE: gst::URIType = gst::URIType::Src;
 
     fn protocols() -> &'static [&'static str] {
-        &[
-            "rtsp", "rtspu", "rtspt", "rtsps", "rtspst", "rtsph", "rtspsh",
-        ]
+        crate::rtsp_client_props::URI_PROTOCOLS
     }
 
     fn uri(&self) -> Option<String> {
-        self.settings.lock().unwrap().location.clone()
+        self.settings.lock().unwrap().client.location.clone()
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let url = url::Url::parse(uri).map_err(|e| {
-            glib::Error::new(
-                gst::URIError::BadUri,
-                &format!("'{}': {e}", redact_url(uri)),
-            )
-        })?;
-        self.settings.lock().unwrap().location = Some(url.to_string());
-        Ok(())
+        self.settings.lock().unwrap().client.set_uri(uri)
     }
 }
