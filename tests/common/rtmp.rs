@@ -379,30 +379,45 @@ impl Stunnel {
         Stunnel::serve(dir, port, &cert, &key)
     }
 
+    /// Starts stunnel4 on a free port. A port found free may be taken by another test's server
+    /// before stunnel binds it: stunnel then exits at once, while the other server makes the
+    /// port look listening. So the port counts as ours only once stunnel is still running a
+    /// moment after it listens; otherwise another port is tried.
     fn serve(dir: TempDir, port: u16, cert: &Path, key: &Path) -> Stunnel {
-        let tls_port = free_port();
-        let conf = format!(
-            "foreground = yes\n\
-             pid =\n\
-             output = {d}/stunnel.log\n\
-             [rtmps]\n\
-             accept = 127.0.0.1:{tls_port}\n\
-             connect = 127.0.0.1:{port}\n\
-             cert = {cert}\n\
-             key = {key}\n",
-            d = dir.path().display(),
-            cert = cert.display(),
-            key = key.display(),
-        );
-        let conf_path = dir.path().join("stunnel.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = ChildGuard::spawn(Command::new("stunnel4").arg(&conf_path));
-        wait_listening(tls_port, Duration::from_secs(10), "stunnel4");
-        Stunnel {
-            dir,
-            tls_port,
-            _child: child,
+        for _ in 0..5 {
+            let tls_port = free_port();
+            let conf = format!(
+                "foreground = yes\n\
+                 pid =\n\
+                 output = {d}/stunnel.log\n\
+                 [rtmps]\n\
+                 accept = 127.0.0.1:{tls_port}\n\
+                 connect = 127.0.0.1:{port}\n\
+                 cert = {cert}\n\
+                 key = {key}\n",
+                d = dir.path().display(),
+                cert = cert.display(),
+                key = key.display(),
+            );
+            let conf_path = dir.path().join("stunnel.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let mut child = ChildGuard::spawn(Command::new("stunnel4").arg(&conf_path));
+            wait_listening(tls_port, Duration::from_secs(10), "stunnel4");
+            std::thread::sleep(Duration::from_millis(100));
+            let exited = child
+                .0
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if !exited {
+                return Stunnel {
+                    dir,
+                    tls_port,
+                    _child: child,
+                };
+            }
+            eprintln!("stunnel4 could not keep port {tls_port}, trying another");
         }
+        panic!("stunnel4 did not start on any of 5 free ports");
     }
 
     pub fn url(&self, key: &str) -> String {
