@@ -79,7 +79,7 @@ impl Nginx {
             "-c",
             &format!("{d}/nginx.conf"),
             "-g",
-            "daemon off;",
+            "daemon off; master_process off;",
         ]));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let up = wait_for(Duration::from_secs(10), || {
