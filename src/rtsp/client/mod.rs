@@ -115,6 +115,16 @@ impl ClientError {
 /// logs: a location is never shown with its credentials.
 pub use crate::net::redact::strip_userinfo as redact_url;
 
+/// The address a stream's UDP media come from: the SETUP answer's `source` when it names one
+/// (RFC 2326 12.39), the RTSP connection's peer otherwise.
+fn media_source(reply: &TransportSpec, peer: IpAddr) -> IpAddr {
+    reply
+        .source
+        .as_deref()
+        .and_then(|s| s.parse::<IpAddr>().ok())
+        .unwrap_or(peer)
+}
+
 /// Lower transports the client may try, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
@@ -1452,6 +1462,45 @@ impl Session {
     }
 
     /// Sends a request, answering authentication challenges.
+    /// SETUP of one stream (`control`) with the `transport` asked for, as playing and
+    /// publishing both do: the answer must succeed, the first one's Session id and timeout are
+    /// adopted, and the Transport the server chose is returned.
+    async fn setup(
+        &mut self,
+        control: &Url,
+        transport: &str,
+    ) -> Result<TransportSpec, ClientError> {
+        let resp = self
+            .send(
+                Method::Setup,
+                control,
+                Vec::new(),
+                &[(headers::TRANSPORT, transport)],
+            )
+            .await?;
+        check(&resp, "SETUP")?;
+        if self.id.is_none() {
+            let (id, timeout) = resp
+                .header(&headers::SESSION)
+                .and_then(|v| self::parse::parse_session(&self.name, v.as_str()))
+                .ok_or_else(|| ClientError::Protocol("SETUP answered without Session".into()))?;
+            log::debug!(
+                id = self.name.as_str();
+                "{}: session {id}, timeout {}",
+                self.conn.peer(),
+                timeout.map_or("not given (60 s assumed)".into(), |t| format!("{} s", t.as_secs()))
+            );
+            self.id = Some(id);
+            if let Some(t) = timeout {
+                self.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            }
+        }
+        resp.header(&headers::TRANSPORT)
+            .and_then(|v| parse_transports(v.as_str()).ok())
+            .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
+            .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))
+    }
+
     async fn send(
         &mut self,
         method: Method,
@@ -1564,49 +1613,14 @@ impl Session {
                 }
                 TransportKind::UdpMulticast => TransportSpec::udp_multicast().to_string(),
             };
-            let resp = self
-                .send(
-                    Method::Setup,
-                    &control,
-                    Vec::new(),
-                    &[(headers::TRANSPORT, transport.as_str())],
-                )
-                .await?;
-            check(&resp, "SETUP")?;
-            if self.id.is_none() {
-                let (id, timeout) = resp
-                    .header(&headers::SESSION)
-                    .and_then(|v| self::parse::parse_session(&self.name, v.as_str()))
-                    .ok_or_else(|| {
-                        ClientError::Protocol("SETUP answered without Session".into())
-                    })?;
-                log::debug!(
-                    id = self.name.as_str();
-                    "{}: session {id}, timeout {}",
-                    self.conn.peer(),
-                    timeout.map_or("not given (60 s assumed)".into(), |t| format!("{} s", t.as_secs()))
-                );
-                self.id = Some(id);
-                if let Some(t) = timeout {
-                    self.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
-                }
-            }
-            let reply = resp
-                .header(&headers::TRANSPORT)
-                .and_then(|v| parse_transports(v.as_str()).ok())
-                .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
-                .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
+            let reply = self.setup(&control, &transport).await?;
             if let Some(ssrc) = reply.ssrc {
                 announce_ssrc(&stats_cell.read().unwrap(), i, ssrc);
             }
             // UDP media (unicast or multicast) come from the Transport's `source` when it
             // names one (RFC 2326 12.39), from the RTSP connection's peer otherwise: datagrams
             // from any other sender are dropped.
-            let server_ip = reply
-                .source
-                .as_deref()
-                .and_then(|s| s.parse::<IpAddr>().ok())
-                .unwrap_or(peer_ip);
+            let server_ip = media_source(&reply, peer_ip);
             let stream_transport = match (kind, reply.lower, reply.multicast) {
                 (TransportKind::Tcp, LowerTransport::Tcp, _) => {
                     // Ours when the server names none (the request had them: they exist).

@@ -35,12 +35,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::conn::{Connection, Incoming};
 use super::{
     ClientConfig, ClientError, Session, TransportKind, carrier_of, check, host_port,
-    interleaved_channels, redact_url,
+    interleaved_channels, media_source, redact_url,
 };
 use crate::rtp::{self, ntp, rtcp};
 use crate::rtsp::auth;
 use crate::rtsp::sdp::{MediaDescription, SessionDescription};
-use crate::rtsp::transport::{LowerTransport, TransportSpec, parse_transports};
+use crate::rtsp::transport::{LowerTransport, TransportSpec};
 
 /// Publisher settings: the client's (URL, credentials, protocols in order, timeouts, TLS,
 /// reconnection) and the queue's.
@@ -840,30 +840,7 @@ async fn setup(
     };
     // Lowercase and unquoted: ffmpeg 5.1's listener refuses `mode=RECORD` and `mode="record"`.
     let transport = format!("{transport};mode=record");
-    let resp = session
-        .send(
-            Method::Setup,
-            &control,
-            Vec::new(),
-            &[(headers::TRANSPORT, transport.as_str())],
-        )
-        .await?;
-    check(&resp, "SETUP")?;
-    if session.id.is_none() {
-        let (id, timeout) = resp
-            .header(&headers::SESSION)
-            .and_then(|v| super::parse::parse_session(&session.name, v.as_str()))
-            .ok_or_else(|| ClientError::Protocol("SETUP answered without Session".into()))?;
-        session.id = Some(id);
-        if let Some(t) = timeout {
-            session.timeout = t.clamp(Duration::from_secs(1), Duration::from_secs(3600));
-        }
-    }
-    let reply = resp
-        .header(&headers::TRANSPORT)
-        .and_then(|v| parse_transports(v.as_str()).ok())
-        .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
-        .ok_or_else(|| ClientError::Protocol("SETUP answered without Transport".into()))?;
+    let reply = session.setup(&control, &transport).await?;
     log::debug!(
         id = session.name.as_str();
         "{}: stream {i} set up for recording over {kind:?}: the server answered `{reply}`",
@@ -881,11 +858,7 @@ async fn setup(
             let (rtp_port, rtcp_port) = reply.server_port.ok_or_else(|| {
                 ClientError::NoTransport("the server answered UDP without server_port".into())
             })?;
-            let ip = reply
-                .source
-                .as_deref()
-                .and_then(|s| s.parse::<IpAddr>().ok())
-                .unwrap_or(session.conn.peer().ip().to_canonical());
+            let ip = media_source(&reply, session.conn.peer().ip().to_canonical());
             let to_tokio = |s: std::net::UdpSocket| {
                 s.set_nonblocking(true)
                     .and_then(|_| UdpSocket::from_std(s))
