@@ -372,6 +372,28 @@ fn rtspclientsink2_publishes_over_udp_and_every_frame_decodes() {
 const GOOD_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
     m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n";
 
+/// ANNOUNCE of `sdp` on an open connection; the status answered.
+fn announce_on(c: &mut RawClient, url: &str, sdp: &str) -> u16 {
+    c.request("ANNOUNCE", url, &[("Content-Type", "application/sdp")], sdp)
+        .status
+}
+
+/// After an ANNOUNCE of [`GOOD_SDP`]: SETUP of its stream over TCP interleaved 0-1 with the
+/// Transport's `mode` parameter written as given, then RECORD.
+fn record_over_tcp(c: &mut RawClient, url: &str, mode: &str) {
+    let transport = format!("RTP/AVP/TCP;unicast;interleaved=0-1;{mode}");
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/streamid=0"),
+        &[("Transport", transport.as_str())],
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let session = r.session().expect("a session");
+    let r = c.request("RECORD", url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+}
+
 /// ANNOUNCE with `body` as `content_type`; the status answered.
 fn announce(port: u16, content_type: &str, body: &str) -> u16 {
     let mut c = RawClient::connect(port);
@@ -406,13 +428,7 @@ fn a_second_publisher_gets_455_while_the_first_publishes() {
     let receiver = Receiver::start("");
     let mut first = RawClient::connect(receiver.port);
     let url = receiver.url();
-    let r = first.request(
-        "ANNOUNCE",
-        &url,
-        &[("Content-Type", "application/sdp")],
-        GOOD_SDP,
-    );
-    assert_eq!(r.status, 200);
+    assert_eq!(announce_on(&mut first, &url, GOOD_SDP), 200);
     assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 455);
     // Once the first is gone, the mount is free again.
     drop(first);
@@ -433,13 +449,7 @@ fn with_takeover_a_second_publisher_replaces_the_first() {
     let receiver = Receiver::start("takeover=true");
     let mut first = RawClient::connect(receiver.port);
     let url = receiver.url();
-    let r = first.request(
-        "ANNOUNCE",
-        &url,
-        &[("Content-Type", "application/sdp")],
-        GOOD_SDP,
-    );
-    assert_eq!(r.status, 200);
+    assert_eq!(announce_on(&mut first, &url, GOOD_SDP), 200);
     assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 200);
     // The first publisher's connection is closed.
     use std::io::Read;
@@ -461,26 +471,8 @@ fn a_stalled_publisher_is_noticed_within_the_session_timeout() {
     let receiver = Receiver::start("session-timeout=2");
     let url = receiver.url();
     let mut c = RawClient::connect(receiver.port);
-    let r = c.request(
-        "ANNOUNCE",
-        &url,
-        &[("Content-Type", "application/sdp")],
-        GOOD_SDP,
-    );
-    assert_eq!(r.status, 200);
-    let r = c.request(
-        "SETUP",
-        &format!("{url}/streamid=0"),
-        &[(
-            "Transport",
-            "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
-        )],
-        "",
-    );
-    assert_eq!(r.status, 200, "{:?}", r.headers);
-    let session = r.session().expect("a session");
-    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
-    assert_eq!(r.status, 200);
+    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    record_over_tcp(&mut c, &url, "mode=record");
     let start = Instant::now();
     let bus = receiver.pipeline.bus().unwrap();
     let left = loop {
@@ -565,26 +557,8 @@ fn the_publisher_gets_receiver_reports() {
     let receiver = Receiver::start("rtcp-interval=200");
     let url = receiver.url();
     let mut c = RawClient::connect(receiver.port);
-    let r = c.request(
-        "ANNOUNCE",
-        &url,
-        &[("Content-Type", "application/sdp")],
-        GOOD_SDP,
-    );
-    assert_eq!(r.status, 200);
-    let r = c.request(
-        "SETUP",
-        &format!("{url}/streamid=0"),
-        &[(
-            "Transport",
-            "RTP/AVP/TCP;unicast;interleaved=0-1;mode=\"RECORD\"",
-        )],
-        "",
-    );
-    assert_eq!(r.status, 200, "{:?}", r.headers);
-    let session = r.session().expect("a session");
-    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
-    assert_eq!(r.status, 200);
+    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    record_over_tcp(&mut c, &url, "mode=\"RECORD\"");
     let ssrc = 0x1122_3344;
     // Packets 1 to 30 but 10.
     let mut bytes = Vec::new();
@@ -665,13 +639,7 @@ fn an_announce_without_record_does_not_hold_the_mount() {
     let receiver = Receiver::start("session-timeout=1");
     let url = receiver.url();
     let mut squatter = RawClient::connect(receiver.port);
-    let r = squatter.request(
-        "ANNOUNCE",
-        &url,
-        &[("Content-Type", "application/sdp")],
-        GOOD_SDP,
-    );
-    assert_eq!(r.status, 200);
+    assert_eq!(announce_on(&mut squatter, &url, GOOD_SDP), 200);
     assert_eq!(announce(receiver.port, "application/sdp", GOOD_SDP), 455);
     let start = Instant::now();
     loop {
@@ -720,13 +688,7 @@ fn a_next_publisher_with_other_streams_gets_new_pads() {
         m=audio 0 RTP/AVP 0\r\na=control:streamid=0\r\n";
     for (sdp, expected) in [(GOOD_SDP, vec!["H264"]), (pcmu, vec!["H264", "PCMU"])] {
         let mut c = RawClient::connect(receiver.port);
-        let r = c.request(
-            "ANNOUNCE",
-            &url,
-            &[("Content-Type", "application/sdp")],
-            sdp,
-        );
-        assert_eq!(r.status, 200);
+        assert_eq!(announce_on(&mut c, &url, sdp), 200);
         let deadline = Instant::now() + Duration::from_secs(5);
         while *added.lock().unwrap() != expected {
             assert!(
