@@ -167,26 +167,7 @@ fn test_file() -> &'static TestFile {
 
 /// ffmpeg publishing the test file in real time over `transport`.
 fn ffmpeg_publish(url: &str, transport: &str) -> ChildGuard {
-    let file = &test_file().path;
-    ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        file.to_str().unwrap(),
-        "-c",
-        "copy",
-        // ffmpeg 5.1 packs several AAC frames per RTP packet and flushes the last packet only
-        // after its TEARDOWN has closed the connection: without this the last 4-5 audio frames
-        // never leave it (the server never receives them).
-        "-max_delay",
-        "0",
-        "-f",
-        "rtsp",
-        "-rtsp_transport",
-        transport,
-        url,
-    ]))
+    common::serversrc::ffmpeg_publish(&test_file().path, url, transport)
 }
 
 /// Stock rtspclientsink publishing the test file (paced by its sinks) over `protocols`.

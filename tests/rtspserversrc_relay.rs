@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::hls::TempDir;
-use common::{ChildGuard, RawClient, init, rtspsrc_decode, run};
+use common::{RawClient, init, rtspsrc_decode, run};
 use gst::prelude::*;
 
 /// examples/relay.rs's pipeline, on free ports.
@@ -37,22 +37,11 @@ impl Drop for PipelineGuard {
 #[test]
 fn a_published_stream_is_relayed_to_two_viewers_without_reencoding() {
     relay_to_two_viewers(|file, in_port| {
-        Box::new(ChildGuard::spawn(Command::new("ffmpeg").args([
-            "-v",
-            "error",
-            "-re",
-            "-i",
-            file.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-max_delay",
-            "0",
-            "-f",
-            "rtsp",
-            "-rtsp_transport",
-            "tcp",
+        Box::new(common::serversrc::ffmpeg_publish(
+            file,
             &format!("rtsp://127.0.0.1:{in_port}/in"),
-        ])))
+            "tcp",
+        ))
     });
 }
 

@@ -1,12 +1,14 @@
 //! Our rtspserversrc on a free port with every pad decoded (or depayloaded) and counted.
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use super::{assert_ours, init};
+use super::{ChildGuard, assert_ours, init};
 
 /// Decoded frames seen, by kind.
 #[derive(Default, Clone)]
@@ -156,4 +158,27 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// ffmpeg publishing `file` in real time, stream copied, to `url` over `transport` (`tcp`, `udp`).
+pub fn ffmpeg_publish(file: &Path, url: &str, transport: &str) -> ChildGuard {
+    ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        file.to_str().unwrap(),
+        "-c",
+        "copy",
+        // ffmpeg 5.1 packs several AAC frames per RTP packet and flushes the last packet only
+        // after its TEARDOWN has closed the connection: without this the last 4-5 audio frames
+        // never leave it (the server never receives them).
+        "-max_delay",
+        "0",
+        "-f",
+        "rtsp",
+        "-rtsp_transport",
+        transport,
+        url,
+    ]))
 }
