@@ -44,13 +44,37 @@ impl Drop for TempDir {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 for a server a test starts (found bindable, then released).
+///
+/// Taken below the kernel's ephemeral range, where binding port 0 and outgoing connections get
+/// their ports, and never handed out twice in one process: otherwise a server another test
+/// binds to port 0 meanwhile, or a second call, could take the port before the child that was
+/// given it binds it, and the test would talk to the wrong server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOWEST + 1000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOWEST;
+    // Test binaries run one after the other; starting where the process id points keeps two
+    // runs on one machine apart as well.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral}");
 }
 
 /// Whether something listens on 127.0.0.1:`port`, from /proc/net/tcp: no connection is made, so
