@@ -226,6 +226,8 @@ struct PadQueueState {
     /// The jitter buffer's deadline may have moved.
     kicked: bool,
     stopped: bool,
+    /// The task sleeps in `wait`: only then is it woken (a wake-up is a system call).
+    waiting: bool,
 }
 
 impl PadQueue {
@@ -235,18 +237,27 @@ impl PadQueue {
         let room = PAD_QUEUE_PACKETS.saturating_sub(state.packets.len());
         let dropped = packets.len().saturating_sub(room);
         state.packets.extend(packets.into_iter().take(room));
-        self.cond.notify_one();
+        self.wake(state);
         dropped
     }
 
     pub fn kick(&self) {
-        self.state.lock().unwrap().kicked = true;
-        self.cond.notify_one();
+        let mut state = self.state.lock().unwrap();
+        state.kicked = true;
+        self.wake(state);
     }
 
     pub fn stop(&self) {
-        self.state.lock().unwrap().stopped = true;
-        self.cond.notify_one();
+        let mut state = self.state.lock().unwrap();
+        state.stopped = true;
+        self.wake(state);
+    }
+
+    fn wake(&self, state: std::sync::MutexGuard<'_, PadQueueState>) {
+        if state.waiting {
+            drop(state);
+            self.cond.notify_one();
+        }
     }
 
     /// Sleeps until packets come, `deadline` passes (never if None) or a kick; returns the
@@ -254,6 +265,7 @@ impl PadQueue {
     pub fn wait(&self, deadline: Option<Instant>) -> Option<Vec<Bytes>> {
         let mut state = self.state.lock().unwrap();
         if state.packets.is_empty() && !state.kicked && !state.stopped {
+            state.waiting = true;
             state = match deadline {
                 Some(d) => {
                     let timeout = d.saturating_duration_since(Instant::now());
@@ -261,9 +273,17 @@ impl PadQueue {
                 }
                 None => self.cond.wait(state).unwrap(),
             };
+            state.waiting = false;
         }
         state.kicked = false;
         (!state.stopped).then(|| std::mem::take(&mut state.packets))
+    }
+}
+
+/// rtspserversrc's pads take the server's packets straight from the task that read them.
+impl crate::rtsp::server::PacketSink for PadQueue {
+    fn push(&self, packets: Vec<Bytes>) -> usize {
+        PadQueue::push(self, packets)
     }
 }
 

@@ -141,7 +141,7 @@ impl RtspServerSrc {
                         continue;
                     };
                     let Some(obj) = obj.upgrade() else { return };
-                    obj.imp().on_event(event);
+                    obj.imp().on_event(event, &q);
                 }
             })
             .map_err(|e| {
@@ -201,13 +201,15 @@ impl RtspServerSrc {
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
     }
 
-    fn on_event(&self, event: RecordEvent) {
+    /// One event from the server, on the element's dispatching thread. RTP packets come here
+    /// only until the pads exist: then they go straight to the pads' queues (`attach`).
+    fn on_event(&self, event: RecordEvent, queue: &RecordQueue) {
         match event {
             RecordEvent::Announced {
                 publisher,
                 peer,
                 streams,
-            } => self.on_announced(publisher, peer, streams),
+            } => self.on_announced(publisher, peer, streams, queue),
             RecordEvent::Started { publisher } => {
                 gst::info!(CAT, imp = self, "publisher {} records", publisher);
                 self.post("rtspserversrc-publisher-started", |b| {
@@ -244,6 +246,7 @@ impl RtspServerSrc {
             RecordEvent::Left { publisher, reason } => {
                 let wait = self.settings.lock().unwrap().wait_for_next_publisher
                     || reason == crate::rtsp::server::LeftReason::TakenOver;
+                queue.detach(publisher);
                 let mut out = self.output.lock().unwrap();
                 if out.publisher != Some(publisher) {
                     return;
@@ -285,6 +288,7 @@ impl RtspServerSrc {
         publisher: u64,
         peer: std::net::SocketAddr,
         streams: Vec<MediaDescription>,
+        queue: &RecordQueue,
     ) {
         gst::info!(
             CAT,
@@ -313,6 +317,9 @@ impl RtspServerSrc {
             }
             out.publisher = Some(publisher);
             out.left = false;
+            for (i, p) in &out.pads {
+                queue.attach(publisher, *i, p.queue.clone());
+            }
         } else {
             let old = std::mem::take(&mut out.pads);
             out.publisher = Some(publisher);
@@ -363,11 +370,17 @@ impl RtspServerSrc {
             }
             // Registered before the pads appear, so that packets find them.
             let added: Vec<gst::Pad> = pads.values().map(|p| p.pad.clone()).collect();
+            let sinks: Vec<_> = pads.iter().map(|(i, p)| (*i, p.queue.clone())).collect();
             self.output.lock().unwrap().pads = pads;
             for pad in added {
                 let _ = obj.add_pad(&pad);
             }
             obj.no_more_pads();
+            // Once the pads are linked (pad-added handlers run inside add_pad); what came
+            // before waits in the server's queue and goes first.
+            for (i, q) in sinks {
+                queue.attach(publisher, i, q);
+            }
         }
         self.post("rtspserversrc-publisher-announced", |b| {
             b.field("publisher", publisher)
