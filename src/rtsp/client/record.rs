@@ -37,6 +37,7 @@ use super::{
     ClientConfig, ClientError, Session, TransportKind, carrier_of, check, host_port,
     interleaved_channels, media_source, redact_url,
 };
+use crate::net::udp_out;
 use crate::rtp::{self, ntp, rtcp};
 use crate::rtsp::auth;
 use crate::rtsp::sdp::{MediaDescription, SessionDescription};
@@ -1016,15 +1017,29 @@ async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError
         }
         return rec.session.conn.send_interleaved_many(&packets).await;
     }
-    for f in &frames {
-        if let Some(Out::Udp { rtp, to_rtp, .. }) = rec.outs.get(f.stream) {
-            for p in &f.packets {
-                // UDP is lossy by nature: a refused datagram is not the session's end.
-                if let Err(e) = rtp.send_to(p, *to_rtp).await {
-                    log::trace!(id = shared.name.as_str(); "stream {}: RTP to {to_rtp} not sent: {e}", f.stream);
-                }
+    // A run of frames of one stream leaves in one `sendmmsg` (full-size fragments as one UDP
+    // GSO send where the kernel takes it), as the stock client's multiudpsink sends a buffer
+    // list. UDP is lossy by nature: a datagram the kernel refuses is counted, not waited for.
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    let mut i = 0;
+    while i < frames.len() {
+        let stream = frames[i].stream;
+        let run = frames[i..]
+            .iter()
+            .take_while(|f| f.stream == stream)
+            .count();
+        if let Some(Out::Udp { rtp, to_rtp, .. }) = rec.outs.get(stream) {
+            let mut batch = udp_out::Batch::default();
+            for f in &frames[i..i + run] {
+                batch.add(*to_rtp, &f.packets, &refused);
             }
+            batch.flush(rtp.as_ref());
         }
+        i += run;
+    }
+    let refused = refused.into_inner();
+    if refused > 0 {
+        log::trace!(id = shared.name.as_str(); "{refused} RTP datagram(s) refused by the kernel (send buffer full)");
     }
     Ok(())
 }

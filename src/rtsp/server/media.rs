@@ -485,7 +485,7 @@ impl Stream {
         // Sent under the plane lock, as pushes are: nothing newer overtakes the buffer.
         let sent = buffer.is_empty() || {
             let out = Outgoing::new(&buffer);
-            let mut udp = super::udp_out::Batch::default();
+            let mut udp = crate::net::udp_out::Batch::default();
             let sent = self.send(&entry.dest, &out, &mut udp);
             udp.flush(&self.rtp_socket);
             sent
@@ -617,7 +617,7 @@ impl Stream {
             _ => None,
         };
         // Unicast UDP datagrams for every client go out together after the loop.
-        let mut udp = super::udp_out::Batch::default();
+        let mut udp = crate::net::udp_out::Batch::default();
         // What clients get: the whole push, or (waiting for one) from its keyframe on.
         let whole = Outgoing::new(packets);
         let from_key = first_key.map(|i| Outgoing::new(&packets[i..]));
@@ -672,7 +672,7 @@ impl Stream {
         &self,
         dest: &'a Dest,
         out: &'a Outgoing<'a>,
-        udp: &mut super::udp_out::Batch<'a>,
+        udp: &mut crate::net::udp_out::Batch<'a>,
     ) -> bool {
         let packets = out.packets;
         let mut ok = true;
@@ -704,9 +704,9 @@ impl Stream {
     }
 
     /// UDP is lossy by nature: a packet the kernel refuses is counted and the rest still go.
-    /// The burst goes in as few system calls as the platform allows (see [`super::udp_out`]).
+    /// The burst goes in as few system calls as the platform allows (see [`crate::net::udp_out`]).
     fn send_udp(&self, socket: &UdpSocket, dest: &Dest, to: SocketAddr, packets: &[Bytes]) {
-        let refused = super::udp_out::send_burst(socket, to, packets);
+        let refused = crate::net::udp_out::send_burst(socket, to, packets);
         if refused > 0 {
             dest.packets_dropped.fetch_add(refused, Ordering::Relaxed);
         }

@@ -62,7 +62,6 @@ pub mod media;
 pub mod record;
 pub mod session;
 mod tunnel;
-mod udp_out;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

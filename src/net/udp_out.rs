@@ -10,8 +10,41 @@
 //! second, each a kernel entry and exit at which the sender is likely to be preempted by the
 //! receivers it just woke. [`send_burst`] does the same for one destination (a multicast group).
 //! Elsewhere, one `send_to` per packet.
+//!
+//! rtspserversink's fan-out sends from std sockets on the producer's thread; rtspclientsink2's
+//! publication from tokio sockets on its network thread ([`SendSocket`] takes either). A
+//! datagram the kernel refuses (a full buffer on a non-blocking socket) is counted, never
+//! waited for.
 
 use std::net::{SocketAddr, UdpSocket};
+
+/// A UDP socket the functions here send from, without blocking on a full buffer where the
+/// socket is non-blocking.
+pub trait SendSocket {
+    fn send_one(&self, data: &[u8], to: SocketAddr) -> std::io::Result<usize>;
+    #[cfg(target_os = "linux")]
+    fn raw_fd(&self) -> std::os::fd::RawFd;
+}
+
+impl SendSocket for UdpSocket {
+    fn send_one(&self, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.send_to(data, to)
+    }
+    #[cfg(target_os = "linux")]
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
+}
+
+impl SendSocket for tokio::net::UdpSocket {
+    fn send_one(&self, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.try_send_to(data, to)
+    }
+    #[cfg(target_os = "linux")]
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
+}
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
@@ -41,7 +74,7 @@ impl<'a> Batch<'a> {
 
     /// Sends every datagram; a refused one (full send buffer, unreachable destination, ...) is
     /// counted on its destination and the rest still go.
-    pub fn flush(&mut self, socket: &UdpSocket) {
+    pub fn flush(&mut self, socket: &impl SendSocket) {
         if self.msgs.is_empty() {
             return;
         }
@@ -49,7 +82,7 @@ impl<'a> Batch<'a> {
         linux::send_batch(socket, &self.msgs);
         #[cfg(not(target_os = "linux"))]
         for m in &self.msgs {
-            if socket.send_to(m.data, m.to).is_err() {
+            if socket.send_one(m.data, m.to).is_err() {
                 m.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -60,7 +93,7 @@ impl<'a> Batch<'a> {
 /// Sends `packets` to `to` in order; returns how many the kernel refused (a full send buffer
 /// on a non-blocking socket, an unreachable destination, ...). UDP is lossy by nature: a refused
 /// packet is counted and the rest still go.
-pub fn send_burst(socket: &UdpSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
+pub fn send_burst(socket: &impl SendSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
     #[cfg(target_os = "linux")]
     if packets.len() > 1 {
         return linux::send_burst(socket, to, packets);
@@ -68,10 +101,10 @@ pub fn send_burst(socket: &UdpSocket, to: SocketAddr, packets: &[Bytes]) -> u64 
     one_by_one(socket, to, packets)
 }
 
-fn one_by_one(socket: &UdpSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
+fn one_by_one(socket: &impl SendSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
     packets
         .iter()
-        .filter(|p| socket.send_to(p, to).is_err())
+        .filter(|p| socket.send_one(p, to).is_err())
         .count() as u64
 }
 
@@ -79,14 +112,13 @@ fn one_by_one(socket: &UdpSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
 mod linux {
     use std::cell::RefCell;
     use std::io::IoSlice;
-    use std::net::{SocketAddr, UdpSocket};
-    use std::os::fd::AsRawFd;
+    use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use bytes::Bytes;
     use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 
-    use super::Msg;
+    use super::{Msg, SendSocket};
 
     /// Datagrams per `sendmmsg` of one burst (a keyframe of a few hundred kB takes a few calls).
     const BATCH: usize = 64;
@@ -116,7 +148,7 @@ mod linux {
         GSO_OFF.load(Ordering::Relaxed)
     }
 
-    pub(super) fn send_batch(socket: &UdpSocket, msgs: &[Msg<'_>]) {
+    pub(super) fn send_batch(socket: &impl SendSocket, msgs: &[Msg<'_>]) {
         let bursts = msgs.windows(2).any(|w| w[0].to == w[1].to);
         if bursts && !GSO_OFF.load(Ordering::Relaxed) {
             send_gso(socket, msgs);
@@ -129,7 +161,7 @@ mod linux {
     /// (the full fragments of a frame) go as one UDP GSO send (UDP_SEGMENT): the kernel builds
     /// and routes one buffer and cuts it into the same datagrams at the device. The shorter
     /// datagram that ends such a run joins it; any other goes on its own.
-    fn send_gso(socket: &UdpSocket, msgs: &[Msg<'_>]) {
+    fn send_gso(socket: &impl SendSocket, msgs: &[Msg<'_>]) {
         let seg = msgs.iter().map(|m| m.data.len()).max().unwrap_or(0);
         let Ok(seg16) = u16::try_from(seg) else {
             return send_plain(socket, msgs);
@@ -158,7 +190,7 @@ mod linux {
             groups.push(start..i);
         }
         let iovs: Vec<IoSlice<'_>> = msgs.iter().map(|m| IoSlice::new(m.data)).collect();
-        let fd = socket.as_raw_fd();
+        let fd = socket.raw_fd();
         GSO_HEADERS.with(|headers| {
             let mut headers = headers.borrow_mut();
             let headers = headers.get_or_insert_with(|| {
@@ -182,7 +214,7 @@ mod linux {
                     let failed = &msgs[rest[sent].clone()];
                     let mut refused = 0;
                     for m in failed {
-                        if socket.send_to(m.data, m.to).is_err() {
+                        if socket.send_one(m.data, m.to).is_err() {
                             m.refused.fetch_add(1, Ordering::Relaxed);
                             refused += 1;
                         }
@@ -198,8 +230,8 @@ mod linux {
         });
     }
 
-    fn send_plain(socket: &UdpSocket, msgs: &[Msg<'_>]) {
-        let fd = socket.as_raw_fd();
+    fn send_plain(socket: &impl SendSocket, msgs: &[Msg<'_>]) {
+        let fd = socket.raw_fd();
         MANY_HEADERS.with(|headers| {
             let mut headers = headers.borrow_mut();
             let headers = headers.get_or_insert_with(|| MultiHeaders::preallocate(MANY, None));
@@ -226,8 +258,8 @@ mod linux {
         });
     }
 
-    pub fn send_burst(socket: &UdpSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
-        let fd = socket.as_raw_fd();
+    pub fn send_burst(socket: &impl SendSocket, to: SocketAddr, packets: &[Bytes]) -> u64 {
+        let fd = socket.raw_fd();
         let addrs = [Some(SockaddrStorage::from(to)); BATCH];
         HEADERS.with(|headers| {
             let mut headers = headers.borrow_mut();
