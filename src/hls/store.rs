@@ -43,7 +43,10 @@ pub enum StoreError {
     },
     /// The object store refused a request with an S3 error document: its `Code` (e.g.
     /// `SignatureDoesNotMatch`, `InvalidAccessKeyId`, `NoSuchBucket`) and `Message`.
-    #[error("{method} {location}: the object store answered HTTP {status} {code}: {message}")]
+    #[error(
+        "{method} {location}: the object store answered HTTP {status} {code}{}",
+        if .message.is_empty() { String::new() } else { format!(" ({})", .message) }
+    )]
     S3 {
         method: &'static str,
         location: String,
