@@ -475,8 +475,9 @@ impl HttpStore {
         if conn.usable() {
             Some(conn)
         } else {
-            log::trace!(
-                "kept connection to {origin} closed by the server or idle for {} ms: not reused",
+            log::debug!(
+                "upload: the kept connection to {origin} was closed by the server or idle for \
+                 {} ms: opening a new one",
                 conn.idle_since.elapsed().as_millis()
             );
             None
