@@ -47,7 +47,9 @@ impl Nginx {
              error_log {d}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n\
-               access_log {d}/access.log;\n\
+               log_format withconn '$remote_addr [$time_local] \"$request\" $status \
+                 connection=$connection';\n\
+               access_log {d}/access.log withconn;\n\
                client_body_temp_path {d}/client_body;\n\
                proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n\
@@ -163,6 +165,16 @@ fn nginx_origin_holds_what_a_local_run_writes() {
     assert_segments_readable(&remote, &playlist);
     // Expired segments were deleted on the origin with DELETE.
     let log = nginx.access_log();
+    // Every request went over one kept-alive connection (nginx numbers its connections).
+    let requests: Vec<&str> = log.lines().filter(|l| l.contains("/live/")).collect();
+    let mut connections: Vec<&str> = requests
+        .iter()
+        .filter_map(|l| l.rsplit("connection=").next())
+        .collect();
+    connections.sort();
+    connections.dedup();
+    assert!(requests.len() >= 20, "{log}");
+    assert_eq!(connections.len(), 1, "{log}");
     for i in 0..6 {
         assert!(
             log.contains(&format!("\"DELETE /live/segment{i:05}.ts HTTP/1.1\" 204")),

@@ -1,8 +1,8 @@
-//! Where segments, playlists and keys go: hlssink2-style `%05d` patterns, directories, and
-//! `http(s)://` URLs for upload.
+//! Where segments, playlists and keys go: hlssink2-style `%05d` patterns, directories,
+//! `http(s)://` URLs for upload and `s3://bucket/key` locations for object storage.
 //!
-//! Specifications: none of its own: hlssink2's `%d` location patterns, and RFC 3986 for http(s)
-//! URLs.
+//! Specifications: none of its own: hlssink2's `%d` location patterns, RFC 3986 for http(s)
+//! URLs, and the AWS CLI's `s3://bucket/key` notation for objects.
 
 /// A `location` / `playlist-location` that cannot be used. The locations quoted have no
 /// `user:password@`.
@@ -109,9 +109,15 @@ impl Pattern {
     }
 }
 
+/// An upload location: `http://`, `https://` or `s3://`.
 pub fn is_url(s: &str) -> bool {
     let l = s.to_ascii_lowercase();
-    l.starts_with("http://") || l.starts_with("https://")
+    l.starts_with("http://") || l.starts_with("https://") || is_s3(s)
+}
+
+/// An object in S3-compatible storage: `s3://bucket/key`.
+pub fn is_s3(s: &str) -> bool {
+    s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("s3://"))
 }
 
 /// Does the location name a directory (or URL base) rather than a segment pattern?
@@ -277,6 +283,22 @@ mod tests {
         assert_eq!(l.playlist, "https://h/x/p.m3u8");
         assert!(matches!(
             resolve("http://h/x", "/tmp/p.m3u8"),
+            Err(LocationError::Mixed { .. })
+        ));
+    }
+
+    #[test]
+    fn s3_locations_upload() {
+        let l = resolve("s3://bucket/live", "playlist.m3u8").unwrap();
+        assert!(l.upload);
+        assert_eq!(l.segment.format(2), "s3://bucket/live/segment00002.ts");
+        assert_eq!(l.playlist, "s3://bucket/live/playlist.m3u8");
+        assert_eq!(l.key.format(0), "s3://bucket/live/key00000.key");
+        let l = resolve("S3://bucket/a/s%03d.ts", "p.m3u8").unwrap();
+        assert_eq!(l.playlist, "S3://bucket/a/p.m3u8");
+        assert!(is_s3("s3://b/k") && !is_s3("s3:/b") && !is_s3("/s3://"));
+        assert!(matches!(
+            resolve("s3://bucket/live", "/tmp/p.m3u8"),
             Err(LocationError::Mixed { .. })
         ));
     }

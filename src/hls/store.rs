@@ -41,6 +41,19 @@ pub enum StoreError {
         location: String,
         status: u16,
     },
+    /// The object store refused a request with an S3 error document: its `Code` (e.g.
+    /// `SignatureDoesNotMatch`, `InvalidAccessKeyId`, `NoSuchBucket`) and `Message`.
+    #[error(
+        "{method} {location}: the object store answered HTTP {status} {code}{}",
+        if .message.is_empty() { String::new() } else { format!(" ({})", .message) }
+    )]
+    S3 {
+        method: &'static str,
+        location: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// Reaching the origin: resolving, connecting, sending, a timeout, a bad answer.
     #[error("{method} {location}: {message}")]
     Network {
@@ -69,7 +82,7 @@ impl StoreError {
     /// stream); otherwise the output stops with an error (disk, TLS, a refused PUT).
     pub fn retryable(&self) -> bool {
         match self {
-            StoreError::Http { method, status, .. } => {
+            StoreError::Http { method, status, .. } | StoreError::S3 { method, status, .. } => {
                 *method == "DELETE" || matches!(status, 408 | 425 | 429 | 500..=599)
             }
             StoreError::Network { .. } => true,

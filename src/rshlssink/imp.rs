@@ -28,6 +28,7 @@ use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
 use crate::hls::planner::{KeyframeRequest, Planner};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
+use crate::hls::s3::{S3Config, S3Settings, S3Store};
 use crate::hls::segmenter::{SegmenterConfig, SplitOn};
 use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, Store};
 use crate::hls::store::{FileKind, StoreError};
@@ -70,10 +71,17 @@ fn post_error(element: &super::RsHlsSink, error: &SinkError) {
             }
             _ => post!(gst::ResourceError::Write),
         },
-        SinkError::Store(StoreError::Http {
-            status: 401 | 403, ..
-        }) => post!(gst::ResourceError::NotAuthorized),
-        SinkError::Store(StoreError::Http { .. } | StoreError::Network { .. })
+        SinkError::Store(
+            StoreError::Http {
+                status: 401 | 403, ..
+            }
+            | StoreError::S3 {
+                status: 401 | 403, ..
+            },
+        ) => post!(gst::ResourceError::NotAuthorized),
+        SinkError::Store(
+            StoreError::Http { .. } | StoreError::S3 { .. } | StoreError::Network { .. },
+        )
         | SinkError::FlushTimeout => post!(gst::ResourceError::Write),
         SinkError::Store(StoreError::Tls { .. } | StoreError::Application { .. }) => {
             post!(gst::ResourceError::OpenWrite)
@@ -168,6 +176,7 @@ struct Settings {
     http_max_connections_per_address: u32,
     http_request_timeout: u32,
     upload_ca_file: Option<String>,
+    s3: S3Settings,
     muxer: Muxer,
 }
 
@@ -192,6 +201,7 @@ impl Default for Settings {
             http_max_connections_per_address: DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             upload_ca_file: None,
+            s3: S3Settings::default(),
             muxer: Muxer::Builtin,
         }
     }
@@ -259,13 +269,30 @@ impl RsHlsSink {
         locations: &Locations,
     ) -> Result<(Arc<dyn Store>, OutputConfig), gst::ErrorMessage> {
         let (inner, config): (Arc<dyn Store>, OutputConfig) = if locations.upload {
-            let ca_file = self.settings.lock().unwrap().upload_ca_file.clone();
-            let store =
-                HttpStore::new(ca_file.as_deref().map(std::path::Path::new)).map_err(|e| {
-                    gst::error_msg!(gst::ResourceError::Settings, ("Cannot upload: {}", e))
-                })?;
+            let (ca_file, s3) = {
+                let s = self.settings.lock().unwrap();
+                (s.upload_ca_file.clone(), s.s3.clone())
+            };
+            let ca_file = ca_file.as_deref().map(std::path::Path::new);
+            let cannot = |e: &dyn std::fmt::Display| {
+                gst::error_msg!(gst::ResourceError::Settings, ("Cannot upload: {}", e))
+            };
+            let any_s3 = [
+                locations.segment.prefix(),
+                locations.playlist.as_str(),
+                locations.key.prefix(),
+            ]
+            .iter()
+            .any(|l| location::is_s3(l));
+            let store: Arc<dyn Store> = if any_s3 {
+                let config = S3Config::resolve(&s3, |name| std::env::var(name).ok())
+                    .map_err(|e| cannot(&e))?;
+                Arc::new(S3Store::new(config, ca_file).map_err(|e| cannot(&e))?)
+            } else {
+                Arc::new(HttpStore::new(ca_file).map_err(|e| cannot(&e))?)
+            };
             (
-                Arc::new(store),
+                store,
                 // Never stall the pipeline on the origin: drop the oldest queued segment.
                 OutputConfig {
                     block_when_full: false,
@@ -878,7 +905,7 @@ impl ObjectImpl for RsHlsSink {
             vec![
                 glib::ParamSpecString::builder("location")
                     .nick("Location")
-                    .blurb("Segment file name pattern with a %d directive (as hlssink2, e.g. /tmp/hls/segment%05d.ts), or a directory (segments are segment%05d.ts in it). An http:// or https:// URL uploads with PUT.")
+                    .blurb("Segment file name pattern with a %d directive (as hlssink2, e.g. /tmp/hls/segment%05d.ts), or a directory (segments are segment%05d.ts in it). An http:// or https:// URL uploads with PUT; s3://bucket/prefix uploads to S3-compatible storage (see the s3-* properties).")
                     .default_value(Some(DEFAULT_LOCATION))
                     .build(),
                 glib::ParamSpecString::builder("playlist-location")
@@ -970,6 +997,28 @@ impl ObjectImpl for RsHlsSink {
                     .nick("Upload CA file")
                     .blurb("PEM file of CA certificates to trust for https:// uploads, besides the system's CA certificates")
                     .build(),
+                glib::ParamSpecString::builder("s3-access-key-id")
+                    .nick("S3 access key ID")
+                    .blurb("Access key ID for s3:// locations (default: the AWS_ACCESS_KEY_ID environment variable)")
+                    .build(),
+                glib::ParamSpecString::builder("s3-secret-access-key")
+                    .nick("S3 secret access key")
+                    .blurb("Secret access key for s3:// locations (default: AWS_SECRET_ACCESS_KEY). Write-only: it is never read back nor logged")
+                    .write_only()
+                    .build(),
+                glib::ParamSpecString::builder("s3-session-token")
+                    .nick("S3 session token")
+                    .blurb("Session token of temporary credentials for s3:// locations, with s3-access-key-id (default: AWS_SESSION_TOKEN with the environment's keys). Write-only")
+                    .write_only()
+                    .build(),
+                glib::ParamSpecString::builder("s3-region")
+                    .nick("S3 region")
+                    .blurb("Region s3:// requests are signed for (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)")
+                    .build(),
+                glib::ParamSpecString::builder("s3-endpoint")
+                    .nick("S3 endpoint")
+                    .blurb("http:// or https:// URL of an S3-compatible store, addressed path-style (ENDPOINT/bucket/key) (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS, virtual-hosted-style). https trusts upload-ca-file too")
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("muxer", Muxer::Builtin)
                     .nick("Muxer")
                     .blurb("What makes the MPEG-TS: builtin (H.264, H.265, AAC, MP3; falls back to mpegtsmux when a pad is requested for caps it cannot take) or the stock mpegtsmux. Read when pads are requested")
@@ -1052,6 +1101,11 @@ impl ObjectImpl for RsHlsSink {
             "muxer" => s.muxer = value.get().expect("type checked"),
             "http-port" => s.http_port = value.get().expect("type checked"),
             "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
+            "s3-access-key-id" => s.s3.access_key_id = value.get().expect("type checked"),
+            "s3-secret-access-key" => s.s3.secret_access_key = value.get().expect("type checked"),
+            "s3-session-token" => s.s3.session_token = value.get().expect("type checked"),
+            "s3-region" => s.s3.region = value.get().expect("type checked"),
+            "s3-endpoint" => s.s3.endpoint = value.get().expect("type checked"),
             "http-address" => {
                 s.http_address = value
                     .get::<Option<String>>()
@@ -1085,6 +1139,9 @@ impl ObjectImpl for RsHlsSink {
             "muxer" => s.muxer.to_value(),
             "http-port" => s.http_port.to_value(),
             "upload-ca-file" => s.upload_ca_file.to_value(),
+            "s3-access-key-id" => s.s3.access_key_id.to_value(),
+            "s3-region" => s.s3.region.to_value(),
+            "s3-endpoint" => s.s3.endpoint.to_value(),
             "http-address" => s.http_address.to_value(),
             "http-max-connections" => s.http_max_connections.to_value(),
             "http-max-connections-per-address" => s.http_max_connections_per_address.to_value(),
