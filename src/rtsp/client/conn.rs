@@ -633,6 +633,57 @@ impl Setup {
     }
 }
 
+/// Writes a publisher's packets on the thread that has them (the streaming thread), sparing
+/// the hand-over to the network thread while the socket takes them at once.
+#[derive(Clone)]
+pub struct DirectWriter {
+    shared: Arc<Shared>,
+}
+
+impl DirectWriter {
+    /// Writes `packets` as interleaved frames now, if no other write is in progress: Ok(true)
+    /// when they were taken (whatever the send buffer did not take at once is finished on the
+    /// blocking pool, holding the connection's writer so nothing comes in between), Ok(false)
+    /// when the writer is busy or the connection stopped (queue them instead). Never blocks.
+    pub fn try_send_interleaved_many(&self, packets: &[(u8, &[u8])]) -> Result<bool, ClientError> {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let Ok(w) = self.shared.write.clone().try_lock_owned() else {
+            return Ok(false);
+        };
+        let buf = interleaved_frames(packets)?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        let bytes = w.seal(buf)?;
+        let sent = write_now(&w.socket, &bytes).map_err(write_error)?;
+        if sent < bytes.len() {
+            let (name, peer) = (self.shared.name.clone(), self.shared.peer);
+            crate::runtime::handle().spawn_blocking(move || {
+                if let Err(e) = (&w.socket).write_all(&bytes[sent..]) {
+                    // The reader sees the connection end too; this says why.
+                    log::debug!(id = name.as_str(); "{peer}: writing to the server failed: {e}");
+                }
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// Packets as interleaved frames ($, channel, length, data). A packet too large for a frame
+/// (64 KiB) is an error.
+fn interleaved_frames(packets: &[(u8, &[u8])]) -> Result<Vec<u8>, ClientError> {
+    let mut buf = Vec::with_capacity(packets.iter().map(|(_, d)| d.len() + 4).sum());
+    for &(channel, data) in packets {
+        let len = u16::try_from(data.len())
+            .map_err(|_| ClientError::Protocol("interleaved packet too large".into()))?;
+        buf.extend_from_slice(&codec::interleaved_header(channel, len));
+        buf.extend_from_slice(data);
+    }
+    Ok(buf)
+}
+
 /// A connected RTSP control connection.
 pub struct Connection {
     shared: Arc<Shared>,
@@ -759,17 +810,19 @@ impl Connection {
     /// Sends interleaved packets (RTP and RTCP to the server when publishing) in one write.
     /// A packet too large for a frame (64 KiB) is an error and nothing is sent.
     pub async fn send_interleaved_many(&self, packets: &[(u8, &[u8])]) -> Result<(), ClientError> {
-        let mut buf = Vec::new();
-        for &(channel, data) in packets {
-            let len = u16::try_from(data.len())
-                .map_err(|_| ClientError::Protocol("interleaved packet too large".into()))?;
-            buf.extend_from_slice(&codec::interleaved_header(channel, len));
-            buf.extend_from_slice(data);
-        }
+        let buf = interleaved_frames(packets)?;
         if buf.is_empty() {
             return Ok(());
         }
         self.write(buf).await
+    }
+
+    /// A handle that writes interleaved packets from any thread without waiting, when nothing
+    /// else is being written (see [`DirectWriter::try_send_interleaved_many`]).
+    pub fn direct_writer(&self) -> DirectWriter {
+        DirectWriter {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Sends a request (CSeq and User-Agent are added) and waits for its response.

@@ -32,7 +32,7 @@ use rtsp_types::{Method, Url, headers};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::conn::{Connection, Incoming};
+use super::conn::{Connection, DirectWriter, Incoming};
 use super::{
     ClientConfig, ClientError, Session, TransportKind, carrier_of, check, host_port,
     interleaved_channels, media_source, redact_url,
@@ -149,6 +149,18 @@ struct Queue {
     bytes: usize,
     /// Per stream: the RTP timestamp of the frame being dropped.
     dropping: Vec<Option<u32>>,
+    /// Frames taken out of the queue (or never queued) whose write has not finished: a frame
+    /// may go straight to the socket only when there are none, so none is overtaken.
+    in_flight: usize,
+    /// While recording over TCP: how the streaming thread writes a frame itself.
+    direct: Option<Arc<Direct>>,
+}
+
+/// The connection's writer and each stream's RTP channel, for writing from the streaming
+/// thread while nothing waits in the queue: no hand-over, no wake-up of the network thread.
+struct Direct {
+    writer: DirectWriter,
+    channels: Vec<Option<u8>>,
 }
 
 struct StreamState {
@@ -346,6 +358,33 @@ impl Publisher {
             );
         }
         q.dropping[stream] = None;
+        if let Some((direct, channel)) = q
+            .direct
+            .as_ref()
+            .filter(|_| q.frames.is_empty() && q.in_flight == 0)
+            .and_then(|d| Some((d.clone(), (*d.channels.get(stream)?)?)))
+        {
+            q.in_flight += 1;
+            drop(q);
+            let list: Vec<(u8, &[u8])> = packets.iter().map(|p| (channel, p.as_ref())).collect();
+            let taken = direct.writer.try_send_interleaved_many(&list);
+            q = self.shared.queue.lock().unwrap();
+            q.in_flight -= 1;
+            match taken {
+                Ok(true) => {
+                    drop(q);
+                    account(&self.shared, stream, &packets, Instant::now());
+                    return Pushed::Queued;
+                }
+                // Another write is in progress: the network thread sends it after that one.
+                Ok(false) => {}
+                // The network thread meets the error too, and reconnects.
+                Err(e) => log::trace!(
+                    id = self.shared.name.as_str();
+                    "stream {stream}: writing a frame from the streaming thread failed: {e}; queued"
+                ),
+            }
+        }
         q.bytes += bytes;
         q.frames.push_back(Frame {
             stream,
@@ -915,6 +954,7 @@ async fn serve(
         c.rtcp_interval.max(Duration::from_millis(100)),
     );
     let mut finishing: Option<(oneshot::Sender<()>, tokio::time::Instant)> = None;
+    let _direct = DirectGuard::install(shared, rec);
     // Frames may have queued while connecting.
     shared.wake.notify_one();
     loop {
@@ -929,6 +969,7 @@ async fn serve(
                 }
                 Some(Command::Stop(done)) => {
                     log::debug!(id = c.name.as_str(); "{peer}: stopping: TEARDOWN");
+                    shared.queue.lock().unwrap().direct = None;
                     let _ = tokio::time::timeout(c.teardown_timeout, rec.session.teardown()).await;
                     let _ = done.send(());
                     return Outcome::Done;
@@ -969,6 +1010,7 @@ async fn serve(
             let (done, _) = finishing.take().expect("checked");
             send_sender_reports(shared, rec).await;
             log::debug!(id = c.name.as_str(); "{peer}: everything queued was sent: TEARDOWN");
+            shared.queue.lock().unwrap().direct = None;
             let _ = tokio::time::timeout(c.teardown_timeout, rec.session.teardown()).await;
             let _ = done.send(());
             return Outcome::Done;
@@ -976,8 +1018,62 @@ async fn serve(
     }
 }
 
+/// Lets the streaming thread write frames itself while a TCP recording is served.
+struct DirectGuard<'a>(&'a Shared);
+
+impl<'a> DirectGuard<'a> {
+    fn install(shared: &'a Shared, rec: &Recording) -> DirectGuard<'a> {
+        if rec.kind == TransportKind::Tcp {
+            let channels = rec
+                .outs
+                .iter()
+                .map(|o| match o {
+                    Out::Tcp { rtp, .. } => Some(*rtp),
+                    Out::Udp { .. } => None,
+                })
+                .collect();
+            shared.queue.lock().unwrap().direct = Some(Arc::new(Direct {
+                writer: rec.session.conn.direct_writer(),
+                channels,
+            }));
+        }
+        DirectGuard(shared)
+    }
+}
+
+impl Drop for DirectGuard<'_> {
+    fn drop(&mut self) {
+        self.0.queue.lock().unwrap().direct = None;
+    }
+}
+
 /// Frames sent per round, so that commands and reports are not held up by a long queue.
 const FRAMES_PER_ROUND: usize = 64;
+
+/// Counts `packets` of `stream` as sent at `now` (figures and the Sender Reports' clock).
+fn account(shared: &Shared, stream: usize, packets: &[Bytes], now: Instant) {
+    let Some(slot) = shared.streams.get(stream) else {
+        return;
+    };
+    let mut s = slot.lock().unwrap();
+    for p in packets {
+        if let Ok(h) = rtp::parse_rtp_header(p) {
+            s.stats.ssrc = Some(h.ssrc);
+            s.last = Some((h.timestamp, now));
+            s.stats.bytes_sent += rtp::rtp_payload(p, &h).len() as u64;
+        }
+        s.stats.packets_sent += 1;
+    }
+}
+
+/// Ends a round's claim on [`Queue::in_flight`], however the round ends.
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.queue.lock().unwrap().in_flight -= 1;
+    }
+}
 
 async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError> {
     let frames: Vec<Frame> = {
@@ -988,25 +1084,18 @@ async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError
         if !q.frames.is_empty() {
             shared.wake.notify_one();
         }
+        if !frames.is_empty() {
+            q.in_flight += 1;
+        }
         frames
     };
     if frames.is_empty() {
         return Ok(());
     }
+    let _in_flight = InFlight(shared);
     let now = Instant::now();
     for f in &frames {
-        let Some(slot) = shared.streams.get(f.stream) else {
-            continue;
-        };
-        let mut s = slot.lock().unwrap();
-        for p in &f.packets {
-            if let Ok(h) = rtp::parse_rtp_header(p) {
-                s.stats.ssrc = Some(h.ssrc);
-                s.last = Some((h.timestamp, now));
-                s.stats.bytes_sent += rtp::rtp_payload(p, &h).len() as u64;
-            }
-            s.stats.packets_sent += 1;
-        }
+        account(shared, f.stream, &f.packets, now);
     }
     if rec.kind == TransportKind::Tcp {
         let mut packets: Vec<(u8, &[u8])> = Vec::new();
