@@ -152,15 +152,53 @@ struct Queue {
     /// Frames taken out of the queue (or never queued) whose write has not finished: a frame
     /// may go straight to the socket only when there are none, so none is overtaken.
     in_flight: usize,
-    /// While recording over TCP: how the streaming thread writes a frame itself.
+    /// While recording: how the streaming thread sends a frame itself.
     direct: Option<Arc<Direct>>,
 }
 
-/// The connection's writer and each stream's RTP channel, for writing from the streaming
-/// thread while nothing waits in the queue: no hand-over, no wake-up of the network thread.
-struct Direct {
-    writer: DirectWriter,
-    channels: Vec<Option<u8>>,
+/// How the streaming thread sends a frame itself while nothing waits in the queue: no
+/// hand-over, no wake-up of the network thread.
+enum Direct {
+    /// The connection's writer and each stream's RTP channel.
+    Tcp {
+        writer: DirectWriter,
+        channels: Vec<Option<u8>>,
+    },
+    /// Each stream's RTP socket (non-blocking) and the server's RTP port.
+    Udp {
+        outs: Vec<Option<(Arc<UdpSocket>, SocketAddr)>>,
+    },
+}
+
+impl Direct {
+    /// Sends the packets of one frame of `stream` now if it can without waiting: Ok(true) when
+    /// they were taken.
+    fn try_send(&self, name: &str, stream: usize, packets: &[Bytes]) -> Result<bool, ClientError> {
+        match self {
+            Direct::Tcp { writer, channels } => {
+                let Some(Some(channel)) = channels.get(stream) else {
+                    return Ok(false);
+                };
+                let list: Vec<(u8, &[u8])> =
+                    packets.iter().map(|p| (*channel, p.as_ref())).collect();
+                writer.try_send_interleaved_many(&list)
+            }
+            Direct::Udp { outs } => {
+                let Some(Some((socket, to))) = outs.get(stream) else {
+                    return Ok(false);
+                };
+                let refused = std::sync::atomic::AtomicU64::new(0);
+                let mut batch = udp_out::Batch::default();
+                batch.add(*to, packets, &refused);
+                batch.flush(socket.as_ref());
+                let refused = refused.into_inner();
+                if refused > 0 {
+                    log::trace!(id = name; "stream {stream}: {refused} RTP datagram(s) refused by the kernel (send buffer full)");
+                }
+                Ok(true)
+            }
+        }
+    }
 }
 
 struct StreamState {
@@ -358,16 +396,14 @@ impl Publisher {
             );
         }
         q.dropping[stream] = None;
-        if let Some((direct, channel)) = q
+        if let Some(direct) = q
             .direct
-            .as_ref()
+            .clone()
             .filter(|_| q.frames.is_empty() && q.in_flight == 0)
-            .and_then(|d| Some((d.clone(), (*d.channels.get(stream)?)?)))
         {
             q.in_flight += 1;
             drop(q);
-            let list: Vec<(u8, &[u8])> = packets.iter().map(|p| (channel, p.as_ref())).collect();
-            let taken = direct.writer.try_send_interleaved_many(&list);
+            let taken = direct.try_send(&self.shared.name, stream, &packets);
             q = self.shared.queue.lock().unwrap();
             q.in_flight -= 1;
             match taken {
@@ -1018,25 +1054,36 @@ async fn serve(
     }
 }
 
-/// Lets the streaming thread write frames itself while a TCP recording is served.
+/// Lets the streaming thread send frames itself while a recording is served.
 struct DirectGuard<'a>(&'a Shared);
 
 impl<'a> DirectGuard<'a> {
     fn install(shared: &'a Shared, rec: &Recording) -> DirectGuard<'a> {
-        if rec.kind == TransportKind::Tcp {
-            let channels = rec
-                .outs
-                .iter()
-                .map(|o| match o {
-                    Out::Tcp { rtp, .. } => Some(*rtp),
-                    Out::Udp { .. } => None,
-                })
-                .collect();
-            shared.queue.lock().unwrap().direct = Some(Arc::new(Direct {
+        let direct = if rec.kind == TransportKind::Tcp {
+            Direct::Tcp {
                 writer: rec.session.conn.direct_writer(),
-                channels,
-            }));
-        }
+                channels: rec
+                    .outs
+                    .iter()
+                    .map(|o| match o {
+                        Out::Tcp { rtp, .. } => Some(*rtp),
+                        Out::Udp { .. } => None,
+                    })
+                    .collect(),
+            }
+        } else {
+            Direct::Udp {
+                outs: rec
+                    .outs
+                    .iter()
+                    .map(|o| match o {
+                        Out::Udp { rtp, to_rtp, .. } => Some((rtp.clone(), *to_rtp)),
+                        Out::Tcp { .. } => None,
+                    })
+                    .collect(),
+            }
+        };
+        shared.queue.lock().unwrap().direct = Some(Arc::new(direct));
         DirectGuard(shared)
     }
 }
