@@ -1,5 +1,6 @@
 //! Secrets stay out of the debug log at every level: rsrtmpsink publishing to a real nginx-rtmp
-//! with a stream key, and rshlssink encrypting with AES-128 while serving, each run in a
+//! with a stream key, rshlssink encrypting with AES-128 while serving, and rtspserversrc taking
+//! a stock rtspclientsink's Digest-authenticated publication, each run in a
 //! `gst-launch-1.0` child with `GST_DEBUG=*:9`; the whole log is searched for the secrets (the
 //! stream key and a token of its query; every AES key in hex, both cases, and raw). The log must
 //! also show the cores at work (handshake, commands, segment cuts), so that an empty or broken
@@ -274,4 +275,84 @@ fn aes_keys_are_in_no_debug_log() {
         assert_absent(&bytes, list.as_bytes(), "an AES key (byte list)");
         assert_absent(&bytes, key, "an AES key (raw bytes)");
     }
+}
+
+#[test]
+fn publishers_credentials_are_in_no_server_log() {
+    use md5::{Digest as _, Md5};
+    let dir = TempDir::new("secrets-rtsp-record");
+    let port = free_port();
+    let password = "Pw_Rr5Tt9Yy3";
+    let log = dir.path().join("server.log");
+    let server = launch(
+        dir.path(),
+        &log,
+        &[
+            "rtspserversrc",
+            "name=s",
+            &format!("port={port}"),
+            "mount-point=/rec",
+            &format!("users=<\"alice:{password}\">"),
+            "s.",
+            "!",
+            "fakesink",
+        ],
+    );
+    // The stock publisher (Digest, MD5 without qop in 1.22) in a process of its own: only the
+    // server's log is searched. It ends with EOS, TEARDOWN; the server then ends its pad.
+    let url = format!("rtsp://127.0.0.1:{port}/rec");
+    // Scanning the registry with everything logged takes a while.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read(&log).is_ok_and(|b| lines_with(&b, b"for publishers at").len() == 1) {
+        assert!(Instant::now() < deadline, "rtspserversrc did not listen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let publisher = {
+        let out = Command::new("timeout")
+            .args(["60", "gst-launch-1.0", "-e"])
+            .args(
+                format!(
+                    "videotestsrc num-buffers=60 is-live=true \
+                     ! video/x-raw,width=160,height=120,framerate=30/1 \
+                     ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
+                     ! rtspclientsink location={url} protocols=tcp user-id=alice \
+                     user-pw={password}"
+                )
+                .split_whitespace(),
+            )
+            .output()
+            .expect("gst-launch-1.0");
+        out
+    };
+    assert!(
+        publisher.status.success(),
+        "rtspclientsink: {}",
+        String::from_utf8_lossy(&publisher.stderr)
+    );
+    wait_success(server, Duration::from_secs(30), "rtspserversrc");
+
+    let bytes = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    // Not vacuous: the publication was authenticated and recorded, with its headers traced.
+    for step in [
+        "ANNOUNCE authenticated: user 'alice' (Digest MD5)",
+        "RECORD authenticated: user 'alice'",
+        "request headers: ",
+        "Authorization: <redacted>",
+        "first RTP packet",
+    ] {
+        assert!(
+            count_lines(&text, "lsrtsp", step) > 0,
+            "no lsrtsp line with '{step}' in {} bytes of log",
+            bytes.len()
+        );
+    }
+    let ha1 = Md5::digest(format!("alice:GStreamer RTSP Server:{password}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    assert_absent(&bytes, password.as_bytes(), "the password");
+    assert_absent(&bytes, ha1.as_bytes(), "the password's HA1");
+    // The Digest answer (and the nonce it answers) travel only in Authorization.
+    assert_absent(&bytes, b"response=", "a Digest response");
 }
