@@ -307,23 +307,20 @@ fn publishers_credentials_are_in_no_server_log() {
         assert!(Instant::now() < deadline, "rtspserversrc did not listen");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let publisher = {
-        let out = Command::new("timeout")
-            .args(["60", "gst-launch-1.0", "-e"])
-            .args(
-                format!(
-                    "videotestsrc num-buffers=60 is-live=true \
+    let publisher = Command::new("timeout")
+        .args(["60", "gst-launch-1.0", "-e"])
+        .args(
+            format!(
+                "videotestsrc num-buffers=60 is-live=true \
                      ! video/x-raw,width=160,height=120,framerate=30/1 \
                      ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
                      ! rtspclientsink location={url} protocols=tcp user-id=alice \
                      user-pw={password}"
-                )
-                .split_whitespace(),
             )
-            .output()
-            .expect("gst-launch-1.0");
-        out
-    };
+            .split_whitespace(),
+        )
+        .output()
+        .expect("gst-launch-1.0");
     assert!(
         publisher.status.success(),
         "rtspclientsink: {}",
