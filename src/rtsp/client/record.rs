@@ -149,9 +149,11 @@ struct Queue {
     bytes: usize,
     /// Per stream: the RTP timestamp of the frame being dropped.
     dropping: Vec<Option<u32>>,
-    /// Frames taken out of the queue (or never queued) whose write has not finished: a frame
-    /// may go straight to the socket only when there are none, so none is overtaken.
-    in_flight: usize,
+    /// Per stream: frames taken out of the queue (or never queued) whose sending has not
+    /// finished. A frame may go straight to the socket only when none is overtaken: over TCP
+    /// (one connection) when nothing is queued or in flight at all, over UDP (a socket per
+    /// stream) when nothing of its own stream is.
+    in_flight: Vec<usize>,
     /// While recording: how the streaming thread sends a frame itself.
     direct: Option<Arc<Direct>>,
 }
@@ -310,6 +312,7 @@ impl Publisher {
             limit: config.queue_bytes.max(1),
             queue: Mutex::new(Queue {
                 dropping: vec![None; streams],
+                in_flight: vec![0; streams],
                 ..Queue::default()
             }),
             wake: Notify::new(),
@@ -396,16 +399,17 @@ impl Publisher {
             );
         }
         q.dropping[stream] = None;
-        if let Some(direct) = q
-            .direct
-            .clone()
-            .filter(|_| q.frames.is_empty() && q.in_flight == 0)
-        {
-            q.in_flight += 1;
+        if let Some(direct) = q.direct.clone().filter(|d| match **d {
+            Direct::Tcp { .. } => q.frames.is_empty() && q.in_flight.iter().all(|&n| n == 0),
+            Direct::Udp { .. } => {
+                q.in_flight[stream] == 0 && !q.frames.iter().any(|f| f.stream == stream)
+            }
+        }) {
+            q.in_flight[stream] += 1;
             drop(q);
             let taken = direct.try_send(&self.shared.name, stream, &packets);
             q = self.shared.queue.lock().unwrap();
-            q.in_flight -= 1;
+            q.in_flight[stream] -= 1;
             match taken {
                 Ok(true) => {
                     drop(q);
@@ -1113,12 +1117,15 @@ fn account(shared: &Shared, stream: usize, packets: &[Bytes], now: Instant) {
     }
 }
 
-/// Ends a round's claim on [`Queue::in_flight`], however the round ends.
-struct InFlight<'a>(&'a Shared);
+/// Ends a round's claim on [`Queue::in_flight`] (one per frame taken), however the round ends.
+struct InFlight<'a>(&'a Shared, Vec<usize>);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.queue.lock().unwrap().in_flight -= 1;
+        let mut q = self.0.queue.lock().unwrap();
+        for &stream in &self.1 {
+            q.in_flight[stream] -= 1;
+        }
     }
 }
 
@@ -1131,15 +1138,15 @@ async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError
         if !q.frames.is_empty() {
             shared.wake.notify_one();
         }
-        if !frames.is_empty() {
-            q.in_flight += 1;
+        for f in &frames {
+            q.in_flight[f.stream] += 1;
         }
         frames
     };
     if frames.is_empty() {
         return Ok(());
     }
-    let _in_flight = InFlight(shared);
+    let _in_flight = InFlight(shared, frames.iter().map(|f| f.stream).collect());
     let now = Instant::now();
     for f in &frames {
         account(shared, f.stream, &f.packets, now);
@@ -1252,6 +1259,64 @@ mod tests {
         };
         // No description is set: it never connects, the queue only fills.
         Publisher::start(config, 2, |_| {})
+    }
+
+    #[test]
+    fn over_udp_a_frame_goes_straight_out_unless_its_stream_has_one_waiting() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let p = publisher(10_000);
+        let rx: Vec<std::net::UdpSocket> = (0..2)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let outs = rx
+            .iter()
+            .map(|r| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                let s = Arc::new(UdpSocket::from_std(s).unwrap());
+                Some((s, r.local_addr().unwrap()))
+            })
+            .collect();
+        p.shared.queue.lock().unwrap().direct = Some(Arc::new(Direct::Udp { outs }));
+        let recv = |i: usize| {
+            rx[i]
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            let n = rx[i].recv(&mut buf).unwrap();
+            rtp::parse_rtp_header(&buf[..n]).unwrap().timestamp
+        };
+        // Nothing waiting: sent at once, counted as sent, nothing queued.
+        assert_eq!(
+            p.push(0, vec![packet(1, 100), packet(1, 50)]),
+            Pushed::Queued
+        );
+        assert_eq!((recv(0), recv(0)), (1, 1));
+        assert!(p.shared.queue_empty());
+        assert_eq!(p.stats()[0].packets_sent, 2);
+        // A frame of stream 0 in flight on the network thread: stream 0's next frame queues
+        // behind it, stream 1's goes out meanwhile.
+        p.shared.queue.lock().unwrap().in_flight[0] += 1;
+        assert_eq!(p.push(0, vec![packet(2, 100)]), Pushed::Queued);
+        assert_eq!(p.push(1, vec![packet(7, 100)]), Pushed::Queued);
+        assert_eq!(recv(1), 7);
+        p.shared.queue.lock().unwrap().in_flight[0] -= 1;
+        // Stream 0 has a frame queued: the next one queues too, so none is overtaken.
+        assert_eq!(p.push(0, vec![packet(3, 100)]), Pushed::Queued);
+        let queued: Vec<u32> = p
+            .shared
+            .queue
+            .lock()
+            .unwrap()
+            .frames
+            .iter()
+            .map(|f| rtp::parse_rtp_header(&f.packets[0]).unwrap().timestamp)
+            .collect();
+        assert_eq!(queued, [2, 3]);
     }
 
     #[test]
