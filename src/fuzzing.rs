@@ -641,6 +641,7 @@ static HLS_SERVER: LazyLock<(HttpServer, Output)> = LazyLock::new(|| {
         max_connections_per_address: 64,
         request_timeout: crate::hls::http::DEFAULT_REQUEST_TIMEOUT,
         playlist_cache_control: "no-cache".into(),
+        tls: None,
     };
     let server = HttpServer::start(config, published).expect("start the HLS server");
     (server, output)
