@@ -33,6 +33,7 @@ use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, 
 use crate::hls::store::{FileKind, StoreError};
 use crate::hls::upload::HttpStore;
 use crate::hls::writer::{self, Writer, WriterConfig};
+use crate::rtsp_server_props::{CertificatePem, tls_config};
 
 /// Why rshlssink stops with an error.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +169,20 @@ struct Settings {
     http_max_connections_per_address: u32,
     http_request_timeout: u32,
     upload_ca_file: Option<String>,
+    tls_certificate_file: Option<String>,
+    tls_key_file: Option<String>,
+    tls_certificate: Option<ServerCertificate>,
     muxer: Muxer,
+}
+
+/// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
+#[derive(Clone)]
+struct ServerCertificate(CertificatePem);
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCertificate")
+    }
 }
 
 impl Default for Settings {
@@ -192,6 +206,9 @@ impl Default for Settings {
             http_max_connections_per_address: DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             upload_ca_file: None,
+            tls_certificate_file: None,
+            tls_key_file: None,
+            tls_certificate: None,
             muxer: Muxer::Builtin,
         }
     }
@@ -392,6 +409,15 @@ impl RsHlsSink {
             )
         })?;
         let address = std::net::SocketAddr::new(ip, settings.http_port as u16);
+        let tls = tls_config(
+            settings.tls_certificate.as_ref().map(|c| &c.0),
+            settings.tls_certificate_file.as_deref(),
+            settings.tls_key_file.as_deref(),
+        )
+        .map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Settings, ("Cannot serve HTTPS: {}", e))
+        })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = HttpServer::start(
             HttpConfig {
                 address,
@@ -401,6 +427,7 @@ impl RsHlsSink {
                     settings.http_request_timeout.into(),
                 ),
                 playlist_cache_control: "no-cache".into(),
+                tls,
             },
             self.published.clone(),
         )
@@ -413,7 +440,8 @@ impl RsHlsSink {
         gst::info!(
             CAT,
             imp = self,
-            "serving HLS on http://{}/",
+            "serving HLS on {}://{}/",
+            scheme,
             server.local_addr()
         );
         *self.http.lock().unwrap() = Some(server);
@@ -966,6 +994,18 @@ impl ObjectImpl for RsHlsSink {
                     .default_value(-1)
                     .read_only()
                     .build(),
+                glib::ParamSpecString::builder("tls-certificate-file")
+                    .nick("TLS certificate file")
+                    .blurb("PEM file with the built-in HTTP server's certificate (and its chain, leaf first): the server then speaks HTTPS only, HTTP/2 or HTTP/1.1 as the client's ALPN picks; the key comes from tls-key-file, or from this file when that is unset")
+                    .build(),
+                glib::ParamSpecString::builder("tls-key-file")
+                    .nick("TLS key file")
+                    .blurb("PEM file with the private key of tls-certificate-file (unencrypted PKCS #8, PKCS #1 or SEC1)")
+                    .build(),
+                glib::ParamSpecObject::builder::<gio::TlsCertificate>("tls-certificate")
+                    .nick("TLS certificate")
+                    .blurb("Certificate with its private key for the built-in HTTP server (its certificate-pem, issuers and private-key-pem are used): the server then speaks HTTPS only, HTTP/2 or HTTP/1.1 as the client's ALPN picks")
+                    .build(),
                 glib::ParamSpecString::builder("upload-ca-file")
                     .nick("Upload CA file")
                     .blurb("PEM file of CA certificates to trust for https:// uploads, besides the system's CA certificates")
@@ -1052,6 +1092,23 @@ impl ObjectImpl for RsHlsSink {
             "muxer" => s.muxer = value.get().expect("type checked"),
             "http-port" => s.http_port = value.get().expect("type checked"),
             "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
+            "tls-certificate-file" | "tls-key-file" => {
+                let path = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .filter(|p| !p.is_empty());
+                match pspec.name() {
+                    "tls-certificate-file" => s.tls_certificate_file = path,
+                    _ => s.tls_key_file = path,
+                }
+            }
+            "tls-certificate" => {
+                s.tls_certificate = value
+                    .get::<Option<gio::TlsCertificate>>()
+                    .expect("type checked")
+                    .as_ref()
+                    .map(|c| ServerCertificate(CertificatePem::of(c)))
+            }
             "http-address" => {
                 s.http_address = value
                     .get::<Option<String>>()
@@ -1085,6 +1142,13 @@ impl ObjectImpl for RsHlsSink {
             "muxer" => s.muxer.to_value(),
             "http-port" => s.http_port.to_value(),
             "upload-ca-file" => s.upload_ca_file.to_value(),
+            "tls-certificate-file" => s.tls_certificate_file.to_value(),
+            "tls-key-file" => s.tls_key_file.to_value(),
+            "tls-certificate" => s
+                .tls_certificate
+                .as_ref()
+                .and_then(|c| c.0.to_object())
+                .to_value(),
             "http-address" => s.http_address.to_value(),
             "http-max-connections" => s.http_max_connections.to_value(),
             "http-max-connections-per-address" => s.http_max_connections_per_address.to_value(),
