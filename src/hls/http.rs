@@ -472,27 +472,30 @@ struct Refusal {
     why: &'static str,
 }
 
-/// Reads and drops the body of `request`, refusing what [`MAX_BODY_BYTES`] and the deadline do
-/// not allow.
-async fn drop_body(request: Request<Incoming>, deadline: Instant) -> Result<(), Refusal> {
+/// Reads and drops a request's body, refusing what [`MAX_BODY_BYTES`] and the deadline do not
+/// allow.
+async fn drop_body(
+    headers: &header::HeaderMap,
+    body: &mut Incoming,
+    deadline: Instant,
+) -> Result<(), Refusal> {
     let too_large = Refusal {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         why: "a request body over 64 KiB",
     };
-    if request.headers().contains_key(header::TRANSFER_ENCODING) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(Refusal {
             status: StatusCode::BAD_REQUEST,
             why: "a request with Transfer-Encoding",
         });
     }
-    let mut body = request.into_body();
     // hyper has checked Content-Length: the size is known before any of the body is read.
     if body.size_hint().lower() > MAX_BODY_BYTES {
         return Err(too_large);
     }
     let mut read = 0u64;
     while !body.is_end_stream() {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
         match tokio::time::timeout_at(deadline, frame).await {
             Err(_) => {
                 return Err(Refusal {
@@ -571,7 +574,8 @@ async fn respond(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let deadline = awaited_since + shared.config.request_timeout;
-    let (reply, close) = match drop_body(request, deadline).await {
+    let (parts, mut body) = request.into_parts();
+    let (reply, close) = match drop_body(&parts.headers, &mut body, deadline).await {
         Ok(()) => {
             let reply = handle(&method, &path, range.as_deref(), shared).await;
             (reply, false)
@@ -595,9 +599,13 @@ async fn respond(
         status,
         headers,
         length,
-        body,
+        body: data,
     } = reply;
-    let mut response = Response::new(Answer::new(body, Some(answering)));
+    // An HTTP/2 request body not read to its end (a refusal) is dropped with the answer: h2
+    // resets the stream with NO_ERROR once the answer is complete (RFC 9113 §8.1), with CANCEL
+    // when the body is dropped before.
+    let unread = (version == Version::HTTP_2).then_some(body);
+    let mut response = Response::new(Answer::new(data, answering, unread));
     *response.status_mut() = status;
     let map = response.headers_mut();
     for (name, value) in headers {
@@ -840,6 +848,67 @@ mod tests {
             table.take("2001:db8:0:1::1".parse().unwrap()).is_some(),
             "another /64"
         );
+    }
+
+    /// A wait for a file ends when the output publishes it, not before, and at its bound when
+    /// nothing is published.
+    #[test]
+    fn a_request_can_wait_for_a_file_to_be_published() {
+        use crate::hls::store::{DirStore, Job, Output, OutputConfig};
+        let dir = std::env::temp_dir().join(format!("hls-http-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let published = Arc::new(Published::default());
+        let output = Output::start(
+            Arc::new(DirStore),
+            OutputConfig::default(),
+            Some(published.clone()),
+            Box::new(|_| {}),
+        );
+        let put = |name: &str| {
+            let location = dir.join(name).to_string_lossy().into_owned();
+            let data = Arc::new(b"data".to_vec());
+            let kind = FileKind::Segment;
+            output.submit(Job::Put {
+                location,
+                kind,
+                data,
+            })
+        };
+        let runtime = crate::runtime::handle();
+        put("now.ts").unwrap();
+        assert!(output.flush(Duration::from_secs(10)));
+        let t0 = std::time::Instant::now();
+        let found = runtime.block_on(published.wait_for("now.ts", Duration::from_secs(5)));
+        assert!(found.is_some() && t0.elapsed() < Duration::from_millis(100));
+
+        let waiter = {
+            let published = published.clone();
+            runtime.spawn(async move {
+                let t0 = Instant::now();
+                let found = published.wait_for("later.ts", Duration::from_secs(5)).await;
+                (found, t0.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "answered before the file exists");
+        put("later.ts").unwrap();
+        let (found, took) = runtime.block_on(waiter).unwrap();
+        assert_eq!(found.unwrap().0, dir.join("later.ts"));
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+
+        let t0 = std::time::Instant::now();
+        let none = runtime.block_on(published.wait_for("never.ts", Duration::from_millis(300)));
+        assert!(none.is_none());
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        drop(output);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

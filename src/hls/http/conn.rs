@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -164,18 +164,21 @@ impl Drop for Answering {
 
 /// The body of every answer: its bytes (none for HEAD and errors), handed out a [`CHUNK`] at a
 /// time, and the request's [`Answering`] mark, dropped with it once hyper has taken the last
-/// piece.
+/// piece (and has sent all but what fits its buffers).
 #[derive(Debug)]
 pub struct Answer {
     data: Bytes,
-    _answering: Option<Answering>,
+    _answering: Answering,
+    /// The request's body, if it is to be dropped only with the answer.
+    _request: Option<Incoming>,
 }
 
 impl Answer {
-    pub fn new(data: Bytes, answering: Option<Answering>) -> Answer {
+    pub fn new(data: Bytes, answering: Answering, request: Option<Incoming>) -> Answer {
         Answer {
             data,
             _answering: answering,
+            _request: request,
         }
     }
 }
@@ -358,7 +361,7 @@ mod tests {
     fn an_answer_is_handed_out_in_pieces_and_releases_its_mark_when_dropped() {
         let activity = Activity::new();
         let (mark, _) = activity.begin();
-        let mut body = Answer::new(Bytes::from(vec![7u8; CHUNK * 2 + 5]), Some(mark));
+        let mut body = Answer::new(Bytes::from(vec![7u8; CHUNK * 2 + 5]), mark, None);
         assert_eq!(body.size_hint().exact(), Some((CHUNK * 2 + 5) as u64));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
