@@ -329,3 +329,41 @@ fn tls_certificate_object_and_setting_errors() {
         assert!(err.contains(says), "{props}: {err}");
     }
 }
+
+/// An HTTP/2 client that grants no flow-control window (nghttp with windows of 0 bytes) cannot
+/// hold its connection: it is dropped when its answer is not sent within the request timeout plus
+/// the 30 s write timeout, while other clients are served meanwhile.
+#[test]
+fn a_client_that_does_not_read_is_dropped() {
+    let (r, _certs) = serve_tls("stuck", "http-request-timeout=1");
+    let base = format!("https://127.0.0.1:{}", r.port);
+    let segment = read_playlist(&r.dir.join("playlist.m3u8")).segments[0]
+        .uri
+        .clone();
+    let t0 = Instant::now();
+    let stuck = common::ChildGuard::spawn(Command::new("nghttp").args([
+        "-w",
+        "0",
+        "-W",
+        "0",
+        &format!("{base}/{segment}"),
+    ]));
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        let (version, status, _) = curl(&["--http2", &format!("{base}/playlist.m3u8")]);
+        assert_eq!((version.as_str(), status), ("2", 200));
+    }
+    let (out, timed_out) = stuck.wait_output(Duration::from_secs(60));
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!timed_out, "nghttp still connected after 60 s");
+    assert!(
+        format!("{stdout}{stderr}").contains("processed=0"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(30) && took < Duration::from_secs(40),
+        "dropped after {took:?}"
+    );
+}
