@@ -31,7 +31,9 @@
 //! - a request body of up to 64 KiB is read and dropped, a larger one is refused with 413, and
 //!   Transfer-Encoding with 400 (hyper refuses malformed or conflicting Content-Lengths with 400):
 //!   a body is never read as the next request, and a refusal closes an HTTP/1.1 connection.
-//! - HEAD reads no file data; a range request reads only the range.
+//! - HEAD reads no file data; a range request reads only the range. A connection holds at most
+//!   [`conn::MAX_BODIES`] answers with file data at once (HTTP/2 streams beyond wait), so that
+//!   streams a client does not read cannot pin more copies of segments than that in memory.
 //!
 //! For LL-HLS's blocking requests, a handler can wait, bounded, for a file to be published:
 //! [`Published::wait_for`].
@@ -523,6 +525,8 @@ async fn drop_body(
 
 /// An answer before it becomes a hyper response.
 struct Reply {
+    /// Held while the body is made and sent ([`conn::MAX_BODIES`]).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     status: StatusCode,
     headers: Vec<(header::HeaderName, HeaderValue)>,
     /// The Content-Length: the body's, or (HEAD) the one GET would have.
@@ -533,6 +537,7 @@ struct Reply {
 impl Reply {
     fn empty(status: StatusCode) -> Reply {
         Reply {
+            permit: None,
             status,
             headers: Vec::new(),
             length: 0,
@@ -577,7 +582,7 @@ async fn respond(
     let (parts, mut body) = request.into_parts();
     let (reply, close) = match drop_body(&parts.headers, &mut body, deadline).await {
         Ok(()) => {
-            let reply = handle(&method, &path, range.as_deref(), shared).await;
+            let reply = handle(&method, &path, range.as_deref(), shared, activity).await;
             (reply, false)
         }
         Err(refusal) => {
@@ -596,6 +601,7 @@ async fn respond(
         reply.body.len()
     );
     let Reply {
+        permit,
         status,
         headers,
         length,
@@ -605,7 +611,7 @@ async fn respond(
     // resets the stream with NO_ERROR once the answer is complete (RFC 9113 §8.1), with CANCEL
     // when the body is dropped before.
     let unread = (version == Version::HTTP_2).then_some(body);
-    let mut response = Response::new(Answer::new(data, answering, unread));
+    let mut response = Response::new(Answer::new(data, answering, permit, unread));
     *response.status_mut() = status;
     let map = response.headers_mut();
     for (name, value) in headers {
@@ -620,7 +626,13 @@ async fn respond(
     response
 }
 
-async fn handle(method: &Method, path: &str, range: Option<&str>, shared: &Shared) -> Reply {
+async fn handle(
+    method: &Method,
+    path: &str,
+    range: Option<&str>,
+    shared: &Shared,
+    activity: &Activity,
+) -> Reply {
     match *method {
         Method::OPTIONS => {
             return Reply::empty(StatusCode::NO_CONTENT)
@@ -645,6 +657,10 @@ async fn handle(method: &Method, path: &str, range: Option<&str>, shared: &Share
     };
     let range = range.map(str::to_owned);
     let with_body = *method == Method::GET;
+    let permit = match with_body {
+        true => activity.body_permit().await,
+        false => None,
+    };
     let read = move || read_file(&file, range.as_deref(), with_body);
     let Ok(Ok((len, range, data))) = tokio::task::spawn_blocking(read).await else {
         return not_found();
@@ -655,7 +671,9 @@ async fn handle(method: &Method, path: &str, range: Option<&str>, shared: &Share
         FileKind::Key => "private, max-age=86400",
     };
     let body = data.map(Bytes::from).unwrap_or_default();
-    let reply = |status, length| Reply {
+    let mut permit = permit;
+    let mut reply = |status, length| Reply {
+        permit: permit.take(),
         length,
         body: body.clone(),
         ..Reply::empty(status)

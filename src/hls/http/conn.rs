@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::runtime::TaskGroup;
@@ -33,10 +34,16 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// only as the client reads: the "answering" mark lasts until (nearly) all is sent.
 const CHUNK: usize = 16 * 1024;
 
+/// Answers with file data that one connection may hold at once (made or being sent): HTTP/1.1
+/// answers one request at a time; an HTTP/2 client's further streams wait for one of these, so
+/// that streams that are not read cannot each pin a copy of a segment in memory.
+pub const MAX_BODIES: usize = 4;
+
 /// What a connection is doing, shared by its transport, its requests and its watchdog.
 #[derive(Debug)]
 pub struct Activity {
     state: Mutex<State>,
+    bodies: Arc<Semaphore>,
 }
 
 #[derive(Debug)]
@@ -75,7 +82,13 @@ impl Activity {
                 read_while_idle: false,
                 last_words: None,
             }),
+            bodies: Arc::new(Semaphore::new(MAX_BODIES)),
         })
+    }
+
+    /// One of the connection's [`MAX_BODIES`] answers with file data, once one is free.
+    pub async fn body_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.bodies.clone().acquire_owned().await.ok()
     }
 
     /// Marks a request as being answered until the returned mark is dropped (with the answer's
@@ -169,15 +182,23 @@ impl Drop for Answering {
 pub struct Answer {
     data: Bytes,
     _answering: Answering,
+    /// The permit of an answer with file data.
+    _permit: Option<OwnedSemaphorePermit>,
     /// The request's body, if it is to be dropped only with the answer.
     _request: Option<Incoming>,
 }
 
 impl Answer {
-    pub fn new(data: Bytes, answering: Answering, request: Option<Incoming>) -> Answer {
+    pub fn new(
+        data: Bytes,
+        answering: Answering,
+        permit: Option<OwnedSemaphorePermit>,
+        request: Option<Incoming>,
+    ) -> Answer {
         Answer {
             data,
             _answering: answering,
+            _permit: permit,
             _request: request,
         }
     }
@@ -358,10 +379,34 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_holds_at_most_max_bodies_answers_with_data() {
+        let runtime = crate::runtime::handle();
+        let activity = Activity::new();
+        let held: Vec<_> = (0..MAX_BODIES)
+            .map(|_| runtime.block_on(activity.body_permit()).unwrap())
+            .collect();
+        let next = {
+            let activity = activity.clone();
+            runtime.spawn(async move { activity.body_permit().await })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!next.is_finished(), "a fifth answer with data waits");
+        let (mark, _) = activity.begin();
+        let answer = Answer::new(
+            Bytes::from_static(b"x"),
+            mark,
+            held.into_iter().next(),
+            None,
+        );
+        drop(answer);
+        assert!(runtime.block_on(next).unwrap().is_some());
+    }
+
+    #[test]
     fn an_answer_is_handed_out_in_pieces_and_releases_its_mark_when_dropped() {
         let activity = Activity::new();
         let (mark, _) = activity.begin();
-        let mut body = Answer::new(Bytes::from(vec![7u8; CHUNK * 2 + 5]), mark, None);
+        let mut body = Answer::new(Bytes::from(vec![7u8; CHUNK * 2 + 5]), mark, None, None);
         assert_eq!(body.size_hint().exact(), Some((CHUNK * 2 + 5) as u64));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
