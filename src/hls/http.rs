@@ -410,6 +410,8 @@ async fn watch<F: Future<Output = hyper::Result<()>>>(
                 return;
             }
             _ = tokio::time::sleep_until(wake) => {}
+            // An answer began or the last one ended: the deadline moved.
+            _ = activity.changed(), if closing.is_none() => {}
         }
     }
 }
@@ -927,6 +929,42 @@ mod tests {
         );
         drop(output);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The watchdog follows the connection: an answer that outlasts the first deadline moves it,
+    /// and the end of that answer moves it back (to the request timeout after the answer, not
+    /// the answer's own longer deadline).
+    #[test]
+    fn the_watchdog_follows_answers() {
+        let runtime = crate::runtime::handle();
+        let timeout = Duration::from_millis(300);
+        let activity = Activity::new();
+        let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let watched = {
+            let activity = activity.clone();
+            runtime.spawn(async move {
+                let conn = std::pin::pin!(std::future::pending::<hyper::Result<()>>());
+                let t0 = Instant::now();
+                watch(conn, &activity, timeout, peer, None::<fn(Pin<&mut _>)>).await;
+                t0.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let (answering, _) = activity.begin();
+        // Past the first deadline, with the answer still being sent.
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!watched.is_finished(), "closed while answering");
+        drop(answering);
+        let took = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), watched)
+                .await
+                .expect("closed within 5 s")
+                .unwrap()
+        });
+        assert!(
+            took >= Duration::from_millis(750) && took < Duration::from_millis(1500),
+            "closed {took:?} after it began"
+        );
     }
 
     #[test]

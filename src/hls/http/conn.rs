@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::runtime::TaskGroup;
@@ -44,6 +44,8 @@ pub const MAX_BODIES: usize = 4;
 pub struct Activity {
     state: Mutex<State>,
     bodies: Arc<Semaphore>,
+    /// Told when an answer begins or the last one ends: the deadlines move then.
+    changed: Notify,
 }
 
 #[derive(Debug)]
@@ -83,7 +85,14 @@ impl Activity {
                 last_words: None,
             }),
             bodies: Arc::new(Semaphore::new(MAX_BODIES)),
+            changed: Notify::new(),
         })
+    }
+
+    /// Returns once an answer has begun or the last one ended since the last call (at once if
+    /// that happened before this call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// One of the connection's [`MAX_BODIES`] answers with file data, once one is free.
@@ -106,6 +115,8 @@ impl Activity {
         let id = state.next;
         state.next += 1;
         state.answering.insert(id, now);
+        drop(state);
+        self.changed.notify_one();
         (
             Answering {
                 activity: self.clone(),
@@ -171,6 +182,8 @@ impl Drop for Answering {
         if state.answering.is_empty() {
             state.idle_since = Instant::now();
             state.read_while_idle = false;
+            drop(state);
+            self.activity.changed.notify_one();
         }
     }
 }
