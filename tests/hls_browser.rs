@@ -457,6 +457,5 @@ fn play_in_chromium(scheme: &str, props: &str) -> Vec<String> {
     drop(server);
     gst::log::remove_log_function(handler);
     lshls.set_threshold(gst::DebugLevel::None);
-    let versions = versions.lock().unwrap().clone();
-    versions
+    versions.lock().unwrap().clone()
 }
