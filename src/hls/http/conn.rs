@@ -32,7 +32,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const LINGER: Duration = Duration::from_secs(1);
 /// An answer's body is handed to hyper this much at a time, so that it asks for the next piece
 /// only as the client reads: the "answering" mark lasts until (nearly) all is sent.
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// Answers with file data that one connection may hold at once (made or being sent): HTTP/1.1
 /// answers one request at a time; an HTTP/2 client's further streams wait for one of these, so
