@@ -367,3 +367,51 @@ fn a_client_that_does_not_read_is_dropped() {
         "dropped after {took:?}"
     );
 }
+
+/// Over TLS a connection beyond `http-max-connections` is closed before the handshake (no 503:
+/// that would cost a handshake per refused connection); once a slot is free, curl is served.
+#[test]
+fn connections_beyond_the_limit_are_closed_before_the_handshake() {
+    let (r, _certs) = serve_tls("limit", "http-max-connections=2");
+    let url = format!("https://127.0.0.1:{}/playlist.m3u8", r.port);
+    let mut held: Vec<_> = (0..2)
+        .map(|_| connect_from([127, 0, 0, 1], r.port).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (out, timed_out) = common::run(
+        Command::new("curl").args([
+            "-sS",
+            "-k",
+            "--http2",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            &url,
+        ]),
+        Duration::from_secs(20),
+    );
+    assert!(!timed_out);
+    assert!(
+        !out.status.success(),
+        "served a third connection: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held.pop());
+    assert!(wait_for(Duration::from_secs(5), || {
+        let (out, _) = common::run(
+            Command::new("curl").args([
+                "-sS",
+                "-k",
+                "--http2",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                &url,
+            ]),
+            Duration::from_secs(10),
+        );
+        out.status.success()
+    }));
+}
