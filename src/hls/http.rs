@@ -967,6 +967,69 @@ mod tests {
         );
     }
 
+    /// What hyper decides about a request's head and body (the hand-written server's rules,
+    /// checked on loopback against a server with nothing published): the status each gets.
+    #[test]
+    fn request_heads_and_their_bodies() {
+        use std::io::Write;
+        let server = HttpServer::start(
+            HttpConfig {
+                address: ([127, 0, 0, 1], 0).into(),
+                max_connections: 16,
+                max_connections_per_address: 16,
+                request_timeout: Duration::from_secs(5),
+                playlist_cache_control: "no-cache".into(),
+                tls: None,
+            },
+            Arc::new(Published::default()),
+        )
+        .unwrap();
+        let status = |request: &str| -> String {
+            let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer);
+            answer.get(..12).unwrap_or(&answer).to_owned()
+        };
+        let close = "Connection: close\r\n";
+        assert_eq!(
+            status(&format!("GET /p.m3u8 HTTP/1.1\r\n{close}\r\n")),
+            "HTTP/1.1 404"
+        );
+        assert_eq!(
+            status(&format!(
+                "GET /p.m3u8 HTTP/1.1\r\nContent-Length: 3\r\n{close}\r\nabc"
+            )),
+            "HTTP/1.1 404"
+        );
+        let big = format!("X-Big: {}\r\n", "b".repeat(9000));
+        let many: String = (0..40).map(|i| format!("X-{i}: a\r\n")).collect();
+        for (head, expected) in [
+            ("Content-Length: 65537\r\n", "HTTP/1.1 413"),
+            (
+                "Content-Length: 99999999999999999999999\r\n",
+                "HTTP/1.1 400",
+            ),
+            ("Transfer-Encoding: chunked\r\n", "HTTP/1.1 400"),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                "HTTP/1.1 400",
+            ),
+            ("Content-Length: 5\r\nContent-Length: 6\r\n", "HTTP/1.1 400"),
+            ("Content-Length: +5\r\n", "HTTP/1.1 400"),
+            ("Content-Length: -1\r\n", "HTTP/1.1 400"),
+            ("Content-Length: 5, 5\r\n", "HTTP/1.1 400"),
+            (&big, "HTTP/1.1 431"),
+            (&many, "HTTP/1.1 431"),
+        ] {
+            let request = format!("GET /p.m3u8 HTTP/1.1\r\n{head}\r\n");
+            assert_eq!(status(&request), expected, "{head:.60}");
+        }
+        assert_eq!(status("\x01\x02 garbage\r\n\r\n"), "HTTP/1.1 400");
+    }
+
     #[test]
     fn mime_types() {
         assert_eq!(
