@@ -500,28 +500,38 @@ impl ServerProps {
 
     /// The RTSPS configuration from `tls-certificate` or the PEM files, if any is set.
     pub fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
-        let files = (
+        tls_config(
+            self.tls_certificate.as_ref(),
             self.tls_certificate_file.as_deref(),
             self.tls_key_file.as_deref(),
-        );
-        let config = match (&self.tls_certificate, files) {
-            (None, (None, None)) => return Ok(None),
-            (Some(cert), (None, None)) => cert.server_config(),
-            (None, (Some(cert), key)) => {
-                server_tls::server_config_from_files(Path::new(cert), key.map(Path::new))
-            }
-            (None, (None, Some(_))) => {
-                return Err("tls-key-file is set without tls-certificate-file".into());
-            }
-            (Some(_), _) => {
-                return Err(
-                    "set either tls-certificate or tls-certificate-file/tls-key-file, not both"
-                        .into(),
-                );
-            }
-        };
-        config.map(Some).map_err(|e| e.to_string())
+        )
     }
+}
+
+/// The TLS server configuration of the properties `tls-certificate` (`certificate`) or
+/// `tls-certificate-file`/`tls-key-file`, if any is set (rtspserversink's, rtspserversrc's and
+/// rshlssink's built-in HTTP server's).
+pub fn tls_config(
+    certificate: Option<&CertificatePem>,
+    certificate_file: Option<&str>,
+    key_file: Option<&str>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    let config = match (certificate, (certificate_file, key_file)) {
+        (None, (None, None)) => return Ok(None),
+        (Some(cert), (None, None)) => cert.server_config(),
+        (None, (Some(cert), key)) => {
+            server_tls::server_config_from_files(Path::new(cert), key.map(Path::new))
+        }
+        (None, (None, Some(_))) => {
+            return Err("tls-key-file is set without tls-certificate-file".into());
+        }
+        (Some(_), _) => {
+            return Err(
+                "set either tls-certificate or tls-certificate-file/tls-key-file, not both".into(),
+            );
+        }
+    };
+    config.map(Some).map_err(|e| e.to_string())
 }
 
 /// The `authorize` signal both elements emit for each request but OPTIONS.

@@ -7,6 +7,9 @@
 //! "maybe" to `canPlayType("application/vnd.apple.mpegurl")`; the test still plays through hls.js
 //! and MediaSource, as web players do, and checks that it did (a `blob:` source).
 //!
+//! Over HTTPS (a self-signed certificate) Chromium fetches the playlist and segments with HTTP/2
+//! (the element's debug log names the version of each request it answered).
+//!
 //! Needs `chromium` on PATH and hls.js unpacked under `target/test-assets/` (`bash .ci/deps` puts
 //! both there).
 
@@ -40,11 +43,11 @@ const PAGE_GIVE_UP_MS: u32 = 30_000;
 /// The test gives up when the page has reported nothing by then.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Live H.264 + AAC from rshlssink's own HTTP server.
-fn start_live() -> Served {
+/// Live H.264 + AAC from rshlssink's own HTTP server, with `props`.
+fn start_live(props: &str) -> Served {
     serve_live(
         "browser",
-        "",
+        props,
         "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
          audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio",
@@ -281,6 +284,8 @@ impl Browser {
             "--disable-sync",
             "--autoplay-policy=no-user-gesture-required",
             "--mute-audio",
+            // The HTTPS case's certificate is self-signed.
+            "--ignore-certificate-errors",
         ])
         .arg(format!(
             "--user-data-dir={}",
@@ -333,10 +338,54 @@ fn number(report: &HashMap<String, String>, name: &str) -> f64 {
 
 #[test]
 fn chromium_plays_the_live_stream_with_hls_js() {
+    let versions = play_in_chromium("http", "");
+    assert_eq!(versions, ["HTTP/1.1"]);
+    // Over HTTPS (a self-signed certificate, which Chromium is told to accept) it speaks HTTP/2
+    // with the element's server, as ALPN lets it. (One test after the other: the versions come
+    // from the process's log.)
+    let dir = TempDir::new("browsertls");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let props = format!(
+        "tls-certificate-file={} tls-key-file={}",
+        cert.display(),
+        key.display()
+    );
+    let versions = play_in_chromium("https", &props);
+    assert_eq!(versions, ["HTTP/2.0"]);
+}
+
+/// Chromium plays the live stream of an rshlssink with `props` from `scheme://`: checks that it
+/// played and returns the HTTP versions of the requests the element's server answered (from its
+/// GST_DEBUG=lshls:5 lines).
+fn play_in_chromium(scheme: &str, props: &str) -> Vec<String> {
     let hls_js = std::fs::read(HLS_JS)
         .unwrap_or_else(|e| panic!("{HLS_JS}: {e}; `bash .ci/deps` fetches hls.js from npm"));
-    let live = start_live();
-    let playlist = format!("http://127.0.0.1:{}/playlist.m3u8", live.port);
+    common::init();
+    let versions: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let lshls = gst::DebugCategory::get("lshls").expect("the lshls category");
+    lshls.set_threshold(gst::DebugLevel::Debug);
+    let handler = {
+        let versions = versions.clone();
+        gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
+            let text = msg.get().map(|m| m.to_string()).unwrap_or_default();
+            // "HTTP 127.0.0.1:port: GET /playlist.m3u8 HTTP/2.0 (Range none) -> 200, ..."
+            if cat.name() == "lshls"
+                && text.contains(" -> ")
+                && let Some(version) = text.split(' ').find(|w| w.starts_with("HTTP/"))
+            {
+                let mut versions = versions.lock().unwrap();
+                if !versions.iter().any(|v| v == version) {
+                    versions.push(version.to_owned());
+                }
+            }
+        })
+    };
+    let live = start_live(props);
+    let playlist = format!("{scheme}://127.0.0.1:{}/playlist.m3u8", live.port);
     let page = PAGE
         .replace("@SRC@", &playlist)
         .replace("@PLAY_MS@", &PLAY_MS.to_string())
@@ -406,4 +455,7 @@ fn chromium_plays_the_live_stream_with_hls_js() {
     assert!(audio > 0.0, "no audio decoded: {report:?}");
     drop(browser);
     drop(server);
+    gst::log::remove_log_function(handler);
+    lshls.set_threshold(gst::DebugLevel::None);
+    versions.lock().unwrap().clone()
 }

@@ -553,9 +553,20 @@ fn the_request_deadline_is_a_property() {
     let r = start_serving("http-request-timeout=2");
     let sink = r.pipeline.by_name("h").unwrap();
     assert_eq!(sink.property::<u32>("http-request-timeout"), 2);
+    // Connections that were answered once: the deadline starts again after the answer.
+    let mut kept = connect_from([127, 0, 0, 1], r.port).unwrap();
+    let mut kept_partial = connect_from([127, 0, 0, 1], r.port).unwrap();
+    let get = b"GET /playlist.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n";
+    for s in [&mut kept, &mut kept_partial] {
+        s.write_all(get).unwrap();
+        assert_eq!(read_one(s).0, 200);
+    }
     let mut partial = connect_from([127, 0, 0, 1], r.port).unwrap();
     let mut idle = connect_from([127, 0, 0, 1], r.port).unwrap();
     let t0 = Instant::now();
+    kept_partial
+        .write_all(b"GET /playlist.m3u8 HTTP/1.1\r\n")
+        .unwrap();
     partial
         .write_all(b"GET /playlist.m3u8 HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
@@ -568,6 +579,23 @@ fn the_request_deadline_is_a_property() {
     let closed = t0.elapsed();
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     for (what, took) in [("408", answered), ("idle close", closed)] {
+        assert!(
+            took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+            "{what} after {took:?}"
+        );
+    }
+    let mut rest = Vec::new();
+    kept_partial.read_to_end(&mut rest).unwrap();
+    let took_408 = t0.elapsed();
+    assert_eq!(parse_response(&rest).0, 408);
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest).unwrap();
+    let took_close = t0.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    for (what, took) in [
+        ("408 after an answer", took_408),
+        ("idle close after an answer", took_close),
+    ] {
         assert!(
             took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
             "{what} after {took:?}"

@@ -1,50 +1,87 @@
-//! The built-in HTTP server: serves the files the output has published, nothing else.
+//! The built-in HTTP server: serves the files the output has published, nothing else, over
+//! HTTP/1.1, and over TLS (when a certificate is set) HTTP/2 too, chosen by ALPN (`h2`, else
+//! `http/1.1`). The messages are hyper's (1.x, its server connections for each protocol); what
+//! is served, and the limits, are this module's.
 //!
 //! Specifications: RFC 9110 §9.3.1, §9.3.2, §9.3.7 (GET, HEAD, OPTIONS), §14 (Range), §15.3.7
-//! (206), §15.5.17 (416); RFC 9112 §9.3 (persistent connections); RFC 9111 §5.2 (Cache-Control);
-//! the Fetch standard's CORS headers; RFC 8216 §4 (playlist media type).
+//! (206), §15.5.9 (408), §15.5.14 (413), §15.5.17 (416); RFC 9112 (HTTP/1.1 messages, §9.3
+//! persistent connections, §6.3 message length); RFC 9113 (HTTP/2), RFC 7301 (ALPN); RFC 9111
+//! §5.2 (Cache-Control); the Fetch standard's CORS headers; RFC 8216 §4 (playlist media type).
 //!
 //! Names are looked up in [`Published`] (the last path component of each file written), so no
 //! request path can reach another file: `..`, encoded or not, and any path with a directory part is
-//! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive and pipelining.
+//! refused with 400. GET, HEAD and OPTIONS (CORS preflight); HTTP/1.1 keep-alive and pipelining;
+//! HTTP/2 with at most [`MAX_STREAMS`] concurrent streams.
 //!
-//! Limits, so that a few hostile clients cannot lock the others out: a request (head and body)
-//! must arrive complete within [`HttpConfig::request_timeout`] of the server starting to wait for it (408 and
-//! close; an idle kept-alive connection is closed then too); at most
-//! [`HttpConfig::max_connections`] connections, and at most
-//! [`HttpConfig::max_connections_per_address`] from one client address (an IPv6 client by its
-//! /64), 503 beyond either; heads of at most 8 KiB (431). A request body (Content-Length) of up
-//! to 64 KiB is read and dropped, a larger one is refused with 413, and Transfer-Encoding or a
-//! malformed or conflicting Content-Length with 400 (RFC 9112 §6.3): a body is never read as the
-//! next request. HEAD reads no file data; a range request reads only the range.
+//! Limits, so that a few hostile clients cannot lock the others out (kept from the hand-written
+//! HTTP/1.1 server this replaced; the deadlines are in [`conn`], for both protocols):
+//! - a request (head and body) must arrive complete within [`HttpConfig::request_timeout`] of the
+//!   connection starting to wait for it (after it is accepted or its previous answer is sent):
+//!   HTTP/1.1 answers 408 and closes when part of it came, and closes silently an idle
+//!   kept-alive connection; HTTP/2 sends GOAWAY when no stream is open for that long. The TLS
+//!   handshake must end within it too.
+//! - an answer must be sent within the request timeout plus [`conn::WRITE_TIMEOUT`], else the
+//!   connection is dropped (a client that stops reading, HTTP/2 flow control included).
+//! - at most [`HttpConfig::max_connections`] connections, and at most
+//!   [`HttpConfig::max_connections_per_address`] from one client address (an IPv6 client by its
+//!   /64): beyond either, 503 over plain HTTP; over TLS the connection is closed before the
+//!   handshake (a 503 would cost the server a handshake per refused connection).
+//! - heads of at most 8 KiB (HTTP/1.1: 431; HTTP/2: the header list size it announces, and
+//!   hyper refuses larger ones) with at most 32 fields (431).
+//! - a request body of up to 64 KiB is read and dropped, a larger one is refused with 413, and
+//!   Transfer-Encoding with 400 (hyper refuses malformed or conflicting Content-Lengths with 400):
+//!   a body is never read as the next request, and a refusal closes an HTTP/1.1 connection.
+//! - HEAD reads no file data; a range request reads only the range. A connection holds at most
+//!   [`conn::MAX_BODIES`] answers with file data at once (HTTP/2 streams beyond wait), so that
+//!   streams a client does not read cannot pin more copies of segments than that in memory.
 //!
-//! RFC 9110 (GET, HEAD, OPTIONS; §14 range requests; §15.5.9 408, §15.5.14 413) over RFC 9112
-//! HTTP/1.1 messages.
+//! For LL-HLS's blocking requests, a handler can wait, bounded, for a file to be published:
+//! [`Published::wait_for`].
+
+mod conn;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use self::conn::{Activity, Answer, LINGER, Transport, Verdict};
 use super::store::{FileKind, Published};
 use crate::runtime::TaskGroup;
 
 const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Header fields of a request at most (HTTP/1.1; HTTP/2 is bounded by the header list size).
+const MAX_HEADERS: usize = 32;
+/// Concurrent streams of an HTTP/2 connection at most (the SETTINGS it announces).
+pub const MAX_STREAMS: u32 = 32;
 /// The default of [`HttpConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies up to this size are read and dropped; larger ones are refused.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
-/// How long a connection that is closed with an error is still read from, so that the client
-/// gets the answer rather than a reset (RFC 9112 §9.6).
-const LINGER: Duration = Duration::from_secs(1);
+/// HTTP/2 PINGs an idle-looking connection this often while streams are open, and drops it when
+/// one is not answered within [`H2_PING_TIMEOUT`].
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+    Content-Length: 0\r\nConnection: close\r\n\r\n";
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -57,6 +94,8 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Cache-Control for playlists (live ones change every segment).
     pub playlist_cache_control: String,
+    /// Serve HTTPS with this (its ALPN protocols are set here: `h2`, `http/1.1`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A running server on the plugin's shared runtime; stops when dropped: the listener and every
@@ -67,8 +106,15 @@ pub struct HttpServer {
     local_addr: SocketAddr,
 }
 
+/// What every connection of a server shares.
+struct Shared {
+    config: HttpConfig,
+    files: Arc<Published>,
+    tasks: Arc<TaskGroup>,
+}
+
 impl HttpServer {
-    pub fn start(config: HttpConfig, files: Arc<Published>) -> std::io::Result<HttpServer> {
+    pub fn start(mut config: HttpConfig, files: Arc<Published>) -> std::io::Result<HttpServer> {
         // Bound here, so that a port in use is an error of start().
         let listener = std::net::TcpListener::bind(config.address)?;
         listener.set_nonblocking(true)?;
@@ -79,17 +125,33 @@ impl HttpServer {
         let local_addr = listener.local_addr()?;
         let max_total = config.max_connections.max(1);
         let max_per_address = config.max_connections_per_address.max(1);
+        let acceptor = config.tls.take().map(|tls| {
+            let mut tls = (*tls).clone();
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let tls = Arc::new(tls);
+            config.tls = Some(tls.clone());
+            tokio_rustls::TlsAcceptor::from(tls)
+        });
         log::debug!(
-            "HTTP server listening on {local_addr} (at most {max_total} connections, \
-             {max_per_address} per address)"
+            "HTTP server listening on {local_addr} ({}; at most {max_total} connections, \
+             {max_per_address} per address)",
+            if acceptor.is_some() {
+                "TLS: HTTP/2 and HTTP/1.1"
+            } else {
+                "HTTP/1.1"
+            }
         );
         let limit = Arc::new(Semaphore::new(max_total));
         let per_address = Arc::new(PerAddress {
             max: max_per_address,
             open: Mutex::default(),
         });
-        let config = Arc::new(config);
         let tasks = Arc::new(TaskGroup::new());
+        let shared = Arc::new(Shared {
+            config,
+            files,
+            tasks: tasks.clone(),
+        });
         let group = tasks.clone();
         let accept = tasks.spawn(async move {
             loop {
@@ -113,20 +175,42 @@ impl HttpServer {
                 };
                 match admitted {
                     Ok(held) => {
-                        let files = files.clone();
-                        let config = config.clone();
+                        let shared = shared.clone();
+                        let acceptor = acceptor.clone();
                         log::trace!("HTTP connection from {peer}");
                         group.spawn(async move {
-                            serve_connection(stream, peer, &files, &config).await;
+                            match acceptor {
+                                None => serve(stream, peer, false, shared).await,
+                                Some(acceptor) => {
+                                    let timeout = shared.config.request_timeout;
+                                    match tokio::time::timeout(timeout, acceptor.accept(stream))
+                                        .await
+                                    {
+                                        Ok(Ok(tls)) => {
+                                            let h2 = tls.get_ref().1.alpn_protocol()
+                                                == Some(b"h2".as_slice());
+                                            serve(tls, peer, h2, shared).await
+                                        }
+                                        Ok(Err(e)) => {
+                                            log::debug!("HTTP {peer}: TLS handshake failed: {e}")
+                                        }
+                                        Err(_) => log::debug!(
+                                            "HTTP {peer}: no TLS handshake within {timeout:?}: \
+                                             closed"
+                                        ),
+                                    }
+                                }
+                            }
                             log::trace!("HTTP connection from {peer} closed");
                             drop(held);
                         });
                     }
+                    Err(why) if acceptor.is_some() => {
+                        log::debug!("HTTP connection from {peer} closed: {why} already");
+                    }
                     Err(why) => {
                         log::debug!("HTTP connection from {peer} refused with 503: {why} already");
-                        let resp =
-                            response(503, "Service Unavailable", &[("Retry-After", "1")], 0, true);
-                        group.spawn(close_with(stream, resp));
+                        group.spawn(conn::linger(stream, Some(SERVICE_UNAVAILABLE)));
                     }
                 }
             }
@@ -193,24 +277,6 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Sends `answer` and closes, reading (and dropping) what the client still sends for at most
-/// [`LINGER`] so that the close does not reset the connection before the answer is read.
-async fn close_with(mut stream: TcpStream, answer: Vec<u8>) {
-    let sent = tokio::time::timeout(LINGER, async {
-        stream.write_all(&answer).await?;
-        stream.shutdown().await
-    })
-    .await;
-    if !matches!(sent, Ok(Ok(()))) {
-        return;
-    }
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
-}
-
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.tasks.abort_all();
@@ -227,25 +293,128 @@ impl Drop for HttpServer {
     }
 }
 
-fn response(
-    status: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-    content_length: usize,
-    close: bool,
-) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status} {reason}\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
+/// Runs hyper's HTTP/2 streams as tasks of the server's group.
+#[derive(Clone)]
+struct GroupExecutor(Arc<TaskGroup>);
+
+impl<F> hyper::rt::Executor<F> for GroupExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
     }
-    s.push_str(&format!("Content-Length: {content_length}\r\n"));
-    if close {
-        s.push_str("Connection: close\r\n");
-    }
-    s.push_str("\r\n");
-    s.into_bytes()
 }
 
+/// Serves one connection (TCP, or TLS over it) with HTTP/2 or HTTP/1.1, until it closes or its
+/// deadlines end it.
+async fn serve<S>(stream: S, peer: SocketAddr, h2: bool, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(Transport::new(
+        stream,
+        activity.clone(),
+        shared.tasks.clone(),
+    ));
+    let timeout = shared.config.request_timeout;
+    let service = {
+        let activity = activity.clone();
+        let shared = shared.clone();
+        hyper::service::service_fn(move |request| {
+            let (shared, activity) = (shared.clone(), activity.clone());
+            async move { Ok::<_, Infallible>(respond(request, peer, &shared, &activity).await) }
+        })
+    };
+    if h2 {
+        let mut builder =
+            hyper::server::conn::http2::Builder::new(GroupExecutor(shared.tasks.clone()));
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        let conn = std::pin::pin!(builder.serve_connection(io, service));
+        watch(
+            conn,
+            &activity,
+            timeout,
+            peer,
+            Some(|c: Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c)),
+        )
+        .await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .max_buf_size(MAX_HEADER_BYTES)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        let conn = std::pin::pin!(builder.serve_connection(io, service));
+        watch(conn, &activity, timeout, peer, None::<fn(Pin<&mut _>)>).await;
+    }
+}
+
+/// Drives a connection and ends it at its deadlines ([`conn::Activity::verdict`]): HTTP/1.1
+/// (no `graceful`) by dropping it (with a 408 first for a partial request); HTTP/2 with
+/// `graceful` (GOAWAY), then after [`LINGER`] by dropping it.
+async fn watch<F: Future<Output = hyper::Result<()>>>(
+    mut conn: Pin<&mut F>,
+    activity: &Activity,
+    timeout: Duration,
+    peer: SocketAddr,
+    graceful: Option<impl FnOnce(Pin<&mut F>)>,
+) {
+    let mut graceful = graceful;
+    let mut closing: Option<Instant> = None;
+    loop {
+        let wake = match closing {
+            Some(at) if Instant::now() >= at => return,
+            Some(at) => at,
+            None => match activity.verdict(Instant::now(), timeout) {
+                Verdict::Until(at) => at,
+                Verdict::Stuck => {
+                    log::debug!(
+                        "HTTP {peer}: an answer not sent within {:?}: dropped",
+                        timeout + conn::WRITE_TIMEOUT
+                    );
+                    return;
+                }
+                verdict => match graceful.take() {
+                    None if verdict == Verdict::Incomplete => {
+                        log::debug!("HTTP {peer}: request not complete within {timeout:?}: 408");
+                        activity.say_last(REQUEST_TIMEOUT);
+                        return;
+                    }
+                    None => {
+                        log::debug!("HTTP {peer}: no request within {timeout:?}: closed");
+                        return;
+                    }
+                    Some(graceful) => {
+                        log::debug!("HTTP {peer}: no stream within {timeout:?}: GOAWAY");
+                        graceful(conn.as_mut());
+                        let at = Instant::now() + LINGER;
+                        closing = Some(at);
+                        at
+                    }
+                },
+            },
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    log::debug!("HTTP {peer}: connection ended: {e}");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+            // An answer began or the last one ended: the deadline moved.
+            _ = activity.changed(), if closing.is_none() => {}
+        }
+    }
+}
 /// Decodes %XX escapes; None for malformed escapes or non-UTF-8 results.
 pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -300,225 +469,230 @@ pub fn content_type(kind: FileKind, name: &str) -> &'static str {
     }
 }
 
-const CORS: [(&str, &str); 3] = [
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
-    ("Access-Control-Allow-Headers", "Range, Origin, Accept"),
-];
-
-/// One request as far as this server looks at it.
-#[derive(Debug, PartialEq, Eq)]
-struct Request {
-    method: String,
-    path: String,
-    range: Option<String>,
-    /// The client asked to close after the answer (or speaks HTTP/1.0).
-    close: bool,
-}
-
-/// Why a request is answered with an error and the connection closed.
+/// Why a request is answered with an error (and an HTTP/1.1 connection closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Refusal {
-    status: u16,
-    reason: &'static str,
+    status: StatusCode,
     why: &'static str,
 }
 
-impl Refusal {
-    const fn bad(why: &'static str) -> Refusal {
-        Refusal {
-            status: 400,
-            reason: "Bad Request",
-            why,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum ReadError {
-    /// The client closed the connection, or reading failed.
-    Closed,
-    Refused(Refusal),
-}
-
-impl From<Refusal> for ReadError {
-    fn from(r: Refusal) -> ReadError {
-        ReadError::Refused(r)
-    }
-}
-
-/// The request of a head (which ends with its empty line) and the length of its body.
-fn parse_head(head: &[u8]) -> Result<(Request, usize), Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Err(Refusal::bad("malformed request"));
-    }
-    let mut close = req.version != Some(1);
-    let mut range = None;
-    let mut body: Option<u64> = None;
-    for h in req.headers.iter() {
-        let value = String::from_utf8_lossy(h.value);
-        if h.name.eq_ignore_ascii_case("connection") {
-            close |= value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close"));
-        } else if h.name.eq_ignore_ascii_case("range") {
-            range = Some(value.into_owned());
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Refusal::bad("a request with Transfer-Encoding"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let value = value.trim();
-            let n = value
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| value.parse::<u64>().ok())
-                .flatten()
-                .ok_or(Refusal::bad("a malformed Content-Length"))?;
-            if body.is_some_and(|m| m != n) {
-                return Err(Refusal::bad("conflicting Content-Lengths"));
-            }
-            body = Some(n);
-        }
-    }
-    let body = body.unwrap_or(0);
-    if body > MAX_BODY_BYTES {
+/// Reads and drops a request's body, refusing what [`MAX_BODY_BYTES`] and the deadline do not
+/// allow.
+async fn drop_body(
+    headers: &header::HeaderMap,
+    body: &mut Incoming,
+    deadline: Instant,
+) -> Result<(), Refusal> {
+    let too_large = Refusal {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        why: "a request body over 64 KiB",
+    };
+    if headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(Refusal {
-            status: 413,
-            reason: "Content Too Large",
-            why: "a request body over 64 KiB",
+            status: StatusCode::BAD_REQUEST,
+            why: "a request with Transfer-Encoding",
         });
     }
-    let request = Request {
-        method: req.method.unwrap_or("").to_owned(),
-        path: req.path.unwrap_or("").to_owned(),
-        range,
-        close,
-    };
-    // At most MAX_BODY_BYTES: fits.
-    Ok((request, body as usize))
-}
-
-/// Appends what the client sent next to `buf`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    let mut chunk = [0u8; 2048];
-    match stream.read(&mut chunk).await {
-        Ok(n) if n > 0 => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
-        _ => Err(ReadError::Closed),
+    // hyper has checked Content-Length: the size is known before any of the body is read.
+    if body.size_hint().lower() > MAX_BODY_BYTES {
+        return Err(too_large);
     }
-}
-
-/// Reads the next request from `buf` and the stream, its body dropped; bytes after it (the
-/// next pipelined request) stay in `buf`. `in_body` is set once the head is complete (its
-/// bytes have left `buf` then: the request is not an idle connection's).
-async fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    in_body: &mut bool,
-) -> Result<Request, ReadError> {
-    let mut scanned = 0;
-    let head_len = loop {
-        if let Some(pos) = buf[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
-            break scanned + pos + 4;
-        }
-        if buf.len() > MAX_HEADER_BYTES {
-            return Err(Refusal {
-                status: 431,
-                reason: "Request Header Fields Too Large",
-                why: "a request head over 8 KiB",
-            }
-            .into());
-        }
-        scanned = buf.len().saturating_sub(3);
-        read_more(stream, buf).await?;
-    };
-    let (request, mut body) = parse_head(&buf[..head_len])?;
-    buf.drain(..head_len);
-    *in_body = true;
-    loop {
-        let n = body.min(buf.len());
-        buf.drain(..n);
-        body -= n;
-        if body == 0 {
-            return Ok(request);
-        }
-        read_more(stream, buf).await?;
-    }
-}
-
-async fn serve_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    files: &Published,
-    config: &HttpConfig,
-) {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let timeout = config.request_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut in_body = false;
-        let read = read_request(&mut stream, &mut buf, &mut in_body);
-        let request = match tokio::time::timeout_at(deadline, read).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(ReadError::Closed)) => return,
-            Ok(Err(ReadError::Refused(r))) => {
-                log::debug!("HTTP {peer}: {}: {}", r.why, r.status);
-                close_with(stream, response(r.status, r.reason, &[], 0, true)).await;
-                return;
-            }
-            Err(_) if buf.is_empty() && !in_body => {
-                log::debug!("HTTP {peer}: no request within {timeout:?}: closed");
-                return;
-            }
+    let mut read = 0u64;
+    while !body.is_end_stream() {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+        match tokio::time::timeout_at(deadline, frame).await {
             Err(_) => {
-                log::debug!(
-                    "HTTP {peer}: request not complete within {timeout:?} ({}): 408",
-                    if in_body {
-                        "in its body"
-                    } else {
-                        "in its head"
-                    }
-                );
-                let r = response(408, "Request Timeout", &[], 0, true);
-                close_with(stream, r).await;
-                return;
+                return Err(Refusal {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    why: "request body not complete within the request timeout",
+                });
             }
-        };
-        let Request {
-            method,
-            path,
-            range,
-            close,
-        } = request;
-        let (head, body) = handle(&method, &path, range.as_deref(), files, config, close).await;
-        // The status is in the answer's first line: "HTTP/1.1 200 OK".
-        let status = head
-            .get(9..12)
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .unwrap_or("?");
-        log::debug!(
-            "HTTP {peer}: {method} {path} (Range {}) -> {status}, {} bytes",
-            range.as_deref().unwrap_or("none"),
-            body.as_ref().map_or(0, |b| b.len())
-        );
-        let write = async {
-            stream.write_all(&head).await?;
-            if let Some(b) = &body {
-                stream.write_all(b).await?;
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    why: "a request body that ended early or was malformed",
+                });
             }
-            stream.flush().await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => {}
-            _ => return,
+            Ok(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > MAX_BODY_BYTES {
+                    return Err(too_large);
+                }
+            }
         }
-        if close {
-            let _ = stream.shutdown().await;
-            return;
+    }
+    Ok(())
+}
+
+/// An answer before it becomes a hyper response.
+struct Reply {
+    /// Held while the body is made and sent ([`conn::MAX_BODIES`]).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The Content-Length: the body's, or (HEAD) the one GET would have.
+    length: usize,
+    body: Bytes,
+}
+
+impl Reply {
+    fn empty(status: StatusCode) -> Reply {
+        Reply {
+            permit: None,
+            status,
+            headers: Vec::new(),
+            length: 0,
+            body: Bytes::new(),
         }
+    }
+
+    fn header(mut self, name: header::HeaderName, value: &str) -> Reply {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.push((name, value));
+        }
+        self
+    }
+
+    fn cors(self) -> Reply {
+        self.header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+            .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, OPTIONS")
+            .header(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Range, Origin, Accept",
+            )
+    }
+}
+
+/// Answers one request (of either protocol) and logs it.
+async fn respond(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Shared,
+    activity: &Arc<Activity>,
+) -> Response<Answer> {
+    let (answering, awaited_since) = activity.begin();
+    let version = request.version();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let range = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let deadline = awaited_since + shared.config.request_timeout;
+    let (parts, mut body) = request.into_parts();
+    let (reply, close) = match drop_body(&parts.headers, &mut body, deadline).await {
+        Ok(()) => {
+            let reply = handle(&method, &path, range.as_deref(), shared, activity).await;
+            (reply, false)
+        }
+        Err(refusal) => {
+            log::debug!(
+                "HTTP {peer}: {method} {path}: {}: {}",
+                refusal.why,
+                refusal.status.as_u16()
+            );
+            (Reply::empty(refusal.status), true)
+        }
+    };
+    log::debug!(
+        "HTTP {peer}: {method} {path} {version:?} (Range {}) -> {}, {} bytes",
+        range.as_deref().unwrap_or("none"),
+        reply.status.as_u16(),
+        reply.body.len()
+    );
+    let Reply {
+        permit,
+        status,
+        headers,
+        length,
+        body: data,
+    } = reply;
+    // An HTTP/2 request body not read to its end (a refusal) is dropped with the answer: h2
+    // resets the stream with NO_ERROR once the answer is complete (RFC 9113 §8.1), with CANCEL
+    // when the body is dropped before.
+    let unread = (version == Version::HTTP_2).then_some(body);
+    let mut response = Response::new(Answer::new(data, answering, permit, unread));
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        map.append(name, value);
+    }
+    map.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    // HTTP/2 has no Connection header (RFC 9113 §8.2.2): a refused stream does not end the
+    // connection.
+    if close && version < Version::HTTP_2 {
+        map.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn handle(
+    method: &Method,
+    path: &str,
+    range: Option<&str>,
+    shared: &Shared,
+    activity: &Activity,
+) -> Reply {
+    match *method {
+        Method::OPTIONS => {
+            return Reply::empty(StatusCode::NO_CONTENT)
+                .cors()
+                .header(header::ACCESS_CONTROL_MAX_AGE, "86400")
+                .header(header::ALLOW, "GET, HEAD, OPTIONS");
+        }
+        Method::GET | Method::HEAD => {}
+        _ => {
+            return Reply::empty(StatusCode::METHOD_NOT_ALLOWED)
+                .cors()
+                .header(header::ALLOW, "GET, HEAD, OPTIONS");
+        }
+    }
+    let name = match target(path) {
+        Target::Name(n) => n,
+        Target::BadPath => return Reply::empty(StatusCode::BAD_REQUEST).cors(),
+    };
+    let not_found = || Reply::empty(StatusCode::NOT_FOUND).cors();
+    let Some((file, kind)) = shared.files.get(&name) else {
+        return not_found();
+    };
+    let range = range.map(str::to_owned);
+    let with_body = *method == Method::GET;
+    let permit = match with_body {
+        true => activity.body_permit().await,
+        false => None,
+    };
+    let read = move || read_file(&file, range.as_deref(), with_body);
+    let Ok(Ok((len, range, data))) = tokio::task::spawn_blocking(read).await else {
+        return not_found();
+    };
+    let cache = match kind {
+        FileKind::Playlist => shared.config.playlist_cache_control.as_str(),
+        FileKind::Segment => "public, max-age=86400",
+        FileKind::Key => "private, max-age=86400",
+    };
+    let body = data.map(Bytes::from).unwrap_or_default();
+    let mut permit = permit;
+    let mut reply = |status, length| Reply {
+        permit: permit.take(),
+        length,
+        body: body.clone(),
+        ..Reply::empty(status)
+            .cors()
+            .header(header::CONTENT_TYPE, content_type(kind, &name))
+            .header(header::CACHE_CONTROL, cache)
+            .header(header::ACCEPT_RANGES, "bytes")
+    };
+    match range {
+        ByteRange::Whole => reply(StatusCode::OK, len),
+        ByteRange::Part(start, end) => reply(StatusCode::PARTIAL_CONTENT, end + 1 - start)
+            .header(header::CONTENT_RANGE, &format!("bytes {start}-{end}/{len}")),
+        ByteRange::Unsatisfiable => Reply {
+            length: 0,
+            ..reply(StatusCode::RANGE_NOT_SATISFIABLE, 0)
+        }
+        .header(header::CONTENT_RANGE, &format!("bytes */{len}")),
     }
 }
 
@@ -563,71 +737,6 @@ pub fn byte_range(header: Option<&str>, len: usize) -> ByteRange {
     match parse() {
         Some((start, end)) => ByteRange::Part(start, end),
         None => ByteRange::Unsatisfiable,
-    }
-}
-
-async fn handle(
-    method: &str,
-    path: &str,
-    range: Option<&str>,
-    files: &Published,
-    config: &HttpConfig,
-    close: bool,
-) -> (Vec<u8>, Option<Vec<u8>>) {
-    let mut headers: Vec<(&str, &str)> = CORS.to_vec();
-    match method {
-        "OPTIONS" => {
-            headers.push(("Access-Control-Max-Age", "86400"));
-            headers.push(("Allow", "GET, HEAD, OPTIONS"));
-            return (response(204, "No Content", &headers, 0, close), None);
-        }
-        "GET" | "HEAD" => {}
-        _ => {
-            headers.push(("Allow", "GET, HEAD, OPTIONS"));
-            return (
-                response(405, "Method Not Allowed", &headers, 0, close),
-                None,
-            );
-        }
-    }
-    let name = match target(path) {
-        Target::Name(n) => n,
-        Target::BadPath => return (response(400, "Bad Request", &headers, 0, close), None),
-    };
-    let not_found = || (response(404, "Not Found", &CORS, 0, close), None);
-    let Some((file, kind)) = files.get(&name) else {
-        return not_found();
-    };
-    let range = range.map(str::to_owned);
-    let with_body = method == "GET";
-    let read = move || read_file(&file, range.as_deref(), with_body);
-    let Ok(Ok((len, range, data))) = tokio::task::spawn_blocking(read).await else {
-        return not_found();
-    };
-    let cache = match kind {
-        FileKind::Playlist => config.playlist_cache_control.as_str(),
-        FileKind::Segment => "public, max-age=86400",
-        FileKind::Key => "private, max-age=86400",
-    };
-    headers.push(("Content-Type", content_type(kind, &name)));
-    headers.push(("Cache-Control", cache));
-    headers.push(("Accept-Ranges", "bytes"));
-    match range {
-        ByteRange::Whole => (response(200, "OK", &headers, len, close), data),
-        ByteRange::Part(start, end) => {
-            let content_range = format!("bytes {start}-{end}/{len}");
-            headers.push(("Content-Range", &content_range));
-            let head = response(206, "Partial Content", &headers, end + 1 - start, close);
-            (head, data)
-        }
-        ByteRange::Unsatisfiable => {
-            let content_range = format!("bytes */{len}");
-            headers.push(("Content-Range", &content_range));
-            (
-                response(416, "Range Not Satisfiable", &headers, 0, close),
-                None,
-            )
-        }
     }
 }
 
@@ -701,63 +810,6 @@ mod tests {
         assert_eq!(byte_range(Some("bytes=0-"), 0), Unsatisfiable);
     }
 
-    #[test]
-    fn request_heads_and_their_bodies() {
-        let parse = |head: &str| parse_head(head.as_bytes());
-        let (req, body) =
-            parse("GET /p.m3u8 HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n").unwrap();
-        assert_eq!(
-            req,
-            Request {
-                method: "GET".into(),
-                path: "/p.m3u8".into(),
-                range: Some("bytes=0-9".into()),
-                close: false,
-            }
-        );
-        assert_eq!(body, 0);
-        let close = |head: &str| parse(head).unwrap().0.close;
-        assert!(close(
-            "GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n"
-        ));
-        assert!(close("GET / HTTP/1.0\r\n\r\n"));
-        assert!(!close("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
-
-        assert_eq!(
-            parse("GET / HTTP/1.1\r\nContent-Length: 20\r\n\r\n")
-                .unwrap()
-                .1,
-            20
-        );
-        assert_eq!(
-            parse("GET / HTTP/1.1\r\nContent-Length: 65536\r\ncontent-length: 65536\r\n\r\n")
-                .unwrap()
-                .1,
-            65536
-        );
-        let status = |head: &str| parse(head).unwrap_err().status;
-        assert_eq!(
-            status("GET / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"),
-            413
-        );
-        assert_eq!(
-            status("GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
-            400
-        );
-        for bad in [
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length:\r\n\r\n",
-            "\x01\x02 garbage\r\n\r\n",
-        ] {
-            assert_eq!(status(bad), 400, "{bad:?}");
-        }
-    }
-
     /// HEAD and ranges of a 64 GiB (sparse) file: reading all of it would not fit in memory.
     #[test]
     fn only_the_requested_bytes_are_read() {
@@ -816,6 +868,166 @@ mod tests {
             table.take("2001:db8:0:1::1".parse().unwrap()).is_some(),
             "another /64"
         );
+    }
+
+    /// A wait for a file ends when the output publishes it, not before, and at its bound when
+    /// nothing is published.
+    #[test]
+    fn a_request_can_wait_for_a_file_to_be_published() {
+        use crate::hls::store::{DirStore, Job, Output, OutputConfig};
+        let dir = std::env::temp_dir().join(format!("hls-http-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let published = Arc::new(Published::default());
+        let output = Output::start(
+            Arc::new(DirStore),
+            OutputConfig::default(),
+            Some(published.clone()),
+            Box::new(|_| {}),
+        );
+        let put = |name: &str| {
+            let location = dir.join(name).to_string_lossy().into_owned();
+            let data = Arc::new(b"data".to_vec());
+            let kind = FileKind::Segment;
+            output.submit(Job::Put {
+                location,
+                kind,
+                data,
+            })
+        };
+        let runtime = crate::runtime::handle();
+        put("now.ts").unwrap();
+        assert!(output.flush(Duration::from_secs(10)));
+        let t0 = std::time::Instant::now();
+        let found = runtime.block_on(published.wait_for("now.ts", Duration::from_secs(5)));
+        assert!(found.is_some() && t0.elapsed() < Duration::from_millis(100));
+
+        let waiter = {
+            let published = published.clone();
+            runtime.spawn(async move {
+                let t0 = Instant::now();
+                let found = published.wait_for("later.ts", Duration::from_secs(5)).await;
+                (found, t0.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "answered before the file exists");
+        put("later.ts").unwrap();
+        let (found, took) = runtime.block_on(waiter).unwrap();
+        assert_eq!(found.unwrap().0, dir.join("later.ts"));
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+
+        let t0 = std::time::Instant::now();
+        let none = runtime.block_on(published.wait_for("never.ts", Duration::from_millis(300)));
+        assert!(none.is_none());
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        drop(output);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The watchdog follows the connection: an answer that outlasts the first deadline moves it,
+    /// and the end of that answer moves it back (to the request timeout after the answer, not
+    /// the answer's own longer deadline).
+    #[test]
+    fn the_watchdog_follows_answers() {
+        let runtime = crate::runtime::handle();
+        let timeout = Duration::from_millis(300);
+        let activity = Activity::new();
+        let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let watched = {
+            let activity = activity.clone();
+            runtime.spawn(async move {
+                let conn = std::pin::pin!(std::future::pending::<hyper::Result<()>>());
+                let t0 = Instant::now();
+                watch(conn, &activity, timeout, peer, None::<fn(Pin<&mut _>)>).await;
+                t0.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let (answering, _) = activity.begin();
+        // Past the first deadline, with the answer still being sent.
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!watched.is_finished(), "closed while answering");
+        drop(answering);
+        let took = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), watched)
+                .await
+                .expect("closed within 5 s")
+                .unwrap()
+        });
+        assert!(
+            took >= Duration::from_millis(750) && took < Duration::from_millis(1500),
+            "closed {took:?} after it began"
+        );
+    }
+
+    /// What hyper decides about a request's head and body (the hand-written server's rules,
+    /// checked on loopback against a server with nothing published): the status each gets.
+    #[test]
+    fn request_heads_and_their_bodies() {
+        use std::io::Write;
+        let server = HttpServer::start(
+            HttpConfig {
+                address: ([127, 0, 0, 1], 0).into(),
+                max_connections: 16,
+                max_connections_per_address: 16,
+                request_timeout: Duration::from_secs(5),
+                playlist_cache_control: "no-cache".into(),
+                tls: None,
+            },
+            Arc::new(Published::default()),
+        )
+        .unwrap();
+        let status = |request: &str| -> String {
+            let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer);
+            answer.get(..12).unwrap_or(&answer).to_owned()
+        };
+        let close = "Connection: close\r\n";
+        assert_eq!(
+            status(&format!("GET /p.m3u8 HTTP/1.1\r\n{close}\r\n")),
+            "HTTP/1.1 404"
+        );
+        assert_eq!(
+            status(&format!(
+                "GET /p.m3u8 HTTP/1.1\r\nContent-Length: 3\r\n{close}\r\nabc"
+            )),
+            "HTTP/1.1 404"
+        );
+        let big = format!("X-Big: {}\r\n", "b".repeat(9000));
+        let many: String = (0..40).map(|i| format!("X-{i}: a\r\n")).collect();
+        for (head, expected) in [
+            ("Content-Length: 65537\r\n", "HTTP/1.1 413"),
+            (
+                "Content-Length: 99999999999999999999999\r\n",
+                "HTTP/1.1 400",
+            ),
+            ("Transfer-Encoding: chunked\r\n", "HTTP/1.1 400"),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                "HTTP/1.1 400",
+            ),
+            ("Content-Length: 5\r\nContent-Length: 6\r\n", "HTTP/1.1 400"),
+            ("Content-Length: +5\r\n", "HTTP/1.1 400"),
+            ("Content-Length: -1\r\n", "HTTP/1.1 400"),
+            ("Content-Length: 5, 5\r\n", "HTTP/1.1 400"),
+            (&big, "HTTP/1.1 431"),
+            (&many, "HTTP/1.1 431"),
+        ] {
+            let request = format!("GET /p.m3u8 HTTP/1.1\r\n{head}\r\n");
+            assert_eq!(status(&request), expected, "{head:.60}");
+        }
+        assert_eq!(status("\x01\x02 garbage\r\n\r\n"), "HTTP/1.1 400");
     }
 
     #[test]

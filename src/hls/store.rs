@@ -212,6 +212,8 @@ pub fn remove_stale_temporaries(exact: &[&str], prefixes: &[&str]) -> Vec<PathBu
 #[derive(Debug, Default)]
 pub struct Published {
     files: Mutex<HashMap<String, (PathBuf, FileKind)>>,
+    /// Counts the files published: what [`Published::wait_for`] waits on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Published {
@@ -219,8 +221,31 @@ impl Published {
         self.files.lock().unwrap().get(name).cloned()
     }
 
+    /// The file named `name` once it is published, waiting at most `timeout` for it (for
+    /// LL-HLS blocking requests: a part or playlist about to be written); None if it was not
+    /// published by then.
+    pub async fn wait_for(&self, name: &str, timeout: Duration) -> Option<(PathBuf, FileKind)> {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Seen before looking: a file published after the look wakes the wait.
+            changes.borrow_and_update();
+            if let Some(file) = self.get(name) {
+                return Some(file);
+            }
+            // Err only when the sender is gone, which self holds.
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return None;
+            }
+        }
+    }
+
     fn insert(&self, name: String, path: PathBuf, kind: FileKind) {
         self.files.lock().unwrap().insert(name, (path, kind));
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn remove(&self, name: &str) {

@@ -34,6 +34,7 @@ use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, 
 use crate::hls::store::{FileKind, StoreError};
 use crate::hls::upload::HttpStore;
 use crate::hls::writer::{self, Writer, WriterConfig};
+use crate::rtsp_server_props::{CertificatePem, tls_config};
 
 /// Why rshlssink stops with an error.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +178,20 @@ struct Settings {
     http_request_timeout: u32,
     upload_ca_file: Option<String>,
     s3: S3Settings,
+    tls_certificate_file: Option<String>,
+    tls_key_file: Option<String>,
+    tls_certificate: Option<ServerCertificate>,
     muxer: Muxer,
+}
+
+/// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
+#[derive(Clone)]
+struct ServerCertificate(CertificatePem);
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCertificate")
+    }
 }
 
 impl Default for Settings {
@@ -202,6 +216,9 @@ impl Default for Settings {
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             upload_ca_file: None,
             s3: S3Settings::default(),
+            tls_certificate_file: None,
+            tls_key_file: None,
+            tls_certificate: None,
             muxer: Muxer::Builtin,
         }
     }
@@ -419,6 +436,15 @@ impl RsHlsSink {
             )
         })?;
         let address = std::net::SocketAddr::new(ip, settings.http_port as u16);
+        let tls = tls_config(
+            settings.tls_certificate.as_ref().map(|c| &c.0),
+            settings.tls_certificate_file.as_deref(),
+            settings.tls_key_file.as_deref(),
+        )
+        .map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Settings, ("Cannot serve HTTPS: {}", e))
+        })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = HttpServer::start(
             HttpConfig {
                 address,
@@ -428,6 +454,7 @@ impl RsHlsSink {
                     settings.http_request_timeout.into(),
                 ),
                 playlist_cache_control: "no-cache".into(),
+                tls,
             },
             self.published.clone(),
         )
@@ -440,7 +467,8 @@ impl RsHlsSink {
         gst::info!(
             CAT,
             imp = self,
-            "serving HLS on http://{}/",
+            "serving HLS on {}://{}/",
+            scheme,
             server.local_addr()
         );
         *self.http.lock().unwrap() = Some(server);
@@ -993,6 +1021,18 @@ impl ObjectImpl for RsHlsSink {
                     .default_value(-1)
                     .read_only()
                     .build(),
+                glib::ParamSpecString::builder("tls-certificate-file")
+                    .nick("TLS certificate file")
+                    .blurb("PEM file with the built-in HTTP server's certificate (and its chain, leaf first): the server then speaks HTTPS only, HTTP/2 or HTTP/1.1 as the client's ALPN picks; the key comes from tls-key-file, or from this file when that is unset")
+                    .build(),
+                glib::ParamSpecString::builder("tls-key-file")
+                    .nick("TLS key file")
+                    .blurb("PEM file with the private key of tls-certificate-file (unencrypted PKCS #8, PKCS #1 or SEC1)")
+                    .build(),
+                glib::ParamSpecObject::builder::<gio::TlsCertificate>("tls-certificate")
+                    .nick("TLS certificate")
+                    .blurb("Certificate with its private key for the built-in HTTP server (its certificate-pem, issuers and private-key-pem are used): the server then speaks HTTPS only, HTTP/2 or HTTP/1.1 as the client's ALPN picks")
+                    .build(),
                 glib::ParamSpecString::builder("upload-ca-file")
                     .nick("Upload CA file")
                     .blurb("PEM file of CA certificates to trust for https:// uploads, besides the system's CA certificates")
@@ -1106,6 +1146,23 @@ impl ObjectImpl for RsHlsSink {
             "s3-session-token" => s.s3.session_token = value.get().expect("type checked"),
             "s3-region" => s.s3.region = value.get().expect("type checked"),
             "s3-endpoint" => s.s3.endpoint = value.get().expect("type checked"),
+            "tls-certificate-file" | "tls-key-file" => {
+                let path = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .filter(|p| !p.is_empty());
+                match pspec.name() {
+                    "tls-certificate-file" => s.tls_certificate_file = path,
+                    _ => s.tls_key_file = path,
+                }
+            }
+            "tls-certificate" => {
+                s.tls_certificate = value
+                    .get::<Option<gio::TlsCertificate>>()
+                    .expect("type checked")
+                    .as_ref()
+                    .map(|c| ServerCertificate(CertificatePem::of(c)))
+            }
             "http-address" => {
                 s.http_address = value
                     .get::<Option<String>>()
@@ -1142,6 +1199,13 @@ impl ObjectImpl for RsHlsSink {
             "s3-access-key-id" => s.s3.access_key_id.to_value(),
             "s3-region" => s.s3.region.to_value(),
             "s3-endpoint" => s.s3.endpoint.to_value(),
+            "tls-certificate-file" => s.tls_certificate_file.to_value(),
+            "tls-key-file" => s.tls_key_file.to_value(),
+            "tls-certificate" => s
+                .tls_certificate
+                .as_ref()
+                .and_then(|c| c.0.to_object())
+                .to_value(),
             "http-address" => s.http_address.to_value(),
             "http-max-connections" => s.http_max_connections.to_value(),
             "http-max-connections-per-address" => s.http_max_connections_per_address.to_value(),
