@@ -27,4 +27,5 @@ pub mod flv;
 pub mod handshake;
 pub mod net;
 pub mod queue;
+pub mod server;
 pub mod url;
