@@ -43,9 +43,10 @@ pub struct OutputStats {
     pub audio_frames: u64,
     pub frames_dropped: u64,
     pub bytes_queued: usize,
-    /// FLV codec ids of the latest audio and video tags (0 before any).
-    pub video_codec: Option<u8>,
-    pub audio_codec: Option<u8>,
+    /// The codecs of the latest video and audio tags (`h264`, `aac`, an Enhanced RTMP FourCC
+    /// such as `hvc1`, or `id N` for the others), empty before any.
+    pub video_codec: String,
+    pub audio_codec: String,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +63,58 @@ pub struct Output {
     limit: usize,
     inner: Mutex<Inner>,
     cond: Condvar,
+}
+
+/// The codec of an audio or video tag, by FLV codec id or Enhanced RTMP FourCC.
+pub fn codec_name(tag: &Tag) -> Option<String> {
+    let b0 = *tag.data.first()?;
+    let name = match tag.kind {
+        TagKind::Video if b0 & 0x80 != 0 => {
+            let fourcc = tag.data.get(1..5)?;
+            return Some(String::from_utf8_lossy(fourcc).into_owned());
+        }
+        TagKind::Video => match b0 & 0x0f {
+            2 => "h263",
+            4 => "vp6",
+            5 => "vp6a",
+            7 => "h264",
+            12 => "h265",
+            13 => "av1",
+            id => return Some(format!("id {id}")),
+        },
+        TagKind::Audio => match b0 >> 4 {
+            2 => "mp3",
+            7 => "pcma",
+            8 => "pcmu",
+            9 => {
+                let fourcc = tag.data.get(1..5)?;
+                return Some(String::from_utf8_lossy(fourcc).into_owned());
+            }
+            10 => "aac",
+            11 => "speex",
+            id => return Some(format!("id {id}")),
+        },
+        TagKind::Script => return None,
+    };
+    Some(name.to_owned())
+}
+
+/// Whether a tag carries a coded frame (what `video-frames`/`audio-frames` count): not a
+/// codec configuration, nor an AVC/HEVC end of sequence (AVCPacketType 2) or an Enhanced RTMP
+/// SequenceEnd / metadata packet.
+fn is_frame(tag: &Tag) -> bool {
+    let (Some(&b0), b1) = (tag.data.first(), tag.data.get(1).copied()) else {
+        return false;
+    };
+    match tag.kind {
+        TagKind::Video if b0 & 0x80 != 0 => matches!(b0 & 0x0f, 1 | 3),
+        TagKind::Video => match b0 & 0x0f {
+            7 | 12 | 13 => b1 == Some(1),
+            _ => true,
+        },
+        TagKind::Audio => b0 >> 4 != 10 || b1 == Some(1),
+        TagKind::Script => false,
+    }
 }
 
 fn is_header(tag: &Tag) -> bool {
@@ -96,8 +149,20 @@ impl Output {
         let mut inner = self.inner.lock().unwrap();
         let header = is_header(&tag);
         match tag.kind {
-            TagKind::Video => inner.stats.video_codec = tag.codec_id(),
-            TagKind::Audio => inner.stats.audio_codec = tag.codec_id(),
+            TagKind::Video => {
+                if let Some(name) = codec_name(&tag)
+                    && inner.stats.video_codec != name
+                {
+                    inner.stats.video_codec = name;
+                }
+            }
+            TagKind::Audio => {
+                if let Some(name) = codec_name(&tag)
+                    && inner.stats.audio_codec != name
+                {
+                    inner.stats.audio_codec = name;
+                }
+            }
             TagKind::Script => {}
         }
         if !header {
@@ -130,9 +195,13 @@ impl Output {
                     );
                 }
                 inner.waiting_keyframe = false;
-                inner.stats.video_frames += 1;
-            } else if tag.kind == TagKind::Audio {
-                inner.stats.audio_frames += 1;
+            }
+            if is_frame(&tag) {
+                if video {
+                    inner.stats.video_frames += 1;
+                } else {
+                    inner.stats.audio_frames += 1;
+                }
             }
         }
         if !header {
@@ -222,12 +291,14 @@ mod tests {
         );
         assert!(q.push_tag(tag(TagKind::Video, 0x17, 1, 10)), "keyframe");
         assert!(q.push_tag(tag(TagKind::Video, 0x27, 1, 10)));
+        // An end of sequence is queued, not counted as a frame.
+        assert!(q.push_tag(tag(TagKind::Video, 0x17, 2, 5)));
         let s = q.stats();
         assert_eq!(s.frames_dropped, 2);
         assert_eq!(s.video_frames, 3);
         assert_eq!(s.audio_frames, 1);
-        assert_eq!(s.video_codec, Some(7));
-        assert_eq!(s.audio_codec, Some(10));
+        assert_eq!(s.video_codec, "h264");
+        assert_eq!(s.audio_codec, "aac");
     }
 
     #[test]

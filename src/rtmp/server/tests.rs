@@ -289,7 +289,6 @@ fn hostile_clients_are_errors() {
 #[test]
 fn every_split_of_a_session_gives_the_same_events() {
     let mut c = publisher("live", "k");
-    let mut s = server("");
     // Record the publisher's bytes for one session.
     let mut client_bytes = Vec::new();
     let mut server_copy = server("");
@@ -312,7 +311,7 @@ fn every_split_of_a_session_gives_the_same_events() {
         }
     }
     for step in [1usize, 7, 1000] {
-        s = server("");
+        let mut s = server("");
         let mut events = Vec::new();
         for piece in client_bytes.chunks(step) {
             let mut new = s.receive(piece).unwrap();
