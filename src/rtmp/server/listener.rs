@@ -108,6 +108,9 @@ struct Shared {
     config: ListenerConfig,
     output: Arc<Output>,
     active: Mutex<Option<Active>>,
+    /// Connections not yet publishing, oldest first: (connection id, its eviction notice).
+    pending: Mutex<std::collections::VecDeque<(u64, Arc<Notify>)>>,
+    next_conn: AtomicU64,
     counters: ListenerCounters,
     next_id: AtomicU64,
 }
@@ -138,6 +141,8 @@ impl Listener {
             config,
             output,
             active: Mutex::new(None),
+            pending: Mutex::new(std::collections::VecDeque::new()),
+            next_conn: AtomicU64::new(1),
             counters: ListenerCounters::default(),
             next_id: AtomicU64::new(1),
         });
@@ -222,41 +227,72 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
             }
         };
         shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let open = shared.counters.open.load(Ordering::Relaxed);
-        if open >= shared.config.max_connections {
-            shared
-                .counters
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            ldebug!(
-                shared,
-                "{peer}: connection refused: {open} connections open (max-connections {})",
-                shared.config.max_connections
-            );
-            continue;
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        {
+            // Connections that have not published yet are bounded: the oldest makes room for
+            // the newest (idle or slow clients cannot lock a publisher out; a publishing
+            // connection is never closed for a new one).
+            let mut pending = shared.pending.lock().unwrap();
+            if pending.len() >= shared.config.max_connections
+                && let Some((old, notice)) = pending.pop_front()
+            {
+                shared
+                    .counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                ldebug!(
+                    shared,
+                    "{peer}: {} connections without a publication (max-connections): closing                      the oldest, connection {old}, to make room",
+                    shared.config.max_connections
+                );
+                notice.notify_one();
+            }
+            pending.push_back((id, evict.clone()));
         }
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve(shared.clone(), stream, peer));
+        connections.spawn(serve(shared.clone(), stream, peer, id, evict));
     }
 }
 
-/// Counts an open connection while alive.
-struct OpenGuard(Arc<Shared>);
+/// Counts an open connection while alive, and takes it off the pending list when it ends.
+struct OpenGuard(Arc<Shared>, u64);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.counters.open.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .pending
+            .lock()
+            .unwrap()
+            .retain(|(id, _)| *id != self.1);
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    evict: Arc<Notify>,
+) {
     shared.counters.open.fetch_add(1, Ordering::Relaxed);
-    let _guard = OpenGuard(shared.clone());
+    let _guard = OpenGuard(shared.clone(), id);
+    tokio::select! {
+        () = serve_connection(shared.clone(), stream, peer, id) => {}
+        () = evict.notified() => ldebug!(
+            shared,
+            "{peer}: connection {id} closed: evicted by a newer connection before it published"
+        ),
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64) {
     ldebug!(shared, "{peer}: connection accepted");
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let Some(tls) = shared.config.tls.clone() else {
         let (r, w) = stream.into_split();
-        return run(shared, r, w, peer, deadline).await;
+        return run(shared, r, w, peer, deadline, id).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     match tokio::time::timeout_at(deadline.into(), accept).await {
@@ -269,7 +305,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 session.negotiated_cipher_suite().map(|s| s.suite())
             );
             let (r, w) = tokio::io::split(stream);
-            run(shared, r, w, peer, deadline).await;
+            run(shared, r, w, peer, deadline, id).await;
         }
         Ok(Err(e)) => ldebug!(
             shared,
@@ -293,8 +329,14 @@ enum End {
     Unpublished(&'static str),
 }
 
-async fn run<R, W>(shared: Arc<Shared>, mut r: R, mut w: W, peer: SocketAddr, deadline: Instant)
-where
+async fn run<R, W>(
+    shared: Arc<Shared>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    conn_id: u64,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -378,6 +420,12 @@ where
                     Event::Publish(req) => match decide(&shared, &conn, &req, peer, &kick) {
                         Ok(id) => {
                             answered = true;
+                            // Publishing: no longer evictable.
+                            shared
+                                .pending
+                                .lock()
+                                .unwrap()
+                                .retain(|(c, _)| *c != conn_id);
                             conn.accept_publish();
                             publisher = Some(id);
                             shared.counters.publishers.fetch_add(1, Ordering::Relaxed);
