@@ -279,6 +279,7 @@ fn capture_logs() -> Arc<Mutex<Vec<String>>> {
         init();
         let logs: Arc<Mutex<Vec<String>>> = Default::default();
         let l = logs.clone();
+        gst::log::remove_default_log_function();
         gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
             if (cat.name() == "lsrtmp" || cat.name() == "rtmpserversrc")
                 && let Some(m) = msg.get()
@@ -497,4 +498,108 @@ fn refused_publishes_are_the_clients_errors() {
         let leaked: Vec<_> = l.iter().filter(|l| l.contains(secret)).collect();
         assert!(leaked.is_empty(), "{secret} logged: {leaked:?}");
     }
+}
+
+/// Waits until the element says a publisher publishes.
+fn wait_publishing(server: &Server, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !server.stats().get::<bool>("publishing").unwrap() {
+        assert!(Instant::now() < deadline, "nobody publishes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_publisher_is_refused_while_the_first_goes_on() {
+    let logs = capture_logs();
+    let server = Server::start("", Out::Record);
+    let first = ffmpeg_publish(&server.url("key"));
+    wait_publishing(&server, Duration::from_secs(10));
+    let second = wait_child(
+        ffmpeg_publish(&server.url("key")),
+        Duration::from_secs(20),
+        "second ffmpeg",
+    );
+    assert!(!second.status.success(), "the second publisher was taken");
+    assert!(wait_log(&logs, Duration::from_secs(5), |l| l
+        .contains("publish refused: publisher 1 from 127.0.0.1")
+        && l.contains("takeover=false")));
+    let out = wait_child(first, Duration::from_secs(30), "first ffmpeg");
+    assert!(out.status.success());
+    server.wait_eos(Duration::from_secs(10)).expect("EOS");
+    assert_every_frame(server.recorded(), "the first publisher, undisturbed");
+}
+
+#[test]
+fn takeover_replaces_the_publisher_and_the_stream_goes_on() {
+    let server = Server::start("takeover=true", Out::Record);
+    let first = ffmpeg_publish(&server.url("key"));
+    wait_publishing(&server, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let second = ffmpeg_publish(&server.url("key"));
+    let out = wait_child(second, Duration::from_secs(30), "second ffmpeg");
+    assert!(out.status.success());
+    let first = wait_child(first, Duration::from_secs(10), "first ffmpeg");
+    assert!(!first.status.success(), "the first publisher was cut off");
+    // One EOS, when the second leaves; the first's end was not the stream's.
+    let messages = server.wait_eos(Duration::from_secs(10)).expect("EOS");
+    let left: Vec<_> = messages
+        .iter()
+        .filter(|m| m.name() == "rtmpserversrc-publisher-left")
+        .collect();
+    assert_eq!(left.len(), 1, "{messages:?}");
+    assert_eq!(server.stats().get::<u64>("publishers").unwrap(), 2);
+    let (v, a) = server.recorded();
+    let i = input();
+    assert!(
+        v > i.video && a > i.audio,
+        "part of the first and all of the second: {v}/{a}"
+    );
+}
+
+#[test]
+fn wait_for_next_publisher_continues_the_stream() {
+    let server = Server::start("wait-for-next-publisher=true", Out::Record);
+    for n in 0..2 {
+        let out = wait_child(
+            ffmpeg_publish(&server.url("key")),
+            Duration::from_secs(30),
+            "ffmpeg",
+        );
+        assert!(out.status.success(), "publisher {n}");
+    }
+    // Both publications went through; no EOS came: end the stream ourselves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().get::<u64>("video-frames").unwrap() < 2 * input().video {
+        assert!(Instant::now() < deadline, "{}", server.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.pipeline.send_event(gst::event::Eos::new()));
+    server.wait_eos(Duration::from_secs(10)).expect("EOS");
+    let i = input();
+    let probe = probe_file(&server.recording());
+    assert_eq!(probe.stream("video").unwrap().1, 2 * i.video);
+    assert_eq!(probe.stream("audio").unwrap().1, 2 * i.audio);
+    // The second publication's timestamps continue after the first's (6 s in all).
+    let (out, _) = run(
+        Command::new("ffprobe").args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=dts_time",
+            "-of",
+            "csv=p=0",
+            server.recording().to_str().unwrap(),
+        ]),
+        Duration::from_secs(30),
+    );
+    let dts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(dts.windows(2).all(|w| w[0] <= w[1]), "timestamps go back");
+    let span = dts.last().unwrap() - dts.first().unwrap();
+    assert!(span > 5.5, "the video spans {span} s");
 }
