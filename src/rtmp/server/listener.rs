@@ -7,7 +7,10 @@
 //! connect and publish must be done within `handshake_timeout`; a connection that sends nothing
 //! for `idle_timeout` is closed; everything the core refuses (chunk sizes, message sizes, chunk
 //! stream ids, AMF nesting) ends the connection. Each end is one DEBUG line with the peer and
-//! why. Specifications: see [`super`].
+//! why.
+//!
+//! Specifications: none of its own: the protocol is [`super`]'s (RTMP specification 1.0); TLS is
+//! rustls's (RFC 8446, RFC 5246).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

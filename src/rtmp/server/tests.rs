@@ -1,3 +1,8 @@
+//! Unit tests of the server connection, driven by our own publisher state machine in memory and
+//! by hand-made hostile bytes.
+//!
+//! Specifications: RTMP specification 1.0 §5.3-§5.4 and §7.2 (what the tests exchange).
+
 use super::*;
 use crate::rtmp::client::{self, Publisher, PublisherConfig, StopCommands};
 
