@@ -603,3 +603,39 @@ fn wait_for_next_publisher_continues_the_stream() {
     let span = dts.last().unwrap() - dts.first().unwrap();
     assert!(span > 5.5, "the video spans {span} s");
 }
+
+#[test]
+fn servers_run_on_the_shared_runtime_and_free_their_ports_at_once() {
+    init();
+    // Start the shared runtime first, so that its workers are not counted as new.
+    drop(Server::start("", Out::Record));
+    let before = common::threads_by_name();
+    let servers: Vec<Server> = (0..5).map(|_| Server::start("", Out::Record)).collect();
+    let after = common::threads_by_name();
+    let new: Vec<(String, usize)> = after
+        .iter()
+        .filter_map(|(name, n)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            (*n > was).then(|| (name.clone(), n - was))
+        })
+        .collect();
+    // Only GStreamer's streaming threads, one per source (`src:src`; a pool thread may not be
+    // renamed yet and still carry its creator's name; one freed by the first server may be
+    // reused); no runtime worker, nothing of ours.
+    let total: usize = new.iter().map(|(_, n)| n).sum();
+    assert!(total <= 5, "new threads: {new:?}");
+    assert!(
+        new.iter().all(|(name, _)| name != "livestreaming-rt"
+            && !name.starts_with("rtmp")
+            && !name.starts_with("tokio")),
+        "threads of our own: {new:?}"
+    );
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    for s in &servers {
+        s.pipeline.set_state(gst::State::Null).unwrap();
+    }
+    for port in ports {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
+    }
+}

@@ -113,6 +113,9 @@ struct Shared {
     active: Mutex<Option<Active>>,
     /// Connections not yet publishing, oldest first: (connection id, its eviction notice).
     pending: Mutex<std::collections::VecDeque<(u64, Arc<Notify>)>>,
+    /// The id of the publisher whose tags go to the output (0: none): a publisher taken over
+    /// may still be reading its last bytes, which must not reach the new publication.
+    current: AtomicU64,
     next_conn: AtomicU64,
     counters: ListenerCounters,
     next_id: AtomicU64,
@@ -145,6 +148,7 @@ impl Listener {
             output,
             active: Mutex::new(None),
             pending: Mutex::new(std::collections::VecDeque::new()),
+            current: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
             counters: ListenerCounters::default(),
             next_id: AtomicU64::new(1),
@@ -192,6 +196,7 @@ impl Listener {
         self.tasks.abort_all();
         let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Both);
         *self.shared.active.lock().unwrap() = None;
+        self.shared.current.store(0, Ordering::Release);
     }
 }
 
@@ -416,7 +421,9 @@ async fn run<R, W>(
             for ev in std::mem::take(&mut events) {
                 match ev {
                     Event::Media(tag) => {
-                        if publisher.is_some() {
+                        if let Some(id) = publisher
+                            && shared.current.load(Ordering::Acquire) == id
+                        {
                             shared.output.push_tag(tag);
                         }
                     }
@@ -492,6 +499,7 @@ async fn run<R, W>(
         let mut active = shared.active.lock().unwrap();
         if active.as_ref().is_some_and(|a| a.info.id == id) {
             *active = None;
+            shared.current.store(0, Ordering::Release);
         }
         drop(active);
         shared.output.push_marker(Item::Ended {
@@ -563,6 +571,7 @@ fn decide(
         a.kick.notify_one();
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.current.store(id, Ordering::Release);
     *active = Some(Active {
         info: PublisherInfo {
             id,
