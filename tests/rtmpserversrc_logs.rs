@@ -150,7 +150,8 @@ fn decisions_are_logged_with_the_peer_and_the_stream_key_never() {
         "publish accepted: publisher 1",
         "NetStream.Publish.Start sent",
         "FCUnpublish: the publication ends",
-        "connection closed: the client unpublished",
+        "publisher 1 unpublished (FCUnpublish)",
+        "connection closed: the client closed the connection",
     ] {
         assert!(ours(step), "no lsrtmp line with the peer and '{step}'");
     }

@@ -4,9 +4,10 @@
 //! shared runtime and queues the accepted publication's tags in a bounded [`Output`] (whole
 //! frames dropped, counted, when downstream is slower); `create` takes them out.
 //!
-//! Timestamps: each publication's RTMP timestamps are moved to start at the running time its
-//! first tag arrived at, in the FLV tags themselves (flvdemux reads those) and on the buffers,
-//! so a next publisher (`wait-for-next-publisher`) continues the timeline.
+//! Timestamps: the stream's time 0 is its first tag, at the running time it arrived (the base of
+//! a new segment). Each publication's RTMP timestamps are moved to start where the clock is on
+//! that timeline, in the FLV tags themselves (flvdemux reads those) and on the buffers, so a next
+//! publisher (`wait-for-next-publisher`) continues it.
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -36,6 +37,7 @@ const DEFAULT_QUEUE_SIZE: u32 = 8 * 1024 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u32 = 100;
 const DEFAULT_HANDSHAKE_TIMEOUT: u32 = 10;
 const DEFAULT_IDLE_TIMEOUT: u32 = 30;
+const DEFAULT_LATENCY_MS: u32 = 200;
 
 /// No `Debug`: the stream key is a secret.
 #[derive(Clone)]
@@ -50,6 +52,7 @@ struct Settings {
     max_connections: u32,
     handshake_timeout: u32,
     idle_timeout: u32,
+    latency_ms: u32,
     tls_certificate_file: Option<String>,
     tls_key_file: Option<String>,
 }
@@ -67,6 +70,7 @@ impl Default for Settings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            latency_ms: DEFAULT_LATENCY_MS,
             tls_certificate_file: None,
             tls_key_file: None,
         }
@@ -78,7 +82,10 @@ impl Default for Settings {
 struct Stream {
     header_sent: bool,
     publisher: Option<u64>,
-    /// (running time in ms, the publication's first RTMP timestamp).
+    /// The running time of the stream's first tag: the base of our segment, whose time 0 is
+    /// that tag.
+    base: Option<gst::ClockTime>,
+    /// (this publication's offset on our timeline in ms, its first RTMP timestamp).
     rebase: Option<(i64, u32)>,
 }
 
@@ -130,19 +137,33 @@ impl RtmpServerSrc {
     }
 
     fn tag_buffer(&self, st: &mut Stream, tag: Tag) -> gst::Buffer {
+        let now = self
+            .obj()
+            .current_running_time()
+            .unwrap_or(gst::ClockTime::ZERO);
+        if st.base.is_none() {
+            // Time 0 of the stream is now: a segment with this base makes the first tag's
+            // running time its arrival time. flvdemux keeps the base of the segment it is
+            // given (and starts its own at the first tag), so its output is on time as well.
+            let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            segment.set_base(now);
+            if let Err(e) = self.obj().new_segment(segment.upcast_ref()) {
+                gst::warning!(CAT, imp = self, "cannot start a new segment: {}", e);
+            }
+            st.base = Some(now);
+        }
+        let base = st.base.unwrap_or_default();
         let (offset, first) = *st.rebase.get_or_insert_with(|| {
-            let now = self
-                .obj()
-                .current_running_time()
-                .map_or(0, |t| t.mseconds() as i64);
+            // A publication starts on our timeline where the clock is (0 for the first).
+            let offset = now.saturating_sub(base).mseconds() as i64;
             gst::debug!(
                 CAT,
                 imp = self,
-                "publication's timestamps start at running time {} ms (first RTMP timestamp {})",
-                now,
+                "publication starts at {} ms of the stream (first RTMP timestamp {})",
+                offset,
                 tag.timestamp
             );
-            (now, tag.timestamp)
+            (offset, tag.timestamp)
         });
         // Signed: audio may start a little before the first video tag.
         let delta = i64::from(tag.timestamp.wrapping_sub(first) as i32);
@@ -318,6 +339,13 @@ impl ObjectImpl for RtmpServerSrc {
                     .default_value(DEFAULT_IDLE_TIMEOUT)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Latency")
+                    .blurb("Milliseconds reported as the source's latency: how late a tag may arrive after its timestamp (network jitter, bursts) and still be on time for synchronised sinks")
+                    .maximum(60_000)
+                    .default_value(DEFAULT_LATENCY_MS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("tls-certificate-file")
                     .nick("TLS certificate file")
                     .blurb("PEM certificate chain: the port then speaks RTMPS (TLS) only")
@@ -385,6 +413,7 @@ impl ObjectImpl for RtmpServerSrc {
             "max-connections" => s.max_connections = value.get().expect("type checked"),
             "handshake-timeout" => s.handshake_timeout = value.get().expect("type checked"),
             "idle-timeout" => s.idle_timeout = value.get().expect("type checked"),
+            "latency" => s.latency_ms = value.get().expect("type checked"),
             "tls-certificate-file" => s.tls_certificate_file = string().filter(|f| !f.is_empty()),
             "tls-key-file" => s.tls_key_file = string().filter(|f| !f.is_empty()),
             other => unreachable!("unknown property {other}"),
@@ -413,6 +442,7 @@ impl ObjectImpl for RtmpServerSrc {
             "max-connections" => s.max_connections.to_value(),
             "handshake-timeout" => s.handshake_timeout.to_value(),
             "idle-timeout" => s.idle_timeout.to_value(),
+            "latency" => s.latency_ms.to_value(),
             "tls-certificate-file" => s.tls_certificate_file.to_value(),
             "tls-key-file" => s.tls_key_file.to_value(),
             "stats" => {
@@ -532,6 +562,16 @@ impl BaseSrcImpl for RtmpServerSrc {
 
     fn is_seekable(&self) -> bool {
         false
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let latency =
+                gst::ClockTime::from_mseconds(u64::from(self.settings.lock().unwrap().latency_ms));
+            q.set(true, latency, gst::ClockTime::NONE);
+            return true;
+        }
+        BaseSrcImplExt::parent_query(self, query)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {

@@ -334,7 +334,6 @@ enum End {
     Timeout(String),
     Refused(&'static str),
     TakenOver,
-    Unpublished(&'static str),
 }
 
 async fn run<R, W>(
@@ -342,7 +341,7 @@ async fn run<R, W>(
     mut r: R,
     mut w: W,
     peer: SocketAddr,
-    deadline: Instant,
+    mut deadline: Instant,
     conn_id: u64,
 ) where
     R: AsyncRead + Unpin,
@@ -455,7 +454,21 @@ async fn run<R, W>(
                         }
                     },
                     Event::Unpublished(how) => {
-                        end = Some(End::Unpublished(how));
+                        // The publication ends; the connection stays until the client closes it
+                        // (rtmp2sink sends deleteStream after FCUnpublish and takes a close
+                        // before its own for an error), at most another handshake-timeout.
+                        if let Some(id) = publisher.take() {
+                            end_publication(
+                                &shared,
+                                id,
+                                &format!("the client unpublished ({how})"),
+                            );
+                            ldebug!(
+                                shared,
+                                "{peer}: publisher {id} unpublished ({how}); the connection may close"
+                            );
+                        }
+                        deadline = Instant::now() + shared.config.handshake_timeout;
                     }
                     Event::Connected(_) => {}
                 }
@@ -493,19 +506,9 @@ async fn run<R, W>(
         End::Timeout(e) => e.clone(),
         End::Refused(why) => format!("publish refused: {why}"),
         End::TakenOver => "another publisher took over".into(),
-        End::Unpublished(how) => format!("the client unpublished ({how})"),
     };
     if let Some(id) = publisher {
-        let mut active = shared.active.lock().unwrap();
-        if active.as_ref().is_some_and(|a| a.info.id == id) {
-            *active = None;
-            shared.current.store(0, Ordering::Release);
-        }
-        drop(active);
-        shared.output.push_marker(Item::Ended {
-            publisher: id,
-            reason: reason.clone(),
-        });
+        end_publication(&shared, id, &reason);
     }
     ldebug!(
         shared,
@@ -517,6 +520,20 @@ async fn run<R, W>(
             None => String::new(),
         }
     );
+}
+
+/// Publisher `id` is gone: its slot is free, the output learns why.
+fn end_publication(shared: &Shared, id: u64, reason: &str) {
+    let mut active = shared.active.lock().unwrap();
+    if active.as_ref().is_some_and(|a| a.info.id == id) {
+        *active = None;
+        shared.current.store(0, Ordering::Release);
+    }
+    drop(active);
+    shared.output.push_marker(Item::Ended {
+        publisher: id,
+        reason: reason.to_owned(),
+    });
 }
 
 /// Allows a publish (the publisher's id) or refuses it (onStatus code, reason).
