@@ -330,3 +330,38 @@ fn a_publisher_faster_than_downstream_loses_whole_frames_not_its_connection() {
     assert_eq!(server.recorded(), (video, audio));
     assert!(wait_log(Duration::from_secs(1), "video resumes at the next keyframe").is_some());
 }
+
+#[test]
+fn a_plain_client_on_the_rtmps_port_is_closed_with_the_reason() {
+    let certs = TempDir::new("rtmpserversrc-hostile-certs");
+    let (cert, key) = common::rtmp::self_signed_cert(certs.path(), "IP:127.0.0.1");
+    let server = Server::start(
+        &format!(
+            "tls-certificate-file={} tls-key-file={} handshake-timeout=2",
+            cert.display(),
+            key.display()
+        ),
+        "",
+    );
+    // Plain RTMP: C0 and C1 where TLS expects a ClientHello.
+    let mut plain = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let plain_peer = plain.local_addr().unwrap().to_string();
+    let mut c0c1 = vec![3u8];
+    c0c1.extend_from_slice(&[0u8; 1536]);
+    plain.write_all(&c0c1).unwrap();
+    let line = wait_log(
+        Duration::from_secs(10),
+        &format!("{plain_peer}: connection closed"),
+    )
+    .expect("plain client logged");
+    assert!(line.contains("TLS handshake failed"), "{line}");
+    // A TLS client that never says anything.
+    let silent = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let silent_peer = silent.local_addr().unwrap().to_string();
+    let line = wait_log(
+        Duration::from_secs(10),
+        &format!("{silent_peer}: connection closed"),
+    )
+    .expect("silent client logged");
+    assert!(line.contains("no TLS handshake within"), "{line}");
+}
