@@ -286,24 +286,21 @@ async fn serve(
 ) {
     shared.counters.open.fetch_add(1, Ordering::Relaxed);
     let _guard = OpenGuard(shared.clone(), id);
-    tokio::select! {
-        () = serve_connection(shared.clone(), stream, peer, id) => {}
-        () = evict.notified() => ldebug!(
-            shared,
-            "{peer}: connection {id} closed: evicted by a newer connection before it published"
-        ),
-    }
-}
-
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64) {
     ldebug!(shared, "{peer}: connection accepted");
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let Some(tls) = shared.config.tls.clone() else {
         let (r, w) = stream.into_split();
-        return run(shared, r, w, peer, deadline, id).await;
+        return run(shared, r, w, peer, deadline, id, evict).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    match tokio::time::timeout_at(deadline.into(), accept).await {
+    let accepted = tokio::select! {
+        a = tokio::time::timeout_at(deadline.into(), accept) => a,
+        () = evict.notified() => {
+            ldebug!(shared, "{peer}: connection closed: {EVICTED}");
+            return;
+        }
+    };
+    match accepted {
         Ok(Ok(stream)) => {
             let session = stream.get_ref().1;
             ldebug!(
@@ -313,7 +310,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                 session.negotiated_cipher_suite().map(|s| s.suite())
             );
             let (r, w) = tokio::io::split(stream);
-            run(shared, r, w, peer, deadline, id).await;
+            run(shared, r, w, peer, deadline, id, evict).await;
         }
         Ok(Err(e)) => ldebug!(
             shared,
@@ -327,6 +324,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     }
 }
 
+const EVICTED: &str = "evicted by a newer connection before it published (max-connections)";
+
 /// How a connection ended, for the log line.
 enum End {
     Closed,
@@ -334,6 +333,7 @@ enum End {
     Timeout(String),
     Refused(&'static str),
     TakenOver,
+    Evicted,
 }
 
 async fn run<R, W>(
@@ -343,6 +343,7 @@ async fn run<R, W>(
     peer: SocketAddr,
     mut deadline: Instant,
     conn_id: u64,
+    evict: Arc<Notify>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -380,6 +381,9 @@ async fn run<R, W>(
         let read = tokio::select! {
             r = tokio::time::timeout_at(until.into(), r.read(&mut buf)) => r,
             _ = kick.notified() => break End::TakenOver,
+            // Only before publishing: a publisher is never evicted (a notice that comes too
+            // late is ignored).
+            _ = evict.notified(), if publisher.is_none() => break End::Evicted,
         };
         let n = match read {
             Err(_) if set_up => {
@@ -506,6 +510,7 @@ async fn run<R, W>(
         End::Timeout(e) => e.clone(),
         End::Refused(why) => format!("publish refused: {why}"),
         End::TakenOver => "another publisher took over".into(),
+        End::Evicted => EVICTED.into(),
     };
     if let Some(id) = publisher {
         end_publication(&shared, id, &reason);

@@ -117,8 +117,10 @@ fn is_frame(tag: &Tag) -> bool {
     }
 }
 
-fn is_header(tag: &Tag) -> bool {
-    tag.kind == TagKind::Script || tag.is_sequence_header()
+/// Codec configurations, metadata and the few tags that carry no frame (end of sequence) are
+/// never dropped nor counted against the limit.
+fn never_dropped(tag: &Tag) -> bool {
+    tag.kind == TagKind::Script || tag.is_sequence_header() || !is_frame(tag)
 }
 
 impl Output {
@@ -147,7 +149,7 @@ impl Output {
     /// Queues a tag or drops it whole; returns whether it was queued.
     pub fn push_tag(&self, tag: Tag) -> bool {
         let mut inner = self.inner.lock().unwrap();
-        let header = is_header(&tag);
+        let header = never_dropped(&tag);
         match tag.kind {
             TagKind::Video => {
                 if let Some(name) = codec_name(&tag)
@@ -223,7 +225,7 @@ impl Output {
             }
             if let Some(item) = inner.items.pop_front() {
                 if let Item::Tag(t) = &item
-                    && !is_header(t)
+                    && !never_dropped(t)
                 {
                     inner.bytes -= t.data.len();
                 }
