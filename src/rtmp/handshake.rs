@@ -568,6 +568,21 @@ mod tests {
     }
 
     #[test]
+    fn server_takes_c0_c1_c2_and_chunks_in_one_read() {
+        let mut hs = ServerHandshake::new(1, &[4; PACKET_SIZE]);
+        let mut all = vec![3u8];
+        all.extend_from_slice(&[0; 2 * PACKET_SIZE]);
+        all.extend_from_slice(b"connect");
+        assert!(matches!(hs.feed(&all).unwrap(), ServerStep::Answer(_)));
+        assert_eq!(
+            hs.feed(&[]).unwrap(),
+            ServerStep::Done {
+                leftover: b"connect".to_vec()
+            }
+        );
+    }
+
+    #[test]
     fn server_refuses_other_versions() {
         let mut hs = ServerHandshake::new(1, &[0; PACKET_SIZE]);
         assert_eq!(
