@@ -365,3 +365,56 @@ fn a_plain_client_on_the_rtmps_port_is_closed_with_the_reason() {
     .expect("silent client logged");
     assert!(line.contains("no TLS handshake within"), "{line}");
 }
+
+/// Our publisher state machine over a socket, until the server accepted the publish.
+fn publishing_client(port: u16) -> TcpStream {
+    use gstlivestreaming::rtmp::client::{Phase, Publisher, PublisherConfig};
+    let mut p = Publisher::new(
+        PublisherConfig {
+            name: String::new(),
+            app: "live".into(),
+            tc_url: format!("rtmp://127.0.0.1:{port}/live"),
+            stream: "key".into(),
+            flash_version: "FMLE/3.0".into(),
+            chunk_size: 4096,
+            max_message_size: 1 << 20,
+        },
+        0,
+        &[1; 1528],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.phase() != Phase::Publishing {
+        assert!(Instant::now() < deadline, "not publishing: {:?}", p.phase());
+        s.write_all(&p.take_output()).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed by the server");
+        p.receive(&buf[..n]).unwrap();
+    }
+    s.write_all(&p.take_output()).unwrap();
+    s
+}
+
+#[test]
+fn a_silent_publisher_is_disconnected_after_the_idle_timeout() {
+    let server = Server::start("idle-timeout=1", "");
+    let start = Instant::now();
+    let client = publishing_client(server.port);
+    let peer = client.local_addr().unwrap().to_string();
+    // Nothing more from the client: the element ends the stream.
+    server.wait_eos(Duration::from_secs(10));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let line = wait_log(
+        Duration::from_secs(5),
+        &format!("{peer}: connection closed"),
+    )
+    .expect("logged");
+    assert!(line.contains("nothing received for 1s"), "{line}");
+    drop(client);
+}
