@@ -20,6 +20,7 @@ use crate::rtmp::amf0;
 use crate::rtmp::chunk::{ChunkDecoder, msg_type};
 use crate::rtmp::client::{Phase, Publisher, PublisherConfig, StopCommands};
 use crate::rtmp::flv::{FlvParser, Tag, TagKind};
+use crate::rtmp::server::{Connection, ConnectionConfig, Event as ServerEvent};
 use crate::rtp::jitterbuffer::{JitterBuffer, JitterBufferConfig, Output as JbOutput};
 use crate::rtp::rtcp::{self, RtcpPacket};
 use crate::rtp::stats::ReceiverStats;
@@ -809,4 +810,62 @@ fn drive_server(addr: SocketAddr, data: &[u8]) {
         }
     }
     finish(stream, rest, answer);
+}
+
+/// The RTMP server's connection fed a client's bytes in pieces. The second byte chooses whether a
+/// valid plain handshake (C0, C1, C2) comes first (even: the rest reaches the chunk and command
+/// layers) or the input is the handshake itself (odd). Publishes are accepted or refused by the
+/// parity of the key's length; whatever follows an accepted publish is read too.
+pub fn rtmp_server(data: &[u8]) {
+    let Some((step, data)) = pieces(data) else {
+        return;
+    };
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
+    let config = ConnectionConfig {
+        max_message_size: 64 * 1024,
+        ..ConnectionConfig::default()
+    };
+    let mut conn = Connection::new(config, 0, &[5; crate::rtmp::handshake::PACKET_SIZE]);
+    let mut input = Vec::new();
+    if mode % 2 == 0 {
+        input.push(3);
+        input.extend_from_slice(&[0; 2 * crate::rtmp::handshake::PACKET_SIZE]);
+    }
+    input.extend_from_slice(data);
+    for piece in input.chunks(step) {
+        let mut events = match conn.receive(piece) {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        while !events.is_empty() {
+            let mut again = false;
+            for event in std::mem::take(&mut events) {
+                match event {
+                    ServerEvent::Publish(req) => {
+                        if req.key.len() % 2 == 0 {
+                            conn.accept_publish();
+                            again = true;
+                        } else {
+                            conn.refuse_publish("NetStream.Publish.BadName", "odd");
+                        }
+                    }
+                    ServerEvent::Media(tag) => {
+                        black_box(tag.is_keyframe());
+                    }
+                    other => {
+                        black_box(other);
+                    }
+                }
+            }
+            if again {
+                match conn.receive(&[]) {
+                    Ok(e) => events = e,
+                    Err(_) => return,
+                }
+            }
+        }
+        black_box(conn.take_output());
+    }
 }

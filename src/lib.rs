@@ -14,6 +14,7 @@ mod payloading;
 pub mod rshlssink;
 pub mod rsrtmpsink;
 pub mod rtmp;
+pub mod rtmpserversrc;
 pub mod rtp;
 pub mod rtp_receive;
 pub mod rtsp;
@@ -37,6 +38,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspclientsink2::register(plugin)?;
     rshlssink::register(plugin)?;
     rsrtmpsink::register(plugin)?;
+    rtmpserversrc::register(plugin)?;
     Ok(())
 }
 

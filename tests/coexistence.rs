@@ -57,6 +57,7 @@ fn plugin_registers_beside_types_of_the_upstream_names() {
         ("rtspserversink", "GstLsRtspServerSink"),
         ("rtspserversrc", "GstLsRtspServerSrc"),
         ("rsrtmpsink", "GstLsRtmpSink"),
+        ("rtmpserversrc", "GstLsRtmpServerSrc"),
         ("rshlssink", "GstLsHlsSink"),
         ("rtspclientsink2", "GstLsRtspClientSink2"),
     ] {

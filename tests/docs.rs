@@ -24,8 +24,9 @@ use std::collections::BTreeSet;
 use gst::glib;
 use gst::prelude::*;
 
-const ELEMENTS: [&str; 6] = [
+const ELEMENTS: [&str; 7] = [
     "rtspserversink",
+    "rtmpserversrc",
     "rtspsrc2",
     "rtspserversrc",
     "rsrtmpsink",

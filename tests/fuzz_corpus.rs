@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("rtcp_compound", fuzzing::rtcp_compound),
     ("rtmp_chunk", fuzzing::rtmp_chunk),
     ("rtmp_publisher", fuzzing::rtmp_publisher),
+    ("rtmp_server", fuzzing::rtmp_server),
     ("rtp_header", fuzzing::rtp_header),
     ("rtp_receiver", fuzzing::rtp_receiver),
     ("rtsp_auth", fuzzing::rtsp_auth),

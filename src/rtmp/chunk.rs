@@ -379,7 +379,9 @@ impl ChunkDecoder {
         }
         let partial = s
             .partial
-            .get_or_insert_with(|| BytesMut::with_capacity(length as usize));
+            // Grown as chunks arrive: a header alone (a peer announcing large messages on many
+            // chunk streams) costs no more than a chunk.
+            .get_or_insert_with(|| BytesMut::with_capacity((length as usize).min(64 * 1024)));
         partial.extend_from_slice(&data);
         if partial.len() as u32 == length {
             let payload = s.partial.take().unwrap().freeze();

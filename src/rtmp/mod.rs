@@ -1,6 +1,7 @@
-//! RTMP publishing without GStreamer types: the handshake, chunk streams, AMF0, the FLV input,
+//! RTMP without GStreamer types: the handshake (both sides), chunk streams, AMF0, the FLV input,
 //! locations, the publisher state machine (sans I/O), the bounded tag queue with its drop policy,
-//! and the network thread that connects (RTMP or RTMPS) and reconnects.
+//! the network thread that connects (RTMP or RTMPS) and reconnects, and the server that
+//! publishers push into (`server`: a connection's state machine, the output queue, the listener).
 //!
 //! Specifications: Adobe RTMP Specification 1.0 (§5.2 handshake, §5.3 chunking, §5.4 protocol
 //! control messages, §7 command messages and user control events); Adobe AMF0 specification;
@@ -27,4 +28,5 @@ pub mod flv;
 pub mod handshake;
 pub mod net;
 pub mod queue;
+pub mod server;
 pub mod url;

@@ -1,0 +1,622 @@
+//! The RTMP server's network side on the plugin's shared runtime: listens (plain TCP, or TLS for
+//! RTMPS), runs one task per connection over [`Connection`], decides each publish (application,
+//! stream key, busy or taken over, the application's hook) and hands the accepted publication's
+//! media to the [`Output`] queue, which never makes a connection wait.
+//!
+//! Limits: connections at most `max_connections` (more are closed at once); the handshake,
+//! connect and publish must be done within `handshake_timeout`; a connection that sends nothing
+//! for `idle_timeout` is closed; everything the core refuses (chunk sizes, message sizes, chunk
+//! stream ids, AMF nesting) ends the connection. Each end is one DEBUG line with the peer and
+//! why.
+//!
+//! Specifications: none of its own: the protocol is [`super`]'s (RTMP specification 1.0); TLS is
+//! rustls's (RFC 8446, RFC 5246).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::output::{Item, Output};
+use super::{Connection, ConnectionConfig, Event, Phase, PublishRequest};
+use crate::runtime::TaskGroup;
+
+/// What the application's hook is asked about a publish.
+#[derive(Debug, Clone)]
+pub struct PublishInfo {
+    pub app: String,
+    /// The stream key (the hook may need it; never logged).
+    pub key: String,
+    pub peer: SocketAddr,
+    pub query: String,
+}
+
+pub type PublishHook = Arc<dyn Fn(&PublishInfo) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    /// The application publishers must connect to; empty: any.
+    pub application: String,
+    /// The stream key they must publish; empty: any.
+    pub stream_key: String,
+    /// A second publisher replaces the first (otherwise it is refused).
+    pub takeover: bool,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub chunk_size: u32,
+    pub max_message_size: u32,
+    pub hook: Option<PublishHook>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 1935,
+            application: String::new(),
+            stream_key: String::new(),
+            takeover: false,
+            tls: None,
+            max_connections: 100,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            chunk_size: 4096,
+            max_message_size: 8 * 1024 * 1024,
+            hook: None,
+        }
+    }
+}
+
+/// Counters for `stats`.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub publishes_refused: AtomicU64,
+    pub publishers: AtomicU64,
+    /// Bytes received from the current (or last) publisher.
+    pub bytes_received: AtomicU64,
+    pub open: AtomicUsize,
+}
+
+/// The current publisher, for `stats`.
+#[derive(Debug, Clone)]
+pub struct PublisherInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    pub in_chunk_size: u32,
+    pub app: String,
+    pub fourcc_list: Vec<String>,
+}
+
+struct Active {
+    info: PublisherInfo,
+    /// Notified to make the connection stop (taken over).
+    kick: Arc<Notify>,
+}
+
+struct Shared {
+    config: ListenerConfig,
+    output: Arc<Output>,
+    active: Mutex<Option<Active>>,
+    /// Connections not yet publishing, oldest first: (connection id, its eviction notice).
+    pending: Mutex<std::collections::VecDeque<(u64, Arc<Notify>)>>,
+    /// The id of the publisher whose tags go to the output (0: none): a publisher taken over
+    /// may still be reading its last bytes, which must not reach the new publication.
+    current: AtomicU64,
+    next_conn: AtomicU64,
+    counters: ListenerCounters,
+    next_id: AtomicU64,
+}
+
+pub struct Listener {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    listener: Arc<TcpListener>,
+    tasks: TaskGroup,
+}
+
+macro_rules! ldebug {
+    ($shared:expr, $($arg:tt)+) => { log_id!(debug, &$shared.config.name, $($arg)+) };
+}
+
+impl Listener {
+    /// Binds and starts accepting on the shared runtime.
+    pub fn start(config: ListenerConfig, output: Arc<Output>) -> std::io::Result<Listener> {
+        let addr = SocketAddr::new(config.address, config.port);
+        let std_listener = bind(addr)?;
+        let handle = crate::runtime::handle();
+        let listener = {
+            let _guard = handle.enter();
+            Arc::new(TcpListener::from_std(std_listener)?)
+        };
+        let local = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            output,
+            active: Mutex::new(None),
+            pending: Mutex::new(std::collections::VecDeque::new()),
+            current: AtomicU64::new(0),
+            next_conn: AtomicU64::new(1),
+            counters: ListenerCounters::default(),
+            next_id: AtomicU64::new(1),
+        });
+        ldebug!(
+            shared,
+            "listening for RTMP{} publishers on {local} (application '{}', stream key {})",
+            if shared.config.tls.is_some() { "S" } else { "" },
+            shared.config.application,
+            if shared.config.stream_key.is_empty() {
+                "any"
+            } else {
+                "set"
+            }
+        );
+        let tasks = TaskGroup::new();
+        tasks.spawn(accept_loop(shared.clone(), listener.clone()));
+        Ok(Listener {
+            shared,
+            local,
+            listener,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn counters(&self) -> &ListenerCounters {
+        &self.shared.counters
+    }
+
+    pub fn publisher(&self) -> Option<PublisherInfo> {
+        self.shared
+            .active
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|a| a.info.clone())
+    }
+
+    /// Stops listening and closes every connection, without waiting.
+    pub fn stop(&self) {
+        self.tasks.abort_all();
+        let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Both);
+        *self.shared.active.lock().unwrap() = None;
+        self.shared.current.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                ldebug!(
+                    shared,
+                    "accepting a connection failed: {e}; retrying in 50 ms"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        {
+            // Connections that have not published yet are bounded: the oldest makes room for
+            // the newest (idle or slow clients cannot lock a publisher out; a publishing
+            // connection is never closed for a new one).
+            let mut pending = shared.pending.lock().unwrap();
+            if pending.len() >= shared.config.max_connections
+                && let Some((old, notice)) = pending.pop_front()
+            {
+                shared
+                    .counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                ldebug!(
+                    shared,
+                    "{peer}: {} connections without a publication (max-connections): closing                      the oldest, connection {old}, to make room",
+                    shared.config.max_connections
+                );
+                notice.notify_one();
+            }
+            pending.push_back((id, evict.clone()));
+        }
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve(shared.clone(), stream, peer, id, evict));
+    }
+}
+
+/// Counts an open connection while alive, and takes it off the pending list when it ends.
+struct OpenGuard(Arc<Shared>, u64);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.counters.open.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .pending
+            .lock()
+            .unwrap()
+            .retain(|(id, _)| *id != self.1);
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    evict: Arc<Notify>,
+) {
+    shared.counters.open.fetch_add(1, Ordering::Relaxed);
+    let _guard = OpenGuard(shared.clone(), id);
+    ldebug!(shared, "{peer}: connection accepted");
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let Some(tls) = shared.config.tls.clone() else {
+        let (r, w) = stream.into_split();
+        return run(shared, r, w, peer, deadline, id, evict).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let accepted = tokio::select! {
+        a = tokio::time::timeout_at(deadline.into(), accept) => a,
+        () = evict.notified() => {
+            ldebug!(shared, "{peer}: connection closed: {EVICTED}");
+            return;
+        }
+    };
+    match accepted {
+        Ok(Ok(stream)) => {
+            let session = stream.get_ref().1;
+            ldebug!(
+                shared,
+                "{peer}: TLS handshake done ({:?}, {:?})",
+                session.protocol_version(),
+                session.negotiated_cipher_suite().map(|s| s.suite())
+            );
+            let (r, w) = tokio::io::split(stream);
+            run(shared, r, w, peer, deadline, id, evict).await;
+        }
+        Ok(Err(e)) => ldebug!(
+            shared,
+            "{peer}: connection closed: TLS handshake failed: {e}"
+        ),
+        Err(_) => ldebug!(
+            shared,
+            "{peer}: connection closed: no TLS handshake within {:?}",
+            shared.config.handshake_timeout
+        ),
+    }
+}
+
+const EVICTED: &str = "evicted by a newer connection before it published (max-connections)";
+
+/// How a connection ended, for the log line.
+enum End {
+    Closed,
+    Error(String),
+    Timeout(String),
+    Refused(&'static str),
+    TakenOver,
+    Evicted,
+}
+
+async fn run<R, W>(
+    shared: Arc<Shared>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    mut deadline: Instant,
+    conn_id: u64,
+    evict: Arc<Notify>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let config = ConnectionConfig {
+        name: shared.config.name.clone(),
+        peer: peer.to_string(),
+        application: shared.config.application.clone(),
+        chunk_size: shared.config.chunk_size,
+        max_message_size: shared.config.max_message_size,
+        ..ConnectionConfig::default()
+    };
+    let mut random = [0u8; super::PACKET_SIZE];
+    {
+        use rand::RngExt;
+        rand::rng().fill(&mut random[..]);
+    }
+    let epoch = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        & 0xffff_ffff) as u32;
+    let mut conn = Connection::new(config, epoch, &random);
+    let kick = Arc::new(Notify::new());
+    let mut publisher: Option<u64> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        // Until publishing, the whole set-up has one deadline; then the idle timeout.
+        let set_up = conn.phase() != Phase::Publishing;
+        let until = if set_up {
+            deadline
+        } else {
+            Instant::now() + shared.config.idle_timeout
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(until.into(), r.read(&mut buf)) => r,
+            _ = kick.notified() => break End::TakenOver,
+            // Only before publishing: a publisher is never evicted (a notice that comes too
+            // late is ignored).
+            _ = evict.notified(), if publisher.is_none() => break End::Evicted,
+        };
+        let n = match read {
+            Err(_) if set_up => {
+                break End::Timeout(format!(
+                    "no complete handshake, connect and publish within {:?} (stuck in {:?})",
+                    shared.config.handshake_timeout,
+                    conn.phase()
+                ));
+            }
+            Err(_) => {
+                break End::Timeout(format!(
+                    "nothing received for {:?}",
+                    shared.config.idle_timeout
+                ));
+            }
+            Ok(Ok(0)) => break End::Closed,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => break End::Error(format!("read failed: {e}")),
+        };
+        if publisher.is_some() {
+            shared
+                .counters
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let mut events = match conn.receive(&buf[..n]) {
+            Ok(e) => e,
+            Err(e) => {
+                // The answer to a refused connect goes out before closing.
+                let out = conn.take_output();
+                let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&out)).await;
+                break End::Error(e.to_string());
+            }
+        };
+        let mut end = None;
+        while !events.is_empty() {
+            let mut answered = false;
+            for ev in std::mem::take(&mut events) {
+                match ev {
+                    Event::Media(tag) => {
+                        if let Some(id) = publisher
+                            && shared.current.load(Ordering::Acquire) == id
+                        {
+                            shared.output.push_tag(tag);
+                        }
+                    }
+                    Event::Publish(req) => match decide(&shared, &conn, &req, peer, &kick) {
+                        Ok(id) => {
+                            answered = true;
+                            // Publishing: no longer evictable.
+                            shared
+                                .pending
+                                .lock()
+                                .unwrap()
+                                .retain(|(c, _)| *c != conn_id);
+                            conn.accept_publish();
+                            publisher = Some(id);
+                            shared.counters.publishers.fetch_add(1, Ordering::Relaxed);
+                            shared.counters.bytes_received.store(0, Ordering::Relaxed);
+                            shared.output.push_marker(Item::Started {
+                                publisher: id,
+                                peer,
+                            });
+                        }
+                        Err((code, why)) => {
+                            shared
+                                .counters
+                                .publishes_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            conn.refuse_publish(code, why);
+                            end = Some(End::Refused(why));
+                        }
+                    },
+                    Event::Unpublished(how) => {
+                        // The publication ends; the connection stays until the client closes it
+                        // (rtmp2sink sends deleteStream after FCUnpublish and takes a close
+                        // before its own for an error), at most another handshake-timeout.
+                        if let Some(id) = publisher.take() {
+                            end_publication(
+                                &shared,
+                                id,
+                                &format!("the client unpublished ({how})"),
+                            );
+                            ldebug!(
+                                shared,
+                                "{peer}: publisher {id} unpublished ({how}); the connection may close"
+                            );
+                        }
+                        deadline = Instant::now() + shared.config.handshake_timeout;
+                    }
+                    Event::Connected(_) => {}
+                }
+            }
+            if !answered || end.is_some() {
+                break;
+            }
+            // What came after the publish, now that it is answered.
+            match conn.receive(&[]) {
+                Ok(e) => events = e,
+                Err(e) => end = Some(End::Error(e.to_string())),
+            }
+        }
+        let out = conn.take_output();
+        if !out.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(10), w.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break End::Error(format!("write failed: {e}")),
+                Err(_) => break End::Timeout("the client read nothing for 10 s".into()),
+            }
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    if matches!(end, End::TakenOver) {
+        conn.end_publish("NetStream.Unpublish.Success", "another publisher took over");
+        let out = conn.take_output();
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&out)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    let reason = match &end {
+        End::Closed => "the client closed the connection".to_owned(),
+        End::Error(e) => e.clone(),
+        End::Timeout(e) => e.clone(),
+        End::Refused(why) => format!("publish refused: {why}"),
+        End::TakenOver => "another publisher took over".into(),
+        End::Evicted => EVICTED.into(),
+    };
+    if let Some(id) = publisher {
+        end_publication(&shared, id, &reason);
+    }
+    ldebug!(
+        shared,
+        "{peer}: connection closed: {reason} ({} bytes in, {} out{})",
+        conn.counters.bytes_in,
+        conn.counters.bytes_out,
+        match publisher {
+            Some(id) => format!(", publisher {id}"),
+            None => String::new(),
+        }
+    );
+}
+
+/// Publisher `id` is gone: its slot is free, the output learns why.
+fn end_publication(shared: &Shared, id: u64, reason: &str) {
+    let mut active = shared.active.lock().unwrap();
+    if active.as_ref().is_some_and(|a| a.info.id == id) {
+        *active = None;
+        shared.current.store(0, Ordering::Release);
+    }
+    drop(active);
+    shared.output.push_marker(Item::Ended {
+        publisher: id,
+        reason: reason.to_owned(),
+    });
+}
+
+/// Allows a publish (the publisher's id) or refuses it (onStatus code, reason).
+fn decide(
+    shared: &Shared,
+    conn: &Connection,
+    req: &PublishRequest,
+    peer: SocketAddr,
+    kick: &Arc<Notify>,
+) -> Result<u64, (&'static str, &'static str)> {
+    let c = &shared.config;
+    let app = conn
+        .connect_info()
+        .map(|i| i.app.split('?').next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if !c.stream_key.is_empty() && !constant_time_eq(req.key.as_bytes(), c.stream_key.as_bytes()) {
+        ldebug!(shared, "{peer}: publish refused: wrong stream key");
+        return Err(("NetStream.Publish.BadName", "wrong stream key"));
+    }
+    if let Some(hook) = &c.hook {
+        let info = PublishInfo {
+            app: app.clone(),
+            key: req.key.clone(),
+            peer,
+            query: req.query.clone(),
+        };
+        if !hook(&info) {
+            ldebug!(
+                shared,
+                "{peer}: publish refused: the application's publish handler said no"
+            );
+            return Err(("NetStream.Publish.Rejected", "refused by the application"));
+        }
+    }
+    let mut active = shared.active.lock().unwrap();
+    if let Some(a) = active.as_ref() {
+        if !c.takeover {
+            ldebug!(
+                shared,
+                "{peer}: publish refused: publisher {} from {} is publishing (takeover=false)",
+                a.info.id,
+                a.info.peer
+            );
+            return Err(("NetStream.Publish.BadName", "stream is busy"));
+        }
+        ldebug!(
+            shared,
+            "{peer}: takes over from publisher {} from {} (takeover=true)",
+            a.info.id,
+            a.info.peer
+        );
+        a.kick.notify_one();
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.current.store(id, Ordering::Release);
+    *active = Some(Active {
+        info: PublisherInfo {
+            id,
+            peer,
+            started: Instant::now(),
+            in_chunk_size: conn.in_chunk_size(),
+            app,
+            fourcc_list: conn
+                .connect_info()
+                .map(|i| i.fourcc_list.clone())
+                .unwrap_or_default(),
+        },
+        kick: kick.clone(),
+    });
+    ldebug!(
+        shared,
+        "{peer}: publish accepted: publisher {id} ({}, chunk size {})",
+        req.kind,
+        conn.in_chunk_size()
+    );
+    Ok(id)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

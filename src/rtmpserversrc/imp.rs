@@ -1,0 +1,663 @@
+//! `rtmpserversrc`: an RTMP (or RTMPS) server that publishers (ffmpeg, OBS, rtmp2sink, rtmpsink,
+//! rsrtmpsink) push into, output as `video/x-flv` on its one pad, so that `flvdemux` follows: the
+//! mirror of rsrtmpsink. A thin adapter over [`crate::rtmp::server`]: the listener runs on the
+//! shared runtime and queues the accepted publication's tags in a bounded [`Output`] (whole
+//! frames dropped, counted, when downstream is slower); `create` takes them out.
+//!
+//! Timestamps: the stream's time 0 is its first tag, at the running time it arrived (the base of
+//! a new segment). Each publication's RTMP timestamps are moved to start where the clock is on
+//! that timeline, in the FLV tags themselves (flvdemux reads those) and on the buffers, so a next
+//! publisher (`wait-for-next-publisher`) continues it.
+
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::rtmp::flv::{self, Tag, TagKind};
+use crate::rtmp::server::listener::{Listener, ListenerConfig, PublishHook, PublishInfo};
+use crate::rtmp::server::output::{Item, Output, Popped};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "rtmpserversrc",
+        gst::DebugColorFlags::empty(),
+        Some("RTMP server source (publishers push FLV over RTMP/RTMPS)"),
+    )
+});
+
+const DEFAULT_ADDRESS: &str = "0.0.0.0";
+const DEFAULT_PORT: u32 = 1935;
+const DEFAULT_QUEUE_SIZE: u32 = 8 * 1024 * 1024;
+const DEFAULT_MAX_CONNECTIONS: u32 = 100;
+const DEFAULT_HANDSHAKE_TIMEOUT: u32 = 10;
+const DEFAULT_IDLE_TIMEOUT: u32 = 30;
+const DEFAULT_LATENCY_MS: u32 = 200;
+
+/// No `Debug`: the stream key is a secret.
+#[derive(Clone)]
+struct Settings {
+    address: String,
+    port: u32,
+    application: String,
+    stream_key: String,
+    takeover: bool,
+    wait_for_next_publisher: bool,
+    queue_size: u32,
+    max_connections: u32,
+    handshake_timeout: u32,
+    idle_timeout: u32,
+    latency_ms: u32,
+    tls_certificate_file: Option<String>,
+    tls_key_file: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            address: DEFAULT_ADDRESS.into(),
+            port: DEFAULT_PORT,
+            application: String::new(),
+            stream_key: String::new(),
+            takeover: false,
+            wait_for_next_publisher: false,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            latency_ms: DEFAULT_LATENCY_MS,
+            tls_certificate_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+/// The streaming thread's state.
+#[derive(Default)]
+struct Stream {
+    header_sent: bool,
+    publisher: Option<u64>,
+    /// The running time of the stream's first tag: the base of our segment, whose time 0 is
+    /// that tag.
+    base: Option<gst::ClockTime>,
+    /// (this publication's offset on our timeline in ms, its first RTMP timestamp).
+    rebase: Option<(i64, u32)>,
+}
+
+#[derive(Default)]
+pub struct RtmpServerSrc {
+    settings: Mutex<Settings>,
+    listener: Mutex<Option<Listener>>,
+    output: Mutex<Option<Arc<Output>>>,
+    stream: Mutex<Stream>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RtmpServerSrc {
+    const NAME: &'static str = "GstLsRtmpServerSrc";
+    type Type = super::RtmpServerSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl RtmpServerSrc {
+    fn post(
+        &self,
+        name: &str,
+        fields: impl FnOnce(gst::structure::Builder) -> gst::structure::Builder,
+    ) {
+        let s = fields(gst::Structure::builder(name)).build();
+        let _ = self
+            .obj()
+            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
+    fn output(&self) -> Option<Arc<Output>> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// FLV header flags from the first tag: the metadata's codec ids when it names them, else
+    /// audio and video.
+    fn header_flags(tag: &Tag) -> (bool, bool) {
+        if tag.kind == TagKind::Script
+            && let Ok(values) = crate::rtmp::amf0::decode_all(&tag.data)
+            && let Some(meta) = values.get(1)
+        {
+            let audio = meta.get("audiocodecid").is_some();
+            let video = meta.get("videocodecid").is_some();
+            if audio || video {
+                return (audio, video);
+            }
+        }
+        (true, true)
+    }
+
+    fn tag_buffer(&self, st: &mut Stream, tag: Tag) -> gst::Buffer {
+        let now = self
+            .obj()
+            .current_running_time()
+            .unwrap_or(gst::ClockTime::ZERO);
+        if st.base.is_none() {
+            // Time 0 of the stream is now: a segment with this base makes the first tag's
+            // running time its arrival time. flvdemux keeps the base of the segment it is
+            // given (and starts its own at the first tag), so its output is on time as well.
+            let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            segment.set_base(now);
+            if let Err(e) = self.obj().new_segment(segment.upcast_ref()) {
+                gst::warning!(CAT, imp = self, "cannot start a new segment: {}", e);
+            }
+            st.base = Some(now);
+        }
+        let base = st.base.unwrap_or_default();
+        let (offset, first) = *st.rebase.get_or_insert_with(|| {
+            // A publication starts on our timeline where the clock is (0 for the first).
+            let offset = now.saturating_sub(base).mseconds() as i64;
+            gst::debug!(
+                CAT,
+                imp = self,
+                "publication starts at {} ms of the stream (first RTMP timestamp {})",
+                offset,
+                tag.timestamp
+            );
+            (offset, tag.timestamp)
+        });
+        // Signed: audio may start a little before the first video tag.
+        let delta = i64::from(tag.timestamp.wrapping_sub(first) as i32);
+        let ts_ms = (offset + delta).max(0);
+        // Script data carries no timing; at 0, ffmpeg's FLV reader still takes it for the
+        // file's metadata (elsewhere, for a data stream).
+        let out_tag = Tag {
+            timestamp: if tag.kind == TagKind::Script {
+                0
+            } else {
+                (ts_ms & 0xffff_ffff) as u32
+            },
+            ..tag
+        };
+        let mut data = Vec::with_capacity(out_tag.data.len() + 11 + 4 + 13);
+        if !st.header_sent {
+            let (audio, video) = Self::header_flags(&out_tag);
+            flv::write_header(audio, video, &mut data);
+            st.header_sent = true;
+        }
+        flv::write_tag(&out_tag, &mut data);
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        {
+            let b = buffer.get_mut().unwrap();
+            let ts = gst::ClockTime::from_mseconds(ts_ms as u64);
+            b.set_dts(ts);
+            if out_tag.kind != TagKind::Video {
+                b.set_pts(ts);
+            }
+            if out_tag.kind == TagKind::Video && !out_tag.is_keyframe() {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        buffer
+    }
+
+    fn stats(&self) -> gst::Structure {
+        let out = self.output().map(|o| o.stats()).unwrap_or_default();
+        let listener = self.listener.lock().unwrap();
+        let mut b = gst::Structure::builder("application/x-rtmpserversrc-stats")
+            .field("video-frames", out.video_frames)
+            .field("audio-frames", out.audio_frames)
+            .field("frames-dropped", out.frames_dropped)
+            .field("bytes-queued", out.bytes_queued as u64)
+            .field("video-codec", out.video_codec)
+            .field("audio-codec", out.audio_codec);
+        let Some(l) = listener.as_ref() else {
+            return b.field("publishing", false).build();
+        };
+        let c = l.counters();
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = c.bytes_received.load(Relaxed);
+        b = b
+            .field("connections", c.connections.load(Relaxed))
+            .field("connections-open", c.open.load(Relaxed) as u64)
+            .field("connections-refused", c.connections_refused.load(Relaxed))
+            .field("publishes-refused", c.publishes_refused.load(Relaxed))
+            .field("publishers", c.publishers.load(Relaxed))
+            .field("bytes-received", bytes);
+        match l.publisher() {
+            Some(p) => {
+                let secs = p.started.elapsed().as_secs_f64();
+                let bitrate = if secs > 0.0 {
+                    (bytes as f64 * 8.0 / secs) as u64
+                } else {
+                    0
+                };
+                b.field("publishing", true)
+                    .field("publisher-address", p.peer.to_string())
+                    .field("application", p.app)
+                    .field("bitrate", bitrate)
+                    .field("chunk-size", p.in_chunk_size)
+                    .field("fourcc-list", gst::Array::new(p.fourcc_list))
+                    .build()
+            }
+            None => b.field("publishing", false).build(),
+        }
+    }
+
+    fn publish_hook(&self) -> PublishHook {
+        let weak = self.obj().downgrade();
+        Arc::new(move |info: &PublishInfo| {
+            weak.upgrade().is_some_and(|obj| {
+                let address = info.peer.ip().to_string();
+                obj.emit_by_name::<bool>("publish", &[&info.app, &info.key, &address, &info.query])
+            })
+        })
+    }
+}
+
+impl ObjectImpl for RtmpServerSrc {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+        obj.set_do_timestamp(false);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("address")
+                    .nick("Address")
+                    .blurb("IP address to listen on")
+                    .default_value(Some(DEFAULT_ADDRESS))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("port")
+                    .nick("Port")
+                    .blurb("TCP port to listen on (0: a free one, see bound-port)")
+                    .maximum(65535)
+                    .default_value(DEFAULT_PORT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("bound-port")
+                    .nick("Bound port")
+                    .blurb("The port listened on (-1 when not listening)")
+                    .minimum(-1)
+                    .maximum(65535)
+                    .default_value(-1)
+                    .read_only()
+                    .build(),
+                glib::ParamSpecString::builder("application")
+                    .nick("Application")
+                    .blurb("The application publishers must connect to (the first path segment of rtmp://host/APP/KEY); empty: any")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("stream-key")
+                    .nick("Stream key")
+                    .blurb("The stream key publishers must publish (empty: any); never logged")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("takeover")
+                    .nick("Takeover")
+                    .blurb("A second publisher replaces the first (FALSE: it is refused with NetStream.Publish.BadName)")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("wait-for-next-publisher")
+                    .nick("Wait for next publisher")
+                    .blurb("When the publisher leaves, wait for the next one (its tags continue the stream) instead of ending with EOS")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("queue-size")
+                    .nick("Queue size")
+                    .blurb("Bytes of frames queued for downstream at most; beyond, whole frames are dropped (counted in stats)")
+                    .minimum(1024)
+                    .default_value(DEFAULT_QUEUE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-connections")
+                    .nick("Max connections")
+                    .blurb("Connections that have not published yet at most; a new one closes the oldest of them (a publishing connection is never closed for a new one)")
+                    .minimum(1)
+                    .default_value(DEFAULT_MAX_CONNECTIONS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("handshake-timeout")
+                    .nick("Handshake timeout")
+                    .blurb("Seconds a connection has for the (TLS and RTMP) handshake, connect and publish")
+                    .minimum(1)
+                    .maximum(3600)
+                    .default_value(DEFAULT_HANDSHAKE_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("idle-timeout")
+                    .nick("Idle timeout")
+                    .blurb("Seconds without data after which a publisher is disconnected")
+                    .minimum(1)
+                    .maximum(3600)
+                    .default_value(DEFAULT_IDLE_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Latency")
+                    .blurb("Milliseconds reported as the source's latency: how late a tag may arrive after its timestamp (network jitter, bursts) and still be on time for synchronised sinks")
+                    .maximum(60_000)
+                    .default_value(DEFAULT_LATENCY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tls-certificate-file")
+                    .nick("TLS certificate file")
+                    .blurb("PEM certificate chain: the port then speaks RTMPS (TLS) only")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tls-key-file")
+                    .nick("TLS key file")
+                    .blurb("PEM private key of tls-certificate-file (default: read from that file)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Connections, publishers, bytes, bitrate, frames, drops, codecs, the publisher's address and chunk size")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            // Decide each publish that passed application and stream-key: (application, stream
+            // key, client IP address, query string after '?' in the publishing name) -> TRUE to
+            // allow; FALSE answers onStatus NetStream.Publish.Rejected. As rtspserversink's
+            // `authorize`: emitted on a runtime thread, return quickly; any handler returning
+            // FALSE refuses; no handler allows.
+            vec![
+                glib::subclass::Signal::builder("publish")
+                    .param_types([
+                        String::static_type(),
+                        String::static_type(),
+                        String::static_type(),
+                        String::static_type(),
+                    ])
+                    .return_type::<bool>()
+                    .run_last()
+                    .class_handler(|_| Some(true.to_value()))
+                    .accumulator(|_, _, allow| {
+                        if allow.get::<bool>().unwrap_or(false) {
+                            std::ops::ControlFlow::Continue(allow.clone())
+                        } else {
+                            std::ops::ControlFlow::Break(allow.clone())
+                        }
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        let string = || value.get::<Option<String>>().expect("type checked");
+        match pspec.name() {
+            "address" => s.address = string().unwrap_or_else(|| DEFAULT_ADDRESS.into()),
+            "port" => s.port = value.get().expect("type checked"),
+            "application" => s.application = string().unwrap_or_default(),
+            "stream-key" => s.stream_key = string().unwrap_or_default(),
+            "takeover" => s.takeover = value.get().expect("type checked"),
+            "wait-for-next-publisher" => {
+                s.wait_for_next_publisher = value.get().expect("type checked")
+            }
+            "queue-size" => s.queue_size = value.get().expect("type checked"),
+            "max-connections" => s.max_connections = value.get().expect("type checked"),
+            "handshake-timeout" => s.handshake_timeout = value.get().expect("type checked"),
+            "idle-timeout" => s.idle_timeout = value.get().expect("type checked"),
+            "latency" => s.latency_ms = value.get().expect("type checked"),
+            "tls-certificate-file" => s.tls_certificate_file = string().filter(|f| !f.is_empty()),
+            "tls-key-file" => s.tls_key_file = string().filter(|f| !f.is_empty()),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "address" => s.address.to_value(),
+            "port" => s.port.to_value(),
+            "bound-port" => {
+                drop(s);
+                self.listener
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map_or(-1, |l| i32::from(l.local_addr().port()))
+                    .to_value()
+            }
+            "application" => s.application.to_value(),
+            "stream-key" => s.stream_key.to_value(),
+            "takeover" => s.takeover.to_value(),
+            "wait-for-next-publisher" => s.wait_for_next_publisher.to_value(),
+            "queue-size" => s.queue_size.to_value(),
+            "max-connections" => s.max_connections.to_value(),
+            "handshake-timeout" => s.handshake_timeout.to_value(),
+            "idle-timeout" => s.idle_timeout.to_value(),
+            "latency" => s.latency_ms.to_value(),
+            "tls-certificate-file" => s.tls_certificate_file.to_value(),
+            "tls-key-file" => s.tls_key_file.to_value(),
+            "stats" => {
+                drop(s);
+                self.stats().to_value()
+            }
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for RtmpServerSrc {}
+
+impl ElementImpl for RtmpServerSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "RTMP server source",
+                "Source/Network",
+                "An RTMP/RTMPS server that publishers push into; outputs their stream as FLV for flvdemux",
+                "gst-plugin-livestreaming developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_empty_simple("video/x-flv"),
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for RtmpServerSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let s = self.settings.lock().unwrap().clone();
+        let address: std::net::IpAddr = s.address.parse().map_err(|_| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("Invalid address '{}': not an IP address", s.address)
+            )
+        })?;
+        let tls = match &s.tls_certificate_file {
+            Some(cert) => Some(
+                crate::net::server_tls::server_config_from_files(
+                    std::path::Path::new(cert),
+                    s.tls_key_file.as_deref().map(std::path::Path::new),
+                )
+                .map_err(|e| {
+                    gst::error_msg!(gst::ResourceError::Settings, ("Cannot serve RTMPS: {}", e))
+                })?,
+            ),
+            None => None,
+        };
+        let output = Arc::new(Output::new(s.queue_size as usize));
+        let config = ListenerConfig {
+            name: self.obj().name().to_string(),
+            address,
+            port: s.port as u16,
+            application: s.application.clone(),
+            stream_key: s.stream_key.clone(),
+            takeover: s.takeover,
+            tls,
+            max_connections: s.max_connections as usize,
+            handshake_timeout: Duration::from_secs(u64::from(s.handshake_timeout)),
+            idle_timeout: Duration::from_secs(u64::from(s.idle_timeout)),
+            hook: Some(self.publish_hook()),
+            ..ListenerConfig::default()
+        };
+        let listener = Listener::start(config, output.clone()).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                (
+                    "Could not listen for RTMP on {}:{}: {}",
+                    s.address,
+                    s.port,
+                    e
+                )
+            )
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "listening on {} for RTMP{} publishers",
+            listener.local_addr(),
+            if s.tls_certificate_file.is_some() {
+                "S"
+            } else {
+                ""
+            }
+        );
+        *self.stream.lock().unwrap() = Stream::default();
+        *self.output.lock().unwrap() = Some(output);
+        *self.listener.lock().unwrap() = Some(listener);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(l) = self.listener.lock().unwrap().take() {
+            l.stop();
+        }
+        if let Some(o) = self.output.lock().unwrap().take() {
+            o.set_flushing(true);
+            o.clear();
+        }
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let latency =
+                gst::ClockTime::from_mseconds(u64::from(self.settings.lock().unwrap().latency_ms));
+            q.set(true, latency, gst::ClockTime::NONE);
+            return true;
+        }
+        BaseSrcImplExt::parent_query(self, query)
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(o) = self.output() {
+            o.set_flushing(true);
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(o) = self.output() {
+            o.set_flushing(false);
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for RtmpServerSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let Some(output) = self.output() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let wait = self.settings.lock().unwrap().wait_for_next_publisher;
+        loop {
+            let item = match output.pop(Duration::from_millis(500)) {
+                Ok(item) => item,
+                Err(Popped::Flushing) => return Err(gst::FlowError::Flushing),
+                Err(Popped::Timeout) => continue,
+            };
+            let mut st = self.stream.lock().unwrap();
+            match item {
+                Item::Started { publisher, peer } => {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "publisher {} from {} starts",
+                        publisher,
+                        peer
+                    );
+                    st.publisher = Some(publisher);
+                    st.rebase = None;
+                    drop(st);
+                    self.post("rtmpserversrc-publisher-started", |b| {
+                        b.field("publisher", publisher)
+                            .field("address", peer.to_string())
+                    });
+                }
+                Item::Ended { publisher, reason } => {
+                    if st.publisher != Some(publisher) {
+                        // A publisher taken over ends after its successor started.
+                        continue;
+                    }
+                    st.publisher = None;
+                    drop(st);
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "publisher {} left: {}; {}",
+                        publisher,
+                        reason,
+                        if wait {
+                            "waiting for the next one"
+                        } else {
+                            "end of stream"
+                        }
+                    );
+                    self.post("rtmpserversrc-publisher-left", |b| {
+                        b.field("publisher", publisher)
+                            .field("reason", reason.as_str())
+                            .field("eos", !wait)
+                    });
+                    if !wait {
+                        return Err(gst::FlowError::Eos);
+                    }
+                }
+                Item::Tag(tag) => {
+                    if st.publisher.is_none() {
+                        continue;
+                    }
+                    let buffer = self.tag_buffer(&mut st, tag);
+                    return Ok(CreateSuccess::NewBuffer(buffer));
+                }
+            }
+        }
+    }
+}
