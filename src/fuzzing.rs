@@ -557,6 +557,7 @@ pub fn hls_playlist_resume(data: &[u8]) {
             duration_s: 2.0,
             discontinuity: true,
             key: None,
+            map: None,
             program_date_time: None,
         });
         let rendered = playlist.render();

@@ -1,4 +1,4 @@
-//! HLS output without GStreamer types: MPEG-TS segmenting, media playlists (m3u8-rs), AES-128
+//! HLS output without GStreamer types: MPEG-TS and fragmented MP4 (CMAF) segmenting, media playlists (m3u8-rs), AES-128
 //! encryption, atomic local output, HTTP upload and a built-in HTTP server.
 //!
 //! Specifications: RFC 8216 (HLS: §3 media segments, §4 playlists, §5.2 AES-128, §6.2 server
@@ -7,6 +7,7 @@
 //! appear in them, nor `user:password@` of upload URLs.
 
 pub mod crypto;
+pub mod fmp4;
 pub mod http;
 pub mod location;
 pub mod planner;

@@ -175,9 +175,7 @@ impl Cuts {
             Some((start, false)) if self.pending_discontinuity => {
                 Some((due.unwrap_or(pts).max(start), CutReason::Discontinuity))
             }
-            Some((start, false)) if announced => {
-                due.map(|d| (d.max(start), CutReason::Requested))
-            }
+            Some((start, false)) if announced => due.map(|d| (d.max(start), CutReason::Requested)),
             Some((start, false)) => {
                 let elapsed = pts.saturating_sub(start);
                 (elapsed + self.config.tolerance_ns >= self.config.target_ns)
@@ -360,7 +358,9 @@ impl Segmenter {
                 && let Some((s, reason)) = self.cuts.decide(
                     pts,
                     offset == 0,
-                    self.current.as_ref().map(|c| (c.start_ns, c.data.is_empty())),
+                    self.current
+                        .as_ref()
+                        .map(|c| (c.start_ns, c.data.is_empty())),
                 )
             {
                 completed = self.close(s, reason);

@@ -314,6 +314,7 @@ impl RsHlsSink {
                     SplitOn::PesStart
                 },
             },
+            fmp4_init: None,
         };
         let (store, output_config) = self.make_store(&locations)?;
         let weak = self.obj().downgrade();
