@@ -23,7 +23,7 @@ use gst::subclass::prelude::*;
 
 use super::builtin::{self, Builtin};
 use super::output::OutputSink;
-use super::{Encryption, Muxer, PlaylistType};
+use super::{Encryption, Muxer, PlaylistType, SegmentFormat};
 use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
 use crate::hls::planner::{KeyframeRequest, Planner};
@@ -134,6 +134,9 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_LOCATION: &str = "segment%05d.ts";
+/// The segments' default name with `segment-format=fmp4`.
+const DEFAULT_FMP4_SEGMENT: &str = "segment%05d.m4s";
+const DEFAULT_INIT_LOCATION: &str = "init%05d.mp4";
 const DEFAULT_PLAYLIST_LOCATION: &str = "playlist.m3u8";
 const DEFAULT_TARGET_DURATION: u32 = 15;
 const DEFAULT_PLAYLIST_LENGTH: u32 = 5;
@@ -169,6 +172,8 @@ struct Settings {
     http_request_timeout: u32,
     upload_ca_file: Option<String>,
     muxer: Muxer,
+    segment_format: SegmentFormat,
+    init_location: String,
 }
 
 impl Default for Settings {
@@ -193,6 +198,8 @@ impl Default for Settings {
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             upload_ca_file: None,
             muxer: Muxer::Builtin,
+            segment_format: SegmentFormat::Mpegts,
+            init_location: DEFAULT_INIT_LOCATION.into(),
         }
     }
 }
@@ -250,8 +257,46 @@ fn clock_ns(t: Option<gst::ClockTime>) -> Option<u64> {
 
 impl RsHlsSink {
     fn locations(settings: &Settings) -> Result<Locations, gst::ErrorMessage> {
-        location::resolve(&settings.location, &settings.playlist_location)
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e)))
+        let invalid =
+            |e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e));
+        let mut locations =
+            location::resolve(&settings.location, &settings.playlist_location).map_err(invalid)?;
+        if settings.segment_format == SegmentFormat::Fmp4 {
+            // The default names end in .m4s; a pattern the application gave stays as it is.
+            let segment = if settings.location == DEFAULT_LOCATION {
+                Some(DEFAULT_FMP4_SEGMENT.to_owned())
+            } else if location::is_directory_like(&settings.location) {
+                Some(location::join(
+                    settings.location.trim_end_matches('/'),
+                    DEFAULT_FMP4_SEGMENT,
+                ))
+            } else {
+                None
+            };
+            if let Some(segment) = segment {
+                locations.segment = location::Pattern::parse(&segment).map_err(invalid)?;
+            }
+        }
+        Ok(locations)
+    }
+
+    /// Where fMP4 init segments go: `init-location`, beside the segments when relative.
+    fn init_pattern(
+        settings: &Settings,
+        locations: &Locations,
+    ) -> Result<location::Pattern, gst::ErrorMessage> {
+        let init = &settings.init_location;
+        let full = if init.starts_with('/') || location::is_url(init) {
+            init.clone()
+        } else {
+            location::join(location::parent(&locations.segment.format(0)), init)
+        };
+        location::Pattern::parse(&full).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("Invalid init-location: {}", e)
+            )
+        })
     }
 
     fn make_store(
@@ -292,6 +337,19 @@ impl RsHlsSink {
             PlaylistType::Vod => PlaylistKind::Vod,
         };
         let tolerance = self.input.lock().unwrap().planner.tolerance_ns();
+        let fmp4 = settings.segment_format == SegmentFormat::Fmp4;
+        if fmp4 && *self.mode.lock().unwrap() == Some(Muxer::Mpegtsmux) {
+            return Err(gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ("segment-format=fmp4 needs the built-in muxer (muxer=builtin)")
+            ));
+        }
+        let fmp4_init = if fmp4 {
+            Some(Self::init_pattern(&settings, &locations)?)
+        } else {
+            None
+        };
+        self.builtin.lock().unwrap().set_fmp4(fmp4);
         let config = WriterConfig {
             locations: locations.clone(),
             playlist_root: settings.playlist_root.clone(),
@@ -314,7 +372,7 @@ impl RsHlsSink {
                     SplitOn::PesStart
                 },
             },
-            fmp4_init: None,
+            fmp4_init,
         };
         let (store, output_config) = self.make_store(&locations)?;
         let weak = self.obj().downgrade();
@@ -802,7 +860,10 @@ impl RsHlsSink {
         match event.view() {
             gst::EventView::Caps(c) => {
                 let caps = c.caps_owned();
-                if *self.mode.lock().unwrap() == Some(Muxer::Builtin)
+                // fMP4 never falls back (its caps are checked by the built-in path).
+                let fmp4 = self.builtin.lock().unwrap().is_fmp4();
+                if !fmp4
+                    && *self.mode.lock().unwrap() == Some(Muxer::Builtin)
                     && builtin::codec_for_caps(&caps).is_none()
                 {
                     self.fall_back_to_mpegtsmux(&caps);
@@ -975,6 +1036,15 @@ impl ObjectImpl for RsHlsSink {
                     .nick("Muxer")
                     .blurb("What makes the MPEG-TS: builtin (H.264, H.265, AAC, MP3; falls back to mpegtsmux when a pad is requested for caps it cannot take) or the stock mpegtsmux. Read when pads are requested")
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("segment-format", SegmentFormat::Mpegts)
+                    .nick("Segment format")
+                    .blurb("Container of the media segments: mpegts, or fmp4 (fragmented MP4/CMAF with an init segment named by EXT-X-MAP; H.264, H.265, AAC, Opus; always the built-in muxer). With fmp4 the default segment names end in .m4s. Read when pads are requested and at start")
+                    .build(),
+                glib::ParamSpecString::builder("init-location")
+                    .nick("Init segment location")
+                    .blurb("fmp4: name pattern of init segments (%d: sequence number of the first segment that uses it), beside the segments when relative")
+                    .default_value(Some(DEFAULT_INIT_LOCATION))
+                    .build(),
                 glib::ParamSpecBoolean::builder("resume")
                     .nick("Resume")
                     .blurb("When a live or event playlist without EXT-X-ENDLIST already exists at playlist-location, continue it (numbering goes on after a discontinuity) instead of starting over")
@@ -1051,6 +1121,13 @@ impl ObjectImpl for RsHlsSink {
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
             "resume" => s.resume = value.get().expect("type checked"),
             "muxer" => s.muxer = value.get().expect("type checked"),
+            "segment-format" => s.segment_format = value.get().expect("type checked"),
+            "init-location" => {
+                s.init_location = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_INIT_LOCATION.into())
+            }
             "http-port" => s.http_port = value.get().expect("type checked"),
             "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
             "http-address" => {
@@ -1084,6 +1161,8 @@ impl ObjectImpl for RsHlsSink {
             "key-rotation" => s.key_rotation.to_value(),
             "resume" => s.resume.to_value(),
             "muxer" => s.muxer.to_value(),
+            "segment-format" => s.segment_format.to_value(),
+            "init-location" => s.init_location.to_value(),
             "http-port" => s.http_port.to_value(),
             "upload-ca-file" => s.upload_ca_file.to_value(),
             "http-address" => s.http_address.to_value(),
@@ -1167,8 +1246,13 @@ impl ElementImpl for RsHlsSink {
         }
         // The built-in muxer unless asked for mpegtsmux or a pad needs it; switching is only
         // possible before data flows.
-        let supported = caps.is_none_or(builtin::caps_supported);
-        let wanted = self.settings.lock().unwrap().muxer;
+        let (wanted, fmp4) = {
+            let s = self.settings.lock().unwrap();
+            (s.muxer, s.segment_format == SegmentFormat::Fmp4)
+        };
+        // fMP4 is written by the built-in path only; caps it cannot take fail when they come.
+        let supported = fmp4 || caps.is_none_or(builtin::caps_supported);
+        let wanted = if fmp4 { Muxer::Builtin } else { wanted };
         let current = *self.mode.lock().unwrap();
         let mode = match current {
             Some(Muxer::Builtin) if !supported => {
