@@ -40,11 +40,11 @@ const PAGE_GIVE_UP_MS: u32 = 30_000;
 /// The test gives up when the page has reported nothing by then.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Live H.264 + AAC from rshlssink's own HTTP server.
-fn start_live() -> Served {
+/// Live H.264 + AAC from rshlssink's own HTTP server, with the element properties `props`.
+fn start_live(props: &str) -> Served {
     serve_live(
         "browser",
-        "",
+        props,
         "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
          audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio",
@@ -333,9 +333,22 @@ fn number(report: &HashMap<String, String>, name: &str) -> f64 {
 
 #[test]
 fn chromium_plays_the_live_stream_with_hls_js() {
+    plays_in_chromium("");
+}
+
+/// fMP4/CMAF segments: hls.js reads the init segment (EXT-X-MAP) and feeds the fragments to
+/// MediaSource as they are (no transmuxing).
+#[test]
+fn chromium_plays_the_live_fmp4_stream_with_hls_js() {
+    plays_in_chromium("segment-format=fmp4");
+}
+
+/// Plays the live stream of `rshlssink {props}` in Chromium with hls.js and checks that it played
+/// through MediaSource with H.264 and AAC.
+fn plays_in_chromium(props: &str) {
     let hls_js = std::fs::read(HLS_JS)
         .unwrap_or_else(|e| panic!("{HLS_JS}: {e}; `bash .ci/deps` fetches hls.js from npm"));
-    let live = start_live();
+    let live = start_live(props);
     let playlist = format!("http://127.0.0.1:{}/playlist.m3u8", live.port);
     let page = PAGE
         .replace("@SRC@", &playlist)
