@@ -818,7 +818,7 @@ mod tests {
                     pts_ns: t,
                     dts_ns: t,
                     duration_ns: Some(SEC / 10),
-                    sync: i % 10 == 0,
+                    sync: i.is_multiple_of(10),
                 },
             )
             .unwrap();

@@ -408,7 +408,7 @@ mod tests {
             pts_ns: t,
             dts_ns: t,
             duration_ns: Some(SEC / 30),
-            sync: i % gop == 0,
+            sync: i.is_multiple_of(gop),
         }
     }
 
