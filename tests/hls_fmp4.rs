@@ -84,8 +84,8 @@ fn probe(input: &str, extra: &[&str]) -> (Vec<Stream>, Vec<(usize, f64, f64)>) {
 }
 
 /// Checks every listed segment, read behind the init segment the playlist maps it to: the
-/// expected (codec, tag) per stream, video frames covering EXTINF within a frame, and each
-/// segment's video starting where the previous one ended. Returns the video frames counted.
+/// expected (codec, tag) per stream, video frames one frame apart covering EXTINF within a frame,
+/// and each segment's video starting where the previous one ended. Returns the video frames counted.
 fn assert_segments(dir: &Path, expected: &[(&str, &str)]) -> usize {
     let playlist = read_playlist(&dir.join("playlist.m3u8"));
     assert_eq!(playlist.version, Some(6), "EXT-X-MAP needs version 6");
@@ -115,7 +115,19 @@ fn assert_segments(dir: &Path, expected: &[(&str, &str)]) -> usize {
         let video: Vec<&(usize, f64, f64)> = packets.iter().filter(|p| p.0 == 0).collect();
         let audio = packets.iter().filter(|p| p.0 == 1).count();
         assert!(expected.len() < 2 || audio > 0, "{}: no audio", s.uri);
-        let first = video.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        // Presentation times one frame apart: the trun's durations and composition offsets.
+        let mut pts: Vec<f64> = video.iter().map(|p| p.1).collect();
+        pts.sort_by(f64::total_cmp);
+        for w in pts.windows(2) {
+            assert!(
+                (w[1] - w[0] - FRAME).abs() < 1e-3,
+                "{}: frames at {} and {}",
+                s.uri,
+                w[0],
+                w[1]
+            );
+        }
+        let first = pts.first().copied().unwrap_or(f64::NAN);
         let covered = video.len() as f64 * FRAME;
         assert!(
             (covered - f64::from(s.duration)).abs() <= FRAME + 1e-3,
@@ -191,7 +203,12 @@ fn h264_and_aac_segments_read_in_ffprobe_and_gstreamer() {
             "location={} segment-format=fmp4 target-duration=2 playlist-type=vod",
             dir.str()
         ),
-        &format!("{}video {}audio", video(150, 30), audio(5.0)),
+        // B-frames: composition offsets in the trun.
+        &format!(
+            "{}video {}audio",
+            video(150, 30).replace("x264enc", "x264enc bframes=2 b-adapt=false"),
+            audio(5.0)
+        ),
     );
     let files = files_named(&dir);
     assert_eq!(
