@@ -255,6 +255,26 @@ fn h265_and_opus_segments_read_in_ffprobe_and_gstreamer() {
     assert_eq!(gst_decoded_frames(&uri, 90, Duration::from_secs(30)), 90);
 }
 
+/// AV1 (libaom's av1enc): av1C made from the sequence header.
+#[test]
+fn av1_segments_read_in_ffprobe_and_gstreamer() {
+    let dir = TempDir::new("fmp4-av1");
+    run_sink(
+        &format!(
+            "location={} segment-format=fmp4 target-duration=1 playlist-type=vod",
+            dir.str()
+        ),
+        "videotestsrc num-buffers=60 ! video/x-raw,width=160,height=120,framerate=30/1,format=I420 \
+         ! av1enc cpu-used=8 keyframe-max-dist=30 ! av1parse ! h.video",
+    );
+    let frames = assert_segments(dir.path(), &[("av1", "av01")]);
+    assert_eq!(frames, 60);
+    let (streams, _) = probe(&dir.join("playlist.m3u8").to_string_lossy(), &[]);
+    assert_eq!(streams[0].profile, "Main", "{streams:?}");
+    let uri = format!("file://{}", dir.join("playlist.m3u8").display());
+    assert_eq!(gst_decoded_frames(&uri, 60, Duration::from_secs(30)), 60);
+}
+
 #[test]
 fn aes_128_encrypts_media_segments_and_leaves_the_init_segment_clear() {
     let dir = TempDir::new("fmp4-aes");

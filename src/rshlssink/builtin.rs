@@ -66,6 +66,8 @@ pub enum Fmp4Codec {
         width: u16,
         height: u16,
     },
+    /// AV1 temporal units (obu-stream): the sample entry comes from the sequence header.
+    Av1 { width: u16, height: u16 },
     /// Raw AAC, Opus: the sample entry comes from the caps.
     Ready(SampleEntry),
     /// ADTS: the sample entry comes from the first frame's header.
@@ -102,6 +104,16 @@ pub fn fmp4_codec_for_caps(caps: &gst::CapsRef) -> Option<Fmp4Codec> {
                 } else {
                     NalCodec::H265
                 },
+                width: dim("width"),
+                height: dim("height"),
+            })
+        }
+        "video/x-av1"
+            if s.get::<&str>("stream-format")
+                .map_or(true, |f| f == "obu-stream")
+                && s.get::<&str>("alignment").map_or(true, |a| a == "tu") =>
+        {
+            Some(Fmp4Codec::Av1 {
                 width: dim("width"),
                 height: dim("height"),
             })
@@ -249,6 +261,27 @@ impl Input {
                     self.queue.pop_front();
                 }
             }
+            Some(Fmp4Codec::Av1 { width, height }) => {
+                while let Some(q) = self.queue.front() {
+                    if let Ok(map) = q.buffer.map_readable()
+                        && let Some(seq) = fcodec::av1_sequence_header(&map)
+                        && let Some(av1c) = fcodec::av1c(seq)
+                    {
+                        self.sets.sps = vec![seq.to_vec()];
+                        self.track = Some(Track::new(SampleEntry::Av1 {
+                            width,
+                            height,
+                            av1c,
+                        }));
+                        return;
+                    }
+                    log::debug!(
+                        "{}: temporal unit before the first sequence header dropped",
+                        self.name
+                    );
+                    self.queue.pop_front();
+                }
+            }
             Some(Fmp4Codec::Adts { rate, channels }) => {
                 if let Some(q) = self.queue.front()
                     && let Ok(map) = q.buffer.map_readable()
@@ -348,8 +381,8 @@ impl Builtin {
         if self.fmp4 {
             let codec = fmp4_codec_for_caps(caps).ok_or_else(|| {
                 format!(
-                    "segment-format=fmp4 takes H.264 and H.265 (byte-stream, au), AAC and Opus, \
-                     not {caps}"
+                    "segment-format=fmp4 takes H.264 and H.265 (byte-stream, au), AV1 (obu-stream, \
+                     tu), AAC and Opus, not {caps}"
                 )
             })?;
             if let Some(i) = self.input(name) {
@@ -360,6 +393,18 @@ impl Builtin {
                         width,
                         height,
                     } => nal_entry(*codec, *width, *height, &i.sets).map(Track::new),
+                    Fmp4Codec::Av1 { width, height } => i
+                        .sets
+                        .sps
+                        .first()
+                        .and_then(|seq| fcodec::av1c(seq))
+                        .map(|av1c| {
+                            Track::new(SampleEntry::Av1 {
+                                width: *width,
+                                height: *height,
+                                av1c,
+                            })
+                        }),
                     _ => None,
                 };
                 i.fmp4 = Some(codec);
@@ -537,6 +582,26 @@ impl Builtin {
                         input.sets = sets;
                     }
                     samples.push((data, pts, dts, duration));
+                }
+                Fmp4Codec::Av1 { width, height } => {
+                    if let Some(seq) = fcodec::av1_sequence_header(&map)
+                        && input.sets.sps.first().is_none_or(|s| s.as_slice() != seq)
+                        && let Some(av1c) = fcodec::av1c(seq)
+                    {
+                        input.sets.sps = vec![seq.to_vec()];
+                        input.track = Some(Track::new(SampleEntry::Av1 {
+                            width: *width,
+                            height: *height,
+                            av1c,
+                        }));
+                    }
+                    match fcodec::av1_sample(&map) {
+                        Some(data) => samples.push((data, pts, dts, duration)),
+                        None => log::debug!(
+                            "{}: temporal unit with an OBU without size field dropped",
+                            input.name
+                        ),
+                    }
                 }
                 Fmp4Codec::Adts { .. } => {
                     let (frames, _) = fcodec::adts_frames(&map);

@@ -1038,7 +1038,7 @@ impl ObjectImpl for RsHlsSink {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("segment-format", SegmentFormat::Mpegts)
                     .nick("Segment format")
-                    .blurb("Container of the media segments: mpegts, or fmp4 (fragmented MP4/CMAF with an init segment named by EXT-X-MAP; H.264, H.265, AAC, Opus; always the built-in muxer). With fmp4 the default segment names end in .m4s. Read when pads are requested and at start")
+                    .blurb("Container of the media segments: mpegts, or fmp4 (fragmented MP4/CMAF with an init segment named by EXT-X-MAP; H.264, H.265, AV1, AAC, Opus; always the built-in muxer). With fmp4 the default segment names end in .m4s. Read when pads are requested and at start")
                     .build(),
                 glib::ParamSpecString::builder("init-location")
                     .nick("Init segment location")
@@ -1198,11 +1198,13 @@ impl ElementImpl for RsHlsSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            // What mpegtsmux carries, split so that `! h.` links each input to the right pad.
+            // What mpegtsmux carries, split so that `! h.` links each input to the right pad;
+            // AV1 for segment-format=fmp4 only.
             let video = gst::Caps::from_str(
                 "video/x-h264, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
                  video/x-h265, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
-                 video/mpeg, mpegversion=(int){ 1, 2, 4 }, systemstream=(boolean)false",
+                 video/mpeg, mpegversion=(int){ 1, 2, 4 }, systemstream=(boolean)false; \
+                 video/x-av1, stream-format=(string)obu-stream, alignment=(string)tu",
             )
             .expect("valid caps");
             let audio = gst::Caps::from_str(

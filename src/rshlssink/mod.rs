@@ -61,7 +61,7 @@ pub enum SegmentFormat {
     #[enum_value(name = "MPEG-TS segments (.ts)", nick = "mpegts")]
     Mpegts = 0,
     #[enum_value(
-        name = "Fragmented MP4 / CMAF: an init segment (EXT-X-MAP) and .m4s media segments (H.264, H.265, AAC, Opus)",
+        name = "Fragmented MP4 / CMAF: an init segment (EXT-X-MAP) and .m4s media segments (H.264, H.265, AV1, AAC, Opus)",
         nick = "fmp4"
     )]
     Fmp4 = 1,

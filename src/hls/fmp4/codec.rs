@@ -8,7 +8,8 @@
 //! §7.3.2.2 (SPS), §7.3.3 (profile_tier_level), §7.4.2.4.4 (emulation prevention); ISO/IEC
 //! 14496-15 §5.3.3.1 (AVCDecoderConfigurationRecord), §8.3.3.1 (HEVCDecoderConfigurationRecord);
 //! ISO/IEC 14496-3 §1.6.2.1 (AudioSpecificConfig), §1.A.2.2 (ADTS header); RFC 7845 §5.1
-//! (OpusHead); AV1 bitstream spec §5.3 (OBU header), §7.5 (temporal delimiters).
+//! (OpusHead); AV1 bitstream spec §5.3 (OBU header), §5.5 (sequence header OBU), §7.5 (temporal
+//! delimiters); AV1 ISO BMFF binding v1.2.0 §2.3 (AV1CodecConfigurationRecord).
 
 /// The NAL units of an Annex B byte stream (start codes of 3 or 4 bytes removed; trailing
 /// zero bytes belong to the next start code).
@@ -154,6 +155,19 @@ impl Bits<'_> {
     fn skip(&mut self, n: usize) -> Option<()> {
         self.pos += n;
         (self.pos <= self.data.len() * 8).then_some(())
+    }
+
+    /// uvlc() of AV1 (§4.10.3): like ue(v); 32 or more leading zeros is the largest value.
+    fn uvlc(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros >= 32 {
+                return Some(u32::MAX);
+            }
+        }
+        let rest = self.bits(zeros)?;
+        Some(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
     }
 
     /// ue(v): Exp-Golomb, at most 31 leading zeros.
@@ -339,6 +353,18 @@ pub fn parse_opus_head(head: &[u8]) -> Option<OpusHead> {
 /// past the end.
 pub fn av1_sample(data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len());
+    for (kind, obu, _) in av1_obus(data)? {
+        if kind != 2 {
+            out.extend_from_slice(obu);
+        }
+    }
+    Some(out)
+}
+
+/// The OBUs of a temporal unit: (obu_type, the whole OBU with its header). None when an OBU has
+/// no size field or runs past the end.
+fn av1_obus(data: &[u8]) -> Option<Vec<(u8, &[u8], usize)>> {
+    let mut out = Vec::new();
     let mut i = 0;
     while i < data.len() {
         let header = data[i];
@@ -361,11 +387,138 @@ pub fn av1_sample(data: &[u8]) -> Option<Vec<u8>> {
         if end > data.len() {
             return None;
         }
-        if obu_type != 2 {
-            out.extend_from_slice(&data[i..end]);
-        }
+        // (type, whole OBU, offset of its payload within it)
+        out.push((obu_type, &data[i..end], p - i));
         i = end;
     }
+    Some(out)
+}
+
+/// The sequence header OBU of a temporal unit, if it has one.
+pub fn av1_sequence_header(data: &[u8]) -> Option<&[u8]> {
+    av1_obus(data)?.into_iter().find(|o| o.0 == 1).map(|o| o.1)
+}
+
+/// The AV1CodecConfigurationRecord (av1C body) for a sequence header OBU: profile, level and
+/// tier of operating point 0, bit depth and chroma from its color_config, the OBU itself as
+/// configOBUs.
+pub fn av1c(sequence_header: &[u8]) -> Option<Vec<u8>> {
+    let (kind, obu, payload) = *av1_obus(sequence_header)?.first()?;
+    if kind != 1 {
+        return None;
+    }
+    let mut b = Bits {
+        data: &obu[payload..],
+        pos: 0,
+    };
+    let profile = b.bits(3)?;
+    b.bit()?; // still_picture
+    let reduced = b.bit()? == 1;
+    let (level, tier);
+    if reduced {
+        level = b.bits(5)?;
+        tier = 0;
+    } else {
+        let mut decoder_model_info = false;
+        let mut buffer_delay_length = 0;
+        if b.bit()? == 1 {
+            // timing_info
+            b.skip(64)?;
+            if b.bit()? == 1 {
+                b.uvlc()?;
+            }
+            decoder_model_info = b.bit()? == 1;
+            if decoder_model_info {
+                buffer_delay_length = b.bits(5)? as usize + 1;
+                b.skip(32 + 5 + 5)?;
+            }
+        }
+        let initial_display_delay = b.bit()? == 1;
+        let points = b.bits(5)? + 1;
+        let mut first = None;
+        for _ in 0..points {
+            b.skip(12)?; // operating_point_idc
+            let l = b.bits(5)?;
+            let t = if l > 7 { b.bit()? } else { 0 };
+            first.get_or_insert((l, t));
+            if decoder_model_info && b.bit()? == 1 {
+                b.skip(2 * buffer_delay_length + 1)?;
+            }
+            if initial_display_delay && b.bit()? == 1 {
+                b.skip(4)?;
+            }
+        }
+        (level, tier) = first?;
+    }
+    let width_bits = b.bits(4)? as usize + 1;
+    let height_bits = b.bits(4)? as usize + 1;
+    b.skip(width_bits + height_bits)?;
+    if !reduced && b.bit()? == 1 {
+        // frame_id_numbers_present: delta_frame_id_length_minus_2, additional_frame_id_length_minus_1
+        b.skip(7)?;
+    }
+    b.skip(3)?; // use_128x128_superblock, enable_filter_intra, enable_intra_edge_filter
+    if !reduced {
+        b.skip(4)?; // interintra, masked compound, warped motion, dual filter
+        let enable_order_hint = b.bit()? == 1;
+        if enable_order_hint {
+            b.skip(2)?; // jnt_comp, ref_frame_mvs
+        }
+        let force_screen_content_tools = if b.bit()? == 1 { 2 } else { b.bit()? };
+        if force_screen_content_tools > 0 && b.bit()? == 0 {
+            b.bit()?; // seq_force_integer_mv
+        }
+        if enable_order_hint {
+            b.skip(3)?;
+        }
+    }
+    b.skip(3)?; // superres, cdef, restoration
+    // color_config
+    let high_bitdepth = b.bit()?;
+    let twelve_bit = if profile == 2 && high_bitdepth == 1 {
+        b.bit()?
+    } else {
+        0
+    };
+    let mono = if profile == 1 { 0 } else { b.bit()? };
+    let (mut cp, mut tc, mut mc) = (2, 2, 2);
+    if b.bit()? == 1 {
+        cp = b.bits(8)?;
+        tc = b.bits(8)?;
+        mc = b.bits(8)?;
+    }
+    let (ssx, ssy, position);
+    if mono == 1 {
+        b.bit()?;
+        (ssx, ssy, position) = (1, 1, 0);
+    } else if cp == 1 && tc == 13 && mc == 0 {
+        (ssx, ssy, position) = (0, 0, 0);
+    } else {
+        b.bit()?; // color_range
+        (ssx, ssy) = match profile {
+            0 => (1, 1),
+            1 => (0, 0),
+            _ if twelve_bit == 1 => {
+                let x = b.bit()?;
+                (x, if x == 1 { b.bit()? } else { 0 })
+            }
+            _ => (1, 0),
+        };
+        position = if ssx == 1 && ssy == 1 { b.bits(2)? } else { 0 };
+    }
+    let mut out = vec![
+        0x81,
+        ((profile as u8) << 5) | level as u8,
+        ((tier as u8) << 7)
+            | ((high_bitdepth as u8) << 6)
+            | ((twelve_bit as u8) << 5)
+            | ((mono as u8) << 4)
+            | ((ssx as u8) << 3)
+            | ((ssy as u8) << 2)
+            | position as u8,
+        0,
+    ];
+    out.extend_from_slice(obu);
     Some(out)
 }
 
@@ -563,5 +716,30 @@ mod tests {
         );
         assert!(av1_sample(&[0x32, 0x05, 0]).is_none(), "size past the end");
         assert!(av1_sample(&[0x30]).is_none(), "no size field");
+    }
+
+    /// The first temporal unit av1enc (libaom, Debian 12) wrote for 160x120 I420: temporal
+    /// delimiter, then the sequence header OBU.
+    const AV1_TU_START: &[u8] = &[
+        0x12, 0x00, 0x0a, 0x0b, 0x00, 0x00, 0x00, 0x03, 0xb4, 0xff, 0x7e, 0x06, 0xd7, 0xc8, 0x02,
+    ];
+
+    #[test]
+    fn av1c_from_the_sequence_header() {
+        let seq = av1_sequence_header(AV1_TU_START).unwrap();
+        assert_eq!(seq, &AV1_TU_START[2..]);
+        let c = av1c(seq).unwrap();
+        // Main profile, level 0 (2.0), 8-bit 4:2:0, chroma position 0.
+        assert_eq!(&c[..4], [0x81, 0x00, 0x0c, 0x00]);
+        assert_eq!(&c[4..], seq);
+        // Truncated headers give no record, not a panic.
+        for cut in 0..seq.len() {
+            let mut t = seq[..cut].to_vec();
+            if t.len() >= 2 {
+                t[1] = (cut - 2) as u8;
+            }
+            let _ = av1c(&t);
+        }
+        assert!(av1c(&[0x12, 0x00]).is_none(), "not a sequence header");
     }
 }
