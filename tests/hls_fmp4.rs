@@ -275,6 +275,35 @@ fn av1_segments_read_in_ffprobe_and_gstreamer() {
     assert_eq!(gst_decoded_frames(&uri, 60, Duration::from_secs(30)), 60);
 }
 
+/// Audio only, AAC in ADTS (headers removed, AudioSpecificConfig made from them): cut at any
+/// frame once the target is reached.
+#[test]
+fn adts_audio_only_is_cut_at_frames() {
+    let dir = TempDir::new("fmp4-adts");
+    run_sink(
+        &format!(
+            "location={} segment-format=fmp4 target-duration=1 playlist-type=vod",
+            dir.str()
+        ),
+        "audiotestsrc num-buffers=100 samplesperbuffer=1024 ! audio/x-raw,rate=44100 ! voaacenc \
+         ! aacparse ! audio/mpeg,stream-format=adts ! h.audio",
+    );
+    let playlist = read_playlist(&dir.join("playlist.m3u8"));
+    assert_eq!(playlist.segments.len(), 3);
+    let (streams, packets) = probe(&dir.join("playlist.m3u8").to_string_lossy(), &[]);
+    assert_eq!(
+        (streams[0].codec.as_str(), streams[0].tag.as_str()),
+        ("aac", "mp4a")
+    );
+    assert_eq!(packets.len(), 100);
+    let listed: f32 = playlist.segments.iter().map(|s| s.duration).sum();
+    let media = 100.0 * 1024.0 / 44100.0;
+    assert!(
+        (listed - media).abs() < 0.03,
+        "EXTINF sum {listed}, media {media}"
+    );
+}
+
 #[test]
 fn aes_128_encrypts_media_segments_and_leaves_the_init_segment_clear() {
     let dir = TempDir::new("fmp4-aes");

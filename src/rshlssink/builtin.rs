@@ -204,6 +204,10 @@ struct Input {
     fmp4: Option<Fmp4Codec>,
     track: Option<Track>,
     sets: ParameterSets,
+    /// Whether the writer has been given the tracks since this one's last changed.
+    track_sent: bool,
+    /// Frames dropped while waiting for the codec configuration.
+    dropped: u64,
 }
 
 /// The sample entry of an H.264/H.265 input with these parameter sets.
@@ -228,6 +232,33 @@ fn nal_entry(
 }
 
 impl Input {
+    /// Counts a frame dropped before the stream's configuration was known; the first one of a
+    /// run is logged at debug level, the others at trace.
+    fn note_dropped(&mut self) {
+        if self.dropped == 0 {
+            log::debug!(
+                "{}: dropping frames until one carries the codec configuration (parameter sets \
+                 or sequence header) the fMP4 init segment needs",
+                self.name
+            );
+        }
+        self.dropped += 1;
+    }
+
+    /// Sets the track (a new sample entry: the writer gets the new track list).
+    fn set_track(&mut self, track: Option<Track>) {
+        if self.dropped > 0 && track.is_some() {
+            log::debug!(
+                "{}: codec configuration found after {} dropped frames",
+                self.name,
+                self.dropped
+            );
+            self.dropped = 0;
+        }
+        self.track = track;
+        self.track_sent = false;
+    }
+
     /// fMP4: makes the track from the first queued frame that can give it (video frames before
     /// the first one with parameter sets cannot be decoded and are dropped).
     fn prime(&mut self) {
@@ -250,44 +281,49 @@ impl Input {
                         && let Some(entry) = nal_entry(codec, width, height, &sets)
                     {
                         self.sets = sets;
-                        self.track = Some(Track::new(entry));
+                        self.set_track(Some(Track::new(entry)));
                         return;
                     }
-                    log::debug!(
+                    log::trace!(
                         "{}: frame before the first parameter sets dropped (fMP4 needs them for \
                          its init segment)",
                         self.name
                     );
+                    self.note_dropped();
                     self.queue.pop_front();
                 }
             }
             Some(Fmp4Codec::Av1 { width, height }) => {
                 while let Some(q) = self.queue.front() {
-                    if let Ok(map) = q.buffer.map_readable()
-                        && let Some(seq) = fcodec::av1_sequence_header(&map)
-                        && let Some(av1c) = fcodec::av1c(seq)
-                    {
-                        self.sets.sps = vec![seq.to_vec()];
-                        self.track = Some(Track::new(SampleEntry::Av1 {
+                    let found = q.buffer.map_readable().ok().and_then(|map| {
+                        let seq = fcodec::av1_sequence_header(&map)?;
+                        Some((seq.to_vec(), fcodec::av1c(seq)?))
+                    });
+                    if let Some((seq, av1c)) = found {
+                        self.sets.sps = vec![seq];
+                        self.set_track(Some(Track::new(SampleEntry::Av1 {
                             width,
                             height,
                             av1c,
-                        }));
+                        })));
                         return;
                     }
-                    log::debug!(
+                    log::trace!(
                         "{}: temporal unit before the first sequence header dropped",
                         self.name
                     );
+                    self.note_dropped();
                     self.queue.pop_front();
                 }
             }
             Some(Fmp4Codec::Adts { rate, channels }) => {
-                if let Some(q) = self.queue.front()
-                    && let Ok(map) = q.buffer.map_readable()
-                    && let Some(h) = fcodec::parse_adts(&map)
-                {
-                    self.track = Some(Track::new(SampleEntry::Aac {
+                let header = self
+                    .queue
+                    .front()
+                    .and_then(|q| q.buffer.map_readable().ok())
+                    .and_then(|map| fcodec::parse_adts(&map));
+                if let Some(h) = header {
+                    self.set_track(Some(Track::new(SampleEntry::Aac {
                         channels: if channels > 0 {
                             channels
                         } else {
@@ -299,10 +335,10 @@ impl Input {
                             adts_rate(h.frequency_index)
                         },
                         asc: h.audio_specific_config(),
-                    }));
+                    })));
                 }
             }
-            Some(Fmp4Codec::Ready(entry)) => self.track = Some(Track::new(entry)),
+            Some(Fmp4Codec::Ready(entry)) => self.set_track(Some(Track::new(entry))),
             None => {}
         }
     }
@@ -354,6 +390,8 @@ impl Builtin {
             fmp4: None,
             track: None,
             sets: ParameterSets::default(),
+            track_sent: false,
+            dropped: 0,
         });
         // Video first: its PID is 0x100 and it carries the PCR.
         self.inputs.sort_by_key(|i| !i.video);
@@ -387,7 +425,7 @@ impl Builtin {
             })?;
             if let Some(i) = self.input(name) {
                 // A video track is made again from the parameter sets, with the new size.
-                i.track = match &codec {
+                let track = match &codec {
                     Fmp4Codec::Nal {
                         codec,
                         width,
@@ -407,6 +445,7 @@ impl Builtin {
                         }),
                     _ => None,
                 };
+                i.set_track(track);
                 i.fmp4 = Some(codec);
                 i.eos = false;
             }
@@ -459,6 +498,8 @@ impl Builtin {
             i.codec = None;
             i.fmp4 = None;
             i.track = None;
+            i.track_sent = false;
+            i.dropped = 0;
             i.sets = ParameterSets::default();
         }
         self.muxer = None;
@@ -577,7 +618,7 @@ impl Builtin {
                             if input.track.as_ref().is_some_and(|t| t.entry != entry) {
                                 log::debug!("{}: new parameter sets: new init segment", input.name);
                             }
-                            input.track = Some(Track::new(entry));
+                            input.set_track(Some(Track::new(entry)));
                         }
                         input.sets = sets;
                     }
@@ -589,11 +630,11 @@ impl Builtin {
                         && let Some(av1c) = fcodec::av1c(seq)
                     {
                         input.sets.sps = vec![seq.to_vec()];
-                        input.track = Some(Track::new(SampleEntry::Av1 {
+                        input.set_track(Some(Track::new(SampleEntry::Av1 {
                             width: *width,
                             height: *height,
                             av1c,
-                        }));
+                        })));
                     }
                     match fcodec::av1_sample(&map) {
                         Some(data) => samples.push((data, pts, dts, duration)),
@@ -627,13 +668,20 @@ impl Builtin {
             if input.track.is_none() {
                 continue;
             }
-            let tracks: Vec<Track> = self.inputs.iter().filter_map(|i| i.track.clone()).collect();
             let index = self.inputs[..n]
                 .iter()
                 .filter(|i| i.track.is_some())
                 .count();
-            if let Some(p) = writer.set_tracks(tracks)? {
-                published.push(p);
+            // The track list goes to the writer when a track changed (a new init segment then).
+            if self.inputs.iter().any(|i| !i.track_sent) {
+                let tracks: Vec<Track> =
+                    self.inputs.iter().filter_map(|i| i.track.clone()).collect();
+                for i in &mut self.inputs {
+                    i.track_sent = true;
+                }
+                if let Some(p) = writer.set_tracks(tracks)? {
+                    published.push(p);
+                }
             }
             for (data, pts_ns, dts_ns, duration_ns) in samples {
                 if let Some(p) = writer.push_sample(

@@ -414,7 +414,9 @@ impl RsHlsSink {
             .then(|| std::fs::read(&locations.playlist).ok())
             .flatten()
             .and_then(|bytes| m3u8_rs::parse_media_playlist_res(&bytes).ok())
-            .filter(|p| !p.end_list && !p.segments.is_empty());
+            .filter(|p| !p.end_list && !p.segments.is_empty())
+            // Never TS segments after an EXT-X-MAP, nor fMP4 ones without one.
+            .filter(|p| p.segments.iter().any(|s| s.map.is_some()) == fmp4);
         let writer = match previous {
             Some(p) => {
                 gst::info!(
