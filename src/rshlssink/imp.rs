@@ -4,6 +4,9 @@
 //! whose frames the built-in muxer ([`crate::hls::ts`], interleaved by [`super::builtin`]) turns
 //! into TS for [`crate::hls::writer::Writer`]; or, with `muxer=mpegtsmux` or for caps the
 //! built-in muxer cannot take, → the stock `mpegtsmux` → one internal sink feeding the writer.
+//! With `segment-format=fmp4` the internal sinks' frames become ISO BMFF samples instead
+//! ([`crate::hls::fmp4`], never mpegtsmux), cut at the same points into fMP4 segments with an
+//! init segment per format.
 //! Probes on the input pads feed running times to [`crate::hls::planner::Planner`], which decides
 //! where segments start (the first keyframe at or after each multiple of target-duration in
 //! running time) and which keyframes to ask upstream for ahead of time; the probes send those
@@ -374,6 +377,7 @@ impl RsHlsSink {
             },
             fmp4_init,
         };
+        let init_prefix = config.fmp4_init.as_ref().map(|p| p.prefix().to_owned());
         let (store, output_config) = self.make_store(&locations)?;
         let weak = self.obj().downgrade();
         let output = Output::start(
@@ -400,7 +404,11 @@ impl RsHlsSink {
         if !locations.upload {
             for path in crate::hls::store::remove_stale_temporaries(
                 &[&locations.playlist],
-                &[locations.segment.prefix(), locations.key.prefix()],
+                &[
+                    locations.segment.prefix(),
+                    locations.key.prefix(),
+                    init_prefix.as_deref().unwrap_or(locations.key.prefix()),
+                ],
             ) {
                 gst::info!(
                     CAT,
