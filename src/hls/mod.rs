@@ -1,12 +1,10 @@
-//! HLS output without GStreamer types: MPEG-TS and fragmented MP4 (CMAF) segmenting, media
-//! playlists (m3u8-rs), AES-128 encryption, atomic local output, HTTP upload and a built-in HTTP
-//! server.
+//! HLS output without GStreamer types: MPEG-TS segmenting, media playlists (m3u8-rs), AES-128
+//! encryption, atomic local output, HTTP upload and a built-in HTTP server.
 //!
-//! Specifications: RFC 8216 (HLS: §3 media segments, §3.3 fragmented MPEG-4, §4 playlists, §5.2
-//! AES-128, §6.2 server responsibilities), ISO/IEC 13818-1 (MPEG-TS), ISO/IEC 14496-12 and
-//! ISO/IEC 23000-19 (fMP4, CMAF), RFC 9110 (HTTP semantics: PUT/DELETE uploads, range requests of
-//! the built-in server). Logs go to the `lshls` debug category; AES keys never appear in them, nor
-//! `user:password@` of upload URLs.
+//! Specifications: RFC 8216 (HLS: §3 media segments, §4 playlists, §5.2 AES-128, §6.2 server
+//! responsibilities), ISO/IEC 13818-1 (MPEG-TS), RFC 9110 (HTTP semantics: PUT/DELETE uploads,
+//! range requests of the built-in server). Logs go to the `lshls` debug category; AES keys never
+//! appear in them, nor `user:password@` of upload URLs.
 
 pub mod crypto;
 pub mod fmp4;
