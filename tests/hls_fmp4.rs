@@ -1,8 +1,8 @@
 //! fMP4/CMAF HLS (`segment-format=fmp4`) read by readers we did not write: ffprobe reads every
 //! segment behind its init segment (codecs, sample entry tags, frame counts, durations against
 //! EXTINF within a frame, a timeline without gaps), the playlist as a whole (also AES-128
-//! encrypted), and GStreamer's own HLS demuxer decodes it, from files and from the element's
-//! server while live. A change of format mid-stream gets a new init segment and a discontinuity.
+//! encrypted), and GStreamer's own HLS demuxers decode it (hlsdemux from files and from the
+//! element's server while live, hlsdemux2 from the server). A change of format mid-stream gets a new init segment and a discontinuity.
 //! (hls.js in Chromium plays it too: tests/hls_browser.rs.)
 //!
 //! No MP4 structure checker is packaged for Debian 12 (no gpac/MP4Box, no bento4 mp4dump), so
@@ -149,11 +149,16 @@ fn assert_segments(dir: &Path, expected: &[(&str, &str)]) -> usize {
     frames
 }
 
-/// Video frames GStreamer's HLS demuxer (via uridecodebin) decodes from `uri`, stopping at
-/// `enough` or after `timeout`.
+/// Video frames GStreamer's HLS demuxer (hlsdemux, via uridecodebin) decodes from `uri`,
+/// stopping at `enough` or after `timeout`.
 fn gst_decoded_frames(uri: &str, enough: u64, timeout: Duration) -> u64 {
+    decoded_frames_with("uridecodebin", uri, enough, timeout)
+}
+
+/// [`gst_decoded_frames`] through `bin` (`uridecodebin3` uses hlsdemux2, for http(s) only).
+fn decoded_frames_with(bin: &str, uri: &str, enough: u64, timeout: Duration) -> u64 {
     let pipeline = gst::parse::launch(&format!(
-        "uridecodebin uri={uri} caps=video/x-raw ! fakesink name=v sync=false"
+        "{bin} uri={uri} caps=video/x-raw ! fakesink name=v sync=false"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -351,6 +356,12 @@ fn gstreamer_plays_a_live_fmp4_stream_from_the_built_in_server() {
     let uri = format!("http://127.0.0.1:{}/playlist.m3u8", live.port);
     let frames = gst_decoded_frames(&uri, 60, Duration::from_secs(30));
     assert!(frames >= 60, "only {frames} frames decoded from {uri}");
+    // The newer demuxer too (hlsdemux2, what playbin3 uses).
+    let frames = decoded_frames_with("uridecodebin3", &uri, 60, Duration::from_secs(30));
+    assert!(
+        frames >= 60,
+        "hlsdemux2: only {frames} frames decoded from {uri}"
+    );
     // ffmpeg reads it over HTTP too.
     let (streams, _) = probe(&uri, &["-read_intervals", "%+1"]);
     assert_eq!(streams.len(), 2, "{streams:?}");
