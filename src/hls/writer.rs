@@ -277,6 +277,9 @@ impl Writer {
                 ""
             }
         );
+        // Stored, served and uploaded as a segment (video/mp4, long cache). An upload queue that
+        // is full drops the oldest queued segment, which may be an init segment: there is no
+        // file kind of its own for it yet.
         self.output.submit(Job::Put {
             location: location.clone(),
             kind: FileKind::Segment,
