@@ -54,9 +54,9 @@ fn u64be(out: &mut Vec<u8>, v: u64) {
 /// The unity matrix of mvhd and tkhd (§8.2.2.3).
 const MATRIX: [u32; 9] = [0x0001_0000, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000];
 
-/// Brands of the init segment: ISO BMFF with tfdt/trun v1 (`iso6`), CMAF (`cmfc`), and the
-/// older ones players look for.
-const INIT_BRANDS: [&[u8; 4]; 4] = [b"iso6", b"cmfc", b"mp41", b"dash"];
+/// Brands of the init segment: ISO BMFF with tfdt/trun v1 (`iso6`) and `mp41`. Not CMAF's `cmfc`:
+/// a CMAF track file has one track, and audio and video share the init segment here.
+const INIT_BRANDS: [&[u8; 4]; 2] = [b"iso6", b"mp41"];
 
 /// sample_flags (§8.8.3.1) of a sync sample: depends on no other (sample_depends_on 2).
 pub const SYNC_SAMPLE_FLAGS: u32 = 0x0200_0000;
@@ -342,12 +342,13 @@ pub struct TrackRun {
     pub samples: Vec<FragmentSample>,
 }
 
-/// Writes `styp` (CMAF media segment brands), to start a media segment.
+/// Writes `styp` (a media segment, `msdh`; no segment index, so not `msix`), to start a media
+/// segment.
 pub fn write_styp(out: &mut Vec<u8>) {
     write_box(out, b"styp", |o| {
         o.extend_from_slice(b"msdh");
         u32be(o, 0);
-        for b in [b"msdh", b"msix", b"cmfs"] {
+        for b in [b"msdh"] {
             o.extend_from_slice(b);
         }
     });

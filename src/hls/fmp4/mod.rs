@@ -1,5 +1,8 @@
-//! Fragmented MP4 (CMAF) HLS segments: an initialisation segment per format (`EXT-X-MAP`) and
-//! media segments of `styp` + `moof` + `mdat`.
+//! Fragmented MP4 HLS segments: an initialisation segment per format (`EXT-X-MAP`) and media
+//! segments of `styp` + `moof` + `mdat`, following CMAF's fragment rules (tfdt in every traf,
+//! trun version 1, default-base-is-moof). Audio and video share the init segment and each
+//! fragment (as muxed HLS does), so they are not separate CMAF tracks and the `cmf*` brands are
+//! not claimed.
 //!
 //! Specifications: RFC 8216 §3.3 (fragmented MPEG-4 segments: a Media Initialization Section
 //! with ftyp and moov, media segments of moof+mdat with tfdt), §4.3.2.5 (EXT-X-MAP), §7 (version
