@@ -451,8 +451,14 @@ impl Builtin {
             }
             return Ok(());
         }
-        let codec = codec_for_caps(caps)
-            .ok_or_else(|| format!("the built-in muxer cannot take {caps}: set muxer=mpegtsmux"))?;
+        let codec = codec_for_caps(caps).ok_or_else(|| {
+            // AV1: fMP4 takes it, mpegtsmux does not.
+            if caps.structure(0).is_some_and(|s| s.name() == "video/x-av1") {
+                format!("MPEG-TS segments cannot carry {caps}: set segment-format=fmp4")
+            } else {
+                format!("the built-in muxer cannot take {caps}: set muxer=mpegtsmux")
+            }
+        })?;
         if let Some(i) = self.input(name) {
             i.codec = Some(codec);
             i.eos = false;

@@ -872,7 +872,13 @@ impl RsHlsSink {
                 let caps = c.caps_owned();
                 // fMP4 never falls back (its caps are checked by the built-in path).
                 let fmp4 = self.builtin.lock().unwrap().is_fmp4();
-                if !fmp4
+                if !fmp4 && caps.structure(0).is_some_and(|s| s.name() == "video/x-av1") {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("AV1 goes into fMP4 segments only: set segment-format=fmp4")
+                    );
+                } else if !fmp4
                     && *self.mode.lock().unwrap() == Some(Muxer::Builtin)
                     && builtin::codec_for_caps(&caps).is_none()
                 {
