@@ -309,6 +309,19 @@ fn adts_audio_only_is_cut_at_frames() {
     );
 }
 
+/// MPEG-TS cannot carry AV1: a clear error that names the way out.
+#[test]
+fn av1_into_mpeg_ts_is_an_error_naming_fmp4() {
+    let dir = TempDir::new("fmp4-av1-ts");
+    let (p, _) = pipeline(
+        &format!("location={}", dir.str()),
+        "videotestsrc num-buffers=5 ! video/x-raw,width=160,height=120,format=I420 \
+         ! av1enc cpu-used=8 ! av1parse ! h.video",
+    );
+    let err = run_to_end(&p, Duration::from_secs(60)).expect_err("AV1 into TS must fail");
+    assert!(err.contains("segment-format=fmp4"), "{err}");
+}
+
 #[test]
 fn aes_128_encrypts_media_segments_and_leaves_the_init_segment_clear() {
     let dir = TempDir::new("fmp4-aes");
