@@ -348,9 +348,7 @@ pub fn write_styp(out: &mut Vec<u8>) {
     write_box(out, b"styp", |o| {
         o.extend_from_slice(b"msdh");
         u32be(o, 0);
-        for b in [b"msdh"] {
-            o.extend_from_slice(b);
-        }
+        o.extend_from_slice(b"msdh"); // compatible brands
     });
 }
 
