@@ -101,7 +101,10 @@ fn push_sets(out: &mut Vec<u8>, sets: &[Vec<u8>]) -> Option<()> {
     Some(())
 }
 
-/// The AVCDecoderConfigurationRecord (avcC body) for these SPS and PPS; 4-byte NAL lengths.
+/// The AVCDecoderConfigurationRecord (avcC body) for these SPS and PPS; 4-byte NAL lengths. For
+/// profiles other than Baseline, Main and Extended (66, 77, 88: the High profiles, 244 High 4:4:4
+/// Predictive included, as FFmpeg writes them) with the chroma format and bit depths of the first
+/// SPS (§5.3.3.1).
 pub fn avcc(sets: &ParameterSets) -> Option<Vec<u8>> {
     let sps = sets.sps.first()?;
     if sps.len() < 4 || sets.pps.is_empty() || sets.sps.len() > 31 || sets.pps.len() > 255 {
@@ -112,6 +115,27 @@ pub fn avcc(sets: &ParameterSets) -> Option<Vec<u8>> {
     push_sets(&mut out, &sets.sps)?;
     out.push(u8::try_from(sets.pps.len()).ok()?);
     push_sets(&mut out, &sets.pps)?;
+    if !matches!(sps[1], 66 | 77 | 88) {
+        let rbsp = rbsp(sps, 4);
+        let mut b = Bits {
+            data: &rbsp,
+            pos: 0,
+        };
+        b.ue()?; // seq_parameter_set_id
+        let chroma_format_idc = b.ue()?;
+        if chroma_format_idc == 3 {
+            b.bit()?; // separate_colour_plane_flag
+        }
+        let luma = b.ue()?;
+        let chroma = b.ue()?;
+        if chroma_format_idc > 3 || luma > 7 || chroma > 7 {
+            return None;
+        }
+        out.push(0xfc | chroma_format_idc as u8);
+        out.push(0xf8 | luma as u8);
+        out.push(0xf8 | chroma as u8);
+        out.push(0); // numOfSequenceParameterSetExt
+    }
     Some(out)
 }
 
@@ -741,5 +765,31 @@ mod tests {
             let _ = av1c(&t);
         }
         assert!(av1c(&[0x12, 0x00]).is_none(), "not a sequence header");
+    }
+
+    #[test]
+    fn avcc_of_high_profiles_carries_chroma_format_and_bit_depths() {
+        // x264 (Debian 12) for 320x240: I420 High, and Y444 High 4:4:4 Predictive.
+        let high = [
+            0x67, 0x64, 0x00, 0x14, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x6a, 0x0c, 0x0c, 0x0d,
+            0x4a, 0x00, 0x00, 0x03, 0x00, 0x02, 0x00, 0x00, 0x03, 0x00, 0x79, 0x1e, 0x28, 0x53,
+            0x2c,
+        ];
+        let h444 = [
+            0x67, 0xf4, 0x00, 0x0d, 0x91, 0x9b, 0x28, 0x28, 0x3f, 0x60, 0x2d, 0x41, 0x81, 0x81,
+            0x90, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc8, 0xf1, 0x42, 0x99,
+            0x60,
+        ];
+        for (sps, chroma) in [(&high[..], 1u8), (&h444[..], 3)] {
+            let sets = ParameterSets {
+                vps: vec![],
+                sps: vec![sps.to_vec()],
+                pps: vec![vec![0x68, 0xee]],
+            };
+            let c = avcc(&sets).unwrap();
+            // 5 + 1 + 2 + SPS + 1 + 2 + PPS, then the 4 bytes of the High profile extension.
+            assert_eq!(c.len(), 11 + sps.len() + 2 + 4);
+            assert_eq!(&c[c.len() - 4..], [0xfc | chroma, 0xf8, 0xf8, 0]);
+        }
     }
 }
