@@ -217,7 +217,8 @@ impl Playlist {
         v
     }
 
-    /// The playlist as m3u8-rs builds it.
+    /// The playlist as m3u8-rs builds it (without the `EXT-X-KEY:METHOD=NONE` that
+    /// [`Playlist::render`] puts before an EXT-X-MAP under a key: m3u8-rs cannot express it).
     pub fn to_media_playlist(&self) -> MediaPlaylist {
         self.media_playlist().0
     }
