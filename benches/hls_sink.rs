@@ -5,7 +5,8 @@
 //! This process encodes BENCH_SECONDS (default 60) of 720p30 H.264 (~4 Mbit/s, a keyframe every
 //! 2 s) and AAC into a Matroska file once. Then each sink runs in a child process (this binary
 //! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
-//! syncs to the clock) into `rshlssink` (its built-in muxer, and `muxer=mpegtsmux`) or `hlssink2`
+//! syncs to the clock) into `rshlssink` (its built-in muxer, `muxer=mpegtsmux`, and
+//! `segment-format=fmp4`) or `hlssink2`
 //! with 2 s segments, runs to EOS and reports
 //! the CPU time the pipeline run took (utime+stime, CLOCK_PROCESS_CPUTIME_ID, after start-up)
 //! and its peak RSS (VmHWM). Demuxing and
@@ -98,6 +99,10 @@ fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
         "ours-mpegtsmux" => format!(
             "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
              playlist-type=vod muxer=mpegtsmux"
+        ),
+        "ours-fmp4" => format!(
+            "rshlssink name=h location={out} target-duration=2 playlist-length=0 max-files=0 \
+             playlist-type=vod segment-format=fmp4"
         ),
         "stock" => format!(
             "hlssink2 name=h location={out}/segment%05d.ts playlist-location={out}/playlist.m3u8 \
@@ -237,8 +242,17 @@ fn main() {
     let rep = repeat(1);
     let mut ours = Vec::new();
     let mut ours_mpegtsmux = Vec::new();
+    let mut ours_fmp4 = Vec::new();
     let mut stock = Vec::new();
     for _ in 0..runs {
+        ours_fmp4.push(run_child(
+            &exe,
+            "ours-fmp4",
+            &input,
+            &work.join("ours-fmp4"),
+            None,
+            rep,
+        ));
         ours.push(run_child(
             &exe,
             "ours",
@@ -268,6 +282,7 @@ fn main() {
     // Both cut the same keyframes (every 2 s) into segments.
     assert_eq!(ours[0].segments, stock[0].segments);
     assert_eq!(ours_mpegtsmux[0].segments, stock[0].segments);
+    assert_eq!(ours_fmp4[0].segments, stock[0].segments);
     assert_eq!(ours[0].segments as u32, seconds.div_ceil(2));
     let m = |v: &[RunResult], f: fn(&RunResult) -> f64| median(v.iter().map(f).collect());
     let (oc, sc) = (m(&ours, |r| r.cpu), m(&stock, |r| r.cpu));
@@ -286,6 +301,13 @@ fn main() {
         m(&ours_mpegtsmux, |r| r.rss),
         ours_mpegtsmux[0].segments
     );
+    let fc = m(&ours_fmp4, |r| r.cpu);
+    println!(
+        "| rshlssink segment-format=fmp4 | {fc:.2} | {:.2} | {:.1} | {} |",
+        m(&ours_fmp4, |r| r.wall),
+        m(&ours_fmp4, |r| r.rss),
+        ours_fmp4[0].segments
+    );
     println!(
         "| hlssink2 | {sc:.2} | {:.2} | {:.1} | {} |",
         m(&stock, |r| r.wall),
@@ -297,6 +319,10 @@ fn main() {
     println!(
         "CPU ratio rshlssink muxer=mpegtsmux / hlssink2: {:.2}",
         mc / sc
+    );
+    println!(
+        "CPU ratio rshlssink segment-format=fmp4 / hlssink2: {:.2}",
+        fc / sc
     );
 }
 

@@ -517,6 +517,33 @@ pub fn flv(data: &[u8]) {
     }
 }
 
+/// The fMP4 writer's readers of encoder output (`src/hls/fmp4/codec.rs`): Annex B access units
+/// and their parameter sets into avcC and hvcC (the whole input also taken as one SPS), ADTS,
+/// OpusHead, AV1 temporal units and sequence headers into av1C.
+pub fn hls_fmp4_codec(data: &[u8]) {
+    use crate::hls::fmp4::codec::{self, NalCodec, ParameterSets};
+    for nal in [NalCodec::H264, NalCodec::H265] {
+        let (sample, sets) = codec::annexb_to_sample(data, nal);
+        black_box(sample);
+        black_box(codec::avcc(&sets));
+        black_box(codec::hvcc(&sets));
+        let whole = ParameterSets {
+            vps: vec![vec![0x40, 0x01]],
+            sps: vec![data.to_vec()],
+            pps: vec![vec![0x44, 0x01]],
+        };
+        black_box(codec::avcc(&whole));
+        black_box(codec::hvcc(&whole));
+    }
+    black_box(codec::adts_frames(data));
+    black_box(codec::parse_opus_head(data));
+    black_box(codec::av1_sample(data));
+    if let Some(seq) = codec::av1_sequence_header(data) {
+        black_box(codec::av1c(seq));
+    }
+    black_box(codec::av1c(data));
+}
+
 /// The HLS server's `Range` header parser (8 bytes of file length, then the header) and request
 /// path check (the same text as the path).
 pub fn hls_range(data: &[u8]) {
@@ -558,6 +585,7 @@ pub fn hls_playlist_resume(data: &[u8]) {
             duration_s: 2.0,
             discontinuity: true,
             key: None,
+            map: None,
             program_date_time: None,
         });
         let rendered = playlist.render();

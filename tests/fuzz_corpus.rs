@@ -14,6 +14,7 @@ type Entry = fn(&[u8]);
 const TARGETS: &[(&str, Entry)] = &[
     ("amf0", fuzzing::amf0),
     ("flv", fuzzing::flv),
+    ("hls_fmp4_codec", fuzzing::hls_fmp4_codec),
     ("hls_http", fuzzing::hls_http),
     ("hls_playlist_resume", fuzzing::hls_playlist_resume),
     ("hls_range", fuzzing::hls_range),

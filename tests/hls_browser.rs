@@ -3,12 +3,14 @@
 //! from a second, tiny server in this test, so every playlist and segment request is cross-origin
 //! and needs the element's CORS headers. The page reports back how far playback got.
 //!
-//! Debian's Chromium decodes H.264 and AAC (it uses the system's FFmpeg), and it also answers
-//! "maybe" to `canPlayType("application/vnd.apple.mpegurl")`; the test still plays through hls.js
-//! and MediaSource, as web players do, and checks that it did (a `blob:` source).
-//!
 //! Over HTTPS (a self-signed certificate) Chromium fetches the playlist and segments with HTTP/2
 //! (the element's debug log names the version of each request it answered).
+//!
+//! Debian's Chromium decodes H.264 and AAC (it uses the system's FFmpeg), and it also answers
+//! "maybe" to `canPlayType("application/vnd.apple.mpegurl")`; the test still plays through hls.js
+//! and MediaSource, as web players do, and checks that it did (a `blob:` source). Cases: H.264 +
+//! AAC in MPEG-TS (hls.js transmuxes) and in fMP4 (`segment-format=fmp4`, fed to MediaSource as
+//! written), and AV1 + Opus in fMP4.
 //!
 //! Needs `chromium` on PATH and hls.js unpacked under `target/test-assets/` (`bash .ci/deps` puts
 //! both there).
@@ -43,15 +45,15 @@ const PAGE_GIVE_UP_MS: u32 = 30_000;
 /// The test gives up when the page has reported nothing by then.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Live H.264 + AAC from rshlssink's own HTTP server, with `props`.
-fn start_live(props: &str) -> Served {
-    serve_live(
-        "browser",
-        props,
-        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
-         audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio",
-    )
+/// Live H.264 + AAC.
+const H264_AAC: &str = "videotestsrc is-live=true \
+    ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+    ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
+    audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio";
+
+/// `sources` into rshlssink with the element properties `props`, served by its own HTTP server.
+fn start_live(props: &str, sources: &str) -> Served {
+    serve_live("browser", props, sources)
 }
 
 /// What the page sends to the test server.
@@ -338,11 +340,10 @@ fn number(report: &HashMap<String, String>, name: &str) -> f64 {
 
 #[test]
 fn chromium_plays_the_live_stream_with_hls_js() {
-    let versions = play_in_chromium("http", "");
+    let versions = plays_in_chromium("http", "", H264_AAC, ["avc1", "mp4a"]);
     assert_eq!(versions, ["HTTP/1.1"]);
     // Over HTTPS (a self-signed certificate, which Chromium is told to accept) it speaks HTTP/2
-    // with the element's server, as ALPN lets it. (One test after the other: the versions come
-    // from the process's log.)
+    // with the element's server, as ALPN lets it.
     let dir = TempDir::new("browsertls");
     let generated =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -354,14 +355,41 @@ fn chromium_plays_the_live_stream_with_hls_js() {
         cert.display(),
         key.display()
     );
-    let versions = play_in_chromium("https", &props);
+    let versions = plays_in_chromium("https", &props, H264_AAC, ["avc1", "mp4a"]);
     assert_eq!(versions, ["HTTP/2.0"]);
 }
 
-/// Chromium plays the live stream of an rshlssink with `props` from `scheme://`: checks that it
-/// played and returns the HTTP versions of the requests the element's server answered (from its
-/// GST_DEBUG=lshls:5 lines).
-fn play_in_chromium(scheme: &str, props: &str) -> Vec<String> {
+/// fMP4/CMAF segments: hls.js reads the init segment (EXT-X-MAP) and feeds the fragments to
+/// MediaSource as they are (no transmuxing).
+#[test]
+fn chromium_plays_the_live_fmp4_stream_with_hls_js() {
+    plays_in_chromium("http", "segment-format=fmp4", H264_AAC, ["avc1", "mp4a"]);
+}
+
+/// AV1 + Opus in fMP4 (Debian's Chromium decodes both through MediaSource; it has no HEVC there:
+/// `MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L63.90"')` is false).
+#[test]
+fn chromium_plays_the_live_fmp4_av1_and_opus_stream_with_hls_js() {
+    plays_in_chromium(
+        "http",
+        "segment-format=fmp4",
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! av1enc cpu-used=8 usage-profile=realtime keyframe-max-dist=30 ! av1parse ! h.video \
+         audiotestsrc is-live=true ! audioconvert ! opusenc ! h.audio",
+        ["av01", "opus"],
+    );
+}
+
+/// One Chromium at a time: each is heavy, and the HTTP versions are read from the process's
+/// debug log, which another test's server would add to.
+static CHROMIUM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Plays the live stream of `sources` into `rshlssink {props}` from `scheme://` in Chromium with
+/// hls.js and checks that it played through MediaSource, with the two `codecs` (video, audio)
+/// hls.js found. Returns the HTTP versions of the requests the element's server answered (from
+/// its GST_DEBUG=lshls:5 lines).
+fn plays_in_chromium(scheme: &str, props: &str, sources: &str, codecs: [&str; 2]) -> Vec<String> {
+    let _one = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
     let hls_js = std::fs::read(HLS_JS)
         .unwrap_or_else(|e| panic!("{HLS_JS}: {e}; `bash .ci/deps` fetches hls.js from npm"));
     common::init();
@@ -384,7 +412,7 @@ fn play_in_chromium(scheme: &str, props: &str) -> Vec<String> {
             }
         })
     };
-    let live = start_live(props);
+    let live = start_live(props, sources);
     let playlist = format!("{scheme}://127.0.0.1:{}/playlist.m3u8", live.port);
     let page = PAGE
         .replace("@SRC@", &playlist)
@@ -446,15 +474,16 @@ fn play_in_chromium(scheme: &str, props: &str) -> Vec<String> {
         field(&report, "src").starts_with("blob:"),
         "not played through MediaSource: {report:?}"
     );
-    let codecs = field(&report, "codecs");
+    let found = field(&report, "codecs");
     assert!(
-        codecs.contains("avc1") && codecs.contains("mp4a"),
-        "hls.js did not find H.264 and AAC in the segments: {codecs:?}"
+        codecs.iter().all(|c| found.contains(c)),
+        "hls.js did not find {codecs:?} in the segments: {found:?}"
     );
     let audio = number(&report, "audio_bytes");
     assert!(audio > 0.0, "no audio decoded: {report:?}");
     drop(browser);
     drop(server);
+    drop(live);
     gst::log::remove_log_function(handler);
     lshls.set_threshold(gst::DebugLevel::None);
     versions.lock().unwrap().clone()

@@ -7,6 +7,7 @@
 //! appear in them, nor `user:password@` of upload URLs, nor S3 secrets and signatures.
 
 pub mod crypto;
+pub mod fmp4;
 pub mod http;
 pub mod location;
 pub mod planner;

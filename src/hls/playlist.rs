@@ -1,7 +1,7 @@
 //! The media playlist: a window of finished segments, sequence numbers, rendering with m3u8-rs.
 //!
 //! Specifications: RFC 8216 §4.3.1 (EXTM3U, EXT-X-VERSION), §4.3.2.1 (EXTINF), §4.3.2.3 (EXT-X-
-//! DISCONTINUITY), §4.3.2.4 (EXT-X-KEY), §4.3.2.6 (EXT-X-PROGRAM-DATE-TIME), §4.3.3.1-§4.3.3.5
+//! DISCONTINUITY), §4.3.2.4 (EXT-X-KEY), §4.3.2.5 (EXT-X-MAP), §4.3.2.6 (EXT-X-PROGRAM-DATE-TIME), §4.3.3.1-§4.3.3.5
 //! (TARGETDURATION, MEDIA-SEQUENCE, DISCONTINUITY-SEQUENCE, ENDLIST, PLAYLIST-TYPE), §6.2.2 (live
 //! playlists), §7 (protocol version).
 
@@ -42,6 +42,8 @@ pub struct Entry {
     pub duration_s: f64,
     pub discontinuity: bool,
     pub key: Option<SegmentKey>,
+    /// URI of the Media Initialization Section (fMP4 init segment) it needs, if any.
+    pub map: Option<String>,
     pub program_date_time: Option<SystemTime>,
 }
 
@@ -110,7 +112,11 @@ impl Playlist {
         p.discontinuity_sequence = previous.discontinuity_sequence;
         p.next_sequence = previous.media_sequence;
         let mut key: Option<SegmentKey> = None;
+        let mut map: Option<String> = None;
         for s in &previous.segments {
+            if let Some(m) = &s.map {
+                map = Some(m.uri.clone());
+            }
             if let Some(k) = &s.key {
                 key = match (&k.method, &k.uri) {
                     (KeyMethod::AES128, Some(uri)) => Some(SegmentKey {
@@ -129,6 +135,7 @@ impl Playlist {
                 duration_s: f64::from(s.duration),
                 discontinuity: s.discontinuity,
                 key: key.clone(),
+                map: map.clone(),
                 program_date_time: s.program_date_time.map(SystemTime::from),
             };
             p.max_duration_s = p.max_duration_s.max(entry.duration_s);
@@ -203,16 +210,45 @@ impl Playlist {
             // Decimal-floating-point EXTINF durations.
             v = v.max(3);
         }
+        if self.entries.iter().any(|e| e.map.is_some()) {
+            // EXT-X-MAP in a playlist without EXT-X-I-FRAMES-ONLY.
+            v = v.max(6);
+        }
         v
     }
 
-    /// The playlist as m3u8-rs builds it.
+    /// The playlist as m3u8-rs builds it (without the `EXT-X-KEY:METHOD=NONE` that
+    /// [`Playlist::render`] puts before an EXT-X-MAP under a key: m3u8-rs cannot express it).
     pub fn to_media_playlist(&self) -> MediaPlaylist {
+        self.media_playlist().0
+    }
+
+    /// The playlist, and the indexes of segments whose EXT-X-MAP comes while an AES-128 key is
+    /// in effect (see [`Playlist::render`]).
+    fn media_playlist(&self) -> (MediaPlaylist, Vec<usize>) {
         let mut last_key: Option<&SegmentKey> = None;
+        let mut last_map: Option<&String> = None;
+        let mut clear_maps = Vec::new();
         let segments = self
             .entries
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
+                // EXT-X-MAP applies until the next one: written when it changes.
+                let map = (e.map.as_ref() != last_map).then(|| {
+                    last_map = e.map.as_ref();
+                    e.map.as_ref().map(|uri| m3u8_rs::Map {
+                        uri: uri.clone(),
+                        ..Default::default()
+                    })
+                });
+                let map = map.flatten();
+                if map.is_some() && last_key.is_some() {
+                    // The init segment stays in clear: the key is cancelled before the MAP and
+                    // written again after it.
+                    clear_maps.push(i);
+                    last_key = None;
+                }
                 // EXT-X-KEY applies until the next one: write it when the key or IV changes.
                 let key = if e.key.as_ref() != last_key {
                     last_key = e.key.as_ref();
@@ -240,6 +276,7 @@ impl Playlist {
                     duration: e.duration_s as f32,
                     discontinuity: e.discontinuity,
                     key,
+                    map,
                     program_date_time: e
                         .program_date_time
                         .map(|t| chrono::DateTime::<chrono::Utc>::from(t).fixed_offset()),
@@ -253,7 +290,7 @@ impl Playlist {
             PlaylistKind::Vod if self.ended => Some(MediaPlaylistType::Vod),
             PlaylistKind::Vod => Some(MediaPlaylistType::Event),
         };
-        MediaPlaylist {
+        let playlist = MediaPlaylist {
             version: Some(self.version()),
             target_duration: self.target_duration(),
             media_sequence: self.media_sequence,
@@ -262,15 +299,47 @@ impl Playlist {
             end_list: self.ended,
             playlist_type,
             ..Default::default()
-        }
+        };
+        (playlist, clear_maps)
     }
 
+    /// The playlist text. An init segment is never encrypted: an EXT-X-KEY applies to the
+    /// EXT-X-MAP tags after it too (RFC 8216 §4.3.2.4), so a MAP that follows one is preceded by
+    /// `EXT-X-KEY:METHOD=NONE` (m3u8-rs writes a segment's MAP before its KEY, so the segment's
+    /// own key comes after the MAP).
     pub fn render(&self) -> Vec<u8> {
+        let (playlist, clear_maps) = self.media_playlist();
         let mut out = Vec::new();
-        self.to_media_playlist()
+        playlist
             .write_to(&mut out)
             .expect("writing to a Vec cannot fail");
-        out
+        if clear_maps.is_empty() {
+            return out;
+        }
+        // Which segment each MAP line belongs to: the n-th MAP written is the n-th entry with one.
+        let with_map: Vec<usize> = playlist
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.map.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let text = String::from_utf8(out).expect("m3u8-rs writes UTF-8");
+        let mut result = String::with_capacity(text.len() + 32 * clear_maps.len());
+        let mut maps_seen = 0;
+        for line in text.split_inclusive('\n') {
+            if line.starts_with("#EXT-X-MAP:") {
+                if with_map
+                    .get(maps_seen)
+                    .is_some_and(|i| clear_maps.contains(i))
+                {
+                    result.push_str("#EXT-X-KEY:METHOD=NONE\n");
+                }
+                maps_seen += 1;
+            }
+            result.push_str(line);
+        }
+        result.into_bytes()
     }
 }
 
@@ -312,6 +381,7 @@ mod tests {
             duration_s: d,
             discontinuity: disc,
             key: None,
+            map: None,
             program_date_time: None,
         }
     }
@@ -480,5 +550,73 @@ mod tests {
             text.contains("#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.500"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn maps_are_written_when_they_change_and_stay_outside_keys() {
+        let mut p = live(3);
+        let key = |iv: u8| SegmentKey {
+            uri: "k.key".into(),
+            iv: [iv; 16],
+        };
+        for (i, (map, k)) in [
+            ("init0.mp4", None),
+            ("init0.mp4", Some(key(1))),
+            ("init2.mp4", Some(key(2))),
+            ("init2.mp4", Some(key(3))),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = entry(&format!("s{i}.m4s"), 2.0, i == 2);
+            e.map = Some(map.into());
+            e.key = k;
+            p.add(e);
+        }
+        assert_eq!(p.version(), 6);
+        let text = String::from_utf8(p.render()).unwrap();
+        // The window starts at s1: its MAP comes first (before its key), the new MAP of s2
+        // after a METHOD=NONE, then s2's key again.
+        let tags: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("#EXT-X-MAP") || l.starts_with("#EXT-X-KEY") || l.ends_with(".m4s")
+            })
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "#EXT-X-MAP:URI=\"init0.mp4\"",
+                &format!(
+                    "#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\",IV={}",
+                    format_iv(&[1; 16])
+                ),
+                "s1.m4s",
+                "#EXT-X-KEY:METHOD=NONE",
+                "#EXT-X-MAP:URI=\"init2.mp4\"",
+                &format!(
+                    "#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\",IV={}",
+                    format_iv(&[2; 16])
+                ),
+                "s2.m4s",
+                &format!(
+                    "#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\",IV={}",
+                    format_iv(&[3; 16])
+                ),
+                "s3.m4s",
+            ],
+            "{text}"
+        );
+        let parsed = parse(&p);
+        assert_eq!(parsed.version, Some(6));
+        assert_eq!(parsed.segments[1].map.as_ref().unwrap().uri, "init2.mp4");
+        // Resuming keeps each segment's map.
+        let resumed = Playlist::resume(p.config().clone(), &parsed);
+        let maps: Vec<_> = resumed.entries().map(|e| e.map.clone().unwrap()).collect();
+        assert_eq!(maps, ["init0.mp4", "init2.mp4", "init2.mp4"]);
+        // Without maps the version stays below 6.
+        let mut ts = live(3);
+        ts.add(entry("a.ts", 2.0, false));
+        assert_eq!(ts.version(), 1);
     }
 }

@@ -80,20 +80,138 @@ struct Current {
     discontinuity: bool,
 }
 
+/// When segments are cut, whatever they carry: the rules shared by the TS [`Segmenter`] and the
+/// fMP4 one ([`crate::hls::fmp4::FragmentSegmenter`]). The container side says where split points
+/// are and whether a segment is open; this decides whether to cut there and where the new segment
+/// starts.
+#[derive(Debug)]
+pub struct Cuts {
+    config: SegmenterConfig,
+    last_pts: Option<u64>,
+    max_end_ns: Option<u64>,
+    pending_discontinuity: bool,
+    /// Split points announced by [`Cuts::split_at`] (stream time); once any was announced
+    /// only those cut keyframe-split streams.
+    splits: std::collections::VecDeque<(u64, u64)>,
+    announced: bool,
+}
+
+impl Cuts {
+    pub fn new(config: SegmenterConfig) -> Cuts {
+        Cuts {
+            config,
+            last_pts: None,
+            max_end_ns: None,
+            pending_discontinuity: false,
+            splits: std::collections::VecDeque::new(),
+            announced: false,
+        }
+    }
+
+    pub fn config(&self) -> &SegmenterConfig {
+        &self.config
+    }
+
+    pub fn set_tolerance(&mut self, tolerance_ns: u64) {
+        self.config.tolerance_ns = tolerance_ns;
+    }
+
+    /// The next segment is marked as a discontinuity and starts at the next split point,
+    /// however short the current one is.
+    pub fn discontinuity(&mut self) {
+        self.pending_discontinuity = true;
+    }
+
+    /// Whether a discontinuity is pending (cleared: the segment being opened takes it).
+    pub fn take_discontinuity(&mut self) -> bool {
+        std::mem::take(&mut self.pending_discontinuity)
+    }
+
+    /// See [`Segmenter::split_at`].
+    pub fn split_at(&mut self, pts_ns: u64, presentation_ns: u64) {
+        self.announced = true;
+        if self.splits.back().is_none_or(|b| b.0 < pts_ns) {
+            self.splits.push_back((pts_ns, presentation_ns));
+        }
+    }
+
+    /// See [`Segmenter::note_end`].
+    pub fn note_end(&mut self, end_ns: u64) {
+        self.max_end_ns = Some(self.max_end_ns.map_or(end_ns, |m| m.max(end_ns)));
+    }
+
+    /// Notes a timestamp from the input and returns the one to use (the latest seen when the
+    /// input has none).
+    pub fn saw(&mut self, pts_ns: Option<u64>) -> u64 {
+        let pts = pts_ns.or(self.last_pts).unwrap_or(0);
+        if let Some(p) = pts_ns {
+            self.last_pts = Some(self.last_pts.map_or(p, |l| l.max(p)));
+        }
+        pts
+    }
+
+    /// Whether to cut before a split point at `pts` (`chunk_start`: the first packet of a muxer
+    /// chunk, where announced cuts may happen), given the open segment's start and whether it
+    /// has any data; if so, when the new segment starts and why.
+    pub fn decide(
+        &mut self,
+        pts: u64,
+        chunk_start: bool,
+        open: Option<(u64, bool)>,
+    ) -> Option<(u64, CutReason)> {
+        let announced = self.config.split_on == SplitOn::Keyframes && self.announced;
+        let mut due = None;
+        if announced && chunk_start {
+            while let Some(&(at, presentation)) = self.splits.front()
+                && at <= pts + SPLIT_SLACK_NS
+            {
+                self.splits.pop_front();
+                due = Some(presentation);
+            }
+        }
+        let cut = match open {
+            None => None,
+            Some((_, true)) => None,
+            Some((start, false)) if self.pending_discontinuity => {
+                Some((due.unwrap_or(pts).max(start), CutReason::Discontinuity))
+            }
+            Some((start, false)) if announced => due.map(|d| (d.max(start), CutReason::Requested)),
+            Some((start, false)) => {
+                let elapsed = pts.saturating_sub(start);
+                (elapsed + self.config.tolerance_ns >= self.config.target_ns)
+                    .then_some((pts, CutReason::TargetReached))
+            }
+        };
+        if cut.is_none()
+            && let Some((start, _)) = open
+        {
+            log::trace!(
+                "split point at {pts} ns not taken: segment started at {start} ns, target {} ns, \
+                 {} announced boundaries pending",
+                self.config.target_ns,
+                self.splits.len()
+            );
+        }
+        cut
+    }
+
+    /// Where the last segment ends (end of stream, stop): the latest end time noted, or the
+    /// latest timestamp seen; None when nothing was seen.
+    pub fn end(&self) -> Option<u64> {
+        match (self.max_end_ns, self.last_pts) {
+            (Some(e), Some(l)) => Some(e.min(l + END_SLACK_NS)),
+            (e, l) => e.or(l),
+        }
+    }
+}
+
 /// The TS segmenter. Push chunks in; finished segments come out.
 pub struct Segmenter {
-    config: SegmenterConfig,
+    cuts: Cuts,
     pat: Option<Vec<u8>>,
     pmt_pids: Vec<u16>,
     pmts: HashMap<u16, Vec<u8>>,
     current: Option<Current>,
-    last_pts: Option<u64>,
-    max_end_ns: Option<u64>,
-    pending_discontinuity: bool,
-    /// Split points announced by [`Segmenter::split_at`] (stream time); once any was announced
-    /// only those cut keyframe-split streams.
-    splits: std::collections::VecDeque<(u64, u64)>,
-    announced: bool,
 }
 
 /// Announced split points match chunks up to this much (ns) earlier.
@@ -158,25 +276,20 @@ fn pat_pmt_pids(p: &[u8]) -> Vec<u16> {
 impl Segmenter {
     pub fn new(config: SegmenterConfig) -> Segmenter {
         Segmenter {
-            config,
+            cuts: Cuts::new(config),
             pat: None,
             pmt_pids: Vec::new(),
             pmts: HashMap::new(),
             current: None,
-            last_pts: None,
-            max_end_ns: None,
-            pending_discontinuity: false,
-            splits: std::collections::VecDeque::new(),
-            announced: false,
         }
     }
 
     pub fn config(&self) -> &SegmenterConfig {
-        &self.config
+        self.cuts.config()
     }
 
     pub fn set_tolerance(&mut self, tolerance_ns: u64) {
-        self.config.tolerance_ns = tolerance_ns;
+        self.cuts.set_tolerance(tolerance_ns);
     }
 
     /// Start time of the segment being filled.
@@ -187,7 +300,7 @@ impl Segmenter {
     /// The next segment is marked as a discontinuity and starts at the next split point,
     /// however short the current one is.
     pub fn discontinuity(&mut self) {
-        self.pending_discontinuity = true;
+        self.cuts.discontinuity();
     }
 
     /// Announces that the next segment starts at the split point with timestamp `pts_ns` (the
@@ -196,16 +309,13 @@ impl Segmenter {
     /// input, where it knows which keyframes it asked for. From then on the elapsed-time rule no
     /// longer applies to keyframe splits.
     pub fn split_at(&mut self, pts_ns: u64, presentation_ns: u64) {
-        self.announced = true;
-        if self.splits.back().is_none_or(|b| b.0 < pts_ns) {
-            self.splits.push_back((pts_ns, presentation_ns));
-        }
+        self.cuts.split_at(pts_ns, presentation_ns);
     }
 
     /// Records that media up to `end_ns` (same time base as the chunks) has been fed, so that the
     /// last segment's duration includes the last frame's duration.
     pub fn note_end(&mut self, end_ns: u64) {
-        self.max_end_ns = Some(self.max_end_ns.map_or(end_ns, |m| m.max(end_ns)));
+        self.cuts.note_end(end_ns);
     }
 
     /// Is this packet a split point under [`SplitOn::PesStart`]?
@@ -230,10 +340,7 @@ impl Segmenter {
 
     /// Feeds one chunk of whole TS packets. Returns the segment this chunk completed, if any.
     pub fn push(&mut self, data: &[u8], pts_ns: Option<u64>, keyframe: bool) -> Option<Segment> {
-        let pts = pts_ns.or(self.last_pts).unwrap_or(0);
-        if let Some(p) = pts_ns {
-            self.last_pts = Some(self.last_pts.map_or(p, |l| l.max(p)));
-        }
+        let pts = self.cuts.saw(pts_ns);
         let mut completed = None;
         let mut offset = 0;
         while offset + TS_PACKET_SIZE <= data.len() {
@@ -242,12 +349,20 @@ impl Segmenter {
                 // Not packet aligned: keep the bytes, never split inside.
                 break;
             }
-            let split_point = match self.config.split_on {
+            let split_point = match self.cuts.config().split_on {
                 SplitOn::Keyframes => keyframe && offset == 0,
                 SplitOn::PesStart => self.is_pes_start(packet),
             };
             let mut start = pts;
-            if split_point && let Some((s, reason)) = self.should_split(pts, offset == 0) {
+            if split_point
+                && let Some((s, reason)) = self.cuts.decide(
+                    pts,
+                    offset == 0,
+                    self.current
+                        .as_ref()
+                        .map(|c| (c.start_ns, c.data.is_empty())),
+                )
+            {
                 completed = self.close(s, reason);
                 start = s;
             }
@@ -260,45 +375,6 @@ impl Segmenter {
             self.append(rest, pts);
         }
         completed
-    }
-
-    /// Whether to cut before this split point, and if so when the new segment starts.
-    fn should_split(&mut self, pts: u64, chunk_start: bool) -> Option<(u64, CutReason)> {
-        let announced = self.config.split_on == SplitOn::Keyframes && self.announced;
-        let mut due = None;
-        if announced && chunk_start {
-            while let Some(&(at, presentation)) = self.splits.front()
-                && at <= pts + SPLIT_SLACK_NS
-            {
-                self.splits.pop_front();
-                due = Some(presentation);
-            }
-        }
-        let cut = match &self.current {
-            None => None,
-            Some(c) if c.data.is_empty() => None,
-            Some(c) if self.pending_discontinuity => {
-                Some((due.unwrap_or(pts).max(c.start_ns), CutReason::Discontinuity))
-            }
-            Some(c) if announced => due.map(|d| (d.max(c.start_ns), CutReason::Requested)),
-            Some(c) => {
-                let elapsed = pts.saturating_sub(c.start_ns);
-                (elapsed + self.config.tolerance_ns >= self.config.target_ns)
-                    .then_some((pts, CutReason::TargetReached))
-            }
-        };
-        if cut.is_none()
-            && let Some(c) = &self.current
-        {
-            log::trace!(
-                "split point at {pts} ns not taken: segment started at {} ns, target {} ns, \
-                 {} announced boundaries pending",
-                c.start_ns,
-                self.config.target_ns,
-                self.splits.len()
-            );
-        }
-        cut
     }
 
     fn close(&mut self, end_ns: u64, reason: CutReason) -> Option<Segment> {
@@ -328,7 +404,7 @@ impl Segmenter {
             self.current = Some(Current {
                 data,
                 start_ns: pts,
-                discontinuity: std::mem::take(&mut self.pending_discontinuity),
+                discontinuity: self.cuts.take_discontinuity(),
             });
         }
         if let Some(c) = self.current.as_mut() {
@@ -339,10 +415,7 @@ impl Segmenter {
     /// Closes the segment being filled (end of stream, stop): it ends at the latest end time
     /// noted, or the latest timestamp seen.
     pub fn finish(&mut self) -> Option<Segment> {
-        let end = match (self.max_end_ns, self.last_pts) {
-            (Some(e), Some(l)) => e.min(l + END_SLACK_NS),
-            (e, l) => e.or(l)?,
-        };
+        let end = self.cuts.end()?;
         let seg = self.close(end, CutReason::End)?;
         (!seg.data.is_empty()).then_some(seg)
     }

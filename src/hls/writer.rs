@@ -1,17 +1,26 @@
 //! The HLS writer: segmenter, playlist, encryption and output put together.
 //!
 //! Specifications: RFC 8216 §6.2.1 (a playlist names only complete segments), §6.2.2 (live playlist
-//! updates), §6.2.3 (encrypted segments and their keys).
+//! updates), §6.2.3 (encrypted segments and their keys), §3.3 and §4.3.2.5 (fMP4 init segments
+//! named by EXT-X-MAP).
 //!
-//! The element feeds it the muxer's output; each finished segment is queued for output (key
-//! first, then segment, then the playlist that names it, then deletions of expired files), so a
-//! playlist never names a file that is not complete.
+//! The element feeds it the muxer's output (MPEG-TS) or samples per track (fMP4); each finished
+//! segment is queued for output (key first, then segment, then the playlist that names it, then
+//! deletions of expired files), so a playlist never names a file that is not complete.
+//!
+//! fMP4: an init segment is written for each set of tracks ([`Writer::set_tracks`]), before the
+//! first segment that needs it, named by the `init` pattern with the sequence number of that
+//! segment (so names never repeat, across restarts too); it is deleted once no stored segment
+//! needs it. Init segments are never encrypted (see [`Playlist::render`]); with AES-128 the media
+//! segments are encrypted whole, as TS segments are.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::crypto;
+use super::fmp4::{self, FragmentSegmenter, Sample, Track};
+use super::location::Pattern;
 use super::location::{Locations, playlist_uri, redact_location};
 use super::playlist::{Entry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
@@ -34,12 +43,71 @@ pub struct WriterConfig {
     pub encryption: Option<Encryption>,
     pub program_date_time: bool,
     pub segmenter: SegmenterConfig,
+    /// Where fMP4 init segments go (`%d`: the sequence number of the first segment that uses
+    /// it); None writes MPEG-TS.
+    pub fmp4_init: Option<Pattern>,
+}
+
+/// The segmenter of the configured container.
+enum Cutter {
+    Ts(Segmenter),
+    Fmp4(FragmentSegmenter),
+}
+
+impl Cutter {
+    fn current_start(&self) -> Option<u64> {
+        match self {
+            Cutter::Ts(s) => s.current_start(),
+            Cutter::Fmp4(f) => f.current_start(),
+        }
+    }
+
+    fn set_tolerance(&mut self, tolerance_ns: u64) {
+        match self {
+            Cutter::Ts(s) => s.set_tolerance(tolerance_ns),
+            Cutter::Fmp4(f) => f.cuts().set_tolerance(tolerance_ns),
+        }
+    }
+
+    fn split_at(&mut self, pts_ns: u64, presentation_ns: u64) {
+        match self {
+            Cutter::Ts(s) => s.split_at(pts_ns, presentation_ns),
+            Cutter::Fmp4(f) => f.cuts().split_at(pts_ns, presentation_ns),
+        }
+    }
+
+    fn discontinuity(&mut self) {
+        match self {
+            Cutter::Ts(s) => s.discontinuity(),
+            Cutter::Fmp4(f) => f.cuts().discontinuity(),
+        }
+    }
+
+    fn note_end(&mut self, end_ns: u64) {
+        match self {
+            Cutter::Ts(s) => s.note_end(end_ns),
+            Cutter::Fmp4(f) => f.cuts().note_end(end_ns),
+        }
+    }
+
+    fn finish(&mut self) -> Option<Segment> {
+        match self {
+            Cutter::Ts(s) => s.finish(),
+            Cutter::Fmp4(f) => f.finish(),
+        }
+    }
+}
+
+struct CurrentInit {
+    location: String,
+    uri: String,
 }
 
 struct StoredSegment {
     sequence: u64,
     location: String,
     key_location: Option<String>,
+    init_location: Option<String>,
 }
 
 struct CurrentKey {
@@ -60,13 +128,18 @@ pub struct Published {
 
 pub struct Writer {
     config: WriterConfig,
-    segmenter: Segmenter,
+    segmenter: Cutter,
     playlist: Playlist,
     output: Output,
     stored: VecDeque<StoredSegment>,
     key_users: HashMap<String, usize>,
     key: Option<CurrentKey>,
     next_key_index: u64,
+    /// fMP4: the tracks of the current init segment, that segment, and how many stored segments
+    /// use each init segment.
+    tracks: Vec<Track>,
+    init: Option<CurrentInit>,
+    init_users: HashMap<String, usize>,
     /// Stream time and wall-clock time of the first data, for EXT-X-PROGRAM-DATE-TIME.
     anchor: Option<(u64, SystemTime)>,
 }
@@ -97,6 +170,8 @@ impl Writer {
                 sequence: e.sequence,
                 location,
                 key_location: None,
+                // Init segments of the previous run are not deleted by this one.
+                init_location: None,
             });
         }
         // Key files of the previous run are not known by location; new keys must not reuse a
@@ -108,13 +183,19 @@ impl Writer {
 
     fn with_playlist(config: WriterConfig, output: Output, playlist: Playlist) -> Writer {
         Writer {
-            segmenter: Segmenter::new(config.segmenter.clone()),
+            segmenter: match config.fmp4_init {
+                Some(_) => Cutter::Fmp4(FragmentSegmenter::new(config.segmenter.clone())),
+                None => Cutter::Ts(Segmenter::new(config.segmenter.clone())),
+            },
             playlist,
             output,
             stored: VecDeque::new(),
             key_users: HashMap::new(),
             key: None,
             next_key_index: 0,
+            tracks: Vec::new(),
+            init: None,
+            init_users: HashMap::new(),
             anchor: None,
             config,
         }
@@ -153,6 +234,92 @@ impl Writer {
         self.segmenter.note_end(end_ns);
     }
 
+    fn anchor(&mut self, pts_ns: Option<u64>) {
+        if self.anchor.is_none()
+            && let Some(p) = pts_ns
+        {
+            self.anchor = Some((p, SystemTime::now()));
+        }
+    }
+
+    /// fMP4: the tracks of the samples that follow. A change closes the segment being filled
+    /// (published with the previous init segment), writes a new init segment, and makes the next
+    /// segment a discontinuity. Nothing happens for the tracks in use.
+    pub fn set_tracks(&mut self, tracks: Vec<Track>) -> Result<Option<Published>, StoreError> {
+        let Some(pattern) = self.config.fmp4_init.clone() else {
+            return Ok(None);
+        };
+        if tracks == self.tracks && self.init.is_some() {
+            return Ok(None);
+        }
+        let closed = match &mut self.segmenter {
+            Cutter::Fmp4(f) => f.set_tracks(&tracks),
+            Cutter::Ts(_) => return Ok(None),
+        };
+        let published = match closed {
+            Some(seg) => Some(self.publish(seg)?),
+            None => None,
+        };
+        let location = pattern.format(self.playlist.next_sequence());
+        let data = fmp4::boxes::init_segment(&tracks);
+        log::debug!(
+            "init segment {} for {} ({} bytes){}",
+            redact_location(&location),
+            tracks
+                .iter()
+                .map(|t| t.entry.fourcc())
+                .collect::<Vec<_>>()
+                .join("+"),
+            data.len(),
+            if self.init.is_some() {
+                ": the format changed, the next segment is a discontinuity"
+            } else {
+                ""
+            }
+        );
+        // Stored, served and uploaded as a segment (video/mp4, long cache). An upload queue that
+        // is full drops the oldest queued segment, which may be an init segment: there is no
+        // file kind of its own for it yet.
+        self.output.submit(Job::Put {
+            location: location.clone(),
+            kind: FileKind::Segment,
+            data: Arc::new(data),
+        })?;
+        let uri = playlist_uri(self.config.playlist_root.as_deref(), &location);
+        if let Some(old) = self.init.replace(CurrentInit { location, uri })
+            && self.init_users.get(&old.location).copied().unwrap_or(0) == 0
+            && old.location != self.init.as_ref().map_or("", |i| i.location.as_str())
+        {
+            log::debug!(
+                "deleting init segment {}: no stored segment uses it",
+                redact_location(&old.location)
+            );
+            self.output.submit(Job::Delete {
+                location: old.location,
+                kind: FileKind::Segment,
+            })?;
+        }
+        self.tracks = tracks;
+        Ok(published)
+    }
+
+    /// fMP4: feeds one sample of track `track` (an index into the tracks given to
+    /// [`Writer::set_tracks`]).
+    pub fn push_sample(
+        &mut self,
+        track: usize,
+        sample: Sample,
+    ) -> Result<Option<Published>, StoreError> {
+        self.anchor(u64::try_from(sample.dts_ns).ok());
+        let Cutter::Fmp4(f) = &mut self.segmenter else {
+            return Ok(None);
+        };
+        match f.push(track, sample) {
+            Some(seg) => self.publish(seg).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Feeds muxer output.
     pub fn push(
         &mut self,
@@ -160,12 +327,11 @@ impl Writer {
         pts_ns: Option<u64>,
         keyframe: bool,
     ) -> Result<Option<Published>, StoreError> {
-        if self.anchor.is_none()
-            && let Some(p) = pts_ns
-        {
-            self.anchor = Some((p, SystemTime::now()));
-        }
-        match self.segmenter.push(data, pts_ns, keyframe) {
+        self.anchor(pts_ns);
+        let Cutter::Ts(s) = &mut self.segmenter else {
+            return Ok(None);
+        };
+        match s.push(data, pts_ns, keyframe) {
             Some(seg) => self.publish(seg).map(Some),
             None => Ok(None),
         }
@@ -335,13 +501,19 @@ impl Writer {
             // Nothing before the first segment to be discontinuous with.
             discontinuity: seg.discontinuity && sequence > 0,
             key: key.as_ref().map(|k| k.0.clone()),
+            map: self.init.as_ref().map(|i| i.uri.clone()),
             program_date_time,
         });
         debug_assert_eq!(seq, sequence);
+        let init_location = self.init.as_ref().map(|i| i.location.clone());
+        if let Some(l) = &init_location {
+            *self.init_users.entry(l.clone()).or_default() += 1;
+        }
         self.stored.push_back(StoredSegment {
             sequence,
             location: location.clone(),
             key_location: key.map(|k| k.1),
+            init_location,
         });
         self.put_playlist()?;
         let deleted = self.expire()?;
@@ -398,6 +570,23 @@ impl Writer {
                         kind: FileKind::Key,
                     })?;
                     deleted.push(kl);
+                }
+            }
+            if let Some(il) = old.init_location {
+                let users = self.init_users.entry(il.clone()).or_default();
+                *users = users.saturating_sub(1);
+                let current = self.init.as_ref().is_some_and(|i| i.location == il);
+                if *users == 0 && !current {
+                    log::debug!(
+                        "deleting init segment {}: its last segment expired",
+                        redact_location(&il)
+                    );
+                    self.init_users.remove(&il);
+                    self.output.submit(Job::Delete {
+                        location: il.clone(),
+                        kind: FileKind::Segment,
+                    })?;
+                    deleted.push(il);
                 }
             }
         }
@@ -458,6 +647,7 @@ mod tests {
                 tolerance_ns: 0,
                 split_on: SplitOn::Keyframes,
             },
+            fmp4_init: None,
         };
         (Writer::new(config, output), store)
     }
@@ -596,5 +786,116 @@ mod tests {
                 .unwrap()
                 .contains_key("/out/segment00000.ts")
         );
+    }
+
+    fn fmp4_writer() -> (Writer, Arc<MemStore>) {
+        let (w, store) = writer(PlaylistKind::Live, None);
+        let mut config = w.config.clone();
+        config.locations.segment = Pattern::parse("/out/segment%05d.m4s").unwrap();
+        config.fmp4_init = Some(Pattern::parse("/out/init%05d.mp4").unwrap());
+        let output = Output::start(
+            store.clone(),
+            OutputConfig::default(),
+            None,
+            Box::new(|_| {}),
+        );
+        (Writer::new(config, output), store)
+    }
+
+    fn avc(width: u16) -> Vec<Track> {
+        vec![Track::new(fmp4::SampleEntry::Avc {
+            width,
+            height: 240,
+            avcc: vec![1, 0x42, 0xc0, 0x1e, 0xff, 0xe0, 0],
+        })]
+    }
+
+    /// 10 fps, a keyframe a second, from second `from` to `to`.
+    fn feed_samples(w: &mut Writer, from: u64, to: u64) {
+        for i in from * 10..to * 10 {
+            let t = (i * SEC / 10) as i64;
+            w.push_sample(
+                0,
+                Sample {
+                    data: vec![0; 4],
+                    pts_ns: t,
+                    dts_ns: t,
+                    duration_ns: Some(SEC / 10),
+                    sync: i.is_multiple_of(10),
+                },
+            )
+            .unwrap();
+        }
+        w.note_end(to * SEC);
+    }
+
+    #[test]
+    fn fmp4_writes_init_segments_before_the_segments_that_need_them() {
+        let (mut w, store) = fmp4_writer();
+        w.set_tracks(avc(320)).unwrap();
+        // The same tracks again: nothing new.
+        assert!(w.set_tracks(avc(320)).unwrap().is_none());
+        feed_samples(&mut w, 0, 3);
+        // A format change at 3 s closes the segment being filled.
+        let closed = w.set_tracks(avc(640)).unwrap().expect("segment closed");
+        assert_eq!(closed.location, "/out/segment00002.m4s");
+        feed_samples(&mut w, 3, 8);
+        w.finish(true).unwrap();
+        assert!(w.flush(Duration::from_secs(5)));
+        let log = store.log.lock().unwrap().clone();
+        let at = |l: &str| {
+            log.iter()
+                .position(|x| x == l)
+                .unwrap_or_else(|| panic!("{l}: {log:?}"))
+        };
+        assert!(at("put /out/init00000.mp4") < at("put /out/segment00000.m4s"));
+        assert!(at("put /out/init00003.mp4") < at("put /out/segment00003.m4s"));
+        // init00000 went when segment00002, its last user, expired (max-files 4).
+        assert!(at("delete /out/segment00002.m4s") < at("delete /out/init00000.mp4"));
+        let m = playlist(&store);
+        assert_eq!(m.version, Some(6));
+        let uris: Vec<_> = m.segments.iter().map(|s| s.uri.as_str()).collect();
+        assert_eq!(
+            uris,
+            ["segment00005.m4s", "segment00006.m4s", "segment00007.m4s"]
+        );
+        assert_eq!(m.segments[0].map.as_ref().unwrap().uri, "init00003.mp4");
+        let files = store.files.lock().unwrap();
+        let init = &files["/out/init00003.mp4"];
+        assert_eq!(&init[4..8], b"ftyp");
+        // 640 wide in the second init segment's tkhd.
+        assert!(init.windows(4).any(|x| x == (640u32 << 16).to_be_bytes()));
+        let seg = &files["/out/segment00005.m4s"];
+        assert_eq!(&seg[4..8], b"styp");
+        drop(files);
+        // The segment after the change is a discontinuity (listed while it was in the window).
+        let text = String::from_utf8(m3u8_rs_text(&store)).unwrap();
+        assert!(!text.contains("init00000"), "{text}");
+    }
+
+    fn m3u8_rs_text(store: &MemStore) -> Vec<u8> {
+        store.files.lock().unwrap()["/out/playlist.m3u8"].clone()
+    }
+
+    #[test]
+    fn fmp4_discontinuity_follows_a_format_change() {
+        let (mut w, store) = fmp4_writer();
+        w.set_tracks(avc(320)).unwrap();
+        feed_samples(&mut w, 0, 2);
+        w.set_tracks(avc(640)).unwrap();
+        feed_samples(&mut w, 2, 3);
+        w.finish(true).unwrap();
+        assert!(w.flush(Duration::from_secs(5)));
+        let m = playlist(&store);
+        let disc: Vec<bool> = m.segments.iter().map(|s| s.discontinuity).collect();
+        assert_eq!(disc, [false, false, true]);
+        let maps: Vec<_> = m
+            .segments
+            .iter()
+            .map(|s| s.map.as_ref().map(|m| m.uri.clone()))
+            .collect();
+        // Written where it changes (a map applies until the next one).
+        let init = |n: &str| Some(format!("init0000{n}.mp4"));
+        assert_eq!(maps, [init("0"), None, init("2")]);
     }
 }

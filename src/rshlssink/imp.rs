@@ -4,6 +4,9 @@
 //! whose frames the built-in muxer ([`crate::hls::ts`], interleaved by [`super::builtin`]) turns
 //! into TS for [`crate::hls::writer::Writer`]; or, with `muxer=mpegtsmux` or for caps the
 //! built-in muxer cannot take, → the stock `mpegtsmux` → one internal sink feeding the writer.
+//! With `segment-format=fmp4` the internal sinks' frames become ISO BMFF samples instead
+//! ([`crate::hls::fmp4`], never mpegtsmux), cut at the same points into fMP4 segments with an
+//! init segment per format.
 //! Probes on the input pads feed running times to [`crate::hls::planner::Planner`], which decides
 //! where segments start (the first keyframe at or after each multiple of target-duration in
 //! running time) and which keyframes to ask upstream for ahead of time; the probes send those
@@ -23,7 +26,7 @@ use gst::subclass::prelude::*;
 
 use super::builtin::{self, Builtin};
 use super::output::OutputSink;
-use super::{Encryption, Muxer, PlaylistType};
+use super::{Encryption, Muxer, PlaylistType, SegmentFormat};
 use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
 use crate::hls::planner::{KeyframeRequest, Planner};
@@ -143,6 +146,9 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_LOCATION: &str = "segment%05d.ts";
+/// The segments' default name with `segment-format=fmp4`.
+const DEFAULT_FMP4_SEGMENT: &str = "segment%05d.m4s";
+const DEFAULT_INIT_LOCATION: &str = "init%05d.mp4";
 const DEFAULT_PLAYLIST_LOCATION: &str = "playlist.m3u8";
 const DEFAULT_TARGET_DURATION: u32 = 15;
 const DEFAULT_PLAYLIST_LENGTH: u32 = 5;
@@ -182,6 +188,8 @@ struct Settings {
     tls_key_file: Option<String>,
     tls_certificate: Option<ServerCertificate>,
     muxer: Muxer,
+    segment_format: SegmentFormat,
+    init_location: String,
 }
 
 /// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
@@ -220,6 +228,8 @@ impl Default for Settings {
             tls_key_file: None,
             tls_certificate: None,
             muxer: Muxer::Builtin,
+            segment_format: SegmentFormat::Mpegts,
+            init_location: DEFAULT_INIT_LOCATION.into(),
         }
     }
 }
@@ -277,8 +287,46 @@ fn clock_ns(t: Option<gst::ClockTime>) -> Option<u64> {
 
 impl RsHlsSink {
     fn locations(settings: &Settings) -> Result<Locations, gst::ErrorMessage> {
-        location::resolve(&settings.location, &settings.playlist_location)
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e)))
+        let invalid =
+            |e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e));
+        let mut locations =
+            location::resolve(&settings.location, &settings.playlist_location).map_err(invalid)?;
+        if settings.segment_format == SegmentFormat::Fmp4 {
+            // The default names end in .m4s; a pattern the application gave stays as it is.
+            let segment = if settings.location == DEFAULT_LOCATION {
+                Some(DEFAULT_FMP4_SEGMENT.to_owned())
+            } else if location::is_directory_like(&settings.location) {
+                Some(location::join(
+                    settings.location.trim_end_matches('/'),
+                    DEFAULT_FMP4_SEGMENT,
+                ))
+            } else {
+                None
+            };
+            if let Some(segment) = segment {
+                locations.segment = location::Pattern::parse(&segment).map_err(invalid)?;
+            }
+        }
+        Ok(locations)
+    }
+
+    /// Where fMP4 init segments go: `init-location`, beside the segments when relative.
+    fn init_pattern(
+        settings: &Settings,
+        locations: &Locations,
+    ) -> Result<location::Pattern, gst::ErrorMessage> {
+        let init = &settings.init_location;
+        let full = if init.starts_with('/') || location::is_url(init) {
+            init.clone()
+        } else {
+            location::join(location::parent(&locations.segment.format(0)), init)
+        };
+        location::Pattern::parse(&full).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("Invalid init-location: {}", e)
+            )
+        })
     }
 
     fn make_store(
@@ -336,6 +384,19 @@ impl RsHlsSink {
             PlaylistType::Vod => PlaylistKind::Vod,
         };
         let tolerance = self.input.lock().unwrap().planner.tolerance_ns();
+        let fmp4 = settings.segment_format == SegmentFormat::Fmp4;
+        if fmp4 && *self.mode.lock().unwrap() == Some(Muxer::Mpegtsmux) {
+            return Err(gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ("segment-format=fmp4 needs the built-in muxer (muxer=builtin)")
+            ));
+        }
+        let fmp4_init = if fmp4 {
+            Some(Self::init_pattern(&settings, &locations)?)
+        } else {
+            None
+        };
+        self.builtin.lock().unwrap().set_fmp4(fmp4);
         let config = WriterConfig {
             locations: locations.clone(),
             playlist_root: settings.playlist_root.clone(),
@@ -358,7 +419,9 @@ impl RsHlsSink {
                     SplitOn::PesStart
                 },
             },
+            fmp4_init,
         };
+        let init_prefix = config.fmp4_init.as_ref().map(|p| p.prefix().to_owned());
         let (store, output_config) = self.make_store(&locations)?;
         let weak = self.obj().downgrade();
         let output = Output::start(
@@ -385,7 +448,11 @@ impl RsHlsSink {
         if !locations.upload {
             for path in crate::hls::store::remove_stale_temporaries(
                 &[&locations.playlist],
-                &[locations.segment.prefix(), locations.key.prefix()],
+                &[
+                    locations.segment.prefix(),
+                    locations.key.prefix(),
+                    init_prefix.as_deref().unwrap_or(locations.key.prefix()),
+                ],
             ) {
                 gst::info!(
                     CAT,
@@ -399,7 +466,9 @@ impl RsHlsSink {
             .then(|| std::fs::read(&locations.playlist).ok())
             .flatten()
             .and_then(|bytes| m3u8_rs::parse_media_playlist_res(&bytes).ok())
-            .filter(|p| !p.end_list && !p.segments.is_empty());
+            .filter(|p| !p.end_list && !p.segments.is_empty())
+            // Never TS segments after an EXT-X-MAP, nor fMP4 ones without one.
+            .filter(|p| p.segments.iter().any(|s| s.map.is_some()) == fmp4);
         let writer = match previous {
             Some(p) => {
                 gst::info!(
@@ -856,7 +925,16 @@ impl RsHlsSink {
         match event.view() {
             gst::EventView::Caps(c) => {
                 let caps = c.caps_owned();
-                if *self.mode.lock().unwrap() == Some(Muxer::Builtin)
+                // fMP4 never falls back (its caps are checked by the built-in path).
+                let fmp4 = self.builtin.lock().unwrap().is_fmp4();
+                if !fmp4 && caps.structure(0).is_some_and(|s| s.name() == "video/x-av1") {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("AV1 goes into fMP4 segments only: set segment-format=fmp4")
+                    );
+                } else if !fmp4
+                    && *self.mode.lock().unwrap() == Some(Muxer::Builtin)
                     && builtin::codec_for_caps(&caps).is_none()
                 {
                     self.fall_back_to_mpegtsmux(&caps);
@@ -1063,6 +1141,15 @@ impl ObjectImpl for RsHlsSink {
                     .nick("Muxer")
                     .blurb("What makes the MPEG-TS: builtin (H.264, H.265, AAC, MP3; falls back to mpegtsmux when a pad is requested for caps it cannot take) or the stock mpegtsmux. Read when pads are requested")
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("segment-format", SegmentFormat::Mpegts)
+                    .nick("Segment format")
+                    .blurb("Container of the media segments: mpegts, or fmp4 (fragmented MP4/CMAF with an init segment named by EXT-X-MAP; H.264, H.265, AV1, AAC, Opus; always the built-in muxer). With fmp4 the default segment names end in .m4s. Read when pads are requested and at start")
+                    .build(),
+                glib::ParamSpecString::builder("init-location")
+                    .nick("Init segment location")
+                    .blurb("fmp4: name pattern of init segments (%d: sequence number of the first segment that uses it), beside the segments when relative")
+                    .default_value(Some(DEFAULT_INIT_LOCATION))
+                    .build(),
                 glib::ParamSpecBoolean::builder("resume")
                     .nick("Resume")
                     .blurb("When a live or event playlist without EXT-X-ENDLIST already exists at playlist-location, continue it (numbering goes on after a discontinuity) instead of starting over")
@@ -1139,6 +1226,13 @@ impl ObjectImpl for RsHlsSink {
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
             "resume" => s.resume = value.get().expect("type checked"),
             "muxer" => s.muxer = value.get().expect("type checked"),
+            "segment-format" => s.segment_format = value.get().expect("type checked"),
+            "init-location" => {
+                s.init_location = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| DEFAULT_INIT_LOCATION.into())
+            }
             "http-port" => s.http_port = value.get().expect("type checked"),
             "upload-ca-file" => s.upload_ca_file = value.get().expect("type checked"),
             "s3-access-key-id" => s.s3.access_key_id = value.get().expect("type checked"),
@@ -1194,6 +1288,8 @@ impl ObjectImpl for RsHlsSink {
             "key-rotation" => s.key_rotation.to_value(),
             "resume" => s.resume.to_value(),
             "muxer" => s.muxer.to_value(),
+            "segment-format" => s.segment_format.to_value(),
+            "init-location" => s.init_location.to_value(),
             "http-port" => s.http_port.to_value(),
             "upload-ca-file" => s.upload_ca_file.to_value(),
             "s3-access-key-id" => s.s3.access_key_id.to_value(),
@@ -1239,11 +1335,13 @@ impl ElementImpl for RsHlsSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            // What mpegtsmux carries, split so that `! h.` links each input to the right pad.
+            // What mpegtsmux carries, split so that `! h.` links each input to the right pad;
+            // AV1 for segment-format=fmp4 only.
             let video = gst::Caps::from_str(
                 "video/x-h264, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
                  video/x-h265, stream-format=(string)byte-stream, alignment=(string){ au, nal }; \
-                 video/mpeg, mpegversion=(int){ 1, 2, 4 }, systemstream=(boolean)false",
+                 video/mpeg, mpegversion=(int){ 1, 2, 4 }, systemstream=(boolean)false; \
+                 video/x-av1, stream-format=(string)obu-stream, alignment=(string)tu",
             )
             .expect("valid caps");
             let audio = gst::Caps::from_str(
@@ -1287,8 +1385,13 @@ impl ElementImpl for RsHlsSink {
         }
         // The built-in muxer unless asked for mpegtsmux or a pad needs it; switching is only
         // possible before data flows.
-        let supported = caps.is_none_or(builtin::caps_supported);
-        let wanted = self.settings.lock().unwrap().muxer;
+        let (wanted, fmp4) = {
+            let s = self.settings.lock().unwrap();
+            (s.muxer, s.segment_format == SegmentFormat::Fmp4)
+        };
+        // fMP4 is written by the built-in path only; caps it cannot take fail when they come.
+        let supported = fmp4 || caps.is_none_or(builtin::caps_supported);
+        let wanted = if fmp4 { Muxer::Builtin } else { wanted };
         let current = *self.mode.lock().unwrap();
         let mode = match current {
             Some(Muxer::Builtin) if !supported => {

@@ -52,6 +52,21 @@ pub enum Muxer {
     Mpegtsmux = 1,
 }
 
+/// `segment-format`: the container of the media segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstLsHlsSinkSegmentFormat")]
+pub enum SegmentFormat {
+    #[default]
+    #[enum_value(name = "MPEG-TS segments (.ts)", nick = "mpegts")]
+    Mpegts = 0,
+    #[enum_value(
+        name = "Fragmented MP4 / CMAF: an init segment (EXT-X-MAP) and .m4s media segments (H.264, H.265, AV1, AAC, Opus)",
+        nick = "fmp4"
+    )]
+    Fmp4 = 1,
+}
+
 glib::wrapper! {
     pub struct RsHlsSink(ObjectSubclass<imp::RsHlsSink>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy;
 }
@@ -60,6 +75,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     PlaylistType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Encryption::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Muxer::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    SegmentFormat::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "rshlssink",
