@@ -9,6 +9,9 @@
 //! came, a silent close when nothing did; HTTP/2: GOAWAY), and an answer must be sent within
 //! the request timeout plus [`WRITE_TIMEOUT`] (else the connection is dropped: a client that
 //! does not read cannot hold a connection, HTTP/2 flow control or not).
+//!
+//! Specifications: RFC 9112 §9.3-§9.6 (persistent connections, closing them), RFC 9110 §15.5.9
+//! (408 Request Timeout), RFC 9113 §6.8 (GOAWAY) and §5.1.2 (concurrent streams).
 
 use std::collections::BTreeMap;
 use std::io;
