@@ -24,7 +24,9 @@ pub enum Codec {
     /// AV1 (`av01.P.LLT.DD` needs the sequence header; the generic profile 0 string is given).
     Av1,
     /// AAC, `profile` "lc", "he-aac", "he-aac-v2", "main".
-    Aac { profile: Option<String> },
+    Aac {
+        profile: Option<String>,
+    },
     /// MPEG-1/2 audio layer 3.
     Mp3,
     Opus,
@@ -169,7 +171,14 @@ pub fn render(variants: &[Variant], audio: &[AudioRendition]) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     if variants.is_empty() {
         for a in audio {
-            stream_inf(&mut out, &a.bandwidth, a.codec.iter().collect(), None, None, None);
+            stream_inf(
+                &mut out,
+                &a.bandwidth,
+                a.codec.iter().collect(),
+                None,
+                None,
+                None,
+            );
             let _ = writeln!(out, "{}", a.uri);
         }
         return out;
