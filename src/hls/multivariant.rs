@@ -109,27 +109,76 @@ fn h264_level_idc(level: &str) -> u8 {
 }
 
 /// Peak and average bit rate of a rendition's segments.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// The peak is RFC 8216bis §4.1's peak segment bit rate: the highest rate of any contiguous set
+/// of segments lasting 0.5 to 1.5 times the target duration (so a short last segment holding one
+/// keyframe does not count on its own); a segment longer than that counts alone.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bandwidth {
-    /// Bits per second of the segment with the highest rate so far.
+    /// Bits per second of the contiguous segments with the highest rate so far.
     pub peak_bps: u64,
     total_bytes: u64,
     total_s: f64,
     /// Segments counted.
     pub segments: u64,
+    target_s: f64,
+    /// The last segments (bytes, seconds), as many as the peak's window can span.
+    recent: std::collections::VecDeque<(u64, f64)>,
 }
 
+/// Segments the peak window looks back over at most.
+const PEAK_WINDOW: usize = 64;
+
 impl Bandwidth {
+    /// For segments of `target_s` seconds (0: every segment on its own).
+    pub fn new(target_s: f64) -> Bandwidth {
+        Bandwidth {
+            peak_bps: 0,
+            total_bytes: 0,
+            total_s: 0.0,
+            segments: 0,
+            target_s: if target_s.is_finite() {
+                target_s.max(0.0)
+            } else {
+                0.0
+            },
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
     /// One finished segment of `bytes` lasting `duration_s` seconds.
     pub fn add(&mut self, bytes: u64, duration_s: f64) {
         self.segments += 1;
         if !(duration_s.is_finite() && duration_s > 0.0) {
             return;
         }
-        let bps = (bytes as f64 * 8.0 / duration_s).ceil();
-        self.peak_bps = self.peak_bps.max(bps as u64);
         self.total_bytes = self.total_bytes.saturating_add(bytes);
         self.total_s += duration_s;
+        if self.recent.len() == PEAK_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((bytes, duration_s));
+        let (low, high) = (0.5 * self.target_s, 1.5 * self.target_s);
+        let (mut sum_bytes, mut sum_s) = (0u64, 0.0f64);
+        for (i, &(b, d)) in self.recent.iter().rev().enumerate() {
+            sum_bytes = sum_bytes.saturating_add(b);
+            sum_s += d;
+            // A set longer than the window only counts when it is the one segment.
+            if sum_s > high && i > 0 {
+                break;
+            }
+            if sum_s >= low || self.target_s == 0.0 {
+                let bps = (sum_bytes as f64 * 8.0 / sum_s).ceil() as u64;
+                self.peak_bps = self.peak_bps.max(bps);
+            }
+            if self.target_s == 0.0 {
+                break;
+            }
+        }
+        // Nothing long enough yet (a stream shorter than half a target): what there is.
+        if self.peak_bps == 0 {
+            self.peak_bps = self.average_bps();
+        }
     }
 
     /// Average bits per second over every segment (0 before the first).
@@ -197,15 +246,12 @@ pub fn render(variants: &[Variant], audio: &[AudioRendition]) -> String {
     let audio_average = audio.iter().map(|a| a.bandwidth.average_bps()).max();
     let audio_codec = audio.first().and_then(|a| a.codec.as_ref());
     for v in variants {
-        let bandwidth = Bandwidth {
-            peak_bps: v.bandwidth.peak_bps + audio_peak.unwrap_or(0),
-            ..v.bandwidth
-        };
+        let peak = v.bandwidth.peak_bps + audio_peak.unwrap_or(0);
         let average = v.bandwidth.average_bps() + audio_average.unwrap_or(0);
         let codecs: Vec<&Codec> = v.codec.iter().chain(audio_codec).collect();
         stream_inf_with(
             &mut out,
-            bandwidth.peak_bps,
+            peak,
             average,
             codecs,
             v.resolution,
@@ -327,7 +373,7 @@ mod tests {
 
     #[test]
     fn bandwidth_is_peak_and_average() {
-        let mut b = Bandwidth::default();
+        let mut b = Bandwidth::new(2.0);
         assert_eq!(b.average_bps(), 0);
         b.add(100_000, 2.0); // 400 kbit/s
         b.add(50_000, 2.0); // 200 kbit/s
@@ -335,13 +381,30 @@ mod tests {
         assert_eq!(b.peak_bps, 400_000);
         assert_eq!(b.average_bps(), 300_000);
         assert_eq!(b.segments, 3);
+        // A short last segment with a keyframe counts with the one before it (0.5 to 1.5
+        // targets), not alone (10 kB in 1/30 s would be 2.4 Mbit/s).
+        b.add(10_000, 1.0 / 30.0);
+        assert_eq!(b.peak_bps, 400_000);
+        assert!(b.average_bps() > 300_000);
+        // A segment longer than 1.5 targets counts alone.
+        b.add(400_000, 4.0);
+        assert_eq!(b.peak_bps, 800_000);
+        // Without a target every segment counts alone.
+        let mut each = Bandwidth::new(0.0);
+        each.add(10_000, 0.1);
+        each.add(10_000, 1.0);
+        assert_eq!(each.peak_bps, 800_000);
+        // Shorter than half a target in all: what there is.
+        let mut short = Bandwidth::new(10.0);
+        short.add(1_000, 1.0);
+        assert_eq!(short.peak_bps, 8_000);
     }
 
     #[test]
     fn renders_variants_with_an_audio_group() {
-        let mut vb = Bandwidth::default();
+        let mut vb = Bandwidth::new(2.0);
         vb.add(250_000, 2.0); // 1 Mbit/s
-        let mut ab = Bandwidth::default();
+        let mut ab = Bandwidth::new(2.0);
         ab.add(16_000, 2.0); // 64 kbit/s
         let text = render(
             &[Variant {
@@ -381,7 +444,7 @@ mod tests {
                 name: "a".into(),
                 uri: "a.m3u8".into(),
                 codec: Some(Codec::Opus),
-                bandwidth: Bandwidth::default(),
+                bandwidth: Bandwidth::new(2.0),
             }],
         );
         assert!(text.contains("#EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"opus\"\na.m3u8\n"));

@@ -566,7 +566,7 @@ impl RsHlsSink {
             ghost: ghost.clone(),
             child,
             playlist: String::new(),
-            bandwidth: Bandwidth::default(),
+            bandwidth: Bandwidth::new(0.0),
         });
         drop(mv);
         ghost.set_active(true).ok()?;
@@ -617,7 +617,7 @@ impl RsHlsSink {
             );
             s.http_port = -1;
             r.playlist = s.playlist_location.clone();
-            r.bandwidth = Bandwidth::default();
+            r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
             let child = r.child.imp();
             *child.settings.lock().unwrap() = s;
             *child.published.lock().unwrap() = published.clone();
@@ -682,14 +682,14 @@ impl RsHlsSink {
                     frame_rate: st
                         .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
                         .map(|f| (f.numer(), f.denom())),
-                    bandwidth: r.bandwidth,
+                    bandwidth: r.bandwidth.clone(),
                 });
             } else {
                 audio.push(AudioRendition {
                     name: r.name.clone(),
                     uri,
                     codec,
-                    bandwidth: r.bandwidth,
+                    bandwidth: r.bandwidth.clone(),
                 });
             }
         }
