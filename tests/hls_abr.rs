@@ -112,11 +112,71 @@ fn rates(dir: &TempDir, playlist: &m3u8_rs::MediaPlaylist, target: f64) -> (f64,
     (peak, bytes * 8.0 / seconds)
 }
 
+/// The init segment (EXT-X-MAP) segment `i` of `playlist` is read with, if any: the last one
+/// named at or before it.
+fn map_of(playlist: &m3u8_rs::MediaPlaylist, i: usize) -> Option<&m3u8_rs::Map> {
+    playlist.segments[..=i]
+        .iter()
+        .rev()
+        .find_map(|s| s.map.as_ref())
+}
+
+/// What ffprobe reads for segment `i`: the file, or (fMP4) its init segment and it in one file.
+fn probe_input(dir: &TempDir, playlist: &m3u8_rs::MediaPlaylist, i: usize) -> String {
+    let segment = &playlist.segments[i];
+    let path = dir.join(&segment.uri);
+    let Some(map) = map_of(playlist, i) else {
+        return path.to_string_lossy().into_owned();
+    };
+    let mut data = std::fs::read(dir.join(&map.uri)).unwrap();
+    data.extend(std::fs::read(&path).unwrap());
+    let joined = dir.join(&format!("probe-{}.mp4", segment.uri));
+    std::fs::write(&joined, data).unwrap();
+    joined.to_string_lossy().into_owned()
+}
+
+/// The first SPS's profile_idc, constraint flags and level_idc: after a start code in TS, in
+/// the avcC of the fMP4 init segment.
+fn avc1_of(dir: &TempDir, playlist: &m3u8_rs::MediaPlaylist) -> String {
+    let segment = &playlist.segments[0];
+    let b = match &segment.map {
+        None => {
+            let data = std::fs::read(dir.join(&segment.uri)).unwrap();
+            let at = data
+                .windows(4)
+                .position(|w| w == [0, 0, 1, 0x67])
+                .expect("an SPS in the first segment");
+            data[at + 4..at + 7].to_vec()
+        }
+        Some(map) => {
+            let data = std::fs::read(dir.join(&map.uri)).unwrap();
+            let at = data
+                .windows(4)
+                .position(|w| w == b"avcC")
+                .expect("avcC in the init segment");
+            data[at + 5..at + 8].to_vec()
+        }
+    };
+    format!("avc1.{:02X}{:02X}{:02X}", b[0], b[1], b[2])
+}
+
 #[test]
 fn three_renditions_and_audio_make_an_aligned_multivariant_stream() {
+    aligned_multivariant_stream("");
+}
+
+#[test]
+fn three_fmp4_renditions_and_audio_make_an_aligned_multivariant_stream() {
+    aligned_multivariant_stream("segment-format=fmp4");
+}
+
+fn aligned_multivariant_stream(props: &str) {
     let dir = TempDir::new("abr");
     run_sink(
-        &format!("location={} target-duration=2 playlist-type=vod", dir.str()),
+        &format!(
+            "location={} target-duration=2 playlist-type=vod {props}",
+            dir.str()
+        ),
         &abr_sources(false, Some(200)),
     );
     let files = dir.files();
@@ -149,12 +209,7 @@ fn three_renditions_and_audio_make_an_aligned_multivariant_stream() {
         let playlist = read_playlist(&dir.join(&v.uri));
         // avc1.PPCCLL is the profile, constraint flags and level of the stream's own SPS.
         let codecs = v.codecs.as_deref().expect("CODECS");
-        let segment = std::fs::read(dir.join(&playlist.segments[0].uri)).unwrap();
-        let sps = segment
-            .windows(7)
-            .find(|w| w[..4] == [0, 0, 1, 0x67])
-            .expect("an SPS in the first segment");
-        let avc1 = format!("avc1.{:02X}{:02X}{:02X}", sps[4], sps[5], sps[6]);
+        let avc1 = avc1_of(&dir, &playlist);
         assert_eq!(codecs, format!("{avc1},mp4a.40.2"), "CODECS");
         assert!(playlist.end_list);
         assert!(playlist.segments.len() >= 3, "{playlist:?}");
@@ -200,10 +255,10 @@ fn three_renditions_and_audio_make_an_aligned_multivariant_stream() {
     );
     for seq in 0..n {
         let first = &playlists[0].segments[seq];
-        let (_, _, _, start) = first_stream(&dir.join(&first.uri).to_string_lossy(), "v");
+        let (_, _, _, start) = first_stream(&probe_input(&dir, &playlists[0], seq), "v");
         for (i, p) in playlists.iter().enumerate() {
             let s = &p.segments[seq];
-            let (codec, w, h, pts) = first_stream(&dir.join(&s.uri).to_string_lossy(), "v");
+            let (codec, w, h, pts) = first_stream(&probe_input(&dir, p, seq), "v");
             assert_eq!(
                 (codec.as_str(), w, h),
                 ("h264", RENDITIONS[i].0, RENDITIONS[i].1)
@@ -221,7 +276,7 @@ fn three_renditions_and_audio_make_an_aligned_multivariant_stream() {
         }
         // The audio is cut at the first AAC frame at or after the boundary (23 ms frames).
         if let Some(s) = audio.segments.get(seq) {
-            let (codec, _, _, pts) = first_stream(&dir.join(&s.uri).to_string_lossy(), "a");
+            let (codec, _, _, pts) = first_stream(&probe_input(&dir, &audio, seq), "a");
             assert_eq!(codec, "aac");
             assert!(
                 (pts - start).abs() < FRAME,
