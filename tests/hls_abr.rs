@@ -315,6 +315,28 @@ fn the_server_serves_the_multivariant_stream() {
             v.uri
         );
     }
+    // Live too, the renditions' segments of each sequence number last as long.
+    let playlists: Vec<m3u8_rs::MediaPlaylist> = (0..3)
+        .map(|i| read_playlist(&live.dir.join(&format!("video_{i}.m3u8"))))
+        .collect();
+    for (i, s) in playlists[0].segments.iter().enumerate() {
+        let seq = playlists[0].media_sequence + i as u64;
+        for p in &playlists[1..] {
+            let Some(other) = seq
+                .checked_sub(p.media_sequence)
+                .and_then(|i| p.segments.get(i as usize))
+            else {
+                continue;
+            };
+            assert!(
+                (f64::from(other.duration) - f64::from(s.duration)).abs() < FRAME / 2.0,
+                "live segment {seq}: {} s and {} s",
+                s.duration,
+                other.duration
+            );
+        }
+    }
+    assert!(playlists[0].segments.len() >= 2);
     // ffprobe through the multivariant playlist sees every variant and the audio.
     let probe = ffprobe(&format!("http://127.0.0.1:{port}/playlist.m3u8"), &[]);
     let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
