@@ -1,9 +1,11 @@
 //! Multivariant (master) playlists for adaptive bitrate: the model, RFC 6381 `CODECS` strings
 //! from caps fields passed as plain data, and the measured bandwidth of each rendition.
+//! BANDWIDTH is the peak segment bit rate of the variant (its audio rendition included),
+//! AVERAGE-BANDWIDTH the average over the segments. No GStreamer types here.
 //!
-//! RFC 8216 §4.3.4.1 (EXT-X-MEDIA), §4.3.4.2 (EXT-X-STREAM-INF): BANDWIDTH is the peak segment
-//! bit rate of the variant (its audio rendition included), AVERAGE-BANDWIDTH the average over the
-//! segments; RFC 6381 for the codec strings. No GStreamer types here.
+//! Specifications: RFC 8216 §4.3.4.1 (EXT-X-MEDIA), §4.3.4.2 (EXT-X-STREAM-INF); RFC 8216bis §4.1
+//! (peak segment bit rate); RFC 6381 §3 (codecs parameter); ISO/IEC 14496-15 Annex E (avc1/hvc1
+//! strings); the AV1 codec ISO media file format binding §5 (av01).
 
 use std::fmt::Write as _;
 
