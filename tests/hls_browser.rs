@@ -10,7 +10,8 @@
 //! "maybe" to `canPlayType("application/vnd.apple.mpegurl")`; the test still plays through hls.js
 //! and MediaSource, as web players do, and checks that it did (a `blob:` source). Cases: H.264 +
 //! AAC in MPEG-TS (hls.js transmuxes) and in fMP4 (`segment-format=fmp4`, fed to MediaSource as
-//! written), and AV1 + Opus in fMP4.
+//! written), AV1 + Opus in fMP4, and a multivariant stream of three H.264 renditions, whose
+//! levels hls.js lists and switches between when told to.
 //!
 //! Needs `chromium` on PATH and hls.js unpacked under `target/test-assets/` (`bash .ci/deps` puts
 //! both there).
@@ -50,11 +51,6 @@ const H264_AAC: &str = "videotestsrc is-live=true \
     ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
     ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video \
     audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio";
-
-/// `sources` into rshlssink with the element properties `props`, served by its own HTTP server.
-fn start_live(props: &str, sources: &str) -> Served {
-    serve_live("browser", props, sources)
-}
 
 /// What the page sends to the test server.
 enum FromPage {
@@ -192,6 +188,7 @@ let reported = false;
 function report(fields) {
   if (reported) return;
   reported = true;
+  if (window.extra) Object.assign(fields, window.extra());
   const q = Object.entries(fields)
     .map(([k, v]) => k + "=" + encodeURIComponent(String(v)))
     .join("&");
@@ -209,6 +206,7 @@ try {
     report({ error: "hls.js says this browser cannot play HLS (no MediaSource)" });
   } else {
     const hls = new Hls();
+    @SETUP@
     const codecs = [];
     hls.on(Hls.Events.ERROR, (_, d) => {
       const what = d.type + "/" + d.details + (d.response ? " HTTP " + d.response.code : "") +
@@ -389,6 +387,20 @@ static CHROMIUM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// hls.js found. Returns the HTTP versions of the requests the element's server answered (from
 /// its GST_DEBUG=lshls:5 lines).
 fn plays_in_chromium(scheme: &str, props: &str, sources: &str, codecs: [&str; 2]) -> Vec<String> {
+    plays_in_chromium_with(scheme, props, sources, codecs, "", "playlist.m3u8").0
+}
+
+/// [`plays_in_chromium`] with `setup` run on the page after the player is made (`hls`, `v` and
+/// `log` in scope; it may set `window.extra` to a function whose fields join the report), the
+/// stream started once `media_playlist` names two segments. Also returns the page's report.
+fn plays_in_chromium_with(
+    scheme: &str,
+    props: &str,
+    sources: &str,
+    codecs: [&str; 2],
+    setup: &str,
+    media_playlist: &str,
+) -> (Vec<String>, HashMap<String, String>) {
     let _one = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
     let hls_js = std::fs::read(HLS_JS)
         .unwrap_or_else(|e| panic!("{HLS_JS}: {e}; `bash .ci/deps` fetches hls.js from npm"));
@@ -412,12 +424,20 @@ fn plays_in_chromium(scheme: &str, props: &str, sources: &str, codecs: [&str; 2]
             }
         })
     };
-    let live = start_live(props, sources);
+    let live = serve_live_waiting_for("browser", props, sources, media_playlist);
+    assert!(
+        wait_for(Duration::from_secs(10), || live
+            .dir
+            .join("playlist.m3u8")
+            .exists()),
+        "no playlist.m3u8"
+    );
     let playlist = format!("{scheme}://127.0.0.1:{}/playlist.m3u8", live.port);
     let page = PAGE
         .replace("@SRC@", &playlist)
         .replace("@PLAY_MS@", &PLAY_MS.to_string())
-        .replace("@GIVE_UP_MS@", &PAGE_GIVE_UP_MS.to_string());
+        .replace("@GIVE_UP_MS@", &PAGE_GIVE_UP_MS.to_string())
+        .replace("@SETUP@", setup);
     let (tx, rx) = mpsc::channel();
     let server = PageServer::start(page, hls_js, tx);
     let mut browser = Browser::open(&format!("http://127.0.0.1:{}/", server.port));
@@ -486,5 +506,66 @@ fn plays_in_chromium(scheme: &str, props: &str, sources: &str, codecs: [&str; 2]
     drop(live);
     gst::log::remove_log_function(handler);
     lshls.set_threshold(gst::DebugLevel::None);
-    versions.lock().unwrap().clone()
+    let versions = versions.lock().unwrap().clone();
+    (versions, report)
+}
+
+/// Three H.264 renditions (x264enc at 640x360, 480x270, 320x180) and AAC into `video_%u` and
+/// `audio_%u`: a multivariant playlist.
+const ABR: &str = "videotestsrc is-live=true \
+    ! video/x-raw,width=640,height=360,framerate=30/1,format=I420 ! tee name=t \
+    t. ! queue ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=800 ! h264parse ! h.video_0 \
+    t. ! queue ! videoscale ! video/x-raw,width=480,height=270 \
+    ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=400 ! h264parse ! h.video_1 \
+    t. ! queue ! videoscale ! video/x-raw,width=320,height=180 \
+    ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=200 ! h264parse ! h.video_2 \
+    audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! h.audio_0";
+
+/// Once playing, the page forces the level the player is not on (the lowest resolution, or the
+/// highest when it is on the lowest) and reports the levels, the switches and the height of
+/// the video it decodes at the end.
+const ABR_SETUP: &str = r#"
+    let levels = "", switched = "", forced = "";
+    hls.on(Hls.Events.MANIFEST_PARSED, (_, d) => {
+      levels = d.levels.map((l) => l.width + "x" + l.height).join(" ");
+    });
+    hls.on(Hls.Events.LEVEL_SWITCHED, (_, d) => {
+      switched += d.level + ":" + hls.levels[d.level].height + " ";
+      log("level switched to " + d.level);
+    });
+    v.addEventListener("playing", () => {
+      if (forced !== "") return;
+      const by = (better) => hls.levels.reduce((b, l, i) =>
+        better(l.height, hls.levels[b].height) ? i : b, 0);
+      const lowest = by((a, b) => a < b), highest = by((a, b) => a > b);
+      const target = hls.currentLevel === lowest ? highest : lowest;
+      forced = target + ":" + hls.levels[target].height;
+      log("forcing level " + forced + " (on " + hls.currentLevel + ")");
+      hls.currentLevel = target;
+    });
+    window.extra = () => ({ levels, switched, forced, height: v.videoHeight });
+"#;
+
+/// hls.js lists the three renditions of a multivariant stream as levels, and switches to the
+/// one it is told to (`hls.currentLevel`): the LEVEL_SWITCHED event, then decoded frames of
+/// that height.
+#[test]
+fn chromium_lists_three_levels_and_switches_when_forced() {
+    let (_, report) =
+        plays_in_chromium_with("http", "", ABR, ["avc1", "mp4a"], ABR_SETUP, "video_2.m3u8");
+    let mut levels: Vec<&str> = field(&report, "levels").split(' ').collect();
+    levels.sort();
+    assert_eq!(levels, ["320x180", "480x270", "640x360"], "{report:?}");
+    let forced = field(&report, "forced");
+    assert!(!forced.is_empty(), "no level forced: {report:?}");
+    assert!(
+        field(&report, "switched").split(' ').any(|s| s == forced),
+        "hls.js did not switch to level {forced}: {report:?}"
+    );
+    let height = forced.split(':').nth(1).unwrap();
+    assert_eq!(
+        field(&report, "height"),
+        height,
+        "the video decoded at the end is not the forced level's: {report:?}"
+    );
 }

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod fmp4;
 pub mod http;
 pub mod location;
+pub mod multivariant;
 pub mod planner;
 pub mod playlist;
 pub mod s3;

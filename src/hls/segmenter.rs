@@ -177,9 +177,18 @@ impl Cuts {
             }
             Some((start, false)) if announced => due.map(|d| (d.max(start), CutReason::Requested)),
             Some((start, false)) => {
-                let elapsed = pts.saturating_sub(start);
-                (elapsed + self.config.tolerance_ns >= self.config.target_ns)
-                    .then_some((pts, CutReason::TargetReached))
+                // The first split point at or after the next multiple of the target in stream
+                // (running) time, not one target after the segment's start: audio-only segments
+                // then do not drift by a frame each, and an audio rendition is cut where the
+                // video renditions are (their planner's boundaries).
+                let (target, tol) = (self.config.target_ns, self.config.tolerance_ns);
+                let next = match target {
+                    0 => 0,
+                    t => (start.saturating_add(tol) / t)
+                        .saturating_add(1)
+                        .saturating_mul(t),
+                };
+                (pts.saturating_add(tol) >= next).then_some((pts, CutReason::TargetReached))
             }
         };
         if cut.is_none()
@@ -585,6 +594,31 @@ mod tests {
         }
         let total: u64 = out.iter().map(|s| s.duration_ns).sum();
         assert_eq!(total, 100 * frame);
+    }
+
+    /// Audio-only cuts are the first frames at or after each multiple of the target, so they
+    /// do not drift (one target after each segment's start, they would: 44.1 kHz AAC frames do
+    /// not divide a second) and match the video renditions' boundaries.
+    #[test]
+    fn audio_only_cuts_at_multiples_of_the_target_without_drift() {
+        let mut seg = Segmenter::new(config(1, SplitOn::PesStart));
+        let mut out = Vec::new();
+        out.extend(seg.push(&pat(0x20), Some(0), true));
+        let frame = 1024 * SEC / 44100;
+        for i in 0..(10 * 44100 / 1024) {
+            out.extend(seg.push(&packet(0x44, true, 3), Some(i * frame), false));
+        }
+        let mut start = 0;
+        for (k, s) in out.iter().enumerate() {
+            start += s.duration_ns;
+            let boundary = (k as u64 + 1) * SEC;
+            assert!(
+                start >= boundary && start < boundary + frame,
+                "segment {} starts at {start} ns, boundary {boundary} ns",
+                k + 1
+            );
+        }
+        assert_eq!(out.len(), 9);
     }
 
     #[test]

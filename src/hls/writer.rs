@@ -123,6 +123,8 @@ pub struct Published {
     pub sequence: u64,
     pub location: String,
     pub duration_s: f64,
+    /// Size of the segment's media (before encryption), for measured bandwidths.
+    pub bytes: u64,
     pub deleted: Vec<String>,
 }
 
@@ -521,6 +523,7 @@ impl Writer {
             sequence,
             location,
             duration_s,
+            bytes: plain_bytes as u64,
             deleted,
         })
     }

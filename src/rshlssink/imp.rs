@@ -29,12 +29,13 @@ use super::output::OutputSink;
 use super::{Encryption, Muxer, PlaylistType, SegmentFormat};
 use crate::hls::http::{HttpConfig, HttpServer};
 use crate::hls::location::{self, Locations};
+use crate::hls::multivariant::{self, AudioRendition, Bandwidth, Codec, Variant};
 use crate::hls::planner::{KeyframeRequest, Planner};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
 use crate::hls::s3::{S3Config, S3Settings, S3Store};
 use crate::hls::segmenter::{SegmenterConfig, SplitOn};
 use crate::hls::store::{DirStore, Output, OutputConfig, OutputEvent, Published, Store};
-use crate::hls::store::{FileKind, StoreError};
+use crate::hls::store::{FileKind, Job, StoreError};
 use crate::hls::upload::HttpStore;
 use crate::hls::writer::{self, Writer, WriterConfig};
 use crate::rtsp_server_props::{CertificatePem, tls_config};
@@ -270,8 +271,36 @@ pub struct RsHlsSink {
     pads: Mutex<Vec<InputPad>>,
     writer: Mutex<Option<Writer>>,
     input: Mutex<InputState>,
-    published: Arc<Published>,
+    /// What the built-in server may serve; a rendition's inner rshlssink shares its parent's.
+    published: Mutex<Arc<Published>>,
     http: Mutex<Option<HttpServer>>,
+    /// `video_%u` / `audio_%u` pads: renditions and the multivariant playlist.
+    multivariant: Mutex<MultivariantState>,
+}
+
+/// A rendition of a multivariant stream: an inner rshlssink of its own (its own planner,
+/// writer and media playlist) behind the `video_%u`/`audio_%u` ghost pad. Its segments start at
+/// the same running times as every other rendition's, since every planner cuts at the multiples
+/// of `target-duration` in running time and asks its encoder for keyframes there.
+struct Rendition {
+    name: String,
+    video: bool,
+    ghost: gst::GhostPad,
+    child: super::RsHlsSink,
+    /// Where its media playlist is, for the multivariant playlist's URI.
+    playlist: String,
+    bandwidth: Bandwidth,
+}
+
+#[derive(Default)]
+struct MultivariantState {
+    renditions: Vec<Rendition>,
+    /// Writes the multivariant playlist (`playlist-location`).
+    output: Option<Output>,
+    location: String,
+    playlist_root: Option<String>,
+    /// What was written last (written again only when it changes).
+    written: Option<String>,
 }
 
 #[glib::object_subclass]
@@ -423,27 +452,11 @@ impl RsHlsSink {
         };
         let init_prefix = config.fmp4_init.as_ref().map(|p| p.prefix().to_owned());
         let (store, output_config) = self.make_store(&locations)?;
-        let weak = self.obj().downgrade();
         let output = Output::start(
             store,
             output_config,
-            Some(self.published.clone()),
-            Box::new(move |event| {
-                let Some(obj) = weak.upgrade() else { return };
-                match event {
-                    OutputEvent::Fatal(e) => post_error(&obj, &SinkError::Store(e)),
-                    OutputEvent::Dropped { .. } | OutputEvent::GaveUp { .. } => {
-                        let msg = event.to_string();
-                        gst::warning!(CAT, obj = obj, "{}", msg);
-                        obj.post_message(
-                            gst::message::Warning::builder(gst::ResourceError::Write, &msg)
-                                .src(&obj)
-                                .build(),
-                        )
-                        .ok();
-                    }
-                }
-            }),
+            Some(self.published.lock().unwrap().clone()),
+            self.output_events(),
         );
         if !locations.upload {
             for path in crate::hls::store::remove_stale_temporaries(
@@ -490,6 +503,216 @@ impl RsHlsSink {
         Ok(())
     }
 
+    /// What the output worker reports becomes an error or a warning of the element.
+    fn output_events(&self) -> Box<dyn Fn(OutputEvent) + Send + Sync> {
+        let weak = self.obj().downgrade();
+        Box::new(move |event| {
+            let Some(obj) = weak.upgrade() else { return };
+            match event {
+                OutputEvent::Fatal(e) => post_error(&obj, &SinkError::Store(e)),
+                OutputEvent::Dropped { .. } | OutputEvent::GaveUp { .. } => {
+                    let msg = event.to_string();
+                    gst::warning!(CAT, obj = obj, "{}", msg);
+                    obj.post_message(
+                        gst::message::Warning::builder(gst::ResourceError::Write, &msg)
+                            .src(&obj)
+                            .build(),
+                    )
+                    .ok();
+                }
+            }
+        })
+    }
+
+    /// A `video_%u` / `audio_%u` pad: a rendition, written by an inner rshlssink.
+    fn request_rendition(&self, templ: &gst::PadTemplate, name: Option<&str>) -> Option<gst::Pad> {
+        let video = templ.name_template() == "video_%u";
+        let kind = if video { "video" } else { "audio" };
+        if !self.pads.lock().unwrap().is_empty() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "renditions ({}_%u) cannot be mixed with the video/audio pads",
+                kind
+            );
+            return None;
+        }
+        if self.obj().current_state() > gst::State::Ready {
+            gst::warning!(CAT, imp = self, "renditions are added before starting");
+            return None;
+        }
+        let mut mv = self.multivariant.lock().unwrap();
+        let taken = |n: &str| mv.renditions.iter().any(|r| r.name == n);
+        let name = match name {
+            Some(n) if !taken(n) && n.strip_prefix(kind)?.starts_with('_') => n.to_owned(),
+            Some(_) => return None,
+            None => (0..1000)
+                .map(|i| format!("{kind}_{i}"))
+                .find(|n| !taken(n))?,
+        };
+        let child = glib::Object::builder::<super::RsHlsSink>()
+            .property("name", format!("rendition-{name}"))
+            .build();
+        self.obj().add(&child).ok()?;
+        let target = child.request_pad_simple(kind)?;
+        let ghost = gst::GhostPad::builder_from_template(templ)
+            .name(name.as_str())
+            .build();
+        ghost.set_target(Some(&target)).ok()?;
+        gst::debug!(CAT, imp = self, "rendition {} requested", name);
+        mv.renditions.push(Rendition {
+            name,
+            video,
+            ghost: ghost.clone(),
+            child,
+            playlist: String::new(),
+            bandwidth: Bandwidth::new(0.0),
+        });
+        drop(mv);
+        ghost.set_active(true).ok()?;
+        self.obj().add_pad(&ghost).ok()?;
+        Some(ghost.upcast())
+    }
+
+    fn has_renditions(&self) -> bool {
+        !self.multivariant.lock().unwrap().renditions.is_empty()
+    }
+
+    /// Settings of each rendition's inner sink and the output of the multivariant playlist.
+    /// Rendition NAME (the pad's name) writes `NAME.m3u8` beside `playlist-location` and
+    /// `NAME_` + the segment (and init segment) names beside the segments.
+    fn start_multivariant(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        if settings.encryption != Encryption::None {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("encryption is not supported with renditions (video_%u/audio_%u pads) yet")
+            ));
+        }
+        let locations = Self::locations(&settings)?;
+        let fmp4 = settings.segment_format == SegmentFormat::Fmp4;
+        let segment_name = if settings.location == DEFAULT_LOCATION
+            || location::is_directory_like(&settings.location)
+        {
+            if fmp4 {
+                DEFAULT_FMP4_SEGMENT
+            } else {
+                "segment%05d.ts"
+            }
+        } else {
+            location::basename(&settings.location)
+        };
+        let segment_dir = location::parent(locations.segment.prefix());
+        let playlist_dir = location::parent(&locations.playlist);
+        let published = self.published.lock().unwrap().clone();
+        let mut mv = self.multivariant.lock().unwrap();
+        for r in &mut mv.renditions {
+            let mut s = settings.clone();
+            s.location = location::join(segment_dir, &format!("{}_{}", r.name, segment_name));
+            s.playlist_location = location::join(playlist_dir, &format!("{}.m3u8", r.name));
+            let init = &settings.init_location;
+            s.init_location = location::join(
+                location::parent(init),
+                &format!("{}_{}", r.name, location::basename(init)),
+            );
+            s.http_port = -1;
+            r.playlist = s.playlist_location.clone();
+            r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
+            let child = r.child.imp();
+            *child.settings.lock().unwrap() = s;
+            *child.published.lock().unwrap() = published.clone();
+        }
+        let (store, output_config) = self.make_store(&locations)?;
+        mv.output = Some(Output::start(
+            store,
+            output_config,
+            Some(published),
+            self.output_events(),
+        ));
+        mv.location = locations.playlist;
+        mv.playlist_root = settings.playlist_root;
+        mv.written = None;
+        Ok(())
+    }
+
+    fn stop_multivariant(&self) {
+        let output = self.multivariant.lock().unwrap().output.take();
+        if let Some(o) = output
+            && !o.close(STOP_TIMEOUT)
+        {
+            gst::warning!(CAT, imp = self, "the multivariant playlist was not written");
+        }
+    }
+
+    /// A rendition finished a segment: its measured bandwidth, and the multivariant playlist
+    /// once every rendition has a segment (and whenever it changes after that).
+    fn on_rendition_segment(&self, src: &gst::Object, s: &gst::StructureRef) {
+        let mut mv = self.multivariant.lock().unwrap();
+        let Some(r) = mv
+            .renditions
+            .iter_mut()
+            .find(|r| r.child.upcast_ref::<gst::Object>() == src)
+        else {
+            return;
+        };
+        let (Ok(bytes), Ok(duration)) = (s.get::<u64>("bytes"), s.get::<f64>("duration")) else {
+            return;
+        };
+        r.bandwidth.add(bytes, duration);
+        if mv.renditions.iter().any(|r| r.bandwidth.segments == 0) {
+            return;
+        }
+        let root = mv.playlist_root.as_deref();
+        let mut variants = Vec::new();
+        let mut audio = Vec::new();
+        for r in &mv.renditions {
+            let caps = r.ghost.current_caps();
+            let st = caps.as_ref().and_then(|c| c.structure(0));
+            let uri = location::playlist_uri(root, &r.playlist);
+            let codec = st.and_then(codec_of);
+            if r.video {
+                variants.push(Variant {
+                    uri,
+                    codec,
+                    resolution: st.and_then(|s| {
+                        let w = s.get::<i32>("width").ok()?;
+                        let h = s.get::<i32>("height").ok()?;
+                        Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+                    }),
+                    frame_rate: st
+                        .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+                        .map(|f| (f.numer(), f.denom())),
+                    bandwidth: r.bandwidth.clone(),
+                });
+            } else {
+                audio.push(AudioRendition {
+                    name: r.name.clone(),
+                    uri,
+                    codec,
+                    bandwidth: r.bandwidth.clone(),
+                });
+            }
+        }
+        let text = multivariant::render(&variants, &audio);
+        if mv.written.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let Some(output) = mv.output.as_ref() else {
+            return;
+        };
+        gst::trace!(CAT, imp = self, "multivariant playlist:\n{}", text);
+        let result = output.submit(Job::Put {
+            location: mv.location.clone(),
+            kind: FileKind::Playlist,
+            data: Arc::new(text.clone().into_bytes()),
+        });
+        if let Err(e) = result {
+            post_error(&self.obj(), &SinkError::Store(e));
+            return;
+        }
+        mv.written = Some(text);
+    }
+
     fn start_http(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         if settings.http_port < 0 {
@@ -525,7 +748,7 @@ impl RsHlsSink {
                 playlist_cache_control: "no-cache".into(),
                 tls,
             },
-            self.published.clone(),
+            self.published.lock().unwrap().clone(),
         )
         .map_err(|e| {
             gst::error_msg!(
@@ -819,6 +1042,7 @@ impl RsHlsSink {
             .field("location", &p.location)
             .field("sequence", p.sequence)
             .field("duration", p.duration_s)
+            .field("bytes", p.bytes)
             .field("deleted", gst::List::new(deleted))
             .build();
         let obj = self.obj();
@@ -1365,6 +1589,21 @@ impl ElementImpl for RsHlsSink {
                     &audio,
                 )
                 .expect("valid template"),
+                // Renditions of a multivariant stream, each with its own media playlist.
+                gst::PadTemplate::new(
+                    "video_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &video,
+                )
+                .expect("valid template"),
+                gst::PadTemplate::new(
+                    "audio_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &audio,
+                )
+                .expect("valid template"),
             ]
         });
         TEMPLATES.as_ref()
@@ -1376,6 +1615,17 @@ impl ElementImpl for RsHlsSink {
         _name: Option<&str>,
         caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
+        if matches!(templ.name_template(), "video_%u" | "audio_%u") {
+            return self.request_rendition(templ, _name);
+        }
+        if self.has_renditions() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "the video/audio pads cannot be mixed with renditions"
+            );
+            return None;
+        }
         let video = templ.name_template() == "video";
         let name = templ.name_template().to_string();
         let mut pads = self.pads.lock().unwrap();
@@ -1462,6 +1712,21 @@ impl ElementImpl for RsHlsSink {
     }
 
     fn release_pad(&self, pad: &gst::Pad) {
+        let rendition = {
+            let mut mv = self.multivariant.lock().unwrap();
+            let idx = mv
+                .renditions
+                .iter()
+                .position(|r| r.ghost.upcast_ref::<gst::Pad>() == pad);
+            idx.map(|i| mv.renditions.remove(i))
+        };
+        if let Some(r) = rendition {
+            let _ = r.ghost.set_active(false);
+            let _ = self.obj().remove_pad(&r.ghost);
+            let _ = r.child.set_state(gst::State::Null);
+            let _ = self.obj().remove(&r.child);
+            return;
+        }
         let removed = {
             let mut pads = self.pads.lock().unwrap();
             let idx = pads
@@ -1497,7 +1762,11 @@ impl ElementImpl for RsHlsSink {
             return Err(gst::StateChangeError);
         }
         if transition == gst::StateChange::ReadyToPaused
-            && let Err(err) = self.start_writer()
+            && let Err(err) = if self.has_renditions() {
+                self.start_multivariant()
+            } else {
+                self.start_writer()
+            }
         {
             self.post_error_message(err);
             return Err(gst::StateChangeError);
@@ -1505,6 +1774,7 @@ impl ElementImpl for RsHlsSink {
         let result = self.parent_change_state(transition);
         if transition == gst::StateChange::PausedToReady || result.is_err() {
             self.stop_writer();
+            self.stop_multivariant();
         }
         if transition == gst::StateChange::ReadyToNull || result.is_err() {
             self.http.lock().unwrap().take();
@@ -1513,4 +1783,40 @@ impl ElementImpl for RsHlsSink {
     }
 }
 
-impl BinImpl for RsHlsSink {}
+impl BinImpl for RsHlsSink {
+    fn handle_message(&self, message: gst::Message) {
+        if let gst::MessageView::Element(e) = message.view()
+            && let Some(s) = e.structure()
+            && s.name() == "rshlssink-segment-added"
+            && let Some(src) = message.src()
+        {
+            self.on_rendition_segment(src, s);
+        }
+        self.parent_handle_message(message)
+    }
+}
+
+/// The codec of a rendition's caps, as plain data for the CODECS attribute.
+fn codec_of(s: &gst::StructureRef) -> Option<Codec> {
+    let get = |f: &str| s.get::<String>(f).ok();
+    Some(match s.name().as_str() {
+        "video/x-h264" => Codec::H264 {
+            profile: get("profile"),
+            level: get("level"),
+        },
+        "video/x-h265" => Codec::H265 {
+            profile: get("profile"),
+            tier: get("tier"),
+            level: get("level"),
+        },
+        "video/x-av1" => Codec::Av1,
+        "audio/mpeg" => match s.get::<i32>("mpegversion").ok()? {
+            1 => Codec::Mp3,
+            _ => Codec::Aac {
+                profile: get("profile"),
+            },
+        },
+        "audio/x-opus" => Codec::Opus,
+        _ => return None,
+    })
+}

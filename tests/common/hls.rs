@@ -352,6 +352,17 @@ impl Drop for Served {
 /// Starts `sources` into `rshlssink location=<temp dir> target-duration=1 http-port=0 {props}`
 /// and waits (20 s at most) until its playlist names two segments.
 pub fn serve_live(name: &str, props: &str, sources: &str) -> Served {
+    serve_live_waiting_for(name, props, sources, "playlist.m3u8")
+}
+
+/// [`serve_live`], waiting for the media playlist `media_playlist` (a rendition's, when
+/// playlist.m3u8 is a multivariant playlist) to name two segments.
+pub fn serve_live_waiting_for(
+    name: &str,
+    props: &str,
+    sources: &str,
+    media_playlist: &str,
+) -> Served {
     let dir = TempDir::new(name);
     let (pipeline, sink) = pipeline(
         &format!(
@@ -363,7 +374,7 @@ pub fn serve_live(name: &str, props: &str, sources: &str) -> Served {
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     let port = sink.property::<i32>("http-bound-port");
     assert!(port > 0, "http-bound-port {port}");
-    let path = dir.join("playlist.m3u8");
+    let path = dir.join(media_playlist);
     assert!(
         wait_for(Duration::from_secs(20), || path.exists()
             && read_playlist(&path).segments.len() >= 2),
