@@ -1079,6 +1079,45 @@ mod tests {
         assert_eq!(p.counters.bytes_acked, 5000);
     }
 
+    /// A pyrtmp-like server: its answers open chunk stream 3 with a type 1 header and the
+    /// onStatus for publish arrives on message stream 0. Answers are matched by transaction id
+    /// (commands) and taken on any message stream (onStatus), as ffmpeg does.
+    #[test]
+    fn tolerates_a_type_1_opening_header_and_on_status_on_stream_0() {
+        let (mut p, _) = handshaken(config());
+        let _ = p.take_output();
+        let type1 = |values: &[Value]| {
+            let body = amf0::encode_all(values);
+            let mut out = vec![0x43, 0, 0, 0];
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+            out.push(msg_type::COMMAND_AMF0);
+            out.extend_from_slice(&body);
+            out
+        };
+        let mut answer = vec![
+            0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0x00, 0x4c, 0x4b, 0x40,
+        ];
+        answer.extend(type1(&[
+            "_result".into(),
+            1.0.into(),
+            Value::Null,
+            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+        ]));
+        assert_eq!(p.receive(&answer).unwrap(), [Event::Connected]);
+        // Unknown transactions are ignored, the right one answers createStream.
+        let mut answer = type1(&["_result".into(), 99.0.into(), Value::Null, 7.0.into()]);
+        answer.extend(type1(&[
+            "_result".into(),
+            4.0.into(),
+            Value::Null,
+            1.0.into(),
+        ]));
+        assert!(p.receive(&answer).unwrap().is_empty());
+        assert_eq!(p.phase(), Phase::Publish);
+        let answer = type1(&status("NetStream.Publish.Start", "status"));
+        assert_eq!(p.receive(&answer).unwrap(), [Event::Publishing]);
+    }
+
     #[test]
     fn refusals_are_rejected_errors() {
         // BadName on publish.
