@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 
 use super::client::{Error, Event, Phase, Publisher, PublisherConfig, StopCommands};
 use super::flv::{Tag, TagKind};
-use super::queue::{Pushed, Resume, TagQueue};
+use super::queue::{Pushed, Rebase, Resume, TagQueue};
 use super::url::{Location, Scheme};
 use crate::net::backoff::Backoff;
 use crate::net::tls::TlsValidation;
@@ -46,6 +46,8 @@ pub struct NetConfig {
     /// what has gathered (sooner once [`FLUSH_BYTES`] are queued): fewer wake-ups and writes
     /// for at most this much added latency. Zero sends each tag at once.
     pub linger: Duration,
+    /// After a reconnection, timestamps continue from the last one sent (see [`Rebase`]).
+    pub continue_timestamps: bool,
     /// The output bitrate limit in bytes per second (0: none); changeable while running with
     /// [`Publication::set_peak_rate`].
     pub peak_rate: u64,
@@ -146,7 +148,11 @@ impl Publication {
     /// non-empty, 5 ms linger timer) then crosses threads. `notify` is called from that thread.
     pub fn start(config: NetConfig, notify: NoticeFn) -> std::io::Result<Publication> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(TagQueue::new(config.queue_size)),
+            queue: Mutex::new({
+                let mut q = TagQueue::new(config.queue_size);
+                q.rebase = Rebase::new(config.continue_timestamps);
+                q
+            }),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
             in_flight: Default::default(),
@@ -580,9 +586,11 @@ async fn session(
     // waits for a keyframe.
     let mut resume = Resume::start(false);
     if reconnecting {
-        let q = shared.queue.lock().unwrap();
+        let mut guard = shared.queue.lock().unwrap();
+        let q = &mut *guard;
+        q.rebase.reconnected();
         for t in q.headers.tags() {
-            p.send_tag(t);
+            p.send_tag(&q.rebase.apply(t.clone()));
         }
         resume = Resume::start(q.has_video);
     }
@@ -617,6 +625,7 @@ async fn session(
                 while out.len() < 256 * 1024 {
                     let Some(t) = q.pop() else { break };
                     if resume.admit(&t) {
+                        let t = q.rebase.apply(t);
                         p.send_tag(&t);
                         sent[t.kind as usize] += 1;
                     } else {
@@ -887,6 +896,7 @@ mod tests {
             stop_commands: StopCommands::default(),
             connect_on_first_push: false,
             linger: Duration::ZERO,
+            continue_timestamps: false,
             peak_rate: 0,
         };
         let d: Vec<u64> = (1..=6)
