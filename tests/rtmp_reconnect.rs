@@ -247,7 +247,10 @@ fn reconnection_gap(props: &str) -> f64 {
     let (_, timed_out) = second.wait_output(Duration::from_secs(20));
     assert!(!timed_out, "the second ffmpeg did not finish");
     let (before, after) = (video_dts(&a), video_dts(&b));
-    assert!(before.len() >= 30 && after.len() >= 30, "{before:?} {after:?}");
+    assert!(
+        before.len() >= 30 && after.len() >= 30,
+        "{before:?} {after:?}"
+    );
     assert!(
         after.windows(2).all(|w| w[0] <= w[1]),
         "timestamps go back: {after:?}"
@@ -265,5 +268,8 @@ fn continue_timestamps_removes_the_outage_from_the_timeline() {
     // With: the first frame after the reconnection follows the last one received closely (what
     // ffmpeg had not yet received when it stopped is lost, a few frames at most).
     let gap = reconnection_gap("continue-timestamps=true");
-    assert!((0.0..0.3).contains(&gap), "gap {gap} s with continue-timestamps");
+    assert!(
+        (0.0..0.3).contains(&gap),
+        "gap {gap} s with continue-timestamps"
+    );
 }

@@ -51,6 +51,13 @@ pub enum Error {
     /// connect named an application the server does not serve.
     #[error("connect to application '{app}' refused: the server serves '{served}'")]
     WrongApplication { app: String, served: String },
+    /// connect refused by Adobe/Limelight authentication: a step of the exchange (the client
+    /// comes back on a new connection) or a failure. `reason` and `user` hold no secret.
+    #[error("connect refused by authentication: {reason}{}", user.as_ref().map(|u| format!(" (user '{u}')")).unwrap_or_default())]
+    AuthRefused {
+        reason: &'static str,
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +74,8 @@ pub struct ConnectionConfig {
     pub window_ack_size: u32,
     /// Larger messages from the client end the connection.
     pub max_message_size: u32,
+    /// When set, connect needs Adobe or Limelight authentication.
+    pub auth: Option<std::sync::Arc<super::auth::ServerAuth>>,
 }
 
 impl Default for ConnectionConfig {
@@ -78,6 +87,7 @@ impl Default for ConnectionConfig {
             chunk_size: 4096,
             window_ack_size: 2_500_000,
             max_message_size: 8 * 1024 * 1024,
+            auth: None,
         }
     }
 }
@@ -643,7 +653,7 @@ impl Connection {
                 .collect(),
             _ => Vec::new(),
         };
-        let info = ConnectInfo {
+        let mut info = ConnectInfo {
             // Some clients put the query or a trailing slash in app.
             app: get("app").trim_end_matches('/').to_owned(),
             tc_url: get("tcUrl"),
@@ -684,6 +694,66 @@ impl Connection {
                 app: app_name.to_owned(),
                 served: self.config.application.clone(),
             });
+        }
+        if let Some(auth) = self.config.auth.clone() {
+            let mut random = [0u8; 8];
+            {
+                use rand::RngExt;
+                rand::rng().fill(&mut random[..]);
+            }
+            // The query carries the response and the challenges: only the user is logged.
+            let user = info
+                .app
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
+                .map(str::to_owned);
+            match auth.check(&info.app, &random) {
+                super::auth::Verdict::Accept(user) => {
+                    log_id!(
+                        debug,
+                        self.name(),
+                        "{}: connect authenticated: user '{user}'",
+                        self.config.peer
+                    );
+                    // The authentication query stays out of what is reported.
+                    if let Some((app, _)) = info.app.split_once('?') {
+                        info.app = app.to_owned();
+                    }
+                    if let Some((tc, _)) = info.tc_url.split_once('?') {
+                        info.tc_url = tc.to_owned();
+                    }
+                }
+                super::auth::Verdict::Refuse {
+                    description,
+                    reason,
+                } => {
+                    log_id!(
+                        debug,
+                        self.name(),
+                        "{}: connect refused by authentication: {reason}{}",
+                        self.config.peer,
+                        user.as_ref()
+                            .map(|u| format!(" (user '{u}')"))
+                            .unwrap_or_default()
+                    );
+                    let info_obj = amf0::obj(&[
+                        ("level", "error".into()),
+                        ("code", "NetConnection.Connect.Rejected".into()),
+                        ("description", description.into()),
+                    ]);
+                    self.send_command(
+                        CSID_COMMAND,
+                        0,
+                        &[
+                            Value::from("_error"),
+                            Value::Number(txn),
+                            Value::Null,
+                            info_obj,
+                        ],
+                    );
+                    return Err(Error::AuthRefused { reason, user });
+                }
+            }
         }
         let window = self.config.window_ack_size;
         self.control(msg_type::WINDOW_ACK_SIZE, &window.to_be_bytes());
