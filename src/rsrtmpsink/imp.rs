@@ -92,6 +92,8 @@ struct Settings {
     peak_kbps: u32,
     linger_ms: u32,
     continue_timestamps: bool,
+    username: String,
+    password: String,
 }
 
 impl Default for Settings {
@@ -117,6 +119,8 @@ impl Default for Settings {
             peak_kbps: 0,
             linger_ms: DEFAULT_LINGER_MS,
             continue_timestamps: false,
+            username: String::new(),
+            password: String::new(),
         }
     }
 }
@@ -135,6 +139,22 @@ impl Settings {
     fn set_location(&mut self, uri: &str) -> Result<(), LocationError> {
         match Location::parse(uri) {
             Ok(l) => {
+                // rtmp://user:password@host/...: the credentials for Adobe/Limelight
+                // authentication, as ffmpeg takes them (the location read back has none).
+                if let Ok(url) = url::Url::parse(uri.trim())
+                    && !url.username().is_empty()
+                {
+                    let decode = |s: &str| {
+                        // Percent-decoding ('+' is no space in userinfo).
+                        let s = s.replace('+', "%2B");
+                        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                            .next()
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    };
+                    self.username = decode(url.username());
+                    self.password = decode(url.password().unwrap_or_default());
+                }
                 self.scheme = l.scheme;
                 self.host = l.host;
                 self.port = l.port;
@@ -188,6 +208,10 @@ impl Settings {
             connect_on_first_push: !self.async_connect,
             linger: Duration::from_millis(u64::from(self.linger_ms)),
             continue_timestamps: self.continue_timestamps,
+            credentials: (!self.username.is_empty()).then(|| crate::rtmp::auth::Credentials {
+                user: self.username.clone(),
+                password: self.password.clone(),
+            }),
             peak_rate: peak_rate(self.peak_kbps),
         })
     }
@@ -338,6 +362,19 @@ impl ObjectImpl for RsRtmpSink {
                     .blurb("RTMP commands sent when the publication stops (EOS or state change)")
                     .default_value(RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM)
                     .build(),
+                glib::ParamSpecString::builder("username")
+                    .nick("User name")
+                    .blurb(
+                        "For servers that ask for Adobe (authmod=adobe) or Limelight \
+                         (authmod=llnw) authentication; also taken from \
+                         rtmp://user:password@host/... in location",
+                    )
+                    .build(),
+                glib::ParamSpecString::builder("password")
+                    .nick("Password")
+                    .blurb("The password for username (write-only, never logged)")
+                    .write_only()
+                    .build(),
                 glib::ParamSpecUInt::builder("linger")
                     .nick("Linger")
                     .blurb(
@@ -401,6 +438,8 @@ impl ObjectImpl for RsRtmpSink {
             "stop-commands" => s.stop_commands = value.get().unwrap(),
             "async-connect" => s.async_connect = value.get().unwrap(),
             "linger" => s.linger_ms = value.get().unwrap(),
+            "username" => s.username = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "password" => s.password = value.get::<Option<String>>().unwrap().unwrap_or_default(),
             "continue-timestamps" => s.continue_timestamps = value.get().unwrap(),
             "peak-kbps" => {
                 s.peak_kbps = value.get().unwrap();
@@ -434,6 +473,7 @@ impl ObjectImpl for RsRtmpSink {
             "stop-commands" => s.stop_commands.to_value(),
             "async-connect" => s.async_connect.to_value(),
             "linger" => s.linger_ms.to_value(),
+            "username" => s.username.to_value(),
             "continue-timestamps" => s.continue_timestamps.to_value(),
             "peak-kbps" => s.peak_kbps.to_value(),
             "stats" => {

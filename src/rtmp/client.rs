@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use super::amf0::{self, DecodeError, Value};
+use super::auth::{AuthFailure, ClientAuth, Credentials};
 use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Message, msg_type};
 use super::flv::{Tag, TagKind};
 use super::handshake::{self, ClientHandshake, HandshakeError};
@@ -72,6 +73,14 @@ pub enum Error {
     /// Any other protocol violation (short control messages, missing stream ids).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Authentication (Adobe or Limelight) could not go on: no credentials for a server that
+    /// asks for them, or the server refused them.
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthFailure),
+    /// connect was refused with an authentication challenge: connect again (a new connection)
+    /// with this state. Holds the response: its Display and Debug show no secret.
+    #[error("the server asks for authentication ({}): connecting again", .0.authmod().map_or("?", |m| m.as_str()))]
+    AuthRetry(Box<ClientAuth>),
     /// The server refused: `_error` or an error-level `onStatus`.
     #[error("the server refused {command}: {code}{}", if description.is_empty() { String::new() } else { format!(" ({description})") })]
     Rejected {
@@ -86,6 +95,9 @@ impl Error {
     /// A refusal for want of authorization: a connect rejected, or a code of the
     /// `*.Unauthorized` / `*.Auth*` family (Wowza, Red5, nginx-rtmp's `on_publish` hooks).
     pub fn is_unauthorized(&self) -> bool {
+        if matches!(self, Error::Auth(_)) {
+            return true;
+        }
         let Error::Rejected { code, .. } = self else {
             return false;
         };
@@ -185,6 +197,10 @@ pub struct PublisherConfig {
     pub chunk_size: u32,
     /// The largest message accepted from the server.
     pub max_message_size: u32,
+    /// For servers that ask for Adobe or Limelight authentication.
+    pub credentials: Option<Credentials>,
+    /// Where the authentication exchange stands (its query goes on app and tcUrl).
+    pub auth: ClientAuth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,7 +387,14 @@ impl Publisher {
         );
         let mut values = vec![Value::from(name), Value::Number(txn)];
         values.extend_from_slice(args);
-        if log::log_enabled!(log::Level::Trace) {
+        if name == "connect" && !self.config.auth.params().is_empty() {
+            // app and tcUrl carry the authentication response.
+            log_id!(
+                trace,
+                &self.config.name,
+                "command to the server: connect (values not shown: they carry authentication)"
+            );
+        } else if log::log_enabled!(log::Level::Trace) {
             // publish, releaseStream and FCPublish carry the stream name: redacted.
             log_id!(
                 trace,
@@ -416,11 +439,29 @@ impl Publisher {
             self.config.tc_url,
             self.config.flash_version
         );
+        let params = self.config.auth.params();
+        if let Some(m) = self.config.auth.authmod() {
+            log_id!(
+                debug,
+                &self.config.name,
+                "connect carries authmod={} for user '{}' ({})",
+                m.as_str(),
+                self.config
+                    .credentials
+                    .as_ref()
+                    .map_or("", |c| c.user.as_str()),
+                if self.config.auth.responded() {
+                    "with our response"
+                } else {
+                    "asking for the challenge"
+                }
+            );
+        }
         let cmd = amf0::obj(&[
-            ("app", self.config.app.as_str().into()),
+            ("app", format!("{}{params}", self.config.app).into()),
             ("type", "nonprivate".into()),
             ("flashVer", self.config.flash_version.as_str().into()),
-            ("tcUrl", self.config.tc_url.as_str().into()),
+            ("tcUrl", format!("{}{params}", self.config.tc_url).into()),
         ]);
         self.command(CSID_COMMAND, 0, "connect", &[cmd]);
         self.phase = Phase::Connect;
@@ -610,6 +651,22 @@ impl Publisher {
                     "{cmd} (transaction {txn}) answered {name}: level '{level}', code '{code}', \
                      description '{description}'"
                 );
+                if name == "_error" && cmd == "connect" {
+                    // The description unredacted: a short stream name may occur in a salt.
+                    let raw = info.get_str("description").unwrap_or_default();
+                    let random = {
+                        use rand::RngExt;
+                        rand::rng().random::<u32>()
+                    };
+                    if let Some(next) = self.config.auth.next(
+                        self.config.credentials.as_ref(),
+                        &self.config.app,
+                        raw,
+                        random,
+                    )? {
+                        return Err(Error::AuthRetry(Box::new(next)));
+                    }
+                }
                 if name == "_error" {
                     // releaseStream and FCPublish are courtesies many servers do not know.
                     if matches!(cmd, "releaseStream" | "FCPublish") {
@@ -823,6 +880,8 @@ mod tests {
             flash_version: "LNX 10,0,32,18".into(),
             chunk_size: 4096,
             max_message_size: 1 << 20,
+            credentials: None,
+            auth: ClientAuth::default(),
         }
     }
 

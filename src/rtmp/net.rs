@@ -48,6 +48,8 @@ pub struct NetConfig {
     pub linger: Duration,
     /// After a reconnection, timestamps continue from the last one sent (see [`Rebase`]).
     pub continue_timestamps: bool,
+    /// For servers that ask for Adobe or Limelight authentication.
+    pub credentials: Option<super::auth::Credentials>,
     /// The output bitrate limit in bytes per second (0: none); changeable while running with
     /// [`Publication::set_peak_rate`].
     pub peak_rate: u64,
@@ -304,6 +306,9 @@ async fn run(
     }
     let mut ever_published = false;
     let mut failures = 0u32;
+    // Adobe/Limelight authentication: each step is a new connection, at once.
+    let mut auth = super::auth::ClientAuth::default();
+    let mut auth_steps = 0;
     loop {
         let mut published = false;
         let result = session(
@@ -313,6 +318,7 @@ async fn run(
             notify,
             ever_published,
             &mut published,
+            &auth,
         )
         .await;
         shared.stats.lock().unwrap().publishing = false;
@@ -320,6 +326,28 @@ async fn run(
             ever_published = true;
             failures = 0;
         }
+        // A later connection starts the exchange anew (challenges are good once).
+        let next_auth = match &result {
+            Err(Error::AuthRetry(next)) if auth_steps < 3 && !*stop.borrow() => {
+                Some((**next).clone())
+            }
+            _ => None,
+        };
+        if let Some(next) = next_auth {
+            auth_steps += 1;
+            log_id!(
+                debug,
+                &cfg.name,
+                "connect to {} refused with an authentication challenge ({}): connecting again \
+                 (step {auth_steps})",
+                cfg.location,
+                next.authmod().map_or("?", |m| m.as_str())
+            );
+            auth = next;
+            continue;
+        }
+        auth = super::auth::ClientAuth::default();
+        auth_steps = 0;
         let error = match result {
             Ok(()) => return,
             Err(e) => e,
@@ -489,6 +517,7 @@ async fn session(
     notify: &NoticeFn,
     reconnecting: bool,
     published: &mut bool,
+    auth: &super::auth::ClientAuth,
 ) -> Result<(), Error> {
     let stream = tokio::select! {
         s = connect(cfg) => s?,
@@ -519,6 +548,8 @@ async fn session(
             chunk_size: cfg.chunk_size,
             // Servers send commands and control messages; 1 MiB is plenty.
             max_message_size: 1 << 20,
+            credentials: cfg.credentials.clone(),
+            auth: auth.clone(),
         },
         epoch,
         &random,
@@ -897,6 +928,7 @@ mod tests {
             connect_on_first_push: false,
             linger: Duration::ZERO,
             continue_timestamps: false,
+            credentials: None,
             peak_rate: 0,
         };
         let d: Vec<u64> = (1..=6)
