@@ -296,6 +296,13 @@ impl Publisher {
         self.phase
     }
 
+    /// Credentials and the authentication state, before the handshake completes (tests and
+    /// callers that build the config elsewhere).
+    pub fn set_auth(&mut self, credentials: Option<Credentials>, auth: ClientAuth) {
+        self.config.credentials = credentials;
+        self.config.auth = auth;
+    }
+
     /// Bytes to send (taken: the caller owns them now).
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
