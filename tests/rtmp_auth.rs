@@ -3,8 +3,9 @@
 //! `password` properties and the location's userinfo). Every frame of the publication is
 //! counted in the recording; wrong or missing credentials are refused with the client's error;
 //! the debug log of this process (lsrtmp, rsrtmpsink, rtmpserversrc at level 9) never holds the
-//! password or a response. (The Limelight flow between our two sides is covered by the unit
-//! tests of src/rtmp/auth.rs.) Loopback only, every wait bounded, every child killed.
+//! password or a response. Limelight's method (`authmod=llnw`, an HTTP Digest over MD5) is
+//! tested the same way with ffmpeg and rsrtmpsink. Loopback only, every wait bounded, every
+//! child killed.
 
 mod common;
 
@@ -122,6 +123,11 @@ struct Server {
 
 impl Server {
     fn start(users: &[&str]) -> Server {
+        Self::start_with(users, "adobe")
+    }
+
+    /// `authmod`: what the server asks for (`adobe`, `llnw`).
+    fn start_with(users: &[&str], authmod: &str) -> Server {
         let _ = logs();
         let dir = TempDir::new("rtmp-auth");
         let desc = format!(
@@ -135,6 +141,7 @@ impl Server {
         let src = pipeline.by_name("src").unwrap();
         assert_ours(&src);
         src.set_property("users", gst::Array::new(users.iter().copied()));
+        src.set_property("authmod", authmod);
         pipeline.set_state(gst::State::Playing).unwrap();
         let port = src.property::<i32>("bound-port") as u16;
         assert!(port > 0);
@@ -213,6 +220,48 @@ fn ffmpeg_publishes_with_adobe_authentication_every_frame() {
     assert_eq!((v, a), (*iv, *ia), "every frame");
     assert!(wait_log(Duration::from_secs(1), |l| l
         .contains("connect authenticated: user 'alice'")));
+    assert_no_secret_logged();
+}
+
+#[test]
+fn ffmpeg_and_rsrtmpsink_publish_with_limelight_authentication() {
+    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let out = ffmpeg_publish(&format!(
+        "rtmp://alice:{PASSWORD}@127.0.0.1:{}/live/key",
+        server.port
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (v, a) = server.recorded();
+    let (_, _, iv, ia) = input();
+    assert_eq!((v, a), (*iv, *ia), "every frame");
+    assert!(wait_log(Duration::from_secs(1), |l| l
+        .contains("no credentials: authmod=llnw asked for")));
+    // A wrong password fails with llnw too.
+    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let out = ffmpeg_publish(&format!(
+        "rtmp://alice:bad@127.0.0.1:{}/live/key",
+        server.port
+    ));
+    assert!(!out.status.success());
+    assert_eq!(server.publishers(), 0);
+    drop(server);
+    // rsrtmpsink answers llnw as well.
+    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let p = Publish::start(
+        &av_flv_source(90, true, false),
+        &format!(
+            "username=alice password={PASSWORD} location=rtmp://127.0.0.1:{}/live/key",
+            server.port
+        ),
+    );
+    let (r, _) = p.wait(Duration::from_secs(30));
+    r.expect("rsrtmpsink with llnw");
+    p.pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(server.recorded().0, 90);
     assert_no_secret_logged();
 }
 

@@ -284,6 +284,8 @@ pub enum Verdict {
 /// The server side: users, and the challenges issued (each usable once).
 pub struct ServerAuth {
     users: Vec<Credentials>,
+    /// What a connect without `authmod` is told to use.
+    offer: AuthMod,
     secret: [u8; 16],
     challenges: Mutex<HashMap<String, (AuthMod, String, Instant)>>,
 }
@@ -299,9 +301,17 @@ impl ServerAuth {
     pub fn new(users: Vec<Credentials>, secret: [u8; 16]) -> Self {
         Self {
             users,
+            offer: AuthMod::Adobe,
             secret,
             challenges: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The method a connect without `authmod` is told to use (Adobe by default); a client may
+    /// still ask for the other.
+    pub fn offering(mut self, authmod: AuthMod) -> Self {
+        self.offer = authmod;
+        self
     }
 
     fn salt(&self, user: &str) -> String {
@@ -349,11 +359,18 @@ impl ServerAuth {
             Some("adobe") => AuthMod::Adobe,
             Some("llnw") => AuthMod::Llnw,
             _ => {
-                return reject(
-                    "code=403 need auth; authmod=adobe",
-                    "",
-                    "no credentials: authmod=adobe asked for",
-                );
+                return match self.offer {
+                    AuthMod::Adobe => reject(
+                        "code=403 need auth; authmod=adobe",
+                        "",
+                        "no credentials: authmod=adobe asked for",
+                    ),
+                    AuthMod::Llnw => reject(
+                        "code=403 need auth; authmod=llnw",
+                        "",
+                        "no credentials: authmod=llnw asked for",
+                    ),
+                };
             }
         };
         let m = authmod.as_str();

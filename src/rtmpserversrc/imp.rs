@@ -57,6 +57,8 @@ struct Settings {
     tls_key_file: Option<String>,
     /// `user:password` strings: when any, connect needs Adobe/Limelight authentication.
     users: Vec<String>,
+    /// `adobe` or `llnw`: what a connect without credentials is told to use.
+    authmod: String,
 }
 
 impl Default for Settings {
@@ -75,6 +77,7 @@ impl Default for Settings {
             latency_ms: DEFAULT_LATENCY_MS,
             tls_certificate_file: None,
             users: Vec::new(),
+            authmod: "adobe".into(),
             tls_key_file: None,
         }
     }
@@ -316,6 +319,15 @@ impl ObjectImpl for RtmpServerSrc {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("authmod")
+                    .nick("Authentication method")
+                    .blurb(
+                        "With users: the method a connect without credentials is told to use, \
+                         adobe or llnw (Limelight); a client may ask for the other",
+                    )
+                    .default_value(Some("adobe"))
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("takeover")
                     .nick("Takeover")
                     .blurb("A second publisher replaces the first (FALSE: it is refused with NetStream.Publish.BadName)")
@@ -425,6 +437,12 @@ impl ObjectImpl for RtmpServerSrc {
             "application" => s.application = string().unwrap_or_default(),
             "stream-key" => s.stream_key = string().unwrap_or_default(),
             "takeover" => s.takeover = value.get().expect("type checked"),
+            "authmod" => {
+                s.authmod = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| "adobe".into())
+            }
             "users" => {
                 s.users = value
                     .get::<gst::Array>()
@@ -464,6 +482,7 @@ impl ObjectImpl for RtmpServerSrc {
             "application" => s.application.to_value(),
             "stream-key" => s.stream_key.to_value(),
             "takeover" => s.takeover.to_value(),
+            "authmod" => s.authmod.to_value(),
             "users" => gst::Array::new(s.users.iter().cloned()).to_value(),
             "wait-for-next-publisher" => s.wait_for_next_publisher.to_value(),
             "queue-size" => s.queue_size.to_value(),
@@ -556,7 +575,19 @@ impl BaseSrcImpl for RtmpServerSrc {
                 use rand::RngExt;
                 rand::rng().fill(&mut secret[..]);
             }
-            Some(Arc::new(crate::rtmp::auth::ServerAuth::new(users, secret)))
+            let offer = match s.authmod.as_str() {
+                "adobe" => crate::rtmp::auth::AuthMod::Adobe,
+                "llnw" => crate::rtmp::auth::AuthMod::Llnw,
+                other => {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::Settings,
+                        ("authmod '{}': adobe or llnw", other)
+                    ));
+                }
+            };
+            Some(Arc::new(
+                crate::rtmp::auth::ServerAuth::new(users, secret).offering(offer),
+            ))
         };
         let output = Arc::new(Output::new(s.queue_size as usize));
         let config = ListenerConfig {
