@@ -162,6 +162,8 @@ pub struct Connection {
     phase: Phase,
     streams_created: u32,
     publish_stream: Option<u32>,
+    /// publish came on message stream 0 (tolerated): media on stream 0 belongs to it too.
+    publish_on_zero: bool,
     /// The peer's Window Acknowledgement Size: acknowledge after that many bytes.
     peer_window: u32,
     last_ack: u64,
@@ -182,6 +184,7 @@ impl Connection {
             phase: Phase::Handshake,
             streams_created: 0,
             publish_stream: None,
+            publish_on_zero: false,
             peer_window: 0,
             last_ack: 0,
             counters: Counters::default(),
@@ -378,8 +381,9 @@ impl Connection {
                     ))
                 })
         };
-        let publishing =
-            self.phase == Phase::Publishing && Some(msg.stream_id) == self.publish_stream;
+        let publishing = self.phase == Phase::Publishing
+            && (Some(msg.stream_id) == self.publish_stream
+                || (self.publish_on_zero && msg.stream_id == 0));
         match msg.type_id {
             msg_type::SET_CHUNK_SIZE => {
                 let size = u32_at(0)?;
@@ -550,6 +554,21 @@ impl Connection {
                         "publish while {:?} (one publication per connection, after connect)",
                         self.phase
                     )));
+                }
+                let mut stream_id = stream_id;
+                if stream_id == 0 && self.streams_created > 0 {
+                    // Liberal as ffmpeg: a client whose headers lost the message stream id
+                    // (a type 1 header opening its chunk stream) publishes on stream 0.
+                    log_id!(
+                        info,
+                        self.name(),
+                        "{}: publish on message stream 0: tolerated, taken as message stream {} \
+                         (the last createStream made); media on either is taken",
+                        self.config.peer,
+                        self.streams_created
+                    );
+                    self.publish_on_zero = true;
+                    stream_id = self.streams_created;
                 }
                 if stream_id == 0 || stream_id > self.streams_created {
                     return Err(Error::Protocol(format!(

@@ -481,3 +481,83 @@ fn a_type_1_header_opening_a_chunk_stream_is_tolerated() {
         "{ev:?}"
     );
 }
+
+/// publish on message stream 0 after createStream (a client whose chunk headers lost the stream
+/// id) is taken as publish on the stream createStream made, and media on stream 0 is its media.
+/// Before any createStream it is still refused.
+#[test]
+fn publish_on_message_stream_0_is_tolerated_after_create_stream() {
+    for create in [true, false] {
+        let mut s = server("live");
+        let c0c1 = publisher("live", "key").take_output();
+        s.receive(&c0c1).unwrap();
+        let s0s1s2 = s.take_output();
+        let mut bytes = s0s1s2[1..1 + PACKET_SIZE].to_vec();
+        let mut enc = ChunkEncoder::new();
+        let cmd = |enc: &mut ChunkEncoder, sid: u32, values: &[Value], out: &mut Vec<u8>| {
+            enc.write(
+                3,
+                0,
+                msg_type::COMMAND_AMF0,
+                sid,
+                &amf0::encode_all(values),
+                out,
+            )
+        };
+        cmd(
+            &mut enc,
+            0,
+            &[
+                "connect".into(),
+                1.0.into(),
+                amf0::obj(&[("app", "live".into())]),
+            ],
+            &mut bytes,
+        );
+        if create {
+            cmd(
+                &mut enc,
+                0,
+                &["createStream".into(), 2.0.into(), Value::Null],
+                &mut bytes,
+            );
+        }
+        cmd(
+            &mut enc,
+            0,
+            &[
+                "publish".into(),
+                3.0.into(),
+                Value::Null,
+                "key".into(),
+                "live".into(),
+            ],
+            &mut bytes,
+        );
+        let r = s.receive(&bytes);
+        if !create {
+            assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+            continue;
+        }
+        let ev = r.unwrap();
+        let Some(Event::Publish(req)) = ev.last() else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(req.stream_id, 1);
+        s.accept_publish();
+        let mut media = Vec::new();
+        enc.write(
+            6,
+            40,
+            msg_type::VIDEO,
+            0,
+            &[0x17, 1, 0, 0, 0, 9],
+            &mut media,
+        );
+        let ev = s.receive(&media).unwrap();
+        assert!(
+            matches!(&ev[..], [Event::Media(t)] if t.timestamp == 40),
+            "{ev:?}"
+        );
+    }
+}
