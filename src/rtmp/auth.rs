@@ -267,6 +267,8 @@ impl ClientAuth {
 const CHALLENGE_LIFETIME: Duration = Duration::from_secs(60);
 /// Challenges outstanding at most (a flood of second connections cannot grow memory).
 const MAX_CHALLENGES: usize = 1024;
+/// Longer user names are refused before a challenge (which stores the name) is issued.
+const MAX_USER_LEN: usize = 256;
 
 /// What the server answers a connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +379,13 @@ impl ServerAuth {
         let Some(user) = pair(&pairs, "user") else {
             return reject(&format!("code=403 need auth; authmod={m}"), "", "no user");
         };
+        if user.len() > MAX_USER_LEN {
+            return reject(
+                &format!("authmod={m}"),
+                "?reason=authfailed",
+                "user name too long",
+            );
+        }
         let Some(response) = pair(&pairs, "response") else {
             let token = self.issue(authmod, user, random);
             let tail = match authmod {
@@ -505,6 +514,22 @@ mod tests {
             server.check(&app, &[5; 8]),
             Verdict::Refuse { .. }
         ));
+        // Huge user names get no challenge (which would store them).
+        let long = format!("live?authmod=adobe&user={}", "u".repeat(300));
+        assert!(matches!(
+            server.check(&long, &[6; 8]),
+            Verdict::Refuse {
+                reason: "user name too long",
+                ..
+            }
+        ));
+        // Challenges outstanding are bounded.
+        for i in 0..2000u32 {
+            let mut r = [0u8; 8];
+            r[..4].copy_from_slice(&i.to_be_bytes());
+            server.check("live?authmod=llnw&user=x", &r);
+        }
+        assert_eq!(server.challenges.lock().unwrap().len(), MAX_CHALLENGES);
     }
 
     #[test]
