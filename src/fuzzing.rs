@@ -463,6 +463,12 @@ pub fn rtmp_publisher(data: &[u8]) {
         flash_version: "LNX 10,0,32,18".into(),
         chunk_size: 4096,
         max_message_size: 64 * 1024,
+        // The authentication steps parse what the server says in a refused connect.
+        credentials: Some(crate::rtmp::auth::Credentials {
+            user: "u".into(),
+            password: "p".into(),
+        }),
+        auth: Default::default(),
     };
     let mut publisher = Publisher::new(config, 0, &[7; 1528]);
     let c0c1 = publisher.take_output();

@@ -159,3 +159,117 @@ fn gives_up_after_the_reconnect_limit() {
     assert!(text.contains("refused"), "the last failure: {text}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// ffmpeg listening once on `port`, copying what it receives into `out` with the timestamps
+/// exactly as they arrived (`-copyts`). `wait`: until it listens (not when a reconnecting
+/// publisher may take the one connection it accepts, and with it the listening state, at once).
+fn ffmpeg_listen(port: u16, out: &std::path::Path, wait: bool) -> common::ChildGuard {
+    let child = common::ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-listen",
+        "1",
+        "-i",
+        &format!("rtmp://127.0.0.1:{port}/live/x"),
+        "-c",
+        "copy",
+        "-copyts",
+        "-f",
+        "flv",
+        "-y",
+        &out.display().to_string(),
+    ]));
+    if wait {
+        common::rtmp::wait_listening(port, Duration::from_secs(10), "ffmpeg -listen");
+    }
+    child
+}
+
+/// The video packets' dts in seconds, in file order.
+fn video_dts(path: &std::path::Path) -> Vec<f64> {
+    let (out, timed_out) = common::run(
+        Command::new("ffprobe").args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=dts_time",
+            "-of",
+            "csv=p=0",
+            &path.display().to_string(),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert!(!timed_out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+/// Publishes to ffmpeg, ends that ffmpeg (SIGINT: it finishes its file), waits 2 s, starts a
+/// new one on the same port and lets rsrtmpsink reconnect. The queue holds about 0.6 s of the
+/// stream, so most of the outage is dropped. Returns the gap between the last
+/// video timestamp received by the first ffmpeg and the first one received by the second.
+fn reconnection_gap(props: &str) -> f64 {
+    let dir = common::rtmp::TempDir::new("continue-ts");
+    let port = common::rtmp::free_port();
+    let (a, b) = (dir.path().join("a.flv"), dir.path().join("b.flv"));
+    let first = ffmpeg_listen(port, &a, true);
+    let p = Publish::start(
+        &av_flv_source(300, true, true),
+        &format!(
+            "location=rtmp://127.0.0.1:{port}/live/x reconnect-initial-delay=300 \
+             reconnect-max-delay=300 reconnect-attempts=30 queue-size=65536 {props}"
+        ),
+    );
+    wait_publishing(&p, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = first.0.as_ref().unwrap().id().to_string();
+    let _ = common::run(
+        Command::new("kill").args(["-INT", &pid]),
+        Duration::from_secs(5),
+    );
+    let (_, timed_out) = first.wait_output(Duration::from_secs(10));
+    assert!(!timed_out, "the first ffmpeg did not end on SIGINT");
+    std::thread::sleep(Duration::from_secs(2));
+    let second = ffmpeg_listen(port, &b, false);
+    let (r, messages) = p.wait(Duration::from_secs(40));
+    r.expect("EOS after the reconnection");
+    assert!(
+        names(&messages).contains(&"rsrtmpsink-reconnected".to_owned()),
+        "{:?}",
+        names(&messages)
+    );
+    p.pipeline.set_state(gst::State::Null).unwrap();
+    let (_, timed_out) = second.wait_output(Duration::from_secs(20));
+    assert!(!timed_out, "the second ffmpeg did not finish");
+    let (before, after) = (video_dts(&a), video_dts(&b));
+    assert!(
+        before.len() >= 30 && after.len() >= 30,
+        "{before:?} {after:?}"
+    );
+    assert!(
+        after.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps go back: {after:?}"
+    );
+    let gap = after[0] - before.last().unwrap();
+    eprintln!("{props:?}: gap {gap} s");
+    gap
+}
+
+#[test]
+fn continue_timestamps_removes_the_outage_from_the_timeline() {
+    // Without: the pipeline's timestamps, so what the queue dropped of the 2 s outage is a gap.
+    let gap = reconnection_gap("");
+    assert!(gap > 1.0, "gap {gap} s without continue-timestamps");
+    // With: the first frame after the reconnection follows the last one received closely (what
+    // ffmpeg had not yet received when it stopped is lost, a few frames at most).
+    let gap = reconnection_gap("continue-timestamps=true");
+    assert!(
+        (0.0..0.3).contains(&gap),
+        "gap {gap} s with continue-timestamps"
+    );
+}

@@ -378,6 +378,8 @@ fn publishing_client(port: u16) -> TcpStream {
             flash_version: "FMLE/3.0".into(),
             chunk_size: 4096,
             max_message_size: 1 << 20,
+            credentials: None,
+            auth: Default::default(),
         },
         0,
         &[1; 1528],

@@ -40,8 +40,9 @@ const DEFAULT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 /// rtmp2sink's range: kbit/s (1000 bit/s) whose bytes per second fit in 32 bits.
 const MAX_PEAK_KBPS: u32 = 17_179_869;
 /// The network thread gathers tags this long after the queue becomes non-empty (fewer
-/// wake-ups and writes; RTMP's own latency is seconds).
-const LINGER: Duration = Duration::from_millis(5);
+/// wake-ups and writes; RTMP's own latency is seconds): the `linger` property's default.
+const DEFAULT_LINGER_MS: u32 = 5;
+const MAX_LINGER_MS: u32 = 1000;
 /// The largest FLV tag accepted from upstream: the RTMP message length field is 24 bits, and
 /// script data gains an `@setDataFrame` prefix on the way.
 const MAX_TAG_SIZE: usize = 0xff_ffff - 64;
@@ -89,6 +90,10 @@ struct Settings {
     stop_commands: RtmpStopCommands,
     async_connect: bool,
     peak_kbps: u32,
+    linger_ms: u32,
+    continue_timestamps: bool,
+    username: String,
+    password: String,
 }
 
 impl Default for Settings {
@@ -112,6 +117,10 @@ impl Default for Settings {
             stop_commands: RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM,
             async_connect: true,
             peak_kbps: 0,
+            linger_ms: DEFAULT_LINGER_MS,
+            continue_timestamps: false,
+            username: String::new(),
+            password: String::new(),
         }
     }
 }
@@ -130,6 +139,22 @@ impl Settings {
     fn set_location(&mut self, uri: &str) -> Result<(), LocationError> {
         match Location::parse(uri) {
             Ok(l) => {
+                // rtmp://user:password@host/...: the credentials for Adobe/Limelight
+                // authentication, as ffmpeg takes them (the location read back has none).
+                if let Ok(url) = url::Url::parse(uri.trim())
+                    && !url.username().is_empty()
+                {
+                    let decode = |s: &str| {
+                        // Percent-decoding ('+' is no space in userinfo).
+                        let s = s.replace('+', "%2B");
+                        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                            .next()
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    };
+                    self.username = decode(url.username());
+                    self.password = decode(url.password().unwrap_or_default());
+                }
                 self.scheme = l.scheme;
                 self.host = l.host;
                 self.port = l.port;
@@ -181,7 +206,12 @@ impl Settings {
                 delete_stream: self.stop_commands.contains(RtmpStopCommands::DELETESTREAM),
             },
             connect_on_first_push: !self.async_connect,
-            linger: LINGER,
+            linger: Duration::from_millis(u64::from(self.linger_ms)),
+            continue_timestamps: self.continue_timestamps,
+            credentials: (!self.username.is_empty()).then(|| crate::rtmp::auth::Credentials {
+                user: self.username.clone(),
+                password: self.password.clone(),
+            }),
             peak_rate: peak_rate(self.peak_kbps),
         })
     }
@@ -332,6 +362,40 @@ impl ObjectImpl for RsRtmpSink {
                     .blurb("RTMP commands sent when the publication stops (EOS or state change)")
                     .default_value(RtmpStopCommands::FCUNPUBLISH | RtmpStopCommands::DELETESTREAM)
                     .build(),
+                glib::ParamSpecString::builder("username")
+                    .nick("User name")
+                    .blurb(
+                        "For servers that ask for Adobe (authmod=adobe) or Limelight \
+                         (authmod=llnw) authentication; also taken from \
+                         rtmp://user:password@host/... in location",
+                    )
+                    .build(),
+                glib::ParamSpecString::builder("password")
+                    .nick("Password")
+                    .blurb("The password for username (write-only, never logged)")
+                    .write_only()
+                    .build(),
+                glib::ParamSpecUInt::builder("linger")
+                    .nick("Linger")
+                    .blurb(
+                        "Milliseconds the network thread waits after the queue becomes non-empty \
+                         before sending what gathered (at once when 64 KiB are queued): fewer \
+                         wake-ups and writes (CPU) for at most this much added latency; 0 sends \
+                         each tag at once",
+                    )
+                    .maximum(MAX_LINGER_MS)
+                    .default_value(DEFAULT_LINGER_MS)
+                    .build(),
+                glib::ParamSpecBoolean::builder("continue-timestamps")
+                    .nick("Continue timestamps")
+                    .blurb(
+                        "After a reconnection, send the first frame 1 ms after the last one sent \
+                         and keep later frames' distances, so that the timestamps the server sees \
+                         continue without the outage's gap; otherwise the pipeline's own \
+                         timestamps are sent",
+                    )
+                    .default_value(false)
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -373,6 +437,10 @@ impl ObjectImpl for RsRtmpSink {
             "queue-size" => s.queue_size = value.get().unwrap(),
             "stop-commands" => s.stop_commands = value.get().unwrap(),
             "async-connect" => s.async_connect = value.get().unwrap(),
+            "linger" => s.linger_ms = value.get().unwrap(),
+            "username" => s.username = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "password" => s.password = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "continue-timestamps" => s.continue_timestamps = value.get().unwrap(),
             "peak-kbps" => {
                 s.peak_kbps = value.get().unwrap();
                 let rate = peak_rate(s.peak_kbps);
@@ -404,6 +472,9 @@ impl ObjectImpl for RsRtmpSink {
             "queue-size" => s.queue_size.to_value(),
             "stop-commands" => s.stop_commands.to_value(),
             "async-connect" => s.async_connect.to_value(),
+            "linger" => s.linger_ms.to_value(),
+            "username" => s.username.to_value(),
+            "continue-timestamps" => s.continue_timestamps.to_value(),
             "peak-kbps" => s.peak_kbps.to_value(),
             "stats" => {
                 drop(s);

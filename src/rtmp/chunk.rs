@@ -220,6 +220,9 @@ pub struct ChunkDecoder {
     max_message_size: u32,
     max_streams: usize,
     streams: HashMap<u32, InStream>,
+    /// Length, type and message stream id of the latest message header on any chunk stream: the
+    /// default for a chunk stream whose first header is not of type 0.
+    latest: Option<(u32, u8, u32)>,
     buf: BytesMut,
 }
 
@@ -231,6 +234,7 @@ impl ChunkDecoder {
             max_message_size,
             max_streams: 64,
             streams: HashMap::new(),
+            latest: None,
             buf: BytesMut::new(),
         }
     }
@@ -305,11 +309,11 @@ impl ChunkDecoder {
         }
         let u24 = |s: &[u8]| u32::from_be_bytes([0, s[0], s[1], s[2]]);
         let h = &b[pos..pos + header_len];
-        let prev = self.streams.get(&csid);
-        let prev_have = prev.is_some_and(|p| p.have_header);
+        let prev_have = self.streams.get(&csid).is_some_and(|p| p.have_header);
         if fmt != 0 && !prev_have {
-            return Err(ChunkError::NoPreviousHeader { fmt, csid });
+            assume_previous_header(&mut self.streams, self.latest, fmt, csid)?;
         }
+        let prev = self.streams.get(&csid);
         let continuing = prev.is_some_and(|p| p.partial.is_some());
         if continuing && fmt != 3 {
             return Err(ChunkError::HeaderInMessage { csid });
@@ -376,6 +380,7 @@ impl ChunkDecoder {
             s.type_id = type_id;
             s.extended = extended;
             s.have_header = true;
+            self.latest = Some((length, type_id, s.stream_id));
         }
         let partial = s
             .partial
@@ -395,6 +400,46 @@ impl ChunkDecoder {
         }
         Ok(Chunk::Partial)
     }
+}
+
+/// A chunk of type `fmt` (1-3) opens chunk stream `csid`, which has no previous header to
+/// take the missing fields from. The spec forbids it, but servers do it (pyrtmp starts its
+/// answers on chunk stream 3 with a type 1 header, having sent type 0 on chunk stream 2) and
+/// ffmpeg accepts it, so we do too: the timestamp starts from 0; the message stream id (and
+/// for types 2 and 3 the length and type) are those of the latest header on any chunk stream.
+/// A type 2 or 3 chunk before any header at all has no sensible length: still an error.
+/// The limits (chunk stream count, message size) apply to the result as to any header.
+fn assume_previous_header(
+    streams: &mut HashMap<u32, InStream>,
+    latest: Option<(u32, u8, u32)>,
+    fmt: u8,
+    csid: u32,
+) -> Result<(), ChunkError> {
+    let (length, type_id, stream_id) = match (fmt, latest) {
+        (_, Some(latest)) => latest,
+        (1, None) => (0, 0, 0),
+        _ => return Err(ChunkError::NoPreviousHeader { fmt, csid }),
+    };
+    if fmt == 1 {
+        log::info!(
+            "chunk of type 1 on chunk stream {csid} without a previous header: tolerated, \
+                 assuming timestamp 0 and message stream {stream_id}"
+        );
+    } else {
+        log::info!(
+            "chunk of type {fmt} on chunk stream {csid} without a previous header: tolerated, \
+                 assuming timestamp 0, message stream {stream_id}, length {length}, type {type_id}"
+        );
+    }
+    let s = streams.entry(csid).or_default();
+    s.timestamp = 0;
+    s.delta = 0;
+    s.length = length;
+    s.type_id = type_id;
+    s.stream_id = stream_id;
+    s.extended = false;
+    s.have_header = true;
+    Ok(())
 }
 
 enum Chunk {
@@ -537,6 +582,74 @@ mod tests {
         assert_eq!(&got[1].payload[..], &[2u8; 200]);
     }
 
+    /// What pyrtmp 0.3.1's SimpleRTMPController sends in answer to connect (bytes produced by
+    /// its own classes): Window Acknowledgement Size with a type 0 header on chunk stream 2, then
+    /// Set Peer Bandwidth, Stream Begin and Set Chunk Size 8192 with type 1 headers, then the
+    /// `_result` for connect on chunk stream 3 with a type 1 header, though chunk stream 3 had
+    /// none before. ffmpeg accepts this; so do we, taking the message stream id (0) of the
+    /// latest header.
+    #[test]
+    fn pyrtmp_connect_answer_with_a_type_1_opening_header() {
+        let mut bytes = vec![
+            0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0x00, 0x4c, 0x4b, 0x40, // window ack size
+            0x42, 0, 0, 0, 0, 0, 5, 6, 0x00, 0x4c, 0x4b, 0x40, 2, // set peer bandwidth
+            0x42, 0, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0, 0, 0, // stream begin 0
+            0x42, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0x20, 0, // set chunk size 8192
+            0x43, 0, 0, 0, 0, 0, 0xba, 20, // _result: type 1 header on a new chunk stream
+        ];
+        let result = crate::rtmp::amf0::encode_all(&[
+            "_result".into(),
+            1.0.into(),
+            crate::rtmp::amf0::obj(&[
+                ("fmsVer", "FMS/3,0,123".into()),
+                ("capabilities", 31.0.into()),
+            ]),
+            crate::rtmp::amf0::obj(&[
+                ("level", "status".into()),
+                ("code", "NetConnection.Connect.Success".into()),
+                ("description", "Connection succeeds".into()),
+                ("objectEncoding", 0.0.into()),
+            ]),
+        ]);
+        assert_eq!(result.len(), 0xba);
+        bytes.extend_from_slice(&result);
+        for step in [1, 5, bytes.len()] {
+            let mut dec = ChunkDecoder::new(1 << 20);
+            let mut got = Vec::new();
+            for piece in bytes.chunks(step) {
+                dec.feed(piece);
+                while let Some(m) = dec.next_message().unwrap() {
+                    if m.type_id == msg_type::SET_CHUNK_SIZE {
+                        dec.set_chunk_size(8192).unwrap();
+                    }
+                    got.push(m);
+                }
+            }
+            let types: Vec<u8> = got.iter().map(|m| m.type_id).collect();
+            assert_eq!(types, [5, 6, 4, 1, 20], "step {step}");
+            let last = got.last().unwrap();
+            assert_eq!((last.csid, last.stream_id, last.timestamp), (3, 0, 0));
+            assert_eq!(&last.payload[..], &result[..]);
+            // Later headers on chunk stream 3 build on the assumed one as on any other.
+            dec.feed(&[0x83, 0, 0, 10]);
+            dec.feed(&result);
+            let m = dec.next_message().unwrap().unwrap();
+            assert_eq!(
+                (m.csid, m.stream_id, m.timestamp, m.type_id),
+                (3, 0, 10, 20)
+            );
+        }
+        // A type 2 or 3 opening header takes length and type from the latest header too.
+        let mut dec = ChunkDecoder::new(1 << 20);
+        dec.feed(&[0x02, 0, 0, 5, 0, 0, 2, 9, 1, 0, 0, 0, 0xaa, 0xbb]);
+        dec.feed(&[0x84, 0, 0, 7, 0xcc, 0xdd, 0xc5, 0xee, 0xff]);
+        let got: Vec<Message> = std::iter::from_fn(|| dec.next_message().unwrap()).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!((got[1].csid, got[1].timestamp, got[1].stream_id), (4, 7, 1));
+        assert_eq!((got[2].csid, got[2].timestamp, got[2].type_id), (5, 0, 9));
+        assert_eq!(&got[2].payload[..], &[0xee, 0xff]);
+    }
+
     #[test]
     fn hostile_chunks_are_errors() {
         let mut dec = ChunkDecoder::new(1000);
@@ -545,10 +658,28 @@ mod tests {
         // A message longer than the limit is refused at its header.
         dec.feed(&[0x03, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0]);
         assert!(dec.next_message().is_err());
-        // A type 1 chunk without any previous header.
+        // A type 2 or 3 chunk before any header at all: no length to assume.
+        for first in [0x83u8, 0xc3] {
+            let mut dec = ChunkDecoder::new(1000);
+            dec.feed(&[first, 0, 0, 0, 0]);
+            assert_eq!(
+                dec.next_message(),
+                Err(ChunkError::NoPreviousHeader {
+                    fmt: first >> 6,
+                    csid: 3
+                })
+            );
+        }
+        // A tolerated type 1 header is held to the message size limit all the same.
         let mut dec = ChunkDecoder::new(1000);
-        dec.feed(&[0x43, 0, 0, 0, 0, 0, 1, 20, 0]);
-        assert!(dec.next_message().is_err());
+        dec.feed(&[0x43, 0, 0, 0, 0xff, 0xff, 0xff, 20]);
+        assert!(matches!(
+            dec.next_message(),
+            Err(ChunkError::TooLarge {
+                length: 0xff_ffff,
+                ..
+            })
+        ));
         // Too many chunk streams.
         let mut dec = ChunkDecoder::new(1000);
         let mut enc = ChunkEncoder::new();

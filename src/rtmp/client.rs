@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use super::amf0::{self, DecodeError, Value};
+use super::auth::{AuthFailure, ClientAuth, Credentials};
 use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Message, msg_type};
 use super::flv::{Tag, TagKind};
 use super::handshake::{self, ClientHandshake, HandshakeError};
@@ -72,6 +73,14 @@ pub enum Error {
     /// Any other protocol violation (short control messages, missing stream ids).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Authentication (Adobe or Limelight) could not go on: no credentials for a server that
+    /// asks for them, or the server refused them.
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthFailure),
+    /// connect was refused with an authentication challenge: connect again (a new connection)
+    /// with this state. Holds the response: its Display and Debug show no secret.
+    #[error("the server asks for authentication ({}): connecting again", .0.authmod().map_or("?", |m| m.as_str()))]
+    AuthRetry(Box<ClientAuth>),
     /// The server refused: `_error` or an error-level `onStatus`.
     #[error("the server refused {command}: {code}{}", if description.is_empty() { String::new() } else { format!(" ({description})") })]
     Rejected {
@@ -86,6 +95,9 @@ impl Error {
     /// A refusal for want of authorization: a connect rejected, or a code of the
     /// `*.Unauthorized` / `*.Auth*` family (Wowza, Red5, nginx-rtmp's `on_publish` hooks).
     pub fn is_unauthorized(&self) -> bool {
+        if matches!(self, Error::Auth(_)) {
+            return true;
+        }
         let Error::Rejected { code, .. } = self else {
             return false;
         };
@@ -185,6 +197,10 @@ pub struct PublisherConfig {
     pub chunk_size: u32,
     /// The largest message accepted from the server.
     pub max_message_size: u32,
+    /// For servers that ask for Adobe or Limelight authentication.
+    pub credentials: Option<Credentials>,
+    /// Where the authentication exchange stands (its query goes on app and tcUrl).
+    pub auth: ClientAuth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +296,13 @@ impl Publisher {
         self.phase
     }
 
+    /// Credentials and the authentication state, before the handshake completes (tests and
+    /// callers that build the config elsewhere).
+    pub fn set_auth(&mut self, credentials: Option<Credentials>, auth: ClientAuth) {
+        self.config.credentials = credentials;
+        self.config.auth = auth;
+    }
+
     /// Bytes to send (taken: the caller owns them now).
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
@@ -371,7 +394,14 @@ impl Publisher {
         );
         let mut values = vec![Value::from(name), Value::Number(txn)];
         values.extend_from_slice(args);
-        if log::log_enabled!(log::Level::Trace) {
+        if name == "connect" && !self.config.auth.params().is_empty() {
+            // app and tcUrl carry the authentication response.
+            log_id!(
+                trace,
+                &self.config.name,
+                "command to the server: connect (values not shown: they carry authentication)"
+            );
+        } else if log::log_enabled!(log::Level::Trace) {
             // publish, releaseStream and FCPublish carry the stream name: redacted.
             log_id!(
                 trace,
@@ -416,11 +446,29 @@ impl Publisher {
             self.config.tc_url,
             self.config.flash_version
         );
+        let params = self.config.auth.params();
+        if let Some(m) = self.config.auth.authmod() {
+            log_id!(
+                debug,
+                &self.config.name,
+                "connect carries authmod={} for user '{}' ({})",
+                m.as_str(),
+                self.config
+                    .credentials
+                    .as_ref()
+                    .map_or("", |c| c.user.as_str()),
+                if self.config.auth.responded() {
+                    "with our response"
+                } else {
+                    "asking for the challenge"
+                }
+            );
+        }
         let cmd = amf0::obj(&[
-            ("app", self.config.app.as_str().into()),
+            ("app", format!("{}{params}", self.config.app).into()),
             ("type", "nonprivate".into()),
             ("flashVer", self.config.flash_version.as_str().into()),
-            ("tcUrl", self.config.tc_url.as_str().into()),
+            ("tcUrl", format!("{}{params}", self.config.tc_url).into()),
         ]);
         self.command(CSID_COMMAND, 0, "connect", &[cmd]);
         self.phase = Phase::Connect;
@@ -610,6 +658,22 @@ impl Publisher {
                     "{cmd} (transaction {txn}) answered {name}: level '{level}', code '{code}', \
                      description '{description}'"
                 );
+                if name == "_error" && cmd == "connect" {
+                    // The description unredacted: a short stream name may occur in a salt.
+                    let raw = info.get_str("description").unwrap_or_default();
+                    let random = {
+                        use rand::RngExt;
+                        rand::rng().random::<u32>()
+                    };
+                    if let Some(next) = self.config.auth.next(
+                        self.config.credentials.as_ref(),
+                        &self.config.app,
+                        raw,
+                        random,
+                    )? {
+                        return Err(Error::AuthRetry(Box::new(next)));
+                    }
+                }
                 if name == "_error" {
                     // releaseStream and FCPublish are courtesies many servers do not know.
                     if matches!(cmd, "releaseStream" | "FCPublish") {
@@ -823,6 +887,8 @@ mod tests {
             flash_version: "LNX 10,0,32,18".into(),
             chunk_size: 4096,
             max_message_size: 1 << 20,
+            credentials: None,
+            auth: ClientAuth::default(),
         }
     }
 
@@ -1077,6 +1143,45 @@ mod tests {
         assert_eq!(&pong.payload[..], &[0, 7, 0, 0, 1, 2]);
         assert_eq!(p.counters.acks_received, 1);
         assert_eq!(p.counters.bytes_acked, 5000);
+    }
+
+    /// A pyrtmp-like server: its answers open chunk stream 3 with a type 1 header and the
+    /// onStatus for publish arrives on message stream 0. Answers are matched by transaction id
+    /// (commands) and taken on any message stream (onStatus), as ffmpeg does.
+    #[test]
+    fn tolerates_a_type_1_opening_header_and_on_status_on_stream_0() {
+        let (mut p, _) = handshaken(config());
+        let _ = p.take_output();
+        let type1 = |values: &[Value]| {
+            let body = amf0::encode_all(values);
+            let mut out = vec![0x43, 0, 0, 0];
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+            out.push(msg_type::COMMAND_AMF0);
+            out.extend_from_slice(&body);
+            out
+        };
+        let mut answer = vec![
+            0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0x00, 0x4c, 0x4b, 0x40,
+        ];
+        answer.extend(type1(&[
+            "_result".into(),
+            1.0.into(),
+            Value::Null,
+            amf0::obj(&[("code", "NetConnection.Connect.Success".into())]),
+        ]));
+        assert_eq!(p.receive(&answer).unwrap(), [Event::Connected]);
+        // Unknown transactions are ignored, the right one answers createStream.
+        let mut answer = type1(&["_result".into(), 99.0.into(), Value::Null, 7.0.into()]);
+        answer.extend(type1(&[
+            "_result".into(),
+            4.0.into(),
+            Value::Null,
+            1.0.into(),
+        ]));
+        assert!(p.receive(&answer).unwrap().is_empty());
+        assert_eq!(p.phase(), Phase::Publish);
+        let answer = type1(&status("NetStream.Publish.Start", "status"));
+        assert_eq!(p.receive(&answer).unwrap(), [Event::Publishing]);
     }
 
     #[test]

@@ -22,6 +22,7 @@ macro_rules! log_id {
 }
 
 pub mod amf0;
+pub mod auth;
 pub mod chunk;
 pub mod client;
 pub mod flv;

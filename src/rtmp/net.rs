@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 
 use super::client::{Error, Event, Phase, Publisher, PublisherConfig, StopCommands};
 use super::flv::{Tag, TagKind};
-use super::queue::{Pushed, Resume, TagQueue};
+use super::queue::{Pushed, Rebase, Resume, TagQueue};
 use super::url::{Location, Scheme};
 use crate::net::backoff::Backoff;
 use crate::net::tls::TlsValidation;
@@ -46,6 +46,10 @@ pub struct NetConfig {
     /// what has gathered (sooner once [`FLUSH_BYTES`] are queued): fewer wake-ups and writes
     /// for at most this much added latency. Zero sends each tag at once.
     pub linger: Duration,
+    /// After a reconnection, timestamps continue from the last one sent (see [`Rebase`]).
+    pub continue_timestamps: bool,
+    /// For servers that ask for Adobe or Limelight authentication.
+    pub credentials: Option<super::auth::Credentials>,
     /// The output bitrate limit in bytes per second (0: none); changeable while running with
     /// [`Publication::set_peak_rate`].
     pub peak_rate: u64,
@@ -146,7 +150,11 @@ impl Publication {
     /// non-empty, 5 ms linger timer) then crosses threads. `notify` is called from that thread.
     pub fn start(config: NetConfig, notify: NoticeFn) -> std::io::Result<Publication> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(TagQueue::new(config.queue_size)),
+            queue: Mutex::new({
+                let mut q = TagQueue::new(config.queue_size);
+                q.rebase = Rebase::new(config.continue_timestamps);
+                q
+            }),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
             in_flight: Default::default(),
@@ -298,6 +306,9 @@ async fn run(
     }
     let mut ever_published = false;
     let mut failures = 0u32;
+    // Adobe/Limelight authentication: each step is a new connection, at once.
+    let mut auth = super::auth::ClientAuth::default();
+    let mut auth_steps = 0;
     loop {
         let mut published = false;
         let result = session(
@@ -307,6 +318,7 @@ async fn run(
             notify,
             ever_published,
             &mut published,
+            &auth,
         )
         .await;
         shared.stats.lock().unwrap().publishing = false;
@@ -314,6 +326,28 @@ async fn run(
             ever_published = true;
             failures = 0;
         }
+        // A later connection starts the exchange anew (challenges are good once).
+        let next_auth = match &result {
+            Err(Error::AuthRetry(next)) if auth_steps < 3 && !*stop.borrow() => {
+                Some((**next).clone())
+            }
+            _ => None,
+        };
+        if let Some(next) = next_auth {
+            auth_steps += 1;
+            log_id!(
+                debug,
+                &cfg.name,
+                "connect to {} refused with an authentication challenge ({}): connecting again \
+                 (step {auth_steps})",
+                cfg.location,
+                next.authmod().map_or("?", |m| m.as_str())
+            );
+            auth = next;
+            continue;
+        }
+        auth = super::auth::ClientAuth::default();
+        auth_steps = 0;
         let error = match result {
             Ok(()) => return,
             Err(e) => e,
@@ -483,6 +517,7 @@ async fn session(
     notify: &NoticeFn,
     reconnecting: bool,
     published: &mut bool,
+    auth: &super::auth::ClientAuth,
 ) -> Result<(), Error> {
     let stream = tokio::select! {
         s = connect(cfg) => s?,
@@ -513,6 +548,8 @@ async fn session(
             chunk_size: cfg.chunk_size,
             // Servers send commands and control messages; 1 MiB is plenty.
             max_message_size: 1 << 20,
+            credentials: cfg.credentials.clone(),
+            auth: auth.clone(),
         },
         epoch,
         &random,
@@ -580,9 +617,11 @@ async fn session(
     // waits for a keyframe.
     let mut resume = Resume::start(false);
     if reconnecting {
-        let q = shared.queue.lock().unwrap();
+        let mut guard = shared.queue.lock().unwrap();
+        let q = &mut *guard;
+        q.rebase.reconnected();
         for t in q.headers.tags() {
-            p.send_tag(t);
+            p.send_tag(&q.rebase.apply(t.clone()));
         }
         resume = Resume::start(q.has_video);
     }
@@ -617,6 +656,7 @@ async fn session(
                 while out.len() < 256 * 1024 {
                     let Some(t) = q.pop() else { break };
                     if resume.admit(&t) {
+                        let t = q.rebase.apply(t);
                         p.send_tag(&t);
                         sent[t.kind as usize] += 1;
                     } else {
@@ -887,6 +927,8 @@ mod tests {
             stop_commands: StopCommands::default(),
             connect_on_first_push: false,
             linger: Duration::ZERO,
+            continue_timestamps: false,
+            credentials: None,
             peak_rate: 0,
         };
         let d: Vec<u64> = (1..=6)

@@ -46,6 +46,8 @@ pub struct TagQueue {
     pub drops: u64,
     /// The stream has video: resuming waits for a keyframe.
     pub has_video: bool,
+    /// Timestamps after a reconnection (`continue-timestamps`).
+    pub rebase: Rebase,
 }
 
 fn is_header(tag: &Tag) -> bool {
@@ -63,6 +65,7 @@ impl TagQueue {
             headers: Headers::default(),
             drops: 0,
             has_video: false,
+            rebase: Rebase::default(),
         }
     }
 
@@ -208,6 +211,72 @@ impl Resume {
     }
 }
 
+/// Timestamps that continue across a reconnection. Without it (the default, as rtmp2sink and
+/// ffmpeg do) a new connection carries the pipeline's own timestamps, so a server recording
+/// both connections into one file, or a player that stays connected, sees a jump as long as
+/// the outage. With it, the first frame after a reconnection is sent 1 ms after the last one sent
+/// before it, and every later tag keeps its distance from that frame: the outage disappears
+/// from the timeline (audio and video stay in sync: one offset for both).
+#[derive(Debug, Default)]
+pub struct Rebase {
+    enabled: bool,
+    /// The highest timestamp sent so far (after the offset).
+    last: Option<u32>,
+    /// Added to the pipeline's timestamps.
+    offset: i64,
+    /// Reconnected: the next frame sets a new offset.
+    pending: bool,
+}
+
+impl Rebase {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            ..Self::default()
+        }
+    }
+
+    /// A new connection is publishing: the next frame continues from the last one sent.
+    pub fn reconnected(&mut self) {
+        self.pending = self.enabled && self.last.is_some();
+    }
+
+    /// The offset now added to the pipeline's timestamps (0 when disabled).
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// `tag` with the timestamp it is sent with. Metadata and codec configuration sent ahead of
+    /// the first frame after a reconnection take that frame's timestamp.
+    pub fn apply(&mut self, mut tag: Tag) -> Tag {
+        if !self.enabled {
+            return tag;
+        }
+        let next = |last: Option<u32>| last.map_or(0, |l| l.saturating_add(1));
+        let ts = if self.pending && is_header(&tag) {
+            next(self.last)
+        } else {
+            if self.pending {
+                self.pending = false;
+                self.offset = i64::from(next(self.last)) - i64::from(tag.timestamp);
+                log::debug!(
+                    "continue-timestamps: the new connection continues at {} ms (pipeline \
+                     timestamp {} ms, offset {} ms)",
+                    next(self.last),
+                    tag.timestamp,
+                    self.offset
+                );
+            }
+            let ts = (i64::from(tag.timestamp) + self.offset).clamp(0, i64::from(u32::MAX));
+            let ts = u32::try_from(ts).unwrap_or(u32::MAX);
+            self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+            ts
+        };
+        tag.timestamp = ts;
+        tag
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +308,43 @@ mod tests {
             timestamp: 0,
             data: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
         }
+    }
+
+    fn at(mut t: Tag, ts: u32) -> Tag {
+        t.timestamp = ts;
+        t
+    }
+
+    #[test]
+    fn rebase_continues_after_a_reconnection() {
+        // Disabled: timestamps untouched, before and after a reconnection.
+        let mut r = Rebase::new(false);
+        assert_eq!(r.apply(at(video(true, 10), 1000)).timestamp, 1000);
+        r.reconnected();
+        assert_eq!(r.apply(at(video(true, 10), 9000)).timestamp, 9000);
+        // Enabled: untouched until a reconnection...
+        let mut r = Rebase::new(true);
+        r.reconnected(); // nothing sent yet: nothing to continue from
+        assert_eq!(r.apply(at(video(true, 10), 500)).timestamp, 500);
+        assert_eq!(r.apply(at(audio(10), 1020)).timestamp, 1020);
+        assert_eq!(r.apply(at(video(false, 10), 1000)).timestamp, 1000);
+        // ...then the 8 s outage disappears: headers and the keyframe at 1021, the rest keeps
+        // its distance from the keyframe, audio and video alike.
+        r.reconnected();
+        assert_eq!(r.apply(at(seq(), 0)).timestamp, 1021);
+        assert_eq!(r.apply(at(video(true, 10), 9000)).timestamp, 1021);
+        assert_eq!(r.offset(), 1021 - 9000);
+        assert_eq!(r.apply(at(audio(10), 8990)).timestamp, 1011);
+        assert_eq!(r.apply(at(video(false, 10), 9033)).timestamp, 1054);
+        // A second reconnection builds on the first; timestamps never go below 0 or wrap.
+        r.reconnected();
+        assert_eq!(r.apply(at(video(true, 10), 100)).timestamp, 1055);
+        assert_eq!(r.apply(at(audio(10), 0)).timestamp, 955);
+        let mut r = Rebase::new(true);
+        r.apply(at(video(true, 10), u32::MAX - 1));
+        r.reconnected();
+        assert_eq!(r.apply(at(video(true, 10), 0)).timestamp, u32::MAX);
+        assert_eq!(r.apply(at(video(true, 10), 5)).timestamp, u32::MAX);
     }
 
     #[test]

@@ -55,6 +55,10 @@ struct Settings {
     latency_ms: u32,
     tls_certificate_file: Option<String>,
     tls_key_file: Option<String>,
+    /// `user:password` strings: when any, connect needs Adobe/Limelight authentication.
+    users: Vec<String>,
+    /// `adobe` or `llnw`: what a connect without credentials is told to use.
+    authmod: String,
 }
 
 impl Default for Settings {
@@ -72,6 +76,8 @@ impl Default for Settings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             latency_ms: DEFAULT_LATENCY_MS,
             tls_certificate_file: None,
+            users: Vec::new(),
+            authmod: "adobe".into(),
             tls_key_file: None,
         }
     }
@@ -297,6 +303,31 @@ impl ObjectImpl for RtmpServerSrc {
                     .blurb("The stream key publishers must publish (empty: any); never logged")
                     .mutable_ready()
                     .build(),
+                gst::ParamSpecArray::builder("users")
+                    .nick("Users")
+                    .blurb(
+                        "Who may publish: \"user:password\" strings; as soon as there is one, \
+                         connect needs Adobe (authmod=adobe) or Limelight (authmod=llnw) \
+                         authentication, as ffmpeg and librtmp clients do it with \
+                         rtmp://user:password@host/app/key. gst-launch-1.0: users='<\"alice:S3cr3t\">'",
+                    )
+                    .element_spec(
+                        &glib::ParamSpecString::builder("user")
+                            .nick("User")
+                            .blurb("user:password")
+                            .build(),
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("authmod")
+                    .nick("Authentication method")
+                    .blurb(
+                        "With users: the method a connect without credentials is told to use, \
+                         adobe or llnw (Limelight); a client may ask for the other",
+                    )
+                    .default_value(Some("adobe"))
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("takeover")
                     .nick("Takeover")
                     .blurb("A second publisher replaces the first (FALSE: it is refused with NetStream.Publish.BadName)")
@@ -406,6 +437,20 @@ impl ObjectImpl for RtmpServerSrc {
             "application" => s.application = string().unwrap_or_default(),
             "stream-key" => s.stream_key = string().unwrap_or_default(),
             "takeover" => s.takeover = value.get().expect("type checked"),
+            "authmod" => {
+                s.authmod = value
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| "adobe".into())
+            }
+            "users" => {
+                s.users = value
+                    .get::<gst::Array>()
+                    .expect("type checked")
+                    .iter()
+                    .filter_map(|v| v.get::<String>().ok())
+                    .collect();
+            }
             "wait-for-next-publisher" => {
                 s.wait_for_next_publisher = value.get().expect("type checked")
             }
@@ -437,6 +482,8 @@ impl ObjectImpl for RtmpServerSrc {
             "application" => s.application.to_value(),
             "stream-key" => s.stream_key.to_value(),
             "takeover" => s.takeover.to_value(),
+            "authmod" => s.authmod.to_value(),
+            "users" => gst::Array::new(s.users.iter().cloned()).to_value(),
             "wait-for-next-publisher" => s.wait_for_next_publisher.to_value(),
             "queue-size" => s.queue_size.to_value(),
             "max-connections" => s.max_connections.to_value(),
@@ -506,6 +553,42 @@ impl BaseSrcImpl for RtmpServerSrc {
             ),
             None => None,
         };
+        let auth = if s.users.is_empty() {
+            None
+        } else {
+            let mut users = Vec::new();
+            for u in &s.users {
+                let Some((user, password)) = u.split_once(':') else {
+                    // The entry may be a password alone: not quoted.
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::Settings,
+                        ("users: an entry is not \"user:password\"")
+                    ));
+                };
+                users.push(crate::rtmp::auth::Credentials {
+                    user: user.to_owned(),
+                    password: password.to_owned(),
+                });
+            }
+            let mut secret = [0u8; 16];
+            {
+                use rand::RngExt;
+                rand::rng().fill(&mut secret[..]);
+            }
+            let offer = match s.authmod.as_str() {
+                "adobe" => crate::rtmp::auth::AuthMod::Adobe,
+                "llnw" => crate::rtmp::auth::AuthMod::Llnw,
+                other => {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::Settings,
+                        ("authmod '{}': adobe or llnw", other)
+                    ));
+                }
+            };
+            Some(Arc::new(
+                crate::rtmp::auth::ServerAuth::new(users, secret).offering(offer),
+            ))
+        };
         let output = Arc::new(Output::new(s.queue_size as usize));
         let config = ListenerConfig {
             name: self.obj().name().to_string(),
@@ -519,6 +602,7 @@ impl BaseSrcImpl for RtmpServerSrc {
             handshake_timeout: Duration::from_secs(u64::from(s.handshake_timeout)),
             idle_timeout: Duration::from_secs(u64::from(s.idle_timeout)),
             hook: Some(self.publish_hook()),
+            auth,
             ..ListenerConfig::default()
         };
         let listener = Listener::start(config, output.clone()).map_err(|e| {

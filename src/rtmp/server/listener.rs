@@ -56,6 +56,8 @@ pub struct ListenerConfig {
     pub chunk_size: u32,
     pub max_message_size: u32,
     pub hook: Option<PublishHook>,
+    /// Adobe/Limelight authentication of connect (rtmpserversrc's `users`).
+    pub auth: Option<Arc<super::super::auth::ServerAuth>>,
 }
 
 impl Default for ListenerConfig {
@@ -74,6 +76,7 @@ impl Default for ListenerConfig {
             chunk_size: 4096,
             max_message_size: 8 * 1024 * 1024,
             hook: None,
+            auth: None,
         }
     }
 }
@@ -354,6 +357,7 @@ async fn run<R, W>(
         application: shared.config.application.clone(),
         chunk_size: shared.config.chunk_size,
         max_message_size: shared.config.max_message_size,
+        auth: shared.config.auth.clone(),
         ..ConnectionConfig::default()
     };
     let mut random = [0u8; super::PACKET_SIZE];

@@ -51,6 +51,13 @@ pub enum Error {
     /// connect named an application the server does not serve.
     #[error("connect to application '{app}' refused: the server serves '{served}'")]
     WrongApplication { app: String, served: String },
+    /// connect refused by Adobe/Limelight authentication: a step of the exchange (the client
+    /// comes back on a new connection) or a failure. `reason` and `user` hold no secret.
+    #[error("connect refused by authentication: {reason}{}", user.as_ref().map(|u| format!(" (user '{u}')")).unwrap_or_default())]
+    AuthRefused {
+        reason: &'static str,
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +74,8 @@ pub struct ConnectionConfig {
     pub window_ack_size: u32,
     /// Larger messages from the client end the connection.
     pub max_message_size: u32,
+    /// When set, connect needs Adobe or Limelight authentication.
+    pub auth: Option<std::sync::Arc<super::auth::ServerAuth>>,
 }
 
 impl Default for ConnectionConfig {
@@ -78,6 +87,7 @@ impl Default for ConnectionConfig {
             chunk_size: 4096,
             window_ack_size: 2_500_000,
             max_message_size: 8 * 1024 * 1024,
+            auth: None,
         }
     }
 }
@@ -152,6 +162,8 @@ pub struct Connection {
     phase: Phase,
     streams_created: u32,
     publish_stream: Option<u32>,
+    /// publish came on message stream 0 (tolerated): media on stream 0 belongs to it too.
+    publish_on_zero: bool,
     /// The peer's Window Acknowledgement Size: acknowledge after that many bytes.
     peer_window: u32,
     last_ack: u64,
@@ -172,6 +184,7 @@ impl Connection {
             phase: Phase::Handshake,
             streams_created: 0,
             publish_stream: None,
+            publish_on_zero: false,
             peer_window: 0,
             last_ack: 0,
             counters: Counters::default(),
@@ -368,8 +381,9 @@ impl Connection {
                     ))
                 })
         };
-        let publishing =
-            self.phase == Phase::Publishing && Some(msg.stream_id) == self.publish_stream;
+        let publishing = self.phase == Phase::Publishing
+            && (Some(msg.stream_id) == self.publish_stream
+                || (self.publish_on_zero && msg.stream_id == 0));
         match msg.type_id {
             msg_type::SET_CHUNK_SIZE => {
                 let size = u32_at(0)?;
@@ -541,6 +555,21 @@ impl Connection {
                         self.phase
                     )));
                 }
+                let mut stream_id = stream_id;
+                if stream_id == 0 && self.streams_created > 0 {
+                    // Liberal as ffmpeg: a client whose headers lost the message stream id
+                    // (a type 1 header opening its chunk stream) publishes on stream 0.
+                    log_id!(
+                        info,
+                        self.name(),
+                        "{}: publish on message stream 0: tolerated, taken as message stream {} \
+                         (the last createStream made); media on either is taken",
+                        self.config.peer,
+                        self.streams_created
+                    );
+                    self.publish_on_zero = true;
+                    stream_id = self.streams_created;
+                }
                 if stream_id == 0 || stream_id > self.streams_created {
                     return Err(Error::Protocol(format!(
                         "publish on message stream {stream_id}, which createStream did not make"
@@ -643,7 +672,7 @@ impl Connection {
                 .collect(),
             _ => Vec::new(),
         };
-        let info = ConnectInfo {
+        let mut info = ConnectInfo {
             // Some clients put the query or a trailing slash in app.
             app: get("app").trim_end_matches('/').to_owned(),
             tc_url: get("tcUrl"),
@@ -684,6 +713,66 @@ impl Connection {
                 app: app_name.to_owned(),
                 served: self.config.application.clone(),
             });
+        }
+        if let Some(auth) = self.config.auth.clone() {
+            let mut random = [0u8; 8];
+            {
+                use rand::RngExt;
+                rand::rng().fill(&mut random[..]);
+            }
+            // The query carries the response and the challenges: only the user is logged.
+            let user = info
+                .app
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("user=")))
+                .map(str::to_owned);
+            match auth.check(&info.app, &random) {
+                super::auth::Verdict::Accept(user) => {
+                    log_id!(
+                        debug,
+                        self.name(),
+                        "{}: connect authenticated: user '{user}'",
+                        self.config.peer
+                    );
+                    // The authentication query stays out of what is reported.
+                    if let Some((app, _)) = info.app.split_once('?') {
+                        info.app = app.to_owned();
+                    }
+                    if let Some((tc, _)) = info.tc_url.split_once('?') {
+                        info.tc_url = tc.to_owned();
+                    }
+                }
+                super::auth::Verdict::Refuse {
+                    description,
+                    reason,
+                } => {
+                    log_id!(
+                        debug,
+                        self.name(),
+                        "{}: connect refused by authentication: {reason}{}",
+                        self.config.peer,
+                        user.as_ref()
+                            .map(|u| format!(" (user '{u}')"))
+                            .unwrap_or_default()
+                    );
+                    let info_obj = amf0::obj(&[
+                        ("level", "error".into()),
+                        ("code", "NetConnection.Connect.Rejected".into()),
+                        ("description", description.into()),
+                    ]);
+                    self.send_command(
+                        CSID_COMMAND,
+                        0,
+                        &[
+                            Value::from("_error"),
+                            Value::Number(txn),
+                            Value::Null,
+                            info_obj,
+                        ],
+                    );
+                    return Err(Error::AuthRefused { reason, user });
+                }
+            }
         }
         let window = self.config.window_ack_size;
         self.control(msg_type::WINDOW_ACK_SIZE, &window.to_be_bytes());

@@ -16,6 +16,8 @@ fn publisher(app: &str, stream: &str) -> Publisher {
             flash_version: "FMLE/3.0".into(),
             chunk_size: 4096,
             max_message_size: 1 << 20,
+            credentials: None,
+            auth: Default::default(),
         },
         0,
         &[3; 1528],
@@ -369,4 +371,193 @@ fn enhanced_rtmp_four_cc_list_is_recorded_and_echoed() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("NetConnection.Connect.Success"));
     assert!(text.contains("fourCcList") && text.contains("hvc1"));
+}
+
+/// Adobe authentication between our publisher and our server, in memory: three connections
+/// (challenge asked, challenge answered, accepted); a wrong password ends at the third.
+#[test]
+fn adobe_authentication_takes_three_connections() {
+    use crate::rtmp::auth::{ClientAuth, Credentials, ServerAuth};
+    let alice = |password: &str| Credentials {
+        user: "alice".into(),
+        password: password.into(),
+    };
+    let auth = std::sync::Arc::new(ServerAuth::new(vec![alice("pw")], [9; 16]));
+    for (password, accepted) in [("pw", true), ("bad", false)] {
+        let mut state = ClientAuth::default();
+        let mut outcome = None;
+        for _ in 0..3 {
+            let mut c = publisher("live", "key");
+            c.set_auth(Some(alice(password)), state.clone());
+            let mut s = Connection::new(
+                ConnectionConfig {
+                    application: "live".into(),
+                    peer: "127.0.0.1:1".into(),
+                    auth: Some(auth.clone()),
+                    ..ConnectionConfig::default()
+                },
+                0,
+                &[7; PACKET_SIZE],
+            );
+            let mut server_events = Vec::new();
+            let mut client_error = None;
+            for _ in 0..20 {
+                let to_server = c.take_output();
+                if !to_server.is_empty() {
+                    match s.receive(&to_server) {
+                        Ok(ev) => server_events.extend(ev),
+                        Err(e) => assert!(matches!(e, Error::AuthRefused { .. }), "{e}"),
+                    }
+                }
+                let to_client = s.take_output();
+                if !to_client.is_empty()
+                    && let Err(e) = c.receive(&to_client)
+                {
+                    client_error = Some(e);
+                    break;
+                }
+                if to_server.is_empty() && to_client.is_empty() {
+                    break;
+                }
+            }
+            match client_error {
+                Some(client::Error::AuthRetry(next)) => state = *next,
+                Some(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+                None => {
+                    assert!(
+                        server_events
+                            .iter()
+                            .any(|e| matches!(e, Event::Connected(i) if i.app == "live")),
+                        "{server_events:?}"
+                    );
+                    outcome = Some(Ok(()));
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Some(Ok(())) => assert!(accepted, "{password} accepted"),
+            Some(Err(e)) => {
+                assert!(!accepted, "{password}: {e}");
+                assert!(e.is_unauthorized(), "{e}");
+            }
+            None => panic!("no outcome in three connections"),
+        }
+    }
+}
+
+/// The decoder's tolerance serves rtmpserversrc too: a publisher whose first command opens
+/// chunk stream 3 with a type 1 header (after a type 0 Set Chunk Size on chunk stream 2) is
+/// taken.
+#[test]
+fn a_type_1_header_opening_a_chunk_stream_is_tolerated() {
+    let mut s = server("live");
+    let c0c1 = {
+        let mut c = publisher("live", "key");
+        c.take_output()
+    };
+    s.receive(&c0c1).unwrap();
+    let s0s1s2 = s.take_output();
+    let mut c2 = s0s1s2[1..1 + PACKET_SIZE].to_vec();
+    let body = amf0::encode_all(&[
+        "connect".into(),
+        1.0.into(),
+        amf0::obj(&[
+            ("app", "live".into()),
+            ("tcUrl", "rtmp://127.0.0.1/live".into()),
+        ]),
+    ]);
+    c2.extend_from_slice(&[0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 0x10, 0]);
+    c2.extend_from_slice(&[0x43, 0, 0, 0]);
+    c2.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    c2.push(msg_type::COMMAND_AMF0);
+    c2.extend_from_slice(&body);
+    let ev = s.receive(&c2).unwrap();
+    assert!(
+        matches!(&ev[..], [Event::Connected(i)] if i.app == "live"),
+        "{ev:?}"
+    );
+}
+
+/// publish on message stream 0 after createStream (a client whose chunk headers lost the stream
+/// id) is taken as publish on the stream createStream made, and media on stream 0 is its media.
+/// Before any createStream it is still refused.
+#[test]
+fn publish_on_message_stream_0_is_tolerated_after_create_stream() {
+    for create in [true, false] {
+        let mut s = server("live");
+        let c0c1 = publisher("live", "key").take_output();
+        s.receive(&c0c1).unwrap();
+        let s0s1s2 = s.take_output();
+        let mut bytes = s0s1s2[1..1 + PACKET_SIZE].to_vec();
+        let mut enc = ChunkEncoder::new();
+        let cmd = |enc: &mut ChunkEncoder, sid: u32, values: &[Value], out: &mut Vec<u8>| {
+            enc.write(
+                3,
+                0,
+                msg_type::COMMAND_AMF0,
+                sid,
+                &amf0::encode_all(values),
+                out,
+            )
+        };
+        cmd(
+            &mut enc,
+            0,
+            &[
+                "connect".into(),
+                1.0.into(),
+                amf0::obj(&[("app", "live".into())]),
+            ],
+            &mut bytes,
+        );
+        if create {
+            cmd(
+                &mut enc,
+                0,
+                &["createStream".into(), 2.0.into(), Value::Null],
+                &mut bytes,
+            );
+        }
+        cmd(
+            &mut enc,
+            0,
+            &[
+                "publish".into(),
+                3.0.into(),
+                Value::Null,
+                "key".into(),
+                "live".into(),
+            ],
+            &mut bytes,
+        );
+        let r = s.receive(&bytes);
+        if !create {
+            assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+            continue;
+        }
+        let ev = r.unwrap();
+        let Some(Event::Publish(req)) = ev.last() else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(req.stream_id, 1);
+        s.accept_publish();
+        let mut media = Vec::new();
+        enc.write(
+            6,
+            40,
+            msg_type::VIDEO,
+            0,
+            &[0x17, 1, 0, 0, 0, 9],
+            &mut media,
+        );
+        let ev = s.receive(&media).unwrap();
+        assert!(
+            matches!(&ev[..], [Event::Media(t)] if t.timestamp == 40),
+            "{ev:?}"
+        );
+    }
 }

@@ -1,0 +1,355 @@
+//! Adobe authentication (`authmod=adobe`) between rtmpserversrc's `users` and real clients:
+//! ffmpeg's own RTMP client (`rtmp://user:password@host/...`), and our rsrtmpsink (`username` /
+//! `password` properties and the location's userinfo). Every frame of the publication is
+//! counted in the recording; wrong or missing credentials are refused with the client's error;
+//! the debug log of this process (lsrtmp, rsrtmpsink, rtmpserversrc at level 9) never holds the
+//! password or a response. Limelight's method (`authmod=llnw`, an HTTP Digest over MD5) is
+//! tested the same way with ffmpeg and rsrtmpsink. Loopback only, every wait bounded, every
+//! child killed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+use common::rtmp::{Publish, TempDir, av_flv_source, probe_file};
+use common::{ChildGuard, assert_ours, init, run};
+
+const PASSWORD: &str = "S3cr3t-pa55";
+
+/// Every debug line of the RTMP categories, at every level.
+fn logs() -> Arc<Mutex<Vec<String>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        init();
+        let logs: Arc<Mutex<Vec<String>>> = Default::default();
+        let l = logs.clone();
+        gst::log::remove_default_log_function();
+        gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
+            if matches!(cat.name(), "lsrtmp" | "rsrtmpsink" | "rtmpserversrc")
+                && let Some(m) = msg.get()
+            {
+                l.lock().unwrap().push(m.to_string());
+            }
+        });
+        for cat in ["lsrtmp", "rsrtmpsink", "rtmpserversrc"] {
+            gst::log::set_threshold_for_name(cat, gst::DebugLevel::Memdump);
+        }
+        logs
+    })
+    .clone()
+}
+
+fn assert_no_secret_logged() {
+    let logs = logs();
+    let logs = logs.lock().unwrap();
+    for l in logs.iter() {
+        assert!(
+            !l.contains(PASSWORD) && !l.contains("response="),
+            "secret in the log: {l}"
+        );
+    }
+}
+
+fn wait_log(timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if logs().lock().unwrap().iter().any(|l| pred(l)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// 3 s of H.264 (30 fps) and AAC in FLV, made once; (path, video frames, audio frames).
+fn input() -> &'static (TempDir, PathBuf, u64, u64) {
+    static INPUT: OnceLock<(TempDir, PathBuf, u64, u64)> = OnceLock::new();
+    INPUT.get_or_init(|| {
+        let dir = TempDir::new("rtmp-auth-input");
+        let path = dir.path().join("in.flv");
+        let (out, timed_out) = run(
+            Command::new("ffmpeg").args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-t",
+                "3",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "30",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-f",
+                "flv",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(!timed_out && out.status.success());
+        let probe = probe_file(&path);
+        let (v, a) = (
+            probe.stream("video").unwrap().1,
+            probe.stream("audio").unwrap().1,
+        );
+        (dir, path, v, a)
+    })
+}
+
+/// rtmpserversrc with `users` (alice) recording into a file.
+struct Server {
+    pipeline: gst::Pipeline,
+    src: gst::Element,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Server {
+    fn start(users: &[&str]) -> Server {
+        Self::start_with(users, "adobe")
+    }
+
+    /// `authmod`: what the server asks for (`adobe`, `llnw`).
+    fn start_with(users: &[&str], authmod: &str) -> Server {
+        let _ = logs();
+        let dir = TempDir::new("rtmp-auth");
+        let desc = format!(
+            "rtmpserversrc name=src address=127.0.0.1 port=0 ! filesink location={}",
+            dir.path().join("out.flv").display()
+        );
+        let pipeline = gst::parse::launch(&desc)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let src = pipeline.by_name("src").unwrap();
+        assert_ours(&src);
+        src.set_property("users", gst::Array::new(users.iter().copied()));
+        src.set_property("authmod", authmod);
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let port = src.property::<i32>("bound-port") as u16;
+        assert!(port > 0);
+        Server {
+            pipeline,
+            src,
+            port,
+            dir,
+        }
+    }
+
+    fn publishers(&self) -> u64 {
+        self.src
+            .property::<gst::Structure>("stats")
+            .get::<u64>("publishers")
+            .unwrap()
+    }
+
+    /// Waits for EOS (the publisher left), stops, and counts the recording's frames.
+    fn recorded(&self) -> (u64, u64) {
+        let bus = self.pipeline.bus().unwrap();
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(30),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .expect("EOS within 30 s");
+        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        let probe = probe_file(&self.dir.path().join("out.flv"));
+        (
+            probe.stream("video").map_or(0, |s| s.1),
+            probe.stream("audio").map_or(0, |s| s.1),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn ffmpeg_publish(url: &str) -> std::process::Output {
+    let (out, timed_out) = ChildGuard::spawn(Command::new("ffmpeg").args([
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        input().1.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        url,
+    ]))
+    .wait_output(Duration::from_secs(40));
+    assert!(!timed_out, "ffmpeg did not finish");
+    out
+}
+
+#[test]
+fn ffmpeg_publishes_with_adobe_authentication_every_frame() {
+    let server = Server::start(&["bob:other", &format!("alice:{PASSWORD}")]);
+    let out = ffmpeg_publish(&format!(
+        "rtmp://alice:{PASSWORD}@127.0.0.1:{}/live/key",
+        server.port
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (v, a) = server.recorded();
+    let (_, _, iv, ia) = input();
+    assert_eq!((v, a), (*iv, *ia), "every frame");
+    assert!(wait_log(Duration::from_secs(1), |l| l
+        .contains("connect authenticated: user 'alice'")));
+    assert_no_secret_logged();
+}
+
+#[test]
+fn ffmpeg_and_rsrtmpsink_publish_with_limelight_authentication() {
+    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let out = ffmpeg_publish(&format!(
+        "rtmp://alice:{PASSWORD}@127.0.0.1:{}/live/key",
+        server.port
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (v, a) = server.recorded();
+    let (_, _, iv, ia) = input();
+    assert_eq!((v, a), (*iv, *ia), "every frame");
+    assert!(wait_log(Duration::from_secs(1), |l| l
+        .contains("no credentials: authmod=llnw asked for")));
+    // A wrong password fails with llnw too.
+    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let out = ffmpeg_publish(&format!(
+        "rtmp://alice:bad@127.0.0.1:{}/live/key",
+        server.port
+    ));
+    assert!(!out.status.success());
+    assert_eq!(server.publishers(), 0);
+    drop(server);
+    // rsrtmpsink answers llnw as well.
+    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let p = Publish::start(
+        &av_flv_source(90, true, false),
+        &format!(
+            "username=alice password={PASSWORD} location=rtmp://127.0.0.1:{}/live/key",
+            server.port
+        ),
+    );
+    let (r, _) = p.wait(Duration::from_secs(30));
+    r.expect("rsrtmpsink with llnw");
+    p.pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(server.recorded().0, 90);
+    assert_no_secret_logged();
+}
+
+#[test]
+fn ffmpeg_with_a_wrong_password_or_none_is_refused() {
+    let server = Server::start(&[&format!("alice:{PASSWORD}")]);
+    for (url, why) in [
+        (
+            format!("rtmp://alice:wrong@127.0.0.1:{}/live/key", server.port),
+            "wrong user, password or challenge",
+        ),
+        (
+            format!(
+                "rtmp://mallory:{PASSWORD}@127.0.0.1:{}/live/key",
+                server.port
+            ),
+            "wrong user, password or challenge",
+        ),
+        (
+            format!("rtmp://127.0.0.1:{}/live/key", server.port),
+            "no credentials",
+        ),
+    ] {
+        let out = ffmpeg_publish(&url);
+        assert!(!out.status.success(), "{why}: ffmpeg published");
+        assert!(
+            wait_log(Duration::from_secs(5), |l| l.contains(why)),
+            "no log line '{why}'"
+        );
+    }
+    assert_eq!(server.publishers(), 0);
+    assert_no_secret_logged();
+}
+
+#[test]
+fn rsrtmpsink_authenticates_with_properties_and_with_the_location() {
+    for props in [
+        format!("username=alice password={PASSWORD} location=rtmp://127.0.0.1:PORT/live/key"),
+        format!("location=rtmp://alice:{PASSWORD}@127.0.0.1:PORT/live/key"),
+    ] {
+        let server = Server::start(&[&format!("alice:{PASSWORD}")]);
+        let p = Publish::start(
+            &av_flv_source(90, true, false),
+            &props.replace("PORT", &server.port.to_string()),
+        );
+        let (r, _) = p.wait(Duration::from_secs(30));
+        r.unwrap_or_else(|e| panic!("{props}: {e}"));
+        // The location read back carries no credentials.
+        let location = p.sink.property::<String>("location");
+        assert!(!location.contains(PASSWORD), "{location}");
+        assert_eq!(p.sink.property::<String>("username"), "alice");
+        p.pipeline.set_state(gst::State::Null).unwrap();
+        let (v, _) = server.recorded();
+        assert_eq!(v, 90, "{props}");
+    }
+    assert_no_secret_logged();
+}
+
+#[test]
+fn rsrtmpsink_with_a_wrong_password_fails_as_not_authorized() {
+    let server = Server::start(&[&format!("alice:{PASSWORD}")]);
+    for props in ["username=alice password=wrong", ""] {
+        let start = Instant::now();
+        let p = Publish::start(
+            &av_flv_source(100_000, false, true),
+            &format!("location=rtmp://127.0.0.1:{}/live/key {props}", server.port),
+        );
+        let bus = p.pipeline.bus().unwrap();
+        let msg = bus
+            .timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Error])
+            .expect("an error");
+        let gst::MessageView::Error(e) = msg.view() else {
+            unreachable!()
+        };
+        assert!(
+            e.error().matches(gst::ResourceError::NotAuthorized),
+            "{props}: {} {:?}",
+            e.error(),
+            e.debug()
+        );
+        assert!(start.elapsed() < Duration::from_secs(15));
+        let text = format!("{} {:?}", e.error(), e.debug());
+        assert!(text.contains("authentication"), "{text}");
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("wrong"),
+            "{text}"
+        );
+    }
+    assert_eq!(server.publishers(), 0);
+    assert_no_secret_logged();
+}
