@@ -29,4 +29,5 @@ pub mod handshake;
 pub mod net;
 pub mod queue;
 pub mod server;
+pub mod tunnel;
 pub mod url;

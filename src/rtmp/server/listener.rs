@@ -12,6 +12,7 @@
 //! Specifications: none of its own: the protocol is [`super`]'s (RTMP specification 1.0); TLS is
 //! rustls's (RFC 8446, RFC 5246).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 
 use super::output::{Item, Output};
 use super::{Connection, ConnectionConfig, Event, Phase, PublishRequest};
+use crate::rtmp::tunnel::{self, Command, Request, RequestError};
 use crate::runtime::TaskGroup;
 
 /// What the application's hook is asked about a publish.
@@ -56,6 +58,9 @@ pub struct ListenerConfig {
     pub chunk_size: u32,
     pub max_message_size: u32,
     pub hook: Option<PublishHook>,
+    /// RTMPT (RTMP in HTTP POSTs) on the same port: a connection whose first byte is a letter
+    /// is taken as HTTP (an RTMP C0 is 3 or 6).
+    pub rtmpt: bool,
 }
 
 impl Default for ListenerConfig {
@@ -74,6 +79,7 @@ impl Default for ListenerConfig {
             chunk_size: 4096,
             max_message_size: 8 * 1024 * 1024,
             hook: None,
+            rtmpt: true,
         }
     }
 }
@@ -119,6 +125,10 @@ struct Shared {
     next_conn: AtomicU64,
     counters: ListenerCounters,
     next_id: AtomicU64,
+    /// Open RTMPT sessions by id.
+    tunnels: Mutex<HashMap<String, Arc<TunnelSession>>>,
+    /// The RTMPT sessions' RTMP connections (they outlive the HTTP connections).
+    tunnel_tasks: TaskGroup,
 }
 
 pub struct Listener {
@@ -152,6 +162,8 @@ impl Listener {
             next_conn: AtomicU64::new(1),
             counters: ListenerCounters::default(),
             next_id: AtomicU64::new(1),
+            tunnels: Mutex::new(HashMap::new()),
+            tunnel_tasks: TaskGroup::new(),
         });
         ldebug!(
             shared,
@@ -194,6 +206,8 @@ impl Listener {
     /// Stops listening and closes every connection, without waiting.
     pub fn stop(&self) {
         self.tasks.abort_all();
+        self.shared.tunnel_tasks.abort_all();
+        self.shared.tunnels.lock().unwrap().clear();
         let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Both);
         *self.shared.active.lock().unwrap() = None;
         self.shared.current.store(0, Ordering::Release);
@@ -235,32 +249,38 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
             }
         };
         shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let evict = Arc::new(Notify::new());
-        {
-            // Connections that have not published yet are bounded: the oldest makes room for
-            // the newest (idle or slow clients cannot lock a publisher out; a publishing
-            // connection is never closed for a new one).
-            let mut pending = shared.pending.lock().unwrap();
-            if pending.len() >= shared.config.max_connections
-                && let Some((old, notice)) = pending.pop_front()
-            {
-                shared
-                    .counters
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                ldebug!(
-                    shared,
-                    "{peer}: {} connections without a publication (max-connections): closing                      the oldest, connection {old}, to make room",
-                    shared.config.max_connections
-                );
-                notice.notify_one();
-            }
-            pending.push_back((id, evict.clone()));
-        }
+        let (id, evict) = admit(&shared, peer);
         let _ = stream.set_nodelay(true);
         connections.spawn(serve(shared.clone(), stream, peer, id, evict));
     }
+}
+
+/// A new connection (TCP, or an RTMPT session) joins the connections that have not published
+/// yet; at `max_connections` the oldest of them is closed to make room.
+fn admit(shared: &Shared, peer: SocketAddr) -> (u64, Arc<Notify>) {
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let evict = Arc::new(Notify::new());
+    // Connections that have not published yet are bounded: the oldest makes room for the
+    // newest (idle or slow clients cannot lock a publisher out; a publishing connection is
+    // never closed for a new one).
+    let mut pending = shared.pending.lock().unwrap();
+    if pending.len() >= shared.config.max_connections
+        && let Some((old, notice)) = pending.pop_front()
+    {
+        shared
+            .counters
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        ldebug!(
+            shared,
+            "{peer}: {} connections without a publication (max-connections): closing the oldest, \
+             connection {old}, to make room",
+            shared.config.max_connections
+        );
+        notice.notify_one();
+    }
+    pending.push_back((id, evict.clone()));
+    (id, evict)
 }
 
 /// Counts an open connection while alive, and takes it off the pending list when it ends.
@@ -288,9 +308,17 @@ async fn serve(
     let _guard = OpenGuard(shared.clone(), id);
     ldebug!(shared, "{peer}: connection accepted");
     let deadline = Instant::now() + shared.config.handshake_timeout;
+    // RTMPT clients write a request's head and body separately (FFmpeg without TCP_NODELAY):
+    // answering the head's segment with an immediate ACK saves a delayed-ACK wait (40 ms) per
+    // request. A second descriptor of the socket sets that after each read.
+    let ack = if shared.config.rtmpt {
+        socket2::SockRef::from(&stream).try_clone().ok()
+    } else {
+        None
+    };
     let Some(tls) = shared.config.tls.clone() else {
         let (r, w) = stream.into_split();
-        return run(shared, r, w, peer, deadline, id, evict).await;
+        return sniff(shared, r, w, peer, deadline, id, evict, ack).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let accepted = tokio::select! {
@@ -310,7 +338,7 @@ async fn serve(
                 session.negotiated_cipher_suite().map(|s| s.suite())
             );
             let (r, w) = tokio::io::split(stream);
-            run(shared, r, w, peer, deadline, id, evict).await;
+            sniff(shared, r, w, peer, deadline, id, evict, ack).await;
         }
         Ok(Err(e)) => ldebug!(
             shared,
@@ -322,6 +350,358 @@ async fn serve(
             shared.config.handshake_timeout
         ),
     }
+}
+
+/// Reads the first bytes and hands the connection to RTMP (a C0 is 3 or 6) or, when `rtmpt` is
+/// on and it starts with a letter (an HTTP method), to the RTMPT server.
+#[allow(clippy::too_many_arguments)]
+async fn sniff<R, W>(
+    shared: Arc<Shared>,
+    mut r: R,
+    w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    id: u64,
+    evict: Arc<Notify>,
+    ack: Option<socket2::Socket>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    if !shared.config.rtmpt {
+        return run(shared, r, w, peer, deadline, id, evict).await;
+    }
+    let mut first = vec![0u8; 4096];
+    let read = tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), r.read(&mut first)) => r,
+        () = evict.notified() => {
+            ldebug!(shared, "{peer}: connection closed: {EVICTED}");
+            return;
+        }
+    };
+    let n = match read {
+        Ok(Ok(0)) => {
+            ldebug!(shared, "{peer}: connection closed before sending anything");
+            return;
+        }
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            ldebug!(shared, "{peer}: connection closed: read failed: {e}");
+            return;
+        }
+        Err(_) => {
+            ldebug!(
+                shared,
+                "{peer}: connection closed: nothing received within {:?}",
+                shared.config.handshake_timeout
+            );
+            return;
+        }
+    };
+    first.truncate(n);
+    if first[0].is_ascii_alphabetic() {
+        ldebug!(shared, "{peer}: HTTP request: serving RTMPT");
+        quick_ack(ack.as_ref());
+        http(shared, first, r, w, peer, deadline, id, evict, ack).await;
+    } else {
+        let r = std::io::Cursor::new(first).chain(r);
+        run(shared, r, w, peer, deadline, id, evict).await;
+    }
+}
+
+/// An RTMPT session: the tunnel's end of the byte stream its RTMP connection reads and writes.
+struct TunnelSession {
+    /// The RTMP connection's id (in `pending` until it publishes).
+    conn_id: u64,
+    /// Only the address that opened the session may use it.
+    peer: IpAddr,
+    io: tokio::sync::Mutex<TunnelIo>,
+}
+
+struct TunnelIo {
+    r: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    /// None once closed.
+    w: Option<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+    /// Empty answers in a row (the polling byte grows with them).
+    empty: u32,
+}
+
+/// Bytes the server's RTMP side may have waiting for a client that does not poll: its writes
+/// wait beyond this (and fail after 10 s, closing the session).
+const TUNNEL_BUFFER: usize = 1024 * 1024;
+/// Bytes in one answer at most.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// A request's body limit: one RTMP message of the largest size with its chunk headers.
+fn max_body(config: &ListenerConfig) -> usize {
+    let m = config.max_message_size as usize;
+    m + m / 64 + 64 * 1024
+}
+
+/// True once the RTMP connection `conn_id` is no longer waiting to publish (it publishes, or
+/// it ended).
+fn published(shared: &Shared, conn_id: u64) -> bool {
+    !shared
+        .pending
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(c, _)| *c == conn_id)
+}
+
+/// Serves RTMPT requests on one HTTP/1.1 connection (keep-alive, pipelined requests answered
+/// in order). A refused request is answered with its status and ends the connection.
+#[allow(clippy::too_many_arguments)]
+async fn http<R, W>(
+    shared: Arc<Shared>,
+    mut buf: Vec<u8>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    conn_id: u64,
+    evict: Arc<Notify>,
+    ack: Option<socket2::Socket>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = max_body(&shared.config);
+    // Set once this connection carries a publishing session: no longer evictable.
+    let mut carrying = false;
+    let mut requests = 0u64;
+    // Once an answer could not be written: the requests still buffered are handled (unanswered)
+    // before the connection ends with this reason.
+    let mut write_failed: Option<String> = None;
+    let end: String = 'conn: loop {
+        // The first request within the handshake timeout, then the idle timeout between them.
+        let until = if requests == 0 {
+            deadline
+        } else {
+            Instant::now() + shared.config.idle_timeout
+        };
+        let mut need_body: Option<Request> = None;
+        let (req, body) = loop {
+            if let Some(req) = &need_body {
+                let end = req.head_len + req.content_length;
+                if buf.len() >= end {
+                    let body = buf[req.head_len..end].to_vec();
+                    buf.drain(..end);
+                    break (need_body.take().unwrap(), body);
+                }
+            } else {
+                match tunnel::parse_request(&buf, limit) {
+                    Ok(Some(req)) => {
+                        need_body = Some(req);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        refuse(&mut w, &e).await;
+                        break 'conn format!("RTMPT request refused ({}): {e}", e.status());
+                    }
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(until.into(), r.read(&mut chunk)) => r,
+                () = evict.notified(), if !carrying => break 'conn EVICTED.into(),
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) if write_failed.is_some() => {
+                    break 'conn write_failed.take().unwrap_or_default();
+                }
+                Ok(Ok(0)) if buf.is_empty() => {
+                    break 'conn "the client closed the connection".into();
+                }
+                Ok(Ok(0)) => break 'conn "the client closed the connection in a request".into(),
+                Ok(Ok(n)) => {
+                    quick_ack(ack.as_ref());
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Ok(Err(e)) => break 'conn format!("read failed: {e}"),
+                Err(_) if requests == 0 => {
+                    break 'conn format!(
+                        "no complete RTMPT request within {:?}",
+                        shared.config.handshake_timeout
+                    );
+                }
+                Err(_) => {
+                    break 'conn format!("no RTMPT request for {:?}", shared.config.idle_timeout);
+                }
+            }
+        };
+        requests += 1;
+        let answer = match tunnel_request(&shared, &req.command, &body, peer).await {
+            Ok((polling, data)) => tunnel::response(200, polling, &data, req.close),
+            Err((status, why)) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    w.write_all(&tunnel::response(status, None, b"", true)),
+                )
+                .await;
+                break format!("RTMPT {} refused ({status}): {why}", req.command.name());
+            }
+        };
+        if !carrying
+            && let Some(id) = req.command.session()
+            && let Some(s) = shared.tunnels.lock().unwrap().get(id).cloned()
+            && published(&shared, s.conn_id)
+        {
+            // This connection carries a publication: it is no longer a pending one.
+            carrying = true;
+            shared
+                .pending
+                .lock()
+                .unwrap()
+                .retain(|(c, _)| *c != conn_id);
+        }
+        if write_failed.is_none() {
+            match tokio::time::timeout(Duration::from_secs(10), w.write_all(&answer)).await {
+                Ok(Ok(())) => {}
+                // librtmp closes its socket right after its last requests (FCUnpublish,
+                // deleteStream, close) with our answers unread: the reset makes the write
+                // fail, but the requests already received still count.
+                Ok(Err(e)) => write_failed = Some(format!("write failed: {e}")),
+                Err(_) => break "the client read nothing for 10 s".into(),
+            }
+        }
+        if req.close {
+            break "the client asked to close the connection".into();
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    ldebug!(
+        shared,
+        "{peer}: RTMPT connection closed: {end} ({requests} requests)"
+    );
+}
+
+/// Linux leaves quick-ACK mode by itself: set again after each read.
+fn quick_ack(socket: Option<&socket2::Socket>) {
+    #[cfg(target_os = "linux")]
+    if let Some(s) = socket {
+        let _ = s.set_tcp_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, e: &RequestError) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        w.write_all(&tunnel::response(e.status(), None, b"", true)),
+    )
+    .await;
+}
+
+/// One RTMPT request: its answer (polling byte, body) or a refusal (status, reason).
+async fn tunnel_request(
+    shared: &Arc<Shared>,
+    command: &Command,
+    body: &[u8],
+    peer: SocketAddr,
+) -> Result<(Option<u8>, Vec<u8>), (u16, &'static str)> {
+    let session = match command {
+        Command::Ident => return Err((404, "no edge server here (fcs/ident2)")),
+        Command::Open => return Ok((None, open_session(shared, peer))),
+        Command::Send { session, .. }
+        | Command::Idle { session, .. }
+        | Command::Close { session, .. } => {
+            let s = shared.tunnels.lock().unwrap().get(session).cloned();
+            match s {
+                None => return Err((404, "unknown session id")),
+                Some(s) if s.peer != peer.ip() => {
+                    return Err((404, "session id of another client address"));
+                }
+                Some(s) => s,
+            }
+        }
+    };
+    log::trace!(
+        "{peer}: RTMPT {} for connection {}: {} bytes",
+        command.name(),
+        session.conn_id,
+        body.len()
+    );
+    let mut io = session.io.lock().await;
+    let wait = match command {
+        Command::Close { session: id, .. } => {
+            shared.tunnels.lock().unwrap().remove(id);
+            // The RTMP connection reads the end of its stream and closes.
+            io.w = None;
+            return Ok((Some(0), Vec::new()));
+        }
+        Command::Send { .. } => {
+            let Some(w) = io.w.as_mut() else {
+                return Err((404, "session closed"));
+            };
+            match tokio::time::timeout(Duration::from_secs(10), w.write_all(body)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err((404, "session ended")),
+                Err(_) => return Err((503, "the RTMP connection took nothing for 10 s")),
+            }
+            // Until it publishes, give the answer a moment (the handshake's and commands'
+            // answers go back in this response); a publisher's sends are answered at once.
+            if published(shared, session.conn_id) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(20)
+            }
+        }
+        _ => {
+            if published(shared, session.conn_id) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            }
+        }
+    };
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut wait = wait;
+    while data.len() < MAX_ANSWER {
+        match tokio::time::timeout(wait, io.r.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => data.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        wait = Duration::ZERO;
+    }
+    io.empty = if data.is_empty() { io.empty + 1 } else { 0 };
+    Ok((Some(tunnel::polling_byte(io.empty)), data))
+}
+
+/// Opens an RTMPT session: its RTMP connection runs on the listener's task group until it ends
+/// (closed, timed out, evicted before publishing); the answer is its id.
+fn open_session(shared: &Arc<Shared>, peer: SocketAddr) -> Vec<u8> {
+    let id = tunnel::new_session_id();
+    let (core, tunnel_end) = tokio::io::duplex(TUNNEL_BUFFER);
+    let (tr, tw) = tokio::io::split(tunnel_end);
+    let (cr, cw) = tokio::io::split(core);
+    let (conn_id, evict) = admit(shared, peer);
+    let session = Arc::new(TunnelSession {
+        conn_id,
+        peer: peer.ip(),
+        io: tokio::sync::Mutex::new(TunnelIo {
+            r: tr,
+            w: Some(tw),
+            empty: 0,
+        }),
+    });
+    shared.tunnels.lock().unwrap().insert(id.clone(), session);
+    ldebug!(shared, "{peer}: RTMPT session opened: connection {conn_id}");
+    let sh = shared.clone();
+    let key = id.clone();
+    shared.tunnel_tasks.spawn(async move {
+        sh.counters.open.fetch_add(1, Ordering::Relaxed);
+        let _guard = OpenGuard(sh.clone(), conn_id);
+        let deadline = Instant::now() + sh.config.handshake_timeout;
+        run(sh.clone(), cr, cw, peer, deadline, conn_id, evict).await;
+        sh.tunnels.lock().unwrap().remove(&key);
+    });
+    let mut body = id.into_bytes();
+    body.push(b'\n');
+    body
 }
 
 const EVICTED: &str = "evicted by a newer connection before it published (max-connections)";
