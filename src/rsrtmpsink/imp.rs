@@ -228,7 +228,7 @@ impl ObjectImpl for RsRtmpSink {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("scheme", RtmpScheme::Rtmp)
                     .nick("Scheme")
-                    .blurb("RTMP connection scheme: rtmp (TCP) or rtmps (TLS)")
+                    .blurb("RTMP connection scheme: rtmp (TCP), rtmps (TLS), rtmpt (tunnelled in HTTP) or rtmpts (tunnelled in HTTPS)")
                     .build(),
                 glib::ParamSpecString::builder("host")
                     .nick("Host")
@@ -237,7 +237,7 @@ impl ObjectImpl for RsRtmpSink {
                     .build(),
                 glib::ParamSpecInt::builder("port")
                     .nick("Port")
-                    .blurb("RTMP server port (1935 for rtmp, 443 for rtmps by default)")
+                    .blurb("RTMP server port (by default 1935 for rtmp, 443 for rtmps and rtmpts, 80 for rtmpt)")
                     .minimum(1)
                     .maximum(65535)
                     .default_value(1935)
@@ -432,6 +432,10 @@ pub enum RtmpScheme {
     Rtmp = 0,
     #[enum_value(name = "RTMP over TLS", nick = "rtmps")]
     Rtmps = 1,
+    #[enum_value(name = "RTMP tunnelled in HTTP", nick = "rtmpt")]
+    Rtmpt = 2,
+    #[enum_value(name = "RTMP tunnelled in HTTPS", nick = "rtmpts")]
+    Rtmpts = 3,
 }
 
 impl From<RtmpScheme> for Scheme {
@@ -439,6 +443,8 @@ impl From<RtmpScheme> for Scheme {
         match s {
             RtmpScheme::Rtmp => Scheme::Rtmp,
             RtmpScheme::Rtmps => Scheme::Rtmps,
+            RtmpScheme::Rtmpt => Scheme::Rtmpt,
+            RtmpScheme::Rtmpts => Scheme::Rtmpts,
         }
     }
 }
@@ -448,6 +454,8 @@ impl From<Scheme> for RtmpScheme {
         match s {
             Scheme::Rtmp => RtmpScheme::Rtmp,
             Scheme::Rtmps => RtmpScheme::Rtmps,
+            Scheme::Rtmpt => RtmpScheme::Rtmpt,
+            Scheme::Rtmpts => RtmpScheme::Rtmpts,
         }
     }
 }
@@ -690,7 +698,7 @@ impl URIHandlerImpl for RsRtmpSink {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
     fn protocols() -> &'static [&'static str] {
-        &["rtmp", "rtmps"]
+        &["rtmp", "rtmps", "rtmpt", "rtmpts"]
     }
 
     fn uri(&self) -> Option<String> {

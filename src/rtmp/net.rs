@@ -401,7 +401,11 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
     }
 }
 
-async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
+/// A connection: the byte stream, and for RTMPT the task that carries it in HTTP requests
+/// (awaited when stopping, so that the last bytes and the session's close go out).
+type Connected = (Box<dyn Io>, Option<tokio::task::JoinHandle<()>>);
+
+async fn connect(cfg: &NetConfig) -> Result<Connected, Error> {
     let loc = &cfg.location;
     let deadline = tokio::time::Instant::now() + cfg.timeout;
     log_id!(
@@ -410,10 +414,11 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
         "connecting to {}:{} over {} (timeout {} s)",
         loc.host,
         loc.port,
-        if loc.scheme == Scheme::Rtmps {
-            "TLS"
-        } else {
-            "TCP"
+        match loc.scheme {
+            Scheme::Rtmp => "TCP",
+            Scheme::Rtmps => "TLS",
+            Scheme::Rtmpt => "HTTP (RTMPT)",
+            Scheme::Rtmpts => "HTTPS (RTMPTS)",
         },
         cfg.timeout.as_secs_f32()
     );
@@ -447,8 +452,10 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
         tcp.local_addr()
             .map_or_else(|e| e.to_string(), |a| a.to_string())
     );
-    if loc.scheme == Scheme::Rtmp {
-        return Ok(Box::new(tcp));
+    match loc.scheme {
+        Scheme::Rtmp => return Ok((Box::new(tcp), None)),
+        Scheme::Rtmpt => return tunnel(cfg, tcp, deadline).await,
+        Scheme::Rtmps | Scheme::Rtmpts => {}
     }
     let config = crate::net::tls::client_config(crate::net::tls::system_roots(), cfg.tls)
         .map_err(|e| Error::Tls(e.to_string()))?;
@@ -473,7 +480,36 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
             conn.negotiated_cipher_suite().map(|s| s.suite())
         );
     }
-    Ok(Box::new(tls))
+    if loc.scheme == Scheme::Rtmpts {
+        return tunnel(cfg, tls, deadline).await;
+    }
+    Ok((Box::new(tls), None))
+}
+
+/// RTMPT: opens a tunnel session over `http` and returns the byte stream the publisher uses;
+/// a task of this thread's runtime carries it in HTTP requests until the stream is dropped.
+async fn tunnel<S>(
+    cfg: &NetConfig,
+    http: S,
+    deadline: tokio::time::Instant,
+) -> Result<Connected, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let loc = &cfg.location;
+    let host = if loc.host.contains(':') {
+        format!("[{}]:{}", loc.host, loc.port)
+    } else {
+        format!("{}:{}", loc.host, loc.port)
+    };
+    let open = super::tunnel::ClientTunnel::open(http, host, cfg.timeout, cfg.name.clone());
+    let t = tokio::time::timeout_at(deadline, open)
+        .await
+        .map_err(|_| Error::Timeout("opening the RTMPT session".into()))?
+        .map_err(|e| Error::Protocol(format!("RTMPT: {e}")))?;
+    let (core, pump) = tokio::io::duplex(256 * 1024);
+    let pump = tokio::spawn(t.pump(pump));
+    Ok((Box::new(core), Some(pump)))
 }
 
 async fn session(
@@ -484,7 +520,7 @@ async fn session(
     reconnecting: bool,
     published: &mut bool,
 ) -> Result<(), Error> {
-    let stream = tokio::select! {
+    let (stream, pump) = tokio::select! {
         s = connect(cfg) => s?,
         _ = stopped(stop) => return Ok(()),
     };
@@ -676,6 +712,11 @@ async fn session(
                     wr.write_all(&bye).await?;
                     wr.shutdown().await
                 }).await;
+                if let Some(pump) = pump {
+                    // RTMPT: the tunnel sends what is left and closes the session.
+                    let _ = tokio::time::timeout(cfg.timeout.min(Duration::from_secs(3)), pump)
+                        .await;
+                }
                 return Ok(());
             }
             r = rd.read(&mut buf) => {

@@ -416,10 +416,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientTunnel<S> {
                     r = app.read(&mut out) => match r {
                         Ok(0) | Err(_) => {
                             // The core is done: close the session (best effort).
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(1),
-                                self.exchange("close", b"\0"),
-                            )
+                            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                let _ = self.exchange("close", b"\0").await;
+                                // Over TLS: close_notify.
+                                self.stream.shutdown().await
+                            })
                             .await;
                             return Ok(());
                         }

@@ -1,4 +1,5 @@
-//! RTMP locations: `rtmp[s]://host[:port]/app[/instance]/stream[?query]`. Everything between the
+//! RTMP locations: `rtmp[t][s]://host[:port]/app[/instance]/stream[?query]` (`rtmpt`: tunnelled
+//! in HTTP, `rtmpts`: that inside TLS). Everything between the
 //! host and the last path segment is the application (as rtmp2sink reads it); the last segment and
 //! the query are the stream name, which usually is a secret stream key and is kept out of logs.
 //!
@@ -11,6 +12,10 @@ use std::fmt;
 pub enum Scheme {
     Rtmp,
     Rtmps,
+    /// RTMP tunnelled in HTTP POST requests ([`super::tunnel`]).
+    Rtmpt,
+    /// RTMPT inside TLS (HTTPS).
+    Rtmpts,
 }
 
 impl Scheme {
@@ -18,6 +23,8 @@ impl Scheme {
         match self {
             Scheme::Rtmp => 1935,
             Scheme::Rtmps => 443,
+            Scheme::Rtmpt => 80,
+            Scheme::Rtmpts => 443,
         }
     }
 
@@ -25,7 +32,19 @@ impl Scheme {
         match self {
             Scheme::Rtmp => "rtmp",
             Scheme::Rtmps => "rtmps",
+            Scheme::Rtmpt => "rtmpt",
+            Scheme::Rtmpts => "rtmpts",
         }
+    }
+
+    /// The connection is TLS (rtmps, rtmpts).
+    pub fn tls(self) -> bool {
+        matches!(self, Scheme::Rtmps | Scheme::Rtmpts)
+    }
+
+    /// RTMP travels in HTTP requests (rtmpt, rtmpts).
+    pub fn tunnelled(self) -> bool {
+        matches!(self, Scheme::Rtmpt | Scheme::Rtmpts)
     }
 }
 
@@ -62,7 +81,7 @@ impl fmt::Display for Location {
 pub enum LocationError {
     #[error("location is not a URL ({0})")]
     NotAUrl(url::ParseError),
-    #[error("unsupported scheme '{0}' (rtmp:// or rtmps://)")]
+    #[error("unsupported scheme '{0}' (rtmp://, rtmps://, rtmpt:// or rtmpts://)")]
     Scheme(String),
     #[error("location has no host")]
     NoHost,
@@ -80,6 +99,8 @@ impl Location {
         let scheme = match url.scheme() {
             "rtmp" => Scheme::Rtmp,
             "rtmps" => Scheme::Rtmps,
+            "rtmpt" => Scheme::Rtmpt,
+            "rtmpts" => Scheme::Rtmpts,
             s => return Err(LocationError::Scheme(s.to_owned())),
         };
         let host = match url.host() {
@@ -217,6 +238,22 @@ mod tests {
         let l = Location::parse("rtmp://h/live/k?a=b").unwrap();
         assert_eq!(l.to_uri(), "rtmp://h/live/k?a=b");
         assert_eq!(Location::parse(&l.to_uri()).unwrap(), l);
+    }
+
+    #[test]
+    fn tunnel_schemes() {
+        let l = Location::parse("rtmpt://127.0.0.1/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpt, 80));
+        assert!(l.scheme.tunnelled() && !l.scheme.tls());
+        assert_eq!(l.tc_url(), "rtmpt://127.0.0.1:80/live");
+        let l = Location::parse("rtmpts://h:8443/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpts, 8443));
+        assert!(l.scheme.tunnelled() && l.scheme.tls());
+        assert_eq!(Location::parse(&l.to_uri()).unwrap(), l);
+        assert_eq!(
+            Location::parse("rtmpe://h/a/s"),
+            Err(LocationError::Scheme("rtmpe".into()))
+        );
     }
 
     #[test]

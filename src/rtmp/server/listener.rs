@@ -498,7 +498,16 @@ async fn http<R, W>(
                     Ok(None) => {}
                     Err(e) => {
                         refuse(&mut w, &e).await;
-                        break 'conn format!("RTMPT request refused ({}): {e}", e.status());
+                        let what = match e {
+                            // GET / and the like: someone else's HTTP client.
+                            RequestError::Method(_) | RequestError::Path { .. }
+                                if requests == 0 =>
+                            {
+                                "not an RTMP client, and no RTMPT request"
+                            }
+                            _ => "RTMPT request refused",
+                        };
+                        break 'conn format!("{what} ({}): {e}", e.status());
                     }
                 }
             }
@@ -573,7 +582,7 @@ async fn http<R, W>(
     let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
     ldebug!(
         shared,
-        "{peer}: RTMPT connection closed: {end} ({requests} requests)"
+        "{peer}: connection closed: {end} (HTTP, {requests} RTMPT requests)"
     );
 }
 
@@ -610,6 +619,12 @@ async fn tunnel_request(
         | Command::Close { session, .. } => {
             let s = shared.tunnels.lock().unwrap().get(session).cloned();
             match s {
+                // A session that ended on our side (its publisher unpublished, the element
+                // stopped) may still be closed by the client: nothing to refuse.
+                None if matches!(command, Command::Close { .. }) => {
+                    ldebug!(shared, "{peer}: RTMPT close of an unknown or ended session");
+                    return Ok((Some(0), Vec::new()));
+                }
                 None => return Err((404, "unknown session id")),
                 Some(s) if s.peer != peer.ip() => {
                     return Err((404, "session id of another client address"));
