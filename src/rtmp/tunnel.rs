@@ -551,7 +551,7 @@ mod tests {
         let srv = tokio::spawn(async move {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
-            let mut next = |buf: &mut Vec<u8>| -> Option<(Request, Vec<u8>)> {
+            let next = |buf: &mut Vec<u8>| -> Option<(Request, Vec<u8>)> {
                 let req = parse_request(buf, 1 << 20).unwrap()?;
                 let end = req.head_len + req.content_length;
                 if buf.len() < end {
