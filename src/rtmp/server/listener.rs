@@ -316,6 +316,12 @@ async fn serve(
     } else {
         None
     };
+    if shared.config.rtmpt && ack.is_none() {
+        ldebug!(
+            shared,
+            "{peer}: no second descriptor for the socket: RTMPT off for it"
+        );
+    }
     let Some(tls) = shared.config.tls.clone() else {
         let (r, w) = stream.into_split();
         return sniff(shared, r, w, peer, deadline, id, evict, ack).await;
@@ -368,9 +374,6 @@ async fn sniff<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    if !shared.config.rtmpt {
-        return run(shared, r, w, peer, deadline, id, evict).await;
-    }
     let mut first = vec![0u8; 4096];
     let read = tokio::select! {
         r = tokio::time::timeout_at(deadline.into(), r.read(&mut first)) => r,
@@ -399,13 +402,213 @@ async fn sniff<R, W>(
         }
     };
     first.truncate(n);
-    if first[0].is_ascii_alphabetic() {
+    // `ack` is set only for TCP connections with RTMPT on (not for tunnel sessions).
+    if ack.is_some() && first[0].is_ascii_alphabetic() {
         ldebug!(shared, "{peer}: HTTP request: serving RTMPT");
         quick_ack(ack.as_ref());
         http(shared, first, r, w, peer, deadline, id, evict, ack).await;
     } else {
+        rtmp(shared, first, r, w, peer, deadline, id, evict).await;
+    }
+}
+
+/// An RTMP connection whose first bytes (`first`, not empty) were read already: plain (C0 = 3),
+/// or RTMPE (C0 = 6), whose handshake is done here; the RTMP connection then sees a plain
+/// handshake and the decrypted stream, and its answers are encrypted.
+#[allow(clippy::too_many_arguments)]
+async fn rtmp<R, W>(
+    shared: Arc<Shared>,
+    mut first: Vec<u8>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    id: u64,
+    evict: Arc<Notify>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    use crate::rtmp::rtmpe;
+    if first.first() != Some(&rtmpe::RTMPE_VERSION) {
         let r = std::io::Cursor::new(first).chain(r);
-        run(shared, r, w, peer, deadline, id, evict).await;
+        return run(shared, r, w, peer, deadline, id, evict).await;
+    }
+    let total = 1 + 2 * super::PACKET_SIZE;
+    let mut answer = None;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let ended = loop {
+        if answer.is_none() && first.len() > super::PACKET_SIZE {
+            let mut random = [0u8; super::PACKET_SIZE];
+            {
+                use rand::RngExt;
+                rand::rng().fill(&mut random[..]);
+            }
+            match rtmpe::server_answer(&first[..1 + super::PACKET_SIZE], &random) {
+                Ok(a) => {
+                    ldebug!(
+                        shared,
+                        "{peer}: RTMPE handshake (type 6, digest scheme {}, 1024-bit Diffie-Hellman):                          S1 and S2 signed, RC4 from now on",
+                        a.scheme
+                    );
+                    match tokio::time::timeout_at(deadline.into(), w.write_all(&a.s0s1s2)).await {
+                        Ok(Ok(())) => {}
+                        _ => break Some("writing the RTMPE handshake failed".to_owned()),
+                    }
+                    answer = Some(a);
+                }
+                Err(e) => break Some(e.to_string()),
+            }
+        }
+        if answer.is_some() && first.len() >= total {
+            break None;
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), r.read(&mut chunk)) => r,
+            () = evict.notified() => break Some(EVICTED.to_owned()),
+        };
+        match read {
+            Ok(Ok(0)) => {
+                break Some("the client closed the connection in the RTMPE handshake".into());
+            }
+            Ok(Ok(n)) => first.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => break Some(format!("read failed: {e}")),
+            Err(_) => {
+                break Some(format!(
+                    "no complete RTMPE handshake within {:?}",
+                    shared.config.handshake_timeout
+                ));
+            }
+        }
+    };
+    let (Some(a), None) = (answer, ended.as_ref()) else {
+        ldebug!(
+            shared,
+            "{peer}: connection closed: {}",
+            ended.unwrap_or_default()
+        );
+        return;
+    };
+    let mut from_client = a.from_client;
+    // The RTMP connection gets a plain handshake (C1 without a version: no digest) and what
+    // followed C2, decrypted; its S0+S1+S2 are not sent.
+    let mut after = first.split_off(total);
+    from_client.apply(&mut after);
+    let mut plain = vec![3u8];
+    plain.resize(total, 0);
+    plain.extend_from_slice(&after);
+    let r = std::io::Cursor::new(plain).chain(Rc4Reader {
+        inner: r,
+        rc4: from_client,
+    });
+    let w = Rc4Writer {
+        inner: w,
+        rc4: a.to_client,
+        skip: total,
+        pending: Vec::new(),
+        written: 0,
+        accepted: 0,
+    };
+    run(shared, r, w, peer, deadline, id, evict).await;
+}
+
+/// Decrypts what it reads (RTMPE).
+struct Rc4Reader<R> {
+    inner: R,
+    rc4: crate::rtmp::rtmpe::Rc4,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Rc4Reader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            this.rc4.apply(&mut buf.filled_mut()[before..]);
+        }
+        res
+    }
+}
+
+/// Encrypts what it writes (RTMPE), after dropping the first `skip` bytes (the RTMP
+/// connection's own plain handshake answer). A write is encrypted once and retried until the
+/// socket took it all, then reported as written: callers repeat a pending write with the same
+/// bytes (`write_all` does).
+struct Rc4Writer<W> {
+    inner: W,
+    rc4: crate::rtmp::rtmpe::Rc4,
+    skip: usize,
+    pending: Vec<u8>,
+    written: usize,
+    /// How many of the caller's bytes `pending` stands for.
+    accepted: usize,
+}
+
+impl<W: AsyncWrite + Unpin> Rc4Writer<W> {
+    fn poll_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while self.written < self.pending.len() {
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..])
+            {
+                std::task::Poll::Ready(Ok(0)) => {
+                    return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                std::task::Poll::Ready(Ok(n)) => self.written += n,
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Rc4Writer<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            let dropped = this.skip.min(buf.len());
+            this.skip -= dropped;
+            if dropped == buf.len() {
+                return std::task::Poll::Ready(Ok(dropped));
+            }
+            let n = buf.len().min(64 * 1024);
+            this.pending.extend_from_slice(&buf[dropped..n]);
+            this.rc4.apply(&mut this.pending);
+            this.written = 0;
+            this.accepted = n;
+        }
+        match this.poll_pending(cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                this.pending.clear();
+                std::task::Poll::Ready(Ok(this.accepted))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -711,7 +914,8 @@ fn open_session(shared: &Arc<Shared>, peer: SocketAddr) -> Vec<u8> {
         sh.counters.open.fetch_add(1, Ordering::Relaxed);
         let _guard = OpenGuard(sh.clone(), conn_id);
         let deadline = Instant::now() + sh.config.handshake_timeout;
-        run(sh.clone(), cr, cw, peer, deadline, conn_id, evict).await;
+        // RTMP or RTMPE (RTMPTE) inside the tunnel.
+        sniff(sh.clone(), cr, cw, peer, deadline, conn_id, evict, None).await;
         sh.tunnels.lock().unwrap().remove(&key);
     });
     let mut body = id.into_bytes();
