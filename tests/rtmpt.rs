@@ -1,7 +1,7 @@
 //! RTMPT (RTMP tunnelled in HTTP POSTs) and RTMPTS (that inside TLS) into rtmpserversrc, on the
 //! same port as plain RTMP, from publishers we did not write: ffmpeg (`rtmpt://`, `rtmpts://`)
 //! and the stock librtmp `rtmpsink` (`rtmpt://`); and from our rsrtmpsink (`rtmpt://`,
-//! `rtmpts://`). Each publishes the same 3 s H.264+AAC file and the recording has every frame
+//! `rtmpts://`); RTMPE and RTMPTE from librtmp (`rtmpe://`, `rtmpte://`). Each publishes the same 3 s H.264+AAC file and the recording has every frame
 //! (counted by ffprobe). Hostile tunnel clients (garbage HTTP, unknown and stolen session ids, a
 //! huge body, an oversized head, hundreds of sessions) each end with a log line while ffmpeg's
 //! publication on another connection keeps every frame. Loopback only, every wait bounded,
@@ -311,6 +311,39 @@ fn our_rsrtmpsink_rtmpt_and_rtmpts_deliver_every_frame() {
     ));
     wait_success(child, "rsrtmpsink rtmpts");
     assert_every_frame(&server, "rsrtmpsink rtmpts://");
+}
+
+#[test]
+fn stock_librtmp_rtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
+    for scheme in ["rtmpe", "rtmpte"] {
+        let server = Server::start("");
+        let child = gst_publish(&format!("rtmpsink location={}", server.url(scheme)));
+        wait_success(child, scheme);
+        assert_every_frame(&server, &format!("librtmp rtmpsink {scheme}://"));
+    }
+    assert!(
+        wait_log(Duration::from_secs(5), |l| l
+            .contains("RTMPE handshake (type 6"))
+        .is_some(),
+        "the encrypted handshake was used"
+    );
+}
+
+#[test]
+fn rtmpe_without_a_digest_is_closed_with_the_reason() {
+    let server = Server::start("");
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let peer = s.local_addr().unwrap().to_string();
+    let mut c0c1 = vec![6u8];
+    c0c1.extend_from_slice(&[0x11u8; 1536]);
+    s.write_all(&c0c1).unwrap();
+    expect_closed(&peer, "RTMPE C1 carries no valid Flash Player digest");
+    // A type-8 handshake is not offered: the plain server refuses it with its reason.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let peer = s.local_addr().unwrap().to_string();
+    c0c1[0] = 8;
+    s.write_all(&c0c1).unwrap();
+    expect_closed(&peer, "RTMPE, C0 version 8");
 }
 
 /// Sends `request` on a new connection from `source` and returns the answer's status (0: none)

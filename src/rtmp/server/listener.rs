@@ -448,7 +448,7 @@ async fn rtmp<R, W>(
                 Ok(a) => {
                     ldebug!(
                         shared,
-                        "{peer}: RTMPE handshake (type 6, digest scheme {}, 1024-bit Diffie-Hellman):                          S1 and S2 signed, RC4 from now on",
+                        "{peer}: RTMPE handshake (type 6, digest scheme {}, 1024-bit Diffie-Hellman): S1 and S2 signed, RC4 from now on",
                         a.scheme
                     );
                     match tokio::time::timeout_at(deadline.into(), w.write_all(&a.s0s1s2)).await {
