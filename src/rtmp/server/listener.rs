@@ -1,5 +1,7 @@
 //! The RTMP server's network side on the plugin's shared runtime: listens (plain TCP, or TLS for
-//! RTMPS), runs one task per connection over [`Connection`], decides each publish (application,
+//! RTMPS), tells RTMP from RTMPT (HTTP, [`crate::rtmp::tunnel`]) by the first byte and RTMPE by
+//! C0 = 6 ([`crate::rtmp::rtmpe`]), runs one task per connection or tunnel session over
+//! [`Connection`], decides each publish (application,
 //! stream key, busy or taken over, the application's hook) and hands the accepted publication's
 //! media to the [`Output`] queue, which never makes a connection wait.
 //!
