@@ -231,6 +231,9 @@ fn gst_publish(sink: &str) -> ChildGuard {
     ChildGuard::spawn(
         Command::new("gst-launch-1.0")
             .env("GST_PLUGIN_PATH", plugin_dir())
+            // Our rsrtmpsink's decisions (the RTMPE handshake) on stderr.
+            .env("GST_DEBUG", "lsrtmp:5")
+            .env("GST_DEBUG_NO_COLOR", "1")
             .arg("-e")
             .args(pipeline.split_whitespace()),
     )
@@ -242,13 +245,16 @@ fn plugin_dir() -> PathBuf {
     exe.parent().and_then(|d| d.parent()).unwrap().to_owned()
 }
 
-fn wait_success(child: ChildGuard, what: &str) {
+/// Waits for the child to succeed; its stderr.
+fn wait_success(child: ChildGuard, what: &str) -> String {
     let (out, timed_out) = child.wait_output(Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !timed_out && out.status.success(),
         "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        common::tail(&stderr, 3000)
     );
+    stderr
 }
 
 fn assert_every_frame(server: &Server, what: &str) {
@@ -327,6 +333,20 @@ fn stock_librtmp_rtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
         .is_some(),
         "the encrypted handshake was used"
     );
+}
+
+#[test]
+fn our_rsrtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
+    for scheme in ["rtmpe", "rtmpte"] {
+        let server = Server::start("");
+        let child = gst_publish(&format!("rsrtmpsink location={}", server.url(scheme)));
+        let stderr = wait_success(child, scheme);
+        assert!(
+            stderr.contains("RTMPE handshake done (type 6"),
+            "rsrtmpsink used the encrypted handshake"
+        );
+        assert_every_frame(&server, &format!("rsrtmpsink {scheme}://"));
+    }
 }
 
 #[test]

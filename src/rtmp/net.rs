@@ -419,6 +419,8 @@ async fn connect(cfg: &NetConfig) -> Result<Connected, Error> {
             Scheme::Rtmps => "TLS",
             Scheme::Rtmpt => "HTTP (RTMPT)",
             Scheme::Rtmpts => "HTTPS (RTMPTS)",
+            Scheme::Rtmpe => "TCP (RTMPE)",
+            Scheme::Rtmpte => "HTTP (RTMPTE)",
         },
         cfg.timeout.as_secs_f32()
     );
@@ -455,6 +457,11 @@ async fn connect(cfg: &NetConfig) -> Result<Connected, Error> {
     match loc.scheme {
         Scheme::Rtmp => return Ok((Box::new(tcp), None)),
         Scheme::Rtmpt => return tunnel(cfg, tcp, deadline).await,
+        Scheme::Rtmpe => return rtmpe(cfg, tcp, None, deadline).await,
+        Scheme::Rtmpte => {
+            let (io, pump) = tunnel(cfg, tcp, deadline).await?;
+            return rtmpe(cfg, io, pump, deadline).await;
+        }
         Scheme::Rtmps | Scheme::Rtmpts => {}
     }
     let config = crate::net::tls::client_config(crate::net::tls::system_roots(), cfg.tls)
@@ -484,6 +491,114 @@ async fn connect(cfg: &NetConfig) -> Result<Connected, Error> {
         return tunnel(cfg, tls, deadline).await;
     }
     Ok((Box::new(tls), None))
+}
+
+/// RTMPE: the encrypted handshake over `stream` (TCP, or an RTMPT tunnel whose pump is
+/// `inner`), then a task that gives the publisher core a plain handshake of its own and carries
+/// its bytes RC4-encrypted both ways.
+async fn rtmpe<S>(
+    cfg: &NetConfig,
+    mut stream: S,
+    inner: Option<tokio::task::JoinHandle<()>>,
+    deadline: tokio::time::Instant,
+) -> Result<Connected, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use super::handshake::PACKET_SIZE;
+    let mut random = [0u8; PACKET_SIZE];
+    {
+        use rand::RngExt;
+        rand::rng().fill(&mut random[..]);
+    }
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_millis() & 0xffff_ffff) as u32);
+    let (client, c0c1) = super::rtmpe::Client::new(epoch, &random);
+    let step = |what: &'static str| {
+        move |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| match r {
+            Err(_) => Err(Error::Timeout(format!("in the RTMPE handshake ({what})"))),
+            Ok(Err(e)) => Err(io_err(what, e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    };
+    step("sending C0+C1")(tokio::time::timeout_at(deadline, stream.write_all(&c0c1)).await)?;
+    let mut answer = vec![0u8; 1 + 2 * PACKET_SIZE];
+    step("waiting for S0+S1+S2")(
+        tokio::time::timeout_at(deadline, stream.read_exact(&mut answer))
+            .await
+            .map(|r| r.map(|_| ())),
+    )?;
+    let keys = client
+        .finish(&answer)
+        .map_err(|e| Error::Protocol(format!("RTMPE: {e}")))?;
+    step("sending C2")(tokio::time::timeout_at(deadline, stream.write_all(&keys.c2)).await)?;
+    log_id!(
+        debug,
+        &cfg.name,
+        "RTMPE handshake done (type 6, 1024-bit Diffie-Hellman): RC4 from now on"
+    );
+    let (core, shim) = tokio::io::duplex(256 * 1024);
+    let task = tokio::spawn(rtmpe_shim(
+        shim,
+        stream,
+        keys.to_server,
+        keys.from_server,
+        inner,
+    ));
+    Ok((Box::new(core), Some(task)))
+}
+
+async fn rtmpe_shim<S>(
+    mut core: tokio::io::DuplexStream,
+    stream: S,
+    mut enc: super::rtmpe::Rc4,
+    mut dec: super::rtmpe::Rc4,
+    inner: Option<tokio::task::JoinHandle<()>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use super::handshake::PACKET_SIZE;
+    // The core's own plain handshake, answered here: S1 without a version, S2 echoing C1.
+    let mut c0c1 = vec![0u8; 1 + PACKET_SIZE];
+    if core.read_exact(&mut c0c1).await.is_ok() {
+        let mut answer = vec![3u8];
+        answer.resize(1 + PACKET_SIZE, 0);
+        answer.extend_from_slice(&c0c1[1..]);
+        let mut c2 = vec![0u8; PACKET_SIZE];
+        if core.write_all(&answer).await.is_ok() && core.read_exact(&mut c2).await.is_ok() {
+            let (mut sr, mut sw) = tokio::io::split(stream);
+            let (mut cr, mut cw) = tokio::io::split(core);
+            let up = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                    enc.apply(&mut buf[..n]);
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sw.shutdown().await;
+            };
+            let down = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                    dec.apply(&mut buf[..n]);
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            // Either side's end ends the other (dropping the halves closes them).
+            tokio::select! {
+                () = up => {}
+                () = down => {}
+            }
+        }
+    }
+    if let Some(inner) = inner {
+        // RTMPTE: the tunnel sends what is left and closes its session.
+        let _ = tokio::time::timeout(Duration::from_secs(3), inner).await;
+    }
 }
 
 /// RTMPT: opens a tunnel session over `http` and returns the byte stream the publisher uses;

@@ -1,4 +1,4 @@
-//! RTMPE, server side: the encrypted handshake of type 6 (C0 = 6) as librtmp implements it, and
+//! RTMPE, both sides: the encrypted handshake of type 6 (C0 = 6) as librtmp implements it, and
 //! the RC4 streams that carry everything after it.
 //!
 //! C1 is a Flash Player 9 digest packet (see [`super::handshake`]) that also carries the client's
@@ -9,6 +9,8 @@
 //! client's public key)[..16]; both key streams are advanced by 1536 bytes before the first
 //! encrypted byte (librtmp's `InitRC4Encryption` and the end of its `HandShake`). C2 and S2 are
 //! not encrypted. Type 8 (the signature additionally XTEA/Blowfish-encrypted) is not offered.
+//!
+//! The client half ([`Client`]) is what rsrtmpsink's `rtmpe://` and `rtmpte://` use.
 //!
 //! Specifications: none published for RTMPE; the group is RFC 2409 §6.2 (Second Oakley Group),
 //! HMAC RFC 2104, RC4 as in every implementation of it (the algorithm is public domain).
@@ -156,6 +158,110 @@ pub fn server_answer(c0c1: &[u8], random: &[u8; PACKET_SIZE]) -> Result<Answer, 
     })
 }
 
+/// The 32 bytes after the open parts of both Adobe keys.
+const KEY_TAIL: [u8; 32] = [
+    0xf0, 0xee, 0xc2, 0x4a, 0x80, 0x68, 0xbe, 0xe8, 0x2e, 0x00, 0xd0, 0xd1, 0x02, 0x9e, 0x7e, 0x57,
+    0x6e, 0xec, 0x5d, 0x2d, 0x29, 0x80, 0x6f, 0xab, 0x93, 0xb8, 0xe6, 0x36, 0xcf, 0xeb, 0x31, 0xae,
+];
+const FP_KEY_OPEN: &[u8] = b"Genuine Adobe Flash Player 001";
+const FMS_KEY_OPEN: &[u8] = b"Genuine Adobe Flash Media Server 001";
+
+/// The client half of the type-6 handshake: C0+C1 out, S0+S1+S2 in, C2 out.
+pub struct Client {
+    c1: Box<[u8; PACKET_SIZE]>,
+    private: BigUint,
+}
+
+/// A server answer the client cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("the server answered RTMPE with S0 version {0} (not an RTMPE server?)")]
+    Version(u8),
+    #[error("the server's S1 carries no valid Flash Media Server digest")]
+    NoDigest,
+    #[error("the server's public key is out of range")]
+    BadPublicKey,
+}
+
+/// After the handshake: C2 to send and the RC4 streams.
+pub struct ClientKeys {
+    pub c2: Vec<u8>,
+    /// Encrypts what we send after C2.
+    pub to_server: Rc4,
+    /// Decrypts what the server sends after S2.
+    pub from_server: Rc4,
+}
+
+impl Client {
+    /// `random` fills C1 (its last 128 bytes are the private key). Returns C0+C1.
+    pub fn new(epoch_ms: u32, random: &[u8; PACKET_SIZE]) -> (Client, Vec<u8>) {
+        let p = prime();
+        let private = BigUint::from_bytes_be(&random[PACKET_SIZE - KEY_LEN..]);
+        let public = left_pad(&BigUint::from(2u32).modpow(&private, &p));
+        let mut c1 = Box::new(*random);
+        c1[0..4].copy_from_slice(&epoch_ms.to_be_bytes());
+        // Flash Player 9's version, as librtmp sends for RTMPE.
+        c1[4..8].copy_from_slice(&[128, 0, 7, 2]);
+        let at = dh_offset(&c1, 0);
+        c1[at..at + KEY_LEN].copy_from_slice(&public);
+        let off = digest_offset(&c1, 0);
+        let d = super::handshake::hmac_sha256(FP_KEY_OPEN, &[&c1[..off], &c1[off + 32..]]);
+        c1[off..off + 32].copy_from_slice(&d);
+        let mut out = vec![RTMPE_VERSION];
+        out.extend_from_slice(&c1[..]);
+        (Client { c1, private }, out)
+    }
+
+    /// Takes S0+S1+S2 (1 + 2 × 1536 bytes).
+    pub fn finish(&self, s0s1s2: &[u8]) -> Result<ClientKeys, ClientError> {
+        let v = s0s1s2.first().copied().unwrap_or(0);
+        if v != RTMPE_VERSION || s0s1s2.len() < 1 + 2 * PACKET_SIZE {
+            return Err(ClientError::Version(v));
+        }
+        let s1: [u8; PACKET_SIZE] = s0s1s2[1..1 + PACKET_SIZE]
+            .try_into()
+            .expect("length checked");
+        let (scheme, server_digest) = [0u8, 1]
+            .into_iter()
+            .find_map(|scheme| {
+                let off = digest_offset(&s1, scheme);
+                let d = super::handshake::hmac_sha256(FMS_KEY_OPEN, &[&s1[..off], &s1[off + 32..]]);
+                (d == s1[off..off + 32]).then_some((scheme, d))
+            })
+            .ok_or(ClientError::NoDigest)?;
+        let p = prime();
+        let at = dh_offset(&s1, scheme);
+        let server_pub = &s1[at..at + KEY_LEN];
+        let y = BigUint::from_bytes_be(server_pub);
+        let one = BigUint::from(1u32);
+        if y <= one || y >= &p - &one {
+            return Err(ClientError::BadPublicKey);
+        }
+        let secret = left_pad(&y.modpow(&self.private, &p));
+        let ours_at = dh_offset(&self.c1, 0);
+        let ours = &self.c1[ours_at..ours_at + KEY_LEN];
+        let key = |public: &[u8]| super::handshake::hmac_sha256(&secret, &[public]);
+        let mut to_server = Rc4::new(&key(server_pub)[..16]);
+        let mut from_server = Rc4::new(&key(ours)[..16]);
+        let mut skip = [0u8; PACKET_SIZE];
+        to_server.apply(&mut skip);
+        from_server.apply(&mut skip);
+        // C2: S1 echoed with its last 32 bytes signed with a key derived from S1's digest (what
+        // a Flash Player 9 sends and strict servers check).
+        let mut full_fp = FP_KEY_OPEN.to_vec();
+        full_fp.extend_from_slice(&KEY_TAIL);
+        let mut c2 = s1.to_vec();
+        let k = super::handshake::hmac_sha256(&full_fp, &[&server_digest]);
+        let sig = super::handshake::hmac_sha256(&k, &[&c2[..PACKET_SIZE - 32]]);
+        c2[PACKET_SIZE - 32..].copy_from_slice(&sig);
+        Ok(ClientKeys {
+            c2,
+            to_server,
+            from_server,
+        })
+    }
+}
+
 fn left_pad(n: &BigUint) -> [u8; KEY_LEN] {
     let b = n.to_bytes_be();
     let mut out = [0u8; KEY_LEN];
@@ -167,6 +273,29 @@ fn left_pad(n: &BigUint) -> [u8; KEY_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_client_and_our_server_agree() {
+        let mut r = [0u8; PACKET_SIZE];
+        for (i, b) in r.iter_mut().enumerate() {
+            *b = (i * 17 + 1) as u8;
+        }
+        let (client, c0c1) = Client::new(1234, &r);
+        let mut server = server_answer(&c0c1, &[0x42; PACKET_SIZE]).unwrap();
+        let mut keys = client.finish(&server.s0s1s2).unwrap();
+        assert_eq!(keys.c2.len(), PACKET_SIZE);
+        let mut m = *b"publish";
+        keys.to_server.apply(&mut m);
+        server.from_client.apply(&mut m);
+        assert_eq!(&m, b"publish");
+        let mut m = *b"onStatus";
+        server.to_client.apply(&mut m);
+        keys.from_server.apply(&mut m);
+        assert_eq!(&m, b"onStatus");
+        let mut bad = server.s0s1s2.clone();
+        bad[100] ^= 1;
+        assert!(client.finish(&bad).is_err());
+    }
 
     #[test]
     fn rc4_test_vectors() {

@@ -16,6 +16,10 @@ pub enum Scheme {
     Rtmpt,
     /// RTMPT inside TLS (HTTPS).
     Rtmpts,
+    /// RTMP encrypted with RC4 after a Diffie-Hellman handshake ([`super::rtmpe`]).
+    Rtmpe,
+    /// RTMPE in the RTMPT tunnel.
+    Rtmpte,
 }
 
 impl Scheme {
@@ -25,6 +29,8 @@ impl Scheme {
             Scheme::Rtmps => 443,
             Scheme::Rtmpt => 80,
             Scheme::Rtmpts => 443,
+            Scheme::Rtmpe => 1935,
+            Scheme::Rtmpte => 80,
         }
     }
 
@@ -34,6 +40,8 @@ impl Scheme {
             Scheme::Rtmps => "rtmps",
             Scheme::Rtmpt => "rtmpt",
             Scheme::Rtmpts => "rtmpts",
+            Scheme::Rtmpe => "rtmpe",
+            Scheme::Rtmpte => "rtmpte",
         }
     }
 
@@ -44,7 +52,12 @@ impl Scheme {
 
     /// RTMP travels in HTTP requests (rtmpt, rtmpts).
     pub fn tunnelled(self) -> bool {
-        matches!(self, Scheme::Rtmpt | Scheme::Rtmpts)
+        matches!(self, Scheme::Rtmpt | Scheme::Rtmpts | Scheme::Rtmpte)
+    }
+
+    /// RTMPE's handshake and RC4 (rtmpe, rtmpte).
+    pub fn encrypted(self) -> bool {
+        matches!(self, Scheme::Rtmpe | Scheme::Rtmpte)
     }
 }
 
@@ -81,7 +94,9 @@ impl fmt::Display for Location {
 pub enum LocationError {
     #[error("location is not a URL ({0})")]
     NotAUrl(url::ParseError),
-    #[error("unsupported scheme '{0}' (rtmp://, rtmps://, rtmpt:// or rtmpts://)")]
+    #[error(
+        "unsupported scheme '{0}' (rtmp://, rtmps://, rtmpt://, rtmpts://, rtmpe:// or rtmpte://)"
+    )]
     Scheme(String),
     #[error("location has no host")]
     NoHost,
@@ -101,6 +116,8 @@ impl Location {
             "rtmps" => Scheme::Rtmps,
             "rtmpt" => Scheme::Rtmpt,
             "rtmpts" => Scheme::Rtmpts,
+            "rtmpe" => Scheme::Rtmpe,
+            "rtmpte" => Scheme::Rtmpte,
             s => return Err(LocationError::Scheme(s.to_owned())),
         };
         let host = match url.host() {
@@ -250,9 +267,15 @@ mod tests {
         assert_eq!((l.scheme, l.port), (Scheme::Rtmpts, 8443));
         assert!(l.scheme.tunnelled() && l.scheme.tls());
         assert_eq!(Location::parse(&l.to_uri()).unwrap(), l);
+        let l = Location::parse("rtmpte://h/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpte, 80));
+        assert!(l.scheme.tunnelled() && l.scheme.encrypted() && !l.scheme.tls());
+        let l = Location::parse("rtmpe://h/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpe, 1935));
+        assert!(!l.scheme.tunnelled() && l.scheme.encrypted());
         assert_eq!(
-            Location::parse("rtmpe://h/a/s"),
-            Err(LocationError::Scheme("rtmpe".into()))
+            Location::parse("rtmfp://h/a/s"),
+            Err(LocationError::Scheme("rtmfp".into()))
         );
     }
 
