@@ -258,7 +258,7 @@ impl ObjectImpl for RsRtmpSink {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("scheme", RtmpScheme::Rtmp)
                     .nick("Scheme")
-                    .blurb("RTMP connection scheme: rtmp (TCP) or rtmps (TLS)")
+                    .blurb("RTMP connection scheme: rtmp (TCP), rtmps (TLS), rtmpt (tunnelled in HTTP), rtmpts (tunnelled in HTTPS), rtmpe (RC4-encrypted, not secure) or rtmpte (rtmpe tunnelled in HTTP)")
                     .build(),
                 glib::ParamSpecString::builder("host")
                     .nick("Host")
@@ -267,7 +267,7 @@ impl ObjectImpl for RsRtmpSink {
                     .build(),
                 glib::ParamSpecInt::builder("port")
                     .nick("Port")
-                    .blurb("RTMP server port (1935 for rtmp, 443 for rtmps by default)")
+                    .blurb("RTMP server port (by default 1935 for rtmp and rtmpe, 443 for rtmps and rtmpts, 80 for rtmpt and rtmpte)")
                     .minimum(1)
                     .maximum(65535)
                     .default_value(1935)
@@ -503,6 +503,14 @@ pub enum RtmpScheme {
     Rtmp = 0,
     #[enum_value(name = "RTMP over TLS", nick = "rtmps")]
     Rtmps = 1,
+    #[enum_value(name = "RTMP tunnelled in HTTP", nick = "rtmpt")]
+    Rtmpt = 2,
+    #[enum_value(name = "RTMP tunnelled in HTTPS", nick = "rtmpts")]
+    Rtmpts = 3,
+    #[enum_value(name = "RTMP encrypted with RC4 (RTMPE)", nick = "rtmpe")]
+    Rtmpe = 4,
+    #[enum_value(name = "RTMPE tunnelled in HTTP", nick = "rtmpte")]
+    Rtmpte = 5,
 }
 
 impl From<RtmpScheme> for Scheme {
@@ -510,6 +518,10 @@ impl From<RtmpScheme> for Scheme {
         match s {
             RtmpScheme::Rtmp => Scheme::Rtmp,
             RtmpScheme::Rtmps => Scheme::Rtmps,
+            RtmpScheme::Rtmpt => Scheme::Rtmpt,
+            RtmpScheme::Rtmpts => Scheme::Rtmpts,
+            RtmpScheme::Rtmpe => Scheme::Rtmpe,
+            RtmpScheme::Rtmpte => Scheme::Rtmpte,
         }
     }
 }
@@ -519,6 +531,10 @@ impl From<Scheme> for RtmpScheme {
         match s {
             Scheme::Rtmp => RtmpScheme::Rtmp,
             Scheme::Rtmps => RtmpScheme::Rtmps,
+            Scheme::Rtmpt => RtmpScheme::Rtmpt,
+            Scheme::Rtmpts => RtmpScheme::Rtmpts,
+            Scheme::Rtmpe => RtmpScheme::Rtmpe,
+            Scheme::Rtmpte => RtmpScheme::Rtmpte,
         }
     }
 }
@@ -761,7 +777,7 @@ impl URIHandlerImpl for RsRtmpSink {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
     fn protocols() -> &'static [&'static str] {
-        &["rtmp", "rtmps"]
+        &["rtmp", "rtmps", "rtmpt", "rtmpts", "rtmpe", "rtmpte"]
     }
 
     fn uri(&self) -> Option<String> {

@@ -29,5 +29,7 @@ pub mod flv;
 pub mod handshake;
 pub mod net;
 pub mod queue;
+pub mod rtmpe;
 pub mod server;
+pub mod tunnel;
 pub mod url;

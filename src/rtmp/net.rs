@@ -435,7 +435,11 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
     }
 }
 
-async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
+/// A connection: the byte stream, and for RTMPT the task that carries it in HTTP requests
+/// (awaited when stopping, so that the last bytes and the session's close go out).
+type Connected = (Box<dyn Io>, Option<tokio::task::JoinHandle<()>>);
+
+async fn connect(cfg: &NetConfig) -> Result<Connected, Error> {
     let loc = &cfg.location;
     let deadline = tokio::time::Instant::now() + cfg.timeout;
     log_id!(
@@ -444,10 +448,13 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
         "connecting to {}:{} over {} (timeout {} s)",
         loc.host,
         loc.port,
-        if loc.scheme == Scheme::Rtmps {
-            "TLS"
-        } else {
-            "TCP"
+        match loc.scheme {
+            Scheme::Rtmp => "TCP",
+            Scheme::Rtmps => "TLS",
+            Scheme::Rtmpt => "HTTP (RTMPT)",
+            Scheme::Rtmpts => "HTTPS (RTMPTS)",
+            Scheme::Rtmpe => "TCP (RTMPE)",
+            Scheme::Rtmpte => "HTTP (RTMPTE)",
         },
         cfg.timeout.as_secs_f32()
     );
@@ -481,8 +488,15 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
         tcp.local_addr()
             .map_or_else(|e| e.to_string(), |a| a.to_string())
     );
-    if loc.scheme == Scheme::Rtmp {
-        return Ok(Box::new(tcp));
+    match loc.scheme {
+        Scheme::Rtmp => return Ok((Box::new(tcp), None)),
+        Scheme::Rtmpt => return tunnel(cfg, tcp, deadline).await,
+        Scheme::Rtmpe => return rtmpe(cfg, tcp, None, deadline).await,
+        Scheme::Rtmpte => {
+            let (io, pump) = tunnel(cfg, tcp, deadline).await?;
+            return rtmpe(cfg, io, pump, deadline).await;
+        }
+        Scheme::Rtmps | Scheme::Rtmpts => {}
     }
     let config = crate::net::tls::client_config(crate::net::tls::system_roots(), cfg.tls)
         .map_err(|e| Error::Tls(e.to_string()))?;
@@ -507,7 +521,144 @@ async fn connect(cfg: &NetConfig) -> Result<Box<dyn Io>, Error> {
             conn.negotiated_cipher_suite().map(|s| s.suite())
         );
     }
-    Ok(Box::new(tls))
+    if loc.scheme == Scheme::Rtmpts {
+        return tunnel(cfg, tls, deadline).await;
+    }
+    Ok((Box::new(tls), None))
+}
+
+/// RTMPE: the encrypted handshake over `stream` (TCP, or an RTMPT tunnel whose pump is
+/// `inner`), then a task that gives the publisher core a plain handshake of its own and carries
+/// its bytes RC4-encrypted both ways.
+async fn rtmpe<S>(
+    cfg: &NetConfig,
+    mut stream: S,
+    inner: Option<tokio::task::JoinHandle<()>>,
+    deadline: tokio::time::Instant,
+) -> Result<Connected, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use super::handshake::PACKET_SIZE;
+    let mut random = [0u8; PACKET_SIZE];
+    {
+        use rand::RngExt;
+        rand::rng().fill(&mut random[..]);
+    }
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_millis() & 0xffff_ffff) as u32);
+    let (client, c0c1) = super::rtmpe::Client::new(epoch, &random);
+    let step = |what: &'static str| {
+        move |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| match r {
+            Err(_) => Err(Error::Timeout(format!("in the RTMPE handshake ({what})"))),
+            Ok(Err(e)) => Err(io_err(what, e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    };
+    step("sending C0+C1")(tokio::time::timeout_at(deadline, stream.write_all(&c0c1)).await)?;
+    let mut answer = vec![0u8; 1 + 2 * PACKET_SIZE];
+    step("waiting for S0+S1+S2")(
+        tokio::time::timeout_at(deadline, stream.read_exact(&mut answer))
+            .await
+            .map(|r| r.map(|_| ())),
+    )?;
+    let keys = client
+        .finish(&answer)
+        .map_err(|e| Error::Protocol(format!("RTMPE: {e}")))?;
+    step("sending C2")(tokio::time::timeout_at(deadline, stream.write_all(&keys.c2)).await)?;
+    log_id!(
+        debug,
+        &cfg.name,
+        "RTMPE handshake done (type 6, 1024-bit Diffie-Hellman): RC4 from now on"
+    );
+    let (core, shim) = tokio::io::duplex(256 * 1024);
+    let task = tokio::spawn(rtmpe_shim(
+        shim,
+        stream,
+        keys.to_server,
+        keys.from_server,
+        inner,
+    ));
+    Ok((Box::new(core), Some(task)))
+}
+
+async fn rtmpe_shim<S>(
+    mut core: tokio::io::DuplexStream,
+    stream: S,
+    mut enc: super::rtmpe::Rc4,
+    mut dec: super::rtmpe::Rc4,
+    inner: Option<tokio::task::JoinHandle<()>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use super::handshake::PACKET_SIZE;
+    // The core's own plain handshake, answered here: S1 without a version, S2 echoing C1.
+    let mut c0c1 = vec![0u8; 1 + PACKET_SIZE];
+    if core.read_exact(&mut c0c1).await.is_ok() {
+        let mut answer = vec![3u8];
+        answer.resize(1 + PACKET_SIZE, 0);
+        answer.extend_from_slice(&c0c1[1..]);
+        let mut c2 = vec![0u8; PACKET_SIZE];
+        if core.write_all(&answer).await.is_ok() && core.read_exact(&mut c2).await.is_ok() {
+            let (mut sr, mut sw) = tokio::io::split(stream);
+            let (mut cr, mut cw) = tokio::io::split(core);
+            let up = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                    enc.apply(&mut buf[..n]);
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sw.shutdown().await;
+            };
+            let down = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                    dec.apply(&mut buf[..n]);
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            // Either side's end ends the other (dropping the halves closes them).
+            tokio::select! {
+                () = up => {}
+                () = down => {}
+            }
+        }
+    }
+    if let Some(inner) = inner {
+        // RTMPTE: the tunnel sends what is left and closes its session.
+        let _ = tokio::time::timeout(Duration::from_secs(3), inner).await;
+    }
+}
+
+/// RTMPT: opens a tunnel session over `http` and returns the byte stream the publisher uses;
+/// a task of this thread's runtime carries it in HTTP requests until the stream is dropped.
+async fn tunnel<S>(
+    cfg: &NetConfig,
+    http: S,
+    deadline: tokio::time::Instant,
+) -> Result<Connected, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let loc = &cfg.location;
+    let host = if loc.host.contains(':') {
+        format!("[{}]:{}", loc.host, loc.port)
+    } else {
+        format!("{}:{}", loc.host, loc.port)
+    };
+    let open = super::tunnel::ClientTunnel::open(http, host, cfg.timeout, cfg.name.clone());
+    let t = tokio::time::timeout_at(deadline, open)
+        .await
+        .map_err(|_| Error::Timeout("opening the RTMPT session".into()))?
+        .map_err(|e| Error::Protocol(format!("RTMPT: {e}")))?;
+    let (core, pump) = tokio::io::duplex(256 * 1024);
+    let pump = tokio::spawn(t.pump(pump));
+    Ok((Box::new(core), Some(pump)))
 }
 
 async fn session(
@@ -519,7 +670,7 @@ async fn session(
     published: &mut bool,
     auth: &super::auth::ClientAuth,
 ) -> Result<(), Error> {
-    let stream = tokio::select! {
+    let (stream, pump) = tokio::select! {
         s = connect(cfg) => s?,
         _ = stopped(stop) => return Ok(()),
     };
@@ -716,6 +867,11 @@ async fn session(
                     wr.write_all(&bye).await?;
                     wr.shutdown().await
                 }).await;
+                if let Some(pump) = pump {
+                    // RTMPT: the tunnel sends what is left and closes the session.
+                    let _ = tokio::time::timeout(cfg.timeout.min(Duration::from_secs(3)), pump)
+                        .await;
+                }
                 return Ok(());
             }
             r = rd.read(&mut buf) => {

@@ -1,4 +1,5 @@
-//! RTMP locations: `rtmp[s]://host[:port]/app[/instance]/stream[?query]`. Everything between the
+//! RTMP locations: `rtmp[t][s]://host[:port]/app[/instance]/stream[?query]` (`rtmpt`: tunnelled
+//! in HTTP, `rtmpts`: that inside TLS). Everything between the
 //! host and the last path segment is the application (as rtmp2sink reads it); the last segment and
 //! the query are the stream name, which usually is a secret stream key and is kept out of logs.
 //!
@@ -11,6 +12,14 @@ use std::fmt;
 pub enum Scheme {
     Rtmp,
     Rtmps,
+    /// RTMP tunnelled in HTTP POST requests ([`super::tunnel`]).
+    Rtmpt,
+    /// RTMPT inside TLS (HTTPS).
+    Rtmpts,
+    /// RTMP encrypted with RC4 after a Diffie-Hellman handshake ([`super::rtmpe`]).
+    Rtmpe,
+    /// RTMPE in the RTMPT tunnel.
+    Rtmpte,
 }
 
 impl Scheme {
@@ -18,6 +27,10 @@ impl Scheme {
         match self {
             Scheme::Rtmp => 1935,
             Scheme::Rtmps => 443,
+            Scheme::Rtmpt => 80,
+            Scheme::Rtmpts => 443,
+            Scheme::Rtmpe => 1935,
+            Scheme::Rtmpte => 80,
         }
     }
 
@@ -25,7 +38,26 @@ impl Scheme {
         match self {
             Scheme::Rtmp => "rtmp",
             Scheme::Rtmps => "rtmps",
+            Scheme::Rtmpt => "rtmpt",
+            Scheme::Rtmpts => "rtmpts",
+            Scheme::Rtmpe => "rtmpe",
+            Scheme::Rtmpte => "rtmpte",
         }
+    }
+
+    /// The connection is TLS (rtmps, rtmpts).
+    pub fn tls(self) -> bool {
+        matches!(self, Scheme::Rtmps | Scheme::Rtmpts)
+    }
+
+    /// RTMP travels in HTTP requests (rtmpt, rtmpts).
+    pub fn tunnelled(self) -> bool {
+        matches!(self, Scheme::Rtmpt | Scheme::Rtmpts | Scheme::Rtmpte)
+    }
+
+    /// RTMPE's handshake and RC4 (rtmpe, rtmpte).
+    pub fn encrypted(self) -> bool {
+        matches!(self, Scheme::Rtmpe | Scheme::Rtmpte)
     }
 }
 
@@ -62,7 +94,9 @@ impl fmt::Display for Location {
 pub enum LocationError {
     #[error("location is not a URL ({0})")]
     NotAUrl(url::ParseError),
-    #[error("unsupported scheme '{0}' (rtmp:// or rtmps://)")]
+    #[error(
+        "unsupported scheme '{0}' (rtmp://, rtmps://, rtmpt://, rtmpts://, rtmpe:// or rtmpte://)"
+    )]
     Scheme(String),
     #[error("location has no host")]
     NoHost,
@@ -80,6 +114,10 @@ impl Location {
         let scheme = match url.scheme() {
             "rtmp" => Scheme::Rtmp,
             "rtmps" => Scheme::Rtmps,
+            "rtmpt" => Scheme::Rtmpt,
+            "rtmpts" => Scheme::Rtmpts,
+            "rtmpe" => Scheme::Rtmpe,
+            "rtmpte" => Scheme::Rtmpte,
             s => return Err(LocationError::Scheme(s.to_owned())),
         };
         let host = match url.host() {
@@ -217,6 +255,28 @@ mod tests {
         let l = Location::parse("rtmp://h/live/k?a=b").unwrap();
         assert_eq!(l.to_uri(), "rtmp://h/live/k?a=b");
         assert_eq!(Location::parse(&l.to_uri()).unwrap(), l);
+    }
+
+    #[test]
+    fn tunnel_schemes() {
+        let l = Location::parse("rtmpt://127.0.0.1/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpt, 80));
+        assert!(l.scheme.tunnelled() && !l.scheme.tls());
+        assert_eq!(l.tc_url(), "rtmpt://127.0.0.1:80/live");
+        let l = Location::parse("rtmpts://h:8443/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpts, 8443));
+        assert!(l.scheme.tunnelled() && l.scheme.tls());
+        assert_eq!(Location::parse(&l.to_uri()).unwrap(), l);
+        let l = Location::parse("rtmpte://h/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpte, 80));
+        assert!(l.scheme.tunnelled() && l.scheme.encrypted() && !l.scheme.tls());
+        let l = Location::parse("rtmpe://h/live/key").unwrap();
+        assert_eq!((l.scheme, l.port), (Scheme::Rtmpe, 1935));
+        assert!(!l.scheme.tunnelled() && l.scheme.encrypted());
+        assert_eq!(
+            Location::parse("rtmfp://h/a/s"),
+            Err(LocationError::Scheme("rtmfp".into()))
+        );
     }
 
     #[test]

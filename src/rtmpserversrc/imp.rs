@@ -59,6 +59,7 @@ struct Settings {
     users: Vec<String>,
     /// `adobe` or `llnw`: what a connect without credentials is told to use.
     authmod: String,
+    rtmpt: bool,
 }
 
 impl Default for Settings {
@@ -79,6 +80,7 @@ impl Default for Settings {
             users: Vec::new(),
             authmod: "adobe".into(),
             tls_key_file: None,
+            rtmpt: true,
         }
     }
 }
@@ -387,6 +389,12 @@ impl ObjectImpl for RtmpServerSrc {
                     .blurb("PEM private key of tls-certificate-file (default: read from that file)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("rtmpt")
+                    .nick("RTMPT")
+                    .blurb("Also serve RTMPT (RTMP tunnelled in HTTP POST requests) on the same port (inside TLS when a certificate is set: RTMPTS); a connection is HTTP when its first byte is a letter")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Connections, publishers, bytes, bitrate, frames, drops, codecs, the publisher's address and chunk size")
@@ -461,6 +469,7 @@ impl ObjectImpl for RtmpServerSrc {
             "latency" => s.latency_ms = value.get().expect("type checked"),
             "tls-certificate-file" => s.tls_certificate_file = string().filter(|f| !f.is_empty()),
             "tls-key-file" => s.tls_key_file = string().filter(|f| !f.is_empty()),
+            "rtmpt" => s.rtmpt = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -492,6 +501,7 @@ impl ObjectImpl for RtmpServerSrc {
             "latency" => s.latency_ms.to_value(),
             "tls-certificate-file" => s.tls_certificate_file.to_value(),
             "tls-key-file" => s.tls_key_file.to_value(),
+            "rtmpt" => s.rtmpt.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
@@ -603,6 +613,7 @@ impl BaseSrcImpl for RtmpServerSrc {
             idle_timeout: Duration::from_secs(u64::from(s.idle_timeout)),
             hook: Some(self.publish_hook()),
             auth,
+            rtmpt: s.rtmpt,
             ..ListenerConfig::default()
         };
         let listener = Listener::start(config, output.clone()).map_err(|e| {

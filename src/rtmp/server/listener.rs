@@ -1,5 +1,7 @@
 //! The RTMP server's network side on the plugin's shared runtime: listens (plain TCP, or TLS for
-//! RTMPS), runs one task per connection over [`Connection`], decides each publish (application,
+//! RTMPS), tells RTMP from RTMPT (HTTP, [`crate::rtmp::tunnel`]) by the first byte and RTMPE by
+//! C0 = 6 ([`crate::rtmp::rtmpe`]), runs one task per connection or tunnel session over
+//! [`Connection`], decides each publish (application,
 //! stream key, busy or taken over, the application's hook) and hands the accepted publication's
 //! media to the [`Output`] queue, which never makes a connection wait.
 //!
@@ -12,6 +14,7 @@
 //! Specifications: none of its own: the protocol is [`super`]'s (RTMP specification 1.0); TLS is
 //! rustls's (RFC 8446, RFC 5246).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use tokio::task::JoinSet;
 
 use super::output::{Item, Output};
 use super::{Connection, ConnectionConfig, Event, Phase, PublishRequest};
+use crate::rtmp::tunnel::{self, Command, Request, RequestError};
 use crate::runtime::TaskGroup;
 
 /// What the application's hook is asked about a publish.
@@ -58,6 +62,9 @@ pub struct ListenerConfig {
     pub hook: Option<PublishHook>,
     /// Adobe/Limelight authentication of connect (rtmpserversrc's `users`).
     pub auth: Option<Arc<super::super::auth::ServerAuth>>,
+    /// RTMPT (RTMP in HTTP POSTs) on the same port: a connection whose first byte is a letter
+    /// is taken as HTTP (an RTMP C0 is 3 or 6).
+    pub rtmpt: bool,
 }
 
 impl Default for ListenerConfig {
@@ -77,6 +84,7 @@ impl Default for ListenerConfig {
             max_message_size: 8 * 1024 * 1024,
             hook: None,
             auth: None,
+            rtmpt: true,
         }
     }
 }
@@ -122,6 +130,10 @@ struct Shared {
     next_conn: AtomicU64,
     counters: ListenerCounters,
     next_id: AtomicU64,
+    /// Open RTMPT sessions by id.
+    tunnels: Mutex<HashMap<String, Arc<TunnelSession>>>,
+    /// The RTMPT sessions' RTMP connections (they outlive the HTTP connections).
+    tunnel_tasks: TaskGroup,
 }
 
 pub struct Listener {
@@ -155,6 +167,8 @@ impl Listener {
             next_conn: AtomicU64::new(1),
             counters: ListenerCounters::default(),
             next_id: AtomicU64::new(1),
+            tunnels: Mutex::new(HashMap::new()),
+            tunnel_tasks: TaskGroup::new(),
         });
         ldebug!(
             shared,
@@ -197,6 +211,8 @@ impl Listener {
     /// Stops listening and closes every connection, without waiting.
     pub fn stop(&self) {
         self.tasks.abort_all();
+        self.shared.tunnel_tasks.abort_all();
+        self.shared.tunnels.lock().unwrap().clear();
         let _ = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Both);
         *self.shared.active.lock().unwrap() = None;
         self.shared.current.store(0, Ordering::Release);
@@ -238,32 +254,38 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<TcpListener>) {
             }
         };
         shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let evict = Arc::new(Notify::new());
-        {
-            // Connections that have not published yet are bounded: the oldest makes room for
-            // the newest (idle or slow clients cannot lock a publisher out; a publishing
-            // connection is never closed for a new one).
-            let mut pending = shared.pending.lock().unwrap();
-            if pending.len() >= shared.config.max_connections
-                && let Some((old, notice)) = pending.pop_front()
-            {
-                shared
-                    .counters
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                ldebug!(
-                    shared,
-                    "{peer}: {} connections without a publication (max-connections): closing                      the oldest, connection {old}, to make room",
-                    shared.config.max_connections
-                );
-                notice.notify_one();
-            }
-            pending.push_back((id, evict.clone()));
-        }
+        let (id, evict) = admit(&shared, peer);
         let _ = stream.set_nodelay(true);
         connections.spawn(serve(shared.clone(), stream, peer, id, evict));
     }
+}
+
+/// A new connection (TCP, or an RTMPT session) joins the connections that have not published
+/// yet; at `max_connections` the oldest of them is closed to make room.
+fn admit(shared: &Shared, peer: SocketAddr) -> (u64, Arc<Notify>) {
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let evict = Arc::new(Notify::new());
+    // Connections that have not published yet are bounded: the oldest makes room for the
+    // newest (idle or slow clients cannot lock a publisher out; a publishing connection is
+    // never closed for a new one).
+    let mut pending = shared.pending.lock().unwrap();
+    if pending.len() >= shared.config.max_connections
+        && let Some((old, notice)) = pending.pop_front()
+    {
+        shared
+            .counters
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        ldebug!(
+            shared,
+            "{peer}: {} connections without a publication (max-connections): closing the oldest, \
+             connection {old}, to make room",
+            shared.config.max_connections
+        );
+        notice.notify_one();
+    }
+    pending.push_back((id, evict.clone()));
+    (id, evict)
 }
 
 /// Counts an open connection while alive, and takes it off the pending list when it ends.
@@ -291,9 +313,23 @@ async fn serve(
     let _guard = OpenGuard(shared.clone(), id);
     ldebug!(shared, "{peer}: connection accepted");
     let deadline = Instant::now() + shared.config.handshake_timeout;
+    // RTMPT clients write a request's head and body separately (FFmpeg without TCP_NODELAY):
+    // answering the head's segment with an immediate ACK saves a delayed-ACK wait (40 ms) per
+    // request. A second descriptor of the socket sets that after each read.
+    let ack = if shared.config.rtmpt {
+        socket2::SockRef::from(&stream).try_clone().ok()
+    } else {
+        None
+    };
+    if shared.config.rtmpt && ack.is_none() {
+        ldebug!(
+            shared,
+            "{peer}: no second descriptor for the socket: RTMPT off for it"
+        );
+    }
     let Some(tls) = shared.config.tls.clone() else {
         let (r, w) = stream.into_split();
-        return run(shared, r, w, peer, deadline, id, evict).await;
+        return sniff(shared, r, w, peer, deadline, id, evict, ack).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     let accepted = tokio::select! {
@@ -313,7 +349,7 @@ async fn serve(
                 session.negotiated_cipher_suite().map(|s| s.suite())
             );
             let (r, w) = tokio::io::split(stream);
-            run(shared, r, w, peer, deadline, id, evict).await;
+            sniff(shared, r, w, peer, deadline, id, evict, ack).await;
         }
         Ok(Err(e)) => ldebug!(
             shared,
@@ -325,6 +361,571 @@ async fn serve(
             shared.config.handshake_timeout
         ),
     }
+}
+
+/// Reads the first bytes and hands the connection to RTMP (a C0 is 3 or 6) or, when `rtmpt` is
+/// on and it starts with a letter (an HTTP method), to the RTMPT server.
+#[allow(clippy::too_many_arguments)]
+async fn sniff<R, W>(
+    shared: Arc<Shared>,
+    mut r: R,
+    w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    id: u64,
+    evict: Arc<Notify>,
+    ack: Option<socket2::Socket>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut first = vec![0u8; 4096];
+    let read = tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), r.read(&mut first)) => r,
+        () = evict.notified() => {
+            ldebug!(shared, "{peer}: connection closed: {EVICTED}");
+            return;
+        }
+    };
+    let n = match read {
+        Ok(Ok(0)) => {
+            ldebug!(shared, "{peer}: connection closed before sending anything");
+            return;
+        }
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            ldebug!(shared, "{peer}: connection closed: read failed: {e}");
+            return;
+        }
+        Err(_) => {
+            ldebug!(
+                shared,
+                "{peer}: connection closed: nothing received within {:?}",
+                shared.config.handshake_timeout
+            );
+            return;
+        }
+    };
+    first.truncate(n);
+    // `ack` is set only for TCP connections with RTMPT on (not for tunnel sessions).
+    if ack.is_some() && first[0].is_ascii_alphabetic() {
+        ldebug!(shared, "{peer}: HTTP request: serving RTMPT");
+        quick_ack(ack.as_ref());
+        http(shared, first, r, w, peer, deadline, id, evict, ack).await;
+    } else {
+        rtmp(shared, first, r, w, peer, deadline, id, evict).await;
+    }
+}
+
+/// An RTMP connection whose first bytes (`first`, not empty) were read already: plain (C0 = 3),
+/// or RTMPE (C0 = 6), whose handshake is done here; the RTMP connection then sees a plain
+/// handshake and the decrypted stream, and its answers are encrypted.
+#[allow(clippy::too_many_arguments)]
+async fn rtmp<R, W>(
+    shared: Arc<Shared>,
+    mut first: Vec<u8>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    id: u64,
+    evict: Arc<Notify>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    use crate::rtmp::rtmpe;
+    if first.first() != Some(&rtmpe::RTMPE_VERSION) {
+        let r = std::io::Cursor::new(first).chain(r);
+        return run(shared, r, w, peer, deadline, id, evict).await;
+    }
+    let total = 1 + 2 * super::PACKET_SIZE;
+    let mut answer = None;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let ended = loop {
+        if answer.is_none() && first.len() > super::PACKET_SIZE {
+            let mut random = [0u8; super::PACKET_SIZE];
+            {
+                use rand::RngExt;
+                rand::rng().fill(&mut random[..]);
+            }
+            match rtmpe::server_answer(&first[..1 + super::PACKET_SIZE], &random) {
+                Ok(a) => {
+                    ldebug!(
+                        shared,
+                        "{peer}: RTMPE handshake (type 6, digest scheme {}, 1024-bit Diffie-Hellman): S1 and S2 signed, RC4 from now on",
+                        a.scheme
+                    );
+                    match tokio::time::timeout_at(deadline.into(), w.write_all(&a.s0s1s2)).await {
+                        Ok(Ok(())) => {}
+                        _ => break Some("writing the RTMPE handshake failed".to_owned()),
+                    }
+                    answer = Some(a);
+                }
+                Err(e) => break Some(e.to_string()),
+            }
+        }
+        if answer.is_some() && first.len() >= total {
+            break None;
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), r.read(&mut chunk)) => r,
+            () = evict.notified() => break Some(EVICTED.to_owned()),
+        };
+        match read {
+            Ok(Ok(0)) => {
+                break Some("the client closed the connection in the RTMPE handshake".into());
+            }
+            Ok(Ok(n)) => first.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => break Some(format!("read failed: {e}")),
+            Err(_) => {
+                break Some(format!(
+                    "no complete RTMPE handshake within {:?}",
+                    shared.config.handshake_timeout
+                ));
+            }
+        }
+    };
+    let (Some(a), None) = (answer, ended.as_ref()) else {
+        ldebug!(
+            shared,
+            "{peer}: connection closed: {}",
+            ended.unwrap_or_default()
+        );
+        return;
+    };
+    let mut from_client = a.from_client;
+    // The RTMP connection gets a plain handshake (C1 without a version: no digest) and what
+    // followed C2, decrypted; its S0+S1+S2 are not sent.
+    let mut after = first.split_off(total);
+    from_client.apply(&mut after);
+    let mut plain = vec![3u8];
+    plain.resize(total, 0);
+    plain.extend_from_slice(&after);
+    let r = std::io::Cursor::new(plain).chain(Rc4Reader {
+        inner: r,
+        rc4: from_client,
+    });
+    let w = Rc4Writer {
+        inner: w,
+        rc4: a.to_client,
+        skip: total,
+        pending: Vec::new(),
+        written: 0,
+        accepted: 0,
+    };
+    run(shared, r, w, peer, deadline, id, evict).await;
+}
+
+/// Decrypts what it reads (RTMPE).
+struct Rc4Reader<R> {
+    inner: R,
+    rc4: crate::rtmp::rtmpe::Rc4,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Rc4Reader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            this.rc4.apply(&mut buf.filled_mut()[before..]);
+        }
+        res
+    }
+}
+
+/// Encrypts what it writes (RTMPE), after dropping the first `skip` bytes (the RTMP
+/// connection's own plain handshake answer). A write is encrypted once and retried until the
+/// socket took it all, then reported as written: callers repeat a pending write with the same
+/// bytes (`write_all` does).
+struct Rc4Writer<W> {
+    inner: W,
+    rc4: crate::rtmp::rtmpe::Rc4,
+    skip: usize,
+    pending: Vec<u8>,
+    written: usize,
+    /// How many of the caller's bytes `pending` stands for.
+    accepted: usize,
+}
+
+impl<W: AsyncWrite + Unpin> Rc4Writer<W> {
+    fn poll_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while self.written < self.pending.len() {
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..])
+            {
+                std::task::Poll::Ready(Ok(0)) => {
+                    return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                std::task::Poll::Ready(Ok(n)) => self.written += n,
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Rc4Writer<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            let dropped = this.skip.min(buf.len());
+            this.skip -= dropped;
+            if dropped == buf.len() {
+                return std::task::Poll::Ready(Ok(dropped));
+            }
+            let n = buf.len().min(64 * 1024);
+            this.pending.extend_from_slice(&buf[dropped..n]);
+            this.rc4.apply(&mut this.pending);
+            this.written = 0;
+            this.accepted = n;
+        }
+        match this.poll_pending(cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                this.pending.clear();
+                std::task::Poll::Ready(Ok(this.accepted))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An RTMPT session: the tunnel's end of the byte stream its RTMP connection reads and writes.
+struct TunnelSession {
+    /// The RTMP connection's id (in `pending` until it publishes).
+    conn_id: u64,
+    /// Only the address that opened the session may use it.
+    peer: IpAddr,
+    io: tokio::sync::Mutex<TunnelIo>,
+}
+
+struct TunnelIo {
+    r: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    /// None once closed.
+    w: Option<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+    /// Empty answers in a row (the polling byte grows with them).
+    empty: u32,
+}
+
+/// Bytes the server's RTMP side may have waiting for a client that does not poll: its writes
+/// wait beyond this (and fail after 10 s, closing the session).
+const TUNNEL_BUFFER: usize = 1024 * 1024;
+/// Bytes in one answer at most.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// A request's body limit: one RTMP message of the largest size with its chunk headers.
+fn max_body(config: &ListenerConfig) -> usize {
+    let m = config.max_message_size as usize;
+    m + m / 64 + 64 * 1024
+}
+
+/// True once the RTMP connection `conn_id` is no longer waiting to publish (it publishes, or
+/// it ended).
+fn published(shared: &Shared, conn_id: u64) -> bool {
+    !shared
+        .pending
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(c, _)| *c == conn_id)
+}
+
+/// Serves RTMPT requests on one HTTP/1.1 connection (keep-alive, pipelined requests answered
+/// in order). A refused request is answered with its status and ends the connection.
+#[allow(clippy::too_many_arguments)]
+async fn http<R, W>(
+    shared: Arc<Shared>,
+    mut buf: Vec<u8>,
+    mut r: R,
+    mut w: W,
+    peer: SocketAddr,
+    deadline: Instant,
+    conn_id: u64,
+    evict: Arc<Notify>,
+    ack: Option<socket2::Socket>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = max_body(&shared.config);
+    // Set once this connection carries a publishing session: no longer evictable.
+    let mut carrying = false;
+    let mut requests = 0u64;
+    // Once an answer could not be written: the requests still buffered are handled (unanswered)
+    // before the connection ends with this reason.
+    let mut write_failed: Option<String> = None;
+    let end: String = 'conn: loop {
+        // The first request within the handshake timeout, then the idle timeout between them.
+        let until = if requests == 0 {
+            deadline
+        } else {
+            Instant::now() + shared.config.idle_timeout
+        };
+        let mut need_body: Option<Request> = None;
+        let (req, body) = loop {
+            if let Some(req) = &need_body {
+                let end = req.head_len + req.content_length;
+                if buf.len() >= end {
+                    let body = buf[req.head_len..end].to_vec();
+                    buf.drain(..end);
+                    break (need_body.take().unwrap(), body);
+                }
+            } else {
+                match tunnel::parse_request(&buf, limit) {
+                    Ok(Some(req)) => {
+                        need_body = Some(req);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        refuse(&mut w, &e).await;
+                        let what = match e {
+                            // GET / and the like: someone else's HTTP client.
+                            RequestError::Method(_) | RequestError::Path { .. }
+                                if requests == 0 =>
+                            {
+                                "not an RTMP client, and no RTMPT request"
+                            }
+                            _ => "RTMPT request refused",
+                        };
+                        break 'conn format!("{what} ({}): {e}", e.status());
+                    }
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(until.into(), r.read(&mut chunk)) => r,
+                () = evict.notified(), if !carrying => break 'conn EVICTED.into(),
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) if write_failed.is_some() => {
+                    break 'conn write_failed.take().unwrap_or_default();
+                }
+                Ok(Ok(0)) if buf.is_empty() => {
+                    break 'conn "the client closed the connection".into();
+                }
+                Ok(Ok(0)) => break 'conn "the client closed the connection in a request".into(),
+                Ok(Ok(n)) => {
+                    quick_ack(ack.as_ref());
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Ok(Err(e)) => break 'conn format!("read failed: {e}"),
+                Err(_) if requests == 0 => {
+                    break 'conn format!(
+                        "no complete RTMPT request within {:?}",
+                        shared.config.handshake_timeout
+                    );
+                }
+                Err(_) => {
+                    break 'conn format!("no RTMPT request for {:?}", shared.config.idle_timeout);
+                }
+            }
+        };
+        requests += 1;
+        let answer = match tunnel_request(&shared, &req.command, &body, peer).await {
+            Ok((polling, data)) => tunnel::response(200, polling, &data, req.close),
+            Err((status, why)) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    w.write_all(&tunnel::response(status, None, b"", true)),
+                )
+                .await;
+                break format!("RTMPT {} refused ({status}): {why}", req.command.name());
+            }
+        };
+        if !carrying
+            && let Some(id) = req.command.session()
+            && let Some(s) = shared.tunnels.lock().unwrap().get(id).cloned()
+            && published(&shared, s.conn_id)
+        {
+            // This connection carries a publication: it is no longer a pending one.
+            carrying = true;
+            shared
+                .pending
+                .lock()
+                .unwrap()
+                .retain(|(c, _)| *c != conn_id);
+        }
+        if write_failed.is_none() {
+            match tokio::time::timeout(Duration::from_secs(10), w.write_all(&answer)).await {
+                Ok(Ok(())) => {}
+                // librtmp closes its socket right after its last requests (FCUnpublish,
+                // deleteStream, close) with our answers unread: the reset makes the write
+                // fail, but the requests already received still count.
+                Ok(Err(e)) => write_failed = Some(format!("write failed: {e}")),
+                Err(_) => break "the client read nothing for 10 s".into(),
+            }
+        }
+        if req.close {
+            break "the client asked to close the connection".into();
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    ldebug!(
+        shared,
+        "{peer}: connection closed: {end} (HTTP, {requests} RTMPT requests)"
+    );
+}
+
+/// Linux leaves quick-ACK mode by itself: set again after each read.
+fn quick_ack(socket: Option<&socket2::Socket>) {
+    #[cfg(target_os = "linux")]
+    if let Some(s) = socket {
+        let _ = s.set_tcp_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, e: &RequestError) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        w.write_all(&tunnel::response(e.status(), None, b"", true)),
+    )
+    .await;
+}
+
+/// One RTMPT request: its answer (polling byte, body) or a refusal (status, reason).
+async fn tunnel_request(
+    shared: &Arc<Shared>,
+    command: &Command,
+    body: &[u8],
+    peer: SocketAddr,
+) -> Result<(Option<u8>, Vec<u8>), (u16, &'static str)> {
+    let session = match command {
+        Command::Ident => return Err((404, "no edge server here (fcs/ident2)")),
+        Command::Open => return Ok((None, open_session(shared, peer))),
+        Command::Send { session, .. }
+        | Command::Idle { session, .. }
+        | Command::Close { session, .. } => {
+            let s = shared.tunnels.lock().unwrap().get(session).cloned();
+            match s {
+                // A session that ended on our side (its publisher unpublished, the element
+                // stopped) may still be closed by the client: nothing to refuse.
+                None if matches!(command, Command::Close { .. }) => {
+                    ldebug!(shared, "{peer}: RTMPT close of an unknown or ended session");
+                    return Ok((Some(0), Vec::new()));
+                }
+                None => return Err((404, "unknown session id")),
+                Some(s) if s.peer != peer.ip() => {
+                    return Err((404, "session id of another client address"));
+                }
+                Some(s) => s,
+            }
+        }
+    };
+    log::trace!(
+        "{peer}: RTMPT {} for connection {}: {} bytes",
+        command.name(),
+        session.conn_id,
+        body.len()
+    );
+    let mut io = session.io.lock().await;
+    let wait = match command {
+        Command::Close { session: id, .. } => {
+            shared.tunnels.lock().unwrap().remove(id);
+            // The RTMP connection reads the end of its stream and closes.
+            io.w = None;
+            return Ok((Some(0), Vec::new()));
+        }
+        Command::Send { .. } => {
+            let Some(w) = io.w.as_mut() else {
+                return Err((404, "session closed"));
+            };
+            match tokio::time::timeout(Duration::from_secs(10), w.write_all(body)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err((404, "session ended")),
+                Err(_) => return Err((503, "the RTMP connection took nothing for 10 s")),
+            }
+            // Until it publishes, give the answer a moment (the handshake's and commands'
+            // answers go back in this response); a publisher's sends are answered at once.
+            if published(shared, session.conn_id) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(20)
+            }
+        }
+        _ => {
+            if published(shared, session.conn_id) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            }
+        }
+    };
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut wait = wait;
+    while data.len() < MAX_ANSWER {
+        match tokio::time::timeout(wait, io.r.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => data.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        wait = Duration::ZERO;
+    }
+    io.empty = if data.is_empty() { io.empty + 1 } else { 0 };
+    Ok((Some(tunnel::polling_byte(io.empty)), data))
+}
+
+/// Opens an RTMPT session: its RTMP connection runs on the listener's task group until it ends
+/// (closed, timed out, evicted before publishing); the answer is its id.
+fn open_session(shared: &Arc<Shared>, peer: SocketAddr) -> Vec<u8> {
+    let id = tunnel::new_session_id();
+    let (core, tunnel_end) = tokio::io::duplex(TUNNEL_BUFFER);
+    let (tr, tw) = tokio::io::split(tunnel_end);
+    let (cr, cw) = tokio::io::split(core);
+    let (conn_id, evict) = admit(shared, peer);
+    let session = Arc::new(TunnelSession {
+        conn_id,
+        peer: peer.ip(),
+        io: tokio::sync::Mutex::new(TunnelIo {
+            r: tr,
+            w: Some(tw),
+            empty: 0,
+        }),
+    });
+    shared.tunnels.lock().unwrap().insert(id.clone(), session);
+    ldebug!(shared, "{peer}: RTMPT session opened: connection {conn_id}");
+    let sh = shared.clone();
+    let key = id.clone();
+    shared.tunnel_tasks.spawn(async move {
+        sh.counters.open.fetch_add(1, Ordering::Relaxed);
+        let _guard = OpenGuard(sh.clone(), conn_id);
+        let deadline = Instant::now() + sh.config.handshake_timeout;
+        // RTMP or RTMPE (RTMPTE) inside the tunnel.
+        sniff(sh.clone(), cr, cw, peer, deadline, conn_id, evict, None).await;
+        sh.tunnels.lock().unwrap().remove(&key);
+    });
+    let mut body = id.into_bytes();
+    body.push(b'\n');
+    body
 }
 
 const EVICTED: &str = "evicted by a newer connection before it published (max-connections)";
