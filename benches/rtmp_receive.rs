@@ -455,135 +455,154 @@ fn exited_ok(child: &mut Guard, timeout: Duration) -> bool {
     }
 }
 
+fn copy_of(b: &PluginBuild) -> PluginBuild {
+    PluginBuild {
+        label: b.label.clone(),
+        file: b.file.clone(),
+    }
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--receive-ours") {
-        let cut = args[i + 1].parse().unwrap();
-        receive(&args[i + 3], cut, Some(Path::new(&args[i + 2])));
-        return;
-    }
-    if let Some(i) = args.iter().position(|a| a == "--receive-stock") {
-        receive(&args[i + 2], args[i + 1].parse().unwrap(), None);
-        return;
-    }
-    gst::init().unwrap();
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let smoke = smoke();
-    let seconds = env("BENCH_SECONDS", if smoke { 2 } else { 20 });
-    let rounds = env("BENCH_ROUNDS", if smoke { 1 } else { 3 }) as usize;
-    let exe = std::env::current_exe().unwrap();
-    let dir = std::env::temp_dir().join(format!("rtmp-receive-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let current = PluginBuild::current();
-    let sides: [Kind; 2] = match PluginBuild::baseline() {
-        Some(b) => {
-            println!("baseline: {}", b.file.display());
-            [Kind::Ours(current), Kind::Ours(b)]
+/// What every part of a run shares.
+struct Setup {
+    exe: PathBuf,
+    dir: PathBuf,
+    file: PathBuf,
+    media_seconds: u64,
+    /// The measuring window.
+    seconds: u64,
+    rounds: usize,
+    /// See [`FrameCounter`].
+    cut: u32,
+    /// The file's frames (video, audio): all, and before the cut.
+    file_all: (u64, u64),
+    file_before: (u64, u64),
+}
+
+impl Setup {
+    /// Waits until `receiver` saw the end of the stream and `publisher` exited, and checks that
+    /// every frame of the file before the cut arrived. Returns whether it did, and the frames
+    /// received in all.
+    fn check(
+        &self,
+        what: &str,
+        receiver: &Receiver,
+        publisher: &mut Guard,
+        log: &Path,
+    ) -> (bool, (u64, u64)) {
+        let report = receiver.wait_end(Duration::from_secs(self.media_seconds + 30));
+        let publisher_ok = exited_ok(publisher, Duration::from_secs(10));
+        let ok =
+            report.end == Some(Ok(())) && report.before_cut == self.file_before && publisher_ok;
+        if !ok {
+            eprintln!(
+                "{what}: received {:?} of the file's {:?} frames (video, audio) before its last \
+                 second, end {:?}, publisher {} (its log: {})",
+                report.before_cut,
+                self.file_before,
+                report.end,
+                if publisher_ok {
+                    "ok"
+                } else {
+                    "not done or failed"
+                },
+                log.display()
+            );
         }
-        None => [Kind::Ours(current), Kind::Stock],
+        (ok, report.frames)
+    }
+}
+
+/// Measures `pids` (each a list of processes whose CPU adds up) over the window: 3 s from now,
+/// `seconds` long. Returns each one's share of one core per process, and the window's length.
+fn window(
+    pids: &[Vec<u32>],
+    seconds: u64,
+    frames: &dyn Fn() -> Vec<u64>,
+) -> (Vec<Vec<f64>>, Vec<u64>) {
+    std::thread::sleep(Duration::from_secs(3));
+    let f0 = frames();
+    let cpu = || -> Vec<Vec<f64>> {
+        pids.iter()
+            .map(|ps| ps.iter().map(|&p| cpu_seconds(p)).collect())
+            .collect()
     };
-    let media_seconds = seconds + 8;
-    let file: PathBuf = dir.join("input.flv");
-    pre_encode(&file, media_seconds);
-    // Frames up to 1 s before the end of the file must arrive at both (see FrameCounter).
-    let cut = (media_seconds as u32 - 1) * 1000;
-    let (file_all, file_before) = count_file(&file, cut);
-    let (file_video, file_audio) = file_all;
-    let size = std::fs::metadata(&file).unwrap().len();
-    println!(
-        "input: {media_seconds} s of 720p30 H.264 (pattern=snow, x264enc ultrafast) + AAC, \
-         {:.2} Mbit/s, FLV, {file_video} video and {file_audio} audio frames, \
-         published by ffmpeg -re -c copy",
-        size as f64 * 8.0 / media_seconds as f64 / 1e6
-    );
-    let labels = [sides[0].label(), sides[1].label()];
-    let (busy0, _) = machine_cpu_seconds();
+    let cpu0 = cpu();
     let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let cpu1 = cpu();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let f1 = frames();
+    let shares = cpu1
+        .iter()
+        .zip(&cpu0)
+        .map(|(b, a)| b.iter().zip(a).map(|(b, a)| (b - a) / elapsed).collect())
+        .collect();
+    let frames = f1.iter().zip(&f0).map(|(b, a)| b - a).collect();
+    (shares, frames)
+}
+
+/// rtmpserversrc against nginx-rtmp + rtmp2src (or the baseline's rtmpserversrc), each fed by
+/// ffmpeg. Returns whether every receiver got every frame.
+fn part_receive(setup: &Setup, sides: &[Kind; 2]) -> bool {
+    let Setup {
+        exe,
+        dir,
+        file,
+        seconds,
+        rounds,
+        cut,
+        file_all,
+        ..
+    } = setup;
+    let labels = [sides[0].label(), sides[1].label()];
     let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
     let mut complete = true;
-    for round in 0..rounds {
-        let started: Vec<Side> = sides.iter().map(|k| k.start(&exe, &dir, cut)).collect();
+    for round in 0..*rounds {
+        let started: Vec<Side> = sides.iter().map(|k| k.start(exe, dir, *cut)).collect();
         let mut publishers: Vec<(usize, Guard)> = Vec::new();
         for &i in &round_order(round) {
             let log = dir.join(format!("ffmpeg-{round}-{i}.log"));
-            publishers.push((i, publish(&file, &started[i].url, &log)));
+            publishers.push((i, publish(file, &started[i].url, &log)));
             std::thread::sleep(Duration::from_millis(100));
         }
         publishers.sort_by_key(|(i, _)| *i);
-        // The window: 3 s after the publishers started, BENCH_SECONDS long.
-        std::thread::sleep(Duration::from_secs(3));
-        let frames = |s: &Side| {
-            let (v, a) = s.receiver.report().frames;
-            v + a
-        };
-        let f0: Vec<u64> = started.iter().map(frames).collect();
-        let cpu = |s: &Side| -> Vec<f64> { s.pids.iter().map(|&p| cpu_seconds(p)).collect() };
-        let cpu0: Vec<Vec<f64>> = started.iter().map(cpu).collect();
-        let pub0: Vec<f64> = publishers
-            .iter()
-            .map(|(_, g)| cpu_seconds(g.0.id()))
-            .collect();
-        let w0 = Instant::now();
-        std::thread::sleep(Duration::from_secs(seconds));
-        let cpu1: Vec<Vec<f64>> = started.iter().map(cpu).collect();
-        let pub1: Vec<f64> = publishers
-            .iter()
-            .map(|(_, g)| cpu_seconds(g.0.id()))
-            .collect();
-        let elapsed = w0.elapsed().as_secs_f64();
-        let f1: Vec<u64> = started.iter().map(frames).collect();
-        for (k, side) in started.iter().enumerate() {
-            let each: Vec<f64> = cpu1[k]
+        let mut pids: Vec<Vec<u32>> = started.iter().map(|s| s.pids.clone()).collect();
+        pids.extend(publishers.iter().map(|(_, g)| vec![g.0.id()]));
+        let frames = || -> Vec<u64> {
+            started
                 .iter()
-                .zip(&cpu0[k])
-                .map(|(b, a)| (b - a) / elapsed)
-                .collect();
-            let fig = Figures {
+                .map(|s| {
+                    let (v, a) = s.receiver.report().frames;
+                    v + a
+                })
+                .collect()
+        };
+        let (shares, window_frames) = window(&pids, *seconds, &frames);
+        for (k, side) in started.iter().enumerate() {
+            let each = &shares[k];
+            runs[k].push(Figures {
                 cpu: each.iter().sum(),
                 cpu_each: [
                     each.first().copied().unwrap_or(0.0),
                     each.get(1).copied().unwrap_or(0.0),
                 ],
                 rss: side.pids.iter().map(|&p| peak_rss_mib(p)).sum(),
-                publisher_cpu: (pub1[k] - pub0[k]) / elapsed,
-                window_frames: f1[k] - f0[k],
-            };
-            runs[k].push(fig);
+                publisher_cpu: shares[2 + k][0],
+                window_frames: window_frames[k],
+            });
         }
         // The rest of the file, then every frame must have arrived.
         let mut totals = Vec::new();
         for (k, side) in started.iter().enumerate() {
-            let report = side
-                .receiver
-                .wait_end(Duration::from_secs(media_seconds + 30));
-            let ffmpeg_ok = exited_ok(&mut publishers[k].1, Duration::from_secs(10));
-            let ok = report.end == Some(Ok(())) && report.before_cut == file_before && ffmpeg_ok;
-            if !ok {
-                complete = false;
-                eprintln!(
-                    "round {round} {}: received {:?} of the file's {file_before:?} frames (video, \
-                     audio) before its last second, end {:?}, ffmpeg {} (its log: {})",
-                    labels[k],
-                    report.before_cut,
-                    report.end,
-                    if ffmpeg_ok {
-                        "ok"
-                    } else {
-                        "not done or failed"
-                    },
-                    dir.join(format!("ffmpeg-{round}-{k}.log")).display()
-                );
-            }
-            totals.push(report.frames);
+            let log = dir.join(format!("ffmpeg-{round}-{k}.log"));
+            let what = format!("round {round} {}", labels[k]);
+            let (ok, all) = setup.check(&what, &side.receiver, &mut publishers[k].1, &log);
+            complete &= ok;
+            totals.push(all);
         }
         eprintln!(
             "round {round}: {} {:.2} %, {} {:.2} % ({}), frames in the window {} / {}, \
@@ -604,7 +623,6 @@ fn main() {
             totals[1],
         );
     }
-    let (busy1, _) = machine_cpu_seconds();
     let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|f| f.cpu).collect() };
     let each =
         |i: usize, k: usize| mean(&runs[i].iter().map(|f| f.cpu_each[k]).collect::<Vec<_>>());
@@ -646,6 +664,218 @@ fn main() {
         println!();
         println!("(nginx-rtmp + rtmp2src: rtmp2src's process + nginx's, means)");
     }
+    complete
+}
+
+/// The pipeline every GStreamer publisher runs: the file played in real time (`clocksync`),
+/// remuxed by flvmux, into `sink` (`fakesink` for the input alone).
+fn input_pipeline(file: &Path, sink: &str) -> Vec<String> {
+    format!(
+        "filesrc location={} ! flvdemux name=d \
+         d.video ! queue ! h264parse ! clocksync ! m.video \
+         d.audio ! queue ! aacparse ! clocksync ! m.audio \
+         flvmux name=m streamable=true ! {sink}",
+        file.display()
+    )
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A `gst-launch-1.0` child running `args` with `build`'s plugin, its stderr into `log`.
+fn launch(args: &[String], build: &PluginBuild, log: &Path) -> Guard {
+    let mut cmd = Command::new("gst-launch-1.0");
+    build.plugin_env(&mut cmd);
+    let child = cmd
+        .arg("-q")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("gst-launch-1.0");
+    Guard(child)
+}
+
+/// rsrtmpsink against rtmp2sink (or the baseline's rsrtmpsink), each publishing the file in
+/// real time into an rtmpserversrc of the current build; the input pipeline alone into fakesink
+/// measured in the same window. Returns whether every receiver got every frame.
+fn part_publish(
+    setup: &Setup,
+    sides: &[(String, &str, &PluginBuild); 2],
+    current: &PluginBuild,
+) -> bool {
+    let Setup {
+        exe,
+        dir,
+        file,
+        seconds,
+        rounds,
+        cut,
+        ..
+    } = setup;
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut rss: [f64; 2] = [0.0; 2];
+    let mut alone = Vec::new();
+    let mut complete = true;
+    for round in 0..*rounds {
+        let receivers: Vec<Receiver> = (0..2)
+            .map(|_| Kind::Ours(copy_of(&current)).start(exe, dir, *cut).receiver)
+            .collect();
+        let mut publishers: Vec<(usize, Guard)> = Vec::new();
+        for &i in &round_order(round) {
+            let (_, sink, build) = &sides[i];
+            let url = format!("rtmp://127.0.0.1:{}/live/{KEY}", receivers[i].port);
+            let log = dir.join(format!("publish-{round}-{i}.log"));
+            let args = input_pipeline(file, &format!("{sink} location={url}"));
+            publishers.push((i, launch(&args, build, &log)));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = dir.join(format!("publish-{round}-alone.log"));
+        publishers.push((2, launch(&input_pipeline(file, "fakesink"), current, &log)));
+        publishers.sort_by_key(|(i, _)| *i);
+        let pids: Vec<Vec<u32>> = publishers.iter().map(|(_, g)| vec![g.0.id()]).collect();
+        let (shares, _) = window(&pids, *seconds, &|| Vec::new());
+        for k in 0..2 {
+            cpu[k].push(shares[k][0]);
+            rss[k] = rss[k].max(peak_rss_mib(pids[k][0]));
+        }
+        alone.push(shares[2][0]);
+        for (k, receiver) in receivers.iter().enumerate() {
+            let log = dir.join(format!("publish-{round}-{k}.log"));
+            let what = format!("round {round} {}", sides[k].0);
+            let (ok, _) = setup.check(&what, receiver, &mut publishers[k].1, &log);
+            complete &= ok;
+        }
+        eprintln!(
+            "round {round}: {} {:.2} %, {} {:.2} %, input alone {:.2} %",
+            sides[0].0,
+            shares[0][0] * 100.0,
+            sides[1].0,
+            shares[1][0] * 100.0,
+            shares[2][0] * 100.0
+        );
+    }
+    let (a, b) = (&sides[0].0, &sides[1].0);
+    let input = mean(&alone);
+    println!();
+    println!(
+        "Publishers into rtmpserversrc, the file played in real time through flvdemux ! \
+         clocksync ! flvmux, {rounds} x {seconds} s, all at once; CPU % of one core"
+    );
+    println!();
+    println!(
+        "| {a} CPU % | {b} CPU % | ratio | per-round ratios | {a} RSS MiB | {b} RSS MiB | input alone CPU % | ratio without it |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+        mean(&cpu[0]) * 100.0,
+        mean(&cpu[1]) * 100.0,
+        mean(&cpu[0]) / mean(&cpu[1]),
+        ratio_line(&cpu[0], &cpu[1]),
+        rss[0],
+        rss[1],
+        input * 100.0,
+        (mean(&cpu[0]) - input) / (mean(&cpu[1]) - input),
+    );
+    complete
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--receive-ours") {
+        let cut = args[i + 1].parse().unwrap();
+        receive(&args[i + 3], cut, Some(Path::new(&args[i + 2])));
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--receive-stock") {
+        receive(&args[i + 2], args[i + 1].parse().unwrap(), None);
+        return;
+    }
+    gst::init().unwrap();
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let smoke = smoke();
+    let seconds = env("BENCH_SECONDS", if smoke { 2 } else { 20 });
+    let rounds = env("BENCH_ROUNDS", if smoke { 1 } else { 3 }) as usize;
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "receive,publish".into());
+    let exe = std::env::current_exe().unwrap();
+    let dir = std::env::temp_dir().join(format!("rtmp-receive-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("current")).unwrap();
+    // Our plugin alone in a directory, for gst-launch-1.0's GST_PLUGIN_PATH (see
+    // PluginBuild::plugin_env).
+    let current = PluginBuild {
+        label: "current".into(),
+        file: dir.join("current").join(PLUGIN_FILE),
+    };
+    std::fs::copy(PluginBuild::current().file, &current.file).unwrap();
+    let baseline = PluginBuild::baseline();
+    // Let the registries take in our plugin once, outside any measurement.
+    for b in std::iter::once(&current).chain(baseline.as_ref()) {
+        let _ = b
+            .plugin_env(&mut Command::new("gst-inspect-1.0"))
+            .arg("rsrtmpsink")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let media_seconds = seconds + 8;
+    let file: PathBuf = dir.join("input.flv");
+    pre_encode(&file, media_seconds);
+    // Frames up to 1 s before the end of the file must arrive (see FrameCounter).
+    let cut = (media_seconds as u32 - 1) * 1000;
+    let (file_all, file_before) = count_file(&file, cut);
+    let size = std::fs::metadata(&file).unwrap().len();
+    println!(
+        "input: {media_seconds} s of 720p30 H.264 (pattern=snow, x264enc ultrafast) + AAC, \
+         {:.2} Mbit/s, FLV, {} video and {} audio frames",
+        size as f64 * 8.0 / media_seconds as f64 / 1e6,
+        file_all.0,
+        file_all.1
+    );
+    if let Some(b) = &baseline {
+        println!("baseline: {}", b.file.display());
+    }
+    let setup = Setup {
+        exe,
+        dir: dir.clone(),
+        file,
+        media_seconds,
+        seconds,
+        rounds,
+        cut,
+        file_all,
+        file_before,
+    };
+    let (busy0, _) = machine_cpu_seconds();
+    let t0 = Instant::now();
+    let mut complete = true;
+    if parts.contains("receive") {
+        let sides: [Kind; 2] = match &baseline {
+            Some(b) => [Kind::Ours(copy_of(&current)), Kind::Ours(copy_of(b))],
+            None => [Kind::Ours(copy_of(&current)), Kind::Stock],
+        };
+        complete &= part_receive(&setup, &sides);
+    }
+    if parts.contains("publish") {
+        let sides = match &baseline {
+            Some(b) => [
+                ("rsrtmpsink".to_owned(), "rsrtmpsink", &current),
+                ("rsrtmpsink baseline".to_owned(), "rsrtmpsink", b),
+            ],
+            None => [
+                ("rsrtmpsink".to_owned(), "rsrtmpsink", &current),
+                ("rtmp2sink".to_owned(), "rtmp2sink", &current),
+            ],
+        };
+        complete &= part_publish(&setup, &sides, &current);
+    }
+    let (busy1, _) = machine_cpu_seconds();
     println!();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
