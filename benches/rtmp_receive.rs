@@ -31,6 +31,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -146,7 +147,7 @@ fn count_file(path: &Path, cut: u32) -> ((u64, u64), (u64, u64)) {
 /// The receiving child: `SOURCE ! fakesink`, the FLV reaching the fakesink counted. Prints
 /// `READY PORT` (the port rtmpserversrc listens on, 0 for rtmp2src) once playing, `COUNT video
 /// audio video-before-cut audio-before-cut` twice a second, and `EOS ...` with the same counts
-/// at the end of the stream, then exits.
+/// at the end of the stream, then waits to be killed.
 fn receive(source: &str, cut: u32, plugin: Option<&Path>) {
     gst::init().unwrap();
     if let Some(p) = plugin {
@@ -209,7 +210,11 @@ fn receive(source: &str, cut: u32, plugin: Option<&Path>) {
         std::io::stdout().flush().unwrap();
     }
     std::io::stdout().flush().unwrap();
-    pipeline.set_state(gst::State::Null).unwrap();
+    // Stay until the parent ends this process: a publisher may still be closing its session
+    // (rtmp2sink reports an error when the server goes away before it has closed).
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// What a receiving child reported last.
@@ -516,13 +521,77 @@ impl Setup {
     }
 }
 
+/// Run time so far of each thread of process `pid`: thread id -> (name, seconds), from
+/// /proc/PID/task/TID/{comm,schedstat}.
+fn threads_of(pid: u32) -> HashMap<u32, (String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let ns: u64 = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((tid, (comm.trim().to_owned(), ns as f64 / 1e9)))
+        })
+        .collect()
+}
+
+/// "name 0.41, other 0.12 (x2)": each thread name's share of one core in %, between two
+/// [`threads_of`] snapshots `elapsed` seconds apart, largest first.
+fn thread_shares(
+    before: &HashMap<u32, (String, f64)>,
+    after: &HashMap<u32, (String, f64)>,
+    elapsed: f64,
+) -> String {
+    let mut by_name: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for (tid, (name, t1)) in after {
+        let t0 = before.get(tid).map_or(0.0, |(_, t)| *t);
+        let e = by_name.entry(name.as_str()).or_default();
+        e.0 += (t1 - t0) / elapsed * 100.0;
+        e.1 += 1;
+    }
+    let mut v: Vec<_> = by_name
+        .into_iter()
+        .filter(|(_, (s, _))| *s >= 0.01)
+        .collect();
+    v.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    v.iter()
+        .map(|(name, (share, n))| {
+            if *n > 1 {
+                format!("{name} {share:.2} (x{n})")
+            } else {
+                format!("{name} {share:.2}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What [`window`] measured.
+struct Measured {
+    /// Per entry of `pids`, each process's share of one core.
+    shares: Vec<Vec<f64>>,
+    /// Frames received in the window, per entry of what `frames` returns.
+    frames: Vec<u64>,
+    /// Per process of `detail`, its threads' shares (see [`thread_shares`]).
+    threads: Vec<String>,
+}
+
 /// Measures `pids` (each a list of processes whose CPU adds up) over the window: 3 s from now,
-/// `seconds` long. Returns each one's share of one core per process, and the window's length.
+/// `seconds` long; and the threads of each process in `detail`.
 fn window(
     pids: &[Vec<u32>],
+    detail: &[u32],
     seconds: u64,
     frames: &dyn Fn() -> Vec<u64>,
-) -> (Vec<Vec<f64>>, Vec<u64>) {
+) -> Measured {
     std::thread::sleep(Duration::from_secs(3));
     let f0 = frames();
     let cpu = || -> Vec<Vec<f64>> {
@@ -530,19 +599,27 @@ fn window(
             .map(|ps| ps.iter().map(|&p| cpu_seconds(p)).collect())
             .collect()
     };
+    let threads0: Vec<_> = detail.iter().map(|&p| threads_of(p)).collect();
     let cpu0 = cpu();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let cpu1 = cpu();
+    let threads1: Vec<_> = detail.iter().map(|&p| threads_of(p)).collect();
     let elapsed = t0.elapsed().as_secs_f64();
     let f1 = frames();
-    let shares = cpu1
-        .iter()
-        .zip(&cpu0)
-        .map(|(b, a)| b.iter().zip(a).map(|(b, a)| (b - a) / elapsed).collect())
-        .collect();
-    let frames = f1.iter().zip(&f0).map(|(b, a)| b - a).collect();
-    (shares, frames)
+    Measured {
+        shares: cpu1
+            .iter()
+            .zip(&cpu0)
+            .map(|(b, a)| b.iter().zip(a).map(|(b, a)| (b - a) / elapsed).collect())
+            .collect(),
+        frames: f1.iter().zip(&f0).map(|(b, a)| b - a).collect(),
+        threads: threads0
+            .iter()
+            .zip(&threads1)
+            .map(|(a, b)| thread_shares(a, b, elapsed))
+            .collect(),
+    }
 }
 
 /// rtmpserversrc against nginx-rtmp + rtmp2src (or the baseline's rtmpserversrc), each fed by
@@ -581,9 +658,10 @@ fn part_receive(setup: &Setup, sides: &[Kind; 2]) -> bool {
                 })
                 .collect()
         };
-        let (shares, window_frames) = window(&pids, *seconds, &frames);
+        let detail: Vec<u32> = started.iter().map(|s| s.receiver.pid()).collect();
+        let m = window(&pids, &detail, *seconds, &frames);
         for (k, side) in started.iter().enumerate() {
-            let each = &shares[k];
+            let each = &m.shares[k];
             runs[k].push(Figures {
                 cpu: each.iter().sum(),
                 cpu_each: [
@@ -591,8 +669,8 @@ fn part_receive(setup: &Setup, sides: &[Kind; 2]) -> bool {
                     each.get(1).copied().unwrap_or(0.0),
                 ],
                 rss: side.pids.iter().map(|&p| peak_rss_mib(p)).sum(),
-                publisher_cpu: shares[2 + k][0],
-                window_frames: window_frames[k],
+                publisher_cpu: m.shares[2 + k][0],
+                window_frames: m.frames[k],
             });
         }
         // The rest of the file, then every frame must have arrived.
@@ -622,6 +700,12 @@ fn part_receive(setup: &Setup, sides: &[Kind; 2]) -> bool {
             totals[0],
             totals[1],
         );
+        for (k, label) in labels.iter().enumerate() {
+            eprintln!(
+                "  {label}: receiving process's threads, CPU %: {}",
+                m.threads[k]
+            );
+        }
     }
     let cpu = |i: usize| -> Vec<f64> { runs[i].iter().map(|f| f.cpu).collect() };
     let each =
@@ -735,7 +819,8 @@ fn part_publish(
         publishers.push((2, launch(&input_pipeline(file, "fakesink"), current, &log)));
         publishers.sort_by_key(|(i, _)| *i);
         let pids: Vec<Vec<u32>> = publishers.iter().map(|(_, g)| vec![g.0.id()]).collect();
-        let (shares, _) = window(&pids, *seconds, &|| Vec::new());
+        let m = window(&pids, &[], *seconds, &|| Vec::new());
+        let shares = m.shares;
         for k in 0..2 {
             cpu[k].push(shares[k][0]);
             rss[k] = rss[k].max(peak_rss_mib(pids[k][0]));
