@@ -22,10 +22,18 @@
 //! otherwise, after printing its table). BENCH_ROUNDS rounds (default 3); means and the
 //! per-round ratios ours / theirs are printed.
 //!
-//! BENCH_BASELINE=DIR measures rtmpserversrc against the rtmpserversrc of an earlier build
-//! instead: DIR holds that build's `libgstlivestreaming.so` (copy it aside before changing the
-//! code); both receivers are then `rtmpserversrc ! fakesink`, each loading its build's plugin,
-//! each fed by its own ffmpeg, measured the same way.
+//! The threads of each receiving process are listed per round (stderr).
+//!
+//! A second part (BENCH_PARTS, default `receive,publish`) measures publishers: rsrtmpsink against
+//! rtmp2sink, each a `gst-launch-1.0` child playing the same file in real time (`filesrc !
+//! flvdemux ! h264parse/aacparse ! clocksync ! flvmux ! SINK`) into an rtmpserversrc of the
+//! current build, beside the same input pipeline into `fakesink` (the part both publishers share,
+//! subtracted for the "without it" ratio); measured and checked as above.
+//!
+//! BENCH_BASELINE=DIR measures our elements against those of an earlier build instead: DIR holds
+//! that build's `libgstlivestreaming.so` (copy it aside before changing the code); both receivers
+//! are then `rtmpserversrc ! fakesink`, each loading its build's plugin, each fed by its own
+//! ffmpeg, and both publishers rsrtmpsink; measured the same way.
 //!
 //! Under `cargo test` (no `--bench`) it is a smoke run: one round, a 2 s window.
 
@@ -804,7 +812,7 @@ fn part_publish(
     let mut complete = true;
     for round in 0..*rounds {
         let receivers: Vec<Receiver> = (0..2)
-            .map(|_| Kind::Ours(copy_of(&current)).start(exe, dir, *cut).receiver)
+            .map(|_| Kind::Ours(copy_of(current)).start(exe, dir, *cut).receiver)
             .collect();
         let mut publishers: Vec<(usize, Guard)> = Vec::new();
         for &i in &round_order(round) {
