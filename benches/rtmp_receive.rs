@@ -145,6 +145,31 @@ fn end_of_sequence(tag: &Tag) -> bool {
         }
 }
 
+/// Where to cut the FLV file at `path` for the check (see [`FrameCounter`]): about 1 s before
+/// its end, in the middle of the widest gap between two of its frames there, so that a publisher
+/// whose timestamps come out a few milliseconds off (remuxed, rebased) still has the same frames
+/// on each side of it.
+fn choose_cut(path: &Path) -> u32 {
+    let mut parser = FlvParser::new(1 << 24);
+    parser.feed(&std::fs::read(path).unwrap());
+    let mut times = Vec::new();
+    let mut first = None;
+    while let Ok(Some(tag)) = parser.next_tag() {
+        let first = *first.get_or_insert(tag.timestamp);
+        if tag.kind != TagKind::Script && !tag.is_sequence_header() && !end_of_sequence(&tag) {
+            times.push(tag.timestamp.wrapping_sub(first));
+        }
+    }
+    times.sort_unstable();
+    let end = times.last().copied().unwrap_or(0);
+    let (from, to) = (end.saturating_sub(1500), end.saturating_sub(500));
+    times
+        .windows(2)
+        .filter(|w| w[0] >= from && w[1] <= to)
+        .max_by_key(|w| w[1] - w[0])
+        .map_or(end.saturating_sub(1000), |w| (w[0] + w[1]) / 2)
+}
+
 /// The frames of the FLV file at `path`: (all, before `cut`), each (video, audio).
 fn count_file(path: &Path, cut: u32) -> ((u64, u64), (u64, u64)) {
     let mut c = FrameCounter::new(cut);
@@ -512,8 +537,8 @@ impl Setup {
             report.end == Some(Ok(())) && report.before_cut == self.file_before && publisher_ok;
         if !ok {
             eprintln!(
-                "{what}: received {:?} of the file's {:?} frames (video, audio) before its last \
-                 second, end {:?}, publisher {} (its log: {})",
+                "{what}: received {:?} of the file's {:?} frames (video, audio) up to the cut \
+                 (about 1 s before the end), end {:?}, publisher {} (its log: {})",
                 report.before_cut,
                 self.file_before,
                 report.end,
@@ -691,18 +716,20 @@ fn part_receive(setup: &Setup, sides: &[Kind; 2]) -> bool {
             totals.push(all);
         }
         eprintln!(
-            "round {round}: {} {:.2} %, {} {:.2} % ({}), frames in the window {} / {}, \
+            "round {round}: {} {:.2} %, {} {:.2} %{}, frames in the window {} / {}, \
              in all {:?} / {:?} of the file's {file_all:?}",
             labels[0],
             runs[0][round].cpu * 100.0,
             labels[1],
             runs[1][round].cpu * 100.0,
-            runs[1][round]
-                .cpu_each
-                .iter()
-                .map(|c| format!("{:.2}", c * 100.0))
-                .collect::<Vec<_>>()
-                .join(" + "),
+            match sides[1] {
+                Kind::Stock => format!(
+                    " (rtmp2src {:.2} + nginx {:.2})",
+                    runs[1][round].cpu_each[0] * 100.0,
+                    runs[1][round].cpu_each[1] * 100.0
+                ),
+                Kind::Ours(_) => String::new(),
+            },
             runs[0][round].window_frames,
             runs[1][round].window_frames,
             totals[0],
@@ -920,16 +947,19 @@ fn main() {
     let media_seconds = seconds + 8;
     let file: PathBuf = dir.join("input.flv");
     pre_encode(&file, media_seconds);
-    // Frames up to 1 s before the end of the file must arrive (see FrameCounter).
-    let cut = (media_seconds as u32 - 1) * 1000;
+    // Frames up to about 1 s before the end of the file must arrive (see FrameCounter).
+    let cut = choose_cut(&file);
     let (file_all, file_before) = count_file(&file, cut);
     let size = std::fs::metadata(&file).unwrap().len();
     println!(
         "input: {media_seconds} s of 720p30 H.264 (pattern=snow, x264enc ultrafast) + AAC, \
-         {:.2} Mbit/s, FLV, {} video and {} audio frames",
+         {:.2} Mbit/s, FLV, {} video and {} audio frames ({} and {} up to {cut} ms, which must \
+         arrive)",
         size as f64 * 8.0 / media_seconds as f64 / 1e6,
         file_all.0,
-        file_all.1
+        file_all.1,
+        file_before.0,
+        file_before.1,
     );
     if let Some(b) = &baseline {
         println!("baseline: {}", b.file.display());
