@@ -463,9 +463,11 @@ pub fn content_type(kind: FileKind, name: &str) -> &'static str {
     match kind {
         FileKind::Playlist => "application/vnd.apple.mpegurl",
         FileKind::Key => "application/octet-stream",
-        FileKind::Segment if name.ends_with(".mp4") || name.ends_with(".m4s") => "video/mp4",
-        FileKind::Segment if name.ends_with(".aac") => "audio/aac",
-        FileKind::Segment => "video/mp2t",
+        FileKind::Segment | FileKind::Init if name.ends_with(".mp4") || name.ends_with(".m4s") => {
+            "video/mp4"
+        }
+        FileKind::Segment | FileKind::Init if name.ends_with(".aac") => "audio/aac",
+        FileKind::Segment | FileKind::Init => "video/mp2t",
     }
 }
 
@@ -669,7 +671,7 @@ async fn handle(
     };
     let cache = match kind {
         FileKind::Playlist => shared.config.playlist_cache_control.as_str(),
-        FileKind::Segment => "public, max-age=86400",
+        FileKind::Segment | FileKind::Init => "public, max-age=86400",
         FileKind::Key => "private, max-age=86400",
     };
     let body = data.map(Bytes::from).unwrap_or_default();
@@ -1037,6 +1039,7 @@ mod tests {
             "application/vnd.apple.mpegurl"
         );
         assert_eq!(content_type(FileKind::Segment, "s.ts"), "video/mp2t");
+        assert_eq!(content_type(FileKind::Init, "init00000.mp4"), "video/mp4");
         assert_eq!(
             content_type(FileKind::Key, "k.key"),
             "application/octet-stream"

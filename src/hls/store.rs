@@ -19,8 +19,19 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     Segment,
+    /// An fMP4 initialisation segment (EXT-X-MAP): served and cached as a segment, but never
+    /// dropped from a full upload queue (every segment after it needs it).
+    Init,
     Playlist,
     Key,
+}
+
+impl FileKind {
+    /// A file that a full upload queue may drop: a media segment, which a player skips. Init
+    /// segments, playlists and keys are never dropped.
+    pub fn droppable(self) -> bool {
+        self == FileKind::Segment
+    }
 }
 
 /// Why a store operation failed. Locations in these errors never carry `user:password@`.
@@ -463,19 +474,20 @@ impl Output {
                     return Err(e.clone());
                 }
             } else {
-                let idx = q
+                // Only a media segment is dropped; with none queued the new job goes over the
+                // bound (what remains are playlists, which replace each other, keys and init
+                // segments: small, and never to be lost).
+                let Some(idx) = q
                     .jobs
                     .iter()
-                    .position(|j| {
-                        matches!(
-                            j,
-                            Job::Put {
-                                kind: FileKind::Segment,
-                                ..
-                            }
-                        )
-                    })
-                    .unwrap_or(0);
+                    .position(|j| matches!(j, Job::Put { kind, .. } if kind.droppable()))
+                else {
+                    log::debug!(
+                        "output queue full, but nothing queued may be dropped: queueing {} over the bound",
+                        job.shown()
+                    );
+                    break;
+                };
                 let old = q.jobs.remove(idx).expect("non-empty");
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 log::debug!(
@@ -933,9 +945,38 @@ mod tests {
             .collect();
         assert_eq!(queued, ["b1.ts", "b2.ts"]);
         assert_eq!(bounded.dropped(), 1);
+        // Init segments, keys and playlists are never dropped: a segment queued after an init
+        // segment goes instead, and with no segment queued the bound is exceeded.
+        let precious = Output::start(
+            stuck.clone(),
+            OutputConfig {
+                capacity: 2,
+                block_when_full: false,
+                ..quick()
+            },
+            None,
+            Box::new(|_| {}),
+        );
+        occupy_worker(&precious);
+        precious.submit(put("init.mp4", FileKind::Init)).unwrap();
+        precious.submit(put("k.key", FileKind::Key)).unwrap();
+        precious.submit(put("s0.m4s", FileKind::Segment)).unwrap();
+        precious.submit(put("p.m3u8", FileKind::Playlist)).unwrap();
+        let queued: Vec<String> = precious
+            .shared
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.location().to_owned())
+            .collect();
+        assert_eq!(queued, ["init.mp4", "k.key", "p.m3u8"]);
+        assert_eq!(precious.dropped(), 1);
         *stuck.0.lock().unwrap() = true;
         stuck.1.notify_all();
         assert!(out.close(Duration::from_secs(5)));
         assert!(bounded.close(Duration::from_secs(5)));
+        assert!(precious.close(Duration::from_secs(5)));
     }
 }

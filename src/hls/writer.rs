@@ -277,12 +277,11 @@ impl Writer {
                 ""
             }
         );
-        // Stored, served and uploaded as a segment (video/mp4, long cache). An upload queue that
-        // is full drops the oldest queued segment, which may be an init segment: there is no
-        // file kind of its own for it yet.
+        // Served and uploaded as a segment (video/mp4, long cache), but never dropped from a full
+        // upload queue.
         self.output.submit(Job::Put {
             location: location.clone(),
-            kind: FileKind::Segment,
+            kind: FileKind::Init,
             data: Arc::new(data),
         })?;
         let uri = playlist_uri(self.config.playlist_root.as_deref(), &location);
@@ -296,7 +295,7 @@ impl Writer {
             );
             self.output.submit(Job::Delete {
                 location: old.location,
-                kind: FileKind::Segment,
+                kind: FileKind::Init,
             })?;
         }
         self.tracks = tracks;
@@ -584,7 +583,7 @@ impl Writer {
                     self.init_users.remove(&il);
                     self.output.submit(Job::Delete {
                         location: il.clone(),
-                        kind: FileKind::Segment,
+                        kind: FileKind::Init,
                     })?;
                     deleted.push(il);
                 }

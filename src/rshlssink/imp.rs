@@ -108,7 +108,7 @@ impl Store for SignalStore {
     fn put(&self, location: &str, kind: FileKind, data: &[u8]) -> Result<(), StoreError> {
         let signal = match kind {
             FileKind::Playlist => Some("get-playlist-stream"),
-            FileKind::Segment => Some("get-fragment-stream"),
+            FileKind::Segment | FileKind::Init => Some("get-fragment-stream"),
             FileKind::Key => None,
         };
         if let (Some(signal), Some(obj)) = (signal, self.element.upgrade())
@@ -128,7 +128,7 @@ impl Store for SignalStore {
     }
 
     fn delete(&self, location: &str, kind: FileKind) -> Result<(), StoreError> {
-        if kind == FileKind::Segment
+        if matches!(kind, FileKind::Segment | FileKind::Init)
             && let Some(obj) = self.element.upgrade()
         {
             obj.emit_by_name::<()>("delete-fragment", &[&location]);
