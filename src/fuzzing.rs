@@ -587,6 +587,7 @@ pub fn hls_playlist_resume(data: &[u8]) {
             key: None,
             map: None,
             program_date_time: None,
+            parts: Vec::new(),
         });
         let rendered = playlist.render();
         assert!(

@@ -463,11 +463,15 @@ pub fn content_type(kind: FileKind, name: &str) -> &'static str {
     match kind {
         FileKind::Playlist => "application/vnd.apple.mpegurl",
         FileKind::Key => "application/octet-stream",
-        FileKind::Segment | FileKind::Init if name.ends_with(".mp4") || name.ends_with(".m4s") => {
+        FileKind::Segment | FileKind::Init | FileKind::Part
+            if name.ends_with(".mp4") || name.ends_with(".m4s") =>
+        {
             "video/mp4"
         }
-        FileKind::Segment | FileKind::Init if name.ends_with(".aac") => "audio/aac",
-        FileKind::Segment | FileKind::Init => "video/mp2t",
+        FileKind::Segment | FileKind::Init | FileKind::Part if name.ends_with(".aac") => {
+            "audio/aac"
+        }
+        FileKind::Segment | FileKind::Init | FileKind::Part => "video/mp2t",
     }
 }
 
@@ -671,7 +675,7 @@ async fn handle(
     };
     let cache = match kind {
         FileKind::Playlist => shared.config.playlist_cache_control.as_str(),
-        FileKind::Segment | FileKind::Init => "public, max-age=86400",
+        FileKind::Segment | FileKind::Init | FileKind::Part => "public, max-age=86400",
         FileKind::Key => "private, max-age=86400",
     };
     let body = data.map(Bytes::from).unwrap_or_default();

@@ -22,15 +22,17 @@ pub enum FileKind {
     /// An fMP4 initialisation segment (EXT-X-MAP): served and cached as a segment, but never
     /// dropped from a full upload queue (every segment after it needs it).
     Init,
+    /// An LL-HLS part (partial segment): served and cached as a segment.
+    Part,
     Playlist,
     Key,
 }
 
 impl FileKind {
-    /// A file that a full upload queue may drop: a media segment, which a player skips. Init
-    /// segments, playlists and keys are never dropped.
+    /// A file that a full upload queue may drop: a media segment or part, which a player
+    /// skips. Init segments, playlists and keys are never dropped.
     pub fn droppable(self) -> bool {
-        self == FileKind::Segment
+        matches!(self, FileKind::Segment | FileKind::Part)
     }
 }
 
@@ -511,6 +513,12 @@ impl Output {
         q.jobs.push_back(job);
         self.shared.cv.notify_all();
         Ok(())
+    }
+
+    /// Whether a built-in server serves what is written (it is the one reader of LL-HLS delta
+    /// playlists).
+    pub fn serves(&self) -> bool {
+        self.published.is_some()
     }
 
     /// Publishes a file that already exists (written by a previous run) for the HTTP server.
