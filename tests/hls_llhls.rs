@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::hls::*;
+use gst::prelude::*;
 use gstlivestreaming::hls::store::PlaylistPosition;
 
 const LL: &str = "segment-format=fmp4 part-duration=0.2 playlist-length=12 max-files=14";
@@ -134,5 +135,25 @@ fn blocking_reloads_hinted_parts_and_delta_updates() {
     let url = format!("http://127.0.0.1:{port}/playlist.m3u8");
     let probe = ffprobe(&url, &["-read_intervals", "%+1"]);
     assert!(probe.streams.iter().any(|(_, t)| t == "video"), "{probe:?}");
+
+    // Nothing new comes (the pipeline paused): a blocking request ends with a 503 at the bound,
+    // three target durations (3 s), not before and not much later.
+    live.pipeline.set_state(gst::State::Paused).expect("PAUSED");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body, _) = get(port, "/playlist.m3u8");
+    let p = position(&body);
+    let (status, _, took) = get(
+        port,
+        &format!(
+            "/playlist.m3u8?_HLS_msn={}&_HLS_part={}",
+            p.next_msn,
+            p.open_parts + 1
+        ),
+    );
+    assert_eq!(status, 503);
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(5),
+        "503 after {took:?}"
+    );
     drop(live);
 }
