@@ -334,14 +334,23 @@ impl FragmentSegmenter {
             completed = self.close(start, reason);
             self.open(start);
         }
-        // A part closes at the first sample of the split track at or after its duration (the
-        // other tracks' samples arrive interleaved by decode time: those before it are in it).
+        // A part closes before the sample of the split track that would take it past its
+        // duration (PART-TARGET is a maximum, RFC 8216bis §4.4.3.7; 1 ms for rounding), or, for
+        // samples without a duration, at the first one at or after it (within the tolerance).
+        // The other tracks' samples arrive interleaved by decode time: those before it are in it.
+        let part_end = self
+            .current
+            .as_ref()
+            .map(|c| c.part_start_ns.saturating_add(self.part_ns));
+        let part_due = part_end.is_some_and(|end| match sample.duration_ns {
+            Some(d) if d > 0 => stamp.saturating_add(d) > end.saturating_add(1_000_000),
+            _ => stamp.saturating_add(self.cuts.config().tolerance_ns) >= end,
+        });
         if self.part_ns > 0
             && track == self.split_track
+            && part_due
             && let Some(c) = self.current.as_ref()
             && c.runs.iter().any(|r| !r.samples.is_empty())
-            && stamp.saturating_add(self.cuts.config().tolerance_ns)
-                >= c.part_start_ns.saturating_add(self.part_ns)
         {
             self.flush_pending();
             self.close_part(stamp);
@@ -542,6 +551,30 @@ mod tests {
             i = trun;
         }
         out
+    }
+
+    #[test]
+    fn parts_never_exceed_the_part_target() {
+        let mut s = FragmentSegmenter::new(SegmenterConfig {
+            target_ns: SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        // 0.33 s: ten 1/30 s frames would be 0.3333 s.
+        s.set_part_duration(330_000_000);
+        s.set_tracks(&tracks()[..1]);
+        let mut parts = Vec::new();
+        for i in 0..90 {
+            s.push(0, video(i, 30));
+            parts.extend(s.take_parts());
+        }
+        let d: Vec<u64> = parts.iter().map(|p| p.duration_ns / 1_000_000).collect();
+        assert!(d.iter().all(|d| *d <= 330), "{d:?}");
+        assert_eq!(
+            &d[..4],
+            [300, 300, 300, 100],
+            "nine frames, and the rest of the second"
+        );
     }
 
     #[test]
