@@ -813,7 +813,13 @@ fn worker(
             Ok(()) => {
                 shared.written.fetch_add(1, Ordering::Relaxed);
                 match &job {
-                    Job::Put { kind, data, .. } => log::debug!(
+                    // LL-HLS parts come several times a second: trace.
+                    Job::Put { kind, data, .. } => log::log!(
+                        if *kind == FileKind::Part {
+                            log::Level::Trace
+                        } else {
+                            log::Level::Debug
+                        },
                         "{kind:?} {} written ({} bytes, attempt {attempt})",
                         job.shown(),
                         data.len()

@@ -486,7 +486,14 @@ impl Writer {
             }
         }
         let first = self.playlist.entries().next().map(|e| e.sequence);
-        log::debug!(
+        // With LL-HLS the playlist is rewritten for every part: the segment cuts stay at debug.
+        let level = if self.playlist.part_target().is_some() {
+            log::Level::Trace
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
             "playlist {}: media sequence {}, {} segments{}",
             redact_location(&self.config.locations.playlist),
             first.unwrap_or_else(|| self.playlist.next_sequence()),
