@@ -593,6 +593,7 @@ pub fn hls_playlist_resume(data: &[u8]) {
             key: None,
             map: None,
             program_date_time: None,
+            parts: Vec::new(),
         });
         let rendered = playlist.render();
         assert!(

@@ -111,6 +111,9 @@ struct Shared {
     config: HttpConfig,
     files: Arc<Published>,
     tasks: Arc<TaskGroup>,
+    /// LL-HLS requests held until what they ask for exists: at most `max_connections` at once
+    /// (beyond that 503 at once), so held requests cannot pile up.
+    held: Arc<Semaphore>,
 }
 
 impl HttpServer {
@@ -148,6 +151,7 @@ impl HttpServer {
         });
         let tasks = Arc::new(TaskGroup::new());
         let shared = Arc::new(Shared {
+            held: Arc::new(Semaphore::new(config.max_connections.max(1))),
             config,
             files,
             tasks: tasks.clone(),
@@ -463,9 +467,15 @@ pub fn content_type(kind: FileKind, name: &str) -> &'static str {
     match kind {
         FileKind::Playlist => "application/vnd.apple.mpegurl",
         FileKind::Key => "application/octet-stream",
-        FileKind::Segment if name.ends_with(".mp4") || name.ends_with(".m4s") => "video/mp4",
-        FileKind::Segment if name.ends_with(".aac") => "audio/aac",
-        FileKind::Segment => "video/mp2t",
+        FileKind::Segment | FileKind::Init | FileKind::Part
+            if name.ends_with(".mp4") || name.ends_with(".m4s") =>
+        {
+            "video/mp4"
+        }
+        FileKind::Segment | FileKind::Init | FileKind::Part if name.ends_with(".aac") => {
+            "audio/aac"
+        }
+        FileKind::Segment | FileKind::Init | FileKind::Part => "video/mp2t",
     }
 }
 
@@ -575,6 +585,7 @@ async fn respond(
     let version = request.version();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
     let range = request
         .headers()
         .get(header::RANGE)
@@ -584,7 +595,7 @@ async fn respond(
     let (parts, mut body) = request.into_parts();
     let (reply, close) = match drop_body(&parts.headers, &mut body, deadline).await {
         Ok(()) => {
-            let reply = handle(&method, &path, range.as_deref(), shared, activity).await;
+            let reply = handle(&method, &path, &query, range.as_deref(), shared, activity).await;
             (reply, false)
         }
         Err(refusal) => {
@@ -628,9 +639,98 @@ async fn respond(
     response
 }
 
+/// The LL-HLS directives of a playlist request's query (RFC 8216bis §6.2.5): `_HLS_msn`,
+/// `_HLS_part`, `_HLS_skip`. Other parameters are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Directives {
+    pub msn: Option<u64>,
+    pub part: Option<u64>,
+    pub skip: bool,
+}
+
+/// None for a malformed directive, or `_HLS_part` without `_HLS_msn` (400, §6.2.5.2).
+pub fn directives(query: &str) -> Option<Directives> {
+    let mut d = Directives::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "_HLS_msn" => d.msn = Some(v.parse().ok()?),
+            "_HLS_part" => d.part = Some(v.parse().ok()?),
+            "_HLS_skip" => match v {
+                "YES" | "v2" => d.skip = true,
+                _ => return None,
+            },
+            _ => {}
+        }
+    }
+    if d.part.is_some() && d.msn.is_none() {
+        return None;
+    }
+    Some(d)
+}
+
+/// How long an LL-HLS request is held at most: three target durations (RFC 8216bis §6.2.5.2
+/// advises 503 after that), within the request timeout (so the answer keeps its deadline).
+fn hold_bound(target_s: u64, request_timeout: Duration) -> Duration {
+    Duration::from_secs(3 * target_s.max(1)).min(request_timeout)
+}
+
+/// Holds an LL-HLS request (blocking reload, preload-hinted part) until `name` is what it asks
+/// for; the reply to send instead when that does not happen (503: too many held, or not in
+/// time; 400: too far ahead), None when it is there.
+async fn hold(name: &str, directives: Directives, shared: &Shared) -> Option<Reply> {
+    let refuse = |status: StatusCode, why: &str| {
+        log::debug!("LL-HLS {name}: {why}: {}", status.as_u16());
+        Some(Reply::empty(status).cors())
+    };
+    let files = &shared.files;
+    let timeout = shared.config.request_timeout;
+    if let Some(msn) = directives.msn {
+        // A playlist that does not offer blocking reloads is answered as it is.
+        let position = files.position(name)?;
+        if position.has(msn, directives.part) {
+            return None;
+        }
+        if position.too_far(msn, directives.part) {
+            return refuse(StatusCode::BAD_REQUEST, "too far ahead of the playlist");
+        }
+        let Ok(_permit) = shared.held.clone().try_acquire_owned() else {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many requests held");
+        };
+        let bound = hold_bound(position.target_s, timeout);
+        log::trace!(
+            "LL-HLS {name}: holding for segment {msn} part {:?} (at most {bound:?})",
+            directives.part
+        );
+        if !files
+            .wait_for_position(name, msn, directives.part, bound)
+            .await
+        {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "not there in time");
+        }
+        return None;
+    }
+    if files.get(name).is_none() && files.is_hinted(name) {
+        let Ok(_permit) = shared.held.clone().try_acquire_owned() else {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many requests held");
+        };
+        // The hint's playlist's target: the part is due within a part duration.
+        let bound = hold_bound(1, timeout);
+        log::trace!("LL-HLS {name}: preload-hinted part, holding until written");
+        if files.wait_for(name, bound).await.is_none() {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hinted part not written in time",
+            );
+        }
+    }
+    None
+}
+
 async fn handle(
     method: &Method,
     path: &str,
+    query: &str,
     range: Option<&str>,
     shared: &Shared,
     activity: &Activity,
@@ -654,6 +754,19 @@ async fn handle(
         Target::BadPath => return Reply::empty(StatusCode::BAD_REQUEST).cors(),
     };
     let not_found = || Reply::empty(StatusCode::NOT_FOUND).cors();
+    let Some(directives) = directives(query) else {
+        return Reply::empty(StatusCode::BAD_REQUEST).cors();
+    };
+    if let Some(refusal) = hold(&name, directives, shared).await {
+        return refusal;
+    }
+    // A delta update for `_HLS_skip` when the writer made one (with the playlist).
+    let delta = crate::hls::writer::delta_location(&name);
+    let name = if directives.skip && shared.files.position(&delta).is_some() {
+        delta
+    } else {
+        name
+    };
     let Some((file, kind)) = shared.files.get(&name) else {
         return not_found();
     };
@@ -669,7 +782,7 @@ async fn handle(
     };
     let cache = match kind {
         FileKind::Playlist => shared.config.playlist_cache_control.as_str(),
-        FileKind::Segment => "public, max-age=86400",
+        FileKind::Segment | FileKind::Init | FileKind::Part => "public, max-age=86400",
         FileKind::Key => "private, max-age=86400",
     };
     let body = data.map(Bytes::from).unwrap_or_default();
@@ -1031,12 +1144,46 @@ mod tests {
     }
 
     #[test]
+    fn ll_hls_directives() {
+        let d = |q| directives(q);
+        assert_eq!(d(""), Some(Directives::default()));
+        assert_eq!(
+            d("_HLS_msn=12&_HLS_part=3&x=1"),
+            Some(Directives {
+                msn: Some(12),
+                part: Some(3),
+                skip: false
+            })
+        );
+        assert_eq!(d("_HLS_skip=YES").map(|d| d.skip), Some(true));
+        assert_eq!(d("_HLS_skip=v2").map(|d| d.skip), Some(true));
+        for bad in [
+            "_HLS_part=1",
+            "_HLS_msn=-1",
+            "_HLS_msn=",
+            "_HLS_skip=NO",
+            "_HLS_msn=99999999999999999999",
+        ] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+        assert_eq!(
+            hold_bound(1, Duration::from_secs(10)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            hold_bound(6, Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
     fn mime_types() {
         assert_eq!(
             content_type(FileKind::Playlist, "p.m3u8"),
             "application/vnd.apple.mpegurl"
         );
         assert_eq!(content_type(FileKind::Segment, "s.ts"), "video/mp2t");
+        assert_eq!(content_type(FileKind::Init, "init00000.mp4"), "video/mp4");
         assert_eq!(
             content_type(FileKind::Key, "k.key"),
             "application/octet-stream"

@@ -45,6 +45,17 @@ pub struct Entry {
     /// URI of the Media Initialization Section (fMP4 init segment) it needs, if any.
     pub map: Option<String>,
     pub program_date_time: Option<SystemTime>,
+    /// LL-HLS parts (EXT-X-PART), listed while the segment is among the last ones.
+    pub parts: Vec<PartEntry>,
+}
+
+/// One LL-HLS part (partial segment) as listed in the playlist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartEntry {
+    pub uri: String,
+    pub duration_s: f64,
+    /// It starts with an independent frame (INDEPENDENT=YES).
+    pub independent: bool,
 }
 
 /// Segments a resumed playlist must be able to add before its numbers run out.
@@ -71,6 +82,18 @@ pub struct Playlist {
     next_sequence: u64,
     ended: bool,
     max_duration_s: f64,
+    /// LL-HLS: the part target duration (s); None writes no LL-HLS tags.
+    part_target_s: Option<f64>,
+    /// Parts of the segment being filled, and the part expected next (EXT-X-PRELOAD-HINT).
+    open_parts: Vec<PartEntry>,
+    preload_hint: Option<String>,
+}
+
+/// A duration in seconds as written in LL-HLS attributes: up to millisecond precision, no
+/// trailing zeros.
+fn seconds(s: f64) -> String {
+    let ms = (s * 1000.0).round() / 1000.0;
+    format!("{ms}")
 }
 
 impl Playlist {
@@ -83,7 +106,56 @@ impl Playlist {
             next_sequence: 0,
             ended: false,
             max_duration_s: 0.0,
+            part_target_s: None,
+            open_parts: Vec::new(),
+            preload_hint: None,
         }
+    }
+
+    /// Turns LL-HLS on (RFC 8216bis §4.4.3.7, §4.4.3.8, §4.4.4.9, §4.4.5.3): EXT-X-PART-INF with
+    /// this part target, EXT-X-SERVER-CONTROL, EXT-X-PART lines and EXT-X-PRELOAD-HINT.
+    pub fn set_part_target(&mut self, part_target_s: Option<f64>) {
+        self.part_target_s = part_target_s.filter(|t| *t > 0.0);
+    }
+
+    pub fn part_target(&self) -> Option<f64> {
+        self.part_target_s
+    }
+
+    /// A finished part of the segment being filled (the next [`Playlist::add`] takes them).
+    pub fn add_part(&mut self, part: PartEntry) {
+        self.open_parts.push(part);
+    }
+
+    /// Parts of the segment being filled so far.
+    pub fn open_parts(&self) -> usize {
+        self.open_parts.len()
+    }
+
+    /// The URI of the part expected next (EXT-X-PRELOAD-HINT TYPE=PART).
+    pub fn set_preload_hint(&mut self, uri: Option<String>) {
+        self.preload_hint = uri;
+    }
+
+    /// CAN-SKIP-UNTIL (s): six target durations, the least RFC 8216bis §4.4.3.8 allows.
+    pub fn skip_until(&self) -> u64 {
+        6 * self.target_duration()
+    }
+
+    /// How many leading segments a delta update skips (`_HLS_skip=YES`): those that end at least
+    /// CAN-SKIP-UNTIL before the end of the playlist.
+    pub fn skippable(&self) -> usize {
+        let limit = self.skip_until() as f64;
+        let mut from_end: f64 = self.open_parts.iter().map(|p| p.duration_s).sum();
+        let mut keep = 0;
+        for e in self.entries.iter().rev() {
+            if from_end >= limit {
+                break;
+            }
+            from_end += e.duration_s;
+            keep += 1;
+        }
+        self.entries.len() - keep
     }
 
     /// Continues after a previous run's playlist: its segments stay listed, numbering goes on and
@@ -137,6 +209,7 @@ impl Playlist {
                 key: key.clone(),
                 map: map.clone(),
                 program_date_time: s.program_date_time.map(SystemTime::from),
+                parts: Vec::new(),
             };
             p.max_duration_s = p.max_duration_s.max(entry.duration_s);
             p.entries.push_back(entry);
@@ -165,6 +238,10 @@ impl Playlist {
     /// the entries that slid out of a live window.
     pub fn add(&mut self, mut entry: Entry) -> (u64, Vec<Entry>) {
         entry.sequence = self.next_sequence;
+        if entry.parts.is_empty() {
+            entry.parts = std::mem::take(&mut self.open_parts);
+        }
+        self.open_parts.clear();
         self.next_sequence += 1;
         self.max_duration_s = self.max_duration_s.max(entry.duration_s);
         let seq = entry.sequence;
@@ -187,6 +264,7 @@ impl Playlist {
     /// Marks the end of the stream (EXT-X-ENDLIST; a VOD playlist becomes VOD).
     pub fn end(&mut self) {
         self.ended = true;
+        self.preload_hint = None;
     }
 
     /// EXT-X-TARGETDURATION: the configured target, or more if a segment ran longer.
@@ -217,6 +295,56 @@ impl Playlist {
         v
     }
 
+    /// EXT-X-VERSION of a delta update that skips `skip` segments: 9 for EXT-X-SKIP (RFC
+    /// 8216bis §7).
+    fn version_with_skip(&self, skip: usize) -> usize {
+        if skip > 0 {
+            self.version().max(9)
+        } else {
+            self.version()
+        }
+    }
+
+    /// Sequence number of the first segment whose parts are listed (the next sequence number
+    /// when none are).
+    pub fn first_sequence_with_parts(&self) -> u64 {
+        self.entries
+            .get(self.first_with_parts())
+            .map_or(self.next_sequence, |e| e.sequence)
+    }
+
+    /// Which trailing entries list their parts: enough for the last three target durations
+    /// (RFC 8216bis §4.4.4.9), counted with the open segment's parts.
+    fn first_with_parts(&self) -> usize {
+        let Some(_) = self.part_target_s else {
+            return self.entries.len();
+        };
+        let limit = 3.0 * self.target_duration() as f64;
+        let mut from_end: f64 = self.open_parts.iter().map(|p| p.duration_s).sum();
+        let mut first = self.entries.len();
+        for e in self.entries.iter().rev() {
+            if from_end >= limit || e.parts.is_empty() {
+                break;
+            }
+            from_end += e.duration_s;
+            first -= 1;
+        }
+        first
+    }
+
+    fn part_line(p: &PartEntry) -> String {
+        format!(
+            "#EXT-X-PART:DURATION={},URI=\"{}\"{}",
+            seconds(p.duration_s),
+            p.uri,
+            if p.independent {
+                ",INDEPENDENT=YES"
+            } else {
+                ""
+            }
+        )
+    }
+
     /// The playlist as m3u8-rs builds it (without the `EXT-X-KEY:METHOD=NONE` that
     /// [`Playlist::render`] puts before an EXT-X-MAP under a key: m3u8-rs cannot express it).
     pub fn to_media_playlist(&self) -> MediaPlaylist {
@@ -226,14 +354,23 @@ impl Playlist {
     /// The playlist, and the indexes of segments whose EXT-X-MAP comes while an AES-128 key is
     /// in effect (see [`Playlist::render`]).
     fn media_playlist(&self) -> (MediaPlaylist, Vec<usize>) {
+        self.media_playlist_from(0)
+    }
+
+    /// The playlist without its first `skip` segments (a delta update): the first segment
+    /// written carries the key and map in effect.
+    fn media_playlist_from(&self, skip: usize) -> (MediaPlaylist, Vec<usize>) {
         let mut last_key: Option<&SegmentKey> = None;
         let mut last_map: Option<&String> = None;
         let mut clear_maps = Vec::new();
+        let with_parts = self.first_with_parts();
         let segments = self
             .entries
             .iter()
             .enumerate()
+            .skip(skip)
             .map(|(i, e)| {
+                let i = i - skip;
                 // EXT-X-MAP applies until the next one: written when it changes.
                 let map = (e.map.as_ref() != last_map).then(|| {
                     last_map = e.map.as_ref();
@@ -280,6 +417,17 @@ impl Playlist {
                     program_date_time: e
                         .program_date_time
                         .map(|t| chrono::DateTime::<chrono::Utc>::from(t).fixed_offset()),
+                    unknown_tags: if i + skip >= with_parts {
+                        e.parts
+                            .iter()
+                            .map(|p| m3u8_rs::ExtTag {
+                                tag: Self::part_line(p)["#EXT-".len()..].to_owned(),
+                                rest: None,
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     ..Default::default()
                 }
             })
@@ -307,8 +455,80 @@ impl Playlist {
     /// EXT-X-MAP tags after it too (RFC 8216 §4.3.2.4), so a MAP that follows one is preceded by
     /// `EXT-X-KEY:METHOD=NONE` (m3u8-rs writes a segment's MAP before its KEY, so the segment's
     /// own key comes after the MAP).
+    ///
+    /// LL-HLS (see [`Playlist::set_part_target`]): EXT-X-SERVER-CONTROL and EXT-X-PART-INF after
+    /// the header's m3u8-rs tags, EXT-X-PART before the EXTINF of the last segments, the parts of
+    /// the segment being filled and EXT-X-PRELOAD-HINT at the end (m3u8-rs knows none of them).
     pub fn render(&self) -> Vec<u8> {
-        let (playlist, clear_maps) = self.media_playlist();
+        self.render_from(0)
+    }
+
+    /// A playlist delta update (`_HLS_skip=YES`, RFC 8216bis §6.2.5.1): the segments before the
+    /// skip boundary replaced by `EXT-X-SKIP:SKIPPED-SEGMENTS` (EXT-X-VERSION 9). Without LL-HLS,
+    /// or nothing to skip, the whole playlist.
+    pub fn render_delta(&self) -> Vec<u8> {
+        let skip = if self.part_target_s.is_some() {
+            self.skippable()
+        } else {
+            0
+        };
+        self.render_from(skip)
+    }
+
+    fn render_from(&self, skip: usize) -> Vec<u8> {
+        let out = self.render_segments(skip);
+        let Some(part_target) = self.part_target_s else {
+            return out;
+        };
+        // The header as m3u8-rs writes it: the same playlist without segments (and ENDLIST)
+        // is a prefix of the whole text.
+        let mut header_only = self.media_playlist_from(self.entries.len()).0;
+        header_only.end_list = false;
+        header_only.version = Some(self.version_with_skip(skip));
+        let mut header = Vec::new();
+        header_only
+            .write_to(&mut header)
+            .expect("writing to a Vec cannot fail");
+        let text = String::from_utf8(out).expect("m3u8-rs writes UTF-8");
+        let header = String::from_utf8(header).expect("m3u8-rs writes UTF-8");
+        debug_assert!(text.starts_with(&header));
+        let body = text.get(header.len()..).unwrap_or_default();
+        let mut result = header;
+        result.push_str(&format!(
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={},CAN-SKIP-UNTIL={}\n",
+            seconds(3.0 * part_target),
+            self.skip_until()
+        ));
+        result.push_str(&format!(
+            "#EXT-X-PART-INF:PART-TARGET={}\n",
+            seconds(part_target)
+        ));
+        if skip > 0 {
+            result.push_str(&format!("#EXT-X-SKIP:SKIPPED-SEGMENTS={skip}\n"));
+        }
+        let (segments, endlist) = match body.strip_suffix("#EXT-X-ENDLIST\n") {
+            Some(s) => (s, true),
+            None => (body, false),
+        };
+        result.push_str(segments);
+        if !self.ended {
+            for p in &self.open_parts {
+                result.push_str(&Self::part_line(p));
+                result.push('\n');
+            }
+            if let Some(hint) = &self.preload_hint {
+                result.push_str(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"\n"));
+            }
+        }
+        if endlist {
+            result.push_str("#EXT-X-ENDLIST\n");
+        }
+        result.into_bytes()
+    }
+
+    fn render_segments(&self, skip: usize) -> Vec<u8> {
+        let (mut playlist, clear_maps) = self.media_playlist_from(skip);
+        playlist.version = Some(self.version_with_skip(skip));
         let mut out = Vec::new();
         playlist
             .write_to(&mut out)
@@ -383,7 +603,101 @@ mod tests {
             key: None,
             map: None,
             program_date_time: None,
+            parts: Vec::new(),
         }
+    }
+
+    fn part(uri: &str, independent: bool) -> PartEntry {
+        PartEntry {
+            uri: uri.into(),
+            duration_s: 0.5,
+            independent,
+        }
+    }
+
+    /// A live LL-HLS playlist: 1 s target, 0.5 s parts, `segments` segments of two parts each,
+    /// then one part of the segment being filled.
+    fn low_latency(segments: u64) -> Playlist {
+        let mut p = Playlist::new(PlaylistConfig {
+            kind: PlaylistKind::Live,
+            playlist_length: 10,
+            target_duration_s: 1,
+        });
+        p.set_part_target(Some(0.5));
+        for n in 0..segments {
+            p.add_part(part(&format!("s{n}.0.m4s"), true));
+            p.add_part(part(&format!("s{n}.1.m4s"), false));
+            let mut e = entry(&format!("s{n}.m4s"), 1.0, false);
+            e.map = Some("init.mp4".into());
+            p.add(e);
+        }
+        p.add_part(part(&format!("s{segments}.0.m4s"), true));
+        p.set_preload_hint(Some(format!("s{segments}.1.m4s")));
+        p
+    }
+
+    #[test]
+    fn low_latency_tags() {
+        let p = low_latency(5);
+        let text = String::from_utf8(p.render()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            &lines[..6],
+            [
+                "#EXTM3U",
+                "#EXT-X-VERSION:6",
+                "#EXT-X-TARGETDURATION:1",
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=6",
+                "#EXT-X-PART-INF:PART-TARGET=0.5",
+                "#EXT-X-MAP:URI=\"init.mp4\"",
+            ],
+            "{text}"
+        );
+        // Parts for the last three target durations: the open part and segments 3 and 4 (and
+        // the segment that crosses the limit, 2).
+        assert!(!text.contains("s1.0.m4s"), "{text}");
+        assert!(text.contains("#EXT-X-PART:DURATION=0.5,URI=\"s2.0.m4s\",INDEPENDENT=YES\n"));
+        assert!(text.contains("#EXT-X-PART:DURATION=0.5,URI=\"s4.1.m4s\"\n#EXTINF:1,\ns4.m4s\n"));
+        assert!(text.ends_with(
+            "s4.m4s\n#EXT-X-PART:DURATION=0.5,URI=\"s5.0.m4s\",INDEPENDENT=YES\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"s5.1.m4s\"\n"
+        ));
+        // m3u8-rs still reads it (as unknown tags).
+        let m = parse(&p);
+        assert_eq!(m.segments.len(), 5);
+        // No skipping below CAN-SKIP-UNTIL: the delta update is the whole playlist.
+        assert_eq!(p.render_delta(), p.render());
+    }
+
+    #[test]
+    fn delta_update_skips_old_segments() {
+        let p = low_latency(10);
+        // s0..s3 end 6.5 s or more before the end (10.5 s, with the open part).
+        assert_eq!(p.skippable(), 4);
+        let text = String::from_utf8(p.render_delta()).unwrap();
+        assert!(text.starts_with("#EXTM3U\n#EXT-X-VERSION:9\n"), "{text}");
+        assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-SKIP:SKIPPED-SEGMENTS=4\n"));
+        assert!(!text.contains("s3.m4s"));
+        // The first segment after the skip carries the map in effect.
+        assert!(
+            text.contains("#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:1,\ns4.m4s"),
+            "{text}"
+        );
+        let m = m3u8_rs::parse_media_playlist_res(text.as_bytes()).unwrap();
+        assert_eq!(m.segments.len(), 6);
+        assert_eq!(m.media_sequence, 0);
+        // The full playlist is unchanged by it.
+        assert!(String::from_utf8(p.render()).unwrap().contains("s3.m4s"));
+    }
+
+    #[test]
+    fn end_of_stream_drops_the_preload_hint() {
+        let mut p = low_latency(2);
+        p.add(entry("s2.m4s", 0.5, false));
+        p.end();
+        let text = String::from_utf8(p.render()).unwrap();
+        assert!(!text.contains("PRELOAD-HINT"), "{text}");
+        assert!(text.ends_with("s2.m4s\n#EXT-X-ENDLIST\n"), "{text}");
     }
 
     fn parse(p: &Playlist) -> MediaPlaylist {

@@ -54,7 +54,7 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub fn cache_control(kind: FileKind) -> &'static str {
     match kind {
         FileKind::Playlist => "no-cache",
-        FileKind::Segment => "public, max-age=86400",
+        FileKind::Segment | FileKind::Init | FileKind::Part => "public, max-age=86400",
         FileKind::Key => "private, max-age=86400",
     }
 }

@@ -19,8 +19,21 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     Segment,
+    /// An fMP4 initialisation segment (EXT-X-MAP): served and cached as a segment, but never
+    /// dropped from a full upload queue (every segment after it needs it).
+    Init,
+    /// An LL-HLS part (partial segment): served and cached as a segment.
+    Part,
     Playlist,
     Key,
+}
+
+impl FileKind {
+    /// A file that a full upload queue may drop: a media segment or part, which a player
+    /// skips. Init segments, playlists and keys are never dropped.
+    pub fn droppable(self) -> bool {
+        matches!(self, FileKind::Segment | FileKind::Part)
+    }
 }
 
 /// Why a store operation failed. Locations in these errors never carry `user:password@`.
@@ -207,11 +220,107 @@ pub fn remove_stale_temporaries(exact: &[&str], prefixes: &[&str]) -> Vec<PathBu
     removed
 }
 
+/// What an LL-HLS playlist (one with `CAN-BLOCK-RELOAD=YES`) holds, for blocking playlist
+/// reloads (RFC 8216bis §6.2.5.2): read from its text when it is published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaylistPosition {
+    /// Media sequence number of the segment being filled: every segment before it is complete.
+    pub next_msn: u64,
+    /// Parts of that segment already listed.
+    pub open_parts: u64,
+    pub target_s: u64,
+    pub part_target_s: f64,
+    /// URI of EXT-X-PRELOAD-HINT.
+    pub preload_hint: Option<String>,
+    pub ended: bool,
+}
+
+impl PlaylistPosition {
+    /// None for a playlist that does not offer blocking reloads.
+    pub fn parse(text: &[u8]) -> Option<PlaylistPosition> {
+        let text = std::str::from_utf8(text).ok()?;
+        if !text.contains("CAN-BLOCK-RELOAD=YES") {
+            return None;
+        }
+        let mut media_sequence = 0u64;
+        let mut segments = 0u64;
+        let mut open_parts = 0u64;
+        let mut target_s = 0;
+        let mut part_target_s = 0.0;
+        let mut preload_hint = None;
+        let mut ended = false;
+        let attr = |line: &str, name: &str| -> Option<String> {
+            let at = line.find(name)? + name.len();
+            let rest = &line[at..];
+            Some(match rest.strip_prefix('"') {
+                Some(q) => q.split('"').next()?.to_owned(),
+                None => rest.split(',').next()?.to_owned(),
+            })
+        };
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                media_sequence = v.trim().parse().ok()?;
+            } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+                target_s = v.trim().parse().ok()?;
+            } else if line.starts_with("#EXT-X-PART-INF:") {
+                part_target_s = attr(line, "PART-TARGET=")?.parse().ok()?;
+            } else if line.starts_with("#EXT-X-SKIP:") {
+                segments = segments.checked_add(attr(line, "SKIPPED-SEGMENTS=")?.parse().ok()?)?;
+            } else if line.starts_with("#EXTINF:") {
+                segments = segments.checked_add(1)?;
+                open_parts = 0;
+            } else if line.starts_with("#EXT-X-PART:") {
+                open_parts += 1;
+            } else if line.starts_with("#EXT-X-PRELOAD-HINT:") {
+                preload_hint = attr(line, "URI=");
+            } else if line.starts_with("#EXT-X-ENDLIST") {
+                ended = true;
+            }
+        }
+        Some(PlaylistPosition {
+            next_msn: media_sequence.checked_add(segments)?,
+            open_parts,
+            target_s,
+            part_target_s,
+            preload_hint,
+            ended,
+        })
+    }
+
+    /// The playlist has segment `msn` complete, or part `part` of it (or later), or ended.
+    pub fn has(&self, msn: u64, part: Option<u64>) -> bool {
+        self.ended
+            || msn < self.next_msn
+            || (msn == self.next_msn && part.is_some_and(|p| p < self.open_parts))
+    }
+
+    /// Too far ahead to wait for (RFC 8216bis §6.2.5.2): a segment more than two after the last
+    /// complete one, or a part more than the Advance Part Limit (3 / PART-TARGET below one
+    /// second, else 3) after the last part.
+    pub fn too_far(&self, msn: u64, part: Option<u64>) -> bool {
+        if msn > self.next_msn.saturating_add(1) {
+            return true;
+        }
+        let limit = if self.part_target_s > 0.0 && self.part_target_s < 1.0 {
+            (3.0 / self.part_target_s).ceil() as u64
+        } else {
+            3
+        };
+        match part {
+            Some(p) if msn == self.next_msn => p >= self.open_parts.saturating_add(limit),
+            Some(p) => p >= limit,
+            None => false,
+        }
+    }
+}
+
 /// Files the output has published, by the last component of their name, for the built-in HTTP
 /// server: only these can ever be served.
 #[derive(Debug, Default)]
 pub struct Published {
     files: Mutex<HashMap<String, (PathBuf, FileKind)>>,
+    /// LL-HLS playlists by name: what they hold.
+    positions: Mutex<HashMap<String, PlaylistPosition>>,
     /// Counts the files published: what [`Published::wait_for`] waits on.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -243,12 +352,64 @@ impl Published {
         }
     }
 
+    /// What the LL-HLS playlist `name` holds (None: not published, or not LL-HLS).
+    pub fn position(&self, name: &str) -> Option<PlaylistPosition> {
+        self.positions.lock().unwrap().get(name).cloned()
+    }
+
+    /// Whether `name` is the preload hint of a published playlist (a part about to be written).
+    pub fn is_hinted(&self, name: &str) -> bool {
+        self.positions.lock().unwrap().values().any(|p| {
+            p.preload_hint
+                .as_deref()
+                .is_some_and(|h| crate::hls::location::basename(h) == name)
+        })
+    }
+
+    /// Waits at most `timeout` until the LL-HLS playlist `name` holds segment `msn` (part
+    /// `part`); true once it does.
+    pub async fn wait_for_position(
+        &self,
+        name: &str,
+        msn: u64,
+        part: Option<u64>,
+        timeout: Duration,
+    ) -> bool {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if self.position(name).is_some_and(|p| p.has(msn, part)) {
+                return true;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return false;
+            }
+        }
+    }
+
     fn insert(&self, name: String, path: PathBuf, kind: FileKind) {
+        self.insert_with(name, path, kind, None);
+    }
+
+    /// Publishes a file; a playlist's `data` tells what it holds (for blocking reloads).
+    fn insert_with(&self, name: String, path: PathBuf, kind: FileKind, data: Option<&[u8]>) {
+        if kind == FileKind::Playlist {
+            let mut positions = self.positions.lock().unwrap();
+            match data.and_then(PlaylistPosition::parse) {
+                Some(p) => positions.insert(name.clone(), p),
+                None => positions.remove(&name),
+            };
+        }
         self.files.lock().unwrap().insert(name, (path, kind));
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn remove(&self, name: &str) {
+        self.positions.lock().unwrap().remove(name);
         self.files.lock().unwrap().remove(name);
     }
 }
@@ -463,19 +624,20 @@ impl Output {
                     return Err(e.clone());
                 }
             } else {
-                let idx = q
+                // Only a media segment is dropped; with none queued the new job goes over the
+                // bound (what remains are playlists, which replace each other, keys and init
+                // segments: small, and never to be lost).
+                let Some(idx) = q
                     .jobs
                     .iter()
-                    .position(|j| {
-                        matches!(
-                            j,
-                            Job::Put {
-                                kind: FileKind::Segment,
-                                ..
-                            }
-                        )
-                    })
-                    .unwrap_or(0);
+                    .position(|j| matches!(j, Job::Put { kind, .. } if kind.droppable()))
+                else {
+                    log::debug!(
+                        "output queue full, but nothing queued may be dropped: queueing {} over the bound",
+                        job.shown()
+                    );
+                    break;
+                };
                 let old = q.jobs.remove(idx).expect("non-empty");
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 log::debug!(
@@ -499,6 +661,12 @@ impl Output {
         q.jobs.push_back(job);
         self.shared.cv.notify_all();
         Ok(())
+    }
+
+    /// Whether a built-in server serves what is written (it is the one reader of LL-HLS delta
+    /// playlists).
+    pub fn serves(&self) -> bool {
+        self.published.is_some()
     }
 
     /// Publishes a file that already exists (written by a previous run) for the HTTP server.
@@ -645,7 +813,13 @@ fn worker(
             Ok(()) => {
                 shared.written.fetch_add(1, Ordering::Relaxed);
                 match &job {
-                    Job::Put { kind, data, .. } => log::debug!(
+                    // LL-HLS parts come several times a second: trace.
+                    Job::Put { kind, data, .. } => log::log!(
+                        if *kind == FileKind::Part {
+                            log::Level::Trace
+                        } else {
+                            log::Level::Debug
+                        },
                         "{kind:?} {} written ({} bytes, attempt {attempt})",
                         job.shown(),
                         data.len()
@@ -657,9 +831,13 @@ fn worker(
                 if let Some(p) = &published {
                     let name = crate::hls::location::basename(job.location()).to_owned();
                     match &job {
-                        Job::Put { kind, location, .. } => {
+                        Job::Put {
+                            kind,
+                            location,
+                            data,
+                        } => {
                             if let Some(path) = store.local_path(location) {
-                                p.insert(name, path, *kind);
+                                p.insert_with(name, path, *kind, Some(data));
                             }
                         }
                         Job::Delete { .. } => p.remove(&name),
@@ -736,6 +914,43 @@ mod tests {
             max_backoff: Duration::from_millis(5),
             ..OutputConfig::default()
         }
+    }
+
+    #[test]
+    fn playlist_positions_for_blocking_reloads() {
+        let text =
+            b"#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=12\n\
+#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n\
+#EXT-X-PART:DURATION=0.5,URI=\"s13.0.m4s\",INDEPENDENT=YES\n#EXTINF:2,\ns13.m4s\n\
+#EXTINF:2,\ns14.m4s\n#EXT-X-PART:DURATION=0.5,URI=\"s15.0.m4s\"\n\
+#EXT-X-PART:DURATION=0.5,URI=\"s15.1.m4s\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"s15.2.m4s\"\n";
+        let p = PlaylistPosition::parse(text).unwrap();
+        assert_eq!(
+            p,
+            PlaylistPosition {
+                next_msn: 15,
+                open_parts: 2,
+                target_s: 2,
+                part_target_s: 0.5,
+                preload_hint: Some("s15.2.m4s".into()),
+                ended: false,
+            }
+        );
+        assert!(p.has(14, None) && p.has(15, Some(1)) && p.has(3, Some(9)));
+        assert!(!p.has(15, None) && !p.has(15, Some(2)) && !p.has(16, Some(0)));
+        // Two segments past the last complete one (14), and 3 / 0.5 = 6 parts past the last.
+        assert!(!p.too_far(16, None) && p.too_far(17, None));
+        assert!(!p.too_far(15, Some(7)) && p.too_far(15, Some(8)));
+        assert!(!p.too_far(16, Some(5)) && p.too_far(16, Some(6)));
+        // Not LL-HLS, or not a playlist: nothing to block on.
+        assert_eq!(
+            PlaylistPosition::parse(b"#EXTM3U\n#EXTINF:2,\na.ts\n"),
+            None
+        );
+        assert_eq!(PlaylistPosition::parse(&[0xff, 0xfe]), None);
+        let broken = b"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:18446744073709551615\n#EXTINF:1,\na\n";
+        assert_eq!(PlaylistPosition::parse(broken), None, "no overflow");
     }
 
     #[test]
@@ -933,9 +1148,38 @@ mod tests {
             .collect();
         assert_eq!(queued, ["b1.ts", "b2.ts"]);
         assert_eq!(bounded.dropped(), 1);
+        // Init segments, keys and playlists are never dropped: a segment queued after an init
+        // segment goes instead, and with no segment queued the bound is exceeded.
+        let precious = Output::start(
+            stuck.clone(),
+            OutputConfig {
+                capacity: 2,
+                block_when_full: false,
+                ..quick()
+            },
+            None,
+            Box::new(|_| {}),
+        );
+        occupy_worker(&precious);
+        precious.submit(put("init.mp4", FileKind::Init)).unwrap();
+        precious.submit(put("k.key", FileKind::Key)).unwrap();
+        precious.submit(put("s0.m4s", FileKind::Segment)).unwrap();
+        precious.submit(put("p.m3u8", FileKind::Playlist)).unwrap();
+        let queued: Vec<String> = precious
+            .shared
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.location().to_owned())
+            .collect();
+        assert_eq!(queued, ["init.mp4", "k.key", "p.m3u8"]);
+        assert_eq!(precious.dropped(), 1);
         *stuck.0.lock().unwrap() = true;
         stuck.1.notify_all();
         assert!(out.close(Duration::from_secs(5)));
         assert!(bounded.close(Duration::from_secs(5)));
+        assert!(precious.close(Duration::from_secs(5)));
     }
 }

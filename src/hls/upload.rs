@@ -459,11 +459,15 @@ pub fn content_type(kind: FileKind, location: &str) -> &'static str {
     match kind {
         FileKind::Playlist => "application/vnd.apple.mpegurl",
         FileKind::Key => "application/octet-stream",
-        FileKind::Segment if location.ends_with(".mp4") || location.ends_with(".m4s") => {
+        FileKind::Segment | FileKind::Init | FileKind::Part
+            if location.ends_with(".mp4") || location.ends_with(".m4s") =>
+        {
             "video/mp4"
         }
-        FileKind::Segment if location.ends_with(".aac") => "audio/aac",
-        FileKind::Segment => "video/mp2t",
+        FileKind::Segment | FileKind::Init | FileKind::Part if location.ends_with(".aac") => {
+            "audio/aac"
+        }
+        FileKind::Segment | FileKind::Init | FileKind::Part => "video/mp2t",
     }
 }
 

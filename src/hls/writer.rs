@@ -22,7 +22,7 @@ use super::crypto;
 use super::fmp4::{self, FragmentSegmenter, Sample, Track};
 use super::location::Pattern;
 use super::location::{Locations, playlist_uri, redact_location};
-use super::playlist::{Entry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
+use super::playlist::{Entry, PartEntry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
 use super::store::{FileKind, Job, Output, StoreError};
 
@@ -144,6 +144,36 @@ pub struct Writer {
     init_users: HashMap<String, usize>,
     /// Stream time and wall-clock time of the first data, for EXT-X-PROGRAM-DATE-TIME.
     anchor: Option<(u64, SystemTime)>,
+    /// LL-HLS: the part files of the segment being filled, and those of finished segments
+    /// (deleted one segment after the playlist stops listing them).
+    open_parts: Vec<String>,
+    part_files: VecDeque<(u64, Vec<String>)>,
+}
+
+/// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
+/// extension (`segment00012.m4s` → `segment00012.3.m4s`).
+pub fn part_location(segment_location: &str, index: u32) -> String {
+    let name_start = segment_location.rfind('/').map_or(0, |i| i + 1);
+    match segment_location[name_start..].rfind('.') {
+        Some(dot) if dot > 0 => {
+            let at = name_start + dot;
+            format!(
+                "{}.{index}{}",
+                &segment_location[..at],
+                &segment_location[at..]
+            )
+        }
+        _ => format!("{segment_location}.{index}"),
+    }
+}
+
+/// The location of the delta update of the playlist at `playlist_location` (`_HLS_skip=YES`):
+/// `playlist.m3u8` → `playlist-delta.m3u8`.
+pub fn delta_location(playlist_location: &str) -> String {
+    match playlist_location.strip_suffix(".m3u8") {
+        Some(stem) => format!("{stem}-delta.m3u8"),
+        None => format!("{playlist_location}-delta.m3u8"),
+    }
 }
 
 impl Writer {
@@ -199,7 +229,72 @@ impl Writer {
             init: None,
             init_users: HashMap::new(),
             anchor: None,
+            open_parts: Vec::new(),
+            part_files: VecDeque::new(),
             config,
+        }
+    }
+
+    /// LL-HLS (fMP4 only, without encryption): segments are written as parts of about
+    /// `part_ns` too, each published as soon as it is complete (see [`Playlist::set_part_target`]).
+    /// False when parts cannot be written with this configuration.
+    pub fn set_part_duration(&mut self, part_ns: u64) -> bool {
+        let Cutter::Fmp4(f) = &mut self.segmenter else {
+            return part_ns == 0;
+        };
+        if part_ns > 0 && self.config.encryption.is_some() {
+            return false;
+        }
+        f.set_part_duration(part_ns);
+        self.playlist
+            .set_part_target((part_ns > 0).then(|| part_ns as f64 / 1e9));
+        true
+    }
+
+    /// Publishes the parts the segmenter finished, then `seg` (which they may end) or, with
+    /// parts and no segment, the playlist that lists them.
+    fn publish_parts_and(&mut self, seg: Option<Segment>) -> Result<Option<Published>, StoreError> {
+        let parts = match &mut self.segmenter {
+            Cutter::Fmp4(f) => f.take_parts(),
+            Cutter::Ts(_) => Vec::new(),
+        };
+        let any = !parts.is_empty();
+        for part in parts {
+            let sequence = self.playlist.next_sequence();
+            let location =
+                part_location(&self.config.locations.segment.format(sequence), part.index);
+            log::trace!(
+                "part {sequence}.{} ({}): {} ns, {} bytes{}",
+                part.index,
+                redact_location(&location),
+                part.duration_ns,
+                part.data.len(),
+                if part.independent {
+                    ", independent"
+                } else {
+                    ""
+                }
+            );
+            self.output.submit(Job::Put {
+                location: location.clone(),
+                kind: FileKind::Part,
+                data: Arc::new(part.data),
+            })?;
+            self.playlist.add_part(PartEntry {
+                uri: playlist_uri(self.config.playlist_root.as_deref(), &location),
+                duration_s: part.duration_ns as f64 / 1e9,
+                independent: part.independent,
+            });
+            self.open_parts.push(location);
+        }
+        match seg {
+            Some(seg) => self.publish(seg).map(Some),
+            None => {
+                if any {
+                    self.put_playlist()?;
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -258,10 +353,7 @@ impl Writer {
             Cutter::Fmp4(f) => f.set_tracks(&tracks),
             Cutter::Ts(_) => return Ok(None),
         };
-        let published = match closed {
-            Some(seg) => Some(self.publish(seg)?),
-            None => None,
-        };
+        let published = self.publish_parts_and(closed)?;
         let location = pattern.format(self.playlist.next_sequence());
         let data = fmp4::boxes::init_segment(&tracks);
         log::debug!(
@@ -279,12 +371,11 @@ impl Writer {
                 ""
             }
         );
-        // Stored, served and uploaded as a segment (video/mp4, long cache). An upload queue that
-        // is full drops the oldest queued segment, which may be an init segment: there is no
-        // file kind of its own for it yet.
+        // Served and uploaded as a segment (video/mp4, long cache), but never dropped from a full
+        // upload queue.
         self.output.submit(Job::Put {
             location: location.clone(),
-            kind: FileKind::Segment,
+            kind: FileKind::Init,
             data: Arc::new(data),
         })?;
         let uri = playlist_uri(self.config.playlist_root.as_deref(), &location);
@@ -298,7 +389,7 @@ impl Writer {
             );
             self.output.submit(Job::Delete {
                 location: old.location,
-                kind: FileKind::Segment,
+                kind: FileKind::Init,
             })?;
         }
         self.tracks = tracks;
@@ -316,10 +407,8 @@ impl Writer {
         let Cutter::Fmp4(f) = &mut self.segmenter else {
             return Ok(None);
         };
-        match f.push(track, sample) {
-            Some(seg) => self.publish(seg).map(Some),
-            None => Ok(None),
-        }
+        let seg = f.push(track, sample);
+        self.publish_parts_and(seg)
     }
 
     /// Feeds muxer output.
@@ -349,10 +438,8 @@ impl Writer {
                 "stopping"
             }
         );
-        let published = match self.segmenter.finish() {
-            Some(seg) => Some(self.publish(seg)?),
-            None => None,
-        };
+        let seg = self.segmenter.finish();
+        let published = self.publish_parts_and(seg)?;
         if end_of_stream {
             self.playlist.end();
             log::debug!("end of stream: the playlist gets EXT-X-ENDLIST");
@@ -371,8 +458,44 @@ impl Writer {
     }
 
     fn put_playlist(&mut self) -> Result<(), StoreError> {
+        if self.playlist.part_target().is_some() {
+            // The part being filled: the next one to be published (never skipped, see
+            // FragmentSegmenter::open_part_index).
+            let hint = match &self.segmenter {
+                Cutter::Fmp4(f) => f.open_part_index(),
+                Cutter::Ts(_) => None,
+            }
+            .map(|index| {
+                let segment = self
+                    .config
+                    .locations
+                    .segment
+                    .format(self.playlist.next_sequence());
+                playlist_uri(
+                    self.config.playlist_root.as_deref(),
+                    &part_location(&segment, index),
+                )
+            });
+            self.playlist.set_preload_hint(hint);
+            if self.output.serves() {
+                // For the built-in server's `_HLS_skip=YES` requests; written before the
+                // playlist, so a blocking request that sees the playlist finds it too.
+                self.output.submit(Job::Put {
+                    location: delta_location(&self.config.locations.playlist),
+                    kind: FileKind::Playlist,
+                    data: Arc::new(self.playlist.render_delta()),
+                })?;
+            }
+        }
         let first = self.playlist.entries().next().map(|e| e.sequence);
-        log::debug!(
+        // With LL-HLS the playlist is rewritten for every part: the segment cuts stay at debug.
+        let level = if self.playlist.part_target().is_some() {
+            log::Level::Trace
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
             "playlist {}: media sequence {}, {} segments{}",
             redact_location(&self.config.locations.playlist),
             first.unwrap_or_else(|| self.playlist.next_sequence()),
@@ -505,6 +628,8 @@ impl Writer {
             key: key.as_ref().map(|k| k.0.clone()),
             map: self.init.as_ref().map(|i| i.uri.clone()),
             program_date_time,
+            // The parts given to the playlist while it was filled.
+            parts: Vec::new(),
         });
         debug_assert_eq!(seq, sequence);
         let init_location = self.init.as_ref().map(|i| i.location.clone());
@@ -518,7 +643,8 @@ impl Writer {
             init_location,
         });
         self.put_playlist()?;
-        let deleted = self.expire()?;
+        let mut deleted = self.expire()?;
+        deleted.extend(self.expire_parts(sequence)?);
         Ok(Published {
             sequence,
             location,
@@ -526,6 +652,32 @@ impl Writer {
             bytes: plain_bytes as u64,
             deleted,
         })
+    }
+
+    /// Part files of segment `sequence` (just published) are kept; those of segments the
+    /// playlist stopped listing parts for go one segment later.
+    fn expire_parts(&mut self, sequence: u64) -> Result<Vec<String>, StoreError> {
+        let parts = std::mem::take(&mut self.open_parts);
+        if !parts.is_empty() {
+            self.part_files.push_back((sequence, parts));
+        }
+        let keep_from = self.playlist.first_sequence_with_parts().saturating_sub(1);
+        let mut deleted = Vec::new();
+        while self.part_files.front().is_some_and(|(s, _)| *s < keep_from) {
+            let (s, files) = self.part_files.pop_front().expect("non-empty");
+            log::trace!(
+                "deleting the {} parts of segment {s}: no longer listed",
+                files.len()
+            );
+            for location in files {
+                self.output.submit(Job::Delete {
+                    location: location.clone(),
+                    kind: FileKind::Part,
+                })?;
+                deleted.push(location);
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes segment files beyond `max_files` that are no longer in a live playlist, and key
@@ -587,7 +739,7 @@ impl Writer {
                     self.init_users.remove(&il);
                     self.output.submit(Job::Delete {
                         location: il.clone(),
-                        kind: FileKind::Segment,
+                        kind: FileKind::Init,
                     })?;
                     deleted.push(il);
                 }
@@ -878,6 +1030,88 @@ mod tests {
 
     fn m3u8_rs_text(store: &MemStore) -> Vec<u8> {
         store.files.lock().unwrap()["/out/playlist.m3u8"].clone()
+    }
+
+    #[test]
+    fn low_latency_parts_are_published_before_the_playlist_that_lists_them() {
+        let (mut w, store) = fmp4_writer();
+        assert!(w.set_part_duration(SEC / 2));
+        w.set_tracks(avc(320)).unwrap();
+        let mut hints = Vec::new();
+        for i in 0..60u64 {
+            let t = (i * SEC / 10) as i64;
+            w.push_sample(
+                0,
+                Sample {
+                    data: vec![0; 4],
+                    pts_ns: t,
+                    dts_ns: t,
+                    duration_ns: Some(SEC / 10),
+                    sync: i.is_multiple_of(10),
+                },
+            )
+            .unwrap();
+            assert!(w.flush(Duration::from_secs(5)));
+            let Some(text) = store
+                .files
+                .lock()
+                .unwrap()
+                .get("/out/playlist.m3u8")
+                .cloned()
+            else {
+                continue;
+            };
+            let text = String::from_utf8(text).unwrap();
+            if let Some(h) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:"))
+                && hints.last().map(String::as_str) != Some(h)
+            {
+                hints.push(h.to_owned());
+            }
+            // Every part the playlist names is there.
+            let files = store.files.lock().unwrap();
+            for l in text.lines().filter_map(|l| l.strip_prefix("#EXT-X-PART:")) {
+                let uri = l.split('"').nth(1).unwrap();
+                assert!(files.contains_key(&format!("/out/{uri}")), "{uri}: {text}");
+            }
+        }
+        // Each hinted part came next: parts 0 and 1 of every segment, in order.
+        let expected: Vec<String> = (0..6)
+            .flat_map(|seg| (0..2).map(move |p| (seg, p)))
+            .map(|(seg, p)| format!("TYPE=PART,URI=\"segment{seg:05}.{p}.m4s\""))
+            .skip_while(|h| *h != hints[0])
+            .take(hints.len())
+            .collect();
+        assert!(hints.len() >= 8, "{hints:?}");
+        assert_eq!(hints, expected);
+        let text = String::from_utf8(m3u8_rs_text(&store)).unwrap();
+        assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.5\n"), "{text}");
+        assert!(text.contains("#EXT-X-PART:DURATION=0.5,URI=\"segment00004.0.m4s\",INDEPENDENT=YES\n#EXT-X-PART:DURATION=0.5,URI=\"segment00004.1.m4s\"\n#EXTINF:1,\nsegment00004.m4s"), "{text}");
+        // Parts no longer listed are deleted (one segment later); without a server there is no
+        // delta playlist.
+        let files = store.files.lock().unwrap();
+        assert!(!files.contains_key("/out/segment00000.0.m4s"));
+        assert!(files.contains_key("/out/segment00004.1.m4s"));
+        assert!(!files.contains_key("/out/playlist-delta.m3u8"));
+        drop(files);
+        // TS or encryption: no parts.
+        let (mut ts, _) = writer(PlaylistKind::Live, None);
+        assert!(!ts.set_part_duration(SEC));
+        assert!(ts.set_part_duration(0));
+    }
+
+    #[test]
+    fn part_and_delta_locations() {
+        assert_eq!(
+            part_location("/a.b/segment00012.m4s", 3),
+            "/a.b/segment00012.3.m4s"
+        );
+        assert_eq!(part_location("http://h/x/seg", 0), "http://h/x/seg.0");
+        assert_eq!(
+            delta_location("/out/playlist.m3u8"),
+            "/out/playlist-delta.m3u8"
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Store for SignalStore {
     fn put(&self, location: &str, kind: FileKind, data: &[u8]) -> Result<(), StoreError> {
         let signal = match kind {
             FileKind::Playlist => Some("get-playlist-stream"),
-            FileKind::Segment => Some("get-fragment-stream"),
+            FileKind::Segment | FileKind::Init | FileKind::Part => Some("get-fragment-stream"),
             FileKind::Key => None,
         };
         if let (Some(signal), Some(obj)) = (signal, self.element.upgrade())
@@ -129,7 +129,7 @@ impl Store for SignalStore {
     }
 
     fn delete(&self, location: &str, kind: FileKind) -> Result<(), StoreError> {
-        if kind == FileKind::Segment
+        if matches!(kind, FileKind::Segment | FileKind::Init | FileKind::Part)
             && let Some(obj) = self.element.upgrade()
         {
             obj.emit_by_name::<()>("delete-fragment", &[&location]);
@@ -191,6 +191,8 @@ struct Settings {
     muxer: Muxer,
     segment_format: SegmentFormat,
     init_location: String,
+    /// LL-HLS part duration in seconds; 0: off.
+    part_duration: f64,
 }
 
 /// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
@@ -231,6 +233,7 @@ impl Default for Settings {
             muxer: Muxer::Builtin,
             segment_format: SegmentFormat::Mpegts,
             init_location: DEFAULT_INIT_LOCATION.into(),
+            part_duration: 0.0,
         }
     }
 }
@@ -482,7 +485,7 @@ impl RsHlsSink {
             .filter(|p| !p.end_list && !p.segments.is_empty())
             // Never TS segments after an EXT-X-MAP, nor fMP4 ones without one.
             .filter(|p| p.segments.iter().any(|s| s.map.is_some()) == fmp4);
-        let writer = match previous {
+        let mut writer = match previous {
             Some(p) => {
                 gst::info!(
                     CAT,
@@ -495,6 +498,21 @@ impl RsHlsSink {
             }
             None => Writer::new(config, output),
         };
+        if settings.part_duration > 0.0 {
+            let part_ns = (settings.part_duration * 1e9).round() as u64;
+            if !fmp4 || !writer.set_part_duration(part_ns) {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("part-duration (LL-HLS parts) needs segment-format=fmp4 and no encryption")
+                ));
+            }
+            gst::info!(
+                CAT,
+                imp = self,
+                "LL-HLS: parts of {} s",
+                settings.part_duration
+            );
+        }
         *self.writer.lock().unwrap() = Some(writer);
         let mut input = self.input.lock().unwrap();
         input.planner.reset();
@@ -1271,6 +1289,13 @@ impl ObjectImpl for RsHlsSink {
                     .nick("Playlist type")
                     .blurb("live: sliding window; event: every segment stays; vod: every segment stays, EXT-X-PLAYLIST-TYPE:VOD at end of stream")
                     .build(),
+                glib::ParamSpecDouble::builder("part-duration")
+                    .nick("Part duration")
+                    .blurb("LL-HLS: write each segment as parts of about this many seconds too (EXT-X-PART, EXT-X-PRELOAD-HINT; e.g. 0.2-1), each published as soon as it is complete; needs segment-format=fmp4. 0: off")
+                    .minimum(0.0)
+                    .maximum(10.0)
+                    .default_value(0.0)
+                    .build(),
                 glib::ParamSpecBoolean::builder("program-date-time")
                     .nick("Program date time")
                     .blurb("Write EXT-X-PROGRAM-DATE-TIME (wall-clock time of each segment's start)")
@@ -1446,6 +1471,7 @@ impl ObjectImpl for RsHlsSink {
             }
             "playlist-type" => s.playlist_type = value.get().expect("type checked"),
             "program-date-time" => s.program_date_time = value.get().expect("type checked"),
+            "part-duration" => s.part_duration = value.get().expect("type checked"),
             "encryption" => s.encryption = value.get().expect("type checked"),
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
             "resume" => s.resume = value.get().expect("type checked"),
@@ -1508,6 +1534,7 @@ impl ObjectImpl for RsHlsSink {
             "send-keyframe-requests" => s.send_keyframe_requests.to_value(),
             "playlist-type" => s.playlist_type.to_value(),
             "program-date-time" => s.program_date_time.to_value(),
+            "part-duration" => s.part_duration.to_value(),
             "encryption" => s.encryption.to_value(),
             "key-rotation" => s.key_rotation.to_value(),
             "resume" => s.resume.to_value(),

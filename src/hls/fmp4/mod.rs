@@ -165,9 +165,27 @@ struct TrackState {
 struct Open {
     start_ns: u64,
     discontinuity: bool,
+    /// The samples of the fragment being filled (the current part).
     runs: Vec<TrackRun>,
     /// Samples pushed since it opened (pending ones included).
     samples: usize,
+    /// The fragments already written (the segment's finished parts).
+    fragments: Vec<u8>,
+    /// Start of the current part (ns) and how many parts are finished.
+    part_start_ns: u64,
+    parts: u32,
+}
+
+/// A finished LL-HLS part of the segment being filled: one moof+mdat fragment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// Its index in its segment (from 0).
+    pub index: u32,
+    pub data: Vec<u8>,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    /// It begins with a sync sample of the split track (EXT-X-PART INDEPENDENT=YES).
+    pub independent: bool,
 }
 
 /// Cuts samples into fMP4 media segments (see the module doc).
@@ -179,6 +197,10 @@ pub struct FragmentSegmenter {
     current: Option<Open>,
     /// mfhd sequence number of the next fragment (from 1).
     fragment_sequence: u32,
+    /// LL-HLS part duration (ns); 0 writes each segment as one fragment and reports no parts.
+    part_ns: u64,
+    /// Finished parts not yet taken ([`FragmentSegmenter::take_parts`]).
+    ready: Vec<Part>,
 }
 
 impl FragmentSegmenter {
@@ -189,7 +211,30 @@ impl FragmentSegmenter {
             split_track: 0,
             current: None,
             fragment_sequence: 1,
+            part_ns: 0,
+            ready: Vec::new(),
         }
+    }
+
+    /// Writes each segment as parts of about `part_ns` (a part closes at the first sample at or
+    /// after that duration, within the cut tolerance), reported by
+    /// [`FragmentSegmenter::take_parts`] as they finish. 0: one fragment per segment.
+    pub fn set_part_duration(&mut self, part_ns: u64) {
+        self.part_ns = part_ns;
+    }
+
+    /// The parts finished since the last call, in order. A segment returned by
+    /// [`FragmentSegmenter::push`] (or [`FragmentSegmenter::finish`], `set_tracks`) is made of
+    /// the parts taken before it and those returned with it: take them first.
+    pub fn take_parts(&mut self) -> Vec<Part> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Index of the part being filled in the open segment: the next part to be finished (it
+    /// holds at least the sample that opened it, so it is never skipped, whether it ends at its
+    /// duration or at the segment's cut), for EXT-X-PRELOAD-HINT.
+    pub fn open_part_index(&self) -> Option<u32> {
+        self.current.as_ref().map(|c| c.parts)
     }
 
     pub fn cuts(&mut self) -> &mut Cuts {
@@ -289,6 +334,27 @@ impl FragmentSegmenter {
             completed = self.close(start, reason);
             self.open(start);
         }
+        // A part closes before the sample of the split track that would take it past its
+        // duration (PART-TARGET is a maximum, RFC 8216bis §4.4.3.7; 1 ms for rounding), or, for
+        // samples without a duration, at the first one at or after it (within the tolerance).
+        // The other tracks' samples arrive interleaved by decode time: those before it are in it.
+        let part_end = self
+            .current
+            .as_ref()
+            .map(|c| c.part_start_ns.saturating_add(self.part_ns));
+        let part_due = part_end.is_some_and(|end| match sample.duration_ns {
+            Some(d) if d > 0 => stamp.saturating_add(d) > end.saturating_add(1_000_000),
+            _ => stamp.saturating_add(self.cuts.config().tolerance_ns) >= end,
+        });
+        if self.part_ns > 0
+            && track == self.split_track
+            && part_due
+            && let Some(c) = self.current.as_ref()
+            && c.runs.iter().any(|r| !r.samples.is_empty())
+        {
+            self.flush_pending();
+            self.close_part(stamp);
+        }
         if self.current.is_none() {
             self.open(stamp);
         }
@@ -329,6 +395,9 @@ impl FragmentSegmenter {
             discontinuity: self.cuts.take_discontinuity(),
             runs: vec![TrackRun::default(); self.tracks.len()],
             samples: 0,
+            fragments: Vec::new(),
+            part_start_ns: start_ns,
+            parts: 0,
         });
     }
 
@@ -351,11 +420,14 @@ impl FragmentSegmenter {
         run.samples.push(s);
     }
 
-    /// Closes the open segment at `end_ns`: its one fragment written after a styp.
-    fn close(&mut self, end_ns: u64, reason: CutReason) -> Option<Segment> {
-        let c = self.current.take()?;
+    /// Writes the samples of the open segment's current part as a fragment, ending at `end_ns`
+    /// (reported as a part when parts are on).
+    fn close_part(&mut self, end_ns: u64) {
+        let Some(c) = self.current.as_mut() else {
+            return;
+        };
         if c.runs.iter().all(|r| r.samples.is_empty()) {
-            return None;
+            return;
         }
         let size: usize = c
             .runs
@@ -363,9 +435,40 @@ impl FragmentSegmenter {
             .flat_map(|r| r.samples.iter().map(|s| s.data.len() + 16))
             .sum();
         let mut data = Vec::with_capacity(size + 256);
-        boxes::write_styp(&mut data);
         boxes::write_fragment(&mut data, self.fragment_sequence, &c.runs);
         self.fragment_sequence = self.fragment_sequence.wrapping_add(1).max(1);
+        let independent = c
+            .runs
+            .get(self.split_track)
+            .and_then(|r| r.samples.first())
+            .is_some_and(|s| s.sync);
+        for r in &mut c.runs {
+            *r = TrackRun::default();
+        }
+        c.fragments.extend_from_slice(&data);
+        if self.part_ns > 0 {
+            self.ready.push(Part {
+                index: c.parts,
+                data,
+                start_ns: c.part_start_ns,
+                duration_ns: end_ns.saturating_sub(c.part_start_ns),
+                independent,
+            });
+        }
+        c.parts += 1;
+        c.part_start_ns = end_ns;
+    }
+
+    /// Closes the open segment at `end_ns`: a styp and its fragments (its parts).
+    fn close(&mut self, end_ns: u64, reason: CutReason) -> Option<Segment> {
+        self.close_part(end_ns);
+        let c = self.current.take()?;
+        if c.fragments.is_empty() {
+            return None;
+        }
+        let mut data = Vec::with_capacity(c.fragments.len() + 32);
+        boxes::write_styp(&mut data);
+        data.extend_from_slice(&c.fragments);
         Some(Segment {
             reason,
             data,
@@ -448,6 +551,96 @@ mod tests {
             i = trun;
         }
         out
+    }
+
+    #[test]
+    fn parts_never_exceed_the_part_target() {
+        let mut s = FragmentSegmenter::new(SegmenterConfig {
+            target_ns: SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        // 0.33 s: ten 1/30 s frames would be 0.3333 s.
+        s.set_part_duration(330_000_000);
+        s.set_tracks(&tracks()[..1]);
+        let mut parts = Vec::new();
+        for i in 0..90 {
+            s.push(0, video(i, 30));
+            parts.extend(s.take_parts());
+        }
+        let d: Vec<u64> = parts.iter().map(|p| p.duration_ns / 1_000_000).collect();
+        assert!(d.iter().all(|d| *d <= 330), "{d:?}");
+        assert_eq!(
+            &d[..4],
+            [300, 300, 300, 100],
+            "nine frames, and the rest of the second"
+        );
+    }
+
+    #[test]
+    fn parts_make_up_their_segment() {
+        let mut s = FragmentSegmenter::new(SegmenterConfig {
+            target_ns: 2 * SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        s.set_part_duration(SEC / 2);
+        assert!(s.set_tracks(&tracks()).is_none());
+        let mut segments = Vec::new();
+        let mut parts: Vec<Vec<Part>> = vec![Vec::new()];
+        let mut a = 0;
+        let mut hints = Vec::new();
+        for i in 0..150 {
+            while a * 1024 * 30 < i * 48000 {
+                assert!(s.push(1, audio(a)).is_none() || a == 0);
+                parts.last_mut().unwrap().extend(s.take_parts());
+                a += 1;
+            }
+            let seg = s.push(0, video(i, 60));
+            parts.last_mut().unwrap().extend(s.take_parts());
+            if let Some(seg) = seg {
+                segments.push(seg);
+                parts.push(Vec::new());
+                hints.push(s.open_part_index());
+            }
+            if i == 20 {
+                // Frame 15 started part 1, which holds frames 15 to 20 so far.
+                assert_eq!(s.open_part_index(), Some(1));
+            }
+        }
+        s.cuts().note_end(150 * SEC / 30);
+        segments.extend(s.finish());
+        parts.last_mut().unwrap().extend(s.take_parts());
+        assert_eq!(segments.len(), 3);
+        assert_eq!(hints, [Some(0), Some(0)]);
+        for (seg, parts) in segments.iter().zip(&parts) {
+            // styp, then the parts' fragments in order.
+            let joined: Vec<u8> = parts.iter().flat_map(|p| p.data.clone()).collect();
+            assert_eq!(&seg.data[seg.data.len() - joined.len()..], &joined[..]);
+            assert_eq!(&seg.data[4..8], b"styp");
+            assert_eq!(
+                seg.data.len() - joined.len(),
+                20,
+                "only the styp before the parts"
+            );
+            let idx: Vec<u32> = parts.iter().map(|p| p.index).collect();
+            let d: Vec<u64> = parts.iter().map(|p| p.duration_ns).collect();
+            let indep: Vec<bool> = parts.iter().map(|p| p.independent).collect();
+            if seg.duration_ns == 2 * SEC {
+                assert_eq!(idx, [0, 1, 2, 3]);
+                assert_eq!(d, [SEC / 2; 4]);
+                assert_eq!(indep, [true, false, false, false]);
+            } else {
+                assert_eq!(d, [SEC / 2, SEC / 2]);
+            }
+            assert_eq!(parts[0].start_ns, seg.start_ns);
+            assert_eq!(d.iter().sum::<u64>(), seg.duration_ns);
+            // Each part is a moof + mdat of its own, with a traf for each track.
+            for p in parts {
+                assert_eq!(&p.data[4..8], b"moof");
+                assert_eq!(runs(&p.data).len(), 2);
+            }
+        }
     }
 
     #[test]
