@@ -14,8 +14,11 @@
 //!   (RFC 2617, qop auth) response with realm `live`, method `publish` and URI `/APP` (`/APP/_definst_`
 //!   when the app has no instance), all in lowercase hex.
 //!
-//! A refusal with `?reason=authfailed` (or `nosuchuser`) ends it. No specification exists: this
-//! follows ffmpeg 5.1 (`handle_connect_error`, `do_adobe_auth`, `do_llnw_auth`).
+//! A refusal with `?reason=authfailed` (or `nosuchuser`) ends it.
+//!
+//! Specifications: none of its own (Adobe never published one): this follows ffmpeg 5.1's
+//! rtmpproto.c (`handle_connect_error`, `do_adobe_auth`, `do_llnw_auth`); Limelight's response is
+//! RFC 2617 §3.2.2 (HTTP Digest, qop=auth) and both use MD5 (RFC 1321) and base64 (RFC 4648 §4).
 //!
 //! Secrets: the password, the response and the server's nonces never reach a log line or an
 //! error message; the user name may.
