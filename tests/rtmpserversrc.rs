@@ -20,68 +20,7 @@ use common::{ChildGuard, assert_ours, init, run};
 
 /// The input every publisher sends: 3 s of H.264 (30 fps, a keyframe a second) and AAC, with the
 /// frames ffprobe counts in it.
-struct Input {
-    _dir: TempDir,
-    path: PathBuf,
-    video: u64,
-    audio: u64,
-}
-
-fn input() -> &'static Input {
-    static INPUT: OnceLock<Input> = OnceLock::new();
-    INPUT.get_or_init(|| {
-        let dir = TempDir::new("rtmpserversrc-input");
-        let path = dir.path().join("in.flv");
-        let (out, timed_out) = run(
-            Command::new("ffmpeg").args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=44100",
-                "-t",
-                "3",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "30",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                "-f",
-                "flv",
-                path.to_str().unwrap(),
-            ]),
-            Duration::from_secs(60),
-        );
-        assert!(
-            !timed_out && out.status.success(),
-            "ffmpeg: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let probe = probe_file(&path);
-        let video = probe.stream("video").expect("video").1;
-        let audio = probe.stream("audio").expect("audio").1;
-        assert!(video >= 89 && audio >= 120, "input {video}/{audio}");
-        Input {
-            _dir: dir,
-            path,
-            video,
-            audio,
-        }
-    })
-}
+use common::rtmp::test_flv as input;
 
 /// Our rtmpserversrc on a free port in a pipeline of this process.
 struct Server {

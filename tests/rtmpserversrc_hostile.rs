@@ -9,7 +9,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -17,64 +16,11 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use common::rtmp::{TempDir, probe_file};
-use common::{ChildGuard, assert_ours, init, run};
+use common::{ChildGuard, assert_ours, init};
 use gstlivestreaming::rtmp::amf0::{self, Value};
 use gstlivestreaming::rtmp::chunk::{ChunkEncoder, msg_type};
 
-struct Input {
-    _dir: TempDir,
-    path: PathBuf,
-    video: u64,
-    audio: u64,
-}
-
-/// 3 s of H.264 + AAC (as tests/rtmpserversrc.rs), frames counted by ffprobe.
-fn input() -> &'static Input {
-    static INPUT: OnceLock<Input> = OnceLock::new();
-    INPUT.get_or_init(|| {
-        let dir = TempDir::new("rtmpserversrc-hostile-input");
-        let path = dir.path().join("in.flv");
-        let (out, timed_out) = run(
-            Command::new("ffmpeg").args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=44100",
-                "-t",
-                "3",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "30",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-f",
-                "flv",
-                path.to_str().unwrap(),
-            ]),
-            Duration::from_secs(60),
-        );
-        assert!(!timed_out && out.status.success());
-        let probe = probe_file(&path);
-        Input {
-            video: probe.stream("video").unwrap().1,
-            audio: probe.stream("audio").unwrap().1,
-            _dir: dir,
-            path,
-        }
-    })
-}
+use common::rtmp::test_flv as input;
 
 fn logs() -> Arc<Mutex<Vec<String>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();

@@ -448,3 +448,68 @@ impl Stunnel {
         format!("rtmps://127.0.0.1:{}/live/{key}", self.tls_port)
     }
 }
+
+/// 3 s of H.264 (320x240, 30 fps, a keyframe a second) and AAC in FLV, encoded by ffmpeg once per
+/// test process, with the frames ffprobe counts in it: what the RTMP server tests publish.
+pub struct TestFlv {
+    _dir: TempDir,
+    pub path: PathBuf,
+    pub video: u64,
+    pub audio: u64,
+}
+
+pub fn test_flv() -> &'static TestFlv {
+    static INPUT: std::sync::OnceLock<TestFlv> = std::sync::OnceLock::new();
+    INPUT.get_or_init(|| {
+        let dir = TempDir::new("rtmp-input");
+        let path = dir.path().join("in.flv");
+        let (out, timed_out) = run(
+            Command::new("ffmpeg").args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-t",
+                "3",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "30",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                "-f",
+                "flv",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(
+            !timed_out && out.status.success(),
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let probe = probe_file(&path);
+        let video = probe.stream("video").expect("video").1;
+        let audio = probe.stream("audio").expect("audio").1;
+        assert!(video >= 89 && audio >= 120, "input {video}/{audio}");
+        TestFlv {
+            _dir: dir,
+            path,
+            video,
+            audio,
+        }
+    })
+}
