@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use common::rtmp::{Publish, TempDir, av_flv_source, probe_file};
-use common::{ChildGuard, assert_ours, init, run};
+use common::{ChildGuard, assert_ours, init};
 
 const PASSWORD: &str = "S3cr3t-pa55";
 
@@ -66,52 +65,7 @@ fn wait_log(timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
     false
 }
 
-/// 3 s of H.264 (30 fps) and AAC in FLV, made once; (path, video frames, audio frames).
-fn input() -> &'static (TempDir, PathBuf, u64, u64) {
-    static INPUT: OnceLock<(TempDir, PathBuf, u64, u64)> = OnceLock::new();
-    INPUT.get_or_init(|| {
-        let dir = TempDir::new("rtmp-auth-input");
-        let path = dir.path().join("in.flv");
-        let (out, timed_out) = run(
-            Command::new("ffmpeg").args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=44100",
-                "-t",
-                "3",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "30",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-f",
-                "flv",
-                path.to_str().unwrap(),
-            ]),
-            Duration::from_secs(60),
-        );
-        assert!(!timed_out && out.status.success());
-        let probe = probe_file(&path);
-        let (v, a) = (
-            probe.stream("video").unwrap().1,
-            probe.stream("audio").unwrap().1,
-        );
-        (dir, path, v, a)
-    })
-}
+use common::rtmp::test_flv as input;
 
 /// rtmpserversrc with `users` (alice) recording into a file.
 struct Server {
@@ -191,7 +145,7 @@ fn ffmpeg_publish(url: &str) -> std::process::Output {
         "error",
         "-re",
         "-i",
-        input().1.to_str().unwrap(),
+        input().path.to_str().unwrap(),
         "-c",
         "copy",
         "-f",
@@ -216,8 +170,7 @@ fn ffmpeg_publishes_with_adobe_authentication_every_frame() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (v, a) = server.recorded();
-    let (_, _, iv, ia) = input();
-    assert_eq!((v, a), (*iv, *ia), "every frame");
+    assert_eq!((v, a), (input().video, input().audio), "every frame");
     assert!(wait_log(Duration::from_secs(1), |l| l
         .contains("connect authenticated: user 'alice'")));
     assert_no_secret_logged();
@@ -236,8 +189,7 @@ fn ffmpeg_and_rsrtmpsink_publish_with_limelight_authentication() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (v, a) = server.recorded();
-    let (_, _, iv, ia) = input();
-    assert_eq!((v, a), (*iv, *ia), "every frame");
+    assert_eq!((v, a), (input().video, input().audio), "every frame");
     assert!(wait_log(Duration::from_secs(1), |l| l
         .contains("no credentials: authmod=llnw asked for")));
     // A wrong password fails with llnw too.
