@@ -7,17 +7,23 @@
 //! interleaved RTP/RTCP) goes through one bounded queue drained by a writer task. Producers never
 //! block: media that does not fit is refused as a whole frame and counted, so a client that stops
 //! reading costs the pipeline nothing. A write that makes no progress for the stall timeout closes
-//! the connection.
+//! the connection. On plain TCP, a frame for a connection with nothing queued or being written
+//! goes to the socket at once from the sender's thread with a non-blocking write (what the socket
+//! does not take is queued): with thousands of clients, waking a writer task per client per frame
+//! cost more than the write.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::rtsp::codec::interleaved_header;
@@ -34,10 +40,100 @@ pub trait ConnWriter: AsyncWrite + Unpin + Send + 'static {
     /// Whether written bytes may wait in the writer until a flush (TLS records): each batch then
     /// ends with one. Plain TCP hands everything to the socket and skips it.
     const BUFFERED: bool;
+
+    /// The socket itself when bytes can go to it straight from the thread that has them (plain
+    /// TCP): see [`ConnOut::send_media`].
+    fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
+        None
+    }
 }
 
-impl ConnWriter for tokio::net::tcp::OwnedWriteHalf {
+/// The write half of a plain TCP connection, shared with the connection's [`ConnOut`] so that
+/// media can be written without waking the writer task while nothing waits in the queue.
+/// Writes never raise SIGPIPE (the element may live in a process that does not ignore it).
+pub struct TcpWriter(Arc<OwnedWriteHalf>);
+
+impl TcpWriter {
+    pub fn new(half: OwnedWriteHalf) -> Self {
+        Self(Arc::new(half))
+    }
+}
+
+/// Writes what the socket takes now: Err(WouldBlock) when it takes nothing.
+#[cfg(target_os = "linux")]
+fn try_write_socket(half: &OwnedWriteHalf, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
+    use std::os::fd::AsRawFd;
+    let stream: &tokio::net::TcpStream = half.as_ref();
+    // At most IOV_MAX buffers per call (more is EMSGSIZE); the caller writes the rest next.
+    let slices = &slices[..slices.len().min(MAX_BATCH_SLICES)];
+    stream.try_io(tokio::io::Interest::WRITABLE, || {
+        loop {
+            match sendmsg::<SockaddrStorage>(
+                stream.as_raw_fd(),
+                slices,
+                &[],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => {}
+                r => return r.map_err(std::io::Error::from),
+            }
+        }
+    })
+}
+
+/// Elsewhere (mio sets SO_NOSIGPIPE where the system has it).
+#[cfg(not(target_os = "linux"))]
+fn try_write_socket(half: &OwnedWriteHalf, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    let stream: &tokio::net::TcpStream = half.as_ref();
+    stream.try_write_vectored(slices)
+}
+
+impl AsyncWrite for TcpWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let stream: &tokio::net::TcpStream = (*self.0).as_ref();
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match try_write_socket(&self.0, bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let stream: &tokio::net::TcpStream = (*self.0).as_ref();
+        Poll::Ready(socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl ConnWriter for TcpWriter {
     const BUFFERED: bool = false;
+
+    fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
+        Some(self.0.clone())
+    }
 }
 
 /// A TLS stream's half (tokio-rustls).
@@ -78,13 +174,18 @@ impl Frame {
 
 enum Item {
     Control(Bytes),
-    Media { channel: u8, frame: Frame },
+    Media {
+        channel: u8,
+        frame: Frame,
+    },
+    /// What the socket did not take of a frame written straight from the sender's thread.
+    Tail(Bytes),
 }
 
 impl Item {
     fn wire_len(&self) -> usize {
         match self {
-            Item::Control(b) => b.len(),
+            Item::Control(b) | Item::Tail(b) => b.len(),
             Item::Media { frame, .. } => frame.wire_len,
         }
     }
@@ -92,7 +193,7 @@ impl Item {
     /// Buffers it takes in a vectored write.
     fn slices(&self) -> usize {
         match self {
-            Item::Control(_) => 1,
+            Item::Control(_) | Item::Tail(_) => 1,
             Item::Media { frame, .. } => 2 * frame.packets.len(),
         }
     }
@@ -104,6 +205,11 @@ struct Queue {
     media_bytes: usize,
     control_bytes: usize,
     closed: bool,
+    /// The writer task holds items it took from the queue and has not finished writing.
+    writing: bool,
+    /// The plain TCP socket media may be written to directly while nothing is queued or being
+    /// written (see [`ConnOut::send_media`]); None for TLS, and once the connection closes.
+    direct: Option<Arc<OwnedWriteHalf>>,
     /// Frames are being dropped since the queue first refused one; logged when it starts and
     /// when it ends, never per frame.
     dropping: Option<DropEpisode>,
@@ -116,6 +222,16 @@ struct DropEpisode {
     frames: u64,
     packets: u64,
     bytes: usize,
+}
+
+/// What became of a frame written straight to the socket.
+enum Direct {
+    /// The socket took it whole.
+    Done,
+    /// The socket took none of it: queue the frame.
+    Queue,
+    /// The socket took a part: the rest is to be queued.
+    Partial(Bytes),
 }
 
 /// Why a connection was closed by the server side.
@@ -196,6 +312,7 @@ impl ConnOut {
                 return;
             }
             q.closed = true;
+            q.direct = None;
             q.items.clear();
             q.media_bytes = 0;
             q.control_bytes = 0;
@@ -234,6 +351,29 @@ impl ConnOut {
             let mut q = self.queue.lock().unwrap();
             if q.closed {
                 return false;
+            }
+            if let Some(direct) = q
+                .direct
+                .as_ref()
+                .filter(|_| q.items.is_empty() && !q.writing)
+            {
+                let outcome = self.write_direct(direct, channel, packets, total);
+                if !matches!(outcome, Direct::Queue) {
+                    // The queue was empty: a drop episode is over.
+                    let ended = q.dropping.take();
+                    if let Direct::Partial(tail) = outcome {
+                        q.media_bytes += tail.len();
+                        q.items.push_back(Item::Tail(tail));
+                        drop(q);
+                        self.notify.notify_one();
+                    } else {
+                        drop(q);
+                    }
+                    if let Some(e) = ended {
+                        self.log_caught_up(e);
+                    }
+                    return true;
+                }
             }
             // An empty queue takes any frame, so frames larger than the limit still flow to a
             // client that keeps up.
@@ -280,17 +420,68 @@ impl ConnOut {
         };
         self.notify.notify_one();
         if let Some(e) = ended {
-            sdebug!(
-                &*self.name,
-                "{}: client caught up after {:.1?}: {} frames ({} packets, {} bytes) were dropped",
-                self.peer,
-                e.since.elapsed(),
-                e.frames,
-                e.packets,
-                e.bytes
-            );
+            self.log_caught_up(e);
         }
         true
+    }
+
+    fn log_caught_up(&self, e: DropEpisode) {
+        sdebug!(
+            &*self.name,
+            "{}: client caught up after {:.1?}: {} frames ({} packets, {} bytes) were dropped",
+            self.peer,
+            e.since.elapsed(),
+            e.frames,
+            e.packets,
+            e.bytes
+        );
+    }
+
+    /// Writes a frame to the socket from the calling thread (the pipeline's, for media): the
+    /// same bytes as the writer task would, minus the task's wake-up and hand-over. Called with
+    /// the queue locked, empty and no write in progress, so nothing can come in between.
+    fn write_direct(
+        &self,
+        socket: &OwnedWriteHalf,
+        channel: u8,
+        packets: &[Bytes],
+        total: usize,
+    ) -> Direct {
+        let headers: Vec<[u8; 4]> = packets
+            .iter()
+            .map(|p| interleaved_header(channel, u16::try_from(p.len()).unwrap_or(u16::MAX)))
+            .collect();
+        let slices: Vec<IoSlice<'_>> = packets
+            .iter()
+            .zip(&headers)
+            .flat_map(|(p, h)| [IoSlice::new(h), IoSlice::new(p)])
+            .collect();
+        let written = match try_write_socket(socket, &slices) {
+            Ok(n) => n,
+            // A full send buffer, or a failing socket the writer task finds failing too.
+            Err(_) => return Direct::Queue,
+        };
+        self.bytes_written
+            .fetch_add(written as u64, Ordering::Relaxed);
+        if written == total {
+            return Direct::Done;
+        }
+        if written == 0 {
+            return Direct::Queue;
+        }
+        // The rest, copied: rare (a send buffer filling up mid-frame) and small next to a copy
+        // per client per frame.
+        let mut tail = Vec::with_capacity(total - written);
+        let mut skip = written;
+        for s in &slices {
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            tail.extend_from_slice(&s[skip..]);
+            skip = 0;
+        }
+        Direct::Partial(tail.into())
     }
 
     /// Waits until the queued RTSP messages (and the media queued before them) are written, for
@@ -334,6 +525,21 @@ impl ConnOut {
         mut writer: W,
         stall_timeout: Duration,
     ) {
+        // The socket is shared with senders only while this task owns the writer: the guard
+        // takes it back however the task ends (closed, failed or aborted).
+        struct Unshare<'a>(&'a ConnOut);
+        impl Drop for Unshare<'_> {
+            fn drop(&mut self) {
+                self.0.queue.lock().unwrap().direct = None;
+            }
+        }
+        {
+            let mut q = self.queue.lock().unwrap();
+            if !q.closed {
+                q.direct = writer.direct();
+            }
+        }
+        let _unshare = Unshare(&self);
         let mut batch: Vec<Item> = Vec::new();
         loop {
             {
@@ -350,6 +556,7 @@ impl ConnOut {
                     }
                     batch.extend(q.items.pop_front());
                 }
+                q.writing = !batch.is_empty();
             }
             if batch.is_empty() {
                 self.notify.notified().await;
@@ -361,10 +568,12 @@ impl ConnOut {
                 match item {
                     Item::Control(b) => control += b.len(),
                     Item::Media { frame, .. } => media += frame.wire_len,
+                    Item::Tail(b) => media += b.len(),
                 }
             }
             {
                 let mut q = self.queue.lock().unwrap();
+                q.writing = false;
                 q.media_bytes = q.media_bytes.saturating_sub(media);
                 q.control_bytes = q.control_bytes.saturating_sub(control);
             }
@@ -404,7 +613,7 @@ async fn write_batch<W: ConnWriter>(
         .iter()
         .filter_map(|item| match item {
             Item::Media { channel, frame } => Some((*channel, frame.packets())),
-            Item::Control(_) => None,
+            Item::Control(_) | Item::Tail(_) => None,
         })
         .flat_map(|(channel, packets)| {
             // Frame::new checked that every length fits.
@@ -417,7 +626,7 @@ async fn write_batch<W: ConnWriter>(
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.iter().map(Item::slices).sum());
     for item in batch {
         match item {
-            Item::Control(b) => slices.push(IoSlice::new(b.as_ref())),
+            Item::Control(b) | Item::Tail(b) => slices.push(IoSlice::new(b.as_ref())),
             Item::Media { frame, .. } => {
                 for (p, header) in frame.packets().iter().zip(&mut headers) {
                     slices.push(IoSlice::new(header));
@@ -488,6 +697,7 @@ mod tests {
         assert!(out.send_media(1, &small));
         expected.extend(wire(1, &small));
         let (_, write_half) = server.into_split();
+        let write_half = TcpWriter::new(write_half);
         let writer = tokio::spawn(out.clone().run_writer(write_half, Duration::from_secs(5)));
         let mut got = vec![0; expected.len()];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
@@ -502,6 +712,72 @@ mod tests {
         );
         out.close(CloseReason::Server);
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn media_goes_straight_to_the_socket_and_queues_behind_what_it_did_not_take() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut client, (server, peer)) = (client.unwrap(), accepted.unwrap());
+        // Small buffers, so that the socket soon takes frames partly, then not at all.
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(8192)
+            .unwrap();
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(8192)
+            .unwrap();
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 22, "test".into()));
+        let (_, write_half) = server.into_split();
+        let writer = tokio::spawn(
+            out.clone()
+                .run_writer(TcpWriter::new(write_half), Duration::from_secs(5)),
+        );
+        // The writer task shares the socket once it runs.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while out.queue.lock().unwrap().direct.is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let first = frame(1, 5);
+        assert!(out.send_media(0, &first));
+        assert_eq!(
+            out.bytes_written.load(Ordering::Relaxed),
+            first.wire_len as u64,
+            "written before the send returned, without the writer task"
+        );
+        let mut expected = wire(0, &first);
+        // Frames of about 6 KB and answers between them: far more than the buffers hold.
+        for i in 0..60u8 {
+            let packets: Vec<Bytes> = (0..4).map(|j| Bytes::from(vec![i ^ j; 1500])).collect();
+            let f = Frame::new(&packets).unwrap();
+            assert!(out.send_media(i % 2, &f));
+            expected.extend(wire(i % 2, &f));
+            if i % 7 == 0 {
+                let msg = format!("RTSP/1.0 200 OK\r\nCSeq: {i}\r\n\r\n");
+                out.send_control(Bytes::from(msg.clone()));
+                expected.extend_from_slice(msg.as_bytes());
+            }
+        }
+        assert!(
+            out.queued_media_bytes() > 0,
+            "the socket cannot have taken everything"
+        );
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == expected, "the bytes on the wire differ");
+        assert_eq!(
+            out.bytes_written.load(Ordering::Relaxed),
+            expected.len() as u64
+        );
+        out.close(CloseReason::Server);
+        writer.await.unwrap();
+        assert!(out.queue.lock().unwrap().direct.is_none());
     }
 
     #[tokio::test]
@@ -521,6 +797,7 @@ mod tests {
         assert!(!out.flush_control(Duration::from_millis(50)).await);
         assert!(start.elapsed() >= Duration::from_millis(50));
         let (_, write_half) = server.into_split();
+        let write_half = TcpWriter::new(write_half);
         let writer = tokio::spawn(out.clone().run_writer(write_half, Duration::from_secs(5)));
         assert!(out.flush_control(Duration::from_secs(5)).await);
         let mut got = vec![0; 28];

@@ -921,6 +921,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let Some(tls) = shared.config.tls.clone() else {
         // Plain TCP: owned halves, no lock between the reader and the writer.
         let (reader, writer) = stream.into_split();
+        let writer = conn::TcpWriter::new(writer);
         return tunnel::serve(shared, reader, writer, peer, local).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
