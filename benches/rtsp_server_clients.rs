@@ -86,6 +86,8 @@ struct Setup {
     udp: [u16; 2],
     input_mbps: f64,
     baseline: Option<std::path::PathBuf>,
+    /// The baseline build has the per-address connection limits (lifted for the load).
+    baseline_limits: bool,
     /// BENCH_INPUT=h264: the servers payload themselves.
     repay: bool,
 }
@@ -124,8 +126,9 @@ fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) 
                 "max-connections=100000",
                 "backlog=4096",
             ]);
-            if server == Server::Ours {
-                // Every client comes from 127.0.0.1 (an earlier build has none of these limits).
+            if server == Server::Ours || setup.baseline_limits {
+                // Every client comes from 127.0.0.1 (builds before issue 11 have none of these
+                // limits).
                 c.args([
                     "max-connections-per-address=100000",
                     "max-sessions=0",
@@ -372,11 +375,27 @@ fn main() {
         })
         .collect();
     let exe = std::env::current_exe().unwrap();
-    let plugin_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
-    assert!(
-        plugin_dir.join("libgstlivestreaming.so").exists(),
-        "build the plugin first: cargo build --release"
-    );
+    // The plugin compiled with this binary (never a stale target/release one), alone in a
+    // directory for GST_PLUGIN_PATH.
+    let plugin_dir =
+        std::env::temp_dir().join(format!("rtsp-clients-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::fs::copy(
+        PluginBuild::current().file,
+        plugin_dir.join("libgstlivestreaming.so"),
+    )
+    .unwrap();
+    // An earlier build with the per-address limits of issue 11 needs them lifted as ours does.
+    let baseline_limits = baseline.as_ref().is_some_and(|dir| {
+        Command::new("gst-inspect-1.0")
+            .arg("rtspserversink")
+            .env("GST_PLUGIN_PATH", dir)
+            .env("GST_REGISTRY", dir.join("registry.bin"))
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains("max-connections-per-address")
+            })
+    });
 
     let frames = pre_encode();
     let bytes: usize = frames.iter().map(|b| b.size()).sum();
@@ -386,6 +405,7 @@ fn main() {
     let setup = Setup {
         exe,
         plugin_dir,
+        baseline_limits,
         caps,
         udp: udp_ports,
         input_mbps,
@@ -441,5 +461,6 @@ fn main() {
             .join(" ")
     );
     stop_feed.store(true, Ordering::Relaxed);
+    let _ = std::fs::remove_dir_all(&setup.plugin_dir);
     assert!(smoke_failures.is_empty(), "{smoke_failures:#?}");
 }
