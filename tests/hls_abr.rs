@@ -350,6 +350,102 @@ fn the_multivariant_stream_uploads_to_an_http_origin() {
     assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");
 }
 
+/// AES-128 with renditions: every rendition encrypts with keys of its own (`NAME_key00000.key`,
+/// rotated at the same sequence numbers), each segment decrypts with the key and IV its media
+/// playlist names, and ffprobe reads every variant and the whole multivariant stream.
+#[test]
+fn encrypted_renditions_each_have_their_own_keys() {
+    encrypted_renditions("");
+}
+
+#[test]
+fn encrypted_fmp4_renditions_each_have_their_own_keys() {
+    encrypted_renditions("segment-format=fmp4");
+}
+
+fn encrypted_renditions(props: &str) {
+    use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+    type Aes128CbcDec = cbc::Decryptor<aes::Aes128>;
+    let dir = TempDir::new("abr-aes");
+    run_sink(
+        &format!(
+            "location={} target-duration=1 playlist-type=vod encryption=aes-128 key-rotation=2 \
+             {props}",
+            dir.str()
+        ),
+        &abr_sources(false, Some(150)),
+    );
+    let mut first_keys = Vec::new();
+    for name in ["video_0", "video_1", "video_2", "audio_0"] {
+        let playlist = read_playlist(&dir.join(&format!("{name}.m3u8")));
+        assert!(playlist.segments.len() >= 4, "{name}: {playlist:?}");
+        let mut uris = Vec::new();
+        let mut key: Option<m3u8_rs::Key> = None;
+        for s in &playlist.segments {
+            if let Some(k) = &s.key {
+                key = Some(k.clone());
+            }
+            let k = key.as_ref().expect("a key for every segment");
+            assert_eq!(k.method, m3u8_rs::KeyMethod::AES128, "{name}");
+            let uri = k.uri.clone().unwrap();
+            assert!(uri.starts_with(&format!("{name}_key")), "{name}: {uri}");
+            if !uris.contains(&uri) {
+                uris.push(uri.clone());
+            }
+            let key_bytes: [u8; 16] = std::fs::read(dir.join(&uri))
+                .unwrap()
+                .try_into()
+                .expect("16-byte key");
+            let iv_hex = k.iv.as_deref().unwrap().trim_start_matches("0x");
+            let iv: [u8; 16] = (0..16)
+                .map(|i| u8::from_str_radix(&iv_hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            let data = std::fs::read(dir.join(&s.uri)).unwrap();
+            let plain = Aes128CbcDec::new(&key_bytes.into(), &iv.into())
+                .decrypt_padded_vec_mut::<Pkcs7>(&data)
+                .unwrap_or_else(|_| panic!("{} decrypts with {uri}", s.uri));
+            if props.contains("fmp4") {
+                assert_eq!(&plain[4..8], b"styp", "{}", s.uri);
+                assert_ne!(&data[4..8], b"styp", "{} is not encrypted", s.uri);
+            } else {
+                assert_eq!(plain[0], 0x47, "{}", s.uri);
+                assert!(
+                    (0..data.len() / 188).any(|i| data[i * 188] != 0x47),
+                    "{} is not encrypted",
+                    s.uri
+                );
+            }
+            if first_keys.len() < 4 && uris.len() == 1 && s.uri == playlist.segments[0].uri {
+                first_keys.push(key_bytes);
+            }
+        }
+        // key-rotation=2: a new key every two segments.
+        assert_eq!(
+            uris.len(),
+            playlist.segments.len().div_ceil(2),
+            "{name}: {uris:?}"
+        );
+        let probe = ffprobe(
+            &dir.join(&format!("{name}.m3u8")).to_string_lossy(),
+            &["-allowed_extensions", "ALL"],
+        );
+        assert_eq!(probe.streams.len(), 1, "{name}: {probe:?}");
+    }
+    // Four renditions, four different keys.
+    first_keys.sort();
+    first_keys.dedup();
+    assert_eq!(first_keys.len(), 4);
+    let probe = ffprobe(
+        &dir.join("playlist.m3u8").to_string_lossy(),
+        &["-allowed_extensions", "ALL"],
+    );
+    let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
+    assert_eq!(h264, 3, "{probe:?}");
+    assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");
+}
+
 /// Renditions cannot be mixed with the single-stream pads.
 #[test]
 fn renditions_and_plain_pads_do_not_mix() {

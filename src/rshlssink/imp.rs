@@ -196,6 +196,9 @@ struct Settings {
     part_duration: f64,
     /// Write an I-frame playlist beside each (video) media playlist.
     i_frame_playlist: bool,
+    /// Put before the key files' names (`NAME_key00000.key`): a rendition's, so that the
+    /// renditions' keys never share a name. Not a property.
+    key_name_prefix: String,
 }
 
 /// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
@@ -238,6 +241,7 @@ impl Default for Settings {
             init_location: DEFAULT_INIT_LOCATION.into(),
             part_duration: 0.0,
             i_frame_playlist: false,
+            key_name_prefix: String::new(),
         }
     }
 }
@@ -329,6 +333,12 @@ impl RsHlsSink {
             |e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e));
         let mut locations =
             location::resolve(&settings.location, &settings.playlist_location).map_err(invalid)?;
+        if !settings.key_name_prefix.is_empty() {
+            let dir = location::parent(locations.key.prefix());
+            let name = format!("{}key%05d.key", settings.key_name_prefix);
+            locations.key =
+                location::Pattern::parse(&location::join(dir, &name)).map_err(invalid)?;
+        }
         if settings.segment_format == SegmentFormat::Fmp4 {
             // The default names end in .m4s; a pattern the application gave stays as it is.
             let segment = if settings.location == DEFAULT_LOCATION {
@@ -617,12 +627,6 @@ impl RsHlsSink {
     /// `NAME_` + the segment (and init segment) names beside the segments.
     fn start_multivariant(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if settings.encryption != Encryption::None {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("encryption is not supported with renditions (video_%u/audio_%u pads) yet")
-            ));
-        }
         let locations = Self::locations(&settings)?;
         let fmp4 = settings.segment_format == SegmentFormat::Fmp4;
         let segment_name = if settings.location == DEFAULT_LOCATION
@@ -650,6 +654,9 @@ impl RsHlsSink {
                 &format!("{}_{}", r.name, location::basename(init)),
             );
             s.http_port = -1;
+            // Each rendition its own keys (rotated at the same sequence numbers, as the
+            // segments are aligned): `NAME_key00000.key`.
+            s.key_name_prefix = format!("{}_", r.name);
             // Audio renditions have no I-frames.
             s.i_frame_playlist &= r.video;
             r.iframe_peak_bps = 0;
