@@ -195,6 +195,11 @@ fn renditions_list_their_i_frame_playlists() {
     assert_eq!(m.variants.iter().filter(|v| !v.is_i_frame).count(), 3);
     assert!(!dir.join("audio_0-iframes.m3u8").exists());
     assert!(!dir.join("playlist-iframes.m3u8").exists());
+    // Players that skip I-frame variants still play the multivariant playlist.
+    let probe = ffprobe(&dir.join("playlist.m3u8").to_string_lossy(), &[]);
+    let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
+    assert_eq!(h264, 3, "{probe:?}");
+    assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");
 }
 
 #[test]

@@ -227,8 +227,8 @@ fn a_stream_lands_in_the_bucket_as_a_local_run_writes_it() {
 }
 
 /// A multivariant stream in the bucket: the multivariant playlist, every rendition's media
-/// playlist and its segments (expired ones deleted per rendition), fetched back and read by
-/// ffprobe as a whole: three H.264 variants and the AAC group.
+/// playlist (and I-frame playlist) and its segments (expired ones deleted per rendition),
+/// fetched back and read by ffprobe as a whole: three H.264 variants and the AAC group.
 #[test]
 fn a_multivariant_stream_lands_in_the_bucket() {
     let s3 = S3s::start();
@@ -236,7 +236,7 @@ fn a_multivariant_stream_lands_in_the_bucket() {
         &s3.endpoint(),
         "abr",
         SECRET,
-        "target-duration=1 playlist-length=3 max-files=4",
+        "target-duration=1 playlist-length=3 max-files=4 i-frame-playlist=true",
         &abr_sources(false, Some(240)),
     );
     run_to_end(&p, Duration::from_secs(60)).expect("EOS");
@@ -256,6 +256,18 @@ fn a_multivariant_stream_lands_in_the_bucket() {
         std::fs::write(fetched.join(name), &o.body).unwrap();
     }
     assert_uploaded_multivariant(fetched.path(), &keys, 4);
+    let iframes: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.ends_with("-iframes.m3u8"))
+        .collect();
+    assert_eq!(
+        iframes,
+        [
+            "video_0-iframes.m3u8",
+            "video_1-iframes.m3u8",
+            "video_2-iframes.m3u8"
+        ]
+    );
     assert_eq!(s3.get("abr/video_1_segment00000.ts").status, 404);
     let probe = ffprobe(&fetched.join("playlist.m3u8").to_string_lossy(), &[]);
     let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();

@@ -48,9 +48,29 @@ pub fn assert_uploaded_multivariant(dir: &std::path::Path, files: &[String], max
             String::from_utf8_lossy(&bytes)
         )
     });
-    assert_eq!(m.variants.len(), RENDITIONS.len(), "{m:?}");
+    // I-frame playlists (`i-frame-playlist`): uploaded too, naming segments that are there.
+    for v in m.variants.iter().filter(|v| v.is_i_frame) {
+        assert!(
+            files.contains(&v.uri),
+            "{} was not uploaded: {files:?}",
+            v.uri
+        );
+        let p = super::hls::read_playlist(&dir.join(&v.uri));
+        assert!(
+            p.i_frames_only && p.end_list && !p.segments.is_empty(),
+            "{p:?}"
+        );
+        for s in &p.segments {
+            let r = s.byte_range.as_ref().expect("EXT-X-BYTERANGE");
+            let size = std::fs::metadata(dir.join(&s.uri)).map_or(0, |m| m.len());
+            assert!(r.offset.unwrap_or(0) + r.length <= size, "{}: {r:?}", s.uri);
+        }
+    }
+    let variants: Vec<&m3u8_rs::VariantStream> =
+        m.variants.iter().filter(|v| !v.is_i_frame).collect();
+    assert_eq!(variants.len(), RENDITIONS.len(), "{m:?}");
     assert_eq!(m.alternatives.len(), 1, "{m:?}");
-    let mut uris: Vec<String> = m.variants.iter().map(|v| v.uri.clone()).collect();
+    let mut uris: Vec<String> = variants.iter().map(|v| v.uri.clone()).collect();
     uris.extend(m.alternatives.iter().filter_map(|a| a.uri.clone()));
     assert_eq!(
         uris,
@@ -61,7 +81,7 @@ pub fn assert_uploaded_multivariant(dir: &std::path::Path, files: &[String], max
             "audio_0.m3u8"
         ]
     );
-    for (v, (w, h, _)) in m.variants.iter().zip(RENDITIONS) {
+    for (v, (w, h, _)) in variants.iter().zip(RENDITIONS) {
         let r = v.resolution.expect("RESOLUTION");
         assert_eq!((r.width, r.height), (u64::from(w), u64::from(h)));
         assert!(v.bandwidth > 0 && v.codecs.is_some(), "{v:?}");
