@@ -10,7 +10,8 @@
 //!
 //! MPEG-TS: an I-frame is the video PES whose first packet has the random_access_indicator; its
 //! range runs from the last PAT before it (the muxer writes PAT and PMT right before every
-//! keyframe, so a player finds the tables in the range) to the start of the next video PES.
+//! keyframe, so a player finds the tables in the range) to the end of its last packet (audio
+//! packets interleaved with it are in the range, those after it are not).
 //! fMP4: an I-frame is a fragment (moof) whose video run starts with a sync sample; its range is
 //! the moof, the mdat header and that sample (the video's data comes first in the mdat), which is
 //! what a player needs with the init segment (EXT-X-MAP). Keyframes in the middle of a fragment
@@ -59,8 +60,10 @@ fn pes_pts(payload: &[u8]) -> Option<u64> {
 pub fn scan_ts(data: &[u8]) -> Vec<IFrame> {
     let mut out = Vec::new();
     let mut last_pat: Option<usize> = None;
-    // The keyframe whose range is open: (start of its range, its PID, its PTS).
+    // The keyframe whose range is open: (start of its range, its PID, its PTS), and the end of
+    // its last packet so far (what follows it on other PIDs is left out).
     let mut open: Option<(usize, u16, u64)> = None;
+    let mut open_end = 0usize;
     let mut pts_base: Option<u64> = None;
     for (i, p) in data.chunks_exact(TS_PACKET).enumerate() {
         let at = i * TS_PACKET;
@@ -73,6 +76,9 @@ pub fn scan_ts(data: &[u8]) -> Vec<IFrame> {
             continue;
         }
         if p[1] & 0x40 == 0 {
+            if open.is_some_and(|(_, open_pid, _)| open_pid == pid) {
+                open_end = at + TS_PACKET;
+            }
             continue;
         }
         let afc = (p[3] >> 4) & 0x03;
@@ -95,7 +101,7 @@ pub fn scan_ts(data: &[u8]) -> Vec<IFrame> {
         {
             out.push(IFrame {
                 offset: start as u64,
-                length: (at - start) as u64,
+                length: (open_end - start) as u64,
                 time,
             });
             open = None;
@@ -108,13 +114,13 @@ pub fn scan_ts(data: &[u8]) -> Vec<IFrame> {
             let base = *pts_base.get_or_insert(pts);
             let time = pts.wrapping_sub(base) & ((1 << 33) - 1);
             open = Some((last_pat.unwrap_or(at), pid, time));
+            open_end = at + TS_PACKET;
         }
     }
     if let Some((start, _, time)) = open {
-        let end = data.len() - data.len() % TS_PACKET;
         out.push(IFrame {
             offset: start as u64,
-            length: (end - start) as u64,
+            length: (open_end - start) as u64,
             time,
         });
     }
@@ -423,17 +429,13 @@ mod tests {
             assert_eq!(data[at + 1] & 0x1f, 0);
             assert_eq!(data[at + 2], 0);
             assert_eq!(f.length as usize % TS_PACKET, 0);
-            // PAT, PMT and the 700-byte keyframe in 4 packets, no delta frame after it.
-            let end = at + f.length as usize;
-            assert!(
-                f.length as usize >= 6 * TS_PACKET && f.length as usize <= 8 * TS_PACKET,
-                "{f:?}"
-            );
-            let next = &data[end..end + 4.min(data.len() - end)];
-            assert!(
-                next.is_empty() || next[1] & 0x40 != 0,
-                "ends before a PES start"
-            );
+            // PAT, PMT and the 700-byte keyframe in 4 packets: it ends with the keyframe's last
+            // packet, before the audio frame muxed after it.
+            assert_eq!(f.length as usize, 6 * TS_PACKET, "{f:?}");
+            let last = at + f.length as usize - TS_PACKET;
+            let pid = |i: usize| (u16::from(data[i + 1] & 0x1f) << 8) | u16::from(data[i + 2]);
+            assert_eq!(pid(last), pid(at + 2 * TS_PACKET), "the keyframe's own PID");
+            assert_ne!(pid(last + TS_PACKET), pid(last), "audio follows");
         }
         assert_eq!(frames[0].time, 0);
         assert_eq!(frames[1].time, 90_000);
