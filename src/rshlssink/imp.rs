@@ -301,7 +301,9 @@ struct Rendition {
     /// Where its media playlist is, for the multivariant playlist's URI.
     playlist: String,
     bandwidth: Bandwidth,
-    /// With `i-frame-playlist` (video): the peak bit rate of its I-frames so far.
+    /// It writes an I-frame playlist (`i-frame-playlist`, video), and the peak bit rate of its
+    /// I-frames so far.
+    iframes: bool,
     iframe_peak_bps: u64,
 }
 
@@ -610,6 +612,7 @@ impl RsHlsSink {
             child,
             playlist: String::new(),
             bandwidth: Bandwidth::new(0.0),
+            iframes: false,
             iframe_peak_bps: 0,
         });
         drop(mv);
@@ -659,6 +662,7 @@ impl RsHlsSink {
             s.key_name_prefix = format!("{}_", r.name);
             // Audio renditions have no I-frames.
             s.i_frame_playlist &= r.video;
+            r.iframes = s.i_frame_playlist;
             r.iframe_peak_bps = 0;
             r.playlist = s.playlist_location.clone();
             r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
@@ -730,20 +734,10 @@ impl RsHlsSink {
                         .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
                         .map(|f| (f.numer(), f.denom())),
                     bandwidth: r.bandwidth.clone(),
-                    iframes: r
-                        .child
-                        .imp()
-                        .settings
-                        .lock()
-                        .unwrap()
-                        .i_frame_playlist
-                        .then(|| IFrameVariant {
-                            uri: location::playlist_uri(
-                                root,
-                                &iframes::iframes_location(&r.playlist),
-                            ),
-                            peak_bps: r.iframe_peak_bps,
-                        }),
+                    iframes: r.iframes.then(|| IFrameVariant {
+                        uri: location::playlist_uri(root, &iframes::iframes_location(&r.playlist)),
+                        peak_bps: r.iframe_peak_bps,
+                    }),
                 });
             } else {
                 audio.push(AudioRendition {
