@@ -6,8 +6,8 @@
 //! 2 s) and AAC into a Matroska file once. Then each sink runs in a child process (this binary
 //! again, so both are measured the same way) that demuxes the file as fast as it can (nothing
 //! syncs to the clock) into `rshlssink` (its built-in muxer, `muxer=mpegtsmux`, and
-//! `segment-format=fmp4`) or `hlssink2`
-//! with 2 s segments, runs to EOS and reports
+//! `segment-format=fmp4`), `hlssink2`, or `mp4mux fragment-duration=2000` + the legacy `hlssink`
+//! (the stock fMP4 comparison; its output is not valid HLS, see the README) with 2 s segments, runs to EOS and reports
 //! the CPU time the pipeline run took (utime+stime, CLOCK_PROCESS_CPUTIME_ID, after start-up)
 //! and its peak RSS (VmHWM). Demuxing and
 //! parsing are the same in both, so the difference is the sinks' own work. BENCH_RUNS (default 3)
@@ -108,12 +108,25 @@ fn child(which: &str, input: &str, out: &str, plugin: Option<&Path>) {
             "hlssink2 name=h location={out}/segment%05d.ts playlist-location={out}/playlist.m3u8 \
              target-duration=2 playlist-length=0 max-files=0"
         ),
+        // GStreamer 1.22's only stock way to fragmented MP4 near HLS (its hlssink2 writes TS
+        // only; hlscmafsink is gst-plugins-rs): fragmented mp4mux into the legacy hlssink. Its
+        // output is not valid HLS: see the README.
+        "stock-fmp4" => format!(
+            "mp4mux name=h fragment-duration=2000 streamable=true \
+             ! hlssink location={out}/segment%05d.m4s playlist-location={out}/playlist.m3u8 \
+             target-duration=2 playlist-length=0 max-files=0"
+        ),
         other => panic!("unknown sink {other}"),
+    };
+    let (video, audio) = if which == "stock-fmp4" {
+        ("video_0", "audio_0")
+    } else {
+        ("video", "audio")
     };
     let desc = format!(
         "filesrc location={input} ! matroskademux name=d {sink} \
-         d.video_0 ! queue ! h264parse ! h.video \
-         d.audio_0 ! queue ! aacparse ! h.audio"
+         d.video_0 ! queue ! h264parse ! h.{video} \
+         d.audio_0 ! queue ! aacparse ! h.{audio}"
     );
     // Only the pipeline's run counts, not start-up (plugin loading is the same for both).
     let repeat = repeat(1);
@@ -244,7 +257,16 @@ fn main() {
     let mut ours_mpegtsmux = Vec::new();
     let mut ours_fmp4 = Vec::new();
     let mut stock = Vec::new();
+    let mut stock_fmp4 = Vec::new();
     for _ in 0..runs {
+        stock_fmp4.push(run_child(
+            &exe,
+            "stock-fmp4",
+            &input,
+            &work.join("stock-fmp4"),
+            None,
+            rep,
+        ));
         ours_fmp4.push(run_child(
             &exe,
             "ours-fmp4",
@@ -314,6 +336,13 @@ fn main() {
         m(&stock, |r| r.rss),
         stock[0].segments
     );
+    let sfc = m(&stock_fmp4, |r| r.cpu);
+    println!(
+        "| mp4mux fragment-duration=2000 + hlssink | {sfc:.2} | {:.2} | {:.1} | {} |",
+        m(&stock_fmp4, |r| r.wall),
+        m(&stock_fmp4, |r| r.rss),
+        stock_fmp4[0].segments
+    );
     println!();
     println!("CPU ratio rshlssink / hlssink2: {:.2}", oc / sc);
     println!(
@@ -323,6 +352,10 @@ fn main() {
     println!(
         "CPU ratio rshlssink segment-format=fmp4 / hlssink2: {:.2}",
         fc / sc
+    );
+    println!(
+        "CPU ratio rshlssink segment-format=fmp4 / mp4mux fragment-duration + hlssink: {:.2}",
+        fc / sfc
     );
 }
 

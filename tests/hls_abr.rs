@@ -11,43 +11,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::abr::{RENDITIONS, abr_sources, assert_uploaded_multivariant};
 use common::hls::*;
+use common::origin::{Nginx, files_in};
 
 const FRAME: f64 = 1.0 / 30.0;
-
-/// The renditions: (width, height, kbit/s).
-const RENDITIONS: [(u32, u32, u32); 3] = [(640, 360, 800), (480, 270, 400), (320, 180, 200)];
-
-/// `frames` of 640x360@30 video (live or not) in three x264enc renditions into `h.video_0..2`
-/// and AAC into `h.audio_0`.
-fn abr_sources(live: bool, frames: Option<u32>) -> String {
-    let (num, audio_num) = match frames {
-        Some(f) => (
-            format!("num-buffers={f}"),
-            format!(
-                "num-buffers={}",
-                (f64::from(f) / 30.0 * 44100.0 / 1024.0).ceil()
-            ),
-        ),
-        None => (String::new(), String::new()),
-    };
-    let mut s = format!(
-        "videotestsrc is-live={live} {num} \
-         ! video/x-raw,width=640,height=360,framerate=30/1,format=I420 ! tee name=t "
-    );
-    for (i, (w, h, kbps)) in RENDITIONS.iter().enumerate() {
-        s += &format!(
-            "t. ! queue ! videoscale ! video/x-raw,width={w},height={h} \
-             ! x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} \
-             ! h264parse ! h.video_{i} "
-        );
-    }
-    s += &format!(
-        "audiotestsrc is-live={live} {audio_num} samplesperbuffer=1024 \
-         ! audio/x-raw,rate=44100 ! voaacenc ! aacparse ! h.audio_0"
-    );
-    s
-}
 
 /// The first stream's (codec, width, height, start time) of `kind` ("v" or "a") in `file`.
 fn first_stream(file: &str, kind: &str) -> (String, u32, u32, f64) {
@@ -339,6 +307,140 @@ fn the_server_serves_the_multivariant_stream() {
     assert!(playlists[0].segments.len() >= 2);
     // ffprobe through the multivariant playlist sees every variant and the audio.
     let probe = ffprobe(&format!("http://127.0.0.1:{port}/playlist.m3u8"), &[]);
+    let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
+    assert_eq!(h264, 3, "{probe:?}");
+    assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");
+}
+
+/// Uploaded to an HTTP origin (nginx WebDAV, PUT and DELETE): the multivariant playlist lists
+/// the uploaded media playlists, whose segments are there (expired ones deleted per rendition),
+/// and ffprobe plays the stream through the origin: three H.264 variants and the AAC group.
+#[test]
+fn the_multivariant_stream_uploads_to_an_http_origin() {
+    let nginx = Nginx::start();
+    run_sink(
+        &format!(
+            "location=http://127.0.0.1:{}/abr target-duration=1 playlist-length=3 max-files=4",
+            nginx.port
+        ),
+        &abr_sources(false, Some(240)),
+    );
+    let remote = nginx.www("abr");
+    let files = files_in(&remote);
+    assert_uploaded_multivariant(&remote, &files, 4);
+    let log = nginx.access_log();
+    for name in ["video_0", "video_1", "video_2", "audio_0"] {
+        assert!(
+            log.contains(&format!("\"PUT /abr/{name}.m3u8 HTTP/1.1\" 20")),
+            "{name}.m3u8 not PUT: {log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "\"DELETE /abr/{name}_segment00000.ts HTTP/1.1\" 204"
+            )),
+            "{name}'s first segment not deleted: {log}"
+        );
+    }
+    let probe = ffprobe(
+        &format!("http://127.0.0.1:{}/abr/playlist.m3u8", nginx.port),
+        &[],
+    );
+    let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
+    assert_eq!(h264, 3, "{probe:?}");
+    assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");
+}
+
+/// AES-128 with renditions: every rendition encrypts with keys of its own (`NAME_key00000.key`,
+/// rotated at the same sequence numbers), each segment decrypts with the key and IV its media
+/// playlist names, and ffprobe reads every variant and the whole multivariant stream.
+#[test]
+fn encrypted_renditions_each_have_their_own_keys() {
+    encrypted_renditions("");
+}
+
+#[test]
+fn encrypted_fmp4_renditions_each_have_their_own_keys() {
+    encrypted_renditions("segment-format=fmp4");
+}
+
+fn encrypted_renditions(props: &str) {
+    use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+    type Aes128CbcDec = cbc::Decryptor<aes::Aes128>;
+    let dir = TempDir::new("abr-aes");
+    run_sink(
+        &format!(
+            "location={} target-duration=1 playlist-type=vod encryption=aes-128 key-rotation=2 \
+             {props}",
+            dir.str()
+        ),
+        &abr_sources(false, Some(150)),
+    );
+    let mut first_keys = Vec::new();
+    for name in ["video_0", "video_1", "video_2", "audio_0"] {
+        let playlist = read_playlist(&dir.join(&format!("{name}.m3u8")));
+        assert!(playlist.segments.len() >= 4, "{name}: {playlist:?}");
+        let mut uris = Vec::new();
+        let mut key: Option<m3u8_rs::Key> = None;
+        for s in &playlist.segments {
+            if let Some(k) = &s.key {
+                key = Some(k.clone());
+            }
+            let k = key.as_ref().expect("a key for every segment");
+            assert_eq!(k.method, m3u8_rs::KeyMethod::AES128, "{name}");
+            let uri = k.uri.clone().unwrap();
+            assert!(uri.starts_with(&format!("{name}_key")), "{name}: {uri}");
+            if !uris.contains(&uri) {
+                uris.push(uri.clone());
+            }
+            let key_bytes: [u8; 16] = std::fs::read(dir.join(&uri))
+                .unwrap()
+                .try_into()
+                .expect("16-byte key");
+            let iv_hex = k.iv.as_deref().unwrap().trim_start_matches("0x");
+            let iv: [u8; 16] = (0..16)
+                .map(|i| u8::from_str_radix(&iv_hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
+            let data = std::fs::read(dir.join(&s.uri)).unwrap();
+            let plain = Aes128CbcDec::new(&key_bytes.into(), &iv.into())
+                .decrypt_padded_vec_mut::<Pkcs7>(&data)
+                .unwrap_or_else(|_| panic!("{} decrypts with {uri}", s.uri));
+            if props.contains("fmp4") {
+                assert_eq!(&plain[4..8], b"styp", "{}", s.uri);
+                assert_ne!(&data[4..8], b"styp", "{} is not encrypted", s.uri);
+            } else {
+                assert_eq!(plain[0], 0x47, "{}", s.uri);
+                assert!(
+                    (0..data.len() / 188).any(|i| data[i * 188] != 0x47),
+                    "{} is not encrypted",
+                    s.uri
+                );
+            }
+            if first_keys.len() < 4 && uris.len() == 1 && s.uri == playlist.segments[0].uri {
+                first_keys.push(key_bytes);
+            }
+        }
+        // key-rotation=2: a new key every two segments.
+        assert_eq!(
+            uris.len(),
+            playlist.segments.len().div_ceil(2),
+            "{name}: {uris:?}"
+        );
+        let probe = ffprobe(
+            &dir.join(&format!("{name}.m3u8")).to_string_lossy(),
+            &["-allowed_extensions", "ALL"],
+        );
+        assert_eq!(probe.streams.len(), 1, "{name}: {probe:?}");
+    }
+    // Four renditions, four different keys.
+    first_keys.sort();
+    first_keys.dedup();
+    assert_eq!(first_keys.len(), 4);
+    let probe = ffprobe(
+        &dir.join("playlist.m3u8").to_string_lossy(),
+        &["-allowed_extensions", "ALL"],
+    );
     let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
     assert_eq!(h264, 3, "{probe:?}");
     assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ChildGuard;
+use common::abr::{abr_sources, assert_uploaded_multivariant};
 use common::hls::*;
 use common::rtmp::{free_port, wait_listening};
 use gst::prelude::*;
@@ -223,6 +224,55 @@ fn a_stream_lands_in_the_bucket_as_a_local_run_writes_it() {
     assert_eq!(probe.streams, [("h264".to_string(), "video".to_string())]);
     // An expired segment is gone for S3 readers too.
     assert_eq!(s3.get("live/segment00000.ts").status, 404);
+}
+
+/// A multivariant stream in the bucket: the multivariant playlist, every rendition's media
+/// playlist (and I-frame playlist) and its segments (expired ones deleted per rendition),
+/// fetched back and read by ffprobe as a whole: three H.264 variants and the AAC group.
+#[test]
+fn a_multivariant_stream_lands_in_the_bucket() {
+    let s3 = S3s::start();
+    let p = s3_pipeline(
+        &s3.endpoint(),
+        "abr",
+        SECRET,
+        "target-duration=1 playlist-length=3 max-files=4 i-frame-playlist=true",
+        &abr_sources(false, Some(240)),
+    );
+    run_to_end(&p, Duration::from_secs(60)).expect("EOS");
+    let keys = s3.list("abr/");
+    let fetched = TempDir::new("fetched");
+    for name in &keys {
+        let o = s3.get(&format!("abr/{name}"));
+        assert_eq!(o.status, 200, "{name}");
+        if name.ends_with(".m3u8") {
+            assert_eq!(
+                o.header("content-type"),
+                Some("application/vnd.apple.mpegurl"),
+                "{name}"
+            );
+            assert_eq!(o.header("cache-control"), Some("no-cache"), "{name}");
+        }
+        std::fs::write(fetched.join(name), &o.body).unwrap();
+    }
+    assert_uploaded_multivariant(fetched.path(), &keys, 4);
+    let iframes: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.ends_with("-iframes.m3u8"))
+        .collect();
+    assert_eq!(
+        iframes,
+        [
+            "video_0-iframes.m3u8",
+            "video_1-iframes.m3u8",
+            "video_2-iframes.m3u8"
+        ]
+    );
+    assert_eq!(s3.get("abr/video_1_segment00000.ts").status, 404);
+    let probe = ffprobe(&fetched.join("playlist.m3u8").to_string_lossy(), &[]);
+    let h264 = probe.streams.iter().filter(|(c, _)| c == "h264").count();
+    assert_eq!(h264, 3, "{probe:?}");
+    assert!(probe.streams.iter().any(|(c, _)| c == "aac"), "{probe:?}");
 }
 
 #[test]

@@ -4,124 +4,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::ChildGuard;
 use common::hls::*;
+use common::origin::{Nginx, files_in};
+use common::rtmp::free_port;
 use gst::prelude::*;
-
-/// nginx with `dav_methods PUT DELETE` on 127.0.0.1, everything in a temporary directory.
-struct Nginx {
-    _child: ChildGuard,
-    dir: TempDir,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Nginx {
-    /// Configures nginx in a new directory for `port`, without starting it.
-    fn configure(port: u16) -> TempDir {
-        Nginx::configure_with(port, "", "")
-    }
-
-    /// With `listen_extra` after the listen address (e.g. "ssl") and `server_extra` directives.
-    fn configure_with(port: u16, listen_extra: &str, server_extra: &str) -> TempDir {
-        let dir = TempDir::new("nginx");
-        let d = dir.str();
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        let conf = format!(
-            "user root;\n\
-             worker_processes 1;\n\
-             pid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n\
-               log_format withconn '$remote_addr [$time_local] \"$request\" $status \
-                 connection=$connection';\n\
-               access_log {d}/access.log withconn;\n\
-               client_body_temp_path {d}/client_body;\n\
-               proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n\
-               uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port} {listen_extra};\n\
-                 {server_extra}\n\
-                 root {d}/www;\n\
-                 client_max_body_size 64m;\n\
-                 location /readonly/ {{ }}\n\
-                 location / {{\n\
-                   dav_methods PUT DELETE;\n\
-                   create_full_put_path on;\n\
-                   dav_access user:rw group:r all:r;\n\
-                 }}\n\
-               }}\n\
-             }}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        dir
-    }
-
-    fn start_in(dir: TempDir, port: u16) -> Nginx {
-        let d = dir.str();
-        let child = ChildGuard::spawn(Command::new("nginx").args([
-            "-p",
-            &d,
-            "-c",
-            &format!("{d}/nginx.conf"),
-            "-g",
-            "daemon off; master_process off;",
-        ]));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let up = wait_for(Duration::from_secs(10), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        assert!(up, "nginx did not start on port {port}: {log}");
-        Nginx {
-            _child: child,
-            dir,
-            port,
-        }
-    }
-
-    fn start() -> Nginx {
-        let port = free_port();
-        let dir = Nginx::configure(port);
-        Nginx::start_in(dir, port)
-    }
-
-    fn www(&self, sub: &str) -> PathBuf {
-        self.dir.join("www").join(sub)
-    }
-
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
-    }
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 const PROPS: &str = "target-duration=1 playlist-length=3 max-files=4";
 

@@ -9,6 +9,7 @@
 pub mod crypto;
 pub mod fmp4;
 pub mod http;
+pub mod iframes;
 pub mod location;
 pub mod multivariant;
 pub mod planner;

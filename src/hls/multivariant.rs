@@ -3,7 +3,8 @@
 //! BANDWIDTH is the peak segment bit rate of the variant (its audio rendition included),
 //! AVERAGE-BANDWIDTH the average over the segments. No GStreamer types here.
 //!
-//! Specifications: RFC 8216 §4.3.4.1 (EXT-X-MEDIA), §4.3.4.2 (EXT-X-STREAM-INF); RFC 8216bis §4.1
+//! Specifications: RFC 8216 §4.3.4.1 (EXT-X-MEDIA), §4.3.4.2 (EXT-X-STREAM-INF), §4.3.4.3
+//! (EXT-X-I-FRAME-STREAM-INF); RFC 8216bis §4.1
 //! (peak segment bit rate); RFC 6381 §3 (codecs parameter); ISO/IEC 14496-15 Annex E (avc1/hvc1
 //! strings); the AV1 codec ISO media file format binding §5 (av01).
 
@@ -211,6 +212,16 @@ pub struct Variant {
     /// Frames per second (num, den).
     pub frame_rate: Option<(i32, i32)>,
     pub bandwidth: Bandwidth,
+    /// Its I-frame playlist, if written: `EXT-X-I-FRAME-STREAM-INF`.
+    pub iframes: Option<IFrameVariant>,
+}
+
+/// An I-frame playlist of a variant (RFC 8216 §4.3.4.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IFrameVariant {
+    pub uri: String,
+    /// The peak bit rate of its I-frames (each I-frame's size over the time it stands for).
+    pub peak_bps: u64,
 }
 
 /// The group ID of the audio renditions.
@@ -261,6 +272,22 @@ pub fn render(variants: &[Variant], audio: &[AudioRendition]) -> String {
             (!audio.is_empty()).then_some(AUDIO_GROUP),
         );
         let _ = writeln!(out, "{}", v.uri);
+    }
+    // I-frame playlists, with the video's attributes (no audio in them).
+    for v in variants {
+        let Some(i) = &v.iframes else { continue };
+        let _ = write!(
+            out,
+            "#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={}",
+            i.peak_bps.max(1)
+        );
+        if let Some(c) = &v.codec {
+            let _ = write!(out, ",CODECS=\"{}\"", codec_string(c));
+        }
+        if let Some((w, h)) = v.resolution {
+            let _ = write!(out, ",RESOLUTION={w}x{h}");
+        }
+        let _ = writeln!(out, ",URI=\"{}\"", quoted(&i.uri));
     }
     out
 }
@@ -415,6 +442,10 @@ mod tests {
                 resolution: Some((640, 360)),
                 frame_rate: Some((30000, 1001)),
                 bandwidth: vb,
+                iframes: Some(IFrameVariant {
+                    uri: "video_0-iframes.m3u8".into(),
+                    peak_bps: 2_000_000,
+                }),
             }],
             &[AudioRendition {
                 name: "audio_\"0".into(),
@@ -428,14 +459,23 @@ mod tests {
             "#EXTM3U\n#EXT-X-INDEPENDENT-SEGMENTS\n\
              #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"audio_0\",DEFAULT=YES,AUTOSELECT=YES,URI=\"audio_0.m3u8\"\n\
              #EXT-X-STREAM-INF:BANDWIDTH=1064000,AVERAGE-BANDWIDTH=1064000,CODECS=\"avc1.64001E,mp4a.40.2\",RESOLUTION=640x360,FRAME-RATE=29.970,AUDIO=\"audio\"\n\
-             video_0.m3u8\n"
+             video_0.m3u8\n\
+             #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=2000000,CODECS=\"avc1.64001E\",RESOLUTION=640x360,URI=\"video_0-iframes.m3u8\"\n"
         );
         // m3u8-rs reads it as a master playlist with the same attributes.
         let parsed = m3u8_rs::parse_master_playlist_res(text.as_bytes()).expect("parses");
-        assert_eq!(parsed.variants.len(), 1);
+        assert_eq!(parsed.variants.len(), 2);
+        assert!(!parsed.variants[0].is_i_frame);
         assert_eq!(parsed.variants[0].bandwidth, 1_064_000);
         assert_eq!(parsed.variants[0].audio.as_deref(), Some("audio"));
         assert_eq!(parsed.alternatives.len(), 1);
+        let i = parsed
+            .variants
+            .iter()
+            .find(|v| v.is_i_frame)
+            .expect("I-frame variant");
+        assert_eq!(i.uri, "video_0-iframes.m3u8");
+        assert_eq!(i.bandwidth, 2_000_000);
     }
 
     #[test]

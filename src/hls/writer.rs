@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use super::crypto;
 use super::fmp4::{self, FragmentSegmenter, Sample, Track};
+use super::iframes::{self, IFrameEntry};
 use super::location::Pattern;
 use super::location::{Locations, playlist_uri, redact_location};
 use super::playlist::{Entry, PartEntry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
@@ -46,6 +47,9 @@ pub struct WriterConfig {
     /// Where fMP4 init segments go (`%d`: the sequence number of the first segment that uses
     /// it); None writes MPEG-TS.
     pub fmp4_init: Option<Pattern>,
+    /// Where the I-frame playlist goes (`EXT-X-I-FRAMES-ONLY`, byte ranges of the keyframes in
+    /// the segments, see [`super::iframes`]); None writes none. Not with encryption.
+    pub iframes: Option<String>,
 }
 
 /// The segmenter of the configured container.
@@ -126,6 +130,8 @@ pub struct Published {
     /// Size of the segment's media (before encryption), for measured bandwidths.
     pub bytes: u64,
     pub deleted: Vec<String>,
+    /// With an I-frame playlist: the peak bit rate of the segment's I-frames (0 without).
+    pub iframe_peak_bps: u64,
 }
 
 pub struct Writer {
@@ -148,6 +154,8 @@ pub struct Writer {
     /// (deleted one segment after the playlist stops listing them).
     open_parts: Vec<String>,
     part_files: VecDeque<(u64, Vec<String>)>,
+    /// The I-frames of the segments in the playlist, by sequence number.
+    iframes: VecDeque<(u64, Vec<IFrameEntry>)>,
 }
 
 /// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
@@ -231,6 +239,7 @@ impl Writer {
             anchor: None,
             open_parts: Vec::new(),
             part_files: VecDeque::new(),
+            iframes: VecDeque::new(),
             config,
         }
     }
@@ -444,6 +453,7 @@ impl Writer {
             self.playlist.end();
             log::debug!("end of stream: the playlist gets EXT-X-ENDLIST");
             self.put_playlist()?;
+            self.put_iframes()?;
         }
         Ok(published)
     }
@@ -569,6 +579,7 @@ impl Writer {
         let sequence = self.playlist.next_sequence();
         let location = self.config.locations.segment.format(sequence);
         let plain_bytes = seg.data.len();
+        let iframe_entries = self.scan_iframes(&seg);
         let (data, key) = if self.config.encryption.is_some() {
             self.next_key()?;
             let k = self.key.as_mut().expect("a key after next_key");
@@ -643,6 +654,11 @@ impl Writer {
             init_location,
         });
         self.put_playlist()?;
+        let iframe_peak_bps = iframe_entries.as_deref().map_or(0, iframes::peak_bps);
+        if let Some(entries) = iframe_entries {
+            self.iframes.push_back((sequence, entries));
+            self.put_iframes()?;
+        }
         let mut deleted = self.expire()?;
         deleted.extend(self.expire_parts(sequence)?);
         Ok(Published {
@@ -651,6 +667,70 @@ impl Writer {
             duration_s,
             bytes: plain_bytes as u64,
             deleted,
+            iframe_peak_bps,
+        })
+    }
+
+    /// With an I-frame playlist: the I-frames of `seg` (before encryption, which an I-frame
+    /// playlist does not go with).
+    fn scan_iframes(&self, seg: &Segment) -> Option<Vec<IFrameEntry>> {
+        self.config.iframes.as_ref()?;
+        let duration_s = seg.duration_ns as f64 / 1e9;
+        let (frames, timescale) = match &self.segmenter {
+            Cutter::Ts(_) => (iframes::scan_ts(&seg.data), iframes::TS_TIMESCALE),
+            Cutter::Fmp4(_) => {
+                let video = self.tracks.iter().position(|t| t.entry.is_video())?;
+                let id = u32::try_from(video + 1).ok()?;
+                (
+                    iframes::scan_fmp4(&seg.data, id),
+                    self.tracks[video].timescale,
+                )
+            }
+        };
+        let entries = iframes::entries(&frames, timescale, duration_s);
+        log::trace!(
+            "{} I-frames in the segment ({})",
+            entries.len(),
+            entries
+                .iter()
+                .map(|e| format!("{}@{} {:.3} s", e.length, e.offset, e.duration_s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Some(entries)
+    }
+
+    /// Writes the I-frame playlist: the entries of the segments the playlist lists.
+    fn put_iframes(&mut self) -> Result<(), StoreError> {
+        let Some(location) = self.config.iframes.clone() else {
+            return Ok(());
+        };
+        let media = self.playlist.to_media_playlist();
+        while self
+            .iframes
+            .front()
+            .is_some_and(|(s, _)| *s < media.media_sequence)
+        {
+            self.iframes.pop_front();
+        }
+        let list = &self.iframes;
+        let playlist = iframes::playlist(&media, |seq| {
+            list.iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, e)| e.as_slice())
+        });
+        let mut data = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = playlist.write_to(&mut data);
+        log::trace!(
+            "I-frame playlist {}: {} entries",
+            redact_location(&location),
+            playlist.segments.len()
+        );
+        self.output.submit(Job::Put {
+            location,
+            kind: FileKind::Playlist,
+            data: Arc::new(data),
         })
     }
 
@@ -803,6 +883,7 @@ mod tests {
                 split_on: SplitOn::Keyframes,
             },
             fmp4_init: None,
+            iframes: None,
         };
         (Writer::new(config, output), store)
     }

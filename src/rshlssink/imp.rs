@@ -28,8 +28,9 @@ use super::builtin::{self, Builtin};
 use super::output::OutputSink;
 use super::{Encryption, Muxer, PlaylistType, SegmentFormat};
 use crate::hls::http::{HttpConfig, HttpServer};
+use crate::hls::iframes;
 use crate::hls::location::{self, Locations};
-use crate::hls::multivariant::{self, AudioRendition, Bandwidth, Codec, Variant};
+use crate::hls::multivariant::{self, AudioRendition, Bandwidth, Codec, IFrameVariant, Variant};
 use crate::hls::planner::{KeyframeRequest, Planner};
 use crate::hls::playlist::{PlaylistConfig, PlaylistKind};
 use crate::hls::s3::{S3Config, S3Settings, S3Store};
@@ -193,6 +194,11 @@ struct Settings {
     init_location: String,
     /// LL-HLS part duration in seconds; 0: off.
     part_duration: f64,
+    /// Write an I-frame playlist beside each (video) media playlist.
+    i_frame_playlist: bool,
+    /// Put before the key files' names (`NAME_key00000.key`): a rendition's, so that the
+    /// renditions' keys never share a name. Not a property.
+    key_name_prefix: String,
 }
 
 /// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
@@ -234,6 +240,8 @@ impl Default for Settings {
             segment_format: SegmentFormat::Mpegts,
             init_location: DEFAULT_INIT_LOCATION.into(),
             part_duration: 0.0,
+            i_frame_playlist: false,
+            key_name_prefix: String::new(),
         }
     }
 }
@@ -293,6 +301,10 @@ struct Rendition {
     /// Where its media playlist is, for the multivariant playlist's URI.
     playlist: String,
     bandwidth: Bandwidth,
+    /// It writes an I-frame playlist (`i-frame-playlist`, video), and the peak bit rate of its
+    /// I-frames so far.
+    iframes: bool,
+    iframe_peak_bps: u64,
 }
 
 #[derive(Default)]
@@ -323,6 +335,12 @@ impl RsHlsSink {
             |e| gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e));
         let mut locations =
             location::resolve(&settings.location, &settings.playlist_location).map_err(invalid)?;
+        if !settings.key_name_prefix.is_empty() {
+            let dir = location::parent(locations.key.prefix());
+            let name = format!("{}key%05d.key", settings.key_name_prefix);
+            locations.key =
+                location::Pattern::parse(&location::join(dir, &name)).map_err(invalid)?;
+        }
         if settings.segment_format == SegmentFormat::Fmp4 {
             // The default names end in .m4s; a pattern the application gave stays as it is.
             let segment = if settings.location == DEFAULT_LOCATION {
@@ -428,6 +446,12 @@ impl RsHlsSink {
         } else {
             None
         };
+        if settings.i_frame_playlist && settings.encryption != Encryption::None {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("i-frame-playlist cannot be combined with encryption (byte ranges of encrypted segments)")
+            ));
+        }
         self.builtin.lock().unwrap().set_fmp4(fmp4);
         let config = WriterConfig {
             locations: locations.clone(),
@@ -452,6 +476,9 @@ impl RsHlsSink {
                 },
             },
             fmp4_init,
+            iframes: settings
+                .i_frame_playlist
+                .then(|| iframes::iframes_location(&locations.playlist)),
         };
         let init_prefix = config.fmp4_init.as_ref().map(|p| p.prefix().to_owned());
         let (store, output_config) = self.make_store(&locations)?;
@@ -585,6 +612,8 @@ impl RsHlsSink {
             child,
             playlist: String::new(),
             bandwidth: Bandwidth::new(0.0),
+            iframes: false,
+            iframe_peak_bps: 0,
         });
         drop(mv);
         ghost.set_active(true).ok()?;
@@ -601,12 +630,6 @@ impl RsHlsSink {
     /// `NAME_` + the segment (and init segment) names beside the segments.
     fn start_multivariant(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if settings.encryption != Encryption::None {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("encryption is not supported with renditions (video_%u/audio_%u pads) yet")
-            ));
-        }
         let locations = Self::locations(&settings)?;
         let fmp4 = settings.segment_format == SegmentFormat::Fmp4;
         let segment_name = if settings.location == DEFAULT_LOCATION
@@ -634,6 +657,13 @@ impl RsHlsSink {
                 &format!("{}_{}", r.name, location::basename(init)),
             );
             s.http_port = -1;
+            // Each rendition its own keys (rotated at the same sequence numbers, as the
+            // segments are aligned): `NAME_key00000.key`.
+            s.key_name_prefix = format!("{}_", r.name);
+            // Audio renditions have no I-frames.
+            s.i_frame_playlist &= r.video;
+            r.iframes = s.i_frame_playlist;
+            r.iframe_peak_bps = 0;
             r.playlist = s.playlist_location.clone();
             r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
             let child = r.child.imp();
@@ -677,6 +707,9 @@ impl RsHlsSink {
             return;
         };
         r.bandwidth.add(bytes, duration);
+        r.iframe_peak_bps = r
+            .iframe_peak_bps
+            .max(s.get::<u64>("i-frame-bitrate").unwrap_or(0));
         if mv.renditions.iter().any(|r| r.bandwidth.segments == 0) {
             return;
         }
@@ -701,6 +734,10 @@ impl RsHlsSink {
                         .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
                         .map(|f| (f.numer(), f.denom())),
                     bandwidth: r.bandwidth.clone(),
+                    iframes: r.iframes.then(|| IFrameVariant {
+                        uri: location::playlist_uri(root, &iframes::iframes_location(&r.playlist)),
+                        peak_bps: r.iframe_peak_bps,
+                    }),
                 });
             } else {
                 audio.push(AudioRendition {
@@ -1062,6 +1099,7 @@ impl RsHlsSink {
             .field("duration", p.duration_s)
             .field("bytes", p.bytes)
             .field("deleted", gst::List::new(deleted))
+            .field("i-frame-bitrate", p.iframe_peak_bps)
             .build();
         let obj = self.obj();
         let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
@@ -1296,6 +1334,15 @@ impl ObjectImpl for RsHlsSink {
                     .maximum(10.0)
                     .default_value(0.0)
                     .build(),
+                glib::ParamSpecBoolean::builder("i-frame-playlist")
+                    .nick("I-frame playlist")
+                    .blurb(
+                        "Also write an I-frame playlist (EXT-X-I-FRAMES-ONLY: each keyframe as a byte \
+                         range of its segment) beside each video media playlist, NAME-iframes.m3u8; \
+                         with renditions it is listed as EXT-X-I-FRAME-STREAM-INF. Not with encryption",
+                    )
+                    .default_value(false)
+                    .build(),
                 glib::ParamSpecBoolean::builder("program-date-time")
                     .nick("Program date time")
                     .blurb("Write EXT-X-PROGRAM-DATE-TIME (wall-clock time of each segment's start)")
@@ -1471,6 +1518,7 @@ impl ObjectImpl for RsHlsSink {
             }
             "playlist-type" => s.playlist_type = value.get().expect("type checked"),
             "program-date-time" => s.program_date_time = value.get().expect("type checked"),
+            "i-frame-playlist" => s.i_frame_playlist = value.get().expect("type checked"),
             "part-duration" => s.part_duration = value.get().expect("type checked"),
             "encryption" => s.encryption = value.get().expect("type checked"),
             "key-rotation" => s.key_rotation = value.get().expect("type checked"),
@@ -1534,6 +1582,7 @@ impl ObjectImpl for RsHlsSink {
             "send-keyframe-requests" => s.send_keyframe_requests.to_value(),
             "playlist-type" => s.playlist_type.to_value(),
             "program-date-time" => s.program_date_time.to_value(),
+            "i-frame-playlist" => s.i_frame_playlist.to_value(),
             "part-duration" => s.part_duration.to_value(),
             "encryption" => s.encryption.to_value(),
             "key-rotation" => s.key_rotation.to_value(),

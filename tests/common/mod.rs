@@ -1,7 +1,9 @@
 //! Test harness shared by the integration tests: our elements in-process, real peers (ffprobe,
 //! gst-launch-1.0 with the stock C elements) as child processes, every wait bounded, loopback only.
 #![allow(dead_code)]
+pub mod abr;
 pub mod hls;
+pub mod origin;
 pub mod rtmp;
 pub mod serversrc;
 pub mod stock;
