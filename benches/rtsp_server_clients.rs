@@ -20,7 +20,8 @@
 //! `libgstlivestreaming.so`, copied aside before changing the code; BENCH_SERVERS then defaults
 //! to ours,baseline): the same run tells whether a change helped, which two runs on this
 //! shared machine cannot. BENCH_UDP_GRO=0 turns off `UDP_GRO` on the generator's sockets (on by
-//! default: see loadgen's `Config::udp_gro`).
+//! default: see loadgen's `Config::udp_gro`). BENCH_CLIENT_READ_MS=N makes the generator read
+//! every N ms instead of whenever data arrives (see loadgen's `Config::read_interval`).
 //! Under `cargo test` (no `--bench`) it is a smoke run: 3 clients over TCP and over UDP for 2 s
 //! per server, with BENCH_INPUT=h264 unless set, and every client of rtspserversink must receive
 //! the full rate without a gap.
@@ -152,6 +153,16 @@ fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) 
     }
 }
 
+/// BENCH_CLIENT_READ_MS=N: the generator reads every N ms (see loadgen's `Config::read_interval`).
+fn read_interval() -> Duration {
+    Duration::from_millis(
+        std::env::var("BENCH_CLIENT_READ_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
 /// BENCH_UDP_GRO=0 makes the generator's UDP sockets take datagrams one by one.
 fn udp_gro() -> bool {
     std::env::var("BENCH_UDP_GRO").map_or(true, |v| v != "0")
@@ -171,6 +182,7 @@ fn measure(setup: &Setup, server: Server, transport: Transport, n: usize, second
         transport,
         concurrent_setups: 32,
         udp_gro: udp_gro(),
+        read_interval: read_interval(),
     });
     // Every session set up and past its first keyframe (one every 2 s), then a second more.
     lg.wait_receiving(Duration::from_secs(30 + n as u64 / 20));
@@ -284,6 +296,7 @@ fn generator_only(args: &[String]) {
         transport,
         concurrent_setups: 32,
         udp_gro: udp_gro(),
+        read_interval: read_interval(),
     });
     let receiving = lg.wait_receiving(Duration::from_secs(30 + clients as u64 / 20));
     println!("{receiving} of {clients} sessions receiving; measuring {seconds} s");

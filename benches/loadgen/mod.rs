@@ -52,6 +52,11 @@ pub struct Config {
     /// that cutting runs on the sender's CPU and is billed to the server under test; on a
     /// real network it is the client machine's, or its NIC's).
     pub udp_gro: bool,
+    /// Zero: the generator reads whenever data arrives (it sleeps in `epoll_wait` between, so
+    /// over loopback the server's writes wake it up, on the server's CPU). Otherwise it reads
+    /// every this often, as clients on a busy machine (or with interrupt coalescing) do: data
+    /// arriving meanwhile only queues, and the wake-ups are the client machines' cost again.
+    pub read_interval: Duration,
 }
 
 /// What one session has seen. Written by the generator's thread, read by anyone.
@@ -370,7 +375,21 @@ async fn run(
             }
         });
     }
+    // Paced reading: the thread sleeps between rounds instead of waiting for data; each round
+    // (the task yields to the I/O driver) runs every session with data.
+    let pacer = (!config.read_interval.is_zero()).then(|| {
+        let interval = config.read_interval;
+        tokio::spawn(async move {
+            loop {
+                std::thread::sleep(interval);
+                tokio::task::yield_now().await;
+            }
+        })
+    });
     while tasks.join_next().await.is_some() {}
+    if let Some(p) = pacer {
+        p.abort();
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(20);
