@@ -1,7 +1,7 @@
 //! Low-Latency HLS (`part-duration` with `segment-format=fmp4`) from the element's own server:
 //! blocking playlist reloads (`_HLS_msn`/`_HLS_part`: held until the part exists, answered then,
 //! not before, within a bound; too far ahead refused), a preload-hinted part requested before
-//! it exists, delta updates (`_HLS_skip=YES`) read by m3u8-rs, and ffprobe still reading the
+//! it is complete (streamed as it is written, chunked, the same bytes as its file), delta updates (`_HLS_skip=YES`) read by m3u8-rs, and ffprobe still reading the
 //! output. (hls.js in `lowLatencyMode` and its latency: tests/hls_browser.rs.)
 
 mod common;
@@ -23,6 +23,73 @@ fn get(port: u16, path: &str) -> (u16, Vec<u8>, Duration) {
 fn position(body: &[u8]) -> PlaylistPosition {
     PlaylistPosition::parse(body)
         .unwrap_or_else(|| panic!("no LL-HLS playlist: {}", String::from_utf8_lossy(body)))
+}
+
+/// A GET read as HTTP/1.1 chunked transfer coding: each data chunk with when it came (after
+/// the request was sent) and whether `file` existed then.
+struct Streamed {
+    status: u16,
+    transfer_encoding: Option<String>,
+    content_length: bool,
+    body: Vec<u8>,
+    chunks: Vec<(Duration, bool)>,
+    took: Duration,
+}
+
+fn stream_chunked(port: u16, path: &str, file: &std::path::Path) -> Streamed {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = Instant::now();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("response head");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push(line.trim_end().to_owned());
+    }
+    let status = head[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    let field = |name: &str| {
+        head.iter().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let transfer_encoding = field("transfer-encoding");
+    let content_length = field("content-length").is_some();
+    let (mut body, mut chunks) = (Vec::new(), Vec::new());
+    if transfer_encoding.as_deref() == Some("chunked") {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            let mut data = vec![0; n + 2];
+            r.read_exact(&mut data).expect("chunk data");
+            if n == 0 {
+                break;
+            }
+            chunks.push((start.elapsed(), file.exists()));
+            body.extend_from_slice(&data[..n]);
+        }
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    Streamed {
+        status,
+        transfer_encoding,
+        content_length,
+        body,
+        chunks,
+        took: start.elapsed(),
+    }
 }
 
 #[test]
@@ -81,14 +148,62 @@ fn blocking_reloads_hinted_parts_and_delta_updates() {
     assert_eq!(get(port, "/playlist.m3u8?_HLS_part=1").0, 400);
     assert_eq!(get(port, "/playlist.m3u8?_HLS_msn=x").0, 400);
 
-    // The preload-hinted part before it exists: held, then served.
+    // The preload-hinted part: answered at once, its bytes streamed as they are written
+    // (chunked), the body identical to the part's file. Timing on a busy machine varies: one of
+    // a few tries must show bytes that came before the file existed, spread over the part.
+    let mut streamed_early = false;
+    for _ in 0..5 {
+        let (_, body, _) = get(port, "/playlist.m3u8");
+        let hint = position(&body).preload_hint.expect("a preload hint");
+        let file = live.dir.join(&hint);
+        let s = stream_chunked(port, &format!("/{hint}"), &file);
+        assert_eq!(s.status, 200, "{hint}");
+        assert_eq!(s.transfer_encoding.as_deref(), Some("chunked"), "{hint}");
+        assert!(
+            !s.content_length,
+            "{hint}: Content-Length on a streamed part"
+        );
+        assert_eq!(&s.body[4..8], b"moof", "{hint}");
+        let written = std::fs::read(&file).expect("the part's file after its stream ended");
+        assert!(
+            s.body == written,
+            "{hint}: streamed bytes differ from the file"
+        );
+        assert!(s.took < Duration::from_secs(3), "{:?}", s.took);
+        let first = s.chunks.first().expect("data chunks");
+        let last = s.chunks.last().unwrap();
+        eprintln!(
+            "{hint}: {} bytes in {} chunks, first after {:?} (file existed: {}), last after {:?}",
+            s.body.len(),
+            s.chunks.len(),
+            first.0,
+            first.1,
+            last.0
+        );
+        if !first.1 && s.chunks.len() > 1 && last.0 - first.0 >= Duration::from_millis(50) {
+            streamed_early = true;
+            break;
+        }
+    }
+    assert!(
+        streamed_early,
+        "no hinted part was streamed before its file was written"
+    );
+    // curl decodes the chunked answer to the same bytes.
     let (_, body, _) = get(port, "/playlist.m3u8");
     let hint = position(&body).preload_hint.expect("a preload hint");
-    assert!(!live.dir.join(&hint).exists(), "{hint} exists already");
-    let (status, body, took) = get(port, &format!("/{hint}"));
-    assert_eq!(status, 200, "{hint}");
-    assert_eq!(&body[4..8], b"moof", "{hint}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    let out = live.dir.join("curl.m4s");
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port}/{hint}"))
+        .status()
+        .expect("curl");
+    assert!(curl.success(), "curl {hint}: {curl}");
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(live.dir.join(&hint)).unwrap(),
+        "curl's copy of {hint} differs from the file"
+    );
     // Any other part that does not exist is not held: 404 at once.
     let (status, _, took) = get(port, "/segment99999.0.m4s");
     assert_eq!(status, 404);

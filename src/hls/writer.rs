@@ -148,6 +148,9 @@ pub struct Writer {
     /// (deleted one segment after the playlist stops listing them).
     open_parts: Vec<String>,
     part_files: VecDeque<(u64, Vec<String>)>,
+    /// LL-HLS with the built-in server: the part being filled and how many of its bytes were
+    /// handed to the output ([`Job::Grow`]) so far.
+    streaming: Option<(String, usize)>,
 }
 
 /// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
@@ -231,6 +234,7 @@ impl Writer {
             anchor: None,
             open_parts: Vec::new(),
             part_files: VecDeque::new(),
+            streaming: None,
             config,
         }
     }
@@ -249,6 +253,16 @@ impl Writer {
         self.playlist
             .set_part_target((part_ns > 0).then(|| part_ns as f64 / 1e9));
         true
+    }
+
+    /// LL-HLS with the built-in server (`on`): the part being filled is written as it fills, a
+    /// fragment per video frame (see [`FragmentSegmenter::set_chunked`]), and its bytes are
+    /// handed to the server ([`Job::Grow`]), which streams them to a request for the
+    /// preload-hinted part. Without a server parts are one fragment each.
+    pub fn set_part_streaming(&mut self, on: bool) {
+        if let Cutter::Fmp4(f) = &mut self.segmenter {
+            f.set_chunked(on && self.output.serves());
+        }
     }
 
     /// Publishes the parts the segmenter finished, then `seg` (which they may end) or, with
@@ -292,10 +306,50 @@ impl Writer {
             None => {
                 if any {
                     self.put_playlist()?;
+                } else {
+                    self.stream_open_part()?;
                 }
                 Ok(None)
             }
         }
+    }
+
+    /// Hands the output the bytes of the part being filled that it does not have yet (none for
+    /// a part just begun: it becomes known to the server), for the built-in server to stream.
+    fn stream_open_part(&mut self) -> Result<(), StoreError> {
+        let Cutter::Fmp4(f) = &self.segmenter else {
+            return Ok(());
+        };
+        if !f.is_chunked() {
+            return Ok(());
+        }
+        let Some((index, bytes)) = f.open_part() else {
+            return Ok(());
+        };
+        let sequence = self.playlist.next_sequence();
+        let location = part_location(&self.config.locations.segment.format(sequence), index);
+        let sent = match &self.streaming {
+            Some((l, sent)) if *l == location => *sent,
+            _ => {
+                log::trace!(
+                    "part {sequence}.{index} begins: served as it is written ({} bytes so far)",
+                    bytes.len()
+                );
+                self.output.submit(Job::Grow {
+                    location: location.clone(),
+                    data: Arc::new(Vec::new()),
+                })?;
+                0
+            }
+        };
+        if let Some(new) = bytes.get(sent..).filter(|b| !b.is_empty()) {
+            self.output.submit(Job::Grow {
+                location: location.clone(),
+                data: Arc::new(new.to_vec()),
+            })?;
+        }
+        self.streaming = Some((location, bytes.len().max(sent)));
+        Ok(())
     }
 
     pub fn playlist(&self) -> &Playlist {
@@ -459,6 +513,8 @@ impl Writer {
 
     fn put_playlist(&mut self) -> Result<(), StoreError> {
         if self.playlist.part_target().is_some() {
+            // Before the playlist that hints it: a request for the hint finds it being written.
+            self.stream_open_part()?;
             // The part being filled: the next one to be published (never skipped, see
             // FragmentSegmenter::open_part_index).
             let hint = match &self.segmenter {

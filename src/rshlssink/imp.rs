@@ -193,6 +193,8 @@ struct Settings {
     init_location: String,
     /// LL-HLS part duration in seconds; 0: off.
     part_duration: f64,
+    /// A rendition's inner sink whose parent serves HTTP (no property).
+    served: bool,
 }
 
 /// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
@@ -234,6 +236,7 @@ impl Default for Settings {
             segment_format: SegmentFormat::Mpegts,
             init_location: DEFAULT_INIT_LOCATION.into(),
             part_duration: 0.0,
+            served: false,
         }
     }
 }
@@ -506,11 +509,19 @@ impl RsHlsSink {
                     ("part-duration (LL-HLS parts) needs segment-format=fmp4 and no encryption")
                 ));
             }
+            // A rendition is served by its parent's server (`served`).
+            let served = settings.http_port >= 0 || settings.served;
+            writer.set_part_streaming(served);
             gst::info!(
                 CAT,
                 imp = self,
-                "LL-HLS: parts of {} s",
-                settings.part_duration
+                "LL-HLS: parts of {} s{}",
+                settings.part_duration,
+                if served {
+                    ", the part being filled served as it is written"
+                } else {
+                    ""
+                }
             );
         }
         *self.writer.lock().unwrap() = Some(writer);
@@ -634,6 +645,7 @@ impl RsHlsSink {
                 &format!("{}_{}", r.name, location::basename(init)),
             );
             s.http_port = -1;
+            s.served = settings.http_port >= 0;
             r.playlist = s.playlist_location.clone();
             r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
             let child = r.child.imp();
