@@ -272,3 +272,75 @@ fn blocking_reloads_hinted_parts_and_delta_updates() {
     );
     drop(live);
 }
+
+/// EXT-X-RENDITION-REPORT: with renditions, each LL-HLS media playlist reports where the other
+/// rendition is (LAST-MSN/LAST-PART), fresh: a part the other's playlist lists among its last
+/// ones, which a blocking request for it gets at once.
+#[test]
+fn renditions_report_each_other() {
+    common::init();
+    let sources = "videotestsrc is-live=true \
+         ! video/x-raw,width=320,height=180,framerate=30/1 ! tee name=t \
+         t. ! queue ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
+         ! h264parse ! h.video_0 \
+         t. ! queue ! videoscale ! video/x-raw,width=160,height=90 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! h.video_1";
+    let live = serve_live_waiting_for("llabr", LL, sources, "video_1.m3u8");
+    let port = live.port;
+    for (me, other) in [("video_0", "video_1"), ("video_1", "video_0")] {
+        let (status, body, _) = get(port, &format!("/{me}.m3u8"));
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body.clone()).unwrap();
+        m3u8_rs::parse_media_playlist_res(&body).expect("m3u8-rs reads the playlist");
+        let reports: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-RENDITION-REPORT:"))
+            .collect();
+        assert_eq!(reports.len(), 1, "{me}: {text}");
+        let attr = |name: &str| {
+            reports[0]
+                .split(',')
+                .find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{me}: no {name} in {}", reports[0]))
+                .to_owned()
+        };
+        assert_eq!(attr("URI"), format!("\"{other}.m3u8\""));
+        let msn: u64 = attr("LAST-MSN").parse().unwrap();
+        let part: u64 = attr("LAST-PART").parse().unwrap();
+        // The other rendition's playlist, right after: the reported part is among its last.
+        let t0 = Instant::now();
+        let (status, body, _) = get(
+            port,
+            &format!("/{other}.m3u8?_HLS_msn={msn}&_HLS_part={part}"),
+        );
+        let took = t0.elapsed();
+        assert_eq!(status, 200);
+        assert!(
+            took < Duration::from_millis(150),
+            "held {took:?}: a stale report"
+        );
+        let other_text = String::from_utf8(body).unwrap();
+        let parts: Vec<&str> = other_text
+            .lines()
+            .filter(|l| l.starts_with("#EXT-X-PART:"))
+            .collect();
+        let name = format!("\"{other}_segment{msn:05}.{part}.m4s\"");
+        let at = parts
+            .iter()
+            .position(|l| l.contains(&name))
+            .unwrap_or_else(|| panic!("{me} reports {name}, not in {other_text}"));
+        assert!(
+            at + 4 >= parts.len(),
+            "{me} reports {name}, part {at} of the {} listed",
+            parts.len()
+        );
+        eprintln!(
+            "{me} reports {other} at {msn}.{part}, part {at} of the {} listed",
+            parts.len()
+        );
+    }
+    // The multivariant playlist itself carries no report.
+    let (_, master, _) = get(port, "/playlist.m3u8");
+    assert!(!String::from_utf8_lossy(&master).contains("RENDITION-REPORT"));
+    drop(live);
+}

@@ -22,7 +22,9 @@ use super::crypto;
 use super::fmp4::{self, FragmentSegmenter, Sample, Track};
 use super::location::Pattern;
 use super::location::{Locations, playlist_uri, redact_location};
-use super::playlist::{Entry, PartEntry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
+use super::playlist::{
+    Entry, PartEntry, Playlist, PlaylistConfig, PlaylistKind, RenditionReports, SegmentKey,
+};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
 use super::store::{FileKind, Job, Output, StoreError};
 
@@ -151,6 +153,9 @@ pub struct Writer {
     /// LL-HLS with the built-in server: the part being filled and how many of its bytes were
     /// handed to the output ([`Job::Grow`]) so far.
     streaming: Option<(String, usize)>,
+    /// A rendition of a multivariant stream: every rendition's position, and this one's
+    /// playlist URI in it.
+    reports: Option<(Arc<RenditionReports>, String)>,
 }
 
 /// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
@@ -235,6 +240,7 @@ impl Writer {
             open_parts: Vec::new(),
             part_files: VecDeque::new(),
             streaming: None,
+            reports: None,
             config,
         }
     }
@@ -263,6 +269,13 @@ impl Writer {
         if let Cutter::Fmp4(f) = &mut self.segmenter {
             f.set_chunked(on && self.output.serves());
         }
+    }
+
+    /// A rendition of a multivariant stream, whose media playlist is `uri` in `reports`: its
+    /// LL-HLS playlists report where the other renditions are (EXT-X-RENDITION-REPORT), and
+    /// where it is goes into `reports` for theirs.
+    pub fn set_rendition_reports(&mut self, reports: Arc<RenditionReports>, uri: String) {
+        self.reports = Some((reports, uri));
     }
 
     /// Publishes the parts the segmenter finished, then `seg` (which they may end) or, with
@@ -533,6 +546,12 @@ impl Writer {
                 )
             });
             self.playlist.set_preload_hint(hint);
+            if let Some((reports, uri)) = &self.reports {
+                if let Some(last) = self.playlist.last_part() {
+                    reports.update(uri, last);
+                }
+                self.playlist.set_rendition_reports(reports.others(uri));
+            }
             if self.output.serves() {
                 // For the built-in server's `_HLS_skip=YES` requests; written before the
                 // playlist, so a blocking request that sees the playlist finds it too.

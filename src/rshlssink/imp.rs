@@ -279,6 +279,9 @@ pub struct RsHlsSink {
     input: Mutex<InputState>,
     /// What the built-in server may serve; a rendition's inner rshlssink shares its parent's.
     published: Mutex<Arc<Published>>,
+    /// A rendition's inner rshlssink: every rendition's position (EXT-X-RENDITION-REPORT), and
+    /// its own playlist's name in it.
+    reports: Mutex<Option<(Arc<crate::hls::playlist::RenditionReports>, String)>>,
     http: Mutex<Option<HttpServer>>,
     /// `video_%u` / `audio_%u` pads: renditions and the multivariant playlist.
     multivariant: Mutex<MultivariantState>,
@@ -512,6 +515,9 @@ impl RsHlsSink {
             // A rendition is served by its parent's server (`served`).
             let served = settings.http_port >= 0 || settings.served;
             writer.set_part_streaming(served);
+            if let Some((reports, uri)) = self.reports.lock().unwrap().clone() {
+                writer.set_rendition_reports(reports, uri);
+            }
             gst::info!(
                 CAT,
                 imp = self,
@@ -635,7 +641,12 @@ impl RsHlsSink {
         let playlist_dir = location::parent(&locations.playlist);
         let published = self.published.lock().unwrap().clone();
         let mut mv = self.multivariant.lock().unwrap();
+        let report_uri = |r: &Rendition| format!("{}.m3u8", r.name);
+        let reports = Arc::new(crate::hls::playlist::RenditionReports::new(
+            mv.renditions.iter().map(report_uri),
+        ));
         for r in &mut mv.renditions {
+            *r.child.imp().reports.lock().unwrap() = Some((reports.clone(), report_uri(r)));
             let mut s = settings.clone();
             s.location = location::join(segment_dir, &format!("{}_{}", r.name, segment_name));
             s.playlist_location = location::join(playlist_dir, &format!("{}.m3u8", r.name));
