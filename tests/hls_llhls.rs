@@ -1,8 +1,10 @@
-//! Low-Latency HLS (`part-duration` with `segment-format=fmp4`) from the element's own server:
-//! blocking playlist reloads (`_HLS_msn`/`_HLS_part`: held until the part exists, answered then,
-//! not before, within a bound; too far ahead refused), a preload-hinted part requested before
-//! it is complete (streamed as it is written, chunked, the same bytes as its file), delta updates (`_HLS_skip=YES`) read by m3u8-rs, and ffprobe still reading the
-//! output. (hls.js in `lowLatencyMode` and its latency: tests/hls_browser.rs.)
+//! Low-Latency HLS (`part-duration`) from the element's own server: blocking playlist reloads
+//! (`_HLS_msn`/`_HLS_part`: held until the part exists, answered then, not before, within a
+//! bound; too far ahead refused), a preload-hinted part requested before it is complete
+//! (streamed as it is written, chunked, the same bytes as its file), delta updates
+//! (`_HLS_skip=YES`) read by m3u8-rs, ffprobe still reading the output, EXT-X-RENDITION-REPORT
+//! with renditions, and MPEG-TS parts. (hls.js in `lowLatencyMode` and its latency:
+//! tests/hls_browser.rs.)
 
 mod common;
 
@@ -342,5 +344,127 @@ fn renditions_report_each_other() {
     // The multivariant playlist itself carries no report.
     let (_, master, _) = get(port, "/playlist.m3u8");
     assert!(!String::from_utf8_lossy(&master).contains("RENDITION-REPORT"));
+    drop(live);
+}
+
+/// Video packets (frames) ffprobe demuxes from `file`, or None when it cannot read it.
+fn video_packets(file: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "30",
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_packets",
+            "-select_streams",
+            "v:0",
+        ])
+        .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The first line: a TS input lists its streams under its program too.
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(',');
+    out.status.success().then(|| first.parse().ok())?
+}
+
+/// LL-HLS parts of MPEG-TS segments (`part-duration` without `segment-format=fmp4`): listed as
+/// EXT-X-PART, each a file ffprobe reads on its own (starting with PAT/PMT), the segment their
+/// bytes in order with as many video frames; blocking reloads and the streamed hinted part work
+/// as for fMP4; ffprobe reads the LL playlist through the server.
+#[test]
+fn mpegts_parts() {
+    common::init();
+    let sources = format!(
+        "{LIVE_VIDEO} audiotestsrc is-live=true samplesperbuffer=1024 \
+         ! audio/x-raw,rate=44100 ! voaacenc ! aacparse ! h."
+    );
+    let live = serve_live(
+        "llts",
+        "part-duration=0.2 playlist-length=12 max-files=14",
+        &sources,
+    );
+    let port = live.port;
+    let (status, body, _) = get(port, "/playlist.m3u8");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.clone()).unwrap();
+    let now = position(&body);
+    assert!((now.part_target_s - 0.2).abs() < 1e-9, "{now:?}");
+    assert!(text.contains("#EXT-X-PART:"), "{text}");
+    assert!(
+        now.preload_hint
+            .as_deref()
+            .is_some_and(|h| h.ends_with(".ts")),
+        "{now:?}"
+    );
+    m3u8_rs::parse_media_playlist_res(&body).expect("m3u8-rs reads it");
+
+    // A complete segment with its parts listed: each part alone, and the segment.
+    let segment = now.next_msn - 1;
+    let name = format!("segment{segment:05}.ts");
+    let parts: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-PART:"))
+        .filter_map(|l| l.split('"').nth(1))
+        .filter(|u| u.starts_with(&format!("segment{segment:05}.")))
+        .map(str::to_owned)
+        .collect();
+    assert!(parts.len() >= 4, "{name}: parts {parts:?} in {text}");
+    let mut joined = Vec::new();
+    let mut frames = 0;
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part, &format!("segment{segment:05}.{i}.ts"));
+        let file = live.dir.join(part);
+        let data = std::fs::read(&file).unwrap();
+        assert_eq!(&data[..2], &[0x47, 0x40], "{part} starts with the PAT");
+        joined.extend_from_slice(&data);
+        let probe = ffprobe(&file.to_string_lossy(), &[]);
+        assert!(
+            probe.streams.iter().any(|(_, t)| t == "video"),
+            "{part}: {probe:?}"
+        );
+        let n = video_packets(&file).unwrap_or_else(|| panic!("ffprobe reads no frame of {part}"));
+        assert!((1..=6).contains(&n), "{part}: {n} frames in 0.2 s");
+        frames += n;
+    }
+    let whole = live.dir.join(&name);
+    assert!(
+        std::fs::read(&whole).unwrap() == joined,
+        "{name} is its parts in order"
+    );
+    assert_eq!(video_packets(&whole), Some(frames), "{name}");
+    let probe = ffprobe(&whole.to_string_lossy(), &[]);
+    assert_eq!(probe.streams.len(), 2, "{name}: {probe:?}");
+
+    // A blocking reload for the next part, then the hinted part streamed as it is written.
+    let (msn, part) = (now.next_msn + 1, 0);
+    let (status, body, took) = get(
+        port,
+        &format!("/playlist.m3u8?_HLS_msn={msn}&_HLS_part={part}"),
+    );
+    assert_eq!(status, 200);
+    assert!(position(&body).has(msn, Some(part)));
+    assert!(took < Duration::from_secs(3), "held {took:?}");
+    let hint = position(&body).preload_hint.expect("a preload hint");
+    let file = live.dir.join(&hint);
+    let s = stream_chunked(port, &format!("/{hint}"), &file);
+    assert_eq!(s.status, 200);
+    assert_eq!(s.transfer_encoding.as_deref(), Some("chunked"));
+    assert!(
+        s.body == std::fs::read(&file).unwrap(),
+        "{hint}: streamed bytes differ"
+    );
+    assert!(s.chunks.len() > 1, "{hint}: {} chunks", s.chunks.len());
+
+    // ffprobe through the server, from the LL playlist.
+    let url = format!("http://127.0.0.1:{port}/playlist.m3u8");
+    let probe = ffprobe(&url, &["-read_intervals", "%+1"]);
+    assert!(probe.streams.iter().any(|(_, t)| t == "video"), "{probe:?}");
     drop(live);
 }

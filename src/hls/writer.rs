@@ -156,6 +156,8 @@ pub struct Writer {
     /// A rendition of a multivariant stream: every rendition's position, and this one's
     /// playlist URI in it.
     reports: Option<(Arc<RenditionReports>, String)>,
+    /// TS parts are served as they are written ([`Writer::set_part_streaming`]).
+    stream_ts_parts: bool,
 }
 
 /// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
@@ -241,21 +243,21 @@ impl Writer {
             part_files: VecDeque::new(),
             streaming: None,
             reports: None,
+            stream_ts_parts: false,
             config,
         }
     }
 
-    /// LL-HLS (fMP4 only, without encryption): segments are written as parts of about
-    /// `part_ns` too, each published as soon as it is complete (see [`Playlist::set_part_target`]).
+    /// LL-HLS (without encryption): segments are written as parts of about `part_ns` too, each published as soon as it is complete (see [`Playlist::set_part_target`]).
     /// False when parts cannot be written with this configuration.
     pub fn set_part_duration(&mut self, part_ns: u64) -> bool {
-        let Cutter::Fmp4(f) = &mut self.segmenter else {
-            return part_ns == 0;
-        };
         if part_ns > 0 && self.config.encryption.is_some() {
             return false;
         }
-        f.set_part_duration(part_ns);
+        match &mut self.segmenter {
+            Cutter::Fmp4(f) => f.set_part_duration(part_ns),
+            Cutter::Ts(s) => s.set_part_duration(part_ns),
+        }
         self.playlist
             .set_part_target((part_ns > 0).then(|| part_ns as f64 / 1e9));
         true
@@ -266,8 +268,10 @@ impl Writer {
     /// handed to the server ([`Job::Grow`]), which streams them to a request for the
     /// preload-hinted part. Without a server parts are one fragment each.
     pub fn set_part_streaming(&mut self, on: bool) {
-        if let Cutter::Fmp4(f) = &mut self.segmenter {
-            f.set_chunked(on && self.output.serves());
+        let on = on && self.output.serves();
+        match &mut self.segmenter {
+            Cutter::Fmp4(f) => f.set_chunked(on),
+            Cutter::Ts(_) => self.stream_ts_parts = on,
         }
     }
 
@@ -283,7 +287,7 @@ impl Writer {
     fn publish_parts_and(&mut self, seg: Option<Segment>) -> Result<Option<Published>, StoreError> {
         let parts = match &mut self.segmenter {
             Cutter::Fmp4(f) => f.take_parts(),
-            Cutter::Ts(_) => Vec::new(),
+            Cutter::Ts(s) => s.take_parts(),
         };
         let any = !parts.is_empty();
         for part in parts {
@@ -330,13 +334,13 @@ impl Writer {
     /// Hands the output the bytes of the part being filled that it does not have yet (none for
     /// a part just begun: it becomes known to the server), for the built-in server to stream.
     fn stream_open_part(&mut self) -> Result<(), StoreError> {
-        let Cutter::Fmp4(f) = &self.segmenter else {
-            return Ok(());
+        // TS parts grow a frame at a time anyway; fMP4 ones only when chunked.
+        let open = match &self.segmenter {
+            Cutter::Fmp4(f) if f.is_chunked() => f.open_part(),
+            Cutter::Ts(s) if self.stream_ts_parts => s.open_part(),
+            _ => None,
         };
-        if !f.is_chunked() {
-            return Ok(());
-        }
-        let Some((index, bytes)) = f.open_part() else {
+        let Some((index, bytes)) = open else {
             return Ok(());
         };
         let sequence = self.playlist.next_sequence();
@@ -489,10 +493,8 @@ impl Writer {
         let Cutter::Ts(s) = &mut self.segmenter else {
             return Ok(None);
         };
-        match s.push(data, pts_ns, keyframe) {
-            Some(seg) => self.publish(seg).map(Some),
-            None => Ok(None),
-        }
+        let seg = s.push(data, pts_ns, keyframe);
+        self.publish_parts_and(seg)
     }
 
     /// Writes the segment being filled; at end of stream also closes the playlist.
@@ -532,7 +534,7 @@ impl Writer {
             // FragmentSegmenter::open_part_index).
             let hint = match &self.segmenter {
                 Cutter::Fmp4(f) => f.open_part_index(),
-                Cutter::Ts(_) => None,
+                Cutter::Ts(s) => s.open_part().map(|(index, _)| index),
             }
             .map(|index| {
                 let segment = self
@@ -1170,10 +1172,12 @@ mod tests {
         assert!(files.contains_key("/out/segment00004.1.m4s"));
         assert!(!files.contains_key("/out/playlist-delta.m3u8"));
         drop(files);
-        // TS or encryption: no parts.
+        // TS parts too, but not with encryption.
         let (mut ts, _) = writer(PlaylistKind::Live, None);
-        assert!(!ts.set_part_duration(SEC));
-        assert!(ts.set_part_duration(0));
+        assert!(ts.set_part_duration(SEC));
+        let (mut encrypted, _) = writer(PlaylistKind::Live, Some(Encryption { key_rotation: 0 }));
+        assert!(!encrypted.set_part_duration(SEC));
+        assert!(encrypted.set_part_duration(0));
     }
 
     #[test]

@@ -506,10 +506,10 @@ impl RsHlsSink {
         };
         if settings.part_duration > 0.0 {
             let part_ns = (settings.part_duration * 1e9).round() as u64;
-            if !fmp4 || !writer.set_part_duration(part_ns) {
+            if !writer.set_part_duration(part_ns) {
                 return Err(gst::error_msg!(
                     gst::ResourceError::Settings,
-                    ("part-duration (LL-HLS parts) needs segment-format=fmp4 and no encryption")
+                    ("part-duration (LL-HLS parts) cannot be used with encryption")
                 ));
             }
             // A rendition is served by its parent's server (`served`).
@@ -1314,7 +1314,7 @@ impl ObjectImpl for RsHlsSink {
                     .build(),
                 glib::ParamSpecDouble::builder("part-duration")
                     .nick("Part duration")
-                    .blurb("LL-HLS: write each segment as parts of about this many seconds too (EXT-X-PART, EXT-X-PRELOAD-HINT; e.g. 0.2-1), each published as soon as it is complete; needs segment-format=fmp4. 0: off")
+                    .blurb("LL-HLS: write each segment as parts of about this many seconds too (EXT-X-PART, EXT-X-PRELOAD-HINT; e.g. 0.2-1), each published as soon as it is complete; MPEG-TS or fMP4, not with encryption. 0: off")
                     .minimum(0.0)
                     .maximum(10.0)
                     .default_value(0.0)
