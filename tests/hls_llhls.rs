@@ -468,3 +468,92 @@ fn mpegts_parts() {
     assert!(probe.streams.iter().any(|(_, t)| t == "video"), "{probe:?}");
     drop(live);
 }
+
+/// Over HTTPS with HTTP/2 (ALPN h2), the preload-hinted part streams too: nghttp sees its DATA
+/// frames arrive spread over the part's duration, and curl (HTTP/2) gets it without a
+/// Content-Length, with the bytes of its file.
+#[test]
+fn hinted_part_streams_over_http2() {
+    common::init();
+    let certs = TempDir::new("llh2certs");
+    let (cert, key) = common::rtmp::self_signed_cert(certs.path(), "IP:127.0.0.1");
+    let live = serve_live(
+        "llh2",
+        &format!(
+            "{LL} tls-certificate-file={} tls-key-file={}",
+            cert.display(),
+            key.display()
+        ),
+        LIVE_VIDEO,
+    );
+    let base = format!("https://127.0.0.1:{}", live.port);
+    let hint = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-k", "--http2", "--max-time", "5"])
+            .arg(format!("{base}/playlist.m3u8"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success());
+        position(&out.stdout).preload_hint.expect("a preload hint")
+    };
+    // nghttp -v: "[  0.123] recv DATA frame <length=N, flags=0x00, stream_id=13>" per frame.
+    let mut spread_ok = false;
+    for _ in 0..5 {
+        let part = hint();
+        let out = std::process::Command::new("timeout")
+            .args(["10", "nghttp", "-nv"])
+            .arg(format!("{base}/{part}"))
+            .output()
+            .expect("nghttp");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "nghttp {part}: {text}");
+        let data: Vec<f64> = text
+            .lines()
+            .filter(|l| l.contains("recv DATA frame") && !l.contains("length=0,"))
+            .filter_map(|l| {
+                l.trim_start_matches('[')
+                    .split(']')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert!(!text.contains("content-length"), "{part}: {text}");
+        let spread = data.last().zip(data.first()).map_or(0.0, |(l, f)| l - f);
+        eprintln!("{part}: {} DATA frames over {spread:.3} s", data.len());
+        if data.len() > 1 && spread >= 0.05 {
+            spread_ok = true;
+            break;
+        }
+    }
+    assert!(
+        spread_ok,
+        "no hinted part came in DATA frames spread over its duration"
+    );
+    let part = hint();
+    let copy = live.dir.join("h2copy.m4s");
+    let headers = live.dir.join("h2headers.txt");
+    let status = std::process::Command::new("curl")
+        .args(["-sS", "-k", "--http2", "--max-time", "5", "-D"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&copy)
+        .arg(format!("{base}/{part}"))
+        .status()
+        .expect("curl");
+    assert!(status.success());
+    let head = std::fs::read_to_string(&headers)
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(
+        !head.contains("content-length"),
+        "{part} was not streamed: {head}"
+    );
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(live.dir.join(&part)).unwrap(),
+        "{part}: curl's HTTP/2 copy differs from the file"
+    );
+    drop(live);
+}
