@@ -229,7 +229,8 @@ impl Cuts {
 /// keyframe chunks; any elementary stream when audio-only), before the frame that would take the
 /// part past the part duration (its length estimated by the previous frame's). Each part starts
 /// with the PAT and PMT (those of the stream, repeated where the muxer did not just write them),
-/// so that it decodes on its own; the segment is its parts' bytes in order.
+/// so that it can be demuxed on its own (its frames decode on their own only when it is
+/// INDEPENDENT, from a keyframe); the segment is its parts' bytes in order.
 pub struct Segmenter {
     cuts: Cuts,
     pat: Option<Vec<u8>>,
@@ -242,6 +243,8 @@ pub struct Segmenter {
     ready: Vec<Part>,
     /// The PID whose frame starts may start a part (video), once known.
     split_pid: Option<u16>,
+    /// The last keyframe chunk held no frame start: the next chunk's names the split PID.
+    learn_split: bool,
     /// Stream time of the last frame start of `split_pid`, and the interval before it.
     last_frame: Option<u64>,
     frame_interval: Option<u64>,
@@ -317,6 +320,7 @@ impl Segmenter {
             part_ns: 0,
             ready: Vec::new(),
             split_pid: None,
+            learn_split: false,
             last_frame: None,
             frame_interval: None,
         }
@@ -357,41 +361,53 @@ impl Segmenter {
         out
     }
 
-    /// The first packet of a chunk that is no PAT/PMT: the frame it starts, if it starts one
-    /// (its PID).
+    /// The PID of the frame a chunk starts: its first packet that is no PAT/PMT (PMT PIDs from
+    /// a PAT in the chunk too), if that starts a PES packet.
     fn frame_start(&self, data: &[u8]) -> Option<u16> {
-        data.chunks_exact(TS_PACKET_SIZE)
+        let mut pmts = self.pmt_pids.clone();
+        for p in data
+            .chunks_exact(TS_PACKET_SIZE)
             .take_while(|p| p[0] == SYNC_BYTE)
-            .find(|p| {
-                let pid = packet_pid(p);
-                pid != 0 && !self.pmt_pids.contains(&pid) && pid != 0x1fff
-            })
-            .filter(|p| packet_unit_start(p))
-            .map(packet_pid)
+        {
+            let pid = packet_pid(p);
+            if pid == 0 {
+                if packet_unit_start(p) {
+                    pmts.extend(pat_pmt_pids(p));
+                }
+                continue;
+            }
+            if pmts.contains(&pid) || pid == 0x1fff {
+                continue;
+            }
+            return packet_unit_start(p).then_some(pid);
+        }
+        None
     }
 
-    /// Before a chunk at `pts`: closes the current part when the chunk starts a frame of the
-    /// split stream that would take the part past the part duration.
-    fn maybe_close_part(&mut self, data: &[u8], pts: u64, keyframe: bool) {
-        if self.part_ns == 0 {
-            return;
+    /// Whether a chunk starts a frame of the split stream (where a part may start), learning
+    /// which PID that is from keyframe chunks (or the chunk after one that holds only tables,
+    /// as mpegtsmux's may).
+    fn split_frame(&mut self, data: &[u8], keyframe: bool) -> bool {
+        let pid = self.frame_start(data);
+        if self.cuts.config().split_on == SplitOn::PesStart {
+            return pid.is_some();
         }
-        let Some(pid) = self.frame_start(data) else {
+        if keyframe || self.learn_split {
+            self.learn_split = pid.is_none();
+            if pid.is_some() {
+                self.split_pid = pid;
+            }
+        }
+        pid.is_some() && pid == self.split_pid
+    }
+
+    /// Before a chunk at `pts` (`split_frame`: it starts a frame of the split stream): closes the
+    /// current part when that frame would take the part past the part duration.
+    fn maybe_close_part(&mut self, data: &[u8], pts: u64, keyframe: bool, split_frame: bool) {
+        if self.part_ns == 0 || !split_frame {
             return;
-        };
-        if keyframe && self.cuts.config().split_on == SplitOn::Keyframes {
-            self.split_pid = Some(pid);
         }
         let audio_only = self.cuts.config().split_on == SplitOn::PesStart;
-        if !audio_only && self.split_pid != Some(pid) {
-            return;
-        }
-        if let Some(last) = self.last_frame
-            && pts > last
-        {
-            self.frame_interval = Some(pts - last);
-        }
-        self.last_frame = Some(pts);
         let Some(c) = self.current.as_ref() else {
             return;
         };
@@ -500,6 +516,16 @@ impl Segmenter {
         let pts = self.cuts.saw(pts_ns);
         let mut completed = None;
         let mut offset = 0;
+        // Parts: a frame of the split stream, and the length of the one before it.
+        let split_frame = self.part_ns > 0 && self.split_frame(data, keyframe);
+        if split_frame {
+            if let Some(last) = self.last_frame
+                && pts > last
+            {
+                self.frame_interval = Some(pts - last);
+            }
+            self.last_frame = Some(pts);
+        }
         while offset + TS_PACKET_SIZE <= data.len() {
             let packet = &data[offset..offset + TS_PACKET_SIZE];
             if packet[0] != SYNC_BYTE {
@@ -526,29 +552,17 @@ impl Segmenter {
                 cut = true;
             }
             if offset == 0 && !cut {
-                self.maybe_close_part(data, pts, keyframe);
+                self.maybe_close_part(data, pts, keyframe, split_frame);
             }
             let opens = self.current.is_none();
             self.remember_tables(packet);
             self.append(packet, start);
-            if opens && offset == 0 && self.part_ns > 0 {
-                // The first part of a segment: what the frame it opens with says.
-                if let Some(pid) = self.frame_start(data)
-                    && keyframe
-                    && self.cuts.config().split_on == SplitOn::Keyframes
-                {
-                    self.split_pid = Some(pid);
-                }
-                if let Some(c) = self.current.as_mut() {
-                    c.part_independent =
-                        keyframe || self.cuts.config().split_on == SplitOn::PesStart;
-                }
-                if let Some(last) = self.last_frame
-                    && pts > last
-                {
-                    self.frame_interval = Some(pts - last);
-                }
-                self.last_frame = Some(pts);
+            if opens
+                && offset == 0
+                && let Some(c) = self.current.as_mut()
+            {
+                // The first part of a segment: it starts with a keyframe (or audio).
+                c.part_independent = keyframe || self.cuts.config().split_on == SplitOn::PesStart;
             }
             offset += TS_PACKET_SIZE;
         }
@@ -730,6 +744,38 @@ mod tests {
         let mut plain = Segmenter::new(config(1, SplitOn::Keyframes));
         feed_video(&mut plain, 60);
         assert!(plain.take_parts().is_empty() && plain.open_part().is_none());
+    }
+
+    /// mpegtsmux's output: one packet per chunk, the keyframe flag on a chunk of tables only.
+    /// The video PID is learnt from the chunk after it, and the first segment has parts too.
+    #[test]
+    fn ts_parts_from_one_packet_chunks() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            target_ns: SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        seg.set_part_duration(330_000_000);
+        let mut parts = Vec::new();
+        let mut segments = Vec::new();
+        for i in 0..45u64 {
+            let pts = i * SEC / 30;
+            let key = i % 30 == 0;
+            if key {
+                segments.extend(seg.push(&pat(0x20), Some(pts), true));
+                seg.push(&packet(0x20, true, 1), None, false);
+            }
+            segments.extend(seg.push(&packet(0x41, true, 2), Some(pts), false));
+            seg.push(&packet(0x41, false, 2), None, false);
+            seg.push(&packet(0x42, true, 3), Some(pts + SEC / 60), false);
+            parts.extend(seg.take_parts());
+        }
+        assert_eq!(segments.len(), 1);
+        let d: Vec<u64> = parts.iter().map(|p| p.duration_ns / 1_000_000).collect();
+        assert_eq!(d, [300, 300, 300, 100, 300]);
+        let joined: Vec<u8> = parts[..4].iter().flat_map(|p| p.data.clone()).collect();
+        assert!(joined == segments[0].data);
+        assert!(parts[0].independent && parts[4].independent && !parts[1].independent);
     }
 
     #[test]
