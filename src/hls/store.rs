@@ -749,6 +749,12 @@ impl Output {
         self.published.is_some()
     }
 
+    /// Whether the built-in server serves the files written: local files (uploads and the
+    /// application's streams are not served).
+    pub fn serves_local_files(&self) -> bool {
+        self.published.is_some() && self.store.local_path("").is_some()
+    }
+
     /// Publishes a file that already exists (written by a previous run) for the HTTP server.
     pub fn announce(&self, location: &str, kind: FileKind) {
         if let (Some(p), Some(path)) = (&self.published, self.store.local_path(location))

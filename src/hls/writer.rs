@@ -268,7 +268,7 @@ impl Writer {
     /// handed to the server ([`Job::Grow`]), which streams them to a request for the
     /// preload-hinted part. Without a server parts are one fragment each.
     pub fn set_part_streaming(&mut self, on: bool) {
-        let on = on && self.output.serves();
+        let on = on && self.output.serves_local_files();
         match &mut self.segmenter {
             Cutter::Fmp4(f) => f.set_chunked(on),
             Cutter::Ts(_) => self.stream_ts_parts = on,
@@ -1178,6 +1178,81 @@ mod tests {
         let (mut encrypted, _) = writer(PlaylistKind::Live, Some(Encryption { key_rotation: 0 }));
         assert!(!encrypted.set_part_duration(SEC));
         assert!(encrypted.set_part_duration(0));
+    }
+
+    /// With the built-in server, the part each published playlist hints is being written
+    /// (handed to the server, [`Job::Grow`]) or written by the time the playlist is out, and
+    /// what was handed out of it grows into exactly its file.
+    #[test]
+    fn hinted_parts_are_handed_to_the_server_as_they_are_written() {
+        use crate::hls::growing::{Growing, Piece};
+        use crate::hls::store::{DirStore, Published};
+        let dir = std::env::temp_dir().join(format!("hls-writer-grow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let published = Arc::new(Published::default());
+        let output = Output::start(
+            Arc::new(DirStore),
+            OutputConfig::default(),
+            Some(published.clone()),
+            Box::new(|_| {}),
+        );
+        let (w, _) = writer(PlaylistKind::Live, None);
+        let mut config = w.config.clone();
+        let at = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        config.locations.segment = Pattern::parse(&at("segment%05d.m4s")).unwrap();
+        config.locations.playlist = at("playlist.m3u8");
+        config.fmp4_init = Some(Pattern::parse(&at("init%05d.mp4")).unwrap());
+        let mut w = Writer::new(config, output);
+        assert!(w.set_part_duration(SEC / 2));
+        w.set_part_streaming(true);
+        w.set_tracks(avc(320)).unwrap();
+        let mut seen: Vec<(String, Arc<Growing>)> = Vec::new();
+        for i in 0..40u64 {
+            let t = (i * SEC / 10) as i64;
+            let sample = Sample {
+                data: vec![i as u8; 100],
+                pts_ns: t,
+                dts_ns: t,
+                duration_ns: Some(SEC / 10),
+                sync: i.is_multiple_of(10),
+            };
+            w.push_sample(0, sample).unwrap();
+            assert!(w.flush(Duration::from_secs(5)));
+            let Some(hint) = published
+                .position("playlist.m3u8")
+                .and_then(|p| p.preload_hint)
+            else {
+                continue;
+            };
+            match published.growing(&hint) {
+                Some(g) => {
+                    if seen.last().is_none_or(|(h, _)| *h != hint) {
+                        seen.push((hint, g));
+                    }
+                }
+                None => assert!(published.get(&hint).is_some(), "{hint}: neither"),
+            }
+        }
+        assert!(w.finish(true).unwrap().is_some());
+        assert!(w.flush(Duration::from_secs(5)));
+        assert!(seen.len() >= 6, "{} hinted parts seen growing", seen.len());
+        let runtime = crate::runtime::handle();
+        for (hint, g) in seen {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            let (mut bytes, mut i) = (Vec::new(), 0);
+            let end = loop {
+                match runtime.block_on(g.piece(i, deadline)) {
+                    Piece::Data(d) => bytes.extend_from_slice(&d),
+                    end => break end,
+                }
+                i += 1;
+            };
+            assert_eq!(end, Piece::End, "{hint}");
+            assert!(i > 2, "{hint}: {i} pieces");
+            assert!(bytes == std::fs::read(dir.join(&hint)).unwrap(), "{hint}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
