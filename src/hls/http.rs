@@ -615,14 +615,14 @@ async fn respond(
             (Reply::empty(refusal.status), true)
         }
     };
+    let (streamed, bytes) = match &reply.growing {
+        Some((part, ..)) => ("streamed as it is written, so far ", part.len()),
+        None => ("", reply.body.len()),
+    };
     log::debug!(
-        "HTTP {peer}: {method} {path} {version:?} (Range {}) -> {}, {}",
+        "HTTP {peer}: {method} {path} {version:?} (Range {}) -> {}, {streamed}{bytes} bytes",
         range.as_deref().unwrap_or("none"),
         reply.status.as_u16(),
-        match &reply.growing {
-            Some((part, ..)) => format!("streamed as it is written ({} bytes so far)", part.len()),
-            None => format!("{} bytes", reply.body.len()),
-        }
     );
     let Reply {
         permit,
