@@ -21,7 +21,8 @@
 //! fragment. A sample's duration is the next sample's decode time minus its own (the last one of
 //! a track at a cut: its buffer duration, else the previous duration), so the fragment's
 //! timeline has no gaps. A segment is built from fragments ([`boxes::write_fragment`] writes one):
-//! LL-HLS parts later become several fragments of one segment.
+//! with LL-HLS parts a fragment per part, or, chunked (for the built-in server to stream the
+//! part being filled), a fragment per video frame.
 //!
 //! Timestamps are the element's running time (ns) plus [`TIMESTAMP_OFFSET_NS`] (as the TS path
 //! does), so that decode times before the first presentation time stay positive; composition
@@ -181,7 +182,8 @@ struct Open {
     part_independent: Option<bool>,
 }
 
-/// A finished LL-HLS part of the segment being filled: one moof+mdat fragment.
+/// A finished LL-HLS part of the segment being filled: one moof+mdat fragment (several when
+/// chunked, [`FragmentSegmenter::set_chunked`]; TS packets for the TS segmenter's parts).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
     /// Its index in its segment (from 0).
