@@ -158,6 +158,9 @@ pub struct Writer {
     reports: Option<(Arc<RenditionReports>, String)>,
     /// TS parts are served as they are written ([`Writer::set_part_streaming`]).
     stream_ts_parts: bool,
+    /// The built-in server serves the output ([`Writer::set_part_streaming`]): the delta
+    /// updates it answers `_HLS_skip` with are written.
+    served: bool,
 }
 
 /// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
@@ -244,6 +247,7 @@ impl Writer {
             streaming: None,
             reports: None,
             stream_ts_parts: false,
+            served: false,
             config,
         }
     }
@@ -266,9 +270,12 @@ impl Writer {
     /// LL-HLS with the built-in server (`on`): the part being filled is written as it fills, a
     /// fragment per video frame (see [`FragmentSegmenter::set_chunked`]), and its bytes are
     /// handed to the server ([`Job::Grow`]), which streams them to a request for the
-    /// preload-hinted part. Without a server parts are one fragment each.
+    /// preload-hinted part, and the delta updates it answers `_HLS_skip=YES` with are written
+    /// beside the playlist. Without a server parts are one fragment each and no delta update is
+    /// written.
     pub fn set_part_streaming(&mut self, on: bool) {
         let on = on && self.output.serves_local_files();
+        self.served = on;
         match &mut self.segmenter {
             Cutter::Fmp4(f) => f.set_chunked(on),
             Cutter::Ts(_) => self.stream_ts_parts = on,
@@ -554,7 +561,7 @@ impl Writer {
                 }
                 self.playlist.set_rendition_reports(reports.others(uri));
             }
-            if self.output.serves() {
+            if self.served {
                 // For the built-in server's `_HLS_skip=YES` requests; written before the
                 // playlist, so a blocking request that sees the playlist finds it too.
                 self.output.submit(Job::Put {
