@@ -424,6 +424,66 @@ fn chromium_plays_low_latency_hls_within_one_and_a_half_seconds() {
     }
 }
 
+/// LL-HLS with MPEG-TS parts (`part-duration=0.2` without `segment-format=fmp4`): hls.js in
+/// `lowLatencyMode` plays them (transmuxing each part) and stays within 1.5 s of the live edge
+/// and the wall clock, which it can only do from parts (segments are 1 s, and hls.js holds
+/// three target durations back without them).
+#[test]
+fn chromium_plays_low_latency_mpegts_parts() {
+    let (_, report) = plays_in_chromium_with(
+        "http",
+        "program-date-time=true target-duration=1 part-duration=0.2 playlist-length=6",
+        H264_AAC,
+        ["avc1", "mp4a"],
+        "",
+        "playlist.m3u8",
+        "{lowLatencyMode: true}",
+    );
+    let latency = number(&report, "latency");
+    let pdt = number(&report, "pdt_latency");
+    eprintln!(
+        "MPEG-TS parts of 0.2 s, 1 s segments: hls.latency {latency:.2} s, {pdt:.2} s behind"
+    );
+    assert!(
+        pdt <= 1.5 && latency <= 1.5,
+        "{pdt:.2} s behind the wall clock, hls.latency {latency:.2} s"
+    );
+}
+
+/// LL-HLS with renditions: hls.js in `lowLatencyMode` plays the three fMP4 renditions with
+/// parts, whose media playlists carry EXT-X-RENDITION-REPORT for each other, and switches to the
+/// level it is told to (LEVEL_SWITCHED, then frames of that height).
+#[test]
+fn chromium_switches_levels_of_a_low_latency_multivariant_stream() {
+    let (_, report) = plays_in_chromium_with(
+        "http",
+        "segment-format=fmp4 part-duration=0.2 program-date-time=true",
+        ABR,
+        ["avc1", "mp4a"],
+        ABR_SETUP,
+        "video_2.m3u8",
+        "{lowLatencyMode: true}",
+    );
+    let levels = field(&report, "levels").split(' ').count();
+    assert_eq!(levels, 3, "{report:?}");
+    let forced = field(&report, "forced");
+    assert!(!forced.is_empty(), "no level forced: {report:?}");
+    assert!(
+        field(&report, "switched").split(' ').any(|s| s == forced),
+        "hls.js did not switch to level {forced}: {report:?}"
+    );
+    assert_eq!(
+        field(&report, "height"),
+        forced.split(':').nth(1).unwrap(),
+        "{report:?}"
+    );
+    eprintln!(
+        "LL renditions: hls.latency {:.2} s, {:.2} s behind the wall clock",
+        number(&report, "latency"),
+        number(&report, "pdt_latency")
+    );
+}
+
 /// One Chromium at a time: each is heavy, and the HTTP versions are read from the process's
 /// debug log, which another test's server would add to.
 static CHROMIUM: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -544,6 +544,13 @@ struct Reply {
     /// The Content-Length: the body's, or (HEAD) the one GET would have.
     length: usize,
     body: Bytes,
+    /// A part being written, streamed until it is complete (no Content-Length: chunked over
+    /// HTTP/1.1), with its deadline and its permit of a held request.
+    growing: Option<(
+        Arc<crate::hls::growing::Growing>,
+        Instant,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
 }
 
 impl Reply {
@@ -554,6 +561,7 @@ impl Reply {
             headers: Vec::new(),
             length: 0,
             body: Bytes::new(),
+            growing: None,
         }
     }
 
@@ -607,11 +615,14 @@ async fn respond(
             (Reply::empty(refusal.status), true)
         }
     };
+    let (streamed, bytes) = match &reply.growing {
+        Some((part, ..)) => ("streamed as it is written, so far ", part.len()),
+        None => ("", reply.body.len()),
+    };
     log::debug!(
-        "HTTP {peer}: {method} {path} {version:?} (Range {}) -> {}, {} bytes",
+        "HTTP {peer}: {method} {path} {version:?} (Range {}) -> {}, {streamed}{bytes} bytes",
         range.as_deref().unwrap_or("none"),
         reply.status.as_u16(),
-        reply.body.len()
     );
     let Reply {
         permit,
@@ -619,18 +630,28 @@ async fn respond(
         headers,
         length,
         body: data,
+        growing,
     } = reply;
     // An HTTP/2 request body not read to its end (a refusal) is dropped with the answer: h2
     // resets the stream with NO_ERROR once the answer is complete (RFC 9113 §8.1), with CANCEL
     // when the body is dropped before.
     let unread = (version == Version::HTTP_2).then_some(body);
-    let mut response = Response::new(Answer::new(data, answering, permit, unread));
+    let streamed = growing.is_some();
+    let answer = match growing {
+        Some((part, deadline, held)) => {
+            Answer::growing(part, deadline, held, answering, permit, unread)
+        }
+        None => Answer::new(data, answering, permit, unread),
+    };
+    let mut response = Response::new(answer);
     *response.status_mut() = status;
     let map = response.headers_mut();
     for (name, value) in headers {
         map.append(name, value);
     }
-    map.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if !streamed {
+        map.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     // HTTP/2 has no Connection header (RFC 9113 §8.2.2): a refused stream does not end the
     // connection.
     if close && version < Version::HTTP_2 {
@@ -710,7 +731,7 @@ async fn hold(name: &str, directives: Directives, shared: &Shared) -> Option<Rep
         }
         return None;
     }
-    if files.get(name).is_none() && files.is_hinted(name) {
+    if files.get(name).is_none() && (files.is_hinted(name) || files.growing(name).is_some()) {
         let Ok(_permit) = shared.held.clone().try_acquire_owned() else {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many requests held");
         };
@@ -725,6 +746,59 @@ async fn hold(name: &str, directives: Directives, shared: &Shared) -> Option<Rep
         }
     }
     None
+}
+
+/// A GET for a part that is preload-hinted or being written: held until its first bytes are
+/// known (or its file), then answered with them and the rest as they are written. None when the
+/// file is there (or comes first) or the name is no such part: it is served as any file.
+async fn stream_part(name: &str, shared: &Shared, activity: &Activity) -> Option<Reply> {
+    use crate::hls::store::HintedPart;
+    let files = &shared.files;
+    if files.get(name).is_some() {
+        return None;
+    }
+    let hinted = files.hinted_by(name);
+    if hinted.is_none() && files.growing(name).is_none() {
+        return None;
+    }
+    let refuse = |status: StatusCode, why: &str| {
+        log::debug!("LL-HLS {name}: {why}: {}", status.as_u16());
+        Some(Reply::empty(status).cors())
+    };
+    let Ok(held) = shared.held.clone().try_acquire_owned() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many requests held");
+    };
+    // A part is complete within a target duration of its hint: three of them at most, as for
+    // blocking reloads.
+    let bound = hold_bound(
+        hinted.map_or(1, |p| p.target_s),
+        shared.config.request_timeout,
+    );
+    let deadline = Instant::now() + bound;
+    let part = match files.wait_for_part(name, bound).await {
+        None => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hinted part not begun in time",
+            );
+        }
+        Some(HintedPart::File(..)) => return None,
+        Some(HintedPart::Growing(part)) => part,
+    };
+    log::trace!(
+        "LL-HLS {name}: streaming the part as it is written ({} bytes so far)",
+        part.len()
+    );
+    let permit = activity.body_permit().await;
+    let kind = crate::hls::store::FileKind::Part;
+    Some(Reply {
+        permit,
+        growing: Some((part, deadline, held)),
+        ..Reply::empty(StatusCode::OK)
+            .cors()
+            .header(header::CONTENT_TYPE, content_type(kind, name))
+            .header(header::CACHE_CONTROL, "public, max-age=86400")
+    })
 }
 
 async fn handle(
@@ -757,6 +831,15 @@ async fn handle(
     let Some(directives) = directives(query) else {
         return Reply::empty(StatusCode::BAD_REQUEST).cors();
     };
+    // A GET of the whole preload-hinted part: answered at once, with its bytes as they are
+    // written (HEAD and ranges wait for the file in `hold`).
+    if *method == Method::GET
+        && range.is_none()
+        && directives.msn.is_none()
+        && let Some(reply) = stream_part(&name, shared, activity).await
+    {
+        return reply;
+    }
     if let Some(refusal) = hold(&name, directives, shared).await {
         return refusal;
     }

@@ -8,6 +8,7 @@
 
 pub mod crypto;
 pub mod fmp4;
+pub mod growing;
 pub mod http;
 pub mod iframes;
 pub mod location;

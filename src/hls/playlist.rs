@@ -3,9 +3,11 @@
 //! Specifications: RFC 8216 §4.3.1 (EXTM3U, EXT-X-VERSION), §4.3.2.1 (EXTINF), §4.3.2.3 (EXT-X-
 //! DISCONTINUITY), §4.3.2.4 (EXT-X-KEY), §4.3.2.5 (EXT-X-MAP), §4.3.2.6 (EXT-X-PROGRAM-DATE-TIME), §4.3.3.1-§4.3.3.5
 //! (TARGETDURATION, MEDIA-SEQUENCE, DISCONTINUITY-SEQUENCE, ENDLIST, PLAYLIST-TYPE), §6.2.2 (live
-//! playlists), §7 (protocol version).
+//! playlists), §7 (protocol version); RFC 8216bis §4.4.3.7-§4.4.3.8, §4.4.4.9, §4.4.5.3 (the
+//! LL-HLS tags), §4.4.5.4 (EXT-X-RENDITION-REPORT).
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use m3u8_rs::{Key, KeyMethod, MediaPlaylist, MediaPlaylistType, MediaSegment};
@@ -58,6 +60,62 @@ pub struct PartEntry {
     pub independent: bool,
 }
 
+/// EXT-X-RENDITION-REPORT (RFC 8216bis §4.4.5.4): where another rendition of the same
+/// multivariant stream is, so that a player switching to it can ask at once for its next part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionReport {
+    /// Its media playlist, relative to this one (they are side by side).
+    pub uri: String,
+    /// The media sequence number of its last segment, or of its last part when it has parts.
+    pub last_msn: u64,
+    /// The index of its last part (within `last_msn`), when it has parts.
+    pub last_part: Option<u64>,
+}
+
+/// The last segment and part of every rendition of a multivariant stream, shared by their
+/// writers: each updates its own when it writes its playlist and reports the others'.
+#[derive(Debug, Default)]
+pub struct RenditionReports {
+    /// By playlist URI, in the renditions' order: (last MSN, last part) once known.
+    last: Mutex<Vec<(String, Option<LastPart>)>>,
+}
+
+/// A playlist's last segment and part (see [`Playlist::last_part`]).
+pub type LastPart = (u64, Option<u64>);
+
+impl RenditionReports {
+    /// The renditions' media playlist URIs (file names side by side).
+    pub fn new(uris: impl IntoIterator<Item = String>) -> RenditionReports {
+        RenditionReports {
+            last: Mutex::new(uris.into_iter().map(|u| (u, None)).collect()),
+        }
+    }
+
+    /// Rendition `uri` holds segment `last.0` (part `last.1` of it) now.
+    pub fn update(&self, uri: &str, last: (u64, Option<u64>)) {
+        if let Some(r) = self.last.lock().unwrap().iter_mut().find(|(u, _)| u == uri) {
+            r.1 = Some(last);
+        }
+    }
+
+    /// The reports of every rendition but `uri` that has a segment or part.
+    pub fn others(&self, uri: &str) -> Vec<RenditionReport> {
+        self.last
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| u != uri)
+            .filter_map(|(u, last)| {
+                last.map(|(last_msn, last_part)| RenditionReport {
+                    uri: u.clone(),
+                    last_msn,
+                    last_part,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Segments a resumed playlist must be able to add before its numbers run out.
 pub const RESUME_HEADROOM: u64 = 1 << 32;
 
@@ -87,6 +145,8 @@ pub struct Playlist {
     /// Parts of the segment being filled, and the part expected next (EXT-X-PRELOAD-HINT).
     open_parts: Vec<PartEntry>,
     preload_hint: Option<String>,
+    /// LL-HLS with renditions: the other renditions' positions (EXT-X-RENDITION-REPORT).
+    reports: Vec<RenditionReport>,
 }
 
 /// A duration in seconds as written in LL-HLS attributes: up to millisecond precision, no
@@ -109,7 +169,26 @@ impl Playlist {
             part_target_s: None,
             open_parts: Vec::new(),
             preload_hint: None,
+            reports: Vec::new(),
         }
+    }
+
+    /// The last segment listed and, with parts, the last part listed (of the segment being
+    /// filled when it has one, else of the last segment): what a rendition report of this
+    /// playlist says (RFC 8216bis §4.4.5.4). None before the first segment or part.
+    pub fn last_part(&self) -> Option<(u64, Option<u64>)> {
+        if !self.open_parts.is_empty() {
+            return Some((self.next_sequence, Some(self.open_parts.len() as u64 - 1)));
+        }
+        let last = self.entries.back()?;
+        let part = (self.part_target_s.is_some() && !last.parts.is_empty())
+            .then(|| last.parts.len() as u64 - 1);
+        Some((last.sequence, part))
+    }
+
+    /// The other renditions' reports, written at the end of an LL-HLS playlist.
+    pub fn set_rendition_reports(&mut self, reports: Vec<RenditionReport>) {
+        self.reports = reports;
     }
 
     /// Turns LL-HLS on (RFC 8216bis §4.4.3.7, §4.4.3.8, §4.4.4.9, §4.4.5.3): EXT-X-PART-INF with
@@ -519,6 +598,16 @@ impl Playlist {
             if let Some(hint) = &self.preload_hint {
                 result.push_str(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"\n"));
             }
+            for r in &self.reports {
+                result.push_str(&format!(
+                    "#EXT-X-RENDITION-REPORT:URI=\"{}\",LAST-MSN={}",
+                    r.uri, r.last_msn
+                ));
+                if let Some(part) = r.last_part {
+                    result.push_str(&format!(",LAST-PART={part}"));
+                }
+                result.push('\n');
+            }
         }
         if endlist {
             result.push_str("#EXT-X-ENDLIST\n");
@@ -667,6 +756,50 @@ mod tests {
         assert_eq!(m.segments.len(), 5);
         // No skipping below CAN-SKIP-UNTIL: the delta update is the whole playlist.
         assert_eq!(p.render_delta(), p.render());
+    }
+
+    #[test]
+    fn rendition_reports_follow_the_other_renditions() {
+        let reports = RenditionReports::new(["a.m3u8".to_owned(), "b.m3u8".to_owned()]);
+        let mut a = low_latency(3);
+        // Segment 3 is being filled, with its part 0 listed.
+        assert_eq!(a.last_part(), Some((3, Some(0))));
+        reports.update("a.m3u8", a.last_part().unwrap());
+        assert!(reports.others("b.m3u8").len() == 1 && reports.others("a.m3u8").is_empty());
+        let mut b = low_latency(2);
+        b.add_part(part("s2.1.m4s", false));
+        b.add(entry("s2.m4s", 1.0, false));
+        // No part of segment 3 yet: the last part is segment 2's last.
+        assert_eq!(b.last_part(), Some((2, Some(1))));
+        reports.update("b.m3u8", b.last_part().unwrap());
+        reports.update("unknown.m3u8", (9, None));
+        a.set_rendition_reports(reports.others("a.m3u8"));
+        b.set_rendition_reports(reports.others("b.m3u8"));
+        let text = String::from_utf8(a.render()).unwrap();
+        assert!(
+            text.ends_with(
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"s3.1.m4s\"\n\
+                 #EXT-X-RENDITION-REPORT:URI=\"b.m3u8\",LAST-MSN=2,LAST-PART=1\n"
+            ),
+            "{text}"
+        );
+        let text = String::from_utf8(b.render_delta()).unwrap();
+        assert!(
+            text.ends_with("#EXT-X-RENDITION-REPORT:URI=\"a.m3u8\",LAST-MSN=3,LAST-PART=0\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&a).segments.len(), 3);
+        // Without parts: the last segment, no LAST-PART (and no report is written).
+        let mut plain = live(3);
+        assert_eq!(plain.last_part(), None);
+        plain.add(entry("x0.ts", 2.0, false));
+        assert!(plain.last_part().is_some_and(|(_, part)| part.is_none()));
+        plain.set_rendition_reports(reports.others("a.m3u8"));
+        assert!(
+            !String::from_utf8(plain.render())
+                .unwrap()
+                .contains("RENDITION-REPORT")
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 
 use std::collections::HashMap;
 
+pub use super::fmp4::Part;
+
 pub const TS_PACKET_SIZE: usize = 188;
 const SYNC_BYTE: u8 = 0x47;
 
@@ -78,6 +80,12 @@ struct Current {
     data: Vec<u8>,
     start_ns: u64,
     discontinuity: bool,
+    /// LL-HLS parts: where the current part starts in `data`, when, whether it starts with a
+    /// keyframe, and how many parts are finished.
+    part_offset: usize,
+    part_start_ns: u64,
+    part_independent: bool,
+    parts: u32,
 }
 
 /// When segments are cut, whatever they carry: the rules shared by the TS [`Segmenter`] and the
@@ -215,12 +223,31 @@ impl Cuts {
 }
 
 /// The TS segmenter. Push chunks in; finished segments come out.
+///
+/// LL-HLS parts ([`Segmenter::set_part_duration`]): a segment is also cut into parts, at the
+/// start of a chunk that begins a frame of the split stream (the video PID, learnt from the
+/// keyframe chunks; any elementary stream when audio-only), before the frame that would take the
+/// part past the part duration (its length estimated by the previous frame's). Each part starts
+/// with the PAT and PMT (those of the stream, repeated where the muxer did not just write them),
+/// so that it can be demuxed on its own (its frames decode on their own only when it is
+/// INDEPENDENT, from a keyframe); the segment is its parts' bytes in order.
 pub struct Segmenter {
     cuts: Cuts,
     pat: Option<Vec<u8>>,
     pmt_pids: Vec<u16>,
     pmts: HashMap<u16, Vec<u8>>,
     current: Option<Current>,
+    /// LL-HLS part duration (ns); 0: no parts.
+    part_ns: u64,
+    /// Finished parts not yet taken.
+    ready: Vec<Part>,
+    /// The PID whose frame starts may start a part (video), once known.
+    split_pid: Option<u16>,
+    /// The last keyframe chunk held no frame start: the next chunk's names the split PID.
+    learn_split: bool,
+    /// Stream time of the last frame start of `split_pid`, and the interval before it.
+    last_frame: Option<u64>,
+    frame_interval: Option<u64>,
 }
 
 /// Announced split points match chunks up to this much (ns) earlier.
@@ -290,7 +317,144 @@ impl Segmenter {
             pmt_pids: Vec::new(),
             pmts: HashMap::new(),
             current: None,
+            part_ns: 0,
+            ready: Vec::new(),
+            split_pid: None,
+            learn_split: false,
+            last_frame: None,
+            frame_interval: None,
         }
+    }
+
+    /// Writes each segment as parts of at most `part_ns` too (see the type's doc), reported by
+    /// [`Segmenter::take_parts`]. 0: no parts.
+    pub fn set_part_duration(&mut self, part_ns: u64) {
+        self.part_ns = part_ns;
+    }
+
+    /// The parts finished since the last call, in order (a segment returned by
+    /// [`Segmenter::push`] or [`Segmenter::finish`] is made of the parts taken before it and
+    /// those returned with it: take them first).
+    pub fn take_parts(&mut self) -> Vec<Part> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// With parts: the part being filled, its index and its bytes so far.
+    pub fn open_part(&self) -> Option<(u32, &[u8])> {
+        self.current
+            .as_ref()
+            .filter(|_| self.part_ns > 0)
+            .map(|c| (c.parts, c.data.get(c.part_offset..).unwrap_or_default()))
+    }
+
+    /// The tables to put in front of a part or segment that does not start with them.
+    fn tables(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(pat) = &self.pat {
+            out.extend_from_slice(pat);
+            for pid in &self.pmt_pids {
+                if let Some(pmt) = self.pmts.get(pid) {
+                    out.extend_from_slice(pmt);
+                }
+            }
+        }
+        out
+    }
+
+    /// The PID of the frame a chunk starts: its first packet that is no PAT/PMT (PMT PIDs from
+    /// a PAT in the chunk too), if that starts a PES packet.
+    fn frame_start(&self, data: &[u8]) -> Option<u16> {
+        let mut pmts = self.pmt_pids.clone();
+        for p in data
+            .chunks_exact(TS_PACKET_SIZE)
+            .take_while(|p| p[0] == SYNC_BYTE)
+        {
+            let pid = packet_pid(p);
+            if pid == 0 {
+                if packet_unit_start(p) {
+                    pmts.extend(pat_pmt_pids(p));
+                }
+                continue;
+            }
+            if pmts.contains(&pid) || pid == 0x1fff {
+                continue;
+            }
+            return packet_unit_start(p).then_some(pid);
+        }
+        None
+    }
+
+    /// Whether a chunk starts a frame of the split stream (where a part may start), learning
+    /// which PID that is from keyframe chunks (or the chunk after one that holds only tables,
+    /// as mpegtsmux's may).
+    fn split_frame(&mut self, data: &[u8], keyframe: bool) -> bool {
+        let pid = self.frame_start(data);
+        if self.cuts.config().split_on == SplitOn::PesStart {
+            return pid.is_some();
+        }
+        if keyframe || self.learn_split {
+            self.learn_split = pid.is_none();
+            if pid.is_some() {
+                self.split_pid = pid;
+            }
+        }
+        pid.is_some() && pid == self.split_pid
+    }
+
+    /// Before a chunk at `pts` (`split_frame`: it starts a frame of the split stream): closes the
+    /// current part when that frame would take the part past the part duration.
+    fn maybe_close_part(&mut self, data: &[u8], pts: u64, keyframe: bool, split_frame: bool) {
+        if self.part_ns == 0 || !split_frame {
+            return;
+        }
+        let audio_only = self.cuts.config().split_on == SplitOn::PesStart;
+        let Some(c) = self.current.as_ref() else {
+            return;
+        };
+        if c.data.len() <= c.part_offset {
+            return;
+        }
+        let end = c.part_start_ns.saturating_add(self.part_ns);
+        // PART-TARGET is a maximum (RFC 8216bis §4.4.3.7; 1 ms for rounding): the part ends
+        // before the frame that would take it past it, or, before the frame length is known,
+        // at the first frame at or after it (within the tolerance).
+        let due = match self.frame_interval {
+            Some(d) => pts.saturating_add(d) > end.saturating_add(1_000_000),
+            None => pts.saturating_add(self.cuts.config().tolerance_ns) >= end,
+        };
+        if due {
+            self.close_part(pts);
+            let starts_with_pat = data.len() >= TS_PACKET_SIZE && packet_pid(data) == 0;
+            let tables = if starts_with_pat {
+                Vec::new()
+            } else {
+                self.tables()
+            };
+            if let Some(c) = self.current.as_mut() {
+                c.data.extend_from_slice(&tables);
+                c.part_independent = keyframe || audio_only;
+            }
+        }
+    }
+
+    /// Ends the current part at `end_ns` (reported when parts are on).
+    fn close_part(&mut self, end_ns: u64) {
+        let Some(c) = self.current.as_mut() else {
+            return;
+        };
+        if self.part_ns == 0 || c.data.len() <= c.part_offset {
+            return;
+        }
+        self.ready.push(Part {
+            index: c.parts,
+            data: c.data[c.part_offset..].to_vec(),
+            start_ns: c.part_start_ns,
+            duration_ns: end_ns.saturating_sub(c.part_start_ns),
+            independent: c.part_independent,
+        });
+        c.parts += 1;
+        c.part_offset = c.data.len();
+        c.part_start_ns = end_ns;
     }
 
     pub fn config(&self) -> &SegmenterConfig {
@@ -352,6 +516,16 @@ impl Segmenter {
         let pts = self.cuts.saw(pts_ns);
         let mut completed = None;
         let mut offset = 0;
+        // Parts: a frame of the split stream, and the length of the one before it.
+        let split_frame = self.part_ns > 0 && self.split_frame(data, keyframe);
+        if split_frame {
+            if let Some(last) = self.last_frame
+                && pts > last
+            {
+                self.frame_interval = Some(pts - last);
+            }
+            self.last_frame = Some(pts);
+        }
         while offset + TS_PACKET_SIZE <= data.len() {
             let packet = &data[offset..offset + TS_PACKET_SIZE];
             if packet[0] != SYNC_BYTE {
@@ -363,6 +537,7 @@ impl Segmenter {
                 SplitOn::PesStart => self.is_pes_start(packet),
             };
             let mut start = pts;
+            let mut cut = false;
             if split_point
                 && let Some((s, reason)) = self.cuts.decide(
                     pts,
@@ -374,9 +549,21 @@ impl Segmenter {
             {
                 completed = self.close(s, reason);
                 start = s;
+                cut = true;
             }
+            if offset == 0 && !cut {
+                self.maybe_close_part(data, pts, keyframe, split_frame);
+            }
+            let opens = self.current.is_none();
             self.remember_tables(packet);
             self.append(packet, start);
+            if opens
+                && offset == 0
+                && let Some(c) = self.current.as_mut()
+            {
+                // The first part of a segment: it starts with a keyframe (or audio).
+                c.part_independent = keyframe || self.cuts.config().split_on == SplitOn::PesStart;
+            }
             offset += TS_PACKET_SIZE;
         }
         if offset < data.len() {
@@ -387,6 +574,7 @@ impl Segmenter {
     }
 
     fn close(&mut self, end_ns: u64, reason: CutReason) -> Option<Segment> {
+        self.close_part(end_ns);
         let c = self.current.take()?;
         Some(Segment {
             reason,
@@ -414,6 +602,10 @@ impl Segmenter {
                 data,
                 start_ns: pts,
                 discontinuity: self.cuts.take_discontinuity(),
+                part_offset: 0,
+                part_start_ns: pts,
+                part_independent: false,
+                parts: 0,
             });
         }
         if let Some(c) = self.current.as_mut() {
@@ -477,6 +669,113 @@ mod tests {
             tolerance_ns: 0,
             split_on,
         }
+    }
+
+    /// TS parts: cut before the video frame that would pass the part duration (audio chunks
+    /// between frames never start one), each starting with PAT+PMT, INDEPENDENT on keyframes,
+    /// the segment the parts' bytes in order, and the open part a prefix of what it becomes.
+    #[test]
+    fn ts_parts_make_up_their_segment_and_start_with_the_tables() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            target_ns: SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        seg.set_part_duration(330_000_000);
+        let (mut segments, mut parts) = (Vec::new(), vec![Vec::new()]);
+        let mut open: Vec<(u32, Vec<u8>)> = Vec::new();
+        for i in 0..75u64 {
+            let pts = i * SEC / 30;
+            let key = i % 30 == 0;
+            let mut chunk = Vec::new();
+            if key {
+                chunk.extend(pat(0x20));
+                chunk.extend(packet(0x20, true, 1));
+            }
+            chunk.extend(packet(0x41, true, 2));
+            chunk.extend(packet(0x41, false, 2));
+            let done = seg.push(&chunk, Some(pts), key);
+            parts.last_mut().unwrap().extend(seg.take_parts());
+            if let Some(done) = done {
+                segments.push(done);
+                parts.push(Vec::new());
+            }
+            // An audio frame halfway to the next video frame.
+            assert!(
+                seg.push(&packet(0x42, true, 3), Some(pts + SEC / 60), false)
+                    .is_none()
+            );
+            parts.last_mut().unwrap().extend(seg.take_parts());
+            let (index, bytes) = seg.open_part().unwrap();
+            open.push((index, bytes.to_vec()));
+        }
+        seg.note_end(75 * SEC / 30);
+        segments.extend(seg.finish());
+        parts.last_mut().unwrap().extend(seg.take_parts());
+        assert_eq!(segments.len(), 3);
+        for (s, parts) in segments.iter().zip(&parts) {
+            let joined: Vec<u8> = parts.iter().flat_map(|p| p.data.clone()).collect();
+            assert!(joined == s.data, "a segment is its parts' bytes");
+            let d: Vec<u64> = parts.iter().map(|p| p.duration_ns / 1_000_000).collect();
+            let indep: Vec<bool> = parts.iter().map(|p| p.independent).collect();
+            if s.duration_ns == SEC {
+                assert_eq!(d, [300, 300, 300, 100], "nine frames, and the rest");
+                assert_eq!(indep, [true, false, false, false]);
+            } else {
+                assert_eq!(d, [300, 200]);
+            }
+            assert_eq!(d.iter().sum::<u64>(), s.duration_ns / 1_000_000);
+            for p in parts {
+                assert_eq!(packet_pid(&p.data), 0, "part {} starts with PAT", p.index);
+                assert_eq!(packet_pid(&p.data[TS_PACKET_SIZE..]), 0x20, "then PMT");
+                // A part's audio follows its video frames: its first frame is video.
+                assert_eq!(packet_pid(&p.data[2 * TS_PACKET_SIZE..]), 0x41);
+            }
+        }
+        let all: Vec<&Part> = parts.iter().flatten().collect();
+        for (index, bytes) in &open {
+            assert!(
+                all.iter()
+                    .any(|p| p.index == *index && p.data.starts_with(bytes)),
+                "open part {index} is no prefix of a part"
+            );
+        }
+        // Without a part duration: no parts.
+        let mut plain = Segmenter::new(config(1, SplitOn::Keyframes));
+        feed_video(&mut plain, 60);
+        assert!(plain.take_parts().is_empty() && plain.open_part().is_none());
+    }
+
+    /// mpegtsmux's output: one packet per chunk, the keyframe flag on a chunk of tables only.
+    /// The video PID is learnt from the chunk after it, and the first segment has parts too.
+    #[test]
+    fn ts_parts_from_one_packet_chunks() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            target_ns: SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        });
+        seg.set_part_duration(330_000_000);
+        let mut parts = Vec::new();
+        let mut segments = Vec::new();
+        for i in 0..45u64 {
+            let pts = i * SEC / 30;
+            let key = i % 30 == 0;
+            if key {
+                segments.extend(seg.push(&pat(0x20), Some(pts), true));
+                seg.push(&packet(0x20, true, 1), None, false);
+            }
+            segments.extend(seg.push(&packet(0x41, true, 2), Some(pts), false));
+            seg.push(&packet(0x41, false, 2), None, false);
+            seg.push(&packet(0x42, true, 3), Some(pts + SEC / 60), false);
+            parts.extend(seg.take_parts());
+        }
+        assert_eq!(segments.len(), 1);
+        let d: Vec<u64> = parts.iter().map(|p| p.duration_ns / 1_000_000).collect();
+        assert_eq!(d, [300, 300, 300, 100, 300]);
+        let joined: Vec<u8> = parts[..4].iter().flat_map(|p| p.data.clone()).collect();
+        assert!(joined == segments[0].data);
+        assert!(parts[0].independent && parts[4].independent && !parts[1].independent);
     }
 
     #[test]

@@ -323,6 +323,15 @@ pub struct Published {
     positions: Mutex<HashMap<String, PlaylistPosition>>,
     /// Counts the files published: what [`Published::wait_for`] waits on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// LL-HLS parts being written (streamed to requests for a preload-hinted part).
+    growing: super::growing::GrowingParts,
+}
+
+/// A preload-hinted part as a request finds it: written, or being written.
+#[derive(Debug, Clone)]
+pub enum HintedPart {
+    File(PathBuf, FileKind),
+    Growing(Arc<super::growing::Growing>),
 }
 
 impl Published {
@@ -352,6 +361,42 @@ impl Published {
         }
     }
 
+    /// The part `name` once it is written or being written, waiting at most `timeout`; a file
+    /// is preferred (when the part is complete, it is served as a file).
+    pub async fn wait_for_part(&self, name: &str, timeout: Duration) -> Option<HintedPart> {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if let Some((path, kind)) = self.get(name) {
+                return Some(HintedPart::File(path, kind));
+            }
+            if let Some(part) = self.growing.get(name) {
+                return Some(HintedPart::Growing(part));
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return None;
+            }
+        }
+    }
+
+    /// The part `name` being written, if it is.
+    pub fn growing(&self, name: &str) -> Option<Arc<super::growing::Growing>> {
+        self.growing.get(name)
+    }
+
+    /// Bytes of the part `name` being written (none: it begins); see [`Job::Grow`].
+    fn grow(&self, name: &str, data: &[u8]) {
+        let new = self.growing.get(name).is_none();
+        self.growing.grow(name, data);
+        if new {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     /// What the LL-HLS playlist `name` holds (None: not published, or not LL-HLS).
     pub fn position(&self, name: &str) -> Option<PlaylistPosition> {
         self.positions.lock().unwrap().get(name).cloned()
@@ -359,11 +404,21 @@ impl Published {
 
     /// Whether `name` is the preload hint of a published playlist (a part about to be written).
     pub fn is_hinted(&self, name: &str) -> bool {
-        self.positions.lock().unwrap().values().any(|p| {
-            p.preload_hint
-                .as_deref()
-                .is_some_and(|h| crate::hls::location::basename(h) == name)
-        })
+        self.hinted_by(name).is_some()
+    }
+
+    /// What the published playlist whose preload hint is `name` holds.
+    pub fn hinted_by(&self, name: &str) -> Option<PlaylistPosition> {
+        self.positions
+            .lock()
+            .unwrap()
+            .values()
+            .find(|p| {
+                p.preload_hint
+                    .as_deref()
+                    .is_some_and(|h| crate::hls::location::basename(h) == name)
+            })
+            .cloned()
     }
 
     /// Waits at most `timeout` until the LL-HLS playlist `name` holds segment `msn` (part
@@ -404,13 +459,23 @@ impl Published {
                 None => positions.remove(&name),
             };
         }
-        self.files.lock().unwrap().insert(name, (path, kind));
+        self.files
+            .lock()
+            .unwrap()
+            .insert(name.clone(), (path, kind));
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        if kind == FileKind::Part
+            && let Some(data) = data
+        {
+            // Its readers get the rest from the file's bytes (it is served as a file now).
+            self.growing.complete(&name, data);
+        }
     }
 
     fn remove(&self, name: &str) {
         self.positions.lock().unwrap().remove(name);
         self.files.lock().unwrap().remove(name);
+        self.growing.abandon(name);
     }
 }
 
@@ -425,6 +490,13 @@ pub enum Job {
     Delete {
         location: String,
         kind: FileKind,
+    },
+    /// LL-HLS, with the built-in server: more bytes of the part being written at `location`
+    /// (none: it begins), streamed to requests for it until its `Put` completes it. Nothing is
+    /// stored.
+    Grow {
+        location: String,
+        data: Arc<Vec<u8>>,
     },
 }
 
@@ -446,6 +518,12 @@ impl std::fmt::Debug for Job {
                 "Delete {kind:?} {}",
                 super::location::redact_location(location)
             ),
+            Job::Grow { location, data } => write!(
+                f,
+                "Grow {} ({} bytes)",
+                super::location::redact_location(location),
+                data.len()
+            ),
         }
     }
 }
@@ -453,14 +531,16 @@ impl std::fmt::Debug for Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Put { data, .. } => data.len(),
+            Job::Put { data, .. } | Job::Grow { data, .. } => data.len(),
             Job::Delete { .. } => 0,
         }
     }
 
     fn location(&self) -> &str {
         match self {
-            Job::Put { location, .. } | Job::Delete { location, .. } => location,
+            Job::Put { location, .. }
+            | Job::Delete { location, .. }
+            | Job::Grow { location, .. } => location,
         }
     }
 
@@ -669,6 +749,12 @@ impl Output {
         self.published.is_some()
     }
 
+    /// Whether the built-in server serves the files written: local files (uploads and the
+    /// application's streams are not served).
+    pub fn serves_local_files(&self) -> bool {
+        self.published.is_some() && self.store.local_path("").is_some()
+    }
+
     /// Publishes a file that already exists (written by a previous run) for the HTTP server.
     pub fn announce(&self, location: &str, kind: FileKind) {
         if let (Some(p), Some(path)) = (&self.published, self.store.local_path(location))
@@ -765,6 +851,16 @@ fn worker(
                 q = shared.cv.wait(q).unwrap();
             }
         };
+        if let Job::Grow { location, data } = &job {
+            // Only for the built-in server: nothing to store, nothing that can fail.
+            if let Some(p) = &published {
+                p.grow(crate::hls::location::basename(location), data);
+            }
+            let mut q = shared.queue.lock().unwrap();
+            q.busy = false;
+            shared.cv.notify_all();
+            continue;
+        }
         let backoff = Backoff::new(config.initial_backoff, config.max_backoff);
         let mut attempt = 0;
         let result = loop {
@@ -776,6 +872,7 @@ fn worker(
                     data,
                 } => store.put(location, *kind, data),
                 Job::Delete { location, kind } => store.delete(location, *kind),
+                Job::Grow { .. } => Ok(()),
             };
             match r {
                 Err(e) if e.retryable() && attempt < config.max_attempts => {
@@ -827,6 +924,7 @@ fn worker(
                     Job::Delete { kind, .. } => {
                         log::debug!("{kind:?} {} deleted (attempt {attempt})", job.shown())
                     }
+                    Job::Grow { .. } => {}
                 }
                 if let Some(p) = &published {
                     let name = crate::hls::location::basename(job.location()).to_owned();
@@ -841,6 +939,7 @@ fn worker(
                             }
                         }
                         Job::Delete { .. } => p.remove(&name),
+                        Job::Grow { .. } => {}
                     }
                 }
             }

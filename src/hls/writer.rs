@@ -23,7 +23,9 @@ use super::fmp4::{self, FragmentSegmenter, Sample, Track};
 use super::iframes::{self, IFrameEntry};
 use super::location::Pattern;
 use super::location::{Locations, playlist_uri, redact_location};
-use super::playlist::{Entry, PartEntry, Playlist, PlaylistConfig, PlaylistKind, SegmentKey};
+use super::playlist::{
+    Entry, PartEntry, Playlist, PlaylistConfig, PlaylistKind, RenditionReports, SegmentKey,
+};
 use super::segmenter::{Segment, Segmenter, SegmenterConfig};
 use super::store::{FileKind, Job, Output, StoreError};
 
@@ -156,6 +158,17 @@ pub struct Writer {
     part_files: VecDeque<(u64, Vec<String>)>,
     /// The I-frames of the segments in the playlist, by sequence number.
     iframes: VecDeque<(u64, Vec<IFrameEntry>)>,
+    /// LL-HLS with the built-in server: the part being filled and how many of its bytes were
+    /// handed to the output ([`Job::Grow`]) so far.
+    streaming: Option<(String, usize)>,
+    /// A rendition of a multivariant stream: every rendition's position, and this one's
+    /// playlist URI in it.
+    reports: Option<(Arc<RenditionReports>, String)>,
+    /// TS parts are served as they are written ([`Writer::set_part_streaming`]).
+    stream_ts_parts: bool,
+    /// The built-in server serves the output ([`Writer::set_part_streaming`]): the delta
+    /// updates it answers `_HLS_skip` with are written.
+    served: bool,
 }
 
 /// Where part `index` of the segment at `segment_location` goes: `.INDEX` before the file name's
@@ -240,24 +253,49 @@ impl Writer {
             open_parts: Vec::new(),
             part_files: VecDeque::new(),
             iframes: VecDeque::new(),
+            streaming: None,
+            reports: None,
+            stream_ts_parts: false,
+            served: false,
             config,
         }
     }
 
-    /// LL-HLS (fMP4 only, without encryption): segments are written as parts of about
-    /// `part_ns` too, each published as soon as it is complete (see [`Playlist::set_part_target`]).
+    /// LL-HLS (without encryption): segments are written as parts of about `part_ns` too, each published as soon as it is complete (see [`Playlist::set_part_target`]).
     /// False when parts cannot be written with this configuration.
     pub fn set_part_duration(&mut self, part_ns: u64) -> bool {
-        let Cutter::Fmp4(f) = &mut self.segmenter else {
-            return part_ns == 0;
-        };
         if part_ns > 0 && self.config.encryption.is_some() {
             return false;
         }
-        f.set_part_duration(part_ns);
+        match &mut self.segmenter {
+            Cutter::Fmp4(f) => f.set_part_duration(part_ns),
+            Cutter::Ts(s) => s.set_part_duration(part_ns),
+        }
         self.playlist
             .set_part_target((part_ns > 0).then(|| part_ns as f64 / 1e9));
         true
+    }
+
+    /// LL-HLS with the built-in server (`on`): the part being filled is written as it fills, a
+    /// fragment per video frame (see [`FragmentSegmenter::set_chunked`]), and its bytes are
+    /// handed to the server ([`Job::Grow`]), which streams them to a request for the
+    /// preload-hinted part, and the delta updates it answers `_HLS_skip=YES` with are written
+    /// beside the playlist. Without a server parts are one fragment each and no delta update is
+    /// written.
+    pub fn set_part_streaming(&mut self, on: bool) {
+        let on = on && self.output.serves_local_files();
+        self.served = on;
+        match &mut self.segmenter {
+            Cutter::Fmp4(f) => f.set_chunked(on),
+            Cutter::Ts(_) => self.stream_ts_parts = on,
+        }
+    }
+
+    /// A rendition of a multivariant stream, whose media playlist is `uri` in `reports`: its
+    /// LL-HLS playlists report where the other renditions are (EXT-X-RENDITION-REPORT), and
+    /// where it is goes into `reports` for theirs.
+    pub fn set_rendition_reports(&mut self, reports: Arc<RenditionReports>, uri: String) {
+        self.reports = Some((reports, uri));
     }
 
     /// Publishes the parts the segmenter finished, then `seg` (which they may end) or, with
@@ -265,7 +303,7 @@ impl Writer {
     fn publish_parts_and(&mut self, seg: Option<Segment>) -> Result<Option<Published>, StoreError> {
         let parts = match &mut self.segmenter {
             Cutter::Fmp4(f) => f.take_parts(),
-            Cutter::Ts(_) => Vec::new(),
+            Cutter::Ts(s) => s.take_parts(),
         };
         let any = !parts.is_empty();
         for part in parts {
@@ -301,10 +339,50 @@ impl Writer {
             None => {
                 if any {
                     self.put_playlist()?;
+                } else {
+                    self.stream_open_part()?;
                 }
                 Ok(None)
             }
         }
+    }
+
+    /// Hands the output the bytes of the part being filled that it does not have yet (none for
+    /// a part just begun: it becomes known to the server), for the built-in server to stream.
+    fn stream_open_part(&mut self) -> Result<(), StoreError> {
+        // TS parts grow a frame at a time anyway; fMP4 ones only when chunked.
+        let open = match &self.segmenter {
+            Cutter::Fmp4(f) if f.is_chunked() => f.open_part(),
+            Cutter::Ts(s) if self.stream_ts_parts => s.open_part(),
+            _ => None,
+        };
+        let Some((index, bytes)) = open else {
+            return Ok(());
+        };
+        let sequence = self.playlist.next_sequence();
+        let location = part_location(&self.config.locations.segment.format(sequence), index);
+        let sent = match &self.streaming {
+            Some((l, sent)) if *l == location => *sent,
+            _ => {
+                log::trace!(
+                    "part {sequence}.{index} begins: served as it is written ({} bytes so far)",
+                    bytes.len()
+                );
+                self.output.submit(Job::Grow {
+                    location: location.clone(),
+                    data: Arc::new(Vec::new()),
+                })?;
+                0
+            }
+        };
+        if let Some(new) = bytes.get(sent..).filter(|b| !b.is_empty()) {
+            self.output.submit(Job::Grow {
+                location: location.clone(),
+                data: Arc::new(new.to_vec()),
+            })?;
+        }
+        self.streaming = Some((location, bytes.len().max(sent)));
+        Ok(())
     }
 
     pub fn playlist(&self) -> &Playlist {
@@ -431,10 +509,8 @@ impl Writer {
         let Cutter::Ts(s) = &mut self.segmenter else {
             return Ok(None);
         };
-        match s.push(data, pts_ns, keyframe) {
-            Some(seg) => self.publish(seg).map(Some),
-            None => Ok(None),
-        }
+        let seg = s.push(data, pts_ns, keyframe);
+        self.publish_parts_and(seg)
     }
 
     /// Writes the segment being filled; at end of stream also closes the playlist.
@@ -469,11 +545,13 @@ impl Writer {
 
     fn put_playlist(&mut self) -> Result<(), StoreError> {
         if self.playlist.part_target().is_some() {
+            // Before the playlist that hints it: a request for the hint finds it being written.
+            self.stream_open_part()?;
             // The part being filled: the next one to be published (never skipped, see
             // FragmentSegmenter::open_part_index).
             let hint = match &self.segmenter {
                 Cutter::Fmp4(f) => f.open_part_index(),
-                Cutter::Ts(_) => None,
+                Cutter::Ts(s) => s.open_part().map(|(index, _)| index),
             }
             .map(|index| {
                 let segment = self
@@ -487,7 +565,13 @@ impl Writer {
                 )
             });
             self.playlist.set_preload_hint(hint);
-            if self.output.serves() {
+            if let Some((reports, uri)) = &self.reports {
+                if let Some(last) = self.playlist.last_part() {
+                    reports.update(uri, last);
+                }
+                self.playlist.set_rendition_reports(reports.others(uri));
+            }
+            if self.served {
                 // For the built-in server's `_HLS_skip=YES` requests; written before the
                 // playlist, so a blocking request that sees the playlist finds it too.
                 self.output.submit(Job::Put {
@@ -1176,10 +1260,87 @@ mod tests {
         assert!(files.contains_key("/out/segment00004.1.m4s"));
         assert!(!files.contains_key("/out/playlist-delta.m3u8"));
         drop(files);
-        // TS or encryption: no parts.
+        // TS parts too, but not with encryption.
         let (mut ts, _) = writer(PlaylistKind::Live, None);
-        assert!(!ts.set_part_duration(SEC));
-        assert!(ts.set_part_duration(0));
+        assert!(ts.set_part_duration(SEC));
+        let (mut encrypted, _) = writer(PlaylistKind::Live, Some(Encryption { key_rotation: 0 }));
+        assert!(!encrypted.set_part_duration(SEC));
+        assert!(encrypted.set_part_duration(0));
+    }
+
+    /// With the built-in server, the part each published playlist hints is being written
+    /// (handed to the server, [`Job::Grow`]) or written by the time the playlist is out, and
+    /// what was handed out of it grows into exactly its file.
+    #[test]
+    fn hinted_parts_are_handed_to_the_server_as_they_are_written() {
+        use crate::hls::growing::{Growing, Piece};
+        use crate::hls::store::{DirStore, Published};
+        let dir = std::env::temp_dir().join(format!("hls-writer-grow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let published = Arc::new(Published::default());
+        let output = Output::start(
+            Arc::new(DirStore),
+            OutputConfig::default(),
+            Some(published.clone()),
+            Box::new(|_| {}),
+        );
+        let (w, _) = writer(PlaylistKind::Live, None);
+        let mut config = w.config.clone();
+        let at = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        config.locations.segment = Pattern::parse(&at("segment%05d.m4s")).unwrap();
+        config.locations.playlist = at("playlist.m3u8");
+        config.fmp4_init = Some(Pattern::parse(&at("init%05d.mp4")).unwrap());
+        let mut w = Writer::new(config, output);
+        assert!(w.set_part_duration(SEC / 2));
+        w.set_part_streaming(true);
+        w.set_tracks(avc(320)).unwrap();
+        let mut seen: Vec<(String, Arc<Growing>)> = Vec::new();
+        for i in 0..40u64 {
+            let t = (i * SEC / 10) as i64;
+            let sample = Sample {
+                data: vec![i as u8; 100],
+                pts_ns: t,
+                dts_ns: t,
+                duration_ns: Some(SEC / 10),
+                sync: i.is_multiple_of(10),
+            };
+            w.push_sample(0, sample).unwrap();
+            assert!(w.flush(Duration::from_secs(5)));
+            let Some(hint) = published
+                .position("playlist.m3u8")
+                .and_then(|p| p.preload_hint)
+            else {
+                continue;
+            };
+            match published.growing(&hint) {
+                Some(g) => {
+                    if seen.last().is_none_or(|(h, _)| *h != hint) {
+                        seen.push((hint, g));
+                    }
+                }
+                None => assert!(published.get(&hint).is_some(), "{hint}: neither"),
+            }
+        }
+        assert!(w.finish(true).unwrap().is_some());
+        assert!(w.flush(Duration::from_secs(5)));
+        assert!(seen.len() >= 6, "{} hinted parts seen growing", seen.len());
+        let runtime = crate::runtime::handle();
+        for (hint, g) in seen {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            let (mut bytes, mut i) = (Vec::new(), 0);
+            let end = loop {
+                match runtime.block_on(g.piece(i, deadline)) {
+                    Piece::Data(d) => bytes.extend_from_slice(&d),
+                    end => break end,
+                }
+                i += 1;
+            };
+            assert_eq!(end, Piece::End, "{hint}");
+            assert!(i > 2, "{hint}: {i} pieces");
+            assert!(bytes == std::fs::read(dir.join(&hint)).unwrap(), "{hint}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

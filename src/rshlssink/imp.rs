@@ -199,6 +199,8 @@ struct Settings {
     /// Put before the key files' names (`NAME_key00000.key`): a rendition's, so that the
     /// renditions' keys never share a name. Not a property.
     key_name_prefix: String,
+    /// A rendition's inner sink whose parent serves HTTP (no property).
+    served: bool,
 }
 
 /// What `tls-certificate` was set to. Its `Debug` form leaves the private key out.
@@ -242,6 +244,7 @@ impl Default for Settings {
             part_duration: 0.0,
             i_frame_playlist: false,
             key_name_prefix: String::new(),
+            served: false,
         }
     }
 }
@@ -284,6 +287,9 @@ pub struct RsHlsSink {
     input: Mutex<InputState>,
     /// What the built-in server may serve; a rendition's inner rshlssink shares its parent's.
     published: Mutex<Arc<Published>>,
+    /// A rendition's inner rshlssink: every rendition's position (EXT-X-RENDITION-REPORT), and
+    /// its own playlist's name in it.
+    reports: Mutex<Option<(Arc<crate::hls::playlist::RenditionReports>, String)>>,
     http: Mutex<Option<HttpServer>>,
     /// `video_%u` / `audio_%u` pads: renditions and the multivariant playlist.
     multivariant: Mutex<MultivariantState>,
@@ -527,17 +533,28 @@ impl RsHlsSink {
         };
         if settings.part_duration > 0.0 {
             let part_ns = (settings.part_duration * 1e9).round() as u64;
-            if !fmp4 || !writer.set_part_duration(part_ns) {
+            if !writer.set_part_duration(part_ns) {
                 return Err(gst::error_msg!(
                     gst::ResourceError::Settings,
-                    ("part-duration (LL-HLS parts) needs segment-format=fmp4 and no encryption")
+                    ("part-duration (LL-HLS parts) cannot be used with encryption")
                 ));
+            }
+            // A rendition is served by its parent's server (`served`).
+            let served = settings.http_port >= 0 || settings.served;
+            writer.set_part_streaming(served);
+            if let Some((reports, uri)) = self.reports.lock().unwrap().clone() {
+                writer.set_rendition_reports(reports, uri);
             }
             gst::info!(
                 CAT,
                 imp = self,
-                "LL-HLS: parts of {} s",
-                settings.part_duration
+                "LL-HLS: parts of {} s{}",
+                settings.part_duration,
+                if served {
+                    ", the part being filled served as it is written"
+                } else {
+                    ""
+                }
             );
         }
         *self.writer.lock().unwrap() = Some(writer);
@@ -647,7 +664,12 @@ impl RsHlsSink {
         let playlist_dir = location::parent(&locations.playlist);
         let published = self.published.lock().unwrap().clone();
         let mut mv = self.multivariant.lock().unwrap();
+        let report_uri = |r: &Rendition| format!("{}.m3u8", r.name);
+        let reports = Arc::new(crate::hls::playlist::RenditionReports::new(
+            mv.renditions.iter().map(report_uri),
+        ));
         for r in &mut mv.renditions {
+            *r.child.imp().reports.lock().unwrap() = Some((reports.clone(), report_uri(r)));
             let mut s = settings.clone();
             s.location = location::join(segment_dir, &format!("{}_{}", r.name, segment_name));
             s.playlist_location = location::join(playlist_dir, &format!("{}.m3u8", r.name));
@@ -664,6 +686,7 @@ impl RsHlsSink {
             s.i_frame_playlist &= r.video;
             r.iframes = s.i_frame_playlist;
             r.iframe_peak_bps = 0;
+            s.served = settings.http_port >= 0;
             r.playlist = s.playlist_location.clone();
             r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
             let child = r.child.imp();
@@ -1329,7 +1352,7 @@ impl ObjectImpl for RsHlsSink {
                     .build(),
                 glib::ParamSpecDouble::builder("part-duration")
                     .nick("Part duration")
-                    .blurb("LL-HLS: write each segment as parts of about this many seconds too (EXT-X-PART, EXT-X-PRELOAD-HINT; e.g. 0.2-1), each published as soon as it is complete; needs segment-format=fmp4. 0: off")
+                    .blurb("LL-HLS: write each segment as parts of about this many seconds too (EXT-X-PART, EXT-X-PRELOAD-HINT; e.g. 0.2-1), each published as soon as it is complete; MPEG-TS or fMP4, not with encryption. 0: off")
                     .minimum(0.0)
                     .maximum(10.0)
                     .default_value(0.0)

@@ -21,7 +21,8 @@
 //! fragment. A sample's duration is the next sample's decode time minus its own (the last one of
 //! a track at a cut: its buffer duration, else the previous duration), so the fragment's
 //! timeline has no gaps. A segment is built from fragments ([`boxes::write_fragment`] writes one):
-//! LL-HLS parts later become several fragments of one segment.
+//! with LL-HLS parts a fragment per part, or, chunked (for the built-in server to stream the
+//! part being filled), a fragment per video frame.
 //!
 //! Timestamps are the element's running time (ns) plus [`TIMESTAMP_OFFSET_NS`] (as the TS path
 //! does), so that decode times before the first presentation time stay positive; composition
@@ -169,14 +170,20 @@ struct Open {
     runs: Vec<TrackRun>,
     /// Samples pushed since it opened (pending ones included).
     samples: usize,
-    /// The fragments already written (the segment's finished parts).
+    /// The fragments already written (the segment's finished parts, and the chunks of the
+    /// current one).
     fragments: Vec<u8>,
     /// Start of the current part (ns) and how many parts are finished.
     part_start_ns: u64,
     parts: u32,
+    /// Chunked parts: the fragments of the current part written so far, and whether its first
+    /// sample of the split track is a sync sample (known once one is written).
+    part_data: Vec<u8>,
+    part_independent: Option<bool>,
 }
 
-/// A finished LL-HLS part of the segment being filled: one moof+mdat fragment.
+/// A finished LL-HLS part of the segment being filled: one moof+mdat fragment (several when
+/// chunked, [`FragmentSegmenter::set_chunked`]; TS packets for the TS segmenter's parts).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
     /// Its index in its segment (from 0).
@@ -201,6 +208,9 @@ pub struct FragmentSegmenter {
     part_ns: u64,
     /// Finished parts not yet taken ([`FragmentSegmenter::take_parts`]).
     ready: Vec<Part>,
+    /// Write the current part as it fills, a fragment (CMAF chunk) per sample of the split
+    /// track, so that it can be served while it is being written.
+    chunked: bool,
 }
 
 impl FragmentSegmenter {
@@ -213,7 +223,29 @@ impl FragmentSegmenter {
             fragment_sequence: 1,
             part_ns: 0,
             ready: Vec::new(),
+            chunked: false,
         }
+    }
+
+    /// With parts: writes the part being filled as it fills, one fragment (a CMAF chunk:
+    /// moof+mdat) for each sample of the split track once its duration is known (with the other
+    /// tracks' samples before it), so that its bytes so far ([`FragmentSegmenter::open_part`])
+    /// can be sent to a client that asked for it before it is complete. A part is then several
+    /// fragments; the segment is still `styp` + its parts' bytes.
+    pub fn set_chunked(&mut self, chunked: bool) {
+        self.chunked = chunked;
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        self.chunked && self.part_ns > 0
+    }
+
+    /// The part being filled, with chunks: its index and the bytes written of it so far.
+    pub fn open_part(&self) -> Option<(u32, &[u8])> {
+        self.current
+            .as_ref()
+            .filter(|_| self.part_ns > 0)
+            .map(|c| (c.parts, c.part_data.as_slice()))
     }
 
     /// Writes each segment as parts of about `part_ns` (a part closes at the first sample at or
@@ -354,6 +386,15 @@ impl FragmentSegmenter {
         {
             self.flush_pending();
             self.close_part(stamp);
+        } else if self.chunked
+            && self.part_ns > 0
+            && track == self.split_track
+            && let Some(c) = self.current.as_mut()
+            && c.runs.iter().any(|r| !r.samples.is_empty())
+        {
+            // The previous sample of this track is complete: it goes out as a chunk of the
+            // part, with the other tracks' samples that came before it.
+            Self::write_chunk(c, self.split_track, &mut self.fragment_sequence);
         }
         if self.current.is_none() {
             self.open(stamp);
@@ -398,6 +439,8 @@ impl FragmentSegmenter {
             fragments: Vec::new(),
             part_start_ns: start_ns,
             parts: 0,
+            part_data: Vec::new(),
+            part_independent: None,
         });
     }
 
@@ -420,32 +463,44 @@ impl FragmentSegmenter {
         run.samples.push(s);
     }
 
-    /// Writes the samples of the open segment's current part as a fragment, ending at `end_ns`
-    /// (reported as a part when parts are on).
-    fn close_part(&mut self, end_ns: u64) {
-        let Some(c) = self.current.as_mut() else {
-            return;
-        };
-        if c.runs.iter().all(|r| r.samples.is_empty()) {
-            return;
-        }
+    /// Writes the samples in `c`'s runs as a fragment of its current part.
+    fn write_chunk(c: &mut Open, split_track: usize, fragment_sequence: &mut u32) {
         let size: usize = c
             .runs
             .iter()
             .flat_map(|r| r.samples.iter().map(|s| s.data.len() + 16))
             .sum();
-        let mut data = Vec::with_capacity(size + 256);
-        boxes::write_fragment(&mut data, self.fragment_sequence, &c.runs);
-        self.fragment_sequence = self.fragment_sequence.wrapping_add(1).max(1);
-        let independent = c
-            .runs
-            .get(self.split_track)
-            .and_then(|r| r.samples.first())
-            .is_some_and(|s| s.sync);
+        c.part_data.reserve(size + 256);
+        let start = c.part_data.len();
+        boxes::write_fragment(&mut c.part_data, *fragment_sequence, &c.runs);
+        *fragment_sequence = fragment_sequence.wrapping_add(1).max(1);
+        if c.part_independent.is_none() {
+            c.part_independent = c
+                .runs
+                .get(split_track)
+                .and_then(|r| r.samples.first())
+                .map(|s| s.sync);
+        }
         for r in &mut c.runs {
             *r = TrackRun::default();
         }
-        c.fragments.extend_from_slice(&data);
+        c.fragments.extend_from_slice(&c.part_data[start..]);
+    }
+
+    /// Writes the samples of the open segment's current part as a fragment (its last one, with
+    /// chunks), ending the part at `end_ns` (reported as a part when parts are on).
+    fn close_part(&mut self, end_ns: u64) {
+        let Some(c) = self.current.as_mut() else {
+            return;
+        };
+        if c.runs.iter().any(|r| !r.samples.is_empty()) {
+            Self::write_chunk(c, self.split_track, &mut self.fragment_sequence);
+        }
+        if c.part_data.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut c.part_data);
+        let independent = c.part_independent.take().unwrap_or(false);
         if self.part_ns > 0 {
             self.ready.push(Part {
                 index: c.parts,
@@ -641,6 +696,86 @@ mod tests {
                 assert_eq!(runs(&p.data).len(), 2);
             }
         }
+    }
+
+    /// Chunked parts: the bytes of the part being filled grow a fragment per video frame, each
+    /// state a prefix of the finished part, which is the same samples as unchunked (same
+    /// durations, sync flags and INDEPENDENT), and the segment is still styp + its parts.
+    #[test]
+    fn chunked_parts_grow_by_whole_fragments_into_the_part() {
+        let config = SegmenterConfig {
+            target_ns: SEC,
+            tolerance_ns: SEC / 60,
+            split_on: SplitOn::Keyframes,
+        };
+        let mut plain = FragmentSegmenter::new(config.clone());
+        let mut chunked = FragmentSegmenter::new(config);
+        for s in [&mut plain, &mut chunked] {
+            s.set_part_duration(SEC / 5);
+            s.set_tracks(&tracks());
+        }
+        chunked.set_chunked(true);
+        assert!(plain.open_part().is_none());
+        let (mut plain_parts, mut parts, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+        // Each state of the open part: (index, bytes so far).
+        let mut seen: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut a = 0;
+        for i in 0..75 {
+            while a * 1024 * 30 < i * 48000 {
+                plain.push(1, audio(a));
+                segments.extend(chunked.push(1, audio(a)));
+                a += 1;
+            }
+            plain.push(0, video(i, 30));
+            segments.extend(chunked.push(0, video(i, 30)));
+            plain_parts.extend(plain.take_parts());
+            parts.extend(chunked.take_parts());
+            let (index, bytes) = chunked.open_part().expect("a part being filled");
+            seen.push((index, bytes.to_vec()));
+        }
+        for s in [&mut plain, &mut chunked] {
+            s.cuts().note_end(75 * SEC / 30);
+        }
+        plain.finish();
+        segments.extend(chunked.finish());
+        plain_parts.extend(plain.take_parts());
+        parts.extend(chunked.take_parts());
+        assert_eq!(segments.len(), 3);
+        assert_eq!(parts.len(), plain_parts.len());
+        for (p, q) in parts.iter().zip(&plain_parts) {
+            assert_eq!(
+                (p.index, p.start_ns, p.duration_ns, p.independent),
+                (q.index, q.start_ns, q.duration_ns, q.independent)
+            );
+            // The same samples, in several fragments: one per video frame.
+            let (runs_p, runs_q) = (runs(&p.data), runs(&q.data));
+            let samples = |r: &[(u64, Vec<u32>)]| r.iter().map(|(_, d)| d.len()).sum::<usize>();
+            assert_eq!(samples(&runs_p), samples(&runs_q));
+            let moofs = p.data.windows(4).filter(|w| w == b"moof").count();
+            let frames = (p.duration_ns + SEC / 60) / (SEC / 30);
+            assert_eq!(moofs as u64, frames, "fragments of part {}", p.index);
+        }
+        // Every state seen of an open part is a prefix of that part once finished, and it
+        // grew before the part was finished.
+        for (index, bytes) in &seen {
+            let part = parts
+                .iter()
+                .find(|p| p.index == *index && p.data.starts_with(bytes));
+            assert!(
+                part.is_some() || bytes.is_empty(),
+                "part {index}: no prefix"
+            );
+        }
+        assert!(seen.iter().filter(|(_, b)| !b.is_empty()).count() >= 40);
+        for seg in &segments {
+            assert_eq!(&seg.data[4..8], b"styp");
+        }
+        let first: Vec<u8> = parts
+            .iter()
+            .take_while(|p| p.start_ns < SEC)
+            .flat_map(|p| p.data.clone())
+            .collect();
+        assert_eq!(&segments[0].data[20..], &first[..]);
     }
 
     #[test]

@@ -26,7 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::hls::growing::{Growing, Piece};
 use crate::runtime::TaskGroup;
+use std::future::Future;
 
 /// How long an answer may take to send, past the request timeout.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -192,17 +194,43 @@ impl Drop for Answering {
 }
 
 /// The body of every answer: its bytes (none for HEAD and errors), handed out a [`CHUNK`] at a
-/// time, and the request's [`Answering`] mark, dropped with it once hyper has taken the last
-/// piece (and has sent all but what fits its buffers).
-#[derive(Debug)]
+/// time, or the pieces of a part being written as they come ([`Answer::growing`]); and the
+/// request's [`Answering`] mark, dropped with it once hyper has taken the last piece (and has
+/// sent all but what fits its buffers).
 pub struct Answer {
     data: Bytes,
+    /// A part being written: its next piece, and the deadline for all of them.
+    growing: Option<Streamed>,
     _answering: Answering,
     /// The permit of an answer with file data.
     _permit: Option<OwnedSemaphorePermit>,
     /// The request's body, if it is to be dropped only with the answer.
     _request: Option<Incoming>,
 }
+
+struct Streamed {
+    part: Arc<Growing>,
+    next: usize,
+    deadline: Instant,
+    waiting: Option<Pin<Box<dyn Future<Output = Piece> + Send>>>,
+    /// Held while it is streamed: one of the server's held LL-HLS requests.
+    _held: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("data", &self.data.len())
+            .field("growing", &self.growing.is_some())
+            .finish()
+    }
+}
+
+/// A part being written was not completed before the answer's deadline (or was abandoned):
+/// the body ends with this error, without its last chunk.
+#[derive(Debug, thiserror::Error)]
+#[error("the part being served was not completed")]
+pub struct Incomplete;
 
 impl Answer {
     pub fn new(
@@ -213,35 +241,88 @@ impl Answer {
     ) -> Answer {
         Answer {
             data,
+            growing: None,
             _answering: answering,
             _permit: permit,
             _request: request,
+        }
+    }
+
+    /// The bytes of a part being written, each piece as it comes, until it is complete (or
+    /// `deadline`: then the body fails).
+    pub fn growing(
+        part: Arc<Growing>,
+        deadline: Instant,
+        held: OwnedSemaphorePermit,
+        answering: Answering,
+        permit: Option<OwnedSemaphorePermit>,
+        request: Option<Incoming>,
+    ) -> Answer {
+        Answer {
+            growing: Some(Streamed {
+                part,
+                next: 0,
+                deadline,
+                waiting: None,
+                _held: held,
+            }),
+            ..Answer::new(Bytes::new(), answering, permit, request)
         }
     }
 }
 
 impl Body for Answer {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = Incomplete;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.data.is_empty() {
-            return Poll::Ready(None);
+        let this = self.get_mut();
+        if !this.data.is_empty() {
+            let n = this.data.len().min(CHUNK);
+            let piece = this.data.split_to(n);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
-        let n = self.data.len().min(CHUNK);
-        let piece = self.data.split_to(n);
-        Poll::Ready(Some(Ok(Frame::data(piece))))
+        let Some(s) = this.growing.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let waiting = s.waiting.get_or_insert_with(|| {
+            let (part, index, deadline) = (s.part.clone(), s.next, s.deadline);
+            Box::pin(async move { part.piece(index, deadline).await })
+        });
+        let piece = std::task::ready!(waiting.as_mut().poll(cx));
+        s.waiting = None;
+        match piece {
+            Piece::Data(data) => {
+                s.next += 1;
+                // A large piece goes out a CHUNK at a time too.
+                this.data = data;
+                let n = this.data.len().min(CHUNK);
+                Poll::Ready(Some(Ok(Frame::data(this.data.split_to(n)))))
+            }
+            Piece::End => {
+                this.growing = None;
+                Poll::Ready(None)
+            }
+            Piece::Failed => {
+                this.growing = None;
+                Poll::Ready(Some(Err(Incomplete)))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
+        self.data.is_empty() && self.growing.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.len() as u64)
+        match self.growing {
+            // Unknown: chunked transfer coding over HTTP/1.1.
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(self.data.len() as u64),
+        }
     }
 }
 
