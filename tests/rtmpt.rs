@@ -266,9 +266,10 @@ fn stock_librtmp_rtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
     }
     assert!(
         wait_log(Duration::from_secs(5), |l| l
-            .contains("RTMPE handshake (type 6"))
+            .contains("RTMPE handshake (type 8"))
         .is_some(),
-        "the encrypted handshake was used"
+        "the encrypted handshake was used, of type 8 (librtmp's C1 is of version 128.x: it \
+         takes S2 and sends C2 with XTEA-encrypted signatures)"
     );
 }
 
@@ -279,7 +280,7 @@ fn our_rsrtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
         let child = gst_publish(&format!("rsrtmpsink location={}", server.url(scheme)));
         let stderr = wait_success(child, scheme);
         assert!(
-            stderr.contains("RTMPE handshake done (type 6"),
+            stderr.contains("RTMPE handshake done (type 8"),
             "rsrtmpsink used the encrypted handshake"
         );
         assert_every_frame(&server, &format!("rsrtmpsink {scheme}://"));
@@ -295,12 +296,18 @@ fn rtmpe_without_a_digest_is_closed_with_the_reason() {
     c0c1.extend_from_slice(&[0x11u8; 1536]);
     s.write_all(&c0c1).unwrap();
     expect_closed(&peer, "RTMPE C1 carries no valid Flash Player digest");
-    // A type-8 handshake is not offered: the plain server refuses it with its reason.
+    // Type 8 is RTMPE too: the same check.
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let peer = s.local_addr().unwrap().to_string();
     c0c1[0] = 8;
     s.write_all(&c0c1).unwrap();
-    expect_closed(&peer, "RTMPE, C0 version 8");
+    expect_closed(&peer, "RTMPE C1 carries no valid Flash Player digest");
+    // Type 9 (Blowfish) is not offered: the plain server refuses it with its reason.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let peer = s.local_addr().unwrap().to_string();
+    c0c1[0] = 9;
+    s.write_all(&c0c1).unwrap();
+    expect_closed(&peer, "RTMPE, C0 version 9");
 }
 
 /// Sends `request` on a new connection from `source` and returns the answer's status (0: none)

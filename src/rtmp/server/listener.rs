@@ -1,6 +1,6 @@
 //! The RTMP server's network side on the plugin's shared runtime: listens (plain TCP, or TLS for
 //! RTMPS), tells RTMP from RTMPT (HTTP, [`crate::rtmp::tunnel`]) by the first byte and RTMPE by
-//! C0 = 6 ([`crate::rtmp::rtmpe`]), runs one task per connection or tunnel session over
+//! C0 = 6 or 8 ([`crate::rtmp::rtmpe`]), runs one task per connection or tunnel session over
 //! [`Connection`], decides each publish (application,
 //! stream key, busy or taken over, the application's hook) and hands the accepted publication's
 //! media to the [`Output`] queue, which never makes a connection wait.
@@ -453,7 +453,7 @@ async fn sniff<R, W>(
 }
 
 /// An RTMP connection whose first bytes (`first`, not empty) were read already: plain (C0 = 3),
-/// or RTMPE (C0 = 6), whose handshake is done here; the RTMP connection then sees a plain
+/// or RTMPE (C0 = 6 or 8), whose handshake is done here; the RTMP connection then sees a plain
 /// handshake and the decrypted stream, and its answers are encrypted.
 #[allow(clippy::too_many_arguments)]
 async fn rtmp<R, W>(
@@ -470,7 +470,7 @@ async fn rtmp<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     use crate::rtmp::rtmpe;
-    if first.first() != Some(&rtmpe::RTMPE_VERSION) {
+    if !first.first().is_some_and(|&v| rtmpe::is_rtmpe(v)) {
         let r = std::io::Cursor::new(first).chain(r);
         return run(shared, r, w, peer, deadline, id, evict).await;
     }
@@ -488,8 +488,14 @@ async fn rtmp<R, W>(
                 Ok(a) => {
                     ldebug!(
                         shared,
-                        "{peer}: RTMPE handshake (type 6, digest scheme {}, 1024-bit Diffie-Hellman): S1 and S2 signed, RC4 from now on",
-                        a.scheme
+                        "{peer}: RTMPE handshake (type {}, digest scheme {}, 1024-bit Diffie-Hellman): S1 and S2 signed{}, RC4 from now on",
+                        a.version,
+                        a.scheme,
+                        if a.version == rtmpe::RTMPE_XTEA_VERSION {
+                            " (S2's signature XTEA-encrypted)"
+                        } else {
+                            ""
+                        }
                     );
                     match tokio::time::timeout_at(deadline.into(), w.write_all(&a.s0s1s2)).await {
                         Ok(Ok(())) => {}
