@@ -1124,10 +1124,7 @@ async fn run<R, W>(
                             publisher = Some(id);
                             shared.counters.publishers.fetch_add(1, Ordering::Relaxed);
                             shared.counters.bytes_received.store(0, Ordering::Relaxed);
-                            shared.output.push_marker(Item::Started {
-                                publisher: id,
-                                peer,
-                            });
+                            // `decide` queued Item::Started.
                         }
                         Err((code, why)) => {
                             shared
@@ -1309,10 +1306,19 @@ fn decide(
             a.info.id,
             a.info.peer
         );
-        a.kick.kick();
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.current.store(id, Ordering::Release);
+    // The new publication starts in the output before the one taken over ends there: a
+    // publisher's thread sees its socket shut at once and queues its end, which must not come
+    // first (the source would take it for the end of the stream).
+    shared.output.push_marker(Item::Started {
+        publisher: id,
+        peer,
+    });
+    if let Some(a) = active.as_ref() {
+        a.kick.kick();
+    }
     *active = Some(Active {
         info: PublisherInfo {
             id,
