@@ -611,3 +611,38 @@ fn synchronised_sinks_render_every_frame_on_time() {
         assert_eq!((rendered, dropped), (expected, 0), "{name}: {stats}");
     }
 }
+
+/// A plain TCP publisher is read on a thread of its own (`rtmpsrvsrc-net`) once its publish is
+/// accepted; going to NULL mid-publication shuts its socket: the thread ends the connection with
+/// its reason, the publisher sees its connection end, and the port binds again at once.
+#[test]
+fn a_publisher_has_a_thread_that_ends_when_the_element_stops() {
+    let logs = capture_logs();
+    let server = Server::start("", Out::Record);
+    let publisher = ffmpeg_publish(&server.url("key"));
+    wait_publishing(&server, Duration::from_secs(10));
+    let line = wait_log(&logs, Duration::from_secs(5), |l| {
+        l.contains("is read on a thread of its own (rtmpsrvsrc-net)")
+    });
+    assert!(line, "the publisher went to its thread");
+    assert!(
+        common::threads_by_name()
+            .get("rtmpsrvsrc-net")
+            .is_some_and(|&n| n >= 1),
+        "{:?}",
+        common::threads_by_name()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let port = server.port;
+    server.pipeline.set_state(gst::State::Null).unwrap();
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
+    assert!(
+        wait_log(&logs, Duration::from_secs(5), |l| l
+            .contains("connection closed: the element stopped")
+            && l.contains("publisher 1")),
+        "the thread ended the connection"
+    );
+    let out = wait_child(publisher, Duration::from_secs(20), "ffmpeg");
+    assert!(!out.status.success(), "ffmpeg saw its connection end");
+}

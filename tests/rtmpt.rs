@@ -1,7 +1,8 @@
 //! RTMPT (RTMP tunnelled in HTTP POSTs) and RTMPTS (that inside TLS) into rtmpserversrc, on the
 //! same port as plain RTMP, from publishers we did not write: ffmpeg (`rtmpt://`, `rtmpts://`)
 //! and the stock librtmp `rtmpsink` (`rtmpt://`); and from our rsrtmpsink (`rtmpt://`,
-//! `rtmpts://`); RTMPE and RTMPTE from librtmp (`rtmpe://`, `rtmpte://`). Each publishes the same 3 s H.264+AAC file and the recording has every frame
+//! `rtmpts://`); RTMPE and RTMPTE from librtmp (`rtmpe://`, `rtmpte://`, the type-8 handshake);
+//! RTMPS from librtmp (`rtmps://`, with `tls-max-version=1.2`). Each publishes the same 3 s H.264+AAC file and the recording has every frame
 //! (counted by ffprobe). Hostile tunnel clients (garbage HTTP, unknown and stolen session ids, a
 //! huge body, an oversized head, hundreds of sessions) each end with a log line while ffmpeg's
 //! publication on another connection keeps every frame. Loopback only, every wait bounded,
@@ -266,10 +267,48 @@ fn stock_librtmp_rtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
     }
     assert!(
         wait_log(Duration::from_secs(5), |l| l
-            .contains("RTMPE handshake (type 6"))
+            .contains("RTMPE handshake (type 8"))
         .is_some(),
-        "the encrypted handshake was used"
+        "the encrypted handshake was used, of type 8 (librtmp's C1 is of version 128.x: it \
+         takes S2 and sends C2 with XTEA-encrypted signatures)"
     );
+}
+
+/// librtmp's `rtmps://` (the stock rtmpsink; Debian builds librtmp with GnuTLS) completes a
+/// TLS 1.3 handshake and then gives up after the RTMP handshake's first answer; with
+/// `tls-max-version=1.2` it publishes every frame. Ffmpeg and rtmp2sink take either
+/// (tests/rtmpserversrc.rs); a version other than 1.2 or 1.3 stops the element from starting.
+#[test]
+fn stock_librtmp_rtmpsink_rtmps_publishes_with_tls_max_version_1_2() {
+    let certs = TempDir::new("rtmps-certs");
+    let server = Server::start(&format!("{} tls-max-version=1.2", tls_props(certs.path())));
+    assert_eq!(server.src.property::<String>("tls-max-version"), "1.2");
+    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmps")));
+    wait_success(child, "rtmpsink rtmps with TLS 1.2");
+    assert_every_frame(&server, "librtmp rtmpsink rtmps:// (TLS 1.2)");
+    assert!(
+        wait_log(Duration::from_secs(5), |l| l.contains("TLS handshake done")
+            && l.contains("TLSv1_2"))
+        .is_some(),
+        "TLS 1.2 negotiated"
+    );
+
+    // The default offers TLS 1.3, which librtmp fails on: the reason for the property.
+    let server = Server::start(&tls_props(certs.path()));
+    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmps")));
+    let (out, timed_out) = child.wait_output(Duration::from_secs(40));
+    assert!(
+        !timed_out && !out.status.success(),
+        "librtmp's rtmps:// now works with TLS 1.3: tls-max-version's documentation is out of date"
+    );
+
+    let p = gst::parse::launch(&format!(
+        "rtmpserversrc address=127.0.0.1 port=0 {} tls-max-version=1.1 ! fakesink",
+        tls_props(certs.path())
+    ))
+    .unwrap();
+    assert!(p.set_state(gst::State::Playing).is_err(), "TLS 1.1 refused");
+    let _ = p.set_state(gst::State::Null);
 }
 
 #[test]
@@ -279,7 +318,7 @@ fn our_rsrtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
         let child = gst_publish(&format!("rsrtmpsink location={}", server.url(scheme)));
         let stderr = wait_success(child, scheme);
         assert!(
-            stderr.contains("RTMPE handshake done (type 6"),
+            stderr.contains("RTMPE handshake done (type 8"),
             "rsrtmpsink used the encrypted handshake"
         );
         assert_every_frame(&server, &format!("rsrtmpsink {scheme}://"));
@@ -295,12 +334,18 @@ fn rtmpe_without_a_digest_is_closed_with_the_reason() {
     c0c1.extend_from_slice(&[0x11u8; 1536]);
     s.write_all(&c0c1).unwrap();
     expect_closed(&peer, "RTMPE C1 carries no valid Flash Player digest");
-    // A type-8 handshake is not offered: the plain server refuses it with its reason.
+    // Type 8 is RTMPE too: the same check.
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let peer = s.local_addr().unwrap().to_string();
     c0c1[0] = 8;
     s.write_all(&c0c1).unwrap();
-    expect_closed(&peer, "RTMPE, C0 version 8");
+    expect_closed(&peer, "RTMPE C1 carries no valid Flash Player digest");
+    // Type 9 (Blowfish) is not offered: the plain server refuses it with its reason.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let peer = s.local_addr().unwrap().to_string();
+    c0c1[0] = 9;
+    s.write_all(&c0c1).unwrap();
+    expect_closed(&peer, "RTMPE, C0 version 9");
 }
 
 /// Sends `request` on a new connection from `source` and returns the answer's status (0: none)

@@ -57,11 +57,43 @@ pub struct Pem<'a> {
     pub text: &'a [u8],
 }
 
+/// The newest TLS version a server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMaxVersion {
+    /// TLS 1.2 only: for clients that fail on TLS 1.3 (librtmp with GnuTLS, `rtmps://`).
+    Tls12,
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls13,
+}
+
+impl std::str::FromStr for TlsMaxVersion {
+    type Err = String;
+
+    /// `1.2` or `1.3`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "1.2" => Ok(Self::Tls12),
+            "1.3" => Ok(Self::Tls13),
+            other => Err(format!("TLS version '{other}': 1.2 or 1.3")),
+        }
+    }
+}
+
 /// A TLS 1.2/1.3 server configuration (ring, no client certificates) presenting the certificate
 /// chain of `cert` (leaf first) with the private key of `key`.
 pub fn server_config(
     cert: Pem<'_>,
     key: Pem<'_>,
+) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
+    server_config_max(cert, key, TlsMaxVersion::Tls13)
+}
+
+/// [`server_config`] offering TLS versions up to `max`.
+pub fn server_config_max(
+    cert: Pem<'_>,
+    key: Pem<'_>,
+    max: TlsMaxVersion,
 ) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
     let bad_pem = |origin: &str, source| ServerTlsError::Pem {
         origin: origin.to_owned(),
@@ -93,8 +125,12 @@ pub fn server_config(
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // with_single_cert checks that the key is the certificate's.
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match max {
+        TlsMaxVersion::Tls12 => &[&rustls::version::TLS12],
+        TlsMaxVersion::Tls13 => rustls::DEFAULT_VERSIONS,
+    };
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(unusable)?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
@@ -107,6 +143,15 @@ pub fn server_config_from_files(
     cert: &Path,
     key: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
+    server_config_from_files_max(cert, key, TlsMaxVersion::Tls13)
+}
+
+/// [`server_config_from_files`] offering TLS versions up to `max`.
+pub fn server_config_from_files_max(
+    cert: &Path,
+    key: Option<&Path>,
+    max: TlsMaxVersion,
+) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
     let read = |origin: String, path: &Path| match std::fs::read(path) {
         Ok(text) => Ok((origin, text)),
         Err(source) => Err(ServerTlsError::Read { origin, source }),
@@ -116,7 +161,7 @@ pub fn server_config_from_files(
         Some(path) => read(format!("key file {}", path.display()), path)?,
         None => (cert_origin.clone(), cert_text.clone()),
     };
-    server_config(
+    server_config_max(
         Pem {
             origin: &cert_origin,
             text: &cert_text,
@@ -125,6 +170,7 @@ pub fn server_config_from_files(
             origin: &key_origin,
             text: &key_text,
         },
+        max,
     )
 }
 

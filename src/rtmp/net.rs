@@ -570,7 +570,8 @@ where
     log_id!(
         debug,
         &cfg.name,
-        "RTMPE handshake done (type 6, 1024-bit Diffie-Hellman): RC4 from now on"
+        "RTMPE handshake done (type {}, 1024-bit Diffie-Hellman): RC4 from now on",
+        keys.version
     );
     let (core, shim) = tokio::io::duplex(256 * 1024);
     let task = tokio::spawn(rtmpe_shim(

@@ -8,7 +8,14 @@
 //! HMAC-SHA256(secret, server's public key)[..16], for the server's bytes HMAC-SHA256(secret,
 //! client's public key)[..16]; both key streams are advanced by 1536 bytes before the first
 //! encrypted byte (librtmp's `InitRC4Encryption` and the end of its `HandShake`). C2 and S2 are
-//! not encrypted. Type 8 (the signature additionally XTEA/Blowfish-encrypted) is not offered.
+//! not encrypted.
+//!
+//! Type 8 is the same handshake with the 32-byte signatures of S2 and C2 additionally
+//! encrypted, each 8-byte block with XTEA (32 cycles, the block's two words little-endian) under
+//! one of 16 fixed keys, chosen by the byte of the signing key at the block's start modulo 15
+//! (librtmp's `rtmpe8_sig`, its "FP10" handshake). A server answers S0 = 8 when the client asks
+//! for it (C0 = 8) or, as librtmp's server does, when C0 = 6 comes with a C1 version of 128.x
+//! (librtmp and ffmpeg send it and both take an answer of 8). Type 9 (Blowfish) is not offered.
 //!
 //! The client half ([`Client`]) is what rsrtmpsink's `rtmpe://` and `rtmpte://` use.
 //!
@@ -26,6 +33,65 @@ const P1024: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A6
 const KEY_LEN: usize = 128;
 /// C0's version for RTMPE with the type-6 handshake.
 pub const RTMPE_VERSION: u8 = 6;
+/// C0's version for RTMPE whose handshake signatures are XTEA-encrypted (type 8).
+pub const RTMPE_XTEA_VERSION: u8 = 8;
+
+/// Whether a C0 version asks for RTMPE this module serves (type 6 or 8).
+pub fn is_rtmpe(version: u8) -> bool {
+    version == RTMPE_VERSION || version == RTMPE_XTEA_VERSION
+}
+
+/// The 16 XTEA keys of the type-8 handshake (librtmp's `rtmpe8_keys`; only the first 15 are
+/// ever chosen).
+const XTEA_KEYS: [[u32; 4]; 16] = [
+    [0xbff034b2, 0x11d9081f, 0xccdfb795, 0x748de732],
+    [0x086a5eb6, 0x1743090e, 0x6ef05ab8, 0xfe5a39e2],
+    [0x7b10956f, 0x76ce0521, 0x2388a73a, 0x440149a1],
+    [0xa943f317, 0xebf11bb2, 0xa691a5ee, 0x17f36339],
+    [0x7a30e00a, 0xb529e22c, 0xa087aea5, 0xc0cb79ac],
+    [0xbdce0c23, 0x2febdeff, 0x1cfaae16, 0x1123239d],
+    [0x55dd3f7b, 0x77e7e62e, 0x9bb8c499, 0xc9481ee4],
+    [0x407bb6b4, 0x71e89136, 0xa7aebf55, 0xca33b839],
+    [0xfcf6bdc3, 0xb63c3697, 0x7ce4f825, 0x04d959b2],
+    [0x28e091fd, 0x41954c4c, 0x7fb7db00, 0xe3a066f8],
+    [0x57845b76, 0x4f251b03, 0x46d45bcd, 0xa2c30d29],
+    [0x0acceef8, 0xda55b546, 0x03473452, 0x5863713b],
+    [0xb82075dc, 0xa75f1fee, 0xd84268e8, 0xa72a44cc],
+    [0x07cf6e9e, 0xa16d7b25, 0x9fa7ae6c, 0xd92f5629],
+    [0xfeb1eae4, 0x8c8c3ce1, 0x4e0064a7, 0x6a387c2a],
+    [0x893a9427, 0xcc3013a2, 0xf106385b, 0xa829f927],
+];
+
+/// XTEA encryption of one block (v0, v1), 32 cycles.
+fn xtea(mut v0: u32, mut v1: u32, k: &[u32; 4]) -> (u32, u32) {
+    const DELTA: u32 = 0x9e37_79b9;
+    let mut sum = 0u32;
+    for _ in 0..32 {
+        v0 = v0.wrapping_add(
+            (((v1 << 4) ^ (v1 >> 5)).wrapping_add(v1)) ^ sum.wrapping_add(k[(sum & 3) as usize]),
+        );
+        sum = sum.wrapping_add(DELTA);
+        v1 = v1.wrapping_add(
+            (((v0 << 4) ^ (v0 >> 5)).wrapping_add(v0))
+                ^ sum.wrapping_add(k[((sum >> 11) & 3) as usize]),
+        );
+    }
+    (v0, v1)
+}
+
+/// Type 8: encrypts a handshake signature in place, block by block, the key of each block
+/// chosen by the byte of `signing_key` (the HMAC key the signature was made with) at the
+/// block's offset.
+pub fn encrypt_signature_type8(sig: &mut [u8], signing_key: &[u8; 32]) {
+    for (i, block) in sig.chunks_exact_mut(8).enumerate() {
+        let key = &XTEA_KEYS[usize::from(signing_key[i * 8] % 15)];
+        let v0 = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+        let v1 = u32::from_le_bytes([block[4], block[5], block[6], block[7]]);
+        let (v0, v1) = xtea(v0, v1, key);
+        block[..4].copy_from_slice(&v0.to_le_bytes());
+        block[4..].copy_from_slice(&v1.to_le_bytes());
+    }
+}
 
 fn prime() -> BigUint {
     BigUint::parse_bytes(P1024.as_bytes(), 16).expect("the RFC 2409 prime parses")
@@ -86,7 +152,7 @@ pub fn dh_offset(packet: &[u8; PACKET_SIZE], scheme: u8) -> usize {
 /// A type-6 C0+C1 the server cannot take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RtmpeError {
-    #[error("RTMPE C0 carries version {0}, only type 6 is offered")]
+    #[error("RTMPE C0 carries version {0}, only types 6 and 8 are offered")]
     Version(u8),
     #[error("RTMPE C1 carries no valid Flash Player digest")]
     NoDigest,
@@ -104,16 +170,24 @@ pub struct Answer {
     pub to_client: Rc4,
     /// The digest scheme C1 used.
     pub scheme: u8,
+    /// The handshake type answered (S0): 6, or 8 (signatures XTEA-encrypted).
+    pub version: u8,
 }
 
 /// Answers C0+C1 (1537 bytes); `random` fills S1 and S2 and (its first 128 bytes) is our private
 /// key.
 pub fn server_answer(c0c1: &[u8], random: &[u8; PACKET_SIZE]) -> Result<Answer, RtmpeError> {
     let v = c0c1.first().copied().unwrap_or(0);
-    if v != RTMPE_VERSION || c0c1.len() < 1 + PACKET_SIZE {
+    if !is_rtmpe(v) || c0c1.len() < 1 + PACKET_SIZE {
         return Err(RtmpeError::Version(v));
     }
     let c1: [u8; PACKET_SIZE] = c0c1[1..1 + PACKET_SIZE].try_into().expect("length checked");
+    // As librtmp's server: a client of version 128.x takes type 8 (librtmp, ffmpeg).
+    let version = if v == RTMPE_XTEA_VERSION || c1[4] == 128 {
+        RTMPE_XTEA_VERSION
+    } else {
+        RTMPE_VERSION
+    };
     let (scheme, digest_at) = find_client_digest(&c1).ok_or(RtmpeError::NoDigest)?;
     let p = prime();
     let client_at = dh_offset(&c1, scheme);
@@ -137,6 +211,12 @@ pub fn server_answer(c0c1: &[u8], random: &[u8; PACKET_SIZE]) -> Result<Answer, 
         *d = *s;
     }
     sign_s2(&mut s2, &c1[digest_at..digest_at + 32]);
+    if version == RTMPE_XTEA_VERSION {
+        let mut fms = FMS_KEY_OPEN.to_vec();
+        fms.extend_from_slice(&KEY_TAIL);
+        let signing_key = super::handshake::hmac_sha256(&fms, &[&c1[digest_at..digest_at + 32]]);
+        encrypt_signature_type8(&mut s2[PACKET_SIZE - 32..], &signing_key);
+    }
     debug_assert_eq!(digest_offset(&s1, scheme), digest_offset(random, scheme));
 
     let key = |public: &[u8]| super::handshake::hmac_sha256(&secret, &[public]);
@@ -147,7 +227,7 @@ pub fn server_answer(c0c1: &[u8], random: &[u8; PACKET_SIZE]) -> Result<Answer, 
     to_client.apply(&mut skip);
 
     let mut s0s1s2 = Vec::with_capacity(1 + 2 * PACKET_SIZE);
-    s0s1s2.push(RTMPE_VERSION);
+    s0s1s2.push(version);
     s0s1s2.extend_from_slice(&s1);
     s0s1s2.extend_from_slice(&s2);
     Ok(Answer {
@@ -155,6 +235,7 @@ pub fn server_answer(c0c1: &[u8], random: &[u8; PACKET_SIZE]) -> Result<Answer, 
         from_client,
         to_client,
         scheme,
+        version,
     })
 }
 
@@ -190,6 +271,8 @@ pub struct ClientKeys {
     pub to_server: Rc4,
     /// Decrypts what the server sends after S2.
     pub from_server: Rc4,
+    /// The handshake type the server answered: 6, or 8 (C2's signature XTEA-encrypted).
+    pub version: u8,
 }
 
 impl Client {
@@ -215,7 +298,7 @@ impl Client {
     /// Takes S0+S1+S2 (1 + 2 × 1536 bytes).
     pub fn finish(&self, s0s1s2: &[u8]) -> Result<ClientKeys, ClientError> {
         let v = s0s1s2.first().copied().unwrap_or(0);
-        if v != RTMPE_VERSION || s0s1s2.len() < 1 + 2 * PACKET_SIZE {
+        if !is_rtmpe(v) || s0s1s2.len() < 1 + 2 * PACKET_SIZE {
             return Err(ClientError::Version(v));
         }
         let s1: [u8; PACKET_SIZE] = s0s1s2[1..1 + PACKET_SIZE]
@@ -254,10 +337,14 @@ impl Client {
         let k = super::handshake::hmac_sha256(&full_fp, &[&server_digest]);
         let sig = super::handshake::hmac_sha256(&k, &[&c2[..PACKET_SIZE - 32]]);
         c2[PACKET_SIZE - 32..].copy_from_slice(&sig);
+        if v == RTMPE_XTEA_VERSION {
+            encrypt_signature_type8(&mut c2[PACKET_SIZE - 32..], &k);
+        }
         Ok(ClientKeys {
             c2,
             to_server,
             from_server,
+            version: v,
         })
     }
 }
@@ -295,6 +382,107 @@ mod tests {
         let mut bad = server.s0s1s2.clone();
         bad[100] ^= 1;
         assert!(client.finish(&bad).is_err());
+    }
+
+    #[test]
+    fn xtea_test_vector() {
+        // The published XTEA vector (32 cycles; words big-endian there): key
+        // 000102030405060708090a0b0c0d0e0f, plaintext 4142434445464748, ciphertext
+        // 497df3d072612cb5.
+        let k = [0x0001_0203, 0x0405_0607, 0x0809_0a0b, 0x0c0d_0e0f];
+        assert_eq!(
+            xtea(0x4142_4344, 0x4546_4748, &k),
+            (0x497d_f3d0, 0x7261_2cb5)
+        );
+    }
+
+    /// Type 8 both ways: a client of version 128.x (as librtmp and ffmpeg send) or C0 = 8 gets
+    /// S0 = 8 and an S2 whose signature, checked as librtmp's client checks it (HMAC, then each
+    /// block XTEA-encrypted with the key the HMAC key's byte chooses), is right; our client's C2
+    /// is signed the same way; a C1 of another version still gets type 6.
+    #[test]
+    fn type_8_signatures_are_xtea_encrypted_both_ways() {
+        let mut r = [0u8; PACKET_SIZE];
+        for (i, b) in r.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        let (client, c0c1) = Client::new(99, &r);
+        assert_eq!((c0c1[0], c0c1[5]), (6, 128));
+        for c0 in [RTMPE_VERSION, RTMPE_XTEA_VERSION] {
+            let mut c0c1 = c0c1.clone();
+            c0c1[0] = c0;
+            let a = server_answer(&c0c1, &[0x24; PACKET_SIZE]).unwrap();
+            assert_eq!((a.version, a.s0s1s2[0]), (8, 8));
+            let c1 = &c0c1[1..];
+            let off = digest_offset(c1.try_into().unwrap(), 0);
+            let mut fms = FMS_KEY_OPEN.to_vec();
+            fms.extend_from_slice(&KEY_TAIL);
+            let key = super::super::handshake::hmac_sha256(&fms, &[&c1[off..off + 32]]);
+            let s2 = &a.s0s1s2[1 + PACKET_SIZE..];
+            let mut sig = super::super::handshake::hmac_sha256(&key, &[&s2[..PACKET_SIZE - 32]]);
+            assert_ne!(
+                &sig[..],
+                &s2[PACKET_SIZE - 32..],
+                "not the type-6 signature"
+            );
+            encrypt_signature_type8(&mut sig, &key);
+            assert_eq!(&sig[..], &s2[PACKET_SIZE - 32..]);
+
+            let keys = client.finish(&a.s0s1s2).unwrap();
+            assert_eq!(keys.version, 8);
+            let s1 = &a.s0s1s2[1..1 + PACKET_SIZE];
+            let scheme_off = [0u8, 1]
+                .into_iter()
+                .map(|sc| digest_offset(s1.try_into().unwrap(), sc))
+                .find(|&o| {
+                    super::super::handshake::hmac_sha256(FMS_KEY_OPEN, &[&s1[..o], &s1[o + 32..]])
+                        == s1[o..o + 32]
+                })
+                .unwrap();
+            let mut fp = FP_KEY_OPEN.to_vec();
+            fp.extend_from_slice(&KEY_TAIL);
+            let k = super::super::handshake::hmac_sha256(&fp, &[&s1[scheme_off..scheme_off + 32]]);
+            let mut sig = super::super::handshake::hmac_sha256(&k, &[&keys.c2[..PACKET_SIZE - 32]]);
+            encrypt_signature_type8(&mut sig, &k);
+            assert_eq!(&sig[..], &keys.c2[PACKET_SIZE - 32..]);
+        }
+        // Version 9.x with C0 = 6: type 6, signatures as they are.
+        let mut c0c1 = c0c1.clone();
+        c0c1[5] = 9;
+        let off = digest_offset(c0c1[1..].try_into().unwrap(), 0);
+        let d = super::super::handshake::hmac_sha256(
+            FP_KEY_OPEN,
+            &[&c0c1[1..1 + off], &c0c1[1 + off + 32..]],
+        );
+        c0c1[1 + off..1 + off + 32].copy_from_slice(&d);
+        let a = server_answer(&c0c1, &[0x24; PACKET_SIZE]).unwrap();
+        assert_eq!((a.version, a.s0s1s2[0]), (6, 6));
+        assert_eq!(client.finish(&a.s0s1s2).unwrap().version, 6);
+    }
+
+    /// Hostile type-8 openings: no digest, too short, type 9: refused, no panic.
+    #[test]
+    fn hostile_type_8_openings_are_refused() {
+        let mut c0c1 = vec![8u8];
+        c0c1.extend_from_slice(&[0x11; PACKET_SIZE]);
+        assert!(matches!(
+            server_answer(&c0c1, &[0; PACKET_SIZE]),
+            Err(RtmpeError::NoDigest)
+        ));
+        assert!(matches!(
+            server_answer(&c0c1[..100], &[0; PACKET_SIZE]),
+            Err(RtmpeError::Version(8))
+        ));
+        c0c1[0] = 9;
+        assert!(matches!(
+            server_answer(&c0c1, &[0; PACKET_SIZE]),
+            Err(RtmpeError::Version(9))
+        ));
+        let mut s = vec![8u8];
+        s.extend_from_slice(&[0u8; 2 * PACKET_SIZE]);
+        let (client, _) = Client::new(0, &[1; PACKET_SIZE]);
+        assert!(client.finish(&s).is_err());
+        assert!(client.finish(&s[..10]).is_err());
     }
 
     #[test]

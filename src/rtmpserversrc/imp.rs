@@ -55,6 +55,8 @@ struct Settings {
     latency_ms: u32,
     tls_certificate_file: Option<String>,
     tls_key_file: Option<String>,
+    /// `1.2` or `1.3`: the newest TLS version offered.
+    tls_max_version: String,
     /// `user:password` strings: when any, connect needs Adobe/Limelight authentication.
     users: Vec<String>,
     /// `adobe` or `llnw`: what a connect without credentials is told to use.
@@ -80,6 +82,7 @@ impl Default for Settings {
             users: Vec::new(),
             authmod: "adobe".into(),
             tls_key_file: None,
+            tls_max_version: "1.3".into(),
             rtmpt: true,
         }
     }
@@ -389,6 +392,12 @@ impl ObjectImpl for RtmpServerSrc {
                     .blurb("PEM private key of tls-certificate-file (default: read from that file)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("tls-max-version")
+                    .nick("TLS maximum version")
+                    .blurb("The newest TLS version RTMPS offers: 1.3 (TLS 1.2 and 1.3) or 1.2 (TLS 1.2 only, for librtmp's rtmps://, e.g. the stock rtmpsink, which fails on TLS 1.3)")
+                    .default_value(Some("1.3"))
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("rtmpt")
                     .nick("RTMPT")
                     .blurb("Also serve RTMPT (RTMP tunnelled in HTTP POST requests) on the same port (inside TLS when a certificate is set: RTMPTS); a connection is HTTP when its first byte is a letter")
@@ -469,6 +478,9 @@ impl ObjectImpl for RtmpServerSrc {
             "latency" => s.latency_ms = value.get().expect("type checked"),
             "tls-certificate-file" => s.tls_certificate_file = string().filter(|f| !f.is_empty()),
             "tls-key-file" => s.tls_key_file = string().filter(|f| !f.is_empty()),
+            "tls-max-version" => {
+                s.tls_max_version = string().unwrap_or_else(|| "1.3".into());
+            }
             "rtmpt" => s.rtmpt = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
@@ -501,6 +513,7 @@ impl ObjectImpl for RtmpServerSrc {
             "latency" => s.latency_ms.to_value(),
             "tls-certificate-file" => s.tls_certificate_file.to_value(),
             "tls-key-file" => s.tls_key_file.to_value(),
+            "tls-max-version" => s.tls_max_version.to_value(),
             "rtmpt" => s.rtmpt.to_value(),
             "stats" => {
                 drop(s);
@@ -551,11 +564,16 @@ impl BaseSrcImpl for RtmpServerSrc {
                 ("Invalid address '{}': not an IP address", s.address)
             )
         })?;
+        let max: crate::net::server_tls::TlsMaxVersion =
+            s.tls_max_version.parse().map_err(|e: String| {
+                gst::error_msg!(gst::ResourceError::Settings, ("tls-max-version: {}", e))
+            })?;
         let tls = match &s.tls_certificate_file {
             Some(cert) => Some(
-                crate::net::server_tls::server_config_from_files(
+                crate::net::server_tls::server_config_from_files_max(
                     std::path::Path::new(cert),
                     s.tls_key_file.as_deref().map(std::path::Path::new),
+                    max,
                 )
                 .map_err(|e| {
                     gst::error_msg!(gst::ResourceError::Settings, ("Cannot serve RTMPS: {}", e))

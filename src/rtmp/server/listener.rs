@@ -1,6 +1,6 @@
 //! The RTMP server's network side on the plugin's shared runtime: listens (plain TCP, or TLS for
 //! RTMPS), tells RTMP from RTMPT (HTTP, [`crate::rtmp::tunnel`]) by the first byte and RTMPE by
-//! C0 = 6 ([`crate::rtmp::rtmpe`]), runs one task per connection or tunnel session over
+//! C0 = 6 or 8 ([`crate::rtmp::rtmpe`]), runs one task per connection or tunnel session over
 //! [`Connection`], decides each publish (application,
 //! stream key, busy or taken over, the application's hook) and hands the accepted publication's
 //! media to the [`Output`] queue, which never makes a connection wait.
@@ -114,8 +114,32 @@ pub struct PublisherInfo {
 
 struct Active {
     info: PublisherInfo,
-    /// Notified to make the connection stop (taken over).
-    kick: Arc<Notify>,
+    /// Makes the connection stop (taken over).
+    kick: Arc<Kick>,
+}
+
+/// How a publishing connection is told that another publisher took over: its task is notified;
+/// its thread (see [`publish_thread`]) finds its socket shut for reading.
+#[derive(Default)]
+struct Kick {
+    notify: Notify,
+    taken: std::sync::atomic::AtomicBool,
+    /// The publisher thread's socket (another descriptor of it).
+    socket: Mutex<Option<socket2::Socket>>,
+}
+
+impl Kick {
+    fn kick(&self) {
+        self.taken.store(true, Ordering::Release);
+        self.notify.notify_one();
+        if let Some(s) = self.socket.lock().unwrap().as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    fn taken(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
+    }
 }
 
 struct Shared {
@@ -134,6 +158,11 @@ struct Shared {
     tunnels: Mutex<HashMap<String, Arc<TunnelSession>>>,
     /// The RTMPT sessions' RTMP connections (they outlive the HTTP connections).
     tunnel_tasks: TaskGroup,
+    /// The publishers on threads of their own (plain TCP), by connection id: another
+    /// descriptor of each socket, shut down by [`Listener::stop`].
+    threads: Mutex<HashMap<u64, socket2::Socket>>,
+    /// Set by [`Listener::stop`]: a publisher thread finding its socket shut says why.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 pub struct Listener {
@@ -169,6 +198,8 @@ impl Listener {
             next_id: AtomicU64::new(1),
             tunnels: Mutex::new(HashMap::new()),
             tunnel_tasks: TaskGroup::new(),
+            threads: Mutex::new(HashMap::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         ldebug!(
             shared,
@@ -210,6 +241,10 @@ impl Listener {
 
     /// Stops listening and closes every connection, without waiting.
     pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        for socket in self.shared.threads.lock().unwrap().values() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         self.tasks.abort_all();
         self.shared.tunnel_tasks.abort_all();
         self.shared.tunnels.lock().unwrap().clear();
@@ -376,8 +411,8 @@ async fn sniff<R, W>(
     evict: Arc<Notify>,
     ack: Option<socket2::Socket>,
 ) where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut first = vec![0u8; 4096];
     let read = tokio::select! {
@@ -418,7 +453,7 @@ async fn sniff<R, W>(
 }
 
 /// An RTMP connection whose first bytes (`first`, not empty) were read already: plain (C0 = 3),
-/// or RTMPE (C0 = 6), whose handshake is done here; the RTMP connection then sees a plain
+/// or RTMPE (C0 = 6 or 8), whose handshake is done here; the RTMP connection then sees a plain
 /// handshake and the decrypted stream, and its answers are encrypted.
 #[allow(clippy::too_many_arguments)]
 async fn rtmp<R, W>(
@@ -431,11 +466,11 @@ async fn rtmp<R, W>(
     id: u64,
     evict: Arc<Notify>,
 ) where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     use crate::rtmp::rtmpe;
-    if first.first() != Some(&rtmpe::RTMPE_VERSION) {
+    if !first.first().is_some_and(|&v| rtmpe::is_rtmpe(v)) {
         let r = std::io::Cursor::new(first).chain(r);
         return run(shared, r, w, peer, deadline, id, evict).await;
     }
@@ -453,8 +488,14 @@ async fn rtmp<R, W>(
                 Ok(a) => {
                     ldebug!(
                         shared,
-                        "{peer}: RTMPE handshake (type 6, digest scheme {}, 1024-bit Diffie-Hellman): S1 and S2 signed, RC4 from now on",
-                        a.scheme
+                        "{peer}: RTMPE handshake (type {}, digest scheme {}, 1024-bit Diffie-Hellman): S1 and S2 signed{}, RC4 from now on",
+                        a.version,
+                        a.scheme,
+                        if a.version == rtmpe::RTMPE_XTEA_VERSION {
+                            " (S2's signature XTEA-encrypted)"
+                        } else {
+                            ""
+                        }
                     );
                     match tokio::time::timeout_at(deadline.into(), w.write_all(&a.s0s1s2)).await {
                         Ok(Ok(())) => {}
@@ -938,6 +979,40 @@ enum End {
     Refused(&'static str),
     TakenOver,
     Evicted,
+    /// The element stopped (a publisher thread's socket was shut).
+    Stopped,
+}
+
+impl End {
+    fn reason(&self) -> String {
+        match self {
+            End::Closed => "the client closed the connection".to_owned(),
+            End::Error(e) => e.clone(),
+            End::Timeout(e) => e.clone(),
+            End::Refused(why) => format!("publish refused: {why}"),
+            End::TakenOver => "another publisher took over".into(),
+            End::Evicted => EVICTED.into(),
+            End::Stopped => "the element stopped".into(),
+        }
+    }
+}
+
+/// The connection's last line, once it ended (its publication, if any, ended with it).
+fn closed(shared: &Shared, conn: &Connection, peer: SocketAddr, end: &End, publisher: Option<u64>) {
+    let reason = end.reason();
+    if let Some(id) = publisher {
+        end_publication(shared, id, &reason);
+    }
+    ldebug!(
+        shared,
+        "{peer}: connection closed: {reason} ({} bytes in, {} out{})",
+        conn.counters.bytes_in,
+        conn.counters.bytes_out,
+        match publisher {
+            Some(id) => format!(", publisher {id}"),
+            None => String::new(),
+        }
+    );
 }
 
 async fn run<R, W>(
@@ -949,8 +1024,8 @@ async fn run<R, W>(
     conn_id: u64,
     evict: Arc<Notify>,
 ) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + 'static,
+    W: AsyncWrite + Unpin + 'static,
 {
     let config = ConnectionConfig {
         name: shared.config.name.clone(),
@@ -972,8 +1047,9 @@ async fn run<R, W>(
         .as_millis()
         & 0xffff_ffff) as u32;
     let mut conn = Connection::new(config, epoch, &random);
-    let kick = Arc::new(Notify::new());
+    let kick = Arc::new(Kick::default());
     let mut publisher: Option<u64> = None;
+    let mut detach_tried = false;
     let mut buf = vec![0u8; 64 * 1024];
     let end = loop {
         // Until publishing, the whole set-up has one deadline; then the idle timeout.
@@ -985,7 +1061,7 @@ async fn run<R, W>(
         };
         let read = tokio::select! {
             r = tokio::time::timeout_at(until.into(), r.read(&mut buf)) => r,
-            _ = kick.notified() => break End::TakenOver,
+            _ = kick.notify.notified() => break End::TakenOver,
             // Only before publishing: a publisher is never evicted (a notice that comes too
             // late is ignored).
             _ = evict.notified(), if publisher.is_none() => break End::Evicted,
@@ -1048,10 +1124,7 @@ async fn run<R, W>(
                             publisher = Some(id);
                             shared.counters.publishers.fetch_add(1, Ordering::Relaxed);
                             shared.counters.bytes_received.store(0, Ordering::Relaxed);
-                            shared.output.push_marker(Item::Started {
-                                publisher: id,
-                                peer,
-                            });
+                            // `decide` queued Item::Started.
                         }
                         Err((code, why)) => {
                             shared
@@ -1102,6 +1175,25 @@ async fn run<R, W>(
         if let Some(end) = end {
             break end;
         }
+        if let Some(id) = publisher
+            && !detach_tried
+        {
+            // Publishing over plain TCP: the rest of the connection is a thread's (see
+            // [`publish_thread`]).
+            detach_tried = true;
+            match into_std(r, w) {
+                Ok(Ok(stream)) => {
+                    start_publish_thread(shared, conn, stream, peer, conn_id, id, kick);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let end = End::Error(format!("the socket could not leave the runtime: {e}"));
+                    closed(&shared, &conn, peer, &end, publisher);
+                    return;
+                }
+                Err((r2, w2)) => (r, w) = (r2, w2),
+            }
+        }
     };
     if matches!(end, End::TakenOver) {
         conn.end_publish("NetStream.Unpublish.Success", "another publisher took over");
@@ -1109,27 +1201,46 @@ async fn run<R, W>(
         let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&out)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
-    let reason = match &end {
-        End::Closed => "the client closed the connection".to_owned(),
-        End::Error(e) => e.clone(),
-        End::Timeout(e) => e.clone(),
-        End::Refused(why) => format!("publish refused: {why}"),
-        End::TakenOver => "another publisher took over".into(),
-        End::Evicted => EVICTED.into(),
+    closed(&shared, &conn, peer, &end, publisher);
+}
+
+/// The socket of a plain TCP connection (`rtmp`'s reader: the first bytes read, then the
+/// socket's read half; the write half), blocking, when those bytes were all taken; otherwise
+/// (TLS, RTMPE, RTMPT) the reader and writer as they were.
+#[allow(clippy::type_complexity)]
+fn into_std<R: 'static, W: 'static>(
+    r: R,
+    w: W,
+) -> Result<std::io::Result<std::net::TcpStream>, (R, W)> {
+    use std::any::Any;
+    type PlainReader = tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf>;
+    let back = |r: Box<dyn Any>, w: Box<dyn Any>| match (r.downcast::<R>(), w.downcast::<W>()) {
+        (Ok(r), Ok(w)) => Err((*r, *w)),
+        _ => unreachable!("the reader and writer are of the types they were"),
     };
-    if let Some(id) = publisher {
-        end_publication(&shared, id, &reason);
+    let r: Box<dyn Any> = Box::new(r);
+    let w: Box<dyn Any> = Box::new(w);
+    if !r.is::<PlainReader>() || !w.is::<tokio::net::tcp::OwnedWriteHalf>() {
+        return back(r, w);
     }
-    ldebug!(
-        shared,
-        "{peer}: connection closed: {reason} ({} bytes in, {} out{})",
-        conn.counters.bytes_in,
-        conn.counters.bytes_out,
-        match publisher {
-            Some(id) => format!(", publisher {id}"),
-            None => String::new(),
-        }
-    );
+    let (Ok(r), Ok(w)) = (
+        r.downcast::<PlainReader>(),
+        w.downcast::<tokio::net::tcp::OwnedWriteHalf>(),
+    ) else {
+        unreachable!("checked above");
+    };
+    let (first, half) = r.into_inner();
+    if first.position() < first.get_ref().len() as u64 {
+        return back(Box::new(first.chain(half)), w);
+    }
+    let stream = match half.reunite(*w) {
+        Ok(s) => s,
+        Err(e) => return back(Box::new(first.chain(e.0)), Box::new(e.1)),
+    };
+    // Failing here (leaving the runtime's poller), the connection is lost: Ok(Err).
+    Ok(stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s)))
 }
 
 /// Publisher `id` is gone: its slot is free, the output learns why.
@@ -1152,7 +1263,7 @@ fn decide(
     conn: &Connection,
     req: &PublishRequest,
     peer: SocketAddr,
-    kick: &Arc<Notify>,
+    kick: &Arc<Kick>,
 ) -> Result<u64, (&'static str, &'static str)> {
     let c = &shared.config;
     let app = conn
@@ -1195,10 +1306,19 @@ fn decide(
             a.info.id,
             a.info.peer
         );
-        a.kick.notify_one();
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.current.store(id, Ordering::Release);
+    // The new publication starts in the output before the one taken over ends there: a
+    // publisher's thread sees its socket shut at once and queues its end, which must not come
+    // first (the source would take it for the end of the stream).
+    shared.output.push_marker(Item::Started {
+        publisher: id,
+        peer,
+    });
+    if let Some(a) = active.as_ref() {
+        a.kick.kick();
+    }
     *active = Some(Active {
         info: PublisherInfo {
             id,
@@ -1224,4 +1344,185 @@ fn decide(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Bytes a publisher thread reads at once at most.
+const THREAD_READ: usize = 256 * 1024;
+
+/// The name of a publisher's thread.
+pub const PUBLISH_THREAD: &str = "rtmpsrvsrc-net";
+
+/// Hands an accepted publisher's plain TCP connection to a thread of its own
+/// ([`publish_thread`]), or to the runtime's blocking pool if no thread can start.
+#[allow(clippy::too_many_arguments)]
+fn start_publish_thread(
+    shared: Arc<Shared>,
+    conn: Connection,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    publisher: u64,
+    kick: Arc<Kick>,
+) {
+    // Other descriptors of the socket: a takeover and a stop shut it to end the thread's read.
+    if let Ok(s) = socket2::SockRef::from(&stream).try_clone() {
+        *kick.socket.lock().unwrap() = Some(s);
+    }
+    if let Ok(s) = socket2::SockRef::from(&stream).try_clone() {
+        shared.threads.lock().unwrap().insert(conn_id, s);
+    }
+    // A takeover or stop that came before the descriptors were there.
+    if kick.taken() || shared.stopped.load(Ordering::Acquire) {
+        let _ = stream.shutdown(std::net::Shutdown::Read);
+    }
+    shared.counters.open.fetch_add(1, Ordering::Relaxed);
+    ldebug!(
+        shared,
+        "{peer}: publisher {publisher} is read on a thread of its own ({PUBLISH_THREAD})"
+    );
+    let sh = shared.clone();
+    let job = Arc::new(Mutex::new(Some(move || {
+        publish_thread(sh, conn, stream, peer, conn_id, publisher, kick)
+    })));
+    let j = job.clone();
+    let spawned = std::thread::Builder::new()
+        .name(PUBLISH_THREAD.into())
+        .spawn(move || {
+            if let Some(job) = j.lock().unwrap().take() {
+                job();
+            }
+        });
+    if let Err(e) = spawned {
+        ldebug!(
+            shared,
+            "{peer}: no thread for publisher {publisher} ({e}): read on the runtime's blocking pool"
+        );
+        if let Some(job) = job.lock().unwrap().take() {
+            crate::runtime::handle().spawn_blocking(job);
+        }
+    }
+}
+
+/// A publisher's plain TCP connection after its publish was accepted, with blocking I/O on a
+/// thread of its own: each read wakes this one thread and takes what has arrived (up to
+/// [`THREAD_READ`]), where a task on the shared runtime woke a worker through its poller and
+/// re-armed a timer for every read. Media goes to the output as on the runtime; the same
+/// limits apply (idle timeout, the core's limits); a takeover or the element stopping shuts the
+/// socket for reading, which ends the read.
+fn publish_thread(
+    shared: Arc<Shared>,
+    mut conn: Connection,
+    mut stream: std::net::TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    publisher_id: u64,
+    kick: Arc<Kick>,
+) {
+    use std::io::{ErrorKind, Read, Write};
+    let _guard = OpenGuard(shared.clone(), conn_id);
+    let mut publisher = Some(publisher_id);
+    let mut timeout = shared.config.idle_timeout;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut buf = vec![0u8; THREAD_READ];
+    let ended = |shared: &Shared| {
+        if kick.taken() {
+            End::TakenOver
+        } else if shared.stopped.load(Ordering::Acquire) {
+            End::Stopped
+        } else {
+            End::Closed
+        }
+    };
+    let end = loop {
+        if kick.taken() {
+            break End::TakenOver;
+        }
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break ended(&shared),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break End::Timeout(match publisher {
+                    Some(_) => format!("nothing received for {timeout:?}"),
+                    None => format!("nothing received for {timeout:?} after the publication ended"),
+                });
+            }
+            Err(e) => {
+                break match ended(&shared) {
+                    End::Closed => End::Error(format!("read failed: {e}")),
+                    other => other,
+                };
+            }
+        };
+        if publisher.is_some() {
+            shared
+                .counters
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let mut end = None;
+        match conn.receive(&buf[..n]) {
+            Ok(events) => {
+                for ev in events {
+                    match ev {
+                        Event::Media(tag) => {
+                            if let Some(id) = publisher
+                                && shared.current.load(Ordering::Acquire) == id
+                            {
+                                shared.output.push_tag(tag);
+                            }
+                        }
+                        Event::Unpublished(how) => {
+                            // As on the runtime: the connection may stay a handshake-timeout.
+                            if let Some(id) = publisher.take() {
+                                end_publication(
+                                    &shared,
+                                    id,
+                                    &format!("the client unpublished ({how})"),
+                                );
+                                ldebug!(
+                                    shared,
+                                    "{peer}: publisher {id} unpublished ({how}); the connection may close"
+                                );
+                            }
+                            timeout = shared.config.handshake_timeout;
+                            let _ = stream.set_read_timeout(Some(timeout));
+                        }
+                        // The core allows one publication per connection: not reported again.
+                        Event::Publish(_) => {
+                            conn.refuse_publish(
+                                "NetStream.Publish.BadName",
+                                "one publication per connection",
+                            );
+                            end = Some(End::Refused("one publication per connection"));
+                        }
+                        Event::Connected(_) => {}
+                    }
+                }
+            }
+            Err(e) => end = Some(End::Error(e.to_string())),
+        }
+        let out = conn.take_output();
+        if !out.is_empty() {
+            match stream.write_all(&out) {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break End::Timeout("the client read nothing for 10 s".into());
+                }
+                Err(e) => break End::Error(format!("write failed: {e}")),
+            }
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    if matches!(end, End::TakenOver) {
+        conn.end_publish("NetStream.Unpublish.Success", "another publisher took over");
+        let _ = stream.write_all(&conn.take_output());
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    shared.threads.lock().unwrap().remove(&conn_id);
+    closed(&shared, &conn, peer, &end, publisher);
 }
