@@ -13,7 +13,7 @@
 //! segments, mfhd sequence numbers strictly increasing, tfdt continuous across segments, trun
 //! sample counts equal to the frames sent and to ffprobe's, trun durations equal to EXTINF, trun
 //! data offsets tiling the mdat payload, and the codec strings mp4box.js derives from the sample
-//! entries equal to the multivariant playlist's CODECS (see `same_codec` for what is left out).
+//! entries equal to the multivariant playlist's CODECS (constraint flags included).
 //! The checks are shown to fail on a segment with a moved tfdt, a repeated sequence number or a
 //! data offset outside the mdat. The unit tests in src/hls/fmp4/ check each box.
 
@@ -827,24 +827,10 @@ fn announced_codecs(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Codec strings compare without case (RFC 6381 hex digits; mp4box.js writes `Opus`, the
-/// playlist `opus`). The constraint flags are left out: the CODECS writer
-/// (src/hls/multivariant.rs) makes them from the caps' profile name (`avc1.4D00..` for main,
-/// `hvc1....B0` always), while the avcC/hvcC made from the encoder's SPS says what the stream has
-/// (x264's main profile sets constraint_set1: `avc1.4D40..`; x265's hvcC has 0x90) and
-/// mp4box.js reads those.
+/// Codec strings compare without case (RFC 6381 hex digits; mp4box.js writes `avc1.4d4015` and
+/// `Opus`, the playlist `avc1.4D4015` and `opus`).
 fn same_codec(announced: &str, found: &str) -> bool {
-    let key = |s: &str| {
-        let s = s.to_ascii_lowercase();
-        if let Some(hex) = s.strip_prefix("avc1.").filter(|h| h.len() == 6) {
-            format!("avc1.{}..{}", &hex[..2], &hex[4..])
-        } else if s.starts_with("hvc1.") {
-            s.splitn(5, '.').take(4).collect::<Vec<_>>().join(".")
-        } else {
-            s
-        }
-    };
-    key(announced) == key(found)
+    announced.eq_ignore_ascii_case(found)
 }
 
 /// mp4box.js reads `sources` written as fMP4 by rshlssink: muxed (`video`/`audio` pads, both
