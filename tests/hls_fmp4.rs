@@ -5,17 +5,17 @@
 //! element's server while live, hlsdemux2 from the server). A change of format mid-stream gets a new init segment and a discontinuity.
 //! (hls.js in Chromium plays it too: tests/hls_browser.rs.)
 //!
-//!
 //! The box structure is checked with mp4box.js (GPAC's MP4 parser in JavaScript, from npm, run by
 //! Node: `bash .ci/deps` puts it under target/test-assets/mp4box; Debian 12 packages no
 //! gpac/MP4Box and no bento4 mp4dump) through tests/fmp4_check.js, for H.264 + AAC and H.265 +
-//! Opus, muxed and as multivariant renditions: ftyp + moov with mvex/trex, styp + moof + mdat
-//! segments, mfhd sequence numbers strictly increasing, tfdt continuous across segments, trun
-//! sample counts equal to the frames sent and to ffprobe's, trun durations equal to EXTINF, trun
-//! data offsets tiling the mdat payload, and the codec strings mp4box.js derives from the sample
-//! entries equal to the multivariant playlist's CODECS (constraint flags included).
-//! The checks are shown to fail on a segment with a moved tfdt, a repeated sequence number or a
-//! data offset outside the mdat. The unit tests in src/hls/fmp4/ check each box.
+//! Opus, muxed and as multivariant renditions, and for LL-HLS segments made of parts: ftyp + moov
+//! with mvex/trex, styp + moof + mdat segments (a moof + mdat per part), mfhd sequence numbers
+//! strictly increasing, tfdt continuous across segments, trun sample counts equal to the frames
+//! sent and to ffprobe's, trun durations equal to EXTINF, trun data offsets tiling the mdat
+//! payload, and the codec strings mp4box.js derives from the sample entries equal to the
+//! multivariant playlist's CODECS (constraint flags included). The checks are shown to fail on a
+//! segment with a moved tfdt, a repeated sequence number or a data offset outside the mdat. The
+//! unit tests in src/hls/fmp4/ check each box.
 
 mod common;
 
@@ -689,7 +689,8 @@ fn mp4box_summary(dir: &Path, name: &str) -> (m3u8_rs::MediaPlaylist, Json) {
 
 /// Asserts the structure mp4box.js found in the fMP4 output of media playlist `name`: an init
 /// segment of ftyp + moov with mvex and a trex per trak (no samples in the moov); media segments
-/// of styp + moof + mdat whose mfhd sequence numbers strictly increase; per track a tfdt that
+/// of styp + moof + mdat (a moof + mdat per LL-HLS part) whose mfhd sequence numbers strictly
+/// increase; per track a tfdt that
 /// continues where the previous fragment's trun durations ended (within one sample); trun data
 /// offsets (relative to the moof, default-base-is-moof) that tile the mdat payload exactly; the
 /// video (or only) track's trun durations summing to EXTINF within a frame; the samples
@@ -741,10 +742,17 @@ fn assert_mp4box_structure(dir: &Path, name: &str) -> Vec<Mp4Track> {
             .iter()
             .map(|b| b.get("type").str())
             .collect();
-        assert_eq!(types, ["styp", "moof", "mdat"], "{file}");
+        // One fragment, or one per LL-HLS part.
+        assert!(
+            types.len() >= 3
+                && types[0] == "styp"
+                && types[1..].chunks(2).all(|c| c == ["moof", "mdat"]),
+            "{file}: {types:?}"
+        );
         assert!(!segment.get("styp").get("major").str().is_empty());
-        let mdat = &segment.get("mdats").arr()[0];
-        for moof in segment.get("moofs").arr() {
+        let mdats = segment.get("mdats").arr();
+        let mut cut_on_duration = 0.0;
+        for (moof, mdat) in segment.get("moofs").arr().iter().zip(mdats) {
             let sequence = moof.get("sequence_number").num();
             assert!(
                 sequence > last_sequence,
@@ -770,12 +778,7 @@ fn assert_mp4box_structure(dir: &Path, name: &str) -> Vec<Mp4Track> {
                 next_tfdt[t] = Some(tfdt + duration);
                 samples[t] += count as usize;
                 if t == cut_on {
-                    let seconds = duration / tracks[t].get("timescale").num();
-                    assert!(
-                        (seconds - f64::from(listed.duration)).abs() <= FRAME + 1e-3,
-                        "{file}: track {id} lasts {seconds} s, EXTINF {}",
-                        listed.duration
-                    );
+                    cut_on_duration += duration / tracks[t].get("timescale").num();
                 }
                 assert!(
                     traf.get("inside_mdat").is_true(),
@@ -794,6 +797,12 @@ fn assert_mp4box_structure(dir: &Path, name: &str) -> Vec<Mp4Track> {
             }
             assert_eq!(at, mdat.get("end").num(), "{file}: mdat bytes unused");
         }
+        assert!(
+            (cut_on_duration - f64::from(listed.duration)).abs() <= FRAME + 1e-3,
+            "{file}: track {} lasts {cut_on_duration} s, EXTINF {}",
+            ids[cut_on],
+            listed.duration
+        );
     }
     let combined: Vec<usize> = summary
         .get("combined")
@@ -926,6 +935,32 @@ fn checks_catch_corruption(dir: &TempDir) {
         assert!(message.contains(what), "broken {what}, but: {message}");
     }
     std::fs::write(&path, good).unwrap();
+}
+
+/// LL-HLS (`part-duration`): a segment is its parts' fragments, one moof + mdat each, and the
+/// sequence numbers and tfdt run on from part to part.
+#[test]
+fn mp4box_js_reads_low_latency_fmp4_segments_made_of_parts() {
+    let dir = TempDir::new("fmp4-mp4box-parts");
+    run_sink(
+        &format!(
+            "location={} segment-format=fmp4 part-duration=0.2 target-duration=1 \
+             playlist-type=vod",
+            dir.str()
+        ),
+        &format!("{}video {}audio", video(90, 30), audio(3.0)),
+    );
+    let tracks = assert_mp4box_structure(dir.path(), "playlist.m3u8");
+    assert_eq!(tracks[0].samples, 90, "{tracks:?}");
+    let (_, summary) = mp4box_summary(dir.path(), "playlist.m3u8");
+    for segment in summary.get("segments").arr() {
+        assert_eq!(
+            segment.get("moofs").arr().len(),
+            5,
+            "five parts of 0.2 s: {}",
+            segment.get("file").str()
+        );
+    }
 }
 
 #[test]
