@@ -5,8 +5,17 @@
 //! element's server while live, hlsdemux2 from the server). A change of format mid-stream gets a new init segment and a discontinuity.
 //! (hls.js in Chromium plays it too: tests/hls_browser.rs.)
 //!
-//! No MP4 structure checker is packaged for Debian 12 (no gpac/MP4Box, no bento4 mp4dump), so
-//! the box layout is checked by the unit tests in src/hls/fmp4/ and by these readers.
+//! The box structure is checked with mp4box.js (GPAC's MP4 parser in JavaScript, from npm, run by
+//! Node: `bash .ci/deps` puts it under target/test-assets/mp4box; Debian 12 packages no
+//! gpac/MP4Box and no bento4 mp4dump) through tests/fmp4_check.js, for H.264 + AAC and H.265 +
+//! Opus, muxed and as multivariant renditions, and for LL-HLS segments made of parts: ftyp + moov
+//! with mvex/trex, styp + moof + mdat segments (a moof + mdat per part), mfhd sequence numbers
+//! strictly increasing, tfdt continuous across segments, trun sample counts equal to the frames
+//! sent and to ffprobe's, trun durations equal to EXTINF, trun data offsets tiling the mdat
+//! payload, and the codec strings mp4box.js derives from the sample entries equal to the
+//! multivariant playlist's CODECS (constraint flags included). The checks are shown to fail on a
+//! segment with a moved tfdt, a repeated sequence number or a data offset outside the mdat. The
+//! unit tests in src/hls/fmp4/ check each box.
 
 mod common;
 
@@ -461,4 +470,522 @@ fn a_format_change_writes_a_new_init_segment_after_a_discontinuity() {
         })
         .collect();
     assert_eq!(sizes, ["320,240", "640,480"]);
+}
+
+/// Where `.ci/deps` unpacks the mp4box npm package (mp4box.js, GPAC's MP4 parser in JavaScript).
+const MP4BOX_JS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/test-assets/mp4box/dist/mp4box.all.cjs"
+);
+/// The script that has mp4box.js parse the segments and prints what it found as JSON.
+const FMP4_CHECK_JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fmp4_check.js");
+
+/// Just enough JSON to read tests/fmp4_check.js's summary (no JSON crate among the dependencies).
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn parse(text: &str) -> Json {
+        let b = text.as_bytes();
+        let mut at = 0;
+        let v = Json::value(b, &mut at);
+        Json::skip_ws(b, &mut at);
+        assert_eq!(at, b.len(), "trailing data after the JSON");
+        v
+    }
+
+    fn skip_ws(b: &[u8], at: &mut usize) {
+        while *at < b.len() && b[*at].is_ascii_whitespace() {
+            *at += 1;
+        }
+    }
+
+    fn value(b: &[u8], at: &mut usize) -> Json {
+        Json::skip_ws(b, at);
+        match b[*at] {
+            b'{' => {
+                *at += 1;
+                let mut fields = Vec::new();
+                loop {
+                    Json::skip_ws(b, at);
+                    if b[*at] == b'}' {
+                        *at += 1;
+                        return Json::Obj(fields);
+                    }
+                    if b[*at] == b',' {
+                        *at += 1;
+                        continue;
+                    }
+                    let Json::Str(key) = Json::value(b, at) else {
+                        panic!("object key at {at}")
+                    };
+                    Json::skip_ws(b, at);
+                    assert_eq!(b[*at], b':', "':' at {at}");
+                    *at += 1;
+                    fields.push((key, Json::value(b, at)));
+                }
+            }
+            b'[' => {
+                *at += 1;
+                let mut items = Vec::new();
+                loop {
+                    Json::skip_ws(b, at);
+                    if b[*at] == b']' {
+                        *at += 1;
+                        return Json::Arr(items);
+                    }
+                    if b[*at] == b',' {
+                        *at += 1;
+                        continue;
+                    }
+                    items.push(Json::value(b, at));
+                }
+            }
+            b'"' => {
+                *at += 1;
+                let mut s = String::new();
+                loop {
+                    match b[*at] {
+                        b'"' => {
+                            *at += 1;
+                            return Json::Str(s);
+                        }
+                        b'\\' => {
+                            *at += 2;
+                            match b[*at - 1] {
+                                b'n' => s.push('\n'),
+                                b't' => s.push('\t'),
+                                b'u' => {
+                                    let hex = std::str::from_utf8(&b[*at..*at + 4]).unwrap();
+                                    let c = u32::from_str_radix(hex, 16).unwrap();
+                                    s.push(char::from_u32(c).unwrap_or('?'));
+                                    *at += 4;
+                                }
+                                c => s.push(char::from(c)),
+                            }
+                        }
+                        _ => {
+                            let start = *at;
+                            while b[*at] != b'"' && b[*at] != b'\\' {
+                                *at += 1;
+                            }
+                            s.push_str(std::str::from_utf8(&b[start..*at]).unwrap());
+                        }
+                    }
+                }
+            }
+            b't' | b'f' | b'n' => {
+                let word: String = b[*at..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphabetic())
+                    .map(|&c| char::from(c))
+                    .collect();
+                *at += word.len();
+                match word.as_str() {
+                    "true" => Json::Bool(true),
+                    "false" => Json::Bool(false),
+                    "null" => Json::Null,
+                    w => panic!("JSON word {w}"),
+                }
+            }
+            _ => {
+                let start = *at;
+                while *at < b.len() && b"+-.eE0123456789".contains(&b[*at]) {
+                    *at += 1;
+                }
+                let n = std::str::from_utf8(&b[start..*at]).unwrap();
+                Json::Num(n.parse().unwrap_or_else(|_| panic!("JSON number {n:?}")))
+            }
+        }
+    }
+
+    /// The field `key` of an object (Null when absent).
+    fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(fields) => fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .unwrap_or(&Json::Null),
+            _ => &Json::Null,
+        }
+    }
+
+    fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(items) => items,
+            _ => &[],
+        }
+    }
+
+    fn num(&self) -> f64 {
+        match self {
+            Json::Num(n) => *n,
+            other => panic!("not a number: {other:?}"),
+        }
+    }
+
+    fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    fn is_true(&self) -> bool {
+        *self == Json::Bool(true)
+    }
+}
+
+/// A track as mp4box.js read it: its init segment's codec string, handler and timescale, and the
+/// samples the fragments hold.
+#[derive(Debug)]
+struct Mp4Track {
+    codec: String,
+    handler: String,
+    samples: usize,
+}
+
+/// Runs tests/fmp4_check.js (mp4box.js) over the init segment and segments of the media playlist
+/// `name` in `dir` (one init segment) and returns its summary.
+fn mp4box_summary(dir: &Path, name: &str) -> (m3u8_rs::MediaPlaylist, Json) {
+    assert!(
+        Path::new(MP4BOX_JS).exists(),
+        "{MP4BOX_JS} is missing: run `bash .ci/deps`"
+    );
+    let playlist = read_playlist(&dir.join(name));
+    let init = playlist.segments[0]
+        .map
+        .as_ref()
+        .expect("EXT-X-MAP")
+        .uri
+        .clone();
+    assert!(
+        playlist.segments.iter().skip(1).all(|s| s.map.is_none()),
+        "one init segment"
+    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(dir).arg(FMP4_CHECK_JS).arg(&init);
+    for s in &playlist.segments {
+        cmd.arg(&s.uri);
+    }
+    let (out, timed_out) = common::run(&mut cmd, Duration::from_secs(60));
+    assert!(!timed_out, "fmp4_check.js timed out");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fmp4_check.js: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (playlist, Json::parse(&stdout))
+}
+
+/// Asserts the structure mp4box.js found in the fMP4 output of media playlist `name`: an init
+/// segment of ftyp + moov with mvex and a trex per trak (no samples in the moov); media segments
+/// of styp + moof + mdat (a moof + mdat per LL-HLS part) whose mfhd sequence numbers strictly
+/// increase; per track a tfdt that
+/// continues where the previous fragment's trun durations ended (within one sample); trun data
+/// offsets (relative to the moof, default-base-is-moof) that tile the mdat payload exactly; the
+/// video (or only) track's trun durations summing to EXTINF within a frame; the samples
+/// mp4box.js reads from all fragments equal to the truns'. Returns the tracks.
+fn assert_mp4box_structure(dir: &Path, name: &str) -> Vec<Mp4Track> {
+    let (playlist, summary) = mp4box_summary(dir, name);
+    let problems = summary.get("problems").arr();
+    assert!(problems.is_empty(), "mp4box.js: {problems:?}");
+    let init = summary.get("init");
+    let boxes: Vec<&str> = init.get("boxes").arr().iter().map(Json::str).collect();
+    assert_eq!(boxes, ["ftyp", "moov"], "{name}: init segment");
+    assert!(!init.get("ftyp").get("major").str().is_empty());
+    let moov = init.get("moov");
+    assert!(moov.get("mvex").is_true(), "{name}: no mvex");
+    let tracks = moov.get("tracks").arr();
+    assert!(!tracks.is_empty(), "{name}: no trak");
+    let ids: Vec<f64> = tracks.iter().map(|t| t.get("id").num()).collect();
+    let trex: Vec<f64> = moov
+        .get("trex")
+        .arr()
+        .iter()
+        .map(|t| t.get("track_id").num())
+        .collect();
+    assert_eq!(trex, ids, "{name}: a trex per trak");
+    for t in tracks {
+        assert_eq!(
+            t.get("stbl_samples").num(),
+            0.0,
+            "{name}: samples in the moov"
+        );
+        assert!(t.get("timescale").num() > 0.0);
+    }
+    let cut_on = tracks
+        .iter()
+        .position(|t| t.get("handler").str() == "vide")
+        .unwrap_or(0);
+
+    let segments = summary.get("segments").arr();
+    assert_eq!(segments.len(), playlist.segments.len());
+    let mut last_sequence = 0.0;
+    // Per track: where the next fragment's tfdt must be, samples and one sample's duration.
+    let mut next_tfdt: Vec<Option<f64>> = vec![None; tracks.len()];
+    let mut samples = vec![0usize; tracks.len()];
+    for (segment, listed) in segments.iter().zip(&playlist.segments) {
+        let file = segment.get("file").str();
+        let types: Vec<&str> = segment
+            .get("boxes")
+            .arr()
+            .iter()
+            .map(|b| b.get("type").str())
+            .collect();
+        // One fragment, or one per LL-HLS part.
+        assert!(
+            types.len() >= 3
+                && types[0] == "styp"
+                && types[1..].chunks(2).all(|c| c == ["moof", "mdat"]),
+            "{file}: {types:?}"
+        );
+        assert!(!segment.get("styp").get("major").str().is_empty());
+        let mdats = segment.get("mdats").arr();
+        let mut cut_on_duration = 0.0;
+        for (moof, mdat) in segment.get("moofs").arr().iter().zip(mdats) {
+            let sequence = moof.get("sequence_number").num();
+            assert!(
+                sequence > last_sequence,
+                "{file}: mfhd sequence number {sequence} after {last_sequence}"
+            );
+            last_sequence = sequence;
+            let mut ranges = Vec::new();
+            for traf in moof.get("trafs").arr() {
+                let id = traf.get("track_id").num();
+                let t = ids.iter().position(|&i| i == id).expect("traf of a trak");
+                assert!(traf.get("default_base_is_moof").is_true(), "{file}");
+                let tfdt = traf.get("base_media_decode_time").num();
+                let count = traf.get("samples").num();
+                let duration = traf.get("duration").num();
+                assert!(count > 0.0, "{file}: empty traf");
+                let one_sample = duration / count;
+                if let Some(expected) = next_tfdt[t] {
+                    assert!(
+                        (tfdt - expected).abs() <= one_sample,
+                        "{file}: track {id} tfdt {tfdt}, the previous fragment ended at {expected}"
+                    );
+                }
+                next_tfdt[t] = Some(tfdt + duration);
+                samples[t] += count as usize;
+                if t == cut_on {
+                    cut_on_duration += duration / tracks[t].get("timescale").num();
+                }
+                assert!(
+                    traf.get("inside_mdat").is_true(),
+                    "{file}: track {id}'s sample data outside the mdat: {traf:?}"
+                );
+                for run in traf.get("truns").arr() {
+                    ranges.push((run.get("data_start").num(), run.get("data_end").num()));
+                }
+            }
+            // The sample data tiles the mdat payload: nothing outside, overlapping or unused.
+            ranges.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut at = mdat.get("start").num();
+            for (start, end) in ranges {
+                assert_eq!(start, at, "{file}: sample data not contiguous in the mdat");
+                at = end;
+            }
+            assert_eq!(at, mdat.get("end").num(), "{file}: mdat bytes unused");
+        }
+        assert!(
+            (cut_on_duration - f64::from(listed.duration)).abs() <= FRAME + 1e-3,
+            "{file}: track {} lasts {cut_on_duration} s, EXTINF {}",
+            ids[cut_on],
+            listed.duration
+        );
+    }
+    let combined: Vec<usize> = summary
+        .get("combined")
+        .arr()
+        .iter()
+        .map(|t| t.get("samples").num() as usize)
+        .collect();
+    assert_eq!(combined, samples, "{name}: mp4box.js's sample tables");
+    tracks
+        .iter()
+        .zip(samples)
+        .map(|(t, samples)| Mp4Track {
+            codec: t.get("codec").str().to_owned(),
+            handler: t.get("handler").str().to_owned(),
+            samples,
+        })
+        .collect()
+}
+
+/// The `CODECS` of the multivariant playlist's (only) variant.
+fn announced_codecs(dir: &Path) -> Vec<String> {
+    let bytes = std::fs::read(dir.join("playlist.m3u8")).unwrap();
+    let m = m3u8_rs::parse_master_playlist_res(&bytes).expect("multivariant playlist");
+    assert_eq!(m.variants.len(), 1, "{m:?}");
+    m.variants[0]
+        .codecs
+        .as_deref()
+        .expect("CODECS")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Codec strings compare without case (RFC 6381 hex digits; mp4box.js writes `avc1.4d4015` and
+/// `Opus`, the playlist `avc1.4D4015` and `opus`).
+fn same_codec(announced: &str, found: &str) -> bool {
+    announced.eq_ignore_ascii_case(found)
+}
+
+/// mp4box.js reads `sources` written as fMP4 by rshlssink: muxed (`video`/`audio` pads, both
+/// tracks in each segment) and as renditions (`video_0`/`audio_0`, whose multivariant playlist
+/// announces CODECS). Checks the structure of both ([`assert_mp4box_structure`]), the video
+/// samples against `frames` and ffprobe's count, the audio samples against ffprobe's, and each
+/// track's codec string against the CODECS.
+fn mp4box_reads(tag: &str, target: u32, sources: &str, frames: usize) {
+    let props = |d: &TempDir| {
+        format!(
+            "location={} segment-format=fmp4 target-duration={target} playlist-type=vod",
+            d.str()
+        )
+    };
+    let muxed = TempDir::new(&format!("fmp4-mp4box-{tag}"));
+    run_sink(&props(&muxed), sources);
+    let tracks = assert_mp4box_structure(muxed.path(), "playlist.m3u8");
+    assert_eq!(
+        tracks
+            .iter()
+            .map(|t| t.handler.as_str())
+            .collect::<Vec<_>>(),
+        ["vide", "soun"]
+    );
+    let (_, packets) = probe(&muxed.join("playlist.m3u8").to_string_lossy(), &[]);
+    let ffprobe_count = |i| packets.iter().filter(|p| p.0 == i).count();
+    assert_eq!(tracks[0].samples, frames, "{tracks:?}");
+    assert_eq!(tracks[0].samples, ffprobe_count(0), "{tracks:?}");
+    assert_eq!(tracks[1].samples, ffprobe_count(1), "{tracks:?}");
+    checks_catch_corruption(&muxed);
+
+    let renditions = TempDir::new(&format!("fmp4-mp4box-{tag}-mv"));
+    run_sink(
+        &props(&renditions),
+        &sources
+            .replace("h.video", "h.video_0")
+            .replace("h.audio", "h.audio_0"),
+    );
+    let codecs = announced_codecs(renditions.path());
+    let mut found = Vec::new();
+    for name in ["video_0.m3u8", "audio_0.m3u8"] {
+        let t = assert_mp4box_structure(renditions.path(), name);
+        assert_eq!(t.len(), 1, "{name}: {t:?}");
+        found.push(t[0].codec.clone());
+    }
+    assert_eq!(codecs.len(), 2, "{codecs:?}");
+    for (announced, (rendition, muxed)) in codecs.iter().zip(found.iter().zip(&tracks)) {
+        assert!(
+            same_codec(announced, rendition) && same_codec(announced, &muxed.codec),
+            "CODECS says {announced}, mp4box.js finds {rendition} (muxed: {})",
+            muxed.codec
+        );
+    }
+}
+
+/// The checks fail on broken output: one field at a time is changed in the second segment
+/// (the first traf's tfdt moved by two frames, the mfhd sequence number set back to 1, the first
+/// trun's data offset moved past the mdat), [`assert_mp4box_structure`] must panic naming it,
+/// and the file is restored.
+fn checks_catch_corruption(dir: &TempDir) {
+    let path = dir.join("segment00001.m4s");
+    let good = std::fs::read(&path).unwrap();
+    let at = |fourcc: &[u8]| {
+        good.windows(4)
+            .position(|w| w == fourcc)
+            .unwrap_or_else(|| panic!("no {fourcc:?}"))
+    };
+    let mut broken = Vec::new();
+    // tfdt v1: version/flags, then a 64-bit baseMediaDecodeTime.
+    let tfdt = at(b"tfdt") + 8;
+    assert_eq!(good[tfdt - 4], 1, "tfdt version 1");
+    let mut b = good.clone();
+    let t = u64::from_be_bytes(b[tfdt..tfdt + 8].try_into().unwrap()) + 6000;
+    b[tfdt..tfdt + 8].copy_from_slice(&t.to_be_bytes());
+    broken.push((b, "tfdt"));
+    let mfhd = at(b"mfhd") + 8;
+    let mut b = good.clone();
+    b[mfhd..mfhd + 4].copy_from_slice(&1u32.to_be_bytes());
+    broken.push((b, "sequence number"));
+    // trun: version/flags, sample_count, data_offset (flag 0x1).
+    let trun = at(b"trun") + 12;
+    let mut b = good.clone();
+    b[trun..trun + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+    broken.push((b, "outside the mdat"));
+    for (data, what) in broken {
+        std::fs::write(&path, data).unwrap();
+        let result =
+            std::panic::catch_unwind(|| assert_mp4box_structure(dir.path(), "playlist.m3u8"));
+        let message = result
+            .err()
+            .and_then(|e| e.downcast::<String>().ok())
+            .unwrap_or_else(|| panic!("a broken {what} passed the checks"));
+        assert!(message.contains(what), "broken {what}, but: {message}");
+    }
+    std::fs::write(&path, good).unwrap();
+}
+
+/// LL-HLS (`part-duration`): a segment is its parts' fragments, one moof + mdat each, and the
+/// sequence numbers and tfdt run on from part to part.
+#[test]
+fn mp4box_js_reads_low_latency_fmp4_segments_made_of_parts() {
+    let dir = TempDir::new("fmp4-mp4box-parts");
+    run_sink(
+        &format!(
+            "location={} segment-format=fmp4 part-duration=0.2 target-duration=1 \
+             playlist-type=vod",
+            dir.str()
+        ),
+        &format!("{}video {}audio", video(90, 30), audio(3.0)),
+    );
+    let tracks = assert_mp4box_structure(dir.path(), "playlist.m3u8");
+    assert_eq!(tracks[0].samples, 90, "{tracks:?}");
+    let (_, summary) = mp4box_summary(dir.path(), "playlist.m3u8");
+    for segment in summary.get("segments").arr() {
+        assert_eq!(
+            segment.get("moofs").arr().len(),
+            5,
+            "five parts of 0.2 s: {}",
+            segment.get("file").str()
+        );
+    }
+}
+
+#[test]
+fn mp4box_js_reads_the_h264_and_aac_structure() {
+    mp4box_reads(
+        "avc",
+        2,
+        &format!(
+            "{}video {}audio",
+            video(150, 30).replace("x264enc", "x264enc bframes=2 b-adapt=false"),
+            audio(5.0)
+        ),
+        150,
+    );
+}
+
+#[test]
+fn mp4box_js_reads_the_h265_and_opus_structure() {
+    mp4box_reads(
+        "hevc",
+        1,
+        "videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x265enc speed-preset=ultrafast key-int-max=15 ! h265parse ! h.video \
+         audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-raw,rate=48000 ! opusenc \
+         ! h.audio",
+        90,
+    );
 }

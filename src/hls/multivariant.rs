@@ -33,6 +33,9 @@ pub enum Codec {
     /// MPEG-1/2 audio layer 3.
     Mp3,
     Opus,
+    /// A string made from the stream itself (the fMP4 sample entry's avcC/hvcC, with the SPS's
+    /// constraint flags), used as it is.
+    Rfc6381(String),
 }
 
 /// RFC 6381 string of `codec` (`avc1.PPCCLL`, `hvc1.P.C.TL.B0`, `mp4a.40.2`, `opus`, ...).
@@ -94,6 +97,7 @@ pub fn codec_string(codec: &Codec) -> String {
         }
         Codec::Mp3 => "mp4a.40.34".to_owned(),
         Codec::Opus => "opus".to_owned(),
+        Codec::Rfc6381(s) => s.clone(),
     }
 }
 

@@ -414,6 +414,14 @@ impl Builtin {
         self.fmp4
     }
 
+    /// fMP4: the RFC 6381 codec string the first input's sample entry gives (H.264/H.265, with
+    /// the SPS's constraint flags, which caps do not carry), once its track is known.
+    pub fn entry_codecs(&self) -> Option<String> {
+        self.inputs
+            .iter()
+            .find_map(|i| i.track.as_ref().and_then(|t| t.codecs()))
+    }
+
     /// New caps on an input: an error when the built-in muxer cannot take them.
     pub fn set_caps(&mut self, name: &str, caps: &gst::CapsRef) -> Result<(), String> {
         if self.fmp4 {

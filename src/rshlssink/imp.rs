@@ -311,6 +311,9 @@ struct Rendition {
     /// I-frames so far.
     iframes: bool,
     iframe_peak_bps: u64,
+    /// The codec string its fMP4 sample entry gives (`codecs` of its segment messages), which
+    /// CODECS prefers to the one made from caps.
+    entry_codecs: Option<String>,
 }
 
 #[derive(Default)]
@@ -631,6 +634,7 @@ impl RsHlsSink {
             bandwidth: Bandwidth::new(0.0),
             iframes: false,
             iframe_peak_bps: 0,
+            entry_codecs: None,
         });
         drop(mv);
         ghost.set_active(true).ok()?;
@@ -686,6 +690,7 @@ impl RsHlsSink {
             s.i_frame_playlist &= r.video;
             r.iframes = s.i_frame_playlist;
             r.iframe_peak_bps = 0;
+            r.entry_codecs = None;
             s.served = settings.http_port >= 0;
             r.playlist = s.playlist_location.clone();
             r.bandwidth = Bandwidth::new(f64::from(settings.target_duration));
@@ -733,6 +738,9 @@ impl RsHlsSink {
         r.iframe_peak_bps = r
             .iframe_peak_bps
             .max(s.get::<u64>("i-frame-bitrate").unwrap_or(0));
+        if let Ok(codecs) = s.get::<String>("codecs") {
+            r.entry_codecs = Some(codecs);
+        }
         if mv.renditions.iter().any(|r| r.bandwidth.segments == 0) {
             return;
         }
@@ -743,7 +751,10 @@ impl RsHlsSink {
             let caps = r.ghost.current_caps();
             let st = caps.as_ref().and_then(|c| c.structure(0));
             let uri = location::playlist_uri(root, &r.playlist);
-            let codec = st.and_then(codec_of);
+            let codec = match &r.entry_codecs {
+                Some(c) => Some(Codec::Rfc6381(c.clone())),
+                None => st.and_then(codec_of),
+            };
             if r.video {
                 variants.push(Variant {
                     uri,
@@ -853,7 +864,7 @@ impl RsHlsSink {
             return Ok(());
         };
         if let Some(p) = w.finish(end_of_stream)? {
-            self.post_segment_message(&p);
+            self.post_segment_message(&p, None);
         }
         if !w.flush(FLUSH_TIMEOUT) {
             return Err(w
@@ -912,7 +923,7 @@ impl RsHlsSink {
                         p.duration_s,
                         p.location
                     );
-                    self.post_segment_message(&p);
+                    self.post_segment_message(&p, None);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -1044,6 +1055,7 @@ impl RsHlsSink {
         match builtin.drain(w, all) {
             Ok(published) => {
                 drop(guard);
+                let codecs = builtin.entry_codecs();
                 for p in &published {
                     gst::debug!(
                         CAT,
@@ -1053,7 +1065,7 @@ impl RsHlsSink {
                         p.duration_s,
                         p.location
                     );
-                    self.post_segment_message(p);
+                    self.post_segment_message(p, codecs.as_deref());
                 }
                 Ok(gst::FlowSuccess::Ok)
             }
@@ -1113,8 +1125,9 @@ impl RsHlsSink {
 
     /// Element message `rshlssink-segment-added` (location, sequence, duration in seconds, and
     /// the files deleted because of it) for applications that track the output. The file is
-    /// queued for writing, not necessarily written yet.
-    fn post_segment_message(&self, p: &writer::Published) {
+    /// queued for writing, not necessarily written yet. fMP4 H.264/H.265 adds `codecs`, the
+    /// sample entry's RFC 6381 string, for the parent's multivariant playlist.
+    fn post_segment_message(&self, p: &writer::Published, codecs: Option<&str>) {
         let deleted: Vec<glib::SendValue> = p.deleted.iter().map(|d| d.to_send_value()).collect();
         let s = gst::Structure::builder("rshlssink-segment-added")
             .field("location", &p.location)
@@ -1123,6 +1136,7 @@ impl RsHlsSink {
             .field("bytes", p.bytes)
             .field("deleted", gst::List::new(deleted))
             .field("i-frame-bitrate", p.iframe_peak_bps)
+            .field_if_some("codecs", codecs)
             .build();
         let obj = self.obj();
         let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());

@@ -283,6 +283,27 @@ pub fn avc_codecs(avcc: &[u8]) -> Option<String> {
     ))
 }
 
+/// The RFC 6381 `codecs` parameter of an hvcC record (ISO/IEC 14496-15 E.3:
+/// `hvc1.[A-C]PROFILE.COMPAT.TLEVEL.C1.C2...`: the compatibility flags bit-reversed in hex, the
+/// constraint indicator bytes in hex with trailing zero bytes left out).
+pub fn hvc_codecs(hvcc: &[u8]) -> Option<String> {
+    let first = *hvcc.get(1)?;
+    let space = ["", "A", "B", "C"][usize::from(first >> 6)];
+    let tier = if first & 0x20 != 0 { 'H' } else { 'L' };
+    let compat = u32::from_be_bytes(hvcc.get(2..6)?.try_into().ok()?).reverse_bits();
+    let constraints = hvcc.get(6..12)?;
+    let level = *hvcc.get(12)?;
+    let mut out = format!("hvc1.{space}{}.{compat:X}.{tier}{level}", first & 0x1f);
+    let used = constraints
+        .iter()
+        .rposition(|&c| c != 0)
+        .map_or(0, |i| i + 1);
+    for c in &constraints[..used] {
+        out.push_str(&format!(".{c:02X}"));
+    }
+    Some(out)
+}
+
 /// One ADTS frame's header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdtsHeader {
@@ -637,6 +658,9 @@ mod tests {
         assert_eq!(h[17], 0xf8, "8-bit luma");
         assert_eq!(h[18], 0xf8, "8-bit chroma");
         assert_eq!(h[21], 0x0f, "one temporal layer, nested, 4-byte lengths");
+        // What mp4box.js (and GPAC) say for it: compatibility flags reversed, constraint bytes
+        // up to the last non-zero one.
+        assert_eq!(hvc_codecs(&h).unwrap(), "hvc1.1.6.L63.90");
         assert_eq!(h[22], 3);
         assert_eq!(&h[23..26], [0xa0, 0, 1]);
         assert_eq!(
@@ -660,6 +684,16 @@ mod tests {
         s.sps = vec![HEVC_SPS_444.to_vec()];
         let h = hvcc(&s).unwrap();
         assert_eq!(h[1], 0x04, "RExt");
+        assert!(hvc_codecs(&h).unwrap().starts_with("hvc1.4."));
+        // High tier, profile space 2, level 5.1, two constraint bytes; too short: none.
+        let mut r = [0u8; 13];
+        r[1] = 0x80 | 0x20 | 2;
+        r[2..6].copy_from_slice(&[0x20, 0, 0, 0]);
+        r[6] = 0xb0;
+        r[7] = 0x08;
+        r[12] = 153;
+        assert_eq!(hvc_codecs(&r).unwrap(), "hvc1.B2.4.H153.B0.08");
+        assert_eq!(hvc_codecs(&r[..12]), None);
         assert_eq!(h[12], 63);
         assert_eq!(h[16], 0xff, "4:4:4");
         assert_eq!((h[17], h[18]), (0xfc, 0xfc), "12-bit");

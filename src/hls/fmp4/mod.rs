@@ -117,6 +117,21 @@ pub struct Track {
 }
 
 impl Track {
+    /// The RFC 6381 codec string of the sample entry where the entry itself says more than caps
+    /// do (the SPS's constraint flags): `avc1.PPCCLL` from the avcC, `hvc1....` from the hvcC.
+    pub fn codecs(&self) -> Option<String> {
+        match &self.entry {
+            SampleEntry::Avc { avcc, .. } => Some(format!(
+                "avc1.{:02X}{:02X}{:02X}",
+                avcc.get(1)?,
+                avcc.get(2)?,
+                avcc.get(3)?
+            )),
+            SampleEntry::Hevc { hvcc, .. } => codec::hvc_codecs(hvcc),
+            _ => None,
+        }
+    }
+
     /// The usual timescale for this entry.
     pub fn new(entry: SampleEntry) -> Track {
         let timescale = match &entry {
@@ -560,6 +575,19 @@ mod tests {
                 asc: vec![0x11, 0x88],
             }),
         ]
+    }
+
+    #[test]
+    fn codec_strings_come_from_the_sample_entry() {
+        let t = tracks();
+        assert_eq!(t[0].codecs().as_deref(), Some("avc1.42C01E"), "flags kept");
+        assert_eq!(t[1].codecs(), None, "AAC: from caps");
+        let short = Track::new(SampleEntry::Avc {
+            width: 1,
+            height: 1,
+            avcc: vec![1, 0x42],
+        });
+        assert_eq!(short.codecs(), None);
     }
 
     fn video(i: u64, gop: u64) -> Sample {
