@@ -54,12 +54,25 @@ impl Datagrams {
     /// every other one already queued. Returns how many were read.
     pub fn recv(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
         self.count = 0;
-        self.read(socket)?;
+        self.read(socket, false)?;
+        Ok(self.count)
+    }
+
+    /// The datagrams queued now, without waiting (0: none). Linux only; elsewhere none.
+    pub fn recv_queued(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        self.count = 0;
+        #[cfg(target_os = "linux")]
+        match self.read(socket, true) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => other?,
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = socket;
         Ok(self.count)
     }
 
     #[cfg(target_os = "linux")]
-    fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+    fn read(&mut self, socket: &UdpSocket, nowait: bool) -> std::io::Result<()> {
         use nix::sys::socket::{MsgFlags, recvmmsg};
         use std::io::IoSliceMut;
         use std::os::fd::AsRawFd;
@@ -72,7 +85,11 @@ impl Datagrams {
             socket.as_raw_fd(),
             &mut self.headers,
             iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
+            if nowait {
+                MsgFlags::MSG_DONTWAIT
+            } else {
+                MsgFlags::MSG_WAITFORONE
+            },
             None,
         )?;
         for ((len, source), msg) in self.lens.iter_mut().zip(&mut self.sources).zip(received) {
@@ -88,7 +105,7 @@ impl Datagrams {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+    fn read(&mut self, socket: &UdpSocket, _nowait: bool) -> std::io::Result<()> {
         let (n, from) = socket.recv_from(&mut self.buf[..Self::SLOT])?;
         self.lens[0] = n;
         self.sources[0] = Some(from.ip());
@@ -177,6 +194,23 @@ mod tests {
             last,
             (Datagrams::SLOTS as u32..n as u32).collect::<Vec<_>>()
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn recv_queued_takes_what_is_there_without_waiting() {
+        let (rx, tx) = pair();
+        let mut d = Datagrams::default();
+        let start = std::time::Instant::now();
+        assert_eq!(d.recv_queued(&rx).unwrap(), 0);
+        // Not the 5 s read timeout.
+        assert!(start.elapsed() < Duration::from_secs(1));
+        for i in 0..3u8 {
+            tx.send(&[i]).unwrap();
+        }
+        assert_eq!(d.recv_queued(&rx).unwrap(), 3);
+        assert_eq!(d.iter().collect::<Vec<_>>(), [[0u8], [1], [2]]);
+        assert_eq!(d.recv_queued(&rx).unwrap(), 0);
     }
 
     #[test]

@@ -933,6 +933,7 @@ impl Shared {
                     publisher: publisher.id,
                     stream: index,
                     source: peer.ip().to_canonical(),
+                    coalesce: stream.desc.media.eq_ignore_ascii_case("video"),
                     alive: alive.clone(),
                     recv: stream.stats.clone(),
                 };
@@ -1241,6 +1242,8 @@ struct UdpCtx {
     /// The publisher's address (canonical: an IPv4-mapped IPv6 address as IPv4): datagrams
     /// from elsewhere are ignored.
     source: std::net::IpAddr,
+    /// A video stream: the receive thread waits for the rest of a frame (see [`COALESCE`]).
+    coalesce: bool,
     alive: Arc<AliveStamp>,
     recv: Arc<Mutex<RecvState>>,
 }
@@ -1299,6 +1302,36 @@ impl Drop for UdpRtpThread {
     }
 }
 
+/// How long the UDP receive thread of a video stream waits for the rest of a frame (an RTP
+/// packet without the marker bit came last), how often at most, and up to how many packets.
+const COALESCE: Duration = Duration::from_micros(1000);
+const COALESCE_ROUNDS: usize = 4;
+const COALESCE_PACKETS: usize = 256;
+
+/// Whether an RTP packet has the marker bit (RFC 3550 §5.1; for video the last of a frame).
+fn rtp_marker(p: &[u8]) -> bool {
+    p.get(1).is_some_and(|b| b & 0x80 != 0)
+}
+
+/// The datagrams of the last read that come from the publisher, onto `packets`.
+fn take_admitted(ctx: &UdpCtx, shared: &Shared, datagrams: &Datagrams, packets: &mut Vec<Bytes>) {
+    // One allocation for them all, which the packets share.
+    let mut chunk = datagrams.concat();
+    for (d, &from) in datagrams.iter().zip(datagrams.sources()) {
+        let data = chunk.split_to(d.len());
+        if from.map(|ip| ip.to_canonical()) == Some(ctx.source) {
+            packets.push(data);
+        } else {
+            strace!(
+                &*shared.name,
+                "stream {}: RTP from {}, not the publisher: ignored",
+                ctx.stream,
+                from.map_or("an unknown address".into(), |ip| ip.to_string())
+            );
+        }
+    }
+}
+
 /// The loop of [`UdpRtpThread`]: until stopped or the server is gone.
 fn udp_rtp_receiver(ctx: &UdpCtx, socket: &std::net::UdpSocket, stop: &AtomicBool) {
     let mut datagrams = Datagrams::default();
@@ -1308,20 +1341,22 @@ fn udp_rtp_receiver(ctx: &UdpCtx, socket: &std::net::UdpSocket, stop: &AtomicBoo
                 let Some(shared) = ctx.shared.upgrade() else {
                     return;
                 };
-                // One allocation for them all, which the packets share.
-                let mut chunk = datagrams.concat();
                 let mut packets = Vec::with_capacity(n);
-                for (d, &from) in datagrams.iter().zip(datagrams.sources()) {
-                    let data = chunk.split_to(d.len());
-                    if from.map(|ip| ip.to_canonical()) == Some(ctx.source) {
-                        packets.push(data);
-                    } else {
-                        strace!(
-                            &*shared.name,
-                            "stream {}: RTP from {}, not the publisher: ignored",
-                            ctx.stream,
-                            from.map_or("an unknown address".into(), |ip| ip.to_string())
-                        );
+                take_admitted(ctx, &shared, &datagrams, &mut packets);
+                // The rest of a video frame is on its way: wait for it rather than be woken
+                // per datagram, and hand the frame over once.
+                if ctx.coalesce {
+                    for _ in 0..COALESCE_ROUNDS {
+                        if packets.last().is_none_or(|p| rtp_marker(p))
+                            || packets.len() >= COALESCE_PACKETS
+                        {
+                            break;
+                        }
+                        std::thread::sleep(COALESCE);
+                        match datagrams.recv_queued(socket) {
+                            Ok(n) if n > 0 => take_admitted(ctx, &shared, &datagrams, &mut packets),
+                            _ => break,
+                        }
                     }
                 }
                 if packets.is_empty() {
