@@ -597,6 +597,94 @@ fn the_publisher_gets_receiver_reports() {
     assert_eq!(stream.get::<u64>("sender-reports").unwrap(), 1, "{stream}");
 }
 
+/// Over UDP each stream of a publisher has a receive thread of its own, `rtsprec-PORT` (PORT
+/// the server's RTP port), which takes the publisher's datagrams only and ends with the
+/// publisher: after TEARDOWN the thread is gone and the port pair is free again.
+#[test]
+fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
+    use std::net::UdpSocket;
+    let receiver = Receiver::start("");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtcp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let transport = format!(
+        "RTP/AVP;unicast;client_port={}-{};mode=record",
+        rtp.local_addr().unwrap().port(),
+        rtcp.local_addr().unwrap().port()
+    );
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/streamid=0"),
+        &[("Transport", transport.as_str())],
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let answer = r.header("Transport").unwrap().to_owned();
+    let ports: Vec<u16> = answer
+        .split(';')
+        .find_map(|p| p.strip_prefix("server_port="))
+        .unwrap_or_else(|| panic!("no server_port in {answer}"))
+        .split('-')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let session = r.session().expect("a session");
+    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    let thread = format!("rtsprec-{}", ports[0]);
+    assert_eq!(
+        common::threads_by_name().get(&thread),
+        Some(&1),
+        "{:?}",
+        common::threads_by_name()
+    );
+
+    // The publisher's packets 1 to 30, and as many from another address of another SSRC.
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let foreign = UdpSocket::bind("127.0.0.2:0").unwrap();
+    for seq in 1..=30u16 {
+        rtp.send_to(&rtp_packet(0x1122_3344, seq), server).unwrap();
+        foreign
+            .send_to(&rtp_packet(0x5566_7788, seq.wrapping_mul(997)), server)
+            .unwrap();
+    }
+    let stream = || {
+        let stats = receiver.src.property::<gst::Structure>("stats");
+        let streams = stats.get::<gst::Array>("streams").unwrap();
+        streams.first().unwrap().get::<gst::Structure>().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // 30 sent; the first is the source's probation (RFC 3550 A.1), not counted.
+    while stream().get::<u64>("packets-received").unwrap() < 29 {
+        assert!(Instant::now() < deadline, "{}", stream());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Had the other sender's packets been taken, they would count too, or as losses.
+    std::thread::sleep(Duration::from_millis(200));
+    let s = stream();
+    assert_eq!(s.get::<u64>("packets-received").unwrap(), 29, "{s}");
+    assert_eq!(s.get::<i64>("packets-lost").unwrap(), 0, "{s}");
+
+    let r = c.request("TEARDOWN", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gone = !common::threads_by_name().contains_key(&thread);
+        let free = ports
+            .iter()
+            .all(|p| UdpSocket::bind(("127.0.0.1", *p)).is_ok());
+        if gone && free {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after TEARDOWN: thread gone {gone}, ports {ports:?} free {free}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The access properties are rtspserversink's: with `users`, ffmpeg publishes with the password
 /// (Digest) and is refused without it.
 #[test]

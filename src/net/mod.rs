@@ -8,6 +8,8 @@
 //!   TLS elements trust, via rustls-native-certs), loaded once per process, plus a PEM CA file.
 //! * [`redact`]: URLs in text without their credentials, for errors and logs.
 //! * [`server_tls`]: the certificate and key of TLS servers (rtspserversink's RTSPS) from PEM.
+//! * [`udp_in`]: every datagram queued on a socket in one `recvmmsg`, for the UDP reader threads
+//!   of rtspsrc2 and rtspserversrc.
 //! * [`udp_out`]: RTP datagrams in as few system calls as possible (`sendmmsg`, UDP GSO), for
 //!   rtspserversink's fan-out and rtspclientsink2's publication.
 
@@ -15,4 +17,5 @@ pub mod backoff;
 pub mod redact;
 pub mod server_tls;
 pub mod tls;
+pub mod udp_in;
 pub mod udp_out;

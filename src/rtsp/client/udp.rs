@@ -1,6 +1,6 @@
 //! The UDP receive path of one stream: a thread blocked on the stream's RTP socket that hands
-//! every wake-up's worth of datagrams on at once, and the filter that keeps datagrams from
-//! anyone but the server out.
+//! every wake-up's worth of datagrams ([`Datagrams`], in src/net/udp_in.rs) on at once, and the
+//! filter that keeps datagrams from anyone but the server out.
 //!
 //! Specifications: RFC 3550 §11 (RTP and RTCP over UDP on a port pair); RFC 2326 §12.39
 //! (client_port, multicast port, source).
@@ -10,115 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use crate::net::udp_in::Datagrams;
 
 use super::{Batches, ClientError, EventFn, Packet, SharedStats, deliver};
-
-/// Datagrams read from a socket in one go: all that are queued when the reader wakes up, up to
-/// [`Datagrams::SLOTS`]. On Linux that is a single `recvmmsg` (`MSG_WAITFORONE`: block for the
-/// first datagram, take what else is queued without blocking), where reading them one by one
-/// costs a system call per datagram, one more to find the queue empty, and two to switch the
-/// socket between blocking and not.
-pub struct Datagrams {
-    /// `SLOTS` slots of `SLOT` bytes. Pages are only touched as datagrams are written, so the
-    /// memory used is about what the largest datagrams need, not this size.
-    buf: Vec<u8>,
-    lens: [usize; Self::SLOTS],
-    /// Who sent each datagram.
-    sources: [Option<IpAddr>; Self::SLOTS],
-    count: usize,
-    #[cfg(target_os = "linux")]
-    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
-}
-
-impl Default for Datagrams {
-    fn default() -> Self {
-        Datagrams {
-            buf: vec![0; Self::SLOTS * Self::SLOT],
-            lens: [0; Self::SLOTS],
-            sources: [None; Self::SLOTS],
-            count: 0,
-            #[cfg(target_os = "linux")]
-            headers: nix::sys::socket::MultiHeaders::preallocate(Self::SLOTS, None),
-        }
-    }
-}
-
-impl Datagrams {
-    /// Datagrams per read at most: a video frame's burst at several Mbit/s.
-    pub const SLOTS: usize = 32;
-    /// More than the largest UDP payload, so that no datagram is ever truncated.
-    const SLOT: usize = 65536;
-
-    /// Blocks (within the socket's read timeout) until a datagram arrives, then reads it with
-    /// every other one already queued. Returns how many were read.
-    pub fn recv(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
-        self.count = 0;
-        self.read(socket)?;
-        Ok(self.count)
-    }
-
-    #[cfg(target_os = "linux")]
-    fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
-        use nix::sys::socket::{MsgFlags, recvmmsg};
-        use std::io::IoSliceMut;
-        use std::os::fd::AsRawFd;
-
-        let mut slots = self.buf.chunks_mut(Self::SLOT);
-        // `buf` has exactly SLOTS slots.
-        let mut iovs: [[IoSliceMut<'_>; 1]; Self::SLOTS] =
-            std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
-        let received = recvmmsg(
-            socket.as_raw_fd(),
-            &mut self.headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        )?;
-        for ((len, source), msg) in self.lens.iter_mut().zip(&mut self.sources).zip(received) {
-            *len = msg.bytes;
-            *source = msg.address.and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|a| IpAddr::V4(a.ip()))
-                    .or_else(|| a.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
-            });
-            self.count += 1;
-        }
-        Ok(())
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn read(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
-        let (n, from) = socket.recv_from(&mut self.buf[..Self::SLOT])?;
-        self.lens[0] = n;
-        self.sources[0] = Some(from.ip());
-        self.count = 1;
-        Ok(())
-    }
-
-    /// The datagrams of the last [`Datagrams::recv`] one after the other, in one allocation.
-    pub fn concat(&self) -> Bytes {
-        let mut all = BytesMut::with_capacity(self.lens[..self.count].iter().sum());
-        for d in self.iter() {
-            all.extend_from_slice(d);
-        }
-        all.freeze()
-    }
-
-    /// The datagrams of the last [`Datagrams::recv`], in arrival order.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.buf
-            .chunks(Self::SLOT)
-            .zip(&self.lens[..self.count])
-            .map(|(slot, &len)| &slot[..len])
-    }
-
-    /// The senders of the datagrams of the last [`Datagrams::recv`], in the order of
-    /// [`Datagrams::iter`] (None: not known).
-    pub fn sources(&self) -> &[Option<IpAddr>] {
-        &self.sources[..self.count]
-    }
-}
 
 /// Which address a stream's datagrams (RTP and RTCP, unicast or multicast) may come from: the
 /// server's, given by the RTSP connection or the `source` of the SETUP answer's Transport (for
@@ -280,60 +174,6 @@ impl Drop for UdpReceiver {
 mod tests {
     use super::*;
 
-    fn pair() -> (UdpSocket, UdpSocket) {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.connect(rx.local_addr().unwrap()).unwrap();
-        (rx, tx)
-    }
-
-    #[test]
-    fn reads_every_queued_datagram_in_order_and_whole() {
-        let (rx, tx) = pair();
-        // Of every size up to the largest a UDP/IPv4 datagram can carry.
-        let sizes = [1usize, 1400, 9000, 65507, 0, 3];
-        for (i, &n) in sizes.iter().enumerate() {
-            tx.send(&vec![i as u8; n]).unwrap();
-        }
-        let mut d = Datagrams::default();
-        let mut got = Vec::new();
-        while got.len() < sizes.len() {
-            assert!(d.recv(&rx).unwrap() > 0);
-            let before = got.len();
-            let sender = tx.local_addr().unwrap().ip();
-            assert!(d.sources().iter().all(|s| *s == Some(sender)));
-            got.extend(d.iter().map(<[u8]>::to_vec));
-            assert_eq!(d.concat(), got[before..].concat());
-        }
-        assert_eq!(got.len(), sizes.len());
-        for (i, (g, &n)) in got.iter().zip(&sizes).enumerate() {
-            assert_eq!(g.len(), n, "datagram {i}");
-            assert!(g.iter().all(|&b| b == i as u8), "datagram {i}");
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn one_read_takes_what_is_queued_up_to_the_slots() {
-        let (rx, tx) = pair();
-        let n = Datagrams::SLOTS + 5;
-        for i in 0..n {
-            tx.send(&(i as u32).to_be_bytes()).unwrap();
-        }
-        let mut d = Datagrams::default();
-        assert_eq!(d.recv(&rx).unwrap(), Datagrams::SLOTS);
-        assert_eq!(d.recv(&rx).unwrap(), 5);
-        let last: Vec<u32> = d
-            .iter()
-            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(
-            last,
-            (Datagrams::SLOTS as u32..n as u32).collect::<Vec<_>>()
-        );
-    }
-
     #[test]
     fn only_the_servers_address_is_admitted_unless_multicast() {
         let server: IpAddr = "192.0.2.1".parse().unwrap();
@@ -353,17 +193,5 @@ mod tests {
         assert_eq!(filter.logged.lock().unwrap().len(), SourceFilter::LOGGED);
         let any = SourceFilter::new("test", 0, None);
         assert!(any.admits(Some("127.0.0.2".parse().unwrap())) && any.admits(None));
-    }
-
-    #[test]
-    fn an_empty_socket_times_out_instead_of_blocking() {
-        let (rx, _tx) = pair();
-        rx.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let e = Datagrams::default().recv(&rx).unwrap_err();
-        assert!(matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ));
     }
 }

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use super::Shared;
 use super::conn::{CloseReason, ConnOut};
 use super::media::AliveStamp;
 use super::session::{ConnCtx, Refusal, Session, refuse, session_header};
+use crate::net::udp_in::Datagrams;
 use crate::rtp::rtcp::{self, RtcpPacket};
 use crate::rtp::stats::ReceiverStats;
 use crate::rtsp::sdp::{MediaDescription, SessionDescription};
@@ -363,8 +364,10 @@ struct Publisher {
     /// It sent TEARDOWN or its connection closed: since when, and which. Its packets are still
     /// taken for [`LINGER`] (ffmpeg sends its last packets after TEARDOWN), then it is gone.
     leaving: Option<(Instant, LeftReason)>,
-    /// UDP receivers, ended with the publisher.
+    /// UDP RTCP receivers, ended with the publisher.
     tasks: Vec<AbortHandle>,
+    /// UDP RTP receive threads, stopped and joined with the publisher (after `tasks`).
+    receivers: Vec<UdpRtpThread>,
 }
 
 impl Drop for Publisher {
@@ -603,6 +606,7 @@ impl Shared {
             alive: None,
             leaving: None,
             tasks: Vec::new(),
+            receivers: Vec::new(),
         });
         drop(slot);
         if let Some(old) = replaced {
@@ -914,33 +918,32 @@ impl Shared {
                 let client = t.client_port.unwrap_or_default();
                 let runtime = crate::runtime::handle();
                 let _guard = runtime.enter();
-                let (rtp, rtcp) = match (
-                    tokio::net::UdpSocket::from_std(rtp),
-                    tokio::net::UdpSocket::from_std(rtcp),
-                ) {
-                    (Ok(a), Ok(b)) => (a, Arc::new(b)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        return Err(refuse(
+                let rtcp = tokio::net::UdpSocket::from_std(rtcp)
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        refuse(
                             StatusCode::InternalServerError,
                             format!("cannot use the UDP port pair: {e}"),
-                        ));
-                    }
-                };
+                        )
+                    })?;
                 stream.stats.lock().unwrap().udp =
                     Some((rtcp.clone(), SocketAddr::new(peer.ip(), client.1)));
                 let ctx = UdpCtx {
                     shared: Arc::downgrade(self),
                     publisher: publisher.id,
                     stream: index,
-                    source: peer.ip(),
+                    source: peer.ip().to_canonical(),
+                    coalesce: stream.desc.media.eq_ignore_ascii_case("video"),
                     alive: alive.clone(),
                     recv: stream.stats.clone(),
                 };
-                publisher.tasks.push(
-                    runtime
-                        .spawn(udp_rtp_receiver(ctx.clone(), rtp))
-                        .abort_handle(),
-                );
+                let receiver = UdpRtpThread::spawn(ctx.clone(), rtp).map_err(|e| {
+                    refuse(
+                        StatusCode::InternalServerError,
+                        format!("cannot start the UDP receive thread: {e}"),
+                    )
+                })?;
+                publisher.receivers.push(receiver);
                 publisher
                     .tasks
                     .push(runtime.spawn(udp_rtcp_receiver(ctx, rtcp)).abort_handle());
@@ -1236,53 +1239,167 @@ struct UdpCtx {
     shared: Weak<Shared>,
     publisher: u64,
     stream: usize,
+    /// The publisher's address (canonical: an IPv4-mapped IPv6 address as IPv4): datagrams
+    /// from elsewhere are ignored.
     source: std::net::IpAddr,
+    /// A video stream: the receive thread waits for the rest of a frame (see [`COALESCE`]).
+    coalesce: bool,
     alive: Arc<AliveStamp>,
     recv: Arc<Mutex<RecvState>>,
 }
 
-/// RTP of one stream over UDP: from the publisher's address only, in bursts.
-async fn udp_rtp_receiver(ctx: UdpCtx, socket: tokio::net::UdpSocket) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let Some(shared) = ctx.shared.upgrade() else {
-            return;
-        };
-        let mut packets = Vec::new();
-        if from.ip() == ctx.source {
-            packets.push(Bytes::copy_from_slice(&buf[..n]));
-        }
-        // What else is queued goes in the same hand-over.
-        while packets.len() < 64 {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) if from.ip() == ctx.source => {
-                    packets.push(Bytes::copy_from_slice(&buf[..n]))
-                }
-                Ok(_) => {}
-                Err(_) => break,
+/// RTP of one stream over UDP, on a thread of its own blocked in `recvmmsg`
+/// ([`Datagrams`]): woken once per burst of datagrams, it takes every one queued and hands
+/// those from the publisher's address to [`on_publisher_rtp`] in one go. A task on the shared
+/// runtime paid per datagram a worker's wake-up, an epoll round trip and a read that found the
+/// queue empty, most of the receiving process's time over UDP. Dropping it stops the thread:
+/// shutting the socket down wakes it at once on Linux (elsewhere within [`Self::POLL`]), and
+/// it is joined unless the drop happens on the thread itself.
+struct UdpRtpThread {
+    stop: Arc<AtomicBool>,
+    /// The thread's socket, to shut down.
+    socket: std::net::UdpSocket,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpRtpThread {
+    /// How often the thread looks at its stop flag and the server when nothing wakes it: a
+    /// fallback only, a shut-down socket wakes it at once.
+    const POLL: Duration = Duration::from_secs(1);
+
+    fn spawn(ctx: UdpCtx, socket: std::net::UdpSocket) -> std::io::Result<UdpRtpThread> {
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(Self::POLL))?;
+        let handle = socket.try_clone()?;
+        let port = socket.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            // The port as in SETUP's answer and the logs (15 bytes at most are kept).
+            .name(format!("rtsprec-{port}"))
+            .spawn(move || udp_rtp_receiver(&ctx, &socket, &stopped))?;
+        Ok(UdpRtpThread {
+            stop,
+            socket: handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpRtpThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Linux wakes a reader of a shut-down socket even if it is not connected (the call
+        // itself then reports ENOTCONN).
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            // The thread itself may drop the last reference to the server (it holds one while
+            // it hands packets over): it ends right after, having seen the flag.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
             }
         }
-        if packets.is_empty() {
+    }
+}
+
+/// How long the UDP receive thread of a video stream waits for the rest of a frame (an RTP
+/// packet without the marker bit came last), how often at most, and up to how many packets.
+const COALESCE: Duration = Duration::from_micros(1000);
+const COALESCE_ROUNDS: usize = 4;
+const COALESCE_PACKETS: usize = 256;
+
+/// Whether an RTP packet has the marker bit (RFC 3550 §5.1; for video the last of a frame).
+fn rtp_marker(p: &[u8]) -> bool {
+    p.get(1).is_some_and(|b| b & 0x80 != 0)
+}
+
+/// The datagrams of the last read that come from the publisher, onto `packets`.
+fn take_admitted(ctx: &UdpCtx, shared: &Shared, datagrams: &Datagrams, packets: &mut Vec<Bytes>) {
+    // One allocation for them all, which the packets share.
+    let mut chunk = datagrams.concat();
+    for (d, &from) in datagrams.iter().zip(datagrams.sources()) {
+        let data = chunk.split_to(d.len());
+        if from.map(|ip| ip.to_canonical()) == Some(ctx.source) {
+            packets.push(data);
+        } else {
             strace!(
                 &*shared.name,
-                "stream {}: RTP from {from}, not the publisher: ignored",
-                ctx.stream
-            );
-            continue;
-        }
-        ctx.alive.touch();
-        if let Some(rec) = shared.record.as_ref() {
-            on_publisher_rtp(
-                rec,
-                ctx.publisher,
+                "stream {}: RTP from {}, not the publisher: ignored",
                 ctx.stream,
-                &ctx.recv,
-                packets,
-                &shared.name,
+                from.map_or("an unknown address".into(), |ip| ip.to_string())
             );
+        }
+    }
+}
+
+/// The loop of [`UdpRtpThread`]: until stopped or the server is gone.
+fn udp_rtp_receiver(ctx: &UdpCtx, socket: &std::net::UdpSocket, stop: &AtomicBool) {
+    let mut datagrams = Datagrams::default();
+    while !stop.load(Ordering::Acquire) {
+        match datagrams.recv(socket) {
+            Ok(n) if n > 0 && !stop.load(Ordering::Acquire) => {
+                let Some(shared) = ctx.shared.upgrade() else {
+                    return;
+                };
+                let mut packets = Vec::with_capacity(n);
+                take_admitted(ctx, &shared, &datagrams, &mut packets);
+                // The rest of a video frame is on its way: wait for it rather than be woken
+                // per datagram, and hand the frame over once.
+                if ctx.coalesce {
+                    for _ in 0..COALESCE_ROUNDS {
+                        if packets.last().is_none_or(|p| rtp_marker(p))
+                            || packets.len() >= COALESCE_PACKETS
+                        {
+                            break;
+                        }
+                        std::thread::sleep(COALESCE);
+                        match datagrams.recv_queued(socket) {
+                            Ok(n) if n > 0 => take_admitted(ctx, &shared, &datagrams, &mut packets),
+                            _ => break,
+                        }
+                    }
+                }
+                if packets.is_empty() {
+                    continue;
+                }
+                ctx.alive.touch();
+                if let Some(rec) = shared.record.as_ref() {
+                    on_publisher_rtp(
+                        rec,
+                        ctx.publisher,
+                        ctx.stream,
+                        &ctx.recv,
+                        packets,
+                        &shared.name,
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if ctx.shared.strong_count() == 0 {
+                    return;
+                }
+            }
+            Err(_) if stop.load(Ordering::Acquire) => {}
+            Err(e) => {
+                if let Some(shared) = ctx.shared.upgrade() {
+                    strace!(
+                        &*shared.name,
+                        "stream {}: receiving RTP failed: {e}",
+                        ctx.stream
+                    );
+                } else {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
@@ -1296,7 +1413,7 @@ async fn udp_rtcp_receiver(ctx: UdpCtx, socket: Arc<tokio::net::UdpSocket>) {
         let Some(shared) = ctx.shared.upgrade() else {
             return;
         };
-        if from.ip() != ctx.source {
+        if from.ip().to_canonical() != ctx.source {
             continue;
         }
         ctx.alive.touch();
