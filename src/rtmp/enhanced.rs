@@ -468,6 +468,63 @@ pub fn write_audio(fourcc: FourCc, kind: PacketKind, payload: &[u8]) -> Vec<u8> 
     out
 }
 
+/// A classic FLV audio or video tag body of a codec an elementary stream can carry (AVC, AAC,
+/// MP3), as the packet its Enhanced RTMP form (`avc1`, `mp4a`, `.mp3`) would give, so both take
+/// the same path. `None`: another codec, an ex-header, or too short.
+pub fn classic_packet(video: bool, data: &Bytes) -> Option<Packet> {
+    let &b0 = data.first()?;
+    if video {
+        // AVC: FrameType|7, AVCPacketType, CompositionTime SI24 (FLV 10.1 E.4.3.1).
+        if b0 & 0x80 != 0 || b0 & 0x0f != 7 {
+            return None;
+        }
+        let mut r = Reader { data, pos: 1 };
+        let packet_type = r.u8().ok()?;
+        let composition_time = r.si24().ok()?;
+        let kind = match packet_type {
+            0 => PacketKind::SequenceStart,
+            1 => PacketKind::CodedFrames { composition_time },
+            2 => PacketKind::SequenceEnd,
+            _ => return None,
+        };
+        return Some(Packet {
+            track: 0,
+            fourcc: FourCc::AVC,
+            kind,
+            keyframe: (b0 >> 4) & 7 == FRAME_TYPE_KEY,
+            data: r.rest(),
+        });
+    }
+    let (fourcc, kind, at) = match b0 >> 4 {
+        // AAC: AACPacketType 0 is the AudioSpecificConfig (E.4.2.2).
+        10 => {
+            let kind = match *data.get(1)? {
+                0 => PacketKind::SequenceStart,
+                1 => PacketKind::CodedFrames {
+                    composition_time: 0,
+                },
+                _ => return None,
+            };
+            (FourCc::AAC, kind, 2)
+        }
+        2 => (
+            FourCc::MP3,
+            PacketKind::CodedFrames {
+                composition_time: 0,
+            },
+            1,
+        ),
+        _ => return None,
+    };
+    Some(Packet {
+        track: 0,
+        fourcc,
+        kind,
+        keyframe: true,
+        data: data.slice(at.min(data.len())..),
+    })
+}
+
 /// The fields of an OpusHead (RFC 7845 §5.1) that caps need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpusHead {
@@ -719,6 +776,27 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(&p[1].data[..], b"bc");
         assert_eq!(is_config_or_marker(false, &raw), Some(false));
+    }
+
+    #[test]
+    fn classic_avc_and_aac_as_packets() {
+        let p = classic_packet(true, &b(&[0x27, 1, 0, 0, 0x50, 9, 9])).unwrap();
+        assert_eq!(p.fourcc, FourCc::AVC);
+        assert_eq!(
+            p.kind,
+            PacketKind::CodedFrames {
+                composition_time: 80
+            }
+        );
+        assert!(!p.keyframe);
+        assert_eq!(&p.data[..], &[9, 9]);
+        let p = classic_packet(false, &b(&[0xaf, 0, 0x12, 0x10])).unwrap();
+        assert_eq!((p.fourcc, p.kind), (FourCc::AAC, PacketKind::SequenceStart));
+        assert_eq!(&p.data[..], &[0x12, 0x10]);
+        assert_eq!(classic_packet(true, &b(&[0x17, 1, 0])), None);
+        assert_eq!(classic_packet(true, &b(&[0x12, 1, 0, 0, 0])), None, "H.263");
+        assert_eq!(classic_packet(false, &b(&[0xaf])), None);
+        assert_eq!(classic_packet(false, &b(&[0x91, b'O'])), None);
     }
 
     #[test]
