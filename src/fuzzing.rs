@@ -469,6 +469,7 @@ pub fn rtmp_publisher(data: &[u8]) {
             password: "p".into(),
         }),
         auth: Default::default(),
+        fourcc_list: Vec::new(),
     };
     let mut publisher = Publisher::new(config, 0, &[7; 1528]);
     let c0c1 = publisher.take_output();

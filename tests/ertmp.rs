@@ -164,3 +164,118 @@ fn elementary_pads_take_ffmpeg_h264_aac() {
     );
     assert_eq!(rx.counts(), (input.video, input.audio), "decoded frames");
 }
+
+/// Frames our rsrtmpsink was given on each request pad.
+struct Sent {
+    video: u64,
+    audio: u64,
+}
+
+/// Runs a publisher pipeline into `rsrtmpsink name=s location=URL` until its EOS (every tag
+/// sent before rsrtmpsink lets EOS through), counting the buffers entering its request pads.
+fn publish(branches: &str, url: &str) -> Sent {
+    init();
+    let pipeline = gst::parse::launch(&format!("{branches} rsrtmpsink name=s location={url}"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("s").unwrap();
+    assert_ours(&sink);
+    let count = |name: &str| {
+        let n = Arc::new(AtomicU64::new(0));
+        if let Some(pad) = sink.static_pad(name) {
+            let n = n.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                n.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
+        }
+        n
+    };
+    let (video, audio) = (count("video"), count("audio"));
+    let result = wait_end(&pipeline, Duration::from_secs(60));
+    result.expect("the publisher ends with EOS");
+    Sent {
+        video: video.load(Ordering::SeqCst),
+        audio: audio.load(Ordering::SeqCst),
+    }
+}
+
+const VIDEO_RAW: &str = "videotestsrc is-live=true num-buffers=60 \
+    ! video/x-raw,format=I420,width=320,height=240,framerate=30/1";
+const OPUS: &str = "audiotestsrc is-live=true num-buffers=100 samplesperbuffer=960 \
+    ! audio/x-raw,rate=48000,channels=2 ! opusenc ! s.audio";
+
+/// rsrtmpsink publishes `branches` into rtmpserversrc `props`; every frame it was given is
+/// decoded at the receiver, on pads whose caps start as `expect`.
+fn round_trip(branches: &str, props: &str, expect: &[&str], codecs: (&str, &str)) {
+    let rx = Receiver::start(props);
+    let sent = publish(branches, &rx.url("key"));
+    // The tags arrived as Enhanced RTMP (the FourCC in their ex-header).
+    let stats = rx.src.property::<gst::Structure>("stats");
+    assert_eq!(
+        (
+            stats.get::<String>("video-codec").unwrap().as_str(),
+            stats.get::<String>("audio-codec").unwrap().as_str()
+        ),
+        codecs
+    );
+    let result = wait_end(&rx.pipeline, Duration::from_secs(30));
+    result.expect("rtmpserversrc ends with EOS");
+    let caps = rx.seen.caps.lock().unwrap().clone();
+    for e in expect {
+        assert!(caps.iter().any(|c| c.starts_with(e)), "{e} not in {caps:?}");
+    }
+    eprintln!(
+        "sent {}/{}, decoded {:?}, caps {caps:?}",
+        sent.video,
+        sent.audio,
+        rx.counts()
+    );
+    assert!(sent.video > 0 || sent.audio > 0);
+    assert_eq!(rx.counts(), (sent.video, sent.audio), "decoded = sent");
+}
+
+/// HEVC (x265enc with B-frames: composition times) and Opus through Enhanced RTMP, into the
+/// default `output=auto` pads; h265parse/avdec_h265 and opusparse/opusdec decode every frame.
+#[test]
+fn hevc_and_opus_rsrtmpsink_to_rtmpserversrc() {
+    round_trip(
+        &format!(
+            "{VIDEO_RAW} ! x265enc speed-preset=ultrafast key-int-max=30 ! h265parse \
+             ! video/x-h265,stream-format=hvc1,alignment=au ! s.video {OPUS}"
+        ),
+        "",
+        &["video/x-h265, stream-format=(string)hvc1", "audio/x-opus"],
+        ("hvc1", "Opus"),
+    );
+}
+
+/// AV1 (av1enc: no codec_data in its caps; rsrtmpsink builds the av1C from the sequence header
+/// OBU) into `output=elementary`; av1parse/av1dec decode every frame.
+#[test]
+fn av1_rsrtmpsink_to_rtmpserversrc() {
+    round_trip(
+        "videotestsrc is-live=true num-buffers=30 \
+         ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+         ! av1enc cpu-used=8 usage-profile=realtime lag-in-frames=0 keyframe-max-dist=15 \
+         ! av1parse ! video/x-av1,stream-format=obu-stream,alignment=tu ! s.video",
+        "output=elementary",
+        &["video/x-av1"],
+        ("av01", ""),
+    );
+}
+
+/// VP9 (vp9enc realtime) and Opus; vp9parse/vp9dec and opusdec decode every frame.
+#[test]
+fn vp9_and_opus_rsrtmpsink_to_rtmpserversrc() {
+    round_trip(
+        &format!(
+            "{VIDEO_RAW} ! vp9enc deadline=1 lag-in-frames=0 cpu-used=8 keyframe-max-dist=30 \
+             ! s.video {OPUS}"
+        ),
+        "",
+        &["video/x-vp9", "audio/x-opus"],
+        ("vp09", "Opus"),
+    );
+}

@@ -525,6 +525,128 @@ pub fn classic_packet(video: bool, data: &Bytes) -> Option<Packet> {
     })
 }
 
+/// The first AV1 sequence header OBU (type 1) of a temporal unit in the low-overhead format
+/// (every OBU with its size field), as a whole OBU.
+pub fn av1_sequence_header_obu(data: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let header = data[pos];
+        let obu_type = (header >> 3) & 0x0f;
+        let ext = header & 0x04 != 0;
+        if header & 0x02 == 0 {
+            // No size field: the OBU runs to the end.
+            return (obu_type == 1).then(|| &data[pos..]);
+        }
+        let mut at = pos + 1 + usize::from(ext);
+        let mut size = 0u64;
+        let mut i = 0;
+        loop {
+            let b = *data.get(at)?;
+            at += 1;
+            size |= u64::from(b & 0x7f) << (7 * i);
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            if i == 8 {
+                return None;
+            }
+        }
+        let end = at.checked_add(usize::try_from(size).ok()?)?;
+        if end > data.len() {
+            return None;
+        }
+        if obu_type == 1 {
+            return Some(&data[pos..end]);
+        }
+        pos = end;
+    }
+    None
+}
+
+/// An AV1CodecConfigurationRecord (av1C) for a sequence header OBU: seq_profile and the first
+/// operating point's level and tier read from it (level 31, "maximum parameters", when timing
+/// information hides them), the colour fields from `high_bitdepth`, `twelve_bit`, `mono`,
+/// `subsampling` (x, y), and the OBU itself as configOBUs.
+pub fn av1_config_record(
+    seq_obu: &[u8],
+    high_bitdepth: bool,
+    twelve_bit: bool,
+    mono: bool,
+    subsampling: (bool, bool),
+) -> Vec<u8> {
+    // The payload starts after the OBU header (+ extension) and the size field.
+    let payload = (|| {
+        let header = *seq_obu.first()?;
+        let mut at = 1 + usize::from(header & 0x04 != 0);
+        if header & 0x02 != 0 {
+            while seq_obu.get(at)? & 0x80 != 0 {
+                at += 1;
+            }
+            at += 1;
+        }
+        seq_obu.get(at..)
+    })()
+    .unwrap_or(&[]);
+    let bits = |from: usize, n: usize| -> Option<u8> {
+        let mut v = 0u8;
+        for i in from..from + n {
+            let byte = payload.get(i / 8)?;
+            v = v << 1 | ((byte >> (7 - i % 8)) & 1);
+        }
+        Some(v)
+    };
+    let profile = bits(0, 3).unwrap_or(0);
+    let reduced = bits(4, 1).unwrap_or(0) == 1;
+    let (level, tier) = if reduced {
+        (bits(5, 5).unwrap_or(31), 0)
+    } else if bits(5, 1) == Some(0) {
+        // No timing info: initial_display_delay_present_flag(1), operating_points_cnt_minus_1(5),
+        // operating_point_idc[0](12), seq_level_idx[0](5), seq_tier[0] when the level > 7.
+        let level = bits(24, 5).unwrap_or(31);
+        let tier = if level > 7 {
+            bits(29, 1).unwrap_or(0)
+        } else {
+            0
+        };
+        (level, tier)
+    } else {
+        (31, 0)
+    };
+    let mut out = vec![
+        0x81,
+        profile << 5 | (level & 0x1f),
+        tier << 7
+            | u8::from(high_bitdepth) << 6
+            | u8::from(twelve_bit) << 5
+            | u8::from(mono) << 4
+            | u8::from(subsampling.0) << 3
+            | u8::from(subsampling.1) << 2,
+        0,
+    ];
+    out.extend_from_slice(seq_obu);
+    out
+}
+
+/// A VPCodecConfigurationRecord (vpcC, version 1) with 4:2:0 colocated chroma, limited range
+/// and unspecified colour: `profile`, `level` (10 × the level number; 0 unknown), `bit_depth`.
+pub fn vp9_config_record(profile: u8, level: u8, bit_depth: u8) -> Vec<u8> {
+    vec![
+        1,
+        0,
+        0,
+        0,
+        profile,
+        level,
+        (bit_depth & 0x0f) << 4 | 1 << 1,
+        2,
+        2,
+        2,
+        0,
+        0,
+    ]
+}
+
 /// The fields of an OpusHead (RFC 7845 §5.1) that caps need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpusHead {
@@ -797,6 +919,38 @@ mod tests {
         assert_eq!(classic_packet(true, &b(&[0x12, 1, 0, 0, 0])), None, "H.263");
         assert_eq!(classic_packet(false, &b(&[0xaf])), None);
         assert_eq!(classic_packet(false, &b(&[0x91, b'O'])), None);
+    }
+
+    #[test]
+    fn av1_and_vp9_configuration_records() {
+        // A temporal delimiter (type 2, size 0), then a sequence header (type 1) of 3 bytes:
+        // seq_profile 0, no timing info, one operating point, idc 0, level 8 (4.0), tier 1.
+        // Bits: 000 0 0 0 0 00000 000000000000 01000 1 -> 0x00 0x00 0x00 0x44 after the
+        // first 24 bits... laid out: [0b0000_0000, 0b0000_0000, 0b0000_0000, 0b0100_0100].
+        let seq = [0x0a, 0x04, 0x00, 0x00, 0x00, 0x44];
+        let mut tu = vec![0x12, 0x00];
+        tu.extend_from_slice(&seq);
+        tu.extend_from_slice(&[0x32, 0x01, 0xff]);
+        assert_eq!(av1_sequence_header_obu(&tu), Some(&seq[..]));
+        let rec = av1_config_record(&seq, false, false, false, (true, true));
+        assert_eq!(&rec[..4], &[0x81, 0x08, 0x80 | 0x0c, 0]);
+        assert_eq!(&rec[4..], &seq);
+        // No sequence header, truncated sizes, absurd LEB128: none.
+        assert_eq!(av1_sequence_header_obu(&[0x12, 0x00]), None);
+        assert_eq!(av1_sequence_header_obu(&[0x0a, 0x05, 0]), None);
+        assert_eq!(
+            av1_sequence_header_obu(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
+        // A record from a truncated OBU still has its fixed fields.
+        assert_eq!(
+            av1_config_record(&[0x0a], true, false, false, (true, true)).len(),
+            5
+        );
+        assert_eq!(
+            vp9_config_record(0, 31, 8),
+            [1, 0, 0, 0, 0, 31, 0x82, 2, 2, 2, 0, 0]
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn publisher(app: &str, stream: &str) -> Publisher {
             max_message_size: 1 << 20,
             credentials: None,
             auth: Default::default(),
+            fourcc_list: Vec::new(),
         },
         0,
         &[3; 1528],
