@@ -279,3 +279,148 @@ fn vp9_and_opus_rsrtmpsink_to_rtmpserversrc() {
         ("vp09", "Opus"),
     );
 }
+
+/// node-media-server 4.4.3 (installed by .ci/deps) as a child: RTMP on `port`, and for each
+/// publish of /live/key a push relay of it to `target` (its relay task, the way its API adds
+/// one), so what it relays is what it parsed and re-sent of the Enhanced RTMP it was given.
+fn start_nms(dir: &std::path::Path, port: u16, target: &str) -> common::ChildGuard {
+    let module = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-assets/nms/node_modules/node-media-server");
+    assert!(
+        module.join("package.json").exists(),
+        "node-media-server 4.4.3 is not installed: run .ci/deps"
+    );
+    let script = dir.join("relay.cjs");
+    std::fs::write(
+        &script,
+        r#"
+const [modPath, rtmpPort, httpPort, target, data] = process.argv.slice(2);
+const NodeMediaServer = require(modPath);
+const nms = new NodeMediaServer({
+  bind: "127.0.0.1",
+  rtmp: { port: Number(rtmpPort) },
+  http: { port: Number(httpPort) },
+  store: { path: data },
+  auth: { play: false, publish: false, secret: "unused" },
+  record: { auto: false, path: data + "/record" },
+  webadmin: { enable: false },
+}, data + "/config.json");
+nms.on("postPublish", (session) => {
+  if (session.streamPath === "/live/key") {
+    setImmediate(() => nms.relayServer.addTask({
+      url: target, mode: "push", streamPath: "/live/key", reconnect: false,
+    }));
+  }
+});
+nms.run();
+"#,
+    )
+    .unwrap();
+    let http = common::rtmp::free_port();
+    let child = common::ChildGuard::spawn(std::process::Command::new("node").args([
+        script.to_str().unwrap(),
+        module.to_str().unwrap(),
+        &port.to_string(),
+        &http.to_string(),
+        target,
+        dir.to_str().unwrap(),
+    ]));
+    common::rtmp::wait_listening(port, Duration::from_secs(20), "node-media-server");
+    child
+}
+
+/// rsrtmpsink publishes HEVC and Opus as Enhanced RTMP to node-media-server 4.4.3, which relays
+/// the stream (its push relay) into rtmpserversrc: every frame rsrtmpsink was given decodes at
+/// the end (h265parse/avdec_h265, opusparse/opusdec), and rtmpserversrc saw the `hvc1` and `Opus`
+/// FourCCs nms sent. The inputs wait (valves) until the relay publishes, so nothing is sent
+/// before nms has a subscriber.
+#[test]
+fn hevc_and_opus_through_node_media_server() {
+    let rx = Receiver::start("");
+    let dir = common::rtmp::TempDir::new("ertmp-nms");
+    let port = common::rtmp::free_port();
+    let mut nms = start_nms(dir.path(), port, &rx.url("key"));
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true num-buffers=90 \
+         ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! valve name=vv drop=true \
+         ! x265enc speed-preset=ultrafast key-int-max=30 ! h265parse \
+         ! video/x-h265,stream-format=hvc1,alignment=au ! s.video \
+         audiotestsrc is-live=true num-buffers=150 samplesperbuffer=960 \
+         ! audio/x-raw,rate=48000,channels=2 ! valve name=va drop=true ! opusenc ! s.audio \
+         rsrtmpsink name=s async-connect=true location=rtmp://127.0.0.1:{port}/live/key"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline.by_name("s").unwrap();
+    let count = |name: &str| {
+        let n = Arc::new(AtomicU64::new(0));
+        let c = n.clone();
+        sink.static_pad(name)
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                c.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
+        n
+    };
+    let (video, audio) = (count("video"), count("audio"));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // The relay publishes into rtmpserversrc once nms has our publish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !rx
+        .src
+        .property::<gst::Structure>("stats")
+        .get::<bool>("publishing")
+        .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-media-server's relay never published into rtmpserversrc"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for v in ["vv", "va"] {
+        pipeline.by_name(v).unwrap().set_property("drop", false);
+    }
+    wait_end(&pipeline, Duration::from_secs(60)).expect("the publisher ends with EOS");
+    let sent = (video.load(Ordering::SeqCst), audio.load(Ordering::SeqCst));
+    assert!(sent.0 > 60 && sent.1 > 100, "sent {sent:?}");
+    // nms keeps the relay up a while after its publisher leaves: wait until rtmpserversrc has
+    // received the frames (decoders hold the last ones until EOS), then stop nms, which ends
+    // the relay's publication (EOS).
+    let received = || {
+        let st = rx.src.property::<gst::Structure>("stats");
+        (
+            st.get::<u64>("video-frames").unwrap_or(0),
+            st.get::<u64>("audio-frames").unwrap_or(0),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while received() != sent && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = rx.src.property::<gst::Structure>("stats");
+    let codecs = (
+        stats.get::<String>("video-codec").unwrap(),
+        stats.get::<String>("audio-codec").unwrap(),
+    );
+    let _ = nms.0.as_mut().map(|c| c.kill());
+    let result = wait_end(&rx.pipeline, Duration::from_secs(15));
+    let (out, _) = nms.wait_output(Duration::from_secs(5));
+    result.unwrap_or_else(|e| {
+        panic!(
+            "rtmpserversrc: {e}; nms: {}",
+            common::tail(&String::from_utf8_lossy(&out.stdout), 3000)
+        )
+    });
+    assert_eq!((codecs.0.as_str(), codecs.1.as_str()), ("hvc1", "Opus"));
+    let caps = rx.seen.caps.lock().unwrap().clone();
+    assert!(
+        caps.iter().any(|c| c.starts_with("video/x-h265"))
+            && caps.iter().any(|c| c.starts_with("audio/x-opus")),
+        "{caps:?}"
+    );
+    assert_eq!(rx.counts(), sent, "decoded after the relay = sent");
+}
