@@ -307,7 +307,7 @@ fn ex_config(caps: &gst::CapsRef) -> Result<ExConfig, String> {
                 .ok()
                 .and_then(|p| p.parse::<u8>().ok())
                 .unwrap_or(0);
-            let depth = s.get::<u32>("bit-depth-luma").unwrap_or(8) as u8;
+            let depth = u8::try_from(s.get::<u32>("bit-depth-luma").unwrap_or(8)).unwrap_or(8);
             Ok((
                 FourCc::VP9,
                 Some(enhanced::vp9_config_record(profile, 0, depth)),
@@ -330,7 +330,7 @@ fn ex_config(caps: &gst::CapsRef) -> Result<ExConfig, String> {
                     "Opus caps with {channels} channels and no streamheader"
                 ));
             }
-            let rate = s.get::<i32>("rate").unwrap_or(48000) as u32;
+            let rate = u32::try_from(s.get::<i32>("rate").unwrap_or(48000)).unwrap_or(48000);
             let mut head = b"OpusHead".to_vec();
             head.push(1);
             head.push(channels as u8);
