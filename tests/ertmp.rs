@@ -424,3 +424,138 @@ fn hevc_and_opus_through_node_media_server() {
     );
     assert_eq!(rx.counts(), sent, "decoded after the relay = sent");
 }
+
+/// What a raw publisher (our client state machine over a socket) sends: multitrack messages
+/// (OBS's kind: two HEVC tracks in one message) and hostile ex-headers (an unknown FourCC, a
+/// truncated multitrack header, a track size beyond the message, 100 000 tracks). The `video`
+/// pad carries track 0 only, with track 0's configuration as codec_data; the hostile tags are
+/// skipped; the stream ends with EOS.
+#[test]
+fn multitrack_and_hostile_ex_headers_at_the_element() {
+    use gstlivestreaming::rtmp::client::{Phase, Publisher, PublisherConfig, StopCommands};
+    use gstlivestreaming::rtmp::flv::{Tag, TagKind};
+    use std::io::{Read, Write};
+    init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("rtmpserversrc")
+        .property("address", "127.0.0.1")
+        .property("port", 0u32)
+        .property_from_str("output", "elementary")
+        .build()
+        .unwrap();
+    pipeline.add(&src).unwrap();
+    let buffers = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let caps = Arc::new(std::sync::Mutex::new(Vec::<gst::Caps>::new()));
+    let (weak, b, c) = (pipeline.downgrade(), buffers.clone(), caps.clone());
+    src.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        c.lock().unwrap().push(pad.current_caps().unwrap());
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("async", false)
+            .build()
+            .unwrap();
+        pipeline.add(&sink).unwrap();
+        sink.sync_state_with_parent().unwrap();
+        let b = b.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer() {
+                b.lock().unwrap().push(buf.map_readable().unwrap().to_vec());
+            }
+            gst::PadProbeReturn::Ok
+        });
+        pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let port = src.property::<i32>("bound-port") as u16;
+
+    let mut p = Publisher::new(
+        PublisherConfig {
+            name: String::new(),
+            app: "live".into(),
+            tc_url: format!("rtmp://127.0.0.1:{port}/live"),
+            stream: "key".into(),
+            flash_version: "FMLE/3.0".into(),
+            chunk_size: 4096,
+            max_message_size: 1 << 20,
+            credentials: None,
+            auth: Default::default(),
+            fourcc_list: vec!["hvc1".into()],
+        },
+        0,
+        &[1; 1528],
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8192];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.phase() != Phase::Publishing {
+        assert!(std::time::Instant::now() < deadline, "{:?}", p.phase());
+        s.write_all(&p.take_output()).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed by the server");
+        p.receive(&buf[..n]).unwrap();
+    }
+    let video = |ts: u32, data: Vec<u8>| Tag {
+        kind: TagKind::Video,
+        timestamp: ts,
+        data: data.into(),
+    };
+    // Hostile first: each is skipped, the connection stays.
+    p.send_tag(&video(0, vec![0x91, b'x', b'y', b'z', b'w', 1, 2, 3]));
+    p.send_tag(&video(0, vec![0x96, 0x13, b'h']));
+    p.send_tag(&video(
+        0,
+        vec![0x96, 0x13, b'h', b'v', b'c', b'1', 0, 0xff, 0xff, 0xff, 1],
+    ));
+    let mut many = vec![0x96, 0x13, b'h', b'v', b'c', b'1'];
+    for i in 0..100_000u32 {
+        many.extend_from_slice(&[(i % 256) as u8, 0, 0, 0]);
+    }
+    p.send_tag(&video(0, many));
+    // ManyTracks (1) SequenceStart: track 0 "cfg0", track 1 "cfg1".
+    p.send_tag(&video(
+        0,
+        [
+            &[0x96, 0x10, b'h', b'v', b'c', b'1', 0, 0, 0, 4][..],
+            b"cfg0",
+            &[1, 0, 0, 4],
+            b"cfg1",
+        ]
+        .concat(),
+    ));
+    // ManyTracks CodedFramesX, keyframe then inter frames: track 0 "f0-N", track 1 "f1-N".
+    for n in 0..5u8 {
+        let b0 = if n == 0 { 0x96 } else { 0xa6 };
+        p.send_tag(&video(
+            u32::from(n) * 33,
+            [
+                &[b0, 0x13, b'h', b'v', b'c', b'1', 0, 0, 0, 4][..],
+                &[b'f', b'0', b'-', b'0' + n],
+                &[1, 0, 0, 4],
+                &[b'f', b'1', b'-', b'0' + n],
+            ]
+            .concat(),
+        ));
+    }
+    p.finish(StopCommands::default());
+    s.write_all(&p.take_output()).unwrap();
+    let result = wait_end(&pipeline, Duration::from_secs(15));
+    drop(s);
+    result.expect("EOS after the publisher left");
+    let caps = caps.lock().unwrap().clone();
+    assert_eq!(caps.len(), 1, "{caps:?}");
+    let codec_data = caps[0]
+        .structure(0)
+        .unwrap()
+        .get::<gst::Buffer>("codec_data")
+        .unwrap();
+    assert_eq!(&codec_data.map_readable().unwrap()[..], b"cfg0");
+    let buffers = buffers.lock().unwrap().clone();
+    let expected: Vec<Vec<u8>> = (0..5u8).map(|n| vec![b'f', b'0', b'-', b'0' + n]).collect();
+    assert_eq!(
+        buffers, expected,
+        "track 0's frames, in order, nothing else"
+    );
+}
