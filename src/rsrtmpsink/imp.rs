@@ -1,5 +1,6 @@
 //! `rsrtmpsink`: publishes FLV (from flvmux) to an RTMP or RTMPS server, a thin adapter over
-//! [`crate::rtmp`].
+//! [`crate::rtmp`]. Elementary streams on the `video`/`audio` request pads (HEVC, AV1, VP9,
+//! Opus) become Enhanced RTMP tags that enter through the element's own `sink` pad.
 //!
 //! render() parses the FLV tags of each buffer and puts them on the publication's bounded queue;
 //! a network thread sends them, so the streaming thread never waits for the

@@ -1,6 +1,8 @@
 //! `rtmpserversrc`: an RTMP (or RTMPS) server that publishers (ffmpeg, OBS, rtmp2sink, rtmpsink,
-//! rsrtmpsink) push into, output as `video/x-flv` on its one pad, so that `flvdemux` follows: the
-//! mirror of rsrtmpsink. A thin adapter over [`crate::rtmp::server`]: the listener runs on the
+//! rsrtmpsink) push into, output as `video/x-flv` on its `src` pad, so that `flvdemux` follows:
+//! the mirror of rsrtmpsink. Enhanced RTMP codecs flvdemux cannot read (HEVC, AV1, VP9, Opus)
+//! come out as elementary streams on the sometimes pads `video` and `audio` (`output`), pushed
+//! from the same streaming thread. A thin adapter over [`crate::rtmp::server`]: the listener runs on the
 //! shared runtime and queues the accepted publication's tags in a bounded [`Output`] (whole
 //! frames dropped, counted, when downstream is slower); `create` takes them out.
 //!
