@@ -469,6 +469,7 @@ pub fn rtmp_publisher(data: &[u8]) {
             password: "p".into(),
         }),
         auth: Default::default(),
+        fourcc_list: Vec::new(),
     };
     let mut publisher = Publisher::new(config, 0, &[7; 1528]);
     let c0c1 = publisher.take_output();
@@ -519,6 +520,60 @@ pub fn flv(data: &[u8]) {
                 Ok(None) => break,
                 Err(_) => return,
             }
+        }
+    }
+}
+
+/// Enhanced RTMP tag bodies (`src/rtmp/enhanced.rs`) as rtmpserversrc reads a publisher's:
+/// the input as a video and as an audio body (ex-headers, multitrack), classic AVC/AAC bodies,
+/// the marker test, an OpusHead, an AV1 temporal unit's sequence header into av1C. A single-track
+/// packet written back and parsed again is the same packet.
+pub fn rtmp_enhanced(data: &[u8]) {
+    use crate::rtmp::enhanced::{self, Message, PacketKind};
+    let bytes = Bytes::copy_from_slice(data);
+    let mut all = Vec::new();
+    if let Ok(Message::Packets(p)) = enhanced::parse_video(&bytes) {
+        assert!(p.len() <= enhanced::MAX_TRACKS);
+        all.extend(p.into_iter().map(|p| (true, p)));
+    }
+    if let Ok(p) = enhanced::parse_audio(&bytes) {
+        assert!(p.len() <= enhanced::MAX_TRACKS);
+        all.extend(p.into_iter().map(|p| (false, p)));
+    }
+    for video in [true, false] {
+        black_box(enhanced::is_config_or_marker(video, data));
+        black_box(enhanced::classic_packet(video, &bytes));
+    }
+    black_box(enhanced::parse_opus_head(data));
+    if let Some(obu) = enhanced::av1_sequence_header_obu(data) {
+        let rec = enhanced::av1_config_record(obu, false, false, false, (true, true));
+        assert_eq!(&rec[4..], obu);
+    }
+    for (video, p) in all {
+        if video && p.kind == PacketKind::MultichannelConfig {
+            continue;
+        }
+        let body = if video {
+            enhanced::write_video(p.fourcc, p.kind, p.keyframe, &p.data)
+        } else {
+            enhanced::write_audio(p.fourcc, p.kind, &p.data)
+        };
+        let again = Bytes::from(body);
+        let back = if video {
+            match enhanced::parse_video(&again) {
+                Ok(Message::Packets(mut q)) => q.pop(),
+                other => panic!("{other:?}"),
+            }
+        } else {
+            enhanced::parse_audio(&again).expect("written back").pop()
+        };
+        let back = back.expect("one packet");
+        assert_eq!(
+            (back.fourcc, back.kind, &back.data),
+            (p.fourcc, p.kind, &p.data)
+        );
+        if video {
+            assert_eq!(back.keyframe, p.keyframe);
         }
     }
 }

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("hls_range", fuzzing::hls_range),
     ("rtcp_compound", fuzzing::rtcp_compound),
     ("rtmp_chunk", fuzzing::rtmp_chunk),
+    ("rtmp_enhanced", fuzzing::rtmp_enhanced),
     ("rtmp_publisher", fuzzing::rtmp_publisher),
     ("rtmp_server", fuzzing::rtmp_server),
     ("rtp_header", fuzzing::rtp_header),

@@ -326,6 +326,7 @@ fn publishing_client(port: u16) -> TcpStream {
             max_message_size: 1 << 20,
             credentials: None,
             auth: Default::default(),
+            fourcc_list: Vec::new(),
         },
         0,
         &[1; 1528],

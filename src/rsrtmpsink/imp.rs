@@ -1,10 +1,12 @@
 //! `rsrtmpsink`: publishes FLV (from flvmux) to an RTMP or RTMPS server, a thin adapter over
-//! [`crate::rtmp`].
+//! [`crate::rtmp`]. Elementary streams on the `video`/`audio` request pads (HEVC, AV1, VP9,
+//! Opus) become Enhanced RTMP tags that enter through the element's own `sink` pad.
 //!
 //! render() parses the FLV tags of each buffer and puts them on the publication's bounded queue;
 //! a network thread sends them, so the streaming thread never waits for the
 //! network. When the queue is full whole frames are dropped (video resumes at a keyframe) and counted in `stats`.
 
+use std::str::FromStr;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use gst_base::subclass::prelude::*;
 
 use crate::messages;
 use crate::rtmp::client::{Error as RtmpError, StopCommands};
+use crate::rtmp::enhanced::{self, FourCc, PacketKind};
 use crate::rtmp::flv::FlvParser;
+use crate::rtmp::flv::{Tag, TagKind};
 use crate::rtmp::net::{NetConfig, Notice, Publication, Stage};
 use crate::rtmp::queue::Pushed;
 use crate::rtmp::url::{Location, LocationError, Scheme};
@@ -213,6 +217,7 @@ impl Settings {
                 password: self.password.clone(),
             }),
             peak_rate: peak_rate(self.peak_kbps),
+            fourcc_list: Vec::new(),
         })
     }
 }
@@ -230,10 +235,113 @@ struct State {
     logged_drop: bool,
 }
 
+/// An elementary-stream request pad (`video` or `audio`): its buffers become Enhanced RTMP tags
+/// that enter the element through its own `sink` pad, so that preroll, sync and EOS are
+/// BaseSink's as for FLV input.
+struct ExInput {
+    pad: gst::Pad,
+    video: bool,
+    fourcc: Option<FourCc>,
+    /// The SequenceStart body, sent before the next frame when `config_sent` is false.
+    config: Option<Vec<u8>>,
+    config_sent: bool,
+    /// AV1 without codec_data in its caps: (high bit depth, 12 bit, mono, subsampling x/y)
+    /// for the av1C built from the first sequence header OBU.
+    av1: Option<(bool, bool, bool, (bool, bool))>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
+    eos: bool,
+}
+
+#[derive(Default)]
+struct ExInputs {
+    inputs: Vec<ExInput>,
+    /// stream-start, caps and segment sent into our sink pad.
+    started: bool,
+}
+
 #[derive(Default)]
 pub struct RsRtmpSink {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    ex: Mutex<ExInputs>,
+}
+
+/// The codec of an elementary input and its SequenceStart body, from its caps.
+type ExConfig = (
+    FourCc,
+    Option<Vec<u8>>,
+    Option<(bool, bool, bool, (bool, bool))>,
+);
+
+fn ex_config(caps: &gst::CapsRef) -> Result<ExConfig, String> {
+    let s = caps.structure(0).ok_or("empty caps")?;
+    let codec_data = || {
+        s.get::<gst::Buffer>("codec_data")
+            .ok()
+            .and_then(|b| b.map_readable().ok().map(|m| m.to_vec()))
+    };
+    match s.name().as_str() {
+        "video/x-h265" => {
+            let config = codec_data().ok_or("H.265 caps without codec_data (hvcC)")?;
+            Ok((FourCc::HEVC, Some(config), None))
+        }
+        "video/x-av1" => {
+            if let Some(c) = codec_data() {
+                return Ok((FourCc::AV1, Some(c), None));
+            }
+            let depth = s.get::<u32>("bit-depth-luma").unwrap_or(8);
+            let chroma = s.get::<&str>("chroma-format").unwrap_or("4:2:0");
+            let sub = match chroma {
+                "4:4:4" => (false, false),
+                "4:2:2" => (true, false),
+                _ => (true, true),
+            };
+            Ok((
+                FourCc::AV1,
+                None,
+                Some((depth > 8, depth > 10, chroma == "4:0:0", sub)),
+            ))
+        }
+        "video/x-vp9" => {
+            let profile = s
+                .get::<&str>("profile")
+                .ok()
+                .and_then(|p| p.parse::<u8>().ok())
+                .unwrap_or(0);
+            let depth = u8::try_from(s.get::<u32>("bit-depth-luma").unwrap_or(8)).unwrap_or(8);
+            Ok((
+                FourCc::VP9,
+                Some(enhanced::vp9_config_record(profile, 0, depth)),
+                None,
+            ))
+        }
+        "audio/x-opus" => {
+            if let Ok(headers) = s.get::<gst::ArrayRef>("streamheader")
+                && let Some(first) = headers.as_slice().first()
+                && let Ok(buf) = first.get::<gst::Buffer>()
+                && let Ok(map) = buf.map_readable()
+                && map.starts_with(b"OpusHead")
+            {
+                return Ok((FourCc::OPUS, Some(map.to_vec()), None));
+            }
+            // No header in the caps: the family 0 head their fields describe.
+            let channels = s.get::<i32>("channels").unwrap_or(2);
+            if !(1..=2).contains(&channels) {
+                return Err(format!(
+                    "Opus caps with {channels} channels and no streamheader"
+                ));
+            }
+            let rate = u32::try_from(s.get::<i32>("rate").unwrap_or(48000)).unwrap_or(48000);
+            let mut head = b"OpusHead".to_vec();
+            head.push(1);
+            head.push(channels as u8);
+            head.extend_from_slice(&0u16.to_le_bytes());
+            head.extend_from_slice(&rate.to_le_bytes());
+            head.extend_from_slice(&[0, 0, 0]);
+            Ok((FourCc::OPUS, Some(head), None))
+        }
+        other => Err(format!("no Enhanced RTMP codec for {other}")),
+    }
 }
 
 #[glib::object_subclass]
@@ -542,6 +650,59 @@ impl From<Scheme> for RtmpScheme {
 impl GstObjectImpl for RsRtmpSink {}
 
 impl ElementImpl for RsRtmpSink {
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        _name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        let video = match templ.name_template() {
+            "video" => true,
+            "audio" => false,
+            _ => return None,
+        };
+        let mut ex = self.ex.lock().unwrap();
+        if ex.inputs.iter().any(|i| i.video == video) {
+            gst::warning!(CAT, imp = self, "one {} pad at most", templ.name_template());
+            return None;
+        }
+        let pad = gst::Pad::builder_from_template(templ)
+            .name(templ.name_template())
+            .chain_function(|pad, parent, buffer| {
+                RsRtmpSink::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.ex_chain(pad, buffer),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                RsRtmpSink::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.ex_event(pad, event),
+                )
+            })
+            .build();
+        ex.inputs.push(ExInput {
+            pad: pad.clone(),
+            video,
+            fourcc: None,
+            config: None,
+            config_sent: false,
+            av1: None,
+            segment: gst::FormattedSegment::new(),
+            eos: false,
+        });
+        drop(ex);
+        self.obj().add_pad(&pad).ok()?;
+        Some(pad)
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        self.ex.lock().unwrap().inputs.retain(|i| &i.pad != pad);
+        let _ = self.obj().remove_pad(pad);
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -565,6 +726,25 @@ impl ElementImpl for RsRtmpSink {
                     &caps,
                 )
                 .unwrap(),
+                gst::PadTemplate::new(
+                    "video",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &gst::Caps::from_str(
+                        "video/x-h265, stream-format=hvc1, alignment=au; \
+                         video/x-av1, stream-format=obu-stream, alignment=tu; \
+                         video/x-vp9",
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "audio",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &gst::Caps::from_str("audio/x-opus, channel-mapping-family=[0, 1]").unwrap(),
+                )
+                .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
@@ -572,6 +752,190 @@ impl ElementImpl for RsRtmpSink {
 }
 
 impl RsRtmpSink {
+    fn ex_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        let sinkpad = self.obj().static_pad("sink").expect("sink pad");
+        match event.view() {
+            gst::EventView::Caps(c) => {
+                let caps = c.caps();
+                let config = match ex_config(caps) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        gst::element_imp_error!(
+                            self,
+                            gst::StreamError::Format,
+                            ("{}: {}", pad.name(), e)
+                        );
+                        return false;
+                    }
+                };
+                gst::debug!(CAT, imp = self, "{}: {} ({})", pad.name(), config.0, caps);
+                let mut ex = self.ex.lock().unwrap();
+                if let Some(input) = ex.inputs.iter_mut().find(|i| &i.pad == pad) {
+                    let (fourcc, record, av1) = config;
+                    if input.fourcc != Some(fourcc) || input.config != record || record.is_none() {
+                        input.config_sent = false;
+                    }
+                    input.fourcc = Some(fourcc);
+                    input.config = record;
+                    input.av1 = av1;
+                }
+                true
+            }
+            gst::EventView::Segment(seg) => {
+                let mut ex = self.ex.lock().unwrap();
+                if let Some(input) = ex.inputs.iter_mut().find(|i| &i.pad == pad) {
+                    match seg.segment().downcast_ref::<gst::ClockTime>() {
+                        Some(s) => input.segment = s.clone(),
+                        None => {
+                            drop(ex);
+                            gst::element_imp_error!(
+                                self,
+                                gst::StreamError::Format,
+                                ("{}: only TIME segments are supported", pad.name())
+                            );
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            gst::EventView::Eos(_) => {
+                let all = {
+                    let mut ex = self.ex.lock().unwrap();
+                    if let Some(input) = ex.inputs.iter_mut().find(|i| &i.pad == pad) {
+                        input.eos = true;
+                    }
+                    ex.inputs.iter().all(|i| i.eos || !i.pad.is_linked())
+                };
+                if all {
+                    gst::debug!(CAT, imp = self, "every elementary input ended: EOS");
+                    self.start_sink_stream(&sinkpad);
+                    return sinkpad.send_event(event);
+                }
+                true
+            }
+            gst::EventView::FlushStart(_) | gst::EventView::FlushStop(_) => {
+                sinkpad.send_event(event)
+            }
+            // Stream-start, tags...: the sink pad's stream is ours.
+            _ => true,
+        }
+    }
+
+    /// stream-start, caps and a TIME segment (running time) on our sink pad, once.
+    fn start_sink_stream(&self, sinkpad: &gst::Pad) {
+        {
+            let mut ex = self.ex.lock().unwrap();
+            if ex.started {
+                return;
+            }
+            ex.started = true;
+        }
+        // (create_stream_id is for source pads.)
+        let stream_id = format!("{}/ertmp", self.obj().name());
+        sinkpad.send_event(gst::event::StreamStart::new(stream_id.as_str()));
+        sinkpad.send_event(gst::event::Caps::new(&gst::Caps::new_empty_simple(
+            "video/x-flv",
+        )));
+        let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+        sinkpad.send_event(gst::event::Segment::new(&segment));
+    }
+
+    fn ex_chain(
+        &self,
+        pad: &gst::Pad,
+        buffer: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let sinkpad = self.obj().static_pad("sink").expect("sink pad");
+        if sinkpad.is_linked() {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                ("Use either the sink pad (FLV) or the video/audio pads (elementary streams), not both")
+            );
+            return Err(gst::FlowError::Error);
+        }
+        let mut tags = Vec::with_capacity(2);
+        let running_ms;
+        {
+            let mut ex = self.ex.lock().unwrap();
+            let Some(input) = ex.inputs.iter_mut().find(|i| &i.pad == pad) else {
+                return Err(gst::FlowError::Flushing);
+            };
+            let Some(fourcc) = input.fourcc else {
+                return Err(gst::FlowError::NotNegotiated);
+            };
+            let rt = |t: Option<gst::ClockTime>| t.and_then(|t| input.segment.to_running_time(t));
+            let Some(dts) = rt(buffer.dts()).or_else(|| rt(buffer.pts())) else {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{}: buffer without time dropped",
+                    pad.name()
+                );
+                return Ok(gst::FlowSuccess::Ok);
+            };
+            let pts = rt(buffer.pts()).unwrap_or(dts);
+            running_ms = dts;
+            let ms = dts.mseconds();
+            let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            if input.config.is_none()
+                && let Some((hbd, twelve, mono, sub)) = input.av1
+                && let Some(obu) = enhanced::av1_sequence_header_obu(&map)
+            {
+                input.config = Some(enhanced::av1_config_record(obu, hbd, twelve, mono, sub));
+                input.config_sent = false;
+            }
+            let kind = if input.video {
+                TagKind::Video
+            } else {
+                TagKind::Audio
+            };
+            let body = |k: PacketKind, payload: &[u8]| {
+                if input.video {
+                    enhanced::write_video(fourcc, k, keyframe, payload)
+                } else {
+                    enhanced::write_audio(fourcc, k, payload)
+                }
+            };
+            if !input.config_sent
+                && let Some(config) = &input.config
+            {
+                tags.push(Tag {
+                    kind,
+                    timestamp: (ms & 0xffff_ffff) as u32,
+                    data: Bytes::from(if input.video {
+                        enhanced::write_video(fourcc, PacketKind::SequenceStart, true, config)
+                    } else {
+                        enhanced::write_audio(fourcc, PacketKind::SequenceStart, config)
+                    }),
+                });
+                input.config_sent = true;
+            }
+            let cts = (pts.mseconds() as i64 - ms as i64).clamp(-0x80_0000, 0x7f_ffff) as i32;
+            tags.push(Tag {
+                kind,
+                timestamp: (ms & 0xffff_ffff) as u32,
+                data: Bytes::from(body(
+                    PacketKind::CodedFrames {
+                        composition_time: cts,
+                    },
+                    &map,
+                )),
+            });
+        }
+        self.start_sink_stream(&sinkpad);
+        for tag in tags {
+            let mut data = Vec::with_capacity(tag.data.len() + 15);
+            crate::rtmp::flv::write_tag(&tag, &mut data);
+            let mut out = gst::Buffer::from_mut_slice(data);
+            out.get_mut().unwrap().set_pts(running_ms);
+            sinkpad.chain(out)?;
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
     fn stats(&self) -> gst::Structure {
         let state = self.state.lock().unwrap();
         let (st, depth, queued, drops) = match state.as_ref() {
@@ -672,6 +1036,21 @@ impl BaseSinkImpl for RsRtmpSink {
         })?;
         let mut config = config;
         config.name = self.obj().name().to_string();
+        {
+            let mut ex = self.ex.lock().unwrap();
+            ex.started = false;
+            for input in ex.inputs.iter_mut() {
+                input.eos = false;
+                input.config_sent = false;
+                if input.video {
+                    config
+                        .fourcc_list
+                        .extend(["hvc1", "av01", "vp09"].map(String::from));
+                } else {
+                    config.fourcc_list.push("Opus".into());
+                }
+            }
+        }
         gst::info!(CAT, imp = self, "publishing to {}", config.location);
         let timeout = config.timeout;
         let element = self.obj().downgrade();

@@ -201,6 +201,8 @@ pub struct PublisherConfig {
     pub credentials: Option<Credentials>,
     /// Where the authentication exchange stands (its query goes on app and tcUrl).
     pub auth: ClientAuth,
+    /// Enhanced RTMP: the codecs we may send (`fourCcList` in connect); empty: not sent.
+    pub fourcc_list: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,12 +466,31 @@ impl Publisher {
                 }
             );
         }
-        let cmd = amf0::obj(&[
+        let mut props = vec![
             ("app", format!("{}{params}", self.config.app).into()),
             ("type", "nonprivate".into()),
             ("flashVer", self.config.flash_version.as_str().into()),
             ("tcUrl", format!("{}{params}", self.config.tc_url).into()),
-        ]);
+        ];
+        if !self.config.fourcc_list.is_empty() {
+            log_id!(
+                debug,
+                &self.config.name,
+                "connect announces Enhanced RTMP fourCcList {:?}",
+                self.config.fourcc_list
+            );
+            props.push((
+                "fourCcList",
+                amf0::Value::StrictArray(
+                    self.config
+                        .fourcc_list
+                        .iter()
+                        .map(|f| f.as_str().into())
+                        .collect(),
+                ),
+            ));
+        }
+        let cmd = amf0::obj(&props);
         self.command(CSID_COMMAND, 0, "connect", &[cmd]);
         self.phase = Phase::Connect;
     }
@@ -889,6 +910,7 @@ mod tests {
             max_message_size: 1 << 20,
             credentials: None,
             auth: ClientAuth::default(),
+            fourcc_list: Vec::new(),
         }
     }
 
@@ -994,6 +1016,10 @@ mod tests {
         );
         assert_eq!(connect[2].get_str("type"), Some("nonprivate"));
         assert!(connect[2].get_str("flashVer").is_some());
+        assert!(
+            connect[2].get("fourCcList").is_none(),
+            "no Enhanced RTMP announced without elementary inputs"
+        );
         let mut answer = Vec::new();
         // Window ack size 100, peer bandwidth, chunk size 64 from the server.
         srv.enc.write(
@@ -1053,6 +1079,26 @@ mod tests {
         assert_eq!(p.receive(&out).unwrap(), [Event::Publishing]);
         assert_eq!(p.phase(), Phase::Publishing);
         (p, srv)
+    }
+
+    #[test]
+    fn connect_announces_the_enhanced_rtmp_four_cc_list() {
+        let mut cfg = config();
+        cfg.fourcc_list = vec!["hvc1".into(), "Opus".into()];
+        let mut p = Publisher::new(cfg, 0, &[1u8; 1528]);
+        let mut srv = Server::new();
+        let s = handshake(&mut p);
+        assert!(p.receive(&s).unwrap().is_empty());
+        let out = p.take_output();
+        let msgs = srv.read(&out[1536..]);
+        let connect = amf0::decode_all(&msgs[1].payload).unwrap();
+        assert_eq!(
+            connect[2].get("fourCcList"),
+            Some(&amf0::Value::StrictArray(vec![
+                "hvc1".into(),
+                "Opus".into()
+            ]))
+        );
     }
 
     #[test]

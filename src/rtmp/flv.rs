@@ -49,8 +49,8 @@ impl Tag {
         self.kind == TagKind::Video && self.data.first().is_some_and(|b| (b >> 4) & 0x7 == 1)
     }
 
-    /// Codec configuration: AVC/HEVC sequence header (AVCPacketType 0) or AAC AudioSpecificConfig
-    /// (AACPacketType 0).
+    /// Codec configuration: AVC/HEVC sequence header (AVCPacketType 0), AAC AudioSpecificConfig
+    /// (AACPacketType 0), or an Enhanced RTMP SequenceStart (video or audio).
     pub fn is_sequence_header(&self) -> bool {
         let (Some(&b0), Some(&b1)) = (self.data.first(), self.data.get(1)) else {
             return false;
@@ -58,13 +58,18 @@ impl Tag {
         match self.kind {
             TagKind::Video => {
                 if b0 & 0x80 != 0 {
-                    // Enhanced RTMP: PacketType 0 is SequenceStart.
-                    b0 & 0x0f == 0
+                    // Enhanced RTMP: PacketType 0 is SequenceStart, also inside a multitrack
+                    // message (PacketType 6, the tracks' type in the next byte's low bits).
+                    b0 & 0x0f == 0 || (b0 & 0x0f == 6 && b1 & 0x0f == 0)
                 } else {
                     matches!(b0 & 0x0f, 7 | 12) && b1 == 0
                 }
             }
-            TagKind::Audio => b0 >> 4 == 10 && b1 == 0,
+            // AAC AudioSpecificConfig; Enhanced RTMP audio (SoundFormat 9) SequenceStart, also
+            // in a multitrack message (AudioPacketType 5).
+            TagKind::Audio => {
+                (b0 >> 4 == 10 && b1 == 0) || b0 == 0x90 || (b0 == 0x95 && b1 & 0x0f == 0)
+            }
             TagKind::Script => false,
         }
     }

@@ -25,6 +25,7 @@ pub mod amf0;
 pub mod auth;
 pub mod chunk;
 pub mod client;
+pub mod enhanced;
 pub mod flv;
 pub mod handshake;
 pub mod net;

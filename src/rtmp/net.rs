@@ -53,6 +53,8 @@ pub struct NetConfig {
     /// The output bitrate limit in bytes per second (0: none); changeable while running with
     /// [`Publication::set_peak_rate`].
     pub peak_rate: u64,
+    /// Enhanced RTMP: the codecs announced in connect's `fourCcList` (empty: none).
+    pub fourcc_list: Vec<String>,
 }
 
 /// Queued bytes that end the linger early.
@@ -702,6 +704,7 @@ async fn session(
             max_message_size: 1 << 20,
             credentials: cfg.credentials.clone(),
             auth: auth.clone(),
+            fourcc_list: cfg.fourcc_list.clone(),
         },
         epoch,
         &random,
@@ -1087,6 +1090,7 @@ mod tests {
             continue_timestamps: false,
             credentials: None,
             peak_rate: 0,
+            fourcc_list: Vec::new(),
         };
         let d: Vec<u64> = (1..=6)
             .map(|a| backoff(&cfg, a).as_millis() as u64)

@@ -1,6 +1,8 @@
 //! `rtmpserversrc`: an RTMP (or RTMPS) server that publishers (ffmpeg, OBS, rtmp2sink, rtmpsink,
-//! rsrtmpsink) push into, output as `video/x-flv` on its one pad, so that `flvdemux` follows: the
-//! mirror of rsrtmpsink. A thin adapter over [`crate::rtmp::server`]: the listener runs on the
+//! rsrtmpsink) push into, output as `video/x-flv` on its `src` pad, so that `flvdemux` follows:
+//! the mirror of rsrtmpsink. Enhanced RTMP codecs flvdemux cannot read (HEVC, AV1, VP9, Opus)
+//! come out as elementary streams on the sometimes pads `video` and `audio` (`output`), pushed
+//! from the same streaming thread. A thin adapter over [`crate::rtmp::server`]: the listener runs on the
 //! shared runtime and queues the accepted publication's tags in a bounded [`Output`] (whole
 //! frames dropped, counted, when downstream is slower); `create` takes them out.
 //!
@@ -9,6 +11,7 @@
 //! that timeline, in the FLV tags themselves (flvdemux reads those) and on the buffers, so a next
 //! publisher (`wait-for-next-publisher`) continues it.
 
+use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -19,6 +22,9 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use bytes::Bytes;
+
+use crate::rtmp::enhanced::{self, FourCc, Message, Packet, PacketKind};
 use crate::rtmp::flv::{self, Tag, TagKind};
 use crate::rtmp::server::listener::{Listener, ListenerConfig, PublishHook, PublishInfo};
 use crate::rtmp::server::output::{Item, Output, Popped};
@@ -38,6 +44,29 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 100;
 const DEFAULT_HANDSHAKE_TIMEOUT: u32 = 10;
 const DEFAULT_IDLE_TIMEOUT: u32 = 30;
 const DEFAULT_LATENCY_MS: u32 = 200;
+
+/// Where the publication goes: see the README ("Enhanced RTMP").
+#[derive(Debug, Eq, PartialEq, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstLsRtmpServerSrcOutput")]
+pub enum OutputMode {
+    #[enum_value(
+        name = "Everything as FLV on src (Enhanced RTMP tags pass unchanged; flvdemux cannot read them)",
+        nick = "flv"
+    )]
+    Flv = 0,
+    #[enum_value(
+        name = "Elementary streams on the video and audio pads (H.264, H.265, AV1, VP9, VP8, AAC, Opus, MP3, AC-3, E-AC-3); nothing on src",
+        nick = "elementary"
+    )]
+    Elementary = 1,
+    #[enum_value(
+        name = "Classic FLV codecs and metadata as FLV on src (when linked), Enhanced RTMP codecs on the video and audio pads",
+        nick = "auto"
+    )]
+    #[default]
+    Auto = 2,
+}
 
 /// No `Debug`: the stream key is a secret.
 #[derive(Clone)]
@@ -62,6 +91,7 @@ struct Settings {
     /// `adobe` or `llnw`: what a connect without credentials is told to use.
     authmod: String,
     rtmpt: bool,
+    output: OutputMode,
 }
 
 impl Default for Settings {
@@ -84,6 +114,7 @@ impl Default for Settings {
             tls_key_file: None,
             tls_max_version: "1.3".into(),
             rtmpt: true,
+            output: OutputMode::Auto,
         }
     }
 }
@@ -98,6 +129,82 @@ struct Stream {
     base: Option<gst::ClockTime>,
     /// (this publication's offset on our timeline in ms, its first RTMP timestamp).
     rebase: Option<(i64, u32)>,
+    /// The elementary-stream pads (`video`, `audio`), created by the first packet of each.
+    video: Option<ExPad>,
+    audio: Option<ExPad>,
+    group_id: Option<gst::GroupId>,
+    /// The track of a multitrack publication that goes to each pad (the first seen).
+    video_track: Option<u8>,
+    audio_track: Option<u8>,
+    /// What was logged once for this publication.
+    logged: std::collections::HashSet<&'static str>,
+}
+
+struct ExPad {
+    pad: gst::Pad,
+    caps: gst::Caps,
+}
+
+/// Caps for a codec's elementary stream; `config` is its SequenceStart body. `None` when the
+/// codec needs a configuration that has not come (H.264, H.265, AAC, Opus) or has no pad here.
+fn ex_caps(fourcc: FourCc, config: Option<&Bytes>) -> Option<gst::Caps> {
+    let codec_data = || config.map(|c| gst::Buffer::from_slice(c.clone()));
+    let caps = match fourcc {
+        FourCc::HEVC => gst::Caps::builder("video/x-h265")
+            .field("stream-format", "hvc1")
+            .field("alignment", "au")
+            .field("codec_data", codec_data()?)
+            .build(),
+        FourCc::AVC => gst::Caps::builder("video/x-h264")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
+            .field("codec_data", codec_data()?)
+            .build(),
+        FourCc::AV1 => gst::Caps::builder("video/x-av1")
+            .field("stream-format", "obu-stream")
+            .field("alignment", "tu")
+            .field_if_some("codec_data", codec_data().filter(|b| b.size() >= 4))
+            .build(),
+        FourCc::VP9 => gst::Caps::new_empty_simple("video/x-vp9"),
+        FourCc::VP8 => gst::Caps::new_empty_simple("video/x-vp8"),
+        FourCc::OPUS => {
+            let head = enhanced::parse_opus_head(config?)?;
+            let mut b = gst::Caps::builder("audio/x-opus")
+                .field("rate", 48000i32)
+                .field("channels", i32::from(head.channels))
+                .field("channel-mapping-family", i32::from(head.mapping_family));
+            if let Some((streams, coupled, map)) = &head.mapping {
+                b = b
+                    .field("stream-count", i32::from(*streams))
+                    .field("coupled-count", i32::from(*coupled))
+                    .field(
+                        "channel-mapping",
+                        gst::Array::new(map.iter().map(|&c| i32::from(c))),
+                    );
+            }
+            b.build()
+        }
+        FourCc::AAC => gst::Caps::builder("audio/mpeg")
+            .field("mpegversion", 4i32)
+            .field("stream-format", "raw")
+            .field("codec_data", codec_data()?)
+            .build(),
+        FourCc::MP3 => gst::Caps::builder("audio/mpeg")
+            .field("mpegversion", 1i32)
+            .field("layer", 3i32)
+            .build(),
+        FourCc::AC3 => gst::Caps::new_empty_simple("audio/x-ac3"),
+        FourCc::EAC3 => gst::Caps::new_empty_simple("audio/x-eac3"),
+        _ => return None,
+    };
+    Some(caps)
+}
+
+/// Where a tag goes.
+enum Route {
+    Src,
+    Pads,
+    Drop,
 }
 
 #[derive(Default)]
@@ -147,7 +254,9 @@ impl RtmpServerSrc {
         (true, true)
     }
 
-    fn tag_buffer(&self, st: &mut Stream, tag: Tag) -> gst::Buffer {
+    /// The tag's time on our timeline in ms (the stream's first tag at 0), starting the
+    /// segment at the first tag and each publication where the clock is.
+    fn timeline_ms(&self, st: &mut Stream, tag: &Tag) -> i64 {
         let now = self
             .obj()
             .current_running_time()
@@ -178,7 +287,11 @@ impl RtmpServerSrc {
         });
         // Signed: audio may start a little before the first video tag.
         let delta = i64::from(tag.timestamp.wrapping_sub(first) as i32);
-        let ts_ms = (offset + delta).max(0);
+        (offset + delta).max(0)
+    }
+
+    fn tag_buffer(&self, st: &mut Stream, tag: Tag) -> gst::Buffer {
+        let ts_ms = self.timeline_ms(st, &tag);
         // Script data carries no timing; at 0, ffmpeg's FLV reader still takes it for the
         // file's metadata (elsewhere, for a data stream).
         let out_tag = Tag {
@@ -209,6 +322,264 @@ impl RtmpServerSrc {
             }
         }
         buffer
+    }
+
+    fn route(&self, mode: OutputMode, tag: &Tag) -> Route {
+        let enhanced = match tag.kind {
+            TagKind::Video => enhanced::is_enhanced_video(&tag.data),
+            TagKind::Audio => enhanced::is_enhanced_audio(&tag.data),
+            TagKind::Script => false,
+        };
+        match mode {
+            OutputMode::Flv => Route::Src,
+            OutputMode::Auto if enhanced => Route::Pads,
+            OutputMode::Auto => Route::Src,
+            OutputMode::Elementary if tag.kind == TagKind::Script => Route::Drop,
+            OutputMode::Elementary => Route::Pads,
+        }
+    }
+
+    fn log_once(&self, st: &mut Stream, key: &'static str, what: std::fmt::Arguments<'_>) {
+        if st.logged.insert(key) {
+            gst::debug!(CAT, imp = self, "{}", what);
+        }
+    }
+
+    /// An audio or video tag for the elementary-stream pads: parsed (ex-header or classic),
+    /// its configuration turned into caps, its frames pushed.
+    fn push_elementary(&self, st: &mut Stream, tag: Tag) -> Result<(), gst::FlowError> {
+        let video = tag.kind == TagKind::Video;
+        let packets = if (video && enhanced::is_enhanced_video(&tag.data))
+            || (!video && enhanced::is_enhanced_audio(&tag.data))
+        {
+            let parsed = if video {
+                enhanced::parse_video(&tag.data).map(|m| match m {
+                    Message::Packets(p) => p,
+                    Message::Command(_) => Vec::new(),
+                })
+            } else {
+                enhanced::parse_audio(&tag.data)
+            };
+            match parsed {
+                Ok(p) => p,
+                Err(e) => {
+                    self.log_once(
+                        st,
+                        if video { "bad-video" } else { "bad-audio" },
+                        format_args!(
+                            "Enhanced RTMP tag skipped: {e} (logged once per publication)"
+                        ),
+                    );
+                    return Ok(());
+                }
+            }
+        } else {
+            match enhanced::classic_packet(video, &tag.data) {
+                Some(p) => vec![p],
+                None => {
+                    let codec = crate::rtmp::server::output::codec_name(&tag).unwrap_or_default();
+                    if video {
+                        self.log_once(
+                            st,
+                            "classic-video",
+                            format_args!("video codec {codec} has no elementary pad: dropped (use output=flv and flvdemux)"),
+                        );
+                    } else {
+                        self.log_once(
+                            st,
+                            "classic-audio",
+                            format_args!("audio codec {codec} has no elementary pad: dropped (use output=flv and flvdemux)"),
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        };
+        if packets.is_empty() {
+            return Ok(());
+        }
+        let dts_ms = self.timeline_ms(st, &tag);
+        for p in packets {
+            let track = if video {
+                *st.video_track.get_or_insert(p.track)
+            } else {
+                *st.audio_track.get_or_insert(p.track)
+            };
+            if p.track != track {
+                self.log_once(
+                    st,
+                    if video {
+                        "other-video-track"
+                    } else {
+                        "other-audio-track"
+                    },
+                    format_args!(
+                        "multitrack: {} track {} ({}) not output, the pad carries track {}",
+                        if video { "video" } else { "audio" },
+                        p.track,
+                        p.fourcc,
+                        track
+                    ),
+                );
+                continue;
+            }
+            self.push_packet(st, video, p, dts_ms)?;
+        }
+        Ok(())
+    }
+
+    fn push_packet(
+        &self,
+        st: &mut Stream,
+        video: bool,
+        p: Packet,
+        dts_ms: i64,
+    ) -> Result<(), gst::FlowError> {
+        let composition_time = match p.kind {
+            PacketKind::SequenceStart => {
+                let Some(caps) = ex_caps(p.fourcc, Some(&p.data)) else {
+                    self.log_once(
+                        st,
+                        if video {
+                            "no-caps-video"
+                        } else {
+                            "no-caps-audio"
+                        },
+                        format_args!("codec {} has no elementary pad here: dropped", p.fourcc),
+                    );
+                    return Ok(());
+                };
+                let slot = if video { &mut st.video } else { &mut st.audio };
+                match slot {
+                    Some(ex) if ex.caps != caps => {
+                        gst::debug!(CAT, imp = self, "{}: new caps {}", ex.pad.name(), caps);
+                        ex.pad.push_event(gst::event::Caps::new(&caps));
+                        ex.caps = caps;
+                    }
+                    Some(_) => {}
+                    None => self.add_ex_pad(st, video, caps),
+                }
+                return Ok(());
+            }
+            PacketKind::CodedFrames { composition_time } => composition_time,
+            // SequenceEnd, Metadata, channel layouts: nothing for the pad.
+            _ => return Ok(()),
+        };
+        if (if video { &st.video } else { &st.audio }).is_none() {
+            // Codecs whose caps need no configuration get their pad at the first frame.
+            match ex_caps(p.fourcc, None) {
+                Some(caps) => self.add_ex_pad(st, video, caps),
+                None => {
+                    self.log_once(
+                        st,
+                        if video {
+                            "no-config-video"
+                        } else {
+                            "no-config-audio"
+                        },
+                        format_args!(
+                            "{} frames before the codec configuration (SequenceStart): dropped",
+                            p.fourcc
+                        ),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let Some(ex) = (if video { &st.video } else { &st.audio }) else {
+            return Ok(());
+        };
+        let dts = gst::ClockTime::from_mseconds(dts_ms as u64);
+        let pts =
+            gst::ClockTime::from_mseconds((dts_ms + i64::from(composition_time)).max(0) as u64);
+        let mut buffer = gst::Buffer::from_slice(p.data);
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_dts(dts);
+            b.set_pts(pts);
+            if video && !p.keyframe {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        let pad = ex.pad.clone();
+        match pad.push(buffer) {
+            Ok(_) => Ok(()),
+            Err(gst::FlowError::NotLinked) => {
+                self.log_once(
+                    st,
+                    if video {
+                        "video-not-linked"
+                    } else {
+                        "audio-not-linked"
+                    },
+                    format_args!("{} is not linked: its frames are dropped", pad.name()),
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn add_ex_pad(&self, st: &mut Stream, video: bool, caps: gst::Caps) {
+        let name = if video { "video" } else { "audio" };
+        let templ = self.obj().pad_template(name).expect("template");
+        let pad = gst::Pad::builder_from_template(&templ)
+            .name(name)
+            .flags(gst::PadFlags::FIXED_CAPS)
+            .query_function(|pad, parent, query| {
+                RtmpServerSrc::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.ex_pad_query(pad, query),
+                )
+            })
+            .build();
+        if let Err(e) = pad.set_active(true) {
+            gst::warning!(CAT, imp = self, "cannot activate pad {}: {}", name, e);
+        }
+        let group = *st.group_id.get_or_insert_with(gst::GroupId::next);
+        let stream_id = pad.create_stream_id(&*self.obj(), Some(name));
+        pad.push_event(
+            gst::event::StreamStart::builder(stream_id.as_str())
+                .group_id(group)
+                .build(),
+        );
+        pad.push_event(gst::event::Caps::new(&caps));
+        let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+        segment.set_base(st.base.unwrap_or_default());
+        pad.push_event(gst::event::Segment::new(&segment));
+        gst::debug!(CAT, imp = self, "adding pad {} with caps {}", name, caps);
+        let ex = ExPad {
+            pad: pad.clone(),
+            caps,
+        };
+        if video {
+            st.video = Some(ex);
+        } else {
+            st.audio = Some(ex);
+        }
+        if let Err(e) = self.obj().add_pad(&pad) {
+            gst::warning!(CAT, imp = self, "cannot add pad {}: {}", name, e);
+        }
+    }
+
+    fn ex_pad_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            let latency =
+                gst::ClockTime::from_mseconds(u64::from(self.settings.lock().unwrap().latency_ms));
+            q.set(true, latency, gst::ClockTime::NONE);
+            return true;
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
+    fn ex_pads(&self) -> Vec<gst::Pad> {
+        let st = self.stream.lock().unwrap();
+        [&st.video, &st.audio]
+            .into_iter()
+            .flatten()
+            .map(|e| e.pad.clone())
+            .collect()
     }
 
     fn stats(&self) -> gst::Structure {
@@ -404,6 +775,17 @@ impl ObjectImpl for RtmpServerSrc {
                     .default_value(true)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("output", OutputMode::Auto)
+                    .nick("Output")
+                    .blurb(
+                        "flv: everything as FLV on src for flvdemux; elementary: the codecs \
+                         as elementary streams on sometimes pads video and audio (H.264, H.265, \
+                         AV1, VP9, AAC, Opus...), nothing on src; auto: classic FLV codecs on \
+                         src (when linked), Enhanced RTMP ones (hvc1, av01, vp09, Opus...) on \
+                         video and audio",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Connections, publishers, bytes, bitrate, frames, drops, codecs, the publisher's address and chunk size")
@@ -482,6 +864,7 @@ impl ObjectImpl for RtmpServerSrc {
                 s.tls_max_version = string().unwrap_or_else(|| "1.3".into());
             }
             "rtmpt" => s.rtmpt = value.get().expect("type checked"),
+            "output" => s.output = value.get().expect("type checked"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -515,6 +898,7 @@ impl ObjectImpl for RtmpServerSrc {
             "tls-key-file" => s.tls_key_file.to_value(),
             "tls-max-version" => s.tls_max_version.to_value(),
             "rtmpt" => s.rtmpt.to_value(),
+            "output" => s.output.to_value(),
             "stats" => {
                 drop(s);
                 self.stats().to_value()
@@ -547,6 +931,30 @@ impl ElementImpl for RtmpServerSrc {
                     gst::PadDirection::Src,
                     gst::PadPresence::Always,
                     &gst::Caps::new_empty_simple("video/x-flv"),
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "video",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Sometimes,
+                    &gst::Caps::from_str(
+                        "video/x-h265, stream-format=hvc1, alignment=au; \
+                         video/x-h264, stream-format=avc, alignment=au; \
+                         video/x-av1, stream-format=obu-stream, alignment=tu; \
+                         video/x-vp9; video/x-vp8",
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "audio",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Sometimes,
+                    &gst::Caps::from_str(
+                        "audio/x-opus; audio/mpeg, mpegversion=4, stream-format=raw; \
+                         audio/mpeg, mpegversion=1, layer=3; audio/x-ac3; audio/x-eac3",
+                    )
+                    .unwrap(),
                 )
                 .unwrap(),
             ]
@@ -666,6 +1074,19 @@ impl BaseSrcImpl for RtmpServerSrc {
         if let Some(l) = self.listener.lock().unwrap().take() {
             l.stop();
         }
+        let pads = {
+            let mut st = self.stream.lock().unwrap();
+            let pads: Vec<gst::Pad> = [st.video.take(), st.audio.take()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.pad)
+                .collect();
+            pads
+        };
+        for pad in pads {
+            let _ = pad.set_active(false);
+            let _ = self.obj().remove_pad(&pad);
+        }
         if let Some(o) = self.output.lock().unwrap().take() {
             o.set_flushing(true);
             o.clear();
@@ -710,7 +1131,10 @@ impl PushSrcImpl for RtmpServerSrc {
         let Some(output) = self.output() else {
             return Err(gst::FlowError::Flushing);
         };
-        let wait = self.settings.lock().unwrap().wait_for_next_publisher;
+        let (wait, mode) = {
+            let s = self.settings.lock().unwrap();
+            (s.wait_for_next_publisher, s.output)
+        };
         loop {
             let item = match output.pop(Duration::from_millis(500)) {
                 Ok(item) => item,
@@ -729,6 +1153,9 @@ impl PushSrcImpl for RtmpServerSrc {
                     );
                     st.publisher = Some(publisher);
                     st.rebase = None;
+                    st.logged.clear();
+                    st.video_track = None;
+                    st.audio_track = None;
                     drop(st);
                     self.post("rtmpserversrc-publisher-started", |b| {
                         b.field("publisher", publisher)
@@ -760,6 +1187,9 @@ impl PushSrcImpl for RtmpServerSrc {
                             .field("eos", !wait)
                     });
                     if !wait {
+                        for pad in self.ex_pads() {
+                            pad.push_event(gst::event::Eos::new());
+                        }
                         return Err(gst::FlowError::Eos);
                     }
                 }
@@ -767,8 +1197,24 @@ impl PushSrcImpl for RtmpServerSrc {
                     if st.publisher.is_none() {
                         continue;
                     }
-                    let buffer = self.tag_buffer(&mut st, tag);
-                    return Ok(CreateSuccess::NewBuffer(buffer));
+                    match self.route(mode, &tag) {
+                        Route::Src => {
+                            if mode == OutputMode::Auto && !self.obj().src_pad().is_linked() {
+                                self.log_once(
+                                    &mut st,
+                                    "src-not-linked",
+                                    format_args!(
+                                        "src is not linked: classic FLV tags and metadata are dropped"
+                                    ),
+                                );
+                                continue;
+                            }
+                            let buffer = self.tag_buffer(&mut st, tag);
+                            return Ok(CreateSuccess::NewBuffer(buffer));
+                        }
+                        Route::Pads => self.push_elementary(&mut st, tag)?,
+                        Route::Drop => {}
+                    }
                 }
             }
         }

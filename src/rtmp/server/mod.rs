@@ -381,9 +381,35 @@ impl Connection {
                     ))
                 })
         };
-        let publishing = self.phase == Phase::Publishing
+        let mut publishing = self.phase == Phase::Publishing
             && (Some(msg.stream_id) == self.publish_stream
                 || (self.publish_on_zero && msg.stream_id == 0));
+        if !publishing
+            && self.phase == Phase::Publishing
+            && msg.stream_id == 0
+            && matches!(
+                msg.type_id,
+                msg_type::AUDIO
+                    | msg_type::VIDEO
+                    | msg_type::DATA_AMF0
+                    | msg_type::DATA_AMF3
+                    | msg_type::AGGREGATE
+            )
+        {
+            // Liberal as ffmpeg: node-media-server 4.4.3's relay publishes on the stream
+            // createStream made but sends its media on message stream 0. One publication per
+            // connection, so stream 0's media can only be it.
+            log_id!(
+                info,
+                self.name(),
+                "{}: media on message stream 0 while publishing on {:?}: tolerated, taken as \
+                 the publication's",
+                self.config.peer,
+                self.publish_stream
+            );
+            self.publish_on_zero = true;
+            publishing = true;
+        }
         match msg.type_id {
             msg_type::SET_CHUNK_SIZE => {
                 let size = u32_at(0)?;

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use super::super::enhanced;
 use super::super::flv::{Tag, TagKind};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +71,13 @@ pub fn codec_name(tag: &Tag) -> Option<String> {
     let b0 = *tag.data.first()?;
     let name = match tag.kind {
         TagKind::Video if b0 & 0x80 != 0 => {
-            let fourcc = tag.data.get(1..5)?;
+            // A command frame carries no FourCC; a multitrack message has it after its
+            // multitrack byte (the first track's, for many codecs).
+            if (b0 >> 4) & 7 == 5 && b0 & 0x0f != 4 {
+                return None;
+            }
+            let at = if b0 & 0x0f == 6 { 2 } else { 1 };
+            let fourcc = tag.data.get(at..at + 4)?;
             return Some(String::from_utf8_lossy(fourcc).into_owned());
         }
         TagKind::Video => match b0 & 0x0f {
@@ -87,7 +94,8 @@ pub fn codec_name(tag: &Tag) -> Option<String> {
             7 => "pcma",
             8 => "pcmu",
             9 => {
-                let fourcc = tag.data.get(1..5)?;
+                let at = if b0 & 0x0f == 5 { 2 } else { 1 };
+                let fourcc = tag.data.get(at..at + 4)?;
                 return Some(String::from_utf8_lossy(fourcc).into_owned());
             }
             10 => "aac",
@@ -101,13 +109,18 @@ pub fn codec_name(tag: &Tag) -> Option<String> {
 
 /// Whether a tag carries a coded frame (what `video-frames`/`audio-frames` count): not a
 /// codec configuration, nor an AVC/HEVC end of sequence (AVCPacketType 2) or an Enhanced RTMP
-/// SequenceEnd / metadata packet.
+/// SequenceStart / SequenceEnd / metadata packet (video or audio, multitrack included).
 fn is_frame(tag: &Tag) -> bool {
     let (Some(&b0), b1) = (tag.data.first(), tag.data.get(1).copied()) else {
         return false;
     };
+    if tag.kind != TagKind::Script
+        && let Some(marker) = enhanced::is_config_or_marker(tag.kind == TagKind::Video, &tag.data)
+    {
+        // Enhanced RTMP (also multitrack): only CodedFrames carry a frame.
+        return !marker;
+    }
     match tag.kind {
-        TagKind::Video if b0 & 0x80 != 0 => matches!(b0 & 0x0f, 1 | 3),
         TagKind::Video => match b0 & 0x0f {
             7 | 12 | 13 => b1 == Some(1),
             _ => true,
@@ -301,6 +314,33 @@ mod tests {
         assert_eq!(s.audio_frames, 1);
         assert_eq!(s.video_codec, "h264");
         assert_eq!(s.audio_codec, "aac");
+    }
+
+    #[test]
+    fn enhanced_configurations_are_never_dropped_nor_counted() {
+        let q = Output::new(100);
+        let ex = |kind, data: &[u8]| Tag {
+            kind,
+            timestamp: 0,
+            data: Bytes::copy_from_slice(data),
+        };
+        // Opus SequenceStart (OpusHead) and an hvc1 SequenceStart in a multitrack message,
+        // larger than the whole queue: kept, not frames.
+        let mut opus_head = vec![0x90, b'O', b'p', b'u', b's'];
+        opus_head.resize(300, 0);
+        assert!(q.push_tag(ex(TagKind::Audio, &opus_head)));
+        let mut mt = vec![0x96, 0x00, b'h', b'v', b'c', b'1', 0];
+        mt.resize(300, 0);
+        assert!(q.push_tag(ex(TagKind::Video, &mt)));
+        assert!(q.push_tag(ex(TagKind::Audio, &[0x91, b'O', b'p', b'u', b's', 1])));
+        assert!(q.push_tag(ex(TagKind::Video, &[0x93, b'a', b'v', b'0', b'1', 1])));
+        // A command frame: no codec, no frame.
+        assert!(q.push_tag(ex(TagKind::Video, &[0xd0, 0])));
+        let s = q.stats();
+        assert_eq!((s.video_frames, s.audio_frames), (1, 1));
+        assert_eq!(s.video_codec, "av01");
+        assert_eq!(s.audio_codec, "Opus");
+        assert_eq!(s.bytes_queued, 12);
     }
 
     #[test]

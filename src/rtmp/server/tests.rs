@@ -18,6 +18,7 @@ fn publisher(app: &str, stream: &str) -> Publisher {
             max_message_size: 1 << 20,
             credentials: None,
             auth: Default::default(),
+            fourcc_list: Vec::new(),
         },
         0,
         &[3; 1528],
@@ -560,4 +561,45 @@ fn publish_on_message_stream_0_is_tolerated_after_create_stream() {
             "{ev:?}"
         );
     }
+}
+
+/// node-media-server 4.4.3's relay publishes on message stream 1 and sends its media on message
+/// stream 0: taken as the publication's (one per connection); another stream id still is not.
+#[test]
+fn media_on_message_stream_0_while_publishing_is_the_publications() {
+    let mut c = publisher("live", "k");
+    let mut s = server("live");
+    pump(&mut c, &mut s).unwrap();
+    s.accept_publish();
+    pump(&mut c, &mut s).unwrap();
+    let mut enc = ChunkEncoder::new();
+    let mut bytes = Vec::new();
+    enc.set_chunk_size(4096);
+    let hvc1 = [0x90, b'h', b'v', b'c', b'1', 1, 2];
+    enc.write(5, 40, msg_type::VIDEO, 0, &hvc1, &mut bytes);
+    enc.write(4, 40, msg_type::AUDIO, 7, &[0xaf, 1, 0], &mut bytes);
+    // The chunk encoder of the test starts at chunk size 128 on the server side: tell it.
+    let mut set = Vec::new();
+    ChunkEncoder::new().write(
+        2,
+        0,
+        msg_type::SET_CHUNK_SIZE,
+        0,
+        &4096u32.to_be_bytes(),
+        &mut set,
+    );
+    set.extend_from_slice(&bytes);
+    let ev = s.receive(&set).unwrap();
+    assert_eq!(
+        ev,
+        vec![Event::Media(Tag {
+            kind: TagKind::Video,
+            timestamp: 40,
+            data: Bytes::copy_from_slice(&hvc1),
+        })]
+    );
+    assert_eq!(
+        s.counters.media_ignored, 1,
+        "message stream 7 is no stream of ours"
+    );
 }
