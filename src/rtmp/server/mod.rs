@@ -10,7 +10,8 @@
 //! ping), §7.2.1.1 (connect and its `_result`), §7.2.1.3 (createStream), §7.2.2.3 (deleteStream),
 //! §7.2.2.6 (publish and onStatus NetStream.Publish.*); releaseStream, FCPublish, FCUnpublish
 //! and `@setDataFrame` follow Flash Media Server and nginx-rtmp practice; Enhanced RTMP (Veovera,
-//! v1/v2) for `fourCcList` in connect. The stream key never appears in a log record.
+//! v1/v2) for `fourCcList` and the v2 `videoFourCcInfoMap`/`audioFourCcInfoMap` in connect. The
+//! stream key never appears in a log record.
 
 pub mod listener;
 pub mod output;
@@ -35,6 +36,11 @@ const UC_PING_RESPONSE: u16 = 7;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 8;
 /// Messages before the publish is accepted (commands) are small; larger ones are refused.
 const MAX_COMMAND_SIZE: usize = 64 * 1024;
+/// FourCCs recorded from a connect at most (`fourCcList` and the v2 info maps together).
+const MAX_FOURCCS: usize = 64;
+/// Enhanced RTMP v2 FourCcInfoMask bits.
+const FOURCC_CAN_ENCODE: u32 = 0x02;
+const FOURCC_CAN_FORWARD: u32 = 0x04;
 
 /// Why a connection ends (the listener logs it with the peer).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,8 +105,11 @@ pub struct ConnectInfo {
     pub tc_url: String,
     pub flash_ver: String,
     pub object_encoding: f64,
-    /// Enhanced RTMP: the codecs the client can send (`fourCcList`), recorded.
+    /// Enhanced RTMP: the codecs the client can send (`fourCcList`, and the FourCCs its
+    /// `videoFourCcInfoMap`/`audioFourCcInfoMap` mark as encodable or forwardable), recorded.
     pub fourcc_list: Vec<String>,
+    /// The client sent E-RTMP v2 FourCC info maps: the answer carries ours.
+    pub info_maps: bool,
 }
 
 /// A publish request, for the listener to decide.
@@ -690,14 +699,32 @@ impl Connection {
                 .unwrap_or_default()
                 .to_owned()
         };
-        let fourcc_list = match cmd.and_then(|c| c.get("fourCcList")) {
+        let mut fourcc_list: Vec<String> = match cmd.and_then(|c| c.get("fourCcList")) {
             Some(Value::StrictArray(items)) => items
                 .iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
-                .take(64)
+                .take(MAX_FOURCCS)
                 .collect(),
             _ => Vec::new(),
         };
+        // Enhanced RTMP v2: maps of FourCC (or "*") to what the client can do with it; the
+        // codecs it can encode or forward are the ones it may send.
+        let mut info_maps = false;
+        for key in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+            if let Some(Value::Object(entries) | Value::EcmaArray(entries)) =
+                cmd.and_then(|c| c.get(key))
+            {
+                info_maps = true;
+                for (fourcc, flags) in entries.iter().take(MAX_FOURCCS) {
+                    let flags = flags.as_number().unwrap_or(0.0);
+                    let sends = flags.is_finite()
+                        && (flags as u32) & (FOURCC_CAN_ENCODE | FOURCC_CAN_FORWARD) != 0;
+                    if sends && fourcc_list.len() < MAX_FOURCCS && !fourcc_list.contains(fourcc) {
+                        fourcc_list.push(fourcc.clone());
+                    }
+                }
+            }
+        }
         let mut info = ConnectInfo {
             // Some clients put the query or a trailing slash in app.
             app: get("app").trim_end_matches('/').to_owned(),
@@ -708,6 +735,7 @@ impl Connection {
                 .and_then(Value::as_number)
                 .unwrap_or(0.0),
             fourcc_list,
+            info_maps,
         };
         let app_name = info.app.split('?').next().unwrap_or_default();
         log_id!(
@@ -839,6 +867,19 @@ impl Connection {
                         .collect(),
                 ),
             ));
+        }
+        if info.info_maps {
+            // What this server does with each codec: it decodes nothing itself and passes every
+            // codec on to the pipeline (E-RTMP v2 FourCcInfoMask CanForward, for any FourCC).
+            for key in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+                status.push((
+                    key.to_owned(),
+                    Value::Object(vec![(
+                        "*".to_owned(),
+                        Value::Number(f64::from(FOURCC_CAN_FORWARD)),
+                    )]),
+                ));
+            }
         }
         self.result(txn, vec![props, Value::Object(status)]);
         log_id!(

@@ -374,6 +374,52 @@ fn enhanced_rtmp_four_cc_list_is_recorded_and_echoed() {
     assert!(text.contains("fourCcList") && text.contains("hvc1"));
 }
 
+/// Enhanced RTMP v2: the FourCC info maps say which codecs the client can encode or forward
+/// (those are recorded, not the ones it can only decode), and the answer carries the server's
+/// maps: any codec forwarded.
+#[test]
+fn enhanced_rtmp_v2_four_cc_info_maps_are_read_and_answered() {
+    let mut s = server("");
+    let mut c0c1 = vec![3u8];
+    c0c1.extend_from_slice(&[0; PACKET_SIZE]);
+    s.receive(&c0c1).unwrap();
+    let answer = s.take_output();
+    s.receive(&answer[1..1 + PACKET_SIZE]).unwrap();
+    let connect = amf0::encode_all(&[
+        Value::from("connect"),
+        Value::Number(1.0),
+        amf0::obj(&[
+            ("app", "live".into()),
+            ("tcUrl", "rtmp://h/live".into()),
+            ("fourCcList", Value::StrictArray(vec!["hvc1".into()])),
+            (
+                "videoFourCcInfoMap",
+                amf0::obj(&[
+                    ("hvc1", Value::Number(2.0)),
+                    ("av01", Value::Number(1.0)),
+                    ("vp09", Value::Number(7.0)),
+                    ("avc1", Value::Number(f64::NAN)),
+                ]),
+            ),
+            (
+                "audioFourCcInfoMap",
+                Value::EcmaArray(vec![("Opus".into(), Value::Number(4.0))]),
+            ),
+        ]),
+    ]);
+    let mut bytes = Vec::new();
+    ChunkEncoder::new().write(3, 0, msg_type::COMMAND_AMF0, 0, &connect, &mut bytes);
+    let ev = s.receive(&bytes).unwrap();
+    let Event::Connected(info) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(info.fourcc_list, ["hvc1", "vp09", "Opus"]);
+    let out = s.take_output();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("NetConnection.Connect.Success"));
+    assert!(text.contains("videoFourCcInfoMap") && text.contains("audioFourCcInfoMap"));
+}
+
 /// Adobe authentication between our publisher and our server, in memory: three connections
 /// (challenge asked, challenge answered, accepted); a wrong password ends at the third.
 #[test]
