@@ -230,6 +230,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// After the first byte of an ex-header: for a multitrack packet (`multitrack` is the media's
+/// packet type for it), the multitrack byte and, unless every track has its own codec, the
+/// shared FourCC; otherwise the FourCC. Returns the packet type of the tracks' payload.
+fn read_track_prelude(
+    r: &mut Reader<'_>,
+    packet_type: u8,
+    multitrack: u8,
+) -> Result<(u8, Option<Multitrack>, Option<FourCc>), ExError> {
+    if packet_type != multitrack {
+        return Ok((packet_type, None, Some(r.fourcc()?)));
+    }
+    let b1 = r.u8()?;
+    let multi = multitrack_type(b1 >> 4)?;
+    let packet_type = b1 & 0x0f;
+    if packet_type == multitrack {
+        return Err(ExError::NestedMultitrack);
+    }
+    let fourcc = if multi == Multitrack::ManyTracksManyCodecs {
+        None
+    } else {
+        Some(r.fourcc()?)
+    };
+    Ok((packet_type, Some(multi), fourcc))
+}
+
 fn multitrack_type(v: u8) -> Result<Multitrack, ExError> {
     match v {
         0 => Ok(Multitrack::OneTrack),
@@ -279,26 +304,12 @@ pub fn parse_video(data: &Bytes) -> Result<Message, ExError> {
         return Err(ExError::NotEnhanced);
     }
     let frame_type = (b0 >> 4) & 0x7;
-    let mut packet_type = b0 & 0x0f;
+    let packet_type = b0 & 0x0f;
     if packet_type != video_type::METADATA && frame_type == FRAME_TYPE_COMMAND {
         return Ok(Message::Command(VideoCommand(r.u8()?)));
     }
-    let (multi, fourcc) = if packet_type == video_type::MULTITRACK {
-        let b1 = r.u8()?;
-        let multi = multitrack_type(b1 >> 4)?;
-        packet_type = b1 & 0x0f;
-        if packet_type == video_type::MULTITRACK {
-            return Err(ExError::NestedMultitrack);
-        }
-        let fourcc = if multi == Multitrack::ManyTracksManyCodecs {
-            None
-        } else {
-            Some(r.fourcc()?)
-        };
-        (Some(multi), fourcc)
-    } else {
-        (None, Some(r.fourcc()?))
-    };
+    let (packet_type, multi, fourcc) =
+        read_track_prelude(&mut r, packet_type, video_type::MULTITRACK)?;
     if packet_type > video_type::MPEG2TS_SEQUENCE_START {
         return Err(ExError::UnknownPacketType {
             media: "video",
@@ -345,23 +356,9 @@ pub fn parse_audio(data: &Bytes) -> Result<Vec<Packet>, ExError> {
     if b0 >> 4 != SOUND_FORMAT_EX {
         return Err(ExError::NotEnhanced);
     }
-    let mut packet_type = b0 & 0x0f;
-    let (multi, fourcc) = if packet_type == audio_type::MULTITRACK {
-        let b1 = r.u8()?;
-        let multi = multitrack_type(b1 >> 4)?;
-        packet_type = b1 & 0x0f;
-        if packet_type == audio_type::MULTITRACK {
-            return Err(ExError::NestedMultitrack);
-        }
-        let fourcc = if multi == Multitrack::ManyTracksManyCodecs {
-            None
-        } else {
-            Some(r.fourcc()?)
-        };
-        (Some(multi), fourcc)
-    } else {
-        (None, Some(r.fourcc()?))
-    };
+    let packet_type = b0 & 0x0f;
+    let (packet_type, multi, fourcc) =
+        read_track_prelude(&mut r, packet_type, audio_type::MULTITRACK)?;
     let kind = match packet_type {
         audio_type::SEQUENCE_START => PacketKind::SequenceStart,
         audio_type::CODED_FRAMES => PacketKind::CodedFrames {
