@@ -338,17 +338,29 @@ fn every_split_of_a_session_gives_the_same_events() {
     }
 }
 
-#[test]
-fn enhanced_rtmp_four_cc_list_is_recorded_and_echoed() {
-    let mut s = server("");
+/// A plain handshake and a connect with `command` as its command object: what the server made of
+/// it and the bytes it answered.
+fn connect_with(s: &mut Connection, command: Value) -> (ConnectInfo, Vec<u8>) {
     let mut c0c1 = vec![3u8];
     c0c1.extend_from_slice(&[0; PACKET_SIZE]);
     s.receive(&c0c1).unwrap();
     let answer = s.take_output();
     s.receive(&answer[1..1 + PACKET_SIZE]).unwrap();
-    let connect = amf0::encode_all(&[
-        Value::from("connect"),
-        Value::Number(1.0),
+    let connect = amf0::encode_all(&[Value::from("connect"), Value::Number(1.0), command]);
+    let mut bytes = Vec::new();
+    ChunkEncoder::new().write(3, 0, msg_type::COMMAND_AMF0, 0, &connect, &mut bytes);
+    let ev = s.receive(&bytes).unwrap();
+    let Event::Connected(info) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    (info.clone(), s.take_output())
+}
+
+#[test]
+fn enhanced_rtmp_four_cc_list_is_recorded_and_echoed() {
+    let mut s = server("");
+    let (info, out) = connect_with(
+        &mut s,
         amf0::obj(&[
             ("app", "live/".into()),
             ("tcUrl", "rtmp://h/live".into()),
@@ -358,17 +370,10 @@ fn enhanced_rtmp_four_cc_list_is_recorded_and_echoed() {
                 Value::StrictArray(vec!["hvc1".into(), "av01".into(), "Opus".into()]),
             ),
         ]),
-    ]);
-    let mut bytes = Vec::new();
-    ChunkEncoder::new().write(3, 0, msg_type::COMMAND_AMF0, 0, &connect, &mut bytes);
-    let ev = s.receive(&bytes).unwrap();
-    let Event::Connected(info) = &ev[0] else {
-        panic!("{ev:?}")
-    };
+    );
     assert_eq!(info.app, "live", "trailing slash removed");
     assert_eq!(info.fourcc_list, ["hvc1", "av01", "Opus"]);
     // The _result carries NetConnection.Connect.Success and the list back.
-    let out = s.take_output();
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("NetConnection.Connect.Success"));
     assert!(text.contains("fourCcList") && text.contains("hvc1"));
@@ -380,14 +385,8 @@ fn enhanced_rtmp_four_cc_list_is_recorded_and_echoed() {
 #[test]
 fn enhanced_rtmp_v2_four_cc_info_maps_are_read_and_answered() {
     let mut s = server("");
-    let mut c0c1 = vec![3u8];
-    c0c1.extend_from_slice(&[0; PACKET_SIZE]);
-    s.receive(&c0c1).unwrap();
-    let answer = s.take_output();
-    s.receive(&answer[1..1 + PACKET_SIZE]).unwrap();
-    let connect = amf0::encode_all(&[
-        Value::from("connect"),
-        Value::Number(1.0),
+    let (info, out) = connect_with(
+        &mut s,
         amf0::obj(&[
             ("app", "live".into()),
             ("tcUrl", "rtmp://h/live".into()),
@@ -406,15 +405,8 @@ fn enhanced_rtmp_v2_four_cc_info_maps_are_read_and_answered() {
                 Value::EcmaArray(vec![("Opus".into(), Value::Number(4.0))]),
             ),
         ]),
-    ]);
-    let mut bytes = Vec::new();
-    ChunkEncoder::new().write(3, 0, msg_type::COMMAND_AMF0, 0, &connect, &mut bytes);
-    let ev = s.receive(&bytes).unwrap();
-    let Event::Connected(info) = &ev[0] else {
-        panic!("{ev:?}")
-    };
+    );
     assert_eq!(info.fourcc_list, ["hvc1", "vp09", "Opus"]);
-    let out = s.take_output();
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("NetConnection.Connect.Success"));
     assert!(text.contains("videoFourCcInfoMap") && text.contains("audioFourCcInfoMap"));
