@@ -870,11 +870,25 @@ fn stock_rtspsrc_joining_late_counts_no_loss() {
             None
         });
         pipeline.set_state(gst::State::Playing).unwrap();
+        // Play until both jitter buffers have pushed more than 20 packets (a loaded machine
+        // may take seconds to reach PLAYING), bounded by 20 s; an error or EOS fails at once.
         let bus = pipeline.bus().unwrap();
-        let msg = bus.timed_pop_filtered(
-            gst::ClockTime::from_seconds(4),
-            &[gst::MessageType::Error, gst::MessageType::Eos],
-        );
+        let pushed_enough = || {
+            let jbs = jitterbuffers.lock().unwrap();
+            jbs.len() == 2
+                && jbs.iter().all(|jb| {
+                    let stats = jb.property::<gst::Structure>("stats");
+                    stats.get::<u64>("num-pushed").unwrap() > 20
+                })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut msg = None;
+        while msg.is_none() && !pushed_enough() && std::time::Instant::now() < deadline {
+            msg = bus.timed_pop_filtered(
+                gst::ClockTime::from_mseconds(200),
+                &[gst::MessageType::Error, gst::MessageType::Eos],
+            );
+        }
         let _ = pipeline.set_state(gst::State::Null);
         assert!(msg.is_none(), "join {join}: {msg:?}");
         let jbs = jitterbuffers.lock().unwrap();
