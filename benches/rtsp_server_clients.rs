@@ -22,6 +22,9 @@
 //! shared machine cannot. BENCH_UDP_GRO=0 turns off `UDP_GRO` on the generator's sockets (on by
 //! default: see loadgen's `Config::udp_gro`). BENCH_CLIENT_READ_MS=N makes the generator read
 //! every N ms instead of whenever data arrives (see loadgen's `Config::read_interval`).
+//! BENCH_OURS_PROPS="PROP=VALUE ..." adds properties to this build's rtspserversink only (e.g.
+//! `burst-latency=40`; with BENCH_BASELINE pointing at a copy of this build, the same run
+//! compares the setting against the default).
 //! Under `cargo test` (no `--bench`) it is a smoke run: 3 clients over TCP and over UDP for 2 s
 //! per server, with BENCH_INPUT=h264 unless set, and every client of rtspserversink must receive
 //! the full rate without a gap.
@@ -135,6 +138,11 @@ fn spawn_server(setup: &Setup, server: Server, transport: Transport, port: u16) 
                     "max-sessions=0",
                     "request-timeout=60",
                 ]);
+            }
+            if server == Server::Ours
+                && let Ok(props) = std::env::var("BENCH_OURS_PROPS")
+            {
+                c.args(props.split_whitespace());
             }
             c
         }),

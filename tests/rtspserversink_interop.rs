@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -195,4 +196,127 @@ fn fifty_clients_connecting_and_playing_at_the_same_moment_all_receive() {
     assert_eq!(stats.get::<u32>("sessions").unwrap(), n as u32, "{stats}");
     assert_eq!(stats.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
     drop(clients);
+}
+
+/// Plays a finite stream (4 s of 30 fps video and 20 ms Opus packets) over TCP with a raw
+/// client until it ends, and returns per stream (video, audio) the frames the client received
+/// (video: packets with the marker bit; audio: packets) and the writes the server made for it
+/// (`bursts-sent`).
+fn frames_and_writes(burst_latency: u32) -> [(u64, u64); 2] {
+    let server = ServerPipeline::start(
+        &format!("burst-latency={burst_latency}"),
+        "videotestsrc is-live=true num-buffers=120 \
+         ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! sink. \
+         audiotestsrc is-live=true num-buffers=190 samplesperbuffer=960 \
+         ! audio/x-raw,rate=48000 ! audioconvert ! opusenc ! sink.",
+    );
+    // Stock rtspsrc decodes the bursts, over TCP and UDP, while the raw client counts.
+    let decoders: Vec<_> = ["tcp", "udp"]
+        .into_iter()
+        .map(|proto| {
+            let url = server.url("/");
+            std::thread::spawn(move || rtspsrc_decode(&url, proto, 30, ""))
+        })
+        .collect();
+    let mut c = RawClient::connect(server.port);
+    let (session, streams) = c.play_tcp(&server.url("/"));
+    assert_eq!(streams, 2);
+    let counts: Arc<[(AtomicU64, AtomicU64); 2]> = Arc::new(Default::default());
+    let socket = c.stream.try_clone().unwrap();
+    let reader = {
+        let counts = counts.clone();
+        std::thread::spawn(move || {
+            while let Some((ch, p)) = c.next_interleaved() {
+                if ch % 2 == 0 && (ch as usize) < 4 && p.len() >= 12 {
+                    let (packets, frames) = &counts[ch as usize / 2];
+                    packets.fetch_add(1, Ordering::Relaxed);
+                    if ch != 0 || p[1] & 0x80 != 0 {
+                        frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    // The sources end; then every packet sent must have been read.
+    let sent_and_writes = |stats: &gst::Structure| -> Option<[(u64, u64); 2]> {
+        let clients = stats.get::<gst::Array>("clients").unwrap();
+        let client = clients
+            .iter()
+            .map(|c| c.get::<gst::Structure>().unwrap())
+            .find(|c| c.get::<&str>("session") == Ok(session.as_str()))?;
+        let mut out = [(0, 0); 2];
+        for s in client.get::<gst::Array>("streams").unwrap().iter() {
+            let s = s.get::<gst::Structure>().unwrap();
+            let i = s.get::<u32>("stream").unwrap() as usize;
+            out[i] = (
+                s.get::<u64>("packets-sent").unwrap(),
+                s.get::<u64>("bursts-sent").unwrap(),
+            );
+        }
+        Some(out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut last, mut stable_since) = (None, Instant::now());
+    let result = loop {
+        assert!(
+            Instant::now() < deadline,
+            "stream did not end: {}",
+            server.stats()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sent_and_writes(&server.stats()).expect("the client in stats");
+        if last != Some(now) {
+            (last, stable_since) = (Some(now), Instant::now());
+            continue;
+        }
+        let read = |i: usize| counts[i].0.load(Ordering::Relaxed);
+        if stable_since.elapsed() > Duration::from_secs(1)
+            && read(0) == now[0].0
+            && read(1) == now[1].0
+        {
+            break now;
+        }
+    };
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+    let _ = reader.join();
+    for d in decoders {
+        assert_eq!(
+            d.join().unwrap(),
+            30,
+            "stock rtspsrc decodes with burst-latency={burst_latency}"
+        );
+    }
+    let frames = |i: usize| counts[i].1.load(Ordering::Relaxed);
+    [(frames(0), result[0].1), (frames(1), result[1].1)]
+}
+
+/// With `burst-latency` complete frames wait for the next ones and go to a TCP client in one
+/// write: about half the writes at 30 fps with 100 ms (three frames a burst when the encoder
+/// keeps time), and every frame still decodes in stock rtspsrc. Without it, one write a frame.
+#[test]
+fn burst_latency_sends_several_frames_per_write() {
+    let [(video_frames, video_writes), (audio_frames, audio_writes)] = frames_and_writes(100);
+    assert!(
+        video_frames >= 60 && audio_frames >= 100,
+        "{video_frames} / {audio_frames}"
+    );
+    assert!(
+        video_writes * 10 <= video_frames * 7,
+        "video: {video_writes} writes for {video_frames} frames"
+    );
+    assert!(
+        audio_writes * 10 <= audio_frames * 7,
+        "audio: {audio_writes} writes for {audio_frames} packets"
+    );
+    let [(video_frames, video_writes), (audio_frames, audio_writes)] = frames_and_writes(0);
+    assert!(
+        video_writes * 10 >= video_frames * 9,
+        "video without burst latency: {video_writes} writes for {video_frames} frames"
+    );
+    // (The packets a client is sent between its start point and its PLAY answer go in one.)
+    assert!(
+        audio_writes * 10 >= audio_frames * 9,
+        "audio without burst latency: {audio_writes} writes for {audio_frames} packets"
+    );
 }

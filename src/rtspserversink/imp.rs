@@ -29,6 +29,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_CLIENT_QUEUE_SIZE: u32 = 4 * 1024 * 1024;
 const DEFAULT_CLIENT_STALL_TIMEOUT: u32 = 5000;
+const DEFAULT_BURST_LATENCY: u32 = 0;
 const DEFAULT_MTU: u32 = 1400;
 const DEFAULT_MCAST_ADDRESS_MIN: &str = "224.3.0.1";
 const DEFAULT_MCAST_ADDRESS_MAX: &str = "224.3.0.254";
@@ -43,6 +44,7 @@ struct Settings {
     server: ServerProps,
     client_queue_size: u32,
     client_stall_timeout: u32,
+    burst_latency: u32,
     mtu: u32,
     mcast_address_min: String,
     mcast_address_max: String,
@@ -58,6 +60,7 @@ impl Default for Settings {
             server: ServerProps::new(Role::Play),
             client_queue_size: DEFAULT_CLIENT_QUEUE_SIZE,
             client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
+            burst_latency: DEFAULT_BURST_LATENCY,
             mtu: DEFAULT_MTU,
             mcast_address_min: DEFAULT_MCAST_ADDRESS_MIN.into(),
             mcast_address_max: DEFAULT_MCAST_ADDRESS_MAX.into(),
@@ -97,6 +100,7 @@ impl Settings {
             multicast,
             client_queue_bytes: self.client_queue_size as usize,
             client_stall_timeout: Duration::from_millis(u64::from(self.client_stall_timeout)),
+            burst_latency: Duration::from_millis(u64::from(self.burst_latency)),
             ..self.server.server_config()?
         })
     }
@@ -237,6 +241,7 @@ impl RtspServerSink {
                             .field("packets-sent", s.packets_sent)
                             .field("bytes-sent", s.bytes_sent)
                             .field("packets-dropped", s.packets_dropped)
+                            .field("bursts-sent", s.bursts_sent)
                             .field("rtcp-reports", s.rtcp_reports)
                             .field("fraction-lost", s.fraction_lost)
                             .field("cumulative-lost", s.cumulative_lost)
@@ -308,6 +313,19 @@ impl ObjectImpl for RtspServerSink {
                     .blurb("Milliseconds a TCP client may accept no data before it is disconnected")
                     .minimum(100)
                     .default_value(DEFAULT_CLIENT_STALL_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("burst-latency")
+                    .nick("Burst latency")
+                    .blurb(
+                        "Milliseconds a complete frame may wait to be sent to clients together \
+                         with the frames that follow it (one write per TCP client, one sendmmsg \
+                         per UDP client for all of them); 0 sends each frame once complete. \
+                         Trades latency for CPU at many clients: at 30 fps, 40 sends two frames \
+                         per write, halving the writes",
+                    )
+                    .maximum(1000)
+                    .default_value(DEFAULT_BURST_LATENCY)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("mtu")
@@ -414,6 +432,7 @@ impl ObjectImpl for RtspServerSink {
         match pspec.name() {
             "client-queue-size" => s.client_queue_size = value.get().expect("type checked"),
             "client-stall-timeout" => s.client_stall_timeout = value.get().expect("type checked"),
+            "burst-latency" => s.burst_latency = value.get().expect("type checked"),
             "mtu" => s.mtu = value.get().expect("type checked"),
             "multicast-address-min" => s.mcast_address_min = string(),
             "multicast-address-max" => s.mcast_address_max = string(),
@@ -437,6 +456,7 @@ impl ObjectImpl for RtspServerSink {
                 .to_value(),
             "client-queue-size" => s.client_queue_size.to_value(),
             "client-stall-timeout" => s.client_stall_timeout.to_value(),
+            "burst-latency" => s.burst_latency.to_value(),
             "mtu" => s.mtu.to_value(),
             "multicast-address-min" => s.mcast_address_min.to_value(),
             "multicast-address-max" => s.mcast_address_max.to_value(),

@@ -361,6 +361,26 @@ impl RawClient {
         }
     }
 
+    /// Reads the next interleaved frame (channel, data); None once the connection is closed
+    /// or fails, for readers that run until their test shuts the socket down.
+    pub fn next_interleaved(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            let buf = self.reader.fill_buf().ok()?;
+            if buf.is_empty() {
+                return None;
+            }
+            if buf[0] != b'$' {
+                self.read_message();
+                continue;
+            }
+            let mut hdr = [0u8; 4];
+            self.reader.read_exact(&mut hdr).ok()?;
+            let mut data = vec![0u8; u16::from_be_bytes([hdr[2], hdr[3]]) as usize];
+            self.reader.read_exact(&mut data).ok()?;
+            return Some((hdr[1], data));
+        }
+    }
+
     /// Reads the next RTSP response, skipping interleaved frames and server requests.
     pub fn read_response(&mut self) -> RawResponse {
         loop {

@@ -111,6 +111,9 @@ pub struct Dest {
     pub packets_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub packets_dropped: AtomicU64,
+    /// Times packets were sent to it: writes for a TCP client, bursts for UDP (see
+    /// [`super::burst`]: with a burst latency several frames go in one).
+    pub bursts_sent: AtomicU64,
     pub rtcp: Mutex<RtcpFigures>,
 }
 
@@ -123,6 +126,7 @@ impl Dest {
             packets_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             packets_dropped: AtomicU64::new(0),
+            bursts_sent: AtomicU64::new(0),
             rtcp: Mutex::new(RtcpFigures::default()),
         }
     }
@@ -357,11 +361,15 @@ pub struct Stream {
     burst: Mutex<Burst>,
     /// Told when the first packet of a burst is held, so that a timer releases it in time.
     burst_armed: Notify,
+    /// Whether complete frames are held too (a burst latency): then streams without frame
+    /// markers (audio) are grouped as well.
+    bursts_held: bool,
 }
 
 impl Stream {
-    /// Creates a stream with an even/odd UDP port pair bound on `address`.
-    pub fn new(id: usize, address: IpAddr) -> std::io::Result<Self> {
+    /// Creates a stream with an even/odd UDP port pair bound on `address`; complete frames wait
+    /// up to `burst_latency` to be sent together with the next ones (see [`super::burst`]).
+    pub fn new(id: usize, address: IpAddr, burst_latency: Duration) -> std::io::Result<Self> {
         let (rtp_socket, rtcp_socket) = crate::rtsp::ports::bind_port_pair(address, None)?;
         let server_ports = (
             rtp_socket.local_addr()?.port(),
@@ -377,7 +385,8 @@ impl Stream {
             multicast: Mutex::new(None),
             multicast_socket: Mutex::new(None),
             last_keyframe_request: Mutex::new(None),
-            burst: Mutex::new(Burst::default()),
+            burst: Mutex::new(Burst::with_latency(burst_latency)),
+            bursts_held: !burst_latency.is_zero(),
             burst_armed: Notify::new(),
         })
     }
@@ -538,14 +547,15 @@ impl Stream {
 
     /// Forwards packets to every playing destination. Never blocks. A video stream's packets
     /// are sent a frame at a time (see [`super::burst`]): packets that do not end a frame are
-    /// held until the one that does, or until [`Stream::flush_due`] releases them.
+    /// held until the one that does, or until [`Stream::flush_due`] releases them; with a
+    /// burst latency, complete frames (and audio packets) wait for the next ones too.
     pub fn push(&self, packets: &[Bytes]) -> PushOutcome {
         let now = Instant::now();
         let codec = self.keyframe_codec();
         let first_packet = self.record(packets, now);
-        let mut outcome = if codec.is_some() {
+        let mut outcome = if codec.is_some() || self.bursts_held {
             let mut burst = self.burst.lock().unwrap();
-            match burst.offer(packets, now) {
+            match burst.offer(packets, now, codec.is_some()) {
                 Offer::Through => self.fan_out(packets, codec.as_deref()),
                 Offer::Release(frame) => {
                     let outcome = self.fan_out(&frame, codec.as_deref());
@@ -699,6 +709,7 @@ impl Stream {
                 .fetch_add(packets.len() as u64, Ordering::Relaxed);
             dest.bytes_sent
                 .fetch_add(out.bytes as u64, Ordering::Relaxed);
+            dest.bursts_sent.fetch_add(1, Ordering::Relaxed);
         }
         ok
     }
@@ -862,7 +873,7 @@ mod tests {
     }
 
     fn stream(media: &str, encoding: &str) -> Stream {
-        let s = Stream::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
+        let s = Stream::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST), Duration::ZERO).unwrap();
         s.set_description(description(media, encoding, 90000));
         s
     }

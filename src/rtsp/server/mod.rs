@@ -156,6 +156,10 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// Bytes of interleaved media queued per TCP client before whole frames are dropped.
     pub client_queue_bytes: usize,
+    /// How long a complete frame may wait to be sent together with the following ones (one
+    /// write per TCP client, one `sendmmsg` per UDP client for all of them); zero sends each
+    /// frame once complete. See [`burst`].
+    pub burst_latency: Duration,
     /// A TCP client whose socket accepts nothing for this long is disconnected.
     pub client_stall_timeout: Duration,
     pub rtcp_interval: Duration,
@@ -202,6 +206,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             backlog: 1024,
             client_queue_bytes: 4 * 1024 * 1024,
+            burst_latency: Duration::ZERO,
             client_stall_timeout: Duration::from_secs(5),
             rtcp_interval: Duration::from_secs(5),
             describe_timeout: Duration::from_secs(10),
@@ -237,6 +242,8 @@ pub struct ClientStreamStats {
     pub packets_sent: u64,
     pub bytes_sent: u64,
     pub packets_dropped: u64,
+    /// Writes (TCP) or bursts (UDP) the packets went out in.
+    pub bursts_sent: u64,
     pub rtcp_reports: u64,
     pub fraction_lost: f64,
     pub cumulative_lost: i64,
@@ -450,7 +457,11 @@ impl Server {
 
     /// Adds a stream (one `m=` line). Its UDP port pair is bound now.
     pub fn add_stream(&self, id: usize) -> io::Result<()> {
-        let stream = Arc::new(Stream::new(id, self.shared.config.address)?);
+        let stream = Arc::new(Stream::new(
+            id,
+            self.shared.config.address,
+            self.shared.config.burst_latency,
+        )?);
         sdebug!(
             &*self.shared.name,
             "stream {id} added: RTP/RTCP from server ports {}-{}",
@@ -647,6 +658,7 @@ impl Server {
                             packets_sent: dest.packets_sent.load(Ordering::Relaxed),
                             bytes_sent: dest.bytes_sent.load(Ordering::Relaxed),
                             packets_dropped: dest.packets_dropped.load(Ordering::Relaxed),
+                            bursts_sent: dest.bursts_sent.load(Ordering::Relaxed),
                             rtcp_reports: rtcp.reports,
                             fraction_lost: rtcp.fraction_lost,
                             cumulative_lost: rtcp.cumulative_lost,
