@@ -376,16 +376,10 @@ fn a_slow_client_is_logged_once_per_episode_and_when_cut_off() {
     // Large frames (noise) so that the stalled client's socket buffers fill quickly.
     let server = ServerPipeline::start(
         "client-queue-size=262144 client-stall-timeout=1000",
-        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
+        NOISE_VIDEO,
     );
     // A client that plays over TCP and never reads, with a tiny receive buffer.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut stalled = RawClient::from_stream(sock.into());
+    let mut stalled = RawClient::from_stream(connect_small_buffer(server.port));
     let peer = stalled.stream.local_addr().unwrap().to_string();
     stalled.play_tcp(&server.url("/"));
     let cut = capture.wait_for(

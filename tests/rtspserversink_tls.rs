@@ -208,34 +208,15 @@ fn a_stalled_tls_client_is_disconnected_and_does_not_stop_the_others() {
             "{} client-queue-size=262144 client-stall-timeout=2000",
             certs.props()
         ),
-        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
+        NOISE_VIDEO,
     );
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut stalled = tls_client(sock.into());
+    let mut stalled = tls_client(connect_small_buffer(server.port));
     play_writing_rtsp_urls(&mut stalled, server.port);
 
     let frames = rtspsrc_decode(&rtsps_url(&server), "tcp", 90, "tls-validation-flags=0");
     assert_eq!(frames, 90);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = server.stats();
-        let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
-        let dropped = stats.get::<u64>("frames-dropped").unwrap();
-        if slow >= 1 && dropped >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stalled client not handled: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.wait_slow_client_dropped(Duration::from_secs(30));
     drop(stalled);
 }
 

@@ -349,6 +349,44 @@ impl ServerPipeline {
     }
 }
 
+/// Large frames (640x480 noise at 8 Mbit/s, live) into `sink.`: a client that does not read
+/// fills its socket buffers quickly.
+pub const NOISE_VIDEO: &str = "videotestsrc is-live=true pattern=snow \
+     ! video/x-raw,width=640,height=480,framerate=30/1 \
+     ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.";
+
+/// A TCP connection to 127.0.0.1:`port` with a 4 KiB receive buffer, for a client that will
+/// not read: the server's side fills quickly.
+pub fn connect_small_buffer(port: u16) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    sock.into()
+}
+
+impl ServerPipeline {
+    /// Waits at most `timeout` until the server has dropped frames for a slow client and
+    /// disconnected it (both counted in its stats).
+    pub fn wait_slow_client_dropped(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
+            let dropped = stats.get::<u64>("frames-dropped").unwrap();
+            if slow >= 1 && dropped >= 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stalled client not handled: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 impl Drop for ServerPipeline {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
