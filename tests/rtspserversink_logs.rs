@@ -115,8 +115,6 @@ fn find<'a>(records: &'a [Record], level: gst::DebugLevel, parts: &[&str]) -> Op
 
 #[test]
 fn a_real_client_session_is_logged_at_debug_and_headers_at_log_level() {
-    use gstlivestreaming::rtp::rtcp;
-
     let capture = Capture::start();
     let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
     let url = server.url("/");
@@ -142,20 +140,7 @@ fn a_real_client_session_is_logged_at_debug_and_headers_at_log_level() {
     assert_eq!(r.status, 461);
     // A Receiver Report on an interleaved channel is logged with its figures.
     let (raw_session, _) = raw.play_tcp(&url);
-    let mut rr = Vec::new();
-    rtcp::write_receiver_report(
-        &rtcp::ReceiverReport {
-            ssrc: 0x1234_5678,
-            reports: vec![rtcp::ReportBlock {
-                ssrc: 1,
-                fraction_lost: 64,
-                cumulative_lost: 7,
-                ..Default::default()
-            }],
-        },
-        "test-client",
-        &mut rr,
-    );
+    let rr = receiver_report();
     let mut frame = vec![b'$', 1];
     frame.extend_from_slice(&(rr.len() as u16).to_be_bytes());
     frame.extend_from_slice(&rr);

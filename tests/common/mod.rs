@@ -387,6 +387,27 @@ impl ServerPipeline {
     }
 }
 
+/// A client's RTCP Receiver Report (RFC 3550 §6.4.2), as bytes: SSRC 0x12345678 reporting on
+/// SSRC 1 (fraction lost 64/256, 7 lost), with the SDES CNAME "test-client".
+pub fn receiver_report() -> Vec<u8> {
+    use gstlivestreaming::rtp::rtcp;
+    let mut out = Vec::new();
+    rtcp::write_receiver_report(
+        &rtcp::ReceiverReport {
+            ssrc: 0x1234_5678,
+            reports: vec![rtcp::ReportBlock {
+                ssrc: 1,
+                fraction_lost: 64,
+                cumulative_lost: 7,
+                ..Default::default()
+            }],
+        },
+        "test-client",
+        &mut out,
+    );
+    out
+}
+
 impl Drop for ServerPipeline {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
