@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -64,6 +64,40 @@ pub fn play_bound(pipeline: &gst::Pipeline, server: &gst::Element) -> u16 {
     let port = server.property::<i32>("bound-port");
     assert!(port > 0, "bound-port is {port}");
     port as u16
+}
+
+/// Calls `f` with the buffer a `BUFFER | BUFFER_LIST` probe sees, or with each of its list.
+pub fn each_buffer(info: &gst::PadProbeInfo, mut f: impl FnMut(&gst::BufferRef)) {
+    if let Some(buffer) = info.buffer() {
+        f(buffer);
+    } else if let Some(list) = info.buffer_list() {
+        list.iter().for_each(f);
+    }
+}
+
+/// [`launch_ours`], and every buffer pushed on each pad the element `name` adds (alone or in a
+/// list) recorded by `record`, which is also given when the probe saw it. Not started.
+pub fn launch_recording_pads<T: Send + 'static>(
+    desc: &str,
+    name: &str,
+    record: impl Fn(&gst::BufferRef, Instant) -> T + Send + Sync + Clone + 'static,
+) -> (gst::Pipeline, gst::Element, Arc<Mutex<Vec<T>>>) {
+    let (pipeline, element) = launch_ours(desc, name);
+    let out: Arc<Mutex<Vec<T>>> = Arc::default();
+    let probe_out = out.clone();
+    element.connect_pad_added(move |_, pad| {
+        let (out, record) = (probe_out.clone(), record.clone());
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let now = Instant::now();
+                let mut out = out.lock().unwrap();
+                each_buffer(info, |b| out.push(record(b, now)));
+                gst::PadProbeReturn::Ok
+            },
+        );
+    });
+    (pipeline, element, out)
 }
 
 /// A directory removed on drop (a stale one of the same name is removed first).
