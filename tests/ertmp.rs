@@ -14,7 +14,7 @@ use std::time::Duration;
 use gst::prelude::*;
 
 use common::serversrc::wait_end;
-use common::{assert_ours, init};
+use common::{assert_ours, init, play_bound};
 
 /// Decoded buffers per kind, and the caps each pad came with.
 #[derive(Default, Clone)]
@@ -100,13 +100,11 @@ impl Receiver {
             bin.sync_state_with_parent().unwrap();
             pad.link(&bin.static_pad("sink").unwrap()).unwrap();
         });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let port = src.property::<i32>("bound-port");
-        assert!(port > 0, "bound-port {port}");
+        let port = play_bound(&pipeline, &src);
         Receiver {
             pipeline,
             src,
-            port: port as u16,
+            port,
             seen,
         }
     }
@@ -136,18 +134,7 @@ impl Drop for Receiver {
 fn elementary_pads_take_ffmpeg_h264_aac() {
     let input = common::rtmp::test_flv();
     let rx = Receiver::start("output=elementary");
-    let mut ffmpeg = common::ChildGuard::spawn(std::process::Command::new("ffmpeg").args([
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        input.path.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &rx.url("key"),
-    ]));
+    let mut ffmpeg = common::rtmp::ffmpeg_publish(&rx.url("key"), &[]);
     let result = wait_end(&rx.pipeline, Duration::from_secs(30));
     let _ = ffmpeg.0.as_mut().map(|c| c.kill());
     result.expect("EOS");
@@ -432,9 +419,9 @@ fn hevc_and_opus_through_node_media_server() {
 /// skipped; the stream ends with EOS.
 #[test]
 fn multitrack_and_hostile_ex_headers_at_the_element() {
-    use gstlivestreaming::rtmp::client::{Phase, Publisher, PublisherConfig, StopCommands};
+    use gstlivestreaming::rtmp::client::StopCommands;
     use gstlivestreaming::rtmp::flv::{Tag, TagKind};
-    use std::io::{Read, Write};
+    use std::io::Write;
     init();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("rtmpserversrc")
@@ -470,33 +457,7 @@ fn multitrack_and_hostile_ex_headers_at_the_element() {
     pipeline.set_state(gst::State::Playing).unwrap();
     let port = src.property::<i32>("bound-port") as u16;
 
-    let mut p = Publisher::new(
-        PublisherConfig {
-            name: String::new(),
-            app: "live".into(),
-            tc_url: format!("rtmp://127.0.0.1:{port}/live"),
-            stream: "key".into(),
-            flash_version: "FMLE/3.0".into(),
-            chunk_size: 4096,
-            max_message_size: 1 << 20,
-            credentials: None,
-            auth: Default::default(),
-            fourcc_list: vec!["hvc1".into()],
-        },
-        0,
-        &[1; 1528],
-    );
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 8192];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while p.phase() != Phase::Publishing {
-        assert!(std::time::Instant::now() < deadline, "{:?}", p.phase());
-        s.write_all(&p.take_output()).unwrap();
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed by the server");
-        p.receive(&buf[..n]).unwrap();
-    }
+    let (mut p, mut s) = common::rtmp::publishing_client(port, vec!["hvc1".into()]);
     let video = |ts: u32, data: Vec<u8>| Tag {
         kind: TagKind::Video,
         timestamp: ts,

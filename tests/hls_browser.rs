@@ -346,18 +346,8 @@ fn chromium_plays_the_live_stream_with_hls_js() {
     assert_eq!(versions, ["HTTP/1.1"]);
     // Over HTTPS (a self-signed certificate, which Chromium is told to accept) it speaks HTTP/2
     // with the element's server, as ALPN lets it.
-    let dir = TempDir::new("browsertls");
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem()).unwrap();
-    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-    let props = format!(
-        "tls-certificate-file={} tls-key-file={}",
-        cert.display(),
-        key.display()
-    );
-    let versions = plays_in_chromium("https", &props, H264_AAC, ["avc1", "mp4a"]);
+    let certs = common::Certs::new("browsertls");
+    let versions = plays_in_chromium("https", &certs.props(), H264_AAC, ["avc1", "mp4a"]);
     assert_eq!(versions, ["HTTP/2.0"]);
 }
 

@@ -7,47 +7,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Certs;
 use common::hls::*;
 use gst::prelude::*;
-
-/// A self-signed certificate for 127.0.0.1 and its key, as PEM files (removed when dropped).
-struct Certs {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Certs {
-    fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("hlstls-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let generated =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-                .unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, generated.cert.pem()).unwrap();
-        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-        Certs { dir, cert, key }
-    }
-
-    fn props(&self) -> String {
-        format!(
-            "tls-certificate-file={} tls-key-file={}",
-            self.cert.display(),
-            self.key.display()
-        )
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn serve_tls(tag: &str, extra: &str) -> (Served, Certs) {
     let certs = Certs::new(tag);

@@ -3,25 +3,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::ChildGuard;
 use common::hls::*;
-
-/// target/debug (or release), where cargo put libgstlivestreaming.so next to the test binary's
-/// deps/ directory.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
-    assert!(
-        dir.join("libgstlivestreaming.so").exists(),
-        "no libgstlivestreaming.so in {}",
-        dir.display()
-    );
-    dir
-}
+use common::{ChildGuard, plugin_dir};
 
 fn segment_duration(path: &std::path::Path) -> f64 {
     let probe = ffprobe(&path.to_string_lossy(), &[]);

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ChildGuard;
 use common::abr::{abr_sources, assert_uploaded_multivariant};
 use common::hls::*;
 use common::rtmp::{free_port, wait_listening};
+use common::{ChildGuard, plugin_dir};
 use gst::prelude::*;
 
 const ACCESS_KEY: &str = "AKIDRSHLSSINKTEST";
@@ -311,18 +311,6 @@ fn a_wrong_secret_is_a_clear_error() {
         "{debug}"
     );
     assert!(s3.list("wrong/").is_empty());
-}
-
-/// target/debug: cargo puts libgstlivestreaming.so next to the test binary's deps/.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
-    assert!(
-        dir.join("libgstlivestreaming.so").exists(),
-        "no libgstlivestreaming.so in {} (cargo build first)",
-        dir.display()
-    );
-    dir
 }
 
 /// `gst-launch-1.0 -e` 2 s of video into `rshlssink {sink}` with `env` set and everything

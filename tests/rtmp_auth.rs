@@ -9,38 +9,21 @@
 
 mod common;
 
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use common::rtmp::{Publish, TempDir, av_flv_source, probe_file};
-use common::{ChildGuard, assert_ours, init};
+use common::rtmp::{Publish, Recorder, av_flv_source, captured_logs, wait_line};
 
 const PASSWORD: &str = "S3cr3t-pa55";
 
 /// Every debug line of the RTMP categories, at every level.
 fn logs() -> Arc<Mutex<Vec<String>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        init();
-        let logs: Arc<Mutex<Vec<String>>> = Default::default();
-        let l = logs.clone();
-        gst::log::remove_default_log_function();
-        gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
-            if matches!(cat.name(), "lsrtmp" | "rsrtmpsink" | "rtmpserversrc")
-                && let Some(m) = msg.get()
-            {
-                l.lock().unwrap().push(m.to_string());
-            }
-        });
-        for cat in ["lsrtmp", "rsrtmpsink", "rtmpserversrc"] {
-            gst::log::set_threshold_for_name(cat, gst::DebugLevel::Memdump);
-        }
-        logs
-    })
-    .clone()
+    captured_logs(
+        &["lsrtmp", "rsrtmpsink", "rtmpserversrc"],
+        gst::DebugLevel::Memdump,
+    )
 }
 
 fn assert_no_secret_logged() {
@@ -55,111 +38,45 @@ fn assert_no_secret_logged() {
 }
 
 fn wait_log(timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if logs().lock().unwrap().iter().any(|l| pred(l)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    wait_line(&logs(), timeout, pred).is_some()
 }
 
 use common::rtmp::test_flv as input;
 
-/// rtmpserversrc with `users` (alice) recording into a file.
-struct Server {
-    pipeline: gst::Pipeline,
-    src: gst::Element,
-    port: u16,
-    dir: TempDir,
+/// rtmpserversrc with `users` (alice) recording into a file, asking for `authmod=adobe`.
+fn start_server(users: &[&str]) -> Recorder {
+    start_server_with(users, "adobe")
 }
 
-impl Server {
-    fn start(users: &[&str]) -> Server {
-        Self::start_with(users, "adobe")
-    }
-
-    /// `authmod`: what the server asks for (`adobe`, `llnw`).
-    fn start_with(users: &[&str], authmod: &str) -> Server {
-        let _ = logs();
-        let dir = TempDir::new("rtmp-auth");
-        let desc = format!(
-            "rtmpserversrc name=src address=127.0.0.1 port=0 ! filesink location={}",
-            dir.path().join("out.flv").display()
-        );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let src = pipeline.by_name("src").unwrap();
-        assert_ours(&src);
+/// `authmod`: what the server asks for (`adobe`, `llnw`).
+fn start_server_with(users: &[&str], authmod: &str) -> Recorder {
+    let _ = logs();
+    Recorder::start_with("rtmp-auth", "", "", |src| {
         src.set_property("users", gst::Array::new(users.iter().copied()));
         src.set_property("authmod", authmod);
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let port = src.property::<i32>("bound-port") as u16;
-        assert!(port > 0);
-        Server {
-            pipeline,
-            src,
-            port,
-            dir,
-        }
-    }
-
-    fn publishers(&self) -> u64 {
-        self.src
-            .property::<gst::Structure>("stats")
-            .get::<u64>("publishers")
-            .unwrap()
-    }
-
-    /// Waits for EOS (the publisher left), stops, and counts the recording's frames.
-    fn recorded(&self) -> (u64, u64) {
-        let bus = self.pipeline.bus().unwrap();
-        let msg = bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(30),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("EOS within 30 s");
-        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-        self.pipeline.set_state(gst::State::Null).unwrap();
-        let probe = probe_file(&self.dir.path().join("out.flv"));
-        (
-            probe.stream("video").map_or(0, |s| s.1),
-            probe.stream("audio").map_or(0, |s| s.1),
-        )
-    }
+    })
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
+fn publishers(server: &Recorder) -> u64 {
+    server.stats().get::<u64>("publishers").unwrap()
+}
+
+/// Waits for EOS (the publisher left), stops, and counts the recording's frames.
+fn recorded(server: &Recorder) -> (u64, u64) {
+    server.wait_eos(Duration::from_secs(30));
+    server.recorded()
 }
 
 fn ffmpeg_publish(url: &str) -> std::process::Output {
-    let (out, timed_out) = ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        input().path.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        url,
-    ]))
-    .wait_output(Duration::from_secs(40));
+    let (out, timed_out) =
+        common::rtmp::ffmpeg_publish(url, &[]).wait_output(Duration::from_secs(40));
     assert!(!timed_out, "ffmpeg did not finish");
     out
 }
 
 #[test]
 fn ffmpeg_publishes_with_adobe_authentication_every_frame() {
-    let server = Server::start(&["bob:other", &format!("alice:{PASSWORD}")]);
+    let server = start_server(&["bob:other", &format!("alice:{PASSWORD}")]);
     let out = ffmpeg_publish(&format!(
         "rtmp://alice:{PASSWORD}@127.0.0.1:{}/live/key",
         server.port
@@ -169,7 +86,7 @@ fn ffmpeg_publishes_with_adobe_authentication_every_frame() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (v, a) = server.recorded();
+    let (v, a) = recorded(&server);
     assert_eq!((v, a), (input().video, input().audio), "every frame");
     assert!(wait_log(Duration::from_secs(1), |l| l
         .contains("connect authenticated: user 'alice'")));
@@ -178,7 +95,7 @@ fn ffmpeg_publishes_with_adobe_authentication_every_frame() {
 
 #[test]
 fn ffmpeg_and_rsrtmpsink_publish_with_limelight_authentication() {
-    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let server = start_server_with(&[&format!("alice:{PASSWORD}")], "llnw");
     let out = ffmpeg_publish(&format!(
         "rtmp://alice:{PASSWORD}@127.0.0.1:{}/live/key",
         server.port
@@ -188,21 +105,21 @@ fn ffmpeg_and_rsrtmpsink_publish_with_limelight_authentication() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (v, a) = server.recorded();
+    let (v, a) = recorded(&server);
     assert_eq!((v, a), (input().video, input().audio), "every frame");
     assert!(wait_log(Duration::from_secs(1), |l| l
         .contains("no credentials: authmod=llnw asked for")));
     // A wrong password fails with llnw too.
-    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let server = start_server_with(&[&format!("alice:{PASSWORD}")], "llnw");
     let out = ffmpeg_publish(&format!(
         "rtmp://alice:bad@127.0.0.1:{}/live/key",
         server.port
     ));
     assert!(!out.status.success());
-    assert_eq!(server.publishers(), 0);
+    assert_eq!(publishers(&server), 0);
     drop(server);
     // rsrtmpsink answers llnw as well.
-    let server = Server::start_with(&[&format!("alice:{PASSWORD}")], "llnw");
+    let server = start_server_with(&[&format!("alice:{PASSWORD}")], "llnw");
     let p = Publish::start(
         &av_flv_source(90, true, false),
         &format!(
@@ -213,13 +130,13 @@ fn ffmpeg_and_rsrtmpsink_publish_with_limelight_authentication() {
     let (r, _) = p.wait(Duration::from_secs(30));
     r.expect("rsrtmpsink with llnw");
     p.pipeline.set_state(gst::State::Null).unwrap();
-    assert_eq!(server.recorded().0, 90);
+    assert_eq!(recorded(&server).0, 90);
     assert_no_secret_logged();
 }
 
 #[test]
 fn ffmpeg_with_a_wrong_password_or_none_is_refused() {
-    let server = Server::start(&[&format!("alice:{PASSWORD}")]);
+    let server = start_server(&[&format!("alice:{PASSWORD}")]);
     for (url, why) in [
         (
             format!("rtmp://alice:wrong@127.0.0.1:{}/live/key", server.port),
@@ -244,7 +161,7 @@ fn ffmpeg_with_a_wrong_password_or_none_is_refused() {
             "no log line '{why}'"
         );
     }
-    assert_eq!(server.publishers(), 0);
+    assert_eq!(publishers(&server), 0);
     assert_no_secret_logged();
 }
 
@@ -254,7 +171,7 @@ fn rsrtmpsink_authenticates_with_properties_and_with_the_location() {
         format!("username=alice password={PASSWORD} location=rtmp://127.0.0.1:PORT/live/key"),
         format!("location=rtmp://alice:{PASSWORD}@127.0.0.1:PORT/live/key"),
     ] {
-        let server = Server::start(&[&format!("alice:{PASSWORD}")]);
+        let server = start_server(&[&format!("alice:{PASSWORD}")]);
         let p = Publish::start(
             &av_flv_source(90, true, false),
             &props.replace("PORT", &server.port.to_string()),
@@ -266,7 +183,7 @@ fn rsrtmpsink_authenticates_with_properties_and_with_the_location() {
         assert!(!location.contains(PASSWORD), "{location}");
         assert_eq!(p.sink.property::<String>("username"), "alice");
         p.pipeline.set_state(gst::State::Null).unwrap();
-        let (v, _) = server.recorded();
+        let (v, _) = recorded(&server);
         assert_eq!(v, 90, "{props}");
     }
     assert_no_secret_logged();
@@ -274,7 +191,7 @@ fn rsrtmpsink_authenticates_with_properties_and_with_the_location() {
 
 #[test]
 fn rsrtmpsink_with_a_wrong_password_fails_as_not_authorized() {
-    let server = Server::start(&[&format!("alice:{PASSWORD}")]);
+    let server = start_server(&[&format!("alice:{PASSWORD}")]);
     for props in ["username=alice password=wrong", ""] {
         let start = Instant::now();
         let p = Publish::start(
@@ -302,6 +219,6 @@ fn rsrtmpsink_with_a_wrong_password_fails_as_not_authorized() {
             "{text}"
         );
     }
-    assert_eq!(server.publishers(), 0);
+    assert_eq!(publishers(&server), 0);
     assert_no_secret_logged();
 }

@@ -3,16 +3,14 @@
 
 mod common;
 
-use std::process::Command;
-
 use gst::prelude::*;
 use std::time::Duration;
 
+use common::init;
 use common::rtmp::{
-    Nginx, Publish, TempDir, av_flv_source, free_port, probe_file, wait_file_settled,
-    wait_listening,
+    Nginx, Publish, TempDir, av_flv_source, ffmpeg_listen, free_port, probe_file,
+    wait_file_settled, wait_listening,
 };
-use common::{ChildGuard, init};
 
 const FRAMES: u32 = 300;
 
@@ -82,19 +80,7 @@ fn publishes_every_frame_to_ffmpeg_listening() {
     let dir = TempDir::new("ffmpeg");
     let port = free_port();
     let out = dir.path().join("out.flv");
-    let ffmpeg = ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-listen",
-        "1",
-        "-i",
-        &format!("rtmp://127.0.0.1:{port}/live/x"),
-        "-c",
-        "copy",
-        "-y",
-        &out.display().to_string(),
-    ]));
+    let ffmpeg = ffmpeg_listen(port, &out, &[]);
     wait_listening(port, Duration::from_secs(10), "ffmpeg -listen");
     let p = Publish::start(
         &av_flv_source(FRAMES, true, false),

@@ -164,22 +164,7 @@ fn gives_up_after_the_reconnect_limit() {
 /// exactly as they arrived (`-copyts`). `wait`: until it listens (not when a reconnecting
 /// publisher may take the one connection it accepts, and with it the listening state, at once).
 fn ffmpeg_listen(port: u16, out: &std::path::Path, wait: bool) -> common::ChildGuard {
-    let child = common::ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-listen",
-        "1",
-        "-i",
-        &format!("rtmp://127.0.0.1:{port}/live/x"),
-        "-c",
-        "copy",
-        "-copyts",
-        "-f",
-        "flv",
-        "-y",
-        &out.display().to_string(),
-    ]));
+    let child = common::rtmp::ffmpeg_listen(port, out, &["-copyts", "-f", "flv"]);
     if wait {
         common::rtmp::wait_listening(port, Duration::from_secs(10), "ffmpeg -listen");
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use gst::prelude::*;
 
 use common::rtmp::{Publish, TempDir, av_flv_source, probe_file, wait_file_settled};
-use common::{ChildGuard, run};
+use common::{ChildGuard, ffmpeg_test_media};
 
 fn python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -104,31 +104,13 @@ fn ffmpeg_records_every_frame_through_pyrtmp() {
     // The baseline the issue names: ffmpeg is as liberal.
     let dir = TempDir::new("pyrtmp-ffmpeg");
     let input = dir.path().join("in.flv");
-    let (o, timed_out) = run(
-        Command::new("ffmpeg").args([
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=30",
-            "-t",
-            "3",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "flv",
-            input.to_str().unwrap(),
-        ]),
-        Duration::from_secs(60),
+    ffmpeg_test_media(
+        &input,
+        "320x240",
+        3,
+        None,
+        &["-preset", "ultrafast", "-f", "flv"],
     );
-    assert!(!timed_out && o.status.success());
     let out = dir.path().join("out.flv");
     let (_server, port) = pyrtmp(&out);
     let (o, timed_out) = ChildGuard::spawn(Command::new("ffmpeg").args([

@@ -9,124 +9,35 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use common::rtmp::{TempDir, probe_file};
-use common::{ChildGuard, assert_ours, init};
+use common::ChildGuard;
+use common::rtmp::{Recorder, TempDir, captured_logs, wait_line};
 use gstlivestreaming::rtmp::amf0::{self, Value};
 use gstlivestreaming::rtmp::chunk::{ChunkEncoder, msg_type};
 
 use common::rtmp::test_flv as input;
 
+/// The `lsrtmp` debug lines of this process.
 fn logs() -> Arc<Mutex<Vec<String>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        init();
-        let logs: Arc<Mutex<Vec<String>>> = Default::default();
-        let l = logs.clone();
-        gst::log::remove_default_log_function();
-        gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
-            if cat.name() == "lsrtmp"
-                && let Some(m) = msg.get()
-            {
-                l.lock().unwrap().push(m.to_string());
-            }
-        });
-        gst::log::set_threshold_for_name("lsrtmp", gst::DebugLevel::Debug);
-        logs
-    })
-    .clone()
+    captured_logs(&["lsrtmp"], gst::DebugLevel::Debug)
 }
 
 fn wait_log(timeout: Duration, needle: &str) -> Option<String> {
-    let logs = logs();
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(l) = logs.lock().unwrap().iter().find(|l| l.contains(needle)) {
-            return Some(l.clone());
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_line(&logs(), timeout, |l| l.contains(needle))
 }
 
-struct Server {
-    pipeline: gst::Pipeline,
-    src: gst::Element,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Server {
-    fn start(props: &str, middle: &str) -> Server {
-        logs();
-        let dir = TempDir::new("rtmpserversrc-hostile");
-        let desc = format!(
-            "rtmpserversrc name=src address=127.0.0.1 port=0 {props} ! {middle} filesink location={}",
-            dir.path().join("out.flv").display()
-        );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let src = pipeline.by_name("src").unwrap();
-        assert_ours(&src);
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let port = src.property::<i32>("bound-port") as u16;
-        Server {
-            pipeline,
-            src,
-            port,
-            dir,
-        }
-    }
-
-    fn wait_eos(&self, timeout: Duration) {
-        let bus = self.pipeline.bus().unwrap();
-        let msg = bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("EOS within the timeout");
-        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    }
-
-    fn recorded(&self) -> (u64, u64) {
-        self.pipeline.set_state(gst::State::Null).unwrap();
-        let probe = probe_file(&self.dir.path().join("out.flv"));
-        (
-            probe.stream("video").map_or(0, |s| s.1),
-            probe.stream("audio").map_or(0, |s| s.1),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
+/// rtmpserversrc with `props` recording through `middle`, this process's log captured.
+fn start_server(props: &str, middle: &str) -> Recorder {
+    logs();
+    Recorder::start("rtmpserversrc-hostile", props, middle)
 }
 
 fn ffmpeg_publish(port: u16) -> ChildGuard {
-    ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        input().path.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &format!("rtmp://127.0.0.1:{port}/live/key"),
-    ]))
+    common::rtmp::ffmpeg_publish(&format!("rtmp://127.0.0.1:{port}/live/key"), &[])
 }
 
 /// A connection that has done the plain handshake; returns it and its local address (the peer
@@ -164,7 +75,7 @@ fn expect_closed(port: u16, bytes: &[u8], reason: &str) {
 
 #[test]
 fn hostile_clients_end_with_a_log_line_while_ffmpeg_publishes_every_frame() {
-    let server = Server::start("handshake-timeout=2 max-connections=50", "");
+    let server = start_server("handshake-timeout=2 max-connections=50", "");
     let port = server.port;
     // 1000 idle connections, at most 50 kept waiting (the oldest make room).
     let idle: Vec<TcpStream> = (0..1000)
@@ -250,7 +161,7 @@ fn hostile_clients_end_with_a_log_line_while_ffmpeg_publishes_every_frame() {
 fn a_publisher_faster_than_downstream_loses_whole_frames_not_its_connection() {
     // Downstream takes 30 ms per tag (the file has about 75 tags a second) and the queue holds
     // 8 KiB: frames must be dropped, ffmpeg must not be slowed down.
-    let server = Server::start("queue-size=8192", "identity sleep-time=30000 !");
+    let server = start_server("queue-size=8192", "identity sleep-time=30000 !");
     let start = Instant::now();
     let ffmpeg = ffmpeg_publish(server.port);
     let (out, timed_out) = ffmpeg.wait_output(Duration::from_secs(30));
@@ -281,7 +192,7 @@ fn a_publisher_faster_than_downstream_loses_whole_frames_not_its_connection() {
 fn a_plain_client_on_the_rtmps_port_is_closed_with_the_reason() {
     let certs = TempDir::new("rtmpserversrc-hostile-certs");
     let (cert, key) = common::rtmp::self_signed_cert(certs.path(), "IP:127.0.0.1");
-    let server = Server::start(
+    let server = start_server(
         &format!(
             "tls-certificate-file={} tls-key-file={} handshake-timeout=2",
             cert.display(),
@@ -312,43 +223,16 @@ fn a_plain_client_on_the_rtmps_port_is_closed_with_the_reason() {
     assert!(line.contains("no TLS handshake within"), "{line}");
 }
 
-/// Our publisher state machine over a socket, until the server accepted the publish.
+/// Our publisher over a socket, until the server accepted the publish.
 fn publishing_client(port: u16) -> TcpStream {
-    use gstlivestreaming::rtmp::client::{Phase, Publisher, PublisherConfig};
-    let mut p = Publisher::new(
-        PublisherConfig {
-            name: String::new(),
-            app: "live".into(),
-            tc_url: format!("rtmp://127.0.0.1:{port}/live"),
-            stream: "key".into(),
-            flash_version: "FMLE/3.0".into(),
-            chunk_size: 4096,
-            max_message_size: 1 << 20,
-            credentials: None,
-            auth: Default::default(),
-            fourcc_list: Vec::new(),
-        },
-        0,
-        &[1; 1528],
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 8192];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.phase() != Phase::Publishing {
-        assert!(Instant::now() < deadline, "not publishing: {:?}", p.phase());
-        s.write_all(&p.take_output()).unwrap();
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed by the server");
-        p.receive(&buf[..n]).unwrap();
-    }
+    let (mut p, mut s) = common::rtmp::publishing_client(port, Vec::new());
     s.write_all(&p.take_output()).unwrap();
     s
 }
 
 #[test]
 fn a_silent_publisher_is_disconnected_after_the_idle_timeout() {
-    let server = Server::start("idle-timeout=1", "");
+    let server = start_server("idle-timeout=1", "");
     let start = Instant::now();
     let client = publishing_client(server.port);
     let peer = client.local_addr().unwrap().to_string();

@@ -12,128 +12,32 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gst::prelude::*;
 
-use common::rtmp::{TempDir, probe_file, self_signed_cert};
-use common::{ChildGuard, assert_ours, init};
+use common::rtmp::{Recorder, TempDir, captured_logs, self_signed_cert, wait_line};
+use common::{ChildGuard, plugin_dir};
 
 use common::rtmp::test_flv as input;
 
 /// The `lsrtmp` debug lines of this process.
 fn logs() -> Arc<Mutex<Vec<String>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        init();
-        let logs: Arc<Mutex<Vec<String>>> = Default::default();
-        let l = logs.clone();
-        gst::log::remove_default_log_function();
-        gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
-            if cat.name() == "lsrtmp"
-                && let Some(m) = msg.get()
-            {
-                l.lock().unwrap().push(m.to_string());
-            }
-        });
-        gst::log::set_threshold_for_name("lsrtmp", gst::DebugLevel::Debug);
-        logs
-    })
-    .clone()
+    captured_logs(&["lsrtmp"], gst::DebugLevel::Debug)
 }
 
 fn wait_log(timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-    let logs = logs();
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(l) = logs.lock().unwrap().iter().find(|l| pred(l)) {
-            return Some(l.clone());
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_line(&logs(), timeout, pred)
 }
 
-/// rtmpserversrc on a free port recording into DIR/out.flv.
-struct Server {
-    pipeline: gst::Pipeline,
-    src: gst::Element,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Server {
-    fn start(props: &str) -> Server {
-        logs();
-        let dir = TempDir::new("rtmpt");
-        let desc = format!(
-            "rtmpserversrc name=src address=127.0.0.1 port=0 {props} ! filesink location={}",
-            dir.path().join("out.flv").display()
-        );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap_or_else(|e| panic!("{desc}: {e}"))
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let src = pipeline.by_name("src").unwrap();
-        assert_ours(&src);
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let port = src.property::<i32>("bound-port");
-        assert!(port > 0, "bound-port {port}");
-        Server {
-            pipeline,
-            src,
-            port: port as u16,
-            dir,
-        }
-    }
-
-    fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}/live/key", self.port)
-    }
-
-    fn stats(&self) -> gst::Structure {
-        self.src.property::<gst::Structure>("stats")
-    }
-
-    fn wait_eos(&self, timeout: Duration) {
-        let bus = self.pipeline.bus().unwrap();
-        let msg = bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("EOS within the timeout");
-        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    }
-
-    fn wait_publishing(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.stats().get::<bool>("publishing").unwrap() {
-            assert!(Instant::now() < deadline, "nobody publishes");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops and counts the recording's frames: (video, audio).
-    fn recorded(&self) -> (u64, u64) {
-        self.pipeline.set_state(gst::State::Null).unwrap();
-        let probe = probe_file(&self.dir.path().join("out.flv"));
-        (
-            probe.stream("video").map_or(0, |s| s.1),
-            probe.stream("audio").map_or(0, |s| s.1),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
+/// rtmpserversrc with `props` on a free port recording into DIR/out.flv, this process's log
+/// captured.
+fn start_server(props: &str) -> Recorder {
+    logs();
+    Recorder::start("rtmpt", props, "")
 }
 
 /// ffmpeg publishing the input in real time. FFmpeg's RTMPT sends what it buffered only when it
@@ -141,20 +45,7 @@ impl Drop for Server {
 /// closing: with the default the last few packets never leave it (seen here: 1 video and 3
 /// audio frames). With 1 every packet goes out in its own request.
 fn ffmpeg_publish(url: &str) -> ChildGuard {
-    ChildGuard::spawn(Command::new("ffmpeg").args([
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        input().path.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-rtmp_flush_interval",
-        "1",
-        "-f",
-        "flv",
-        url,
-    ]))
+    common::rtmp::ffmpeg_publish(url, &["-rtmp_flush_interval", "1"])
 }
 
 /// A gst-launch-1.0 child publishing the input, paced by the clock, through `sink`.
@@ -177,12 +68,6 @@ fn gst_publish(sink: &str) -> ChildGuard {
     )
 }
 
-/// target/debug: our plugin for gst-launch-1.0 children (for rsrtmpsink).
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|d| d.parent()).unwrap().to_owned()
-}
-
 /// Waits for the child to succeed; its stderr.
 fn wait_success(child: ChildGuard, what: &str) -> String {
     let (out, timed_out) = child.wait_output(Duration::from_secs(40));
@@ -195,7 +80,7 @@ fn wait_success(child: ChildGuard, what: &str) -> String {
     stderr
 }
 
-fn assert_every_frame(server: &Server, what: &str) {
+fn assert_every_frame(server: &Recorder, what: &str) {
     server.wait_eos(Duration::from_secs(15));
     let i = input();
     assert_eq!(
@@ -216,8 +101,8 @@ fn tls_props(dir: &Path) -> String {
 
 #[test]
 fn ffmpeg_rtmpt_and_rtmpts_deliver_every_frame() {
-    let server = Server::start("");
-    wait_success(ffmpeg_publish(&server.url("rtmpt")), "ffmpeg rtmpt");
+    let server = start_server("");
+    wait_success(ffmpeg_publish(&server.url("rtmpt", "key")), "ffmpeg rtmpt");
     assert_every_frame(&server, "ffmpeg rtmpt://");
     assert!(
         wait_log(Duration::from_secs(5), |l| l.contains("RTMPT requests)")).is_some(),
@@ -225,15 +110,18 @@ fn ffmpeg_rtmpt_and_rtmpts_deliver_every_frame() {
     );
 
     let certs = TempDir::new("rtmpt-certs");
-    let server = Server::start(&tls_props(certs.path()));
-    wait_success(ffmpeg_publish(&server.url("rtmpts")), "ffmpeg rtmpts");
+    let server = start_server(&tls_props(certs.path()));
+    wait_success(
+        ffmpeg_publish(&server.url("rtmpts", "key")),
+        "ffmpeg rtmpts",
+    );
     assert_every_frame(&server, "ffmpeg rtmpts://");
 }
 
 #[test]
 fn stock_librtmp_rtmpsink_rtmpt_delivers_every_frame() {
-    let server = Server::start("");
-    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmpt")));
+    let server = start_server("");
+    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmpt", "key")));
     wait_success(child, "rtmpsink rtmpt");
     // librtmp closes its socket right after FCUnpublish, deleteStream and close, with answers
     // unread (a reset): the requests it sent still end the publication at once.
@@ -242,16 +130,19 @@ fn stock_librtmp_rtmpsink_rtmpt_delivers_every_frame() {
 
 #[test]
 fn our_rsrtmpsink_rtmpt_and_rtmpts_deliver_every_frame() {
-    let server = Server::start("");
-    let child = gst_publish(&format!("rsrtmpsink location={}", server.url("rtmpt")));
+    let server = start_server("");
+    let child = gst_publish(&format!(
+        "rsrtmpsink location={}",
+        server.url("rtmpt", "key")
+    ));
     wait_success(child, "rsrtmpsink rtmpt");
     assert_every_frame(&server, "rsrtmpsink rtmpt://");
 
     let certs = TempDir::new("rtmpt-certs");
-    let server = Server::start(&tls_props(certs.path()));
+    let server = start_server(&tls_props(certs.path()));
     let child = gst_publish(&format!(
         "rsrtmpsink location={} tls-validation-flags=0",
-        server.url("rtmpts")
+        server.url("rtmpts", "key")
     ));
     wait_success(child, "rsrtmpsink rtmpts");
     assert_every_frame(&server, "rsrtmpsink rtmpts://");
@@ -260,8 +151,8 @@ fn our_rsrtmpsink_rtmpt_and_rtmpts_deliver_every_frame() {
 #[test]
 fn stock_librtmp_rtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
     for scheme in ["rtmpe", "rtmpte"] {
-        let server = Server::start("");
-        let child = gst_publish(&format!("rtmpsink location={}", server.url(scheme)));
+        let server = start_server("");
+        let child = gst_publish(&format!("rtmpsink location={}", server.url(scheme, "key")));
         wait_success(child, scheme);
         assert_every_frame(&server, &format!("librtmp rtmpsink {scheme}://"));
     }
@@ -281,9 +172,9 @@ fn stock_librtmp_rtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
 #[test]
 fn stock_librtmp_rtmpsink_rtmps_publishes_with_tls_max_version_1_2() {
     let certs = TempDir::new("rtmps-certs");
-    let server = Server::start(&format!("{} tls-max-version=1.2", tls_props(certs.path())));
+    let server = start_server(&format!("{} tls-max-version=1.2", tls_props(certs.path())));
     assert_eq!(server.src.property::<String>("tls-max-version"), "1.2");
-    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmps")));
+    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmps", "key")));
     wait_success(child, "rtmpsink rtmps with TLS 1.2");
     assert_every_frame(&server, "librtmp rtmpsink rtmps:// (TLS 1.2)");
     assert!(
@@ -294,8 +185,8 @@ fn stock_librtmp_rtmpsink_rtmps_publishes_with_tls_max_version_1_2() {
     );
 
     // The default offers TLS 1.3, which librtmp fails on: the reason for the property.
-    let server = Server::start(&tls_props(certs.path()));
-    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmps")));
+    let server = start_server(&tls_props(certs.path()));
+    let child = gst_publish(&format!("rtmpsink location={}", server.url("rtmps", "key")));
     let (out, timed_out) = child.wait_output(Duration::from_secs(40));
     assert!(
         !timed_out && !out.status.success(),
@@ -314,8 +205,11 @@ fn stock_librtmp_rtmpsink_rtmps_publishes_with_tls_max_version_1_2() {
 #[test]
 fn our_rsrtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
     for scheme in ["rtmpe", "rtmpte"] {
-        let server = Server::start("");
-        let child = gst_publish(&format!("rsrtmpsink location={}", server.url(scheme)));
+        let server = start_server("");
+        let child = gst_publish(&format!(
+            "rsrtmpsink location={}",
+            server.url(scheme, "key")
+        ));
         let stderr = wait_success(child, scheme);
         assert!(
             stderr.contains("RTMPE handshake done (type 8"),
@@ -327,7 +221,7 @@ fn our_rsrtmpsink_rtmpe_and_rtmpte_deliver_every_frame() {
 
 #[test]
 fn rtmpe_without_a_digest_is_closed_with_the_reason() {
-    let server = Server::start("");
+    let server = start_server("");
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let peer = s.local_addr().unwrap().to_string();
     let mut c0c1 = vec![6u8];
@@ -419,9 +313,9 @@ fn expect_closed(peer: &str, reason: &str) {
 
 #[test]
 fn hostile_tunnel_clients_end_with_a_log_line_while_ffmpeg_publishes_every_frame() {
-    let server = Server::start("handshake-timeout=3 max-connections=20");
+    let server = start_server("handshake-timeout=3 max-connections=20");
     let port = server.port;
-    let ffmpeg = ffmpeg_publish(&server.url("rtmpt"));
+    let ffmpeg = ffmpeg_publish(&server.url("rtmpt", "key"));
     server.wait_publishing(Duration::from_secs(10));
 
     // Garbage after a letter: no HTTP.
@@ -494,7 +388,7 @@ fn hostile_tunnel_clients_end_with_a_log_line_while_ffmpeg_publishes_every_frame
 
 #[test]
 fn rtmpt_false_answers_http_as_a_plain_rtmp_port_does() {
-    let server = Server::start("rtmpt=false");
+    let server = start_server("rtmpt=false");
     let (status, peer, _) = exchange(server.port, &post("/open/1", b"\0"));
     assert_eq!(status, 0, "no HTTP answer");
     expect_closed(&peer, "not an RTMP client");

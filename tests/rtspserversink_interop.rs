@@ -135,36 +135,17 @@ fn a_stalled_tcp_client_does_not_stop_the_others() {
     // Large frames (noise) so that the stalled client's socket buffers fill quickly.
     let server = ServerPipeline::start(
         "client-queue-size=262144 client-stall-timeout=2000",
-        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
+        NOISE_VIDEO,
     );
     // A client that plays over TCP and never reads, with a tiny receive buffer.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut stalled = RawClient::from_stream(sock.into());
+    let mut stalled = RawClient::from_stream(connect_small_buffer(server.port));
     let (_session, _) = stalled.play_tcp(&server.url("/"));
 
     // Meanwhile a real client plays normally.
     assert_eq!(rtspsrc_decode(&server.url("/"), "tcp", 90, ""), 90);
 
     // The stalled client is dropped frames and finally disconnected, and that is counted.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = server.stats();
-        let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
-        let dropped = stats.get::<u64>("frames-dropped").unwrap();
-        if slow >= 1 && dropped >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stalled client not handled: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.wait_slow_client_dropped(Duration::from_secs(30));
     drop(stalled);
 }
 

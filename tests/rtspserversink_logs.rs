@@ -115,8 +115,6 @@ fn find<'a>(records: &'a [Record], level: gst::DebugLevel, parts: &[&str]) -> Op
 
 #[test]
 fn a_real_client_session_is_logged_at_debug_and_headers_at_log_level() {
-    use gstlivestreaming::rtp::rtcp;
-
     let capture = Capture::start();
     let server = ServerPipeline::start("rtcp-interval=500", &av_source(false));
     let url = server.url("/");
@@ -142,20 +140,7 @@ fn a_real_client_session_is_logged_at_debug_and_headers_at_log_level() {
     assert_eq!(r.status, 461);
     // A Receiver Report on an interleaved channel is logged with its figures.
     let (raw_session, _) = raw.play_tcp(&url);
-    let mut rr = Vec::new();
-    rtcp::write_receiver_report(
-        &rtcp::ReceiverReport {
-            ssrc: 0x1234_5678,
-            reports: vec![rtcp::ReportBlock {
-                ssrc: 1,
-                fraction_lost: 64,
-                cumulative_lost: 7,
-                ..Default::default()
-            }],
-        },
-        "test-client",
-        &mut rr,
-    );
+    let rr = receiver_report();
     let mut frame = vec![b'$', 1];
     frame.extend_from_slice(&(rr.len() as u16).to_be_bytes());
     frame.extend_from_slice(&rr);
@@ -376,16 +361,10 @@ fn a_slow_client_is_logged_once_per_episode_and_when_cut_off() {
     // Large frames (noise) so that the stalled client's socket buffers fill quickly.
     let server = ServerPipeline::start(
         "client-queue-size=262144 client-stall-timeout=1000",
-        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
+        NOISE_VIDEO,
     );
     // A client that plays over TCP and never reads, with a tiny receive buffer.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut stalled = RawClient::from_stream(sock.into());
+    let mut stalled = RawClient::from_stream(connect_small_buffer(server.port));
     let peer = stalled.stream.local_addr().unwrap().to_string();
     stalled.play_tcp(&server.url("/"));
     let cut = capture.wait_for(

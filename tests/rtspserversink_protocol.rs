@@ -542,8 +542,6 @@ fn client_port_pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
 
 #[test]
 fn receiver_reports_alone_keep_a_udp_session_alive() {
-    use gstlivestreaming::rtp::rtcp;
-
     let server = ServerPipeline::start("session-timeout=2", &av_source(false));
     let url = server.url("/");
     let (rtp_sock, rtcp_sock) = client_port_pair();
@@ -576,23 +574,7 @@ fn receiver_reports_alone_keep_a_udp_session_alive() {
     );
 
     // Only RTCP from here on: an RR every 500 ms for 5 s (2.5 timeouts).
-    let rr = {
-        let mut out = Vec::new();
-        rtcp::write_receiver_report(
-            &rtcp::ReceiverReport {
-                ssrc: 0x1234_5678,
-                reports: vec![rtcp::ReportBlock {
-                    ssrc: 1,
-                    fraction_lost: 64,
-                    cumulative_lost: 7,
-                    ..Default::default()
-                }],
-            },
-            "test-client",
-            &mut out,
-        );
-        out
-    };
+    let rr = receiver_report();
     let mut buf = [0u8; 2048];
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {

@@ -9,7 +9,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,46 +20,11 @@ use common::*;
 use gstlivestreaming::net::tls::{TlsValidation, client_config};
 use rustls::pki_types::pem::PemObject;
 
-/// A self-signed certificate for 127.0.0.1 and its key, as PEM files (removed when dropped).
-struct Certs {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Certs {
-    fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("srvtls-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // A P-256 key whose private key starts with its top bit set: GnuTLS writes such a key
-        // with an extra zero byte (see a_gtlscertificate_object_serves_rtsps). rcgen's (ring's)
-        // PKCS #8 has the 32 bytes of the private key at offset 36.
-        let generated = std::iter::repeat_with(|| {
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-                .unwrap()
-        })
-        .find(|g| g.signing_key.serialize_der()[36] & 0x80 != 0)
-        .unwrap();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert, generated.cert.pem()).unwrap();
-        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-        Certs { dir, cert, key }
-    }
-
-    /// rtspserversink properties serving this certificate.
-    fn props(&self) -> String {
-        format!(
-            "tls-certificate-file={} tls-key-file={}",
-            self.cert.display(),
-            self.key.display()
-        )
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A certificate whose P-256 private key starts with its top bit set: GnuTLS writes such a key
+/// with an extra zero byte (see a_gtlscertificate_object_serves_rtsps). rcgen's (ring's) PKCS #8
+/// has the 32 bytes of the private key at offset 36.
+fn gnutls_certs(tag: &str) -> Certs {
+    Certs::new_where(tag, |der| der[36] & 0x80 != 0)
 }
 
 fn rtsps_url(server: &ServerPipeline) -> String {
@@ -92,7 +56,7 @@ fn tcp_client_packets(server: &ServerPipeline) -> u64 {
 
 #[test]
 fn stock_rtspsrc_plays_rtsps_over_tcp() {
-    let certs = Certs::new("rtspsrc");
+    let certs = gnutls_certs("rtspsrc");
     let server = ServerPipeline::start(&certs.props(), &av_source(false));
     let frames = rtspsrc_decode(&rtsps_url(&server), "tcp", 30, "tls-validation-flags=0");
     assert_eq!(frames, 30);
@@ -101,7 +65,7 @@ fn stock_rtspsrc_plays_rtsps_over_tcp() {
 
 #[test]
 fn ffprobe_plays_rtsps() {
-    let certs = Certs::new("ffprobe");
+    let certs = gnutls_certs("ffprobe");
     let server = ServerPipeline::start(&certs.props(), &av_source(true));
     let out = ffprobe(&rtsps_url(&server), "tcp", "stream=codec_name,width,height");
     assert!(out.contains("h264,320,240"), "streams: {out}");
@@ -110,7 +74,7 @@ fn ffprobe_plays_rtsps() {
 
 #[test]
 fn a_gtlscertificate_object_serves_rtsps() {
-    let certs = Certs::new("object");
+    let certs = gnutls_certs("object");
     init();
     let cert = gio::TlsCertificate::from_files(&certs.cert, &certs.key).unwrap();
     // GnuTLS gives the key back with a leading zero the server must take.
@@ -213,7 +177,7 @@ fn play_writing_rtsp_urls(tls: &mut TlsClient, port: u16) -> [String; 3] {
 /// Content-Base and RTP-Info, and its interleaved media arrives inside TLS.
 #[test]
 fn content_base_and_rtp_info_say_rtsps() {
-    let certs = Certs::new("urls");
+    let certs = gnutls_certs("urls");
     let server = ServerPipeline::start(&certs.props(), &av_source(false));
     let mut tls = tls_client(TcpStream::connect(("127.0.0.1", server.port)).unwrap());
     let [describe, _, play] = play_writing_rtsp_urls(&mut tls, server.port);
@@ -237,41 +201,22 @@ fn content_base_and_rtp_info_say_rtsps() {
 /// through rustls's buffer.
 #[test]
 fn a_stalled_tls_client_is_disconnected_and_does_not_stop_the_others() {
-    let certs = Certs::new("stall");
+    let certs = gnutls_certs("stall");
     // Large frames (noise) so that the stalled client's buffers fill quickly.
     let server = ServerPipeline::start(
         &format!(
             "{} client-queue-size=262144 client-stall-timeout=2000",
             certs.props()
         ),
-        "videotestsrc is-live=true pattern=snow ! video/x-raw,width=640,height=480,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.",
+        NOISE_VIDEO,
     );
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut stalled = tls_client(sock.into());
+    let mut stalled = tls_client(connect_small_buffer(server.port));
     play_writing_rtsp_urls(&mut stalled, server.port);
 
     let frames = rtspsrc_decode(&rtsps_url(&server), "tcp", 90, "tls-validation-flags=0");
     assert_eq!(frames, 90);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = server.stats();
-        let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
-        let dropped = stats.get::<u64>("frames-dropped").unwrap();
-        if slow >= 1 && dropped >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stalled client not handled: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.wait_slow_client_dropped(Duration::from_secs(30));
     drop(stalled);
 }
 
@@ -290,7 +235,7 @@ fn endless_rtspsrc(url: &str) -> ChildGuard {
 
 #[test]
 fn a_plain_client_on_the_tls_port_fails_cleanly_and_a_tls_client_keeps_playing() {
-    let certs = Certs::new("plain");
+    let certs = gnutls_certs("plain");
     let server = ServerPipeline::start(&certs.props(), &av_source(false));
     let mut player = endless_rtspsrc(&rtsps_url(&server));
     let before = tcp_client_packets(&server);
@@ -378,8 +323,8 @@ fn start_error(props: &str, object: Option<&gio::TlsCertificate>) -> String {
 
 #[test]
 fn unusable_certificate_settings_fail_the_start_naming_the_file() {
-    let certs = Certs::new("errors");
-    let other = Certs::new("errors-other");
+    let certs = gnutls_certs("errors");
+    let other = gnutls_certs("errors-other");
     let missing = certs.dir.join("missing.pem");
     let text = start_error(
         &format!(
@@ -434,7 +379,7 @@ fn unusable_certificate_settings_fail_the_start_naming_the_file() {
 /// its CA file (the self-signed certificate for 127.0.0.1), and refuses it without that file.
 #[test]
 fn rtspsrc2_plays_rtsps_checking_the_certificate() {
-    let certs = Certs::new("rtspsrc2");
+    let certs = gnutls_certs("rtspsrc2");
     let server = ServerPipeline::start(&certs.props(), &av_source(false));
     let location = rtsps_url(&server);
     for protocols in ["tcp", "udp"] {
@@ -453,7 +398,7 @@ fn rtspsrc2_plays_rtsps_checking_the_certificate() {
 /// password gets 401.
 #[test]
 fn credentials_are_checked_inside_tls() {
-    let certs = Certs::new("auth");
+    let certs = gnutls_certs("auth");
     let server = ServerPipeline::start(
         &format!(r#"{} users=<"alice:S3cr3t">"#, certs.props()),
         &av_source(false),

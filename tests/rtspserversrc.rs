@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::hls::TempDir;
 use common::serversrc::{Counts, Receiver, wait_end};
-use common::{ChildGuard, RawClient, assert_ours, init, run, tail};
+use common::{ChildGuard, RawClient, assert_ours, ffmpeg_test_media, init, run, tail};
 use gst::prelude::*;
 
 /// Links `pad` through its depayloader into a fakesink, counting access units: exact without an
@@ -64,39 +64,7 @@ fn test_file() -> &'static TestFile {
         let dir = TempDir::new("rtspserversrc");
         let path = dir.join("test.mp4");
         std::mem::forget(dir);
-        let (out, timed_out) = run(
-            Command::new("ffmpeg").args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=48000",
-                "-t",
-                "5",
-                "-c:v",
-                "libx264",
-                "-g",
-                "30",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-shortest",
-                path.to_str().unwrap(),
-            ]),
-            Duration::from_secs(60),
-        );
-        assert!(
-            !timed_out && out.status.success(),
-            "ffmpeg: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ffmpeg_test_media(&path, "320x240", 5, Some(48000), &["-shortest"]);
         // The oracle: the same decoders on the file itself.
         let pipeline = gst::Pipeline::new();
         let src = gst::ElementFactory::make("uridecodebin")
@@ -788,17 +756,8 @@ fn a_next_publisher_with_other_streams_gets_new_pads() {
 /// interleaved inside it) and every frame arrives.
 #[test]
 fn ffmpeg_publishes_over_rtsps() {
-    let dir = TempDir::new("rtspserversrc-tls");
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem()).unwrap();
-    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-    let receiver = Receiver::start(&format!(
-        "tls-certificate-file={} tls-key-file={}",
-        cert.display(),
-        key.display()
-    ));
+    let certs = common::Certs::new("rtspserversrc-tls");
+    let receiver = Receiver::start(&certs.props());
     let url = format!("rtsps://127.0.0.1:{}/live", receiver.port);
     let publisher = ffmpeg_publish(&url, "tcp");
     receive_everything(receiver, publisher, test_file().ffmpeg);

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::hls::TempDir;
-use common::{RawClient, init, rtspsrc_decode, run};
+use common::{RawClient, ffmpeg_test_media, init, rtspsrc_decode, run};
 use gst::prelude::*;
 
 /// examples/relay.rs's pipeline, on free ports.
@@ -69,37 +69,13 @@ fn relay_to_two_viewers(publish: impl FnOnce(&std::path::Path, i32) -> Box<dyn s
     init();
     let dir = TempDir::new("relay");
     let file = dir.join("test.mp4");
-    let (out, timed_out) = run(
-        Command::new("ffmpeg").args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "10",
-            "-c:v",
-            "libx264",
-            "-g",
-            "30",
-            "-bf",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-            file.to_str().unwrap(),
-        ]),
-        Duration::from_secs(60),
+    ffmpeg_test_media(
+        &file,
+        "320x240",
+        10,
+        Some(48000),
+        &["-bf", "0", "-shortest"],
     );
-    assert!(!timed_out && out.status.success(), "ffmpeg");
 
     let pipeline = gst::parse::launch(&relay_description(2))
         .unwrap()

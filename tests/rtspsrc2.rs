@@ -443,40 +443,19 @@ fn play_recording_output(
     latency: u32,
     packets: usize,
 ) -> (Vec<(u16, bool, Instant)>, gst::Structure) {
-    init();
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=udp latency={latency} \
-         ! rtph264depay ! h264parse ! avdec_h264 ! fakesink"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap();
-    assert_ours(&src);
-    let out: Arc<Mutex<Vec<(u16, bool, Instant)>>> = Arc::default();
-    let probe_out = out.clone();
-    src.connect_pad_added(move |_, pad| {
-        let out = probe_out.clone();
-        // rtspsrc2 pushes single buffers and, for bursts, buffer lists.
-        pad.add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            move |_, info| {
-                let now = Instant::now();
-                let mut out = out.lock().unwrap();
-                let mut record = |buffer: &gst::BufferRef| {
-                    let map = buffer.map_readable().unwrap();
-                    let discont = buffer.flags().contains(gst::BufferFlags::DISCONT);
-                    out.push((u16::from_be_bytes([map[2], map[3]]), discont, now));
-                };
-                if let Some(buffer) = info.buffer() {
-                    record(buffer);
-                } else if let Some(list) = info.buffer_list() {
-                    list.iter().for_each(record);
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
-    });
+    // rtspsrc2 pushes single buffers and, for bursts, buffer lists.
+    let (pipeline, src, out) = launch_recording_pads(
+        &format!(
+            "rtspsrc2 name=src location=rtsp://127.0.0.1:{port}/ protocols=udp \
+             latency={latency} ! rtph264depay ! h264parse ! avdec_h264 ! fakesink"
+        ),
+        "src",
+        |buffer, now| {
+            let map = buffer.map_readable().unwrap();
+            let discont = buffer.flags().contains(gst::BufferFlags::DISCONT);
+            (u16::from_be_bytes([map[2], map[3]]), discont, now)
+        },
+    );
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while out.lock().unwrap().len() < packets && Instant::now() < deadline {

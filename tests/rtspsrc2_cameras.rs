@@ -15,7 +15,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -231,18 +230,6 @@ fn a_wrong_password_never_shows_in_errors_messages_or_logs() {
 enum Element {
     Stock,
     Ours,
-}
-
-/// target/debug (or release), where cargo put libgstlivestreaming.so.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
-    assert!(
-        dir.join("libgstlivestreaming.so").exists(),
-        "no libgstlivestreaming.so in {} (cargo build first)",
-        dir.display()
-    );
-    dir
 }
 
 /// `gst-launch-1.0 <element> <props> ! rtph264depay ! h264parse ! fakesink num-buffers=<frames>`:

@@ -106,44 +106,24 @@ fn spoofed_while_playing(
 ) {
     // Sender Reports twice a second, so that the timeline is anchored before the attack.
     let server = ServerPipeline::start(&format!("rtcp-interval=500 {server}"), &av_source(false));
-    let pipeline = gst::parse::launch(&format!(
-        "rtspsrc2 name=src location={} {client} latency=200 ! fakesink sync=false",
-        server.url("/"),
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline.by_name("src").unwrap();
-    assert_ours(&src);
-    let out: Arc<Mutex<Vec<Out>>> = Arc::default();
-    let probe_out = out.clone();
-    src.connect_pad_added(move |_, pad| {
-        let out = probe_out.clone();
-        pad.add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            move |_, info| {
-                let at = Instant::now();
-                let mut out = out.lock().unwrap();
-                let mut record = |b: &gst::BufferRef| {
-                    let m = b.map_readable().unwrap();
-                    out.push(Out {
-                        seq: u16::from_be_bytes([m[2], m[3]]),
-                        ts: u32::from_be_bytes([m[4], m[5], m[6], m[7]]),
-                        ssrc: u32::from_be_bytes([m[8], m[9], m[10], m[11]]),
-                        pts: b.pts(),
-                        discont: b.flags().contains(gst::BufferFlags::DISCONT),
-                        at,
-                    });
-                };
-                if let Some(b) = info.buffer() {
-                    record(b);
-                } else if let Some(l) = info.buffer_list() {
-                    l.iter().for_each(record);
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
-    });
+    let (pipeline, src, out) = launch_recording_pads(
+        &format!(
+            "rtspsrc2 name=src location={} {client} latency=200 ! fakesink sync=false",
+            server.url("/"),
+        ),
+        "src",
+        |b, at| {
+            let m = b.map_readable().unwrap();
+            Out {
+                seq: u16::from_be_bytes([m[2], m[3]]),
+                ts: u32::from_be_bytes([m[4], m[5], m[6], m[7]]),
+                ssrc: u32::from_be_bytes([m[8], m[9], m[10], m[11]]),
+                pts: b.pts(),
+                discont: b.flags().contains(gst::BufferFlags::DISCONT),
+                at,
+            }
+        },
+    );
     pipeline.set_state(gst::State::Playing).unwrap();
     let stream_stats = |src: &gst::Element| {
         src.property::<gst::Structure>("stats")

@@ -8,91 +8,31 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ChildGuard;
 use common::hls::{http_request, read_playlist, wait_for};
 use common::rtmp::{Nginx, TempDir, free_port, probe_file, wait_file_settled};
-
-/// target/debug (or release): cargo puts libgstlivestreaming.so next to the test binary's deps/.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
-    assert!(
-        dir.join("libgstlivestreaming.so").exists(),
-        "no libgstlivestreaming.so in {} (cargo build first)",
-        dir.display()
-    );
-    dir
-}
+use common::{ChildGuard, assert_absent, launch_logged, lines_with};
 
 /// `gst-launch-1.0 -e PIPELINE` with everything logged at level 9 to `log` (stderr), no colour,
 /// our plugin from target/ with a registry of its own.
 fn launch(dir: &Path, log: &Path, pipeline: &[&str]) -> ChildGuard {
-    let stderr = std::fs::File::create(log).expect("log file");
-    let child = Command::new("gst-launch-1.0")
-        .env("GST_PLUGIN_PATH", plugin_dir())
-        .env("GST_REGISTRY", dir.join("registry.bin"))
-        .env("GST_DEBUG", "*:9")
-        .env("GST_DEBUG_NO_COLOR", "1")
-        .env_remove("GST_DEBUG_FILE")
-        .arg("-e")
-        .args(pipeline)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .expect("spawn gst-launch-1.0");
-    ChildGuard(Some(child))
+    launch_logged(dir, log, &[&["-e"], pipeline].concat())
 }
 
 /// Waits for the child to end by itself within `timeout`; asserts it exited successfully.
-fn wait_success(mut child: ChildGuard, timeout: Duration, what: &str) {
-    let mut c = child.0.take().unwrap();
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("{what}: gst-launch-1.0 did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{what}: gst-launch-1.0 failed: {status}");
-}
-
-/// GStreamer's own parser echoes gst-launch-1.0's command line (`escaping argument
-/// location=...`, the properties it sets): the secret is there because the user typed it, in
-/// code that is not ours and that no element can silence. Those lines alone are excused.
-const COMMAND_LINE_ECHO: &[&str] = &[
-    " gstparse.c:",
-    " parse.l:",
-    " grammar.y:",
-    " grammar.tab.c:",
-    ":gst_parse_unescape:",
-];
-
-/// The lines of `log` holding `secret`, except GStreamer's echo of the command line.
-fn lines_with(log: &[u8], secret: &[u8]) -> Vec<String> {
-    log.split(|&b| b == b'\n')
-        .filter(|line| line.windows(secret.len()).any(|w| w == secret))
-        .map(|line| String::from_utf8_lossy(&line[..line.len().min(600)]).into_owned())
-        .filter(|line| !COMMAND_LINE_ECHO.iter().any(|f| line.contains(f)))
-        .collect()
-}
-
-fn assert_absent(log: &[u8], secret: &[u8], what: &str) {
-    let lines = lines_with(log, secret);
+fn wait_success(child: ChildGuard, timeout: Duration, what: &str) {
+    let (out, timed_out) = child.wait_output(timeout);
     assert!(
-        lines.is_empty(),
-        "{what} is in {} lines of the debug log:\n{}",
-        lines.len(),
-        lines.join("\n")
+        !timed_out,
+        "{what}: gst-launch-1.0 did not finish within {timeout:?}"
+    );
+    assert!(
+        out.status.success(),
+        "{what}: gst-launch-1.0 failed: {}",
+        out.status
     );
 }
 
@@ -101,6 +41,17 @@ fn count_lines(log: &str, cat: &str, text: &str) -> usize {
     log.lines()
         .filter(|l| l.contains(&format!(" {cat} ")) && l.contains(text))
         .count()
+}
+
+/// Asserts that our category `cat` logged a line with each of `steps`: the log is not vacuous.
+fn assert_logged(text: &str, cat: &str, steps: &[&str]) {
+    for step in steps {
+        assert!(
+            count_lines(text, cat, step) > 0,
+            "no {cat} line with '{step}' in {} bytes of log",
+            text.len()
+        );
+    }
 }
 
 #[test]
@@ -148,23 +99,21 @@ fn the_stream_key_is_in_no_debug_log() {
     let bytes = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     // Not vacuous: the RTMP core's steps are in the log, at both levels.
-    for step in [
-        "handshake: S0 received",
-        "handshake: S2 received",
-        "sending connect",
-        "sending publish",
-        "publish (type live, stream name <redacted",
-        "onStatus: level 'status', code 'NetStream.Publish.Start'",
-        "Set Chunk Size received",
-        "Window Acknowledgement Size received",
-        "sending deleteStream",
-    ] {
-        assert!(
-            count_lines(&text, "lsrtmp", step) > 0,
-            "no lsrtmp line with '{step}' in {} bytes of log",
-            bytes.len()
-        );
-    }
+    assert_logged(
+        &text,
+        "lsrtmp",
+        &[
+            "handshake: S0 received",
+            "handshake: S2 received",
+            "sending connect",
+            "sending publish",
+            "publish (type live, stream name <redacted",
+            "onStatus: level 'status', code 'NetStream.Publish.Start'",
+            "Set Chunk Size received",
+            "Window Acknowledgement Size received",
+            "sending deleteStream",
+        ],
+    );
     assert!(count_lines(&text, "lsrtmp", "message from the server: type") > 0);
     assert!(
         count_lines(
@@ -248,19 +197,17 @@ fn aes_keys_are_in_no_debug_log() {
 
     let bytes = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    for step in [
-        "cut (",
-        "playlist ",
-        "new AES-128 key",
-        "written (",
-        "HTTP 127.0.0.1:",
-    ] {
-        assert!(
-            count_lines(&text, "lshls", step) > 0,
-            "no lshls line with '{step}' in {} bytes of log",
-            bytes.len()
-        );
-    }
+    assert_logged(
+        &text,
+        "lshls",
+        &[
+            "cut (",
+            "playlist ",
+            "new AES-128 key",
+            "written (",
+            "HTTP 127.0.0.1:",
+        ],
+    );
     for key in &keys {
         assert_eq!(key.len(), 16);
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -331,19 +278,17 @@ fn publishers_credentials_are_in_no_server_log() {
     let bytes = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     // Not vacuous: the publication was authenticated and recorded, with its headers traced.
-    for step in [
-        "ANNOUNCE authenticated: user 'alice' (Digest MD5)",
-        "RECORD authenticated: user 'alice'",
-        "request headers: ",
-        "Authorization: <redacted>",
-        "first RTP packet",
-    ] {
-        assert!(
-            count_lines(&text, "lsrtsp", step) > 0,
-            "no lsrtsp line with '{step}' in {} bytes of log",
-            bytes.len()
-        );
-    }
+    assert_logged(
+        &text,
+        "lsrtsp",
+        &[
+            "ANNOUNCE authenticated: user 'alice' (Digest MD5)",
+            "RECORD authenticated: user 'alice'",
+            "request headers: ",
+            "Authorization: <redacted>",
+            "first RTP packet",
+        ],
+    );
     let ha1 = Md5::digest(format!("alice:GStreamer RTSP Server:{password}").as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

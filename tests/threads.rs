@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use common::ChildGuard;
+use common::{ChildGuard, plugin_dir};
 
 /// Instances per test.
 const INSTANCES: usize = 100;
@@ -20,12 +19,6 @@ const PER_INSTANCE: usize = 2;
 /// Threads of the process besides the instances': the test harness, GStreamer's own, the
 /// shared runtime's workers.
 const CONSTANT: usize = 16;
-
-/// target/debug, where cargo put libgstlivestreaming.so next to the test binary's deps/.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|d| d.parent()).unwrap().to_owned()
-}
 
 /// The process's threads by name, for the failure message.
 fn thread_names() -> String {

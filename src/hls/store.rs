@@ -1175,6 +1175,34 @@ mod tests {
         }
     }
 
+    /// An output over `store` that drops rather than blocks when full (`config` sets the
+    /// bounds), its worker already held by a job that `store` does not finish.
+    fn occupied_output(store: Arc<dyn Store>, config: OutputConfig) -> Output {
+        let out = Output::start(
+            store,
+            OutputConfig {
+                block_when_full: false,
+                ..config
+            },
+            None,
+            Box::new(|_| {}),
+        );
+        occupy_worker(&out);
+        out
+    }
+
+    /// The locations waiting in `out`'s queue, oldest first.
+    fn queued(out: &Output) -> Vec<String> {
+        out.shared
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.location().to_owned())
+            .collect()
+    }
+
     #[test]
     fn a_full_network_queue_drops_the_oldest_segment_and_coalesces_playlists() {
         struct Stuck(Mutex<bool>, Condvar);
@@ -1191,89 +1219,50 @@ mod tests {
             }
         }
         let stuck = Arc::new(Stuck(Mutex::new(false), Condvar::new()));
-        let out = Output::start(
+        let out = occupied_output(
             stuck.clone(),
             OutputConfig {
                 capacity: 3,
-                block_when_full: false,
                 ..quick()
             },
-            None,
-            Box::new(|_| {}),
         );
-        occupy_worker(&out);
         for i in 0..3 {
             out.submit(put(&format!("s{i}.ts"), FileKind::Segment))
                 .unwrap();
             out.submit(put("p.m3u8", FileKind::Playlist)).unwrap();
         }
-        let queued: Vec<String> = out
-            .shared
-            .queue
-            .lock()
-            .unwrap()
-            .jobs
-            .iter()
-            .map(|j| j.location().to_owned())
-            .collect();
-        assert_eq!(queued, ["s1.ts", "s2.ts", "p.m3u8"]);
+        assert_eq!(queued(&out), ["s1.ts", "s2.ts", "p.m3u8"]);
         assert_eq!(out.dropped(), 1);
         // The byte bound counts too: with room for 7 bytes, a 3-byte segment pushes out one.
-        let bounded = Output::start(
+        let bounded = occupied_output(
             stuck.clone(),
             OutputConfig {
                 capacity: 100,
                 max_bytes: 7,
-                block_when_full: false,
                 ..quick()
             },
-            None,
-            Box::new(|_| {}),
         );
-        occupy_worker(&bounded);
         for i in 0..3 {
             bounded
                 .submit(put(&format!("b{i}.ts"), FileKind::Segment))
                 .unwrap();
         }
-        let queued: Vec<String> = bounded
-            .shared
-            .queue
-            .lock()
-            .unwrap()
-            .jobs
-            .iter()
-            .map(|j| j.location().to_owned())
-            .collect();
-        assert_eq!(queued, ["b1.ts", "b2.ts"]);
+        assert_eq!(queued(&bounded), ["b1.ts", "b2.ts"]);
         assert_eq!(bounded.dropped(), 1);
         // Init segments, keys and playlists are never dropped: a segment queued after an init
         // segment goes instead, and with no segment queued the bound is exceeded.
-        let precious = Output::start(
+        let precious = occupied_output(
             stuck.clone(),
             OutputConfig {
                 capacity: 2,
-                block_when_full: false,
                 ..quick()
             },
-            None,
-            Box::new(|_| {}),
         );
-        occupy_worker(&precious);
         precious.submit(put("init.mp4", FileKind::Init)).unwrap();
         precious.submit(put("k.key", FileKind::Key)).unwrap();
         precious.submit(put("s0.m4s", FileKind::Segment)).unwrap();
         precious.submit(put("p.m3u8", FileKind::Playlist)).unwrap();
-        let queued: Vec<String> = precious
-            .shared
-            .queue
-            .lock()
-            .unwrap()
-            .jobs
-            .iter()
-            .map(|j| j.location().to_owned())
-            .collect();
-        assert_eq!(queued, ["init.mp4", "k.key", "p.m3u8"]);
+        assert_eq!(queued(&precious), ["init.mp4", "k.key", "p.m3u8"]);
         assert_eq!(precious.dropped(), 1);
         *stuck.0.lock().unwrap() = true;
         stuck.1.notify_all();

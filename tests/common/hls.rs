@@ -1,62 +1,15 @@
 //! Helpers for the rshlssink tests: temporary directories, pipelines run to EOS in-process with
 //! bounded waits, playlists parsed with m3u8-rs, ffprobe.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use super::{assert_ours, init, run};
+use super::{bus_until_end, launch_ours, run};
 
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "rshlssink-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    pub fn str(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-
-    /// File names in the directory, sorted.
-    pub fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use super::TempDir;
 
 /// `frames` of 320x240@30 H.264 video (finite, not live), keyframe every `gop` frames.
 pub fn video(frames: u32, gop: u32) -> String {
@@ -77,15 +30,7 @@ pub fn audio(seconds: f64) -> String {
 
 /// A pipeline with `rshlssink name=h {props}` and `sources` linking into `h.`.
 pub fn pipeline(props: &str, sources: &str) -> (gst::Pipeline, gst::Element) {
-    init();
-    let desc = format!("rshlssink name=h {props} {sources}");
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
-    let sink = pipeline.by_name("h").expect("h");
-    assert_ours(&sink);
-    (pipeline, sink)
+    launch_ours(&format!("rshlssink name=h {props} {sources}"), "h")
 }
 
 /// Waits for EOS or an error (at most `timeout`), then stops the pipeline.
@@ -116,33 +61,8 @@ pub fn run_collecting(
     pipeline: &gst::Pipeline,
     timeout: Duration,
 ) -> (Result<(), String>, Vec<gst::Structure>) {
-    let bus = pipeline.bus().expect("bus");
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::new();
-    let result = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::Element,
-            ],
-        ) else {
-            break Err(format!("no EOS within {timeout:?}"));
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
-            gst::MessageView::Element(e) => {
-                if let Some(s) = e.structure() {
-                    messages.push(s.to_owned());
-                }
-            }
-            _ => {}
-        }
-    };
+    let (result, messages) = bus_until_end(pipeline, timeout);
     pipeline.set_state(gst::State::Null).expect("to NULL");
     (result, messages)
 }

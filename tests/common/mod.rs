@@ -10,8 +10,10 @@ pub mod stock;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -38,6 +40,290 @@ pub fn assert_ours(element: &gst::Element) {
     );
 }
 
+/// Parses `desc` into a pipeline (not started) and returns it with its element `name`, which
+/// must come from our plugin.
+pub fn launch_ours(desc: &str, name: &str) -> (gst::Pipeline, gst::Element) {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let element = pipeline
+        .by_name(name)
+        .unwrap_or_else(|| panic!("no element {name} in '{desc}'"));
+    assert_ours(&element);
+    (pipeline, element)
+}
+
+/// Sets `pipeline` to PLAYING and returns the port `server` (ours, with a `bound-port`
+/// property, asked for port 0) bound.
+pub fn play_bound(pipeline: &gst::Pipeline, server: &gst::Element) -> u16 {
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("pipeline to PLAYING");
+    let port = server.property::<i32>("bound-port");
+    assert!(port > 0, "bound-port is {port}");
+    port as u16
+}
+
+/// Calls `f` with the buffer a `BUFFER | BUFFER_LIST` probe sees, or with each of its list.
+pub fn each_buffer(info: &gst::PadProbeInfo, mut f: impl FnMut(&gst::BufferRef)) {
+    if let Some(buffer) = info.buffer() {
+        f(buffer);
+    } else if let Some(list) = info.buffer_list() {
+        list.iter().for_each(f);
+    }
+}
+
+/// [`launch_ours`], and every buffer pushed on each pad the element `name` adds (alone or in a
+/// list) recorded by `record`, which is also given when the probe saw it. Not started.
+pub fn launch_recording_pads<T: Send + 'static>(
+    desc: &str,
+    name: &str,
+    record: impl Fn(&gst::BufferRef, Instant) -> T + Send + Sync + Clone + 'static,
+) -> (gst::Pipeline, gst::Element, Arc<Mutex<Vec<T>>>) {
+    let (pipeline, element) = launch_ours(desc, name);
+    let out: Arc<Mutex<Vec<T>>> = Arc::default();
+    let probe_out = out.clone();
+    element.connect_pad_added(move |_, pad| {
+        let (out, record) = (probe_out.clone(), record.clone());
+        pad.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let now = Instant::now();
+                let mut out = out.lock().unwrap();
+                each_buffer(info, |b| out.push(record(b, now)));
+                gst::PadProbeReturn::Ok
+            },
+        );
+    });
+    (pipeline, element, out)
+}
+
+/// A directory removed on drop (a stale one of the same name is removed first).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "livestreaming-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn str(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+
+    /// File names in the directory, sorted.
+    pub fn files(&self) -> Vec<String> {
+        files_in(&self.0)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost (made by rcgen) and its key, as PEM
+/// files in a directory removed when dropped.
+pub struct Certs {
+    pub dir: TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certs {
+    pub fn new(tag: &str) -> Certs {
+        Certs::new_where(tag, |_| true)
+    }
+
+    /// With the first key generated whose PKCS #8 DER `accept` takes.
+    pub fn new_where(tag: &str, accept: impl Fn(&[u8]) -> bool) -> Certs {
+        let dir = TempDir::new(tag);
+        let generated = std::iter::repeat_with(|| {
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap()
+        })
+        .find(|g| accept(&g.signing_key.serialize_der()))
+        .unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        Certs { dir, cert, key }
+    }
+
+    /// `tls-certificate-file=CERT tls-key-file=KEY`: our servers' properties serving it.
+    pub fn props(&self) -> String {
+        format!(
+            "tls-certificate-file={} tls-key-file={}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+/// File names in `dir`, sorted (none when it cannot be read).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// target/debug (or release): cargo puts libgstlivestreaming.so next to the test binary's
+/// deps/; for `GST_PLUGIN_PATH` of gst-launch-1.0 children.
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
+    assert!(
+        dir.join("libgstlivestreaming.so").exists(),
+        "no libgstlivestreaming.so in {} (cargo build first)",
+        dir.display()
+    );
+    dir
+}
+
+/// `gst-launch-1.0 ARGS` with our plugin from target/ (a registry of its own in `dir`) and
+/// everything logged at level 9, without colour, into the file `log` (its stderr).
+pub fn launch_logged(dir: &Path, log: &Path, args: &[&str]) -> ChildGuard {
+    let stderr = std::fs::File::create(log).expect("log file");
+    let child = Command::new("gst-launch-1.0")
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .env("GST_DEBUG", "*:9")
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .env_remove("GST_DEBUG_FILE")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn gst-launch-1.0");
+    ChildGuard(Some(child))
+}
+
+/// GStreamer's own parser echoes gst-launch-1.0's command line (`escaping argument
+/// location=...`, the properties it sets): a secret is there because the user typed it, in
+/// code that is not ours and that no element can silence. Those lines alone are excused.
+pub const COMMAND_LINE_ECHO: &[&str] = &[
+    " gstparse.c:",
+    " parse.l:",
+    " grammar.y:",
+    " grammar.tab.c:",
+    ":gst_parse_unescape:",
+];
+
+/// The lines of `log` holding `secret` (at most 600 bytes of each), except GStreamer's echo of
+/// the command line.
+pub fn lines_with(log: &[u8], secret: &[u8]) -> Vec<String> {
+    log.split(|&b| b == b'\n')
+        .filter(|line| line.windows(secret.len()).any(|w| w == secret))
+        .map(|line| String::from_utf8_lossy(&line[..line.len().min(600)]).into_owned())
+        .filter(|line| !COMMAND_LINE_ECHO.iter().any(|f| line.contains(f)))
+        .collect()
+}
+
+/// Asserts that no line of `log` but the command line's echo holds `secret` (`what` names it).
+pub fn assert_absent(log: &[u8], secret: &[u8], what: &str) {
+    let lines = lines_with(log, secret);
+    assert!(
+        lines.is_empty(),
+        "{what} is in {} lines of the debug log:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+}
+
+/// Pops `pipeline`'s bus until EOS or an error, at most `timeout`: Ok on EOS, Err(error text)
+/// otherwise; with the element messages seen on the way. Leaves the pipeline's state alone.
+pub fn bus_until_end(
+    pipeline: &gst::Pipeline,
+    timeout: Duration,
+) -> (Result<(), String>, Vec<gst::Structure>) {
+    let bus = pipeline.bus().expect("bus");
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Element,
+            ],
+        ) else {
+            break Err(format!("no EOS within {timeout:?}"));
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure() {
+                    messages.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    };
+    (result, messages)
+}
+
+/// Encodes ffmpeg's lavfi test sources into `path` within 60 s: `seconds` of H.264 (`size`,
+/// e.g. "320x240", 30 fps, a keyframe every 30 frames, yuv420p), with AAC of a 440 Hz sine at
+/// `audio_rate` Hz when given; `output_args` go before the output (e.g. `-preset ultrafast`,
+/// `-f flv`). Panics with ffmpeg's stderr when it fails.
+pub fn ffmpeg_test_media(
+    path: &Path,
+    size: &str,
+    seconds: u32,
+    audio_rate: Option<u32>,
+    output_args: &[&str],
+) {
+    let video = format!("testsrc=size={size}:rate=30");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i", &video]);
+    if let Some(rate) = audio_rate {
+        cmd.args(["-f", "lavfi", "-i"])
+            .arg(format!("sine=frequency=440:sample_rate={rate}"));
+    }
+    cmd.arg("-t")
+        .arg(seconds.to_string())
+        .args(["-c:v", "libx264", "-g", "30", "-pix_fmt", "yuv420p"]);
+    if audio_rate.is_some() {
+        cmd.args(["-c:a", "aac"]);
+    }
+    cmd.args(output_args).arg(path);
+    let (out, timed_out) = run(&mut cmd, Duration::from_secs(60));
+    assert!(
+        !timed_out && out.status.success(),
+        "ffmpeg making {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running pipeline with an `rtspserversink name=sink port=0` in it.
 pub struct ServerPipeline {
     pub pipeline: gst::Pipeline,
@@ -60,24 +346,15 @@ pub fn av_source(audio: bool) -> String {
 impl ServerPipeline {
     /// `sink_props` are extra properties for rtspserversink; `sources` link into `sink.`.
     pub fn start(sink_props: &str, sources: &str) -> ServerPipeline {
-        init();
-        let desc =
-            format!("rtspserversink name=sink address=127.0.0.1 port=0 {sink_props} {sources}");
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
-            .downcast::<gst::Pipeline>()
-            .expect("pipeline");
-        let sink = pipeline.by_name("sink").expect("sink");
-        assert_ours(&sink);
-        pipeline
-            .set_state(gst::State::Playing)
-            .expect("pipeline to PLAYING");
-        let port = sink.property::<i32>("bound-port");
-        assert!(port > 0, "bound-port is {port}");
+        let (pipeline, sink) = launch_ours(
+            &format!("rtspserversink name=sink address=127.0.0.1 port=0 {sink_props} {sources}"),
+            "sink",
+        );
+        let port = play_bound(&pipeline, &sink);
         ServerPipeline {
             pipeline,
             sink,
-            port: port as u16,
+            port,
         }
     }
 
@@ -104,6 +381,65 @@ impl ServerPipeline {
         }
         out
     }
+}
+
+/// Large frames (640x480 noise at 8 Mbit/s, live) into `sink.`: a client that does not read
+/// fills its socket buffers quickly.
+pub const NOISE_VIDEO: &str = "videotestsrc is-live=true pattern=snow \
+     ! video/x-raw,width=640,height=480,framerate=30/1 \
+     ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=8000 ! sink.";
+
+/// A TCP connection to 127.0.0.1:`port` with a 4 KiB receive buffer, for a client that will
+/// not read: the server's side fills quickly.
+pub fn connect_small_buffer(port: u16) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    sock.into()
+}
+
+impl ServerPipeline {
+    /// Waits at most `timeout` until the server has dropped frames for a slow client and
+    /// disconnected it (both counted in its stats).
+    pub fn wait_slow_client_dropped(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            let slow = stats.get::<u64>("clients-disconnected-slow").unwrap();
+            let dropped = stats.get::<u64>("frames-dropped").unwrap();
+            if slow >= 1 && dropped >= 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stalled client not handled: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A client's RTCP Receiver Report (RFC 3550 §6.4.2), as bytes: SSRC 0x12345678 reporting on
+/// SSRC 1 (fraction lost 64/256, 7 lost), with the SDES CNAME "test-client".
+pub fn receiver_report() -> Vec<u8> {
+    use gstlivestreaming::rtp::rtcp;
+    let mut out = Vec::new();
+    rtcp::write_receiver_report(
+        &rtcp::ReceiverReport {
+            ssrc: 0x1234_5678,
+            reports: vec![rtcp::ReportBlock {
+                ssrc: 1,
+                fraction_lost: 64,
+                cumulative_lost: 7,
+                ..Default::default()
+            }],
+        },
+        "test-client",
+        &mut out,
+    );
+    out
 }
 
 impl Drop for ServerPipeline {

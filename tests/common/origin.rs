@@ -2,13 +2,16 @@
 //! temporary directory, and the files it holds.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::ChildGuard;
-use super::hls::{TempDir, wait_for};
+use super::hls::wait_for;
 use super::rtmp::free_port;
+use super::{ChildGuard, TempDir};
+
+#[allow(unused_imports)]
+pub use super::files_in;
 
 /// nginx with `dav_methods PUT DELETE` on 127.0.0.1, everything in a temporary directory.
 pub struct Nginx {
@@ -97,16 +100,4 @@ impl Nginx {
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
-}
-
-pub fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }

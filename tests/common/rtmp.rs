@@ -1,48 +1,19 @@
 //! Helpers for the rsrtmpsink tests: nginx-rtmp and stunnel in temporary directories, free ports,
 //! waiting for a listener without connecting to it, publishing pipelines, ffprobe of recordings.
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gstlivestreaming::rtmp::client::{Phase, Publisher, PublisherConfig};
 
-use super::{ChildGuard, assert_ours, init, run};
+use super::{ChildGuard, bus_until_end, ffmpeg_test_media, init, launch_ours, play_bound, run};
 
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!(
-            "rsrtmpsink-{tag}-{}-{n}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use super::TempDir;
 
 /// A free TCP port on 127.0.0.1 for a server a test starts (found bindable, then released).
 ///
@@ -218,14 +189,8 @@ pub struct Publish {
 
 impl Publish {
     pub fn start(source: &str, props: &str) -> Publish {
-        init();
-        let desc = format!("{source} rsrtmpsink name=sink {props}");
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
-            .downcast::<gst::Pipeline>()
-            .expect("pipeline");
-        let sink = pipeline.by_name("sink").expect("sink");
-        assert_ours(&sink);
+        let (pipeline, sink) =
+            launch_ours(&format!("{source} rsrtmpsink name=sink {props}"), "sink");
         pipeline
             .set_state(gst::State::Playing)
             .expect("pipeline to PLAYING");
@@ -235,31 +200,7 @@ impl Publish {
     /// Waits for EOS or an error; Ok on EOS, Err(error text) otherwise. Element messages seen
     /// on the way are returned too.
     pub fn wait(&self, timeout: Duration) -> (Result<(), String>, Vec<gst::Structure>) {
-        let bus = self.pipeline.bus().unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut elements = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return (Err(format!("no EOS or error within {timeout:?}")), elements);
-            }
-            let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64))
-            else {
-                continue;
-            };
-            match msg.view() {
-                gst::MessageView::Eos(_) => return (Ok(()), elements),
-                gst::MessageView::Error(e) => {
-                    return (Err(format!("{} ({:?})", e.error(), e.debug())), elements);
-                }
-                gst::MessageView::Element(e) => {
-                    if let Some(s) = e.structure() {
-                        elements.push(s.to_owned());
-                    }
-                }
-                _ => {}
-            }
-        }
+        bus_until_end(&self.pipeline, timeout)
     }
 
     pub fn stats(&self) -> gst::Structure {
@@ -463,43 +404,12 @@ pub fn test_flv() -> &'static TestFlv {
     INPUT.get_or_init(|| {
         let dir = TempDir::new("rtmp-input");
         let path = dir.path().join("in.flv");
-        let (out, timed_out) = run(
-            Command::new("ffmpeg").args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=44100",
-                "-t",
-                "3",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "30",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                "-f",
-                "flv",
-                path.to_str().unwrap(),
-            ]),
-            Duration::from_secs(60),
-        );
-        assert!(
-            !timed_out && out.status.success(),
-            "ffmpeg: {}",
-            String::from_utf8_lossy(&out.stderr)
+        ffmpeg_test_media(
+            &path,
+            "320x240",
+            3,
+            Some(44100),
+            &["-preset", "ultrafast", "-b:a", "64k", "-f", "flv"],
         );
         let probe = probe_file(&path);
         let video = probe.stream("video").expect("video").1;
@@ -512,4 +422,202 @@ pub fn test_flv() -> &'static TestFlv {
             audio,
         }
     })
+}
+
+/// ffmpeg publishing `input` in real time (`-re`), stream copied, to `url`; `extra` goes before
+/// `-f flv`.
+pub fn ffmpeg_publish_file(input: &Path, url: &str, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-re", "-i"])
+            .arg(input)
+            .args(["-c", "copy"])
+            .args(extra)
+            .args(["-f", "flv", url]),
+    )
+}
+
+/// ffmpeg publishing [`test_flv`] in real time to `url` (see [`ffmpeg_publish_file`]).
+pub fn ffmpeg_publish(url: &str, extra: &[&str]) -> ChildGuard {
+    ffmpeg_publish_file(&test_flv().path, url, extra)
+}
+
+/// The messages of the debug categories `categories` (each set to `level`) that this process
+/// logs from the first call on, GStreamer's default log function removed. One capture a test
+/// binary: later calls return it whatever they ask for.
+pub fn captured_logs(categories: &[&str], level: gst::DebugLevel) -> Arc<Mutex<Vec<String>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        init();
+        let logs: Arc<Mutex<Vec<String>>> = Default::default();
+        let l = logs.clone();
+        let wanted: Vec<String> = categories.iter().map(|c| c.to_string()).collect();
+        gst::log::remove_default_log_function();
+        gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
+            if wanted.iter().any(|w| w == cat.name())
+                && let Some(m) = msg.get()
+            {
+                l.lock().unwrap().push(m.to_string());
+            }
+        });
+        for cat in categories {
+            gst::log::set_threshold_for_name(cat, level);
+        }
+        logs
+    })
+    .clone()
+}
+
+/// The first line of `logs` that `pred` accepts, polled every 50 ms for at most `timeout`.
+pub fn wait_line(
+    logs: &Mutex<Vec<String>>,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = logs.lock().unwrap().iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Our rtmpserversrc on a free port of 127.0.0.1 (with `props`), recording through `middle`
+/// (nothing, or elements ending in `!`) into DIR/out.flv; stopped when dropped.
+pub struct Recorder {
+    pub pipeline: gst::Pipeline,
+    pub src: gst::Element,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl Recorder {
+    pub fn start(tag: &str, props: &str, middle: &str) -> Recorder {
+        Recorder::start_with(tag, props, middle, |_| {})
+    }
+
+    /// `setup` sets on rtmpserversrc what a launch line cannot (e.g. an array) before PLAYING.
+    pub fn start_with(
+        tag: &str,
+        props: &str,
+        middle: &str,
+        setup: impl FnOnce(&gst::Element),
+    ) -> Recorder {
+        let dir = TempDir::new(tag);
+        let (pipeline, src) = launch_ours(
+            &format!(
+                "rtmpserversrc name=src address=127.0.0.1 port=0 {props} ! {middle} \
+                 filesink location={}",
+                dir.join("out.flv").display()
+            ),
+            "src",
+        );
+        setup(&src);
+        let port = play_bound(&pipeline, &src);
+        Recorder {
+            pipeline,
+            src,
+            port,
+            dir,
+        }
+    }
+
+    /// `SCHEME://127.0.0.1:PORT/live/KEY`
+    pub fn url(&self, scheme: &str, key: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/live/{key}", self.port)
+    }
+
+    pub fn stats(&self) -> gst::Structure {
+        self.src.property::<gst::Structure>("stats")
+    }
+
+    /// Asserts that the stream ends (the publisher left) by EOS, not an error, within `timeout`.
+    pub fn wait_eos(&self, timeout: Duration) {
+        let bus = self.pipeline.bus().unwrap();
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .expect("EOS within the timeout");
+        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    }
+
+    /// Waits at most `timeout` for a publisher.
+    pub fn wait_publishing(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stats().get::<bool>("publishing").unwrap() {
+            assert!(Instant::now() < deadline, "nobody publishes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and counts the recording's frames with ffprobe: (video, audio).
+    pub fn recorded(&self) -> (u64, u64) {
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        let probe = probe_file(&self.dir.join("out.flv"));
+        (
+            probe.stream("video").map_or(0, |s| s.1),
+            probe.stream("audio").map_or(0, |s| s.1),
+        )
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Our publisher state machine over a socket to 127.0.0.1:`port` (`live/key`, offering the
+/// Enhanced RTMP `fourcc_list`), driven until the server accepted the publish (at most 10 s);
+/// what it has to send next is still in it.
+pub fn publishing_client(port: u16, fourcc_list: Vec<String>) -> (Publisher, TcpStream) {
+    let mut p = Publisher::new(
+        PublisherConfig {
+            name: String::new(),
+            app: "live".into(),
+            tc_url: format!("rtmp://127.0.0.1:{port}/live"),
+            stream: "key".into(),
+            flash_version: "FMLE/3.0".into(),
+            chunk_size: 4096,
+            max_message_size: 1 << 20,
+            credentials: None,
+            auth: Default::default(),
+            fourcc_list,
+        },
+        0,
+        &[1; 1528],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.phase() != Phase::Publishing {
+        assert!(Instant::now() < deadline, "not publishing: {:?}", p.phase());
+        s.write_all(&p.take_output()).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed by the server");
+        p.receive(&buf[..n]).unwrap();
+    }
+    (p, s)
+}
+
+/// ffmpeg listening once on 127.0.0.1:`port` (`live/x`), copying what it receives into `out`;
+/// `extra` goes before the output (e.g. `-copyts`, `-f flv`). Returns at once: wait for
+/// [`is_listening`] where needed.
+pub fn ffmpeg_listen(port: u16, out: &Path, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-listen", "1", "-i"])
+            .arg(format!("rtmp://127.0.0.1:{port}/live/x"))
+            .args(["-c", "copy"])
+            .args(extra)
+            .arg("-y")
+            .arg(out),
+    )
 }

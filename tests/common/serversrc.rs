@@ -4,11 +4,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gst::prelude::*;
 
-use super::{ChildGuard, assert_ours, init};
+use super::{ChildGuard, assert_ours, bus_until_end, init, play_bound};
 
 /// Decoded frames seen, by kind.
 #[derive(Default, Clone)]
@@ -75,35 +75,10 @@ pub fn wait_end(
     pipeline: &gst::Pipeline,
     timeout: Duration,
 ) -> Result<Vec<gst::Structure>, String> {
-    let bus = pipeline.bus().unwrap();
     if pipeline.current_state() != gst::State::Playing {
         pipeline.set_state(gst::State::Playing).unwrap();
     }
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::new();
-    let result = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::Element,
-            ],
-        ) else {
-            break Err(format!("no EOS within {timeout:?}"));
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => break Err(format!("{} ({:?})", e.error(), e.debug())),
-            gst::MessageView::Element(e) => {
-                if let Some(s) = e.structure() {
-                    messages.push(s.to_owned());
-                }
-            }
-            _ => {}
-        }
-    };
+    let (result, messages) = bus_until_end(pipeline, timeout);
     pipeline.set_state(gst::State::Null).unwrap();
     result.map(|()| messages)
 }
@@ -138,13 +113,11 @@ impl Receiver {
                 output(&p, pad, &c);
             }
         });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let port = src.property::<i32>("bound-port");
-        assert!(port > 0, "bound-port {port}");
+        let port = play_bound(&pipeline, &src);
         Receiver {
             pipeline,
             src,
-            port: port as u16,
+            port,
             counts,
         }
     }
