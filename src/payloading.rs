@@ -2,7 +2,7 @@
 //! (rtspserversink, rtspclientsink2): the stock payloader for an input format, the request-pad
 //! chain behind it ([`PayloadChain`]: ghost pad, payloader, appsink), the SDP media description
 //! of the payloader's output caps, and the packets of an appsink sample. For rtspclientsink2,
-//! [`native_payloader`] picks the Rust payloader ([`crate::rtp::payload`]) of H.264 and Opus
+//! [`native_payloader`] picks the Rust payloader ([`crate::rtp::payload`]) of H.264, H.265 and Opus
 //! instead: the chain is then ghost pad → appsink, and the element payloads each sample itself.
 
 use std::str::FromStr;
@@ -80,8 +80,8 @@ pub fn payload_type(id: usize) -> u8 {
     96 + (id % 32) as u8
 }
 
-/// The Rust payloader for an input format, where there is one: H.264 in access units
-/// (`avc` with its codec_data, or `byte-stream`), Opus with at most two channels in channel
+/// The Rust payloader for an input format, where there is one: H.264 and H.265 in access
+/// units (`avc`/`hvc1`/`hev1` with their codec_data, or `byte-stream`), Opus with at most two channels in channel
 /// mapping family 0. `rtp` carries on an earlier payloader's SSRC, sequence numbers and
 /// timestamp offset (a caps change); `None` makes new ones. `None`: the stock payloader.
 pub fn native_payloader(
@@ -106,6 +106,23 @@ pub fn native_payloader(
                 }
                 "byte-stream" if alignment == Some("au") => Some(payload::Payloader::H264(
                     payload::H264Payloader::new(rtp, mtu, payload::H264Framing::ByteStream),
+                )),
+                _ => None,
+            }
+        }
+        "video/x-h265" => {
+            let rtp = rtp.unwrap_or_else(|| payload::RtpState::new(pt, payload::H264_CLOCK_RATE));
+            let alignment = s.get::<&str>("alignment").ok();
+            match s.get::<&str>("stream-format").ok()? {
+                "hvc1" | "hev1" if matches!(alignment, None | Some("au")) => {
+                    let codec_data = s.get::<gst::Buffer>("codec_data").ok()?;
+                    let map = codec_data.map_readable().ok()?;
+                    payload::H265Payloader::with_hvcc(rtp, mtu, &map)
+                        .ok()
+                        .map(payload::Payloader::H265)
+                }
+                "byte-stream" if alignment == Some("au") => Some(payload::Payloader::H265(
+                    payload::H265Payloader::new(rtp, mtu, payload::H264Framing::ByteStream),
                 )),
                 _ => None,
             }

@@ -8,7 +8,9 @@
 //! (`packetization-mode`, `profile-level-id`, `sprop-parameter-sets`), §8.2.1 (SDP mapping);
 //! ITU-T H.264 §7.3.2.1, §7.3.2.2 (the SPS and PPS ids read for bookkeeping), Annex B (byte
 //! stream: start codes); ISO/IEC 14496-15 §5.3.3 (AVCDecoderConfigurationRecord, length-prefixed
-//! NAL units); RFC 7587 §4.2 (one Opus packet per RTP packet, 48 kHz timestamps), §6.1
+//! NAL units); RFC 7798 §4.4.1 (H.265 single NAL unit packets), §4.4.3 (fragmentation units),
+//! §7.1 (`sprop-vps`, `sprop-sps`, `sprop-pps`), ISO/IEC 14496-15 §8.3.3
+//! (HEVCDecoderConfigurationRecord); RFC 7587 §4.2 (one Opus packet per RTP packet, 48 kHz timestamps), §6.1
 //! (`OPUS/48000/2`, `sprop-stereo`, `sprop-maxcapturerate`); RFC 7845 §5.1, §5.2 (the OpusHead
 //! and OpusTags headers, which are not sent).
 //!
@@ -19,6 +21,10 @@
 //!   keyframe decodes. A NAL unit that fits in `mtu` bytes of RTP goes as a single NAL unit
 //!   packet, a larger one as FU-A fragments no packet of which exceeds `mtu`. The marker bit is
 //!   set on the access unit's last packet (`packetization-mode=1`).
+//! * H.265: the same rules with RFC 7798's two-byte NAL unit header: access unit delimiters
+//!   (35) and filler data (38) left out, VPS (32), SPS (33) and PPS (34) sent before every IRAP
+//!   picture (16-21) of an access unit that does not carry them, FU fragments (type 49) for a
+//!   NAL unit larger than `mtu`. No aggregation packets, no DONL (`sprop-max-don-diff` 0).
 //! * Opus: each input buffer is one Opus packet and one RTP packet (RFC 7587 forbids splitting
 //!   it, so `mtu` cannot be honoured for a packet larger than it: an Opus packet is at most
 //!   1275 bytes per frame, 120 ms at most, well under usual MTUs).
@@ -115,7 +121,7 @@ impl RtpState {
 /// One packet to write: up to two bytes of payload header (FU-A indicator and header) and a
 /// slice of the input.
 struct Piece<'a> {
-    prefix: [u8; 2],
+    prefix: [u8; 3],
     prefix_len: usize,
     data: &'a [u8],
 }
@@ -162,7 +168,7 @@ fn write_frame(
 fn push_nal<'a>(pieces: &mut Vec<Piece<'a>>, nal: &'a [u8], max_payload: usize) {
     if nal.len() <= max_payload {
         pieces.push(Piece {
-            prefix: [0; 2],
+            prefix: [0; 3],
             prefix_len: 0,
             data: nal,
         });
@@ -177,7 +183,7 @@ fn push_nal<'a>(pieces: &mut Vec<Piece<'a>>, nal: &'a [u8], max_payload: usize) 
         let start = if i == 0 { 0x80 } else { 0 };
         let end = if i + 1 == n { 0x40 } else { 0 };
         pieces.push(Piece {
-            prefix: [indicator, start | end | kind],
+            prefix: [indicator, start | end | kind, 0],
             prefix_len: 2,
             data: part,
         });
@@ -530,6 +536,211 @@ fn media(
     }
 }
 
+const HEVC_IRAP: std::ops::RangeInclusive<u8> = 16..=21;
+const HEVC_VPS: u8 = 32;
+const HEVC_SPS: u8 = 33;
+const HEVC_PPS: u8 = 34;
+const HEVC_AUD: u8 = 35;
+const HEVC_FILLER: u8 = 38;
+const HEVC_FU: u8 = 49;
+
+/// A H.265 NAL unit (two header bytes at least) as one single NAL unit packet when it fits in
+/// `max_payload` bytes, else as fragmentation units (RFC 7798 §4.4.3): a payload header of
+/// type 49 with the NAL header's F, LayerId and TID, then the FU header with S on the first
+/// fragment, E on the last and the NAL unit type.
+fn push_hevc_nal<'a>(pieces: &mut Vec<Piece<'a>>, nal: &'a [u8], max_payload: usize) {
+    if nal.len() <= max_payload || nal.len() < 3 {
+        pieces.push(Piece {
+            prefix: [0; 3],
+            prefix_len: 0,
+            data: nal,
+        });
+        return;
+    }
+    let header = [(nal[0] & 0x81) | (HEVC_FU << 1), nal[1]];
+    let kind = (nal[0] >> 1) & 0x3f;
+    let body = &nal[2..];
+    let chunk = max_payload.saturating_sub(3).max(1);
+    let n = body.len().div_ceil(chunk);
+    for (i, part) in body.chunks(chunk).enumerate() {
+        let start = if i == 0 { 0x80 } else { 0 };
+        let end = if i + 1 == n { 0x40 } else { 0 };
+        pieces.push(Piece {
+            prefix: [header[0], header[1], start | end | kind],
+            prefix_len: 3,
+            data: part,
+        });
+    }
+}
+
+/// The NAL unit length size and the VPS, SPS and PPS of a HEVCDecoderConfigurationRecord.
+pub type Hvcc = (usize, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Reads a HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 §8.3.3.1.2): 22 fixed bytes, then
+/// arrays of NAL units by type.
+pub fn parse_hvcc(data: &[u8]) -> Result<Hvcc, AvccError> {
+    let mut r = data;
+    let mut take = |n: usize| -> Result<&[u8], AvccError> {
+        if r.len() < n {
+            return Err(AvccError("truncated"));
+        }
+        let (head, rest) = r.split_at(n);
+        r = rest;
+        Ok(head)
+    };
+    let fixed = take(23)?;
+    if fixed[0] != 1 {
+        return Err(AvccError("configurationVersion is not 1"));
+    }
+    let length_size = usize::from(fixed[21] & 0x03) + 1;
+    if length_size == 3 {
+        return Err(AvccError("lengthSizeMinusOne is 2"));
+    }
+    let (mut vps, mut sps, mut pps) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..fixed[22] {
+        let kind = take(1)?[0] & 0x3f;
+        let count = take(2)?;
+        for _ in 0..u16::from_be_bytes([count[0], count[1]]) {
+            let len = take(2)?;
+            let nal = take(usize::from(u16::from_be_bytes([len[0], len[1]])))?;
+            let set = match kind {
+                HEVC_VPS => &mut vps,
+                HEVC_SPS => &mut sps,
+                HEVC_PPS => &mut pps,
+                _ => continue,
+            };
+            if nal.len() >= 2 {
+                set.push(nal.to_vec());
+            }
+        }
+    }
+    Ok((length_size, vps, sps, pps))
+}
+
+/// RFC 7798 payloader (single NAL unit packets and fragmentation units).
+#[derive(Debug, Clone)]
+pub struct H265Payloader {
+    rtp: RtpState,
+    mtu: usize,
+    framing: H264Framing,
+    /// (NAL unit type, bytes) of the parameter sets, the latest of each kind (one VPS, SPS
+    /// and PPS; streams with several keep them in band).
+    params: [Option<Vec<u8>>; 3],
+    changed: bool,
+    nals: Vec<(usize, usize)>,
+}
+
+impl H265Payloader {
+    /// `framing`: start codes or length prefixes, as for H.264.
+    pub fn new(rtp: RtpState, mtu: usize, framing: H264Framing) -> H265Payloader {
+        H265Payloader {
+            rtp,
+            mtu,
+            framing,
+            params: [None, None, None],
+            changed: false,
+            nals: Vec::new(),
+        }
+    }
+
+    /// For length-prefixed input (`hvc1`/`hev1`): its HEVCDecoderConfigurationRecord.
+    pub fn with_hvcc(rtp: RtpState, mtu: usize, hvcc: &[u8]) -> Result<H265Payloader, AvccError> {
+        let (length_size, vps, sps, pps) = parse_hvcc(hvcc)?;
+        let mut pay = H265Payloader::new(rtp, mtu, H264Framing::Avc { length_size });
+        for (k, set) in [vps, sps, pps].into_iter().enumerate() {
+            if let Some(first) = set.into_iter().next() {
+                pay.params[k] = Some(first);
+                pay.changed = true;
+            }
+        }
+        Ok(pay)
+    }
+
+    pub fn rtp(&self) -> &RtpState {
+        &self.rtp
+    }
+
+    /// The RTP packets of one access unit at `running_ns`, appended to `out`.
+    pub fn payload(&mut self, au: &[u8], running_ns: Option<u64>, out: &mut Vec<Bytes>) {
+        let timestamp = self.rtp.timestamp(running_ns);
+        let mut nals = std::mem::take(&mut self.nals);
+        nals.clear();
+        match self.framing {
+            H264Framing::ByteStream => annexb_nal_units(au, &mut nals),
+            H264Framing::Avc { length_size } => avc_nal_units(au, length_size, &mut nals),
+        }
+        let mut has = [false; 3];
+        for &(s, e) in &nals {
+            let nal = &au[s..e];
+            let kind = (nal[0] >> 1) & 0x3f;
+            if (HEVC_VPS..=HEVC_PPS).contains(&kind) && nal.len() >= 2 {
+                let k = usize::from(kind - HEVC_VPS);
+                has[k] = true;
+                if self.params[k].as_deref() != Some(nal) {
+                    self.params[k] = Some(nal.to_vec());
+                    self.changed = true;
+                }
+            }
+        }
+        let max_payload = self.mtu.saturating_sub(RTP_FIXED_HEADER_LEN).max(4);
+        let mut pieces: Vec<Piece<'_>> = Vec::new();
+        let mut params_sent = false;
+        for &(s, e) in &nals {
+            let nal = &au[s..e];
+            if nal.len() < 2 {
+                continue;
+            }
+            let kind = (nal[0] >> 1) & 0x3f;
+            if kind == HEVC_AUD || kind == HEVC_FILLER {
+                continue;
+            }
+            if HEVC_IRAP.contains(&kind) && !params_sent {
+                for (k, param) in self.params.iter().enumerate() {
+                    if let (false, Some(param)) = (has[k], param) {
+                        push_hevc_nal(&mut pieces, param, max_payload);
+                    }
+                }
+                params_sent = true;
+            }
+            push_hevc_nal(&mut pieces, nal, max_payload);
+        }
+        write_frame(&mut self.rtp, timestamp, &pieces, true, out);
+        drop(pieces);
+        self.nals = nals;
+    }
+
+    /// The SDP media description when it became known or changed since the last call.
+    pub fn take_media_change(&mut self) -> Option<MediaDescription> {
+        if !self.changed {
+            return None;
+        }
+        let media = self.media()?;
+        self.changed = false;
+        Some(media)
+    }
+
+    /// `H265/90000` with `sprop-vps`, `sprop-sps` and `sprop-pps` (RFC 7798 §7.1); `None`
+    /// before all three are known.
+    pub fn media(&self) -> Option<MediaDescription> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut fmtp = Vec::new();
+        for (name, param) in ["sprop-vps", "sprop-sps", "sprop-pps"]
+            .into_iter()
+            .zip(&self.params)
+        {
+            fmtp.push((name.to_owned(), b64.encode(param.as_ref()?)));
+        }
+        Some(media(
+            "video",
+            self.rtp.payload_type,
+            "H265",
+            H264_CLOCK_RATE,
+            None,
+            fmtp,
+        ))
+    }
+}
+
 /// RFC 7587 payloader: one Opus packet per RTP packet.
 #[derive(Debug, Clone)]
 pub struct OpusPayloader {
@@ -560,7 +771,7 @@ impl OpusPayloader {
         }
         let timestamp = self.rtp.timestamp(running_ns);
         let piece = Piece {
-            prefix: [0; 2],
+            prefix: [0; 3],
             prefix_len: 0,
             data: packet,
         };
@@ -590,6 +801,7 @@ impl OpusPayloader {
 #[derive(Debug, Clone)]
 pub enum Payloader {
     H264(H264Payloader),
+    H265(H265Payloader),
     Opus(OpusPayloader),
 }
 
@@ -598,6 +810,7 @@ impl Payloader {
     pub fn payload(&mut self, data: &[u8], running_ns: Option<u64>, out: &mut Vec<Bytes>) {
         match self {
             Payloader::H264(p) => p.payload(data, running_ns, out),
+            Payloader::H265(p) => p.payload(data, running_ns, out),
             Payloader::Opus(p) => p.payload(data, running_ns, out),
         }
     }
@@ -606,6 +819,7 @@ impl Payloader {
     pub fn media(&self) -> Option<MediaDescription> {
         match self {
             Payloader::H264(p) => p.media(),
+            Payloader::H265(p) => p.media(),
             Payloader::Opus(p) => Some(p.media()),
         }
     }
@@ -614,6 +828,7 @@ impl Payloader {
     pub fn take_media_change(&mut self) -> Option<MediaDescription> {
         match self {
             Payloader::H264(p) => p.take_media_change(),
+            Payloader::H265(p) => p.take_media_change(),
             Payloader::Opus(_) => None,
         }
     }
@@ -621,6 +836,7 @@ impl Payloader {
     pub fn rtp(&self) -> &RtpState {
         match self {
             Payloader::H264(p) => p.rtp(),
+            Payloader::H265(p) => p.rtp(),
             Payloader::Opus(p) => p.rtp(),
         }
     }
@@ -693,7 +909,7 @@ mod tests {
         let mut rtp = state();
         let mut out = Vec::new();
         let piece = Piece {
-            prefix: [0; 2],
+            prefix: [0; 3],
             prefix_len: 0,
             data: &[0xaa],
         };
@@ -871,6 +1087,81 @@ mod tests {
         assert_eq!(pps_id(&PPS), 0);
         assert_eq!(pps_id(&[0x68, 0b0010_0000]), 3);
         assert_eq!(pps_id(&[0x68]), 0);
+    }
+
+    const VPS: [u8; 4] = [0x40, 0x01, 0x0c, 0x01];
+    const HSPS: [u8; 4] = [0x42, 0x01, 0x01, 0x01];
+    const HPPS: [u8; 4] = [0x44, 0x01, 0xc1, 0x72];
+
+    fn hvcc() -> Vec<u8> {
+        let mut v = vec![1];
+        v.extend_from_slice(&[0; 20]);
+        v.push(0xf3); // lengthSizeMinusOne 3
+        v.push(3);
+        for nal in [&VPS, &HSPS, &HPPS] {
+            v.push((nal[0] >> 1) & 0x3f);
+            v.extend_from_slice(&1u16.to_be_bytes());
+            v.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+            v.extend_from_slice(nal);
+        }
+        v
+    }
+
+    #[test]
+    fn h265_parameter_sets_before_irap_and_fragments() {
+        let mut pay = H265Payloader::with_hvcc(state(), 100, &hvcc()).unwrap();
+        let media = pay.take_media_change().unwrap();
+        assert_eq!(media.encoding_name, "H265");
+        assert_eq!(
+            media.fmtp,
+            vec![
+                ("sprop-vps".into(), "QAEMAQ==".into()),
+                ("sprop-sps".into(), "QgEBAQ==".into()),
+                ("sprop-pps".into(), "RAHBcg==".into()),
+            ]
+        );
+        // An IDR_W_RADL (19) of 200 bytes after its two-byte header, and an AUD (35).
+        let mut idr = vec![19 << 1, 0x01];
+        idr.extend((0..200u32).map(|i| i as u8));
+        let mut out = Vec::new();
+        pay.payload(&avc(&[&[35 << 1, 1, 0x50], &idr]), Some(0), &mut out);
+        assert!(out.iter().all(|p| p.len() <= 100));
+        let p = parts(&out);
+        assert_eq!(p[0].3, VPS);
+        assert_eq!(p[1].3, HSPS);
+        assert_eq!(p[2].3, HPPS);
+        // 200 bytes, 85 per fragment (100 - 12 - 3): 85 + 85 + 30.
+        assert_eq!(p.len(), 6);
+        assert_eq!(&p[3].3[..3], &[49 << 1, 0x01, 0x80 | 19]);
+        assert_eq!(&p[4].3[..3], &[49 << 1, 0x01, 19]);
+        assert_eq!(&p[5].3[..3], &[49 << 1, 0x01, 0x40 | 19]);
+        assert!(p[5].0 && !p[4].0);
+        let body: Vec<u8> = p[3..].iter().flat_map(|x| x.3[3..].to_vec()).collect();
+        assert_eq!(body, idr[2..]);
+        // A trailing picture (1): no parameter sets.
+        out.clear();
+        pay.payload(&avc(&[&[1 << 1, 1, 0xaa]]), Some(0), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(parse_hvcc(&hvcc()[..30]).is_err());
+        assert!(parse_hvcc(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn h265_byte_stream_learns_parameter_sets_in_band() {
+        let mut pay = H265Payloader::new(state(), 1400, H264Framing::ByteStream);
+        let mut out = Vec::new();
+        pay.payload(&annexb(&[&[1 << 1, 1, 0xaa]]), None, &mut out);
+        assert!(pay.take_media_change().is_none());
+        let cra = [21 << 1, 1, 0xbb];
+        pay.payload(&annexb(&[&VPS, &HSPS, &HPPS, &cra]), None, &mut out);
+        assert!(pay.take_media_change().is_some());
+        out.clear();
+        pay.payload(&annexb(&[&cra]), None, &mut out);
+        assert_eq!(out.len(), 4);
+        // Junk never panics.
+        for junk in [&[0, 0, 1, 0x40][..], &[0, 0, 1][..], &[7][..]] {
+            pay.payload(junk, None, &mut out);
+        }
     }
 
     #[test]
