@@ -443,7 +443,7 @@ impl H264Payloader {
             let nal = &au[s..e];
             match nal[0] & 0x1f {
                 NAL_AUD | NAL_FILLER => continue,
-                NAL_IDR if !params_sent && !(has_sps && has_pps) => {
+                NAL_IDR if !params_sent && (!has_sps || !has_pps) => {
                     // RFC 6184 §8.4 recommends parameter sets out of band too; here they go
                     // in band before each IDR so a receiver joining at any keyframe decodes.
                     if !has_sps {
