@@ -1,13 +1,16 @@
 //! Element side of RTP payloading, shared by the elements that take media and send RTP
 //! (rtspserversink, rtspclientsink2): the stock payloader for an input format, the request-pad
 //! chain behind it ([`PayloadChain`]: ghost pad, payloader, appsink), the SDP media description
-//! of the payloader's output caps, and the packets of an appsink sample.
+//! of the payloader's output caps, and the packets of an appsink sample. For rtspclientsink2,
+//! [`native_payloader`] picks the Rust payloader ([`crate::rtp::payload`]) of H.264, H.265 and Opus
+//! instead: the chain is then ghost pad → appsink, and the element payloads each sample itself.
 
 use std::str::FromStr;
 
 use bytes::Bytes;
 use gst::prelude::*;
 
+use crate::rtp::payload;
 use crate::rtsp::sdp::MediaDescription;
 
 /// The `sink_%u` request pad template: the formats [`payloader_for`] payloads, and RTP as it is.
@@ -70,6 +73,111 @@ pub fn payloader_for(
         .build()
         .map(Some)
         .map_err(|_| format!("element '{factory}' is missing (install gst-plugins-good)"))
+}
+
+/// The dynamic payload type of request pad `id` (96-127).
+pub fn payload_type(id: usize) -> u8 {
+    96 + (id % 32) as u8
+}
+
+/// The Rust payloader for an input format, where there is one: H.264 and H.265 in access
+/// units (`avc`/`hvc1`/`hev1` with their codec_data, or `byte-stream`), Opus with at most two channels in channel
+/// mapping family 0. `rtp` carries on an earlier payloader's SSRC, sequence numbers and
+/// timestamp offset (a caps change); `None` makes new ones. `None`: the stock payloader.
+pub fn native_payloader(
+    caps: &gst::CapsRef,
+    pt: u8,
+    mtu: u32,
+    rtp: Option<payload::RtpState>,
+) -> Option<payload::Payloader> {
+    let s = caps.structure(0)?;
+    let mtu = usize::try_from(mtu).ok()?;
+    match s.name().as_str() {
+        "video/x-h264" => {
+            let rtp = rtp.unwrap_or_else(|| payload::RtpState::new(pt, payload::H264_CLOCK_RATE));
+            let alignment = s.get::<&str>("alignment").ok();
+            match s.get::<&str>("stream-format").ok()? {
+                "avc" if matches!(alignment, None | Some("au")) => {
+                    let codec_data = s.get::<gst::Buffer>("codec_data").ok()?;
+                    let map = codec_data.map_readable().ok()?;
+                    payload::H264Payloader::with_avcc(rtp, mtu, &map)
+                        .ok()
+                        .map(payload::Payloader::H264)
+                }
+                "byte-stream" if alignment == Some("au") => Some(payload::Payloader::H264(
+                    payload::H264Payloader::new(rtp, mtu, payload::H264Framing::ByteStream),
+                )),
+                _ => None,
+            }
+        }
+        "video/x-h265" => {
+            let rtp = rtp.unwrap_or_else(|| payload::RtpState::new(pt, payload::H264_CLOCK_RATE));
+            let alignment = s.get::<&str>("alignment").ok();
+            match s.get::<&str>("stream-format").ok()? {
+                "hvc1" | "hev1" if matches!(alignment, None | Some("au")) => {
+                    let codec_data = s.get::<gst::Buffer>("codec_data").ok()?;
+                    let map = codec_data.map_readable().ok()?;
+                    payload::H265Payloader::with_hvcc(rtp, mtu, &map)
+                        .ok()
+                        .map(payload::Payloader::H265)
+                }
+                "byte-stream" if alignment == Some("au") => Some(payload::Payloader::H265(
+                    payload::H265Payloader::new(rtp, mtu, payload::H264Framing::ByteStream),
+                )),
+                _ => None,
+            }
+        }
+        "audio/x-opus" => {
+            let family = s.get::<i32>("channel-mapping-family").unwrap_or(0);
+            let channels = s.get::<i32>("channels").unwrap_or(2);
+            let rate = s.get::<i32>("rate").unwrap_or(48_000);
+            if family != 0 || !(1..=2).contains(&channels) {
+                return None;
+            }
+            let rtp = rtp.unwrap_or_else(|| payload::RtpState::new(pt, payload::OPUS_CLOCK_RATE));
+            Some(payload::Payloader::Opus(payload::OpusPayloader::new(
+                rtp,
+                channels.unsigned_abs(),
+                rate.unsigned_abs(),
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Payloads every buffer of an appsink sample (one frame each) with `pay`, at the buffer's
+/// running time in the sample's segment; each frame's packets go to `frame` (none for a
+/// buffer that made none). Returns the media description when it became known or changed.
+pub fn payload_sample(
+    pay: &mut payload::Payloader,
+    sample: &gst::Sample,
+    mut frame: impl FnMut(Vec<Bytes>),
+) -> Option<MediaDescription> {
+    let segment = sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>());
+    let mut one = |buffer: &gst::BufferRef| {
+        let Ok(map) = buffer.map_readable() else {
+            return;
+        };
+        let running = segment
+            .zip(buffer.pts())
+            .and_then(|(seg, pts)| seg.to_running_time(pts))
+            .map(gst::ClockTime::nseconds);
+        let mut packets = Vec::new();
+        pay.payload(&map, running, &mut packets);
+        if !packets.is_empty() {
+            frame(packets);
+        }
+    };
+    if let Some(list) = sample.buffer_list() {
+        for buffer in list.iter() {
+            one(buffer);
+        }
+    } else if let Some(buffer) = sample.buffer() {
+        one(buffer);
+    }
+    pay.take_media_change()
 }
 
 /// SDP media description from the caps of an RTP stream (the payloader's output).
@@ -207,10 +315,31 @@ impl PayloadChain {
         cat: gst::DebugCategory,
         verb: &str,
     ) -> Result<(), String> {
-        let codec = caps
+        self.ensure_with(bin, caps, id, mtu, cat, verb, false)
+    }
+
+    /// [`PayloadChain::ensure`], with `native`: no stock payloader, the element payloads
+    /// what reaches the appsink itself ([`native_payloader`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ensure_with(
+        &mut self,
+        bin: &gst::Bin,
+        caps: &gst::CapsRef,
+        id: usize,
+        mtu: u32,
+        cat: gst::DebugCategory,
+        verb: &str,
+        native: bool,
+    ) -> Result<(), String> {
+        let name = caps
             .structure(0)
             .map(|s| s.name().to_string())
             .ok_or("empty caps")?;
+        let codec = if native {
+            format!("{name} (payloaded in Rust)")
+        } else {
+            name
+        };
         if self.codec.as_deref() == Some(codec.as_str()) {
             return Ok(());
         }
@@ -218,8 +347,12 @@ impl PayloadChain {
             let _ = old.set_state(gst::State::Null);
             let _ = bin.remove(&old);
         }
-        let pt = 96 + (id % 32) as u32;
-        let payloader = payloader_for(caps, pt, mtu)?;
+        let pt = u32::from(payload_type(id));
+        let payloader = if native {
+            None
+        } else {
+            payloader_for(caps, pt, mtu)?
+        };
         let sinkpad = match &payloader {
             Some(p) => {
                 bin.add(p).map_err(|e| e.to_string())?;

@@ -182,6 +182,81 @@ fn falls_back_to_tcp_when_the_server_refuses_udp() {
     publish_into_gst_rtsp_server("udp+tcp", gst_rtsp::RTSPLowerTrans::TCP);
 }
 
+/// H.264 and Opus are payloaded by our Rust payloaders (no `rtph264pay`/`rtpopuspay` inside the
+/// element) and the stock depayloaders behind gst-rtsp-server decode every frame: H.264 as
+/// `avc` (the parameter sets from codec_data, sent before every IDR) with `mtu=300`, so that
+/// keyframes go as FU-A fragments of at most 300 bytes.
+#[test]
+fn rust_payloaders_are_decoded_by_the_stock_depayloaders() {
+    init();
+    let (server, decoded) = record_server_with(
+        RECORD_LAUNCH,
+        gst_rtsp::RTSPLowerTrans::TCP,
+        Access::default(),
+    );
+    let desc = format!(
+        "rtspclientsink2 name=sink location={} protocols=tcp mtu=300 \
+         videotestsrc num-buffers={VIDEO_FRAMES} ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 name=venc ! h264parse \
+         ! video/x-h264,stream-format=avc,alignment=au ! sink.sink_0 \
+         {OPUS} ! sink.sink_1",
+        server.url_as("rtsp")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let sink = pipeline.by_name("sink").unwrap();
+    assert_ours(&sink);
+    let encoded = (Arc::new(Mutex::new(0usize)), Arc::new(Mutex::new(0usize)));
+    for (name, counter) in [("venc", &encoded.0), ("aenc", &encoded.1)] {
+        let counter = counter.clone();
+        let pad = pipeline.by_name(name).unwrap().static_pad("src").unwrap();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            *counter.lock().unwrap() += 1;
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let result = run_to_end(&pipeline, Duration::from_secs(20));
+    let stats = sink.property::<gst::Structure>("stats");
+    let inside: Vec<String> = sink
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .iterate_recurse()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.factory().map(|f| f.name().to_string()))
+        .collect();
+    pipeline.set_state(gst::State::Null).unwrap();
+    result.unwrap();
+    assert!(
+        !inside.iter().any(|f| f.starts_with("rtp")),
+        "a stock payloader inside: {inside:?}"
+    );
+    let (video, audio) = (*encoded.0.lock().unwrap(), *encoded.1.lock().unwrap());
+    assert_eq!(video, VIDEO_FRAMES, "frames the encoder made");
+    assert!(
+        audio >= AUDIO_FRAMES,
+        "Opus frames the encoder made: {audio}"
+    );
+    let got = wait_counts(&decoded, video, audio);
+    assert_eq!(
+        got,
+        (video, audio),
+        "frames decoded (video, audio); {stats}"
+    );
+    let streams = stats.get::<gst::Array>("streams").unwrap();
+    let video_stats = streams.as_slice()[0].get::<gst::Structure>().unwrap();
+    let packets = video_stats.get::<u64>("packets-sent").unwrap();
+    let bytes = video_stats.get::<u64>("bytes-sent").unwrap();
+    // Every packet at most 300 bytes: the payload bytes need more packets than that allows.
+    assert!(
+        bytes <= packets * (300 - 12),
+        "{bytes} payload bytes in {packets} packets exceed mtu=300: {stats}"
+    );
+    assert!(packets > video as u64, "keyframes fragmented: {stats}");
+}
+
 /// ffmpeg 5.1 as the server (`-rtsp_flags listen`, which takes only a lowercase `mode=record`,
 /// where stock rtspclientsink fails): the file it writes has every frame.
 fn publish_into_ffmpeg(protocol: &str) {

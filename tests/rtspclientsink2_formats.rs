@@ -322,6 +322,17 @@ both_ways! {
     pcma_into_gst_rtsp_server, pcma_from_rtspclientsink, g711("alawenc"), "tcp";
 }
 
+/// H.265 as `hvc1` (length-prefixed, the parameter sets from codec_data) into our Rust
+/// payloader, over UDP: every frame decoded behind gst-rtsp-server.
+#[test]
+fn h265_hvc1_into_gst_rtsp_server() {
+    let source = format!(
+        "{VIDEO} ! x265enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! h265parse \
+         ! video/x-h265,stream-format=hvc1,alignment=au ! identity name=enc"
+    );
+    publish(&source, "udp", Expect::VideoFrames);
+}
+
 // Stock rtspclientsink takes no `application/x-rtp` input ("could not link"): these are
 // published one way only.
 #[test]

@@ -12,12 +12,15 @@
 //! * [`ntp`]: 64-bit and 16.16 NTP timestamp conversions (RFC 3550 section 4, RFC 5905).
 //! * [`keyframe`]: random-access point detection for H.264 (RFC 6184), H.265 (RFC 7798),
 //!   VP8 (RFC 7741) and VP9 (RFC 9628) payloads.
+//! * [`payload`]: H.264 (RFC 6184) and Opus (RFC 7587) payloading into the packets a sender
+//!   writes, no object per packet.
 //!
 //! Every parser works on untrusted input: it never panics and never reads out of bounds.
 
 pub mod jitterbuffer;
 pub mod keyframe;
 pub mod ntp;
+pub mod payload;
 pub mod rtcp;
 pub mod ssrc;
 pub mod stats;

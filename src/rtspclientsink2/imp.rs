@@ -1,9 +1,12 @@
 //! `rtspclientsink2`: publishes its inputs to an RTSP server (ANNOUNCE + RECORD), a drop-in for
 //! stock `rtspclientsink`.
 //!
-//! Each request pad gets, once its caps are known, the stock RTP payloader for the codec (none
-//! for `application/x-rtp`, see [`crate::payloading`]) and an appsink. The payloader's output
-//! caps become the stream's SDP media description; once every pad has one, the publisher
+//! Each request pad gets, once its caps are known, an appsink and, for H.264 and Opus, a Rust
+//! payloader ([`crate::rtp::payload`]) that makes each sample's RTP packets in the appsink
+//! callback (no payloader element, no buffer per packet); other codecs get the stock RTP
+//! payloader in front of the appsink (none for `application/x-rtp`, see
+//! [`crate::payloading`]). The payloader's media description (the Rust payloader's, or the
+//! stock payloader's output caps) becomes the stream's SDP; once every pad has one, the publisher
 //! ([`crate::rtsp::client::record::Publisher`]) connects and records. The appsink callbacks only
 //! queue packets (never block on the network); frames that do not fit are dropped whole and a
 //! keyframe is asked for upstream.
@@ -17,6 +20,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::payloading::{self, PayloadChain, media_description, sample_packets};
+use crate::rtp::payload::Payloader;
 use crate::rtsp::client::record::{NtpClock, PublishConfig, PublishEvent, Publisher, Pushed};
 use crate::rtsp::client::{ClientConfig, ClientError, redact_url};
 use crate::rtsp::sdp::MediaDescription;
@@ -102,7 +106,12 @@ struct PadChain {
     media: Option<MediaDescription>,
     /// Its stream in the publisher (pads in id order), once publishing.
     index: Option<usize>,
+    /// The Rust payloader, when the pad's format has one (shared with the appsink callback).
+    native: NativeSlot,
 }
+
+/// A pad's Rust payloader; `None`: the stock payloader (or none) in front of the appsink.
+type NativeSlot = Arc<Mutex<Option<Payloader>>>;
 
 #[derive(Default)]
 struct State {
@@ -291,7 +300,9 @@ impl RtspClientSink2 {
         }
     }
 
-    /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps.
+    /// Builds (or rebuilds, on a codec change) the payloader chain for a pad's new caps: the
+    /// Rust payloader where the format has one (rebuilt on every caps, keeping its SSRC and
+    /// sequence numbers), else the stock one.
     fn ensure_chain(&self, pad: &gst::GhostPad, caps: &gst::Caps) -> Result<(), String> {
         let mtu = self.settings.lock().unwrap().mtu;
         let mut state = self.state.lock().unwrap();
@@ -299,28 +310,33 @@ impl RtspClientSink2 {
         else {
             return Err("unknown pad".into());
         };
-        pad_chain
-            .chain
-            .ensure(self.obj().upcast_ref(), caps, id, mtu, *CAT, "publish")
-    }
-
-    fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
-        payloading::sink_event(self.obj().upcast_ref(), pad, event, "publish", |caps| {
-            self.ensure_chain(pad, caps)
-        })
-    }
-
-    fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef) {
-        let Some(desc) = media_description(caps) else {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "stream {} has unusable RTP caps {}",
+        let media = {
+            let mut slot = pad_chain.native.lock().unwrap();
+            let rtp = slot.as_ref().map(|p| p.rtp().clone());
+            *slot = payloading::native_payloader(caps, payloading::payload_type(id), mtu, rtp);
+            pad_chain.chain.ensure_with(
+                self.obj().upcast_ref(),
+                caps,
                 id,
-                caps
-            );
-            return;
+                mtu,
+                *CAT,
+                "publish",
+                slot.is_some(),
+            )?;
+            slot.as_mut().and_then(|p| {
+                p.take_media_change();
+                p.media()
+            })
         };
+        drop(state);
+        if let Some(media) = media {
+            self.set_media(id, media);
+        }
+        Ok(())
+    }
+
+    /// Stream `id`'s media description is `desc` (before publishing: for the ANNOUNCE).
+    fn set_media(&self, id: usize, desc: MediaDescription) {
         let index = {
             let mut state = self.state.lock().unwrap();
             let Some(chain) = state.pads.get_mut(&id) else {
@@ -334,7 +350,31 @@ impl RtspClientSink2 {
         }
     }
 
-    fn on_sample(&self, id: usize, sample: &gst::Sample) {
+    fn sink_event(&self, pad: &gst::GhostPad, event: gst::Event) -> bool {
+        payloading::sink_event(self.obj().upcast_ref(), pad, event, "publish", |caps| {
+            self.ensure_chain(pad, caps)
+        })
+    }
+
+    fn on_rtp_caps(&self, id: usize, caps: &gst::CapsRef, native: &NativeSlot) {
+        if native.lock().unwrap().is_some() {
+            // The elementary stream's caps: the Rust payloader describes the stream.
+            return;
+        }
+        let Some(desc) = media_description(caps) else {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "stream {} has unusable RTP caps {}",
+                id,
+                caps
+            );
+            return;
+        };
+        self.set_media(id, desc);
+    }
+
+    fn on_sample(&self, id: usize, sample: &gst::Sample, native: &NativeSlot) {
         let Some(publisher) = self.publisher() else {
             return;
         };
@@ -346,7 +386,21 @@ impl RtspClientSink2 {
             .get(&id)
             .and_then(|c| c.index);
         let Some(index) = index else { return };
-        if publisher.push(index, sample_packets(sample)) == (Pushed::Dropped { first: true }) {
+        let mut want_keyframe = false;
+        let mut push = |packets| {
+            want_keyframe |= publisher.push(index, packets) == (Pushed::Dropped { first: true });
+        };
+        let changed = match native.lock().unwrap().as_mut() {
+            Some(pay) => payloading::payload_sample(pay, sample, &mut push),
+            None => {
+                push(sample_packets(sample));
+                None
+            }
+        };
+        if let Some(media) = changed {
+            self.set_media(id, media);
+        }
+        if want_keyframe {
             let pad = self
                 .state
                 .lock()
@@ -545,6 +599,8 @@ impl ElementImpl for RtspClientSink2 {
         let weak = self.obj().downgrade();
         let weak_eos = weak.clone();
         let weak_caps = weak.clone();
+        let native: NativeSlot = Arc::default();
+        let (native_sample, native_caps) = (native.clone(), native.clone());
         let appsink = PayloadChain::appsink(
             id,
             gst_app::AppSinkCallbacks::builder()
@@ -553,7 +609,7 @@ impl ElementImpl for RtspClientSink2 {
                     let Some(obj) = weak.upgrade() else {
                         return Err(gst::FlowError::Flushing);
                     };
-                    obj.imp().on_sample(id, &sample);
+                    obj.imp().on_sample(id, &sample, &native_sample);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .eos(move |_| {
@@ -564,7 +620,7 @@ impl ElementImpl for RtspClientSink2 {
                 .build(),
             move |caps| {
                 if let Some(obj) = weak_caps.upgrade() {
-                    obj.imp().on_rtp_caps(id, caps);
+                    obj.imp().on_rtp_caps(id, caps, &native_caps);
                 }
             },
         )?;
@@ -588,6 +644,7 @@ impl ElementImpl for RtspClientSink2 {
                 chain: PayloadChain::new(ghost.clone(), appsink),
                 media: None,
                 index: None,
+                native,
             },
         );
         drop(state);
@@ -637,6 +694,7 @@ impl ElementImpl for RtspClientSink2 {
             for chain in state.pads.values_mut() {
                 chain.chain.reset(self.obj().upcast_ref());
                 chain.media = None;
+                *chain.native.lock().unwrap() = None;
             }
         }
         result
