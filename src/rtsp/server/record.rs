@@ -1280,7 +1280,9 @@ fn on_publisher_rtp(
             }
         }
     }
-    let dropped = rec.queue.push_packets(publisher, stream, packets, exclusive);
+    let dropped = rec
+        .queue
+        .push_packets(publisher, stream, packets, exclusive);
     if dropped > 0 {
         let total = rec.queue.dropped.load(Ordering::Relaxed);
         // Logged when the count reaches the next power of two, not per packet.
@@ -1368,7 +1370,8 @@ impl Drop for UdpRtpThread {
             // it hands packets over): it ends right after, having seen the flag. A thread
             // handing packets over ends once downstream returns: a server task (this drop
             // runs on one) does not wait for downstream.
-            if t.thread().id() != std::thread::current().id() && !self.handing.load(Ordering::SeqCst)
+            if t.thread().id() != std::thread::current().id()
+                && !self.handing.load(Ordering::SeqCst)
             {
                 let _ = t.join();
             }
