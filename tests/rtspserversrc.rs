@@ -772,6 +772,86 @@ fn a_udp_stream_is_pushed_from_its_receive_thread_and_a_blocked_push_holds_up_no
     }
 }
 
+/// How many buffers each push out of rtspserversrc carried, in
+/// [`tcp_video_reaches_the_pad_a_frame_at_a_time`].
+static PUSH_SIZES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Into a fakesink, noting the size of each push (1 for a buffer, the length of a list).
+fn note_push_sizes(pipeline: &gst::Pipeline, pad: &gst::Pad, _counts: &Counts) {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    sink.sync_state_with_parent().unwrap();
+    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        |_, info| {
+            let n = match &info.data {
+                Some(gst::PadProbeData::BufferList(l)) => l.len(),
+                _ => 1,
+            };
+            PUSH_SIZES.lock().unwrap().push(n);
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// Over TCP a video stream whose publisher marks the ends of its frames reaches the pad's task
+/// a frame at a time (one wake-up of the task, one push of the frame), even when the frame's
+/// packets come apart in time.
+#[test]
+fn tcp_video_reaches_the_pad_a_frame_at_a_time() {
+    let receiver = Receiver::start_with("", note_push_sizes);
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    record_over_tcp(&mut c, &url, "mode=record");
+    // Frame `f` as packets `first..first + n`, the last with the marker bit.
+    let frame = |f: u32, first: u16, n: u16| -> Vec<Vec<u8>> {
+        (first..first + n)
+            .map(|seq| {
+                let mut p = rtp_packet(0x1122_3344, seq);
+                p[4..8].copy_from_slice(&(f * 3000).to_be_bytes());
+                if seq == first + n - 1 {
+                    p[1] |= 0x80;
+                }
+                interleaved(0, &p)
+            })
+            .collect()
+    };
+    // A first frame shows that the publisher marks frame ends.
+    c.send_raw(&frame(1, 1, 3).concat());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while PUSH_SIZES.lock().unwrap().iter().sum::<usize>() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            PUSH_SIZES.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    PUSH_SIZES.lock().unwrap().clear();
+    // Two frames of 5 packets, 10 ms apart each: the pad's task would wake for each.
+    for (f, first) in [(2, 4), (3, 9)] {
+        for packet in frame(f, first, 5) {
+            c.send_raw(&packet);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    while PUSH_SIZES.lock().unwrap().iter().sum::<usize>() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            PUSH_SIZES.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*PUSH_SIZES.lock().unwrap(), [5, 5]);
+}
+
 /// Over UDP each stream of a publisher has a receive thread of its own, `rtsprec-PORT` (PORT
 /// the server's RTP port), which takes the publisher's datagrams only and ends with the
 /// publisher: after TEARDOWN the thread is gone and the port pair is free again.
