@@ -260,9 +260,10 @@ impl PadQueue {
         }
     }
 
-    /// Sleeps until packets come, `deadline` passes (never if None) or a kick; returns the
-    /// packets. None once stopped.
-    pub fn wait(&self, deadline: Option<Instant>) -> Option<Vec<Bytes>> {
+    /// Sleeps until packets come, `deadline` passes (never if None) or a kick. False once
+    /// stopped. The packets are taken with [`Self::take`], under the stream's [`StreamWork`]
+    /// lock.
+    pub fn wait(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.state.lock().unwrap();
         if state.packets.is_empty() && !state.kicked && !state.stopped {
             state.waiting = true;
@@ -276,7 +277,18 @@ impl PadQueue {
             state.waiting = false;
         }
         state.kicked = false;
-        (!state.stopped).then(|| std::mem::take(&mut state.packets))
+        !state.stopped
+    }
+
+    /// The packets queued now (none once stopped). Taken under the stream's [`StreamWork`]
+    /// lock, by the pad task or by a thread that feeds the stream itself: so packets queued
+    /// before that thread's own are processed before them, whoever takes them.
+    pub fn take(&self) -> Vec<Bytes> {
+        let mut state = self.state.lock().unwrap();
+        if state.stopped {
+            return Vec::new();
+        }
+        std::mem::take(&mut state.packets)
     }
 }
 
@@ -533,11 +545,13 @@ pub fn start_stream(pad: &gst::Pad, setup: StreamSetup) -> Result<PadState, glib
     let task_queue = queue.clone();
     pad.start_task(move || {
         let deadline = task_work.lock().unwrap().jitterbuffer.next_deadline();
-        let Some(packets) = task_queue.wait(deadline) else {
+        if !task_queue.wait(deadline) {
             let _ = task_pad.pause_task();
             return;
-        };
+        }
         let mut work = task_work.lock().unwrap();
+        // Under the lock (see `PadQueue::take`).
+        let packets = task_queue.take();
         let due = work
             .jitterbuffer
             .next_deadline()

@@ -565,16 +565,18 @@ fn the_publisher_gets_receiver_reports() {
     assert_eq!(stream.get::<u64>("sender-reports").unwrap(), 1, "{stream}");
 }
 
-/// Over UDP each stream of a publisher has a receive thread of its own, `rtsprec-PORT` (PORT
-/// the server's RTP port), which takes the publisher's datagrams only and ends with the
-/// publisher: after TEARDOWN the thread is gone and the port pair is free again.
-#[test]
-fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
+/// A raw publisher's UDP side: its RTP socket, the server's RTP and RTCP ports, the session.
+struct UdpPublisher {
+    rtp: std::net::UdpSocket,
+    _rtcp: std::net::UdpSocket,
+    ports: Vec<u16>,
+    session: String,
+}
+
+/// ANNOUNCE of [`GOOD_SDP`], SETUP over UDP and RECORD on `c`.
+fn record_over_udp(c: &mut RawClient, url: &str) -> UdpPublisher {
     use std::net::UdpSocket;
-    let receiver = Receiver::start("");
-    let url = receiver.url();
-    let mut c = RawClient::connect(receiver.port);
-    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    assert_eq!(announce_on(c, url, GOOD_SDP), 200);
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rtcp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let transport = format!(
@@ -598,8 +600,241 @@ fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
         .map(|p| p.parse().unwrap())
         .collect();
     let session = r.session().expect("a session");
-    let r = c.request("RECORD", &url, &[("Session", session.as_str())], "");
+    let r = c.request("RECORD", url, &[("Session", session.as_str())], "");
     assert_eq!(r.status, 200);
+    UdpPublisher {
+        rtp,
+        _rtcp: rtcp,
+        ports,
+        session,
+    }
+}
+
+/// The threads that pushed buffers out of rtspserversrc in
+/// [`a_udp_stream_is_pushed_from_its_receive_thread_and_a_blocked_push_holds_up_no_teardown`],
+/// and whether its probe holds them now.
+static PUSHERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static HOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Into a fakesink, noting which thread pushes and holding it while [`HOLD`] is set.
+fn note_pushers(pipeline: &gst::Pipeline, pad: &gst::Pad, _counts: &Counts) {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    sink.sync_state_with_parent().unwrap();
+    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        |_, _| {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            PUSHERS.lock().unwrap().push(name);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while HOLD.load(Ordering::SeqCst) && Instant::now() < deadline {
+                HELD.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            HELD.store(false, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// Over UDP the receive thread jitter-buffers and pushes the stream itself (no hand-over to
+/// the pad's task: one wake-up per burst). Downstream holding that push holds up neither the
+/// server: TEARDOWN is answered at once, and the thread ends, freeing its ports, once the push
+/// returns.
+#[test]
+fn a_udp_stream_is_pushed_from_its_receive_thread_and_a_blocked_push_holds_up_no_teardown() {
+    use std::net::UdpSocket;
+    let receiver = Receiver::start_with("", note_pushers);
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let p = record_over_udp(&mut c, &url);
+    let thread = format!("rtsprec-{}", p.ports[0]);
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], p.ports[0]));
+    // Packets 1 to 10, then once they are out, 11 to 20 (the first ones may have come before
+    // the pad, queued for its task).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for seq in 1..=10u16 {
+        p.rtp
+            .send_to(&rtp_packet(0x1122_3344, seq), server)
+            .unwrap();
+    }
+    while PUSHERS.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "nothing pushed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    PUSHERS.lock().unwrap().clear();
+    for seq in 11..=20u16 {
+        p.rtp
+            .send_to(&rtp_packet(0x1122_3344, seq), server)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    while PUSHERS.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing pushed after the pad existed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let pushers = PUSHERS.lock().unwrap().clone();
+    assert!(
+        pushers.iter().all(|t| *t == thread),
+        "pushed from {pushers:?}, not only {thread}"
+    );
+
+    // Downstream holds the receive thread's push.
+    HOLD.store(true, Ordering::SeqCst);
+    p.rtp.send_to(&rtp_packet(0x1122_3344, 21), server).unwrap();
+    while !HELD.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the push was not held");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    let r = c.request("TEARDOWN", &url, &[("Session", p.session.as_str())], "");
+    assert_eq!(r.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "TEARDOWN waited {:?} for downstream",
+        start.elapsed()
+    );
+    // The publisher is ended (after the linger) while the push is still held: the server's
+    // task that ends it does not wait for the thread.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while receiver
+        .src
+        .property::<gst::Structure>("stats")
+        .get::<bool>("publishing")
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the publisher was not ended while downstream held its thread"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(HELD.load(Ordering::SeqCst), "the push was let go too early");
+    HOLD.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gone = !common::threads_by_name().contains_key(&thread);
+        let free = p
+            .ports
+            .iter()
+            .all(|port| UdpSocket::bind(("127.0.0.1", *port)).is_ok());
+        if gone && free {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "once downstream returned: thread gone {gone}, ports free {free}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How many buffers each push out of rtspserversrc carried, in
+/// [`tcp_video_reaches_the_pad_a_frame_at_a_time`].
+static PUSH_SIZES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Into a fakesink, noting the size of each push (1 for a buffer, the length of a list).
+fn note_push_sizes(pipeline: &gst::Pipeline, pad: &gst::Pad, _counts: &Counts) {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    sink.sync_state_with_parent().unwrap();
+    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        |_, info| {
+            let n = match &info.data {
+                Some(gst::PadProbeData::BufferList(l)) => l.len(),
+                _ => 1,
+            };
+            PUSH_SIZES.lock().unwrap().push(n);
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// Over TCP a video stream whose publisher marks the ends of its frames reaches the pad's task
+/// a frame at a time (one wake-up of the task, one push of the frame), even when the frame's
+/// packets come apart in time.
+#[test]
+fn tcp_video_reaches_the_pad_a_frame_at_a_time() {
+    let receiver = Receiver::start_with("", note_push_sizes);
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    record_over_tcp(&mut c, &url, "mode=record");
+    // Frame `f` as packets `first..first + n`, the last with the marker bit.
+    let frame = |f: u32, first: u16, n: u16| -> Vec<Vec<u8>> {
+        (first..first + n)
+            .map(|seq| {
+                let mut p = rtp_packet(0x1122_3344, seq);
+                p[4..8].copy_from_slice(&(f * 3000).to_be_bytes());
+                if seq == first + n - 1 {
+                    p[1] |= 0x80;
+                }
+                interleaved(0, &p)
+            })
+            .collect()
+    };
+    // A first frame shows that the publisher marks frame ends.
+    c.send_raw(&frame(1, 1, 3).concat());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while PUSH_SIZES.lock().unwrap().iter().sum::<usize>() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            PUSH_SIZES.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    PUSH_SIZES.lock().unwrap().clear();
+    // Two frames of 5 packets, 10 ms apart each: the pad's task would wake for each.
+    for (f, first) in [(2, 4), (3, 9)] {
+        for packet in frame(f, first, 5) {
+            c.send_raw(&packet);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    while PUSH_SIZES.lock().unwrap().iter().sum::<usize>() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            PUSH_SIZES.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*PUSH_SIZES.lock().unwrap(), [5, 5]);
+}
+
+/// Over UDP each stream of a publisher has a receive thread of its own, `rtsprec-PORT` (PORT
+/// the server's RTP port), which takes the publisher's datagrams only and ends with the
+/// publisher: after TEARDOWN the thread is gone and the port pair is free again.
+#[test]
+fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
+    use std::net::UdpSocket;
+    let receiver = Receiver::start("");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let UdpPublisher {
+        rtp,
+        _rtcp,
+        ports,
+        session,
+    } = record_over_udp(&mut c, &url);
     let thread = format!("rtsprec-{}", ports[0]);
     assert_eq!(
         common::threads_by_name().get(&thread),
@@ -617,20 +852,21 @@ fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
             .send_to(&rtp_packet(0x5566_7788, seq.wrapping_mul(997)), server)
             .unwrap();
     }
+    // None until the element made the stream's pad (its own thread, behind RECORD's answer).
     let stream = || {
         let stats = receiver.src.property::<gst::Structure>("stats");
         let streams = stats.get::<gst::Array>("streams").unwrap();
-        streams.first().unwrap().get::<gst::Structure>().unwrap()
+        streams.first().map(|s| s.get::<gst::Structure>().unwrap())
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     // 30 sent; the first is the source's probation (RFC 3550 A.1), not counted.
-    while stream().get::<u64>("packets-received").unwrap() < 29 {
-        assert!(Instant::now() < deadline, "{}", stream());
+    while stream().map_or(0, |s| s.get::<u64>("packets-received").unwrap()) < 29 {
+        assert!(Instant::now() < deadline, "{:?}", stream());
         std::thread::sleep(Duration::from_millis(20));
     }
     // Had the other sender's packets been taken, they would count too, or as losses.
     std::thread::sleep(Duration::from_millis(200));
-    let s = stream();
+    let s = stream().expect("the stream's pad");
     assert_eq!(s.get::<u64>("packets-received").unwrap(), 29, "{s}");
     assert_eq!(s.get::<i64>("packets-lost").unwrap(), 0, "{s}");
 

@@ -157,6 +157,14 @@ pub struct PublisherStats {
 pub trait PacketSink: Send + Sync {
     /// Takes the packets without blocking; returns how many it dropped (its own bound).
     fn push(&self, packets: Vec<Bytes>) -> usize;
+
+    /// Takes the packets on a thread that serves this stream alone (a UDP stream's receive
+    /// thread), which may do the owner's work with them itself, blocking as long as that
+    /// takes: the server holds no lock meanwhile. Packets handed over earlier with
+    /// [`PacketSink::push`] must come first. By default the same as `push`.
+    fn push_exclusive(&self, packets: Vec<Bytes>) -> usize {
+        self.push(packets)
+    }
 }
 
 /// The bounded hand-over from the server's tasks to the owner. Never blocks a producer.
@@ -221,8 +229,15 @@ impl RecordQueue {
     }
 
     /// Hands packets to the stream's sink, or queues them unless that would exceed the limit;
-    /// returns how many were dropped.
-    fn push_packets(&self, publisher: u64, stream: usize, packets: Vec<Bytes>) -> usize {
+    /// returns how many were dropped. `exclusive`: the calling thread serves this stream alone
+    /// (see [`PacketSink::push_exclusive`]).
+    fn push_packets(
+        &self,
+        publisher: u64,
+        stream: usize,
+        packets: Vec<Bytes>,
+        exclusive: bool,
+    ) -> usize {
         let mut s = self.state.lock().unwrap();
         if s.closed {
             return 0;
@@ -232,9 +247,20 @@ impl RecordQueue {
             .iter()
             .find(|(p, st, _)| *p == publisher && *st == stream)
         {
-            // Under the lock, so that nothing overtakes what `attach` hands over.
-            let dropped = sink.push(packets);
-            drop(s);
+            let dropped = if exclusive {
+                // Outside the lock: the sink may push downstream, which may block, and must
+                // hold up neither the server's tasks nor the other streams. Nothing overtakes
+                // what `attach` handed over: it did so before the sink was found here, and the
+                // sink processes what it was handed first.
+                let sink = sink.clone();
+                drop(s);
+                sink.push_exclusive(packets)
+            } else {
+                // Under the lock, so that nothing overtakes what `attach` hands over.
+                let dropped = sink.push(packets);
+                drop(s);
+                dropped
+            };
             self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
             return dropped;
         }
@@ -404,6 +430,13 @@ pub(super) struct RecChannel {
     rtcp: bool,
     alive: Weak<AliveStamp>,
     recv: Weak<Mutex<RecvState>>,
+    /// A video stream's RTP: its packets are handed over a frame at a time once one with the
+    /// marker bit came (see [`Shared::on_record_interleaved`]).
+    coalesce: bool,
+    /// A packet with the marker bit came: the publisher marks the ends of its frames.
+    marks: bool,
+    /// The packets of the video frame still arriving.
+    pending: Vec<Bytes>,
 }
 
 type Resp = rtsp_types::Response<Vec<u8>>;
@@ -888,6 +921,7 @@ impl Shared {
                         (base, base + 1)
                     }
                 };
+                let video = stream.desc.media.eq_ignore_ascii_case("video");
                 for (ch, rtcp) in [(channels.0, false), (channels.1, true)] {
                     setups.record_channels.insert(
                         ch,
@@ -897,6 +931,9 @@ impl Shared {
                             rtcp,
                             alive: Arc::downgrade(&alive),
                             recv: Arc::downgrade(&stream.stats),
+                            coalesce: video && !rtcp,
+                            marks: false,
+                            pending: Vec::new(),
                         },
                     );
                 }
@@ -1025,33 +1062,55 @@ impl Shared {
     }
 
     /// An interleaved frame on a record connection. False: not a record channel.
+    ///
+    /// A video stream's RTP packets are handed over a frame at a time once the publisher was
+    /// seen to mark the ends of its frames (RFC 3550 §5.1 marker bit; RFC 6184 §5.1 for
+    /// H.264): those without the marker bit (the frame goes on) wait on the channel until the
+    /// one with it, one of another RTP timestamp (a frame whose end was not marked) or
+    /// [`COALESCE_PACKETS`] of them. The packets of a frame follow each other on the
+    /// connection, so this costs the frame no time worth speaking of, and the element's pad
+    /// task one wake-up per frame instead of one per packet. Audio packets, and the packets of
+    /// a publisher that sets no marker (nothing would end a frame but the next one), are
+    /// handed over at once.
     pub(super) fn on_record_interleaved(&self, ctx: &ConnCtx, channel: u8, data: &Bytes) -> bool {
         let Some(rec) = self.record.as_ref() else {
             return false;
         };
-        let setups = ctx.setups.lock().unwrap();
-        let Some(c) = setups.record_channels.get(&channel) else {
+        let mut setups = ctx.setups.lock().unwrap();
+        let Some(c) = setups.record_channels.get_mut(&channel) else {
             return false;
         };
         let (publisher, stream, rtcp_channel) = (c.publisher, c.stream, c.rtcp);
         let (alive, recv) = (c.alive.upgrade(), c.recv.upgrade());
-        drop(setups);
         let (Some(alive), Some(recv)) = (alive, recv) else {
             // The publisher is gone: its late packets are ignored.
+            c.pending.clear();
             return true;
         };
+        if c.coalesce && !c.marks && rtp_marker(data) {
+            c.marks = true;
+        }
+        let packets = if !c.marks {
+            vec![data.clone()]
+        } else {
+            let same_frame = c
+                .pending
+                .first()
+                .is_none_or(|first| rtp_timestamp(first) == rtp_timestamp(data));
+            c.pending.push(data.clone());
+            if same_frame && !rtp_marker(data) && c.pending.len() < COALESCE_PACKETS {
+                drop(setups);
+                alive.touch();
+                return true;
+            }
+            std::mem::take(&mut c.pending)
+        };
+        drop(setups);
         alive.touch();
         if rtcp_channel {
             self.on_publisher_rtcp(rec, publisher, stream, &recv, data);
         } else {
-            on_publisher_rtp(
-                rec,
-                publisher,
-                stream,
-                &recv,
-                vec![data.clone()],
-                &self.name,
-            );
+            on_publisher_rtp(rec, publisher, stream, &recv, packets, &self.name, false);
         }
         true
     }
@@ -1181,7 +1240,8 @@ impl Shared {
     }
 }
 
-/// Counts a packet for the reports and hands the packets over.
+/// Counts a packet for the reports and hands the packets over; `exclusive`: on a thread that
+/// serves this stream alone (see [`PacketSink::push_exclusive`]).
 fn on_publisher_rtp(
     rec: &RecordState,
     publisher: u64,
@@ -1189,6 +1249,7 @@ fn on_publisher_rtp(
     recv: &Mutex<RecvState>,
     packets: Vec<Bytes>,
     name: &str,
+    exclusive: bool,
 ) {
     {
         let mut st = recv.lock().unwrap();
@@ -1219,7 +1280,9 @@ fn on_publisher_rtp(
             }
         }
     }
-    let dropped = rec.queue.push_packets(publisher, stream, packets);
+    let dropped = rec
+        .queue
+        .push_packets(publisher, stream, packets, exclusive);
     if dropped > 0 {
         let total = rec.queue.dropped.load(Ordering::Relaxed);
         // Logged when the count reaches the next power of two, not per packet.
@@ -1250,13 +1313,19 @@ struct UdpCtx {
 
 /// RTP of one stream over UDP, on a thread of its own blocked in `recvmmsg`
 /// ([`Datagrams`]): woken once per burst of datagrams, it takes every one queued and hands
-/// those from the publisher's address to [`on_publisher_rtp`] in one go. A task on the shared
-/// runtime paid per datagram a worker's wake-up, an epoll round trip and a read that found the
-/// queue empty, most of the receiving process's time over UDP. Dropping it stops the thread:
-/// shutting the socket down wakes it at once on Linux (elsewhere within [`Self::POLL`]), and
-/// it is joined unless the drop happens on the thread itself.
+/// those from the publisher's address to [`on_publisher_rtp`] in one go, as the stream's only
+/// feeder (the owner's sink may jitter-buffer and push them downstream on this thread, see
+/// [`PacketSink::push_exclusive`]). A task on the shared runtime paid per datagram a worker's
+/// wake-up, an epoll round trip and a read that found the queue empty, most of the receiving
+/// process's time over UDP. Dropping it stops the thread: shutting the socket down wakes it at
+/// once on Linux (elsewhere within [`Self::POLL`]), and it is joined unless the drop happens on
+/// the thread itself or the thread is handing packets over (downstream may block: the thread
+/// then ends, and frees its port, as soon as that returns; the socket, shut down, takes nothing
+/// more meanwhile).
 struct UdpRtpThread {
     stop: Arc<AtomicBool>,
+    /// The thread is handing packets to the owner.
+    handing: Arc<AtomicBool>,
     /// The thread's socket, to shut down.
     socket: std::net::UdpSocket,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1273,13 +1342,15 @@ impl UdpRtpThread {
         let handle = socket.try_clone()?;
         let port = socket.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let handing = Arc::new(AtomicBool::new(false));
+        let (stopped, busy) = (stop.clone(), handing.clone());
         let thread = std::thread::Builder::new()
             // The port as in SETUP's answer and the logs (15 bytes at most are kept).
             .name(format!("rtsprec-{port}"))
-            .spawn(move || udp_rtp_receiver(&ctx, &socket, &stopped))?;
+            .spawn(move || udp_rtp_receiver(&ctx, &socket, &stopped, &busy))?;
         Ok(UdpRtpThread {
             stop,
+            handing,
             socket: handle,
             thread: Some(thread),
         })
@@ -1288,14 +1359,20 @@ impl UdpRtpThread {
 
 impl Drop for UdpRtpThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        // SeqCst with `handing`: either the thread sees the flag before it hands packets over,
+        // or this sees it handing them (and does not wait for downstream).
+        self.stop.store(true, Ordering::SeqCst);
         // Linux wakes a reader of a shut-down socket even if it is not connected (the call
         // itself then reports ENOTCONN).
         let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             // The thread itself may drop the last reference to the server (it holds one while
-            // it hands packets over): it ends right after, having seen the flag.
-            if t.thread().id() != std::thread::current().id() {
+            // it hands packets over): it ends right after, having seen the flag. A thread
+            // handing packets over ends once downstream returns: a server task (this drop
+            // runs on one) does not wait for downstream.
+            if t.thread().id() != std::thread::current().id()
+                && !self.handing.load(Ordering::SeqCst)
+            {
                 let _ = t.join();
             }
         }
@@ -1311,6 +1388,11 @@ const COALESCE_PACKETS: usize = 256;
 /// Whether an RTP packet has the marker bit (RFC 3550 §5.1; for video the last of a frame).
 fn rtp_marker(p: &[u8]) -> bool {
     p.get(1).is_some_and(|b| b & 0x80 != 0)
+}
+
+/// An RTP packet's timestamp (RFC 3550 §5.1; None: too short to have one).
+fn rtp_timestamp(p: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(4..8)?.try_into().ok()?))
 }
 
 /// The datagrams of the last read that come from the publisher, onto `packets`.
@@ -1333,7 +1415,12 @@ fn take_admitted(ctx: &UdpCtx, shared: &Shared, datagrams: &Datagrams, packets: 
 }
 
 /// The loop of [`UdpRtpThread`]: until stopped or the server is gone.
-fn udp_rtp_receiver(ctx: &UdpCtx, socket: &std::net::UdpSocket, stop: &AtomicBool) {
+fn udp_rtp_receiver(
+    ctx: &UdpCtx,
+    socket: &std::net::UdpSocket,
+    stop: &AtomicBool,
+    handing: &AtomicBool,
+) {
     let mut datagrams = Datagrams::default();
     while !stop.load(Ordering::Acquire) {
         match datagrams.recv(socket) {
@@ -1363,6 +1450,12 @@ fn udp_rtp_receiver(ctx: &UdpCtx, socket: &std::net::UdpSocket, stop: &AtomicBoo
                     continue;
                 }
                 ctx.alive.touch();
+                // See `UdpRtpThread::drop`.
+                handing.store(true, Ordering::SeqCst);
+                if stop.load(Ordering::SeqCst) {
+                    handing.store(false, Ordering::SeqCst);
+                    break;
+                }
                 if let Some(rec) = shared.record.as_ref() {
                     on_publisher_rtp(
                         rec,
@@ -1371,8 +1464,10 @@ fn udp_rtp_receiver(ctx: &UdpCtx, socket: &std::net::UdpSocket, stop: &AtomicBoo
                         &ctx.recv,
                         packets,
                         &shared.name,
+                        true,
                     );
                 }
+                handing.store(false, Ordering::Release);
             }
             Ok(_) => {}
             Err(e)
@@ -1510,9 +1605,9 @@ mod tests {
         let q = RecordQueue::new(100);
         let p = |b: &'static [u8]| vec![Bytes::from_static(b)];
         q.push_control(RecordEvent::Started { publisher: 1 });
-        q.push_packets(1, 0, p(b"a"));
-        q.push_packets(1, 1, p(b"other stream"));
-        q.push_packets(1, 0, p(b"b"));
+        q.push_packets(1, 0, p(b"a"), false);
+        q.push_packets(1, 1, p(b"other stream"), false);
+        q.push_packets(1, 0, p(b"b"), false);
         let sink = Arc::new(Collect {
             got: Mutex::default(),
             room: 4,
@@ -1522,13 +1617,14 @@ mod tests {
             1,
             0,
             vec![Bytes::from_static(b"c"), Bytes::from_static(b"d")],
+            false,
         );
         assert_eq!(*sink.got.lock().unwrap(), [&b"a"[..], b"b", b"c", b"d"]);
         // The sink's own bound counts as the queue's drops.
-        assert_eq!(q.push_packets(1, 0, p(b"e")), 1);
+        assert_eq!(q.push_packets(1, 0, p(b"e"), false), 1);
         assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
         // Everything else stays queued, in order; another publisher's packets too.
-        q.push_packets(2, 0, p(b"next publisher"));
+        q.push_packets(2, 0, p(b"next publisher"), false);
         let mut left = Vec::new();
         while let Some(e) = q.pop(Duration::from_millis(1)) {
             left.push(match e {
@@ -1542,21 +1638,77 @@ mod tests {
         assert_eq!(left, ["started", "1:other stream", "2:next publisher"]);
         // Detached, packets queue again; closed, nothing reaches the sink.
         q.detach(1);
-        q.push_packets(1, 0, p(b"f"));
+        q.push_packets(1, 0, p(b"f"), false);
         assert!(q.pop(Duration::from_millis(1)).is_some());
         q.attach(1, 0, sink.clone());
         q.close();
-        q.push_packets(1, 0, p(b"g"));
+        q.push_packets(1, 0, p(b"g"), false);
         assert_eq!(sink.got.lock().unwrap().len(), 4);
+    }
+
+    /// A sink that notes how each packet came, and whether the queue was locked meanwhile.
+    #[derive(Default)]
+    struct Feeder {
+        queue: Mutex<Option<Arc<RecordQueue>>>,
+        got: Mutex<Vec<(&'static str, Bytes)>>,
+    }
+
+    impl PacketSink for Feeder {
+        fn push(&self, packets: Vec<Bytes>) -> usize {
+            let mut got = self.got.lock().unwrap();
+            got.extend(packets.into_iter().map(|p| ("queued", p)));
+            0
+        }
+
+        fn push_exclusive(&self, packets: Vec<Bytes>) -> usize {
+            let queue = self.queue.lock().unwrap().clone().unwrap();
+            // Free: a sink pushing downstream here holds up neither the server's tasks nor
+            // the other streams.
+            let free = queue.state.try_lock().is_ok();
+            let mut got = self.got.lock().unwrap();
+            got.extend(
+                packets
+                    .into_iter()
+                    .map(|p| (if free { "exclusive" } else { "under the lock" }, p)),
+            );
+            0
+        }
+    }
+
+    #[test]
+    fn a_thread_feeding_a_stream_alone_hands_its_packets_over_outside_the_queue_lock() {
+        let q = Arc::new(RecordQueue::new(100));
+        let p = |b: &'static [u8]| vec![Bytes::from_static(b)];
+        let sink = Arc::new(Feeder::default());
+        *sink.queue.lock().unwrap() = Some(q.clone());
+        q.push_packets(1, 0, p(b"before"), true);
+        q.attach(1, 0, sink.clone());
+        q.push_packets(1, 0, p(b"udp"), true);
+        q.push_packets(1, 0, p(b"tcp"), false);
+        let got: Vec<_> = sink
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(how, p)| (*how, String::from_utf8_lossy(p).into_owned()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("queued", "before".to_string()),
+                ("exclusive", "udp".to_string()),
+                ("queued", "tcp".to_string())
+            ]
+        );
     }
 
     #[test]
     fn the_queue_drops_packets_beyond_its_limit_but_keeps_control_events() {
         let q = RecordQueue::new(2);
         let p = || vec![Bytes::from_static(b"x")];
-        assert_eq!(q.push_packets(1, 0, p()), 0);
-        assert_eq!(q.push_packets(1, 0, p()), 0);
-        assert_eq!(q.push_packets(1, 0, p()), 1);
+        assert_eq!(q.push_packets(1, 0, p(), false), 0);
+        assert_eq!(q.push_packets(1, 0, p(), false), 0);
+        assert_eq!(q.push_packets(1, 0, p(), false), 1);
         q.push_control(RecordEvent::Started { publisher: 1 });
         assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
         let mut n = 0;
@@ -1564,7 +1716,7 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 3);
-        assert_eq!(q.push_packets(1, 0, p()), 0);
+        assert_eq!(q.push_packets(1, 0, p(), false), 0);
         // Sender Reports are dropped once the queue holds `limit` events; control events not.
         let sr = || RecordEvent::SenderReport {
             publisher: 1,
