@@ -172,6 +172,24 @@ impl Output {
 
     /// Queues a tag or drops it whole; returns whether it was queued.
     pub fn push_tag(&self, tag: Tag) -> bool {
+        self.push(tag, true)
+    }
+
+    /// As [`Output::push_tag`], without waking the consumer: a reader that gathers tags wakes
+    /// it once with [`Output::release`] (a consumer that is awake takes them anyway).
+    pub fn push_tag_held(&self, tag: Tag) -> bool {
+        self.push(tag, false)
+    }
+
+    /// Wakes the consumer if it waits and something is queued.
+    pub fn release(&self) {
+        let inner = self.inner.lock().unwrap();
+        if !inner.items.is_empty() {
+            self.wake(inner);
+        }
+    }
+
+    fn push(&self, tag: Tag, wake: bool) -> bool {
         let mut inner = self.inner.lock().unwrap();
         let header = never_dropped(&tag);
         match tag.kind {
@@ -234,7 +252,9 @@ impl Output {
             inner.bytes += tag.data.len();
         }
         inner.items.push_back(Item::Tag(tag));
-        self.wake(inner);
+        if wake {
+            self.wake(inner);
+        }
         true
     }
 
@@ -386,5 +406,20 @@ mod tests {
         assert!(q.push_tag(tag(TagKind::Audio, 0xaf, 1, 10)));
         assert!(matches!(t.join().unwrap(), Ok(Item::Tag(_))));
         assert_eq!(q.inner.lock().unwrap().waiters, 0);
+        // A held tag does not wake the consumer; release does.
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.pop(None));
+        while q.inner.lock().unwrap().waiters == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the consumer never waited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(q.push_tag_held(tag(TagKind::Audio, 0xaf, 1, 10)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!t.is_finished(), "woken by a held tag");
+        q.release();
+        assert!(matches!(t.join().unwrap(), Ok(Item::Tag(_))));
     }
 }
