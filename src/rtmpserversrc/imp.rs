@@ -751,7 +751,7 @@ impl ObjectImpl for RtmpServerSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
-                    .blurb("Milliseconds reported as the source's latency: how late a tag may arrive after its timestamp (network jitter, bursts) and still be on time for synchronised sinks")
+                    .blurb("Milliseconds reported as the source's latency: how late a tag may arrive after its timestamp (network jitter, bursts) and still be on time for synchronised sinks. A quarter of it (50 ms at most) is how long audio may wait for the next video frame to be pushed with it (fewer wake-ups of the streaming thread); 0: every tag pushed as it is read")
                     .maximum(60_000)
                     .default_value(DEFAULT_LATENCY_MS)
                     .mutable_ready()
@@ -1043,6 +1043,10 @@ impl BaseSrcImpl for RtmpServerSrc {
             hook: Some(self.publish_hook()),
             auth,
             rtmpt: s.rtmpt,
+            // Audio may wait for the next video frame a quarter of the latency we report, 50 ms
+            // at most (latency=0: never).
+            hold: Duration::from_millis(u64::from(s.latency_ms / 4))
+                .min(crate::rtmp::server::listener::MAX_HOLD),
             ..ListenerConfig::default()
         };
         let listener = Listener::start(config, output.clone()).map_err(|e| {

@@ -66,6 +66,9 @@ pub struct ListenerConfig {
     /// RTMPT (RTMP in HTTP POSTs) on the same port: a connection whose first byte is a letter
     /// is taken as HTTP (an RTMP C0 is 3 or 6).
     pub rtmpt: bool,
+    /// How long a publisher thread lets audio and metadata wait for the next video frame before
+    /// it wakes the consumer for them (see [`publish_thread`]); zero: never held.
+    pub hold: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -86,6 +89,7 @@ impl Default for ListenerConfig {
             hook: None,
             auth: None,
             rtmpt: true,
+            hold: MAX_HOLD,
         }
     }
 }
@@ -1353,9 +1357,10 @@ const THREAD_READ: usize = 256 * 1024;
 /// The name of a publisher's thread.
 pub const PUBLISH_THREAD: &str = "rtmpsrvsrc-net";
 
-/// How long a publisher thread lets audio and metadata it queued wait for the next video frame
-/// before it wakes the element's streaming thread for them (see [`publish_thread`]).
-const HOLD: Duration = Duration::from_millis(50);
+/// The longest a publisher thread lets audio and metadata it queued wait for the next video
+/// frame before it wakes the element's streaming thread for them (see [`publish_thread`]):
+/// [`ListenerConfig::hold`] at most.
+pub const MAX_HOLD: Duration = Duration::from_millis(50);
 
 /// Hands an accepted publisher's plain TCP connection to a thread of its own
 /// ([`publish_thread`]), or to the runtime's blocking pool if no thread can start.
@@ -1417,8 +1422,9 @@ fn start_publish_thread(
 ///
 /// Waking the element's streaming thread costs about as much as what it then does for a tag, so
 /// the thread is woken once per read, and a read that brought only audio or metadata lets them
-/// wait for the video frame that follows, at most [`HOLD`] (the read then waits at most that
-/// long): at 30 fps one wake-up per video frame with the audio between, instead of one per tag.
+/// wait for the video frame that follows, at most [`ListenerConfig::hold`] (the read then waits
+/// at most that long): at 30 fps one wake-up per video frame with the audio between, instead of
+/// one per tag.
 fn publish_thread(
     shared: Arc<Shared>,
     mut conn: Connection,
@@ -1446,6 +1452,7 @@ fn publish_thread(
     };
     // Since when tags wait in the output without the consumer woken for them.
     let mut held_since: Option<std::time::Instant> = None;
+    let hold = shared.config.hold.min(MAX_HOLD);
     let end = loop {
         if kick.taken() {
             break End::TakenOver;
@@ -1458,7 +1465,7 @@ fn publish_thread(
                 if held_since.is_some()
                     && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {
-                // No video frame came within HOLD: the held tags go now.
+                // No video frame came within `hold`: the held tags go now.
                 shared.output.release();
                 held_since = None;
                 let _ = stream.set_read_timeout(Some(timeout));
@@ -1532,14 +1539,18 @@ fn publish_thread(
             }
             Err(e) => end = Some(End::Error(e.to_string())),
         }
-        if video || end.is_some() || held_since.is_some_and(|t| t.elapsed() >= HOLD) {
+        if video
+            || end.is_some()
+            || hold.is_zero()
+            || held_since.is_some_and(|t| t.elapsed() >= hold)
+        {
             shared.output.release();
             if held_since.take().is_some() {
                 let _ = stream.set_read_timeout(Some(timeout));
             }
         } else if other && held_since.is_none() {
             held_since = Some(std::time::Instant::now());
-            let _ = stream.set_read_timeout(Some(HOLD.min(timeout)));
+            let _ = stream.set_read_timeout(Some(hold.min(timeout)));
         }
         let out = conn.take_output();
         if !out.is_empty() {
