@@ -17,6 +17,15 @@
 //! Levels: `log::error!` → ERROR (1), `warn!` → WARNING (2), `info!` → INFO (4), `debug!` → DEBUG
 //! (5), `trace!` → LOG (6). A record is formatted only when its category's threshold lets it through.
 //!
+//! `trace!` is what the cores use per packet, so while none of our categories is at LOG or above
+//! the `log` crate's own filter (`log::max_level`, one atomic load in the macro) stops it before
+//! the bridge is called. That filter follows GStreamer's thresholds, which change without notice
+//! (`GST_DEBUG`, `gst_debug_set_threshold_for_name`, ...): it is recomputed when the plugin is
+//! registered, on every record that reaches the bridge (records at `debug!` and above always do:
+//! they are not per packet), and once a second on the shared runtime ([`follow_thresholds`]).
+//! Raising a category to LOG at run time thus shows its `trace!` records from the next
+//! connection event, or within a second.
+//!
 //! A record may carry the name of the element it belongs to as the key-value `id`
 //! (`log::debug!(id = name; "...")`); it is then logged with that id in place of an object, so the
 //! line shows `<rtspsrc2-0>` as it would for a message about the element itself.
@@ -25,6 +34,8 @@
 //! its own, that logger stays and receives the cores' records instead.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use gst::glib;
 use gst::glib::translate::IntoGStr;
@@ -69,6 +80,63 @@ static CATEGORIES: LazyLock<Categories> = LazyLock::new(|| Categories {
 
 /// Routes `log` records to the core's GStreamer debug category.
 struct Bridge;
+
+/// The bridge is the `log` logger (so the `log` filter is ours to set).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The threshold watcher runs ([`follow_thresholds`]).
+static FOLLOWING: AtomicBool = AtomicBool::new(false);
+
+/// How often [`follow_thresholds`] looks at the thresholds.
+const FOLLOW_PERIOD: Duration = Duration::from_secs(1);
+
+/// Records of this target that reached the bridge (unit tests only).
+#[cfg(test)]
+static TEST_TARGET_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+const TEST_TARGET: &str = "gstlivestreaming::rtmp::logging_test";
+
+/// The `log` filter our categories' thresholds call for: `Trace` when any of them lets LOG
+/// records through, else `Debug` (records at debug and above are not per packet: they always
+/// reach the bridge, which checks their category).
+fn wanted_filter() -> log::LevelFilter {
+    let c = &*CATEGORIES;
+    let trace = [c.rtsp, c.rtp, c.rtmp, c.hls, c.other]
+        .iter()
+        .any(|cat| cat.above_threshold(gst::DebugLevel::Log));
+    if trace {
+        log::LevelFilter::Trace
+    } else {
+        log::LevelFilter::Debug
+    }
+}
+
+/// Makes the `log` filter follow our categories' current thresholds (when the bridge is the
+/// logger): five loads, and a store when they changed.
+pub fn refresh() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let want = wanted_filter();
+    if log::max_level() != want {
+        log::set_max_level(want);
+    }
+}
+
+/// Watches the thresholds once a second on `runtime` (the shared runtime calls this when it
+/// starts; once per process, and only when the bridge is the logger): a category raised to LOG
+/// while no record reaches the bridge still gets its `trace!` records within a second.
+pub fn follow_thresholds(runtime: &tokio::runtime::Handle) {
+    if !INSTALLED.load(Ordering::Relaxed) || FOLLOWING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    runtime.spawn(async {
+        loop {
+            tokio::time::sleep(FOLLOW_PERIOD).await;
+            refresh();
+        }
+    });
+}
 
 static BRIDGE: Bridge = Bridge;
 
@@ -125,6 +193,12 @@ impl log::Log for Bridge {
     }
 
     fn log(&self, record: &log::Record) {
+        // Whatever reaches the bridge is rare enough to re-read the thresholds.
+        refresh();
+        #[cfg(test)]
+        if record.target() == TEST_TARGET {
+            TEST_TARGET_SEEN.fetch_add(1, Ordering::SeqCst);
+        }
         let cat = category_of(record.target());
         let level = gst_level(record.level());
         // The only cost when the level is off: no formatting, no allocation.
@@ -168,8 +242,10 @@ pub fn install() -> bool {
     LazyLock::force(&CATEGORIES);
     match log::set_logger(&BRIDGE) {
         Ok(()) => {
-            // GStreamer's thresholds can change at run time; the bridge checks them per record.
-            log::set_max_level(log::LevelFilter::Trace);
+            // GStreamer's thresholds can change at run time: the bridge checks them per record,
+            // and the `log` filter follows them (see the module's documentation).
+            INSTALLED.store(true, Ordering::Relaxed);
+            refresh();
             true
         }
         Err(_) => false,
@@ -179,6 +255,60 @@ pub fn install() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests that change thresholds run one at a time.
+    static THRESHOLDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn all_quiet() {
+        let c = &*CATEGORIES;
+        for cat in [c.rtsp, c.rtp, c.rtmp, c.hls, c.other] {
+            cat.set_threshold(gst::DebugLevel::None);
+        }
+    }
+
+    #[test]
+    fn trace_below_the_threshold_never_reaches_the_bridge_and_follows_a_raise() {
+        let _serial = THRESHOLDS.lock().unwrap_or_else(|e| e.into_inner());
+        gst::init().unwrap();
+        install();
+        all_quiet();
+        refresh();
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+        let before = TEST_TARGET_SEEN.load(Ordering::SeqCst);
+        for _ in 0..100 {
+            log::trace!(target: TEST_TARGET, "per packet {}", 1);
+        }
+        assert_eq!(
+            TEST_TARGET_SEEN.load(Ordering::SeqCst),
+            before,
+            "a trace record with every category below LOG was not stopped by the log filter"
+        );
+        // Debug records still reach the bridge (which drops them: lsrtmp is at NONE).
+        log::debug!(target: TEST_TARGET, "a decision");
+        assert_eq!(TEST_TARGET_SEEN.load(Ordering::SeqCst), before + 1);
+
+        // Raised at run time, by name, as an application does: the watcher on the shared
+        // runtime notices it without any record reaching the bridge.
+        follow_thresholds(&crate::runtime::handle());
+        gst::log::set_threshold_for_name("lsrtmp", gst::DebugLevel::Log);
+        let deadline = std::time::Instant::now() + 10 * FOLLOW_PERIOD;
+        while log::max_level() != log::LevelFilter::Trace {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log filter did not follow lsrtmp raised to LOG"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seen = TEST_TARGET_SEEN.load(Ordering::SeqCst);
+        log::trace!(target: TEST_TARGET, "per packet {}", 2);
+        assert_eq!(TEST_TARGET_SEEN.load(Ordering::SeqCst), seen + 1);
+
+        // Lowered again: the next record that reaches the bridge closes the filter.
+        gst::log::set_threshold_for_name("lsrtmp", gst::DebugLevel::None);
+        all_quiet();
+        log::debug!(target: TEST_TARGET, "a decision");
+        assert_eq!(log::max_level(), log::LevelFilter::Debug);
+    }
 
     #[test]
     fn targets_map_to_their_core_category() {
@@ -199,6 +329,7 @@ mod tests {
     #[test]
     fn records_reach_gstreamer_with_level_and_id() {
         use std::sync::{Arc, Mutex};
+        let _serial = THRESHOLDS.lock().unwrap_or_else(|e| e.into_inner());
         gst::init().unwrap();
         install();
         /// Category, level, message and id of each record seen.
@@ -219,6 +350,8 @@ mod tests {
             });
         CATEGORIES.rtmp.set_threshold(gst::DebugLevel::Log);
         CATEGORIES.hls.set_threshold(gst::DebugLevel::Warning);
+        // Not waiting for the watcher.
+        refresh();
         log::trace!(target: "gstlivestreaming::rtmp::chunk", "chunk size now {}", 4096);
         log::debug!(target: "gstlivestreaming::rtmp::client", id = "rsrtmpsink0"; "connect answered");
         // Below the threshold: dropped before formatting.

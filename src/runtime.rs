@@ -44,12 +44,15 @@ fn workers_from(value: Option<&str>) -> usize {
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     let workers = workers_from(std::env::var(WORKERS_ENV).ok().as_deref());
     log::debug!("starting the shared runtime with {workers} worker threads");
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("livestreaming-rt")
         .enable_all()
         .build()
-        .expect("the shared tokio runtime could not start")
+        .expect("the shared tokio runtime could not start");
+    // The `log` filter follows GStreamer's debug thresholds (see src/logging.rs).
+    crate::logging::follow_thresholds(runtime.handle());
+    runtime
 });
 
 /// The shared runtime's handle (starting the runtime on first use).

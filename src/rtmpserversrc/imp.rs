@@ -257,23 +257,25 @@ impl RtmpServerSrc {
     /// The tag's time on our timeline in ms (the stream's first tag at 0), starting the
     /// segment at the first tag and each publication where the clock is.
     fn timeline_ms(&self, st: &mut Stream, tag: &Tag) -> i64 {
-        let now = self
-            .obj()
-            .current_running_time()
-            .unwrap_or(gst::ClockTime::ZERO);
-        if st.base.is_none() {
-            // Time 0 of the stream is now: a segment with this base makes the first tag's
-            // running time its arrival time. flvdemux keeps the base of the segment it is
-            // given (and starts its own at the first tag), so its output is on time as well.
-            let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
-            segment.set_base(now);
-            if let Err(e) = self.obj().new_segment(segment.upcast_ref()) {
-                gst::warning!(CAT, imp = self, "cannot start a new segment: {}", e);
+        if st.base.is_none() || st.rebase.is_none() {
+            // The clock is read only where a stream or a publication starts: every other tag
+            // is placed by its RTMP timestamp alone.
+            let now = self
+                .obj()
+                .current_running_time()
+                .unwrap_or(gst::ClockTime::ZERO);
+            if st.base.is_none() {
+                // Time 0 of the stream is now: a segment with this base makes the first tag's
+                // running time its arrival time. flvdemux keeps the base of the segment it is
+                // given (and starts its own at the first tag), so its output is on time as well.
+                let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+                segment.set_base(now);
+                if let Err(e) = self.obj().new_segment(segment.upcast_ref()) {
+                    gst::warning!(CAT, imp = self, "cannot start a new segment: {}", e);
+                }
+                st.base = Some(now);
             }
-            st.base = Some(now);
-        }
-        let base = st.base.unwrap_or_default();
-        let (offset, first) = *st.rebase.get_or_insert_with(|| {
+            let base = st.base.unwrap_or_default();
             // A publication starts on our timeline where the clock is (0 for the first).
             let offset = now.saturating_sub(base).mseconds() as i64;
             gst::debug!(
@@ -283,8 +285,9 @@ impl RtmpServerSrc {
                 offset,
                 tag.timestamp
             );
-            (offset, tag.timestamp)
-        });
+            st.rebase = Some((offset, tag.timestamp));
+        }
+        let (offset, first) = st.rebase.unwrap_or_default();
         // Signed: audio may start a little before the first video tag.
         let delta = i64::from(tag.timestamp.wrapping_sub(first) as i32);
         (offset + delta).max(0)
@@ -748,7 +751,7 @@ impl ObjectImpl for RtmpServerSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
-                    .blurb("Milliseconds reported as the source's latency: how late a tag may arrive after its timestamp (network jitter, bursts) and still be on time for synchronised sinks")
+                    .blurb("Milliseconds reported as the source's latency: how late a tag may arrive after its timestamp (network jitter, bursts) and still be on time for synchronised sinks. A quarter of it (50 ms at most) is how long audio may wait for the next video frame to be pushed with it (fewer wake-ups of the streaming thread); 0: every tag pushed as it is read")
                     .maximum(60_000)
                     .default_value(DEFAULT_LATENCY_MS)
                     .mutable_ready()
@@ -1040,6 +1043,10 @@ impl BaseSrcImpl for RtmpServerSrc {
             hook: Some(self.publish_hook()),
             auth,
             rtmpt: s.rtmpt,
+            // Audio may wait for the next video frame a quarter of the latency we report, 50 ms
+            // at most (latency=0: never).
+            hold: Duration::from_millis(u64::from(s.latency_ms / 4))
+                .min(crate::rtmp::server::listener::MAX_HOLD),
             ..ListenerConfig::default()
         };
         let listener = Listener::start(config, output.clone()).map_err(|e| {
@@ -1098,6 +1105,15 @@ impl BaseSrcImpl for RtmpServerSrc {
         false
     }
 
+    /// No clock wait in the base class before each buffer: tags are pushed as they arrive
+    /// (they arrive in real time; the sinks downstream synchronise, `latency` covers the
+    /// publisher's jitter). basesrc's default for a live source waits on the clock for every
+    /// buffer: a clock entry and a wait per tag, for tags already late or at most a few ms
+    /// early.
+    fn times(&self, _buffer: &gst::BufferRef) -> (Option<gst::ClockTime>, Option<gst::ClockTime>) {
+        (None, None)
+    }
+
     fn query(&self, query: &mut gst::QueryRef) -> bool {
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
             let latency =
@@ -1136,7 +1152,8 @@ impl PushSrcImpl for RtmpServerSrc {
             (s.wait_for_next_publisher, s.output)
         };
         loop {
-            let item = match output.pop(Duration::from_millis(500)) {
+            // Untimed: unlock and stop set the queue flushing, which wakes this wait.
+            let item = match output.pop(None) {
                 Ok(item) => item,
                 Err(Popped::Flushing) => return Err(gst::FlowError::Flushing),
                 Err(Popped::Timeout) => continue,

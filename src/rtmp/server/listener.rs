@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::super::flv::TagKind;
 use super::output::{Item, Output};
 use super::{Connection, ConnectionConfig, Event, Phase, PublishRequest};
 use crate::rtmp::tunnel::{self, Command, Request, RequestError};
@@ -65,6 +66,9 @@ pub struct ListenerConfig {
     /// RTMPT (RTMP in HTTP POSTs) on the same port: a connection whose first byte is a letter
     /// is taken as HTTP (an RTMP C0 is 3 or 6).
     pub rtmpt: bool,
+    /// How long a publisher thread lets audio and metadata wait for the next video frame before
+    /// it wakes the consumer for them (see [`publish_thread`]); zero: never held.
+    pub hold: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -85,6 +89,7 @@ impl Default for ListenerConfig {
             hook: None,
             auth: None,
             rtmpt: true,
+            hold: MAX_HOLD,
         }
     }
 }
@@ -1352,6 +1357,11 @@ const THREAD_READ: usize = 256 * 1024;
 /// The name of a publisher's thread.
 pub const PUBLISH_THREAD: &str = "rtmpsrvsrc-net";
 
+/// The longest a publisher thread lets audio and metadata it queued wait for the next video
+/// frame before it wakes the element's streaming thread for them (see [`publish_thread`]):
+/// [`ListenerConfig::hold`] at most.
+pub const MAX_HOLD: Duration = Duration::from_millis(50);
+
 /// Hands an accepted publisher's plain TCP connection to a thread of its own
 /// ([`publish_thread`]), or to the runtime's blocking pool if no thread can start.
 #[allow(clippy::too_many_arguments)]
@@ -1409,6 +1419,12 @@ fn start_publish_thread(
 /// re-armed a timer for every read. Media goes to the output as on the runtime; the same
 /// limits apply (idle timeout, the core's limits); a takeover or the element stopping shuts the
 /// socket for reading, which ends the read.
+///
+/// Waking the element's streaming thread costs about as much as what it then does for a tag, so
+/// the thread is woken once per read, and a read that brought only audio or metadata lets them
+/// wait for the video frame that follows, at most [`ListenerConfig::hold`] (the read then waits
+/// at most that long): at 30 fps one wake-up per video frame with the audio between, instead of
+/// one per tag.
 fn publish_thread(
     shared: Arc<Shared>,
     mut conn: Connection,
@@ -1434,6 +1450,9 @@ fn publish_thread(
             End::Closed
         }
     };
+    // Since when tags wait in the output without the consumer woken for them.
+    let mut held_since: Option<std::time::Instant> = None;
+    let hold = shared.config.hold.min(MAX_HOLD);
     let end = loop {
         if kick.taken() {
             break End::TakenOver;
@@ -1442,6 +1461,16 @@ fn publish_thread(
             Ok(0) => break ended(&shared),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e)
+                if held_since.is_some()
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                // No video frame came within `hold`: the held tags go now.
+                shared.output.release();
+                held_since = None;
+                let _ = stream.set_read_timeout(Some(timeout));
+                continue;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 break End::Timeout(match publisher {
                     Some(_) => format!("nothing received for {timeout:?}"),
@@ -1462,6 +1491,8 @@ fn publish_thread(
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
         let mut end = None;
+        // This read queued a video tag (the consumer is woken now), or only others.
+        let (mut video, mut other) = (false, false);
         match conn.receive(&buf[..n]) {
             Ok(events) => {
                 for ev in events {
@@ -1470,7 +1501,12 @@ fn publish_thread(
                             if let Some(id) = publisher
                                 && shared.current.load(Ordering::Acquire) == id
                             {
-                                shared.output.push_tag(tag);
+                                if tag.kind == TagKind::Video {
+                                    video = true;
+                                } else {
+                                    other = true;
+                                }
+                                shared.output.push_tag_held(tag);
                             }
                         }
                         Event::Unpublished(how) => {
@@ -1503,6 +1539,19 @@ fn publish_thread(
             }
             Err(e) => end = Some(End::Error(e.to_string())),
         }
+        if video
+            || end.is_some()
+            || hold.is_zero()
+            || held_since.is_some_and(|t| t.elapsed() >= hold)
+        {
+            shared.output.release();
+            if held_since.take().is_some() {
+                let _ = stream.set_read_timeout(Some(timeout));
+            }
+        } else if other && held_since.is_none() {
+            held_since = Some(std::time::Instant::now());
+            let _ = stream.set_read_timeout(Some(hold.min(timeout)));
+        }
         let out = conn.take_output();
         if !out.is_empty() {
             match stream.write_all(&out) {
@@ -1517,6 +1566,8 @@ fn publish_thread(
             break end;
         }
     };
+    // Nothing stays held behind the end.
+    shared.output.release();
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     if matches!(end, End::TakenOver) {
         conn.end_publish("NetStream.Unpublish.Success", "another publisher took over");

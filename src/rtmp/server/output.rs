@@ -56,6 +56,9 @@ struct Inner {
     bytes: usize,
     waiting_keyframe: bool,
     flushing: bool,
+    /// Consumers blocked in [`Output::pop`]: a push wakes one only when there is one (a
+    /// condition variable's notify is a system call even when nobody waits).
+    waiters: usize,
     stats: OutputStats,
 }
 
@@ -155,12 +158,38 @@ impl Output {
             inner.waiting_keyframe = false;
         }
         inner.items.push_back(item);
+        self.wake(inner);
+    }
+
+    /// Releases the lock, waking a consumer if one waits.
+    fn wake(&self, inner: std::sync::MutexGuard<'_, Inner>) {
+        let waiting = inner.waiters > 0;
         drop(inner);
-        self.cond.notify_one();
+        if waiting {
+            self.cond.notify_one();
+        }
     }
 
     /// Queues a tag or drops it whole; returns whether it was queued.
     pub fn push_tag(&self, tag: Tag) -> bool {
+        self.push(tag, true)
+    }
+
+    /// As [`Output::push_tag`], without waking the consumer: a reader that gathers tags wakes
+    /// it once with [`Output::release`] (a consumer that is awake takes them anyway).
+    pub fn push_tag_held(&self, tag: Tag) -> bool {
+        self.push(tag, false)
+    }
+
+    /// Wakes the consumer if it waits and something is queued.
+    pub fn release(&self) {
+        let inner = self.inner.lock().unwrap();
+        if !inner.items.is_empty() {
+            self.wake(inner);
+        }
+    }
+
+    fn push(&self, tag: Tag, wake: bool) -> bool {
         let mut inner = self.inner.lock().unwrap();
         let header = never_dropped(&tag);
         match tag.kind {
@@ -223,15 +252,17 @@ impl Output {
             inner.bytes += tag.data.len();
         }
         inner.items.push_back(Item::Tag(tag));
-        drop(inner);
-        self.cond.notify_one();
+        if wake {
+            self.wake(inner);
+        }
         true
     }
 
-    /// The next item, waiting at most `timeout`.
-    pub fn pop(&self, timeout: Duration) -> Result<Item, Popped> {
+    /// The next item, waiting at most `timeout` (`None`: until there is one or the queue is
+    /// flushing; no timer, no clock read).
+    pub fn pop(&self, timeout: Option<Duration>) -> Result<Item, Popped> {
         let mut inner = self.inner.lock().unwrap();
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
             if inner.flushing {
                 return Err(Popped::Flushing);
@@ -244,11 +275,19 @@ impl Output {
                 }
                 return Ok(item);
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(Popped::Timeout);
-            }
-            inner = self.cond.wait_timeout(inner, left).unwrap().0;
+            inner.waiters += 1;
+            inner = match deadline {
+                None => self.cond.wait(inner).unwrap(),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        inner.waiters -= 1;
+                        return Err(Popped::Timeout);
+                    }
+                    self.cond.wait_timeout(inner, left).unwrap().0
+                }
+            };
+            inner.waiters -= 1;
         }
     }
 
@@ -297,8 +336,8 @@ mod tests {
         assert!(q.push_tag(tag(TagKind::Video, 0x17, 1, 60)));
         assert!(!q.push_tag(tag(TagKind::Video, 0x27, 1, 60)), "full");
         // Room again, but an inter frame after a drop would not decode.
-        assert_eq!(q.pop(Duration::ZERO), Ok(Item::Tag(seq)));
-        assert!(matches!(q.pop(Duration::ZERO), Ok(Item::Tag(_))));
+        assert_eq!(q.pop(Some(Duration::ZERO)), Ok(Item::Tag(seq)));
+        assert!(matches!(q.pop(Some(Duration::ZERO)), Ok(Item::Tag(_))));
         assert!(!q.push_tag(tag(TagKind::Video, 0x27, 1, 10)));
         assert!(
             q.push_tag(tag(TagKind::Audio, 0xaf, 1, 10)),
@@ -346,11 +385,41 @@ mod tests {
     #[test]
     fn pop_waits_and_flushing_unblocks() {
         let q = std::sync::Arc::new(Output::new(100));
-        assert_eq!(q.pop(Duration::from_millis(10)), Err(Popped::Timeout));
+        assert_eq!(q.pop(Some(Duration::from_millis(10))), Err(Popped::Timeout));
         let q2 = q.clone();
-        let t = std::thread::spawn(move || q2.pop(Duration::from_secs(10)));
+        let t = std::thread::spawn(move || q2.pop(None));
         std::thread::sleep(Duration::from_millis(50));
         q.set_flushing(true);
         assert_eq!(t.join().unwrap(), Err(Popped::Flushing));
+        // An untimed pop is woken by the next push (pushes wake only a waiting consumer).
+        q.set_flushing(false);
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.pop(None));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while q.inner.lock().unwrap().waiters == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the consumer never waited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(q.push_tag(tag(TagKind::Audio, 0xaf, 1, 10)));
+        assert!(matches!(t.join().unwrap(), Ok(Item::Tag(_))));
+        assert_eq!(q.inner.lock().unwrap().waiters, 0);
+        // A held tag does not wake the consumer; release does.
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.pop(None));
+        while q.inner.lock().unwrap().waiters == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the consumer never waited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(q.push_tag_held(tag(TagKind::Audio, 0xaf, 1, 10)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!t.is_finished(), "woken by a held tag");
+        q.release();
+        assert!(matches!(t.join().unwrap(), Ok(Item::Tag(_))));
     }
 }

@@ -641,3 +641,92 @@ fn media_on_message_stream_0_while_publishing_is_the_publications() {
         "message stream 7 is no stream of ours"
     );
 }
+
+/// A plain TCP publisher's thread (the listener's `rtmpsrvsrc-net`) lets audio wait in the
+/// output for a video frame at most `hold`: audio with no video after it still reaches the
+/// consumer within about that (not at the idle timeout), and audio followed by video comes with
+/// the video.
+#[test]
+fn held_audio_reaches_the_output_without_a_video_frame_after_it() {
+    use super::listener::{Listener, ListenerConfig};
+    use super::output::{Item, Output};
+    use std::io::{ErrorKind, Read, Write};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let output = Arc::new(Output::new(1 << 20));
+    let listener = Listener::start(
+        ListenerConfig {
+            port: 0,
+            hold: Duration::from_millis(50),
+            ..ListenerConfig::default()
+        },
+        output.clone(),
+    )
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(listener.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut c = publisher("live", "key");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0; 65536];
+    loop {
+        assert!(Instant::now() < deadline, "not publishing after 10 s");
+        let out = c.take_output();
+        if !out.is_empty() {
+            sock.write_all(&out).unwrap();
+        }
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(n) => {
+                if c.receive(&buf[..n])
+                    .unwrap()
+                    .contains(&client::Event::Publishing)
+                {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        matches!(
+            output.pop(Some(Duration::from_secs(5))),
+            Ok(Item::Started { .. })
+        ),
+        "the publication starts"
+    );
+    let audio = |ts: u32| Tag {
+        kind: TagKind::Audio,
+        timestamp: ts,
+        data: Bytes::from(vec![0xaf, 1, 0x21, 0x10, ts as u8]),
+    };
+    // Audio alone: held at most `hold` (a timed pop returns what is queued at its deadline
+    // anyway, so the time tells whether the consumer was woken).
+    c.send_tag(&audio(0));
+    sock.write_all(&c.take_output()).unwrap();
+    let sent = Instant::now();
+    assert_eq!(
+        output.pop(Some(Duration::from_secs(3))),
+        Ok(Item::Tag(audio(0)))
+    );
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "held audio waited {took:?}"
+    );
+    // Audio then video in one write: both, in order.
+    c.send_tag(&audio(23));
+    c.send_tag(&video(33, true));
+    sock.write_all(&c.take_output()).unwrap();
+    assert_eq!(
+        output.pop(Some(Duration::from_secs(3))),
+        Ok(Item::Tag(audio(23)))
+    );
+    assert_eq!(
+        output.pop(Some(Duration::from_secs(3))),
+        Ok(Item::Tag(video(33, true)))
+    );
+    listener.stop();
+}
