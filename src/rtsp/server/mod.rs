@@ -1691,7 +1691,7 @@ mod tests {
             p
         };
         // Hand-overs of the audio stream (1), as (packets, when).
-        let audio_handovers = |until: Instant| {
+        let mut audio_handovers = |until: Instant| {
             let mut got = Vec::new();
             while Instant::now() < until {
                 if let Some(RecordEvent::Rtp {
