@@ -1017,11 +1017,6 @@ async fn serve_stream<R, W>(
     let request_timeout = shared.config.request_timeout;
     let deadline = tokio::time::sleep(request_timeout);
     tokio::pin!(deadline);
-    // When audio packets a publisher sent are due to be handed over (record mounts, see
-    // `Shared::on_record_interleaved`).
-    let mut held_due: Option<Instant> = None;
-    let hold = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(hold);
     let end = 'conn: loop {
         let n = tokio::select! {
             r = reader.read(&mut buf) => match r {
@@ -1030,13 +1025,6 @@ async fn serve_stream<R, W>(
                 Ok(n) => n,
             },
             _ = out.closed_notify.notified() => break ReadEnd::Closed,
-            () = &mut hold, if held_due.is_some() => {
-                held_due = shared.flush_record_held(&ctx, Some(Instant::now()));
-                if let Some(t) = held_due {
-                    hold.as_mut().reset(t.into());
-                }
-                continue;
-            }
             () = &mut deadline => {
                 if decoder.buffered_len() > 0 {
                     let resp = error_response(
@@ -1071,10 +1059,6 @@ async fn serve_stream<R, W>(
             match decoded {
                 Ok(None) => break,
                 Ok(Some(Frame::Request(req))) => {
-                    // What a publisher sent before the request goes before it is handled.
-                    if held_due.take().is_some() {
-                        shared.flush_record_held(&ctx, None);
-                    }
                     let session = shared.log_request(peer, &req);
                     let answer = shared.handle_request(&ctx, req).await;
                     shared.log_response(peer, &answer.resp, session.as_deref());
@@ -1149,16 +1133,7 @@ async fn serve_stream<R, W>(
                 .as_mut()
                 .reset(tokio::time::Instant::now() + request_timeout);
         }
-        if shared.record.is_some() && held_due.is_none() {
-            held_due = shared.flush_record_held(&ctx, Some(Instant::now()));
-            if let Some(t) = held_due {
-                hold.as_mut().reset(t.into());
-            }
-        }
     };
-    if held_due.is_some() {
-        shared.flush_record_held(&ctx, None);
-    }
     if matches!(end, ReadEnd::Eof) {
         // A client may send its requests and then shut its side down (`printf ... | nc`):
         // its answers still go out.
@@ -1621,107 +1596,6 @@ mod tests {
         }
         let _again = connect_rtsp(addr);
         wait_connections(&server, 1);
-    }
-
-    /// A record connection's audio packets are handed over with the publisher's next video
-    /// frame (one hand-over, one wake-up of the owner, for several packets), or by the read
-    /// loop's timer within `AUDIO_HOLD` when no video follows.
-    #[test]
-    fn publisher_audio_over_tcp_goes_with_the_next_video_frame() {
-        use std::io::Write;
-        let server = Server::start(
-            ServerConfig {
-                record: Some(record::RecordConfig::default()),
-                ..config()
-            },
-            |_| {},
-        )
-        .unwrap();
-        let queue = server.record_queue().unwrap();
-        let mut c = std::net::TcpStream::connect(server.local_addr()).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // Each packet leaves when written (as publishers send), not when Nagle lets it.
-        c.set_nodelay(true).unwrap();
-        let url = format!("rtsp://{}/", server.local_addr());
-        let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n\
-                   m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n\
-                   m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:streamid=1\r\n";
-        let mut request = |text: String| -> String {
-            c.write_all(text.as_bytes()).unwrap();
-            let mut answer = Vec::new();
-            let mut byte = [0u8; 1];
-            while !answer.ends_with(b"\r\n\r\n") {
-                c.read_exact(&mut byte).unwrap();
-                answer.push(byte[0]);
-            }
-            let answer = String::from_utf8(answer).unwrap();
-            assert!(answer.starts_with("RTSP/1.0 200 "), "{answer}");
-            answer
-        };
-        request(format!(
-            "ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\n\
-             Content-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        ));
-        let answer = request(format!(
-            "SETUP {url}streamid=0 RTSP/1.0\r\nCSeq: 2\r\n\
-             Transport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n"
-        ));
-        let session = answer
-            .lines()
-            .find_map(|l| l.strip_prefix("Session: "))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        request(format!(
-            "SETUP {url}streamid=1 RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\
-             Transport: RTP/AVP/TCP;unicast;interleaved=2-3;mode=record\r\n\r\n"
-        ));
-        request(format!(
-            "RECORD {url} RTSP/1.0\r\nCSeq: 4\r\nSession: {session}\r\n\r\n"
-        ));
-        let packet = |channel: u8, pt_marker: u8, seq: u16| {
-            let mut p = vec![b'$', channel, 0, 14, 0x80, pt_marker];
-            p.extend_from_slice(&seq.to_be_bytes());
-            p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-            p.extend_from_slice(&[1, 2, 3, channel]);
-            p.extend_from_slice(&[0x09, 0xf0]);
-            p
-        };
-        // Hand-overs of the audio stream (1), as (packets, when).
-        let mut audio_handovers = |until: Instant| {
-            let mut got = Vec::new();
-            while Instant::now() < until {
-                if let Some(RecordEvent::Rtp {
-                    stream: 1, packets, ..
-                }) = queue.pop(Duration::from_millis(10))
-                {
-                    got.push((packets.len(), Instant::now()));
-                }
-            }
-            got
-        };
-        audio_handovers(Instant::now() + Duration::from_millis(100));
-        // Three audio packets 5 ms apart, then a video frame: one hand-over of the three.
-        for seq in 1..4 {
-            c.write_all(&packet(2, 0, seq)).unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        c.write_all(&packet(0, 0x80 | 96, 1)).unwrap();
-        let got = audio_handovers(Instant::now() + Duration::from_millis(300));
-        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [3]);
-        // Audio alone: handed over by the timer, within the bound.
-        let sent = Instant::now();
-        c.write_all(&packet(2, 0, 4)).unwrap();
-        let got = audio_handovers(Instant::now() + Duration::from_millis(1000));
-        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1]);
-        let took = got[0].1 - sent;
-        assert!(
-            took >= record::AUDIO_HOLD && took < Duration::from_millis(500),
-            "{took:?}"
-        );
     }
 
     #[test]

@@ -435,11 +435,8 @@ pub(super) struct RecChannel {
     coalesce: bool,
     /// A packet with the marker bit came: the publisher marks the ends of its frames.
     marks: bool,
-    /// The packets of the video frame still arriving, or the audio packets held (see
-    /// [`AUDIO_HOLD`]).
+    /// The packets of the video frame still arriving.
     pending: Vec<Bytes>,
-    /// When the first audio packet held arrived.
-    held_since: Option<Instant>,
 }
 
 type Resp = rtsp_types::Response<Vec<u8>>;
@@ -937,7 +934,6 @@ impl Shared {
                             coalesce: video && !rtcp,
                             marks: false,
                             pending: Vec::new(),
-                            held_since: None,
                         },
                     );
                 }
@@ -1073,11 +1069,9 @@ impl Shared {
     /// one with it, one of another RTP timestamp (a frame whose end was not marked) or
     /// [`COALESCE_PACKETS`] of them. The packets of a frame follow each other on the
     /// connection, so this costs the frame no time worth speaking of, and the element's pad
-    /// task one wake-up per frame instead of one per packet. The packets of a publisher that
-    /// sets no marker (nothing would end a frame but the next one) are handed over at once.
-    /// Audio packets wait for the next video frame of their publisher, at most [`AUDIO_HOLD`]
-    /// (the read loop's timer, [`Shared::flush_record_held`]), and go with it: the audio
-    /// pad's task is woken about once per video frame instead of once per packet.
+    /// task one wake-up per frame instead of one per packet. Audio packets, and the packets of
+    /// a publisher that sets no marker (nothing would end a frame but the next one), are
+    /// handed over at once.
     pub(super) fn on_record_interleaved(&self, ctx: &ConnCtx, channel: u8, data: &Bytes) -> bool {
         let Some(rec) = self.record.as_ref() else {
             return false;
@@ -1091,27 +1085,8 @@ impl Shared {
         let (Some(alive), Some(recv)) = (alive, recv) else {
             // The publisher is gone: its late packets are ignored.
             c.pending.clear();
-            c.held_since = None;
             return true;
         };
-        if !c.coalesce && !rtcp_channel {
-            let now = Instant::now();
-            let since = *c.held_since.get_or_insert(now);
-            c.pending.push(data.clone());
-            if now.saturating_duration_since(since) < AUDIO_HOLD
-                && c.pending.len() < COALESCE_PACKETS
-            {
-                drop(setups);
-                alive.touch();
-                return true;
-            }
-            c.held_since = None;
-            let packets = std::mem::take(&mut c.pending);
-            drop(setups);
-            alive.touch();
-            on_publisher_rtp(rec, publisher, stream, &recv, packets, &self.name, false);
-            return true;
-        }
         if c.coalesce && !c.marks && rtp_marker(data) {
             c.marks = true;
         }
@@ -1130,46 +1105,14 @@ impl Shared {
             }
             std::mem::take(&mut c.pending)
         };
-        // A video frame goes: the publisher's held audio goes with it.
-        let held = if c.coalesce {
-            take_held(&mut setups, |c| c.publisher == publisher)
-        } else {
-            Vec::new()
-        };
         drop(setups);
         alive.touch();
-        for (publisher, stream, recv, packets) in held {
-            on_publisher_rtp(rec, publisher, stream, &recv, packets, &self.name, false);
-        }
         if rtcp_channel {
             self.on_publisher_rtcp(rec, publisher, stream, &recv, data);
         } else {
             on_publisher_rtp(rec, publisher, stream, &recv, packets, &self.name, false);
         }
         true
-    }
-
-    /// Hands over the audio packets a record connection holds (see
-    /// [`Shared::on_record_interleaved`]): those held for [`AUDIO_HOLD`] at `now`, or all of
-    /// them (before a request is handled, when the connection ends). Returns when the next
-    /// held ones are due.
-    pub(super) fn flush_record_held(&self, ctx: &ConnCtx, now: Option<Instant>) -> Option<Instant> {
-        let rec = self.record.as_ref()?;
-        let mut setups = ctx.setups.lock().unwrap();
-        let held = take_held(&mut setups, |c| {
-            now.is_none_or(|now| c.held_since.is_some_and(|t| now >= t + AUDIO_HOLD))
-        });
-        let next = setups
-            .record_channels
-            .values()
-            .filter_map(|c| c.held_since)
-            .min()
-            .map(|t| t + AUDIO_HOLD);
-        drop(setups);
-        for (publisher, stream, recv, packets) in held {
-            on_publisher_rtp(rec, publisher, stream, &recv, packets, &self.name, false);
-        }
-        next
     }
 
     fn on_publisher_rtcp(
@@ -1435,31 +1378,6 @@ impl Drop for UdpRtpThread {
         }
     }
 }
-
-/// Held audio packets taken off a connection's record channels: (publisher, stream, its
-/// receive state, packets).
-type Held = Vec<(u64, usize, Arc<Mutex<RecvState>>, Vec<Bytes>)>;
-
-/// Takes the held audio packets of the channels `which` selects (publishers gone: dropped).
-fn take_held(setups: &mut super::session::ConnSetups, which: impl Fn(&RecChannel) -> bool) -> Held {
-    let mut held = Held::new();
-    for c in setups.record_channels.values_mut() {
-        if c.held_since.is_none() || !which(c) {
-            continue;
-        }
-        c.held_since = None;
-        let packets = std::mem::take(&mut c.pending);
-        if let Some(recv) = c.recv.upgrade() {
-            held.push((c.publisher, c.stream, recv, packets));
-        }
-    }
-    held
-}
-
-/// Longest an audio packet from a publisher over TCP waits to be handed over together with
-/// the next video frame (or the next audio packets): well within any jitter-buffer latency,
-/// and about one wake-up of the audio pad's task per video frame instead of one per packet.
-pub(super) const AUDIO_HOLD: Duration = Duration::from_millis(40);
 
 /// How long the UDP receive thread of a video stream waits for the rest of a frame (an RTP
 /// packet without the marker bit came last), how often at most, and up to how many packets.
