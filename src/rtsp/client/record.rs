@@ -168,7 +168,7 @@ enum Direct {
     },
     /// Each stream's RTP socket (non-blocking) and the server's RTP port.
     Udp {
-        outs: Vec<Option<(Arc<UdpSocket>, SocketAddr)>>,
+        outs: Vec<Option<(Arc<std::net::UdpSocket>, SocketAddr)>>,
     },
 }
 
@@ -518,7 +518,10 @@ enum Out {
         rtcp: u8,
     },
     Udp {
-        rtp: Arc<UdpSocket>,
+        /// Not registered with the runtime: sends never wait for room (a datagram the kernel
+        /// refuses is counted), and every datagram freed would otherwise wake the network
+        /// thread (a UDP socket is writable again after each one: edge-triggered EPOLLOUT).
+        rtp: Arc<std::net::UdpSocket>,
         rtcp: Arc<UdpSocket>,
         to_rtp: SocketAddr,
         to_rtcp: SocketAddr,
@@ -945,7 +948,10 @@ async fn setup(
                     .map(Arc::new)
                     .map_err(|e| ClientError::io("setting up a UDP socket", &e))
             };
-            let rtp = to_tokio(rtp_sock)?;
+            let rtp = rtp_sock
+                .set_nonblocking(true)
+                .map(|_| Arc::new(rtp_sock))
+                .map_err(|e| ClientError::io("setting up a UDP socket", &e))?;
             let rtcp = to_tokio(rtcp_sock)?;
             let reader = rtcp.clone();
             let shared = shared.clone();
@@ -1277,8 +1283,7 @@ mod tests {
             .map(|r| {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 s.set_nonblocking(true).unwrap();
-                let s = Arc::new(UdpSocket::from_std(s).unwrap());
-                Some((s, r.local_addr().unwrap()))
+                Some((Arc::new(s), r.local_addr().unwrap()))
             })
             .collect();
         p.shared.queue.lock().unwrap().direct = Some(Arc::new(Direct::Udp { outs }));
