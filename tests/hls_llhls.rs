@@ -160,6 +160,11 @@ fn blocking_reloads_hinted_parts_and_delta_updates() {
         let file = live.dir.join(&hint);
         let s = stream_chunked(port, &format!("/{hint}"), &file);
         assert_eq!(s.status, 200, "{hint}");
+        if s.transfer_encoding.is_none() && s.content_length {
+            // Complete before it was asked for (a loaded machine): served whole. Next try.
+            eprintln!("{hint}: complete before it was asked for");
+            continue;
+        }
         assert_eq!(s.transfer_encoding.as_deref(), Some("chunked"), "{hint}");
         assert!(
             !s.content_length,
@@ -451,10 +456,22 @@ fn mpegts_parts() {
     assert_eq!(status, 200);
     assert!(position(&body).has(msn, Some(part)));
     assert!(took < Duration::from_secs(3), "held {took:?}");
-    let hint = position(&body).preload_hint.expect("a preload hint");
-    let file = live.dir.join(&hint);
-    let s = stream_chunked(port, &format!("/{hint}"), &file);
-    assert_eq!(s.status, 200);
+    let mut hint = position(&body).preload_hint.expect("a preload hint");
+    let mut tries = 0;
+    let (s, file) = loop {
+        let file = live.dir.join(&hint);
+        let s = stream_chunked(port, &format!("/{hint}"), &file);
+        assert_eq!(s.status, 200);
+        tries += 1;
+        // Complete before it was asked for (a loaded machine): served whole; a fresh hint.
+        if s.transfer_encoding.is_none() && s.content_length && tries < 5 {
+            eprintln!("{hint}: complete before it was asked for");
+            let (_, body, _) = get(port, "/playlist.m3u8");
+            hint = position(&body).preload_hint.expect("a preload hint");
+            continue;
+        }
+        break (s, file);
+    };
     assert_eq!(s.transfer_encoding.as_deref(), Some("chunked"));
     assert!(
         s.body == std::fs::read(&file).unwrap(),
@@ -531,26 +548,33 @@ fn hinted_part_streams_over_http2() {
         spread_ok,
         "no hinted part came in DATA frames spread over its duration"
     );
-    let part = hint();
+    // On a loaded machine the hinted part may be complete before curl asks for it (then it is
+    // served whole, with a Content-Length): a few tries, each with a fresh hint.
     let copy = live.dir.join("h2copy.m4s");
     let headers = live.dir.join("h2headers.txt");
-    let status = std::process::Command::new("curl")
-        .args(["-sS", "-k", "--http2", "--max-time", "5", "-D"])
-        .arg(&headers)
-        .arg("-o")
-        .arg(&copy)
-        .arg(format!("{base}/{part}"))
-        .status()
-        .expect("curl");
-    assert!(status.success());
-    let head = std::fs::read_to_string(&headers)
-        .unwrap()
-        .to_ascii_lowercase();
-    assert!(head.starts_with("http/2 200"), "{head}");
-    assert!(
-        !head.contains("content-length"),
-        "{part} was not streamed: {head}"
-    );
+    let mut streamed = None;
+    for _ in 0..5 {
+        let part = hint();
+        let status = std::process::Command::new("curl")
+            .args(["-sS", "-k", "--http2", "--max-time", "5", "-D"])
+            .arg(&headers)
+            .arg("-o")
+            .arg(&copy)
+            .arg(format!("{base}/{part}"))
+            .status()
+            .expect("curl");
+        assert!(status.success());
+        let head = std::fs::read_to_string(&headers)
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(head.starts_with("http/2 200"), "{head}");
+        if !head.contains("content-length") {
+            streamed = Some(part);
+            break;
+        }
+        eprintln!("{part} was complete before it was asked for: {head}");
+    }
+    let part = streamed.expect("no hinted part was streamed without a Content-Length");
     assert!(
         std::fs::read(&copy).unwrap() == std::fs::read(live.dir.join(&part)).unwrap(),
         "{part}: curl's HTTP/2 copy differs from the file"
