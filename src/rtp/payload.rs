@@ -199,6 +199,17 @@ pub enum H264Framing {
     Avc { length_size: usize },
 }
 
+impl H264Framing {
+    /// The (start, end) of each NAL unit of `au` as framed so, into `out` (cleared first).
+    fn nal_units(self, au: &[u8], out: &mut Vec<(usize, usize)>) {
+        out.clear();
+        match self {
+            H264Framing::ByteStream => annexb_nal_units(au, out),
+            H264Framing::Avc { length_size } => avc_nal_units(au, length_size, out),
+        }
+    }
+}
+
 /// An AVCDecoderConfigurationRecord that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid AVCDecoderConfigurationRecord: {0}")]
@@ -415,11 +426,7 @@ impl H264Payloader {
     pub fn payload(&mut self, au: &[u8], running_ns: Option<u64>, out: &mut Vec<Bytes>) {
         let timestamp = self.rtp.timestamp(running_ns);
         let mut nals = std::mem::take(&mut self.nals);
-        nals.clear();
-        match self.framing {
-            H264Framing::ByteStream => annexb_nal_units(au, &mut nals),
-            H264Framing::Avc { length_size } => avc_nal_units(au, length_size, &mut nals),
-        }
+        self.framing.nal_units(au, &mut nals);
         // In-band parameter sets first: they replace what the record or earlier frames gave.
         let (mut has_sps, mut has_pps) = (false, false);
         for &(s, e) in &nals {
@@ -664,11 +671,7 @@ impl H265Payloader {
     pub fn payload(&mut self, au: &[u8], running_ns: Option<u64>, out: &mut Vec<Bytes>) {
         let timestamp = self.rtp.timestamp(running_ns);
         let mut nals = std::mem::take(&mut self.nals);
-        nals.clear();
-        match self.framing {
-            H264Framing::ByteStream => annexb_nal_units(au, &mut nals),
-            H264Framing::Avc { length_size } => avc_nal_units(au, length_size, &mut nals),
-        }
+        self.framing.nal_units(au, &mut nals);
         let mut has = [false; 3];
         for &(s, e) in &nals {
             let nal = &au[s..e];
