@@ -619,14 +619,7 @@ static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 
 /// Into a fakesink, noting which thread pushes and holding it while [`HOLD`] is set.
 fn note_pushers(pipeline: &gst::Pipeline, pad: &gst::Pad, _counts: &Counts) {
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()
-        .unwrap();
-    pipeline.add(&sink).unwrap();
-    sink.sync_state_with_parent().unwrap();
-    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    common::serversrc::link_fakesink(pipeline, pad);
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
         |_, _| {
@@ -746,14 +739,7 @@ static PUSH_SIZES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// Into a fakesink, noting the size of each push (1 for a buffer, the length of a list).
 fn note_push_sizes(pipeline: &gst::Pipeline, pad: &gst::Pad, _counts: &Counts) {
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()
-        .unwrap();
-    pipeline.add(&sink).unwrap();
-    sink.sync_state_with_parent().unwrap();
-    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    common::serversrc::link_fakesink(pipeline, pad);
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
         |_, info| {

@@ -28,6 +28,18 @@ impl Counts {
     }
 }
 
+/// Links `pad` to a new `fakesink` (neither synchronising nor prerolling) in `pipeline`.
+pub fn link_fakesink(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    sink.sync_state_with_parent().unwrap();
+    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+}
+
 /// Links `pad` through a decodebin into counting fakesinks.
 pub fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Counts) {
     let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
@@ -48,14 +60,7 @@ pub fn decode_and_count(pipeline: &gst::Pipeline, pad: &gst::Pad, counts: &Count
         } else {
             counts.audio.clone()
         };
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false)
-            .build()
-            .unwrap();
-        pipeline.add(&sink).unwrap();
-        sink.sync_state_with_parent().unwrap();
-        dpad.link(&sink.static_pad("sink").unwrap()).unwrap();
+        link_fakesink(&pipeline, dpad);
         let bytes = counts.audio_bytes.clone();
         let audio = !name.starts_with("video/");
         dpad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
