@@ -464,9 +464,11 @@ impl Server {
         )?);
         sdebug!(
             &*self.shared.name,
-            "stream {id} added: RTP/RTCP from server ports {}-{}",
+            "stream {id} added: RTP/RTCP from server ports {}-{}, complete frames held for \
+             {:?} to go out together (burst-latency)",
             stream.server_ports.0,
-            stream.server_ports.1
+            stream.server_ports.1,
+            self.shared.config.burst_latency
         );
         if self.stopped.load(Ordering::Acquire) {
             return Ok(());
