@@ -288,6 +288,11 @@ impl PayloadChain {
             .buffer_list(true)
             .max_buffers(1)
             .build();
+        // What happens after the appsink is payloading and queueing, microseconds: no 20 ms
+        // processing deadline (basesink's default) added to the pipeline's latency, and so no
+        // second sleep per buffer behind an element that already waited for its running time
+        // (a live source's pacing, clocksync).
+        appsink.set_property("processing-deadline", 0u64);
         appsink.set_callbacks(callbacks);
         appsink.static_pad("sink")?.add_probe(
             gst::PadProbeType::EVENT_DOWNSTREAM,

@@ -1176,6 +1176,67 @@ fn pads_requested_while_publishing_are_refused_with_a_warning() {
     );
 }
 
+/// The sink adds no latency of its own: behind a live source, the latency our sink pads answer
+/// is what upstream reports. A stock basesink adds its 20 ms `processing-deadline`, which also
+/// made every buffer wait on the clock a second time behind a synchronising element (clocksync,
+/// a live source) for work that takes microseconds here (payloading and queueing).
+#[test]
+fn the_sink_adds_no_latency_of_its_own() {
+    init();
+    let (server, decoded) = record_server_with(
+        RECORD_LAUNCH,
+        gst_rtsp::RTSPLowerTrans::TCP,
+        Access::default(),
+    );
+    let desc = format!(
+        "rtspclientsink2 name=sink location={} protocols=tcp \
+         videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse name=vparse \
+         ! clocksync ! sink.sink_0 \
+         audiotestsrc is-live=true samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
+         ! opusenc frame-size=20 name=aenc ! sink.sink_1",
+        server.url()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    assert_ours(&pipeline.by_name("sink").unwrap());
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // Publishing for real: the server decodes frames of both streams.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (decoded.video.load(Ordering::SeqCst) < 10 || decoded.audio.load(Ordering::SeqCst) < 10)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The element's answer (a bin: the largest of its sinks') against what each sink pad's
+    // upstream reports.
+    let sink = pipeline.by_name("sink").unwrap();
+    let mut ours = gst::query::Latency::new();
+    assert!(sink.query(&mut ours), "latency query on the element");
+    let mut upstream = Vec::new();
+    for pad in sink.sink_pads() {
+        let peer = pad.peer().expect("linked");
+        let mut q = gst::query::Latency::new();
+        assert!(peer.query(&mut q), "upstream of {}", pad.name());
+        upstream.push(q.result());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        decoded.video.load(Ordering::SeqCst) >= 10 && decoded.audio.load(Ordering::SeqCst) >= 10,
+        "the server decoded too little"
+    );
+    let (live, min, _) = ours.result();
+    assert_eq!(upstream.len(), 2);
+    assert!(
+        live && upstream.iter().all(|u| u.0),
+        "live: {ours:?}, upstream {upstream:?}"
+    );
+    let expected = upstream.iter().map(|u| u.1).max().unwrap();
+    assert_eq!(min, expected, "minimum latency; upstream {upstream:?}");
+}
+
 /// `latency` is accepted (gst-launch lines written for rtspclientsink set it) and kept.
 #[test]
 fn latency_is_accepted() {
