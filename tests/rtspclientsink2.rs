@@ -177,6 +177,51 @@ fn publishes_h264_and_opus_into_gst_rtsp_server_over_udp() {
 }
 
 /// `protocols` is an order: a server that allows only TCP gets TCP after refusing UDP.
+/// With a burst latency, audio goes out over TCP with the next video frame: still every frame
+/// of both, decoded by the server, and the held audio is sent at the end of the stream.
+#[test]
+fn publishes_every_frame_over_tcp_with_a_burst_latency() {
+    let connections = publish_into(
+        "rtsp",
+        "tcp",
+        gst_rtsp::RTSPLowerTrans::TCP,
+        Access::default(),
+        "burst-latency=40",
+    );
+    assert_eq!(connections, 1);
+}
+
+/// `frames-held` counts what waited: the audio frames, never the video, and nothing without a
+/// burst latency.
+#[test]
+fn only_audio_is_held_and_counted() {
+    for (props, audio_held) in [("burst-latency=40", true), ("", false)] {
+        let (server, _) = record_server_with(
+            RECORD_LAUNCH,
+            gst_rtsp::RTSPLowerTrans::TCP,
+            Access::default(),
+        );
+        let (pipeline, _) = publisher(&format!("location={} protocols=tcp {props}", server.url()));
+        let sink = pipeline.by_name("sink").unwrap();
+        let result = run_to_end(&pipeline, Duration::from_secs(20));
+        let stats = sink.property::<gst::Structure>("stats");
+        pipeline.set_state(gst::State::Null).unwrap();
+        result.unwrap();
+        let streams = stats.get::<gst::Array>("streams").unwrap();
+        let held: Vec<u64> = streams
+            .iter()
+            .map(|s| {
+                s.get::<gst::Structure>()
+                    .unwrap()
+                    .get::<u64>("frames-held")
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(held[0], 0, "video held ({props}): {stats}");
+        assert_eq!(held[1] > 0, audio_held, "audio held ({props}): {stats}");
+    }
+}
+
 #[test]
 fn falls_back_to_tcp_when_the_server_refuses_udp() {
     publish_into_gst_rtsp_server("udp+tcp", gst_rtsp::RTSPLowerTrans::TCP);

@@ -56,6 +56,9 @@ pub struct PublishConfig {
     pub ntp_clock: NtpClock,
     /// Kernel buffer of the UDP sockets (send for RTP, receive for RTCP); `None`: 1 MiB.
     pub udp_buffer_size: Option<usize>,
+    /// Over TCP, how long the frames of a stream that is not video (audio: a packet each) may
+    /// wait to go out in one write with the next video frame; zero sends each at once.
+    pub burst_latency: Duration,
 }
 
 /// Where the NTP timestamp of Sender Reports comes from: the wall clock (NTP epoch), or a
@@ -117,6 +120,8 @@ pub struct PublishStats {
     /// lost.
     pub frames_dropped: u64,
     pub packets_dropped: u64,
+    /// Frames that waited (over TCP, the burst latency) to go out with the next video frame.
+    pub frames_held: u64,
     /// The SSRC of the stream's packets (the payloader's).
     pub ssrc: Option<u32>,
     /// From the server's last Receiver Report on this stream.
@@ -156,6 +161,39 @@ struct Queue {
     in_flight: Vec<usize>,
     /// While recording: how the streaming thread sends a frame itself.
     direct: Option<Arc<Direct>>,
+    /// Per stream: its frames may be held for the next video frame (not video, and a video
+    /// stream exists), over TCP with a burst latency.
+    holdable: Vec<bool>,
+    /// Since when every queued frame is held for the next video frame (none before it, the
+    /// network thread not woken for them); `None`: nothing is held.
+    held_since: Option<Instant>,
+}
+
+impl Queue {
+    /// Takes every queued frame for one write by the streaming thread, counting them in
+    /// flight: only when all of them are held and nothing else is being sent.
+    fn take_held(&mut self) -> Option<Vec<Frame>> {
+        if self.held_since.is_none() || self.in_flight.iter().any(|&n| n > 0) {
+            return None;
+        }
+        self.held_since = None;
+        let frames: Vec<Frame> = self.frames.drain(..).collect();
+        self.bytes -= frames.iter().map(|f| f.bytes).sum::<usize>();
+        for f in &frames {
+            self.in_flight[f.stream] += 1;
+        }
+        Some(frames)
+    }
+
+    /// Puts back `frames` taken by [`Queue::take_held`] that could not be written, ahead of
+    /// anything queued since, for the network thread.
+    fn put_back(&mut self, frames: Vec<Frame>) {
+        for f in frames.into_iter().rev() {
+            self.in_flight[f.stream] -= 1;
+            self.bytes += f.bytes;
+            self.frames.push_front(f);
+        }
+    }
 }
 
 /// How the streaming thread sends a frame itself while nothing waits in the queue: no
@@ -173,6 +211,22 @@ enum Direct {
 }
 
 impl Direct {
+    /// Over TCP, writes the packets of several frames (stream, packets) in one write if it can
+    /// without waiting: Ok(true) when they were taken. Ok(false) over UDP.
+    fn try_send_frames(&self, frames: &[(usize, &[Bytes])]) -> Result<bool, ClientError> {
+        let Direct::Tcp { writer, channels } = self else {
+            return Ok(false);
+        };
+        let mut list: Vec<(u8, &[u8])> = Vec::new();
+        for &(stream, packets) in frames {
+            let Some(Some(channel)) = channels.get(stream) else {
+                return Ok(false);
+            };
+            list.extend(packets.iter().map(|p| (*channel, p.as_ref())));
+        }
+        writer.try_send_interleaved_many(&list)
+    }
+
     /// Sends the packets of one frame of `stream` now if it can without waiting: Ok(true) when
     /// they were taken.
     fn try_send(&self, name: &str, stream: usize, packets: &[Bytes]) -> Result<bool, ClientError> {
@@ -220,6 +274,7 @@ struct Shared {
     streams: Vec<Mutex<StreamState>>,
     ntp_clock: NtpClock,
     udp_buffer_size: Option<usize>,
+    burst_latency: Duration,
 }
 
 impl Shared {
@@ -230,6 +285,7 @@ impl Shared {
     /// Throws away what is queued, counting it as dropped.
     fn clear_queue(&self) -> usize {
         let mut q = self.queue.lock().unwrap();
+        q.held_since = None;
         let n = q.frames.len();
         for f in q.frames.drain(..) {
             if let Some(s) = self.streams.get(f.stream) {
@@ -313,6 +369,7 @@ impl Publisher {
             queue: Mutex::new(Queue {
                 dropping: vec![None; streams],
                 in_flight: vec![0; streams],
+                holdable: vec![false; streams],
                 ..Queue::default()
             }),
             wake: Notify::new(),
@@ -328,6 +385,7 @@ impl Publisher {
                 .collect(),
             ntp_clock: config.ntp_clock.clone(),
             udp_buffer_size: config.udp_buffer_size,
+            burst_latency: config.burst_latency,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let teardown_timeout = config.client.teardown_timeout;
@@ -345,11 +403,23 @@ impl Publisher {
     /// Sets (or replaces, before connecting) the description of stream `stream`; its control
     /// is set by the publisher.
     pub fn set_media(&self, stream: usize, media: MediaDescription) {
-        if let Some(slot) = self.shared.media.lock().unwrap().get_mut(stream) {
+        let mut all = self.shared.media.lock().unwrap();
+        if let Some(slot) = all.get_mut(stream) {
             if let Some(s) = self.shared.streams.get(stream) {
                 s.lock().unwrap().clock_rate = media.clock_rate;
             }
             *slot = Some(media);
+            let video =
+                |m: &Option<MediaDescription>| m.as_ref().is_some_and(|m| m.media == "video");
+            let any_video = all.iter().any(video);
+            let holdable = all
+                .iter()
+                .map(|m| {
+                    m.is_some() && !video(m) && any_video && !self.shared.burst_latency.is_zero()
+                })
+                .collect();
+            drop(all);
+            self.shared.queue.lock().unwrap().holdable = holdable;
             self.shared.wake.notify_one();
         }
     }
@@ -399,6 +469,85 @@ impl Publisher {
             );
         }
         q.dropping[stream] = None;
+        let tcp = q
+            .direct
+            .clone()
+            .filter(|d| matches!(**d, Direct::Tcp { .. }));
+        if let Some(direct) = tcp {
+            let now = Instant::now();
+            let mut frame = Some(Frame {
+                stream,
+                packets,
+                bytes,
+            });
+            if q.holdable[stream] && (q.held_since.is_some() || q.frames.is_empty()) {
+                // Over TCP a frame that is not video waits for the next video frame, to go out
+                // in the same write: at most the burst latency (checked at its stream's next
+                // frame, so an audio packet's interval more).
+                let since = *q.held_since.get_or_insert(now);
+                if let Some(s) = self.shared.streams.get(stream) {
+                    s.lock().unwrap().stats.frames_held += 1;
+                }
+                q.bytes += bytes;
+                q.frames.extend(frame.take());
+                if now.duration_since(since) < self.shared.burst_latency {
+                    return Pushed::Queued;
+                }
+            }
+            if let Some(held) = q.take_held() {
+                drop(q);
+                let mut list: Vec<(usize, &[Bytes])> = held
+                    .iter()
+                    .map(|f| (f.stream, f.packets.as_slice()))
+                    .collect();
+                list.extend(frame.iter().map(|f| (f.stream, f.packets.as_slice())));
+                let taken = direct.try_send_frames(&list);
+                q = self.shared.queue.lock().unwrap();
+                for f in &held {
+                    q.in_flight[f.stream] -= 1;
+                }
+                match taken {
+                    Ok(true) => {
+                        drop(q);
+                        let now = Instant::now();
+                        for f in held.iter().chain(frame.iter()) {
+                            account(&self.shared, f.stream, &f.packets, now);
+                        }
+                        return Pushed::Queued;
+                    }
+                    Ok(false) => {}
+                    Err(e) => log::trace!(
+                        id = self.shared.name.as_str();
+                        "writing held frames from the streaming thread failed: {e}; queued"
+                    ),
+                }
+                for f in &held {
+                    q.in_flight[f.stream] += 1;
+                }
+                q.put_back(held);
+            }
+            let Some(frame) = frame else {
+                // Held past the burst latency and not written: the network thread sends it.
+                q.held_since = None;
+                drop(q);
+                self.shared.wake.notify_one();
+                return Pushed::Queued;
+            };
+            let packets = frame.packets;
+            return self.push_unheld(q, stream, packets, bytes);
+        }
+        self.push_unheld(q, stream, packets, bytes)
+    }
+
+    /// [`Publisher::push`] of a frame that is not held: straight to the socket if nothing
+    /// would be overtaken, else queued for the network thread (with whatever is held).
+    fn push_unheld<'a>(
+        &'a self,
+        mut q: std::sync::MutexGuard<'a, Queue>,
+        stream: usize,
+        packets: Vec<Bytes>,
+        bytes: usize,
+    ) -> Pushed {
         if let Some(direct) = q.direct.clone().filter(|d| match **d {
             Direct::Tcp { .. } => q.frames.is_empty() && q.in_flight.iter().all(|&n| n == 0),
             Direct::Udp { .. } => {
@@ -431,6 +580,8 @@ impl Publisher {
             packets,
             bytes,
         });
+        // The network thread sends the held frames too.
+        q.held_since = None;
         drop(q);
         self.shared.wake.notify_one();
         Pushed::Queued
@@ -448,6 +599,9 @@ impl Publisher {
     /// Sends what is queued (at most `drain_timeout`), then TEARDOWN (at most
     /// `teardown_timeout`); returns when done. Call it outside the runtime (it blocks).
     pub fn finish(&self) {
+        // Nothing waits for a next video frame any more.
+        self.shared.queue.lock().unwrap().held_since = None;
+        self.shared.wake.notify_one();
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Finish(tx)).is_ok()
             && tokio::runtime::Handle::try_current().is_err()
@@ -1141,7 +1295,10 @@ async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError
         let n = q.frames.len().min(FRAMES_PER_ROUND);
         let frames: Vec<Frame> = q.frames.drain(..n).collect();
         q.bytes -= frames.iter().map(|f| f.bytes).sum::<usize>();
-        if !q.frames.is_empty() {
+        if q.frames.is_empty() {
+            // Held frames went too.
+            q.held_since = None;
+        } else {
             shared.wake.notify_one();
         }
         for f in &frames {
@@ -1253,6 +1410,10 @@ mod tests {
     }
 
     fn publisher(queue_bytes: usize) -> Publisher {
+        publisher_holding(queue_bytes, Duration::ZERO)
+    }
+
+    fn publisher_holding(queue_bytes: usize, burst_latency: Duration) -> Publisher {
         let config = PublishConfig {
             client: ClientConfig {
                 url: "rtsp://127.0.0.1:9/x".into(),
@@ -1262,6 +1423,7 @@ mod tests {
             drain_timeout: Duration::from_millis(100),
             ntp_clock: NtpClock::default(),
             udp_buffer_size: None,
+            burst_latency,
         };
         // No description is set: it never connects, the queue only fills.
         Publisher::start(config, 2, |_| {})
@@ -1322,6 +1484,109 @@ mod tests {
             .map(|f| rtp::parse_rtp_header(&f.packets[0]).unwrap().timestamp)
             .collect();
         assert_eq!(queued, [2, 3]);
+    }
+
+    /// Over TCP with a burst latency, an audio packet waits for the next video frame and goes
+    /// out before it in the same write; one held past the latency goes at the next packet of
+    /// its stream.
+    #[test]
+    fn over_tcp_audio_waits_for_the_next_video_frame_at_most_the_burst_latency() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let conn = rt
+            .block_on(Connection::connect(
+                "127.0.0.1",
+                port,
+                &super::super::conn::Carrier::default(),
+                Duration::from_secs(5),
+                crate::rtsp::codec::Limits::default(),
+                "test".into(),
+                "test".into(),
+                |_| {},
+            ))
+            .unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let latency = Duration::from_millis(500);
+        let p = publisher_holding(100_000, latency);
+        {
+            let mut q = p.shared.queue.lock().unwrap();
+            q.holdable = vec![false, true];
+            q.direct = Some(Arc::new(Direct::Tcp {
+                writer: conn.direct_writer(),
+                channels: vec![Some(0), Some(2)],
+            }));
+        }
+        // Interleaved frames read by the server: (channel, RTP timestamp).
+        let read = |server: &mut std::net::TcpStream, n: usize| -> Vec<(u8, u32)> {
+            server
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            (0..n)
+                .map(|_| {
+                    let mut head = [0u8; 4];
+                    server.read_exact(&mut head).unwrap();
+                    assert_eq!(head[0], b'$');
+                    let mut data = vec![0u8; usize::from(u16::from_be_bytes([head[2], head[3]]))];
+                    server.read_exact(&mut data).unwrap();
+                    (head[1], rtp::parse_rtp_header(&data).unwrap().timestamp)
+                })
+                .collect()
+        };
+        let nothing_yet = |server: &mut std::net::TcpStream| {
+            server
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            assert!(server.read(&mut b).is_err(), "something was sent");
+        };
+        assert_eq!(p.push(1, vec![packet(10, 40)]), Pushed::Queued);
+        assert_eq!(p.push(1, vec![packet(11, 40)]), Pushed::Queued);
+        nothing_yet(&mut server);
+        assert_eq!(p.stats()[1].packets_sent, 0);
+        // The video frame takes the held audio along, after it.
+        assert_eq!(
+            p.push(0, vec![packet(1, 1000), packet(1, 500)]),
+            Pushed::Queued
+        );
+        assert_eq!(read(&mut server, 4), [(2, 10), (2, 11), (0, 1), (0, 1)]);
+        assert!(p.shared.queue_empty());
+        assert_eq!(
+            (p.stats()[0].packets_sent, p.stats()[1].packets_sent),
+            (2, 2)
+        );
+        // No video comes: the held packet goes with its stream's first packet after the latency.
+        assert_eq!(p.push(1, vec![packet(12, 40)]), Pushed::Queued);
+        nothing_yet(&mut server);
+        std::thread::sleep(latency);
+        assert_eq!(p.push(1, vec![packet(13, 40)]), Pushed::Queued);
+        assert_eq!(read(&mut server, 2), [(2, 12), (2, 13)]);
+        // Something in flight (the network thread writing): the video frame queues behind the
+        // held audio for the network thread, in order.
+        assert_eq!(p.push(1, vec![packet(14, 40)]), Pushed::Queued);
+        p.shared.queue.lock().unwrap().in_flight[0] += 1;
+        assert_eq!(p.push(0, vec![packet(2, 100)]), Pushed::Queued);
+        let q = p.shared.queue.lock().unwrap();
+        let queued: Vec<(usize, u32)> = q
+            .frames
+            .iter()
+            .map(|f| {
+                (
+                    f.stream,
+                    rtp::parse_rtp_header(&f.packets[0]).unwrap().timestamp,
+                )
+            })
+            .collect();
+        assert_eq!(queued, [(1, 14), (0, 2)]);
+        assert!(
+            q.held_since.is_none(),
+            "the network thread was left to send them"
+        );
     }
 
     #[test]
