@@ -40,6 +40,10 @@
 //! changing the code); the method is the same, so the ratio tells whether a change made ours
 //! cheaper, which the drift of this machine hides when two runs of the benchmark are compared.
 //!
+//! BENCH_OURS_PROPS="PROP=VALUE ..." adds properties to this build's rtspclientsink2 only (e.g.
+//! `burst-latency=40`; with BENCH_BASELINE, the same build runs with and without them when
+//! DIR holds a copy of it).
+//!
 //! BENCH_SERVE=SECONDS only encodes the file and serves a RECORD mount for that long, printing
 //! the URL and the input pipeline, for profiling a publisher by hand (`perf record -g -p PID`).
 //!
@@ -279,6 +283,11 @@ struct Side {
     build: Option<PluginBuild>,
 }
 
+/// BENCH_OURS_PROPS: properties for this build's rtspclientsink2 only (part 1).
+fn ours_props() -> String {
+    std::env::var("BENCH_OURS_PROPS").unwrap_or_default()
+}
+
 /// A `gst-launch-1.0` child running `args`, its stderr into `log`.
 fn launch(
     args: &[String],
@@ -404,9 +413,11 @@ fn part_publish(
                 let mount = &mounts[next_mount % MOUNTS];
                 next_mount += 1;
                 mount_of[i] = mount.clone();
+                let ours = sides[i].build.as_ref().is_some_and(|b| b.label == "current");
                 let sink = format!(
-                    "{} name=c location=rtsp://127.0.0.1:{port}{mount} protocols={proto}",
-                    sides[i].publisher
+                    "{} name=c location=rtsp://127.0.0.1:{port}{mount} protocols={proto} {}",
+                    sides[i].publisher,
+                    if ours { ours_props() } else { String::new() }
                 );
                 let log = dir.join(format!("publish-{proto}-{round}-{i}.log"));
                 guards.push((
