@@ -413,7 +413,10 @@ fn part_publish(
                 let mount = &mounts[next_mount % MOUNTS];
                 next_mount += 1;
                 mount_of[i] = mount.clone();
-                let ours = sides[i].build.as_ref().is_some_and(|b| b.label == "current");
+                let ours = sides[i]
+                    .build
+                    .as_ref()
+                    .is_some_and(|b| b.label == "current");
                 let sink = format!(
                     "{} name=c location=rtsp://127.0.0.1:{port}{mount} protocols={proto} {}",
                     sides[i].publisher,

@@ -185,11 +185,10 @@ impl Queue {
         Some(frames)
     }
 
-    /// Puts back `frames` taken by [`Queue::take_held`] that could not be written, ahead of
-    /// anything queued since, for the network thread.
+    /// Puts back `frames` taken by [`Queue::take_held`] that could not be written (no longer
+    /// in flight), ahead of anything queued since, for the network thread.
     fn put_back(&mut self, frames: Vec<Frame>) {
         for f in frames.into_iter().rev() {
-            self.in_flight[f.stream] -= 1;
             self.bytes += f.bytes;
             self.frames.push_front(f);
         }
@@ -495,6 +494,10 @@ impl Publisher {
                 }
             }
             if let Some(held) = q.take_held() {
+                // In flight too, so that no other frame goes straight out meanwhile.
+                if let Some(f) = &frame {
+                    q.in_flight[f.stream] += 1;
+                }
                 drop(q);
                 let mut list: Vec<(usize, &[Bytes])> = held
                     .iter()
@@ -503,7 +506,7 @@ impl Publisher {
                 list.extend(frame.iter().map(|f| (f.stream, f.packets.as_slice())));
                 let taken = direct.try_send_frames(&list);
                 q = self.shared.queue.lock().unwrap();
-                for f in &held {
+                for f in held.iter().chain(frame.iter()) {
                     q.in_flight[f.stream] -= 1;
                 }
                 match taken {
@@ -520,9 +523,6 @@ impl Publisher {
                         id = self.shared.name.as_str();
                         "writing held frames from the streaming thread failed: {e}; queued"
                     ),
-                }
-                for f in &held {
-                    q.in_flight[f.stream] += 1;
                 }
                 q.put_back(held);
             }
