@@ -132,6 +132,7 @@ impl UdpSender {
         }
     }
 
+    #[cfg(target_os = "linux")]
     fn local_addr_text(&self) -> String {
         self.socket
             .local_addr()
