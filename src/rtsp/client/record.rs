@@ -205,7 +205,7 @@ enum Direct {
     },
     /// Each stream's RTP socket (non-blocking) and the server's RTP port.
     Udp {
-        outs: Vec<Option<(Arc<std::net::UdpSocket>, SocketAddr)>>,
+        outs: Vec<Option<(Arc<udp_out::UdpSender>, SocketAddr)>>,
     },
 }
 
@@ -675,7 +675,7 @@ enum Out {
         /// Not registered with the runtime: sends never wait for room (a datagram the kernel
         /// refuses is counted), and every datagram freed would otherwise wake the network
         /// thread (a UDP socket is writable again after each one: edge-triggered EPOLLOUT).
-        rtp: Arc<std::net::UdpSocket>,
+        rtp: Arc<udp_out::UdpSender>,
         rtcp: Arc<UdpSocket>,
         to_rtp: SocketAddr,
         to_rtcp: SocketAddr,
@@ -1104,7 +1104,7 @@ async fn setup(
             };
             let rtp = rtp_sock
                 .set_nonblocking(true)
-                .map(|_| Arc::new(rtp_sock))
+                .map(|_| Arc::new(udp_out::UdpSender::new(rtp_sock)))
                 .map_err(|e| ClientError::io("setting up a UDP socket", &e))?;
             let rtcp = to_tokio(rtcp_sock)?;
             let reader = rtcp.clone();
@@ -1445,7 +1445,10 @@ mod tests {
             .map(|r| {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 s.set_nonblocking(true).unwrap();
-                Some((Arc::new(s), r.local_addr().unwrap()))
+                Some((
+                    Arc::new(udp_out::UdpSender::new(s)),
+                    r.local_addr().unwrap(),
+                ))
             })
             .collect();
         p.shared.queue.lock().unwrap().direct = Some(Arc::new(Direct::Udp { outs }));

@@ -349,7 +349,7 @@ pub struct Stream {
     description: Mutex<Option<MediaDescription>>,
     plane: Mutex<Plane>,
     /// RTP is sent from here (unicast). Non-blocking; a full send buffer drops the packet.
-    pub rtp_socket: UdpSocket,
+    pub rtp_socket: crate::net::udp_out::UdpSender,
     /// RTCP is sent and received here.
     pub rtcp_socket: Arc<UdpSocket>,
     pub server_ports: (u16, u16),
@@ -379,7 +379,7 @@ impl Stream {
             id,
             description: Mutex::new(None),
             plane: Mutex::new(Plane::default()),
-            rtp_socket,
+            rtp_socket: crate::net::udp_out::UdpSender::new(rtp_socket),
             rtcp_socket: Arc::new(rtcp_socket),
             server_ports,
             multicast: Mutex::new(None),
