@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use gst::prelude::*;
+
 use common::abr::abr_sources;
 use common::hls::*;
 
@@ -255,6 +257,65 @@ const FMP4_PROPS: &str =
 fn fmp4_i_frame_playlist_names_each_fragment_start() {
     let dir = TempDir::new("iframes-fmp4");
     run_sink(&format!("location={} {FMP4_PROPS}", dir.str()), &sources());
+    assert_an_i_frame_per_fmp4_segment(&dir);
+}
+
+/// The audio (not live) is all there before the video encoder's first frame, which comes after
+/// its caps: the audio runs more than 5 s ahead, but the sink waits for the video's first
+/// frame (its track) rather than start with an audio-only init segment and segment (no
+/// I-frame) and a discontinuity when the video comes. Under load this happened by itself; here
+/// the video's first buffer waits (after its caps went through) for the audio's EOS, and the
+/// audio's first buffer waits for the video's caps.
+#[test]
+fn fmp4_audio_ahead_of_the_first_video_frame_waits_for_it() {
+    use std::sync::{Arc, Condvar, Mutex};
+    let dir = TempDir::new("iframes-fmp4-late-video");
+    let (p, h) = pipeline(&format!("location={} {FMP4_PROPS}", dir.str()), &sources());
+    // (video caps through, audio EOS seen, the video's first buffer was held until then)
+    type State = (Mutex<(bool, bool, bool)>, Condvar);
+    let state: Arc<State> = Arc::new((Mutex::new((false, false, false)), Condvar::new()));
+    // No panic on a streaming thread: a wait that times out lets the buffer go, and the
+    // assertion after the run says the case was not staged.
+    let wait_until = |state: &State, f: fn(&(bool, bool, bool)) -> bool| -> bool {
+        let (lock, cv) = state;
+        let guard = lock.lock().unwrap();
+        let (_guard, timeout) = cv
+            .wait_timeout_while(guard, Duration::from_secs(30), |s| !f(s))
+            .unwrap();
+        !timeout.timed_out()
+    };
+    let s = state.clone();
+    h.static_pad("video")
+        .expect("video pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            // Its caps went through before this first buffer.
+            s.0.lock().unwrap().0 = true;
+            s.1.notify_all();
+            let held = wait_until(&s, |s| s.1);
+            s.0.lock().unwrap().2 = held;
+            gst::PadProbeReturn::Remove
+        });
+    let audio = h.static_pad("audio").expect("audio pad");
+    let s = state.clone();
+    audio.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        wait_until(&s, |s| s.0);
+        gst::PadProbeReturn::Remove
+    });
+    let s = state.clone();
+    audio.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(e)) = &info.data
+            && e.type_() == gst::EventType::Eos
+        {
+            s.0.lock().unwrap().1 = true;
+            s.1.notify_all();
+        }
+        gst::PadProbeReturn::Ok
+    });
+    run_to_end(&p, Duration::from_secs(60)).expect("pipeline runs to EOS");
+    assert!(
+        state.0.lock().unwrap().2,
+        "the video's first buffer was not held until the audio's EOS"
+    );
     assert_an_i_frame_per_fmp4_segment(&dir);
 }
 
