@@ -14,11 +14,27 @@ use std::time::{Duration, Instant};
 
 use common::hls::{http_request, read_playlist, wait_for};
 use common::rtmp::{Nginx, TempDir, free_port, probe_file, wait_file_settled};
-use common::{ChildGuard, assert_absent, launch_logged, lines_with};
+use common::{ChildGuard, assert_absent, launch_logged, lines_with, plugin_dir, tail};
 
 /// `gst-launch-1.0 -e PIPELINE` with everything logged at level 9 to `log` (stderr), no colour,
-/// our plugin from target/ with a registry of its own.
+/// our plugin from target/ with a registry of its own. The registry is made first, quietly:
+/// scanning every installed plugin with everything logged took most of a minute on a loaded
+/// machine and was most of the log (our plugin is still loaded, and logs, in the child).
 fn launch(dir: &Path, log: &Path, pipeline: &[&str]) -> ChildGuard {
+    let (out, timed_out) = common::run(
+        Command::new("gst-inspect-1.0")
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("GST_REGISTRY", dir.join("registry.bin"))
+            .env_remove("GST_DEBUG")
+            .arg("rtspserversrc"),
+        Duration::from_secs(180),
+    );
+    assert!(
+        !timed_out && out.status.success(),
+        "gst-inspect-1.0 did not find our plugin: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     launch_logged(dir, log, &[&["-e"], pipeline].concat())
 }
 
@@ -246,34 +262,60 @@ fn publishers_credentials_are_in_no_server_log() {
         ],
     );
     // The stock publisher (Digest, MD5 without qop in 1.22) in a process of its own: only the
-    // server's log is searched. It ends with EOS, TEARDOWN; the server then ends its pad.
+    // server's log is searched. It ends with EOS (a TEARDOWN, or only closing its connection);
+    // the server then ends its pad.
     let url = format!("rtsp://127.0.0.1:{port}/rec");
-    // Scanning the registry with everything logged takes a while.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !std::fs::read(&log).is_ok_and(|b| lines_with(&b, b"for publishers at").len() == 1) {
         assert!(Instant::now() < deadline, "rtspserversrc did not listen");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let publisher = Command::new("timeout")
-        .args(["60", "gst-launch-1.0", "-e"])
-        .args(
-            format!(
-                "videotestsrc num-buffers=60 is-live=true \
+    // Its own debug output stays low (only the server's log is searched), and it reads the
+    // registry the server just wrote (same plugin path), so it starts without scanning the
+    // plugins: the shared default registry is rewritten by every gst-launch-1.0 of other tests
+    // with another plugin path, and a full scan on a loaded machine once took the whole minute
+    // this publisher had (killed by `timeout 60` with nothing printed).
+    let publisher = ChildGuard::spawn(
+        Command::new("gst-launch-1.0")
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("GST_REGISTRY", dir.path().join("registry.bin"))
+            .env("GST_DEBUG", "*:2,rtspclientsink:5")
+            .env("GST_DEBUG_NO_COLOR", "1")
+            .env_remove("GST_DEBUG_FILE")
+            .arg("-e")
+            .args(
+                format!(
+                    "videotestsrc num-buffers=60 is-live=true \
                      ! video/x-raw,width=160,height=120,framerate=30/1 \
                      ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
                      ! rtspclientsink location={url} protocols=tcp user-id=alice \
                      user-pw={password}"
-            )
-            .split_whitespace(),
-        )
-        .output()
-        .expect("gst-launch-1.0");
-    assert!(
-        publisher.status.success(),
-        "rtspclientsink: {}",
-        String::from_utf8_lossy(&publisher.stderr)
+                )
+                .split_whitespace(),
+            ),
     );
-    wait_success(server, Duration::from_secs(30), "rtspserversrc");
+    // 60 frames (2 s live) then EOS: alone it takes 2 s; the bound is for a hang.
+    let started = Instant::now();
+    let (out, timed_out) = publisher.wait_output(Duration::from_secs(120));
+    if timed_out || !out.status.success() {
+        let server_log = std::fs::read(&log).unwrap_or_default();
+        let server_lines: Vec<_> = String::from_utf8_lossy(&server_log)
+            .lines()
+            .filter(|l| l.contains(" lsrtsp ") && !l.contains(" LOG "))
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect();
+        panic!(
+            "rtspclientsink: {} after {:?}{}\n--- stdout\n{}\n--- stderr (tail)\n{}\n\
+             --- the server's lsrtsp debug lines (last 40)\n{}",
+            out.status,
+            started.elapsed(),
+            if timed_out { " (killed: no end)" } else { "" },
+            String::from_utf8_lossy(&out.stdout),
+            tail(&String::from_utf8_lossy(&out.stderr), 6000),
+            server_lines[server_lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    wait_success(server, Duration::from_secs(60), "rtspserversrc");
 
     let bytes = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&bytes);
@@ -282,7 +324,10 @@ fn publishers_credentials_are_in_no_server_log() {
         &text,
         "lsrtsp",
         &[
+            "ANNOUNCE refused: 401 Unauthorized: no credentials",
+            "WWW-Authenticate: Digest realm=",
             "ANNOUNCE authenticated: user 'alice' (Digest MD5)",
+            "SETUP authenticated: user 'alice' (Digest MD5)",
             "RECORD authenticated: user 'alice'",
             "request headers: ",
             "Authorization: <redacted>",
