@@ -273,9 +273,10 @@ fn publishers_credentials_are_in_no_server_log() {
     // Its own debug output stays low (only the server's log is searched), and it reads the
     // registry the server just wrote (same plugin path), so it starts without scanning the
     // plugins: the shared default registry is rewritten by every gst-launch-1.0 of other tests
-    // with another plugin path, and a full scan on a loaded machine once took the whole minute
-    // this publisher had (killed by `timeout 60` with nothing printed).
-    let publisher = ChildGuard::spawn(
+    // with another plugin path. Its output goes to files, shown if it fails.
+    let out_path = dir.path().join("publisher.out");
+    let err_path = dir.path().join("publisher.err");
+    let mut publisher = ChildGuard(Some(
         Command::new("gst-launch-1.0")
             .env("GST_PLUGIN_PATH", plugin_dir())
             .env("GST_REGISTRY", dir.path().join("registry.bin"))
@@ -292,26 +293,64 @@ fn publishers_credentials_are_in_no_server_log() {
                      user-pw={password}"
                 )
                 .split_whitespace(),
-            ),
-    );
-    // 60 frames (2 s live) then EOS: alone it takes 2 s; the bound is for a hang.
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("spawn gst-launch-1.0"),
+    ));
+    // 60 frames (2 s live), then EOS: it ends within 3 s. But the stock rtspclientsink (1.22)
+    // sometimes never posts EOS on a loaded machine: its EOS reaches its RTP session (BYE
+    // sent), the server has every packet and the BYE and keeps sending receiver reports, yet
+    // the pipeline never ends (seen once in ~20 runs beside two `yes`; killed by `timeout 60`
+    // in CI). That is not what this test checks: once the server has logged the publication
+    // (its RTP and a sender report) and 30 s have passed, the publisher is killed, which ends
+    // the session as a closed connection does. Without that progress in 120 s it fails.
     let started = Instant::now();
-    let (out, timed_out) = publisher.wait_output(Duration::from_secs(120));
-    if timed_out || !out.status.success() {
+    let recorded = || {
+        let log = std::fs::read(&log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&log);
+        count_lines(&text, "lsrtsp", "first RTP packet") > 0
+            && count_lines(&text, "lsrtsp", ": sender report ssrc") > 0
+    };
+    let child = publisher.0.as_mut().unwrap();
+    let mut next_check = started + Duration::from_secs(30);
+    let outcome = loop {
+        if let Some(status) = child.try_wait().expect("wait publisher") {
+            break Ok(status);
+        }
+        if Instant::now() >= next_check {
+            if recorded() {
+                eprintln!(
+                    "rtspclientsink had not ended after {:?}: killed",
+                    started.elapsed()
+                );
+                break Err(false);
+            }
+            next_check = Instant::now() + Duration::from_secs(1);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            break Err(true);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(publisher);
+    if !matches!(outcome, Ok(s) if s.success()) && !matches!(outcome, Err(false)) {
         let server_log = std::fs::read(&log).unwrap_or_default();
         let server_lines: Vec<_> = String::from_utf8_lossy(&server_log)
             .lines()
             .filter(|l| l.contains(" lsrtsp ") && !l.contains(" LOG "))
             .map(|l| l.chars().take(300).collect::<String>())
             .collect();
+        let stderr = std::fs::read(&err_path).unwrap_or_default();
         panic!(
-            "rtspclientsink: {} after {:?}{}\n--- stdout\n{}\n--- stderr (tail)\n{}\n\
+            "rtspclientsink: {outcome:?} after {:?} (Err(true): no progress, killed)\n\
+             --- stdout\n{}\n--- stderr (tail)\n{}\n\
              --- the server's lsrtsp debug lines (last 40)\n{}",
-            out.status,
             started.elapsed(),
-            if timed_out { " (killed: no end)" } else { "" },
-            String::from_utf8_lossy(&out.stdout),
-            tail(&String::from_utf8_lossy(&out.stderr), 6000),
+            String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()),
+            tail(&String::from_utf8_lossy(&stderr), 6000),
             server_lines[server_lines.len().saturating_sub(40)..].join("\n")
         );
     }
