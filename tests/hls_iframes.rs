@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use gst::prelude::*;
+
 use common::abr::abr_sources;
 use common::hls::*;
 
@@ -143,28 +145,178 @@ fn ts_i_frame_playlist_names_every_keyframe() {
     assert_eq!(stdout.lines().next(), Some("6"), "{stdout}");
 }
 
-#[test]
-fn fmp4_i_frame_playlist_names_each_fragment_start() {
-    let dir = TempDir::new("iframes-fmp4");
-    run_sink(
-        &format!(
-            "location={} target-duration=2 playlist-type=vod i-frame-playlist=true \
-             segment-format=fmp4",
-            dir.str()
-        ),
-        &sources(),
-    );
+/// The top-level boxes of an fMP4 segment, each moof with its trafs (track id, sample count,
+/// whether the first sample is a sync sample): what a failure shows of a segment.
+fn box_summary(data: &[u8]) -> String {
+    fn boxes(d: &[u8]) -> Vec<(String, &[u8])> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 8 <= d.len() {
+            let size = u32::from_be_bytes(d[at..at + 4].try_into().unwrap()) as usize;
+            if size < 8 || at + size > d.len() {
+                out.push((format!("<bad box of {size} bytes at {at}>"), &d[..0]));
+                break;
+            }
+            out.push((
+                String::from_utf8_lossy(&d[at + 4..at + 8]).into_owned(),
+                &d[at + 8..at + size],
+            ));
+            at += size;
+        }
+        out
+    }
+    let u32_at = |d: &[u8], at: usize| {
+        d.get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+    };
+    let mut out = Vec::new();
+    for (kind, body) in boxes(data) {
+        if kind != "moof" {
+            out.push(format!("{kind}({})", body.len() + 8));
+            continue;
+        }
+        let mut trafs = Vec::new();
+        for (kind, traf) in boxes(body) {
+            if kind != "traf" {
+                continue;
+            }
+            let mut desc = String::new();
+            for (kind, b) in boxes(traf) {
+                match kind.as_str() {
+                    "tfhd" => desc += &format!("id {:?}", u32_at(b, 4)),
+                    "trun" => {
+                        // version+flags, count, data offset, then per sample: duration, size,
+                        // flags (as our muxer writes them).
+                        let flags = u32_at(b, 0).unwrap_or(0) & 0xff_ffff;
+                        desc += &format!(
+                            " trun flags {flags:#x} count {:?} first flags {:x?}",
+                            u32_at(b, 4),
+                            u32_at(b, 20)
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            trafs.push(desc);
+        }
+        out.push(format!("moof[{}]", trafs.join("; ")));
+    }
+    out.join(" ")
+}
+
+/// What a failure needs: both playlists, the files and each segment's boxes.
+fn fmp4_diagnostics(dir: &TempDir) -> String {
+    let mut out = String::new();
+    for name in ["playlist.m3u8", "playlist-iframes.m3u8"] {
+        let text = std::fs::read(dir.join(name)).unwrap_or_default();
+        out += &format!("--- {name}\n{}\n", String::from_utf8_lossy(&text));
+    }
+    for f in dir.files() {
+        if f.ends_with(".m4s") {
+            let data = std::fs::read(dir.join(&f)).unwrap_or_default();
+            out += &format!("--- {f}: {}\n", box_summary(&data));
+        }
+    }
+    out += &format!("--- files: {:?}", dir.files());
+    out
+}
+
+/// An fMP4 I-frame playlist with one entry per segment: its fragment, starting with the
+/// segment's keyframe, standing for the whole segment; one init segment for audio and video.
+fn assert_an_i_frame_per_fmp4_segment(dir: &TempDir) {
     let media = read_playlist(&dir.join("playlist.m3u8"));
-    let entries = check_ranges(&dir, "playlist-iframes.m3u8");
+    let why = || fmp4_diagnostics(dir);
+    let inits: Vec<_> = dir
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("init"))
+        .collect();
+    assert_eq!(inits.len(), 1, "{inits:?}\n{}", why());
+    assert!(media.segments.iter().all(|s| !s.discontinuity), "{}", why());
+    let entries = check_ranges(dir, "playlist-iframes.m3u8");
     // One fragment per segment, starting with its keyframe.
-    assert_eq!(entries.len(), media.segments.len(), "{entries:?}");
+    assert_eq!(
+        entries.len(),
+        media.segments.len(),
+        "{entries:?}\n{}",
+        why()
+    );
     for (e, s) in entries.iter().zip(&media.segments) {
-        assert_eq!(e.0, s.uri);
-        assert!((e.3 - s.duration).abs() < 0.01);
+        assert_eq!(e.0, s.uri, "{}", why());
+        assert!((e.3 - s.duration).abs() < 0.01, "{}", why());
     }
     let p = iframe_playlist(&dir.join("playlist-iframes.m3u8"));
     assert!(p.segments[0].map.is_some(), "EXT-X-MAP");
     assert!(p.version.unwrap_or(0) >= 5);
+}
+
+const FMP4_PROPS: &str =
+    "target-duration=2 playlist-type=vod i-frame-playlist=true segment-format=fmp4";
+
+#[test]
+fn fmp4_i_frame_playlist_names_each_fragment_start() {
+    let dir = TempDir::new("iframes-fmp4");
+    run_sink(&format!("location={} {FMP4_PROPS}", dir.str()), &sources());
+    assert_an_i_frame_per_fmp4_segment(&dir);
+}
+
+/// The audio (not live) is all there before the video encoder's first frame, which comes after
+/// its caps: the audio runs more than 5 s ahead, but the sink waits for the video's first
+/// frame (its track) rather than start with an audio-only init segment and segment (no
+/// I-frame) and a discontinuity when the video comes. Under load this happened by itself; here
+/// the video's first buffer waits (after its caps went through) for the audio's EOS, and the
+/// audio's first buffer waits for the video's caps.
+#[test]
+fn fmp4_audio_ahead_of_the_first_video_frame_waits_for_it() {
+    use std::sync::{Arc, Condvar, Mutex};
+    let dir = TempDir::new("iframes-fmp4-late-video");
+    let (p, h) = pipeline(&format!("location={} {FMP4_PROPS}", dir.str()), &sources());
+    // (video caps through, audio EOS seen, the video's first buffer was held until then)
+    type State = (Mutex<(bool, bool, bool)>, Condvar);
+    let state: Arc<State> = Arc::new((Mutex::new((false, false, false)), Condvar::new()));
+    // No panic on a streaming thread: a wait that times out lets the buffer go, and the
+    // assertion after the run says the case was not staged.
+    let wait_until = |state: &State, f: fn(&(bool, bool, bool)) -> bool| -> bool {
+        let (lock, cv) = state;
+        let guard = lock.lock().unwrap();
+        let (_guard, timeout) = cv
+            .wait_timeout_while(guard, Duration::from_secs(30), |s| !f(s))
+            .unwrap();
+        !timeout.timed_out()
+    };
+    let s = state.clone();
+    h.static_pad("video")
+        .expect("video pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            // Its caps went through before this first buffer.
+            s.0.lock().unwrap().0 = true;
+            s.1.notify_all();
+            let held = wait_until(&s, |s| s.1);
+            s.0.lock().unwrap().2 = held;
+            gst::PadProbeReturn::Remove
+        });
+    let audio = h.static_pad("audio").expect("audio pad");
+    let s = state.clone();
+    audio.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        wait_until(&s, |s| s.0);
+        gst::PadProbeReturn::Remove
+    });
+    let s = state.clone();
+    audio.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(e)) = &info.data
+            && e.type_() == gst::EventType::Eos
+        {
+            s.0.lock().unwrap().1 = true;
+            s.1.notify_all();
+        }
+        gst::PadProbeReturn::Ok
+    });
+    run_to_end(&p, Duration::from_secs(60)).expect("pipeline runs to EOS");
+    assert!(
+        state.0.lock().unwrap().2,
+        "the video's first buffer was not held until the audio's EOS"
+    );
+    assert_an_i_frame_per_fmp4_segment(&dir);
 }
 
 #[test]

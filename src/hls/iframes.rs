@@ -164,9 +164,52 @@ fn boxes(d: &[u8]) -> Vec<([u8; 4], usize, usize)> {
     out
 }
 
+/// A tfhd's defaults for the samples of its traf (the trex's are not known here): sample size
+/// and sample flags, when it carries them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct TrackDefaults {
+    size: Option<u32>,
+    flags: Option<u32>,
+}
+
+/// From a tfhd body: (track_ID, default-base-is-moof without an explicit base offset, defaults).
+fn track_header(tfhd: &[u8]) -> Option<(u32, bool, TrackDefaults)> {
+    // version(1) flags(3) track_ID(4) [base_data_offset(8)] [sample_description_index(4)]
+    // [default_sample_duration(4)] [default_sample_size(4)] [default_sample_flags(4)]
+    let flags = u32_at(tfhd, 0)? & 0x00ff_ffff;
+    let id = u32_at(tfhd, 4)?;
+    let mut at = 8usize;
+    let mut field = |bit: u32, len: usize| -> Option<Option<usize>> {
+        if flags & bit == 0 {
+            return Some(None);
+        }
+        let here = at;
+        at = at.checked_add(len)?;
+        Some(Some(here))
+    };
+    let _base = field(0x1, 8)?;
+    let _description = field(0x2, 4)?;
+    let _duration = field(0x8, 4)?;
+    let size = field(0x10, 4)?;
+    let sample_flags = field(0x20, 4)?;
+    let defaults = TrackDefaults {
+        size: match size {
+            Some(at) => Some(u32_at(tfhd, at)?),
+            None => None,
+        },
+        flags: match sample_flags {
+            Some(at) => Some(u32_at(tfhd, at)?),
+            None => None,
+        },
+    };
+    // Only default-base-is-moof with no explicit base offset.
+    Some((id, flags & 0x02_0000 != 0 && flags & 0x1 == 0, defaults))
+}
+
 /// From a trun: the data offset and the first sample's (duration-free) size, decode-to-
-/// presentation offset and whether it is a sync sample.
-fn first_sample(trun: &[u8]) -> Option<(i64, u64, i64, bool)> {
+/// presentation offset and whether it is a sync sample. Its flags are first_sample_flags, else
+/// its own sample_flags, else the tfhd's default; its size its own, else the tfhd's default.
+fn first_sample(trun: &[u8], defaults: TrackDefaults) -> Option<(i64, u64, i64, bool)> {
     // version(1) flags(3) sample_count(4) [data_offset] [first_sample_flags] samples...
     let version = *trun.first()?;
     let flags = u32_at(trun, 0)? & 0x00ff_ffff;
@@ -193,13 +236,14 @@ fn first_sample(trun: &[u8]) -> Option<(i64, u64, i64, bool)> {
         at += 4;
         u64::from(s)
     } else {
-        return None;
+        u64::from(defaults.size?)
     };
     if flags & 0x400 != 0 {
         let f = u32_at(trun, at)?;
         at += 4;
         sample_flags = sample_flags.or(Some(f));
     }
+    let sample_flags = sample_flags.or(defaults.flags);
     let cts = if flags & 0x800 != 0 {
         let v = u32_at(trun, at)?;
         if version == 0 {
@@ -229,19 +273,14 @@ pub fn scan_fmp4(data: &[u8], track_id: u32) -> Vec<IFrame> {
                 continue;
             }
             let traf = &moof[s + 8..e];
-            let mut id = None;
-            let mut base_is_moof = false;
+            let mut header = None;
             let mut decode_time = None;
-            let mut first = None;
+            // The first trun, read once the tfhd's defaults are known (whatever the order).
+            let mut trun = None;
             for (kind, s, e) in boxes(traf) {
                 let body = &traf[s + 8..e];
                 match &kind {
-                    b"tfhd" => {
-                        id = u32_at(body, 4);
-                        let flags = u32_at(body, 0).unwrap_or(0) & 0x00ff_ffff;
-                        // Only default-base-is-moof with no explicit base offset.
-                        base_is_moof = flags & 0x02_0000 != 0 && flags & 0x1 == 0;
-                    }
+                    b"tfhd" => header = track_header(body),
                     b"tfdt" => {
                         decode_time = match body.first() {
                             Some(1) => u64_at(body, 4),
@@ -249,13 +288,17 @@ pub fn scan_fmp4(data: &[u8], track_id: u32) -> Vec<IFrame> {
                             None => None,
                         }
                     }
-                    b"trun" if first.is_none() => first = first_sample(body),
+                    b"trun" if trun.is_none() => trun = Some(body),
                     _ => {}
                 }
             }
-            if id != Some(track_id) || !base_is_moof {
+            let Some((id, true, defaults)) = header else {
+                continue;
+            };
+            if id != track_id {
                 continue;
             }
+            let first = trun.and_then(|t| first_sample(t, defaults));
             let (Some(dt), Some((offset, size, cts, true))) = (decode_time, first) else {
                 continue;
             };
@@ -544,6 +587,99 @@ mod tests {
             bad[cut] ^= 0xff;
             let _ = scan_fmp4(&bad, 1);
         }
+    }
+
+    /// A fragment as other muxers write it: one traf for `track`, its boxes in `order`, the
+    /// sync flag of the first sample carried by `how`; 3 samples of 100 bytes, the first one
+    /// of 0x65.
+    fn foreign_fragment(track: u32, how: &str, order: &[&[u8; 4]]) -> Vec<u8> {
+        use crate::hls::fmp4::boxes::{
+            NON_SYNC_SAMPLE_FLAGS, SYNC_SAMPLE_FLAGS, write_box, write_full_box,
+        };
+        let be = |o: &mut Vec<u8>, v: u32| o.extend_from_slice(&v.to_be_bytes());
+        let mut moof = Vec::new();
+        // Written twice: the data offset (moof size + mdat header) is known the second time.
+        let mut data_offset = 0u32;
+        for _ in 0..2 {
+            moof.clear();
+            write_box(&mut moof, b"moof", |o| {
+                write_full_box(o, b"mfhd", 0, 0, |o| be(o, 1));
+                write_box(o, b"traf", |o| {
+                    for kind in order {
+                        match *kind {
+                            b"tfhd" => {
+                                // default-base-is-moof; with defaults: size, then flags.
+                                let (flags, fields): (u32, Vec<u32>) = match how {
+                                    "default" => (0x02_0030, vec![100, SYNC_SAMPLE_FLAGS]),
+                                    _ => (0x02_0000, vec![]),
+                                };
+                                write_full_box(o, b"tfhd", 0, flags, |o| {
+                                    be(o, track);
+                                    for f in fields {
+                                        be(o, f);
+                                    }
+                                });
+                            }
+                            b"tfdt" => write_full_box(o, b"tfdt", 0, 0, |o| be(o, 9000)),
+                            _ => {
+                                // data-offset; "first": first-sample-flags, then size and
+                                // flags per sample; "default": nothing per sample.
+                                let flags = match how {
+                                    "first" => 0x0001 | 0x0004 | 0x0200 | 0x0400,
+                                    _ => 0x0001,
+                                };
+                                write_full_box(o, b"trun", 0, flags, |o| {
+                                    be(o, 3);
+                                    be(o, data_offset);
+                                    if how == "first" {
+                                        be(o, SYNC_SAMPLE_FLAGS);
+                                        for _ in 0..3 {
+                                            be(o, 100);
+                                            be(o, NON_SYNC_SAMPLE_FLAGS);
+                                        }
+                                    }
+                                });
+                            }
+                        }
+                    }
+                });
+            });
+            data_offset = u32::try_from(moof.len() + 8).unwrap();
+        }
+        let mut data = Vec::new();
+        write_styp(&mut data);
+        data.extend_from_slice(&moof);
+        be(&mut data, 8 + 300);
+        data.extend_from_slice(b"mdat");
+        data.extend_from_slice(&[0x65; 100]);
+        data.extend_from_slice(&[0x41; 200]);
+        data
+    }
+
+    /// The sync flag in the tfhd's default_sample_flags (size in default_sample_size) or in
+    /// the trun's first_sample_flags (the others non-sync), in either box order: the fragment
+    /// is an I-frame, its range ending after the first sample. Another track's: none.
+    #[test]
+    fn fmp4_sync_flags_from_defaults_or_first_sample_flags_in_any_box_order() {
+        for how in ["default", "first"] {
+            for order in [[b"tfhd", b"tfdt", b"trun"], [b"trun", b"tfdt", b"tfhd"]] {
+                let data = foreign_fragment(1, how, &order);
+                let frames = scan_fmp4(&data, 1);
+                assert_eq!(frames.len(), 1, "{how} {order:?}: {frames:?}");
+                assert_eq!(frames[0].offset, 20, "after the styp");
+                assert_eq!(frames[0].time, 9000);
+                let end = (frames[0].offset + frames[0].length) as usize;
+                assert_eq!(&data[end - 100..end], &[0x65; 100][..], "{how} {order:?}");
+                assert!(scan_fmp4(&data, 2).is_empty());
+            }
+        }
+        // No flags anywhere: not known to be a sync sample.
+        let mut data = foreign_fragment(1, "default", &[b"tfhd", b"tfdt", b"trun"]);
+        // tfhd flags: keep default-base-is-moof and the size, drop default_sample_flags (its
+        // value stays as padding the parser no longer reads).
+        let at = data.windows(4).position(|w| w == b"tfhd").expect("a tfhd");
+        data[at + 7] = 0x10;
+        assert!(scan_fmp4(&data, 1).is_empty());
     }
 
     #[test]

@@ -353,6 +353,16 @@ fn adts_rate(index: u8) -> u32 {
 }
 
 impl Input {
+    /// fMP4: its caps came but no frame yet (after [`Input::prime`]), so its track is not known.
+    /// The others must wait for it even when they run [`MAX_LEAD_NS`] ahead (a non-live audio
+    /// source is all there before a video encoder's first frame, more so on a loaded machine):
+    /// muxed now, they would start the stream with an init segment and a segment without this
+    /// track, and a discontinuity when it comes. An input that sends frames it cannot use yet
+    /// (before the codec configuration, dropped and counted) does not hold them up.
+    fn awaits_first_frame(&self) -> bool {
+        self.track.is_none() && self.queue.is_empty() && self.dropped == 0 && !self.eos
+    }
+
     fn head_dts(&self) -> Option<i64> {
         self.queue.front().and_then(|q| q.dts.or(q.pts))
     }
@@ -601,8 +611,14 @@ impl Builtin {
                 i.prime();
             }
             let Some(n) = self.next(all) else { break };
-            if self.inputs.iter().any(|i| i.fmp4.is_none()) && !all {
-                // An input without caps yet: mux what has caps only once it ends.
+            if self
+                .inputs
+                .iter()
+                .any(|i| i.fmp4.is_none() || i.awaits_first_frame())
+                && !all
+            {
+                // An input without caps yet, or without its first frame (whose track the init
+                // segment needs): mux the others only once it ends.
                 break;
             }
             let input = &mut self.inputs[n];
