@@ -57,30 +57,42 @@ impl TcpWriter {
     pub fn new(half: OwnedWriteHalf) -> Self {
         Self(Arc::new(half))
     }
+
+    /// The half itself, once no sender shares it (the writer task that shared it has ended).
+    pub fn into_inner(self) -> Option<OwnedWriteHalf> {
+        Arc::into_inner(self.0)
+    }
 }
 
 /// Writes what the socket takes now: Err(WouldBlock) when it takes nothing.
 #[cfg(target_os = "linux")]
 fn try_write_socket(half: &OwnedWriteHalf, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
     use std::os::fd::AsRawFd;
     let stream: &tokio::net::TcpStream = half.as_ref();
+    stream.try_io(tokio::io::Interest::WRITABLE, || {
+        send_dontwait(stream.as_raw_fd(), slices)
+    })
+}
+
+/// One non-blocking `sendmsg` of `slices` (whatever the descriptor's own mode), without SIGPIPE:
+/// what the socket takes, Err(WouldBlock) when it takes nothing.
+#[cfg(target_os = "linux")]
+fn send_dontwait(fd: std::os::fd::RawFd, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
     // At most IOV_MAX buffers per call (more is EMSGSIZE); the caller writes the rest next.
     let slices = &slices[..slices.len().min(MAX_BATCH_SLICES)];
-    stream.try_io(tokio::io::Interest::WRITABLE, || {
-        loop {
-            match sendmsg::<SockaddrStorage>(
-                stream.as_raw_fd(),
-                slices,
-                &[],
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
-                Err(nix::errno::Errno::EINTR) => {}
-                r => return r.map_err(std::io::Error::from),
-            }
+    loop {
+        match sendmsg::<SockaddrStorage>(
+            fd,
+            slices,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return r.map_err(std::io::Error::from),
         }
-    })
+    }
 }
 
 /// Elsewhere (mio sets SO_NOSIGPIPE where the system has it).
@@ -134,6 +146,75 @@ impl ConnWriter for TcpWriter {
     fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
         Some(self.0.clone())
     }
+}
+
+/// The write side of a plain TCP connection whose reading left the runtime for a thread of its
+/// own (see [`super::tcp_thread`]): the socket is registered with the runtime's poller for
+/// writability only, so that the publisher's data arriving wakes no runtime thread (a
+/// registration for reading, even with no task reading, woke the poller for every segment).
+/// The socket is in blocking mode for the reading thread; every write here is a non-blocking
+/// `sendmsg` of its own.
+#[cfg(target_os = "linux")]
+pub struct FdWriter(tokio::io::unix::AsyncFd<std::net::TcpStream>);
+
+#[cfg(target_os = "linux")]
+impl FdWriter {
+    /// Registers `stream` for writability; on the runtime.
+    pub fn new(stream: std::net::TcpStream) -> std::io::Result<Self> {
+        // SAFETY: the stream owns its descriptor, which stays open and the same until the
+        // AsyncFd (which owns the stream) is dropped.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                stream,
+                tokio::io::Interest::WRITABLE,
+            )
+        }
+        .map(Self)
+        .map_err(std::io::Error::from)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl AsyncWrite for FdWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| send_dontwait(fd.get_ref().as_raw_fd(), bufs)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl ConnWriter for FdWriter {
+    const BUFFERED: bool = false;
 }
 
 /// A TLS stream's half (tokio-rustls).
@@ -213,6 +294,8 @@ struct Queue {
     /// Frames are being dropped since the queue first refused one; logged when it starts and
     /// when it ends, never per frame.
     dropping: Option<DropEpisode>,
+    /// The writer task is to give its writer back (see [`ConnOut::hand_back_writer`]).
+    handover: bool,
 }
 
 /// A run of media frames refused because the client reads too slowly.
@@ -269,6 +352,9 @@ pub struct ConnOut {
     pub closed_notify: Notify,
     /// Told after each write the writer completes (see [`ConnOut::flush_control`]).
     written: Notify,
+    /// The socket of a connection read by a thread of its own (see [`super::tcp_thread`]):
+    /// closing the connection shuts it for reading, which ends the thread's blocking read.
+    reader_socket: Mutex<Option<socket2::Socket>>,
 }
 
 impl ConnOut {
@@ -288,6 +374,7 @@ impl ConnOut {
             bytes_written: AtomicU64::new(0),
             closed_notify: Notify::new(),
             written: Notify::new(),
+            reader_socket: Mutex::new(None),
         }
     }
 
@@ -321,6 +408,30 @@ impl ConnOut {
         self.closed_flag.store(true, Ordering::Release);
         self.notify.notify_one();
         self.closed_notify.notify_waiters();
+        if let Some(socket) = self.reader_socket.lock().unwrap().take() {
+            let _ = socket.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// The connection is read by a thread blocked on `socket` (another descriptor of it):
+    /// closing the connection shuts it for reading, which wakes the thread. Shut at once when
+    /// the connection is closed already.
+    pub fn set_reader_socket(&self, socket: socket2::Socket) {
+        let mut slot = self.reader_socket.lock().unwrap();
+        // Under the lock that `close` takes after setting the flag: either this sees the flag,
+        // or `close` finds the socket.
+        if self.is_closed() {
+            let _ = socket.shutdown(std::net::Shutdown::Read);
+        } else {
+            *slot = Some(socket);
+        }
+    }
+
+    /// Asks the writer task to give its writer back ([`ConnOut::run_writer`] returns it) once
+    /// it has written what it holds; what is queued stays queued for the next writer.
+    pub fn hand_back_writer(&self) {
+        self.queue.lock().unwrap().handover = true;
+        self.notify.notify_one();
     }
 
     /// Queues an RTSP message. Never dropped; a peer that lets them pile up is disconnected.
@@ -518,13 +629,14 @@ impl ConnOut {
         self.queue.lock().unwrap().media_bytes
     }
 
-    /// Drains the queue into `writer` until the connection closes. `stall_timeout` bounds each
-    /// write that makes no progress.
+    /// Drains the queue into `writer` until the connection closes, or gives `writer` back when
+    /// asked to ([`ConnOut::hand_back_writer`]). `stall_timeout` bounds each write that makes
+    /// no progress.
     pub async fn run_writer<W: ConnWriter>(
         self: Arc<Self>,
         mut writer: W,
         stall_timeout: Duration,
-    ) {
+    ) -> Option<W> {
         // The socket is shared with senders only while this task owns the writer: the guard
         // takes it back however the task ends (closed, failed or aborted).
         struct Unshare<'a>(&'a ConnOut);
@@ -546,6 +658,11 @@ impl ConnOut {
                 let mut q = self.queue.lock().unwrap();
                 if q.closed {
                     break;
+                }
+                if q.handover {
+                    q.handover = false;
+                    drop(q);
+                    return Some(writer);
                 }
                 // Whole items up to the slice budget; at least one, however large.
                 let mut slices = 0;
@@ -599,6 +716,7 @@ impl ConnOut {
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), writer.shutdown()).await;
+        None
     }
 }
 
