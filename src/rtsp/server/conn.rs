@@ -164,10 +164,7 @@ impl FdWriter {
         // SAFETY: the stream owns its descriptor, which stays open and the same until the
         // AsyncFd (which owns the stream) is dropped.
         unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                stream,
-                tokio::io::Interest::WRITABLE,
-            )
+            tokio::io::unix::AsyncFd::register_with_interest(stream, tokio::io::Interest::WRITABLE)
         }
         .map(Self)
         .map_err(std::io::Error::from)

@@ -5,7 +5,7 @@
 //!
 //! Once a publisher over plain TCP (not TLS, not an HTTP tunnel) has sent RECORD with its streams
 //! interleaved on the connection, the connection's task hands its socket to a thread,
-//! [`THREAD_NAME`], that reads it with blocking reads of up to [`READ_SIZE`] bytes: each read
+//! `rtsprec-tPORT` (PORT the publisher's, as in the logs), that reads it with blocking reads of up to [`READ_SIZE`] bytes: each read
 //! wakes that one thread and takes whatever has arrived. On the shared runtime every read woke
 //! the poller and then a worker for the task (a stock `rtspclientsink` writes each RTP packet
 //! on its own, so a read mostly found one packet), most of the receiving process's time over
@@ -42,8 +42,9 @@ use super::{
 };
 use crate::rtsp::codec::{Decoder, Frame};
 
-/// The name of a publisher connection's reading thread.
-pub const THREAD_NAME: &str = "rtsprec-tcp";
+/// The name of a publisher connection's reading thread, before the publisher's port (like a
+/// UDP stream's `rtsprec-PORT`; 15 bytes at most are kept).
+pub const THREAD_PREFIX: &str = "rtsprec-t";
 
 /// Bytes one read takes at most.
 const READ_SIZE: usize = 256 * 1024;
@@ -115,7 +116,10 @@ pub(super) fn start(
     let out = ctx.out.clone();
     // Blocking reads (the writer's sends do not block: each is a non-blocking call).
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(TICK.min(shared.config.request_timeout).max(Duration::from_millis(10))))?;
+    stream.set_read_timeout(Some(
+        TICK.min(shared.config.request_timeout)
+            .max(Duration::from_millis(10)),
+    ))?;
     let writer_task = AbortOnDrop(tokio::spawn({
         let out = out.clone();
         let stall = shared.config.client_stall_timeout;
@@ -128,9 +132,10 @@ pub(super) fn start(
     let rt = tokio::runtime::Handle::current();
     sdebug!(
         &*shared.name,
-        "{}: connection {} records: read on a thread of its own ({THREAD_NAME})",
+        "{}: connection {} records: read on a thread of its own ({THREAD_PREFIX}{})",
         out.peer,
-        out.id
+        out.id,
+        out.peer.port()
     );
     let job = move || {
         let end = read_loop(&shared, &ctx, decoder, stream, &rt);
@@ -140,7 +145,7 @@ pub(super) fn start(
     let job = Arc::new(std::sync::Mutex::new(Some(job)));
     let j = job.clone();
     let spawned = std::thread::Builder::new()
-        .name(THREAD_NAME.into())
+        .name(format!("{THREAD_PREFIX}{}", out.peer.port()))
         .spawn(move || {
             if let Some(job) = j.lock().unwrap().take() {
                 job();
@@ -221,7 +226,12 @@ fn read_loop(
                 Ok(0) => return ReadEnd::Eof,
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if out.is_closed() {
                         return ReadEnd::Closed;
                     }
