@@ -923,6 +923,96 @@ mod tests {
         writer.await.unwrap();
     }
 
+    /// A writer task asked for its writer gives it back and leaves what is queued; the socket,
+    /// taken off the runtime and written through an [`FdWriter`] (registered for writability
+    /// only, in blocking mode for a reading thread), carries on where it stopped.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_writer_handed_back_leaves_the_queue_to_the_next_writer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut client, (server, peer)) = (client.unwrap(), accepted.unwrap());
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 20, "test".into()));
+        let (read_half, write_half) = server.into_split();
+        let writer = tokio::spawn(
+            out.clone()
+                .run_writer(TcpWriter::new(write_half), Duration::from_secs(5)),
+        );
+        out.send_control(Bytes::from_static(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n"));
+        let mut expected = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n".to_vec();
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        out.hand_back_writer();
+        let writer = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the writer back");
+        // Queued while no writer runs.
+        let small = frame(1, 3);
+        assert!(out.send_media(0, &small));
+        out.send_control(Bytes::from_static(b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n\r\n"));
+        let stream = read_half
+            .reunite(writer.into_inner().expect("no longer shared"))
+            .unwrap()
+            .into_std()
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
+        let writer = tokio::spawn(out.clone().run_writer(
+            FdWriter::new(stream.try_clone().unwrap()).unwrap(),
+            Duration::from_secs(5),
+        ));
+        expected = wire(0, &small);
+        expected.extend_from_slice(b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n\r\n");
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == expected, "the bytes on the wire differ");
+        out.close(CloseReason::Server);
+        assert!(writer.await.unwrap().is_none(), "closed, not handed back");
+        // The writer shut its side down.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    /// Closing a connection read by a thread shuts its socket for reading: the blocked read
+    /// returns at once.
+    #[test]
+    fn closing_ends_the_read_of_a_reading_thread() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = listener.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 20, "test".into()));
+        out.set_reader_socket(socket2::SockRef::from(&server).try_clone().unwrap());
+        let reader = std::thread::spawn(move || {
+            let start = Instant::now();
+            let n = std::io::Read::read(&mut server, &mut [0u8; 16]).unwrap();
+            (n, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        out.close(CloseReason::Server);
+        let (n, took) = reader.join().unwrap();
+        assert_eq!(n, 0);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // A socket handed over after the close is shut at once.
+        let listener2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c2 = std::net::TcpStream::connect(listener2.local_addr().unwrap()).unwrap();
+        let (mut late, _) = listener2.accept().unwrap();
+        late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        out.set_reader_socket(socket2::SockRef::from(&late).try_clone().unwrap());
+        assert_eq!(std::io::Read::read(&mut late, &mut [0u8; 16]).unwrap(), 0);
+    }
+
     #[test]
     fn a_packet_too_large_to_interleave_makes_no_frame() {
         assert!(Frame::new(&[Bytes::from(vec![0; 65536])]).is_none());

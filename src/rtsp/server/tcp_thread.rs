@@ -257,3 +257,148 @@ fn read_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{RecordConfig, RecordEvent, Server, ServerConfig};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:streamid=0\r\n";
+
+    fn server(request_timeout: Duration) -> Server {
+        Server::start(
+            ServerConfig {
+                address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 0,
+                mount_point: "/live".into(),
+                request_timeout,
+                record: Some(RecordConfig::default()),
+                ..ServerConfig::default()
+            },
+            |_| {},
+        )
+        .unwrap()
+    }
+
+    /// Reads one answer: its status line and headers.
+    fn answer(r: &mut BufReader<std::net::TcpStream>) -> String {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).unwrap() > 0, "closed: {head}");
+            head.push_str(&line);
+            if line == "\r\n" {
+                return head;
+            }
+        }
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut f = vec![b'$', 0, 0, 14, 0x80, 0];
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        f.extend_from_slice(&[0x11, 0x22, 0x33, 0x44, 0xff, 0xff]);
+        f
+    }
+
+    fn thread_exists(name: &str) -> bool {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+    }
+
+    /// RECORD and the publisher's first packets in one write: the packets after RECORD in
+    /// that read reach the mount as those read on the thread do, the thread reads on, and a
+    /// request left incomplete there is answered 408 after the request timeout, which ends
+    /// the connection and the thread.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_publisher_is_read_on_its_thread_from_the_bytes_after_record_on() {
+        let server = server(Duration::from_millis(300));
+        let queue = server.record_queue().unwrap();
+        let url = format!("rtsp://{}/live", server.local_addr());
+        let c = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let thread = format!("rtsprec-t{}", c.local_addr().unwrap().port());
+        let mut w = c.try_clone().unwrap();
+        let mut r = BufReader::new(c);
+        write!(
+            w,
+            "ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{SDP}",
+            SDP.len()
+        )
+        .unwrap();
+        assert!(answer(&mut r).starts_with("RTSP/1.0 200 "));
+        write!(
+            w,
+            "SETUP {url}/streamid=0 RTSP/1.0\r\nCSeq: 2\r\n\
+             Transport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n"
+        )
+        .unwrap();
+        let setup = answer(&mut r);
+        assert!(setup.starts_with("RTSP/1.0 200 "), "{setup}");
+        let session = setup
+            .lines()
+            .find_map(|l| l.strip_prefix("Session: "))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut bytes =
+            format!("RECORD {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n").into_bytes();
+        for seq in 1..=3 {
+            bytes.extend(rtp(seq));
+        }
+        w.write_all(&bytes).unwrap();
+        assert!(answer(&mut r).starts_with("RTSP/1.0 200 "));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !thread_exists(&thread) {
+            assert!(Instant::now() < deadline, "no thread {thread}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for seq in 4..=6 {
+            w.write_all(&rtp(seq)).unwrap();
+        }
+        let mut seqs = Vec::new();
+        while seqs.len() < 6 {
+            assert!(Instant::now() < deadline, "packets {seqs:?}");
+            if let Some(RecordEvent::Rtp { packets, .. }) = queue.pop(Duration::from_millis(100)) {
+                seqs.extend(packets.iter().map(|p| u16::from_be_bytes([p[2], p[3]])));
+            }
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+
+        // A keep-alive is answered from the thread, an incomplete request gets 408.
+        write!(
+            w,
+            "GET_PARAMETER {url} RTSP/1.0\r\nCSeq: 4\r\nSession: {session}\r\n\r\n"
+        )
+        .unwrap();
+        let keep_alive = answer(&mut r);
+        assert!(keep_alive.starts_with("RTSP/1.0 200 "), "{keep_alive}");
+        assert!(keep_alive.contains("CSeq: 4\r\n"), "{keep_alive}");
+        let start = Instant::now();
+        w.write_all(b"GET_PARAMETER * RTSP/1.0\r\nCSeq: 5\r\n")
+            .unwrap();
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap();
+        assert!(rest.starts_with("RTSP/1.0 408 "), "{rest}");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while thread_exists(&thread) {
+            assert!(Instant::now() < deadline, "thread {thread} still there");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.stats().requests_timed_out, 1);
+    }
+}
