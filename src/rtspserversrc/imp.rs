@@ -30,7 +30,7 @@ use crate::rtp_receive::{
 };
 use crate::rtsp::sdp::MediaDescription;
 use crate::rtsp::server::{
-    PacketSink, RecordConfig, RecordEvent, RecordQueue, Server, ServerConfig,
+    MAX_READ_HOLD, PacketSink, RecordConfig, RecordEvent, RecordQueue, Server, ServerConfig,
 };
 use crate::rtsp_server_props::{self as props, Role, ServerProps};
 
@@ -78,6 +78,9 @@ impl Settings {
         config.record = Some(RecordConfig {
             takeover: self.takeover,
             max_streams: self.max_streams as usize,
+            // A TCP publisher's data gathers in its socket for a quarter of the jitter buffer's
+            // latency at most: its frames are late by no more than that covers.
+            read_hold: (Duration::from_millis(u64::from(self.latency_ms)) / 4).min(MAX_READ_HOLD),
             ..RecordConfig::default()
         });
         Ok(config)

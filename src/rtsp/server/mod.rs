@@ -81,8 +81,8 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use self::conn::{CloseReason, ConnOut, ConnWriter};
 use self::media::{Dest, Stream};
 pub use self::record::{
-    LeftReason, PacketSink, PublisherStats, PublisherStreamStats, RecordConfig, RecordEvent,
-    RecordQueue,
+    LeftReason, MAX_READ_HOLD, PacketSink, PublisherStats, PublisherStreamStats, RecordConfig,
+    RecordEvent, RecordQueue,
 };
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};

@@ -36,6 +36,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
 use super::conn::{CloseReason, ConnOut, TcpWriter};
+use super::record::MAX_READ_HOLD;
 use super::session::ConnCtx;
 use super::{
     AbortOnDrop, Handled, ReadEnd, Shared, answer_request_timeout, on_interleaved, on_message,
@@ -49,8 +50,38 @@ pub const THREAD_PREFIX: &str = "rtsprec-t";
 /// Bytes one read takes at most.
 const READ_SIZE: usize = 256 * 1024;
 
-/// The longest a read waits before the thread looks at the request timeout.
+/// The longest a read waits before the thread looks at the request timeout, when it does not
+/// hold.
 const TICK: Duration = Duration::from_secs(1);
+
+/// While it holds, a read wakes the thread once this many bytes came, before the hold is over.
+const LOWAT: i32 = 64 * 1024;
+
+#[cfg(target_os = "linux")]
+fn set_rcvlowat(stream: &std::net::TcpStream, bytes: i32) -> io::Result<()> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and an int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_rcvlowat(_stream: &std::net::TcpStream, _bytes: i32) -> io::Result<()> {
+    Ok(())
+}
 
 /// The reader of a plain TCP connection, as the connection's task gets it (the bytes read to
 /// tell RTSP from HTTP, then the socket).
@@ -116,10 +147,19 @@ pub(super) fn start(
     let out = ctx.out.clone();
     // Blocking reads (the writer's sends do not block: each is a non-blocking call).
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(
-        TICK.min(shared.config.request_timeout)
-            .max(Duration::from_millis(10)),
-    ))?;
+    let hold = shared
+        .record
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.config.read_hold.min(MAX_READ_HOLD));
+    let tick = TICK
+        .min(shared.config.request_timeout)
+        .max(Duration::from_millis(10));
+    let mut waits = Waits {
+        hold,
+        tick,
+        holding: false,
+    };
+    waits.set(&stream, !hold.is_zero())?;
     let writer_task = AbortOnDrop(tokio::spawn({
         let out = out.clone();
         let stall = shared.config.client_stall_timeout;
@@ -138,7 +178,7 @@ pub(super) fn start(
         out.peer.port()
     );
     let job = move || {
-        let end = read_loop(&shared, &ctx, decoder, stream, &rt);
+        let end = read_loop(&shared, &ctx, decoder, stream, waits, &rt);
         let _ = tx.send(end);
     };
     // The job goes to the runtime's blocking pool if no thread can start.
@@ -178,12 +218,42 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// How the thread's reads wait.
+///
+/// Holding (while the publisher sends): a read returns once [`LOWAT`] bytes have come or the
+/// hold is over, with what came meanwhile (`SO_RCVLOWAT` and `SO_RCVTIMEO`), so that the
+/// thread wakes about once per hold however the publisher writes (a stock `rtspclientsink`
+/// writes each RTP packet on its own: a read per packet, or per few). A hold that brings
+/// nothing ends holding: the next read returns with the first byte, waiting at most `tick`
+/// (the request timeout's checks), and the hold resumes with it.
+struct Waits {
+    hold: Duration,
+    tick: Duration,
+    holding: bool,
+}
+
+impl Waits {
+    fn set(&mut self, stream: &std::net::TcpStream, holding: bool) -> io::Result<()> {
+        let holding = holding && !self.hold.is_zero();
+        if holding {
+            set_rcvlowat(stream, LOWAT)?;
+            stream.set_read_timeout(Some(self.hold))?;
+        } else {
+            set_rcvlowat(stream, 1)?;
+            stream.set_read_timeout(Some(self.tick))?;
+        }
+        self.holding = holding;
+        Ok(())
+    }
+}
+
 /// The thread's loop: reads, handles what came, until the connection ends.
 fn read_loop(
     shared: &Arc<Shared>,
     ctx: &ConnCtx,
     mut decoder: Decoder,
     mut stream: std::net::TcpStream,
+    mut waits: Waits,
     rt: &tokio::runtime::Handle,
 ) -> ReadEnd {
     let out = &ctx.out;
@@ -224,7 +294,14 @@ fn read_loop(
             match stream.read(&mut buf) {
                 Ok(0) if out.is_closed() => return ReadEnd::Closed,
                 Ok(0) => return ReadEnd::Eof,
-                Ok(n) => break n,
+                Ok(n) => {
+                    if !waits.holding
+                        && let Err(e) = waits.set(&stream, true)
+                    {
+                        return ReadEnd::Error(e);
+                    }
+                    break n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
@@ -234,6 +311,12 @@ fn read_loop(
                 {
                     if out.is_closed() {
                         return ReadEnd::Closed;
+                    }
+                    // Nothing came for a hold: wait for the next byte instead.
+                    if waits.holding
+                        && let Err(e) = waits.set(&stream, false)
+                    {
+                        return ReadEnd::Error(e);
                     }
                     if Instant::now() < deadline {
                         continue;
