@@ -11,9 +11,11 @@
 //! Tasks: the server owns a [`TaskGroup`] holding its accept loop, its housekeeping (Sender
 //! Reports, session expiry) and one RTCP receiver per stream. The accept loop owns every
 //! connection's task in a [`JoinSet`] (the reader, which also answers requests and waits for a
-//! PLAY's start point), and each connection task owns its writer task. [`Server::stop`] (or
-//! dropping the server) aborts the group, which aborts all of them, and stops the listening
-//! socket at once, without waiting on the runtime.
+//! PLAY's start point), and each connection task owns its writer task. A publisher recording
+//! over plain TCP interleaved is read by a thread of its own instead ([`tcp_thread`]), its
+//! connection's task waiting for that thread's end. [`Server::stop`] (or dropping the server)
+//! aborts the group, which aborts all of them, closes every connection (which ends such a
+//! thread's read) and stops the listening socket at once, without waiting on the runtime.
 //!
 //! RTSPS ([`ServerConfig::tls`]): a connection's task first completes the TLS handshake
 //! (tokio-rustls, bounded), then serves the TLS stream like a plain one; plain TCP keeps its
