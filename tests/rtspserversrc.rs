@@ -328,8 +328,8 @@ fn announce_on(c: &mut RawClient, url: &str, sdp: &str) -> u16 {
 }
 
 /// After an ANNOUNCE of [`GOOD_SDP`]: SETUP of its stream over TCP interleaved 0-1 with the
-/// Transport's `mode` parameter written as given, then RECORD.
-fn record_over_tcp(c: &mut RawClient, url: &str, mode: &str) {
+/// Transport's `mode` parameter written as given, then RECORD; the session.
+fn record_over_tcp(c: &mut RawClient, url: &str, mode: &str) -> String {
     let transport = format!("RTP/AVP/TCP;unicast;interleaved=0-1;{mode}");
     let r = c.request(
         "SETUP",
@@ -341,6 +341,7 @@ fn record_over_tcp(c: &mut RawClient, url: &str, mode: &str) {
     let session = r.session().expect("a session");
     let r = c.request("RECORD", url, &[("Session", session.as_str())], "");
     assert_eq!(r.status, 200);
+    session
 }
 
 /// ANNOUNCE with `body` as `content_type`; the status answered.
@@ -423,6 +424,8 @@ fn a_stalled_publisher_is_noticed_within_the_session_timeout() {
     assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
     record_over_tcp(&mut c, &url, "mode=record");
     let start = Instant::now();
+    // Read on its own thread, where the session timeout applies as on the runtime.
+    wait_thread(&tcp_thread_of(&c), true);
     let bus = receiver.pipeline.bus().unwrap();
     let left = loop {
         let msg = bus
@@ -873,6 +876,125 @@ fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The name of the thread that reads a TCP publisher's connection once it records:
+/// `rtsprec-tPORT`, PORT the publisher's.
+fn tcp_thread_of(c: &RawClient) -> String {
+    format!("rtsprec-t{}", c.stream.local_addr().unwrap().port())
+}
+
+/// Waits (bounded) until the thread named `name` exists, or is gone.
+fn wait_thread(name: &str, present: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::threads_by_name().contains_key(name) != present {
+        assert!(
+            Instant::now() < deadline,
+            "thread {name} present: {}, expected {present}: {:?}",
+            !present,
+            common::threads_by_name()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Once a TCP publisher records, its connection is read by a thread of its own,
+/// `rtsprec-tPORT`: its packets are taken there, its keep-alives (GET_PARAMETER, OPTIONS) and
+/// TEARDOWN answered as before, and a connection left without a session is closed after the
+/// request timeout, ending the thread.
+#[test]
+fn a_tcp_publisher_is_read_on_a_thread_of_its_own_that_answers_it_and_ends_with_it() {
+    let receiver = Receiver::start("request-timeout=1");
+    let url = receiver.url();
+    let mut c = RawClient::connect(receiver.port);
+    let thread = tcp_thread_of(&c);
+    assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
+    assert!(!common::threads_by_name().contains_key(&thread));
+    let session = record_over_tcp(&mut c, &url, "mode=record");
+    wait_thread(&thread, true);
+
+    // Packets 1 to 30, read by the thread.
+    let mut bytes = Vec::new();
+    for seq in 1..=30u16 {
+        bytes.extend(interleaved(0, &rtp_packet(0x1122_3344, seq)));
+    }
+    c.send_raw(&bytes);
+    let stream = || {
+        let stats = receiver.src.property::<gst::Structure>("stats");
+        let streams = stats.get::<gst::Array>("streams").unwrap();
+        streams.first().map(|s| s.get::<gst::Structure>().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // 30 sent; the first is the source's probation (RFC 3550 A.1), not counted.
+    while stream().map_or(0, |s| s.get::<u64>("packets-received").unwrap()) < 29 {
+        assert!(Instant::now() < deadline, "{:?}", stream());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Keep-alives, longer apart than the request timeout: the session keeps the connection.
+    let keep_alive = [("Session", session.as_str())];
+    let r = c.request("OPTIONS", &url, &keep_alive, "");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = c.request("GET_PARAMETER", &url, &keep_alive, "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.session().as_deref(), Some(session.as_str()));
+    assert!(common::threads_by_name().contains_key(&thread));
+    let stats = receiver.src.property::<gst::Structure>("stats");
+    assert!(stats.get::<bool>("publishing").unwrap(), "{stats}");
+    // TEARDOWN is answered from the thread.
+    let r = c.request("TEARDOWN", &url, &[("Session", session.as_str())], "");
+    assert_eq!(r.status, 200);
+    // Without a session, the connection is closed after the request timeout (1 s), and the
+    // thread ends.
+    let start = Instant::now();
+    use std::io::Read;
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = c.stream.read_to_end(&mut rest);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    wait_thread(&thread, false);
+}
+
+/// A TCP publisher's thread ends at once when another publisher takes over, and when the
+/// element stops.
+#[test]
+fn a_tcp_publisher_thread_ends_with_a_takeover_and_with_the_element() {
+    use std::io::Read;
+    let receiver = Receiver::start("takeover=true");
+    let url = receiver.url();
+    let mut first = RawClient::connect(receiver.port);
+    let thread = tcp_thread_of(&first);
+    assert_eq!(announce_on(&mut first, &url, GOOD_SDP), 200);
+    record_over_tcp(&mut first, &url, "mode=record");
+    wait_thread(&thread, true);
+    let mut second = RawClient::connect(receiver.port);
+    let second_thread = tcp_thread_of(&second);
+    assert_eq!(announce_on(&mut second, &url, GOOD_SDP), 200);
+    first
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut rest = Vec::new();
+    first.stream.read_to_end(&mut rest).expect("end of stream");
+    wait_thread(&thread, false);
+
+    record_over_tcp(&mut second, &url, "mode=record");
+    wait_thread(&second_thread, true);
+    let start = Instant::now();
+    receiver.pipeline.set_state(gst::State::Null).unwrap();
+    wait_thread(&second_thread, false);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "ended {:?} after the element stopped",
+        start.elapsed()
+    );
 }
 
 /// The access properties are rtspserversink's: with `users`, ffmpeg publishes with the password

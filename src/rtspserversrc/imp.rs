@@ -6,7 +6,8 @@
 //! feeds each stream's pad the way rtspsrc2 does ([`crate::rtp_receive`]: jitter buffer,
 //! timestamps, lip-sync from the publisher's Sender Reports, a pad task). Once a pad exists its
 //! packets skip that thread ([`StreamSink`]): a UDP stream's receive thread jitter-buffers and
-//! pushes them itself, a TCP connection's task queues them for the pad task.
+//! pushes them itself, a TCP publisher's reader (its thread `rtsprec-tPORT`) queues them for the
+//! pad task.
 //!
 //! Pads: one sometimes pad `stream_%u` per announced stream, with `application/x-rtp` caps
 //! carrying every fmtp parameter. A publisher that leaves ends its pads with EOS, or, with
@@ -30,7 +31,7 @@ use crate::rtp_receive::{
 };
 use crate::rtsp::sdp::MediaDescription;
 use crate::rtsp::server::{
-    PacketSink, RecordConfig, RecordEvent, RecordQueue, Server, ServerConfig,
+    MAX_READ_HOLD, PacketSink, RecordConfig, RecordEvent, RecordQueue, Server, ServerConfig,
 };
 use crate::rtsp_server_props::{self as props, Role, ServerProps};
 
@@ -78,6 +79,9 @@ impl Settings {
         config.record = Some(RecordConfig {
             takeover: self.takeover,
             max_streams: self.max_streams as usize,
+            // A TCP publisher's data gathers in its socket for a quarter of the jitter buffer's
+            // latency at most: its frames are late by no more than that covers.
+            read_hold: (Duration::from_millis(u64::from(self.latency_ms)) / 4).min(MAX_READ_HOLD),
             ..RecordConfig::default()
         });
         Ok(config)
@@ -89,8 +93,8 @@ impl Settings {
 /// From a thread that serves the stream alone (a UDP publisher's `rtsprec-PORT`) the packets
 /// go through the jitter buffer and downstream on that thread, as rtspsrc2's UDP readers push:
 /// one wake-up per burst instead of that thread's plus the pad task's. From a connection's
-/// task (TCP interleaved: several streams, and a runtime worker must not wait for downstream)
-/// they go to the pad's queue, for its task. The pad task also releases packets waiting on a
+/// reader (TCP interleaved: several streams on one connection, none may wait for another's
+/// downstream) they go to the pad's queue, for its task. The pad task also releases packets waiting on a
 /// gap when nothing arrives (the thread tells it the jitter buffer's new deadline), and ends
 /// the stream.
 struct StreamSink {

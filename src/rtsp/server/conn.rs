@@ -57,30 +57,42 @@ impl TcpWriter {
     pub fn new(half: OwnedWriteHalf) -> Self {
         Self(Arc::new(half))
     }
+
+    /// The half itself, once no sender shares it (the writer task that shared it has ended).
+    pub fn into_inner(self) -> Option<OwnedWriteHalf> {
+        Arc::into_inner(self.0)
+    }
 }
 
 /// Writes what the socket takes now: Err(WouldBlock) when it takes nothing.
 #[cfg(target_os = "linux")]
 fn try_write_socket(half: &OwnedWriteHalf, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
     use std::os::fd::AsRawFd;
     let stream: &tokio::net::TcpStream = half.as_ref();
+    stream.try_io(tokio::io::Interest::WRITABLE, || {
+        send_dontwait(stream.as_raw_fd(), slices)
+    })
+}
+
+/// One non-blocking `sendmsg` of `slices` (whatever the descriptor's own mode), without SIGPIPE:
+/// what the socket takes, Err(WouldBlock) when it takes nothing.
+#[cfg(target_os = "linux")]
+fn send_dontwait(fd: std::os::fd::RawFd, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
     // At most IOV_MAX buffers per call (more is EMSGSIZE); the caller writes the rest next.
     let slices = &slices[..slices.len().min(MAX_BATCH_SLICES)];
-    stream.try_io(tokio::io::Interest::WRITABLE, || {
-        loop {
-            match sendmsg::<SockaddrStorage>(
-                stream.as_raw_fd(),
-                slices,
-                &[],
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
-                Err(nix::errno::Errno::EINTR) => {}
-                r => return r.map_err(std::io::Error::from),
-            }
+    loop {
+        match sendmsg::<SockaddrStorage>(
+            fd,
+            slices,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return r.map_err(std::io::Error::from),
         }
-    })
+    }
 }
 
 /// Elsewhere (mio sets SO_NOSIGPIPE where the system has it).
@@ -134,6 +146,72 @@ impl ConnWriter for TcpWriter {
     fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
         Some(self.0.clone())
     }
+}
+
+/// The write side of a plain TCP connection whose reading left the runtime for a thread of its
+/// own (see [`super::tcp_thread`]): the socket is registered with the runtime's poller for
+/// writability only, so that the publisher's data arriving wakes no runtime thread (a
+/// registration for reading, even with no task reading, woke the poller for every segment).
+/// The socket is in blocking mode for the reading thread; every write here is a non-blocking
+/// `sendmsg` of its own.
+#[cfg(target_os = "linux")]
+pub struct FdWriter(tokio::io::unix::AsyncFd<std::net::TcpStream>);
+
+#[cfg(target_os = "linux")]
+impl FdWriter {
+    /// Registers `stream` for writability; on the runtime.
+    pub fn new(stream: std::net::TcpStream) -> std::io::Result<Self> {
+        // SAFETY: the stream owns its descriptor, which stays open and the same until the
+        // AsyncFd (which owns the stream) is dropped.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(stream, tokio::io::Interest::WRITABLE)
+        }
+        .map(Self)
+        .map_err(std::io::Error::from)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl AsyncWrite for FdWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| send_dontwait(fd.get_ref().as_raw_fd(), bufs)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl ConnWriter for FdWriter {
+    const BUFFERED: bool = false;
 }
 
 /// A TLS stream's half (tokio-rustls).
@@ -213,6 +291,8 @@ struct Queue {
     /// Frames are being dropped since the queue first refused one; logged when it starts and
     /// when it ends, never per frame.
     dropping: Option<DropEpisode>,
+    /// The writer task is to give its writer back (see [`ConnOut::hand_back_writer`]).
+    handover: bool,
 }
 
 /// A run of media frames refused because the client reads too slowly.
@@ -269,6 +349,9 @@ pub struct ConnOut {
     pub closed_notify: Notify,
     /// Told after each write the writer completes (see [`ConnOut::flush_control`]).
     written: Notify,
+    /// The socket of a connection read by a thread of its own (see [`super::tcp_thread`]):
+    /// closing the connection shuts it for reading, which ends the thread's blocking read.
+    reader_socket: Mutex<Option<socket2::Socket>>,
 }
 
 impl ConnOut {
@@ -288,6 +371,7 @@ impl ConnOut {
             bytes_written: AtomicU64::new(0),
             closed_notify: Notify::new(),
             written: Notify::new(),
+            reader_socket: Mutex::new(None),
         }
     }
 
@@ -321,6 +405,30 @@ impl ConnOut {
         self.closed_flag.store(true, Ordering::Release);
         self.notify.notify_one();
         self.closed_notify.notify_waiters();
+        if let Some(socket) = self.reader_socket.lock().unwrap().take() {
+            let _ = socket.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// The connection is read by a thread blocked on `socket` (another descriptor of it):
+    /// closing the connection shuts it for reading, which wakes the thread. Shut at once when
+    /// the connection is closed already.
+    pub fn set_reader_socket(&self, socket: socket2::Socket) {
+        let mut slot = self.reader_socket.lock().unwrap();
+        // Under the lock that `close` takes after setting the flag: either this sees the flag,
+        // or `close` finds the socket.
+        if self.is_closed() {
+            let _ = socket.shutdown(std::net::Shutdown::Read);
+        } else {
+            *slot = Some(socket);
+        }
+    }
+
+    /// Asks the writer task to give its writer back ([`ConnOut::run_writer`] returns it) once
+    /// it has written what it holds; what is queued stays queued for the next writer.
+    pub fn hand_back_writer(&self) {
+        self.queue.lock().unwrap().handover = true;
+        self.notify.notify_one();
     }
 
     /// Queues an RTSP message. Never dropped; a peer that lets them pile up is disconnected.
@@ -518,13 +626,14 @@ impl ConnOut {
         self.queue.lock().unwrap().media_bytes
     }
 
-    /// Drains the queue into `writer` until the connection closes. `stall_timeout` bounds each
-    /// write that makes no progress.
+    /// Drains the queue into `writer` until the connection closes, or gives `writer` back when
+    /// asked to ([`ConnOut::hand_back_writer`]). `stall_timeout` bounds each write that makes
+    /// no progress.
     pub async fn run_writer<W: ConnWriter>(
         self: Arc<Self>,
         mut writer: W,
         stall_timeout: Duration,
-    ) {
+    ) -> Option<W> {
         // The socket is shared with senders only while this task owns the writer: the guard
         // takes it back however the task ends (closed, failed or aborted).
         struct Unshare<'a>(&'a ConnOut);
@@ -546,6 +655,11 @@ impl ConnOut {
                 let mut q = self.queue.lock().unwrap();
                 if q.closed {
                     break;
+                }
+                if q.handover {
+                    q.handover = false;
+                    drop(q);
+                    return Some(writer);
                 }
                 // Whole items up to the slice budget; at least one, however large.
                 let mut slices = 0;
@@ -599,6 +713,7 @@ impl ConnOut {
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), writer.shutdown()).await;
+        None
     }
 }
 
@@ -806,6 +921,96 @@ mod tests {
         out.close(CloseReason::Server);
         assert!(!out.flush_control(Duration::from_secs(5)).await, "closed");
         writer.await.unwrap();
+    }
+
+    /// A writer task asked for its writer gives it back and leaves what is queued; the socket,
+    /// taken off the runtime and written through an [`FdWriter`] (registered for writability
+    /// only, in blocking mode for a reading thread), carries on where it stopped.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_writer_handed_back_leaves_the_queue_to_the_next_writer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut client, (server, peer)) = (client.unwrap(), accepted.unwrap());
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 20, "test".into()));
+        let (read_half, write_half) = server.into_split();
+        let writer = tokio::spawn(
+            out.clone()
+                .run_writer(TcpWriter::new(write_half), Duration::from_secs(5)),
+        );
+        out.send_control(Bytes::from_static(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n"));
+        let mut expected = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n".to_vec();
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        out.hand_back_writer();
+        let writer = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the writer back");
+        // Queued while no writer runs.
+        let small = frame(1, 3);
+        assert!(out.send_media(0, &small));
+        out.send_control(Bytes::from_static(b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n\r\n"));
+        let stream = read_half
+            .reunite(writer.into_inner().expect("no longer shared"))
+            .unwrap()
+            .into_std()
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
+        let writer = tokio::spawn(out.clone().run_writer(
+            FdWriter::new(stream.try_clone().unwrap()).unwrap(),
+            Duration::from_secs(5),
+        ));
+        expected = wire(0, &small);
+        expected.extend_from_slice(b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n\r\n");
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == expected, "the bytes on the wire differ");
+        out.close(CloseReason::Server);
+        assert!(writer.await.unwrap().is_none(), "closed, not handed back");
+        // The writer shut its side down.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    /// Closing a connection read by a thread shuts its socket for reading: the blocked read
+    /// returns at once.
+    #[test]
+    fn closing_ends_the_read_of_a_reading_thread() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = listener.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let out = Arc::new(ConnOut::new(1, peer, 1 << 20, "test".into()));
+        out.set_reader_socket(socket2::SockRef::from(&server).try_clone().unwrap());
+        let reader = std::thread::spawn(move || {
+            let start = Instant::now();
+            let n = std::io::Read::read(&mut server, &mut [0u8; 16]).unwrap();
+            (n, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        out.close(CloseReason::Server);
+        let (n, took) = reader.join().unwrap();
+        assert_eq!(n, 0);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // A socket handed over after the close is shut at once.
+        let listener2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c2 = std::net::TcpStream::connect(listener2.local_addr().unwrap()).unwrap();
+        let (mut late, _) = listener2.accept().unwrap();
+        late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        out.set_reader_socket(socket2::SockRef::from(&late).try_clone().unwrap());
+        assert_eq!(std::io::Read::read(&mut late, &mut [0u8; 16]).unwrap(), 0);
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! Tasks: the server owns a [`TaskGroup`] holding its accept loop, its housekeeping (Sender
 //! Reports, session expiry) and one RTCP receiver per stream. The accept loop owns every
 //! connection's task in a [`JoinSet`] (the reader, which also answers requests and waits for a
-//! PLAY's start point), and each connection task owns its writer task. [`Server::stop`] (or
-//! dropping the server) aborts the group, which aborts all of them, and stops the listening
-//! socket at once, without waiting on the runtime.
+//! PLAY's start point), and each connection task owns its writer task. A publisher recording
+//! over plain TCP interleaved is read by a thread of its own instead ([`tcp_thread`]), its
+//! connection's task waiting for that thread's end. [`Server::stop`] (or dropping the server)
+//! aborts the group, which aborts all of them, closes every connection (which ends such a
+//! thread's read) and stops the listening socket at once, without waiting on the runtime.
 //!
 //! RTSPS ([`ServerConfig::tls`]): a connection's task first completes the TLS handshake
 //! (tokio-rustls, bounded), then serves the TLS stream like a plain one; plain TCP keeps its
@@ -61,6 +63,7 @@ mod logfmt;
 pub mod media;
 pub mod record;
 pub mod session;
+mod tcp_thread;
 mod tunnel;
 
 use std::collections::{BTreeMap, HashMap};
@@ -80,8 +83,8 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use self::conn::{CloseReason, ConnOut, ConnWriter};
 use self::media::{Dest, Stream};
 pub use self::record::{
-    LeftReason, PacketSink, PublisherStats, PublisherStreamStats, RecordConfig, RecordEvent,
-    RecordQueue,
+    LeftReason, MAX_READ_HOLD, PacketSink, PublisherStats, PublisherStreamStats, RecordConfig,
+    RecordEvent, RecordQueue,
 };
 use self::session::{After, ConnCtx, Session, error_response};
 use crate::rtsp::codec::{self, DecodeError, Decoder, Frame};
@@ -976,7 +979,7 @@ async fn serve_stream<R, W>(
     peer: SocketAddr,
     local: SocketAddr,
 ) where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
     W: ConnWriter,
 {
     let name = &*shared.name;
@@ -1002,10 +1005,18 @@ async fn serve_stream<R, W>(
         name,
         "{peer}: connection accepted on {local} (connection {id}, {open} open)"
     );
-    let mut writer_task = AbortOnDrop(tokio::spawn(
-        out.clone()
-            .run_writer(writer, shared.config.client_stall_timeout),
-    ));
+    // The writer task sends its writer here when asked to give it back (a publisher's socket
+    // leaving the runtime for a thread, see `tcp_thread`).
+    let (writer_back, mut writer_returned) = tokio::sync::oneshot::channel();
+    let mut writer_task = AbortOnDrop(tokio::spawn({
+        let out = out.clone();
+        let stall = shared.config.client_stall_timeout;
+        async move {
+            if let Some(writer) = out.run_writer(writer, stall).await {
+                let _ = writer_back.send(writer);
+            }
+        }
+    }));
     let ctx = ConnCtx {
         out: out.clone(),
         local,
@@ -1029,16 +1040,7 @@ async fn serve_stream<R, W>(
             _ = out.closed_notify.notified() => break ReadEnd::Closed,
             () = &mut deadline => {
                 if decoder.buffered_len() > 0 {
-                    let resp = error_response(
-                        StatusCode::RequestTimeout,
-                        None,
-                        &shared.config.server_name,
-                    );
-                    let mut bytes = Vec::new();
-                    codec::encode_response(&resp, &mut bytes);
-                    out.send_control(bytes.into());
-                    // The answer reaches the client, then hang up.
-                    out.flush_control(ANSWER_BEFORE_CLOSE).await;
+                    answer_request_timeout(&shared, &out).await;
                     break ReadEnd::RequestTimeout;
                 }
                 if !ctx.has_session(&shared.sessions.lock().unwrap()) {
@@ -1055,85 +1057,46 @@ async fn serve_stream<R, W>(
         // The clock restarts when a message begins in this read, or when nothing is left over.
         let mut restart = decoder.buffered_len() == 0;
         decoder.extend(&buf[..n]);
+        let mut recording = false;
         loop {
-            let decoded = decoder.decode();
-            restart |= matches!(decoded, Ok(Some(_)));
-            match decoded {
+            let decoded = match decoder.decode() {
                 Ok(None) => break,
-                Ok(Some(Frame::Request(req))) => {
-                    let session = shared.log_request(peer, &req);
-                    let answer = shared.handle_request(&ctx, req).await;
-                    shared.log_response(peer, &answer.resp, session.as_deref());
-                    let mut bytes = Vec::with_capacity(256);
-                    codec::encode_response_with(
-                        &answer.resp,
-                        &headers::WWW_AUTHENTICATE,
-                        &answer.challenges,
-                        &mut bytes,
-                    );
-                    out.send_control(bytes.into());
-                    match answer.after {
-                        After::Nothing => {}
-                        After::Play(session) => shared.start_playing(&session),
-                        After::Close => {
-                            // The answer reaches the client, then hang up.
-                            out.flush_control(ANSWER_BEFORE_CLOSE).await;
-                            break 'conn ReadEnd::Refused;
-                        }
-                    }
-                }
-                // Answers to our ANNOUNCE/REDIRECT: nothing to do.
-                Ok(Some(Frame::Response(resp))) => {
-                    sdebug!(
-                        name,
-                        "{peer}: client answered RTSP/1.0 {} {} (CSeq {})",
-                        u16::from(resp.status()),
-                        resp.reason_phrase(),
-                        resp.header(&headers::CSEQ).map_or("none", |v| v.as_str())
-                    );
-                }
-                Ok(Some(Frame::Interleaved { channel, data })) => {
-                    on_interleaved(&shared, &ctx, channel, &data);
-                }
-                Err(err) => {
-                    if matches!(
-                        err,
-                        DecodeError::BodyTooLarge { .. } | DecodeError::HeaderTooLarge { .. }
-                    ) {
-                        shared
-                            .counters
-                            .requests_too_large
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    let status = match err {
-                        DecodeError::BodyTooLarge { .. } => StatusCode::RequestMessageBodyTooLarge,
-                        _ => StatusCode::BadRequest,
-                    };
-                    let cseq = err.cseq().map(|c| c.to_string());
-                    sdebug!(
-                        name,
-                        "{peer}: unusable request (CSeq {}): {}; answering {} {status}{}",
-                        cseq.as_deref().unwrap_or("unknown"),
-                        logfmt::redact_urls(&err.to_string()),
-                        u16::from(status),
-                        if err.is_fatal() { " and closing" } else { "" }
-                    );
-                    let resp = error_response(status, cseq.as_deref(), &shared.config.server_name);
-                    let mut bytes = Vec::new();
-                    codec::encode_response(&resp, &mut bytes);
-                    out.send_control(bytes.into());
-                    if err.is_fatal() {
-                        // The answer reaches the client, then hang up.
-                        out.flush_control(ANSWER_BEFORE_CLOSE).await;
-                        break 'conn ReadEnd::Fatal;
-                    }
-                }
+                Ok(Some(frame)) => Ok(frame),
+                Err(e) => Err(e),
+            };
+            restart |= decoded.is_ok();
+            match on_message(&shared, &ctx, decoded).await {
+                Handled::Continue => {}
+                Handled::Recording => recording = true,
+                Handled::End(end) => break 'conn end,
             }
         }
         if restart {
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + request_timeout);
+        }
+        // A publisher over plain TCP interleaved started recording: from here on its socket is
+        // read on a thread of its own.
+        if recording && tcp_thread::eligible::<R, W>() && ctx.records_interleaved() {
+            let taken =
+                tcp_thread::take_socket(reader, &out, &mut writer_returned, &mut decoder).await;
+            break match taken {
+                // The connection closed meanwhile.
+                Ok(None) => ReadEnd::Closed,
+                Ok(Some(stream)) => match tcp_thread::start(shared.clone(), ctx, decoder, stream) {
+                    Ok((writer, ended)) => {
+                        // The first writer task has ended: this one takes its place.
+                        writer_task = writer;
+                        let guard = tcp_thread::CloseOnDrop(Some(out.clone()));
+                        let end = ended.await.unwrap_or(ReadEnd::Closed);
+                        guard.disarm();
+                        end
+                    }
+                    Err(e) => ReadEnd::Error(e),
+                },
+                Err(e) => ReadEnd::Error(e),
+            };
         }
     };
     if matches!(end, ReadEnd::Eof) {
@@ -1221,6 +1184,114 @@ async fn serve_stream<R, W>(
         shared.record_session_ended(&sid, LeftReason::ConnectionClosed);
     }
     shared.record_conn_closed(id);
+}
+
+/// Answers 408 to a request that did not arrive complete in time, and lets the answer go out.
+async fn answer_request_timeout(shared: &Shared, out: &ConnOut) {
+    let resp = error_response(StatusCode::RequestTimeout, None, &shared.config.server_name);
+    let mut bytes = Vec::new();
+    codec::encode_response(&resp, &mut bytes);
+    out.send_control(bytes.into());
+    // The answer reaches the client, then hang up.
+    out.flush_control(ANSWER_BEFORE_CLOSE).await;
+}
+
+/// What handling a message of a connection left to do.
+enum Handled {
+    Continue,
+    /// A RECORD was answered 200.
+    Recording,
+    /// The connection ends.
+    End(ReadEnd),
+}
+
+/// Handles one decoded message of a connection (a request, an answer to the server's request,
+/// interleaved data) or a decoding error: the one place both readers (the connection's task
+/// and a publisher's thread, see [`tcp_thread`]) handle them.
+async fn on_message(
+    shared: &Arc<Shared>,
+    ctx: &ConnCtx,
+    decoded: Result<Frame, DecodeError>,
+) -> Handled {
+    let name = &*shared.name;
+    let out = &ctx.out;
+    let peer = out.peer;
+    match decoded {
+        Ok(Frame::Request(req)) => {
+            let session = shared.log_request(peer, &req);
+            let record = req.method() == Method::Record;
+            let answer = shared.handle_request(ctx, req).await;
+            shared.log_response(peer, &answer.resp, session.as_deref());
+            let recording = record && answer.resp.status() == StatusCode::Ok;
+            let mut bytes = Vec::with_capacity(256);
+            codec::encode_response_with(
+                &answer.resp,
+                &headers::WWW_AUTHENTICATE,
+                &answer.challenges,
+                &mut bytes,
+            );
+            out.send_control(bytes.into());
+            match answer.after {
+                After::Nothing => {}
+                After::Play(session) => shared.start_playing(&session),
+                After::Close => {
+                    // The answer reaches the client, then hang up.
+                    out.flush_control(ANSWER_BEFORE_CLOSE).await;
+                    return Handled::End(ReadEnd::Refused);
+                }
+            }
+            if recording {
+                return Handled::Recording;
+            }
+        }
+        // Answers to our ANNOUNCE/REDIRECT: nothing to do.
+        Ok(Frame::Response(resp)) => {
+            sdebug!(
+                name,
+                "{peer}: client answered RTSP/1.0 {} {} (CSeq {})",
+                u16::from(resp.status()),
+                resp.reason_phrase(),
+                resp.header(&headers::CSEQ).map_or("none", |v| v.as_str())
+            );
+        }
+        Ok(Frame::Interleaved { channel, data }) => {
+            on_interleaved(shared, ctx, channel, &data);
+        }
+        Err(err) => {
+            if matches!(
+                err,
+                DecodeError::BodyTooLarge { .. } | DecodeError::HeaderTooLarge { .. }
+            ) {
+                shared
+                    .counters
+                    .requests_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let status = match err {
+                DecodeError::BodyTooLarge { .. } => StatusCode::RequestMessageBodyTooLarge,
+                _ => StatusCode::BadRequest,
+            };
+            let cseq = err.cseq().map(|c| c.to_string());
+            sdebug!(
+                name,
+                "{peer}: unusable request (CSeq {}): {}; answering {} {status}{}",
+                cseq.as_deref().unwrap_or("unknown"),
+                logfmt::redact_urls(&err.to_string()),
+                u16::from(status),
+                if err.is_fatal() { " and closing" } else { "" }
+            );
+            let resp = error_response(status, cseq.as_deref(), &shared.config.server_name);
+            let mut bytes = Vec::new();
+            codec::encode_response(&resp, &mut bytes);
+            out.send_control(bytes.into());
+            if err.is_fatal() {
+                // The answer reaches the client, then hang up.
+                out.flush_control(ANSWER_BEFORE_CLOSE).await;
+                return Handled::End(ReadEnd::Fatal);
+            }
+        }
+    }
+    Handled::Continue
 }
 
 impl Shared {

@@ -62,7 +62,14 @@ pub struct RecordConfig {
     pub max_streams: usize,
     /// RTP packets waiting for the owner at most; beyond, new ones are dropped and counted.
     pub queue_packets: usize,
+    /// How long the thread reading a TCP publisher lets its data gather in the socket before
+    /// it takes it (see [`super::tcp_thread`]); zero: each read returns as soon as anything
+    /// came. At most [`MAX_READ_HOLD`].
+    pub read_hold: Duration,
 }
+
+/// The longest [`RecordConfig::read_hold`].
+pub const MAX_READ_HOLD: Duration = Duration::from_millis(20);
 
 impl Default for RecordConfig {
     fn default() -> Self {
@@ -70,6 +77,7 @@ impl Default for RecordConfig {
             takeover: false,
             max_streams: 16,
             queue_packets: 8192,
+            read_hold: MAX_READ_HOLD,
         }
     }
 }

@@ -131,6 +131,11 @@ impl ConnCtx {
         setups.live_sessions(self.out.id, sessions) > 0
     }
 
+    /// Whether a publisher's streams are interleaved on this connection (a record mount).
+    pub fn records_interleaved(&self) -> bool {
+        !self.setups.lock().unwrap().record_channels.is_empty()
+    }
+
     /// The destination and stream whose RTCP travels on interleaved `channel`.
     pub fn rtcp_channel(&self, channel: u8) -> Option<(Arc<Dest>, Arc<Stream>)> {
         let setups = self.setups.lock().unwrap();

@@ -185,7 +185,7 @@ pub(super) async fn serve<R, W>(
     peer: SocketAddr,
     local: SocketAddr,
 ) where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
     W: ConnWriter,
 {
     let name = &*shared.name;
@@ -303,7 +303,7 @@ async fn serve_get<R, W>(
     peer: SocketAddr,
     local: SocketAddr,
 ) where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
     W: ConnWriter,
 {
     let name = &*shared.name;
