@@ -189,6 +189,12 @@ fn gst_publish(sink: &str) -> ChildGuard {
     ChildGuard::spawn(
         Command::new("gst-launch-1.0")
             .env("GST_PLUGIN_PATH", plugin_dir())
+            // A registry of its own beside the plugin: with the shared default one, every run
+            // with another plugin path made the next stock gst-launch-1.0 rescan all plugins.
+            .env(
+                "GST_REGISTRY",
+                plugin_dir().join("gst-registry-rtmp-tests.bin"),
+            )
             .arg("-e")
             .args(pipeline.split_whitespace()),
     )
