@@ -1236,10 +1236,10 @@ fn the_sink_adds_no_latency_of_its_own() {
     let desc = format!(
         "rtspclientsink2 name=sink location={} protocols=tcp \
          videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1,format=I420 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse name=vparse \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse \
          ! clocksync ! sink.sink_0 \
          audiotestsrc is-live=true samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
-         ! opusenc frame-size=20 name=aenc ! sink.sink_1",
+         ! opusenc frame-size=20 ! sink.sink_1",
         server.url()
     );
     let pipeline = gst::parse::launch(&desc)

@@ -841,21 +841,12 @@ fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
             .send_to(&rtp_packet(0x5566_7788, seq.wrapping_mul(997)), server)
             .unwrap();
     }
-    // None until the element made the stream's pad (its own thread, behind RECORD's answer).
-    let stream = || {
-        let stats = receiver.src.property::<gst::Structure>("stats");
-        let streams = stats.get::<gst::Array>("streams").unwrap();
-        streams.first().map(|s| s.get::<gst::Structure>().unwrap())
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // 30 sent; the first is the source's probation (RFC 3550 A.1), not counted.
-    while stream().map_or(0, |s| s.get::<u64>("packets-received").unwrap()) < 29 {
-        assert!(Instant::now() < deadline, "{:?}", stream());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The stream's pad comes from its own thread, behind RECORD's answer. 30 sent; the first
+    // is the source's probation (RFC 3550 A.1), not counted.
+    receiver.wait_packets_received(29);
     // Had the other sender's packets been taken, they would count too, or as losses.
     std::thread::sleep(Duration::from_millis(200));
-    let s = stream().expect("the stream's pad");
+    let s = receiver.first_stream().expect("the stream's pad");
     assert_eq!(s.get::<u64>("packets-received").unwrap(), 29, "{s}");
     assert_eq!(s.get::<i64>("packets-lost").unwrap(), 0, "{s}");
 
@@ -919,17 +910,8 @@ fn a_tcp_publisher_is_read_on_a_thread_of_its_own_that_answers_it_and_ends_with_
         bytes.extend(interleaved(0, &rtp_packet(0x1122_3344, seq)));
     }
     c.send_raw(&bytes);
-    let stream = || {
-        let stats = receiver.src.property::<gst::Structure>("stats");
-        let streams = stats.get::<gst::Array>("streams").unwrap();
-        streams.first().map(|s| s.get::<gst::Structure>().unwrap())
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
     // 30 sent; the first is the source's probation (RFC 3550 A.1), not counted.
-    while stream().map_or(0, |s| s.get::<u64>("packets-received").unwrap()) < 29 {
-        assert!(Instant::now() < deadline, "{:?}", stream());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    receiver.wait_packets_received(29);
 
     // Keep-alives, longer apart than the request timeout: the session keeps the connection.
     let keep_alive = [("Session", session.as_str())];

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
@@ -129,6 +129,26 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}/live", self.port)
+    }
+
+    /// The first stream's figures in `stats`; None until the element made its pad.
+    pub fn first_stream(&self) -> Option<gst::Structure> {
+        let stats = self.src.property::<gst::Structure>("stats");
+        let streams = stats.get::<gst::Array>("streams").unwrap();
+        streams.first().map(|s| s.get::<gst::Structure>().unwrap())
+    }
+
+    /// Waits (at most 5 s) until the first stream counts `packets` received.
+    pub fn wait_packets_received(&self, packets: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let received = || {
+            self.first_stream()
+                .map_or(0, |s| s.get::<u64>("packets-received").unwrap())
+        };
+        while received() < packets {
+            assert!(Instant::now() < deadline, "{:?}", self.first_stream());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
