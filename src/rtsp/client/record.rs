@@ -230,14 +230,7 @@ impl Direct {
     /// they were taken.
     fn try_send(&self, name: &str, stream: usize, packets: &[Bytes]) -> Result<bool, ClientError> {
         match self {
-            Direct::Tcp { writer, channels } => {
-                let Some(Some(channel)) = channels.get(stream) else {
-                    return Ok(false);
-                };
-                let list: Vec<(u8, &[u8])> =
-                    packets.iter().map(|p| (*channel, p.as_ref())).collect();
-                writer.try_send_interleaved_many(&list)
-            }
+            Direct::Tcp { .. } => self.try_send_frames(&[(stream, packets)]),
             Direct::Udp { outs } => {
                 let Some(Some((socket, to))) = outs.get(stream) else {
                     return Ok(false);
@@ -1155,6 +1148,19 @@ async fn serve(
     );
     let mut finishing: Option<(oneshot::Sender<()>, tokio::time::Instant)> = None;
     let _direct = DirectGuard::install(shared, rec);
+    if rec.kind == TransportKind::Tcp {
+        let held: Vec<usize> = {
+            let q = shared.queue.lock().unwrap();
+            (0..q.holdable.len()).filter(|&i| q.holdable[i]).collect()
+        };
+        if !held.is_empty() {
+            log::debug!(
+                id = c.name.as_str();
+                "{peer}: streams {held:?} wait up to {:?} for the next video frame, to go out in its write (burst-latency)",
+                shared.burst_latency
+            );
+        }
+    }
     // Frames may have queued while connecting.
     shared.wake.notify_one();
     loop {
