@@ -19,7 +19,10 @@
 //! `--serve-record`; each announced stream `identity ! fakesink`, its RTP packets counted) takes
 //! rtspclientsink2 and rtspclientsink; two more children run the input pipeline alone into
 //! `fakesink`, and the input through the stock payloaders (`rtph264pay`, `rtpopuspay`, which
-//! both publishers use inside) into `fakesink`: what both publishers' figures share. The four
+//! both publishers use inside) into `fakesink`: what both publishers' figures share. Over UDP a
+//! fifth child sends the same datagrams through those payloaders and `udpsink` to two sockets
+//! this process drains, without RTSP or RTCP: what the stock elements need just to send this
+//! stream's datagrams (the table divides both publishers' CPU by it). They all
 //! play at once and are measured over the same steady window (BENCH_SECONDS, default 20) that
 //! starts 3 s after launch: CPU time of every thread (/proc/PID/task/*/schedstat) as a share of
 //! one core, and peak RSS (VmHWM). BENCH_ROUNDS rounds (default 3) alternate which publisher
@@ -86,18 +89,23 @@ fn count_packets(bin: &gst::Bin, n: &Arc<AtomicU64>) {
     }
 }
 
+/// Video frames a second in the input.
+const VIDEO_FPS: u64 = 30;
+/// Audio frames a second in the input (Opus, 20 ms).
+const AUDIO_FPS: u64 = 50;
+
 /// Encodes `seconds` of 720p30 H.264 (~4 Mbit/s) and Opus into the Matroska file `path`.
 fn pre_encode(path: &Path, seconds: u64) {
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers={v} pattern=snow \
-         ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
+         ! video/x-raw,width=1280,height=720,framerate={VIDEO_FPS}/1,format=I420 \
          ! x264enc bitrate=4000 speed-preset=ultrafast tune=zerolatency key-int-max=60 \
          ! h264parse ! queue ! m. \
          audiotestsrc num-buffers={a} samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
          ! opusenc frame-size=20 ! queue ! m. \
          matroskamux name=m ! filesink location={p}",
-        v = seconds * 30,
-        a = seconds * 50,
+        v = seconds * VIDEO_FPS,
+        a = seconds * AUDIO_FPS,
         p = path.display()
     ))
     .unwrap();
@@ -125,16 +133,26 @@ enum End<'a> {
     Fakesink,
     /// In the stock payloaders (as both publishers use inside) and two fakesinks.
     Payloaders,
+    /// In the stock payloaders and two `udpsink`s to these loopback ports (video, audio): the
+    /// same datagrams without RTSP or RTCP, the cheapest way the stock elements send them.
+    BareUdp(u16, u16),
 }
 
 /// The input pipeline every publisher runs, ending as `end` says.
 fn input_pipeline(file: &Path, end: End) -> Vec<String> {
     let (video, audio, sink) = match end {
-        End::Sink(s) => ("c.sink_0", "c.sink_1", s),
-        End::Fakesink => ("fakesink", "fakesink", ""),
+        End::Sink(s) => ("c.sink_0".to_owned(), "c.sink_1".to_owned(), s),
+        End::Fakesink => ("fakesink".to_owned(), "fakesink".to_owned(), ""),
         End::Payloaders => (
-            "rtph264pay mtu=1400 config-interval=-1 ! fakesink",
-            "rtpopuspay mtu=1400 ! fakesink",
+            "rtph264pay mtu=1400 config-interval=-1 ! fakesink".to_owned(),
+            "rtpopuspay mtu=1400 ! fakesink".to_owned(),
+            "",
+        ),
+        End::BareUdp(v, a) => (
+            format!(
+                "rtph264pay mtu=1400 config-interval=-1 ! udpsink host=127.0.0.1 port={v} sync=false"
+            ),
+            format!("rtpopuspay mtu=1400 ! udpsink host=127.0.0.1 port={a} sync=false"),
             "",
         ),
     };
@@ -147,6 +165,55 @@ fn input_pipeline(file: &Path, end: End) -> Vec<String> {
     .split_whitespace()
     .map(str::to_owned)
     .collect()
+}
+
+/// Two loopback UDP sockets (video, audio) that threads of this process read and count until
+/// it is dropped: what the `udpsink`s of [`End::BareUdp`] send to.
+struct UdpDrain {
+    ports: [u16; 2],
+    count: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpDrain {
+    fn start() -> UdpDrain {
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut ports = [0; 2];
+        let mut threads = Vec::new();
+        for port in &mut ports {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            *port = socket.local_addr().unwrap().port();
+            let (count, stop) = (count.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if socket.recv(&mut buf).is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        UdpDrain {
+            ports,
+            count,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for UdpDrain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Counts of RTP packets per name, printed by the serving children as `COUNT name n` once a second
@@ -399,13 +466,18 @@ fn part_publish(
     println!();
     let [a, b] = [&sides[0].label, &sides[1].label];
     println!(
-        "| protocol | {a} CPU % | {b} CPU % | ratio | per-round ratios | {a} RSS MiB | {b} RSS MiB | RTP packets received | input alone CPU % | ratio without it | input and payloaders CPU % | ratio without them |"
+        "| protocol | {a} CPU % | {b} CPU % | ratio | per-round ratios | {a} RSS MiB | {b} RSS MiB | RTP packets received | input alone CPU % | ratio without it | input and payloaders CPU % | ratio without them | payloaders into udpsink CPU % (packets) | {a} ÷ that | {b} ÷ that |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut next_mount = 0;
+    let mut floors = Vec::new();
     for proto in protocols {
         let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
-        let (mut alone, mut paying) = (Vec::new(), Vec::new());
+        let (mut alone, mut paying, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+        // Over UDP, the same datagrams sent by the stock payloaders and `udpsink` alone, into
+        // sockets this process drains: what sending them costs the stock elements without RTSP.
+        let drain = (proto == "udp").then(UdpDrain::start);
+        let wake = wake_cost(proto);
         for round in 0..rounds {
             let mut guards: Vec<(usize, Guard)> = Vec::new();
             let mut mount_of = [String::new(), String::new()];
@@ -434,18 +506,29 @@ fn part_publish(
                 ));
                 std::thread::sleep(Duration::from_millis(100));
             }
-            for (k, end) in [(2, End::Fakesink), (3, End::Payloaders)] {
+            let mut ends = vec![(2, End::Fakesink), (3, End::Payloaders)];
+            if let Some(d) = &drain {
+                ends.push((4, End::BareUdp(d.ports[0], d.ports[1])));
+            }
+            for (k, end) in ends {
                 let log = dir.join(format!("alone-{proto}-{round}-{k}.log"));
                 guards.push((k, launch(&input_pipeline(file, end), None, current, &log)));
             }
             guards.sort_by_key(|(i, _)| *i);
             let pids: Vec<u32> = guards.iter().map(|(_, g)| g.0.id()).collect();
-            let counts = || -> Vec<u64> { mount_of.iter().map(|m| server.count(m)).collect() };
+            let counts = || -> Vec<u64> {
+                let mut v: Vec<u64> = mount_of.iter().map(|m| server.count(m)).collect();
+                if let Some(d) = &drain {
+                    v.extend([0, 0, d.count.load(Ordering::Relaxed)]);
+                }
+                v
+            };
             let labels = [
                 a.as_str(),
                 b.as_str(),
                 "input alone",
                 "input and payloaders",
+                "payloaders into udpsink",
             ];
             let mut alive: Vec<(&str, &mut Guard)> =
                 guards.iter_mut().map(|(i, g)| (labels[*i], g)).collect();
@@ -460,21 +543,57 @@ fn part_publish(
                 figs[0].frames,
                 figs[1].frames
             );
+            if let Some(f) = figs.get(4) {
+                eprintln!(
+                    "{proto} round {round}: payloaders into udpsink {:.2} %, packets {}",
+                    f.cpu * 100.0,
+                    f.frames
+                );
+                bare.push(*f);
+            }
             runs[0].push(figs[0]);
             runs[1].push(figs[1]);
             alone.push(figs[2].cpu);
             paying.push(figs[3].cpu);
         }
         let (input, pay) = (mean(&alone), mean(&paying));
-        let net =
-            |i: usize, floor: f64| mean(&runs[i].iter().map(|f| f.cpu).collect::<Vec<_>>()) - floor;
+        let whole = |i: usize| mean(&runs[i].iter().map(|f| f.cpu).collect::<Vec<_>>());
+        let net = |i: usize, floor: f64| whole(i) - floor;
+        let floor = if bare.is_empty() {
+            " - | - | - |".to_owned()
+        } else {
+            let cpu = mean(&bare.iter().map(|f| f.cpu).collect::<Vec<_>>());
+            let packets = median(bare.iter().map(|f| f.frames as f64).collect());
+            format!(
+                " {:.2} ({packets:.0}) | {:.2} | {:.2} |",
+                cpu * 100.0,
+                whole(0) / cpu,
+                whole(1) / cpu
+            )
+        };
+        let wakes = (VIDEO_FPS + AUDIO_FPS) as f64;
+        floors.push(format!(
+            "{proto}: a small {} to a sleeping loopback receiver costs the sender {:.0} µs \
+             here; {VIDEO_FPS} video and {AUDIO_FPS} audio frames a second, each sent when it \
+             is due, wake the server {wakes} times a second: {:.2} % of a core, {:.2} % with \
+             the input, {:.2}x of {b}'s CPU.",
+            if proto == "udp" {
+                "datagram"
+            } else {
+                "TCP write"
+            },
+            wake * 1e6,
+            wake * wakes * 100.0,
+            (input + wake * wakes) * 100.0,
+            (input + wake * wakes) / whole(1),
+        ));
         println!(
             "{}",
             row(
                 proto,
                 &runs,
                 &format!(
-                    " {:.2} | {:.2} | {:.2} | {:.2} |",
+                    " {:.2} | {:.2} | {:.2} | {:.2} |{floor}",
                     input * 100.0,
                     net(0, input) / net(1, input),
                     pay * 100.0,
@@ -484,6 +603,69 @@ fn part_publish(
         );
     }
     drop(server);
+    if !floors.is_empty() {
+        println!();
+        println!("The floor under any publisher that sends each frame when it is due:");
+        for f in floors {
+            println!("- {f}");
+        }
+    }
+}
+
+/// What one small send to a receiver asleep in `recv` on loopback costs the sending thread
+/// (seconds of its CPU), over UDP (a datagram) or TCP (a write on a connection): the sender's
+/// softirq carries the data into the receiving socket and wakes the receiver. Measured over 200
+/// sends of 160 bytes 20 ms apart, as audio frames go.
+fn wake_cost(proto: &str) -> f64 {
+    use std::io::Read;
+    /// A connected UDP socket, each write one datagram.
+    struct Datagrams(std::net::UdpSocket);
+    impl Write for Datagrams {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.send(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (mut tx, receiver): (Box<dyn Write>, _) = if proto == "udp" {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while rx.recv(&mut buf).is_ok() {}
+        });
+        (Box::new(Datagrams(tx)), receiver)
+    } else {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        tx.set_nodelay(true).unwrap();
+        let (mut rx, _) = listener.accept().unwrap();
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while rx.read(&mut buf).is_ok_and(|n| n > 0) {}
+        });
+        (Box::new(tx), receiver)
+    };
+    // The thread's clock, not /proc/thread-self/schedstat: that is brought up to date only
+    // when the scheduler next accounts, not on every read.
+    let thread_cpu = || -> u64 {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    };
+    let mut spent = 0;
+    const SENDS: u32 = 200;
+    for _ in 0..SENDS {
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = thread_cpu();
+        tx.write_all(&[0u8; 160]).unwrap();
+        spent += thread_cpu() - t0;
+    }
+    drop(tx);
+    receiver.join().unwrap();
+    spent as f64 / 1e9 / f64::from(SENDS)
 }
 
 #[allow(clippy::too_many_arguments)]
