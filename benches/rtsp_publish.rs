@@ -18,17 +18,19 @@
 //! Part 1 (publishers): a gst-rtsp-server 1.22 RECORD mount (a child process, this binary with
 //! `--serve-record`; each announced stream `identity ! fakesink`, its RTP packets counted) takes
 //! rtspclientsink2 and rtspclientsink; two more children run the input pipeline alone into
-//! `fakesink`, and the input through the stock payloaders (`rtph264pay`, `rtpopuspay`, which
-//! both publishers use inside) into `fakesink`: what both publishers' figures share. Over UDP a
-//! fifth child sends the same datagrams through those payloaders and `udpsink` to two sockets
-//! this process drains, without RTSP or RTCP: what the stock elements need just to send this
-//! stream's datagrams (the table divides both publishers' CPU by it). They all
+//! `fakesink` (what both publishers' figures share), and the input through the stock payloaders the
+//! stock publisher uses inside (`rtph264pay`, `rtpopuspay`; ours payloads H.264 and Opus in Rust)
+//! into `fakesink`. Over UDP a fifth child sends the same datagrams through those payloaders and
+//! `udpsink` to two sockets this process drains, without RTSP or RTCP: what the stock elements need
+//! just to send this stream's datagrams (the table divides both publishers' CPU by it). They all
 //! play at once and are measured over the same steady window (BENCH_SECONDS, default 20) that
-//! starts 3 s after launch: CPU time of every thread (/proc/PID/task/*/schedstat) as a share of
-//! one core, and peak RSS (VmHWM). BENCH_ROUNDS rounds (default 3) alternate which publisher
-//! starts first; the CPU figures are means over the rounds, the ratios "without" subtract the
-//! shared part's mean from both. The RTP packets the server got from each in the window are
-//! shown: they must match.
+//! starts 3 s after launch: CPU time of every thread (/proc/PID/task/*/schedstat) as a share of one
+//! core, and peak RSS (VmHWM). BENCH_ROUNDS rounds (default 3) alternate which publisher starts
+//! first; the CPU figures are means over the rounds, the ratios "without" subtract the shared
+//! part's mean from both. The RTP packets the server got from each in the window are shown: they
+//! must match (but for ours sending no access unit delimiters, about 6 % fewer). Before each
+//! protocol's rounds, what one small send to a sleeping loopback receiver costs the sending thread
+//! is measured; below the table, the floor: the input plus a send for each frame when it is due.
 //!
 //! Part 2 (receivers): two children, this binary with `--serve-record` (a gst-rtsp-server
 //! RECORD mount as above) and with `--receive-ours` (`rtspserversrc`, each pad into the same
@@ -131,7 +133,7 @@ enum End<'a> {
     Sink(&'a str),
     /// In two fakesinks: the input alone.
     Fakesink,
-    /// In the stock payloaders (as both publishers use inside) and two fakesinks.
+    /// In the stock payloaders (as the stock publisher uses inside) and two fakesinks.
     Payloaders,
     /// In the stock payloaders and two `udpsink`s to these loopback ports (video, audio): the
     /// same datagrams without RTSP or RTCP, the cheapest way the stock elements send them.
