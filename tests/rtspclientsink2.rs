@@ -66,6 +66,16 @@ const OPUS: &str = "audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-
 const AAC: &str = "audiotestsrc num-buffers=140 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
     ! avenc_aac name=aenc";
 
+/// The pipeline `desc`, whose `rtspclientsink2 name=sink` must be this plugin's.
+fn our_pipeline(desc: &str) -> gst::Pipeline {
+    let pipeline = gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    assert_ours(&pipeline.by_name("sink").expect("an element named sink"));
+    pipeline
+}
+
 /// The publishing pipeline: H.264 + `audio` from test sources (not live: the element's sinks
 /// pace them in real time), into `rtspclientsink2 name=sink {props}`; counts what the encoders
 /// made.
@@ -81,11 +91,7 @@ fn publisher_with(props: &str, audio: &str) -> (gst::Pipeline, Counts) {
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 name=venc ! h264parse ! sink.sink_0 \
          {audio} ! sink.sink_1"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
-    assert_ours(&pipeline.by_name("sink").unwrap());
+    let pipeline = our_pipeline(&desc);
     let counts = Counts::default();
     for (name, counter) in [("venc", &counts.video), ("aenc", &counts.audio)] {
         let counter = counter.clone();
@@ -247,12 +253,8 @@ fn rust_payloaders_are_decoded_by_the_stock_depayloaders() {
          {OPUS} ! sink.sink_1",
         server.url_as("rtsp")
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = our_pipeline(&desc);
     let sink = pipeline.by_name("sink").unwrap();
-    assert_ours(&sink);
     let encoded = (Arc::new(Mutex::new(0usize)), Arc::new(Mutex::new(0usize)));
     for (name, counter) in [("venc", &encoded.0), ("aenc", &encoded.1)] {
         let counter = counter.clone();
@@ -698,10 +700,7 @@ fn reconnects_when_the_server_vanishes_mid_stream() {
          ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! h264parse ! sink.sink_0",
         relay.port
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = our_pipeline(&desc);
     let bus = pipeline.bus().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -835,10 +834,7 @@ fn a_stalled_server_costs_dropped_frames_not_a_blocked_pipeline() {
          ! video/x-raw,width=1280,height=720,framerate=30/1,format=I420 \
          ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=8000 key-int-max=30 ! h264parse ! sink.sink_0"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = our_pipeline(&desc);
     let sink = pipeline.by_name("sink").unwrap();
     let started = Instant::now();
     let result = run_to_end(&pipeline, Duration::from_secs(15));
@@ -955,10 +951,7 @@ fn basic_auth_and_teardown_at_eos() {
          videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = our_pipeline(&desc);
     let sink = pipeline.by_name("sink").unwrap();
     let result = run_to_end(&pipeline, Duration::from_secs(15));
     let stats = sink.property::<gst::Structure>("stats");
@@ -1021,10 +1014,7 @@ fn publish_to_script(props: &str) -> (Vec<String>, Seen) {
          videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! x264enc tune=zerolatency ! h264parse ! sink.sink_0"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = our_pipeline(&desc);
     let result = run_to_end(&pipeline, Duration::from_secs(15));
     pipeline.set_state(gst::State::Null).unwrap();
     result.unwrap();
@@ -1242,11 +1232,7 @@ fn the_sink_adds_no_latency_of_its_own() {
          ! opusenc frame-size=20 ! sink.sink_1",
         server.url()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap_or_else(|e| panic!("pipeline '{desc}': {e}"))
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
-    assert_ours(&pipeline.by_name("sink").unwrap());
+    let pipeline = our_pipeline(&desc);
     pipeline.set_state(gst::State::Playing).unwrap();
     // Publishing for real: the server decodes frames of both streams.
     let deadline = Instant::now() + Duration::from_secs(15);
