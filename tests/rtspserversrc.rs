@@ -930,12 +930,7 @@ fn a_tcp_publisher_is_read_on_a_thread_of_its_own_that_answers_it_and_ends_with_
     // Without a session, the connection is closed after the request timeout (1 s), and the
     // thread ends.
     let start = Instant::now();
-    use std::io::Read;
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut rest = Vec::new();
-    let _ = c.stream.read_to_end(&mut rest);
+    let _ = c.read_until_closed(Duration::from_secs(5));
     assert!(
         start.elapsed() < Duration::from_secs(4),
         "closed after {:?}",
@@ -948,7 +943,6 @@ fn a_tcp_publisher_is_read_on_a_thread_of_its_own_that_answers_it_and_ends_with_
 /// element stops.
 #[test]
 fn a_tcp_publisher_thread_ends_with_a_takeover_and_with_the_element() {
-    use std::io::Read;
     let receiver = Receiver::start("takeover=true");
     let url = receiver.url();
     let mut first = RawClient::connect(receiver.port);
@@ -960,11 +954,8 @@ fn a_tcp_publisher_thread_ends_with_a_takeover_and_with_the_element() {
     let second_thread = tcp_thread_of(&second);
     assert_eq!(announce_on(&mut second, &url, GOOD_SDP), 200);
     first
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut rest = Vec::new();
-    first.stream.read_to_end(&mut rest).expect("end of stream");
+        .read_until_closed(Duration::from_secs(3))
+        .expect("end of stream");
     wait_thread(&thread, false);
 
     record_over_tcp(&mut second, &url, "mode=record");

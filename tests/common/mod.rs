@@ -658,6 +658,13 @@ impl RawClient {
         self.stream.write_all(bytes).expect("write");
     }
 
+    /// Reads and discards what comes until the server closes the connection, waiting at most
+    /// `within` for each read: Ok once it is closed, an error (a timeout) otherwise.
+    pub fn read_until_closed(&mut self, within: Duration) -> std::io::Result<()> {
+        self.stream.set_read_timeout(Some(within))?;
+        std::io::copy(&mut self.stream, &mut std::io::sink()).map(|_| ())
+    }
+
     /// Sends a request with the next CSeq and the given extra header lines.
     pub fn request(
         &mut self,
