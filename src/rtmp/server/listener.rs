@@ -166,6 +166,8 @@ struct Shared {
     /// The publishers on threads of their own (plain TCP), by connection id: another
     /// descriptor of each socket, shut down by [`Listener::stop`].
     threads: Mutex<HashMap<u64, socket2::Socket>>,
+    /// Notified when a publisher thread took its entry off `threads`, after its last line.
+    thread_ended: std::sync::Condvar,
     /// Set by [`Listener::stop`]: a publisher thread finding its socket shut says why.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -204,6 +206,7 @@ impl Listener {
             tunnels: Mutex::new(HashMap::new()),
             tunnel_tasks: TaskGroup::new(),
             threads: Mutex::new(HashMap::new()),
+            thread_ended: std::sync::Condvar::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         ldebug!(
@@ -244,12 +247,29 @@ impl Listener {
             .map(|a| a.info.clone())
     }
 
-    /// Stops listening and closes every connection, without waiting.
+    /// Stops listening and closes every connection. Tasks on the runtime are aborted without
+    /// waiting; publisher threads, whose blocking read the shut socket ends at once, are given
+    /// up to [`THREAD_STOP_WAIT`] to end their publication and log their connection's last line
+    /// (a process that exits right after stopping the element would otherwise lose it).
     pub fn stop(&self) {
         self.shared.stopped.store(true, Ordering::Release);
-        for socket in self.shared.threads.lock().unwrap().values() {
+        let threads = self.shared.threads.lock().unwrap();
+        for socket in threads.values() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+        let (threads, wait) = self
+            .shared
+            .thread_ended
+            .wait_timeout_while(threads, THREAD_STOP_WAIT, |t| !t.is_empty())
+            .unwrap();
+        if wait.timed_out() {
+            ldebug!(
+                self.shared,
+                "stopping: {} publisher thread(s) still ending after {THREAD_STOP_WAIT:?}; not waiting longer",
+                threads.len()
+            );
+        }
+        drop(threads);
         self.tasks.abort_all();
         self.shared.tunnel_tasks.abort_all();
         self.shared.tunnels.lock().unwrap().clear();
@@ -974,6 +994,9 @@ fn open_session(shared: &Arc<Shared>, peer: SocketAddr) -> Vec<u8> {
     body
 }
 
+/// How long [`Listener::stop`] waits for publisher threads to end once their sockets are shut.
+const THREAD_STOP_WAIT: Duration = Duration::from_millis(500);
+
 const EVICTED: &str = "evicted by a newer connection before it published (max-connections)";
 
 /// How a connection ended, for the log line.
@@ -1574,6 +1597,7 @@ fn publish_thread(
         let _ = stream.write_all(&conn.take_output());
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    shared.threads.lock().unwrap().remove(&conn_id);
     closed(&shared, &conn, peer, &end, publisher);
+    shared.threads.lock().unwrap().remove(&conn_id);
+    shared.thread_ended.notify_all();
 }
