@@ -636,19 +636,21 @@ fn a_publisher_has_a_thread_that_ends_when_the_element_stops() {
         l.contains("is read on a thread of its own (rtmpsrvsrc-net)")
     });
     assert!(line, "the publisher went to its thread");
-    assert!(
-        common::threads_by_name()
-            .get("rtmpsrvsrc-net")
-            .is_some_and(|&n| n >= 1),
-        "{:?}",
-        common::threads_by_name()
-    );
+    // The line comes just before the thread is spawned.
+    common::wait_thread("rtmpsrvsrc-net", true);
     std::thread::sleep(Duration::from_millis(500));
     let port = server.port;
     server.pipeline.set_state(gst::State::Null).unwrap();
     std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
-    // Stopping waits for the thread's last line: a process that exits at once keeps it.
+    // Stopping says what it closes, and waits for the thread's last line: a process that exits
+    // at once keeps it.
+    let logged = |needle: &str| logs.lock().unwrap().iter().any(|l| l.contains(needle));
+    assert!(
+        logged("stopping: closing 1 connection(s), 1 of them publishers on threads of their own"),
+        "{:?}",
+        logs.lock().unwrap()
+    );
     assert!(
         logs.lock()
             .unwrap()

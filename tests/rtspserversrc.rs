@@ -425,7 +425,7 @@ fn a_stalled_publisher_is_noticed_within_the_session_timeout() {
     record_over_tcp(&mut c, &url, "mode=record");
     let start = Instant::now();
     // Read on its own thread, where the session timeout applies as on the runtime.
-    wait_thread(&tcp_thread_of(&c), true);
+    common::wait_thread(&tcp_thread_of(&c), true);
     let bus = receiver.pipeline.bus().unwrap();
     let left = loop {
         let msg = bus
@@ -875,20 +875,6 @@ fn tcp_thread_of(c: &RawClient) -> String {
     format!("rtsprec-t{}", c.stream.local_addr().unwrap().port())
 }
 
-/// Waits (bounded) until the thread named `name` exists, or is gone.
-fn wait_thread(name: &str, present: bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while common::threads_by_name().contains_key(name) != present {
-        assert!(
-            Instant::now() < deadline,
-            "thread {name} present: {}, expected {present}: {:?}",
-            !present,
-            common::threads_by_name()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Once a TCP publisher records, its connection is read by a thread of its own,
 /// `rtsprec-tPORT`: its packets are taken there, its keep-alives (GET_PARAMETER, OPTIONS) and
 /// TEARDOWN answered as before, and a connection left without a session is closed after the
@@ -902,7 +888,7 @@ fn a_tcp_publisher_is_read_on_a_thread_of_its_own_that_answers_it_and_ends_with_
     assert_eq!(announce_on(&mut c, &url, GOOD_SDP), 200);
     assert!(!common::threads_by_name().contains_key(&thread));
     let session = record_over_tcp(&mut c, &url, "mode=record");
-    wait_thread(&thread, true);
+    common::wait_thread(&thread, true);
 
     // Packets 1 to 30, read by the thread.
     let mut bytes = Vec::new();
@@ -936,7 +922,7 @@ fn a_tcp_publisher_is_read_on_a_thread_of_its_own_that_answers_it_and_ends_with_
         "closed after {:?}",
         start.elapsed()
     );
-    wait_thread(&thread, false);
+    common::wait_thread(&thread, false);
 }
 
 /// A TCP publisher's thread ends at once when another publisher takes over, and when the
@@ -949,20 +935,20 @@ fn a_tcp_publisher_thread_ends_with_a_takeover_and_with_the_element() {
     let thread = tcp_thread_of(&first);
     assert_eq!(announce_on(&mut first, &url, GOOD_SDP), 200);
     record_over_tcp(&mut first, &url, "mode=record");
-    wait_thread(&thread, true);
+    common::wait_thread(&thread, true);
     let mut second = RawClient::connect(receiver.port);
     let second_thread = tcp_thread_of(&second);
     assert_eq!(announce_on(&mut second, &url, GOOD_SDP), 200);
     first
         .read_until_closed(Duration::from_secs(3))
         .expect("end of stream");
-    wait_thread(&thread, false);
+    common::wait_thread(&thread, false);
 
     record_over_tcp(&mut second, &url, "mode=record");
-    wait_thread(&second_thread, true);
+    common::wait_thread(&second_thread, true);
     let start = Instant::now();
     receiver.pipeline.set_state(gst::State::Null).unwrap();
-    wait_thread(&second_thread, false);
+    common::wait_thread(&second_thread, false);
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "ended {:?} after the element stopped",

@@ -840,6 +840,20 @@ pub fn threads_by_name() -> std::collections::BTreeMap<String, usize> {
     names
 }
 
+/// Waits (at most 5 s) until this process has a thread named `name`, or has none.
+pub fn wait_thread(name: &str, present: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while threads_by_name().contains_key(name) != present {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "thread {name} present: {}, expected {present}: {:?}",
+            !present,
+            threads_by_name()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The number of threads of this process (/proc/self/status).
 pub fn threads_of_this_process() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

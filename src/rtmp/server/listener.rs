@@ -250,10 +250,20 @@ impl Listener {
     /// Stops listening and closes every connection. Tasks on the runtime are aborted without
     /// waiting; publisher threads, whose blocking read the shut socket ends at once, are given
     /// up to [`THREAD_STOP_WAIT`] to end their publication and log their connection's last line
-    /// (a process that exits right after stopping the element would otherwise lose it).
+    /// (a process that exits right after stopping the element would otherwise lose it). Later
+    /// calls do nothing.
     pub fn stop(&self) {
-        self.shared.stopped.store(true, Ordering::Release);
+        if self.shared.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let threads = self.shared.threads.lock().unwrap();
+        ldebug!(
+            self.shared,
+            "stopping: closing {} connection(s), {} of them publishers on threads of their own \
+             (each logs its last line)",
+            self.shared.counters.open.load(Ordering::Relaxed),
+            threads.len()
+        );
         for socket in threads.values() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
