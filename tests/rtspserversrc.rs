@@ -825,6 +825,8 @@ fn a_udp_publisher_stream_has_a_receive_thread_that_ends_with_it() {
         session,
     } = record_over_udp(&mut c, &url);
     let thread = format!("rtsprec-{}", ports[0]);
+    // A new thread names itself once it runs.
+    common::wait_thread(&thread, true);
     assert_eq!(
         common::threads_by_name().get(&thread),
         Some(&1),
