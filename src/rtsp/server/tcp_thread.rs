@@ -496,6 +496,11 @@ mod tests {
             assert!(Instant::now() < deadline, "thread {thread} still there");
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Counted by the connection's task on the runtime, once the thread has ended.
+        while server.stats().requests_timed_out == 0 {
+            assert!(Instant::now() < deadline, "the timeout was not counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(server.stats().requests_timed_out, 1);
     }
 }
