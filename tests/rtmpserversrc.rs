@@ -645,18 +645,21 @@ fn a_publisher_has_a_thread_that_ends_when_the_element_stops() {
         .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
     // Stopping says what it closes, and waits for the thread's last line: a process that exits
     // at once keeps it.
-    let logged = |needle: &str| logs.lock().unwrap().iter().any(|l| l.contains(needle));
+    let logged = |needles: &[&str]| {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    };
     assert!(
-        logged("stopping: closing 1 connection(s), 1 of them publishers on threads of their own"),
+        logged(&[
+            "stopping: closing 1 connection(s), 1 of them publishers on threads of their own"
+        ]),
         "{:?}",
         logs.lock().unwrap()
     );
     assert!(
-        logs.lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("connection closed: the element stopped")
-                && l.contains("publisher 1")),
+        logged(&["connection closed: the element stopped", "publisher 1"]),
         "the thread ended the connection before NULL returned"
     );
     let out = wait_child(publisher, Duration::from_secs(20), "ffmpeg");

@@ -887,9 +887,7 @@ fn stock_rtspsrc_joining_late_counts_no_loss() {
         // For a failure's message: where the pipeline and its sinks were.
         let (_, current, pending) = pipeline.state(gst::ClockTime::ZERO);
         let running = pipeline.current_running_time();
-        let sinks: Vec<String> = pipeline
-            .downcast_ref::<gst::Bin>()
-            .unwrap()
+        let sinks: Vec<String> = bin
             .iterate_sinks()
             .into_iter()
             .flatten()
