@@ -61,10 +61,19 @@ pub fn run_collecting(
     pipeline: &gst::Pipeline,
     timeout: Duration,
 ) -> (Result<(), String>, Vec<gst::Structure>) {
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    play(pipeline);
     let (result, messages) = bus_until_end(pipeline, timeout);
     pipeline.set_state(gst::State::Null).expect("to NULL");
     (result, messages)
+}
+
+/// Sets `pipeline` PLAYING; a failure panics with the error the element posted.
+fn play(pipeline: &gst::Pipeline) {
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        let err = first_error(&pipeline.bus().expect("bus"));
+        let _ = pipeline.set_state(gst::State::Null);
+        panic!("PLAYING: {}", err.as_deref().unwrap_or("no error posted"));
+    }
 }
 
 fn first_error(bus: &gst::Bus) -> Option<String> {
@@ -291,7 +300,7 @@ pub fn serve_live_waiting_for(
         ),
         sources,
     );
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    play(&pipeline);
     let port = sink.property::<i32>("http-bound-port");
     assert!(port > 0, "http-bound-port {port}");
     let path = dir.join(media_playlist);
