@@ -235,6 +235,37 @@ pub fn media_description(caps: &gst::CapsRef) -> Option<MediaDescription> {
     })
 }
 
+/// The instant `sample` was due at `sink` (its running time plus the latency, on the pipeline
+/// clock), taken back from now by how late it came: where its RTP time lies on the sender's
+/// timeline, which Sender Reports must map to wallclock. A frame an encoder delivers late still
+/// stands for the instant it was captured at, as rtpbin's reports take it from running time.
+/// Now when the sample has no time (no clock yet, no PTS) or the lateness is beyond a minute.
+pub fn sample_due(sink: &gst_app::AppSink, sample: &gst::Sample) -> std::time::Instant {
+    use gst_base::prelude::BaseSinkExt;
+    let now = std::time::Instant::now();
+    let lateness_ns = || -> Option<i128> {
+        let buffer = match sample.buffer_list() {
+            Some(list) => list.get(0)?,
+            None => sample.buffer()?,
+        };
+        let segment = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+        let running = segment.to_running_time(buffer.pts()?)?;
+        // gstreamer-app's AppSink wrapper does not name BaseSink as a parent type; it is one.
+        let latency = sink.dynamic_cast_ref::<gst_base::BaseSink>()?.latency();
+        let due = sink.base_time()? + running + latency;
+        let clock_now = sink.clock()?.time();
+        Some(i128::from(clock_now.nseconds()) - i128::from(due.nseconds()))
+    };
+    const LIMIT_NS: i128 = 60_000_000_000;
+    match lateness_ns() {
+        Some(ns) if ns > 0 && ns < LIMIT_NS => now
+            .checked_sub(std::time::Duration::from_nanos(ns as u64))
+            .unwrap_or(now),
+        Some(ns) if ns < 0 && ns > -LIMIT_NS => now + std::time::Duration::from_nanos((-ns) as u64),
+        _ => now,
+    }
+}
+
 /// The RTP packets of an appsink sample (a buffer or a buffer list), without copying.
 pub fn sample_packets(sample: &gst::Sample) -> Vec<Bytes> {
     let to_bytes = |buffer: gst::Buffer| -> Option<Bytes> {

@@ -412,6 +412,52 @@ fn sender_reports_reach_interleaved_clients() {
     );
 }
 
+/// Frames that reach the sink ever later (identity sleeps 45 ms per 33 ms frame, so each is
+/// 12 ms later than the one before) still stand for the instant they were captured at: the
+/// Sender Reports' RTP clock keeps pace with their NTP clock. Taken from arrival, as before,
+/// the RTP time would fall behind by a quarter of a second every second, and a receiver's
+/// lip-sync would move its timeline at each report (rtspsrc2's PTS jumped back 345 ms in a CI
+/// run on a loaded machine).
+#[test]
+fn sender_reports_keep_the_rtp_clock_when_frames_come_late() {
+    use gstlivestreaming::rtp::{ntp, rtcp};
+
+    let late = "videotestsrc is-live=true \
+        ! video/x-raw,width=160,height=120,framerate=30/1,format=I420 \
+        ! identity sleep-time=45000 \
+        ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! sink.";
+    let server = ServerPipeline::start("rtcp-interval=500", late);
+    let mut c = RawClient::connect(server.port);
+    c.play_tcp(&server.url("/"));
+    let mut reports: Vec<rtcp::SenderReport> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first report and one at least 2 s of NTP time after it.
+    while reports.len() < 2
+        || ntp::ntp_diff_ns(
+            reports.last().unwrap().ntp_timestamp,
+            reports[0].ntp_timestamp,
+        ) < 2_000_000_000
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no two reports 2 s apart: {reports:?}"
+        );
+        if let Incoming::Data(1, p) = c.read_next() {
+            let parsed = rtcp::parse_compound(&p).expect("valid RTCP compound");
+            if let Some(rtcp::RtcpPacket::SenderReport(sr)) = parsed.first() {
+                reports.push(sr.clone());
+            }
+        }
+    }
+    let (first, last) = (&reports[0], reports.last().unwrap());
+    let ntp_ms = ntp::ntp_diff_ns(last.ntp_timestamp, first.ntp_timestamp) / 1_000_000;
+    let rtp_ms = i64::from(last.rtp_timestamp.wrapping_sub(first.rtp_timestamp) as i32) / 90;
+    assert!(
+        (rtp_ms - ntp_ms).abs() <= 60,
+        "between two Sender Reports {ntp_ms} ms of NTP time but {rtp_ms} ms of RTP time: {reports:?}"
+    );
+}
+
 #[test]
 fn receiver_reports_from_rtspsrc_over_udp_show_up_in_stats() {
     receiver_reports_from_rtspsrc("udp");

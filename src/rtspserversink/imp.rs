@@ -517,7 +517,8 @@ impl ElementImpl for RtspServerSink {
                         return Err(gst::FlowError::Flushing);
                     };
                     if let Some(server) = obj.imp().server() {
-                        server.push(id, &sample_packets(&sample));
+                        let due = payloading::sample_due(sink, &sample);
+                        server.push_due(id, &sample_packets(&sample), due);
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })

@@ -173,15 +173,18 @@ pub struct RtpClock {
     pub ssrc: u32,
     pub last_seq: u16,
     pub last_rtptime: u32,
-    pub last_arrival: Option<Instant>,
+    /// When the last packet was due: the instant its RTP time stands for on the sender's
+    /// timeline (its place on the pipeline clock, not when it reached the server, which a late
+    /// encoder delays). Sender Reports extrapolate from it.
+    pub last_due: Option<Instant>,
     pub packets: u64,
     pub octets: u64,
 }
 
 impl RtpClock {
-    /// RTP timestamp that corresponds to `now`, extrapolated from the last packet.
+    /// RTP timestamp that corresponds to `now`, extrapolated from the last packet's due time.
     pub fn rtptime_at(&self, now: Instant, clock_rate: u32) -> Option<u32> {
-        let last = self.last_arrival?;
+        let last = self.last_due?;
         let elapsed = now.saturating_duration_since(last).as_secs_f64();
         let ticks = (elapsed * f64::from(clock_rate)) as u64;
         Some(self.last_rtptime.wrapping_add(ticks as u32))
@@ -550,9 +553,15 @@ impl Stream {
     /// held until the one that does, or until [`Stream::flush_due`] releases them; with a
     /// burst latency, complete frames (and audio packets) wait for the next ones too.
     pub fn push(&self, packets: &[Bytes]) -> PushOutcome {
+        self.push_due(packets, Instant::now())
+    }
+
+    /// [`Self::push`] of packets that were `due` at that instant on the sender's timeline
+    /// (earlier than now when they come late): the RTP/NTP mapping of Sender Reports.
+    pub fn push_due(&self, packets: &[Bytes], due: Instant) -> PushOutcome {
         let now = Instant::now();
         let codec = self.keyframe_codec();
-        let first_packet = self.record(packets, now);
+        let first_packet = self.record(packets, due);
         let mut outcome = if codec.is_some() || self.bursts_held {
             let mut burst = self.burst.lock().unwrap();
             match burst.offer(packets, now, codec.is_some()) {
@@ -596,8 +605,8 @@ impl Stream {
         self.burst_armed.notified().await;
     }
 
-    /// Updates the RTP/NTP mapping with packets arriving at `now`; true for the stream's first.
-    fn record(&self, packets: &[Bytes], now: Instant) -> bool {
+    /// Updates the RTP/NTP mapping with packets `due` then; true for the stream's first.
+    fn record(&self, packets: &[Bytes], due: Instant) -> bool {
         let mut plane = self.plane.lock().unwrap();
         let first_packet = plane.clock.packets == 0 && !packets.is_empty();
         for p in packets {
@@ -606,7 +615,7 @@ impl Stream {
                 c.ssrc = h.ssrc;
                 c.last_seq = h.sequence;
                 c.last_rtptime = h.timestamp;
-                c.last_arrival = Some(now);
+                c.last_due = Some(due);
                 c.packets += 1;
                 c.octets += h.payload_len as u64;
             }
