@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -377,7 +377,7 @@ impl RtspClientSink2 {
         self.set_media(id, desc);
     }
 
-    fn on_sample(&self, id: usize, sample: &gst::Sample, native: &NativeSlot) {
+    fn on_sample(&self, id: usize, sample: &gst::Sample, due: Instant, native: &NativeSlot) {
         let Some(publisher) = self.publisher() else {
             return;
         };
@@ -391,7 +391,8 @@ impl RtspClientSink2 {
         let Some(index) = index else { return };
         let mut want_keyframe = false;
         let mut push = |packets| {
-            want_keyframe |= publisher.push(index, packets) == (Pushed::Dropped { first: true });
+            want_keyframe |=
+                publisher.push_due(index, packets, due) == (Pushed::Dropped { first: true });
         };
         let changed = match native.lock().unwrap().as_mut() {
             Some(pay) => payloading::payload_sample(pay, sample, &mut push),
@@ -628,7 +629,8 @@ impl ElementImpl for RtspClientSink2 {
                     let Some(obj) = weak.upgrade() else {
                         return Err(gst::FlowError::Flushing);
                     };
-                    obj.imp().on_sample(id, &sample, &native_sample);
+                    let due = payloading::sample_due(sink, &sample);
+                    obj.imp().on_sample(id, &sample, due, &native_sample);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .eos(move |_| {

@@ -146,6 +146,9 @@ struct Frame {
     stream: usize,
     packets: Vec<Bytes>,
     bytes: usize,
+    /// The instant its RTP time stands for on the pipeline's timeline (see
+    /// [`Publisher::push_due`]): what Sender Reports map to wallclock, however long it waited.
+    due: Instant,
 }
 
 #[derive(Default)]
@@ -252,7 +255,8 @@ impl Direct {
 struct StreamState {
     stats: PublishStats,
     clock_rate: u32,
-    /// RTP timestamp of the last packet sent and when it was sent (for Sender Reports).
+    /// RTP timestamp of the last packet sent and the instant it stands for (its frame's
+    /// `due`), from which Sender Reports extrapolate.
     last: Option<(u32, Instant)>,
 }
 
@@ -419,6 +423,14 @@ impl Publisher {
     /// Queues the RTP packets of one frame of stream `stream`, or drops them whole. Never
     /// blocks on the network.
     pub fn push(&self, stream: usize, packets: Vec<Bytes>) -> Pushed {
+        self.push_due(stream, packets, Instant::now())
+    }
+
+    /// [`Self::push`] of a frame that was `due` at that instant: where its RTP time lies on the
+    /// sender's timeline (earlier than now when the pipeline delivers it late). Sender Reports
+    /// map RTP time to wallclock from it, not from when the frame left, so neither a late
+    /// encoder nor the queue or the burst hold moves the server's view of the timeline.
+    pub fn push_due(&self, stream: usize, packets: Vec<Bytes>, due: Instant) -> Pushed {
         let bytes: usize = packets.iter().map(Bytes::len).sum();
         let timestamp = packets
             .first()
@@ -471,6 +483,7 @@ impl Publisher {
                 stream,
                 packets,
                 bytes,
+                due,
             });
             if q.holdable[stream] && (q.held_since.is_some() || q.frames.is_empty()) {
                 // Over TCP a frame that is not video waits for the next video frame, to go out
@@ -505,9 +518,8 @@ impl Publisher {
                 match taken {
                     Ok(true) => {
                         drop(q);
-                        let now = Instant::now();
                         for f in held.iter().chain(frame.iter()) {
-                            account(&self.shared, f.stream, &f.packets, now);
+                            account(&self.shared, f.stream, &f.packets, f.due);
                         }
                         return Pushed::Queued;
                     }
@@ -527,9 +539,9 @@ impl Publisher {
                 return Pushed::Queued;
             };
             let packets = frame.packets;
-            return self.push_unheld(q, stream, packets, bytes);
+            return self.push_unheld(q, stream, packets, bytes, due);
         }
-        self.push_unheld(q, stream, packets, bytes)
+        self.push_unheld(q, stream, packets, bytes, due)
     }
 
     /// [`Publisher::push`] of a frame that is not held: straight to the socket if nothing
@@ -540,6 +552,7 @@ impl Publisher {
         stream: usize,
         packets: Vec<Bytes>,
         bytes: usize,
+        due: Instant,
     ) -> Pushed {
         if let Some(direct) = q.direct.clone().filter(|d| match **d {
             Direct::Tcp { .. } => q.frames.is_empty() && q.in_flight.iter().all(|&n| n == 0),
@@ -555,7 +568,7 @@ impl Publisher {
             match taken {
                 Ok(true) => {
                     drop(q);
-                    account(&self.shared, stream, &packets, Instant::now());
+                    account(&self.shared, stream, &packets, due);
                     return Pushed::Queued;
                 }
                 // Another write is in progress: the network thread sends it after that one.
@@ -572,6 +585,7 @@ impl Publisher {
             stream,
             packets,
             bytes,
+            due,
         });
         // The network thread sends the held frames too.
         q.held_since = None;
@@ -1268,7 +1282,8 @@ impl Drop for DirectGuard<'_> {
 const FRAMES_PER_ROUND: usize = 64;
 
 /// Counts `packets` of `stream` as sent at `now` (figures and the Sender Reports' clock).
-fn account(shared: &Shared, stream: usize, packets: &[Bytes], now: Instant) {
+/// Counts a frame that was sent; `due`: the instant its RTP time stands for.
+fn account(shared: &Shared, stream: usize, packets: &[Bytes], due: Instant) {
     let Some(slot) = shared.streams.get(stream) else {
         return;
     };
@@ -1276,7 +1291,7 @@ fn account(shared: &Shared, stream: usize, packets: &[Bytes], now: Instant) {
     for p in packets {
         if let Ok(h) = rtp::parse_rtp_header(p) {
             s.stats.ssrc = Some(h.ssrc);
-            s.last = Some((h.timestamp, now));
+            s.last = Some((h.timestamp, due));
             s.stats.bytes_sent += rtp::rtp_payload(p, &h).len() as u64;
         }
         s.stats.packets_sent += 1;
@@ -1316,9 +1331,8 @@ async fn send_queued(shared: &Shared, rec: &Recording) -> Result<(), ClientError
         return Ok(());
     }
     let _in_flight = InFlight(shared, frames.iter().map(|f| f.stream).collect());
-    let now = Instant::now();
     for f in &frames {
-        account(shared, f.stream, &f.packets, now);
+        account(shared, f.stream, &f.packets, f.due);
     }
     if rec.kind == TransportKind::Tcp {
         let mut packets: Vec<(u8, &[u8])> = Vec::new();
@@ -1493,6 +1507,43 @@ mod tests {
             .map(|f| rtp::parse_rtp_header(&f.packets[0]).unwrap().timestamp)
             .collect();
         assert_eq!(queued, [2, 3]);
+    }
+
+    /// Sender Reports extrapolate from the instant a frame was due, not from when it left:
+    /// straight out from the streaming thread or queued behind another, a frame that came
+    /// 300 ms late is the reference with its due instant.
+    #[test]
+    fn sender_reports_take_a_frame_at_its_due_instant_however_late_it_is_sent() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let p = publisher(10_000);
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        let outs = vec![
+            Some((
+                Arc::new(udp_out::UdpSender::new(s)),
+                rx.local_addr().unwrap(),
+            )),
+            None,
+        ];
+        p.shared.queue.lock().unwrap().direct = Some(Arc::new(Direct::Udp { outs }));
+        let last = |p: &Publisher| p.shared.streams[0].lock().unwrap().last;
+        let due = Instant::now() - Duration::from_millis(300);
+        assert_eq!(p.push_due(0, vec![packet(9000, 100)], due), Pushed::Queued);
+        assert_eq!(last(&p), Some((9000, due)));
+        // Queued behind a frame in flight: the frame keeps its due instant in the queue.
+        p.shared.queue.lock().unwrap().in_flight[0] += 1;
+        let later = due + Duration::from_millis(33);
+        assert_eq!(
+            p.push_due(0, vec![packet(12000, 100)], later),
+            Pushed::Queued
+        );
+        let queued = p.shared.queue.lock().unwrap().frames[0].due;
+        assert_eq!(queued, later);
     }
 
     /// Over TCP with a burst latency, an audio packet waits for the next video frame and goes
