@@ -49,21 +49,23 @@ use common::stock::{Access, Counts, StockServer, record_server, record_server_wi
 use common::*;
 use gst::prelude::*;
 
-/// Video frames published: 3 s at 30 fps.
-const VIDEO_FRAMES: usize = 90;
+/// Video frames published: 4 s at 30 fps. Long enough for gst-rtsp-server's first Receiver
+/// Report (rtpsession's first RTCP interval: half of 5 s, randomised, at most ~3.1 s after
+/// SETUP), which the tests check is read back; with 3 s one came after the end of the stream.
+const VIDEO_FRAMES: usize = 120;
 /// Opus frames published (see [`OPUS`]).
-const AUDIO_FRAMES: usize = 150;
+const AUDIO_FRAMES: usize = 200;
 
 /// The RECORD mount: each announced stream depayloaded and decoded into a counting fakesink.
 const RECORD_LAUNCH: &str = "( rtph264depay name=depay0 ! h264parse ! avdec_h264 \
     ! fakesink name=vsink signal-handoffs=true sync=false async=false \
     rtpopusdepay name=depay1 ! opusdec ! fakesink name=asink signal-handoffs=true sync=false async=false )";
 
-/// Opus audio: 20 ms frames.
-const OPUS: &str = "audiotestsrc num-buffers=150 samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
+/// Opus audio: 20 ms frames, 4 s.
+const OPUS: &str = "audiotestsrc num-buffers=200 samplesperbuffer=960 ! audio/x-raw,rate=48000,channels=2 \
     ! opusenc frame-size=20 name=aenc";
-/// AAC audio: 1024-sample frames.
-const AAC: &str = "audiotestsrc num-buffers=140 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+/// AAC audio: 1024-sample frames, 4 s.
+const AAC: &str = "audiotestsrc num-buffers=188 samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
     ! avenc_aac name=aenc";
 
 /// The pipeline `desc`, whose `rtspclientsink2 name=sink` must be this plugin's.
@@ -163,7 +165,7 @@ fn publish_into(
         assert_eq!(s.get::<u64>("frames-dropped").unwrap(), 0, "{stats}");
         assert!(s.get::<u64>("packets-sent").unwrap() > 0, "{stats}");
     }
-    // The server's Receiver Reports were read back (gst-rtsp-server sends its first within 3 s).
+    // The server's Receiver Reports were read back (see VIDEO_FRAMES for when the first comes).
     let reported = streams
         .iter()
         .filter_map(|s| s.get::<gst::Structure>().ok())
