@@ -793,7 +793,7 @@ static RTSP_SERVER: LazyLock<Server> = LazyLock::new(|| {
         loop {
             let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
             packet[2..4].copy_from_slice(&seq.to_be_bytes());
-            RTSP_SERVER.push(0, &[Bytes::from(packet)]);
+            RTSP_SERVER.push(0, &[Bytes::from(packet)], Instant::now());
             seq = seq.wrapping_add(1);
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -392,7 +392,7 @@ impl RtspClientSink2 {
         let mut want_keyframe = false;
         let mut push = |packets| {
             want_keyframe |=
-                publisher.push_due(index, packets, due) == (Pushed::Dropped { first: true });
+                publisher.push(index, packets, due) == (Pushed::Dropped { first: true });
         };
         let changed = match native.lock().unwrap().as_mut() {
             Some(pay) => payloading::payload_sample(pay, sample, &mut push),

@@ -518,7 +518,7 @@ impl ElementImpl for RtspServerSink {
                     };
                     if let Some(server) = obj.imp().server() {
                         let due = payloading::sample_due(sink, &sample);
-                        server.push_due(id, &sample_packets(&sample), due);
+                        server.push(id, &sample_packets(&sample), due);
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })

@@ -147,7 +147,7 @@ struct Frame {
     packets: Vec<Bytes>,
     bytes: usize,
     /// The instant its RTP time stands for on the pipeline's timeline (see
-    /// [`Publisher::push_due`]): what Sender Reports map to wallclock, however long it waited.
+    /// [`Publisher::push`]): what Sender Reports map to wallclock, however long it waited.
     due: Instant,
 }
 
@@ -421,16 +421,11 @@ impl Publisher {
     }
 
     /// Queues the RTP packets of one frame of stream `stream`, or drops them whole. Never
-    /// blocks on the network.
-    pub fn push(&self, stream: usize, packets: Vec<Bytes>) -> Pushed {
-        self.push_due(stream, packets, Instant::now())
-    }
-
-    /// [`Self::push`] of a frame that was `due` at that instant: where its RTP time lies on the
-    /// sender's timeline (earlier than now when the pipeline delivers it late). Sender Reports
+    /// blocks on the network. `due`: the instant the frame's RTP time stands for on the
+    /// sender's timeline (earlier than now when the pipeline delivers it late); Sender Reports
     /// map RTP time to wallclock from it, not from when the frame left, so neither a late
     /// encoder nor the queue or the burst hold moves the server's view of the timeline.
-    pub fn push_due(&self, stream: usize, packets: Vec<Bytes>, due: Instant) -> Pushed {
+    pub fn push(&self, stream: usize, packets: Vec<Bytes>, due: Instant) -> Pushed {
         let bytes: usize = packets.iter().map(Bytes::len).sum();
         let timestamp = packets
             .first()
@@ -1281,8 +1276,8 @@ impl Drop for DirectGuard<'_> {
 /// Frames sent per round, so that commands and reports are not held up by a long queue.
 const FRAMES_PER_ROUND: usize = 64;
 
-/// Counts `packets` of `stream` as sent at `now` (figures and the Sender Reports' clock).
-/// Counts a frame that was sent; `due`: the instant its RTP time stands for.
+/// Counts `packets` of `stream` as sent (figures), and as the Sender Reports' reference: their
+/// RTP time stands for the instant `due`.
 fn account(shared: &Shared, stream: usize, packets: &[Bytes], due: Instant) {
     let Some(slot) = shared.streams.get(stream) else {
         return;
@@ -1449,14 +1444,17 @@ mod tests {
         Publisher::start(config, 2, |_| {})
     }
 
-    #[test]
-    fn over_udp_a_frame_goes_straight_out_unless_its_stream_has_one_waiting() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// A current-thread runtime for the publisher's tasks and sockets.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let p = publisher(10_000);
+            .unwrap()
+    }
+
+    /// Lets the streaming thread send `p`'s two streams straight over UDP, as during a UDP
+    /// recording; returns the receiving socket of each stream.
+    fn send_directly_over_udp(p: &Publisher) -> Vec<std::net::UdpSocket> {
         let rx: Vec<std::net::UdpSocket> = (0..2)
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -1472,6 +1470,15 @@ mod tests {
             })
             .collect();
         p.shared.queue.lock().unwrap().direct = Some(Arc::new(Direct::Udp { outs }));
+        rx
+    }
+
+    #[test]
+    fn over_udp_a_frame_goes_straight_out_unless_its_stream_has_one_waiting() {
+        let rt = runtime();
+        let _guard = rt.enter();
+        let p = publisher(10_000);
+        let rx = send_directly_over_udp(&p);
         let recv = |i: usize| {
             rx[i]
                 .set_read_timeout(Some(Duration::from_secs(2)))
@@ -1482,7 +1489,7 @@ mod tests {
         };
         // Nothing waiting: sent at once, counted as sent, nothing queued.
         assert_eq!(
-            p.push(0, vec![packet(1, 100), packet(1, 50)]),
+            p.push(0, vec![packet(1, 100), packet(1, 50)], Instant::now()),
             Pushed::Queued
         );
         assert_eq!((recv(0), recv(0)), (1, 1));
@@ -1491,12 +1498,21 @@ mod tests {
         // A frame of stream 0 in flight on the network thread: stream 0's next frame queues
         // behind it, stream 1's goes out meanwhile.
         p.shared.queue.lock().unwrap().in_flight[0] += 1;
-        assert_eq!(p.push(0, vec![packet(2, 100)]), Pushed::Queued);
-        assert_eq!(p.push(1, vec![packet(7, 100)]), Pushed::Queued);
+        assert_eq!(
+            p.push(0, vec![packet(2, 100)], Instant::now()),
+            Pushed::Queued
+        );
+        assert_eq!(
+            p.push(1, vec![packet(7, 100)], Instant::now()),
+            Pushed::Queued
+        );
         assert_eq!(recv(1), 7);
         p.shared.queue.lock().unwrap().in_flight[0] -= 1;
         // Stream 0 has a frame queued: the next one queues too, so none is overtaken.
-        assert_eq!(p.push(0, vec![packet(3, 100)]), Pushed::Queued);
+        assert_eq!(
+            p.push(0, vec![packet(3, 100)], Instant::now()),
+            Pushed::Queued
+        );
         let queued: Vec<u32> = p
             .shared
             .queue
@@ -1514,34 +1530,18 @@ mod tests {
     /// 300 ms late is the reference with its due instant.
     #[test]
     fn sender_reports_take_a_frame_at_its_due_instant_however_late_it_is_sent() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let p = publisher(10_000);
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_nonblocking(true).unwrap();
-        let outs = vec![
-            Some((
-                Arc::new(udp_out::UdpSender::new(s)),
-                rx.local_addr().unwrap(),
-            )),
-            None,
-        ];
-        p.shared.queue.lock().unwrap().direct = Some(Arc::new(Direct::Udp { outs }));
+        let _rx = send_directly_over_udp(&p);
         let last = |p: &Publisher| p.shared.streams[0].lock().unwrap().last;
         let due = Instant::now() - Duration::from_millis(300);
-        assert_eq!(p.push_due(0, vec![packet(9000, 100)], due), Pushed::Queued);
+        assert_eq!(p.push(0, vec![packet(9000, 100)], due), Pushed::Queued);
         assert_eq!(last(&p), Some((9000, due)));
         // Queued behind a frame in flight: the frame keeps its due instant in the queue.
         p.shared.queue.lock().unwrap().in_flight[0] += 1;
         let later = due + Duration::from_millis(33);
-        assert_eq!(
-            p.push_due(0, vec![packet(12000, 100)], later),
-            Pushed::Queued
-        );
+        assert_eq!(p.push(0, vec![packet(12000, 100)], later), Pushed::Queued);
         let queued = p.shared.queue.lock().unwrap().frames[0].due;
         assert_eq!(queued, later);
     }
@@ -1554,10 +1554,7 @@ mod tests {
         use std::io::Read;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let conn = rt
             .block_on(Connection::connect(
@@ -1605,13 +1602,19 @@ mod tests {
             let mut b = [0u8; 1];
             assert!(server.read(&mut b).is_err(), "something was sent");
         };
-        assert_eq!(p.push(1, vec![packet(10, 40)]), Pushed::Queued);
-        assert_eq!(p.push(1, vec![packet(11, 40)]), Pushed::Queued);
+        assert_eq!(
+            p.push(1, vec![packet(10, 40)], Instant::now()),
+            Pushed::Queued
+        );
+        assert_eq!(
+            p.push(1, vec![packet(11, 40)], Instant::now()),
+            Pushed::Queued
+        );
         nothing_yet(&mut server);
         assert_eq!(p.stats()[1].packets_sent, 0);
         // The video frame takes the held audio along, after it.
         assert_eq!(
-            p.push(0, vec![packet(1, 1000), packet(1, 500)]),
+            p.push(0, vec![packet(1, 1000), packet(1, 500)], Instant::now()),
             Pushed::Queued
         );
         assert_eq!(read(&mut server, 4), [(2, 10), (2, 11), (0, 1), (0, 1)]);
@@ -1621,16 +1624,28 @@ mod tests {
             (2, 2)
         );
         // No video comes: the held packet goes with its stream's first packet after the latency.
-        assert_eq!(p.push(1, vec![packet(12, 40)]), Pushed::Queued);
+        assert_eq!(
+            p.push(1, vec![packet(12, 40)], Instant::now()),
+            Pushed::Queued
+        );
         nothing_yet(&mut server);
         std::thread::sleep(latency);
-        assert_eq!(p.push(1, vec![packet(13, 40)]), Pushed::Queued);
+        assert_eq!(
+            p.push(1, vec![packet(13, 40)], Instant::now()),
+            Pushed::Queued
+        );
         assert_eq!(read(&mut server, 2), [(2, 12), (2, 13)]);
         // Something in flight (the network thread writing): the video frame queues behind the
         // held audio for the network thread, in order.
-        assert_eq!(p.push(1, vec![packet(14, 40)]), Pushed::Queued);
+        assert_eq!(
+            p.push(1, vec![packet(14, 40)], Instant::now()),
+            Pushed::Queued
+        );
         p.shared.queue.lock().unwrap().in_flight[0] += 1;
-        assert_eq!(p.push(0, vec![packet(2, 100)]), Pushed::Queued);
+        assert_eq!(
+            p.push(0, vec![packet(2, 100)], Instant::now()),
+            Pushed::Queued
+        );
         let q = p.shared.queue.lock().unwrap();
         let queued: Vec<(usize, u32)> = q
             .frames
@@ -1653,32 +1668,35 @@ mod tests {
     fn a_full_queue_drops_whole_frames_and_counts_them() {
         let p = publisher(300);
         assert_eq!(
-            p.push(0, vec![packet(1, 100), packet(1, 100)]),
+            p.push(0, vec![packet(1, 100), packet(1, 100)], Instant::now()),
             Pushed::Queued
         );
         // 224 queued: a frame of 112 does not fit.
         assert_eq!(
-            p.push(0, vec![packet(2, 100)]),
+            p.push(0, vec![packet(2, 100)], Instant::now()),
             Pushed::Dropped { first: true }
         );
         // The rest of frame 2 goes too, then frame 3 also finds no room.
         assert_eq!(
-            p.push(0, vec![packet(2, 50)]),
+            p.push(0, vec![packet(2, 50)], Instant::now()),
             Pushed::Dropped { first: false }
         );
         assert_eq!(
-            p.push(0, vec![packet(3, 100)]),
+            p.push(0, vec![packet(3, 100)], Instant::now()),
             Pushed::Dropped { first: false }
         );
         // A small frame fits again.
-        assert_eq!(p.push(1, vec![packet(9, 10)]), Pushed::Queued);
+        assert_eq!(
+            p.push(1, vec![packet(9, 10)], Instant::now()),
+            Pushed::Queued
+        );
         let stats = p.stats();
         assert_eq!(stats[0].frames_dropped, 2);
         assert_eq!(stats[0].packets_dropped, 3);
         assert_eq!(stats[1].frames_dropped, 0);
         // An unknown stream is refused, not a panic.
         assert_eq!(
-            p.push(7, vec![packet(1, 1)]),
+            p.push(7, vec![packet(1, 1)], Instant::now()),
             Pushed::Dropped { first: false }
         );
     }

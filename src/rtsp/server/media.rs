@@ -551,14 +551,10 @@ impl Stream {
     /// Forwards packets to every playing destination. Never blocks. A video stream's packets
     /// are sent a frame at a time (see [`super::burst`]): packets that do not end a frame are
     /// held until the one that does, or until [`Stream::flush_due`] releases them; with a
-    /// burst latency, complete frames (and audio packets) wait for the next ones too.
-    pub fn push(&self, packets: &[Bytes]) -> PushOutcome {
-        self.push_due(packets, Instant::now())
-    }
-
-    /// [`Self::push`] of packets that were `due` at that instant on the sender's timeline
-    /// (earlier than now when they come late): the RTP/NTP mapping of Sender Reports.
-    pub fn push_due(&self, packets: &[Bytes], due: Instant) -> PushOutcome {
+    /// burst latency, complete frames (and audio packets) wait for the next ones too. `due`:
+    /// the instant the packets' RTP time stands for on the sender's timeline (earlier than now
+    /// when they come late), from which Sender Reports map RTP time to wallclock.
+    pub fn push(&self, packets: &[Bytes], due: Instant) -> PushOutcome {
         let now = Instant::now();
         let codec = self.keyframe_codec();
         let first_packet = self.record(packets, due);
@@ -890,18 +886,24 @@ mod tests {
     #[test]
     fn a_pending_video_client_starts_at_the_keyframe_and_gets_nothing_before_activation() {
         let s = stream("video", "H264");
-        s.push(&[packet(10, 1000, IDR)]);
+        s.push(&[packet(10, 1000, IDR)], Instant::now());
         let (conn, dest) = tcp_dest();
         let (gate, outcome) = s.add_pending(dest.clone());
         assert!(outcome.want_keyframe);
         assert_eq!(outcome.joining, 1);
         // Mid-GOP frames: no start yet.
-        s.push(&[packet(11, 4000, NON_IDR), packet(12, 4000, NON_IDR)]);
+        s.push(
+            &[packet(11, 4000, NON_IDR), packet(12, 4000, NON_IDR)],
+            Instant::now(),
+        );
         assert_eq!(gate.get(), None);
         // The keyframe starts it; what follows is buffered, nothing is sent yet.
-        let out = s.push(&[packet(13, 7000, 0x67), packet(14, 7000, IDR)]);
+        let out = s.push(
+            &[packet(13, 7000, 0x67), packet(14, 7000, IDR)],
+            Instant::now(),
+        );
         assert!(!out.want_keyframe);
-        s.push(&[packet(15, 10000, NON_IDR)]);
+        s.push(&[packet(15, 10000, NON_IDR)], Instant::now());
         assert_eq!(
             gate.get(),
             Some(StartPoint {
@@ -925,7 +927,7 @@ mod tests {
             }
         );
         assert_eq!(conn.queued_media_bytes(), 3 * (14 + 4));
-        s.push(&[packet(16, 13000, NON_IDR)]);
+        s.push(&[packet(16, 13000, NON_IDR)], Instant::now());
         assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
         assert_eq!(s.dests().len(), 1);
         assert_eq!(s.activate(&dest), None, "already live");
@@ -943,10 +945,10 @@ mod tests {
         let s = stream("video", "H264");
         let (conn, dest) = tcp_dest();
         s.add_dest(dest);
-        s.push(&[packet(1, 0, IDR)]);
+        s.push(&[packet(1, 0, IDR)], Instant::now());
         assert_eq!(conn.queued_media_bytes(), 14 + 4);
-        s.push(&[fragment(2, 3000, NON_IDR)]);
-        s.push(&[fragment(3, 3000, NON_IDR)]);
+        s.push(&[fragment(2, 3000, NON_IDR)], Instant::now());
+        s.push(&[fragment(3, 3000, NON_IDR)], Instant::now());
         assert_eq!(
             conn.queued_media_bytes(),
             14 + 4,
@@ -957,10 +959,10 @@ mod tests {
             3,
             "the clock follows arrivals, not releases"
         );
-        s.push(&[packet(4, 3000, NON_IDR)]);
+        s.push(&[packet(4, 3000, NON_IDR)], Instant::now());
         assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
         // A frame whose end never comes is released by the timer's call.
-        s.push(&[fragment(5, 6000, NON_IDR)]);
+        s.push(&[fragment(5, 6000, NON_IDR)], Instant::now());
         let (_, due) = s.flush_due(Instant::now());
         let due = due.expect("a deadline for the held packet");
         assert_eq!(conn.queued_media_bytes(), 4 * (14 + 4));
@@ -973,18 +975,18 @@ mod tests {
         let s = stream("audio", "OPUS");
         let (conn, dest) = tcp_dest();
         s.add_dest(dest);
-        s.push(&[fragment(1, 0, 0x78)]);
+        s.push(&[fragment(1, 0, 0x78)], Instant::now());
         assert_eq!(conn.queued_media_bytes(), 14 + 4);
     }
 
     #[test]
     fn a_pending_audio_client_starts_at_the_next_packet() {
         let s = stream("audio", "OPUS");
-        s.push(&[packet(100, 960, 0x78)]);
+        s.push(&[packet(100, 960, 0x78)], Instant::now());
         let (_conn, dest) = tcp_dest();
         let (gate, outcome) = s.add_pending(dest);
         assert!(!outcome.want_keyframe);
-        s.push(&[packet(101, 1920, 0x78)]);
+        s.push(&[packet(101, 1920, 0x78)], Instant::now());
         assert_eq!(
             gate.get(),
             Some(StartPoint {
@@ -999,10 +1001,10 @@ mod tests {
         let s = stream("video", "H264");
         let (conn, dest) = tcp_dest();
         let (gate, _) = s.add_pending(dest.clone());
-        s.push(&[packet(1, 0, NON_IDR)]);
+        s.push(&[packet(1, 0, NON_IDR)], Instant::now());
         assert_eq!(gate.get(), None);
         s.start_anywhere(&dest);
-        s.push(&[packet(2, 3000, NON_IDR)]);
+        s.push(&[packet(2, 3000, NON_IDR)], Instant::now());
         assert_eq!(
             gate.get(),
             Some(StartPoint {

@@ -538,20 +538,15 @@ impl Server {
         }
     }
 
-    /// Forwards RTP packets of one stream to its clients. Never blocks.
-    pub fn push(&self, stream: usize, packets: &[Bytes]) {
-        self.push_due(stream, packets, std::time::Instant::now());
-    }
-
-    /// [`Self::push`] of packets that were `due` at that instant: where their RTP time lies on
-    /// the sender's timeline (earlier than now when the pipeline delivers them late). Sender
-    /// Reports map RTP time to wallclock from it, so a late frame does not move the receivers'
-    /// timelines.
-    pub fn push_due(&self, stream: usize, packets: &[Bytes], due: std::time::Instant) {
+    /// Forwards RTP packets of one stream to its clients. Never blocks. `due`: the instant
+    /// their RTP time stands for on the sender's timeline (earlier than now when the pipeline
+    /// delivers them late); Sender Reports map RTP time to wallclock from it, so a late frame
+    /// does not move the receivers' timelines.
+    pub fn push(&self, stream: usize, packets: &[Bytes], due: std::time::Instant) {
         let Some(s) = self.shared.stream(stream) else {
             return;
         };
-        self.shared.after_push(stream, s.push_due(packets, due));
+        self.shared.after_push(stream, s.push(packets, due));
     }
 
     /// Sends REDIRECT (RFC 2326 10.10) to every client connection that has a session.
