@@ -482,8 +482,8 @@ static CHROMIUM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// about one start in ten here. So a play that stalled and ended over 1.5 s behind is played
 /// once more, saying so; a second one is the answer.
 fn low_latency_in_chromium(props: &str, sources: &str) -> (f64, f64) {
-    let mut attempt = 1;
-    loop {
+    // (hls.latency, PROGRAM-DATE-TIME latency, stalls) of one play.
+    let play = || {
         let (_, report) = plays_in_chromium_with(
             "http",
             props,
@@ -493,20 +493,20 @@ fn low_latency_in_chromium(props: &str, sources: &str) -> (f64, f64) {
             "playlist.m3u8",
             "{lowLatencyMode: true}",
         );
-        let latency = number(&report, "latency");
-        let pdt = number(&report, "pdt_latency");
-        let stalls = number(&report, "stalls");
-        if attempt == 1 && stalls > 0.0 && latency.max(pdt) > 1.5 {
-            eprintln!(
-                "hls.js stalled {stalls} time(s) and played {latency:.2} s behind the live \
-                 edge, {pdt:.2} s behind the wall clock: its start race at a segment's \
-                 completion (see low_latency_in_chromium); playing once more"
-            );
-            attempt += 1;
-            continue;
-        }
+        let field = |name| number(&report, name);
+        (field("latency"), field("pdt_latency"), field("stalls"))
+    };
+    let (latency, pdt, stalls) = play();
+    if stalls > 0.0 && latency.max(pdt) > 1.5 {
+        eprintln!(
+            "hls.js stalled {stalls} time(s) and played {latency:.2} s behind the live edge, \
+             {pdt:.2} s behind the wall clock: its start race at a segment's completion (see \
+             low_latency_in_chromium); playing once more"
+        );
+        let (latency, pdt, _) = play();
         return (latency, pdt);
     }
+    (latency, pdt)
 }
 
 /// Plays the live stream of `sources` into `rshlssink {props}` from `scheme://` in Chromium with
@@ -574,7 +574,7 @@ fn plays_in_chromium_with(
 
     let deadline = Instant::now() + REPORT_TIMEOUT;
     let mut logs = Vec::new();
-    let report = loop {
+    let mut report = loop {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(FromPage::Log(m)) => {
                 eprintln!("page: {m}");
@@ -602,7 +602,6 @@ fn plays_in_chromium_with(
         .iter()
         .filter(|m| m.contains("bufferStalledError"))
         .count();
-    let mut report = report;
     report.insert("stalls".to_owned(), stalls.to_string());
     eprintln!("report: {report:?}");
     let bus_errors: Vec<String> = {
